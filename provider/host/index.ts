@@ -1,0 +1,65 @@
+/**
+ * kvmlab host layer: how providers reach and change KVM hosts.
+ *
+ * API (all functions are serialization-safe: provider closures capture them by value, and they
+ * `require` node-ssh / node built-ins lazily; shared state lives in one per-process pool on
+ * `globalThis`, so every resource of every type shares one connection per host):
+ *
+ *   Connection shape and checks (connection.ts)
+ *     HostConnection                 {name, address, port, user, privateKey (secret), hostKey,
+ *                                     trustOnFirstUse, uplink, tunnelAddress}
+ *     checkHostConnection(field, v)  → string[] errors naming `${field}.x` (unknown-tolerant)
+ *     checkHostList(field, v)        → string[] (non-empty, unique names)
+ *     normalizeHostConnection(raw)   → HostConnection with defaults (port 22, user root, "" for none)
+ *
+ *   Running steps (session.ts) — one SSH connection and one `bash -s` shell per host
+ *     runSteps(host, steps, {stopOnError?, timeoutMs?}) → StepResult[] {code|null, stdout, stderr}
+ *         one round trip for the whole batch; never throws for exit status
+ *     runChecked(host, steps, opts)  → stdout[]; throws remoteStepError (host, step label, status,
+ *         stderr tail) at the first failing step, later steps skipped on the host
+ *     withHostLock(host, fn)         in-process mutex + flock /var/lib/kvmlab/lock held by the shell
+ *     observedHostKey(host)          SHA256 fingerprint seen (trust-on-first-use records it)
+ *     pooledSsh(host)                the pooled NodeSSH (SFTP)
+ *     hostPoolStats(), resetHostPoolStats(), setHostPoolMode("pooled"|"naive"), closeHostSessions()
+ *     hostCache(host, topic, make)   per-process memo per host
+ *     A Step is {script, label?}: bash text run in a subshell (stdin /dev/null). Build scripts
+ *     only from validated values and shQuote()d arguments.
+ *
+ *   Quoting and validation (quote.ts)
+ *     shQuote(s), shCommand(...args), checkName, checkDeviceName, checkIPv4/isIPv4,
+ *     checkHostAddress, checkUser, checkPort, checkRemotePath, collect, showValue,
+ *     UNKNOWN (preview sentinel), containsUnknown(v)
+ *
+ *   Files and records (files.ts)
+ *     uploadStep(path, content, {mode, owner}) / uploadFile(...)  atomic, sha256-aware
+ *         (prints/returns changed vs unchanged)
+ *     recordPath(kind, name) = /var/lib/kvmlab/records/<kind>/<name>.json
+ *     readRecordStep / writeRecordStep / deleteRecordStep, parseRecord, readRecord, writeRecord
+ *     sftpPut(host, localPath, remotePath)   large files over SFTP on the pooled connection
+ *
+ *   Capabilities (probe.ts)
+ *     probeHost(host, withLibvirt?)  → HostCapabilities {kvm, libvirtVersion, qemuVersion,
+ *         ovsVersion, ovsKernelDatapath, dnsmasq, haproxy, iptables, nft, ...}, cached
+ *     requireFeatures(host, ["openvswitch","dhcp","libvirt",...]) throws one error with the
+ *         apt-get line for everything missing
+ *
+ *   Host keys (hostKey.ts)
+ *     pinFingerprint(pin) → {fingerprint} | {error}; fingerprintOfKeyBlob(blob)
+ *
+ *   Names on hosts (naming.ts)
+ *     shortId(name), deviceName(prefix, name) — deterministic ≤15-char device names
+ *
+ * Example inside a provider method:
+ *     const out = await runChecked(host, [
+ *       { label: "create bridge", script: `ip link show ${shQuote(br)} >/dev/null 2>&1 || ip link add ${shQuote(br)} type bridge` },
+ *       writeRecordStep("network", name, record),
+ *     ]);
+ */
+export * from "./connection";
+export * from "./files";
+export * from "./framing";
+export * from "./hostKey";
+export * from "./naming";
+export * from "./probe";
+export * from "./quote";
+export * from "./session";

@@ -1,0 +1,527 @@
+/**
+ * The per-process SSH pool: one connection and one long-lived remote shell per host, shared by
+ * every resource of every type in the process.
+ *
+ * Why globalThis: Pulumi serializes each dynamic provider's closure separately, so every
+ * provider gets its own copy of these functions and of any module-level value they capture.
+ * The pool therefore lives on `globalThis` under a versioned symbol; the first caller creates
+ * it, all others find it. Nothing in it is serialized.
+ *
+ * Transport: `node-ssh` (ssh2), required lazily. Steps go through `bash --noprofile --norc -s`
+ * on one exec channel, framed as in framing.ts; a batch of steps is one write and one wait.
+ * Host keys are checked in ssh2's `hostVerifier` against the pin (see hostKey.ts).
+ *
+ * The mode "naive" (benchmark only) opens a new connection for every step, as
+ * `@pulumi/command`'s remote.Command does, and keeps no shell; it is what kvmlab is measured
+ * against. Host locks are then in-process only.
+ */
+import type { NodeSSH } from "node-ssh";
+import type { HostConnection } from "./connection";
+import type { Step, StepResult } from "./framing";
+import { createFrameParser, frameBatch } from "./framing";
+import { fingerprintOfKeyBlob, pinFingerprint } from "./hostKey";
+import { shQuote } from "./quote";
+
+/** Counters of what the pool did in this process. */
+export interface HostPoolStats {
+  connectionsOpened: number;
+  channelsOpened: number;
+  batches: number;
+  steps: number;
+  reconnects: number;
+}
+
+export interface RunOptions {
+  /** Skip the rest of the batch after the first step that exits non-zero. @default false */
+  readonly stopOnError?: boolean;
+  /** Time limit for the whole batch. @default 120000 */
+  readonly timeoutMs?: number;
+}
+
+/** The parts of an ssh2 exec channel the shell uses (ssh2 ships no types here). */
+interface ShellChannel {
+  write(text: string): boolean;
+  on(event: "data", fn: (chunk: Buffer) => void): unknown;
+  on(event: "close", fn: () => void): unknown;
+  stderr: { on(event: "data", fn: (chunk: Buffer) => void): unknown };
+  close(): void;
+  end(): void;
+  signal?(name: string): void;
+}
+
+/** The parts of the ssh2 client the pool uses. */
+interface SshClient {
+  on(event: "close" | "end", fn: () => void): unknown;
+  on(event: "error", fn: (err: Error) => void): unknown;
+  exec(command: string, cb: (err: Error | undefined, channel: ShellChannel) => void): unknown;
+  _sock?: { ref(): void; unref(): void };
+}
+
+/** Mutable state of one host's session; lives only in the pool. */
+interface HostSession {
+  readonly key: string;
+  readonly label: string;
+  ssh: NodeSSH;
+  channel: ShellChannel | null;
+  parser: import("./framing").FrameParser | null;
+  marker: string;
+  nextSeq: number;
+  tail: Promise<unknown>;
+  busy: number;
+  current: {
+    want: number;
+    got: StepResult[];
+    resolve: (r: StepResult[]) => void;
+    reject: (e: Error) => void;
+  } | null;
+  dead: boolean;
+  fingerprint: string;
+}
+
+interface HostPool {
+  mode: "pooled" | "naive";
+  sessions: Map<string, Promise<HostSession>>;
+  locks: Map<string, Promise<void>>;
+  cache: Map<string, unknown>;
+  observedKeys: Map<string, string>;
+  stats: HostPoolStats;
+  connectTimeoutMs: number;
+}
+
+/** The process-wide pool (created on first use). */
+export function hostPool(): HostPool {
+  const g = globalThis as unknown as Record<symbol, HostPool | undefined>;
+  const key = Symbol.for("kvmlab.hostPool.v1");
+  let pool = g[key];
+  if (!pool) {
+    pool = {
+      mode: process.env.KVMLAB_SSH_MODE === "naive" ? "naive" : "pooled",
+      sessions: new Map(),
+      locks: new Map(),
+      cache: new Map(),
+      observedKeys: new Map(),
+      stats: { connectionsOpened: 0, channelsOpened: 0, batches: 0, steps: 0, reconnects: 0 },
+      connectTimeoutMs: 15000,
+    };
+    g[key] = pool;
+  }
+  return pool;
+}
+
+/** A copy of the pool's counters. */
+export function hostPoolStats(): HostPoolStats {
+  return { ...hostPool().stats };
+}
+
+/** Sets the transport mode (`naive` is for the benchmark) and resets nothing else. */
+export function setHostPoolMode(mode: "pooled" | "naive"): void {
+  hostPool().mode = mode;
+}
+
+/** Resets the counters (benchmark and tests). */
+export function resetHostPoolStats(): void {
+  const s = hostPool().stats;
+  s.connectionsOpened = 0;
+  s.channelsOpened = 0;
+  s.batches = 0;
+  s.steps = 0;
+  s.reconnects = 0;
+}
+
+/** Pool key: where and as whom, which key, which pin. Key material enters only as a hash. */
+export function sessionKey(host: HostConnection): string {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const keyHash = crypto.createHash("sha256").update(host.privateKey).digest("hex").slice(0, 16);
+  return `${host.user}@${host.address}:${host.port}#${keyHash}#${host.hostKey || "tofu"}`;
+}
+
+function hostLabel(host: HostConnection): string {
+  return `host ${host.name} (${host.user}@${host.address}:${host.port})`;
+}
+
+/** An error from a remote step: which host, which step, exit status and the end of stderr. */
+export function remoteStepError(host: HostConnection, step: Step, result: StepResult): Error {
+  const tail = result.stderr.trim().split("\n").slice(-15).join("\n");
+  const status = result.code === null ? "was skipped" : `failed with exit status ${result.code}`;
+  return new Error(
+    `${hostLabel(host)}: step "${step.label ?? "remote command"}" ${status}${tail ? `:\n${tail}` : ""}`,
+  );
+}
+
+/** Opens one authenticated connection, verifying the host key against the pin. */
+async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; fingerprint: string }> {
+  const pool = hostPool();
+  const { NodeSSH }: typeof import("node-ssh") = require("node-ssh");
+  let expected = "";
+  if (host.hostKey) {
+    const pin = pinFingerprint(host.hostKey);
+    if ("error" in pin) throw new Error(`${hostLabel(host)}: hostKey: ${pin.error}`);
+    expected = pin.fingerprint;
+  } else if (!host.trustOnFirstUse) {
+    throw new Error(
+      `${hostLabel(host)}: no hostKey pinned; set hostKey (ssh-keyscan output or SHA256 fingerprint) or trustOnFirstUse: true`,
+    );
+  }
+  let seen = "";
+  const ssh = new NodeSSH();
+  pool.stats.connectionsOpened += 1;
+  try {
+    await ssh.connect({
+      host: host.address,
+      port: host.port,
+      username: host.user,
+      privateKey: host.privateKey,
+      readyTimeout: pool.connectTimeoutMs,
+      keepaliveInterval: 15000,
+      keepaliveCountMax: 3,
+      tryKeyboard: false,
+      hostVerifier: (key: Buffer) => {
+        seen = fingerprintOfKeyBlob(key);
+        return expected === "" || seen === expected;
+      },
+    });
+  } catch (err) {
+    ssh.dispose();
+    if (expected && seen && seen !== expected) {
+      throw new Error(
+        `${hostLabel(host)}: HOST KEY MISMATCH: the host presented ${seen} but ${expected} is pinned. ` +
+          "If the host was reinstalled on purpose, update hostKey; otherwise do not connect.",
+        { cause: err },
+      );
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    throw new Error(`${hostLabel(host)}: SSH connection failed: ${message}`, { cause: err });
+  }
+  if (!expected) pool.observedKeys.set(`${host.user}@${host.address}:${host.port}`, seen);
+  return { ssh, fingerprint: seen };
+}
+
+/**
+ * The SHA256 fingerprint the host presented when this process connected to it, or "" if it has
+ * not connected yet. Trust-on-first-use resources record this as an output.
+ */
+export function observedHostKey(host: HostConnection): string {
+  return hostPool().observedKeys.get(`${host.user}@${host.address}:${host.port}`) ?? "";
+}
+
+/** Sets the socket's hold on the event loop: held while a batch runs, released when idle. */
+function holdSocket(session: HostSession, hold: boolean): void {
+  const sock = (session.ssh.connection as unknown as SshClient | null)?._sock;
+  if (sock && typeof sock.ref === "function") {
+    if (hold) sock.ref();
+    else sock.unref();
+  }
+}
+
+/** The pooled session for a host: connected, not yet with a shell. Reconnects after a drop. */
+async function getSession(host: HostConnection): Promise<HostSession> {
+  const pool = hostPool();
+  const key = sessionKey(host);
+  const existing = pool.sessions.get(key);
+  if (existing) {
+    const s = await existing.catch(() => null);
+    if (s && !s.dead) return s;
+    if (pool.sessions.get(key) === existing) pool.sessions.delete(key);
+    if (s) pool.stats.reconnects += 1;
+  }
+  const made = (async (): Promise<HostSession> => {
+    const { ssh, fingerprint } = await connectHost(host);
+    const session: HostSession = {
+      key,
+      label: hostLabel(host),
+      ssh,
+      channel: null,
+      parser: null,
+      marker: "",
+      nextSeq: 0,
+      tail: Promise.resolve(),
+      busy: 0,
+      current: null,
+      dead: false,
+      fingerprint,
+    };
+    const conn = ssh.connection as unknown as SshClient;
+    const onGone = (why: string): void => {
+      session.dead = true;
+      session.channel = null;
+      failCurrent(session, new Error(`${session.label}: SSH connection lost (${why})`));
+    };
+    conn.on("close", () => onGone("closed"));
+    conn.on("end", () => onGone("ended"));
+    conn.on("error", (e: Error) => onGone(e.message));
+    holdSocket(session, false);
+    return session;
+  })();
+  pool.sessions.set(key, made);
+  made.catch(() => {
+    if (pool.sessions.get(key) === made) pool.sessions.delete(key);
+  });
+  return made;
+}
+
+function failCurrent(session: HostSession, err: Error): void {
+  const current = session.current;
+  session.current = null;
+  if (current) current.reject(err);
+}
+
+/** Opens the session's remote shell (one exec channel running bash reading stdin). */
+async function openShell(session: HostSession): Promise<void> {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const { StringDecoder }: typeof import("node:string_decoder") = require("node:string_decoder");
+  const pool = hostPool();
+  const channel = await new Promise<ShellChannel>((resolve, reject) => {
+    (session.ssh.connection as unknown as SshClient).exec("exec bash --noprofile --norc -s", (err, ch) =>
+      err ? reject(new Error(`${session.label}: cannot open a remote shell: ${err.message}`)) : resolve(ch),
+    );
+  });
+  pool.stats.channelsOpened += 1;
+  session.marker = `KVL_${crypto.randomBytes(16).toString("hex")}`;
+  const parser = createFrameParser(session.marker, session.nextSeq);
+  session.parser = parser;
+  session.channel = channel;
+  const out = new StringDecoder("utf8");
+  const err = new StringDecoder("utf8");
+  const deliver = (): void => {
+    const current = session.current;
+    if (!current) return;
+    for (const { result } of parser.take()) current.got.push(result);
+    if (current.got.length >= current.want) {
+      session.current = null;
+      current.resolve(current.got);
+    }
+  };
+  channel.on("data", (chunk: Buffer) => {
+    parser.push("stdout", out.write(chunk));
+    deliver();
+  });
+  channel.stderr.on("data", (chunk: Buffer) => {
+    parser.push("stderr", err.write(chunk));
+    deliver();
+  });
+  channel.on("close", () => {
+    if (session.channel === channel) {
+      session.channel = null;
+      session.parser = null;
+    }
+    failCurrent(session, new Error(`${session.label}: the remote shell exited unexpectedly`));
+  });
+}
+
+/** Runs one batch in the session's shell; callers serialize batches through `session.tail`. */
+async function runInShell(
+  session: HostSession,
+  steps: readonly Step[],
+  opts: RunOptions,
+): Promise<StepResult[]> {
+  if (!session.channel) await openShell(session);
+  const channel = session.channel as ShellChannel | null;
+  if (!channel) throw new Error(`${session.label}: the remote shell is not open`);
+  const firstSeq = session.nextSeq;
+  session.nextSeq += steps.length;
+  const text = frameBatch(session.marker, firstSeq, steps, opts.stopOnError === true);
+  const timeoutMs = opts.timeoutMs ?? 120000;
+  return new Promise<StepResult[]>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      const done = session.current?.got.length ?? 0;
+      const step = steps[Math.min(done, steps.length - 1)];
+      failCurrent(
+        session,
+        new Error(
+          `${session.label}: step "${step.label ?? "remote command"}" timed out after ${timeoutMs} ms`,
+        ),
+      );
+      // The shell may still be running the step: drop it; the next batch opens a new one.
+      session.channel = null;
+      session.parser = null;
+      try {
+        channel.signal?.("KILL");
+      } catch {
+        // Not every server honours signals; closing the channel is enough.
+      }
+      channel.close();
+    }, timeoutMs);
+    session.current = {
+      want: steps.length,
+      got: [],
+      resolve: (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      },
+      reject: (e) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    };
+    channel.write(text);
+  });
+}
+
+/** Naive transport (benchmark baseline): a new connection and exec per step. */
+async function runNaive(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: RunOptions,
+): Promise<StepResult[]> {
+  const results: StepResult[] = [];
+  let abort = false;
+  for (const step of steps) {
+    if (step.inShell) {
+      results.push({ code: 0, stdout: "", stderr: "" });
+      continue;
+    }
+    if (abort) {
+      results.push({ code: null, stdout: "", stderr: "" });
+      continue;
+    }
+    const { ssh } = await connectHost(host);
+    try {
+      hostPool().stats.channelsOpened += 1;
+      const r = await ssh.execCommand(`bash --noprofile --norc -c ${shQuote(step.script)} </dev/null`, {
+        noTrim: true,
+      });
+      const result = { code: typeof r.code === "number" ? r.code : 255, stdout: r.stdout, stderr: r.stderr };
+      results.push(result);
+      if (opts.stopOnError && result.code !== 0) abort = true;
+    } finally {
+      ssh.dispose();
+    }
+  }
+  return results;
+}
+
+/**
+ * Runs a batch of steps on a host in one round trip and returns every step's result (it does
+ * not throw for a non-zero exit status; see {@link runChecked}). Throws when the host cannot
+ * be reached, the host key does not match, the shell dies or the batch times out.
+ */
+export async function runSteps(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: RunOptions = {},
+): Promise<StepResult[]> {
+  const pool = hostPool();
+  if (steps.length === 0) return [];
+  pool.stats.batches += 1;
+  pool.stats.steps += steps.length;
+  if (pool.mode === "naive") return runNaive(host, steps, opts);
+  for (let attempt = 0; ; attempt++) {
+    const session = await getSession(host);
+    const run = session.tail.then(async () => {
+      if (session.dead) throw new Error(`${session.label}: SSH connection lost`);
+      session.busy += 1;
+      holdSocket(session, true);
+      try {
+        return await runInShell(session, steps, opts);
+      } finally {
+        session.busy -= 1;
+        if (session.busy === 0 && !session.dead) holdSocket(session, false);
+      }
+    });
+    session.tail = run.catch(() => undefined);
+    try {
+      return await run;
+    } catch (err) {
+      // A connection that died while idle in the pool is replaced once; a failure during the
+      // batch is reported, because the steps may have run.
+      if (attempt === 0 && session.dead && session.nextSeq === 0) continue;
+      throw err;
+    }
+  }
+}
+
+/** Runs steps with stopOnError and throws on the first failure; returns the stdouts. */
+export async function runChecked(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: RunOptions = {},
+): Promise<string[]> {
+  const results = await runSteps(host, steps, { ...opts, stopOnError: true });
+  results.forEach((r, i) => {
+    if (r.code !== 0) throw remoteStepError(host, steps[i], r);
+  });
+  return results.map((r) => r.stdout);
+}
+
+/**
+ * Runs `fn` holding the host lock: an in-process mutex per host, plus `flock` on
+ * /var/lib/kvmlab/lock held by the session's shell, so other processes (another `pulumi up`)
+ * wait too. Steps of other, unlocked operations keep flowing through the shell meanwhile.
+ */
+export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>, waitSec = 120): Promise<T> {
+  const pool = hostPool();
+  const id = `${host.address}:${host.port}`;
+  const before = pool.locks.get(id) ?? Promise.resolve();
+  let release: () => void = () => undefined;
+  const mine = new Promise<void>((r) => (release = r));
+  const chained = before.then(() => mine);
+  pool.locks.set(id, chained);
+  await before;
+  let remote = false;
+  try {
+    await runChecked(host, [
+      {
+        label: "take the host lock /var/lib/kvmlab/lock",
+        inShell: true,
+        script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+      },
+    ]);
+    remote = true;
+    return await fn();
+  } finally {
+    // Queue the unlock without waiting: the next locker's steps come after it in the shell.
+    const unlock = remote
+      ? runSteps(host, [{ label: "release the host lock", inShell: true, script: "exec 9>&-" }]).catch(
+          () => undefined,
+        )
+      : Promise.resolve();
+    void unlock;
+    release();
+    if (pool.locks.get(id) === chained) pool.locks.delete(id);
+  }
+}
+
+/**
+ * The pooled node-ssh connection of a host, for SFTP transfers (images). Counts as the same
+ * connection as the shell; opens it if needed.
+ */
+export async function pooledSsh(host: HostConnection): Promise<NodeSSH> {
+  if (hostPool().mode === "naive") {
+    const { ssh } = await connectHost(host);
+    return ssh;
+  }
+  return (await getSession(host)).ssh;
+}
+
+/** Closes every pooled connection (tests, benchmark, end of a CLI run). */
+export async function closeHostSessions(): Promise<void> {
+  const pool = hostPool();
+  const sessions = [...pool.sessions.values()];
+  pool.sessions.clear();
+  for (const p of sessions) {
+    const s = await p.catch(() => null);
+    if (!s) continue;
+    await s.tail.catch(() => undefined);
+    s.dead = true;
+    try {
+      s.channel?.end();
+    } catch {
+      // already closed
+    }
+    s.ssh.dispose();
+  }
+  pool.cache.clear();
+}
+
+/** Per-process cache for host facts (capabilities), keyed by host and topic. */
+export function hostCache<T>(host: HostConnection, topic: string, make: () => Promise<T>): Promise<T> {
+  const pool = hostPool();
+  const key = `${host.address}:${host.port}:${topic}`;
+  let hit = pool.cache.get(key) as Promise<T> | undefined;
+  if (!hit) {
+    hit = make();
+    pool.cache.set(key, hit);
+    hit.catch(() => pool.cache.delete(key));
+  }
+  return hit;
+}
