@@ -1,0 +1,242 @@
+/**
+ * libvirt domain XML for one server: vCPUs and memory from its flavor, a qcow2 overlay disk or
+ * direct kernel boot, an optional NoCloud seed CD-ROM, one virtio NIC per port on a Linux or
+ * OVS bridge (explicit tap name, fa:16:3e MAC), serial console logged to a file, VNC, and
+ * `<metadata>` in the kvmlab namespace so every domain on a host is attributable.
+ */
+import { ipToInt } from "./net";
+import { renderTemplate } from "./render";
+import { assertSealed, seal } from "./sealed";
+import {
+  checkIfName,
+  checkInt,
+  checkMac,
+  checkName,
+  checkOneOf,
+  checkPath,
+  checkText,
+  checkUuid,
+  deterministicUuid,
+  FieldError,
+} from "./validate";
+
+/** XML namespace of kvmlab's domain metadata (prefix `kvmlab`). */
+export const KVMLAB_DOMAIN_XMLNS = "https://kvmlab.dev/xmlns/domain/1.0";
+
+export type DomainBoot =
+  | { readonly kind: "disk"; readonly disk: string; readonly format?: "qcow2" | "raw" }
+  | {
+      readonly kind: "kernel";
+      readonly kernel: string;
+      readonly initrd?: string | null;
+      readonly cmdline?: string;
+      /** Optional root disk next to the kernel. */
+      readonly disk?: string | null;
+      readonly format?: "qcow2" | "raw";
+    };
+
+export interface DomainNicSpec {
+  /** Bridge the tap joins. */
+  readonly bridge: string;
+  /** `linuxbridge` → plain bridge; `openvswitch` → `<virtualport type='openvswitch'>`. */
+  readonly driver: "linuxbridge" | "openvswitch";
+  /** Explicit tap device name (≤ 15 characters, e.g. from deterministicIfName("tap", port)). */
+  readonly target: string;
+  readonly mac: string;
+  /** OVS `external_ids:iface-id` (Neutron's port id); OVS only. @default none */
+  readonly interfaceId?: string | null;
+  readonly mtu?: number | null;
+}
+
+export interface DomainSpec {
+  /** libvirt domain name. */
+  readonly name: string;
+  /** Explicit UUID; otherwise derived from `uuidSeed` (default `lab/project/server`). */
+  readonly uuid?: string;
+  readonly uuidSeed?: string;
+  /** `kvm` where the host has /dev/kvm, else `qemu` (TCG); the provider detects it. */
+  readonly type: "kvm" | "qemu";
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly boot: DomainBoot;
+  /** NoCloud seed ISO, attached read-only as a CD-ROM. @default none */
+  readonly seedIso?: string | null;
+  readonly nics: readonly DomainNicSpec[];
+  /** File the serial console is logged to (the console stays reachable as a pty). */
+  readonly serialLog: string;
+  /** VNC: listen address and a fixed port, or "auto". `null` turns graphics off. @default 127.0.0.1, auto */
+  readonly vnc?: { readonly listen: string; readonly port: number | "auto" } | null;
+  /** Attribution written to `<metadata>`. */
+  readonly metadata: {
+    readonly lab: string;
+    readonly project: string;
+    readonly server: string;
+    readonly image: string;
+    readonly flavor: string;
+  };
+  /** TCG translation-block cache (MiB), only for `type: "qemu"`. @default none */
+  readonly tbCacheMiB?: number | null;
+}
+
+export interface DomainView {
+  readonly name: string;
+  readonly uuid: string;
+  readonly type: "kvm" | "qemu";
+  readonly kvm: boolean;
+  readonly vcpus: number;
+  readonly memoryMiB: number;
+  readonly kernel: {
+    readonly path: string;
+    readonly initrd: string | null;
+    readonly cmdline: string | null;
+  } | null;
+  readonly disk: { readonly path: string; readonly format: "qcow2" | "raw" } | null;
+  readonly seedIso: string | null;
+  readonly nics: readonly {
+    readonly bridge: string;
+    readonly ovs: boolean;
+    readonly target: string;
+    readonly mac: string;
+    readonly interfaceId: string | null;
+    readonly mtu: number | null;
+  }[];
+  readonly serialLog: string;
+  readonly vnc: { readonly listen: string; readonly autoport: boolean; readonly port: number } | null;
+  readonly metadata: {
+    readonly xmlns: string;
+    readonly lab: string;
+    readonly project: string;
+    readonly server: string;
+    readonly image: string;
+    readonly flavor: string;
+  };
+  readonly tbCacheMiB: number | null;
+}
+
+/** Validates `spec` and returns the view {@link renderDomainXml} accepts. */
+export function toDomainView(spec: DomainSpec): DomainView {
+  const name = checkName("name", spec.name);
+  const type = checkOneOf("type", spec.type, ["kvm", "qemu"] as const);
+  const metadata = {
+    xmlns: KVMLAB_DOMAIN_XMLNS,
+    lab: checkName("metadata.lab", spec.metadata?.lab),
+    project: checkName("metadata.project", spec.metadata?.project),
+    server: checkName("metadata.server", spec.metadata?.server),
+    image: checkName("metadata.image", spec.metadata?.image),
+    flavor: checkName("metadata.flavor", spec.metadata?.flavor),
+  };
+  const uuid =
+    spec.uuid !== undefined
+      ? checkUuid("uuid", spec.uuid)
+      : deterministicUuid(
+          spec.uuidSeed !== undefined
+            ? checkText("uuidSeed", spec.uuidSeed)
+            : `${metadata.lab}/${metadata.project}/${metadata.server}`,
+        );
+  const boot = spec.boot;
+  const format = (field: string, f: unknown) => checkOneOf(field, f ?? "qcow2", ["qcow2", "raw"] as const);
+  let kernel: DomainView["kernel"] = null;
+  let disk: DomainView["disk"] = null;
+  if (boot?.kind === "disk") {
+    disk = { path: checkPath("boot.disk", boot.disk), format: format("boot.format", boot.format) };
+  } else if (boot?.kind === "kernel") {
+    kernel = {
+      path: checkPath("boot.kernel", boot.kernel),
+      initrd:
+        boot.initrd === undefined || boot.initrd === null ? null : checkPath("boot.initrd", boot.initrd),
+      cmdline:
+        boot.cmdline === undefined || boot.cmdline === ""
+          ? null
+          : checkText("boot.cmdline", boot.cmdline, { max: 2048 }),
+    };
+    if (boot.disk !== undefined && boot.disk !== null) {
+      disk = { path: checkPath("boot.disk", boot.disk), format: format("boot.format", boot.format) };
+    }
+  } else {
+    throw new FieldError(
+      "boot.kind",
+      `expected "disk" or "kernel", got ${JSON.stringify((boot as { kind?: unknown })?.kind)}`,
+    );
+  }
+  const targets = new Set<string>();
+  const macs = new Set<string>();
+  const nics = (spec.nics ?? []).map((n, i) => {
+    const target = checkIfName(`nics[${i}].target`, n.target);
+    if (!target.startsWith("tap")) {
+      throw new FieldError(
+        `nics[${i}].target`,
+        `tap name ${JSON.stringify(target)} must start with "tap"`,
+        'use deterministicIfName("tap", portId)',
+      );
+    }
+    if (targets.has(target))
+      throw new FieldError(`nics[${i}].target`, `duplicate tap ${target}`, "give each port its own tap");
+    targets.add(target);
+    const mac = checkMac(`nics[${i}].mac`, n.mac);
+    if (macs.has(mac))
+      throw new FieldError(`nics[${i}].mac`, `duplicate MAC ${mac}`, "give each port its own MAC");
+    macs.add(mac);
+    const driver = checkOneOf(`nics[${i}].driver`, n.driver, ["linuxbridge", "openvswitch"] as const);
+    const interfaceId =
+      n.interfaceId === undefined || n.interfaceId === null
+        ? null
+        : checkUuid(`nics[${i}].interfaceId`, n.interfaceId);
+    if (interfaceId !== null && driver !== "openvswitch") {
+      throw new FieldError(
+        `nics[${i}].interfaceId`,
+        "interfaceId applies to openvswitch ports only",
+        "remove it or use driver openvswitch",
+      );
+    }
+    return {
+      bridge: checkIfName(`nics[${i}].bridge`, n.bridge),
+      ovs: driver === "openvswitch",
+      target,
+      mac,
+      interfaceId,
+      mtu: n.mtu === undefined || n.mtu === null ? null : checkInt(`nics[${i}].mtu`, n.mtu, 576, 9216),
+    };
+  });
+  const vncSpec = spec.vnc === undefined ? { listen: "127.0.0.1", port: "auto" as const } : spec.vnc;
+  let vnc: DomainView["vnc"] = null;
+  if (vncSpec !== null) {
+    ipToInt(vncSpec.listen, "vnc.listen");
+    vnc =
+      vncSpec.port === "auto"
+        ? { listen: vncSpec.listen, autoport: true, port: -1 }
+        : { listen: vncSpec.listen, autoport: false, port: checkInt("vnc.port", vncSpec.port, 5900, 65535) };
+  }
+  const tbCacheMiB =
+    spec.tbCacheMiB === undefined || spec.tbCacheMiB === null
+      ? null
+      : checkInt("tbCacheMiB", spec.tbCacheMiB, 1, 65536);
+  if (tbCacheMiB !== null && type !== "qemu") {
+    throw new FieldError(
+      "tbCacheMiB",
+      "the translation-block cache exists only under TCG (type qemu)",
+      "remove tbCacheMiB or use type qemu",
+    );
+  }
+  return seal({
+    name,
+    uuid,
+    type,
+    kvm: type === "kvm",
+    vcpus: checkInt("vcpus", spec.vcpus, 1, 255),
+    memoryMiB: checkInt("memoryMiB", spec.memoryMiB, 16, 4194304),
+    kernel,
+    disk,
+    seedIso: spec.seedIso === undefined || spec.seedIso === null ? null : checkPath("seedIso", spec.seedIso),
+    nics,
+    serialLog: checkPath("serialLog", spec.serialLog),
+    vnc,
+    metadata,
+    tbCacheMiB,
+  });
+}
+
+/** The domain's XML, ready for `virsh define`. */
+export function renderDomainXml(view: DomainView): string {
+  assertSealed(view, "toDomainView");
+  return renderTemplate("libvirt/domain.xml", view);
+}

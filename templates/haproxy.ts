@@ -1,0 +1,514 @@
+/**
+ * haproxy.cfg for one load balancer, modelled on what OpenStack Octavia's amphora renders
+ * (combined-listeners template): one frontend per listener, one backend per pool, members as
+ * `server` lines. Inputs use Octavia's vocabulary (protocol names, lb_algorithm, session
+ * persistence types, health monitor fields) in camelCase; docs/templates.md lists coverage.
+ */
+import { ipToInt, parseCidr } from "./net";
+import { renderTemplate } from "./render";
+import { assertSealed, seal } from "./sealed";
+import {
+  checkBool,
+  checkHostname,
+  checkInt,
+  checkName,
+  checkOneOf,
+  checkPath,
+  checkPort,
+  FieldError,
+} from "./validate";
+
+export const LISTENER_PROTOCOLS = ["TCP", "HTTP", "HTTPS", "TERMINATED_HTTPS"] as const;
+export const POOL_PROTOCOLS = ["TCP", "HTTP", "HTTPS", "PROXY", "PROXYV2"] as const;
+export const LB_ALGORITHMS = ["ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP"] as const;
+export const PERSISTENCE_TYPES = ["SOURCE_IP", "HTTP_COOKIE", "APP_COOKIE"] as const;
+export const MONITOR_TYPES = ["TCP", "HTTP", "HTTPS", "TLS-HELLO"] as const;
+export const HTTP_METHODS = [
+  "GET",
+  "HEAD",
+  "POST",
+  "PUT",
+  "DELETE",
+  "OPTIONS",
+  "PATCH",
+  "CONNECT",
+  "TRACE",
+] as const;
+
+export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number];
+export type PoolProtocol = (typeof POOL_PROTOCOLS)[number];
+export type LbAlgorithm = (typeof LB_ALGORITHMS)[number];
+
+/** Which pool protocols each listener protocol accepts (Octavia's compatibility matrix, minus UDP/SCTP). */
+export const POOL_PROTOCOLS_FOR: Record<ListenerProtocol, readonly PoolProtocol[]> = {
+  TCP: ["TCP", "HTTP", "HTTPS", "PROXY", "PROXYV2"],
+  HTTP: ["HTTP", "PROXY", "PROXYV2"],
+  HTTPS: ["HTTPS", "TCP", "PROXY", "PROXYV2"],
+  TERMINATED_HTTPS: ["HTTP", "PROXY", "PROXYV2"],
+};
+
+export interface HealthMonitorSpec {
+  readonly type: (typeof MONITOR_TYPES)[number];
+  /** Seconds between checks. */
+  readonly delay: number;
+  /** Seconds a check may take. */
+  readonly timeout: number;
+  /** Successes that bring a member up (HAProxy `rise`). */
+  readonly maxRetries: number;
+  /** Failures that take a member down (HAProxy `fall`). @default 3 */
+  readonly maxRetriesDown?: number;
+  /** HTTP(S) only. @default "GET" */
+  readonly httpMethod?: (typeof HTTP_METHODS)[number];
+  /** HTTP(S) only. @default "/" */
+  readonly urlPath?: string;
+  /** HTTP(S) only: "200", "200,202" or "200-204". @default "200" */
+  readonly expectedCodes?: string;
+  /** HTTP(S) only: "1.0" or "1.1"; 1.1 sends a Host header from domainName. @default "1.0" */
+  readonly httpVersion?: "1.0" | "1.1";
+  readonly domainName?: string | null;
+  /** @default true */
+  readonly adminStateUp?: boolean;
+}
+
+export interface MemberSpec {
+  readonly name: string;
+  readonly address: string;
+  readonly protocolPort: number;
+  /** 0–256; 0 takes no new connections. @default 1 */
+  readonly weight?: number;
+  /** Used only when every non-backup member is down. @default false */
+  readonly backup?: boolean;
+  /** false renders the member `disabled`. @default true */
+  readonly adminStateUp?: boolean;
+  readonly monitorAddress?: string | null;
+  readonly monitorPort?: number | null;
+}
+
+export interface PoolSpec {
+  readonly name: string;
+  readonly protocol: PoolProtocol;
+  readonly lbAlgorithm: LbAlgorithm;
+  readonly sessionPersistence?: {
+    readonly type: (typeof PERSISTENCE_TYPES)[number];
+    /** APP_COOKIE only. */
+    readonly cookieName?: string | null;
+  } | null;
+  readonly healthMonitor?: HealthMonitorSpec | null;
+  readonly members?: readonly MemberSpec[];
+  /** Re-encrypt to members (`ssl verify none`, or verified against caCertPath). @default false */
+  readonly tlsEnabled?: boolean;
+  readonly caCertPath?: string | null;
+  /** false leaves the pool out, as Octavia does. @default true */
+  readonly adminStateUp?: boolean;
+}
+
+export interface ListenerSpec {
+  readonly name: string;
+  readonly protocol: ListenerProtocol;
+  readonly protocolPort: number;
+  /** Maximum concurrent connections; -1 or absent means unlimited. */
+  readonly connectionLimit?: number | null;
+  /** Milliseconds. Defaults are Octavia's: 50000, 5000, 50000, 0. */
+  readonly timeoutClientData?: number;
+  readonly timeoutMemberConnect?: number;
+  readonly timeoutMemberData?: number;
+  readonly timeoutTcpInspect?: number;
+  /** Only these source networks may connect. @default any */
+  readonly allowedCidrs?: readonly string[];
+  /** Headers added for HTTP pools. */
+  readonly insertHeaders?: {
+    readonly "X-Forwarded-For"?: boolean;
+    readonly "X-Forwarded-Port"?: boolean;
+    readonly "X-Forwarded-Proto"?: boolean;
+  };
+  /** PEM (certificate + key) for TERMINATED_HTTPS. */
+  readonly certificatePath?: string | null;
+  readonly defaultPool?: PoolSpec | null;
+  /** false leaves the listener out, as Octavia does. @default true */
+  readonly adminStateUp?: boolean;
+}
+
+export interface HaproxySpec {
+  /** Load balancer name (comment and stats). */
+  readonly name: string;
+  readonly vipAddress: string;
+  readonly listeners: readonly ListenerSpec[];
+  /** Runtime API socket (used for hitless reloads and member state). */
+  readonly statsSocket: string;
+  /** Global maxconn (Octavia's global connection limit). @default 50000 */
+  readonly maxconn?: number;
+  /** Log target: a syslog socket path or `ip:port`. `null` turns logging off. @default "/dev/log" */
+  readonly logTarget?: string | null;
+  /** @default 0 (local0 for traffic, local1 for administrative messages) */
+  readonly logFacility?: number;
+  /** Stick-table size for SOURCE_IP and APP_COOKIE persistence. @default "10k" */
+  readonly stickSize?: string;
+}
+
+type Mode = "http" | "tcp";
+
+export interface HaproxyView {
+  readonly name: string;
+  readonly maxconn: number;
+  readonly statsSocket: string;
+  readonly log: { readonly target: string; readonly traffic: number; readonly admin: number } | null;
+  readonly frontends: readonly {
+    readonly name: string;
+    readonly bind: string;
+    readonly certificatePath: string | null;
+    readonly mode: Mode;
+    readonly maxconn: number | null;
+    readonly allowedCidrs: string | null;
+    readonly timeoutClient: number;
+    readonly timeoutTcpInspect: number | null;
+    readonly defaultBackend: string | null;
+  }[];
+  readonly backends: readonly {
+    readonly name: string;
+    readonly mode: Mode;
+    readonly balance: "roundrobin" | "leastconn" | "source";
+    readonly stickSourceIp: boolean;
+    readonly httpCookie: boolean;
+    readonly appCookie: string | null;
+    readonly stickSize: string;
+    readonly monitor: {
+      readonly timeout: number;
+      readonly http: { readonly send: string; readonly expect: string } | null;
+      readonly sslHello: boolean;
+    } | null;
+    readonly forwardFor: boolean;
+    readonly forwardedPort: boolean;
+    readonly forwardedProto: string | null;
+    readonly fullconn: number | null;
+    readonly timeoutConnect: number;
+    readonly timeoutServer: number;
+    readonly servers: readonly string[];
+  }[];
+}
+
+const BALANCE = { ROUND_ROBIN: "roundrobin", LEAST_CONNECTIONS: "leastconn", SOURCE_IP: "source" } as const;
+const URL_PATH = /^\/[A-Za-z0-9._~%/?=&+-]*$/;
+const COOKIE = /^[A-Za-z0-9_-]{1,64}$/;
+const STICK_SIZE = /^[1-9][0-9]{0,8}[km]?$/;
+
+/** Octavia's expected_codes ("200", "200,202", "200-204") as an anchored status regex. */
+export function expectedCodesRegex(field: string, codes: string): string {
+  const single = /^[1-5][0-9]{2}$/;
+  let list: string[];
+  if (single.test(codes)) list = [codes];
+  else if (/^[1-5][0-9]{2}(,[1-5][0-9]{2})+$/.test(codes)) list = codes.split(",");
+  else if (/^[1-5][0-9]{2}-[1-5][0-9]{2}$/.test(codes)) {
+    const [from, to] = codes.split("-").map(Number);
+    if (from > to) throw new FieldError(field, `range ${codes} runs backwards`, `write ${to}-${from}`);
+    list = Array.from({ length: to - from + 1 }, (_, i) => String(from + i));
+  } else {
+    throw new FieldError(
+      field,
+      `invalid expected codes ${JSON.stringify(codes)}`,
+      'use "200", "200,202" or "200-204"',
+    );
+  }
+  return list.length === 1 ? `^${list[0]}$` : `^(${list.join("|")})$`;
+}
+
+function monitorView(field: string, hm: HealthMonitorSpec, poolProtocol: PoolProtocol) {
+  const type = checkOneOf(`${field}.type`, hm.type, MONITOR_TYPES);
+  const delay = checkInt(`${field}.delay`, hm.delay, 1, 86400);
+  const timeout = checkInt(`${field}.timeout`, hm.timeout, 1, 86400);
+  if (timeout > delay) {
+    throw new FieldError(
+      `${field}.timeout`,
+      `timeout ${timeout}s exceeds delay ${delay}s`,
+      "make timeout at most delay",
+    );
+  }
+  const rise = checkInt(`${field}.maxRetries`, hm.maxRetries, 1, 10);
+  const fall = checkInt(`${field}.maxRetriesDown`, hm.maxRetriesDown ?? 3, 1, 10);
+  const isHttp = type === "HTTP" || type === "HTTPS";
+  if (!isHttp) {
+    for (const key of ["httpMethod", "urlPath", "expectedCodes", "httpVersion", "domainName"] as const) {
+      if (hm[key] !== undefined && hm[key] !== null) {
+        throw new FieldError(
+          `${field}.${key}`,
+          `${key} applies to HTTP and HTTPS monitors only`,
+          "remove it",
+        );
+      }
+    }
+  }
+  if (type === "HTTP" && poolProtocol === "HTTPS") {
+    throw new FieldError(
+      `${field}.type`,
+      "an HTTP monitor cannot check an HTTPS pool",
+      "use HTTPS or TLS-HELLO",
+    );
+  }
+  let http: { send: string; expect: string } | null = null;
+  if (isHttp) {
+    const method = checkOneOf(`${field}.httpMethod`, hm.httpMethod ?? "GET", HTTP_METHODS);
+    const url = hm.urlPath ?? "/";
+    if (typeof url !== "string" || !URL_PATH.test(url) || url.length > 2048) {
+      throw new FieldError(
+        `${field}.urlPath`,
+        `invalid URL path ${JSON.stringify(url)}`,
+        "use a path starting with '/' of letters, digits and ._~%/?=&+-",
+      );
+    }
+    const version = checkOneOf(`${field}.httpVersion`, hm.httpVersion ?? "1.0", ["1.0", "1.1"] as const);
+    let send = `meth ${method} uri ${url} ver HTTP/${version}`;
+    if (hm.domainName !== undefined && hm.domainName !== null) {
+      if (version !== "1.1")
+        throw new FieldError(
+          `${field}.domainName`,
+          "a Host header needs httpVersion 1.1",
+          'set httpVersion: "1.1"',
+        );
+      const labels = String(hm.domainName).split(".");
+      labels.forEach((l, i) => checkHostname(`${field}.domainName`, l === "" && i > 0 ? "-" : l));
+      send += ` hdr Host ${hm.domainName}`;
+    }
+    http = { send, expect: expectedCodesRegex(`${field}.expectedCodes`, hm.expectedCodes ?? "200") };
+  }
+  return {
+    timeout,
+    http,
+    sslHello: type === "TLS-HELLO",
+    check: { ssl: type === "HTTPS", delay, fall, rise },
+  };
+}
+
+function checkIp(field: string, value: unknown): string {
+  ipToInt(value as string, field);
+  return value as string;
+}
+
+/** Validates `spec` (Octavia terms) and returns the view {@link renderHaproxyCfg} accepts. */
+export function toHaproxyView(spec: HaproxySpec): HaproxyView {
+  const name = checkName("name", spec.name);
+  const vip = checkIp("vipAddress", spec.vipAddress);
+  const stickSize = spec.stickSize ?? "10k";
+  if (!STICK_SIZE.test(stickSize))
+    throw new FieldError("stickSize", `invalid size ${JSON.stringify(stickSize)}`, 'use a count like "10k"');
+  let log: HaproxyView["log"] = null;
+  const target = spec.logTarget === undefined ? "/dev/log" : spec.logTarget;
+  if (target !== null) {
+    const facility = checkInt("logFacility", spec.logFacility ?? 0, 0, 6);
+    const isAddr = /^[0-9.]+:\d+$/.test(target);
+    if (isAddr) {
+      const [ip, port] = target.split(":");
+      checkIp("logTarget", ip);
+      checkPort("logTarget", Number(port));
+    } else checkPath("logTarget", target);
+    log = { target, traffic: facility, admin: facility + 1 };
+  }
+  const listenerNames = new Set<string>();
+  const ports = new Set<number>();
+  const poolNames = new Set<string>();
+  const frontends: HaproxyView["frontends"][number][] = [];
+  const backends: HaproxyView["backends"][number][] = [];
+  (spec.listeners ?? []).forEach((l, i) => {
+    const f = `listeners[${i}]`;
+    const lname = checkName(`${f}.name`, l.name);
+    if (listenerNames.has(lname))
+      throw new FieldError(`${f}.name`, `duplicate listener ${lname}`, "name each listener once");
+    listenerNames.add(lname);
+    const protocol = checkOneOf(`${f}.protocol`, l.protocol, LISTENER_PROTOCOLS);
+    const port = checkPort(`${f}.protocolPort`, l.protocolPort);
+    if (ports.has(port))
+      throw new FieldError(
+        `${f}.protocolPort`,
+        `port ${port} is already used by another listener`,
+        "pick another port",
+      );
+    ports.add(port);
+    if (!checkBool(`${f}.adminStateUp`, l.adminStateUp ?? true)) return;
+    const mode: Mode = protocol === "HTTP" || protocol === "TERMINATED_HTTPS" ? "http" : "tcp";
+    let certificatePath: string | null = null;
+    if (protocol === "TERMINATED_HTTPS") {
+      if (l.certificatePath === undefined || l.certificatePath === null) {
+        throw new FieldError(
+          `${f}.certificatePath`,
+          "TERMINATED_HTTPS needs a certificate",
+          "set certificatePath to a PEM with certificate and key",
+        );
+      }
+      certificatePath = checkPath(`${f}.certificatePath`, l.certificatePath);
+    } else if (l.certificatePath !== undefined && l.certificatePath !== null) {
+      throw new FieldError(
+        `${f}.certificatePath`,
+        `a ${protocol} listener does not terminate TLS`,
+        "remove certificatePath or use TERMINATED_HTTPS",
+      );
+    }
+    const limit =
+      l.connectionLimit === undefined || l.connectionLimit === null || l.connectionLimit === -1
+        ? null
+        : checkInt(`${f}.connectionLimit`, l.connectionLimit, 1, 1000000);
+    const cidrs = (l.allowedCidrs ?? []).map((c, j) => parseCidr(c, `${f}.allowedCidrs[${j}]`).text);
+    const headers = l.insertHeaders ?? {};
+    for (const key of Object.keys(headers)) {
+      checkOneOf(`${f}.insertHeaders`, key, [
+        "X-Forwarded-For",
+        "X-Forwarded-Port",
+        "X-Forwarded-Proto",
+      ] as const);
+      checkBool(`${f}.insertHeaders.${key}`, headers[key as keyof typeof headers]);
+    }
+    if (mode !== "http" && Object.values(headers).some(Boolean)) {
+      throw new FieldError(
+        `${f}.insertHeaders`,
+        `a ${protocol} listener cannot insert HTTP headers`,
+        "use HTTP or TERMINATED_HTTPS, or remove insertHeaders",
+      );
+    }
+    const timeoutMemberConnect = checkInt(
+      `${f}.timeoutMemberConnect`,
+      l.timeoutMemberConnect ?? 5000,
+      0,
+      86400000,
+    );
+    const timeoutMemberData = checkInt(`${f}.timeoutMemberData`, l.timeoutMemberData ?? 50000, 0, 86400000);
+    const inspect = checkInt(`${f}.timeoutTcpInspect`, l.timeoutTcpInspect ?? 0, 0, 86400000);
+    let defaultBackend: string | null = null;
+    const pool = l.defaultPool ?? null;
+    if (pool !== null && checkBool(`${f}.defaultPool.adminStateUp`, pool.adminStateUp ?? true)) {
+      const p = `${f}.defaultPool`;
+      const pname = checkName(`${p}.name`, pool.name);
+      if (poolNames.has(pname))
+        throw new FieldError(`${p}.name`, `duplicate pool ${pname}`, "name each pool once");
+      poolNames.add(pname);
+      const pproto = checkOneOf(`${p}.protocol`, pool.protocol, POOL_PROTOCOLS);
+      if (!POOL_PROTOCOLS_FOR[protocol].includes(pproto)) {
+        throw new FieldError(
+          `${p}.protocol`,
+          `a ${protocol} listener cannot use a ${pproto} pool`,
+          `use one of ${POOL_PROTOCOLS_FOR[protocol].join(", ")}`,
+        );
+      }
+      const bmode: Mode =
+        pproto === "HTTP" ? "http" : pproto === "PROXY" || pproto === "PROXYV2" ? mode : "tcp";
+      const algorithm = checkOneOf(`${p}.lbAlgorithm`, pool.lbAlgorithm, LB_ALGORITHMS);
+      const sp = pool.sessionPersistence ?? null;
+      const spType =
+        sp === null ? null : checkOneOf(`${p}.sessionPersistence.type`, sp.type, PERSISTENCE_TYPES);
+      let appCookie: string | null = null;
+      if (spType === "APP_COOKIE") {
+        const cookie = sp?.cookieName;
+        if (typeof cookie !== "string" || !COOKIE.test(cookie)) {
+          throw new FieldError(
+            `${p}.sessionPersistence.cookieName`,
+            `invalid cookie name ${JSON.stringify(cookie)}`,
+            "use 1-64 letters, digits, '_' or '-'",
+          );
+        }
+        appCookie = cookie;
+      } else if (sp !== null && sp.cookieName !== undefined && sp.cookieName !== null) {
+        throw new FieldError(
+          `${p}.sessionPersistence.cookieName`,
+          "cookieName applies to APP_COOKIE only",
+          "remove it",
+        );
+      }
+      if ((spType === "HTTP_COOKIE" || spType === "APP_COOKIE") && bmode !== "http") {
+        throw new FieldError(
+          `${p}.sessionPersistence.type`,
+          `${spType} persistence needs an HTTP pool`,
+          "use SOURCE_IP persistence or an HTTP pool",
+        );
+      }
+      const hm = pool.healthMonitor ?? null;
+      const mon =
+        hm !== null && (hm.adminStateUp ?? true) ? monitorView(`${p}.healthMonitor`, hm, pproto) : null;
+      const tls = checkBool(`${p}.tlsEnabled`, pool.tlsEnabled ?? false);
+      const ca =
+        pool.caCertPath === undefined || pool.caCertPath === null
+          ? null
+          : checkPath(`${p}.caCertPath`, pool.caCertPath);
+      if (ca !== null && !tls)
+        throw new FieldError(
+          `${p}.caCertPath`,
+          "caCertPath needs tlsEnabled: true",
+          "set tlsEnabled or remove caCertPath",
+        );
+      const memberNames = new Set<string>();
+      const servers = (pool.members ?? []).map((m, k) => {
+        const mf = `${p}.members[${k}]`;
+        const mname = checkName(`${mf}.name`, m.name);
+        if (memberNames.has(mname))
+          throw new FieldError(`${mf}.name`, `duplicate member ${mname}`, "name each member once");
+        memberNames.add(mname);
+        const parts = [
+          `server ${mname} ${checkIp(`${mf}.address`, m.address)}:${checkPort(`${mf}.protocolPort`, m.protocolPort)}`,
+        ];
+        parts.push(`weight ${checkInt(`${mf}.weight`, m.weight ?? 1, 0, 256)}`);
+        if (mon !== null) {
+          parts.push(
+            `check${mon.check.ssl ? " check-ssl verify none" : ""} inter ${mon.check.delay}s fall ${mon.check.fall} rise ${mon.check.rise}`,
+          );
+          if (m.monitorAddress !== undefined && m.monitorAddress !== null)
+            parts.push(`addr ${checkIp(`${mf}.monitorAddress`, m.monitorAddress)}`);
+          if (m.monitorPort !== undefined && m.monitorPort !== null)
+            parts.push(`port ${checkPort(`${mf}.monitorPort`, m.monitorPort)}`);
+        }
+        if (spType === "HTTP_COOKIE") parts.push(`cookie ${mname}`);
+        if (pproto === "PROXY") parts.push("send-proxy");
+        if (pproto === "PROXYV2") parts.push("send-proxy-v2");
+        if (checkBool(`${mf}.backup`, m.backup ?? false)) parts.push("backup");
+        if (!checkBool(`${mf}.adminStateUp`, m.adminStateUp ?? true)) parts.push("disabled");
+        if (tls)
+          parts.push(
+            ca === null
+              ? "ssl verify none sni ssl_fc_sni"
+              : `ssl ca-file ${ca} verify required sni ssl_fc_sni`,
+          );
+        return parts.join(" ");
+      });
+      const bname = `${pname}:${lname}`;
+      defaultBackend = bname;
+      const proto =
+        headers["X-Forwarded-Proto"] === true ? (protocol === "TERMINATED_HTTPS" ? "https" : "http") : null;
+      backends.push({
+        name: bname,
+        mode: bmode,
+        balance: BALANCE[algorithm],
+        stickSourceIp: spType === "SOURCE_IP",
+        httpCookie: spType === "HTTP_COOKIE",
+        appCookie,
+        stickSize,
+        monitor: mon === null ? null : { timeout: mon.timeout, http: mon.http, sslHello: mon.sslHello },
+        forwardFor: bmode === "http" && headers["X-Forwarded-For"] === true,
+        forwardedPort: bmode === "http" && headers["X-Forwarded-Port"] === true,
+        forwardedProto: bmode === "http" ? proto : null,
+        fullconn: limit,
+        timeoutConnect: timeoutMemberConnect,
+        timeoutServer: timeoutMemberData,
+        servers,
+      });
+    }
+    frontends.push({
+      name: lname,
+      bind: `${vip}:${port}`,
+      certificatePath,
+      mode,
+      maxconn: limit,
+      allowedCidrs: cidrs.length > 0 ? cidrs.join(" ") : null,
+      timeoutClient: checkInt(`${f}.timeoutClientData`, l.timeoutClientData ?? 50000, 0, 86400000),
+      timeoutTcpInspect: inspect > 0 ? inspect : null,
+      defaultBackend,
+    });
+  });
+  return seal({
+    name,
+    maxconn: checkInt("maxconn", spec.maxconn ?? 50000, 1, 10000000),
+    statsSocket: checkPath("statsSocket", spec.statsSocket),
+    log,
+    frontends,
+    backends,
+  });
+}
+
+/** haproxy.cfg text; validate on the host with `haproxy -c -f FILE` before swapping it in. */
+export function renderHaproxyCfg(view: HaproxyView): string {
+  assertSealed(view, "toHaproxyView");
+  return renderTemplate("haproxy/haproxy.cfg", view);
+}
