@@ -29,6 +29,8 @@ export interface Step {
    * stay. Used only by the host lock.
    */
   readonly inShell?: boolean;
+  /** Run even after an earlier step failed in a `stopOnError` batch (e.g. an unlock). */
+  readonly always?: boolean;
 }
 
 /** What a step did. `code` is null when the step was skipped after an earlier failure. */
@@ -52,9 +54,12 @@ export function frameBatch(
     const tag = `${marker}-${firstSeq + i}`;
     const body = step.script.endsWith("\n") ? step.script : `${step.script}\n`;
     const run = step.inShell ? `{ ${body}} </dev/null; __kvl_s=$?` : `( ${body}) </dev/null 9>&-; __kvl_s=$?`;
-    const guarded = stopOnError
-      ? `if [ -z "$__kvl_abort" ]; then ${run}; [ "$__kvl_s" -eq 0 ] || __kvl_abort=1; else __kvl_s=skip; fi`
-      : run;
+    const guarded =
+      stopOnError && step.always
+        ? run
+        : stopOnError
+          ? `if [ -z "$__kvl_abort" ]; then ${run}; [ "$__kvl_s" -eq 0 ] || __kvl_abort=1; else __kvl_s=skip; fi`
+          : run;
     parts.push(guarded, `printf '\\n%s %s\\n' '${tag}' "$__kvl_s"`, `printf '\\n%s\\n' '${tag}' >&2`);
   });
   return `${parts.join("\n")}\n`;

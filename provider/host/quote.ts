@@ -46,13 +46,13 @@ export function containsUnknown(value: unknown): boolean {
 }
 
 /**
- * Object names (networks, subnets, hosts): lower-case letters, digits and `-`, starting with a
- * letter or digit, at most 63 characters. They appear in file names, namespace names and
- * external_ids, so anything wider is refused.
+ * Object names (networks, subnets, hosts): 1-63 letters, digits, `-`, `_` or `.`, starting and
+ * ending with a letter or digit (the same rule as templates/validate.ts). They appear in file
+ * names, namespace names and external_ids, so anything wider is refused.
  */
 export function checkName(field: string, value: unknown): string | undefined {
-  if (typeof value !== "string" || !/^[a-z0-9][a-z0-9-]{0,62}$/.test(value)) {
-    return `${field}: expected a name of lower-case letters, digits and "-" (1-63 characters, not starting with "-"), got ${showValue(value)}; rename it`;
+  if (typeof value !== "string" || !/^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/.test(value)) {
+    return `${field}: expected a name of 1-63 letters, digits, "-", "_" or "." starting and ending with a letter or digit, got ${showValue(value)}; rename it`;
   }
   return undefined;
 }

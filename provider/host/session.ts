@@ -493,6 +493,47 @@ export async function pooledSsh(host: HostConnection): Promise<NodeSSH> {
   return (await getSession(host)).ssh;
 }
 
+/**
+ * Runs a batch under the host lock in ONE round trip: the in-process mutex is held while the
+ * batch runs, and the batch itself takes flock first and releases it last (even after a
+ * failure). Throws at the first failing step, like {@link runChecked}; returns the stdouts of
+ * `steps` (without the lock steps).
+ */
+export async function runLocked(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: RunOptions = {},
+  waitSec = 120,
+): Promise<string[]> {
+  const pool = hostPool();
+  const id = `${host.address}:${host.port}`;
+  const before = pool.locks.get(id) ?? Promise.resolve();
+  let release: () => void = () => undefined;
+  const mine = new Promise<void>((r) => (release = r));
+  const chained = before.then(() => mine);
+  pool.locks.set(id, chained);
+  await before;
+  try {
+    const all: Step[] = [
+      {
+        label: "take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)",
+        inShell: true,
+        script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+      },
+      ...steps,
+      { label: "release the host lock", inShell: true, always: true, script: "exec 9>&-" },
+    ];
+    const results = await runSteps(host, all, { ...opts, stopOnError: true });
+    for (let i = 0; i < all.length - 1; i++) {
+      if (results[i].code !== 0) throw remoteStepError(host, all[i], results[i]);
+    }
+    return results.slice(1, -1).map((r) => r.stdout);
+  } finally {
+    release();
+    if (pool.locks.get(id) === chained) pool.locks.delete(id);
+  }
+}
+
 /** Closes every pooled connection (tests, benchmark, end of a CLI run). */
 export async function closeHostSessions(): Promise<void> {
   const pool = hostPool();

@@ -287,3 +287,47 @@ test("the capability probe reports tools on the host (this machine) and is cache
   const again = await probeHost(host);
   assert.equal(again, caps);
 });
+
+test("providers of different types, each deserialized from its own text, share one connection", async () => {
+  const pulumi: typeof import("@pulumi/pulumi") = require("@pulumi/pulumi");
+  const requireFromString = require("require-from-string") as (code: string) => {
+    handler: () => Record<string, unknown>;
+  };
+  const { networkProvider, subnetProvider, dhcpPaths, networkDevices } =
+    require("../../provider") as typeof import("../../provider");
+  const load = async (p: object): Promise<Record<string, (...a: unknown[]) => Promise<{ id?: string }>>> =>
+    requireFromString(
+      (await pulumi.runtime.serializeFunction(() => p, { allowSecrets: true })).text,
+    ).handler() as never;
+  const net = await load(networkProvider);
+  const sub = await load(subnetProvider);
+  await closeHostSessions();
+  resetHostPoolStats();
+  // Reads are read-only; on this machine nothing exists, so both report "gone".
+  const name = "kvl-itest-nothing";
+  const netRead = await net.read(name, {
+    networkName: name,
+    kind: "selfservice",
+    driver: "linuxbridge",
+    hosts: [host],
+    vni: 4242,
+    mtu: 1450,
+    hostKeys: {},
+  });
+  const paths = dhcpPaths(name, `${name}-s`);
+  const subRead = await sub.read(`${name}-s`, {
+    subnetName: `${name}-s`,
+    networkName: name,
+    networkBridge: networkDevices(name).bridge,
+    driver: "linuxbridge",
+    hosts: [host],
+    dhcpHost: host.name,
+    hostKeys: {},
+    nsDevice: paths.nsDevice,
+  });
+  assert.equal(netRead.id, "");
+  assert.equal(subRead.id, "");
+  const stats = hostPoolStats();
+  assert.equal(stats.connectionsOpened, 1);
+  assert.equal(stats.channelsOpened, 1);
+});

@@ -68,7 +68,8 @@ test("fails when shQuote gets a NUL byte or a non-string", () => {
 
 test("name and device checks refuse injection characters and name the field", () => {
   assert.equal(checkName("name", "net-1"), undefined);
-  for (const bad of ["Net", "a b", "a;b", "-x", "x\n", "$x", "a`b`", "a/b", "", "x".repeat(64), 5]) {
+  assert.equal(checkName("name", "Net_1.a"), undefined);
+  for (const bad of ["a b", "a;b", "-x", "x\n", "$x", "a`b`", "a/b", "", "x".repeat(64), "a-", ".a", 5]) {
     const e = checkName("network.name", bad);
     assert.ok(e?.startsWith("network.name: expected a name"), String(e));
   }
@@ -96,7 +97,7 @@ test("host connections are checked field by field, secrets are never echoed, unk
   assert.deepEqual(checkHostConnection("hosts[0]", good), []);
   const errors = checkHostConnection("hosts[1]", {
     ...good,
-    name: "HV;1",
+    name: "hv;1",
     address: "a b",
     port: 0,
     user: "r$",

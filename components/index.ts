@@ -1,0 +1,3 @@
+// Components users compose; each file holds one component and its Args.
+export * from "./hosts";
+export * from "./network";

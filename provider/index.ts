@@ -1,0 +1,5 @@
+// Dynamic resources and the host layer they share.
+export * from "./host";
+export * from "./ipam";
+export * from "./network";
+export * from "./subnet";

@@ -1,0 +1,249 @@
+/**
+ * IP address management for subnets: one record per subnet on its DHCP host,
+ * /var/lib/kvmlab/records/ipam/<subnet>.json, changed only under the host lock, so two
+ * resources (in this process or another) never get the same address.
+ *
+ * Other providers (Server ports, routers, load balancers) call {@link allocateAddress} in their
+ * create and {@link releaseAddress} in their delete. Allocations with a MAC become dnsmasq
+ * `dhcp-host` entries (the subnet's dhcp-hostsfile), and dnsmasq re-reads them on SIGHUP, so a
+ * port with a fixed IP gets exactly that address by DHCP.
+ *
+ * Serialization: plain functions over the host layer; nothing captured but other functions.
+ */
+import {
+  deviceName,
+  readRecordStep,
+  parseRecord,
+  runChecked,
+  shQuote,
+  showValue,
+  uploadStep,
+  withHostLock,
+  writeRecordStep,
+  type HostConnection,
+  type Step,
+} from "./host";
+
+/** One subnet's allocations. Keys of `allocations` are dotted-quad addresses. */
+export interface IpamRecord {
+  subnet: string;
+  cidr: string;
+  gateway: string;
+  pool: { start: string; end: string };
+  allocations: Record<string, { owner: string; mac: string }>;
+}
+
+/** Where a subnet's DHCP service lives on its host (pure; components use it to render). */
+export interface DhcpPaths {
+  namespace: string;
+  dir: string;
+  confFile: string;
+  pidFile: string;
+  leaseFile: string;
+  hostsFile: string;
+  /** veth end in the network's bridge (root namespace). */
+  hostDevice: string;
+  /** veth end inside the qdhcp namespace; dnsmasq binds to it. */
+  nsDevice: string;
+}
+
+export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
+  const dir = `/var/lib/kvmlab/dhcp/${subnetName}`;
+  return {
+    namespace: `qdhcp-${networkName}`,
+    dir,
+    confFile: `${dir}/dnsmasq.conf`,
+    pidFile: `${dir}/dnsmasq.pid`,
+    leaseFile: `${dir}/dnsmasq.leases`,
+    hostsFile: `${dir}/hosts`,
+    hostDevice: deviceName("d", subnetName),
+    nsDevice: deviceName("n", subnetName),
+  };
+}
+
+/** Dotted quad → unsigned integer, or NaN. */
+export function ipv4ToInt(ip: string): number {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m) return Number.NaN;
+  const parts = m.slice(1).map(Number);
+  if (parts.some((p, i) => p > 255 || String(p) !== m[i + 1])) return Number.NaN;
+  return ((parts[0] << 24) >>> 0) + (parts[1] << 16) + (parts[2] << 8) + parts[3];
+}
+
+export function intToIpv4(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+}
+
+/** Parses `a.b.c.d/n` (network address required); undefined when invalid. */
+export function parseCidr4(text: string): { network: number; prefix: number; broadcast: number } | undefined {
+  const m = /^([0-9.]+)\/(\d{1,2})$/.exec(text);
+  if (!m) return undefined;
+  const network = ipv4ToInt(m[1]);
+  const prefix = Number(m[2]);
+  if (Number.isNaN(network) || prefix > 32) return undefined;
+  const size = 2 ** (32 - prefix);
+  if (network % size !== 0) return undefined;
+  return { network, prefix, broadcast: network + size - 1 };
+}
+
+/** Owner ids: letters, digits and `_.:-` (e.g. `server:web1:eth0`, `dhcp`). */
+export function checkOwner(owner: string): string | undefined {
+  return /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(owner)
+    ? undefined
+    : `owner: expected letters, digits and "_.:-", got ${showValue(owner)}`;
+}
+
+export function checkMacAddress(mac: string): string | undefined {
+  return mac === "" || /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)
+    ? undefined
+    : `mac: expected lower-case aa:bb:cc:dd:ee:ff, got ${showValue(mac)}`;
+}
+
+/**
+ * Chooses an address for `owner` (pure). The same owner gets its existing address back
+ * (idempotent create); a fixed IP must be inside the CIDR, not the gateway, and free; a dynamic
+ * one is the lowest free pool address not currently leased by dnsmasq.
+ */
+export function planAllocation(
+  record: IpamRecord,
+  owner: string,
+  opts: { fixedIp?: string; mac?: string; leased?: readonly string[] } = {},
+): { ip: string; record: IpamRecord } | { error: string } {
+  const ownerError = checkOwner(owner) ?? checkMacAddress(opts.mac ?? "");
+  if (ownerError) return { error: ownerError };
+  const cidr = parseCidr4(record.cidr);
+  if (!cidr)
+    return {
+      error: `subnet ${record.subnet}: its IPAM record has an invalid cidr ${showValue(record.cidr)}`,
+    };
+  const mine = Object.entries(record.allocations).find(([, a]) => a.owner === owner);
+  const mac = opts.mac ?? "";
+  const withAlloc = (ip: string): { ip: string; record: IpamRecord } => ({
+    ip,
+    record: { ...record, allocations: { ...record.allocations, [ip]: { owner, mac } } },
+  });
+  if (opts.fixedIp !== undefined && opts.fixedIp !== "") {
+    const n = ipv4ToInt(opts.fixedIp);
+    if (Number.isNaN(n) || n <= cidr.network || n >= cidr.broadcast) {
+      return {
+        error: `fixedIp: ${showValue(opts.fixedIp)} is not a host address of ${record.cidr}; pick one inside it`,
+      };
+    }
+    if (opts.fixedIp === record.gateway)
+      return {
+        error: `fixedIp: ${opts.fixedIp} is the gateway of subnet ${record.subnet}; pick another address`,
+      };
+    const holder = record.allocations[opts.fixedIp];
+    if (holder && holder.owner !== owner) {
+      return {
+        error: `fixedIp: ${opts.fixedIp} in subnet ${record.subnet} is already allocated to ${holder.owner}; pick another address`,
+      };
+    }
+    // An owner moving to a new fixed address gives up its old one.
+    const rest = { ...record.allocations };
+    if (mine) delete rest[mine[0]];
+    return {
+      ip: opts.fixedIp,
+      record: { ...record, allocations: { ...rest, [opts.fixedIp]: { owner, mac } } },
+    };
+  }
+  if (mine) return withAlloc(mine[0]);
+  const leased = new Set(opts.leased ?? []);
+  const start = ipv4ToInt(record.pool.start);
+  const end = ipv4ToInt(record.pool.end);
+  for (let n = start; n <= end; n++) {
+    const ip = intToIpv4(n);
+    if (ip === record.gateway || record.allocations[ip] || leased.has(ip)) continue;
+    return withAlloc(ip);
+  }
+  return {
+    error: `subnet ${record.subnet}: no free address left in the pool ${record.pool.start}-${record.pool.end}; widen allocationPool or release addresses`,
+  };
+}
+
+/** Removes every allocation of `owner` (pure, idempotent). */
+export function planRelease(record: IpamRecord, owner: string): IpamRecord {
+  const allocations: IpamRecord["allocations"] = {};
+  for (const [ip, a] of Object.entries(record.allocations)) if (a.owner !== owner) allocations[ip] = a;
+  return { ...record, allocations };
+}
+
+/** dnsmasq dhcp-hostsfile text: one `mac,ip` line per allocation with a MAC, sorted. */
+export function hostsFileText(record: IpamRecord): string {
+  return Object.entries(record.allocations)
+    .filter(([, a]) => a.mac !== "")
+    .map(([ip, a]) => `${a.mac},${ip}\n`)
+    .sort()
+    .join("");
+}
+
+/** Steps that store a record and make dnsmasq see it (hostsfile + SIGHUP when running). */
+export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths): Step[] {
+  return [
+    writeRecordStep("ipam", record.subnet, record),
+    uploadStep(paths.hostsFile, hostsFileText(record), { mode: "0644" }),
+    {
+      label: `reload dhcp hosts of subnet ${record.subnet}`,
+      script: `pid=$(cat ${shQuote(paths.pidFile)} 2>/dev/null || true); if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then kill -HUP "$pid"; fi; true`,
+    },
+  ];
+}
+
+/** Step printing the addresses dnsmasq currently leases (one per line). */
+export function leasedStep(paths: DhcpPaths): Step {
+  return {
+    label: "read dhcp leases",
+    script: `if [ -f ${shQuote(paths.leaseFile)} ]; then awk '{print $3}' ${shQuote(paths.leaseFile)}; fi`,
+  };
+}
+
+/** Where a subnet's IPAM lives: its DHCP host and names (outputs of the Subnet resource). */
+export interface SubnetRef {
+  readonly host: HostConnection;
+  readonly networkName: string;
+  readonly subnetName: string;
+}
+
+/**
+ * Allocates an address in a subnet for `owner` (idempotent per owner). With `mac`, dnsmasq
+ * hands that address to that MAC. Three round trips under the host lock.
+ */
+export async function allocateAddress(
+  ref: SubnetRef,
+  owner: string,
+  opts: { fixedIp?: string; mac?: string } = {},
+): Promise<string> {
+  const paths = dhcpPaths(ref.networkName, ref.subnetName);
+  return withHostLock(ref.host, async () => {
+    const [recText, leasedText] = await runChecked(ref.host, [
+      readRecordStep("ipam", ref.subnetName),
+      leasedStep(paths),
+    ]);
+    const record = parseRecord<IpamRecord>(recText, `ipam/${ref.subnetName}`);
+    if (!record)
+      throw new Error(
+        `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
+      );
+    const plan = planAllocation(record, owner, {
+      ...opts,
+      leased: leasedText.split("\n").filter((l) => l !== ""),
+    });
+    if ("error" in plan) throw new Error(plan.error);
+    if (JSON.stringify(plan.record) !== JSON.stringify(record))
+      await runChecked(ref.host, ipamCommitSteps(plan.record, paths));
+    return plan.ip;
+  });
+}
+
+/** Releases every address of `owner` in a subnet; a missing subnet record is fine (idempotent). */
+export async function releaseAddress(ref: SubnetRef, owner: string): Promise<void> {
+  const paths = dhcpPaths(ref.networkName, ref.subnetName);
+  await withHostLock(ref.host, async () => {
+    const [recText] = await runChecked(ref.host, [readRecordStep("ipam", ref.subnetName)]);
+    const record = parseRecord<IpamRecord>(recText, `ipam/${ref.subnetName}`);
+    if (!record) return;
+    const next = planRelease(record, owner);
+    if (JSON.stringify(next) !== JSON.stringify(record))
+      await runChecked(ref.host, ipamCommitSteps(next, paths));
+  });
+}

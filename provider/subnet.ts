@@ -1,0 +1,628 @@
+/**
+ * Subnet: an IPv4 subnet of a Network, with IP allocation records and (optionally) DHCP by
+ * dnsmasq in the network's `qdhcp-<network>` namespace on one host, like Neutron's DHCP agent.
+ *
+ * On the DHCP host (the first host of the network unless `dhcpHost` names another):
+ *   namespace  qdhcp-<network> (shared by the network's subnets; removed with the last one)
+ *   veth       kvld-<id> in the network's bridge  <->  kvln-<id> in the namespace, holding
+ *              `dhcpAddress`/<prefix>  (<id> = 8 hex digits of sha256(subnetName))
+ *   dnsmasq    --conf-file=/var/lib/kvmlab/dhcp/<subnet>/dnsmasq.conf (the `dnsmasqConf` input,
+ *              rendered by the program with templates' renderDnsmasqConf from dhcpPaths())
+ *              --dhcp-hostsfile=/var/lib/kvmlab/dhcp/<subnet>/hosts (fixed-IP reservations)
+ *   record     /var/lib/kvmlab/records/ipam/<subnet>.json (see ipam.ts)
+ *
+ *   check   validates every field (unknowns accepted), fills defaults, checks the config was
+ *           rendered for this subnet (its interface and pid-file lines)
+ *   diff    pure: names, network, cidr and DHCP host replace; the rest updates
+ *   create  under the host lock: namespace and veth, config validated with `dnsmasq --test`
+ *           before it replaces the running one, IPAM record (kept allocations), dnsmasq
+ *           (re)started only when the config changed; read back. Failure: cleaned again.
+ *   read    namespace, veth, dnsmasq process, record (all gone = deleted)
+ *   update  same converging apply as create
+ *   delete  stops dnsmasq, removes veth, files, record and the namespace when it is empty
+ *
+ * Serialization: as network.ts.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import {
+  UNKNOWN,
+  checkHostList,
+  checkName,
+  containsUnknown,
+  normalizeHostConnection,
+  parseRecord,
+  readRecordStep,
+  recordPath,
+  requireFeatures,
+  runChecked,
+  runLocked,
+  runSteps,
+  shQuote,
+  showValue,
+  uploadStep,
+  withHostLock,
+  type HostConnection,
+  type Step,
+} from "./host";
+import {
+  dhcpPaths,
+  intToIpv4,
+  ipamCommitSteps,
+  ipv4ToInt,
+  parseCidr4,
+  planAllocation,
+  planRelease,
+  type DhcpPaths,
+  type IpamRecord,
+} from "./ipam";
+import { hostKeyRecord, pinnedHost, type HostConnectionArgs, type NetworkDriver } from "./network";
+
+export { dhcpPaths, type DhcpPaths } from "./ipam";
+
+export interface SubnetArgs {
+  /** Name on the hosts (records, dnsmasq tag). @default the resource name */
+  readonly subnetName?: pulumi.Input<string>;
+  /** The network's name (Network.networkName). */
+  readonly networkName: pulumi.Input<string>;
+  /** The network's bridge device (Network.bridge). */
+  readonly networkBridge: pulumi.Input<string>;
+  /** The network's driver (Network.driver). */
+  readonly driver: pulumi.Input<NetworkDriver>;
+  /** The network's hosts. */
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** e.g. "10.10.0.0/24" (the network address). */
+  readonly cidr: pulumi.Input<string>;
+  /** Gateway address; "" for none. @default the first host address */
+  readonly gateway?: pulumi.Input<string>;
+  /** Addresses handed out. @default gateway+1 .. last host address */
+  readonly allocationPool?: pulumi.Input<{ start: pulumi.Input<string>; end: pulumi.Input<string> }>;
+  /** DNS servers announced by DHCP. @default [] */
+  readonly dnsServers?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Run dnsmasq for this subnet. @default true */
+  readonly enableDhcp?: pulumi.Input<boolean>;
+  /** Host name that runs DHCP and keeps the IPAM record. @default the first host */
+  readonly dhcpHost?: pulumi.Input<string>;
+  /** Address of the DHCP port. @default the pool's first address (reserved in IPAM) */
+  readonly dhcpAddress?: pulumi.Input<string>;
+  /** dnsmasq.conf text rendered for this subnet (renderDnsmasqConf with dhcpPaths()). "" without DHCP. */
+  readonly dnsmasqConf: pulumi.Input<string>;
+  /** MTU of the DHCP port. @default 1500 */
+  readonly mtu?: pulumi.Input<number>;
+}
+
+export interface SubnetInputs {
+  subnetName: string;
+  networkName: string;
+  networkBridge: string;
+  driver: NetworkDriver;
+  hosts: HostConnection[];
+  cidr: string;
+  gateway: string;
+  allocationPool: { start: string; end: string };
+  dnsServers: string[];
+  enableDhcp: boolean;
+  dhcpHost: string;
+  dhcpAddress: string;
+  dnsmasqConf: string;
+  mtu: number;
+}
+
+export interface SubnetHostState {
+  namespace: boolean;
+  port: boolean;
+  portInBridge: boolean;
+  address: string;
+  dnsmasq: boolean;
+  record: boolean;
+}
+
+export interface SubnetOutputs extends SubnetInputs {
+  namespace: string;
+  hostDevice: string;
+  nsDevice: string;
+  hostKeys: Record<string, string>;
+  realized: SubnetHostState;
+}
+
+/** Default gateway, pool and DHCP address for a CIDR (pure). */
+export function subnetDefaults(
+  cidr: string,
+  gateway?: string,
+): { gateway: string; allocationPool: { start: string; end: string }; dhcpAddress: string } | undefined {
+  const c = parseCidr4(cidr);
+  if (!c || c.prefix > 29) return undefined;
+  const gw = gateway ?? intToIpv4(c.network + 1);
+  const gwN = gw === "" ? c.network : ipv4ToInt(gw);
+  const start = gwN + 1 < c.broadcast ? gwN + 1 : c.network + 1;
+  return {
+    gateway: gw,
+    allocationPool: { start: intToIpv4(start), end: intToIpv4(c.broadcast - 1) },
+    dhcpAddress: intToIpv4(start),
+  };
+}
+
+/** Validates and normalizes raw inputs (pure). */
+export function checkSubnetInputs(news: Record<string, unknown>): {
+  inputs: Record<string, unknown>;
+  failures: { property: string; reason: string }[];
+} {
+  const failures: { property: string; reason: string }[] = [];
+  const fail = (property: string, reason: string | undefined): void => {
+    if (reason) failures.push({ property, reason });
+  };
+  const known = (v: unknown): boolean => v !== UNKNOWN && !containsUnknown(v);
+  for (const f of ["subnetName", "networkName"] as const) if (known(news[f])) fail(f, checkName(f, news[f]));
+  if (
+    known(news.networkBridge) &&
+    (typeof news.networkBridge !== "string" || !/^kvlb-[0-9a-f]{8}$/.test(news.networkBridge))
+  ) {
+    fail(
+      "networkBridge",
+      `networkBridge: expected the Network's bridge output (kvlb-xxxxxxxx), got ${showValue(news.networkBridge)}`,
+    );
+  }
+  if (known(news.driver) && news.driver !== "linuxbridge" && news.driver !== "openvswitch") {
+    fail(
+      "driver",
+      `driver: expected the Network's driver ("linuxbridge" or "openvswitch"), got ${showValue(news.driver)}`,
+    );
+  }
+  for (const e of checkHostList("hosts", news.hosts)) fail("hosts", e);
+  const hosts = Array.isArray(news.hosts)
+    ? news.hosts.map((h) =>
+        h !== null && typeof h === "object" && !containsUnknown(h)
+          ? normalizeHostConnection(h as Record<string, unknown>)
+          : h,
+      )
+    : news.hosts;
+  const out: Record<string, unknown> = { ...news, hosts };
+  out.dnsServers = news.dnsServers ?? [];
+  out.enableDhcp = news.enableDhcp ?? true;
+  out.mtu = news.mtu ?? 1500;
+  if (
+    known(out.mtu) &&
+    (typeof out.mtu !== "number" || !Number.isInteger(out.mtu) || out.mtu < 576 || out.mtu > 9000)
+  ) {
+    fail("mtu", `mtu: expected an integer 576-9000, got ${showValue(out.mtu)}`);
+  }
+  if (news.dhcpHost === undefined) {
+    out.dhcpHost =
+      Array.isArray(hosts) && hosts.length > 0 && known(hosts[0])
+        ? (hosts[0] as HostConnection).name
+        : UNKNOWN;
+  } else if (
+    known(news.dhcpHost) &&
+    Array.isArray(hosts) &&
+    known(hosts) &&
+    !hosts.some((h) => (h as HostConnection).name === news.dhcpHost)
+  ) {
+    fail(
+      "dhcpHost",
+      `dhcpHost: ${showValue(news.dhcpHost)} is not one of the network's hosts (${hosts.map((h) => (h as HostConnection).name).join(", ")})`,
+    );
+  }
+  if (!known(news.cidr)) return { inputs: out, failures };
+  const c = typeof news.cidr === "string" ? parseCidr4(news.cidr) : undefined;
+  if (!c || c.prefix < 8 || c.prefix > 29) {
+    fail(
+      "cidr",
+      `cidr: expected an IPv4 network like 10.10.0.0/24 (prefix 8-29, host bits zero), got ${showValue(news.cidr)}`,
+    );
+    return { inputs: out, failures };
+  }
+  const inside = (field: string, v: unknown): boolean => {
+    const n = typeof v === "string" ? ipv4ToInt(v) : Number.NaN;
+    if (Number.isNaN(n) || n <= c.network || n >= c.broadcast) {
+      fail(field, `${field}: expected a host address inside ${news.cidr as string}, got ${showValue(v)}`);
+      return false;
+    }
+    return true;
+  };
+  if (known(news.gateway) && news.gateway !== undefined && news.gateway !== "")
+    inside("gateway", news.gateway);
+  const defaults = known(news.gateway)
+    ? subnetDefaults(news.cidr as string, news.gateway as string | undefined)
+    : undefined;
+  out.gateway = news.gateway ?? defaults?.gateway ?? UNKNOWN;
+  out.allocationPool = news.allocationPool ?? defaults?.allocationPool ?? UNKNOWN;
+  if (known(out.allocationPool)) {
+    const p = out.allocationPool as { start: unknown; end: unknown };
+    if (p === null || typeof p !== "object")
+      fail("allocationPool", `allocationPool: expected {start, end}, got ${showValue(p)}`);
+    else if (inside("allocationPool.start", p.start) && inside("allocationPool.end", p.end)) {
+      if (ipv4ToInt(p.start as string) > ipv4ToInt(p.end as string))
+        fail(
+          "allocationPool",
+          `allocationPool: start ${String(p.start)} comes after end ${String(p.end)}; swap them`,
+        );
+      if (known(out.gateway) && out.gateway !== "") {
+        const g = ipv4ToInt(out.gateway as string);
+        if (g >= ipv4ToInt(p.start as string) && g <= ipv4ToInt(p.end as string))
+          fail(
+            "allocationPool",
+            `allocationPool: contains the gateway ${String(out.gateway)}; start the pool after it`,
+          );
+      }
+    }
+  }
+  out.dhcpAddress =
+    news.dhcpAddress ??
+    (known(out.allocationPool) ? (out.allocationPool as { start: string }).start : UNKNOWN);
+  if (known(out.dhcpAddress)) inside("dhcpAddress", out.dhcpAddress);
+  if (known(out.dnsServers)) {
+    if (!Array.isArray(out.dnsServers))
+      fail("dnsServers", `dnsServers: expected a list of IPv4 addresses, got ${showValue(out.dnsServers)}`);
+    else
+      out.dnsServers.forEach(
+        (d, i) =>
+          Number.isNaN(typeof d === "string" ? ipv4ToInt(d) : Number.NaN) &&
+          fail("dnsServers", `dnsServers[${i}]: expected an IPv4 address, got ${showValue(d)}`),
+      );
+  }
+  if (known(out.enableDhcp) && typeof out.enableDhcp !== "boolean")
+    fail("enableDhcp", `enableDhcp: expected true or false, got ${showValue(out.enableDhcp)}`);
+  if (
+    known(news.dnsmasqConf) &&
+    known(news.subnetName) &&
+    known(news.networkName) &&
+    out.enableDhcp === true
+  ) {
+    const conf = news.dnsmasqConf;
+    const paths = dhcpPaths(news.networkName as string, news.subnetName as string);
+    if (
+      typeof conf !== "string" ||
+      !conf.split("\n").includes(`interface=${paths.nsDevice}`) ||
+      !conf.split("\n").includes(`pid-file=${paths.pidFile}`)
+    ) {
+      fail(
+        "dnsmasqConf",
+        `dnsmasqConf: expected a config rendered for this subnet (lines "interface=${paths.nsDevice}" and "pid-file=${paths.pidFile}"); render it with renderDnsmasqConf(toDnsmasqView({...})) using dhcpPaths(networkName, subnetName)`,
+      );
+    }
+  }
+  return { inputs: out, failures };
+}
+
+/** Pure diff. */
+export function diffSubnet(
+  olds: SubnetOutputs,
+  news: SubnetInputs,
+): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
+  const same = (a: unknown, b: unknown): boolean =>
+    b !== UNKNOWN && !containsUnknown(b) && JSON.stringify(a) === JSON.stringify(b);
+  const replaces = (
+    ["subnetName", "networkName", "networkBridge", "driver", "cidr", "dhcpHost"] as const
+  ).filter((k) => !same(olds[k], news[k]));
+  const updates = (
+    [
+      "hosts",
+      "gateway",
+      "allocationPool",
+      "dnsServers",
+      "enableDhcp",
+      "dhcpAddress",
+      "dnsmasqConf",
+      "mtu",
+    ] as const
+  ).filter((k) => !same(olds[k], news[k]));
+  const r = olds.realized;
+  const drift =
+    !r ||
+    !r.record ||
+    (news.enableDhcp !== false &&
+      (!r.namespace || !r.port || !r.portInBridge || !r.dnsmasq || r.address !== news.dhcpAddress));
+  return { changes: replaces.length > 0 || updates.length > 0 || drift, replaces, deleteBeforeReplace: true };
+}
+
+function prefixOf(cidr: string): number {
+  return Number(cidr.split("/")[1]);
+}
+
+/** Step: namespace, veth into the bridge, address (idempotent). */
+export function dhcpPortStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
+  const lines = [
+    "set -e",
+    `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; nd=${paths.nsDevice}; br=${shQuote(inputs.networkBridge)}; mtu=${inputs.mtu}`,
+    `addr=${shQuote(`${inputs.dhcpAddress}/${prefixOf(inputs.cidr)}`)}`,
+    '[ -e "/sys/class/net/$br" ] || { echo "bridge $br of network is missing on this host; create or refresh the Network first" >&2; exit 21; }',
+    '[ -e "/run/netns/$ns" ] || ip netns add "$ns"',
+    'ip netns exec "$ns" ip link set lo up',
+    'if ! { ip link show dev "$hd" >/dev/null 2>&1 && ip netns exec "$ns" ip link show dev "$nd" >/dev/null 2>&1; }; then',
+    '  ip link del dev "$hd" 2>/dev/null || true',
+    '  ip link add "$hd" mtu $mtu type veth peer name "$nd" netns "$ns"',
+    "fi",
+    'ip link set dev "$hd" mtu $mtu',
+  ];
+  if (inputs.driver === "openvswitch") {
+    lines.push(
+      `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:kvmlab-subnet=${shQuote(inputs.subnetName)}`,
+      'ip link set dev "$hd" up',
+      // OVS userspace datapath does not complete partial checksums from veths.
+      'ip netns exec "$ns" ethtool -K "$nd" tx off >/dev/null 2>&1 || true',
+    );
+  } else {
+    lines.push('ip link set dev "$hd" master "$br" up');
+  }
+  lines.push(
+    'ip netns exec "$ns" ip link set dev "$nd" mtu $mtu up',
+    'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$nd" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || ip netns exec "$ns" ip addr del "$a" dev "$nd"; done',
+    'ip netns exec "$ns" ip addr replace "$addr" dev "$nd"',
+  );
+  return { label: `plug DHCP port of subnet ${inputs.subnetName}`, script: lines.join("\n") };
+}
+
+/** Step: validate the uploaded config and swap it in; (re)start dnsmasq when needed. */
+export function dnsmasqStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
+  return {
+    label: `start dnsmasq for subnet ${inputs.subnetName}`,
+    script: [
+      "set -e",
+      `ns=${shQuote(paths.namespace)}; conf=${shQuote(paths.confFile)}; pidf=${shQuote(paths.pidFile)}; hostsf=${shQuote(paths.hostsFile)}`,
+      'if ! dnsmasq --test --conf-file="$conf.new" >/dev/null 2>"$conf.err"; then cat "$conf.err" >&2; rm -f "$conf.new" "$conf.err"; echo "the new dnsmasq config was refused; the running one stays" >&2; exit 22; fi',
+      'rm -f "$conf.err"',
+      'changed=yes; if cmp -s "$conf.new" "$conf"; then changed=no; rm -f "$conf.new"; else mv -f "$conf.new" "$conf"; fi',
+      '[ -f "$hostsf" ] || : > "$hostsf"',
+      'alive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk \'{print $3}\' "/proc/$1/stat")" != Z ] && grep -q dnsmasq "/proc/$1/comm"; }',
+      'pid=$(cat "$pidf" 2>/dev/null || true)',
+      'if alive "$pid" && [ "$changed" = yes ]; then kill "$pid"; i=0; while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; fi',
+      'if ! alive "$pid" || [ "$changed" = yes ]; then',
+      '  if ! ip netns exec "$ns" dnsmasq --conf-file="$conf" --dhcp-hostsfile="$hostsf" </dev/null >/dev/null 2>"$conf.start"; then cat "$conf.start" >&2; rm -f "$conf.start"; exit 23; fi',
+      '  rm -f "$conf.start"',
+      "fi",
+      'echo "changed=$changed"',
+    ].join("\n"),
+  };
+}
+
+/** Step printing the subnet's state on its host. */
+export function subnetReadStep(
+  inputs: Pick<SubnetInputs, "subnetName" | "networkName" | "networkBridge" | "driver">,
+  paths: DhcpPaths,
+): Step {
+  return {
+    label: `read subnet ${inputs.subnetName}`,
+    script: [
+      `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; nd=${paths.nsDevice}; br=${shQuote(inputs.networkBridge)}; pidf=${shQuote(paths.pidFile)}`,
+      `rec=${shQuote(recordPath("ipam", inputs.subnetName))}`,
+      'echo "record=$( [ -f "$rec" ] && echo yes || echo no)"',
+      'echo "namespace=$( [ -e "/run/netns/$ns" ] && echo yes || echo no)"',
+      'echo "port=$( ip link show dev "$hd" >/dev/null 2>&1 && echo yes || echo no)"',
+      inputs.driver === "openvswitch"
+        ? 'echo "inbridge=$( [ "$(ovs-vsctl port-to-br "$hd" 2>/dev/null)" = "$br" ] && echo yes || echo no)"'
+        : 'm=$(readlink "/sys/class/net/$hd/master" 2>/dev/null || true); echo "inbridge=$( [ "${m##*/}" = "$br" ] && echo yes || echo no)"',
+      'if [ -e "/run/netns/$ns" ]; then echo "address=$(ip netns exec "$ns" ip -4 -o addr show dev "$nd" 2>/dev/null | awk \'{print $4}\' | head -n1 | cut -d/ -f1)"; fi',
+      'pid=$(cat "$pidf" 2>/dev/null || true)',
+      'if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] && [ "$(awk \'{print $3}\' "/proc/$pid/stat")" != Z ] && grep -q dnsmasq "/proc/$pid/comm"; then echo dnsmasq=yes; else echo dnsmasq=no; fi',
+    ].join("\n"),
+  };
+}
+
+export function parseSubnetState(stdout: string): SubnetHostState {
+  const kv = new Map<string, string>();
+  for (const line of stdout.split("\n")) {
+    const at = line.indexOf("=");
+    if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
+  }
+  return {
+    namespace: kv.get("namespace") === "yes",
+    port: kv.get("port") === "yes",
+    portInBridge: kv.get("inbridge") === "yes",
+    address: kv.get("address") ?? "",
+    dnsmasq: kv.get("dnsmasq") === "yes",
+    record: kv.get("record") === "yes",
+  };
+}
+
+/** Step removing everything of the subnet from its host (idempotent). */
+export function subnetDeleteStep(subnetName: string, networkName: string, driver: NetworkDriver): Step {
+  const paths = dhcpPaths(networkName, subnetName);
+  return {
+    label: `delete subnet ${subnetName}`,
+    script: [
+      `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; dir=${shQuote(paths.dir)}; pidf=${shQuote(paths.pidFile)}`,
+      'alive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk \'{print $3}\' "/proc/$1/stat")" != Z ] && grep -q dnsmasq "/proc/$1/comm"; }',
+      'pid=$(cat "$pidf" 2>/dev/null || true)',
+      'if alive "$pid"; then kill "$pid"; i=0; while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; alive "$pid" && kill -9 "$pid"; fi',
+      driver === "openvswitch"
+        ? 'command -v ovs-vsctl >/dev/null 2>&1 && ovs-vsctl --if-exists del-port "$hd"'
+        : "true",
+      'ip link del dev "$hd" 2>/dev/null || true',
+      'rm -rf "$dir"',
+      `rm -f ${shQuote(recordPath("ipam", subnetName))}`,
+      // The namespace is shared by the network's subnets: remove it with the last port.
+      'if [ -e "/run/netns/$ns" ] && [ -z "$(ip netns exec "$ns" ip -o link show 2>/dev/null | awk -F\': \' \'$2 != "lo" {print $2}\')" ]; then ip netns del "$ns"; fi',
+      "true",
+    ].join("\n"),
+  };
+}
+
+function dhcpHostOf(
+  inputs: Pick<SubnetInputs, "hosts" | "dhcpHost">,
+  hostKeys?: Record<string, string>,
+): HostConnection {
+  const host = inputs.hosts.find((h) => h.name === inputs.dhcpHost);
+  if (!host) throw new Error(`dhcpHost ${inputs.dhcpHost} is not among the subnet's hosts`);
+  return pinnedHost(host, hostKeys);
+}
+
+/** Converging apply on the DHCP host: returns the state read back. */
+async function applySubnet(
+  inputs: SubnetInputs,
+  hostKeys?: Record<string, string>,
+): Promise<SubnetHostState> {
+  const host = dhcpHostOf(inputs, hostKeys);
+  const paths = dhcpPaths(inputs.networkName, inputs.subnetName);
+  if (inputs.enableDhcp)
+    await requireFeatures(host, inputs.driver === "openvswitch" ? ["dhcp", "openvswitch"] : ["dhcp"]);
+  return withHostLock(host, async () => {
+    const [recText] = await runChecked(host, [readRecordStep("ipam", inputs.subnetName)]);
+    const old = parseRecord<IpamRecord>(recText, `ipam/${inputs.subnetName}`);
+    let record: IpamRecord = {
+      subnet: inputs.subnetName,
+      cidr: inputs.cidr,
+      gateway: inputs.gateway,
+      pool: inputs.allocationPool,
+      allocations: old && old.cidr === inputs.cidr ? planRelease(old, "dhcp").allocations : {},
+    };
+    if (inputs.enableDhcp) {
+      const plan = planAllocation(record, "dhcp", { fixedIp: inputs.dhcpAddress });
+      if ("error" in plan) throw new Error(`dhcpAddress: ${plan.error}`);
+      record = plan.record;
+    }
+    const steps: Step[] = [...ipamCommitSteps(record, paths)];
+    if (inputs.enableDhcp) {
+      steps.push(
+        dhcpPortStep(inputs, paths),
+        uploadStep(`${paths.confFile}.new`, inputs.dnsmasqConf, { mode: "0644" }),
+        dnsmasqStep(inputs, paths),
+      );
+    }
+    steps.push(subnetReadStep(inputs, paths));
+    const outs = await runChecked(host, steps, { timeoutMs: 60000 });
+    return parseSubnetState(outs[outs.length - 1]);
+  });
+}
+
+async function removeSubnet(
+  o: Pick<SubnetOutputs, "subnetName" | "networkName" | "driver" | "hosts" | "dhcpHost" | "hostKeys">,
+): Promise<void> {
+  const host = dhcpHostOf(o, o.hostKeys);
+  await runLocked(host, [subnetDeleteStep(o.subnetName, o.networkName, o.driver)]);
+}
+
+function subnetOutputs(inputs: SubnetInputs, realized: SubnetHostState): SubnetOutputs {
+  const paths = dhcpPaths(inputs.networkName, inputs.subnetName);
+  const hostKeys: Record<string, string> = {};
+  for (const h of inputs.hosts) hostKeys[h.name] = h.name === inputs.dhcpHost ? hostKeyRecord(h) : "";
+  return {
+    ...inputs,
+    namespace: paths.namespace,
+    hostDevice: paths.hostDevice,
+    nsDevice: paths.nsDevice,
+    hostKeys,
+    realized,
+  };
+}
+
+function subnetInputsOf(o: SubnetInputs): SubnetInputs {
+  return {
+    subnetName: o.subnetName,
+    networkName: o.networkName,
+    networkBridge: o.networkBridge,
+    driver: o.driver,
+    hosts: o.hosts,
+    cidr: o.cidr,
+    gateway: o.gateway,
+    allocationPool: o.allocationPool,
+    dnsServers: o.dnsServers,
+    enableDhcp: o.enableDhcp,
+    dhcpHost: o.dhcpHost,
+    dhcpAddress: o.dhcpAddress,
+    dnsmasqConf: o.dnsmasqConf,
+    mtu: o.mtu,
+  };
+}
+
+export const subnetProvider: pulumi.dynamic.ResourceProvider<SubnetInputs, SubnetOutputs> = {
+  async check(_olds, news) {
+    const { inputs, failures } = checkSubnetInputs(news as unknown as Record<string, unknown>);
+    return { inputs: inputs as unknown as SubnetInputs, failures };
+  },
+
+  async diff(_id, olds, news) {
+    return diffSubnet(olds, news);
+  },
+
+  async create(inputs) {
+    const clean = subnetInputsOf(inputs);
+    let realized: SubnetHostState;
+    try {
+      realized = await applySubnet(clean);
+    } catch (err) {
+      await removeSubnet({ ...clean, hostKeys: {} }).catch(() => undefined);
+      throw err;
+    }
+    return { id: clean.subnetName, outs: subnetOutputs(clean, realized) };
+  },
+
+  async read(id, props) {
+    if (!props) return { id, props };
+    const host = dhcpHostOf(props, props.hostKeys);
+    const [r] = await runSteps(host, [subnetReadStep(props, dhcpPaths(props.networkName, props.subnetName))]);
+    if (r.code !== 0)
+      throw new Error(`host ${host.name}: reading subnet ${props.subnetName} failed: ${r.stderr.trim()}`);
+    const realized = parseSubnetState(r.stdout);
+    if (!realized.record && !realized.port && !realized.dnsmasq)
+      return { id: "", props: {} as SubnetOutputs };
+    return { id, props: { ...props, realized } };
+  },
+
+  async update(_id, olds, news) {
+    const clean = subnetInputsOf(news);
+    const realized = await applySubnet(clean, olds.hostKeys);
+    const outs = subnetOutputs(clean, realized);
+    return {
+      outs: {
+        ...outs,
+        hostKeys: {
+          ...olds.hostKeys,
+          ...Object.fromEntries(Object.entries(outs.hostKeys).filter(([, v]) => v !== "")),
+        },
+      },
+    };
+  },
+
+  async delete(_id, olds) {
+    await removeSubnet(olds);
+  },
+};
+
+/** A subnet with IPAM and optional DHCP (`pulumi-nodejs:dynamic/kvmlab:Subnet`). */
+export class Subnet extends pulumi.dynamic.Resource {
+  declare readonly subnetName: pulumi.Output<string>;
+  declare readonly networkName: pulumi.Output<string>;
+  declare readonly cidr: pulumi.Output<string>;
+  declare readonly gateway: pulumi.Output<string>;
+  declare readonly allocationPool: pulumi.Output<{ start: string; end: string }>;
+  declare readonly dnsServers: pulumi.Output<string[]>;
+  declare readonly enableDhcp: pulumi.Output<boolean>;
+  declare readonly dhcpHost: pulumi.Output<string>;
+  declare readonly dhcpAddress: pulumi.Output<string>;
+  declare readonly namespace: pulumi.Output<string>;
+  declare readonly hostDevice: pulumi.Output<string>;
+  declare readonly nsDevice: pulumi.Output<string>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<SubnetHostState>;
+  declare readonly hosts: pulumi.Output<HostConnection[]>;
+
+  constructor(name: string, args: SubnetArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(
+      subnetProvider,
+      name,
+      {
+        subnetName: args.subnetName ?? name,
+        networkName: args.networkName,
+        networkBridge: args.networkBridge,
+        driver: args.driver,
+        hosts: args.hosts,
+        cidr: args.cidr,
+        gateway: args.gateway,
+        allocationPool: args.allocationPool,
+        dnsServers: args.dnsServers,
+        enableDhcp: args.enableDhcp,
+        dhcpHost: args.dhcpHost,
+        dhcpAddress: args.dhcpAddress,
+        dnsmasqConf: args.dnsmasqConf,
+        mtu: args.mtu,
+        namespace: undefined,
+        hostDevice: undefined,
+        nsDevice: undefined,
+        hostKeys: undefined,
+        realized: undefined,
+      },
+      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
+      "kvmlab",
+      "Subnet",
+    );
+  }
+}
