@@ -1,5 +1,114 @@
-// Placeholder until the render command lands; replaced by its implementation.
-export async function main(_argv: string[]): Promise<number> {
-  console.error("kvmlab render: not implemented yet");
-  return 1;
+/**
+ * `kvmlab render <lab.yaml> --out DIR`: writes every artifact of a lab definition (domain XML,
+ * cloud-init seeds, haproxy.cfg, dnsmasq.conf, plan.json) to DIR, one file per object, touching
+ * no host. Identical input gives byte-identical files. Nothing is written outside DIR.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { parseArgs, UsageError } from "./lab/args";
+
+const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--domain-type kvm|qemu]
+
+Writes every artifact of a lab definition to DIR for review, touching no host:
+  servers/<name>.xml, servers/<name>/{meta-data,user-data,network-config},
+  loadbalancers/<name>/haproxy.cfg, subnets/<name>/dnsmasq.conf, plan.json.
+Addresses the lab does not fix are allocated deterministically (see plan.json).
+  --out DIR          output folder: new, empty, or an earlier render's output
+  --domain-type T    libvirt domain type to render (default kvm; hosts without /dev/kvm use qemu)`;
+
+/** Lists files written by a render, so a re-render can replace exactly them. */
+const MARKER = ".kvmlab-render";
+
+function inside(dir: string, rel: string): string {
+  const full = path.resolve(dir, rel);
+  if (!full.startsWith(dir + path.sep)) throw new Error(`refusing to write ${rel}: outside ${dir}`);
+  return full;
+}
+
+function prepare(dir: string): void {
+  if (!fs.existsSync(dir)) {
+    fs.mkdirSync(dir, { recursive: true });
+    return;
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new Error(`${dir} exists and is not a folder`);
+  const entries = fs.readdirSync(dir);
+  if (entries.length === 0) return;
+  const marker = path.join(dir, MARKER);
+  if (!fs.existsSync(marker)) {
+    throw new Error(
+      `${dir} is not empty and is not an earlier render's output; choose a new or empty folder`,
+    );
+  }
+  for (const rel of fs.readFileSync(marker, "utf8").split("\n").filter(Boolean)) {
+    fs.rmSync(inside(dir, rel), { force: true });
+  }
+  fs.rmSync(marker);
+  // Remove folders the old render left empty.
+  const prune = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) {
+        prune(path.join(d, e.name));
+        if (fs.readdirSync(path.join(d, e.name)).length === 0) fs.rmdirSync(path.join(d, e.name));
+      }
+    }
+  };
+  prune(dir);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs(argv, ["out", "domain-type"]);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    console.error(`kvmlab render: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (parsed.options.has("help")) {
+    console.log(USAGE);
+    return 0;
+  }
+  const out = parsed.options.get("out");
+  const domainType = parsed.options.get("domain-type") ?? "kvm";
+  if (parsed.positional.length !== 1 || typeof out !== "string") {
+    console.error(`kvmlab render: expected one lab file and --out DIR\n\n${USAGE}`);
+    return 2;
+  }
+  if (domainType !== "kvm" && domainType !== "qemu") {
+    console.error(`kvmlab render: --domain-type must be kvm or qemu, got ${String(domainType)}`);
+    return 2;
+  }
+  const file = parsed.positional[0];
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    console.error(`kvmlab render: cannot read ${file}: ${(err as Error).message}`);
+    return 1;
+  }
+  const { parseLab, formatIssues } = require("../stacks/lab") as typeof import("../stacks/lab");
+  const { renderLab, RENDER_NOTES } = require("../stacks/artifacts") as typeof import("../stacks/artifacts");
+  const { lab, issues } = parseLab(text);
+  if (lab === null) {
+    console.error(formatIssues(file, issues));
+    console.error(`\n${file}: ${issues.length} problem${issues.length === 1 ? "" : "s"}; nothing rendered`);
+    return 1;
+  }
+  const { files } = renderLab(lab, { domainType });
+  const dir = path.resolve(out);
+  try {
+    prepare(dir);
+  } catch (err) {
+    console.error(`kvmlab render: ${(err as Error).message}`);
+    return 1;
+  }
+  for (const [rel, content] of files) {
+    const target = inside(dir, rel);
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.writeFileSync(target, content);
+  }
+  fs.writeFileSync(path.join(dir, MARKER), [...files.keys()].join("\n") + "\n");
+  console.log(`kvmlab render: wrote ${files.size} files for lab "${lab.name}" to ${dir}`);
+  for (const note of RENDER_NOTES) console.log(`  note: ${note}`);
+  return 0;
 }

@@ -1,5 +1,62 @@
-// Placeholder until the validate command lands; replaced by its implementation.
-export async function main(_argv: string[]): Promise<number> {
-  console.error("kvmlab validate: not implemented yet");
-  return 1;
+/**
+ * `kvmlab validate <lab.yaml>`: checks a lab definition (schema, meaning, renderability) and
+ * prints every problem with its location and a fix. Exit 0 when valid, 1 when not, 2 on usage.
+ */
+import * as fs from "node:fs";
+import { parseArgs, UsageError } from "./lab/args";
+
+const USAGE = `usage: kvmlab validate <lab.yaml> [--json]
+
+Checks a lab definition and reports every problem at once: file:line:column, YAML path,
+what is wrong and how to fix it. Exit status 0 when the lab is valid, 1 when it is not.
+  --json   print the problems as a JSON array instead`;
+
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs(argv, [], ["json"]);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    console.error(`kvmlab validate: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (parsed.options.has("help")) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (parsed.positional.length !== 1) {
+    console.error(`kvmlab validate: expected one lab file\n\n${USAGE}`);
+    return 2;
+  }
+  const file = parsed.positional[0];
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    console.error(`kvmlab validate: cannot read ${file}: ${(err as Error).message}`);
+    return 1;
+  }
+  const { parseLab, formatIssues } = require("../stacks/lab") as typeof import("../stacks/lab");
+  const { lab, issues } = parseLab(text);
+  if (parsed.options.has("json")) {
+    console.log(
+      JSON.stringify(
+        issues.map((i) => ({ file, ...i })),
+        null,
+        2,
+      ),
+    );
+    return lab === null ? 1 : 0;
+  }
+  if (lab === null) {
+    console.error(formatIssues(file, issues));
+    console.error(`\n${file}: ${issues.length} problem${issues.length === 1 ? "" : "s"}`);
+    return 1;
+  }
+  const members = lab.autoscaleGroups.reduce((n, g) => n + g.desired, 0);
+  console.log(
+    `${file}: valid lab "${lab.name}": ${lab.hosts.length} hosts, ${lab.networks.length} networks, ` +
+      `${lab.servers.length} servers + ${members} autoscale members, ${lab.loadBalancers.length} load balancers`,
+  );
+  return 0;
 }

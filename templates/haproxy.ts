@@ -381,7 +381,7 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
       if (!POOL_PROTOCOLS_FOR[protocol].includes(pproto)) {
         throw new FieldError(
           `${p}.protocol`,
-          `a ${protocol} listener cannot use a ${pproto} pool`,
+          `listener protocol ${protocol} cannot use pool protocol ${pproto}`,
           `use one of ${POOL_PROTOCOLS_FOR[protocol].join(", ")}`,
         );
       }

@@ -6,3 +6,4 @@ export * from "./cloudInit";
 export * from "./domain";
 export * from "./haproxy";
 export { templatesDir } from "./render";
+export * from "./naming";

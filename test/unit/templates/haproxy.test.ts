@@ -252,7 +252,7 @@ test("haproxy: fails on incompatible protocols and bad options, naming the field
     () =>
       toHaproxyView({ ...base, listeners: [{ ...httpListener, defaultPool: { ...pool, protocol: "TCP" } }] }),
     `${l0}.defaultPool.protocol`,
-    /HTTP listener cannot use a TCP pool/,
+    /listener protocol HTTP cannot use pool protocol TCP/,
   );
   assertFieldError(
     () => toHaproxyView({ ...base, listeners: [{ ...httpListener, protocol: "TERMINATED_HTTPS" }] }),

@@ -1,0 +1,303 @@
+/**
+ * Lab definitions: parse a YAML file, check it against stacks/lab.schema.json, then check its
+ * meaning (references resolve, networks are consistent, flavors fit images, names are unique),
+ * and report every problem at once with its YAML path, line and a fix.
+ *
+ *   parseLab(text, file)  pure: { lab, issues }
+ *   loadLab(file)         reads the file; throws LabError listing every issue
+ */
+import * as fs from "node:fs";
+import Ajv, { ErrorObject } from "ajv";
+import { isMap, isNode, LineCounter, parseDocument, Document, Node } from "yaml";
+import { RenderError, renderLab } from "./artifacts";
+import { PlanError } from "./plan";
+import { checkSemantics } from "./semantics";
+import { normalizeLab } from "./normalize";
+import type { Lab, LabIssue } from "./model";
+import schema from "./lab.schema.json";
+
+export type { Lab, LabIssue } from "./model";
+
+/** Thrown by {@link loadLab}: the message lists every issue, `issues` holds them. */
+export class LabError extends Error {
+  constructor(
+    readonly file: string,
+    readonly issues: readonly LabIssue[],
+  ) {
+    super(`Invalid lab definition (${file}): ${issues.length} problem(s)\n${formatIssues(file, issues)}`);
+    this.name = "LabError";
+  }
+}
+
+/** One line per issue: `file:line:col  path: message (fix: …)`. */
+export function formatIssues(file: string, issues: readonly LabIssue[]): string {
+  return issues
+    .map(
+      (i) =>
+        `${file}:${i.line}:${i.column}  ${i.path === "" ? "(document)" : i.path}: ${i.message}\n    fix: ${i.fix}`,
+    )
+    .join("\n");
+}
+
+export type PathSegment = string | number;
+
+/** `servers[2].networks[0].subnet` from path segments. */
+export function formatPath(segments: readonly PathSegment[]): string {
+  return segments
+    .map((s, i) =>
+      typeof s === "number"
+        ? `[${s}]`
+        : i === 0
+          ? s
+          : /^[A-Za-z_$][\w$-]*$/.test(s)
+            ? `.${s}`
+            : `[${JSON.stringify(s)}]`,
+    )
+    .join("");
+}
+
+/** Locates YAML paths in the parsed document for issue reports. */
+export class Locator {
+  constructor(
+    private readonly doc: Document,
+    private readonly lines: LineCounter,
+  ) {}
+
+  private position(offset: number): { line: number; column: number } {
+    const { line, col } = this.lines.linePos(offset);
+    return { line, column: col };
+  }
+
+  /** The node at `path`, or its nearest existing ancestor; with `key`, that key of the map at `path`. */
+  locate(path: readonly PathSegment[], key?: string): { line: number; column: number } {
+    for (let n = path.length; n >= 0; n--) {
+      const node = n === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, n), true);
+      if (isNode(node) && node.range) {
+        if (key !== undefined && n === path.length && isMap(node)) {
+          const pair = node.items.find(
+            (p) => isNode(p.key) && (p.key as Node & { value?: unknown }).value === key,
+          );
+          if (pair && isNode(pair.key) && pair.key.range) return this.position(pair.key.range[0]);
+        }
+        return this.position(node.range[0]);
+      }
+    }
+    return { line: 1, column: 1 };
+  }
+
+  /**
+   * An issue at `path`. With `key`, the issue concerns that key of the map at `path`: the
+   * reported path includes it and the position is the key itself.
+   */
+  issue(path: readonly PathSegment[], message: string, fix: string, key?: string): LabIssue {
+    const full = key === undefined ? path : [...path, key];
+    return { path: formatPath(full), ...this.locate(path, key), message, fix };
+  }
+}
+
+let validator: ReturnType<Ajv["compile"]> | undefined;
+function schemaValidator(): ReturnType<Ajv["compile"]> {
+  if (validator === undefined) {
+    const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, strictRequired: false });
+    validator = ajv.compile(schema);
+  }
+  return validator;
+}
+
+function pointerToPath(pointer: string): PathSegment[] {
+  if (pointer === "") return [];
+  return pointer
+    .slice(1)
+    .split("/")
+    .map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"))
+    .map((s) => (/^\d+$/.test(s) ? Number(s) : s));
+}
+
+function describeValue(value: unknown): string {
+  const text = JSON.stringify(value);
+  return text === undefined ? String(value) : text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** Turns ajv's errors into issues: branch noise of oneOf/if is folded into one message. */
+function schemaIssues(errors: readonly ErrorObject[], at: Locator): LabIssue[] {
+  const issues: LabIssue[] = [];
+  const oneOfFailed = errors.filter((e) => e.keyword === "oneOf").map((e) => e.schemaPath);
+  for (const e of errors) {
+    if (e.keyword === "if") continue;
+    if (oneOfFailed.some((p) => e.schemaPath.startsWith(`${p}/`))) continue;
+    const path = pointerToPath(e.instancePath);
+    const parent = e.parentSchema as
+      { description?: string; properties?: Record<string, unknown> } | undefined;
+    switch (e.keyword) {
+      case "required": {
+        const prop = (e.params as { missingProperty: string }).missingProperty;
+        issues.push(at.issue(path, `missing required field "${prop}"`, `add ${prop}`));
+        break;
+      }
+      case "additionalProperties": {
+        const prop = (e.params as { additionalProperty: string }).additionalProperty;
+        const allowed = Object.keys(parent?.properties ?? {});
+        issues.push(
+          at.issue(
+            path,
+            `unknown field "${prop}"`,
+            `remove it or correct its spelling; allowed here: ${allowed.join(", ")}`,
+            prop,
+          ),
+        );
+        break;
+      }
+      case "oneOf": {
+        const alternatives = (e.schema as { required?: string[] }[])
+          .map((s) => s.required?.join("+"))
+          .filter((s): s is string => s !== undefined);
+        issues.push(
+          alternatives.length > 0
+            ? at.issue(
+                path,
+                `give exactly one of: ${alternatives.join(", ")}`,
+                `keep one of ${alternatives.join(" or ")} and remove the others`,
+              )
+            : at.issue(
+                path,
+                `invalid value ${describeValue(e.data)}`,
+                parent?.description ?? "see docs/lab-definition.md",
+              ),
+        );
+        break;
+      }
+      case "not": {
+        const forbidden = (e.schema as { required?: string[]; const?: unknown }).required;
+        issues.push(
+          forbidden !== undefined
+            ? at.issue(
+                path,
+                `"${forbidden.join(", ")}" is not allowed here`,
+                `remove ${forbidden.join(", ")}`,
+                forbidden[0],
+              )
+            : at.issue(
+                path,
+                `value ${describeValue(e.data)} is not allowed`,
+                parent?.description ?? "see docs/lab-definition.md",
+              ),
+        );
+        break;
+      }
+      case "enum":
+        issues.push(
+          at.issue(
+            path,
+            `invalid value ${describeValue(e.data)}`,
+            `use one of ${(e.params as { allowedValues: unknown[] }).allowedValues.join(", ")}`,
+          ),
+        );
+        break;
+      case "type":
+        issues.push(
+          at.issue(
+            path,
+            `expected ${(e.params as { type: string }).type}, got ${describeValue(e.data)}`,
+            parent?.description ?? "fix the type",
+          ),
+        );
+        break;
+      case "pattern":
+        issues.push(
+          at.issue(
+            path,
+            `invalid value ${describeValue(e.data)}`,
+            parent?.description ?? "see docs/lab-definition.md",
+          ),
+        );
+        break;
+      default:
+        issues.push(
+          at.issue(
+            path,
+            `${describeValue(e.data)} ${e.message ?? "is invalid"}`,
+            parent?.description ?? "see docs/lab-definition.md",
+          ),
+        );
+    }
+  }
+  return issues;
+}
+
+function byPosition(a: LabIssue, b: LabIssue): number {
+  return (
+    a.line - b.line ||
+    a.column - b.column ||
+    a.path.localeCompare(b.path) ||
+    a.message.localeCompare(b.message)
+  );
+}
+
+/**
+ * Parses and validates a lab definition. `lab` is null when there is any issue; `issues`
+ * lists every problem found, sorted by position.
+ */
+export function parseLab(text: string): { lab: Lab | null; issues: LabIssue[] } {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    return {
+      lab: null,
+      issues: doc.errors.map((err) => {
+        const { line, col } = lineCounter.linePos(err.pos[0]);
+        return {
+          path: "",
+          line,
+          column: col,
+          message: `YAML syntax: ${err.message.split("\n")[0]}`,
+          fix: "correct the YAML syntax at this line",
+        };
+      }),
+    };
+  }
+  const at = new Locator(doc, lineCounter);
+  const data: unknown = doc.toJS();
+  const validate = schemaValidator();
+  const issues: LabIssue[] = [];
+  if (!validate(data)) issues.push(...schemaIssues(validate.errors ?? [], at));
+  if (data !== null && typeof data === "object" && !Array.isArray(data)) {
+    const schemaPaths = issues.map((i) => i.path);
+    issues.push(...checkSemantics(data as Record<string, unknown>, at, schemaPaths));
+  }
+  const unique = new Map<string, LabIssue>();
+  for (const i of issues) unique.set(`${i.path}\u0000${i.message}`, i);
+  const sorted = [...unique.values()].sort(byPosition);
+  if (sorted.length > 0) return { lab: null, issues: sorted };
+  const lab = normalizeLab(data as Record<string, unknown>);
+  // Last check: every artifact must render (the views own a few rules, e.g. name lengths).
+  try {
+    renderLab(lab);
+  } catch (err) {
+    if (!(err instanceof RenderError) && !(err instanceof PlanError)) throw err;
+    const where = parsePath(err.path);
+    const message = err instanceof RenderError ? err.reason.message : err.message;
+    return {
+      lab: null,
+      issues: [
+        at.issue(
+          where,
+          `cannot render: ${message}`,
+          "see the message; docs/templates.md lists each template's rules",
+        ),
+      ],
+    };
+  }
+  return { lab, issues: [] };
+}
+
+/** `servers[2].name` → ["servers", 2, "name"]. */
+export function parsePath(path: string): PathSegment[] {
+  return [...path.matchAll(/([^.[\]]+)|\[(\d+)\]/g)].map((m) => (m[2] !== undefined ? Number(m[2]) : m[1]));
+}
+
+/** Reads and validates a lab definition file; throws {@link LabError} listing every problem. */
+export function loadLab(file: string): Lab {
+  const { lab, issues } = parseLab(fs.readFileSync(file, "utf8"));
+  if (lab === null) throw new LabError(file, issues);
+  return lab;
+}
