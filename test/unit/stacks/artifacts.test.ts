@@ -3,7 +3,7 @@ import * as assert from "node:assert/strict";
 import * as path from "node:path";
 import { parse } from "yaml";
 import { renderLab } from "../../../stacks/artifacts";
-import { loadLab } from "../../../stacks/lab";
+import { loadLab, parseLab } from "../../../stacks/lab";
 import {
   assertValid,
   dnsmasqTest,
@@ -90,4 +90,48 @@ test("three-tier: allocation is deterministic and wired through every artifact",
     JSON.parse(a.files.get("plan.json")!).servers.find((s: { name: string }) => s.name === "web-0").host,
     "decided at apply time",
   );
+});
+
+const KERNEL_LAB = `
+name: tiny
+hosts:
+  - name: hv1
+    address: 10.255.0.11
+    privateKeyPath: ~/.ssh/kvmlab
+    hostKey: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJJC9ivjyiIwVQaIynSL3v4u50/EB1w8amEowk2dv/zt
+images:
+  - name: busybox
+    format: kernel
+    kernel: { source: /var/cache/kvmlab/vmlinux, checksum: "sha256:${"a".repeat(64)}" }
+    ramdisk: { source: /var/cache/kvmlab/initramfs.cpio.gz, checksum: "sha256:${"b".repeat(64)}" }
+    cmdline: console=ttyS0 lab.name=vm
+flavors:
+  - { name: m1.nano, vcpus: 1, ramMiB: 128, diskGiB: 0 }
+networks:
+  - name: lan
+    kind: provider
+    physicalInterface: eth1
+    subnets:
+      - { name: lan-subnet, cidr: 192.168.50.0/24, gateway: 192.168.50.1, pool: { start: 192.168.50.100, end: 192.168.50.110 } }
+servers:
+  - { name: vm-a, image: busybox, flavor: m1.nano, networks: [{ subnet: lan-subnet }] }
+  - { name: vm-b, image: busybox, flavor: m1.nano, networks: [{ subnet: lan-subnet, fixedIp: 192.168.50.100 }] }
+`;
+
+test("a kernel+ramdisk image renders direct kernel boot on a Linux bridge, valid for libvirt", () => {
+  const { lab, issues } = parseLab(KERNEL_LAB);
+  assert.deepEqual(issues, []);
+  const { files, plan } = renderLab(lab!, { domainType: "qemu" });
+  const xml = files.get("servers/vm-a.xml")!;
+  assertValid(virtXmlValidate(xml), "kernel-boot domain");
+  assert.match(xml, /<kernel>\/var\/lib\/kvmlab\/images\/busybox\/kernel<\/kernel>/);
+  assert.match(xml, /<initrd>\/var\/lib\/kvmlab\/images\/busybox\/ramdisk<\/initrd>/);
+  assert.match(xml, /<cmdline>console=ttyS0 lab\.name=vm<\/cmdline>/);
+  assert.doesNotMatch(xml, /device='disk'|virtualport/);
+  // .100 is fixed for vm-b, so DHCP takes .101 and vm-a .102.
+  assert.equal(plan.dhcpPorts["lan-subnet"], "192.168.50.101");
+  assert.equal(plan.servers.find((s) => s.name === "vm-a")!.ports[0].ip, "192.168.50.102");
+  assert.equal(plan.servers.find((s) => s.name === "vm-a")!.host, null, "placement decided at apply time");
+  assertValid(dnsmasqTest(files.get("subnets/lan-subnet/dnsmasq.conf")!), "dnsmasq.conf");
+  assert.deepEqual(lab!.hosts[0].privateKeyPath, "~/.ssh/kvmlab");
 });
