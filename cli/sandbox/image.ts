@@ -50,6 +50,38 @@ export async function currentKernelPackage(): Promise<string | undefined> {
   return undefined;
 }
 
+/** Changes whenever apt's package lists change (apt-cache takes seconds here: no pkgcache.bin). */
+function aptListsKey(): string {
+  const dir = "/var/lib/apt/lists";
+  if (!fs.existsSync(dir)) return "none";
+  let newest = 0;
+  let count = 0;
+  for (const f of fs.readdirSync(dir)) {
+    if (!f.endsWith("Packages") && !f.endsWith("Release")) continue;
+    newest = Math.max(newest, fs.statSync(path.join(dir, f)).mtimeMs);
+    count++;
+  }
+  return `${count}:${newest}`;
+}
+
+/** `currentKernelPackage`, remembered in the cache until apt's lists change. */
+async function cachedKernelPackage(cacheRoot: string): Promise<string | undefined> {
+  const file = path.join(cacheRoot, "kernel-package.json");
+  const key = aptListsKey();
+  try {
+    const saved = JSON.parse(fs.readFileSync(file, "utf8")) as { key: string; pkg: string };
+    if (saved.key === key && KERNEL_PACKAGE_PATTERN.test(saved.pkg)) return saved.pkg;
+  } catch {
+    // No usable record: ask apt.
+  }
+  const pkg = await currentKernelPackage();
+  if (pkg !== undefined) {
+    fs.mkdirSync(cacheRoot, { recursive: true });
+    fs.writeFileSync(file, JSON.stringify({ key, pkg }) + "\n");
+  }
+  return pkg;
+}
+
 /** A hash of everything that goes into the initramfs besides the kernel, so edits rebuild it. */
 function contentHash(): string {
   const h = createHash("sha256");
@@ -74,7 +106,7 @@ export async function ensureGuestImage(
   const imageRoot = path.join(cacheRoot, "image");
   const debDir = path.join(cacheRoot, "debs");
   const hash = contentHash();
-  let pkg = await currentKernelPackage();
+  let pkg = await cachedKernelPackage(cacheRoot);
   if (pkg === undefined) {
     // Offline or no apt lists: fall back to a kernel package downloaded earlier.
     const cached = fs.existsSync(debDir)

@@ -289,9 +289,9 @@ async function build(
     if (sig !== undefined) throw new SandboxError(`interrupted by ${sig}`);
     const t = Date.now();
     const v = await fn();
+    say(`${label}${detail ? `: ${detail(v)}` : ""} (${secs(t)})`);
     // Fault injection for the rollback test: fail right after the named step.
     if (failAt === label) throw new SandboxError(`failing after step "${label}" (KVMLAB_SANDBOX_FAIL_AT)`);
-    say(`${label}${detail ? `: ${detail(v)}` : ""} (${secs(t)})`);
     return v;
   };
 
@@ -310,14 +310,19 @@ async function build(
   const knownHosts =
     plan.hosts.map((h) => `${h.name},${h.mgmtAddress} ${hostKeys.get(h.name)}`).join("\n") + "\n";
 
-  await step("fabric", async () => {
-    // A private mount for the namespace files (bind mounts of mount namespaces must not propagate).
-    fs.mkdirSync(plan.nsDir, { recursive: true });
-    await run("mount", ["--bind", plan.nsDir, plan.nsDir]);
-    await run("mount", ["--make-private", plan.nsDir]);
-    fs.mkdirSync(plan.logDir, { recursive: true });
-    await buildFabric(plan);
-  });
+  await step(
+    "fabric",
+    async () => {
+      // A private mount for the namespace files (bind mounts of mount namespaces must not propagate).
+      fs.mkdirSync(plan.nsDir, { recursive: true });
+      await run("mount", ["--bind", plan.nsDir, plan.nsDir]);
+      await run("mount", ["--make-private", plan.nsDir]);
+      fs.mkdirSync(plan.logDir, { recursive: true });
+      await buildFabric(plan);
+    },
+    () =>
+      `bridges mgmt, ext, tun in ${plan.fabricNetns}; this machine ${plan.rootLinks.mgmt} ${plan.mgmt.runnerAddress}, ${plan.rootLinks.ext} ${plan.external.runnerAddress}`,
+  );
   state.pids["internet httpd"] = await step("internet", () => buildInternet(plan));
   writeJsonAtomic(plan.statePath, state);
 
@@ -381,15 +386,21 @@ async function build(
     instance: plan.instance,
     index: plan.index,
     hosts,
-    management: { cidr: plan.mgmt.cidr, runnerAddress: plan.mgmt.runnerAddress },
+    management: {
+      cidr: plan.mgmt.cidr,
+      runnerAddress: plan.mgmt.runnerAddress,
+      runnerInterface: plan.rootLinks.mgmt,
+    },
     tunnel: { cidr: plan.tunnel.cidr },
     external: {
       cidr: plan.external.cidr,
       gateway: plan.external.gateway,
       runnerAddress: plan.external.runnerAddress,
+      runnerInterface: plan.rootLinks.ext,
       allocationPool: { start: plan.external.poolStart, end: plan.external.poolEnd },
       internetNetns: plan.internetNetns,
     },
+    fabricNetns: plan.fabricNetns,
     image: {
       kernel: image.kernel,
       kernelCompressed: image.kernelCompressed,

@@ -50,7 +50,8 @@ export interface SandboxStatus {
   /** Small number (0..15) this instance's names and address ranges derive from. */
   index: number;
   hosts: SandboxHost[];
-  management: { cidr: string; runnerAddress: string };
+  /** The runner's leg on the management network: its interface in this machine's root namespace. */
+  management: { cidr: string; runnerAddress: string; runnerInterface: string };
   tunnel: { cidr: string };
   external: {
     cidr: string;
@@ -58,11 +59,14 @@ export interface SandboxStatus {
     gateway: string;
     /** The runner's own leg on the external network (so tests can reach addresses on it). */
     runnerAddress: string;
+    runnerInterface: string;
     /** A range of the external network nothing in the sandbox uses (for floating IPs, VIPs). */
     allocationPool: { start: string; end: string };
     /** Network namespace of the "internet" (serves HTTP on port 80 at the gateway address). */
     internetNetns: string;
   };
+  /** Namespaces of this instance on this machine: the fabric ("the switches"), then the hosts'. */
+  fabricNetns: string;
   image: {
     /** Uncompressed ELF kernel (PVH boot, the fastest under TCG). */
     kernel: string;

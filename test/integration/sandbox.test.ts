@@ -1,0 +1,339 @@
+/**
+ * `kvmlab sandbox` end to end on this machine, with its own instances ("itest-sandbox",
+ * "itest-rollback"), so it can run while other tests or a user's own sandbox are up.
+ *
+ * Proves: bad input is refused before anything is built; a failed `up` leaves nothing behind;
+ * `up` gives hosts that answer SSH with strict host-key checking against the published
+ * known_hosts; the hosts are independent (hostname, libvirt, OVS, namespaces); a domain defined
+ * over SSH from the guest test image answers HTTP from the runner and powers off on ACPI
+ * shutdown; a second `up` changes nothing; `down` leaves no namespace, process, link or mount.
+ * Does not prove anything about the provider layer (other integration tests do that).
+ * All traffic goes to the sandbox's own addresses; every wait is bounded.
+ */
+import { after, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { main } from "../../cli/sandbox";
+import { readSandboxStatus, sandboxStatusPath } from "../../cli/sandbox/status";
+import {
+  httpGet,
+  kvmlab,
+  runCommand,
+  sshCheck,
+  sshExec,
+  startSandbox,
+  stopSandbox,
+  testGuestXml,
+  waitFor,
+  type SandboxStatus,
+} from "../support/sandbox";
+
+const INSTANCE = "itest-sandbox";
+const ROLLBACK_INSTANCE = "itest-rollback";
+const notRoot = typeof process.getuid === "function" && process.getuid() !== 0;
+const skip = notRoot ? "needs root (the sandbox creates namespaces and mounts)" : false;
+
+let status: SandboxStatus | undefined;
+const timings: Record<string, number> = {};
+
+after(async () => {
+  if (notRoot) return;
+  if (process.env.KVMLAB_KEEP_SANDBOX === "1") return;
+  await stopSandbox(INSTANCE);
+  await stopSandbox(ROLLBACK_INSTANCE);
+  if (Object.keys(timings).length > 0) console.log(`sandbox timings (ms): ${JSON.stringify(timings)}`);
+});
+
+async function captureMain(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const log = console.log;
+  const error = console.error;
+  console.log = (...a: unknown[]) => void out.push(a.join(" "));
+  console.error = (...a: unknown[]) => void err.push(a.join(" "));
+  try {
+    const code = await main(argv);
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    console.log = log;
+    console.error = error;
+  }
+}
+
+/** What of an instance exists on this machine: namespaces, root links, mounts, runtime folder. */
+async function leftovers(instance: string, index: number | undefined): Promise<string[]> {
+  const found: string[] = [];
+  const netns = await runCommand("ip", ["netns", "list"]);
+  for (const line of netns.stdout.split("\n")) {
+    if (line.startsWith(`kvmlab-${instance}-`)) found.push(`netns ${line.split(" ")[0]}`);
+  }
+  if (index !== undefined) {
+    const links = await runCommand("ip", ["-o", "link", "show"]);
+    for (const l of [`kvlab${index}-mgmt`, `kvlab${index}-ext`]) {
+      if (links.stdout.includes(` ${l}@`) || links.stdout.includes(` ${l}:`)) found.push(`link ${l}`);
+    }
+  }
+  const runDir = path.dirname(sandboxStatusPath(instance));
+  for (const line of fs.readFileSync("/proc/mounts", "utf8").split("\n")) {
+    const target = line.split(" ")[1];
+    if (target !== undefined && (target === runDir || target.startsWith(`${runDir}/`)))
+      found.push(`mount ${target}`);
+  }
+  if (fs.existsSync(runDir)) found.push(`folder ${runDir}`);
+  return found;
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
+}
+
+test("bad input is refused with the field and the fix, before anything is built", async () => {
+  const zero = await captureMain(["up", "--hosts", "0", "--instance", "itest-never"]);
+  assert.equal(zero.code, 2);
+  assert.match(zero.err, /invalid --hosts 0: give a whole number from 1 to 16/);
+  const word = await captureMain(["up", "--hosts", "two"]);
+  assert.equal(word.code, 2);
+  assert.match(word.err, /invalid --hosts "two"/);
+  const inject = await captureMain(["up", "--instance", "a;rm -rf /"]);
+  assert.equal(inject.code, 2);
+  assert.match(inject.err, /invalid sandbox instance name "a;rm -rf \/": use 1-24 lower-case letters/);
+  const noAction = await captureMain(["--instance", "x"]);
+  assert.equal(noAction.code, 2);
+  assert.match(noAction.err, /give an action: up, status or down/);
+  assert.throws(() => sandboxStatusPath("../etc"), /invalid sandbox instance name/);
+  assert.equal(fs.existsSync(path.dirname(sandboxStatusPath("itest-never"))), false);
+});
+
+test("status of an instance that is not up exits 1 and says how to start it", async () => {
+  const r = await captureMain(["status", "--instance", "itest-never"]);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.err,
+    /instance "itest-never" is not up; start it with: kvmlab sandbox up --instance itest-never/,
+  );
+  assert.equal(readSandboxStatus("itest-never"), undefined);
+});
+
+test("a failed up rolls back: no namespace, link, mount, process or folder is left", { skip }, async () => {
+  await stopSandbox(ROLLBACK_INSTANCE);
+  const r = await kvmlab(["sandbox", "up", "--instance", ROLLBACK_INSTANCE], {
+    env: { ...process.env, KVMLAB_SANDBOX_FAIL_AT: "hv2: daemons" },
+  });
+  assert.equal(r.code, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /failing after step "hv2: daemons"/);
+  assert.match(
+    r.stdout,
+    /hv1: daemons: virtlogd \d+, libvirtd \d+/,
+    "hv1 was fully built before the failure",
+  );
+  assert.match(r.stdout, /rolled back: nothing of instance "itest-rollback" is left/);
+  const index = /this machine kvlab(\d+)-mgmt/.exec(r.stdout)?.[1];
+  assert.ok(index !== undefined, `fabric step names the runner links: ${r.stdout}`);
+  const pids = [...r.stdout.matchAll(/(?:virtlogd|libvirtd|ovsdb-server|ovs-vswitchd|sshd) (\d+)/g)].map(
+    (m) => Number(m[1]),
+  );
+  assert.ok(pids.length >= 10, `both hosts reported daemon PIDs: ${pids.join(",")}`);
+  assert.deepEqual(
+    pids.filter((p) => alive(p)),
+    [],
+    "no daemon of the failed instance survives",
+  );
+  assert.deepEqual(await leftovers(ROLLBACK_INSTANCE, Number(index)), []);
+});
+
+test("up builds hosts and publishes their status", { skip }, async () => {
+  await stopSandbox(INSTANCE);
+  const t0 = Date.now();
+  status = await startSandbox(INSTANCE, 2);
+  timings.up = Date.now() - t0;
+  assert.equal(status.instance, INSTANCE);
+  assert.deepEqual(
+    status.hosts.map((h) => h.name),
+    ["hv1", "hv2"],
+  );
+  for (const h of status.hosts) {
+    assert.equal(h.port, 22);
+    assert.equal(h.user, "root");
+    assert.equal(h.uplink, "eth1");
+    assert.match(h.address, /^10\.255\.\d+\.1[12]$/);
+    assert.match(h.tunnelAddress, /^10\.254\.\d+\.1[12]$/);
+    assert.match(h.hostKey, /^ssh-ed25519 AAAA\S+$/);
+    assert.equal(fs.statSync(h.privateKeyPath).mode & 0o777, 0o600, "private key is 0600");
+    assert.ok(fs.readFileSync(h.knownHostsPath, "utf8").includes(`${h.address} ${h.hostKey}`));
+  }
+  assert.match(status.external.cidr, /^172\.24\.\d+\.0\/24$/);
+  assert.ok(fs.statSync(status.image.kernel).size > 10 * 1024 * 1024, "vmlinux is an uncompressed kernel");
+  assert.ok(fs.statSync(status.image.ramdisk).size > 100 * 1024);
+  assert.deepEqual(readSandboxStatus(INSTANCE), status, "status.json is what up printed");
+
+  const json = await kvmlab(["sandbox", "status", "--json", "--instance", INSTANCE]);
+  assert.equal(json.code, 0, json.stderr);
+  assert.deepEqual(JSON.parse(json.stdout), status);
+  const human = await kvmlab(["sandbox", "status", "--instance", INSTANCE]);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, new RegExp(`sandbox "${INSTANCE}" is up: 2 hosts`));
+  assert.match(human.stdout, /hv2\s+10\.255\.\d+\.12:22/);
+});
+
+test(
+  "every host answers SSH with strict host-key checking against the published known_hosts",
+  { skip },
+  async () => {
+    assert.ok(status);
+    const machineIds = new Set<string>();
+    for (const h of status.hosts) {
+      const out = await sshCheck(status, h.name, "hostname; virsh -q hostname; cat /etc/machine-id");
+      const [hostname, virshHostname, machineId] = out.trim().split("\n");
+      assert.equal(hostname, h.name);
+      assert.equal(virshHostname, h.name);
+      machineIds.add(machineId);
+    }
+    assert.equal(machineIds.size, status.hosts.length, "every host has its own machine-id");
+
+    // The same connection with a known_hosts that has another key must be refused.
+    const wrong = path.join(path.dirname(sandboxStatusPath(INSTANCE)), "itest-wrong-known-hosts");
+    fs.writeFileSync(wrong, `${status.hosts[0].address} ${status.hosts[1].hostKey}\n`);
+    const bad = { ...status, hosts: status.hosts.map((h) => ({ ...h, knownHostsPath: wrong })) };
+    const refused = await sshExec(bad, "hv1", "true", { timeoutMs: 20_000 });
+    fs.rmSync(wrong);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /host key|HOST IDENTIFICATION/i);
+  },
+);
+
+test("hosts are independent: own libvirt, OVS database, namespaces and host UUID", { skip }, async () => {
+  assert.ok(status);
+  await sshCheck(
+    status,
+    "hv1",
+    "ovs-vsctl add-br br-itest -- set bridge br-itest datapath_type=netdev && ip netns add itest-ns",
+  );
+  const hv1 = await sshCheck(
+    status,
+    "hv1",
+    "ovs-vsctl list-br; ip netns list; virsh -q capabilities | grep -m1 '<uuid>'",
+  );
+  const hv2 = await sshCheck(
+    status,
+    "hv2",
+    "ovs-vsctl list-br; ip netns list; virsh -q capabilities | grep -m1 '<uuid>'",
+  );
+  assert.match(hv1, /^br-itest$/m);
+  assert.match(hv1, /^itest-ns/m);
+  assert.doesNotMatch(hv2, /br-itest|itest-ns/);
+  const uuid = (s: string) => /<uuid>([^<]+)<\/uuid>/.exec(s)?.[1];
+  assert.ok(uuid(hv1) && uuid(hv2));
+  assert.notEqual(uuid(hv1), uuid(hv2));
+  await sshCheck(status, "hv1", "ovs-vsctl del-br br-itest && ip netns delete itest-ns");
+});
+
+let guestPid = 0;
+
+test("a domain defined over SSH from the test image answers HTTP from the runner", { skip }, async () => {
+  assert.ok(status);
+  const ip = status.external.allocationPool.start;
+  const xml = testGuestXml(status, {
+    name: "itest-web",
+    uuid: "0b7e5d2c-6a8f-4e31-9c47-5f2d1e0a9b13",
+    bridge: "br-ex",
+    ipCidr: `${ip}/24`,
+    gateway: status.external.gateway,
+  });
+  await sshCheck(
+    status,
+    "hv1",
+    "ip link add br-ex type bridge && ip link set eth1 master br-ex && ip link set br-ex up",
+  );
+  const t0 = Date.now();
+  await sshCheck(status, "hv1", "virsh -q define /dev/stdin && virsh -q start itest-web", { input: xml });
+  const health = await waitFor(
+    "the guest's /health over the external network",
+    async () => {
+      const r = await httpGet(status!, ip, "/health", 1_000);
+      return r?.status === 200 ? r : undefined;
+    },
+    { timeoutMs: 120_000, intervalMs: 200 },
+  );
+  timings.guestDefineStartToHttp = Date.now() - t0;
+  assert.equal(health.body.trim(), "ok");
+  const hello = await httpGet(status, ip, "/");
+  assert.equal(hello?.body.trim(), "hello from itest-web");
+
+  const serial = await sshCheck(status, "hv1", "cat /var/log/kvmlab-itest-web.console");
+  assert.match(serial, new RegExp(`LAB-READY name=itest-web ip=${ip.replace(/\./g, "\\.")} mac=52:54:00:`));
+  const lists = await Promise.all(
+    status.hosts.map((h) => sshCheck(status!, h.name, "virsh -q list --all --name")),
+  );
+  assert.match(lists[0], /^itest-web$/m);
+  assert.doesNotMatch(lists[1], /itest-web/, "hv2 does not see hv1's domain");
+  const qemuPid = Number((await sshCheck(status, "hv1", "cat /run/libvirt/qemu/itest-web.pid")).trim());
+  const rss = fs.readFileSync(`/proc/${qemuPid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB/m)?.[1];
+  timings.guestQemuRssKiB = Number(rss);
+
+  // ACPI shutdown powers the guest off.
+  const t1 = Date.now();
+  await sshCheck(status, "hv1", "virsh -q shutdown itest-web");
+  await waitFor(
+    "the guest to power off after virsh shutdown",
+    async () => {
+      const r = await sshExec(status!, "hv1", "virsh -q domstate itest-web");
+      return r.stdout.trim() === "shut off" ? true : undefined;
+    },
+    { timeoutMs: 60_000, intervalMs: 300 },
+  );
+  timings.acpiShutdown = Date.now() - t1;
+  assert.equal(alive(qemuPid), false);
+
+  // Leave one running for `down` to remove.
+  await sshCheck(status, "hv1", "virsh -q start itest-web");
+  guestPid = Number((await sshCheck(status, "hv1", "cat /run/libvirt/qemu/itest-web.pid")).trim());
+  assert.ok(alive(guestPid));
+});
+
+test("a second up changes nothing and says so", { skip }, async () => {
+  assert.ok(status);
+  const before = fs.readFileSync(sandboxStatusPath(INSTANCE), "utf8");
+  const r = await kvmlab(["sandbox", "up", "--instance", INSTANCE]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /instance "itest-sandbox" is already up \(2 hosts\); nothing changed/);
+  assert.equal(fs.readFileSync(sandboxStatusPath(INSTANCE), "utf8"), before);
+  const moreHosts = await kvmlab(["sandbox", "up", "--instance", INSTANCE, "--hosts", "3"]);
+  assert.equal(moreHosts.code, 1);
+  assert.match(moreHosts.stderr, /already up with 2 hosts, not 3; to change it run: kvmlab sandbox down/);
+  for (const h of status.hosts)
+    for (const pid of Object.values(h.daemons)) assert.ok(alive(pid), `pid ${pid} still runs`);
+});
+
+test("down leaves no namespace, process, link or mount behind, and is safe twice", { skip }, async () => {
+  assert.ok(status);
+  const state = JSON.parse(
+    fs.readFileSync(path.join(path.dirname(sandboxStatusPath(INSTANCE)), "state.json"), "utf8"),
+  );
+  const pids = [
+    ...status.hosts.flatMap((h) => Object.values(h.daemons)),
+    ...(Object.values(state.pids) as number[]),
+    ...(guestPid > 0 ? [guestPid] : []),
+  ];
+  assert.ok(pids.every(alive), "everything runs before down");
+  const t0 = Date.now();
+  const r = await kvmlab(["sandbox", "down", "--instance", INSTANCE], { timeoutMs: 120_000 });
+  timings.down = Date.now() - t0;
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /is down; everything removed/);
+  assert.deepEqual(pids.filter(alive), [], "no process of the instance survives");
+  assert.deepEqual(await leftovers(INSTANCE, status.index), []);
+  assert.equal(readSandboxStatus(INSTANCE), undefined);
+
+  const again = await kvmlab(["sandbox", "down", "--instance", INSTANCE]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, /is not up; nothing to do/);
+  const st = await kvmlab(["sandbox", "status", "--instance", INSTANCE]);
+  assert.equal(st.code, 1);
+});
