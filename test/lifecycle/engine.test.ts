@@ -89,11 +89,34 @@ test("replace, create-before-delete: the new resource is created first, the old 
       ],
     });
     okRun(r);
-    assert.equal(r.counts.replace, 1);
-    assert.equal(r.counts.update, 1);
+    assert.deepEqual(r.counts, { create: 0, same: 0, update: 1, replace: 1, delete: 0 });
     assert.deepEqual(ops(s.newJournal()), ["create a2.txt", "update b.txt", "delete a.txt"]);
     assert.equal(s.read("b.txt"), `${s.dir}/a2.txt`);
     assert.ok(!s.exists("a.txt"));
+    assert.deepEqual(s.stateNames(), ["files-dev", "a", "b"]);
+
+    // When the program fails after a replace, the original is kept (marked for deletion) and
+    // deleted by the next successful run.
+    const failed = await s.run("up", {
+      files: [
+        { name: "a", file: "a3.txt" },
+        { name: "b", contentFrom: "a" },
+      ],
+      throwAfter: ["b"],
+    });
+    assert.equal(failed.ok, false);
+    assert.deepEqual(ops(s.newJournal()), ["create a3.txt", "update b.txt"]);
+    assert.deepEqual(s.stateNames().sort(), ["a", "a (delete)", "b", "files-dev"]);
+    assert.ok(s.exists("a2.txt"));
+    const retried = await s.run("up", {
+      files: [
+        { name: "a", file: "a3.txt" },
+        { name: "b", contentFrom: "a" },
+      ],
+    });
+    okRun(retried);
+    assert.deepEqual(ops(s.newJournal()), ["delete a2.txt"]);
+    assert.ok(!s.exists("a2.txt"));
     assert.deepEqual(s.stateNames(), ["files-dev", "a", "b"]);
   } finally {
     s.cleanup();
@@ -149,7 +172,7 @@ test("replace, delete-before-replace (provider and option): dependents that must
   }
 });
 
-test("dropped resources are deleted after the program, dependents first; retainOnDelete keeps the file", async () => {
+test("dropped resources are deleted after the program, dependents first; retainOnDelete, ignoreChanges, replaceOnChanges", async () => {
   const s = new FixtureStack("drop");
   try {
     await s
@@ -160,21 +183,43 @@ test("dropped resources are deleted after the program, dependents first; retainO
           { name: "b", contentFrom: "a", parent: "grp" },
           { name: "c", dependsOn: ["b"] },
           { name: "keep", retainOnDelete: true },
+          { name: "i", ignoreChanges: ["content"] },
+          // Without diff(), the engine diffs inputs itself and replaceOnChanges applies (rules 3, 4).
+          { name: "l", file: "l1.txt", legacy: true, replaceOnChanges: ["content"] },
         ],
       })
       .then(okRun);
     s.newJournal();
-    const r = await s.run("up", { files: [{ name: "a" }] });
+    const r = await s.run("up", {
+      files: [
+        { name: "a" },
+        { name: "i", content: "ignored", ignoreChanges: ["content"] },
+        { name: "l", file: "l1.txt", content: "new", legacy: true, replaceOnChanges: ["content"] },
+      ],
+    });
     okRun(r);
+    const j = ops(s.newJournal());
     assert.deepEqual(
-      ops(s.newJournal()),
+      j.filter((o) => !o.includes(" l1.txt")),
       ["delete c.txt", "delete b.txt"],
       "c depends on b: c goes first; keep is retained",
     );
+    assert.deepEqual(
+      j.filter((o) => o.includes(" l1.txt")),
+      ["create l1.txt", "delete l1.txt"],
+    );
     const order = r.steps.filter((e) => e.op === "delete").map((e) => e.urn.split("::").pop());
-    assert.ok(order.indexOf("b")! < order.indexOf("grp"), `child before parent: ${order.join(", ")}`);
+    assert.ok(order.indexOf("b") < order.indexOf("grp"), `child before parent: ${order.join(", ")}`);
     assert.ok(s.exists("keep.txt"), "retainOnDelete leaves the file");
-    assert.deepEqual(s.stateNames(), ["files-dev", "a"]);
+    const byName = Object.fromEntries(
+      r.steps.filter((e) => e.op !== "delete").map((e) => [e.urn.split("::").pop(), e]),
+    );
+    assert.equal(byName.i.op, "same", "an ignored change is no change");
+    assert.equal(s.read("i.txt"), "i");
+    assert.equal(byName.l.op, "replace");
+    assert.deepEqual(byName.l.replaceKeys, ["content"]);
+    assert.deepEqual(r.counts, { create: 0, same: 2, update: 0, replace: 1, delete: 4 });
+    assert.deepEqual(s.stateNames(), ["files-dev", "a", "i", "l"]);
   } finally {
     s.cleanup();
   }
@@ -292,18 +337,21 @@ test("refresh: a resource deleted out of band leaves the state, changed outputs 
   }
 });
 
-test("destroy deletes in reverse dependency order, independent deletes in parallel; protect blocks it", async () => {
+test("parallel creates and deletes, --parallel 1, protect, and destroy in reverse dependency order", async () => {
   const s = new FixtureStack("destroy");
   try {
-    const files = [
+    const files = (content: string, protect: boolean): Spec["files"] => [
       { name: "a", sleepMs: 300 },
       { name: "b", contentFrom: "a", sleepMs: 300 },
       { name: "c", contentFrom: "b", sleepMs: 300 },
-      { name: "x", sleepMs: 300 },
-      { name: "y", sleepMs: 300 },
+      { name: "x", content, sleepMs: 300 },
+      { name: "y", content, sleepMs: 300 },
+      { name: "p", content, protect },
     ];
-    await s.run("up", { files: [...files, { name: "p", protect: true }] }, { parallel: 8 }).then(okRun);
-    s.newJournal();
+    await s.run("up", { files: files("v1", true) }, { parallel: 8 }).then(okRun);
+    const created = s.newJournal();
+    assert.ok(maxOverlap(created) >= 2, `independent creates overlapped (max ${maxOverlap(created)})`);
+
     const blocked = await s.run("destroy", { files: [] });
     assert.equal(blocked.ok, false);
     assert.ok(
@@ -312,7 +360,11 @@ test("destroy deletes in reverse dependency order, independent deletes in parall
     );
     assert.deepEqual(s.newJournal(), [], "nothing is deleted when a protected resource is in the way");
 
-    await s.run("up", { files: [...files, { name: "p", protect: false }] }).then(okRun);
+    await s.run("up", { files: files("v2", false) }, { parallel: 1 }).then(okRun);
+    const serial = s.newJournal();
+    assert.deepEqual(ops(serial).sort(), ["update p.txt", "update x.txt", "update y.txt"]);
+    assert.equal(maxOverlap(serial), 1, "--parallel 1 runs one update at a time");
+
     const r = await s.run("destroy", { files: [] }, { parallel: 8 });
     okRun(r);
     const j = s.newJournal().filter((e) => e.op === "delete");
@@ -322,54 +374,6 @@ test("destroy deletes in reverse dependency order, independent deletes in parall
     assert.ok(maxOverlap(j) >= 2, `independent deletes overlapped (max ${maxOverlap(j)})`);
     assert.deepEqual(s.stateNames(), []);
     assert.equal(r.counts.delete, 6);
-  } finally {
-    s.cleanup();
-  }
-});
-
-test("parallelism: independent creates overlap under --parallel 8 and not under --parallel 1", async () => {
-  const s = new FixtureStack("parallel");
-  try {
-    const files = ["p1", "p2", "p3", "p4"].map((name) => ({ name, sleepMs: 400 }));
-    await s.run("up", { files }, { parallel: 8 }).then(okRun);
-    const wide = s.newJournal();
-    assert.ok(maxOverlap(wide) >= 2, `creates overlapped (max ${maxOverlap(wide)})`);
-    await s.run("up", { files: files.map((f) => ({ ...f, content: "again" })) }, { parallel: 1 }).then(okRun);
-    const narrow = s.newJournal();
-    assert.equal(narrow.length, 4);
-    assert.equal(maxOverlap(narrow), 1, "--parallel 1 runs one update at a time");
-  } finally {
-    s.cleanup();
-  }
-});
-
-test("ignoreChanges, and replaceOnChanges on a provider without diff()", async () => {
-  const s = new FixtureStack("options");
-  try {
-    await s
-      .run("up", {
-        files: [
-          { name: "i", ignoreChanges: ["content"] },
-          { name: "l", legacy: true, replaceOnChanges: ["content"] },
-        ],
-      })
-      .then(okRun);
-    s.newJournal();
-    const r = await s.run("up", {
-      files: [
-        { name: "i", content: "ignored", ignoreChanges: ["content"] },
-        { name: "l", content: "new", legacy: true, replaceOnChanges: ["content"] },
-      ],
-    });
-    okRun(r);
-    const byName = Object.fromEntries(
-      r.steps.filter((e) => e.op !== "delete").map((e) => [e.urn.split("::").pop(), e]),
-    );
-    assert.equal(byName.i.op, "same", "an ignored change is no change");
-    assert.equal(byName.l.op, "replace");
-    assert.deepEqual(byName.l.replaceKeys, ["content"]);
-    assert.deepEqual(ops(s.newJournal()), ["create l.txt", "delete l.txt"]);
-    assert.equal(s.read("i.txt"), "i");
   } finally {
     s.cleanup();
   }

@@ -4,6 +4,7 @@
  *
  * Test infrastructure: runs a Pulumi program without the Pulumi CLI (see docs/engine-harness.md).
  */
+import { inspectFixPath } from "./sdk";
 import { runEngine, type Operation, type RunResult, type StepEvent } from "./engine";
 import { maskSecrets, show, type PropertyMap } from "./props";
 import type { ConfigFlag } from "./project";
@@ -93,7 +94,7 @@ export function formatStep(e: StepEvent): string {
     ? { create: "create", same: "same", update: "update", replace: "replace", delete: "delete" }[e.op]
     : { create: "created", same: "same", update: "updated", replace: "replaced", delete: "deleted" }[e.op];
   const name = e.urn.split("::").slice(-1)[0];
-  let line = `${SYMBOL[e.op].padEnd(2)} ${verb.padEnd(8)} ${e.type} ${name}`;
+  let line = `${SYMBOL[e.op].padEnd(2)} ${verb.padEnd(8)} ${e.type} ${name}${e.replaced ? " (the replaced original)" : ""}`;
   if (e.op === "replace")
     line += ` (${e.deleteBeforeReplace ? "delete-before-replace" : "create-before-delete"}${e.replaceKeys?.length ? `; because of ${e.replaceKeys.join(", ")}` : ""})`;
   const lines = [line];
@@ -162,6 +163,8 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  // The Node 20.20 error-formatting fix, for the harness's own process too (pitfall 1).
+  require(inspectFixPath());
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

@@ -48,6 +48,8 @@ export interface StepEvent {
   /** Keys that forced a replacement. */
   replaceKeys?: string[];
   deleteBeforeReplace?: boolean;
+  /** A delete that completes an earlier create-before-delete replace (not counted as a delete). */
+  replaced?: boolean;
   /** True when the step was only planned (preview). */
   planned: boolean;
 }
@@ -171,7 +173,7 @@ export class Deployment {
   private step(e: Omit<StepEvent, "planned">): void {
     const ev: StepEvent = { ...e, planned: this.opts.operation === "preview" };
     this.result.steps.push(ev);
-    if (e.urn !== this.rootUrn || e.type !== STACK_TYPE) this.result.counts[e.op]++;
+    if ((e.urn !== this.rootUrn || e.type !== STACK_TYPE) && !e.replaced) this.result.counts[e.op]++;
     this.opts.onStep?.(ev);
   }
 
@@ -390,13 +392,21 @@ export class Deployment {
     const old = this.deletedEarly.has(urn) ? undefined : this.olds.get(urn);
 
     if (!reg.custom) {
-      // Components have no provider: create or same; their outputs come from RegisterResourceOutputs.
+      // Components have no provider (step_generator.go diff, prov == nil): changed inputs make an
+      // Update that calls nothing; their outputs come from RegisterResourceOutputs.
       this.news.set(urn, { ...base, outputs: old?.outputs ?? {} });
+      const changes = old ? this.changes(old.inputs, reg.inputs) : [];
       this.step({
-        op: old ? "same" : this.deletedEarly.has(urn) ? "replace" : "create",
+        op: old
+          ? changes.length > 0
+            ? "update"
+            : "same"
+          : this.deletedEarly.has(urn)
+            ? "replace"
+            : "create",
         urn,
         type: reg.type,
-        changes: [],
+        changes,
       });
       return { urn, id: "", outputs: {} };
     }
@@ -711,7 +721,7 @@ export class Deployment {
         }
         this.deleted.add(r);
         if (r.urn !== this.rootUrn || r.type !== STACK_TYPE)
-          this.step({ op: "delete", urn: r.urn, type: r.type, changes: [] });
+          this.step({ op: "delete", urn: r.urn, type: r.type, changes: [], replaced: r.delete });
         return true;
       })();
       done.set(r, p);
