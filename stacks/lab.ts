@@ -193,16 +193,18 @@ function schemaIssues(errors: readonly ErrorObject[], at: Locator): LabIssue[] {
           ),
         );
         break;
-      case "type":
-        issues.push(
-          at.issue(
-            path,
-            `expected ${(e.params as { type: string }).type}, got ${describeValue(e.data)}`,
-            parent?.description ?? "fix the type",
-          ),
-        );
+      case "type": {
+        const type = (e.params as { type: string }).type;
+        const fix =
+          path.length === 0
+            ? "the file must be a YAML mapping that starts with `name: <lab name>`"
+            : `write ${type === "object" ? "a mapping" : type === "array" ? "a list" : `a ${type}`}${parent?.description ? ` (${parent.description})` : ""}`;
+        issues.push(at.issue(path, `expected ${type}, got ${describeValue(e.data)}`, fix));
         break;
+      }
       case "pattern":
+      case "minLength":
+      case "maxLength":
         issues.push(
           at.issue(
             path,
@@ -211,6 +213,44 @@ function schemaIssues(errors: readonly ErrorObject[], at: Locator): LabIssue[] {
           ),
         );
         break;
+      case "minimum":
+      case "maximum": {
+        const limit = (e.params as { limit: number }).limit;
+        const range = `${parent && "minimum" in parent ? String(parent.minimum) : "…"} to ${parent && "maximum" in parent ? String(parent.maximum) : "…"}`;
+        issues.push(
+          at.issue(
+            path,
+            `${describeValue(e.data)} is ${e.keyword === "minimum" ? "below the minimum" : "above the maximum"} ${limit}`,
+            `use a value from ${range}`,
+          ),
+        );
+        break;
+      }
+      case "minItems":
+      case "maxItems": {
+        const limit = (e.params as { limit: number }).limit;
+        issues.push(
+          at.issue(
+            path,
+            e.keyword === "minItems"
+              ? `needs at least ${limit} entr${limit === 1 ? "y" : "ies"}`
+              : `allows at most ${limit} entries`,
+            parent?.description ?? "see docs/lab-definition.md",
+          ),
+        );
+        break;
+      }
+      case "uniqueItems": {
+        const { i, j } = e.params as { i: number; j: number };
+        issues.push(
+          at.issue(
+            path,
+            `lists ${describeValue((e.data as unknown[])[i])} twice (entries ${j} and ${i})`,
+            "remove the duplicate",
+          ),
+        );
+        break;
+      }
       default:
         issues.push(
           at.issue(
