@@ -10,7 +10,7 @@
  */
 import { createHash } from "node:crypto";
 import * as path from "node:path";
-import { SANDBOX_CACHE_ROOT, SANDBOX_RUN_ROOT, checkInstanceName } from "./status";
+import { SANDBOX_RUN_ROOT, checkInstanceName, sandboxCacheRoot } from "./status";
 
 export const MAX_INDEX = 15;
 export const MAX_HOSTS = 16;
@@ -96,7 +96,8 @@ export function planSandbox(instance: string, index: number, hostCount: number):
   checkHostCount(hostCount);
   const runDir = path.join(SANDBOX_RUN_ROOT, instance);
   const nsDir = path.join(runDir, "ns");
-  const instanceCacheDir = path.join(SANDBOX_CACHE_ROOT, "instances", instance);
+  const cacheDir = sandboxCacheRoot();
+  const instanceCacheDir = path.join(cacheDir, "instances", instance);
   const mgmtPrefix = `10.255.${index}`;
   const tunPrefix = `10.254.${index}`;
   const extPrefix = `172.24.${4 + index}`;
@@ -125,7 +126,7 @@ export function planSandbox(instance: string, index: number, hostCount: number):
     statePath: path.join(runDir, "state.json"),
     knownHostsPath: path.join(runDir, "known_hosts"),
     logDir: path.join(runDir, "log"),
-    cacheDir: SANDBOX_CACHE_ROOT,
+    cacheDir,
     instanceCacheDir,
     privateKeyPath: path.join(instanceCacheDir, "id_ed25519"),
     fabricNetns: `kvmlab-${instance}-fabric`,

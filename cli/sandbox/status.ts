@@ -10,8 +10,20 @@ import * as path from "node:path";
 /** Root of every sandbox instance's runtime state. */
 export const SANDBOX_RUN_ROOT = "/run/kvmlab/sandbox";
 
-/** Root of the sandbox cache (kernel package, guest image, keys, QEMU capability cache). */
+/** Default root of the sandbox cache (kernel package, guest image, keys, QEMU capability cache). */
 export const SANDBOX_CACHE_ROOT = "/var/cache/kvmlab/sandbox";
+
+/** The cache root: `$KVMLAB_SANDBOX_CACHE_DIR` (absolute path, e.g. a CI cache) or the default. */
+export function sandboxCacheRoot(): string {
+  const fromEnv = process.env.KVMLAB_SANDBOX_CACHE_DIR;
+  if (fromEnv === undefined || fromEnv === "") return SANDBOX_CACHE_ROOT;
+  if (!/^\/[A-Za-z0-9_./-]+$/.test(fromEnv) || fromEnv.split("/").includes("..")) {
+    throw new Error(
+      `invalid KVMLAB_SANDBOX_CACHE_DIR ${JSON.stringify(fromEnv)}: give an absolute path of letters, digits, _ . - and /`,
+    );
+  }
+  return fromEnv;
+}
 
 /** The instance used when none is given: `$KVMLAB_SANDBOX_INSTANCE`, else `"default"`. */
 export function defaultInstance(): string {
