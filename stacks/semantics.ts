@@ -183,7 +183,6 @@ export function checkSemantics(data: Rec, at: Locator, schemaIssuePaths: readonl
   }
   if (data.defaultProject !== undefined)
     ref(["defaultProject"], data.defaultProject, projectsOrAdmin, "project");
-  const defaultProject = str(data.defaultProject) ?? "admin";
   if (data.defaultProject === undefined && projects.size > 0 && !projects.has("admin")) {
     const needsProject = [
       ...items(data, "servers"),
@@ -197,7 +196,6 @@ export function checkSemantics(data: Rec, at: Locator, schemaIssuePaths: readonl
         `set defaultProject to one of: ${[...projects.keys()].join(", ")}`,
       );
   }
-  void defaultProject;
 
   // ---- networks and subnets ----------------------------------------------------------------
   const subnetInfo = new Map<string, SubnetInfo>();
