@@ -182,7 +182,7 @@ export function checkPasswordHash(field: string, value: unknown): string {
   return value;
 }
 
-/** kvmlab's UUIDv5 namespace (itself a v5 UUID of "kvmlab.dev" in the DNS namespace). */
+/** kvmlab's UUIDv5 namespace: a fixed value chosen once; changing it would change every domain UUID. */
 const KVMLAB_NAMESPACE = "1b7c3c55-2f0a-5c70-9b4b-7f3c1f7f5a10";
 
 /**
