@@ -1,0 +1,476 @@
+/**
+ * Flavor: a server size, like a Nova flavor: vCPUs, RAM, root disk, ephemeral disk, swap and
+ * extra specs.
+ *
+ * Where it lives: one record, /var/lib/kvmlab/records/flavor/<name>.json, on the CONTROLLER,
+ * which is the first host of `hosts` (Nova keeps flavors in its API database on the
+ * controller, not on computes). Servers take vcpus/ramMiB from this resource's outputs in the
+ * program; the record is the host-side truth for attribution and for `kvmlab` tools.
+ *
+ * Identity: `flavorId` is a UUID derived from the name and the sizes, so creating the same
+ * flavor twice writes the same record (converges), and a replacement (new sizes) has a new id.
+ * Delete removes the record only when it still carries this resource's id, so Pulumi's
+ * create-before-delete replacement never deletes the new record.
+ *
+ *   check   validates every field (unknowns accepted during preview), fills defaults
+ *   diff    pure (no SSH): flavorName, vcpus, ramMiB, diskGiB, ephemeralGiB, swapMiB replace
+ *           (flavors are immutable, as in Nova: resizing is a server operation);
+ *           extraSpecs, description and hosts update; a record that drifted updates
+ *   create  one batch under the host lock on the controller: write the record, read it back
+ *   read    one batch: the record (gone → the resource is gone; changed → `realized.matches`)
+ *   update  rewrite the record (on a new controller: write there, remove from the old one)
+ *   delete  remove the record if it still carries this flavorId (idempotent)
+ */
+import * as pulumi from "@pulumi/pulumi";
+import {
+  UNKNOWN,
+  checkHostList,
+  checkName,
+  containsUnknown,
+  normalizeHostConnection,
+  recordPath,
+  runLocked,
+  runSteps,
+  shQuote,
+  showValue,
+  writeRecordStep,
+  readRecordStep,
+  parseRecord,
+  type HostConnection,
+  type Step,
+} from "./host";
+import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
+
+export interface FlavorArgs {
+  /** Flavor name (servers refer to it). @default the resource name */
+  readonly flavorName?: pulumi.Input<string>;
+  /** Virtual CPUs, 1-256. */
+  readonly vcpus: pulumi.Input<number>;
+  /** RAM in MiB, 64-1048576. */
+  readonly ramMiB: pulumi.Input<number>;
+  /** Root disk in GiB; 0 means "the image's virtual size" (as in Nova). @default 0 */
+  readonly diskGiB?: pulumi.Input<number>;
+  /** Ephemeral (second) disk in GiB. @default 0 (none) */
+  readonly ephemeralGiB?: pulumi.Input<number>;
+  /** Swap disk in MiB. @default 0 (none) */
+  readonly swapMiB?: pulumi.Input<number>;
+  /** Nova-style extra specs (see {@link EXTRA_SPEC_RULES}); keys are validated. @default {} */
+  readonly extraSpecs?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+  /** Free text. @default "" */
+  readonly description?: pulumi.Input<string>;
+  /** Hosts of the cloud; the first is the controller that keeps the record. */
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+}
+
+export interface FlavorInputs {
+  flavorName: string;
+  vcpus: number;
+  ramMiB: number;
+  diskGiB: number;
+  ephemeralGiB: number;
+  swapMiB: number;
+  extraSpecs: Record<string, string>;
+  description: string;
+  hosts: HostConnection[];
+}
+
+/** What the controller has. */
+export interface FlavorHostState {
+  record: boolean;
+  /** The record equals what these outputs describe (same id, sizes, specs, description). */
+  matches: boolean;
+}
+
+export interface FlavorOutputs extends FlavorInputs {
+  /** UUID derived from the name and the sizes. */
+  flavorId: string;
+  /** Name of the host that keeps the record (hosts[0]). */
+  controller: string;
+  hostKeys: Record<string, string>;
+  realized: FlavorHostState;
+}
+
+/** The record written on the controller. */
+export interface FlavorRecord {
+  kind: "flavor";
+  name: string;
+  flavorId: string;
+  vcpus: number;
+  ramMiB: number;
+  diskGiB: number;
+  ephemeralGiB: number;
+  swapMiB: number;
+  extraSpecs: Record<string, string>;
+  description: string;
+}
+
+type Failure = { property: string; reason: string };
+
+const POSITIVE_INT = /^[1-9][0-9]{0,9}$/;
+const NON_NEGATIVE_INT = /^(0|[1-9][0-9]{0,11})$/;
+const BOOL = /^(true|false)$/;
+
+/**
+ * Extra spec keys kvmlab accepts, with the values each allows. The `hw:`, `hw_rng:`, `quota:`
+ * and `trait:` keys mean what they mean in Nova (the Server maps the ones libvirt supports into
+ * the domain XML); `kvmlab:<name>` keys are free-form and travel only into records.
+ */
+export const EXTRA_SPEC_RULES: readonly { key: RegExp; value: RegExp; allowed: string }[] = [
+  { key: /^hw:cpu_(sockets|cores|threads)$/, value: POSITIVE_INT, allowed: "a positive integer" },
+  { key: /^hw:cpu_policy$/, value: /^(shared|dedicated)$/, allowed: '"shared" or "dedicated"' },
+  {
+    key: /^hw:mem_page_size$/,
+    value: /^(small|large|any|[1-9][0-9]*(KB|MB|GB)?)$/,
+    allowed: '"small", "large", "any" or a size like "2MB"',
+  },
+  { key: /^hw:numa_nodes$/, value: POSITIVE_INT, allowed: "a positive integer" },
+  {
+    key: /^hw:watchdog_action$/,
+    value: /^(disabled|none|pause|poweroff|reset)$/,
+    allowed: '"disabled", "none", "pause", "poweroff" or "reset"',
+  },
+  { key: /^hw:boot_menu$/, value: BOOL, allowed: '"true" or "false"' },
+  { key: /^hw_rng:allowed$/, value: BOOL, allowed: '"true" or "false"' },
+  { key: /^quota:cpu_(shares|period|quota)$/, value: NON_NEGATIVE_INT, allowed: "a non-negative integer" },
+  {
+    key: /^quota:disk_(read|write|total)_(bytes|iops)_sec$/,
+    value: NON_NEGATIVE_INT,
+    allowed: "a non-negative integer",
+  },
+  {
+    key: /^quota:vif_(inbound|outbound)_(average|peak|burst)$/,
+    value: NON_NEGATIVE_INT,
+    allowed: "a non-negative integer (KiB/s or KiB)",
+  },
+  {
+    key: /^trait:[A-Z][A-Z0-9_]{0,254}$/,
+    value: /^(required|forbidden)$/,
+    allowed: '"required" or "forbidden"',
+  },
+  { key: /^kvmlab:[a-z0-9][a-z0-9_.-]{0,62}$/, value: /^[\x20-\x7e]{0,255}$/, allowed: "printable text" },
+];
+
+/** Checks extra specs; returns error texts naming `extraSpecs.<key>`. Pure. */
+export function checkExtraSpecs(raw: unknown, vcpus: unknown): string[] {
+  if (raw === UNKNOWN) return [];
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    return [`extraSpecs: expected a map of string keys to string values, got ${showValue(raw)}`];
+  }
+  const errors: string[] = [];
+  for (const [key, value] of Object.entries(raw as Record<string, unknown>)) {
+    if (value === UNKNOWN) continue;
+    const rule = EXTRA_SPEC_RULES.find((r) => r.key.test(key));
+    if (!rule) {
+      errors.push(
+        `extraSpecs.${showValue(key)}: unknown key; use a Nova key kvmlab knows (hw:cpu_sockets|cores|threads|policy, hw:mem_page_size, hw:numa_nodes, hw:watchdog_action, hw:boot_menu, hw_rng:allowed, quota:cpu_*, quota:disk_*_sec, quota:vif_*, trait:NAME) or a free-form "kvmlab:<name>" key`,
+      );
+      continue;
+    }
+    if (typeof value !== "string" || !rule.value.test(value)) {
+      errors.push(`extraSpecs.${key}: expected ${rule.allowed} as a string, got ${showValue(value)}`);
+      continue;
+    }
+    if (
+      /^hw:(cpu_(sockets|cores|threads)|numa_nodes)$/.test(key) &&
+      typeof vcpus === "number" &&
+      Number(value) > vcpus
+    ) {
+      errors.push(`extraSpecs.${key}: ${value} is more than the flavor's ${vcpus} vcpus; lower it`);
+    }
+  }
+  const specs = raw as Record<string, unknown>;
+  const topo = ["hw:cpu_sockets", "hw:cpu_cores", "hw:cpu_threads"].map((k) => specs[k]);
+  if (
+    topo.every((v) => typeof v === "string" && POSITIVE_INT.test(v)) &&
+    typeof vcpus === "number" &&
+    topo.reduce((p: number, v) => p * Number(v), 1) !== vcpus
+  ) {
+    errors.push(
+      `extraSpecs: hw:cpu_sockets × hw:cpu_cores × hw:cpu_threads = ${topo.join(" × ")} must equal vcpus (${vcpus}); fix one of them`,
+    );
+  }
+  return errors;
+}
+
+function checkInt(field: string, v: unknown, min: number, max: number, what: string): string | undefined {
+  if (v === UNKNOWN) return undefined;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    return `${field}: expected ${what}, an integer ${min}-${max}, got ${showValue(v)}`;
+  }
+  return undefined;
+}
+
+/** Validates and normalizes raw inputs. Pure. */
+export function checkFlavorInputs(news: Record<string, unknown>): {
+  inputs: Record<string, unknown>;
+  failures: Failure[];
+} {
+  const failures: Failure[] = [];
+  const add = (property: string, e: string | undefined): void => {
+    if (e) failures.push({ property, reason: e });
+  };
+  if (news.flavorName !== UNKNOWN) add("flavorName", checkName("flavorName", news.flavorName));
+  add("vcpus", checkInt("vcpus", news.vcpus, 1, 256, "the number of virtual CPUs"));
+  add("ramMiB", checkInt("ramMiB", news.ramMiB, 64, 1048576, "RAM in MiB"));
+  const diskGiB = news.diskGiB ?? 0;
+  add("diskGiB", checkInt("diskGiB", diskGiB, 0, 65536, "the root disk in GiB (0: the image's size)"));
+  const ephemeralGiB = news.ephemeralGiB ?? 0;
+  add(
+    "ephemeralGiB",
+    checkInt("ephemeralGiB", ephemeralGiB, 0, 65536, "the ephemeral disk in GiB (0: none)"),
+  );
+  const swapMiB = news.swapMiB ?? 0;
+  add("swapMiB", checkInt("swapMiB", swapMiB, 0, 1048576, "swap in MiB (0: none)"));
+  const extraSpecs = news.extraSpecs ?? {};
+  for (const e of checkExtraSpecs(extraSpecs, news.vcpus)) add("extraSpecs", e);
+  const description = news.description ?? "";
+  if (
+    description !== UNKNOWN &&
+    (typeof description !== "string" ||
+      description.length > 255 ||
+      [...description].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f))
+  ) {
+    add(
+      "description",
+      `description: expected one line of at most 255 characters, got ${showValue(description)}`,
+    );
+  }
+  for (const e of checkHostList("hosts", news.hosts)) add("hosts", e);
+  const hosts = Array.isArray(news.hosts)
+    ? news.hosts.map((h) =>
+        h !== null && typeof h === "object" && !containsUnknown(h)
+          ? normalizeHostConnection(h as Record<string, unknown>)
+          : h,
+      )
+    : news.hosts;
+  return {
+    inputs: {
+      flavorName: news.flavorName,
+      vcpus: news.vcpus,
+      ramMiB: news.ramMiB,
+      diskGiB,
+      ephemeralGiB,
+      swapMiB,
+      extraSpecs,
+      description,
+      hosts,
+    },
+    failures,
+  };
+}
+
+/** Fields whose change makes a new flavor (Nova flavors are immutable). */
+export const FLAVOR_REPLACE_KEYS = [
+  "flavorName",
+  "vcpus",
+  "ramMiB",
+  "diskGiB",
+  "ephemeralGiB",
+  "swapMiB",
+] as const;
+
+/** Deterministic flavor id: a UUID-shaped digest of the name and sizes. */
+export function flavorId(i: Pick<FlavorInputs, (typeof FLAVOR_REPLACE_KEYS)[number]>): string {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const h = crypto
+    .createHash("sha256")
+    .update(JSON.stringify([i.flavorName, i.vcpus, i.ramMiB, i.diskGiB, i.ephemeralGiB, i.swapMiB]))
+    .digest("hex");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${((Number.parseInt(h[16], 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+/** The record for these inputs. */
+export function flavorRecord(i: FlavorInputs): FlavorRecord {
+  return {
+    kind: "flavor",
+    name: i.flavorName,
+    flavorId: flavorId(i),
+    vcpus: i.vcpus,
+    ramMiB: i.ramMiB,
+    diskGiB: i.diskGiB,
+    ephemeralGiB: i.ephemeralGiB,
+    swapMiB: i.swapMiB,
+    extraSpecs: sortedSpecs(i.extraSpecs),
+    description: i.description,
+  };
+}
+
+function sortedSpecs(specs: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(specs).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** Compares a record read from the host with the one these inputs describe. */
+export function flavorState(inputs: FlavorInputs, recordText: string): FlavorHostState {
+  const have = parseRecord<FlavorRecord>(recordText, `flavor/${inputs.flavorName}`);
+  if (!have) return { record: false, matches: false };
+  const want = flavorRecord(inputs);
+  const norm = (r: FlavorRecord): string =>
+    JSON.stringify({ ...r, extraSpecs: sortedSpecs(r.extraSpecs ?? {}) });
+  return { record: true, matches: norm(have) === norm(want) };
+}
+
+/** Property-level diff; pure (never connects). */
+export function diffFlavor(
+  olds: FlavorOutputs,
+  news: FlavorInputs,
+): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
+  const unknown = (v: unknown): boolean => containsUnknown(v);
+  const replaces = FLAVOR_REPLACE_KEYS.filter((k) => unknown(news[k]) || olds[k] !== news[k]);
+  const changed =
+    replaces.length > 0 ||
+    unknown(news.extraSpecs) ||
+    JSON.stringify(sortedSpecs(olds.extraSpecs)) !== JSON.stringify(sortedSpecs(news.extraSpecs)) ||
+    unknown(news.description) ||
+    olds.description !== news.description ||
+    unknown(news.hosts) ||
+    JSON.stringify(olds.hosts) !== JSON.stringify(news.hosts) ||
+    // Drift found by refresh: the record is gone or differs.
+    !olds.realized?.record ||
+    !olds.realized?.matches;
+  return {
+    changes: changed,
+    replaces,
+    stables: replaces.length === 0 ? ["flavorId", ...FLAVOR_REPLACE_KEYS] : [],
+    deleteBeforeReplace: false,
+  };
+}
+
+/** Step that removes the record only when it carries `id` (a replacement may own it now). */
+export function flavorDeleteStep(flavorName: string, id: string): Step {
+  if (!/^[0-9a-f-]{36}$/.test(id)) throw new Error(`flavorDeleteStep: invalid flavorId ${showValue(id)}`);
+  const p = shQuote(recordPath("flavor", flavorName));
+  return {
+    label: `delete record flavor/${flavorName}`,
+    script: `if [ -f ${p} ] && grep -q '"flavorId": "${id}"' ${p}; then rm -f ${p}; fi`,
+  };
+}
+
+function controllerOf(hosts: HostConnection[]): HostConnection {
+  return hosts[0];
+}
+
+function outputsFor(inputs: FlavorInputs, realized: FlavorHostState): FlavorOutputs {
+  const hostKeys: Record<string, string> = {};
+  for (const h of inputs.hosts) hostKeys[h.name] = hostKeyRecord(h);
+  return {
+    ...flavorInputsOf(inputs),
+    extraSpecs: sortedSpecs(inputs.extraSpecs),
+    flavorId: flavorId(inputs),
+    controller: controllerOf(inputs.hosts).name,
+    hostKeys,
+    realized,
+  };
+}
+
+function flavorInputsOf(o: FlavorInputs): FlavorInputs {
+  return {
+    flavorName: o.flavorName,
+    vcpus: o.vcpus,
+    ramMiB: o.ramMiB,
+    diskGiB: o.diskGiB,
+    ephemeralGiB: o.ephemeralGiB,
+    swapMiB: o.swapMiB,
+    extraSpecs: o.extraSpecs,
+    description: o.description,
+    hosts: o.hosts,
+  };
+}
+
+/** Writes the record on the controller and reads it back (one batch under the host lock). */
+async function writeOn(host: HostConnection, inputs: FlavorInputs): Promise<FlavorHostState> {
+  const outs = await runLocked(host, [
+    writeRecordStep("flavor", inputs.flavorName, flavorRecord(inputs)),
+    readRecordStep("flavor", inputs.flavorName),
+  ]);
+  return flavorState(inputs, outs[1]);
+}
+
+export const flavorProvider: pulumi.dynamic.ResourceProvider<FlavorInputs, FlavorOutputs> = {
+  async check(_olds, news) {
+    const { inputs, failures } = checkFlavorInputs(news as unknown as Record<string, unknown>);
+    return { inputs: inputs as unknown as FlavorInputs, failures };
+  },
+
+  async diff(_id, olds, news) {
+    return diffFlavor(olds, news);
+  },
+
+  async create(inputs) {
+    const realized = await writeOn(controllerOf(inputs.hosts), inputs);
+    return { id: flavorId(inputs), outs: outputsFor(inputs, realized) };
+  },
+
+  async read(id, props) {
+    if (!props) return { id, props };
+    const host = pinnedHost(controllerOf(props.hosts), props.hostKeys);
+    const [r] = await runSteps(host, [readRecordStep("flavor", props.flavorName)]);
+    if (r.code !== 0)
+      throw new Error(`host ${host.name}: reading flavor ${props.flavorName} failed: ${r.stderr.trim()}`);
+    const realized = flavorState(props, r.stdout);
+    if (!realized.record) return { id: "", props: {} as FlavorOutputs };
+    return { id, props: { ...props, realized } };
+  },
+
+  async update(_id, olds, news) {
+    const hosts = news.hosts.map((h) => pinnedHost(h, olds.hostKeys));
+    const realized = await writeOn(controllerOf(hosts), { ...news, hosts });
+    const oldController = pinnedHost(controllerOf(olds.hosts), olds.hostKeys);
+    if (oldController.name !== controllerOf(hosts).name) {
+      await runLocked(oldController, [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
+    }
+    return { outs: outputsFor(news, realized) };
+  },
+
+  async delete(_id, olds) {
+    const host = pinnedHost(controllerOf(olds.hosts), olds.hostKeys);
+    await runLocked(host, [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
+  },
+};
+
+/**
+ * A server size (`pulumi-nodejs:dynamic/kvmlab:Flavor`).
+ *
+ * ```ts
+ * const small = new Flavor("m1.small", { vcpus: 1, ramMiB: 2048, diskGiB: 20, hosts });
+ * ```
+ */
+export class Flavor extends pulumi.dynamic.Resource {
+  declare readonly flavorName: pulumi.Output<string>;
+  declare readonly flavorId: pulumi.Output<string>;
+  declare readonly vcpus: pulumi.Output<number>;
+  declare readonly ramMiB: pulumi.Output<number>;
+  declare readonly diskGiB: pulumi.Output<number>;
+  declare readonly ephemeralGiB: pulumi.Output<number>;
+  declare readonly swapMiB: pulumi.Output<number>;
+  declare readonly extraSpecs: pulumi.Output<Record<string, string>>;
+  declare readonly description: pulumi.Output<string>;
+  declare readonly controller: pulumi.Output<string>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<FlavorHostState>;
+  declare readonly hosts: pulumi.Output<HostConnection[]>;
+
+  constructor(name: string, args: FlavorArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(
+      flavorProvider,
+      name,
+      {
+        flavorName: args.flavorName ?? name,
+        vcpus: args.vcpus,
+        ramMiB: args.ramMiB,
+        diskGiB: args.diskGiB,
+        ephemeralGiB: args.ephemeralGiB,
+        swapMiB: args.swapMiB,
+        extraSpecs: args.extraSpecs,
+        description: args.description,
+        hosts: args.hosts,
+        flavorId: undefined,
+        controller: undefined,
+        hostKeys: undefined,
+        realized: undefined,
+      },
+      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
+      "kvmlab",
+      "Flavor",
+    );
+  }
+}
