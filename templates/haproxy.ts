@@ -108,7 +108,10 @@ export interface ListenerSpec {
   readonly protocolPort: number;
   /** Maximum concurrent connections; -1 or absent means unlimited. */
   readonly connectionLimit?: number | null;
-  /** Milliseconds. Defaults are Octavia's: 50000, 5000, 50000, 0. */
+  /**
+   * Milliseconds. Defaults are Octavia's: 50000, 5000, 50000, 0. The first three must be
+   * positive: HAProxy reads 0 as "no timeout" and warns about it.
+   */
   readonly timeoutClientData?: number;
   readonly timeoutMemberConnect?: number;
   readonly timeoutMemberData?: number;
@@ -364,10 +367,10 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
     const timeoutMemberConnect = checkInt(
       `${f}.timeoutMemberConnect`,
       l.timeoutMemberConnect ?? 5000,
-      0,
+      1,
       86400000,
     );
-    const timeoutMemberData = checkInt(`${f}.timeoutMemberData`, l.timeoutMemberData ?? 50000, 0, 86400000);
+    const timeoutMemberData = checkInt(`${f}.timeoutMemberData`, l.timeoutMemberData ?? 50000, 1, 86400000);
     const inspect = checkInt(`${f}.timeoutTcpInspect`, l.timeoutTcpInspect ?? 0, 0, 86400000);
     let defaultBackend: string | null = null;
     const pool = l.defaultPool ?? null;
@@ -492,7 +495,7 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
       mode,
       maxconn: limit,
       allowedCidrs: cidrs.length > 0 ? cidrs.join(" ") : null,
-      timeoutClient: checkInt(`${f}.timeoutClientData`, l.timeoutClientData ?? 50000, 0, 86400000),
+      timeoutClient: checkInt(`${f}.timeoutClientData`, l.timeoutClientData ?? 50000, 1, 86400000),
       timeoutTcpInspect: inspect > 0 ? inspect : null,
       defaultBackend,
     });

@@ -325,6 +325,28 @@ test("haproxy: fails on incompatible protocols and bad options, naming the field
   );
 });
 
+test("haproxy: zero timeouts are refused (HAProxy would wait forever); a listener without pool is valid", () => {
+  assertFieldError(
+    () => toHaproxyView({ ...base, listeners: [{ ...httpListener, timeoutClientData: 0 }] }),
+    "listeners[0].timeoutClientData",
+  );
+  assertFieldError(
+    () => toHaproxyView({ ...base, listeners: [{ ...httpListener, timeoutMemberData: 0 }] }),
+    "listeners[0].timeoutMemberData",
+  );
+  const cfg = renderHaproxyCfg(
+    toHaproxyView({
+      ...base,
+      listeners: [
+        { name: "empty", protocol: "TCP", protocolPort: 9000 },
+        { ...httpListener, defaultPool: { ...httpListener.defaultPool!, adminStateUp: false } },
+      ],
+    }),
+  );
+  assertValid(haproxyCheck(cfg), "haproxy.cfg without backends");
+  assert.doesNotMatch(cfg, /default_backend|^backend/m);
+});
+
 test("haproxy: fails on injection attempts, naming the field", () => {
   const pool = httpListener.defaultPool!;
   const hm = pool.healthMonitor!;
