@@ -264,16 +264,43 @@ test("a failing program saves what really happened and deletes nothing, and fail
   }
 });
 
-test("a failed create leaves earlier work in state, and the next run converges", async () => {
+test("a failed create leaves earlier work in state; a partial create (init failure) is recorded and updated next run", async () => {
   const s = new FixtureStack("failcreate");
   try {
-    const r = await s.run("up", { files: [{ name: "a" }, { name: "b", fail: "create", dependsOn: ["a"] }] });
+    const r = await s.run("up", {
+      files: [
+        { name: "a" },
+        { name: "b", fail: "create", dependsOn: ["a"] },
+        { name: "c", fail: "init", dependsOn: ["a"] },
+      ],
+    });
     assert.equal(r.ok, false);
-    assert.ok(r.errors.some((e) => e.includes("failed on purpose")));
-    assert.deepEqual(s.stateNames(), ["files-dev", "a"]);
-    const r2 = await s.run("up", { files: [{ name: "a" }, { name: "b", dependsOn: ["a"] }] });
+    assert.ok(
+      r.errors.some((e) => e.includes('failed on purpose (fail: "create")')),
+      r.errors.join("\n"),
+    );
+    assert.ok(
+      r.errors.some((e) => e.includes('failed to initialize (fail: "init")')),
+      r.errors.join("\n"),
+    );
+    assert.deepEqual(
+      s.stateNames().sort(),
+      ["a", "c", "files-dev"],
+      "b was never made; c was made, with init errors",
+    );
+    assert.match(s.stateText(), /"initErrors": \[\s*"initialization failed on purpose"/);
+    s.newJournal();
+    const r2 = await s.run("up", {
+      files: [{ name: "a" }, { name: "b", dependsOn: ["a"] }, { name: "c", fail: "init", dependsOn: ["a"] }],
+    });
     okRun(r2);
-    assert.deepEqual(r2.counts, { create: 1, same: 1, update: 0, replace: 0, delete: 0 });
+    assert.deepEqual(r2.counts, { create: 1, same: 1, update: 1, replace: 0, delete: 0 });
+    assert.deepEqual(
+      ops(s.newJournal()).sort(),
+      ["create b.txt", "update c.txt"],
+      "init errors force an update",
+    );
+    assert.doesNotMatch(s.stateText(), /initErrors/);
   } finally {
     s.cleanup();
   }

@@ -94,7 +94,7 @@ export function formatStep(e: StepEvent): string {
     ? { create: "create", same: "same", update: "update", replace: "replace", delete: "delete" }[e.op]
     : { create: "created", same: "same", update: "updated", replace: "replaced", delete: "deleted" }[e.op];
   const name = e.urn.split("::").slice(-1)[0];
-  let line = `${SYMBOL[e.op].padEnd(2)} ${verb.padEnd(8)} ${e.type} ${name}${e.replaced ? " (the replaced original)" : ""}`;
+  let line = `${SYMBOL[e.op].padEnd(2)} ${verb.padEnd(8)} ${e.type} ${name}${e.replaced ? " (the replaced original)" : ""}${e.note ? ` (${e.note})` : ""}`;
   if (e.op === "replace")
     line += ` (${e.deleteBeforeReplace ? "delete-before-replace" : "create-before-delete"}${e.replaceKeys?.length ? `; because of ${e.replaceKeys.join(", ")}` : ""})`;
   const lines = [line];

@@ -48,6 +48,8 @@ export interface StepEvent {
   /** Keys that forced a replacement. */
   replaceKeys?: string[];
   deleteBeforeReplace?: boolean;
+  /** Extra words for the display (e.g. what a refresh step means). */
+  note?: string;
   /** A delete that completes an earlier create-before-delete replace (not counted as a delete). */
   replaced?: boolean;
   /** True when the step was only planned (preview). */
@@ -253,9 +255,9 @@ export class Deployment {
       },
     });
     const address = await this.monitor.start();
-    // Start the plugin early when state already holds dynamic resources, so its start overlaps
-    // the program's (the engine starts it lazily; only the timing differs).
-    if (this.oldList.some((r) => r.custom)) this.getProvider().catch(() => undefined);
+    // Start the plugin now, so its start (~0.5 s) overlaps the program's instead of following the
+    // first registration (the engine starts it lazily; only the timing differs).
+    this.getProvider().catch(() => undefined);
 
     const code = await this.runProgram(address, preview);
     this.result.programExitCode = code;
@@ -435,7 +437,17 @@ export class Deployment {
     }
 
     const d = await this.diff(old, checked, ignore, reg.replaceOnChanges);
-    const changes = this.changes(old.inputs, checked);
+    let changes = this.changes(old.inputs, checked);
+    if (changes.length === 0 && d.changes) {
+      // The inputs did not change but the provider wants an update (e.g. after a refresh): show
+      // how the new inputs differ from the recorded outputs.
+      const recorded = Object.fromEntries(
+        Object.keys(checked)
+          .filter((k) => k in old.outputs)
+          .map((k) => [k, old.outputs[k]]),
+      );
+      changes = this.changes(recorded, checked);
+    }
     if (d.replaceKeys.length > 0) {
       // pkg/resource/deploy/step_generator.go continueStepsFromDiff: a protected resource cannot be replaced.
       if (old.protect)
@@ -754,7 +766,13 @@ export class Deployment {
           return r;
         }
         if (!got.id) {
-          this.step({ op: "delete", urn: r.urn, type: r.type, changes: [] });
+          this.step({
+            op: "delete",
+            urn: r.urn,
+            type: r.type,
+            changes: [],
+            note: "gone; removed from state",
+          });
           return undefined;
         }
         const outputs = markAdditionalSecrets(
@@ -768,6 +786,7 @@ export class Deployment {
           urn: r.urn,
           type: r.type,
           changes: changed ? this.changes(r.outputs, outputs) : [],
+          note: changed ? "outputs read from the host differ" : undefined,
         });
         return { ...r, id: got.id, outputs, inputs };
       }),
