@@ -77,6 +77,8 @@ export function loadProject(dir: string, stack: string, flags: ConfigFlag[]): Pr
     else entry = path.relative(programDir, main);
   }
 
+  if (entry === ".") checkDefaultEntry(file, programDir);
+
   const config = new Map<string, ConfigValue>();
   const qualify = (key: string): string => (key.includes(":") ? key : `${name}:${key}`);
   // Project-level config: `key: value` or `key: {default|value, secret}` (Pulumi.yaml "config" block).
@@ -118,4 +120,27 @@ export function configEnv(p: Project): { PULUMI_CONFIG: string; PULUMI_CONFIG_SE
     if (v.secret) secrets.push(k);
   }
   return { PULUMI_CONFIG: JSON.stringify(cfg), PULUMI_CONFIG_SECRET_KEYS: JSON.stringify(secrets) };
+}
+
+/**
+ * With the default entry ".", cmd/run takes the entry point from the nearest package.json
+ * (npmPackageRootFromProgramPath). For a program folder inside another package, such as an
+ * example in this repository, that is the outer package's `main` — a different program. The CLI
+ * would run it silently; the harness refuses.
+ */
+function checkDefaultEntry(pulumiYaml: string, programDir: string): void {
+  for (let dir = programDir; ; dir = path.dirname(dir)) {
+    const pkg = path.join(dir, "package.json");
+    if (fs.existsSync(pkg)) {
+      if (dir === programDir) return;
+      const doc = JSON.parse(fs.readFileSync(pkg, "utf8")) as { main?: unknown; exports?: unknown };
+      if (doc.main !== undefined || doc.exports !== undefined) {
+        throw new Error(
+          `${pulumiYaml}: no "main", so cmd/run would take the entry point from ${pkg} (main/exports of another package) instead of this program; set "main: index.ts" (or index.js) in Pulumi.yaml, or give the program folder its own package.json`,
+        );
+      }
+      return;
+    }
+    if (path.dirname(dir) === dir) return;
+  }
 }
