@@ -1,0 +1,827 @@
+/**
+ * Image: a Glance-style image in the image store of every host that needs it.
+ *
+ *   disk image            `source` + `diskFormat` "qcow2" | "raw" (checked with qemu-img info
+ *                         on the host; a mismatch or a qcow2 backing file is an error)
+ *   kernel+ramdisk image  `kernel` (+ optional `ramdisk`, `kernelCmdline`): Glance's AKI/ARI
+ *                         pair for direct kernel boot
+ *
+ * A source is a local file on the machine running Pulumi (`localPath`, sent over SFTP on the
+ * pooled connection), a file on the host (`hostPath`, copied there) or an http(s) URL the host
+ * downloads (`url`; needs curl on the host). Its `sha256` is required: it is the image's
+ * identity and is verified on every host; a mismatch is an error that shows both values and
+ * leaves nothing behind (the staging folder is removed; a failed create removes the image
+ * from every host). A local file is hashed before anything is sent.
+ *
+ * Layout and probing: see image/steps.ts. Hosts that already hold a file with the right
+ * sha256 get nothing sent (a create run twice converges; a no-op create is one round trip).
+ *
+ *   check   validates every field (unknowns accepted during preview), fills defaults
+ *   diff    pure (no SSH): imageName, diskFormat, a file's sha256, adding/removing a file →
+ *           replace (delete first: the store paths are the name's); source locations,
+ *           kernelCmdline, minDiskGiB, minRamMiB, hosts and drift → update
+ *   create  per host in parallel: probe, stage + verify what is missing, commit under the
+ *           host lock (mv into the store, record)
+ *   read    one batch per host: files (sha256 via the record's stamps, hashing on doubt),
+ *           record, users; nothing left anywhere → gone
+ *   update  converge on every listed host; remove from hosts no longer listed
+ *   delete  per host: refuses while a server uses the image (`.users` markers or a libvirt
+ *           domain naming its folder); else removes folder, staging leftovers and record
+ */
+import * as pulumi from "@pulumi/pulumi";
+import {
+  UNKNOWN,
+  checkHostList,
+  checkName,
+  checkRemotePath,
+  containsUnknown,
+  hostPool,
+  normalizeHostConnection,
+  parseRecord,
+  pooledSsh,
+  readRecordStep,
+  runChecked,
+  runLocked,
+  runSteps,
+  showValue,
+  writeRecordStep,
+  type HostConnection,
+} from "./host";
+import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
+import {
+  checkDiskInfo,
+  cleanupStagingStep,
+  commitStep,
+  diskInfoStep,
+  hashStagedStep,
+  imageDir,
+  parseProbe,
+  parseStagedHashes,
+  parseUsers,
+  probeStep,
+  removeImageStep,
+  stageStep,
+  stagingDir,
+  usersStep,
+  type FileProbe,
+  type ImageFilePlan,
+  type ImageRole,
+  type ImageUsers,
+} from "./image/steps";
+
+export * from "./image/steps";
+
+/** Where one file of an image comes from. Give exactly one of localPath, hostPath, url. */
+export interface ImageSourceArgs {
+  /** File on the machine running Pulumi (relative paths resolve against the program's folder). */
+  readonly localPath?: pulumi.Input<string>;
+  /** File on each host (absolute path). */
+  readonly hostPath?: pulumi.Input<string>;
+  /** http(s) URL each host downloads (needs curl and network access on the host). */
+  readonly url?: pulumi.Input<string>;
+  /** Expected sha256 (64 hex digits), e.g. from `sha256sum`. */
+  readonly sha256: pulumi.Input<string>;
+}
+
+export interface ImageArgs {
+  /** Name in the store and records. @default the resource name */
+  readonly imageName?: pulumi.Input<string>;
+  /** Hosts that need the image. @default (in components) every host */
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** Disk image file (with diskFormat). */
+  readonly source?: pulumi.Input<ImageSourceArgs>;
+  /** "qcow2" or "raw"; only with `source`. */
+  readonly diskFormat?: pulumi.Input<"qcow2" | "raw">;
+  /** Kernel for direct kernel boot (instead of `source`). */
+  readonly kernel?: pulumi.Input<ImageSourceArgs>;
+  /** Initial ramdisk for `kernel`. @default none */
+  readonly ramdisk?: pulumi.Input<ImageSourceArgs>;
+  /** Default kernel command line servers start from. @default "" */
+  readonly kernelCmdline?: pulumi.Input<string>;
+  /** Smallest root disk a server needs (Glance min_disk). @default 0 */
+  readonly minDiskGiB?: pulumi.Input<number>;
+  /** Smallest RAM a server needs (Glance min_ram). @default 0 */
+  readonly minRamMiB?: pulumi.Input<number>;
+}
+
+/** A source after check: unused locations are "". */
+export interface ImageSource {
+  localPath: string;
+  hostPath: string;
+  url: string;
+  sha256: string;
+}
+
+export interface ImageInputs {
+  imageName: string;
+  hosts: HostConnection[];
+  /** "" for kernel images. */
+  diskFormat: "qcow2" | "raw" | "";
+  source?: ImageSource;
+  kernel?: ImageSource;
+  ramdisk?: ImageSource;
+  kernelCmdline: string;
+  minDiskGiB: number;
+  minRamMiB: number;
+}
+
+/** One stored file. */
+export interface ImageFile {
+  fileName: string;
+  sha256: string;
+  sizeBytes: number;
+}
+
+/** What one host has. */
+export interface ImageHostState {
+  record: boolean;
+  /** Per role: sha256 of the file on the host ("" when missing). */
+  files: Partial<Record<ImageRole, string>>;
+  /** Servers marked as users and libvirt domains naming the image folder. */
+  users: string[];
+}
+
+export interface ImageOutputs extends ImageInputs {
+  /** "qcow2", "raw" or "kernel". */
+  format: "qcow2" | "raw" | "kernel";
+  /** /var/lib/kvmlab/images/<name> on every host. */
+  storeDir: string;
+  /** Paths ("" when the image has no such file); the same on every host. */
+  diskPath: string;
+  kernelPath: string;
+  ramdiskPath: string;
+  /** Per host name: the paths of its copy. */
+  paths: Record<string, { disk: string; kernel: string; ramdisk: string }>;
+  /** sha256 and size of the disk (or of the kernel for kernel images). */
+  sha256: string;
+  sizeBytes: number;
+  /** Virtual size of a disk image (qemu-img info); 0 for kernel images. */
+  virtualSizeBytes: number;
+  files: Partial<Record<ImageRole, ImageFile>>;
+  hostKeys: Record<string, string>;
+  realized: Record<string, ImageHostState>;
+}
+
+/** The record on each host. */
+export interface ImageRecord {
+  kind: "image";
+  name: string;
+  format: "qcow2" | "raw" | "kernel";
+  files: Partial<Record<ImageRole, ImageFile & { stamp: string }>>;
+  virtualSizeBytes: number;
+  kernelCmdline: string;
+  minDiskGiB: number;
+  minRamMiB: number;
+  /** Where each file came from ("local:<file name>", a host path or a URL). */
+  origins: Partial<Record<ImageRole, string>>;
+}
+
+type Failure = { property: string; reason: string };
+
+const SOURCE_ROLES: readonly { role: ImageRole; key: "source" | "kernel" | "ramdisk" }[] = [
+  { role: "disk", key: "source" },
+  { role: "kernel", key: "kernel" },
+  { role: "ramdisk", key: "ramdisk" },
+];
+
+function hasControl(s: string): boolean {
+  return [...s].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f);
+}
+
+/** Checks one source at `field`; returns errors and the normalized source. */
+function checkSource(field: string, raw: unknown): { errors: string[]; source: unknown } {
+  if (raw === UNKNOWN) return { errors: [], source: raw };
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    return {
+      errors: [`${field}: expected {localPath | hostPath | url, sha256}, got ${showValue(raw)}`],
+      source: raw,
+    };
+  }
+  const s = raw as Record<string, unknown>;
+  const errors: string[] = [];
+  const given = (["localPath", "hostPath", "url"] as const).filter((k) => s[k] !== undefined && s[k] !== "");
+  if (given.length !== 1) {
+    errors.push(
+      `${field}: give exactly one of localPath (a file here), hostPath (a file on the hosts) or url, got ${given.length === 0 ? "none" : given.join(" and ")}`,
+    );
+  }
+  const lp = s.localPath;
+  if (lp !== undefined && lp !== "" && lp !== UNKNOWN) {
+    if (typeof lp !== "string" || !lp.startsWith("/") || hasControl(lp) || lp.includes("\0")) {
+      errors.push(
+        `${field}.localPath: expected an absolute path on the machine running Pulumi, got ${showValue(lp)}`,
+      );
+    }
+  }
+  const hp = s.hostPath;
+  if (hp !== undefined && hp !== "" && hp !== UNKNOWN) {
+    const e = checkRemotePath(`${field}.hostPath`, hp);
+    if (e) errors.push(e);
+  }
+  const url = s.url;
+  if (url !== undefined && url !== "" && url !== UNKNOWN) {
+    if (
+      typeof url !== "string" ||
+      url.length > 2048 ||
+      !/^https?:\/\/[A-Za-z0-9.-]+(:[0-9]{1,5})?(\/[A-Za-z0-9._~%/+=,@:!-]*)?(\?[A-Za-z0-9._~%/+=,@:&!-]*)?$/.test(
+        url,
+      )
+    ) {
+      errors.push(
+        `${field}.url: expected an http:// or https:// URL of letters, digits and "._~%/+=,@:&!-?", got ${showValue(url)}`,
+      );
+    }
+  }
+  let sha = s.sha256;
+  if (sha !== UNKNOWN) {
+    if (typeof sha === "string" && /^[0-9a-fA-F]{64}$/.test(sha)) sha = sha.toLowerCase();
+    else
+      errors.push(
+        `${field}.sha256: expected the file's sha256 as 64 hex digits (run sha256sum on it), got ${showValue(sha)}`,
+      );
+  }
+  const str = (v: unknown): unknown => (v === undefined ? "" : v);
+  return {
+    errors,
+    source: { localPath: str(s.localPath), hostPath: str(s.hostPath), url: str(s.url), sha256: sha },
+  };
+}
+
+/** Validates and normalizes raw inputs. Pure. */
+export function checkImageInputs(news: Record<string, unknown>): {
+  inputs: Record<string, unknown>;
+  failures: Failure[];
+} {
+  const failures: Failure[] = [];
+  const add = (property: string, errors: (string | undefined)[]): void => {
+    for (const e of errors) if (e) failures.push({ property, reason: e });
+  };
+  if (news.imageName !== UNKNOWN) add("imageName", [checkName("imageName", news.imageName)]);
+  add("hosts", checkHostList("hosts", news.hosts));
+  const hosts = Array.isArray(news.hosts)
+    ? news.hosts.map((h) =>
+        h !== null && typeof h === "object" && !containsUnknown(h)
+          ? normalizeHostConnection(h as Record<string, unknown>)
+          : h,
+      )
+    : news.hosts;
+  const out: Record<string, unknown> = { imageName: news.imageName, hosts };
+  for (const { key } of SOURCE_ROLES) {
+    if (news[key] === undefined || news[key] === null) continue;
+    const { errors, source } = checkSource(key, news[key]);
+    add(key, errors);
+    out[key] = source;
+  }
+  const isDisk = out.source !== undefined;
+  const isKernel = out.kernel !== undefined;
+  if (isDisk === isKernel) {
+    add(isDisk ? "kernel" : "source", [
+      isDisk
+        ? "kernel: an image is either a disk (source + diskFormat) or a kernel (+ ramdisk), not both; make two images"
+        : "source: missing; give source (a qcow2/raw disk, with diskFormat) or kernel (+ ramdisk) for direct kernel boot",
+    ]);
+  }
+  if (out.ramdisk !== undefined && !isKernel) {
+    add("ramdisk", ["ramdisk: only with kernel (a kernel+ramdisk image); remove it or add kernel"]);
+  }
+  const diskFormat = news.diskFormat === undefined || news.diskFormat === null ? "" : news.diskFormat;
+  if (diskFormat !== UNKNOWN) {
+    if (isDisk && diskFormat !== "qcow2" && diskFormat !== "raw") {
+      add("diskFormat", [
+        `diskFormat: expected "qcow2" or "raw" for a disk image, got ${showValue(news.diskFormat)}`,
+      ]);
+    } else if (!isDisk && diskFormat !== "") {
+      add("diskFormat", ["diskFormat: only for disk images (source); a kernel image has none, remove it"]);
+    }
+  }
+  const kernelCmdline = news.kernelCmdline ?? "";
+  if (kernelCmdline !== UNKNOWN) {
+    if (typeof kernelCmdline !== "string" || kernelCmdline.length > 1024 || hasControl(kernelCmdline)) {
+      add("kernelCmdline", [
+        `kernelCmdline: expected one line of at most 1024 printable characters, got ${showValue(kernelCmdline)}`,
+      ]);
+    } else if (kernelCmdline !== "" && !isKernel) {
+      add("kernelCmdline", ["kernelCmdline: only for kernel images; remove it or add kernel"]);
+    }
+  }
+  const nat = (field: string, v: unknown, max: number): string | undefined =>
+    v === UNKNOWN || (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= max)
+      ? undefined
+      : `${field}: expected an integer 0-${max}, got ${showValue(v)}`;
+  const minDiskGiB = news.minDiskGiB ?? 0;
+  const minRamMiB = news.minRamMiB ?? 0;
+  add("minDiskGiB", [nat("minDiskGiB", minDiskGiB, 65536)]);
+  add("minRamMiB", [nat("minRamMiB", minRamMiB, 1048576)]);
+  return { inputs: { ...out, diskFormat, kernelCmdline, minDiskGiB, minRamMiB }, failures };
+}
+
+/** The files an image has, in role order. */
+export function imageFiles(i: Pick<ImageInputs, "diskFormat" | "source" | "kernel" | "ramdisk">): {
+  plan: ImageFilePlan;
+  source: ImageSource;
+}[] {
+  const out: { plan: ImageFilePlan; source: ImageSource }[] = [];
+  for (const { role, key } of SOURCE_ROLES) {
+    const source = i[key];
+    if (!source) continue;
+    const fileName = role === "disk" ? `disk.${i.diskFormat}` : role;
+    out.push({ plan: { role, fileName, sha256: source.sha256 }, source });
+  }
+  return out;
+}
+
+/** Property-level diff; pure (never connects). */
+export function diffImage(
+  olds: ImageOutputs,
+  news: ImageInputs,
+): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
+  const replaces: string[] = [];
+  if (containsUnknown(news.imageName) || olds.imageName !== news.imageName) replaces.push("imageName");
+  if (containsUnknown(news.diskFormat) || olds.diskFormat !== news.diskFormat) replaces.push("diskFormat");
+  for (const { key } of SOURCE_ROLES) {
+    const o = olds[key];
+    const n = news[key];
+    if (!o && !n) continue;
+    // Content identity is the sha256; where it comes from is an update.
+    if (!o || !n || containsUnknown(n.sha256) || o.sha256 !== n.sha256) replaces.push(key);
+  }
+  let changes = replaces.length > 0;
+  const updatable = [
+    "kernelCmdline",
+    "minDiskGiB",
+    "minRamMiB",
+    "hosts",
+    "source",
+    "kernel",
+    "ramdisk",
+  ] as const;
+  if (!changes) {
+    changes = updatable.some(
+      (k) => containsUnknown(news[k]) || JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null),
+    );
+  }
+  if (!changes) {
+    // Drift found by refresh: a host lacks the record or a file, or holds another sha256.
+    const files = imageFiles(news);
+    changes = news.hosts.some((h) => {
+      const have = olds.realized?.[h.name];
+      return !have || !have.record || files.some((f) => have.files[f.plan.role] !== f.plan.sha256);
+    });
+  }
+  return {
+    changes,
+    replaces,
+    stables:
+      replaces.length === 0 ? ["storeDir", "diskPath", "kernelPath", "ramdiskPath", "sha256", "format"] : [],
+    deleteBeforeReplace: true,
+  };
+}
+
+/** The record for these inputs and the files' sizes/stamps. */
+export function imageRecord(
+  inputs: ImageInputs,
+  stored: Partial<Record<ImageRole, { sizeBytes: number; mtime: number }>>,
+  virtualSizeBytes: number,
+): ImageRecord {
+  const files: ImageRecord["files"] = {};
+  const origins: ImageRecord["origins"] = {};
+  for (const { plan, source } of imageFiles(inputs)) {
+    const st = stored[plan.role] ?? { sizeBytes: 0, mtime: 0 };
+    files[plan.role] = {
+      fileName: plan.fileName,
+      sha256: plan.sha256,
+      sizeBytes: st.sizeBytes,
+      stamp: `${plan.sha256} ${st.sizeBytes} ${st.mtime}`,
+    };
+    origins[plan.role] = source.localPath
+      ? `local:${source.localPath.slice(source.localPath.lastIndexOf("/") + 1)}`
+      : source.hostPath || source.url;
+  }
+  return {
+    kind: "image",
+    name: inputs.imageName,
+    format: inputs.diskFormat === "" ? "kernel" : inputs.diskFormat,
+    files,
+    virtualSizeBytes,
+    kernelCmdline: inputs.kernelCmdline,
+    minDiskGiB: inputs.minDiskGiB,
+    minRamMiB: inputs.minRamMiB,
+    origins,
+  };
+}
+
+/** Host state from a probe, the record text and the users. */
+export function imageHostState(probes: FileProbe[], recordText: string, users: ImageUsers): ImageHostState {
+  const files: ImageHostState["files"] = {};
+  for (const p of probes) files[p.role] = p.sha256;
+  return {
+    record: recordText.trim() !== "",
+    files,
+    users: [...users.markers, ...users.domains.map((d) => `domain:${d}`)],
+  };
+}
+
+/** sha256 of a local file, streamed. */
+async function sha256OfLocalFile(localPath: string): Promise<string> {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const fs: typeof import("node:fs") = require("node:fs");
+  const hash = crypto.createHash("sha256");
+  await new Promise<void>((resolve, reject) => {
+    fs.createReadStream(localPath)
+      .on("data", (chunk) => hash.update(chunk))
+      .on("end", () => resolve())
+      .on("error", reject);
+  });
+  return hash.digest("hex");
+}
+
+/** Checks local sources before any host is touched: they exist and match their sha256. */
+async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
+  const fs: typeof import("node:fs") = require("node:fs");
+  for (const { plan, source } of imageFiles(inputs)) {
+    if (!source.localPath) continue;
+    const field = plan.role === "disk" ? "source" : plan.role;
+    let st: import("node:fs").Stats;
+    try {
+      st = fs.statSync(source.localPath);
+    } catch {
+      throw new Error(
+        `${field}.localPath: ${source.localPath} does not exist on the machine running Pulumi; fix the path`,
+      );
+    }
+    if (!st.isFile()) throw new Error(`${field}.localPath: ${source.localPath} is not a regular file`);
+    const actual = await sha256OfLocalFile(source.localPath);
+    if (actual !== plan.sha256) {
+      throw new Error(
+        `${field}.sha256: checksum mismatch for ${source.localPath}: expected ${plan.sha256}, actual ${actual}; ` +
+          "fix sha256 or the file (nothing was sent to any host)",
+      );
+    }
+  }
+}
+
+/** Sends a local file over SFTP on the pooled connection (a fresh one in naive mode). */
+async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
+  const ssh = await pooledSsh(host);
+  try {
+    await ssh.putFile(localPath, remotePath);
+  } finally {
+    if (hostPool().mode === "naive") ssh.dispose();
+  }
+}
+
+/**
+ * Makes one host hold the image (converging): probe, then stage + verify + commit what is
+ * missing. Leaves no staging folder behind, whatever fails.
+ */
+async function ensureOnHost(
+  inputs: ImageInputs,
+  host: HostConnection,
+): Promise<ImageHostState & { virtualSizeBytes: number; sizes: Partial<Record<ImageRole, number>> }> {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const files = imageFiles(inputs);
+  const plans = files.map((f) => f.plan);
+  const dir = imageDir(inputs.imageName);
+  const [recText, probeOut] = await runChecked(host, [
+    readRecordStep("image", inputs.imageName),
+    probeStep(inputs.imageName, plans, host.name),
+  ]);
+  const existing = parseRecord<ImageRecord>(recText, `image/${inputs.imageName}`);
+  const probes = new Map(parseProbe(probeOut).map((p) => [p.role, p]));
+  const missing = files.filter((f) => {
+    const p = probes.get(f.plan.role);
+    return !p || (p.status !== "ok" && p.status !== "hashed");
+  });
+  const token = crypto.randomBytes(8).toString("hex");
+  const staging = stagingDir(inputs.imageName, token);
+  const stored: Partial<Record<ImageRole, { sizeBytes: number; mtime: number }>> = {};
+  for (const [role, p] of probes) if (p.status === "ok" || p.status === "hashed") stored[role] = p;
+  const mtime = Math.floor(Date.now() / 1000);
+  let virtualSizeBytes = existing?.virtualSizeBytes ?? 0;
+  const disk = files.find((f) => f.plan.role === "disk");
+  const diskStaged = disk !== undefined && missing.includes(disk);
+  const needInfo = disk !== undefined && (diskStaged || !existing || existing.format !== inputs.diskFormat);
+  try {
+    if (missing.length > 0) {
+      const onHost = missing.filter((f) => !f.source.localPath);
+      await runChecked(host, [
+        stageStep(
+          inputs.imageName,
+          token,
+          onHost.map((f) => ({ role: f.plan.role, hostPath: f.source.hostPath, url: f.source.url })),
+          host.name,
+        ),
+      ]);
+      for (const f of missing.filter((m) => m.source.localPath)) {
+        await sendFile(host, f.source.localPath, `${staging}/${f.plan.role}`);
+      }
+    }
+    const steps = [];
+    if (missing.length > 0)
+      steps.push(
+        hashStagedStep(
+          inputs.imageName,
+          token,
+          missing.map((m) => m.plan.role),
+          host.name,
+        ),
+      );
+    if (needInfo && disk) {
+      steps.push(diskInfoStep(diskStaged ? `${staging}/disk` : `${dir}/${disk.plan.fileName}`, host.name));
+    }
+    const outs = steps.length > 0 ? await runChecked(host, steps) : [];
+    if (missing.length > 0) {
+      const hashes = parseStagedHashes(outs[0]);
+      for (const f of missing) {
+        const got = hashes.get(f.plan.role);
+        const field = f.plan.role === "disk" ? "source" : f.plan.role;
+        const from = f.source.localPath || f.source.hostPath || f.source.url;
+        if (!got || got.sha256 !== f.plan.sha256) {
+          throw new Error(
+            `host ${host.name}: ${field}.sha256: checksum mismatch for ${from}: expected ${f.plan.sha256}, actual ${got?.sha256 ?? "(none)"}; ` +
+              "fix sha256 or the source (nothing was kept)",
+          );
+        }
+        stored[f.plan.role] = { sizeBytes: got.sizeBytes, mtime };
+      }
+    }
+    if (needInfo && disk) {
+      const info = checkDiskInfo(
+        outs[outs.length - 1],
+        inputs.diskFormat as "qcow2" | "raw",
+        `host ${host.name}: source`,
+      );
+      if ("error" in info) throw new Error(info.error);
+      virtualSizeBytes = info.virtualSizeBytes;
+    }
+    const record = imageRecord(inputs, stored, virtualSizeBytes);
+    const keep = plans.map((p) => p.fileName);
+    const upToDate =
+      missing.length === 0 &&
+      existing !== undefined &&
+      JSON.stringify(existing) === JSON.stringify(record) &&
+      [...probes.values()].every((p) => p.status === "ok");
+    if (!upToDate) {
+      await runLocked(host, [
+        commitStep(
+          inputs.imageName,
+          token,
+          missing.map((m) => m.plan),
+          keep,
+          mtime,
+          host.name,
+        ),
+        writeRecordStep("image", inputs.imageName, record),
+      ]);
+    }
+    const sizes: Partial<Record<ImageRole, number>> = {};
+    const shas: Partial<Record<ImageRole, string>> = {};
+    for (const p of plans) {
+      sizes[p.role] = stored[p.role]?.sizeBytes ?? 0;
+      shas[p.role] = p.sha256;
+    }
+    return { record: true, files: shas, users: [], virtualSizeBytes, sizes };
+  } catch (err) {
+    if (missing.length > 0)
+      await runSteps(host, [cleanupStagingStep(inputs.imageName, token)]).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Reads one host's state (one batch). */
+async function readHost(props: ImageInputs, host: HostConnection): Promise<ImageHostState> {
+  const plans = imageFiles(props).map((f) => f.plan);
+  const [rec, probe, users] = await runChecked(host, [
+    readRecordStep("image", props.imageName),
+    probeStep(props.imageName, plans, host.name),
+    usersStep(props.imageName, host.name),
+  ]);
+  return imageHostState(parseProbe(probe), rec, parseUsers(users));
+}
+
+async function removeFromHost(imageName: string, host: HostConnection): Promise<void> {
+  await runLocked(host, [removeImageStep(imageName, host.name)]);
+}
+
+/** Runs `fn` on every host in parallel; throws one error listing every host that failed. */
+async function onEveryHost<T>(
+  hosts: HostConnection[],
+  what: string,
+  fn: (h: HostConnection) => Promise<T>,
+): Promise<T[]> {
+  const settled = await Promise.allSettled(hosts.map((h) => fn(h)));
+  const errors = settled.flatMap((s) =>
+    s.status === "rejected" ? [s.reason instanceof Error ? s.reason.message : String(s.reason)] : [],
+  );
+  if (errors.length > 0) throw new Error(`${what} failed:\n - ${errors.join("\n - ")}`);
+  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
+}
+
+function imageInputsOf(o: ImageInputs): ImageInputs {
+  const i: ImageInputs = {
+    imageName: o.imageName,
+    hosts: o.hosts,
+    diskFormat: o.diskFormat,
+    kernelCmdline: o.kernelCmdline,
+    minDiskGiB: o.minDiskGiB,
+    minRamMiB: o.minRamMiB,
+  };
+  if (o.source) i.source = o.source;
+  if (o.kernel) i.kernel = o.kernel;
+  if (o.ramdisk) i.ramdisk = o.ramdisk;
+  return i;
+}
+
+/** Outputs from the inputs and what each host holds. */
+export function imageOutputs(
+  inputs: ImageInputs,
+  realized: Record<string, ImageHostState>,
+  sizes: Partial<Record<ImageRole, number>>,
+  virtualSizeBytes: number,
+): ImageOutputs {
+  const dir = imageDir(inputs.imageName);
+  const files: ImageOutputs["files"] = {};
+  const path: Record<ImageRole, string> = { disk: "", kernel: "", ramdisk: "" };
+  for (const { plan } of imageFiles(inputs)) {
+    files[plan.role] = { fileName: plan.fileName, sha256: plan.sha256, sizeBytes: sizes[plan.role] ?? 0 };
+    path[plan.role] = `${dir}/${plan.fileName}`;
+  }
+  const main = files.disk ?? files.kernel;
+  const paths: ImageOutputs["paths"] = {};
+  const hostKeys: Record<string, string> = {};
+  for (const h of inputs.hosts) {
+    paths[h.name] = { ...path };
+    hostKeys[h.name] = hostKeyRecord(h);
+  }
+  return {
+    ...imageInputsOf(inputs),
+    format: inputs.diskFormat === "" ? "kernel" : inputs.diskFormat,
+    storeDir: dir,
+    diskPath: path.disk,
+    kernelPath: path.kernel,
+    ramdiskPath: path.ramdisk,
+    paths,
+    sha256: main?.sha256 ?? "",
+    sizeBytes: main?.sizeBytes ?? 0,
+    virtualSizeBytes,
+    files,
+    hostKeys,
+    realized,
+  };
+}
+
+/** Converges every host; returns outputs. */
+async function converge(inputs: ImageInputs, what: string): Promise<ImageOutputs> {
+  const realized: Record<string, ImageHostState> = {};
+  let sizes: Partial<Record<ImageRole, number>> = {};
+  let virtualSizeBytes = 0;
+  await onEveryHost(inputs.hosts, what, async (h) => {
+    const r = await ensureOnHost(inputs, h);
+    realized[h.name] = { record: r.record, files: r.files, users: r.users };
+    sizes = r.sizes;
+    virtualSizeBytes = r.virtualSizeBytes;
+  });
+  return imageOutputs(inputs, realized, sizes, virtualSizeBytes);
+}
+
+export const imageProvider: pulumi.dynamic.ResourceProvider<ImageInputs, ImageOutputs> = {
+  async check(_olds, news) {
+    const { inputs, failures } = checkImageInputs(news as unknown as Record<string, unknown>);
+    return { inputs: inputs as unknown as ImageInputs, failures };
+  },
+
+  async diff(_id, olds, news) {
+    return diffImage(olds, news);
+  },
+
+  async create(inputs) {
+    await verifyLocalSources(inputs);
+    try {
+      const outs = await converge(inputs, `create image ${inputs.imageName}`);
+      return { id: inputs.imageName, outs };
+    } catch (err) {
+      // The resource does not exist when create fails: leave nothing on any host.
+      await Promise.allSettled(inputs.hosts.map((h) => removeFromHost(inputs.imageName, h)));
+      throw err;
+    }
+  },
+
+  async read(id, props) {
+    if (!props) return { id, props };
+    const realized: Record<string, ImageHostState> = {};
+    await onEveryHost(props.hosts, `read image ${props.imageName}`, async (h) => {
+      realized[h.name] = await readHost(props, pinnedHost(h, props.hostKeys));
+    });
+    const anything = Object.values(realized).some(
+      (s) => s.record || Object.values(s.files).some((f) => f !== ""),
+    );
+    if (!anything) return { id: "", props: {} as ImageOutputs };
+    return { id, props: { ...props, realized } };
+  },
+
+  async update(_id, olds, news) {
+    const keep = new Set(news.hosts.map((h) => h.name));
+    const gone = olds.hosts.filter((h) => !keep.has(h.name));
+    await onEveryHost(gone, `remove image ${olds.imageName} from hosts no longer listed`, (h) =>
+      removeFromHost(olds.imageName, pinnedHost(h, olds.hostKeys)),
+    );
+    await verifyLocalSources(news);
+    const hosts = news.hosts.map((h) => pinnedHost(h, olds.hostKeys));
+    const outs = await converge({ ...news, hosts }, `update image ${news.imageName}`);
+    return { outs: imageOutputs(imageInputsOf(news), outs.realized, sizesOf(outs), outs.virtualSizeBytes) };
+  },
+
+  async delete(_id, olds) {
+    await onEveryHost(olds.hosts, `delete image ${olds.imageName}`, (h) =>
+      removeFromHost(olds.imageName, pinnedHost(h, olds.hostKeys)),
+    );
+  },
+};
+
+function sizesOf(o: ImageOutputs): Partial<Record<ImageRole, number>> {
+  const s: Partial<Record<ImageRole, number>> = {};
+  for (const [role, f] of Object.entries(o.files)) s[role as ImageRole] = f.sizeBytes;
+  return s;
+}
+
+/** Resolves a relative localPath against the program's folder (in the program, not the provider). */
+function resolveLocal(
+  src: pulumi.Input<ImageSourceArgs> | undefined,
+): pulumi.Input<ImageSourceArgs> | undefined {
+  if (src === undefined) return undefined;
+  return pulumi.output(src).apply((s) => {
+    const nodePath: typeof import("node:path") = require("node:path");
+    if (typeof s.localPath === "string" && s.localPath !== "" && !nodePath.isAbsolute(s.localPath)) {
+      return { ...s, localPath: nodePath.resolve(s.localPath) };
+    }
+    return s;
+  }) as pulumi.Input<ImageSourceArgs>;
+}
+
+/**
+ * A Glance-style image in the store of every listed host (`pulumi-nodejs:dynamic/kvmlab:Image`).
+ * The hosts output is secret as a whole: it carries the private keys delete needs.
+ *
+ * ```ts
+ * const cirros = new Image("cirros", {
+ *   hosts,
+ *   source: { localPath: "images/cirros.qcow2", sha256: "…" },
+ *   diskFormat: "qcow2",
+ * });
+ * const tiny = new Image("tiny", { hosts, kernel: { hostPath: "/boot/vmlinuz", sha256: "…" },
+ *   ramdisk: { hostPath: "/boot/initrd.img", sha256: "…" }, kernelCmdline: "console=ttyS0" });
+ * ```
+ */
+export class Image extends pulumi.dynamic.Resource {
+  declare readonly imageName: pulumi.Output<string>;
+  declare readonly format: pulumi.Output<"qcow2" | "raw" | "kernel">;
+  declare readonly diskFormat: pulumi.Output<"qcow2" | "raw" | "">;
+  declare readonly storeDir: pulumi.Output<string>;
+  declare readonly diskPath: pulumi.Output<string>;
+  declare readonly kernelPath: pulumi.Output<string>;
+  declare readonly ramdiskPath: pulumi.Output<string>;
+  declare readonly paths: pulumi.Output<Record<string, { disk: string; kernel: string; ramdisk: string }>>;
+  declare readonly sha256: pulumi.Output<string>;
+  declare readonly sizeBytes: pulumi.Output<number>;
+  declare readonly virtualSizeBytes: pulumi.Output<number>;
+  declare readonly files: pulumi.Output<Partial<Record<ImageRole, ImageFile>>>;
+  declare readonly kernelCmdline: pulumi.Output<string>;
+  declare readonly minDiskGiB: pulumi.Output<number>;
+  declare readonly minRamMiB: pulumi.Output<number>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<Record<string, ImageHostState>>;
+  declare readonly hosts: pulumi.Output<HostConnection[]>;
+
+  constructor(name: string, args: ImageArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(
+      imageProvider,
+      name,
+      {
+        imageName: args.imageName ?? name,
+        hosts: args.hosts,
+        source: resolveLocal(args.source),
+        diskFormat: args.diskFormat,
+        kernel: resolveLocal(args.kernel),
+        ramdisk: resolveLocal(args.ramdisk),
+        kernelCmdline: args.kernelCmdline,
+        minDiskGiB: args.minDiskGiB,
+        minRamMiB: args.minRamMiB,
+        format: undefined,
+        storeDir: undefined,
+        diskPath: undefined,
+        kernelPath: undefined,
+        ramdiskPath: undefined,
+        paths: undefined,
+        sha256: undefined,
+        sizeBytes: undefined,
+        virtualSizeBytes: undefined,
+        files: undefined,
+        hostKeys: undefined,
+        realized: undefined,
+      },
+      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
+      "kvmlab",
+      "Image",
+    );
+  }
+}
