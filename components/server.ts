@@ -1,0 +1,409 @@
+/**
+ * Server component: one guest the way a user thinks of a Nova server. It resolves the hosts,
+ * renders the domain XML (for both domain types: the provider picks the one the chosen host
+ * runs, kvm where usable, else qemu) and the NoCloud seed files in the program, and wires one
+ * Server dynamic resource, which places, builds, resizes, migrates and powers it.
+ *
+ * ```ts
+ * const web = new Server("web1", {
+ *   image: { name: "cirros", kind: "disk", ...imageStorePaths("cirros", "disk") },
+ *   flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 1 },
+ *   ports: [{ network: lan, subnet: "lan-v4" }],
+ *   keypair: key,
+ * });
+ * export const ip = web.ip;
+ * ```
+ */
+import * as pulumi from "@pulumi/pulumi";
+import {
+  Server as ServerResource,
+  serverPaths,
+  type PowerState,
+  type Readiness,
+  type ServerFlavor,
+  type ServerImage,
+  type ServerPort,
+} from "../provider/server";
+import {
+  deterministicIfName,
+  deterministicMac,
+  deterministicUuid,
+  renderCloudInit,
+  renderDomainXml,
+  toCloudInitView,
+  toDomainView,
+  type CloudUserSpec,
+  type DomainSpec,
+  type WriteFileSpec,
+} from "../templates";
+import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
+import type { Network } from "./network";
+
+/** Paths of an image's files in every host's image store (/var/lib/kvmlab/images/<name>/). */
+export function imageStorePaths(
+  name: string,
+  kind: "disk" | "kernel",
+): Pick<ServerImage, "disk" | "kernel" | "ramdisk"> {
+  const dir = `/var/lib/kvmlab/images/${name}`;
+  return kind === "disk"
+    ? { disk: `${dir}/disk`, kernel: "", ramdisk: "" }
+    : { disk: "", kernel: `${dir}/kernel`, ramdisk: `${dir}/ramdisk` };
+}
+
+/** One NIC of a {@link Server}. */
+export interface ServerPortArgs {
+  /** The network component the NIC joins. */
+  readonly network: Network;
+  /** Name of the network's subnet the address comes from. */
+  readonly subnet: string;
+  /** Fixed address in the subnet (served by DHCP to this port). @default the pool's next free address */
+  readonly fixedIp?: string;
+}
+
+/** What the guest's cloud-init does beyond networking and the keypair. */
+export interface ServerUserData {
+  /** Extra users (the keypair's user is added for you). */
+  readonly users?: readonly CloudUserSpec[];
+  readonly writeFiles?: readonly WriteFileSpec[];
+  readonly runcmd?: readonly (string | readonly string[])[];
+}
+
+export interface ServerArgs {
+  /** Name of the domain on the host. @default the component name */
+  readonly serverName?: string;
+  /** Image in the hosts' image store (the Image resource's outputs, or {@link imageStorePaths}). */
+  readonly image: pulumi.Input<{
+    readonly name: pulumi.Input<string>;
+    readonly kind: pulumi.Input<"disk" | "kernel">;
+    readonly disk?: pulumi.Input<string>;
+    readonly format?: pulumi.Input<"qcow2" | "raw">;
+    readonly kernel?: pulumi.Input<string>;
+    readonly ramdisk?: pulumi.Input<string>;
+  }>;
+  /** vCPUs, RAM and disk (a Flavor's outputs or a literal); changing it is a cold resize. */
+  readonly flavor: pulumi.Input<{
+    readonly name: pulumi.Input<string>;
+    readonly vcpus: pulumi.Input<number>;
+    readonly ramMiB: pulumi.Input<number>;
+    readonly diskGiB?: pulumi.Input<number>;
+  }>;
+  /** NICs, in guest order (eth0, eth1…). @default none */
+  readonly ports?: readonly ServerPortArgs[];
+  /** Public key for the guest user (a Keypair's `publicKeyLine`). @default none */
+  readonly keypair?: { readonly publicKeyLine: pulumi.Input<string> };
+  /** Guest user that gets the key. @default "kvmlab" */
+  readonly userName?: string;
+  /** cloud-init user data; a change replaces the server. @default none */
+  readonly userData?: ServerUserData;
+  /** Build a NoCloud seed ISO. @default true */
+  readonly cloudInit?: boolean;
+  /** Kernel command line for kernel images. @default "console=ttyS0" */
+  readonly kernelCmdline?: pulumi.Input<string>;
+  /** Pin to a host; changing it later live-migrates the server. @default placement decides once */
+  readonly host?: pulumi.Input<string>;
+  /** Restrict placement to the hosts of this zone (see `availabilityZones`). @default any host */
+  readonly availabilityZone?: string;
+  /** Zones: name → host names. @default none */
+  readonly availabilityZones?: Readonly<Record<string, readonly string[]>>;
+  /** @default "running" */
+  readonly powerState?: pulumi.Input<PowerState>;
+  /** When the server counts as up. @default DHCP lease of the first port (none without ports) */
+  readonly readiness?: Partial<Readiness>;
+  /** Address the VNC console listens on. @default "0.0.0.0" (no password: keep the hosts' VNC ports firewalled) */
+  readonly consoleListen?: string;
+  /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
+  readonly hosts?: readonly HostSpec[];
+  readonly hostDiscovery?: ResolveHostsOptions;
+}
+
+/** Everything the component renders for one server (pure; exported for tests and `kvmlab render`). */
+export interface ServerRenderInput {
+  serverName: string;
+  uuidSeed: string;
+  lab: string;
+  project: string;
+  image: ServerImage;
+  flavor: ServerFlavor;
+  ports: {
+    networkName: string;
+    subnetName: string;
+    bridge: string;
+    driver: "linuxbridge" | "openvswitch";
+    mtu: number;
+  }[];
+  kernelCmdline: string;
+  cloudInit: boolean;
+  publicKeys: string[];
+  userName: string;
+  userData: ServerUserData;
+  consoleListen: string;
+}
+
+/** Renders the XML variants and seed files of a server (pure). */
+export function renderServer(r: ServerRenderInput): {
+  uuid: string;
+  macs: string[];
+  taps: string[];
+  domainXml: { kvm: string; qemu: string };
+  cloudInit: { metaData: string; userData: string; networkConfig: string };
+} {
+  const uuid = deterministicUuid(r.uuidSeed);
+  const macs = r.ports.map((_, i) => deterministicMac(`${r.uuidSeed}/port${i}`));
+  const taps = r.ports.map((_, i) => deterministicIfName("tap", `${r.uuidSeed}/port${i}`));
+  const paths = serverPaths(r.serverName);
+  const hasDisk = r.image.disk !== "";
+  const spec = (type: "kvm" | "qemu"): DomainSpec => ({
+    name: r.serverName,
+    uuid,
+    type,
+    vcpus: r.flavor.vcpus,
+    memoryMiB: r.flavor.ramMiB,
+    boot:
+      r.image.kind === "kernel"
+        ? {
+            kind: "kernel",
+            kernel: r.image.kernel,
+            initrd: r.image.ramdisk === "" ? null : r.image.ramdisk,
+            cmdline: r.kernelCmdline,
+            disk: hasDisk ? paths.disk : null,
+            format: "qcow2",
+          }
+        : { kind: "disk", disk: paths.disk, format: "qcow2" },
+    seedIso: r.cloudInit ? paths.seedIso : null,
+    nics: r.ports.map((p, i) => ({
+      bridge: p.bridge,
+      driver: p.driver,
+      target: taps[i],
+      mac: macs[i],
+      mtu: p.mtu,
+    })),
+    serialLog: paths.serialLog,
+    vnc: { listen: r.consoleListen, port: "auto" },
+    metadata: {
+      lab: r.lab,
+      project: r.project,
+      server: r.serverName,
+      image: r.image.name,
+      flavor: r.flavor.name,
+    },
+    tbCacheMiB: type === "qemu" ? 32 : null,
+  });
+  const domainXml = {
+    kvm: renderDomainXml(toDomainView(spec("kvm"))),
+    qemu: renderDomainXml(toDomainView(spec("qemu"))),
+  };
+  let cloudInit = { metaData: "", userData: "", networkConfig: "" };
+  if (r.cloudInit) {
+    const users: CloudUserSpec[] = [
+      ...(r.publicKeys.length > 0
+        ? [{ name: r.userName, sshAuthorizedKeys: r.publicKeys, sudo: true, shell: "/bin/sh" }]
+        : []),
+      ...(r.userData.users ?? []),
+    ];
+    const files = renderCloudInit(
+      toCloudInitView({
+        instanceId: uuid,
+        hostname: r.serverName,
+        users,
+        writeFiles: r.userData.writeFiles,
+        runcmd: r.userData.runcmd,
+        nics: r.ports.map((p, i) => ({ name: `eth${i}`, mac: macs[i], address: "dhcp", mtu: p.mtu })),
+      }),
+    );
+    cloudInit = {
+      metaData: files["meta-data"],
+      userData: files["user-data"],
+      networkConfig: files["network-config"],
+    };
+  }
+  return { uuid, macs, taps, domainXml, cloudInit };
+}
+
+/** Hosts allowed by the zone (pure). */
+export function hostsInZone(
+  hostNames: readonly string[],
+  zone: string | undefined,
+  zones: Readonly<Record<string, readonly string[]>> | undefined,
+): string[] {
+  if (zone === undefined) return [...hostNames];
+  const members = zones?.[zone];
+  if (!members)
+    throw new Error(
+      `availabilityZone: zone ${JSON.stringify(zone)} is not defined; define it in availabilityZones (zone name → host names)`,
+    );
+  const inZone = hostNames.filter((h) => members.includes(h));
+  if (inZone.length === 0)
+    throw new Error(
+      `availabilityZone: zone ${JSON.stringify(zone)} has none of the hosts ${hostNames.join(", ")}; fix availabilityZones`,
+    );
+  return inZone;
+}
+
+export class Server extends pulumi.ComponentResource {
+  /** The dynamic resource (for dependsOn). */
+  public readonly server: ServerResource;
+  /** Address of the first port. */
+  public readonly ip: pulumi.Output<string>;
+  public readonly ips: pulumi.Output<string[]>;
+  /** Host the server runs on. */
+  public readonly host: pulumi.Output<string>;
+  /** `vnc://<host address>:<port>` of the VNC console. */
+  public readonly consoleUrl: pulumi.Output<string>;
+  public readonly uuid: pulumi.Output<string>;
+  public readonly serialLog: pulumi.Output<string>;
+
+  constructor(name: string, args: ServerArgs, opts: pulumi.ComponentResourceOptions = {}) {
+    super("kvmlab:compute:Server", name, {}, opts);
+    const serverName = args.serverName ?? name;
+    const hosts = resolveHosts(args.hosts, args.hostDiscovery).hosts;
+    let pin = args.host;
+    if (args.availabilityZone !== undefined) {
+      // A zone narrows placement to its hosts; until placement takes a candidate list, a zone
+      // must name exactly one of the hosts (or the server must be pinned inside it).
+      let allowed: string[];
+      try {
+        allowed = hostsInZone(
+          hosts.map((h) => h.name as string),
+          args.availabilityZone,
+          args.availabilityZones,
+        );
+      } catch (err) {
+        throw new pulumi.ResourceError((err as Error).message, this);
+      }
+      if (pin === undefined && allowed.length === 1) pin = allowed[0];
+      else if (pin === undefined) {
+        throw new pulumi.ResourceError(
+          `availabilityZone: zone ${args.availabilityZone} has several hosts (${allowed.join(", ")}); pin one of them with host`,
+          this,
+        );
+      }
+    }
+    const ports = args.ports ?? [];
+    for (const [i, p] of ports.entries()) {
+      if (!p.network.subnets[p.subnet]) {
+        throw new pulumi.ResourceError(
+          `ports[${i}].subnet: the network has no subnet ${JSON.stringify(p.subnet)}; use one of ${Object.keys(p.network.subnets).join(", ")}`,
+          this,
+        );
+      }
+    }
+    const project = pulumi.getProject();
+    const stack = pulumi.getStack();
+    const uuidSeed = `${project}/${stack}/${serverName}`;
+    const portInfo = pulumi.all(
+      ports.map((p) => {
+        const subnet = p.network.subnets[p.subnet];
+        return pulumi.all([
+          p.network.networkName,
+          subnet.subnetName,
+          p.network.bridge,
+          p.network.network.driver,
+          p.network.network.mtu,
+          subnet.dhcpHost,
+          subnet.enableDhcp,
+        ]);
+      }),
+    );
+    const rendered = pulumi
+      .all([
+        args.image,
+        args.flavor,
+        portInfo,
+        args.kernelCmdline ?? "console=ttyS0",
+        args.keypair?.publicKeyLine ?? "",
+      ])
+      .apply(([image, flavor, pinfo, cmdline, publicKey]) => {
+        const img: ServerImage = {
+          name: image.name,
+          kind: image.kind,
+          disk: image.disk ?? "",
+          format: image.format ?? "qcow2",
+          kernel: image.kernel ?? "",
+          ramdisk: image.ramdisk ?? "",
+        };
+        const fl: ServerFlavor = {
+          name: flavor.name,
+          vcpus: flavor.vcpus,
+          ramMiB: flavor.ramMiB,
+          diskGiB: flavor.diskGiB ?? 0,
+        };
+        let r: ReturnType<typeof renderServer>;
+        try {
+          r = renderServer({
+            serverName,
+            uuidSeed,
+            lab: safeName(project),
+            project: safeName(stack),
+            image: img,
+            flavor: fl,
+            ports: pinfo.map(([networkName, subnetName, bridge, driver, mtu]) => ({
+              networkName,
+              subnetName,
+              bridge,
+              driver,
+              mtu,
+            })),
+            kernelCmdline: cmdline,
+            cloudInit: args.cloudInit ?? true,
+            publicKeys: publicKey ? [publicKey] : [],
+            userName: args.userName ?? "kvmlab",
+            userData: args.userData ?? {},
+            consoleListen: args.consoleListen ?? "0.0.0.0",
+          });
+        } catch (err) {
+          throw new pulumi.ResourceError(`server ${serverName}: ${(err as Error).message}`, this);
+        }
+        const serverPorts: ServerPort[] = pinfo.map(
+          ([networkName, subnetName, bridge, driver, , dhcpHost, dhcp], i) => ({
+            networkName,
+            subnetName,
+            dhcpHost,
+            dhcp,
+            bridge,
+            driver,
+            mac: r.macs[i],
+            tap: r.taps[i],
+            fixedIp: ports[i].fixedIp ?? "",
+          }),
+        );
+        return { ...r, image: img, flavor: fl, ports: serverPorts };
+      });
+
+    this.server = new ServerResource(
+      name,
+      {
+        serverName,
+        uuid: rendered.uuid,
+        hosts,
+        host: pin ?? "",
+        flavor: rendered.flavor,
+        image: rendered.image,
+        ports: rendered.ports,
+        domainXml: rendered.domainXml,
+        cloudInit: rendered.cloudInit,
+        powerState: args.powerState ?? "running",
+        readiness: { kind: ports.length > 0 ? "dhcp" : "none", ...(args.readiness ?? {}) },
+      },
+      { parent: this },
+    );
+    this.ips = this.server.ips;
+    this.ip = this.server.ips.apply((ips) => ips[0] ?? "");
+    this.host = this.server.host;
+    this.consoleUrl = this.server.consoleUrl;
+    this.uuid = this.server.uuid;
+    this.serialLog = this.server.serialLog;
+    this.registerOutputs({
+      ip: this.ip,
+      ips: this.ips,
+      host: this.host,
+      consoleUrl: this.consoleUrl,
+      uuid: this.uuid,
+    });
+  }
+}
+
+/** Project and stack names as metadata names (letters, digits, "_.-"). */
+function safeName(s: string): string {
+  const cleaned = s.replace(/[^A-Za-z0-9_.-]/g, "-").replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, "");
+  return cleaned === "" ? "default" : cleaned.slice(0, 63);
+}

@@ -1,0 +1,661 @@
+/**
+ * Server: a libvirt domain on one of the lab's KVM hosts, like a Nova instance.
+ *
+ *   check   validates every field (unknowns accepted during preview), fills defaults and
+ *           computes `changePlan`, the one line preview shows for an update
+ *   diff    pure (no SSH): serverName, uuid, image, cloud-init and ports replace; flavor and
+ *           domain XML are a cold resize/redefine; a new `host` pin is a live migration;
+ *           powerState is start/stop
+ *   create  placement (unless pinned): every candidate host's capacity and kvmlab's server
+ *           records, the host with the most free RAM that fits the flavor, claimed by writing
+ *           the server's record; IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the
+ *           port MACs); on the host, one batch under the host lock: instance folder, NoCloud
+ *           seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the host's domain
+ *           type (kvm when usable, else qemu), virsh define; start; readiness wait (bounded,
+ *           serial log tail in the error). On failure everything is removed again.
+ *   read    dominfo + vncdisplay on the server's host (gone = deleted)
+ *   update  migrate (virsh migrate --live, see server/migrate.ts), then redefine (stop, define,
+ *           start), then start/stop
+ *   delete  the domain (only when its UUID is this server's), the instance folder (disk, seed,
+ *           serial log), the record and the IP reservations; idempotent
+ *
+ * Files on the host: /var/lib/kvmlab/instances/<serverName>/{disk.qcow2, seed/, seed.iso,
+ * console.log, domain.xml}; record /var/lib/kvmlab/records/server/<serverName>.json.
+ *
+ * Serialization: the provider object below references only pure helpers and the host layer's
+ * functions; everything else is `require`d inside method bodies. When KVMLAB_METRICS_FILE is
+ * set (benchmarks), each operation appends one JSON line with its timings and SSH counters.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import {
+  fingerprintOfKeyBlob,
+  hostCache,
+  hostPoolStats,
+  pinFingerprint,
+  requireFeatures,
+  runChecked,
+  runLocked,
+  runSteps,
+  uploadStep,
+  type HostConnection,
+} from "./host";
+import { allocateAddress, releaseAddress } from "./ipam";
+import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
+import {
+  checkServerInputs,
+  chooseHost,
+  diffServer,
+  parseHostLoad,
+  planUpdate,
+  portOwner,
+  serverInputsOf,
+  serverPaths,
+  type HostLoad,
+  type PowerState,
+  type Readiness,
+  type ServerAddress,
+  type ServerFlavor,
+  type ServerImage,
+  type ServerInputs,
+  type ServerOutputs,
+  type ServerPort,
+} from "./server/model";
+import {
+  authorizeStep,
+  destinationFactsStep,
+  knownHostsText,
+  migrateStep,
+  migrationCleanupStep,
+  migrationDir,
+  migrationKeyStep,
+  parseDestinationFacts,
+  revokeStep,
+} from "./server/migrate";
+import {
+  deleteStep,
+  destroyStep,
+  infoStep,
+  materializeSteps,
+  parseDomainInfo,
+  preflightStep,
+  readinessProbeStep,
+  recordStep,
+  serialTailStep,
+  shutdownStep,
+  startStep,
+  statsStep,
+  type DomainInfo,
+} from "./server/steps";
+
+export * from "./server/model";
+export { parseDomainInfo, type DomainInfo } from "./server/steps";
+
+/** Timings of one provider operation (for benchmarks). */
+interface OpMetrics {
+  op: string;
+  server: string;
+  startedAt: number;
+  /** Time spent waiting for QEMU/libvirt: define/start/shutdown/migrate steps and readiness. */
+  waitMs: number;
+}
+
+function startMetrics(op: string, server: string): OpMetrics {
+  return { op, server, startedAt: Date.now(), waitMs: 0 };
+}
+
+/** Appends one JSON line to $KVMLAB_METRICS_FILE (benchmarks only; never secrets). */
+function finishMetrics(m: OpMetrics, extra: Record<string, unknown> = {}): void {
+  const file = process.env.KVMLAB_METRICS_FILE;
+  if (!file) return;
+  const fs: typeof import("node:fs") = require("node:fs");
+  const stats = hostPoolStats();
+  const line = {
+    op: m.op,
+    server: m.server,
+    pid: process.pid,
+    totalMs: Date.now() - m.startedAt,
+    waitMs: m.waitMs,
+    connectionsOpened: stats.connectionsOpened,
+    channelsOpened: stats.channelsOpened,
+    batches: stats.batches,
+    steps: stats.steps,
+    ...extra,
+  };
+  fs.appendFileSync(file, `${JSON.stringify(line)}\n`);
+}
+
+/** Runs `fn` and adds its duration to the metrics' wait time. */
+async function waited<T>(m: OpMetrics, fn: () => Promise<T>): Promise<T> {
+  const t = Date.now();
+  try {
+    return await fn();
+  } finally {
+    m.waitMs += Date.now() - t;
+  }
+}
+
+/**
+ * The domain type a host runs: kvm only when libvirt offers it (probeHost) AND the CPU shows
+ * its virtualisation flags; /dev/kvm alone opens in nested setups where guests then abort.
+ */
+async function domainTypeOf(host: HostConnection): Promise<"kvm" | "qemu"> {
+  const caps = await requireFeatures(host, ["libvirt"]);
+  if (!caps.kvm) return "qemu";
+  const flags = await hostCache(host, "server:cpu-virt-flags", async () => {
+    const [r] = await runSteps(host, [
+      {
+        label: "read CPU virtualisation flags",
+        script: "grep -qE '^flags[[:space:]]*:.*\\b(vmx|svm)\\b' /proc/cpuinfo",
+      },
+    ]);
+    return r.code === 0;
+  });
+  return flags ? "kvm" : "qemu";
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function hostNamed(
+  hosts: readonly HostConnection[],
+  name: string,
+  hostKeys?: Record<string, string>,
+): HostConnection {
+  const h = hosts.find((x) => x.name === name);
+  if (!h)
+    throw new Error(`host ${name} is not among the server's hosts (${hosts.map((x) => x.name).join(", ")})`);
+  return pinnedHost(h, hostKeys);
+}
+
+/**
+ * Placement is serialized per process (so parallel creates see each other's claims) and
+ * claimed on the host by the server's record, which every later placement counts.
+ */
+async function placementTurn<T>(fn: () => Promise<T>): Promise<T> {
+  const g = globalThis as unknown as Record<symbol, Promise<unknown> | undefined>;
+  const key = Symbol.for("kvmlab.serverPlacement.v1");
+  const before = g[key] ?? Promise.resolve();
+  const mine = before.then(fn, fn);
+  g[key] = mine.catch(() => undefined);
+  return mine;
+}
+
+/** Reads every candidate host's load (one batch per host, in parallel). */
+async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> {
+  return Promise.all(
+    hosts.map(async (h) => {
+      const [out] = await runChecked(h, [statsStep()]);
+      return parseHostLoad(h.name, out);
+    }),
+  );
+}
+
+/** Picks the host (or takes the pin) and writes the claim record there. */
+async function placeAndClaim(
+  inputs: ServerInputs,
+  hostKeys?: Record<string, string>,
+): Promise<HostConnection> {
+  const hosts = inputs.hosts.map((h) => pinnedHost(h, hostKeys));
+  return placementTurn(async () => {
+    const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
+    const loads = await hostLoads(candidates);
+    // A create run again (after a failure or lost state) converges on the host it claimed.
+    const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
+    const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
+    if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
+    const host = hostNamed(hosts, choice.host);
+    await runLocked(host, [recordStep(inputs, [])]);
+    return host;
+  });
+}
+
+function serialTail(text: string): string {
+  // Keep the log readable and free of terminal control sequences.
+  const esc = String.fromCharCode(27);
+  return text
+    .split(esc)
+    .map((part, i) => (i === 0 ? part : part.replace(/^\[[0-9;?]*[A-Za-z]/, "")))
+    .join("")
+    .split("")
+    .filter((c) => c === "\t" || c === "\n" || (c >= " " && c <= "~"))
+    .join("")
+    .trimEnd();
+}
+
+async function readInfo(host: HostConnection, name: string): Promise<DomainInfo> {
+  const [out] = await runChecked(host, [infoStep(name)]);
+  return parseDomainInfo(out);
+}
+
+/** Waits (bounded by readiness.timeoutSec) until the guest answers; throws with the serial log tail. */
+async function waitReady(
+  inputs: ServerInputs,
+  host: HostConnection,
+  addresses: readonly ServerAddress[],
+  m: OpMetrics,
+  hostKeys?: Record<string, string>,
+): Promise<void> {
+  const r: Readiness = inputs.readiness;
+  if (r.kind === "none") return;
+  await waited(m, async () => {
+    const port: ServerPort | undefined = inputs.ports[0];
+    const probeHost = r.kind === "serial" || !port ? host : hostNamed(inputs.hosts, port.dhcpHost, hostKeys);
+    const step = readinessProbeStep(inputs, addresses[0]?.ip ?? "", port);
+    const deadline = Date.now() + r.timeoutSec * 1000;
+    let last: string;
+    for (let i = 0; ; i++) {
+      const [res] = await runSteps(probeHost, [step]);
+      if (res.code === 0) return;
+      last = res.stderr.trim().split("\n").slice(-1)[0] ?? "";
+      if (Date.now() >= deadline) break;
+      if (i % 10 === 9) {
+        const info = await readInfo(host, inputs.serverName);
+        if (info.state !== "running") {
+          last = `the domain is ${info.state || "gone"}`;
+          break;
+        }
+      }
+      await sleep(500);
+    }
+    const [tail] = await runSteps(host, [serialTailStep(inputs.serverName)]);
+    throw new Error(
+      `server ${inputs.serverName} on host ${host.name} did not become ready (${step.label}) within ${r.timeoutSec} s` +
+        `${last ? ` (last: ${last})` : ""}. Last lines of its serial console ${serverPaths(inputs.serverName).serialLog}:\n${serialTail(tail.stdout) || "(empty)"}`,
+    );
+  });
+}
+
+/** ACPI shutdown, bounded wait, then power off. */
+async function stopDomain(host: HostConnection, name: string, m: OpMetrics, timeoutSec = 30): Promise<void> {
+  await waited(m, async () => {
+    await runChecked(host, [shutdownStep(name)]);
+    const deadline = Date.now() + timeoutSec * 1000;
+    while (Date.now() < deadline) {
+      const info = await readInfo(host, name);
+      if (!info.defined || info.state === "shut off") return;
+      await sleep(300);
+    }
+    await runChecked(host, [destroyStep(name)]);
+  });
+}
+
+async function startDomain(
+  inputs: ServerInputs,
+  host: HostConnection,
+  addresses: readonly ServerAddress[],
+  m: OpMetrics,
+  hostKeys?: Record<string, string>,
+): Promise<void> {
+  await waited(m, () => runChecked(host, [startStep(inputs.serverName)]));
+  await waitReady(inputs, host, addresses, m, hostKeys);
+}
+
+function powerOf(info: DomainInfo): string {
+  if (!info.defined) return "absent";
+  if (info.state === "running") return "running";
+  if (info.state === "shut off") return "stopped";
+  return info.state;
+}
+
+function outputsFor(
+  inputs: ServerInputs,
+  host: HostConnection,
+  domainType: "kvm" | "qemu",
+  addresses: ServerAddress[],
+  info: DomainInfo,
+  hostKeys: Record<string, string>,
+  lastMigrationMs: number,
+): ServerOutputs & { lastMigrationMs: number } {
+  const p = serverPaths(inputs.serverName);
+  return {
+    ...serverInputsOf(inputs),
+    host: host.name,
+    hostAddress: host.address,
+    domainType,
+    addresses,
+    ips: addresses.map((a) => a.ip),
+    macs: addresses.map((a) => a.mac),
+    vncPort: info.vncPort,
+    consoleUrl: info.vncPort > 0 ? `vnc://${host.address}:${info.vncPort}` : "",
+    serialLog: p.serialLog,
+    instanceDir: p.dir,
+    actualPowerState: powerOf(info),
+    hostKeys,
+    lastMigrationMs,
+  };
+}
+
+function recordedKeys(
+  hosts: readonly HostConnection[],
+  old: Record<string, string> = {},
+): Record<string, string> {
+  const keys: Record<string, string> = {};
+  for (const h of hosts) keys[h.name] = hostKeyRecord(h) || old[h.name] || "";
+  return keys;
+}
+
+/** Allocates every port's address (idempotent per owner). */
+async function allocatePorts(
+  inputs: ServerInputs,
+  hostKeys?: Record<string, string>,
+): Promise<ServerAddress[]> {
+  const out: ServerAddress[] = [];
+  for (const [i, port] of inputs.ports.entries()) {
+    const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost, hostKeys);
+    const ip = await allocateAddress(
+      { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
+      portOwner(inputs.serverName, i),
+      { fixedIp: port.fixedIp === "" ? undefined : port.fixedIp, mac: port.mac },
+    );
+    out.push({
+      networkName: port.networkName,
+      subnetName: port.subnetName,
+      ip,
+      mac: port.mac,
+      tap: port.tap,
+    });
+  }
+  return out;
+}
+
+async function releasePorts(
+  o: Pick<ServerInputs, "serverName" | "ports" | "hosts">,
+  hostKeys?: Record<string, string>,
+): Promise<void> {
+  for (const [i, port] of o.ports.entries()) {
+    const dhcpHost = hostNamed(o.hosts, port.dhcpHost, hostKeys);
+    await releaseAddress(
+      { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
+      portOwner(o.serverName, i),
+    );
+  }
+}
+
+/**
+ * Live-migrates a running server from `src` to `dst` (see server/migrate.ts). Returns the time
+ * the migration itself took.
+ */
+async function migrateServer(
+  olds: ServerOutputs,
+  src: HostConnection,
+  dst: HostConnection,
+  m: OpMetrics,
+): Promise<number> {
+  const dstType = await domainTypeOf(dst);
+  if (dstType !== olds.domainType) {
+    throw new Error(
+      `server ${olds.serverName}: cannot live-migrate a ${olds.domainType} domain to host ${dst.name}, which runs ${dstType} domains; pin it to a host of the same kind`,
+    );
+  }
+  const before = await readInfo(src, olds.serverName);
+  if (before.state !== "running") {
+    throw new Error(
+      `server ${olds.serverName} is ${powerOf(before)} on ${src.name}; live migration needs it running (set powerState "running" first, or replace it)`,
+    );
+  }
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
+  const pin = pinFingerprint(dst.hostKey);
+  if ("error" in pin) throw new Error(`host ${dst.name}: hostKey: ${pin.error}`);
+  const xml = olds.domainXml[olds.domainType];
+  // The destination gets the same files (overlay on its own copy of the image, seed ISO).
+  await runLocked(dst, [preflightStep(olds), ...materializeSteps(olds, xml, { define: false })], {
+    timeoutMs: 120000,
+  });
+  let authorizedKeysFile = "";
+  let migratedMs: number;
+  try {
+    const [pub] = await runChecked(src, [migrationKeyStep(olds.serverName, tag)]);
+    const [factsOut] = await runChecked(dst, [destinationFactsStep()]);
+    const facts = parseDestinationFacts(factsOut);
+    authorizedKeysFile = facts.authorizedKeysFile;
+    const keys = facts.hostKeys.filter(
+      (k) => fingerprintOfKeyBlob(Buffer.from(k.split(" ")[1], "base64")) === pin.fingerprint,
+    );
+    if (keys.length === 0) {
+      throw new Error(
+        `host ${dst.name}: none of its sshd host keys matches the pinned ${pin.fingerprint}; not migrating`,
+      );
+    }
+    if (!authorizedKeysFile)
+      throw new Error(`host ${dst.name}: cannot tell which authorized keys file its sshd reads`);
+    await runLocked(dst, [authorizeStep(authorizedKeysFile, pub, tag)]);
+    const t = Date.now();
+    await waited(m, () =>
+      runChecked(
+        src,
+        [
+          uploadStep(`${migrationDir(olds.serverName)}/known_hosts`, knownHostsText(dst, keys), {
+            mode: "0600",
+          }),
+          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240),
+        ],
+        { timeoutMs: 260000 },
+      ),
+    );
+    migratedMs = Date.now() - t;
+  } catch (err) {
+    // The source keeps the domain until the migration completes (--undefinesource); remove
+    // what was prepared on the destination unless the domain runs there after all.
+    const after = await readInfo(src, olds.serverName).catch(() => undefined);
+    if (after?.defined) await runLocked(dst, [deleteStep(olds.serverName, olds.uuid)]).catch(() => undefined);
+    throw err;
+  } finally {
+    if (authorizedKeysFile)
+      await runLocked(dst, [revokeStep(authorizedKeysFile, tag)]).catch(() => undefined);
+    await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
+  }
+  await runLocked(dst, [recordStep(olds, olds.addresses)]);
+  await runLocked(src, [deleteStep(olds.serverName, olds.uuid)]);
+  return migratedMs;
+}
+
+export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, ServerOutputs> = {
+  async check(olds, news) {
+    const { inputs, failures } = checkServerInputs(
+      news as unknown as Record<string, unknown>,
+      olds as unknown as Record<string, unknown>,
+    );
+    return { inputs: inputs as unknown as ServerInputs, failures };
+  },
+
+  async diff(_id, olds, news) {
+    return diffServer(olds, news);
+  },
+
+  async create(raw) {
+    const inputs = serverInputsOf(raw);
+    const m = startMetrics("create", inputs.serverName);
+    let host: HostConnection | undefined;
+    let addresses: ServerAddress[] = [];
+    try {
+      host = await placeAndClaim(inputs);
+      const domainType = await domainTypeOf(host);
+      addresses = await allocatePorts(inputs);
+      await waited(m, () =>
+        runLocked(
+          host as HostConnection,
+          [
+            preflightStep(inputs),
+            ...materializeSteps(inputs, inputs.domainXml[domainType]),
+            recordStep(inputs, addresses),
+          ],
+          {
+            timeoutMs: 180000,
+          },
+        ),
+      );
+      if (inputs.powerState === "running") await startDomain(inputs, host, addresses, m);
+      const info = await readInfo(host, inputs.serverName);
+      const outs = outputsFor(inputs, host, domainType, addresses, info, recordedKeys(inputs.hosts), 0);
+      finishMetrics(m, { host: host.name });
+      return { id: inputs.uuid, outs };
+    } catch (err) {
+      // Leave nothing behind: domain, files, record, IP reservations.
+      if (host) await runLocked(host, [deleteStep(inputs.serverName, inputs.uuid)]).catch(() => undefined);
+      await releasePorts(inputs).catch(() => undefined);
+      throw err;
+    }
+  },
+
+  async read(id, props) {
+    if (!props) return { id, props };
+    const host = hostNamed(props.hosts, props.host, props.hostKeys);
+    const info = await readInfo(host, props.serverName);
+    if (!info.defined) return { id: "", props: {} as ServerOutputs };
+    const vncPort = info.vncPort;
+    return {
+      id,
+      props: {
+        ...props,
+        actualPowerState: powerOf(info),
+        vncPort,
+        consoleUrl: vncPort > 0 ? `vnc://${host.address}:${vncPort}` : "",
+      },
+    };
+  },
+
+  async update(_id, olds, raw) {
+    const news = serverInputsOf(raw);
+    const m = startMetrics("update", news.serverName);
+    const plan = planUpdate(olds, news);
+    if (news.image.kind === "disk" && news.flavor.diskGiB < olds.flavor.diskGiB) {
+      throw new Error(
+        `flavor: ${news.flavor.name} has a ${news.flavor.diskGiB} GiB disk, smaller than the ${olds.flavor.diskGiB} GiB the server has; disks do not shrink: pick a flavor with diskGiB >= ${olds.flavor.diskGiB} or replace the server`,
+      );
+    }
+    const hostKeys = { ...olds.hostKeys };
+    let host = hostNamed(news.hosts, olds.host, hostKeys);
+    let lastMigrationMs = (olds as ServerOutputs & { lastMigrationMs?: number }).lastMigrationMs ?? 0;
+    if (plan.migrateTo !== "") {
+      const dst = hostNamed(news.hosts, plan.migrateTo, hostKeys);
+      lastMigrationMs = await migrateServer(olds, host, dst, m);
+      host = dst;
+    }
+    const type = olds.domainType;
+    const current = await readInfo(host, news.serverName);
+    if (!current.defined)
+      throw new Error(
+        `server ${news.serverName} is gone from host ${host.name}; run "pulumi refresh" to drop it from the state, then "pulumi up" recreates it`,
+      );
+    let running = current.state === "running";
+    if (plan.redefine || plan.resizeDisk) {
+      if (running) await stopDomain(host, news.serverName, m);
+      running = false;
+      await waited(m, () =>
+        runLocked(
+          host,
+          [
+            preflightStep(news),
+            ...materializeSteps(news, news.domainXml[type]),
+            recordStep(news, olds.addresses),
+          ],
+          { timeoutMs: 180000 },
+        ),
+      );
+    } else if (JSON.stringify(olds.flavor) !== JSON.stringify(news.flavor)) {
+      await runLocked(host, [recordStep(news, olds.addresses)]);
+    }
+    if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m, hostKeys);
+    if (news.powerState === "stopped" && running) await stopDomain(host, news.serverName, m);
+    const info = await readInfo(host, news.serverName);
+    const outs = outputsFor(
+      news,
+      host,
+      type,
+      olds.addresses,
+      info,
+      recordedKeys(news.hosts, hostKeys),
+      lastMigrationMs,
+    );
+    finishMetrics(m, { host: host.name, migratedMs: plan.migrateTo !== "" ? lastMigrationMs : 0 });
+    return { outs };
+  },
+
+  async delete(_id, olds) {
+    const m = startMetrics("delete", olds.serverName);
+    const host = hostNamed(olds.hosts, olds.host, olds.hostKeys);
+    await waited(m, () => runLocked(host, [deleteStep(olds.serverName, olds.uuid)]));
+    await releasePorts(olds, olds.hostKeys);
+    finishMetrics(m, { host: host.name });
+  },
+};
+
+/** Program-facing arguments of the Server resource (components/server.ts fills most of them). */
+export interface ServerResourceArgs {
+  /** libvirt domain name on the host. @default the resource name */
+  readonly serverName?: pulumi.Input<string>;
+  readonly uuid: pulumi.Input<string>;
+  /** Candidate hosts (placement) — the private keys are secrets. */
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** Pin to this host; changing it later live-migrates. @default "" (placement decides once) */
+  readonly host?: pulumi.Input<string>;
+  readonly flavor: pulumi.Input<ServerFlavor>;
+  readonly image: pulumi.Input<ServerImage>;
+  readonly ports?: pulumi.Input<pulumi.Input<ServerPort>[]>;
+  readonly domainXml: pulumi.Input<{ kvm: pulumi.Input<string>; qemu: pulumi.Input<string> }>;
+  readonly cloudInit?: pulumi.Input<{ metaData: string; userData: string; networkConfig: string }>;
+  /** @default "running" */
+  readonly powerState?: pulumi.Input<PowerState>;
+  /** @default { kind: "none" } */
+  readonly readiness?: pulumi.Input<Partial<Readiness>>;
+}
+
+/** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */
+export class Server extends pulumi.dynamic.Resource {
+  declare readonly serverName: pulumi.Output<string>;
+  declare readonly uuid: pulumi.Output<string>;
+  declare readonly host: pulumi.Output<string>;
+  declare readonly hostAddress: pulumi.Output<string>;
+  declare readonly domainType: pulumi.Output<"kvm" | "qemu">;
+  declare readonly addresses: pulumi.Output<ServerAddress[]>;
+  declare readonly ips: pulumi.Output<string[]>;
+  declare readonly macs: pulumi.Output<string[]>;
+  declare readonly vncPort: pulumi.Output<number>;
+  declare readonly consoleUrl: pulumi.Output<string>;
+  declare readonly serialLog: pulumi.Output<string>;
+  declare readonly instanceDir: pulumi.Output<string>;
+  declare readonly powerState: pulumi.Output<PowerState>;
+  declare readonly actualPowerState: pulumi.Output<string>;
+  declare readonly changePlan: pulumi.Output<string>;
+  declare readonly lastMigrationMs: pulumi.Output<number>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly hosts: pulumi.Output<HostConnection[]>;
+
+  constructor(name: string, args: ServerResourceArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(
+      serverProvider,
+      name,
+      {
+        serverName: args.serverName ?? name,
+        uuid: args.uuid,
+        hosts: args.hosts,
+        host: args.host,
+        flavor: args.flavor,
+        image: args.image,
+        ports: args.ports,
+        domainXml: args.domainXml,
+        cloudInit: args.cloudInit,
+        powerState: args.powerState,
+        readiness: args.readiness,
+        changePlan: undefined,
+        hostAddress: undefined,
+        domainType: undefined,
+        addresses: undefined,
+        ips: undefined,
+        macs: undefined,
+        vncPort: undefined,
+        consoleUrl: undefined,
+        serialLog: undefined,
+        instanceDir: undefined,
+        actualPowerState: undefined,
+        lastMigrationMs: undefined,
+        hostKeys: undefined,
+      },
+      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
+      "kvmlab",
+      "Server",
+    );
+  }
+}

@@ -1,0 +1,145 @@
+/**
+ * Live migration steps (pure builders). Hosts share no storage and no trust, so for the
+ * duration of one migration:
+ *
+ *   source       generates a one-off ed25519 key in /var/lib/kvmlab/migrate/<server>/
+ *   destination  authorizes that key (restricted: no forwarding, no pty) in the authorized keys
+ *                file its running sshd uses, tagged with a one-off comment
+ *   source       gets a known_hosts holding the destination's host keys that match the pinned
+ *                fingerprint (host-key checking stays on: libssh refuses any other key)
+ *   source       `virsh migrate --live --persistent --undefinesource [--copy-storage-inc]`
+ *                to qemu+libssh://user@destination/system
+ *   both         the key, its authorization and the known_hosts are removed afterwards,
+ *                whatever happened
+ */
+import { shQuote, type HostConnection, type Step } from "../host";
+import { VIRSH } from "./steps";
+
+/** Folder on the source holding the one-off key and known_hosts. */
+export function migrationDir(serverName: string): string {
+  return `/var/lib/kvmlab/migrate/${serverName}`;
+}
+
+/** Source: a fresh key pair; prints the public key line. */
+export function migrationKeyStep(serverName: string, tag: string): Step {
+  const d = shQuote(migrationDir(serverName));
+  return {
+    label: `generate a one-off migration key for ${serverName}`,
+    script: [
+      "set -e",
+      `rm -rf ${d}`,
+      `mkdir -p ${d}`,
+      `chmod 0700 ${d}`,
+      `ssh-keygen -q -t ed25519 -N '' -C ${shQuote(tag)} -f ${d}/id`,
+      `cat ${d}/id.pub`,
+    ].join("\n"),
+  };
+}
+
+/**
+ * Destination: prints the host public keys of the running sshd (one `type base64` per line),
+ * then `akf=<authorized keys file>` for the connecting user.
+ */
+export function destinationFactsStep(): Step {
+  return {
+    label: "read the destination's sshd host keys and authorized keys file",
+    script: [
+      "cfg=/etc/ssh/sshd_config",
+      "pid=$(cat /run/sshd.pid 2>/dev/null || true)",
+      'if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ]; then f=$(tr "\\0" " " < "/proc/$pid/cmdline" | grep -o -- "-f [^ ]*" | head -n1 | cut -d" " -f2); [ -n "$f" ] && cfg=$f; fi',
+      "u=$(id -un)",
+      't=$(sshd -T -f "$cfg" -C "user=$u,host=kvmlab,addr=127.0.0.1" 2>/dev/null) || { echo "cannot read the sshd configuration ($cfg) with sshd -T" >&2; exit 40; }',
+      'for k in $(echo "$t" | awk \'$1=="hostkey" {print $2}\'); do [ -r "$k.pub" ] && awk \'{print $1, $2}\' "$k.pub"; done',
+      'a=$(echo "$t" | awk \'$1=="authorizedkeysfile" {print $2; exit}\')',
+      'a=$(echo "$a" | sed -e "s|%h|$HOME|g" -e "s|%u|$u|g" -e "s|%%|%|g")',
+      'case "$a" in /*) ;; *) a="$HOME/$a" ;; esac',
+      'echo "akf=$a"',
+    ].join("\n"),
+  };
+}
+
+/** Parses destinationFactsStep's output. */
+export function parseDestinationFacts(stdout: string): { hostKeys: string[]; authorizedKeysFile: string } {
+  const hostKeys: string[] = [];
+  let authorizedKeysFile = "";
+  for (const line of stdout.split("\n")) {
+    if (line.startsWith("akf=")) authorizedKeysFile = line.slice(4).trim();
+    else if (/^[a-z0-9@.-]+ [A-Za-z0-9+/]+=*$/.test(line.trim())) hostKeys.push(line.trim());
+  }
+  return { hostKeys, authorizedKeysFile };
+}
+
+/** Destination: authorizes the one-off key (idempotent). */
+export function authorizeStep(authorizedKeysFile: string, publicKeyLine: string, tag: string): Step {
+  const words = publicKeyLine.trim().split(/\s+/);
+  if (words.length < 2 || !/^ssh-ed25519$/.test(words[0]) || !/^[A-Za-z0-9+/]+=*$/.test(words[1])) {
+    throw new Error(
+      `the source produced an unexpected migration key line: ${JSON.stringify(publicKeyLine.slice(0, 80))}`,
+    );
+  }
+  if (!/^[A-Za-z0-9._-]+$/.test(tag)) throw new Error(`authorizeStep: invalid tag ${JSON.stringify(tag)}`);
+  const line = `no-agent-forwarding,no-X11-forwarding,no-port-forwarding,no-pty ${words[0]} ${words[1]} ${tag}`;
+  return {
+    label: "authorize the one-off migration key on the destination",
+    script: [
+      "set -e",
+      `f=${shQuote(authorizedKeysFile)}`,
+      'mkdir -p "$(dirname "$f")"',
+      '[ -f "$f" ] || { : > "$f"; chmod 0600 "$f"; }',
+      `grep -qF -- ${shQuote(tag)} "$f" || printf '%s\\n' ${shQuote(line)} >> "$f"`,
+    ].join("\n"),
+  };
+}
+
+/** Destination: removes every line carrying the tag (idempotent, keeps mode and owner). */
+export function revokeStep(authorizedKeysFile: string, tag: string): Step {
+  return {
+    label: "revoke the one-off migration key on the destination",
+    script: [
+      `f=${shQuote(authorizedKeysFile)}; tag=${shQuote(tag)}`,
+      '[ -f "$f" ] || exit 0',
+      'grep -qF -- "$tag" "$f" || exit 0',
+      't=$(mktemp "$f.kvmlab-tmp.XXXXXX")',
+      'grep -vF -- "$tag" "$f" > "$t" || true',
+      'chmod --reference="$f" "$t"; chown --reference="$f" "$t"',
+      'mv -f "$t" "$f"',
+    ].join("\n"),
+  };
+}
+
+/** Source: the live migration itself. Prints nothing; fails with virsh's message. */
+export function migrateStep(
+  serverName: string,
+  dest: HostConnection,
+  copyStorage: boolean,
+  timeoutSec: number,
+): Step {
+  const d = migrationDir(serverName);
+  const uri = `qemu+libssh://${dest.user}@${dest.address}:${dest.port}/system?keyfile=${d}/id&known_hosts=${d}/known_hosts&sshauth=privkey`;
+  const args = [
+    VIRSH,
+    "migrate --live --persistent --undefinesource",
+    copyStorage ? "--copy-storage-inc" : "",
+    `--timeout ${Math.max(5, Math.floor(timeoutSec / 2))}`,
+    `--migrateuri ${shQuote(`tcp://${dest.address}`)}`,
+    shQuote(serverName),
+    shQuote(uri),
+  ].filter((a) => a !== "");
+  return {
+    label: `live-migrate ${serverName} to ${dest.name}`,
+    script: `timeout ${timeoutSec} ${args.join(" ")} </dev/null`,
+  };
+}
+
+/** Source: removes the one-off key and known_hosts. */
+export function migrationCleanupStep(serverName: string): Step {
+  return { label: "remove the one-off migration key", script: `rm -rf ${shQuote(migrationDir(serverName))}` };
+}
+
+/** known_hosts text for the destination. */
+export function knownHostsText(dest: HostConnection, keys: readonly string[]): string {
+  // Both spellings: OpenSSH writes port 22 bare, libssh looks the host up with its port.
+  const names =
+    dest.port === 22 ? [dest.address, `[${dest.address}]:22`] : [`[${dest.address}]:${dest.port}`];
+  return names.flatMap((n) => keys.map((k) => `${n} ${k}\n`)).join("");
+}

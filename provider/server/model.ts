@@ -1,0 +1,628 @@
+/**
+ * Server model: the provider's input and output shapes, their check, the diff (which change is
+ * an update and which a replacement) and placement. Pure: no I/O, nothing captured but other
+ * functions, so the serialized provider stays small.
+ */
+import {
+  UNKNOWN,
+  checkDeviceName,
+  checkHostList,
+  checkName,
+  checkRemotePath,
+  containsUnknown,
+  isIPv4,
+  normalizeHostConnection,
+  showValue,
+  type HostConnection,
+} from "../host";
+
+export type PowerState = "running" | "stopped";
+export type ImageKind = "disk" | "kernel";
+export type ReadinessKind = "none" | "dhcp" | "http" | "serial";
+
+/** The flavor's sizes as the server uses them. */
+export interface ServerFlavor {
+  name: string;
+  vcpus: number;
+  ramMiB: number;
+  /** Root disk size; 0 keeps the image's size. Ignored for kernel images without a disk. */
+  diskGiB: number;
+}
+
+/** Where the image's files are in every host's image store. */
+export interface ServerImage {
+  name: string;
+  kind: ImageKind;
+  /** Disk image (qcow2/raw) the overlay is based on; "" for kernel images. */
+  disk: string;
+  format: "qcow2" | "raw";
+  /** Kernel and ramdisk for direct kernel boot; "" for disk images. */
+  kernel: string;
+  ramdisk: string;
+}
+
+/** One NIC of the server. */
+export interface ServerPort {
+  networkName: string;
+  subnetName: string;
+  /** Host that runs the subnet's DHCP and keeps its IPAM record. */
+  dhcpHost: string;
+  /** Whether the subnet has DHCP (a qdhcp namespace to probe from). */
+  dhcp: boolean;
+  bridge: string;
+  driver: "linuxbridge" | "openvswitch";
+  mac: string;
+  tap: string;
+  /** Requested address; "" lets IPAM choose from the pool. */
+  fixedIp: string;
+}
+
+/** When create/start count as done. */
+export interface Readiness {
+  /**
+   * none: the domain runs; dhcp: the first port's MAC holds a DHCP lease; http: the guest
+   * answers `GET http://IP:port/path` with 2xx from the subnet's qdhcp namespace; serial: the
+   * serial log contains `pattern`.
+   */
+  kind: ReadinessKind;
+  path: string;
+  port: number;
+  pattern: string;
+  timeoutSec: number;
+}
+
+/** Inputs as the provider sees them after check (resolved, plain). */
+export interface ServerInputs {
+  serverName: string;
+  uuid: string;
+  hosts: HostConnection[];
+  /** Pinned host name; "" lets placement choose at create (kept afterwards). */
+  host: string;
+  flavor: ServerFlavor;
+  image: ServerImage;
+  ports: ServerPort[];
+  /** The rendered domain XML for each domain type; the provider picks the host's. */
+  domainXml: { kvm: string; qemu: string };
+  /** NoCloud seed files; all "" for no seed ISO. */
+  cloudInit: { metaData: string; userData: string; networkConfig: string };
+  powerState: PowerState;
+  readiness: Readiness;
+  /** What an update will do, computed by check so preview shows it. */
+  changePlan: string;
+}
+
+/** A port after create: the address IPAM gave it. */
+export interface ServerAddress {
+  networkName: string;
+  subnetName: string;
+  ip: string;
+  mac: string;
+  tap: string;
+}
+
+export interface ServerOutputs extends ServerInputs {
+  /** Overrides the input: the host the server runs on (placed or pinned). */
+  host: string;
+  hostAddress: string;
+  domainType: "kvm" | "qemu";
+  addresses: ServerAddress[];
+  ips: string[];
+  macs: string[];
+  vncPort: number;
+  consoleUrl: string;
+  serialLog: string;
+  instanceDir: string;
+  /** Power state found on the host (refresh shows drift here). */
+  actualPowerState: string;
+  /** SHA256 fingerprint per host name (pins, or keys recorded on first use). */
+  hostKeys: Record<string, string>;
+}
+
+/** Files of a server on its host (pure; the component renders the XML with the same paths). */
+export function serverPaths(serverName: string): {
+  dir: string;
+  disk: string;
+  seedDir: string;
+  seedIso: string;
+  serialLog: string;
+  domainXml: string;
+} {
+  const dir = `/var/lib/kvmlab/instances/${serverName}`;
+  return {
+    dir,
+    disk: `${dir}/disk.qcow2`,
+    seedDir: `${dir}/seed`,
+    seedIso: `${dir}/seed.iso`,
+    serialLog: `${dir}/console.log`,
+    domainXml: `${dir}/domain.xml`,
+  };
+}
+
+/** IPAM owner id of a server's port. */
+export function portOwner(serverName: string, index: number): string {
+  return `server:${serverName}:${index}`;
+}
+
+type Failure = { property: string; reason: string };
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const MAC_RE = /^fa:16:3e(:[0-9a-f]{2}){3}$/;
+
+function known(v: unknown): boolean {
+  return v !== UNKNOWN && !containsUnknown(v);
+}
+
+function isInt(v: unknown, min: number, max: number): boolean {
+  return typeof v === "number" && Number.isInteger(v) && v >= min && v <= max;
+}
+
+/** Defaults for optional fields, applied by check. */
+export const READINESS_DEFAULT: Readiness = {
+  kind: "none",
+  path: "/",
+  port: 80,
+  pattern: "",
+  timeoutSec: 120,
+};
+
+/**
+ * Validates and normalizes raw inputs (pure). Unknown values (preview) are accepted as they
+ * are; everything known is checked, every problem reported with its field and the fix.
+ */
+export function checkServerInputs(
+  news: Record<string, unknown>,
+  olds?: Record<string, unknown>,
+): { inputs: Record<string, unknown>; failures: Failure[] } {
+  const failures: Failure[] = [];
+  const fail = (property: string, reason: string | undefined): void => {
+    if (reason) failures.push({ property, reason });
+  };
+  const out: Record<string, unknown> = { ...news };
+  const name = news.serverName;
+  if (known(name)) fail("serverName", checkName("serverName", name));
+  if (known(news.uuid) && (typeof news.uuid !== "string" || !UUID_RE.test(news.uuid))) {
+    fail("uuid", `uuid: expected a lower-case UUID like 0e8f…-…, got ${showValue(news.uuid)}`);
+  }
+
+  for (const e of checkHostList("hosts", news.hosts)) fail("hosts", e);
+  const hosts = Array.isArray(news.hosts)
+    ? news.hosts.map((h) =>
+        h !== null && typeof h === "object" && !containsUnknown(h)
+          ? normalizeHostConnection(h as Record<string, unknown>)
+          : h,
+      )
+    : news.hosts;
+  out.hosts = hosts;
+  const hostNames =
+    Array.isArray(hosts) && known(hosts) ? (hosts as HostConnection[]).map((h) => h.name) : undefined;
+
+  out.host = news.host ?? "";
+  if (known(out.host) && out.host !== "") {
+    if (typeof out.host !== "string") fail("host", `host: expected a host name, got ${showValue(out.host)}`);
+    else if (hostNames && !hostNames.includes(out.host)) {
+      fail(
+        "host",
+        `host: ${showValue(out.host)} is not one of the hosts (${hostNames.join(", ")}); pin one of them or leave host unset`,
+      );
+    }
+  }
+
+  const flavor = news.flavor as Record<string, unknown> | undefined;
+  if (known(flavor)) {
+    if (flavor === null || typeof flavor !== "object") {
+      fail("flavor", `flavor: expected {name, vcpus, ramMiB, diskGiB}, got ${showValue(flavor)}`);
+    } else {
+      fail(
+        "flavor",
+        flavor.name === undefined ? "flavor.name: missing" : checkName("flavor.name", flavor.name),
+      );
+      if (!isInt(flavor.vcpus, 1, 255))
+        fail("flavor", `flavor.vcpus: expected an integer 1-255, got ${showValue(flavor.vcpus)}`);
+      if (!isInt(flavor.ramMiB, 128, 4194304)) {
+        fail(
+          "flavor",
+          `flavor.ramMiB: expected an integer of at least 128 (smaller guests do not boot), got ${showValue(flavor.ramMiB)}`,
+        );
+      }
+      const disk = flavor.diskGiB ?? 0;
+      if (!isInt(disk, 0, 65536))
+        fail("flavor", `flavor.diskGiB: expected an integer 0-65536, got ${showValue(disk)}`);
+      out.flavor = { name: flavor.name, vcpus: flavor.vcpus, ramMiB: flavor.ramMiB, diskGiB: disk };
+    }
+  }
+
+  const image = news.image as Record<string, unknown> | undefined;
+  if (known(image)) {
+    if (image === null || typeof image !== "object") {
+      fail("image", `image: expected {name, kind, disk, format, kernel, ramdisk}, got ${showValue(image)}`);
+    } else {
+      fail("image", image.name === undefined ? "image.name: missing" : checkName("image.name", image.name));
+      const kind = image.kind;
+      if (kind !== "disk" && kind !== "kernel")
+        fail("image", `image.kind: expected "disk" or "kernel", got ${showValue(kind)}`);
+      const format = image.format ?? "qcow2";
+      if (format !== "qcow2" && format !== "raw")
+        fail("image", `image.format: expected "qcow2" or "raw", got ${showValue(format)}`);
+      const norm = {
+        name: image.name,
+        kind,
+        disk: image.disk ?? "",
+        format,
+        kernel: image.kernel ?? "",
+        ramdisk: image.ramdisk ?? "",
+      };
+      for (const f of ["disk", "kernel", "ramdisk"] as const) {
+        if (norm[f] !== "") fail("image", checkRemotePath(`image.${f}`, norm[f]));
+      }
+      if (kind === "disk" && norm.disk === "")
+        fail("image", "image.disk: a disk image needs the path of its disk in the host image store");
+      if (kind === "kernel" && norm.kernel === "")
+        fail("image", "image.kernel: a kernel image needs the path of its kernel in the host image store");
+      out.image = norm;
+    }
+  }
+
+  const ports = news.ports ?? [];
+  out.ports = ports;
+  if (known(ports)) {
+    if (!Array.isArray(ports)) fail("ports", `ports: expected a list of ports, got ${showValue(ports)}`);
+    else {
+      const macs = new Set<string>();
+      const taps = new Set<string>();
+      out.ports = ports.map((raw, i) => {
+        const p = (raw ?? {}) as Record<string, unknown>;
+        const f = `ports[${i}]`;
+        fail("ports", checkName(`${f}.networkName`, p.networkName));
+        fail("ports", checkName(`${f}.subnetName`, p.subnetName));
+        fail("ports", checkName(`${f}.dhcpHost`, p.dhcpHost));
+        if (hostNames && typeof p.dhcpHost === "string" && !hostNames.includes(p.dhcpHost)) {
+          fail(
+            "ports",
+            `${f}.dhcpHost: the subnet's DHCP host ${showValue(p.dhcpHost)} is not one of the server's hosts (${hostNames.join(", ")}); give the server the network's hosts`,
+          );
+        }
+        fail("ports", checkDeviceName(`${f}.bridge`, p.bridge));
+        if (p.driver !== "linuxbridge" && p.driver !== "openvswitch") {
+          fail("ports", `${f}.driver: expected "linuxbridge" or "openvswitch", got ${showValue(p.driver)}`);
+        }
+        if (typeof p.mac !== "string" || !MAC_RE.test(p.mac)) {
+          fail("ports", `${f}.mac: expected a lower-case MAC in fa:16:3e:xx:xx:xx, got ${showValue(p.mac)}`);
+        } else if (macs.has(p.mac))
+          fail("ports", `${f}.mac: ${p.mac} is used by another port; give each port its own MAC`);
+        else macs.add(p.mac);
+        const tapError = checkDeviceName(`${f}.tap`, p.tap);
+        if (tapError || typeof p.tap !== "string" || !p.tap.startsWith("tap")) {
+          fail(
+            "ports",
+            tapError ?? `${f}.tap: expected a tap device name starting with "tap", got ${showValue(p.tap)}`,
+          );
+        } else if (taps.has(p.tap)) fail("ports", `${f}.tap: ${p.tap} is used by another port`);
+        else taps.add(p.tap);
+        const fixedIp = p.fixedIp ?? "";
+        if (fixedIp !== "" && !isIPv4(fixedIp))
+          fail("ports", `${f}.fixedIp: expected an IPv4 address or "", got ${showValue(fixedIp)}`);
+        const dhcp = p.dhcp ?? true;
+        if (typeof dhcp !== "boolean")
+          fail("ports", `${f}.dhcp: expected true or false, got ${showValue(dhcp)}`);
+        return { ...p, fixedIp, dhcp };
+      });
+    }
+  }
+
+  const xml = news.domainXml as Record<string, unknown> | undefined;
+  if (known(xml)) {
+    if (
+      xml === null ||
+      typeof xml !== "object" ||
+      typeof xml.kvm !== "string" ||
+      typeof xml.qemu !== "string"
+    ) {
+      fail(
+        "domainXml",
+        `domainXml: expected {kvm, qemu}: the domain XML rendered for each domain type (components/server.ts renders both)`,
+      );
+    } else {
+      for (const type of ["kvm", "qemu"] as const) {
+        const e = checkDomainXml(type, xml[type] as string, out);
+        if (e) fail("domainXml", e);
+      }
+    }
+  }
+
+  const ci = (news.cloudInit ?? { metaData: "", userData: "", networkConfig: "" }) as Record<string, unknown>;
+  out.cloudInit = ci;
+  if (known(ci)) {
+    if (
+      ci === null ||
+      typeof ci !== "object" ||
+      ["metaData", "userData", "networkConfig"].some((k) => typeof ci[k] !== "string")
+    ) {
+      fail(
+        "cloudInit",
+        'cloudInit: expected {metaData, userData, networkConfig} strings (all "" for no seed ISO)',
+      );
+    } else {
+      const size =
+        (ci.metaData as string).length + (ci.userData as string).length + (ci.networkConfig as string).length;
+      if (size > 1024 * 1024)
+        fail(
+          "cloudInit",
+          `cloudInit: ${size} bytes is more than the 1 MiB a seed ISO here may carry; move large files into the image`,
+        );
+      if ((ci.metaData as string) === "" && (ci.userData as string) !== "")
+        fail("cloudInit", "cloudInit.metaData: user-data needs meta-data (instance-id) in the seed");
+    }
+  }
+
+  out.powerState = news.powerState ?? "running";
+  if (known(out.powerState) && out.powerState !== "running" && out.powerState !== "stopped") {
+    fail("powerState", `powerState: expected "running" or "stopped", got ${showValue(out.powerState)}`);
+  }
+
+  const r = { ...READINESS_DEFAULT, ...((news.readiness as object | undefined) ?? {}) } as Record<
+    string,
+    unknown
+  >;
+  out.readiness = r;
+  if (known(r)) {
+    if (!["none", "dhcp", "http", "serial"].includes(r.kind as string)) {
+      fail(
+        "readiness",
+        `readiness.kind: expected "none", "dhcp", "http" or "serial", got ${showValue(r.kind)}`,
+      );
+    }
+    if (typeof r.path !== "string" || !/^\/[A-Za-z0-9._~/-]{0,200}$/.test(r.path)) {
+      fail(
+        "readiness",
+        `readiness.path: expected a URL path like /health (letters, digits, "._~/-"), got ${showValue(r.path)}`,
+      );
+    }
+    if (!isInt(r.port, 1, 65535))
+      fail("readiness", `readiness.port: expected a TCP port, got ${showValue(r.port)}`);
+    if (
+      typeof r.pattern !== "string" ||
+      !/^[A-Za-z0-9 _.:=-]{0,64}$/.test(r.pattern) ||
+      (r.kind === "serial" && r.pattern === "")
+    ) {
+      fail(
+        "readiness",
+        `readiness.pattern: expected up to 64 letters, digits, spaces or "_.:=-" (required for kind serial), got ${showValue(r.pattern)}`,
+      );
+    }
+    if (!isInt(r.timeoutSec, 1, 1800))
+      fail("readiness", `readiness.timeoutSec: expected an integer 1-1800, got ${showValue(r.timeoutSec)}`);
+    if ((r.kind === "dhcp" || r.kind === "http") && Array.isArray(out.ports) && out.ports.length === 0) {
+      fail("readiness", `readiness.kind: ${String(r.kind)} needs at least one port; use "serial" or "none"`);
+    }
+  }
+  out.changePlan = planText(olds, out);
+  return { inputs: out, failures };
+}
+
+/** Checks that a rendered domain XML belongs to this server (pure). */
+export function checkDomainXml(
+  type: "kvm" | "qemu",
+  xml: string,
+  inputs: Record<string, unknown>,
+): string | undefined {
+  const where = `domainXml.${type}`;
+  if (!xml.startsWith(`<domain type='${type}'>`))
+    return `${where}: expected XML rendered with type '${type}' (starts with <domain type='${type}'>)`;
+  if (/<!(DOCTYPE|ENTITY)/i.test(xml)) return `${where}: DOCTYPE/ENTITY declarations are not allowed`;
+  const need: [string, string][] = [];
+  if (typeof inputs.serverName === "string" && known(inputs.serverName)) {
+    need.push([`<name>${inputs.serverName}</name>`, "the domain name must be serverName"]);
+    const paths = serverPaths(inputs.serverName);
+    need.push([`<log file='${paths.serialLog}'`, `the serial log must be ${paths.serialLog} (serverPaths)`]);
+  }
+  if (typeof inputs.uuid === "string" && known(inputs.uuid))
+    need.push([`<uuid>${inputs.uuid}</uuid>`, "the domain UUID must be the uuid input"]);
+  if (Array.isArray(inputs.ports) && known(inputs.ports)) {
+    for (const p of inputs.ports as ServerPort[]) {
+      if (typeof p.mac === "string") need.push([`<mac address='${p.mac}'/>`, `port MAC ${p.mac} is missing`]);
+      if (typeof p.tap === "string") need.push([`<target dev='${p.tap}'/>`, `port tap ${p.tap} is missing`]);
+    }
+  }
+  for (const [text, why] of need) {
+    if (!xml.includes(text))
+      return `${where}: ${why}; render the XML from the same inputs (components/server.ts)`;
+  }
+  return undefined;
+}
+
+/** One line saying what applying `news` over `olds` (old inputs) does; shown by preview. */
+export function planText(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string {
+  if (!olds || Object.keys(olds).length === 0 || olds.serverName === undefined) return "create";
+  const same = (k: string): boolean => known(news[k]) && JSON.stringify(olds[k]) === JSON.stringify(news[k]);
+  const replace = ["serverName", "uuid", "image", "cloudInit", "ports"].filter((k) => !same(k));
+  if (replace.length > 0)
+    return `replace (${replace.join(", ")} changed: a new server is built; its disk is not kept)`;
+  const parts: string[] = [];
+  const host = news.host;
+  if (known(host) && host !== "" && host !== olds.host)
+    parts.push(`live-migrate to host ${String(host)} (virsh migrate --live; the guest keeps running)`);
+  const of = olds.flavor as ServerFlavor | undefined;
+  const nf = news.flavor as ServerFlavor | undefined;
+  if (!same("flavor") && of && nf && known(nf)) {
+    parts.push(
+      `cold resize ${of.name} (${of.vcpus} vCPU, ${of.ramMiB} MiB) -> ${nf.name} (${nf.vcpus} vCPU, ${nf.ramMiB} MiB): stop, redefine, start; UUID, MACs and IPs kept`,
+    );
+  } else if (!same("domainXml")) parts.push("redefine the domain (stop, define, start)");
+  if (!same("powerState"))
+    parts.push(
+      news.powerState === "stopped" ? "stop (ACPI shutdown, then power off after the timeout)" : "start",
+    );
+  return parts.length > 0 ? parts.join("; ") : "none";
+}
+
+/** Keys whose change rebuilds the server. */
+export const SERVER_REPLACE_KEYS = ["serverName", "uuid", "image", "cloudInit", "ports"] as const;
+
+/** What an update has to do (pure). */
+export interface ServerUpdatePlan {
+  migrateTo: string;
+  redefine: boolean;
+  resizeDisk: boolean;
+  power: PowerState | "";
+}
+
+export function planUpdate(olds: ServerOutputs, news: ServerInputs): ServerUpdatePlan {
+  const type = olds.domainType;
+  return {
+    migrateTo: news.host !== "" && news.host !== olds.host ? news.host : "",
+    redefine: olds.domainXml[type] !== news.domainXml[type],
+    resizeDisk: news.image.kind === "disk" && news.flavor.diskGiB > olds.flavor.diskGiB,
+    power:
+      olds.actualPowerState === news.powerState && olds.powerState === news.powerState ? "" : news.powerState,
+  };
+}
+
+/** Property-level diff (pure; never connects). */
+export function diffServer(
+  olds: ServerOutputs,
+  news: ServerInputs,
+): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
+  const same = (a: unknown, b: unknown): boolean => known(b) && JSON.stringify(a) === JSON.stringify(b);
+  const replaces: string[] = SERVER_REPLACE_KEYS.filter((k) => !same(olds[k], news[k]));
+  const hostMove = !known(news.host) || (news.host !== "" && news.host !== olds.host);
+  const updates = (["flavor", "domainXml", "powerState", "hosts", "readiness"] as const).filter(
+    (k) => !same(olds[k], news[k]),
+  );
+  const drift = olds.actualPowerState !== undefined && olds.actualPowerState !== olds.powerState;
+  const changes = replaces.length > 0 || hostMove || updates.length > 0 || drift;
+  return {
+    changes,
+    replaces,
+    stables: replaces.length === 0 ? ["serverName", "uuid", "macs", "ips", "addresses"] : [],
+    // The domain name and the instance folder are the server's own on the host.
+    deleteBeforeReplace: true,
+  };
+}
+
+/** A host's capacity and what kvmlab has placed there (read by the stats step). */
+export interface HostLoad {
+  host: string;
+  memTotalMiB: number;
+  memAvailableMiB: number;
+  cpus: number;
+  allocatedRamMiB: number;
+  allocatedVcpus: number;
+  servers: number;
+  /** UUIDs of the servers recorded on the host. */
+  serverUuids: string[];
+}
+
+/** Placement policy: like Nova's RAM and CPU allocation ratios and reserved host memory. */
+export const PLACEMENT = {
+  ramAllocationRatio: 1.0,
+  cpuAllocationRatio: 4.0,
+  reservedHostMemoryMiB: 512,
+} as const;
+
+/** Free RAM (MiB) and vCPUs a host offers to new servers. */
+export function freeCapacity(l: HostLoad): { ramMiB: number; vcpus: number } {
+  return {
+    ramMiB:
+      Math.floor((l.memTotalMiB - PLACEMENT.reservedHostMemoryMiB) * PLACEMENT.ramAllocationRatio) -
+      l.allocatedRamMiB,
+    vcpus: Math.floor(l.cpus * PLACEMENT.cpuAllocationRatio) - l.allocatedVcpus,
+  };
+}
+
+/**
+ * Chooses a host (pure): filter the hosts that fit the flavor, then take the one with the most
+ * free RAM (ties: most free vCPUs, then the order of `loads`). Returns an error text naming
+ * every host and why it does not fit when none does.
+ */
+export function chooseHost(
+  loads: readonly HostLoad[],
+  flavor: Pick<ServerFlavor, "vcpus" | "ramMiB">,
+): { host: string } | { error: string } {
+  const why: string[] = [];
+  let best: { load: HostLoad; free: { ramMiB: number; vcpus: number }; i: number } | undefined;
+  loads.forEach((load, i) => {
+    const free = freeCapacity(load);
+    if (free.ramMiB < flavor.ramMiB)
+      why.push(`${load.host}: ${free.ramMiB} MiB RAM free, needs ${flavor.ramMiB}`);
+    else if (free.vcpus < flavor.vcpus)
+      why.push(`${load.host}: ${free.vcpus} vCPUs free, needs ${flavor.vcpus}`);
+    else if (load.memAvailableMiB < flavor.ramMiB)
+      why.push(`${load.host}: only ${load.memAvailableMiB} MiB of memory available right now`);
+    else if (
+      !best ||
+      free.ramMiB > best.free.ramMiB ||
+      (free.ramMiB === best.free.ramMiB && free.vcpus > best.free.vcpus)
+    ) {
+      best = { load, free, i };
+    }
+  });
+  if (!best)
+    return {
+      error: `no host fits the flavor (${flavor.vcpus} vCPU, ${flavor.ramMiB} MiB): ${why.join("; ")}; add a host, free capacity or pick a smaller flavor`,
+    };
+  return { host: best.load.host };
+}
+
+/** Parses the stats step's output into a HostLoad (pure). */
+export function parseHostLoad(host: string, stdout: string): HostLoad {
+  const lines = stdout.split("\n");
+  const kv = new Map<string, string>();
+  const records: string[] = [];
+  let inRecords = false;
+  let current = "";
+  for (const line of lines) {
+    if (line === "--record--") {
+      if (inRecords && current.trim() !== "") records.push(current);
+      inRecords = true;
+      current = "";
+      continue;
+    }
+    if (inRecords) current += `${line}\n`;
+    else {
+      const at = line.indexOf("=");
+      if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
+    }
+  }
+  if (inRecords && current.trim() !== "") records.push(current);
+  let ram = 0;
+  let vcpus = 0;
+  const serverUuids: string[] = [];
+  for (const text of records) {
+    try {
+      const r = JSON.parse(text) as { ramMiB?: number; vcpus?: number; uuid?: string };
+      if (typeof r.uuid === "string") serverUuids.push(r.uuid);
+      ram += typeof r.ramMiB === "number" ? r.ramMiB : 0;
+      vcpus += typeof r.vcpus === "number" ? r.vcpus : 0;
+    } catch {
+      // A record being rewritten at this instant; the host lock re-check catches real overcommit.
+    }
+  }
+  return {
+    host,
+    memTotalMiB: Math.floor(Number(kv.get("memtotal") ?? 0) / 1024),
+    memAvailableMiB: Math.floor(Number(kv.get("memavailable") ?? 0) / 1024),
+    cpus: Number(kv.get("cpus") ?? 0),
+    allocatedRamMiB: ram,
+    allocatedVcpus: vcpus,
+    servers: records.length,
+    serverUuids,
+  };
+}
+
+/** Only the input fields of outputs (pure). */
+export function serverInputsOf(o: ServerInputs): ServerInputs {
+  return {
+    serverName: o.serverName,
+    uuid: o.uuid,
+    hosts: o.hosts,
+    host: o.host,
+    flavor: o.flavor,
+    image: o.image,
+    ports: o.ports,
+    domainXml: o.domainXml,
+    cloudInit: o.cloudInit,
+    powerState: o.powerState,
+    readiness: o.readiness,
+    changePlan: o.changePlan,
+  };
+}

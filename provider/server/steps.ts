@@ -1,0 +1,281 @@
+/**
+ * Remote steps of the Server provider (pure builders: they return bash text built only from
+ * validated values and shQuote()d arguments) and the parsers of what they print.
+ */
+import { recordPath, shQuote, uploadStep, writeRecordStep, type Step } from "../host";
+import { dhcpPaths } from "../ipam";
+import { serverPaths, type ServerInputs, type ServerPort } from "./model";
+
+/** virsh on the host's system instance, quiet. */
+export const VIRSH = "virsh -q -c qemu:///system";
+
+/** Capacity and kvmlab's server records on a host (see parseHostLoad). */
+export function statsStep(): Step {
+  return {
+    label: "read host capacity and server records",
+    script: [
+      "echo memtotal=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)",
+      "echo memavailable=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)",
+      "echo cpus=$(nproc)",
+      'for f in /var/lib/kvmlab/records/server/*.json; do [ -e "$f" ] || continue; echo --record--; cat "$f"; echo; done',
+      "true",
+    ].join("\n"),
+  };
+}
+
+/** The record kept on the server's host: what placement counts and what identifies it. */
+export function serverRecord(
+  inputs: ServerInputs,
+  addresses: { ip: string; mac: string }[],
+): Record<string, unknown> {
+  return {
+    name: inputs.serverName,
+    uuid: inputs.uuid,
+    flavor: inputs.flavor.name,
+    vcpus: inputs.flavor.vcpus,
+    ramMiB: inputs.flavor.ramMiB,
+    image: inputs.image.name,
+    ports: addresses.map((a) => ({ ip: a.ip, mac: a.mac })),
+  };
+}
+
+/** Fails with exit 30 when something the server needs on this host is missing. */
+export function preflightStep(inputs: ServerInputs): Step {
+  const tools = ["virsh"];
+  if (inputs.image.kind === "disk" || inputs.image.disk !== "") tools.push("qemu-img");
+  const seed = inputs.cloudInit.metaData !== "";
+  if (seed) tools.push("genisoimage");
+  const lines = [
+    `for t in ${tools.join(" ")}; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done`,
+    'if [ -n "$missing" ]; then echo "missing on this host:$missing (apt-get install -y libvirt-clients qemu-utils genisoimage)" >&2; exit 30; fi',
+  ];
+  const files: [string, string][] = [];
+  if (inputs.image.disk !== "") files.push(["disk", inputs.image.disk]);
+  if (inputs.image.kernel !== "") files.push(["kernel", inputs.image.kernel]);
+  if (inputs.image.ramdisk !== "") files.push(["ramdisk", inputs.image.ramdisk]);
+  for (const [what, p] of files) {
+    lines.push(
+      `[ -f ${shQuote(p)} ] || { echo ${shQuote(`image ${inputs.image.name}: its ${what} ${p} is not on this host; create the Image on this host (add the host to the Image's hosts)`)} >&2; exit 31; }`,
+    );
+  }
+  for (const port of inputs.ports) {
+    lines.push(
+      `[ -e /sys/class/net/${shQuote(port.bridge)} ] || { echo ${shQuote(`bridge ${port.bridge} of network ${port.networkName} is not on this host; add the host to the network`)} >&2; exit 32; }`,
+    );
+  }
+  return { label: `check host for server ${inputs.serverName}`, script: lines.join("\n") };
+}
+
+/**
+ * Steps that put the server's files on a host and define the domain (idempotent): instance
+ * folder, seed files and ISO, qcow2 overlay (grown to the flavor's disk), domain XML, define.
+ * A domain of the same name with another UUID is refused (it is not this server's).
+ */
+export function materializeSteps(inputs: ServerInputs, xml: string, opts: { define?: boolean } = {}): Step[] {
+  const p = serverPaths(inputs.serverName);
+  const steps: Step[] = [
+    {
+      label: `prepare instance folder of ${inputs.serverName}`,
+      script: [
+        "set -e",
+        `u=$(${VIRSH} domuuid ${shQuote(inputs.serverName)} 2>/dev/null || true)`,
+        `if [ -n "$u" ] && [ "$u" != ${shQuote(inputs.uuid)} ]; then echo ${shQuote(`a domain named ${inputs.serverName} already exists on this host with another UUID`)}" ($u); it is not this server's: rename the server or remove that domain" >&2; exit 33; fi`,
+        `mkdir -p ${shQuote(p.seedDir)}`,
+        `chmod 0755 ${shQuote(p.dir)}`,
+      ].join("\n"),
+    },
+  ];
+  if (inputs.cloudInit.metaData !== "") {
+    steps.push(
+      uploadStep(`${p.seedDir}/meta-data`, inputs.cloudInit.metaData),
+      uploadStep(`${p.seedDir}/user-data`, inputs.cloudInit.userData),
+      uploadStep(`${p.seedDir}/network-config`, inputs.cloudInit.networkConfig),
+      {
+        label: `build NoCloud seed ISO of ${inputs.serverName}`,
+        script: [
+          "set -e",
+          `cd ${shQuote(p.seedDir)}`,
+          "sum=$(cat meta-data user-data network-config | sha256sum | cut -d' ' -f1)",
+          `if [ ! -f ${shQuote(p.seedIso)} ] || [ "$(cat .sha256 2>/dev/null)" != "$sum" ]; then`,
+          `  genisoimage -quiet -output ${shQuote(`${p.seedIso}.tmp`)} -volid cidata -joliet -rock meta-data user-data network-config`,
+          `  mv -f ${shQuote(`${p.seedIso}.tmp`)} ${shQuote(p.seedIso)}`,
+          '  echo "$sum" > .sha256',
+          "fi",
+        ].join("\n"),
+      },
+    );
+  }
+  if (inputs.image.disk !== "") {
+    const sizeArg = inputs.flavor.diskGiB > 0 ? `${inputs.flavor.diskGiB}G` : "";
+    steps.push({
+      label: `create the disk of ${inputs.serverName}`,
+      script: [
+        "set -e",
+        `d=${shQuote(p.disk)}`,
+        `[ -f "$d" ] || qemu-img create -q -f qcow2 -F ${inputs.image.format} -b ${shQuote(inputs.image.disk)} "$d" ${sizeArg}`,
+        ...(sizeArg
+          ? [
+              `want=$((${inputs.flavor.diskGiB} * 1073741824))`,
+              `have=$(qemu-img info -U --output=json "$d" | sed -n 's/.*"virtual-size": *\\([0-9]*\\).*/\\1/p' | head -n1)`,
+              'if [ "$have" -lt "$want" ]; then qemu-img resize -q "$d" "$want"; fi',
+            ]
+          : []),
+      ].join("\n"),
+    });
+  }
+  steps.push(uploadStep(p.domainXml, xml, { mode: "0600" }));
+  if (opts.define !== false) {
+    steps.push({
+      label: `define domain ${inputs.serverName}`,
+      script: `${VIRSH} define ${shQuote(p.domainXml)} >/dev/null`,
+    });
+  }
+  return steps;
+}
+
+/** Writes the server's record (placement counts it). */
+export function recordStep(inputs: ServerInputs, addresses: { ip: string; mac: string }[]): Step {
+  return writeRecordStep("server", inputs.serverName, serverRecord(inputs, addresses));
+}
+
+/** Starts the domain unless it runs. */
+export function startStep(name: string): Step {
+  return {
+    label: `start domain ${name}`,
+    script: `st=$(${VIRSH} domstate ${shQuote(name)}); [ "$st" = running ] || ${VIRSH} start ${shQuote(name)} >/dev/null`,
+  };
+}
+
+/** Asks the guest to shut down (ACPI); the caller polls the state. */
+export function shutdownStep(name: string): Step {
+  return {
+    label: `shut down domain ${name}`,
+    script: `st=$(${VIRSH} domstate ${shQuote(name)}); if [ "$st" = running ]; then ${VIRSH} shutdown ${shQuote(name)} >/dev/null; fi; true`,
+  };
+}
+
+/** Powers the domain off at once. */
+export function destroyStep(name: string): Step {
+  return {
+    label: `power off domain ${name}`,
+    script: `st=$(${VIRSH} domstate ${shQuote(name)} 2>/dev/null || true); if [ "$st" != "shut off" ] && [ -n "$st" ]; then ${VIRSH} destroy ${shQuote(name)} >/dev/null; fi; true`,
+  };
+}
+
+/** Prints key=value lines about the domain (see parseDomainInfo). */
+export function infoStep(name: string): Step {
+  const n = shQuote(name);
+  return {
+    label: `read domain ${name}`,
+    script: [
+      `if ! ${VIRSH} dominfo ${n} >/tmp/.kvl-dominfo.$$ 2>/dev/null; then echo defined=no; rm -f /tmp/.kvl-dominfo.$$; exit 0; fi`,
+      "echo defined=yes",
+      'awk -F\': *\' \'/^UUID/ {print "uuid=" $2} /^State/ {print "state=" $2} /^Max memory/ {print "maxmem=" $2} /^CPU\\(s\\)/ {print "vcpus=" $2}\' /tmp/.kvl-dominfo.$$',
+      "rm -f /tmp/.kvl-dominfo.$$",
+      `echo "vnc=$(${VIRSH} vncdisplay ${n} 2>/dev/null | head -n1)"`,
+      `echo "type=$(${VIRSH} dumpxml ${n} 2>/dev/null | sed -n "s/^<domain type='\\([a-z]*\\)'.*/\\1/p" | head -n1)"`,
+    ].join("\n"),
+  };
+}
+
+export interface DomainInfo {
+  defined: boolean;
+  uuid: string;
+  /** "running", "shut off", "paused"… */
+  state: string;
+  maxMemKiB: number;
+  vcpus: number;
+  /** 5900 + display, or 0 without VNC or when not running. */
+  vncPort: number;
+  type: string;
+}
+
+export function parseDomainInfo(stdout: string): DomainInfo {
+  const kv = new Map<string, string>();
+  for (const line of stdout.split("\n")) {
+    const at = line.indexOf("=");
+    if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
+  }
+  const vnc = /:(\d+)\s*$/.exec(kv.get("vnc") ?? "");
+  return {
+    defined: kv.get("defined") === "yes",
+    uuid: kv.get("uuid") ?? "",
+    state: kv.get("state") ?? "",
+    maxMemKiB: Number.parseInt(kv.get("maxmem") ?? "0", 10) || 0,
+    vcpus: Number(kv.get("vcpus") ?? 0) || 0,
+    vncPort: vnc ? 5900 + Number(vnc[1]) : 0,
+    type: kv.get("type") ?? "",
+  };
+}
+
+/**
+ * Removes the server from a host (idempotent): the domain only when its UUID is this server's,
+ * the instance folder and the record. Leaves everything else alone.
+ */
+export function deleteStep(name: string, uuid: string): Step {
+  const p = serverPaths(name);
+  const n = shQuote(name);
+  return {
+    label: `delete server ${name}`,
+    script: [
+      `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
+      `if [ "$u" = ${shQuote(uuid)} ]; then`,
+      `  st=$(${VIRSH} domstate ${n} 2>/dev/null || true)`,
+      `  if [ "$st" != "shut off" ]; then ${VIRSH} destroy ${n} >/dev/null 2>&1 || true; fi`,
+      `  ${VIRSH} undefine ${n} >/dev/null`,
+      "fi",
+      `rm -rf ${shQuote(p.dir)}`,
+      `rm -f ${shQuote(recordPath("server", name))}`,
+      "true",
+    ].join("\n"),
+  };
+}
+
+/** Last lines of the serial log (for error messages). */
+export function serialTailStep(name: string, lines = 25): Step {
+  const p = serverPaths(name);
+  return {
+    label: `read serial log of ${name}`,
+    script: `tail -n ${lines} ${shQuote(p.serialLog)} 2>/dev/null; true`,
+  };
+}
+
+/**
+ * One readiness probe (exit 0 = ready). http and dhcp run on the port's DHCP host (inside the
+ * subnet's qdhcp namespace); serial runs on the server's host.
+ */
+export function readinessProbeStep(inputs: ServerInputs, ip: string, port: ServerPort): Step {
+  const r = inputs.readiness;
+  if (r.kind === "serial") {
+    return {
+      label: `wait for "${r.pattern}" on the serial console`,
+      script: `grep -qF -- ${shQuote(r.pattern)} ${shQuote(serverPaths(inputs.serverName).serialLog)}`,
+    };
+  }
+  const dhcp = dhcpPaths(port.networkName, port.subnetName);
+  if (r.kind === "dhcp") {
+    return {
+      label: `wait for the DHCP lease of ${port.mac}`,
+      script: `grep -qi -- ${shQuote(` ${port.mac} ${ip} `)} ${shQuote(dhcp.leaseFile)}`,
+    };
+  }
+  const url = `http://${ip}:${r.port}${r.path}`;
+  return {
+    label: `wait for ${url} to answer`,
+    script: [
+      `ns=${shQuote(dhcp.namespace)}; url=${shQuote(url)}`,
+      '[ -e "/run/netns/$ns" ] || { echo "namespace $ns is missing: the subnet needs DHCP for the http readiness probe" >&2; exit 2; }',
+      'if command -v curl >/dev/null 2>&1; then ip netns exec "$ns" curl -fsS -m 2 -o /dev/null "$url"',
+      'else ip netns exec "$ns" timeout 3 wget -q -O /dev/null "$url"; fi',
+    ].join("\n"),
+  };
+}
+
+/** A HTTP GET from the subnet's namespace on the DHCP host, printing the body (tests). */
+export function httpFromSubnetStep(port: Pick<ServerPort, "networkName" | "subnetName">, url: string): Step {
+  const dhcp = dhcpPaths(port.networkName, port.subnetName);
+  return {
+    label: `GET ${url}`,
+    script: `ip netns exec ${shQuote(dhcp.namespace)} curl -fsS -m 3 ${shQuote(url)}`,
+  };
+}

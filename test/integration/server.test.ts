@@ -1,0 +1,364 @@
+/**
+ * Server provider against two `kvmlab sandbox` hosts (instance "itest-srv", or
+ * $KVMLAB_ITEST_SERVER_INSTANCE), reached only over SSH. One guest at a time.
+ *
+ * Proves: placement picks a host and keeps it; the guest boots from the sandbox kernel+ramdisk
+ * with a NoCloud seed, gets its reserved address by DHCP and answers HTTP from the runner;
+ * stop/start; cold resize keeps UUID, MAC and IP and shows the new memory in dominfo; live
+ * migration moves it (still answering, gone from the old host, migration key revoked); delete
+ * leaves no domain, file, record or reservation and is idempotent; a guest that never gets
+ * ready fails create with its serial log in the error and leaves nothing behind.
+ */
+import { after, before, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import { planSubnet } from "../../components/network";
+import { renderServer } from "../../components/server";
+import {
+  closeHostSessions,
+  networkProvider,
+  runChecked,
+  sftpPut,
+  subnetProvider,
+  type HostConnection,
+  type NetworkOutputs,
+  type SubnetOutputs,
+} from "../../provider";
+import {
+  checkServerInputs,
+  serverProvider,
+  type ServerInputs,
+  type ServerOutputs,
+} from "../../provider/server";
+import {
+  httpGet,
+  sshCheck,
+  startSandbox,
+  stopSandbox,
+  waitFor,
+  type SandboxStatus,
+} from "../support/sandbox";
+
+const INSTANCE = process.env.KVMLAB_ITEST_SERVER_INSTANCE ?? "itest-srv";
+const KEEP = process.env.KVMLAB_ITEST_KEEP === "1";
+let status: SandboxStatus;
+let hosts: HostConnection[] = [];
+let network: NetworkOutputs | undefined;
+let subnet: SubnetOutputs | undefined;
+
+function ext(offset: number): string {
+  const [a, b, c] = status.external.cidr.split("/")[0].split(".");
+  return `${a}.${b}.${c}.${offset}`;
+}
+
+before(async () => {
+  status = await startSandbox(INSTANCE, 2);
+  hosts = status.hosts.map((h) => ({
+    name: h.name,
+    address: h.address,
+    port: h.port,
+    user: h.user,
+    privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
+    hostKey: h.hostKey,
+    trustOnFirstUse: false,
+    uplink: h.uplink,
+    tunnelAddress: h.tunnelAddress,
+  }));
+  // The image store as the Image resource fills it: kernel and ramdisk on every host.
+  for (const h of hosts) {
+    await runChecked(h, [{ label: "image dir", script: "mkdir -p /var/lib/kvmlab/images/labimg" }]);
+    await sftpPut(h, status.image.kernel, "/var/lib/kvmlab/images/labimg/kernel");
+    await sftpPut(h, status.image.ramdisk, "/var/lib/kvmlab/images/labimg/ramdisk");
+  }
+  const net = await networkProvider.check!(
+    {} as never,
+    { networkName: "srvnet", kind: "provider", driver: "linuxbridge", hosts } as never,
+  );
+  assert.deepEqual(net.failures ?? [], []);
+  network = (await networkProvider.create!(net.inputs as never)).outs as NetworkOutputs;
+  const plan = planSubnet(
+    "srvnet",
+    {
+      name: "srvnet-v4",
+      cidr: status.external.cidr,
+      gateway: status.external.gateway,
+      allocationPool: { start: ext(20), end: ext(40) },
+    },
+    1500,
+  );
+  const sub = await subnetProvider.check!(
+    {} as never,
+    {
+      subnetName: "srvnet-v4",
+      networkName: "srvnet",
+      networkBridge: network.bridge,
+      driver: "linuxbridge",
+      hosts,
+      cidr: status.external.cidr,
+      gateway: plan.gateway,
+      allocationPool: plan.allocationPool,
+      dhcpAddress: plan.dhcpAddress,
+      dnsmasqConf: plan.dnsmasqConf,
+    } as never,
+  );
+  assert.deepEqual(sub.failures ?? [], []);
+  subnet = (await subnetProvider.create!(sub.inputs as never)).outs as SubnetOutputs;
+});
+
+after(async () => {
+  for (const h of hosts)
+    await runChecked(h, [{ label: "image dir", script: "rm -rf /var/lib/kvmlab/images/labimg" }]).catch(
+      () => undefined,
+    );
+  if (subnet) await subnetProvider.delete!(subnet.subnetName, subnet).catch(() => undefined);
+  if (network) await networkProvider.delete!(network.networkName, network).catch(() => undefined);
+  await closeHostSessions();
+  if (!KEEP) await stopSandbox(INSTANCE);
+});
+
+/** Server inputs as the component would build them. */
+async function serverInputs(
+  name: string,
+  over: {
+    ramMiB?: number;
+    host?: string;
+    powerState?: "running" | "stopped";
+    timeoutSec?: number;
+    cmdline?: string;
+    olds?: ServerInputs;
+  } = {},
+): Promise<ServerInputs> {
+  const image = {
+    name: "labimg",
+    kind: "kernel" as const,
+    disk: "",
+    format: "qcow2" as const,
+    kernel: "/var/lib/kvmlab/images/labimg/kernel",
+    ramdisk: "/var/lib/kvmlab/images/labimg/ramdisk",
+  };
+  const flavor = {
+    name: over.ramMiB === 192 ? "m1.small" : "m1.tiny",
+    vcpus: 1,
+    ramMiB: over.ramMiB ?? 128,
+    diskGiB: 0,
+  };
+  const r = renderServer({
+    serverName: name,
+    uuidSeed: `itest/${name}`,
+    lab: "itest",
+    project: "srv",
+    image,
+    flavor,
+    ports: [
+      {
+        networkName: "srvnet",
+        subnetName: "srvnet-v4",
+        bridge: network!.bridge,
+        driver: "linuxbridge",
+        mtu: 1500,
+      },
+    ],
+    kernelCmdline: over.cmdline ?? `${status.image.cmdline} lab.name=${name}`,
+    cloudInit: true,
+    publicKeys: [],
+    userName: "kvmlab",
+    userData: {},
+    consoleListen: "0.0.0.0",
+  });
+  const raw = {
+    serverName: name,
+    uuid: r.uuid,
+    hosts,
+    host: over.host ?? "",
+    flavor,
+    image,
+    ports: [
+      {
+        networkName: "srvnet",
+        subnetName: "srvnet-v4",
+        dhcpHost: subnet!.dhcpHost,
+        dhcp: true,
+        bridge: network!.bridge,
+        driver: "linuxbridge",
+        mac: r.macs[0],
+        tap: r.taps[0],
+        fixedIp: "",
+      },
+    ],
+    domainXml: r.domainXml,
+    cloudInit: r.cloudInit,
+    powerState: over.powerState ?? "running",
+    readiness: { kind: "http", path: "/health", timeoutSec: over.timeoutSec ?? 90 },
+  };
+  const { inputs, failures } = checkServerInputs(
+    raw as unknown as Record<string, unknown>,
+    over.olds as unknown as Record<string, unknown>,
+  );
+  assert.deepEqual(failures, []);
+  return inputs as unknown as ServerInputs;
+}
+
+async function onHost(host: string, cmd: string): Promise<string> {
+  return sshCheck(status, host, cmd);
+}
+
+async function answers(ip: string): Promise<string> {
+  return waitFor(`HTTP at ${ip}`, async () => (await httpGet(status, ip, "/"))?.body, {
+    timeoutMs: 20_000,
+    intervalMs: 300,
+  });
+}
+
+test("create places and boots a guest; stop/start, cold resize, live migration; delete leaves nothing", async () => {
+  const inputs = await serverInputs("itsrv1");
+  const created = await serverProvider.create!(inputs);
+  let outs = created.outs as ServerOutputs & { lastMigrationMs: number };
+  assert.equal(created.id, inputs.uuid);
+  assert.ok(["hv1", "hv2"].includes(outs.host), `placed on ${outs.host}`);
+  assert.equal(outs.actualPowerState, "running");
+  assert.match(
+    outs.ips[0],
+    /^\d+\.\d+\.\d+\.(2[1-9]|3\d|40)$/,
+    "the address comes from the pool (after the DHCP port)",
+  );
+  assert.equal(outs.macs[0], inputs.ports[0].mac);
+  assert.match(outs.consoleUrl, new RegExp(`^vnc://${outs.hostAddress.replace(/\./g, "\\.")}:59\\d\\d$`));
+  assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
+  const first = outs.host;
+  const other = first === "hv1" ? "hv2" : "hv1";
+  assert.match(
+    await onHost(
+      first,
+      `test -f /var/lib/kvmlab/instances/itsrv1/seed.iso && cat /var/lib/kvmlab/records/server/itsrv1.json`,
+    ),
+    /"ramMiB": 128/,
+  );
+  assert.match(
+    await onHost(subnet!.dhcpHost, `cat /var/lib/kvmlab/dhcp/srvnet-v4/hosts`),
+    new RegExp(`${inputs.ports[0].mac},${outs.ips[0].replace(/\./g, "\\.")}`),
+  );
+
+  // A second create of the same inputs converges on the same domain and address.
+  const again = (await serverProvider.create!(inputs)).outs as ServerOutputs;
+  assert.equal(again.host, first);
+  assert.deepEqual(again.ips, outs.ips);
+
+  // Stop, then start.
+  const stoppedIn = await serverInputs("itsrv1", { powerState: "stopped", olds: inputs });
+  assert.match(stoppedIn.changePlan, /^stop/);
+  outs = (await serverProvider.update!(inputs.uuid, outs, stoppedIn)).outs as typeof outs;
+  assert.equal(outs.actualPowerState, "stopped");
+  assert.match(await onHost(first, "virsh -c qemu:///system domstate itsrv1"), /shut off/);
+  outs = (await serverProvider.update!(inputs.uuid, outs, inputs)).outs as typeof outs;
+  assert.equal(outs.actualPowerState, "running");
+
+  // Cold resize to 192 MiB: same UUID, MAC and IP; dominfo shows the new memory.
+  const bigger = await serverInputs("itsrv1", { ramMiB: 192, olds: inputs });
+  assert.match(bigger.changePlan, /cold resize m1\.tiny .* -> m1\.small/);
+  assert.equal(
+    serverProvider.diff ? (await serverProvider.diff(inputs.uuid, outs, bigger)).replaces?.length : -1,
+    0,
+  );
+  outs = (await serverProvider.update!(inputs.uuid, outs, bigger)).outs as typeof outs;
+  assert.equal(outs.uuid, inputs.uuid);
+  assert.equal(outs.host, first);
+  assert.equal(outs.macs[0], inputs.ports[0].mac);
+  assert.match(await onHost(first, "virsh -c qemu:///system dominfo itsrv1"), /Max memory:\s+196608 KiB/);
+  assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
+
+  // Live migration to the other host.
+  const moved = await serverInputs("itsrv1", { ramMiB: 192, host: other, olds: bigger });
+  assert.match(moved.changePlan, new RegExp(`live-migrate to host ${other}`));
+  outs = (await serverProvider.update!(inputs.uuid, outs, moved)).outs as typeof outs;
+  assert.equal(outs.host, other);
+  assert.ok(
+    outs.lastMigrationMs > 0 && outs.lastMigrationMs < 120_000,
+    `migration took ${outs.lastMigrationMs} ms`,
+  );
+  assert.match(await onHost(other, "virsh -c qemu:///system domstate itsrv1"), /running/);
+  assert.equal(
+    (await onHost(first, "virsh -c qemu:///system list --all --name | grep -c itsrv1 || true")).trim(),
+    "0",
+  );
+  assert.equal(
+    (
+      await onHost(
+        first,
+        "ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c itsrv1 || true",
+      )
+    ).trim(),
+    "0",
+  );
+  assert.equal(
+    (
+      await onHost(
+        other,
+        "grep -c kvmlab-migrate /root/.ssh/authorized_keys /etc/ssh/lab_authorized_keys 2>/dev/null | awk -F: '{s+=$2} END {print s+0}'",
+      )
+    ).trim(),
+    "0",
+    "the migration key is revoked",
+  );
+  assert.equal((await onHost(first, "ls /var/lib/kvmlab/migrate 2>/dev/null | wc -l")).trim(), "0");
+  assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
+  process.stdout.write(`# live migration ${first} -> ${other}: ${outs.lastMigrationMs} ms\n`);
+
+  // Refresh sees it where it is.
+  const read = await serverProvider.read!(inputs.uuid, outs);
+  assert.equal((read.props as ServerOutputs).actualPowerState, "running");
+
+  await serverProvider.delete!(inputs.uuid, outs);
+  await serverProvider.delete!(inputs.uuid, outs);
+  for (const h of ["hv1", "hv2"]) {
+    assert.equal(
+      (await onHost(h, "virsh -c qemu:///system list --all --name | grep -c itsrv1 || true")).trim(),
+      "0",
+    );
+    assert.equal(
+      (
+        await onHost(
+          h,
+          "ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c itsrv1 || true",
+        )
+      ).trim(),
+      "0",
+    );
+  }
+  assert.doesNotMatch(
+    await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
+    /server:itsrv1/,
+  );
+  const gone = await serverProvider.read!(inputs.uuid, outs);
+  assert.equal(gone.id, "");
+});
+
+test("a guest that never answers fails create with its serial log, and leaves nothing", async () => {
+  // lab.ip on an address nobody routes to: the guest boots but the probe never reaches it.
+  const inputs = await serverInputs("itsrv2", {
+    timeoutSec: 15,
+    host: "hv2",
+    cmdline: `${status.image.cmdline} lab.name=itsrv2 lab.ip=10.99.99.9/24`,
+  });
+  await assert.rejects(serverProvider.create!(inputs), (err: Error) => {
+    assert.match(err.message, /itsrv2 on host hv2 did not become ready/);
+    assert.match(err.message, /serial console/);
+    return true;
+  });
+  assert.equal(
+    (await onHost("hv2", "virsh -c qemu:///system list --all --name | grep -c itsrv2 || true")).trim(),
+    "0",
+  );
+  assert.equal(
+    (
+      await onHost(
+        "hv2",
+        "ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c itsrv2 || true",
+      )
+    ).trim(),
+    "0",
+  );
+  assert.doesNotMatch(
+    await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
+    /server:itsrv2/,
+  );
+});
