@@ -82,7 +82,14 @@ mkdir -p /www/cgi-bin
 echo "hello from $NAME" > /www/index.html
 echo ok > /www/health
 dd if=/dev/zero of=/www/big bs=1024 count=1024 2>/dev/null
-printf '#!/bin/sh\\necho "Content-Type: text/plain"\\necho\\necho "$REMOTE_ADDR"\\n' > /www/cgi-bin/ip
+cat > /www/cgi-bin/ip <<'CGI'
+#!/bin/sh
+# The client address as the guest sees it (plain IPv4, without httpd's [::ffff:…] form).
+a=\${REMOTE_ADDR#[}
+a=\${a%]}
+# CRLF line ends: strict HTTP clients (Node's parser) refuse bare LF in headers.
+printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' "\${a#::ffff:}"
+CGI
 chmod 755 /www/cgi-bin/ip
 httpd -p 80 -h /www
 

@@ -47,7 +47,13 @@ export async function buildFabric(plan: SandboxPlan): Promise<void> {
   await ipBatch(f, [`link set ${rf.mgmt} master mgmt up`, `link set ${rf.ext} master ext up`]);
 }
 
-const INTERNET_CGI = '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "$REMOTE_ADDR"\n';
+const INTERNET_CGI = `#!/bin/sh
+# The client address as the internet sees it (after any SNAT), as plain IPv4.
+a=\${REMOTE_ADDR#[}
+a=\${a%]}
+# CRLF line ends: strict HTTP clients (Node's parser) refuse bare LF in headers.
+printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' "\${a#::ffff:}"
+`;
 
 /** The "internet": a namespace on the external fabric at the gateway address, serving HTTP on :80. */
 export async function buildInternet(plan: SandboxPlan): Promise<number> {

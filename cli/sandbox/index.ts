@@ -212,17 +212,17 @@ async function up(opts: Options): Promise<number> {
       return 0;
     }
     if (existing !== undefined || fs.existsSync(runDir)) {
-      // Left half-built by an `up` that was killed: remove it before building again.
+      // Left half-built by an `up` that was killed, or its daemons are gone (e.g. after a reboot
+      // with a persistent /run): remove it before building again.
       const index = existing?.index ?? findIndex(opts.instance);
       const t = Date.now();
       const problems = await teardown(
         planSandbox(opts.instance, index ?? 0, existing?.hostCount ?? MAX_HOSTS),
-        Object.values(existing?.pids ?? {}),
         index !== undefined,
       );
       if (problems.length > 0)
         throw new SandboxError(`could not clean up a half-built instance: ${problems.join("; ")}`);
-      say(`removed a half-built instance "${opts.instance}" (${secs(t)})`);
+      say(`removed a stale or half-built instance "${opts.instance}" (${secs(t)})`);
     }
 
     fs.mkdirSync(runDir, { recursive: true, mode: 0o755 });
@@ -263,7 +263,7 @@ async function up(opts: Options): Promise<number> {
         throw err;
       }
       const t = Date.now();
-      const problems = await teardown(plan, Object.values(state.pids), true);
+      const problems = await teardown(plan, true);
       say(
         problems.length === 0
           ? `rolled back: nothing of instance "${plan.instance}" is left (${secs(t)})`
@@ -488,7 +488,7 @@ async function down(opts: Options): Promise<number> {
       return 0;
     }
     const plan = planSandbox(opts.instance, index ?? 0, state?.hostCount ?? MAX_HOSTS);
-    const problems = await teardown(plan, Object.values(state?.pids ?? {}), index !== undefined);
+    const problems = await teardown(plan, index !== undefined);
     if (problems.length > 0) throw new SandboxError(`down left something behind: ${problems.join("; ")}`);
     if (opts.json)
       console.log(

@@ -114,9 +114,20 @@ export function sandboxStatusPath(instance: string = defaultInstance()): string 
   return path.join(SANDBOX_RUN_ROOT, checkInstanceName(instance), "status.json");
 }
 
+function running(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
+}
+
 /**
- * The published status of `instance`, or undefined if it is not up. Does not check that the
- * daemons still run: `kvmlab sandbox status` does that.
+ * The published status of `instance`, or undefined if it is not up. A status whose hosts' sshd
+ * processes are all gone (left behind by a reboot, say) counts as not up. Whether every daemon
+ * still runs is what `kvmlab sandbox status` checks.
  */
 export function readSandboxStatus(instance: string = defaultInstance()): SandboxStatus | undefined {
   let text: string;
@@ -126,5 +137,8 @@ export function readSandboxStatus(instance: string = defaultInstance()): Sandbox
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw err;
   }
-  return JSON.parse(text) as SandboxStatus;
+  const status = JSON.parse(text) as SandboxStatus;
+  const sshd = status.hosts.map((h) => h.daemons?.sshd).filter((p): p is number => typeof p === "number");
+  if (sshd.length > 0 && !sshd.some(running)) return undefined;
+  return status;
 }

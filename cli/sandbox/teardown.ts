@@ -96,11 +96,7 @@ async function netnsExists(name: string): Promise<boolean> {
  * Removes everything of the instance described by `plan`. Returns problems it could not fix
  * (processes that would not die, mounts that would not go); an empty list means clean.
  */
-export async function teardown(
-  plan: SandboxPlan,
-  extraPids: number[] = [],
-  indexKnown = true,
-): Promise<string[]> {
+export async function teardown(plan: SandboxPlan, indexKnown = true): Promise<string[]> {
   const problems: string[] = [];
   const utsInodes = new Set<number>();
   const netInodes = new Set<number>();
@@ -112,8 +108,9 @@ export async function teardown(
     const ino = nsInode(path.join("/run/netns", name));
     if (ino !== undefined) netInodes.add(ino);
   }
+  // Processes are found by namespace membership only, never by a remembered PID that might have
+  // been reused by an unrelated process since.
   const pids = new Set<number>([
-    ...extraPids.filter(pidAlive),
     ...pidsInNamespaces("uts", utsInodes),
     ...pidsInNamespaces("net", netInodes),
   ]);

@@ -245,6 +245,7 @@ test("a domain defined over SSH from the test image answers HTTP from the runner
     bridge: "br-ex",
     ipCidr: `${ip}/24`,
     gateway: status.external.gateway,
+    probeUrl: `http://${status.external.gateway}/`,
   });
   await sshCheck(
     status,
@@ -268,6 +269,20 @@ test("a domain defined over SSH from the test image answers HTTP from the runner
 
   const serial = await sshCheck(status, "hv1", "cat /var/log/kvmlab-itest-web.console");
   assert.match(serial, new RegExp(`LAB-READY name=itest-web ip=${ip.replace(/\./g, "\\.")} mac=52:54:00:`));
+  // The guest sees the runner's own address on the external network (no NAT in between) …
+  const seen = await httpGet(status, ip, "/cgi-bin/ip");
+  assert.equal(seen?.body.trim(), status.external.runnerAddress);
+  // … and reaches the "internet" namespace at the gateway address, as does the runner.
+  const internet = await httpGet(status, status.external.gateway, "/");
+  assert.equal(internet?.body.trim(), "hello from the internet");
+  await waitFor(
+    "the guest's probe of the internet namespace",
+    async () => {
+      const log = await sshCheck(status!, "hv1", "cat /var/log/kvmlab-itest-web.console");
+      return log.includes("PROBE-OK hello from the internet") ? true : undefined;
+    },
+    { timeoutMs: 30_000, intervalMs: 500 },
+  );
   const lists = await Promise.all(
     status.hosts.map((h) => sshCheck(status!, h.name, "virsh -q list --all --name")),
   );

@@ -232,6 +232,8 @@ export interface TestGuest {
   /** Static address with prefix (e.g. 172.24.4.100/24); DHCP when omitted. */
   ipCidr?: string;
   gateway?: string;
+  /** URL the guest fetches every 2 s, logging "PROBE-OK <body>" on its console. */
+  probeUrl?: string;
   memoryMiB?: number;
 }
 
@@ -248,11 +250,13 @@ export function testGuestXml(status: SandboxStatus, g: TestGuest): string {
   check("bridge", g.bridge, /^[A-Za-z0-9_.-]{1,15}$/);
   if (g.ipCidr !== undefined) check("ipCidr", g.ipCidr, /^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/);
   if (g.gateway !== undefined) check("gateway", g.gateway, /^\d{1,3}(\.\d{1,3}){3}$/);
+  if (g.probeUrl !== undefined)
+    check("probeUrl", g.probeUrl, /^http:\/\/[A-Za-z0-9.:-]+(\/[A-Za-z0-9._/-]*)?$/);
   for (const p of [status.image.kernel, status.image.ramdisk]) check("image path", p, /^\/[A-Za-z0-9_./-]+$/);
   const net =
-    g.ipCidr !== undefined
-      ? ` lab.ip=${g.ipCidr}${g.gateway !== undefined ? ` lab.gw=${g.gateway}` : ""}`
-      : "";
+    (g.ipCidr !== undefined ? ` lab.ip=${g.ipCidr}` : "") +
+    (g.gateway !== undefined ? ` lab.gw=${g.gateway}` : "") +
+    (g.probeUrl !== undefined ? ` lab.probe=${g.probeUrl}` : "");
   return `<domain type='${status.kvm ? "kvm" : "qemu"}'>
   <name>${g.name}</name>
   <uuid>${g.uuid}</uuid>
