@@ -15,6 +15,7 @@ import * as path from "node:path";
 import * as zlib from "node:zlib";
 import { SandboxError, run, runScript } from "./exec";
 import { GUEST_CMDLINE, GUEST_INIT, GUEST_MODULES, UDHCPC_SCRIPT } from "./guestInit";
+import { SANDBOX_RUN_ROOT } from "./status";
 
 export interface GuestImage {
   kernel: string;
@@ -178,7 +179,29 @@ export async function ensureGuestImage(
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
+  pruneImages(imageRoot, dir);
   return { ...result, built: true };
+}
+
+/** Removes images other than `keep` that no running instance's status names. */
+function pruneImages(imageRoot: string, keep: string): void {
+  const runRoot = SANDBOX_RUN_ROOT;
+  const inUse = new Set<string>([path.basename(keep)]);
+  if (fs.existsSync(runRoot)) {
+    for (const inst of fs.readdirSync(runRoot)) {
+      try {
+        const text = fs.readFileSync(path.join(runRoot, inst, "status.json"), "utf8");
+        const kernel = (JSON.parse(text) as { image?: { kernel?: string } }).image?.kernel;
+        if (kernel !== undefined) inUse.add(path.basename(path.dirname(kernel)));
+      } catch {
+        // Not an instance, or not up.
+      }
+    }
+  }
+  for (const d of fs.readdirSync(imageRoot)) {
+    if (!d.startsWith(".") && !inUse.has(d))
+      fs.rmSync(path.join(imageRoot, d), { recursive: true, force: true });
+  }
 }
 
 async function ensureKernelDeb(

@@ -473,7 +473,7 @@ function status(opts: Options): number {
 async function down(opts: Options): Promise<number> {
   const t0 = Date.now();
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
-    throw new SandboxError("kvmlab sandbox must run as root; run: sudo npx kvmlab sandbox down");
+    throw new SandboxError("must run as root; run: sudo npx kvmlab sandbox down");
   }
   return withInstanceLock(opts.instance, async () => {
     const runDir = runDirOf(opts.instance);

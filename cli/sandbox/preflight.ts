@@ -29,15 +29,15 @@ export function installLine(packages: readonly string[]): string {
 /** Everything `up` needs from the machine; throws a SandboxError naming the first problem. */
 export async function preflight(): Promise<void> {
   if (process.platform !== "linux") {
-    throw new SandboxError("kvmlab sandbox needs Linux (network namespaces, libvirt, Open vSwitch)");
+    throw new SandboxError("needs Linux (network namespaces, libvirt, Open vSwitch)");
   }
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
     throw new SandboxError(
-      "kvmlab sandbox must run as root (it creates network namespaces, mounts and daemons); run: sudo npx kvmlab sandbox up",
+      "must run as root (it creates network namespaces, mounts and daemons); run: sudo npx kvmlab sandbox up",
     );
   }
   if (!fs.existsSync("/usr/bin/dpkg-query")) {
-    throw new SandboxError("kvmlab sandbox needs a Debian-based machine (dpkg-query not found)");
+    throw new SandboxError("needs a Debian-based machine (dpkg-query not found)");
   }
   const missing = await missingPackages(REQUIRED_PACKAGES);
   if (missing.length > 0) {
@@ -57,9 +57,7 @@ export async function preflight(): Promise<void> {
     );
   }
   if (process.arch !== "x64") {
-    throw new SandboxError(
-      `kvmlab sandbox builds amd64 guests and needs an x86-64 machine (this is ${process.arch})`,
-    );
+    throw new SandboxError(`builds amd64 guests and needs an x86-64 machine (this is ${process.arch})`);
   }
 }
 
