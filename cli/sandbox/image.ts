@@ -199,8 +199,10 @@ function pruneImages(imageRoot: string, keep: string): void {
     }
   }
   for (const d of fs.readdirSync(imageRoot)) {
-    if (!d.startsWith(".") && !inUse.has(d))
-      fs.rmSync(path.join(imageRoot, d), { recursive: true, force: true });
+    const full = path.join(imageRoot, d);
+    // An hour's grace: an `up` running right now may have picked that image without publishing it yet.
+    if (d.startsWith(".") || inUse.has(d) || Date.now() - fs.statSync(full).mtimeMs < 3_600_000) continue;
+    fs.rmSync(full, { recursive: true, force: true });
   }
 }
 
