@@ -65,6 +65,8 @@ export interface RunOptions {
   config?: ConfigFlag[];
   /** Maximum number of concurrent resource operations (the CLI's --parallel). */
   parallel?: number;
+  /** Kill the program (and fail the run) when it takes longer than this; default no limit. */
+  programTimeoutMs?: number;
   /** Extra environment for the program and provider processes. */
   env?: Record<string, string>;
   onStep?: (e: StepEvent) => void;
@@ -330,9 +332,20 @@ export class Deployment {
     });
     readline.createInterface({ input: child.stdout }).on("line", (l) => this.log(l));
     readline.createInterface({ input: child.stderr }).on("line", (l) => this.log(l));
+    const limit = this.opts.programTimeoutMs;
+    const timer =
+      limit === undefined
+        ? undefined
+        : setTimeout(() => {
+            this.error(`the program did not finish within ${limit} ms; killed it (pid ${child.pid})`);
+            child.kill("SIGKILL");
+          }, limit);
     return new Promise((resolve, reject) => {
       child.once("error", reject);
-      child.once("close", (code, signal) => resolve(code ?? (signal ? 128 : 1)));
+      child.once("close", (code, signal) => {
+        clearTimeout(timer);
+        resolve(code ?? (signal ? 128 : 1));
+      });
     });
   }
 

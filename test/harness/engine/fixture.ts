@@ -84,6 +84,8 @@ export class FixtureStack {
       stateFile: this.stateFile,
       config,
       parallel: opts.parallel,
+      // A bound so that a harness bug fails the test instead of hanging CI (generous: machines are shared).
+      programTimeoutMs: 180_000,
       onLog: (l) => opts.logs?.push(l),
     });
   }
