@@ -36,6 +36,8 @@ import {
   type DomainSpec,
   type WriteFileSpec,
 } from "../templates";
+import { Flavor } from "../provider/flavor";
+import { Image } from "../provider/image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
 
@@ -68,25 +70,31 @@ export interface ServerUserData {
   readonly runcmd?: readonly (string | readonly string[])[];
 }
 
+/** An image by its files in the hosts' image store. */
+export interface ServerImageArgs {
+  readonly name: pulumi.Input<string>;
+  readonly kind: pulumi.Input<"disk" | "kernel">;
+  readonly disk?: pulumi.Input<string>;
+  readonly format?: pulumi.Input<"qcow2" | "raw">;
+  readonly kernel?: pulumi.Input<string>;
+  readonly ramdisk?: pulumi.Input<string>;
+}
+
+/** A flavor's sizes. */
+export interface ServerFlavorArgs {
+  readonly name: pulumi.Input<string>;
+  readonly vcpus: pulumi.Input<number>;
+  readonly ramMiB: pulumi.Input<number>;
+  readonly diskGiB?: pulumi.Input<number>;
+}
+
 export interface ServerArgs {
   /** Name of the domain on the host. @default the component name */
   readonly serverName?: string;
-  /** Image in the hosts' image store (the Image resource's outputs, or {@link imageStorePaths}). */
-  readonly image: pulumi.Input<{
-    readonly name: pulumi.Input<string>;
-    readonly kind: pulumi.Input<"disk" | "kernel">;
-    readonly disk?: pulumi.Input<string>;
-    readonly format?: pulumi.Input<"qcow2" | "raw">;
-    readonly kernel?: pulumi.Input<string>;
-    readonly ramdisk?: pulumi.Input<string>;
-  }>;
-  /** vCPUs, RAM and disk (a Flavor's outputs or a literal); changing it is a cold resize. */
-  readonly flavor: pulumi.Input<{
-    readonly name: pulumi.Input<string>;
-    readonly vcpus: pulumi.Input<number>;
-    readonly ramMiB: pulumi.Input<number>;
-    readonly diskGiB?: pulumi.Input<number>;
-  }>;
+  /** Image in the hosts' image store: an Image resource, or its paths ({@link imageStorePaths}). */
+  readonly image: Image | pulumi.Input<ServerImageArgs>;
+  /** vCPUs, RAM and disk: a Flavor resource or a literal; changing it is a cold resize. */
+  readonly flavor: Flavor | pulumi.Input<ServerFlavorArgs>;
   /** NICs, in guest order (eth0, eth1…). @default none */
   readonly ports?: readonly ServerPortArgs[];
   /** Public key for the guest user (a Keypair's `publicKeyLine`). @default none */
@@ -304,10 +312,30 @@ export class Server extends pulumi.ComponentResource {
         ]);
       }),
     );
+    const image: pulumi.Input<ServerImageArgs> =
+      args.image instanceof Image
+        ? {
+            name: args.image.imageName,
+            kind: args.image.format.apply((f) => (f === "kernel" ? ("kernel" as const) : ("disk" as const))),
+            disk: args.image.diskPath,
+            format: args.image.diskFormat.apply((f) => (f === "raw" ? ("raw" as const) : ("qcow2" as const))),
+            kernel: args.image.kernelPath,
+            ramdisk: args.image.ramdiskPath,
+          }
+        : (args.image as pulumi.Input<ServerImageArgs>);
+    const flavor: pulumi.Input<ServerFlavorArgs> =
+      args.flavor instanceof Flavor
+        ? {
+            name: args.flavor.flavorName,
+            vcpus: args.flavor.vcpus,
+            ramMiB: args.flavor.ramMiB,
+            diskGiB: args.flavor.diskGiB,
+          }
+        : (args.flavor as pulumi.Input<ServerFlavorArgs>);
     const rendered = pulumi
       .all([
-        args.image,
-        args.flavor,
+        image,
+        flavor,
         portInfo,
         args.kernelCmdline ?? "console=ttyS0",
         args.keypair?.publicKeyLine ?? "",
