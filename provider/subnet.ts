@@ -337,8 +337,6 @@ export function dhcpPortStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
     lines.push(
       `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:kvmlab-subnet=${shQuote(inputs.subnetName)}`,
       'ip link set dev "$hd" up',
-      // OVS userspace datapath does not complete partial checksums from veths.
-      'ip netns exec "$ns" ethtool -K "$nd" tx off >/dev/null 2>&1 || true',
     );
   } else {
     lines.push('ip link set dev "$hd" master "$br" up');

@@ -14,9 +14,7 @@
  * Scenarios are entries of SCENARIOS: add one (e.g. images) by giving it a name and the
  * create/diff/read/delete of one object `i`.
  */
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
-import * as path from "node:path";
 import {
   closeHostSessions,
   checkNetworkInputs,
@@ -30,6 +28,7 @@ import {
   type NetworkInputs,
   type NetworkOutputs,
 } from "../../provider";
+import { startSandbox, stopSandbox } from "../support/sandbox";
 
 /** One object kind to benchmark: operations on object number `i`. */
 export interface BenchScenario<O = unknown> {
@@ -143,16 +142,6 @@ async function stepLatency(host: HostConnection, n: number, mode: "pooled" | "na
   }
 }
 
-function sandbox(cli: string, instance: string, ...args: string[]): string {
-  const r = spawnSync(process.execPath, [cli, "sandbox", ...args, "--instance", instance], {
-    encoding: "utf8",
-    timeout: 300_000,
-  });
-  if (r.status !== 0)
-    throw new Error(`kvmlab sandbox ${args.join(" ")} --instance ${instance} failed:\n${r.stderr}`);
-  return r.stdout;
-}
-
 function arg(argv: string[], name: string, dflt: string): string {
   const at = argv.indexOf(name);
   return at >= 0 && at + 1 < argv.length ? argv[at + 1] : dflt;
@@ -166,24 +155,11 @@ async function main(argv: string[]): Promise<number> {
   const k = Number(arg(argv, "--k", "5"));
   const instance = arg(argv, "--instance", "bench");
   const keep = argv.includes("--keep");
-  const cli = path.join(__dirname, "..", "..", "cli", "index.js");
   console.log(
     `kvmlab provider benchmark: K=${k} objects per scenario on 2 hosts of sandbox instance "${instance}"`,
   );
-  sandbox(cli, instance, "up");
+  const status = await startSandbox(instance, 2);
   try {
-    const status = JSON.parse(sandbox(cli, instance, "status", "--json")) as {
-      hosts: {
-        name: string;
-        address: string;
-        port: number;
-        user: string;
-        privateKeyPath: string;
-        hostKey: string;
-        uplink: string;
-        tunnelAddress: string;
-      }[];
-    };
     const hosts: HostConnection[] = status.hosts.slice(0, 2).map((h) => ({
       name: h.name,
       address: h.address,
@@ -224,7 +200,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   } finally {
     await closeHostSessions();
-    if (!keep) sandbox(cli, instance, "down");
+    if (!keep) await stopSandbox(instance);
   }
 }
 
