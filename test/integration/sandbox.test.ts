@@ -15,6 +15,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { main } from "../../cli/sandbox";
+import { MAX_HOSTS, MAX_INDEX, planSandbox } from "../../cli/sandbox/plan";
 import { readSandboxStatus, sandboxStatusPath } from "../../cli/sandbox/status";
 import {
   httpGet,
@@ -109,6 +110,39 @@ test("bad input is refused with the field and the fix, before anything is built"
   assert.match(noAction.err, /give an action: up, status or down/);
   assert.throws(() => sandboxStatusPath("../etc"), /invalid sandbox instance name/);
   assert.equal(fs.existsSync(path.dirname(sandboxStatusPath("itest-never"))), false);
+});
+
+test("every index gives link names of at most 15 characters and ranges no other index uses", () => {
+  const seen = new Set<string>();
+  for (let i = 0; i <= MAX_INDEX; i++) {
+    const p = planSandbox("a-24-character-instance0".slice(0, 24), i, MAX_HOSTS);
+    const links = [
+      p.rootLinks.mgmt,
+      p.rootLinks.ext,
+      p.internetFabricLink,
+      ...p.hosts.flatMap((h) => Object.values(h.fabricLinks)),
+    ];
+    for (const l of links) assert.ok(l.length <= 15, `${l} fits IFNAMSIZ`);
+    for (const key of [p.rootLinks.mgmt, p.rootLinks.ext, p.mgmt.cidr, p.tunnel.cidr, p.external.cidr]) {
+      assert.equal(seen.has(key), false, `${key} is unique to index ${i}`);
+      seen.add(key);
+    }
+    assert.equal(new Set(p.hosts.map((h) => h.mgmtAddress)).size, MAX_HOSTS);
+    assert.equal(new Set(p.hosts.map((h) => h.hostUuid)).size, MAX_HOSTS);
+  }
+  const p = planSandbox("default", 3, 2);
+  assert.deepEqual(
+    [
+      p.mgmt.runnerAddress,
+      p.hosts[1].mgmtAddress,
+      p.hosts[1].tunnelAddress,
+      p.external.gateway,
+      p.external.runnerAddress,
+    ],
+    ["10.255.3.1", "10.255.3.12", "10.254.3.12", "172.24.7.1", "172.24.7.254"],
+  );
+  assert.equal(planSandbox("default", 3, 2).hosts[0].hostUuid, p.hosts[0].hostUuid, "host UUIDs are stable");
+  assert.throws(() => planSandbox("default", MAX_INDEX + 1, 2), /out of range/);
 });
 
 test("status of an instance that is not up exits 1 and says how to start it", async () => {
