@@ -406,6 +406,30 @@ test("parallel creates and deletes, --parallel 1, protect, and destroy in revers
   }
 });
 
+test("a Same step keeps the old outputs, so Delete runs the provider code that created the resource", async () => {
+  const s = new FixtureStack("oldcode");
+  try {
+    await s.run("up", { files: [{ name: "t", tag: "v1" }, { name: "u" }] }).then(okRun);
+    s.newJournal();
+    // New provider code (v2), same inputs: diff() says no change, so the step is Same.
+    const r = await s.run("up", { files: [{ name: "t", tag: "v2" }, { name: "u" }] });
+    okRun(r);
+    assert.deepEqual(r.counts, { create: 0, same: 2, update: 0, replace: 0, delete: 0 });
+    assert.deepEqual(s.newJournal(), []);
+    const state = JSON.parse(s.stateText()) as {
+      resources: { urn: string; inputs: { __provider: string }; outputs: { __provider: string } }[];
+    };
+    const t = state.resources.find((x) => x.urn.endsWith("::t"))!;
+    assert.notEqual(t.inputs.__provider, t.outputs.__provider, "inputs carry the new code, outputs the old");
+    assert.match(t.outputs.__provider, /v1/);
+    const gone = await s.run("up", { files: [{ name: "u" }] });
+    okRun(gone);
+    assert.deepEqual(ops(s.newJournal()), ["delete@v1 t.txt"], "the delete ran the v1 code from the outputs");
+  } finally {
+    s.cleanup();
+  }
+});
+
 test("unsupported features fail with an error naming the feature", async () => {
   const s = new FixtureStack("unsupported");
   try {

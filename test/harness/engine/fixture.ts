@@ -22,7 +22,8 @@ export const FILES_PROGRAM = path.resolve(
 );
 
 export interface JournalEntry {
-  op: "create" | "update" | "delete";
+  /** create, update, delete; `delete@<tag>` from the tagged provider. */
+  op: string;
   file: string;
   start: number;
   end: number;
@@ -49,6 +50,7 @@ export interface FileSpec {
   fail?: string;
   secretExtra?: boolean;
   legacy?: boolean;
+  tag?: string;
   aliases?: string[];
 }
 
