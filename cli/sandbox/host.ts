@@ -218,7 +218,12 @@ mount -t tmpfs -o mode=0755,nosuid,nodev kvmlab-run /run
 mkdir -p /run/libvirt /run/openvswitch /run/sshd /run/netns /run/lock \\
   /var/log/libvirt /var/log/openvswitch /etc/openvswitch
 chmod 0755 /run/sshd
-rm -f /etc/libvirt/qemu/networks/autostart/*.xml
+# Start from empty libvirt and kvmlab state even if this machine has its own (the overlays'
+# lower layers are the machine's /etc and /var): hosts must only show what was made on them.
+rm -f /etc/libvirt/qemu/*.xml /etc/libvirt/qemu/autostart/*.xml \\
+  /etc/libvirt/qemu/networks/*.xml /etc/libvirt/qemu/networks/autostart/*.xml \\
+  /etc/libvirt/storage/*.xml /etc/libvirt/storage/autostart/*.xml
+rm -rf /var/lib/kvmlab
 
 virtlogd -d -p /run/libvirt/virtlogd.pid </dev/null >/dev/null 2>&1
 libvirtd -d -p /run/libvirt/libvirtd.pid </dev/null >/dev/null 2>&1
