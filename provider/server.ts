@@ -42,6 +42,7 @@ import {
 import { allocateAddress, releaseAddress } from "./ipam";
 import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
 import {
+  canonicalJson,
   checkServerInputs,
   chooseHost,
   diffServer,
@@ -554,7 +555,7 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
           { timeoutMs: 180000 },
         ),
       );
-    } else if (JSON.stringify(olds.flavor) !== JSON.stringify(news.flavor)) {
+    } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
       await runLocked(host, [recordStep(news, olds.addresses)]);
     }
     if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m, hostKeys);

@@ -148,6 +148,17 @@ type Failure = { property: string; reason: string };
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MAC_RE = /^fa:16:3e(:[0-9a-f]{2}){3}$/;
 
+/** JSON with object keys sorted: values that went through a protobuf Struct compare equal. */
+export function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x !== null && typeof x === "object" && !Array.isArray(x)
+      ? Object.fromEntries(
+          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        )
+      : x,
+  );
+}
+
 function known(v: unknown): boolean {
   return v !== UNKNOWN && !containsUnknown(v);
 }
@@ -433,7 +444,7 @@ export function checkDomainXml(
 /** One line saying what applying `news` over `olds` (old inputs) does; shown by preview. */
 export function planText(olds: Record<string, unknown> | undefined, news: Record<string, unknown>): string {
   if (!olds || Object.keys(olds).length === 0 || olds.serverName === undefined) return "create";
-  const same = (k: string): boolean => known(news[k]) && JSON.stringify(olds[k]) === JSON.stringify(news[k]);
+  const same = (k: string): boolean => known(news[k]) && canonicalJson(olds[k]) === canonicalJson(news[k]);
   const replace = ["serverName", "uuid", "image", "cloudInit", "ports"].filter((k) => !same(k));
   if (replace.length > 0)
     return `replace (${replace.join(", ")} changed: a new server is built; its disk is not kept)`;
@@ -482,7 +493,7 @@ export function diffServer(
   olds: ServerOutputs,
   news: ServerInputs,
 ): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
-  const same = (a: unknown, b: unknown): boolean => known(b) && JSON.stringify(a) === JSON.stringify(b);
+  const same = (a: unknown, b: unknown): boolean => known(b) && canonicalJson(a) === canonicalJson(b);
   const replaces: string[] = SERVER_REPLACE_KEYS.filter((k) => !same(olds[k], news[k]));
   const hostMove = !known(news.host) || (news.host !== "" && news.host !== olds.host);
   const updates = (["flavor", "domainXml", "powerState", "hosts", "readiness"] as const).filter(

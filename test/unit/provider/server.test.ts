@@ -1,0 +1,351 @@
+/**
+ * Server provider units: check (validation, defaults, unknowns, injection refused), the diff
+ * table (update vs replace vs migrate), the change plan shown by preview, placement, parsers,
+ * step text quoting, and closure serialization. No host is contacted.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import { renderServer } from "../../../components/server";
+import { UNKNOWN } from "../../../provider/host";
+import {
+  canonicalJson,
+  checkServerInputs,
+  chooseHost,
+  diffServer,
+  parseDomainInfo,
+  parseHostLoad,
+  planText,
+  serverProvider,
+  type HostLoad,
+  type ServerInputs,
+  type ServerOutputs,
+} from "../../../provider/server";
+import {
+  authorizeStep,
+  knownHostsText,
+  migrateStep,
+  parseDestinationFacts,
+} from "../../../provider/server/migrate";
+import { deleteStep, materializeSteps, readinessProbeStep } from "../../../provider/server/steps";
+import { assertSerializable } from "../../harness/serialization";
+
+const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+const HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDcx0o34EeVL0jZSs+mikMgIPV8TH/2JVLvZOKDCGWGv";
+const hosts = ["hv1", "hv2"].map((name, i) => ({
+  name,
+  address: `10.0.0.${11 + i}`,
+  port: 22,
+  user: "root",
+  privateKey: KEY,
+  hostKey: HOSTKEY,
+  trustOnFirstUse: false,
+  uplink: "eth1",
+  tunnelAddress: "",
+}));
+
+function raw(over: Record<string, unknown> = {}): Record<string, unknown> {
+  const image = {
+    name: "cirros",
+    kind: "kernel" as const,
+    disk: "",
+    format: "qcow2" as const,
+    kernel: "/var/lib/kvmlab/images/cirros/kernel",
+    ramdisk: "/var/lib/kvmlab/images/cirros/ramdisk",
+  };
+  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: (over.ramMiB as number) ?? 128, diskGiB: 0 };
+  const r = renderServer({
+    serverName: "web1",
+    uuidSeed: "lab/dev/web1",
+    lab: "lab",
+    project: "dev",
+    image,
+    flavor,
+    ports: [
+      { networkName: "lan", subnetName: "lan-v4", bridge: "kvlb-1a2b3c4d", driver: "linuxbridge", mtu: 1500 },
+    ],
+    kernelCmdline: "console=ttyS0 lab.name=web1",
+    cloudInit: true,
+    publicKeys: [],
+    userName: "kvmlab",
+    userData: {},
+    consoleListen: "0.0.0.0",
+  });
+  return {
+    serverName: "web1",
+    uuid: r.uuid,
+    hosts,
+    flavor,
+    image,
+    ports: [
+      {
+        networkName: "lan",
+        subnetName: "lan-v4",
+        dhcpHost: "hv1",
+        dhcp: true,
+        bridge: "kvlb-1a2b3c4d",
+        driver: "linuxbridge",
+        mac: r.macs[0],
+        tap: r.taps[0],
+      },
+    ],
+    domainXml: r.domainXml,
+    cloudInit: r.cloudInit,
+    ...over,
+  };
+}
+
+function checked(over: Record<string, unknown> = {}): ServerInputs {
+  const { inputs, failures } = checkServerInputs(raw(over));
+  assert.deepEqual(failures, []);
+  return inputs as unknown as ServerInputs;
+}
+
+function outputsOf(inputs: ServerInputs, over: Partial<ServerOutputs> = {}): ServerOutputs {
+  return {
+    ...inputs,
+    host: "hv1",
+    hostAddress: "10.0.0.11",
+    domainType: "qemu",
+    addresses: [],
+    ips: ["10.10.0.21"],
+    macs: [inputs.ports[0].mac],
+    vncPort: 5900,
+    consoleUrl: "vnc://10.0.0.11:5900",
+    serialLog: "",
+    instanceDir: "",
+    actualPowerState: "running",
+    hostKeys: {},
+    ...over,
+  };
+}
+
+test("check fills defaults and accepts rendered inputs", () => {
+  const i = checked();
+  assert.equal(i.host, "");
+  assert.equal(i.powerState, "running");
+  assert.deepEqual(i.readiness, { kind: "none", path: "/", port: 80, pattern: "", timeoutSec: 120 });
+  assert.equal(i.ports[0].fixedIp, "");
+  assert.equal(i.changePlan, "create");
+});
+
+test("check accepts unknowns during preview", () => {
+  const { failures } = checkServerInputs(
+    raw({ domainXml: UNKNOWN, ports: UNKNOWN, uuid: UNKNOWN, host: UNKNOWN }),
+  );
+  assert.deepEqual(failures, []);
+});
+
+test("fails when fields are invalid or could inject, naming the field and the fix", () => {
+  const cases: [Record<string, unknown>, string, RegExp][] = [
+    [{ serverName: "web1; rm -rf /" }, "serverName", /serverName: expected a name/],
+    [{ host: "hv9" }, "host", /hv9" is not one of the hosts \(hv1, hv2\)/],
+    [{ flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 64 } }, "flavor", /at least 128/],
+    [
+      { image: { name: "x", kind: "kernel", kernel: "/tmp/$(reboot)" } },
+      "image",
+      /image\.kernel: expected an absolute path/,
+    ],
+    [{ powerState: "paused" }, "powerState", /"running" or "stopped"/],
+    [{ readiness: { kind: "http", path: "/x y" } }, "readiness", /readiness\.path/],
+    [{ readiness: { kind: "serial", pattern: "a'b" } }, "readiness", /readiness\.pattern/],
+  ];
+  for (const [over, property, reason] of cases) {
+    const { failures } = checkServerInputs(raw(over));
+    assert.ok(
+      failures.some((f) => f.property === property && reason.test(f.reason)),
+      `${JSON.stringify(over)}: ${JSON.stringify(failures)}`,
+    );
+  }
+  const base = raw();
+  const ports = base.ports as Record<string, unknown>[];
+  const bad = checkServerInputs({
+    ...base,
+    ports: [
+      { ...ports[0], tap: "eth0" },
+      { ...ports[0], bridge: "br x" },
+    ],
+  });
+  assert.ok(bad.failures.some((f) => /ports\[0\]\.tap: expected a tap device name/.test(f.reason)));
+  assert.ok(bad.failures.some((f) => /ports\[1\]\.bridge/.test(f.reason)));
+  assert.ok(bad.failures.some((f) => /ports\[1\]\.mac: .* is used by another port/.test(f.reason)));
+});
+
+test("fails when the domain XML was not rendered for this server", () => {
+  const base = raw();
+  const xml = base.domainXml as { kvm: string; qemu: string };
+  const other = checkServerInputs({
+    ...base,
+    domainXml: { ...xml, qemu: xml.qemu.replace("<name>web1</name>", "<name>web2</name>") },
+  });
+  assert.match(other.failures[0].reason, /domainXml\.qemu: the domain name must be serverName/);
+  const swapped = checkServerInputs({ ...base, domainXml: { kvm: xml.qemu, qemu: xml.kvm } });
+  assert.match(swapped.failures[0].reason, /rendered with type 'kvm'/);
+});
+
+test("diff: flavor is an update, a new host pin a migration, image/ports/cloud-init a replacement", () => {
+  const olds = outputsOf(checked());
+  assert.deepEqual(diffServer(olds, checked()), {
+    changes: false,
+    replaces: [],
+    stables: ["serverName", "uuid", "macs", "ips", "addresses"],
+    deleteBeforeReplace: true,
+  });
+  const resized = diffServer(olds, checked({ ramMiB: 192 }));
+  assert.equal(resized.changes, true);
+  assert.deepEqual(resized.replaces, []);
+  assert.deepEqual(diffServer(olds, checked({ host: "hv2" })).replaces, []);
+  assert.equal(diffServer(olds, checked({ host: "hv2" })).changes, true);
+  assert.equal(
+    diffServer(olds, checked({ host: "hv1" })).changes,
+    false,
+    "pinning to where it runs changes nothing",
+  );
+  assert.equal(diffServer(olds, checked({ powerState: "stopped" })).changes, true);
+  const img = raw().image as Record<string, unknown>;
+  assert.deepEqual(diffServer(olds, checked({ image: { ...img, name: "cirros2" } })).replaces, ["image"]);
+  assert.equal(
+    diffServer({ ...olds, actualPowerState: "stopped" }, checked()).changes,
+    true,
+    "refresh drift is repaired",
+  );
+  // Key order as it comes back from a protobuf Struct does not count as a change.
+  const reordered = JSON.parse(canonicalJson(checked())) as ServerInputs;
+  assert.equal(diffServer(olds, reordered).changes, false);
+});
+
+test("the change plan says what an update does", () => {
+  const olds = checked() as unknown as Record<string, unknown>;
+  assert.equal(planText(olds, checked() as unknown as Record<string, unknown>), "none");
+  assert.match(
+    planText(olds, checked({ ramMiB: 192 }) as unknown as Record<string, unknown>),
+    /^cold resize m1\.tiny \(1 vCPU, 128 MiB\) -> m1\.tiny \(1 vCPU, 192 MiB\): stop, redefine, start; UUID, MACs and IPs kept$/,
+  );
+  assert.match(
+    planText(olds, checked({ host: "hv2" }) as unknown as Record<string, unknown>),
+    /^live-migrate to host hv2/,
+  );
+  assert.match(
+    planText(olds, checked({ powerState: "stopped" }) as unknown as Record<string, unknown>),
+    /^stop/,
+  );
+  const img = raw().image as Record<string, unknown>;
+  assert.match(
+    planText(olds, checked({ image: { ...img, name: "other" } }) as unknown as Record<string, unknown>),
+    /^replace \(image changed/,
+  );
+  assert.equal(
+    planText(
+      JSON.parse(canonicalJson(olds)) as Record<string, unknown>,
+      checked() as unknown as Record<string, unknown>,
+    ),
+    "none",
+  );
+});
+
+test("placement: most free RAM among the hosts that fit; an error names every host otherwise", () => {
+  const load = (host: string, allocatedRamMiB: number, memTotalMiB = 8704): HostLoad => ({
+    host,
+    memTotalMiB,
+    memAvailableMiB: 4096,
+    cpus: 2,
+    allocatedRamMiB,
+    allocatedVcpus: 0,
+    servers: 0,
+    serverUuids: [],
+  });
+  assert.deepEqual(chooseHost([load("hv1", 256), load("hv2", 128)], { vcpus: 1, ramMiB: 128 }), {
+    host: "hv2",
+  });
+  assert.deepEqual(
+    chooseHost([load("hv1", 0), load("hv2", 0)], { vcpus: 1, ramMiB: 128 }),
+    { host: "hv1" },
+    "ties keep host order",
+  );
+  const none = chooseHost([load("hv1", 8000), load("hv2", 0, 600)], { vcpus: 1, ramMiB: 512 });
+  assert.ok("error" in none);
+  assert.match(none.error, /hv1: 192 MiB RAM free, needs 512; hv2: 88 MiB RAM free, needs 512/);
+  const busy = chooseHost([{ ...load("hv1", 0), allocatedVcpus: 8 }], { vcpus: 1, ramMiB: 128 });
+  assert.ok("error" in busy && /hv1: 0 vCPUs free, needs 1/.test(busy.error));
+});
+
+test("parsers read what the host steps print", () => {
+  const l = parseHostLoad(
+    "hv1",
+    'memtotal=8388608\nmemavailable=4194304\ncpus=2\n--record--\n{"uuid":"u1","ramMiB":128,"vcpus":1}\n\n--record--\n{"uuid":"u2","ramMiB":192,"vcpus":2}\n',
+  );
+  assert.deepEqual(l, {
+    host: "hv1",
+    memTotalMiB: 8192,
+    memAvailableMiB: 4096,
+    cpus: 2,
+    allocatedRamMiB: 320,
+    allocatedVcpus: 3,
+    servers: 2,
+    serverUuids: ["u1", "u2"],
+  });
+  const info = parseDomainInfo(
+    "defined=yes\nuuid=abc\nstate=running\nmaxmem=196608 KiB\nvcpus=1\nvnc=0.0.0.0:3\ntype=qemu\n",
+  );
+  assert.deepEqual(info, {
+    defined: true,
+    uuid: "abc",
+    state: "running",
+    maxMemKiB: 196608,
+    vcpus: 1,
+    vncPort: 5903,
+    type: "qemu",
+  });
+  assert.equal(parseDomainInfo("defined=no\n").defined, false);
+  const facts = parseDestinationFacts(
+    `ssh-ed25519 AAAAB3\nssh-rsa AAAAC==\nakf=/etc/ssh/lab_authorized_keys\n`,
+  );
+  assert.deepEqual(facts, {
+    hostKeys: ["ssh-ed25519 AAAAB3", "ssh-rsa AAAAC=="],
+    authorizedKeysFile: "/etc/ssh/lab_authorized_keys",
+  });
+});
+
+test("steps quote what they pass and guard the domain by UUID", () => {
+  const i = checked();
+  const del = deleteStep("web1", i.uuid).script;
+  assert.match(del, new RegExp(`if \\[ "\\$u" = ${i.uuid} \\]; then`));
+  assert.match(del, /rm -rf \/var\/lib\/kvmlab\/instances\/web1\n/);
+  const steps = materializeSteps(i, i.domainXml.qemu);
+  assert.ok(steps.some((s) => /genisoimage -quiet -output .* -volid cidata/.test(s.script)));
+  assert.ok(steps.some((s) => s.label === "define domain web1"));
+  assert.ok(
+    !materializeSteps(i, i.domainXml.qemu, { define: false }).some((s) => s.label === "define domain web1"),
+  );
+  const probe = readinessProbeStep(
+    { ...i, readiness: { ...i.readiness, kind: "http", path: "/health" } },
+    "10.10.0.21",
+    i.ports[0],
+  );
+  assert.match(probe.script, /ns=qdhcp-lan; url=http:\/\/10\.10\.0\.21:80\/health/);
+  const dest = hosts[1];
+  assert.match(
+    migrateStep("web1", dest, false, 120).script,
+    /^timeout 120 virsh -q -c qemu:\/\/\/system migrate --live --persistent --undefinesource --timeout 60 --migrateuri tcp:\/\/10\.0\.0\.12 web1 'qemu\+libssh:\/\/root@10\.0\.0\.12:22\/system\?keyfile=\/var\/lib\/kvmlab\/migrate\/web1\/id&known_hosts=\/var\/lib\/kvmlab\/migrate\/web1\/known_hosts&sshauth=privkey'/,
+  );
+  assert.match(migrateStep("web1", dest, true, 120).script, /--copy-storage-inc/);
+  assert.equal(
+    knownHostsText(dest, ["ssh-ed25519 AAAA"]),
+    "10.0.0.12 ssh-ed25519 AAAA\n[10.0.0.12]:22 ssh-ed25519 AAAA\n",
+  );
+  assert.throws(
+    () => authorizeStep("/root/.ssh/authorized_keys", 'command="reboot" ssh-ed25519 AAAA x', "t1"),
+    /unexpected migration key line/,
+  );
+  assert.match(
+    authorizeStep("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA kvmlab", "kvmlab-migrate-web1-abc").script,
+    /no-agent-forwarding,no-X11-forwarding,no-port-forwarding,no-pty ssh-ed25519 AAAA kvmlab-migrate-web1-abc/,
+  );
+});
+
+test("the provider serializes without capturing modules or keys", async () => {
+  const s = await assertSerializable(serverProvider, {
+    forbid: [/handlebars/],
+    methods: ["check", "diff", "create", "read", "update", "delete"],
+  });
+  assert.ok(s.sizeBytes < 512 * 1024);
+});
