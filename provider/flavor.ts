@@ -44,9 +44,9 @@ import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
 export interface FlavorArgs {
   /** Flavor name (servers refer to it). @default the resource name */
   readonly flavorName?: pulumi.Input<string>;
-  /** Virtual CPUs, 1-256. */
+  /** Virtual CPUs, 1-255 (the Server's limit). */
   readonly vcpus: pulumi.Input<number>;
-  /** RAM in MiB, 64-1048576. */
+  /** RAM in MiB, 128-1048576 (smaller guests do not boot the test image; the Server refuses them). */
   readonly ramMiB: pulumi.Input<number>;
   /** Root disk in GiB; 0 means "the image's virtual size" (as in Nova). @default 0 */
   readonly diskGiB?: pulumi.Input<number>;
@@ -210,8 +210,8 @@ export function checkFlavorInputs(news: Record<string, unknown>): {
     if (e) failures.push({ property, reason: e });
   };
   if (news.flavorName !== UNKNOWN) add("flavorName", checkName("flavorName", news.flavorName));
-  add("vcpus", checkInt("vcpus", news.vcpus, 1, 256, "the number of virtual CPUs"));
-  add("ramMiB", checkInt("ramMiB", news.ramMiB, 64, 1048576, "RAM in MiB"));
+  add("vcpus", checkInt("vcpus", news.vcpus, 1, 255, "the number of virtual CPUs"));
+  add("ramMiB", checkInt("ramMiB", news.ramMiB, 128, 1048576, "RAM in MiB"));
   const diskGiB = news.diskGiB ?? 0;
   add("diskGiB", checkInt("diskGiB", diskGiB, 0, 65536, "the root disk in GiB (0: the image's size)"));
   const ephemeralGiB = news.ephemeralGiB ?? 0;

@@ -435,28 +435,32 @@ async function sha256OfLocalFile(localPath: string): Promise<string> {
   return hash.digest("hex");
 }
 
-/** Checks local sources before any host is touched: they exist and match their sha256. */
-async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
+/** Checks one local source: it exists, is a file and matches its sha256. */
+async function verifyLocalSource(role: ImageRole, source: ImageSource, sha256: string): Promise<void> {
   const fs: typeof import("node:fs") = require("node:fs");
+  const field = role === "disk" ? "source" : role;
+  let st: import("node:fs").Stats;
+  try {
+    st = fs.statSync(source.localPath);
+  } catch {
+    throw new Error(
+      `${field}.localPath: ${source.localPath} does not exist on the machine running Pulumi; fix the path`,
+    );
+  }
+  if (!st.isFile()) throw new Error(`${field}.localPath: ${source.localPath} is not a regular file`);
+  const actual = await sha256OfLocalFile(source.localPath);
+  if (actual !== sha256) {
+    throw new Error(
+      `${field}.sha256: checksum mismatch for ${source.localPath}: expected ${sha256}, actual ${actual}; ` +
+        "fix sha256 or the file (nothing was sent to any host)",
+    );
+  }
+}
+
+/** Checks every local source before any host is touched (create). */
+async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
   for (const { plan, source } of imageFiles(inputs)) {
-    if (!source.localPath) continue;
-    const field = plan.role === "disk" ? "source" : plan.role;
-    let st: import("node:fs").Stats;
-    try {
-      st = fs.statSync(source.localPath);
-    } catch {
-      throw new Error(
-        `${field}.localPath: ${source.localPath} does not exist on the machine running Pulumi; fix the path`,
-      );
-    }
-    if (!st.isFile()) throw new Error(`${field}.localPath: ${source.localPath} is not a regular file`);
-    const actual = await sha256OfLocalFile(source.localPath);
-    if (actual !== plan.sha256) {
-      throw new Error(
-        `${field}.sha256: checksum mismatch for ${source.localPath}: expected ${plan.sha256}, actual ${actual}; ` +
-          "fix sha256 or the file (nothing was sent to any host)",
-      );
-    }
+    if (source.localPath) await verifyLocalSource(plan.role, source, plan.sha256);
   }
 }
 
@@ -513,6 +517,8 @@ async function ensureOnHost(
         ),
       ]);
       for (const f of missing.filter((m) => m.source.localPath)) {
+        // Checked again right before sending: an update may need a file create did not.
+        await verifyLocalSource(f.plan.role, f.source, f.plan.sha256);
         await sendFile(host, f.source.localPath, `${staging}/${f.plan.role}`);
       }
     }
@@ -725,7 +731,8 @@ export const imageProvider: pulumi.dynamic.ResourceProvider<ImageInputs, ImageOu
     await onEveryHost(gone, `remove image ${olds.imageName} from hosts no longer listed`, (h) =>
       removeFromHost(olds.imageName, pinnedHost(h, olds.hostKeys)),
     );
-    await verifyLocalSources(news);
+    // Local files are checked only when a host needs them (a file deleted locally after
+    // create does not block a metadata update).
     const hosts = news.hosts.map((h) => pinnedHost(h, olds.hostKeys));
     const outs = await converge({ ...news, hosts }, `update image ${news.imageName}`);
     return { outs: imageOutputs(imageInputsOf(news), outs.realized, sizesOf(outs), outs.virtualSizeBytes) };

@@ -185,6 +185,36 @@ test("read reports a file changed or removed by hand; update repairs it; delete 
   assert.equal((await imageProvider.read!("it-drift", o)).id, "", "gone everywhere → read says gone");
 });
 
+test("hosts: an added host gets the image, a dropped one loses it; a metadata update needs no local file", async () => {
+  const file = path.join(dir, "moving.raw");
+  fs.writeFileSync(file, crypto.randomBytes(16 * 1024));
+  const sum = sha256(file);
+  const on = (names: string[], extra: Record<string, unknown> = {}): ImageInputs => {
+    const r = checkImageInputs({
+      imageName: "it-move",
+      hosts: hosts.filter((h) => names.includes(h.name)),
+      source: { localPath: file, sha256: sum },
+      diskFormat: "raw",
+      ...extra,
+    });
+    assert.deepEqual(r.failures, []);
+    return r.inputs as unknown as ImageInputs;
+  };
+  let o = (await imageProvider.create!(on(["hv1"]))).outs as ImageOutputs;
+  assert.equal(await leftovers(hosts[1], "it-move"), "");
+  o = (await imageProvider.update!("it-move", o, on(["hv1", "hv2"]))).outs as ImageOutputs;
+  assert.deepEqual(Object.keys(o.paths), ["hv1", "hv2"]);
+  assert.equal((await sh(hosts[1], `sha256sum < ${o.diskPath} | cut -d' ' -f1`)).trim(), sum);
+  o = (await imageProvider.update!("it-move", o, on(["hv2"]))).outs as ImageOutputs;
+  assert.equal(await leftovers(hosts[0], "it-move"), "");
+  fs.renameSync(file, `${file}.away`);
+  o = (await imageProvider.update!("it-move", o, on(["hv2"], { minRamMiB: 256 }))).outs as ImageOutputs;
+  assert.equal(o.minRamMiB, 256);
+  assert.match(await sh(hosts[1], "cat /var/lib/kvmlab/records/image/it-move.json"), /"minRamMiB": 256/);
+  await imageProvider.delete!("it-move", o);
+  for (const h of hosts) assert.equal(await leftovers(h, "it-move"), "");
+});
+
 test("a wrong checksum or disk format leaves nothing on any host", async () => {
   const file = path.join(dir, "wrong.raw");
   fs.writeFileSync(file, crypto.randomBytes(32 * 1024));

@@ -97,7 +97,7 @@ test("fails on every bad field, naming it and what is allowed", () => {
       "hosts",
     ],
   );
-  assert.match(failures[1].reason, /^vcpus: expected the number of virtual CPUs, an integer 1-256, got 0/);
+  assert.match(failures[1].reason, /^vcpus: expected the number of virtual CPUs, an integer 1-255, got 0/);
   assert.match(failures[6].reason, /^extraSpecs.hw:cpu_policy: expected "shared" or "dedicated"/);
   assert.match(failures[8].reason, /^hosts: expected a non-empty list of hosts/);
 });
