@@ -421,6 +421,12 @@ export function imageHostState(probes: FileProbe[], recordText: string, users: I
   };
 }
 
+/**
+ * Time limit for batches that read or copy whole image files (hashing, cp, curl): large images
+ * take minutes, not the host layer's default two.
+ */
+const LONG = { timeoutMs: 3_600_000 };
+
 /** sha256 of a local file, streamed. */
 async function sha256OfLocalFile(localPath: string): Promise<string> {
   const crypto: typeof import("node:crypto") = require("node:crypto");
@@ -486,10 +492,11 @@ async function ensureOnHost(
   const files = imageFiles(inputs);
   const plans = files.map((f) => f.plan);
   const dir = imageDir(inputs.imageName);
-  const [recText, probeOut] = await runChecked(host, [
-    readRecordStep("image", inputs.imageName),
-    probeStep(inputs.imageName, plans, host.name),
-  ]);
+  const [recText, probeOut] = await runChecked(
+    host,
+    [readRecordStep("image", inputs.imageName), probeStep(inputs.imageName, plans, host.name)],
+    LONG,
+  );
   const existing = parseRecord<ImageRecord>(recText, `image/${inputs.imageName}`);
   const probes = new Map(parseProbe(probeOut).map((p) => [p.role, p]));
   const missing = files.filter((f) => {
@@ -508,14 +515,18 @@ async function ensureOnHost(
   try {
     if (missing.length > 0) {
       const onHost = missing.filter((f) => !f.source.localPath);
-      await runChecked(host, [
-        stageStep(
-          inputs.imageName,
-          token,
-          onHost.map((f) => ({ role: f.plan.role, hostPath: f.source.hostPath, url: f.source.url })),
-          host.name,
-        ),
-      ]);
+      await runChecked(
+        host,
+        [
+          stageStep(
+            inputs.imageName,
+            token,
+            onHost.map((f) => ({ role: f.plan.role, hostPath: f.source.hostPath, url: f.source.url })),
+            host.name,
+          ),
+        ],
+        LONG,
+      );
       for (const f of missing.filter((m) => m.source.localPath)) {
         // Checked again right before sending: an update may need a file create did not.
         await verifyLocalSource(f.plan.role, f.source, f.plan.sha256);
@@ -535,7 +546,7 @@ async function ensureOnHost(
     if (needInfo && disk) {
       steps.push(diskInfoStep(diskStaged ? `${staging}/disk` : `${dir}/${disk.plan.fileName}`, host.name));
     }
-    const outs = steps.length > 0 ? await runChecked(host, steps) : [];
+    const outs = steps.length > 0 ? await runChecked(host, steps, LONG) : [];
     if (missing.length > 0) {
       const hashes = parseStagedHashes(outs[0]);
       for (const f of missing) {
@@ -597,11 +608,15 @@ async function ensureOnHost(
 /** Reads one host's state (one batch). */
 async function readHost(props: ImageInputs, host: HostConnection): Promise<ImageHostState> {
   const plans = imageFiles(props).map((f) => f.plan);
-  const [rec, probe, users] = await runChecked(host, [
-    readRecordStep("image", props.imageName),
-    probeStep(props.imageName, plans, host.name),
-    usersStep(props.imageName, host.name),
-  ]);
+  const [rec, probe, users] = await runChecked(
+    host,
+    [
+      readRecordStep("image", props.imageName),
+      probeStep(props.imageName, plans, host.name),
+      usersStep(props.imageName, host.name),
+    ],
+    LONG,
+  );
   return imageHostState(parseProbe(probe), rec, parseUsers(users));
 }
 

@@ -179,6 +179,20 @@ test("read reports a file changed or removed by hand; update repairs it; delete 
   const repaired = (await imageProvider.read!("it-drift", o)).props as ImageOutputs;
   assert.equal((await imageProvider.diff!("it-drift", repaired, inputs)).changes, false);
 
+  // A record removed by hand: the file is hashed, kept (not sent again) and the record rewritten.
+  const mtimeBefore = (await sh(hosts[0], `stat -c %Y ${o.diskPath}`)).trim();
+  await sh(hosts[0], "rm -f /var/lib/kvmlab/records/image/it-drift.json");
+  const noRecord = (await imageProvider.read!("it-drift", o)).props as ImageOutputs;
+  assert.equal(noRecord.realized.hv1.record, false);
+  assert.equal(noRecord.realized.hv1.files.disk, o.sha256);
+  assert.equal((await imageProvider.diff!("it-drift", noRecord, inputs)).changes, true);
+  o = (await imageProvider.update!("it-drift", noRecord, inputs)).outs as ImageOutputs;
+  assert.equal((await sh(hosts[0], `stat -c %Y ${o.diskPath}`)).trim(), mtimeBefore, "not sent again");
+  assert.match(
+    await sh(hosts[0], "cat /var/lib/kvmlab/records/image/it-drift.json"),
+    new RegExp(`"stamp": "${o.sha256} `),
+  );
+
   await imageProvider.delete!("it-drift", o);
   for (const h of hosts) assert.equal(await leftovers(h, "it-drift"), "");
   await imageProvider.delete!("it-drift", o); // idempotent
