@@ -104,10 +104,8 @@ function fromSpec(spec: HostSpec, field: string): HostConnectionArgs {
 }
 
 function defaultReadSandbox(instance?: string): { instance?: string; hosts: SandboxHostLike[] } | undefined {
-  // Lazily, so programs that configure hosts never touch the sandbox module.
-  const status = require("../cli/sandbox/status") as {
-    readSandboxStatus(instance?: string): { instance?: string; hosts: SandboxHostLike[] } | undefined;
-  };
+  // Lazily, so programs that configure hosts never load the sandbox module.
+  const status = require("../cli/sandbox/status") as typeof import("../cli/sandbox/status");
   return status.readSandboxStatus(instance);
 }
 

@@ -266,9 +266,9 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     `name=${shQuote(inputs.networkName)}; br=${bridge}; vx=${vxlan}; id=${id}; mtu=${inputs.mtu}`,
     `rec=${shQuote(recordPath("network", inputs.networkName))}`,
     "mkdir -p /var/lib/kvmlab/records/network",
-    'for f in /var/lib/kvmlab/records/network/*.json; do [ -e "$f" ] || continue; [ "$f" = "$rec" ] && continue',
-    '  if grep -q "\\"shortId\\": \\"$id\\"" "$f"; then echo "device id $id of network $name is already used by network $(basename "$f" .json) on this host; rename one of them" >&2; exit 17; fi',
-    "done",
+    // One grep over all records: is this device id already another network's?
+    'other=$(grep -lF "\\"shortId\\": \\"$id\\"" /var/lib/kvmlab/records/network/*.json 2>/dev/null | grep -vxF "$rec" | head -n1 || true)',
+    'if [ -n "$other" ]; then echo "device id $id of network $name is already used by network $(basename "$other" .json) on this host; rename one of them" >&2; exit 17; fi',
   ];
   if (ovs) {
     lines.push(
@@ -392,21 +392,28 @@ export function parseNetworkState(stdout: string): NetworkHostState {
 
 /** Step that removes everything the network made on a host (idempotent). */
 export function networkDeleteStep(networkName: string, driver: NetworkDriver, host: HostConnection): Step {
-  const { bridge, vxlan } = networkDevices(networkName);
-  const lines = [`br=${bridge}; vx=${vxlan}; up=${shQuote(host.uplink || "-")}`];
+  const { shortId: id, bridge, vxlan } = networkDevices(networkName);
+  const lines = [
+    `br=${bridge}; vx=${vxlan}; up=${shQuote(host.uplink || "-")}; id=${id}`,
+    `rec=${shQuote(recordPath("network", networkName))}`,
+    // Devices whose id another network's record claims are that network's: leave them.
+    'other=$(grep -lF "\\"shortId\\": \\"$id\\"" /var/lib/kvmlab/records/network/*.json 2>/dev/null | grep -vxF "$rec" | head -n1 || true)',
+    'if [ -z "$other" ]; then',
+  ];
   if (driver === "openvswitch") {
     lines.push(
-      'if command -v ovs-vsctl >/dev/null 2>&1; then ovs-vsctl --if-exists del-port "$up" -- --if-exists del-br "$br"; fi',
-      'ip link del dev "$vx" 2>/dev/null || true',
+      // Deleting the bridge removes its ports (the uplink of a flat network included).
+      '  if command -v ovs-vsctl >/dev/null 2>&1; then ovs-vsctl --if-exists del-br "$br"; fi',
+      '  ip link del dev "$vx" 2>/dev/null || true',
     );
   } else {
     lines.push(
-      'm=$(readlink "/sys/class/net/$up/master" 2>/dev/null || true); [ "${m##*/}" = "$br" ] && ip link set dev "$up" nomaster',
-      'ip link del dev "$vx" 2>/dev/null || true',
-      'ip link del dev "$br" 2>/dev/null || true',
+      '  m=$(readlink "/sys/class/net/$up/master" 2>/dev/null || true); if [ "${m##*/}" = "$br" ]; then ip link set dev "$up" nomaster; fi',
+      '  ip link del dev "$vx" 2>/dev/null || true',
+      '  ip link del dev "$br" 2>/dev/null || true',
     );
   }
-  lines.push(`rm -f ${shQuote(recordPath("network", networkName))}`, "true");
+  lines.push("fi", 'rm -f "$rec"', "true");
   return { label: `delete network ${networkName} on ${host.name}`, script: lines.join("\n") };
 }
 

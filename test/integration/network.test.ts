@@ -345,6 +345,39 @@ test("a flat provider network holds each host's uplink and gives it back on dele
   }
 });
 
+test("a device id already used by another network's record is refused, naming it, and nothing is left", async () => {
+  const [hv1] = hosts;
+  const { shortId, writeRecordStep, deleteRecordStep } = await import("../../provider");
+  // it-holder "owns" the device id of it-clash, and has a bridge under that name.
+  const holderBridge = networkDevices("it-clash").bridge;
+  await runChecked(hv1, [
+    writeRecordStep("network", "it-holder", { name: "it-holder", shortId: shortId("it-clash") }),
+    { script: `ip link add ${holderBridge} type bridge` },
+  ]);
+  try {
+    const netIn = await checked<NetworkInputs>(networkProvider, {
+      networkName: "it-clash",
+      kind: "selfservice",
+      hosts: [hv1],
+    });
+    await assert.rejects(
+      networkProvider.create!(netIn),
+      /device id [0-9a-f]{8} of network it-clash is already used by network it-holder/,
+    );
+    // The failed create cleaned up after itself without touching the holder's bridge.
+    assert.equal(
+      (await sh(hv1, `ls /var/lib/kvmlab/records/network/it-clash.json 2>/dev/null || true`)).trim(),
+      "",
+    );
+    assert.equal((await sh(hv1, `ip -o link show ${holderBridge} >/dev/null && echo kept`)).trim(), "kept");
+  } finally {
+    await runChecked(hv1, [
+      deleteRecordStep("network", "it-holder"),
+      { script: `ip link del ${holderBridge} 2>/dev/null || true` },
+    ]);
+  }
+});
+
 test("injection attempts are refused by check, before any connection", async () => {
   const before = hostPoolStats().connectionsOpened;
   const evil = [
