@@ -9,6 +9,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { runLifecycle } from "../harness/engine/lifecycle";
 
 const CLI = path.resolve(__dirname, "..", "harness", "engine", "cli.js");
 const TSDEMO = path.resolve(__dirname, "..", "..", "..", "test", "fixtures", "programs", "tsdemo");
@@ -85,6 +86,23 @@ test("npm run engine: bad usage exits 2, a failing program exits 1 with its erro
       j.errors.some((e) => e.includes("Missing required configuration variable 'files:spec'")),
       j.errors.join("\n"),
     );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("runLifecycle drives a program through preview, up, no-op, change, up, destroy", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-engine-cli-"));
+  try {
+    const r = await runLifecycle(TSDEMO, {
+      config: [{ key: "dir", value: dir, secret: false }],
+      change: [{ key: "content", value: "changed", secret: false }],
+      env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" },
+    });
+    assert.equal(r.preview.counts.create, 1);
+    assert.equal(r.change.counts.update, 1);
+    assert.equal(r.destroy.counts.delete, 1);
+    assert.ok(!fs.existsSync(path.join(dir, "note.txt")));
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
