@@ -55,7 +55,7 @@ import {
   diskInfoStep,
   hashStagedStep,
   imageDir,
-  parseProbe,
+  parseFileProbe,
   parseStagedHashes,
   parseUsers,
   probeStep,
@@ -498,7 +498,7 @@ async function ensureOnHost(
     LONG,
   );
   const existing = parseRecord<ImageRecord>(recText, `image/${inputs.imageName}`);
-  const probes = new Map(parseProbe(probeOut).map((p) => [p.role, p]));
+  const probes = new Map(parseFileProbe(probeOut).map((p) => [p.role, p]));
   const missing = files.filter((f) => {
     const p = probes.get(f.plan.role);
     return !p || (p.status !== "ok" && p.status !== "hashed");
@@ -617,7 +617,7 @@ async function readHost(props: ImageInputs, host: HostConnection): Promise<Image
     ],
     LONG,
   );
-  return imageHostState(parseProbe(probe), rec, parseUsers(users));
+  return imageHostState(parseFileProbe(probe), rec, parseUsers(users));
 }
 
 async function removeFromHost(imageName: string, host: HostConnection): Promise<void> {

@@ -91,7 +91,7 @@ export function probeStep(imageName: string, files: readonly ImageFilePlan[], ho
 }
 
 /** Parses {@link probeStep}'s output. */
-export function parseProbe(stdout: string): FileProbe[] {
+export function parseFileProbe(stdout: string): FileProbe[] {
   const out: FileProbe[] = [];
   for (const line of stdout.split("\n")) {
     const m = /^(disk|kernel|ramdisk) (ok|hashed|differs|missing) (\d+) (\d+) ([0-9a-f]{64}|-)$/.exec(

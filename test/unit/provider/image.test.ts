@@ -22,7 +22,7 @@ import {
   imageProvider,
   imageRecord,
   imageUserStep,
-  parseProbe,
+  parseFileProbe,
   parseStagedHashes,
   parseUsers,
   probeStep,
@@ -314,7 +314,7 @@ test("records carry stamps and where each file came from (no directory of the ru
 });
 
 test("parsers: probe, users, staged hashes; host state from them", () => {
-  const probe = parseProbe(
+  const probe = parseFileProbe(
     [`disk ok 100 1700000000 ${SHA_A}`, `kernel differs 7 1 ${SHA_B}`, "ramdisk missing 0 0 -", "noise"].join(
       "\n",
     ),
