@@ -412,10 +412,15 @@ export function parseSubnetState(stdout: string): SubnetHostState {
 }
 
 /** Step removing everything of the subnet from its host (idempotent). */
-export function subnetDeleteStep(subnetName: string, networkName: string, driver: NetworkDriver): Step {
+export function subnetDeleteStep(
+  subnetName: string,
+  networkName: string,
+  driver: NetworkDriver,
+  opts: { keepRecord?: boolean } = {},
+): Step {
   const paths = dhcpPaths(networkName, subnetName);
   return {
-    label: `delete subnet ${subnetName}`,
+    label: opts.keepRecord ? `stop DHCP of subnet ${subnetName}` : `delete subnet ${subnetName}`,
     script: [
       `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; dir=${shQuote(paths.dir)}; pidf=${shQuote(paths.pidFile)}`,
       'alive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk \'{print $3}\' "/proc/$1/stat")" != Z ] && grep -q dnsmasq "/proc/$1/comm"; }',
@@ -426,7 +431,7 @@ export function subnetDeleteStep(subnetName: string, networkName: string, driver
         : "true",
       'ip link del dev "$hd" 2>/dev/null || true',
       'rm -rf "$dir"',
-      `rm -f ${shQuote(recordPath("ipam", subnetName))}`,
+      opts.keepRecord ? "true" : `rm -f ${shQuote(recordPath("ipam", subnetName))}`,
       // The namespace is shared by the network's subnets: remove it with the last port.
       'if [ -e "/run/netns/$ns" ] && [ -z "$(ip netns exec "$ns" ip -o link show 2>/dev/null | awk -F\': \' \'$2 != "lo" {print $2}\')" ]; then ip netns del "$ns"; fi',
       "true",
@@ -467,7 +472,14 @@ async function applySubnet(
       if ("error" in plan) throw new Error(`dhcpAddress: ${plan.error}`);
       record = plan.record;
     }
-    const steps: Step[] = [...ipamCommitSteps(record, paths)];
+    const steps: Step[] = [];
+    // DHCP turned off (or never on): no dnsmasq, port or namespace may stay behind.
+    if (!inputs.enableDhcp) {
+      steps.push(
+        subnetDeleteStep(inputs.subnetName, inputs.networkName, inputs.driver, { keepRecord: true }),
+      );
+    }
+    steps.push(...ipamCommitSteps(record, paths));
     if (inputs.enableDhcp) {
       steps.push(
         dhcpPortStep(inputs, paths),

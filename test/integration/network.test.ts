@@ -267,6 +267,20 @@ for (const driver of ["linuxbridge", "openvswitch"] as const) {
         "1",
       );
 
+      // DHCP off by update: dnsmasq, port and namespace go, the IPAM record stays; on again restores.
+      const offIn = { ...subIn, enableDhcp: false };
+      const off = (await subnetProvider.update!(subnetName, subOuts, offIn)).outs as SubnetOutputs;
+      assert.deepEqual(off.realized, {
+        namespace: false,
+        port: false,
+        portInBridge: false,
+        address: "",
+        dnsmasq: false,
+        record: true,
+      });
+      const on = (await subnetProvider.update!(subnetName, off, subIn)).outs as SubnetOutputs;
+      assert.deepEqual(on.realized, subOuts.realized);
+
       // A no-change diff opens no connection.
       const before = hostPoolStats().connectionsOpened;
       const nd = await networkProvider.diff!(networkName, outs, netIn);
