@@ -151,13 +151,24 @@ function schemaIssues(errors: readonly ErrorObject[], at: Locator): LabIssue[] {
         const alternatives = (e.schema as { required?: string[] }[])
           .map((s) => s.required?.join("+"))
           .filter((s): s is string => s !== undefined);
+        // Say whether none or several alternatives were given: the fixes are opposite.
+        const given =
+          e.data !== null && typeof e.data === "object"
+            ? alternatives.filter((a) => a.split("+").every((k) => k in (e.data as object)))
+            : [];
         issues.push(
           alternatives.length > 0
-            ? at.issue(
-                path,
-                `give exactly one of: ${alternatives.join(", ")}`,
-                `keep one of ${alternatives.join(" or ")} and remove the others`,
-              )
+            ? given.length === 0
+              ? at.issue(
+                  path,
+                  `missing one of: ${alternatives.join(", ")}`,
+                  `add ${alternatives.join(" or ")}`,
+                )
+              : at.issue(
+                  path,
+                  `give exactly one of: ${alternatives.join(", ")} (found ${given.join(" and ")})`,
+                  `keep one of ${given.join(" or ")} and remove the others`,
+                )
             : at.issue(
                 path,
                 `invalid value ${describeValue(e.data)}`,

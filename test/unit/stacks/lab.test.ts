@@ -125,7 +125,8 @@ test("a broken lab reports every problem at once, each with path, line and fix",
     "43 loadBalancers[0].listeners[0].pool.protocol",
   ]);
   const by = (p: string) => issues.find((i) => i.path === p)!;
-  assert.match(by("hosts[0]").message, /exactly one of: privateKey, privateKeyPath/);
+  assert.match(by("hosts[0]").message, /missing one of: privateKey, privateKeyPath/);
+  assert.equal(by("hosts[0]").fix, "add privateKey or privateKeyPath");
   assert.match(by("flavors[1].name").message, /duplicate flavor name "tiny"/);
   assert.match(by("networks[0].subnets[1].cidr").message, /overlaps 10\.0\.0\.0\/24/);
   assert.match(by("servers[0].flavor").message, /needs at least 2048 MiB/);
@@ -135,6 +136,26 @@ test("a broken lab reports every problem at once, each with path, line and fix",
   assert.match(by("loadBalancers[0].listeners[0].pool.protocol").message, /cannot use pool protocol TCP/);
   for (const i of issues)
     assert.ok(i.fix.length > 0 && i.line > 0 && i.column > 0, `incomplete issue ${JSON.stringify(i)}`);
+});
+
+test("a host with both privateKey and privateKeyPath is told to keep one, not to add one", () => {
+  const { lab, issues } = parseLab(
+    threeTierText().replace(
+      '    privateKey: { secret: "kvmlab:hostKey" }\n',
+      '    privateKey: { secret: "kvmlab:hostKey" }\n    privateKeyPath: /root/.ssh/id_ed25519\n',
+    ),
+  );
+  assert.equal(lab, null);
+  assert.deepEqual(
+    issues.map((i) => [i.path, i.message, i.fix]),
+    [
+      [
+        "hosts[0]",
+        "give exactly one of: privateKey, privateKeyPath (found privateKey and privateKeyPath)",
+        "keep one of privateKey or privateKeyPath and remove the others",
+      ],
+    ],
+  );
 });
 
 test("loadLab throws a LabError whose message lists every issue", (t) => {
