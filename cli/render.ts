@@ -5,7 +5,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { parseArgs, UsageError } from "./lab/args";
+import { parseArgs, unreadable, UsageError } from "./lab/args";
 
 const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--domain-type kvm|qemu]
 
@@ -70,8 +70,16 @@ export async function main(argv: string[]): Promise<number> {
   }
   const out = parsed.options.get("out");
   const domainType = parsed.options.get("domain-type") ?? "kvm";
-  if (parsed.positional.length !== 1 || typeof out !== "string") {
-    console.error(`kvmlab render: expected one lab file and --out DIR\n\n${USAGE}`);
+  if (parsed.positional.length !== 1) {
+    console.error(
+      `kvmlab render: expected one lab file, got ${parsed.positional.length}; give its path, e.g. kvmlab render stacks/three-tier.yaml --out DIR\n\n${USAGE}`,
+    );
+    return 2;
+  }
+  if (typeof out !== "string") {
+    console.error(
+      `kvmlab render: missing --out DIR; name the folder to write into, e.g. --out /tmp/${path.basename(parsed.positional[0]).replace(/\.ya?ml$/, "")}\n\n${USAGE}`,
+    );
     return 2;
   }
   if (domainType !== "kvm" && domainType !== "qemu") {
@@ -83,7 +91,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     text = fs.readFileSync(file, "utf8");
   } catch (err) {
-    console.error(`kvmlab render: cannot read ${file}: ${(err as Error).message}`);
+    console.error(`kvmlab render: ${unreadable(file, err)}`);
     return 1;
   }
   const { parseLab, formatIssues } = require("../stacks/lab") as typeof import("../stacks/lab");

@@ -3,7 +3,7 @@
  * prints every problem with its location and a fix. Exit 0 when valid, 1 when not, 2 on usage.
  */
 import * as fs from "node:fs";
-import { parseArgs, UsageError } from "./lab/args";
+import { parseArgs, unreadable, UsageError } from "./lab/args";
 
 const USAGE = `usage: kvmlab validate <lab.yaml> [--json]
 
@@ -33,7 +33,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     text = fs.readFileSync(file, "utf8");
   } catch (err) {
-    console.error(`kvmlab validate: cannot read ${file}: ${(err as Error).message}`);
+    console.error(`kvmlab validate: ${unreadable(file, err)}`);
     return 1;
   }
   const { parseLab, formatIssues } = require("../stacks/lab") as typeof import("../stacks/lab");

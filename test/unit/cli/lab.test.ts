@@ -55,7 +55,7 @@ test("kvmlab validate: exit 1 with every problem as file:line:col path, message 
   );
   assert.match(
     r.err,
-    /:6:12 {2}servers\[0\]\.image: unknown image "nope"\n {4}fix: define a image with that name first|:6:12 {2}servers\[0\]\.image: unknown image "nope"/,
+    /:6:12 {2}servers\[0\]\.image: unknown image "nope"\n {4}fix: define the image first or correct the name\n/,
   );
   assert.match(r.err, /:8:\d+ {2}servers\[0\]\.networks\[0\]\.subnet: unknown subnet "nowhere"/);
   assert.match(r.err, /3 problems$/);
@@ -73,7 +73,8 @@ test("kvmlab validate: usage errors exit 2; unreadable file exits 1", async () =
   assert.equal((await capture(() => validate(["--bogus", "a"]))).code, 2);
   const missing = await capture(() => validate(["/nonexistent/lab.yaml"]));
   assert.equal(missing.code, 1);
-  assert.match(missing.err, /cannot read \/nonexistent\/lab\.yaml/);
+  assert.match(missing.err, /cannot read \/nonexistent\/lab\.yaml: no such file; check the path/);
+  assert.equal(missing.err.split("\n").length, 1, "one line");
 });
 
 test("kvmlab render: writes one file per object into DIR only, byte-identical on re-render", async (t) => {
@@ -115,6 +116,11 @@ test("kvmlab render: refuses a non-empty foreign folder and an invalid lab", asy
   assert.equal(r2.code, 1);
   assert.match(r2.err, /nothing rendered/);
   assert.ok(!fs.existsSync(out));
-  assert.equal((await capture(() => render([threeTier()]))).code, 2, "--out is required");
+  const noOut = await capture(() => render([threeTier()]));
+  assert.equal(noOut.code, 2, "--out is required");
+  assert.match(
+    noOut.err,
+    /^kvmlab render: missing --out DIR; name the folder to write into, e.g. --out \/tmp\/three-tier\n/,
+  );
   assert.equal((await capture(() => render([threeTier(), "--out", out, "--domain-type", "xen"]))).code, 2);
 });
