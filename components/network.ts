@@ -13,6 +13,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
   Network as NetworkResource,
+  networkDevices,
   type HostConnectionArgs,
   type NetworkDriver,
   type NetworkKind,
@@ -124,6 +125,7 @@ export class Network extends pulumi.ComponentResource {
     super("kvmlab:network:Network", name, {}, opts);
     const networkName = args.networkName ?? name;
     const kind = args.kind ?? "selfservice";
+    const driver = args.driver ?? "linuxbridge";
     const mtu = args.mtu ?? (kind === "provider" ? 1500 : 1450);
     const hosts: HostConnectionArgs[] = resolveHosts(args.hosts, args.hostDiscovery).hosts;
     const names = new Set<string>();
@@ -138,7 +140,7 @@ export class Network extends pulumi.ComponentResource {
 
     this.network = new NetworkResource(
       name,
-      { networkName, kind, driver: args.driver ?? "linuxbridge", hosts, vni: args.vni, mtu },
+      { networkName, kind, driver, hosts, vni: args.vni, mtu },
       { parent: this },
     );
     this.subnets = {};
@@ -153,9 +155,11 @@ export class Network extends pulumi.ComponentResource {
         `${name}-${spec.name}`,
         {
           subnetName: spec.name,
-          networkName: this.network.networkName,
-          networkBridge: this.network.bridge,
-          driver: this.network.driver,
+          // Known in the program (not the Network's outputs), so a preview of a Network update
+          // does not show its subnets as replaced; dependsOn keeps the order.
+          networkName,
+          networkBridge: networkDevices(networkName).bridge,
+          driver,
           hosts,
           cidr: spec.cidr,
           gateway: plan.gateway,
@@ -167,7 +171,7 @@ export class Network extends pulumi.ComponentResource {
           dnsmasqConf: plan.dnsmasqConf,
           mtu,
         },
-        { parent: this },
+        { parent: this, dependsOn: [this.network] },
       );
     }
     this.networkName = this.network.networkName;

@@ -116,6 +116,13 @@ test("a Network with two subnets registers one Network and one Subnet each, name
   assert.equal(hosts[0].privateKey, KEY);
 
   const a = mine[2].inputs;
+  // Names known in the program, not the Network's outputs (the mock returns another bridge):
+  // a preview of a Network update must not show its subnets as replaced.
+  const { networkDevices } = await import("../../provider/network");
+  assert.equal(a.networkBridge, networkDevices("lan").bridge);
+  assert.notEqual(a.networkBridge, "kvlb-00000000");
+  assert.equal(a.networkName, "lan");
+  assert.equal(a.driver, "openvswitch");
   assert.equal(a.gateway, "10.10.0.1");
   assert.deepEqual(a.allocationPool, { start: "10.10.0.2", end: "10.10.0.254" });
   assert.equal(a.dhcpAddress, "10.10.0.2");
