@@ -98,10 +98,12 @@ interface OpMetrics {
   startedAt: number;
   /** Time spent waiting for QEMU/libvirt: define/start/shutdown/migrate steps and readiness. */
   waitMs: number;
+  /** Readiness probes run (each one remote step). */
+  probes: number;
 }
 
 function startMetrics(op: string, server: string): OpMetrics {
-  return { op, server, startedAt: Date.now(), waitMs: 0 };
+  return { op, server, startedAt: Date.now(), waitMs: 0, probes: 0 };
 }
 
 /** Appends one JSON line to $KVMLAB_METRICS_FILE (benchmarks only; never secrets). */
@@ -116,6 +118,7 @@ function finishMetrics(m: OpMetrics, extra: Record<string, unknown> = {}): void 
     pid: process.pid,
     totalMs: Date.now() - m.startedAt,
     waitMs: m.waitMs,
+    probes: m.probes,
     connectionsOpened: stats.connectionsOpened,
     channelsOpened: stats.channelsOpened,
     batches: stats.batches,
@@ -242,11 +245,17 @@ async function waitReady(
   await waited(m, async () => {
     const port: ServerPort | undefined = inputs.ports[0];
     const probeHost = r.kind === "serial" || !port ? host : hostNamed(inputs.hosts, port.dhcpHost, hostKeys);
-    const step = readinessProbeStep(inputs, addresses[0]?.ip ?? "", port);
-    const deadline = Date.now() + r.timeoutSec * 1000;
+    const ip = addresses[0]?.ip ?? "";
+    const step = readinessProbeStep(inputs, ip, port);
+    // A guest configured statically never takes a lease: the gate lifts after a while.
+    const gated = readinessProbeStep(inputs, ip, port, { leaseGate: true });
+    const started = Date.now();
+    const gateMs = Math.min(20000, (r.timeoutSec * 1000) / 2);
+    const deadline = started + r.timeoutSec * 1000;
     let last: string;
     for (let i = 0; ; i++) {
-      const [res] = await runSteps(probeHost, [step]);
+      m.probes += 1;
+      const [res] = await runSteps(probeHost, [Date.now() - started < gateMs ? gated : step]);
       if (res.code === 0) return;
       last = res.stderr.trim().split("\n").slice(-1)[0] ?? "";
       if (Date.now() >= deadline) break;

@@ -244,7 +244,12 @@ export function serialTailStep(name: string, lines = 25): Step {
  * One readiness probe (exit 0 = ready). http and dhcp run on the port's DHCP host (inside the
  * subnet's qdhcp namespace); serial runs on the server's host.
  */
-export function readinessProbeStep(inputs: ServerInputs, ip: string, port: ServerPort): Step {
+export function readinessProbeStep(
+  inputs: ServerInputs,
+  ip: string,
+  port: ServerPort,
+  opts: { leaseGate?: boolean } = {},
+): Step {
   const r = inputs.readiness;
   if (r.kind === "serial") {
     return {
@@ -265,7 +270,14 @@ export function readinessProbeStep(inputs: ServerInputs, ip: string, port: Serve
     script: [
       `ns=${shQuote(dhcp.namespace)}; url=${shQuote(url)}`,
       '[ -e "/run/netns/$ns" ] || { echo "namespace $ns is missing: the subnet needs DHCP for the http readiness probe" >&2; exit 2; }',
-      'if command -v curl >/dev/null 2>&1; then ip netns exec "$ns" curl -fsS -m 2 -o /dev/null "$url"',
+      // Until the guest holds its lease an HTTP probe could only wait for ARP, blocking the
+      // host's shared shell for everyone; the gate makes it return at once instead.
+      ...(opts.leaseGate && port.dhcp
+        ? [
+            `grep -qi -- ${shQuote(` ${port.mac} ${ip} `)} ${shQuote(dhcp.leaseFile)} || { echo "no DHCP lease for ${port.mac} yet" >&2; exit 3; }`,
+          ]
+        : []),
+      'if command -v curl >/dev/null 2>&1; then ip netns exec "$ns" curl -fsS --connect-timeout 0.5 -m 2 -o /dev/null "$url"',
       'else ip netns exec "$ns" timeout 3 wget -q -O /dev/null "$url"; fi',
     ].join("\n"),
   };
