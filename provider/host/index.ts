@@ -17,7 +17,10 @@
  *         one round trip for the whole batch; never throws for exit status
  *     runChecked(host, steps, opts)  → stdout[]; throws remoteStepError (host, step label, status,
  *         stderr tail) at the first failing step, later steps skipped on the host
+ *     runLocked(host, steps, opts)   like runChecked, under the host lock, in ONE round trip
  *     withHostLock(host, fn)         in-process mutex + flock /var/lib/kvmlab/lock held by the shell
+ *         across several batches. The lock is not re-entrant: never call runLocked,
+ *         withHostLock or allocateAddress/releaseAddress for the same host inside fn.
  *     observedHostKey(host)          SHA256 fingerprint seen (trust-on-first-use records it)
  *     pooledSsh(host)                the pooled NodeSSH (SFTP)
  *     hostPoolStats(), resetHostPoolStats(), setHostPoolMode("pooled"|"naive"), closeHostSessions()
