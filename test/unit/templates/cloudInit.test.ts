@@ -81,6 +81,19 @@ test("cloud-init: seed files match their goldens and parse back to the intended 
   assert.equal(nc.ethernets.eth1.dhcp4, true);
 });
 
+test("cloud-init: interface names that YAML would read as a boolean, number or null stay strings", () => {
+  for (const name of ["true", "null", "1", "0x10", "1e3", "-", "on"]) {
+    const files = renderCloudInit(
+      toCloudInitView({ ...spec, nics: [{ name, mac: "fa:16:3e:10:00:01", address: "dhcp" }] }),
+    );
+    const nc = parse(files["network-config"]);
+    assert.deepEqual(Object.keys(nc.ethernets), [name], name);
+    assert.equal(nc.ethernets[name]["set-name"], name);
+    // cloud-init reads YAML 1.1, where "on" is a boolean too: the key is quoted, not plain.
+    assert.ok(files["network-config"].includes(`  ${JSON.stringify(name)}:\n`), name);
+  }
+});
+
 test("cloud-init: without users no password login and no users key", () => {
   const files = renderCloudInit(toCloudInitView({ instanceId: "i-1", hostname: "db-0" }));
   const ud = parse(files["user-data"]);
