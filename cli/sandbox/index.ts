@@ -159,6 +159,18 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * The command to run again as root. It names the instance explicitly: sudo drops
+ * $KVMLAB_SANDBOX_INSTANCE, so the same command under sudo would act on "default".
+ */
+function sudoLine(opts: Options): string {
+  const args = [`sudo npx kvmlab sandbox ${opts.action}`];
+  if (opts.instance !== "default") args.push(`--instance ${opts.instance}`);
+  if (opts.hostsGiven) args.push(`--hosts ${opts.hosts}`);
+  if (opts.json) args.push("--json");
+  return args.join(" ");
+}
+
 function runDirOf(instance: string): string {
   return path.join(SANDBOX_RUN_ROOT, instance);
 }
@@ -188,7 +200,7 @@ async function up(opts: Options): Promise<number> {
   const say = (line: string) => {
     if (!opts.json) console.log(`kvmlab sandbox: ${line}`);
   };
-  await preflight();
+  await preflight(sudoLine(opts));
   return withInstanceLock(opts.instance, async () => {
     const runDir = runDirOf(opts.instance);
     const statePath = path.join(runDir, "state.json");
@@ -439,7 +451,7 @@ function printStatus(st: SandboxStatus, problems: string[]): void {
   console.log(`  guests      ${st.kvm ? "KVM available" : "no KVM: use <domain type='qemu'> (TCG)"}`);
   if (h1 !== undefined) {
     console.log(
-      `  ssh         ssh -i ${h1.privateKeyPath} -o UserKnownHostsFile=${h1.knownHostsPath} ${h1.user}@${h1.address}`,
+      `  ssh         ssh -i ${h1.privateKeyPath} -o UserKnownHostsFile=${h1.knownHostsPath} -o StrictHostKeyChecking=yes ${h1.user}@${h1.address}`,
     );
   }
   for (const p of problems) console.log(`  problem     ${p}`);
@@ -473,7 +485,7 @@ function status(opts: Options): number {
 async function down(opts: Options): Promise<number> {
   const t0 = Date.now();
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
-    throw new SandboxError("must run as root; run: sudo npx kvmlab sandbox down");
+    throw new SandboxError(`must run as root; run: ${sudoLine(opts)}`);
   }
   return withInstanceLock(opts.instance, async () => {
     const runDir = runDirOf(opts.instance);

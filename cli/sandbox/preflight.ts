@@ -26,14 +26,17 @@ export function installLine(packages: readonly string[]): string {
   return `apt-get install -y --no-install-recommends ${packages.join(" ")}`;
 }
 
-/** Everything `up` needs from the machine; throws a SandboxError naming the first problem. */
-export async function preflight(): Promise<void> {
+/**
+ * Everything `up` needs from the machine; throws a SandboxError naming the first problem.
+ * `rerun` is the command line to suggest when not root.
+ */
+export async function preflight(rerun = "sudo npx kvmlab sandbox up"): Promise<void> {
   if (process.platform !== "linux") {
     throw new SandboxError("needs Linux (network namespaces, libvirt, Open vSwitch)");
   }
   if (typeof process.getuid === "function" && process.getuid() !== 0) {
     throw new SandboxError(
-      "must run as root (it creates network namespaces, mounts and daemons); run: sudo npx kvmlab sandbox up",
+      `must run as root (it creates network namespaces, mounts and daemons); run: ${rerun}`,
     );
   }
   if (!fs.existsSync("/usr/bin/dpkg-query")) {

@@ -145,6 +145,28 @@ test("every index gives link names of at most 15 characters and ranges no other 
   assert.throws(() => planSandbox("default", MAX_INDEX + 1, 2), /out of range/);
 });
 
+test("not root: up and down stop at once with one line naming the command to run", async () => {
+  const getuid = process.getuid;
+  process.getuid = () => 1000;
+  try {
+    const upRes = await captureMain(["up", "--instance", "itest-never", "--hosts", "3"]);
+    assert.equal(upRes.code, 1);
+    assert.equal(
+      upRes.err,
+      "kvmlab sandbox: must run as root (it creates network namespaces, mounts and daemons); run: sudo npx kvmlab sandbox up --instance itest-never --hosts 3",
+    );
+    const downRes = await captureMain(["down", "--instance", "itest-never"]);
+    assert.equal(downRes.code, 1);
+    assert.equal(
+      downRes.err,
+      "kvmlab sandbox: must run as root; run: sudo npx kvmlab sandbox down --instance itest-never",
+    );
+  } finally {
+    process.getuid = getuid;
+  }
+  assert.equal(fs.existsSync(path.dirname(sandboxStatusPath("itest-never"))), false, "nothing was built");
+});
+
 test("status of an instance that is not up exits 1 and says how to start it", async () => {
   const r = await captureMain(["status", "--instance", "itest-never"]);
   assert.equal(r.code, 1);
@@ -206,6 +228,24 @@ test("up builds hosts and publishes their status", { skip }, async () => {
   assert.ok(fs.statSync(status.image.kernel).size > 10 * 1024 * 1024, "vmlinux is an uncompressed kernel");
   assert.ok(fs.statSync(status.image.ramdisk).size > 100 * 1024);
   assert.deepEqual(readSandboxStatus(INSTANCE), status, "status.json is what up printed");
+  // The shape issue 2 publishes (more keys are allowed): every required key, with its type.
+  const str = (v: unknown, what: string) =>
+    assert.ok(typeof v === "string" && v !== "", `${what} is a string`);
+  for (const h of status.hosts) {
+    for (const k of [
+      "name",
+      "address",
+      "user",
+      "privateKeyPath",
+      "knownHostsPath",
+      "uplink",
+      "tunnelAddress",
+    ])
+      str((h as unknown as Record<string, unknown>)[k], `hosts[].${k}`);
+    assert.equal(typeof h.port, "number");
+  }
+  for (const k of ["cidr", "gateway", "runnerAddress"] as const) str(status.external[k], `external.${k}`);
+  for (const k of ["kernel", "ramdisk"] as const) str(status.image[k], `image.${k}`);
 
   const json = await kvmlab(["sandbox", "status", "--json", "--instance", INSTANCE]);
   assert.equal(json.code, 0, json.stderr);
