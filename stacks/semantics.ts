@@ -103,6 +103,18 @@ export function checkSemantics(data: Rec, at: Locator, schemaIssuePaths: readonl
     "host",
     items(data, "hosts").map(([i, h]) => [["hosts", i], h.name]),
   );
+  // The schema admits IPv4 addresses and DNS names alike; four numbers with dots are never a DNS
+  // name (a top-level label is not all digits), so they must be a valid IPv4 address.
+  for (const [i, h] of items(data, "hosts")) {
+    const address = str(h.address);
+    if (address !== null && /^\d+(\.\d+){3}$/.test(address) && !isIPv4(address)) {
+      add(
+        ["hosts", i, "address"],
+        `${address} is not a valid IPv4 address`,
+        "use four numbers from 0 to 255 (e.g. 10.255.0.11) or the host's DNS name",
+      );
+    }
+  }
   const identity = rec(data.identity);
   const domains = names(
     "domain",

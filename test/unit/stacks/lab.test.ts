@@ -158,6 +158,19 @@ test("a host with both privateKey and privateKeyPath is told to keep one, not to
   );
 });
 
+test("a host address of four numbers must be a valid IPv4 address; DNS names still pass", () => {
+  const text = threeTierText();
+  const bad = parseLab(text.replace("address: 10.255.0.11", "address: 10.255.0.300"));
+  assert.equal(bad.lab, null);
+  assert.deepEqual(
+    bad.issues.map((i) => [i.path, i.message]),
+    [["hosts[0].address", "10.255.0.300 is not a valid IPv4 address"]],
+  );
+  assert.ok(bad.issues[0].line > 0 && /DNS name/.test(bad.issues[0].fix));
+  const named = parseLab(text.replace("address: 10.255.0.11", "address: hv1.lab.example"));
+  assert.deepEqual(named.issues, []);
+});
+
 test("loadLab throws a LabError whose message lists every issue", (t) => {
   const dir = fs.mkdtempSync(path.join(require("node:os").tmpdir(), "kvmlab-lab-"));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
