@@ -270,12 +270,14 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     'other=$(grep -lF "\\"shortId\\": \\"$id\\"" /var/lib/kvmlab/records/network/*.json 2>/dev/null | grep -vxF "$rec" | head -n1 || true)',
     'if [ -n "$other" ]; then echo "device id $id of network $name is already used by network $(basename "$other" .json) on this host; rename one of them" >&2; exit 17; fi',
   ];
+  // OVS changes go into ONE ovs-vsctl transaction (each call waits for ovs-vswitchd).
+  const ovsTx: string[] = [];
   if (ovs) {
-    lines.push(
-      "dp=netdev; [ -d /sys/module/openvswitch ] && dp=system",
-      `ovs-vsctl --may-exist add-br "$br" -- set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind}`,
-      'ovs-vsctl set interface "$br" mtu_request=$mtu',
-      'ip link set dev "$br" up',
+    lines.push("dp=netdev; [ -d /sys/module/openvswitch ] && dp=system");
+    ovsTx.push(
+      '--may-exist add-br "$br"',
+      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind}`,
+      'set interface "$br" mtu_request=$mtu',
     );
   } else {
     lines.push(
@@ -296,10 +298,8 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       'ip link set dev "$vx" mtu $mtu',
     );
     if (ovs) {
-      lines.push(
-        'ip link set dev "$vx" up',
-        'ovs-vsctl --may-exist add-port "$br" "$vx" -- set port "$vx" external_ids:kvmlab-network="$name"',
-      );
+      lines.push('ip link set dev "$vx" up');
+      ovsTx.push('--may-exist add-port "$br" "$vx"', 'set port "$vx" external_ids:kvmlab-network="$name"');
     } else {
       lines.push('ip link set dev "$vx" master "$br" up');
     }
@@ -322,15 +322,18 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       lines.push(
         'b=$(ovs-vsctl port-to-br "$up" 2>/dev/null || true)',
         'if { [ -n "$m" ] && [ "$m" != ovs-system ]; } || { [ -n "$b" ] && [ "$b" != "$br" ]; }; then echo "uplink $up is already in bridge ${b:-$m}; a flat network needs the uplink for itself" >&2; exit 19; fi',
-        'ovs-vsctl --may-exist add-port "$br" "$up" -- set port "$up" external_ids:kvmlab-network="$name"',
-        'ip link set dev "$up" up',
       );
+      ovsTx.push('--may-exist add-port "$br" "$up"', 'set port "$up" external_ids:kvmlab-network="$name"');
     } else {
       lines.push(
         'if [ -n "$m" ] && [ "$m" != "$br" ]; then echo "uplink $up is already in bridge $m; a flat network needs the uplink for itself" >&2; exit 19; fi',
         'ip link set dev "$up" master "$br" up',
       );
     }
+  }
+  if (ovs) {
+    lines.push(`ovs-vsctl ${ovsTx.join(" -- ")}`, 'ip link set dev "$br" up');
+    if (inputs.kind === "provider") lines.push('ip link set dev "$up" up');
   }
   return { label: `create network ${inputs.networkName} on ${host.name}`, script: lines.join("\n") };
 }
