@@ -19,9 +19,23 @@ Addresses the lab does not fix are allocated deterministically (see plan.json).
 /** Lists files written by a render, so a re-render can replace exactly them. */
 const MARKER = ".kvmlab-render";
 
+/**
+ * `rel` resolved inside `dir`. Refuses paths that leave `dir`, also through a symbolic link placed
+ * in the output folder (which would make a write or delete land elsewhere).
+ */
 function inside(dir: string, rel: string): string {
   const full = path.resolve(dir, rel);
   if (!full.startsWith(dir + path.sep)) throw new Error(`refusing to write ${rel}: outside ${dir}`);
+  let at = dir;
+  for (const part of path.relative(dir, full).split(path.sep)) {
+    at = path.join(at, part);
+    const stat = fs.lstatSync(at, { throwIfNoEntry: false });
+    if (stat === undefined) break; // Does not exist yet: nothing below it can be a link.
+    if (stat.isSymbolicLink())
+      throw new Error(
+        `refusing to write ${rel}: ${path.relative(dir, at)} in ${dir} is a symbolic link; remove it or choose another --out folder`,
+      );
+  }
   return full;
 }
 
@@ -110,10 +124,15 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`kvmlab render: ${(err as Error).message}`);
     return 1;
   }
-  for (const [rel, content] of files) {
-    const target = inside(dir, rel);
-    fs.mkdirSync(path.dirname(target), { recursive: true });
-    fs.writeFileSync(target, content);
+  try {
+    for (const [rel, content] of files) {
+      const target = inside(dir, rel);
+      fs.mkdirSync(path.dirname(target), { recursive: true });
+      fs.writeFileSync(target, content);
+    }
+  } catch (err) {
+    console.error(`kvmlab render: ${(err as Error).message}`);
+    return 1;
   }
   fs.writeFileSync(path.join(dir, MARKER), [...files.keys()].join("\n") + "\n");
   console.log(`kvmlab render: wrote ${files.size} files for lab "${lab.name}" to ${dir}`);

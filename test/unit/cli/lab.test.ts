@@ -124,3 +124,28 @@ test("kvmlab render: refuses a non-empty foreign folder and an invalid lab", asy
   );
   assert.equal((await capture(() => render([threeTier(), "--out", out, "--domain-type", "xen"]))).code, 2);
 });
+
+test("kvmlab render: never writes through a symbolic link inside DIR", async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const out = path.join(dir, "out");
+  const elsewhere = path.join(dir, "elsewhere");
+  fs.mkdirSync(elsewhere);
+  fs.mkdirSync(out);
+  fs.symlinkSync(elsewhere, path.join(out, "servers"));
+  // An empty folder but for a link: no marker, so it is refused as foreign …
+  const r = await capture(() => render([threeTier(), "--out", out]));
+  assert.equal(r.code, 1);
+  // … and after an earlier render whose servers/ was replaced by a link, the link is refused.
+  fs.rmSync(path.join(out, "servers"));
+  assert.equal((await capture(() => render([threeTier(), "--out", out]))).code, 0);
+  fs.rmSync(path.join(out, "servers"), { recursive: true });
+  fs.symlinkSync(elsewhere, path.join(out, "servers"));
+  const linked = await capture(() => render([threeTier(), "--out", out]));
+  assert.equal(linked.code, 1);
+  assert.match(
+    linked.err,
+    /^kvmlab render: refusing to write servers\/\S+: servers in \S+ is a symbolic link/,
+  );
+  assert.deepEqual(fs.readdirSync(elsewhere), [], "nothing written through the link");
+});
