@@ -84,11 +84,16 @@ interface HostPool {
   locks: Map<string, Promise<void>>;
   cache: Map<string, unknown>;
   observedKeys: Map<string, string>;
+  /** Connections handed out by pooledSsh in naive mode; closed by closeHostSessions. */
+  loose: NodeSSH[];
   stats: HostPoolStats;
   connectTimeoutMs: number;
 }
 
-/** The process-wide pool (created on first use). */
+/**
+ * The process-wide pool (created on first use). Code serialized by another kvmlab version may
+ * have created it: fields added later are read with `??=` defaults.
+ */
 export function hostPool(): HostPool {
   const g = globalThis as unknown as Record<symbol, HostPool | undefined>;
   const key = Symbol.for("kvmlab.hostPool.v1");
@@ -100,6 +105,7 @@ export function hostPool(): HostPool {
       locks: new Map(),
       cache: new Map(),
       observedKeys: new Map(),
+      loose: [],
       stats: { connectionsOpened: 0, channelsOpened: 0, batches: 0, steps: 0, reconnects: 0 },
       connectTimeoutMs: 15000,
     };
@@ -488,6 +494,7 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
 export async function pooledSsh(host: HostConnection): Promise<NodeSSH> {
   if (hostPool().mode === "naive") {
     const { ssh } = await connectHost(host);
+    (hostPool().loose ??= []).push(ssh);
     return ssh;
   }
   return (await getSession(host)).ssh;
@@ -551,6 +558,7 @@ export async function closeHostSessions(): Promise<void> {
     }
     s.ssh.dispose();
   }
+  for (const ssh of (pool.loose ??= []).splice(0)) ssh.dispose();
   pool.cache.clear();
 }
 

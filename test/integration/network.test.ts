@@ -322,6 +322,33 @@ for (const driver of ["linuxbridge", "openvswitch"] as const) {
   });
 }
 
+test("update adds a host to a self-service network and removes it again, re-pointing the tunnels", async () => {
+  const [hv1, hv2] = hosts;
+  const oneIn = await checked<NetworkInputs>(networkProvider, {
+    networkName: "it-grow",
+    kind: "selfservice",
+    hosts: [hv1],
+  });
+  const one = (await networkProvider.create!(oneIn)).outs as NetworkOutputs;
+  assert.deepEqual(one.realized.hv1.remotes, []);
+  const twoIn = await checked<NetworkInputs>(networkProvider, {
+    networkName: "it-grow",
+    kind: "selfservice",
+    hosts,
+  });
+  const diff = await networkProvider.diff!("it-grow", one, twoIn);
+  assert.deepEqual([diff.changes, diff.replaces], [true, []]);
+  const two = (await networkProvider.update!("it-grow", one, twoIn)).outs as NetworkOutputs;
+  assert.deepEqual(two.realized.hv1.remotes, [hv2.tunnelAddress]);
+  assert.deepEqual(two.realized.hv2.remotes, [hv1.tunnelAddress]);
+  const back = (await networkProvider.update!("it-grow", two, oneIn)).outs as NetworkOutputs;
+  assert.deepEqual(Object.keys(back.realized), ["hv1"]);
+  assert.deepEqual(back.realized.hv1.remotes, []);
+  assert.equal((await leftovers(hv2, "it-grow", "none")).trim(), "", "hv2 lost the network");
+  await networkProvider.delete!("it-grow", back);
+  assert.equal((await leftovers(hv1, "it-grow", "none")).trim(), "");
+});
+
 test("a flat provider network holds each host's uplink and gives it back on delete", async () => {
   const netIn = await checked<NetworkInputs>(networkProvider, {
     networkName: "it-flat",
