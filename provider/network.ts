@@ -227,7 +227,7 @@ export function checkNetworkInputs(news: Record<string, unknown>): {
 export function diffNetwork(
   olds: NetworkOutputs,
   news: NetworkInputs,
-): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
+): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
   const replaces = (["networkName", "kind", "driver", "vni"] as const).filter(
     (k) => (news[k] as unknown) === UNKNOWN || olds[k] !== news[k],
   );
@@ -245,15 +245,9 @@ export function diffNetwork(
       );
     });
   }
-  return {
-    changes,
-    replaces,
-    stables:
-      replaces.length === 0
-        ? ["networkName", "kind", "driver", "vni", "bridge", "vxlanDevice", "shortId"]
-        : [],
-    deleteBeforeReplace: true,
-  };
+  // No `stables`: the dynamic-provider plugin does not forward them, so outputs of an updated
+  // Network are unknown during preview; components pass names they know instead.
+  return { changes, replaces, deleteBeforeReplace: true };
 }
 
 /** Step that makes a host match the inputs (idempotent). */
