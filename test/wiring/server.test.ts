@@ -1,0 +1,151 @@
+/**
+ * The Server component under pulumi.runtime.setMocks: what it registers (one Server dynamic
+ * resource, parented to the component), what it renders into the inputs (both domain types,
+ * ports from the network's outputs, NoCloud seed with the keypair, deterministic UUID/MAC/tap),
+ * how zones map. Proves the
+ * wiring only; test/integration/server.test.ts proves the hosts accept it.
+ */
+import { before, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as pulumi from "@pulumi/pulumi";
+
+interface Registered {
+  type: string;
+  name: string;
+  inputs: Record<string, unknown>;
+  parent?: string;
+}
+
+const registered: Registered[] = [];
+const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA-wiring\n-----END OPENSSH PRIVATE KEY-----\n";
+const HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+const hosts = [
+  { name: "hv1", address: "10.255.0.11", privateKey: KEY, hostKey: HOST_KEY, uplink: "eth1" },
+  { name: "hv2", address: "10.255.0.12", privateKey: KEY, hostKey: HOST_KEY, uplink: "eth1" },
+];
+
+before(async () => {
+  await pulumi.runtime.setMocks(
+    {
+      newResource(args) {
+        registered.push({ type: args.type, name: args.name, inputs: args.inputs });
+        const state: Record<string, unknown> = { ...args.inputs };
+        if (args.type.endsWith("kvmlab:Network")) state.bridge = "kvlb-00000000";
+        if (args.type.endsWith("kvmlab:Server")) state.ips = ["172.24.4.101"];
+        return { id: `${args.name}-id`, state };
+      },
+      call(args) {
+        return args.inputs;
+      },
+    },
+    "proj",
+    "dev",
+    false,
+  );
+});
+
+function unwrap<T>(o: pulumi.Output<T>): Promise<T> {
+  return new Promise((resolve) => o.apply(resolve));
+}
+
+test("a Server registers one Server resource with rendered XML, seed and ports", async () => {
+  const { Network } = await import("../../components/network");
+  const { Server, imageStorePaths } = await import("../../components/server");
+  const net = new Network("ext", {
+    kind: "provider",
+    hosts,
+    subnets: [{ name: "ext-v4", cidr: "172.24.4.0/24" }],
+  });
+  const web = new Server("web1", {
+    hosts,
+    image: { name: "labimg", kind: "kernel", ...imageStorePaths("labimg", "kernel") },
+    flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+    ports: [{ network: net, subnet: "ext-v4", fixedIp: "172.24.4.50" }],
+    keypair: {
+      publicKeyLine: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl op",
+    },
+    kernelCmdline: "console=ttyS0 lab.name=web1",
+  });
+  assert.equal(await unwrap(web.ip), "172.24.4.101");
+  const r = registered.find((x) => x.type === "pulumi-nodejs:dynamic/kvmlab:Server" && x.name === "web1");
+  assert.ok(r, `registered: ${registered.map((x) => x.type).join(", ")}`);
+  const i = r.inputs as Record<string, never>;
+  assert.equal(i.serverName, "web1");
+  assert.equal(i.host, "");
+  assert.deepEqual(i.readiness, { kind: "dhcp" });
+  const ports = i.ports as { bridge: string; mac: string; tap: string; fixedIp: string; dhcpHost: string }[];
+  assert.equal(ports[0].bridge, "kvlb-00000000");
+  assert.equal(ports[0].fixedIp, "172.24.4.50");
+  assert.match(ports[0].mac, /^fa:16:3e(:[0-9a-f]{2}){3}$/);
+  assert.match(ports[0].tap, /^tap[0-9a-f]{11}$/);
+  const xml = i.domainXml as { kvm: string; qemu: string };
+  assert.ok(xml.kvm.startsWith("<domain type='kvm'>") && xml.qemu.startsWith("<domain type='qemu'>"));
+  for (const x of [xml.kvm, xml.qemu]) {
+    assert.ok(x.includes(`<uuid>${i.uuid as string}</uuid>`));
+    assert.ok(x.includes(`<mac address='${ports[0].mac}'/>`));
+    assert.ok(x.includes("<kernel>/var/lib/kvmlab/images/labimg/kernel</kernel>"));
+    assert.ok(x.includes("<cmdline>console=ttyS0 lab.name=web1</cmdline>"));
+    assert.ok(x.includes("<source file='/var/lib/kvmlab/instances/web1/seed.iso'/>"));
+    assert.ok(x.includes("<memory unit='MiB'>128</memory>"));
+  }
+  const seed = i.cloudInit as { metaData: string; userData: string; networkConfig: string };
+  assert.match(seed.metaData, new RegExp(i.uuid as string));
+  assert.match(
+    seed.userData,
+    /ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl op/,
+  );
+  assert.match(seed.networkConfig, new RegExp(ports[0].mac));
+  // Same name and stack → same identity on the next run.
+  const { renderServer } = await import("../../components/server");
+  assert.equal(
+    renderServer({
+      serverName: "web1",
+      uuidSeed: "proj/dev/web1",
+      lab: "proj",
+      project: "dev",
+      image: { name: "labimg", kind: "kernel", disk: "", format: "qcow2", kernel: "/k", ramdisk: "" },
+      flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 0 },
+      ports: [],
+      kernelCmdline: "",
+      cloudInit: false,
+      publicKeys: [],
+      userName: "kvmlab",
+      userData: {},
+      consoleListen: "0.0.0.0",
+    }).uuid,
+    i.uuid,
+  );
+});
+
+test("zones pin the server; an unknown zone or subnet is a clear error", async () => {
+  const { Network } = await import("../../components/network");
+  const { Server, hostsInZone } = await import("../../components/server");
+  assert.deepEqual(hostsInZone(["hv1", "hv2"], "az2", { az1: ["hv1"], az2: ["hv2"] }), ["hv2"]);
+  assert.throws(() => hostsInZone(["hv1"], "nope", { az1: ["hv1"] }), /zone "nope" is not defined/);
+  const net = new Network("lan2", {
+    kind: "provider",
+    hosts,
+    subnets: [{ name: "lan2-v4", cidr: "10.30.0.0/24" }],
+  });
+  const dbServer = new Server("db1", {
+    hosts,
+    image: { name: "img", kind: "disk", disk: "/var/lib/kvmlab/images/img/disk" },
+    flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 1 },
+    ports: [{ network: net, subnet: "lan2-v4" }],
+    availabilityZone: "az2",
+    availabilityZones: { az1: ["hv1"], az2: ["hv2"] },
+  });
+  await unwrap(dbServer.ip);
+  const db = registered.find((x) => x.type.endsWith("kvmlab:Server") && x.name === "db1");
+  assert.equal(db?.inputs.host, "hv2");
+  assert.throws(
+    () =>
+      new Server("bad1", {
+        hosts,
+        image: { name: "img", kind: "disk", disk: "/d" },
+        flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+        ports: [{ network: net, subnet: "nosuch" }],
+      }),
+    /ports\[0\]\.subnet: the network has no subnet "nosuch"; use one of lan2-v4/,
+  );
+});
