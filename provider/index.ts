@@ -3,3 +3,7 @@ export * from "./host";
 export * from "./ipam";
 export * from "./network";
 export * from "./subnet";
+export * from "./image";
+export * from "./flavor";
+export * from "./keypair";
+export * from "./server";
