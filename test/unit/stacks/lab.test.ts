@@ -52,6 +52,24 @@ test("three-tier.yaml validates into the lab the issue describes", () => {
       `SSH into ${g} only from the bastion`,
     );
   }
+  // … and nothing else: every inbound rule of the tiers, exactly (a wider range or an extra
+  // source would pass the checks above).
+  const inbound = (g: string) =>
+    rules(g)
+      .filter((r) => r.direction === "ingress")
+      .map((r) => `${r.protocol} ${r.ports?.min}-${r.ports?.max} <- ${r.remoteCidr ?? r.remoteGroup}`)
+      .sort();
+  assert.deepEqual(inbound("web"), [
+    "tcp 22-22 <- bastion",
+    "tcp 443-443 <- 0.0.0.0/0",
+    "tcp 80-80 <- 0.0.0.0/0",
+  ]);
+  assert.deepEqual(inbound("was"), [
+    "tcp 22-22 <- bastion",
+    "tcp 8080-8080 <- was-lb",
+    "tcp 8080-8080 <- web",
+  ]);
+  assert.deepEqual(inbound("db"), ["tcp 22-22 <- bastion", "tcp 3306-3306 <- was"]);
   assert.equal(lab.apps[0].kind, "threeTier");
   assert.equal(lab.servers[0].project, "shop", "defaultProject applies");
 });
