@@ -194,16 +194,23 @@ export function httpGet(
 ): Promise<{ status: number; body: string } | undefined> {
   assertSandboxAddress(status, ip);
   return new Promise((resolve) => {
+    // `timeout` below only bounds idle time; this bounds the whole request (connect to last byte).
+    const overall = setTimeout(() => req.destroy(), timeoutMs);
+    const done = (v: { status: number; body: string } | undefined) => {
+      clearTimeout(overall);
+      resolve(v);
+    };
     const req = http.get({ host: ip, port: 80, path: urlPath, timeout: timeoutMs, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (b: Buffer) => chunks.push(b));
       res.on("end", () =>
-        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }),
+        done({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }),
       );
-      res.on("error", () => resolve(undefined));
+      res.on("error", () => done(undefined));
+      res.on("aborted", () => done(undefined));
     });
     req.on("timeout", () => req.destroy());
-    req.on("error", () => resolve(undefined));
+    req.on("error", () => done(undefined));
   });
 }
 
@@ -250,9 +257,18 @@ export function testGuestXml(status: SandboxStatus, g: TestGuest): string {
   check("bridge", g.bridge, /^[A-Za-z0-9_.-]{1,15}$/);
   if (g.ipCidr !== undefined) check("ipCidr", g.ipCidr, /^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/);
   if (g.gateway !== undefined) check("gateway", g.gateway, /^\d{1,3}(\.\d{1,3}){3}$/);
-  if (g.probeUrl !== undefined)
-    check("probeUrl", g.probeUrl, /^http:\/\/[A-Za-z0-9.:-]+(\/[A-Za-z0-9._/-]*)?$/);
+  if (g.probeUrl !== undefined) {
+    check("probeUrl", g.probeUrl, /^http:\/\/\d{1,3}(\.\d{1,3}){3}(:\d{1,5})?(\/[A-Za-z0-9._/-]*)?$/);
+    // The guest fetches it: like every test request, it must stay inside this sandbox.
+    assertSandboxAddress(status, new URL(g.probeUrl).hostname);
+  }
+  if (
+    g.memoryMiB !== undefined &&
+    !(Number.isInteger(g.memoryMiB) && g.memoryMiB >= 96 && g.memoryMiB <= 4096)
+  )
+    throw new Error(`testGuestXml: invalid memoryMiB ${g.memoryMiB}: give a whole number from 96 to 4096`);
   for (const p of [status.image.kernel, status.image.ramdisk]) check("image path", p, /^\/[A-Za-z0-9_./-]+$/);
+  check("image cmdline", status.image.cmdline, /^[A-Za-z0-9=_.,: -]*$/);
   const net =
     (g.ipCidr !== undefined ? ` lab.ip=${g.ipCidr}` : "") +
     (g.gateway !== undefined ? ` lab.gw=${g.gateway}` : "") +
