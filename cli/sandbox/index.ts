@@ -312,10 +312,14 @@ async function build(
     () => ensureGuestImage(plan.cacheDir, say),
     (img) => `${img.built ? "built" : "cached"}, linux ${img.kernelVersion}`,
   );
-  await step("keys", async () => {
-    await ensureKey(plan.privateKeyPath, `kvmlab-sandbox-${plan.instance}`);
-    for (const h of plan.hosts) await ensureKey(h.hostKeyPath, `${h.name}.kvmlab-sandbox-${plan.instance}`);
-  });
+  await step(
+    "keys",
+    async () => {
+      await ensureKey(plan.privateKeyPath, `kvmlab-sandbox-${plan.instance}`);
+      for (const h of plan.hosts) await ensureKey(h.hostKeyPath, `${h.name}.kvmlab-sandbox-${plan.instance}`);
+    },
+    () => `lab key ${plan.privateKeyPath}, a host key per host`,
+  );
   const pub = (file: string) =>
     fs.readFileSync(`${file}.pub`, "utf8").trim().split(/\s+/).slice(0, 2).join(" ");
   const hostKeys = new Map(plan.hosts.map((h) => [h.name, pub(h.hostKeyPath)]));
@@ -335,7 +339,11 @@ async function build(
     () =>
       `bridges mgmt, ext, tun in ${plan.fabricNetns}; this machine ${plan.rootLinks.mgmt} ${plan.mgmt.runnerAddress}, ${plan.rootLinks.ext} ${plan.external.runnerAddress}`,
   );
-  state.pids["internet httpd"] = await step("internet", () => buildInternet(plan));
+  state.pids["internet httpd"] = await step(
+    "internet",
+    () => buildInternet(plan),
+    () => `${plan.internetNetns} at ${plan.external.gateway}, HTTP on port 80`,
+  );
   writeJsonAtomic(plan.statePath, state);
 
   const capsCacheDir = path.join(plan.cacheDir, "qemu-caps");
