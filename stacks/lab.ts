@@ -275,13 +275,11 @@ function schemaIssues(errors: readonly ErrorObject[], at: Locator): LabIssue[] {
   return issues;
 }
 
+/** Code-unit order: unlike localeCompare, the same on every machine whatever its locale. */
+const compare = (x: string, y: string): number => (x < y ? -1 : x > y ? 1 : 0);
+
 function byPosition(a: LabIssue, b: LabIssue): number {
-  return (
-    a.line - b.line ||
-    a.column - b.column ||
-    a.path.localeCompare(b.path) ||
-    a.message.localeCompare(b.message)
-  );
+  return a.line - b.line || a.column - b.column || compare(a.path, b.path) || compare(a.message, b.message);
 }
 
 /**
