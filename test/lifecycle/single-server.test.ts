@@ -195,6 +195,10 @@ test(
       `# live migration ${host1} -> ${host2}: ${String(migratedMs)} ms (whole up: ${migrationUpMs} ms)\n`,
     );
 
+    // The subnet's dnsmasq (on the first host, its DHCP host) must be gone after destroy.
+    const dhcpHost = status.hosts[0].name;
+    const dnsmasqPid = (await on(dhcpHost, "cat /var/lib/kvmlab/dhcp/ext-v4/dnsmasq.pid")).trim();
+    assert.match(dnsmasqPid, /^\d+$/);
     const gone = ok(await run("destroy"));
     destroyed = true;
     assert.equal(gone.counts.delete, up.counts.create);
@@ -211,5 +215,10 @@ test(
       );
       assert.equal(left.trim(), "", `${h.name} has leftovers:\n${left}`);
     }
+    const alive = await on(
+      dhcpHost,
+      `p=${dnsmasqPid}; if [ -r /proc/$p/stat ] && [ "$(awk '{print $3}' /proc/$p/stat)" != Z ] && grep -q dnsmasq /proc/$p/comm; then echo alive; fi`,
+    );
+    assert.equal(alive.trim(), "", `dnsmasq ${dnsmasqPid} still runs after destroy`);
   },
 );
