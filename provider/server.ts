@@ -77,6 +77,7 @@ import {
   destroyStep,
   infoStep,
   materializeSteps,
+  nameFreeStep,
   parseDomainInfo,
   preflightStep,
   readinessProbeStep,
@@ -209,7 +210,7 @@ async function placeAndClaim(
     const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
     if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
     const host = hostNamed(hosts, choice.host);
-    await runLocked(host, [recordStep(inputs, [])]);
+    await runLocked(host, [nameFreeStep(inputs), recordStep(inputs, [])]);
     return host;
   });
 }

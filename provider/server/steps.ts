@@ -138,6 +138,15 @@ export function recordStep(inputs: ServerInputs, addresses: { ip: string; mac: s
   return writeRecordStep("server", inputs.serverName, serverRecord(inputs, addresses));
 }
 
+/** Refuses (exit 34) when the host records another server (another UUID) under this name. */
+export function nameFreeStep(inputs: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  const rec = shQuote(recordPath("server", inputs.serverName));
+  return {
+    label: `check that the name ${inputs.serverName} is free on the host`,
+    script: `if [ -f ${rec} ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} ${rec}; then echo ${shQuote(`another server is recorded under the name ${inputs.serverName} on this host (${recordPath("server", inputs.serverName)}); rename this server`)} >&2; exit 34; fi`,
+  };
+}
+
 /** Starts the domain unless it runs. */
 export function startStep(name: string): Step {
   return {
@@ -215,17 +224,22 @@ export function parseDomainInfo(stdout: string): DomainInfo {
 export function deleteStep(name: string, uuid: string): Step {
   const p = serverPaths(name);
   const n = shQuote(name);
+  const rec = shQuote(recordPath("server", name));
   return {
     label: `delete server ${name}`,
     script: [
       `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
-      `if [ "$u" = ${shQuote(uuid)} ]; then`,
+      // A domain or record of the same name with another UUID belongs to another server (a name
+      // clash refused at create): leave all of it alone.
+      `if [ -n "$u" ] && [ "$u" != ${shQuote(uuid)} ]; then exit 0; fi`,
+      `if [ -f ${rec} ] && ! grep -qF -- ${shQuote(`"uuid": "${uuid}"`)} ${rec}; then exit 0; fi`,
+      'if [ -n "$u" ]; then',
       `  st=$(${VIRSH} domstate ${n} 2>/dev/null || true)`,
       `  if [ "$st" != "shut off" ]; then ${VIRSH} destroy ${n} >/dev/null 2>&1 || true; fi`,
       `  ${VIRSH} undefine ${n} >/dev/null`,
       "fi",
       `rm -rf ${shQuote(p.dir)}`,
-      `rm -f ${shQuote(recordPath("server", name))}`,
+      `rm -f ${rec}`,
       "true",
     ].join("\n"),
   };

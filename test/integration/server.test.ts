@@ -126,6 +126,7 @@ async function serverInputs(
     timeoutSec?: number;
     cmdline?: string;
     olds?: ServerInputs;
+    uuidSeed?: string;
   } = {},
 ): Promise<ServerInputs> {
   const image = {
@@ -144,7 +145,7 @@ async function serverInputs(
   };
   const r = renderServer({
     serverName: name,
-    uuidSeed: `itest/${name}`,
+    uuidSeed: over.uuidSeed ?? `itest/${name}`,
     lab: "itest",
     project: "srv",
     image,
@@ -360,5 +361,35 @@ test("a guest that never answers fails create with its serial log, and leaves no
   assert.doesNotMatch(
     await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
     /server:itsrv2/,
+  );
+});
+
+test("a name another server uses on the host is refused, and that server's files are left alone", async () => {
+  const mine = await serverInputs("itsrv3", { host: "hv1", powerState: "stopped" });
+  const outs = (await serverProvider.create!(mine)).outs as ServerOutputs;
+  assert.equal(outs.actualPowerState, "stopped");
+  const other = await serverInputs("itsrv3", {
+    host: "hv1",
+    powerState: "stopped",
+    uuidSeed: "another-stack/itsrv3",
+  });
+  assert.notEqual(other.uuid, mine.uuid);
+  await assert.rejects(
+    serverProvider.create!(other),
+    /another server is recorded under the name itsrv3 on this host/,
+  );
+  assert.match(await onHost("hv1", "cat /var/lib/kvmlab/records/server/itsrv3.json"), new RegExp(mine.uuid));
+  assert.match(await onHost("hv1", "virsh -c qemu:///system domuuid itsrv3"), new RegExp(mine.uuid));
+  assert.equal(
+    (await onHost("hv1", "test -f /var/lib/kvmlab/instances/itsrv3/domain.xml && echo kept")).trim(),
+    "kept",
+  );
+  // Deleting with the other UUID (e.g. an old state) touches nothing either.
+  await serverProvider.delete!(other.uuid, { ...outs, uuid: other.uuid });
+  assert.match(await onHost("hv1", "virsh -c qemu:///system domuuid itsrv3"), new RegExp(mine.uuid));
+  await serverProvider.delete!(mine.uuid, outs);
+  assert.equal(
+    (await onHost("hv1", "virsh -c qemu:///system list --all --name | grep -cx itsrv3 || true")).trim(),
+    "0",
   );
 });

@@ -26,7 +26,12 @@ import {
   migrateStep,
   parseDestinationFacts,
 } from "../../../provider/server/migrate";
-import { deleteStep, materializeSteps, readinessProbeStep } from "../../../provider/server/steps";
+import {
+  deleteStep,
+  materializeSteps,
+  nameFreeStep,
+  readinessProbeStep,
+} from "../../../provider/server/steps";
 import { assertSerializable } from "../../harness/serialization";
 
 const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
@@ -308,8 +313,14 @@ test("parsers read what the host steps print", () => {
 test("steps quote what they pass and guard the domain by UUID", () => {
   const i = checked();
   const del = deleteStep("web1", i.uuid).script;
-  assert.match(del, new RegExp(`if \\[ "\\$u" = ${i.uuid} \\]; then`));
+  assert.match(del, new RegExp(`grep -qF -- '"uuid": "${i.uuid}"'`));
   assert.match(del, /rm -rf \/var\/lib\/kvmlab\/instances\/web1\n/);
+  assert.match(
+    del,
+    /if \[ -n "\$u" \] && \[ "\$u" != [0-9a-f-]+ \]; then exit 0; fi/,
+    "another server's domain and files are left alone",
+  );
+  assert.match(nameFreeStep(i).script, /exit 34/);
   const steps = materializeSteps(i, i.domainXml.qemu);
   assert.ok(steps.some((s) => /genisoimage -quiet -output .* -volid cidata/.test(s.script)));
   assert.ok(steps.some((s) => s.label === "define domain web1"));
