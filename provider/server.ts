@@ -29,7 +29,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
   fingerprintOfKeyBlob,
-  hostCache,
   hostPoolStats,
   pinFingerprint,
   requireFeatures,
@@ -139,23 +138,10 @@ async function waited<T>(m: OpMetrics, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-/**
- * The domain type a host runs: kvm only when libvirt offers it (probeHost) AND the CPU shows
- * its virtualisation flags; /dev/kvm alone opens in nested setups where guests then abort.
- */
+/** The domain type a host runs: kvm where the host's probe found KVM usable, else qemu (TCG). */
 async function domainTypeOf(host: HostConnection): Promise<"kvm" | "qemu"> {
   const caps = await requireFeatures(host, ["libvirt"]);
-  if (!caps.kvm) return "qemu";
-  const flags = await hostCache(host, "server:cpu-virt-flags", async () => {
-    const [r] = await runSteps(host, [
-      {
-        label: "read CPU virtualisation flags",
-        script: "grep -qE '^flags[[:space:]]*:.*\\b(vmx|svm)\\b' /proc/cpuinfo",
-      },
-    ]);
-    return r.code === 0;
-  });
-  return flags ? "kvm" : "qemu";
+  return caps.kvm ? "kvm" : "qemu";
 }
 
 function sleep(ms: number): Promise<void> {

@@ -1,9 +1,10 @@
 /**
  * Capability probe: what a host can do, in one remote step, cached per host per process.
  *
- * KVM counts as usable only when /dev/kvm exists AND libvirt reports a `kvm` domain type
- * (`virsh domcapabilities --virttype kvm` succeeds); otherwise guests run under TCG
- * (`<domain type='qemu'>`). Tools missing for the features a resource needs become one error
+ * KVM counts as usable only when /dev/kvm exists, the CPU shows its virtualisation flags (vmx or
+ * svm) AND libvirt reports a `kvm` domain type (`virsh domcapabilities --virttype kvm` succeeds);
+ * otherwise guests run under TCG (`<domain type='qemu'>`). /dev/kvm alone is not enough: in nested
+ * or emulated setups it opens and libvirt offers kvm, but guests abort at start. Tools missing for the features a resource needs become one error
  * listing the Debian packages to install.
  */
 import type { HostConnection } from "./connection";
@@ -42,7 +43,7 @@ const PROBE_SCRIPT = [
   "if v virsh && virsh -c qemu:///system version >/tmp/.kvl-virsh.$$ 2>/dev/null; then",
   "  echo \"libvirt=$(awk '/Using library/ {print $NF}' /tmp/.kvl-virsh.$$)\"",
   "  echo \"qemu=$(awk '/Running hypervisor/ {print $NF}' /tmp/.kvl-virsh.$$)\"",
-  "  if [ -c /dev/kvm ] && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then echo kvm=yes; else echo kvm=no; fi",
+  "  if [ -c /dev/kvm ] && grep -qE '^flags[[:space:]]*:.*\\b(vmx|svm)\\b' /proc/cpuinfo && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then echo kvm=yes; else echo kvm=no; fi",
   "else echo libvirt=; echo qemu=; echo kvm=no; fi",
   "rm -f /tmp/.kvl-virsh.$$",
 ].join("\n");
