@@ -38,6 +38,7 @@ import {
 } from "../templates";
 import { Flavor } from "../provider/flavor";
 import { Image } from "../provider/image";
+import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
 
@@ -91,8 +92,8 @@ export interface ServerFlavorArgs {
 export interface ServerArgs {
   /** Name of the domain on the host. @default the component name */
   readonly serverName?: string;
-  /** Image in the hosts' image store: an Image resource, or its paths ({@link imageStorePaths}). */
-  readonly image: Image | pulumi.Input<ServerImageArgs>;
+  /** Image in the hosts' image store: an Image component or resource, or its paths ({@link imageStorePaths}). */
+  readonly image: ImageComponent | Image | pulumi.Input<ServerImageArgs>;
   /** vCPUs, RAM and disk: a Flavor resource or a literal; changing it is a cold resize. */
   readonly flavor: Flavor | pulumi.Input<ServerFlavorArgs>;
   /** NICs, in guest order (eth0, eth1…). @default none */
@@ -312,17 +313,19 @@ export class Server extends pulumi.ComponentResource {
         ]);
       }),
     );
+    // The Image component wraps the resource; both give the paths the resource resolved.
+    const imageArg = args.image instanceof ImageComponent ? args.image.image : args.image;
     const image: pulumi.Input<ServerImageArgs> =
-      args.image instanceof Image
+      imageArg instanceof Image
         ? {
-            name: args.image.imageName,
-            kind: args.image.format.apply((f) => (f === "kernel" ? ("kernel" as const) : ("disk" as const))),
-            disk: args.image.diskPath,
-            format: args.image.diskFormat.apply((f) => (f === "raw" ? ("raw" as const) : ("qcow2" as const))),
-            kernel: args.image.kernelPath,
-            ramdisk: args.image.ramdiskPath,
+            name: imageArg.imageName,
+            kind: imageArg.format.apply((f) => (f === "kernel" ? ("kernel" as const) : ("disk" as const))),
+            disk: imageArg.diskPath,
+            format: imageArg.diskFormat.apply((f) => (f === "raw" ? ("raw" as const) : ("qcow2" as const))),
+            kernel: imageArg.kernelPath,
+            ramdisk: imageArg.ramdiskPath,
           }
-        : (args.image as pulumi.Input<ServerImageArgs>);
+        : (imageArg as pulumi.Input<ServerImageArgs>);
     const flavor: pulumi.Input<ServerFlavorArgs> =
       args.flavor instanceof Flavor
         ? {

@@ -2,7 +2,7 @@
  * The Server component under pulumi.runtime.setMocks: what it registers (one Server dynamic
  * resource, parented to the component), what it renders into the inputs (both domain types,
  * ports from the network's outputs, NoCloud seed with the keypair, deterministic UUID/MAC/tap),
- * how zones map. Proves the
+ * how zones map, how an Image component's paths reach the resource. Proves the
  * wiring only; test/integration/server.test.ts proves the hosts accept it.
  */
 import { before, test } from "node:test";
@@ -32,6 +32,16 @@ before(async () => {
         const state: Record<string, unknown> = { ...args.inputs };
         if (args.type.endsWith("kvmlab:Network")) state.bridge = "kvlb-00000000";
         if (args.type.endsWith("kvmlab:Server")) state.ips = ["172.24.4.101"];
+        if (args.type.endsWith("kvmlab:Image")) {
+          // What the Image provider resolves for a raw disk image.
+          const dir = `/var/lib/kvmlab/images/${args.inputs.imageName as string}`;
+          Object.assign(state, {
+            format: "raw",
+            diskPath: `${dir}/disk.raw`,
+            kernelPath: "",
+            ramdiskPath: "",
+          });
+        }
         return { id: `${args.name}-id`, state };
       },
       call(args) {
@@ -148,4 +158,34 @@ test("zones pin the server; an unknown zone or subnet is a clear error", async (
       }),
     /ports\[0\]\.subnet: the network has no subnet "nosuch"; use one of lan2-v4/,
   );
+});
+
+test("an Image component as image: the resource's resolved paths and kind reach the Server's inputs", async () => {
+  const { Image } = await import("../../components/image");
+  const { Server } = await import("../../components/server");
+  const img = new Image("rawimg", {
+    hosts,
+    source: { localPath: "/srv/rawimg.raw", sha256: "e".repeat(64) },
+    diskFormat: "raw",
+  });
+  const srv = new Server("app1", {
+    hosts,
+    image: img,
+    flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 1 },
+    cloudInit: false,
+  });
+  await unwrap(srv.uuid);
+  const r = registered.find((x) => x.type.endsWith("kvmlab:Server") && x.name === "app1");
+  assert.ok(r, `registered: ${registered.map((x) => `${x.type}/${x.name}`).join(", ")}`);
+  assert.deepEqual(r.inputs.image, {
+    name: "rawimg",
+    kind: "disk",
+    disk: "/var/lib/kvmlab/images/rawimg/disk.raw",
+    format: "raw",
+    kernel: "",
+    ramdisk: "",
+  });
+  const xml = r.inputs.domainXml as { kvm: string; qemu: string };
+  assert.ok(xml.qemu.includes("<source file='/var/lib/kvmlab/instances/app1/disk.qcow2'/>"));
+  assert.ok(xml.qemu.includes("<kvmlab:image>rawimg</kvmlab:image>"));
 });
