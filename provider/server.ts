@@ -9,15 +9,18 @@
  *   create  placement (unless pinned): every candidate host's capacity and kvmlab's server
  *           records, the host with the most free RAM that fits the flavor, claimed by writing
  *           the server's record; IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the
- *           port MACs); on the host, one batch under the host lock: instance folder, NoCloud
- *           seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the host's domain
- *           type (kvm when usable, else qemu), virsh define; start; readiness wait (bounded,
- *           serial log tail in the error). On failure everything is removed again.
+ *           port MACs); on the host, one batch under the host lock: instance folder, the
+ *           image's user marker (images/<image>/.users/<server>, which makes the image's
+ *           delete refuse), NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain
+ *           XML for the host's domain type (kvm when usable, else qemu), virsh define; start;
+ *           readiness wait (bounded, serial log tail in the error). On failure everything is
+ *           removed again.
  *   read    dominfo + vncdisplay on the server's host (gone = deleted)
- *   update  migrate (virsh migrate --live, see server/migrate.ts), then redefine (stop, define,
- *           start), then start/stop
+ *   update  migrate (virsh migrate --live, see server/migrate.ts; the destination is marked
+ *           as a user of the image, the source's marker goes with the source's files), then
+ *           redefine (stop, define, start), then start/stop
  *   delete  the domain (only when its UUID is this server's), the instance folder (disk, seed,
- *           serial log), the record and the IP reservations; idempotent
+ *           serial log), the image's user marker, the record and the IP reservations; idempotent
  *
  * Files on the host: /var/lib/kvmlab/instances/<serverName>/{disk.qcow2, seed/, seed.iso,
  * console.log, domain.xml}; record /var/lib/kvmlab/records/server/<serverName>.json.
@@ -436,7 +439,7 @@ async function migrateServer(
     // The source keeps the domain until the migration completes (--undefinesource); remove
     // what was prepared on the destination unless the domain runs there after all.
     const after = await readInfo(src, olds.serverName).catch(() => undefined);
-    if (after?.defined) await runLocked(dst, [deleteStep(olds.serverName, olds.uuid)]).catch(() => undefined);
+    if (after?.defined) await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
     throw err;
   } finally {
     if (authorizedKeysFile)
@@ -444,7 +447,7 @@ async function migrateServer(
     await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
   }
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
-  await runLocked(src, [deleteStep(olds.serverName, olds.uuid)]);
+  await runLocked(src, [deleteStep(olds)]);
   return migratedMs;
 }
 
@@ -490,7 +493,7 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
       return { id: inputs.uuid, outs };
     } catch (err) {
       // Leave nothing behind: domain, files, record, IP reservations.
-      if (host) await runLocked(host, [deleteStep(inputs.serverName, inputs.uuid)]).catch(() => undefined);
+      if (host) await runLocked(host, [deleteStep(inputs)]).catch(() => undefined);
       await releasePorts(inputs).catch(() => undefined);
       throw err;
     }
@@ -573,7 +576,7 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
   async delete(_id, olds) {
     const m = startMetrics("delete", olds.serverName);
     const host = hostNamed(olds.hosts, olds.host, olds.hostKeys);
-    await waited(m, () => runLocked(host, [deleteStep(olds.serverName, olds.uuid)]));
+    await waited(m, () => runLocked(host, [deleteStep(olds)]));
     await releasePorts(olds, olds.hostKeys);
     finishMetrics(m, { host: host.name });
   },

@@ -3,8 +3,9 @@
  * validated values and shQuote()d arguments) and the parsers of what they print.
  */
 import { recordPath, shQuote, uploadStep, writeRecordStep, type Step } from "../host";
+import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
-import { serverPaths, type ServerInputs, type ServerPort } from "./model";
+import { serverPaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
@@ -67,8 +68,19 @@ export function preflightStep(inputs: ServerInputs): Step {
 }
 
 /**
+ * Whether the server's image files are those of the image store's image of that name (what an
+ * Image resource put there); only then is the server marked as a user of that image.
+ */
+export function usesStoreImage(image: ServerImage): boolean {
+  const dir = `${imageDir(image.name)}/`;
+  const files = [image.disk, image.kernel, image.ramdisk].filter((f) => f !== "");
+  return files.length > 0 && files.every((f) => f.startsWith(dir) && !f.slice(dir.length).includes("/"));
+}
+
+/**
  * Steps that put the server's files on a host and define the domain (idempotent): instance
- * folder, seed files and ISO, qcow2 overlay (grown to the flavor's disk), domain XML, define.
+ * folder, the image's user marker (so the image's delete refuses while the server is here),
+ * seed files and ISO, qcow2 overlay (grown to the flavor's disk), domain XML, define.
  * A domain of the same name with another UUID is refused (it is not this server's).
  */
 export function materializeSteps(inputs: ServerInputs, xml: string, opts: { define?: boolean } = {}): Step[] {
@@ -85,6 +97,7 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
       ].join("\n"),
     },
   ];
+  if (usesStoreImage(inputs.image)) steps.push(imageUserStep(inputs.image.name, inputs.serverName, true));
   if (inputs.cloudInit.metaData !== "") {
     steps.push(
       uploadStep(`${p.seedDir}/meta-data`, inputs.cloudInit.metaData),
@@ -219,9 +232,10 @@ export function parseDomainInfo(stdout: string): DomainInfo {
 
 /**
  * Removes the server from a host (idempotent): the domain only when its UUID is this server's,
- * the instance folder and the record. Leaves everything else alone.
+ * the instance folder, its user marker on the image and the record. Leaves everything else alone.
  */
-export function deleteStep(name: string, uuid: string): Step {
+export function deleteStep(server: Pick<ServerInputs, "serverName" | "uuid" | "image">): Step {
+  const { serverName: name, uuid } = server;
   const p = serverPaths(name);
   const n = shQuote(name);
   const rec = shQuote(recordPath("server", name));
@@ -239,6 +253,7 @@ export function deleteStep(name: string, uuid: string): Step {
       `  ${VIRSH} undefine ${n} >/dev/null`,
       "fi",
       `rm -rf ${shQuote(p.dir)}`,
+      imageUserStep(server.image.name, name, false).script,
       `rm -f ${rec}`,
       "true",
     ].join("\n"),

@@ -5,9 +5,11 @@
  * Proves: placement picks a host and keeps it; the guest boots from the sandbox kernel+ramdisk
  * with a NoCloud seed, gets its reserved address by DHCP and answers HTTP from the runner;
  * stop/start; cold resize keeps UUID, MAC and IP and shows the new memory in dominfo; live
- * migration moves it (still answering, gone from the old host, migration key revoked); delete
- * leaves no domain, file, record or reservation and is idempotent; a guest that never gets
- * ready fails create with its serial log in the error and leaves nothing behind.
+ * migration moves it (still answering, gone from the old host, migration key revoked); the
+ * image's `.users` marker follows the server (set on create and on the migration's destination,
+ * gone from the source and after delete); delete leaves no domain, file, record or reservation
+ * and is idempotent; a guest that never gets ready fails create with its serial log in the
+ * error and leaves nothing behind.
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -203,6 +205,15 @@ async function onHost(host: string, cmd: string): Promise<string> {
   return sshCheck(status, host, cmd);
 }
 
+/** Whether the image store marks `server` as a user of labimg on `host`. */
+async function marked(host: string, server: string): Promise<boolean> {
+  const out = await onHost(
+    host,
+    `test -f /var/lib/kvmlab/images/labimg/.users/${server} && echo yes || echo no`,
+  );
+  return out.trim() === "yes";
+}
+
 async function answers(ip: string): Promise<string> {
   return waitFor(`HTTP at ${ip}`, async () => (await httpGet(status, ip, "/"))?.body, {
     timeoutMs: 20_000,
@@ -234,6 +245,8 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
     ),
     /"ramMiB": 128/,
   );
+  assert.ok(await marked(first, "itsrv1"), "create marks the image as used on the server's host");
+  assert.ok(!(await marked(other, "itsrv1")));
   assert.match(
     await onHost(subnet!.dhcpHost, `cat /var/lib/kvmlab/dhcp/srvnet-v4/hosts`),
     new RegExp(`${inputs.ports[0].mac},${outs.ips[0].replace(/\./g, "\\.")}`),
@@ -301,6 +314,8 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
     "the migration key is revoked",
   );
   assert.equal((await onHost(first, "ls /var/lib/kvmlab/migrate 2>/dev/null | wc -l")).trim(), "0");
+  assert.ok(await marked(other, "itsrv1"), "the destination marks the image as used");
+  assert.ok(!(await marked(first, "itsrv1")), "the source's marker is gone");
   assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
   process.stdout.write(`# live migration ${first} -> ${other}: ${outs.lastMigrationMs} ms\n`);
 
@@ -324,6 +339,7 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
       ).trim(),
       "0",
     );
+    assert.ok(!(await marked(h, "itsrv1")), `no image marker left on ${h}`);
   }
   assert.doesNotMatch(
     await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
@@ -358,6 +374,7 @@ test("a guest that never answers fails create with its serial log, and leaves no
     ).trim(),
     "0",
   );
+  assert.ok(!(await marked("hv2", "itsrv2")), "the failed create's image marker is gone");
   assert.doesNotMatch(
     await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
     /server:itsrv2/,
@@ -387,7 +404,9 @@ test("a name another server uses on the host is refused, and that server's files
   // Deleting with the other UUID (e.g. an old state) touches nothing either.
   await serverProvider.delete!(other.uuid, { ...outs, uuid: other.uuid });
   assert.match(await onHost("hv1", "virsh -c qemu:///system domuuid itsrv3"), new RegExp(mine.uuid));
+  assert.ok(await marked("hv1", "itsrv3"), "the other server's image marker is left alone");
   await serverProvider.delete!(mine.uuid, outs);
+  assert.ok(!(await marked("hv1", "itsrv3")));
   assert.equal(
     (await onHost("hv1", "virsh -c qemu:///system list --all --name | grep -cx itsrv3 || true")).trim(),
     "0",

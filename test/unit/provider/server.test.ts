@@ -312,9 +312,13 @@ test("parsers read what the host steps print", () => {
 
 test("steps quote what they pass and guard the domain by UUID", () => {
   const i = checked();
-  const del = deleteStep("web1", i.uuid).script;
+  const del = deleteStep(i).script;
   assert.match(del, new RegExp(`grep -qF -- '"uuid": "${i.uuid}"'`));
   assert.match(del, /rm -rf \/var\/lib\/kvmlab\/instances\/web1\n/);
+  assert.ok(
+    del.indexOf("rm -f /var/lib/kvmlab/images/cirros/.users/web1\n") > del.indexOf("then exit 0; fi"),
+    "the image's user marker goes only after the UUID guards",
+  );
   assert.match(
     del,
     /if \[ -n "\$u" \] && \[ "\$u" != [0-9a-f-]+ \]; then exit 0; fi/,
@@ -322,6 +326,30 @@ test("steps quote what they pass and guard the domain by UUID", () => {
   );
   assert.match(nameFreeStep(i).script, /exit 34/);
   const steps = materializeSteps(i, i.domainXml.qemu);
+  const mark = steps.findIndex((s) => s.label === "mark image cirros as used by web1");
+  assert.ok(mark > 0, "the image is marked as used, after the UUID guard of the first step");
+  assert.match(
+    steps[mark].script,
+    /mkdir -p \/var\/lib\/kvmlab\/images\/cirros\/\.users && : > \/var\/lib\/kvmlab\/images\/cirros\/\.users\/web1/,
+  );
+  assert.ok(
+    materializeSteps(i, i.domainXml.qemu, { define: false }).some(
+      (s) => s.label === "mark image cirros as used by web1",
+    ),
+    "the destination of a migration is marked too",
+  );
+  // Files outside the store's folder of that name are not the image's: no marker.
+  for (const kernel of [
+    "/boot/vmlinuz",
+    "/var/lib/kvmlab/images/other/kernel",
+    "/var/lib/kvmlab/images/cirros/x/kernel",
+  ]) {
+    const foreign = { ...i, image: { ...i.image, kernel } };
+    assert.ok(
+      !materializeSteps(foreign, i.domainXml.qemu).some((s) => (s.label ?? "").startsWith("mark image")),
+      kernel,
+    );
+  }
   assert.ok(steps.some((s) => /genisoimage -quiet -output .* -volid cidata/.test(s.script)));
   assert.ok(steps.some((s) => s.label === "define domain web1"));
   assert.ok(
