@@ -7,13 +7,16 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs, unreadable, UsageError } from "./lab/args";
 
-const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--domain-type kvm|qemu]
+const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--stack NAME] [--domain-type kvm|qemu]
 
 Writes every artifact of a lab definition to DIR for review, touching no host:
   servers/<name>.xml, servers/<name>/{meta-data,user-data,network-config},
-  loadbalancers/<name>/haproxy.cfg, subnets/<name>/dnsmasq.conf, plan.json.
-Addresses the lab does not fix are allocated deterministically (see plan.json).
+  loadbalancers/<name>/haproxy.cfg, subnets/<name>/{dnsmasq.conf,hosts}, plan.json.
+Names, UUIDs, MACs and paths are the ones the components and providers use on the hosts,
+for the Pulumi project <lab name> and the stack --stack. Addresses the lab does not fix are
+allocated deterministically (see plan.json).
   --out DIR          output folder: new, empty, or an earlier render's output
+  --stack NAME       Pulumi stack the lab is applied as; seeds server UUIDs and MACs (default dev)
   --domain-type T    libvirt domain type to render (default kvm; hosts without /dev/kvm use qemu)`;
 
 /** Lists files written by a render, so a re-render can replace exactly them. */
@@ -72,7 +75,7 @@ function prepare(dir: string): void {
 export async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs(argv, ["out", "domain-type"]);
+    parsed = parseArgs(argv, ["out", "domain-type", "stack"]);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     console.error(`kvmlab render: ${err.message}\n\n${USAGE}`);
@@ -100,6 +103,13 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`kvmlab render: --domain-type must be kvm or qemu, got ${String(domainType)}`);
     return 2;
   }
+  const stack = parsed.options.get("stack") ?? "dev";
+  const { checkName } = require("../provider/host/quote") as typeof import("../provider/host/quote");
+  const badStack = checkName("--stack", stack);
+  if (badStack !== undefined) {
+    console.error(`kvmlab render: ${badStack}`);
+    return 2;
+  }
   const file = parsed.positional[0];
   let text: string;
   try {
@@ -116,7 +126,13 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`\n${file}: ${issues.length} problem${issues.length === 1 ? "" : "s"}; nothing rendered`);
     return 1;
   }
-  const { files } = renderLab(lab, { domainType });
+  let files: Map<string, string>;
+  try {
+    files = renderLab(lab, { domainType, stack: stack as string }).files;
+  } catch (err) {
+    console.error(`kvmlab render: ${file}: ${(err as Error).message}`);
+    return 1;
+  }
   const dir = path.resolve(out);
   try {
     prepare(dir);

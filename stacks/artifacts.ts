@@ -1,44 +1,56 @@
 /**
  * Every artifact of a lab definition, rendered without touching a host: one file per object,
- * keyed by its path relative to the output folder. Pure and deterministic: the same lab gives
+ * keyed by its path relative to the output folder. The files are what the components would
+ * hand the providers: servers through components/server.ts `renderServer`, subnets through
+ * components/network.ts `planSubnet` and provider/ipam.ts, device names and paths from
+ * provider/network.ts, provider/ipam.ts and provider/server/model.ts; none is re-derived here. Pure and deterministic: the same lab gives
  * byte-identical files.
  *
  *   servers/<name>.xml                         libvirt domain
  *   servers/<name>/{meta-data,user-data,network-config}   NoCloud seed
  *   loadbalancers/<name>/haproxy.cfg
- *   subnets/<name>/dnsmasq.conf                (subnets with dhcp)
+ *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
  *   plan.json                                  allocations this render assumed
  */
-import {
-  dhcpInterfaceName,
-  dhcpPaths,
-  domainName,
-  imagePaths,
-  instancePaths,
-  loadBalancerPaths,
-  renderCloudInit,
-  renderDnsmasqConf,
-  renderDomainXml,
-  renderHaproxyCfg,
-  serverUuid,
-  toCloudInitView,
-  toDnsmasqView,
-  toDomainView,
-  toHaproxyView,
-  type MemberSpec,
-} from "../templates";
+import { imageStorePaths, renderServer } from "../components/server";
+import { checkName } from "../provider/host/quote";
+import { hostsFileText, dhcpPaths, type IpamRecord } from "../provider/ipam";
+import { networkDevices } from "../provider/network";
+import { portOwner, serverPaths } from "../provider/server/model";
+import { loadBalancerPaths, renderHaproxyCfg, toHaproxyView, type MemberSpec } from "../templates";
 import type { Lab } from "./model";
-import { planLab, type LabPlan, type PlannedServer } from "./plan";
+import { planLab, subnetPlan, type LabPlan, type PlannedServer } from "./plan";
+
+/** The stack `kvmlab render` assumes when none is given. */
+export const DEFAULT_STACK = "dev";
 
 export interface RenderOptions {
   /** libvirt domain type to render; the provider detects it per host at apply time. @default "kvm" */
   readonly domainType?: "kvm" | "qemu";
+  /**
+   * Pulumi stack the lab is applied as (the Pulumi project is the lab's name). A server's UUID,
+   * MACs and tap names are seeded from `<lab>/<stack>/<server>`, as components/server.ts seeds
+   * them from `<project>/<stack>/<server>`. @default "dev"
+   */
+  readonly stack?: string;
+}
+
+/** What one server's render gave (components/server.ts `renderServer`). */
+export interface RenderedServer {
+  readonly uuid: string;
+  readonly uuidSeed: string;
+  readonly macs: readonly string[];
+  readonly taps: readonly string[];
 }
 
 /** What `kvmlab render` prints and writes to plan.json about values decided at apply time. */
 export const RENDER_NOTES: readonly string[] = [
-  "Addresses not fixed in the lab were allocated deterministically from each subnet's pool, in definition order (DHCP ports, router gateways, VIPs, server ports, autoscale members, floating IPs); `pulumi up` allocates them the same way unless the hosts already hold other allocations.",
+  "Names on the hosts are the lab's own object names (domain <server>, bridge kvlb-<id> of <network>, namespace qdhcp-<network>), exactly as the components and providers derive them; two labs or stacks that share hosts need distinct object names (the Server provider refuses a domain name another server holds).",
+  "Servers' UUIDs, MACs and tap names are seeded from <lab>/<stack>/<server>: the Pulumi project is the lab name, the stack is --stack (default dev).",
+  "Guests get every address by DHCP: fixed and allocated addresses reach dnsmasq through subnets/<name>/hosts (dhcp-hostsfile).",
+  "Addresses not fixed in the lab were allocated deterministically from each subnet's pool, in definition order (router gateways, VIPs, server ports, autoscale members, floating IPs) after each DHCP port took its pool's first address; `pulumi up` allocates the lowest free address when each resource is created, so the order can differ.",
   "Host placement of unpinned servers is decided at apply time (least-loaded host that fits); rendered files do not depend on it.",
+  "The domain type is detected per host at apply time (kvm where usable, else qemu); the files show --domain-type (default kvm).",
   "VNC ports are automatic (autoport) and chosen by libvirt when the domain starts.",
   "Autoscale groups are rendered at their desired size; scaling adds or removes <group>-<i> members.",
 ];
@@ -69,86 +81,60 @@ function serverPath(lab: Lab, s: PlannedServer): string {
 export function renderLab(
   lab: Lab,
   options: RenderOptions = {},
-): { files: Map<string, string>; plan: LabPlan } {
-  const plan = at("", () => planLab(lab));
+): { files: Map<string, string>; plan: LabPlan; servers: ReadonlyMap<string, RenderedServer> } {
+  const stack = options.stack ?? DEFAULT_STACK;
+  at("stack", () => {
+    const problem = checkName("stack", stack);
+    if (problem !== undefined) throw new Error(problem);
+  });
+  const plan = planLab(lab); // PlanError names its own path.
   const files: [string, string][] = [];
-  const subnetOf = new Map(
-    lab.networks.flatMap((n) => n.subnets.map((s) => [s.name, { subnet: s, network: n }] as const)),
-  );
 
+  const rendered = new Map<string, RenderedServer>();
   for (const s of plan.servers) {
     const path = serverPath(lab, s);
     const image = lab.images.find((i) => i.name === s.launch.image);
     const flavor = lab.flavors.find((f) => f.name === s.launch.flavor);
     if (image === undefined || flavor === undefined)
       throw new RenderError(path, new Error("image or flavor missing"));
-    const name = domainName(lab.name, s.name);
-    const paths = instancePaths(lab.name, s.name);
-    const imgPaths = imagePaths(image.name);
-    const xml = at(path, () =>
-      renderDomainXml(
-        toDomainView({
-          name,
-          uuid: serverUuid(lab.name, s.project, s.name),
-          type: options.domainType ?? "kvm",
-          vcpus: flavor.vcpus,
-          memoryMiB: flavor.ramMiB,
-          boot:
-            image.format === "kernel"
-              ? {
-                  kind: "kernel",
-                  kernel: imgPaths.kernel,
-                  initrd: image.ramdisk === null ? null : imgPaths.ramdisk,
-                  cmdline: image.cmdline ?? "",
-                }
-              : { kind: "disk", disk: paths.disk, format: "qcow2" },
-          seedIso: paths.seedIso,
-          nics: s.ports.map((p) => ({
-            bridge: p.bridge,
-            driver: p.driver,
-            target: p.tap,
-            mac: p.mac,
-            mtu: p.mtu,
-          })),
-          serialLog: paths.consoleLog,
-          vnc: { listen: "127.0.0.1", port: "auto" },
-          metadata: {
-            lab: lab.name,
-            project: s.project,
-            server: s.name,
-            image: image.name,
-            flavor: flavor.name,
-          },
-        }),
-      ),
-    );
-    files.push([`servers/${s.name}.xml`, xml]);
     const keypair = lab.keypairs.find((k) => k.name === s.launch.keypair);
-    const seed = at(path, () =>
-      renderCloudInit(
-        toCloudInitView({
-          instanceId: `i-${serverUuid(lab.name, s.project, s.name)}`,
-          hostname: s.name,
-          users: [
-            { name: image.defaultUser, sshAuthorizedKeys: keypair ? [keypair.publicKey] : [], sudo: true },
-          ],
-          writeFiles: s.launch.userData.writeFiles,
-          runcmd: s.launch.userData.runcmd,
-          nics: s.ports.map((p, i) => {
-            const { subnet } = subnetOf.get(p.subnet)!;
-            return {
-              name: `eth${i}`,
-              mac: p.mac,
-              address: { ip: p.ip, cidr: subnet.cidr },
-              gateway: i === 0 ? subnet.gateway : null,
-              dnsServers: subnet.dns,
-              mtu: p.mtu,
-            };
-          }),
-        }),
-      ),
+    const kind = image.format === "kernel" ? "kernel" : "disk";
+    // The lab program's Server component: named by the lab's server name, in project <lab>.
+    const uuidSeed = `${lab.name}/${stack}/${s.name}`;
+    const r = at(path, () =>
+      renderServer({
+        serverName: s.name,
+        uuidSeed,
+        lab: lab.name,
+        project: stack,
+        image: {
+          name: image.name,
+          kind,
+          format: image.format === "raw" ? "raw" : "qcow2",
+          ...imageStorePaths(image.name, kind),
+          ...(kind === "kernel" && image.ramdisk === null ? { ramdisk: "" } : {}),
+        },
+        flavor: { name: flavor.name, vcpus: flavor.vcpus, ramMiB: flavor.ramMiB, diskGiB: flavor.diskGiB },
+        ports: s.ports.map((p) => ({
+          networkName: p.network,
+          subnetName: p.subnet,
+          bridge: p.bridge,
+          driver: p.driver,
+          mtu: p.mtu,
+        })),
+        kernelCmdline: image.cmdline ?? "console=ttyS0",
+        cloudInit: true,
+        publicKeys: keypair ? [keypair.publicKey] : [],
+        userName: image.defaultUser,
+        userData: { writeFiles: s.launch.userData.writeFiles, runcmd: s.launch.userData.runcmd },
+        consoleListen: "0.0.0.0",
+      }),
     );
-    for (const [file, text] of Object.entries(seed)) files.push([`servers/${s.name}/${file}`, text]);
+    rendered.set(s.name, { uuid: r.uuid, uuidSeed, macs: r.macs, taps: r.taps });
+    files.push([`servers/${s.name}.xml`, r.domainXml[options.domainType ?? "kvm"]]);
+    files.push([`servers/${s.name}/meta-data`, r.cloudInit.metaData]);
+    files.push([`servers/${s.name}/user-data`, r.cloudInit.userData]);
+    files.push([`servers/${s.name}/network-config`, r.cloudInit.networkConfig]);
   }
 
   lab.loadBalancers.forEach((lb, i) => {
@@ -157,9 +143,9 @@ export function renderLab(
     const cfg = at(path, () =>
       renderHaproxyCfg(
         toHaproxyView({
-          name: `${lab.name}-${lb.name}`,
+          name: lb.name,
           vipAddress: plan.vips[lb.name].ip,
-          statsSocket: loadBalancerPaths(lab.name, lb.name).statsSocket,
+          statsSocket: loadBalancerPaths(lb.name).statsSocket,
           listeners: lb.listeners.map((l) => {
             const groups = lab.autoscaleGroups.filter(
               (g) => g.pool?.loadBalancer === lb.name && g.pool.listener === l.name,
@@ -216,55 +202,66 @@ export function renderLab(
   for (const network of lab.networks) {
     for (const subnet of network.subnets) {
       if (!subnet.dhcp) continue;
-      const path = `subnets.${subnet.name}`;
-      const conf = at(path, () =>
-        renderDnsmasqConf(
-          toDnsmasqView({
-            network: `${lab.name}-${network.name}`,
-            subnet: subnet.name,
-            interface: dhcpInterfaceName(lab.name, subnet.name),
-            cidr: subnet.cidr,
-            rangeStart: subnet.pool.start,
-            rangeEnd: subnet.pool.end,
-            gateway: subnet.gateway,
-            dnsServers: subnet.dns,
-            mtu: network.mtu,
-            hosts: plan.servers.flatMap((s) =>
-              s.ports
-                .filter((p) => p.subnet === subnet.name)
-                .map((p) => ({ mac: p.mac, ip: p.ip, hostname: s.name })),
-            ),
-            leaseFile: dhcpPaths(lab.name, subnet.name).leaseFile,
-            pidFile: dhcpPaths(lab.name, subnet.name).pidFile,
-          }),
-        ),
-      );
+      const path = `networks[${lab.networks.indexOf(network)}].subnets[${network.subnets.indexOf(subnet)}]`;
+      // What the Network component hands its Subnet: dnsmasq.conf, and the IPAM record whose
+      // MAC-carrying allocations become dnsmasq's dhcp-hostsfile.
+      const conf = at(path, () => subnetPlan(network, subnet).dnsmasqConf);
       files.push([`subnets/${subnet.name}/dnsmasq.conf`, conf]);
+      const allocations: IpamRecord["allocations"] = {
+        [plan.dhcpPorts[subnet.name]]: { owner: "dhcp", mac: "" },
+      };
+      for (const s of plan.servers)
+        s.ports.forEach((p, i) => {
+          if (p.subnet === subnet.name)
+            allocations[p.ip] = { owner: portOwner(s.name, i), mac: rendered.get(s.name)!.macs[i] };
+        });
+      const record: IpamRecord = {
+        subnet: subnet.name,
+        cidr: subnet.cidr,
+        gateway: subnet.gateway ?? "",
+        pool: subnet.pool,
+        allocations,
+      };
+      files.push([`subnets/${subnet.name}/hosts`, hostsFileText(record)]);
     }
   }
 
   const planJson = {
     lab: lab.name,
     notes: RENDER_NOTES,
-    servers: plan.servers.map((s) => ({
-      name: s.name,
-      group: s.group,
-      host: s.host ?? "decided at apply time",
-      floatingIp: s.floatingIp,
-      ports: s.ports.map((p) => ({
-        subnet: p.subnet,
-        ip: p.ip,
-        allocated: !p.fixed,
-        mac: p.mac,
-        tap: p.tap,
-        bridge: p.bridge,
-      })),
-    })),
+    stack,
+    networks: lab.networks.map((n) => {
+      const { shortId, bridge, vxlan } = networkDevices(n.name);
+      return { name: n.name, shortId, bridge, ...(n.kind === "selfservice" ? { vxlan } : {}) };
+    }),
+    subnets: lab.networks.flatMap((n) =>
+      n.subnets.filter((s) => s.dhcp).map((s) => ({ name: s.name, ...dhcpPaths(n.name, s.name) })),
+    ),
+    servers: plan.servers.map((s) => {
+      const r = rendered.get(s.name)!;
+      return {
+        name: s.name,
+        group: s.group,
+        host: s.host ?? "decided at apply time",
+        uuid: r.uuid,
+        uuidSeed: r.uuidSeed,
+        instanceDir: serverPaths(s.name).dir,
+        floatingIp: s.floatingIp,
+        ports: s.ports.map((p, i) => ({
+          subnet: p.subnet,
+          ip: p.ip,
+          allocated: !p.fixed,
+          mac: r.macs[i],
+          tap: r.taps[i],
+          bridge: p.bridge,
+        })),
+      };
+    }),
     loadBalancers: lab.loadBalancers.map((lb) => ({ name: lb.name, ...plan.vips[lb.name] })),
     dhcpPorts: plan.dhcpPorts,
     routerGateways: plan.routerGateways,
   };
   files.push(["plan.json", `${JSON.stringify(planJson, null, 2)}\n`]);
   files.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return { files: new Map(files), plan };
+  return { files: new Map(files), plan, servers: rendered };
 }

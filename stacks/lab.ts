@@ -324,7 +324,7 @@ export function parseLab(text: string): { lab: Lab | null; issues: LabIssue[] } 
   } catch (err) {
     if (!(err instanceof RenderError) && !(err instanceof PlanError)) throw err;
     const where = parsePath(err.path);
-    const message = err instanceof RenderError ? err.reason.message : err.message;
+    const message = err instanceof RenderError ? err.reason.message : err.detail;
     return {
       lab: null,
       issues: [

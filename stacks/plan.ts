@@ -3,15 +3,43 @@
  * `pulumi up` decides at apply time (host placement, VNC ports) stay open; addresses that are
  * not fixed in the lab are allocated here from each subnet's pool, in definition order:
  *
- *   1. gateways and every fixedIp / vipAddress are reserved first;
- *   2. one DHCP port per subnet with dhcp (Neutron's DHCP port);
+ *   1. gateways, and one DHCP port per subnet with dhcp: the first address of its pool, as the
+ *      Network component gives it (components/network.ts `planSubnet`);
+ *   2. every fixedIp / vipAddress (one equal to a DHCP port's address is an error: apply
+ *      would refuse it);
  *   3. router gateway legs on their external network;
  *   4. load balancer VIPs, in order;
  *   5. server ports, in order (servers, then autoscale group members `<group>-0…desired-1`);
  *   6. floating IPs: load balancers, then servers, in order.
  */
-import { bridgeName, cidrContains, intToIp, ipToInt, parseCidr, portMac, tapName } from "../templates";
+import { planSubnet } from "../components/network";
+import { networkDevices } from "../provider/network";
+import { cidrContains, intToIp, ipToInt, parseCidr } from "../templates";
 import type { Lab, LabLaunch, LabNetwork, LabSubnet } from "./model";
+
+/**
+ * MTU a lab network gets on the hosts: its `mtu`, else the Network component's default
+ * (1500 for provider networks, 1450 for selfservice ones, which lose 50 bytes to VXLAN).
+ */
+export function networkMtu(network: LabNetwork): number {
+  return network.mtu ?? (network.kind === "provider" ? 1500 : 1450);
+}
+
+/** What the Network component renders for a lab subnet (dnsmasq.conf, DHCP port address). */
+export function subnetPlan(network: LabNetwork, subnet: LabSubnet): ReturnType<typeof planSubnet> {
+  return planSubnet(
+    network.name,
+    {
+      name: subnet.name,
+      cidr: subnet.cidr,
+      gateway: subnet.gateway,
+      allocationPool: subnet.pool,
+      dnsServers: subnet.dns,
+      enableDhcp: subnet.dhcp,
+    },
+    networkMtu(network),
+  );
+}
 
 export interface PlannedPort {
   readonly subnet: string;
@@ -19,11 +47,10 @@ export interface PlannedPort {
   readonly ip: string;
   /** True when the lab fixed the address; false when this plan allocated it. */
   readonly fixed: boolean;
-  readonly mac: string;
-  readonly tap: string;
+  /** The network's bridge on every host (provider/network.ts `networkDevices`). */
   readonly bridge: string;
   readonly driver: LabNetwork["driver"];
-  readonly mtu: number | null;
+  readonly mtu: number;
 }
 
 export interface PlannedServer {
@@ -59,9 +86,10 @@ export interface LabPlan {
 export class PlanError extends Error {
   constructor(
     readonly path: string,
-    message: string,
+    /** The message without the path. */
+    readonly detail: string,
   ) {
-    super(`${path}: ${message}`);
+    super(`${path}: ${detail}`);
   }
 }
 
@@ -76,6 +104,9 @@ class Allocator {
   reserve(ip: string): void {
     this.used.add(ipToInt(ip));
   }
+  has(ip: string): boolean {
+    return this.used.has(ipToInt(ip));
+  }
   next(path: string): string {
     for (let ip = this.range[0]; ip <= this.range[1]; ip++) {
       if (!this.used.has(ip)) {
@@ -84,6 +115,15 @@ class Allocator {
       }
     }
     throw new PlanError(path, `allocation pool of subnet ${this.subnet.name} is exhausted`);
+  }
+}
+
+function subnetPlanAt(lab: Lab, network: LabNetwork, subnet: LabSubnet): ReturnType<typeof planSubnet> {
+  try {
+    return subnetPlan(network, subnet);
+  } catch (err) {
+    const n = lab.networks.indexOf(network);
+    throw new PlanError(`networks[${n}].subnets[${network.subnets.indexOf(subnet)}]`, (err as Error).message);
   }
 }
 
@@ -98,16 +138,31 @@ export function planLab(lab: Lab): LabPlan {
     return s;
   };
 
-  // 1. reservations
-  for (const s of lab.servers)
-    for (const p of s.networks) if (p.fixedIp !== null) get(p.subnet).pool.reserve(p.fixedIp);
-  for (const lb of lab.loadBalancers)
-    if (lb.vipAddress !== null) get(lb.vipSubnet).pool.reserve(lb.vipAddress);
-
-  // 2. DHCP ports
+  // 1. DHCP ports: the pool's first address, as the Subnet reserves it before any server exists.
   const dhcpPorts: Record<string, string> = {};
-  for (const { subnet, pool } of subnets.values())
-    if (subnet.dhcp) dhcpPorts[subnet.name] = pool.next(`subnet ${subnet.name} (DHCP port)`);
+  for (const { subnet, network, pool } of subnets.values()) {
+    if (!subnet.dhcp) continue;
+    const ip = subnetPlanAt(lab, network, subnet).dhcpAddress;
+    pool.reserve(ip);
+    dhcpPorts[subnet.name] = ip;
+  }
+  // 2. fixed addresses
+  const reserveFixed = (subnet: string, ip: string, path: string) => {
+    if (dhcpPorts[subnet] === ip)
+      throw new PlanError(
+        path,
+        `${ip} is the DHCP port's address of subnet ${subnet} (the first address of its pool); pick another address or start the pool elsewhere`,
+      );
+    get(subnet).pool.reserve(ip);
+  };
+  lab.servers.forEach((s, i) =>
+    s.networks.forEach((p, j) => {
+      if (p.fixedIp !== null) reserveFixed(p.subnet, p.fixedIp, `servers[${i}].networks[${j}].fixedIp`);
+    }),
+  );
+  lab.loadBalancers.forEach((lb, i) => {
+    if (lb.vipAddress !== null) reserveFixed(lb.vipSubnet, lb.vipAddress, `loadBalancers[${i}].vipAddress`);
+  });
 
   // 3. router gateway legs
   const externalSubnet = (network: string | null) =>
@@ -141,11 +196,9 @@ export function planLab(lab: Lab): LabPlan {
         network: network.name,
         ip,
         fixed: p.fixedIp !== null,
-        mac: portMac(lab.name, server, i),
-        tap: tapName(lab.name, server, i),
-        bridge: bridgeName(lab.name, network.name),
+        bridge: networkDevices(network.name).bridge,
         driver: network.driver,
-        mtu: network.mtu,
+        mtu: networkMtu(network),
       };
     });
   const servers: {

@@ -31,12 +31,10 @@ test("three-tier renders one file per object, and every file passes its real val
   assert.ok(files.has("loadbalancers/web-lb/haproxy.cfg") && files.has("loadbalancers/was-lb/haproxy.cfg"));
   assert.deepEqual(
     names.filter((n) => n.startsWith("subnets/")),
-    [
-      "subnets/db-subnet/dnsmasq.conf",
-      "subnets/mgmt-subnet/dnsmasq.conf",
-      "subnets/was-subnet/dnsmasq.conf",
-      "subnets/web-subnet/dnsmasq.conf",
-    ],
+    ["db-subnet", "mgmt-subnet", "was-subnet", "web-subnet"].flatMap((s) => [
+      `subnets/${s}/dnsmasq.conf`,
+      `subnets/${s}/hosts`,
+    ]),
     "no DHCP on the external subnet",
   );
   assert.deepEqual(names, [...names].sort(), "sorted");
@@ -71,16 +69,17 @@ test("three-tier: allocation is deterministic and wired through every artifact",
   assert.match(cfg, /bind 10\.10\.1\.11:80/);
   assert.match(cfg, /server web-0 10\.10\.1\.12:80 weight 1 check/);
   assert.match(cfg, /server web-1 10\.10\.1\.13:80 weight 1 check/);
-  const dhcp = a.files.get("subnets/web-subnet/dnsmasq.conf")!;
-  assert.ok(dhcp.includes(`dhcp-host=${web0.ports[0].mac},10.10.1.12,web-0`));
+  const web0mac = a.servers.get("web-0")!.macs[0];
+  const hosts = a.files.get("subnets/web-subnet/hosts")!;
+  assert.ok(hosts.split("\n").includes(`${web0mac},10.10.1.12`), hosts);
   const xml = a.files.get("servers/web-0.xml")!;
-  assert.ok(xml.includes(`<mac address='${web0.ports[0].mac}'/>`));
-  assert.ok(xml.includes(`<target dev='${web0.ports[0].tap}'/>`));
+  assert.ok(xml.includes(`<mac address='${web0mac}'/>`));
+  assert.ok(xml.includes(`<target dev='${a.servers.get("web-0")!.taps[0]}'/>`));
   assert.match(xml, /<domain type='kvm'>/, "kvm unless asked otherwise");
-  assert.match(xml, /<name>three-tier-web-0<\/name>/);
+  assert.match(xml, /<name>web-0<\/name>/);
   const nc = parse(a.files.get("servers/web-0/network-config")!);
-  assert.deepEqual(nc.ethernets.eth0.addresses, ["10.10.1.12/24"]);
-  assert.equal(nc.ethernets.eth0.match.macaddress, web0.ports[0].mac);
+  assert.equal(nc.ethernets.eth0.dhcp4, true, "addresses come by DHCP, as apply does");
+  assert.equal(nc.ethernets.eth0.match.macaddress, web0mac);
   const ud = parse(a.files.get("servers/db-0/user-data")!);
   assert.equal(ud.users[0].name, "ubuntu");
   assert.match(ud.users[0].ssh_authorized_keys[0], /ops@three-tier$/);
@@ -115,7 +114,7 @@ networks:
       - { name: lan-subnet, cidr: 192.168.50.0/24, gateway: 192.168.50.1, pool: { start: 192.168.50.100, end: 192.168.50.110 } }
 servers:
   - { name: vm-a, image: busybox, flavor: m1.nano, networks: [{ subnet: lan-subnet }] }
-  - { name: vm-b, image: busybox, flavor: m1.nano, networks: [{ subnet: lan-subnet, fixedIp: 192.168.50.100 }] }
+  - { name: vm-b, image: busybox, flavor: m1.nano, networks: [{ subnet: lan-subnet, fixedIp: 192.168.50.101 }] }
 `;
 
 test("a kernel+ramdisk image renders direct kernel boot on a Linux bridge, valid for libvirt", () => {
@@ -128,8 +127,8 @@ test("a kernel+ramdisk image renders direct kernel boot on a Linux bridge, valid
   assert.match(xml, /<initrd>\/var\/lib\/kvmlab\/images\/busybox\/ramdisk<\/initrd>/);
   assert.match(xml, /<cmdline>console=ttyS0 lab\.name=vm<\/cmdline>/);
   assert.doesNotMatch(xml, /device='disk'|virtualport/);
-  // .100 is fixed for vm-b, so DHCP takes .101 and vm-a .102.
-  assert.equal(plan.dhcpPorts["lan-subnet"], "192.168.50.101");
+  // DHCP takes the pool's first address .100, .101 is fixed for vm-b, so vm-a gets .102.
+  assert.equal(plan.dhcpPorts["lan-subnet"], "192.168.50.100");
   assert.equal(plan.servers.find((s) => s.name === "vm-a")!.ports[0].ip, "192.168.50.102");
   assert.equal(plan.servers.find((s) => s.name === "vm-a")!.host, null, "placement decided at apply time");
   assertValid(dnsmasqTest(files.get("subnets/lan-subnet/dnsmasq.conf")!), "dnsmasq.conf");
