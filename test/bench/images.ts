@@ -30,7 +30,7 @@ import {
   type HostPoolStats,
 } from "../../provider/host";
 import { checkImageInputs, imageProvider, type ImageInputs, type ImageOutputs } from "../../provider/image";
-import { startSandbox, stopSandbox } from "../support/sandbox";
+import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
 import type { BenchScenario } from "./providers";
 
 /** A scenario with the extra "converge" phase (create again with the same inputs). */
@@ -187,17 +187,7 @@ async function main(argv: string[]): Promise<number> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-bench-img-"));
   const status = await startSandbox(instance, 2);
   try {
-    const hosts: HostConnection[] = status.hosts.slice(0, 2).map((h) => ({
-      name: h.name,
-      address: h.address,
-      port: h.port,
-      user: h.user,
-      privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
-      hostKey: h.hostKey,
-      trustOnFirstUse: false,
-      uplink: h.uplink,
-      tunnelAddress: h.tunnelAddress,
-    }));
+    const hosts = sandboxHostConnections(status).slice(0, 2);
     const local = Array.from({ length: k }, (_, i) => {
       const data = crypto.randomBytes(mib * 1024 * 1024);
       const p = path.join(dir, `img-${i}.raw`);

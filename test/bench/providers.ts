@@ -14,7 +14,6 @@
  * Scenarios are entries of SCENARIOS: add one (e.g. images) by giving it a name and the
  * create/diff/read/delete of one object `i`.
  */
-import * as fs from "node:fs";
 import {
   closeHostSessions,
   checkNetworkInputs,
@@ -28,7 +27,7 @@ import {
   type NetworkInputs,
   type NetworkOutputs,
 } from "../../provider";
-import { startSandbox, stopSandbox } from "../support/sandbox";
+import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
 
 /** One object kind to benchmark: operations on object number `i`. */
 export interface BenchScenario<O = unknown> {
@@ -160,17 +159,7 @@ async function main(argv: string[]): Promise<number> {
   );
   const status = await startSandbox(instance, 2);
   try {
-    const hosts: HostConnection[] = status.hosts.slice(0, 2).map((h) => ({
-      name: h.name,
-      address: h.address,
-      port: h.port,
-      user: h.user,
-      privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
-      hostKey: h.hostKey,
-      trustOnFirstUse: false,
-      uplink: h.uplink,
-      tunnelAddress: h.tunnelAddress,
-    }));
+    const hosts = sandboxHostConnections(status).slice(0, 2);
 
     const pooledStep = await stepLatency(hosts[0], 50, "pooled");
     const naiveStep = await stepLatency(hosts[0], 20, "naive");

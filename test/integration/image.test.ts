@@ -30,7 +30,7 @@ import {
   type FlavorOutputs,
 } from "../../provider/flavor";
 import { closeHostSessions, hostPoolStats, runChecked, type HostConnection } from "../../provider/host";
-import { startSandbox, stopSandbox, type SandboxStatus } from "../support/sandbox";
+import { sandboxHostConnections, startSandbox, stopSandbox, type SandboxStatus } from "../support/sandbox";
 
 const INSTANCE = "itest-image";
 let hosts: HostConnection[] = [];
@@ -39,17 +39,7 @@ let dir = "";
 
 before(async () => {
   status = await startSandbox(INSTANCE, 2);
-  hosts = status.hosts.map((h) => ({
-    name: h.name,
-    address: h.address,
-    port: h.port,
-    user: h.user,
-    privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
-    hostKey: h.hostKey,
-    trustOnFirstUse: false,
-    uplink: h.uplink,
-    tunnelAddress: h.tunnelAddress,
-  }));
+  hosts = sandboxHostConnections(status);
   assert.equal(hosts.length, 2);
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-itest-image-"));
 });

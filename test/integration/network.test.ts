@@ -12,9 +12,8 @@
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
-import * as fs from "node:fs";
 import { planSubnet } from "../../components/network";
-import { startSandbox, stopSandbox } from "../support/sandbox";
+import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
 import {
   allocateAddress,
   closeHostSessions,
@@ -37,17 +36,7 @@ let hosts: HostConnection[] = [];
 
 before(async () => {
   const status = await startSandbox(INSTANCE, 2);
-  hosts = status.hosts.map((h) => ({
-    name: h.name,
-    address: h.address,
-    port: h.port,
-    user: h.user,
-    privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
-    hostKey: h.hostKey,
-    trustOnFirstUse: false,
-    uplink: h.uplink,
-    tunnelAddress: h.tunnelAddress,
-  }));
+  hosts = sandboxHostConnections(status);
   assert.equal(hosts.length, 2);
 });
 

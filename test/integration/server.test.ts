@@ -13,7 +13,6 @@
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
-import * as fs from "node:fs";
 import { planSubnet } from "../../components/network";
 import { renderServer } from "../../components/server";
 import {
@@ -34,6 +33,7 @@ import {
 } from "../../provider/server";
 import {
   httpGet,
+  sandboxHostConnections,
   sshCheck,
   startSandbox,
   stopSandbox,
@@ -55,17 +55,7 @@ function ext(offset: number): string {
 
 before(async () => {
   status = await startSandbox(INSTANCE, 2);
-  hosts = status.hosts.map((h) => ({
-    name: h.name,
-    address: h.address,
-    port: h.port,
-    user: h.user,
-    privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
-    hostKey: h.hostKey,
-    trustOnFirstUse: false,
-    uplink: h.uplink,
-    tunnelAddress: h.tunnelAddress,
-  }));
+  hosts = sandboxHostConnections(status);
   // The image store as the Image resource fills it: kernel and ramdisk on every host.
   for (const h of hosts) {
     await runChecked(h, [{ label: "image dir", script: "mkdir -p /var/lib/kvmlab/images/labimg" }]);

@@ -7,9 +7,11 @@
  * (checked: see `assertSandboxAddress`), never anywhere else.
  */
 import { spawn } from "node:child_process";
+import * as fs from "node:fs";
 import * as http from "node:http";
 import * as path from "node:path";
 import type { SandboxStatus } from "../../cli/sandbox/status";
+import type { HostConnection } from "../../provider/host";
 
 export type { SandboxStatus } from "../../cli/sandbox/status";
 
@@ -91,6 +93,25 @@ export async function startSandbox(
 }
 
 /** Removes sandbox `instance` (nothing to do if it is not up). */
+/**
+ * The instance's hosts as the providers take them: private keys read from their files, host
+ * keys pinned (no trust on first use). Programs get the same hosts through components/hosts.ts,
+ * which makes the keys Pulumi secrets; tests call the providers directly and need plain text.
+ */
+export function sandboxHostConnections(status: Pick<SandboxStatus, "hosts">): HostConnection[] {
+  return status.hosts.map((h) => ({
+    name: h.name,
+    address: h.address,
+    port: h.port,
+    user: h.user,
+    privateKey: fs.readFileSync(h.privateKeyPath, "utf8"),
+    hostKey: h.hostKey,
+    trustOnFirstUse: false,
+    uplink: h.uplink,
+    tunnelAddress: h.tunnelAddress,
+  }));
+}
+
 export async function stopSandbox(instance: string, opts: { timeoutMs?: number } = {}): Promise<void> {
   const r = await kvmlab(["sandbox", "down", "--instance", instance], {
     timeoutMs: opts.timeoutMs ?? 120_000,
