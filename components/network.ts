@@ -61,6 +61,11 @@ export interface NetworkArgs {
   readonly subnets?: readonly SubnetSpec[];
 }
 
+/** MTU a network gets when none is given: 1500 on a flat provider network, 1450 on a selfservice one (VXLAN takes 50 bytes). */
+export function defaultMtu(kind: "provider" | "selfservice"): number {
+  return kind === "provider" ? 1500 : 1450;
+}
+
 /** What the component renders for one subnet (pure; exported for tests and `kvmlab render`). */
 export function planSubnet(
   networkName: string,
@@ -126,7 +131,7 @@ export class Network extends pulumi.ComponentResource {
     const networkName = args.networkName ?? name;
     const kind = args.kind ?? "selfservice";
     const driver = args.driver ?? "linuxbridge";
-    const mtu = args.mtu ?? (kind === "provider" ? 1500 : 1450);
+    const mtu = args.mtu ?? defaultMtu(kind);
     const hosts: HostConnectionArgs[] = resolveHosts(args.hosts, args.hostDiscovery).hosts;
     const names = new Set<string>();
     for (const s of args.subnets ?? []) {

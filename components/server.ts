@@ -42,6 +42,11 @@ import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
 
+/** The seed of a server's UUID, MACs and tap names: stable per project, stack and server name. */
+export function serverUuidSeed(project: string, stack: string, serverName: string): string {
+  return `${project}/${stack}/${serverName}`;
+}
+
 /** Paths of an image's files in every host's image store (/var/lib/kvmlab/images/<name>/). */
 export function imageStorePaths(
   name: string,
@@ -298,7 +303,7 @@ export class Server extends pulumi.ComponentResource {
     }
     const project = pulumi.getProject();
     const stack = pulumi.getStack();
-    const uuidSeed = `${project}/${stack}/${serverName}`;
+    const uuidSeed = serverUuidSeed(project, stack, serverName);
     const portInfo = pulumi.all(
       ports.map((p) => {
         const subnet = p.network.subnets[p.subnet];

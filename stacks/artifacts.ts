@@ -12,7 +12,7 @@
  *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
  *   plan.json                                  allocations this render assumed
  */
-import { imageStorePaths, renderServer } from "../components/server";
+import { imageStorePaths, renderServer, serverUuidSeed } from "../components/server";
 import { checkName } from "../provider/host/quote";
 import { hostsFileText, dhcpPaths, type IpamRecord } from "../provider/ipam";
 import { networkDevices } from "../provider/network";
@@ -100,7 +100,7 @@ export function renderLab(
     const keypair = lab.keypairs.find((k) => k.name === s.launch.keypair);
     const kind = image.format === "kernel" ? "kernel" : "disk";
     // The lab program's Server component: named by the lab's server name, in project <lab>.
-    const uuidSeed = `${lab.name}/${stack}/${s.name}`;
+    const uuidSeed = serverUuidSeed(lab.name, stack, s.name);
     const r = at(path, () =>
       renderServer({
         serverName: s.name,

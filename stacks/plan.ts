@@ -12,7 +12,7 @@
  *   5. server ports, in order (servers, then autoscale group members `<group>-0…desired-1`);
  *   6. floating IPs: load balancers, then servers, in order.
  */
-import { planSubnet } from "../components/network";
+import { defaultMtu, planSubnet } from "../components/network";
 import { networkDevices } from "../provider/network";
 import { cidrContains, intToIp, ipToInt, parseCidr } from "../templates";
 import type { Lab, LabLaunch, LabNetwork, LabSubnet } from "./model";
@@ -22,7 +22,7 @@ import type { Lab, LabLaunch, LabNetwork, LabSubnet } from "./model";
  * (1500 for provider networks, 1450 for selfservice ones, which lose 50 bytes to VXLAN).
  */
 export function networkMtu(network: LabNetwork): number {
-  return network.mtu ?? (network.kind === "provider" ? 1500 : 1450);
+  return network.mtu ?? defaultMtu(network.kind);
 }
 
 /** What the Network component renders for a lab subnet (dnsmasq.conf, DHCP port address). */
