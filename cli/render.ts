@@ -104,7 +104,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const stack = parsed.options.get("stack") ?? "dev";
-  const { checkName } = require("../provider/host/quote") as typeof import("../provider/host/quote");
+  const { checkName } = require("../core/names") as typeof import("../core/names");
   const badStack = checkName("--stack", stack);
   if (badStack !== undefined) {
     console.error(`kvmlab render: ${badStack}`);
@@ -118,8 +118,8 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`kvmlab render: ${unreadable(file, err)}`);
     return 1;
   }
-  const { parseLab, formatIssues } = require("../stacks/lab") as typeof import("../stacks/lab");
-  const { renderLab, RENDER_NOTES } = require("../stacks/artifacts") as typeof import("../stacks/artifacts");
+  const { parseLab, formatIssues } = require("../lab/parse") as typeof import("../lab/parse");
+  const { renderLab, RENDER_NOTES } = require("../lab/artifacts") as typeof import("../lab/artifacts");
   const { lab, issues } = parseLab(text);
   if (lab === null) {
     console.error(formatIssues(file, issues));

@@ -36,7 +36,7 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`kvmlab validate: ${unreadable(file, err)}`);
     return 1;
   }
-  const { parseLab, formatIssues } = require("../stacks/lab") as typeof import("../stacks/lab");
+  const { parseLab, formatIssues } = require("../lab/parse") as typeof import("../lab/parse");
   const { lab, issues } = parseLab(text);
   if (parsed.options.has("json")) {
     console.log(

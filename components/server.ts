@@ -6,7 +6,7 @@
  *
  * ```ts
  * const web = new Server("web1", {
- *   image: { name: "cirros", kind: "disk", ...imageStorePaths("cirros", "disk") },
+ *   image: { name: "cirros", kind: "disk", ...imageStorePaths("cirros", "disk", "qcow2") },
  *   flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 1 },
  *   ports: [{ network: lan, subnet: "lan-v4" }],
  *   keypair: key,
@@ -17,46 +17,27 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
   Server as ServerResource,
-  serverPaths,
   type PowerState,
   type Readiness,
   type ServerFlavor,
   type ServerImage,
   type ServerPort,
 } from "../provider/server";
-import {
-  deterministicIfName,
-  deterministicMac,
-  deterministicUuid,
-  renderCloudInit,
-  renderDomainXml,
-  toCloudInitView,
-  toDomainView,
-  type CloudUserSpec,
-  type DomainSpec,
-  type WriteFileSpec,
-} from "../templates";
+import { renderServer, serverUuidSeed, type ServerUserData } from "../templates/server";
 import { Flavor } from "../provider/flavor";
 import { Image } from "../provider/image";
 import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
 
-/** The seed of a server's UUID, MACs and tap names: stable per project, stack and server name. */
-export function serverUuidSeed(project: string, stack: string, serverName: string): string {
-  return `${project}/${stack}/${serverName}`;
-}
-
-/** Paths of an image's files in every host's image store (/var/lib/kvmlab/images/<name>/). */
-export function imageStorePaths(
-  name: string,
-  kind: "disk" | "kernel",
-): Pick<ServerImage, "disk" | "kernel" | "ramdisk"> {
-  const dir = `/var/lib/kvmlab/images/${name}`;
-  return kind === "disk"
-    ? { disk: `${dir}/disk`, kernel: "", ramdisk: "" }
-    : { disk: "", kernel: `${dir}/kernel`, ramdisk: `${dir}/ramdisk` };
-}
+// The pure pieces a program may want beside the component (defined in core/ and templates/).
+export { imageStorePaths } from "../core/paths";
+export {
+  renderServer,
+  serverUuidSeed,
+  type ServerRenderInput,
+  type ServerUserData,
+} from "../templates/server";
 
 /** One NIC of a {@link Server}. */
 export interface ServerPortArgs {
@@ -66,14 +47,6 @@ export interface ServerPortArgs {
   readonly subnet: string;
   /** Fixed address in the subnet (served by DHCP to this port). @default the pool's next free address */
   readonly fixedIp?: string;
-}
-
-/** What the guest's cloud-init does beyond networking and the keypair. */
-export interface ServerUserData {
-  /** Extra users (the keypair's user is added for you). */
-  readonly users?: readonly CloudUserSpec[];
-  readonly writeFiles?: readonly WriteFileSpec[];
-  readonly runcmd?: readonly (string | readonly string[])[];
 }
 
 /** An image by its files in the hosts' image store. */
@@ -128,109 +101,6 @@ export interface ServerArgs {
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
   readonly hosts?: readonly HostSpec[];
   readonly hostDiscovery?: ResolveHostsOptions;
-}
-
-/** Everything the component renders for one server (pure; exported for tests and `kvmlab render`). */
-export interface ServerRenderInput {
-  serverName: string;
-  uuidSeed: string;
-  lab: string;
-  project: string;
-  image: ServerImage;
-  flavor: ServerFlavor;
-  ports: {
-    networkName: string;
-    subnetName: string;
-    bridge: string;
-    driver: "linuxbridge" | "openvswitch";
-    mtu: number;
-  }[];
-  kernelCmdline: string;
-  cloudInit: boolean;
-  publicKeys: string[];
-  userName: string;
-  userData: ServerUserData;
-  consoleListen: string;
-}
-
-/** Renders the XML variants and seed files of a server (pure). */
-export function renderServer(r: ServerRenderInput): {
-  uuid: string;
-  macs: string[];
-  taps: string[];
-  domainXml: { kvm: string; qemu: string };
-  cloudInit: { metaData: string; userData: string; networkConfig: string };
-} {
-  const uuid = deterministicUuid(r.uuidSeed);
-  const macs = r.ports.map((_, i) => deterministicMac(`${r.uuidSeed}/port${i}`));
-  const taps = r.ports.map((_, i) => deterministicIfName("tap", `${r.uuidSeed}/port${i}`));
-  const paths = serverPaths(r.serverName);
-  const hasDisk = r.image.disk !== "";
-  const spec = (type: "kvm" | "qemu"): DomainSpec => ({
-    name: r.serverName,
-    uuid,
-    type,
-    vcpus: r.flavor.vcpus,
-    memoryMiB: r.flavor.ramMiB,
-    boot:
-      r.image.kind === "kernel"
-        ? {
-            kind: "kernel",
-            kernel: r.image.kernel,
-            initrd: r.image.ramdisk === "" ? null : r.image.ramdisk,
-            cmdline: r.kernelCmdline,
-            disk: hasDisk ? paths.disk : null,
-            format: "qcow2",
-          }
-        : { kind: "disk", disk: paths.disk, format: "qcow2" },
-    seedIso: r.cloudInit ? paths.seedIso : null,
-    nics: r.ports.map((p, i) => ({
-      bridge: p.bridge,
-      driver: p.driver,
-      target: taps[i],
-      mac: macs[i],
-      mtu: p.mtu,
-    })),
-    serialLog: paths.serialLog,
-    vnc: { listen: r.consoleListen, port: "auto" },
-    metadata: {
-      lab: r.lab,
-      project: r.project,
-      server: r.serverName,
-      image: r.image.name,
-      flavor: r.flavor.name,
-    },
-    tbCacheMiB: type === "qemu" ? 32 : null,
-  });
-  const domainXml = {
-    kvm: renderDomainXml(toDomainView(spec("kvm"))),
-    qemu: renderDomainXml(toDomainView(spec("qemu"))),
-  };
-  let cloudInit = { metaData: "", userData: "", networkConfig: "" };
-  if (r.cloudInit) {
-    const users: CloudUserSpec[] = [
-      ...(r.publicKeys.length > 0
-        ? [{ name: r.userName, sshAuthorizedKeys: r.publicKeys, sudo: true, shell: "/bin/sh" }]
-        : []),
-      ...(r.userData.users ?? []),
-    ];
-    const files = renderCloudInit(
-      toCloudInitView({
-        instanceId: uuid,
-        hostname: r.serverName,
-        users,
-        writeFiles: r.userData.writeFiles,
-        runcmd: r.userData.runcmd,
-        nics: r.ports.map((p, i) => ({ name: `eth${i}`, mac: macs[i], address: "dhcp", mtu: p.mtu })),
-      }),
-    );
-    cloudInit = {
-      metaData: files["meta-data"],
-      userData: files["user-data"],
-      networkConfig: files["network-config"],
-    };
-  }
-  return { uuid, macs, taps, domainXml, cloudInit };
 }
 
 /** Hosts allowed by the zone (pure). */

@@ -55,6 +55,7 @@ import {
   diskInfoStep,
   hashStagedStep,
   imageDir,
+  imageFileName,
   parseFileProbe,
   parseStagedHashes,
   parseUsers,
@@ -324,7 +325,7 @@ export function imageFiles(i: Pick<ImageInputs, "diskFormat" | "source" | "kerne
   for (const { role, key } of SOURCE_ROLES) {
     const source = i[key];
     if (!source) continue;
-    const fileName = role === "disk" ? `disk.${i.diskFormat}` : role;
+    const fileName = imageFileName(role, i.diskFormat === "raw" ? "raw" : "qcow2");
     out.push({ plan: { role, fileName, sha256: source.sha256 }, source });
   }
   return out;

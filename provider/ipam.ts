@@ -10,8 +10,10 @@
  *
  * Serialization: plain functions over the host layer; nothing captured but other functions.
  */
+import { hostsFileText, type IpamRecord } from "../core/ipam";
+import { dhcpPaths, type DhcpPaths } from "../core/paths";
+import { intToIp as intToIpv4, ipv4ToInt, tryParseCidr as parseCidr4 } from "../core/net";
 import {
-  deviceName,
   readRecordStep,
   parseRecord,
   runChecked,
@@ -24,67 +26,12 @@ import {
   type Step,
 } from "./host";
 
-/** One subnet's allocations. Keys of `allocations` are dotted-quad addresses. */
-export interface IpamRecord {
-  subnet: string;
-  cidr: string;
-  gateway: string;
-  pool: { start: string; end: string };
-  allocations: Record<string, { owner: string; mac: string }>;
-}
+/** A subnet's allocations and their dhcp-hostsfile text (one definition: core/ipam.ts). */
+export { hostsFileText, type IpamRecord } from "../core/ipam";
 
-/** Where a subnet's DHCP service lives on its host (pure; components use it to render). */
-export interface DhcpPaths {
-  namespace: string;
-  dir: string;
-  confFile: string;
-  pidFile: string;
-  leaseFile: string;
-  hostsFile: string;
-  /** veth end in the network's bridge (root namespace). */
-  hostDevice: string;
-  /** veth end inside the qdhcp namespace; dnsmasq binds to it. */
-  nsDevice: string;
-}
-
-export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
-  const dir = `/var/lib/kvmlab/dhcp/${subnetName}`;
-  return {
-    namespace: `qdhcp-${networkName}`,
-    dir,
-    confFile: `${dir}/dnsmasq.conf`,
-    pidFile: `${dir}/dnsmasq.pid`,
-    leaseFile: `${dir}/dnsmasq.leases`,
-    hostsFile: `${dir}/hosts`,
-    hostDevice: deviceName("d", subnetName),
-    nsDevice: deviceName("n", subnetName),
-  };
-}
-
-/** Dotted quad → unsigned integer, or NaN. */
-export function ipv4ToInt(ip: string): number {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
-  if (!m) return Number.NaN;
-  const parts = m.slice(1).map(Number);
-  if (parts.some((p, i) => p > 255 || String(p) !== m[i + 1])) return Number.NaN;
-  return ((parts[0] << 24) >>> 0) + (parts[1] << 16) + (parts[2] << 8) + parts[3];
-}
-
-export function intToIpv4(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
-}
-
-/** Parses `a.b.c.d/n` (network address required); undefined when invalid. */
-export function parseCidr4(text: string): { network: number; prefix: number; broadcast: number } | undefined {
-  const m = /^([0-9.]+)\/(\d{1,2})$/.exec(text);
-  if (!m) return undefined;
-  const network = ipv4ToInt(m[1]);
-  const prefix = Number(m[2]);
-  if (Number.isNaN(network) || prefix > 32) return undefined;
-  const size = 2 ** (32 - prefix);
-  if (network % size !== 0) return undefined;
-  return { network, prefix, broadcast: network + size - 1 };
-}
+/** Where a subnet's DHCP service lives, and IPv4 math (one definition each: core/). */
+export { dhcpPaths, type DhcpPaths } from "../core/paths";
+export { ipv4ToInt, intToIp as intToIpv4, tryParseCidr as parseCidr4 } from "../core/net";
 
 /** Owner ids: letters, digits and `_.:-` (e.g. `server:web1:eth0`, `dhcp`). */
 export function checkOwner(owner: string): string | undefined {
@@ -166,15 +113,6 @@ export function planRelease(record: IpamRecord, owner: string): IpamRecord {
   const allocations: IpamRecord["allocations"] = {};
   for (const [ip, a] of Object.entries(record.allocations)) if (a.owner !== owner) allocations[ip] = a;
   return { ...record, allocations };
-}
-
-/** dnsmasq dhcp-hostsfile text: one `mac,ip` line per allocation with a MAC, sorted. */
-export function hostsFileText(record: IpamRecord): string {
-  return Object.entries(record.allocations)
-    .filter(([, a]) => a.mac !== "")
-    .map(([ip, a]) => `${a.mac},${ip}\n`)
-    .sort()
-    .join("");
 }
 
 /** Steps that store a record and make dnsmasq see it (hostsfile + SIGHUP when running). */

@@ -29,13 +29,13 @@
  * host layer's functions, and `require`s nothing at module level.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { networkDevices } from "../core/paths";
 import {
   UNKNOWN,
   checkHostList,
   collect,
   containsUnknown,
   deleteRecordStep,
-  deviceName,
   isIPv4,
   normalizeHostConnection,
   observedHostKey,
@@ -131,14 +131,8 @@ export function defaultVni(networkName: string): number {
   return 4096 + (Number.parseInt(shortId(networkName), 16) % (16777215 - 4096));
 }
 
-/** Device names of a network on every host. */
-export function networkDevices(networkName: string): { shortId: string; bridge: string; vxlan: string } {
-  return {
-    shortId: shortId(networkName),
-    bridge: deviceName("b", networkName),
-    vxlan: deviceName("x", networkName),
-  };
-}
+/** Device names of a network on every host (one definition: core/paths.ts). */
+export { networkDevices } from "../core/paths";
 
 /** What a host should have for these inputs (datapathType is not predicted). */
 export function expectedHostState(

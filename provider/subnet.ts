@@ -24,6 +24,7 @@
  * Serialization: as network.ts.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { subnetDefaults } from "../core/net";
 import {
   UNKNOWN,
   checkHostList,
@@ -46,7 +47,6 @@ import {
 } from "./host";
 import {
   dhcpPaths,
-  intToIpv4,
   ipamCommitSteps,
   ipv4ToInt,
   parseCidr4,
@@ -124,22 +124,8 @@ export interface SubnetOutputs extends SubnetInputs {
   realized: SubnetHostState;
 }
 
-/** Default gateway, pool and DHCP address for a CIDR (pure). */
-export function subnetDefaults(
-  cidr: string,
-  gateway?: string,
-): { gateway: string; allocationPool: { start: string; end: string }; dhcpAddress: string } | undefined {
-  const c = parseCidr4(cidr);
-  if (!c || c.prefix > 29) return undefined;
-  const gw = gateway ?? intToIpv4(c.network + 1);
-  const gwN = gw === "" ? c.network : ipv4ToInt(gw);
-  const start = gwN + 1 < c.broadcast ? gwN + 1 : c.network + 1;
-  return {
-    gateway: gw,
-    allocationPool: { start: intToIpv4(start), end: intToIpv4(c.broadcast - 1) },
-    dhcpAddress: intToIpv4(start),
-  };
-}
+/** A subnet's default gateway, pool and DHCP address (one definition: core/net.ts). */
+export { subnetDefaults } from "../core/net";
 
 /** Validates and normalizes raw inputs (pure). */
 export function checkSubnetInputs(news: Record<string, unknown>): {

@@ -3,7 +3,7 @@
  * `network-config` (version 2). Every scalar is emitted as a quoted YAML string (or a block
  * literal for file contents), and the view rejects names that could not be one.
  */
-import { cidrContains, ipToInt, parseCidr } from "./net";
+import { cidrContains, ipToInt, parseCidr } from "../core/net";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import {

@@ -3,7 +3,7 @@
  * namespace and bound to one interface there (Neutron's DHCP agent layout). DNS is off
  * (`port=0`) unless a port is given.
  */
-import { cidrContains, ipToInt, parseCidr, prefixToNetmask } from "./net";
+import { cidrContains, ipToInt, parseCidr, prefixToNetmask } from "../core/net";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import { checkHostname, checkIfName, checkInt, checkMac, checkName, checkPath, FieldError } from "./validate";

@@ -4,7 +4,7 @@
  * OVS bridge (explicit tap name, fa:16:3e MAC), serial console logged to a file, VNC, and
  * `<metadata>` in the kvmlab namespace so every domain on a host is attributable.
  */
-import { ipToInt } from "./net";
+import { ipToInt } from "../core/net";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import {

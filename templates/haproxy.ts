@@ -4,7 +4,7 @@
  * `server` lines. Inputs use Octavia's vocabulary (protocol names, lb_algorithm, session
  * persistence types, health monitor fields) in camelCase; docs/templates.md lists coverage.
  */
-import { ipToInt, parseCidr } from "./net";
+import { ipToInt, parseCidr } from "../core/net";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import {

@@ -4,23 +4,16 @@
  * Values are rejected, never rewritten: a name that would need escaping is a mistake to report.
  */
 import { createHash } from "node:crypto";
+import { FieldError } from "../core/errors";
+import { NAME_RE } from "../core/names";
 
 /** An input problem tied to one field (`servers[2].nics[0].mac`, `listeners[0].port` …). */
-export class FieldError extends Error {
-  constructor(
-    readonly field: string,
-    readonly problem: string,
-    readonly fix?: string,
-  ) {
-    super(fix === undefined ? `${field}: ${problem}` : `${field}: ${problem}; ${fix}`);
-    this.name = "FieldError";
-  }
-}
+export { FieldError };
 
 const show = (value: unknown): string => (typeof value === "string" ? JSON.stringify(value) : String(value));
 
 /** Object names: 1–63 of letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit. */
-export const NAME_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/;
+export const NAME_PATTERN = NAME_RE;
 /** RFC 1123 host name label (guest host names). */
 export const HOSTNAME_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 /** Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no `/`, `:`, space or control character. */

@@ -12,11 +12,12 @@
  */
 import type { HostConnection } from "./connection";
 import type { Step } from "./framing";
-import { checkName, checkRemotePath, shQuote } from "./quote";
+import { recordPath } from "../../core/paths";
+import { checkRemotePath, shQuote } from "./quote";
 import { pooledSsh, runChecked } from "./session";
 
-/** Root of everything kvmlab keeps on a host. */
-export const KVMLAB_STATE_DIR = "/var/lib/kvmlab";
+/** Root of everything kvmlab keeps on a host, and record paths (one definition: core/paths.ts). */
+export { KVMLAB_STATE_DIR, recordPath } from "../../core/paths";
 
 export interface UploadOptions {
   /** Octal mode string. @default "0644" */
@@ -73,13 +74,6 @@ export async function uploadFile(
 ): Promise<boolean> {
   const [out] = await runChecked(host, [uploadStep(path, content, opts)]);
   return out.trim() === "changed";
-}
-
-/** Path of a record. `kind` and `name` are validated names. */
-export function recordPath(kind: string, name: string): string {
-  const e = checkName("record kind", kind) ?? checkName("record name", name);
-  if (e) throw new Error(e);
-  return `${KVMLAB_STATE_DIR}/records/${kind}/${name}.json`;
 }
 
 /** Step that writes a record atomically. */

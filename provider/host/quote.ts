@@ -8,6 +8,8 @@
  * Serialization: these are plain functions with no captured state; provider closures capture
  * them by value.
  */
+import { showValue } from "../../core/names";
+import { isIPv4 } from "../../core/net";
 
 /**
  * Quotes a string for a POSIX shell: the result is always one word, whatever the input.
@@ -27,11 +29,7 @@ export function shCommand(...args: (string | number)[]): string {
 }
 
 /** Shows a value in an error message without letting control characters through. */
-export function showValue(value: unknown): string {
-  const text = JSON.stringify(value);
-  if (text === undefined) return String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
-}
+export { showValue };
 
 /** The value Pulumi sends for an input that is not known yet (during preview). */
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
@@ -50,27 +48,10 @@ export function containsUnknown(value: unknown): boolean {
  * ending with a letter or digit (the same rule as templates/validate.ts). They appear in file
  * names, namespace names and external_ids, so anything wider is refused.
  */
-export function checkName(field: string, value: unknown): string | undefined {
-  if (typeof value !== "string" || !/^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/.test(value)) {
-    return `${field}: expected a name of 1-63 letters, digits, "-", "_" or "." starting and ending with a letter or digit, got ${showValue(value)}; rename it`;
-  }
-  return undefined;
-}
-
-/** Linux network device names: 1-15 characters, no `/`, space, `:` or quotes. */
-export function checkDeviceName(field: string, value: unknown): string | undefined {
-  if (typeof value !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) {
-    return `${field}: expected a network device name (letters, digits, "_", "." or "-", at most 15 characters), got ${showValue(value)}`;
-  }
-  return undefined;
-}
+export { checkName, checkDeviceName } from "../../core/names";
 
 /** Dotted-quad IPv4 address. */
-export function isIPv4(value: unknown): value is string {
-  if (typeof value !== "string") return false;
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(value);
-  return !!m && m.slice(1).every((o) => Number(o) <= 255 && String(Number(o)) === o);
-}
+export { isIPv4 };
 
 export function checkIPv4(field: string, value: unknown): string | undefined {
   return isIPv4(value)

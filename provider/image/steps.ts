@@ -18,12 +18,12 @@
  * otherwise the probe hashes the file (drift shows as a different sha256).
  */
 import type { Step } from "../host";
-import { KVMLAB_STATE_DIR, recordPath, shQuote } from "../host";
+import { recordPath, shQuote } from "../host";
+import { IMAGE_STORE, imageDir } from "../../core/paths";
 
-/** Root of the image store on every host. */
-export const IMAGE_STORE = `${KVMLAB_STATE_DIR}/images`;
-
-export type ImageRole = "disk" | "kernel" | "ramdisk";
+/** The image store, its folders and roles (one definition: core/paths.ts). */
+export { IMAGE_STORE, imageDir, imageFileName, type ImageRole } from "../../core/paths";
+import type { ImageRole } from "../../core/paths";
 export const IMAGE_ROLES: readonly ImageRole[] = ["disk", "kernel", "ramdisk"];
 
 /** File names a store folder may hold (anything else there is not kvmlab's). */
@@ -35,13 +35,6 @@ export interface ImageFilePlan {
   /** File name in the store folder (disk.qcow2, disk.raw, kernel, ramdisk). */
   fileName: string;
   sha256: string;
-}
-
-/** Where an image's files live on every host. */
-export function imageDir(imageName: string): string {
-  // recordPath validates the name with the same rule as every other object name.
-  recordPath("image", imageName);
-  return `${IMAGE_STORE}/${imageName}`;
 }
 
 /** The staging folder of one transfer. */

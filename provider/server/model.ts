@@ -15,31 +15,15 @@ import {
   showValue,
   type HostConnection,
 } from "../host";
+import { serverPaths } from "../../core/paths";
 
 export type PowerState = "running" | "stopped";
-export type ImageKind = "disk" | "kernel";
+export type { ImageKind } from "../../core/shapes";
 export type ReadinessKind = "none" | "dhcp" | "http" | "serial";
 
-/** The flavor's sizes as the server uses them. */
-export interface ServerFlavor {
-  name: string;
-  vcpus: number;
-  ramMiB: number;
-  /** Root disk size; 0 keeps the image's size. Ignored for kernel images without a disk. */
-  diskGiB: number;
-}
-
-/** Where the image's files are in every host's image store. */
-export interface ServerImage {
-  name: string;
-  kind: ImageKind;
-  /** Disk image (qcow2/raw) the overlay is based on; "" for kernel images. */
-  disk: string;
-  format: "qcow2" | "raw";
-  /** Kernel and ramdisk for direct kernel boot; "" for disk images. */
-  kernel: string;
-  ramdisk: string;
-}
+/** The flavor and image shapes a server is given (one definition: core/shapes.ts). */
+export type { ServerFlavor, ServerImage } from "../../core/shapes";
+import type { ServerFlavor, ServerImage } from "../../core/shapes";
 
 /** One NIC of the server. */
 export interface ServerPort {
@@ -118,30 +102,8 @@ export interface ServerOutputs extends ServerInputs {
   hostKeys: Record<string, string>;
 }
 
-/** Files of a server on its host (pure; the component renders the XML with the same paths). */
-export function serverPaths(serverName: string): {
-  dir: string;
-  disk: string;
-  seedDir: string;
-  seedIso: string;
-  serialLog: string;
-  domainXml: string;
-} {
-  const dir = `/var/lib/kvmlab/instances/${serverName}`;
-  return {
-    dir,
-    disk: `${dir}/disk.qcow2`,
-    seedDir: `${dir}/seed`,
-    seedIso: `${dir}/seed.iso`,
-    serialLog: `${dir}/console.log`,
-    domainXml: `${dir}/domain.xml`,
-  };
-}
-
-/** IPAM owner id of a server's port. */
-export function portOwner(serverName: string, index: number): string {
-  return `server:${serverName}:${index}`;
-}
+/** Files of a server on its host and its ports' IPAM owner ids (one definition: core/paths.ts). */
+export { serverPaths, portOwner } from "../../core/paths";
 
 type Failure = { property: string; reason: string };
 

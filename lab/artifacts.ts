@@ -12,12 +12,18 @@
  *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
  *   plan.json                                  allocations this render assumed
  */
-import { imageStorePaths, renderServer, serverUuidSeed } from "../components/server";
-import { checkName } from "../provider/host/quote";
-import { hostsFileText, dhcpPaths, type IpamRecord } from "../provider/ipam";
-import { networkDevices } from "../provider/network";
-import { portOwner, serverPaths } from "../provider/server/model";
-import { loadBalancerPaths, renderHaproxyCfg, toHaproxyView, type MemberSpec } from "../templates";
+import { hostsFileText, type IpamRecord } from "../core/ipam";
+import { checkName } from "../core/names";
+import {
+  dhcpPaths,
+  imageStorePaths,
+  loadBalancerPaths,
+  networkDevices,
+  portOwner,
+  serverPaths,
+} from "../core/paths";
+import { renderHaproxyCfg, toHaproxyView, type MemberSpec } from "../templates/haproxy";
+import { renderServer, serverUuidSeed } from "../templates/server";
 import type { Lab } from "./model";
 import { planLab, subnetPlan, type LabPlan, type PlannedServer } from "./plan";
 
@@ -110,8 +116,7 @@ export function renderLab(
         image: {
           name: image.name,
           kind,
-          format: image.format === "raw" ? "raw" : "qcow2",
-          ...imageStorePaths(image.name, kind),
+          ...imageStorePaths(image.name, kind, image.format === "raw" ? "raw" : "qcow2"),
           ...(kind === "kernel" && image.ramdisk === null ? { ramdisk: "" } : {}),
         },
         flavor: { name: flavor.name, vcpus: flavor.vcpus, ramMiB: flavor.ramMiB, diskGiB: flavor.diskGiB },

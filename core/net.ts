@@ -1,8 +1,9 @@
 /**
- * IPv4 and CIDR arithmetic: pure functions shared by the views, the lab loader and the
- * providers' address allocation. Addresses are handled as unsigned 32-bit integers.
+ * IPv4 and CIDR arithmetic: the one copy shared by the templates, the lab language, the
+ * components and the providers' address management. Addresses are unsigned 32-bit integers.
+ * Pure.
  */
-import { FieldError } from "./validate";
+import { FieldError } from "./errors";
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
@@ -25,6 +26,11 @@ export function ipToInt(ip: string, field = "address"): number {
     throw new FieldError(field, `expected an IPv4 address like 10.0.0.5, got ${JSON.stringify(ip)}`);
   }
   return ip.split(".").reduce((acc, part) => acc * 256 + Number(part), 0);
+}
+
+/** Dotted quad → unsigned integer, or NaN when it is not one (for checks that collect errors). */
+export function ipv4ToInt(ip: string): number {
+  return isIPv4(ip) ? ipToInt(ip) : Number.NaN;
 }
 
 /** Unsigned integer → dotted quad. */
@@ -62,6 +68,15 @@ export function parseCidr(text: string, field = "cidr"): Cidr {
   return { text, network, prefix, broadcast: network + size - 1 };
 }
 
+/** Like {@link parseCidr}, but undefined instead of an error (for checks that collect errors). */
+export function tryParseCidr(text: string): Cidr | undefined {
+  try {
+    return parseCidr(text);
+  } catch {
+    return undefined;
+  }
+}
+
 /** True when `ip` lies inside `cidr` (network and broadcast addresses included). */
 export function cidrContains(cidr: Cidr, ip: string | number): boolean {
   const value = typeof ip === "number" ? ip : ipToInt(ip);
@@ -80,4 +95,25 @@ export function overlaps(a: Cidr, b: Cidr): boolean {
 export function hostRange(cidr: Cidr): [number, number] {
   if (cidr.prefix >= 31) return [cidr.network, cidr.broadcast];
   return [cidr.network + 1, cidr.broadcast - 1];
+}
+
+/**
+ * A subnet's defaults: gateway (the first host address unless given; "" for none), allocation
+ * pool (after the gateway to the last host address) and the DHCP port's address (the pool's
+ * first). Undefined when `cidr` is not a network of prefix /29 or shorter.
+ */
+export function subnetDefaults(
+  cidr: string,
+  gateway?: string,
+): { gateway: string; allocationPool: { start: string; end: string }; dhcpAddress: string } | undefined {
+  const c = tryParseCidr(cidr);
+  if (!c || c.prefix > 29) return undefined;
+  const gw = gateway ?? intToIp(c.network + 1);
+  const gwN = gw === "" ? c.network : ipv4ToInt(gw);
+  const start = gwN + 1 < c.broadcast ? gwN + 1 : c.network + 1;
+  return {
+    gateway: gw,
+    allocationPool: { start: intToIp(start), end: intToIp(c.broadcast - 1) },
+    dhcpAddress: intToIp(start),
+  };
 }

@@ -12,9 +12,9 @@
  *   5. server ports, in order (servers, then autoscale group members `<group>-0…desired-1`);
  *   6. floating IPs: load balancers, then servers, in order.
  */
-import { defaultMtu, planSubnet } from "../components/network";
-import { networkDevices } from "../provider/network";
-import { cidrContains, intToIp, ipToInt, parseCidr } from "../templates";
+import { cidrContains, intToIp, ipToInt, parseCidr } from "../core/net";
+import { networkDevices } from "../core/paths";
+import { defaultMtu, planSubnet } from "../templates/subnet";
 import type { Lab, LabLaunch, LabNetwork, LabSubnet } from "./model";
 
 /**

@@ -8,15 +8,17 @@
  */
 import * as fs from "node:fs";
 import Ajv, { ErrorObject } from "ajv";
-import { isMap, isNode, LineCounter, parseDocument, Document, Node } from "yaml";
+import { LineCounter, parseDocument } from "yaml";
+import schema from "../stacks/lab.schema.json";
 import { RenderError, renderLab } from "./artifacts";
-import { PlanError } from "./plan";
-import { checkSemantics } from "./semantics";
-import { normalizeLab } from "./normalize";
+import { checkSemantics } from "./checks";
+import { formatIssues, Locator, parsePath, type PathSegment } from "./locate";
 import type { Lab, LabIssue } from "./model";
-import schema from "./lab.schema.json";
+import { normalizeLab } from "./normalize";
+import { PlanError } from "./plan";
 
 export type { Lab, LabIssue } from "./model";
+export { formatIssues, formatPath, Locator, parsePath, type PathSegment } from "./locate";
 
 /** Thrown by {@link loadLab}: the message lists every issue, `issues` holds them. */
 export class LabError extends Error {
@@ -26,72 +28,6 @@ export class LabError extends Error {
   ) {
     super(`Invalid lab definition (${file}): ${issues.length} problem(s)\n${formatIssues(file, issues)}`);
     this.name = "LabError";
-  }
-}
-
-/** One line per issue: `file:line:col  path: message (fix: …)`. */
-export function formatIssues(file: string, issues: readonly LabIssue[]): string {
-  return issues
-    .map(
-      (i) =>
-        `${file}:${i.line}:${i.column}  ${i.path === "" ? "(document)" : i.path}: ${i.message}\n    fix: ${i.fix}`,
-    )
-    .join("\n");
-}
-
-export type PathSegment = string | number;
-
-/** `servers[2].networks[0].subnet` from path segments. */
-export function formatPath(segments: readonly PathSegment[]): string {
-  return segments
-    .map((s, i) =>
-      typeof s === "number"
-        ? `[${s}]`
-        : i === 0
-          ? s
-          : /^[A-Za-z_$][\w$-]*$/.test(s)
-            ? `.${s}`
-            : `[${JSON.stringify(s)}]`,
-    )
-    .join("");
-}
-
-/** Locates YAML paths in the parsed document for issue reports. */
-export class Locator {
-  constructor(
-    private readonly doc: Document,
-    private readonly lines: LineCounter,
-  ) {}
-
-  private position(offset: number): { line: number; column: number } {
-    const { line, col } = this.lines.linePos(offset);
-    return { line, column: col };
-  }
-
-  /** The node at `path`, or its nearest existing ancestor; with `key`, that key of the map at `path`. */
-  locate(path: readonly PathSegment[], key?: string): { line: number; column: number } {
-    for (let n = path.length; n >= 0; n--) {
-      const node = n === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, n), true);
-      if (isNode(node) && node.range) {
-        if (key !== undefined && n === path.length && isMap(node)) {
-          const pair = node.items.find(
-            (p) => isNode(p.key) && (p.key as Node & { value?: unknown }).value === key,
-          );
-          if (pair && isNode(pair.key) && pair.key.range) return this.position(pair.key.range[0]);
-        }
-        return this.position(node.range[0]);
-      }
-    }
-    return { line: 1, column: 1 };
-  }
-
-  /**
-   * An issue at `path`. With `key`, the issue concerns that key of the map at `path`: the
-   * reported path includes it and the position is the key itself.
-   */
-  issue(path: readonly PathSegment[], message: string, fix: string, key?: string): LabIssue {
-    const full = key === undefined ? path : [...path, key];
-    return { path: formatPath(full), ...this.locate(path, key), message, fix };
   }
 }
 
@@ -337,11 +273,6 @@ export function parseLab(text: string): { lab: Lab | null; issues: LabIssue[] } 
     };
   }
   return { lab, issues: [] };
-}
-
-/** `servers[2].name` → ["servers", 2, "name"]. */
-export function parsePath(path: string): PathSegment[] {
-  return [...path.matchAll(/([^.[\]]+)|\[(\d+)\]/g)].map((m) => (m[2] !== undefined ? Number(m[2]) : m[1]));
 }
 
 /** Reads and validates a lab definition file; throws {@link LabError} listing every problem. */

@@ -3,7 +3,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { parse } from "yaml";
-import { formatIssues, LabError, loadLab, parseLab } from "../../../stacks/lab";
+import { formatIssues, LabError, loadLab, parseLab } from "../../../lab/parse";
 import { repoRoot } from "../templates/support";
 
 // Edits reach into arbitrary YAML structure; a loose type keeps the cases short.

@@ -1,10 +1,10 @@
 /**
  * Generates docs/lab-definition.md from stacks/lab.schema.json, so the reference cannot drift
- * from what the loader accepts (test/unit/stacks/labDocs.test.ts compares the two).
+ * from what the loader accepts (test/unit/lab/labDocs.test.ts compares the two).
  *
- *   node dist/stacks/labDocs.js > docs/lab-definition.md   (formatted with the repo's Prettier settings)
+ *   node dist/lab/docs.js > docs/lab-definition.md   (formatted with the repo's Prettier settings)
  */
-import schema from "./lab.schema.json";
+import schema from "../stacks/lab.schema.json";
 import { RENDER_NOTES } from "./artifacts";
 
 interface Schema {
@@ -90,8 +90,8 @@ export function renderLabReference(): string {
   const out: string[] = [
     "# Lab definition reference",
     "",
-    "<!-- Generated from stacks/lab.schema.json by stacks/labDocs.ts; do not edit by hand.",
-    "     Regenerate: npm run build && node dist/stacks/labDocs.js > docs/lab-definition.md -->",
+    "<!-- Generated from stacks/lab.schema.json by lab/docs.ts; do not edit by hand.",
+    "     Regenerate: npm run build && node dist/lab/docs.js > docs/lab-definition.md -->",
     "",
     "A lab definition is one YAML file describing an OpenStack-shaped lab: hosts, identity, images,",
     "flavors, keypairs, networks, routers, security groups, servers, load balancers, autoscale groups and",

@@ -2,8 +2,8 @@ import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import * as path from "node:path";
 import { parse } from "yaml";
-import { renderLab } from "../../../stacks/artifacts";
-import { loadLab, parseLab } from "../../../stacks/lab";
+import { renderLab } from "../../../lab/artifacts";
+import { loadLab, parseLab } from "../../../lab/parse";
 import {
   assertValid,
   dnsmasqTest,

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import Ajv from "ajv";
 import schema from "../../../stacks/lab.schema.json";
-import { formattedLabReference } from "../../../stacks/labDocs";
+import { formattedLabReference } from "../../../lab/docs";
 import { repoRoot } from "../templates/support";
 
 test("lab.schema.json is a valid draft-07 JSON Schema", () => {

@@ -16,8 +16,8 @@ import * as pulumi from "@pulumi/pulumi";
 import { dhcpPaths } from "../../../provider/ipam";
 import { networkDevices } from "../../../provider/network";
 import { portOwner, serverPaths } from "../../../provider/server/model";
-import { RenderError, renderLab } from "../../../stacks/artifacts";
-import { loadLab, parseLab } from "../../../stacks/lab";
+import { RenderError, renderLab } from "../../../lab/artifacts";
+import { loadLab, parseLab } from "../../../lab/parse";
 import { repoRoot } from "../templates/support";
 
 interface Registered {

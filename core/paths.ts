@@ -1,0 +1,133 @@
+/**
+ * Where kvmlab keeps things on a host: one definition of every path and device name that more
+ * than one layer needs (the providers write them, the templates and `kvmlab render` name them).
+ * Pure.
+ *
+ *   /var/lib/kvmlab/records/<kind>/<name>.json            a record (objects with no native store)
+ *   /var/lib/kvmlab/images/<name>/disk.qcow2 | disk.raw  a disk image
+ *   /var/lib/kvmlab/images/<name>/kernel, ramdisk         a kernel+ramdisk image (AKI/ARI)
+ *   /var/lib/kvmlab/instances/<server>/…                  a server's overlay, seed, console log
+ *   /var/lib/kvmlab/dhcp/<subnet>/…                       a subnet's dnsmasq files
+ *   /var/lib/kvmlab/lb/<lb>/…                             a load balancer's HAProxy files
+ */
+import { checkName, deviceName, shortId } from "./names";
+
+/** Root of everything kvmlab keeps on a host. */
+export const KVMLAB_STATE_DIR = "/var/lib/kvmlab";
+
+/** A record's path; throws when kind or name breaks the name rule. */
+export function recordPath(kind: string, name: string): string {
+  const e = checkName("record kind", kind) ?? checkName("record name", name);
+  if (e) throw new Error(e);
+  return `${KVMLAB_STATE_DIR}/records/${kind}/${name}.json`;
+}
+
+/** Root of the image store on every host. */
+export const IMAGE_STORE = `${KVMLAB_STATE_DIR}/images`;
+
+export type ImageRole = "disk" | "kernel" | "ramdisk";
+export type DiskFormat = "qcow2" | "raw";
+
+/** Where an image's files live on every host; throws when the name breaks the name rule. */
+export function imageDir(imageName: string): string {
+  const e = checkName("record name", imageName);
+  if (e) throw new Error(e);
+  return `${IMAGE_STORE}/${imageName}`;
+}
+
+/** File name of an image's file in its store folder: `disk.qcow2`, `disk.raw`, `kernel`, `ramdisk`. */
+export function imageFileName(role: ImageRole, format: DiskFormat = "qcow2"): string {
+  return role === "disk" ? `disk.${format}` : role;
+}
+
+/**
+ * Paths of an image's files in every host's image store, as a Server takes them: a disk image
+ * (`kind` "disk", with its format) or a kernel+ramdisk image. The same names the Image provider
+ * writes.
+ */
+export function imageStorePaths(
+  name: string,
+  kind: "disk" | "kernel",
+  format: DiskFormat = "qcow2",
+): { disk: string; format: DiskFormat; kernel: string; ramdisk: string } {
+  const dir = imageDir(name);
+  return kind === "disk"
+    ? { disk: `${dir}/${imageFileName("disk", format)}`, format, kernel: "", ramdisk: "" }
+    : { disk: "", format: "qcow2", kernel: `${dir}/kernel`, ramdisk: `${dir}/ramdisk` };
+}
+
+/** Device names of a network on every host. */
+export function networkDevices(networkName: string): { shortId: string; bridge: string; vxlan: string } {
+  return {
+    shortId: shortId(networkName),
+    bridge: deviceName("b", networkName),
+    vxlan: deviceName("x", networkName),
+  };
+}
+
+/** Where a subnet's DHCP service lives on its host. */
+export interface DhcpPaths {
+  namespace: string;
+  dir: string;
+  confFile: string;
+  pidFile: string;
+  leaseFile: string;
+  hostsFile: string;
+  /** veth end in the network's bridge (root namespace). */
+  hostDevice: string;
+  /** veth end inside the qdhcp namespace; dnsmasq binds to it. */
+  nsDevice: string;
+}
+
+export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
+  const dir = `${KVMLAB_STATE_DIR}/dhcp/${subnetName}`;
+  return {
+    namespace: `qdhcp-${networkName}`,
+    dir,
+    confFile: `${dir}/dnsmasq.conf`,
+    pidFile: `${dir}/dnsmasq.pid`,
+    leaseFile: `${dir}/dnsmasq.leases`,
+    hostsFile: `${dir}/hosts`,
+    hostDevice: deviceName("d", subnetName),
+    nsDevice: deviceName("n", subnetName),
+  };
+}
+
+/** Files of a server on its host. */
+export function serverPaths(serverName: string): {
+  dir: string;
+  disk: string;
+  seedDir: string;
+  seedIso: string;
+  serialLog: string;
+  domainXml: string;
+} {
+  const dir = `${KVMLAB_STATE_DIR}/instances/${serverName}`;
+  return {
+    dir,
+    disk: `${dir}/disk.qcow2`,
+    seedDir: `${dir}/seed`,
+    seedIso: `${dir}/seed.iso`,
+    serialLog: `${dir}/console.log`,
+    domainXml: `${dir}/domain.xml`,
+  };
+}
+
+/** IPAM owner id of a server's port. */
+export function portOwner(serverName: string, index: number): string {
+  return `server:${serverName}:${index}`;
+}
+
+/**
+ * A load balancer's HAProxy files, named by the load balancer alone like every other object on
+ * the hosts (joining a lab and an object name with "-" is ambiguous: lab `a-b` + `c` = lab `a` + `b-c`).
+ */
+export function loadBalancerPaths(lb: string) {
+  const dir = `${KVMLAB_STATE_DIR}/lb/${lb}`;
+  return {
+    dir,
+    config: `${dir}/haproxy.cfg`,
+    statsSocket: `${dir}/haproxy.sock`,
+    pidFile: `${dir}/haproxy.pid`,
+  };
+}
