@@ -8,8 +8,8 @@ import {
   overlaps,
   parseCidr,
   prefixToNetmask,
-} from "../../../templates";
-import { assertFieldError } from "./support";
+} from "../../../core/net";
+import { assertFieldError } from "../templates/support";
 
 test("ipToInt and intToIp round-trip", () => {
   for (const ip of ["0.0.0.0", "10.0.0.1", "192.168.255.254", "255.255.255.255"]) {
