@@ -1,10 +1,11 @@
 /**
  * Every artifact of a lab definition, rendered without touching a host: one file per object,
  * keyed by its path relative to the output folder. The files are what the components would
- * hand the providers: servers through components/server.ts `renderServer`, subnets through
- * components/network.ts `planSubnet` and provider/ipam.ts, device names and paths from
- * provider/network.ts, provider/ipam.ts and provider/server/model.ts; none is re-derived here. Pure and deterministic: the same lab gives
- * byte-identical files.
+ * hand the providers: servers through templates/server.ts `renderServer` and subnets through
+ * templates/subnet.ts `planSubnet` (the functions the Server and Network components call), the
+ * dhcp-hostsfile through core/ipam.ts `hostsFileText` (what the IPAM writes), device names and
+ * paths from core/paths.ts (what the providers use); none is re-derived here. Pure and
+ * deterministic: the same lab gives byte-identical files.
  *
  *   servers/<name>.xml                         libvirt domain
  *   servers/<name>/{meta-data,user-data,network-config}   NoCloud seed
@@ -41,7 +42,7 @@ export interface RenderOptions {
   readonly stack?: string;
 }
 
-/** What one server's render gave (components/server.ts `renderServer`). */
+/** What one server's render gave (templates/server.ts `renderServer`). */
 export interface RenderedServer {
   readonly uuid: string;
   readonly uuidSeed: string;

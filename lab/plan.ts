@@ -4,7 +4,7 @@
  * not fixed in the lab are allocated here from each subnet's pool, in definition order:
  *
  *   1. gateways, and one DHCP port per subnet with dhcp: the first address of its pool, as the
- *      Network component gives it (components/network.ts `planSubnet`);
+ *      Network component gives it (templates/subnet.ts `planSubnet`);
  *   2. every fixedIp / vipAddress (one equal to a DHCP port's address is an error: apply
  *      would refuse it);
  *   3. router gateway legs on their external network;
@@ -47,7 +47,7 @@ export interface PlannedPort {
   readonly ip: string;
   /** True when the lab fixed the address; false when this plan allocated it. */
   readonly fixed: boolean;
-  /** The network's bridge on every host (provider/network.ts `networkDevices`). */
+  /** The network's bridge on every host (core/paths.ts `networkDevices`). */
   readonly bridge: string;
   readonly driver: LabNetwork["driver"];
   readonly mtu: number;
