@@ -5,7 +5,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { parseArgs, unreadable, UsageError } from "./lab/args";
+import { parseArgs, UsageError } from "./args";
+import { unreadable } from "./lab/read";
 
 const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--stack NAME] [--domain-type kvm|qemu]
 
@@ -75,13 +76,13 @@ function prepare(dir: string): void {
 export async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs(argv, ["out", "domain-type", "stack"]);
+    parsed = parseArgs(argv, { valued: ["out", "domain-type", "stack"] });
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     console.error(`kvmlab render: ${err.message}\n\n${USAGE}`);
     return 2;
   }
-  if (parsed.options.has("help")) {
+  if (parsed.help) {
     console.log(USAGE);
     return 0;
   }

@@ -3,7 +3,8 @@
  * prints every problem with its location and a fix. Exit 0 when valid, 1 when not, 2 on usage.
  */
 import * as fs from "node:fs";
-import { parseArgs, unreadable, UsageError } from "./lab/args";
+import { parseArgs, UsageError } from "./args";
+import { unreadable } from "./lab/read";
 
 const USAGE = `usage: kvmlab validate <lab.yaml> [--json]
 
@@ -14,13 +15,13 @@ what is wrong and how to fix it. Exit status 0 when the lab is valid, 1 when it 
 export async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs(argv, [], ["json"]);
+    parsed = parseArgs(argv, { flags: ["json"] });
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     console.error(`kvmlab validate: ${err.message}\n\n${USAGE}`);
     return 2;
   }
-  if (parsed.options.has("help")) {
+  if (parsed.help) {
     console.log(USAGE);
     return 0;
   }

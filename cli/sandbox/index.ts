@@ -5,6 +5,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { parseArgs, UsageError } from "../args";
 import { SandboxError, run } from "./exec";
 import {
   HOST_DAEMONS,
@@ -65,71 +66,36 @@ interface Options {
   json: boolean;
 }
 
-class UsageError extends Error {}
-
-function parseArgs(argv: string[]): Options | "help" {
-  let action: Options["action"] | undefined;
-  let instance = defaultInstance();
-  let hosts = 2;
-  let hostsGiven = false;
-  let json = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const [flag, inline] =
-      arg.startsWith("--") && arg.includes("=")
-        ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
-        : [arg, undefined];
-    const value = () => {
-      if (inline !== undefined) return inline;
-      const next = argv[++i];
-      if (next === undefined) throw new UsageError(`${flag} needs a value`);
-      return next;
-    };
-    switch (flag) {
-      case "-h":
-      case "--help":
-      case "help":
-        return "help";
-      case "--json":
-        json = true;
-        break;
-      case "--instance":
-        instance = value();
-        break;
-      case "--hosts": {
-        const v = value();
-        if (!/^\d+$/.test(v))
-          throw new UsageError(
-            `invalid --hosts ${JSON.stringify(v)}: give a whole number from 1 to ${MAX_HOSTS}`,
-          );
-        hosts = Number(v);
-        hostsGiven = true;
-        break;
-      }
-      case "up":
-      case "status":
-      case "down":
-        if (action !== undefined) throw new UsageError(`give one action, not "${action}" and "${flag}"`);
-        action = flag;
-        break;
-      default:
-        throw new UsageError(`unknown argument "${arg}"`);
-    }
-  }
+function parseOptions(argv: string[]): Options | "help" {
+  const parsed = parseArgs(argv, {
+    valued: ["instance", "hosts"],
+    flags: ["json"],
+    words: ["up", "status", "down"],
+  });
+  if (parsed.help) return "help";
+  const [action, second] = parsed.positional as Options["action"][];
+  if (second !== undefined) throw new UsageError(`give one action, not "${action}" and "${second}"`);
   if (action === undefined) throw new UsageError("give an action: up, status or down");
+  const instance = (parsed.options.get("instance") as string | undefined) ?? defaultInstance();
+  const hostsText = parsed.options.get("hosts") as string | undefined;
+  if (hostsText !== undefined && !/^\d+$/.test(hostsText))
+    throw new UsageError(
+      `invalid --hosts ${JSON.stringify(hostsText)}: give a whole number from 1 to ${MAX_HOSTS}`,
+    );
+  const hosts = hostsText === undefined ? 2 : Number(hostsText);
   try {
     checkInstanceName(instance);
     checkHostCount(hosts);
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  return { action, instance, hosts, hostsGiven, json };
+  return { action, instance, hosts, hostsGiven: hostsText !== undefined, json: parsed.options.has("json") };
 }
 
 export async function main(argv: string[]): Promise<number> {
   let opts: Options | "help";
   try {
-    opts = parseArgs(argv);
+    opts = parseOptions(argv);
   } catch (err) {
     if (err instanceof UsageError) {
       console.error(`kvmlab sandbox: ${err.message}\n\n${USAGE}`);
