@@ -59,12 +59,18 @@ export interface ServerImageArgs {
   readonly ramdisk?: pulumi.Input<string>;
 }
 
-/** A flavor's sizes. */
+/** A flavor: its sizes and extra specs (the same fields as the Flavor resource). */
 export interface ServerFlavorArgs {
   readonly name: pulumi.Input<string>;
   readonly vcpus: pulumi.Input<number>;
   readonly ramMiB: pulumi.Input<number>;
   readonly diskGiB?: pulumi.Input<number>;
+  /** Servers have no ephemeral disk: anything but 0 is refused. @default 0 */
+  readonly ephemeralGiB?: pulumi.Input<number>;
+  /** Servers have no swap disk: anything but 0 is refused. @default 0 */
+  readonly swapMiB?: pulumi.Input<number>;
+  /** Nova extra specs: mapped into the domain XML, or refused naming the key (core/flavor.ts). @default {} */
+  readonly extraSpecs?: pulumi.Input<Record<string, pulumi.Input<string>>>;
 }
 
 export interface ServerArgs {
@@ -72,7 +78,7 @@ export interface ServerArgs {
   readonly serverName?: string;
   /** Image in the hosts' image store: an Image component or resource, or its paths ({@link imageStorePaths}). */
   readonly image: ImageComponent | Image | pulumi.Input<ServerImageArgs>;
-  /** vCPUs, RAM and disk: a Flavor resource or a literal; changing it is a cold resize. */
+  /** The whole flavor (sizes and extra specs): a Flavor resource or a literal; changing it is a cold resize. */
   readonly flavor: Flavor | pulumi.Input<ServerFlavorArgs>;
   /** NICs, in guest order (eth0, eth1…). @default none */
   readonly ports?: readonly ServerPortArgs[];
@@ -208,6 +214,9 @@ export class Server extends pulumi.ComponentResource {
             vcpus: args.flavor.vcpus,
             ramMiB: args.flavor.ramMiB,
             diskGiB: args.flavor.diskGiB,
+            ephemeralGiB: args.flavor.ephemeralGiB,
+            swapMiB: args.flavor.swapMiB,
+            extraSpecs: args.flavor.extraSpecs,
           }
         : (args.flavor as pulumi.Input<ServerFlavorArgs>);
     const rendered = pulumi
@@ -232,6 +241,9 @@ export class Server extends pulumi.ComponentResource {
           vcpus: flavor.vcpus,
           ramMiB: flavor.ramMiB,
           diskGiB: flavor.diskGiB ?? 0,
+          ephemeralGiB: flavor.ephemeralGiB ?? 0,
+          swapMiB: flavor.swapMiB ?? 0,
+          extraSpecs: { ...(flavor.extraSpecs ?? {}) },
         };
         let r: ReturnType<typeof renderServer>;
         try {

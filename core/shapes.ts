@@ -6,13 +6,24 @@ import type { DiskFormat } from "./paths";
 
 export type ImageKind = "disk" | "kernel";
 
-/** The flavor's sizes as the server uses them. */
+/**
+ * The whole flavor as a server is given it (the Flavor resource's fields; limits in
+ * core/flavor.ts). The Server provider keeps it in a canonical form that leaves out zero
+ * ephemeral/swap and empty extra specs, so state written before these fields existed compares
+ * equal.
+ */
 export interface ServerFlavor {
   name: string;
   vcpus: number;
   ramMiB: number;
   /** Root disk size; 0 keeps the image's size. Ignored for kernel images without a disk. */
   diskGiB: number;
+  /** Ephemeral disk; kvmlab servers have none, so anything but 0 is refused. @default 0 */
+  ephemeralGiB?: number;
+  /** Swap disk; kvmlab servers have none, so anything but 0 is refused. @default 0 */
+  swapMiB?: number;
+  /** Nova extra specs; core/flavor.ts `flavorDomainSettings` maps them into the domain XML or refuses them. @default {} */
+  extraSpecs?: Record<string, string>;
 }
 
 /** Where the image's files are in every host's image store. */

@@ -120,7 +120,16 @@ export function renderLab(
           ...imageStorePaths(image.name, kind, image.format === "raw" ? "raw" : "qcow2"),
           ...(kind === "kernel" && image.ramdisk === null ? { ramdisk: "" } : {}),
         },
-        flavor: { name: flavor.name, vcpus: flavor.vcpus, ramMiB: flavor.ramMiB, diskGiB: flavor.diskGiB },
+        // The whole flavor, as the Server component passes it.
+        flavor: {
+          name: flavor.name,
+          vcpus: flavor.vcpus,
+          ramMiB: flavor.ramMiB,
+          diskGiB: flavor.diskGiB,
+          ephemeralGiB: flavor.ephemeralGiB,
+          swapMiB: flavor.swapMiB,
+          extraSpecs: { ...flavor.extraSpecs },
+        },
         ports: s.ports.map((p) => ({
           networkName: p.network,
           subnetName: p.subnet,

@@ -70,6 +70,8 @@ export interface LabFlavor {
   readonly ramMiB: number;
   readonly diskGiB: number;
   readonly ephemeralGiB: number;
+  readonly swapMiB: number;
+  readonly extraSpecs: Readonly<Record<string, string>>;
 }
 
 export interface LabKeypair {

@@ -185,6 +185,8 @@ export function normalizeLab(d: Raw): Lab {
       ramMiB: x.ramMiB,
       diskGiB: x.diskGiB,
       ephemeralGiB: x.ephemeralGiB ?? 0,
+      swapMiB: x.swapMiB ?? 0,
+      extraSpecs: { ...(x.extraSpecs ?? {}) },
     })),
     keypairs: list(d.keypairs).map((x: Raw) => ({ name: x.name, publicKey: x.publicKey })),
     networks: list(d.networks).map((n: Raw) => ({

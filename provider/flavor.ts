@@ -22,6 +22,7 @@
  *   delete  remove the record if it still carries this flavorId (idempotent)
  */
 import * as pulumi from "@pulumi/pulumi";
+import { checkExtraSpecs as coreCheckExtraSpecs, FLAVOR_LIMITS } from "../core/flavor";
 import {
   UNKNOWN,
   checkHostList,
@@ -106,90 +107,12 @@ export interface FlavorRecord {
 
 type Failure = { property: string; reason: string };
 
-const POSITIVE_INT = /^[1-9][0-9]{0,9}$/;
-const NON_NEGATIVE_INT = /^(0|[1-9][0-9]{0,11})$/;
-const BOOL = /^(true|false)$/;
-
-/**
- * Extra spec keys kvmlab accepts, with the values each allows. The `hw:`, `hw_rng:`, `quota:`
- * and `trait:` keys mean what they mean in Nova (the Server maps the ones libvirt supports into
- * the domain XML); `kvmlab:<name>` keys are free-form and travel only into records.
- */
-export const EXTRA_SPEC_RULES: readonly { key: RegExp; value: RegExp; allowed: string }[] = [
-  { key: /^hw:cpu_(sockets|cores|threads)$/, value: POSITIVE_INT, allowed: "a positive integer" },
-  { key: /^hw:cpu_policy$/, value: /^(shared|dedicated)$/, allowed: '"shared" or "dedicated"' },
-  {
-    key: /^hw:mem_page_size$/,
-    value: /^(small|large|any|[1-9][0-9]*(KB|MB|GB)?)$/,
-    allowed: '"small", "large", "any" or a size like "2MB"',
-  },
-  { key: /^hw:numa_nodes$/, value: POSITIVE_INT, allowed: "a positive integer" },
-  {
-    key: /^hw:watchdog_action$/,
-    value: /^(disabled|none|pause|poweroff|reset)$/,
-    allowed: '"disabled", "none", "pause", "poweroff" or "reset"',
-  },
-  { key: /^hw:boot_menu$/, value: BOOL, allowed: '"true" or "false"' },
-  { key: /^hw_rng:allowed$/, value: BOOL, allowed: '"true" or "false"' },
-  { key: /^quota:cpu_(shares|period|quota)$/, value: NON_NEGATIVE_INT, allowed: "a non-negative integer" },
-  {
-    key: /^quota:disk_(read|write|total)_(bytes|iops)_sec$/,
-    value: NON_NEGATIVE_INT,
-    allowed: "a non-negative integer",
-  },
-  {
-    key: /^quota:vif_(inbound|outbound)_(average|peak|burst)$/,
-    value: NON_NEGATIVE_INT,
-    allowed: "a non-negative integer (KiB/s or KiB)",
-  },
-  {
-    key: /^trait:[A-Z][A-Z0-9_]{0,254}$/,
-    value: /^(required|forbidden)$/,
-    allowed: '"required" or "forbidden"',
-  },
-  { key: /^kvmlab:[a-z0-9][a-z0-9_.-]{0,62}$/, value: /^[\x20-\x7e]{0,255}$/, allowed: "printable text" },
-];
+/** Extra spec keys kvmlab accepts (one definition: core/flavor.ts). */
+export { EXTRA_SPEC_RULES } from "../core/flavor";
 
 /** Checks extra specs; returns error texts naming `extraSpecs.<key>`. Pure. */
 export function checkExtraSpecs(raw: unknown, vcpus: unknown): string[] {
-  if (raw === UNKNOWN) return [];
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-    return [`extraSpecs: expected a map of string keys to string values, got ${showValue(raw)}`];
-  }
-  const errors: string[] = [];
-  for (const [key, value] of Object.entries(raw as Record<string, unknown>)) {
-    if (value === UNKNOWN) continue;
-    const rule = EXTRA_SPEC_RULES.find((r) => r.key.test(key));
-    if (!rule) {
-      errors.push(
-        `extraSpecs.${showValue(key)}: unknown key; use a Nova key kvmlab knows (hw:cpu_sockets|cores|threads|policy, hw:mem_page_size, hw:numa_nodes, hw:watchdog_action, hw:boot_menu, hw_rng:allowed, quota:cpu_*, quota:disk_*_sec, quota:vif_*, trait:NAME) or a free-form "kvmlab:<name>" key`,
-      );
-      continue;
-    }
-    if (typeof value !== "string" || !rule.value.test(value)) {
-      errors.push(`extraSpecs.${key}: expected ${rule.allowed} as a string, got ${showValue(value)}`);
-      continue;
-    }
-    if (
-      /^hw:(cpu_(sockets|cores|threads)|numa_nodes)$/.test(key) &&
-      typeof vcpus === "number" &&
-      Number(value) > vcpus
-    ) {
-      errors.push(`extraSpecs.${key}: ${value} is more than the flavor's ${vcpus} vcpus; lower it`);
-    }
-  }
-  const specs = raw as Record<string, unknown>;
-  const topo = ["hw:cpu_sockets", "hw:cpu_cores", "hw:cpu_threads"].map((k) => specs[k]);
-  if (
-    topo.every((v) => typeof v === "string" && POSITIVE_INT.test(v)) &&
-    typeof vcpus === "number" &&
-    topo.reduce((p: number, v) => p * Number(v), 1) !== vcpus
-  ) {
-    errors.push(
-      `extraSpecs: hw:cpu_sockets × hw:cpu_cores × hw:cpu_threads = ${topo.join(" × ")} must equal vcpus (${vcpus}); fix one of them`,
-    );
-  }
-  return errors;
+  return coreCheckExtraSpecs(raw, vcpus, (v) => v === UNKNOWN);
 }
 
 function checkInt(field: string, v: unknown, min: number, max: number, what: string): string | undefined {
@@ -209,18 +132,28 @@ export function checkFlavorInputs(news: Record<string, unknown>): {
   const add = (property: string, e: string | undefined): void => {
     if (e) failures.push({ property, reason: e });
   };
+  const L = FLAVOR_LIMITS; // one set of limits, shared with the Server (core/flavor.ts)
   if (news.flavorName !== UNKNOWN) add("flavorName", checkName("flavorName", news.flavorName));
-  add("vcpus", checkInt("vcpus", news.vcpus, 1, 255, "the number of virtual CPUs"));
-  add("ramMiB", checkInt("ramMiB", news.ramMiB, 128, 1048576, "RAM in MiB"));
+  add("vcpus", checkInt("vcpus", news.vcpus, L.vcpus.min, L.vcpus.max, "the number of virtual CPUs"));
+  add("ramMiB", checkInt("ramMiB", news.ramMiB, L.ramMiB.min, L.ramMiB.max, "RAM in MiB"));
   const diskGiB = news.diskGiB ?? 0;
-  add("diskGiB", checkInt("diskGiB", diskGiB, 0, 65536, "the root disk in GiB (0: the image's size)"));
+  add(
+    "diskGiB",
+    checkInt("diskGiB", diskGiB, L.diskGiB.min, L.diskGiB.max, "the root disk in GiB (0: the image's size)"),
+  );
   const ephemeralGiB = news.ephemeralGiB ?? 0;
   add(
     "ephemeralGiB",
-    checkInt("ephemeralGiB", ephemeralGiB, 0, 65536, "the ephemeral disk in GiB (0: none)"),
+    checkInt(
+      "ephemeralGiB",
+      ephemeralGiB,
+      L.ephemeralGiB.min,
+      L.ephemeralGiB.max,
+      "the ephemeral disk in GiB (0: none)",
+    ),
   );
   const swapMiB = news.swapMiB ?? 0;
-  add("swapMiB", checkInt("swapMiB", swapMiB, 0, 1048576, "swap in MiB (0: none)"));
+  add("swapMiB", checkInt("swapMiB", swapMiB, L.swapMiB.min, L.swapMiB.max, "swap in MiB (0: none)"));
   const extraSpecs = news.extraSpecs ?? {};
   for (const e of checkExtraSpecs(extraSpecs, news.vcpus)) add("extraSpecs", e);
   const description = news.description ?? "";

@@ -2,8 +2,12 @@
  * libvirt domain XML for one server: vCPUs and memory from its flavor, a qcow2 overlay disk or
  * direct kernel boot, an optional NoCloud seed CD-ROM, one virtio NIC per port on a Linux or
  * OVS bridge (explicit tap name, fa:16:3e MAC), serial console logged to a file, VNC, and
- * `<metadata>` in the kvmlab namespace so every domain on a host is attributable.
+ * `<metadata>` in the kvmlab namespace so every domain on a host is attributable. A flavor's
+ * extra specs arrive as {@link FlavorDomainSettings} (core/flavor.ts decides what each becomes):
+ * CPU topology, watchdog, RNG, boot menu, cputune, the root disk's iotune, NICs' bandwidth and
+ * kvmlab:* notes in the metadata.
  */
+import { FLAVOR_LIMITS, type FlavorDomainSettings, type IoTuneKey } from "../core/flavor";
 import { ipToInt } from "../core/net";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
@@ -76,7 +80,19 @@ export interface DomainSpec {
   };
   /** TCG translation-block cache (MiB), only for `type: "qemu"`. @default none */
   readonly tbCacheMiB?: number | null;
+  /** What the flavor's extra specs add (core/flavor.ts `flavorDomainSettings`). @default none */
+  readonly flavorSettings?: FlavorDomainSettings | null;
 }
+
+/** Order of `<iotune>` children (libvirt's). */
+const IOTUNE_KEYS: readonly IoTuneKey[] = [
+  "total_bytes_sec",
+  "read_bytes_sec",
+  "write_bytes_sec",
+  "total_iops_sec",
+  "read_iops_sec",
+  "write_iops_sec",
+];
 
 export interface DomainView {
   readonly name: string;
@@ -111,6 +127,25 @@ export interface DomainView {
     readonly flavor: string;
   };
   readonly tbCacheMiB: number | null;
+  readonly topology: { readonly sockets: number; readonly cores: number; readonly threads: number } | null;
+  readonly bootMenu: { readonly enable: "yes" | "no" } | null;
+  readonly cputune: readonly { readonly name: string; readonly value: number }[] | null;
+  readonly iotune: readonly { readonly name: string; readonly value: number }[] | null;
+  readonly bandwidth: {
+    readonly inbound: {
+      readonly average: number;
+      readonly peak: number | null;
+      readonly burst: number | null;
+    } | null;
+    readonly outbound: {
+      readonly average: number;
+      readonly peak: number | null;
+      readonly burst: number | null;
+    } | null;
+  } | null;
+  readonly watchdog: string | null;
+  readonly rng: boolean;
+  readonly notes: readonly { readonly key: string; readonly value: string }[];
 }
 
 /** Validates `spec` and returns the view {@link renderDomainXml} accepts. */
@@ -222,8 +257,8 @@ export function toDomainView(spec: DomainSpec): DomainView {
     uuid,
     type,
     kvm: type === "kvm",
-    vcpus: checkInt("vcpus", spec.vcpus, 1, 255),
-    memoryMiB: checkInt("memoryMiB", spec.memoryMiB, 16, 4194304),
+    vcpus: checkInt("vcpus", spec.vcpus, FLAVOR_LIMITS.vcpus.min, FLAVOR_LIMITS.vcpus.max),
+    memoryMiB: checkInt("memoryMiB", spec.memoryMiB, FLAVOR_LIMITS.ramMiB.min, FLAVOR_LIMITS.ramMiB.max),
     kernel,
     disk,
     seedIso: spec.seedIso === undefined || spec.seedIso === null ? null : checkPath("seedIso", spec.seedIso),
@@ -232,7 +267,100 @@ export function toDomainView(spec: DomainSpec): DomainView {
     vnc,
     metadata,
     tbCacheMiB,
+    ...flavorView(spec.flavorSettings ?? null, vcpus(spec.vcpus), disk !== null),
   });
+}
+
+const vcpus = (v: number): number => checkInt("vcpus", v, FLAVOR_LIMITS.vcpus.min, FLAVOR_LIMITS.vcpus.max);
+
+/** The view's part for a flavor's extra specs; the numbers are checked again here. */
+function flavorView(
+  f: FlavorDomainSettings | null,
+  vcpuCount: number,
+  hasDisk: boolean,
+): Pick<
+  DomainView,
+  "topology" | "bootMenu" | "cputune" | "iotune" | "bandwidth" | "watchdog" | "rng" | "notes"
+> {
+  if (f === null)
+    return {
+      topology: null,
+      bootMenu: null,
+      cputune: null,
+      iotune: null,
+      bandwidth: null,
+      watchdog: null,
+      rng: true,
+      notes: [],
+    };
+  const big = 2 ** 53 - 1;
+  let topology: DomainView["topology"] = null;
+  if (f.topology !== null) {
+    const t = {
+      sockets: checkInt("flavorSettings.topology.sockets", f.topology.sockets, 1, 255),
+      cores: checkInt("flavorSettings.topology.cores", f.topology.cores, 1, 255),
+      threads: checkInt("flavorSettings.topology.threads", f.topology.threads, 1, 255),
+    };
+    if (t.sockets * t.cores * t.threads !== vcpuCount)
+      throw new FieldError(
+        "flavorSettings.topology",
+        `sockets × cores × threads = ${t.sockets * t.cores * t.threads}, not the ${vcpuCount} vcpus`,
+        "make them equal",
+      );
+    topology = t;
+  }
+  const entries = (
+    field: string,
+    o: Readonly<Record<string, number | null | undefined>> | null,
+    order: readonly string[],
+  ): { name: string; value: number }[] | null => {
+    if (o === null) return null;
+    const list = order
+      .filter((k) => o[k] !== null && o[k] !== undefined)
+      .map((name) => ({ name, value: checkInt(`${field}.${name}`, o[name], 0, big) }));
+    return list.length > 0 ? list : null;
+  };
+  if (f.iotune !== null && !hasDisk)
+    throw new FieldError(
+      "flavorSettings.iotune",
+      "the domain has no disk to limit (a kernel image without a root disk)",
+      "use a flavor without quota:disk_* for this server",
+    );
+  const limit = (field: string, l: NonNullable<FlavorDomainSettings["bandwidth"]>["inbound"]) =>
+    l === null
+      ? null
+      : {
+          average: checkInt(`${field}.average`, l.average, 1, big),
+          peak: l.peak === null ? null : checkInt(`${field}.peak`, l.peak, 1, big),
+          burst: l.burst === null ? null : checkInt(`${field}.burst`, l.burst, 1, big),
+        };
+  return {
+    topology,
+    bootMenu: f.bootMenu === null ? null : { enable: f.bootMenu ? "yes" : "no" },
+    cputune: entries("flavorSettings.cputune", f.cputune, ["shares", "period", "quota"]),
+    iotune: entries("flavorSettings.iotune", f.iotune, IOTUNE_KEYS),
+    bandwidth:
+      f.bandwidth === null
+        ? null
+        : {
+            inbound: limit("flavorSettings.bandwidth.inbound", f.bandwidth.inbound),
+            outbound: limit("flavorSettings.bandwidth.outbound", f.bandwidth.outbound),
+          },
+    watchdog:
+      f.watchdog === null
+        ? null
+        : checkOneOf("flavorSettings.watchdog", f.watchdog, ["none", "pause", "poweroff", "reset"] as const),
+    rng: f.rng,
+    notes: f.notes.map((n, i) => {
+      if (!/^kvmlab:[a-z0-9][a-z0-9_.-]{0,62}$/.test(n.key))
+        throw new FieldError(
+          `flavorSettings.notes[${i}].key`,
+          `${JSON.stringify(n.key)} is not a kvmlab:<name> key`,
+          "use kvmlab:<name>",
+        );
+      return { key: n.key, value: checkText(`flavorSettings.notes[${i}].value`, n.value, { max: 255 }) };
+    }),
+  };
 }
 
 /** The domain's XML, ready for `virsh define`. */

@@ -4,6 +4,7 @@
  * (apply) and `kvmlab render` both call {@link renderServer}, so what render shows is what apply
  * puts on the hosts.
  */
+import { checkNoEphemeralOrSwap, flavorDomainSettings } from "../core/flavor";
 import { serverPaths } from "../core/paths";
 import type { ServerFlavor, ServerImage } from "../core/shapes";
 import { renderCloudInit, toCloudInitView, type CloudUserSpec, type WriteFileSpec } from "./cloudInit";
@@ -59,6 +60,12 @@ export function renderServer(r: ServerRenderInput): {
   const taps = r.ports.map((_, i) => deterministicIfName("tap", `${r.uuidSeed}/port${i}`));
   const paths = serverPaths(r.serverName);
   const hasDisk = r.image.disk !== "";
+  // The whole flavor reaches the domain: extra specs become XML or an error naming the key.
+  const noDisks = checkNoEphemeralOrSwap(r.flavor);
+  if (noDisks) throw noDisks;
+  const specs = r.flavor.extraSpecs ?? {};
+  const flavorSettings =
+    Object.keys(specs).length > 0 ? flavorDomainSettings(specs, r.flavor.vcpus, "flavor.extraSpecs") : null;
   const spec = (type: "kvm" | "qemu"): DomainSpec => ({
     name: r.serverName,
     uuid,
@@ -94,6 +101,7 @@ export function renderServer(r: ServerRenderInput): {
       flavor: r.flavor.name,
     },
     tbCacheMiB: type === "qemu" ? 32 : null,
+    flavorSettings,
   });
   const domainXml = {
     kvm: renderDomainXml(toDomainView(spec("kvm"))),

@@ -9,6 +9,7 @@ import type { LabIssue } from "../model";
 import { checkApps } from "./apps";
 import { checkCapacity } from "./capacity";
 import { CheckContext, type Rec } from "./context";
+import { checkFlavors } from "./flavors";
 import { checkIdentity } from "./identity";
 import { checkLoadBalancers } from "./loadBalancers";
 import { checkNames } from "./names";
@@ -24,6 +25,7 @@ const SECTIONS: readonly ((c: CheckContext) => void)[] = [
   checkNetworks,
   checkRouters,
   checkSecurityGroups,
+  checkFlavors,
   checkServers,
   checkLoadBalancers,
   checkCapacity,

@@ -15,6 +15,13 @@ import {
   showValue,
   type HostConnection,
 } from "../host";
+import {
+  checkExtraSpecs,
+  checkNoEphemeralOrSwap,
+  FLAVOR_LIMITS,
+  flavorDomainSettings,
+  withinFlavorLimits,
+} from "../../core/flavor";
 import { serverPaths } from "../../core/paths";
 
 export type PowerState = "running" | "stopped";
@@ -183,24 +190,72 @@ export function checkServerInputs(
   const flavor = news.flavor as Record<string, unknown> | undefined;
   if (known(flavor)) {
     if (flavor === null || typeof flavor !== "object") {
-      fail("flavor", `flavor: expected {name, vcpus, ramMiB, diskGiB}, got ${showValue(flavor)}`);
+      fail(
+        "flavor",
+        `flavor: expected {name, vcpus, ramMiB, diskGiB, ephemeralGiB, swapMiB, extraSpecs}, got ${showValue(flavor)}`,
+      );
     } else {
+      // One set of limits (core/flavor.ts), the same the Flavor resource checks.
+      const L = FLAVOR_LIMITS;
       fail(
         "flavor",
         flavor.name === undefined ? "flavor.name: missing" : checkName("flavor.name", flavor.name),
       );
-      if (!isInt(flavor.vcpus, 1, 255))
-        fail("flavor", `flavor.vcpus: expected an integer 1-255, got ${showValue(flavor.vcpus)}`);
-      if (!isInt(flavor.ramMiB, 128, 4194304)) {
+      if (!withinFlavorLimits("vcpus", flavor.vcpus))
         fail(
           "flavor",
-          `flavor.ramMiB: expected an integer of at least 128 (smaller guests do not boot), got ${showValue(flavor.ramMiB)}`,
+          `flavor.vcpus: expected an integer ${L.vcpus.min}-${L.vcpus.max}, got ${showValue(flavor.vcpus)}`,
+        );
+      if (!withinFlavorLimits("ramMiB", flavor.ramMiB)) {
+        fail(
+          "flavor",
+          `flavor.ramMiB: expected an integer of at least ${L.ramMiB.min} (smaller guests do not boot) and at most ${L.ramMiB.max}, got ${showValue(flavor.ramMiB)}`,
         );
       }
       const disk = flavor.diskGiB ?? 0;
-      if (!isInt(disk, 0, 65536))
-        fail("flavor", `flavor.diskGiB: expected an integer 0-65536, got ${showValue(disk)}`);
-      out.flavor = { name: flavor.name, vcpus: flavor.vcpus, ramMiB: flavor.ramMiB, diskGiB: disk };
+      if (!withinFlavorLimits("diskGiB", disk))
+        fail(
+          "flavor",
+          `flavor.diskGiB: expected an integer ${L.diskGiB.min}-${L.diskGiB.max}, got ${showValue(disk)}`,
+        );
+      const sizes = { ephemeralGiB: flavor.ephemeralGiB ?? 0, swapMiB: flavor.swapMiB ?? 0 };
+      for (const k of ["ephemeralGiB", "swapMiB"] as const)
+        if (known(sizes[k]) && !withinFlavorLimits(k, sizes[k]))
+          fail(
+            "flavor",
+            `flavor.${k}: expected an integer ${L[k].min}-${L[k].max}, got ${showValue(sizes[k])}`,
+          );
+        else if (known(sizes[k]))
+          fail("flavor", checkNoEphemeralOrSwap({ [k]: sizes[k] as number })?.message);
+      const specs = flavor.extraSpecs ?? {};
+      const specErrors = checkExtraSpecs(specs, flavor.vcpus, (v) => !known(v)).map((e) => `flavor.${e}`);
+      for (const e of specErrors) fail("flavor", e);
+      if (specErrors.length === 0 && known(specs) && typeof flavor.vcpus === "number") {
+        try {
+          flavorDomainSettings(specs as Record<string, string>, flavor.vcpus, "flavor.extraSpecs");
+        } catch (err) {
+          fail("flavor", (err as Error).message);
+        }
+      }
+      // Canonical form: zero ephemeral/swap and empty extra specs are left out, so state written
+      // before the Server took the whole flavor compares equal (no resize on upgrade).
+      out.flavor = {
+        name: flavor.name,
+        vcpus: flavor.vcpus,
+        ramMiB: flavor.ramMiB,
+        diskGiB: disk,
+        ...(sizes.ephemeralGiB !== 0 ? { ephemeralGiB: sizes.ephemeralGiB } : {}),
+        ...(sizes.swapMiB !== 0 ? { swapMiB: sizes.swapMiB } : {}),
+        ...(specs !== null && typeof specs === "object" && Object.keys(specs).length > 0
+          ? { extraSpecs: specs }
+          : {}),
+      };
+      // The XML the guest runs must have the flavor's vCPUs and RAM: placement and the host
+      // record count the flavor.
+      const xml = news.domainXml as Record<string, unknown> | undefined;
+      if (known(xml) && xml !== null && typeof xml === "object")
+        for (const type of ["kvm", "qemu"] as const)
+          fail("flavor", checkXmlMatchesFlavor(type, xml[type], flavor.vcpus, flavor.ramMiB));
     }
   }
 
@@ -370,6 +425,28 @@ export function checkServerInputs(
   }
   out.changePlan = planText(olds, out);
   return { inputs: out, failures };
+}
+
+/**
+ * The XML's `<vcpu>` and `<memory>` against the flavor's vcpus and ramMiB (pure); an error naming
+ * both values, or undefined when they agree (or are not known yet).
+ */
+export function checkXmlMatchesFlavor(
+  type: "kvm" | "qemu",
+  xml: unknown,
+  vcpus: unknown,
+  ramMiB: unknown,
+): string | undefined {
+  if (typeof xml !== "string" || !known(xml)) return undefined;
+  const where = `domainXml.${type}`;
+  const fix = "render the XML from the same flavor (components/server.ts does)";
+  const vcpu = /<vcpu\b[^>]*>(\d+)<\/vcpu>/.exec(xml)?.[1];
+  if (typeof vcpus === "number" && Number(vcpu) !== vcpus)
+    return `${where}: <vcpu> is ${vcpu ?? "missing"} but flavor.vcpus is ${vcpus}; ${fix}`;
+  const mem = /<memory unit='MiB'>(\d+)<\/memory>/.exec(xml)?.[1];
+  if (typeof ramMiB === "number" && Number(mem) !== ramMiB)
+    return `${where}: <memory> is ${mem === undefined ? "missing (or not in MiB)" : `${mem} MiB`} but flavor.ramMiB is ${ramMiB}; ${fix}`;
+  return undefined;
 }
 
 /** Checks that a rendered domain XML belongs to this server (pure). */

@@ -45,7 +45,7 @@ test("kvmlab validate: exit 1 with every problem as file:line:col path, message 
   const file = path.join(dir, "lab.yaml");
   fs.writeFileSync(
     file,
-    "name: x\nflavors:\n  - { name: f, vcpus: 0, ramMiB: 64, diskGiB: 1 }\nservers:\n  - name: s\n    image: nope\n    flavor: f\n    networks: [{ subnet: nowhere }]\n",
+    "name: x\nflavors:\n  - { name: f, vcpus: 0, ramMiB: 128, diskGiB: 1 }\nservers:\n  - name: s\n    image: nope\n    flavor: f\n    networks: [{ subnet: nowhere }]\n",
   );
   const r = await capture(() => validate([file]));
   assert.equal(r.code, 1);
