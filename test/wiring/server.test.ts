@@ -189,3 +189,41 @@ test("an Image component as image: the resource's resolved paths and kind reach 
   assert.ok(xml.qemu.includes("<source file='/var/lib/kvmlab/instances/app1/disk.qcow2'/>"));
   assert.ok(xml.qemu.includes("<kvmlab:image>rawimg</kvmlab:image>"));
 });
+
+test("a Flavor resource as flavor: the whole flavor reaches the Server, its extra specs the XML", async () => {
+  const { Flavor } = await import("../../provider/flavor");
+  const { Server } = await import("../../components/server");
+  const flavor = new Flavor("m1.watched", {
+    flavorName: "m1.watched",
+    vcpus: 2,
+    ramMiB: 256,
+    diskGiB: 1,
+    extraSpecs: { "hw:cpu_sockets": "2", "hw:watchdog_action": "poweroff", "kvmlab:tier": "web" },
+    hosts,
+  });
+  const srv = new Server("watched1", {
+    hosts,
+    image: { name: "img", kind: "disk", disk: "/var/lib/kvmlab/images/img/disk.qcow2" },
+    flavor,
+    cloudInit: false,
+  });
+  await unwrap(srv.uuid);
+  const r = registered.find((x) => x.type.endsWith("kvmlab:Server") && x.name === "watched1");
+  assert.ok(r);
+  assert.deepEqual(r.inputs.flavor, {
+    name: "m1.watched",
+    vcpus: 2,
+    ramMiB: 256,
+    diskGiB: 1,
+    ephemeralGiB: 0,
+    swapMiB: 0,
+    extraSpecs: { "hw:cpu_sockets": "2", "hw:watchdog_action": "poweroff", "kvmlab:tier": "web" },
+  });
+  const xml = r.inputs.domainXml as { kvm: string; qemu: string };
+  for (const x of [xml.kvm, xml.qemu]) {
+    assert.match(x, /<vcpu placement='static'>2<\/vcpu>/);
+    assert.match(x, /<topology sockets='2' cores='1' threads='1'\/>/);
+    assert.match(x, /<watchdog model='i6300esb' action='poweroff'\/>/);
+    assert.ok(x.includes("<kvmlab:spec key='kvmlab:tier'>web</kvmlab:spec>"));
+  }
+});
