@@ -66,3 +66,40 @@ test("ESLint accepts the imports the layering allows", async () => {
     assert.deepEqual(await lint(file, source), [], `${file}: ${source} should be allowed`);
   }
 });
+
+test("no import circle in core/, templates/ or lab/ (type-only imports included)", () => {
+  const fs = require("node:fs") as typeof import("node:fs");
+  const files: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (p.endsWith(".ts")) files.push(p);
+    }
+  };
+  for (const folder of ["core", "templates", "lab"]) walk(path.join(ROOT, folder));
+  const edges = new Map<string, string[]>();
+  for (const f of files) {
+    const targets = [...fs.readFileSync(f, "utf8").matchAll(/from "(\.[^"]+)"/g)].flatMap((m) => {
+      const t = path.join(path.dirname(f), m[1]);
+      return [`${t}.ts`, path.join(t, "index.ts")].filter((c) => fs.existsSync(c)).slice(0, 1);
+    });
+    edges.set(f, targets);
+  }
+  const state = new Map<string, "open" | "done">();
+  const cycles: string[] = [];
+  const visit = (n: string, stack: string[]): void => {
+    state.set(n, "open");
+    stack.push(n);
+    for (const m of edges.get(n) ?? []) {
+      if (state.get(m) === "open")
+        cycles.push([...stack.slice(stack.indexOf(m)), m].map((x) => path.relative(ROOT, x)).join(" -> "));
+      else if (!state.has(m)) visit(m, stack);
+    }
+    stack.pop();
+    state.set(n, "done");
+  };
+  for (const f of files) if (!state.has(f)) visit(f, []);
+  assert.ok(files.some((f) => f.endsWith(path.join("lab", "checks", "index.ts"))));
+  assert.deepEqual(cycles, []);
+});
