@@ -26,9 +26,12 @@ export function checkName(field: string, value: unknown): string | undefined {
   return undefined;
 }
 
+/** The device-name rule: 1-15 characters (IFNAMSIZ - 1), a letter or digit first, then `[A-Za-z0-9_.-]`. */
+export const DEVICE_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+
 /** Linux network device names: 1-15 characters, no `/`, space, `:` or quotes. */
 export function checkDeviceName(field: string, value: unknown): string | undefined {
-  if (typeof value !== "string" || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/.test(value)) {
+  if (typeof value !== "string" || !DEVICE_NAME_RE.test(value)) {
     return `${field}: expected a network device name (letters, digits, "_", "." or "-", at most 15 characters), got ${showValue(value)}`;
   }
   return undefined;

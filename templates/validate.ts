@@ -16,7 +16,11 @@ const show = (value: unknown): string => (typeof value === "string" ? JSON.strin
 export const NAME_PATTERN = NAME_RE;
 /** RFC 1123 host name label (guest host names). */
 export const HOSTNAME_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
-/** Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no `/`, `:`, space or control character. */
+/**
+ * Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no `/`, `:`, space or control character.
+ * Wider than core/names.ts `checkDeviceName` (kvmlab's own host devices): a guest may call its
+ * NICs anything Linux accepts.
+ */
 export const IFNAME_PATTERN = /^[A-Za-z0-9_.-]{1,15}$/;
 /** OpenStack's MAC prefix; kvmlab generates every guest MAC inside it. */
 export const MAC_PATTERN = /^fa:16:3e(?::[0-9a-f]{2}){3}$/;
