@@ -3,23 +3,40 @@
  * than one layer needs (the providers write them, the templates and `kvmlab render` name them).
  * Pure.
  *
+ *   /var/lib/kvmlab/lock                                  the host lock
  *   /var/lib/kvmlab/records/<kind>/<name>.json            a record (objects with no native store)
  *   /var/lib/kvmlab/images/<name>/disk.qcow2 | disk.raw  a disk image
  *   /var/lib/kvmlab/images/<name>/kernel, ramdisk         a kernel+ramdisk image (AKI/ARI)
  *   /var/lib/kvmlab/instances/<server>/…                  a server's overlay, seed, console log
  *   /var/lib/kvmlab/dhcp/<subnet>/…                       a subnet's dnsmasq files
  *   /var/lib/kvmlab/lb/<lb>/…                             a load balancer's HAProxy files
+ *   /var/lib/kvmlab/migrate/<server>/                     a live migration's one-off key
  */
 import { checkName, deviceName, shortId } from "./names";
 
 /** Root of everything kvmlab keeps on a host. */
 export const KVMLAB_STATE_DIR = "/var/lib/kvmlab";
 
+/** The host lock every kvmlab run takes (flock) around read-modify-write sequences. */
+export const HOST_LOCK = `${KVMLAB_STATE_DIR}/lock`;
+
+/** The folder of one kind of records; throws when kind breaks the name rule. */
+export function recordDir(kind: string): string {
+  const e = checkName("record kind", kind);
+  if (e) throw new Error(e);
+  return `${KVMLAB_STATE_DIR}/records/${kind}`;
+}
+
 /** A record's path; throws when kind or name breaks the name rule. */
 export function recordPath(kind: string, name: string): string {
   const e = checkName("record kind", kind) ?? checkName("record name", name);
   if (e) throw new Error(e);
-  return `${KVMLAB_STATE_DIR}/records/${kind}/${name}.json`;
+  return `${recordDir(kind)}/${name}.json`;
+}
+
+/** Folder on a live migration's source holding the one-off key and known_hosts. */
+export function migrationDir(serverName: string): string {
+  return `${KVMLAB_STATE_DIR}/migrate/${serverName}`;
 }
 
 /** Root of the image store on every host. */

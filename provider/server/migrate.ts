@@ -13,12 +13,11 @@
  *                whatever happened
  */
 import { shQuote, type HostConnection, type Step } from "../host";
+import { migrationDir } from "../../core/paths";
 import { VIRSH } from "./steps";
 
-/** Folder on the source holding the one-off key and known_hosts. */
-export function migrationDir(serverName: string): string {
-  return `/var/lib/kvmlab/migrate/${serverName}`;
-}
+/** Folder on the source holding the one-off key and known_hosts (one definition: core/paths.ts). */
+export { migrationDir } from "../../core/paths";
 
 /** Source: a fresh key pair; prints the public key line. */
 export function migrationKeyStep(serverName: string, tag: string): Step {
