@@ -22,6 +22,7 @@
  *   delete  remove the record if it still carries this flavorId (idempotent)
  */
 import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -451,7 +452,7 @@ export class Flavor extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: FlavorArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      flavorProvider,
+      packagedProvider(flavorProvider),
       name,
       {
         flavorName: args.flavorName ?? name,

@@ -29,6 +29,7 @@
  * host layer's functions, and `require`s nothing at module level.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -588,7 +589,7 @@ export class Network extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: NetworkArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      networkProvider,
+      packagedProvider(networkProvider),
       name,
       {
         networkName: args.networkName ?? name,

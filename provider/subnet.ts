@@ -24,6 +24,7 @@
  * Serialization: as network.ts.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -607,7 +608,7 @@ export class Subnet extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: SubnetArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      subnetProvider,
+      packagedProvider(subnetProvider),
       name,
       {
         subnetName: args.subnetName ?? name,
