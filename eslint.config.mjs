@@ -117,9 +117,6 @@ export default tseslint.config(
   },
   {
     files: ["components/**/*.ts"],
-    // components/hosts.ts still reads the sandbox status from cli/ on this branch; the pkg
-    // branch moves that contract into components/ (remove this exemption when both are merged).
-    ignores: ["components/hosts.ts"],
     rules: {
       "no-restricted-imports": [
         "error",

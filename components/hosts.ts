@@ -14,6 +14,7 @@
 import * as fs from "node:fs";
 import * as pulumi from "@pulumi/pulumi";
 import type { HostConnectionArgs } from "../provider/network";
+import { readSandboxStatus, type SandboxHost } from "./sandbox";
 
 /** A host as written in `kvmlab:hosts` or passed to resolveHosts. */
 export interface HostSpec {
@@ -40,25 +41,16 @@ export interface HostSpec {
 /** Where hosts came from, for messages and tests. */
 export type HostSource = "explicit" | "config" | "sandbox";
 
-/** The part of the sandbox status this module reads (cli/sandbox/status.ts). */
-interface SandboxHostLike {
-  name: string;
-  address: string;
-  port: number;
-  user: string;
-  privateKeyPath: string;
-  knownHostsPath?: string;
-  hostKey?: string;
-  uplink?: string;
-  tunnelAddress?: string;
-}
+/** The part of a sandbox host this module reads (the contract is components/sandbox.ts). */
+type SandboxHostLike = Pick<SandboxHost, "name" | "address" | "port" | "user" | "privateKeyPath"> &
+  Partial<Pick<SandboxHost, "knownHostsPath" | "hostKey" | "uplink" | "tunnelAddress">>;
 
 export interface ResolveHostsOptions {
   /** Stack config to read `kvmlab:hosts` from. @default new pulumi.Config("kvmlab") */
   readonly config?: pulumi.Config;
   /** Sandbox instance to fall back to. @default $KVMLAB_SANDBOX_INSTANCE or "default" */
   readonly sandboxInstance?: string;
-  /** Reads a sandbox status (tests inject one). @default cli/sandbox/status readSandboxStatus */
+  /** Reads a sandbox status (tests inject one). @default readSandboxStatus (components/sandbox.ts) */
   readonly readSandbox?: (instance?: string) => { instance?: string; hosts: SandboxHostLike[] } | undefined;
   /** Where the "using sandbox hosts" note goes. @default pulumi.log.info */
   readonly log?: (message: string) => void;
@@ -103,12 +95,6 @@ function fromSpec(spec: HostSpec, field: string): HostConnectionArgs {
   };
 }
 
-function defaultReadSandbox(instance?: string): { instance?: string; hosts: SandboxHostLike[] } | undefined {
-  // Lazily, so programs that configure hosts never load the sandbox module.
-  const status = require("../cli/sandbox/status") as typeof import("../cli/sandbox/status");
-  return status.readSandboxStatus(instance);
-}
-
 /**
  * The hosts to use, with where they came from. Throws (naming the fix) when there are none.
  */
@@ -133,7 +119,7 @@ export function resolveHosts(
     return { source: "config", hosts: configured.map((h, i) => fromSpec(h, `kvmlab:hosts[${i}]`)) };
   }
   const instance = opts.sandboxInstance;
-  const status = (opts.readSandbox ?? defaultReadSandbox)(instance);
+  const status = (opts.readSandbox ?? readSandboxStatus)(instance);
   if (status && status.hosts.length > 0) {
     const hosts = status.hosts.map((h, i) => {
       let hostKey = h.hostKey;

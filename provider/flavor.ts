@@ -23,6 +23,7 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { checkExtraSpecs as coreCheckExtraSpecs, FLAVOR_LIMITS } from "../core/flavor";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -384,7 +385,7 @@ export class Flavor extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: FlavorArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      flavorProvider,
+      packagedProvider(flavorProvider),
       name,
       {
         flavorName: args.flavorName ?? name,

@@ -29,6 +29,7 @@
  *           domain naming its folder); else removes folder, staging leftovers and record
  */
 import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -817,7 +818,7 @@ export class Image extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: ImageArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      imageProvider,
+      packagedProvider(imageProvider),
       name,
       {
         imageName: args.imageName ?? name,

@@ -1,4 +1,6 @@
-// Dynamic resources and the host layer they share.
+// Dynamic resources and the host layer they share. The root index.ts exports this barrel as
+// the `resources` namespace: its Network, Image and Server are the raw resources the components
+// of the same names wire.
 export * from "./host";
 export * from "./ipam";
 export * from "./network";

@@ -23,6 +23,7 @@
  * `additionalSecretOutputs`.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "./packaged";
 import { UNKNOWN, checkName, fingerprintOfKeyBlob, showValue } from "./host";
 
 /** Key types a keypair may import. */
@@ -341,7 +342,7 @@ export class Keypair extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: KeypairArgs = {}, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      keypairProvider,
+      packagedProvider(keypairProvider),
       name,
       {
         keyName: args.keyName ?? name,

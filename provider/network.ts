@@ -30,6 +30,7 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { networkDevices } from "../core/paths";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -582,7 +583,7 @@ export class Network extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: NetworkArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      networkProvider,
+      packagedProvider(networkProvider),
       name,
       {
         networkName: args.networkName ?? name,

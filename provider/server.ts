@@ -30,6 +30,7 @@
  * set (benchmarks), each operation appends one JSON line with its timings and SSH counters.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "./packaged";
 import {
   fingerprintOfKeyBlob,
   hostPoolStats,
@@ -625,7 +626,7 @@ export class Server extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: ServerResourceArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      serverProvider,
+      packagedProvider(serverProvider),
       name,
       {
         serverName: args.serverName ?? name,

@@ -25,6 +25,7 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { subnetDefaults } from "../core/net";
+import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
@@ -593,7 +594,7 @@ export class Subnet extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: SubnetArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      subnetProvider,
+      packagedProvider(subnetProvider),
       name,
       {
         subnetName: args.subnetName ?? name,

@@ -6,6 +6,10 @@
  * guest test image, its external network and its hosts. With `kvmlab:hosts` set it targets
  * those hosts, and the image and network come from the config keys below.
  *
+ * It imports kvmlab as a package (`import * as kvmlab from "kvmlab"`): in this repository
+ * `npm ci` links node_modules/kvmlab to the repository itself; elsewhere `npm install` in this
+ * folder installs it (package.json, docs/package.md).
+ *
  * Stack config (all optional):
  *   flavor            m1.tiny (1 vCPU, 128 MiB, the default) or m1.small (1 vCPU, 192 MiB);
  *                     changing it resizes the server (cold: stop, redefine, start)
@@ -17,23 +21,18 @@
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as pulumi from "@pulumi/pulumi";
-import { readSandboxStatus, type SandboxStatus } from "../../cli/sandbox/status";
-import { resolveHosts } from "../../components/hosts";
-import { Network } from "../../components/network";
-import { Server } from "../../components/server";
-import { Flavor } from "../../provider/flavor";
-import { Image } from "../../provider/image";
-import { Keypair } from "../../provider/keypair";
+import * as kvmlab from "kvmlab";
 
 const config = new pulumi.Config();
-const kvmlab = new pulumi.Config("kvmlab");
-const sandboxInstance = kvmlab.get("sandboxInstance") ?? process.env.KVMLAB_SANDBOX_INSTANCE ?? "default";
+const kvmlabConfig = new pulumi.Config("kvmlab");
+const sandboxInstance =
+  kvmlabConfig.get("sandboxInstance") ?? process.env.KVMLAB_SANDBOX_INSTANCE ?? "default";
 const discovery = { sandboxInstance };
-const { source, hosts } = resolveHosts(undefined, discovery);
-const sandbox: SandboxStatus | undefined =
-  source === "sandbox" ? readSandboxStatus(sandboxInstance) : undefined;
+const { source, hosts } = kvmlab.resolveHosts(undefined, discovery);
+const sandbox: kvmlab.SandboxStatus | undefined =
+  source === "sandbox" ? kvmlab.readSandboxStatus(sandboxInstance) : undefined;
 
-function setting(key: string, fromSandbox: (s: SandboxStatus) => string): string {
+function setting(key: string, fromSandbox: (s: kvmlab.SandboxStatus) => string): string {
   const v = config.get(key) ?? (sandbox ? fromSandbox(sandbox) : undefined);
   if (v === undefined)
     throw new Error(
@@ -59,7 +58,8 @@ const gateway = setting("externalGateway", (s) => s.external.gateway);
 const poolStart = setting("poolStart", (s) => s.external.allocationPool.start);
 const poolEnd = setting("poolEnd", (s) => plus(s.external.allocationPool.start, 19));
 
-const image = new Image("labimage", {
+// The raw Image resource (kvmlab.Image is the component that resolves hosts itself).
+const image = new kvmlab.resources.Image("labimage", {
   hosts,
   kernel: fileSource(kernelPath),
   ramdisk: fileSource(ramdiskPath),
@@ -67,8 +67,8 @@ const image = new Image("labimage", {
 });
 
 const flavors = {
-  "m1.tiny": new Flavor("m1-tiny", { flavorName: "m1.tiny", vcpus: 1, ramMiB: 128, hosts }),
-  "m1.small": new Flavor("m1-small", { flavorName: "m1.small", vcpus: 1, ramMiB: 192, hosts }),
+  "m1.tiny": new kvmlab.Flavor("m1-tiny", { flavorName: "m1.tiny", vcpus: 1, ramMiB: 128, hosts }),
+  "m1.small": new kvmlab.Flavor("m1-small", { flavorName: "m1.small", vcpus: 1, ramMiB: 192, hosts }),
 };
 const flavorName = config.get("flavor") ?? "m1.tiny";
 if (!(flavorName in flavors))
@@ -76,15 +76,15 @@ if (!(flavorName in flavors))
     `flavor: expected one of ${Object.keys(flavors).join(", ")}, got ${JSON.stringify(flavorName)}`,
   );
 
-const key = new Keypair("operator", {});
+const key = new kvmlab.Keypair("operator", {});
 
-const ext = new Network("ext", {
+const ext = new kvmlab.Network("ext", {
   kind: "provider",
   hostDiscovery: discovery,
   subnets: [{ name: "ext-v4", cidr, gateway, allocationPool: { start: poolStart, end: poolEnd } }],
 });
 
-const web = new Server("web1", {
+const web = new kvmlab.Server("web1", {
   image,
   flavor: flavors[flavorName as keyof typeof flavors],
   keypair: key,

@@ -1,0 +1,20 @@
+/**
+ * kvmlab's public face: `import * as kvmlab from "kvmlab"`.
+ *
+ *   kvmlab.Network, kvmlab.Server, kvmlab.Image, kvmlab.resolveHosts, …
+ *                       the components a program composes (components/), first and unqualified
+ *   kvmlab.Flavor, kvmlab.Keypair
+ *                       dynamic resources that need no component around them
+ *   kvmlab.readSandboxStatus, kvmlab.sandbox.*
+ *                       what a running `kvmlab sandbox` publishes (components/sandbox.ts)
+ *   kvmlab.resources.*  every raw dynamic resource and its provider (provider/): Network, Subnet,
+ *                       Image, Flavor, Keypair, Server, their Args, pure checks and host steps.
+ *                       Its Network, Image and Server are the single resources the components
+ *                       wire, hence the namespace: a name means one thing at the top level.
+ *
+ * docs/package.md says how to install kvmlab into a Pulumi program.
+ */
+export * from "./components";
+export { Flavor, type FlavorArgs, Keypair, type KeypairArgs, type HostConnectionArgs } from "./provider";
+export * as resources from "./provider";
+export * as sandbox from "./components/sandbox";

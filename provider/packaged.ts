@@ -1,0 +1,69 @@
+/**
+ * What a dynamic resource hands to `pulumi.dynamic.Resource`, so that each resource's state holds
+ * a `require` of the installed kvmlab instead of a copy of kvmlab's code.
+ *
+ * Pulumi serializes the provider object's closure into every resource's state (`__provider`).
+ * A module the closure captures is written as `require("<path under node_modules>")` when it was
+ * loaded from a node_modules folder and by value otherwise, with every function it reaches. A
+ * provider's methods call functions of their own module, which TypeScript compiles to local
+ * bindings, so even from node_modules/kvmlab every resource carried its provider module's code
+ * (13-28 KB of text per resource, twice in state: inputs and outputs).
+ *
+ * When the provider object is exported by a module loaded from a node_modules folder (kvmlab
+ * installed as a package), {@link packagedProvider} returns a delegate whose methods only look the
+ * provider up on that module's exports, so the serialized text is
+ * `require("kvmlab/dist/provider/network.js")` and a few lines. Anywhere else (this repository, a
+ * `file:` link, which node resolves to its real path) it returns the provider itself, serialized
+ * by value as before, so programs run from the source tree keep working unchanged.
+ *
+ * The state then names the module path and the export: a later kvmlab must keep both, or the
+ * resources it recorded cannot be refreshed, updated or deleted (docs/package.md).
+ */
+import * as path from "node:path";
+
+const METHODS = ["check", "diff", "create", "read", "update", "delete"] as const;
+const chosen = new WeakMap<object, object>();
+
+/** The provider to serialize: a delegate to the installed package's module, or `provider` itself. */
+export function packagedProvider<T extends object>(provider: T): T {
+  let result = chosen.get(provider);
+  if (result === undefined) {
+    const home = definingModule(provider);
+    result = home ? delegate(home.exports, home.key, provider) : provider;
+    chosen.set(provider, result);
+  }
+  return result as T;
+}
+
+/** The module under node_modules/ whose own (non-getter) export `key` is `provider`. */
+function definingModule(provider: object): { exports: Record<string, unknown>; key: string } | undefined {
+  const inNodeModules = `${path.sep}node_modules${path.sep}`;
+  for (const [file, mod] of Object.entries(require.cache)) {
+    if (!mod || !file.includes(inNodeModules)) continue;
+    const exports: unknown = mod.exports;
+    if ((typeof exports !== "object" && typeof exports !== "function") || exports === null) continue;
+    for (const key of Object.getOwnPropertyNames(exports)) {
+      // Barrels re-export through getters; the defining module holds the value itself.
+      const d = Object.getOwnPropertyDescriptor(exports, key);
+      if (d && "value" in d && d.value === provider)
+        return { exports: exports as Record<string, unknown>, key };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * An object with `provider`'s methods, each calling `mod[key][method]`. Its closure captures only
+ * the module object (serialized as a require of its path) and two strings.
+ */
+function delegate(mod: Record<string, unknown>, key: string, provider: object): object {
+  const d: Record<string, unknown> = {};
+  for (const method of METHODS) {
+    if (typeof (provider as Record<string, unknown>)[method] !== "function") continue;
+    d[method] = function (...args: unknown[]): unknown {
+      const target = mod[key] as Record<string, (...a: unknown[]) => unknown>;
+      return target[method](...args);
+    };
+  }
+  return d;
+}

@@ -1,0 +1,71 @@
+/**
+ * packagedProvider: a provider exported by a module under node_modules/ (kvmlab installed as a
+ * package) is handed to Pulumi as a delegate that serializes as a require of that module; from
+ * anywhere else the provider itself, serialized by value as before. The end-to-end check (a packed
+ * kvmlab in a program, its state) is test/lifecycle/package.test.ts.
+ */
+import { after, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "../../../provider/packaged";
+import { networkProvider } from "../../../provider/network";
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-packaged-"));
+after(() => fs.rmSync(root, { recursive: true, force: true }));
+
+/** A package `fakeprov` in <root>/node_modules whose provider calls a large helper of its module. */
+function installFake(): { fakeProvider: Record<string, (...a: unknown[]) => Promise<unknown>> } {
+  const dir = path.join(root, "node_modules", "fakeprov");
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, "package.json"), JSON.stringify({ name: "fakeprov", main: "index.js" }));
+  fs.writeFileSync(
+    path.join(dir, "index.js"),
+    [
+      '"use strict";',
+      `function helper(v) { return "helper:" + v + ":" + ${JSON.stringify("x".repeat(20_000))}.length; }`,
+      "exports.fakeProvider = {",
+      "  async check(_olds, news) { return { inputs: news }; },",
+      "  async create(inputs) { return { id: 'id-1', outs: { v: helper(inputs.v) } }; },",
+      "};",
+    ].join("\n"),
+  );
+  return require(path.join(dir, "index.js")) as ReturnType<typeof installFake>;
+}
+
+async function serialize(provider: object): Promise<string> {
+  return (await pulumi.runtime.serializeFunction(() => provider, { allowSecrets: true })).text;
+}
+
+test("from the source tree a provider is handed over as it is", () => {
+  assert.equal(packagedProvider(networkProvider), networkProvider);
+});
+
+test("from node_modules a provider serializes as a require of its module, and still works", async () => {
+  const { fakeProvider } = installFake();
+  const byValue = await serialize(fakeProvider);
+  assert.match(byValue, /helper:/, "control: by value the module's helper is in the text");
+
+  const d = packagedProvider(fakeProvider);
+  assert.notEqual(d, fakeProvider);
+  assert.equal(packagedProvider(fakeProvider), d, "one delegate per provider (Pulumi caches by object)");
+  assert.deepEqual(Object.keys(d).sort(), ["check", "create"], "only the provider's own methods");
+
+  const text = await serialize(d);
+  assert.match(text, /require\("fakeprov\/index\.js"\)/);
+  assert.doesNotMatch(text, /helper/);
+  assert.ok(text.length < 3000, `${text.length} bytes`);
+
+  // Loaded back as the dynamic-provider plugin does, from the program's folder.
+  const requireFromString = require("require-from-string") as (
+    code: string,
+    file: string,
+  ) => {
+    handler: () => typeof fakeProvider;
+  };
+  const rebuilt = requireFromString(text, path.join(root, "provider.js")).handler();
+  assert.deepEqual(await rebuilt.create({ v: 7 }), { id: "id-1", outs: { v: "helper:7:20000" } });
+  assert.deepEqual(await rebuilt.check({}, { v: 1 }), { inputs: { v: 1 } });
+});
