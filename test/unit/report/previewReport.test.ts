@@ -216,7 +216,7 @@ test("load balancer member added: the haproxy.cfg line diff shows the new server
   const md = renderPreviewReport(parsePreviewDigest(JSON.stringify(d)));
   expectGolden("preview-report/lb-member-added.md", md);
   assert.match(md, /<code>haproxyCfg<\/code> — haproxy\.cfg, \+1 −0 lines:/);
-  assert.match(md, /^\+    server web-2 10\.10\.1\.12:80 /m);
+  assert.match(md, /^\+ {4}server web-2 10\.10\.1\.12:80 /m);
   assert.match(md, /\| <code>members\[2\]<\/code> \| — \| <code>&quot;10\.10\.1\.12:80&quot;<\/code> \|/);
   assert.doesNotMatch(md, /CAUTION/);
 });
