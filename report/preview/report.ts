@@ -7,7 +7,14 @@
  */
 import { splitUrn, type PreviewDiagnostic, type PreviewDigest, type PreviewStep } from "./digest";
 import { artifactKind, lineDiff } from "./lineDiff";
-import { containsSecret, isMultiline, propertyChanges, showValue, type PropertyChange } from "./values";
+import {
+  containsSecret,
+  isMultiline,
+  propertyChanges,
+  SECRET_TEXT,
+  showValue,
+  type PropertyChange,
+} from "./values";
 
 /** GitHub refuses comments over 65,536 characters; pulumi/actions trims to 64,000 as well. */
 export const GITHUB_COMMENT_LIMIT = 65_536;
@@ -136,11 +143,24 @@ function rank(op: string): number {
   return i >= 0 ? i : op === "same" ? 100 : 50;
 }
 
+const topKey = (path: string): string => path.split(/[.[]/)[0];
+
 function changesOf(e: Entry): { changes: PropertyChange[]; providerChanged: boolean } {
   const o = e.step.oldState;
   const n = e.step.newState;
   const secretKeys = [...(o?.additionalSecretOutputs ?? []), ...(n?.additionalSecretOutputs ?? [])];
-  const changes = o && n ? propertyChanges(o.inputs, n.inputs, secretKeys, [PROVIDER_KEY]) : [];
+  const reasons = new Set([...(e.step.diffReasons ?? []), ...(e.step.replaceReasons ?? [])]);
+  // A secret masked as "[secret]" on one side cannot be compared with the other side: when the
+  // engine named the changed keys and this one is not among them, only its secretness differs.
+  const changes = (o && n ? propertyChanges(o.inputs, n.inputs, secretKeys, [PROVIDER_KEY]) : []).filter(
+    (c) =>
+      !(
+        c.secret &&
+        reasons.size > 0 &&
+        !reasons.has(topKey(c.path)) &&
+        (c.old === SECRET_TEXT || c.new === SECRET_TEXT)
+      ),
+  );
   // Keys the engine says changed whose values look equal here: both masked as "[secret]" by
   // the CLI (or values the preview leaves out). Report them without values.
   for (const key of [...(e.step.diffReasons ?? []), ...(e.step.replaceReasons ?? [])]) {
@@ -162,8 +182,6 @@ function changesOf(e: Entry): { changes: PropertyChange[]; providerChanged: bool
       JSON.stringify(op) !== JSON.stringify(np),
   };
 }
-
-const topKey = (path: string): string => path.split(/[.[]/)[0];
 
 /** Why a replacement happens: each replace reason with its old → new value where it is short. */
 function replaceWhy(e: Entry): string {

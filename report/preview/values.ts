@@ -106,7 +106,7 @@ export function masked(v: JsonValue): JsonValue {
 }
 
 /** A short one-line display of a value (secrets masked), at most `max` characters. */
-export function showValue(v: JsonValue | undefined, max = 100): string {
+export function showValue(v: JsonValue | undefined, max = 160): string {
   if (v === undefined) return "(none)";
   if (isSecret(v)) return SECRET_TEXT;
   if (v === UNKNOWN) return "(known after apply)";

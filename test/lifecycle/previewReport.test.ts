@@ -90,10 +90,16 @@ test(
     const artifacts = path.resolve(__dirname, "..", "..", "..", "test-artifacts");
     fs.mkdirSync(artifacts, { recursive: true });
     fs.writeFileSync(path.join(artifacts, "single-server-resize-report.md"), md);
+    fs.writeFileSync(path.join(artifacts, "single-server-resize-preview.json"), preview.stdout);
 
     assert.match(md, /\*\*1 to update · \d+ unchanged\*\*/, "a resize updates the server only");
     assert.doesNotMatch(md, /\[!CAUTION\]/, "nothing is replaced or deleted");
     assert.match(md, /<b>~ update<\/b> <code>web1<\/code> <i>kvmlab:Server<\/i>/);
+    // The provider's plan for the change, computed by its Check, is in the comment.
+    assert.match(
+      md,
+      /\| <code>changePlan<\/code> \| <code>&quot;create&quot;<\/code> \| <code>&quot;cold resize m1\.tiny \(1 vCPU, 128 MiB\) -&gt; m1\.small/,
+    );
     // The domain XML diff: one block for both renderings (kvm and qemu), only the resized lines.
     const block =
       /<code>domainXml\.kvm<\/code>, <code>domainXml\.qemu<\/code> — libvirt domain XML, \+(\d+) −(\d+) lines \(the same change in each\):\n\n```diff\n([\s\S]*?)\n```/.exec(

@@ -515,7 +515,7 @@ export class Deployment {
     if (d.changes) {
       if (preview) {
         // Rule 6 — the dynamic provider does not support preview: the checked inputs stand in for outputs.
-        this.news.set(urn, { ...base, id: old.id, outputs: checked });
+        this.news.set(urn, { ...base, id: old.id, inputs: checked, outputs: checked });
         this.step({ op: "update", urn, type: base.type, changes, old, new: this.news.get(urn) });
         return { urn, id: old.id ?? "", outputs: checked };
       }

@@ -131,6 +131,30 @@ test("SVG and HTML: every node with its label, laid out without overlaps, no ext
   assert.doesNotMatch(html, /<script|<link|src=|@import/);
 });
 
+test("docs/images/three-tier-graph.svg is what kvmlab graph draws today", () => {
+  const file = path.join(repoRoot(), "docs", "images", "three-tier-graph.svg");
+  const r = spawnSync(
+    process.execPath,
+    [path.join(repoRoot(), "bin", "kvmlab.js"), "graph", LAB, "--out", "/dev/stdout"],
+    {
+      encoding: "utf8",
+    },
+  );
+  assert.equal(r.status, 2, "--out must name an .svg or .html file");
+  const { dir, cleanup } = tempDir();
+  try {
+    const fresh = path.join(dir, "g.svg");
+    spawnSync(process.execPath, [path.join(repoRoot(), "bin", "kvmlab.js"), "graph", LAB, "--out", fresh]);
+    assert.equal(
+      fs.readFileSync(file, "utf8"),
+      fs.readFileSync(fresh, "utf8"),
+      "docs/images/three-tier-graph.svg is stale: run `kvmlab graph stacks/three-tier.yaml --out docs/images/three-tier-graph.svg`",
+    );
+  } finally {
+    cleanup();
+  }
+});
+
 test("kvmlab graph: writes SVG and HTML, names bad input, exit codes", () => {
   const bin = path.join(repoRoot(), "bin", "kvmlab.js");
   const { dir, cleanup } = tempDir();

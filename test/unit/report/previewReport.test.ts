@@ -259,6 +259,9 @@ test("secret change: values never shown, the change still reported", () => {
     recoveryCodes: wrap("new-code-1\nnew-code-2\n"),
     userData: "#cloud-config\npassword: correct-horse\n",
   };
+  // Only its secretness differs (the CLI masks a whole secret as "[secret]"); the engine did not name it.
+  olds.sshHosts = "[secret]";
+  news.sshHosts = [{ name: "hv1", privateKey: "[secret]" }];
   const s = step("update", USER, "alice", olds, news, {
     diffReasons: ["password", "recoveryCodes", "userData"],
   });
@@ -266,6 +269,7 @@ test("secret change: values never shown, the change still reported", () => {
   s.newState!.additionalSecretOutputs = ["userData"];
   const md = renderPreviewReport(parsePreviewDigest(JSON.stringify(digest([s], { update: 1, same: 3 }))));
   expectGolden("preview-report/secret-change.md", md);
+  assert.doesNotMatch(md, /sshHosts/, "a secretness-only difference the engine did not report is left out");
   for (const leak of ["hunter2", "correct-horse", "old-code", "new-code"])
     assert.ok(!md.includes(leak), `${leak} leaked`);
   assert.match(md, /\| <code>recoveryCodes<\/code> \| \[secret\] \| \[secret\] \(changed; value hidden\) \|/);
