@@ -7,6 +7,7 @@
 //   provider/    core/ only (never renders: no templates/, no Handlebars, no YAML)
 //   components/  core/, templates/, provider/
 //   stacks/      (the program that applies a lab) components/ and lab/
+//   report/      core/, templates/ and lab/ (pure review outputs); no Pulumi, no SSH, no file I/O
 //   cli/, test/  everything
 //
 // Relative forms of every depth are caught (`../templates`, `../../templates/x`), by regex.
@@ -110,6 +111,28 @@ export default tseslint.config(
               "provider/ imports only core/: the provider does not render",
             ),
             { group: ["handlebars", "yaml"], message: "provider/ does not render or parse lab definitions" },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["report/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            folders(
+              ["provider", "components", "stacks", "cli", "test", "index"],
+              "report/ imports only core/, templates/ and lab/",
+            ),
+            PULUMI,
+            SSH,
+            {
+              group: ["fs", "node:fs", "child_process", "node:child_process"],
+              message: "report/ is pure: the cli/ commands do the I/O",
+            },
           ],
         },
       ],

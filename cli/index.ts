@@ -21,6 +21,14 @@ const COMMANDS: Record<string, Command> = {
     summary: "write every artifact of a lab definition to a folder, touching no host",
     load: () => require("./render"),
   },
+  "preview-report": {
+    summary: "turn `pulumi preview --json` into a pull-request comment with line diffs",
+    load: () => require("./previewReport"),
+  },
+  graph: {
+    summary: "draw a lab's topology (from its YAML or a stack's outputs) as SVG or HTML",
+    load: () => require("./graph"),
+  },
 };
 
 function usage(): string {

@@ -3,11 +3,14 @@
  *  [--secret k=v]… [--state FILE] [--parallel N] [--json]`
  *
  * Test infrastructure: runs a Pulumi program without the Pulumi CLI (see docs/engine-harness.md).
+ * `preview --json` prints the document `pulumi preview --json` prints (previewJson.ts), which
+ * `kvmlab preview-report` reads; the other operations print the harness's own summary object.
  */
 import { inspectFixPath } from "./sdk";
 import { runEngine, type Operation, type RunResult, type StepEvent } from "./engine";
 import { maskSecrets, show, type PropertyMap } from "./props";
 import type { ConfigFlag } from "./project";
+import { previewDigest } from "./previewJson";
 
 const USAGE =
   "usage: npm run engine -- <preview|up|refresh|destroy> <programDir> [--stack NAME] [--config k=v]... [--secret k=v]... [--state FILE] [--parallel N] [--json]";
@@ -149,7 +152,10 @@ export async function main(argv: string[]): Promise<number> {
     onStep: args.json ? undefined : (e) => out(formatStep(e)),
     onLog: (l) => out(l),
   });
-  if (args.json) {
+  if (args.json && args.operation === "preview") {
+    // The shape of `pulumi preview --json` (4-space indent, as the CLI's json.MarshalIndent).
+    process.stdout.write(`${JSON.stringify(previewDigest(result), null, 4)}\n`);
+  } else if (args.json) {
     process.stdout.write(`${JSON.stringify(jsonResult(result))}\n`);
   } else {
     const outputs = Object.entries(result.outputs);

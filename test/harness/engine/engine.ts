@@ -54,6 +54,17 @@ export interface StepEvent {
   replaced?: boolean;
   /** True when the step was only planned (preview). */
   planned: boolean;
+  /** The resource's state before the step (update, replace, same, delete). */
+  old?: ResourceState;
+  /** Its state after the step (create, update, replace, same); during preview, outputs are the checked inputs. */
+  new?: ResourceState;
+}
+
+/** A warning or error the program or the engine reported (the CLI's diagnostics). */
+export interface Diagnostic {
+  urn?: string;
+  message: string;
+  severity: "error" | "warning" | "info";
 }
 
 export interface RunOptions {
@@ -82,6 +93,10 @@ export interface RunResult {
   counts: Record<StepOp, number>;
   /** Stack outputs (secrets still wrapped; mask them for display). */
   outputs: PropertyMap;
+  /** Program log messages (info and up) and run errors, in order. */
+  diagnostics: Diagnostic[];
+  /** The stack's config as the program saw it, secret values replaced by "[secret]". */
+  config: Record<string, string>;
   programExitCode?: number;
   durationMs: number;
   stateFile: string;
@@ -143,6 +158,7 @@ export class Deployment {
   private seen = new Set<string>();
   /** Old resources already deleted during this run by a delete-before-replace. */
   private deletedEarly = new Set<string>();
+  private earlyOld = new Map<string, ResourceState>();
   private inflight = new Set<Promise<unknown>>();
   private rootUrn = "";
 
@@ -160,9 +176,12 @@ export class Deployment {
       steps: [],
       counts: emptyCounts(),
       outputs: {},
+      diagnostics: [],
+      config: {},
       durationMs: 0,
       stateFile: this.store.file,
     };
+    for (const [k, v] of this.project.config) this.result.config[k] = v.secret ? "[secret]" : v.value;
   }
 
   private log(line: string): void {
@@ -171,6 +190,7 @@ export class Deployment {
 
   private error(message: string): void {
     this.result.errors.push(message);
+    this.result.diagnostics.push({ message, severity: "error" });
     this.log(`error: ${message}`);
   }
 
@@ -253,6 +273,8 @@ export class Deployment {
       log: (sev, msg, urn) => {
         if (sev === "debug") return;
         this.log(`${sev}${urn ? ` (${urn})` : ""}: ${msg}`);
+        if (sev === "error" || sev === "warning" || sev === "info")
+          this.result.diagnostics.push({ ...(urn ? { urn } : {}), message: msg, severity: sev });
         if (sev === "error") this.result.errors.push(msg);
       },
     });
@@ -422,6 +444,8 @@ export class Deployment {
         urn,
         type: reg.type,
         changes,
+        old,
+        new: this.news.get(urn),
       });
       return { urn, id: "", outputs: {} };
     }
@@ -446,7 +470,15 @@ export class Deployment {
 
     if (!old) {
       const replaced = this.deletedEarly.has(urn);
-      return this.createStep(base, checked, replaced ? "replace" : "create", []);
+      return this.createStep(
+        base,
+        checked,
+        replaced ? "replace" : "create",
+        [],
+        undefined,
+        undefined,
+        this.earlyOld.get(urn),
+      );
     }
 
     const d = await this.diff(old, checked, ignore, reg.replaceOnChanges);
@@ -473,9 +505,9 @@ export class Deployment {
       const dbr = reg.deleteBeforeReplace ?? d.deleteBeforeReplace;
       if (dbr) {
         await this.deleteBeforeReplace(old, preview);
-        return this.createStep(base, rechecked, "replace", changes, d.replaceKeys, true);
+        return this.createStep(base, rechecked, "replace", changes, d.replaceKeys, true, old);
       }
-      const res = await this.createStep(base, rechecked, "replace", changes, d.replaceKeys, false);
+      const res = await this.createStep(base, rechecked, "replace", changes, d.replaceKeys, false, old);
       // Create-before-delete: the old resource stays in state, marked for deletion after the program succeeds.
       if (!preview) this.pendingDeletes.push({ ...old, delete: true });
       return res;
@@ -483,8 +515,8 @@ export class Deployment {
     if (d.changes) {
       if (preview) {
         // Rule 6 — the dynamic provider does not support preview: the checked inputs stand in for outputs.
-        this.news.set(urn, { ...base, id: old.id, outputs: checked });
-        this.step({ op: "update", urn, type: base.type, changes });
+        this.news.set(urn, { ...base, id: old.id, inputs: checked, outputs: checked });
+        this.step({ op: "update", urn, type: base.type, changes, old, new: this.news.get(urn) });
         return { urn, id: old.id ?? "", outputs: checked };
       }
       let outs: PropertyMap;
@@ -504,12 +536,12 @@ export class Deployment {
       }
       outs = this.secure(outs, checked, base.additionalSecretOutputs);
       this.news.set(urn, { ...base, id: old.id, inputs: checked, outputs: outs });
-      this.step({ op: "update", urn, type: base.type, changes });
+      this.step({ op: "update", urn, type: base.type, changes, old, new: this.news.get(urn) });
       return { urn, id: old.id ?? "", outputs: outs };
     }
     // Rule 7 — a Same step records the new inputs but keeps the old outputs (step.go SameStep).
     this.news.set(urn, { ...base, id: old.id, inputs: checked, outputs: old.outputs });
-    this.step({ op: "same", urn, type: base.type, changes: [] });
+    this.step({ op: "same", urn, type: base.type, changes: [], old, new: this.news.get(urn) });
     return { urn, id: old.id ?? "", outputs: old.outputs };
   }
 
@@ -594,13 +626,14 @@ export class Deployment {
     changes: PropertyChange[],
     replaceKeys?: string[],
     dbr?: boolean,
+    old?: ResourceState,
   ): Promise<RegistrationResult> {
     const urn = base.urn;
     const extra = op === "replace" ? { replaceKeys, deleteBeforeReplace: dbr } : {};
     if (this.opts.operation === "preview") {
       // Rule 6: no Create during preview; the checked inputs (unknowns included) are the outputs.
       this.news.set(urn, { ...base, inputs, outputs: inputs });
-      this.step({ op, urn, type: base.type, changes, ...extra });
+      this.step({ op, urn, type: base.type, changes, ...extra, old, new: this.news.get(urn) });
       return { urn, id: "", outputs: inputs };
     }
     const prov = await this.getProvider();
@@ -623,7 +656,7 @@ export class Deployment {
     if (!created.id) throw new Error(`creating ${urn}: the provider returned an empty id`);
     const outputs = this.secure(created.outputs, inputs, base.additionalSecretOutputs);
     this.news.set(urn, { ...base, id: created.id, inputs, outputs });
-    this.step({ op, urn, type: base.type, changes, ...extra });
+    this.step({ op, urn, type: base.type, changes, ...extra, old, new: this.news.get(urn) });
     return { urn, id: created.id, outputs };
   }
 
@@ -682,6 +715,7 @@ export class Deployment {
         await prov.delete(r.urn, r.id ?? "", r.outputs, r.inputs);
       }
       this.deletedEarly.add(r.urn);
+      this.earlyOld.set(r.urn, r);
       this.olds.delete(r.urn);
       if (r !== old) this.log(`${r.urn}: deleted before the replacement of ${old.urn}`);
     }
@@ -746,7 +780,7 @@ export class Deployment {
         }
         this.deleted.add(r);
         if (r.urn !== this.rootUrn || r.type !== STACK_TYPE)
-          this.step({ op: "delete", urn: r.urn, type: r.type, changes: [], replaced: r.delete });
+          this.step({ op: "delete", urn: r.urn, type: r.type, changes: [], replaced: r.delete, old: r });
         return true;
       })();
       done.set(r, p);
@@ -785,6 +819,7 @@ export class Deployment {
             type: r.type,
             changes: [],
             note: "gone; removed from state",
+            old: r,
           });
           return undefined;
         }
@@ -794,14 +829,17 @@ export class Deployment {
         );
         const inputs = got.inputs ? annotateSecrets(got.inputs, r.inputs) : r.inputs;
         const changed = !deepEqual(outputs, r.outputs) || !deepEqual(inputs, r.inputs);
+        const next: ResourceState = { ...r, id: got.id, outputs, inputs };
         this.step({
           op: changed ? "update" : "same",
           urn: r.urn,
           type: r.type,
           changes: changed ? this.changes(r.outputs, outputs) : [],
           note: changed ? "outputs read from the host differ" : undefined,
+          old: r,
+          new: next,
         });
-        return { ...r, id: got.id, outputs, inputs };
+        return next;
       }),
     );
     for (const r of results) if (r) out.push(r);
@@ -836,6 +874,8 @@ export async function runEngine(opts: RunOptions): Promise<RunResult> {
       steps: [],
       counts: emptyCounts(),
       outputs: {},
+      diagnostics: [{ message: (e as Error).message, severity: "error" }],
+      config: {},
       durationMs: 0,
       stateFile: opts.stateFile ?? "",
     };
