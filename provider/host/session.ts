@@ -154,11 +154,21 @@ export function remoteStepError(host: HostConnection, step: Step, result: StepRe
   );
 }
 
-/** Opens one authenticated connection, verifying the host key against the pin. */
+/** Where a host is, as the pool remembers the key it saw there first. */
+function observedKeyOf(host: HostConnection): string {
+  return `${host.user}@${host.address}:${host.port}`;
+}
+
+/**
+ * Opens one authenticated connection, verifying the host key against the pin. Without a pin
+ * (trust on first use) the key this process saw first at that address is the pin: a reconnect
+ * within the same run that meets another key is refused with both fingerprints.
+ */
 async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; fingerprint: string }> {
   const pool = hostPool();
   const { NodeSSH }: typeof import("node-ssh") = require("node-ssh");
   let expected = "";
+  let firstSeen = false;
   if (host.hostKey) {
     const pin = pinFingerprint(host.hostKey);
     if ("error" in pin) throw new Error(`${hostLabel(host)}: hostKey: ${pin.error}`);
@@ -167,6 +177,9 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
     throw new Error(
       `${hostLabel(host)}: no hostKey pinned; set hostKey (ssh-keyscan output or SHA256 fingerprint) or trustOnFirstUse: true`,
     );
+  } else {
+    expected = pool.observedKeys.get(observedKeyOf(host)) ?? "";
+    firstSeen = expected !== "";
   }
   let seen = "";
   const ssh = new NodeSSH();
@@ -190,15 +203,19 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
     ssh.dispose();
     if (expected && seen && seen !== expected) {
       throw new Error(
-        `${hostLabel(host)}: HOST KEY MISMATCH: the host presented ${seen} but ${expected} is pinned. ` +
-          "If the host was reinstalled on purpose, update hostKey; otherwise do not connect.",
+        firstSeen
+          ? `${hostLabel(host)}: HOST KEY CHANGED: the host presented ${seen} but ${expected} was seen first in this run (trust on first use pins it). ` +
+              "Do not connect unless the host was reinstalled on purpose; then set hostKey to the new key."
+          : `${hostLabel(host)}: HOST KEY MISMATCH: the host presented ${seen} but ${expected} is pinned. ` +
+              "If the host was reinstalled on purpose, update hostKey; otherwise do not connect.",
         { cause: err },
       );
     }
     const message = err instanceof Error ? err.message : String(err);
     throw new Error(`${hostLabel(host)}: SSH connection failed: ${message}`, { cause: err });
   }
-  if (!expected) pool.observedKeys.set(`${host.user}@${host.address}:${host.port}`, seen);
+  // The first key seen at this address pins every later connection of the run.
+  if (!pool.observedKeys.has(observedKeyOf(host))) pool.observedKeys.set(observedKeyOf(host), seen);
   return { ssh, fingerprint: seen };
 }
 
@@ -207,7 +224,7 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
  * not connected yet. Trust-on-first-use resources record this as an output.
  */
 export function observedHostKey(host: HostConnection): string {
-  return hostPool().observedKeys.get(`${host.user}@${host.address}:${host.port}`) ?? "";
+  return hostPool().observedKeys.get(observedKeyOf(host)) ?? "";
 }
 
 /** Sets the socket's hold on the event loop: held while a batch runs, released when idle. */
