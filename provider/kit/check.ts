@@ -39,7 +39,7 @@ export function isKnown(value: unknown): boolean {
 /** Collects failures; `add` ignores undefined/empty reasons so checks can pass results straight in. */
 export interface FailureList {
   readonly failures: Failure[];
-  add(property: string, ...reasons: (string | undefined | readonly string[])[]): void;
+  add(property: string, ...reasons: (string | undefined | readonly (string | undefined)[])[]): void;
 }
 
 /**

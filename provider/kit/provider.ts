@@ -80,9 +80,9 @@ export function inputsOf<I extends object>(o: I, keys: readonly (keyof I & strin
  * Keys whose new value is unknown or differs from the old one (canonical JSON: object key order
  * does not matter). The diff core of every provider.
  */
-export function changedKeys<K extends string>(
-  olds: Partial<Record<K, unknown>>,
-  news: Partial<Record<K, unknown>>,
+export function changedKeys<T extends object, K extends keyof T & string>(
+  olds: T,
+  news: Partial<T>,
   keys: readonly K[],
 ): K[] {
   return keys.filter((k) => !sameValue(olds[k], news[k]));
