@@ -4,17 +4,17 @@
  * functions, so the serialized provider stays small.
  */
 import {
-  UNKNOWN,
   checkDeviceName,
   checkHostList,
   checkName,
   checkRemotePath,
-  containsUnknown,
   isIPv4,
-  normalizeHostConnection,
   showValue,
   type HostConnection,
 } from "../host";
+import { canonicalJson, failureList, isKnown, normalizeHosts, type Checked, type Failure } from "../kit";
+
+export { canonicalJson } from "../kit";
 
 export type PowerState = "running" | "stopped";
 export type ImageKind = "disk" | "kernel";
@@ -143,25 +143,11 @@ export function portOwner(serverName: string, index: number): string {
   return `server:${serverName}:${index}`;
 }
 
-type Failure = { property: string; reason: string };
-
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MAC_RE = /^fa:16:3e(:[0-9a-f]{2}){3}$/;
 
-/** JSON with object keys sorted: values that went through a protobuf Struct compare equal. */
-export function canonicalJson(v: unknown): string {
-  return JSON.stringify(v, (_k, x: unknown) =>
-    x !== null && typeof x === "object" && !Array.isArray(x)
-      ? Object.fromEntries(
-          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
-      : x,
-  );
-}
-
-function known(v: unknown): boolean {
-  return v !== UNKNOWN && !containsUnknown(v);
-}
+/** The kit's one rule for preview unknowns (see provider/kit/check.ts). */
+const known = isKnown;
 
 function isInt(v: unknown, min: number, max: number): boolean {
   return typeof v === "number" && Number.isInteger(v) && v >= min && v <= max;
@@ -180,14 +166,10 @@ export const READINESS_DEFAULT: Readiness = {
  * Validates and normalizes raw inputs (pure). Unknown values (preview) are accepted as they
  * are; everything known is checked, every problem reported with its field and the fix.
  */
-export function checkServerInputs(
-  news: Record<string, unknown>,
-  olds?: Record<string, unknown>,
-): { inputs: Record<string, unknown>; failures: Failure[] } {
-  const failures: Failure[] = [];
-  const fail = (property: string, reason: string | undefined): void => {
-    if (reason) failures.push({ property, reason });
-  };
+export function checkServerInputs(news: Record<string, unknown>, olds?: Record<string, unknown>): Checked {
+  const found = failureList();
+  const failures: Failure[] = found.failures;
+  const fail = (property: string, reason: string | undefined): void => found.add(property, reason);
   const out: Record<string, unknown> = { ...news };
   const name = news.serverName;
   if (known(name)) fail("serverName", checkName("serverName", name));
@@ -196,13 +178,7 @@ export function checkServerInputs(
   }
 
   for (const e of checkHostList("hosts", news.hosts)) fail("hosts", e);
-  const hosts = Array.isArray(news.hosts)
-    ? news.hosts.map((h) =>
-        h !== null && typeof h === "object" && !containsUnknown(h)
-          ? normalizeHostConnection(h as Record<string, unknown>)
-          : h,
-      )
-    : news.hosts;
+  const hosts = normalizeHosts(news.hosts);
   out.hosts = hosts;
   const hostNames =
     Array.isArray(hosts) && known(hosts) ? (hosts as HostConnection[]).map((h) => h.name) : undefined;
