@@ -7,3 +7,4 @@ export * from "./image";
 export * from "./flavor";
 export * from "./keypair";
 export * from "./server";
+export * from "./kit";

@@ -472,6 +472,21 @@ export async function runChecked(
  * wait too. Steps of other, unlocked operations keep flowing through the shell meanwhile.
  */
 export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>, waitSec = 120): Promise<T> {
+  const release = await takeProcessLock(host);
+  let remote = false;
+  try {
+    await runChecked(host, [takeLockStep("take the host lock /var/lib/kvmlab/lock", waitSec)]);
+    remote = true;
+    return await fn();
+  } finally {
+    // Queue the unlock without waiting: the next locker's steps come after it in the shell.
+    if (remote) void runSteps(host, [RELEASE_LOCK_STEP]).catch(() => undefined);
+    release();
+  }
+}
+
+/** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */
+async function takeProcessLock(host: HostConnection): Promise<() => void> {
   const pool = hostPool();
   const id = `${host.address}:${host.port}`;
   const before = pool.locks.get(id) ?? Promise.resolve();
@@ -480,29 +495,27 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
   const chained = before.then(() => mine);
   pool.locks.set(id, chained);
   await before;
-  let remote = false;
-  try {
-    await runChecked(host, [
-      {
-        label: "take the host lock /var/lib/kvmlab/lock",
-        inShell: true,
-        script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
-      },
-    ]);
-    remote = true;
-    return await fn();
-  } finally {
-    // Queue the unlock without waiting: the next locker's steps come after it in the shell.
-    const unlock = remote
-      ? runSteps(host, [{ label: "release the host lock", inShell: true, script: "exec 9>&-" }]).catch(
-          () => undefined,
-        )
-      : Promise.resolve();
-    void unlock;
+  return () => {
     release();
     if (pool.locks.get(id) === chained) pool.locks.delete(id);
-  }
+  };
 }
+
+/** The shell step that takes flock on /var/lib/kvmlab/lock (held by the session's shell). */
+function takeLockStep(label: string, waitSec: number): Step {
+  return {
+    label,
+    inShell: true,
+    script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+  };
+}
+
+const RELEASE_LOCK_STEP: Step = {
+  label: "release the host lock",
+  inShell: true,
+  always: true,
+  script: "exec 9>&-",
+};
 
 /**
  * The pooled node-ssh connection of a host, for SFTP transfers (images). Counts as the same
@@ -529,23 +542,12 @@ export async function runLocked(
   opts: RunOptions = {},
   waitSec = 120,
 ): Promise<string[]> {
-  const pool = hostPool();
-  const id = `${host.address}:${host.port}`;
-  const before = pool.locks.get(id) ?? Promise.resolve();
-  let release: () => void = () => undefined;
-  const mine = new Promise<void>((r) => (release = r));
-  const chained = before.then(() => mine);
-  pool.locks.set(id, chained);
-  await before;
+  const release = await takeProcessLock(host);
   try {
     const all: Step[] = [
-      {
-        label: "take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)",
-        inShell: true,
-        script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
-      },
+      takeLockStep("take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)", waitSec),
       ...steps,
-      { label: "release the host lock", inShell: true, always: true, script: "exec 9>&-" },
+      RELEASE_LOCK_STEP,
     ];
     const results = await runSteps(host, all, { ...opts, stopOnError: true });
     for (let i = 0; i < all.length - 1; i++) {
@@ -554,7 +556,6 @@ export async function runLocked(
     return results.slice(1, -1).map((r) => r.stdout);
   } finally {
     release();
-    if (pool.locks.get(id) === chained) pool.locks.delete(id);
   }
 }
 
