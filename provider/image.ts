@@ -615,21 +615,6 @@ async function removeFromHost(imageName: string, host: HostConnection): Promise<
   await runLocked(host, [removeImageStep(imageName, host.name)]);
 }
 
-function imageInputsOf(o: ImageInputs): ImageInputs {
-  const i: ImageInputs = {
-    imageName: o.imageName,
-    hosts: o.hosts,
-    diskFormat: o.diskFormat,
-    kernelCmdline: o.kernelCmdline,
-    minDiskGiB: o.minDiskGiB,
-    minRamMiB: o.minRamMiB,
-  };
-  if (o.source) i.source = o.source;
-  if (o.kernel) i.kernel = o.kernel;
-  if (o.ramdisk) i.ramdisk = o.ramdisk;
-  return i;
-}
-
 /** Outputs from the inputs and what each host holds. */
 export function imageOutputs(
   inputs: ImageInputs,
@@ -648,7 +633,7 @@ export function imageOutputs(
   const paths: ImageOutputs["paths"] = {};
   for (const h of inputs.hosts) paths[h.name] = { ...path };
   return {
-    ...imageInputsOf(inputs),
+    ...inputs,
     format: inputs.diskFormat === "" ? "kernel" : inputs.diskFormat,
     storeDir: dir,
     diskPath: path.disk,

@@ -57,6 +57,7 @@ import {
   planUpdate,
   portOwner,
   serverPaths,
+  SERVER_INPUT_KEYS,
   type HostLoad,
   type PowerState,
   type Readiness,
@@ -431,20 +432,7 @@ async function migrateServer(
 
 const server = defineResource<ServerInputs, ServerOutputs>({
   type: "Server",
-  inputKeys: [
-    "serverName",
-    "uuid",
-    "hosts",
-    "host",
-    "flavor",
-    "image",
-    "ports",
-    "domainXml",
-    "cloudInit",
-    "powerState",
-    "readiness",
-    "changePlan",
-  ],
+  inputKeys: SERVER_INPUT_KEYS,
   outputKeys: [
     "hostAddress",
     "domainType",

@@ -12,7 +12,15 @@ import {
   showValue,
   type HostConnection,
 } from "../host";
-import { canonicalJson, failureList, isKnown, normalizeHosts, type Checked, type Failure } from "../kit";
+import {
+  canonicalJson,
+  failureList,
+  inputsOf,
+  isKnown,
+  normalizeHosts,
+  type Checked,
+  type Failure,
+} from "../kit";
 
 export { canonicalJson } from "../kit";
 
@@ -597,19 +605,23 @@ export function parseHostLoad(host: string, stdout: string): HostLoad {
 }
 
 /** Only the input fields of outputs (pure). */
+/** Every input key of the Server (what create and update receive). */
+export const SERVER_INPUT_KEYS = [
+  "serverName",
+  "uuid",
+  "hosts",
+  "host",
+  "flavor",
+  "image",
+  "ports",
+  "domainXml",
+  "cloudInit",
+  "powerState",
+  "readiness",
+  "changePlan",
+] as const;
+
+/** Only the input fields (outputs carry more). */
 export function serverInputsOf(o: ServerInputs): ServerInputs {
-  return {
-    serverName: o.serverName,
-    uuid: o.uuid,
-    hosts: o.hosts,
-    host: o.host,
-    flavor: o.flavor,
-    image: o.image,
-    ports: o.ports,
-    domainXml: o.domainXml,
-    cloudInit: o.cloudInit,
-    powerState: o.powerState,
-    readiness: o.readiness,
-    changePlan: o.changePlan,
-  };
+  return inputsOf(o, SERVER_INPUT_KEYS);
 }

@@ -46,75 +46,13 @@ import {
   type Step,
   type StepResult,
 } from "../../../provider";
-import { renderServer } from "../../../components/server";
+import { serverRaw, testHost } from "./fixtures";
 
-const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
-const PIN = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
 const SEEN = "SHA256:Z2l2ZW4tYnktdGhlLWZha2UtaG9zdC1vbi1maXJzdC11c2UA";
 const SHA = "a".repeat(64);
 
 function host(name: string, n: number, tofu = false): HostConnection {
-  return {
-    name,
-    address: `10.255.0.1${n}`,
-    port: 22,
-    user: "root",
-    privateKey: KEY,
-    hostKey: tofu ? "" : PIN,
-    trustOnFirstUse: tofu,
-    uplink: "eth1",
-    tunnelAddress: `10.254.0.1${n}`,
-  };
-}
-
-function serverRaw(hosts: HostConnection[]): Record<string, unknown> {
-  const image = {
-    name: "cirros",
-    kind: "kernel" as const,
-    disk: "",
-    format: "qcow2" as const,
-    kernel: "/var/lib/kvmlab/images/cirros/kernel",
-    ramdisk: "/var/lib/kvmlab/images/cirros/ramdisk",
-  };
-  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 0 };
-  const r = renderServer({
-    serverName: "web1",
-    uuidSeed: "lab/dev/web1",
-    lab: "lab",
-    project: "dev",
-    image,
-    flavor,
-    ports: [
-      { networkName: "lan", subnetName: "v4", bridge: "kvlb-1a2b3c4d", driver: "linuxbridge", mtu: 1500 },
-    ],
-    kernelCmdline: "console=ttyS0",
-    cloudInit: true,
-    publicKeys: [],
-    userName: "kvmlab",
-    userData: {},
-    consoleListen: "127.0.0.1",
-  });
-  return {
-    serverName: "web1",
-    uuid: r.uuid,
-    hosts,
-    flavor,
-    image,
-    ports: [
-      {
-        networkName: "lan",
-        subnetName: "v4",
-        dhcpHost: hosts[0].name,
-        dhcp: true,
-        bridge: "kvlb-1a2b3c4d",
-        driver: "linuxbridge",
-        mac: r.macs[0],
-        tap: r.taps[0],
-      },
-    ],
-    domainXml: r.domainXml,
-    cloudInit: r.cloudInit,
-  };
+  return testHost(name, n, tofu ? { hostKey: "", trustOnFirstUse: true } : {});
 }
 
 function subnetRaw(hosts: HostConnection[]): Record<string, unknown> {
@@ -200,7 +138,7 @@ const KINDS: Kind[] = [
     name: "serverName",
     check: (news) => checkServerInputs(news),
     diff: diffServer as Kind["diff"],
-    raw: serverRaw,
+    raw: (hosts) => serverRaw(hosts),
     outputs: (i) => ({
       host: (i.hosts as HostConnection[])[0].name,
       addresses: [],
@@ -342,14 +280,14 @@ const HOSTED: {
     type: "Server",
     provider: serverProvider as never,
     check: (news) => checkServerInputs(news),
-    raw: serverRaw,
+    raw: (hosts) => serverRaw(hosts),
     answers: [
       [/^read domain/, "defined=yes\nstate=running\nvnc=:0\ntype=qemu"],
       [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
       [
-        /^read record ipam\/v4$/,
+        /^read record ipam\/lan-v4$/,
         JSON.stringify({
-          subnet: "v4",
+          subnet: "lan-v4",
           cidr: "10.10.0.0/24",
           gateway: "10.10.0.1",
           pool: { start: "10.10.0.2", end: "10.10.0.254" },
