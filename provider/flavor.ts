@@ -21,15 +21,10 @@
  *   update  rewrite the record (on a new controller: write there, remove from the old one)
  *   delete  remove the record if it still carries this flavorId (idempotent)
  */
-import * as pulumi from "@pulumi/pulumi";
+import type * as pulumi from "@pulumi/pulumi";
 import { checkExtraSpecs as coreCheckExtraSpecs, FLAVOR_LIMITS } from "../core/flavor";
-import { packagedProvider } from "./packaged";
 import {
-  UNKNOWN,
   checkHostList,
-  checkName,
-  containsUnknown,
-  normalizeHostConnection,
   recordPath,
   runLocked,
   runSteps,
@@ -41,7 +36,19 @@ import {
   type HostConnection,
   type Step,
 } from "./host";
-import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
+import {
+  failureList,
+  KvmlabResource,
+  applyRules,
+  changedKeys,
+  defineResource,
+  isUnknown,
+  normalizeHosts,
+  rules,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+} from "./kit";
 
 export interface FlavorArgs {
   /** Flavor name (servers refer to it). @default the resource name */
@@ -106,90 +113,43 @@ export interface FlavorRecord {
   description: string;
 }
 
-type Failure = { property: string; reason: string };
-
 /** Extra spec keys kvmlab accepts (one definition: core/flavor.ts). */
 export { EXTRA_SPEC_RULES } from "../core/flavor";
 
 /** Checks extra specs; returns error texts naming `extraSpecs.<key>`. Pure. */
 export function checkExtraSpecs(raw: unknown, vcpus: unknown): string[] {
-  return coreCheckExtraSpecs(raw, vcpus, (v) => v === UNKNOWN);
-}
-
-function checkInt(field: string, v: unknown, min: number, max: number, what: string): string | undefined {
-  if (v === UNKNOWN) return undefined;
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    return `${field}: expected ${what}, an integer ${min}-${max}, got ${showValue(v)}`;
-  }
-  return undefined;
+  return coreCheckExtraSpecs(raw, vcpus, isUnknown);
 }
 
 /** Validates and normalizes raw inputs. Pure. */
-export function checkFlavorInputs(news: Record<string, unknown>): {
-  inputs: Record<string, unknown>;
-  failures: Failure[];
-} {
-  const failures: Failure[] = [];
-  const add = (property: string, e: string | undefined): void => {
-    if (e) failures.push({ property, reason: e });
-  };
+export function checkFlavorInputs(news: Record<string, unknown>): Checked {
+  const out = failureList();
   const L = FLAVOR_LIMITS; // one set of limits, shared with the Server (core/flavor.ts)
-  if (news.flavorName !== UNKNOWN) add("flavorName", checkName("flavorName", news.flavorName));
-  add("vcpus", checkInt("vcpus", news.vcpus, L.vcpus.min, L.vcpus.max, "the number of virtual CPUs"));
-  add("ramMiB", checkInt("ramMiB", news.ramMiB, L.ramMiB.min, L.ramMiB.max, "RAM in MiB"));
-  const diskGiB = news.diskGiB ?? 0;
-  add(
-    "diskGiB",
-    checkInt("diskGiB", diskGiB, L.diskGiB.min, L.diskGiB.max, "the root disk in GiB (0: the image's size)"),
-  );
-  const ephemeralGiB = news.ephemeralGiB ?? 0;
-  add(
-    "ephemeralGiB",
-    checkInt(
-      "ephemeralGiB",
-      ephemeralGiB,
-      L.ephemeralGiB.min,
-      L.ephemeralGiB.max,
-      "the ephemeral disk in GiB (0: none)",
-    ),
-  );
-  const swapMiB = news.swapMiB ?? 0;
-  add("swapMiB", checkInt("swapMiB", swapMiB, L.swapMiB.min, L.swapMiB.max, "swap in MiB (0: none)"));
-  const extraSpecs = news.extraSpecs ?? {};
-  for (const e of checkExtraSpecs(extraSpecs, news.vcpus)) add("extraSpecs", e);
-  const description = news.description ?? "";
-  if (
-    description !== UNKNOWN &&
-    (typeof description !== "string" ||
-      description.length > 255 ||
-      [...description].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f))
-  ) {
-    add(
-      "description",
-      `description: expected one line of at most 255 characters, got ${showValue(description)}`,
-    );
-  }
-  for (const e of checkHostList("hosts", news.hosts)) add("hosts", e);
-  const hosts = Array.isArray(news.hosts)
-    ? news.hosts.map((h) =>
-        h !== null && typeof h === "object" && !containsUnknown(h)
-          ? normalizeHostConnection(h as Record<string, unknown>)
-          : h,
-      )
-    : news.hosts;
-  return {
-    inputs: {
-      flavorName: news.flavorName,
-      vcpus: news.vcpus,
-      ramMiB: news.ramMiB,
-      diskGiB,
-      ephemeralGiB,
-      swapMiB,
-      extraSpecs,
-      description,
-      hosts,
+  const v = applyRules(
+    news,
+    {
+      flavorName: { rule: rules.name },
+      vcpus: { rule: rules.int(L.vcpus.min, L.vcpus.max, "the number of virtual CPUs") },
+      ramMiB: { rule: rules.int(L.ramMiB.min, L.ramMiB.max, "RAM in MiB") },
+      diskGiB: {
+        rule: rules.int(L.diskGiB.min, L.diskGiB.max, "the root disk in GiB (0: the image's size)"),
+        default: 0,
+      },
+      ephemeralGiB: {
+        rule: rules.int(L.ephemeralGiB.min, L.ephemeralGiB.max, "the ephemeral disk in GiB (0: none)"),
+        default: 0,
+      },
+      swapMiB: { rule: rules.int(L.swapMiB.min, L.swapMiB.max, "swap in MiB (0: none)"), default: 0 },
     },
-    failures,
+    out,
+  );
+  const extraSpecs = news.extraSpecs ?? {};
+  out.add("extraSpecs", checkExtraSpecs(extraSpecs, news.vcpus));
+  const { description } = applyRules(news, { description: { rule: rules.line(255), default: "" } }, out);
+  out.add("hosts", checkHostList("hosts", news.hosts));
+  return {
+    inputs: { ...v, extraSpecs, description, hosts: normalizeHosts(news.hosts) },
+    failures: out.failures,
   };
 }
 
@@ -244,20 +204,11 @@ export function flavorState(inputs: FlavorInputs, recordText: string): FlavorHos
 }
 
 /** Property-level diff; pure (never connects). */
-export function diffFlavor(
-  olds: FlavorOutputs,
-  news: FlavorInputs,
-): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
-  const unknown = (v: unknown): boolean => containsUnknown(v);
-  const replaces = FLAVOR_REPLACE_KEYS.filter((k) => unknown(news[k]) || olds[k] !== news[k]);
+export function diffFlavor(olds: FlavorOutputs, news: FlavorInputs): DiffResult {
+  const replaces = changedKeys(olds, news, FLAVOR_REPLACE_KEYS);
   const changed =
     replaces.length > 0 ||
-    unknown(news.extraSpecs) ||
-    JSON.stringify(sortedSpecs(olds.extraSpecs)) !== JSON.stringify(sortedSpecs(news.extraSpecs)) ||
-    unknown(news.description) ||
-    olds.description !== news.description ||
-    unknown(news.hosts) ||
-    JSON.stringify(olds.hosts) !== JSON.stringify(news.hosts) ||
+    changedKeys(olds, news, ["extraSpecs", "description", "hosts"]).length > 0 ||
     // Drift found by refresh: the record is gone or differs.
     !olds.realized?.record ||
     !olds.realized?.matches;
@@ -284,29 +235,13 @@ function controllerOf(hosts: HostConnection[]): HostConnection {
 }
 
 function outputsFor(inputs: FlavorInputs, realized: FlavorHostState): FlavorOutputs {
-  const hostKeys: Record<string, string> = {};
-  for (const h of inputs.hosts) hostKeys[h.name] = hostKeyRecord(h);
   return {
-    ...flavorInputsOf(inputs),
+    ...inputs,
     extraSpecs: sortedSpecs(inputs.extraSpecs),
     flavorId: flavorId(inputs),
     controller: controllerOf(inputs.hosts).name,
-    hostKeys,
+    hostKeys: {},
     realized,
-  };
-}
-
-function flavorInputsOf(o: FlavorInputs): FlavorInputs {
-  return {
-    flavorName: o.flavorName,
-    vcpus: o.vcpus,
-    ramMiB: o.ramMiB,
-    diskGiB: o.diskGiB,
-    ephemeralGiB: o.ephemeralGiB,
-    swapMiB: o.swapMiB,
-    extraSpecs: o.extraSpecs,
-    description: o.description,
-    hosts: o.hosts,
   };
 }
 
@@ -319,47 +254,53 @@ async function writeOn(host: HostConnection, inputs: FlavorInputs): Promise<Flav
   return flavorState(inputs, outs[1]);
 }
 
-export const flavorProvider: pulumi.dynamic.ResourceProvider<FlavorInputs, FlavorOutputs> = {
-  async check(_olds, news) {
-    const { inputs, failures } = checkFlavorInputs(news as unknown as Record<string, unknown>);
-    return { inputs: inputs as unknown as FlavorInputs, failures };
-  },
-
-  async diff(_id, olds, news) {
-    return diffFlavor(olds, news);
-  },
+const flavor = defineResource<FlavorInputs, FlavorOutputs>({
+  type: "Flavor",
+  inputKeys: [
+    "flavorName",
+    "vcpus",
+    "ramMiB",
+    "diskGiB",
+    "ephemeralGiB",
+    "swapMiB",
+    "extraSpecs",
+    "description",
+    "hosts",
+  ],
+  outputKeys: ["flavorId", "controller", "hostKeys", "realized"],
+  secretOutputs: ["hosts"],
+  check: (news) => checkFlavorInputs(news),
+  diff: diffFlavor,
 
   async create(inputs) {
     const realized = await writeOn(controllerOf(inputs.hosts), inputs);
     return { id: flavorId(inputs), outs: outputsFor(inputs, realized) };
   },
 
-  async read(id, props) {
-    if (!props) return { id, props };
-    const host = pinnedHost(controllerOf(props.hosts), props.hostKeys);
+  async read(_id, props) {
+    const host = controllerOf(props.hosts);
     const [r] = await runSteps(host, [readRecordStep("flavor", props.flavorName)]);
     if (r.code !== 0)
       throw new Error(`host ${host.name}: reading flavor ${props.flavorName} failed: ${r.stderr.trim()}`);
     const realized = flavorState(props, r.stdout);
-    if (!realized.record) return { id: "", props: {} as FlavorOutputs };
-    return { id, props: { ...props, realized } };
+    return realized.record ? { ...props, realized } : undefined;
   },
 
   async update(_id, olds, news) {
-    const hosts = news.hosts.map((h) => pinnedHost(h, olds.hostKeys));
-    const realized = await writeOn(controllerOf(hosts), { ...news, hosts });
-    const oldController = pinnedHost(controllerOf(olds.hosts), olds.hostKeys);
-    if (oldController.name !== controllerOf(hosts).name) {
+    const realized = await writeOn(controllerOf(news.hosts), news);
+    const oldController = controllerOf(olds.hosts);
+    if (oldController.name !== controllerOf(news.hosts).name) {
       await runLocked(oldController, [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
     }
-    return { outs: outputsFor(news, realized) };
+    return outputsFor(news, realized);
   },
 
   async delete(_id, olds) {
-    const host = pinnedHost(controllerOf(olds.hosts), olds.hostKeys);
-    await runLocked(host, [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
+    await runLocked(controllerOf(olds.hosts), [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
   },
-};
+});
+
+export const flavorProvider = flavor.provider;
 
 /**
  * A server size (`pulumi-nodejs:dynamic/kvmlab:Flavor`).
@@ -368,7 +309,7 @@ export const flavorProvider: pulumi.dynamic.ResourceProvider<FlavorInputs, Flavo
  * const small = new Flavor("m1.small", { vcpus: 1, ramMiB: 2048, diskGiB: 20, hosts });
  * ```
  */
-export class Flavor extends pulumi.dynamic.Resource {
+export class Flavor extends KvmlabResource<FlavorInputs, FlavorOutputs> {
   declare readonly flavorName: pulumi.Output<string>;
   declare readonly flavorId: pulumi.Output<string>;
   declare readonly vcpus: pulumi.Output<number>;
@@ -384,27 +325,6 @@ export class Flavor extends pulumi.dynamic.Resource {
   declare readonly hosts: pulumi.Output<HostConnection[]>;
 
   constructor(name: string, args: FlavorArgs, opts: pulumi.CustomResourceOptions = {}) {
-    super(
-      packagedProvider(flavorProvider),
-      name,
-      {
-        flavorName: args.flavorName ?? name,
-        vcpus: args.vcpus,
-        ramMiB: args.ramMiB,
-        diskGiB: args.diskGiB,
-        ephemeralGiB: args.ephemeralGiB,
-        swapMiB: args.swapMiB,
-        extraSpecs: args.extraSpecs,
-        description: args.description,
-        hosts: args.hosts,
-        flavorId: undefined,
-        controller: undefined,
-        hostKeys: undefined,
-        realized: undefined,
-      },
-      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
-      "kvmlab",
-      "Flavor",
-    );
+    super(flavor, name, { ...args, flavorName: args.flavorName ?? name }, opts);
   }
 }

@@ -29,15 +29,10 @@
  *           domain naming its folder); else removes folder, staging leftovers and record
  */
 import * as pulumi from "@pulumi/pulumi";
-import { packagedProvider } from "./packaged";
 import {
-  UNKNOWN,
   checkHostList,
-  checkName,
   checkRemotePath,
-  containsUnknown,
   hostPool,
-  normalizeHostConnection,
   parseRecord,
   pooledSsh,
   readRecordStep,
@@ -48,7 +43,21 @@ import {
   writeRecordStep,
   type HostConnection,
 } from "./host";
-import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
+import {
+  KvmlabResource,
+  applyRules,
+  changedKeys,
+  defineResource,
+  failureList,
+  isKnown,
+  isUnknown,
+  normalizeHosts,
+  onEveryHost,
+  rules,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+} from "./kit";
 import {
   checkDiskInfo,
   cleanupStagingStep,
@@ -178,8 +187,6 @@ export interface ImageRecord {
   origins: Partial<Record<ImageRole, string>>;
 }
 
-type Failure = { property: string; reason: string };
-
 const SOURCE_ROLES: readonly { role: ImageRole; key: "source" | "kernel" | "ramdisk" }[] = [
   { role: "disk", key: "source" },
   { role: "kernel", key: "kernel" },
@@ -192,7 +199,7 @@ function hasControl(s: string): boolean {
 
 /** Checks one source at `field`; returns errors and the normalized source. */
 function checkSource(field: string, raw: unknown): { errors: string[]; source: unknown } {
-  if (raw === UNKNOWN) return { errors: [], source: raw };
+  if (isUnknown(raw)) return { errors: [], source: raw };
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
     return {
       errors: [`${field}: expected {localPath | hostPath | url, sha256}, got ${showValue(raw)}`],
@@ -208,7 +215,7 @@ function checkSource(field: string, raw: unknown): { errors: string[]; source: u
     );
   }
   const lp = s.localPath;
-  if (lp !== undefined && lp !== "" && lp !== UNKNOWN) {
+  if (lp !== undefined && lp !== "") {
     if (typeof lp !== "string" || !lp.startsWith("/") || hasControl(lp) || lp.includes("\0")) {
       errors.push(
         `${field}.localPath: expected an absolute path on the machine running Pulumi, got ${showValue(lp)}`,
@@ -216,12 +223,12 @@ function checkSource(field: string, raw: unknown): { errors: string[]; source: u
     }
   }
   const hp = s.hostPath;
-  if (hp !== undefined && hp !== "" && hp !== UNKNOWN) {
+  if (hp !== undefined && hp !== "") {
     const e = checkRemotePath(`${field}.hostPath`, hp);
     if (e) errors.push(e);
   }
   const url = s.url;
-  if (url !== undefined && url !== "" && url !== UNKNOWN) {
+  if (url !== undefined && url !== "") {
     if (
       typeof url !== "string" ||
       url.length > 2048 ||
@@ -235,7 +242,7 @@ function checkSource(field: string, raw: unknown): { errors: string[]; source: u
     }
   }
   let sha = s.sha256;
-  if (sha !== UNKNOWN) {
+  {
     if (typeof sha === "string" && /^[0-9a-fA-F]{64}$/.test(sha)) sha = sha.toLowerCase();
     else
       errors.push(
@@ -250,23 +257,12 @@ function checkSource(field: string, raw: unknown): { errors: string[]; source: u
 }
 
 /** Validates and normalizes raw inputs. Pure. */
-export function checkImageInputs(news: Record<string, unknown>): {
-  inputs: Record<string, unknown>;
-  failures: Failure[];
-} {
-  const failures: Failure[] = [];
-  const add = (property: string, errors: (string | undefined)[]): void => {
-    for (const e of errors) if (e) failures.push({ property, reason: e });
-  };
-  if (news.imageName !== UNKNOWN) add("imageName", [checkName("imageName", news.imageName)]);
+export function checkImageInputs(news: Record<string, unknown>): Checked {
+  const found = failureList();
+  const add = (property: string, errors: (string | undefined)[]): void => found.add(property, errors);
+  applyRules(news, { imageName: { rule: rules.name } }, found);
   add("hosts", checkHostList("hosts", news.hosts));
-  const hosts = Array.isArray(news.hosts)
-    ? news.hosts.map((h) =>
-        h !== null && typeof h === "object" && !containsUnknown(h)
-          ? normalizeHostConnection(h as Record<string, unknown>)
-          : h,
-      )
-    : news.hosts;
+  const hosts = normalizeHosts(news.hosts);
   const out: Record<string, unknown> = { imageName: news.imageName, hosts };
   for (const { key } of SOURCE_ROLES) {
     if (news[key] === undefined || news[key] === null) continue;
@@ -287,7 +283,7 @@ export function checkImageInputs(news: Record<string, unknown>): {
     add("ramdisk", ["ramdisk: only with kernel (a kernel+ramdisk image); remove it or add kernel"]);
   }
   const diskFormat = news.diskFormat === undefined || news.diskFormat === null ? "" : news.diskFormat;
-  if (diskFormat !== UNKNOWN) {
+  if (isKnown(diskFormat)) {
     if (isDisk && diskFormat !== "qcow2" && diskFormat !== "raw") {
       add("diskFormat", [
         `diskFormat: expected "qcow2" or "raw" for a disk image, got ${showValue(news.diskFormat)}`,
@@ -297,7 +293,7 @@ export function checkImageInputs(news: Record<string, unknown>): {
     }
   }
   const kernelCmdline = news.kernelCmdline ?? "";
-  if (kernelCmdline !== UNKNOWN) {
+  if (isKnown(kernelCmdline)) {
     if (typeof kernelCmdline !== "string" || kernelCmdline.length > 1024 || hasControl(kernelCmdline)) {
       add("kernelCmdline", [
         `kernelCmdline: expected one line of at most 1024 printable characters, got ${showValue(kernelCmdline)}`,
@@ -306,15 +302,18 @@ export function checkImageInputs(news: Record<string, unknown>): {
       add("kernelCmdline", ["kernelCmdline: only for kernel images; remove it or add kernel"]);
     }
   }
-  const nat = (field: string, v: unknown, max: number): string | undefined =>
-    v === UNKNOWN || (typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= max)
-      ? undefined
-      : `${field}: expected an integer 0-${max}, got ${showValue(v)}`;
-  const minDiskGiB = news.minDiskGiB ?? 0;
-  const minRamMiB = news.minRamMiB ?? 0;
-  add("minDiskGiB", [nat("minDiskGiB", minDiskGiB, 65536)]);
-  add("minRamMiB", [nat("minRamMiB", minRamMiB, 1048576)]);
-  return { inputs: { ...out, diskFormat, kernelCmdline, minDiskGiB, minRamMiB }, failures };
+  const { minDiskGiB, minRamMiB } = applyRules(
+    news,
+    {
+      minDiskGiB: { rule: rules.int(0, 65536), default: 0 },
+      minRamMiB: { rule: rules.int(0, 1048576), default: 0 },
+    },
+    found,
+  );
+  return {
+    inputs: { ...out, diskFormat, kernelCmdline, minDiskGiB, minRamMiB },
+    failures: found.failures,
+  };
 }
 
 /** The files an image has, in role order. */
@@ -333,19 +332,14 @@ export function imageFiles(i: Pick<ImageInputs, "diskFormat" | "source" | "kerne
 }
 
 /** Property-level diff; pure (never connects). */
-export function diffImage(
-  olds: ImageOutputs,
-  news: ImageInputs,
-): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
-  const replaces: string[] = [];
-  if (containsUnknown(news.imageName) || olds.imageName !== news.imageName) replaces.push("imageName");
-  if (containsUnknown(news.diskFormat) || olds.diskFormat !== news.diskFormat) replaces.push("diskFormat");
+export function diffImage(olds: ImageOutputs, news: ImageInputs): DiffResult {
+  const replaces: string[] = changedKeys(olds, news, ["imageName", "diskFormat"]);
   for (const { key } of SOURCE_ROLES) {
     const o = olds[key];
     const n = news[key];
     if (!o && !n) continue;
     // Content identity is the sha256; where it comes from is an update.
-    if (!o || !n || containsUnknown(n.sha256) || o.sha256 !== n.sha256) replaces.push(key);
+    if (!o || !n || isUnknown(n) || o.sha256 !== n.sha256) replaces.push(key);
   }
   let changes = replaces.length > 0;
   const updatable = [
@@ -357,11 +351,7 @@ export function diffImage(
     "kernel",
     "ramdisk",
   ] as const;
-  if (!changes) {
-    changes = updatable.some(
-      (k) => containsUnknown(news[k]) || JSON.stringify(olds[k] ?? null) !== JSON.stringify(news[k] ?? null),
-    );
-  }
+  if (!changes) changes = changedKeys(olds, news, updatable).length > 0;
   if (!changes) {
     // Drift found by refresh: a host lacks the record or a file, or holds another sha256.
     const files = imageFiles(news);
@@ -626,35 +616,6 @@ async function removeFromHost(imageName: string, host: HostConnection): Promise<
   await runLocked(host, [removeImageStep(imageName, host.name)]);
 }
 
-/** Runs `fn` on every host in parallel; throws one error listing every host that failed. */
-async function onEveryHost<T>(
-  hosts: HostConnection[],
-  what: string,
-  fn: (h: HostConnection) => Promise<T>,
-): Promise<T[]> {
-  const settled = await Promise.allSettled(hosts.map((h) => fn(h)));
-  const errors = settled.flatMap((s) =>
-    s.status === "rejected" ? [s.reason instanceof Error ? s.reason.message : String(s.reason)] : [],
-  );
-  if (errors.length > 0) throw new Error(`${what} failed:\n - ${errors.join("\n - ")}`);
-  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
-}
-
-function imageInputsOf(o: ImageInputs): ImageInputs {
-  const i: ImageInputs = {
-    imageName: o.imageName,
-    hosts: o.hosts,
-    diskFormat: o.diskFormat,
-    kernelCmdline: o.kernelCmdline,
-    minDiskGiB: o.minDiskGiB,
-    minRamMiB: o.minRamMiB,
-  };
-  if (o.source) i.source = o.source;
-  if (o.kernel) i.kernel = o.kernel;
-  if (o.ramdisk) i.ramdisk = o.ramdisk;
-  return i;
-}
-
 /** Outputs from the inputs and what each host holds. */
 export function imageOutputs(
   inputs: ImageInputs,
@@ -671,13 +632,9 @@ export function imageOutputs(
   }
   const main = files.disk ?? files.kernel;
   const paths: ImageOutputs["paths"] = {};
-  const hostKeys: Record<string, string> = {};
-  for (const h of inputs.hosts) {
-    paths[h.name] = { ...path };
-    hostKeys[h.name] = hostKeyRecord(h);
-  }
+  for (const h of inputs.hosts) paths[h.name] = { ...path };
   return {
-    ...imageInputsOf(inputs),
+    ...inputs,
     format: inputs.diskFormat === "" ? "kernel" : inputs.diskFormat,
     storeDir: dir,
     diskPath: path.disk,
@@ -688,7 +645,7 @@ export function imageOutputs(
     sizeBytes: main?.sizeBytes ?? 0,
     virtualSizeBytes,
     files,
-    hostKeys,
+    hostKeys: {},
     realized,
   };
 }
@@ -707,15 +664,36 @@ async function converge(inputs: ImageInputs, what: string): Promise<ImageOutputs
   return imageOutputs(inputs, realized, sizes, virtualSizeBytes);
 }
 
-export const imageProvider: pulumi.dynamic.ResourceProvider<ImageInputs, ImageOutputs> = {
-  async check(_olds, news) {
-    const { inputs, failures } = checkImageInputs(news as unknown as Record<string, unknown>);
-    return { inputs: inputs as unknown as ImageInputs, failures };
-  },
-
-  async diff(_id, olds, news) {
-    return diffImage(olds, news);
-  },
+const image = defineResource<ImageInputs, ImageOutputs>({
+  type: "Image",
+  inputKeys: [
+    "imageName",
+    "hosts",
+    "source",
+    "diskFormat",
+    "kernel",
+    "ramdisk",
+    "kernelCmdline",
+    "minDiskGiB",
+    "minRamMiB",
+  ],
+  outputKeys: [
+    "format",
+    "storeDir",
+    "diskPath",
+    "kernelPath",
+    "ramdiskPath",
+    "paths",
+    "sha256",
+    "sizeBytes",
+    "virtualSizeBytes",
+    "files",
+    "hostKeys",
+    "realized",
+  ],
+  secretOutputs: ["hosts"],
+  check: (news) => checkImageInputs(news),
+  diff: diffImage,
 
   async create(inputs) {
     await verifyLocalSources(inputs);
@@ -729,44 +707,34 @@ export const imageProvider: pulumi.dynamic.ResourceProvider<ImageInputs, ImageOu
     }
   },
 
-  async read(id, props) {
-    if (!props) return { id, props };
+  async read(_id, props) {
     const realized: Record<string, ImageHostState> = {};
     await onEveryHost(props.hosts, `read image ${props.imageName}`, async (h) => {
-      realized[h.name] = await readHost(props, pinnedHost(h, props.hostKeys));
+      realized[h.name] = await readHost(props, h);
     });
     const anything = Object.values(realized).some(
       (s) => s.record || Object.values(s.files).some((f) => f !== ""),
     );
-    if (!anything) return { id: "", props: {} as ImageOutputs };
-    return { id, props: { ...props, realized } };
+    return anything ? { ...props, realized } : undefined;
   },
 
   async update(_id, olds, news) {
     const keep = new Set(news.hosts.map((h) => h.name));
     const gone = olds.hosts.filter((h) => !keep.has(h.name));
     await onEveryHost(gone, `remove image ${olds.imageName} from hosts no longer listed`, (h) =>
-      removeFromHost(olds.imageName, pinnedHost(h, olds.hostKeys)),
+      removeFromHost(olds.imageName, h),
     );
     // Local files are checked only when a host needs them (a file deleted locally after
     // create does not block a metadata update).
-    const hosts = news.hosts.map((h) => pinnedHost(h, olds.hostKeys));
-    const outs = await converge({ ...news, hosts }, `update image ${news.imageName}`);
-    return { outs: imageOutputs(imageInputsOf(news), outs.realized, sizesOf(outs), outs.virtualSizeBytes) };
+    return converge(news, `update image ${news.imageName}`);
   },
 
   async delete(_id, olds) {
-    await onEveryHost(olds.hosts, `delete image ${olds.imageName}`, (h) =>
-      removeFromHost(olds.imageName, pinnedHost(h, olds.hostKeys)),
-    );
+    await onEveryHost(olds.hosts, `delete image ${olds.imageName}`, (h) => removeFromHost(olds.imageName, h));
   },
-};
+});
 
-function sizesOf(o: ImageOutputs): Partial<Record<ImageRole, number>> {
-  const s: Partial<Record<ImageRole, number>> = {};
-  for (const [role, f] of Object.entries(o.files)) s[role as ImageRole] = f.sizeBytes;
-  return s;
-}
+export const imageProvider = image.provider;
 
 /** Resolves a relative localPath against the program's folder (in the program, not the provider). */
 function resolveLocal(
@@ -796,7 +764,7 @@ function resolveLocal(
  *   ramdisk: { hostPath: "/boot/initrd.img", sha256: "…" }, kernelCmdline: "console=ttyS0" });
  * ```
  */
-export class Image extends pulumi.dynamic.Resource {
+export class Image extends KvmlabResource<ImageInputs, ImageOutputs> {
   declare readonly imageName: pulumi.Output<string>;
   declare readonly format: pulumi.Output<"qcow2" | "raw" | "kernel">;
   declare readonly diskFormat: pulumi.Output<"qcow2" | "raw" | "">;
@@ -818,34 +786,16 @@ export class Image extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: ImageArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(
-      packagedProvider(imageProvider),
+      image,
       name,
       {
+        ...args,
         imageName: args.imageName ?? name,
-        hosts: args.hosts,
         source: resolveLocal(args.source),
-        diskFormat: args.diskFormat,
         kernel: resolveLocal(args.kernel),
         ramdisk: resolveLocal(args.ramdisk),
-        kernelCmdline: args.kernelCmdline,
-        minDiskGiB: args.minDiskGiB,
-        minRamMiB: args.minRamMiB,
-        format: undefined,
-        storeDir: undefined,
-        diskPath: undefined,
-        kernelPath: undefined,
-        ramdiskPath: undefined,
-        paths: undefined,
-        sha256: undefined,
-        sizeBytes: undefined,
-        virtualSizeBytes: undefined,
-        files: undefined,
-        hostKeys: undefined,
-        realized: undefined,
       },
-      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
-      "kvmlab",
-      "Image",
+      opts,
     );
   }
 }

@@ -9,3 +9,4 @@ export * from "./image";
 export * from "./flavor";
 export * from "./keypair";
 export * from "./server";
+export * from "./kit";

@@ -22,9 +22,19 @@
  * Secrets: the private key never appears in an error or log line; the class marks it with
  * `additionalSecretOutputs`.
  */
-import * as pulumi from "@pulumi/pulumi";
-import { packagedProvider } from "./packaged";
-import { UNKNOWN, checkName, fingerprintOfKeyBlob, showValue } from "./host";
+import type * as pulumi from "@pulumi/pulumi";
+import { UNKNOWN, fingerprintOfKeyBlob, showValue } from "./host";
+import {
+  KvmlabResource,
+  applyRules,
+  changedKeys,
+  defineResource,
+  failureList,
+  isKnown,
+  rules,
+  type Checked,
+  type DiffResult,
+} from "./kit";
 
 /** Key types a keypair may import. */
 export const KEYPAIR_TYPES = [
@@ -70,8 +80,6 @@ export interface KeypairOutputs extends KeypairInputs {
   /** OpenSSH-format private key of a generated pair (secret); "" for imported keys. */
   privateKey: string;
 }
-
-type Failure = { property: string; reason: string };
 
 /** Reads the SSH wire-format strings of a key blob; undefined when it is malformed. */
 function sshStrings(blob: Buffer): Buffer[] | undefined {
@@ -156,48 +164,37 @@ function checkComment(field: string, value: unknown): string | undefined {
 }
 
 /** Validates and normalizes raw inputs. Pure. */
-export function checkKeypairInputs(news: Record<string, unknown>): {
-  inputs: Record<string, unknown>;
-  failures: Failure[];
-} {
-  const failures: Failure[] = [];
-  const known = (v: unknown): boolean => v !== UNKNOWN;
-  const keyName = news.keyName;
-  if (known(keyName)) {
-    const e = checkName("keyName", keyName);
-    if (e) failures.push({ property: "keyName", reason: e });
-  }
+export function checkKeypairInputs(news: Record<string, unknown>): Checked {
+  const out = failureList();
+  const { keyName } = applyRules(news, { keyName: { rule: rules.name } }, out);
   const publicKey = news.publicKey === undefined || news.publicKey === null ? "" : news.publicKey;
-  if (known(publicKey) && publicKey !== "") {
+  if (isKnown(publicKey) && publicKey !== "") {
     const parsed = parsePublicKey("publicKey", publicKey);
-    if ("error" in parsed) failures.push({ property: "publicKey", reason: parsed.error });
+    if ("error" in parsed) out.add("publicKey", parsed.error);
   }
   let comment = news.comment === undefined || news.comment === null ? undefined : news.comment;
-  if (comment !== undefined && known(comment)) {
-    const e = checkComment("comment", comment);
-    if (e) failures.push({ property: "comment", reason: e });
-    if (publicKey !== "" && known(publicKey) && comment !== "") {
-      failures.push({
-        property: "comment",
-        reason: "comment: only for generated keys; an imported key keeps the comment inside publicKey",
-      });
+  if (comment !== undefined && isKnown(comment)) {
+    out.add("comment", checkComment("comment", comment));
+    if (publicKey !== "" && isKnown(publicKey) && comment !== "") {
+      out.add(
+        "comment",
+        "comment: only for generated keys; an imported key keeps the comment inside publicKey",
+      );
     }
   }
   if (comment === undefined) {
     if (publicKey !== "") comment = "";
-    else comment = typeof keyName === "string" && known(keyName) ? `kvmlab-${keyName}` : UNKNOWN;
+    else comment = typeof keyName === "string" && isKnown(keyName) ? `kvmlab-${keyName}` : UNKNOWN;
   }
-  return { inputs: { keyName, publicKey, comment }, failures };
+  return { inputs: { keyName, publicKey, comment }, failures: out.failures };
 }
 
+/** Every input identifies the key, so every change replaces. */
+export const KEYPAIR_REPLACE_KEYS = ["keyName", "publicKey", "comment"] as const;
+
 /** Property-level diff; pure. Every input identifies the key, so every change replaces. */
-export function diffKeypair(
-  olds: KeypairOutputs,
-  news: KeypairInputs,
-): { changes: boolean; replaces: string[]; stables: string[]; deleteBeforeReplace: boolean } {
-  const replaces = (["keyName", "publicKey", "comment"] as const).filter(
-    (k) => (news[k] as unknown) === UNKNOWN || olds[k] !== news[k],
-  );
+export function diffKeypair(olds: KeypairOutputs, news: KeypairInputs): DiffResult {
+  const replaces = changedKeys(olds, news, KEYPAIR_REPLACE_KEYS);
   return {
     changes: replaces.length > 0,
     replaces,
@@ -262,7 +259,7 @@ export function importedOutputs(inputs: KeypairInputs): KeypairOutputs {
   if ("error" in parsed) throw new Error(parsed.error);
   const line = `${parsed.type} ${parsed.blob.toString("base64")}${parsed.comment ? ` ${parsed.comment}` : ""}`;
   return {
-    ...keypairInputsOf(inputs),
+    ...inputs,
     origin: "imported",
     keyType: parsed.type,
     publicKeyLine: line,
@@ -272,20 +269,13 @@ export function importedOutputs(inputs: KeypairInputs): KeypairOutputs {
   };
 }
 
-/** Only the input fields. */
-function keypairInputsOf(o: KeypairInputs): KeypairInputs {
-  return { keyName: o.keyName, publicKey: o.publicKey, comment: o.comment };
-}
-
-export const keypairProvider: pulumi.dynamic.ResourceProvider<KeypairInputs, KeypairOutputs> = {
-  async check(_olds, news) {
-    const { inputs, failures } = checkKeypairInputs(news as unknown as Record<string, unknown>);
-    return { inputs: inputs as unknown as KeypairInputs, failures };
-  },
-
-  async diff(_id, olds, news) {
-    return diffKeypair(olds, news);
-  },
+const keypair = defineResource<KeypairInputs, KeypairOutputs>({
+  type: "Keypair",
+  inputKeys: ["keyName", "publicKey", "comment"],
+  outputKeys: ["origin", "keyType", "publicKeyLine", "fingerprint", "bits", "privateKey"],
+  secretOutputs: ["privateKey"],
+  check: (news) => checkKeypairInputs(news),
+  diff: diffKeypair,
 
   async create(inputs) {
     if (inputs.publicKey !== "") return { id: inputs.keyName, outs: importedOutputs(inputs) };
@@ -295,7 +285,7 @@ export const keypairProvider: pulumi.dynamic.ResourceProvider<KeypairInputs, Key
     return {
       id: inputs.keyName,
       outs: {
-        ...keypairInputsOf(inputs),
+        ...inputs,
         origin: "generated",
         keyType: "ssh-ed25519",
         publicKeyLine: made.publicKeyLine,
@@ -306,20 +296,22 @@ export const keypairProvider: pulumi.dynamic.ResourceProvider<KeypairInputs, Key
     };
   },
 
-  async read(id, props) {
+  async read(_id, props) {
     // Nothing on a host to drift from: the state is the truth.
-    return { id, props };
+    return props;
   },
 
   async update(_id, olds, news) {
     // diff replaces on every input change; an update only arrives for a no-op.
-    return { outs: { ...olds, ...keypairInputsOf(news) } };
+    return { ...olds, ...news };
   },
 
   async delete() {
     // Nothing on any host.
   },
-};
+});
+
+export const keypairProvider = keypair.provider;
 
 /**
  * An SSH keypair (`pulumi-nodejs:dynamic/kvmlab:Keypair`). Servers take `publicKeyLine`; a
@@ -330,7 +322,7 @@ export const keypairProvider: pulumi.dynamic.ResourceProvider<KeypairInputs, Key
  * const mine = new Keypair("me", { publicKey: fs.readFileSync(`${os.homedir()}/.ssh/id_ed25519.pub`, "utf8") });
  * ```
  */
-export class Keypair extends pulumi.dynamic.Resource {
+export class Keypair extends KvmlabResource<KeypairInputs, KeypairOutputs> {
   declare readonly keyName: pulumi.Output<string>;
   declare readonly origin: pulumi.Output<"imported" | "generated">;
   declare readonly keyType: pulumi.Output<KeypairType>;
@@ -341,23 +333,6 @@ export class Keypair extends pulumi.dynamic.Resource {
   declare readonly privateKey: pulumi.Output<string>;
 
   constructor(name: string, args: KeypairArgs = {}, opts: pulumi.CustomResourceOptions = {}) {
-    super(
-      packagedProvider(keypairProvider),
-      name,
-      {
-        keyName: args.keyName ?? name,
-        publicKey: args.publicKey,
-        comment: args.comment,
-        origin: undefined,
-        keyType: undefined,
-        publicKeyLine: undefined,
-        fingerprint: undefined,
-        bits: undefined,
-        privateKey: undefined,
-      },
-      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["privateKey"] }),
-      "kvmlab",
-      "Keypair",
-    );
+    super(keypair, name, { ...args, keyName: args.keyName ?? name }, opts);
   }
 }

@@ -28,54 +28,45 @@
  * Serialization: the provider object below is serialized into state; it references only the
  * host layer's functions, and `require`s nothing at module level.
  */
-import * as pulumi from "@pulumi/pulumi";
+import type * as pulumi from "@pulumi/pulumi";
 import { networkDevices } from "../core/paths";
-import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
-  collect,
-  containsUnknown,
   deleteRecordStep,
   isIPv4,
-  normalizeHostConnection,
-  observedHostKey,
-  pinFingerprint,
   recordPath,
   requireFeatures,
   runLocked,
   runSteps,
   shQuote,
   shortId,
-  showValue,
   writeRecordStep,
-  checkName,
   type HostConnection,
   type Step,
 } from "./host";
+import {
+  failureList,
+  KvmlabResource,
+  applyRules,
+  changedKeys,
+  defineResource,
+  isKnown,
+  isUnknown,
+  normalizeHosts,
+  onEveryHost,
+  parseKeyValues,
+  rules,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+} from "./kit";
+
+// Kept here for programs and modules that imported them from the Network provider.
+export { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./kit";
 
 export type NetworkKind = "provider" | "selfservice";
 export type NetworkDriver = "linuxbridge" | "openvswitch";
-
-/** A host as a program passes it (the private key should be a secret). */
-export interface HostConnectionArgs {
-  readonly name: pulumi.Input<string>;
-  readonly address: pulumi.Input<string>;
-  /** @default 22 */
-  readonly port?: pulumi.Input<number>;
-  /** @default "root" */
-  readonly user?: pulumi.Input<string>;
-  /** Private key text; wrap it in pulumi.secret. */
-  readonly privateKey: pulumi.Input<string>;
-  /** Public key line or SHA256 fingerprint of the host key. @default none: needs trustOnFirstUse */
-  readonly hostKey?: pulumi.Input<string>;
-  /** Accept the host key seen first and record it (outputs `hostKeys`). @default false */
-  readonly trustOnFirstUse?: pulumi.Input<boolean>;
-  /** Uplink device for provider networks, e.g. "eth1". @default none */
-  readonly uplink?: pulumi.Input<string>;
-  /** Underlay address for VXLAN. @default none */
-  readonly tunnelAddress?: pulumi.Input<string>;
-}
 
 export interface NetworkArgs {
   /** Name on the hosts (records, external_ids, qdhcp namespace). @default the resource name */
@@ -157,78 +148,64 @@ export function expectedHostState(
 }
 
 /** Validates and normalizes raw inputs; returns {inputs, failures}. Pure. */
-export function checkNetworkInputs(news: Record<string, unknown>): {
-  inputs: Record<string, unknown>;
-  failures: { property: string; reason: string }[];
-} {
-  const failures: { property: string; reason: string }[] = [];
-  const fail = (property: string, reasons: string[]): void => {
-    for (const reason of reasons) failures.push({ property, reason });
-  };
-  const known = (v: unknown): boolean => v !== UNKNOWN;
-  const name = news.networkName;
-  if (known(name)) fail("networkName", collect(checkName("networkName", name)));
-  const kind = news.kind;
-  if (known(kind) && kind !== "provider" && kind !== "selfservice") {
-    fail("kind", [
-      `kind: expected "provider" (flat, on each host's uplink) or "selfservice" (VXLAN between hosts), got ${showValue(kind)}`,
-    ]);
-  }
-  const driver = news.driver === undefined ? "linuxbridge" : news.driver;
-  if (known(driver) && driver !== "linuxbridge" && driver !== "openvswitch") {
-    fail("driver", [`driver: expected "linuxbridge" or "openvswitch", got ${showValue(driver)}`]);
-  }
-  fail("hosts", checkHostList("hosts", news.hosts));
-  const hosts = Array.isArray(news.hosts)
-    ? news.hosts.map((h) =>
-        h !== null && typeof h === "object" && !containsUnknown(h)
-          ? normalizeHostConnection(h as Record<string, unknown>)
-          : h,
-      )
-    : news.hosts;
-  if (Array.isArray(hosts) && known(kind)) {
+export function checkNetworkInputs(news: Record<string, unknown>): Checked {
+  const out = failureList();
+  const {
+    networkName: name,
+    kind,
+    driver,
+  } = applyRules(
+    news,
+    {
+      networkName: { rule: rules.name },
+      kind: {
+        rule: rules.oneOf(
+          ["provider", "selfservice"],
+          '"provider" (flat, on each host\'s uplink) or "selfservice" (VXLAN between hosts)',
+        ),
+      },
+      driver: { rule: rules.oneOf(["linuxbridge", "openvswitch"]), default: "linuxbridge" },
+    },
+    out,
+  );
+  out.add("hosts", checkHostList("hosts", news.hosts));
+  const hosts = normalizeHosts(news.hosts);
+  if (Array.isArray(hosts) && isKnown(kind)) {
     hosts.forEach((h, i) => {
-      if (h === null || typeof h !== "object" || containsUnknown(h)) return;
+      if (h === null || typeof h !== "object" || isUnknown(h)) return;
       const host = h as HostConnection;
       if (kind === "provider" && !host.uplink) {
-        fail("hosts", [
+        out.add(
+          "hosts",
           `hosts[${i}].uplink: a provider (flat) network needs the host's uplink device, e.g. "eth1"; set it in kvmlab:hosts`,
-        ]);
+        );
       }
       if (kind === "selfservice" && hosts.length > 1 && !isIPv4(host.tunnelAddress)) {
-        fail("hosts", [
+        out.add(
+          "hosts",
           `hosts[${i}].tunnelAddress: a selfservice network on several hosts needs each host's VXLAN underlay address; set it in kvmlab:hosts`,
-        ]);
+        );
       }
     });
   }
   let vni = news.vni;
   if (kind === "provider") vni = 0;
-  else if (vni === undefined) vni = typeof name === "string" && known(name) ? defaultVni(name) : UNKNOWN;
-  else if (known(vni) && (typeof vni !== "number" || !Number.isInteger(vni) || vni < 1 || vni > 16777215)) {
-    fail("vni", [`vni: expected an integer 1-16777215, got ${showValue(vni)}`]);
-  }
+  else if (vni === undefined) vni = typeof name === "string" && isKnown(name) ? defaultVni(name) : UNKNOWN;
+  else if (isKnown(vni)) out.add("vni", rules.int(1, 16777215)("vni", vni));
   let mtu = news.mtu;
   if (mtu === undefined) mtu = kind === "provider" ? 1500 : kind === "selfservice" ? 1450 : UNKNOWN;
-  else if (known(mtu) && (typeof mtu !== "number" || !Number.isInteger(mtu) || mtu < 576 || mtu > 9000)) {
-    fail("mtu", [
-      `mtu: expected an integer 576-9000 (selfservice: the underlay MTU minus 50), got ${showValue(mtu)}`,
-    ]);
-  }
-  return { inputs: { ...news, driver, hosts, vni, mtu }, failures };
+  else if (isKnown(mtu))
+    out.add("mtu", rules.int(576, 9000, "", " (selfservice: the underlay MTU minus 50)")("mtu", mtu));
+  return { inputs: { ...news, driver, hosts, vni, mtu }, failures: out.failures };
 }
 
+/** Fields whose change makes a new network. */
+export const NETWORK_REPLACE_KEYS = ["networkName", "kind", "driver", "vni"] as const;
+
 /** Property-level diff; pure (never connects). */
-export function diffNetwork(
-  olds: NetworkOutputs,
-  news: NetworkInputs,
-): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
-  const replaces = (["networkName", "kind", "driver", "vni"] as const).filter(
-    (k) => (news[k] as unknown) === UNKNOWN || olds[k] !== news[k],
-  );
-  let changes = replaces.length > 0 || (news.mtu as unknown) === UNKNOWN || olds.mtu !== news.mtu;
-  if (!changes)
-    changes = containsUnknown(news.hosts) || JSON.stringify(olds.hosts) !== JSON.stringify(news.hosts);
+export function diffNetwork(olds: NetworkOutputs, news: NetworkInputs): DiffResult {
+  const replaces = changedKeys(olds, news, NETWORK_REPLACE_KEYS);
+  let changes = replaces.length > 0 || changedKeys(olds, news, ["mtu", "hosts"]).length > 0;
   if (!changes) {
     // Drift found by refresh: anything on a host that differs from what the inputs ask for.
     changes = news.hosts.some((h) => {
@@ -361,11 +338,7 @@ export function networkReadStep(networkName: string, driver: NetworkDriver, host
 
 /** Parses the read step's output. */
 export function parseNetworkState(stdout: string): NetworkHostState {
-  const kv = new Map<string, string>();
-  for (const line of stdout.split("\n")) {
-    const at = line.indexOf("=");
-    if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
-  }
+  const kv = parseKeyValues(stdout);
   const bridge = kv.get("bridge") === "yes";
   const vxAttached = kv.get("vxattached") === "yes";
   return {
@@ -409,24 +382,6 @@ export function networkDeleteStep(networkName: string, driver: NetworkDriver, ho
   return { label: `delete network ${networkName} on ${host.name}`, script: lines.join("\n") };
 }
 
-/** The host with its recorded trust-on-first-use key pinned (later runs stay pinned). */
-export function pinnedHost(
-  host: HostConnection,
-  hostKeys: Record<string, string> | undefined,
-): HostConnection {
-  const recorded = hostKeys?.[host.name];
-  return !host.hostKey && recorded ? { ...host, hostKey: recorded } : host;
-}
-
-/** The fingerprint to record for a host after connecting. */
-export function hostKeyRecord(host: HostConnection): string {
-  if (host.hostKey) {
-    const pin = pinFingerprint(host.hostKey);
-    return "fingerprint" in pin ? pin.fingerprint : "";
-  }
-  return observedHostKey(host);
-}
-
 /** Applies the inputs on one host and reads back the result (one batch under the lock). */
 async function applyOnHost(inputs: NetworkInputs, host: HostConnection): Promise<NetworkHostState> {
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
@@ -463,112 +418,79 @@ async function removeFromHost(
   ]);
 }
 
-/** Runs `fn` on every host in parallel; throws one error listing every host that failed. */
-async function onEveryHost<T>(
-  hosts: HostConnection[],
-  what: string,
-  fn: (h: HostConnection) => Promise<T>,
-): Promise<T[]> {
-  const settled = await Promise.allSettled(hosts.map((h) => fn(h)));
-  const errors = settled.flatMap((s) =>
-    s.status === "rejected" ? [s.reason instanceof Error ? s.reason.message : String(s.reason)] : [],
-  );
-  if (errors.length > 0) throw new Error(`${what} failed:\n - ${errors.join("\n - ")}`);
-  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
-}
-
 function outputsFor(inputs: NetworkInputs, realized: Record<string, NetworkHostState>): NetworkOutputs {
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
-  const hostKeys: Record<string, string> = {};
-  for (const h of inputs.hosts) hostKeys[h.name] = hostKeyRecord(h);
   return {
     ...inputs,
     shortId: id,
     bridge,
     vxlanDevice: inputs.kind === "selfservice" ? vxlan : "",
-    hostKeys,
+    hostKeys: {},
     realized,
   };
 }
 
-/** Only the input fields (outputs carry more). */
-function inputsOf(o: NetworkInputs): NetworkInputs {
-  return {
-    networkName: o.networkName,
-    kind: o.kind,
-    driver: o.driver,
-    hosts: o.hosts,
-    vni: o.vni,
-    mtu: o.mtu,
-  };
-}
-
-export const networkProvider: pulumi.dynamic.ResourceProvider<NetworkInputs, NetworkOutputs> = {
-  async check(_olds, news) {
-    const { inputs, failures } = checkNetworkInputs(news as unknown as Record<string, unknown>);
-    return { inputs: inputs as unknown as NetworkInputs, failures };
-  },
-
-  async diff(_id, olds, news) {
-    return diffNetwork(olds, news);
-  },
+const network = defineResource<NetworkInputs, NetworkOutputs>({
+  type: "Network",
+  inputKeys: ["networkName", "kind", "driver", "hosts", "vni", "mtu"],
+  outputKeys: ["shortId", "bridge", "vxlanDevice", "hostKeys", "realized"],
+  secretOutputs: ["hosts"],
+  check: (news) => checkNetworkInputs(news),
+  diff: diffNetwork,
 
   async create(inputs) {
-    const hosts = inputs.hosts;
     const realized: Record<string, NetworkHostState> = {};
     try {
-      await onEveryHost(hosts, `create network ${inputs.networkName}`, async (h) => {
+      await onEveryHost(inputs.hosts, `create network ${inputs.networkName}`, async (h) => {
         realized[h.name] = await applyOnHost(inputs, h);
       });
     } catch (err) {
       // Leave nothing behind on any host; report the original failure.
-      await Promise.allSettled(hosts.map((h) => removeFromHost(inputs.networkName, inputs.driver, h)));
+      await Promise.allSettled(inputs.hosts.map((h) => removeFromHost(inputs.networkName, inputs.driver, h)));
       throw err;
     }
-    return { id: inputs.networkName, outs: outputsFor(inputsOf(inputs), realized) };
+    return { id: inputs.networkName, outs: outputsFor(inputs, realized) };
   },
 
-  async read(id, props) {
-    if (!props) return { id, props };
+  async read(_id, props) {
     const realized: Record<string, NetworkHostState> = {};
-    await onEveryHost(props.hosts, `read network ${props.networkName}`, async (h) => {
-      const host = pinnedHost(h, props.hostKeys);
+    await onEveryHost(props.hosts, `read network ${props.networkName}`, async (host) => {
       const [r] = await runSteps(host, [networkReadStep(props.networkName, props.driver, host)]);
       if (r.code !== 0)
-        throw new Error(`host ${h.name}: reading network ${props.networkName} failed: ${r.stderr.trim()}`);
-      realized[h.name] = parseNetworkState(r.stdout);
+        throw new Error(`host ${host.name}: reading network ${props.networkName} failed: ${r.stderr.trim()}`);
+      realized[host.name] = parseNetworkState(r.stdout);
     });
     const anything = Object.values(realized).some((s) => s.bridge || s.record || s.vni !== 0);
-    if (!anything) return { id: "", props: {} as NetworkOutputs };
-    return { id, props: { ...props, realized } };
+    return anything ? { ...props, realized } : undefined;
   },
 
   async update(_id, olds, news) {
     const keep = new Set(news.hosts.map((h) => h.name));
     const gone = olds.hosts.filter((h) => !keep.has(h.name));
     await onEveryHost(gone, `remove network ${olds.networkName} from hosts no longer listed`, (h) =>
-      removeFromHost(olds.networkName, olds.driver, pinnedHost(h, olds.hostKeys)),
+      removeFromHost(olds.networkName, olds.driver, h),
     );
     const realized: Record<string, NetworkHostState> = {};
-    const hosts = news.hosts.map((h) => pinnedHost(h, olds.hostKeys));
-    await onEveryHost(hosts, `update network ${news.networkName}`, async (h) => {
-      realized[h.name] = await applyOnHost({ ...news, hosts }, h);
+    await onEveryHost(news.hosts, `update network ${news.networkName}`, async (h) => {
+      realized[h.name] = await applyOnHost(news, h);
     });
-    return { outs: outputsFor(inputsOf({ ...news, hosts: news.hosts }), realized) };
+    return outputsFor(news, realized);
   },
 
   async delete(_id, olds) {
     await onEveryHost(olds.hosts, `delete network ${olds.networkName}`, (h) =>
-      removeFromHost(olds.networkName, olds.driver, pinnedHost(h, olds.hostKeys)),
+      removeFromHost(olds.networkName, olds.driver, h),
     );
   },
-};
+});
+
+export const networkProvider = network.provider;
 
 /**
  * A kvmlab network on one or more KVM hosts (`pulumi-nodejs:dynamic/kvmlab:Network`).
  * The hosts output is secret as a whole: it carries the private keys delete needs.
  */
-export class Network extends pulumi.dynamic.Resource {
+export class Network extends KvmlabResource<NetworkInputs, NetworkOutputs> {
   declare readonly networkName: pulumi.Output<string>;
   declare readonly kind: pulumi.Output<NetworkKind>;
   declare readonly driver: pulumi.Output<NetworkDriver>;
@@ -582,25 +504,6 @@ export class Network extends pulumi.dynamic.Resource {
   declare readonly hosts: pulumi.Output<HostConnection[]>;
 
   constructor(name: string, args: NetworkArgs, opts: pulumi.CustomResourceOptions = {}) {
-    super(
-      packagedProvider(networkProvider),
-      name,
-      {
-        networkName: args.networkName ?? name,
-        kind: args.kind,
-        driver: args.driver,
-        hosts: args.hosts,
-        vni: args.vni,
-        mtu: args.mtu,
-        shortId: undefined,
-        bridge: undefined,
-        vxlanDevice: undefined,
-        hostKeys: undefined,
-        realized: undefined,
-      },
-      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
-      "kvmlab",
-      "Network",
-    );
+    super(network, name, { ...args, networkName: args.networkName ?? name }, opts);
   }
 }

@@ -29,12 +29,10 @@
  * functions; everything else is `require`d inside method bodies. When KVMLAB_METRICS_FILE is
  * set (benchmarks), each operation appends one JSON line with its timings and SSH counters.
  */
-import * as pulumi from "@pulumi/pulumi";
-import { packagedProvider } from "./packaged";
+import type * as pulumi from "@pulumi/pulumi";
 import {
   fingerprintOfKeyBlob,
   hostPoolStats,
-  pinFingerprint,
   requireFeatures,
   runChecked,
   runLocked,
@@ -43,17 +41,23 @@ import {
   type HostConnection,
 } from "./host";
 import { allocateAddress, releaseAddress } from "./ipam";
-import { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./network";
 import {
+  KvmlabResource,
   canonicalJson,
+  defineResource,
+  hostKeyRecord,
+  hostNamed as namedHost,
+  type HostConnectionArgs,
+} from "./kit";
+import {
   checkServerInputs,
   chooseHost,
   diffServer,
   parseHostLoad,
   planUpdate,
   portOwner,
-  serverInputsOf,
   serverPaths,
+  SERVER_INPUT_KEYS,
   type HostLoad,
   type PowerState,
   type Readiness,
@@ -152,15 +156,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function hostNamed(
-  hosts: readonly HostConnection[],
-  name: string,
-  hostKeys?: Record<string, string>,
-): HostConnection {
-  const h = hosts.find((x) => x.name === name);
-  if (!h)
-    throw new Error(`host ${name} is not among the server's hosts (${hosts.map((x) => x.name).join(", ")})`);
-  return pinnedHost(h, hostKeys);
+function hostNamed(hosts: readonly HostConnection[], name: string): HostConnection {
+  return namedHost(hosts, name, "server");
 }
 
 /**
@@ -187,11 +184,8 @@ async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> 
 }
 
 /** Picks the host (or takes the pin) and writes the claim record there. */
-async function placeAndClaim(
-  inputs: ServerInputs,
-  hostKeys?: Record<string, string>,
-): Promise<HostConnection> {
-  const hosts = inputs.hosts.map((h) => pinnedHost(h, hostKeys));
+async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
+  const hosts = inputs.hosts;
   return placementTurn(async () => {
     const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
     const loads = await hostLoads(candidates);
@@ -229,13 +223,12 @@ async function waitReady(
   host: HostConnection,
   addresses: readonly ServerAddress[],
   m: OpMetrics,
-  hostKeys?: Record<string, string>,
 ): Promise<void> {
   const r: Readiness = inputs.readiness;
   if (r.kind === "none") return;
   await waited(m, async () => {
     const port: ServerPort | undefined = inputs.ports[0];
-    const probeHost = r.kind === "serial" || !port ? host : hostNamed(inputs.hosts, port.dhcpHost, hostKeys);
+    const probeHost = r.kind === "serial" || !port ? host : hostNamed(inputs.hosts, port.dhcpHost);
     const ip = addresses[0]?.ip ?? "";
     const step = readinessProbeStep(inputs, ip, port);
     // A guest configured statically never takes a lease: the gate lifts after a while.
@@ -286,10 +279,9 @@ async function startDomain(
   host: HostConnection,
   addresses: readonly ServerAddress[],
   m: OpMetrics,
-  hostKeys?: Record<string, string>,
 ): Promise<void> {
   await waited(m, () => runChecked(host, [startStep(inputs.serverName)]));
-  await waitReady(inputs, host, addresses, m, hostKeys);
+  await waitReady(inputs, host, addresses, m);
 }
 
 function powerOf(info: DomainInfo): string {
@@ -305,12 +297,11 @@ function outputsFor(
   domainType: "kvm" | "qemu",
   addresses: ServerAddress[],
   info: DomainInfo,
-  hostKeys: Record<string, string>,
   lastMigrationMs: number,
 ): ServerOutputs & { lastMigrationMs: number } {
   const p = serverPaths(inputs.serverName);
   return {
-    ...serverInputsOf(inputs),
+    ...inputs,
     host: host.name,
     hostAddress: host.address,
     domainType,
@@ -322,28 +313,16 @@ function outputsFor(
     serialLog: p.serialLog,
     instanceDir: p.dir,
     actualPowerState: powerOf(info),
-    hostKeys,
+    hostKeys: {},
     lastMigrationMs,
   };
 }
 
-function recordedKeys(
-  hosts: readonly HostConnection[],
-  old: Record<string, string> = {},
-): Record<string, string> {
-  const keys: Record<string, string> = {};
-  for (const h of hosts) keys[h.name] = hostKeyRecord(h) || old[h.name] || "";
-  return keys;
-}
-
 /** Allocates every port's address (idempotent per owner). */
-async function allocatePorts(
-  inputs: ServerInputs,
-  hostKeys?: Record<string, string>,
-): Promise<ServerAddress[]> {
+async function allocatePorts(inputs: ServerInputs): Promise<ServerAddress[]> {
   const out: ServerAddress[] = [];
   for (const [i, port] of inputs.ports.entries()) {
-    const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost, hostKeys);
+    const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost);
     const ip = await allocateAddress(
       { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
       portOwner(inputs.serverName, i),
@@ -360,12 +339,9 @@ async function allocatePorts(
   return out;
 }
 
-async function releasePorts(
-  o: Pick<ServerInputs, "serverName" | "ports" | "hosts">,
-  hostKeys?: Record<string, string>,
-): Promise<void> {
+async function releasePorts(o: Pick<ServerInputs, "serverName" | "ports" | "hosts">): Promise<void> {
   for (const [i, port] of o.ports.entries()) {
-    const dhcpHost = hostNamed(o.hosts, port.dhcpHost, hostKeys);
+    const dhcpHost = hostNamed(o.hosts, port.dhcpHost);
     await releaseAddress(
       { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
       portOwner(o.serverName, i),
@@ -397,13 +373,15 @@ async function migrateServer(
   }
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
-  const pin = pinFingerprint(dst.hostKey);
-  if ("error" in pin) throw new Error(`host ${dst.name}: hostKey: ${pin.error}`);
   const xml = olds.domainXml[olds.domainType];
   // The destination gets the same files (overlay on its own copy of the image, seed ISO).
   await runLocked(dst, [preflightStep(olds), ...materializeSteps(olds, xml, { define: false })], {
     timeoutMs: 120000,
   });
+  // Its key as pinned (configured, recorded, or seen first in this run by the step above).
+  const pin = { fingerprint: hostKeyRecord(dst) };
+  if (!pin.fingerprint)
+    throw new Error(`host ${dst.name}: no pinned host key to check the migration target against`);
   let authorizedKeysFile = "";
   let migratedMs: number;
   try {
@@ -452,21 +430,28 @@ async function migrateServer(
   return migratedMs;
 }
 
-export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, ServerOutputs> = {
-  async check(olds, news) {
-    const { inputs, failures } = checkServerInputs(
-      news as unknown as Record<string, unknown>,
-      olds as unknown as Record<string, unknown>,
-    );
-    return { inputs: inputs as unknown as ServerInputs, failures };
-  },
+const server = defineResource<ServerInputs, ServerOutputs>({
+  type: "Server",
+  inputKeys: SERVER_INPUT_KEYS,
+  outputKeys: [
+    "hostAddress",
+    "domainType",
+    "addresses",
+    "ips",
+    "macs",
+    "vncPort",
+    "consoleUrl",
+    "serialLog",
+    "instanceDir",
+    "actualPowerState",
+    "lastMigrationMs",
+    "hostKeys",
+  ],
+  secretOutputs: ["hosts"],
+  check: (news, olds) => checkServerInputs(news, olds),
+  diff: diffServer,
 
-  async diff(_id, olds, news) {
-    return diffServer(olds, news);
-  },
-
-  async create(raw) {
-    const inputs = serverInputsOf(raw);
+  async create(inputs) {
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
     let addresses: ServerAddress[] = [];
@@ -489,7 +474,7 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
       );
       if (inputs.powerState === "running") await startDomain(inputs, host, addresses, m);
       const info = await readInfo(host, inputs.serverName);
-      const outs = outputsFor(inputs, host, domainType, addresses, info, recordedKeys(inputs.hosts), 0);
+      const outs = outputsFor(inputs, host, domainType, addresses, info, 0);
       finishMetrics(m, { host: host.name });
       return { id: inputs.uuid, outs };
     } catch (err) {
@@ -500,25 +485,20 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
     }
   },
 
-  async read(id, props) {
-    if (!props) return { id, props };
-    const host = hostNamed(props.hosts, props.host, props.hostKeys);
+  async read(_id, props) {
+    const host = hostNamed(props.hosts, props.host);
     const info = await readInfo(host, props.serverName);
-    if (!info.defined) return { id: "", props: {} as ServerOutputs };
+    if (!info.defined) return undefined;
     const vncPort = info.vncPort;
     return {
-      id,
-      props: {
-        ...props,
-        actualPowerState: powerOf(info),
-        vncPort,
-        consoleUrl: vncPort > 0 ? `vnc://${host.address}:${vncPort}` : "",
-      },
+      ...props,
+      actualPowerState: powerOf(info),
+      vncPort,
+      consoleUrl: vncPort > 0 ? `vnc://${host.address}:${vncPort}` : "",
     };
   },
 
-  async update(_id, olds, raw) {
-    const news = serverInputsOf(raw);
+  async update(_id, olds, news) {
     const m = startMetrics("update", news.serverName);
     const plan = planUpdate(olds, news);
     if (news.image.kind === "disk" && news.flavor.diskGiB < olds.flavor.diskGiB) {
@@ -526,11 +506,10 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
         `flavor: ${news.flavor.name} has a ${news.flavor.diskGiB} GiB disk, smaller than the ${olds.flavor.diskGiB} GiB the server has; disks do not shrink: pick a flavor with diskGiB >= ${olds.flavor.diskGiB} or replace the server`,
       );
     }
-    const hostKeys = { ...olds.hostKeys };
-    let host = hostNamed(news.hosts, olds.host, hostKeys);
+    let host = hostNamed(news.hosts, olds.host);
     let lastMigrationMs = (olds as ServerOutputs & { lastMigrationMs?: number }).lastMigrationMs ?? 0;
     if (plan.migrateTo !== "") {
-      const dst = hostNamed(news.hosts, plan.migrateTo, hostKeys);
+      const dst = hostNamed(news.hosts, plan.migrateTo);
       lastMigrationMs = await migrateServer(olds, host, dst, m);
       host = dst;
     }
@@ -558,30 +537,24 @@ export const serverProvider: pulumi.dynamic.ResourceProvider<ServerInputs, Serve
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
       await runLocked(host, [recordStep(news, olds.addresses)]);
     }
-    if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m, hostKeys);
+    if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m);
     if (news.powerState === "stopped" && running) await stopDomain(host, news.serverName, m);
     const info = await readInfo(host, news.serverName);
-    const outs = outputsFor(
-      news,
-      host,
-      type,
-      olds.addresses,
-      info,
-      recordedKeys(news.hosts, hostKeys),
-      lastMigrationMs,
-    );
+    const outs = outputsFor(news, host, type, olds.addresses, info, lastMigrationMs);
     finishMetrics(m, { host: host.name, migratedMs: plan.migrateTo !== "" ? lastMigrationMs : 0 });
-    return { outs };
+    return outs;
   },
 
   async delete(_id, olds) {
     const m = startMetrics("delete", olds.serverName);
-    const host = hostNamed(olds.hosts, olds.host, olds.hostKeys);
+    const host = hostNamed(olds.hosts, olds.host);
     await waited(m, () => runLocked(host, [deleteStep(olds)]));
-    await releasePorts(olds, olds.hostKeys);
+    await releasePorts(olds);
     finishMetrics(m, { host: host.name });
   },
-};
+});
+
+export const serverProvider = server.provider;
 
 /** Program-facing arguments of the Server resource (components/server.ts fills most of them). */
 export interface ServerResourceArgs {
@@ -604,7 +577,7 @@ export interface ServerResourceArgs {
 }
 
 /** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */
-export class Server extends pulumi.dynamic.Resource {
+export class Server extends KvmlabResource<ServerInputs, ServerOutputs> {
   declare readonly serverName: pulumi.Output<string>;
   declare readonly uuid: pulumi.Output<string>;
   declare readonly host: pulumi.Output<string>;
@@ -625,38 +598,6 @@ export class Server extends pulumi.dynamic.Resource {
   declare readonly hosts: pulumi.Output<HostConnection[]>;
 
   constructor(name: string, args: ServerResourceArgs, opts: pulumi.CustomResourceOptions = {}) {
-    super(
-      packagedProvider(serverProvider),
-      name,
-      {
-        serverName: args.serverName ?? name,
-        uuid: args.uuid,
-        hosts: args.hosts,
-        host: args.host,
-        flavor: args.flavor,
-        image: args.image,
-        ports: args.ports,
-        domainXml: args.domainXml,
-        cloudInit: args.cloudInit,
-        powerState: args.powerState,
-        readiness: args.readiness,
-        changePlan: undefined,
-        hostAddress: undefined,
-        domainType: undefined,
-        addresses: undefined,
-        ips: undefined,
-        macs: undefined,
-        vncPort: undefined,
-        consoleUrl: undefined,
-        serialLog: undefined,
-        instanceDir: undefined,
-        actualPowerState: undefined,
-        lastMigrationMs: undefined,
-        hostKeys: undefined,
-      },
-      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
-      "kvmlab",
-      "Server",
-    );
+    super(server, name, { ...args, serverName: args.serverName ?? name }, opts);
   }
 }

@@ -23,15 +23,12 @@
  *
  * Serialization: as network.ts.
  */
-import * as pulumi from "@pulumi/pulumi";
+import type * as pulumi from "@pulumi/pulumi";
 import { subnetDefaults } from "../core/net";
-import { packagedProvider } from "./packaged";
 import {
   UNKNOWN,
   checkHostList,
   checkName,
-  containsUnknown,
-  normalizeHostConnection,
   parseRecord,
   readRecordStep,
   recordPath,
@@ -47,6 +44,19 @@ import {
   type Step,
 } from "./host";
 import {
+  KvmlabResource,
+  changedKeys,
+  defineResource,
+  failureList,
+  hostNamed,
+  isKnown,
+  normalizeHosts,
+  parseKeyValues,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+} from "./kit";
+import {
   dhcpPaths,
   ipamCommitSteps,
   ipv4ToInt,
@@ -56,7 +66,7 @@ import {
   type DhcpPaths,
   type IpamRecord,
 } from "./ipam";
-import { hostKeyRecord, pinnedHost, type HostConnectionArgs, type NetworkDriver } from "./network";
+import type { NetworkDriver } from "./network";
 
 export { dhcpPaths, type DhcpPaths } from "./ipam";
 
@@ -129,15 +139,11 @@ export interface SubnetOutputs extends SubnetInputs {
 export { subnetDefaults } from "../core/net";
 
 /** Validates and normalizes raw inputs (pure). */
-export function checkSubnetInputs(news: Record<string, unknown>): {
-  inputs: Record<string, unknown>;
-  failures: { property: string; reason: string }[];
-} {
-  const failures: { property: string; reason: string }[] = [];
-  const fail = (property: string, reason: string | undefined): void => {
-    if (reason) failures.push({ property, reason });
-  };
-  const known = (v: unknown): boolean => v !== UNKNOWN && !containsUnknown(v);
+export function checkSubnetInputs(news: Record<string, unknown>): Checked {
+  const found = failureList();
+  const { failures } = found;
+  const fail = (property: string, reason: string | undefined): void => found.add(property, reason);
+  const known = isKnown;
   for (const f of ["subnetName", "networkName"] as const) if (known(news[f])) fail(f, checkName(f, news[f]));
   if (
     known(news.networkBridge) &&
@@ -155,13 +161,7 @@ export function checkSubnetInputs(news: Record<string, unknown>): {
     );
   }
   for (const e of checkHostList("hosts", news.hosts)) fail("hosts", e);
-  const hosts = Array.isArray(news.hosts)
-    ? news.hosts.map((h) =>
-        h !== null && typeof h === "object" && !containsUnknown(h)
-          ? normalizeHostConnection(h as Record<string, unknown>)
-          : h,
-      )
-    : news.hosts;
+  const hosts = normalizeHosts(news.hosts);
   const out: Record<string, unknown> = { ...news, hosts };
   out.dnsServers = news.dnsServers ?? [];
   out.enableDhcp = news.enableDhcp ?? true;
@@ -270,28 +270,29 @@ export function checkSubnetInputs(news: Record<string, unknown>): {
   return { inputs: out, failures };
 }
 
+/** Fields whose change makes a new subnet. */
+export const SUBNET_REPLACE_KEYS = [
+  "subnetName",
+  "networkName",
+  "networkBridge",
+  "driver",
+  "cidr",
+  "dhcpHost",
+] as const;
+
 /** Pure diff. */
-export function diffSubnet(
-  olds: SubnetOutputs,
-  news: SubnetInputs,
-): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
-  const same = (a: unknown, b: unknown): boolean =>
-    b !== UNKNOWN && !containsUnknown(b) && JSON.stringify(a) === JSON.stringify(b);
-  const replaces = (
-    ["subnetName", "networkName", "networkBridge", "driver", "cidr", "dhcpHost"] as const
-  ).filter((k) => !same(olds[k], news[k]));
-  const updates = (
-    [
-      "hosts",
-      "gateway",
-      "allocationPool",
-      "dnsServers",
-      "enableDhcp",
-      "dhcpAddress",
-      "dnsmasqConf",
-      "mtu",
-    ] as const
-  ).filter((k) => !same(olds[k], news[k]));
+export function diffSubnet(olds: SubnetOutputs, news: SubnetInputs): DiffResult {
+  const replaces = changedKeys(olds, news, SUBNET_REPLACE_KEYS);
+  const updates = changedKeys(olds, news, [
+    "hosts",
+    "gateway",
+    "allocationPool",
+    "dnsServers",
+    "enableDhcp",
+    "dhcpAddress",
+    "dnsmasqConf",
+    "mtu",
+  ]);
   const r = olds.realized;
   const drift =
     !r ||
@@ -383,11 +384,7 @@ export function subnetReadStep(
 }
 
 export function parseSubnetState(stdout: string): SubnetHostState {
-  const kv = new Map<string, string>();
-  for (const line of stdout.split("\n")) {
-    const at = line.indexOf("=");
-    if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
-  }
+  const kv = parseKeyValues(stdout);
   return {
     namespace: kv.get("namespace") === "yes",
     port: kv.get("port") === "yes",
@@ -426,21 +423,13 @@ export function subnetDeleteStep(
   };
 }
 
-function dhcpHostOf(
-  inputs: Pick<SubnetInputs, "hosts" | "dhcpHost">,
-  hostKeys?: Record<string, string>,
-): HostConnection {
-  const host = inputs.hosts.find((h) => h.name === inputs.dhcpHost);
-  if (!host) throw new Error(`dhcpHost ${inputs.dhcpHost} is not among the subnet's hosts`);
-  return pinnedHost(host, hostKeys);
+function dhcpHostOf(inputs: Pick<SubnetInputs, "hosts" | "dhcpHost">): HostConnection {
+  return hostNamed(inputs.hosts, inputs.dhcpHost, "subnet");
 }
 
 /** Converging apply on the DHCP host: returns the state read back. */
-async function applySubnet(
-  inputs: SubnetInputs,
-  hostKeys?: Record<string, string>,
-): Promise<SubnetHostState> {
-  const host = dhcpHostOf(inputs, hostKeys);
+async function applySubnet(inputs: SubnetInputs): Promise<SubnetHostState> {
+  const host = dhcpHostOf(inputs);
   const paths = dhcpPaths(inputs.networkName, inputs.subnetName);
   if (inputs.enableDhcp)
     await requireFeatures(host, inputs.driver === "openvswitch" ? ["dhcp", "openvswitch"] : ["dhcp"]);
@@ -481,101 +470,79 @@ async function applySubnet(
 }
 
 async function removeSubnet(
-  o: Pick<SubnetOutputs, "subnetName" | "networkName" | "driver" | "hosts" | "dhcpHost" | "hostKeys">,
+  o: Pick<SubnetOutputs, "subnetName" | "networkName" | "driver" | "hosts" | "dhcpHost">,
 ): Promise<void> {
-  const host = dhcpHostOf(o, o.hostKeys);
-  await runLocked(host, [subnetDeleteStep(o.subnetName, o.networkName, o.driver)]);
+  await runLocked(dhcpHostOf(o), [subnetDeleteStep(o.subnetName, o.networkName, o.driver)]);
 }
 
 function subnetOutputs(inputs: SubnetInputs, realized: SubnetHostState): SubnetOutputs {
   const paths = dhcpPaths(inputs.networkName, inputs.subnetName);
-  const hostKeys: Record<string, string> = {};
-  for (const h of inputs.hosts) hostKeys[h.name] = h.name === inputs.dhcpHost ? hostKeyRecord(h) : "";
   return {
     ...inputs,
     namespace: paths.namespace,
     hostDevice: paths.hostDevice,
     nsDevice: paths.nsDevice,
-    hostKeys,
+    hostKeys: {},
     realized,
   };
 }
 
-function subnetInputsOf(o: SubnetInputs): SubnetInputs {
-  return {
-    subnetName: o.subnetName,
-    networkName: o.networkName,
-    networkBridge: o.networkBridge,
-    driver: o.driver,
-    hosts: o.hosts,
-    cidr: o.cidr,
-    gateway: o.gateway,
-    allocationPool: o.allocationPool,
-    dnsServers: o.dnsServers,
-    enableDhcp: o.enableDhcp,
-    dhcpHost: o.dhcpHost,
-    dhcpAddress: o.dhcpAddress,
-    dnsmasqConf: o.dnsmasqConf,
-    mtu: o.mtu,
-  };
-}
-
-export const subnetProvider: pulumi.dynamic.ResourceProvider<SubnetInputs, SubnetOutputs> = {
-  async check(_olds, news) {
-    const { inputs, failures } = checkSubnetInputs(news as unknown as Record<string, unknown>);
-    return { inputs: inputs as unknown as SubnetInputs, failures };
-  },
-
-  async diff(_id, olds, news) {
-    return diffSubnet(olds, news);
-  },
+const subnet = defineResource<SubnetInputs, SubnetOutputs>({
+  type: "Subnet",
+  inputKeys: [
+    "subnetName",
+    "networkName",
+    "networkBridge",
+    "driver",
+    "hosts",
+    "cidr",
+    "gateway",
+    "allocationPool",
+    "dnsServers",
+    "enableDhcp",
+    "dhcpHost",
+    "dhcpAddress",
+    "dnsmasqConf",
+    "mtu",
+  ],
+  outputKeys: ["namespace", "hostDevice", "nsDevice", "hostKeys", "realized"],
+  secretOutputs: ["hosts"],
+  check: (news) => checkSubnetInputs(news),
+  diff: diffSubnet,
 
   async create(inputs) {
-    const clean = subnetInputsOf(inputs);
     let realized: SubnetHostState;
     try {
-      realized = await applySubnet(clean);
+      realized = await applySubnet(inputs);
     } catch (err) {
-      await removeSubnet({ ...clean, hostKeys: {} }).catch(() => undefined);
+      await removeSubnet(inputs).catch(() => undefined);
       throw err;
     }
-    return { id: clean.subnetName, outs: subnetOutputs(clean, realized) };
+    return { id: inputs.subnetName, outs: subnetOutputs(inputs, realized) };
   },
 
-  async read(id, props) {
-    if (!props) return { id, props };
-    const host = dhcpHostOf(props, props.hostKeys);
+  async read(_id, props) {
+    const host = dhcpHostOf(props);
     const [r] = await runSteps(host, [subnetReadStep(props, dhcpPaths(props.networkName, props.subnetName))]);
     if (r.code !== 0)
       throw new Error(`host ${host.name}: reading subnet ${props.subnetName} failed: ${r.stderr.trim()}`);
     const realized = parseSubnetState(r.stdout);
-    if (!realized.record && !realized.port && !realized.dnsmasq)
-      return { id: "", props: {} as SubnetOutputs };
-    return { id, props: { ...props, realized } };
+    return realized.record || realized.port || realized.dnsmasq ? { ...props, realized } : undefined;
   },
 
-  async update(_id, olds, news) {
-    const clean = subnetInputsOf(news);
-    const realized = await applySubnet(clean, olds.hostKeys);
-    const outs = subnetOutputs(clean, realized);
-    return {
-      outs: {
-        ...outs,
-        hostKeys: {
-          ...olds.hostKeys,
-          ...Object.fromEntries(Object.entries(outs.hostKeys).filter(([, v]) => v !== "")),
-        },
-      },
-    };
+  async update(_id, _olds, news) {
+    return subnetOutputs(news, await applySubnet(news));
   },
 
   async delete(_id, olds) {
     await removeSubnet(olds);
   },
-};
+});
+
+export const subnetProvider = subnet.provider;
 
 /** A subnet with IPAM and optional DHCP (`pulumi-nodejs:dynamic/kvmlab:Subnet`). */
-export class Subnet extends pulumi.dynamic.Resource {
+export class Subnet extends KvmlabResource<SubnetInputs, SubnetOutputs> {
   declare readonly subnetName: pulumi.Output<string>;
   declare readonly networkName: pulumi.Output<string>;
   declare readonly cidr: pulumi.Output<string>;
@@ -593,33 +560,6 @@ export class Subnet extends pulumi.dynamic.Resource {
   declare readonly hosts: pulumi.Output<HostConnection[]>;
 
   constructor(name: string, args: SubnetArgs, opts: pulumi.CustomResourceOptions = {}) {
-    super(
-      packagedProvider(subnetProvider),
-      name,
-      {
-        subnetName: args.subnetName ?? name,
-        networkName: args.networkName,
-        networkBridge: args.networkBridge,
-        driver: args.driver,
-        hosts: args.hosts,
-        cidr: args.cidr,
-        gateway: args.gateway,
-        allocationPool: args.allocationPool,
-        dnsServers: args.dnsServers,
-        enableDhcp: args.enableDhcp,
-        dhcpHost: args.dhcpHost,
-        dhcpAddress: args.dhcpAddress,
-        dnsmasqConf: args.dnsmasqConf,
-        mtu: args.mtu,
-        namespace: undefined,
-        hostDevice: undefined,
-        nsDevice: undefined,
-        hostKeys: undefined,
-        realized: undefined,
-      },
-      pulumi.mergeOptions(opts, { additionalSecretOutputs: ["hosts"] }),
-      "kvmlab",
-      "Subnet",
-    );
+    super(subnet, name, { ...args, subnetName: args.subnetName ?? name }, opts);
   }
 }

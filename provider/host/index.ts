@@ -21,7 +21,8 @@
  *     withHostLock(host, fn)         in-process mutex + flock /var/lib/kvmlab/lock held by the shell
  *         across several batches. The lock is not re-entrant: never call runLocked,
  *         withHostLock or allocateAddress/releaseAddress for the same host inside fn.
- *     observedHostKey(host)          SHA256 fingerprint seen (trust-on-first-use records it)
+ *     observedHostKey(host)          SHA256 fingerprint seen first in this process; it pins every
+ *         later trust-on-first-use connection to that address (a changed key is refused)
  *     pooledSsh(host)                the pooled NodeSSH (SFTP)
  *     hostPoolStats(), resetHostPoolStats(), setHostPoolMode("pooled"|"naive"), closeHostSessions()
  *     hostCache(host, topic, make)   per-process memo per host

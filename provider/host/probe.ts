@@ -9,6 +9,7 @@
  */
 import type { HostConnection } from "./connection";
 import { hostCache, runChecked } from "./session";
+import { parseKeyValues } from "../kit/kv";
 
 /** What the probe found. Versions are "" when the tool is missing. */
 export interface HostCapabilities {
@@ -57,11 +58,7 @@ export function probeScript(withLibvirt: boolean): string {
 
 /** Parses the probe's `key=value` lines. */
 export function parseProbe(stdout: string): HostCapabilities {
-  const kv = new Map<string, string>();
-  for (const line of stdout.split("\n")) {
-    const at = line.indexOf("=");
-    if (at > 0) kv.set(line.slice(0, at).trim(), line.slice(at + 1).trim());
-  }
+  const kv = parseKeyValues(stdout);
   const yes = (k: string): boolean => kv.get(k) === "yes";
   return {
     kvm: yes("kvm"),

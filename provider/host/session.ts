@@ -154,11 +154,21 @@ export function remoteStepError(host: HostConnection, step: Step, result: StepRe
   );
 }
 
-/** Opens one authenticated connection, verifying the host key against the pin. */
+/** Where a host is, as the pool remembers the key it saw there first. */
+function observedKeyOf(host: HostConnection): string {
+  return `${host.user}@${host.address}:${host.port}`;
+}
+
+/**
+ * Opens one authenticated connection, verifying the host key against the pin. Without a pin
+ * (trust on first use) the key this process saw first at that address is the pin: a reconnect
+ * within the same run that meets another key is refused with both fingerprints.
+ */
 async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; fingerprint: string }> {
   const pool = hostPool();
   const { NodeSSH }: typeof import("node-ssh") = require("node-ssh");
   let expected = "";
+  let firstSeen = false;
   if (host.hostKey) {
     const pin = pinFingerprint(host.hostKey);
     if ("error" in pin) throw new Error(`${hostLabel(host)}: hostKey: ${pin.error}`);
@@ -167,6 +177,9 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
     throw new Error(
       `${hostLabel(host)}: no hostKey pinned; set hostKey (ssh-keyscan output or SHA256 fingerprint) or trustOnFirstUse: true`,
     );
+  } else {
+    expected = pool.observedKeys.get(observedKeyOf(host)) ?? "";
+    firstSeen = expected !== "";
   }
   let seen = "";
   const ssh = new NodeSSH();
@@ -190,15 +203,19 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
     ssh.dispose();
     if (expected && seen && seen !== expected) {
       throw new Error(
-        `${hostLabel(host)}: HOST KEY MISMATCH: the host presented ${seen} but ${expected} is pinned. ` +
-          "If the host was reinstalled on purpose, update hostKey; otherwise do not connect.",
+        firstSeen
+          ? `${hostLabel(host)}: HOST KEY CHANGED: the host presented ${seen} but ${expected} was seen first in this run (trust on first use pins it). ` +
+              "Do not connect unless the host was reinstalled on purpose; then set hostKey to the new key."
+          : `${hostLabel(host)}: HOST KEY MISMATCH: the host presented ${seen} but ${expected} is pinned. ` +
+              "If the host was reinstalled on purpose, update hostKey; otherwise do not connect.",
         { cause: err },
       );
     }
     const message = err instanceof Error ? err.message : String(err);
     throw new Error(`${hostLabel(host)}: SSH connection failed: ${message}`, { cause: err });
   }
-  if (!expected) pool.observedKeys.set(`${host.user}@${host.address}:${host.port}`, seen);
+  // The first key seen at this address pins every later connection of the run.
+  if (!pool.observedKeys.has(observedKeyOf(host))) pool.observedKeys.set(observedKeyOf(host), seen);
   return { ssh, fingerprint: seen };
 }
 
@@ -207,7 +224,7 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
  * not connected yet. Trust-on-first-use resources record this as an output.
  */
 export function observedHostKey(host: HostConnection): string {
-  return hostPool().observedKeys.get(`${host.user}@${host.address}:${host.port}`) ?? "";
+  return hostPool().observedKeys.get(observedKeyOf(host)) ?? "";
 }
 
 /** Sets the socket's hold on the event loop: held while a batch runs, released when idle. */
@@ -455,6 +472,21 @@ export async function runChecked(
  * wait too. Steps of other, unlocked operations keep flowing through the shell meanwhile.
  */
 export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>, waitSec = 120): Promise<T> {
+  const release = await takeProcessLock(host);
+  let remote = false;
+  try {
+    await runChecked(host, [takeLockStep("take the host lock /var/lib/kvmlab/lock", waitSec)]);
+    remote = true;
+    return await fn();
+  } finally {
+    // Queue the unlock without waiting: the next locker's steps come after it in the shell.
+    if (remote) void runSteps(host, [RELEASE_LOCK_STEP]).catch(() => undefined);
+    release();
+  }
+}
+
+/** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */
+async function takeProcessLock(host: HostConnection): Promise<() => void> {
   const pool = hostPool();
   const id = `${host.address}:${host.port}`;
   const before = pool.locks.get(id) ?? Promise.resolve();
@@ -463,29 +495,27 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
   const chained = before.then(() => mine);
   pool.locks.set(id, chained);
   await before;
-  let remote = false;
-  try {
-    await runChecked(host, [
-      {
-        label: "take the host lock /var/lib/kvmlab/lock",
-        inShell: true,
-        script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
-      },
-    ]);
-    remote = true;
-    return await fn();
-  } finally {
-    // Queue the unlock without waiting: the next locker's steps come after it in the shell.
-    const unlock = remote
-      ? runSteps(host, [{ label: "release the host lock", inShell: true, script: "exec 9>&-" }]).catch(
-          () => undefined,
-        )
-      : Promise.resolve();
-    void unlock;
+  return () => {
     release();
     if (pool.locks.get(id) === chained) pool.locks.delete(id);
-  }
+  };
 }
+
+/** The shell step that takes flock on /var/lib/kvmlab/lock (held by the session's shell). */
+function takeLockStep(label: string, waitSec: number): Step {
+  return {
+    label,
+    inShell: true,
+    script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+  };
+}
+
+const RELEASE_LOCK_STEP: Step = {
+  label: "release the host lock",
+  inShell: true,
+  always: true,
+  script: "exec 9>&-",
+};
 
 /**
  * The pooled node-ssh connection of a host, for SFTP transfers (images). Counts as the same
@@ -512,23 +542,12 @@ export async function runLocked(
   opts: RunOptions = {},
   waitSec = 120,
 ): Promise<string[]> {
-  const pool = hostPool();
-  const id = `${host.address}:${host.port}`;
-  const before = pool.locks.get(id) ?? Promise.resolve();
-  let release: () => void = () => undefined;
-  const mine = new Promise<void>((r) => (release = r));
-  const chained = before.then(() => mine);
-  pool.locks.set(id, chained);
-  await before;
+  const release = await takeProcessLock(host);
   try {
     const all: Step[] = [
-      {
-        label: "take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)",
-        inShell: true,
-        script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
-      },
+      takeLockStep("take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)", waitSec),
       ...steps,
-      { label: "release the host lock", inShell: true, always: true, script: "exec 9>&-" },
+      RELEASE_LOCK_STEP,
     ];
     const results = await runSteps(host, all, { ...opts, stopOnError: true });
     for (let i = 0; i < all.length - 1; i++) {
@@ -537,7 +556,6 @@ export async function runLocked(
     return results.slice(1, -1).map((r) => r.stdout);
   } finally {
     release();
-    if (pool.locks.get(id) === chained) pool.locks.delete(id);
   }
 }
 

@@ -4,14 +4,11 @@
  * functions, so the serialized provider stays small.
  */
 import {
-  UNKNOWN,
   checkDeviceName,
   checkHostList,
   checkName,
   checkRemotePath,
-  containsUnknown,
   isIPv4,
-  normalizeHostConnection,
   showValue,
   type HostConnection,
 } from "../host";
@@ -23,6 +20,17 @@ import {
   withinFlavorLimits,
 } from "../../core/flavor";
 import { serverPaths } from "../../core/paths";
+import {
+  canonicalJson,
+  failureList,
+  inputsOf,
+  isKnown,
+  normalizeHosts,
+  type Checked,
+  type Failure,
+} from "../kit";
+
+export { canonicalJson } from "../kit";
 
 export type PowerState = "running" | "stopped";
 export type { ImageKind } from "../../core/shapes";
@@ -112,25 +120,11 @@ export interface ServerOutputs extends ServerInputs {
 /** Files of a server on its host and its ports' IPAM owner ids (one definition: core/paths.ts). */
 export { serverPaths, portOwner } from "../../core/paths";
 
-type Failure = { property: string; reason: string };
-
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MAC_RE = /^fa:16:3e(:[0-9a-f]{2}){3}$/;
 
-/** JSON with object keys sorted: values that went through a protobuf Struct compare equal. */
-export function canonicalJson(v: unknown): string {
-  return JSON.stringify(v, (_k, x: unknown) =>
-    x !== null && typeof x === "object" && !Array.isArray(x)
-      ? Object.fromEntries(
-          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
-      : x,
-  );
-}
-
-function known(v: unknown): boolean {
-  return v !== UNKNOWN && !containsUnknown(v);
-}
+/** The kit's one rule for preview unknowns (see provider/kit/check.ts). */
+const known = isKnown;
 
 function isInt(v: unknown, min: number, max: number): boolean {
   return typeof v === "number" && Number.isInteger(v) && v >= min && v <= max;
@@ -149,14 +143,10 @@ export const READINESS_DEFAULT: Readiness = {
  * Validates and normalizes raw inputs (pure). Unknown values (preview) are accepted as they
  * are; everything known is checked, every problem reported with its field and the fix.
  */
-export function checkServerInputs(
-  news: Record<string, unknown>,
-  olds?: Record<string, unknown>,
-): { inputs: Record<string, unknown>; failures: Failure[] } {
-  const failures: Failure[] = [];
-  const fail = (property: string, reason: string | undefined): void => {
-    if (reason) failures.push({ property, reason });
-  };
+export function checkServerInputs(news: Record<string, unknown>, olds?: Record<string, unknown>): Checked {
+  const found = failureList();
+  const failures: Failure[] = found.failures;
+  const fail = (property: string, reason: string | undefined): void => found.add(property, reason);
   const out: Record<string, unknown> = { ...news };
   const name = news.serverName;
   if (known(name)) fail("serverName", checkName("serverName", name));
@@ -165,13 +155,7 @@ export function checkServerInputs(
   }
 
   for (const e of checkHostList("hosts", news.hosts)) fail("hosts", e);
-  const hosts = Array.isArray(news.hosts)
-    ? news.hosts.map((h) =>
-        h !== null && typeof h === "object" && !containsUnknown(h)
-          ? normalizeHostConnection(h as Record<string, unknown>)
-          : h,
-      )
-    : news.hosts;
+  const hosts = normalizeHosts(news.hosts);
   out.hosts = hosts;
   const hostNames =
     Array.isArray(hosts) && known(hosts) ? (hosts as HostConnection[]).map((h) => h.name) : undefined;
@@ -660,19 +644,23 @@ export function parseHostLoad(host: string, stdout: string): HostLoad {
 }
 
 /** Only the input fields of outputs (pure). */
+/** Every input key of the Server (what create and update receive). */
+export const SERVER_INPUT_KEYS = [
+  "serverName",
+  "uuid",
+  "hosts",
+  "host",
+  "flavor",
+  "image",
+  "ports",
+  "domainXml",
+  "cloudInit",
+  "powerState",
+  "readiness",
+  "changePlan",
+] as const;
+
+/** Only the input fields (outputs carry more). */
 export function serverInputsOf(o: ServerInputs): ServerInputs {
-  return {
-    serverName: o.serverName,
-    uuid: o.uuid,
-    hosts: o.hosts,
-    host: o.host,
-    flavor: o.flavor,
-    image: o.image,
-    ports: o.ports,
-    domainXml: o.domainXml,
-    cloudInit: o.cloudInit,
-    powerState: o.powerState,
-    readiness: o.readiness,
-    changePlan: o.changePlan,
-  };
+  return inputsOf(o, SERVER_INPUT_KEYS);
 }

@@ -6,6 +6,7 @@ import { recordPath, shQuote, uploadStep, writeRecordStep, type Step } from "../
 import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
 import { serverPaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
+import { parseKeyValues } from "../kit/kv";
 
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
@@ -213,11 +214,7 @@ export interface DomainInfo {
 }
 
 export function parseDomainInfo(stdout: string): DomainInfo {
-  const kv = new Map<string, string>();
-  for (const line of stdout.split("\n")) {
-    const at = line.indexOf("=");
-    if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
-  }
+  const kv = parseKeyValues(stdout);
   const vnc = /:(\d+)\s*$/.exec(kv.get("vnc") ?? "");
   return {
     defined: kv.get("defined") === "yes",

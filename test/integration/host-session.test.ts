@@ -58,6 +58,45 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
   throw new Error(`sshd did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
 }
 
+/** Starts this test's sshd on `port` with the config in `dir` (PID kept for the end). */
+async function startSshd(port: number): Promise<void> {
+  const child = spawn(
+    "/usr/sbin/sshd",
+    ["-D", "-f", path.join(dir, "sshd_config"), "-E", path.join(dir, "log")],
+    { stdio: "ignore" },
+  );
+  sshdPid = child.pid ?? 0;
+  await waitForPort(port, 5000);
+}
+
+/** Stops this test's sshd (by its PID) and waits until the port is free. */
+async function stopSshd(port: number): Promise<void> {
+  if (!sshdPid) return;
+  process.kill(sshdPid, "SIGTERM");
+  sshdPid = 0;
+  const until = Date.now() + 5000;
+  while (Date.now() < until) {
+    const open = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on("error", () => resolve(false));
+    });
+    if (!open) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`sshd still listens on 127.0.0.1:${port} after SIGTERM`);
+}
+
+/** Restarts this test's sshd with another host key file (same port, same client key). */
+async function swapHostKey(keyFile: string): Promise<void> {
+  const conf = path.join(dir, "sshd_config");
+  fs.writeFileSync(conf, fs.readFileSync(conf, "utf8").replace(/^HostKey .*$/m, `HostKey ${keyFile}`));
+  await stopSshd(host.port);
+  await startSshd(host.port);
+}
+
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-sshd-"));
   for (const k of ["client", "host"]) {
@@ -83,13 +122,7 @@ before(async () => {
     ].join("\n"),
   );
   fs.mkdirSync("/run/sshd", { recursive: true });
-  const child = spawn(
-    "/usr/sbin/sshd",
-    ["-D", "-f", path.join(dir, "sshd_config"), "-E", path.join(dir, "log")],
-    { stdio: "ignore" },
-  );
-  sshdPid = child.pid ?? 0;
-  await waitForPort(port, 5000);
+  await startSshd(port);
   hostPub = fs.readFileSync(path.join(dir, "host.pub"), "utf8").trim();
   host = {
     name: "local",
@@ -229,6 +262,39 @@ test("trust on first use connects only when asked, and records the key it saw", 
   const tofu = { ...host, hostKey: "", trustOnFirstUse: true };
   await runChecked(tofu, [{ script: "true" }]);
   assert.equal(observedHostKey(tofu), (pinFingerprint(hostPub) as { fingerprint: string }).fingerprint);
+});
+
+test("a trust-on-first-use reconnect in the same run is pinned to the key seen first; a changed key is refused with both fingerprints", async () => {
+  const tofu = { ...host, hostKey: "", trustOnFirstUse: true };
+  await runChecked(tofu, [{ script: "true" }]);
+  const first = observedHostKey(tofu);
+  assert.equal(first, (pinFingerprint(hostPub) as { fingerprint: string }).fingerprint);
+  // A reconnect to the same key is fine (pinned, not re-trusted).
+  await closeHostSessions();
+  const [again] = await runChecked(tofu, [{ script: "echo same" }]);
+  assert.equal(again, "same\n");
+  // The host now presents another key (an impostor, or a reinstall nobody announced).
+  const swapped = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path.join(dir, "swapped")]);
+  assert.equal(swapped.status, 0, String(swapped.stderr));
+  const swappedFp = (
+    pinFingerprint(fs.readFileSync(path.join(dir, "swapped.pub"), "utf8")) as { fingerprint: string }
+  ).fingerprint;
+  await swapHostKey(path.join(dir, "swapped"));
+  try {
+    await closeHostSessions();
+    await assert.rejects(runSteps(tofu, [{ script: "touch ran-on-impostor" }]), (err: Error) => {
+      assert.match(err.message, /HOST KEY CHANGED/);
+      assert.ok(err.message.includes(first), err.message);
+      assert.ok(err.message.includes(swappedFp), err.message);
+      return true;
+    });
+    assert.equal(observedHostKey(tofu), first, "the key seen first stays the pin");
+  } finally {
+    await swapHostKey(path.join(dir, "host"));
+    await closeHostSessions();
+  }
+  const [back] = await runChecked(tofu, [{ script: "echo back" }]);
+  assert.equal(back, "back\n");
 });
 
 test("the host lock serializes holders in the process and holds flock on the host", async () => {

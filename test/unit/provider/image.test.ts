@@ -34,25 +34,14 @@ import {
 } from "../../../provider/image";
 import { UNKNOWN, hostPoolStats, type HostConnection } from "../../../provider/host";
 import { assertSerializable } from "../../harness/serialization";
+import { testHost } from "./fixtures";
 
-const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
-const PIN = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
 const SHA_A = "a".repeat(64);
 const SHA_B = "b".repeat(64);
 const SHA_C = "c".repeat(64);
 
 function host(name: string, n: number): HostConnection {
-  return {
-    name,
-    address: `10.255.0.1${n}`,
-    port: 22,
-    user: "root",
-    privateKey: KEY,
-    hostKey: PIN,
-    trustOnFirstUse: false,
-    uplink: "",
-    tunnelAddress: "",
-  };
+  return testHost(name, n, { uplink: "", tunnelAddress: "" });
 }
 const HOSTS = [host("hv1", 1), host("hv2", 2)];
 

@@ -7,6 +7,7 @@
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import { assertSerializable } from "../../harness/serialization";
+import { PIN, testHost } from "./fixtures";
 import {
   UNKNOWN,
   checkNetworkInputs,
@@ -33,21 +34,8 @@ import {
   type SubnetOutputs,
 } from "../../../provider";
 
-const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
-const PIN = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
-
 function host(name: string, n: number): HostConnection {
-  return {
-    name,
-    address: `10.255.0.1${n}`,
-    port: 22,
-    user: "root",
-    privateKey: KEY,
-    hostKey: PIN,
-    trustOnFirstUse: false,
-    uplink: "eth1",
-    tunnelAddress: `10.254.0.1${n}`,
-  };
+  return testHost(name, n);
 }
 
 const HOSTS = [host("hv1", 1), host("hv2", 2)];

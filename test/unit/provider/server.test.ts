@@ -5,7 +5,6 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { renderServer } from "../../../components/server";
 import { UNKNOWN } from "../../../provider/host";
 import {
   canonicalJson,
@@ -33,6 +32,7 @@ import {
   readinessProbeStep,
 } from "../../../provider/server/steps";
 import { assertSerializable } from "../../harness/serialization";
+import { serverRaw } from "./fixtures";
 
 const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
 const HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDcx0o34EeVL0jZSs+mikMgIPV8TH/2JVLvZOKDCGWGv";
@@ -49,54 +49,7 @@ const hosts = ["hv1", "hv2"].map((name, i) => ({
 }));
 
 function raw(over: Record<string, unknown> = {}): Record<string, unknown> {
-  const image = {
-    name: "cirros",
-    kind: "kernel" as const,
-    disk: "",
-    format: "qcow2" as const,
-    kernel: "/var/lib/kvmlab/images/cirros/kernel",
-    ramdisk: "/var/lib/kvmlab/images/cirros/ramdisk",
-  };
-  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: (over.ramMiB as number) ?? 128, diskGiB: 0 };
-  const r = renderServer({
-    serverName: "web1",
-    uuidSeed: "lab/dev/web1",
-    lab: "lab",
-    project: "dev",
-    image,
-    flavor,
-    ports: [
-      { networkName: "lan", subnetName: "lan-v4", bridge: "kvlb-1a2b3c4d", driver: "linuxbridge", mtu: 1500 },
-    ],
-    kernelCmdline: "console=ttyS0 lab.name=web1",
-    cloudInit: true,
-    publicKeys: [],
-    userName: "kvmlab",
-    userData: {},
-    consoleListen: "0.0.0.0",
-  });
-  return {
-    serverName: "web1",
-    uuid: r.uuid,
-    hosts,
-    flavor,
-    image,
-    ports: [
-      {
-        networkName: "lan",
-        subnetName: "lan-v4",
-        dhcpHost: "hv1",
-        dhcp: true,
-        bridge: "kvlb-1a2b3c4d",
-        driver: "linuxbridge",
-        mac: r.macs[0],
-        tap: r.taps[0],
-      },
-    ],
-    domainXml: r.domainXml,
-    cloudInit: r.cloudInit,
-    ...over,
-  };
+  return serverRaw(hosts, over);
 }
 
 function checked(over: Record<string, unknown> = {}): ServerInputs {

@@ -1,0 +1,17 @@
+/**
+ * The provider kit: what every kvmlab resource provider shares. See docs/adding-a-resource.md
+ * for what a resource supplies.
+ *
+ *   check.ts     Failure, FailureList, isUnknown (THE preview-unknown rule), rules table
+ *   kv.ts        parseKeyValues (remote read steps print key=value lines)
+ *   host.ts      HostConnectionArgs, normalizeHosts, pinnedHost(s), hostKeyRecord,
+ *                recordHostKeys, onEveryHost, hostNamed
+ *   provider.ts  defineResource(spec) → {spec, provider}; inputsOf, changedKeys, sameValue,
+ *                canonicalJson
+ *   resource.ts  KvmlabResource (base class)
+ */
+export * from "./check";
+export * from "./kv";
+export * from "./host";
+export * from "./provider";
+export * from "./resource";

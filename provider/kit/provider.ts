@@ -1,0 +1,169 @@
+/**
+ * The one way to define a kvmlab resource provider.
+ *
+ * A resource supplies a {@link ResourceSpec}: its type name, input and output keys, secret
+ * outputs, the pure check and diff, and create/read/update/delete that do host work only. The
+ * kit supplies, once for every resource:
+ *   - the casts between Pulumi's untyped values and the resource's types
+ *   - `inputsOf`: only the input keys reach create and update (outputs carry more)
+ *   - trust-on-first-use pinning: every method gets `hosts` pinned to the keys recorded in the
+ *     state (`hostKeys`), and the outputs record every host's key again (never dropping one)
+ *   - the read envelope: `read` returning `undefined` means "gone" (Pulumi's empty id)
+ *
+ * Serialization: Pulumi serializes the returned provider object into each resource's state. It
+ * captures the spec (plain functions and key lists) and the host layer by value; nothing here
+ * requires a module at load time or captures a secret. Define one provider per type, at module
+ * level.
+ */
+import type * as pulumi from "@pulumi/pulumi";
+import type { HostConnection } from "../host/connection";
+import { isUnknown, type Checked } from "./check";
+import { pinnedHosts, recordHostKeys } from "./host";
+
+/** What a pure diff returns (Pulumi's DiffResult without the optional fields kvmlab never sets). */
+export interface DiffResult {
+  changes: boolean;
+  replaces: string[];
+  stables?: string[];
+  deleteBeforeReplace: boolean;
+}
+
+/** Inputs of a resource that reaches hosts. */
+export interface HostedInputs {
+  hosts: HostConnection[];
+}
+
+/** Outputs of a resource that reaches hosts: the kit fills `hostKeys`. */
+export interface HostedOutputs extends HostedInputs {
+  hostKeys: Record<string, string>;
+}
+
+/** What a resource supplies to the kit. */
+export interface ResourceSpec<I extends object, O extends I> {
+  /** Pulumi type name under `kvmlab`, e.g. "Network" → `pulumi-nodejs:dynamic/kvmlab:Network`. */
+  readonly type: string;
+  /** Every input key (what create and update receive; the rest of the outputs is dropped). */
+  readonly inputKeys: readonly (keyof I & string)[];
+  /** Output keys that are not inputs (the resource class declares them). */
+  readonly outputKeys: readonly string[];
+  /** Outputs Pulumi stores as secrets (e.g. `hosts`: it carries private keys). */
+  readonly secretOutputs: readonly string[];
+  /** Pure check: validates, fills defaults; never connects. */
+  check(news: Record<string, unknown>, olds: Record<string, unknown> | undefined): Checked;
+  /** Pure diff; never connects. */
+  diff(olds: O, news: I): DiffResult;
+  /** Host work. Hosts arrive pinned; return the id and outputs (`hostKeys` is filled by the kit). */
+  create(inputs: I): Promise<{ id: string; outs: O }>;
+  /** Host work: the outputs as the hosts have them now, or undefined when the object is gone. */
+  read(id: string, props: O): Promise<O | undefined>;
+  /** Host work. `olds` and `news` arrive with pinned hosts. */
+  update(id: string, olds: O, news: I): Promise<O>;
+  /** Host work; idempotent. */
+  delete(id: string, olds: O): Promise<void>;
+}
+
+/** A defined resource: its spec and the provider object Pulumi serializes. */
+export interface ResourceKind<I extends object, O extends I> {
+  readonly spec: ResourceSpec<I, O>;
+  readonly provider: pulumi.dynamic.ResourceProvider<I, O>;
+}
+
+/** Only the listed keys of `o`, in that order (outputs carry more than the inputs). */
+export function inputsOf<I extends object>(o: I, keys: readonly (keyof I & string)[]): I {
+  const out: Record<string, unknown> = {};
+  for (const k of keys)
+    if ((o as Record<string, unknown>)[k] !== undefined) out[k] = (o as Record<string, unknown>)[k];
+  return out as I;
+}
+
+/**
+ * Keys whose new value is unknown or differs from the old one (canonical JSON: object key order
+ * does not matter). The diff core of every provider.
+ */
+export function changedKeys<T extends object, K extends keyof T & string>(
+  olds: T,
+  news: Partial<T>,
+  keys: readonly K[],
+): K[] {
+  return keys.filter((k) => !sameValue(olds[k], news[k]));
+}
+
+/** True when `b` is known and equal to `a` (canonical JSON). */
+export function sameValue(a: unknown, b: unknown): boolean {
+  return !isUnknown(b) && canonicalJson(a) === canonicalJson(b);
+}
+
+/** JSON with object keys sorted (so key order never reads as a change). */
+export function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x !== null && typeof x === "object" && !Array.isArray(x)
+      ? Object.fromEntries(
+          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        )
+      : x,
+  );
+}
+
+function isHosted(o: object | undefined): o is HostedInputs {
+  return o !== undefined && Array.isArray((o as { hosts?: unknown }).hosts);
+}
+
+/** Pins a value's hosts to the keys recorded in `hostKeys`. */
+function pinned<T extends object>(o: T, hostKeys: Record<string, string> | undefined): T {
+  return isHosted(o) ? { ...o, hosts: pinnedHosts(o.hosts, hostKeys) } : o;
+}
+
+/**
+ * Outputs as stored: the hosts as the program passed them (so a recorded key never reads as
+ * an input change) and `hostKeys` recorded from the pinned hosts, keeping earlier records.
+ */
+function recorded<O extends object>(
+  outs: O,
+  given: object,
+  pinnedFrom: object,
+  old?: Record<string, string>,
+): O {
+  if (!isHosted(given) || !isHosted(pinnedFrom)) return outs;
+  return { ...outs, hosts: given.hosts, hostKeys: recordHostKeys(pinnedFrom.hosts, old) };
+}
+
+/** Builds the resource's provider from its spec. Call once per type, at module level. */
+export function defineResource<I extends object, O extends I>(spec: ResourceSpec<I, O>): ResourceKind<I, O> {
+  const keysOf = (o: object): Record<string, string> | undefined =>
+    (o as { hostKeys?: Record<string, string> }).hostKeys;
+  const provider: pulumi.dynamic.ResourceProvider<I, O> = {
+    async check(olds, news) {
+      const { inputs, failures } = spec.check(
+        news as unknown as Record<string, unknown>,
+        olds as unknown as Record<string, unknown> | undefined,
+      );
+      return { inputs: inputs as unknown as I, failures };
+    },
+    async diff(_id, olds, news) {
+      return spec.diff(olds, news);
+    },
+    async create(raw) {
+      const inputs = inputsOf(raw, spec.inputKeys);
+      const { id, outs } = await spec.create(inputs);
+      return { id, outs: recorded(outs, inputs, inputs) };
+    },
+    async read(id, props) {
+      if (!props) return { id, props };
+      const old = keysOf(props);
+      const now = await spec.read(id, pinned(props, old));
+      if (now === undefined) return { id: "", props: {} as O };
+      return { id, props: recorded(now, props, pinned(props, old), old) };
+    },
+    async update(id, olds, raw) {
+      const news = inputsOf(raw, spec.inputKeys);
+      const old = keysOf(olds);
+      const pinnedNews = pinned(news, old);
+      const outs = await spec.update(id, pinned(olds, old), pinnedNews);
+      return { outs: recorded(outs, news, pinnedNews, old) };
+    },
+    async delete(id, olds) {
+      await spec.delete(id, pinned(olds, keysOf(olds)));
+    },
+  };
+  return { spec, provider };
+}

@@ -1,0 +1,31 @@
+/**
+ * The base class of every kvmlab dynamic resource: a resource class keeps only its `declare`
+ * lines and its defaults, and passes its {@link ResourceKind}; the kit fills the output keys,
+ * the secret outputs and the type name.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { packagedProvider } from "../packaged";
+import type { ResourceKind } from "./provider";
+
+export abstract class KvmlabResource<I extends object, O extends I> extends pulumi.dynamic.Resource {
+  constructor(
+    kind: ResourceKind<I, O>,
+    name: string,
+    inputs: Record<string, unknown>,
+    opts: pulumi.CustomResourceOptions = {},
+  ) {
+    const props: Record<string, unknown> = {};
+    for (const k of kind.spec.inputKeys) props[k] = inputs[k];
+    for (const k of kind.spec.outputKeys) props[k] = undefined;
+    const secrets = [...kind.spec.secretOutputs];
+    super(
+      // Installed from node_modules, state holds a require of the provider's module, not its code.
+      packagedProvider(kind.provider),
+      name,
+      props,
+      secrets.length > 0 ? pulumi.mergeOptions(opts, { additionalSecretOutputs: secrets }) : opts,
+      "kvmlab",
+      kind.spec.type,
+    );
+  }
+}

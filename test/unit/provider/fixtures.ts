@@ -1,0 +1,80 @@
+/**
+ * Inputs shared by the provider unit tests: a fake private key (never a real one), a pin, host
+ * connections, and a Server input rendered by the real Server component.
+ */
+import { renderServer } from "../../../components/server";
+import type { HostConnection } from "../../../provider";
+
+export const KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+export const PIN = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+
+/** Host `name` at 10.255.0.1<n>, pinned to PIN, with an uplink and a tunnel address. */
+export function testHost(name: string, n: number, over: Partial<HostConnection> = {}): HostConnection {
+  return {
+    name,
+    address: `10.255.0.1${n}`,
+    port: 22,
+    user: "root",
+    privateKey: KEY,
+    hostKey: PIN,
+    trustOnFirstUse: false,
+    uplink: "eth1",
+    tunnelAddress: `10.254.0.1${n}`,
+    ...over,
+  };
+}
+
+/** Raw Server inputs for web1 (kernel image, one port on lan/lan-v4), rendered like the component does. */
+export function serverRaw(
+  hosts: HostConnection[],
+  over: Record<string, unknown> = {},
+): Record<string, unknown> {
+  const image = {
+    name: "cirros",
+    kind: "kernel" as const,
+    disk: "",
+    format: "qcow2" as const,
+    kernel: "/var/lib/kvmlab/images/cirros/kernel",
+    ramdisk: "/var/lib/kvmlab/images/cirros/ramdisk",
+  };
+  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: (over.ramMiB as number) ?? 128, diskGiB: 0 };
+  const r = renderServer({
+    serverName: "web1",
+    uuidSeed: "lab/dev/web1",
+    lab: "lab",
+    project: "dev",
+    image,
+    flavor,
+    ports: [
+      { networkName: "lan", subnetName: "lan-v4", bridge: "kvlb-1a2b3c4d", driver: "linuxbridge", mtu: 1500 },
+    ],
+    kernelCmdline: "console=ttyS0 lab.name=web1",
+    cloudInit: true,
+    publicKeys: [],
+    userName: "kvmlab",
+    userData: {},
+    consoleListen: "0.0.0.0",
+  });
+  return {
+    serverName: "web1",
+    uuid: r.uuid,
+    hosts,
+    flavor,
+    image,
+    ports: [
+      {
+        networkName: "lan",
+        subnetName: "lan-v4",
+        dhcpHost: hosts[0].name,
+        dhcp: true,
+        bridge: "kvlb-1a2b3c4d",
+        driver: "linuxbridge",
+        mac: r.macs[0],
+        tap: r.taps[0],
+      },
+    ],
+    domainXml: r.domainXml,
+    cloudInit: r.cloudInit,
+    ...over,
+  };
+}
