@@ -116,9 +116,11 @@ export function sandboxStatusPath(instance: string = defaultInstance()): string 
   return path.join(SANDBOX_RUN_ROOT, checkInstanceName(instance), "status.json");
 }
 
-function running(pid: number): boolean {
+/** Whether process `pid` runs (a zombie or dead process does not: its parent reaps it later). */
+export function pidAlive(pid: number): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // State is the field after the parenthesised command name.
     const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
     return state !== "Z" && state !== "X";
   } catch {
@@ -141,6 +143,6 @@ export function readSandboxStatus(instance: string = defaultInstance()): Sandbox
   }
   const status = JSON.parse(text) as SandboxStatus;
   const sshd = status.hosts.map((h) => h.daemons?.sshd).filter((p): p is number => typeof p === "number");
-  if (sshd.length > 0 && !sshd.some(running)) return undefined;
+  if (sshd.length > 0 && !sshd.some(pidAlive)) return undefined;
   return status;
 }

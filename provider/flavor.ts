@@ -256,17 +256,7 @@ async function writeOn(host: HostConnection, inputs: FlavorInputs): Promise<Flav
 
 const flavor = defineResource<FlavorInputs, FlavorOutputs>({
   type: "Flavor",
-  inputKeys: [
-    "flavorName",
-    "vcpus",
-    "ramMiB",
-    "diskGiB",
-    "ephemeralGiB",
-    "swapMiB",
-    "extraSpecs",
-    "description",
-    "hosts",
-  ],
+  inputKeys: [...FLAVOR_REPLACE_KEYS, "extraSpecs", "description", "hosts"],
   outputKeys: ["flavorId", "controller", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkFlavorInputs(news),

@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { SandboxError, run } from "./exec";
 import { MAX_INDEX } from "./plan";
+import { pidAlive } from "../../components/sandbox";
 import { SANDBOX_RUN_ROOT } from "./status";
 
 export interface SandboxState {
@@ -22,17 +23,7 @@ export interface SandboxState {
 const LOCK_DIR = path.join(SANDBOX_RUN_ROOT, ".locks");
 const INDEX_DIR = path.join(SANDBOX_RUN_ROOT, ".index");
 
-export function pidAlive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    // State is the field after the parenthesised command name; a zombie (Z) or dead (X) process
-    // is gone for our purposes: its parent reaps it when it gets round to it.
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
+export { pidAlive };
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
