@@ -135,16 +135,51 @@ export function portOwner(serverName: string, index: number): string {
   return `server:${serverName}:${index}`;
 }
 
+/** Where a load balancer's HAProxy lives on its host (Octavia's amphora, one per load balancer). */
+export interface LoadBalancerPaths {
+  dir: string;
+  /** The config haproxy runs. */
+  config: string;
+  /** A new config is written here and checked with `haproxy -c` before it replaces `config`. */
+  newConfig: string;
+  /** A config haproxy refused is kept here (Octavia: haproxy.cfg.new-failed) for debugging. */
+  failedConfig: string;
+  /** Runtime API of the worker (stats, server state, member drain). */
+  statsSocket: string;
+  /** Master CLI of the master-worker process (reload). */
+  masterSocket: string;
+  pidFile: string;
+  /** `show servers state` saved before a reload, loaded after it (member health survives). */
+  stateFile: string;
+  /** Network namespace holding the VIP and haproxy. */
+  namespace: string;
+  /** VIP veth end in the network's bridge (root namespace). */
+  hostDevice: string;
+  /** VIP veth end inside the namespace; holds the VIP address. */
+  nsDevice: string;
+  /** The VIP port's MAC: Neutron's fa:16:3e prefix + 3 bytes of the name's hash (stable). */
+  vipMac: string;
+}
+
 /**
- * A load balancer's HAProxy files, named by the load balancer alone like every other object on
- * the hosts (joining a lab and an object name with "-" is ambiguous: lab `a-b` + `c` = lab `a` + `b-c`).
+ * A load balancer's files and devices, named by the load balancer alone like every other object
+ * on the hosts (joining a lab and an object name with "-" is ambiguous: lab `a-b` + `c` = lab `a` + `b-c`).
  */
-export function loadBalancerPaths(lb: string) {
+export function loadBalancerPaths(lb: string): LoadBalancerPaths {
   const dir = `${KVMLAB_STATE_DIR}/lb/${lb}`;
+  const id = shortId(lb);
   return {
     dir,
     config: `${dir}/haproxy.cfg`,
+    newConfig: `${dir}/haproxy.cfg.new`,
+    failedConfig: `${dir}/haproxy.cfg.failed`,
     statsSocket: `${dir}/haproxy.sock`,
+    masterSocket: `${dir}/master.sock`,
     pidFile: `${dir}/haproxy.pid`,
+    stateFile: `${dir}/servers-state`,
+    namespace: `qlbaas-${id}`,
+    hostDevice: deviceName("v", lb),
+    nsDevice: deviceName("w", lb),
+    vipMac: `fa:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:${id.slice(4, 6)}`,
   };
 }

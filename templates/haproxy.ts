@@ -138,6 +138,12 @@ export interface HaproxySpec {
   readonly listeners: readonly ListenerSpec[];
   /** Runtime API socket (used for hitless reloads and member state). */
   readonly statsSocket: string;
+  /**
+   * File of `show servers state` saved before a reload; backends with a health monitor load it
+   * (`load-server-state-from-file global`), so member UP/DOWN survives reloads, as in Octavia.
+   * @default none
+   */
+  readonly serverStateFile?: string | null;
   /** Global maxconn (Octavia's global connection limit). @default 50000 */
   readonly maxconn?: number;
   /** Log target: a syslog socket path or `ip:port`. `null` turns logging off. @default "/dev/log" */
@@ -154,6 +160,7 @@ export interface HaproxyView {
   readonly name: string;
   readonly maxconn: number;
   readonly statsSocket: string;
+  readonly serverStateFile: string | null;
   readonly log: { readonly target: string; readonly traffic: number; readonly admin: number } | null;
   readonly frontends: readonly {
     readonly name: string;
@@ -174,6 +181,7 @@ export interface HaproxyView {
     readonly httpCookie: boolean;
     readonly appCookie: string | null;
     readonly stickSize: string;
+    readonly loadState: boolean;
     readonly monitor: {
       readonly timeout: number;
       readonly http: { readonly send: string; readonly expect: string } | null;
@@ -304,6 +312,10 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
     } else checkPath("logTarget", target);
     log = { target, traffic: facility, admin: facility + 1 };
   }
+  const stateFile =
+    spec.serverStateFile === undefined || spec.serverStateFile === null
+      ? null
+      : checkPath("serverStateFile", spec.serverStateFile);
   const listenerNames = new Set<string>();
   const ports = new Set<number>();
   const poolNames = new Set<string>();
@@ -478,6 +490,7 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
         httpCookie: spType === "HTTP_COOKIE",
         appCookie,
         stickSize,
+        loadState: mon !== null && stateFile !== null,
         monitor: mon === null ? null : { timeout: mon.timeout, http: mon.http, sslHello: mon.sslHello },
         forwardFor: bmode === "http" && headers["X-Forwarded-For"] === true,
         forwardedPort: bmode === "http" && headers["X-Forwarded-Port"] === true,
@@ -504,6 +517,7 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
     name,
     maxconn: checkInt("maxconn", spec.maxconn ?? 50000, 1, 10000000),
     statsSocket: checkPath("statsSocket", spec.statsSocket),
+    serverStateFile: stateFile,
     log,
     frontends,
     backends,
