@@ -46,7 +46,7 @@ export interface LoadBalancerArgs {
   readonly host?: string;
   /** Seconds a removed member may keep its sessions. @default 10 */
   readonly drainTimeout?: number;
-  /** Global maxconn. @default 50000 */
+  /** Global maxconn. @default 5000 (Octavia: 50000; see loadBalancerConfig) */
   readonly maxconn?: number;
   /** @default null (no logging: the hosts have no syslog in the sandbox) */
   readonly logTarget?: string | null;
@@ -54,6 +54,13 @@ export interface LoadBalancerArgs {
   readonly hosts?: readonly HostSpec[];
   readonly hostDiscovery?: ResolveHostsOptions;
 }
+
+/**
+ * Global maxconn of a load balancer unless the program sets one. Octavia uses 50000 with
+ * LimitNOFILE=2600000; haproxy needs about 2.5 open files per connection and refuses to start
+ * when the host's hard limit is lower (the sandbox hosts allow 20000), so kvmlab defaults lower.
+ */
+export const LB_DEFAULT_MAXCONN = 5000;
 
 /** The haproxy.cfg a load balancer runs (pure; what the component passes to the resource). */
 export function loadBalancerConfig(
@@ -70,7 +77,7 @@ export function loadBalancerConfig(
       listeners,
       statsSocket: paths.statsSocket,
       serverStateFile: paths.stateFile,
-      maxconn: opts.maxconn,
+      maxconn: opts.maxconn ?? LB_DEFAULT_MAXCONN,
       logTarget: opts.logTarget === undefined ? null : opts.logTarget,
     }),
   );
