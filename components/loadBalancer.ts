@@ -15,18 +15,12 @@
  * ```
  */
 import * as pulumi from "@pulumi/pulumi";
-import { loadBalancerPaths } from "../core/paths";
 import { LoadBalancer as LoadBalancerResource } from "../provider/loadBalancer";
-import {
-  renderHaproxyCfg,
-  toHaproxyView,
-  type HaproxySpec,
-  type ListenerSpec,
-  type MemberSpec,
-  type PoolSpec,
-} from "../templates/haproxy";
+import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
+
+export { LB_DEFAULT_MAXCONN, loadBalancerConfig } from "../templates/haproxy";
 
 /** A member whose address may be a program output (e.g. `server.ip`). */
 export type MemberArgs = Omit<MemberSpec, "address"> & { readonly address: pulumi.Input<string> };
@@ -53,34 +47,6 @@ export interface LoadBalancerArgs {
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
   readonly hosts?: readonly HostSpec[];
   readonly hostDiscovery?: ResolveHostsOptions;
-}
-
-/**
- * Global maxconn of a load balancer unless the program sets one. Octavia uses 50000 with
- * LimitNOFILE=2600000; haproxy needs about 2.5 open files per connection and refuses to start
- * when the host's hard limit is lower (the sandbox hosts allow 20000), so kvmlab defaults lower.
- */
-export const LB_DEFAULT_MAXCONN = 5000;
-
-/** The haproxy.cfg a load balancer runs (pure; what the component passes to the resource). */
-export function loadBalancerConfig(
-  lbName: string,
-  vipAddress: string,
-  listeners: readonly ListenerSpec[],
-  opts: Pick<HaproxySpec, "maxconn" | "logTarget"> = {},
-): string {
-  const paths = loadBalancerPaths(lbName);
-  return renderHaproxyCfg(
-    toHaproxyView({
-      name: lbName,
-      vipAddress,
-      listeners,
-      statsSocket: paths.statsSocket,
-      serverStateFile: paths.stateFile,
-      maxconn: opts.maxconn ?? LB_DEFAULT_MAXCONN,
-      logTarget: opts.logTarget === undefined ? null : opts.logTarget,
-    }),
-  );
 }
 
 export class LoadBalancer extends pulumi.ComponentResource {

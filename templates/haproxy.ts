@@ -5,6 +5,7 @@
  * persistence types, health monitor fields) in camelCase; docs/templates.md lists coverage.
  */
 import { ipToInt, parseCidr } from "../core/net";
+import { loadBalancerPaths } from "../core/paths";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import {
@@ -794,4 +795,32 @@ export function toHaproxyView(spec: HaproxySpec): HaproxyView {
 export function renderHaproxyCfg(view: HaproxyView): string {
   assertSealed(view, "toHaproxyView");
   return renderTemplate("haproxy/haproxy.cfg", view);
+}
+
+/**
+ * Global maxconn of a load balancer unless the program sets one. Octavia uses 50000 with
+ * LimitNOFILE=2600000; haproxy needs about 2.5 open files per connection and refuses to start
+ * when the host's hard limit is lower (the sandbox hosts allow 20000), so kvmlab defaults lower.
+ */
+export const LB_DEFAULT_MAXCONN = 5000;
+
+/** The haproxy.cfg a load balancer runs (pure; what the component passes to the resource). */
+export function loadBalancerConfig(
+  lbName: string,
+  vipAddress: string,
+  listeners: readonly ListenerSpec[],
+  opts: Pick<HaproxySpec, "maxconn" | "logTarget"> = {},
+): string {
+  const paths = loadBalancerPaths(lbName);
+  return renderHaproxyCfg(
+    toHaproxyView({
+      name: lbName,
+      vipAddress,
+      listeners,
+      statsSocket: paths.statsSocket,
+      serverStateFile: paths.stateFile,
+      maxconn: opts.maxconn ?? LB_DEFAULT_MAXCONN,
+      logTarget: opts.logTarget === undefined ? null : opts.logTarget,
+    }),
+  );
 }

@@ -138,11 +138,11 @@ export function applyConfigStep(lbName: string, paths: LoadBalancerPaths): Step 
       vars(paths),
       ALIVE,
       'command -v socat >/dev/null 2>&1 || { echo "socat is missing on this host: apt-get install socat (kvmlab reaches haproxy\x27s master and runtime sockets with it)" >&2; exit 27; }',
+      // An empty state file with its version line (haproxy warns about a missing one, or one without it).
+      '[ -s "$state" ] || echo 1 > "$state"',
       'if ! out=$(haproxy -c -f "$new" 2>&1); then mv -f "$new" "$failed"; printf "%s\\n" "$out" | grep -v "^\\[NOTICE\\]" >&2; echo "haproxy refused the new config (kept as $failed); the running config keeps serving" >&2; exit 24; fi',
       'rm -f "$failed"',
       'changed=yes; if cmp -s "$new" "$cfg"; then changed=no; rm -f "$new"; else mv -f "$new" "$cfg"; fi',
-      // An empty state file with its version line (haproxy warns about a file without one).
-      '[ -s "$state" ] || echo 1 > "$state"',
       'pid=$(cat "$pidf" 2>/dev/null || true)',
       'if alive "$pid"; then',
       "  if [ $changed = no ]; then echo changed=no; echo action=none; exit 0; fi",
