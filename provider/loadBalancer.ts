@@ -31,6 +31,7 @@ import {
   checkHostList,
   checkName,
   runChecked,
+  shQuote,
   runSteps,
   showValue,
   uploadStep,
@@ -42,6 +43,13 @@ import {
 import {
   KvmlabResource,
   changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   defineResource,
   failureList,
   hostNamed,
@@ -95,10 +103,13 @@ export interface LoadBalancerArgs {
   readonly drainTimeout?: pulumi.Input<number>;
   /** @default 1500 */
   readonly mtu?: pulumi.Input<number>;
+  /** Who owns it on the hosts (filled by the base class: <project>/<stack>/LoadBalancer/<name>). */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface LoadBalancerInputs {
   lbName: string;
+  owner: string;
   hosts: HostConnection[];
   lbHost: string;
   networkName: string;
@@ -144,6 +155,18 @@ export interface LoadBalancerOutputs extends LoadBalancerInputs {
 
 const IPAM_OWNER_PREFIX = "lb:";
 
+/** The owner marker of a load balancer on its host (kind "lb", keyed by its name). */
+export function loadBalancerOwned(lbName: string): OwnedObject {
+  const p = loadBalancerPaths(lbName);
+  return {
+    kind: "lb",
+    key: [lbName],
+    what: `load balancer ${lbName}`,
+    field: "lbName",
+    exists: `[ -e /run/netns/${p.namespace} ] || [ -d ${shQuote(p.dir)} ]`,
+  };
+}
+
 function sha256(text: string): string {
   const crypto: typeof import("node:crypto") = require("node:crypto");
   return crypto.createHash("sha256").update(text, "utf8").digest("hex");
@@ -172,6 +195,7 @@ export function checkLoadBalancerInputs(news: Record<string, unknown>): Checked 
   for (const e of checkHostList("hosts", news.hosts)) fail("hosts", e);
   const hosts = normalizeHosts(news.hosts);
   const out: Record<string, unknown> = { ...news, hosts };
+  out.owner = checkedOwner(news, "LoadBalancer", "lbName", fail);
   out.lbHost = news.lbHost ?? "";
   out.gateway = news.gateway ?? "";
   out.mtu = news.mtu ?? 1500;
@@ -364,11 +388,14 @@ async function applyLoadBalancer(
   inputs: LoadBalancerInputs,
   hostName: string,
   oldCfg: string | null,
+  owners: readonly string[],
 ): Promise<number> {
   const host = pick(inputs.hosts, hostName);
   const paths = loadBalancerPaths(inputs.lbName);
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["haproxy", "openvswitch"] : ["haproxy"]);
   const steps: Step[] = [
+    // Never touch a load balancer of the same name that another program owns.
+    guardStep(loadBalancerOwned(inputs.lbName), owners, true),
     vipPortStep(
       {
         lbName: inputs.lbName,
@@ -397,10 +424,17 @@ async function applyLoadBalancer(
 async function removeLoadBalancer(
   o: Pick<LoadBalancerInputs, "lbName" | "driver" | "hosts">,
   hostName: string,
+  owner: string,
 ): Promise<void> {
   const host = pick(o.hosts, hostName);
+  const owned = loadBalancerOwned(o.lbName);
+  // owner "" = a state from before owners: no guard.
   await withHostLock(host, () =>
-    runChecked(host, [loadBalancerDeleteStep(o.lbName, o.driver, loadBalancerPaths(o.lbName))]),
+    runChecked(host, [
+      ...(owner ? [guardStep(owned, [owner])] : []),
+      loadBalancerDeleteStep(o.lbName, o.driver, loadBalancerPaths(o.lbName)),
+      ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+    ]),
   );
 }
 
@@ -416,6 +450,7 @@ const loadBalancer = defineResource<LoadBalancerInputs, LoadBalancerOutputs>({
   type: "LoadBalancer",
   inputKeys: [
     "lbName",
+    "owner",
     "hosts",
     "lbHost",
     "networkName",
@@ -448,14 +483,26 @@ const loadBalancer = defineResource<LoadBalancerInputs, LoadBalancerOutputs>({
 
   async create(inputs) {
     const hostName = inputs.lbHost !== "" ? inputs.lbHost : await leastLoaded(inputs.hosts);
-    const owner = `${IPAM_OWNER_PREFIX}${inputs.lbName}`;
+    const ipamOwner = `${IPAM_OWNER_PREFIX}${inputs.lbName}`;
+    const host = pick(inputs.hosts, hostName);
+    // Claim first: refused (another program's load balancer of that name) → nothing touched.
+    const [claim] = await withHostLock(host, () =>
+      runChecked(host, [claimStep(loadBalancerOwned(inputs.lbName), inputs.owner)]),
+    );
+    const madeHere = claimedNow(claim);
     let reloadMs: number;
     try {
-      await allocateAddress(subnetRef(inputs), owner, { fixedIp: inputs.vipAddress });
-      reloadMs = await applyLoadBalancer(inputs, hostName, null);
+      await allocateAddress(subnetRef(inputs), ipamOwner, {
+        fixedIp: inputs.vipAddress,
+        holder: inputs.owner,
+      });
+      reloadMs = await applyLoadBalancer(inputs, hostName, null, [inputs.owner]);
     } catch (err) {
-      await removeLoadBalancer(inputs, hostName).catch(() => undefined);
-      await releaseAddress(subnetRef(inputs), owner).catch(() => undefined);
+      // Clean only what this call made.
+      if (madeHere) {
+        await removeLoadBalancer(inputs, hostName, inputs.owner).catch(() => undefined);
+        await releaseAddress(subnetRef(inputs), ipamOwner, inputs.owner).catch(() => undefined);
+      }
       throw err;
     }
     return {
@@ -473,13 +520,13 @@ const loadBalancer = defineResource<LoadBalancerInputs, LoadBalancerOutputs>({
 
   async update(_id, olds, news) {
     const hostName = news.lbHost !== "" ? news.lbHost : olds.host;
-    const reloadMs = await applyLoadBalancer(news, hostName, olds.haproxyCfg);
+    const reloadMs = await applyLoadBalancer(news, hostName, olds.haproxyCfg, [news.owner, ownerIn(olds)]);
     return outputsOf(news, hostName, await readState(news, hostName), reloadMs);
   },
 
   async delete(_id, olds) {
-    await removeLoadBalancer(olds, olds.host);
-    await releaseAddress(subnetRef(olds), `${IPAM_OWNER_PREFIX}${olds.lbName}`);
+    await removeLoadBalancer(olds, olds.host, ownerIn(olds));
+    await releaseAddress(subnetRef(olds), `${IPAM_OWNER_PREFIX}${olds.lbName}`, ownerIn(olds));
   },
 });
 

@@ -19,7 +19,7 @@ import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
 import { planSubnet } from "../../components/network";
 import { loadBalancerConfig } from "../../components/loadBalancer";
-import { loadBalancerPaths } from "../../core/paths";
+import { ipamRecordName, loadBalancerPaths } from "../../core/paths";
 import type { ListenerSpec, MemberSpec, PoolSpec } from "../../templates/haproxy";
 import {
   sandboxHostConnections,
@@ -230,7 +230,8 @@ async function leftovers(host: HostConnection): Promise<string> {
       "ip -o link show | awk -F': ' '{print $2}' | sort",
       `pgrep -af ${p.config} || true`,
       "ls -R /var/lib/kvmlab/lb 2>/dev/null || true",
-      `grep -o '"lb:[^"]*"' /var/lib/kvmlab/records/ipam/${SUBNET}.json || true`,
+      `grep -o '"lb:[^"]*"' /var/lib/kvmlab/records/ipam/${ipamRecordName(NET, SUBNET)}.json || true`,
+      "ls /var/lib/kvmlab/owners/lb 2>/dev/null || true",
     ].join("\necho ---\n"),
   );
 }
@@ -315,6 +316,13 @@ test("linuxbridge: a load balancer serves its VIP, persists sessions, follows me
     assert.deepEqual(outs.drift, []);
     assert.equal(outs.vipPort.address, VIP);
     assert.match(outs.vipPort.mac, /^fa:16:3e:/);
+
+    // Another program's load balancer of the same name is refused before anything is touched.
+    const other = await checked<LoadBalancerInputs>(loadBalancerProvider, {
+      ...lbRaw(listeners(web)),
+      owner: "other/dev/LoadBalancer/itlb-web",
+    });
+    await assert.rejects(loadBalancerProvider.create!(other), /belongs to|owner/);
 
     // ROUND_ROBIN spreads.
     outs = await waitMember(outs, "web/web2", "ONLINE");

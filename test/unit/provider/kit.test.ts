@@ -317,7 +317,7 @@ const HOSTED: {
       [/^read load balancer/, "namespace=yes\nport=yes\ninbridge=yes\nhaproxy=yes"],
       [/^count load balancers/, "lbs=0"],
       [
-        /^read record ipam\/lan-v4$/,
+        new RegExp(`^read record ipam/${ipamRecordName("lan", "lan-v4")}$`),
         JSON.stringify({
           subnet: "lan-v4",
           cidr: "10.10.0.0/24",
