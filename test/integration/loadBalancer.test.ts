@@ -13,6 +13,9 @@
  * while the old config keeps serving; refresh reports haproxy dead and a config edited by hand
  * and update repairs both; delete leaves no namespace, link, process, socket, file or IPAM entry.
  *
+ * A second test puts a load balancer on an Open vSwitch (netdev) network: its VIP port is an OVS
+ * port, a namespace member answers through it, and delete leaves no namespace or port.
+ *
  * All traffic stays inside the sandbox hosts' namespaces.
  */
 import { after, before, test } from "node:test";
@@ -436,4 +439,99 @@ test("linuxbridge: a load balancer serves its VIP, persists sessions, follows me
   // Nothing left: namespace, veth, haproxy process, socket, file, IPAM reservation.
   assert.deepEqual([await leftovers(hv1), await leftovers(hosts[1])], before);
   assert.equal((await bodies(1))[0], "FAILED", "the VIP no longer answers");
+});
+
+test("openvswitch: the VIP port is an OVS port; the load balancer answers and leaves nothing behind", async () => {
+  const hv1 = hosts[0];
+  const net = "itlbo";
+  const sub = "itlbo-v4";
+  const lb = "itlb-ovs";
+  const netIn = await checked<NetworkInputs>(networkProvider, {
+    networkName: net,
+    kind: "selfservice",
+    driver: "openvswitch",
+    hosts: [hv1],
+  });
+  const nOuts = (await networkProvider.create!(netIn)).outs as NetworkOutputs;
+  const plan = planSubnet(net, { name: sub, cidr: "10.79.2.0/24" }, nOuts.mtu);
+  const sOuts = (
+    await subnetProvider.create!(
+      await checked<SubnetInputs>(subnetProvider, {
+        subnetName: sub,
+        networkName: net,
+        networkBridge: nOuts.bridge,
+        driver: "openvswitch",
+        hosts: [hv1],
+        cidr: "10.79.2.0/24",
+        gateway: plan.gateway,
+        allocationPool: plan.allocationPool,
+        dhcpAddress: plan.dhcpAddress,
+        dnsmasqConf: plan.dnsmasqConf,
+        mtu: nOuts.mtu,
+      }),
+    )
+  ).outs as SubnetOutputs;
+  // A member (busybox httpd) and a client, both namespaces on the OVS bridge.
+  const plug = (ns: string, ip: string) =>
+    [
+      `ip netns add ${ns}`,
+      `ip link add ${ns.slice(-6)}h type veth peer name eth0 netns ${ns}`,
+      `ovs-vsctl --may-exist add-port ${nOuts.bridge} ${ns.slice(-6)}h`,
+      `ip link set ${ns.slice(-6)}h up`,
+      // OVS netdev bridges need full checksums from veths (docs/providers.md).
+      `ethtool -K ${ns.slice(-6)}h tx off >/dev/null 2>&1 || true`,
+      `ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null 2>&1 || true`,
+      `ip netns exec ${ns} ip link set lo up`,
+      `ip netns exec ${ns} ip link set eth0 mtu ${nOuts.mtu} up`,
+      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
+    ].join("\n");
+  const before = await sh(hv1, "ip netns list | sort; ovs-vsctl list-ports " + nOuts.bridge);
+  await sh(
+    hv1,
+    [
+      "set -e",
+      plug("kvlt-obm", "10.79.2.11"),
+      plug("kvlt-obc", "10.79.2.30"),
+      "mkdir -p /tmp/kvlt-obm && echo 'hello from ovs-member' > /tmp/kvlt-obm/index.html",
+      "ip netns exec kvlt-obm busybox httpd -p 80 -h /tmp/kvlt-obm",
+    ].join("\n"),
+  );
+  const raw: Record<string, unknown> = {
+    ...lbRaw([]),
+    lbName: lb,
+    hosts: [hv1],
+    networkName: net,
+    networkBridge: nOuts.bridge,
+    driver: "openvswitch",
+    subnetName: sub,
+    cidr: "10.79.2.0/24",
+    gateway: sOuts.gateway,
+    subnetHost: "hv1",
+    vipAddress: "10.79.2.50",
+    mtu: nOuts.mtu,
+    haproxyCfg: loadBalancerConfig(
+      lb,
+      "10.79.2.50",
+      listeners([{ name: "m1", address: "10.79.2.11", protocolPort: 80 }], { healthMonitor: null }),
+    ),
+  };
+  const outs = (
+    await loadBalancerProvider.create!(await checked<LoadBalancerInputs>(loadBalancerProvider, raw))
+  ).outs as LoadBalancerOutputs;
+  try {
+    assert.equal(outs.realized.portInBridge, true, "the VIP port is a port of the OVS bridge");
+    assert.deepEqual(outs.memberStatus, { "web/m1": "NO_MONITOR" });
+    const body = await sh(hv1, "ip netns exec kvlt-obc curl -s -m 5 http://10.79.2.50/");
+    assert.equal(body.trim(), "hello from ovs-member");
+  } finally {
+    await loadBalancerProvider.delete!(lb, outs);
+    await sh(
+      hv1,
+      // The busybox httpd this test started, by PID; then the test's own ports and namespaces.
+      "for p in $(ip netns pids kvlt-obm); do kill $p; done; for d in lt-obmh lt-obch; do ovs-vsctl --if-exists del-port $d; ip link del $d 2>/dev/null; done; ip netns del kvlt-obm; ip netns del kvlt-obc; true",
+    );
+  }
+  assert.equal(await sh(hv1, "ip netns list | sort; ovs-vsctl list-ports " + nOuts.bridge), before);
+  await subnetProvider.delete!(sub, sOuts);
+  await networkProvider.delete!(net, nOuts);
 });
