@@ -46,9 +46,10 @@ export function shortId(name: string): string {
 
 /**
  * Roles of a device name: b bridge, x vxlan, d DHCP veth (host side), n DHCP veth (namespace
- * side), t and u spare roles for later devices.
+ * side), v load-balancer VIP veth (host side), w VIP veth (namespace side), t and u spare roles
+ * for later devices.
  */
-export type DeviceRole = "b" | "x" | "d" | "n" | "t" | "u";
+export type DeviceRole = "b" | "x" | "d" | "n" | "v" | "w" | "t" | "u";
 
 /** A device name: `kvl` + a one-letter role + `-` + shortId, e.g. `kvlb-1a2b3c4d` (13 chars). */
 export function deviceName(role: DeviceRole, name: string): string {

@@ -8,7 +8,9 @@
  *   /var/lib/kvmlab/images/<name>/disk.qcow2 | disk.raw  a disk image
  *   /var/lib/kvmlab/images/<name>/kernel, ramdisk         a kernel+ramdisk image (AKI/ARI)
  *   /var/lib/kvmlab/instances/<server>/…                  a server's overlay, seed, console log
- *   /var/lib/kvmlab/dhcp/<subnet>/…                       a subnet's dnsmasq files
+ *   /var/lib/kvmlab/dhcp/<network>/<subnet>/…             a subnet's dnsmasq files
+ *   /var/lib/kvmlab/records/ipam/<ipamRecordName>.json    a subnet's IPAM (keyed by network + subnet)
+ *   /var/lib/kvmlab/owners/<kind>/<key…>.owner            an object's owner (provider/kit/owner.ts)
  *   /var/lib/kvmlab/lb/<lb>/…                             a load balancer's HAProxy files
  *   /var/lib/kvmlab/migrate/<server>/                     a live migration's one-off key
  */
@@ -96,8 +98,13 @@ export interface DhcpPaths {
   nsDevice: string;
 }
 
+/**
+ * A subnet's DHCP files and devices, keyed by its FULL identity (network and subnet): two
+ * networks may each have a subnet `v4` (issue 15: keyed by the subnet alone they overwrote
+ * each other's folder, pid file and veth).
+ */
 export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
-  const dir = `${KVMLAB_STATE_DIR}/dhcp/${subnetName}`;
+  const dir = `${KVMLAB_STATE_DIR}/dhcp/${networkName}/${subnetName}`;
   return {
     namespace: `qdhcp-${networkName}`,
     dir,
@@ -105,9 +112,19 @@ export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
     pidFile: `${dir}/dnsmasq.pid`,
     leaseFile: `${dir}/dnsmasq.leases`,
     hostsFile: `${dir}/hosts`,
-    hostDevice: deviceName("d", subnetName),
-    nsDevice: deviceName("n", subnetName),
+    hostDevice: deviceName("d", `${networkName}/${subnetName}`),
+    nsDevice: deviceName("n", `${networkName}/${subnetName}`),
   };
+}
+
+/**
+ * The record name of a subnet's IPAM: 40 hex digits of sha256("<network>/<subnet>") (a record
+ * name is one name; joining two names with any name character would be ambiguous). The record
+ * itself carries both names.
+ */
+export function ipamRecordName(networkName: string, subnetName: string): string {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  return crypto.createHash("sha256").update(`${networkName}/${subnetName}`).digest("hex").slice(0, 40);
 }
 
 /** Files of a server on its host. */
@@ -130,21 +147,60 @@ export function serverPaths(serverName: string): {
   };
 }
 
-/** IPAM owner id of a server's port. */
-export function portOwner(serverName: string, index: number): string {
-  return `server:${serverName}:${index}`;
+/**
+ * IPAM owner id of a server's port. The Server provider passes the server's UUID (issue 15:
+ * by name, a refused duplicate released the existing server's address, and same-named servers
+ * got the same one); `kvmlab render` shows names.
+ */
+export function portOwner(serverIdentity: string, index: number): string {
+  return `server:${serverIdentity}:${index}`;
+}
+
+/** Where a load balancer's HAProxy lives on its host (Octavia's amphora, one per load balancer). */
+export interface LoadBalancerPaths {
+  dir: string;
+  /** The config haproxy runs. */
+  config: string;
+  /** A new config is written here and checked with `haproxy -c` before it replaces `config`. */
+  newConfig: string;
+  /** A config haproxy refused is kept here (Octavia: haproxy.cfg.new-failed) for debugging. */
+  failedConfig: string;
+  /** Runtime API of the worker (stats, server state, member drain). */
+  statsSocket: string;
+  /** Master CLI of the master-worker process (reload). */
+  masterSocket: string;
+  pidFile: string;
+  /** `show servers state` saved before a reload, loaded after it (member health survives). */
+  stateFile: string;
+  /** Network namespace holding the VIP and haproxy. */
+  namespace: string;
+  /** VIP veth end in the network's bridge (root namespace). */
+  hostDevice: string;
+  /** VIP veth end inside the namespace; holds the VIP address. */
+  nsDevice: string;
+  /** The VIP port's MAC: Neutron's fa:16:3e prefix + 3 bytes of the name's hash (stable). */
+  vipMac: string;
 }
 
 /**
- * A load balancer's HAProxy files, named by the load balancer alone like every other object on
- * the hosts (joining a lab and an object name with "-" is ambiguous: lab `a-b` + `c` = lab `a` + `b-c`).
+ * A load balancer's files and devices, named by the load balancer alone like every other object
+ * on the hosts (joining a lab and an object name with "-" is ambiguous: lab `a-b` + `c` = lab `a` + `b-c`).
  */
-export function loadBalancerPaths(lb: string) {
+export function loadBalancerPaths(lb: string): LoadBalancerPaths {
   const dir = `${KVMLAB_STATE_DIR}/lb/${lb}`;
+  const id = shortId(lb);
   return {
     dir,
     config: `${dir}/haproxy.cfg`,
+    newConfig: `${dir}/haproxy.cfg.new`,
+    failedConfig: `${dir}/haproxy.cfg.failed`,
     statsSocket: `${dir}/haproxy.sock`,
+    masterSocket: `${dir}/master.sock`,
     pidFile: `${dir}/haproxy.pid`,
+    stateFile: `${dir}/servers-state`,
+    namespace: `qlbaas-${id}`,
+    hostDevice: deviceName("v", lb),
+    nsDevice: deviceName("w", lb),
+    vipMac: `fa:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:${id.slice(4, 6)}`,
   };
 }

@@ -15,17 +15,10 @@
  */
 import { hostsFileText, type IpamRecord } from "../core/ipam";
 import { checkName } from "../core/names";
-import {
-  dhcpPaths,
-  imageStorePaths,
-  loadBalancerPaths,
-  networkDevices,
-  portOwner,
-  serverPaths,
-} from "../core/paths";
-import { renderHaproxyCfg, toHaproxyView, type MemberSpec } from "../templates/haproxy";
+import { dhcpPaths, imageStorePaths, networkDevices, portOwner, serverPaths } from "../core/paths";
+import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
 import { renderServer, serverUuidSeed } from "../templates/server";
-import type { Lab } from "./model";
+import type { Lab, LabMember, LabPool } from "./model";
 import { planLab, subnetPlan, type LabPlan, type PlannedServer } from "./plan";
 
 /** The stack `kvmlab render` assumes when none is given. */
@@ -155,59 +148,59 @@ export function renderLab(
   lab.loadBalancers.forEach((lb, i) => {
     const path = `loadBalancers[${i}]`;
     const addressOf = (server: string) => plan.servers.find((s) => s.name === server)?.ports[0]?.ip ?? "";
+    const member = (m: LabMember): MemberSpec => ({
+      name: m.name,
+      address: m.server !== null ? addressOf(m.server) : (m.address ?? ""),
+      protocolPort: m.protocolPort,
+      weight: m.weight,
+      backup: m.backup,
+      adminStateUp: m.adminStateUp,
+      monitorPort: m.monitorPort,
+      monitorAddress: m.monitorAddress,
+    });
+    const poolSpec = (p: LabPool, extra: MemberSpec[] = []): PoolSpec => ({
+      ...p,
+      healthMonitor:
+        p.healthMonitor === null
+          ? null
+          : {
+              ...p.healthMonitor,
+              httpMethod: (p.healthMonitor.httpMethod ?? undefined) as "GET" | undefined,
+              urlPath: p.healthMonitor.urlPath ?? undefined,
+              expectedCodes: p.healthMonitor.expectedCodes ?? undefined,
+              httpVersion: p.healthMonitor.httpVersion ?? undefined,
+            },
+      members: [...p.members.map(member), ...extra],
+    });
     const cfg = at(path, () =>
-      renderHaproxyCfg(
-        toHaproxyView({
-          name: lb.name,
-          vipAddress: plan.vips[lb.name].ip,
-          statsSocket: loadBalancerPaths(lb.name).statsSocket,
-          listeners: lb.listeners.map((l) => {
-            const groups = lab.autoscaleGroups.filter(
-              (g) => g.pool?.loadBalancer === lb.name && g.pool.listener === l.name,
-            );
-            const members: MemberSpec[] = [
-              ...(l.pool?.members ?? []).map((m) => ({
-                name: m.name,
-                address: m.server !== null ? addressOf(m.server) : (m.address ?? ""),
-                protocolPort: m.protocolPort,
-                weight: m.weight,
-                backup: m.backup,
-                adminStateUp: m.adminStateUp,
-                monitorPort: m.monitorPort,
+      // What the LoadBalancer component applies (same function, same defaults).
+      loadBalancerConfig(
+        lb.name,
+        plan.vips[lb.name].ip,
+        lb.listeners.map((l): ListenerSpec => {
+          const groups = lab.autoscaleGroups.filter(
+            (g) => g.pool?.loadBalancer === lb.name && g.pool.listener === l.name,
+          );
+          const groupMembers: MemberSpec[] = groups.flatMap((g) =>
+            plan.servers
+              .filter((s) => s.group === g.name)
+              .map((s) => ({
+                name: s.name,
+                address: s.ports[0].ip,
+                protocolPort: g.pool!.protocolPort,
+                weight: g.pool!.weight,
               })),
-              ...groups.flatMap((g) =>
-                plan.servers
-                  .filter((s) => s.group === g.name)
-                  .map((s) => ({
-                    name: s.name,
-                    address: s.ports[0].ip,
-                    protocolPort: g.pool!.protocolPort,
-                    weight: g.pool!.weight,
-                  })),
-              ),
-            ];
-            return {
-              ...l,
-              connectionLimit: l.connectionLimit,
-              defaultPool:
-                l.pool === null
-                  ? null
-                  : {
-                      ...l.pool,
-                      healthMonitor:
-                        l.pool.healthMonitor === null
-                          ? null
-                          : {
-                              ...l.pool.healthMonitor,
-                              httpMethod: (l.pool.healthMonitor.httpMethod ?? undefined) as "GET" | undefined,
-                              urlPath: l.pool.healthMonitor.urlPath ?? undefined,
-                              expectedCodes: l.pool.healthMonitor.expectedCodes ?? undefined,
-                              httpVersion: l.pool.healthMonitor.httpVersion ?? undefined,
-                            },
-                      members,
-                    },
-            };
-          }),
+          );
+          return {
+            ...l,
+            defaultPool: l.pool === null ? null : poolSpec(l.pool, groupMembers),
+            l7Policies: l.l7Policies.map((p) => ({
+              ...p,
+              position: p.position ?? undefined,
+              redirectPool: p.redirectPool === null ? null : poolSpec(p.redirectPool),
+              rules: p.rules.map((r) => ({ ...r })),
+            })),
+          };
         }),
       ),
     );

@@ -177,6 +177,8 @@ export interface LabMember {
   readonly backup: boolean;
   readonly adminStateUp: boolean;
   readonly monitorPort: number | null;
+  /** Address the health monitor checks instead of the member's. */
+  readonly monitorAddress: string | null;
 }
 
 export interface LabPool {
@@ -209,7 +211,34 @@ export interface LabListener {
     readonly "X-Forwarded-Proto": boolean;
   };
   readonly certificatePath: string | null;
+  /** TERMINATED_HTTPS: more certificates, chosen by the client's SNI. */
+  readonly sniCertificatePaths: readonly string[];
+  readonly clientAuthentication: "NONE" | "OPTIONAL" | "MANDATORY";
+  readonly clientCaPath: string | null;
+  readonly clientCrlPath: string | null;
   readonly pool: LabPool | null;
+  readonly l7Policies: readonly LabL7Policy[];
+  readonly adminStateUp: boolean;
+}
+
+export interface LabL7Rule {
+  readonly type: "HOST_NAME" | "PATH" | "FILE_TYPE" | "HEADER" | "COOKIE";
+  readonly compareType: "REGEX" | "STARTS_WITH" | "ENDS_WITH" | "CONTAINS" | "EQUAL_TO";
+  readonly key: string | null;
+  readonly value: string;
+  readonly invert: boolean;
+  readonly adminStateUp: boolean;
+}
+
+export interface LabL7Policy {
+  readonly name: string;
+  readonly action: "REJECT" | "REDIRECT_TO_URL" | "REDIRECT_TO_POOL" | "REDIRECT_PREFIX";
+  readonly position: number | null;
+  readonly redirectUrl: string | null;
+  readonly redirectPrefix: string | null;
+  readonly redirectPool: LabPool | null;
+  readonly redirectHttpCode: number | null;
+  readonly rules: readonly LabL7Rule[];
   readonly adminStateUp: boolean;
 }
 

@@ -10,3 +10,4 @@ export * from "./flavor";
 export * from "./keypair";
 export * from "./server";
 export * from "./kit";
+export * from "./loadBalancer";

@@ -1,6 +1,6 @@
 /** Load balancers: VIP subnet and address, floating IP, listeners (unique ports, members, the HAProxy view's own rules). */
 import { FieldError } from "../../core/errors";
-import { toHaproxyView, type ListenerSpec } from "../../templates/haproxy";
+import { toHaproxyView, type L7PolicySpec, type ListenerSpec, type PoolSpec } from "../../templates/haproxy";
 import type { PathSegment } from "../locate";
 import { type CheckContext, type Rec, rec, str, num, bool, items, formatPathLocal } from "./context";
 
@@ -46,6 +46,15 @@ export function checkLoadBalancers(c: CheckContext): void {
       for (const [k, m] of items(pool, "members"))
         if (m.server !== undefined)
           ref([...lpath, "pool", "members", k, "server"], m.server, servers, "server");
+      for (const [q, pol] of items(l, "l7Policies"))
+        for (const [k, m] of items(rec(pol.redirectPool), "members"))
+          if (m.server !== undefined)
+            ref(
+              [...lpath, "l7Policies", q, "redirectPool", "members", k, "server"],
+              m.server,
+              servers,
+              "server",
+            );
       // The HAProxy view owns protocol/persistence/monitor rules: build it for this listener
       // with placeholder addresses and report its first objection here.
       const lpathText = formatPathLocal(lpath);
@@ -87,23 +96,29 @@ function viewFieldToPath(field: string): PathSegment[] | null {
 function toListenerSpec(l: Rec): ListenerSpec | null {
   if (typeof l.name !== "string" || typeof l.protocol !== "string" || typeof l.protocolPort !== "number")
     return null;
-  const pool = rec(l.pool);
+  const poolSpec = (pool: Rec | null): PoolSpec | null =>
+    pool === null
+      ? null
+      : {
+          ...(pool as unknown as PoolSpec),
+          lbAlgorithm: (str(pool.lbAlgorithm) ?? "ROUND_ROBIN") as PoolSpec["lbAlgorithm"],
+          members: items(pool, "members").map(([k, m]) => ({
+            name: str(m.server) ?? str(m.name) ?? `member-${k}`,
+            address: str(m.address) ?? "192.0.2.2",
+            protocolPort: num(m.protocolPort) ?? 1,
+            weight: num(m.weight) ?? 1,
+            backup: bool(m.backup, false),
+            adminStateUp: bool(m.adminStateUp, true),
+            monitorPort: num(m.monitorPort),
+            monitorAddress: str(m.monitorAddress),
+          })),
+        };
   return {
     ...(l as unknown as ListenerSpec),
-    defaultPool:
-      pool === null
-        ? null
-        : {
-            ...(pool as unknown as ListenerSpec["defaultPool"] & object),
-            members: items(pool, "members").map(([k, m]) => ({
-              name: str(m.server) ?? str(m.name) ?? `member-${k}`,
-              address: str(m.address) ?? "192.0.2.2",
-              protocolPort: num(m.protocolPort) ?? 1,
-              weight: num(m.weight) ?? 1,
-              backup: bool(m.backup, false),
-              adminStateUp: bool(m.adminStateUp, true),
-              monitorPort: num(m.monitorPort),
-            })),
-          },
+    defaultPool: poolSpec(rec(l.pool)),
+    l7Policies: items(l, "l7Policies").map(([, p]) => ({
+      ...(p as unknown as L7PolicySpec),
+      redirectPool: poolSpec(rec(p.redirectPool)),
+    })),
   };
 }

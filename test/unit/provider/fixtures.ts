@@ -2,6 +2,7 @@
  * Inputs shared by the provider unit tests: a fake private key (never a real one), a pin, host
  * connections, and a Server input rendered by the real Server component.
  */
+import { loadBalancerConfig } from "../../../components/loadBalancer";
 import { renderServer } from "../../../components/server";
 import type { HostConnection } from "../../../provider";
 
@@ -75,6 +76,41 @@ export function serverRaw(
     ],
     domainXml: r.domainXml,
     cloudInit: r.cloudInit,
+    ...over,
+  };
+}
+
+/** Raw LoadBalancer inputs: VIP 10.10.0.50 on lan/lan-v4, one HTTP listener, two members (rendered like the component does). */
+export function loadBalancerRaw(
+  hosts: HostConnection[],
+  over: Record<string, unknown> = {},
+  members = ["web1", "web2"],
+): Record<string, unknown> {
+  return {
+    lbName: "web-lb",
+    hosts,
+    networkName: "lan",
+    networkBridge: "kvlb-1a2b3c4d",
+    driver: "linuxbridge",
+    subnetName: "lan-v4",
+    cidr: "10.10.0.0/24",
+    gateway: "10.10.0.1",
+    subnetHost: hosts[0].name,
+    vipAddress: "10.10.0.50",
+    haproxyCfg: loadBalancerConfig("web-lb", "10.10.0.50", [
+      {
+        name: "http",
+        protocol: "HTTP",
+        protocolPort: 80,
+        defaultPool: {
+          name: "web",
+          protocol: "HTTP",
+          lbAlgorithm: "ROUND_ROBIN",
+          healthMonitor: { type: "HTTP", delay: 1, timeout: 1, maxRetries: 1, urlPath: "/health" },
+          members: members.map((m, i) => ({ name: m, address: `10.10.0.${11 + i}`, protocolPort: 80 })),
+        },
+      },
+    ]),
     ...over,
   };
 }

@@ -26,6 +26,7 @@ import {
   checkServerInputs,
   checkSubnetInputs,
   dhcpPaths,
+  ipamRecordName,
   diffFlavor,
   diffImage,
   diffKeypair,
@@ -38,6 +39,9 @@ import {
   isUnknown,
   keypairProvider,
   networkProvider,
+  checkLoadBalancerInputs,
+  diffLoadBalancer,
+  loadBalancerProvider,
   serverProvider,
   subnetProvider,
   type HostConnection,
@@ -46,7 +50,7 @@ import {
   type Step,
   type StepResult,
 } from "../../../provider";
-import { serverRaw, testHost } from "./fixtures";
+import { loadBalancerRaw, serverRaw, testHost } from "./fixtures";
 
 const SEEN = "SHA256:Z2l2ZW4tYnktdGhlLWZha2UtaG9zdC1vbi1maXJzdC11c2UA";
 const SHA = "a".repeat(64);
@@ -145,6 +149,14 @@ const KINDS: Kind[] = [
       domainType: "qemu",
       hostKeys: {},
     }),
+  },
+  {
+    type: "LoadBalancer",
+    name: "lbName",
+    check: checkLoadBalancerInputs,
+    diff: diffLoadBalancer as Kind["diff"],
+    raw: (hosts) => loadBalancerRaw(hosts),
+    outputs: (i) => ({ host: (i.hosts as HostConnection[])[0].name, realized: {}, drift: [], hostKeys: {} }),
   },
 ];
 
@@ -285,7 +297,27 @@ const HOSTED: {
       [/^read domain/, "defined=yes\nstate=running\nvnc=:0\ntype=qemu"],
       [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
       [
-        /^read record ipam\/lan-v4$/,
+        new RegExp(`^read record ipam/${ipamRecordName("lan", "lan-v4")}$`),
+        JSON.stringify({
+          subnet: "lan-v4",
+          cidr: "10.10.0.0/24",
+          gateway: "10.10.0.1",
+          pool: { start: "10.10.0.2", end: "10.10.0.254" },
+          allocations: {},
+        }),
+      ],
+    ],
+  },
+  {
+    type: "LoadBalancer",
+    provider: loadBalancerProvider as never,
+    check: checkLoadBalancerInputs,
+    raw: (hosts) => loadBalancerRaw(hosts),
+    answers: [
+      [/^read load balancer/, "namespace=yes\nport=yes\ninbridge=yes\nhaproxy=yes"],
+      [/^count load balancers/, "lbs=0"],
+      [
+        new RegExp(`^read record ipam/${ipamRecordName("lan", "lan-v4")}$`),
         JSON.stringify({
           subnet: "lan-v4",
           cidr: "10.10.0.0/24",

@@ -169,7 +169,11 @@ test("haproxy: TERMINATED_HTTPS with a certificate and APP_COOKIE persistence pa
       toHaproxyView({ ...base, listeners: [listener("/var/lib/kvmlab/lb/web-lb/tls.pem")] }),
     );
     expectGolden("haproxy/terminated-https-app-cookie.cfg", golden);
-    assert.match(golden, /^ {4}bind 203\.0\.113\.10:443 ssl crt \/var\/lib\/kvmlab\/lb\/web-lb\/tls\.pem$/m);
+    // Octavia's TLS defaults: its cipher suite, TLS 1.2 and 1.3 only, ALPN h2 and HTTP/1.x.
+    assert.match(
+      golden,
+      /^ {4}bind 203\.0\.113\.10:443 ssl crt \/var\/lib\/kvmlab\/lb\/web-lb\/tls\.pem ciphers TLS_AES_128_GCM_SHA256:\S+ no-sslv3 no-tlsv10 no-tlsv11 alpn h2,http\/1\.1,http\/1\.0$/m,
+    );
     assert.match(
       golden,
       /stick-table type string len 64 size 10k\n {4}stick store-response res\.cook\(JSESSIONID\)\n {4}stick match req\.cook\(JSESSIONID\)/,
@@ -225,10 +229,13 @@ test("haproxy: HTTPS passthrough with TLS-HELLO, PROXY pool, disabled listener l
   assertValid(haproxyCheck(cfg), "haproxy.cfg");
   assert.match(cfg, /log 127\.0\.0\.1:514 local2\n {4}log 127\.0\.0\.1:514 local3 notice/);
   assert.match(cfg, /backend tls-pass:tls\n {4}mode tcp\n {4}balance source/);
-  assert.match(cfg, /option ssl-hello-chk/);
+  // TLS-HELLO is a connect check, as in Octavia (ssl-hello-chk sends an SSLv3 hello).
+  assert.doesNotMatch(cfg, /ssl-hello-chk/);
+  assert.match(cfg, /server web-0 10\.10\.1\.5:443 weight 1 check inter 5s fall 3 rise 3$/m);
+  // A re-encrypting pool gets Octavia's TLS defaults and checks with ALPN.
   assert.match(
     cfg,
-    /server web-0 10\.10\.1\.5:443 weight 1 check check-ssl verify none inter 5s fall 3 rise 1 send-proxy-v2 ssl verify none sni ssl_fc_sni/,
+    /server web-0 10\.10\.1\.5:443 weight 1 check check-ssl verify none check-alpn h2,http\/1\.1,http\/1\.0 inter 5s fall 3 rise 1 send-proxy-v2 ssl verify none sni ssl_fc_sni ciphers TLS_AES_128_GCM_SHA256:\S+ no-sslv3 no-tlsv10 no-tlsv11 alpn h2,http\/1\.1,http\/1\.0$/m,
   );
   assert.doesNotMatch(cfg, /frontend off|:81\b/);
 });
@@ -276,8 +283,9 @@ test("haproxy: fails on incompatible protocols and bad options, naming the field
     () => toHaproxyView({ ...base, listeners: [httpListener, { ...httpListener, name: "again" }] }),
     "listeners[1].protocolPort",
   );
-  assertFieldError(
-    () =>
+  // Octavia accepts a monitor timeout longer than its delay; so does kvmlab.
+  assert.match(
+    renderHaproxyCfg(
       toHaproxyView({
         ...base,
         listeners: [
@@ -287,7 +295,23 @@ test("haproxy: fails on incompatible protocols and bad options, naming the field
           },
         ],
       }),
-    `${l0}.defaultPool.healthMonitor.timeout`,
+    ),
+    /timeout check 9s/,
+  );
+  // PING is refused, and the refusal says why.
+  assertFieldError(
+    () =>
+      toHaproxyView({
+        ...base,
+        listeners: [
+          {
+            ...httpListener,
+            defaultPool: { ...pool, healthMonitor: { type: "PING", delay: 5, timeout: 3, maxRetries: 2 } },
+          },
+        ],
+      }),
+    `${l0}.defaultPool.healthMonitor.type`,
+    /external-check/,
   );
   assertFieldError(
     () =>
@@ -414,4 +438,199 @@ test("haproxy: fails on injection attempts, naming the field", () => {
   );
   assertFieldError(() => toHaproxyView({ ...base, statsSocket: "/run/a sock" }), "statsSocket");
   assertFieldError(() => toHaproxyView({ ...base, logTarget: "/dev/log local0\nglobal" }), "logTarget");
+});
+
+/** Octavia features the lab could not express before: L7, SNI, client certs, monitor address. */
+function l7Listener(dir: string): ListenerSpec {
+  return {
+    name: "https",
+    protocol: "TERMINATED_HTTPS",
+    protocolPort: 443,
+    certificatePath: `${dir}/default.pem`,
+    sniCertificatePaths: [`${dir}/api.pem`],
+    clientAuthentication: "OPTIONAL",
+    clientCaPath: `${dir}/default.pem`,
+    defaultPool: {
+      name: "web",
+      protocol: "HTTP",
+      lbAlgorithm: "ROUND_ROBIN",
+      healthMonitor: { type: "HTTP", delay: 2, timeout: 5, maxRetries: 1, urlPath: "/health" },
+      members: [
+        {
+          name: "web-0",
+          address: "10.10.1.5",
+          protocolPort: 80,
+          monitorAddress: "10.10.9.5",
+          monitorPort: 8081,
+        },
+      ],
+    },
+    l7Policies: [
+      {
+        name: "to-api",
+        action: "REDIRECT_TO_POOL",
+        position: 2,
+        rules: [
+          { type: "PATH", compareType: "STARTS_WITH", value: "/api" },
+          { type: "HEADER", compareType: "EQUAL_TO", key: "X-Debug", value: "1", invert: true },
+        ],
+        redirectPool: {
+          name: "api",
+          protocol: "HTTP",
+          lbAlgorithm: "LEAST_CONNECTIONS",
+          members: [{ name: "api-0", address: "10.10.1.9", protocolPort: 8080 }],
+        },
+      },
+      {
+        name: "block-admin",
+        action: "REJECT",
+        position: 1,
+        rules: [{ type: "PATH", compareType: "REGEX", value: "^/admin(/.*)?$" }],
+      },
+      {
+        name: "old-host",
+        action: "REDIRECT_TO_URL",
+        position: 3,
+        redirectUrl: "https://www.example.org/",
+        redirectHttpCode: 301,
+        rules: [{ type: "HOST_NAME", compareType: "ENDS_WITH", value: ".example.com" }],
+      },
+      {
+        name: "beta",
+        action: "REDIRECT_PREFIX",
+        position: 4,
+        redirectPrefix: "https://beta.example.org",
+        rules: [
+          { type: "COOKIE", compareType: "CONTAINS", key: "channel", value: "beta" },
+          { type: "FILE_TYPE", compareType: "EQUAL_TO", value: ".png" },
+        ],
+      },
+    ],
+  };
+}
+
+test("haproxy: L7 policies and rules, SNI certificates, client-certificate auth and member monitor address pass haproxy -c", () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const spec = (d: string): HaproxySpec => ({ ...base, listeners: [l7Listener(d)] });
+    const golden = renderHaproxyCfg(toHaproxyView(spec("/var/lib/kvmlab/lb/web-lb")));
+    expectGolden("haproxy/l7-sni-client-auth.cfg", golden);
+    const lines = golden.split("\n").map((l) => l.trim());
+    for (const want of [
+      "acl block-admin-0 path -m reg ^/admin(/.*)?$",
+      "http-request deny if block-admin-0",
+      "acl to-api-0 path -m beg /api",
+      "acl to-api-1 req.hdr(X-Debug) -m str 1",
+      "use_backend api:https if to-api-0 !to-api-1",
+      "acl old-host-0 req.hdr(host) -i -m end .example.com",
+      "http-request redirect location https://www.example.org/ code 301 if old-host-0",
+      "acl beta-0 req.cook(channel) -m sub beta",
+      "acl beta-1 path_end .png",
+      "http-request redirect prefix https://beta.example.org code 302 if beta-0 beta-1",
+      "default_backend web:https",
+      "backend api:https",
+      "balance leastconn",
+      "server web-0 10.10.1.5:80 weight 1 check inter 2s fall 3 rise 1 addr 10.10.9.5 port 8081",
+      "timeout check 5s",
+    ])
+      assert.ok(lines.includes(want), `missing line: ${want}`);
+    // Policies in position order, before the default backend.
+    assert.ok(golden.indexOf("http-request deny") < golden.indexOf("use_backend api:https"));
+    assert.ok(golden.indexOf("prefix https://beta") < golden.indexOf("default_backend"));
+    assert.match(
+      golden,
+      /bind 203\.0\.113\.10:443 ssl crt \/var\/lib\/kvmlab\/lb\/web-lb\/default\.pem crt \/var\/lib\/kvmlab\/lb\/web-lb\/api\.pem ca-file \/var\/lib\/kvmlab\/lb\/web-lb\/default\.pem verify optional ciphers /,
+    );
+    // With real certificates haproxy accepts it.
+    const pem = selfSignedPem(dir);
+    spawnSync("cp", [pem, `${dir}/default.pem`]);
+    spawnSync("cp", [pem, `${dir}/api.pem`]);
+    assertValid(
+      haproxyCheck(renderHaproxyCfg(toHaproxyView(spec(dir)))),
+      "haproxy.cfg (L7, SNI, client auth)",
+    );
+    // MANDATORY with a revocation list.
+    const mandatory = renderHaproxyCfg(
+      toHaproxyView({
+        ...base,
+        listeners: [{ ...l7Listener("/x"), clientAuthentication: "MANDATORY", clientCrlPath: "/x/crl.pem" }],
+      }),
+    );
+    assert.match(mandatory, /ca-file \/x\/default\.pem verify required crl-file \/x\/crl\.pem ciphers/);
+  } finally {
+    cleanup();
+  }
+});
+
+test("haproxy: HTTP_COOKIE on an HTTPS pool is accepted as Octavia accepts it (inert in TCP mode)", () => {
+  const cfg = renderHaproxyCfg(
+    toHaproxyView({
+      ...base,
+      listeners: [
+        {
+          name: "tls",
+          protocol: "HTTPS",
+          protocolPort: 443,
+          defaultPool: {
+            name: "tls-pass",
+            protocol: "HTTPS",
+            lbAlgorithm: "ROUND_ROBIN",
+            sessionPersistence: { type: "HTTP_COOKIE" },
+            members: [{ name: "web-0", address: "10.10.1.5", protocolPort: 443 }],
+          },
+        },
+      ],
+    }),
+  );
+  assertValid(haproxyCheck(cfg), "haproxy.cfg");
+  assert.doesNotMatch(cfg, /cookie/);
+});
+
+test("haproxy: L7 and TLS options are refused where they cannot apply, naming the field", () => {
+  const l = l7Listener("/x");
+  const l0 = "listeners[0]";
+  const pol = l.l7Policies![0];
+  const view = (over: Partial<ListenerSpec>) => () =>
+    toHaproxyView({ ...base, listeners: [{ ...l, ...over }] });
+  assertFieldError(
+    () =>
+      toHaproxyView({
+        ...base,
+        listeners: [
+          { ...httpListener, protocol: "TCP", insertHeaders: {}, defaultPool: null, l7Policies: [pol] },
+        ],
+      }),
+    `${l0}.l7Policies`,
+  );
+  assertFieldError(view({ l7Policies: [{ ...pol, rules: [] }] }), `${l0}.l7Policies[0].rules`);
+  assertFieldError(
+    view({ l7Policies: [{ ...pol, rules: [{ type: "PATH", compareType: "EQUAL_TO", value: "/a b" }] }] }),
+    `${l0}.l7Policies[0].rules[0].value`,
+  );
+  assertFieldError(
+    view({ l7Policies: [{ ...pol, rules: [{ type: "HEADER", compareType: "EQUAL_TO", value: "1" }] }] }),
+    `${l0}.l7Policies[0].rules[0].key`,
+  );
+  assertFieldError(
+    view({
+      l7Policies: [{ ...pol, action: "REDIRECT_TO_URL", redirectPool: null, redirectUrl: "javascript:x" }],
+    }),
+    `${l0}.l7Policies[0].redirectUrl`,
+  );
+  assertFieldError(
+    view({ l7Policies: [{ ...pol, redirectPool: null }] }),
+    `${l0}.l7Policies[0].redirectPool`,
+  );
+  assertFieldError(view({ clientCaPath: null }), `${l0}.clientCaPath`);
+  assertFieldError(
+    () => toHaproxyView({ ...base, listeners: [{ ...httpListener, sniCertificatePaths: ["/x/a.pem"] }] }),
+    `${l0}.sniCertificatePaths`,
+  );
+  // What could break a haproxy line (blanks, quotes, comments, escapes, empty); ';' and '$(…)'
+  // mean nothing unquoted to haproxy, and a REGEX value needs '$' and parentheses.
+  for (const bad of INJECTIONS.filter((v) => /[\s'"#\\<>`]|^$/.test(v)))
+    assertFieldError(
+      view({ l7Policies: [{ ...pol, rules: [{ type: "PATH", compareType: "EQUAL_TO", value: bad }] }] }),
+      `${l0}.l7Policies[0].rules[0].value`,
+    );
 });

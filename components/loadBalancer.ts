@@ -1,0 +1,120 @@
+/**
+ * LoadBalancer component: an Octavia-style load balancer in Octavia's terms (listeners, pools,
+ * members, health monitors). It renders haproxy.cfg in the program (templates/haproxy.ts, so
+ * the preview shows the config change line by line) and wires one LoadBalancer resource, whose
+ * VIP port sits on the VIP subnet's bridge.
+ *
+ * ```ts
+ * const lb = new LoadBalancer("web", {
+ *   network: lan, subnet: "lan-v4", vipAddress: "10.10.0.50",
+ *   listeners: [{ name: "http", protocol: "HTTP", protocolPort: 80,
+ *     defaultPool: { name: "web", protocol: "HTTP", lbAlgorithm: "ROUND_ROBIN",
+ *       healthMonitor: { type: "HTTP", delay: 2, timeout: 1, maxRetries: 1, urlPath: "/health" },
+ *       members: [{ name: "web1", address: web1.ip, protocolPort: 80 }] } }],
+ * });
+ * ```
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { LoadBalancer as LoadBalancerResource } from "../provider/loadBalancer";
+import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
+import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
+import type { Network } from "./network";
+
+export { LB_DEFAULT_MAXCONN, loadBalancerConfig } from "../templates/haproxy";
+
+/** A member whose address may be a program output (e.g. `server.ip`). */
+export type MemberArgs = Omit<MemberSpec, "address"> & { readonly address: pulumi.Input<string> };
+export type PoolArgs = Omit<PoolSpec, "members"> & { readonly members?: readonly MemberArgs[] };
+export type ListenerArgs = Omit<ListenerSpec, "defaultPool"> & { readonly defaultPool?: PoolArgs | null };
+
+export interface LoadBalancerArgs {
+  /** Name on the hosts. @default the component name */
+  readonly lbName?: string;
+  /** The VIP network and the name of its subnet holding the VIP. */
+  readonly network: Network;
+  readonly subnet: string;
+  /** The VIP (reserved in the subnet's IPAM). */
+  readonly vipAddress: string;
+  readonly listeners: readonly ListenerArgs[];
+  /** Host to run on. @default the host of the network running the fewest load balancers */
+  readonly host?: string;
+  /** Seconds a removed member may keep its sessions. @default 10 */
+  readonly drainTimeout?: number;
+  /** Global maxconn. @default 5000 (Octavia: 50000; see loadBalancerConfig) */
+  readonly maxconn?: number;
+  /** @default null (no logging: the hosts have no syslog in the sandbox) */
+  readonly logTarget?: string | null;
+  /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
+  readonly hosts?: readonly HostSpec[];
+  readonly hostDiscovery?: ResolveHostsOptions;
+}
+
+export class LoadBalancer extends pulumi.ComponentResource {
+  public readonly loadBalancer: LoadBalancerResource;
+  public readonly vipAddress: pulumi.Output<string>;
+  /** The VIP port (address, subnet, bridge, device, MAC, host): what a floating IP or security group targets. */
+  public readonly vipPort: LoadBalancerResource["vipPort"];
+  public readonly provisioningStatus: pulumi.Output<string>;
+  public readonly operatingStatus: pulumi.Output<string>;
+  public readonly memberStatus: pulumi.Output<Record<string, string>>;
+  public readonly haproxyCfg: pulumi.Output<string>;
+  public readonly host: pulumi.Output<string>;
+
+  constructor(name: string, args: LoadBalancerArgs, opts: pulumi.ComponentResourceOptions = {}) {
+    super("kvmlab:loadbalancer:LoadBalancer", name, {}, opts);
+    const lbName = args.lbName ?? name;
+    const subnet = args.network.subnets[args.subnet];
+    if (subnet === undefined)
+      throw new pulumi.ResourceError(
+        `subnet: the network has no subnet ${JSON.stringify(args.subnet)}; use one of ${Object.keys(args.network.subnets).join(", ")}`,
+        this,
+      );
+    const hosts = resolveHosts(args.hosts, args.hostDiscovery).hosts;
+    const listeners = pulumi.output(args.listeners as ListenerArgs[]) as unknown as pulumi.Output<
+      ListenerSpec[]
+    >;
+    const cfg = listeners.apply((ls) => {
+      try {
+        return loadBalancerConfig(lbName, args.vipAddress, ls, {
+          maxconn: args.maxconn,
+          logTarget: args.logTarget,
+        });
+      } catch (err) {
+        throw new pulumi.ResourceError(`listeners: ${(err as Error).message}`, this);
+      }
+    });
+    this.loadBalancer = new LoadBalancerResource(
+      name,
+      {
+        lbName,
+        hosts,
+        lbHost: args.host ?? "",
+        networkName: args.network.networkName,
+        networkBridge: args.network.bridge,
+        driver: args.network.network.driver,
+        subnetName: subnet.subnetName,
+        cidr: subnet.cidr,
+        gateway: subnet.gateway,
+        subnetHost: subnet.dhcpHost,
+        vipAddress: args.vipAddress,
+        haproxyCfg: cfg,
+        drainTimeout: args.drainTimeout,
+        mtu: args.network.network.mtu,
+      },
+      { parent: this, dependsOn: [subnet] },
+    );
+    this.vipAddress = this.loadBalancer.vipAddress;
+    this.vipPort = this.loadBalancer.vipPort;
+    this.provisioningStatus = this.loadBalancer.provisioningStatus;
+    this.operatingStatus = this.loadBalancer.operatingStatus;
+    this.memberStatus = this.loadBalancer.memberStatus;
+    this.haproxyCfg = this.loadBalancer.haproxyCfg;
+    this.host = this.loadBalancer.host;
+    this.registerOutputs({
+      vipAddress: this.vipAddress,
+      provisioningStatus: this.provisioningStatus,
+      operatingStatus: this.operatingStatus,
+      memberStatus: this.memberStatus,
+    });
+  }
+}

@@ -1,0 +1,537 @@
+/**
+ * LoadBalancer provider against two `kvmlab sandbox` hosts (instance "itest-lb"), reached only
+ * over SSH. A Linux-bridge self-service network spans both hosts; two guests of the sandbox's
+ * test image (web1 on hv1, web2 on hv2) are the members; the load balancer runs on hv1; the
+ * client is a test namespace (kvlt-lbc) on hv2, so every request crosses the VXLAN.
+ *
+ * Proves: the VIP answers and ROUND_ROBIN spreads; SOURCE_IP and HTTP_COOKIE persistence keep
+ * a client on one member; a member whose health check fails (guest paused) leaves rotation and
+ * shows ERROR, and comes back ONLINE; under load from ab (bounded: at most 1500 requests, 3 at a
+ * time, 20 s), adding a member, removing one (drained first) and changing the algorithm each
+ * complete with 0 failed requests, and a long download survives the reload; a config haproxy
+ * rejects (TERMINATED_HTTPS with a missing certificate) fails the update with haproxy's message
+ * while the old config keeps serving; refresh reports haproxy dead and a config edited by hand
+ * and update repairs both; delete leaves no namespace, link, process, socket, file or IPAM entry.
+ *
+ * A second test puts a load balancer on an Open vSwitch (netdev) network: its VIP port is an OVS
+ * port, a namespace member answers through it, and delete leaves no namespace or port.
+ *
+ * All traffic stays inside the sandbox hosts' namespaces.
+ */
+import { after, before, test } from "node:test";
+import * as assert from "node:assert/strict";
+import { planSubnet } from "../../components/network";
+import { loadBalancerConfig } from "../../components/loadBalancer";
+import { ipamRecordName, loadBalancerPaths } from "../../core/paths";
+import type { ListenerSpec, MemberSpec, PoolSpec } from "../../templates/haproxy";
+import {
+  sandboxHostConnections,
+  startSandbox,
+  stopSandbox,
+  testGuestXml,
+  type SandboxStatus,
+} from "../support/sandbox";
+import {
+  closeHostSessions,
+  loadBalancerProvider,
+  networkProvider,
+  runChecked,
+  shQuote,
+  subnetProvider,
+  type HostConnection,
+  type LoadBalancerInputs,
+  type LoadBalancerOutputs,
+  type NetworkInputs,
+  type NetworkOutputs,
+  type SubnetInputs,
+  type SubnetOutputs,
+} from "../../provider";
+
+const INSTANCE = process.env.KVMLAB_ITEST_LB_INSTANCE ?? "itest-lb";
+const NET = "itlb";
+const SUBNET = "itlb-v4";
+const CIDR = "10.79.1.0/24";
+const VIP = "10.79.1.50";
+const LB = "itlb-web";
+const CLIENT = "kvlt-lbc";
+const M3 = "kvlt-lbm3";
+let status: SandboxStatus;
+let hosts: HostConnection[] = [];
+let netOuts: NetworkOutputs | undefined;
+let subOuts: SubnetOutputs | undefined;
+
+async function sh(host: HostConnection, script: string, timeoutMs = 60_000): Promise<string> {
+  const [out] = await runChecked(host, [{ label: "test command", script }], { timeoutMs });
+  return out;
+}
+
+async function checked<T>(
+  provider: {
+    check?: (o: T, n: T) => Promise<{ inputs?: T; failures?: { property: string; reason: string }[] }>;
+  },
+  raw: Record<string, unknown>,
+): Promise<T> {
+  const r = await provider.check!({} as T, raw as T);
+  assert.deepEqual(r.failures ?? [], [], JSON.stringify(r.failures));
+  return r.inputs as T;
+}
+
+function guestUuid(n: number): string {
+  return `6c1f2a3b-4d5e-4f60-8a7b-00000000000${n}`;
+}
+
+before(async () => {
+  status = await startSandbox(INSTANCE, 2);
+  hosts = sandboxHostConnections(status);
+  const [hv1, hv2] = hosts;
+  const netIn = await checked<NetworkInputs>(networkProvider, {
+    networkName: NET,
+    kind: "selfservice",
+    driver: "linuxbridge",
+    hosts,
+  });
+  netOuts = (await networkProvider.create!(netIn)).outs as NetworkOutputs;
+  const plan = planSubnet(NET, { name: SUBNET, cidr: CIDR }, netOuts.mtu);
+  const subIn = await checked<SubnetInputs>(subnetProvider, {
+    subnetName: SUBNET,
+    networkName: NET,
+    networkBridge: netOuts.bridge,
+    driver: "linuxbridge",
+    hosts,
+    cidr: CIDR,
+    gateway: plan.gateway,
+    allocationPool: plan.allocationPool,
+    dhcpAddress: plan.dhcpAddress,
+    dnsmasqConf: plan.dnsmasqConf,
+    mtu: netOuts.mtu,
+  });
+  subOuts = (await subnetProvider.create!(subIn)).outs as SubnetOutputs;
+  // Members: the sandbox's test guest (answers "hello from NAME", /health, /big).
+  for (const [i, h] of [hv1, hv2].entries()) {
+    const xml = testGuestXml(status, {
+      name: `web${i + 1}`,
+      uuid: guestUuid(i + 1),
+      bridge: netOuts.bridge,
+      ipCidr: `10.79.1.${11 + i}/24`,
+    });
+    await sh(
+      h,
+      `cat > /tmp/web${i + 1}.xml <<'KVLT_EOF'\n${xml}KVLT_EOF\nvirsh -q define /tmp/web${i + 1}.xml && virsh -q start web${i + 1}`,
+    );
+  }
+  // The client namespace on hv2, and a third member (busybox httpd in a namespace) on hv1.
+  const plug = (ns: string, ip: string) =>
+    [
+      "set -e",
+      `ip netns add ${ns}`,
+      `ip link add ${ns.slice(-6)}h mtu ${netOuts!.mtu} type veth peer name eth0 netns ${ns}`,
+      `ip link set ${ns.slice(-6)}h master ${netOuts!.bridge} up`,
+      `ip netns exec ${ns} ip link set lo up`,
+      `ip netns exec ${ns} ip link set eth0 up`,
+      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
+    ].join("\n");
+  await sh(hv2, plug(CLIENT, "10.79.1.30"));
+  await sh(
+    hv1,
+    [
+      plug(M3, "10.79.1.13"),
+      `mkdir -p /tmp/${M3}/cgi-bin && echo "hello from web3" > /tmp/${M3}/index.html && echo ok > /tmp/${M3}/health`,
+      `ip netns exec ${M3} busybox httpd -p 80 -h /tmp/${M3}`,
+    ].join("\n"),
+  );
+  // Both guests answer before any test starts.
+  await sh(
+    hv2,
+    `for ip in 10.79.1.11 10.79.1.12; do i=0; until ip netns exec ${CLIENT} curl -sf -m 2 http://$ip/health >/dev/null; do i=$((i+1)); [ $i -ge 120 ] && { echo "guest $ip never answered" >&2; exit 1; }; sleep 1; done; done`,
+    180_000,
+  );
+});
+
+after(async () => {
+  try {
+    if (hosts.length === 2 && process.env.KVMLAB_KEEP_SANDBOX !== "1") {
+      // The busybox httpd this test started, by PID (the namespace holds only it).
+      await sh(hosts[0], `for p in $(ip netns pids ${M3} 2>/dev/null); do kill $p; done; true`).catch(
+        () => "",
+      );
+    }
+  } finally {
+    await closeHostSessions();
+    if (process.env.KVMLAB_KEEP_SANDBOX !== "1") await stopSandbox(INSTANCE);
+  }
+});
+
+function member(name: string, last: number): MemberSpec {
+  return { name, address: `10.79.1.${last}`, protocolPort: 80 };
+}
+
+function listeners(
+  members: MemberSpec[],
+  pool: Partial<PoolSpec> = {},
+  extra: ListenerSpec[] = [],
+): ListenerSpec[] {
+  return [
+    {
+      name: "http",
+      protocol: "HTTP",
+      protocolPort: 80,
+      defaultPool: {
+        name: "web",
+        protocol: "HTTP",
+        lbAlgorithm: "ROUND_ROBIN",
+        healthMonitor: {
+          type: "HTTP",
+          delay: 1,
+          timeout: 1,
+          maxRetries: 1,
+          maxRetriesDown: 2,
+          urlPath: "/health",
+        },
+        members,
+        ...pool,
+      },
+    },
+    ...extra,
+  ];
+}
+
+function lbRaw(ls: ListenerSpec[]): Record<string, unknown> {
+  return {
+    lbName: LB,
+    hosts,
+    lbHost: "hv1",
+    networkName: NET,
+    networkBridge: netOuts!.bridge,
+    driver: "linuxbridge",
+    subnetName: SUBNET,
+    cidr: CIDR,
+    gateway: subOuts!.gateway,
+    subnetHost: subOuts!.dhcpHost,
+    vipAddress: VIP,
+    haproxyCfg: loadBalancerConfig(LB, VIP, ls),
+    drainTimeout: 5,
+    mtu: netOuts!.mtu,
+  };
+}
+
+/** `n` GETs of `/` from the client; the bodies. */
+async function bodies(n: number, curlArgs = ""): Promise<string[]> {
+  const out = await sh(
+    hosts[1],
+    `rm -f /tmp/kvlt-jar; for i in $(seq ${n}); do ip netns exec ${CLIENT} curl -s -m 3 ${curlArgs} http://${VIP}/ || echo FAILED; done`,
+  );
+  return out.trim().split("\n");
+}
+
+/** Everything of a load balancer that could stay on a host. */
+async function leftovers(host: HostConnection): Promise<string> {
+  const p = loadBalancerPaths(LB);
+  return sh(
+    host,
+    [
+      "ip netns list | awk '{print $1}' | sort",
+      "ip -o link show | awk -F': ' '{print $2}' | sort",
+      `pgrep -af ${p.config} || true`,
+      "ls -R /var/lib/kvmlab/lb 2>/dev/null || true",
+      `grep -o '"lb:[^"]*"' /var/lib/kvmlab/records/ipam/${ipamRecordName(NET, SUBNET)}.json || true`,
+      "ls /var/lib/kvmlab/owners/lb 2>/dev/null || true",
+    ].join("\necho ---\n"),
+  );
+}
+
+async function readLb(outs: LoadBalancerOutputs): Promise<LoadBalancerOutputs> {
+  const r = await loadBalancerProvider.read!(LB, outs);
+  return r.props as LoadBalancerOutputs;
+}
+
+async function waitMember(
+  outs: LoadBalancerOutputs,
+  key: string,
+  want: string,
+): Promise<LoadBalancerOutputs> {
+  for (let i = 0; i < 40; i++) {
+    const now = await readLb(outs);
+    if (now.memberStatus[key] === want) return now;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  throw new Error(`member ${key} never became ${want}`);
+}
+
+async function update(outs: LoadBalancerOutputs, ls: ListenerSpec[]): Promise<LoadBalancerOutputs> {
+  const news = await checked<LoadBalancerInputs>(loadBalancerProvider, lbRaw(ls));
+  const r = await loadBalancerProvider.update!(LB, outs, news);
+  return r.outs as LoadBalancerOutputs;
+}
+
+/** Starts `cmd` in the background on `host` (output to a file); returns its PID. */
+async function startBg(host: HostConnection, name: string, cmd: string): Promise<string> {
+  const out = await sh(
+    host,
+    `nohup sh -c ${shQuote(cmd)} > /tmp/kvlt-${name}.out 2>&1 < /dev/null &\necho $!`,
+  );
+  return out.trim();
+}
+
+/** Waits (at most 60 s) for a background command to end; its output. */
+async function waitBg(host: HostConnection, name: string, pid: string): Promise<string> {
+  return sh(
+    host,
+    `i=0; while [ -r /proc/${pid}/stat ] && [ "$(awk '{print $3}' /proc/${pid}/stat)" != Z ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/kvlt-${name}.out`,
+    70_000,
+  );
+}
+
+/** Runs ab from the client while `during` runs; returns ab's counts. */
+async function underLoad(
+  what: string,
+  during: () => Promise<LoadBalancerOutputs>,
+): Promise<{ outs: LoadBalancerOutputs; complete: number; failed: number; non2xx: number }> {
+  const pid = await startBg(
+    hosts[1],
+    "ab",
+    `ip netns exec ${CLIENT} ab -q -l -t 20 -n 1500 -c 3 -s 5 http://${VIP}/`,
+  );
+  await new Promise((r) => setTimeout(r, 1500));
+  const outs = await during();
+  const text = await waitBg(hosts[1], "ab", pid);
+  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? "NaN");
+  const complete = num(/Complete requests:\s+(\d+)/);
+  const failed = num(/Failed requests:\s+(\d+)/);
+  const non2xx = /Non-2xx responses:\s+(\d+)/.exec(text) ? num(/Non-2xx responses:\s+(\d+)/) : 0;
+  const rps = /Requests per second:\s+([\d.]+)/.exec(text)?.[1];
+  console.log(
+    `load balancer under load, ${what}: requests sent ${complete}, failed ${failed}, non-2xx ${non2xx}, ${rps} req/s, reload ${outs.reloadMs} ms`,
+  );
+  assert.ok(complete > 0, `ab ran:\n${text}`);
+  return { outs, complete, failed, non2xx };
+}
+
+test("linuxbridge: a load balancer serves its VIP, persists sessions, follows member health, reloads hitlessly and cleans up", async () => {
+  const [hv1] = hosts;
+  const before = [await leftovers(hv1), await leftovers(hosts[1])];
+  const web = [member("web1", 11), member("web2", 12)];
+  const inputs = await checked<LoadBalancerInputs>(loadBalancerProvider, lbRaw(listeners(web)));
+  const created = await loadBalancerProvider.create!(inputs);
+  let outs = created.outs as LoadBalancerOutputs;
+  try {
+    assert.equal(outs.host, "hv1");
+    assert.equal(outs.provisioningStatus, "ACTIVE");
+    assert.deepEqual(outs.drift, []);
+    assert.equal(outs.vipPort.address, VIP);
+    assert.match(outs.vipPort.mac, /^fa:16:3e:/);
+
+    // Another program's load balancer of the same name is refused before anything is touched.
+    const other = await checked<LoadBalancerInputs>(loadBalancerProvider, {
+      ...lbRaw(listeners(web)),
+      owner: "other/dev/LoadBalancer/itlb-web",
+    });
+    await assert.rejects(loadBalancerProvider.create!(other), /belongs to|owner/);
+
+    // ROUND_ROBIN spreads.
+    outs = await waitMember(outs, "web/web2", "ONLINE");
+    assert.equal(outs.memberStatus["web/web1"], "ONLINE");
+    assert.equal(outs.operatingStatus, "ONLINE");
+    const rr = await bodies(6);
+    assert.ok(
+      rr.includes("hello from web1") && rr.includes("hello from web2"),
+      `round robin: ${rr.join(" | ")}`,
+    );
+
+    // SOURCE_IP persistence keeps the client on one member.
+    outs = await update(outs, listeners(web, { sessionPersistence: { type: "SOURCE_IP" } }));
+    const src = await bodies(6);
+    assert.equal(new Set(src).size, 1, `SOURCE_IP: ${src.join(" | ")}`);
+
+    // HTTP_COOKIE persistence: a client with the cookie stays; the cookie names the member.
+    outs = await update(outs, listeners(web, { sessionPersistence: { type: "HTTP_COOKIE" } }));
+    const jar = await bodies(6, "-c /tmp/kvlt-jar -b /tmp/kvlt-jar");
+    assert.equal(new Set(jar).size, 1, `HTTP_COOKIE: ${jar.join(" | ")}`);
+    const cookie = await sh(hosts[1], "grep -o 'SRV[[:space:]]*web[12]' /tmp/kvlt-jar || true");
+    assert.match(cookie, /SRV\s+web[12]/);
+    const noJar = await bodies(6);
+    assert.equal(new Set(noJar).size, 2, `without the cookie both answer: ${noJar.join(" | ")}`);
+    outs = await update(outs, listeners(web));
+
+    // A member whose health check fails leaves rotation (ERROR) and comes back (ONLINE).
+    await sh(hosts[1], "virsh -q suspend web2");
+    outs = await waitMember(outs, "web/web2", "ERROR");
+    assert.equal(outs.operatingStatus, "DEGRADED");
+    const one = await bodies(6);
+    assert.deepEqual(new Set(one), new Set(["hello from web1"]), `web2 out of rotation: ${one.join(" | ")}`);
+    await sh(hosts[1], "virsh -q resume web2");
+    outs = await waitMember(outs, "web/web2", "ONLINE");
+
+    // Under load: add a member, remove it (drained first), change the algorithm; 0 failed.
+    const three = [...web, member("web3", 13)];
+    const add = await underLoad("adding member web3", () => update(outs, listeners(three)));
+    outs = add.outs;
+    assert.equal(add.failed + add.non2xx, 0, "adding a member fails no request");
+    outs = await waitMember(outs, "web/web3", "ONLINE");
+    const withM3 = await bodies(6);
+    assert.ok(withM3.includes("hello from web3"), `web3 in rotation: ${withM3.join(" | ")}`);
+    const remove = await underLoad("removing member web3 (drained first)", () =>
+      update(outs, listeners(web)),
+    );
+    outs = remove.outs;
+    assert.equal(remove.failed + remove.non2xx, 0, "removing a member fails no request");
+    assert.equal(outs.memberStatus["web/web3"], undefined);
+
+    // A long download keeps its connection across the reload of an algorithm change.
+    const long = await startBg(
+      hosts[1],
+      "long",
+      `ip netns exec ${CLIENT} curl -s --limit-rate 200k -o /dev/null -w '%{http_code} %{size_download}' http://${VIP}/big`,
+    );
+    const algo = await underLoad("changing the algorithm to LEAST_CONNECTIONS", () =>
+      update(outs, listeners(web, { lbAlgorithm: "LEAST_CONNECTIONS" })),
+    );
+    outs = algo.outs;
+    assert.equal(algo.failed + algo.non2xx, 0, "changing the algorithm fails no request");
+    assert.match(outs.haproxyCfg, /balance leastconn/);
+    assert.equal(
+      (await waitBg(hosts[1], "long", long)).trim(),
+      "200 1048576",
+      "the long-lived connection survived the reload",
+    );
+
+    // A config haproxy rejects: the update fails with haproxy's message; the old one serves.
+    const bad = listeners(web, { lbAlgorithm: "LEAST_CONNECTIONS" }, [
+      {
+        name: "https",
+        protocol: "TERMINATED_HTTPS",
+        protocolPort: 443,
+        certificatePath: "/var/lib/kvmlab/lb/itlb-web/missing.pem",
+        defaultPool: { name: "web-tls", protocol: "HTTP", lbAlgorithm: "ROUND_ROBIN", members: web },
+      },
+    ]);
+    await assert.rejects(update(outs, bad), (err: Error) => {
+      assert.match(err.message, /missing\.pem/);
+      assert.match(err.message, /haproxy refused the new config \(kept as .*haproxy\.cfg\.failed\)/);
+      return true;
+    });
+    const still = await bodies(4);
+    assert.ok(!still.includes("FAILED"), `the old config keeps serving: ${still.join(" | ")}`);
+    const after = await readLb(outs);
+    assert.equal(after.realized.failedConfig, true);
+    assert.deepEqual(after.drift, [], "the running config is still the last accepted one");
+
+    // Refresh reports drift: haproxy dead, then a config edited by hand; update repairs both.
+    const p = loadBalancerPaths(LB);
+    await sh(hv1, `kill $(cat ${p.pidFile}); sleep 1`);
+    const dead = await readLb(outs);
+    assert.ok(dead.drift.includes("haproxy is not running"), dead.drift.join("; "));
+    assert.equal(dead.provisioningStatus, "ERROR");
+    assert.equal(dead.operatingStatus, "OFFLINE");
+    outs = await update(dead, listeners(web, { lbAlgorithm: "LEAST_CONNECTIONS" }));
+    assert.deepEqual(outs.drift, []);
+    await sh(hv1, `echo '# edited by hand' >> ${p.config}`);
+    const edited = await readLb(outs);
+    assert.ok(
+      edited.drift.some((d) => /edited by hand/.test(d)),
+      edited.drift.join("; "),
+    );
+    outs = await update(edited, listeners(web, { lbAlgorithm: "LEAST_CONNECTIONS" }));
+    assert.deepEqual(outs.drift, []);
+    assert.ok(!(await bodies(2)).includes("FAILED"));
+  } finally {
+    await loadBalancerProvider.delete!(LB, outs);
+  }
+  // Nothing left: namespace, veth, haproxy process, socket, file, IPAM reservation.
+  assert.deepEqual([await leftovers(hv1), await leftovers(hosts[1])], before);
+  assert.equal((await bodies(1))[0], "FAILED", "the VIP no longer answers");
+});
+
+test("openvswitch: the VIP port is an OVS port; the load balancer answers and leaves nothing behind", async () => {
+  const hv1 = hosts[0];
+  const net = "itlbo";
+  const sub = "itlbo-v4";
+  const lb = "itlb-ovs";
+  const netIn = await checked<NetworkInputs>(networkProvider, {
+    networkName: net,
+    kind: "selfservice",
+    driver: "openvswitch",
+    hosts: [hv1],
+  });
+  const nOuts = (await networkProvider.create!(netIn)).outs as NetworkOutputs;
+  const plan = planSubnet(net, { name: sub, cidr: "10.79.2.0/24" }, nOuts.mtu);
+  const sOuts = (
+    await subnetProvider.create!(
+      await checked<SubnetInputs>(subnetProvider, {
+        subnetName: sub,
+        networkName: net,
+        networkBridge: nOuts.bridge,
+        driver: "openvswitch",
+        hosts: [hv1],
+        cidr: "10.79.2.0/24",
+        gateway: plan.gateway,
+        allocationPool: plan.allocationPool,
+        dhcpAddress: plan.dhcpAddress,
+        dnsmasqConf: plan.dnsmasqConf,
+        mtu: nOuts.mtu,
+      }),
+    )
+  ).outs as SubnetOutputs;
+  // A member (busybox httpd) and a client, both namespaces on the OVS bridge.
+  const plug = (ns: string, ip: string) =>
+    [
+      `ip netns add ${ns}`,
+      `ip link add ${ns.slice(-6)}h type veth peer name eth0 netns ${ns}`,
+      `ovs-vsctl --may-exist add-port ${nOuts.bridge} ${ns.slice(-6)}h`,
+      `ip link set ${ns.slice(-6)}h up`,
+      // OVS netdev bridges need full checksums from veths (docs/providers.md).
+      `ethtool -K ${ns.slice(-6)}h tx off >/dev/null 2>&1 || true`,
+      `ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null 2>&1 || true`,
+      `ip netns exec ${ns} ip link set lo up`,
+      `ip netns exec ${ns} ip link set eth0 mtu ${nOuts.mtu} up`,
+      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
+    ].join("\n");
+  const before = await sh(hv1, "ip netns list | sort; ovs-vsctl list-ports " + nOuts.bridge);
+  await sh(
+    hv1,
+    [
+      "set -e",
+      plug("kvlt-obm", "10.79.2.11"),
+      plug("kvlt-obc", "10.79.2.30"),
+      "mkdir -p /tmp/kvlt-obm && echo 'hello from ovs-member' > /tmp/kvlt-obm/index.html",
+      "ip netns exec kvlt-obm busybox httpd -p 80 -h /tmp/kvlt-obm",
+    ].join("\n"),
+  );
+  const raw: Record<string, unknown> = {
+    ...lbRaw([]),
+    lbName: lb,
+    hosts: [hv1],
+    networkName: net,
+    networkBridge: nOuts.bridge,
+    driver: "openvswitch",
+    subnetName: sub,
+    cidr: "10.79.2.0/24",
+    gateway: sOuts.gateway,
+    subnetHost: "hv1",
+    vipAddress: "10.79.2.50",
+    mtu: nOuts.mtu,
+    haproxyCfg: loadBalancerConfig(
+      lb,
+      "10.79.2.50",
+      listeners([{ name: "m1", address: "10.79.2.11", protocolPort: 80 }], { healthMonitor: null }),
+    ),
+  };
+  const outs = (
+    await loadBalancerProvider.create!(await checked<LoadBalancerInputs>(loadBalancerProvider, raw))
+  ).outs as LoadBalancerOutputs;
+  try {
+    assert.equal(outs.realized.portInBridge, true, "the VIP port is a port of the OVS bridge");
+    assert.deepEqual(outs.memberStatus, { "web/m1": "NO_MONITOR" });
+    const body = await sh(hv1, "ip netns exec kvlt-obc curl -s -m 5 http://10.79.2.50/");
+    assert.equal(body.trim(), "hello from ovs-member");
+  } finally {
+    await loadBalancerProvider.delete!(lb, outs);
+    await sh(
+      hv1,
+      // The busybox httpd this test started, by PID; then the test's own ports and namespaces.
+      "for p in $(ip netns pids kvlt-obm); do kill $p; done; for d in lt-obmh lt-obch; do ovs-vsctl --if-exists del-port $d; ip link del $d 2>/dev/null; done; ip netns del kvlt-obm; ip netns del kvlt-obc; true",
+    );
+  }
+  assert.equal(await sh(hv1, "ip netns list | sort; ovs-vsctl list-ports " + nOuts.bridge), before);
+  await subnetProvider.delete!(sub, sOuts);
+  await networkProvider.delete!(net, nOuts);
+});
