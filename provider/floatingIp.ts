@@ -310,6 +310,7 @@ export function floatingIpDeleteStep(
       `  for ch in ${c.dnat} ${c.snat}; do ip netns exec "$ns" iptables -w -t nat -F $ch 2>/dev/null || true; ip netns exec "$ns" iptables -w -t nat -X $ch 2>/dev/null || true; done`,
       "fi",
       `rm -rf ${shQuote(fipDir(inputs.fipName))}`,
+      `rmdir ${shQuote(`${KVMLAB_STATE_DIR}/floatingips`)} 2>/dev/null || true`,
     ].join("\n"),
   };
 }

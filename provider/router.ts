@@ -455,6 +455,8 @@ export function routerDeleteStep(routerName: string): Step {
       `for hd in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kvlt-' || true); do e=$(ovs-vsctl get port "$hd" external_ids:kvmlab-router 2>/dev/null | tr -d '"'); [ "$e" = "$ns" ] && { ovs-vsctl --if-exists del-port "$hd"; ip link del dev "$hd" 2>/dev/null || true; }; done; true`,
       `rm -rf ${shQuote(routerDir(routerName))}`,
       `rm -f ${shQuote(`${KVMLAB_STATE_DIR}/records/router/${routerName}.json`)}`,
+      // Empty parents go too (under the host lock, so no create races this).
+      `rmdir ${shQuote(`${KVMLAB_STATE_DIR}/records/router`)} ${shQuote(`${KVMLAB_STATE_DIR}/routers`)} 2>/dev/null || true`,
     ].join("\n"),
   };
 }
