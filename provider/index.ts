@@ -12,3 +12,4 @@ export * from "./server";
 export * from "./kit";
 export * from "./router";
 export * from "./floatingIp";
+export * from "./securityGroup";
