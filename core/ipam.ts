@@ -7,10 +7,15 @@
 /** One subnet's allocations. Keys of `allocations` are dotted-quad addresses. */
 export interface IpamRecord {
   subnet: string;
+  /** The subnet's network (records from before issue 15 lack it). */
+  network?: string;
+  /** The Subnet resource's owner (provider/kit/owner.ts). */
+  owner?: string;
   cidr: string;
   gateway: string;
   pool: { start: string; end: string };
-  allocations: Record<string, { owner: string; mac: string }>;
+  /** `owner` is the allocation's id (e.g. server:<uuid>:0); `holder` the resource owner that made it. */
+  allocations: Record<string, { owner: string; mac: string; holder?: string }>;
 }
 
 /** dnsmasq dhcp-hostsfile text: one `mac,ip` line per allocation with a MAC, sorted. */

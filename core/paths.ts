@@ -8,7 +8,9 @@
  *   /var/lib/kvmlab/images/<name>/disk.qcow2 | disk.raw  a disk image
  *   /var/lib/kvmlab/images/<name>/kernel, ramdisk         a kernel+ramdisk image (AKI/ARI)
  *   /var/lib/kvmlab/instances/<server>/…                  a server's overlay, seed, console log
- *   /var/lib/kvmlab/dhcp/<subnet>/…                       a subnet's dnsmasq files
+ *   /var/lib/kvmlab/dhcp/<network>/<subnet>/…             a subnet's dnsmasq files
+ *   /var/lib/kvmlab/records/ipam/<ipamRecordName>.json    a subnet's IPAM (keyed by network + subnet)
+ *   /var/lib/kvmlab/owners/<kind>/<key…>.owner            an object's owner (provider/kit/owner.ts)
  *   /var/lib/kvmlab/lb/<lb>/…                             a load balancer's HAProxy files
  *   /var/lib/kvmlab/migrate/<server>/                     a live migration's one-off key
  */
@@ -96,8 +98,13 @@ export interface DhcpPaths {
   nsDevice: string;
 }
 
+/**
+ * A subnet's DHCP files and devices, keyed by its FULL identity (network and subnet): two
+ * networks may each have a subnet `v4` (issue 15: keyed by the subnet alone they overwrote
+ * each other's folder, pid file and veth).
+ */
 export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
-  const dir = `${KVMLAB_STATE_DIR}/dhcp/${subnetName}`;
+  const dir = `${KVMLAB_STATE_DIR}/dhcp/${networkName}/${subnetName}`;
   return {
     namespace: `qdhcp-${networkName}`,
     dir,
@@ -105,9 +112,19 @@ export function dhcpPaths(networkName: string, subnetName: string): DhcpPaths {
     pidFile: `${dir}/dnsmasq.pid`,
     leaseFile: `${dir}/dnsmasq.leases`,
     hostsFile: `${dir}/hosts`,
-    hostDevice: deviceName("d", subnetName),
-    nsDevice: deviceName("n", subnetName),
+    hostDevice: deviceName("d", `${networkName}/${subnetName}`),
+    nsDevice: deviceName("n", `${networkName}/${subnetName}`),
   };
+}
+
+/**
+ * The record name of a subnet's IPAM: 40 hex digits of sha256("<network>/<subnet>") (a record
+ * name is one name; joining two names with any name character would be ambiguous). The record
+ * itself carries both names.
+ */
+export function ipamRecordName(networkName: string, subnetName: string): string {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  return crypto.createHash("sha256").update(`${networkName}/${subnetName}`).digest("hex").slice(0, 40);
 }
 
 /** Files of a server on its host. */
@@ -130,9 +147,13 @@ export function serverPaths(serverName: string): {
   };
 }
 
-/** IPAM owner id of a server's port. */
-export function portOwner(serverName: string, index: number): string {
-  return `server:${serverName}:${index}`;
+/**
+ * IPAM owner id of a server's port. The Server provider passes the server's UUID (issue 15:
+ * by name, a refused duplicate released the existing server's address, and same-named servers
+ * got the same one); `kvmlab render` shows names.
+ */
+export function portOwner(serverIdentity: string, index: number): string {
+  return `server:${serverIdentity}:${index}`;
 }
 
 /**

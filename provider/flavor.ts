@@ -41,7 +41,13 @@ import {
   KvmlabResource,
   applyRules,
   changedKeys,
+  checkedOwner,
+  claimStep,
   defineResource,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   isUnknown,
   normalizeHosts,
   rules,
@@ -69,6 +75,8 @@ export interface FlavorArgs {
   readonly description?: pulumi.Input<string>;
   /** Hosts of the cloud; the first is the controller that keeps the record. */
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** Owner of the record on the controller. @default set by the kit */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface FlavorInputs {
@@ -81,6 +89,8 @@ export interface FlavorInputs {
   extraSpecs: Record<string, string>;
   description: string;
   hosts: HostConnection[];
+  /** Owner of the record on the controller (kit/owner.ts). */
+  owner: string;
 }
 
 /** What the controller has. */
@@ -148,7 +158,13 @@ export function checkFlavorInputs(news: Record<string, unknown>): Checked {
   const { description } = applyRules(news, { description: { rule: rules.line(255), default: "" } }, out);
   out.add("hosts", checkHostList("hosts", news.hosts));
   return {
-    inputs: { ...v, extraSpecs, description, hosts: normalizeHosts(news.hosts) },
+    inputs: {
+      ...v,
+      extraSpecs,
+      description,
+      hosts: normalizeHosts(news.hosts),
+      owner: checkedOwner(news, "Flavor", "flavorName", out.add),
+    },
     failures: out.failures,
   };
 }
@@ -245,13 +261,41 @@ function outputsFor(inputs: FlavorInputs, realized: FlavorHostState): FlavorOutp
   };
 }
 
-/** Writes the record on the controller and reads it back (one batch under the host lock). */
-async function writeOn(host: HostConnection, inputs: FlavorInputs): Promise<FlavorHostState> {
+/** The flavor's record on the controller, for the owner guards. */
+export function flavorOwned(flavorName: string): OwnedObject {
+  return {
+    kind: "flavor",
+    key: [flavorName],
+    what: `flavor ${flavorName}`,
+    field: "flavorName",
+    exists: `[ -e ${shQuote(recordPath("flavor", flavorName))} ]`,
+  };
+}
+
+/**
+ * Writes the record on the controller and reads it back (one batch under the host lock). The
+ * first step claims the flavor (create) or refuses another owner's (update: `owners`).
+ */
+async function writeOn(
+  host: HostConnection,
+  inputs: FlavorInputs,
+  owners: readonly string[] | "claim",
+): Promise<FlavorHostState> {
+  const owned = flavorOwned(inputs.flavorName);
   const outs = await runLocked(host, [
+    owners === "claim" ? claimStep(owned, inputs.owner) : guardStep(owned, owners, true),
     writeRecordStep("flavor", inputs.flavorName, flavorRecord(inputs)),
     readRecordStep("flavor", inputs.flavorName),
   ]);
-  return flavorState(inputs, outs[1]);
+  return flavorState(inputs, outs[2]);
+}
+
+/** Deletes the record; refuses another owner's flavor first (state from before owners: no guard). */
+function guardedDelete(flavorName: string, flavorId: string, owner: string): Step[] {
+  const owned = flavorOwned(flavorName);
+  return owner
+    ? [guardStep(owned, [owner]), flavorDeleteStep(flavorName, flavorId), releaseOwnerStep(owned, [owner])]
+    : [flavorDeleteStep(flavorName, flavorId)];
 }
 
 const flavor = defineResource<FlavorInputs, FlavorOutputs>({
@@ -266,6 +310,7 @@ const flavor = defineResource<FlavorInputs, FlavorOutputs>({
     "extraSpecs",
     "description",
     "hosts",
+    "owner",
   ],
   outputKeys: ["flavorId", "controller", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
@@ -273,7 +318,7 @@ const flavor = defineResource<FlavorInputs, FlavorOutputs>({
   diff: diffFlavor,
 
   async create(inputs) {
-    const realized = await writeOn(controllerOf(inputs.hosts), inputs);
+    const realized = await writeOn(controllerOf(inputs.hosts), inputs, "claim");
     return { id: flavorId(inputs), outs: outputsFor(inputs, realized) };
   },
 
@@ -287,16 +332,19 @@ const flavor = defineResource<FlavorInputs, FlavorOutputs>({
   },
 
   async update(_id, olds, news) {
-    const realized = await writeOn(controllerOf(news.hosts), news);
     const oldController = controllerOf(olds.hosts);
-    if (oldController.name !== controllerOf(news.hosts).name) {
-      await runLocked(oldController, [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
-    }
+    const moved = oldController.name !== controllerOf(news.hosts).name;
+    const realized = await writeOn(
+      controllerOf(news.hosts),
+      news,
+      moved ? "claim" : [news.owner, ownerIn(olds)],
+    );
+    if (moved) await runLocked(oldController, guardedDelete(olds.flavorName, olds.flavorId, ownerIn(olds)));
     return outputsFor(news, realized);
   },
 
   async delete(_id, olds) {
-    await runLocked(controllerOf(olds.hosts), [flavorDeleteStep(olds.flavorName, olds.flavorId)]);
+    await runLocked(controllerOf(olds.hosts), guardedDelete(olds.flavorName, olds.flavorId, ownerIn(olds)));
   },
 });
 

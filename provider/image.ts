@@ -36,9 +36,11 @@ import {
   parseRecord,
   pooledSsh,
   readRecordStep,
+  recordPath,
   runChecked,
   runLocked,
   runSteps,
+  shQuote,
   showValue,
   writeRecordStep,
   type HostConnection,
@@ -47,8 +49,15 @@ import {
   KvmlabResource,
   applyRules,
   changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
   defineResource,
   failureList,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   isKnown,
   isUnknown,
   normalizeHosts,
@@ -113,6 +122,8 @@ export interface ImageArgs {
   readonly minDiskGiB?: pulumi.Input<number>;
   /** Smallest RAM a server needs (Glance min_ram). @default 0 */
   readonly minRamMiB?: pulumi.Input<number>;
+  /** Owner of the store folder and record on every host. @default set by the kit */
+  readonly owner?: pulumi.Input<string>;
 }
 
 /** A source after check: unused locations are "". */
@@ -134,6 +145,8 @@ export interface ImageInputs {
   kernelCmdline: string;
   minDiskGiB: number;
   minRamMiB: number;
+  /** Owner of the store folder and record on every host (kit/owner.ts). */
+  owner: string;
 }
 
 /** One stored file. */
@@ -311,7 +324,14 @@ export function checkImageInputs(news: Record<string, unknown>): Checked {
     found,
   );
   return {
-    inputs: { ...out, diskFormat, kernelCmdline, minDiskGiB, minRamMiB },
+    inputs: {
+      ...out,
+      diskFormat,
+      kernelCmdline,
+      minDiskGiB,
+      minRamMiB,
+      owner: checkedOwner(news, "Image", "imageName", (p, r) => found.add(p, r)),
+    },
     failures: found.failures,
   };
 }
@@ -612,8 +632,28 @@ async function readHost(props: ImageInputs, host: HostConnection): Promise<Image
   return imageHostState(parseFileProbe(probe), rec, parseUsers(users));
 }
 
-async function removeFromHost(imageName: string, host: HostConnection): Promise<void> {
-  await runLocked(host, [removeImageStep(imageName, host.name)]);
+/** The image's objects on a host (store folder and record), for the owner guards. */
+export function imageOwned(imageName: string): OwnedObject {
+  return {
+    kind: "image",
+    key: [imageName],
+    what: `image ${imageName}`,
+    field: "imageName",
+    exists: `{ [ -e ${shQuote(imageDir(imageName))} ] || [ -e ${shQuote(recordPath("image", imageName))} ]; }`,
+  };
+}
+
+/**
+ * Removes the image from a host; the first step refuses another owner's image (state from
+ * before owners, owner "", is not guarded).
+ */
+async function removeFromHost(imageName: string, host: HostConnection, owner: string): Promise<void> {
+  const owned = imageOwned(imageName);
+  await runLocked(host, [
+    ...(owner ? [guardStep(owned, [owner])] : []),
+    removeImageStep(imageName, host.name),
+    ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+  ]);
 }
 
 /** Outputs from the inputs and what each host holds. */
@@ -651,11 +691,24 @@ export function imageOutputs(
 }
 
 /** Converges every host; returns outputs. */
-async function converge(inputs: ImageInputs, what: string): Promise<ImageOutputs> {
+/**
+ * Converges every host. The first step on each host claims the image (`made` given: create;
+ * the hosts where this call made the claim are added) or refuses another owner's (`owners`).
+ */
+async function converge(
+  inputs: ImageInputs,
+  what: string,
+  guard: { made: HostConnection[] } | { owners: readonly string[] },
+): Promise<ImageOutputs> {
   const realized: Record<string, ImageHostState> = {};
   let sizes: Partial<Record<ImageRole, number>> = {};
   let virtualSizeBytes = 0;
   await onEveryHost(inputs.hosts, what, async (h) => {
+    const owned = imageOwned(inputs.imageName);
+    if ("made" in guard) {
+      const [c] = await runLocked(h, [claimStep(owned, inputs.owner)]);
+      if (claimedNow(c)) guard.made.push(h);
+    } else await runLocked(h, [guardStep(owned, guard.owners, true)]);
     const r = await ensureOnHost(inputs, h);
     realized[h.name] = { record: r.record, files: r.files, users: r.users };
     sizes = r.sizes;
@@ -676,6 +729,7 @@ const image = defineResource<ImageInputs, ImageOutputs>({
     "kernelCmdline",
     "minDiskGiB",
     "minRamMiB",
+    "owner",
   ],
   outputKeys: [
     "format",
@@ -697,12 +751,13 @@ const image = defineResource<ImageInputs, ImageOutputs>({
 
   async create(inputs) {
     await verifyLocalSources(inputs);
+    const made: HostConnection[] = [];
     try {
-      const outs = await converge(inputs, `create image ${inputs.imageName}`);
+      const outs = await converge(inputs, `create image ${inputs.imageName}`, { made });
       return { id: inputs.imageName, outs };
     } catch (err) {
-      // The resource does not exist when create fails: leave nothing on any host.
-      await Promise.allSettled(inputs.hosts.map((h) => removeFromHost(inputs.imageName, h)));
+      // Remove what this call made (hosts where it made the claim), never another owner's image.
+      await Promise.allSettled(made.map((h) => removeFromHost(inputs.imageName, h, inputs.owner)));
       throw err;
     }
   },
@@ -722,15 +777,17 @@ const image = defineResource<ImageInputs, ImageOutputs>({
     const keep = new Set(news.hosts.map((h) => h.name));
     const gone = olds.hosts.filter((h) => !keep.has(h.name));
     await onEveryHost(gone, `remove image ${olds.imageName} from hosts no longer listed`, (h) =>
-      removeFromHost(olds.imageName, h),
+      removeFromHost(olds.imageName, h, ownerIn(olds)),
     );
     // Local files are checked only when a host needs them (a file deleted locally after
     // create does not block a metadata update).
-    return converge(news, `update image ${news.imageName}`);
+    return converge(news, `update image ${news.imageName}`, { owners: [news.owner, ownerIn(olds)] });
   },
 
   async delete(_id, olds) {
-    await onEveryHost(olds.hosts, `delete image ${olds.imageName}`, (h) => removeFromHost(olds.imageName, h));
+    await onEveryHost(olds.hosts, `delete image ${olds.imageName}`, (h) =>
+      removeFromHost(olds.imageName, h, ownerIn(olds)),
+    );
   },
 });
 

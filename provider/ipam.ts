@@ -1,7 +1,10 @@
 /**
  * IP address management for subnets: one record per subnet on its DHCP host,
- * /var/lib/kvmlab/records/ipam/<subnet>.json, changed only under the host lock, so two
- * resources (in this process or another) never get the same address.
+ * /var/lib/kvmlab/records/ipam/<ipamRecordName(network, subnet)>.json (keyed by the subnet's
+ * full identity), changed only under the host lock, so two resources (in this process or
+ * another) never get the same address. Every allocation names its id (`owner`, e.g.
+ * server:<uuid>:0) and the resource owner that made it (`holder`, kit/owner.ts): an id held by
+ * another resource owner is refused, never handed out or released.
  *
  * Other providers (Server ports, routers, load balancers) call {@link allocateAddress} in their
  * create and {@link releaseAddress} in their delete. Allocations with a MAC become dnsmasq
@@ -11,7 +14,7 @@
  * Serialization: plain functions over the host layer; nothing captured but other functions.
  */
 import { hostsFileText, type IpamRecord } from "../core/ipam";
-import { dhcpPaths, type DhcpPaths } from "../core/paths";
+import { dhcpPaths, ipamRecordName, type DhcpPaths } from "../core/paths";
 import { intToIp as intToIpv4, ipv4ToInt, tryParseCidr as parseCidr4 } from "../core/net";
 import {
   readRecordStep,
@@ -30,7 +33,7 @@ import {
 export { hostsFileText, type IpamRecord } from "../core/ipam";
 
 /** Where a subnet's DHCP service lives, and IPv4 math (one definition each: core/). */
-export { dhcpPaths, type DhcpPaths } from "../core/paths";
+export { dhcpPaths, ipamRecordName, type DhcpPaths } from "../core/paths";
 export { ipv4ToInt, intToIp as intToIpv4, tryParseCidr as parseCidr4 } from "../core/net";
 
 /** Owner ids: letters, digits and `_.:-` (e.g. `server:web1:eth0`, `dhcp`). */
@@ -54,7 +57,7 @@ export function checkMacAddress(mac: string): string | undefined {
 export function planAllocation(
   record: IpamRecord,
   owner: string,
-  opts: { fixedIp?: string; mac?: string; leased?: readonly string[] } = {},
+  opts: { fixedIp?: string; mac?: string; leased?: readonly string[]; holder?: string } = {},
 ): { ip: string; record: IpamRecord } | { error: string } {
   const ownerError = checkOwner(owner) ?? checkMacAddress(opts.mac ?? "");
   if (ownerError) return { error: ownerError };
@@ -65,9 +68,16 @@ export function planAllocation(
     };
   const mine = Object.entries(record.allocations).find(([, a]) => a.owner === owner);
   const mac = opts.mac ?? "";
+  const holder = opts.holder ?? "";
+  // The same id made by another resource owner (two stacks, one server name or UUID): refuse.
+  if (mine && holder && mine[1].holder && mine[1].holder !== holder)
+    return {
+      error: `subnet ${record.subnet}: the address ${mine[0]} of ${owner} belongs to ${mine[1].holder}, not to ${holder}; kvmlab never hands out or releases another owner's address. Fix: rename this resource, or remove it from the stack that owns it`,
+    };
+  const entry = holder ? { owner, mac, holder } : { owner, mac };
   const withAlloc = (ip: string): { ip: string; record: IpamRecord } => ({
     ip,
-    record: { ...record, allocations: { ...record.allocations, [ip]: { owner, mac } } },
+    record: { ...record, allocations: { ...record.allocations, [ip]: entry } },
   });
   if (opts.fixedIp !== undefined && opts.fixedIp !== "") {
     const n = ipv4ToInt(opts.fixedIp);
@@ -91,7 +101,7 @@ export function planAllocation(
     if (mine) delete rest[mine[0]];
     return {
       ip: opts.fixedIp,
-      record: { ...record, allocations: { ...rest, [opts.fixedIp]: { owner, mac } } },
+      record: { ...record, allocations: { ...rest, [opts.fixedIp]: entry } },
     };
   }
   if (mine) return withAlloc(mine[0]);
@@ -108,17 +118,23 @@ export function planAllocation(
   };
 }
 
-/** Removes every allocation of `owner` (pure, idempotent). */
-export function planRelease(record: IpamRecord, owner: string): IpamRecord {
+/**
+ * Removes every allocation of `owner` (pure, idempotent). With `holder`, an allocation another
+ * resource owner made is kept (it is not this resource's to release).
+ */
+export function planRelease(record: IpamRecord, owner: string, holder = ""): IpamRecord {
   const allocations: IpamRecord["allocations"] = {};
-  for (const [ip, a] of Object.entries(record.allocations)) if (a.owner !== owner) allocations[ip] = a;
+  for (const [ip, a] of Object.entries(record.allocations)) {
+    const theirs = holder !== "" && a.holder !== undefined && a.holder !== holder;
+    if (a.owner !== owner || theirs) allocations[ip] = a;
+  }
   return { ...record, allocations };
 }
 
 /** Steps that store a record and make dnsmasq see it (hostsfile + SIGHUP when running). */
-export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths): Step[] {
+export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths, networkName: string): Step[] {
   return [
-    writeRecordStep("ipam", record.subnet, record),
+    writeRecordStep("ipam", ipamRecordName(networkName, record.subnet), { ...record, network: networkName }),
     uploadStep(paths.hostsFile, hostsFileText(record), { mode: "0644" }),
     {
       label: `reload dhcp hosts of subnet ${record.subnet}`,
@@ -149,15 +165,16 @@ export interface SubnetRef {
 export async function allocateAddress(
   ref: SubnetRef,
   owner: string,
-  opts: { fixedIp?: string; mac?: string } = {},
+  opts: { fixedIp?: string; mac?: string; holder?: string } = {},
 ): Promise<string> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
   return withHostLock(ref.host, async () => {
     const [recText, leasedText] = await runChecked(ref.host, [
-      readRecordStep("ipam", ref.subnetName),
+      readRecordStep("ipam", name),
       leasedStep(paths),
     ]);
-    const record = parseRecord<IpamRecord>(recText, `ipam/${ref.subnetName}`);
+    const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
     if (!record)
       throw new Error(
         `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
@@ -168,20 +185,24 @@ export async function allocateAddress(
     });
     if ("error" in plan) throw new Error(plan.error);
     if (JSON.stringify(plan.record) !== JSON.stringify(record))
-      await runChecked(ref.host, ipamCommitSteps(plan.record, paths));
+      await runChecked(ref.host, ipamCommitSteps(plan.record, paths, ref.networkName));
     return plan.ip;
   });
 }
 
-/** Releases every address of `owner` in a subnet; a missing subnet record is fine (idempotent). */
-export async function releaseAddress(ref: SubnetRef, owner: string): Promise<void> {
+/**
+ * Releases every address of `owner` in a subnet; a missing subnet record is fine (idempotent).
+ * With `holder`, addresses another resource owner made stay.
+ */
+export async function releaseAddress(ref: SubnetRef, owner: string, holder = ""): Promise<void> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
   await withHostLock(ref.host, async () => {
-    const [recText] = await runChecked(ref.host, [readRecordStep("ipam", ref.subnetName)]);
-    const record = parseRecord<IpamRecord>(recText, `ipam/${ref.subnetName}`);
+    const [recText] = await runChecked(ref.host, [readRecordStep("ipam", name)]);
+    const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
     if (!record) return;
-    const next = planRelease(record, owner);
+    const next = planRelease(record, owner, holder);
     if (JSON.stringify(next) !== JSON.stringify(record))
-      await runChecked(ref.host, ipamCommitSteps(next, paths));
+      await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
   });
 }

@@ -37,8 +37,11 @@ import {
   runChecked,
   runLocked,
   runSteps,
+  recordPath,
+  shQuote,
   uploadStep,
   type HostConnection,
+  type Step,
 } from "./host";
 import { allocateAddress, releaseAddress } from "./ipam";
 import {
@@ -47,7 +50,12 @@ import {
   defineResource,
   hostKeyRecord,
   hostNamed as namedHost,
+  claimStep,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
   type HostConnectionArgs,
+  type OwnedObject,
 } from "./kit";
 import {
   checkServerInputs,
@@ -94,6 +102,7 @@ import {
   startStep,
   statsStep,
   type DomainInfo,
+  VIRSH,
 } from "./server/steps";
 
 export * from "./server/model";
@@ -183,7 +192,24 @@ async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> 
   );
 }
 
-/** Picks the host (or takes the pin) and writes the claim record there. */
+/**
+ * The server's objects on a host, for the owner guards. libvirt domain names are one namespace
+ * per host, so the name is the identity ON the host; the UUID tells servers apart in IPAM.
+ */
+export function serverOwned(serverName: string): OwnedObject {
+  return {
+    kind: "server",
+    key: [serverName],
+    what: `server ${serverName}`,
+    field: "serverName",
+    exists: `{ ${VIRSH} domuuid ${shQuote(serverName)} >/dev/null 2>&1 || [ -e ${shQuote(recordPath("server", serverName))} ]; }`,
+  };
+}
+
+/**
+ * Picks the host (or takes the pin), claims the server there for its owner (refused when
+ * another owner holds the name) and writes the placement record.
+ */
 async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
   const hosts = inputs.hosts;
   return placementTurn(async () => {
@@ -194,7 +220,11 @@ async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
     const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
     if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
     const host = hostNamed(hosts, choice.host);
-    await runLocked(host, [nameFreeStep(inputs), recordStep(inputs, [])]);
+    await runLocked(host, [
+      claimStep(serverOwned(inputs.serverName), inputs.owner),
+      nameFreeStep(inputs),
+      recordStep(inputs, []),
+    ]);
     return host;
   });
 }
@@ -318,16 +348,21 @@ function outputsFor(
   };
 }
 
-/** Allocates every port's address (idempotent per owner). */
-async function allocatePorts(inputs: ServerInputs): Promise<ServerAddress[]> {
+/**
+ * Allocates every port's address (idempotent per owner): the allocation id is the server's
+ * UUID and port index, its holder the server's owner. `made` collects the ports allocated, so
+ * a failed create releases only those.
+ */
+async function allocatePorts(inputs: ServerInputs, made: number[] = []): Promise<ServerAddress[]> {
   const out: ServerAddress[] = [];
   for (const [i, port] of inputs.ports.entries()) {
     const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost);
     const ip = await allocateAddress(
       { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
-      portOwner(inputs.serverName, i),
-      { fixedIp: port.fixedIp === "" ? undefined : port.fixedIp, mac: port.mac },
+      portOwner(inputs.uuid, i),
+      { fixedIp: port.fixedIp === "" ? undefined : port.fixedIp, mac: port.mac, holder: inputs.owner },
     );
+    made.push(i);
     out.push({
       networkName: port.networkName,
       subnetName: port.subnetName,
@@ -339,13 +374,21 @@ async function allocatePorts(inputs: ServerInputs): Promise<ServerAddress[]> {
   return out;
 }
 
-async function releasePorts(o: Pick<ServerInputs, "serverName" | "ports" | "hosts">): Promise<void> {
+/**
+ * Releases the ports' addresses (only those in `only` when given). Allocations made before
+ * issue 15 (by name) are released too; another owner's never (releaseAddress's holder).
+ */
+async function releasePorts(
+  o: Pick<ServerInputs, "serverName" | "uuid" | "ports" | "hosts"> & { owner?: string },
+  only?: readonly number[],
+): Promise<void> {
+  const holder = ownerIn(o);
   for (const [i, port] of o.ports.entries()) {
+    if (only && !only.includes(i)) continue;
     const dhcpHost = hostNamed(o.hosts, port.dhcpHost);
-    await releaseAddress(
-      { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
-      portOwner(o.serverName, i),
-    );
+    const ref = { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName };
+    await releaseAddress(ref, portOwner(o.uuid, i), holder);
+    if (!holder) await releaseAddress(ref, portOwner(o.serverName, i));
   }
 }
 
@@ -375,9 +418,17 @@ async function migrateServer(
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
   const xml = olds.domainXml[olds.domainType];
   // The destination gets the same files (overlay on its own copy of the image, seed ISO).
-  await runLocked(dst, [preflightStep(olds), ...materializeSteps(olds, xml, { define: false })], {
-    timeoutMs: 120000,
-  });
+  await runLocked(
+    dst,
+    [
+      claimStep(serverOwned(olds.serverName), olds.owner || ownerIn(olds)),
+      preflightStep(olds),
+      ...materializeSteps(olds, xml, { define: false }),
+    ],
+    {
+      timeoutMs: 120000,
+    },
+  );
   // Its key as pinned (configured, recorded, or seen first in this run by the step above).
   const pin = { fingerprint: hostKeyRecord(dst) };
   if (!pin.fingerprint)
@@ -426,8 +477,16 @@ async function migrateServer(
     await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
   }
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
-  await runLocked(src, [deleteStep(olds)]);
+  await runLocked(src, guardedDelete(olds, ownerIn(olds)));
   return migratedMs;
+}
+
+/** The delete batch: refuses another owner's server first (no guard for state from before owners). */
+function guardedDelete(o: Pick<ServerInputs, "serverName" | "uuid" | "image">, owner: string): Step[] {
+  const owned = serverOwned(o.serverName);
+  return owner
+    ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]
+    : [deleteStep(o)];
 }
 
 const server = defineResource<ServerInputs, ServerOutputs>({
@@ -455,10 +514,11 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
     let addresses: ServerAddress[] = [];
+    const allocated: number[] = [];
     try {
       host = await placeAndClaim(inputs);
       const domainType = await domainTypeOf(host);
-      addresses = await allocatePorts(inputs);
+      addresses = await allocatePorts(inputs, allocated);
       await waited(m, () =>
         runLocked(
           host as HostConnection,
@@ -478,9 +538,11 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       finishMetrics(m, { host: host.name });
       return { id: inputs.uuid, outs };
     } catch (err) {
-      // Leave nothing behind: domain, files, record, IP reservations.
-      if (host) await runLocked(host, [deleteStep(inputs)]).catch(() => undefined);
-      await releasePorts(inputs).catch(() => undefined);
+      // Leave nothing of THIS server behind: domain, files, record (only once the host claim
+      // was this owner's: `host` is set), and the addresses this call allocated. A create
+      // refused for a name another owner holds touches nothing.
+      if (host) await runLocked(host, guardedDelete(inputs, inputs.owner)).catch(() => undefined);
+      await releasePorts(inputs, allocated).catch(() => undefined);
       throw err;
     }
   },
@@ -514,6 +576,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       host = dst;
     }
     const type = olds.domainType;
+    await runLocked(host, [guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)], true)]);
     const current = await readInfo(host, news.serverName);
     if (!current.defined)
       throw new Error(
@@ -548,7 +611,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async delete(_id, olds) {
     const m = startMetrics("delete", olds.serverName);
     const host = hostNamed(olds.hosts, olds.host);
-    await waited(m, () => runLocked(host, [deleteStep(olds)]));
+    await waited(m, () => runLocked(host, guardedDelete(olds, ownerIn(olds))));
     await releasePorts(olds);
     finishMetrics(m, { host: host.name });
   },
@@ -574,6 +637,8 @@ export interface ServerResourceArgs {
   readonly powerState?: pulumi.Input<PowerState>;
   /** @default { kind: "none" } */
   readonly readiness?: pulumi.Input<Partial<Readiness>>;
+  /** Owner of the host objects. @default set by the kit: "<project>/<stack>/Server/<name>" */
+  readonly owner?: pulumi.Input<string>;
 }
 
 /** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */
@@ -596,6 +661,7 @@ export class Server extends KvmlabResource<ServerInputs, ServerOutputs> {
   declare readonly lastMigrationMs: pulumi.Output<number>;
   declare readonly hostKeys: pulumi.Output<Record<string, string>>;
   declare readonly hosts: pulumi.Output<HostConnection[]>;
+  declare readonly owner: pulumi.Output<string>;
 
   constructor(name: string, args: ServerResourceArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(server, name, { ...args, serverName: args.serverName ?? name }, opts);

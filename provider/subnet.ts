@@ -5,11 +5,14 @@
  * On the DHCP host (the first host of the network unless `dhcpHost` names another):
  *   namespace  qdhcp-<network> (shared by the network's subnets; removed with the last one)
  *   veth       kvld-<id> in the network's bridge  <->  kvln-<id> in the namespace, holding
- *              `dhcpAddress`/<prefix>  (<id> = 8 hex digits of sha256(subnetName))
- *   dnsmasq    --conf-file=/var/lib/kvmlab/dhcp/<subnet>/dnsmasq.conf (the `dnsmasqConf` input,
- *              rendered by the program with templates' renderDnsmasqConf from dhcpPaths())
- *              --dhcp-hostsfile=/var/lib/kvmlab/dhcp/<subnet>/hosts (fixed-IP reservations)
- *   record     /var/lib/kvmlab/records/ipam/<subnet>.json (see ipam.ts)
+ *              `dhcpAddress`/<prefix>  (<id> = 8 hex digits of sha256("<network>/<subnet>"))
+ *   dnsmasq    --conf-file=/var/lib/kvmlab/dhcp/<network>/<subnet>/dnsmasq.conf (the
+ *              `dnsmasqConf` input, rendered by the program with templates' renderDnsmasqConf
+ *              from dhcpPaths()); --dhcp-hostsfile=…/hosts (fixed-IP reservations)
+ *   record     /var/lib/kvmlab/records/ipam/<ipamRecordName(network, subnet)>.json (ipam.ts)
+ *   owner      /var/lib/kvmlab/owners/subnet/<network>/<subnet>.owner (kit/owner.ts): create
+ *              claims it first, update and delete refuse another owner's subnet, a failed create
+ *              cleans only when this call made the claim
  *
  *   check   validates every field (unknowns accepted), fills defaults, checks the config was
  *           rendered for this subnet (its interface and pid-file lines)
@@ -46,7 +49,14 @@ import {
 import {
   KvmlabResource,
   changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
   defineResource,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   failureList,
   hostNamed,
   isKnown,
@@ -59,6 +69,7 @@ import {
 import {
   dhcpPaths,
   ipamCommitSteps,
+  ipamRecordName,
   ipv4ToInt,
   parseCidr4,
   planAllocation,
@@ -99,6 +110,8 @@ export interface SubnetArgs {
   readonly dnsmasqConf: pulumi.Input<string>;
   /** MTU of the DHCP port. @default 1500 */
   readonly mtu?: pulumi.Input<number>;
+  /** Owner of the host objects. @default set by the kit: "<project>/<stack>/Subnet/<name>" */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface SubnetInputs {
@@ -116,6 +129,8 @@ export interface SubnetInputs {
   dhcpAddress: string;
   dnsmasqConf: string;
   mtu: number;
+  /** Owner of the DHCP port, dnsmasq, folder and IPAM record (kit/owner.ts). */
+  owner: string;
 }
 
 export interface SubnetHostState {
@@ -267,6 +282,12 @@ export function checkSubnetInputs(news: Record<string, unknown>): Checked {
       );
     }
   }
+  out.owner = checkedOwner(
+    news,
+    "Subnet",
+    "subnetName",
+    (property, reason) => reason && fail(property, reason),
+  );
   return { inputs: out, failures };
 }
 
@@ -369,7 +390,7 @@ export function subnetReadStep(
     label: `read subnet ${inputs.subnetName}`,
     script: [
       `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; nd=${paths.nsDevice}; br=${shQuote(inputs.networkBridge)}; pidf=${shQuote(paths.pidFile)}`,
-      `rec=${shQuote(recordPath("ipam", inputs.subnetName))}`,
+      `rec=${shQuote(recordPath("ipam", ipamRecordName(inputs.networkName, inputs.subnetName)))}`,
       'echo "record=$( [ -f "$rec" ] && echo yes || echo no)"',
       'echo "namespace=$( [ -e "/run/netns/$ns" ] && echo yes || echo no)"',
       'echo "port=$( ip link show dev "$hd" >/dev/null 2>&1 && echo yes || echo no)"',
@@ -415,7 +436,9 @@ export function subnetDeleteStep(
         : "true",
       'ip link del dev "$hd" 2>/dev/null || true',
       'rm -rf "$dir"',
-      opts.keepRecord ? "true" : `rm -f ${shQuote(recordPath("ipam", subnetName))}`,
+      opts.keepRecord
+        ? "true"
+        : `rm -f ${shQuote(recordPath("ipam", ipamRecordName(networkName, subnetName)))}`,
       // The namespace is shared by the network's subnets: remove it with the last port.
       'if [ -e "/run/netns/$ns" ] && [ -z "$(ip netns exec "$ns" ip -o link show 2>/dev/null | awk -F\': \' \'$2 != "lo" {print $2}\')" ]; then ip netns del "$ns"; fi',
       "true",
@@ -427,17 +450,45 @@ function dhcpHostOf(inputs: Pick<SubnetInputs, "hosts" | "dhcpHost">): HostConne
   return hostNamed(inputs.hosts, inputs.dhcpHost, "subnet");
 }
 
-/** Converging apply on the DHCP host: returns the state read back. */
-async function applySubnet(inputs: SubnetInputs): Promise<SubnetHostState> {
+/** The subnet's objects on its DHCP host, for the owner guards (keyed by network + subnet). */
+export function subnetOwned(networkName: string, subnetName: string): OwnedObject {
+  const paths = dhcpPaths(networkName, subnetName);
+  const rec = recordPath("ipam", ipamRecordName(networkName, subnetName));
+  return {
+    kind: "subnet",
+    key: [networkName, subnetName],
+    what: `subnet ${subnetName} of network ${networkName}`,
+    field: "subnetName",
+    exists: `{ [ -e ${shQuote(rec)} ] || [ -e ${shQuote(paths.dir)} ] || ip link show dev ${paths.hostDevice} >/dev/null 2>&1; }`,
+  };
+}
+
+/**
+ * Converging apply on the DHCP host: returns the state read back. The first step claims the
+ * subnet (`claim`, create: sets `made.claimed` when this call made the claim) or refuses another
+ * owner's (`owners`: the old and the new owner of an update).
+ */
+async function applySubnet(
+  inputs: SubnetInputs,
+  guard: { claim: true; made: { claimed: boolean } } | { claim: false; owners: readonly string[] },
+): Promise<SubnetHostState> {
   const host = dhcpHostOf(inputs);
   const paths = dhcpPaths(inputs.networkName, inputs.subnetName);
+  const recName = ipamRecordName(inputs.networkName, inputs.subnetName);
+  const owned = subnetOwned(inputs.networkName, inputs.subnetName);
   if (inputs.enableDhcp)
     await requireFeatures(host, inputs.driver === "openvswitch" ? ["dhcp", "openvswitch"] : ["dhcp"]);
   return withHostLock(host, async () => {
-    const [recText] = await runChecked(host, [readRecordStep("ipam", inputs.subnetName)]);
-    const old = parseRecord<IpamRecord>(recText, `ipam/${inputs.subnetName}`);
+    const [ownerOut, recText] = await runChecked(host, [
+      guard.claim ? claimStep(owned, inputs.owner) : guardStep(owned, guard.owners, true),
+      readRecordStep("ipam", recName),
+    ]);
+    if (guard.claim) guard.made.claimed = claimedNow(ownerOut);
+    const old = parseRecord<IpamRecord>(recText, `ipam/${recName} (subnet ${inputs.subnetName})`);
     let record: IpamRecord = {
       subnet: inputs.subnetName,
+      network: inputs.networkName,
+      owner: inputs.owner,
       cidr: inputs.cidr,
       gateway: inputs.gateway,
       pool: inputs.allocationPool,
@@ -455,7 +506,7 @@ async function applySubnet(inputs: SubnetInputs): Promise<SubnetHostState> {
         subnetDeleteStep(inputs.subnetName, inputs.networkName, inputs.driver, { keepRecord: true }),
       );
     }
-    steps.push(...ipamCommitSteps(record, paths));
+    steps.push(...ipamCommitSteps(record, paths, inputs.networkName));
     if (inputs.enableDhcp) {
       steps.push(
         dhcpPortStep(inputs, paths),
@@ -469,10 +520,20 @@ async function applySubnet(inputs: SubnetInputs): Promise<SubnetHostState> {
   });
 }
 
+/**
+ * Removes the subnet from its DHCP host; the first step refuses a subnet another owner holds
+ * (state from before owners, owner "", is not guarded).
+ */
 async function removeSubnet(
   o: Pick<SubnetOutputs, "subnetName" | "networkName" | "driver" | "hosts" | "dhcpHost">,
+  owner: string,
 ): Promise<void> {
-  await runLocked(dhcpHostOf(o), [subnetDeleteStep(o.subnetName, o.networkName, o.driver)]);
+  const owned = subnetOwned(o.networkName, o.subnetName);
+  await runLocked(dhcpHostOf(o), [
+    ...(owner ? [guardStep(owned, [owner])] : []),
+    subnetDeleteStep(o.subnetName, o.networkName, o.driver),
+    ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+  ]);
 }
 
 function subnetOutputs(inputs: SubnetInputs, realized: SubnetHostState): SubnetOutputs {
@@ -504,6 +565,7 @@ const subnet = defineResource<SubnetInputs, SubnetOutputs>({
     "dhcpAddress",
     "dnsmasqConf",
     "mtu",
+    "owner",
   ],
   outputKeys: ["namespace", "hostDevice", "nsDevice", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
@@ -512,10 +574,12 @@ const subnet = defineResource<SubnetInputs, SubnetOutputs>({
 
   async create(inputs) {
     let realized: SubnetHostState;
+    const made = { claimed: false };
     try {
-      realized = await applySubnet(inputs);
+      realized = await applySubnet(inputs, { claim: true, made });
     } catch (err) {
-      await removeSubnet(inputs).catch(() => undefined);
+      // Only what this call made: never another owner's subnet (its dnsmasq, folder, record).
+      if (made.claimed) await removeSubnet(inputs, inputs.owner).catch(() => undefined);
       throw err;
     }
     return { id: inputs.subnetName, outs: subnetOutputs(inputs, realized) };
@@ -530,12 +594,15 @@ const subnet = defineResource<SubnetInputs, SubnetOutputs>({
     return realized.record || realized.port || realized.dnsmasq ? { ...props, realized } : undefined;
   },
 
-  async update(_id, _olds, news) {
-    return subnetOutputs(news, await applySubnet(news));
+  async update(_id, olds, news) {
+    return subnetOutputs(
+      news,
+      await applySubnet(news, { claim: false, owners: [news.owner, ownerIn(olds)] }),
+    );
   },
 
   async delete(_id, olds) {
-    await removeSubnet(olds);
+    await removeSubnet(olds, ownerIn(olds));
   },
 });
 
@@ -558,6 +625,7 @@ export class Subnet extends KvmlabResource<SubnetInputs, SubnetOutputs> {
   declare readonly hostKeys: pulumi.Output<Record<string, string>>;
   declare readonly realized: pulumi.Output<SubnetHostState>;
   declare readonly hosts: pulumi.Output<HostConnection[]>;
+  declare readonly owner: pulumi.Output<string>;
 
   constructor(name: string, args: SubnetArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(subnet, name, { ...args, subnetName: args.subnetName ?? name }, opts);

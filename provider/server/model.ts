@@ -23,6 +23,7 @@ import { serverPaths } from "../../core/paths";
 import {
   canonicalJson,
   failureList,
+  checkedOwner,
   inputsOf,
   isKnown,
   normalizeHosts,
@@ -88,6 +89,8 @@ export interface ServerInputs {
   readiness: Readiness;
   /** What an update will do, computed by check so preview shows it. */
   changePlan: string;
+  /** Owner of the domain, instance folder, record and addresses (kit/owner.ts). */
+  owner: string;
 }
 
 /** A port after create: the address IPAM gave it. */
@@ -408,6 +411,7 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
     }
   }
   out.changePlan = planText(olds, out);
+  out.owner = checkedOwner(news, "Server", "serverName", fail);
   return { inputs: out, failures };
 }
 
@@ -658,6 +662,7 @@ export const SERVER_INPUT_KEYS = [
   "powerState",
   "readiness",
   "changePlan",
+  "owner",
 ] as const;
 
 /** Only the input fields (outputs carry more). */

@@ -26,6 +26,7 @@ import {
   checkServerInputs,
   checkSubnetInputs,
   dhcpPaths,
+  ipamRecordName,
   diffFlavor,
   diffImage,
   diffKeypair,
@@ -285,7 +286,7 @@ const HOSTED: {
       [/^read domain/, "defined=yes\nstate=running\nvnc=:0\ntype=qemu"],
       [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
       [
-        /^read record ipam\/lan-v4$/,
+        new RegExp(`^read record ipam/${ipamRecordName("lan", "lan-v4")}$`),
         JSON.stringify({
           subnet: "lan-v4",
           cidr: "10.10.0.0/24",

@@ -1,0 +1,378 @@
+/**
+ * Ownership of host objects (issue 15): every finding of the issue about names shared between
+ * owners, as input → clear error naming the owner, with the host's step log showing that no
+ * destructive command ran.
+ *
+ * The fake host: the host layer's step runners are replaced. Owner steps (claim / check /
+ * release) run in a real local bash against a temporary folder standing in for the host's
+ * /var/lib/kvmlab (one per host), so the guards are the real scripts; every other step is
+ * answered by its label and logged. Runs stop at the first failing step like runChecked.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
+import {
+  OWNER_REFUSED,
+  checkNetworkInputs,
+  checkServerInputs,
+  checkSubnetInputs,
+  claimStep,
+  dhcpPaths,
+  guardStep,
+  ipamRecordName,
+  networkProvider,
+  ownerOf,
+  ownerSegment,
+  planAllocation,
+  planRelease,
+  portOwner,
+  releaseOwnerStep,
+  remoteStepError,
+  serverProvider,
+  subnetProvider,
+  type HostConnection,
+  type IpamRecord,
+  type Step,
+  type StepResult,
+} from "../../../provider";
+import { serverRaw, testHost } from "./fixtures";
+
+const ME = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Network", name: "lan" });
+const OTHER = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Network", name: "lan" });
+
+/** Runs a step script in bash with /var/lib/kvmlab mapped to `root`. */
+function runLocal(root: string, script: string): StepResult {
+  const r = spawnSync("bash", ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)], {
+    encoding: "utf8",
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+interface FakeHost {
+  roots: Map<string, string>;
+  /** Every step that ran: host and label. */
+  log: { host: string; label: string; script: string }[];
+  restore(): void;
+}
+
+const OWNER_STEP = /^(claim |check the owner of |release the owner marker of )/;
+
+function fakeHost(answers: [RegExp, string][]): FakeHost {
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const probe = require("../../../provider/host/probe") as Record<string, unknown>;
+  const saved = { ...session };
+  const savedProbe = { ...probe };
+  const roots = new Map<string, string>();
+  const log: FakeHost["log"] = [];
+  const rootOf = (h: HostConnection): string => {
+    let r = roots.get(h.name);
+    if (!r) {
+      r = fs.mkdtempSync(path.join(os.tmpdir(), `kvl-own-${h.name}-`));
+      roots.set(h.name, r);
+    }
+    return r;
+  };
+  const run = (h: HostConnection, steps: readonly Step[], stop: boolean): StepResult[] => {
+    const out: StepResult[] = [];
+    let skip = false;
+    for (const s of steps) {
+      if (skip) {
+        out.push({ code: null, stdout: "", stderr: "" });
+        continue;
+      }
+      log.push({ host: h.name, label: s.label ?? "", script: s.script });
+      const r = OWNER_STEP.test(s.label ?? "")
+        ? runLocal(rootOf(h), s.script)
+        : { code: 0, stdout: answers.find(([re]) => re.test(s.label ?? ""))?.[1] ?? "", stderr: "" };
+      out.push(r);
+      if (stop && r.code !== 0) skip = true;
+    }
+    return out;
+  };
+  const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> => {
+    const rs = run(h, steps, true);
+    rs.forEach((r, i) => {
+      if (r.code !== 0) throw remoteStepError(h, steps[i], r);
+    });
+    return rs.map((r) => r.stdout);
+  };
+  session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps, false);
+  session.runChecked = checked;
+  session.runLocked = checked;
+  session.withHostLock = async (_h: HostConnection, fn: () => Promise<unknown>) => fn();
+  probe.requireFeatures = async () => ({ kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true });
+  return {
+    roots,
+    log,
+    restore() {
+      Object.assign(session, saved);
+      Object.assign(probe, savedProbe);
+      for (const r of roots.values()) fs.rmSync(r, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Puts an owner marker on a fake host as another stack's create would have. */
+function markOwned(fake: FakeHost, host: HostConnection, rel: string, owner: string): void {
+  const r = fake.roots.get(host.name) ?? fs.mkdtempSync(path.join(os.tmpdir(), `kvl-own-${host.name}-`));
+  fake.roots.set(host.name, r);
+  const f = path.join(r, "owners", rel);
+  fs.mkdirSync(path.dirname(f), { recursive: true });
+  fs.writeFileSync(f, `${owner}\n`);
+}
+
+/** Anything that removes, stops or rewrites host objects. */
+const DESTRUCTIVE = /^(delete |stop |remove |power off |shut down |write record |upload |release |reload )/;
+
+function destructive(fake: FakeHost, host?: string): string[] {
+  return fake.log
+    .filter((l) => (host === undefined || l.host === host) && DESTRUCTIVE.test(l.label))
+    .map((l) => `${l.host}: ${l.label}`);
+}
+
+type P = Required<typeof networkProvider>;
+
+test("ownerOf: <project>/<stack>/<Type>/<name>, every segment encoded so it is safe in shell, XML and external_ids", () => {
+  assert.equal(ME, "lab/dev/Network/lan");
+  assert.equal(
+    ownerOf({ pulumiProject: "lab", stack: "org/dev", type: "Server", name: "we b'$(x)", project: "demo" }),
+    "lab/org%2Fdev/Server/we%20b%27%24%28x%29/project=demo",
+  );
+  assert.equal(ownerSegment("ü"), "%C3%BC");
+  assert.equal(ownerSegment(""), "%00");
+});
+
+test("claim, guard and release steps: claimed, adopted by the same owner, refused for another, unmarked objects refused", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-own-"));
+  try {
+    const o = { kind: "network", key: ["lan"], what: "network lan", field: "networkName" };
+    const first = runLocal(root, claimStep(o, ME).script);
+    assert.equal(first.code, 0);
+    assert.equal(first.stdout.trim(), "claimed");
+    assert.equal(
+      fs.statSync(path.join(root, "owners/network/lan.owner")).mode & 0o777,
+      0o600,
+      "marker is 0600",
+    );
+    assert.equal(fs.statSync(path.join(root, "owners")).mode & 0o777, 0o700, "owners folder is 0700");
+    // A crash between create and the state write: the same owner adopts.
+    assert.equal(runLocal(root, claimStep(o, ME).script).stdout.trim(), "adopted");
+    const refused = runLocal(root, claimStep(o, OTHER).script);
+    assert.equal(refused.code, OWNER_REFUSED);
+    assert.match(
+      refused.stderr,
+      /network lan on this host belongs to lab\/dev\/Network\/lan, not to lab\/prod\/Network\/lan/,
+    );
+    assert.match(refused.stderr, /Fix: give this resource another networkName/);
+    assert.equal(runLocal(root, guardStep(o, [OTHER]).script).code, OWNER_REFUSED);
+    assert.equal(runLocal(root, guardStep(o, [OTHER, ME]).script).stdout.trim(), "mine");
+    runLocal(root, releaseOwnerStep(o, [OTHER]).script);
+    assert.ok(
+      fs.existsSync(path.join(root, "owners/network/lan.owner")),
+      "release by another owner keeps the marker",
+    );
+    runLocal(root, releaseOwnerStep(o, [ME]).script);
+    assert.ok(!fs.existsSync(path.join(root, "owners/network/lan.owner")), "release by the owner removes it");
+    // An object present without a marker (made by hand, or before owners) is not adopted by create...
+    const present = { ...o, exists: "true" };
+    const unmarked = runLocal(root, claimStep(present, ME).script);
+    assert.equal(unmarked.code, OWNER_REFUSED);
+    assert.match(unmarked.stderr, /already exists on this host with no kvmlab owner/);
+    // ...but an update of a state from before owners adopts it.
+    assert.equal(runLocal(root, guardStep(present, [ME], true).script).stdout.trim(), "unmarked");
+    assert.equal(fs.readFileSync(path.join(root, "owners/network/lan.owner"), "utf8"), `${ME}\n`);
+    assert.throws(() => claimStep(o, "not an owner; rm -rf /"), /owner: expected/);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("check: the owner input is refused when malformed, filled for raw provider calls", () => {
+  const hosts = [testHost("hv1", 1)];
+  const ok = checkNetworkInputs({ networkName: "lan", kind: "selfservice", hosts });
+  assert.equal(ok.inputs.owner, "kvmlab-direct/-/Network/lan");
+  const bad = checkNetworkInputs({ networkName: "lan", kind: "selfservice", hosts, owner: "x'; reboot" });
+  assert.ok(bad.failures.some((f) => f.property === "owner" && /owner: expected/.test(f.reason)));
+});
+
+test("same-named subnets in two networks: folder, pid file, veth and IPAM record differ", () => {
+  const a = dhcpPaths("lan", "v4");
+  const b = dhcpPaths("dmz", "v4");
+  for (const k of ["dir", "pidFile", "confFile", "hostsFile", "leaseFile", "hostDevice", "nsDevice"] as const)
+    assert.notEqual(a[k], b[k], `${k} is keyed by network and subnet`);
+  assert.notEqual(ipamRecordName("lan", "v4"), ipamRecordName("dmz", "v4"));
+  // Joining names with a name character would be ambiguous; the record name is not.
+  assert.notEqual(ipamRecordName("a.b", "c"), ipamRecordName("a", "b.c"));
+});
+
+function subnetRaw(
+  network: string,
+  owner: string,
+  hosts: HostConnection[],
+  over: Record<string, unknown> = {},
+) {
+  const p = dhcpPaths(network, "v4");
+  return {
+    subnetName: "v4",
+    networkName: network,
+    networkBridge: "kvlb-1a2b3c4d",
+    driver: "linuxbridge",
+    hosts,
+    cidr: "10.10.0.0/24",
+    dnsmasqConf: `interface=${p.nsDevice}\npid-file=${p.pidFile}\n`,
+    owner,
+    ...over,
+  };
+}
+
+test("subnets: two networks each with subnet v4 both create; a failed create next to another owner's subnet touches nothing of it", async () => {
+  const hv1 = testHost("hv1", 1);
+  const fake = fakeHost([[/^read subnet/, "record=yes\nnamespace=yes\nport=yes\ninbridge=yes\ndnsmasq=yes"]]);
+  try {
+    const p = subnetProvider as unknown as P;
+    const sA = ownerOf({ pulumiProject: "lab", stack: "a", type: "Subnet", name: "v4" });
+    const sB = ownerOf({ pulumiProject: "lab", stack: "b", type: "Subnet", name: "v4" });
+    const lan = checkSubnetInputs(subnetRaw("lan", sA, [hv1]));
+    const dmz = checkSubnetInputs(subnetRaw("dmz", sB, [hv1]));
+    assert.deepEqual([...lan.failures, ...dmz.failures], []);
+    await p.create(lan.inputs as never);
+    await p.create(dmz.inputs as never);
+    const writes = fake.log.filter((l) => l.label.startsWith("write record ipam/")).map((l) => l.label);
+    assert.deepEqual(writes, [
+      `write record ipam/${ipamRecordName("lan", "v4")}`,
+      `write record ipam/${ipamRecordName("dmz", "v4")}`,
+    ]);
+
+    // Another stack's Subnet lan/v4 with a refused dhcpAddress: refused by owner, nothing removed.
+    fake.log.length = 0;
+    const clash = checkSubnetInputs(subnetRaw("lan", sB, [hv1], { dhcpAddress: "10.10.0.1" }));
+    await assert.rejects(
+      p.create(clash.inputs as never),
+      /subnet v4 of network lan on this host belongs to lab\/a\/Subnet\/v4, not to lab\/b\/Subnet\/v4/,
+    );
+    assert.deepEqual(destructive(fake), [], "no destructive step ran");
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/subnet/lan/v4.owner")));
+    // Deleting with the other owner's state is refused before anything is removed.
+    fake.log.length = 0;
+    await assert.rejects(
+      p.delete("v4", { ...clash.inputs, owner: sB } as never),
+      /belongs to lab\/a\/Subnet\/v4/,
+    );
+    assert.deepEqual(destructive(fake), []);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a failed Network create next to a same-named network of another owner removes only what it made", async () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const fake = fakeHost([[/^read network/, "record=yes\nbridge=yes\nmtu=1450"]]);
+  try {
+    markOwned(fake, hv2, "network/lan.owner", OTHER);
+    const { inputs, failures } = checkNetworkInputs({
+      networkName: "lan",
+      kind: "selfservice",
+      hosts: [hv1, hv2],
+      owner: ME,
+    });
+    assert.deepEqual(failures, []);
+    await assert.rejects(
+      (networkProvider as unknown as P).create(inputs as never),
+      /host hv2.*network lan \(bridge kvlb-[0-9a-f]{8}\) on this host belongs to lab\/prod\/Network\/lan, not to lab\/dev\/Network\/lan/s,
+    );
+    assert.deepEqual(destructive(fake, "hv2"), [], "nothing destructive ran on the other owner's host");
+    assert.ok(
+      fake.log.some((l) => l.host === "hv1" && l.label === "delete network lan on hv1"),
+      "the host where this call made the network is cleaned",
+    );
+    assert.equal(
+      fs.readFileSync(path.join(fake.roots.get("hv2") as string, "owners/network/lan.owner"), "utf8"),
+      `${OTHER}\n`,
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+const IPAM_RECORD = (allocations: IpamRecord["allocations"]): IpamRecord => ({
+  subnet: "lan-v4",
+  cidr: "10.10.0.0/24",
+  gateway: "10.10.0.1",
+  pool: { start: "10.10.0.2", end: "10.10.0.254" },
+  allocations,
+});
+
+test("IPAM: an allocation id held by another owner is neither handed out nor released", () => {
+  const A = "lab/a/Server/web1";
+  const B = "lab/b/Server/web1";
+  const rec = IPAM_RECORD({ "10.10.0.2": { owner: "server:u1:0", mac: "", holder: A } });
+  const same = planAllocation(rec, "server:u1:0", { holder: B });
+  assert.ok(
+    "error" in same && /belongs to lab\/a\/Server\/web1, not to lab\/b\/Server\/web1/.test(same.error),
+  );
+  assert.deepEqual(planRelease(rec, "server:u1:0", B), rec, "B cannot release A's address");
+  assert.deepEqual(planRelease(rec, "server:u1:0", A).allocations, {}, "A can");
+  const other = planAllocation(rec, "server:u2:0", { holder: B });
+  assert.ok("ip" in other && other.ip === "10.10.0.3", "another server (UUID) gets another address");
+});
+
+function serverSetup(owner: string, hosts: HostConnection[], pin: string) {
+  const { inputs, failures } = checkServerInputs({ ...serverRaw(hosts), host: pin, owner });
+  assert.deepEqual(failures, []);
+  return inputs as Record<string, unknown> & { uuid: string };
+}
+
+test("a Server create refused for a name another owner holds does not release that server's address", async () => {
+  const hv1 = testHost("hv1", 1);
+  const A = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const B = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const inputs = serverSetup(B, [hv1], "hv1");
+  const rec = IPAM_RECORD({ "10.10.0.2": { owner: portOwner(inputs.uuid, 0), mac: "", holder: A } });
+  const fake = fakeHost([
+    [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
+    [/^read record ipam\//, JSON.stringify(rec)],
+  ]);
+  try {
+    markOwned(fake, hv1, "server/web1.owner", A);
+    await assert.rejects(
+      (serverProvider as unknown as P).create(inputs as never),
+      /server web1 on this host belongs to lab\/a\/Server\/web1, not to lab\/b\/Server\/web1/,
+    );
+    assert.deepEqual(destructive(fake), [], "no address released, no domain or file removed");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("same-named servers of two stacks on two hosts do not share an address: the second is refused naming the first", async () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const A = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const B = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  // Same lab, same project, same name: the same UUID. A holds its address on hv1's subnet.
+  const inputs = serverSetup(B, [hv1, hv2], "hv2");
+  const rec = IPAM_RECORD({ "10.10.0.2": { owner: portOwner(inputs.uuid, 0), mac: "", holder: A } });
+  const fake = fakeHost([
+    [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
+    [/^read record ipam\//, JSON.stringify(rec)],
+  ]);
+  try {
+    markOwned(fake, hv1, "server/web1.owner", A);
+    await assert.rejects(
+      (serverProvider as unknown as P).create(inputs as never),
+      /the address 10\.10\.0\.2 of server:[0-9a-f-]+:0 belongs to lab\/a\/Server\/web1, not to lab\/b\/Server\/web1/,
+    );
+    assert.deepEqual(destructive(fake, "hv1"), [], "nothing of A's changed on hv1 (its subnet host)");
+    assert.ok(
+      !fake.log.some((l) => l.label.startsWith("write record ipam/")),
+      "A's IPAM record is not rewritten",
+    );
+  } finally {
+    fake.restore();
+  }
+});
