@@ -36,6 +36,13 @@ import {
 } from "./host";
 import {
   KvmlabResource,
+  checkedOwner,
+  claimStep,
+  claimedNow,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   changedKeys,
   defineResource,
   failureList,
@@ -82,6 +89,8 @@ export interface FloatingIpArgs {
   readonly target: pulumi.Input<Inputish<FloatingIpTarget>>;
   /** @default true */
   readonly randomFully?: pulumi.Input<boolean>;
+  /** Owner (kit/owner.ts). @default filled by the base class */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface FloatingIpInputs {
@@ -95,6 +104,8 @@ export interface FloatingIpInputs {
   randomFully: boolean;
   /** Rendered by check when `address` is given, else at create (then an output). */
   ruleset: string;
+  /** Owner of the chains, address, files and the IPAM allocation (kit/owner.ts). */
+  owner: string;
 }
 
 export interface FloatingIpHostState {
@@ -172,6 +183,7 @@ export function checkFloatingIpInputs(news: Record<string, unknown>): Checked {
       if (isKnown(t[f])) add(`target.${f}`, checkName(`target.${f}`, t[f]));
   }
   const target = news.target as FloatingIpTarget | undefined;
+  out.owner = checkedOwner(news, "FloatingIp", "fipName", add);
   if (
     found.failures.length === 0 &&
     isKnown(news.fipName) &&
@@ -323,17 +335,35 @@ function ipamRef(i: Pick<FloatingIpInputs, "hosts" | "external">) {
   };
 }
 
-async function applyFloatingIp(inputs: FloatingIpInputs, previousFixed: string): Promise<FloatingIpOutputs> {
+/** The floating IP's objects on its router's host, for the owner guards. */
+export function floatingIpOwned(fipName: string): OwnedObject {
+  return {
+    kind: "floatingip",
+    key: [fipName],
+    what: `floating IP ${fipName}`,
+    field: "fipName",
+    exists: `[ -d ${shQuote(fipDir(fipName))} ]`,
+  };
+}
+
+async function applyFloatingIp(
+  inputs: FloatingIpInputs,
+  previousFixed: string,
+  owners: readonly string[],
+): Promise<FloatingIpOutputs> {
   const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
   await requireFeatures(host, ["firewall"]);
+  const guard = guardStep(floatingIpOwned(inputs.fipName), owners, true);
+  await withHostLock(host, () => runChecked(host, [guard]));
   const floatingIp = await allocateAddress(
     ipamRef(inputs),
     floatingIpOwner(inputs.fipName),
-    inputs.address === "" ? {} : { fixedIp: inputs.address },
+    inputs.address === "" ? { holder: inputs.owner } : { fixedIp: inputs.address, holder: inputs.owner },
   );
   const ruleset = render(inputs.fipName, floatingIp, inputs.target.address, inputs.randomFully);
   const outs = await withHostLock(host, () =>
     runChecked(host, [
+      guard,
       uploadStep(`${fipDir(inputs.fipName)}/rules.v4.new`, ruleset, { mode: "0644" }),
       floatingIpApplyStep(inputs, floatingIp, previousFixed),
       floatingIpReadStep(inputs, floatingIp),
@@ -350,9 +380,16 @@ async function applyFloatingIp(inputs: FloatingIpInputs, previousFixed: string):
 
 async function removeFloatingIp(o: FloatingIpInputs, floatingIp: string): Promise<void> {
   const host = hostNamed(o.hosts, o.host, "floating IP");
-  if (floatingIp !== "")
-    await withHostLock(host, () => runChecked(host, [floatingIpDeleteStep(o, floatingIp, o.target.address)]));
-  await releaseAddress(ipamRef(o), floatingIpOwner(o.fipName));
+  const owner = ownerIn(o);
+  const owned = floatingIpOwned(o.fipName);
+  await withHostLock(host, () =>
+    runChecked(host, [
+      ...(owner ? [guardStep(owned, [owner])] : []),
+      ...(floatingIp !== "" ? [floatingIpDeleteStep(o, floatingIp, o.target.address)] : []),
+      ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+    ]),
+  );
+  await releaseAddress(ipamRef(o), floatingIpOwner(o.fipName), owner);
 }
 
 const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
@@ -367,17 +404,23 @@ const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
     "target",
     "randomFully",
     "ruleset",
+    "owner",
   ],
   outputKeys: ["floatingIp", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkFloatingIpInputs(news),
   diff: diffFloatingIp,
   async create(inputs) {
+    const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
+    const [claim] = await withHostLock(host, () =>
+      runChecked(host, [claimStep(floatingIpOwned(inputs.fipName), inputs.owner)]),
+    );
     try {
-      const outs = await applyFloatingIp(inputs, "");
+      const outs = await applyFloatingIp(inputs, "", [inputs.owner]);
       return { id: inputs.fipName, outs };
     } catch (err) {
-      await removeFloatingIp(inputs, inputs.address).catch(() => undefined);
+      // Clean only what this call made (never another owner's floating IP).
+      if (claimedNow(claim)) await removeFloatingIp(inputs, inputs.address).catch(() => undefined);
       throw err;
     }
   },
@@ -391,7 +434,7 @@ const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
   },
   async update(_id, olds, news) {
     const prev = olds.target.address !== news.target.address ? olds.target.address : "";
-    return applyFloatingIp(news, prev);
+    return applyFloatingIp(news, prev, [news.owner, ownerIn(olds)]);
   },
   async delete(_id, olds) {
     await removeFloatingIp(olds, olds.floatingIp);

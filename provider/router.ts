@@ -45,6 +45,13 @@ import {
 } from "./host";
 import {
   KvmlabResource,
+  checkedOwner,
+  claimStep,
+  claimedNow,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   changedKeys,
   defineResource,
   failureList,
@@ -95,6 +102,8 @@ export interface RouterArgs {
   readonly enableSnat?: pulumi.Input<boolean>;
   /** `--random-fully` on SNAT rules. @default true */
   readonly randomFully?: pulumi.Input<boolean>;
+  /** Owner (kit/owner.ts). @default filled by the base class */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface RouterInputs {
@@ -107,6 +116,8 @@ export interface RouterInputs {
   randomFully: boolean;
   /** The rendered ruleset (derived by check; a multi-line string so preview --diff shows lines). */
   ruleset: string;
+  /** Owner of the namespace, files, record and the gateway's IPAM allocation (kit/owner.ts). */
+  owner: string;
 }
 
 export interface RouterHostState {
@@ -228,6 +239,7 @@ export function checkRouterInputs(news: Record<string, unknown>): Checked {
       });
     }
   }
+  out.owner = checkedOwner(news, "Router", "routerName", add);
   const ready =
     found.failures.length === 0 &&
     isKnown(news.routerName) &&
@@ -461,6 +473,18 @@ export function routerDeleteStep(routerName: string): Step {
   };
 }
 
+/** The router's objects on its host, for the owner guards (keyed by the router's name). */
+export function routerOwned(routerName: string): OwnedObject {
+  const ns = routerNames(routerName).namespace;
+  return {
+    kind: "router",
+    key: [routerName],
+    what: `router ${routerName} (namespace ${ns})`,
+    field: "routerName",
+    exists: `[ -e ${shQuote(`/run/netns/${ns}`)} ]`,
+  };
+}
+
 function routerHost(inputs: Pick<RouterInputs, "hosts" | "host">): HostConnection {
   return hostNamed(inputs.hosts, inputs.host, "router");
 }
@@ -473,22 +497,32 @@ function externalRef(inputs: Pick<RouterInputs, "hosts" | "external">) {
   };
 }
 
-async function applyRouter(inputs: RouterInputs, olds?: RouterInputs): Promise<RouterHostState> {
+async function applyRouter(
+  inputs: RouterInputs,
+  owners: readonly string[],
+  olds?: RouterInputs,
+): Promise<RouterHostState> {
   const host = routerHost(inputs);
   await requireFeatures(host, ["firewall"]);
+  const guard = guardStep(routerOwned(inputs.routerName), owners, true);
+  await withHostLock(host, () => runChecked(host, [guard]));
   const owner = routerGatewayOwner(inputs.routerName);
   if (
     olds &&
     (olds.external.subnetName !== inputs.external.subnetName ||
       olds.external.address !== inputs.external.address)
   )
-    await releaseAddress(externalRef(olds), owner);
-  await allocateAddress(externalRef(inputs), owner, { fixedIp: inputs.external.address });
+    await releaseAddress(externalRef(olds), owner, ownerIn(olds));
+  await allocateAddress(externalRef(inputs), owner, {
+    fixedIp: inputs.external.address,
+    holder: inputs.owner,
+  });
   return withHostLock(host, async () => {
     const dir = routerDir(inputs.routerName);
     const outs = await runChecked(
       host,
       [
+        guard,
         routerPlumbStep(inputs),
         uploadStep(`${dir}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
         routerRulesStep(inputs),
@@ -497,6 +531,7 @@ async function applyRouter(inputs: RouterInputs, olds?: RouterInputs): Promise<R
           namespace: routerNames(inputs.routerName).namespace,
           subnets: inputs.interfaces.map((l) => l.subnetName),
           gateway: inputs.external.address,
+          owner: inputs.owner,
         }),
         routerReadStep(inputs),
       ],
@@ -508,8 +543,16 @@ async function applyRouter(inputs: RouterInputs, olds?: RouterInputs): Promise<R
 
 async function removeRouter(o: RouterInputs): Promise<void> {
   const host = routerHost(o);
-  await withHostLock(host, () => runChecked(host, [routerDeleteStep(o.routerName)]));
-  await releaseAddress(externalRef(o), routerGatewayOwner(o.routerName));
+  const owner = ownerIn(o);
+  const owned = routerOwned(o.routerName);
+  await withHostLock(host, () =>
+    runChecked(host, [
+      ...(owner ? [guardStep(owned, [owner])] : []),
+      routerDeleteStep(o.routerName),
+      ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+    ]),
+  );
+  await releaseAddress(externalRef(o), routerGatewayOwner(o.routerName), owner);
 }
 
 function routerOutputs(inputs: RouterInputs, realized: RouterHostState): RouterOutputs {
@@ -534,11 +577,16 @@ const router = defineResource<RouterInputs, RouterOutputs>({
   check: (news) => checkRouterInputs(news),
   diff: diffRouter,
   async create(inputs) {
+    const host = routerHost(inputs);
+    const [claim] = await withHostLock(host, () =>
+      runChecked(host, [claimStep(routerOwned(inputs.routerName), inputs.owner)]),
+    );
     let realized: RouterHostState;
     try {
-      realized = await applyRouter(inputs);
+      realized = await applyRouter(inputs, [inputs.owner]);
     } catch (err) {
-      await removeRouter(inputs).catch(() => undefined);
+      // Clean only what this call made (never another owner's router).
+      if (claimedNow(claim)) await removeRouter(inputs).catch(() => undefined);
       throw err;
     }
     return { id: inputs.routerName, outs: routerOutputs(inputs, realized) };
@@ -552,7 +600,7 @@ const router = defineResource<RouterInputs, RouterOutputs>({
     return realized.namespace || realized.record ? { ...props, realized } : undefined;
   },
   async update(_id, olds, news) {
-    return routerOutputs(news, await applyRouter(news, olds));
+    return routerOutputs(news, await applyRouter(news, [news.owner, ownerIn(olds)], olds));
   },
   async delete(_id, olds) {
     await removeRouter(olds);

@@ -39,6 +39,7 @@ import {
   type SubnetOutputs,
 } from "../../provider";
 import { routerInterfaceNames } from "../../core/router";
+import { ipamRecordName, recordPath } from "../../core/paths";
 
 const INSTANCE = process.env.KVMLAB_ITEST_ROUTER_INSTANCE ?? "itest-router";
 let hosts: HostConnection[] = [];
@@ -88,7 +89,8 @@ async function hostState(host: HostConnection): Promise<string> {
       "ip netns list | awk '{print $1}' | sort",
       "ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(kvlt-|qr-|qg-)' | sort || true",
       "ls /var/lib/kvmlab/records/router /var/lib/kvmlab/routers /var/lib/kvmlab/floatingips 2>/dev/null || true",
-      "cat /var/lib/kvmlab/records/ipam/ext-v4.json 2>/dev/null | tr , '\\n' | grep -E 'router|fip' || true",
+      `cat ${recordPath("ipam", ipamRecordName("ext", "ext-v4"))} 2>/dev/null | tr , '\\n' | grep -E 'router|fip' || true`,
+      "find /var/lib/kvmlab/owners -name '*.owner' 2>/dev/null | grep -E '/(router|floatingip)/' || true",
     ].join("\n"),
   );
 }
@@ -229,6 +231,12 @@ test("router + floating IP: FIP-only reachability across hosts, SNAT, hairpin, d
   assert.equal(rOuts.realized.jumps, 5);
   assert.equal(rOuts.realized.sysctls, "1,1,2,1");
   assert.equal(diffRouter(rOuts, rIn as never).changes, false, "a converged router is no change");
+  // Another owner's router of the same name is refused and left alone.
+  await assert.rejects(
+    routerProvider.create!({ ...(rIn as object), owner: "other/stack/Router/r1" } as never),
+    /belongs to/,
+  );
+  assert.equal((await routerProvider.read!("r1", rOuts)).props?.realized?.rules, "sync");
 
   await server(hv2, "linuxbridge", lan1.bridge, "kvlt-s1", "10.80.1.10/24", "10.80.1.1");
   await server(hv2, "openvswitch", lan2.bridge, "kvlt-s2", "10.80.2.10/24", "10.80.2.1");
