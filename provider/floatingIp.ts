@@ -260,8 +260,8 @@ export function floatingIpApplyStep(
         : "true",
       'if ! ip netns exec "$ns" ip -4 -o addr show dev "$qg" | grep -q " $fip/32 "; then',
       '  ip netns exec "$ns" ip addr add "$fip/32" dev "$qg"',
-      '  ip netns exec "$ns" arping -U -I "$qg" -c 1 -w 1 "$fip" >/dev/null 2>&1 || true',
-      '  ip netns exec "$ns" arping -A -I "$qg" -c 1 -w 1 "$fip" >/dev/null 2>&1 || true',
+      // GARP in the background (Neutron: a thread); no reply is expected, so each arping waits out -w.
+      '  setsid sh -c \'ip netns exec "$1" arping -U -I "$2" -c 1 -w 1 "$3"; ip netns exec "$1" arping -A -I "$2" -c 1 -w 1 "$3"\' garp "$ns" "$qg" "$fip" </dev/null >/dev/null 2>&1 &',
       "fi",
     ].join("\n"),
   };

@@ -370,8 +370,8 @@ export function routerPlumbStep(inputs: RouterInputs): Step {
     'for d in $(ip netns exec "$ns" ip -o link show | awk -F\': \' \'{print $2}\' | cut -d@ -f1 | grep "^qr-" || true); do case "$keep" in *" $d "*) ;; *) ip netns exec "$ns" ip link del dev "$d";; esac; done',
     `ip netns exec "$ns" ip route replace default via ${inputs.external.gateway} dev ${n.gatewayDevice}`,
     // Gratuitous ARP for the gateway address (Neutron: -U then -A, exit 1 = no reply, expected).
-    `ip netns exec "$ns" arping -U -I ${n.gatewayDevice} -c 1 -w 1 ${inputs.external.address} >/dev/null 2>&1 || true`,
-    `ip netns exec "$ns" arping -A -I ${n.gatewayDevice} -c 1 -w 1 ${inputs.external.address} >/dev/null 2>&1 || true`,
+    // In the background, as Neutron sends it from a thread: no reply is expected, so each waits out -w.
+    `setsid sh -c 'ip netns exec "$1" arping -U -I "$2" -c 1 -w 1 "$3"; ip netns exec "$1" arping -A -I "$2" -c 1 -w 1 "$3"' garp "$ns" ${n.gatewayDevice} ${inputs.external.address} </dev/null >/dev/null 2>&1 &`,
   ];
   return { label: `plumb router ${inputs.routerName}`, script: lines.join("\n") };
 }
@@ -571,6 +571,7 @@ const router = defineResource<RouterInputs, RouterOutputs>({
     "enableSnat",
     "randomFully",
     "ruleset",
+    "owner",
   ],
   outputKeys: ["namespace", "gatewayDevice", "hostKeys", "realized"],
   secretOutputs: ["hosts"],

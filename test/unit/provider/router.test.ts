@@ -203,7 +203,7 @@ test("router steps: restore -n -w, jumps only when missing, no-op when unchanged
   assert.match(plumb, /ovs-vsctl --may-exist add-port/);
   assert.match(plumb, /master "\$br" up/);
   assert.match(plumb, /ip route replace default via 172\.24\.4\.1/);
-  assert.match(plumb, /arping -U -I qg-/);
+  assert.match(plumb, /arping -U -I "\$2" .* garp "\$ns" qg-[0-9a-f]{8} 172\.24\.4\.100/);
   const del = routerDeleteStep("r1").script;
   assert.match(del, /ip netns del "\$ns"/);
   assert.match(del, /rm -rf .?\/var\/lib\/kvmlab\/routers\/r1/);
