@@ -94,7 +94,10 @@ test("router ruleset: Neutron's SNAT rules, hairpin and exemption, golden per sc
   );
   assert.match(snat, new RegExp(`-A kvmlab-snat -o ${qg} .*-j SNAT --to-source 172.24.4.100 --random-fully`));
   assert.match(snat, /-A kvmlab-snat -m mark ! --mark 0x2\/0xffff -m conntrack --ctstate DNAT .*-j SNAT/);
-  assert.ok(snat.indexOf("-j kvmlab-float-snat") < snat.indexOf("-A kvmlab-snat -o qg-"), "float-snat comes first");
+  assert.ok(
+    snat.indexOf("-j kvmlab-float-snat") < snat.indexOf("-A kvmlab-snat -o qg-"),
+    "float-snat comes first",
+  );
   assert.doesNotMatch(
     snat,
     /^:kvmlab-float-/m,
