@@ -147,7 +147,12 @@ export function checkFloatingIpInputs(news: Record<string, unknown>): Checked {
   const hostList = Array.isArray(hosts) && isKnown(hosts) ? (hosts as HostConnection[]) : undefined;
   for (const [f, v] of [
     ["host", news.host],
-    ["external.ipamHost", (news.external as Record<string, unknown> | undefined)?.ipamHost],
+    [
+      "external.ipamHost",
+      isKnown(news.external) && news.external !== null && typeof news.external === "object"
+        ? (news.external as Record<string, unknown>).ipamHost
+        : UNKNOWN,
+    ],
   ] as const)
     if (hostList && isKnown(v) && !hostList.some((h) => h.name === v))
       add(f, `${f}: ${showValue(v)} is not one of the hosts (${hostList.map((h) => h.name).join(", ")})`);

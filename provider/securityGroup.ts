@@ -169,7 +169,9 @@ export function diffSecurityGroup(olds: SecurityGroupOutputs, news: SecurityGrou
   const replaces = changedKeys(olds, news, ["groupName"]);
   const updates = changedKeys(olds, news, ["hosts", "rules", "defaultEgress", "members", "ipset"]);
   const want = JSON.stringify([...news.members].sort());
-  const drift = news.hosts.some((h) => JSON.stringify(olds.realized?.[h.name] ?? null) !== want);
+  const drift =
+    !Array.isArray(news.hosts) ||
+    news.hosts.some((h) => JSON.stringify(olds.realized?.[h.name] ?? null) !== want);
   return { changes: replaces.length > 0 || updates.length > 0 || drift, replaces, deleteBeforeReplace: true };
 }
 
