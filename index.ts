@@ -16,5 +16,15 @@
  */
 export * from "./components";
 export { Flavor, type FlavorArgs, Keypair, type KeypairArgs, type HostConnectionArgs } from "./provider";
+export {
+  FloatingIp,
+  type FloatingIpArgs,
+  Router,
+  type RouterArgs,
+  SecurityGroup,
+  type SecurityGroupArgs,
+  SecurityGroupPort,
+  type SecurityGroupPortArgs,
+} from "./provider";
 export * as resources from "./provider";
 export * as sandbox from "./components/sandbox";

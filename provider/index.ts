@@ -11,3 +11,6 @@ export * from "./keypair";
 export * from "./server";
 export * from "./kit";
 export * from "./loadBalancer";
+export * from "./router";
+export * from "./floatingIp";
+export * from "./securityGroup";

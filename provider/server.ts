@@ -651,6 +651,7 @@ export class Server extends KvmlabResource<ServerInputs, ServerOutputs> {
   declare readonly addresses: pulumi.Output<ServerAddress[]>;
   declare readonly ips: pulumi.Output<string[]>;
   declare readonly macs: pulumi.Output<string[]>;
+  declare readonly ports: pulumi.Output<ServerPort[]>;
   declare readonly vncPort: pulumi.Output<number>;
   declare readonly consoleUrl: pulumi.Output<string>;
   declare readonly serialLog: pulumi.Output<string>;

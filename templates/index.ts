@@ -9,3 +9,4 @@ export { templatesDir } from "./render";
 export { KVMLAB_STATE_DIR, loadBalancerPaths } from "../core/paths";
 export * from "./server";
 export * from "./subnet";
+export * from "../core/router";

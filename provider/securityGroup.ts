@@ -1,0 +1,646 @@
+/**
+ * SecurityGroup and SecurityGroupPort: Neutron's iptables_hybrid firewall on kvmlab hosts
+ * (research/openstack-semantics.md §2; names and the ruleset in core/securityGroup.ts).
+ *
+ * SecurityGroup  the group's rules (Neutron's default egress-any rule first unless
+ *                `defaultEgress: false`) and its members' addresses as the ipset kvmlab-g<id>
+ *                on every host, replaced atomically (`ipset restore`: build <set>-n, `swap`).
+ *                Members that leave have their conntrack entries removed.
+ * SecurityGroupPort  one port's firewall on its host: the rendered ruleset (derived by check, so
+ *                preview shows it) applied with `iptables-restore -n -w`, the jumps from FORWARD,
+ *                INPUT, kvmlab-sg-chain and raw PREROUTING, and for OVS ports Neutron's hybrid
+ *                plumbing: the tap joins a per-port Linux bridge qbr<id>, linked to the OVS bridge
+ *                by the veth pair qvb<id>/qvo<id> (so physdev matching sees the tap, and the port
+ *                gets its own conntrack zone). A rule removed in an update has the flows it allowed
+ *                removed (`conntrack -D -w <zone>` with the rule's match).
+ */
+import type * as pulumi from "@pulumi/pulumi";
+import { KVMLAB_STATE_DIR } from "../core/paths";
+import {
+  DEFAULT_EGRESS,
+  SG_SHARED_CHAINS,
+  checkSgRule,
+  conntrackZone,
+  hybridDevices,
+  portFirewallChains,
+  portFirewallJumps,
+  renderIpsetSwap,
+  renderPortFirewall,
+  securityGroupSet,
+  type SecurityGroupRule,
+} from "../core/securityGroup";
+import { isIPv4, tryParseCidr } from "../core/net";
+import {
+  UNKNOWN,
+  checkDeviceName,
+  checkHostList,
+  checkName,
+  requireFeatures,
+  runChecked,
+  runSteps,
+  shQuote,
+  showValue,
+  uploadStep,
+  withHostLock,
+  type HostConnection,
+  type Step,
+} from "./host";
+import {
+  KvmlabResource,
+  changedKeys,
+  defineResource,
+  failureList,
+  hostNamed,
+  isKnown,
+  normalizeHosts,
+  onEveryHost,
+  parseKeyValues,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+} from "./kit";
+import type { NetworkDriver } from "./network";
+
+export type { SecurityGroupRule } from "../core/securityGroup";
+
+type Inputish<T> = { [K in keyof T]: pulumi.Input<T[K]> };
+
+/** A rule as programs write it: only direction is required. */
+export interface SecurityGroupRuleArgs {
+  direction: "ingress" | "egress";
+  /** @default "any" */
+  protocol?: "tcp" | "udp" | "icmp" | "any";
+  /** A single port (sets portMin = portMax). */
+  port?: number;
+  portMin?: number;
+  portMax?: number;
+  remoteCidr?: string;
+  remoteGroup?: string;
+  ethertype?: "IPv4";
+}
+
+/** Fills a rule's defaults (pure). */
+export function normalizeRule(r: SecurityGroupRuleArgs): SecurityGroupRule {
+  const min = r.port ?? r.portMin ?? 0;
+  return {
+    direction: r.direction,
+    protocol: r.protocol ?? "any",
+    portMin: min,
+    portMax: r.port ?? r.portMax ?? min,
+    remoteCidr: r.remoteCidr ?? "",
+    remoteGroup: r.remoteGroup ?? "",
+    ethertype: r.ethertype ?? "IPv4",
+  };
+}
+
+// ---------------------------------------------------------------- SecurityGroup
+
+export interface SecurityGroupArgs {
+  readonly groupName?: pulumi.Input<string>;
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  readonly rules?: pulumi.Input<SecurityGroupRuleArgs[]>;
+  /** Neutron's default egress-any rule first. @default true */
+  readonly defaultEgress?: pulumi.Input<boolean>;
+  /** Addresses of the group's ports (remote-group rules of other ports match them). @default [] */
+  readonly members?: pulumi.Input<pulumi.Input<string>[]>;
+}
+
+export interface SecurityGroupInputs {
+  groupName: string;
+  hosts: HostConnection[];
+  rules: SecurityGroupRule[];
+  defaultEgress: boolean;
+  members: string[];
+  /** The `ipset restore` text (derived by check). */
+  ipset: string;
+}
+
+export interface SecurityGroupOutputs extends SecurityGroupInputs {
+  setName: string;
+  hostKeys: Record<string, string>;
+  /** Per host: the members found in the set (sorted), or null when the set is missing. */
+  realized: Record<string, string[] | null>;
+}
+
+export function checkSecurityGroupInputs(news: Record<string, unknown>): Checked {
+  const found = failureList();
+  const add = (f: string, r: string | undefined): void => found.add(f, r);
+  if (isKnown(news.groupName)) add("groupName", checkName("groupName", news.groupName));
+  for (const e of checkHostList("hosts", news.hosts)) add("hosts", e);
+  const out: Record<string, unknown> = { ...news, hosts: normalizeHosts(news.hosts) };
+  out.defaultEgress = news.defaultEgress ?? true;
+  out.members = news.members ?? [];
+  if (isKnown(out.defaultEgress) && typeof out.defaultEgress !== "boolean")
+    add("defaultEgress", `defaultEgress: expected true or false, got ${showValue(out.defaultEgress)}`);
+  const raw = news.rules ?? [];
+  if (isKnown(raw)) {
+    if (!Array.isArray(raw)) add("rules", `rules: expected a list of rules, got ${showValue(raw)}`);
+    else {
+      const rules = raw.map((r) =>
+        r !== null && typeof r === "object" && "ethertype" in r && "portMax" in r
+          ? (r as SecurityGroupRule)
+          : normalizeRule(r as SecurityGroupRuleArgs),
+      );
+      rules.forEach((r, i) => checkSgRule(`rules[${i}]`, r).forEach((e) => add(`rules[${i}]`, e)));
+      const withDefault =
+        out.defaultEgress === true && !rules.some((r) => JSON.stringify(r) === JSON.stringify(DEFAULT_EGRESS))
+          ? [DEFAULT_EGRESS, ...rules]
+          : rules;
+      out.rules = withDefault;
+    }
+  } else out.rules = raw;
+  if (isKnown(out.members)) {
+    if (!Array.isArray(out.members))
+      add("members", `members: expected a list of IPv4 addresses, got ${showValue(out.members)}`);
+    else
+      out.members.forEach((m, i) => {
+        if (!isIPv4(m) && !(typeof m === "string" && tryParseCidr(m)))
+          add(`members[${i}]`, `members[${i}]: expected an IPv4 address or network, got ${showValue(m)}`);
+      });
+  }
+  out.ipset =
+    found.failures.length === 0 && isKnown(news.groupName) && isKnown(out.members)
+      ? renderIpsetSwap(news.groupName as string, out.members as string[])
+      : UNKNOWN;
+  return { inputs: out, failures: found.failures };
+}
+
+export function diffSecurityGroup(olds: SecurityGroupOutputs, news: SecurityGroupInputs): DiffResult {
+  const replaces = changedKeys(olds, news, ["groupName"]);
+  const updates = changedKeys(olds, news, ["hosts", "rules", "defaultEgress", "members", "ipset"]);
+  const want = JSON.stringify([...news.members].sort());
+  const drift =
+    !Array.isArray(news.hosts) ||
+    news.hosts.some((h) => JSON.stringify(olds.realized?.[h.name] ?? null) !== want);
+  return { changes: replaces.length > 0 || updates.length > 0 || drift, replaces, deleteBeforeReplace: true };
+}
+
+export function ipsetApplyStep(groupName: string, ipset: string, removed: readonly string[]): Step {
+  const dir = `${KVMLAB_STATE_DIR}/secgroups/${groupName}`;
+  return {
+    label: `replace the member set of security group ${groupName}`,
+    script: [
+      "set -e",
+      'command -v ipset >/dev/null || { echo "ipset is missing on this host; install the Debian package ipset" >&2; exit 50; }',
+      `ipset restore < ${shQuote(`${dir}/ipset.restore`)}`,
+      // Flows of members that left the group end (Neutron does the same on membership changes).
+      ...removed.map(
+        (ip) =>
+          `conntrack -D -s ${ip} >/dev/null 2>&1 || true; conntrack -D -d ${ip} >/dev/null 2>&1 || true`,
+      ),
+    ].join("\n"),
+  };
+}
+
+export function ipsetReadStep(groupName: string): Step {
+  const set = securityGroupSet(groupName);
+  return {
+    label: `read security group ${groupName}`,
+    script: `if ipset list -n ${set} >/dev/null 2>&1; then echo set=yes; echo "members=$(ipset list ${set} | sed -n '/^Members:/,$p' | tail -n +2 | awk '{print $1}' | sort | paste -sd' ')"; else echo set=no; fi`,
+  };
+}
+
+function parseIpset(stdout: string): string[] | null {
+  const kv = parseKeyValues(stdout);
+  if (kv.get("set") !== "yes") return null;
+  // ipset prints /32 host entries without a prefix; keep the form members were given in.
+  return (kv.get("members") ?? "")
+    .split(" ")
+    .filter((m) => m !== "")
+    .sort();
+}
+
+async function applyGroup(inputs: SecurityGroupInputs, removed: string[]): Promise<SecurityGroupOutputs> {
+  const realized: Record<string, string[] | null> = {};
+  await onEveryHost(inputs.hosts, `security group ${inputs.groupName}`, async (h) => {
+    await requireFeatures(h, ["firewall"]);
+    const outs = await withHostLock(h, () =>
+      runChecked(h, [
+        uploadStep(`${KVMLAB_STATE_DIR}/secgroups/${inputs.groupName}/ipset.restore`, inputs.ipset, {
+          mode: "0644",
+        }),
+        ipsetApplyStep(inputs.groupName, inputs.ipset, removed),
+        ipsetReadStep(inputs.groupName),
+      ]),
+    );
+    realized[h.name] = parseIpset(outs[outs.length - 1]);
+  });
+  return { ...inputs, setName: securityGroupSet(inputs.groupName), hostKeys: {}, realized };
+}
+
+export function ipsetDeleteStep(groupName: string): Step {
+  return {
+    label: `delete security group ${groupName}`,
+    script: [
+      `ipset destroy ${securityGroupSet(groupName)}-n 2>/dev/null || true`,
+      `if ipset list -n ${securityGroupSet(groupName)} >/dev/null 2>&1; then ipset destroy ${securityGroupSet(groupName)} || { echo "the set of security group ${groupName} is still used by a port's rules; delete those ports first" >&2; exit 51; }; fi`,
+      `rm -rf ${shQuote(`${KVMLAB_STATE_DIR}/secgroups/${groupName}`)}`,
+      `rmdir ${shQuote(`${KVMLAB_STATE_DIR}/secgroups`)} 2>/dev/null || true`,
+    ].join("\n"),
+  };
+}
+
+const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>({
+  type: "SecurityGroup",
+  inputKeys: ["groupName", "hosts", "rules", "defaultEgress", "members", "ipset"],
+  outputKeys: ["setName", "hostKeys", "realized"],
+  secretOutputs: ["hosts"],
+  check: (news) => checkSecurityGroupInputs(news),
+  diff: diffSecurityGroup,
+  async create(inputs) {
+    return { id: inputs.groupName, outs: await applyGroup(inputs, []) };
+  },
+  async read(_id, props) {
+    const realized: Record<string, string[] | null> = {};
+    await onEveryHost(props.hosts, `security group ${props.groupName}`, async (h) => {
+      const [r] = await runSteps(h, [ipsetReadStep(props.groupName)]);
+      realized[h.name] = parseIpset(r.stdout);
+    });
+    return Object.values(realized).some((v) => v !== null) ? { ...props, realized } : undefined;
+  },
+  async update(_id, olds, news) {
+    return applyGroup(
+      news,
+      olds.members.filter((m) => !news.members.includes(m)),
+    );
+  },
+  async delete(_id, olds) {
+    await onEveryHost(olds.hosts, `security group ${olds.groupName}`, (h) =>
+      withHostLock(h, () => runChecked(h, [ipsetDeleteStep(olds.groupName)])),
+    );
+  },
+});
+
+export const securityGroupProvider = securityGroup.provider;
+
+/** A security group (`pulumi-nodejs:dynamic/kvmlab:SecurityGroup`). */
+export class SecurityGroup extends KvmlabResource<SecurityGroupInputs, SecurityGroupOutputs> {
+  declare readonly groupName: pulumi.Output<string>;
+  declare readonly rules: pulumi.Output<SecurityGroupRule[]>;
+  declare readonly members: pulumi.Output<string[]>;
+  declare readonly setName: pulumi.Output<string>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<Record<string, string[] | null>>;
+  constructor(name: string, args: SecurityGroupArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(securityGroup, name, { ...args, groupName: args.groupName ?? name }, opts);
+  }
+}
+
+// ---------------------------------------------------------------- SecurityGroupPort
+
+export interface SecurityGroupPortArgs {
+  /** A unique port name, e.g. `<server>-<index>`. */
+  readonly portName: pulumi.Input<string>;
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** The host the port's server runs on. */
+  readonly host: pulumi.Input<string>;
+  readonly tap: pulumi.Input<string>;
+  readonly mac: pulumi.Input<string>;
+  readonly ip: pulumi.Input<string>;
+  readonly driver: pulumi.Input<NetworkDriver>;
+  /** The network's bridge (Network.bridge). */
+  readonly networkBridge: pulumi.Input<string>;
+  /** The groups (SecurityGroup.groupName and .rules). */
+  readonly groups: pulumi.Input<pulumi.Input<Inputish<{ groupName: string; rules: SecurityGroupRule[] }>>[]>;
+}
+
+export interface SecurityGroupPortInputs {
+  portName: string;
+  hosts: HostConnection[];
+  host: string;
+  tap: string;
+  mac: string;
+  ip: string;
+  driver: NetworkDriver;
+  networkBridge: string;
+  groups: { groupName: string; rules: SecurityGroupRule[] }[];
+  /** The rendered ruleset (derived by check). */
+  ruleset: string;
+}
+
+export interface SecurityGroupPortState {
+  rules: string;
+  jumps: number;
+  /** OVS hybrid plumbing in place ("" for Linux bridge ports). */
+  hybrid: string;
+}
+
+export interface SecurityGroupPortOutputs extends SecurityGroupPortInputs {
+  /** The bridge the server's tap must join: qbr<id> for OVS ports, the network's bridge otherwise. */
+  portBridge: string;
+  zone: number;
+  hostKeys: Record<string, string>;
+  realized: SecurityGroupPortState;
+}
+
+/** The bridge a port's tap joins, and the bridge whose traffic carries its conntrack zone. */
+export function portBridgeOf(portName: string, driver: NetworkDriver, networkBridge: string): string {
+  return driver === "openvswitch" ? hybridDevices(portName).qbr : networkBridge;
+}
+
+export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Checked {
+  const found = failureList();
+  const add = (f: string, r: string | undefined): void => found.add(f, r);
+  if (isKnown(news.portName)) add("portName", checkName("portName", news.portName));
+  for (const e of checkHostList("hosts", news.hosts)) add("hosts", e);
+  const hosts = normalizeHosts(news.hosts);
+  const out: Record<string, unknown> = { ...news, hosts };
+  const list = Array.isArray(hosts) && isKnown(hosts) ? (hosts as HostConnection[]) : undefined;
+  if (list && isKnown(news.host) && !list.some((h) => h.name === news.host))
+    add(
+      "host",
+      `host: ${showValue(news.host)} is not one of the hosts (${list.map((h) => h.name).join(", ")})`,
+    );
+  if (isKnown(news.tap)) add("tap", checkDeviceName("tap", news.tap));
+  if (isKnown(news.networkBridge)) add("networkBridge", checkDeviceName("networkBridge", news.networkBridge));
+  if (isKnown(news.mac) && (typeof news.mac !== "string" || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(news.mac)))
+    add("mac", `mac: expected a lower-case MAC like fa:16:3e:00:00:01, got ${showValue(news.mac)}`);
+  if (isKnown(news.ip) && !isIPv4(news.ip))
+    add("ip", `ip: expected the port's IPv4 address, got ${showValue(news.ip)}`);
+  if (isKnown(news.driver) && news.driver !== "linuxbridge" && news.driver !== "openvswitch")
+    add("driver", `driver: expected "linuxbridge" or "openvswitch", got ${showValue(news.driver)}`);
+  const groups = news.groups ?? [];
+  out.groups = groups;
+  if (isKnown(groups)) {
+    if (!Array.isArray(groups))
+      add("groups", `groups: expected a list of security groups, got ${showValue(groups)}`);
+    else
+      groups.forEach((g, i) => {
+        const x = (g ?? {}) as Record<string, unknown>;
+        add(`groups[${i}].groupName`, checkName(`groups[${i}].groupName`, x.groupName));
+        if (!Array.isArray(x.rules))
+          add(`groups[${i}].rules`, `groups[${i}].rules: expected the group's rules (SecurityGroup.rules)`);
+        else
+          x.rules.forEach((r, j) =>
+            checkSgRule(`groups[${i}].rules[${j}]`, r).forEach((e) => add(`groups[${i}].rules[${j}]`, e)),
+          );
+      });
+  }
+  const ready =
+    ["portName", "tap", "mac", "ip", "driver", "networkBridge"].every((k) => isKnown(news[k])) &&
+    isKnown(groups);
+  if (found.failures.length === 0 && ready) {
+    const zoneBridge = portBridgeOf(
+      news.portName as string,
+      news.driver as NetworkDriver,
+      news.networkBridge as string,
+    );
+    out.ruleset = renderPortFirewall({
+      portName: news.portName as string,
+      tap: news.tap as string,
+      mac: news.mac as string,
+      ip: news.ip as string,
+      zoneBridge,
+      zone: conntrackZone(zoneBridge),
+      rules: (groups as { rules: SecurityGroupRule[] }[]).flatMap((g) => g.rules),
+      emptyGroups: [],
+    });
+  } else out.ruleset = UNKNOWN;
+  return { inputs: out, failures: found.failures };
+}
+
+export const SECURITY_GROUP_PORT_REPLACE_KEYS = [
+  "portName",
+  "host",
+  "tap",
+  "driver",
+  "networkBridge",
+] as const;
+
+export function diffSecurityGroupPort(
+  olds: SecurityGroupPortOutputs,
+  news: SecurityGroupPortInputs,
+): DiffResult {
+  const replaces = changedKeys(olds, news, SECURITY_GROUP_PORT_REPLACE_KEYS);
+  const updates = changedKeys(olds, news, ["hosts", "mac", "ip", "groups", "ruleset"]);
+  const r = olds.realized;
+  const drift =
+    !r ||
+    r.rules !== "sync" ||
+    r.jumps !== portFirewallJumps(news.portName, news.tap).length ||
+    (news.driver === "openvswitch" && r.hybrid !== "yes");
+  return { changes: replaces.length > 0 || updates.length > 0 || drift, replaces, deleteBeforeReplace: true };
+}
+
+function portDir(portName: string): string {
+  return `${KVMLAB_STATE_DIR}/ports/${portName}`;
+}
+
+function portDump(portName: string): string {
+  const c = portFirewallChains(portName);
+  return `dump() { { iptables-save -t filter; iptables-save -t raw; } 2>/dev/null | grep -E '^-A (${c.ingress}|${c.egress}|${c.spoof}|${c.zone}) ' | sed 's/\\[[0-9:]*\\]//'; }`;
+}
+
+/** conntrack -D arguments that end the flows a rule allowed for a port (Neutron's cleanup). */
+export function conntrackDeleteArgs(r: SecurityGroupRule, ip: string, zone: number): string {
+  const a = [`-w ${zone}`];
+  a.push(r.direction === "ingress" ? `-d ${ip}` : `-s ${ip}`);
+  if (r.protocol !== "any") a.push(`-p ${r.protocol}`);
+  if ((r.protocol === "tcp" || r.protocol === "udp") && r.portMin > 0 && r.portMin === r.portMax)
+    a.push(`--dport ${r.portMin}`);
+  const c = r.remoteCidr && r.remoteCidr !== "0.0.0.0/0" ? tryParseCidr(r.remoteCidr) : undefined;
+  if (c && c.prefix === 32)
+    a.push(r.direction === "ingress" ? `-s ${c.text.split("/")[0]}` : `-d ${c.text.split("/")[0]}`);
+  return a.join(" ");
+}
+
+export function portApplyStep(
+  inputs: SecurityGroupPortInputs,
+  removedRules: readonly SecurityGroupRule[],
+): Step {
+  const dir = portDir(inputs.portName);
+  const zoneBridge = portBridgeOf(inputs.portName, inputs.driver, inputs.networkBridge);
+  const zone = conntrackZone(zoneBridge);
+  const hy = hybridDevices(inputs.portName);
+  const lines = [
+    "set -e",
+    `f=${shQuote(`${dir}/rules.v4`)}; saved=${shQuote(`${dir}/rules.saved`)}`,
+    portDump(inputs.portName),
+    'for t in conntrack ipset; do command -v $t >/dev/null || { echo "$t is missing on this host; install the Debian package $t" >&2; exit 52; }; done',
+    `[ -e /sys/class/net/${inputs.networkBridge} ] || { echo "bridge ${inputs.networkBridge} is missing on this host; create the Network on it first" >&2; exit 53; }`,
+    // br_netfilter: bridged IPv4 goes through iptables (per network namespace since Linux 5.3).
+    "[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter",
+    "sysctl -q -w net.bridge.bridge-nf-call-iptables=1",
+  ];
+  if (inputs.driver === "openvswitch")
+    lines.push(
+      `ip link show ${hy.qbr} >/dev/null 2>&1 || ip link add ${hy.qbr} type bridge`,
+      `ip link set ${hy.qbr} type bridge forward_delay 0 2>/dev/null || true`,
+      `if ! ip link show ${hy.qvb} >/dev/null 2>&1; then ip link del ${hy.qvo} 2>/dev/null || true; ip link add ${hy.qvb} mtu 9000 type veth peer name ${hy.qvo}; fi`,
+      `mtu=$(cat /sys/class/net/${inputs.networkBridge}/mtu); ip link set ${hy.qvb} mtu $mtu; ip link set ${hy.qvo} mtu $mtu`,
+      `ip link set ${hy.qvb} master ${hy.qbr}`,
+      `ovs-vsctl --may-exist add-port ${inputs.networkBridge} ${hy.qvo} -- set port ${hy.qvo} external_ids:kvmlab-port=${shQuote(inputs.portName)}`,
+      `ethtool -K ${hy.qvb} tx off >/dev/null 2>&1 || true; ethtool -K ${hy.qvo} tx off >/dev/null 2>&1 || true`,
+      `ip link set ${hy.qvb} up; ip link set ${hy.qvo} up; ip link set ${hy.qbr} up`,
+    );
+  lines.push(
+    `iptables -w -N ${SG_SHARED_CHAINS.chain} 2>/dev/null && iptables -w -A ${SG_SHARED_CHAINS.chain} -m comment --comment "kvmlab: ports without a matching rule above" -j ACCEPT || true`,
+    `iptables -w -N ${SG_SHARED_CHAINS.fallback} 2>/dev/null && iptables -w -A ${SG_SHARED_CHAINS.fallback} -m comment --comment "kvmlab: default drop rule for unmatched traffic" -j DROP || true`,
+    'if ! { [ -f "$f" ] && cmp -s "$f.new" "$f" && [ -f "$saved" ] && dump | cmp -s - "$saved"; }; then',
+    '  iptables-restore -n -w < "$f.new"; mv -f "$f.new" "$f"; dump > "$saved"',
+    'else rm -f "$f.new"; fi',
+    ...portFirewallJumps(inputs.portName, inputs.tap).map(
+      ([t, chain, rule, how]) =>
+        `iptables -w -t ${t} -C ${chain} ${rule} 2>/dev/null || iptables -w -t ${t} ${how === "insert" ? `-I ${chain} 1` : `-A ${chain}`} ${rule}`,
+    ),
+    ...removedRules.map(
+      (r) => `conntrack -D ${conntrackDeleteArgs(r, inputs.ip, zone)} >/dev/null 2>&1 || true`,
+    ),
+  );
+  return { label: `apply security groups of port ${inputs.portName}`, script: lines.join("\n") };
+}
+
+export function portReadStep(
+  inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge">,
+): Step {
+  const dir = portDir(inputs.portName);
+  const hy = hybridDevices(inputs.portName);
+  return {
+    label: `read security groups of port ${inputs.portName}`,
+    script: [
+      `saved=${shQuote(`${dir}/rules.saved`)}`,
+      portDump(inputs.portName),
+      'if [ ! -f "$saved" ]; then echo rules=none; elif dump | cmp -s - "$saved"; then echo rules=sync; else echo rules=drift; fi',
+      "n=0",
+      ...portFirewallJumps(inputs.portName, inputs.tap).map(
+        ([t, c, r]) => `iptables -w -t ${t} -C ${c} ${r} 2>/dev/null && n=$((n+1))`,
+      ),
+      "echo jumps=$n",
+      inputs.driver === "openvswitch"
+        ? `m=$(readlink /sys/class/net/${hy.qvb}/master 2>/dev/null || true); b=$(ovs-vsctl port-to-br ${hy.qvo} 2>/dev/null || true); echo "hybrid=$([ "\${m##*/}" = ${hy.qbr} ] && [ "$b" = ${inputs.networkBridge} ] && echo yes || echo no)"`
+        : "echo hybrid=",
+    ].join("\n"),
+  };
+}
+
+function parsePortState(stdout: string): SecurityGroupPortState {
+  const kv = parseKeyValues(stdout);
+  return {
+    rules: kv.get("rules") ?? "none",
+    jumps: Number(kv.get("jumps") ?? "0"),
+    hybrid: kv.get("hybrid") ?? "",
+  };
+}
+
+export function portDeleteStep(
+  inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge" | "ip">,
+): Step {
+  const c = portFirewallChains(inputs.portName);
+  const hy = hybridDevices(inputs.portName);
+  const zone = conntrackZone(portBridgeOf(inputs.portName, inputs.driver, inputs.networkBridge));
+  return {
+    label: `delete security groups of port ${inputs.portName}`,
+    script: [
+      ...portFirewallJumps(inputs.portName, inputs.tap).map(
+        ([t, ch, r]) =>
+          `while iptables -w -t ${t} -C ${ch} ${r} 2>/dev/null; do iptables -w -t ${t} -D ${ch} ${r}; done`,
+      ),
+      `for ch in ${c.ingress} ${c.egress} ${c.spoof}; do iptables -w -F $ch 2>/dev/null || true; done`,
+      `for ch in ${c.ingress} ${c.egress} ${c.spoof}; do iptables -w -X $ch 2>/dev/null || true; done`,
+      `iptables -w -t raw -F ${c.zone} 2>/dev/null || true; iptables -w -t raw -X ${c.zone} 2>/dev/null || true`,
+      // The zone's entries for this port go (the whole zone for an OVS port: it is the port's own).
+      inputs.driver === "openvswitch"
+        ? `conntrack -D -w ${zone} >/dev/null 2>&1 || true`
+        : `conntrack -D -w ${zone} -s ${inputs.ip} >/dev/null 2>&1 || true; conntrack -D -w ${zone} -d ${inputs.ip} >/dev/null 2>&1 || true`,
+      // Shared chains go with the last port (sg-chain then holds only its final ACCEPT).
+      `if [ "$(iptables -w -S ${SG_SHARED_CHAINS.chain} 2>/dev/null | grep -c '^-A')" = 1 ] && ! iptables -w -S FORWARD | grep -q ${SG_SHARED_CHAINS.chain}; then iptables -w -F ${SG_SHARED_CHAINS.chain}; iptables -w -X ${SG_SHARED_CHAINS.chain}; iptables -w -F ${SG_SHARED_CHAINS.fallback} 2>/dev/null; iptables -w -X ${SG_SHARED_CHAINS.fallback} 2>/dev/null || true; fi`,
+      inputs.driver === "openvswitch"
+        ? `ovs-vsctl --if-exists del-port ${hy.qvo}; ip link del ${hy.qvb} 2>/dev/null || true; ip link del ${hy.qbr} 2>/dev/null || true`
+        : "true",
+      `rm -rf ${shQuote(portDir(inputs.portName))}`,
+      `rmdir ${shQuote(`${KVMLAB_STATE_DIR}/ports`)} 2>/dev/null || true`,
+    ].join("\n"),
+  };
+}
+
+async function applyPort(
+  inputs: SecurityGroupPortInputs,
+  removed: SecurityGroupRule[],
+): Promise<SecurityGroupPortOutputs> {
+  const host = hostNamed(inputs.hosts, inputs.host, "port");
+  await requireFeatures(host, inputs.driver === "openvswitch" ? ["firewall", "openvswitch"] : ["firewall"]);
+  const outs = await withHostLock(host, () =>
+    runChecked(host, [
+      uploadStep(`${portDir(inputs.portName)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
+      portApplyStep(inputs, removed),
+      portReadStep(inputs),
+    ]),
+  );
+  const portBridge = portBridgeOf(inputs.portName, inputs.driver, inputs.networkBridge);
+  return {
+    ...inputs,
+    portBridge,
+    zone: conntrackZone(portBridge),
+    hostKeys: {},
+    realized: parsePortState(outs[outs.length - 1]),
+  };
+}
+
+/** Rules of `olds` no longer in `news` (by their iptables match). */
+export function removedRules(
+  olds: SecurityGroupPortInputs,
+  news: SecurityGroupPortInputs,
+): SecurityGroupRule[] {
+  const key = (r: SecurityGroupRule): string => `${r.direction} ${JSON.stringify(r)}`;
+  const now = new Set(news.groups.flatMap((g) => g.rules).map(key));
+  return olds.groups.flatMap((g) => g.rules).filter((r) => !now.has(key(r)));
+}
+
+const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupPortOutputs>({
+  type: "SecurityGroupPort",
+  inputKeys: [
+    "portName",
+    "hosts",
+    "host",
+    "tap",
+    "mac",
+    "ip",
+    "driver",
+    "networkBridge",
+    "groups",
+    "ruleset",
+  ],
+  outputKeys: ["portBridge", "zone", "hostKeys", "realized"],
+  secretOutputs: ["hosts"],
+  check: (news) => checkSecurityGroupPortInputs(news),
+  diff: diffSecurityGroupPort,
+  async create(inputs) {
+    try {
+      return { id: inputs.portName, outs: await applyPort(inputs, []) };
+    } catch (err) {
+      const host = hostNamed(inputs.hosts, inputs.host, "port");
+      await withHostLock(host, () => runChecked(host, [portDeleteStep(inputs)])).catch(() => undefined);
+      throw err;
+    }
+  },
+  async read(_id, props) {
+    const host = hostNamed(props.hosts, props.host, "port");
+    const [r] = await runSteps(host, [portReadStep(props)]);
+    if (r.code !== 0)
+      throw new Error(`host ${host.name}: reading port ${props.portName} failed: ${r.stderr.trim()}`);
+    const realized = parsePortState(r.stdout);
+    return realized.rules !== "none" || realized.jumps > 0 ? { ...props, realized } : undefined;
+  },
+  async update(_id, olds, news) {
+    return applyPort(news, removedRules(olds, news));
+  },
+  async delete(_id, olds) {
+    const host = hostNamed(olds.hosts, olds.host, "port");
+    await withHostLock(host, () => runChecked(host, [portDeleteStep(olds)]));
+  },
+});
+
+export const securityGroupPortProvider = securityGroupPort.provider;
+
+/** One port's security groups (`pulumi-nodejs:dynamic/kvmlab:SecurityGroupPort`). */
+export class SecurityGroupPort extends KvmlabResource<SecurityGroupPortInputs, SecurityGroupPortOutputs> {
+  declare readonly portName: pulumi.Output<string>;
+  declare readonly portBridge: pulumi.Output<string>;
+  declare readonly ruleset: pulumi.Output<string>;
+  declare readonly zone: pulumi.Output<number>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<SecurityGroupPortState>;
+  constructor(name: string, args: SecurityGroupPortArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(securityGroupPort, name, { ...args }, opts);
+  }
+}

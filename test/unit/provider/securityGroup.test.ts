@@ -1,0 +1,189 @@
+/**
+ * SecurityGroup and SecurityGroupPort: the port ruleset and the ipset swap against goldens
+ * (Neutron's order, anti-spoofing, zones, remote groups), check refusals naming the field with no
+ * host reached, diff (rule changes are updates, drift), conntrack cleanup of a revoked rule,
+ * step text, serialization.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import { assertSerializable } from "../../harness/serialization";
+import { expectGolden } from "../templates/support";
+import { testHost } from "./fixtures";
+import {
+  checkSecurityGroupInputs,
+  checkSecurityGroupPortInputs,
+  conntrackDeleteArgs,
+  diffSecurityGroupPort,
+  hostPoolStats,
+  normalizeRule,
+  portApplyStep,
+  portDeleteStep,
+  removedRules,
+  securityGroupPortProvider,
+  securityGroupProvider,
+  type SecurityGroupInputs,
+  type SecurityGroupPortInputs,
+  type SecurityGroupPortOutputs,
+} from "../../../provider";
+import {
+  DEFAULT_EGRESS,
+  renderIpsetSwap,
+  renderPortFirewall,
+  securityGroupSet,
+} from "../../../core/securityGroup";
+
+const HOSTS = [testHost("hv1", 1)];
+const WEB = [
+  normalizeRule({ direction: "ingress", protocol: "tcp", port: 80 }),
+  normalizeRule({ direction: "ingress", protocol: "tcp", port: 443 }),
+  normalizeRule({ direction: "ingress", protocol: "tcp", port: 22, remoteGroup: "bastion" }),
+  normalizeRule({ direction: "ingress", protocol: "icmp", remoteCidr: "10.0.0.0/8" }),
+  normalizeRule({ direction: "ingress", protocol: "udp", portMin: 5000, portMax: 5010 }),
+];
+
+function portRaw(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    portName: "web1-0",
+    hosts: HOSTS,
+    host: "hv1",
+    tap: "tap1a2b3c4d",
+    mac: "fa:16:3e:00:00:01",
+    ip: "10.10.1.5",
+    driver: "openvswitch",
+    networkBridge: "kvlb-00000001",
+    groups: [
+      { groupName: "web", rules: [DEFAULT_EGRESS, ...WEB] },
+      { groupName: "default", rules: [DEFAULT_EGRESS] },
+    ],
+    ...over,
+  };
+}
+
+test("port ruleset and ipset swap match their goldens, in Neutron's order", () => {
+  const base = {
+    portName: "web1-0",
+    tap: "tap1a2b3c4d",
+    mac: "fa:16:3e:00:00:01",
+    ip: "10.10.1.5",
+    emptyGroups: [],
+  };
+  const ovs = renderPortFirewall({
+    ...base,
+    zoneBridge: "qbr0a0b0c0d",
+    zone: 4242,
+    rules: [DEFAULT_EGRESS, ...WEB, DEFAULT_EGRESS],
+  });
+  expectGolden("secgroup/port-web-ovs-hybrid.rules", ovs);
+  expectGolden(
+    "secgroup/port-ssh-only-linuxbridge.rules",
+    renderPortFirewall({ ...base, zoneBridge: "kvlb-00000001", zone: 5000, rules: [WEB[2]] }),
+  );
+  expectGolden("secgroup/ipset-bastion.restore", renderIpsetSwap("bastion", ["10.10.9.7", "10.10.9.3"]));
+  const lines = ovs.split("\n");
+  const i = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+  assert.ok(i(/-A kvmlab-i.* RELATED,ESTABLISHED/) < i(/-A kvmlab-i.*--dport 80/));
+  assert.ok(i(/-A kvmlab-i.*--dport 80/) < i(/-A kvmlab-i.*INVALID/));
+  assert.ok(i(/-A kvmlab-i.*INVALID/) < i(/-A kvmlab-i.*kvmlab-sg-fallback/));
+  assert.equal(
+    lines.filter((l) => /^-A kvmlab-o.* -j RETURN$/.test(l) && /security group rule/.test(l)).length,
+    1,
+    "egress-any deduplicated",
+  );
+  assert.match(
+    ovs,
+    new RegExp(`-p tcp -m tcp --dport 22 -m set --match-set ${securityGroupSet("bastion")} src`),
+  );
+  assert.match(ovs, /-s 10\.10\.1\.5\/32 -m mac --mac-source fa:16:3e:00:00:01 .* -j RETURN/);
+  assert.match(ovs, /-i qbr0a0b0c0d .* -j CT --zone 4242/);
+  assert.throws(
+    () => renderPortFirewall({ ...base, ip: "10.0.0.1 -j ACCEPT", zoneBridge: "x", zone: 1, rules: [] }),
+    /ip/,
+  );
+});
+
+test("check: defaults, derived ruleset, refusals naming the field, no host reached", () => {
+  const before = JSON.stringify(hostPoolStats());
+  const g = checkSecurityGroupInputs({
+    groupName: "web",
+    hosts: HOSTS,
+    rules: [{ direction: "ingress", protocol: "tcp", port: 80 }],
+  });
+  assert.deepEqual(g.failures, []);
+  const gi = g.inputs as unknown as SecurityGroupInputs;
+  assert.deepEqual(gi.rules[0], DEFAULT_EGRESS, "Neutron's default egress rule comes first");
+  assert.match(gi.ipset, /swap kvmlab-g[0-9a-f]{8}-n kvmlab-g[0-9a-f]{8}/);
+  for (const [raw, field] of [
+    [{ groupName: "web;x" }, "groupName"],
+    [{ rules: [{ direction: "in" }] }, "rules[0]"],
+    [{ rules: [{ direction: "ingress", protocol: "tcp", port: 70000 }] }, "rules[0]"],
+    [{ rules: [{ direction: "ingress", remoteCidr: "10.0.0.0/8 -j ACCEPT" }] }, "rules[0]"],
+    [{ rules: [{ direction: "ingress", remoteGroup: "$(id)" }] }, "rules[0]"],
+    [{ members: ["10.0.0.1; reboot"] }, "members[0]"],
+  ] as [Record<string, unknown>, string][]) {
+    const f = checkSecurityGroupInputs({ groupName: "web", hosts: HOSTS, ...raw }).failures;
+    assert.ok(
+      f.some((x) => x.property === field),
+      `${field}: ${JSON.stringify(f)}`,
+    );
+  }
+  const p = checkSecurityGroupPortInputs(portRaw());
+  assert.deepEqual(p.failures, []);
+  assert.match((p.inputs as { ruleset: string }).ruleset, /--physdev|-j CT --zone/);
+  for (const [raw, field] of [
+    [{ tap: "tap x" }, "tap"],
+    [{ mac: "FA:16" }, "mac"],
+    [{ ip: "10.0.0.1/32 -j ACCEPT" }, "ip"],
+    [{ driver: "nft" }, "driver"],
+    [{ host: "hv9" }, "host"],
+    [{ groups: [{ groupName: "a'b", rules: [] }] }, "groups[0].groupName"],
+  ] as [Record<string, unknown>, string][]) {
+    const f = checkSecurityGroupPortInputs(portRaw(raw)).failures;
+    assert.ok(
+      f.some((x) => x.property === field),
+      `${field}: ${JSON.stringify(f)}`,
+    );
+  }
+  assert.equal(JSON.stringify(hostPoolStats()), before, "check reached no host");
+});
+
+test("port diff: group rule changes are updates; drift; a revoked rule's flows are deleted by conntrack", () => {
+  const news = checkSecurityGroupPortInputs(portRaw()).inputs as unknown as SecurityGroupPortInputs;
+  const olds = {
+    ...news,
+    portBridge: "",
+    zone: 4242,
+    hostKeys: {},
+    realized: { rules: "sync", jumps: 6, hybrid: "yes" },
+  } as SecurityGroupPortOutputs;
+  assert.equal(diffSecurityGroupPort(olds, news).changes, false);
+  const fewer = checkSecurityGroupPortInputs(
+    portRaw({ groups: [{ groupName: "web", rules: [DEFAULT_EGRESS, ...WEB.slice(1)] }] }),
+  ).inputs as unknown as SecurityGroupPortInputs;
+  const d = diffSecurityGroupPort(olds, fewer);
+  assert.deepEqual(d.replaces, []);
+  assert.equal(d.changes, true);
+  assert.equal(
+    diffSecurityGroupPort({ ...olds, realized: { ...olds.realized, rules: "drift" } }, news).changes,
+    true,
+  );
+  const removed = removedRules(news, fewer);
+  assert.deepEqual(removed, [WEB[0]]);
+  assert.equal(conntrackDeleteArgs(WEB[0], "10.10.1.5", 4242), "-w 4242 -d 10.10.1.5 -p tcp --dport 80");
+  assert.match(portApplyStep(fewer, removed).script, /conntrack -D -w \d+ -d 10\.10\.1\.5 -p tcp --dport 80/);
+  const apply = portApplyStep(news, []).script;
+  assert.match(apply, /iptables-restore -n -w < "\$f\.new"/);
+  assert.match(apply, /ovs-vsctl --may-exist add-port kvlb-00000001 qvo/);
+  assert.match(apply, /bridge-nf-call-iptables=1/);
+  const del = portDeleteStep(news).script;
+  assert.match(del, /-X \$ch/);
+  assert.match(del, /ip link del qbr/);
+});
+
+test("security group providers serialize without captured modules or secrets", async () => {
+  for (const p of [securityGroupProvider, securityGroupPortProvider])
+    await assertSerializable(p, {
+      forbid: [/handlebars/i, /require\("yaml"\)/, /\.hbs\b/, /templates\//],
+      methods: ["check", "diff", "create", "read", "update", "delete"],
+      maxBytes: 256 * 1024,
+    });
+});
