@@ -10,3 +10,5 @@ export * from "./flavor";
 export * from "./keypair";
 export * from "./server";
 export * from "./kit";
+export * from "./identity";
+export * from "./quota";

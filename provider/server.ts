@@ -41,6 +41,8 @@ import {
   type HostConnection,
 } from "./host";
 import { allocateAddress, releaseAddress } from "./ipam";
+import { reserveQuota, releaseQuota } from "./quota";
+import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
   canonicalJson,
@@ -430,6 +432,18 @@ async function migrateServer(
   return migratedMs;
 }
 
+/** Reserves the server's quota in its project on the controller (hosts[0]); false when it has no project. */
+async function reserveServerQuota(i: ServerInputs): Promise<boolean> {
+  if (!i.project) return false;
+  const usage = serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length);
+  await reserveQuota(i.hosts[0], i.project, `server:${i.serverName}`, usage);
+  return true;
+}
+
+async function releaseServerQuota(i: ServerInputs): Promise<void> {
+  if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.serverName}`);
+}
+
 const server = defineResource<ServerInputs, ServerOutputs>({
   type: "Server",
   inputKeys: SERVER_INPUT_KEYS,
@@ -455,7 +469,10 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
     let addresses: ServerAddress[] = [];
+    let reserved = false;
     try {
+      // Quota first, under the controller's lock: a refused server leaves nothing behind.
+      reserved = await reserveServerQuota(inputs);
       host = await placeAndClaim(inputs);
       const domainType = await domainTypeOf(host);
       addresses = await allocatePorts(inputs);
@@ -481,6 +498,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // Leave nothing behind: domain, files, record, IP reservations.
       if (host) await runLocked(host, [deleteStep(inputs)]).catch(() => undefined);
       await releasePorts(inputs).catch(() => undefined);
+      if (reserved) await releaseServerQuota(inputs).catch(() => undefined);
       throw err;
     }
   },
@@ -501,6 +519,12 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async update(_id, olds, news) {
     const m = startMetrics("update", news.serverName);
     const plan = planUpdate(olds, news);
+    // Resize or a new project: reserve the new size first (refused → nothing changes).
+    const oldProject = olds.project ?? "";
+    if (news.project !== oldProject || canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
+      await reserveServerQuota(news);
+      if (oldProject !== "" && oldProject !== news.project) await releaseServerQuota(olds);
+    }
     if (news.image.kind === "disk" && news.flavor.diskGiB < olds.flavor.diskGiB) {
       throw new Error(
         `flavor: ${news.flavor.name} has a ${news.flavor.diskGiB} GiB disk, smaller than the ${olds.flavor.diskGiB} GiB the server has; disks do not shrink: pick a flavor with diskGiB >= ${olds.flavor.diskGiB} or replace the server`,
@@ -550,6 +574,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const host = hostNamed(olds.hosts, olds.host);
     await waited(m, () => runLocked(host, [deleteStep(olds)]));
     await releasePorts(olds);
+    await releaseServerQuota(olds);
     finishMetrics(m, { host: host.name });
   },
 });
@@ -574,6 +599,8 @@ export interface ServerResourceArgs {
   readonly powerState?: pulumi.Input<PowerState>;
   /** @default { kind: "none" } */
   readonly readiness?: pulumi.Input<Partial<Readiness>>;
+  /** Project (`<domain>/<name>`, a Project's recordId) whose quotas it counts against. @default "" (none) */
+  readonly project?: pulumi.Input<string>;
 }
 
 /** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */
