@@ -12,3 +12,4 @@ export * from "./server";
 export * from "./kit";
 export * from "./identity";
 export * from "./quota";
+export * from "./console";

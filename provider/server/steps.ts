@@ -38,6 +38,7 @@ export function serverRecord(
     ramMiB: inputs.flavor.ramMiB,
     image: inputs.image.name,
     ports: addresses.map((a) => ({ ip: a.ip, mac: a.mac })),
+    project: inputs.project ?? "",
   };
 }
 
