@@ -5,3 +5,4 @@ export * from "./network";
 export * from "./image";
 export * from "./server";
 export { readSandboxStatus, type SandboxHost, type SandboxStatus } from "./sandbox";
+export * from "./identity";
