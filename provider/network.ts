@@ -50,7 +50,14 @@ import {
   KvmlabResource,
   applyRules,
   changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
   defineResource,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   isKnown,
   isUnknown,
   normalizeHosts,
@@ -80,6 +87,8 @@ export interface NetworkArgs {
   readonly vni?: pulumi.Input<number>;
   /** Interface MTU on the network. @default 1450 for selfservice (1500 - 50), 1500 for provider */
   readonly mtu?: pulumi.Input<number>;
+  /** Owner of the host objects. @default set by the kit: "<project>/<stack>/Network/<name>" */
+  readonly owner?: pulumi.Input<string>;
 }
 
 /** Inputs as the provider sees them after check. */
@@ -91,6 +100,8 @@ export interface NetworkInputs {
   /** 0 for provider networks. */
   vni: number;
   mtu: number;
+  /** Owner of the bridge, VXLAN device and record on every host (kit/owner.ts). */
+  owner: string;
 }
 
 /** What one host actually has (read back after every change, and by refresh). */
@@ -196,7 +207,8 @@ export function checkNetworkInputs(news: Record<string, unknown>): Checked {
   if (mtu === undefined) mtu = kind === "provider" ? 1500 : kind === "selfservice" ? 1450 : UNKNOWN;
   else if (isKnown(mtu))
     out.add("mtu", rules.int(576, 9000, "", " (selfservice: the underlay MTU minus 50)")("mtu", mtu));
-  return { inputs: { ...news, driver, hosts, vni, mtu }, failures: out.failures };
+  const owner = checkedOwner(news, "Network", "networkName", out.add);
+  return { inputs: { ...news, driver, hosts, vni, mtu, owner }, failures: out.failures };
 }
 
 /** Fields whose change makes a new network. */
@@ -242,7 +254,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     lines.push("dp=netdev; [ -d /sys/module/openvswitch ] && dp=system");
     ovsTx.push(
       '--may-exist add-br "$br"',
-      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind}`,
+      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-owner=${shQuote(JSON.stringify(inputs.owner))}`,
       'set interface "$br" mtu_request=$mtu',
     );
   } else {
@@ -382,8 +394,34 @@ export function networkDeleteStep(networkName: string, driver: NetworkDriver, ho
   return { label: `delete network ${networkName} on ${host.name}`, script: lines.join("\n") };
 }
 
-/** Applies the inputs on one host and reads back the result (one batch under the lock). */
-async function applyOnHost(inputs: NetworkInputs, host: HostConnection): Promise<NetworkHostState> {
+/** The network's objects on a host, for the owner guards (keyed by the network's name: its identity). */
+export function networkOwned(networkName: string): OwnedObject {
+  const { bridge } = networkDevices(networkName);
+  return {
+    kind: "network",
+    key: [networkName],
+    what: `network ${networkName} (bridge ${bridge})`,
+    field: "networkName",
+    // The bridge (Linux or OVS: both show as a link) or the record of a network made before owners.
+    exists: `{ ip link show dev ${bridge} >/dev/null 2>&1 || [ -f ${shQuote(recordPath("network", networkName))} ]; }`,
+  };
+}
+
+/** Claims the network on a host for its owner; true when this call made the claim. */
+async function claimOnHost(inputs: NetworkInputs, host: HostConnection): Promise<boolean> {
+  const [out] = await runLocked(host, [claimStep(networkOwned(inputs.networkName), inputs.owner)]);
+  return claimedNow(out);
+}
+
+/**
+ * Applies the inputs on one host and reads back the result (one batch under the lock). The
+ * first step refuses a network another owner holds (`owners`: the old and the new owner).
+ */
+async function applyOnHost(
+  inputs: NetworkInputs,
+  host: HostConnection,
+  owners: readonly string[],
+): Promise<NetworkHostState> {
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
   const record = {
@@ -397,24 +435,33 @@ async function applyOnHost(inputs: NetworkInputs, host: HostConnection): Promise
     vxlan: inputs.kind === "selfservice" ? vxlan : "",
     uplink: inputs.kind === "provider" ? host.uplink : "",
     remotes: expectedHostState(inputs, host).remotes,
+    owner: inputs.owner,
   };
   const outs = await runLocked(host, [
+    guardStep(networkOwned(inputs.networkName), owners, true),
     networkApplyStep(inputs, host),
     writeRecordStep("network", inputs.networkName, record),
     networkReadStep(inputs.networkName, inputs.driver, host),
   ]);
-  return parseNetworkState(outs[2]);
+  return parseNetworkState(outs[3]);
 }
 
-/** Removes the network from one host (one batch under the lock). */
+/**
+ * Removes the network from one host (one batch under the lock). The first step refuses a
+ * network another owner holds; state from before owners (owner "") is not guarded.
+ */
 async function removeFromHost(
   networkName: string,
   driver: NetworkDriver,
   host: HostConnection,
+  owner: string,
 ): Promise<void> {
+  const owned = networkOwned(networkName);
   await runLocked(host, [
+    ...(owner ? [guardStep(owned, [owner])] : []),
     networkDeleteStep(networkName, driver, host),
     deleteRecordStep("network", networkName),
+    ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
   ]);
 }
 
@@ -432,7 +479,7 @@ function outputsFor(inputs: NetworkInputs, realized: Record<string, NetworkHostS
 
 const network = defineResource<NetworkInputs, NetworkOutputs>({
   type: "Network",
-  inputKeys: ["networkName", "kind", "driver", "hosts", "vni", "mtu"],
+  inputKeys: ["networkName", "kind", "driver", "hosts", "vni", "mtu", "owner"],
   outputKeys: ["shortId", "bridge", "vxlanDevice", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkNetworkInputs(news),
@@ -440,13 +487,18 @@ const network = defineResource<NetworkInputs, NetworkOutputs>({
 
   async create(inputs) {
     const realized: Record<string, NetworkHostState> = {};
+    // Hosts where THIS call made the owner claim: the only ones a failed create cleans.
+    const made: HostConnection[] = [];
     try {
       await onEveryHost(inputs.hosts, `create network ${inputs.networkName}`, async (h) => {
-        realized[h.name] = await applyOnHost(inputs, h);
+        if (await claimOnHost(inputs, h)) made.push(h);
+        realized[h.name] = await applyOnHost(inputs, h, [inputs.owner]);
       });
     } catch (err) {
-      // Leave nothing behind on any host; report the original failure.
-      await Promise.allSettled(inputs.hosts.map((h) => removeFromHost(inputs.networkName, inputs.driver, h)));
+      // Remove what this call made (never another owner's network); report the original failure.
+      await Promise.allSettled(
+        made.map((h) => removeFromHost(inputs.networkName, inputs.driver, h, inputs.owner)),
+      );
       throw err;
     }
     return { id: inputs.networkName, outs: outputsFor(inputs, realized) };
@@ -468,18 +520,22 @@ const network = defineResource<NetworkInputs, NetworkOutputs>({
     const keep = new Set(news.hosts.map((h) => h.name));
     const gone = olds.hosts.filter((h) => !keep.has(h.name));
     await onEveryHost(gone, `remove network ${olds.networkName} from hosts no longer listed`, (h) =>
-      removeFromHost(olds.networkName, olds.driver, h),
+      removeFromHost(olds.networkName, olds.driver, h, ownerIn(olds)),
     );
     const realized: Record<string, NetworkHostState> = {};
+    const owners = [news.owner, ownerIn(olds)];
+    const had = new Set(olds.hosts.map((h) => h.name));
     await onEveryHost(news.hosts, `update network ${news.networkName}`, async (h) => {
-      realized[h.name] = await applyOnHost(news, h);
+      // A host new to the network is a create there: claim it (refused when another owner holds it).
+      if (!had.has(h.name)) await claimOnHost(news, h);
+      realized[h.name] = await applyOnHost(news, h, owners);
     });
     return outputsFor(news, realized);
   },
 
   async delete(_id, olds) {
     await onEveryHost(olds.hosts, `delete network ${olds.networkName}`, (h) =>
-      removeFromHost(olds.networkName, olds.driver, h),
+      removeFromHost(olds.networkName, olds.driver, h, ownerIn(olds)),
     );
   },
 });
@@ -502,6 +558,7 @@ export class Network extends KvmlabResource<NetworkInputs, NetworkOutputs> {
   declare readonly hostKeys: pulumi.Output<Record<string, string>>;
   declare readonly realized: pulumi.Output<Record<string, NetworkHostState>>;
   declare readonly hosts: pulumi.Output<HostConnection[]>;
+  declare readonly owner: pulumi.Output<string>;
 
   constructor(name: string, args: NetworkArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(network, name, { ...args, networkName: args.networkName ?? name }, opts);

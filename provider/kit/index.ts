@@ -8,10 +8,12 @@
  *                recordHostKeys, onEveryHost, hostNamed
  *   provider.ts  defineResource(spec) → {spec, provider}; inputsOf, changedKeys, sameValue,
  *                canonicalJson
- *   resource.ts  KvmlabResource (base class)
+ *   resource.ts  KvmlabResource (base class; sets the `owner` input)
+ *   owner.ts     ownerOf, checkedOwner, claimStep / guardStep / releaseOwnerStep (issue 15)
  */
 export * from "./check";
 export * from "./kv";
 export * from "./host";
 export * from "./provider";
 export * from "./resource";
+export * from "./owner";

@@ -19,6 +19,7 @@ import type * as pulumi from "@pulumi/pulumi";
 import type { HostConnection } from "../host/connection";
 import { isUnknown, type Checked } from "./check";
 import { pinnedHosts, recordHostKeys } from "./host";
+import { ownerIn } from "./owner";
 
 /** What a pure diff returns (Pulumi's DiffResult without the optional fields kvmlab never sets). */
 export interface DiffResult {
@@ -140,7 +141,12 @@ export function defineResource<I extends object, O extends I>(spec: ResourceSpec
       return { inputs: inputs as unknown as I, failures };
     },
     async diff(_id, olds, news) {
-      return spec.diff(olds, news);
+      const d = spec.diff(olds, news);
+      // A new owner (state from before owners, a renamed stack) is an update: the guards accept
+      // the old and the new owner and the markers move to the new one.
+      if ((spec.inputKeys as readonly string[]).includes("owner") && !sameValue(ownerIn(olds), ownerIn(news)))
+        return { ...d, changes: true };
+      return d;
     },
     async create(raw) {
       const inputs = inputsOf(raw, spec.inputKeys);

@@ -5,6 +5,7 @@
  */
 import * as pulumi from "@pulumi/pulumi";
 import { packagedProvider } from "../packaged";
+import { ownerOf } from "./owner";
 import type { ResourceKind } from "./provider";
 
 export abstract class KvmlabResource<I extends object, O extends I> extends pulumi.dynamic.Resource {
@@ -17,6 +18,16 @@ export abstract class KvmlabResource<I extends object, O extends I> extends pulu
     const props: Record<string, unknown> = {};
     for (const k of kind.spec.inputKeys) props[k] = inputs[k];
     for (const k of kind.spec.outputKeys) props[k] = undefined;
+    // The owner of every host object this resource makes: derived here, in the program, because
+    // a dynamic provider never sees the URN (see kit/owner.ts).
+    if ((kind.spec.inputKeys as readonly string[]).includes("owner") && inputs.owner === undefined)
+      props.owner = ownerOf({
+        pulumiProject: pulumi.getProject(),
+        stack: pulumi.getStack(),
+        type: kind.spec.type,
+        name,
+        ...(typeof inputs.ownerProject === "string" ? { project: inputs.ownerProject } : {}),
+      });
     const secrets = [...kind.spec.secretOutputs];
     super(
       // Installed from node_modules, state holds a require of the provider's module, not its code.

@@ -1,0 +1,236 @@
+/**
+ * Ownership of host objects (issue 15). Names on hosts are one namespace shared by every stack
+ * and project that uses the same hosts; the owner says whose an object is, so no operation
+ * adopts, changes or deletes an object another owner holds.
+ *
+ * The owner is derived in the PROGRAM (a dynamic provider never sees the resource's URN):
+ * {@link KvmlabResource} sets the `owner` input to
+ *
+ *     <pulumi project>/<stack>/<Type>/<resource name>[/project=<identity project>]
+ *
+ * with every segment encoded by {@link ownerSegment} (letters, digits, `_.-` kept; anything else
+ * as `%XX`), so the string is safe inside shell quotes, XML text, JSON and OVS external_ids.
+ *
+ * On the host the owner is kept in ONE place that every guard reads, a marker file per object:
+ *
+ *     /var/lib/kvmlab/owners/<kind>/<key>        (mode 0600, the owner string and a newline)
+ *
+ * and, for people and tools, also in the object's native store where it has one (records carry
+ * `owner`, libvirt domains `<metadata><kvmlab:owner>`, OVS `external_ids:kvmlab-owner`).
+ *
+ * Guards (steps: pure builders, exit status {@link OWNER_REFUSED} with a message naming the
+ * owner and the fix):
+ *   claimStep    create: makes the marker atomically (noclobber); same owner → "adopted" (a crash
+ *                between create and the state write still converges); another owner → refused;
+ *                no marker but the object exists (made outside kvmlab or by another owner
+ *                before markers) → refused. Prints `claimed` or `adopted`.
+ *   guardStep    update/delete/read-modify-write: refuses when the marker names another owner;
+ *                with `adoptUnmarked` (update of a resource whose state predates owners) writes
+ *                the marker when there is none.
+ *   releaseOwnerStep  delete: removes the marker only while it is this owner's.
+ * Put the guard FIRST in the batch run with stopOnError (runChecked/runLocked): a refusal skips
+ * every later (destructive) step.
+ *
+ * Pure; the step scripts quote every value.
+ */
+import { KVMLAB_STATE_DIR } from "../../core/paths";
+import { UNKNOWN, shQuote, showValue } from "../host/quote";
+import type { Step } from "../host/framing";
+
+/** Exit status of a refused ownership guard. */
+export const OWNER_REFUSED = 73;
+
+/** The owner string: encoded segments joined by "/", at most 400 characters. */
+export const OWNER_RE = /^[A-Za-z0-9_.%-]+(\/[A-Za-z0-9_.%=-]+){3,5}$/;
+
+/** What an owner is made of. `project` is the identity project (issue: identity/quotas). */
+export interface OwnerParts {
+  /** `pulumi.getProject()` */
+  readonly pulumiProject: string;
+  /** `pulumi.getStack()` */
+  readonly stack: string;
+  /** The kvmlab resource type, e.g. "Network". */
+  readonly type: string;
+  /** The Pulumi resource name. */
+  readonly name: string;
+  /** The identity project that owns the object, once identity lands. @default none */
+  readonly project?: string;
+}
+
+/** One owner segment: letters, digits and `_.-` stay, every other UTF-8 byte becomes `%XX`. */
+export function ownerSegment(s: string): string {
+  let out = "";
+  for (const b of Buffer.from(s, "utf8")) {
+    const c = String.fromCharCode(b);
+    out += /[A-Za-z0-9_.-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out === "" ? "%00" : out;
+}
+
+/** THE owner string of a resource (see the module comment). */
+export function ownerOf(parts: OwnerParts): string {
+  const segs = [parts.pulumiProject, parts.stack, parts.type, parts.name].map(ownerSegment);
+  if (parts.project !== undefined && parts.project !== "")
+    segs.push(`project=${ownerSegment(parts.project)}`);
+  return segs.join("/");
+}
+
+/** The owner a raw provider call gets when its input has none (programs always pass one). */
+export function defaultOwner(type: string, name: string): string {
+  return ownerOf({ pulumiProject: "kvmlab-direct", stack: "-", type, name });
+}
+
+/** A check rule for the `owner` input. */
+export function checkOwnerString(field: string, v: unknown): string | undefined {
+  return typeof v === "string" && v.length <= 400 && OWNER_RE.test(v)
+    ? undefined
+    : `${field}: expected "<pulumi project>/<stack>/<Type>/<name>" as kvmlab's resource classes set it (ownerOf), got ${showValue(v)}`;
+}
+
+/**
+ * The `owner` input as check fills it: the program's value checked, or {@link defaultOwner} of
+ * the resource's name when the input has none (raw provider calls). Unknown values pass.
+ */
+export function checkedOwner(
+  news: Record<string, unknown>,
+  type: string,
+  nameField: string,
+  add: (property: string, reason: string | undefined) => void,
+): unknown {
+  const v = news.owner;
+  if (v === undefined) {
+    const n = news[nameField];
+    return typeof n === "string" ? defaultOwner(type, n) : n;
+  }
+  if (!isUnknownValue(v)) add("owner", checkOwnerString("owner", v));
+  return v;
+}
+
+/** The owner recorded in inputs or outputs ("" when the state predates owners). */
+export function ownerIn(o: object): string {
+  const v = (o as { owner?: unknown }).owner;
+  return typeof v === "string" ? v : "";
+}
+
+function isUnknownValue(v: unknown): boolean {
+  return v === UNKNOWN;
+}
+
+/** A marker key segment: the object-name rule's characters. */
+const KEY_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+/** Where an object's owner marker lives; `key` may have several segments (e.g. network, subnet). */
+export function ownerMarkerPath(kind: string, ...key: string[]): string {
+  for (const k of [kind, ...key])
+    if (!KEY_SEGMENT.test(k)) throw new Error(`owner marker: ${showValue(k)} is not a name segment`);
+  if (key.length === 0) throw new Error("owner marker: a key is needed");
+  return `${KVMLAB_STATE_DIR}/owners/${kind}/${key.join("/")}.owner`;
+}
+
+/** What a guard is about, for messages. */
+export interface OwnedObject {
+  /** Marker kind, e.g. "network". */
+  readonly kind: string;
+  /** Marker key segments (the object's FULL identity, e.g. [network, subnet]). */
+  readonly key: readonly string[];
+  /** For messages, e.g. `network lan`. */
+  readonly what: string;
+  /** The input to change to avoid the clash, e.g. `networkName`. */
+  readonly field: string;
+  /** A shell test that succeeds when the object exists on the host (claimStep refuses an unmarked one). */
+  readonly exists?: string;
+}
+
+function refusal(o: OwnedObject, me: string, theirs: string): string {
+  return (
+    `${o.what} on this host belongs to ${theirs}, not to ${me}; kvmlab never adopts, changes or deletes another owner's object. ` +
+    `Fix: give this resource another ${o.field}, or remove the object from the stack that owns it (${theirs})`
+  );
+}
+
+/** The refusal as one shell word, with the marker's owner read from `$cur` on the host. */
+function refusalWord(o: OwnedObject, me: string): string {
+  const at = "\u0000CUR\u0000";
+  return refusal(o, me, at)
+    .split(at)
+    .map((part) => shQuote(part))
+    .join('"$cur"');
+}
+
+function checkOwnerArg(owner: string): void {
+  const e = checkOwnerString("owner", owner);
+  if (e) throw new Error(`owner guard: ${e}`);
+}
+
+/**
+ * Step for create: claim the object for `owner` (see the module comment). Prints `claimed` when
+ * this call made the marker (so a failed create may remove what it made) or `adopted` when the
+ * marker was already this owner's.
+ */
+export function claimStep(o: OwnedObject, owner: string): Step {
+  checkOwnerArg(owner);
+  const f = ownerMarkerPath(o.kind, ...o.key);
+  return {
+    label: `claim ${o.what} for ${owner}`,
+    script: [
+      `f=${shQuote(f)}; me=${shQuote(owner)}`,
+      'mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners',
+      'if [ ! -e "$f" ]; then',
+      o.exists
+        ? `  if ${o.exists}; then echo ${shQuote(`${o.what} already exists on this host with no kvmlab owner (made by hand, or by another stack before owners were recorded); kvmlab does not adopt it. Fix: give this resource another ${o.field}, or remove the object by hand`)} >&2; exit ${OWNER_REFUSED}; fi`
+        : "  :",
+      `  if ( umask 077; set -C; printf '%s\\n' "$me" > "$f" ) 2>/dev/null; then echo claimed; exit 0; fi`,
+      "fi",
+      'cur=$(head -n1 "$f" 2>/dev/null || true)',
+      'if [ "$cur" = "$me" ]; then echo adopted; exit 0; fi',
+      `echo ${refusalWord(o, owner)} >&2`,
+      `exit ${OWNER_REFUSED}`,
+    ].join("\n"),
+  };
+}
+
+/**
+ * Step for update and delete: refuses when the marker names an owner other than `owners`
+ * (the old and the new owner of an update). With `adoptUnmarked`, writes the first owner into a
+ * missing marker (state from before owners were recorded). Prints `mine` or `unmarked`.
+ */
+export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmarked = false): Step {
+  const mine = owners.filter((x) => x !== "");
+  mine.forEach(checkOwnerArg);
+  if (mine.length === 0) throw new Error(`owner guard of ${o.what}: no owner given`);
+  const f = ownerMarkerPath(o.kind, ...o.key);
+  const cases = mine.map((x) => shQuote(x)).join("|");
+  return {
+    label: `check the owner of ${o.what}`,
+    script: [
+      `f=${shQuote(f)}`,
+      'if [ ! -e "$f" ]; then',
+      adoptUnmarked
+        ? `  mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners && ( umask 077; printf '%s\\n' ${shQuote(mine[0])} > "$f" )`
+        : "  :",
+      "  echo unmarked; exit 0",
+      "fi",
+      'cur=$(head -n1 "$f" 2>/dev/null || true)',
+      `case "$cur" in ${cases}) echo mine; exit 0 ;; esac`,
+      `echo ${refusalWord(o, mine[mine.length - 1])} >&2`,
+      `exit ${OWNER_REFUSED}`,
+    ].join("\n"),
+  };
+}
+
+/** Step for delete (after the object is gone): removes the marker while it is `owner`'s. */
+export function releaseOwnerStep(o: OwnedObject, owners: readonly string[]): Step {
+  const mine = owners.filter((x) => x !== "");
+  mine.forEach(checkOwnerArg);
+  const f = ownerMarkerPath(o.kind, ...o.key);
+  const cases = mine.length > 0 ? mine.map((x) => shQuote(x)).join("|") : "''";
+  return {
+    label: `release the owner marker of ${o.what}`,
+    script: `f=${shQuote(f)}; if [ -e "$f" ]; then case "$(head -n1 "$f")" in ${cases}) rm -f "$f" ;; esac; fi; true`,
+  };
+}
+
+/** True when a claim step's stdout says this call made the marker. */
+export function claimedNow(stdout: string): boolean {
+  return stdout.trim().split("\n").pop() === "claimed";
+}
