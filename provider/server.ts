@@ -432,16 +432,19 @@ async function migrateServer(
   return migratedMs;
 }
 
-/** Reserves the server's quota in its project on the controller (hosts[0]); false when it has no project. */
+/**
+ * Reserves the server's quota in its project on the controller (hosts[0]), held by its UUID (two
+ * stacks may both have a `web1` in one project); false when it has no project.
+ */
 async function reserveServerQuota(i: ServerInputs): Promise<boolean> {
   if (!i.project) return false;
   const usage = serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length);
-  await reserveQuota(i.hosts[0], i.project, `server:${i.serverName}`, usage);
+  await reserveQuota(i.hosts[0], i.project, `server:${i.uuid}`, usage);
   return true;
 }
 
 async function releaseServerQuota(i: ServerInputs): Promise<void> {
-  if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.serverName}`);
+  if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.uuid}`);
 }
 
 const server = defineResource<ServerInputs, ServerOutputs>({

@@ -2,10 +2,11 @@
  * Identity records on the controller (hosts[0]): one JSON file per object under
  * /var/lib/kvmlab/records/identity-<kind>/id-<digest of the id>.json (core/identity.ts names them).
  *
- * Every record carries `uid`, a random token of the resource that wrote it: a second resource
- * (another stack, another program) that would write the same domain/name is refused, which is
- * how names stay unique within their domain, and delete removes a record only while it still
- * carries the deleting resource's uid. Read-modify-write runs under the host lock, which is a
+ * Every record carries `owner` (issue 15's owner string of the resource that wrote it) and `uid`
+ * (a random token of that resource instance): a resource of another owner (another stack,
+ * another program) that would write the same domain/name is refused, which is how names stay
+ * unique within their domain; the same owner adopts its record; delete removes a record only
+ * while it still carries the deleting resource's uid. Read-modify-write runs under the host lock, which is a
  * flock on the controller and so holds across processes.
  *
  * Host layer only: no Pulumi. Secrets never reach a record: the User resource writes only the
@@ -40,8 +41,10 @@ export interface IdentityRecordBase {
   kind: IdentityKind;
   /** `<domain>/<name>` (a domain: its name; a global role: its name). */
   id: string;
-  /** Random token of the resource that owns this record. */
+  /** Random token of the resource instance that wrote this record (delete guard). */
   uid: string;
+  /** The owner string of that resource (issue 15: `<project>/<stack>/<Type>/<name>`). */
+  owner?: string;
 }
 
 /** A fresh owner token. */
@@ -103,9 +106,9 @@ export async function putIdentityRecord<T extends IdentityRecordBase>(
     const name = identityRecordName(record.id);
     const outs = await runChecked(host, [readRecordStep(rk, name), ...needs.map((k) => listRecordsStep(k))]);
     const have = parseRecord<IdentityRecordBase>(outs[0], `${record.kind}/${record.id}`);
-    if (have && have.uid !== record.uid)
+    if (have && have.uid !== record.uid && (have.owner === undefined || have.owner !== record.owner))
       throw new Error(
-        `${record.kind} ${record.id} already exists on controller ${host.name}, made by another resource; names are unique within their domain: pick another name or import/remove the other one`,
+        `${record.kind} ${record.id} already exists on controller ${host.name}, owned by ${have.owner ?? "another resource"}; names are unique within their domain: pick another name, or remove it from the stack that owns it`,
       );
     const all: Partial<Record<IdentityKind, IdentityRecordBase[]>> = {};
     needs.forEach((k, i) => (all[k] = parseRecordList<IdentityRecordBase>(outs[i + 1])));

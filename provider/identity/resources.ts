@@ -58,10 +58,14 @@ function missing(kind: string, id: string, field: string): string {
 
 interface Common {
   hosts: HostConnection[];
+  /** Issue 15's owner string; the base class fills it in the program. */
+  owner: string;
 }
 interface HostsArg {
   /** Hosts of the cloud; the first is the controller that keeps the records. */
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** @default `<pulumi project>/<stack>/<Type>/<resource name>` (issue 15) */
+  readonly owner?: pulumi.Input<string>;
 }
 
 // ---- Domain ------------------------------------------------------------------------------------
@@ -90,6 +94,7 @@ export function checkDomainInputs(news: Record<string, unknown>) {
 const domain = defineResource<DomainInputs, DomainOutputs>(
   identitySpec<DomainInputs, DomainOutputs>({
     type: "Domain",
+    nameKey: "domainName",
     kind: "domain",
     inputKeys: ["domainName", "description", "enabled", "hosts"],
     secretOutputs: ["hosts"],
@@ -179,6 +184,7 @@ type ProjectRecord = IdentityRecordBase & { name: string; domain: string; parent
 const project = defineResource<ProjectInputs, ProjectOutputs>(
   identitySpec<ProjectInputs, ProjectOutputs>({
     type: "Project",
+    nameKey: "projectName",
     kind: "project",
     inputKeys: ["projectName", "domain", "parent", "description", "enabled", "quotas", "hosts"],
     extraOutputKeys: ["limits"],
@@ -310,6 +316,7 @@ export function checkUserInputs(news: Record<string, unknown>) {
 const user = defineResource<UserInputs, UserOutputs>(
   identitySpec<UserInputs, UserOutputs>({
     type: "User",
+    nameKey: "userName",
     kind: "user",
     inputKeys: ["userName", "domain", "password", "sshPublicKeys", "email", "enabled", "hosts"],
     extraOutputKeys: ["passwordHash"],
@@ -422,6 +429,7 @@ export function checkGroupInputs(news: Record<string, unknown>) {
 const group = defineResource<GroupInputs, GroupOutputs>(
   identitySpec<GroupInputs, GroupOutputs>({
     type: "Group",
+    nameKey: "groupName",
     kind: "group",
     inputKeys: ["groupName", "domain", "members", "description", "hosts"],
     secretOutputs: ["hosts"],
@@ -506,6 +514,7 @@ export function checkRoleInputs(news: Record<string, unknown>) {
 const role = defineResource<RoleInputs, RoleOutputs>(
   identitySpec<RoleInputs, RoleOutputs>({
     type: "Role",
+    nameKey: "roleName",
     kind: "role",
     inputKeys: ["roleName", "domain", "implies", "description", "hosts"],
     secretOutputs: ["hosts"],
@@ -589,7 +598,7 @@ export function checkRoleAssignmentInputs(news: Record<string, unknown>) {
 }
 
 /** The assignment's actor, target and record id. Pure. */
-export function assignmentParts(i: Omit<RoleAssignmentInputs, "hosts">) {
+export function assignmentParts(i: Omit<RoleAssignmentInputs, "hosts" | "owner">) {
   const actor =
     i.user !== ""
       ? { kind: "user" as const, id: qualify(i.user, DEFAULT_DOMAIN) }
@@ -610,6 +619,7 @@ export function assignmentParts(i: Omit<RoleAssignmentInputs, "hosts">) {
 const assignment = defineResource<RoleAssignmentInputs, RoleAssignmentOutputs>(
   identitySpec<RoleAssignmentInputs, RoleAssignmentOutputs>({
     type: "RoleAssignment",
+    nameKey: "role",
     kind: "assignment",
     inputKeys: ["user", "group", "project", "domain", "role", "inherited", "hosts"],
     secretOutputs: ["hosts"],

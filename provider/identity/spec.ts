@@ -4,13 +4,16 @@
  *
  *   check   the resource's rules + hosts
  *   diff    replace keys (the record's id derives from them) / update keys / drift
- *   create  a new owner uid, then under the controller's host lock: refuse a same-id record of
- *           another resource, verify references (domain, parent, members, role…), write
+ *   create  a new uid, then under the controller's host lock: refuse a same-id record of
+ *           another owner (issue 15's owner string; the same owner adopts it, so a crash between
+ *           create and the state write converges), verify references (domain, parent, members,
+ *           role…), write the record with `owner` and `uid`
  *   read    the record; gone when absent or owned by another resource; `realized.matches`
  *   update  rewrite (same uid); on a new controller: write there, drop the old one
- *   delete  drop the record while it carries this uid (idempotent)
+ *   delete  drop the record while it carries this uid (idempotent; a create-before-delete
+ *           replacement of the same id has a new uid, so the old resource's delete keeps it)
  */
-import { canonicalJson, changedKeys, type DiffResult, type ResourceSpec } from "../kit";
+import { canonicalJson, changedKeys, checkedOwner, type DiffResult, type ResourceSpec } from "../kit";
 import type { HostConnection } from "../host";
 import {
   dropIdentityRecord,
@@ -39,8 +42,13 @@ export interface IdentityOutputs {
   realized: IdentityHostState;
 }
 
-export interface IdentitySpecConfig<I extends { hosts: HostConnection[] }, O extends I & IdentityOutputs> {
+export interface IdentitySpecConfig<
+  I extends { hosts: HostConnection[]; owner: string },
+  O extends I & IdentityOutputs,
+> {
   type: string;
+  /** The input naming the object (for the default owner of raw provider calls). */
+  nameKey: keyof I & string;
   kind: IdentityKind;
   inputKeys: readonly (keyof I & string)[];
   /** Extra output keys besides the common ones. */
@@ -66,13 +74,15 @@ export interface IdentitySpecConfig<I extends { hosts: HostConnection[] }, O ext
 }
 
 /** Builds the resource spec of an identity record resource. */
-export function identitySpec<I extends { hosts: HostConnection[] }, O extends I & IdentityOutputs>(
-  c: IdentitySpecConfig<I, O>,
-): ResourceSpec<I, O> {
+export function identitySpec<
+  I extends { hosts: HostConnection[]; owner: string },
+  O extends I & IdentityOutputs,
+>(c: IdentitySpecConfig<I, O>): ResourceSpec<I, O> {
   const controllerOf = (hosts: HostConnection[]): HostConnection => hosts[0];
   const write = async (i: I, uid: string, olds: O | undefined): Promise<O> => {
     const extras = c.extras ? c.extras(i, olds) : {};
-    const record = c.recordOf(i, uid, extras);
+    // The record carries the owner (issue 15): another owner's record of the same id is refused.
+    const record = { ...c.recordOf(i, uid, extras), owner: i.owner };
     const host = controllerOf(i.hosts);
     await putIdentityRecord(host, record, c.needs ?? [], (all) => (c.verify ? c.verify(i, all) : []));
     return {
@@ -87,10 +97,17 @@ export function identitySpec<I extends { hosts: HostConnection[] }, O extends I 
   };
   return {
     type: c.type,
-    inputKeys: c.inputKeys,
+    inputKeys: [...c.inputKeys, "owner" as keyof I & string],
     outputKeys: ["recordId", "uid", "controller", "hostKeys", "realized", ...(c.extraOutputKeys ?? [])],
     secretOutputs: c.secretOutputs,
-    check: (news) => c.check(news),
+    check: (news) => {
+      const r = c.check(news);
+      const failures = [...r.failures];
+      const owner = checkedOwner(news, c.type, c.nameKey, (property, reason) => {
+        if (reason) failures.push({ property, reason });
+      });
+      return { inputs: { ...r.inputs, owner }, failures };
+    },
     diff(olds: O, news: I): DiffResult {
       const prev: I = olds;
       const replaces = changedKeys(prev, news, c.replaceKeys);
@@ -110,7 +127,8 @@ export function identitySpec<I extends { hosts: HostConnection[] }, O extends I 
       if (!have || have.uid !== props.uid) return undefined;
       const matches = c.matches
         ? c.matches(props, have)
-        : canonicalJson(have) === canonicalJson(c.recordOf(props, props.uid, props));
+        : canonicalJson(have) ===
+          canonicalJson({ ...c.recordOf(props, props.uid, props), owner: props.owner });
       return { ...props, realized: { record: true, matches } };
     },
     async update(_id, olds, news) {

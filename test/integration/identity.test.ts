@@ -181,11 +181,12 @@ test("identity records: domain, projects, user, group, assignments; effective ro
   assert.deepEqual(effectiveRoles(model, "Default/bob", "Default/demo"), ["reader"]);
   assert.deepEqual(effectiveRoles(model, "Default/bob", "Default/demo-child"), []);
 
-  // Names are unique within the domain: another resource with the same name is refused.
-  const dup = checkProjectInputs({ projectName: "demo", hosts });
+  // Names are unique within the domain: another owner's resource with the same name is refused;
+  // the same owner adopts its record (a crash between create and the state write converges).
+  const dup = checkProjectInputs({ projectName: "demo", owner: "other/stack/Project/demo", hosts });
   await assert.rejects(
     projectProvider.create!(dup.inputs as never),
-    /project Default\/demo already exists on controller/,
+    /project Default\/demo already exists on controller hv1, owned by kvmlab-direct\/-\/Project\/demo/,
   );
   // A missing reference is refused with the field and the fix.
   const orphan = checkRoleAssignmentInputs({ user: "nobody", project: "demo", role: "reader", hosts });
