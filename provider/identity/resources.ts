@@ -26,6 +26,7 @@ import {
   KvmlabResource,
   normalizeHosts,
   rules,
+  type Checked,
   type HostConnectionArgs,
 } from "../kit";
 import { hashPassword, verifyPassword } from "./password";
@@ -77,7 +78,7 @@ export interface DomainInputs extends Common {
 }
 export type DomainOutputs = DomainInputs & IdentityOutputs;
 
-export function checkDomainInputs(news: Record<string, unknown>) {
+function domainFields(news: Record<string, unknown>) {
   const out = failureList();
   const v = applyRules(
     news,
@@ -100,7 +101,7 @@ const domain = defineResource<DomainInputs, DomainOutputs>(
     secretOutputs: ["hosts"],
     replaceKeys: ["domainName"],
     updateKeys: ["description", "enabled"],
-    check: checkDomainInputs,
+    check: domainFields,
     idOf: (i) => i.domainName,
     recordOf: (i, uid) => ({
       kind: "domain",
@@ -126,6 +127,10 @@ const domain = defineResource<DomainInputs, DomainOutputs>(
   }),
 );
 export const domainProvider = domain.provider;
+/** Validates and normalizes raw Domain inputs, the owner included (pure). */
+export function checkDomainInputs(news: Record<string, unknown>): Checked {
+  return domain.spec.check(news, undefined);
+}
 /** Pure diff of the Domain resource. */
 export const diffDomain = domain.spec.diff;
 
@@ -161,7 +166,7 @@ export interface ProjectInputs extends Common {
 }
 export type ProjectOutputs = ProjectInputs & IdentityOutputs & { limits: Quotas };
 
-export function checkProjectInputs(news: Record<string, unknown>) {
+function projectFields(news: Record<string, unknown>) {
   const out = failureList();
   const v = applyRules(
     news,
@@ -191,7 +196,7 @@ const project = defineResource<ProjectInputs, ProjectOutputs>(
     secretOutputs: ["hosts"],
     replaceKeys: ["projectName", "domain", "parent"],
     updateKeys: ["description", "enabled", "quotas"],
-    check: checkProjectInputs,
+    check: projectFields,
     idOf: (i) => identityId(i.domain, i.projectName),
     extras: (i) => ({ limits: quotasWith(i.quotas) }),
     recordOf: (i, uid) => ({
@@ -227,6 +232,10 @@ const project = defineResource<ProjectInputs, ProjectOutputs>(
   }),
 );
 export const projectProvider = project.provider;
+/** Validates and normalizes raw Project inputs, the owner included (pure). */
+export function checkProjectInputs(news: Record<string, unknown>): Checked {
+  return project.spec.check(news, undefined);
+}
 /** Pure diff of the Project resource. */
 export const diffProject = project.spec.diff;
 
@@ -272,7 +281,7 @@ export type UserOutputs = UserInputs & IdentityOutputs & { passwordHash: string 
 const SSH_KEY_RE =
   /^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[a-z0-9-]+@openssh\.com) [A-Za-z0-9+/=]+( [^\n\r]*)?$/;
 
-export function checkUserInputs(news: Record<string, unknown>) {
+function userFields(news: Record<string, unknown>) {
   const out = failureList();
   const v = applyRules(
     news,
@@ -324,7 +333,7 @@ const user = defineResource<UserInputs, UserOutputs>(
     replaceKeys: ["userName", "domain"],
     // A new password is an update: the same user, a new hash.
     updateKeys: ["password", "sshPublicKeys", "email", "enabled"],
-    check: checkUserInputs,
+    check: userFields,
     idOf: (i) => identityId(i.domain, i.userName),
     extras: (i, olds) => ({
       passwordHash:
@@ -361,6 +370,10 @@ const user = defineResource<UserInputs, UserOutputs>(
   }),
 );
 export const userProvider = user.provider;
+/** Validates and normalizes raw User inputs, the owner included (pure). */
+export function checkUserInputs(news: Record<string, unknown>): Checked {
+  return user.spec.check(news, undefined);
+}
 /** Pure diff of the User resource. */
 export const diffUser = user.spec.diff;
 
@@ -406,7 +419,7 @@ export interface GroupInputs extends Common {
 }
 export type GroupOutputs = GroupInputs & IdentityOutputs;
 
-export function checkGroupInputs(news: Record<string, unknown>) {
+function groupFields(news: Record<string, unknown>) {
   const out = failureList();
   const v = applyRules(
     news,
@@ -435,7 +448,7 @@ const group = defineResource<GroupInputs, GroupOutputs>(
     secretOutputs: ["hosts"],
     replaceKeys: ["groupName", "domain"],
     updateKeys: ["members", "description"],
-    check: checkGroupInputs,
+    check: groupFields,
     idOf: (i) => identityId(i.domain, i.groupName),
     recordOf: (i, uid) => ({
       kind: "group",
@@ -457,6 +470,10 @@ const group = defineResource<GroupInputs, GroupOutputs>(
   }),
 );
 export const groupProvider = group.provider;
+/** Validates and normalizes raw Group inputs, the owner included (pure). */
+export function checkGroupInputs(news: Record<string, unknown>): Checked {
+  return group.spec.check(news, undefined);
+}
 /** Pure diff of the Group resource. */
 export const diffGroup = group.spec.diff;
 
@@ -488,7 +505,7 @@ export interface RoleInputs extends Common {
 }
 export type RoleOutputs = RoleInputs & IdentityOutputs;
 
-export function checkRoleInputs(news: Record<string, unknown>) {
+function roleFields(news: Record<string, unknown>) {
   const out = failureList();
   const v = applyRules(
     news,
@@ -520,7 +537,7 @@ const role = defineResource<RoleInputs, RoleOutputs>(
     secretOutputs: ["hosts"],
     replaceKeys: ["roleName", "domain"],
     updateKeys: ["implies", "description"],
-    check: checkRoleInputs,
+    check: roleFields,
     idOf: (i) => (i.domain === "" ? i.roleName : identityId(i.domain, i.roleName)),
     recordOf: (i, uid) => ({
       kind: "role",
@@ -541,6 +558,10 @@ const role = defineResource<RoleInputs, RoleOutputs>(
   }),
 );
 export const roleProvider = role.provider;
+/** Validates and normalizes raw Role inputs, the owner included (pure). */
+export function checkRoleInputs(news: Record<string, unknown>): Checked {
+  return role.spec.check(news, undefined);
+}
 /** Pure diff of the Role resource. */
 export const diffRole = role.spec.diff;
 
@@ -575,7 +596,7 @@ export interface RoleAssignmentInputs extends Common {
 }
 export type RoleAssignmentOutputs = RoleAssignmentInputs & IdentityOutputs;
 
-export function checkRoleAssignmentInputs(news: Record<string, unknown>) {
+function assignmentFields(news: Record<string, unknown>) {
   const out = failureList();
   const opt = (f: string, x: unknown) => (x === "" ? undefined : refRule(f, x));
   const v = applyRules(
@@ -625,7 +646,7 @@ const assignment = defineResource<RoleAssignmentInputs, RoleAssignmentOutputs>(
     secretOutputs: ["hosts"],
     replaceKeys: ["user", "group", "project", "domain", "role", "inherited"],
     updateKeys: [],
-    check: checkRoleAssignmentInputs,
+    check: assignmentFields,
     idOf: (i) => assignmentParts(i).id,
     recordOf: (i, uid) => {
       const { actor, target, id } = assignmentParts(i);
@@ -644,6 +665,10 @@ const assignment = defineResource<RoleAssignmentInputs, RoleAssignmentOutputs>(
   }),
 );
 export const roleAssignmentProvider = assignment.provider;
+/** Validates and normalizes raw RoleAssignment inputs, the owner included (pure). */
+export function checkRoleAssignmentInputs(news: Record<string, unknown>): Checked {
+  return assignment.spec.check(news, undefined);
+}
 /** Pure diff of the RoleAssignment resource. */
 export const diffRoleAssignment = assignment.spec.diff;
 
