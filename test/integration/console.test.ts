@@ -5,7 +5,7 @@
  * WebSocket to the sandbox host's management address).
  *
  * Proves: `kvmlab console <server> --user <reader>` prints a URL; Debian's chromium (through
- * puppeteer-core) opens it and noVNC reports "Connected to <server>" with a canvas of the guest's
+ * puppeteer-core) opens it and noVNC reports "Connected to QEMU (<server>)" (QEMU names its VNC desktop after the domain) with a canvas of the guest's
  * screen size; the screenshot is kept as test-artifacts/console-<server>.png; a user without a
  * role on the project is refused by the command; the proxy refuses an expired token, the token
  * rewritten for another server, and a made-up token (noVNC never connects); the VNC port answers
@@ -198,7 +198,7 @@ test(
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     const shot = path.join(ARTIFACTS, "console-con1.png");
     const seen = await openConsole(url, shot);
-    assert.equal(seen.status, "Connected to con1", JSON.stringify(seen));
+    assert.equal(seen.status, "Connected to QEMU (con1)", JSON.stringify(seen));
     assert.ok(
       seen.width >= 640 && seen.height >= 400,
       `the canvas has the guest's screen size: ${JSON.stringify(seen)}`,
@@ -238,7 +238,7 @@ test(
     const fake = await openConsole(consoleUrl(base, `con1.${"A".repeat(32)}`));
     assert.notEqual(fake.status.startsWith("Connected"), true, `made-up token: ${JSON.stringify(fake)}`);
     // The fresh token itself still works (the refusals above are the token's, not the proxy's).
-    assert.equal((await openConsole(fresh.url)).status, "Connected to con1");
+    assert.equal((await openConsole(fresh.url)).status, "Connected to QEMU (con1)");
   },
 );
 
