@@ -9,7 +9,8 @@
  * arguments on this machine while the user is created and updated, and the record holds a
  * verifiable scrypt hash; changing the password is an update that writes a new hash; the 11th
  * (stopped) server of a project with the default quota fails naming `instances`, usage and
- * limit, leaving no domain, folder, record or reservation; two processes reserving at once
+ * limit, leaving no domain, folder, record or reservation; a resize over `cores` is refused and
+ * changes nothing; two processes reserving at once
  * never exceed a limit; `kvmlab quota show` prints usage against limits; delete leaves no
  * identity or quota record.
  */
@@ -228,7 +229,7 @@ test("the password is only a scrypt hash on the host; a new password is an updat
   assert.equal((r.props as UserOutputs).realized.matches, true);
 });
 
-function serverInputs(name: string, project: string): ServerInputs {
+function serverInputs(name: string, project: string, vcpus = 1): ServerInputs {
   const image = {
     name: "idimg",
     kind: "kernel" as const,
@@ -237,7 +238,7 @@ function serverInputs(name: string, project: string): ServerInputs {
     kernel: "/var/lib/kvmlab/images/idimg/kernel",
     ramdisk: "/var/lib/kvmlab/images/idimg/ramdisk",
   };
-  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 0 };
+  const flavor = { name: vcpus === 1 ? "m1.tiny" : "m1.wide", vcpus, ramMiB: 128, diskGiB: 0 };
   const r = renderServer({
     serverName: name,
     uuidSeed: `itest-id/${name}`,
@@ -296,6 +297,20 @@ test("the 11th server of a project with the default quota fails naming instances
   assert.match(show.stdout, /^instances\s+10\s+10\s*$/m);
   assert.match(show.stdout, /^cores\s+10\s+20\s*$/m);
   assert.match(show.stdout, /^ramMiB\s+1280\s+51200\s*$/m);
+
+  // A resize over the cores quota is refused before the host is touched; the ledger keeps q1's size.
+  const q1 = made.find((x) => (x.outs as { serverName?: string }).serverName === "q1")!;
+  await assert.rejects(
+    serverProvider.update!(q1.id, q1.outs as never, serverInputs("q1", "Default/quota", 13) as never),
+    /quota exceeded for project Default\/quota: cores: usage 9 \+ requested 13 exceeds limit 20/,
+  );
+  assert.equal((await readQuota(hosts[0], "Default/quota")).usage.cores, 10);
+  const vcpu = await sshCheck(
+    status,
+    (q1.outs as { host: string }).host,
+    "virsh -c qemu:///system dominfo q1 | awk '/^CPU\\(s\\)/ {print $2}'",
+  );
+  assert.equal(vcpu.trim(), "1", "the refused resize left the domain as it was");
 
   // Delete releases the reservation.
   const last = made.pop()!;
