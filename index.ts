@@ -3,8 +3,10 @@
  *
  *   kvmlab.Network, kvmlab.Server, kvmlab.Image, kvmlab.resolveHosts, …
  *                       the components a program composes (components/), first and unqualified
- *   kvmlab.Flavor, kvmlab.Keypair
- *                       dynamic resources that need no component around them
+ *   kvmlab.Flavor, kvmlab.Keypair, kvmlab.Domain, kvmlab.Project, kvmlab.User, kvmlab.Group,
+ *   kvmlab.Role, kvmlab.RoleAssignment, kvmlab.ConsoleProxy
+ *                       dynamic resources that need no component around them (kvmlab.Identity
+ *                       wires the identity ones in order; docs/identity.md)
  *   kvmlab.readSandboxStatus, kvmlab.sandbox.*
  *                       what a running `kvmlab sandbox` publishes (components/sandbox.ts)
  *   kvmlab.resources.*  every raw dynamic resource and its provider (provider/): Network, Subnet,
@@ -25,6 +27,20 @@ export {
   type SecurityGroupArgs,
   SecurityGroupPort,
   type SecurityGroupPortArgs,
+  Domain,
+  Project,
+  User,
+  Group,
+  Role,
+  RoleAssignment,
+  ConsoleProxy,
+  type DomainArgs,
+  type ProjectArgs,
+  type UserArgs,
+  type GroupArgs,
+  type RoleArgs,
+  type RoleAssignmentArgs,
+  type ConsoleProxyArgs,
 } from "./provider";
 export * as resources from "./provider";
 export * as sandbox from "./components/sandbox";

@@ -25,6 +25,14 @@ const COMMANDS: Record<string, Command> = {
     summary: "turn `pulumi preview --json` into a pull-request comment with line diffs",
     load: () => require("./previewReport"),
   },
+  quota: {
+    summary: "show a project's quota usage against its limits (read from the controller)",
+    load: () => require("./quota"),
+  },
+  console: {
+    summary: "print a noVNC console URL with an expiring token for a server (needs reader on its project)",
+    load: () => require("./console"),
+  },
   graph: {
     summary: "draw a lab's topology (from its YAML or a stack's outputs) as SVG or HTML",
     load: () => require("./graph"),

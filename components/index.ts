@@ -6,3 +6,4 @@ export * from "./image";
 export * from "./server";
 export { readSandboxStatus, type SandboxHost, type SandboxStatus } from "./sandbox";
 export * from "./loadBalancer";
+export * from "./identity";

@@ -104,6 +104,10 @@ export interface ServerArgs {
   readonly readiness?: Partial<Readiness>;
   /** Address the VNC console listens on. @default "0.0.0.0" (no password: keep the hosts' VNC ports firewalled) */
   readonly consoleListen?: string;
+  /** Owning project (a Project's `recordId`, `<domain>/<name>`): its quotas are enforced at create and resize. @default "" (none) */
+  readonly project?: pulumi.Input<string>;
+  /** User the `consoleCommand` output names (the stack's current user). @default "admin" */
+  readonly consoleUser?: string;
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
   readonly hosts?: readonly HostSpec[];
   readonly hostDiscovery?: ResolveHostsOptions;
@@ -139,6 +143,8 @@ export class Server extends pulumi.ComponentResource {
   public readonly host: pulumi.Output<string>;
   /** `vnc://<host address>:<port>` of the VNC console. */
   public readonly consoleUrl: pulumi.Output<string>;
+  /** `kvmlab console <server> --user <consoleUser>`: prints a noVNC URL with an expiring token. */
+  public readonly consoleCommand: pulumi.Output<string>;
   public readonly uuid: pulumi.Output<string>;
   public readonly serialLog: pulumi.Output<string>;
 
@@ -301,6 +307,7 @@ export class Server extends pulumi.ComponentResource {
         cloudInit: rendered.cloudInit,
         powerState: args.powerState ?? "running",
         readiness: { kind: ports.length > 0 ? "dhcp" : "none", ...(args.readiness ?? {}) },
+        project: args.project ?? "",
       },
       { parent: this },
     );
@@ -308,6 +315,9 @@ export class Server extends pulumi.ComponentResource {
     this.ip = this.server.ips.apply((ips) => ips[0] ?? "");
     this.host = this.server.host;
     this.consoleUrl = this.server.consoleUrl;
+    this.consoleCommand = this.server.serverName.apply(
+      (n) => `kvmlab console ${n} --user ${args.consoleUser ?? "admin"}`,
+    );
     this.uuid = this.server.uuid;
     this.serialLog = this.server.serialLog;
     this.registerOutputs({
@@ -315,6 +325,7 @@ export class Server extends pulumi.ComponentResource {
       ips: this.ips,
       host: this.host,
       consoleUrl: this.consoleUrl,
+      consoleCommand: this.consoleCommand,
       uuid: this.uuid,
     });
   }

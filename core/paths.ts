@@ -204,3 +204,19 @@ export function loadBalancerPaths(lb: string): LoadBalancerPaths {
     vipMac: `fa:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:${id.slice(4, 6)}`,
   };
 }
+
+/**
+ * The console proxy on the controller (websockify + noVNC, as Nova's novncproxy): its token
+ * plugin, the folder of token records (one file per token, named by the token's sha256, so the
+ * folder never shows a usable token), its pid file and log.
+ */
+export function consolePaths() {
+  const dir = `${KVMLAB_STATE_DIR}/console`;
+  return {
+    dir,
+    plugin: `${dir}/kvmlab_console_tokens.py`,
+    tokens: `${dir}/tokens`,
+    pidFile: `${dir}/websockify.pid`,
+    log: `${dir}/websockify.log`,
+  };
+}

@@ -14,3 +14,6 @@ export * from "./loadBalancer";
 export * from "./router";
 export * from "./floatingIp";
 export * from "./securityGroup";
+export * from "./identity";
+export * from "./quota";
+export * from "./console";

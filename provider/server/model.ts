@@ -91,6 +91,8 @@ export interface ServerInputs {
   changePlan: string;
   /** Owner of the domain, instance folder, record and addresses (kit/owner.ts). */
   owner: string;
+  /** Owning project `<domain>/<name>` whose quotas (on the controller, hosts[0]) it counts against; "" = none. */
+  project: string;
 }
 
 /** A port after create: the address IPAM gave it. */
@@ -146,6 +148,10 @@ export const READINESS_DEFAULT: Readiness = {
  * Validates and normalizes raw inputs (pure). Unknown values (preview) are accepted as they
  * are; everything known is checked, every problem reported with its field and the fix.
  */
+/** A project reference: `<domain>/<project>`, both object names. */
+const PROJECT_REF_RE =
+  /^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/;
+
 export function checkServerInputs(news: Record<string, unknown>, olds?: Record<string, unknown>): Checked {
   const found = failureList();
   const failures: Failure[] = found.failures;
@@ -162,6 +168,17 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
   out.hosts = hosts;
   const hostNames =
     Array.isArray(hosts) && known(hosts) ? (hosts as HostConnection[]).map((h) => h.name) : undefined;
+
+  out.project = news.project ?? "";
+  if (
+    known(out.project) &&
+    out.project !== "" &&
+    (typeof out.project !== "string" || !PROJECT_REF_RE.test(out.project))
+  )
+    fail(
+      "project",
+      `project: expected "<domain>/<project>" (a Project's recordId) or "", got ${showValue(out.project)}`,
+    );
 
   out.host = news.host ?? "";
   if (known(out.host) && out.host !== "") {
@@ -523,8 +540,8 @@ export function diffServer(
   const same = (a: unknown, b: unknown): boolean => known(b) && canonicalJson(a) === canonicalJson(b);
   const replaces: string[] = SERVER_REPLACE_KEYS.filter((k) => !same(olds[k], news[k]));
   const hostMove = !known(news.host) || (news.host !== "" && news.host !== olds.host);
-  const updates = (["flavor", "domainXml", "powerState", "hosts", "readiness"] as const).filter(
-    (k) => !same(olds[k], news[k]),
+  const updates = (["flavor", "domainXml", "powerState", "hosts", "readiness", "project"] as const).filter(
+    (k) => !same(k === "project" ? (olds.project ?? "") : olds[k], news[k]),
   );
   const drift = olds.actualPowerState !== undefined && olds.actualPowerState !== olds.powerState;
   const changes = replaces.length > 0 || hostMove || updates.length > 0 || drift;
@@ -663,6 +680,7 @@ export const SERVER_INPUT_KEYS = [
   "readiness",
   "changePlan",
   "owner",
+  "project",
 ] as const;
 
 /** Only the input fields (outputs carry more). */

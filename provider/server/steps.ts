@@ -39,6 +39,7 @@ export function serverRecord(
     image: inputs.image.name,
     ports: addresses.map((a) => ({ ip: a.ip, mac: a.mac })),
     owner: inputs.owner ?? "",
+    project: inputs.project ?? "",
   };
 }
 

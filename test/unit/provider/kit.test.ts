@@ -58,6 +58,7 @@ import {
   type Step,
   type StepResult,
 } from "../../../provider";
+import { checkProjectInputs, checkUserInputs, diffProject, diffUser } from "../../../provider/identity";
 import { loadBalancerRaw, serverRaw, testHost } from "./fixtures";
 
 const SEEN = "SHA256:Z2l2ZW4tYnktdGhlLWZha2UtaG9zdC1vbi1maXJzdC11c2UA";
@@ -93,6 +94,33 @@ interface Kind {
 }
 
 const KINDS: Kind[] = [
+  {
+    type: "Project",
+    name: "projectName",
+    check: checkProjectInputs,
+    diff: diffProject as Kind["diff"],
+    raw: (hosts) => ({
+      projectName: "demo",
+      domain: "Default",
+      parent: "top",
+      quotas: { instances: 3 },
+      hosts,
+    }),
+    outputs: () => ({ hostKeys: {}, realized: { record: true, matches: true } }),
+  },
+  {
+    type: "User",
+    name: "userName",
+    check: checkUserInputs,
+    diff: diffUser as Kind["diff"],
+    raw: (hosts) => ({
+      userName: "alice",
+      password: "long enough secret",
+      sshPublicKeys: ["ssh-ed25519 AAAA a@b"],
+      hosts,
+    }),
+    outputs: () => ({ hostKeys: {}, realized: { record: true, matches: true } }),
+  },
   {
     type: "Network",
     name: "networkName",

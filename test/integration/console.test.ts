@@ -1,0 +1,276 @@
+/// <reference lib="dom" />
+/**
+ * The console proxy against one `kvmlab sandbox` host (instance "itest-con", or
+ * $KVMLAB_ITEST_CON_INSTANCE), reached only over SSH (and, for the browser, over HTTP and
+ * WebSocket to the sandbox host's management address).
+ *
+ * Proves: `kvmlab console <server> --user <reader>` prints a URL; Debian's chromium (through
+ * puppeteer-core) opens it and noVNC reports "Connected to QEMU (<server>)" (QEMU names its VNC desktop after the domain) with a canvas of the guest's
+ * screen size; the screenshot is kept as test-artifacts/console-<server>.png; a user without a
+ * role on the project is refused by the command; the proxy refuses an expired token, the token
+ * rewritten for another server, and a made-up token (noVNC never connects); the VNC port answers
+ * on the host's management address and on no other address; deleting the proxy stops websockify
+ * and removes every token.
+ */
+import { after, before, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { renderServer } from "../../components/server";
+import { closeHostSessions, runChecked, sftpPut, type HostConnection } from "../../provider";
+import {
+  checkConsoleProxyInputs,
+  consoleProxyProvider,
+  consoleUrl,
+  issueConsoleToken,
+  type ConsoleProxyOutputs,
+} from "../../provider/console";
+import {
+  checkDomainInputs,
+  checkProjectInputs,
+  checkRoleAssignmentInputs,
+  checkUserInputs,
+  domainProvider,
+  projectProvider,
+  roleAssignmentProvider,
+  userProvider,
+} from "../../provider/identity";
+import { checkServerInputs, serverProvider, type ServerInputs } from "../../provider/server";
+import {
+  kvmlab,
+  sandboxHostConnections,
+  sshCheck,
+  startSandbox,
+  stopSandbox,
+  type SandboxStatus,
+} from "../support/sandbox";
+
+const INSTANCE = process.env.KVMLAB_ITEST_CON_INSTANCE ?? "itest-con";
+const KEEP = process.env.KVMLAB_ITEST_KEEP === "1";
+const CHROMIUM = process.env.KVMLAB_CHROMIUM ?? "/usr/bin/chromium";
+const ARTIFACTS = path.resolve(__dirname, "..", "..", "..", "test-artifacts");
+let status: SandboxStatus;
+let hosts: HostConnection[] = [];
+let proxy: ConsoleProxyOutputs | undefined;
+const made: { provider: { delete?: (id: string, o: never) => Promise<void> }; id: string; outs: unknown }[] =
+  [];
+
+async function create(
+  provider: { create?: (i: never) => Promise<{ id: string; outs?: unknown }> },
+  check: (n: Record<string, unknown>) => { inputs: Record<string, unknown>; failures: unknown[] },
+  raw: Record<string, unknown>,
+): Promise<unknown> {
+  const { inputs, failures } = check({ ...raw, hosts });
+  assert.deepEqual(failures, []);
+  const r = await provider.create!(inputs as never);
+  made.push({ provider: provider as never, id: r.id, outs: r.outs });
+  return r.outs;
+}
+
+function serverInputs(name: string): ServerInputs {
+  const image = {
+    name: "conimg",
+    kind: "kernel" as const,
+    disk: "",
+    format: "qcow2" as const,
+    kernel: "/var/lib/kvmlab/images/conimg/kernel",
+    ramdisk: "/var/lib/kvmlab/images/conimg/ramdisk",
+  };
+  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 0 };
+  const r = renderServer({
+    serverName: name,
+    uuidSeed: `itest-con/${name}`,
+    lab: "itest",
+    project: "con",
+    image,
+    flavor,
+    ports: [],
+    // tty0 last: kernel and init messages on the VGA screen the console shows.
+    kernelCmdline: `${status.image.cmdline} lab.name=${name} console=ttyS0 console=tty0`,
+    cloudInit: false,
+    publicKeys: [],
+    userName: "kvmlab",
+    userData: {},
+    // The management address (issue 15 makes it the default; this test does not rely on that).
+    consoleListen: hosts[0].address,
+  });
+  const { inputs, failures } = checkServerInputs({
+    serverName: name,
+    uuid: r.uuid,
+    hosts,
+    flavor,
+    image,
+    ports: [],
+    domainXml: r.domainXml,
+    cloudInit: r.cloudInit,
+    powerState: "running",
+    project: "Default/con",
+  });
+  assert.deepEqual(failures, []);
+  return inputs as unknown as ServerInputs;
+}
+
+before(async () => {
+  status = await startSandbox(INSTANCE, 1);
+  hosts = sandboxHostConnections(status);
+  await runChecked(hosts[0], [{ label: "image dir", script: "mkdir -p /var/lib/kvmlab/images/conimg" }]);
+  await sftpPut(hosts[0], status.image.kernel, "/var/lib/kvmlab/images/conimg/kernel");
+  await sftpPut(hosts[0], status.image.ramdisk, "/var/lib/kvmlab/images/conimg/ramdisk");
+  await create(domainProvider, checkDomainInputs, { domainName: "Default" });
+  await create(projectProvider, checkProjectInputs, { projectName: "con" });
+  await create(userProvider, checkUserInputs, { userName: "viewer", password: "viewer-password-1" });
+  await create(userProvider, checkUserInputs, { userName: "stranger" });
+  await create(roleAssignmentProvider, checkRoleAssignmentInputs, {
+    user: "viewer",
+    project: "con",
+    role: "reader",
+  });
+  const s = await serverProvider.create!(serverInputs("con1") as never);
+  made.push({ provider: serverProvider as never, id: s.id, outs: s.outs });
+  const p = checkConsoleProxyInputs({ hosts });
+  assert.deepEqual(p.failures, []);
+  proxy = (await consoleProxyProvider.create!(p.inputs as never)).outs as ConsoleProxyOutputs;
+});
+
+after(async () => {
+  if (proxy) await consoleProxyProvider.delete!("console", proxy as never).catch(() => undefined);
+  for (const m of made.reverse()) await m.provider.delete!(m.id, m.outs as never).catch(() => undefined);
+  await closeHostSessions();
+  if (!KEEP) await stopSandbox(INSTANCE);
+});
+
+/** Opens `url` in headless Chromium; returns noVNC's status text and canvas size after `waitMs` or on connect. */
+async function openConsole(
+  url: string,
+  screenshot?: string,
+): Promise<{ status: string; width: number; height: number }> {
+  const puppeteer = require("puppeteer-core") as typeof import("puppeteer-core");
+  const browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+    timeout: 60_000,
+  });
+  try {
+    const page = await browser.newPage();
+    await page.setViewport({ width: 1100, height: 800 });
+    await page.goto(url, { waitUntil: "load", timeout: 30_000 });
+    // Connected, or a final state (Disconnected / something went wrong), within 30 s.
+    await page
+      .waitForFunction(
+        () =>
+          /^(Connected to|Disconnected|Something went wrong)/.test(
+            document.getElementById("status")?.textContent ?? "",
+          ),
+        { timeout: 30_000 },
+      )
+      .catch(() => undefined);
+    const text = await page.$eval("#status", (e) => e.textContent ?? "");
+    if (text.startsWith("Connected to")) await new Promise((r) => setTimeout(r, 4000)); // let frames arrive
+    const size = await page.evaluate(() => {
+      const c = document.querySelector("#screen canvas") as HTMLCanvasElement | null;
+      return { width: c?.width ?? 0, height: c?.height ?? 0 };
+    });
+    if (screenshot) await page.screenshot({ path: screenshot });
+    return { status: text, ...size };
+  } finally {
+    await browser.close();
+  }
+}
+
+test(
+  "kvmlab console prints a URL; Chromium shows a live connection to that server's console",
+  { timeout: 180_000 },
+  async () => {
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+    const r = await kvmlab(["console", "con1", "--user", "viewer", "--sandbox", INSTANCE], {
+      timeoutMs: 60_000,
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const url = r.stdout.trim();
+    assert.match(
+      url,
+      new RegExp(
+        `^http://${hosts[0].address.replace(/\./g, "\\.")}:6080/vnc_lite\\.html\\?path=websockify%3Ftoken%3Dcon1\\.[A-Za-z0-9_-]{32}$`,
+      ),
+    );
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    const shot = path.join(ARTIFACTS, "console-con1.png");
+    const seen = await openConsole(url, shot);
+    assert.equal(seen.status, "Connected to QEMU (con1)", JSON.stringify(seen));
+    assert.ok(
+      seen.width >= 640 && seen.height >= 400,
+      `the canvas has the guest's screen size: ${JSON.stringify(seen)}`,
+    );
+    assert.ok(fs.statSync(shot).size > 5000);
+  },
+);
+
+test("a user without a role on the project gets no token", async () => {
+  const r = await kvmlab(["console", "con1", "--user", "stranger", "--sandbox", INSTANCE], {
+    timeoutMs: 60_000,
+  });
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    /user Default\/stranger has no role on project Default\/con \(needs at least reader\)/,
+  );
+  assert.equal(r.stdout, "");
+});
+
+test(
+  "the proxy refuses an expired token, a token rewritten for another server and a made-up one",
+  { timeout: 180_000 },
+  async () => {
+    const t = await issueConsoleToken(hosts, "con1", "Default/viewer", 1);
+    await new Promise((r) => setTimeout(r, 2500));
+    const base = proxy!.baseUrl;
+    const expired = await openConsole(t.url);
+    assert.notEqual(
+      expired.status.startsWith("Connected"),
+      true,
+      `expired token: ${JSON.stringify(expired)}`,
+    );
+    const fresh = await issueConsoleToken(hosts, "con1", "Default/viewer");
+    const other = await openConsole(consoleUrl(base, fresh.token.replace(/^con1\./, "con2.")));
+    assert.notEqual(other.status.startsWith("Connected"), true, `other server: ${JSON.stringify(other)}`);
+    const fake = await openConsole(consoleUrl(base, `con1.${"A".repeat(32)}`));
+    assert.notEqual(fake.status.startsWith("Connected"), true, `made-up token: ${JSON.stringify(fake)}`);
+    // The fresh token itself still works (the refusals above are the token's, not the proxy's).
+    assert.equal((await openConsole(fresh.url)).status, "Connected to QEMU (con1)");
+  },
+);
+
+function tcpOpen(address: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: address, port, timeout: 3000 });
+    s.once("connect", () => (s.destroy(), resolve(true)));
+    s.once("error", () => resolve(false));
+    s.once("timeout", () => (s.destroy(), resolve(false)));
+  });
+}
+
+test("the VNC port answers on the management address and on no other address of the host", async () => {
+  const t = await issueConsoleToken(hosts, "con1", "Default/viewer");
+  assert.equal(await tcpOpen(hosts[0].address, t.vncPort), true, "VNC on the management address");
+  // Every other address of the host, tried from inside the host.
+  const out = await sshCheck(
+    status,
+    hosts[0].name,
+    `for a in 127.0.0.1 $(ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1 | grep -vx ${hosts[0].address}); do if timeout 2 bash -c "exec 3<>/dev/tcp/$a/${t.vncPort}" 2>/dev/null; then echo "open $a"; else echo "closed $a"; fi; done`,
+  );
+  assert.match(out, /closed 127\.0\.0\.1/);
+  assert.doesNotMatch(out, /^open /m, out);
+});
+
+test("deleting the proxy stops websockify and removes every token", async () => {
+  await consoleProxyProvider.delete!("console", proxy as never);
+  proxy = undefined;
+  const out = await sshCheck(
+    status,
+    hosts[0].name,
+    "ls -A /var/lib/kvmlab/console 2>/dev/null; ss -Hltn 'sport = :6080'; true",
+  );
+  assert.equal(out.trim(), "");
+});
