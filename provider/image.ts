@@ -31,7 +31,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
   checkHostList,
-  checkRemotePath,
   hostPool,
   parseRecord,
   pooledSsh,
@@ -50,6 +49,7 @@ import {
   applyRules,
   changedKeys,
   checkedOwner,
+  checkHostSourcePath,
   claimStep,
   claimedNow,
   defineResource,
@@ -237,7 +237,8 @@ function checkSource(field: string, raw: unknown): { errors: string[]; source: u
   }
   const hp = s.hostPath;
   if (hp !== undefined && hp !== "") {
-    const e = checkRemotePath(`${field}.hostPath`, hp);
+    // Canonical, and never a pseudo file, kvmlab's own state or a secret (issue 15).
+    const e = checkHostSourcePath(`${field}.hostPath`, hp);
     if (e) errors.push(e);
   }
   const url = s.url;

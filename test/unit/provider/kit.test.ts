@@ -66,7 +66,7 @@ function subnetRaw(hosts: HostConnection[]): Record<string, unknown> {
     hosts,
     cidr: "10.10.0.0/24",
     // The two lines check ties the config to the subnet by (the real one comes from templates/).
-    dnsmasqConf: `interface=${paths.nsDevice}\npid-file=${paths.pidFile}\n`,
+    dnsmasqConf: `interface=${paths.nsDevice}\npid-file=${paths.pidFile}\ndhcp-leasefile=${paths.leaseFile}\n`,
   };
 }
 

@@ -223,7 +223,7 @@ function subnetRaw(
     driver: "linuxbridge",
     hosts,
     cidr: "10.10.0.0/24",
-    dnsmasqConf: `interface=${p.nsDevice}\npid-file=${p.pidFile}\n`,
+    dnsmasqConf: `interface=${p.nsDevice}\npid-file=${p.pidFile}\ndhcp-leasefile=${p.leaseFile}\n`,
     owner,
     ...over,
   };

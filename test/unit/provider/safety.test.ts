@@ -1,0 +1,165 @@
+/**
+ * Safe inputs (issue 15): inputs that carry whole configs or host paths are parsed against an
+ * allow-list, and each refusal names the field and the refused directive, element or path.
+ * Every case here was accepted before.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import {
+  checkImageInputs,
+  checkServerInputs,
+  checkSubnetInputs,
+  dhcpPaths,
+  type HostConnection,
+} from "../../../provider";
+import { serverRaw, testHost } from "./fixtures";
+
+const hosts: HostConnection[] = [testHost("hv1", 1)];
+const paths = dhcpPaths("lan", "v4");
+const CONF = [
+  "port=0",
+  `interface=${paths.nsDevice}`,
+  "except-interface=lo",
+  "bind-interfaces",
+  "no-resolv",
+  "dhcp-authoritative",
+  `dhcp-leasefile=${paths.leaseFile}`,
+  `pid-file=${paths.pidFile}`,
+  "dhcp-range=set:v4,10.10.0.2,10.10.0.254,255.255.255.0,86400",
+  "dhcp-option=tag:v4,option:router,10.10.0.1",
+].join("\n");
+
+function subnet(dnsmasqConf: string) {
+  return checkSubnetInputs({
+    subnetName: "v4",
+    networkName: "lan",
+    networkBridge: "kvlb-1a2b3c4d",
+    driver: "linuxbridge",
+    hosts,
+    cidr: "10.10.0.0/24",
+    dnsmasqConf,
+  });
+}
+
+test("dnsmasqConf: a rendered config passes; root-level directives are refused by name", () => {
+  assert.deepEqual(subnet(CONF).failures, []);
+  const cases: [string, RegExp][] = [
+    ["user=root", /directive "user" is not allowed/],
+    ["dhcp-script=/tmp/x.sh", /directive "dhcp-script" is not allowed/],
+    ["tftp-root=/", /directive "tftp-root" is not allowed/],
+    ["enable-tftp", /directive "enable-tftp" is not allowed/],
+    ["conf-dir=/etc/dnsmasq.d", /directive "conf-dir" is not allowed/],
+    ["conf-file=/etc/shadow", /directive "conf-file" is not allowed/],
+    ["dhcp-option=tag:v4,option:router,10.0.0.1 $(reboot)", /directive "dhcp-option" has the value/],
+  ];
+  for (const [line, re] of cases) {
+    const { failures } = subnet(`${CONF}\n${line}`);
+    assert.equal(failures.length, 1, line);
+    assert.equal(failures[0].property, "dnsmasqConf");
+    assert.match(failures[0].reason, re, line);
+  }
+  const lease = subnet(CONF.replace(`dhcp-leasefile=${paths.leaseFile}`, "dhcp-leasefile=/etc/cron.d/x"));
+  assert.match(lease.failures[0]?.reason ?? "", /directive "dhcp-leasefile" must be/);
+});
+
+function server(over: (xml: string) => string, raw: Record<string, unknown> = {}) {
+  const base = serverRaw(hosts);
+  const xml = base.domainXml as { kvm: string; qemu: string };
+  return checkServerInputs({
+    ...base,
+    domainXml: { kvm: over(xml.kvm), qemu: over(xml.qemu) },
+    ...raw,
+  });
+}
+
+test("domainXml: host block devices, ethernet scripts, foreign bridges, host files and QEMU arguments are refused", () => {
+  assert.deepEqual(server((x) => x).failures, []);
+  const disk = (inner: string) => (x: string) => x.replace("<devices>", `<devices>\n${inner}`);
+  const cases: [(x: string) => string, RegExp][] = [
+    [
+      disk("<disk type='block' device='disk'><source dev='/dev/sda'/><target dev='vdb'/></disk>"),
+      /a disk that is not a file/,
+    ],
+    [
+      disk("<disk type='file' device='disk'><source file='/etc/shadow'/><target dev='vdb'/></disk>"),
+      /the host file "\/etc\/shadow"/,
+    ],
+    [
+      disk("<interface type='ethernet'><script path='/tmp/x'/><target dev='t1'/></interface>"),
+      /not a bridge port/,
+    ],
+    [
+      disk("<interface type='bridge'><source bridge='br-mgmt'/><target dev='t1'/></interface>"),
+      /the bridge "br-mgmt" is not the bridge of one of the server's ports/,
+    ],
+    [disk("<hostdev mode='subsystem' type='pci'/>"), /a host device/],
+    [
+      (x) =>
+        x.replace("</devices>", "</devices>\n<qemu:commandline><qemu:arg value='-x'/></qemu:commandline>"),
+      /raw QEMU arguments/,
+    ],
+    [
+      (x) => x.replace("<backend model='random'>/dev/urandom", "<backend model='random'>/dev/mem"),
+      /RNG backend/,
+    ],
+  ];
+  for (const [edit, re] of cases) {
+    const { failures } = server(edit);
+    assert.ok(failures.length > 0, String(re));
+    assert.ok(
+      failures.some((f) => f.property === "domainXml" && re.test(f.reason)),
+      `${String(re)}: ${JSON.stringify(failures)}`,
+    );
+  }
+});
+
+test("image paths: canonical and inside the image store, so the image-in-use guard cannot be bypassed", () => {
+  const img = (kernel: string) => ({
+    image: {
+      name: "cirros",
+      kind: "kernel",
+      disk: "",
+      format: "qcow2",
+      kernel,
+      ramdisk: "/var/lib/kvmlab/images/cirros/ramdisk",
+    },
+  });
+  for (const [p, re] of [
+    ["/var/lib/kvmlab/images/cirros/./kernel", /canonical path/],
+    ["/var/lib/kvmlab/images//cirros/kernel", /canonical path/],
+    ["/etc/passwd", /in the image store/],
+  ] as const) {
+    const { failures } = server((x) => x.split("/var/lib/kvmlab/images/cirros/kernel").join(p), img(p));
+    assert.ok(
+      failures.some((f) => f.property === "image" && re.test(f.reason)),
+      `${p}: ${JSON.stringify(failures)}`,
+    );
+  }
+});
+
+test("Image hostPath: canonical and never a pseudo file, kvmlab state or a secret", () => {
+  const SHA = "a".repeat(64);
+  for (const p of [
+    "/proc/self/environ",
+    "/etc/shadow",
+    "/dev/zero",
+    "/var/lib/kvmlab/records/ipam/x.json",
+    "/srv//x",
+    "/srv/./x",
+  ]) {
+    const { failures } = checkImageInputs({
+      imageName: "tiny",
+      hosts,
+      kernel: { hostPath: p, sha256: SHA },
+    });
+    assert.ok(
+      failures.some((f) => /hostPath/.test(f.reason)),
+      `${p}: ${JSON.stringify(failures)}`,
+    );
+  }
+  assert.deepEqual(
+    checkImageInputs({ imageName: "tiny", hosts, kernel: { hostPath: "/srv/images/vmlinuz", sha256: SHA } })
+      .failures,
+    [],
+  );
+});
