@@ -362,6 +362,16 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
         );
       if ((ci.metaData as string) === "" && (ci.userData as string) !== "")
         fail("cloudInit", "cloudInit.metaData: user-data needs meta-data (instance-id) in the seed");
+      // YAML line breaks JavaScript and templates do not treat as such: U+0085, U+2028, U+2029
+      // end a line in YAML 1.1 parsers and let a value break out of its block (issue 15).
+      for (const k of ["metaData", "userData", "networkConfig"] as const) {
+        const bad = /[\u0085\u2028\u2029]/.exec(ci[k] as string);
+        if (bad)
+          fail(
+            "cloudInit",
+            `cloudInit.${k}: contains U+${bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")} (a YAML line break that can break out of a block); remove it from writeFiles and userData`,
+          );
+      }
     }
   }
 

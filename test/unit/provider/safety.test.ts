@@ -5,14 +5,23 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
 import {
+  UNKNOWN,
+  checkNetworkInputs,
+  networkProvider,
+  pinnedHost,
+  recordHostKeys,
   checkImageInputs,
   checkServerInputs,
   checkSubnetInputs,
   dhcpPaths,
   type HostConnection,
 } from "../../../provider";
-import { serverRaw, testHost } from "./fixtures";
+import { PIN, serverRaw, testHost } from "./fixtures";
 
 const hosts: HostConnection[] = [testHost("hv1", 1)];
 const paths = dhcpPaths("lan", "v4");
@@ -162,4 +171,78 @@ test("Image hostPath: canonical and never a pseudo file, kvmlab state or a secre
       .failures,
     [],
   );
+});
+
+test("no predictable /tmp files written as root; seeds and the host lock are root's alone", () => {
+  const { probeScript, infoStep, takeLockStep, materializeSteps } = {
+    ...require("../../../provider/host/probe"),
+    ...require("../../../provider/host/session"),
+    ...require("../../../provider/server/steps"),
+  } as {
+    probeScript: (l: boolean) => string;
+    infoStep: (n: string) => { script: string };
+    takeLockStep: (label: string, wait: number) => { script: string };
+    materializeSteps: (i: unknown, xml: string) => { label?: string; script: string }[];
+  };
+  assert.doesNotMatch(probeScript(true), /\/tmp\//);
+  assert.doesNotMatch(infoStep("web1").script, /\/tmp\//);
+  const { inputs } = checkServerInputs(serverRaw(hosts));
+  const steps = materializeSteps(inputs, "<domain/>");
+  for (const s of steps.filter((x) => /upload .*\/seed\//.test(x.label ?? "")))
+    assert.match(s.script, /chmod 0600 /, `${s.label} is 0600`);
+  assert.ok(
+    steps.some((s) => /chmod 0700 .*\/seed'?$/m.test(s.script)),
+    "the seed folder is 0700",
+  );
+  // The lock step, run by a local bash against a stand-in folder: the lock file is 0600.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-lock-"));
+  try {
+    const script = takeLockStep("lock", 1).script.split("/var/lib/kvmlab").join(root);
+    const r = spawnSync("bash", ["-c", `umask 022; ${script}`], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(fs.statSync(path.join(root, "lock")).mode & 0o777, 0o600);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("cloud-init: U+0085, U+2028 and U+2029 are refused, naming the field and the code point", () => {
+  const base = serverRaw(hosts);
+  const ci = base.cloudInit as { metaData: string; userData: string; networkConfig: string };
+  for (const ch of ["\u0085", "\u2028", "\u2029"]) {
+    const { failures } = checkServerInputs({
+      ...base,
+      cloudInit: { ...ci, userData: `${ci.userData}\n# x${ch}runcmd: [reboot]\n` },
+    });
+    const code = `U+${ch.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+    assert.ok(
+      failures.some(
+        (f) => f.property === "cloudInit" && f.reason.includes(`cloudInit.userData: contains ${code}`),
+      ),
+      `${code}: ${JSON.stringify(failures)}`,
+    );
+  }
+});
+
+test("the preview sentinel written literally is refused by create and update before any host command", async () => {
+  const { inputs } = checkNetworkInputs({ networkName: "lan", kind: "selfservice", hosts });
+  const literal = { ...inputs, mtu: UNKNOWN, hosts: [{ ...hosts[0], uplink: UNKNOWN }] };
+  const p = networkProvider as unknown as Required<typeof networkProvider>;
+  await assert.rejects(
+    p.create(literal as never),
+    /Network: hosts, mtu: the value contains Pulumi's preview placeholder/,
+  );
+  await assert.rejects(
+    p.update("lan", { ...inputs, hostKeys: {}, realized: {} } as never, literal as never),
+    /preview placeholder/,
+  );
+});
+
+test("a host named constructor (or __proto__) pins like any other host", () => {
+  for (const name of ["constructor", "__proto__", "toString"]) {
+    const h = testHost(name, 1, { hostKey: "", trustOnFirstUse: true });
+    assert.equal(pinnedHost(h, {}).hostKey, "", `${name}: nothing recorded, nothing pinned`);
+    assert.equal(pinnedHost(h, { [name]: PIN }).hostKey, PIN);
+    assert.deepEqual(recordHostKeys([h], {}), { [name]: "" });
+  }
 });
