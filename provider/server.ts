@@ -84,6 +84,8 @@ import {
   migrationCleanupStep,
   migrationDir,
   migrationKeyStep,
+  migrationOutcome,
+  abortMigrationStep,
   parseDestinationFacts,
   revokeStep,
 } from "./server/migrate";
@@ -421,7 +423,7 @@ async function migrateServer(
   await runLocked(
     dst,
     [
-      claimStep(serverOwned(olds.serverName), olds.owner || ownerIn(olds)),
+      ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
       preflightStep(olds),
       ...materializeSteps(olds, xml, { define: false }),
     ],
@@ -450,7 +452,14 @@ async function migrateServer(
     }
     if (!authorizedKeysFile)
       throw new Error(`host ${dst.name}: cannot tell which authorized keys file its sshd reads`);
-    await runLocked(dst, [authorizeStep(authorizedKeysFile, pub, tag)]);
+    await runLocked(dst, [
+      authorizeStep(
+        authorizedKeysFile,
+        pub,
+        tag,
+        [src.address, src.tunnelAddress].filter((a) => a !== ""),
+      ),
+    ]);
     const t = Date.now();
     await waited(m, () =>
       runChecked(
@@ -466,15 +475,37 @@ async function migrateServer(
     );
     migratedMs = Date.now() - t;
   } catch (err) {
-    // The source keeps the domain until the migration completes (--undefinesource); remove
-    // what was prepared on the destination unless the domain runs there after all.
-    const after = await readInfo(src, olds.serverName).catch(() => undefined);
-    if (after?.defined) await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
-    throw err;
-  } finally {
-    if (authorizedKeysFile)
-      await runLocked(dst, [revokeStep(authorizedKeysFile, tag)]).catch(() => undefined);
+    // Never delete a copy that might be the only one (issue 15): stop libvirtd's job first,
+    // then read BOTH hosts and act only on a certain outcome.
+    await runSteps(src, [abortMigrationStep(olds.serverName)]).catch(() => undefined);
+    const [s, d] = await Promise.all([
+      readInfo(src, olds.serverName).catch(() => undefined),
+      readInfo(dst, olds.serverName).catch(() => undefined),
+    ]);
+    const outcome = migrationOutcome(s, d);
+    const revoked = await revokeKey(dst, authorizedKeysFile, tag);
     await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
+    const msg = err instanceof Error ? err.message : String(err);
+    if (outcome === "source") {
+      // The guest runs on the source and the destination has no domain: drop what was prepared.
+      await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
+      throw new Error(`${msg}${revoked}`, { cause: err });
+    }
+    if (outcome === "unknown")
+      throw new Error(
+        `${msg}\nserver ${olds.serverName}: after the failed migration ${src.name} reports ${s ? powerOf(s) : "nothing (unreachable)"} and ${dst.name} reports ${d ? powerOf(d) : "nothing (unreachable)"}; nothing was deleted on either host. Check both with "virsh list --all", keep the running copy, then run "pulumi refresh" and "pulumi up"${revoked}`,
+        { cause: err },
+      );
+    // "destination": the migration completed after all; finish the move below.
+    migratedMs = 0;
+  }
+  if (authorizedKeysFile) {
+    const revoked = await revokeKey(dst, authorizedKeysFile, tag);
+    await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
+    await runLocked(dst, [recordStep(olds, olds.addresses)]);
+    await runLocked(src, guardedDelete(olds, ownerIn(olds)));
+    if (revoked) throw new Error(`server ${olds.serverName} moved to ${dst.name}, but${revoked}`);
+    return migratedMs;
   }
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
   await runLocked(src, guardedDelete(olds, ownerIn(olds)));
@@ -487,6 +518,24 @@ function guardedDelete(o: Pick<ServerInputs, "serverName" | "uuid" | "image">, o
   return owner
     ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]
     : [deleteStep(o)];
+}
+
+/**
+ * Revokes the one-off migration key on the destination (three tries). Returns "" when it is
+ * gone, else the text to append to the error (a key left authorized is reported, never hidden).
+ */
+async function revokeKey(dst: HostConnection, authorizedKeysFile: string, tag: string): Promise<string> {
+  if (!authorizedKeysFile) return "";
+  let last = "";
+  for (let i = 0; i < 3; i++) {
+    try {
+      await runLocked(dst, [revokeStep(authorizedKeysFile, tag)]);
+      return "";
+    } catch (e) {
+      last = e instanceof Error ? e.message : String(e);
+    }
+  }
+  return `\nrevoking the one-off migration key on ${dst.name} failed: ${last}. Remove the line tagged ${tag} from ${authorizedKeysFile} on ${dst.name} by hand`;
 }
 
 const server = defineResource<ServerInputs, ServerOutputs>({

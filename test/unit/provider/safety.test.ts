@@ -246,3 +246,45 @@ test("a host named constructor (or __proto__) pins like any other host", () => {
     assert.deepEqual(recordHostKeys([h], {}), { [name]: "" });
   }
 });
+
+test("live migration: after an error only a certain outcome touches a host; the stream and the key are confined", () => {
+  const { migrationOutcome, migrateStep, authorizeStep } = require("../../../provider/server/migrate") as {
+    migrationOutcome: (s: unknown, d: unknown) => string;
+    migrateStep: (n: string, d: HostConnection, c: boolean, t: number) => { script: string };
+    authorizeStep: (f: string, pub: string, tag: string, from: string[]) => { script: string };
+  };
+  const running = { defined: true, state: "running" };
+  const absent = { defined: false, state: "" };
+  assert.equal(
+    migrationOutcome(running, absent),
+    "source",
+    "runs on the source only: the destination may go",
+  );
+  assert.equal(migrationOutcome(absent, running), "destination", "completed: keep it");
+  // Today's code read the source once and deleted the destination; these must touch nothing.
+  assert.equal(migrationOutcome(running, running), "unknown");
+  assert.equal(migrationOutcome(undefined, absent), "unknown", "source unreadable");
+  assert.equal(migrationOutcome(running, undefined), "unknown", "destination unreadable");
+  assert.equal(migrationOutcome(absent, absent), "unknown", "gone from both");
+  assert.equal(migrationOutcome(running, { defined: true, state: "paused" }), "unknown");
+
+  const dst = testHost("hv2", 2);
+  const m = migrateStep("web1", dst, true, 60).script;
+  assert.match(
+    m,
+    new RegExp(`--migrateuri '?tcp://${dst.tunnelAddress}'? `),
+    "the stream goes over the tunnel address",
+  );
+  assert.match(
+    m,
+    new RegExp(`--listen-address '?${dst.tunnelAddress}'? `),
+    "the destination listens there only",
+  );
+  const a = authorizeStep(
+    "/root/.ssh/authorized_keys",
+    "ssh-ed25519 AAAAC3Nz kvmlab",
+    "kvmlab-migrate-web1-abc",
+    ["10.255.0.11", "10.254.0.11"],
+  ).script;
+  assert.match(a, /from="10\.255\.0\.11,10\.254\.0\.11",no-agent-forwarding/);
+});
