@@ -144,6 +144,7 @@ test("ownerOf: <project>/<stack>/<Type>/<name>, every segment encoded so it is s
   );
   assert.equal(ownerSegment("ü"), "%C3%BC");
   assert.equal(ownerSegment(""), "%00");
+  assert.equal(ownerSegment(".."), "%2E.", "no segment reads as . or ..");
 });
 
 test("claim, guard and release steps: claimed, adopted by the same owner, refused for another, unmarked objects refused", () => {
