@@ -37,6 +37,7 @@ import {
   runChecked,
   runLocked,
   runSteps,
+  withNamedHostLock,
   recordPath,
   shQuote,
   uploadStep,
@@ -214,21 +215,28 @@ export function serverOwned(serverName: string): OwnedObject {
  */
 async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
   const hosts = inputs.hosts;
-  return placementTurn(async () => {
-    const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
-    const loads = await hostLoads(candidates);
-    // A create run again (after a failure or lost state) converges on the host it claimed.
-    const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
-    const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
-    if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
-    const host = hostNamed(hosts, choice.host);
-    await runLocked(host, [
-      claimStep(serverOwned(inputs.serverName), inputs.owner),
-      nameFreeStep(inputs),
-      recordStep(inputs, []),
-    ]);
-    return host;
-  });
+  // Across processes: every placement over these hosts holds the placement lock of the same
+  // controller (the host with the lowest address), so two `up`s never count the same free RAM.
+  const controller = [...hosts].sort((a, b) =>
+    `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
+  )[0];
+  return placementTurn(() =>
+    withNamedHostLock(controller, "placement", async () => {
+      const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
+      const loads = await hostLoads(candidates);
+      // A create run again (after a failure or lost state) converges on the host it claimed.
+      const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
+      const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
+      if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
+      const host = hostNamed(hosts, choice.host);
+      await runLocked(host, [
+        claimStep(serverOwned(inputs.serverName), inputs.owner),
+        nameFreeStep(inputs),
+        recordStep(inputs, []),
+      ]);
+      return host;
+    }),
+  );
 }
 
 function serialTail(text: string): string {

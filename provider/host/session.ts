@@ -505,10 +505,51 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
   }
 }
 
+/**
+ * Runs `fn` holding a NAMED lock of a host, /var/lib/kvmlab/<name>.lock (0600), across
+ * processes: an in-process mutex per host and name, plus `flock` on fd 8 held by the session's
+ * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
+ * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
+ * controller host (issue 15), so they never count the same free RAM.
+ */
+export async function withNamedHostLock<T>(
+  host: HostConnection,
+  name: string,
+  fn: () => Promise<T>,
+  waitSec = 300,
+): Promise<T> {
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(name))
+    throw new Error(`withNamedHostLock: invalid lock name ${JSON.stringify(name)}`);
+  const release = await takeProcessLock(host, name);
+  const file = `/var/lib/kvmlab/${name}.lock`;
+  let remote = false;
+  try {
+    await runChecked(
+      host,
+      [
+        {
+          label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
+          inShell: true,
+          script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> ${file} ) && chmod 0600 ${file} && exec 8>>${file} && flock -w ${Math.max(1, Math.floor(waitSec))} 8`,
+        },
+      ],
+      { timeoutMs: (waitSec + 30) * 1000 },
+    );
+    remote = true;
+    return await fn();
+  } finally {
+    if (remote)
+      void runSteps(host, [
+        { label: `release the ${name} lock`, inShell: true, always: true, script: "exec 8>&-" },
+      ]).catch(() => undefined);
+    release();
+  }
+}
+
 /** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */
-async function takeProcessLock(host: HostConnection): Promise<() => void> {
+async function takeProcessLock(host: HostConnection, name = ""): Promise<() => void> {
   const pool = hostPool();
-  const id = `${host.address}:${host.port}`;
+  const id = `${host.address}:${host.port}${name ? `#${name}` : ""}`;
   const before = pool.locks.get(id) ?? Promise.resolve();
   let release: () => void = () => undefined;
   const mine = new Promise<void>((r) => (release = r));

@@ -223,6 +223,10 @@ function fakeHosts(answers: [RegExp, string][]): {
   );
   session.runLocked = session.runChecked;
   session.withHostLock = async (h: HostConnection, fn: () => Promise<unknown>) => (touch(h), fn());
+  session.withNamedHostLock = async (h: HostConnection, _n: string, fn: () => Promise<unknown>) => (
+    touch(h),
+    fn()
+  );
   probe.requireFeatures = async (h: HostConnection) => (
     touch(h),
     { kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true }
