@@ -16,6 +16,8 @@
  *
  * docs/package.md says how to install kvmlab into a Pulumi program.
  */
+// First: Node 20.20 hangs formatting Pulumi's errors (nodejs/node#64011); see the module.
+import "./provider/nodeInspectFix";
 export * from "./components";
 export { Flavor, type FlavorArgs, Keypair, type KeypairArgs, type HostConnectionArgs } from "./provider";
 export {

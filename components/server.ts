@@ -102,7 +102,11 @@ export interface ServerArgs {
   readonly powerState?: pulumi.Input<PowerState>;
   /** When the server counts as up. @default DHCP lease of the first port (none without ports) */
   readonly readiness?: Partial<Readiness>;
-  /** Address the VNC console listens on. @default "0.0.0.0" (no password: keep the hosts' VNC ports firewalled) */
+  /**
+   * Address the VNC console listens on. @default "127.0.0.1": the console has no password, so by
+   * default it is reachable only on the host itself (through SSH on the management address, or
+   * the console proxy). "0.0.0.0" opens it to every network the host is on.
+   */
   readonly consoleListen?: string;
   /** Owning project (a Project's `recordId`, `<domain>/<name>`): its quotas are enforced at create and resize. @default "" (none) */
   readonly project?: pulumi.Input<string>;
@@ -272,7 +276,7 @@ export class Server extends pulumi.ComponentResource {
             publicKeys: publicKey ? [publicKey] : [],
             userName: args.userName ?? "kvmlab",
             userData: args.userData ?? {},
-            consoleListen: args.consoleListen ?? "0.0.0.0",
+            consoleListen: args.consoleListen ?? "127.0.0.1",
           });
         } catch (err) {
           throw new pulumi.ResourceError(`server ${serverName}: ${(err as Error).message}`, this);

@@ -135,7 +135,7 @@ export function renderLab(
         publicKeys: keypair ? [keypair.publicKey] : [],
         userName: image.defaultUser,
         userData: { writeFiles: s.launch.userData.writeFiles, runcmd: s.launch.userData.runcmd },
-        consoleListen: "0.0.0.0",
+        consoleListen: "127.0.0.1",
       }),
     );
     rendered.set(s.name, { uuid: r.uuid, uuidSeed, macs: r.macs, taps: r.taps });

@@ -31,7 +31,6 @@
 import * as pulumi from "@pulumi/pulumi";
 import {
   checkHostList,
-  checkRemotePath,
   hostPool,
   parseRecord,
   pooledSsh,
@@ -43,6 +42,7 @@ import {
   shQuote,
   showValue,
   writeRecordStep,
+  type Step,
   type HostConnection,
 } from "./host";
 import {
@@ -50,6 +50,7 @@ import {
   applyRules,
   changedKeys,
   checkedOwner,
+  checkHostSourcePath,
   claimStep,
   claimedNow,
   defineResource,
@@ -237,7 +238,8 @@ function checkSource(field: string, raw: unknown): { errors: string[]; source: u
   }
   const hp = s.hostPath;
   if (hp !== undefined && hp !== "") {
-    const e = checkRemotePath(`${field}.hostPath`, hp);
+    // Canonical, and never a pseudo file, kvmlab's own state or a secret (issue 15).
+    const e = checkHostSourcePath(`${field}.hostPath`, hp);
     if (e) errors.push(e);
   }
   const url = s.url;
@@ -499,16 +501,20 @@ async function sendFile(host: HostConnection, localPath: string, remotePath: str
 async function ensureOnHost(
   inputs: ImageInputs,
   host: HostConnection,
+  ownerStep: Step,
+  onOwner: (stdout: string) => void,
 ): Promise<ImageHostState & { virtualSizeBytes: number; sizes: Partial<Record<ImageRole, number>> }> {
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const files = imageFiles(inputs);
   const plans = files.map((f) => f.plan);
   const dir = imageDir(inputs.imageName);
-  const [recText, probeOut] = await runChecked(
+  // The owner step first (claim at create, guard at update), in the same round trip as the probe.
+  const [ownerOut, recText, probeOut] = await runChecked(
     host,
-    [readRecordStep("image", inputs.imageName), probeStep(inputs.imageName, plans, host.name)],
+    [ownerStep, readRecordStep("image", inputs.imageName), probeStep(inputs.imageName, plans, host.name)],
     LONG,
   );
+  onOwner(ownerOut);
   const existing = parseRecord<ImageRecord>(recText, `image/${inputs.imageName}`);
   const probes = new Map(parseFileProbe(probeOut).map((p) => [p.role, p]));
   const missing = files.filter((f) => {
@@ -705,11 +711,14 @@ async function converge(
   let virtualSizeBytes = 0;
   await onEveryHost(inputs.hosts, what, async (h) => {
     const owned = imageOwned(inputs.imageName);
-    if ("made" in guard) {
-      const [c] = await runLocked(h, [claimStep(owned, inputs.owner)]);
-      if (claimedNow(c)) guard.made.push(h);
-    } else await runLocked(h, [guardStep(owned, guard.owners, true)]);
-    const r = await ensureOnHost(inputs, h);
+    const r = await ensureOnHost(
+      inputs,
+      h,
+      "made" in guard ? claimStep(owned, inputs.owner) : guardStep(owned, guard.owners, true),
+      (out) => {
+        if ("made" in guard && claimedNow(out)) guard.made.push(h);
+      },
+    );
     realized[h.name] = { record: r.record, files: r.files, users: r.users };
     sizes = r.sizes;
     virtualSizeBytes = r.virtualSizeBytes;

@@ -1,3 +1,5 @@
+// Node 20.20 hangs formatting Pulumi's errors (nodejs/node#64011): installed on load.
+import "./nodeInspectFix";
 // Dynamic resources and the host layer they share. The root index.ts exports this barrel as
 // the `resources` namespace: its Network, Image and Server are the raw resources the components
 // of the same names wire.

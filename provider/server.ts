@@ -37,6 +37,7 @@ import {
   runChecked,
   runLocked,
   runSteps,
+  withNamedHostLock,
   recordPath,
   shQuote,
   uploadStep,
@@ -86,6 +87,8 @@ import {
   migrationCleanupStep,
   migrationDir,
   migrationKeyStep,
+  migrationOutcome,
+  abortMigrationStep,
   parseDestinationFacts,
   revokeStep,
 } from "./server/migrate";
@@ -214,21 +217,28 @@ export function serverOwned(serverName: string): OwnedObject {
  */
 async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
   const hosts = inputs.hosts;
-  return placementTurn(async () => {
-    const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
-    const loads = await hostLoads(candidates);
-    // A create run again (after a failure or lost state) converges on the host it claimed.
-    const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
-    const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
-    if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
-    const host = hostNamed(hosts, choice.host);
-    await runLocked(host, [
-      claimStep(serverOwned(inputs.serverName), inputs.owner),
-      nameFreeStep(inputs),
-      recordStep(inputs, []),
-    ]);
-    return host;
-  });
+  // Across processes: every placement over these hosts holds the placement lock of the same
+  // controller (the host with the lowest address), so two `up`s never count the same free RAM.
+  const controller = [...hosts].sort((a, b) =>
+    `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
+  )[0];
+  return placementTurn(() =>
+    withNamedHostLock(controller, "placement", async () => {
+      const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
+      const loads = await hostLoads(candidates);
+      // A create run again (after a failure or lost state) converges on the host it claimed.
+      const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
+      const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
+      if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
+      const host = hostNamed(hosts, choice.host);
+      await runLocked(host, [
+        claimStep(serverOwned(inputs.serverName), inputs.owner),
+        nameFreeStep(inputs),
+        recordStep(inputs, []),
+      ]);
+      return host;
+    }),
+  );
 }
 
 function serialTail(text: string): string {
@@ -423,7 +433,7 @@ async function migrateServer(
   await runLocked(
     dst,
     [
-      claimStep(serverOwned(olds.serverName), olds.owner || ownerIn(olds)),
+      ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
       preflightStep(olds),
       ...materializeSteps(olds, xml, { define: false }),
     ],
@@ -452,7 +462,14 @@ async function migrateServer(
     }
     if (!authorizedKeysFile)
       throw new Error(`host ${dst.name}: cannot tell which authorized keys file its sshd reads`);
-    await runLocked(dst, [authorizeStep(authorizedKeysFile, pub, tag)]);
+    await runLocked(dst, [
+      authorizeStep(
+        authorizedKeysFile,
+        pub,
+        tag,
+        [src.address, src.tunnelAddress].filter((a) => a !== ""),
+      ),
+    ]);
     const t = Date.now();
     await waited(m, () =>
       runChecked(
@@ -468,15 +485,37 @@ async function migrateServer(
     );
     migratedMs = Date.now() - t;
   } catch (err) {
-    // The source keeps the domain until the migration completes (--undefinesource); remove
-    // what was prepared on the destination unless the domain runs there after all.
-    const after = await readInfo(src, olds.serverName).catch(() => undefined);
-    if (after?.defined) await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
-    throw err;
-  } finally {
-    if (authorizedKeysFile)
-      await runLocked(dst, [revokeStep(authorizedKeysFile, tag)]).catch(() => undefined);
+    // Never delete a copy that might be the only one (issue 15): stop libvirtd's job first,
+    // then read BOTH hosts and act only on a certain outcome.
+    await runSteps(src, [abortMigrationStep(olds.serverName)]).catch(() => undefined);
+    const [s, d] = await Promise.all([
+      readInfo(src, olds.serverName).catch(() => undefined),
+      readInfo(dst, olds.serverName).catch(() => undefined),
+    ]);
+    const outcome = migrationOutcome(s, d);
+    const revoked = await revokeKey(dst, authorizedKeysFile, tag);
     await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
+    const msg = err instanceof Error ? err.message : String(err);
+    if (outcome === "source") {
+      // The guest runs on the source and the destination has no domain: drop what was prepared.
+      await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
+      throw new Error(`${msg}${revoked}`, { cause: err });
+    }
+    if (outcome === "unknown")
+      throw new Error(
+        `${msg}\nserver ${olds.serverName}: after the failed migration ${src.name} reports ${s ? powerOf(s) : "nothing (unreachable)"} and ${dst.name} reports ${d ? powerOf(d) : "nothing (unreachable)"}; nothing was deleted on either host. Check both with "virsh list --all", keep the running copy, then run "pulumi refresh" and "pulumi up"${revoked}`,
+        { cause: err },
+      );
+    // "destination": the migration completed after all; finish the move below.
+    migratedMs = 0;
+  }
+  if (authorizedKeysFile) {
+    const revoked = await revokeKey(dst, authorizedKeysFile, tag);
+    await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
+    await runLocked(dst, [recordStep(olds, olds.addresses)]);
+    await runLocked(src, guardedDelete(olds, ownerIn(olds)));
+    if (revoked) throw new Error(`server ${olds.serverName} moved to ${dst.name}, but${revoked}`);
+    return migratedMs;
   }
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
   await runLocked(src, guardedDelete(olds, ownerIn(olds)));
@@ -504,6 +543,24 @@ async function reserveServerQuota(i: ServerInputs): Promise<boolean> {
 
 async function releaseServerQuota(i: ServerInputs): Promise<void> {
   if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.uuid}`);
+}
+
+/**
+ * Revokes the one-off migration key on the destination (three tries). Returns "" when it is
+ * gone, else the text to append to the error (a key left authorized is reported, never hidden).
+ */
+async function revokeKey(dst: HostConnection, authorizedKeysFile: string, tag: string): Promise<string> {
+  if (!authorizedKeysFile) return "";
+  let last = "";
+  for (let i = 0; i < 3; i++) {
+    try {
+      await runLocked(dst, [revokeStep(authorizedKeysFile, tag)]);
+      return "";
+    } catch (e) {
+      last = e instanceof Error ? e.message : String(e);
+    }
+  }
+  return `\nrevoking the one-off migration key on ${dst.name} failed: ${last}. Remove the line tagged ${tag} from ${authorizedKeysFile} on ${dst.name} by hand`;
 }
 
 const server = defineResource<ServerInputs, ServerOutputs>({

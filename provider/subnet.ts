@@ -50,6 +50,7 @@ import {
   KvmlabResource,
   changedKeys,
   checkedOwner,
+  checkDnsmasqConf,
   claimStep,
   claimedNow,
   defineResource,
@@ -271,16 +272,19 @@ export function checkSubnetInputs(news: Record<string, unknown>): Checked {
   ) {
     const conf = news.dnsmasqConf;
     const paths = dhcpPaths(news.networkName as string, news.subnetName as string);
-    if (
-      typeof conf !== "string" ||
-      !conf.split("\n").includes(`interface=${paths.nsDevice}`) ||
-      !conf.split("\n").includes(`pid-file=${paths.pidFile}`)
-    ) {
+    // Parsed against an allow-list: dnsmasq runs as root, so `user=`, `dhcp-script=`,
+    // `conf-dir=`, `tftp-root=` or a lease file elsewhere would be a way in (issue 15).
+    if (typeof conf !== "string")
+      fail("dnsmasqConf", `dnsmasqConf: expected the config text, got ${showValue(conf)}`);
+    else
       fail(
         "dnsmasqConf",
-        `dnsmasqConf: expected a config rendered for this subnet (lines "interface=${paths.nsDevice}" and "pid-file=${paths.pidFile}"); render it with renderDnsmasqConf(toDnsmasqView({...})) using dhcpPaths(networkName, subnetName)`,
+        checkDnsmasqConf(conf, {
+          interface: paths.nsDevice,
+          pidFile: paths.pidFile,
+          leaseFile: paths.leaseFile,
+        }),
       );
-    }
   }
   out.owner = checkedOwner(
     news,

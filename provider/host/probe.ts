@@ -41,12 +41,13 @@ const PROBE_SCRIPT = [
   'echo "nft=$(v nft && echo yes || echo no)"',
   'if v ovs-vsctl && ovs-vsctl --timeout=5 show >/dev/null 2>&1; then echo "ovs=$(ovs-vsctl --version | head -n1 | awk \'{print $NF}\')"; else echo "ovs="; fi',
   "if [ -d /sys/module/openvswitch ]; then echo ovskmod=yes; else echo ovskmod=no; fi",
-  "if v virsh && virsh -c qemu:///system version >/tmp/.kvl-virsh.$$ 2>/dev/null; then",
-  "  echo \"libvirt=$(awk '/Using library/ {print $NF}' /tmp/.kvl-virsh.$$)\"",
-  "  echo \"qemu=$(awk '/Running hypervisor/ {print $NF}' /tmp/.kvl-virsh.$$)\"",
+  // In a shell variable, not a file: a predictable /tmp name written as root can be a symlink
+  // planted by any local user (issue 15).
+  "if v virsh && vv=$(virsh -c qemu:///system version 2>/dev/null); then",
+  "  echo \"libvirt=$(printf '%s\\n' \"$vv\" | awk '/Using library/ {print $NF}')\"",
+  "  echo \"qemu=$(printf '%s\\n' \"$vv\" | awk '/Running hypervisor/ {print $NF}')\"",
   "  if [ -c /dev/kvm ] && grep -qE '^flags[[:space:]]*:.*\\b(vmx|svm)\\b' /proc/cpuinfo && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then echo kvm=yes; else echo kvm=no; fi",
   "else echo libvirt=; echo qemu=; echo kvm=no; fi",
-  "rm -f /tmp/.kvl-virsh.$$",
 ].join("\n");
 
 /** The probe's step script (exposed for tests). */

@@ -86,6 +86,8 @@ interface HostPool {
   observedKeys: Map<string, string>;
   /** Connections handed out by pooledSsh in naive mode; closed by closeHostSessions. */
   loose: NodeSSH[];
+  /** Per session key: the session whose shell holds the host lock (withHostLock). */
+  held: Map<string, HostSession>;
   stats: HostPoolStats;
   connectTimeoutMs: number;
 }
@@ -106,6 +108,7 @@ export function hostPool(): HostPool {
       cache: new Map(),
       observedKeys: new Map(),
       loose: [],
+      held: new Map(),
       stats: { connectionsOpened: 0, channelsOpened: 0, batches: 0, steps: 0, reconnects: 0 },
       connectTimeoutMs: 15000,
     };
@@ -430,6 +433,14 @@ export async function runSteps(
   if (pool.mode === "naive") return runNaive(host, steps, opts);
   for (let attempt = 0; ; attempt++) {
     const session = await getSession(host);
+    // The flock of withHostLock lives in one shell: a batch on any other session (after a
+    // reconnect) would run unlocked. Refuse it (issue 15: a reconnect dropped the lock silently).
+    const held = (pool.held ??= new Map()).get(session.key);
+    if (held && (held !== session || held.dead || (!session.channel && session.nextSeq > 0))) {
+      throw new Error(
+        `${session.label}: the SSH session holding the host lock /var/lib/kvmlab/lock was lost; the steps after it were not run (they would have run unlocked). Run the operation again`,
+      );
+    }
     const run = session.tail.then(async () => {
       if (session.dead) throw new Error(`${session.label}: SSH connection lost`);
       session.busy += 1;
@@ -473,22 +484,72 @@ export async function runChecked(
  */
 export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>, waitSec = 120): Promise<T> {
   const release = await takeProcessLock(host);
+  const pool = hostPool();
   let remote = false;
+  let key = "";
   try {
     await runChecked(host, [takeLockStep("take the host lock /var/lib/kvmlab/lock", waitSec)]);
     remote = true;
+    if (pool.mode === "pooled") {
+      const session = await getSession(host);
+      key = session.key;
+      (pool.held ??= new Map()).set(key, session);
+    }
     return await fn();
   } finally {
+    const lost = key !== "" && pool.held.get(key)?.dead === true;
+    if (key) pool.held.delete(key);
     // Queue the unlock without waiting: the next locker's steps come after it in the shell.
-    if (remote) void runSteps(host, [RELEASE_LOCK_STEP]).catch(() => undefined);
+    if (remote && !lost) void runSteps(host, [RELEASE_LOCK_STEP]).catch(() => undefined);
+    release();
+  }
+}
+
+/**
+ * Runs `fn` holding a NAMED lock of a host, /var/lib/kvmlab/<name>.lock (0600), across
+ * processes: an in-process mutex per host and name, plus `flock` on fd 8 held by the session's
+ * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
+ * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
+ * controller host (issue 15), so they never count the same free RAM.
+ */
+export async function withNamedHostLock<T>(
+  host: HostConnection,
+  name: string,
+  fn: () => Promise<T>,
+  waitSec = 300,
+): Promise<T> {
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(name))
+    throw new Error(`withNamedHostLock: invalid lock name ${JSON.stringify(name)}`);
+  const release = await takeProcessLock(host, name);
+  const file = `/var/lib/kvmlab/${name}.lock`;
+  let remote = false;
+  try {
+    await runChecked(
+      host,
+      [
+        {
+          label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
+          inShell: true,
+          script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> ${file} ) && chmod 0600 ${file} && exec 8>>${file} && flock -w ${Math.max(1, Math.floor(waitSec))} 8`,
+        },
+      ],
+      { timeoutMs: (waitSec + 30) * 1000 },
+    );
+    remote = true;
+    return await fn();
+  } finally {
+    if (remote)
+      void runSteps(host, [
+        { label: `release the ${name} lock`, inShell: true, always: true, script: "exec 8>&-" },
+      ]).catch(() => undefined);
     release();
   }
 }
 
 /** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */
-async function takeProcessLock(host: HostConnection): Promise<() => void> {
+async function takeProcessLock(host: HostConnection, name = ""): Promise<() => void> {
   const pool = hostPool();
-  const id = `${host.address}:${host.port}`;
+  const id = `${host.address}:${host.port}${name ? `#${name}` : ""}`;
   const before = pool.locks.get(id) ?? Promise.resolve();
   let release: () => void = () => undefined;
   const mine = new Promise<void>((r) => (release = r));
@@ -502,11 +563,13 @@ async function takeProcessLock(host: HostConnection): Promise<() => void> {
 }
 
 /** The shell step that takes flock on /var/lib/kvmlab/lock (held by the session's shell). */
-function takeLockStep(label: string, waitSec: number): Step {
+export function takeLockStep(label: string, waitSec: number): Step {
   return {
     label,
     inShell: true,
-    script: `mkdir -p /var/lib/kvmlab && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+    // The lock file is root's alone (0600): a world-openable lock lets any local user block
+    // every run (issue 15). Made in a subshell so the shell's umask stays as it is.
+    script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> /var/lib/kvmlab/lock ) && chmod 0600 /var/lib/kvmlab/lock && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
   };
 }
 

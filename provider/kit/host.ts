@@ -49,7 +49,9 @@ export function pinnedHost(
   host: HostConnection,
   hostKeys: Record<string, string> | undefined,
 ): HostConnection {
-  const recorded = hostKeys?.[host.name];
+  // Own properties only: a host named `constructor` or `__proto__` is not Object's (issue 15).
+  const recorded =
+    hostKeys && Object.prototype.hasOwnProperty.call(hostKeys, host.name) ? hostKeys[host.name] : undefined;
   return !host.hostKey && recorded ? { ...host, hostKey: recorded } : host;
 }
 
@@ -81,9 +83,11 @@ export function recordHostKeys(
   hosts: readonly HostConnection[],
   old: Record<string, string> = {},
 ): Record<string, string> {
-  const keys: Record<string, string> = {};
-  for (const h of hosts) keys[h.name] = hostKeyRecord(pinnedHost(h, old)) || old[h.name] || "";
-  return keys;
+  const keys: Record<string, string> = Object.create(null) as Record<string, string>;
+  const own = (k: string): string =>
+    Object.prototype.hasOwnProperty.call(old, k) && typeof old[k] === "string" ? old[k] : "";
+  for (const h of hosts) keys[h.name] = hostKeyRecord(pinnedHost(h, old)) || own(h.name) || "";
+  return { ...keys };
 }
 
 /** Runs `fn` on every host in parallel; throws one error listing every host that failed. */

@@ -17,3 +17,4 @@ export * from "./host";
 export * from "./provider";
 export * from "./resource";
 export * from "./owner";
+export * from "./safety";

@@ -41,7 +41,7 @@ import type { Step } from "../host/framing";
 export const OWNER_REFUSED = 73;
 
 /** The owner string: encoded segments joined by "/", at most 400 characters. */
-export const OWNER_RE = /^[A-Za-z0-9_.%-]+(\/[A-Za-z0-9_.%=-]+){3,5}$/;
+export const OWNER_RE = /^[A-Za-z0-9_%-][A-Za-z0-9_.%-]*(\/[A-Za-z0-9_%-][A-Za-z0-9_.%=-]*){3,5}$/;
 
 /** What an owner is made of. `project` is the identity project (issue: identity/quotas). */
 export interface OwnerParts {
@@ -57,13 +57,18 @@ export interface OwnerParts {
   readonly project?: string;
 }
 
-/** One owner segment: letters, digits and `_.-` stay, every other UTF-8 byte becomes `%XX`. */
+/**
+ * One owner segment: letters, digits and `_.-` stay (a leading "." excepted), every other UTF-8
+ * byte becomes `%XX`.
+ */
 export function ownerSegment(s: string): string {
   let out = "";
   for (const b of Buffer.from(s, "utf8")) {
     const c = String.fromCharCode(b);
     out += /[A-Za-z0-9_.-]/.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, "0")}`;
   }
+  // A leading dot is encoded too: no segment reads as "." or ".." (path-like owners).
+  if (out.startsWith(".")) out = `%2E${out.slice(1)}`;
   return out === "" ? "%00" : out;
 }
 

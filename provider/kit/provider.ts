@@ -105,6 +105,21 @@ export function canonicalJson(v: unknown): string {
   );
 }
 
+/**
+ * create and update never see a preview: a value that is (or holds) the preview sentinel there
+ * was written literally, and check let it through unvalidated (issue 15). Refused, naming the
+ * fields, before any host command.
+ */
+function refuseSentinel(type: string, inputs: object): void {
+  const fields = Object.entries(inputs)
+    .filter(([, v]) => isUnknown(v))
+    .map(([k]) => k);
+  if (fields.length > 0)
+    throw new Error(
+      `${type}: ${fields.join(", ")}: the value contains Pulumi's preview placeholder 04da6b54-80e4-46f7-96ec-b56ff0331ba9 written literally; it is never a real value, remove it`,
+    );
+}
+
 function isHosted(o: object | undefined): o is HostedInputs {
   return o !== undefined && Array.isArray((o as { hosts?: unknown }).hosts);
 }
@@ -150,6 +165,7 @@ export function defineResource<I extends object, O extends I>(spec: ResourceSpec
     },
     async create(raw) {
       const inputs = inputsOf(raw, spec.inputKeys);
+      refuseSentinel(spec.type, inputs);
       const { id, outs } = await spec.create(inputs);
       return { id, outs: recorded(outs, inputs, inputs) };
     },
@@ -162,6 +178,7 @@ export function defineResource<I extends object, O extends I>(spec: ResourceSpec
     },
     async update(id, olds, raw) {
       const news = inputsOf(raw, spec.inputKeys);
+      refuseSentinel(spec.type, news);
       const old = keysOf(olds);
       const pinnedNews = pinned(news, old);
       const outs = await spec.update(id, pinned(olds, old), pinnedNews);

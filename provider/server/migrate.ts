@@ -68,8 +68,16 @@ export function parseDestinationFacts(stdout: string): { hostKeys: string[]; aut
   return { hostKeys, authorizedKeysFile };
 }
 
-/** Destination: authorizes the one-off key (idempotent). */
-export function authorizeStep(authorizedKeysFile: string, publicKeyLine: string, tag: string): Step {
+/**
+ * Destination: authorizes the one-off key (idempotent), usable only from the source's
+ * addresses (`from=`: the key cannot be used from anywhere else while it exists).
+ */
+export function authorizeStep(
+  authorizedKeysFile: string,
+  publicKeyLine: string,
+  tag: string,
+  fromAddresses: readonly string[] = [],
+): Step {
   const words = publicKeyLine.trim().split(/\s+/);
   if (words.length < 2 || !/^ssh-ed25519$/.test(words[0]) || !/^[A-Za-z0-9+/]+=*$/.test(words[1])) {
     throw new Error(
@@ -77,7 +85,11 @@ export function authorizeStep(authorizedKeysFile: string, publicKeyLine: string,
     );
   }
   if (!/^[A-Za-z0-9._-]+$/.test(tag)) throw new Error(`authorizeStep: invalid tag ${JSON.stringify(tag)}`);
-  const line = `no-agent-forwarding,no-X11-forwarding,no-port-forwarding,no-pty ${words[0]} ${words[1]} ${tag}`;
+  for (const a of fromAddresses)
+    if (!/^[0-9.]+$/.test(a) && !/^[A-Za-z0-9.-]+$/.test(a))
+      throw new Error(`authorizeStep: invalid source address ${JSON.stringify(a)}`);
+  const from = fromAddresses.length > 0 ? `from="${[...new Set(fromAddresses)].join(",")}",` : "";
+  const line = `${from}no-agent-forwarding,no-X11-forwarding,no-port-forwarding,no-pty ${words[0]} ${words[1]} ${tag}`;
   return {
     label: "authorize the one-off migration key on the destination",
     script: [
@@ -115,12 +127,16 @@ export function migrateStep(
 ): Step {
   const d = migrationDir(serverName);
   const uri = `qemu+libssh://${dest.user}@${dest.address}:${dest.port}/system?keyfile=${d}/id&known_hosts=${d}/known_hosts&sshauth=privkey`;
+  // The guest's memory and disk travel over the tunnel (underlay) network when the host has
+  // one, never the management network, to a destination listening on that address only.
+  const stream = migrationAddress(dest);
   const args = [
     VIRSH,
     "migrate --live --persistent --undefinesource",
     copyStorage ? "--copy-storage-inc" : "",
     `--timeout ${Math.max(5, Math.floor(timeoutSec / 2))}`,
-    `--migrateuri ${shQuote(`tcp://${dest.address}`)}`,
+    `--migrateuri ${shQuote(`tcp://${stream}`)}`,
+    `--listen-address ${shQuote(stream)}`,
     shQuote(serverName),
     shQuote(uri),
   ].filter((a) => a !== "");
@@ -128,6 +144,49 @@ export function migrateStep(
     label: `live-migrate ${serverName} to ${dest.name}`,
     script: `timeout ${timeoutSec} ${args.join(" ")} </dev/null`,
   };
+}
+
+/** The address a migration stream goes to: the host's tunnel address, else its address. */
+export function migrationAddress(h: HostConnection): string {
+  return h.tunnelAddress || h.address;
+}
+
+/**
+ * Source: aborts a migration job that may still run (the local `timeout` or a lost SSH session
+ * does not stop libvirtd's job) and waits, bounded, until no job is left. Always exits 0.
+ */
+export function abortMigrationStep(serverName: string): Step {
+  const n = shQuote(serverName);
+  return {
+    label: `abort a running migration job of ${serverName}`,
+    script: [
+      `${VIRSH} domjobabort ${n} >/dev/null 2>&1 || true`,
+      "i=0",
+      `while [ $i -lt 60 ] && ${VIRSH} domjobinfo ${n} 2>/dev/null | grep -Eq "^Job type: *(Unbounded|Bounded)"; do sleep 0.5; i=$((i+1)); done`,
+      "true",
+    ].join("\n"),
+  };
+}
+
+/** What a failed migration left: where the guest runs, by reading BOTH hosts after the job ended. */
+export type MigrationOutcome = "source" | "destination" | "unknown";
+
+/**
+ * Where the only certain copy of the guest is, after an error (pure). "source": it runs on the
+ * source and the destination has no domain (what was prepared there may go). "destination":
+ * the migration completed (keep it, finish the move). "unknown": a host could not be read, or
+ * both or neither run it: touch nothing on either host.
+ */
+export function migrationOutcome(
+  src: { defined: boolean; state: string } | undefined,
+  dst: { defined: boolean; state: string } | undefined,
+): MigrationOutcome {
+  if (!src || !dst) return "unknown";
+  const srcRuns = src.defined && src.state === "running";
+  const dstRuns = dst.defined && (dst.state === "running" || dst.state === "paused");
+  if (srcRuns && !dst.defined) return "source";
+  if (dstRuns && dst.state === "running" && !src.defined) return "destination";
+  return "unknown";
 }
 
 /** Source: removes the one-off key and known_hosts. */

@@ -3,15 +3,7 @@
  * an update and which a replacement) and placement. Pure: no I/O, nothing captured but other
  * functions, so the serialized provider stays small.
  */
-import {
-  checkDeviceName,
-  checkHostList,
-  checkName,
-  checkRemotePath,
-  isIPv4,
-  showValue,
-  type HostConnection,
-} from "../host";
+import { checkDeviceName, checkHostList, checkName, isIPv4, showValue, type HostConnection } from "../host";
 import {
   checkExtraSpecs,
   checkNoEphemeralOrSwap,
@@ -24,6 +16,8 @@ import {
   canonicalJson,
   failureList,
   checkedOwner,
+  checkDomainXmlSafety,
+  checkStorePath,
   inputsOf,
   isKnown,
   normalizeHosts,
@@ -284,7 +278,9 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
         ramdisk: image.ramdisk ?? "",
       };
       for (const f of ["disk", "kernel", "ramdisk"] as const) {
-        if (norm[f] !== "") fail("image", checkRemotePath(`image.${f}`, norm[f]));
+        // Canonical and in the image store: `…/cirros/./disk.qcow2` or `//` would slip past the
+        // image-in-use guard, and a path elsewhere would hand any host file to the guest.
+        if (norm[f] !== "") fail("image", checkStorePath(`image.${f}`, norm[f]));
       }
       if (kind === "disk" && norm.disk === "")
         fail("image", "image.disk: a disk image needs the path of its disk in the host image store");
@@ -383,6 +379,16 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
         );
       if ((ci.metaData as string) === "" && (ci.userData as string) !== "")
         fail("cloudInit", "cloudInit.metaData: user-data needs meta-data (instance-id) in the seed");
+      // YAML line breaks JavaScript and templates do not treat as such: U+0085, U+2028, U+2029
+      // end a line in YAML 1.1 parsers and let a value break out of its block (issue 15).
+      for (const k of ["metaData", "userData", "networkConfig"] as const) {
+        const bad = /[\u0085\u2028\u2029]/.exec(ci[k] as string);
+        if (bad)
+          fail(
+            "cloudInit",
+            `cloudInit.${k}: contains U+${bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")} (a YAML line break that can break out of a block); remove it from writeFiles and userData`,
+          );
+      }
     }
   }
 
@@ -481,6 +487,22 @@ export function checkDomainXml(
   for (const [text, why] of need) {
     if (!xml.includes(text))
       return `${where}: ${why}; render the XML from the same inputs (components/server.ts)`;
+  }
+  if (
+    typeof inputs.serverName === "string" &&
+    known(inputs.serverName) &&
+    known(inputs.image) &&
+    known(inputs.ports)
+  ) {
+    const image = (inputs.image ?? {}) as Partial<ServerImage>;
+    const ports = Array.isArray(inputs.ports) ? (inputs.ports as Partial<ServerPort>[]) : [];
+    return checkDomainXmlSafety(where, xml, {
+      instanceDir: serverPaths(inputs.serverName).dir,
+      imageFiles: [image.disk, image.kernel, image.ramdisk].filter(
+        (f): f is string => typeof f === "string" && f !== "",
+      ),
+      bridges: ports.map((p) => p.bridge).filter((b): b is string => typeof b === "string"),
+    });
   }
   return undefined;
 }

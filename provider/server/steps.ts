@@ -97,15 +97,17 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
         `if [ -n "$u" ] && [ "$u" != ${shQuote(inputs.uuid)} ]; then echo ${shQuote(`a domain named ${inputs.serverName} already exists on this host with another UUID`)}" ($u); it is not this server's: rename the server or remove that domain" >&2; exit 33; fi`,
         `mkdir -p ${shQuote(p.seedDir)}`,
         `chmod 0755 ${shQuote(p.dir)}`,
+        // The seed holds user data (keys, files): root only; libvirt relabels the ISO for QEMU.
+        `chmod 0700 ${shQuote(p.seedDir)}`,
       ].join("\n"),
     },
   ];
   if (usesStoreImage(inputs.image)) steps.push(imageUserStep(inputs.image.name, inputs.serverName, true));
   if (inputs.cloudInit.metaData !== "") {
     steps.push(
-      uploadStep(`${p.seedDir}/meta-data`, inputs.cloudInit.metaData),
-      uploadStep(`${p.seedDir}/user-data`, inputs.cloudInit.userData),
-      uploadStep(`${p.seedDir}/network-config`, inputs.cloudInit.networkConfig),
+      uploadStep(`${p.seedDir}/meta-data`, inputs.cloudInit.metaData, { mode: "0600" }),
+      uploadStep(`${p.seedDir}/user-data`, inputs.cloudInit.userData, { mode: "0600" }),
+      uploadStep(`${p.seedDir}/network-config`, inputs.cloudInit.networkConfig, { mode: "0600" }),
       {
         label: `build NoCloud seed ISO of ${inputs.serverName}`,
         script: [
@@ -113,6 +115,7 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
           `cd ${shQuote(p.seedDir)}`,
           "sum=$(cat meta-data user-data network-config | sha256sum | cut -d' ' -f1)",
           `if [ ! -f ${shQuote(p.seedIso)} ] || [ "$(cat .sha256 2>/dev/null)" != "$sum" ]; then`,
+          "  umask 077",
           `  genisoimage -quiet -output ${shQuote(`${p.seedIso}.tmp`)} -volid cidata -joliet -rock meta-data user-data network-config`,
           `  mv -f ${shQuote(`${p.seedIso}.tmp`)} ${shQuote(p.seedIso)}`,
           '  echo "$sum" > .sha256',
@@ -193,10 +196,10 @@ export function infoStep(name: string): Step {
   return {
     label: `read domain ${name}`,
     script: [
-      `if ! ${VIRSH} dominfo ${n} >/tmp/.kvl-dominfo.$$ 2>/dev/null; then echo defined=no; rm -f /tmp/.kvl-dominfo.$$; exit 0; fi`,
+      // In a shell variable, not a predictable /tmp file written as root (issue 15).
+      `if ! di=$(${VIRSH} dominfo ${n} 2>/dev/null); then echo defined=no; exit 0; fi`,
       "echo defined=yes",
-      'awk -F\': *\' \'/^UUID/ {print "uuid=" $2} /^State/ {print "state=" $2} /^Max memory/ {print "maxmem=" $2} /^CPU\\(s\\)/ {print "vcpus=" $2}\' /tmp/.kvl-dominfo.$$',
-      "rm -f /tmp/.kvl-dominfo.$$",
+      'printf \'%s\\n\' "$di" | awk -F\': *\' \'/^UUID/ {print "uuid=" $2} /^State/ {print "state=" $2} /^Max memory/ {print "maxmem=" $2} /^CPU\\(s\\)/ {print "vcpus=" $2}\'',
       `echo "vnc=$(${VIRSH} vncdisplay ${n} 2>/dev/null | head -n1)"`,
       `echo "type=$(${VIRSH} dumpxml ${n} 2>/dev/null | sed -n "s/^<domain type='\\([a-z]*\\)'.*/\\1/p" | head -n1)"`,
     ].join("\n"),

@@ -17,6 +17,9 @@ import { planSubnet } from "../../components/network";
 import { renderServer } from "../../components/server";
 import {
   closeHostSessions,
+  dhcpPaths,
+  ipamRecordName,
+  recordPath,
   networkProvider,
   runChecked,
   sftpPut,
@@ -196,6 +199,9 @@ async function onHost(host: string, cmd: string): Promise<string> {
 }
 
 /** Whether the image store marks `server` as a user of labimg on `host`. */
+/** The subnet's IPAM record (keyed by network + subnet, issue 15). */
+const IPAM_RECORD = recordPath("ipam", ipamRecordName("srvnet", "srvnet-v4"));
+
 async function marked(host: string, server: string): Promise<boolean> {
   const out = await onHost(
     host,
@@ -238,7 +244,7 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
   assert.ok(await marked(first, "itsrv1"), "create marks the image as used on the server's host");
   assert.ok(!(await marked(other, "itsrv1")));
   assert.match(
-    await onHost(subnet!.dhcpHost, `cat /var/lib/kvmlab/dhcp/srvnet-v4/hosts`),
+    await onHost(subnet!.dhcpHost, `cat ${dhcpPaths("srvnet", "srvnet-v4").hostsFile}`),
     new RegExp(`${inputs.ports[0].mac},${outs.ips[0].replace(/\./g, "\\.")}`),
   );
 
@@ -332,8 +338,8 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
     assert.ok(!(await marked(h, "itsrv1")), `no image marker left on ${h}`);
   }
   assert.doesNotMatch(
-    await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
-    /server:itsrv1/,
+    await onHost(subnet!.dhcpHost, `cat ${IPAM_RECORD}`),
+    new RegExp(`server:${inputs.uuid}`),
   );
   const gone = await serverProvider.read!(inputs.uuid, outs);
   assert.equal(gone.id, "");
@@ -366,8 +372,8 @@ test("a guest that never answers fails create with its serial log, and leaves no
   );
   assert.ok(!(await marked("hv2", "itsrv2")), "the failed create's image marker is gone");
   assert.doesNotMatch(
-    await onHost(subnet!.dhcpHost, "cat /var/lib/kvmlab/records/ipam/srvnet-v4.json"),
-    /server:itsrv2/,
+    await onHost(subnet!.dhcpHost, `cat ${IPAM_RECORD}`),
+    new RegExp(`server:${inputs.uuid}`),
   );
 });
 

@@ -22,6 +22,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { runEngine, type RunResult } from "../harness/engine/engine";
+import { dhcpPaths } from "../../core/paths";
 import {
   httpGet,
   sshCheck,
@@ -197,7 +198,8 @@ test(
 
     // The subnet's dnsmasq (on the first host, its DHCP host) must be gone after destroy.
     const dhcpHost = status.hosts[0].name;
-    const dnsmasqPid = (await on(dhcpHost, "cat /var/lib/kvmlab/dhcp/ext-v4/dnsmasq.pid")).trim();
+    // Keyed by network + subnet (issue 15): network "ext", subnet "ext-v4".
+    const dnsmasqPid = (await on(dhcpHost, `cat ${dhcpPaths("ext", "ext-v4").pidFile}`)).trim();
     assert.match(dnsmasqPid, /^\d+$/);
     const gone = ok(await run("destroy"));
     destroyed = true;

@@ -198,6 +198,9 @@ export class Deployment {
     const ev: StepEvent = { ...e, planned: this.opts.operation === "preview" };
     this.result.steps.push(ev);
     if ((e.urn !== this.rootUrn || e.type !== STACK_TYPE) && !e.replaced) this.result.counts[e.op]++;
+    // As the Pulumi CLI does: the state is saved after every step, so a run killed half-way
+    // leaves a record of everything it created, updated or deleted (issue 15).
+    if (this.opts.operation === "up") this.saveUpdateState();
     this.opts.onStep?.(ev);
   }
 
@@ -730,7 +733,7 @@ export class Deployment {
         resources.push(r);
     }
     // Replaced resources still waiting for their delete stay, marked delete: true (pitfall 9).
-    resources.push(...this.pendingDeletes);
+    resources.push(...this.pendingDeletes.filter((r) => !this.deleted.has(r)));
     this.store.save({ project: this.project.name, stack: this.stack, resources });
   }
 

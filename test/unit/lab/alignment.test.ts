@@ -14,6 +14,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { dhcpPaths } from "../../../provider/ipam";
+import { checkDnsmasqConf } from "../../../provider/kit";
 import { networkDevices } from "../../../provider/network";
 import { portOwner, serverPaths } from "../../../provider/server/model";
 import { RenderError, renderLab } from "../../../lab/artifacts";
@@ -144,6 +145,18 @@ test("three-tier web-0: the render equals what the Network and Server components
   assert.ok(conf.includes(`interface=${paths.nsDevice}`));
   assert.ok(conf.includes(`pid-file=${paths.pidFile}`));
   assert.ok(conf.some((l) => l.includes(paths.leaseFile)));
+  // The rendered config passes the Subnet provider's allow-list (issue 15).
+  assert.equal(
+    checkDnsmasqConf(files.get("subnets/web-subnet/dnsmasq.conf")!, {
+      interface: paths.nsDevice,
+      pidFile: paths.pidFile,
+      leaseFile: paths.leaseFile,
+    }),
+    undefined,
+  );
+  // The console has no password: by default it listens on the host's loopback only.
+  assert.match(files.get("servers/web-0.xml")!, /<graphics type='vnc'[^>]*listen='127\.0\.0\.1'/);
+  assert.doesNotMatch(files.get("servers/web-0.xml")!, /0\.0\.0\.0/);
   assert.ok(
     files.get("subnets/web-subnet/hosts")!.split("\n").includes(`${port.mac},${planned.ports[0].ip}`),
     "web-0's MAC and address in the dhcp-hostsfile",

@@ -78,7 +78,7 @@ function subnetRaw(hosts: HostConnection[]): Record<string, unknown> {
     hosts,
     cidr: "10.10.0.0/24",
     // The two lines check ties the config to the subnet by (the real one comes from templates/).
-    dnsmasqConf: `interface=${paths.nsDevice}\npid-file=${paths.pidFile}\n`,
+    dnsmasqConf: `interface=${paths.nsDevice}\npid-file=${paths.pidFile}\ndhcp-leasefile=${paths.leaseFile}\n`,
   };
 }
 
@@ -365,6 +365,10 @@ function fakeHosts(answers: [RegExp, string][]): {
   );
   session.runLocked = session.runChecked;
   session.withHostLock = async (h: HostConnection, fn: () => Promise<unknown>) => (touch(h), fn());
+  session.withNamedHostLock = async (h: HostConnection, _n: string, fn: () => Promise<unknown>) => (
+    touch(h),
+    fn()
+  );
   probe.requireFeatures = async (h: HostConnection) => (
     touch(h),
     { kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true }

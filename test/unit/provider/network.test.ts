@@ -227,7 +227,7 @@ function subnetRaw(over: Record<string, unknown> = {}): Record<string, unknown> 
     driver: "linuxbridge",
     hosts: HOSTS,
     cidr: "10.10.0.0/24",
-    dnsmasqConf: `interface=${paths.nsDevice}\npid-file=${paths.pidFile}\n`,
+    dnsmasqConf: `interface=${paths.nsDevice}\npid-file=${paths.pidFile}\ndhcp-leasefile=${paths.leaseFile}\n`,
     ...over,
   };
 }
@@ -267,7 +267,7 @@ test("subnet check fills gateway, pool, DHCP address and host; refuses bad value
     /^dnsServers\|dnsServers\[1\]: expected an IPv4 address/m,
     /^dhcpHost\|dhcpHost: "hv9" is not one of the network's hosts \(hv1, hv2\)/m,
     /^networkBridge\|networkBridge: expected the Network's bridge output/m,
-    /^dnsmasqConf\|dnsmasqConf: expected a config rendered for this subnet/m,
+    /^dnsmasqConf\|dnsmasqConf: line 1: directive "interface" must be "kvln-[0-9a-f]{8}" for this subnet/m,
   ]) {
     assert.match(text, want);
   }

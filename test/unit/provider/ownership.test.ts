@@ -104,6 +104,15 @@ function fakeHost(answers: [RegExp, string][]): FakeHost {
   session.runChecked = checked;
   session.runLocked = checked;
   session.withHostLock = async (_h: HostConnection, fn: () => Promise<unknown>) => fn();
+  // The placement lock: logged like a step, so tests see where and when it is held.
+  session.withNamedHostLock = async (h: HostConnection, name: string, fn: () => Promise<unknown>) => {
+    log.push({ host: h.name, label: `${name} lock taken`, script: "" });
+    try {
+      return await fn();
+    } finally {
+      log.push({ host: h.name, label: `${name} lock released`, script: "" });
+    }
+  };
   probe.requireFeatures = async () => ({ kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true });
   return {
     roots,
@@ -144,6 +153,7 @@ test("ownerOf: <project>/<stack>/<Type>/<name>, every segment encoded so it is s
   );
   assert.equal(ownerSegment("ü"), "%C3%BC");
   assert.equal(ownerSegment(""), "%00");
+  assert.equal(ownerSegment(".."), "%2E.", "no segment reads as . or ..");
 });
 
 test("claim, guard and release steps: claimed, adopted by the same owner, refused for another, unmarked objects refused", () => {
@@ -223,7 +233,7 @@ function subnetRaw(
     driver: "linuxbridge",
     hosts,
     cidr: "10.10.0.0/24",
-    dnsmasqConf: `interface=${p.nsDevice}\npid-file=${p.pidFile}\n`,
+    dnsmasqConf: `interface=${p.nsDevice}\npid-file=${p.pidFile}\ndhcp-leasefile=${p.leaseFile}\n`,
     owner,
     ...over,
   };
@@ -372,6 +382,31 @@ test("same-named servers of two stacks on two hosts do not share an address: the
       !fake.log.some((l) => l.label.startsWith("write record ipam/")),
       "A's IPAM record is not rewritten",
     );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("placement holds the controller's placement lock (across processes) from reading loads to the claim", async () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const owner = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const inputs = serverSetup(owner, [hv2, hv1], "");
+  const fake = fakeHost([
+    [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
+    [/^read record ipam\//, JSON.stringify(IPAM_RECORD({}))],
+    [/^read domain/, "defined=yes\nstate=running\ntype=qemu"],
+  ]);
+  try {
+    await (serverProvider as unknown as P).create(inputs as never);
+    const labels = fake.log.map((l) => `${l.host}: ${l.label}`);
+    const take = labels.indexOf("hv1: placement lock taken");
+    const release = labels.indexOf("hv1: placement lock released");
+    assert.ok(take >= 0, `the lock is taken on the controller (lowest address: hv1): ${labels.join(" | ")}`);
+    const reads = labels.flatMap((l, i) => (/read host capacity/.test(l) ? [i] : []));
+    const claim = labels.findIndex((l) => /claim server web1/.test(l));
+    assert.ok(reads.length === 2 && reads.every((i) => i > take && i < release), "loads are read under it");
+    assert.ok(claim > take && claim < release, "the claim is written under it");
   } finally {
     fake.restore();
   }

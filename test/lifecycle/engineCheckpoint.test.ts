@@ -1,0 +1,56 @@
+/**
+ * The engine harness saves its state after every step, as the Pulumi CLI does (issue 15): an
+ * `up` killed half-way (SIGKILL, no chance to clean up) leaves a state file that records what
+ * the run already created. Before, the state was written only at the end of the run, so crash
+ * recovery tests tested less than users see.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawn } from "node:child_process";
+import { FILES_PROGRAM } from "../harness/engine/fixture";
+
+test("an up killed half-way leaves the resources it created in the state file", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-engine-kill-"));
+  const stateFile = path.join(dir, "state", "dev.json");
+  const spec = {
+    dir,
+    // a is quick; b waits for a and then sleeps long enough to be killed in the middle.
+    files: [{ name: "a" }, { name: "b", contentFrom: "a", sleepMs: 60000 }],
+  };
+  const cli = path.resolve(__dirname, "..", "harness", "engine", "cli.js");
+  const child = spawn(
+    process.execPath,
+    [cli, "up", FILES_PROGRAM, "--state", stateFile, "--config", `spec=${JSON.stringify(spec)}`],
+    { stdio: "ignore" },
+  );
+  try {
+    const deadline = Date.now() + 90000;
+    let names: string[] = [];
+    while (Date.now() < deadline) {
+      if (fs.existsSync(stateFile)) {
+        try {
+          const s = JSON.parse(fs.readFileSync(stateFile, "utf8")) as { resources: { urn: string }[] };
+          names = s.resources.map((r) => r.urn.split("::").pop() ?? "");
+        } catch {
+          // being written: read again
+        }
+      }
+      if (names.includes("a") || child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(child.exitCode, null, "the run is still going (b sleeps) when a is recorded");
+    child.kill("SIGKILL");
+    await new Promise((r) => child.once("exit", r));
+    const s = JSON.parse(fs.readFileSync(stateFile, "utf8")) as { resources: { urn: string; id?: string }[] };
+    const a = s.resources.find((r) => r.urn.endsWith("::a"));
+    assert.ok(a?.id, `the killed run's state records a with its id: ${JSON.stringify(names)}`);
+    assert.ok(fs.existsSync(path.join(dir, "a.txt")), "a exists on disk");
+    assert.ok(!s.resources.some((r) => r.urn.endsWith("::b")), "b was not created, so it is not recorded");
+  } finally {
+    if (child.exitCode === null) child.kill("SIGKILL");
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
