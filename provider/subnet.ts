@@ -440,6 +440,8 @@ export function subnetDeleteStep(
         : "true",
       'ip link del dev "$hd" 2>/dev/null || true',
       'rm -rf "$dir"',
+      // The network's folder holds its subnets' folders: it goes with the last one.
+      'rmdir "${dir%/*}" 2>/dev/null || true',
       opts.keepRecord
         ? "true"
         : `rm -f ${shQuote(recordPath("ipam", ipamRecordName(networkName, subnetName)))}`,
