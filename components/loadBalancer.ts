@@ -13,9 +13,15 @@
  *       members: [{ name: "web1", address: web1.ip, protocolPort: 80 }] } }],
  * });
  * ```
+ *
+ * With `floatingIp: { router, external: ext, subnet: "ext-v4" }` it also creates a FloatingIp on
+ * the router whose target is the VIP (the router must have a leg on the VIP subnet, so the VIP's
+ * default route, the subnet gateway, is the router): the VIP then answers from the external network.
  */
 import * as pulumi from "@pulumi/pulumi";
+import { FloatingIp } from "../provider/floatingIp";
 import { LoadBalancer as LoadBalancerResource } from "../provider/loadBalancer";
+import type { Router } from "../provider/router";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
@@ -47,6 +53,21 @@ export interface LoadBalancerArgs {
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
   readonly hosts?: readonly HostSpec[];
   readonly hostDiscovery?: ResolveHostsOptions;
+  /**
+   * A floating IP on the VIP (Octavia: a Neutron floating IP on the VIP port). The router must
+   * have a leg on the VIP subnet (its gateway address) and a gateway on `external`.
+   * @default none: the VIP is reachable only from its network
+   */
+  readonly floatingIp?: LoadBalancerFloatingIpArgs;
+}
+
+export interface LoadBalancerFloatingIpArgs {
+  readonly router: Router;
+  /** The external network and the name of its subnet the floating IP comes from. */
+  readonly external: Network;
+  readonly subnet: string;
+  /** A fixed floating address. @default the lowest free address of the subnet's pool */
+  readonly address?: pulumi.Input<string>;
 }
 
 export class LoadBalancer extends pulumi.ComponentResource {
@@ -59,6 +80,10 @@ export class LoadBalancer extends pulumi.ComponentResource {
   public readonly memberStatus: pulumi.Output<Record<string, string>>;
   public readonly haproxyCfg: pulumi.Output<string>;
   public readonly host: pulumi.Output<string>;
+  /** The FloatingIp resource when `floatingIp` was given. */
+  public readonly floatingIpResource?: FloatingIp;
+  /** The floating IP on the VIP; "" without `floatingIp`. */
+  public readonly floatingIp: pulumi.Output<string>;
 
   constructor(name: string, args: LoadBalancerArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("kvmlab:loadbalancer:LoadBalancer", name, {}, opts);
@@ -110,8 +135,41 @@ export class LoadBalancer extends pulumi.ComponentResource {
     this.memberStatus = this.loadBalancer.memberStatus;
     this.haproxyCfg = this.loadBalancer.haproxyCfg;
     this.host = this.loadBalancer.host;
+    const fip = args.floatingIp;
+    if (fip !== undefined) {
+      const extSub = fip.external.subnets[fip.subnet];
+      if (extSub === undefined)
+        throw new pulumi.ResourceError(
+          `floatingIp.subnet: the external network has no subnet ${JSON.stringify(fip.subnet)}; use one of ${Object.keys(fip.external.subnets).join(", ")}`,
+          this,
+        );
+      this.floatingIpResource = new FloatingIp(
+        `${name}-fip`,
+        {
+          fipName: `${lbName}-fip`,
+          hosts,
+          host: fip.router.host,
+          routerName: fip.router.routerName,
+          external: {
+            networkName: fip.external.networkName,
+            subnetName: extSub.subnetName,
+            cidr: extSub.cidr,
+            ipamHost: extSub.dhcpHost,
+          },
+          address: fip.address,
+          target: {
+            address: this.vipPort.address,
+            subnetName: this.vipPort.subnet,
+            networkName: this.vipPort.network,
+          },
+        },
+        { parent: this, dependsOn: [fip.router, this.loadBalancer] },
+      );
+      this.floatingIp = this.floatingIpResource.floatingIp;
+    } else this.floatingIp = pulumi.output("");
     this.registerOutputs({
       vipAddress: this.vipAddress,
+      floatingIp: this.floatingIp,
       provisioningStatus: this.provisioningStatus,
       operatingStatus: this.operatingStatus,
       memberStatus: this.memberStatus,

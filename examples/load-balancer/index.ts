@@ -8,8 +8,12 @@
  *
  * With a `kvmlab sandbox` running and no `kvmlab:hosts` set it targets the sandbox (instance
  * from `kvmlab:sandboxInstance`, else $KVMLAB_SANDBOX_INSTANCE, else "default"), with no edits.
- * The VIP is reachable from the network (a server or namespace on `lan`); a floating IP on the
- * VIP port (`vipPort` output) comes with routers and floating IPs.
+ * The VIP is reachable from the network (a server or namespace on `lan`) and, through the
+ * floating IP on the VIP, from the sandbox's external network: a router `r1` on the first host
+ * has its gateway on the external network `ext` and a leg on `lan-v4` (the subnet's gateway, the
+ * VIP's default route):
+ *
+ *   ip netns exec kvmlab-default-inet busybox wget -qO- http://$(pulumi stack output floatingIp)/
  *
  * Stack config (all optional):
  *   algorithm    ROUND_ROBIN (default), LEAST_CONNECTIONS or SOURCE_IP; a change is a reload
@@ -51,6 +55,49 @@ const lan = new kvmlab.Network("lan", {
   subnets: [{ name: "lan-v4", cidr: "10.60.0.0/24" }],
 });
 
+// The external (provider) network of the sandbox, and a router between it and lan.
+const ext = new kvmlab.Network("ext", {
+  kind: "provider",
+  hostDiscovery: discovery,
+  subnets: [
+    {
+      name: "ext-v4",
+      cidr: sandbox.external.cidr,
+      gateway: sandbox.external.gateway,
+      allocationPool: sandbox.external.allocationPool,
+      enableDhcp: false,
+    },
+  ],
+});
+const extSub = ext.subnets["ext-v4"];
+const lanSub = lan.subnets["lan-v4"];
+const router = new kvmlab.Router("r1", {
+  hosts,
+  host: hosts[0].name as string,
+  external: {
+    subnetName: extSub.subnetName,
+    networkName: ext.networkName,
+    bridge: ext.bridge,
+    driver: ext.network.driver,
+    cidr: extSub.cidr,
+    address: sandbox.external.allocationPool.start,
+    gateway: sandbox.external.gateway,
+    mtu: ext.network.mtu,
+    ipamHost: extSub.dhcpHost,
+  },
+  interfaces: [
+    {
+      subnetName: lanSub.subnetName,
+      networkName: lan.networkName,
+      bridge: lan.bridge,
+      driver: lan.network.driver,
+      cidr: lanSub.cidr,
+      address: lanSub.gateway,
+      mtu: lan.network.mtu,
+    },
+  ],
+});
+
 const servers = ["web1", "web2"].map(
   (name, i) =>
     new kvmlab.Server(name, {
@@ -78,6 +125,7 @@ const lb = new kvmlab.LoadBalancer("web-lb", {
   vipAddress: "10.60.0.50",
   host: config.get("host"),
   hostDiscovery: discovery,
+  floatingIp: { router, external: ext, subnet: "ext-v4" },
   listeners: [
     {
       name: "http",
@@ -96,6 +144,7 @@ const lb = new kvmlab.LoadBalancer("web-lb", {
 });
 
 export const vip = lb.vipAddress;
+export const floatingIp = lb.floatingIp;
 export const vipPort = lb.vipPort;
 export const lbHost = lb.host;
 export const provisioningStatus = lb.provisioningStatus;

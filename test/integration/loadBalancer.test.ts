@@ -13,7 +13,12 @@
  * while the old config keeps serving; refresh reports haproxy dead and a config edited by hand
  * and update repairs both; delete leaves no namespace, link, process, socket, file or IPAM entry.
  *
- * A second test puts a load balancer on an Open vSwitch (netdev) network: its VIP port is an OVS
+ * One test gives the VIP a floating IP: a router on hv2 (gateway on the sandbox's external
+ * network, leg on the VIP subnet) and a FloatingIp whose target is the load balancer's vipPort;
+ * requests from the sandbox's internet namespace to the floating IP reach both members, and
+ * deleting the floating IP and router leaves the hosts as they were.
+ *
+ * Another puts a load balancer on an Open vSwitch (netdev) network: its VIP port is an OVS
  * port, a namespace member answers through it, and delete leaves no namespace or port.
  *
  * All traffic stays inside the sandbox hosts' namespaces.
@@ -25,6 +30,7 @@ import { loadBalancerConfig } from "../../components/loadBalancer";
 import { ipamRecordName, loadBalancerPaths } from "../../core/paths";
 import type { ListenerSpec, MemberSpec, PoolSpec } from "../../templates/haproxy";
 import {
+  runCommand,
   sandboxHostConnections,
   startSandbox,
   stopSandbox,
@@ -33,16 +39,20 @@ import {
 } from "../support/sandbox";
 import {
   closeHostSessions,
+  floatingIpProvider,
   loadBalancerProvider,
   networkProvider,
+  routerProvider,
   runChecked,
   shQuote,
   subnetProvider,
+  type FloatingIpOutputs,
   type HostConnection,
   type LoadBalancerInputs,
   type LoadBalancerOutputs,
   type NetworkInputs,
   type NetworkOutputs,
+  type RouterOutputs,
   type SubnetInputs,
   type SubnetOutputs,
 } from "../../provider";
@@ -534,4 +544,131 @@ test("openvswitch: the VIP port is an OVS port; the load balancer answers and le
   assert.equal(await sh(hv1, "ip netns list | sort; ovs-vsctl list-ports " + nOuts.bridge), before);
   await subnetProvider.delete!(sub, sOuts);
   await networkProvider.delete!(net, nOuts);
+});
+
+/** `n` GETs of `url` from the sandbox's internet namespace (on this machine, created by the sandbox). */
+async function fromInternet(url: string, n: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await runCommand(
+      "ip",
+      ["netns", "exec", status.external.internetNetns, "timeout", "5", "busybox", "wget", "-qO-", url],
+      { timeoutMs: 15_000 },
+    );
+    out.push(r.code === 0 ? r.stdout.trim() : "FAILED");
+  }
+  return out;
+}
+
+test("floating IP: the VIP answers through a floating IP from the internet namespace, both members serve", async () => {
+  const [hv1, hv2] = hosts;
+  const state = (h: HostConnection) =>
+    sh(
+      h,
+      [
+        "ip netns list | awk '{print $1}' | sort",
+        "ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort",
+        "ls /var/lib/kvmlab/lb /var/lib/kvmlab/routers /var/lib/kvmlab/floatingips 2>/dev/null || true",
+      ].join("\necho ---\n"),
+    );
+  const before = [await state(hv1), await state(hv2)];
+  const extIn = await checked<NetworkInputs>(networkProvider, {
+    networkName: "itlbx",
+    kind: "provider",
+    driver: "linuxbridge",
+    hosts,
+  });
+  const ext = (await networkProvider.create!(extIn)).outs as NetworkOutputs;
+  const extSubIn = await checked<SubnetInputs>(subnetProvider, {
+    subnetName: "itlbx-v4",
+    networkName: ext.networkName,
+    networkBridge: ext.bridge,
+    driver: "linuxbridge",
+    hosts,
+    cidr: status.external.cidr,
+    gateway: status.external.gateway,
+    allocationPool: status.external.allocationPool,
+    enableDhcp: false,
+    dnsmasqConf: "",
+    mtu: ext.mtu,
+  });
+  const extSub = (await subnetProvider.create!(extSubIn)).outs as SubnetOutputs;
+  let lbOuts: LoadBalancerOutputs | undefined;
+  let rOuts: RouterOutputs | undefined;
+  let fOuts: FloatingIpOutputs | undefined;
+  try {
+    const lbIn = await checked<LoadBalancerInputs>(
+      loadBalancerProvider,
+      lbRaw(listeners([member("web1", 11), member("web2", 12)])),
+    );
+    lbOuts = (await loadBalancerProvider.create!(lbIn)).outs as LoadBalancerOutputs;
+    // The router on hv2: the internet -> hv2 -> VXLAN -> the VIP on hv1.
+    const rIn = await checked(routerProvider, {
+      routerName: "itlb-r",
+      hosts,
+      host: "hv2",
+      external: {
+        subnetName: extSub.subnetName,
+        networkName: ext.networkName,
+        bridge: ext.bridge,
+        driver: "linuxbridge",
+        cidr: extSub.cidr,
+        address: status.external.allocationPool.start,
+        gateway: status.external.gateway,
+        mtu: ext.mtu,
+        ipamHost: extSub.dhcpHost,
+      },
+      interfaces: [
+        {
+          subnetName: SUBNET,
+          networkName: NET,
+          bridge: netOuts!.bridge,
+          driver: "linuxbridge",
+          cidr: CIDR,
+          address: subOuts!.gateway,
+          mtu: netOuts!.mtu,
+        },
+      ],
+    });
+    rOuts = (await routerProvider.create!(rIn)).outs as RouterOutputs;
+    const vip = lbOuts.vipPort;
+    const fIn = await checked(floatingIpProvider, {
+      fipName: "itlb-fip",
+      hosts,
+      host: "hv2",
+      routerName: "itlb-r",
+      external: {
+        networkName: ext.networkName,
+        subnetName: extSub.subnetName,
+        cidr: extSub.cidr,
+        ipamHost: extSub.dhcpHost,
+      },
+      target: { address: vip.address, subnetName: vip.subnet, networkName: vip.network },
+    });
+    fOuts = (await floatingIpProvider.create!(fIn)).outs as FloatingIpOutputs;
+    const fip = fOuts.floatingIp;
+    // Wait for the first answer (ARP, GARP), then 10 requests: both members, none failed.
+    const end = Date.now() + 20_000;
+    while ((await fromInternet(`http://${fip}/`, 1))[0] === "FAILED" && Date.now() < end)
+      await new Promise((r) => setTimeout(r, 500));
+    const got = await fromInternet(`http://${fip}/`, 10);
+    console.log(`# internet -> floating IP ${fip} -> VIP ${vip.address}: ${got.join(", ")}`);
+    assert.ok(!got.includes("FAILED"), got.join(", "));
+    assert.deepEqual([...new Set(got)].sort(), ["hello from web1", "hello from web2"]);
+    assert.deepEqual(
+      await fromInternet(`http://${vip.address}/`, 1),
+      ["FAILED"],
+      "the VIP itself is not routed",
+    );
+    await floatingIpProvider.delete!("itlb-fip", fOuts);
+    fOuts = undefined;
+    assert.deepEqual(await fromInternet(`http://${fip}/`, 1), ["FAILED"], "gone with the floating IP");
+  } finally {
+    if (fOuts) await floatingIpProvider.delete!("itlb-fip", fOuts);
+    if (rOuts) await routerProvider.delete!("itlb-r", rOuts);
+    if (lbOuts) await loadBalancerProvider.delete!(LB, lbOuts);
+    await subnetProvider.delete!("itlbx-v4", extSub);
+    await networkProvider.delete!("itlbx", ext);
+  }
+  assert.deepEqual([await state(hv1), await state(hv2)], before);
 });

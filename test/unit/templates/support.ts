@@ -126,3 +126,31 @@ export const INJECTIONS = [
   "web\\",
   "",
 ];
+
+/**
+ * `keepalived -t -f FILE` (config test only; starts nothing). keepalived also requires the VRRP
+ * interface and the check script to exist, so it runs in a fresh network namespace (`unshare -n`,
+ * gone when the command ends) holding a veth of that name, with a stand-in check script.
+ */
+export function keepalivedCheck(conf: string, iface: string, checkScript: string): ToolResult {
+  const { dir, cleanup } = tempDir();
+  try {
+    const script = path.join(dir, "check.sh");
+    fs.writeFileSync(script, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    fs.chmodSync(dir, 0o755);
+    const file = path.join(dir, "keepalived.conf");
+    fs.writeFileSync(file, conf.replaceAll(checkScript, script));
+    const r = runTool("unshare", [
+      "-n",
+      "sh",
+      "-c",
+      'ip link add "$1" type veth peer name kvlt-peer && ip link set "$1" up && exec keepalived -t -l -n -f "$2"',
+      "sh",
+      iface,
+      file,
+    ]);
+    return { ok: r.ok && !/WARNING|Disabling|Unknown|ignoring/i.test(r.output), output: r.output };
+  } finally {
+    cleanup();
+  }
+}
