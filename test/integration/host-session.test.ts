@@ -199,8 +199,12 @@ test("every step reuses one connection and one shell; per-step overhead is measu
   assert.equal(stats.connectionsOpened, 1);
   assert.equal(stats.channelsOpened, 1);
   assert.equal(stats.steps, 2 * n + 1);
-  // Generous bound (shared 2-core machine): the figure itself is printed above.
-  assert.ok(perStepMs < 50, `per-step round trip ${perStepMs} ms`);
+  // No wall-clock bound (timings are printed, not asserted): batching must beat one round trip
+  // per step, measured in the same run.
+  assert.ok(
+    batchedMs < perStepMs,
+    `batched ${batchedMs} ms/step is not below sequential ${perStepMs} ms/step`,
+  );
 });
 
 test("concurrent batches on one host are serialized through the one shell", async () => {
