@@ -25,6 +25,7 @@ import {
 } from "../provider/server";
 import { renderServer, serverUuidSeed, type ServerUserData } from "../templates/server";
 import { Flavor } from "../provider/flavor";
+import { SecurityGroupPort, type SecurityGroup } from "../provider/securityGroup";
 import { Image } from "../provider/image";
 import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
@@ -47,6 +48,14 @@ export interface ServerPortArgs {
   readonly subnet: string;
   /** Fixed address in the subnet (served by DHCP to this port). @default the pool's next free address */
   readonly fixedIp?: string;
+  /**
+   * Security groups of the port (Neutron's default deny ingress, stateful, anti-spoofing): the
+   * component creates a SecurityGroupPort `<server>-<index>` wired to the server's host, tap, MAC
+   * and address. Changing the groups or a group's rules updates only that port's rules; the
+   * guest is never rebooted. Linux bridge networks only for now (see docs/networking.md).
+   * @default none (the port is unfiltered)
+   */
+  readonly securityGroups?: readonly SecurityGroup[];
 }
 
 /** An image by its files in the hosts' image store. */
@@ -151,6 +160,8 @@ export class Server extends pulumi.ComponentResource {
   public readonly consoleCommand: pulumi.Output<string>;
   public readonly uuid: pulumi.Output<string>;
   public readonly serialLog: pulumi.Output<string>;
+  /** The SecurityGroupPort of each port that has security groups (undefined for the others). */
+  public readonly securityGroupPorts: readonly (SecurityGroupPort | undefined)[];
 
   constructor(name: string, args: ServerArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("kvmlab:compute:Server", name, {}, opts);
@@ -324,6 +335,37 @@ export class Server extends pulumi.ComponentResource {
     );
     this.uuid = this.server.uuid;
     this.serialLog = this.server.serialLog;
+    // Security groups: one SecurityGroupPort per port with groups, fed by the Server's outputs (so
+    // it is applied on the host the server landed on, after the guest has its tap). The groups
+    // are not Server inputs: changing them never touches (or reboots) the guest.
+    this.securityGroupPorts = ports.map((p, i) => {
+      const groups = p.securityGroups;
+      if (!groups || groups.length === 0) return undefined;
+      const portName = `${serverName}-${i}`;
+      const serverPort = this.server.ports.apply((sp) => sp[i]);
+      return new SecurityGroupPort(
+        `${name}-port${i}`,
+        {
+          portName,
+          hosts,
+          host: this.server.host,
+          tap: serverPort.apply((sp) => sp.tap),
+          mac: serverPort.apply((sp) => sp.mac),
+          ip: this.server.ips.apply((ips) => ips[i] ?? ""),
+          driver: p.network.network.driver.apply((d) => {
+            if (d !== "linuxbridge")
+              throw new pulumi.ResourceError(
+                `ports[${i}].securityGroups: the network's driver is ${d}; the Server component applies security groups on linuxbridge networks only (the OVS hybrid bridge would have to exist before the guest starts). Put the port on a linuxbridge network or drop its securityGroups`,
+                this,
+              );
+            return d;
+          }),
+          networkBridge: p.network.bridge,
+          groups: groups.map((g) => ({ groupName: g.groupName, rules: g.rules })),
+        },
+        { parent: this },
+      );
+    });
     this.registerOutputs({
       ip: this.ip,
       ips: this.ips,

@@ -48,7 +48,14 @@ import {
 import {
   KvmlabResource,
   changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
   defineResource,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
+  type OwnedObject,
   failureList,
   hostNamed,
   isKnown,
@@ -103,6 +110,8 @@ export interface SecurityGroupArgs {
   readonly defaultEgress?: pulumi.Input<boolean>;
   /** Addresses of the group's ports (remote-group rules of other ports match them). @default [] */
   readonly members?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Owner (kit/owner.ts). @default filled by the base class */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface SecurityGroupInputs {
@@ -113,6 +122,8 @@ export interface SecurityGroupInputs {
   members: string[];
   /** The `ipset restore` text (derived by check). */
   ipset: string;
+  /** Owner of the group's ipset and files on every host (kit/owner.ts). */
+  owner: string;
 }
 
 export interface SecurityGroupOutputs extends SecurityGroupInputs {
@@ -128,6 +139,7 @@ export function checkSecurityGroupInputs(news: Record<string, unknown>): Checked
   if (isKnown(news.groupName)) add("groupName", checkName("groupName", news.groupName));
   for (const e of checkHostList("hosts", news.hosts)) add("hosts", e);
   const out: Record<string, unknown> = { ...news, hosts: normalizeHosts(news.hosts) };
+  out.owner = checkedOwner(news, "SecurityGroup", "groupName", add);
   out.defaultEgress = news.defaultEgress ?? true;
   out.members = news.members ?? [];
   if (isKnown(out.defaultEgress) && typeof out.defaultEgress !== "boolean")
@@ -167,7 +179,7 @@ export function checkSecurityGroupInputs(news: Record<string, unknown>): Checked
 
 export function diffSecurityGroup(olds: SecurityGroupOutputs, news: SecurityGroupInputs): DiffResult {
   const replaces = changedKeys(olds, news, ["groupName"]);
-  const updates = changedKeys(olds, news, ["hosts", "rules", "defaultEgress", "members", "ipset"]);
+  const updates = changedKeys(olds, news, ["hosts", "rules", "defaultEgress", "members", "ipset", "owner"]);
   const want = JSON.stringify([...news.members].sort());
   const drift =
     !Array.isArray(news.hosts) ||
@@ -210,12 +222,31 @@ function parseIpset(stdout: string): string[] | null {
     .sort();
 }
 
-async function applyGroup(inputs: SecurityGroupInputs, removed: string[]): Promise<SecurityGroupOutputs> {
+/** A group's objects on one host (its ipset and folder), for the owner guards. */
+export function securityGroupOwned(groupName: string): OwnedObject {
+  const set = securityGroupSet(groupName);
+  return {
+    kind: "secgroup",
+    key: [groupName],
+    what: `security group ${groupName} (ipset ${set})`,
+    field: "groupName",
+    exists: `{ [ -d ${shQuote(`${KVMLAB_STATE_DIR}/secgroups/${groupName}`)} ] || ipset list -n ${set} >/dev/null 2>&1; }`,
+  };
+}
+
+async function applyGroup(
+  inputs: SecurityGroupInputs,
+  removed: string[],
+  owners: readonly string[],
+  adoptUnmarked: boolean,
+): Promise<SecurityGroupOutputs> {
   const realized: Record<string, string[] | null> = {};
   await onEveryHost(inputs.hosts, `security group ${inputs.groupName}`, async (h) => {
     await requireFeatures(h, ["firewall"]);
     const outs = await withHostLock(h, () =>
       runChecked(h, [
+        // First: a group of another owner stops the batch before anything is written.
+        guardStep(securityGroupOwned(inputs.groupName), owners, adoptUnmarked),
         uploadStep(`${KVMLAB_STATE_DIR}/secgroups/${inputs.groupName}/ipset.restore`, inputs.ipset, {
           mode: "0644",
         }),
@@ -240,15 +271,42 @@ export function ipsetDeleteStep(groupName: string): Step {
   };
 }
 
+/** Removes a group from one host: guarded by its owner ("" = state from before owners: no guard). */
+function removeGroupSteps(groupName: string, owner: string): Step[] {
+  const owned = securityGroupOwned(groupName);
+  return [
+    ...(owner ? [guardStep(owned, [owner])] : []),
+    ipsetDeleteStep(groupName),
+    ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+  ];
+}
+
 const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>({
   type: "SecurityGroup",
-  inputKeys: ["groupName", "hosts", "rules", "defaultEgress", "members", "ipset"],
+  inputKeys: ["groupName", "hosts", "rules", "defaultEgress", "members", "ipset", "owner"],
   outputKeys: ["setName", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkSecurityGroupInputs(news),
   diff: diffSecurityGroup,
   async create(inputs) {
-    return { id: inputs.groupName, outs: await applyGroup(inputs, []) };
+    // Claim on every host first; a host where another owner holds the group refuses the create.
+    const made: HostConnection[] = [];
+    try {
+      await onEveryHost(inputs.hosts, `security group ${inputs.groupName}`, async (h) => {
+        const [c] = await withHostLock(h, () =>
+          runChecked(h, [claimStep(securityGroupOwned(inputs.groupName), inputs.owner)]),
+        );
+        if (claimedNow(c)) made.push(h);
+      });
+      return { id: inputs.groupName, outs: await applyGroup(inputs, [], [inputs.owner], false) };
+    } catch (err) {
+      // Clean only the hosts where this call made the group (never another owner's).
+      for (const h of made)
+        await withHostLock(h, () => runChecked(h, removeGroupSteps(inputs.groupName, inputs.owner))).catch(
+          () => undefined,
+        );
+      throw err;
+    }
   },
   async read(_id, props) {
     const realized: Record<string, string[] | null> = {};
@@ -262,11 +320,13 @@ const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>(
     return applyGroup(
       news,
       olds.members.filter((m) => !news.members.includes(m)),
+      [news.owner, ownerIn(olds)],
+      true,
     );
   },
   async delete(_id, olds) {
     await onEveryHost(olds.hosts, `security group ${olds.groupName}`, (h) =>
-      withHostLock(h, () => runChecked(h, [ipsetDeleteStep(olds.groupName)])),
+      withHostLock(h, () => runChecked(h, removeGroupSteps(olds.groupName, ownerIn(olds)))),
     );
   },
 });
@@ -302,6 +362,8 @@ export interface SecurityGroupPortArgs {
   readonly networkBridge: pulumi.Input<string>;
   /** The groups (SecurityGroup.groupName and .rules). */
   readonly groups: pulumi.Input<pulumi.Input<Inputish<{ groupName: string; rules: SecurityGroupRule[] }>>[]>;
+  /** Owner (kit/owner.ts). @default filled by the base class */
+  readonly owner?: pulumi.Input<string>;
 }
 
 export interface SecurityGroupPortInputs {
@@ -316,6 +378,8 @@ export interface SecurityGroupPortInputs {
   groups: { groupName: string; rules: SecurityGroupRule[] }[];
   /** The rendered ruleset (derived by check). */
   ruleset: string;
+  /** Owner of the port's chains, hybrid devices and files (kit/owner.ts). */
+  owner: string;
 }
 
 export interface SecurityGroupPortState {
@@ -345,6 +409,7 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
   for (const e of checkHostList("hosts", news.hosts)) add("hosts", e);
   const hosts = normalizeHosts(news.hosts);
   const out: Record<string, unknown> = { ...news, hosts };
+  out.owner = checkedOwner(news, "SecurityGroupPort", "portName", add);
   const list = Array.isArray(hosts) && isKnown(hosts) ? (hosts as HostConnection[]) : undefined;
   if (list && isKnown(news.host) && !list.some((h) => h.name === news.host))
     add(
@@ -412,7 +477,7 @@ export function diffSecurityGroupPort(
   news: SecurityGroupPortInputs,
 ): DiffResult {
   const replaces = changedKeys(olds, news, SECURITY_GROUP_PORT_REPLACE_KEYS);
-  const updates = changedKeys(olds, news, ["hosts", "mac", "ip", "groups", "ruleset"]);
+  const updates = changedKeys(olds, news, ["hosts", "mac", "ip", "groups", "ruleset", "owner"]);
   const r = olds.realized;
   const drift =
     !r ||
@@ -553,14 +618,30 @@ export function portDeleteStep(
   };
 }
 
+/** A port's firewall objects on its host (chains, hybrid devices, folder), for the owner guards. */
+export function securityGroupPortOwned(portName: string): OwnedObject {
+  const c = portFirewallChains(portName);
+  return {
+    kind: "sgport",
+    key: [portName],
+    what: `security groups of port ${portName} (chain ${c.ingress})`,
+    field: "portName",
+    exists: `{ [ -d ${shQuote(portDir(portName))} ] || iptables -w -S ${c.ingress} >/dev/null 2>&1; }`,
+  };
+}
+
 async function applyPort(
   inputs: SecurityGroupPortInputs,
   removed: SecurityGroupRule[],
+  owners: readonly string[],
+  adoptUnmarked: boolean,
 ): Promise<SecurityGroupPortOutputs> {
   const host = hostNamed(inputs.hosts, inputs.host, "port");
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["firewall", "openvswitch"] : ["firewall"]);
   const outs = await withHostLock(host, () =>
     runChecked(host, [
+      // First: another owner's port stops the batch before anything is written.
+      guardStep(securityGroupPortOwned(inputs.portName), owners, adoptUnmarked),
       uploadStep(`${portDir(inputs.portName)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
       portApplyStep(inputs, removed),
       portReadStep(inputs),
@@ -586,6 +667,19 @@ export function removedRules(
   return olds.groups.flatMap((g) => g.rules).filter((r) => !now.has(key(r)));
 }
 
+/** Removes a port's firewall: guarded by its owner ("" = state from before owners: no guard). */
+function removePortSteps(
+  inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge" | "ip">,
+  owner: string,
+): Step[] {
+  const owned = securityGroupPortOwned(inputs.portName);
+  return [
+    ...(owner ? [guardStep(owned, [owner])] : []),
+    portDeleteStep(inputs),
+    ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+  ];
+}
+
 const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupPortOutputs>({
   type: "SecurityGroupPort",
   inputKeys: [
@@ -599,17 +693,25 @@ const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupP
     "networkBridge",
     "groups",
     "ruleset",
+    "owner",
   ],
   outputKeys: ["portBridge", "zone", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkSecurityGroupPortInputs(news),
   diff: diffSecurityGroupPort,
   async create(inputs) {
+    const host = hostNamed(inputs.hosts, inputs.host, "port");
+    const [claim] = await withHostLock(host, () =>
+      runChecked(host, [claimStep(securityGroupPortOwned(inputs.portName), inputs.owner)]),
+    );
     try {
-      return { id: inputs.portName, outs: await applyPort(inputs, []) };
+      return { id: inputs.portName, outs: await applyPort(inputs, [], [inputs.owner], false) };
     } catch (err) {
-      const host = hostNamed(inputs.hosts, inputs.host, "port");
-      await withHostLock(host, () => runChecked(host, [portDeleteStep(inputs)])).catch(() => undefined);
+      // Clean only what this call made (never another owner's port).
+      if (claimedNow(claim))
+        await withHostLock(host, () => runChecked(host, removePortSteps(inputs, inputs.owner))).catch(
+          () => undefined,
+        );
       throw err;
     }
   },
@@ -622,11 +724,11 @@ const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupP
     return realized.rules !== "none" || realized.jumps > 0 ? { ...props, realized } : undefined;
   },
   async update(_id, olds, news) {
-    return applyPort(news, removedRules(olds, news));
+    return applyPort(news, removedRules(olds, news), [news.owner, ownerIn(olds)], true);
   },
   async delete(_id, olds) {
     const host = hostNamed(olds.hosts, olds.host, "port");
-    await withHostLock(host, () => runChecked(host, [portDeleteStep(olds)]));
+    await withHostLock(host, () => runChecked(host, removePortSteps(olds, ownerIn(olds))));
   },
 });
 

@@ -92,6 +92,8 @@ printf 'Content-Type: text/plain\\r\\n\\r\\n%s\\n' "\${a#::ffff:}"
 CGI
 chmod 755 /www/cgi-bin/ip
 httpd -p 80 -h /www
+# A second listener, for tests of security groups that admit one port and refuse another.
+httpd -p 8080 -h /www
 
 if [ -n "$PROBE" ]; then
   (

@@ -2,7 +2,10 @@
  * router-fip-sg: a self-service network (VXLAN across the hosts) behind a router on the first
  * host, one web server on it reachable from the external network only through its floating IP,
  * and a security group that admits tcp/80 from anywhere and tcp/22 from the "bastion" group
- * (everything else inbound is dropped; egress is open, Neutron's default).
+ * (everything else inbound is dropped; egress is open, Neutron's default). The group reaches the
+ * server through its port's `securityGroups`; `router-fip-sg:webPorts` (a JSON list, default [80])
+ * lists the ports it admits from anywhere, and changing it updates the rules without touching the
+ * guest.
  *
  * With a `kvmlab sandbox` running and no `kvmlab:hosts` set it targets the sandbox (instance from
  * `kvmlab:sandboxInstance`, else $KVMLAB_SANDBOX_INSTANCE, else "default"): its guest image, its
@@ -27,6 +30,7 @@ const sandbox = kvmlab.readSandboxStatus(sandboxInstance);
 if (!sandbox)
   throw new Error(`no kvmlab sandbox "${sandboxInstance}" is running; start one with: kvmlab sandbox up`);
 const firstHost = hosts[0].name as string;
+const webPorts = new pulumi.Config().getObject<number[]>("webPorts") ?? [80];
 
 function fileSource(path: string): { localPath: string; sha256: string } {
   return { localPath: path, sha256: crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex") };
@@ -89,10 +93,24 @@ const router = new kvmlab.Router("r1", {
   ],
 });
 
+const bastion = new kvmlab.SecurityGroup("bastion", { hosts, members: [] });
+const webGroup = new kvmlab.SecurityGroup(
+  "web",
+  {
+    hosts,
+    rules: [
+      ...webPorts.map((port) => ({ direction: "ingress" as const, protocol: "tcp" as const, port })),
+      { direction: "ingress", protocol: "tcp", port: 22, remoteGroup: "bastion" },
+    ],
+  },
+  // The remote-group rule matches bastion's member set: the set exists first.
+  { dependsOn: [bastion] },
+);
+
 const web = new kvmlab.Server("web1", {
   image,
   flavor,
-  ports: [{ network: lan, subnet: "lan-v4" }],
+  ports: [{ network: lan, subnet: "lan-v4", securityGroups: [webGroup] }],
   kernelCmdline: pulumi.interpolate`${image.kernelCmdline} lab.name=web1`,
   readiness: { kind: "dhcp" },
   hostDiscovery: discovery,
@@ -113,31 +131,6 @@ const fip = new kvmlab.FloatingIp(
     target: { address: web.ip, subnetName: lanSub.subnetName, networkName: lan.networkName },
   },
   { dependsOn: [router] },
-);
-
-const bastion = new kvmlab.SecurityGroup("bastion", { hosts, members: [] });
-const webGroup = new kvmlab.SecurityGroup("web", {
-  hosts,
-  rules: [
-    { direction: "ingress", protocol: "tcp", port: 80 },
-    { direction: "ingress", protocol: "tcp", port: 22, remoteGroup: "bastion" },
-  ],
-  members: [web.ip],
-});
-new kvmlab.SecurityGroupPort(
-  "web1-port0",
-  {
-    portName: "web1-0",
-    hosts,
-    host: web.host,
-    tap: web.server.ports.apply((p) => p[0].tap),
-    mac: web.server.macs.apply((m) => m[0]),
-    ip: web.ip,
-    driver: lan.network.driver,
-    networkBridge: lan.bridge,
-    groups: [{ groupName: webGroup.groupName, rules: webGroup.rules }],
-  },
-  { dependsOn: [bastion] },
 );
 
 export const floatingIp = fip.floatingIp;

@@ -227,3 +227,58 @@ test("a Flavor resource as flavor: the whole flavor reaches the Server, its extr
     assert.ok(x.includes("<kvmlab:spec key='kvmlab:tier'>web</kvmlab:spec>"));
   }
 });
+
+test("securityGroups on a port: one SecurityGroupPort wired to the Server's host, tap, MAC and IP; the Server's inputs do not carry the groups", async () => {
+  const { Network } = await import("../../components/network");
+  const { Server, imageStorePaths } = await import("../../components/server");
+  const { SecurityGroup } = await import("../../provider/securityGroup");
+  const net = new Network("sgnet", {
+    kind: "provider",
+    hosts,
+    subnets: [{ name: "v4", cidr: "172.24.4.0/24" }],
+  });
+  const web = new SecurityGroup("websg", {
+    hosts,
+    rules: [{ direction: "ingress", protocol: "tcp", port: 80 }],
+  });
+  const common = {
+    serverName: "web9",
+    hosts,
+    host: "hv2",
+    image: { name: "labimg", kind: "kernel" as const, ...imageStorePaths("labimg", "kernel") },
+    flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+  };
+  const plain = new Server("web9-plain", { ...common, ports: [{ network: net, subnet: "v4" }] });
+  const guarded = new Server("web9-sg", {
+    ...common,
+    ports: [{ network: net, subnet: "v4", securityGroups: [web] }],
+  });
+  assert.equal(plain.securityGroupPorts[0], undefined, "no groups, no SecurityGroupPort");
+  const sgp = guarded.securityGroupPorts[0];
+  assert.ok(sgp, "a SecurityGroupPort for the port with groups");
+  await unwrap(sgp.portName);
+  await unwrap(guarded.ip);
+  await unwrap(plain.ip);
+  const reg = (type: string, name: string) => {
+    const r = registered.find((x) => x.type === `pulumi-nodejs:dynamic/kvmlab:${type}` && x.name === name);
+    assert.ok(r, `${type} ${name} registered`);
+    return r;
+  };
+  const server = reg("Server", "web9-sg");
+  const port = reg("SecurityGroupPort", "web9-sg-port0");
+  const sp = (server.inputs.ports as { tap: string; mac: string }[])[0];
+  assert.equal(port.inputs.portName, "web9-0");
+  assert.equal(port.inputs.host, "hv2", "the host the Server reports");
+  assert.equal(port.inputs.tap, sp.tap);
+  assert.equal(port.inputs.mac, sp.mac);
+  assert.equal(port.inputs.ip, "172.24.4.101", "the Server's address");
+  assert.equal(port.inputs.driver, "linuxbridge");
+  assert.equal(port.inputs.networkBridge, "kvlb-00000000");
+  assert.deepEqual(port.inputs.groups, [
+    { groupName: "websg", rules: [{ direction: "ingress", protocol: "tcp", port: 80 }] },
+  ]);
+  // Groups live only on the SecurityGroupPort: the Server's inputs are the same with or without
+  // them, so changing groups or rules can never update (or reboot) the guest.
+  const strip = (i: Record<string, unknown>) => ({ ...i, owner: undefined });
+  assert.deepEqual(strip(server.inputs), strip(reg("Server", "web9-plain").inputs));
+});

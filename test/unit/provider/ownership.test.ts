@@ -17,6 +17,8 @@ import { spawnSync } from "node:child_process";
 import {
   OWNER_REFUSED,
   checkNetworkInputs,
+  checkSecurityGroupInputs,
+  checkSecurityGroupPortInputs,
   checkServerInputs,
   checkSubnetInputs,
   claimStep,
@@ -31,6 +33,8 @@ import {
   portOwner,
   releaseOwnerStep,
   remoteStepError,
+  securityGroupPortProvider,
+  securityGroupProvider,
   serverProvider,
   subnetProvider,
   type HostConnection,
@@ -407,6 +411,89 @@ test("placement holds the controller's placement lock (across processes) from re
     const claim = labels.findIndex((l) => /claim server web1/.test(l));
     assert.ok(reads.length === 2 && reads.every((i) => i > take && i < release), "loads are read under it");
     assert.ok(claim > take && claim < release, "the claim is written under it");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("security groups and ports: another owner's group or port is refused naming the owner and the fix, with no destructive step", async () => {
+  const hv1 = testHost("hv1", 1);
+  const fake = fakeHost([
+    [/^read security group /, "set=yes\nmembers=10.10.1.5"],
+    [/^read security groups of port/, "rules=sync\njumps=4\nhybrid=yes"],
+  ]);
+  try {
+    const gA = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroup", name: "web" });
+    const gB = ownerOf({ pulumiProject: "lab", stack: "b", type: "SecurityGroup", name: "web" });
+    const group = (owner: string) =>
+      checkSecurityGroupInputs({ groupName: "web", hosts: [hv1], members: ["10.10.1.5"], owner });
+    const a = group(gA);
+    assert.deepEqual(a.failures, []);
+    const pg = securityGroupProvider as unknown as P;
+    await pg.create(a.inputs as never);
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/secgroup/web.owner")));
+
+    // Stack b's group "web" on the same host: refused at the claim, before any upload or ipset restore.
+    fake.log.length = 0;
+    await assert.rejects(
+      pg.create(group(gB).inputs as never),
+      /security group web \(ipset kvmlab-g[^)]*\) on this host belongs to lab\/a\/SecurityGroup\/web, not to lab\/b\/SecurityGroup\/web.*Fix: give this resource another groupName/s,
+    );
+    assert.deepEqual(destructive(fake), [], "no destructive step ran");
+    assert.ok(!fake.log.some((l) => /^replace the member set/.test(l.label)), "the set was not replaced");
+    // Update and delete with b's state are refused before anything is written or removed.
+    fake.log.length = 0;
+    await assert.rejects(
+      pg.update("web", group(gB).inputs as never, group(gB).inputs as never),
+      /belongs to lab\/a/,
+    );
+    await assert.rejects(pg.delete("web", group(gB).inputs as never), /belongs to lab\/a/);
+    assert.deepEqual(destructive(fake), []);
+    assert.ok(!fake.log.some((l) => /^replace the member set/.test(l.label)));
+    // The owner's own delete removes the set and releases the marker.
+    fake.log.length = 0;
+    await pg.delete("web", a.inputs as never);
+    assert.ok(fake.log.some((l) => l.label === "delete security group web"));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/secgroup/web.owner")));
+
+    // Ports: the same for SecurityGroupPort.
+    const pA = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroupPort", name: "web1-0" });
+    const pB = ownerOf({ pulumiProject: "lab", stack: "b", type: "SecurityGroupPort", name: "web1-0" });
+    const port = (owner: string) =>
+      checkSecurityGroupPortInputs({
+        portName: "web1-0",
+        hosts: [hv1],
+        host: "hv1",
+        tap: "tap1a2b3c4d",
+        mac: "fa:16:3e:00:00:01",
+        ip: "10.10.1.5",
+        driver: "linuxbridge",
+        networkBridge: "kvlb-00000001",
+        groups: [{ groupName: "web", rules: [] }],
+        owner,
+      });
+    assert.deepEqual(port(pA).failures, []);
+    const pp = securityGroupPortProvider as unknown as P;
+    await pp.create(port(pA).inputs as never);
+    fake.log.length = 0;
+    await assert.rejects(
+      pp.create(port(pB).inputs as never),
+      /security groups of port web1-0 .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another portName/s,
+    );
+    await assert.rejects(
+      pp.update("web1-0", port(pB).inputs as never, port(pB).inputs as never),
+      /belongs to lab\/a/,
+    );
+    await assert.rejects(pp.delete("web1-0", port(pB).inputs as never), /belongs to lab\/a/);
+    assert.deepEqual(destructive(fake), [], "no destructive step ran");
+    assert.ok(!fake.log.some((l) => /^apply security groups of port/.test(l.label)), "no rule was applied");
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    // A create after a crash (same owner, marker left) adopts; the owner's delete releases.
+    await pp.create(port(pA).inputs as never);
+    fake.log.length = 0;
+    await pp.delete("web1-0", port(pA).inputs as never);
+    assert.ok(fake.log.some((l) => l.label === "delete security groups of port web1-0"));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
   } finally {
     fake.restore();
   }
