@@ -420,6 +420,10 @@ async function migrateServer(
       `server ${olds.serverName}: cannot live-migrate a ${olds.domainType} domain to host ${dst.name}, which runs ${dstType} domains; pin it to a host of the same kind`,
     );
   }
+  // The guest on the source must be this owner's before anything of it moves (issue 15): checked
+  // before the destination is prepared, so a refusal leaves both hosts as they were.
+  const srcOwner = ownerIn(olds);
+  if (srcOwner) await runChecked(src, [guardStep(serverOwned(olds.serverName), [srcOwner])]);
   const before = await readInfo(src, olds.serverName);
   if (before.state !== "running") {
     throw new Error(

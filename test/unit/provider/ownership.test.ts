@@ -498,3 +498,35 @@ test("security groups and ports: another owner's group or port is refused naming
     fake.restore();
   }
 });
+
+test("a live migration refuses a source guest another owner holds: no migration key is made and nothing moves", async () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const A = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const B = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const olds = {
+    ...serverSetup(B, [hv1, hv2], "hv1"),
+    host: "hv1",
+    domainType: "qemu",
+    addresses: [],
+    hostKeys: {},
+  };
+  const news = { ...olds, host: "hv2" };
+  const fake = fakeHost([[/^read domain web1/, "defined=yes\nstate=running\ntype=qemu"]]);
+  try {
+    markOwned(fake, hv1, "server/web1.owner", A);
+    await assert.rejects(
+      (serverProvider as unknown as P).update("web1", olds as never, news as never),
+      /server web1 on this host belongs to lab\/a\/Server\/web1, not to lab\/b\/Server\/web1/,
+    );
+    const ran = fake.log.map((l) => `${l.host}: ${l.label}`);
+    assert.deepEqual(
+      ran,
+      ["hv1: check the owner of server web1"],
+      "the source's owner is checked first, nothing else runs",
+    );
+    assert.deepEqual(destructive(fake), [], "nothing removed or rewritten on either host");
+  } finally {
+    fake.restore();
+  }
+});
