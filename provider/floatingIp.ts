@@ -355,6 +355,7 @@ async function applyFloatingIp(
   inputs: FloatingIpInputs,
   previousFixed: string,
   owners: readonly string[],
+  made: { floatingIp: string } = { floatingIp: "" },
 ): Promise<FloatingIpOutputs> {
   const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
   await requireFeatures(host, ["firewall"]);
@@ -365,6 +366,9 @@ async function applyFloatingIp(
     floatingIpOwner(inputs.fipName),
     inputs.address === "" ? { holder: inputs.owner } : { fixedIp: inputs.address, holder: inputs.owner },
   );
+  // Known to the caller from here on: a failed create removes the rules and /32 of THIS address
+  // before its IPAM entry goes back to the pool (a dynamic address is not in the inputs).
+  made.floatingIp = floatingIp;
   const ruleset = render(inputs.fipName, floatingIp, inputs.target.address, inputs.randomFully);
   const outs = await withHostLock(host, () =>
     runChecked(host, [
@@ -420,12 +424,15 @@ const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
     const [claim] = await withHostLock(host, () =>
       runChecked(host, [claimStep(floatingIpOwned(inputs.fipName), inputs.owner)]),
     );
+    const made = { floatingIp: "" };
     try {
-      const outs = await applyFloatingIp(inputs, "", [inputs.owner]);
+      const outs = await applyFloatingIp(inputs, "", [inputs.owner], made);
       return { id: inputs.fipName, outs };
     } catch (err) {
-      // Clean only what this call made (never another owner's floating IP).
-      if (claimedNow(claim)) await removeFloatingIp(inputs, inputs.address).catch(() => undefined);
+      // Clean only what this call made (never another owner's floating IP), by the address it
+      // allocated: with a dynamic address, inputs.address is "" and its rules would stay behind.
+      if (claimedNow(claim))
+        await removeFloatingIp(inputs, made.floatingIp || inputs.address).catch(() => undefined);
       throw err;
     }
   },
