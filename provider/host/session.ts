@@ -488,10 +488,19 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
   let remote = false;
   let key = "";
   try {
+    // The session the lock step runs on: if the connection drops after the flock and a later
+    // getSession opens a fresh shell, that shell holds no lock and must not be registered.
+    const before = pool.mode === "pooled" ? await getSession(host) : undefined;
     await runChecked(host, [takeLockStep("take the host lock /var/lib/kvmlab/lock", waitSec)]);
     remote = true;
-    if (pool.mode === "pooled") {
+    if (before) {
       const session = await getSession(host);
+      if (session !== before || session.dead) {
+        remote = false;
+        throw new Error(
+          `${session.label}: the SSH session that took the host lock /var/lib/kvmlab/lock was lost before its work began; nothing was run under it. Run the operation again`,
+        );
+      }
       key = session.key;
       (pool.held ??= new Map()).set(key, session);
     }
