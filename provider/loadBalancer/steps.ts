@@ -65,6 +65,8 @@ function vars(paths: LoadBalancerPaths): string {
     `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; nd=${paths.nsDevice}; dir=${shQuote(paths.dir)}`,
     `cfg=${shQuote(paths.config)}; new=${shQuote(paths.newConfig)}; failed=${shQuote(paths.failedConfig)}`,
     `sock=${shQuote(paths.statsSocket)}; msock=${shQuote(paths.masterSocket)}; pidf=${shQuote(paths.pidFile)}; state=${shQuote(paths.stateFile)}`,
+    `kcfg=${shQuote(paths.keepalivedConfig)}; knew=${shQuote(paths.keepalivedNewConfig)}; kpid=${shQuote(paths.keepalivedPid)}; rpid=${shQuote(paths.vrrpPid)}; cpid=${shQuote(paths.checkerPid)}; vstate=${shQuote(paths.vrrpStateFile)}`,
+    'kalive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk \'{print $3}\' "/proc/$1/stat")" != Z ] && grep -q keepalived "/proc/$1/comm"; }',
   ].join("\n");
 }
 
@@ -194,6 +196,7 @@ export function keepalivedApplyStep(lbName: string, paths: LoadBalancerPaths): S
       "set -e",
       vars(paths),
       'command -v keepalived >/dev/null 2>&1 || { echo "keepalived is missing on this host: apt-get install keepalived (topology ACTIVE_STANDBY runs it in each amphora namespace)" >&2; exit 28; }',
+      '[ -s "$knew" ] || { echo "keepalived.conf.new is missing or empty" >&2; exit 29; }',
       'if ! out=$(ip netns exec "$ns" keepalived -t -f "$knew" 2>&1); then rm -f "$knew"; printf "%s\\n" "$out" >&2; echo "keepalived -t refused the new keepalived.conf; the running one keeps serving" >&2; exit 29; fi',
       'changed=yes; if cmp -s "$knew" "$kcfg"; then changed=no; rm -f "$knew"; else mv -f "$knew" "$kcfg"; fi',
       'pid=$(cat "$kpid" 2>/dev/null || true)',

@@ -313,6 +313,15 @@ test("ACTIVE_STANDBY: drift names the amphora whose keepalived died, no VIP hold
 test("ACTIVE_STANDBY steps: keepalived -t in the namespace before the swap, PID files, SIGTERM first on delete, the VIP kept", () => {
   const p = loadBalancerPaths("web-lb");
   const apply = keepalivedApplyStep("web-lb", p).script;
+  // Every variable the scripts use is set (an unset $knew made keepalived -t check the default file).
+  for (const v of ["kcfg", "knew", "kpid", "rpid", "cpid", "vstate"])
+    assert.ok(
+      apply.includes(
+        `${v}=${p[({ kcfg: "keepalivedConfig", knew: "keepalivedNewConfig", kpid: "keepalivedPid", rpid: "vrrpPid", cpid: "checkerPid", vstate: "vrrpStateFile" } as const)[v as "kcfg"]]}`,
+      ),
+      v,
+    );
+  assert.match(apply, /kalive\(\) \{/);
   assert.ok(apply.indexOf("keepalived -t") < apply.indexOf('mv -f "$knew" "$kcfg"'));
   assert.match(
     apply,
