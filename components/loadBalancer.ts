@@ -14,6 +14,12 @@
  * });
  * ```
  *
+ * With `topology: "ACTIVE_STANDBY"` it runs two amphorae on two hosts of the network (`host` and
+ * `standbyHost`, least loaded by default, never the same); keepalived.conf for each is rendered
+ * here too (templates/keepalived.ts: amphora 0 MASTER, 1 BACKUP, unicast VRRP between
+ * `vrrpAddresses`), so the preview shows it; the VIP moves to the BACKUP when the MASTER's
+ * keepalived or haproxy stops. Changing the topology replaces the load balancer (as in Octavia).
+ *
  * With `floatingIp: { router, external: ext, subnet: "ext-v4" }` it also creates a FloatingIp on
  * the router whose target is the VIP (the router must have a leg on the VIP subnet, so the VIP's
  * default route, the subnet gateway, is the router): the VIP then answers from the external network.
@@ -23,6 +29,8 @@ import { FloatingIp } from "../provider/floatingIp";
 import { LoadBalancer as LoadBalancerResource } from "../provider/loadBalancer";
 import type { Router } from "../provider/router";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
+import type { LoadBalancerTopology } from "../provider/loadBalancer";
+import { keepalivedPair } from "../templates/keepalived";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
 
@@ -59,6 +67,15 @@ export interface LoadBalancerArgs {
    * @default none: the VIP is reachable only from its network
    */
   readonly floatingIp?: LoadBalancerFloatingIpArgs;
+  /** Octavia's topology. @default "SINGLE" */
+  readonly topology?: LoadBalancerTopology;
+  /** ACTIVE_STANDBY: host of the BACKUP amphora. @default the least-loaded other host */
+  readonly standbyHost?: string;
+  /**
+   * ACTIVE_STANDBY: the amphorae's own addresses on the VIP subnet (reserved in its IPAM).
+   * @default the two addresses after the VIP
+   */
+  readonly vrrpAddresses?: readonly [string, string];
 }
 
 export interface LoadBalancerFloatingIpArgs {
@@ -84,6 +101,8 @@ export class LoadBalancer extends pulumi.ComponentResource {
   public readonly floatingIpResource?: FloatingIp;
   /** The floating IP on the VIP; "" without `floatingIp`. */
   public readonly floatingIp: pulumi.Output<string>;
+  /** ACTIVE_STANDBY: host, role, VRRP state, VIP holder of each amphora ([] for SINGLE). */
+  public readonly amphorae: LoadBalancerResource["amphorae"];
 
   constructor(name: string, args: LoadBalancerArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("kvmlab:loadbalancer:LoadBalancer", name, {}, opts);
@@ -108,6 +127,17 @@ export class LoadBalancer extends pulumi.ComponentResource {
         throw new pulumi.ResourceError(`listeners: ${(err as Error).message}`, this);
       }
     });
+    const topology = args.topology ?? "SINGLE";
+    const ha =
+      topology === "ACTIVE_STANDBY"
+        ? pulumi.output(subnet.cidr).apply((cidr) => {
+            try {
+              return keepalivedPair(lbName, args.vipAddress, cidr, args.vrrpAddresses);
+            } catch (err) {
+              throw new pulumi.ResourceError(`vrrpAddresses: ${(err as Error).message}`, this);
+            }
+          })
+        : undefined;
     this.loadBalancer = new LoadBalancerResource(
       name,
       {
@@ -125,6 +155,10 @@ export class LoadBalancer extends pulumi.ComponentResource {
         haproxyCfg: cfg,
         drainTimeout: args.drainTimeout,
         mtu: args.network.network.mtu,
+        topology,
+        standbyHost: args.standbyHost,
+        vrrpAddresses: ha?.apply((h) => h.vrrpAddresses),
+        keepalivedConfs: ha?.apply((h) => h.keepalivedConfs),
       },
       { parent: this, dependsOn: [subnet] },
     );
@@ -135,6 +169,7 @@ export class LoadBalancer extends pulumi.ComponentResource {
     this.memberStatus = this.loadBalancer.memberStatus;
     this.haproxyCfg = this.loadBalancer.haproxyCfg;
     this.host = this.loadBalancer.host;
+    this.amphorae = this.loadBalancer.amphorae;
     const fip = args.floatingIp;
     if (fip !== undefined) {
       const extSub = fip.external.subnets[fip.subnet];

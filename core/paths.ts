@@ -180,6 +180,17 @@ export interface LoadBalancerPaths {
   nsDevice: string;
   /** The VIP port's MAC: Neutron's fa:16:3e prefix + 3 bytes of the name's hash (stable). */
   vipMac: string;
+  /** ACTIVE_STANDBY: keepalived's config, the one being checked, its three PID files (no systemd). */
+  keepalivedConfig: string;
+  keepalivedNewConfig: string;
+  keepalivedPid: string;
+  vrrpPid: string;
+  checkerPid: string;
+  /** The vrrp_script (exit 0 while this amphora's haproxy runs) and the notify script. */
+  checkScript: string;
+  notifyScript: string;
+  /** The VRRP state keepalived's notify script last wrote (MASTER, BACKUP, FAULT, STOP). */
+  vrrpStateFile: string;
 }
 
 /**
@@ -202,7 +213,35 @@ export function loadBalancerPaths(lb: string): LoadBalancerPaths {
     hostDevice: deviceName("v", lb),
     nsDevice: deviceName("w", lb),
     vipMac: `fa:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:${id.slice(4, 6)}`,
+    keepalivedConfig: `${dir}/keepalived.conf`,
+    keepalivedNewConfig: `${dir}/keepalived.conf.new`,
+    keepalivedPid: `${dir}/keepalived.pid`,
+    vrrpPid: `${dir}/vrrp.pid`,
+    checkerPid: `${dir}/checker.pid`,
+    checkScript: `${dir}/check.sh`,
+    notifyScript: `${dir}/notify.sh`,
+    vrrpStateFile: `${dir}/vrrp-state`,
   };
+}
+
+/**
+ * The port MAC of amphora `index` of an ACTIVE_STANDBY load balancer: amphora 0 keeps the
+ * SINGLE VIP port's MAC, amphora 1 another stable fa:16:3e MAC (both sit on one L2 segment).
+ */
+export function amphoraMac(lb: string, index: number): string {
+  if (index === 0) return loadBalancerPaths(lb).vipMac;
+  const id = shortId(`${lb}/amphora${index}`);
+  return `fa:16:3e:${id.slice(0, 2)}:${id.slice(2, 4)}:${id.slice(4, 6)}`;
+}
+
+/** 8 hex digits of a name's sha256 (as every device name uses). */
+export function shortIdOf(name: string): string {
+  return shortId(name);
+}
+
+/** VRRP virtual_router_id (1-255) of a load balancer: from its name's hash (Octavia: vrrp_id). */
+export function vrrpRouterId(lb: string): number {
+  return (parseInt(shortId(`vrrp/${lb}`), 16) % 255) + 1;
 }
 
 /**

@@ -23,10 +23,17 @@
  *           (server state saved before, loaded after)
  *   delete  stops haproxy, removes veth, files, namespace and the VIP reservation
  *
+ * Topology ACTIVE_STANDBY (Octavia's): two amphorae, each the above on its own host (lbHost and
+ * standbyHost, never the same), each port holding its own VRRP address (reserved in the IPAM as
+ * `lb:<lbName>:vrrp<n>`) instead of the VIP; keepalived in each namespace (`--vrrp`, PID files
+ * under the load balancer's folder, no systemd) holds the VIP on the MASTER, with unicast VRRP to
+ * the peer over the VIP network. keepalived.conf is rendered in the program (keepalivedConfs),
+ * checked with `keepalived -t` before it replaces the old one. Changing the topology replaces.
+ *
  * Serialization: as network.ts.
  */
 import type * as pulumi from "@pulumi/pulumi";
-import { loadBalancerPaths } from "../core/paths";
+import { amphoraMac, loadBalancerPaths } from "../core/paths";
 import {
   checkHostList,
   checkName,
@@ -65,6 +72,7 @@ import type { NetworkDriver } from "./network";
 import {
   applyConfigStep,
   drainStep,
+  keepalivedApplyStep,
   loadBalancerDeleteStep,
   loadBalancerReadStep,
   loadCountStep,
@@ -105,6 +113,30 @@ export interface LoadBalancerArgs {
   readonly mtu?: pulumi.Input<number>;
   /** Who owns it on the hosts (filled by the base class: <project>/<stack>/LoadBalancer/<name>). */
   readonly owner?: pulumi.Input<string>;
+  /** Octavia's topology. @default "SINGLE" */
+  readonly topology?: pulumi.Input<LoadBalancerTopology>;
+  /** ACTIVE_STANDBY: host of the second amphora. @default "" (least loaded, never lbHost's) */
+  readonly standbyHost?: pulumi.Input<string>;
+  /** ACTIVE_STANDBY: the two amphorae's own addresses on the VIP subnet (reserved in its IPAM). */
+  readonly vrrpAddresses?: pulumi.Input<pulumi.Input<string>[]>;
+  /** ACTIVE_STANDBY: keepalived.conf of amphora 0 (MASTER) and 1 (BACKUP), renderKeepalivedConf. */
+  readonly keepalivedConfs?: pulumi.Input<pulumi.Input<string>[]>;
+}
+
+export type LoadBalancerTopology = "SINGLE" | "ACTIVE_STANDBY";
+
+/** One amphora of an ACTIVE_STANDBY load balancer as refresh found it. */
+export interface AmphoraStatus {
+  host: string;
+  /** The role its config gives it (priority 100 / 90). */
+  role: "MASTER" | "BACKUP";
+  vrrpAddress: string;
+  /** keepalived's VRRP state (its notify script): MASTER, BACKUP, FAULT, STOP, or "" before any. */
+  vrrpState: string;
+  /** This amphora's device holds the VIP now. */
+  holdsVip: boolean;
+  keepalived: boolean;
+  haproxy: boolean;
 }
 
 export interface LoadBalancerInputs {
@@ -123,6 +155,10 @@ export interface LoadBalancerInputs {
   haproxyCfg: string;
   drainTimeout: number;
   mtu: number;
+  topology: LoadBalancerTopology;
+  standbyHost: string;
+  vrrpAddresses: string[];
+  keepalivedConfs: string[];
 }
 
 export interface LoadBalancerOutputs extends LoadBalancerInputs {
@@ -151,6 +187,10 @@ export interface LoadBalancerOutputs extends LoadBalancerInputs {
   reloadMs: number;
   hostKeys: Record<string, string>;
   realized: LoadBalancerHostState;
+  /** ACTIVE_STANDBY: the two amphorae ([] for SINGLE). */
+  amphorae: AmphoraStatus[];
+  /** ACTIVE_STANDBY: what each amphora's host holds (realized is amphora 0's). */
+  realizedAmphorae: LoadBalancerHostState[];
 }
 
 const IPAM_OWNER_PREFIX = "lb:";
@@ -200,10 +240,37 @@ export function checkLoadBalancerInputs(news: Record<string, unknown>): Checked 
   out.gateway = news.gateway ?? "";
   out.mtu = news.mtu ?? 1500;
   out.drainTimeout = news.drainTimeout ?? 10;
+  out.topology = news.topology ?? "SINGLE";
+  out.standbyHost = news.standbyHost ?? "";
+  out.vrrpAddresses = news.vrrpAddresses ?? [];
+  out.keepalivedConfs = news.keepalivedConfs ?? [];
+  if (known(out.topology) && out.topology !== "SINGLE" && out.topology !== "ACTIVE_STANDBY")
+    fail("topology", `topology: expected "SINGLE" or "ACTIVE_STANDBY", got ${showValue(out.topology)}`);
+  const standby = out.topology === "ACTIVE_STANDBY";
+  if (known(out.topology) && !standby) {
+    for (const f of ["vrrpAddresses", "keepalivedConfs"] as const)
+      if (known(out[f]) && Array.isArray(out[f]) && (out[f] as unknown[]).length > 0)
+        fail(f, `${f}: only for topology "ACTIVE_STANDBY"; remove it or set topology`);
+    if (known(out.standbyHost) && out.standbyHost !== "")
+      fail("standbyHost", `standbyHost: only for topology "ACTIVE_STANDBY"; remove it or set topology`);
+  }
   const names = Array.isArray(hosts) && known(hosts) ? hosts.map((h) => (h as HostConnection).name) : null;
-  for (const f of ["lbHost", "subnetHost"] as const) {
+  if (standby && Array.isArray(hosts) && known(hosts) && hosts.length < 2)
+    fail("hosts", `hosts: topology "ACTIVE_STANDBY" needs two hosts of the VIP network, got ${hosts.length}`);
+  if (
+    standby &&
+    known(out.lbHost) &&
+    known(out.standbyHost) &&
+    out.lbHost !== "" &&
+    out.lbHost === out.standbyHost
+  )
+    fail(
+      "standbyHost",
+      `standbyHost: the two amphorae must run on different hosts; both are ${String(out.lbHost)}`,
+    );
+  for (const f of ["lbHost", "subnetHost", "standbyHost"] as const) {
     const v = out[f];
-    if (!known(v) || (f === "lbHost" && v === "")) continue;
+    if (!known(v) || ((f === "lbHost" || f === "standbyHost") && v === "")) continue;
     if (typeof v !== "string" || (names !== null && !names.includes(v)))
       fail(
         f,
@@ -241,6 +308,46 @@ export function checkLoadBalancerInputs(news: Record<string, unknown>): Checked 
       fail(field, `${field}: expected a host address inside ${String(news.cidr)}, got ${showValue(v)}`);
   };
   inside("vipAddress", news.vipAddress);
+  if (standby && known(out.vrrpAddresses)) {
+    const v = out.vrrpAddresses;
+    if (!Array.isArray(v) || v.length !== 2)
+      fail(
+        "vrrpAddresses",
+        `vrrpAddresses: expected the two amphorae's addresses on the VIP subnet, got ${showValue(v)}`,
+      );
+    else {
+      v.forEach((a, i) => inside(`vrrpAddresses[${i}]`, a));
+      if (known(v[0]) && v[0] === v[1]) fail("vrrpAddresses", "vrrpAddresses: the two addresses must differ");
+      if (v.some((a) => known(a) && known(news.vipAddress) && a === news.vipAddress))
+        fail("vrrpAddresses", "vrrpAddresses: must differ from vipAddress (keepalived holds the VIP)");
+    }
+  }
+  if (standby && known(out.keepalivedConfs)) {
+    const k = out.keepalivedConfs;
+    const v = out.vrrpAddresses;
+    if (!Array.isArray(k) || k.length !== 2 || k.some((c) => known(c) && typeof c !== "string"))
+      fail(
+        "keepalivedConfs",
+        `keepalivedConfs: expected two keepalived.conf texts (renderKeepalivedConf: MASTER, BACKUP), got ${showValue(k)}`,
+      );
+    else if (known(v) && Array.isArray(v) && known(news.vipAddress))
+      k.forEach((c, i) => {
+        if (!known(c) || !known(v[i])) return;
+        const lines = (c as string).split("\n").map((l) => l.trim());
+        if (!lines.includes(`unicast_src_ip ${String(v[i])}`))
+          fail(
+            "keepalivedConfs",
+            `keepalivedConfs[${i}]: expected "unicast_src_ip ${String(v[i])}" (render it for amphora ${i} with renderKeepalivedConf)`,
+          );
+        if (!lines.some((l) => l.startsWith(`${String(news.vipAddress)}/`)))
+          fail(
+            "keepalivedConfs",
+            `keepalivedConfs[${i}]: expected the VIP ${String(news.vipAddress)} in virtual_ipaddress`,
+          );
+        if ((c as string).includes("\u0000"))
+          fail("keepalivedConfs", `keepalivedConfs[${i}]: contains a NUL byte`);
+      });
+  }
   if (out.gateway !== "") inside("gateway", out.gateway);
   if (known(news.haproxyCfg) && known(news.lbName) && known(news.vipAddress)) {
     const cfg = news.haproxyCfg;
@@ -277,18 +384,29 @@ export const LOADBALANCER_REPLACE_KEYS = [
   "cidr",
   "subnetHost",
   "vipAddress",
+  "topology",
+  "vrrpAddresses",
 ] as const;
 
 /** Drift found by a refresh, as sentences (pure). */
 export function loadBalancerDrift(
   r: LoadBalancerHostState,
-  want: { vipAddress: string; cidr: string; haproxyCfg: string; mac: string },
+  want: { vipAddress: string; cidr: string; haproxyCfg: string; mac: string; keepalivedConf?: string },
 ): string[] {
   const out: string[] = [];
   if (!r.namespace) out.push("the load balancer's namespace is gone");
   if (!r.port || !r.portInBridge) out.push("the VIP port is missing or not in the network's bridge");
   if (r.namespace && r.address !== `${want.vipAddress}/${want.cidr.split("/")[1]}`)
     out.push(`the VIP port holds ${r.address || "no address"} instead of ${want.vipAddress}`);
+  if (want.keepalivedConf !== undefined) {
+    if (!r.keepalived) out.push("keepalived is not running");
+    if (r.keepalivedConfigSha !== sha256(want.keepalivedConf))
+      out.push(
+        r.keepalivedConfigSha === ""
+          ? "keepalived.conf is missing"
+          : "keepalived.conf on the host differs from the program's (edited by hand?)",
+      );
+  }
   if (r.namespace && r.mac !== "" && r.mac !== want.mac)
     out.push(`the VIP port's MAC is ${r.mac}, not ${want.mac}`);
   if (!r.haproxy) out.push("haproxy is not running");
@@ -302,13 +420,36 @@ export function loadBalancerDrift(
 }
 
 /** Pure diff: the config is an update (reload), never a replacement. */
-export function diffLoadBalancer(olds: LoadBalancerOutputs, news: LoadBalancerInputs): DiffResult {
+export function diffLoadBalancer(prior: LoadBalancerOutputs, news: LoadBalancerInputs): DiffResult {
+  // A state from before topologies is SINGLE.
+  const olds: LoadBalancerOutputs = {
+    ...prior,
+    topology: prior.topology ?? "SINGLE",
+    vrrpAddresses: prior.vrrpAddresses ?? [],
+    keepalivedConfs: prior.keepalivedConfs ?? [],
+  };
   const replaces: string[] = changedKeys(olds, news, LOADBALANCER_REPLACE_KEYS);
   // A named host other than where it runs moves it; "" (least loaded) keeps it where it is.
   if (isKnown(news.lbHost) && news.lbHost !== "" && olds.host !== undefined && news.lbHost !== olds.host)
     replaces.push("lbHost");
   else if (!isKnown(news.lbHost)) replaces.push("lbHost");
-  const updates = changedKeys(olds, news, ["hosts", "gateway", "haproxyCfg", "drainTimeout", "mtu"]);
+  // The standby amphora's host likewise (olds.standbyHost is where it runs).
+  const oldStandby = (olds.amphorae ?? [])[1]?.host;
+  if (
+    isKnown(news.standbyHost) &&
+    news.standbyHost !== "" &&
+    oldStandby !== undefined &&
+    news.standbyHost !== oldStandby
+  )
+    replaces.push("standbyHost");
+  const updates = changedKeys(olds, news, [
+    "hosts",
+    "gateway",
+    "haproxyCfg",
+    "drainTimeout",
+    "mtu",
+    "keepalivedConfs",
+  ]);
   const drift = !olds.realized || (olds.drift ?? []).length > 0;
   return { changes: replaces.length > 0 || updates.length > 0 || drift, replaces, deleteBeforeReplace: true };
 }
@@ -318,7 +459,10 @@ function pick(hosts: readonly HostConnection[], name: string): HostConnection {
 }
 
 /** The host with the fewest load balancers (first listed on a tie). */
-async function leastLoaded(hosts: readonly HostConnection[]): Promise<string> {
+async function leastLoaded(all: readonly HostConnection[], except = ""): Promise<string> {
+  const hosts = all.filter((h) => h.name !== except);
+  if (hosts.length === 0)
+    throw new Error(`hosts: no host left for the standby amphora besides ${except}; list two hosts`);
   const counts = await Promise.all(
     hosts.map(async (h) => {
       const [out] = await runChecked(h, [loadCountStep()]);
@@ -336,6 +480,10 @@ function prefixOf(cidr: string): number {
   return Number(cidr.split("/")[1]);
 }
 
+function isStandby(i: Pick<LoadBalancerInputs, "topology">): boolean {
+  return i.topology === "ACTIVE_STANDBY";
+}
+
 async function readState(inputs: LoadBalancerInputs, hostName: string): Promise<LoadBalancerHostState> {
   const host = pick(inputs.hosts, hostName);
   const [r] = await runSteps(host, [
@@ -344,6 +492,7 @@ async function readState(inputs: LoadBalancerInputs, hostName: string): Promise<
       inputs.driver,
       inputs.networkBridge,
       loadBalancerPaths(inputs.lbName),
+      isStandby(inputs) ? `${inputs.vipAddress}/${prefixOf(inputs.cidr)}` : "",
     ),
   ]);
   if (r.code !== 0)
@@ -351,15 +500,57 @@ async function readState(inputs: LoadBalancerInputs, hostName: string): Promise<
   return parseLoadBalancerState(r.stdout);
 }
 
+/** Drift of every amphora (ACTIVE_STANDBY: prefixed with the amphora's host), pure. */
+export function amphoraeDrift(
+  inputs: LoadBalancerInputs,
+  hostNames: readonly string[],
+  states: readonly LoadBalancerHostState[],
+): string[] {
+  const paths = loadBalancerPaths(inputs.lbName);
+  if (!isStandby(inputs)) return loadBalancerDrift(states[0], { ...inputs, mac: paths.vipMac });
+  const out = states.flatMap((r, i) =>
+    loadBalancerDrift(r, {
+      ...inputs,
+      vipAddress: inputs.vrrpAddresses[i],
+      mac: amphoraMac(inputs.lbName, i),
+      keepalivedConf: inputs.keepalivedConfs[i],
+    }).map((d) => `amphora ${i} on ${hostNames[i]}: ${d}`),
+  );
+  const holders = states.filter((r) => r.holdsVip).length;
+  if (holders === 0) out.push(`no amphora holds the VIP ${inputs.vipAddress}`);
+  if (holders > 1) out.push(`both amphorae hold the VIP ${inputs.vipAddress} (split brain)`);
+  return out;
+}
+
 function outputsOf(
   inputs: LoadBalancerInputs,
-  hostName: string,
-  realized: LoadBalancerHostState,
+  hostNames: readonly string[],
+  states: readonly LoadBalancerHostState[],
   reloadMs: number,
 ): LoadBalancerOutputs {
   const paths = loadBalancerPaths(inputs.lbName);
-  const drift = loadBalancerDrift(realized, { ...inputs, mac: paths.vipMac });
+  const hostName = hostNames[0];
+  const drift = amphoraeDrift(inputs, hostNames, states);
+  // The active amphora's haproxy is the one serving: its statuses are the load balancer's.
+  const active = isStandby(inputs)
+    ? Math.max(
+        0,
+        states.findIndex((r) => r.holdsVip),
+      )
+    : 0;
+  const realized = states[active];
   const st = operatingStatuses(realized);
+  const amphorae: AmphoraStatus[] = isStandby(inputs)
+    ? states.map((r, i) => ({
+        host: hostNames[i],
+        role: i === 0 ? "MASTER" : "BACKUP",
+        vrrpAddress: inputs.vrrpAddresses[i],
+        vrrpState: r.vrrpState,
+        holdsVip: r.holdsVip,
+        keepalived: r.keepalived,
+        haproxy: r.haproxy,
+      }))
+    : [];
   return {
     ...inputs,
     host: hostName,
@@ -370,8 +561,8 @@ function outputsOf(
       network: inputs.networkName,
       bridge: inputs.networkBridge,
       device: paths.hostDevice,
-      mac: paths.vipMac,
-      host: hostName,
+      mac: isStandby(inputs) ? amphoraMac(inputs.lbName, active) : paths.vipMac,
+      host: hostNames[active],
     },
     provisioningStatus: drift.length === 0 ? "ACTIVE" : "ERROR",
     operatingStatus: st.loadBalancer,
@@ -380,6 +571,8 @@ function outputsOf(
     reloadMs,
     hostKeys: {},
     realized,
+    amphorae,
+    realizedAmphorae: isStandby(inputs) ? [...states] : [],
   };
 }
 
@@ -389,9 +582,11 @@ async function applyLoadBalancer(
   hostName: string,
   oldCfg: string | null,
   owners: readonly string[],
+  amphora = 0,
 ): Promise<number> {
   const host = pick(inputs.hosts, hostName);
   const paths = loadBalancerPaths(inputs.lbName);
+  const standby = isStandby(inputs);
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["haproxy", "openvswitch"] : ["haproxy"]);
   const steps: Step[] = [
     // Never touch a load balancer of the same name that another program owns.
@@ -401,10 +596,11 @@ async function applyLoadBalancer(
         lbName: inputs.lbName,
         networkBridge: inputs.networkBridge,
         driver: inputs.driver,
-        addressCidr: `${inputs.vipAddress}/${prefixOf(inputs.cidr)}`,
-        mac: paths.vipMac,
+        addressCidr: `${standby ? inputs.vrrpAddresses[amphora] : inputs.vipAddress}/${prefixOf(inputs.cidr)}`,
+        mac: standby ? amphoraMac(inputs.lbName, amphora) : paths.vipMac,
         gateway: inputs.gateway,
         mtu: inputs.mtu,
+        ...(standby ? { vipCidr: `${inputs.vipAddress}/${prefixOf(inputs.cidr)}` } : {}),
       },
       paths,
     ),
@@ -415,10 +611,37 @@ async function applyLoadBalancer(
     uploadStep(paths.newConfig, inputs.haproxyCfg, { mode: "0600" }),
     applyConfigStep(inputs.lbName, paths),
   );
+  if (standby)
+    steps.push(
+      // Root-owned scripts in the root-owned folder (keepalived's enable_script_security).
+      uploadStep(
+        paths.checkScript,
+        `#!/bin/sh\n# kvmlab: exit 0 while this amphora's haproxy master runs\npid=$(cat ${shQuote(paths.pidFile)} 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid"\n`,
+        { mode: "0755" },
+      ),
+      uploadStep(
+        paths.notifyScript,
+        `#!/bin/sh\n# kvmlab: keepalived notify (type name state priority): the VRRP state for refresh\necho "$3" > ${shQuote(paths.vrrpStateFile)}.tmp && mv -f ${shQuote(paths.vrrpStateFile)}.tmp ${shQuote(paths.vrrpStateFile)}\n`,
+        { mode: "0755" },
+      ),
+      uploadStep(paths.keepalivedNewConfig, inputs.keepalivedConfs[amphora], { mode: "0600" }),
+      keepalivedApplyStep(inputs.lbName, paths),
+    );
   const outs = await withHostLock(host, () =>
     runChecked(host, steps, { timeoutMs: 60000 + inputs.drainTimeout * 1000 }),
   );
-  return Number(parseKeyValues(outs[outs.length - 1]).get("reloadMs") ?? "0");
+  const applied = outs[outs.length - (standby ? 5 : 1)];
+  return Number(parseKeyValues(applied).get("reloadMs") ?? "0");
+}
+
+/** ACTIVE_STANDBY: the IPAM owner of amphora `i`'s VRRP address. */
+function vrrpIpamOwner(lbName: string, i: number): string {
+  return `${IPAM_OWNER_PREFIX}${lbName}:vrrp${i}`;
+}
+
+/** The hosts the amphorae run on (one for SINGLE). */
+function hostsOf(o: LoadBalancerOutputs): string[] {
+  return isStandby(o) ? (o.amphorae ?? []).map((a) => a.host) : [o.host];
 }
 
 async function removeLoadBalancer(
@@ -464,6 +687,10 @@ const loadBalancer = defineResource<LoadBalancerInputs, LoadBalancerOutputs>({
     "haproxyCfg",
     "drainTimeout",
     "mtu",
+    "topology",
+    "standbyHost",
+    "vrrpAddresses",
+    "keepalivedConfs",
   ],
   outputKeys: [
     "host",
@@ -476,63 +703,97 @@ const loadBalancer = defineResource<LoadBalancerInputs, LoadBalancerOutputs>({
     "reloadMs",
     "hostKeys",
     "realized",
+    "amphorae",
+    "realizedAmphorae",
   ],
   secretOutputs: ["hosts"],
   check: (news) => checkLoadBalancerInputs(news),
   diff: diffLoadBalancer,
 
   async create(inputs) {
-    const hostName = inputs.lbHost !== "" ? inputs.lbHost : await leastLoaded(inputs.hosts);
+    const first = inputs.lbHost !== "" ? inputs.lbHost : await leastLoaded(inputs.hosts);
+    const hostNames = isStandby(inputs)
+      ? [first, inputs.standbyHost !== "" ? inputs.standbyHost : await leastLoaded(inputs.hosts, first)]
+      : [first];
+    if (hostNames.length === 2 && hostNames[0] === hostNames[1])
+      throw new Error(`standbyHost: the two amphorae must run on different hosts; both are ${first}`);
     const ipamOwner = `${IPAM_OWNER_PREFIX}${inputs.lbName}`;
-    const host = pick(inputs.hosts, hostName);
-    // Claim first: refused (another program's load balancer of that name) → nothing touched.
-    const [claim] = await withHostLock(host, () =>
-      runChecked(host, [claimStep(loadBalancerOwned(inputs.lbName), inputs.owner)]),
-    );
-    const madeHere = claimedNow(claim);
-    let reloadMs: number;
+    const made: string[] = [];
+    const reserved: string[] = [];
+    let reloadMs = 0;
     try {
+      for (const hostName of hostNames) {
+        const host = pick(inputs.hosts, hostName);
+        // Claim first: refused (another program's load balancer of that name) → nothing touched.
+        const [claim] = await withHostLock(host, () =>
+          runChecked(host, [claimStep(loadBalancerOwned(inputs.lbName), inputs.owner)]),
+        );
+        if (claimedNow(claim)) made.push(hostName);
+      }
       await allocateAddress(subnetRef(inputs), ipamOwner, {
         fixedIp: inputs.vipAddress,
         holder: inputs.owner,
       });
-      reloadMs = await applyLoadBalancer(inputs, hostName, null, [inputs.owner]);
+      reserved.push(ipamOwner);
+      if (isStandby(inputs))
+        for (const [i, a] of inputs.vrrpAddresses.entries()) {
+          await allocateAddress(subnetRef(inputs), vrrpIpamOwner(inputs.lbName, i), {
+            fixedIp: a,
+            holder: inputs.owner,
+          });
+          reserved.push(vrrpIpamOwner(inputs.lbName, i));
+        }
+      for (const [i, hostName] of hostNames.entries()) {
+        const ms = await applyLoadBalancer(inputs, hostName, null, [inputs.owner], i);
+        if (i === 0) reloadMs = ms;
+      }
     } catch (err) {
       // Clean only what this call made.
-      if (madeHere) {
+      for (const hostName of made)
         await removeLoadBalancer(inputs, hostName, inputs.owner).catch(() => undefined);
-        await releaseAddress(subnetRef(inputs), ipamOwner, inputs.owner).catch(() => undefined);
-      }
+      if (made.length > 0)
+        for (const o of reserved)
+          await releaseAddress(subnetRef(inputs), o, inputs.owner).catch(() => undefined);
       throw err;
     }
-    return {
-      id: inputs.lbName,
-      outs: outputsOf(inputs, hostName, await readState(inputs, hostName), reloadMs),
-    };
+    const states = await Promise.all(hostNames.map((h) => readState(inputs, h)));
+    return { id: inputs.lbName, outs: outputsOf(inputs, hostNames, states, reloadMs) };
   },
 
   async read(_id, props) {
-    const realized = await readState(props, props.host);
-    if (!realized.namespace && !realized.port && !realized.haproxy && realized.configSha === "")
-      return undefined;
-    return outputsOf(props, props.host, realized, props.reloadMs ?? 0);
+    const hostNames = hostsOf(props);
+    const states = await Promise.all(hostNames.map((h) => readState(props, h)));
+    const gone = (r: LoadBalancerHostState) =>
+      !r.namespace && !r.port && !r.haproxy && r.configSha === "" && !r.keepalived;
+    if (states.every(gone)) return undefined;
+    return outputsOf(props, hostNames, states, props.reloadMs ?? 0);
   },
 
   async update(_id, olds, news) {
-    const hostName = news.lbHost !== "" ? news.lbHost : olds.host;
-    const reloadMs = await applyLoadBalancer(news, hostName, olds.haproxyCfg, [news.owner, ownerIn(olds)]);
-    return outputsOf(news, hostName, await readState(news, hostName), reloadMs);
+    const first = news.lbHost !== "" ? news.lbHost : olds.host;
+    const hostNames = isStandby(news) ? [first, hostsOf(olds)[1]] : [first];
+    let reloadMs = 0;
+    // Both amphorae reload on a config change (the BACKUP first: the serving one changes last).
+    for (const i of [...hostNames.keys()].reverse()) {
+      const ms = await applyLoadBalancer(news, hostNames[i], olds.haproxyCfg, [news.owner, ownerIn(olds)], i);
+      if (i === 0) reloadMs = ms;
+    }
+    const states = await Promise.all(hostNames.map((h) => readState(news, h)));
+    return outputsOf(news, hostNames, states, reloadMs);
   },
 
   async delete(_id, olds) {
-    await removeLoadBalancer(olds, olds.host, ownerIn(olds));
+    for (const hostName of hostsOf(olds)) await removeLoadBalancer(olds, hostName, ownerIn(olds));
     await releaseAddress(subnetRef(olds), `${IPAM_OWNER_PREFIX}${olds.lbName}`, ownerIn(olds));
+    if (isStandby(olds))
+      for (const i of [0, 1])
+        await releaseAddress(subnetRef(olds), vrrpIpamOwner(olds.lbName, i), ownerIn(olds));
   },
 });
 
 export const loadBalancerProvider = loadBalancer.provider;
 
-/** An Octavia-style load balancer, topology SINGLE (`pulumi-nodejs:dynamic/kvmlab:LoadBalancer`). */
+/** An Octavia-style load balancer, topology SINGLE or ACTIVE_STANDBY (`pulumi-nodejs:dynamic/kvmlab:LoadBalancer`). */
 export class LoadBalancer extends KvmlabResource<LoadBalancerInputs, LoadBalancerOutputs> {
   declare readonly lbName: pulumi.Output<string>;
   declare readonly host: pulumi.Output<string>;
@@ -548,6 +809,8 @@ export class LoadBalancer extends KvmlabResource<LoadBalancerInputs, LoadBalance
   declare readonly hostKeys: pulumi.Output<Record<string, string>>;
   declare readonly realized: pulumi.Output<LoadBalancerHostState>;
   declare readonly hosts: pulumi.Output<HostConnection[]>;
+  declare readonly topology: pulumi.Output<LoadBalancerTopology>;
+  declare readonly amphorae: pulumi.Output<AmphoraStatus[]>;
 
   constructor(name: string, args: LoadBalancerArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(loadBalancer, name, { ...args, lbName: args.lbName ?? name }, opts);

@@ -13,7 +13,8 @@
  *
  * Pure: no I/O. Every field is validated; errors name the field.
  */
-import { cidrContains, isIPv4, parseCidr } from "../core/net";
+import { cidrContains, intToIp, ipv4ToInt, isIPv4, parseCidr } from "../core/net";
+import { loadBalancerPaths, shortIdOf, vrrpRouterId } from "../core/paths";
 import { checkIfName, checkInt, checkName, checkOneOf, checkPath, FieldError } from "./validate";
 
 export const VRRP_ROLES = ["MASTER", "BACKUP"] as const;
@@ -49,6 +50,8 @@ export interface KeepalivedSpec {
   readonly authPass: string;
   /** The check script (exit 0 while this amphora's haproxy runs). */
   readonly checkScript: string;
+  /** Run on every state change (`notify <script>`: keepalived passes type, name, state, priority). */
+  readonly notifyScript?: string;
   readonly advertInt?: number;
   readonly checkInterval?: number;
 }
@@ -81,6 +84,7 @@ export function renderKeepalivedConf(spec: KeepalivedSpec): string {
   if (typeof spec.authPass !== "string" || !/^[A-Za-z0-9]{1,8}$/.test(spec.authPass))
     throw new FieldError("authPass", "must be 1-8 letters or digits (VRRP PASS authentication keeps 8)");
   const script = checkPath("checkScript", spec.checkScript);
+  const notify = spec.notifyScript === undefined ? null : checkPath("notifyScript", spec.notifyScript);
   const advert = checkInt("advertInt", spec.advertInt ?? KEEPALIVED_DEFAULTS.advertInt, 1, 255);
   const interval = checkInt(
     "checkInterval",
@@ -131,7 +135,43 @@ export function renderKeepalivedConf(spec: KeepalivedSpec): string {
     "  track_script {",
     "    check_script",
     "  }",
+    ...(notify === null ? [] : ["", `  notify ${notify}`]),
     "}",
     "",
   ].join("\n");
+}
+
+/**
+ * The two keepalived.conf of an ACTIVE_STANDBY load balancer (amphora 0 MASTER, 1 BACKUP) as
+ * kvmlab runs them: the amphora namespace's device, the check and notify scripts in the load
+ * balancer's folder, virtual_router_id and PASS from the name's hash. `vrrpAddresses` defaults
+ * to the two addresses after the VIP.
+ */
+export function keepalivedPair(
+  lbName: string,
+  vipAddress: string,
+  cidr: string,
+  vrrpAddresses?: readonly string[],
+): { vrrpAddresses: [string, string]; keepalivedConfs: [string, string] } {
+  const vip = checkIpv4("vipAddress", vipAddress);
+  const given = vrrpAddresses ?? [intToIp(ipv4ToInt(vip) + 1), intToIp(ipv4ToInt(vip) + 2)];
+  if (given.length !== 2)
+    throw new FieldError("vrrpAddresses", `expected two addresses (one per amphora), got ${given.length}`);
+  const addrs: [string, string] = [given[0], given[1]];
+  const p = loadBalancerPaths(lbName);
+  const conf = (i: 0 | 1): string =>
+    renderKeepalivedConf({
+      name: lbName,
+      role: i === 0 ? "MASTER" : "BACKUP",
+      interface: p.nsDevice,
+      virtualRouterId: vrrpRouterId(lbName),
+      vrrpAddress: addrs[i],
+      peerAddress: addrs[1 - i],
+      vipAddress: vip,
+      cidr,
+      authPass: shortIdOf(`vrrp-pass/${lbName}`),
+      checkScript: p.checkScript,
+      notifyScript: p.notifyScript,
+    });
+  return { vrrpAddresses: addrs, keepalivedConfs: [conf(0), conf(1)] };
 }

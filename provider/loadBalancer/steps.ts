@@ -23,6 +23,11 @@ export interface VipPortSpec {
   /** Default route of the namespace ("" for none). */
   readonly gateway: string;
   readonly mtu: number;
+  /**
+   * ACTIVE_STANDBY: the VIP/prefix keepalived may add to the device (kept, not removed as a
+   * stray address), and haproxy may bind it while this amphora is BACKUP (ip_nonlocal_bind).
+   */
+  readonly vipCidr?: string;
 }
 
 /** What the read step finds on the host. */
@@ -42,6 +47,14 @@ export interface LoadBalancerHostState {
   servers: Record<string, string>;
   /** backend → haproxy's BACKEND row status (UP / DOWN). */
   backends: Record<string, string>;
+  /** ACTIVE_STANDBY: keepalived (its PID file's process) is alive. */
+  keepalived: boolean;
+  /** sha256 of keepalived.conf ("" when absent). */
+  keepalivedConfigSha: string;
+  /** What keepalived's notify script last wrote: MASTER, BACKUP, FAULT, STOP ("" never). */
+  vrrpState: string;
+  /** The device holds the VIP (read only when asked). */
+  holdsVip: boolean;
 }
 
 const ALIVE =
@@ -52,6 +65,8 @@ function vars(paths: LoadBalancerPaths): string {
     `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; nd=${paths.nsDevice}; dir=${shQuote(paths.dir)}`,
     `cfg=${shQuote(paths.config)}; new=${shQuote(paths.newConfig)}; failed=${shQuote(paths.failedConfig)}`,
     `sock=${shQuote(paths.statsSocket)}; msock=${shQuote(paths.masterSocket)}; pidf=${shQuote(paths.pidFile)}; state=${shQuote(paths.stateFile)}`,
+    `kcfg=${shQuote(paths.keepalivedConfig)}; knew=${shQuote(paths.keepalivedNewConfig)}; kpid=${shQuote(paths.keepalivedPid)}; rpid=${shQuote(paths.vrrpPid)}; cpid=${shQuote(paths.checkerPid)}; vstate=${shQuote(paths.vrrpStateFile)}`,
+    'kalive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk \'{print $3}\' "/proc/$1/stat")" != Z ] && grep -q keepalived "/proc/$1/comm"; }',
   ].join("\n");
 }
 
@@ -60,7 +75,7 @@ export function vipPortStep(spec: VipPortSpec, paths: LoadBalancerPaths): Step {
   const lines = [
     "set -e",
     vars(paths),
-    `br=${shQuote(spec.networkBridge)}; mtu=${spec.mtu}; addr=${shQuote(spec.addressCidr)}; mac=${shQuote(spec.mac)}; gw=${shQuote(spec.gateway)}`,
+    `br=${shQuote(spec.networkBridge)}; mtu=${spec.mtu}; addr=${shQuote(spec.addressCidr)}; mac=${shQuote(spec.mac)}; gw=${shQuote(spec.gateway)}; keep=${shQuote(spec.vipCidr ?? "")}`,
     '[ -e "/sys/class/net/$br" ] || { echo "bridge $br of the VIP network is missing on this host; create or refresh the Network first, or place the load balancer on a host of that network" >&2; exit 21; }',
     '[ -e "/run/netns/$ns" ] || ip netns add "$ns"',
     'ip netns exec "$ns" ip link set lo up',
@@ -82,7 +97,9 @@ export function vipPortStep(spec: VipPortSpec, paths: LoadBalancerPaths): Step {
     'cur=$(ip netns exec "$ns" cat "/sys/class/net/$nd/address")',
     'if [ "$cur" != "$mac" ]; then ip netns exec "$ns" ip link set dev "$nd" down; ip netns exec "$ns" ip link set dev "$nd" address "$mac"; fi',
     'ip netns exec "$ns" ip link set dev "$nd" mtu $mtu up',
-    'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$nd" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || ip netns exec "$ns" ip addr del "$a" dev "$nd"; done',
+    // keepalived's VIP (ACTIVE_STANDBY) is not a stray address; haproxy binds it on the BACKUP too.
+    'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$nd" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || [ "$a" = "$keep" ] || ip netns exec "$ns" ip addr del "$a" dev "$nd"; done',
+    'if [ -n "$keep" ]; then ip netns exec "$ns" sysctl -q -w net.ipv4.ip_nonlocal_bind=1; fi',
     'ip netns exec "$ns" ip addr replace "$addr" dev "$nd"',
     'if [ -n "$gw" ]; then ip netns exec "$ns" ip route replace default via "$gw" dev "$nd"; fi',
     // Tell the segment where the VIP is now (Octavia sends a GARP after start/reload too).
@@ -165,12 +182,43 @@ export function applyConfigStep(lbName: string, paths: LoadBalancerPaths): Step 
   };
 }
 
+/**
+ * Step (ACTIVE_STANDBY): check the uploaded `keepalived.conf.new` with `keepalived -t` inside
+ * the amphora namespace (it checks the interface too); refused → removed, keepalived's message on
+ * stderr, exit 29, the running keepalived untouched. Accepted → renamed over keepalived.conf;
+ * keepalived started (`--vrrp`, three PID files, no systemd) or, when running and the config
+ * changed, told to reload (SIGHUP). Prints `keepalived=start|reload|none`.
+ */
+export function keepalivedApplyStep(lbName: string, paths: LoadBalancerPaths): Step {
+  return {
+    label: `apply keepalived config of load balancer ${lbName}`,
+    script: [
+      "set -e",
+      vars(paths),
+      'command -v keepalived >/dev/null 2>&1 || { echo "keepalived is missing on this host: apt-get install keepalived (topology ACTIVE_STANDBY runs it in each amphora namespace)" >&2; exit 28; }',
+      '[ -s "$knew" ] || { echo "keepalived.conf.new is missing or empty" >&2; exit 29; }',
+      'if ! out=$(ip netns exec "$ns" keepalived -t -f "$knew" 2>&1); then rm -f "$knew"; printf "%s\\n" "$out" >&2; echo "keepalived -t refused the new keepalived.conf; the running one keeps serving" >&2; exit 29; fi',
+      'changed=yes; if cmp -s "$knew" "$kcfg"; then changed=no; rm -f "$knew"; else mv -f "$knew" "$kcfg"; fi',
+      'pid=$(cat "$kpid" 2>/dev/null || true)',
+      'if kalive "$pid"; then',
+      '  if [ $changed = yes ]; then kill -HUP "$pid"; echo keepalived=reload; else echo keepalived=none; fi',
+      "else",
+      '  rm -f "$kpid" "$rpid" "$cpid"',
+      '  ip netns exec "$ns" keepalived --vrrp -f "$kcfg" -p "$kpid" -r "$rpid" -c "$cpid" </dev/null >/dev/null 2>&1',
+      '  i=0; until kalive "$(cat "$kpid" 2>/dev/null)"; do i=$((i+1)); [ $i -ge 50 ] && { echo "keepalived did not start within 5 s (see the host\x27s log)" >&2; exit 30; }; sleep 0.1; done',
+      "  echo keepalived=start",
+      "fi",
+    ].join("\n"),
+  };
+}
+
 /** Step printing the load balancer's state on its host (key=value lines and `stat=` CSV rows). */
 export function loadBalancerReadStep(
   lbName: string,
   driver: string,
   bridge: string,
   paths: LoadBalancerPaths,
+  vipCidr = "",
 ): Step {
   return {
     label: `read load balancer ${lbName}`,
@@ -187,6 +235,14 @@ export function loadBalancerReadStep(
       'echo "configsha=$( [ -f "$cfg" ] && sha256sum < "$cfg" | cut -d" " -f1)"',
       'echo "failed=$( [ -f "$failed" ] && echo yes || echo no)"',
       'pid=$(cat "$pidf" 2>/dev/null || true)',
+      'echo "keepalived=$(kalive "$(cat "$kpid" 2>/dev/null)" && echo yes || echo no)"',
+      'echo "kconfigsha=$( [ -f "$kcfg" ] && sha256sum < "$kcfg" | cut -d" " -f1)"',
+      'echo "vrrpstate=$(cat "$vstate" 2>/dev/null | head -n1)"',
+      ...(vipCidr === ""
+        ? []
+        : [
+            `if [ -e "/run/netns/$ns" ] && ip netns exec "$ns" ip -4 -o addr show dev "$nd" 2>/dev/null | awk '{print $4}' | grep -qx ${shQuote(vipCidr)}; then echo holdsvip=yes; else echo holdsvip=no; fi`,
+          ]),
       'if alive "$pid"; then echo haproxy=yes; echo "show stat" | socat -t 2 stdio "unix-connect:$sock" 2>/dev/null | grep -v "^#" | grep -v "^$" | sed "s/^/stat=/"; else echo haproxy=no; fi',
       "true",
     ].join("\n"),
@@ -219,6 +275,10 @@ export function parseLoadBalancerState(stdout: string): LoadBalancerHostState {
     failedConfig: kv.get("failed") === "yes",
     servers,
     backends,
+    keepalived: kv.get("keepalived") === "yes",
+    keepalivedConfigSha: kv.get("kconfigsha") ?? "",
+    vrrpState: kv.get("vrrpstate") ?? "",
+    holdsVip: kv.get("holdsvip") === "yes",
   };
 }
 
@@ -292,6 +352,10 @@ export function loadBalancerDeleteStep(lbName: string, driver: string, paths: Lo
     script: [
       vars(paths),
       ALIVE,
+      // keepalived first (ACTIVE_STANDBY): SIGTERM, so it sends a priority-0 advert and removes the
+      // VIP (SIGKILL would leave the VIP on the device); its PID files go when it has stopped.
+      'kp=$(cat "$kpid" 2>/dev/null || true)',
+      'if kalive "$kp"; then kill "$kp"; i=0; while kalive "$kp" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kalive "$kp" && kill -9 "$kp"; fi',
       'pid=$(cat "$pidf" 2>/dev/null || true)',
       // The master stops its workers on SIGTERM (old workers included).
       'if alive "$pid"; then kill "$pid"; i=0; while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; alive "$pid" && kill -9 "$pid"; fi',

@@ -7,10 +7,13 @@ import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import { assertSerializable } from "../../harness/serialization";
 import { loadBalancerRaw, testHost } from "./fixtures";
-import { loadBalancerPaths } from "../../../core/paths";
+import { amphoraMac, loadBalancerPaths } from "../../../core/paths";
+import { keepalivedPair } from "../../../templates/keepalived";
 import {
   UNKNOWN,
+  amphoraeDrift,
   applyConfigStep,
+  keepalivedApplyStep,
   checkLoadBalancerInputs,
   configServers,
   diffLoadBalancer,
@@ -113,6 +116,10 @@ test("drift names haproxy dead and a config edited by hand", () => {
     failedConfig: false,
     servers: {},
     backends: {},
+    keepalived: false,
+    keepalivedConfigSha: "",
+    vrrpState: "",
+    holdsVip: false,
   };
   assert.deepEqual(loadBalancerDrift(ok, { ...i, mac }), []);
   assert.deepEqual(loadBalancerDrift({ ...ok, haproxy: false }, { ...i, mac }), ["haproxy is not running"]);
@@ -201,4 +208,141 @@ test("the provider serializes without captured modules or secrets", async () => 
     maxBytes: 256 * 1024,
   });
   assert.match(text, /require\("node-ssh"\)/);
+});
+
+function standby(over: Record<string, unknown> = {}): Record<string, unknown> {
+  const ha = keepalivedPair("web-lb", "10.10.0.50", "10.10.0.0/24");
+  return { topology: "ACTIVE_STANDBY", ...ha, ...over };
+}
+
+test("ACTIVE_STANDBY: check accepts the pair, defaults SINGLE, refuses each bad field by name", () => {
+  const s = checked();
+  assert.equal(s.topology, "SINGLE");
+  assert.deepEqual([s.vrrpAddresses, s.keepalivedConfs, s.standbyHost], [[], [], ""]);
+  const i = checked(standby({ lbHost: "hv1", standbyHost: "hv2" }));
+  assert.deepEqual(i.vrrpAddresses, ["10.10.0.51", "10.10.0.52"]);
+  const ha = keepalivedPair("web-lb", "10.10.0.50", "10.10.0.0/24");
+  const cases: [Record<string, unknown>, string, RegExp][] = [
+    [{ topology: "ACTIVE_ACTIVE" }, "topology", /"SINGLE" or "ACTIVE_STANDBY"/],
+    [standby({ lbHost: "hv1", standbyHost: "hv1" }), "standbyHost", /different hosts/],
+    [standby({ standbyHost: "hv9" }), "standbyHost", /not one of the hosts/],
+    [standby({ vrrpAddresses: ["10.10.0.51"] }), "vrrpAddresses", /two amphorae/],
+    [standby({ vrrpAddresses: ["10.10.0.50", "10.10.0.52"] }), "vrrpAddresses", /differ from vipAddress/],
+    [standby({ vrrpAddresses: ["10.20.0.51", "10.10.0.52"] }), "vrrpAddresses[0]", /inside 10\.10\.0\.0\/24/],
+    [
+      standby({ keepalivedConfs: [ha.keepalivedConfs[1], ha.keepalivedConfs[0]] }),
+      "keepalivedConfs",
+      /unicast_src_ip 10\.10\.0\.51/,
+    ],
+    [standby({ keepalivedConfs: ["x"] }), "keepalivedConfs", /two keepalived\.conf/],
+    [{ vrrpAddresses: ["10.10.0.51", "10.10.0.52"] }, "vrrpAddresses", /only for topology "ACTIVE_STANDBY"/],
+    [standby({ hosts: [hosts[0]], subnetHost: "hv1" }), "hosts", /two hosts/],
+  ];
+  for (const [over, field, reason] of cases) {
+    const r = checkLoadBalancerInputs(loadBalancerRaw(hosts, over));
+    const f = r.failures.find((x) => x.property === field);
+    assert.ok(f, `${field} refused for ${JSON.stringify(over).slice(0, 120)}: ${JSON.stringify(r.failures)}`);
+    assert.match(f.reason, reason);
+  }
+});
+
+test("ACTIVE_STANDBY: topology and VRRP addresses replace, keepalived.conf updates, a state from before topologies is SINGLE", () => {
+  const single = checked();
+  const olds = {
+    ...outputsOf(single),
+    topology: undefined,
+    vrrpAddresses: undefined,
+    keepalivedConfs: undefined,
+  };
+  assert.equal(diffLoadBalancer(olds as unknown as LoadBalancerOutputs, single).changes, false);
+  assert.deepEqual(diffLoadBalancer(outputsOf(single), checked(standby())).replaces, [
+    "topology",
+    "vrrpAddresses",
+  ]);
+  const i = checked(standby());
+  const o = {
+    ...outputsOf(i),
+    amphorae: [{ host: "hv1" }, { host: "hv2" }],
+  } as unknown as LoadBalancerOutputs;
+  assert.equal(diffLoadBalancer(o, i).changes, false);
+  const confs = [i.keepalivedConfs[0].replace("advert_int 1", "advert_int 2"), i.keepalivedConfs[1]];
+  const d = diffLoadBalancer(o, { ...i, keepalivedConfs: confs });
+  assert.deepEqual([d.changes, d.replaces], [true, []]);
+  assert.deepEqual(diffLoadBalancer(o, { ...i, standbyHost: "hv1" }).replaces, ["standbyHost"]);
+});
+
+test("ACTIVE_STANDBY: drift names the amphora whose keepalived died, no VIP holder and split brain", () => {
+  const i = checked(standby());
+  const amp = (n: number, over: Record<string, unknown> = {}) => ({
+    namespace: true,
+    port: true,
+    portInBridge: true,
+    address: `${i.vrrpAddresses[n]}/24`,
+    mac: amphoraMac("web-lb", n),
+    haproxy: true,
+    configSha: sha(i.haproxyCfg),
+    failedConfig: false,
+    servers: {},
+    backends: {},
+    keepalived: true,
+    keepalivedConfigSha: sha(i.keepalivedConfs[n]),
+    vrrpState: n === 0 ? "MASTER" : "BACKUP",
+    holdsVip: n === 0,
+    ...over,
+  });
+  assert.notEqual(amphoraMac("web-lb", 0), amphoraMac("web-lb", 1));
+  assert.deepEqual(amphoraeDrift(i, ["hv1", "hv2"], [amp(0), amp(1)]), []);
+  assert.deepEqual(
+    amphoraeDrift(
+      i,
+      ["hv1", "hv2"],
+      [amp(0, { keepalived: false, holdsVip: false }), amp(1, { holdsVip: true })],
+    ),
+    ["amphora 0 on hv1: keepalived is not running"],
+  );
+  assert.deepEqual(amphoraeDrift(i, ["hv1", "hv2"], [amp(0, { holdsVip: false }), amp(1)]), [
+    "no amphora holds the VIP 10.10.0.50",
+  ]);
+  assert.match(amphoraeDrift(i, ["hv1", "hv2"], [amp(0), amp(1, { holdsVip: true })])[0], /split brain/);
+  assert.match(
+    amphoraeDrift(i, ["hv1", "hv2"], [amp(0), amp(1, { keepalivedConfigSha: sha("x") })])[0],
+    /amphora 1 on hv2: keepalived\.conf .* \(edited by hand\?\)/,
+  );
+});
+
+test("ACTIVE_STANDBY steps: keepalived -t in the namespace before the swap, PID files, SIGTERM first on delete, the VIP kept", () => {
+  const p = loadBalancerPaths("web-lb");
+  const apply = keepalivedApplyStep("web-lb", p).script;
+  // Every variable the scripts use is set (an unset $knew made keepalived -t check the default file).
+  for (const v of ["kcfg", "knew", "kpid", "rpid", "cpid", "vstate"])
+    assert.ok(
+      apply.includes(
+        `${v}=${p[({ kcfg: "keepalivedConfig", knew: "keepalivedNewConfig", kpid: "keepalivedPid", rpid: "vrrpPid", cpid: "checkerPid", vstate: "vrrpStateFile" } as const)[v as "kcfg"]]}`,
+      ),
+      v,
+    );
+  assert.match(apply, /kalive\(\) \{/);
+  assert.ok(apply.indexOf("keepalived -t") < apply.indexOf('mv -f "$knew" "$kcfg"'));
+  assert.match(
+    apply,
+    /ip netns exec "\$ns" keepalived --vrrp -f "\$kcfg" -p "\$kpid" -r "\$rpid" -c "\$cpid"/,
+  );
+  assert.match(apply, /kill -HUP/);
+  const del = loadBalancerDeleteStep("web-lb", "linuxbridge", p).script;
+  assert.ok(del.indexOf('kill "$kp"') >= 0 && del.indexOf('kill "$kp"') < del.indexOf("ip netns del"));
+  const port = vipPortStep(
+    {
+      lbName: "web-lb",
+      networkBridge: "kvlb-1a2b3c4d",
+      driver: "linuxbridge",
+      addressCidr: "10.10.0.51/24",
+      mac: amphoraMac("web-lb", 1),
+      gateway: "",
+      mtu: 1450,
+      vipCidr: "10.10.0.50/24",
+    },
+    p,
+  ).script;
+  assert.match(port, /\[ "\$a" = "\$keep" \] \|\|/);
+  assert.match(port, /ip_nonlocal_bind=1/);
 });

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { renderKeepalivedConf, type KeepalivedSpec } from "../../../templates/keepalived";
+import { keepalivedPair, renderKeepalivedConf, type KeepalivedSpec } from "../../../templates/keepalived";
+import { loadBalancerPaths, vrrpRouterId } from "../../../core/paths";
 import { assertFieldError, assertValid, expectGolden, keepalivedCheck } from "./support";
 
 const master: KeepalivedSpec = {
@@ -45,5 +46,32 @@ test("keepalived: every field is checked and the error names it", () => {
   assertFieldError(
     () => renderKeepalivedConf({ ...master, role: "PRIMARY" as KeepalivedSpec["role"] }),
     "role",
+  );
+});
+
+test("keepalived: keepalivedPair renders MASTER/BACKUP for the amphora namespaces, with the notify script, and passes keepalived -t", () => {
+  const { vrrpAddresses, keepalivedConfs } = keepalivedPair("web-lb", "10.60.0.50", "10.60.0.0/24");
+  assert.deepEqual(vrrpAddresses, ["10.60.0.51", "10.60.0.52"], "default: the two addresses after the VIP");
+  const p = loadBalancerPaths("web-lb");
+  const lines = (c: string) => c.split("\n").map((l) => l.trim());
+  for (const [i, c] of keepalivedConfs.entries()) {
+    assert.ok(lines(c).includes(`notify ${p.notifyScript}`), c);
+    assert.ok(lines(c).includes(`script ${p.checkScript}`), c);
+    assert.ok(lines(c).includes(`unicast_src_ip ${vrrpAddresses[i]}`), c);
+    assert.ok(lines(c).includes(`virtual_router_id ${vrrpRouterId("web-lb")}`), c);
+    assert.ok(lines(c).includes(`priority ${i === 0 ? 100 : 90}`), c);
+    assertValid(keepalivedCheck(c, p.nsDevice, p.checkScript, p.notifyScript), "keepalived.conf");
+  }
+  assert.deepEqual(
+    keepalivedPair("web-lb", "10.60.0.50", "10.60.0.0/24", ["10.60.0.7", "10.60.0.8"]).vrrpAddresses,
+    ["10.60.0.7", "10.60.0.8"],
+  );
+  assertFieldError(
+    () => keepalivedPair("web-lb", "10.60.0.50", "10.60.0.0/24", ["10.60.0.7"]),
+    "vrrpAddresses",
+  );
+  assertFieldError(
+    () => keepalivedPair("web-lb", "10.60.0.50", "10.60.0.0/24", ["10.60.0.50", "10.60.0.8"]),
+    "vipAddress",
   );
 });

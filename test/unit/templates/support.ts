@@ -132,14 +132,25 @@ export const INJECTIONS = [
  * interface and the check script to exist, so it runs in a fresh network namespace (`unshare -n`,
  * gone when the command ends) holding a veth of that name, with a stand-in check script.
  */
-export function keepalivedCheck(conf: string, iface: string, checkScript: string): ToolResult {
+export function keepalivedCheck(
+  conf: string,
+  iface: string,
+  checkScript: string,
+  notifyScript?: string,
+): ToolResult {
   const { dir, cleanup } = tempDir();
   try {
     const script = path.join(dir, "check.sh");
     fs.writeFileSync(script, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
     fs.chmodSync(dir, 0o755);
     const file = path.join(dir, "keepalived.conf");
-    fs.writeFileSync(file, conf.replaceAll(checkScript, script));
+    let text = conf.replaceAll(checkScript, script);
+    if (notifyScript !== undefined) {
+      const notify = path.join(dir, "notify.sh");
+      fs.writeFileSync(notify, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+      text = text.replaceAll(notifyScript, notify);
+    }
+    fs.writeFileSync(file, text);
     const r = runTool("unshare", [
       "-n",
       "sh",
