@@ -42,6 +42,7 @@ import {
   writeRecordStep,
   type HostConnection,
   type Step,
+  vethLegLines,
 } from "./host";
 import {
   KvmlabResource,
@@ -332,14 +333,13 @@ function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg): str
     '[ -e "/sys/class/net/$br" ] || { echo "bridge $br of network ' +
       leg.networkName +
       ' is missing on this host; create the Network on it first" >&2; exit 31; }',
-    'if ! { ip link show dev "$hd" >/dev/null 2>&1 && ip netns exec "$ns" ip link show dev "$dev" >/dev/null 2>&1; }; then',
-    '  ip link del dev "$hd" 2>/dev/null || true; ip netns exec "$ns" ip link del dev "$dev" 2>/dev/null || true',
-    '  ip link add "$hd" mtu $mtu type veth peer name "$dev" netns "$ns"',
-    "fi",
-    'ip link set dev "$hd" mtu $mtu',
-    leg.driver === "openvswitch"
-      ? `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:kvmlab-router=${shQuote(ns)}; ip link set dev "$hd" up; command -v ethtool >/dev/null && ethtool -K "$hd" tx off >/dev/null 2>&1 || true`
-      : 'ip link set dev "$hd" master "$br" up',
+    ...vethLegLines({
+      nsDevVar: "dev",
+      externalId: { key: "kvmlab-router", value: ns },
+      openvswitch: leg.driver === "openvswitch",
+      clearNsSide: true,
+      ovsTxOff: true,
+    }),
     'ip netns exec "$ns" ip link set dev "$dev" mtu $mtu up',
     'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$dev" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || [ "${a%/32}" != "$a" ] || ip netns exec "$ns" ip addr del "$a" dev "$dev"; done',
     'ip netns exec "$ns" ip addr replace "$addr" dev "$dev"',

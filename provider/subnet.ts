@@ -45,6 +45,7 @@ import {
   withHostLock,
   type HostConnection,
   type Step,
+  vethLegLines,
 } from "./host";
 import {
   KvmlabResource,
@@ -340,20 +341,11 @@ export function dhcpPortStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
     '[ -e "/sys/class/net/$br" ] || { echo "bridge $br of network is missing on this host; create or refresh the Network first" >&2; exit 21; }',
     '[ -e "/run/netns/$ns" ] || ip netns add "$ns"',
     'ip netns exec "$ns" ip link set lo up',
-    'if ! { ip link show dev "$hd" >/dev/null 2>&1 && ip netns exec "$ns" ip link show dev "$nd" >/dev/null 2>&1; }; then',
-    '  ip link del dev "$hd" 2>/dev/null || true',
-    '  ip link add "$hd" mtu $mtu type veth peer name "$nd" netns "$ns"',
-    "fi",
-    'ip link set dev "$hd" mtu $mtu',
+    ...vethLegLines({
+      externalId: { key: "kvmlab-subnet", value: inputs.subnetName },
+      openvswitch: inputs.driver === "openvswitch",
+    }),
   ];
-  if (inputs.driver === "openvswitch") {
-    lines.push(
-      `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:kvmlab-subnet=${shQuote(inputs.subnetName)}`,
-      'ip link set dev "$hd" up',
-    );
-  } else {
-    lines.push('ip link set dev "$hd" master "$br" up');
-  }
   lines.push(
     'ip netns exec "$ns" ip link set dev "$nd" mtu $mtu up',
     'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$nd" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || ip netns exec "$ns" ip addr del "$a" dev "$nd"; done',

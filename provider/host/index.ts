@@ -67,3 +67,4 @@ export * from "./naming";
 export * from "./probe";
 export * from "./quote";
 export * from "./session";
+export * from "./veth";

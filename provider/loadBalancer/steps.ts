@@ -5,7 +5,7 @@
  */
 import type { LoadBalancerPaths } from "../../core/paths";
 import { parseKeyValues } from "../kit/kv";
-import { shQuote, type Step } from "../host";
+import { shQuote, vethLegLines, type Step } from "../host";
 
 /** Octavia's member operating statuses (what its health manager derives from haproxy). */
 export type MemberOperatingStatus = "ONLINE" | "OFFLINE" | "ERROR" | "NO_MONITOR" | "DRAINING";
@@ -79,20 +79,11 @@ export function vipPortStep(spec: VipPortSpec, paths: LoadBalancerPaths): Step {
     '[ -e "/sys/class/net/$br" ] || { echo "bridge $br of the VIP network is missing on this host; create or refresh the Network first, or place the load balancer on a host of that network" >&2; exit 21; }',
     '[ -e "/run/netns/$ns" ] || ip netns add "$ns"',
     'ip netns exec "$ns" ip link set lo up',
-    'if ! { ip link show dev "$hd" >/dev/null 2>&1 && ip netns exec "$ns" ip link show dev "$nd" >/dev/null 2>&1; }; then',
-    '  ip link del dev "$hd" 2>/dev/null || true',
-    '  ip link add "$hd" mtu $mtu type veth peer name "$nd" netns "$ns"',
-    "fi",
-    'ip link set dev "$hd" mtu $mtu',
+    ...vethLegLines({
+      externalId: { key: "kvmlab-lb", value: spec.lbName },
+      openvswitch: spec.driver === "openvswitch",
+    }),
   ];
-  if (spec.driver === "openvswitch") {
-    lines.push(
-      `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:kvmlab-lb=${shQuote(spec.lbName)}`,
-      'ip link set dev "$hd" up',
-    );
-  } else {
-    lines.push('ip link set dev "$hd" master "$br" up');
-  }
   lines.push(
     'cur=$(ip netns exec "$ns" cat "/sys/class/net/$nd/address")',
     'if [ "$cur" != "$mac" ]; then ip netns exec "$ns" ip link set dev "$nd" down; ip netns exec "$ns" ip link set dev "$nd" address "$mac"; fi',
