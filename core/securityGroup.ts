@@ -138,6 +138,11 @@ export interface PortFirewallView {
   tap: string;
   mac: string;
   ip: string;
+  /**
+   * Further source addresses the port may send from with its MAC (Neutron's
+   * allowed_address_pairs): a load balancer amphora's VIP beside its own VRRP address.
+   */
+  allowedAddresses?: readonly string[];
   /** The bridge whose traffic gets the zone (qbr- for OVS hybrid, the network's bridge for Linux bridge). */
   zoneBridge: string;
   zone: number;
@@ -157,6 +162,10 @@ export function renderPortFirewall(v: PortFirewallView): string {
   if (!DEVICE_NAME_RE.test(v.zoneBridge)) bad("zoneBridge", v.zoneBridge);
   if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(v.mac)) bad("mac", v.mac);
   if (!isIPv4(v.ip)) bad("ip", v.ip);
+  const pairs = v.allowedAddresses ?? [];
+  pairs.forEach((a, i) => {
+    if (!isIPv4(a)) bad(`allowedAddresses[${i}]`, a);
+  });
   if (!Number.isInteger(v.zone) || v.zone < 1 || v.zone > 65535) bad("zone", v.zone);
   v.rules.forEach((r, i) => {
     const e = checkSgRule(`rules[${i}]`, r);
@@ -195,6 +204,12 @@ export function renderPortFirewall(v: PortFirewallView): string {
     `-A ${c.egress} -p udp -m udp --sport 67 --dport 68 ${cm("no DHCP server in the VM")} -j DROP`,
     ...generic(c.egress, rules.egress),
     `-A ${c.spoof} -s ${v.ip}/32 -m mac --mac-source ${v.mac} ${cm("allowed address")} -j RETURN`,
+    ...[...new Set(pairs)]
+      .filter((a) => a !== v.ip)
+      .map(
+        (a) =>
+          `-A ${c.spoof} -s ${a}/32 -m mac --mac-source ${v.mac} ${cm("allowed address pair")} -j RETURN`,
+      ),
     `-A ${c.spoof} ${cm("drop traffic without an IP/MAC allow rule")} -j DROP`,
     "COMMIT",
     "*raw",

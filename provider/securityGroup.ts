@@ -357,6 +357,11 @@ export interface SecurityGroupPortArgs {
   readonly tap: pulumi.Input<string>;
   readonly mac: pulumi.Input<string>;
   readonly ip: pulumi.Input<string>;
+  /**
+   * Further addresses the port may send from with its MAC (Neutron's allowed_address_pairs,
+   * e.g. the VIP on a load balancer amphora). @default []
+   */
+  readonly allowedAddresses?: pulumi.Input<pulumi.Input<string>[]>;
   readonly driver: pulumi.Input<NetworkDriver>;
   /** The network's bridge (Network.bridge). */
   readonly networkBridge: pulumi.Input<string>;
@@ -373,6 +378,7 @@ export interface SecurityGroupPortInputs {
   tap: string;
   mac: string;
   ip: string;
+  allowedAddresses: string[];
   driver: NetworkDriver;
   networkBridge: string;
   groups: { groupName: string; rules: SecurityGroupRule[] }[];
@@ -422,6 +428,20 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
     add("mac", `mac: expected a lower-case MAC like fa:16:3e:00:00:01, got ${showValue(news.mac)}`);
   if (isKnown(news.ip) && !isIPv4(news.ip))
     add("ip", `ip: expected the port's IPv4 address, got ${showValue(news.ip)}`);
+  const pairs = news.allowedAddresses ?? [];
+  out.allowedAddresses = pairs;
+  if (isKnown(pairs)) {
+    if (!Array.isArray(pairs))
+      add("allowedAddresses", `allowedAddresses: expected a list of IPv4 addresses, got ${showValue(pairs)}`);
+    else
+      pairs.forEach((a, i) => {
+        if (isKnown(a) && !isIPv4(a))
+          add(
+            `allowedAddresses[${i}]`,
+            `allowedAddresses[${i}]: expected an IPv4 address the port may also send from, got ${showValue(a)}`,
+          );
+      });
+  }
   if (isKnown(news.driver) && news.driver !== "linuxbridge" && news.driver !== "openvswitch")
     add("driver", `driver: expected "linuxbridge" or "openvswitch", got ${showValue(news.driver)}`);
   const groups = news.groups ?? [];
@@ -443,7 +463,9 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
   }
   const ready =
     ["portName", "tap", "mac", "ip", "driver", "networkBridge"].every((k) => isKnown(news[k])) &&
-    isKnown(groups);
+    isKnown(groups) &&
+    Array.isArray(pairs) &&
+    pairs.every((a) => isKnown(a));
   if (found.failures.length === 0 && ready) {
     const zoneBridge = portBridgeOf(
       news.portName as string,
@@ -455,6 +477,7 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
       tap: news.tap as string,
       mac: news.mac as string,
       ip: news.ip as string,
+      allowedAddresses: pairs as string[],
       zoneBridge,
       zone: conntrackZone(zoneBridge),
       rules: (groups as { rules: SecurityGroupRule[] }[]).flatMap((g) => g.rules),
@@ -477,7 +500,17 @@ export function diffSecurityGroupPort(
   news: SecurityGroupPortInputs,
 ): DiffResult {
   const replaces = changedKeys(olds, news, SECURITY_GROUP_PORT_REPLACE_KEYS);
-  const updates = changedKeys(olds, news, ["hosts", "mac", "ip", "groups", "ruleset", "owner"]);
+  // States from before allowedAddresses existed have none: the same as [].
+  const was = { ...olds, allowedAddresses: olds.allowedAddresses ?? [] };
+  const updates = changedKeys(was, news, [
+    "hosts",
+    "mac",
+    "ip",
+    "allowedAddresses",
+    "groups",
+    "ruleset",
+    "owner",
+  ]);
   const r = olds.realized;
   const drift =
     !r ||
@@ -689,6 +722,7 @@ const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupP
     "tap",
     "mac",
     "ip",
+    "allowedAddresses",
     "driver",
     "networkBridge",
     "groups",

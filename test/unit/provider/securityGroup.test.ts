@@ -99,6 +99,34 @@ test("port ruleset and ipset swap match their goldens, in Neutron's order", () =
     () => renderPortFirewall({ ...base, ip: "10.0.0.1 -j ACCEPT", zoneBridge: "x", zone: 1, rules: [] }),
     /ip/,
   );
+  // An amphora's port: its VRRP address, and the VIP as an allowed address pair (same MAC).
+  const amphora = renderPortFirewall({
+    ...base,
+    ip: "10.10.1.61",
+    allowedAddresses: ["10.10.1.60", "10.10.1.61"],
+    zoneBridge: "kvlb-00000001",
+    zone: 5000,
+    rules: [WEB[0]],
+  });
+  expectGolden("secgroup/port-amphora-address-pair.rules", amphora);
+  const spoof = amphora.split("\n").filter((l) => /^-A kvmlab-s/.test(l));
+  assert.equal(spoof.length, 3, "own address, one pair (the duplicate of the own address dropped), drop");
+  assert.match(
+    spoof[1],
+    /-s 10\.10\.1\.60\/32 -m mac --mac-source fa:16:3e:00:00:01 .*allowed address pair.* -j RETURN/,
+  );
+  assert.match(spoof[2], /-j DROP$/);
+  assert.throws(
+    () =>
+      renderPortFirewall({
+        ...base,
+        allowedAddresses: ["10.0.0.1/0"],
+        zoneBridge: "kvlb-00000001",
+        zone: 1,
+        rules: [],
+      }),
+    /allowedAddresses\[0\]/,
+  );
 });
 
 test("check: defaults, derived ruleset, refusals naming the field, no host reached", () => {
@@ -135,6 +163,8 @@ test("check: defaults, derived ruleset, refusals naming the field, no host reach
     [{ ip: "10.0.0.1/32 -j ACCEPT" }, "ip"],
     [{ driver: "nft" }, "driver"],
     [{ host: "hv9" }, "host"],
+    [{ allowedAddresses: ["10.0.0.9 -j ACCEPT"] }, "allowedAddresses[0]"],
+    [{ allowedAddresses: "10.0.0.9" }, "allowedAddresses"],
     [{ groups: [{ groupName: "a'b", rules: [] }] }, "groups[0].groupName"],
   ] as [Record<string, unknown>, string][]) {
     const f = checkSecurityGroupPortInputs(portRaw(raw)).failures;
