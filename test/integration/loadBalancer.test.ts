@@ -713,7 +713,17 @@ test("security groups on the VIP port: only the admitted listener port answers, 
     ip: VIP,
     driver: "linuxbridge",
     networkBridge: netOuts!.bridge,
-    groups: [{ groupName: "itlb-vipsg", rules: ports.map(tcp) }],
+    // Neutron's default egress rule first (a SecurityGroup adds it): haproxy's health checks and
+    // its connections to the members leave through this same port.
+    groups: [
+      {
+        groupName: "itlb-vipsg",
+        rules: [
+          { ...tcp(0), direction: "egress" as const, protocol: "any" as const, remoteCidr: "" },
+          ...ports.map(tcp),
+        ],
+      },
+    ],
   });
   const get = async (port: number): Promise<string> =>
     (await sh(hv2, `ip netns exec ${CLIENT} curl -s -m 3 http://${VIP}:${port}/ || echo FAILED`)).trim();
