@@ -216,6 +216,42 @@ test("concurrent batches on one host are serialized through the one shell", asyn
   outs.forEach((o, i) => assert.deepEqual(o, [`${i}\n`, `${i}b\n`]));
 });
 
+test("worker shells: a slow step there holds up neither the main shell nor the other workers", async () => {
+  await closeHostSessions();
+  resetHostPoolStats();
+  const flag = path.join(dir, `worker-flag-${process.pid}`);
+  fs.rmSync(flag, { force: true });
+  const order: string[] = [];
+  // Worker A waits (bounded: 15 s) for a file that only worker B creates: if the two batches
+  // shared one shell, B would run after A and A would fail.
+  const a = runChecked(
+    host,
+    [
+      {
+        label: "wait for the flag",
+        script: `i=0; while [ ! -e ${shQuote(flag)} ]; do i=$((i + 1)); [ $i -lt 300 ] || exit 9; sleep 0.05; done; echo a`,
+      },
+    ],
+    { lane: "worker" },
+  ).then((o) => (order.push("worker a"), o));
+  // The main shell answers while worker A is still waiting.
+  const [main] = await runChecked(host, [{ script: "echo main" }]);
+  order.push("main");
+  assert.equal(main, "main\n");
+  const [b] = await runChecked(host, [{ script: `touch ${shQuote(flag)}; echo b` }], { lane: "worker" });
+  order.push("worker b");
+  assert.equal(b, "b\n");
+  assert.deepEqual(await a, ["a\n"]);
+  assert.deepEqual(order, ["main", "worker b", "worker a"]);
+  const stats = hostPoolStats();
+  assert.equal(stats.connectionsOpened, 1, "workers are channels of the one connection");
+  assert.equal(stats.channelsOpened, 3, "the main shell and two worker shells");
+  // An idle worker is reused rather than a new channel opened.
+  await runChecked(host, [{ script: "true" }], { lane: "worker" });
+  assert.equal(hostPoolStats().channelsOpened, 3);
+  fs.rmSync(flag, { force: true });
+});
+
 test("a dropped connection is replaced on the next call", async () => {
   await runChecked(host, [{ script: "true" }]);
   const before = hostPoolStats();
