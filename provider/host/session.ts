@@ -93,6 +93,8 @@ interface HostSession {
   workers?: HostSession[];
   /** Batches queued or running on this shell (for picking the least busy worker). */
   queued?: number;
+  /** Fewer worker shells than MAX_WORKER_SHELLS, after the host refused a channel. */
+  workerLimit?: number;
 }
 
 interface HostPool {
@@ -409,14 +411,15 @@ async function runInShell(
 
 /**
  * A worker shell of `session` for one batch: an idle one, else a new one while there are fewer
- * than MAX_WORKER_SHELLS, else the least busy. Its channel opens on first use (runInShell).
+ * than the limit, else the least busy; undefined when the host allows none (then the batch runs
+ * in the main shell). Its channel opens on first use (runInShell).
  */
-function pickWorker(session: HostSession): HostSession {
+function pickWorker(session: HostSession): HostSession | undefined {
   const workers = (session.workers ??= []);
   const live = workers.filter((w) => !w.dead);
   const idle = live.find((w) => (w.queued ?? 0) === 0);
   if (idle) return idle;
-  if (live.length < MAX_WORKER_SHELLS) {
+  if (live.length < Math.min(MAX_WORKER_SHELLS, session.workerLimit ?? MAX_WORKER_SHELLS)) {
     const w: HostSession = {
       key: `${session.key}#worker${workers.length}`,
       label: session.label,
@@ -435,6 +438,7 @@ function pickWorker(session: HostSession): HostSession {
     workers.push(w);
     return w;
   }
+  if (live.length === 0) return undefined;
   return live.reduce((a, b) => ((b.queued ?? 0) < (a.queued ?? 0) ? b : a));
 }
 
@@ -445,7 +449,10 @@ async function runInWorker(
   opts: RunOptions,
 ): Promise<StepResult[]> {
   const session = await getSession(host);
-  const worker = pickWorker(session);
+  // The main shell opens first, so a host with few sessions per connection never gives its
+  // last one to a worker; until then worker batches run in the main shell.
+  const worker = session.channel ? pickWorker(session) : undefined;
+  if (!worker) return runSteps(host, steps, { ...opts, lane: "main" });
   worker.queued = (worker.queued ?? 0) + 1;
   const run = worker.tail.then(async () => {
     if (worker.dead) throw new Error(`${session.label}: SSH connection lost`);
@@ -461,6 +468,15 @@ async function runInWorker(
   worker.tail = run.catch(() => undefined);
   try {
     return await run;
+  } catch (err) {
+    // A host whose sshd allows fewer sessions per connection (MaxSessions) refuses the extra
+    // channel: this worker is unusable, the batch (which never started) runs in the main shell.
+    if (worker.nextSeq === 0 && err instanceof Error && /cannot open a remote shell/.test(err.message)) {
+      worker.dead = true;
+      session.workerLimit = (session.workers ?? []).filter((w) => !w.dead).length;
+      return runSteps(host, steps, { ...opts, lane: "main" });
+    }
+    throw err;
   } finally {
     worker.queued = (worker.queued ?? 1) - 1;
   }

@@ -219,6 +219,8 @@ test("concurrent batches on one host are serialized through the one shell", asyn
 test("worker shells: a slow step there holds up neither the main shell nor the other workers", async () => {
   await closeHostSessions();
   resetHostPoolStats();
+  // Worker shells open only once the main shell is open.
+  await runChecked(host, [{ script: "true" }]);
   const flag = path.join(dir, `worker-flag-${process.pid}`);
   fs.rmSync(flag, { force: true });
   const order: string[] = [];
@@ -242,7 +244,8 @@ test("worker shells: a slow step there holds up neither the main shell nor the o
   order.push("worker b");
   assert.equal(b, "b\n");
   assert.deepEqual(await a, ["a\n"]);
-  assert.deepEqual(order, ["main", "worker b", "worker a"]);
+  // Worker A finished only after worker B made the flag (its own answer may arrive first).
+  assert.equal(order[0], "main", `the main shell answered while worker A waited: ${order.join(", ")}`);
   const stats = hostPoolStats();
   assert.equal(stats.connectionsOpened, 1, "workers are channels of the one connection");
   assert.equal(stats.channelsOpened, 3, "the main shell and two worker shells");
@@ -250,6 +253,32 @@ test("worker shells: a slow step there holds up neither the main shell nor the o
   await runChecked(host, [{ script: "true" }], { lane: "worker" });
   assert.equal(hostPoolStats().channelsOpened, 3);
   fs.rmSync(flag, { force: true });
+});
+
+test("a host that refuses worker channels (sshd MaxSessions) runs worker batches in the main shell", async () => {
+  await closeHostSessions();
+  const conf = path.join(dir, "sshd_config");
+  const original = fs.readFileSync(conf, "utf8");
+  fs.writeFileSync(conf, `${original}MaxSessions 1\n`);
+  await stopSshd(host.port);
+  await startSshd(host.port);
+  try {
+    resetHostPoolStats();
+    await runChecked(host, [{ script: "true" }]);
+    const outs = await Promise.all(
+      [1, 2, 3].map((i) => runChecked(host, [{ script: `echo w${i}` }], { lane: "worker" })),
+    );
+    assert.deepEqual(outs, [["w1\n"], ["w2\n"], ["w3\n"]]);
+    assert.equal(hostPoolStats().channelsOpened, 1, "only the main shell: the host allows one session");
+    // Once refused, the session stops asking for worker channels.
+    await runChecked(host, [{ script: "true" }], { lane: "worker" });
+    assert.equal(hostPoolStats().channelsOpened, 1);
+  } finally {
+    await closeHostSessions();
+    fs.writeFileSync(conf, original);
+    await stopSshd(host.port);
+    await startSshd(host.port);
+  }
 });
 
 test("a dropped connection is replaced on the next call", async () => {
