@@ -125,7 +125,7 @@ interface OpMetrics {
   waitMs: number;
   /** Readiness probes run (each one remote step). */
   probes: number;
-  /** Milliseconds per phase of kvmlab's own work (create: quota, placement, ipam, claim, info). */
+  /** Milliseconds per phase of kvmlab's own work (create: quota, placement, probe, ipam, claim, info). */
   phases: Record<string, number>;
 }
 
@@ -624,7 +624,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       reserved = await phase(m, "quota", () => reserveServerQuota(inputs));
       host = await phase(m, "placement", () => placeAndClaim(inputs));
       const placed: HostConnection = host;
-      const domainType = await domainTypeOf(placed);
+      const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated));
       // Under the host lock, one round trip: the host has what the server needs, and the image
       // is marked as used (an Image delete refuses from here on).

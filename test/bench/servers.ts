@@ -239,7 +239,7 @@ async function main(argv: string[]): Promise<number> {
   console.log(table(rows));
   console.log(
     "\nSSH connections / remote commands are the provider process's totals (servers, network, subnet, image, flavor) divided by N;" +
-      " waiting = define/start batch, readiness polling; kvmlab itself = the rest of each create (quota, placement, IPAM, the image claim, the final dominfo).",
+      " waiting = define/start batch, readiness polling; kvmlab itself = the rest of each create (quota, placement, the host capability probe, IPAM, the image claim, the final dominfo).",
   );
   return 0;
 }
