@@ -39,6 +39,7 @@ import {
   runChecked,
   runLocked,
   runSteps,
+  sessionKey,
   withNamedHostLock,
   recordPath,
   shQuote,
@@ -68,6 +69,7 @@ import {
   diffServer,
   parseHostLoad,
   planUpdate,
+  withPlaced,
   portOwner,
   serverPaths,
   SERVER_INPUT_KEYS,
@@ -203,6 +205,19 @@ async function placementTurn<T>(fn: () => Promise<T>): Promise<T> {
   return mine;
 }
 
+/** A create waiting for its placement turn. */
+interface PlacementRequest {
+  inputs: ServerInputs;
+  resolve: (host: HostConnection) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Creates waiting for placement in this process, per set of hosts. */
+function placementQueue(): Map<string, PlacementRequest[]> {
+  const g = globalThis as unknown as Record<symbol, Map<string, PlacementRequest[]> | undefined>;
+  return (g[Symbol.for("kvmlab.serverPlacementQueue.v1")] ??= new Map());
+}
+
 /** Reads every candidate host's load (one batch per host, in parallel). */
 async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> {
   return Promise.all(
@@ -230,31 +245,89 @@ export function serverOwned(serverName: string): OwnedObject {
 /**
  * Picks the host (or takes the pin), claims the server there for its owner (refused when
  * another owner holds the name) and writes the placement record.
+ *
+ * One turn serves every create of this process that waits for placement over the same hosts:
+ * one placement lock, one reading of the hosts, then each server in turn (each counting the
+ * ones placed before it), claims in parallel across hosts. N parallel creates take a few turns
+ * instead of N (issue 13); the accounting is the same as N turns in a row.
  */
 async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
-  const hosts = inputs.hosts;
+  // Same hosts: same names, addresses, keys and pins (a turn uses the first request's).
+  const group = inputs.hosts
+    .map((h) => `${h.name}=${sessionKey(h)}`)
+    .sort()
+    .join(",");
+  return new Promise<HostConnection>((resolve, reject) => {
+    const queue = placementQueue();
+    queue.set(group, [...(queue.get(group) ?? []), { inputs, resolve, reject }]);
+    void placementTurn(async () => {
+      const batch = queue.get(group) ?? [];
+      queue.delete(group);
+      // An earlier turn took this request along.
+      if (batch.length > 0) await placeBatch(batch);
+    });
+  });
+}
+
+/** One placement turn for `batch` (same hosts): settles every request, never throws. */
+async function placeBatch(batch: PlacementRequest[]): Promise<void> {
+  const hosts = batch[0].inputs.hosts;
   // Across processes: every placement over these hosts holds the placement lock of the same
   // controller (the host with the lowest address), so two `up`s never count the same free RAM.
   const controller = [...hosts].sort((a, b) =>
     `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
   )[0];
-  return placementTurn(() =>
-    withNamedHostLock(controller, "placement", async () => {
-      const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
-      const loads = await hostLoads(candidates);
-      // A create run again (after a failure or lost state) converges on the host it claimed.
-      const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
-      const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
-      if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
-      const host = hostNamed(hosts, choice.host);
-      await runLocked(host, [
-        claimStep(serverOwned(inputs.serverName), inputs.owner),
-        nameFreeStep(inputs),
-        recordStep(inputs, []),
-      ]);
-      return host;
-    }),
-  );
+  const pending = new Set(batch);
+  const settle = (r: PlacementRequest, outcome: { host: HostConnection } | { error: unknown }) => {
+    if (!pending.delete(r)) return;
+    if ("host" in outcome) r.resolve(outcome.host);
+    else r.reject(outcome.error);
+  };
+  try {
+    await withNamedHostLock(controller, "placement", async () => {
+      const candidatesOf = (i: ServerInputs) =>
+        i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts;
+      const wanted = hosts.filter((h) => batch.some((r) => candidatesOf(r.inputs).includes(h)));
+      const loads = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+      const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
+      for (const r of batch) {
+        const i = r.inputs;
+        const candidates = candidatesOf(i).map((h) => loads.get(h.name) as HostLoad);
+        // A create run again (after a failure or lost state) converges on the host it claimed.
+        const mine = candidates.find((l) => l.serverUuids.includes(i.uuid));
+        const choice = mine ? { host: mine.host } : chooseHost(candidates, i.flavor);
+        if ("error" in choice) {
+          settle(r, { error: new Error(`placement of server ${i.serverName}: ${choice.error}`) });
+          continue;
+        }
+        if (!mine) loads.set(choice.host, withPlaced(loads.get(choice.host) as HostLoad, i));
+        const host = hostNamed(hosts, choice.host);
+        const entry = claims.get(choice.host) ?? { host, requests: [] };
+        entry.requests.push(r);
+        claims.set(choice.host, entry);
+      }
+      await Promise.all(
+        [...claims.values()].map(async ({ host, requests }) => {
+          for (const r of requests) {
+            try {
+              await runLocked(host, [
+                claimStep(serverOwned(r.inputs.serverName), r.inputs.owner),
+                nameFreeStep(r.inputs),
+                recordStep(r.inputs, []),
+              ]);
+              settle(r, { host });
+            } catch (err) {
+              settle(r, { error: err });
+            }
+          }
+        }),
+      );
+    });
+  } catch (err) {
+    for (const r of [...pending]) settle(r, { error: err });
+  }
+  // Unreachable unless a bug left one open: never leave a create waiting forever.
+  for (const r of [...pending]) settle(r, { error: new Error("placement turn ended without an answer") });
 }
 
 function serialTail(text: string): string {
