@@ -470,6 +470,17 @@ test(
       );
     }
     timings.roleGuestsToHttp = Date.now() - t0;
+    // httpd answers before dropbear is up: LAB-READY comes after the SSH server (and LAB-SSH).
+    for (const g of guests) {
+      await waitFor(
+        `LAB-READY on ${g.name}'s console`,
+        async () => {
+          const log = await sshCheck(st, "hv1", `cat /var/log/kvmlab-${g.name}.console`);
+          return log.includes(`LAB-READY name=${g.name} `) ? true : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 500 },
+      );
+    }
 
     // The chain: the web fetches the WAS, the WAS reads the database's line.
     const chain = await httpGet(st, webIp, "/", 15_000);
