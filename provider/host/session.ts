@@ -36,7 +36,19 @@ export interface RunOptions {
   readonly stopOnError?: boolean;
   /** Time limit for the whole batch. @default 120000 */
   readonly timeoutMs?: number;
+  /**
+   * "worker": run in one of the host's worker shells (more exec channels on the same
+   * connection, opened on demand, at most {@link MAX_WORKER_SHELLS}) instead of the main shell,
+   * so a slow step (virsh define/start, a readiness probe) does not hold up the quick steps of
+   * other operations queued behind it in the main shell. Worker shells never hold a lock: use
+   * it only for steps that need none (not inside withHostLock's fn, not with runLocked).
+   * @default "main"
+   */
+  readonly lane?: "main" | "worker";
 }
+
+/** Worker shells per host connection (sshd's MaxSessions is 10 by default; SFTP uses one). */
+export const MAX_WORKER_SHELLS = 6;
 
 /** The parts of an ssh2 exec channel the shell uses (ssh2 ships no types here). */
 interface ShellChannel {
@@ -54,6 +66,7 @@ interface SshClient {
   on(event: "close" | "end", fn: () => void): unknown;
   on(event: "error", fn: (err: Error) => void): unknown;
   exec(command: string, cb: (err: Error | undefined, channel: ShellChannel) => void): unknown;
+  setNoDelay?(noDelay: boolean): unknown;
   _sock?: { ref(): void; unref(): void };
 }
 
@@ -76,6 +89,12 @@ interface HostSession {
   } | null;
   dead: boolean;
   fingerprint: string;
+  /** Worker shells on the same connection (same shape; their `workers` stay empty). */
+  workers?: HostSession[];
+  /** Batches queued or running on this shell (for picking the least busy worker). */
+  queued?: number;
+  /** Fewer worker shells than MAX_WORKER_SHELLS, after the host refused a channel. */
+  workerLimit?: number;
 }
 
 interface HostPool {
@@ -219,6 +238,11 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
   }
   // The first key seen at this address pins every later connection of the run.
   if (!pool.observedKeys.has(observedKeyOf(host))) pool.observedKeys.set(observedKeyOf(host), seen);
+  // No Nagle on our side: ssh2 writes one SSH packet in more than one socket write, so with
+  // Nagle each batch's second write waited for the host's delayed ACK (~40 ms on Linux) and
+  // every sequential round trip through the shell cost ~45 ms instead of ~1 ms (measured
+  // against a local sshd; host-session.test.ts prints it).
+  (ssh.connection as unknown as SshClient | null)?.setNoDelay?.(true);
   return { ssh, fingerprint: seen };
 }
 
@@ -268,9 +292,11 @@ async function getSession(host: HostConnection): Promise<HostSession> {
     };
     const conn = ssh.connection as unknown as SshClient;
     const onGone = (why: string): void => {
-      session.dead = true;
-      session.channel = null;
-      failCurrent(session, new Error(`${session.label}: SSH connection lost (${why})`));
+      for (const s of [session, ...(session.workers ?? [])]) {
+        s.dead = true;
+        s.channel = null;
+        failCurrent(s, new Error(`${session.label}: SSH connection lost (${why})`));
+      }
     };
     conn.on("close", () => onGone("closed"));
     conn.on("end", () => onGone("ended"));
@@ -383,6 +409,79 @@ async function runInShell(
   });
 }
 
+/**
+ * A worker shell of `session` for one batch: an idle one, else a new one while there are fewer
+ * than the limit, else the least busy; undefined when the host allows none (then the batch runs
+ * in the main shell). Its channel opens on first use (runInShell).
+ */
+function pickWorker(session: HostSession): HostSession | undefined {
+  const workers = (session.workers ??= []);
+  const live = workers.filter((w) => !w.dead);
+  const idle = live.find((w) => (w.queued ?? 0) === 0);
+  if (idle) return idle;
+  if (live.length < Math.min(MAX_WORKER_SHELLS, session.workerLimit ?? MAX_WORKER_SHELLS)) {
+    const w: HostSession = {
+      key: `${session.key}#worker${workers.length}`,
+      label: session.label,
+      ssh: session.ssh,
+      channel: null,
+      parser: null,
+      marker: "",
+      nextSeq: 0,
+      tail: Promise.resolve(),
+      busy: 0,
+      current: null,
+      dead: session.dead,
+      fingerprint: session.fingerprint,
+      queued: 0,
+    };
+    workers.push(w);
+    return w;
+  }
+  if (live.length === 0) return undefined;
+  return live.reduce((a, b) => ((b.queued ?? 0) < (a.queued ?? 0) ? b : a));
+}
+
+/** Runs one batch in a worker shell of the host's session (see RunOptions.lane). */
+async function runInWorker(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: RunOptions,
+): Promise<StepResult[]> {
+  const session = await getSession(host);
+  // The main shell opens first, so a host with few sessions per connection never gives its
+  // last one to a worker; until then worker batches run in the main shell.
+  const worker = session.channel ? pickWorker(session) : undefined;
+  if (!worker) return runSteps(host, steps, { ...opts, lane: "main" });
+  worker.queued = (worker.queued ?? 0) + 1;
+  const run = worker.tail.then(async () => {
+    if (worker.dead) throw new Error(`${session.label}: SSH connection lost`);
+    session.busy += 1;
+    holdSocket(session, true);
+    try {
+      return await runInShell(worker, steps, opts);
+    } finally {
+      session.busy -= 1;
+      if (session.busy === 0 && !session.dead) holdSocket(session, false);
+    }
+  });
+  worker.tail = run.catch(() => undefined);
+  try {
+    return await run;
+  } catch (err) {
+    // A host whose sshd allows fewer sessions per connection (MaxSessions) refuses the extra
+    // channel: this worker is unusable, the batch (which never started) runs in the main shell.
+    if (worker.nextSeq === 0 && err instanceof Error && /cannot open a remote shell/.test(err.message)) {
+      worker.dead = true;
+      session.workerLimit = (session.workers ?? []).filter((w) => !w.dead).length;
+      return runSteps(host, steps, { ...opts, lane: "main" });
+    }
+    throw err;
+  } finally {
+    worker.queued = (worker.queued ?? 1) - 1;
+  }
+}
+
 /** Naive transport (benchmark baseline): a new connection and exec per step. */
 async function runNaive(
   host: HostConnection,
@@ -431,6 +530,7 @@ export async function runSteps(
   pool.stats.batches += 1;
   pool.stats.steps += steps.length;
   if (pool.mode === "naive") return runNaive(host, steps, opts);
+  if (opts.lane === "worker") return runInWorker(host, steps, opts);
   for (let attempt = 0; ; attempt++) {
     const session = await getSession(host);
     // The flock of withHostLock lives in one shell: a batch on any other session (after a
@@ -640,11 +740,14 @@ export async function closeHostSessions(): Promise<void> {
     const s = await p.catch(() => null);
     if (!s) continue;
     await s.tail.catch(() => undefined);
-    s.dead = true;
-    try {
-      s.channel?.end();
-    } catch {
-      // already closed
+    await Promise.all((s.workers ?? []).map((w) => w.tail.catch(() => undefined)));
+    for (const shell of [s, ...(s.workers ?? [])]) {
+      shell.dead = true;
+      try {
+        shell.channel?.end();
+      } catch {
+        // already closed
+      }
     }
     s.ssh.dispose();
   }

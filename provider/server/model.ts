@@ -640,6 +640,23 @@ export function chooseHost(
   return { host: best.load.host };
 }
 
+/**
+ * Counts a server just placed on a load (pure; a new object): one placement turn places several
+ * servers from one reading of the hosts, each seeing the ones placed before it.
+ */
+export function withPlaced(
+  load: HostLoad,
+  server: { uuid: string; flavor: Pick<ServerFlavor, "vcpus" | "ramMiB"> },
+): HostLoad {
+  return {
+    ...load,
+    allocatedRamMiB: load.allocatedRamMiB + server.flavor.ramMiB,
+    allocatedVcpus: load.allocatedVcpus + server.flavor.vcpus,
+    servers: load.servers + 1,
+    serverUuids: [...load.serverUuids, server.uuid],
+  };
+}
+
 /** Parses the stats step's output into a HostLoad (pure). */
 export function parseHostLoad(host: string, stdout: string): HostLoad {
   const lines = stdout.split("\n");

@@ -152,6 +152,16 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
   return steps;
 }
 
+/**
+ * The image's user marker for the server, when it uses an image of the store (empty otherwise).
+ * Create writes it under the host lock before anything refers to the image, so an Image delete
+ * (which checks the markers under the same lock) refuses from then on; the slow rest of the
+ * create (seed, overlay, define, start) then runs without the lock.
+ */
+export function imageUseSteps(inputs: Pick<ServerInputs, "image" | "serverName">): Step[] {
+  return usesStoreImage(inputs.image) ? [imageUserStep(inputs.image.name, inputs.serverName, true)] : [];
+}
+
 /** Writes the server's record (placement counts it). */
 export function recordStep(inputs: ServerInputs, addresses: { ip: string; mac: string }[]): Step {
   return writeRecordStep("server", inputs.serverName, serverRecord(inputs, addresses));

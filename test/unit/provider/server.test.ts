@@ -15,6 +15,7 @@ import {
   parseHostLoad,
   planText,
   serverProvider,
+  withPlaced,
   type HostLoad,
   type ServerInputs,
   type ServerOutputs,
@@ -224,6 +225,39 @@ test("placement: most free RAM among the hosts that fit; an error names every ho
   assert.match(none.error, /hv1: 192 MiB RAM free, needs 512; hv2: 88 MiB RAM free, needs 512/);
   const busy = chooseHost([{ ...load("hv1", 0), allocatedVcpus: 8 }], { vcpus: 1, ramMiB: 128 });
   assert.ok("error" in busy && /hv1: 0 vCPUs free, needs 1/.test(busy.error));
+});
+
+test("one placement turn for several servers counts each placed server before choosing the next", () => {
+  const load = (host: string, memTotalMiB: number): HostLoad => ({
+    host,
+    memTotalMiB,
+    memAvailableMiB: 4096,
+    cpus: 2,
+    allocatedRamMiB: 0,
+    allocatedVcpus: 0,
+    servers: 0,
+    serverUuids: [],
+  });
+  // Room for three 128 MiB servers on hv1 (896 - 512 reserved = 384), one on hv2 (640 - 512).
+  let loads = [load("hv1", 896), load("hv2", 640)];
+  const placed: string[] = [];
+  for (const uuid of ["a", "b", "c", "d", "e"]) {
+    const flavor = { vcpus: 1, ramMiB: 128 };
+    const choice = chooseHost(loads, flavor);
+    if ("error" in choice) {
+      placed.push("none");
+      continue;
+    }
+    placed.push(choice.host);
+    loads = loads.map((l) => (l.host === choice.host ? withPlaced(l, { uuid, flavor }) : l));
+  }
+  // Without counting, all five would land on hv1 (most free RAM at the one reading).
+  // (c: equal free RAM, hv2 has more free vCPUs.)
+  assert.deepEqual(placed, ["hv1", "hv1", "hv2", "hv1", "none"]);
+  assert.deepEqual(loads[0].serverUuids, ["a", "b", "d"]);
+  assert.equal(loads[0].allocatedRamMiB, 384);
+  assert.equal(loads[0].allocatedVcpus, 3);
+  assert.equal(loads[1].servers, 1);
 });
 
 test("parsers read what the host steps print", () => {
