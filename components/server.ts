@@ -30,6 +30,7 @@ import { Image } from "../provider/image";
 import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
+import type { ProjectRef } from "../provider/kit";
 
 // The pure pieces a program may want beside the component (defined in core/ and templates/).
 export { imageStorePaths } from "../core/paths";
@@ -117,8 +118,8 @@ export interface ServerArgs {
    * the console proxy). "0.0.0.0" opens it to every network the host is on.
    */
   readonly consoleListen?: string;
-  /** Owning project (a Project's `recordId`, `<domain>/<name>`): its quotas are enforced at create and resize. @default "" (none) */
-  readonly project?: pulumi.Input<string>;
+  /** Owning project (a Project, its `recordId` or a name): its quotas are enforced at create and resize. @default the stack's `kvmlab:project`, else none */
+  readonly project?: ProjectRef;
   /** User the `consoleCommand` output names (the stack's current user). @default "admin" */
   readonly consoleUser?: string;
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
@@ -322,7 +323,7 @@ export class Server extends pulumi.ComponentResource {
         cloudInit: rendered.cloudInit,
         powerState: args.powerState ?? "running",
         readiness: { kind: ports.length > 0 ? "dhcp" : "none", ...(args.readiness ?? {}) },
-        project: args.project ?? "",
+        project: args.project,
       },
       { parent: this },
     );

@@ -45,7 +45,6 @@ import {
   type Step,
 } from "./host";
 import { allocateAddress, releaseAddress } from "./ipam";
-import { reserveQuota, releaseQuota } from "./quota";
 import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
@@ -59,7 +58,9 @@ import {
   releaseOwnerStep,
   type HostConnectionArgs,
   type OwnedObject,
+  type ProjectRef,
 } from "./kit";
+import { charges } from "./quota";
 import {
   checkServerInputs,
   chooseHost,
@@ -535,21 +536,6 @@ function guardedDelete(o: Pick<ServerInputs, "serverName" | "uuid" | "image">, o
 }
 
 /**
- * Reserves the server's quota in its project on the controller (hosts[0]), held by its UUID (two
- * stacks may both have a `web1` in one project); false when it has no project.
- */
-async function reserveServerQuota(i: ServerInputs): Promise<boolean> {
-  if (!i.project) return false;
-  const usage = serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length);
-  await reserveQuota(i.hosts[0], i.project, `server:${i.uuid}`, usage);
-  return true;
-}
-
-async function releaseServerQuota(i: ServerInputs): Promise<void> {
-  if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.uuid}`);
-}
-
-/**
  * Revokes the one-off migration key on the destination (three tries). Returns "" when it is
  * gone, else the text to append to the error (a key left authorized is reported, never hidden).
  */
@@ -587,16 +573,19 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   secretOutputs: ["hosts"],
   check: (news, olds) => checkServerInputs(news, olds),
   diff: diffServer,
+  // Charged by the kit before create (a refused server leaves nothing), resized first at update.
+  quota: charges(
+    (i) => serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length),
+    (o) => [`server:${o.uuid}`],
+  ),
 
   async create(inputs) {
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
     let addresses: ServerAddress[] = [];
     const allocated: number[] = [];
-    let reserved = false;
     try {
-      // Quota first, under the controller's lock: a refused server leaves nothing behind.
-      reserved = await reserveServerQuota(inputs);
+      // (The kit reserved the quota before this call: see `quota` below.)
       host = await placeAndClaim(inputs);
       const domainType = await domainTypeOf(host);
       addresses = await allocatePorts(inputs, allocated);
@@ -624,7 +613,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // refused for a name another owner holds touches nothing.
       if (host) await runLocked(host, guardedDelete(inputs, inputs.owner)).catch(() => undefined);
       await releasePorts(inputs, allocated).catch(() => undefined);
-      if (reserved) await releaseServerQuota(inputs).catch(() => undefined);
       throw err;
     }
   },
@@ -645,12 +633,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async update(_id, olds, news) {
     const m = startMetrics("update", news.serverName);
     const plan = planUpdate(olds, news);
-    // Resize or a new project: reserve the new size first (refused → nothing changes).
-    const oldProject = olds.project ?? "";
-    if (news.project !== oldProject || canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
-      await reserveServerQuota(news);
-      if (oldProject !== "" && oldProject !== news.project) await releaseServerQuota(olds);
-    }
     if (news.image.kind === "disk" && news.flavor.diskGiB < olds.flavor.diskGiB) {
       throw new Error(
         `flavor: ${news.flavor.name} has a ${news.flavor.diskGiB} GiB disk, smaller than the ${olds.flavor.diskGiB} GiB the server has; disks do not shrink: pick a flavor with diskGiB >= ${olds.flavor.diskGiB} or replace the server`,
@@ -701,7 +683,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const host = hostNamed(olds.hosts, olds.host);
     await waited(m, () => runLocked(host, guardedDelete(olds, ownerIn(olds))));
     await releasePorts(olds);
-    await releaseServerQuota(olds);
     finishMetrics(m, { host: host.name });
   },
 });
@@ -728,8 +709,8 @@ export interface ServerResourceArgs {
   readonly readiness?: pulumi.Input<Partial<Readiness>>;
   /** Owner of the host objects. @default set by the kit: "<project>/<stack>/Server/<name>" */
   readonly owner?: pulumi.Input<string>;
-  /** Project (`<domain>/<name>`, a Project's recordId) whose quotas it counts against. @default "" (none) */
-  readonly project?: pulumi.Input<string>;
+  /** Project whose quotas it counts against (see InProjectArgs). @default the stack's `kvmlab:project`, else none */
+  readonly project?: ProjectRef;
 }
 
 /** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */
