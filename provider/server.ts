@@ -60,6 +60,7 @@ import {
   type OwnedObject,
   type ProjectRef,
 } from "./kit";
+import { fillManagementListen, MANAGEMENT_ADDRESS_PLACEHOLDER } from "../templates/vncListen";
 import { charges } from "./quota";
 import {
   checkServerInputs,
@@ -440,7 +441,7 @@ async function migrateServer(
     [
       ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
       preflightStep(olds),
-      ...materializeSteps(olds, xml, { define: false }),
+      ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
     ],
     {
       timeoutMs: 120000,
@@ -483,7 +484,7 @@ async function migrateServer(
           uploadStep(`${migrationDir(olds.serverName)}/known_hosts`, knownHostsText(dst, keys), {
             mode: "0600",
           }),
-          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240),
+          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240, vncMove(xml, src, dst)),
         ],
         { timeoutMs: 260000 },
       ),
@@ -525,6 +526,25 @@ async function migrateServer(
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
   await runLocked(src, guardedDelete(olds, ownerIn(olds)));
   return migratedMs;
+}
+
+/**
+ * The domain XML for `host`: a console listening on "management" (templates/domain.ts) gets the
+ * management address of the host placement chose (or the migration's destination), validated.
+ */
+function listenOn(xml: string, host: HostConnection): string {
+  return fillManagementListen(xml, host.address, `host ${host.name}`);
+}
+
+/** The VNC listen address a migration moves from and to (only for a "management" console). */
+function vncMove(
+  xml: string,
+  src: HostConnection,
+  dst: HostConnection,
+): { from: string; to: string } | undefined {
+  return xml.includes(MANAGEMENT_ADDRESS_PLACEHOLDER)
+    ? { from: listenOn(xml, src) && src.address, to: listenOn(xml, dst) && dst.address }
+    : undefined;
 }
 
 /** The delete batch: refuses another owner's server first (no guard for state from before owners). */
@@ -594,7 +614,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           host as HostConnection,
           [
             preflightStep(inputs),
-            ...materializeSteps(inputs, inputs.domainXml[domainType]),
+            ...materializeSteps(inputs, listenOn(inputs.domainXml[domainType], host as HostConnection)),
             recordStep(inputs, addresses),
           ],
           {
@@ -661,7 +681,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           host,
           [
             preflightStep(news),
-            ...materializeSteps(news, news.domainXml[type]),
+            ...materializeSteps(news, listenOn(news.domainXml[type], host)),
             recordStep(news, olds.addresses),
           ],
           { timeoutMs: 180000 },

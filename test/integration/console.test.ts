@@ -9,8 +9,10 @@
  * screen size; the screenshot is kept as test-artifacts/console-<server>.png; a user without a
  * role on the project is refused by the command; the proxy refuses an expired token, the token
  * rewritten for another server, and a made-up token (noVNC never connects); the VNC port answers
- * on the host's management address and on no other address; deleting the proxy stops websockify
- * and removes every token.
+ * on the host's management address and on no other address (the Server asked for "management" and
+ * the provider filled in the placed host's address); a second stack's ConsoleProxy on the same
+ * controller is refused naming the first and leaves it serving; deleting the proxy stops
+ * websockify and removes every token.
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -92,8 +94,8 @@ function serverInputs(name: string): ServerInputs {
     publicKeys: [],
     userName: "kvmlab",
     userData: {},
-    // The management address (issue 15 makes it the default; this test does not rely on that).
-    consoleListen: hosts[0].address,
+    // "management": the provider fills in the address of the host placement chose.
+    consoleListen: "management",
   });
   const { inputs, failures } = checkServerInputs({
     serverName: name,
@@ -262,6 +264,32 @@ test("the VNC port answers on the management address and on no other address of 
   );
   assert.match(out, /closed 127\.0\.0\.1/);
   assert.doesNotMatch(out, /^open /m, out);
+});
+
+test("the domain listens on the placed host's management address, filled in by the provider", async () => {
+  const out = await sshCheck(
+    status,
+    hosts[0].name,
+    'virsh -c qemu:///system dumpxml con1 | grep -E "<graphics|<listen"',
+  );
+  assert.match(out, new RegExp(`listen='${hosts[0].address.replace(/\./g, "\\.")}'`), out);
+  assert.doesNotMatch(out, /kvmlab-management-address|127\.0\.0\.1/, out);
+});
+
+test("a second stack's ConsoleProxy on the same controller is refused; neither its create nor its delete touches the first", async () => {
+  const other = checkConsoleProxyInputs({ hosts, owner: "other/dev/ConsoleProxy/console" });
+  assert.deepEqual(other.failures, []);
+  await assert.rejects(
+    consoleProxyProvider.create!(other.inputs as never),
+    /the console proxy on this host belongs to .*ConsoleProxy\/console, not to other\/dev\/ConsoleProxy\/console/,
+  );
+  await assert.rejects(
+    consoleProxyProvider.delete!("console", { ...proxy!, owner: "other/dev/ConsoleProxy/console" } as never),
+    /belongs to/,
+  );
+  // The first proxy still serves its tokens.
+  const t = await issueConsoleToken(hosts, "con1", "Default/viewer");
+  assert.equal((await openConsole(t.url)).status, "Connected to QEMU (con1)");
 });
 
 test("deleting the proxy stops websockify and removes every token", async () => {
