@@ -31,7 +31,7 @@ import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
 import type { ProjectRef } from "../provider/kit";
-import { MANAGEMENT_LISTEN } from "../templates/vncListen";
+import { MANAGEMENT_LISTEN } from "../core/vncListen";
 
 // The pure pieces a program may want beside the component (defined in core/ and templates/).
 export { imageStorePaths } from "../core/paths";

@@ -60,7 +60,7 @@ import {
   type OwnedObject,
   type ProjectRef,
 } from "./kit";
-import { fillManagementListen, MANAGEMENT_ADDRESS_PLACEHOLDER } from "../templates/vncListen";
+import { fillManagementListen, MANAGEMENT_ADDRESS_PLACEHOLDER } from "../core/vncListen";
 import { charges } from "./quota";
 import {
   checkServerInputs,

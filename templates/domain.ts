@@ -9,7 +9,7 @@
  */
 import { FLAVOR_LIMITS, type FlavorDomainSettings, type IoTuneKey } from "../core/flavor";
 import { ipToInt } from "../core/net";
-import { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN } from "./vncListen";
+import { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN } from "../core/vncListen";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import {
@@ -376,4 +376,4 @@ export function renderDomainXml(view: DomainView): string {
   return renderTemplate("libvirt/domain.xml", view);
 }
 
-export { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN, fillManagementListen } from "./vncListen";
+export { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN, fillManagementListen } from "../core/vncListen";

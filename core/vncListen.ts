@@ -4,8 +4,8 @@
  * fills it with the chosen host's management address through {@link fillManagementListen}.
  * Pure, and free of the template engine (the provider's serialized code carries it).
  */
-import { ipToInt } from "../core/net";
-import { FieldError } from "../core/errors";
+import { ipToInt } from "./net";
+import { FieldError } from "./errors";
 
 /** `vnc.listen` / the Server's `consoleListen`: the management address of the host placement chose. */
 export const MANAGEMENT_LISTEN = "management";
