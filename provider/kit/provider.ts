@@ -191,7 +191,8 @@ export function defineResource<I extends object, O extends I>(spec: ResourceSpec
       if (quota) {
         const project = (news as unknown as { project?: unknown }).project ?? "";
         const reason = checkProjectRef(project);
-        if (reason) failures.push({ property: "project", reason });
+        if (reason && !failures.some((f) => f.property === "project"))
+          failures.push({ property: "project", reason });
         inputs.project = project;
       }
       return { inputs: inputs as unknown as I, failures };
@@ -256,7 +257,8 @@ export function defineResource<I extends object, O extends I>(spec: ResourceSpec
         }
         throw e;
       }
-      if (changed && before && chargeMoves(before, after)) await release(both, before);
+      if (changed && before && chargeMoves(before, after))
+        await release(both, before, quota?.legacyHolders?.(pinnedOlds) ?? []);
       return { outs: withController(recorded(outs, news, pinnedNews, old), after, "") };
     },
     async delete(id, olds) {

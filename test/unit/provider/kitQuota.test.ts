@@ -105,6 +105,7 @@ function toy(ledger: QuotaLedger, failCreate = false, failUpdate = false) {
     quota: {
       usage: (i: ToyIn): Usage => ({ securityGroups: 1, securityGroupRules: i.rules.length }),
       ledger,
+      legacyHolders: (o: ToyIn) => [`toy:${o.name}`],
     },
   };
   return { p: defineResource(spec).provider, ran };
@@ -202,7 +203,17 @@ test("kit quota: delete releases on the recorded controller even after the hosts
   const { p } = toy(f.ledger);
   const outs = (await p.create!(inputs())).outs as ToyOut;
   await p.delete!("g", { ...outs, hosts: [host("hv2"), host("ctl")] });
-  assert.deepEqual(f.calls.at(-1), "release ctl Default/demo p/s/Toy/g");
+  assert.deepEqual(f.calls.at(-1), "release ctl Default/demo p/s/Toy/g,toy:g");
+  assert.deepEqual(f.held("ctl", "Default/demo"), {});
+});
+
+test("kit quota: a state from before quotaController releases on hosts[0], its legacy holder too", async () => {
+  const f = fakeLedger({});
+  const { p } = toy(f.ledger);
+  await f.ledger.reserve(host("ctl"), "Default/demo", "toy:g", { securityGroups: 1 });
+  const old = { ...inputs(), hostKeys: {} }; // no quotaController: written before the kit charged
+  await p.delete!("g", old);
+  assert.deepEqual(f.calls.at(-1), "release ctl Default/demo p/s/Toy/g,toy:g");
   assert.deepEqual(f.held("ctl", "Default/demo"), {});
 });
 
