@@ -146,7 +146,7 @@ after(async () => {
 async function openConsole(
   url: string,
   screenshot?: string,
-): Promise<{ status: string; width: number; height: number }> {
+): Promise<{ status: string; width: number; height: number; textRows: number }> {
   const puppeteer = require("puppeteer-core") as typeof import("puppeteer-core");
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
@@ -172,7 +172,20 @@ async function openConsole(
     if (text.startsWith("Connected to")) await new Promise((r) => setTimeout(r, 4000)); // let frames arrive
     const size = await page.evaluate(() => {
       const c = document.querySelector("#screen canvas") as HTMLCanvasElement | null;
-      return { width: c?.width ?? 0, height: c?.height ?? 0 };
+      // Text rows on the guest's screen: 16-pixel bands holding any non-black pixel (VGA text
+      // mode). SeaBIOS alone fills a handful; kernel and init output on tty0 fill many more.
+      let textRows = 0;
+      const ctx = c?.getContext("2d");
+      if (c && ctx && c.width > 0)
+        for (let y = 0; y + 16 <= c.height; y += 16) {
+          const d = ctx.getImageData(0, y, c.width, 16).data;
+          for (let i = 0; i < d.length; i += 4)
+            if (d[i] + d[i + 1] + d[i + 2] > 96) {
+              textRows++;
+              break;
+            }
+        }
+      return { width: c?.width ?? 0, height: c?.height ?? 0, textRows };
     });
     if (screenshot) await page.screenshot({ path: screenshot });
     return { status: text, ...size };
@@ -206,6 +219,9 @@ test(
       `the canvas has the guest's screen size: ${JSON.stringify(seen)}`,
     );
     assert.ok(fs.statSync(shot).size > 5000);
+    // The guest's own output (kernel messages and its LAB-READY line on tty0), not only SeaBIOS.
+    console.log(`# console canvas: ${seen.textRows} of ${Math.floor(seen.height / 16)} text rows in use`);
+    assert.ok(seen.textRows > 8, `the screen shows only ${seen.textRows} text rows (SeaBIOS alone)`);
   },
 );
 
