@@ -52,6 +52,7 @@ import {
   type DiffResult,
   type HostConnectionArgs,
   type OwnedObject,
+  type InProjectArgs,
 } from "./kit";
 
 /** websockify's token plugin (Python, loaded by websockify from the console folder). */
@@ -256,7 +257,7 @@ const consoleProxy = defineResource<ConsoleProxyInputs, ConsoleProxyOutputs>({
 });
 export const consoleProxyProvider = consoleProxy.provider;
 
-export interface ConsoleProxyArgs {
+export interface ConsoleProxyArgs extends InProjectArgs {
   /** @default "" (the controller's management address) */
   readonly listenAddress?: pulumi.Input<string>;
   /** @default 6080 (Nova's novncproxy port) */

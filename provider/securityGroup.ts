@@ -354,7 +354,7 @@ export class SecurityGroup extends KvmlabResource<SecurityGroupInputs, SecurityG
 
 // ---------------------------------------------------------------- SecurityGroupPort
 
-export interface SecurityGroupPortArgs {
+export interface SecurityGroupPortArgs extends InProjectArgs {
   /** A unique port name, e.g. `<server>-<index>`. */
   readonly portName: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
