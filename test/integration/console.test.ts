@@ -45,6 +45,7 @@ import {
   sshCheck,
   startSandbox,
   stopSandbox,
+  waitFor,
   type SandboxStatus,
 } from "../support/sandbox";
 
@@ -196,9 +197,23 @@ async function openConsole(
 
 test(
   "kvmlab console prints a URL; Chromium shows a live connection to that server's console",
-  { timeout: 180_000 },
+  { timeout: 360_000 },
   async () => {
     assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+    // The guest has booted (its LAB-READY line on the serial console) before the screen is read.
+    const serial = (
+      made.find((m) => (m.outs as { serverName?: string }).serverName === "con1")!.outs as {
+        serialLog: string;
+      }
+    ).serialLog;
+    await waitFor(
+      "con1's LAB-READY line on its serial console",
+      async () =>
+        (await sshCheck(status, hosts[0].name, `grep -c LAB-READY ${serial} 2>/dev/null; true`)).trim() > "0"
+          ? true
+          : undefined,
+      { timeoutMs: 180_000, intervalMs: 2000 },
+    );
     const r = await kvmlab(["console", "con1", "--user", "viewer", "--sandbox", INSTANCE], {
       timeoutMs: 60_000,
     });

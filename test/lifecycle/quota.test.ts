@@ -166,6 +166,10 @@ test(
     console.log(
       `# ${seen.length} samples: ledger max ${maxLedger} instances, domains max ${maxDomains}; a ${a.json!.ok ? "ok" : "refused"}, b ${b.json!.ok ? "ok" : "refused"}`,
     );
+    for (const [s, r] of Object.entries(runs))
+      console.log(
+        `# stack ${s} errors:\n${r.json!.errors.map((e) => `#   ${e.split("\n").join("\n#   ")}`).join("\n")}`,
+      );
     assert.ok(seen.length > 0);
     assert.ok(maxLedger <= LIMIT, `the ledger counted ${maxLedger} instances at one point`);
     assert.ok(maxDomains <= LIMIT, `${maxDomains} domains were defined at one point`);
