@@ -118,7 +118,9 @@ before(async () => {
   status = await startSandbox(INSTANCE, 1);
   hosts = sandboxHostConnections(status);
   await runChecked(hosts[0], [{ label: "image dir", script: "mkdir -p /var/lib/kvmlab/images/conimg" }]);
-  await sftpPut(hosts[0], status.image.kernel, "/var/lib/kvmlab/images/conimg/kernel");
+  // The distribution's bzImage, not the PVH vmlinux other tests boot: a PVH-booted kernel gets no
+  // VGA text console (no screen_info from real-mode setup), so tty0 would show nothing on VNC.
+  await sftpPut(hosts[0], status.image.kernelCompressed, "/var/lib/kvmlab/images/conimg/kernel");
   await sftpPut(hosts[0], status.image.ramdisk, "/var/lib/kvmlab/images/conimg/ramdisk");
   await create(domainProvider, checkDomainInputs, { domainName: "Default" });
   await create(projectProvider, checkProjectInputs, { projectName: "con" });
