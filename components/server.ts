@@ -30,6 +30,8 @@ import { Image } from "../provider/image";
 import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
+import type { ProjectRef } from "../provider/kit";
+import { MANAGEMENT_LISTEN } from "../core/vncListen";
 
 // The pure pieces a program may want beside the component (defined in core/ and templates/).
 export { imageStorePaths } from "../core/paths";
@@ -112,13 +114,20 @@ export interface ServerArgs {
   /** When the server counts as up. @default DHCP lease of the first port (none without ports) */
   readonly readiness?: Partial<Readiness>;
   /**
-   * Address the VNC console listens on. @default "127.0.0.1": the console has no password, so by
-   * default it is reachable only on the host itself (through SSH on the management address, or
-   * the console proxy). "0.0.0.0" opens it to every network the host is on.
+   * Address the VNC console listens on. "management": the management address of the host
+   * placement picks (filled in by the provider; a migration moves it), what a ConsoleProxy
+   * needs. @default "management" with `consoleProxy`, else "127.0.0.1": the console has no
+   * password, so by default it is reachable only on the host itself (through SSH). "0.0.0.0"
+   * opens it to every network the host is on.
    */
   readonly consoleListen?: string;
-  /** Owning project (a Project's `recordId`, `<domain>/<name>`): its quotas are enforced at create and resize. @default "" (none) */
-  readonly project?: pulumi.Input<string>;
+  /**
+   * The ConsoleProxy that serves this server's console: the console then listens on the placed
+   * host's management address (never on loopback or another network). @default none
+   */
+  readonly consoleProxy?: pulumi.Resource;
+  /** Owning project (a Project, its `recordId` or a name): its quotas are enforced at create and resize. @default the stack's `kvmlab:project`, else none */
+  readonly project?: ProjectRef;
   /** User the `consoleCommand` output names (the stack's current user). @default "admin" */
   readonly consoleUser?: string;
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
@@ -287,7 +296,7 @@ export class Server extends pulumi.ComponentResource {
             publicKeys: publicKey ? [publicKey] : [],
             userName: args.userName ?? "kvmlab",
             userData: args.userData ?? {},
-            consoleListen: args.consoleListen ?? "127.0.0.1",
+            consoleListen: args.consoleListen ?? (args.consoleProxy ? MANAGEMENT_LISTEN : "127.0.0.1"),
           });
         } catch (err) {
           throw new pulumi.ResourceError(`server ${serverName}: ${(err as Error).message}`, this);
@@ -322,7 +331,7 @@ export class Server extends pulumi.ComponentResource {
         cloudInit: rendered.cloudInit,
         powerState: args.powerState ?? "running",
         readiness: { kind: ports.length > 0 ? "dhcp" : "none", ...(args.readiness ?? {}) },
-        project: args.project ?? "",
+        project: args.project,
       },
       { parent: this },
     );

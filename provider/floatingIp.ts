@@ -53,7 +53,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import { allocateAddress, releaseAddress } from "./ipam";
 
 /** What a floating IP points at: a server port's fixed IP or a load balancer VIP. */
@@ -75,7 +77,7 @@ export interface FloatingIpExternal {
 
 type Inputish<T> = { [K in keyof T]: pulumi.Input<T[K]> };
 
-export interface FloatingIpArgs {
+export interface FloatingIpArgs extends InProjectArgs {
   /** @default the resource name */
   readonly fipName?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
@@ -419,6 +421,7 @@ const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
   secretOutputs: ["hosts"],
   check: (news) => checkFloatingIpInputs(news),
   diff: diffFloatingIp,
+  quota: charges(() => ({ floatingIps: 1 })), // issue 14: charged to the project by the kit
   async create(inputs) {
     const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
     const [claim] = await withHostLock(host, () =>

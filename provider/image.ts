@@ -67,6 +67,7 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
 import {
   checkDiskInfo,
@@ -104,7 +105,7 @@ export interface ImageSourceArgs {
   readonly sha256: pulumi.Input<string>;
 }
 
-export interface ImageArgs {
+export interface ImageArgs extends InProjectArgs {
   /** Name in the store and records. @default the resource name */
   readonly imageName?: pulumi.Input<string>;
   /** Hosts that need the image. @default (in components) every host */

@@ -63,7 +63,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import { allocateAddress, releaseAddress } from "./ipam";
 import type { NetworkDriver } from "./network";
 
@@ -89,7 +91,7 @@ export interface RouterExternal extends RouterLeg {
 
 type Inputish<T> = { [K in keyof T]: pulumi.Input<T[K]> };
 
-export interface RouterArgs {
+export interface RouterArgs extends InProjectArgs {
   /** @default the resource name */
   readonly routerName?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
@@ -577,6 +579,7 @@ const router = defineResource<RouterInputs, RouterOutputs>({
   secretOutputs: ["hosts"],
   check: (news) => checkRouterInputs(news),
   diff: diffRouter,
+  quota: charges(() => ({ routers: 1 })), // issue 14: charged to the project by the kit
   async create(inputs) {
     const host = routerHost(inputs);
     const [claim] = await withHostLock(host, () =>

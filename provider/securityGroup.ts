@@ -65,7 +65,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import type { NetworkDriver } from "./network";
 
 export type { SecurityGroupRule } from "../core/securityGroup";
@@ -102,7 +104,7 @@ export function normalizeRule(r: SecurityGroupRuleArgs): SecurityGroupRule {
 
 // ---------------------------------------------------------------- SecurityGroup
 
-export interface SecurityGroupArgs {
+export interface SecurityGroupArgs extends InProjectArgs {
   readonly groupName?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
   readonly rules?: pulumi.Input<SecurityGroupRuleArgs[]>;
@@ -288,6 +290,10 @@ const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>(
   secretOutputs: ["hosts"],
   check: (news) => checkSecurityGroupInputs(news),
   diff: diffSecurityGroup,
+  quota: charges((i) => ({
+    securityGroups: 1,
+    securityGroupRules: i.rules.length + (i.defaultEgress ? 1 : 0),
+  })), // issue 14: charged to the project by the kit
   async create(inputs) {
     // Claim on every host first; a host where another owner holds the group refuses the create.
     const made: HostConnection[] = [];
@@ -348,7 +354,7 @@ export class SecurityGroup extends KvmlabResource<SecurityGroupInputs, SecurityG
 
 // ---------------------------------------------------------------- SecurityGroupPort
 
-export interface SecurityGroupPortArgs {
+export interface SecurityGroupPortArgs extends InProjectArgs {
   /** A unique port name, e.g. `<server>-<index>`. */
   readonly portName: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;

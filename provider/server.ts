@@ -48,7 +48,6 @@ import {
   type Step,
 } from "./host";
 import { allocateAddress, releaseAddress } from "./ipam";
-import { reserveQuota, releaseQuota } from "./quota";
 import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
@@ -62,7 +61,10 @@ import {
   releaseOwnerStep,
   type HostConnectionArgs,
   type OwnedObject,
+  type ProjectRef,
 } from "./kit";
+import { fillManagementListen, MANAGEMENT_ADDRESS_PLACEHOLDER } from "../core/vncListen";
+import { charges } from "./quota";
 import {
   checkServerInputs,
   chooseHost,
@@ -535,7 +537,7 @@ async function migrateServer(
     [
       ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
       preflightStep(olds),
-      ...materializeSteps(olds, xml, { define: false }),
+      ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
     ],
     {
       timeoutMs: 120000,
@@ -578,7 +580,7 @@ async function migrateServer(
           uploadStep(`${migrationDir(olds.serverName)}/known_hosts`, knownHostsText(dst, keys), {
             mode: "0600",
           }),
-          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240),
+          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240, vncMove(xml, src, dst)),
         ],
         { timeoutMs: 260000 },
       ),
@@ -622,27 +624,31 @@ async function migrateServer(
   return migratedMs;
 }
 
+/**
+ * The domain XML for `host`: a console listening on "management" (templates/domain.ts) gets the
+ * management address of the host placement chose (or the migration's destination), validated.
+ */
+function listenOn(xml: string, host: HostConnection): string {
+  return fillManagementListen(xml, host.address, `host ${host.name}`);
+}
+
+/** The VNC listen address a migration moves from and to (only for a "management" console). */
+function vncMove(
+  xml: string,
+  src: HostConnection,
+  dst: HostConnection,
+): { from: string; to: string } | undefined {
+  return xml.includes(MANAGEMENT_ADDRESS_PLACEHOLDER)
+    ? { from: listenOn(xml, src) && src.address, to: listenOn(xml, dst) && dst.address }
+    : undefined;
+}
+
 /** The delete batch: refuses another owner's server first (no guard for state from before owners). */
 function guardedDelete(o: Pick<ServerInputs, "serverName" | "uuid" | "image">, owner: string): Step[] {
   const owned = serverOwned(o.serverName);
   return owner
     ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]
     : [deleteStep(o)];
-}
-
-/**
- * Reserves the server's quota in its project on the controller (hosts[0]), held by its UUID (two
- * stacks may both have a `web1` in one project); false when it has no project.
- */
-async function reserveServerQuota(i: ServerInputs): Promise<boolean> {
-  if (!i.project) return false;
-  const usage = serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length);
-  await reserveQuota(i.hosts[0], i.project, `server:${i.uuid}`, usage);
-  return true;
-}
-
-async function releaseServerQuota(i: ServerInputs): Promise<void> {
-  if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.uuid}`);
 }
 
 /**
@@ -683,18 +689,21 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   secretOutputs: ["hosts"],
   check: (news, olds) => checkServerInputs(news, olds),
   diff: diffServer,
+  // Charged by the kit before create (a refused server leaves nothing), resized first at update.
+  quota: charges(
+    (i) => serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length),
+    (o) => [`server:${o.uuid}`],
+  ),
 
   async create(inputs) {
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
     let addresses: ServerAddress[] = [];
     const allocated: number[] = [];
-    let reserved = false;
     try {
       // Locks are held only for decisions (quota, placement, IPAM, the image claim), never
       // across define, boot or readiness, so parallel creates overlap their waits (issue 13).
-      // Quota first, under the controller's lock: a refused server leaves nothing behind.
-      reserved = await phase(m, "quota", () => reserveServerQuota(inputs));
+      // (The kit reserved the quota before this call, under the controller's lock: see `quota`.)
       host = await phase(m, "placement", () => placeAndClaim(inputs));
       const placed: HostConnection = host;
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));
@@ -705,7 +714,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       await waited(m, () =>
         runChecked(
           placed,
-          [...materializeSteps(inputs, inputs.domainXml[domainType]), recordStep(inputs, addresses)],
+          [...materializeSteps(inputs, listenOn(inputs.domainXml[domainType], placed)), recordStep(inputs, addresses)],
           { timeoutMs: 180000, ...WORKER },
         ),
       );
@@ -720,7 +729,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // refused for a name another owner holds touches nothing.
       if (host) await runLocked(host, guardedDelete(inputs, inputs.owner)).catch(() => undefined);
       await releasePorts(inputs, allocated).catch(() => undefined);
-      if (reserved) await releaseServerQuota(inputs).catch(() => undefined);
       throw err;
     }
   },
@@ -741,12 +749,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async update(_id, olds, news) {
     const m = startMetrics("update", news.serverName);
     const plan = planUpdate(olds, news);
-    // Resize or a new project: reserve the new size first (refused → nothing changes).
-    const oldProject = olds.project ?? "";
-    if (news.project !== oldProject || canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
-      await reserveServerQuota(news);
-      if (oldProject !== "" && oldProject !== news.project) await releaseServerQuota(olds);
-    }
     if (news.image.kind === "disk" && news.flavor.diskGiB < olds.flavor.diskGiB) {
       throw new Error(
         `flavor: ${news.flavor.name} has a ${news.flavor.diskGiB} GiB disk, smaller than the ${olds.flavor.diskGiB} GiB the server has; disks do not shrink: pick a flavor with diskGiB >= ${olds.flavor.diskGiB} or replace the server`,
@@ -775,7 +777,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           host,
           [
             preflightStep(news),
-            ...materializeSteps(news, news.domainXml[type]),
+            ...materializeSteps(news, listenOn(news.domainXml[type], host)),
             recordStep(news, olds.addresses),
           ],
           { timeoutMs: 180000 },
@@ -797,7 +799,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const host = hostNamed(olds.hosts, olds.host);
     await waited(m, () => runLocked(host, guardedDelete(olds, ownerIn(olds))));
     await releasePorts(olds);
-    await releaseServerQuota(olds);
     finishMetrics(m, { host: host.name });
   },
 });
@@ -824,8 +825,8 @@ export interface ServerResourceArgs {
   readonly readiness?: pulumi.Input<Partial<Readiness>>;
   /** Owner of the host objects. @default set by the kit: "<project>/<stack>/Server/<name>" */
   readonly owner?: pulumi.Input<string>;
-  /** Project (`<domain>/<name>`, a Project's recordId) whose quotas it counts against. @default "" (none) */
-  readonly project?: pulumi.Input<string>;
+  /** Project whose quotas it counts against (see InProjectArgs). @default the stack's `kvmlab:project`, else none */
+  readonly project?: ProjectRef;
 }
 
 /** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */
