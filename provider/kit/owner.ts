@@ -239,6 +239,41 @@ export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmark
   };
 }
 
+/** The `<pulumi project>/<stack>` part of an owner string (its first two segments). */
+export function ownerStack(owner: string): string {
+  return owner.split("/").slice(0, 2).join("/");
+}
+
+/**
+ * Step for a resource that builds on ANOTHER resource's host object (a FloatingIp on a Router):
+ * refuses when that object's marker names an owner of another stack, naming it and the fix.
+ * An unmarked object passes (state from before owners; the object may not exist yet, and the
+ * steps after this one fail on that). `user` names the caller, e.g. "floating IP fip1".
+ */
+export function sameStackStep(o: OwnedObject, owner: string, user: string): Step {
+  checkOwnerArg(owner);
+  const f = ownerMarkerPath(o.kind, ...o.key);
+  const stack = ownerStack(owner);
+  const at = "\u0000CUR\u0000";
+  const refused =
+    `${user} uses ${o.what}, which belongs to ${at}, another stack than ${stack}; kvmlab never builds on another stack's object. Fix: point ${o.field} at a ${o.kind} of this stack, or define ${user} in the stack that owns it (${at})`
+      .split(at)
+      .map((part) => shQuote(part))
+      .join('"$cur"');
+  return {
+    label: `check that ${o.what} is this stack's`,
+    script: [
+      `f=${shQuote(f)}`,
+      'if [ ! -e "$f" ]; then echo unmarked; exit 0; fi',
+      'cur=$(head -n1 "$f" 2>/dev/null || true)',
+      `case "$cur" in ${shQuote(stack)}/*) echo mine; exit 0 ;; esac`,
+      emptyMarkerRefusal(o, stack),
+      `echo ${refused} >&2`,
+      `exit ${OWNER_REFUSED}`,
+    ].join("\n"),
+  };
+}
+
 /** Step for delete (after the object is gone): removes the marker while it is `owner`'s. */
 export function releaseOwnerStep(o: OwnedObject, owners: readonly string[]): Step {
   const mine = owners.filter((x) => x !== "");

@@ -20,6 +20,8 @@ import {
   checkSecurityGroupInputs,
   checkSecurityGroupPortInputs,
   checkServerInputs,
+  checkFloatingIpInputs,
+  floatingIpProvider,
   checkSubnetInputs,
   claimStep,
   dhcpPaths,
@@ -63,7 +65,7 @@ interface FakeHost {
   restore(): void;
 }
 
-const OWNER_STEP = /^(claim |check the owner of |release the owner marker of )/;
+const OWNER_STEP = /^(claim |check the owner of |check that .* is this stack's|release the owner marker of )/;
 
 function fakeHost(answers: [RegExp, string][]): FakeHost {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
@@ -526,6 +528,52 @@ test("a live migration refuses a source guest another owner holds: no migration 
       "the source's owner is checked first, nothing else runs",
     );
     assert.deepEqual(destructive(fake), [], "nothing removed or rewritten on either host");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a floating IP on another stack's router is refused naming the router's owner; nothing is claimed or allocated", async () => {
+  const hv1 = testHost("hv1", 1);
+  const fake = fakeHost([]);
+  try {
+    const theirRouter = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Router", name: "r1" });
+    markOwned(fake, hv1, "router/r1.owner", theirRouter);
+    const raw = {
+      fipName: "web-fip",
+      hosts: [hv1],
+      host: "hv1",
+      routerName: "r1",
+      external: { networkName: "ext", subnetName: "ext-v4", cidr: "172.24.4.0/24", ipamHost: "hv1" },
+      address: "172.24.4.150",
+      target: { address: "10.10.1.5", subnetName: "lan1-v4", networkName: "lan1" },
+      owner: ownerOf({ pulumiProject: "lab", stack: "dev", type: "FloatingIp", name: "web-fip" }),
+    };
+    const { inputs, failures } = checkFloatingIpInputs(raw);
+    assert.deepEqual(failures, []);
+    const fip = floatingIpProvider as unknown as Required<typeof floatingIpProvider>;
+    await assert.rejects(
+      fip.create(inputs as never),
+      /floating IP web-fip uses router r1, which belongs to lab\/prod\/Router\/r1, another stack than lab\/dev;.*Fix: point routerName at a router of this stack/s,
+    );
+    assert.deepEqual(destructive(fake), []);
+    assert.ok(
+      !fake.log.some((l) => /^claim |allocate|write record/.test(l.label)),
+      fake.log.map((l) => l.label).join("\n"),
+    );
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/floatingip/web-fip.owner")));
+    // The same router owned by this stack is accepted (the claim runs).
+    markOwned(
+      fake,
+      hv1,
+      "router/r1.owner",
+      ownerOf({ pulumiProject: "lab", stack: "dev", type: "Router", name: "r1" }),
+    );
+    await fip.create(inputs as never).catch(() => undefined);
+    assert.ok(
+      fake.log.some((l) => /^claim floating IP web-fip/.test(l.label)),
+      "the claim ran",
+    );
   } finally {
     fake.restore();
   }
