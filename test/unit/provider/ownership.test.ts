@@ -22,6 +22,8 @@ import {
   checkServerInputs,
   checkFloatingIpInputs,
   floatingIpProvider,
+  checkRouterInputs,
+  routerProvider,
   checkSubnetInputs,
   claimStep,
   dhcpPaths,
@@ -45,6 +47,7 @@ import {
   type StepResult,
 } from "../../../provider";
 import { serverRaw, testHost } from "./fixtures";
+import { routerGatewayOwner } from "../../../core/router";
 
 const ME = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Network", name: "lan" });
 const OTHER = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Network", name: "lan" });
@@ -574,6 +577,71 @@ test("a floating IP on another stack's router is refused naming the router's own
       fake.log.some((l) => /^claim floating IP web-fip/.test(l.label)),
       "the claim ran",
     );
+  } finally {
+    fake.restore();
+  }
+});
+
+const ROUTER_OWNER = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Router", name: "r1" });
+
+test("a Router update to another external subnet takes the new gateway address before giving up the old one", async () => {
+  const hv1 = testHost("hv1", 1);
+  const ext = (subnet: string, cidr: string, address: string) => ({
+    subnetName: subnet,
+    networkName: subnet === "ext-v4" ? "ext" : "ext2",
+    bridge: subnet === "ext-v4" ? "kvlb-0e0e0e0e" : "kvlb-0f0f0f0f",
+    driver: "linuxbridge",
+    cidr,
+    address,
+    gateway: cidr.replace(/0\/24$/, "1"),
+    mtu: 1500,
+    ipamHost: "hv1",
+  });
+  const oldRec = ipamRecordName("ext", "ext-v4");
+  const newRec = ipamRecordName("ext2", "ext2-v4");
+  const taken: IpamRecord = {
+    subnet: "ext2-v4",
+    cidr: "172.24.9.0/24",
+    gateway: "172.24.9.1",
+    pool: { start: "172.24.9.2", end: "172.24.9.254" },
+    allocations: { "172.24.9.100": { owner: "fip:someone", mac: "", holder: OTHER } },
+  };
+  const fake = fakeHost([
+    [new RegExp(`^read record ipam/${newRec}`), JSON.stringify(taken)],
+    [
+      new RegExp(`^read record ipam/${oldRec}`),
+      JSON.stringify({
+        subnet: "ext-v4",
+        cidr: "172.24.4.0/24",
+        gateway: "172.24.4.1",
+        pool: { start: "172.24.4.2", end: "172.24.4.254" },
+        allocations: { "172.24.4.100": { owner: routerGatewayOwner("r1"), mac: "", holder: ROUTER_OWNER } },
+      }),
+    ],
+  ]);
+  try {
+    const owner = ROUTER_OWNER;
+    const olds = checkRouterInputs({
+      routerName: "r1",
+      hosts: [hv1],
+      external: ext("ext-v4", "172.24.4.0/24", "172.24.4.100"),
+      owner,
+    });
+    const news = checkRouterInputs({
+      routerName: "r1",
+      hosts: [hv1],
+      external: ext("ext2-v4", "172.24.9.0/24", "172.24.9.100"),
+      owner,
+    });
+    assert.deepEqual([...olds.failures, ...news.failures], []);
+    const router = routerProvider as unknown as Required<typeof routerProvider>;
+    await assert.rejects(
+      router.update("r1", olds.inputs as never, news.inputs as never),
+      /fixedIp: 172\.24\.9\.100 in subnet ext2-v4 is already allocated/,
+    );
+    const writes = fake.log.filter((l) => l.label.startsWith("write record ipam/")).map((l) => l.label);
+    assert.deepEqual(writes, [], "the old gateway address was not released when the new one was refused");
+    assert.deepEqual(destructive(fake), []);
   } finally {
     fake.restore();
   }
