@@ -704,7 +704,7 @@ export function imageOutputs(
 async function converge(
   inputs: ImageInputs,
   what: string,
-  guard: { made: HostConnection[] } | { owners: readonly string[] },
+  guard: { made: HostConnection[] } | { owners: readonly string[]; newHosts: ReadonlySet<string> },
 ): Promise<ImageOutputs> {
   const realized: Record<string, ImageHostState> = {};
   let sizes: Partial<Record<ImageRole, number>> = {};
@@ -714,7 +714,11 @@ async function converge(
     const r = await ensureOnHost(
       inputs,
       h,
-      "made" in guard ? claimStep(owned, inputs.owner) : guardStep(owned, guard.owners, true),
+      // A host new to the image (an update that adds it) is a create there: claim it, so an
+      // unmarked image already on that host is refused rather than adopted (as Network does).
+      "made" in guard || guard.newHosts.has(h.name)
+        ? claimStep(owned, inputs.owner)
+        : guardStep(owned, guard.owners, true),
       (out) => {
         if ("made" in guard && claimedNow(out)) guard.made.push(h);
       },
@@ -790,7 +794,11 @@ const image = defineResource<ImageInputs, ImageOutputs>({
     );
     // Local files are checked only when a host needs them (a file deleted locally after
     // create does not block a metadata update).
-    return converge(news, `update image ${news.imageName}`, { owners: [news.owner, ownerIn(olds)] });
+    const had = new Set(olds.hosts.map((h) => h.name));
+    return converge(news, `update image ${news.imageName}`, {
+      owners: [news.owner, ownerIn(olds)],
+      newHosts: new Set(news.hosts.filter((h) => !had.has(h.name)).map((h) => h.name)),
+    });
   },
 
   async delete(_id, olds) {

@@ -24,6 +24,8 @@ import {
   floatingIpProvider,
   checkRouterInputs,
   routerProvider,
+  checkImageInputs,
+  imageProvider,
   checkSubnetInputs,
   claimStep,
   dhcpPaths,
@@ -642,6 +644,42 @@ test("a Router update to another external subnet takes the new gateway address b
     const writes = fake.log.filter((l) => l.label.startsWith("write record ipam/")).map((l) => l.label);
     assert.deepEqual(writes, [], "the old gateway address was not released when the new one was refused");
     assert.deepEqual(destructive(fake), []);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an Image update that adds a host claims the image there: an unmarked image on that host is refused, not adopted", async () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const fake = fakeHost([[/^check image/, "kernel ok 10 1 -\nramdisk ok 5 1 -"]]);
+  try {
+    const owner = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Image", name: "tiny" });
+    const raw = (hosts: HostConnection[]) => ({
+      imageName: "tiny",
+      hosts,
+      kernel: { hostPath: "/boot/vmlinuz", sha256: "a".repeat(64) },
+      ramdisk: { hostPath: "/boot/initrd.img", sha256: "a".repeat(64) },
+      owner,
+    });
+    const olds = checkImageInputs(raw([hv1]));
+    const news = checkImageInputs(raw([hv1, hv2]));
+    assert.deepEqual([...olds.failures, ...news.failures], []);
+    markOwned(fake, hv1, "image/tiny.owner", owner);
+    // hv2 holds an image folder of the same name that no kvmlab owner marked (made by hand).
+    const hv2Root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-own-hv2-"));
+    fake.roots.set("hv2", hv2Root);
+    fs.mkdirSync(path.join(hv2Root, "images", "tiny"), { recursive: true });
+    const img = imageProvider as unknown as Required<typeof imageProvider>;
+    await assert.rejects(
+      img.update("tiny", olds.inputs as never, news.inputs as never),
+      /host hv2.*image tiny already exists on this host with no kvmlab owner/s,
+    );
+    assert.ok(
+      !fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/image/tiny.owner")),
+      "not adopted",
+    );
+    assert.deepEqual(destructive(fake, "hv2"), []);
   } finally {
     fake.restore();
   }
