@@ -487,9 +487,22 @@ async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
 /** Sends a local file over SFTP on the pooled connection (a fresh one in naive mode). */
 async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
   const ssh = await pooledSsh(host);
+  // A connection lost during the transfer (an SSH blackout: keepalive gives up) must fail the
+  // upload: SFTP's transfer promise alone was seen to wait forever (fault test, issue 15).
+  const conn = ssh.connection as unknown as {
+    once(ev: "close", cb: () => void): void;
+    removeListener(ev: "close", cb: () => void): void;
+  } | null;
+  let onClose: () => void = () => undefined;
+  const lost = new Promise<never>((_, reject) => {
+    onClose = () =>
+      reject(new Error(`host ${host.name}: SSH connection lost while sending ${localPath} to ${remotePath}`));
+    conn?.once("close", onClose);
+  });
   try {
-    await ssh.putFile(localPath, remotePath);
+    await Promise.race([ssh.putFile(localPath, remotePath), lost]);
   } finally {
+    conn?.removeListener("close", onClose);
     if (hostPool().mode === "naive") ssh.dispose();
   }
 }
