@@ -485,24 +485,30 @@ async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
 }
 
 /** Sends a local file over SFTP on the pooled connection (a fresh one in naive mode). */
-async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
+export async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
   const ssh = await pooledSsh(host);
-  // A connection lost during the transfer (an SSH blackout: keepalive gives up) must fail the
-  // upload: SFTP's transfer promise alone was seen to wait forever (fault test, issue 15).
+  // A connection lost during the transfer must fail the upload. After an SSH blackout ssh2's
+  // keepalive reports an error and half-closes, but the socket's "close" (which ends the SFTP
+  // channel) waits for TCP to give up, many minutes later: the upload waited that long (the
+  // blackout fault test, issue 15). So any of error/end/close ends it.
   const conn = ssh.connection as unknown as {
-    once(ev: "close", cb: () => void): void;
-    removeListener(ev: "close", cb: () => void): void;
+    on(ev: string, cb: (e?: Error) => void): void;
+    removeListener(ev: string, cb: (e?: Error) => void): void;
   } | null;
-  let onClose: () => void = () => undefined;
+  let onGone: (e?: Error) => void = () => undefined;
   const lost = new Promise<never>((_, reject) => {
-    onClose = () =>
-      reject(new Error(`host ${host.name}: SSH connection lost while sending ${localPath} to ${remotePath}`));
-    conn?.once("close", onClose);
+    onGone = (e?: Error) =>
+      reject(
+        new Error(
+          `host ${host.name}: SSH connection lost while sending ${localPath} to ${remotePath}${e?.message ? ` (${e.message})` : ""}`,
+        ),
+      );
   });
+  for (const ev of ["error", "end", "close"]) conn?.on(ev, onGone);
   try {
     await Promise.race([ssh.putFile(localPath, remotePath), lost]);
   } finally {
-    conn?.removeListener("close", onClose);
+    for (const ev of ["error", "end", "close"]) conn?.removeListener(ev, onGone);
     if (hostPool().mode === "naive") ssh.dispose();
   }
 }

@@ -48,7 +48,7 @@ const hostKey = ssh2.utils.generateKeyPairSync("ed25519");
 const clientKey = ssh2.utils.generateKeyPairSync("ed25519");
 
 /** What the fake host saw: exec commands (argv) and the step scripts run in its shells. */
-const seen = { commands: [] as string[], scripts: [] as string[], stdin: [] as string[] };
+const seen = { commands: [] as string[], scripts: [] as string[], stdin: [] as string[], sftpOpens: 0 };
 const clients = new Set<FakeClient>();
 let server: FakeServer;
 let host: HostConnection;
@@ -77,6 +77,12 @@ before(async () => {
     client.on("ready", () => {
       client.on("session", (accept: () => { on(ev: string, cb: (...a: never[]) => void): void }) => {
         const session = accept();
+        // SFTP that never answers (a host gone silent mid-transfer): the upload must still end.
+        session.on("sftp", (acceptSftp: () => { on(ev: string, cb: () => void): void }) => {
+          acceptSftp().on("OPEN", () => {
+            seen.sftpOpens += 1;
+          });
+        });
         session.on("exec", (acceptExec: () => FakeChannel, _reject: unknown, info: { command: string }) => {
           seen.commands.push(info.command);
           const ch = acceptExec();
@@ -187,5 +193,41 @@ test("naive mode: not chosen by KVMLAB_SSH_MODE, and its scripts go over stdin, 
     assert.match(seen.stdin.join(""), /c2VjcmV0LWhhc2g=/, "the script went over stdin");
   } finally {
     setHostPoolMode("pooled");
+  }
+});
+
+test("an image upload whose SSH connection fails mid-transfer (keepalive timeout, socket not closed) ends instead of waiting", async () => {
+  const { sendFile } = await import("../../../provider/image");
+  const fs = await import("node:fs");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-send-"));
+  try {
+    const local = path.join(dir, "disk.img");
+    fs.writeFileSync(local, Buffer.alloc(64 * 1024));
+    const opens = seen.sftpOpens;
+    const upload = sendFile(host, local, "/var/lib/kvmlab/images/.staging/disk.img");
+    upload.catch(() => undefined);
+    for (let i = 0; i < 100 && seen.sftpOpens === opens; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(seen.sftpOpens > opens, "the transfer reached the host");
+    // What ssh2's keepalive does after a blackout: an error, then a half-close whose "close"
+    // only comes when TCP gives up (modelled here by never closing).
+    const { pooledSsh } = await import("../../../provider/host");
+    const conn = (await pooledSsh(host)).connection as unknown as { emit(ev: string, e: Error): void };
+    conn.emit("error", Object.assign(new Error("Keepalive timeout"), { level: "client-timeout" }));
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<"hung">((r) => (timer = setTimeout(() => r("hung"), 10_000)));
+    const outcome = await Promise.race([
+      upload.then(
+        () => "sent",
+        (e: Error) => e.message,
+      ),
+      hung,
+    ]);
+    clearTimeout(timer);
+    assert.match(outcome, /host fake: SSH connection lost while sending .*disk\.img \(Keepalive timeout\)/);
+  } finally {
+    await dropConnections();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
