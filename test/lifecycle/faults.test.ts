@@ -309,7 +309,7 @@ test(
       );
     }
     console.log(
-      `# SSH blackout of ${blackedOut} for 20 s: first up ${r1.ok ? "succeeded" : `failed: ${r1.errors.join(" | ").slice(0, 400)}`}`,
+      `# SSH blackout of ${blackedOut} for 60 s: first up ${r1.ok ? "succeeded" : `failed: ${r1.errors.join(" | ").slice(0, 400)}`}`,
     );
     ok(await run("up", "black", config));
     await assertServersOnce("b", ["bs1", "bs2"]);
@@ -375,7 +375,7 @@ test(
     for (const h of status.hosts)
       await on(
         h.name,
-        `p=$(cat /run/libvirt/libvirtd.pid); kill $p; i=0; while kill -0 $p 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ${RESTART_LIBVIRTD}`,
+        `p=$(cat /run/libvirt/libvirtd.pid); kill -9 $p; i=0; while kill -0 $p 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; ${RESTART_LIBVIRTD}`,
       );
     const refreshed = ok(await run("refresh", "boot", config));
     const changed = ops(refreshed);
