@@ -13,14 +13,15 @@
  *
  * The mode "naive" (benchmark only) opens a new connection for every step, as
  * `@pulumi/command`'s remote.Command does, and keeps no shell; it is what kvmlab is measured
- * against. Host locks are then in-process only.
+ * against. Host locks are then in-process only, so it is set only by the benchmark's own call to
+ * setHostPoolMode: no environment variable selects it (a user's KVMLAB_SSH_MODE=naive once
+ * silently dropped every cross-process lock). Scripts go over the channel's stdin, never argv.
  */
 import type { NodeSSH } from "node-ssh";
 import type { HostConnection } from "./connection";
 import type { Step, StepResult } from "./framing";
 import { createFrameParser, frameBatch } from "./framing";
 import { fingerprintOfKeyBlob, pinFingerprint } from "./hostKey";
-import { shQuote } from "./quote";
 
 /** Counters of what the pool did in this process. */
 export interface HostPoolStats {
@@ -107,6 +108,8 @@ interface HostPool {
   loose: NodeSSH[];
   /** Per session key: the session whose shell holds the host lock (withHostLock). */
   held: Map<string, HostSession>;
+  /** Per session key and lock name: the session whose shell holds a named lock (withNamedHostLock). */
+  heldNamed?: Map<string, Map<string, HostSession>>;
   stats: HostPoolStats;
   connectTimeoutMs: number;
 }
@@ -121,7 +124,8 @@ export function hostPool(): HostPool {
   let pool = g[key];
   if (!pool) {
     pool = {
-      mode: process.env.KVMLAB_SSH_MODE === "naive" ? "naive" : "pooled",
+      // Never from the environment: naive mode holds no cross-process lock (benchmark only).
+      mode: "pooled",
       sessions: new Map(),
       locks: new Map(),
       cache: new Map(),
@@ -502,7 +506,11 @@ async function runNaive(
     const { ssh } = await connectHost(host);
     try {
       hostPool().stats.channelsOpened += 1;
-      const r = await ssh.execCommand(`bash --noprofile --norc -c ${shQuote(step.script)} </dev/null`, {
+      // The script goes over stdin (it may carry secrets: process arguments are world-readable
+      // on the host); one compound command, read whole by bash before it runs, stdin /dev/null.
+      const body = step.script.endsWith("\n") ? step.script : `${step.script}\n`;
+      const r = await ssh.execCommand("bash --noprofile --norc -s", {
+        stdin: `( ${body}) </dev/null\n`,
         noTrim: true,
       });
       const result = { code: typeof r.code === "number" ? r.code : 255, stdout: r.stdout, stderr: r.stderr };
@@ -535,11 +543,16 @@ export async function runSteps(
     const session = await getSession(host);
     // The flock of withHostLock lives in one shell: a batch on any other session (after a
     // reconnect) would run unlocked. Refuse it (issue 15: a reconnect dropped the lock silently).
+    const holders: [string, HostSession][] = [];
     const held = (pool.held ??= new Map()).get(session.key);
-    if (held && (held !== session || held.dead || (!session.channel && session.nextSeq > 0))) {
-      throw new Error(
-        `${session.label}: the SSH session holding the host lock /var/lib/kvmlab/lock was lost; the steps after it were not run (they would have run unlocked). Run the operation again`,
-      );
+    if (held) holders.push(["/var/lib/kvmlab/lock", held]);
+    for (const [name, s] of pool.heldNamed?.get(session.key) ?? [])
+      holders.push([`/var/lib/kvmlab/${name}.lock`, s]);
+    for (const [file, h] of holders) {
+      if (h !== session || h.dead || (!session.channel && session.nextSeq > 0))
+        throw new Error(
+          `${session.label}: the SSH session holding the ${file === "/var/lib/kvmlab/lock" ? "host lock" : "lock"} ${file} was lost; the steps after it were not run (they would have run unlocked). Run the operation again`,
+        );
     }
     const run = session.tail.then(async () => {
       if (session.dead) throw new Error(`${session.label}: SSH connection lost`);
@@ -620,6 +633,11 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
  * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
  * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
  * controller host (issue 15), so they never count the same free RAM.
+ *
+ * Like the host lock, the flock lives in one shell: the session it ran on is registered as a
+ * holder, a batch on that host in any other session (after a reconnect) is refused, and when
+ * the session was lost by the time `fn` returns, the result is refused too (what `fn` did on
+ * other hosts may have raced another run).
  */
 export async function withNamedHostLock<T>(
   host: HostConnection,
@@ -631,8 +649,12 @@ export async function withNamedHostLock<T>(
     throw new Error(`withNamedHostLock: invalid lock name ${JSON.stringify(name)}`);
   const release = await takeProcessLock(host, name);
   const file = `/var/lib/kvmlab/${name}.lock`;
+  const pool = hostPool();
   let remote = false;
+  let key = "";
+  let locked: HostSession | undefined;
   try {
+    const before = pool.mode === "pooled" ? await getSession(host) : undefined;
     await runChecked(
       host,
       [
@@ -645,14 +667,46 @@ export async function withNamedHostLock<T>(
       { timeoutMs: (waitSec + 30) * 1000 },
     );
     remote = true;
-    return await fn();
+    if (before) {
+      const session = await getSession(host);
+      if (session !== before || session.dead) {
+        remote = false;
+        throw new Error(
+          `${session.label}: the SSH session that took the ${name} lock ${file} was lost before its work began; nothing was run under it. Run the operation again`,
+        );
+      }
+      key = session.key;
+      locked = session;
+      namedHolders(pool, key).set(name, session);
+    }
+    const result = await fn();
+    if (locked && locked.dead) {
+      remote = false;
+      throw new Error(
+        `${locked.label}: the SSH session holding the ${name} lock ${file} was lost while the work under it ran; another kvmlab run may have taken the lock meanwhile. Run the operation again`,
+      );
+    }
+    return result;
   } finally {
-    if (remote)
+    if (key) namedHolders(pool, key).delete(name);
+    const lost = locked?.dead === true;
+    if (remote && !lost)
       void runSteps(host, [
         { label: `release the ${name} lock`, inShell: true, always: true, script: "exec 8>&-" },
       ]).catch(() => undefined);
     release();
   }
+}
+
+/** Per session key: the sessions whose shells hold a named lock (withNamedHostLock), by name. */
+function namedHolders(pool: HostPool, key: string): Map<string, HostSession> {
+  const all = (pool.heldNamed ??= new Map());
+  let m = all.get(key);
+  if (!m) {
+    m = new Map();
+    all.set(key, m);
+  }
+  return m;
 }
 
 /** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */

@@ -69,6 +69,10 @@ export abstract class KvmlabResource<I extends object, O extends I> extends pulu
         });
       props.owner = typeof project === "string" ? ownerFor(project) : pulumi.output(project).apply(ownerFor);
     }
+    // The hosts carry private keys: stored as a secret in the state's INPUTS too, also when a
+    // program passes plain hosts to a raw resource (components already pass secrets).
+    if ((kind.spec.inputKeys as readonly string[]).includes("hosts") && props.hosts !== undefined)
+      props.hosts = pulumi.secret(props.hosts as pulumi.Input<unknown>);
     const secrets = [...kind.spec.secretOutputs];
     super(
       // Installed from node_modules, state holds a require of the provider's module, not its code.
