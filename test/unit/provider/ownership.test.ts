@@ -459,9 +459,10 @@ test("security groups and ports: another owner's group or port is refused naming
     // Ports: the same for SecurityGroupPort.
     const pA = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroupPort", name: "web1-0" });
     const pB = ownerOf({ pulumiProject: "lab", stack: "b", type: "SecurityGroupPort", name: "web1-0" });
-    const port = (owner: string) =>
+    // Keyed by the tap: stack b cannot take over stack a's filtering under another portName.
+    const port = (owner: string, portName = "web1-0") =>
       checkSecurityGroupPortInputs({
-        portName: "web1-0",
+        portName,
         hosts: [hv1],
         host: "hv1",
         tap: "tap1a2b3c4d",
@@ -478,7 +479,15 @@ test("security groups and ports: another owner's group or port is refused naming
     fake.log.length = 0;
     await assert.rejects(
       pp.create(port(pB).inputs as never),
-      /security groups of port web1-0 .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another portName/s,
+      /security groups of device tap1a2b3c4d .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another tap/s,
+    );
+    await assert.rejects(
+      pp.create(port(pB, "elsewhere-0").inputs as never),
+      /device tap1a2b3c4d .*belongs to lab\/a/s,
+    );
+    await assert.rejects(
+      pp.delete("elsewhere-0", port(pB, "elsewhere-0").inputs as never),
+      /belongs to lab\/a/,
     );
     await assert.rejects(
       pp.update("web1-0", port(pB).inputs as never, port(pB).inputs as never),
@@ -487,13 +496,13 @@ test("security groups and ports: another owner's group or port is refused naming
     await assert.rejects(pp.delete("web1-0", port(pB).inputs as never), /belongs to lab\/a/);
     assert.deepEqual(destructive(fake), [], "no destructive step ran");
     assert.ok(!fake.log.some((l) => /^apply security groups of port/.test(l.label)), "no rule was applied");
-    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/tap1a2b3c4d.owner")));
     // A create after a crash (same owner, marker left) adopts; the owner's delete releases.
     await pp.create(port(pA).inputs as never);
     fake.log.length = 0;
     await pp.delete("web1-0", port(pA).inputs as never);
     assert.ok(fake.log.some((l) => l.label === "delete security groups of port web1-0"));
-    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/tap1a2b3c4d.owner")));
   } finally {
     fake.restore();
   }
