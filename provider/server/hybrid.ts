@@ -29,7 +29,7 @@ export function hybridPlugStep(serverName: string, ports: readonly ServerPort[],
       `if ! ip link show ${d.qvb} >/dev/null 2>&1; then ip link del ${d.qvo} 2>/dev/null || true; ip link add ${d.qvb} type veth peer name ${d.qvo}; fi`,
       `mtu=$(cat /sys/class/net/${p.bridge}/mtu); ip link set ${d.qvb} mtu $mtu; ip link set ${d.qvo} mtu $mtu`,
       `ip link set ${d.qvb} master ${d.qbr}`,
-      `ovs-vsctl --may-exist add-port ${p.bridge} ${d.qvo} -- set interface ${d.qvo} external_ids:kvmlab-owner=${shQuote(owner)} external_ids:kvmlab-tap=${p.tap}`,
+      `ovs-vsctl --may-exist add-port ${p.bridge} ${d.qvo} -- set interface ${d.qvo} external_ids:kvmlab-owner=${shQuote(JSON.stringify(owner))} external_ids:kvmlab-tap=${p.tap}`,
       `ethtool -K ${d.qvb} tx off >/dev/null 2>&1 || true; ethtool -K ${d.qvo} tx off >/dev/null 2>&1 || true`,
       `ip link set ${d.qvb} up; ip link set ${d.qvo} up; ip link set ${d.qbr} up`,
     );
