@@ -539,3 +539,38 @@ test("a live migration refuses a source guest another owner holds: no migration 
     fake.restore();
   }
 });
+
+test("security group update: a host it adds is claimed (an unmarked group there is refused, not adopted); a host it drops loses the group", async () => {
+  const [hv1, hv2] = [testHost("hv1", 1), testHost("hv2", 2)];
+  const fake = fakeHost([[/^read security group /, "set=yes\nmembers=10.10.1.5"]]);
+  try {
+    const owner = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroup", name: "web" });
+    const group = (hosts: HostConnection[]) =>
+      checkSecurityGroupInputs({ groupName: "web", hosts, members: ["10.10.1.5"], owner }).inputs;
+    const pg = securityGroupProvider as unknown as P;
+    const one = (await pg.create(group([hv1]) as never)) as unknown as { outs: Record<string, unknown> };
+    // hv2 holds a folder of group "web" that nobody marked (made by hand, or before owners).
+    markOwned(fake, hv2, "../secgroups/web/ipset.restore", "by hand");
+    fake.log.length = 0;
+    await assert.rejects(
+      pg.update("web", one.outs as never, group([hv1, hv2]) as never),
+      /security group web .* already exists on this host with no kvmlab owner/s,
+    );
+    assert.ok(
+      !fake.log.some((l) => l.host === "hv2" && /^replace the member set/.test(l.label)),
+      "nothing written on hv2",
+    );
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/secgroup/web.owner")));
+    // With hv2 clean the update claims it; dropping hv1 later removes the group there.
+    fs.rmSync(path.join(fake.roots.get("hv2") as string, "secgroups"), { recursive: true, force: true });
+    const two = await pg.update("web", one.outs as never, group([hv1, hv2]) as never);
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/secgroup/web.owner")));
+    fake.log.length = 0;
+    await pg.update("web", { ...(two as object), ...group([hv1, hv2]) } as never, group([hv2]) as never);
+    assert.ok(fake.log.some((l) => l.host === "hv1" && l.label === "delete security group web"));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/secgroup/web.owner")));
+    assert.ok(!fake.log.some((l) => l.host === "hv2" && l.label === "delete security group web"));
+  } finally {
+    fake.restore();
+  }
+});
