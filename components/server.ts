@@ -24,6 +24,8 @@ import {
   type ServerPort,
 } from "../provider/server";
 import { renderServer, serverUuidSeed, type ServerUserData } from "../templates/server";
+import { deterministicIfName } from "../templates/validate";
+import { domainBridgeOf } from "../provider/server/hybrid";
 import { Flavor } from "../provider/flavor";
 import { SecurityGroupPort, type SecurityGroup } from "../provider/securityGroup";
 import { Image } from "../provider/image";
@@ -54,7 +56,10 @@ export interface ServerPortArgs {
    * Security groups of the port (Neutron's default deny ingress, stateful, anti-spoofing): the
    * component creates a SecurityGroupPort `<server>-<index>` wired to the server's host, tap, MAC
    * and address. Changing the groups or a group's rules updates only that port's rules; the
-   * guest is never rebooted. Linux bridge networks only for now (see docs/networking.md).
+   * guest is never rebooted. On an OVS network, giving the key (even `[]`) puts the port in
+   * Neutron's hybrid layout: the tap joins a per-port Linux bridge qbr<id> linked to OVS
+   * (docs/networking.md). That is plumbing the guest boots with, so adding the key to an OVS
+   * port later replaces the server; changing the list afterwards (to `[]` too) does not.
    * @default none (the port is unfiltered)
    */
   readonly securityGroups?: readonly SecurityGroup[];
@@ -249,6 +254,12 @@ export class Server extends pulumi.ComponentResource {
             extraSpecs: args.flavor.extraSpecs,
           }
         : (args.flavor as pulumi.Input<ServerFlavorArgs>);
+    // OVS ports with a securityGroups key use Neutron's hybrid layout (server/hybrid.ts); the
+    // qbr name comes from the tap, which renderServer derives from the same seed.
+    const hybridAt = (i: number, driver: string): boolean =>
+      driver === "openvswitch" && ports[i].securityGroups !== undefined;
+    const qbrAt = (i: number, bridge: string): string =>
+      domainBridgeOf({ bridge, tap: deterministicIfName("tap", `${uuidSeed}/port${i}`), hybrid: true });
     const rendered = pulumi
       .all([
         image,
@@ -284,13 +295,12 @@ export class Server extends pulumi.ComponentResource {
             project: safeName(stack),
             image: img,
             flavor: fl,
-            ports: pinfo.map(([networkName, subnetName, bridge, driver, mtu]) => ({
-              networkName,
-              subnetName,
-              bridge,
-              driver,
-              mtu,
-            })),
+            // A hybrid port's tap joins its qbr bridge (a plain Linux bridge in the XML).
+            ports: pinfo.map(([networkName, subnetName, bridge, driver, mtu], i) =>
+              hybridAt(i, driver)
+                ? { networkName, subnetName, bridge: qbrAt(i, bridge), driver: "linuxbridge" as const, mtu }
+                : { networkName, subnetName, bridge, driver, mtu },
+            ),
             kernelCmdline: cmdline,
             cloudInit: args.cloudInit ?? true,
             publicKeys: publicKey ? [publicKey] : [],
@@ -312,8 +322,19 @@ export class Server extends pulumi.ComponentResource {
             mac: r.macs[i],
             tap: r.taps[i],
             fixedIp: ports[i].fixedIp ?? "",
+            ...(hybridAt(i, driver) ? { hybrid: true } : {}),
           }),
         );
+        // The qbr the XML names must be the one the provider plumbs (named from the rendered tap).
+        for (const [i, [, , bridge, driver]] of pinfo.entries())
+          if (
+            hybridAt(i, driver) &&
+            qbrAt(i, bridge) !== domainBridgeOf({ bridge, tap: r.taps[i], hybrid: true })
+          )
+            throw new pulumi.ResourceError(
+              `server ${serverName}: ports[${i}]: the rendered tap ${r.taps[i]} is not the one its qbr bridge was named after (templates/server.ts changed how taps are named)`,
+              this,
+            );
         return { ...r, image: img, flavor: fl, ports: serverPorts };
       });
 
@@ -345,8 +366,9 @@ export class Server extends pulumi.ComponentResource {
     this.uuid = this.server.uuid;
     this.serialLog = this.server.serialLog;
     // Security groups: one SecurityGroupPort per port with groups, fed by the Server's outputs (so
-    // it is applied on the host the server landed on, after the guest has its tap). The groups
-    // are not Server inputs: changing them never touches (or reboots) the guest.
+    // it is applied on the host the server landed on, after the guest has its tap: on OVS, in the
+    // qbr bridge the Server made). The groups are not Server inputs: changing them never touches
+    // (or reboots) the guest.
     this.securityGroupPorts = ports.map((p, i) => {
       const groups = p.securityGroups;
       if (!groups || groups.length === 0) return undefined;
@@ -361,14 +383,7 @@ export class Server extends pulumi.ComponentResource {
           tap: serverPort.apply((sp) => sp.tap),
           mac: serverPort.apply((sp) => sp.mac),
           ip: this.server.ips.apply((ips) => ips[i] ?? ""),
-          driver: p.network.network.driver.apply((d) => {
-            if (d !== "linuxbridge")
-              throw new pulumi.ResourceError(
-                `ports[${i}].securityGroups: the network's driver is ${d}; the Server component applies security groups on linuxbridge networks only (the OVS hybrid bridge would have to exist before the guest starts). Put the port on a linuxbridge network or drop its securityGroups`,
-                this,
-              );
-            return d;
-          }),
+          driver: p.network.network.driver,
           networkBridge: p.network.bridge,
           groups: groups.map((g) => ({ groupName: g.groupName, rules: g.rules })),
         },

@@ -644,7 +644,10 @@ function vncMove(
 }
 
 /** The delete batch: refuses another owner's server first (no guard for state from before owners). */
-function guardedDelete(o: Pick<ServerInputs, "serverName" | "uuid" | "image">, owner: string): Step[] {
+function guardedDelete(
+  o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports">,
+  owner: string,
+): Step[] {
   const owned = serverOwned(o.serverName);
   return owner
     ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]

@@ -7,6 +7,7 @@ import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
 import { serverPaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
+import { hybridPlugStep, hybridUnplugLines } from "./hybrid";
 
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
@@ -143,6 +144,9 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
     });
   }
   steps.push(uploadStep(p.domainXml, xml, { mode: "0600" }));
+  // Hybrid OVS ports: qbr/qvb/qvo before the domain can start (also on a migration's destination).
+  const plug = hybridPlugStep(inputs.serverName, inputs.ports, inputs.owner ?? "");
+  if (plug) steps.push(plug);
   if (opts.define !== false) {
     steps.push({
       label: `define domain ${inputs.serverName}`,
@@ -246,7 +250,9 @@ export function parseDomainInfo(stdout: string): DomainInfo {
  * Removes the server from a host (idempotent): the domain only when its UUID is this server's,
  * the instance folder, its user marker on the image and the record. Leaves everything else alone.
  */
-export function deleteStep(server: Pick<ServerInputs, "serverName" | "uuid" | "image">): Step {
+export function deleteStep(
+  server: Pick<ServerInputs, "serverName" | "uuid" | "image"> & { ports?: readonly ServerPort[] },
+): Step {
   const { serverName: name, uuid } = server;
   const p = serverPaths(name);
   const n = shQuote(name);
@@ -265,6 +271,7 @@ export function deleteStep(server: Pick<ServerInputs, "serverName" | "uuid" | "i
       `  ${VIRSH} undefine ${n} >/dev/null`,
       "fi",
       `rm -rf ${shQuote(p.dir)}`,
+      ...hybridUnplugLines(server.ports),
       imageUserStep(server.image.name, name, false).script,
       `rm -f ${rec}`,
       "true",

@@ -466,9 +466,10 @@ test("security groups and ports: another owner's group or port is refused naming
     // Ports: the same for SecurityGroupPort.
     const pA = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroupPort", name: "web1-0" });
     const pB = ownerOf({ pulumiProject: "lab", stack: "b", type: "SecurityGroupPort", name: "web1-0" });
-    const port = (owner: string) =>
+    // Keyed by the tap: stack b cannot take over stack a's filtering under another portName.
+    const port = (owner: string, portName = "web1-0") =>
       checkSecurityGroupPortInputs({
-        portName: "web1-0",
+        portName,
         hosts: [hv1],
         host: "hv1",
         tap: "tap1a2b3c4d",
@@ -485,7 +486,15 @@ test("security groups and ports: another owner's group or port is refused naming
     fake.log.length = 0;
     await assert.rejects(
       pp.create(port(pB).inputs as never),
-      /security groups of port web1-0 .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another portName/s,
+      /security groups of device tap1a2b3c4d .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another tap/s,
+    );
+    await assert.rejects(
+      pp.create(port(pB, "elsewhere-0").inputs as never),
+      /device tap1a2b3c4d .*belongs to lab\/a/s,
+    );
+    await assert.rejects(
+      pp.delete("elsewhere-0", port(pB, "elsewhere-0").inputs as never),
+      /belongs to lab\/a/,
     );
     await assert.rejects(
       pp.update("web1-0", port(pB).inputs as never, port(pB).inputs as never),
@@ -494,13 +503,13 @@ test("security groups and ports: another owner's group or port is refused naming
     await assert.rejects(pp.delete("web1-0", port(pB).inputs as never), /belongs to lab\/a/);
     assert.deepEqual(destructive(fake), [], "no destructive step ran");
     assert.ok(!fake.log.some((l) => /^apply security groups of port/.test(l.label)), "no rule was applied");
-    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/tap1a2b3c4d.owner")));
     // A create after a crash (same owner, marker left) adopts; the owner's delete releases.
     await pp.create(port(pA).inputs as never);
     fake.log.length = 0;
     await pp.delete("web1-0", port(pA).inputs as never);
     assert.ok(fake.log.some((l) => l.label === "delete security groups of port web1-0"));
-    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/tap1a2b3c4d.owner")));
   } finally {
     fake.restore();
   }
@@ -680,6 +689,41 @@ test("an Image update that adds a host claims the image there: an unmarked image
       "not adopted",
     );
     assert.deepEqual(destructive(fake, "hv2"), []);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("security group update: a host it adds is claimed (an unmarked group there is refused, not adopted); a host it drops loses the group", async () => {
+  const [hv1, hv2] = [testHost("hv1", 1), testHost("hv2", 2)];
+  const fake = fakeHost([[/^read security group /, "set=yes\nmembers=10.10.1.5"]]);
+  try {
+    const owner = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroup", name: "web" });
+    const group = (hosts: HostConnection[]) =>
+      checkSecurityGroupInputs({ groupName: "web", hosts, members: ["10.10.1.5"], owner }).inputs;
+    const pg = securityGroupProvider as unknown as P;
+    const one = (await pg.create(group([hv1]) as never)) as unknown as { outs: Record<string, unknown> };
+    // hv2 holds a folder of group "web" that nobody marked (made by hand, or before owners).
+    markOwned(fake, hv2, "../secgroups/web/ipset.restore", "by hand");
+    fake.log.length = 0;
+    await assert.rejects(
+      pg.update("web", one.outs as never, group([hv1, hv2]) as never),
+      /security group web .* already exists on this host with no kvmlab owner/s,
+    );
+    assert.ok(
+      !fake.log.some((l) => l.host === "hv2" && /^replace the member set/.test(l.label)),
+      "nothing written on hv2",
+    );
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/secgroup/web.owner")));
+    // With hv2 clean the update claims it; dropping hv1 later removes the group there.
+    fs.rmSync(path.join(fake.roots.get("hv2") as string, "secgroups"), { recursive: true, force: true });
+    const two = await pg.update("web", one.outs as never, group([hv1, hv2]) as never);
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/secgroup/web.owner")));
+    fake.log.length = 0;
+    await pg.update("web", { ...(two as object), ...group([hv1, hv2]) } as never, group([hv2]) as never);
+    assert.ok(fake.log.some((l) => l.host === "hv1" && l.label === "delete security group web"));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/secgroup/web.owner")));
+    assert.ok(!fake.log.some((l) => l.host === "hv2" && l.label === "delete security group web"));
   } finally {
     fake.restore();
   }
