@@ -212,15 +212,21 @@ export function claimStep(o: OwnedObject, owner: string): Step {
 
 /**
  * Step for update and delete: refuses when the marker names an owner other than `owners`
- * (the old and the new owner of an update). With `adoptUnmarked`, writes the first owner into a
- * missing marker (state from before owners were recorded). Prints `mine` or `unmarked`.
+ * (the new and the old owner of an update, the new one first). A marker naming an accepted older
+ * owner is moved to the first (prints `moved`), so the state's owner and the host's agree again.
+ * With `adoptUnmarked`, writes the first owner into a missing marker (state from before owners
+ * were recorded). Prints `mine`, `moved` or `unmarked`.
  */
 export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmarked = false): Step {
   const mine = owners.filter((x) => x !== "");
   mine.forEach(checkOwnerArg);
   if (mine.length === 0) throw new Error(`owner guard of ${o.what}: no owner given`);
   const f = ownerMarkerPath(o.kind, ...o.key);
-  const cases = mine.map((x) => shQuote(x)).join("|");
+  const others = mine
+    .slice(1)
+    .filter((x) => x !== mine[0])
+    .map((x) => shQuote(x))
+    .join("|");
   return {
     label: `check the owner of ${o.what}`,
     script: [
@@ -231,7 +237,14 @@ export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmark
         : "  echo unmarked; exit 0",
       "fi",
       'cur=$(head -n1 "$f" 2>/dev/null || true)',
-      `case "$cur" in ${cases}) echo mine; exit 0 ;; esac`,
+      `case "$cur" in ${shQuote(mine[0])}) echo mine; exit 0 ;; esac`,
+      // An accepted older owner (an update after a renamed stack or a new project): the marker
+      // moves to the new owner, atomically, so the next delete (guarded by the new owner) passes.
+      ...(others.length > 0
+        ? [
+            `case "$cur" in ${others}) t="$f.new.$$"; rm -f "$t"; ( umask 077; printf '%s\\n' ${shQuote(mine[0])} > "$t" ) && mv -f "$t" "$f" && { echo moved; exit 0; }; rm -f "$t"; echo ${shQuote(`${o.what}: could not move its owner marker to ${mine[0]}`)} >&2; exit 1 ;; esac`,
+          ]
+        : []),
       emptyMarkerRefusal(o, mine[mine.length - 1]),
       `echo ${refusalWord(o, mine[mine.length - 1])} >&2`,
       `exit ${OWNER_REFUSED}`,

@@ -88,3 +88,32 @@ test("guardStep's adopt path does not clobber a marker another owner wrote meanw
     assert.equal(fs.readFileSync(marker, "utf8"), `${ME}\n`);
   });
 });
+
+test("an update whose owner changed moves the marker to the new owner; the next delete passes, the old owner's is refused", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-owner-move-"));
+  try {
+    const NEW = ownerOf({
+      pulumiProject: "lab",
+      stack: "dev",
+      type: "Network",
+      name: "lan",
+      project: "teama",
+    });
+    assert.equal(runLocal(root, claimStep(NET, ME).script).stdout.trim(), "claimed");
+    // Update: new owner first, the old one accepted.
+    assert.equal(runLocal(root, guardStep(NET, [NEW, ME], true).script).stdout.trim(), "moved");
+    const marker = fs
+      .readdirSync(path.join(root, "owners/network"))
+      .map((f) => fs.readFileSync(path.join(root, "owners/network", f), "utf8"));
+    assert.deepEqual(marker, [`${NEW}\n`], "one marker, naming the new owner, no temporary left");
+    assert.equal(
+      runLocal(root, guardStep(NET, [NEW]).script).stdout.trim(),
+      "mine",
+      "delete as the new owner",
+    );
+    assert.equal(runLocal(root, guardStep(NET, [ME]).script).code, OWNER_REFUSED, "the old owner no longer");
+    assert.equal(runLocal(root, guardStep(NET, [NEW, ME]).script).stdout.trim(), "mine", "idempotent");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -190,7 +190,7 @@ test("claim, guard and release steps: claimed, adopted by the same owner, refuse
     );
     assert.match(refused.stderr, /Fix: give this resource another networkName/);
     assert.equal(runLocal(root, guardStep(o, [OTHER]).script).code, OWNER_REFUSED);
-    assert.equal(runLocal(root, guardStep(o, [OTHER, ME]).script).stdout.trim(), "mine");
+    assert.equal(runLocal(root, guardStep(o, [ME, OTHER]).script).stdout.trim(), "mine");
     runLocal(root, releaseOwnerStep(o, [OTHER]).script);
     assert.ok(
       fs.existsSync(path.join(root, "owners/network/lan.owner")),
