@@ -717,7 +717,10 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       await waited(m, () =>
         runChecked(
           placed,
-          [...materializeSteps(inputs, listenOn(inputs.domainXml[domainType], placed)), recordStep(inputs, addresses)],
+          [
+            ...materializeSteps(inputs, listenOn(inputs.domainXml[domainType], placed)),
+            recordStep(inputs, addresses),
+          ],
           { timeoutMs: 180000, ...WORKER },
         ),
       );
