@@ -21,8 +21,9 @@ export const MANAGEMENT_ADDRESS_PLACEHOLDER = "kvmlab-management-address";
  */
 export function fillManagementListen(xml: string, address: string, host = "the host"): string {
   if (!xml.includes(MANAGEMENT_ADDRESS_PLACEHOLDER)) return xml;
+  let n: number;
   try {
-    ipToInt(address, "address");
+    n = ipToInt(address, "address");
   } catch {
     throw new FieldError(
       "consoleListen",
@@ -30,6 +31,13 @@ export function fillManagementListen(xml: string, address: string, host = "the h
       "give the host by its IPv4 address, or set consoleListen to an address of that host",
     );
   }
+  // The VNC server has no password: never every interface (0.0.0.0), a multicast or a broadcast address.
+  if (n === 0 || n >>> 28 === 0xe || n >>> 0 === 0xffffffff)
+    throw new FieldError(
+      "consoleListen",
+      `"management" listens on ${host}'s management address, but ${address} is not one address of one host (0.0.0.0 would open the password-less console on every interface)`,
+      "give the host by its own IPv4 management address",
+    );
   const out = xml
     .replace(new RegExp(`(<graphics [^>]*listen=')${MANAGEMENT_ADDRESS_PLACEHOLDER}'`, "g"), `$1${address}'`)
     .replace(

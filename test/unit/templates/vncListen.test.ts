@@ -95,3 +95,14 @@ test("console token lifetimes are bounded to 1-3600 s, refused before any host i
     assert.match(checkTtlSec(bad) ?? "", /ttlSec: expected an integer 1-3600/);
   await assert.rejects(issueConsoleToken([testHost("hv1", 2)], "web1", "Default/u", 86400), /ttlSec/);
 });
+
+test("the management listen is never 0.0.0.0, multicast or broadcast (the console has no password)", () => {
+  const xml = `<graphics type='vnc' port='-1' listen='${MANAGEMENT_ADDRESS_PLACEHOLDER}'/>`;
+  for (const bad of ["0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255"])
+    assert.throws(
+      () => fillManagementListen(xml, bad, "host hv1"),
+      /consoleListen.*not one address of one host/s,
+      bad,
+    );
+  assert.match(fillManagementListen(xml, "10.99.0.2"), /listen='10\.99\.0\.2'/);
+});
