@@ -260,9 +260,10 @@ export function deleteStep(
   return {
     label: `delete server ${name}`,
     script: [
-      // libvirtd not answering is not "no such domain": stop here, so the owner marker stays and
-      // a defined domain never outlives its marker (the next up adopts it, a delete retries).
-      `${VIRSH} list --all >/dev/null 2>&1 || { echo ${shQuote(`libvirtd on this host does not answer, so server ${name} was not removed; start libvirtd (systemctl start libvirtd) and run again`)} >&2; exit 69; }`,
+      // libvirtd not answering is not "no such domain": when libvirt keeps a definition of this
+      // name, stop here, so the owner marker and record stay with it (the next up returns to this
+      // host and adopts it; a delete retries). With no definition there is nothing of libvirt's.
+      `if ! ${VIRSH} list --all >/dev/null 2>&1 && [ -e ${shQuote(`/etc/libvirt/qemu/${name}.xml`)} ]; then echo ${shQuote(`libvirtd on this host does not answer and keeps a definition of server ${name}, so it was not removed; start libvirtd (systemctl start libvirtd) and run again`)} >&2; exit 69; fi`,
       `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
       // A domain or record of the same name with another UUID belongs to another server (a name
       // clash refused at create): leave all of it alone.
