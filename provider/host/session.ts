@@ -447,6 +447,32 @@ function pickWorker(session: HostSession): HostSession | undefined {
 }
 
 /** Runs one batch in a worker shell of the host's session (see RunOptions.lane). */
+/**
+ * Queues a batch on one shell of `session`'s connection (the main shell or a worker channel):
+ * it runs after the shell's earlier batches, keeps the socket referenced while it runs, and
+ * becomes the shell's new tail.
+ */
+function enqueue(
+  session: HostSession,
+  shell: HostSession,
+  steps: readonly Step[],
+  opts: RunOptions,
+): Promise<StepResult[]> {
+  const run = shell.tail.then(async () => {
+    if (shell.dead) throw new Error(`${session.label}: SSH connection lost`);
+    session.busy += 1;
+    holdSocket(session, true);
+    try {
+      return await runInShell(shell, steps, opts);
+    } finally {
+      session.busy -= 1;
+      if (session.busy === 0 && !session.dead) holdSocket(session, false);
+    }
+  });
+  shell.tail = run.catch(() => undefined);
+  return run;
+}
+
 async function runInWorker(
   host: HostConnection,
   steps: readonly Step[],
@@ -458,18 +484,7 @@ async function runInWorker(
   const worker = session.channel ? pickWorker(session) : undefined;
   if (!worker) return runSteps(host, steps, { ...opts, lane: "main" });
   worker.queued = (worker.queued ?? 0) + 1;
-  const run = worker.tail.then(async () => {
-    if (worker.dead) throw new Error(`${session.label}: SSH connection lost`);
-    session.busy += 1;
-    holdSocket(session, true);
-    try {
-      return await runInShell(worker, steps, opts);
-    } finally {
-      session.busy -= 1;
-      if (session.busy === 0 && !session.dead) holdSocket(session, false);
-    }
-  });
-  worker.tail = run.catch(() => undefined);
+  const run = enqueue(session, worker, steps, opts);
   try {
     return await run;
   } catch (err) {
@@ -554,18 +569,7 @@ export async function runSteps(
           `${session.label}: the SSH session holding the ${file === "/var/lib/kvmlab/lock" ? "host lock" : "lock"} ${file} was lost; the steps after it were not run (they would have run unlocked). Run the operation again`,
         );
     }
-    const run = session.tail.then(async () => {
-      if (session.dead) throw new Error(`${session.label}: SSH connection lost`);
-      session.busy += 1;
-      holdSocket(session, true);
-      try {
-        return await runInShell(session, steps, opts);
-      } finally {
-        session.busy -= 1;
-        if (session.busy === 0 && !session.dead) holdSocket(session, false);
-      }
-    });
-    session.tail = run.catch(() => undefined);
+    const run = enqueue(session, session, steps, opts);
     try {
       return await run;
     } catch (err) {
