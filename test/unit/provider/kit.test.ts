@@ -373,6 +373,7 @@ function fakeHosts(answers: [RegExp, string][]): {
     touch(h),
     { kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true }
   );
+  probe.requireNetworkType = async (h: HostConnection) => void touch(h);
   return {
     calls,
     restore: () => {
