@@ -92,6 +92,10 @@ export interface LabSubnet {
 export interface LabNetwork {
   readonly name: string;
   readonly kind: "provider" | "selfservice";
+  /** ML2 type (flat, vlan, vxlan, gre, local); from kind when the file leaves it out. */
+  readonly type: "flat" | "vlan" | "vxlan" | "gre" | "local";
+  /** VLAN id, VNI or GRE key as written (null: none or derived from the name). */
+  readonly segmentationId: number | null;
   readonly driver: "linuxbridge" | "openvswitch";
   readonly external: boolean;
   readonly physicalInterface: string | null;

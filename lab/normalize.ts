@@ -217,6 +217,8 @@ export function normalizeLab(d: Raw): Lab {
     networks: list(d.networks).map((n: Raw) => ({
       name: n.name,
       kind: n.kind,
+      type: n.type ?? (n.kind === "provider" ? "flat" : "vxlan"),
+      segmentationId: opt(n.segmentationId),
       driver: n.driver ?? "linuxbridge",
       external: n.external ?? false,
       physicalInterface: opt(n.physicalInterface),
