@@ -636,7 +636,7 @@ export function networkDeleteStep(networkName: string, driver: NetworkDriver, ho
       "  if command -v ovs-vsctl >/dev/null 2>&1; then",
       '    ovs-vsctl --if-exists del-br "$br"',
       // A VLAN network's trunk end; the trunk bridge goes with the last VLAN network on it.
-      `    tr=${trunk}; ovs-vsctl --if-exists del-port "$tr" ${trunkPort}`,
+      `    tr=${trunk}; ovs-vsctl --if-exists del-port ${trunkPort}`,
       '    if ovs-vsctl br-exists "$tr" && [ -z "$(ovs-vsctl list-ports "$tr" | grep -vxF "$up")" ]; then ovs-vsctl --if-exists del-br "$tr"; fi',
       "  fi",
       '  ip link del dev "$vx" 2>/dev/null || true',

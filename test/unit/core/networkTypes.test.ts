@@ -120,10 +120,7 @@ test("host scripts: VLAN on OVS tags the trunk end of a patch pair; GRE makes on
   assert.ok(s.includes(`tr=${trunk}; tp=${trunkPort}`), s);
   assert.match(s, /set port "\$tp" tag=\$vid/);
   assert.match(s, /vid=42/);
-  assert.match(
-    networkDeleteStep("v", "openvswitch", HOSTS[0]).script,
-    new RegExp(`del-port "\\$tr" ${trunkPort}`),
-  );
+  assert.match(networkDeleteStep("v", "openvswitch", HOSTS[0]).script, new RegExp(`del-port ${trunkPort}`));
   const lbVlan = networkApplyStep({ ...ovsVlan, driver: "linuxbridge" }, HOSTS[0]).script;
   assert.match(lbVlan, /type vlan id \$vid/);
   assert.match(lbVlan, /modprobe 8021q/);
