@@ -115,6 +115,8 @@ export interface VolumeInputs {
 /** What read finds on the host. */
 export interface VolumeRealized {
   present: boolean;
+  /** The host the volume is on now (a live migration of its server carries it along). */
+  host: string;
   /** Bytes the file occupies on the host's disk (du). */
   allocatedBytes: number;
   /** The guest-visible size. */
@@ -190,8 +192,10 @@ export const VOLUME_REPLACE_KEYS = ["volumeName", "host", "provisioning", "image
 
 /** Pure diff: replaces, grow, attachment moves, and drift of the attachment. */
 export function diffVolume(olds: VolumeOutputs, news: VolumeInputs): DiffResult {
-  const replaces = changedKeys(olds, news, VOLUME_REPLACE_KEYS);
-  const updates = changedKeys(olds, news, ["sizeGiB", "server", "owner", "hosts"]);
+  // A new host where the volume already is (its server migrated and carried it) is no replace.
+  const movedThere = olds.realized?.host !== undefined && olds.realized.host === news.host;
+  const replaces = changedKeys(olds, news, VOLUME_REPLACE_KEYS).filter((k) => !(k === "host" && movedThere));
+  const updates = changedKeys(olds, news, ["sizeGiB", "server", "owner", "hosts", "host"]);
   const r = olds.realized;
   const drift =
     r !== undefined && (r.attachedTo !== olds.server || (r.present === false && replaces.length === 0));
@@ -300,6 +304,7 @@ export function parseVolumeRead(stdout: string): VolumeRealized {
   const kv = parseKeyValues(stdout);
   return {
     present: kv.get("present") === "1",
+    host: "",
     allocatedBytes: Number(kv.get("allocated") ?? 0) || 0,
     virtualBytes: Number(kv.get("virtual") ?? 0) || 0,
     attachedTo: kv.get("attached") ?? "",
@@ -434,7 +439,23 @@ function outputsOf(i: VolumeInputs, device: string, realized: VolumeRealized): V
 
 async function readVolume(host: HostConnection, i: VolumeInputs): Promise<VolumeRealized> {
   const [out] = await runChecked(host, [volumeReadStep(i)]);
-  return parseVolumeRead(out);
+  return { ...parseVolumeRead(out), host: host.name };
+}
+
+/**
+ * Where the volume is: its `host`, or another listed host a live migration of its server
+ * carried it to (unreachable other hosts are skipped). Not present anywhere: `host`, absent.
+ */
+async function locate(i: VolumeInputs): Promise<{ host: HostConnection; realized: VolumeRealized }> {
+  const home = hostNamed(i.hosts, i.host, "volume");
+  const realized = await readVolume(home, i);
+  if (realized.present) return { host: home, realized };
+  for (const h of i.hosts) {
+    if (h.name === home.name) continue;
+    const there = await readVolume(h, i).catch(() => undefined);
+    if (there?.present) return { host: h, realized: there };
+  }
+  return { host: home, realized };
 }
 
 /**
@@ -511,17 +532,15 @@ const volume = defineResource<VolumeInputs, VolumeOutputs>({
   },
 
   async read(_id, props) {
-    const host = hostNamed(props.hosts, props.host, "volume");
-    const realized = await readVolume(host, props);
+    const { realized } = await locate(props);
     if (!realized.present) return undefined;
     return { ...props, realized, device: realized.device || props.device };
   },
 
   async update(_id, olds, news) {
-    const host = hostNamed(news.hosts, news.host, "volume");
+    const { host, realized: now } = await locate(news);
     const owned = volumeOwned(news.volumeName);
     await runLocked(host, [guardStep(owned, [news.owner, ownerIn(olds)], true)]);
-    const now = await readVolume(host, news);
     if (!now.present)
       throw new Error(
         `volume ${news.volumeName} is gone from host ${host.name}; run "pulumi refresh" to drop it from the state, then "pulumi up" creates it again (blank)`,
@@ -540,7 +559,7 @@ const volume = defineResource<VolumeInputs, VolumeOutputs>({
   },
 
   async delete(_id, olds) {
-    const host = hostNamed(olds.hosts, olds.host, "volume");
+    const { host } = await locate(olds);
     const o = ownerIn(olds);
     const owned = volumeOwned(olds.volumeName);
     await runLocked(host, [

@@ -7,7 +7,9 @@
  * Proves: a thin volume takes almost no space on the host until written, a thick one its full
  * size (both printed); attaching to a running guest is an update and the disk appears in the
  * guest at the device the output names; a token written survives growing in place (the guest
- * sees the new size), detach, and re-attach to another server; delete refuses while attached
+ * sees the new size), detach, re-attach to another server, and a live migration of that server
+ * to the other host (the volume's file moves along; the Volume finds it there and its new host
+ * is no replace); delete refuses while attached
  * (naming the server and the fix); hostile inputs are refused by check with the field named and
  * no host command; delete leaves no volume file, disk XML, record or owner marker.
  */
@@ -231,7 +233,7 @@ async function disksOf(ip: string, want: RegExp): Promise<string> {
 }
 
 const GIB_SECTORS = 2097152;
-const servers: { uuid: string; outs: ServerOutputs }[] = [];
+const servers: { uuid: string; inputs: ServerInputs; outs: ServerOutputs }[] = [];
 const volumes = new Map<string, VolumeOutputs>();
 
 after(async () => {
@@ -247,7 +249,7 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
   for (const name of ["itvol1", "itvol2"]) {
     const inputs = await serverInputs(name, { host: "hv1" });
     const outs = (await serverProvider.create!(inputs)).outs as ServerOutputs;
-    servers.push({ uuid: inputs.uuid, outs });
+    servers.push({ uuid: inputs.uuid, inputs, outs });
     assert.equal(outs.actualPowerState, "running");
   }
   const [s1, s2] = servers.map((s) => s.outs);
@@ -362,6 +364,47 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
   }
   assert.equal(hostPoolStats().steps, before, "check ran no host command");
 
+  // Live migration of itvol2 to hv2 carries its attached volume (the thick one is detached
+  // first, to keep the copy small): the guest still reads the token at vdc on hv2, the volume's
+  // file moved (gone from hv1), the Volume finds it there, and its new host is no replace.
+  thick = await update(thick, { ...(thick as VolumeInputs), server: "" });
+  volumes.set("thick", thick);
+  const moveIn = await serverInputs("itvol2", { host: "hv2", olds: servers[1].inputs });
+  assert.match(moveIn.changePlan, /live-migrate to host hv2/);
+  const migratedAt = Date.now();
+  servers[1].outs = (await serverProvider.update!(servers[1].uuid, servers[1].outs, moveIn))
+    .outs as ServerOutputs;
+  servers[1].inputs = moveIn;
+  console.log(`live migration of itvol2 with a 2 GiB thin volume attached: ${Date.now() - migratedAt} ms`);
+  assert.equal(servers[1].outs.host, "hv2");
+  assert.match(
+    await onHost("hv2", "virsh -c qemu:///system domblklist itvol2"),
+    /vdc\s+\/var\/lib\/kvmlab\/volumes\/itv-thin\.qcow2/,
+  );
+  assert.equal(
+    (await httpGet(status, s2.ips[0], "/cgi-bin/disk?dev=vdc&op=read", 10_000))?.body.trim(),
+    "voltoken7",
+    "the data survives the live migration",
+  );
+  assert.equal(
+    (
+      await onHost(
+        "hv1",
+        "ls /var/lib/kvmlab/volumes/ /var/lib/kvmlab/records/volume/ | grep -c itv-thin || true",
+      )
+    ).trim(),
+    "0",
+    "the volume left hv1",
+  );
+  thin = (await volumeProvider.read!("itv-thin", thin)).props as VolumeOutputs;
+  assert.equal(thin.realized.host, "hv2");
+  assert.equal(thin.realized.attachedTo, "itvol2");
+  const onHv2 = await volumeIn({ ...thinOn2, host: "hv2" }, thin);
+  assert.deepEqual((await volumeProvider.diff!("itv-thin", thin, onHv2)).replaces ?? [], []);
+  thin = await update(thin, onHv2);
+  volumes.set("thin", thin);
+  assert.equal(thin.device, "vdc");
+
   // Detach both and delete: nothing left.
   for (const key of ["thin", "thick"]) {
     let v = volumes.get(key)!;
@@ -374,14 +417,15 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
   }
   const disks2 = await disksOf(s2.ips[0], /^vda /m);
   assert.doesNotMatch(disks2, /^vd[bc] /m, disks2);
-  assert.equal(
-    (
-      await onHost(
-        "hv1",
-        "ls /var/lib/kvmlab/volumes/ /var/lib/kvmlab/records/volume/ /var/lib/kvmlab/owners/volume/ 2>/dev/null | grep -c itv- || true",
-      )
-    ).trim(),
-    "0",
-    "no volume file, disk XML, record or owner marker left",
-  );
+  for (const h of ["hv1", "hv2"])
+    assert.equal(
+      (
+        await onHost(
+          h,
+          "ls /var/lib/kvmlab/volumes/ /var/lib/kvmlab/records/volume/ /var/lib/kvmlab/owners/volume/ 2>/dev/null | grep -c itv- || true",
+        )
+      ).trim(),
+      "0",
+      "no volume file, disk XML, record or owner marker left",
+    );
 });

@@ -207,6 +207,7 @@ const KINDS: Kind[] = [
       device: "vdb",
       realized: {
         present: true,
+        host: "hv1",
         allocatedBytes: 0,
         virtualBytes: 1073741824,
         attachedTo: "web1",

@@ -23,6 +23,13 @@ import {
 } from "../../../provider/volume";
 import { chooseVolumeDevice, volumePath, volumeUsage, VOLUME_DEVICES } from "../../../core/volume";
 import { domainWithDisk, renderVolumeDisk } from "../../../templates/volume";
+import { migrateStep } from "../../../provider/server/migrate";
+import {
+  dropVolumesStep,
+  migrateDisks,
+  parseAttachedVolumes,
+  prepareVolumesStep,
+} from "../../../provider/server/volumes";
 import { assertSerializable } from "../../harness/serialization";
 import { assertValid, expectGolden, virtXmlValidate } from "../templates/support";
 import { testHost } from "./fixtures";
@@ -47,6 +54,7 @@ function outputs(i: VolumeInputs, over: Partial<VolumeOutputs> = {}): VolumeOutp
     device: i.server ? "vdb" : "",
     realized: {
       present: true,
+      host: i.host,
       allocatedBytes: 0,
       virtualBytes: i.sizeGiB * 1073741824,
       attachedTo: i.server,
@@ -129,6 +137,10 @@ test("diff: name, host, provisioning, image replace; size and server update; att
     assert.ok(d.changes && d.replaces.length === 0, `${k}=${v}`);
   }
   const drifted = outputs(i, { realized: { ...o.realized, attachedTo: "", device: "" } });
+  // Its server's live migration carried it to hv2: the new host is no replace (data stays).
+  const carried = outputs(i, { realized: { ...o.realized, host: "hv2" } });
+  assert.deepEqual(diffVolume(carried, { ...i, host: "hv2" }).replaces, []);
+  assert.equal(diffVolume(carried, { ...i, host: "hv2" }).changes, true);
   assert.equal(diffVolume(drifted, i).changes, true, "detached by hand: up attaches again");
 });
 
@@ -210,6 +222,7 @@ test("read and domblklist parsers", () => {
     parseVolumeRead("present=1\nallocated=4096\nvirtual=1073741824\nattached=web1\ndevice=vdb\n"),
     {
       present: true,
+      host: "",
       allocatedBytes: 4096,
       virtualBytes: 1073741824,
       attachedTo: "web1",
@@ -237,4 +250,54 @@ test("the Volume provider serializes without templates or captured modules", asy
     methods: ["check", "diff", "create", "read", "update", "delete"],
     maxBytes: 256 * 1024,
   });
+});
+
+test("live migration carries attached volumes: listed on the source, prepared on the destination, copied with --migrate-disks", () => {
+  const record = JSON.stringify({ volumeName: "data", sizeGiB: 1 });
+  const line = [
+    "vdb",
+    "/var/lib/kvmlab/volumes/data.qcow2",
+    "qcow2",
+    "1073741824",
+    "p/s/Volume/data",
+    Buffer.from(record).toString("base64"),
+  ].join("\t");
+  const vols = parseAttachedVolumes(`${line}\n`);
+  assert.deepEqual(vols, [
+    {
+      volumeName: "data",
+      target: "vdb",
+      path: "/var/lib/kvmlab/volumes/data.qcow2",
+      format: "qcow2",
+      virtualBytes: 1073741824,
+      owner: "p/s/Volume/data",
+      record,
+    },
+  ]);
+  for (const bad of [
+    line.replace("vdb", "vda"),
+    line.replace("/var/lib/kvmlab/volumes/data.qcow2", "/etc/passwd"),
+    line.replace("data.qcow2", "../x.qcow2"),
+    line.replace("\tqcow2\t", "\tvmdk\t"),
+    line.replace("1073741824", "1e9"),
+  ])
+    assert.throws(() => parseAttachedVolumes(bad), /unexpected attached volume line/);
+  const prep = prepareVolumesStep(vols).script;
+  assert.ok(
+    prep.indexOf("already exists on the destination") < prep.indexOf("qemu-img create"),
+    "check before make",
+  );
+  assert.match(prep, /qemu-img create -q -f qcow2 '?\/var\/lib\/kvmlab\/volumes\/data\.qcow2'? 1073741824/);
+  assert.match(
+    dropVolumesStep(vols, "source").script,
+    /rm -f .*data\.qcow2.*records\/volume\/data\.json.*owners\/volume\/data\.owner/,
+  );
+  assert.deepEqual(migrateDisks(false, vols), ["vdb"]);
+  assert.deepEqual(migrateDisks(true, vols), ["vda", "vdb"]);
+  assert.deepEqual(migrateDisks(true, []), []);
+  const dest = testHost("hv2", 2);
+  const withVols = migrateStep("web1", dest, false, 240, undefined, ["vdb"]).script;
+  assert.match(withVols, /--copy-storage-inc --migrate-disks '?vdb'?/);
+  const plain = migrateStep("web1", dest, false, 240).script;
+  assert.doesNotMatch(plain, /copy-storage|migrate-disks/, "no volumes: the migration is as before");
 });
