@@ -344,8 +344,20 @@ test("openvswitch gre: refused until the tunnel address is on an OVS bridge, the
       "for i in 1 2 3 4 5; do ip netns exec ga2 busybox ping -c 1 -W 2 10.89.0.1 >/dev/null 2>&1 && break; done; ip netns exec ga2 busybox ping -c 3 -A -W 2 10.89.0.1 || true",
     );
     assert.match(ping, /3 packets received/, ping);
+    // OVS's own drop counters (tunnel push/pop, MTU, offloads) on both hosts, before and after.
+    const drops = (h: HostConnection) =>
+      sh(
+        h,
+        "ovs-appctl coverage/show 2>/dev/null | grep -iE 'drop|error|mtu' | awk '{print $1, $NF}' | tr '\\n' ' '; ip link show br-phy | head -n1",
+      );
+    const before = await Promise.all([drops(hv1), drops(hv2)]);
     const got = await transfers(hv1, "ga1", "10.89.0.1", hv2, "ga2");
     console.log(`gre (openvswitch): 20 x 1 MiB delivered ${got.join(",")}`);
+    const after = await Promise.all([drops(hv1), drops(hv2)]);
+    for (const [i, h] of hosts.entries())
+      console.log(
+        `  ${h.name} OVS counters before: ${before[i].trim()}\n  ${h.name} after: ${after[i].trim()}`,
+      );
     assert.deepEqual(
       got,
       got.map(() => 1048576),
