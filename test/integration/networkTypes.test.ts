@@ -358,6 +358,12 @@ test("openvswitch gre: refused until the tunnel address is on an OVS bridge, the
       console.log(
         `  ${h.name} OVS counters before: ${before[i].trim()}\n  ${h.name} after: ${after[i].trim()}`,
       );
+    // Which packet sizes cross the tunnel (ICMP payload + 28 = the inner IP packet).
+    const sizes = await sh(
+      hv2,
+      "for s in 1000 1200 1300 1400 1430; do ip netns exec ga2 busybox ping -c 1 -W 2 -s $s 10.89.0.1 >/dev/null 2>&1 && echo \"$s:ok\" || echo \"$s:lost\"; done | tr '\\n' ' '",
+    );
+    console.log(`  gre ping sizes hv2 -> hv1: ${sizes.trim()}`);
     assert.deepEqual(
       got,
       got.map(() => 1048576),
