@@ -427,13 +427,11 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     if (ovs) {
       // The userspace datapath reads this port through a packet socket; a burst overflows the
       // socket's receive buffer (ss -0 -m: drops) and TCP stalls in retransmission backoff.
-      // GRO off keeps each loss to one segment instead of a 64 KiB merged packet, and a bigger
-      // default receive buffer (for sockets made from now on) keeps most bursts
-      // (docs/providers.md, Known limits). Never lowered; per network namespace on Linux >= 6.x.
+      // GRO off keeps each loss to one segment instead of a 64 KiB merged packet
+      // (docs/providers.md, Known limits: the 1 MiB stall).
       lines.push(
         'ip link set dev "$vx" up',
         `ethtool -K "$vx" ${VXLAN_OVS_OFFLOADS} >/dev/null 2>&1 || { echo "cannot set offloads on $vx (ethtool missing?); install ethtool" >&2; exit 20; }`,
-        `if [ "$dp" = netdev ]; then for k in rmem_max rmem_default; do [ "$(sysctl -n net.core.$k 2>/dev/null || echo 0)" -ge ${OVS_NETDEV_RMEM} ] || sysctl -qw net.core.$k=${OVS_NETDEV_RMEM} >/dev/null 2>&1 || true; done; fi`,
       );
       ovsTx.push('--may-exist add-port "$br" "$vx"', 'set port "$vx" external_ids:kvmlab-network="$name"');
     } else {
@@ -479,13 +477,6 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
 
 /** Offloads turned off on a kernel VXLAN device that is an OVS (userspace datapath) port. */
 export const VXLAN_OVS_OFFLOADS = "gro off";
-
-/**
- * Socket receive buffer default (bytes) a host with OVS's userspace datapath gets before a
- * kernel VXLAN port is added: ovs-vswitchd reads the port through a packet socket, which drops a
- * burst beyond the 208 KiB default (docs/providers.md, Known limits).
- */
-export const OVS_NETDEV_RMEM = 4194304;
 
 /**
  * A VLAN network's leg on the host's uplink. OVS: the uplink sits in a shared trunk bridge
