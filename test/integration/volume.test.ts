@@ -67,6 +67,14 @@ before(async () => {
     await runChecked(h, [{ label: "image dir", script: "mkdir -p /var/lib/kvmlab/images/labimg" }]);
     await sftpPut(h, status.image.kernel, "/var/lib/kvmlab/images/labimg/kernel");
     await sftpPut(h, status.image.ramdisk, "/var/lib/kvmlab/images/labimg/ramdisk");
+    // A small blank disk image: each guest gets its root disk (an overlay) at vda, so the
+    // volumes it attaches are vdb, vdc, … in the guest too (Linux names virtio disks in order).
+    await runChecked(h, [
+      {
+        label: "root disk image",
+        script: "qemu-img create -q -f qcow2 /var/lib/kvmlab/images/labimg/disk.qcow2 64M",
+      },
+    ]);
   }
   const net = await networkProvider.check!(
     {} as never,
@@ -130,7 +138,7 @@ async function serverInputs(
   const image = {
     name: "labimg",
     kind: "kernel" as const,
-    disk: "",
+    disk: "/var/lib/kvmlab/images/labimg/disk.qcow2",
     format: "qcow2" as const,
     kernel: "/var/lib/kvmlab/images/labimg/kernel",
     ramdisk: "/var/lib/kvmlab/images/labimg/ramdisk",
@@ -216,8 +224,8 @@ async function update(olds: VolumeOutputs, news: VolumeInputs): Promise<VolumeOu
 }
 
 /**
- * The guest's block devices ("vdb 2097152" lines; the sandbox guest boots from kernel+initrd, so
- * it has no vda), asked until `want` holds (bounded). `want` as a RegExp must match; as
+ * The guest's block devices ("vdb 2097152" lines; vda is the root disk), asked until `want`
+ * holds (bounded). `want` as a RegExp must match; as
  * `{ not: RegExp }` must not match an answer.
  */
 async function disksOf(ip: string, want: RegExp | { not: RegExp }): Promise<string> {
@@ -258,6 +266,7 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
     assert.equal(outs.actualPowerState, "running");
   }
   const [s1, s2] = servers.map((s) => s.outs);
+  assert.match(await disksOf(s1.ips[0], /^vda 131072$/m), /^vda /m, "the root disk");
   await disksOf(s1.ips[0], { not: /^vd[b-z] /m }); // no volume before attaching
 
   // Thin and thick, 1 GiB each, detached.
@@ -343,6 +352,23 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
     "voltoken7",
     "the data survives detach and re-attach to another server",
   );
+
+  // From an image: a full copy of labimg's disk, at the size asked.
+  const fromImageIn = await volumeIn({ volumeName: "itv-img", host: "hv1", sizeGiB: 1, image: "labimg" });
+  const fromImage = (await volumeProvider.create!(fromImageIn)).outs as VolumeOutputs;
+  volumes.set("img", fromImage);
+  assert.equal(fromImage.realized.virtualBytes, 1073741824);
+  assert.match(
+    await onHost("hv1", "qemu-img info -U /var/lib/kvmlab/volumes/itv-img.qcow2"),
+    /file format: qcow2/,
+  );
+  assert.doesNotMatch(
+    await onHost("hv1", "qemu-img info -U /var/lib/kvmlab/volumes/itv-img.qcow2"),
+    /backing file/,
+    "a copy, not an overlay of the image",
+  );
+  await volumeProvider.delete!("itv-img", fromImage);
+  volumes.delete("img");
 
   // Hostile inputs: refused by check, the field named, no host command.
   const before = hostPoolStats().steps;
