@@ -11,6 +11,7 @@
  * ```
  */
 import * as pulumi from "@pulumi/pulumi";
+import { defaultTypeMtu, kindOfType, typeOfKind, type NetworkType } from "../core/network";
 import { networkDevices } from "../core/paths";
 import {
   Network as NetworkResource,
@@ -28,8 +29,12 @@ export { defaultMtu, planSubnet, type SubnetSpec } from "../templates/subnet";
 export interface NetworkArgs {
   /** Name on the hosts. @default the component name */
   readonly networkName?: string;
-  /** @default "selfservice" */
+  /** @default "selfservice" (or the kind of `type`) */
   readonly kind?: NetworkKind;
+  /** ML2 type: flat, vlan, vxlan, gre or local. @default from kind (provider: flat, selfservice: vxlan) */
+  readonly type?: NetworkType;
+  /** VLAN id (vlan, required), VNI (vxlan) or GRE key (gre). @default derived from the name */
+  readonly segmentationId?: number;
   /** @default "linuxbridge" */
   readonly driver?: NetworkDriver;
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
@@ -38,7 +43,7 @@ export interface NetworkArgs {
   readonly hostDiscovery?: ResolveHostsOptions;
   /** @default derived from the name */
   readonly vni?: number;
-  /** @default 1450 (selfservice) or 1500 (provider) */
+  /** @default 1450 (vxlan), 1458 (gre), 1500 (flat, vlan, local) */
   readonly mtu?: number;
   /** @default [] */
   readonly subnets?: readonly SubnetSpec[];
@@ -57,9 +62,10 @@ export class Network extends pulumi.ComponentResource {
   constructor(name: string, args: NetworkArgs = {}, opts: pulumi.ComponentResourceOptions = {}) {
     super("kvmlab:network:Network", name, {}, opts);
     const networkName = args.networkName ?? name;
-    const kind = args.kind ?? "selfservice";
+    const type = args.type ?? typeOfKind(args.kind ?? "selfservice");
+    const kind = args.kind ?? kindOfType(type);
     const driver = args.driver ?? "linuxbridge";
-    const mtu = args.mtu ?? defaultMtu(kind);
+    const mtu = args.mtu ?? (args.type ? defaultTypeMtu(type) : defaultMtu(kind));
     const hosts: HostConnectionArgs[] = resolveHosts(args.hosts, args.hostDiscovery).hosts;
     const names = new Set<string>();
     for (const s of args.subnets ?? []) {
@@ -73,7 +79,7 @@ export class Network extends pulumi.ComponentResource {
 
     this.network = new NetworkResource(
       name,
-      { networkName, kind, driver, hosts, vni: args.vni, mtu },
+      { networkName, kind, type, segmentationId: args.segmentationId, driver, hosts, vni: args.vni, mtu },
       { parent: this },
     );
     this.subnets = {};

@@ -179,7 +179,7 @@ export function checkImplies(role: string, implies: readonly string[]): string[]
 
 // ---- quotas -----------------------------------------------------------------------------------
 
-/** Quota names: Nova's compute quotas and Neutron's network quotas. */
+/** Quota names: Nova's compute quotas, Neutron's network quotas and Cinder's volume quotas. */
 export const QUOTA_NAMES = [
   "instances",
   "cores",
@@ -191,12 +191,14 @@ export const QUOTA_NAMES = [
   "routers",
   "securityGroups",
   "securityGroupRules",
+  "volumes",
+  "gigabytes",
 ] as const;
 export type QuotaName = (typeof QUOTA_NAMES)[number];
 export type Quotas = Record<QuotaName, number>;
 export type Usage = Partial<Record<QuotaName, number>>;
 
-/** Nova's `[quota]` and Neutron's `[quotas]` defaults; -1 means unlimited. */
+/** Nova's `[quota]`, Neutron's `[quotas]` and Cinder's (`quota_volumes`, `quota_gigabytes`) defaults; -1 means unlimited. */
 export const DEFAULT_QUOTAS: Quotas = {
   instances: 10,
   cores: 20,
@@ -208,6 +210,8 @@ export const DEFAULT_QUOTAS: Quotas = {
   routers: 10,
   securityGroups: 10,
   securityGroupRules: 100,
+  volumes: 10,
+  gigabytes: 1000,
 };
 
 /** Defaults with `overrides` applied. */

@@ -12,9 +12,11 @@
  *   loadbalancers/<name>/haproxy.cfg
  *   loadbalancers/<name>/keepalived-{0,1}.conf  (ACTIVE_STANDBY: amphora 0 MASTER, 1 BACKUP)
  *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
+ *   volumes/<name>.xml                         an attached volume's <disk> (device from its server's list)
  *   plan.json                                  allocations this render assumed
  */
 import { hostsFileText, type IpamRecord } from "../core/ipam";
+import { VOLUME_DEVICES, volumeDiskXml, volumeFormat, volumePath } from "../core/volume";
 import { checkName } from "../core/names";
 import { dhcpPaths, imageStorePaths, networkDevices, portOwner, serverPaths } from "../core/paths";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
@@ -56,6 +58,10 @@ export const RENDER_NOTES: readonly string[] = [
   "VNC ports are automatic (autoport) and chosen by libvirt when the domain starts.",
   "Autoscale groups are rendered at their desired size; scaling adds or removes <group>-<i> members.",
 ];
+
+/** Added to the notes of a lab with volumes. */
+export const VOLUME_RENDER_NOTE =
+  "An attached volume's device follows its server's volumes list (vdb, vdc, …); at apply time each attach takes the first free vdb..vdz of the running server, which is the same for a server that has only its boot disk and attaches in list order.";
 
 export class RenderError extends Error {
   constructor(
@@ -146,6 +152,30 @@ export function renderLab(
     files.push([`servers/${s.name}/user-data`, r.cloudInit.userData]);
     files.push([`servers/${s.name}/network-config`, r.cloudInit.networkConfig]);
   }
+
+  // Volumes: each attached one's <disk> at the device its server's list gives it (vdb, vdc, …).
+  const volumePlan = lab.volumes.map((v) => {
+    const server = lab.servers.find((s) => s.volumes.includes(v.name)) ?? null;
+    const device = server ? (VOLUME_DEVICES[server.volumes.indexOf(v.name)] ?? null) : null;
+    const path = at(`volumes.${v.name}`, () => volumePath(v.name, v.provisioning));
+    if (server && device)
+      files.push([
+        `volumes/${v.name}.xml`,
+        at(`volumes.${v.name}`, () =>
+          volumeDiskXml({ volumeName: v.name, path, format: volumeFormat(v.provisioning), device }),
+        ),
+      ]);
+    return {
+      name: v.name,
+      host: v.host ?? server?.host ?? "decided at apply time",
+      sizeGiB: v.sizeGiB,
+      provisioning: v.provisioning,
+      path,
+      image: v.image,
+      server: server?.name ?? null,
+      device,
+    };
+  });
 
   lab.loadBalancers.forEach((lb, i) => {
     const path = `loadBalancers[${i}]`;
@@ -247,7 +277,7 @@ export function renderLab(
 
   const planJson = {
     lab: lab.name,
-    notes: RENDER_NOTES,
+    notes: volumePlan.length > 0 ? [...RENDER_NOTES, VOLUME_RENDER_NOTE] : RENDER_NOTES,
     stack,
     networks: lab.networks.map((n) => {
       const { shortId, bridge, vxlan } = networkDevices(n.name);
@@ -276,6 +306,7 @@ export function renderLab(
         })),
       };
     }),
+    ...(volumePlan.length > 0 ? { volumes: volumePlan } : {}),
     loadBalancers: lab.loadBalancers.map((lb) => {
       // vrrpAddresses only for ACTIVE_STANDBY: SINGLE entries read as before.
       const { vrrpAddresses, ...vip } = plan.vips[lb.name];

@@ -94,7 +94,7 @@ export function renderLabReference(): string {
     "     Regenerate: npm run build && node dist/lab/docs.js > docs/lab-definition.md -->",
     "",
     "A lab definition is one YAML file describing an OpenStack-shaped lab: hosts, identity, images,",
-    "flavors, keypairs, networks, routers, security groups, servers, load balancers, autoscale groups and",
+    "flavors, keypairs, networks, routers, security groups, servers, volumes, load balancers, autoscale groups and",
     "apps. Every section is optional except `name`; objects refer to each other by name. Start the file",
     "with `# yaml-language-server: $schema=./lab.schema.json` for completion and checks in editors.",
     "See `stacks/three-tier.yaml` for a complete example.",

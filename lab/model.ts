@@ -92,6 +92,10 @@ export interface LabSubnet {
 export interface LabNetwork {
   readonly name: string;
   readonly kind: "provider" | "selfservice";
+  /** ML2 type (flat, vlan, vxlan, gre, local); from kind when the file leaves it out. */
+  readonly type: "flat" | "vlan" | "vxlan" | "gre" | "local";
+  /** VLAN id, VNI or GRE key as written (null: none or derived from the name). */
+  readonly segmentationId: number | null;
   readonly driver: "linuxbridge" | "openvswitch";
   readonly external: boolean;
   readonly physicalInterface: string | null;
@@ -151,6 +155,19 @@ export interface LabServer extends LabLaunch {
   readonly project: string;
   readonly host: string | null;
   readonly floatingIp: boolean;
+  /** Names of the volumes attached to it, in device order (vdb, vdc, …). */
+  readonly volumes: readonly string[];
+}
+
+export interface LabVolume {
+  readonly name: string;
+  readonly project: string;
+  readonly sizeGiB: number;
+  readonly provisioning: "thin" | "thick";
+  /** Disk image it starts as a copy of, or null (blank). */
+  readonly image: string | null;
+  /** Host it lives on, or null (the host of the server that lists it). */
+  readonly host: string | null;
 }
 
 export interface LabHealthMonitor {
@@ -308,6 +325,7 @@ export interface Lab {
   readonly routers: readonly LabRouter[];
   readonly securityGroups: readonly LabSecurityGroup[];
   readonly servers: readonly LabServer[];
+  readonly volumes: readonly LabVolume[];
   readonly loadBalancers: readonly LabLoadBalancer[];
   readonly autoscaleGroups: readonly LabAutoscaleGroup[];
   readonly apps: readonly LabApp[];

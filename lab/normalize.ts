@@ -217,6 +217,8 @@ export function normalizeLab(d: Raw): Lab {
     networks: list(d.networks).map((n: Raw) => ({
       name: n.name,
       kind: n.kind,
+      type: n.type ?? (n.kind === "provider" ? "flat" : "vxlan"),
+      segmentationId: opt(n.segmentationId),
       driver: n.driver ?? "linuxbridge",
       external: n.external ?? false,
       physicalInterface: opt(n.physicalInterface),
@@ -247,7 +249,16 @@ export function normalizeLab(d: Raw): Lab {
       project: s.project ?? defaultProject,
       host: opt(s.host),
       floatingIp: s.floatingIp ?? false,
+      volumes: list(s.volumes),
       ...launch(s),
+    })),
+    volumes: list(d.volumes).map((v: Raw) => ({
+      name: v.name,
+      project: v.project ?? defaultProject,
+      sizeGiB: v.sizeGiB,
+      provisioning: v.provisioning ?? "thin",
+      image: opt(v.image),
+      host: opt(v.host),
     })),
     loadBalancers: list(d.loadBalancers).map((lb: Raw): LabLoadBalancer => ({
       name: lb.name,

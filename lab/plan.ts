@@ -13,6 +13,7 @@
  *   6. floating IPs: load balancers, then servers, in order.
  */
 import { cidrContains, intToIp, ipToInt, parseCidr } from "../core/net";
+import { defaultTypeMtu } from "../core/network";
 import { networkDevices } from "../core/paths";
 import { defaultMtu, planSubnet } from "../templates/subnet";
 import type { Lab, LabLaunch, LabNetwork, LabSubnet } from "./model";
@@ -22,7 +23,7 @@ import type { Lab, LabLaunch, LabNetwork, LabSubnet } from "./model";
  * (1500 for provider networks, 1450 for selfservice ones, which lose 50 bytes to VXLAN).
  */
 export function networkMtu(network: LabNetwork): number {
-  return network.mtu ?? defaultMtu(network.kind);
+  return network.mtu ?? (network.type ? defaultTypeMtu(network.type) : defaultMtu(network.kind));
 }
 
 /** What the Network component renders for a lab subnet (dnsmasq.conf, DHCP port address). */

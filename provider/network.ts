@@ -29,6 +29,16 @@
  * host layer's functions, and `require`s nothing at module level.
  */
 import type * as pulumi from "@pulumi/pulumi";
+import {
+  NETWORK_TYPES,
+  checkSegmentationId,
+  defaultSegmentationId,
+  defaultTypeMtu,
+  kindOfType,
+  typeOfKind,
+  type NetworkType,
+} from "../core/network";
+import { deviceName } from "../core/names";
 import { networkDevices } from "../core/paths";
 import {
   UNKNOWN,
@@ -37,6 +47,7 @@ import {
   isIPv4,
   recordPath,
   requireFeatures,
+  requireNetworkType,
   runLocked,
   runSteps,
   shQuote,
@@ -75,12 +86,18 @@ import { charges } from "./quota";
 export { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./kit";
 
 export type NetworkKind = "provider" | "selfservice";
+export type { NetworkType } from "../core/network";
 export type NetworkDriver = "linuxbridge" | "openvswitch";
 
 export interface NetworkArgs extends InProjectArgs {
   /** Name on the hosts (records, external_ids, qdhcp namespace). @default the resource name */
   readonly networkName?: pulumi.Input<string>;
-  readonly kind: pulumi.Input<NetworkKind>;
+  /** "provider" (flat) or "selfservice" (vxlan); may be left out when `type` is given. */
+  readonly kind?: pulumi.Input<NetworkKind>;
+  /** ML2 type: flat, vlan, vxlan, gre or local. @default from kind (provider: flat, selfservice: vxlan) */
+  readonly type?: pulumi.Input<NetworkType>;
+  /** VLAN id (vlan, 1-4094, required), VNI (vxlan, = vni) or GRE key (gre). @default derived from the name */
+  readonly segmentationId?: pulumi.Input<number>;
   /** @default "linuxbridge" */
   readonly driver?: pulumi.Input<NetworkDriver>;
   /** Hosts the network spans (from components/hosts.ts resolveHosts, or explicit). */
@@ -97,6 +114,10 @@ export interface NetworkArgs extends InProjectArgs {
 export interface NetworkInputs {
   networkName: string;
   kind: NetworkKind;
+  /** ML2 type (states from before types: derived from kind, see networkTypeOf). */
+  type: NetworkType;
+  /** VLAN id, VNI or GRE key; 0 for flat and local. */
+  segmentationId: number;
   driver: NetworkDriver;
   hosts: HostConnection[];
   /** 0 for provider networks. */
@@ -112,6 +133,8 @@ export interface NetworkHostState {
   mtu: number;
   /** VNI of the VXLAN device when it exists and is attached to the bridge, else 0. */
   vni: number;
+  /** VLAN tag of the network's trunk leg, or GRE key of its tunnel ports (else 0). */
+  segmentationId?: number;
   /** Head-end replication targets (sorted). */
   remotes: string[];
   uplinkAttached: boolean;
@@ -136,7 +159,8 @@ export function defaultVni(networkName: string): number {
   return 4096 + (Number.parseInt(shortId(networkName), 16) % (16777215 - 4096));
 }
 
-/** Device names of a network on every host (one definition: core/paths.ts). */
+/** Device names of a network on every host (one definition: core/paths.ts). For a VLAN network
+ * `vxlan` names its segment port (the patch port or 802.1Q device), for GRE it is unused. */
 export { networkDevices } from "../core/paths";
 
 /** What a host should have for these inputs (datapathType is not predicted). */
@@ -144,80 +168,202 @@ export function expectedHostState(
   inputs: NetworkInputs,
   host: HostConnection,
 ): Omit<NetworkHostState, "datapathType"> {
-  const selfservice = inputs.kind === "selfservice";
+  const type = networkTypeOf(inputs);
+  const tunnel = type === "vxlan" || type === "gre";
   return {
     bridge: true,
     mtu: inputs.mtu,
-    vni: selfservice ? inputs.vni : 0,
-    remotes: selfservice
+    vni: type === "vxlan" ? inputs.vni : 0,
+    ...(type === "vlan" || type === "gre" ? { segmentationId: segmentationIdOf(inputs) } : {}),
+    remotes: tunnel
       ? inputs.hosts
           .filter((h) => h.name !== host.name)
           .map((h) => h.tunnelAddress)
           .sort()
       : [],
-    uplinkAttached: inputs.kind === "provider",
+    uplinkAttached: type === "flat" || type === "vlan",
     record: true,
+  };
+}
+
+/** The ML2 type of a network's inputs or outputs (states from before types: from kind). */
+export function networkTypeOf(n: { type?: NetworkType; kind: NetworkKind }): NetworkType {
+  return n.type ?? typeOfKind(n.kind);
+}
+
+/** The segmentation id of a network's inputs or outputs (states from before types: the VNI). */
+export function segmentationIdOf(n: {
+  type?: NetworkType;
+  kind: NetworkKind;
+  segmentationId?: number;
+  vni: number;
+}): number {
+  return n.segmentationId ?? (networkTypeOf(n) === "vxlan" ? n.vni : 0);
+}
+
+/** Device names a VLAN or GRE network adds on a host (see the header). */
+export function segmentDevices(
+  networkName: string,
+  uplink: string,
+  remote = "",
+): { trunk: string; trunkPort: string; grePort: string } {
+  return {
+    trunk: deviceName("p", `trunk/${uplink}`),
+    trunkPort: deviceName("u", networkName),
+    grePort: deviceName("g", `${networkName}/${remote}`),
   };
 }
 
 /** Validates and normalizes raw inputs; returns {inputs, failures}. Pure. */
 export function checkNetworkInputs(news: Record<string, unknown>): Checked {
   const out = failureList();
-  const {
-    networkName: name,
-    kind,
-    driver,
-  } = applyRules(
+  const { networkName: name, driver } = applyRules(
     news,
     {
       networkName: { rule: rules.name },
-      kind: {
-        rule: rules.oneOf(
-          ["provider", "selfservice"],
-          '"provider" (flat, on each host\'s uplink) or "selfservice" (VXLAN between hosts)',
-        ),
-      },
       driver: { rule: rules.oneOf(["linuxbridge", "openvswitch"]), default: "linuxbridge" },
     },
     out,
   );
+  // type decides kind; kind alone decides type (flat / vxlan), so labs from before types keep working.
+  let kind = news.kind;
+  let type = news.type;
+  if (type !== undefined) {
+    if (isKnown(type)) {
+      const bad = rules.oneOf(
+        NETWORK_TYPES,
+        "one of flat, vlan, vxlan, gre, local (Neutron's ML2 type names)",
+      )("type", type);
+      if (bad) {
+        out.add("type", bad);
+        type = UNKNOWN;
+      } else {
+        const k = kindOfType(type as NetworkType);
+        if (kind !== undefined && isKnown(kind) && kind !== k)
+          out.add(
+            "kind",
+            `kind ${JSON.stringify(kind)} does not match type ${JSON.stringify(type)} (a ${String(type)} network is kind "${k}"); leave kind out`,
+          );
+        kind = k;
+      }
+    } else kind = isKnown(kind) ? kind : UNKNOWN;
+  } else if (kind === undefined) {
+    out.add("type", 'set type (flat, vlan, vxlan, gre or local) or kind ("provider" or "selfservice")');
+  } else if (isKnown(kind)) {
+    const bad = rules.oneOf(
+      ["provider", "selfservice"],
+      '"provider" (flat, on each host\'s uplink) or "selfservice" (VXLAN between hosts)',
+    )("kind", kind);
+    if (bad) out.add("kind", bad);
+    else type = typeOfKind(kind as NetworkKind);
+  } else type = UNKNOWN;
+  const t = isKnown(type) && type !== undefined ? (type as NetworkType) : undefined;
+
   out.add("hosts", checkHostList("hosts", news.hosts));
   const hosts = normalizeHosts(news.hosts);
-  if (Array.isArray(hosts) && isKnown(kind)) {
+  if (t === "gre" && isKnown(driver) && driver !== "openvswitch")
+    out.add(
+      "driver",
+      'a gre network needs driver "openvswitch" (OVS GRE tunnel ports); the Linux bridge driver has no GRE (it would need the ip_gre kernel module and gretap devices): set driver: "openvswitch" or type: "vxlan"',
+    );
+  if (Array.isArray(hosts) && t !== undefined) {
+    if (t === "local" && hosts.length !== 1)
+      out.add(
+        "hosts",
+        `a local network lives on one host and has no uplink or tunnel; list exactly one host (got ${hosts.length})`,
+      );
+    if (t === "gre" && hosts.length > 2)
+      out.add(
+        "hosts",
+        `a gre network spans at most 2 hosts (its OVS tunnel ports form a full mesh, which loops without flow rules); got ${hosts.length}: use type vxlan for more hosts`,
+      );
     hosts.forEach((h, i) => {
       if (h === null || typeof h !== "object" || isUnknown(h)) return;
       const host = h as HostConnection;
-      if (kind === "provider" && !host.uplink) {
+      if ((t === "flat" || t === "vlan") && !host.uplink) {
         out.add(
           "hosts",
-          `hosts[${i}].uplink: a provider (flat) network needs the host's uplink device, e.g. "eth1"; set it in kvmlab:hosts`,
+          `hosts[${i}].uplink: a provider (${t}) network needs the host's uplink device, e.g. "eth1"; set it in kvmlab:hosts`,
         );
       }
-      if (kind === "selfservice" && hosts.length > 1 && !isIPv4(host.tunnelAddress)) {
+      if ((t === "vxlan" || t === "gre") && hosts.length > 1 && !isIPv4(host.tunnelAddress)) {
         out.add(
           "hosts",
-          `hosts[${i}].tunnelAddress: a selfservice network on several hosts needs each host's VXLAN underlay address; set it in kvmlab:hosts`,
+          `hosts[${i}].tunnelAddress: a ${t === "vxlan" ? "selfservice" : t} network on several hosts needs each host's tunnel underlay address; set it in kvmlab:hosts`,
         );
       }
     });
   }
+  // Segmentation id: segmentationId, or vni (the old field) for vxlan; both must agree.
+  let seg = news.segmentationId;
   let vni = news.vni;
-  if (kind === "provider") vni = 0;
-  else if (vni === undefined) vni = typeof name === "string" && isKnown(name) ? defaultVni(name) : UNKNOWN;
-  else if (isKnown(vni)) out.add("vni", rules.int(1, 16777215)("vni", vni));
+  if (t !== undefined) {
+    if (
+      t === "vxlan" &&
+      seg !== undefined &&
+      vni !== undefined &&
+      isKnown(seg) &&
+      isKnown(vni) &&
+      seg !== vni
+    )
+      out.add(
+        "segmentationId",
+        `segmentationId ${String(seg)} and vni ${String(vni)} differ; set only one of them`,
+      );
+    if (t === "vxlan" && seg === undefined) seg = vni;
+    if (t !== "vxlan" && vni !== undefined && isKnown(vni))
+      out.add(
+        "vni",
+        `vni is the VXLAN id; a ${t} network has none${t === "vlan" || t === "gre" ? ": use segmentationId" : ""}`,
+      );
+    if (seg === undefined) {
+      if (t === "vlan") {
+        out.add("segmentationId", "a vlan network needs segmentationId: its VLAN id, 1-4094");
+        seg = UNKNOWN;
+      } else
+        seg =
+          typeof name === "string" && isKnown(name)
+            ? (defaultSegmentationId(t, shortId(name)) ?? 0)
+            : t === "flat" || t === "local"
+              ? 0
+              : UNKNOWN;
+    } else if (isKnown(seg)) {
+      const bad = checkSegmentationId(t, seg);
+      if (bad) out.add("segmentationId", bad);
+    }
+    vni = t === "vxlan" ? seg : 0;
+  } else {
+    if (vni !== undefined && isKnown(vni)) out.add("vni", rules.int(1, 16777215)("vni", vni));
+    seg = seg ?? UNKNOWN;
+    vni = vni ?? UNKNOWN;
+  }
   let mtu = news.mtu;
-  if (mtu === undefined) mtu = kind === "provider" ? 1500 : kind === "selfservice" ? 1450 : UNKNOWN;
+  if (mtu === undefined) mtu = t !== undefined ? defaultTypeMtu(t) : UNKNOWN;
   else if (isKnown(mtu))
-    out.add("mtu", rules.int(576, 9000, "", " (selfservice: the underlay MTU minus 50)")("mtu", mtu));
+    out.add(
+      "mtu",
+      rules.int(576, 9000, "", " (vxlan: the underlay MTU minus 50; gre: minus 42)")("mtu", mtu),
+    );
   const owner = checkedOwner(news, "Network", "networkName", out.add);
-  return { inputs: { ...news, driver, hosts, vni, mtu, owner }, failures: out.failures };
+  return {
+    inputs: { ...news, kind, type, segmentationId: seg, driver, hosts, vni, mtu, owner },
+    failures: out.failures,
+  };
 }
 
 /** Fields whose change makes a new network. */
-export const NETWORK_REPLACE_KEYS = ["networkName", "kind", "driver", "vni"] as const;
+export const NETWORK_REPLACE_KEYS = [
+  "networkName",
+  "kind",
+  "type",
+  "driver",
+  "vni",
+  "segmentationId",
+] as const;
 
-/** Property-level diff; pure (never connects). */
-export function diffNetwork(olds: NetworkOutputs, news: NetworkInputs): DiffResult {
+/** Property-level diff; pure (never connects). A state from before types reads as its kind's type. */
+export function diffNetwork(oldsRaw: NetworkOutputs, news: NetworkInputs): DiffResult {
+  const olds = { ...oldsRaw, type: networkTypeOf(oldsRaw), segmentationId: segmentationIdOf(oldsRaw) };
   const replaces = changedKeys(olds, news, NETWORK_REPLACE_KEYS);
   let changes = replaces.length > 0 || changedKeys(olds, news, ["mtu", "hosts"]).length > 0;
   if (!changes) {
@@ -241,6 +387,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
   const ovs = inputs.driver === "openvswitch";
   const want = expectedHostState(inputs, host);
+  const type = networkTypeOf(inputs);
   const lines = [
     "set -e",
     `name=${shQuote(inputs.networkName)}; br=${bridge}; vx=${vxlan}; id=${id}; mtu=${inputs.mtu}`,
@@ -256,7 +403,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     lines.push("dp=netdev; [ -d /sys/module/openvswitch ] && dp=system");
     ovsTx.push(
       '--may-exist add-br "$br"',
-      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-owner=${shQuote(JSON.stringify(inputs.owner))}`,
+      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-type=${type} external_ids:kvmlab-owner=${shQuote(JSON.stringify(inputs.owner))}`,
       'set interface "$br" mtu_request=$mtu',
     );
   } else {
@@ -266,7 +413,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       'ip link set dev "$br" up',
     );
   }
-  if (inputs.kind === "selfservice") {
+  if (type === "vxlan") {
     const local = host.tunnelAddress || "";
     lines.push(
       `vni=${inputs.vni}; local=${shQuote(local)}`,
@@ -278,7 +425,14 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       'ip link set dev "$vx" mtu $mtu',
     );
     if (ovs) {
-      lines.push('ip link set dev "$vx" up');
+      // The userspace datapath reads this port through a packet socket; a burst overflows the
+      // socket's receive buffer (ss -0 -m: drops) and TCP stalls in retransmission backoff.
+      // GRO off keeps each loss to one segment instead of a 64 KiB merged packet
+      // (docs/providers.md, Known limits: the 1 MiB stall).
+      lines.push(
+        'ip link set dev "$vx" up',
+        `ethtool -K "$vx" ${VXLAN_OVS_OFFLOADS} >/dev/null 2>&1 || { echo "cannot set offloads on $vx (ethtool missing?); install ethtool" >&2; exit 20; }`,
+      );
       ovsTx.push('--may-exist add-port "$br" "$vx"', 'set port "$vx" external_ids:kvmlab-network="$name"');
     } else {
       lines.push('ip link set dev "$vx" master "$br" up');
@@ -292,7 +446,9 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       'for r in $want; do case "$have" in *" $r "*) ;; *) bridge fdb append 00:00:00:00:00:00 dev "$vx" dst "$r" ;; esac; done',
     );
   }
-  if (inputs.kind === "provider") {
+  if (type === "vlan") lines.push(...vlanLines(inputs, host, ovsTx));
+  if (type === "gre") lines.push(...greLines(inputs, host, ovsTx));
+  if (type === "flat") {
     lines.push(
       `up=${shQuote(host.uplink)}`,
       'ip link show dev "$up" >/dev/null 2>&1 || { echo "uplink $up does not exist on host; set hosts[].uplink to the host\'s provider NIC" >&2; exit 18; }',
@@ -313,16 +469,100 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
   }
   if (ovs) {
     lines.push(`ovs-vsctl ${ovsTx.join(" -- ")}`, 'ip link set dev "$br" up');
-    if (inputs.kind === "provider") lines.push('ip link set dev "$up" up');
+    if (type === "flat" || type === "vlan") lines.push('ip link set dev "$up" up');
+    if (type === "gre") lines.push(...greCleanupLines(inputs, host));
   }
   return { label: `create network ${inputs.networkName} on ${host.name}`, script: lines.join("\n") };
+}
+
+/** Offloads turned off on a kernel VXLAN device that is an OVS (userspace datapath) port. */
+export const VXLAN_OVS_OFFLOADS = "gro off";
+
+/**
+ * A VLAN network's leg on the host's uplink. OVS: the uplink sits in a shared trunk bridge
+ * (kvlp-*, one per uplink), joined to the network's bridge by a patch-port pair whose trunk end
+ * is an access port with tag = VLAN id (the userspace datapath tags and untags; no 8021q
+ * module). Linux bridge: an 802.1Q device kvlx-* on the uplink (needs the 8021q module; the host
+ * probe names it) is a port of the network's bridge.
+ */
+function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[]): string[] {
+  const { trunk, trunkPort } = segmentDevices(inputs.networkName, host.uplink ?? "");
+  const vid = segmentationIdOf(inputs);
+  const lines = [
+    `up=${shQuote(host.uplink)}; vid=${vid}; tr=${trunk}; tp=${trunkPort}`,
+    'ip link show dev "$up" >/dev/null 2>&1 || { echo "uplink $up does not exist on host; set hosts[].uplink to the host\'s provider NIC" >&2; exit 18; }',
+    'm=$(readlink "/sys/class/net/$up/master" 2>/dev/null || true); m=${m##*/}',
+  ];
+  if (inputs.driver === "openvswitch") {
+    lines.push(
+      'b=$(ovs-vsctl port-to-br "$up" 2>/dev/null || true)',
+      'if { [ -n "$m" ] && [ "$m" != ovs-system ]; } || { [ -n "$b" ] && [ "$b" != "$tr" ]; }; then echo "uplink $up is already in bridge ${b:-$m}; VLAN networks share the uplink through trunk bridge $tr, which a flat network on it prevents" >&2; exit 19; fi',
+    );
+    ovsTx.push(
+      '--may-exist add-br "$tr"',
+      'set bridge "$tr" datapath_type=$dp external_ids:kvmlab-trunk="$up"',
+      '--may-exist add-port "$tr" "$up"',
+      '--may-exist add-port "$br" "$vx"',
+      'set interface "$vx" type=patch options:peer="$tp"',
+      'set port "$vx" external_ids:kvmlab-network="$name"',
+      '--may-exist add-port "$tr" "$tp"',
+      'set interface "$tp" type=patch options:peer="$vx"',
+      'set port "$tp" tag=$vid external_ids:kvmlab-network="$name"',
+    );
+    lines.push(
+      'ip link set dev "$up" mtu $(( mtu > $(cat /sys/class/net/$up/mtu) ? mtu : $(cat /sys/class/net/$up/mtu) ))',
+    );
+  } else {
+    lines.push(
+      'if [ -n "$m" ]; then echo "uplink $up is already in bridge $m; a vlan network needs the uplink free of flat networks" >&2; exit 19; fi',
+      '[ -d /proc/net/vlan ] || modprobe 8021q 2>/dev/null || { echo "this host has no 802.1Q VLAN support (8021q kernel module): load it with modprobe 8021q, or use driver openvswitch, whose userspace datapath tags without it" >&2; exit 21; }',
+      'if ! ip -d link show dev "$vx" 2>/dev/null | grep -q "vlan protocol 802.1Q id $vid "; then',
+      '  ip link del dev "$vx" 2>/dev/null || true',
+      '  ip link add link "$up" name "$vx" type vlan id $vid',
+      "fi",
+      'ip link set dev "$vx" mtu $mtu',
+      'ip link set dev "$vx" master "$br" up',
+      'ip link set dev "$up" up',
+    );
+  }
+  return lines;
+}
+
+/**
+ * A GRE network's tunnels: one OVS native GRE port per other host (remote_ip, key = the
+ * segmentation id). The userspace datapath sends them out only when the host's tunnel address
+ * lies on an OVS bridge (the host probe checks it) and every sender fills in full checksums.
+ */
+function greLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[]): string[] {
+  const key = segmentationIdOf(inputs);
+  for (const r of expectedHostState(inputs, host).remotes) {
+    const { grePort } = segmentDevices(inputs.networkName, "", r);
+    ovsTx.push(
+      `--may-exist add-port "$br" ${grePort}`,
+      `set interface ${grePort} type=gre options:remote_ip=${shQuote(r)} options:key=${key}` +
+        (host.tunnelAddress ? ` options:local_ip=${shQuote(host.tunnelAddress)}` : ""),
+      `set port ${grePort} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}`,
+    );
+  }
+  return [];
+}
+
+/** Removes GRE ports of this network towards hosts no longer listed. */
+function greCleanupLines(inputs: NetworkInputs, host: HostConnection): string[] {
+  const keep = expectedHostState(inputs, host).remotes.map(
+    (r) => segmentDevices(inputs.networkName, "", r).grePort,
+  );
+  return [
+    `keep=" ${keep.join(" ")} "`,
+    'for p in $(ovs-vsctl list-ports "$br"); do case "$p" in kvlg-*) case "$keep" in *" $p "*) ;; *) ovs-vsctl --if-exists del-port "$br" "$p" ;; esac ;; esac; done',
+  ];
 }
 
 /** Step that prints what a host has, as key=value lines (see parseNetworkState). */
 export function networkReadStep(networkName: string, driver: NetworkDriver, host: HostConnection): Step {
   const { bridge, vxlan } = networkDevices(networkName);
   const lines = [
-    `br=${bridge}; vx=${vxlan}; up=${shQuote(host.uplink || "-")}`,
+    `name=${shQuote(networkName)}; br=${bridge}; vx=${vxlan}; up=${shQuote(host.uplink || "-")}`,
     `rec=${shQuote(recordPath("network", networkName))}`,
     'if [ -f "$rec" ]; then echo record=yes; else echo record=no; fi',
   ];
@@ -339,9 +579,22 @@ export function networkReadStep(networkName: string, driver: NetworkDriver, host
       'm=$(readlink "/sys/class/net/$up/master" 2>/dev/null || true); echo "upattached=$( [ "${m##*/}" = "$br" ] && echo yes || echo no)"',
     );
   }
+  if (driver === "openvswitch") {
+    // VLAN: tag of the trunk-side patch port; GRE: key and remotes of the kvlg-* ports.
+    lines.push(
+      'p=$(ovs-vsctl --bare --columns=name find port external_ids:kvmlab-network="$name" tag!=[] 2>/dev/null | head -n1)',
+      'if [ -n "$p" ] && [ "$(ovs-vsctl get interface "$p" options:peer 2>/dev/null | tr -d \'"\')" = "$vx" ]; then echo "segid=$(ovs-vsctl get port "$p" tag)"; echo upattached=yes; fi',
+      'g=""; for q in $(ovs-vsctl list-ports "$br" 2>/dev/null); do case "$q" in kvlg-*) g="$g $(ovs-vsctl get interface "$q" options:remote_ip | tr -d \'"\')"; echo "segid=$(ovs-vsctl get interface "$q" options:key | tr -d \'"\')" ;; esac; done',
+      'if [ -n "$g" ]; then echo "remotes=$g"; fi',
+    );
+  } else {
+    lines.push(
+      'if ip -d link show dev "$vx" 2>/dev/null | grep -q "vlan protocol"; then echo "segid=$(ip -d link show dev "$vx" | grep -o "vlan protocol 802.1Q id [0-9]*" | awk \'{print $5}\')"; m=$(readlink "/sys/class/net/$vx/master" 2>/dev/null || true); [ "${m##*/}" = "$br" ] && echo upattached=yes; fi',
+    );
+  }
   lines.push(
     'if [ -e "/sys/class/net/$br" ]; then echo "mtu=$(cat "/sys/class/net/$br/mtu")"; fi',
-    'if [ -e "/sys/class/net/$vx" ]; then',
+    'if ip -d link show dev "$vx" 2>/dev/null | grep -q "vxlan id"; then',
     '  echo "vni=$(ip -d link show dev "$vx" | grep -o "vxlan id [0-9]*" | awk \'{print $3}\')"',
     "  echo \"remotes=$(bridge fdb show dev \"$vx\" | awk '$1==\"00:00:00:00:00:00\" {print $3}' | sort | tr '\\n' ' ')\"",
     "fi",
@@ -364,6 +617,7 @@ export function parseNetworkState(stdout: string): NetworkHostState {
       .filter((r) => r !== "")
       .sort(),
     uplinkAttached: kv.get("upattached") === "yes",
+    ...(kv.has("segid") ? { segmentationId: Number(kv.get("segid")) } : {}),
     datapathType: bridge ? (kv.get("datapath") ?? "") : "",
     record: kv.get("record") === "yes",
   };
@@ -380,9 +634,15 @@ export function networkDeleteStep(networkName: string, driver: NetworkDriver, ho
     'if [ -z "$other" ]; then',
   ];
   if (driver === "openvswitch") {
+    const { trunk, trunkPort } = segmentDevices(networkName, host.uplink ?? "");
     lines.push(
-      // Deleting the bridge removes its ports (the uplink of a flat network included).
-      '  if command -v ovs-vsctl >/dev/null 2>&1; then ovs-vsctl --if-exists del-br "$br"; fi',
+      // Deleting the bridge removes its ports (the uplink of a flat network, GRE ports included).
+      "  if command -v ovs-vsctl >/dev/null 2>&1; then",
+      '    ovs-vsctl --if-exists del-br "$br"',
+      // A VLAN network's trunk end; the trunk bridge goes with the last VLAN network on it.
+      `    tr=${trunk}; ovs-vsctl --if-exists del-port ${trunkPort}`,
+      '    if ovs-vsctl br-exists "$tr" && [ -z "$(ovs-vsctl list-ports "$tr" | grep -vxF "$up")" ]; then ovs-vsctl --if-exists del-br "$tr"; fi',
+      "  fi",
       '  ip link del dev "$vx" 2>/dev/null || true',
     );
   } else {
@@ -425,16 +685,19 @@ async function applyOnHost(
   owners: readonly string[],
 ): Promise<NetworkHostState> {
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
+  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1);
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
   const record = {
     name: inputs.networkName,
     shortId: id,
     kind: inputs.kind,
+    type: networkTypeOf(inputs),
+    segmentationId: segmentationIdOf(inputs),
     driver: inputs.driver,
     vni: inputs.vni,
     mtu: inputs.mtu,
     bridge,
-    vxlan: inputs.kind === "selfservice" ? vxlan : "",
+    vxlan: networkTypeOf(inputs) === "vxlan" ? vxlan : "",
     uplink: inputs.kind === "provider" ? host.uplink : "",
     remotes: expectedHostState(inputs, host).remotes,
     owner: inputs.owner,
@@ -473,7 +736,7 @@ function outputsFor(inputs: NetworkInputs, realized: Record<string, NetworkHostS
     ...inputs,
     shortId: id,
     bridge,
-    vxlanDevice: inputs.kind === "selfservice" ? vxlan : "",
+    vxlanDevice: networkTypeOf(inputs) === "vxlan" ? vxlan : "",
     hostKeys: {},
     realized,
   };
@@ -481,7 +744,7 @@ function outputsFor(inputs: NetworkInputs, realized: Record<string, NetworkHostS
 
 const network = defineResource<NetworkInputs, NetworkOutputs>({
   type: "Network",
-  inputKeys: ["networkName", "kind", "driver", "hosts", "vni", "mtu", "owner"],
+  inputKeys: ["networkName", "kind", "type", "segmentationId", "driver", "hosts", "vni", "mtu", "owner"],
   outputKeys: ["shortId", "bridge", "vxlanDevice", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkNetworkInputs(news),
@@ -552,6 +815,8 @@ export const networkProvider = network.provider;
 export class Network extends KvmlabResource<NetworkInputs, NetworkOutputs> {
   declare readonly networkName: pulumi.Output<string>;
   declare readonly kind: pulumi.Output<NetworkKind>;
+  declare readonly type: pulumi.Output<NetworkType>;
+  declare readonly segmentationId: pulumi.Output<number>;
   declare readonly driver: pulumi.Output<NetworkDriver>;
   declare readonly vni: pulumi.Output<number>;
   declare readonly mtu: pulumi.Output<number>;

@@ -99,6 +99,13 @@ import {
   revokeStep,
 } from "./server/migrate";
 import {
+  attachedVolumesStep,
+  dropVolumesStep,
+  migrateDisks,
+  parseAttachedVolumes,
+  prepareVolumesStep,
+} from "./server/volumes";
+import {
   deleteStep,
   destroyStep,
   imageUseSteps,
@@ -543,6 +550,18 @@ async function migrateServer(
       timeoutMs: 120000,
     },
   );
+  // Attached volumes travel with the guest (issue 16): empty files of their size on the
+  // destination, copied by the migration itself.
+  const [volOut] = await runChecked(src, [attachedVolumesStep(olds.serverName)]);
+  const volumes = parseAttachedVolumes(volOut);
+  if (volumes.length > 0) {
+    try {
+      await runLocked(dst, [prepareVolumesStep(volumes)], { timeoutMs: 600000 });
+    } catch (err) {
+      await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
+      throw err;
+    }
+  }
   // Its key as pinned (configured, recorded, or seen first in this run by the step above).
   const pin = { fingerprint: hostKeyRecord(dst) };
   if (!pin.fingerprint)
@@ -580,7 +599,14 @@ async function migrateServer(
           uploadStep(`${migrationDir(olds.serverName)}/known_hosts`, knownHostsText(dst, keys), {
             mode: "0600",
           }),
-          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240, vncMove(xml, src, dst)),
+          migrateStep(
+            olds.serverName,
+            dst,
+            olds.image.disk !== "",
+            240,
+            vncMove(xml, src, dst),
+            migrateDisks(olds.image.disk !== "", volumes),
+          ),
         ],
         { timeoutMs: 260000 },
       ),
@@ -600,7 +626,9 @@ async function migrateServer(
     const msg = err instanceof Error ? err.message : String(err);
     if (outcome === "source") {
       // The guest runs on the source and the destination has no domain: drop what was prepared.
-      await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
+      await runLocked(dst, [deleteStep(olds), dropVolumesStep(volumes, "destination")]).catch(
+        () => undefined,
+      );
       throw new Error(`${msg}${revoked}`, { cause: err });
     }
     if (outcome === "unknown")
@@ -615,12 +643,12 @@ async function migrateServer(
     const revoked = await revokeKey(dst, authorizedKeysFile, tag);
     await runSteps(src, [migrationCleanupStep(olds.serverName)]).catch(() => undefined);
     await runLocked(dst, [recordStep(olds, olds.addresses)]);
-    await runLocked(src, guardedDelete(olds, ownerIn(olds)));
+    await runLocked(src, [...guardedDelete(olds, ownerIn(olds)), dropVolumesStep(volumes, "source")]);
     if (revoked) throw new Error(`server ${olds.serverName} moved to ${dst.name}, but${revoked}`);
     return migratedMs;
   }
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
-  await runLocked(src, guardedDelete(olds, ownerIn(olds)));
+  await runLocked(src, [...guardedDelete(olds, ownerIn(olds)), dropVolumesStep(volumes, "source")]);
   return migratedMs;
 }
 

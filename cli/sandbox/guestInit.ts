@@ -23,7 +23,8 @@
  * Every guest serves on :80 and :8080: / ("hello from NAME", except the role's own port),
  * /health, /big (1 MiB), /cgi-bin/ip (client address), /cgi-bin/burn?seconds=N|stop (burn one
  * CPU), /cgi-bin/disks ("<name> <sectors>" per block device) and
- * /cgi-bin/disk?dev=vdb&op=write&data=TOKEN | ?dev=vdb&op=read (a token at the disk's start).
+ * /cgi-bin/disk?dev=vdb&op=write&data=TOKEN | ?dev=vdb&op=read (a token at the disk's start; vdb..vdz
+ * only, never the boot disk vda).
  */
 
 export const GUEST_INIT = `#!/bin/busybox sh
@@ -276,8 +277,9 @@ for kv in $QUERY_STRING; do
   esac
 done
 unset IFS
-case "$dev" in ''|*[!a-z0-9]*) fail "400 Bad Request" "bad dev: give a block device name such as vdb" ;; esac
-[ \${#dev} -le 16 ] && [ -e "/sys/block/$dev" ] && [ -b "/dev/$dev" ] || fail "404 Not Found" "no block device $dev"
+# Only attached volumes (vdb..vdz): the boot disk vda and anything else are never written.
+case "$dev" in vd[b-z]) ;; *) fail "400 Bad Request" "bad dev: give an attached volume vdb..vdz (vda is the boot disk)" ;; esac
+[ -e "/sys/block/$dev" ] && [ -b "/dev/$dev" ] || fail "404 Not Found" "no block device $dev"
 case "$op" in
   write)
     case "$data" in ''|*[!A-Za-z0-9]*) fail "400 Bad Request" "bad data: give 1 to 64 letters or digits" ;; esac

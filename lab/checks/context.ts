@@ -57,6 +57,7 @@ export interface KnownNames {
   lbs: Map<string, PathSegment[]>;
   asgs: Map<string, PathSegment[]>;
   servers: Map<string, PathSegment[]>;
+  volumes: Map<string, PathSegment[]>;
 }
 
 export function formatPathLocal(path: readonly PathSegment[]): string {

@@ -17,6 +17,7 @@ import { checkNetworks } from "./networks";
 import { checkRouters } from "./routers";
 import { checkSecurityGroups } from "./securityGroups";
 import { checkServers } from "./servers";
+import { checkVolumes } from "./volumes";
 
 /** The sections in the order they run: each may use what the ones before it found. */
 const SECTIONS: readonly ((c: CheckContext) => void)[] = [
@@ -27,6 +28,7 @@ const SECTIONS: readonly ((c: CheckContext) => void)[] = [
   checkSecurityGroups,
   checkFlavors,
   checkServers,
+  checkVolumes,
   checkLoadBalancers,
   checkCapacity,
   checkApps,

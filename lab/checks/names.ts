@@ -88,6 +88,10 @@ export function checkNames(c: CheckContext): void {
         serverEntries.push([["autoscaleGroups", i], `${name}-${k}`]);
   }
   const servers = names("server", serverEntries);
+  const volumes = names(
+    "volume",
+    items(data, "volumes").map(([i, x]) => [["volumes", i], x.name]),
+  );
 
   c.known = {
     hosts,
@@ -103,5 +107,6 @@ export function checkNames(c: CheckContext): void {
     lbs,
     asgs,
     servers,
+    volumes,
   };
 }

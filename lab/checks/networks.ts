@@ -2,6 +2,39 @@
 import { cidrContains, hostRange, intToIp, ipToInt, isIPv4, overlaps } from "../../core/net";
 import type { PathSegment } from "../locate";
 import { type CheckContext, rec, str, bool, items, type SubnetInfo } from "./context";
+import { checkSegmentationId, kindOfType, type NetworkType } from "../../core/network";
+
+/** type against kind and driver, segmentationId against type (core/network.ts rules). */
+function checkNetworkType(n: Record<string, unknown>, i: number, add: CheckContext["add"]): void {
+  const kind = n.kind === "provider" || n.kind === "selfservice" ? n.kind : null;
+  const type = typeof n.type === "string" ? (n.type as NetworkType) : kind === "provider" ? "flat" : "vxlan";
+  if (kind !== null && n.type !== undefined && kindOfType(type) !== kind)
+    add(
+      ["networks", i, "type"],
+      `type ${type} does not go with kind ${kind} (a ${type} network is kind ${kindOfType(type)})`,
+      `set kind: ${kindOfType(type)}, or a type of kind ${kind}`,
+    );
+  if (type === "gre" && (n.driver ?? "linuxbridge") !== "openvswitch")
+    add(
+      ["networks", i, "driver"],
+      "a gre network needs Open vSwitch (GRE tunnel ports)",
+      "set driver: openvswitch or type: vxlan",
+    );
+  if (n.segmentationId !== undefined) {
+    const bad = checkSegmentationId(type, n.segmentationId);
+    if (bad)
+      add(
+        ["networks", i, "segmentationId"],
+        bad,
+        type === "flat" || type === "local" ? "remove segmentationId" : "pick an id in the range",
+      );
+    if (type === "vxlan" && n.vni !== undefined && n.vni !== n.segmentationId)
+      add(["networks", i, "segmentationId"], `segmentationId and vni differ`, "set only one of them");
+  } else if (type === "vlan")
+    add(["networks", i, "segmentationId"], "a vlan network needs its VLAN id", "set segmentationId: 1-4094");
+  if (n.vni !== undefined && type !== "vxlan")
+    add(["networks", i, "vni"], `vni is the VXLAN id; a ${type} network has none`, "use segmentationId");
+}
 
 export function checkNetworks(c: CheckContext): void {
   const { data, add, cidrAt, subnetInfo, fixedIps } = c;
@@ -9,6 +42,7 @@ export function checkNetworks(c: CheckContext): void {
   for (const [i, n] of items(data, "networks")) {
     const external = bool(n.external, false);
     const infos: SubnetInfo[] = [];
+    checkNetworkType(n, i, add);
     if (external && n.kind === "selfservice") {
       add(
         ["networks", i, "external"],

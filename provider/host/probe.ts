@@ -10,6 +10,8 @@
 import type { HostConnection } from "./connection";
 import { hostCache, runChecked } from "./session";
 import { parseKeyValues } from "../kit/kv";
+import { shQuote } from "./quote";
+import { NETWORK_TYPES, type NetworkType } from "../../core/network";
 
 /** What the probe found. Versions are "" when the tool is missing. */
 export interface HostCapabilities {
@@ -130,4 +132,116 @@ export async function requireFeatures(
     );
   }
   return caps;
+}
+
+/** What a host offers the network types (probed separately: it needs the host's tunnel address). */
+export interface NetworkTypeCapabilities {
+  /** 802.1Q devices: the 8021q module is loaded or loadable. */
+  readonly vlan8021q: boolean;
+  /** Kernel VXLAN devices can be made. */
+  readonly vxlanKernel: boolean;
+  /** Open vSwitch answers. */
+  readonly ovs: boolean;
+  /** The host's tunnel address lies on an OVS bridge (what OVS native GRE tunnels need). */
+  readonly tunnelOnOvsBridge: boolean;
+  /** The device holding the tunnel address ("" when none has it). */
+  readonly tunnelDevice: string;
+  readonly ethtool: boolean;
+}
+
+/** Probe script for network types; `tunnelAddress` is a checked IPv4 address or "". */
+export function networkTypesProbeScript(tunnelAddress: string): string {
+  return [
+    'v() { command -v "$1" >/dev/null 2>&1; }',
+    `ta=${shQuote(tunnelAddress)}`,
+    "if [ -d /proc/net/vlan ] || { v modinfo && modinfo 8021q >/dev/null 2>&1; }; then echo vlan=yes; else echo vlan=no; fi",
+    "if [ -d /sys/module/vxlan ] || { v modinfo && modinfo vxlan >/dev/null 2>&1; }; then echo vxlan=yes; else echo vxlan=no; fi",
+    "if v ovs-vsctl && ovs-vsctl --timeout=5 show >/dev/null 2>&1; then echo ovs=yes; else echo ovs=no; fi",
+    'echo "ethtool=$(v ethtool && echo yes || echo no)"',
+    'd=""; if [ -n "$ta" ]; then d=$(ip -o -4 addr show | awk -v a="$ta" \'{split($4, p, "/"); if (p[1] == a) print $2}\' | head -n1); fi',
+    'echo "tundev=$d"',
+    'if [ -n "$d" ] && v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then echo tunovs=yes; else echo tunovs=no; fi',
+  ].join("\n");
+}
+
+export function parseNetworkTypesProbe(stdout: string): NetworkTypeCapabilities {
+  const kv = parseKeyValues(stdout);
+  const yes = (k: string): boolean => kv.get(k) === "yes";
+  return {
+    vlan8021q: yes("vlan"),
+    vxlanKernel: yes("vxlan"),
+    ovs: yes("ovs"),
+    tunnelOnOvsBridge: yes("tunovs"),
+    tunnelDevice: kv.get("tundev") ?? "",
+    ethtool: yes("ethtool"),
+  };
+}
+
+/**
+ * Why a host cannot carry a network type with a driver, naming the fix; undefined when it can.
+ * Pure (from the probe's findings).
+ */
+export function networkTypeRefusal(
+  caps: NetworkTypeCapabilities,
+  driver: "linuxbridge" | "openvswitch",
+  type: NetworkType,
+  tunnelAddress = "",
+): string | undefined {
+  const ovs = driver === "openvswitch";
+  if (ovs && !caps.ovs)
+    return "Open vSwitch does not answer: install openvswitch-switch and start ovsdb-server and ovs-vswitchd";
+  if (type === "vlan" && !ovs && !caps.vlan8021q)
+    return "a vlan network on the Linux bridge driver needs 802.1Q devices (the 8021q kernel module), which this host lacks: load it (modprobe 8021q) or use driver openvswitch, whose userspace datapath tags VLANs itself";
+  if (type === "vxlan" && !caps.vxlanKernel)
+    return "a vxlan network needs kernel VXLAN devices (the vxlan module), which this host lacks: load it (modprobe vxlan)";
+  if (type === "vxlan" && ovs && !caps.ethtool)
+    return "a vxlan network on Open vSwitch turns offloads off on its VXLAN port with ethtool, which this host lacks: apt-get install -y ethtool";
+  if (type === "gre" && !ovs)
+    return "a gre network needs driver openvswitch (OVS GRE tunnel ports); the Linux bridge driver has no GRE here";
+  if (type === "gre" && tunnelAddress !== "" && !caps.tunnelOnOvsBridge)
+    return (
+      `a gre network uses OVS native tunnels, which the userspace datapath sends only from an address on an OVS bridge; ` +
+      `the tunnel address ${tunnelAddress} is ${caps.tunnelDevice ? `on ${caps.tunnelDevice}, not an OVS bridge` : "on no device"}: ` +
+      `move it onto a bridge holding the underlay NIC, e.g. ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev -- add-port br-phy ${caps.tunnelDevice || "eth2"}; ` +
+      `ip addr del ${tunnelAddress}/24 dev ${caps.tunnelDevice || "eth2"}; ip addr add ${tunnelAddress}/24 dev br-phy; ip link set br-phy up (underlay MTU at least 1550)`
+    );
+  return undefined;
+}
+
+/** Probes a host's network-type support once per process. */
+export function probeNetworkTypes(host: HostConnection): Promise<NetworkTypeCapabilities> {
+  return hostCache(host, "net-types", async () => {
+    const [out] = await runChecked(
+      host,
+      [{ label: "probe network types", script: networkTypesProbeScript(host.tunnelAddress ?? "") }],
+      { timeoutMs: 60000 },
+    );
+    return parseNetworkTypesProbe(out);
+  });
+}
+
+/** The network types a host can carry with a driver (for reports and tests). */
+export async function hostNetworkTypes(
+  host: HostConnection,
+  driver: "linuxbridge" | "openvswitch",
+): Promise<NetworkType[]> {
+  const caps = await probeNetworkTypes(host);
+  return NETWORK_TYPES.filter(
+    (t) => networkTypeRefusal(caps, driver, t, host.tunnelAddress ?? "") === undefined,
+  );
+}
+
+/**
+ * Probes and throws one clear error (host, type, fix) when the host cannot carry the type (call
+ * requireFeatures for the driver's packages first).
+ */
+export async function requireNetworkType(
+  host: HostConnection,
+  driver: "linuxbridge" | "openvswitch",
+  type: NetworkType,
+  tunnels = true,
+): Promise<void> {
+  const caps = await probeNetworkTypes(host);
+  const why = networkTypeRefusal(caps, driver, type, tunnels ? (host.tunnelAddress ?? "") : "");
+  if (why) throw new Error(`host ${host.name} (${host.address}) cannot carry this ${type} network: ${why}`);
 }

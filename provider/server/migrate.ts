@@ -133,6 +133,8 @@ export function migrateStep(
   timeoutSec: number,
   /** A console on the management address moves from the source's to the destination's. */
   vnc?: { from: string; to: string },
+  /** Only these disks are copied (attached volumes and the root disk; server/volumes.ts). */
+  disks: readonly string[] = [],
 ): Step {
   const d = migrationDir(serverName);
   const uri = `qemu+libssh://${dest.user}@${dest.address}:${dest.port}/system?keyfile=${d}/id&known_hosts=${d}/known_hosts&sshauth=privkey`;
@@ -142,7 +144,8 @@ export function migrateStep(
   const args = [
     VIRSH,
     "migrate --live --persistent --undefinesource",
-    copyStorage ? "--copy-storage-inc" : "",
+    copyStorage || disks.length > 0 ? "--copy-storage-inc" : "",
+    disks.length > 0 ? `--migrate-disks ${shQuote(disks.join(","))}` : "",
     `--timeout ${Math.max(5, Math.floor(timeoutSec / 2))}`,
     `--migrateuri ${shQuote(`tcp://${stream}`)}`,
     `--listen-address ${shQuote(stream)}`,

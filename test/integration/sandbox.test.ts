@@ -560,6 +560,8 @@ test(
     const onDisk = await sshCheck(st, "hv1", "qemu-io -r -U -c 'read -v 0 8' /tmp/itest-guest/vdb.qcow2");
     assert.match(onDisk, /69 74 65 73 74 34 32 0a/, "the token is in the disk image itself");
     assert.equal((await httpGet(st, dbIp, "/cgi-bin/disk?dev=..%2Fvda&op=read", 5_000))?.status, 400);
+    const bootDisk = await httpGet(st, dbIp, "/cgi-bin/disk?dev=vda&op=write&data=x", 5_000);
+    assert.equal(bootDisk?.status, 400, "the boot disk vda is never written");
 
     // Without its database the WAS (and so the web) answers 502 with the error.
     await sshCheck(st, "hv1", "virsh -q destroy itest-gdb");

@@ -161,7 +161,7 @@ test("implied roles: no self, never admin", () => {
   assert.match(checkImplies("boss", ["admin"])[0], /admin may not be implied/);
 });
 
-test("quota defaults are Nova's and Neutron's; overrides; -1 is unlimited", () => {
+test("quota defaults are Nova's, Neutron's and Cinder's; overrides; -1 is unlimited", () => {
   assert.deepEqual(DEFAULT_QUOTAS, {
     instances: 10,
     cores: 20,
@@ -173,6 +173,8 @@ test("quota defaults are Nova's and Neutron's; overrides; -1 is unlimited", () =
     routers: 10,
     securityGroups: 10,
     securityGroupRules: 100,
+    volumes: 10,
+    gigabytes: 1000,
   });
   const q = quotasWith({ instances: -1, cores: 4 });
   assert.equal(q.instances, -1);

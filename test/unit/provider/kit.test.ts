@@ -58,6 +58,7 @@ import {
   type Step,
   type StepResult,
 } from "../../../provider";
+import { checkVolumeInputs, diffVolume, volumeProvider } from "../../../provider/volume";
 import { checkProjectInputs, checkUserInputs, diffProject, diffUser } from "../../../provider/identity";
 import { loadBalancerRaw, serverRaw, testHost } from "./fixtures";
 
@@ -193,6 +194,27 @@ const KINDS: Kind[] = [
     diff: diffLoadBalancer as Kind["diff"],
     raw: (hosts) => loadBalancerRaw(hosts),
     outputs: (i) => ({ host: (i.hosts as HostConnection[])[0].name, realized: {}, drift: [], hostKeys: {} }),
+  },
+  {
+    type: "Volume",
+    name: "volumeName",
+    check: (news) => checkVolumeInputs(news),
+    diff: diffVolume as Kind["diff"],
+    raw: (hosts) => ({ volumeName: "data", hosts, host: hosts[0].name, sizeGiB: 1, server: "web1" }),
+    outputs: () => ({
+      path: "/var/lib/kvmlab/volumes/data.qcow2",
+      format: "qcow2",
+      device: "vdb",
+      realized: {
+        present: true,
+        host: "hv1",
+        allocatedBytes: 0,
+        virtualBytes: 1073741824,
+        attachedTo: "web1",
+        device: "vdb",
+      },
+      hostKeys: {},
+    }),
   },
   {
     type: "Router",
@@ -373,6 +395,7 @@ function fakeHosts(answers: [RegExp, string][]): {
     touch(h),
     { kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true }
   );
+  probe.requireNetworkType = async (h: HostConnection) => void touch(h);
   return {
     calls,
     restore: () => {
@@ -462,6 +485,13 @@ const HOSTED: {
         }),
       ],
     ],
+  },
+  {
+    type: "Volume",
+    provider: volumeProvider as never,
+    check: (news) => checkVolumeInputs(news),
+    raw: (hosts) => ({ volumeName: "data", hosts, host: hosts[0].name, sizeGiB: 1 }),
+    answers: [[/^read volume/, "present=1\nallocated=200704\nvirtual=1073741824\nattached=\ndevice="]],
   },
 ];
 

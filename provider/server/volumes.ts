@@ -1,0 +1,125 @@
+/**
+ * Attached volumes in a live migration (pure step builders, issue 16). Hosts share no storage, so
+ * a server's volumes move with it, like its disk:
+ *
+ *   source       lists the domain's disks whose file is in the volume store (target, file,
+ *                format, virtual size)
+ *   destination  gets an empty file of the same format and size for each (thick: allocated), and
+ *                the volume's record and owner marker (refused when a volume of that name is there)
+ *   source       `virsh migrate … --copy-storage-inc --migrate-disks <vda,>vdb,…` copies them
+ *   source       after success: the volume's file, disk XML, record and marker go (the
+ *                destination holds the only copy, attached to the running guest)
+ *   destination  after a failure that left the guest on the source: what was prepared goes
+ */
+import { recordPath, shQuote, type Step } from "../host";
+import { ownerMarkerPath } from "../kit/owner";
+import { VOLUME_STORE } from "../../core/volume";
+import { checkName } from "../../core/names";
+import { VIRSH } from "./steps";
+
+/** A volume attached to the migrating domain, as the source has it. */
+export interface MigratingVolume {
+  volumeName: string;
+  target: string;
+  path: string;
+  format: "qcow2" | "raw";
+  virtualBytes: number;
+  /** The volume's record and owner marker on the source ("" when missing). */
+  record: string;
+  owner: string;
+}
+
+/** Source: one line per attached volume: `target<TAB>path<TAB>format<TAB>bytes<TAB>owner<TAB>record(base64)`. */
+export function attachedVolumesStep(serverName: string): Step {
+  return {
+    label: `list the volumes attached to ${serverName}`,
+    script: [
+      `${VIRSH} domblklist --details ${shQuote(serverName)} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }' |`,
+      "while read -r t f; do",
+      "  n=${f##*/}; n=${n%.*}",
+      `  fmt=$(qemu-img info -U "$f" | sed -n 's/^file format: //p' | head -n1)`,
+      `  vs=$(qemu-img info -U "$f" | sed -n 's/^virtual size: .*(\\([0-9]*\\) bytes).*/\\1/p' | head -n1)`,
+      `  o=$(head -n1 "${ownerMarkerPath("volume", "X").replace(/X\.owner$/, "")}$n.owner" 2>/dev/null || true)`,
+      `  r=$(base64 -w0 "${recordPath("volume", "X").replace(/X\.json$/, "")}$n.json" 2>/dev/null || true)`,
+      '  printf \'%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n\' "$t" "$f" "$fmt" "$vs" "$o" "$r"',
+      "done",
+    ].join("\n"),
+  };
+}
+
+/** Parses attachedVolumesStep; throws on a line that is not a kvmlab volume. */
+export function parseAttachedVolumes(stdout: string): MigratingVolume[] {
+  return stdout
+    .split("\n")
+    .filter((l) => l.trim() !== "")
+    .map((l) => {
+      const [target, path, format, bytes, owner = "", record64 = ""] = l.split("\t");
+      const base = path.slice(VOLUME_STORE.length + 1);
+      const volumeName = base.replace(/\.(qcow2|raw)$/, "");
+      if (
+        !/^vd[b-z]$/.test(target) ||
+        !path.startsWith(`${VOLUME_STORE}/`) ||
+        checkName("volumeName", volumeName) !== undefined ||
+        (format !== "qcow2" && format !== "raw") ||
+        !/^\d+$/.test(bytes) ||
+        base !== `${volumeName}.${format}`
+      )
+        throw new Error(`unexpected attached volume line from the source: ${JSON.stringify(l)}`);
+      return {
+        volumeName,
+        target,
+        path,
+        format,
+        virtualBytes: Number(bytes),
+        owner,
+        record: Buffer.from(record64, "base64").toString("utf8"),
+      };
+    });
+}
+
+/** Destination: empty files of the same format and size, record and owner marker; refuses a name in use. */
+export function prepareVolumesStep(vols: readonly MigratingVolume[]): Step {
+  // Every name is checked before anything is made: a refusal leaves the destination as it was.
+  const lines = ["set -e", `mkdir -p ${shQuote(VOLUME_STORE)}`];
+  for (const v of vols)
+    lines.push(
+      `if [ -e ${shQuote(v.path)} ] || [ -e ${shQuote(recordPath("volume", v.volumeName))} ]; then echo ${shQuote(`volume ${v.volumeName} already exists on the destination; a server carries its volumes along, and another volume holds that name there. Fix: detach ${v.volumeName} (or delete the other volume) and migrate again`)} >&2; exit 3; fi`,
+    );
+  for (const v of vols) {
+    const f = shQuote(v.path);
+    lines.push(
+      `qemu-img create -q -f ${v.format} ${f} ${v.virtualBytes}`,
+      ...(v.format === "raw" ? [`fallocate -l ${v.virtualBytes} ${f}`] : []),
+      `chmod 0600 ${f}`,
+      `mkdir -p "$(dirname ${shQuote(recordPath("volume", v.volumeName))})" "$(dirname ${shQuote(ownerMarkerPath("volume", v.volumeName))})"`,
+      ...(v.record
+        ? [`printf '%s' ${shQuote(v.record)} > ${shQuote(recordPath("volume", v.volumeName))}`]
+        : []),
+      ...(v.owner
+        ? [
+            `( umask 077; printf '%s\\n' ${shQuote(v.owner)} > ${shQuote(ownerMarkerPath("volume", v.volumeName))} )`,
+          ]
+        : []),
+    );
+  }
+  return { label: `prepare ${vols.length} volume(s) on the destination`, script: lines.join("\n") };
+}
+
+/** Removes the volumes' files, disk XML, record and marker (source after success, destination after failure). */
+export function dropVolumesStep(vols: readonly MigratingVolume[], where: string): Step {
+  const files = vols.flatMap((v) => [
+    v.path,
+    `${VOLUME_STORE}/${v.volumeName}.disk.xml`,
+    recordPath("volume", v.volumeName),
+    ownerMarkerPath("volume", v.volumeName),
+  ]);
+  return {
+    label: `remove the moved volumes' files on the ${where}`,
+    script: files.length > 0 ? `rm -f ${files.map((f) => shQuote(f)).join(" ")}` : "true",
+  };
+}
+
+/** The `--migrate-disks` list: the server's own disk (when it has one) and every volume's target. */
+export function migrateDisks(hasRootDisk: boolean, vols: readonly MigratingVolume[]): string[] {
+  return vols.length === 0 ? [] : [...(hasRootDisk ? ["vda"] : []), ...vols.map((v) => v.target)];
+}

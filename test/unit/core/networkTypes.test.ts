@@ -1,0 +1,157 @@
+/**
+ * Network types (issue 16) without hosts: the pure type rules (core/network.ts), the Network
+ * provider's check for each type (kind mapping, segmentation ids, refusals naming the field),
+ * the diff of a state from before types (no replacement), the host scripts' shape per type, and
+ * the host probe's refusals naming the fix.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import { checkSegmentationId, defaultTypeMtu, kindOfType, typeOfKind } from "../../../core/network";
+import {
+  checkNetworkInputs as checkRaw,
+  diffNetwork,
+  networkApplyStep,
+  networkDeleteStep,
+  networkTypeRefusal,
+  parseNetworkTypesProbe,
+  segmentDevices,
+  type NetworkInputs,
+  type NetworkOutputs,
+} from "../../../provider";
+import { testHost } from "../provider/fixtures";
+
+const HOSTS = [testHost("hv1", 1), testHost("hv2", 2)];
+
+/** check with the inputs typed for the tests. */
+function checkNetworkInputs(raw: Record<string, unknown>): ReturnType<typeof checkRaw> {
+  return checkRaw(raw);
+}
+
+function failuresOf(raw: Record<string, unknown>): string {
+  return checkNetworkInputs(raw)
+    .failures.map((f) => `${f.property}|${f.reason}`)
+    .join("\n");
+}
+
+test("types map onto kinds and back; segmentation ids are checked per type", () => {
+  assert.equal(kindOfType("vlan"), "provider");
+  assert.equal(kindOfType("gre"), "selfservice");
+  assert.equal(kindOfType("local"), "selfservice");
+  assert.equal(typeOfKind("provider"), "flat");
+  assert.equal(typeOfKind("selfservice"), "vxlan");
+  assert.deepEqual(
+    [defaultTypeMtu("vxlan"), defaultTypeMtu("gre"), defaultTypeMtu("vlan"), defaultTypeMtu("local")],
+    [1450, 1458, 1500, 1500],
+  );
+  assert.equal(checkSegmentationId("vlan", 4094), undefined);
+  assert.match(checkSegmentationId("vlan", 4095)!, /1-4094/);
+  assert.match(checkSegmentationId("vlan", "7")!, /integer/);
+  assert.match(checkSegmentationId("flat", 1)!, /no segmentation id/);
+  assert.equal(checkSegmentationId("gre", 4294967295), undefined);
+  assert.match(checkSegmentationId("gre", 4294967296)!, /1-4294967295/);
+});
+
+test("check: a type decides the kind, a kind alone decides the type; vni and segmentationId agree", () => {
+  const vlan = checkNetworkInputs({ networkName: "v", type: "vlan", segmentationId: 100, hosts: HOSTS });
+  assert.deepEqual(vlan.failures, []);
+  const v = vlan.inputs as unknown as NetworkInputs;
+  assert.deepEqual([v.kind, v.type, v.segmentationId, v.vni, v.mtu], ["provider", "vlan", 100, 0, 1500]);
+  const old = checkNetworkInputs({ networkName: "lan", kind: "selfservice", vni: 5000, hosts: HOSTS });
+  const o = old.inputs as unknown as NetworkInputs;
+  assert.deepEqual([o.type, o.segmentationId, o.vni, o.mtu], ["vxlan", 5000, 5000, 1450]);
+  const flat = checkNetworkInputs({ networkName: "ext", kind: "provider", hosts: HOSTS })
+    .inputs as unknown as NetworkInputs;
+  assert.deepEqual([flat.type, flat.segmentationId], ["flat", 0]);
+  const gre = checkNetworkInputs({ networkName: "g", type: "gre", driver: "openvswitch", hosts: HOSTS });
+  assert.deepEqual(gre.failures, []);
+  assert.ok((gre.inputs as unknown as NetworkInputs).segmentationId >= 4096);
+  const local = checkNetworkInputs({ networkName: "l", type: "local", hosts: [HOSTS[0]] });
+  assert.deepEqual(local.failures, []);
+});
+
+test("check refuses bad types, ids and combinations, naming the field and the fix", () => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ type: "vlan; reboot" }, /^type\|type: expected one of flat, vlan, vxlan, gre, local/m],
+    [{ type: "vlan" }, /^segmentationId\|a vlan network needs segmentationId: its VLAN id, 1-4094/m],
+    [{ type: "vlan", segmentationId: 0 }, /^segmentationId\|segmentationId must be an integer 1-4094/m],
+    [{ type: "vlan", segmentationId: "5 && id" }, /^segmentationId\|segmentationId must be an integer/m],
+    [{ type: "flat", segmentationId: 3 }, /^segmentationId\|a flat network has no segmentation id/m],
+    [{ type: "gre" }, /^driver\|a gre network needs driver "openvswitch"/m],
+    [{ type: "local" }, /^hosts\|a local network lives on one host/m],
+    [{ type: "vxlan", segmentationId: 5, vni: 6 }, /^segmentationId\|segmentationId 5 and vni 6 differ/m],
+    [
+      { type: "vlan", segmentationId: 5, vni: 6 },
+      /^vni\|vni is the VXLAN id; a vlan network has none: use segmentationId/m,
+    ],
+    [{ type: "vxlan", kind: "provider" }, /^kind\|kind "provider" does not match type "vxlan"/m],
+    [{}, /^type\|set type \(flat, vlan, vxlan, gre or local\) or kind/m],
+    [
+      { type: "gre", driver: "openvswitch", hosts: [...HOSTS, testHost("hv3", 3)] },
+      /^hosts\|a gre network spans at most 2 hosts/m,
+    ],
+  ];
+  for (const [raw, want] of cases) assert.match(failuresOf({ networkName: "n", hosts: HOSTS, ...raw }), want);
+});
+
+test("diff: a state from before types is the same network, not a replacement; a new VLAN id replaces", () => {
+  const news = checkNetworkInputs({ networkName: "lan", kind: "selfservice", hosts: HOSTS })
+    .inputs as unknown as NetworkInputs;
+  const { type: _t, segmentationId: _s, ...before } = news;
+  const olds = { ...before, realized: {} } as unknown as NetworkOutputs;
+  assert.deepEqual(diffNetwork(olds, news).replaces, []);
+  const a = checkNetworkInputs({ networkName: "v", type: "vlan", segmentationId: 10, hosts: HOSTS })
+    .inputs as unknown as NetworkInputs;
+  const b = { ...a, segmentationId: 11 };
+  assert.deepEqual(diffNetwork({ ...a, realized: {} } as unknown as NetworkOutputs, b).replaces, [
+    "segmentationId",
+  ]);
+});
+
+test("host scripts: VLAN on OVS tags the trunk end of a patch pair; GRE makes one tunnel port per other host; VXLAN on OVS turns GRO off", () => {
+  const ovsVlan = checkNetworkInputs({
+    networkName: "v",
+    type: "vlan",
+    segmentationId: 42,
+    driver: "openvswitch",
+    hosts: HOSTS,
+  }).inputs as unknown as NetworkInputs;
+  const { trunk, trunkPort } = segmentDevices("v", "eth1");
+  const s = networkApplyStep(ovsVlan, HOSTS[0]).script;
+  assert.ok(s.includes(`tr=${trunk}; tp=${trunkPort}`), s);
+  assert.match(s, /set port "\$tp" tag=\$vid/);
+  assert.match(s, /vid=42/);
+  assert.match(networkDeleteStep("v", "openvswitch", HOSTS[0]).script, new RegExp(`del-port ${trunkPort}`));
+  const lbVlan = networkApplyStep({ ...ovsVlan, driver: "linuxbridge" }, HOSTS[0]).script;
+  assert.match(lbVlan, /type vlan id \$vid/);
+  assert.match(lbVlan, /modprobe 8021q/);
+  const gre = checkNetworkInputs({
+    networkName: "g",
+    type: "gre",
+    driver: "openvswitch",
+    segmentationId: 77,
+    hosts: HOSTS,
+  }).inputs as unknown as NetworkInputs;
+  const g = networkApplyStep(gre, HOSTS[0]).script;
+  assert.match(g, /type=gre options:remote_ip='?10\.254\.0\.12'? options:key=77/);
+  assert.doesNotMatch(g, /remote_ip='?10\.254\.0\.11/);
+  const vx = checkNetworkInputs({ networkName: "x", type: "vxlan", driver: "openvswitch", hosts: HOSTS })
+    .inputs as unknown as NetworkInputs;
+  assert.match(networkApplyStep(vx, HOSTS[0]).script, /ethtool -K "\$vx" gro off/);
+});
+
+test("host probe: each refusal names what the host lacks and the fix", () => {
+  const none = parseNetworkTypesProbe("vlan=no\nvxlan=yes\novs=yes\nethtool=yes\ntundev=eth2\ntunovs=no\n");
+  assert.match(networkTypeRefusal(none, "linuxbridge", "vlan")!, /8021q.*modprobe 8021q/);
+  assert.equal(networkTypeRefusal(none, "openvswitch", "vlan"), undefined);
+  assert.match(networkTypeRefusal(none, "linuxbridge", "gre")!, /driver openvswitch/);
+  assert.match(
+    networkTypeRefusal(none, "openvswitch", "gre", "10.254.0.11")!,
+    /on eth2, not an OVS bridge.*add-br br-phy.*add-port br-phy eth2/,
+  );
+  const phy = parseNetworkTypesProbe("vlan=no\nvxlan=yes\novs=yes\nethtool=yes\ntundev=br-phy\ntunovs=yes\n");
+  assert.equal(networkTypeRefusal(phy, "openvswitch", "gre", "10.254.0.11"), undefined);
+  assert.match(
+    networkTypeRefusal({ ...phy, ethtool: false }, "openvswitch", "vxlan")!,
+    /apt-get install -y ethtool/,
+  );
+});
