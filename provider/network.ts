@@ -382,6 +382,22 @@ export function diffNetwork(oldsRaw: NetworkOutputs, news: NetworkInputs): DiffR
   return { changes, replaces, deleteBeforeReplace: true };
 }
 
+/**
+ * Lines (after `up=<uplink>`) that refuse an uplink that does not exist, or that carries the
+ * address kvmlab reaches the host on or the host's tunnel address: a bridge would take that NIC
+ * and with it kvmlab's own SSH session (or every VXLAN/GRE tunnel), cutting the host off.
+ */
+function uplinkCheckLines(host: HostConnection): string[] {
+  const own = [host.address, host.tunnelAddress ?? ""].filter((a) => isIPv4(a));
+  return [
+    'ip link show dev "$up" >/dev/null 2>&1 || { echo "uplink $up does not exist on host; set hosts[].uplink to the host\'s provider NIC" >&2; exit 18; }',
+    ...own.map(
+      (a) =>
+        `if ip -o -4 addr show dev "$up" 2>/dev/null | awk '{split($4, p, "/"); print p[1]}' | grep -qxF ${shQuote(a)}; then echo "uplink $up carries ${a}, an address kvmlab reaches this host or its tunnels on; a bridge would take that NIC and cut the host off. Fix: set hosts[].uplink to a NIC that carries neither the management nor the tunnel address" >&2; exit 22; fi`,
+    ),
+  ];
+}
+
 /** Step that makes a host match the inputs (idempotent). */
 export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): Step {
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
@@ -451,7 +467,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
   if (type === "flat") {
     lines.push(
       `up=${shQuote(host.uplink)}`,
-      'ip link show dev "$up" >/dev/null 2>&1 || { echo "uplink $up does not exist on host; set hosts[].uplink to the host\'s provider NIC" >&2; exit 18; }',
+      ...uplinkCheckLines(host),
       'm=$(readlink "/sys/class/net/$up/master" 2>/dev/null || true); m=${m##*/}',
     );
     if (ovs) {
@@ -490,7 +506,7 @@ function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[])
   const vid = segmentationIdOf(inputs);
   const lines = [
     `up=${shQuote(host.uplink)}; vid=${vid}; tr=${trunk}; tp=${trunkPort}`,
-    'ip link show dev "$up" >/dev/null 2>&1 || { echo "uplink $up does not exist on host; set hosts[].uplink to the host\'s provider NIC" >&2; exit 18; }',
+    ...uplinkCheckLines(host),
     'm=$(readlink "/sys/class/net/$up/master" 2>/dev/null || true); m=${m##*/}',
   ];
   if (inputs.driver === "openvswitch") {

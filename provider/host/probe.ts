@@ -10,7 +10,6 @@
 import type { HostConnection } from "./connection";
 import { hostCache, runChecked } from "./session";
 import { parseKeyValues } from "../kit/kv";
-import { shQuote } from "./quote";
 import { NETWORK_TYPES, type NetworkType } from "../../core/network";
 
 /** What the probe found. Versions are "" when the tool is missing. */
@@ -142,25 +141,23 @@ export interface NetworkTypeCapabilities {
   readonly vxlanKernel: boolean;
   /** Open vSwitch answers. */
   readonly ovs: boolean;
-  /** The host's tunnel address lies on an OVS bridge (what OVS native GRE tunnels need). */
-  readonly tunnelOnOvsBridge: boolean;
-  /** The device holding the tunnel address ("" when none has it). */
-  readonly tunnelDevice: string;
+  /**
+   * Open vSwitch's kernel datapath is there (the openvswitch module is loaded): kvmlab's OVS
+   * bridges use it (datapath_type system) instead of the userspace (netdev) datapath.
+   */
+  readonly ovsKernelDatapath: boolean;
   readonly ethtool: boolean;
 }
 
-/** Probe script for network types; `tunnelAddress` is a checked IPv4 address or "". */
-export function networkTypesProbeScript(tunnelAddress: string): string {
+/** Probe script for network types. */
+export function networkTypesProbeScript(): string {
   return [
     'v() { command -v "$1" >/dev/null 2>&1; }',
-    `ta=${shQuote(tunnelAddress)}`,
     "if [ -d /proc/net/vlan ] || { v modinfo && modinfo 8021q >/dev/null 2>&1; }; then echo vlan=yes; else echo vlan=no; fi",
     "if [ -d /sys/module/vxlan ] || { v modinfo && modinfo vxlan >/dev/null 2>&1; }; then echo vxlan=yes; else echo vxlan=no; fi",
     "if v ovs-vsctl && ovs-vsctl --timeout=5 show >/dev/null 2>&1; then echo ovs=yes; else echo ovs=no; fi",
     'echo "ethtool=$(v ethtool && echo yes || echo no)"',
-    'd=""; if [ -n "$ta" ]; then d=$(ip -o -4 addr show | awk -v a="$ta" \'{split($4, p, "/"); if (p[1] == a) print $2}\' | head -n1); fi',
-    'echo "tundev=$d"',
-    'if [ -n "$d" ] && v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then echo tunovs=yes; else echo tunovs=no; fi',
+    "if [ -d /sys/module/openvswitch ]; then echo ovskernel=yes; else echo ovskernel=no; fi",
   ].join("\n");
 }
 
@@ -171,8 +168,7 @@ export function parseNetworkTypesProbe(stdout: string): NetworkTypeCapabilities 
     vlan8021q: yes("vlan"),
     vxlanKernel: yes("vxlan"),
     ovs: yes("ovs"),
-    tunnelOnOvsBridge: yes("tunovs"),
-    tunnelDevice: kv.get("tundev") ?? "",
+    ovsKernelDatapath: yes("ovskernel"),
     ethtool: yes("ethtool"),
   };
 }
@@ -185,7 +181,8 @@ export function networkTypeRefusal(
   caps: NetworkTypeCapabilities,
   driver: "linuxbridge" | "openvswitch",
   type: NetworkType,
-  tunnelAddress = "",
+  /** The network spans hosts (a one-host gre network makes no tunnel port). */
+  tunnels = true,
 ): string | undefined {
   const ovs = driver === "openvswitch";
   if (ovs && !caps.ovs)
@@ -198,12 +195,11 @@ export function networkTypeRefusal(
     return "a vxlan network on Open vSwitch turns offloads off on its VXLAN port with ethtool, which this host lacks: apt-get install -y ethtool";
   if (type === "gre" && !ovs)
     return "a gre network needs driver openvswitch (OVS GRE tunnel ports); the Linux bridge driver has no GRE here";
-  if (type === "gre" && tunnelAddress !== "" && !caps.tunnelOnOvsBridge)
+  if (type === "gre" && tunnels && !caps.ovsKernelDatapath)
     return (
-      `a gre network uses OVS native tunnels, which the userspace datapath sends only from an address on an OVS bridge; ` +
-      `the tunnel address ${tunnelAddress} is ${caps.tunnelDevice ? `on ${caps.tunnelDevice}, not an OVS bridge` : "on no device"}: ` +
-      `move it onto a bridge holding the underlay NIC, e.g. ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev -- add-port br-phy ${caps.tunnelDevice || "eth2"}; ` +
-      `ip addr del ${tunnelAddress}/24 dev ${caps.tunnelDevice || "eth2"}; ip addr add ${tunnelAddress}/24 dev br-phy; ip link set br-phy up (underlay MTU at least 1550)`
+      "a gre network needs Open vSwitch's kernel datapath (the openvswitch kernel module: modprobe openvswitch); " +
+      "this host has only the userspace (netdev) datapath, where OVS GRE ports carried ping but not TCP in kvmlab's tests " +
+      "(issue 16, open): use type vxlan on this host"
     );
   return undefined;
 }
@@ -213,7 +209,7 @@ export function probeNetworkTypes(host: HostConnection): Promise<NetworkTypeCapa
   return hostCache(host, "net-types", async () => {
     const [out] = await runChecked(
       host,
-      [{ label: "probe network types", script: networkTypesProbeScript(host.tunnelAddress ?? "") }],
+      [{ label: "probe network types", script: networkTypesProbeScript() }],
       { timeoutMs: 60000 },
     );
     return parseNetworkTypesProbe(out);
@@ -226,9 +222,7 @@ export async function hostNetworkTypes(
   driver: "linuxbridge" | "openvswitch",
 ): Promise<NetworkType[]> {
   const caps = await probeNetworkTypes(host);
-  return NETWORK_TYPES.filter(
-    (t) => networkTypeRefusal(caps, driver, t, host.tunnelAddress ?? "") === undefined,
-  );
+  return NETWORK_TYPES.filter((t) => networkTypeRefusal(caps, driver, t) === undefined);
 }
 
 /**
@@ -242,6 +236,6 @@ export async function requireNetworkType(
   tunnels = true,
 ): Promise<void> {
   const caps = await probeNetworkTypes(host);
-  const why = networkTypeRefusal(caps, driver, type, tunnels ? (host.tunnelAddress ?? "") : "");
+  const why = networkTypeRefusal(caps, driver, type, tunnels);
   if (why) throw new Error(`host ${host.name} (${host.address}) cannot carry this ${type} network: ${why}`);
 }

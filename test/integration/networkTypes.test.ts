@@ -292,86 +292,24 @@ test("hostile types, ids and names are refused by check, naming the field, befor
 });
 
 // Last: it moves each host's tunnel address onto an OVS bridge (what OVS native tunnels need).
-test("openvswitch gre: refused until the tunnel address is on an OVS bridge, then 20 one-MiB transfers between hosts", async () => {
-  const [hv1, hv2] = hosts;
+test("openvswitch gre: refused on hosts without OVS's kernel datapath (the sandbox's), naming the module and vxlan, leaving nothing", async () => {
   const inputs = await checked({ networkName: "it-gre", type: "gre", driver: "openvswitch", hosts });
   assert.equal(inputs.mtu, 1458);
   assert.ok(inputs.segmentationId >= 4096);
-  for (const h of hosts) assert.ok(!(await hostNetworkTypes(h, "openvswitch")).includes("gre"));
+  // The sandbox hosts have no openvswitch module: their bridges use the userspace datapath,
+  // where OVS GRE ports carried ping of every size but not TCP (issue 16, open; docs/providers.md).
+  for (const h of hosts) {
+    assert.equal(
+      (await sh(h, "[ -d /sys/module/openvswitch ] && echo kernel || echo netdev")).trim(),
+      "netdev",
+    );
+    assert.ok(!(await hostNetworkTypes(h, "openvswitch")).includes("gre"));
+    assert.ok((await hostNetworkTypes(h, "openvswitch")).includes("vxlan"));
+  }
   await assert.rejects(
     networkProvider.create!(inputs),
-    /cannot carry this gre network: .*not an OVS bridge.*br-phy/,
+    /cannot carry this gre network: .*kernel datapath \(the openvswitch kernel module: modprobe openvswitch\).*use type vxlan on this host/,
   );
   for (const h of hosts)
     assert.equal((await leftovers(h, "it-gre")).trim(), "", `refused create left on ${h.name}`);
-
-  // The host administrator's fix, as the error names it (a new process probes afresh: the
-  // probe is cached per process, so this test checks the hosts by hand).
-  for (const h of hosts)
-    await sh(
-      h,
-      [
-        "set -e",
-        "ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev -- add-port br-phy eth2",
-        `ip addr del ${h.tunnelAddress}/24 dev eth2`,
-        "ip link set br-phy mtu 9000 up",
-        `ip addr add ${h.tunnelAddress}/24 dev br-phy`,
-      ].join("\n"),
-    );
-  const { probeNetworkTypes, parseNetworkTypesProbe, networkTypesProbeScript, networkTypeRefusal } =
-    await import("../../provider");
-  void probeNetworkTypes;
-  for (const h of hosts) {
-    const caps = parseNetworkTypesProbe(await sh(h, networkTypesProbeScript(h.tunnelAddress!)));
-    assert.equal(caps.tunnelDevice, "br-phy");
-    assert.equal(networkTypeRefusal(caps, "openvswitch", "gre", h.tunnelAddress), undefined);
-  }
-  // This process cached the old finding: clear it by reconnecting (new sessions, new cache).
-  await closeHostSessions();
-
-  const outs = (await networkProvider.create!(inputs)).outs as NetworkOutputs;
-  for (const h of hosts) {
-    const other = hosts.find((o) => o !== h)!;
-    assert.deepEqual(outs.realized[h.name].remotes, [other.tunnelAddress]);
-    assert.equal(outs.realized[h.name].segmentationId, inputs.segmentationId);
-  }
-  try {
-    await plug(hv1, outs.bridge, "ga1", "10.89.0.1", outs.mtu, true);
-    await plug(hv2, outs.bridge, "ga2", "10.89.0.2", outs.mtu, true);
-    // The first packets may go while OVS resolves the remote's underlay address (its own ARP).
-    const ping = await sh(
-      hv2,
-      "for i in 1 2 3 4 5; do ip netns exec ga2 busybox ping -c 1 -W 2 10.89.0.1 >/dev/null 2>&1 && break; done; ip netns exec ga2 busybox ping -c 3 -A -W 2 10.89.0.1 || true",
-    );
-    assert.match(ping, /3 packets received/, ping);
-    // OVS's own drop counters (tunnel push/pop, MTU, offloads) on both hosts, before and after.
-    const drops = (h: HostConnection) =>
-      sh(
-        h,
-        "ovs-appctl coverage/show 2>/dev/null | grep -iE 'drop|error|mtu' | awk '{print $1, $NF}' | tr '\\n' ' '; ip link show br-phy | head -n1",
-      );
-    const before = await Promise.all([drops(hv1), drops(hv2)]);
-    const got = await transfers(hv1, "ga1", "10.89.0.1", hv2, "ga2");
-    console.log(`gre (openvswitch): 20 x 1 MiB delivered ${got.join(",")}`);
-    const after = await Promise.all([drops(hv1), drops(hv2)]);
-    for (const [i, h] of hosts.entries())
-      console.log(
-        `  ${h.name} OVS counters before: ${before[i].trim()}\n  ${h.name} after: ${after[i].trim()}`,
-      );
-    // Which packet sizes cross the tunnel (ICMP payload + 28 = the inner IP packet).
-    const sizes = await sh(
-      hv2,
-      "for s in 1000 1200 1300 1400 1430; do ip netns exec ga2 busybox ping -c 1 -W 2 -s $s 10.89.0.1 >/dev/null 2>&1 && echo \"$s:ok\" || echo \"$s:lost\"; done | tr '\\n' ' '",
-    );
-    console.log(`  gre ping sizes hv2 -> hv1: ${sizes.trim()}`);
-    assert.deepEqual(
-      got,
-      got.map(() => 1048576),
-    );
-  } finally {
-    await unplug(hv1, "ga1");
-    await unplug(hv2, "ga2");
-  }
-  await networkProvider.delete!("it-gre", outs);
-  for (const h of hosts) assert.equal((await leftovers(h, "it-gre")).trim(), "", `left on ${h.name}`);
 });

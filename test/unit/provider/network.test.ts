@@ -200,6 +200,50 @@ test("the apply script quotes values and uses short device names", () => {
   assert.match(ovs.script, /up=eth1/);
 });
 
+test("a provider network refuses an uplink that carries the host's management or tunnel address (the fake ip answers as the host would)", () => {
+  const fs = require("node:fs") as typeof import("node:fs");
+  const os = require("node:os") as typeof import("node:os");
+  const path = require("node:path") as typeof import("node:path");
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const host = testHost("hv1", 1); // management 10.255.0.11, tunnel 10.254.0.11, uplink eth1
+  for (const kind of ["provider"] as const)
+    for (const driver of ["linuxbridge", "openvswitch"] as const) {
+      const script = networkApplyStep(netInputs({ driver, kind }), host).script;
+      // Only the uplink checks: from `up=` up to the first line after them.
+      const lines = script.split("\n");
+      const from = lines.findIndex((l) => l.startsWith("up="));
+      const checks = lines.slice(
+        from,
+        lines.findIndex((l, i) => i > from && l.startsWith("m=")),
+      );
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-uplink-"));
+      try {
+        const run = (uplinkAddr: string) => {
+          fs.writeFileSync(
+            path.join(dir, "ip"),
+            `#!/bin/sh\ncase "$*" in\n  "link show dev eth1") exit 0 ;;\n  "-o -4 addr show dev eth1") echo "3: eth1    inet ${uplinkAddr}/24 brd 10.0.0.255 scope global eth1" ;;\n  *) exit 1 ;;\nesac\n`,
+            { mode: 0o755 },
+          );
+          return spawnSync("bash", ["-c", checks.join("\n")], {
+            encoding: "utf8",
+            env: { PATH: `${dir}:/usr/bin:/bin` },
+          });
+        };
+        const mgmt = run("10.255.0.11");
+        assert.equal(mgmt.status, 22, `${driver}: ${mgmt.stderr}`);
+        assert.match(
+          mgmt.stderr,
+          /uplink eth1 carries 10\.255\.0\.11, .*Fix: set hosts\[\]\.uplink to a NIC/,
+        );
+        assert.equal(run("10.254.0.11").status, 22, `${driver}: the tunnel address`);
+        const other = run("172.24.4.1");
+        assert.equal(other.status, 0, `${driver}: ${other.stderr}`);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
+});
+
 test("the read parser turns host output into state", () => {
   assert.deepEqual(
     parseNetworkState(
