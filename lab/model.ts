@@ -27,7 +27,8 @@ export interface LabIdentity {
     readonly domain: string;
     readonly quotas: {
       readonly instances: number | null;
-      readonly vcpus: number | null;
+      /** vCPUs of all the project's servers (Nova's `cores`, as kvmlab's Project quota calls it). */
+      readonly cores: number | null;
       readonly ramMiB: number | null;
     };
   }[];

@@ -180,7 +180,7 @@ export function normalizeLab(d: Raw): Lab {
         domain: x.domain,
         quotas: {
           instances: opt(x.quotas?.instances),
-          vcpus: opt(x.quotas?.vcpus),
+          cores: opt(x.quotas?.cores),
           ramMiB: opt(x.quotas?.ramMiB),
         },
       })),
