@@ -75,6 +75,10 @@ interface TierCommonArgs {
   readonly userData?: ServerArgs["userData"];
   /** Owning project of the tier's servers (a Project's `recordId`). @default the app's */
   readonly project?: pulumi.Input<string>;
+  /** The tier's key. @default the app's */
+  readonly keypair?: { readonly publicKeyLine: pulumi.Input<string> };
+  /** Guest user cloud-init gives the key to. @default the app's */
+  readonly userName?: string;
 }
 
 /** A load-balanced tier: a fixed set of servers behind a load balancer. */
@@ -253,7 +257,6 @@ export class ThreeTierApp extends pulumi.ComponentResource {
         : imageArg instanceof Image
           ? imageArg.kernelCmdline
           : "console=ttyS0");
-    const publicKey: pulumi.Input<string> = args.keypair?.publicKeyLine ?? "";
     const wasPort = args.was.memberPort ?? TIER_PORTS.was;
     const webPort = args.web.memberPort ?? TIER_PORTS.web;
     const hints = (role: TierRole, serverName: string) => ({
@@ -265,6 +268,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
     const cmdline = (role: TierRole, serverName: string, tier: TierCommonArgs): pulumi.Input<string> => {
       const base = tier.kernelCmdline ?? baseCmdline;
       if (args.guestRoles !== true) return base;
+      const publicKey = (tier.keypair ?? args.keypair)?.publicKeyLine ?? "";
       return pulumi.all([base, publicKey]).apply(([b, key]) => {
         try {
           return `${b}${tierRoleArgs({ ...hints(role, serverName), sshPublicKey: key })}`;
@@ -293,8 +297,8 @@ export class ThreeTierApp extends pulumi.ComponentResource {
         {
           image: tier.image ?? args.image,
           flavor: tier.flavor ?? args.flavor,
-          keypair: args.keypair,
-          userName: args.userName,
+          keypair: tier.keypair ?? args.keypair,
+          userName: tier.userName ?? args.userName,
           userData: tier.userData,
           ports: [
             { network: tier.network, subnet: tier.subnet, fixedIp: address, securityGroups: groupsOf(role) },

@@ -60,6 +60,8 @@ export interface LabImage {
   readonly kernel: LabArtifact | null;
   readonly ramdisk: LabArtifact | null;
   readonly cmdline: string | null;
+  /** Kernel images: the running sandbox's guest test image (files and checksums from its status). */
+  readonly sandbox: boolean;
   readonly minDiskGiB: number;
   readonly minRamMiB: number;
   readonly defaultUser: string;
