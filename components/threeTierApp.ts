@@ -55,7 +55,7 @@ export interface TierMemberArgs {
   readonly name?: string;
   /** Fixed address in the tier's subnet. */
   readonly address: string;
-  /** Pin to a host. @default placement decides */
+  /** Pin to a host. @default the hosts round-robin */
   readonly host?: pulumi.Input<string>;
 }
 
@@ -311,13 +311,25 @@ export class ThreeTierApp extends pulumi.ComponentResource {
         },
         { parent: this, dependsOn: deps },
       );
+    // Unpinned members are spread over the hosts round-robin (each tier starting one host further),
+    // so a tier survives a host and a SecurityGroupPort knows its host from the start (an unpinned
+    // server's host is "" until placement, which a port's check refuses in a preview).
+    const hostNames = hosts.map((h) => h.name as string);
+    const spread = (offset: number, i: number): string => hostNames[(offset + i) % hostNames.length];
     const hostOf = (t: Tier, i: number): pulumi.Input<string> | undefined => {
       const m = args[t].members[i];
-      return typeof m === "string" ? undefined : m.host;
+      return (typeof m === "string" ? undefined : m.host) ?? spread(t === "web" ? 0 : 1, i);
     };
 
-    this.db = server("db", dbName, args.db, args.db.address, args.db.host, []);
-    this.bastion = server("bastion", bastionName, args.bastion, args.bastion.address, args.bastion.host, []);
+    this.db = server("db", dbName, args.db, args.db.address, args.db.host ?? spread(1, 0), []);
+    this.bastion = server(
+      "bastion",
+      bastionName,
+      args.bastion,
+      args.bastion.address,
+      args.bastion.host ?? spread(0, 0),
+      [],
+    );
     this.was = wasMembers.map((m, i) => server("was", m.name, args.was, m.address, hostOf("was", i), []));
     this.wasLoadBalancer = this.loadBalancer(
       "was",

@@ -73,8 +73,8 @@ if (kvmlabConfig.get("hosts") === undefined && lab.hosts.length > 0) {
     user: h.user as string | undefined,
     privateKey: h.privateKey,
     hostKey: h.hostKey as string | undefined,
-    uplink: status?.hosts[i].uplink,
-    tunnelAddress: status?.hosts[i].tunnelAddress,
+    uplink: (h.uplink as string | undefined) ?? status?.hosts[i].uplink,
+    tunnelAddress: (h.tunnelAddress as string | undefined) ?? status?.hosts[i].tunnelAddress,
   }));
 }
 const sandbox = readSandboxStatus(sandboxInstance);

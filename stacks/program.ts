@@ -314,6 +314,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   };
   const servers: Record<string, Server> = {};
   const floatingIps: Record<string, pulumi.Output<string>> = {};
+  let serverIndex = 0;
   for (const s of plan.servers) {
     if (members.has(s.name)) continue;
     const l = s.launch;
@@ -331,7 +332,9 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       userName: img.defaultUser,
       userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
       kernelCmdline: cmdlineOf(s),
-      host: s.host ?? undefined,
+      // A port with security groups needs its host known up front (see ThreeTierApp): such an
+      // unpinned server goes to the hosts round-robin, the others to placement.
+      host: s.host ?? (l.securityGroups.length > 0 ? hosts[serverIndex++ % hosts.length].name : undefined),
       project: projectOf(s.project),
       ...discovery,
     });
