@@ -125,7 +125,8 @@ export async function hostEvidence(status: SandboxStatus): Promise<Record<string
       status,
       h.name,
       [
-        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' 2>/dev/null | sort",
+        // Lock files stay by design (flock targets); everything else kvmlab made must go.
+        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' 2>/dev/null | sort",
         "virsh -c qemu:///system list --all --name | sort",
         "ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort",
         "ip netns list | awk '{print $1}' | sort",
