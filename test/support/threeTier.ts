@@ -10,10 +10,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { sshCheck, waitFor, type SandboxStatus } from "./sandbox";
 
-/** A stack output's value, a secret unwrapped. */
+/** A stack output's value, every secret in it unwrapped. */
 export function plain(v: unknown): unknown {
-  if (v !== null && typeof v === "object" && "value" in (v as Record<string, unknown>))
-    return (v as { value: unknown }).value;
+  if (Array.isArray(v)) return v.map(plain);
+  if (v !== null && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    if ("value" in o && "4dabf18193072939515e22adb298388d" in o) return plain(o.value);
+    return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, plain(x)]));
+  }
   return v;
 }
 
