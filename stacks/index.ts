@@ -19,7 +19,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { resolveHosts, type HostSpec } from "../components/hosts";
-import { applyLab } from "./program";
+import { applyLab, labTopology } from "./program";
 import { readSandboxStatus } from "../components/sandbox";
 import { formatIssues, parseLab } from "../lab/parse";
 
@@ -99,3 +99,5 @@ export const serverAddresses = pulumi.all(
   Object.fromEntries(Object.entries(out.servers).map(([n, s]) => [n, s.ip])),
 );
 export const labFile = file;
+/** The topology `kvmlab graph` draws from `pulumi stack output --json` (docs/graph.md). */
+export const topology = labTopology(lab, hosts, out);

@@ -20,6 +20,7 @@ import { appMembers, labKernelCmdline, tierMemberPort, tierServers } from "../la
 // The package's public face, as a user's program imports it (kvmlab.Router, kvmlab.resources.Image…).
 import { Flavor, FloatingIp, Keypair, Router, SecurityGroup, resources } from "../index";
 import { TIER_PORTS } from "../components/threeTierApp";
+import { topologyFromLab, type Topology } from "../report/graph/model";
 import type { HostSpec } from "../components/hosts";
 import { Identity } from "../components/identity";
 import { LoadBalancer, type ListenerArgs, type MemberArgs, type PoolArgs } from "../components/loadBalancer";
@@ -494,4 +495,38 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     });
   }
   return { plan, servers, loadBalancers, apps, routers, securityGroups: groups, floatingIps };
+}
+
+/**
+ * The lab's topology (report/graph, what `kvmlab graph` draws from a stack's outputs), with the
+ * hosts in use and where each server runs after placement.
+ */
+export function labTopology(lab: Lab, hosts: readonly HostSpec[], out: LabOutputs): pulumi.Output<Topology> {
+  return pulumi
+    .all(Object.fromEntries(Object.entries(out.servers).map(([n, s]) => [n, s.host])))
+    .apply((placed: Record<string, string>) => {
+      const t = topologyFromLab({
+        ...lab,
+        hosts: hosts.map((h) => ({
+          name: h.name,
+          address: h.address,
+          port: h.port ?? 22,
+          user: h.user ?? "root",
+          privateKey: null,
+          privateKeyPath: null,
+          hostKey: h.hostKey ?? "",
+        })),
+      });
+      const pinned = new Set(t.edges.filter((e) => e.kind === "placement").map((e) => e.source));
+      const extra = Object.entries(placed)
+        .filter(([n, h]) => h !== "" && !pinned.has(`server:${n}`))
+        .map(([n, h], i) => ({
+          id: `placed${i}`,
+          kind: "placement" as const,
+          source: `server:${n}`,
+          target: `host:${h}`,
+          label: "placed",
+        }));
+      return { ...t, edges: [...t.edges, ...extra] };
+    });
 }

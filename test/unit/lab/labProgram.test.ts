@@ -252,6 +252,17 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
       plan.servers.find((s: { name: string }) => s.name === "bastion").floatingIp,
     ].sort(),
   );
+  // The topology output is one `kvmlab graph` accepts, every server placed on a host.
+  const { labTopology } = await import("../../../stacks/program");
+  const { topologyFromOutputs } = await import("../../../report/graph/model");
+  const lab = loadFile("three-tier-sandbox.yaml");
+  const topo = await unwrap(labTopology(lab, hosts, out));
+  const checked = topologyFromOutputs({ topology: topo });
+  assert.equal(
+    checked.edges.filter((e) => e.kind === "placement").length,
+    6,
+    "every server is drawn on its host",
+  );
   // The app's outputs a person wants.
   const app = out.apps.shop;
   assert.equal(await unwrap(app.webUrl), `http://${plan.loadBalancers[0].floatingIp}/`);
