@@ -10,6 +10,7 @@
  *   servers/<name>.xml                         libvirt domain
  *   servers/<name>/{meta-data,user-data,network-config}   NoCloud seed
  *   loadbalancers/<name>/haproxy.cfg
+ *   loadbalancers/<name>/keepalived-{0,1}.conf  (ACTIVE_STANDBY: amphora 0 MASTER, 1 BACKUP)
  *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
  *   routers/<name>/ruleset                     the router's iptables-restore input (core/router.ts)
  *   routers/<name>/legs                        one line per leg: device address/prefix bridge
@@ -21,6 +22,7 @@ import { renderRouterRuleset, routerInterfaceNames, routerNames } from "../core/
 import { checkName } from "../core/names";
 import { dhcpPaths, imageStorePaths, networkDevices, portOwner, serverPaths } from "../core/paths";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
+import { keepalivedPair } from "../templates/keepalived";
 import { renderServer, serverUuidSeed } from "../templates/server";
 import { appMembers, labKernelCmdline } from "./apps";
 import type { Lab, LabMember, LabPool } from "./model";
@@ -227,6 +229,15 @@ export function renderLab(
       ),
     );
     files.push([`loadbalancers/${lb.name}/haproxy.cfg`, cfg]);
+    if (lb.topology === "ACTIVE_STANDBY") {
+      // What the LoadBalancer component renders for its two amphorae (same function).
+      const vip = plan.vips[lb.name];
+      const cidr = lab.networks.flatMap((n) => n.subnets).find((x) => x.name === vip.subnet)?.cidr ?? "";
+      const pair = at(path, () => keepalivedPair(lb.name, vip.ip, cidr, vip.vrrpAddresses));
+      pair.keepalivedConfs.forEach((conf, a) =>
+        files.push([`loadbalancers/${lb.name}/keepalived-${a}.conf`, conf]),
+      );
+    }
   });
 
   for (const network of lab.networks) {
@@ -324,7 +335,11 @@ export function renderLab(
         })),
       };
     }),
-    loadBalancers: lab.loadBalancers.map((lb) => ({ name: lb.name, ...plan.vips[lb.name] })),
+    loadBalancers: lab.loadBalancers.map((lb) => {
+      // vrrpAddresses only for ACTIVE_STANDBY: SINGLE entries read as before.
+      const { vrrpAddresses, ...vip } = plan.vips[lb.name];
+      return { name: lb.name, ...vip, ...(vrrpAddresses.length > 0 ? { vrrpAddresses } : {}) };
+    }),
     dhcpPorts: plan.dhcpPorts,
     routerGateways: plan.routerGateways,
   };
