@@ -145,9 +145,7 @@ export function migrateStep(
     shQuote(serverName),
     shQuote(uri),
   ].filter((a) => a !== "");
-  const swap = vnc
-    ? `s/listen='${vnc.from.replace(/\./g, "\\.")}'/listen='${vnc.to}'/g; s/address='${vnc.from.replace(/\./g, "\\.")}'/address='${vnc.to}'/g`
-    : "";
+  const swap = vnc ? vncListenSwap(vnc.from, vnc.to) : "";
   const prep = vnc
     ? [
         "set -eo pipefail",
@@ -159,6 +157,22 @@ export function migrateStep(
     label: `live-migrate ${serverName} to ${dest.name}`,
     script: `${prep}timeout ${timeoutSec} ${args.join(" ")} </dev/null`,
   };
+}
+
+/**
+ * The sed program that moves a VNC console's listen address from `from` to `to` in libvirt's XML:
+ * only on the `<graphics …>` line (its `listen=`) and on `<listen type='address' …/>` lines, so an
+ * interface, host device or any other element that happens to carry the same address keeps it.
+ * Both addresses are IPv4 dotted quads (checked where the console address is filled).
+ */
+export function vncListenSwap(from: string, to: string): string {
+  for (const a of [from, to])
+    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(a))
+      throw new Error(
+        `live migration: the console's listen address ${JSON.stringify(a)} is not an IPv4 address`,
+      );
+  const f = from.replace(/\./g, "\\.");
+  return `/<graphics /s/listen='${f}'/listen='${to}'/g; /<listen type='address' /s/address='${f}'/address='${to}'/g`;
 }
 
 /** The address a migration stream goes to: the host's tunnel address, else its address. */

@@ -12,7 +12,9 @@ import {
   MANAGEMENT_ADDRESS_PLACEHOLDER,
   MANAGEMENT_LISTEN,
 } from "../../../templates/domain";
-import { migrateStep } from "../../../provider/server/migrate";
+import { migrateStep, vncListenSwap } from "../../../provider/server/migrate";
+import { shQuote } from "../../../provider/host/quote";
+import { execFileSync } from "node:child_process";
 import { checkTtlSec, issueConsoleToken } from "../../../provider/console";
 import { testHost } from "../provider/fixtures";
 
@@ -77,7 +79,7 @@ test("a live migration of a management-address console moves it with the migrata
   const moved = migrateStep("web1", dst, false, 240, { from: "10.99.0.2", to: "10.99.0.3" });
   assert.ok(
     moved.script.includes(
-      "dumpxml --migratable web1 | sed 's/listen='\\''10\\.99\\.0\\.2'\\''/listen='\\''10.99.0.3'\\''/g; s/address='\\''10\\.99\\.0\\.2'\\''/address='\\''10.99.0.3'\\''/g' > /var/lib/kvmlab/migrate/web1/live.xml",
+      `dumpxml --migratable web1 | sed ${shQuote(vncListenSwap("10.99.0.2", "10.99.0.3"))} > /var/lib/kvmlab/migrate/web1/live.xml`,
     ),
     moved.script,
   );
@@ -86,6 +88,41 @@ test("a live migration of a management-address console moves it with the migrata
     moved.script,
     /--xml \/var\/lib\/kvmlab\/migrate\/web1\/live\.xml --persistent-xml \/var\/lib\/kvmlab\/migrate\/web1\/inactive\.xml web1 /,
   );
+});
+
+test("the migration's sed moves only the console's listen address, not another element carrying the same address", () => {
+  const before = [
+    "<domain type='kvm'>",
+    "  <devices>",
+    "    <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x00'/></source></hostdev>",
+    "    <interface type='bridge'><ip address='10.99.0.2' prefix='24'/></interface>",
+    "    <graphics type='vnc' port='5900' autoport='yes' listen='10.99.0.2'>",
+    "      <listen type='address' address='10.99.0.2'/>",
+    "    </graphics>",
+    "    <serial type='tcp'><source mode='bind' host='10.99.0.2' service='4555'/></serial>",
+    "  </devices>",
+    "</domain>",
+    "",
+  ].join("\n");
+  // The real sed, as the source host runs it.
+  const after = execFileSync("sed", [vncListenSwap("10.99.0.2", "10.99.0.3")], {
+    input: before,
+    encoding: "utf8",
+  });
+  assert.match(after, /<graphics type='vnc' port='5900' autoport='yes' listen='10\.99\.0\.3'>/);
+  assert.match(after, /<listen type='address' address='10\.99\.0\.3'\/>/);
+  assert.match(after, /<ip address='10\.99\.0\.2' prefix='24'\/>/);
+  assert.match(after, /host='10\.99\.0\.2'/);
+  assert.equal(after.split("10.99.0.3").length - 1, 2);
+  // 10.99.0.23 is not 10.99.0.2: the dots are literal and the quote ends the match.
+  assert.equal(
+    execFileSync("sed", [vncListenSwap("10.99.0.2", "10.99.0.3")], {
+      input: "<graphics listen='10.99.0.23'>\n",
+      encoding: "utf8",
+    }),
+    "<graphics listen='10.99.0.23'>\n",
+  );
+  assert.throws(() => vncListenSwap("10.99.0.2/s/x/y", "10.99.0.3"), /not an IPv4 address/);
 });
 
 test("console token lifetimes are bounded to 1-3600 s, refused before any host is reached", async () => {
