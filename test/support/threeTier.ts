@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { sshCheck, waitFor, type SandboxStatus } from "./sandbox";
+import { sshCheck, sshExec, waitFor, type SandboxStatus } from "./sandbox";
 
 /** A stack output's value, every secret in it unwrapped. */
 export function plain(v: unknown): unknown {
@@ -210,4 +210,45 @@ export async function checkThreeTier(
     const r = sshFromInternet(status, lab.key, ip, "echo in");
     assert.ok(!r.ok && r.stdout === "", `ssh root@${ip} from the internet is refused`);
   }
+}
+
+/**
+ * Prints what a failed 3-tier run leaves on each host, bounded (30 s per host, output capped):
+ * domains and their state, the tail of each guest's serial log, who holds kvmlab's lock files
+ * (a lock held by a stray process is how last session's run stalled), the namespaces and the
+ * haproxy/dnsmasq/keepalived processes. Never throws.
+ */
+export async function dumpDiagnostics(status: SandboxStatus, why: string): Promise<void> {
+  const script = [
+    "echo '## domains'; virsh -c qemu:///system list --all 2>&1 | head -20",
+    "echo '## serial logs'; for f in $(find /var/lib/kvmlab -name 'serial*.log' 2>/dev/null | head -12); do echo \"-- $f\"; tail -n 6 \"$f\" | cut -c1-200; done",
+    'echo \'## lock holders\'; for f in /var/lib/kvmlab/*.lock; do [ -e "$f" ] || continue; echo "-- $f"; fuser -v "$f" 2>&1 | tail -n +2 | head -8; done',
+    "echo '## namespaces'; ip netns list 2>&1 | head -20",
+    "echo '## daemons'; ps -eo pid,args 2>/dev/null | grep -E 'haproxy|dnsmasq|keepalived' | grep -v grep | cut -c1-200 | head -20",
+  ].join("; ");
+  console.log(`# diagnostics (${why})`);
+  for (const h of status.hosts) {
+    const r = await sshExec(status, h.name, script, { timeoutMs: 30_000 }).catch((e: Error) => ({
+      code: -1,
+      stdout: "",
+      stderr: e.message,
+    }));
+    const text = `${r.stdout}${r.stderr ? `\n(stderr) ${r.stderr}` : ""}`.slice(0, 12_000);
+    for (const line of `== ${h.name}\n${text}`.split("\n")) console.log(`# ${line}`);
+  }
+}
+
+/** Wraps a test body: on failure, prints {@link dumpDiagnostics} before the failure. */
+export function withDiagnostics(status: () => SandboxStatus, body: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    try {
+      await body();
+    } catch (err) {
+      await dumpDiagnostics(
+        status(),
+        (err instanceof Error ? err.message : String(err)).split("\n")[0].slice(0, 200),
+      );
+      throw err;
+    }
+  };
 }
