@@ -312,8 +312,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
         { parent: this, dependsOn: deps },
       );
     // Unpinned members are spread over the hosts round-robin (each tier starting one host further),
-    // so a tier survives a host and a SecurityGroupPort knows its host from the start (an unpinned
-    // server's host is "" until placement, which a port's check refuses in a preview).
+    // so a tier survives the loss of a host (placement alone may put a whole tier on one host).
     const hostNames = hosts.map((h) => h.name as string);
     const spread = (offset: number, i: number): string => hostNames[(offset + i) % hostNames.length];
     const hostOf = (t: Tier, i: number): pulumi.Input<string> | undefined => {

@@ -315,7 +315,6 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   };
   const servers: Record<string, Server> = {};
   const floatingIps: Record<string, pulumi.Output<string>> = {};
-  let serverIndex = 0;
   for (const s of plan.servers) {
     if (members.has(s.name)) continue;
     const l = s.launch;
@@ -333,9 +332,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       userName: img.defaultUser,
       userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
       kernelCmdline: cmdlineOf(s),
-      // A port with security groups needs its host known up front (see ThreeTierApp): such an
-      // unpinned server goes to the hosts round-robin, the others to placement.
-      host: s.host ?? (l.securityGroups.length > 0 ? hosts[serverIndex++ % hosts.length].name : undefined),
+      // Unpinned: placement decides (a port's security groups follow the placed host).
+      ...(s.host !== null ? { host: s.host } : {}),
       project: projectOf(s.project),
       ...discovery,
     });

@@ -75,6 +75,8 @@ before(async () => {
             network: args.inputs.networkName,
           };
         if (t.endsWith("kvmlab:Router")) state.host = args.inputs.host;
+        // Placement puts an unpinned server on a host.
+        if (t.endsWith("kvmlab:Server") && !args.inputs.host) state.host = "hv2";
         // The Subnet provider picks the first host for DHCP and IPAM unless told.
         if (t.endsWith("kvmlab:Subnet")) state.dhcpHost = args.inputs.dhcpHost ?? "hv1";
         return { id: `${args.name}-id`, state };
