@@ -129,8 +129,9 @@ export async function hostEvidence(status: SandboxStatus): Promise<Record<string
       status,
       h.name,
       [
-        // Lock files stay by design (flock targets); everything else kvmlab made must go.
-        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' 2>/dev/null | sort",
+        // Lock files stay by design (flock targets: the host lock /var/lib/kvmlab/lock, the
+        // placement lock, the DHCP hosts' locks); everything else kvmlab made must go.
+        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -path /var/lib/kvmlab/lock 2>/dev/null | sort",
         "virsh -c qemu:///system list --all --name | sort",
         "ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort",
         "ip netns list | awk '{print $1}' | sort",
@@ -222,9 +223,9 @@ export async function dumpDiagnostics(status: SandboxStatus, why: string): Promi
   const script = [
     "echo '## domains'; virsh -c qemu:///system list --all 2>&1 | head -20",
     "echo '## serial logs'; for f in $(find /var/lib/kvmlab -name 'serial*.log' 2>/dev/null | head -12); do echo \"-- $f\"; tail -n 6 \"$f\" | cut -c1-200; done",
-    'echo \'## lock holders\'; for f in /var/lib/kvmlab/*.lock; do [ -e "$f" ] || continue; echo "-- $f"; fuser -v "$f" 2>&1 | tail -n +2 | head -8; done',
+    'echo \'## lock holders\'; for f in /var/lib/kvmlab/lock /var/lib/kvmlab/*.lock; do [ -e "$f" ] || continue; echo "-- $f"; fuser -v "$f" 2>&1 | grep -v \'Cannot stat\' | tail -n +2 | head -8; done',
     "echo '## namespaces'; ip netns list 2>&1 | head -20",
-    "echo '## daemons'; ps -eo pid,args 2>/dev/null | grep -E 'haproxy|dnsmasq|keepalived' | grep -v grep | cut -c1-200 | head -20",
+    "echo '## daemons'; ps -eo pid,comm,args 2>/dev/null | awk '$2 ~ /^(haproxy|dnsmasq|keepalived)$/' | cut -c1-200 | head -20",
   ].join("; ");
   console.log(`# diagnostics (${why})`);
   for (const h of status.hosts) {
