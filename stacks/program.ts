@@ -138,8 +138,10 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         ...(u.password ? { password: opts.secret(u.password.secret) } : {}),
         ...(u.sshPublicKey ? { sshPublicKeys: [u.sshPublicKey] } : {}),
       })),
+      // Both ends by id (`<domain>/<name>`): a bare name means kvmlab's Default domain, which is
+      // not the lab's "default" (the sandbox run failed on "user Default/bob does not exist").
       assignments: id.assignments.map((a) => ({
-        user: a.user,
+        user: `${id.users.find((u) => u.name === a.user)?.domain ?? "default"}/${a.user}`,
         project: `${id.projects.find((p) => p.name === a.project)?.domain ?? "default"}/${a.project}`,
         role: a.role,
       })),

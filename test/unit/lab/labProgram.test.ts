@@ -277,6 +277,26 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
   // Every server counts against the project.
   for (const s of regs.filter((r) => r.type.endsWith("kvmlab:Server")))
     assert.equal(s.inputs.project, "default/shop");
+  // An assignment names its user and project by id in the lab's domain: a bare "bob" would be
+  // kvmlab's Default/bob, which the lab never creates (the sandbox run's failure).
+  const users = regs
+    .filter((r) => r.type.endsWith("kvmlab:User"))
+    .map((r) => `${r.inputs.domain as string}/${r.inputs.userName as string}`);
+  const projects = regs
+    .filter((r) => r.type.endsWith("kvmlab:Project"))
+    .map((r) => `${r.inputs.domain as string}/${r.inputs.projectName as string}`);
+  const assignments = regs.filter((r) => r.type.endsWith("kvmlab:RoleAssignment"));
+  assert.ok(assignments.length > 0);
+  for (const a of assignments) {
+    assert.ok(
+      users.includes(a.inputs.user as string),
+      `assignment user ${String(a.inputs.user)} is one of ${users}`,
+    );
+    assert.ok(
+      projects.includes(a.inputs.project as string),
+      `assignment project ${String(a.inputs.project)} is one of ${projects}`,
+    );
+  }
 });
 
 test("three-tier.yaml (disk images, OVS networks, secrets): the lab program applies exactly what kvmlab render writes", async () => {
