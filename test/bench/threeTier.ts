@@ -9,7 +9,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { runEngine } from "../harness/engine/engine";
+import { runEngine, type StepEvent } from "../harness/engine/engine";
 import { sshCheck, startSandbox, stopSandbox, testGuestXml, type SandboxStatus } from "../support/sandbox";
 
 const INSTANCE = process.env.KVMLAB_BENCH_INSTANCE ?? "bench-three";
@@ -66,8 +66,14 @@ async function main(): Promise<void> {
     const limitMs = Date.now() - t0;
     await Promise.all(status.hosts.map((_, h) => cleanDirect(status, h)));
 
+    // When each step of the up finished (ms after the up started), for the breakdown below.
+    const done: { type: string; ms: number }[] = [];
+    let upStart = 0;
     const run = (operation: "up" | "destroy") =>
       runEngine({
+        ...(operation === "up"
+          ? { onStep: (e: StepEvent) => done.push({ type: e.type, ms: Date.now() - upStart }) }
+          : {}),
         operation,
         programDir: PROGRAM,
         stack: "bench",
@@ -76,6 +82,7 @@ async function main(): Promise<void> {
         env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" },
       });
     const t1 = Date.now();
+    upStart = t1;
     const up = await run("up");
     const upMs = Date.now() - t1;
     if (!up.ok) throw new Error(`up failed:\n${up.errors.join("\n")}`);
@@ -98,6 +105,18 @@ async function main(): Promise<void> {
     );
     console.log(`| ratio up / limit (goal ≤ 1.1) | ${(upMs / limitMs).toFixed(2)} |`);
     console.log(`| destroy | ${s(destroyMs)} |`);
+    // Where the up's time goes: when the first and the last resource of each type finished.
+    // The first step of all is the program's start (transpile, load, first registration).
+    console.log("\nWhen each resource type finished during `up` (first / last, after the up started)\n");
+    console.log("| type | count | first | last |");
+    console.log("|---|---|---|---|");
+    const types = new Map<string, number[]>();
+    for (const d of done) {
+      const t = d.type.replace(/^pulumi-nodejs:dynamic\//, "");
+      types.set(t, [...(types.get(t) ?? []), d.ms]);
+    }
+    for (const [t, ms] of [...types].sort((a, b) => Math.max(...a[1]) - Math.max(...b[1])))
+      console.log(`| ${t} | ${ms.length} | ${s(Math.min(...ms))} | ${s(Math.max(...ms))} |`);
   } finally {
     fs.rmSync(stateDir, { recursive: true, force: true });
     await stopSandbox(INSTANCE);
