@@ -215,6 +215,7 @@ export class LoadBalancer extends pulumi.ComponentResource {
             address: this.vipPort.address,
             subnetName: this.vipPort.subnet,
             networkName: this.vipPort.network,
+            ipamHost: subnet.dhcpHost,
           },
         },
         { parent: this, dependsOn: [fip.router, this.loadBalancer] },

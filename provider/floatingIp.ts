@@ -57,7 +57,9 @@ import {
   type InProjectArgs,
 } from "./kit";
 import { charges } from "./quota";
-import { allocateAddress, releaseAddress } from "./ipam";
+import { allocateAddress, readIpamRecord, releaseAddress } from "./ipam";
+import type { IpamRecord } from "../core/ipam";
+import { ownerStack } from "./kit/owner";
 
 /** What a floating IP points at: a server port's fixed IP or a load balancer VIP. */
 export interface FloatingIpTarget {
@@ -66,6 +68,12 @@ export interface FloatingIpTarget {
   /** Its subnet and network (for the record and the docs; the router must be attached to it). */
   subnetName: string;
   networkName: string;
+  /**
+   * The host keeping the target subnet's IPAM record (Subnet.dhcpHost). With it, the floating IP
+   * checks that the address is allocated there to this stack (a server port or a VIP of this
+   * stack) before it points anything at it. Optional for older programs; the components set it.
+   */
+  ipamHost?: string;
 }
 
 export interface FloatingIpExternal {
@@ -189,6 +197,16 @@ export function checkFloatingIpInputs(news: Record<string, unknown>): Checked {
       );
     for (const f of ["networkName", "subnetName"])
       if (isKnown(t[f])) add(`target.${f}`, checkName(`target.${f}`, t[f]));
+    if (
+      t.ipamHost !== undefined &&
+      isKnown(t.ipamHost) &&
+      hostList &&
+      !hostList.some((h) => h.name === t.ipamHost)
+    )
+      add(
+        "target.ipamHost",
+        `target.ipamHost: ${showValue(t.ipamHost)} is not one of the hosts (${hostList.map((h) => h.name).join(", ")}); use the target subnet's dhcpHost`,
+      );
   }
   const target = news.target as FloatingIpTarget | undefined;
   out.owner = checkedOwner(news, "FloatingIp", "fipName", add);
@@ -356,6 +374,43 @@ function routerOf(inputs: FloatingIpInputs): OwnedObject {
   };
 }
 
+/**
+ * Why the floating IP may not point at `address` (pure), or undefined: the address must be
+ * allocated in the target subnet's IPAM record, and an allocation that names the resource owner
+ * that made it (`holder`) must be this stack's. A floating IP is a door from the internet; it
+ * never opens onto another stack's server or load balancer.
+ */
+export function targetRefusal(
+  record: IpamRecord | undefined,
+  target: FloatingIpTarget,
+  owner: string,
+  fipName: string,
+  ipamHost: string,
+): string | undefined {
+  const where = `subnet ${target.subnetName} (its IPAM record on host ${ipamHost})`;
+  if (!record)
+    return `floating IP ${fipName}: target.subnetName: ${where} does not exist; create the Subnet first, or set target.ipamHost to the subnet's dhcpHost`;
+  const a = record.allocations[target.address];
+  if (!a)
+    return `floating IP ${fipName}: target.address ${target.address} is not allocated in ${where}; a floating IP points at a server port's fixed IP or a load balancer VIP of this stack. Fix: use that port's or VIP's address`;
+  if (a.holder !== undefined && a.holder !== "" && ownerStack(a.holder) !== ownerStack(owner))
+    return `floating IP ${fipName}: target.address ${target.address} in ${where} belongs to ${a.holder}, another stack than ${ownerStack(owner)}; kvmlab never points a floating IP at another stack's port. Fix: target an address of this stack, or define the floating IP in the stack that owns it`;
+  return undefined;
+}
+
+/** Checks the target against its subnet's IPAM record when the inputs say where that is. */
+async function checkTarget(inputs: FloatingIpInputs): Promise<void> {
+  const ipamHost = inputs.target.ipamHost;
+  if (ipamHost === undefined || ipamHost === "") return;
+  const record = await readIpamRecord({
+    host: hostNamed(inputs.hosts, ipamHost, "target.ipamHost"),
+    networkName: inputs.target.networkName,
+    subnetName: inputs.target.subnetName,
+  });
+  const refusal = targetRefusal(record, inputs.target, inputs.owner, inputs.fipName, ipamHost);
+  if (refusal) throw new Error(refusal);
+}
+
 /** The floating IP's objects on its router's host, for the owner guards. */
 export function floatingIpOwned(fipName: string): OwnedObject {
   return {
@@ -378,6 +433,7 @@ async function applyFloatingIp(
   const guard = guardStep(floatingIpOwned(inputs.fipName), owners, true);
   const router = sameStackStep(routerOf(inputs), inputs.owner, `floating IP ${inputs.fipName}`);
   await withHostLock(host, () => runChecked(host, [guard, router]));
+  await checkTarget(inputs);
   const floatingIp = await allocateAddress(
     ipamRef(inputs),
     floatingIpOwner(inputs.fipName),
@@ -439,7 +495,8 @@ const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
   quota: charges(() => ({ floatingIps: 1 })), // issue 14: charged to the project by the kit
   async create(inputs) {
     const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
-    // A foreign router is refused before anything is claimed or allocated.
+    // A foreign target is refused before anything is claimed or allocated, and so is a foreign router.
+    await checkTarget(inputs);
     const [, claim] = await withHostLock(host, () =>
       runChecked(host, [
         sameStackStep(routerOf(inputs), inputs.owner, `floating IP ${inputs.fipName}`),

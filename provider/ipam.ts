@@ -206,3 +206,13 @@ export async function releaseAddress(ref: SubnetRef, owner: string, holder = "")
       await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
   });
 }
+
+/**
+ * Reads a subnet's IPAM record (no lock: a read for a check). `undefined` when the host keeps no
+ * record of that subnet.
+ */
+export async function readIpamRecord(ref: SubnetRef): Promise<IpamRecord | undefined> {
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
+  const [recText] = await runChecked(ref.host, [readRecordStep("ipam", name)]);
+  return parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+}

@@ -128,7 +128,12 @@ const fip = new kvmlab.FloatingIp(
       cidr: extSub.cidr,
       ipamHost: extSub.dhcpHost,
     },
-    target: { address: web.ip, subnetName: lanSub.subnetName, networkName: lan.networkName },
+    target: {
+      address: web.ip,
+      subnetName: lanSub.subnetName,
+      networkName: lan.networkName,
+      ipamHost: lanSub.dhcpHost,
+    },
   },
   { dependsOn: [router] },
 );

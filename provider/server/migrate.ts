@@ -68,9 +68,13 @@ export function parseDestinationFacts(stdout: string): { hostKeys: string[]; aut
   return { hostKeys, authorizedKeysFile };
 }
 
+/** How long a one-off migration key is accepted after it is authorized (sshd checks it at login). */
+export const MIGRATION_KEY_TTL_SEC = 900;
+
 /**
  * Destination: authorizes the one-off key (idempotent), usable only from the source's
- * addresses (`from=`: the key cannot be used from anywhere else while it exists).
+ * addresses (`from=`: the key cannot be used from anywhere else while it exists) and only for
+ * MIGRATION_KEY_TTL_SEC (`expiry-time=`: libvirt logs in once, when the migration starts).
  */
 export function authorizeStep(
   authorizedKeysFile: string,
@@ -90,6 +94,8 @@ export function authorizeStep(
       throw new Error(`authorizeStep: invalid source address ${JSON.stringify(a)}`);
   const from = fromAddresses.length > 0 ? `from="${[...new Set(fromAddresses)].join(",")}",` : "";
   const line = `${from}no-agent-forwarding,no-X11-forwarding,no-port-forwarding,no-pty ${words[0]} ${words[1]} ${tag}`;
+  // The key also expires by itself (sshd's expiry-time, in the destination's own clock and time
+  // zone), so a revoke that never runs (a killed `up`) does not leave it usable.
   return {
     label: "authorize the one-off migration key on the destination",
     script: [
@@ -97,7 +103,8 @@ export function authorizeStep(
       `f=${shQuote(authorizedKeysFile)}`,
       'mkdir -p "$(dirname "$f")"',
       '[ -f "$f" ] || { : > "$f"; chmod 0600 "$f"; }',
-      `grep -qF -- ${shQuote(tag)} "$f" || printf '%s\\n' ${shQuote(line)} >> "$f"`,
+      `e=$(date -d '+${MIGRATION_KEY_TTL_SEC} seconds' +%Y%m%d%H%M%S)`,
+      `grep -qF -- ${shQuote(tag)} "$f" || printf 'expiry-time="%s",%s\\n' "$e" ${shQuote(line)} >> "$f"`,
     ].join("\n"),
   };
 }

@@ -595,6 +595,82 @@ test("a floating IP on another stack's router is refused naming the router's own
 
 const ROUTER_OWNER = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Router", name: "r1" });
 
+test("a floating IP whose target is another stack's port, or no port at all, is refused before anything is claimed or allocated", async () => {
+  const hv1 = testHost("hv1", 1);
+  const lanRecord = (holder: string): string =>
+    JSON.stringify({
+      subnet: "lan1-v4",
+      network: "lan1",
+      cidr: "10.10.1.0/24",
+      gateway: "10.10.1.1",
+      pool: { start: "10.10.1.2", end: "10.10.1.254" },
+      allocations: { "10.10.1.5": { owner: portOwner("u-1", 0), mac: "52:54:00:00:00:05", holder } },
+    });
+  const raw = (address: string): Record<string, unknown> => ({
+    fipName: "web-fip",
+    hosts: [hv1],
+    host: "hv1",
+    routerName: "r1",
+    external: { networkName: "ext", subnetName: "ext-v4", cidr: "172.24.4.0/24", ipamHost: "hv1" },
+    address: "172.24.4.150",
+    target: { address, subnetName: "lan1-v4", networkName: "lan1", ipamHost: "hv1" },
+    owner: ownerOf({ pulumiProject: "lab", stack: "dev", type: "FloatingIp", name: "web-fip" }),
+  });
+  const fip = floatingIpProvider as unknown as Required<typeof floatingIpProvider>;
+  const theirs = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Server", name: "web" });
+  const ours = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Server", name: "web" });
+  const lanName = ipamRecordName("lan1", "lan1-v4");
+  for (const [holder, address, refusal] of [
+    [
+      theirs,
+      "10.10.1.5",
+      /target\.address 10\.10\.1\.5 in subnet lan1-v4 .* belongs to lab\/prod\/Server\/web, another stack than lab\/dev;.*Fix: target an address of this stack/s,
+    ],
+    [
+      ours,
+      "10.10.1.6",
+      /target\.address 10\.10\.1\.6 is not allocated in subnet lan1-v4 \(its IPAM record on host hv1\).*Fix: use that port's or VIP's address/s,
+    ],
+  ] as const) {
+    const fake = fakeHost([[new RegExp(`^read record ipam/${lanName}$`), lanRecord(holder)]]);
+    try {
+      markOwned(fake, hv1, "router/r1.owner", ROUTER_OWNER);
+      const { inputs, failures } = checkFloatingIpInputs(raw(address));
+      assert.deepEqual(failures, []);
+      await assert.rejects(fip.create(inputs as never), refusal);
+      assert.deepEqual(destructive(fake), []);
+      assert.ok(
+        !fake.log.some((l) => /^claim |allocate|write record/.test(l.label)),
+        fake.log.map((l) => l.label).join("\n"),
+      );
+    } finally {
+      fake.restore();
+    }
+  }
+  // This stack's port: the create goes on to claim the floating IP.
+  const fake = fakeHost([[new RegExp(`^read record ipam/${lanName}$`), lanRecord(ours)]]);
+  try {
+    markOwned(fake, hv1, "router/r1.owner", ROUTER_OWNER);
+    const { inputs } = checkFloatingIpInputs(raw("10.10.1.5"));
+    await fip.create(inputs as never).catch(() => undefined);
+    assert.ok(
+      fake.log.some((l) => /^claim floating IP web-fip/.test(l.label)),
+      "the claim ran",
+    );
+  } finally {
+    fake.restore();
+  }
+  // A target.ipamHost that is not one of the hosts is refused at check.
+  const bad = checkFloatingIpInputs({
+    ...raw("10.10.1.5"),
+    target: { address: "10.10.1.5", subnetName: "lan1-v4", networkName: "lan1", ipamHost: "hv9" },
+  });
+  assert.match(
+    bad.failures.map((f) => f.reason).join("\n"),
+    /target\.ipamHost: "hv9" is not one of the hosts/,
+  );
+});
+
 test("a Router update to another external subnet takes the new gateway address before giving up the old one", async () => {
   const hv1 = testHost("hv1", 1);
   const ext = (subnet: string, cidr: string, address: string) => ({

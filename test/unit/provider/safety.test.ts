@@ -248,11 +248,13 @@ test("a host named constructor (or __proto__) pins like any other host", () => {
 });
 
 test("live migration: after an error only a certain outcome touches a host; the stream and the key are confined", () => {
-  const { migrationOutcome, migrateStep, authorizeStep } = require("../../../provider/server/migrate") as {
-    migrationOutcome: (s: unknown, d: unknown) => string;
-    migrateStep: (n: string, d: HostConnection, c: boolean, t: number) => { script: string };
-    authorizeStep: (f: string, pub: string, tag: string, from: string[]) => { script: string };
-  };
+  const { migrationOutcome, migrateStep, authorizeStep, MIGRATION_KEY_TTL_SEC } =
+    require("../../../provider/server/migrate") as {
+      MIGRATION_KEY_TTL_SEC: number;
+      migrationOutcome: (s: unknown, d: unknown) => string;
+      migrateStep: (n: string, d: HostConnection, c: boolean, t: number) => { script: string };
+      authorizeStep: (f: string, pub: string, tag: string, from: string[]) => { script: string };
+    };
   const running = { defined: true, state: "running" };
   const absent = { defined: false, state: "" };
   assert.equal(
@@ -287,4 +289,32 @@ test("live migration: after an error only a certain outcome touches a host; the 
     ["10.255.0.11", "10.254.0.11"],
   ).script;
   assert.match(a, /from="10\.255\.0\.11,10\.254\.0\.11",no-agent-forwarding/);
+  // The script as the destination runs it: the line carries an expiry-time about
+  // MIGRATION_KEY_TTL_SEC ahead in the host's own clock, and a second run adds nothing.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-akf-"));
+  try {
+    const akf = path.join(dir, "ssh", "authorized_keys");
+    const step = authorizeStep(akf, "ssh-ed25519 AAAAC3Nz kvmlab", "kvmlab-migrate-web1-abc", [
+      "10.255.0.11",
+    ]);
+    for (let i = 0; i < 2; i++) {
+      const r = spawnSync("bash", ["-c", step.script], { encoding: "utf8" });
+      assert.equal(r.status, 0, r.stderr);
+    }
+    const lines = fs.readFileSync(akf, "utf8").trim().split("\n");
+    assert.equal(lines.length, 1, lines.join("\n"));
+    const m =
+      /^expiry-time="(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)",from="10\.255\.0\.11",no-agent-forwarding,no-X11-forwarding,no-port-forwarding,no-pty ssh-ed25519 AAAAC3Nz kvmlab-migrate-web1-abc$/.exec(
+        lines[0],
+      );
+    assert.ok(m, lines[0]);
+    const [, y, mo, d, h, mi, se] = m.map(Number);
+    const ahead = (new Date(y, mo - 1, d, h, mi, se).getTime() - Date.now()) / 1000;
+    assert.ok(
+      ahead > MIGRATION_KEY_TTL_SEC - 60 && ahead <= MIGRATION_KEY_TTL_SEC + 1,
+      `expires in ${ahead} s`,
+    );
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
