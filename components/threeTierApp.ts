@@ -374,6 +374,8 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           address: this.bastion.ip,
           subnetName: bastionSub.subnetName,
           networkName: args.bastion.network.networkName,
+          // The FloatingIp checks the address is this stack's allocation there (issue 15).
+          ipamHost: bastionSub.dhcpHost,
         },
       },
       { parent: this, dependsOn: [args.router, this.bastion] },

@@ -361,6 +361,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
             address: servers[s.name].ip,
             subnetName: s.ports[0].subnet,
             networkName: s.ports[0].network,
+            // The FloatingIp checks the address is this stack's allocation there (issue 15).
+            ipamHost: networks[s.ports[0].network].subnets[s.ports[0].subnet].dhcpHost,
           },
         },
         { dependsOn: [router, servers[s.name]] },

@@ -206,6 +206,13 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
     .map((f) => f.inputs.fipName)
     .sort();
   assert.deepEqual(fips, ["bastion-fip", "shop-web-lb-fip"]);
+  // Both floating IPs name their target's IPAM host, so the FloatingIp checks the address is
+  // this stack's allocation before it opens it to the internet.
+  for (const f of of("FloatingIp"))
+    assert.ok(
+      typeof (f.inputs.target as { ipamHost?: unknown }).ipamHost === "string",
+      `${String(f.inputs.fipName)}: target.ipamHost set`,
+    );
 
   assert.equal(await unwrap(app.webUrl), "http://172.24.4.101/");
   assert.equal(ssh.bastion, "ssh root@172.24.4.102");
