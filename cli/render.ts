@@ -8,16 +8,18 @@ import * as path from "node:path";
 import { parseArgs, UsageError } from "./args";
 import { unreadable } from "./lab/read";
 
-const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--stack NAME] [--domain-type kvm|qemu]
+const USAGE = `usage: kvmlab render <lab.yaml> --out DIR [--stack NAME] [--project NAME] [--domain-type kvm|qemu]
 
 Writes every artifact of a lab definition to DIR for review, touching no host:
   servers/<name>.xml, servers/<name>/{meta-data,user-data,network-config},
-  loadbalancers/<name>/haproxy.cfg, subnets/<name>/{dnsmasq.conf,hosts}, plan.json.
-Names, UUIDs, MACs and paths are the ones the components and providers use on the hosts,
-for the Pulumi project <lab name> and the stack --stack. Addresses the lab does not fix are
-allocated deterministically (see plan.json).
+  loadbalancers/<name>/haproxy.cfg, subnets/<name>/{dnsmasq.conf,hosts},
+  routers/<name>/{ruleset,legs}, plan.json.
+Names, UUIDs, MACs and paths are the ones the lab program (stacks/) gives the providers on the
+hosts, for its Pulumi project (kvmlab-lab) and the stack --stack. Addresses the lab does not
+fix are allocated deterministically (see plan.json); the lab program applies the same ones.
   --out DIR          output folder: new, empty, or an earlier render's output
   --stack NAME       Pulumi stack the lab is applied as; seeds server UUIDs and MACs (default dev)
+  --project NAME     Pulumi project the lab is applied as (default kvmlab-lab, the lab program's)
   --domain-type T    libvirt domain type to render (default kvm; hosts without /dev/kvm use qemu)`;
 
 /** Lists files written by a render, so a re-render can replace exactly them. */
@@ -76,7 +78,7 @@ function prepare(dir: string): void {
 export async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs(argv, { valued: ["out", "domain-type", "stack"] });
+    parsed = parseArgs(argv, { valued: ["out", "domain-type", "stack", "project"] });
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     console.error(`kvmlab render: ${err.message}\n\n${USAGE}`);
@@ -111,6 +113,12 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`kvmlab render: ${badStack}`);
     return 2;
   }
+  const project = parsed.options.get("project") ?? "kvmlab-lab";
+  const badProject = checkName("--project", project);
+  if (badProject !== undefined) {
+    console.error(`kvmlab render: ${badProject}`);
+    return 2;
+  }
   const file = parsed.positional[0];
   let text: string;
   try {
@@ -129,7 +137,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   let files: Map<string, string>;
   try {
-    files = renderLab(lab, { domainType, stack: stack as string }).files;
+    files = renderLab(lab, { domainType, stack: stack as string, project: project as string }).files;
   } catch (err) {
     console.error(`kvmlab render: ${file}: ${(err as Error).message}`);
     return 1;

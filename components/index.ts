@@ -8,3 +8,4 @@ export { readSandboxStatus, type SandboxHost, type SandboxStatus } from "./sandb
 export * from "./loadBalancer";
 export * from "./identity";
 export * from "./volume";
+export * from "./threeTierApp";

@@ -369,6 +369,11 @@ export class Server extends pulumi.ComponentResource {
     // it is applied on the host the server landed on, after the guest has its tap: on OVS, in the
     // qbr bridge the Server made). The groups are not Server inputs: changing them never touches
     // (or reboots) the guest.
+    // An unpinned server's host is "" until placement: during preview it is unknown (the port's
+    // check would refuse "" as no host), at up the host the Server was placed on.
+    const placedHost = this.server.host.apply((h) =>
+      h === "" && pulumi.runtime.isDryRun() ? (pulumi.unknown as unknown as string) : h,
+    );
     this.securityGroupPorts = ports.map((p, i) => {
       const groups = p.securityGroups;
       if (!groups || groups.length === 0) return undefined;
@@ -379,7 +384,7 @@ export class Server extends pulumi.ComponentResource {
         {
           portName,
           hosts,
-          host: this.server.host,
+          host: placedHost,
           tap: serverPort.apply((sp) => sp.tap),
           mac: serverPort.apply((sp) => sp.mac),
           ip: this.server.ips.apply((ips) => ips[i] ?? ""),

@@ -12,21 +12,29 @@
  *   loadbalancers/<name>/haproxy.cfg
  *   loadbalancers/<name>/keepalived-{0,1}.conf  (ACTIVE_STANDBY: amphora 0 MASTER, 1 BACKUP)
  *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
+ *   routers/<name>/ruleset                     the router's iptables-restore input (core/router.ts)
+ *   routers/<name>/legs                        one line per leg: device address/prefix bridge
  *   volumes/<name>.xml                         an attached volume's <disk> (device from its server's list)
  *   plan.json                                  allocations this render assumed
  */
 import { hostsFileText, type IpamRecord } from "../core/ipam";
+import { parseCidr } from "../core/net";
+import { renderRouterRuleset, routerInterfaceNames, routerNames } from "../core/router";
 import { VOLUME_DEVICES, volumeDiskXml, volumeFormat, volumePath } from "../core/volume";
 import { checkName } from "../core/names";
 import { dhcpPaths, imageStorePaths, networkDevices, portOwner, serverPaths } from "../core/paths";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
 import { keepalivedPair } from "../templates/keepalived";
 import { renderServer, serverUuidSeed } from "../templates/server";
+import { appMembers, labKernelCmdline } from "./apps";
 import type { Lab, LabMember, LabPool } from "./model";
 import { planLab, subnetPlan, type LabPlan, type PlannedServer } from "./plan";
 
 /** The stack `kvmlab render` assumes when none is given. */
 export const DEFAULT_STACK = "dev";
+
+/** The Pulumi project of the lab program (stacks/Pulumi.yaml `name`): what `kvmlab render` assumes. */
+export const LAB_PROGRAM_PROJECT = "kvmlab-lab";
 
 export interface RenderOptions {
   /** libvirt domain type to render; the provider detects it per host at apply time. @default "kvm" */
@@ -37,6 +45,12 @@ export interface RenderOptions {
    * them from `<project>/<stack>/<server>`. @default "dev"
    */
   readonly stack?: string;
+  /**
+   * Pulumi project the lab is applied as. A server's UUID, MACs and tap names are seeded from
+   * `<project>/<stack>/<server>`, and its domain metadata names the project, as
+   * components/server.ts does. @default "kvmlab-lab" (the lab program, stacks/Pulumi.yaml)
+   */
+  readonly project?: string;
 }
 
 /** What one server's render gave (templates/server.ts `renderServer`). */
@@ -50,13 +64,14 @@ export interface RenderedServer {
 /** What `kvmlab render` prints and writes to plan.json about values decided at apply time. */
 export const RENDER_NOTES: readonly string[] = [
   "Names on the hosts are the lab's own object names (domain <server>, bridge kvlb-<id> of <network>, namespace qdhcp-<network>), exactly as the components and providers derive them; two labs or stacks that share hosts need distinct object names (the Server provider refuses a domain name another server holds).",
-  "Servers' UUIDs, MACs and tap names are seeded from <lab>/<stack>/<server>: the Pulumi project is the lab name, the stack is --stack (default dev).",
+  "Servers' UUIDs, MACs and tap names are seeded from <project>/<stack>/<server>: the Pulumi project is the lab program's (kvmlab-lab, stacks/Pulumi.yaml; --project to change), the stack is --stack (default dev).",
   "Guests get every address by DHCP: fixed and allocated addresses reach dnsmasq through subnets/<name>/hosts (dhcp-hostsfile).",
-  "Addresses not fixed in the lab were allocated deterministically from each subnet's pool, in definition order (router gateways, VIPs, server ports, autoscale members, floating IPs) after each DHCP port took its pool's first address; `pulumi up` allocates the lowest free address when each resource is created, so the order can differ.",
+  "Addresses not fixed in the lab were allocated deterministically from each subnet's pool, in definition order (router gateways, VIPs, server ports, autoscale members, floating IPs) after each DHCP port took its pool's first address; the lab program (stacks/) applies exactly these addresses.",
   "Host placement of unpinned servers is decided at apply time (least-loaded host that fits); rendered files do not depend on it.",
   "The domain type is detected per host at apply time (kvm where usable, else qemu); the files show --domain-type (default kvm).",
   "VNC ports are automatic (autoport) and chosen by libvirt when the domain starts.",
   "Autoscale groups are rendered at their desired size; scaling adds or removes <group>-<i> members.",
+  "Servers of apps booting a sandbox image (images[].sandbox) get their tier role on the kernel command line (lab.name, lab.role, lab.upstream, lab.db, lab.sshkey), as the ThreeTierApp component gives it.",
 ];
 
 /** Added to the notes of a lab with volumes. */
@@ -91,11 +106,17 @@ export function renderLab(
   options: RenderOptions = {},
 ): { files: Map<string, string>; plan: LabPlan; servers: ReadonlyMap<string, RenderedServer> } {
   const stack = options.stack ?? DEFAULT_STACK;
+  const project = options.project ?? LAB_PROGRAM_PROJECT;
   at("stack", () => {
     const problem = checkName("stack", stack);
     if (problem !== undefined) throw new Error(problem);
   });
+  at("project", () => {
+    const problem = checkName("project", project);
+    if (problem !== undefined) throw new Error(problem);
+  });
   const plan = planLab(lab); // PlanError names its own path.
+  const members = appMembers(lab, plan);
   const files: [string, string][] = [];
 
   const rendered = new Map<string, RenderedServer>();
@@ -107,19 +128,20 @@ export function renderLab(
       throw new RenderError(path, new Error("image or flavor missing"));
     const keypair = lab.keypairs.find((k) => k.name === s.launch.keypair);
     const kind = image.format === "kernel" ? "kernel" : "disk";
-    // The lab program's Server component: named by the lab's server name, in project <lab>.
-    const uuidSeed = serverUuidSeed(lab.name, stack, s.name);
+    // The lab program's Server component: named by the lab's server name, in project <project>.
+    const uuidSeed = serverUuidSeed(project, stack, s.name);
     const r = at(path, () =>
       renderServer({
         serverName: s.name,
         uuidSeed,
-        lab: lab.name,
+        lab: project,
         project: stack,
         image: {
           name: image.name,
           kind,
           ...imageStorePaths(image.name, kind, image.format === "raw" ? "raw" : "qcow2"),
-          ...(kind === "kernel" && image.ramdisk === null ? { ramdisk: "" } : {}),
+          // A sandbox image always has its initramfs.
+          ...(kind === "kernel" && image.ramdisk === null && !image.sandbox ? { ramdisk: "" } : {}),
         },
         // The whole flavor, as the Server component passes it.
         flavor: {
@@ -138,7 +160,7 @@ export function renderLab(
           driver: p.driver,
           mtu: p.mtu,
         })),
-        kernelCmdline: image.cmdline ?? "console=ttyS0",
+        kernelCmdline: labKernelCmdline(image, s.name, members.get(s.name), keypair?.publicKey),
         cloudInit: true,
         publicKeys: keypair ? [keypair.publicKey] : [],
         userName: image.defaultUser,
@@ -275,8 +297,45 @@ export function renderLab(
     }
   }
 
+  for (const r of lab.routers) {
+    // What the lab program hands its Router: the gateway the plan gave it, a leg per subnet on
+    // the subnet's gateway; the Router's check renders the ruleset with this same function.
+    const path = `routers[${lab.routers.indexOf(r)}]`;
+    const names = routerNames(r.name);
+    const gateway = plan.routerGateways[r.name];
+    if (gateway !== undefined)
+      files.push([
+        `routers/${r.name}/ruleset`,
+        at(path, () =>
+          renderRouterRuleset({
+            routerName: r.name,
+            gatewayDevice: names.gatewayDevice,
+            gatewayAddress: gateway,
+            enableSnat: true,
+            randomFully: true,
+          }),
+        ),
+      ]);
+    const legs: string[] = [];
+    const ext = lab.networks.find((n) => n.name === r.externalNetwork);
+    if (ext !== undefined && gateway !== undefined)
+      legs.push(
+        `${names.gatewayDevice} ${gateway}/${parseCidr(ext.subnets[0].cidr).prefix} ${networkDevices(ext.name).bridge}`,
+      );
+    for (const subnetName of r.interfaces) {
+      const net = lab.networks.find((n) => n.subnets.some((x) => x.name === subnetName))!;
+      const sub = net.subnets.find((x) => x.name === subnetName)!;
+      const gw = subnetPlan(net, sub).gateway;
+      legs.push(
+        `${routerInterfaceNames(r.name, subnetName).device} ${gw}/${parseCidr(sub.cidr).prefix} ${networkDevices(net.name).bridge}`,
+      );
+    }
+    files.push([`routers/${r.name}/legs`, `${legs.join("\n")}\n`]);
+  }
+
   const planJson = {
     lab: lab.name,
+    project,
     notes: volumePlan.length > 0 ? [...RENDER_NOTES, VOLUME_RENDER_NOTE] : RENDER_NOTES,
     stack,
     networks: lab.networks.map((n) => {

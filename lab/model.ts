@@ -27,7 +27,8 @@ export interface LabIdentity {
     readonly domain: string;
     readonly quotas: {
       readonly instances: number | null;
-      readonly vcpus: number | null;
+      /** vCPUs of all the project's servers (Nova's `cores`, as kvmlab's Project quota calls it). */
+      readonly cores: number | null;
       readonly ramMiB: number | null;
     };
   }[];
@@ -59,6 +60,8 @@ export interface LabImage {
   readonly kernel: LabArtifact | null;
   readonly ramdisk: LabArtifact | null;
   readonly cmdline: string | null;
+  /** Kernel images: the running sandbox's guest test image (files and checksums from its status). */
+  readonly sandbox: boolean;
   readonly minDiskGiB: number;
   readonly minRamMiB: number;
   readonly defaultUser: string;

@@ -180,7 +180,7 @@ export function normalizeLab(d: Raw): Lab {
         domain: x.domain,
         quotas: {
           instances: opt(x.quotas?.instances),
-          vcpus: opt(x.quotas?.vcpus),
+          cores: opt(x.quotas?.cores),
           ramMiB: opt(x.quotas?.ramMiB),
         },
       })),
@@ -200,6 +200,7 @@ export function normalizeLab(d: Raw): Lab {
       kernel: opt(x.kernel),
       ramdisk: opt(x.ramdisk),
       cmdline: opt(x.cmdline),
+      sandbox: x.sandbox ?? false,
       minDiskGiB: x.minDiskGiB ?? 0,
       minRamMiB: x.minRamMiB ?? 0,
       defaultUser: x.defaultUser ?? "kvmlab",

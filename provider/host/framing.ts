@@ -4,12 +4,13 @@
  * Each step is written to the shell's stdin as
  *
  *     ( <script>
- *     ) </dev/null 9>&- ; __kvl_s=$?
+ *     ) </dev/null 8>&- 9>&- ; __kvl_s=$?
  *     printf '\n%s %s\n' '<marker>-<seq>' "$__kvl_s"
  *     printf '\n%s\n' '<marker>-<seq>' >&2
  *
  * so the step runs in a subshell (an `exit` or `cd` cannot disturb the shell), reads nothing
- * from the command stream, does not inherit the lock descriptor, and its exit status, stdout
+ * from the command stream, does not inherit the lock descriptors (a daemon it starts would hold
+ * the flock past its release), and its exit status, stdout
  * and stderr come back apart. The marker holds 128 random bits per session, so a step cannot
  * forge it. A batch with `stopOnError` skips the remaining steps after the first failure in
  * the shell itself, without a round trip.
@@ -53,7 +54,9 @@ export function frameBatch(
   steps.forEach((step, i) => {
     const tag = `${marker}-${firstSeq + i}`;
     const body = step.script.endsWith("\n") ? step.script : `${step.script}\n`;
-    const run = step.inShell ? `{ ${body}} </dev/null; __kvl_s=$?` : `( ${body}) </dev/null 9>&-; __kvl_s=$?`;
+    const run = step.inShell
+      ? `{ ${body}} </dev/null; __kvl_s=$?`
+      : `( ${body}) </dev/null 8>&- 9>&-; __kvl_s=$?`;
     const guarded =
       stopOnError && step.always
         ? run

@@ -96,6 +96,8 @@ interface HostSession {
   queued?: number;
   /** Fewer worker shells than MAX_WORKER_SHELLS, after the host refused a channel. */
   workerLimit?: number;
+  /** Shells holding a named lock (withNamedHostLock), each carrying nothing else. */
+  lockShells?: HostSession[];
 }
 
 interface HostPool {
@@ -296,7 +298,7 @@ async function getSession(host: HostConnection): Promise<HostSession> {
     };
     const conn = ssh.connection as unknown as SshClient;
     const onGone = (why: string): void => {
-      for (const s of [session, ...(session.workers ?? [])]) {
+      for (const s of [session, ...(session.workers ?? []), ...(session.lockShells ?? [])]) {
         s.dead = true;
         s.channel = null;
         failCurrent(s, new Error(`${session.label}: SSH connection lost (${why})`));
@@ -654,51 +656,116 @@ export async function withNamedHostLock<T>(
   const release = await takeProcessLock(host, name);
   const file = `/var/lib/kvmlab/${name}.lock`;
   const pool = hostPool();
+  const take: Step = {
+    label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
+    inShell: true,
+    script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> ${file} ) && chmod 0600 ${file} && exec 8>>${file} && flock -w ${Math.max(1, Math.floor(waitSec))} 8`,
+  };
+  const takeOpts: RunOptions = { stopOnError: true, timeoutMs: (waitSec + 30) * 1000 };
   let remote = false;
   let key = "";
-  let locked: HostSession | undefined;
+  let main: HostSession | undefined;
+  // The shell whose fd 8 holds the flock: a lock shell of its own (below), else the main shell.
+  let holder: HostSession | undefined;
+  let holderChannel: ShellChannel | null = null;
+  const lost = (): boolean =>
+    holder !== undefined && (holder.dead || holder.channel !== holderChannel || main?.dead === true);
   try {
-    const before = pool.mode === "pooled" ? await getSession(host) : undefined;
-    await runChecked(
-      host,
-      [
-        {
-          label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
-          inShell: true,
-          script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> ${file} ) && chmod 0600 ${file} && exec 8>>${file} && flock -w ${Math.max(1, Math.floor(waitSec))} 8`,
-        },
-      ],
-      { timeoutMs: (waitSec + 30) * 1000 },
-    );
+    if (pool.mode === "pooled") {
+      main = await getSession(host);
+      // The main shell opens first (as for workers), so a host allowing few sessions per
+      // connection keeps its main shell.
+      if (!main.channel) await runChecked(host, [{ label: "open the remote shell", script: "true" }]);
+      // The flock lives in a shell that carries nothing else: its release never queues behind
+      // another operation's slow batch, and no step's child (a daemon started on the host) can
+      // inherit the lock's descriptor and keep it held after the release (the 3-tier sandbox run
+      // of the last session: three creates on hv1 waited 300 s for a placement lock nobody used).
+      const own = lockShell(main, name);
+      try {
+        const [r] = await enqueue(main, own, [take], takeOpts);
+        if (r.code !== 0) throw remoteStepError(host, take, r);
+        holder = own;
+      } catch (err) {
+        closeLockShell(main, own);
+        // sshd's MaxSessions refused one more channel: take the lock in the main shell.
+        if (!(own.nextSeq === 0 && err instanceof Error && /cannot open a remote shell/.test(err.message)))
+          throw err;
+        await runChecked(host, [take], takeOpts);
+        holder = main;
+      }
+      holderChannel = holder.channel;
+    } else {
+      await runChecked(host, [take], takeOpts);
+    }
     remote = true;
-    if (before) {
+    if (main) {
       const session = await getSession(host);
-      if (session !== before || session.dead) {
+      if (session !== main || lost()) {
         remote = false;
         throw new Error(
           `${session.label}: the SSH session that took the ${name} lock ${file} was lost before its work began; nothing was run under it. Run the operation again`,
         );
       }
-      key = session.key;
-      locked = session;
-      namedHolders(pool, key).set(name, session);
+      key = main.key;
+      namedHolders(pool, key).set(name, main);
     }
     const result = await fn();
-    if (locked && locked.dead) {
+    if (main && lost()) {
       remote = false;
       throw new Error(
-        `${locked.label}: the SSH session holding the ${name} lock ${file} was lost while the work under it ran; another kvmlab run may have taken the lock meanwhile. Run the operation again`,
+        `${main.label}: the SSH session holding the ${name} lock ${file} was lost while the work under it ran; another kvmlab run may have taken the lock meanwhile. Run the operation again`,
       );
     }
     return result;
   } finally {
     if (key) namedHolders(pool, key).delete(name);
-    const lost = locked?.dead === true;
-    if (remote && !lost)
-      void runSteps(host, [
-        { label: `release the ${name} lock`, inShell: true, always: true, script: "exec 8>&-" },
-      ]).catch(() => undefined);
+    const unlock: Step = {
+      label: `release the ${name} lock`,
+      inShell: true,
+      always: true,
+      script: "exec 8>&-",
+    };
+    // Awaited and bounded: the next taker (this process or another) finds the lock free.
+    if (remote && !lost()) {
+      if (main && holder) await enqueue(main, holder, [unlock], { timeoutMs: 15000 }).catch(() => undefined);
+      else if (!main) await runSteps(host, [unlock], { timeoutMs: 15000 }).catch(() => undefined);
+    }
+    // Closing the lock shell ends its bash, which closes fd 8 whatever happened above.
+    if (main && holder && holder !== main) closeLockShell(main, holder);
     release();
+  }
+}
+
+/** A shell of its own on `session`'s connection for a named lock (opened on first use). */
+function lockShell(session: HostSession, name: string): HostSession {
+  const shell: HostSession = {
+    key: `${session.key}#lock-${name}`,
+    label: session.label,
+    ssh: session.ssh,
+    channel: null,
+    parser: null,
+    marker: "",
+    nextSeq: 0,
+    tail: Promise.resolve(),
+    busy: 0,
+    current: null,
+    dead: session.dead,
+    fingerprint: session.fingerprint,
+  };
+  (session.lockShells ??= []).push(shell);
+  return shell;
+}
+
+/** Ends a lock shell's channel (its bash exits, closing the lock descriptor) and forgets it. */
+function closeLockShell(session: HostSession, shell: HostSession): void {
+  session.lockShells = (session.lockShells ?? []).filter((s) => s !== shell);
+  const channel = shell.channel;
+  shell.dead = true;
+  shell.channel = null;
+  try {
+    channel?.end();
+  } catch {
+    // already closed
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * `kvmlab render` shows what apply puts on the hosts: the three-tier lab's web-0 and its
  * network, built as the lab program builds them (Network and Server components, Pulumi project
- * = lab name, stack "dev") under pulumi.runtime.setMocks, hand the dynamic resources exactly the
+ * kvmlab-lab, stack "dev"; test/unit/lab/labProgram.test.ts covers every object type through the
+ * lab program itself) under pulumi.runtime.setMocks, hand the dynamic resources exactly the
  * domain XML, seed files, UUID, MAC, tap, bridge and dnsmasq.conf that the render wrote; the
  * device names and paths in plan.json are the providers' own. Also: lab names no longer join
  * into host names ambiguously, the stack seeds identities, and a fixed address on a DHCP port
@@ -51,7 +52,7 @@ before(async () => {
         return args.inputs;
       },
     },
-    "three-tier",
+    "kvmlab-lab",
     "dev",
     false,
   );
@@ -206,8 +207,8 @@ test("lab a-b + server c and lab a + server b-c get different domains, paths and
   assert.notEqual(one.servers.get("c")!.macs[0], two.servers.get("b-c")!.macs[0]);
   assert.ok(xml1.includes(`${serverPaths("c").dir}/disk.qcow2`));
   assert.ok(xml2.includes(`${serverPaths("b-c").dir}/disk.qcow2`));
-  assert.equal(one.servers.get("c")!.uuidSeed, "a-b/dev/c");
-  assert.equal(two.servers.get("b-c")!.uuidSeed, "a/dev/b-c");
+  assert.equal(one.servers.get("c")!.uuidSeed, "kvmlab-lab/dev/c");
+  assert.equal(two.servers.get("b-c")!.uuidSeed, "kvmlab-lab/dev/b-c");
 });
 
 test("the stack seeds UUID, MAC and tap (default dev); names and paths stay", () => {
@@ -249,7 +250,7 @@ test("kvmlab render --stack writes the stack's identities; a bad --stack is a us
     assert.equal(await main([labFile, "--out", path.join(dir, "out"), "--stack", "prod"]), 0);
     const plan = JSON.parse(fs.readFileSync(path.join(dir, "out", "plan.json"), "utf8"));
     assert.equal(plan.stack, "prod");
-    assert.equal(plan.servers[0].uuidSeed, "three-tier/prod/bastion");
+    assert.equal(plan.servers[0].uuidSeed, "kvmlab-lab/prod/bastion");
     assert.ok(fs.existsSync(path.join(dir, "out", "subnets", "web-subnet", "hosts")));
     assert.equal(await main([labFile, "--out", path.join(dir, "bad"), "--stack", "a;b"]), 2);
     assert.match(errors.join("\n"), /--stack: expected a name/);

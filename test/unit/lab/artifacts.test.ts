@@ -31,6 +31,15 @@ test("three-tier renders one file per object, and every file passes its real val
     }
   }
   assert.ok(files.has("loadbalancers/web-lb/haproxy.cfg") && files.has("loadbalancers/was-lb/haproxy.cfg"));
+  assert.ok(
+    files.has("routers/edge/ruleset") && files.has("routers/edge/legs"),
+    "the router's ruleset and legs",
+  );
+  assert.equal(
+    files.get("routers/edge/legs")!.trim().split("\n").length,
+    5,
+    "a gateway leg and four subnet legs",
+  );
   assert.deepEqual(
     names.filter((n) => n.startsWith("subnets/")),
     ["db-subnet", "mgmt-subnet", "was-subnet", "web-subnet"].flatMap((s) => [

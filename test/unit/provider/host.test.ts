@@ -144,7 +144,7 @@ test("host-key pins: key lines and SHA256 fingerprints give the same fingerprint
 test("framing: results come back per step however the streams are chunked", () => {
   const marker = "KVL_0123abcd";
   const text = frameBatch(marker, 5, [{ script: "x" }, { script: "y", inShell: true }], true);
-  assert.match(text, /\( x\n\) <\/dev\/null 9>&-; __kvl_s=\$\?/);
+  assert.match(text, /\( x\n\) <\/dev\/null 8>&- 9>&-; __kvl_s=\$\?/);
   assert.match(text, /\{ y\n\} <\/dev\/null; __kvl_s=\$\?/);
   assert.match(text, /'KVL_0123abcd-5'/);
   assert.match(text, /'KVL_0123abcd-6'/);

@@ -53,17 +53,27 @@ const clients = new Set<FakeClient>();
 let server: FakeServer;
 let host: HostConnection;
 
-/** Answers each framed step of a long-lived shell with exit status 0 (framing.ts). */
+/** While set, a step whose script holds "hold-this-shell" is answered only once it resolves. */
+let gate: Promise<void> | null = null;
+
+/** Answers each framed step of a long-lived shell with exit status 0 (framing.ts), in order. */
 function fakeShell(ch: FakeChannel): void {
   let buf = "";
+  let answered = Promise.resolve();
   ch.on("data", (d: Buffer) => {
     buf += d.toString("utf8");
     const re = /printf '\\n%s %s\\n' '([A-Za-z0-9_]+-\d+)' "\$__kvl_s"\n/;
     for (let m = re.exec(buf); m; m = re.exec(buf)) {
-      seen.scripts.push(buf.slice(0, m.index));
+      const script = buf.slice(0, m.index);
+      const tag = m[1];
+      seen.scripts.push(script);
       buf = buf.slice(m.index + m[0].length);
-      ch.write(`\n${m[1]} 0\n`);
-      ch.stderr.write(`\n${m[1]}\n`);
+      const wait = script.includes("hold-this-shell") ? gate : null;
+      answered = answered.then(async () => {
+        if (wait) await wait;
+        ch.write(`\n${tag} 0\n`);
+        ch.stderr.write(`\n${tag}\n`);
+      });
     }
   });
 }
@@ -150,6 +160,32 @@ test("withNamedHostLock: a drop while the work ran elsewhere fails the result", 
   );
   // The pool is usable afterwards: a new lock is taken on a new connection.
   assert.equal(await withNamedHostLock(host, "placement", async () => "ok"), "ok");
+});
+
+test("withNamedHostLock: the lock is taken and released in a shell of its own, never behind another operation's slow batch on the main shell", async () => {
+  let open: () => void = () => undefined;
+  gate = new Promise<void>((r) => (open = r));
+  seen.scripts.length = 0;
+  // Another operation's slow batch holds the main shell (a define, a boot, a readiness wait).
+  const slow = runChecked(host, [{ label: "slow", script: "echo hold-this-shell" }]);
+  try {
+    for (let i = 0; i < 100 && !seen.scripts.some((x) => x.includes("hold-this-shell")); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    const bounded = new Promise<string>((r) => setTimeout(() => r("still waiting after 5 s"), 5000).unref());
+    const placed = await Promise.race([withNamedHostLock(host, "placement", async () => "placed"), bounded]);
+    // Before: the take and the release queued behind the slow batch in the main shell, and the
+    // release was not awaited, so another process waited for a lock nobody was using.
+    assert.equal(placed, "placed", "the lock was taken and released while the slow batch still ran");
+    const all = seen.scripts.join("\n");
+    assert.match(all, /flock -w \d+ 8/, "the lock was taken");
+    assert.match(all, /exec 8>&-/, "the release reached the host before withNamedHostLock returned");
+  } finally {
+    open();
+    gate = null;
+    await slow;
+  }
+  // The lock shell is gone; the main shell and the lock keep working.
+  assert.equal(await withNamedHostLock(host, "placement", async () => "again"), "again");
 });
 
 test("withHostLock: a batch after the lock's connection dropped is refused", async () => {

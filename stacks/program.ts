@@ -1,0 +1,534 @@
+/**
+ * The lab program's body: applies a validated lab definition (lab/) through the components.
+ * stacks/index.ts reads the definition named by stack config `lab` and calls `applyLab`; tests
+ * call it under mocks to prove that what it hands the providers is what `kvmlab render` writes.
+ *
+ * Every address is the render's (lab/plan.ts): server ports, VIPs, router gateways and floating
+ * IPs are passed as fixed addresses, so `kvmlab render` shows the applied files byte for byte.
+ * Sections: identity (Identity component), images, flavors, keypairs, networks and subnets
+ * (Network), routers (Router), securityGroups (SecurityGroup; members are the planned addresses
+ * of the ports and VIPs that list the group), servers (Server, FloatingIp), loadBalancers
+ * (LoadBalancer with floatingIp), autoscaleGroups (their members at the desired size, as plain
+ * servers in the load balancer's pool: no scaling agent yet), apps (ThreeTierApp).
+ */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as pulumi from "@pulumi/pulumi";
+import type { Lab, LabImage, LabLaunch, LabListener, LabLoadBalancer, LabPool } from "../lab/model";
+import { planLab, type LabPlan, type PlannedServer } from "../lab/plan";
+import { appMembers, labKernelCmdline, tierMemberPort, tierServers } from "../lab/apps";
+// The package's public face, as a user's program imports it (kvmlab.Router, kvmlab.resources.Image…).
+import { Flavor, FloatingIp, Keypair, Router, SecurityGroup, resources } from "../index";
+import { TIER_PORTS } from "../components/threeTierApp";
+import { topologyFromLab, type Topology } from "../report/graph/model";
+import type { HostSpec } from "../components/hosts";
+import { Identity } from "../components/identity";
+import { LoadBalancer, type ListenerArgs, type MemberArgs, type PoolArgs } from "../components/loadBalancer";
+import { Network } from "../components/network";
+import type { SandboxStatus } from "../components/sandbox";
+import { Server } from "../components/server";
+import { ThreeTierApp } from "../components/threeTierApp";
+
+export interface ApplyLabOptions {
+  /** The hosts (kvmlab:hosts, the lab's own, or the sandbox's). */
+  readonly hosts: readonly HostSpec[];
+  /** The running sandbox (for `images[].sandbox`). */
+  readonly sandbox?: SandboxStatus;
+  /** A secret reference's value (`kvmlab:alicePassword` → the stack's secret). */
+  readonly secret: (key: string) => pulumi.Output<string>;
+}
+
+export interface LabOutputs {
+  readonly plan: LabPlan;
+  readonly servers: Record<string, Server>;
+  readonly loadBalancers: Record<string, LoadBalancer>;
+  readonly apps: Record<string, ThreeTierApp>;
+  readonly routers: Record<string, Router>;
+  readonly securityGroups: Record<string, SecurityGroup>;
+  readonly floatingIps: Record<string, pulumi.Output<string>>;
+}
+
+function sha256File(path: string): string {
+  return crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex");
+}
+
+function source(s: string, checksum: string): { url?: string; localPath?: string; sha256: string } {
+  const sha256 = checksum.replace(/^sha256:/, "");
+  if (/^https?:\/\//.test(s)) return { url: s, sha256 };
+  return { localPath: s.replace(/^file:\/\//, ""), sha256 };
+}
+
+function poolArgs(p: LabPool, extra: MemberArgs[], addressOf: (server: string) => string): PoolArgs {
+  return {
+    ...p,
+    healthMonitor:
+      p.healthMonitor === null
+        ? null
+        : {
+            ...p.healthMonitor,
+            httpMethod: (p.healthMonitor.httpMethod ?? undefined) as "GET" | undefined,
+            urlPath: p.healthMonitor.urlPath ?? undefined,
+            expectedCodes: p.healthMonitor.expectedCodes ?? undefined,
+            httpVersion: p.healthMonitor.httpVersion ?? undefined,
+          },
+    members: [
+      ...p.members.map((m) => ({
+        name: m.name,
+        address: m.server !== null ? addressOf(m.server) : (m.address ?? ""),
+        protocolPort: m.protocolPort,
+        weight: m.weight,
+        backup: m.backup,
+        adminStateUp: m.adminStateUp,
+        monitorPort: m.monitorPort,
+        monitorAddress: m.monitorAddress,
+      })),
+      ...extra,
+    ],
+  };
+}
+
+/** The lab's listeners as the LoadBalancer component takes them, with extra members per listener. */
+function listenerArgs(
+  lb: LabLoadBalancer,
+  extra: (l: LabListener) => MemberArgs[],
+  addressOf: (server: string) => string,
+): ListenerArgs[] {
+  return lb.listeners.map((l) => ({
+    ...l,
+    defaultPool: l.pool === null ? null : poolArgs(l.pool, extra(l), addressOf),
+    l7Policies: l.l7Policies.map((p) => ({
+      ...p,
+      position: p.position ?? undefined,
+      redirectPool: p.redirectPool === null ? null : poolArgs(p.redirectPool, [], addressOf),
+      rules: p.rules.map((r) => ({ ...r })),
+    })),
+  })) as unknown as ListenerArgs[];
+}
+
+export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
+  const plan = planLab(lab);
+  const members = appMembers(lab, plan);
+  const hosts = [...opts.hosts];
+  const discovery = { hosts };
+  const { resolveHosts } = require("../components/hosts") as typeof import("../components/hosts");
+  const conns = resolveHosts(hosts).hosts;
+  const firstHost = hosts[0].name;
+
+  // ---- identity
+  const id = lab.identity;
+  let identity: Identity | undefined;
+  if (id.domains.length + id.projects.length + id.users.length + id.assignments.length > 0) {
+    identity = new Identity("identity", {
+      ...discovery,
+      domains: id.domains.map((d) => ({
+        name: d.name,
+        ...(d.description ? { description: d.description } : {}),
+      })),
+      projects: id.projects.map((p) => ({
+        name: p.name,
+        domain: p.domain,
+        quotas: Object.fromEntries(Object.entries(p.quotas).filter(([, v]) => v !== null)) as Record<
+          string,
+          number
+        >,
+      })),
+      users: id.users.map((u) => ({
+        name: u.name,
+        domain: u.domain,
+        ...(u.password ? { password: opts.secret(u.password.secret) } : {}),
+        ...(u.sshPublicKey ? { sshPublicKeys: [u.sshPublicKey] } : {}),
+      })),
+      // Both ends by id (`<domain>/<name>`): a bare name means kvmlab's Default domain, which is
+      // not the lab's "default" (the sandbox run failed on "user Default/bob does not exist").
+      assignments: id.assignments.map((a) => ({
+        user: `${id.users.find((u) => u.name === a.user)?.domain ?? "default"}/${a.user}`,
+        project: `${id.projects.find((p) => p.name === a.project)?.domain ?? "default"}/${a.project}`,
+        role: a.role,
+      })),
+    });
+  }
+  const projectOf = (name: string): pulumi.Input<string> | undefined => {
+    const p = id.projects.find((x) => x.name === name);
+    return p && identity ? identity.projectId(p.name, p.domain) : undefined;
+  };
+
+  // ---- images, flavors, keypairs
+  const images: Record<string, resources.Image> = {};
+  for (const img of lab.images) {
+    let files: Partial<Record<"source" | "kernel" | "ramdisk", ReturnType<typeof source>>>;
+    if (img.sandbox) {
+      const sb = opts.sandbox;
+      if (sb === undefined)
+        throw new Error(
+          `images.${img.name}.sandbox: no kvmlab sandbox is running; start one with \`kvmlab sandbox up\` or give the image's kernel and ramdisk`,
+        );
+      files = {
+        kernel: { localPath: sb.image.kernel, sha256: sha256File(sb.image.kernel) },
+        ramdisk: { localPath: sb.image.ramdisk, sha256: sha256File(sb.image.ramdisk) },
+      };
+    } else if (img.format === "kernel") {
+      files = {
+        kernel: source(img.kernel!.source, img.kernel!.checksum),
+        ...(img.ramdisk ? { ramdisk: source(img.ramdisk.source, img.ramdisk.checksum) } : {}),
+      };
+    } else files = { source: source(img.source!, img.checksum!) };
+    images[img.name] = new resources.Image(img.name, {
+      imageName: img.name,
+      hosts: conns,
+      ...files,
+      ...(img.format === "kernel" ? {} : { diskFormat: img.format }),
+      kernelCmdline:
+        img.format === "kernel" ? (img.cmdline ?? opts.sandbox?.image.cmdline ?? "console=ttyS0") : undefined,
+      minDiskGiB: img.minDiskGiB,
+      minRamMiB: img.minRamMiB,
+    });
+  }
+  const flavors: Record<string, Flavor> = {};
+  for (const f of lab.flavors)
+    flavors[f.name] = new Flavor(f.name, {
+      flavorName: f.name,
+      vcpus: f.vcpus,
+      ramMiB: f.ramMiB,
+      diskGiB: f.diskGiB,
+      ephemeralGiB: f.ephemeralGiB,
+      swapMiB: f.swapMiB,
+      extraSpecs: { ...f.extraSpecs },
+      hosts: conns,
+    });
+  const keys: Record<string, string> = {};
+  for (const k of lab.keypairs) {
+    new Keypair(k.name, { keyName: k.name, publicKey: k.publicKey });
+    keys[k.name] = k.publicKey;
+  }
+
+  // ---- networks, subnets, routers
+  const networks: Record<string, Network> = {};
+  for (const n of lab.networks)
+    networks[n.name] = new Network(n.name, {
+      kind: n.kind,
+      driver: n.driver,
+      mtu: n.mtu ?? undefined,
+      vni: n.vni ?? undefined,
+      ...discovery,
+      subnets: n.subnets.map((s) => ({
+        name: s.name,
+        cidr: s.cidr,
+        gateway: s.gateway,
+        allocationPool: s.pool,
+        dnsServers: [...s.dns],
+        enableDhcp: s.dhcp,
+      })),
+    });
+  const networkOfSubnet = (subnet: string): Network => {
+    const n = lab.networks.find((x) => x.subnets.some((s) => s.name === subnet))!;
+    return networks[n.name];
+  };
+  const routers: Record<string, Router> = {};
+  const externalOf: Record<string, { network: Network; subnet: string }> = {};
+  for (const r of lab.routers) {
+    const extNet = lab.networks.find((n) => n.name === r.externalNetwork);
+    const leg = (subnetName: string) => {
+      const net = networkOfSubnet(subnetName);
+      const sub = net.subnets[subnetName];
+      return {
+        subnetName: sub.subnetName,
+        networkName: net.networkName,
+        bridge: net.bridge,
+        driver: net.network.driver,
+        cidr: sub.cidr,
+        address: sub.gateway,
+        mtu: net.network.mtu,
+      };
+    };
+    if (extNet === undefined)
+      throw new Error(
+        `routers.${r.name}.externalNetwork: the lab program needs every router's external network (its gateway); set externalNetwork`,
+      );
+    const extSubnet = extNet.subnets[0];
+    const ext = networks[extNet.name];
+    routers[r.name] = new Router(r.name, {
+      routerName: r.name,
+      hosts: conns,
+      host: firstHost,
+      external: {
+        ...leg(extSubnet.name),
+        address: plan.routerGateways[r.name],
+        gateway: ext.subnets[extSubnet.name].gateway,
+        ipamHost: ext.subnets[extSubnet.name].dhcpHost,
+      },
+      interfaces: r.interfaces.map(leg),
+    });
+    for (const s of r.interfaces) externalOf[s] = { network: ext, subnet: extSubnet.name };
+  }
+  const routerOf = (subnet: string): Router | undefined => {
+    const r = lab.routers.find((x) => x.interfaces.includes(subnet));
+    return r ? routers[r.name] : undefined;
+  };
+
+  // ---- security groups: members are the planned addresses of every port and VIP listing them
+  const memberAddresses = (group: string): string[] => [
+    ...plan.servers
+      .filter((s) => s.launch.securityGroups.includes(group))
+      .flatMap((s) => s.ports.map((p) => p.ip)),
+    ...lab.loadBalancers.filter((lb) => lb.securityGroups.includes(group)).map((lb) => plan.vips[lb.name].ip),
+  ];
+  const groups: Record<string, SecurityGroup> = {};
+  const pending = [...lab.securityGroups];
+  // A group whose rules name another group is created after it (its set exists first).
+  while (pending.length > 0) {
+    const i = pending.findIndex((g) =>
+      g.rules.every(
+        (r) => r.remoteGroup === null || r.remoteGroup === g.name || groups[r.remoteGroup] !== undefined,
+      ),
+    );
+    const g = pending.splice(i < 0 ? 0 : i, 1)[0];
+    const deps = g.rules.flatMap((r) =>
+      r.remoteGroup && groups[r.remoteGroup] ? [groups[r.remoteGroup]] : [],
+    );
+    groups[g.name] = new SecurityGroup(
+      g.name,
+      {
+        groupName: g.name,
+        hosts: conns,
+        rules: g.rules.map((r) => ({
+          direction: r.direction,
+          protocol: r.protocol,
+          ...(r.ports ? { portMin: r.ports.min, portMax: r.ports.max } : {}),
+          ...(r.remoteCidr ? { remoteCidr: r.remoteCidr } : {}),
+          ...(r.remoteGroup ? { remoteGroup: r.remoteGroup } : {}),
+        })),
+        members: memberAddresses(g.name),
+      },
+      { dependsOn: deps },
+    );
+  }
+
+  // ---- servers (those of apps come from their ThreeTierApp)
+  const imageOf = (l: LabLaunch): LabImage => lab.images.find((i) => i.name === l.image)!;
+  const cmdlineOf = (s: PlannedServer): string | undefined => {
+    const img = imageOf(s.launch);
+    // Disk images too: the Server component renders the same line ("console=ttyS0" by default).
+    return labKernelCmdline(
+      img,
+      s.name,
+      members.get(s.name),
+      s.launch.keypair ? keys[s.launch.keypair] : undefined,
+    );
+  };
+  const servers: Record<string, Server> = {};
+  const floatingIps: Record<string, pulumi.Output<string>> = {};
+  for (const s of plan.servers) {
+    if (members.has(s.name)) continue;
+    const l = s.launch;
+    const img = imageOf(l);
+    servers[s.name] = new Server(s.name, {
+      image: images[l.image],
+      flavor: flavors[l.flavor],
+      ports: s.ports.map((p) => ({
+        network: networks[p.network],
+        subnet: p.subnet,
+        fixedIp: p.ip,
+        securityGroups: l.securityGroups.map((g) => groups[g]),
+      })),
+      ...(l.keypair ? { keypair: { publicKeyLine: keys[l.keypair] } } : {}),
+      userName: img.defaultUser,
+      userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
+      kernelCmdline: cmdlineOf(s),
+      // Unpinned: placement decides (a port's security groups follow the placed host).
+      ...(s.host !== null ? { host: s.host } : {}),
+      project: projectOf(s.project),
+      ...discovery,
+    });
+    if (s.floatingIp !== null) {
+      const router = routerOf(s.ports[0].subnet)!;
+      const ext = externalOf[s.ports[0].subnet];
+      const extSub = ext.network.subnets[ext.subnet];
+      floatingIps[s.name] = new FloatingIp(
+        `${s.name}-fip`,
+        {
+          fipName: `${s.name}-fip`,
+          hosts: conns,
+          host: router.host,
+          routerName: router.routerName,
+          external: {
+            networkName: ext.network.networkName,
+            subnetName: extSub.subnetName,
+            cidr: extSub.cidr,
+            ipamHost: extSub.dhcpHost,
+          },
+          address: s.floatingIp,
+          target: {
+            address: servers[s.name].ip,
+            subnetName: s.ports[0].subnet,
+            networkName: s.ports[0].network,
+            // The FloatingIp checks the address is this stack's allocation there (issue 15).
+            ipamHost: networks[s.ports[0].network].subnets[s.ports[0].subnet].dhcpHost,
+          },
+        },
+        { dependsOn: [router, servers[s.name]] },
+      ).floatingIp;
+    }
+  }
+  const addressOf = (server: string): string =>
+    plan.servers.find((s) => s.name === server)?.ports[0]?.ip ?? "";
+  const groupMembers =
+    (lb: LabLoadBalancer) =>
+    (l: LabListener): MemberArgs[] =>
+      lab.autoscaleGroups
+        .filter((g) => g.pool?.loadBalancer === lb.name && g.pool.listener === l.name)
+        .flatMap((g) =>
+          plan.servers
+            .filter((s) => s.group === g.name)
+            .map((s) => ({
+              name: s.name,
+              address: s.ports[0].ip,
+              protocolPort: g.pool!.protocolPort,
+              weight: g.pool!.weight,
+            })),
+        );
+
+  // ---- apps
+  const apps: Record<string, ThreeTierApp> = {};
+  const loadBalancers: Record<string, LoadBalancer> = {};
+  const appLbs = new Set<string>();
+  for (const app of lab.apps) {
+    const tierLaunch = (t: typeof app.web) => tierServers(plan, t)[0].launch;
+    const common = (t: typeof app.web) => {
+      const first = tierServers(plan, t)[0];
+      const l = first.launch;
+      return {
+        network: networks[first.ports[0].network],
+        subnet: first.ports[0].subnet,
+        image: images[l.image],
+        flavor: flavors[l.flavor],
+        kernelCmdline: imageOf(l).cmdline ?? "console=ttyS0",
+        userName: imageOf(l).defaultUser,
+        securityGroups: l.securityGroups.map((g) => groups[g]),
+        userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
+        project: projectOf(first.project),
+        ...(l.keypair ? { keypair: { publicKeyLine: keys[l.keypair] } } : {}),
+      };
+    };
+    const scaled = (t: typeof app.web, fallbackPort: number) => {
+      const lb = lab.loadBalancers.find((x) => x.name === t.loadBalancer)!;
+      appLbs.add(lb.name);
+      const g = lab.autoscaleGroups.find((x) => x.name === t.autoscaleGroup);
+      return {
+        ...common(t),
+        members: tierServers(plan, t).map((s) => ({
+          name: s.name,
+          address: s.ports[0].ip,
+          host: s.host ?? undefined,
+        })),
+        vipAddress: plan.vips[lb.name].ip,
+        loadBalancerName: lb.name,
+        loadBalancerHost: lb.host ?? undefined,
+        // The lab's listeners with their own members; the tier's members join the group's listener.
+        listeners: listenerArgs(lb, () => [], addressOf),
+        memberListener: g?.pool?.listener,
+        memberPort: tierMemberPort(lab, t, fallbackPort),
+        memberWeight: g?.pool?.weight,
+        floatingIpAddress: plan.vips[lb.name].floatingIp ?? undefined,
+      };
+    };
+    const single = (t: typeof app.db) => {
+      const s = tierServers(plan, t)[0];
+      return {
+        ...common(t),
+        name: s.name,
+        address: s.ports[0].ip,
+        host: s.host ?? undefined,
+        floatingIpAddress: s.floatingIp ?? undefined,
+      };
+    };
+    const bastionSubnet = tierServers(plan, app.bastion)[0].ports[0].subnet;
+    const router = routerOf(bastionSubnet);
+    if (router === undefined)
+      throw new Error(
+        `apps.${app.name}.bastion: no router has a leg on ${bastionSubnet}; add it to a router's interfaces`,
+      );
+    const launch = tierLaunch(app.web);
+    apps[app.name] = new ThreeTierApp(app.name, {
+      image: images[launch.image],
+      flavor: flavors[launch.flavor],
+      router,
+      external: externalOf[bastionSubnet],
+      web: scaled(app.web, TIER_PORTS.web),
+      was: scaled(app.was, TIER_PORTS.was),
+      db: single(app.db),
+      bastion: single(app.bastion),
+      guestRoles: imageOf(launch).sandbox,
+      userName: imageOf(launch).defaultUser,
+      ...discovery,
+    });
+    const a = apps[app.name];
+    tierServers(plan, app.web).forEach((s, i) => (servers[s.name] = a.web[i]));
+    tierServers(plan, app.was).forEach((s, i) => (servers[s.name] = a.was[i]));
+    servers[tierServers(plan, app.db)[0].name] = a.db;
+    servers[tierServers(plan, app.bastion)[0].name] = a.bastion;
+    loadBalancers[app.web.loadBalancer!] = a.webLoadBalancer;
+    loadBalancers[app.was.loadBalancer!] = a.wasLoadBalancer;
+    floatingIps[`${app.name}-web`] = a.webFloatingIp;
+    floatingIps[`${app.name}-bastion`] = a.bastionAddress;
+  }
+
+  // ---- load balancers not in apps
+  for (const lb of lab.loadBalancers) {
+    if (appLbs.has(lb.name)) continue;
+    const router = routerOf(lb.vipSubnet);
+    const ext = externalOf[lb.vipSubnet];
+    loadBalancers[lb.name] = new LoadBalancer(lb.name, {
+      network: networkOfSubnet(lb.vipSubnet),
+      subnet: lb.vipSubnet,
+      vipAddress: plan.vips[lb.name].ip,
+      host: lb.host ?? undefined,
+      listeners: listenerArgs(lb, groupMembers(lb), addressOf),
+      ...(lb.floatingIp && router && ext
+        ? {
+            floatingIp: {
+              router,
+              external: ext.network,
+              subnet: ext.subnet,
+              address: plan.vips[lb.name].floatingIp ?? undefined,
+            },
+          }
+        : {}),
+      ...discovery,
+    });
+  }
+  return { plan, servers, loadBalancers, apps, routers, securityGroups: groups, floatingIps };
+}
+
+/**
+ * The lab's topology (report/graph, what `kvmlab graph` draws from a stack's outputs), with the
+ * hosts in use and where each server runs after placement.
+ */
+export function labTopology(lab: Lab, hosts: readonly HostSpec[], out: LabOutputs): pulumi.Output<Topology> {
+  return pulumi
+    .all(Object.fromEntries(Object.entries(out.servers).map(([n, s]) => [n, s.host])))
+    .apply((placed: Record<string, string>) => {
+      const t = topologyFromLab({
+        ...lab,
+        hosts: hosts.map((h) => ({
+          name: h.name,
+          address: h.address,
+          port: h.port ?? 22,
+          user: h.user ?? "root",
+          privateKey: null,
+          privateKeyPath: null,
+          hostKey: h.hostKey ?? "",
+        })),
+      });
+      const pinned = new Set(t.edges.filter((e) => e.kind === "placement").map((e) => e.source));
+      const extra = Object.entries(placed)
+        .filter(([n, h]) => h !== "" && !pinned.has(`server:${n}`))
+        .map(([n, h], i) => ({
+          id: `placed${i}`,
+          kind: "placement" as const,
+          source: `server:${n}`,
+          target: `host:${h}`,
+          label: "placed",
+        }));
+      return { ...t, edges: [...t.edges, ...extra] };
+    });
+}

@@ -1,0 +1,132 @@
+/**
+ * `npm run bench:three-tier`: the whole `up` of examples/three-tier (6 guests: 2 web, 2 WAS, DB,
+ * bastion, their networks, router, security groups, load balancers and floating IPs) against the
+ * guest-boot limit measured in the same run on the same sandbox ("bench-three", or
+ * $KVMLAB_BENCH_INSTANCE): the same number of guests of the same image and size, defined and
+ * started directly with virsh (3 per host, in parallel), timed until each answers HTTP /health.
+ * Prints both, and the ratio (goal: within 1.1×). Figures, not assertions.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { runEngine, type StepEvent } from "../harness/engine/engine";
+import { sshCheck, startSandbox, stopSandbox, testGuestXml, type SandboxStatus } from "../support/sandbox";
+
+const INSTANCE = process.env.KVMLAB_BENCH_INSTANCE ?? "bench-three";
+const PROGRAM = path.resolve(__dirname, "..", "..", "..", "examples", "three-tier");
+const PER_HOST = 3;
+
+function uuid(h: number, i: number): string {
+  return `6b0b3e1e-0000-4000-8000-0000000${h}${i}`.padEnd(36, "0").slice(0, 36);
+}
+
+/** Defines and starts PER_HOST guests on host `h` with virsh; returns when each answers /health. */
+async function bootDirect(status: SandboxStatus, h: number): Promise<void> {
+  const host = status.hosts[h].name;
+  const names = Array.from({ length: PER_HOST }, (_, i) => `bench3t-${h}-${i}`);
+  const xmls = names.map((name, i) =>
+    testGuestXml(status, {
+      name,
+      uuid: uuid(h, i),
+      bridge: "kvbench3t",
+      ipCidr: `10.77.${h}.${11 + i}/24`,
+      memoryMiB: 128,
+    }),
+  );
+  const script = [
+    "set -e",
+    "ip link add kvbench3t type bridge 2>/dev/null || true",
+    "ip link set kvbench3t up",
+    `ip addr replace 10.77.${h}.1/24 dev kvbench3t`,
+    ...names.map(
+      (n, i) =>
+        `cat > /tmp/${n}.xml <<'KVLT_EOF'\n${xmls[i]}KVLT_EOF\nvirsh -q define /tmp/${n}.xml >/dev/null && virsh -q start ${n} >/dev/null`,
+    ),
+    `for i in ${names.map((_, i) => 11 + i).join(" ")}; do n=0; until curl -sf -m 2 http://10.77.${h}.$i/health >/dev/null; do n=$((n+1)); [ $n -ge 600 ] && { echo "10.77.${h}.$i never answered" >&2; exit 1; }; sleep 0.2; done; done`,
+  ].join("\n");
+  await sshCheck(status, host, script, { timeoutMs: 300_000 });
+}
+
+async function cleanDirect(status: SandboxStatus, h: number): Promise<void> {
+  const names = Array.from({ length: PER_HOST }, (_, i) => `bench3t-${h}-${i}`);
+  await sshCheck(
+    status,
+    status.hosts[h].name,
+    `${names.map((n) => `virsh -q destroy ${n} >/dev/null 2>&1; virsh -q undefine ${n} >/dev/null 2>&1; rm -f /tmp/${n}.xml`).join("; ")}; ip link del kvbench3t 2>/dev/null; true`,
+    { timeoutMs: 60_000 },
+  );
+}
+
+async function main(): Promise<void> {
+  const status = await startSandbox(INSTANCE, 2);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-bench-three-"));
+  try {
+    const t0 = Date.now();
+    await Promise.all(status.hosts.map((_, h) => bootDirect(status, h)));
+    const limitMs = Date.now() - t0;
+    await Promise.all(status.hosts.map((_, h) => cleanDirect(status, h)));
+
+    // When each step of the up finished (ms after the up started), for the breakdown below.
+    const done: { type: string; ms: number }[] = [];
+    let upStart = 0;
+    const run = (operation: "up" | "destroy") =>
+      runEngine({
+        ...(operation === "up"
+          ? { onStep: (e: StepEvent) => done.push({ type: e.type, ms: Date.now() - upStart }) }
+          : {}),
+        operation,
+        programDir: PROGRAM,
+        stack: "bench",
+        stateFile: path.join(stateDir, "state.json"),
+        config: [{ key: "kvmlab:sandboxInstance", value: INSTANCE, secret: false }],
+        env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" },
+      });
+    const t1 = Date.now();
+    upStart = t1;
+    const up = await run("up");
+    const upMs = Date.now() - t1;
+    if (!up.ok) throw new Error(`up failed:\n${up.errors.join("\n")}`);
+    const t2 = Date.now();
+    const down = await run("destroy");
+    const destroyMs = Date.now() - t2;
+    if (!down.ok) throw new Error(`destroy failed:\n${down.errors.join("\n")}`);
+
+    const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+    console.log(
+      `\n3-tier up vs guest-boot limit (${status.hosts.length} hosts, ${PER_HOST * status.hosts.length} guests, ${os.cpus().length} CPUs)\n`,
+    );
+    console.log("| measure | time |");
+    console.log("|---|---|");
+    console.log(
+      `| guest-boot limit: ${PER_HOST * status.hosts.length} guests defined + started with virsh, until each answers HTTP | ${s(limitMs)} |`,
+    );
+    console.log(
+      `| \`up\` of examples/three-tier (${up.counts.create} creates, incl. program start) | ${s(upMs)} |`,
+    );
+    console.log(`| ratio up / limit (goal ≤ 1.1) | ${(upMs / limitMs).toFixed(2)} |`);
+    console.log(`| destroy | ${s(destroyMs)} |`);
+    // Where the up's time goes: when the first and the last resource of each type finished.
+    // The first step of all is the program's start (transpile, load, first registration).
+    console.log("\nWhen each resource type finished during `up` (first / last, after the up started)\n");
+    console.log("| type | count | first | last |");
+    console.log("|---|---|---|---|");
+    const types = new Map<string, number[]>();
+    for (const d of done) {
+      const t = d.type.replace(/^pulumi-nodejs:dynamic\//, "");
+      types.set(t, [...(types.get(t) ?? []), d.ms]);
+    }
+    for (const [t, ms] of [...types].sort((a, b) => Math.max(...a[1]) - Math.max(...b[1])))
+      console.log(`| ${t} | ${ms.length} | ${s(Math.min(...ms))} | ${s(Math.max(...ms))} |`);
+  } finally {
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    await stopSandbox(INSTANCE);
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

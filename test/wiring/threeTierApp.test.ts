@@ -1,0 +1,221 @@
+/**
+ * The ThreeTierApp component under pulumi.runtime.setMocks, as examples/three-tier uses it (its
+ * own security groups, guest roles): six servers on their tiers' subnets with fixed addresses,
+ * pinned round-robin; the canonical groups with their rules and member sets, each created after
+ * the groups its rules name; every port in its tier's group; each server's kernel command line
+ * carries its role, the WAS VIP (web), the DB (WAS) and the key; the two load balancers with
+ * their members; floating IPs on the web VIP and the bastion; the SSH and console outputs.
+ * The sandbox lifecycle test (test/lifecycle/three-tier.test.ts) proves the traffic.
+ */
+import { before, test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as pulumi from "@pulumi/pulumi";
+
+interface Registered {
+  type: string;
+  name: string;
+  inputs: Record<string, unknown>;
+}
+
+const registered: Registered[] = [];
+const keyDir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-wiring-3t-"));
+const keyPath = path.join(keyDir, "id");
+const HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+const OPS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPeN3vJSRn4BwgqNenNPcCH4hvCnyw2Vn312CotyhwiK ops";
+
+before(async () => {
+  fs.writeFileSync(
+    keyPath,
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+    {
+      mode: 0o600,
+    },
+  );
+  const host = (n: number) => ({
+    name: `hv${n}`,
+    address: `10.255.0.1${n}`,
+    privateKeyPath: keyPath,
+    hostKey: HOST_KEY,
+    uplink: "eth1",
+    tunnelAddress: `10.254.0.1${n}`,
+  });
+  pulumi.runtime.setAllConfig({ "kvmlab:hosts": JSON.stringify([host(1), host(2)]) });
+  await pulumi.runtime.setMocks(
+    {
+      newResource(args) {
+        registered.push({
+          type: args.type,
+          name: args.name,
+          inputs: args.inputs,
+        });
+        const state: Record<string, unknown> = { ...args.inputs };
+        const t = args.type;
+        if (t.endsWith("kvmlab:Network")) state.bridge = `kvlb-${args.name}`;
+        if (t.endsWith("kvmlab:Subnet")) state.dhcpHost = "hv1";
+        if (t.endsWith("kvmlab:Router")) state.host = args.inputs.host ?? "hv1";
+        if (t.endsWith("kvmlab:Server")) {
+          state.ips = (args.inputs.ports as { fixedIp: string }[]).map((p) => p.fixedIp);
+          state.consoleUrl = `vnc://${args.inputs.host}:5900`;
+        }
+        if (t.endsWith("kvmlab:LoadBalancer"))
+          state.vipPort = {
+            address: args.inputs.vipAddress,
+            subnet: args.inputs.subnetName,
+            network: args.inputs.networkName,
+          };
+        if (t.endsWith("kvmlab:FloatingIp"))
+          state.floatingIp = args.name.startsWith("bastion") ? "172.24.4.102" : "172.24.4.101";
+        return { id: `${args.name}-id`, state };
+      },
+      call(args) {
+        return args.inputs;
+      },
+    },
+    "three-tier",
+    "dev",
+    false,
+  );
+});
+
+function unwrap<T>(o: pulumi.Output<T>): Promise<T> {
+  return new Promise((resolve) => o.apply(resolve));
+}
+
+test("ThreeTierApp: servers, roles, security groups, load balancers, floating IPs and outputs", async () => {
+  const { Network } = await import("../../components/network");
+  const { ThreeTierApp } = await import("../../components/threeTierApp");
+  const { Router } = await import("../../provider/router");
+  const net = (name: string, third: number) =>
+    new Network(name, { subnets: [{ name: `${name}-v4`, cidr: `10.30.${third}.0/24` }] });
+  const ext = new Network("ext", {
+    kind: "provider",
+    subnets: [{ name: "ext-v4", cidr: "172.24.4.0/24", gateway: "172.24.4.1", enableDhcp: false }],
+  });
+  const [web, was, db, mgmt] = [net("web", 1), net("was", 2), net("db", 3), net("mgmt", 9)];
+  const router = new Router("edge", {
+    hosts: [],
+    external: {
+      subnetName: "ext-v4",
+      networkName: "ext",
+      bridge: "b",
+      driver: "linuxbridge",
+      cidr: "172.24.4.0/24",
+      address: "172.24.4.100",
+      gateway: "172.24.4.1",
+      mtu: 1500,
+      ipamHost: "hv1",
+    },
+  });
+  const app = new ThreeTierApp("shop", {
+    image: { name: "labguest", kind: "kernel", kernel: "/k", ramdisk: "/r" },
+    flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+    keypair: { publicKeyLine: OPS },
+    router,
+    external: { network: ext, subnet: "ext-v4" },
+    kernelCmdline: "console=ttyS0",
+    web: { network: web, subnet: "web-v4", vipAddress: "10.30.1.5", members: ["10.30.1.11", "10.30.1.12"] },
+    was: { network: was, subnet: "was-v4", vipAddress: "10.30.2.5", members: ["10.30.2.11", "10.30.2.12"] },
+    db: { network: db, subnet: "db-v4", name: "db", address: "10.30.3.11" },
+    bastion: { network: mgmt, subnet: "mgmt-v4", name: "bastion", address: "10.30.9.11" },
+    guestRoles: true,
+  });
+  const ssh = await unwrap(app.sshCommands);
+  await unwrap(app.consoleUrls);
+  await new Promise((r) => setTimeout(r, 50));
+
+  const of = (type: string) => registered.filter((r) => r.type.endsWith(`kvmlab:${type}`));
+  const servers = Object.fromEntries(of("Server").map((s) => [s.inputs.serverName as string, s.inputs]));
+  assert.deepEqual(Object.keys(servers).sort(), [
+    "bastion",
+    "db",
+    "shop-was-0",
+    "shop-was-1",
+    "shop-web-0",
+    "shop-web-1",
+  ]);
+  const cmdline = (n: string) =>
+    (servers[n].domainXml as { kvm: string }).kvm.match(/<cmdline>([^<]*)<\/cmdline>/)![1];
+  const key = "lab.sshkey=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIPeN3vJSRn4BwgqNenNPcCH4hvCnyw2Vn312CotyhwiK";
+  assert.equal(
+    cmdline("shop-web-1"),
+    `console=ttyS0 lab.name=shop-web-1 lab.role=web lab.upstream=10.30.2.5:8080 ${key}`,
+  );
+  assert.equal(
+    cmdline("shop-was-0"),
+    `console=ttyS0 lab.name=shop-was-0 lab.role=was lab.db=10.30.3.11:3306 ${key}`,
+  );
+  assert.equal(cmdline("db"), `console=ttyS0 lab.name=db lab.role=db ${key}`);
+  assert.equal(cmdline("bastion"), `console=ttyS0 lab.name=bastion lab.role=bastion ${key}`);
+  // Fixed addresses, spread over the hosts.
+  assert.equal((servers["shop-web-0"].ports as { fixedIp: string }[])[0].fixedIp, "10.30.1.11");
+  assert.deepEqual(
+    ["shop-web-0", "shop-web-1", "shop-was-0", "shop-was-1", "db", "bastion"].map((n) => servers[n].host),
+    ["hv1", "hv2", "hv2", "hv1", "hv2", "hv1"],
+  );
+
+  // Groups: canonical rules, member sets, and the order their rules need.
+  const groups = Object.fromEntries(of("SecurityGroup").map((g) => [g.inputs.groupName as string, g]));
+  assert.deepEqual(Object.keys(groups).sort(), [
+    "shop-bastion",
+    "shop-db",
+    "shop-was",
+    "shop-was-lb",
+    "shop-web",
+  ]);
+  const rules = (g: string) =>
+    (groups[g].inputs.rules as { portMin: number; remoteCidr: string; remoteGroup: string }[]).map(
+      (r) => `${r.portMin}<${r.remoteCidr || r.remoteGroup}`,
+    );
+  assert.deepEqual(rules("shop-bastion"), ["22<0.0.0.0/0"]);
+  assert.deepEqual(rules("shop-web"), ["80<0.0.0.0/0", "443<0.0.0.0/0", "22<shop-bastion"]);
+  assert.deepEqual(rules("shop-was"), ["8080<shop-web", "8080<shop-was-lb", "22<shop-bastion"]);
+  assert.deepEqual(rules("shop-db"), ["3306<shop-was", "22<shop-bastion"]);
+  assert.deepEqual(groups["shop-web"].inputs.members, ["10.30.1.11", "10.30.1.12"]);
+  assert.deepEqual(
+    groups["shop-was-lb"].inputs.members,
+    ["10.30.2.5"],
+    "the WAS VIP: the source of proxied traffic",
+  );
+  assert.deepEqual(groups["shop-db"].inputs.members, ["10.30.3.11"]);
+  // Each group is declared after the groups its rules name (and depends on them).
+  const order = of("SecurityGroup").map((g) => g.inputs.groupName);
+  assert.deepEqual(order, ["shop-bastion", "shop-web", "shop-was-lb", "shop-was", "shop-db"]);
+  // Ports: each server in its tier's group.
+  const ports = Object.fromEntries(
+    of("SecurityGroupPort").map((p) => [p.inputs.portName as string, p.inputs]),
+  );
+  const groupsOf = (port: string) => (ports[port].groups as { groupName: string }[]).map((g) => g.groupName);
+  assert.deepEqual(groupsOf("shop-web-0-0"), ["shop-web"]);
+  assert.deepEqual(groupsOf("shop-was-1-0"), ["shop-was"]);
+  assert.deepEqual(groupsOf("db-0"), ["shop-db"]);
+  assert.deepEqual(groupsOf("bastion-0"), ["shop-bastion"]);
+
+  // Load balancers with their members; floating IPs on the web VIP and the bastion.
+  const lbs = Object.fromEntries(of("LoadBalancer").map((l) => [l.inputs.lbName as string, l.inputs]));
+  const webCfg = await unwrap(pulumi.output(lbs["shop-web-lb"].haproxyCfg as string));
+  const wasCfg = await unwrap(pulumi.output(lbs["shop-was-lb"].haproxyCfg as string));
+  assert.match(webCfg, /bind 10\.30\.1\.5:80/);
+  assert.match(webCfg, /server shop-web-0 10\.30\.1\.11:80/);
+  assert.match(webCfg, /server shop-web-1 10\.30\.1\.12:80/);
+  assert.match(wasCfg, /bind 10\.30\.2\.5:8080/);
+  assert.match(wasCfg, /server shop-was-1 10\.30\.2\.12:8080/);
+  const fips = of("FloatingIp")
+    .map((f) => f.inputs.fipName)
+    .sort();
+  assert.deepEqual(fips, ["bastion-fip", "shop-web-lb-fip"]);
+  // Both floating IPs name their target's IPAM host, so the FloatingIp checks the address is
+  // this stack's allocation before it opens it to the internet.
+  for (const f of of("FloatingIp"))
+    assert.ok(
+      typeof (f.inputs.target as { ipamHost?: unknown }).ipamHost === "string",
+      `${String(f.inputs.fipName)}: target.ipamHost set`,
+    );
+
+  assert.equal(await unwrap(app.webUrl), "http://172.24.4.101/");
+  assert.equal(ssh.bastion, "ssh root@172.24.4.102");
+  assert.equal(ssh.db, "ssh -o ProxyJump=root@172.24.4.102 root@10.30.3.11");
+  assert.deepEqual(Object.keys(await unwrap(app.consoleCommands)).sort(), Object.keys(ssh).sort());
+});
