@@ -7,3 +7,4 @@ export * from "./server";
 export { readSandboxStatus, type SandboxHost, type SandboxStatus } from "./sandbox";
 export * from "./loadBalancer";
 export * from "./identity";
+export * from "./autoscaleGroup";

@@ -19,3 +19,4 @@ export * from "./securityGroup";
 export * from "./identity";
 export * from "./quota";
 export * from "./console";
+export * from "./autoscale";

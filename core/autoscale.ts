@@ -1,0 +1,319 @@
+/**
+ * Heat's autoscaling rules, pure (no Pulumi, no SSH): the capacity math of a scaling policy
+ * (heat/scaling/scalingutil.py), the cooldown (heat/scaling/cooldown.py), which member goes
+ * first (heat/common/grouputils.py), and the check of a group's spec. The scaling agent
+ * (templates/autoscale.ts, a POSIX sh script on the controller host) implements the same rules;
+ * test/unit/core/autoscale.test.ts runs both on the same cases and requires the same answers.
+ *
+ * Sources: /work/shared/research/openstack-semantics.md §4.
+ */
+import { FieldError } from "./errors";
+import { KVMLAB_STATE_DIR } from "./paths";
+
+export const ADJUSTMENT_TYPES = [
+  "change_in_capacity",
+  "exact_capacity",
+  "percent_change_in_capacity",
+] as const;
+export type AdjustmentType = (typeof ADJUSTMENT_TYPES)[number];
+
+export const ALARM_COMPARISONS = ["gt", "ge", "lt", "le"] as const;
+export type AlarmComparison = (typeof ALARM_COMPARISONS)[number];
+
+/**
+ * The alarm feeding a policy (Aodh's threshold alarm on the members' CPU): the group's average
+ * CPU over the last `periodSec` seconds, in percent of one vCPU per member, compared with
+ * `threshold`. Like Aodh's default `repeat_actions: true`, an alarm that stays true signals its
+ * policy on every evaluation; the cooldown is what stops repeats from acting.
+ */
+export interface AlarmSpec {
+  readonly comparison: AlarmComparison;
+  /** Percent of one vCPU, averaged over the members in service (0–100 per vCPU). */
+  readonly threshold: number;
+  /** The window, in seconds (Aodh: granularity × evaluation_periods). */
+  readonly periodSec: number;
+}
+
+/** OS::Heat::ScalingPolicy. */
+export interface ScalingPolicySpec {
+  /** Name (for `kvmlab asg signal <group> <policy>` and the log). */
+  readonly name: string;
+  readonly adjustmentType: AdjustmentType;
+  /** Heat's `scaling_adjustment` (may be negative; for exact_capacity the new size). */
+  readonly scalingAdjustment: number;
+  /** Seconds; overrides the group's cooldown. @default the group's cooldown */
+  readonly cooldown?: number;
+  /** percent_change_in_capacity only: the smallest change. @default 0 */
+  readonly minAdjustmentStep?: number;
+  /** When it fires by itself. @default none (only by `kvmlab asg signal`) */
+  readonly alarm?: AlarmSpec;
+}
+
+/**
+ * Heat's `calculate_new_capacity` (heat/scaling/scalingutil.py), exactly: change adds, exact
+ * sets, percent computes `current * adjustment / 100` and rounds a fraction below 1 away from
+ * zero, anything else toward zero; then `min_adjustment_step` (percent only: when it is larger
+ * than the rounded change, the change becomes ±step, minus when the change is 0 or negative, as
+ * in Heat); finally clamps to [min, max].
+ */
+export function newCapacity(
+  current: number,
+  adjustment: number,
+  type: AdjustmentType,
+  minAdjustmentStep: number,
+  min: number,
+  max: number,
+): number {
+  let next: number;
+  if (type === "change_in_capacity") next = current + adjustment;
+  else if (type === "exact_capacity") next = adjustment;
+  else {
+    const delta = (current * adjustment) / 100;
+    let rounded: number;
+    if (Math.abs(delta) < 1) rounded = delta > 0 ? Math.ceil(delta) : Math.floor(delta);
+    else rounded = delta > 0 ? Math.floor(delta) : Math.ceil(delta);
+    if (rounded === 0) rounded = 0; // -0 from Math.ceil(-0.x) never appears, but keep it plain
+    if (minAdjustmentStep > 0 && minAdjustmentStep > Math.abs(rounded))
+      rounded = rounded > 0 ? minAdjustmentStep : -minAdjustmentStep;
+    next = current + rounded;
+  }
+  if (next > max) return max;
+  if (next < min) return min;
+  return next;
+}
+
+/** Group cooldown state: the end of the cooldown (epoch seconds; 0 = none). */
+export interface CooldownState {
+  readonly cooldownEnd: number;
+}
+
+/** Why a signal did nothing (Heat's NoActionRequired reasons), or "" when it acts. */
+export type SignalOutcome = "" | "scaling in progress" | "in cooldown" | "no change";
+
+/**
+ * Heat's `adjust()` decision for one signal at `now`: refused while a scaling runs, inside the
+ * cooldown, or when the new capacity equals the current one; otherwise the new size.
+ */
+export function decideSignal(
+  now: number,
+  state: CooldownState,
+  scaling: boolean,
+  current: number,
+  policy: Pick<ScalingPolicySpec, "adjustmentType" | "scalingAdjustment" | "minAdjustmentStep">,
+  min: number,
+  max: number,
+): { outcome: SignalOutcome; next: number } {
+  if (scaling) return { outcome: "scaling in progress", next: current };
+  if (now < state.cooldownEnd) return { outcome: "in cooldown", next: current };
+  const next = newCapacity(
+    current,
+    policy.scalingAdjustment,
+    policy.adjustmentType,
+    policy.minAdjustmentStep ?? 0,
+    min,
+    max,
+  );
+  return next === current ? { outcome: "no change", next } : { outcome: "", next };
+}
+
+/**
+ * Heat's `_finished_scaling`: after a size change the cooldown ends `cooldown` seconds after the
+ * scaling finished, and an end already further away is kept (the max of both). A scaling that
+ * changed nothing sets no cooldown.
+ */
+export function cooldownAfter(
+  finishedAt: number,
+  cooldownSec: number,
+  prev: number,
+  sizeChanged: boolean,
+): number {
+  if (!sizeChanged) return prev;
+  return Math.max(prev, finishedAt + cooldownSec);
+}
+
+/** A pre-rendered member slot as the agent sees it. */
+export interface MemberState {
+  readonly name: string;
+  /** Slot number (`<group>-<index>`). */
+  readonly index: number;
+  /** running = in service; failed = started but never healthy (Heat: FAILED, not counted). */
+  readonly state: "running" | "stopped" | "failed";
+  /** When it entered service (epoch seconds; 0 for stopped). */
+  readonly startedAt: number;
+}
+
+/**
+ * Which members leave on a scale-in by `count` (Heat's removal order): FAILED members first,
+ * then the oldest by the time they entered service, then by name.
+ */
+export function membersToStop(members: readonly MemberState[], count: number): string[] {
+  const candidates = members.filter((m) => m.state !== "stopped");
+  const rank = (m: MemberState): number => (m.state === "failed" ? 0 : 1);
+  return [...candidates]
+    .sort(
+      (a, b) =>
+        rank(a) - rank(b) || a.startedAt - b.startedAt || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+    )
+    .slice(0, Math.max(0, count))
+    .map((m) => m.name);
+}
+
+/** Which stopped slots start on a scale-out by `count`: the lowest slot numbers. */
+export function membersToStart(members: readonly MemberState[], count: number): string[] {
+  return members
+    .filter((m) => m.state === "stopped")
+    .sort((a, b) => a.index - b.index)
+    .slice(0, Math.max(0, count))
+    .map((m) => m.name);
+}
+
+/** Heat's current_size: members in service (FAILED ones are not counted). */
+export function currentSize(members: readonly MemberState[]): number {
+  return members.filter((m) => m.state === "running").length;
+}
+
+/** Whether an alarm's comparison holds for the measured average. */
+export function alarmHolds(comparison: AlarmComparison, value: number, threshold: number): boolean {
+  switch (comparison) {
+    case "gt":
+      return value > threshold;
+    case "ge":
+      return value >= threshold;
+    case "lt":
+      return value < threshold;
+    case "le":
+      return value <= threshold;
+  }
+}
+
+/**
+ * Average CPU of members over a window from two cumulative `cpu.time` samples (nanoseconds) per
+ * member, in percent of one vCPU per member (integer, truncated, as the sh agent computes it).
+ * `null` when no member has a sample pair.
+ */
+export function averageCpuPercent(
+  samples: readonly {
+    readonly t0Ms: number;
+    readonly cpu0Ns: number;
+    readonly t1Ms: number;
+    readonly cpu1Ns: number;
+  }[],
+): number | null {
+  let total = 0;
+  let n = 0;
+  for (const s of samples) {
+    const dt = s.t1Ms - s.t0Ms;
+    if (dt <= 0) continue;
+    // ns of CPU per ms of wall time / 10 000 = percent of one vCPU; integer like the agent's sh.
+    total += Math.trunc((s.cpu1Ns - s.cpu0Ns) / (dt * 10000));
+    n++;
+  }
+  return n === 0 ? null : Math.trunc(total / n);
+}
+
+const NAME = /^[a-z][a-z0-9-]{0,30}$/;
+
+/** The group's sizes and policies as the component takes them. */
+export interface GroupSpec {
+  readonly name: string;
+  readonly min: number;
+  readonly max: number;
+  readonly desired: number;
+  /** Group cooldown in seconds (Heat: the group's `cooldown`). */
+  readonly cooldown: number;
+  readonly policies: readonly ScalingPolicySpec[];
+}
+
+/** Largest group kvmlab renders (every slot is a pre-rendered server). */
+export const MAX_GROUP_SIZE = 32;
+
+function intIn(field: string, v: unknown, lo: number, hi: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi)
+    throw new FieldError(
+      field,
+      `expected an integer ${lo}..${hi}, got ${JSON.stringify(v)}`,
+      `set ${field} within ${lo}..${hi}`,
+    );
+  return v;
+}
+
+/** Checks a group spec; throws {@link FieldError} naming the first bad field and the fix. */
+export function checkGroupSpec(spec: GroupSpec): GroupSpec {
+  if (typeof spec.name !== "string" || !NAME.test(spec.name))
+    throw new FieldError(
+      "groupName",
+      `invalid group name ${JSON.stringify(spec.name)}`,
+      "use 1-31 lowercase letters, digits or '-', starting with a letter (member domains are <group>-<n>)",
+    );
+  const max = intIn("max", spec.max, 1, MAX_GROUP_SIZE);
+  const min = intIn("min", spec.min, 0, max);
+  intIn("desired", spec.desired, min, max);
+  intIn("cooldown", spec.cooldown, 0, 86400);
+  const names = new Set<string>();
+  spec.policies.forEach((p, i) => {
+    const f = `policies[${i}]`;
+    if (typeof p.name !== "string" || !/^[a-z][a-z0-9_-]{0,30}$/.test(p.name))
+      throw new FieldError(
+        `${f}.name`,
+        `invalid policy name ${JSON.stringify(p.name)}`,
+        "use 1-31 lowercase letters, digits, '_' or '-'",
+      );
+    if (names.has(p.name))
+      throw new FieldError(`${f}.name`, `duplicate policy ${p.name}`, "name each policy once");
+    names.add(p.name);
+    if (!(ADJUSTMENT_TYPES as readonly string[]).includes(p.adjustmentType))
+      throw new FieldError(
+        `${f}.adjustmentType`,
+        `unknown adjustment type ${JSON.stringify(p.adjustmentType)}`,
+        `use one of ${ADJUSTMENT_TYPES.join(", ")}`,
+      );
+    if (p.adjustmentType === "exact_capacity")
+      intIn(`${f}.scalingAdjustment`, p.scalingAdjustment, 0, MAX_GROUP_SIZE);
+    else intIn(`${f}.scalingAdjustment`, p.scalingAdjustment, -1000, 1000);
+    if (p.cooldown !== undefined) intIn(`${f}.cooldown`, p.cooldown, 0, 86400);
+    if (p.minAdjustmentStep !== undefined) {
+      if (p.adjustmentType !== "percent_change_in_capacity")
+        throw new FieldError(
+          `${f}.minAdjustmentStep`,
+          `minAdjustmentStep applies to percent_change_in_capacity only (Heat refuses it otherwise)`,
+          "remove it or use percent_change_in_capacity",
+        );
+      intIn(`${f}.minAdjustmentStep`, p.minAdjustmentStep, 0, MAX_GROUP_SIZE);
+    }
+    if (p.alarm !== undefined) {
+      const a = p.alarm;
+      if (!(ALARM_COMPARISONS as readonly string[]).includes(a.comparison))
+        throw new FieldError(
+          `${f}.alarm.comparison`,
+          `unknown comparison ${JSON.stringify(a.comparison)}`,
+          `use one of ${ALARM_COMPARISONS.join(", ")}`,
+        );
+      intIn(`${f}.alarm.threshold`, a.threshold, 0, 100 * 64);
+      intIn(`${f}.alarm.periodSec`, a.periodSec, 5, 86400);
+    }
+  });
+  return spec;
+}
+
+/** Folder of a group's files on the controller and on every member host. */
+export function asgDir(group: string): string {
+  return `${KVMLAB_STATE_DIR}/asg/${group}`;
+}
+
+/** The comment tagging a group's key in authorized_keys (revocation matches it). */
+export function agentKeyTag(group: string): string {
+  return `kvmlab-asg:${group}`;
+}
+
+/**
+ * The authorized_keys line of the agent's key: it can only run the member command (forced
+ * command), with `restrict` (no pty, no port/agent/X11 forwarding, no ~/.ssh/rc).
+ */
+export function forcedCommandLine(group: string, publicKeyLine: string): string {
+  const words = publicKeyLine.trim().split(/\s+/);
+  if (words.length < 2 || words[0] !== "ssh-ed25519" || !/^[A-Za-z0-9+/]+=*$/.test(words[1]))
+    throw new Error(
+      `the controller produced an unexpected agent key line: ${JSON.stringify(publicKeyLine.slice(0, 80))}`,
+    );
+  return `restrict,command="/bin/sh ${asgDir(group)}/member.sh" ${words[0]} ${words[1]} ${agentKeyTag(group)}`;
+}

@@ -1,0 +1,478 @@
+/**
+ * AutoscaleAgent: the scaling agent of an autoscale group (docs/autoscale.md), a POSIX sh
+ * process on the controller host that scales the group between `pulumi up`s, as Heat does with
+ * its alarms. Everything it acts on is rendered in the program (the member servers, the pool,
+ * agent.conf); the hosts render nothing.
+ *
+ *   check   group name, controller host, the rendered files, desired size, member lists
+ *   diff    pure: groupName/controllerHost replace; files, member lists, hosts update; desired
+ *           updates only when the PROGRAM's value changed (a no-change up runs nothing, and the
+ *           agent's current size is left alone); an agent found dead by refresh updates
+ *   create  claim on every involved host; controller: folder + key (generated there); member
+ *           hosts: forced command, member list, authorized_keys line; controller: known_hosts
+ *           (member hosts' sshd keys read over the pinned connections), agent files, the
+ *           desired request, start the agent
+ *   read    agent alive?, its status (current size, members in service, cooldown)
+ *   update  rewrite what changed; a new desired size becomes a request the agent applies;
+ *           restart the agent when its files changed or it was found dead
+ *   delete  stop the agent, revoke the key everywhere, remove the files and the owner markers
+ */
+import type * as pulumi from "@pulumi/pulumi";
+import {
+  checkHostList,
+  runChecked,
+  runLocked,
+  runSteps,
+  shQuote,
+  uploadStep,
+  type HostConnection,
+  type Step,
+} from "./host";
+import {
+  applyRules,
+  changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
+  defineResource,
+  failureList,
+  guardStep,
+  hostNamed,
+  isKnown,
+  KvmlabResource,
+  normalizeHosts,
+  ownerIn,
+  releaseOwnerStep,
+  rules,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+  type OwnedObject,
+} from "./kit";
+import {
+  agentKeyStep,
+  agentReadStep,
+  asgDir,
+  authorizeAgentStep,
+  desiredRequestStep,
+  knownHostsContent,
+  memberListContent,
+  parseAgentState,
+  removeAgentDirStep,
+  startAgentStep,
+  stopAgentStep,
+  unauthorizeAgentStep,
+  type AgentState,
+} from "./autoscale/steps";
+import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
+
+export * from "./autoscale/steps";
+
+export interface AutoscaleAgentArgs {
+  /** The group (member domains are `<group>-<n>`). */
+  readonly groupName: pulumi.Input<string>;
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** Host the agent runs on (the load balancer's host when the group has a pool). */
+  readonly controllerHost: pulumi.Input<string>;
+  /** agent.conf, rendered in the program (templates/autoscale.ts renderAgentConfig). */
+  readonly agentConfig: pulumi.Input<string>;
+  readonly agentScript: pulumi.Input<string>;
+  readonly memberScript: pulumi.Input<string>;
+  /** Host name → the member slots defined there. */
+  readonly membersByHost: pulumi.Input<Record<string, pulumi.Input<string>[]>>;
+  /** The program's desired size; applied when it changes. */
+  readonly desired: pulumi.Input<number>;
+  readonly min: pulumi.Input<number>;
+  readonly max: pulumi.Input<number>;
+  readonly owner?: pulumi.Input<string>;
+}
+
+export interface AutoscaleAgentInputs {
+  groupName: string;
+  hosts: HostConnection[];
+  controllerHost: string;
+  agentConfig: string;
+  agentScript: string;
+  memberScript: string;
+  membersByHost: Record<string, string[]>;
+  desired: number;
+  min: number;
+  max: number;
+  owner: string;
+}
+
+export interface AutoscaleAgentRealized {
+  agentRunning: boolean;
+  /** Current size (members in service) as the agent reports it. */
+  currentSize: number;
+  members: string[];
+  slots: Record<string, string>;
+  cooldownEnd: number;
+}
+
+export interface AutoscaleAgentOutputs extends AutoscaleAgentInputs {
+  /** The agent key's public line (the private key stays on the controller). */
+  agentPublicKey: string;
+  /** Generation of the last desired request written (the agent applies each once). */
+  desiredGeneration: number;
+  agentPid: number;
+  currentSize: number;
+  members: string[];
+  hostKeys: Record<string, string>;
+  realized: AutoscaleAgentRealized;
+}
+
+const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
+
+/** Validates and normalizes raw inputs (pure). */
+export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checked {
+  const out = failureList();
+  const v = applyRules(
+    news,
+    {
+      groupName: {
+        rule: rules.expect(
+          (x) => typeof x === "string" && GROUP.test(x),
+          "1-31 lowercase letters, digits or '-', starting with a letter",
+        ),
+      },
+      controllerHost: { rule: rules.name },
+      agentConfig: {
+        rule: rules.expect(
+          (x) => typeof x === "string" && x.length > 0 && x.length < 65536,
+          "the rendered agent.conf",
+        ),
+      },
+      agentScript: {
+        rule: rules.expect((x) => typeof x === "string" && x.startsWith("#!/bin/sh"), "the agent script"),
+      },
+      memberScript: {
+        rule: rules.expect((x) => typeof x === "string" && x.startsWith("#!/bin/sh"), "the member script"),
+      },
+      min: { rule: rules.int(0, 32, "the group's minimum size") },
+      max: { rule: rules.int(1, 32, "the group's maximum size") },
+      desired: { rule: rules.int(0, 32, "the desired size") },
+    },
+    out,
+  );
+  if (isKnown(v.min) && isKnown(v.max) && isKnown(v.desired)) {
+    const [min, max, desired] = [v.min as number, v.max as number, v.desired as number];
+    if (min > max) out.add("min", `min: ${min} is above max ${max}; lower min or raise max`);
+    else if (desired < min || desired > max)
+      out.add("desired", `desired: ${desired} is outside min..max (${min}..${max}); set it within`);
+  }
+  const mbh = news.membersByHost ?? {};
+  if (isKnown(mbh)) {
+    if (typeof mbh !== "object" || mbh === null || Array.isArray(mbh))
+      out.add("membersByHost", "membersByHost: expected host name → member names");
+    else
+      for (const [h, names] of Object.entries(mbh as Record<string, unknown>)) {
+        if (
+          !Array.isArray(names) ||
+          names.some((n) => typeof n !== "string" || !/^[a-z][a-z0-9-]{0,40}$/.test(n))
+        )
+          out.add("membersByHost", `membersByHost.${h}: expected member names like <group>-0`);
+      }
+  }
+  out.add("hosts", checkHostList("hosts", news.hosts));
+  const hosts = normalizeHosts(news.hosts);
+  if (isKnown(hosts) && isKnown(v.controllerHost) && Array.isArray(hosts)) {
+    const names = (hosts as { name?: string }[]).map((h) => h.name);
+    if (!names.includes(v.controllerHost as string))
+      out.add(
+        "controllerHost",
+        `controllerHost: ${JSON.stringify(v.controllerHost)} is not one of the hosts (${names.join(", ")})`,
+      );
+    if (isKnown(mbh) && typeof mbh === "object" && mbh !== null)
+      for (const h of Object.keys(mbh))
+        if (!names.includes(h))
+          out.add(
+            "membersByHost",
+            `membersByHost: ${JSON.stringify(h)} is not one of the hosts (${names.join(", ")})`,
+          );
+  }
+  return {
+    inputs: {
+      ...v,
+      membersByHost: mbh,
+      hosts,
+      owner: checkedOwner(news, "AutoscaleAgent", "groupName", out.add),
+    },
+    failures: out.failures,
+  };
+}
+
+export const AUTOSCALE_AGENT_REPLACE_KEYS = ["groupName", "controllerHost"] as const;
+const UPDATE_KEYS = [
+  "agentConfig",
+  "agentScript",
+  "memberScript",
+  "membersByHost",
+  "desired",
+  "min",
+  "max",
+  "hosts",
+] as const;
+
+/** Pure diff: replace on identity, update on files/lists/desired, and when refresh found the agent dead. */
+export function diffAutoscaleAgent(olds: AutoscaleAgentOutputs, news: AutoscaleAgentInputs): DiffResult {
+  const replaces = changedKeys(olds, news, AUTOSCALE_AGENT_REPLACE_KEYS);
+  const updates = changedKeys(olds, news, UPDATE_KEYS);
+  const dead = olds.realized !== undefined && !olds.realized.agentRunning;
+  return {
+    changes: replaces.length > 0 || updates.length > 0 || dead,
+    replaces,
+    stables: replaces.length === 0 ? ["groupName", "controllerHost", "agentPublicKey"] : [],
+    deleteBeforeReplace: true,
+  };
+}
+
+/** The group's folder on one host, for the owner guards. */
+export function asgOwned(group: string): OwnedObject {
+  return {
+    kind: "asg",
+    key: [group],
+    what: `autoscale group ${group}`,
+    field: "groupName",
+    exists: `[ -d ${shQuote(asgDir(group))} ]`,
+  };
+}
+
+function involvedHosts(i: AutoscaleAgentInputs): HostConnection[] {
+  const names = new Set([i.controllerHost, ...Object.keys(i.membersByHost)]);
+  return i.hosts.filter((h) => names.has(h.name));
+}
+
+/** Member host: files + key line; returns its sshd host keys (for the controller's known_hosts). */
+async function setUpMemberHost(
+  i: AutoscaleAgentInputs,
+  host: HostConnection,
+  publicKey: string,
+  owners: readonly string[],
+): Promise<string[]> {
+  const d = asgDir(i.groupName);
+  const [, facts] = await runChecked(host, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    destinationFactsStep(),
+  ]);
+  const { hostKeys, authorizedKeysFile } = parseDestinationFacts(facts);
+  if (authorizedKeysFile === "")
+    throw new Error(`host ${host.name}: could not find the authorized keys file sshd uses for ${host.user}`);
+  await runLocked(host, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    { label: "group folder", script: `mkdir -p ${shQuote(d)}` },
+    uploadStep(`${d}/member.sh`, i.memberScript, { mode: "0755" }),
+    uploadStep(`${d}/members`, memberListContent(i.membersByHost[host.name] ?? []), { mode: "0644" }),
+    authorizeAgentStep(authorizedKeysFile, i.groupName, publicKey),
+  ]);
+  return hostKeys;
+}
+
+async function controllerFiles(
+  i: AutoscaleAgentInputs,
+  controller: HostConnection,
+  known: string,
+  owners: readonly string[],
+  extra: Step[],
+): Promise<string[]> {
+  const d = asgDir(i.groupName);
+  return runLocked(controller, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    uploadStep(`${d}/agent.sh`, i.agentScript, { mode: "0755" }),
+    uploadStep(`${d}/agent.conf`, i.agentConfig, { mode: "0600" }),
+    uploadStep(`${d}/known_hosts`, known, { mode: "0600" }),
+    ...extra,
+  ]);
+}
+
+async function wire(
+  i: AutoscaleAgentInputs,
+  owners: readonly string[],
+): Promise<{ publicKey: string; changed: boolean }> {
+  const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+  const [, pub] = await runLocked(controller, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    agentKeyStep(i.groupName),
+  ]);
+  const publicKey = pub.trim().split("\n").pop() ?? "";
+  const entries: { address: string; port: number; keys: string[] }[] = [];
+  for (const h of i.hosts.filter((x) => x.name in i.membersByHost)) {
+    const keys = await setUpMemberHost(i, h, publicKey, owners);
+    entries.push({ address: h.address, port: h.port, keys });
+  }
+  const outs = await controllerFiles(i, controller, knownHostsContent(entries), owners, []);
+  const changed = outs.slice(1, 3).some((o) => o.trim().split("\n").pop() === "changed");
+  return { publicKey, changed };
+}
+
+async function readAgent(i: AutoscaleAgentInputs): Promise<AgentState> {
+  const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+  const [r] = await runSteps(controller, [agentReadStep(i.groupName)]);
+  if (r.code !== 0)
+    throw new Error(
+      `host ${controller.name}: reading group ${i.groupName}'s agent failed: ${r.stderr.trim()}`,
+    );
+  return parseAgentState(r.stdout);
+}
+
+function outputsFor(
+  i: AutoscaleAgentInputs,
+  publicKey: string,
+  generation: number,
+  s: AgentState,
+): AutoscaleAgentOutputs {
+  return {
+    ...i,
+    agentPublicKey: publicKey,
+    desiredGeneration: generation,
+    agentPid: s.pid,
+    currentSize: s.size,
+    members: s.members,
+    hostKeys: {},
+    realized: {
+      agentRunning: s.running,
+      currentSize: s.size,
+      members: s.members,
+      slots: s.slots,
+      cooldownEnd: s.cooldownEnd,
+    },
+  };
+}
+
+async function teardown(i: AutoscaleAgentInputs, owner: string): Promise<void> {
+  const owned = asgOwned(i.groupName);
+  const guard = owner ? [guardStep(owned, [owner])] : [];
+  const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+  await runLocked(controller, [...guard, stopAgentStep(i.groupName)]);
+  for (const h of involvedHosts(i)) {
+    const [facts] = await runChecked(h, [destinationFactsStep()]).catch(() => [""]);
+    const akf = parseDestinationFacts(facts).authorizedKeysFile || `/root/.ssh/authorized_keys`;
+    await runLocked(h, [
+      ...guard,
+      unauthorizeAgentStep(akf, i.groupName, h.name === i.controllerHost),
+      ...(h.name === i.controllerHost ? [removeAgentDirStep(i.groupName)] : []),
+      ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+    ]);
+  }
+}
+
+const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
+  type: "AutoscaleAgent",
+  inputKeys: [
+    "groupName",
+    "hosts",
+    "controllerHost",
+    "agentConfig",
+    "agentScript",
+    "memberScript",
+    "membersByHost",
+    "desired",
+    "min",
+    "max",
+    "owner",
+  ],
+  outputKeys: [
+    "agentPublicKey",
+    "desiredGeneration",
+    "agentPid",
+    "currentSize",
+    "members",
+    "hostKeys",
+    "realized",
+  ],
+  secretOutputs: ["hosts"],
+  check: (news) => checkAutoscaleAgentInputs(news),
+  diff: diffAutoscaleAgent,
+
+  async create(inputs) {
+    const claimed: HostConnection[] = [];
+    try {
+      for (const h of involvedHosts(inputs)) {
+        const [c] = await runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)]);
+        if (claimedNow(c)) claimed.push(h);
+      }
+      const { publicKey } = await wire(inputs, [inputs.owner]);
+      const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
+      await runLocked(controller, [
+        guardStep(asgOwned(inputs.groupName), [inputs.owner]),
+        desiredRequestStep(inputs.groupName, 1, inputs.desired),
+        startAgentStep(inputs.groupName, false),
+      ]);
+      const s = await readAgent(inputs);
+      return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s) };
+    } catch (err) {
+      if (claimed.length > 0) await teardown(inputs, inputs.owner).catch(() => undefined);
+      throw err;
+    }
+  },
+
+  async read(_id, props) {
+    const s = await readAgent(props);
+    if (!s.present) return undefined;
+    return {
+      ...props,
+      agentPid: s.pid,
+      currentSize: s.size,
+      members: s.members,
+      realized: {
+        agentRunning: s.running,
+        currentSize: s.size,
+        members: s.members,
+        slots: s.slots,
+        cooldownEnd: s.cooldownEnd,
+      },
+    };
+  },
+
+  async update(_id, olds, news) {
+    const owners = [news.owner, ownerIn(olds)];
+    // Hosts that no longer hold members lose the key and the member command.
+    for (const h of olds.hosts.filter(
+      (x) => x.name in olds.membersByHost && !(x.name in news.membersByHost),
+    )) {
+      const [facts] = await runChecked(h, [destinationFactsStep()]);
+      const akf = parseDestinationFacts(facts).authorizedKeysFile;
+      await runLocked(h, [
+        guardStep(asgOwned(olds.groupName), owners, true),
+        unauthorizeAgentStep(akf, olds.groupName, h.name === news.controllerHost),
+      ]);
+    }
+    const { publicKey, changed } = await wire(news, owners);
+    const controller = hostNamed(news.hosts, news.controllerHost, "controllerHost");
+    let generation = olds.desiredGeneration ?? 1;
+    const steps: Step[] = [guardStep(asgOwned(news.groupName), owners, true)];
+    if (news.desired !== olds.desired) {
+      generation += 1;
+      steps.push(desiredRequestStep(news.groupName, generation, news.desired));
+    }
+    const restart = changed || news.min !== olds.min || news.max !== olds.max;
+    steps.push(startAgentStep(news.groupName, restart));
+    await runLocked(controller, steps);
+    const s = await readAgent(news);
+    return outputsFor(news, publicKey, generation, s);
+  },
+
+  async delete(_id, olds) {
+    await teardown(olds, ownerIn(olds));
+  },
+});
+
+export const autoscaleAgentProvider = agent.provider;
+
+/** The scaling agent of an autoscale group (`pulumi-nodejs:dynamic/kvmlab:AutoscaleAgent`); the AutoscaleGroup component wires it. */
+export class AutoscaleAgent extends KvmlabResource<AutoscaleAgentInputs, AutoscaleAgentOutputs> {
+  declare readonly groupName: pulumi.Output<string>;
+  declare readonly controllerHost: pulumi.Output<string>;
+  declare readonly agentPublicKey: pulumi.Output<string>;
+  declare readonly desired: pulumi.Output<number>;
+  declare readonly desiredGeneration: pulumi.Output<number>;
+  declare readonly agentPid: pulumi.Output<number>;
+  declare readonly currentSize: pulumi.Output<number>;
+  declare readonly members: pulumi.Output<string[]>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<AutoscaleAgentRealized>;
+
+  constructor(name: string, args: AutoscaleAgentArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(agent, name, { ...args }, opts);
+  }
+}

@@ -1,0 +1,54 @@
+#!/bin/sh
+# kvmlab autoscale member command (docs/autoscale.md): the ONLY command the group agent's key
+# may run on this host (authorized_keys: restrict,command="<this file>"). sshd puts what the
+# client asked for in SSH_ORIGINAL_COMMAND; this accepts exactly
+#   start <member> | stop <member> | state <member> | stats
+# for the members listed in the `members` file beside it, and refuses anything else (exit 64).
+set -u
+here=$(dirname "$0")
+req=${SSH_ORIGINAL_COMMAND-"$*"}
+refuse() { echo "kvmlab-asg-member: refused: $1 (allowed: start|stop|state <member>, stats)" >&2; exit 64; }
+# No shell parsing of the request: split on single spaces, every word checked.
+case $req in
+  *[!a-z0-9\ -]*) refuse "unexpected characters" ;;
+esac
+set -f
+set -- $req
+set +f
+allowed() { grep -qx -- "$1" "$here/members"; }
+case ${1-} in
+  start | stop | state)
+    [ $# -eq 2 ] || refuse "expected: $1 <member>"
+    allowed "$2" || refuse "$2 is not a member of this group on this host"
+    ;;
+  stats) [ $# -eq 1 ] || refuse "stats takes no argument" ;;
+  *) refuse "unknown verb ${1-}" ;;
+esac
+case $1 in
+  start)
+    st=$(virsh domstate "$2" 2>/dev/null)
+    [ "$st" = running ] && exit 0
+    exec virsh -q start "$2"
+    ;;
+  stop)
+    st=$(virsh domstate "$2" 2>/dev/null)
+    [ "$st" = running ] || [ "$st" = paused ] || exit 0
+    # The agent has drained it in the pool: power off (Heat deletes the member outright).
+    exec virsh -q destroy "$2"
+    ;;
+  state)
+    st=$(virsh domstate "$2" 2>/dev/null) || st=undefined
+    echo "$st" | head -n1 | tr ' ' '-'
+    ;;
+  stats)
+    names=$(cat "$here/members")
+    [ -n "$names" ] || exit 0
+    # shellcheck disable=SC2086
+    virsh domstats --state --cpu-total $names 2>/dev/null | awk '
+      /^Domain: / { if (n != "") print n, s, c; n=$2; gsub(/\047/, "", n); s="undefined"; c=0 }
+      /state.state=/ { split($0, a, "="); s = (a[2] == 1 ? "running" : (a[2] == 3 ? "paused" : "shut-off")) }
+      /cpu.time=/ { split($0, a, "="); c = a[2] }
+      END { if (n != "") print n, s, c }'
+    # Defined-but-missing domains print nothing; the agent reads absence as not running.
+    ;;
+esac
