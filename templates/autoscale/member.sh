@@ -41,14 +41,14 @@ case $1 in
     echo "$st" | head -n1 | tr ' ' '-'
     ;;
   stats)
-    names=$(cat "$here/members")
-    [ -n "$names" ] || exit 0
-    # shellcheck disable=SC2086
-    virsh domstats --state --cpu-total $names 2>/dev/null | awk '
-      /^Domain: / { if (n != "") print n, s, c; n=$2; gsub(/\047/, "", n); s="undefined"; c=0 }
-      /state.state=/ { split($0, a, "="); s = (a[2] == 1 ? "running" : (a[2] == 3 ? "paused" : "shut-off")) }
-      /cpu.time=/ { split($0, a, "="); c = a[2] }
-      END { if (n != "") print n, s, c }'
-    # Defined-but-missing domains print nothing; the agent reads absence as not running.
+    # Every domain's state and CPU time, filtered to this group's members (a name that is not
+    # defined here is simply absent: the agent reads absence as not running).
+    virsh domstats --state --cpu-total 2>/dev/null | awk -v list="$(tr '\n' ' ' < "$here/members")" '
+      BEGIN { k = split(list, a, " "); for (i = 1; i <= k; i++) want[a[i]] = 1 }
+      function out() { if (n != "" && (n in want)) print n, s, c }
+      /^Domain: / { out(); n=$2; gsub(/\047/, "", n); s="undefined"; c=0 }
+      /state.state=/ { split($0, v, "="); s = (v[2] == 1 ? "running" : (v[2] == 3 ? "paused" : "shut-off")) }
+      /cpu.time=/ { split($0, v, "="); c = v[2] }
+      END { out() }'
     ;;
 esac

@@ -50,6 +50,9 @@ import {
   checkLoadBalancerInputs,
   diffLoadBalancer,
   loadBalancerProvider,
+  autoscaleAgentProvider,
+  checkAutoscaleAgentInputs,
+  diffAutoscaleAgent,
   serverProvider,
   subnetProvider,
   type HostConnection,
@@ -82,6 +85,21 @@ function subnetRaw(hosts: HostConnection[]): Record<string, unknown> {
   };
 }
 
+function autoscaleRaw(hosts: HostConnection[]): Record<string, unknown> {
+  return {
+    groupName: "web",
+    hosts,
+    controllerHost: "hv1",
+    agentConfig: "GROUP='web'\n",
+    agentScript: "#!/bin/sh\n",
+    memberScript: "#!/bin/sh\n",
+    membersByHost: Object.fromEntries(hosts.map((h, i) => [h.name, [`web-${i}`]])),
+    desired: 1,
+    min: 1,
+    max: hosts.length,
+  };
+}
+
 /** One row per resource type: its pure check and diff, a valid raw input, its name field. */
 interface Kind {
   type: string;
@@ -94,6 +112,19 @@ interface Kind {
 }
 
 const KINDS: Kind[] = [
+  {
+    type: "AutoscaleAgent",
+    name: "groupName",
+    check: checkAutoscaleAgentInputs,
+    diff: diffAutoscaleAgent as Kind["diff"],
+    raw: (hosts) => autoscaleRaw(hosts),
+    outputs: () => ({
+      agentPublicKey: "ssh-ed25519 AAAA",
+      desiredGeneration: 1,
+      hostKeys: {},
+      realized: { agentRunning: true, currentSize: 1, members: [], slots: {}, cooldownEnd: 0 },
+    }),
+  },
   {
     type: "Project",
     name: "projectName",
@@ -441,6 +472,18 @@ const HOSTED: {
           allocations: {},
         }),
       ],
+    ],
+  },
+  {
+    type: "AutoscaleAgent",
+    provider: autoscaleAgentProvider as never,
+    check: checkAutoscaleAgentInputs,
+    raw: autoscaleRaw,
+    answers: [
+      [/^prepare the agent folder/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv6k0Zq kvmlab-asg:web"],
+      [/^read the destination/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\nakf=/root/.ssh/authorized_keys"],
+      [/^read group web/, "present=yes\nrunning=yes\nagentpid=42\nstatus.size=1"],
+      [/^claim /, "claimed"],
     ],
   },
   {
