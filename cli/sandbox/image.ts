@@ -4,17 +4,27 @@
  *
  *   vmlinux    uncompressed ELF kernel (PVH direct boot: the fastest under TCG)
  *   vmlinuz    the distribution's bzImage (for boot loaders that want it)
- *   initrd.gz  busybox + /init (cli/sandbox/guestInit.ts) + virtio/e1000/ACPI button modules
+ *   initrd.gz  busybox + /init and CGI scripts (cli/sandbox/guestInit.ts) + virtio/e1000/ACPI
+ *              button modules + dropbear and dropbearkey with their shared libraries
  *
  * The kernel comes from `apt-get download linux-image-<version>-amd64`, the package the running
- * Debian release's `linux-image-amd64` depends on; busybox from the installed busybox-static.
+ * Debian release's `linux-image-amd64` depends on; busybox from the installed busybox-static;
+ * dropbear from the installed dropbear-bin (its libraries found with ldd). The guest makes its SSH
+ * host key at boot, so no two guests share one.
  */
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as zlib from "node:zlib";
 import { SandboxError, run, runScript } from "./exec";
-import { GUEST_CMDLINE, GUEST_INIT, GUEST_MODULES, UDHCPC_SCRIPT } from "./guestInit";
+import {
+  GUEST_BINARIES,
+  GUEST_CMDLINE,
+  GUEST_FILES,
+  GUEST_INIT,
+  GUEST_MODULES,
+  UDHCPC_SCRIPT,
+} from "./guestInit";
 import { SANDBOX_RUN_ROOT } from "./status";
 
 export interface GuestImage {
@@ -83,11 +93,46 @@ async function cachedKernelPackage(cacheRoot: string): Promise<string | undefine
   return pkg;
 }
 
+/** A file copied from this machine into the initramfs: its path there and its contents. */
+interface HostFile {
+  /** Path inside the initramfs, without the leading slash. */
+  name: string;
+  data: Buffer;
+}
+
+/**
+ * GUEST_BINARIES and every shared library they load (from ldd), each at the path ldd names
+ * (symbolic links followed: the initramfs gets the file's contents under the linked name).
+ */
+export async function guestBinaryFiles(binaries: readonly string[] = GUEST_BINARIES): Promise<HostFile[]> {
+  const paths = new Set<string>();
+  for (const bin of binaries) {
+    if (!fs.existsSync(bin)) {
+      throw new SandboxError(
+        `${bin} is missing (the guest image runs dropbear for SSH); install with: apt-get install -y --no-install-recommends dropbear-bin`,
+      );
+    }
+    paths.add(bin);
+    const res = await run("ldd", [bin], { allowFailure: true, timeoutMs: 30_000 });
+    if (res.code !== 0)
+      throw new SandboxError(`ldd ${bin} failed: ${res.stderr.trim() || `exit ${res.code}`}`);
+    for (const line of res.stdout.split("\n")) {
+      if (/not found/.test(line))
+        throw new SandboxError(`${bin} needs a library this machine lacks: ${line.trim()}`);
+      const m = /(?:=>\s*|^\s*)(\/\S+)\s+\(0x/.exec(line);
+      if (m) paths.add(m[1]);
+    }
+  }
+  return [...paths].sort().map((p) => ({ name: p.slice(1), data: fs.readFileSync(fs.realpathSync(p)) }));
+}
+
 /** A hash of everything that goes into the initramfs besides the kernel, so edits rebuild it. */
-function contentHash(): string {
+function contentHash(binaries: readonly HostFile[]): string {
   const h = createHash("sha256");
   h.update(GUEST_INIT).update(UDHCPC_SCRIPT).update(GUEST_MODULES.join(","));
+  for (const f of GUEST_FILES) h.update(`${f.path}:${f.mode}:${f.text}`);
   h.update(fs.readFileSync(BUSYBOX));
+  for (const f of binaries) h.update(f.name).update(f.data);
   return h.digest("hex").slice(0, 12);
 }
 
@@ -106,7 +151,8 @@ export async function ensureGuestImage(
 ): Promise<GuestImage> {
   const imageRoot = path.join(cacheRoot, "image");
   const debDir = path.join(cacheRoot, "debs");
-  const hash = contentHash();
+  const binaries = await guestBinaryFiles();
+  const hash = contentHash(binaries);
   let pkg = await cachedKernelPackage(cacheRoot);
   if (pkg === undefined) {
     // Offline or no apt lists: fall back to a kernel package downloaded earlier.
@@ -160,7 +206,7 @@ export async function ensureGuestImage(
     const outPaths = imagePaths(out);
     fs.copyFileSync(vmlinuzSrc, outPaths.kernelCompressed);
     fs.writeFileSync(outPaths.kernel, await decompressKernel(fs.readFileSync(vmlinuzSrc)));
-    fs.writeFileSync(outPaths.ramdisk, buildInitramfs(modules));
+    fs.writeFileSync(outPaths.ramdisk, buildInitramfs(modules, binaries));
     fs.writeFileSync(
       path.join(out, "manifest.json"),
       JSON.stringify(
@@ -377,7 +423,7 @@ interface CpioEntry {
 }
 
 /** A gzip'd initramfs in the "newc" cpio format, with fixed owners and times (reproducible). */
-function buildInitramfs(modules: GuestModule[]): Buffer {
+function buildInitramfs(modules: GuestModule[], binaries: readonly HostFile[]): Buffer {
   const DIR = 0o040755;
   const FILE = 0o100644;
   const EXEC = 0o100755;
@@ -402,6 +448,18 @@ function buildInitramfs(modules: GuestModule[]): Buffer {
   ]) {
     entries.push({ name: d, mode: DIR });
   }
+  const dirs = new Set(entries.map((e) => e.name));
+  /** Adds the parent folders of `name` that are not in the archive yet (parents first). */
+  const parents = (name: string) => {
+    const parts = name.split("/").slice(0, -1);
+    for (let i = 1; i <= parts.length; i++) {
+      const d = parts.slice(0, i).join("/");
+      if (!dirs.has(d)) {
+        dirs.add(d);
+        entries.push({ name: d, mode: DIR });
+      }
+    }
+  };
   entries.push({ name: "dev/console", mode: 0o020600, rdev: [5, 1] });
   entries.push({ name: "bin/busybox", mode: EXEC, data: fs.readFileSync(BUSYBOX) });
   entries.push({ name: "init", mode: EXEC, data: Buffer.from(GUEST_INIT) });
@@ -413,6 +471,14 @@ function buildInitramfs(modules: GuestModule[]): Buffer {
   });
   entries.push({ name: "etc/hostname", mode: FILE, data: Buffer.from("lab\n") });
   for (const m of modules) entries.push({ name: `lib/modules/${m.name}.ko`, mode: FILE, data: m.data });
+  for (const f of GUEST_FILES) {
+    parents(f.path);
+    entries.push({ name: f.path, mode: 0o100000 | f.mode, data: Buffer.from(f.text) });
+  }
+  for (const f of binaries) {
+    parents(f.name);
+    entries.push({ name: f.name, mode: EXEC, data: f.data });
+  }
   return zlib.gzipSync(cpioNewc(entries), { level: 9 });
 }
 

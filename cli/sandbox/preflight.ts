@@ -18,6 +18,7 @@ export const REQUIRED_PACKAGES = [
   "openssh-server",
   "openssh-client",
   "busybox-static",
+  "dropbear-bin",
   "xz-utils",
   "zstd",
 ] as const;

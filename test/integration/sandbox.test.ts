@@ -386,6 +386,157 @@ test("a domain defined over SSH from the test image answers HTTP from the runner
   assert.ok(alive(guestPid));
 });
 
+/** CPU time (ns) a domain on hv1 has used so far, from libvirt. */
+async function cpuTimeNs(domain: string): Promise<number> {
+  const out = await sshCheck(status!, "hv1", `virsh -q domstats --cpu-total ${domain}`);
+  const m = /cpu\.time=(\d+)/.exec(out);
+  assert.ok(m, `domstats of ${domain} has cpu.time: ${out}`);
+  return Number(m[1]);
+}
+
+test(
+  "guest roles: web → WAS → database, CPU burn, SSH with the key only (and through a bastion), disks",
+  { skip },
+  async () => {
+    assert.ok(status);
+    const st = status;
+    // Addresses after the first guest's, on the external network br-ex (built by the test above).
+    const pool = st.external.allocationPool.start.split(".").map(Number);
+    const addr = (k: number) => [...pool.slice(0, 3), pool[3] + k].join(".");
+    const [dbIp, wasIp, webIp, bastionIp] = [addr(1), addr(2), addr(3), addr(4)];
+    // A key for the guests and another they must refuse, made on hv1 (its /tmp is private).
+    await sshCheck(
+      st,
+      "hv1",
+      "rm -rf /tmp/itest-guest && mkdir -m 700 /tmp/itest-guest && cd /tmp/itest-guest && " +
+        "ssh-keygen -q -t ed25519 -N '' -C itest -f key && ssh-keygen -q -t ed25519 -N '' -f other && " +
+        "qemu-img create -q -f qcow2 vda.qcow2 64M && qemu-img create -q -f qcow2 vdb.qcow2 32M",
+    );
+    const pub = (await sshCheck(st, "hv1", "cat /tmp/itest-guest/key.pub")).trim();
+    const guests = [
+      {
+        name: "itest-gdb",
+        ip: dbIp,
+        role: "db",
+        disks: ["/tmp/itest-guest/vda.qcow2", "/tmp/itest-guest/vdb.qcow2"],
+      },
+      { name: "itest-gwas", ip: wasIp, role: "was", db: `${dbIp}:3306` },
+      { name: "itest-gweb", ip: webIp, role: "web", upstream: `${wasIp}:8080`, sshPublicKey: pub },
+      // Two malformed values the guest must ignore (with a log line) and still boot.
+      {
+        name: "itest-gbastion",
+        ip: bastionIp,
+        role: "bastion",
+        sshPublicKey: pub,
+        extraCmdline: "lab.upstream=300.1.1.1:80 lab.db=1.2.3.4:99999",
+      },
+    ] as const;
+    for (const [i, g] of guests.entries()) {
+      const xml = testGuestXml(st, {
+        ...g,
+        uuid: `0b7e5d2c-6a8f-4e31-9c47-5f2d1e0a9c2${i}`,
+        bridge: "br-ex",
+        ipCidr: `${g.ip}/24`,
+        gateway: st.external.gateway,
+        disks: "disks" in g ? [...g.disks] : undefined,
+      });
+      await sshCheck(st, "hv1", `virsh -q define /dev/stdin && virsh -q start ${g.name}`, { input: xml });
+    }
+    const t0 = Date.now();
+    for (const g of guests) {
+      await waitFor(
+        `${g.name}'s /health`,
+        async () => ((await httpGet(st, g.ip, "/health", 1_000))?.status === 200 ? true : undefined),
+        { timeoutMs: 180_000, intervalMs: 300 },
+      );
+    }
+    timings.roleGuestsToHttp = Date.now() - t0;
+
+    // The chain: the web fetches the WAS, the WAS reads the database's line.
+    const chain = await httpGet(st, webIp, "/", 15_000);
+    assert.equal(chain?.status, 200, chain?.body);
+    assert.equal(chain?.body.trim(), "web=itest-gweb was=itest-gwas db=itest-gdb");
+    const was = await httpGet(st, wasIp, "/", 15_000, 8080);
+    assert.equal(was?.body.trim(), "was=itest-gwas db=itest-gdb");
+    // The other port of a role guest stays the plain test guest.
+    assert.equal((await httpGet(st, webIp, "/", 2_000, 8080))?.body.trim(), "hello from itest-gweb");
+    assert.equal((await httpGet(st, wasIp, "/"))?.body.trim(), "hello from itest-gwas");
+    const dbLine = await sshCheck(st, "hv1", `timeout 10 socat -T5 - TCP:${dbIp}:3306 </dev/null`);
+    assert.equal(dbLine.trim(), "db=itest-gdb");
+
+    // Malformed values: ignored with a log line, the guest still comes up.
+    const bastionLog = await sshCheck(st, "hv1", "cat /var/log/kvmlab-itest-gbastion.console");
+    assert.match(bastionLog, /lab: ignoring malformed lab\.upstream/);
+    assert.match(bastionLog, /lab: ignoring malformed lab\.db/);
+    assert.match(bastionLog, /LAB-READY name=itest-gbastion/);
+
+    // Burn: the web's CPU time rises well above its idle rate, and stops rising after ?stop.
+    const sample = async (ms: number) => {
+      const a = await cpuTimeNs("itest-gweb");
+      const t = Date.now();
+      await new Promise((r) => setTimeout(r, ms));
+      return ((await cpuTimeNs("itest-gweb")) - a) / 1e6 / (Date.now() - t);
+    };
+    const idle = await sample(3_000);
+    const burn = await httpGet(st, webIp, "/cgi-bin/burn?seconds=30", 5_000);
+    assert.equal(burn?.body.trim(), "burning 30");
+    const burning = await sample(3_000);
+    assert.equal((await httpGet(st, webIp, "/cgi-bin/burn?stop", 5_000))?.body.trim(), "stopped");
+    const after = await sample(3_000);
+    timings.burnCpuShareIdle = Math.round(idle * 1000);
+    timings.burnCpuShareBurning = Math.round(burning * 1000);
+    timings.burnCpuShareStopped = Math.round(after * 1000);
+    assert.ok(burning > 0.3 && burning > 2 * idle, `burning uses CPU: idle ${idle}, burning ${burning}`);
+    assert.ok(after < burning / 2, `?stop stops it: burning ${burning}, after ${after}`);
+    assert.equal((await httpGet(st, webIp, "/cgi-bin/burn?seconds=601", 5_000))?.status, 400);
+
+    // SSH (from hv1, inside the sandbox): host keys pinned from the guests' LAB-SSH lines.
+    const hostKeys: string[] = [];
+    for (const g of [guests[2], guests[3]]) {
+      const log = await sshCheck(st, "hv1", `cat /var/log/kvmlab-${g.name}.console`);
+      const key = /LAB-SSH port=22 hostkey=(ssh-ed25519 \S+)/.exec(log)?.[1];
+      assert.ok(key, `${g.name} logged its SSH host key`);
+      hostKeys.push(`${g.ip} ${key}`);
+    }
+    await sshCheck(st, "hv1", "cat > /tmp/itest-guest/known_hosts", { input: hostKeys.join("\n") + "\n" });
+    const opts = (key: string) =>
+      `-F /dev/null -i /tmp/itest-guest/${key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes ` +
+      "-o UserKnownHostsFile=/tmp/itest-guest/known_hosts -o ConnectTimeout=20";
+    const direct = await sshCheck(st, "hv1", `timeout 60 ssh ${opts("key")} root@${webIp} 'hostname; id -u'`);
+    assert.equal(direct.trim(), "itest-gweb\n0");
+    const jumped = await sshCheck(
+      st,
+      "hv1",
+      `timeout 90 ssh ${opts("key")} -o ProxyCommand='ssh ${opts("key")} -W %h:%p root@${bastionIp}' root@${webIp} hostname`,
+    );
+    assert.equal(jumped.trim(), "itest-gweb", "the bastion forwards TCP to the web's SSH");
+    const refused = await sshExec(st, "hv1", `timeout 60 ssh ${opts("other")} root@${webIp} true`);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /Permission denied \(publickey\)/);
+    const noKey = await sshExec(st, "hv1", `timeout 20 socat -T5 - TCP:${dbIp}:22 </dev/null`);
+    assert.notEqual(noKey.code, 0, "a guest without lab.sshkey runs no SSH server");
+
+    // Disks: both attached disks listed; a token written to vdb reads back.
+    const disks = await httpGet(st, dbIp, "/cgi-bin/disks", 5_000);
+    assert.match(disks?.body ?? "", /^vda 131072$/m);
+    assert.match(disks?.body ?? "", /^vdb 65536$/m);
+    const write = await httpGet(st, dbIp, "/cgi-bin/disk?dev=vdb&op=write&data=itest42", 10_000);
+    assert.equal(write?.body.trim(), "wrote itest42");
+    assert.equal((await httpGet(st, dbIp, "/cgi-bin/disk?dev=vdb&op=read", 10_000))?.body.trim(), "itest42");
+    const onDisk = await sshCheck(st, "hv1", "qemu-io -r -U -c 'read -v 0 8' /tmp/itest-guest/vdb.qcow2");
+    assert.match(onDisk, /69 74 65 73 74 34 32 0a/, "the token is in the disk image itself");
+    assert.equal((await httpGet(st, dbIp, "/cgi-bin/disk?dev=..%2Fvda&op=read", 5_000))?.status, 400);
+
+    // Without its database the WAS (and so the web) answers 502 with the error.
+    await sshCheck(st, "hv1", "virsh -q destroy itest-gdb");
+    const broken = await httpGet(st, webIp, "/", 30_000);
+    assert.equal(broken?.status, 502);
+    assert.match(broken?.body ?? "", /web=itest-gweb: upstream http:\/\/[\d.]+:8080\/ failed/);
+    for (const g of guests)
+      await sshCheck(st, "hv1", `virsh -q destroy ${g.name} 2>/dev/null; virsh -q undefine ${g.name}`);
+  },
+);
+
 test("a second up changes nothing and says so", { skip }, async () => {
   assert.ok(status);
   const before = fs.readFileSync(sandboxStatusPath(INSTANCE), "utf8");

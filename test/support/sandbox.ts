@@ -212,6 +212,7 @@ export function httpGet(
   ip: string,
   urlPath = "/",
   timeoutMs = 2_000,
+  port = 80,
 ): Promise<{ status: number; body: string } | undefined> {
   assertSandboxAddress(status, ip);
   return new Promise((resolve) => {
@@ -221,7 +222,7 @@ export function httpGet(
       clearTimeout(overall);
       resolve(v);
     };
-    const req = http.get({ host: ip, port: 80, path: urlPath, timeout: timeoutMs, agent: false }, (res) => {
+    const req = http.get({ host: ip, port, path: urlPath, timeout: timeoutMs, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (b: Buffer) => chunks.push(b));
       res.on("end", () =>
@@ -263,6 +264,18 @@ export interface TestGuest {
   /** URL the guest fetches every 2 s, logging "PROBE-OK <body>" on its console. */
   probeUrl?: string;
   memoryMiB?: number;
+  /** lab.role (guest-contract.md): web, was, db or bastion. */
+  role?: "web" | "was" | "db" | "bastion";
+  /** lab.upstream: the web's upstream, IP:PORT. */
+  upstream?: string;
+  /** lab.db: the WAS's database, IP:PORT. */
+  db?: string;
+  /** lab.sshkey: an OpenSSH public key line ("ssh-ed25519 AAAA… comment"); dropbear admits it. */
+  sshPublicKey?: string;
+  /** More kernel command line words, as they are (e.g. a malformed value the guest must ignore). */
+  extraCmdline?: string;
+  /** Disk image files on the host (qcow2), attached as vda, vdb, … in this order. */
+  disks?: string[];
 }
 
 /**
@@ -290,10 +303,44 @@ export function testGuestXml(status: SandboxStatus, g: TestGuest): string {
     throw new Error(`testGuestXml: invalid memoryMiB ${g.memoryMiB}: give a whole number from 96 to 4096`);
   for (const p of [status.image.kernel, status.image.ramdisk]) check("image path", p, /^\/[A-Za-z0-9_./-]+$/);
   check("image cmdline", status.image.cmdline, /^[A-Za-z0-9=_.,: -]*$/);
+  if (g.role !== undefined) check("role", g.role, /^(web|was|db|bastion)$/);
+  for (const [field, v] of [
+    ["upstream", g.upstream],
+    ["db", g.db],
+  ] as const) {
+    if (v === undefined) continue;
+    check(field, v, /^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/);
+    assertSandboxAddress(status, v.split(":")[0]);
+  }
+  let sshKey: string | undefined;
+  if (g.sshPublicKey !== undefined) {
+    const [type, b64] = g.sshPublicKey.trim().split(/\s+/);
+    check("sshPublicKey", `${type} ${b64}`, /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/]+=*$/);
+    sshKey = `${type}:${b64}`;
+  }
+  if (g.extraCmdline !== undefined) check("extraCmdline", g.extraCmdline, /^[A-Za-z0-9=_.,:;/+ -]*$/);
+  const disks = g.disks ?? [];
+  for (const d of disks) check("disk path", d, /^\/[A-Za-z0-9_./-]+$/);
+  if (disks.length > 26) throw new Error("testGuestXml: at most 26 disks");
   const net =
     (g.ipCidr !== undefined ? ` lab.ip=${g.ipCidr}` : "") +
     (g.gateway !== undefined ? ` lab.gw=${g.gateway}` : "") +
-    (g.probeUrl !== undefined ? ` lab.probe=${g.probeUrl}` : "");
+    (g.probeUrl !== undefined ? ` lab.probe=${g.probeUrl}` : "") +
+    (g.role !== undefined ? ` lab.role=${g.role}` : "") +
+    (g.upstream !== undefined ? ` lab.upstream=${g.upstream}` : "") +
+    (g.db !== undefined ? ` lab.db=${g.db}` : "") +
+    (sshKey !== undefined ? ` lab.sshkey=${sshKey}` : "") +
+    (g.extraCmdline !== undefined ? ` ${g.extraCmdline}` : "");
+  const diskXml = disks
+    .map(
+      (d, i) => `
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='${d}'/>
+      <target dev='vd${String.fromCharCode(97 + i)}' bus='virtio'/>
+    </disk>`,
+    )
+    .join("");
   return `<domain type='${status.kvm ? "kvm" : "qemu"}'>
   <name>${g.name}</name>
   <uuid>${g.uuid}</uuid>
@@ -309,7 +356,7 @@ export function testGuestXml(status: SandboxStatus, g: TestGuest): string {
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
-  <devices>
+  <devices>${diskXml}
     <interface type='bridge'>
       <source bridge='${g.bridge}'/>
       <model type='virtio'/>
