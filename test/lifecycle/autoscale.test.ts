@@ -181,6 +181,55 @@ test(
     const changed = again.steps.filter((s) => s.op !== "same").map((s) => `${s.op} ${s.urn}`);
     assert.deepEqual(changed, [], "a no-change up changes nothing");
 
+    // The forced-command key runs the member command and nothing else.
+    const other = status.hosts.find((h) => h.name !== agentHost) ?? status.hosts[0];
+    const key = `ssh -n -i ${DIR}/agent_key -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile=${DIR}/known_hosts -o StrictHostKeyChecking=yes -o LogLevel=ERROR ${other.user}@${other.address}`;
+    const stats = await sshExec(status, agentHost, `${key} stats`);
+    assert.equal(stats.code, 0, `stats through the key works: ${stats.stderr}`);
+    assert.match(stats.stdout, /^web-\d /m);
+    for (const cmd of [
+      "id",
+      "cat /etc/shadow",
+      "start web-1; id",
+      "start web-1 && id",
+      "start $(id)",
+      "stop other-vm",
+      "sh -c id",
+      "",
+    ]) {
+      const r = await sshExec(status, agentHost, `${key} '${cmd}'`);
+      assert.equal(r.code, 64, `"${cmd}" is refused (exit ${r.code}, ${r.stdout}${r.stderr})`);
+      assert.doesNotMatch(r.stdout, /uid=/);
+    }
+    const pty = await sshExec(status, agentHost, `${key.replace("ssh -n", "ssh -tt")} stats </dev/null`);
+    assert.match(pty.stderr, /PTY allocation request failed/i, "no pty");
+    const fwd = await sshExec(
+      status,
+      agentHost,
+      `${key.replace("ssh -n", "ssh -o ExitOnForwardFailure=yes -N -R 127.0.0.1:15999:127.0.0.1:22")}`,
+      { timeoutMs: 30_000 },
+    );
+    assert.notEqual(fwd.code, 0, `remote port forwarding is refused: ${fwd.stderr}`);
+
+    // The agent killed by hand: refresh reports it gone, the next up starts it again.
+    const prior = await agentStatus(agentHost);
+    await sshCheck(status, agentHost, `kill -KILL -- -${prior.pid}`);
+    ok(await run("refresh"));
+    assert.equal(agentState().realized.agentRunning, false, "refresh reports the agent gone");
+    assert.equal(agentState().realized.currentSize, 1, "refresh reports the current size");
+    const back = ok(await run("up"));
+    assert.ok(back.steps.some((s) => s.op === "update" && s.urn.endsWith("AutoscaleAgent::web-agent")));
+    const restarted = await waitFor(
+      "the agent back",
+      async () => {
+        const s = await agentStatus(agentHost);
+        return s.pid !== prior.pid && s.pid > 0 ? s : undefined;
+      },
+      { timeoutMs: 60_000, intervalMs: 2000 },
+    );
+    assert.equal(restarted.size, 1, "the restarted agent keeps the running member");
+    assert.equal(agentState().realized.agentRunning, true);
+
     // Bounded load generator through the floating IP: at most 6000 requests / 1500 s, one at a time.
     const script = [
       "n=0; fail=0",
@@ -209,20 +258,23 @@ test(
     // Burn CPU in every member in service (from the load balancer's namespace), until 3.
     const ns = loadBalancerPaths("web-lb").namespace;
     let lastBurn = 0;
+    let burnSeen = false;
     const burn = async (arg: string, every = 15_000): Promise<void> => {
       if (Date.now() - lastBurn < every) return;
       lastBurn = Date.now();
       const s = await agentStatus(agentHost);
       for (const m of inService(s)) {
         const ip = ips[Number(m.split("-")[1])];
-        await sshExec(
+        const r = await sshExec(
           status,
           lbHost,
           `ip netns exec ${ns} timeout 5 busybox wget -qO- 'http://${ip}/cgi-bin/burn?${arg}'`,
-          {
-            timeoutMs: 20_000,
-          },
+          { timeoutMs: 20_000 },
         );
+        if (arg.startsWith("seconds") && !burnSeen) {
+          assert.match(r.stdout, /^burning/, `${m} burns CPU on request (guest image with /cgi-bin/burn)`);
+          burnSeen = true;
+        }
       }
     };
     const burnStart = Date.now();
@@ -283,55 +335,6 @@ test(
     assert.deepEqual(stops.slice(0, 2), ["web-0", "web-1"], "oldest first");
     const drains = log.filter((e) => e.event === "action" && e.action === "drain").map((e) => e.member);
     assert.deepEqual(drains.slice(0, 2), ["web-0", "web-1"], "each member drained before it stopped");
-
-    // The forced-command key runs the member command and nothing else.
-    const other = status.hosts.find((h) => h.name !== agentHost) ?? status.hosts[0];
-    const key = `ssh -n -i ${DIR}/agent_key -o IdentitiesOnly=yes -o BatchMode=yes -o UserKnownHostsFile=${DIR}/known_hosts -o StrictHostKeyChecking=yes -o LogLevel=ERROR ${other.user}@${other.address}`;
-    const stats = await sshExec(status, agentHost, `${key} stats`);
-    assert.equal(stats.code, 0, `stats through the key works: ${stats.stderr}`);
-    assert.match(stats.stdout, /^web-\d /m);
-    for (const cmd of [
-      "id",
-      "cat /etc/shadow",
-      "start web-1; id",
-      "start web-1 && id",
-      "start $(id)",
-      "stop other-vm",
-      "sh -c id",
-      "",
-    ]) {
-      const r = await sshExec(status, agentHost, `${key} '${cmd}'`);
-      assert.equal(r.code, 64, `"${cmd}" is refused (exit ${r.code}, ${r.stdout}${r.stderr})`);
-      assert.doesNotMatch(r.stdout, /uid=/);
-    }
-    const pty = await sshExec(status, agentHost, `${key.replace("ssh -n", "ssh -tt")} stats </dev/null`);
-    assert.match(pty.stderr, /PTY allocation request failed/i, "no pty");
-    const fwd = await sshExec(
-      status,
-      agentHost,
-      `${key.replace("ssh -n", "ssh -o ExitOnForwardFailure=yes -N -R 127.0.0.1:15999:127.0.0.1:22")}`,
-      { timeoutMs: 30_000 },
-    );
-    assert.notEqual(fwd.code, 0, `remote port forwarding is refused: ${fwd.stderr}`);
-
-    // The agent killed by hand: refresh reports it gone, the next up starts it again.
-    const before = await agentStatus(agentHost);
-    await sshCheck(status, agentHost, `kill -KILL -- -${before.pid}`);
-    ok(await run("refresh"));
-    assert.equal(agentState().realized.agentRunning, false, "refresh reports the agent gone");
-    assert.equal(agentState().realized.currentSize, 1, "refresh reports the current size");
-    const back = ok(await run("up"));
-    assert.ok(back.steps.some((s) => s.op === "update" && s.urn.endsWith("AutoscaleAgent::web-agent")));
-    const restarted = await waitFor(
-      "the agent back",
-      async () => {
-        const s = await agentStatus(agentHost);
-        return s.pid !== before.pid && s.pid > 0 ? s : undefined;
-      },
-      { timeoutMs: 60_000, intervalMs: 2000 },
-    );
-    assert.equal(restarted.size, 1, "the restarted agent keeps the running member");
-    assert.equal(agentState().realized.agentRunning, true);
 
     // Destroy leaves nothing of the group on any host.
     ok(await run("destroy"));
