@@ -5,6 +5,7 @@
 #   start <member> | stop <member> | state <member> | stats
 # for the members listed in the `members` file beside it, and refuses anything else (exit 64).
 set -u
+export LIBVIRT_DEFAULT_URI=qemu:///system
 here=$(dirname "$0")
 req=${SSH_ORIGINAL_COMMAND-"$*"}
 refuse() { echo "kvmlab-asg-member: refused: $1 (allowed: start|stop|state <member>, stats)" >&2; exit 64; }

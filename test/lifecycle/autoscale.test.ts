@@ -121,6 +121,7 @@ function inService(s: Status): string[] {
     .map(([n]) => n);
 }
 
+let lastProgress = 0;
 function waitSize(
   host: string,
   size: number,
@@ -132,6 +133,13 @@ function waitSize(
     async () => {
       if (also) await also();
       const s = await agentStatus(host);
+      if (Date.now() - lastProgress > 30_000) {
+        lastProgress = Date.now();
+        const tail = await sshExec(status, host, `tail -n 3 ${DIR}/decisions.log 2>/dev/null`);
+        console.log(
+          `# waiting for size ${size}: ${JSON.stringify(s)}\n#   ${tail.stdout.trim().split("\n").join("\n#   ")}`,
+        );
+      }
       return s.size === size ? s : undefined;
     },
     { timeoutMs, intervalMs: 3000 },
@@ -158,6 +166,36 @@ test(
   "autoscale: CPU scales the group out to 3 and back to 1 behind the load balancer with no failed request",
   { timeout: 3_600_000 },
   async () => {
+    try {
+      await scenario();
+    } catch (err) {
+      await diagnose();
+      throw err;
+    }
+  },
+);
+
+/** On failure: what the agent and the hosts say (the after hook destroys everything). */
+async function diagnose(): Promise<void> {
+  for (const h of status.hosts) {
+    const r = await sshExec(
+      status,
+      h.name,
+      [
+        `for f in status decisions.log agent.out agent.err stats.tmp agent.conf known_hosts members; do [ -f ${DIR}/$f ] && { echo "--- $f"; tail -n 60 ${DIR}/$f; }; done`,
+        "echo '--- authorized_keys'; grep -h kvmlab-asg /etc/ssh/lab_authorized_keys ~/.ssh/authorized_keys 2>/dev/null | cut -c1-120",
+        "echo '--- domains'; virsh list --all",
+        'for d in web-0 web-1 web-2; do f=/var/lib/kvmlab/instances/$d/console.log; [ -f $f ] && { echo "--- $d serial"; tail -n 15 $f; }; done',
+        `echo '--- agent process'; grep -l asg/web/agent.sh /proc/[0-9]*/cmdline 2>/dev/null`,
+      ].join("; "),
+      { timeoutMs: 60_000 },
+    ).catch((e: unknown) => ({ code: -1, stdout: "", stderr: String(e) }));
+    console.log(`# ==== ${h.name} (exit ${r.code})\n${r.stdout}\n${r.stderr}`.replace(/\n/g, "\n# "));
+  }
+}
+
+async function scenario(): Promise<void> {
+  {
     const up = ok(await run("up"));
     const fip = up.outputs.floatingIp as string;
     const agentHost = up.outputs.agentHost as string;
@@ -346,7 +384,7 @@ test(
         [
           "virsh list --all --name | grep -c '^web-' || true",
           "ls /var/lib/kvmlab/asg 2>/dev/null | wc -l",
-          "grep -c kvmlab-asg ~/.ssh/authorized_keys 2>/dev/null || echo 0",
+          "cat /etc/ssh/lab_authorized_keys ~/.ssh/authorized_keys 2>/dev/null | grep -c kvmlab-asg || true",
           "grep -l asg/web/agent.sh /proc/[0-9]*/cmdline 2>/dev/null | wc -l",
           "ls /var/lib/kvmlab/owners/asg 2>/dev/null | wc -l",
           "ip netns list | grep -c qlbaas || true",
@@ -355,5 +393,5 @@ test(
       );
       assert.equal(left.trim().split(/\s+/).join(" "), "0 0 0 0 0 0", `${h.name}: nothing of the group left`);
     }
-  },
-);
+  }
+}
