@@ -1,6 +1,6 @@
 /**
  * `kvmlab console <server> --user <name>`: prints a noVNC URL with a token for the server's
- * console, valid for --ttl seconds (default 600, Nova's token_ttl), issued only when the user
+ * console, valid for --ttl seconds (default 600, Nova's token_ttl; at most 3600), issued only when the user
  * holds at least `reader` on the server's project. The proxy is the ConsoleProxy on the
  * controller (the first host).
  */
@@ -10,7 +10,7 @@ import { commandHosts } from "./hosts";
 const USAGE = `usage: kvmlab console <server> --user <name> [--ttl <seconds>] [--sandbox <instance> | --hosts <hosts.json>] [--json]
 
 Prints a URL that opens the server's console in a browser (noVNC through the proxy on the
-controller). The token in it expires after --ttl seconds (default 600) and is issued only when
+controller). The token in it expires after --ttl seconds (default 600, at most 3600) and is issued only when
 --user (a name in the Default domain, or <domain>/<name>) has at least the reader role on the
 server's project.
   --sandbox <instance>  use a running kvmlab sandbox (default: $KVMLAB_SANDBOX_INSTANCE or "default")
@@ -37,10 +37,10 @@ export async function main(argv: string[]): Promise<number> {
     typeof user !== "string" ||
     !Number.isInteger(ttl) ||
     ttl < 1 ||
-    ttl > 86400
+    ttl > 3600
   ) {
     console.error(
-      `kvmlab console: expected one server, --user <name> and an optional --ttl of 1-86400 seconds\n\n${USAGE}`,
+      `kvmlab console: expected one server, --user <name> and an optional --ttl of 1-3600 seconds\n\n${USAGE}`,
     );
     return 2;
   }

@@ -23,9 +23,19 @@
  * With `floatingIp: { router, external: ext, subnet: "ext-v4" }` it also creates a FloatingIp on
  * the router whose target is the VIP (the router must have a leg on the VIP subnet, so the VIP's
  * default route, the subnet gateway, is the router): the VIP then answers from the external network.
+ *
+ * With `securityGroups: [web]` each amphora's VIP port gets a SecurityGroupPort (Octavia's VIP
+ * security groups, `vip_sg_ids`): the groups' rules filter what reaches the VIP on the bridge, with
+ * Neutron's default deny ingress, statefulness and anti-spoofing. An ACTIVE_STANDBY amphora's port
+ * holds its VRRP address and may also send from the VIP (an allowed address pair, as Octavia sets
+ * on its amphora ports), and admits anything from the peer amphora's VRRP address so VRRP and
+ * failover keep working. Linux-bridge VIP networks only (see docs/load-balancers.md).
  */
 import * as pulumi from "@pulumi/pulumi";
+import { amphoraMac, loadBalancerPaths } from "../core/paths";
+import type { SecurityGroupRule } from "../core/securityGroup";
 import { FloatingIp } from "../provider/floatingIp";
+import { SecurityGroupPort, type SecurityGroup } from "../provider/securityGroup";
 import { LoadBalancer as LoadBalancerResource } from "../provider/loadBalancer";
 import type { Router } from "../provider/router";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
@@ -76,6 +86,13 @@ export interface LoadBalancerArgs {
    * @default the two addresses after the VIP
    */
   readonly vrrpAddresses?: readonly [string, string];
+  /**
+   * Security groups on the VIP port (Octavia's `vip_sg_ids`): default deny ingress, so give a
+   * rule for every listener port. Linux-bridge VIP networks only.
+   * @default none: the VIP port is unfiltered, as an Octavia VIP without `vip_sg_ids` is open on
+   * its listener ports
+   */
+  readonly securityGroups?: readonly SecurityGroup[];
 }
 
 export interface LoadBalancerFloatingIpArgs {
@@ -103,6 +120,8 @@ export class LoadBalancer extends pulumi.ComponentResource {
   public readonly floatingIp: pulumi.Output<string>;
   /** ACTIVE_STANDBY: host, role, VRRP state, VIP holder of each amphora ([] for SINGLE). */
   public readonly amphorae: LoadBalancerResource["amphorae"];
+  /** The SecurityGroupPort of each amphora's VIP port when `securityGroups` was given ([] else). */
+  public readonly securityGroupPorts: readonly SecurityGroupPort[];
 
   constructor(name: string, args: LoadBalancerArgs, opts: pulumi.ComponentResourceOptions = {}) {
     super("kvmlab:loadbalancer:LoadBalancer", name, {}, opts);
@@ -202,6 +221,13 @@ export class LoadBalancer extends pulumi.ComponentResource {
       );
       this.floatingIp = this.floatingIpResource.floatingIp;
     } else this.floatingIp = pulumi.output("");
+    this.securityGroupPorts = this.vipSecurityGroups(
+      name,
+      lbName,
+      args,
+      hosts,
+      ha?.apply((h) => h.vrrpAddresses),
+    );
     this.registerOutputs({
       vipAddress: this.vipAddress,
       floatingIp: this.floatingIp,
@@ -209,5 +235,78 @@ export class LoadBalancer extends pulumi.ComponentResource {
       operatingStatus: this.operatingStatus,
       memberStatus: this.memberStatus,
     });
+  }
+
+  /**
+   * One SecurityGroupPort per amphora, on the host-side device of its VIP veth (a bridge port
+   * like a guest's tap, so the same physdev rules filter it).
+   */
+  private vipSecurityGroups(
+    name: string,
+    lbName: string,
+    args: LoadBalancerArgs,
+    hosts: ReturnType<typeof resolveHosts>["hosts"],
+    vrrpAddresses: pulumi.Output<readonly string[]> | undefined,
+  ): SecurityGroupPort[] {
+    const groups = args.securityGroups ?? [];
+    if (groups.length === 0) return [];
+    const driver = args.network.network.driver.apply((d) => {
+      if (d !== "linuxbridge")
+        throw new pulumi.ResourceError(
+          `securityGroups: the VIP network's driver is ${d}; security groups on a load balancer's VIP port need a linuxbridge network (on OVS the hybrid bridge would have to exist before the VIP port is plugged). Put the VIP on a linuxbridge network or drop securityGroups`,
+          this,
+        );
+      return d;
+    });
+    const base = groups.map((g) => ({ groupName: g.groupName, rules: g.rules }));
+    const device = loadBalancerPaths(lbName).hostDevice;
+    const port = (
+      i: number,
+      host: pulumi.Input<string>,
+      ip: pulumi.Input<string>,
+      pairs: pulumi.Input<string[]>,
+      extra: pulumi.Input<{ groupName: string; rules: SecurityGroupRule[] }>[],
+    ): SecurityGroupPort =>
+      new SecurityGroupPort(
+        vrrpAddresses === undefined ? `${name}-vip` : `${name}-vip${i}`,
+        {
+          portName: vrrpAddresses === undefined ? `${lbName}-vip` : `${lbName}-vip${i}`,
+          hosts,
+          host,
+          tap: device,
+          mac: amphoraMac(lbName, i),
+          ip,
+          allowedAddresses: pairs,
+          driver,
+          networkBridge: args.network.bridge,
+          groups: [...base, ...extra],
+        },
+        { parent: this, dependsOn: [this.loadBalancer, ...groups] },
+      );
+    if (vrrpAddresses === undefined) return [port(0, this.loadBalancer.host, args.vipAddress, [], [])];
+    return [0, 1].map((i) =>
+      port(
+        i,
+        this.loadBalancer.amphorae.apply((a) => a[i]?.host ?? ""),
+        vrrpAddresses.apply((v) => v[i]),
+        [args.vipAddress],
+        [
+          vrrpAddresses.apply((v) => ({
+            groupName: `${lbName}-vrrp`,
+            rules: [
+              {
+                direction: "ingress" as const,
+                protocol: "any" as const,
+                portMin: 0,
+                portMax: 0,
+                remoteCidr: `${v[1 - i]}/32`,
+                remoteGroup: "",
+                ethertype: "IPv4" as const,
+              },
+            ],
+          })),
+        ],
+      ),
+    );
   }
 }

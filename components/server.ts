@@ -24,12 +24,16 @@ import {
   type ServerPort,
 } from "../provider/server";
 import { renderServer, serverUuidSeed, type ServerUserData } from "../templates/server";
+import { deterministicIfName } from "../templates/validate";
+import { domainBridgeOf } from "../provider/server/hybrid";
 import { Flavor } from "../provider/flavor";
 import { SecurityGroupPort, type SecurityGroup } from "../provider/securityGroup";
 import { Image } from "../provider/image";
 import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
+import type { ProjectRef } from "../provider/kit";
+import { MANAGEMENT_LISTEN } from "../core/vncListen";
 
 // The pure pieces a program may want beside the component (defined in core/ and templates/).
 export { imageStorePaths } from "../core/paths";
@@ -52,7 +56,10 @@ export interface ServerPortArgs {
    * Security groups of the port (Neutron's default deny ingress, stateful, anti-spoofing): the
    * component creates a SecurityGroupPort `<server>-<index>` wired to the server's host, tap, MAC
    * and address. Changing the groups or a group's rules updates only that port's rules; the
-   * guest is never rebooted. Linux bridge networks only for now (see docs/networking.md).
+   * guest is never rebooted. On an OVS network, giving the key (even `[]`) puts the port in
+   * Neutron's hybrid layout: the tap joins a per-port Linux bridge qbr<id> linked to OVS
+   * (docs/networking.md). That is plumbing the guest boots with, so adding the key to an OVS
+   * port later replaces the server; changing the list afterwards (to `[]` too) does not.
    * @default none (the port is unfiltered)
    */
   readonly securityGroups?: readonly SecurityGroup[];
@@ -112,13 +119,20 @@ export interface ServerArgs {
   /** When the server counts as up. @default DHCP lease of the first port (none without ports) */
   readonly readiness?: Partial<Readiness>;
   /**
-   * Address the VNC console listens on. @default "127.0.0.1": the console has no password, so by
-   * default it is reachable only on the host itself (through SSH on the management address, or
-   * the console proxy). "0.0.0.0" opens it to every network the host is on.
+   * Address the VNC console listens on. "management": the management address of the host
+   * placement picks (filled in by the provider; a migration moves it), what a ConsoleProxy
+   * needs. @default "management" with `consoleProxy`, else "127.0.0.1": the console has no
+   * password, so by default it is reachable only on the host itself (through SSH). "0.0.0.0"
+   * opens it to every network the host is on.
    */
   readonly consoleListen?: string;
-  /** Owning project (a Project's `recordId`, `<domain>/<name>`): its quotas are enforced at create and resize. @default "" (none) */
-  readonly project?: pulumi.Input<string>;
+  /**
+   * The ConsoleProxy that serves this server's console: the console then listens on the placed
+   * host's management address (never on loopback or another network). @default none
+   */
+  readonly consoleProxy?: pulumi.Resource;
+  /** Owning project (a Project, its `recordId` or a name): its quotas are enforced at create and resize. @default the stack's `kvmlab:project`, else none */
+  readonly project?: ProjectRef;
   /** User the `consoleCommand` output names (the stack's current user). @default "admin" */
   readonly consoleUser?: string;
   /** Hosts. @default kvmlab:hosts, else the running sandbox's hosts */
@@ -240,6 +254,12 @@ export class Server extends pulumi.ComponentResource {
             extraSpecs: args.flavor.extraSpecs,
           }
         : (args.flavor as pulumi.Input<ServerFlavorArgs>);
+    // OVS ports with a securityGroups key use Neutron's hybrid layout (server/hybrid.ts); the
+    // qbr name comes from the tap, which renderServer derives from the same seed.
+    const hybridAt = (i: number, driver: string): boolean =>
+      driver === "openvswitch" && ports[i].securityGroups !== undefined;
+    const qbrAt = (i: number, bridge: string): string =>
+      domainBridgeOf({ bridge, tap: deterministicIfName("tap", `${uuidSeed}/port${i}`), hybrid: true });
     const rendered = pulumi
       .all([
         image,
@@ -275,19 +295,18 @@ export class Server extends pulumi.ComponentResource {
             project: safeName(stack),
             image: img,
             flavor: fl,
-            ports: pinfo.map(([networkName, subnetName, bridge, driver, mtu]) => ({
-              networkName,
-              subnetName,
-              bridge,
-              driver,
-              mtu,
-            })),
+            // A hybrid port's tap joins its qbr bridge (a plain Linux bridge in the XML).
+            ports: pinfo.map(([networkName, subnetName, bridge, driver, mtu], i) =>
+              hybridAt(i, driver)
+                ? { networkName, subnetName, bridge: qbrAt(i, bridge), driver: "linuxbridge" as const, mtu }
+                : { networkName, subnetName, bridge, driver, mtu },
+            ),
             kernelCmdline: cmdline,
             cloudInit: args.cloudInit ?? true,
             publicKeys: publicKey ? [publicKey] : [],
             userName: args.userName ?? "kvmlab",
             userData: args.userData ?? {},
-            consoleListen: args.consoleListen ?? "127.0.0.1",
+            consoleListen: args.consoleListen ?? (args.consoleProxy ? MANAGEMENT_LISTEN : "127.0.0.1"),
           });
         } catch (err) {
           throw new pulumi.ResourceError(`server ${serverName}: ${(err as Error).message}`, this);
@@ -303,8 +322,19 @@ export class Server extends pulumi.ComponentResource {
             mac: r.macs[i],
             tap: r.taps[i],
             fixedIp: ports[i].fixedIp ?? "",
+            ...(hybridAt(i, driver) ? { hybrid: true } : {}),
           }),
         );
+        // The qbr the XML names must be the one the provider plumbs (named from the rendered tap).
+        for (const [i, [, , bridge, driver]] of pinfo.entries())
+          if (
+            hybridAt(i, driver) &&
+            qbrAt(i, bridge) !== domainBridgeOf({ bridge, tap: r.taps[i], hybrid: true })
+          )
+            throw new pulumi.ResourceError(
+              `server ${serverName}: ports[${i}]: the rendered tap ${r.taps[i]} is not the one its qbr bridge was named after (templates/server.ts changed how taps are named)`,
+              this,
+            );
         return { ...r, image: img, flavor: fl, ports: serverPorts };
       });
 
@@ -322,7 +352,7 @@ export class Server extends pulumi.ComponentResource {
         cloudInit: rendered.cloudInit,
         powerState: args.powerState ?? "running",
         readiness: { kind: ports.length > 0 ? "dhcp" : "none", ...(args.readiness ?? {}) },
-        project: args.project ?? "",
+        project: args.project,
       },
       { parent: this },
     );
@@ -336,8 +366,9 @@ export class Server extends pulumi.ComponentResource {
     this.uuid = this.server.uuid;
     this.serialLog = this.server.serialLog;
     // Security groups: one SecurityGroupPort per port with groups, fed by the Server's outputs (so
-    // it is applied on the host the server landed on, after the guest has its tap). The groups
-    // are not Server inputs: changing them never touches (or reboots) the guest.
+    // it is applied on the host the server landed on, after the guest has its tap: on OVS, in the
+    // qbr bridge the Server made). The groups are not Server inputs: changing them never touches
+    // (or reboots) the guest.
     this.securityGroupPorts = ports.map((p, i) => {
       const groups = p.securityGroups;
       if (!groups || groups.length === 0) return undefined;
@@ -352,14 +383,7 @@ export class Server extends pulumi.ComponentResource {
           tap: serverPort.apply((sp) => sp.tap),
           mac: serverPort.apply((sp) => sp.mac),
           ip: this.server.ips.apply((ips) => ips[i] ?? ""),
-          driver: p.network.network.driver.apply((d) => {
-            if (d !== "linuxbridge")
-              throw new pulumi.ResourceError(
-                `ports[${i}].securityGroups: the network's driver is ${d}; the Server component applies security groups on linuxbridge networks only (the OVS hybrid bridge would have to exist before the guest starts). Put the port on a linuxbridge network or drop its securityGroups`,
-                this,
-              );
-            return d;
-          }),
+          driver: p.network.network.driver,
           networkBridge: p.network.bridge,
           groups: groups.map((g) => ({ groupName: g.groupName, rules: g.rules })),
         },

@@ -2,13 +2,16 @@
  * Security groups after Neutron's iptables_hybrid firewall (research/openstack-semantics.md §2):
  * names, rule checks and the per-port ruleset as `iptables-restore -n` input. Pure.
  *
- * Per port (tap device <tap>, id = sha256 of the port name, 8 hex):
+ * Per port (tap device <tap>, id = sha256 of the tap name, 8 hex: the tap is the port's identity
+ * on its host, so two ports can never share chains, whatever their portNames):
  *   filter kvmlab-i<id>   ingress to the VM  (FORWARD --physdev-out <tap> --physdev-is-bridged)
  *   filter kvmlab-o<id>   egress from the VM (FORWARD/INPUT --physdev-in <tap> --physdev-is-bridged)
  *   filter kvmlab-s<id>   anti-spoofing: only the port's IP with its MAC
  *   raw    kvmlab-z<id>   conntrack zone: `-i <bridge> -j CT --zone N` (the port's own qbr- bridge
  *                         for OVS ports = a zone per port; the network's bridge for Linux bridge
- *                         ports = a zone per network, as Neutron's plain iptables driver does)
+ *                         ports = a zone per network, as Neutron's plain iptables driver does).
+ *                         N is allocated on the host (a record per zone, under the host lock), so
+ *                         it is not known at check: the rendered ruleset carries ZONE_ON_HOST.
  * Shared (created once per host, never declared in a restore, so never flushed):
  *   filter kvmlab-sg-chain     per-port jumps inserted at its top, `-j ACCEPT` last
  *   filter kvmlab-sg-fallback  `-j DROP`
@@ -35,14 +38,14 @@ export interface SecurityGroupRule {
 
 export const SG_SHARED_CHAINS = { chain: "kvmlab-sg-chain", fallback: "kvmlab-sg-fallback" } as const;
 
-export function portFirewallChains(portName: string): {
+export function portFirewallChains(tap: string): {
   ingress: string;
   egress: string;
   spoof: string;
   zone: string;
   id: string;
 } {
-  const id = shortId(`port/${portName}`);
+  const id = shortId(`port/${tap}`);
   return {
     id,
     ingress: `kvmlab-i${id}`,
@@ -57,16 +60,21 @@ export function securityGroupSet(groupName: string): string {
   return `kvmlab-g${shortId(`sg/${groupName}`)}`;
 }
 
-/** The hybrid plumbing of an OVS port: qbr bridge, and the qvb (in qbr) / qvo (in OVS) veth pair. */
-export function hybridDevices(portName: string): { qbr: string; qvb: string; qvo: string } {
-  const id = shortId(`port/${portName}`);
+/**
+ * The hybrid plumbing of an OVS port, named after its tap as Neutron names them after the port
+ * id (tap<id>, qbr<id>, qvb<id>, qvo<id>): qbr bridge, and the qvb (in qbr) / qvo (in OVS) veth
+ * pair. A device not named tap<id> (a load balancer's VIP veth) gets a hash of its name.
+ */
+export function hybridDevices(tap: string): { qbr: string; qvb: string; qvo: string } {
+  const id = /^tap[0-9A-Za-z_-]{1,12}$/.test(tap) ? tap.slice(3) : shortId(`port/${tap}`);
   return { qbr: `qbr${id}`, qvb: `qvb${id}`, qvo: `qvo${id}` };
 }
 
-/** Conntrack zone of a bridge: 4097..65535 (Neutron's range), derived from its name. */
-export function conntrackZone(bridge: string): number {
-  return 4097 + (Number.parseInt(shortId(`zone/${bridge}`), 16) % (65535 - 4097));
-}
+/** Conntrack zones kvmlab allocates: Neutron's range. */
+export const CONNTRACK_ZONES = { min: 4097, max: 65535 } as const;
+
+/** Stands for the zone number in a ruleset rendered before the host allocated it. */
+export const ZONE_ON_HOST = "@ZONE@";
 
 /** Neutron's default rules for a new group: egress to anywhere. */
 export const DEFAULT_EGRESS: SecurityGroupRule = {
@@ -138,9 +146,15 @@ export interface PortFirewallView {
   tap: string;
   mac: string;
   ip: string;
+  /**
+   * Further source addresses the port may send from with its MAC (Neutron's
+   * allowed_address_pairs): a load balancer amphora's VIP beside its own VRRP address.
+   */
+  allowedAddresses?: readonly string[];
   /** The bridge whose traffic gets the zone (qbr- for OVS hybrid, the network's bridge for Linux bridge). */
   zoneBridge: string;
-  zone: number;
+  /** The allocated zone, or ZONE_ON_HOST (substituted on the host after allocation). */
+  zone: number | typeof ZONE_ON_HOST;
   /** The groups' rules, in group order; duplicates are dropped (Neutron deduplicates across groups). */
   rules: SecurityGroupRule[];
   /** Groups with no members have no set: rules naming them are skipped (they match nothing). */
@@ -157,12 +171,17 @@ export function renderPortFirewall(v: PortFirewallView): string {
   if (!DEVICE_NAME_RE.test(v.zoneBridge)) bad("zoneBridge", v.zoneBridge);
   if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(v.mac)) bad("mac", v.mac);
   if (!isIPv4(v.ip)) bad("ip", v.ip);
-  if (!Number.isInteger(v.zone) || v.zone < 1 || v.zone > 65535) bad("zone", v.zone);
+  const pairs = v.allowedAddresses ?? [];
+  pairs.forEach((a, i) => {
+    if (!isIPv4(a)) bad(`allowedAddresses[${i}]`, a);
+  });
+  if (v.zone !== ZONE_ON_HOST && (!Number.isInteger(v.zone) || v.zone < 1 || v.zone > 65535))
+    bad("zone", v.zone);
   v.rules.forEach((r, i) => {
     const e = checkSgRule(`rules[${i}]`, r);
     if (e.length > 0) throw new Error(e[0]);
   });
-  const c = portFirewallChains(v.portName);
+  const c = portFirewallChains(v.tap);
   const who = `port ${v.portName}`;
   const cm = (t: string): string => `-m comment --comment "${who}: ${t}"`;
   const seen = new Set<string>();
@@ -195,6 +214,12 @@ export function renderPortFirewall(v: PortFirewallView): string {
     `-A ${c.egress} -p udp -m udp --sport 67 --dport 68 ${cm("no DHCP server in the VM")} -j DROP`,
     ...generic(c.egress, rules.egress),
     `-A ${c.spoof} -s ${v.ip}/32 -m mac --mac-source ${v.mac} ${cm("allowed address")} -j RETURN`,
+    ...[...new Set(pairs)]
+      .filter((a) => a !== v.ip)
+      .map(
+        (a) =>
+          `-A ${c.spoof} -s ${a}/32 -m mac --mac-source ${v.mac} ${cm("allowed address pair")} -j RETURN`,
+      ),
     `-A ${c.spoof} ${cm("drop traffic without an IP/MAC allow rule")} -j DROP`,
     "COMMIT",
     "*raw",
@@ -210,7 +235,7 @@ export function portFirewallJumps(
   portName: string,
   tap: string,
 ): [string, string, string, "insert" | "append"][] {
-  const c = portFirewallChains(portName);
+  const c = portFirewallChains(tap);
   const cm = `-m comment --comment "port ${portName}"`;
   return [
     [

@@ -10,6 +10,7 @@
  *   servers/<name>.xml                         libvirt domain
  *   servers/<name>/{meta-data,user-data,network-config}   NoCloud seed
  *   loadbalancers/<name>/haproxy.cfg
+ *   loadbalancers/<name>/keepalived-{0,1}.conf  (ACTIVE_STANDBY: amphora 0 MASTER, 1 BACKUP)
  *   subnets/<name>/{dnsmasq.conf,hosts}        (subnets with dhcp; hosts = dhcp-hostsfile)
  *   plan.json                                  allocations this render assumed
  */
@@ -17,6 +18,7 @@ import { hostsFileText, type IpamRecord } from "../core/ipam";
 import { checkName } from "../core/names";
 import { dhcpPaths, imageStorePaths, networkDevices, portOwner, serverPaths } from "../core/paths";
 import { loadBalancerConfig, type ListenerSpec, type MemberSpec, type PoolSpec } from "../templates/haproxy";
+import { keepalivedPair } from "../templates/keepalived";
 import { renderServer, serverUuidSeed } from "../templates/server";
 import type { Lab, LabMember, LabPool } from "./model";
 import { planLab, subnetPlan, type LabPlan, type PlannedServer } from "./plan";
@@ -205,6 +207,15 @@ export function renderLab(
       ),
     );
     files.push([`loadbalancers/${lb.name}/haproxy.cfg`, cfg]);
+    if (lb.topology === "ACTIVE_STANDBY") {
+      // What the LoadBalancer component renders for its two amphorae (same function).
+      const vip = plan.vips[lb.name];
+      const cidr = lab.networks.flatMap((n) => n.subnets).find((x) => x.name === vip.subnet)?.cidr ?? "";
+      const pair = at(path, () => keepalivedPair(lb.name, vip.ip, cidr, vip.vrrpAddresses));
+      pair.keepalivedConfs.forEach((conf, a) =>
+        files.push([`loadbalancers/${lb.name}/keepalived-${a}.conf`, conf]),
+      );
+    }
   });
 
   for (const network of lab.networks) {
@@ -265,7 +276,11 @@ export function renderLab(
         })),
       };
     }),
-    loadBalancers: lab.loadBalancers.map((lb) => ({ name: lb.name, ...plan.vips[lb.name] })),
+    loadBalancers: lab.loadBalancers.map((lb) => {
+      // vrrpAddresses only for ACTIVE_STANDBY: SINGLE entries read as before.
+      const { vrrpAddresses, ...vip } = plan.vips[lb.name];
+      return { name: lb.name, ...vip, ...(vrrpAddresses.length > 0 ? { vrrpAddresses } : {}) };
+    }),
     dhcpPorts: plan.dhcpPorts,
     routerGateways: plan.routerGateways,
   };

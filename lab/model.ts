@@ -250,6 +250,8 @@ export interface LabLoadBalancer {
   readonly floatingIp: boolean;
   readonly securityGroups: readonly string[];
   readonly host: string | null;
+  readonly topology: "SINGLE" | "ACTIVE_STANDBY";
+  readonly standbyHost: string | null;
   readonly listeners: readonly LabListener[];
 }
 

@@ -257,6 +257,8 @@ export function normalizeLab(d: Raw): Lab {
       floatingIp: lb.floatingIp ?? false,
       securityGroups: list(lb.securityGroups),
       host: opt(lb.host),
+      topology: lb.topology ?? "SINGLE",
+      standbyHost: opt(lb.standbyHost),
       listeners: list(lb.listeners).map(listener),
     })),
     autoscaleGroups: list(d.autoscaleGroups).map((g: Raw): LabAutoscaleGroup => ({

@@ -77,6 +77,8 @@ export interface LabPlan {
         readonly ip: string;
         readonly fixed: boolean;
         readonly floatingIp: string | null;
+        /** ACTIVE_STANDBY: each amphora's own address on the VIP subnet ([] for SINGLE). */
+        readonly vrrpAddresses: readonly string[];
       }
     >
   >;
@@ -178,10 +180,24 @@ export function planLab(lab: Lab): LabPlan {
   };
 
   // 4. VIPs
-  const vips: Record<string, { subnet: string; ip: string; fixed: boolean; floatingIp: string | null }> = {};
+  const vips: Record<
+    string,
+    { subnet: string; ip: string; fixed: boolean; floatingIp: string | null; vrrpAddresses: string[] }
+  > = {};
   for (const lb of lab.loadBalancers) {
-    const ip = lb.vipAddress ?? get(lb.vipSubnet).pool.next(`loadBalancers.${lb.name}.vipAddress`);
-    vips[lb.name] = { subnet: lb.vipSubnet, ip, fixed: lb.vipAddress !== null, floatingIp: null };
+    const pool = get(lb.vipSubnet).pool;
+    const ip = lb.vipAddress ?? pool.next(`loadBalancers.${lb.name}.vipAddress`);
+    const vrrpAddresses =
+      lb.topology === "ACTIVE_STANDBY"
+        ? [0, 1].map((a) => pool.next(`loadBalancers.${lb.name}.vrrpAddresses[${a}]`))
+        : [];
+    vips[lb.name] = {
+      subnet: lb.vipSubnet,
+      ip,
+      fixed: lb.vipAddress !== null,
+      floatingIp: null,
+      vrrpAddresses,
+    };
   }
 
   // 5. ports

@@ -5,7 +5,11 @@
  *
  *   ConsoleProxy      resource: the plugin file, the token folder (0700) and the websockify
  *                     daemon listening on `listenAddress:port` (default: the controller's
- *                     management address, 6080); delete stops it and removes every token
+ *                     management address, 6080); delete stops it and removes every token.
+ *                     ONE per controller, like Nova's novncproxy: it is owned (issue 15's
+ *                     marker `owners/console-proxy/proxy`), so a second stack's ConsoleProxy on
+ *                     the same controller is refused naming the first, and no stack's update or
+ *                     delete touches another's proxy, folder or tokens
  *   issueConsoleToken a token for (server, user): only when the user's effective roles on the
  *                     server's project include `reader` (core/identity.ts); the token record
  *                     holds the server, its VNC host:port and the expiry; returns the noVNC URL
@@ -25,6 +29,7 @@ import {
   runChecked,
   runSteps,
   shQuote,
+  showValue,
   uploadStep,
   type HostConnection,
   type Step,
@@ -38,8 +43,16 @@ import {
   KvmlabResource,
   normalizeHosts,
   rules,
+  checkedOwner,
+  claimedNow,
+  claimStep,
+  guardStep,
+  ownerIn,
+  releaseOwnerStep,
   type DiffResult,
   type HostConnectionArgs,
+  type OwnedObject,
+  type InProjectArgs,
 } from "./kit";
 
 /** websockify's token plugin (Python, loaded by websockify from the console folder). */
@@ -78,7 +91,18 @@ export interface ConsoleProxyInputs {
   /** Where Debian's novnc package puts noVNC. */
   webDir: string;
   hosts: HostConnection[];
+  /** Owner (kit/owner.ts): the one stack whose proxy this controller runs. */
+  owner: string;
 }
+
+/** The proxy as an owned object: one per controller. */
+const proxyOwned: OwnedObject = {
+  kind: "console-proxy",
+  key: ["proxy"],
+  what: "the console proxy",
+  field: "controller (hosts[0]); one proxy serves every stack on a controller, so use the existing one",
+  exists: `[ -d ${shQuote(consolePaths().dir)} ]`,
+};
 
 export interface ConsoleProxyOutputs extends ConsoleProxyInputs {
   controller: string;
@@ -106,7 +130,8 @@ export function checkConsoleProxyInputs(news: Record<string, unknown>) {
     out,
   );
   out.add("hosts", checkHostList("hosts", news.hosts));
-  return { inputs: { ...v, hosts: normalizeHosts(news.hosts) }, failures: out.failures };
+  const owner = checkedOwner({ ...news, name: "console" }, "ConsoleProxy", "name", out.add);
+  return { inputs: { ...v, hosts: normalizeHosts(news.hosts), owner }, failures: out.failures };
 }
 
 function listenOf(i: ConsoleProxyInputs): string {
@@ -171,37 +196,68 @@ function outputsFor(i: ConsoleProxyInputs, running: boolean): ConsoleProxyOutput
 }
 
 export function diffConsoleProxy(olds: ConsoleProxyOutputs, news: ConsoleProxyInputs): DiffResult {
-  const changed = changedKeys(olds, news, ["listenAddress", "port", "webDir", "hosts"]);
+  const changed = changedKeys(olds, news, ["listenAddress", "port", "webDir", "hosts", "owner"]);
   return { changes: changed.length > 0 || !olds.realized?.running, replaces: [], deleteBeforeReplace: false };
 }
 
 const consoleProxy = defineResource<ConsoleProxyInputs, ConsoleProxyOutputs>({
   type: "ConsoleProxy",
-  inputKeys: ["listenAddress", "port", "webDir", "hosts"],
+  inputKeys: ["listenAddress", "port", "webDir", "hosts", "owner"],
   outputKeys: ["controller", "baseUrl", "hostKeys", "realized"],
   secretOutputs: ["hosts"],
   check: (news) => checkConsoleProxyInputs(news),
   diff: diffConsoleProxy,
   async create(inputs) {
-    await runChecked(inputs.hosts[0], proxyStartSteps(inputs));
-    return { id: `console-${inputs.hosts[0].name}`, outs: outputsFor(inputs, true) };
+    const ctl = inputs.hosts[0];
+    // One proxy per controller: another stack's proxy (or an unmarked folder) is refused.
+    const [c] = await runChecked(ctl, [claimStep(proxyOwned, inputs.owner)]);
+    try {
+      await runChecked(ctl, [guardStep(proxyOwned, [inputs.owner]), ...proxyStartSteps(inputs)]);
+    } catch (e) {
+      if (claimedNow(c))
+        await runChecked(ctl, [
+          guardStep(proxyOwned, [inputs.owner]),
+          proxyDeleteStep(),
+          releaseOwnerStep(proxyOwned, [inputs.owner]),
+        ]).catch(() => undefined);
+      throw e;
+    }
+    return { id: `console-${ctl.name}`, outs: outputsFor(inputs, true) };
   },
   async read(_id, props) {
     const [out] = await runChecked(props.hosts[0], [proxyReadStep()]);
     return { ...props, realized: { running: out.includes("running=yes") } };
   },
   async update(_id, olds, news) {
-    if (olds.hosts[0].name !== news.hosts[0].name) await runChecked(olds.hosts[0], [proxyDeleteStep()]);
-    await runChecked(news.hosts[0], proxyStartSteps(news));
+    const o = ownerIn(olds);
+    const guard = (owners: string[]): Step[] => (owners[0] ? [guardStep(proxyOwned, owners, true)] : []);
+    if (olds.hosts[0].name !== news.hosts[0].name) {
+      await runChecked(news.hosts[0], [claimStep(proxyOwned, news.owner)]);
+      await runChecked(olds.hosts[0], [
+        ...guard([o]),
+        proxyDeleteStep(),
+        ...(o ? [releaseOwnerStep(proxyOwned, [o])] : []),
+      ]);
+    }
+    await runChecked(news.hosts[0], [
+      ...guard([news.owner, o].filter((x) => x !== "")),
+      ...proxyStartSteps(news),
+    ]);
     return outputsFor(news, true);
   },
   async delete(_id, olds) {
-    await runChecked(olds.hosts[0], [proxyDeleteStep()]);
+    const o = ownerIn(olds);
+    // Another stack's proxy on this controller is refused before anything is stopped or removed.
+    await runChecked(olds.hosts[0], [
+      ...(o ? [guardStep(proxyOwned, [o])] : []),
+      proxyDeleteStep(),
+      ...(o ? [releaseOwnerStep(proxyOwned, [o])] : []),
+    ]);
   },
 });
 export const consoleProxyProvider = consoleProxy.provider;
 
-export interface ConsoleProxyArgs {
+export interface ConsoleProxyArgs extends InProjectArgs {
   /** @default "" (the controller's management address) */
   readonly listenAddress?: pulumi.Input<string>;
   /** @default 6080 (Nova's novncproxy port) */
@@ -209,6 +265,8 @@ export interface ConsoleProxyArgs {
   /** @default "/usr/share/novnc" */
   readonly webDir?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** Owner (kit/owner.ts). @default filled by the base class */
+  readonly owner?: pulumi.Input<string>;
 }
 
 /** The noVNC console proxy on the controller (`pulumi-nodejs:dynamic/kvmlab:ConsoleProxy`). */
@@ -228,6 +286,16 @@ export function consoleUrl(baseUrl: string, token: string): string {
 /** Default token lifetime: Nova's `[consoleauth] token_ttl`, 600 s. */
 export const CONSOLE_TOKEN_TTL_SEC = 600;
 
+/** Longest token lifetime kvmlab issues: one hour (a console URL is a credential). */
+export const CONSOLE_TOKEN_TTL_MAX_SEC = 3600;
+
+/** The reason a token lifetime is refused, or undefined (an integer 1..{@link CONSOLE_TOKEN_TTL_MAX_SEC}). */
+export function checkTtlSec(v: unknown): string | undefined {
+  return typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= CONSOLE_TOKEN_TTL_MAX_SEC
+    ? undefined
+    : `ttlSec: expected an integer 1-${CONSOLE_TOKEN_TTL_MAX_SEC} (seconds; default ${CONSOLE_TOKEN_TTL_SEC}), got ${showValue(v)}`;
+}
+
 /**
  * Issues a console token for `server` to `user` (`<domain>/<name>`), valid `ttlSec` seconds.
  * Refuses when the server is not found on any host, has no project, or the user holds no role
@@ -240,6 +308,8 @@ export async function issueConsoleToken(
   ttlSec: number = CONSOLE_TOKEN_TTL_SEC,
 ): Promise<{ url: string; token: string; expires: number; host: string; vncPort: number }> {
   const crypto: typeof import("node:crypto") = require("node:crypto");
+  const ttlProblem = checkTtlSec(ttlSec);
+  if (ttlProblem) throw new Error(ttlProblem);
   const controller = hosts[0];
   // The server's record and VNC display, from every host in one batch each.
   const found = await Promise.all(

@@ -54,9 +54,10 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
 
-export interface FlavorArgs {
+export interface FlavorArgs extends InProjectArgs {
   /** Flavor name (servers refer to it). @default the resource name */
   readonly flavorName?: pulumi.Input<string>;
   /** Virtual CPUs, 1-255 (the Server's limit). */

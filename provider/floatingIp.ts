@@ -42,6 +42,7 @@ import {
   guardStep,
   ownerIn,
   releaseOwnerStep,
+  sameStackStep,
   type OwnedObject,
   changedKeys,
   defineResource,
@@ -53,7 +54,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import { allocateAddress, releaseAddress } from "./ipam";
 
 /** What a floating IP points at: a server port's fixed IP or a load balancer VIP. */
@@ -75,7 +78,7 @@ export interface FloatingIpExternal {
 
 type Inputish<T> = { [K in keyof T]: pulumi.Input<T[K]> };
 
-export interface FloatingIpArgs {
+export interface FloatingIpArgs extends InProjectArgs {
   /** @default the resource name */
   readonly fipName?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
@@ -340,6 +343,19 @@ function ipamRef(i: Pick<FloatingIpInputs, "hosts" | "external">) {
   };
 }
 
+/**
+ * The router a floating IP lives in, for the same-stack check (the Router's own marker, see
+ * router.ts routerOwned; Neutron refuses another tenant's router).
+ */
+function routerOf(inputs: FloatingIpInputs): OwnedObject {
+  return {
+    kind: "router",
+    key: [inputs.routerName],
+    what: `router ${inputs.routerName}`,
+    field: "routerName",
+  };
+}
+
 /** The floating IP's objects on its router's host, for the owner guards. */
 export function floatingIpOwned(fipName: string): OwnedObject {
   return {
@@ -360,7 +376,8 @@ async function applyFloatingIp(
   const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
   await requireFeatures(host, ["firewall"]);
   const guard = guardStep(floatingIpOwned(inputs.fipName), owners, true);
-  await withHostLock(host, () => runChecked(host, [guard]));
+  const router = sameStackStep(routerOf(inputs), inputs.owner, `floating IP ${inputs.fipName}`);
+  await withHostLock(host, () => runChecked(host, [guard, router]));
   const floatingIp = await allocateAddress(
     ipamRef(inputs),
     floatingIpOwner(inputs.fipName),
@@ -419,10 +436,15 @@ const floatingIp = defineResource<FloatingIpInputs, FloatingIpOutputs>({
   secretOutputs: ["hosts"],
   check: (news) => checkFloatingIpInputs(news),
   diff: diffFloatingIp,
+  quota: charges(() => ({ floatingIps: 1 })), // issue 14: charged to the project by the kit
   async create(inputs) {
     const host = hostNamed(inputs.hosts, inputs.host, "floating IP");
-    const [claim] = await withHostLock(host, () =>
-      runChecked(host, [claimStep(floatingIpOwned(inputs.fipName), inputs.owner)]),
+    // A foreign router is refused before anything is claimed or allocated.
+    const [, claim] = await withHostLock(host, () =>
+      runChecked(host, [
+        sameStackStep(routerOf(inputs), inputs.owner, `floating IP ${inputs.fipName}`),
+        claimStep(floatingIpOwned(inputs.fipName), inputs.owner),
+      ]),
     );
     const made = { floatingIp: "" };
     try {

@@ -67,6 +67,7 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
 import {
   checkDiskInfo,
@@ -104,7 +105,7 @@ export interface ImageSourceArgs {
   readonly sha256: pulumi.Input<string>;
 }
 
-export interface ImageArgs {
+export interface ImageArgs extends InProjectArgs {
   /** Name in the store and records. @default the resource name */
   readonly imageName?: pulumi.Input<string>;
   /** Hosts that need the image. @default (in components) every host */
@@ -485,11 +486,30 @@ async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
 }
 
 /** Sends a local file over SFTP on the pooled connection (a fresh one in naive mode). */
-async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
+export async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
   const ssh = await pooledSsh(host);
+  // A connection lost during the transfer must fail the upload. After an SSH blackout ssh2's
+  // keepalive reports an error and half-closes, but the socket's "close" (which ends the SFTP
+  // channel) waits for TCP to give up, many minutes later: the upload waited that long (the
+  // blackout fault test, issue 15). So any of error/end/close ends it.
+  const conn = ssh.connection as unknown as {
+    on(ev: string, cb: (e?: Error) => void): void;
+    removeListener(ev: string, cb: (e?: Error) => void): void;
+  } | null;
+  let onGone: (e?: Error) => void = () => undefined;
+  const lost = new Promise<never>((_, reject) => {
+    onGone = (e?: Error) =>
+      reject(
+        new Error(
+          `host ${host.name}: SSH connection lost while sending ${localPath} to ${remotePath}${e?.message ? ` (${e.message})` : ""}`,
+        ),
+      );
+  });
+  for (const ev of ["error", "end", "close"]) conn?.on(ev, onGone);
   try {
-    await ssh.putFile(localPath, remotePath);
+    await Promise.race([ssh.putFile(localPath, remotePath), lost]);
   } finally {
+    for (const ev of ["error", "end", "close"]) conn?.removeListener(ev, onGone);
     if (hostPool().mode === "naive") ssh.dispose();
   }
 }
@@ -704,7 +724,7 @@ export function imageOutputs(
 async function converge(
   inputs: ImageInputs,
   what: string,
-  guard: { made: HostConnection[] } | { owners: readonly string[] },
+  guard: { made: HostConnection[] } | { owners: readonly string[]; newHosts: ReadonlySet<string> },
 ): Promise<ImageOutputs> {
   const realized: Record<string, ImageHostState> = {};
   let sizes: Partial<Record<ImageRole, number>> = {};
@@ -714,7 +734,11 @@ async function converge(
     const r = await ensureOnHost(
       inputs,
       h,
-      "made" in guard ? claimStep(owned, inputs.owner) : guardStep(owned, guard.owners, true),
+      // A host new to the image (an update that adds it) is a create there: claim it, so an
+      // unmarked image already on that host is refused rather than adopted (as Network does).
+      "made" in guard || guard.newHosts.has(h.name)
+        ? claimStep(owned, inputs.owner)
+        : guardStep(owned, guard.owners, true),
       (out) => {
         if ("made" in guard && claimedNow(out)) guard.made.push(h);
       },
@@ -790,7 +814,11 @@ const image = defineResource<ImageInputs, ImageOutputs>({
     );
     // Local files are checked only when a host needs them (a file deleted locally after
     // create does not block a metadata update).
-    return converge(news, `update image ${news.imageName}`, { owners: [news.owner, ownerIn(olds)] });
+    const had = new Set(olds.hosts.map((h) => h.name));
+    return converge(news, `update image ${news.imageName}`, {
+      owners: [news.owner, ownerIn(olds)],
+      newHosts: new Set(news.hosts.filter((h) => !had.has(h.name)).map((h) => h.name)),
+    });
   },
 
   async delete(_id, olds) {

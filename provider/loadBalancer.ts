@@ -66,6 +66,7 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
 import { allocateAddress, ipv4ToInt, parseCidr4, releaseAddress } from "./ipam";
 import type { NetworkDriver } from "./network";
@@ -87,7 +88,7 @@ import {
 
 export * from "./loadBalancer/steps";
 
-export interface LoadBalancerArgs {
+export interface LoadBalancerArgs extends InProjectArgs {
   /** Name on the hosts. @default the resource name */
   readonly lbName?: pulumi.Input<string>;
   /** The VIP network's hosts (the load balancer runs on one of them). */

@@ -67,7 +67,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 
 // Kept here for programs and modules that imported them from the Network provider.
 export { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./kit";
@@ -75,7 +77,7 @@ export { hostKeyRecord, pinnedHost, type HostConnectionArgs } from "./kit";
 export type NetworkKind = "provider" | "selfservice";
 export type NetworkDriver = "linuxbridge" | "openvswitch";
 
-export interface NetworkArgs {
+export interface NetworkArgs extends InProjectArgs {
   /** Name on the hosts (records, external_ids, qdhcp namespace). @default the resource name */
   readonly networkName?: pulumi.Input<string>;
   readonly kind: pulumi.Input<NetworkKind>;
@@ -484,6 +486,7 @@ const network = defineResource<NetworkInputs, NetworkOutputs>({
   secretOutputs: ["hosts"],
   check: (news) => checkNetworkInputs(news),
   diff: diffNetwork,
+  quota: charges(() => ({ networks: 1 })), // issue 14: charged to the project by the kit
 
   async create(inputs) {
     const realized: Record<string, NetworkHostState> = {};

@@ -21,15 +21,11 @@ import {
   type Quotas,
   type Usage,
 } from "../core/identity";
-import {
-  parseRecord,
-  readRecordStep,
-  runChecked,
-  withHostLock,
-  writeRecordStep,
-  deleteRecordStep,
-  type HostConnection,
-} from "./host";
+// From the host modules themselves, not ./host's index: the provider kit imports this module.
+import type { HostConnection } from "./host/connection";
+import type { QuotaSpec } from "./kit/quota";
+import { deleteRecordStep, parseRecord, readRecordStep, writeRecordStep } from "./host/files";
+import { runChecked, withHostLock } from "./host/session";
 
 export const QUOTA_RECORD_KIND = "quota-usage";
 
@@ -71,15 +67,20 @@ export async function reserveQuota(
   });
 }
 
-/** Drops `holder`'s reservation (idempotent; removes the ledger when it empties). */
-export async function releaseQuota(host: HostConnection, project: string, holder: string): Promise<void> {
+/** Drops the holders' reservations (idempotent; removes the ledger when it empties). */
+export async function releaseQuota(
+  host: HostConnection,
+  project: string,
+  holder: string | readonly string[],
+): Promise<void> {
+  const holders = typeof holder === "string" ? [holder] : holder;
   await withHostLock(host, async () => {
     const name = identityRecordName(project);
     const [l] = await runChecked(host, [readRecordStep(QUOTA_RECORD_KIND, name)]);
     const led = parseRecord<LedgerRecord>(l, `${QUOTA_RECORD_KIND}/${project}`);
-    if (!led || !(holder in led.ledger)) return;
+    if (!led || !holders.some((h) => h in led.ledger)) return;
     const rest = { ...led.ledger };
-    delete rest[holder];
+    for (const h of holders) delete rest[h];
     await runChecked(host, [
       Object.keys(rest).length === 0
         ? deleteRecordStep(QUOTA_RECORD_KIND, name)
@@ -95,4 +96,16 @@ export async function readQuota(
 ): Promise<{ limits: Quotas; usage: Quotas; ledger: Ledger }> {
   const { limits, ledger } = await readBoth(host, project);
   return { limits, usage: ledgerUsage(ledger), ledger };
+}
+
+/**
+ * A resource's quota declaration for the provider kit (`quota: charges((i) => ({ routers: 1 }))`):
+ * the usage function plus this ledger. See provider/kit/quota.ts for what the kit does with it.
+ */
+export function charges<I>(usage: (i: I) => Usage, legacyHolders?: (o: I) => string[]): QuotaSpec<I> {
+  return {
+    usage,
+    ledger: { reserve: reserveQuota, release: releaseQuota },
+    ...(legacyHolders ? { legacyHolders } : {}),
+  };
 }

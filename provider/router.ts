@@ -63,7 +63,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import { allocateAddress, releaseAddress } from "./ipam";
 import type { NetworkDriver } from "./network";
 
@@ -89,7 +91,7 @@ export interface RouterExternal extends RouterLeg {
 
 type Inputish<T> = { [K in keyof T]: pulumi.Input<T[K]> };
 
-export interface RouterArgs {
+export interface RouterArgs extends InProjectArgs {
   /** @default the resource name */
   readonly routerName?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
@@ -507,24 +509,23 @@ async function applyRouter(
   const guard = guardStep(routerOwned(inputs.routerName), owners, true);
   await withHostLock(host, () => runChecked(host, [guard]));
   const owner = routerGatewayOwner(inputs.routerName);
-  if (
-    olds &&
-    (olds.external.subnetName !== inputs.external.subnetName ||
-      olds.external.address !== inputs.external.address)
-  )
-    await releaseAddress(externalRef(olds), owner, ownerIn(olds));
+  // The new gateway address is taken BEFORE the old one is given up: a refused address (taken,
+  // outside the subnet) leaves the router on its old gateway. In the same IPAM record the move
+  // is one atomic allocation (planAllocation gives up the owner's old fixed address).
   await allocateAddress(externalRef(inputs), owner, {
     fixedIp: inputs.external.address,
     holder: inputs.owner,
   });
-  return withHostLock(host, async () => {
-    const dir = routerDir(inputs.routerName);
-    const outs = await runChecked(
+  const moved = olds !== undefined && externalMoved(olds, inputs);
+  const outs = await withHostLock(host, async () =>
+    runChecked(
       host,
       [
         guard,
+        // Another external network (bridge or driver): the gateway leg is made anew on it.
+        ...(olds && olds.external.bridge !== inputs.external.bridge ? [gatewayUnplugStep(olds)] : []),
         routerPlumbStep(inputs),
-        uploadStep(`${dir}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
+        uploadStep(`${routerDir(inputs.routerName)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
         routerRulesStep(inputs),
         writeRecordStep("router", inputs.routerName, {
           router: inputs.routerName,
@@ -536,9 +537,35 @@ async function applyRouter(
         routerReadStep(inputs),
       ],
       { timeoutMs: 60_000 },
-    );
-    return parseRouterState(outs[outs.length - 1]);
-  });
+    ),
+  );
+  // The old gateway's record (another network, subnet or IPAM host) lets go only now.
+  if (olds && moved) await releaseAddress(externalRef(olds), owner, ownerIn(olds));
+  return parseRouterState(outs[outs.length - 1]);
+}
+
+/** True when the external leg moved to another IPAM record (network, subnet or its host). */
+function externalMoved(olds: RouterInputs, news: RouterInputs): boolean {
+  return (
+    olds.external.networkName !== news.external.networkName ||
+    olds.external.subnetName !== news.external.subnetName ||
+    olds.external.ipamHost !== news.external.ipamHost
+  );
+}
+
+/** Step: removes the router's gateway leg from the OLD external bridge (update to another network). */
+function gatewayUnplugStep(olds: RouterInputs): Step {
+  const n = routerNames(olds.routerName);
+  return {
+    label: `unplug router ${olds.routerName}'s gateway from bridge ${olds.external.bridge}`,
+    script: [
+      `hd=${shQuote(n.gatewayHostDevice)}; br=${shQuote(olds.external.bridge)}`,
+      olds.external.driver === "openvswitch"
+        ? 'command -v ovs-vsctl >/dev/null 2>&1 && ovs-vsctl --if-exists del-port "$br" "$hd"'
+        : "true",
+      'ip link del dev "$hd" 2>/dev/null || true',
+    ].join("\n"),
+  };
 }
 
 async function removeRouter(o: RouterInputs): Promise<void> {
@@ -577,6 +604,7 @@ const router = defineResource<RouterInputs, RouterOutputs>({
   secretOutputs: ["hosts"],
   check: (news) => checkRouterInputs(news),
   diff: diffRouter,
+  quota: charges(() => ({ routers: 1 })), // issue 14: charged to the project by the kit
   async create(inputs) {
     const host = routerHost(inputs);
     const [claim] = await withHostLock(host, () =>

@@ -20,7 +20,8 @@ import {
   DEFAULT_EGRESS,
   SG_SHARED_CHAINS,
   checkSgRule,
-  conntrackZone,
+  CONNTRACK_ZONES,
+  ZONE_ON_HOST,
   hybridDevices,
   portFirewallChains,
   portFirewallJumps,
@@ -65,7 +66,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import type { NetworkDriver } from "./network";
 
 export type { SecurityGroupRule } from "../core/securityGroup";
@@ -102,7 +105,7 @@ export function normalizeRule(r: SecurityGroupRuleArgs): SecurityGroupRule {
 
 // ---------------------------------------------------------------- SecurityGroup
 
-export interface SecurityGroupArgs {
+export interface SecurityGroupArgs extends InProjectArgs {
   readonly groupName?: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
   readonly rules?: pulumi.Input<SecurityGroupRuleArgs[]>;
@@ -238,7 +241,7 @@ async function applyGroup(
   inputs: SecurityGroupInputs,
   removed: string[],
   owners: readonly string[],
-  adoptUnmarked: boolean,
+  adoptUnmarked: (host: HostConnection) => boolean,
 ): Promise<SecurityGroupOutputs> {
   const realized: Record<string, string[] | null> = {};
   await onEveryHost(inputs.hosts, `security group ${inputs.groupName}`, async (h) => {
@@ -246,7 +249,7 @@ async function applyGroup(
     const outs = await withHostLock(h, () =>
       runChecked(h, [
         // First: a group of another owner stops the batch before anything is written.
-        guardStep(securityGroupOwned(inputs.groupName), owners, adoptUnmarked),
+        guardStep(securityGroupOwned(inputs.groupName), owners, adoptUnmarked(h)),
         uploadStep(`${KVMLAB_STATE_DIR}/secgroups/${inputs.groupName}/ipset.restore`, inputs.ipset, {
           mode: "0644",
         }),
@@ -288,6 +291,10 @@ const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>(
   secretOutputs: ["hosts"],
   check: (news) => checkSecurityGroupInputs(news),
   diff: diffSecurityGroup,
+  quota: charges((i) => ({
+    securityGroups: 1,
+    securityGroupRules: i.rules.length + (i.defaultEgress ? 1 : 0),
+  })), // issue 14: charged to the project by the kit
   async create(inputs) {
     // Claim on every host first; a host where another owner holds the group refuses the create.
     const made: HostConnection[] = [];
@@ -298,7 +305,7 @@ const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>(
         );
         if (claimedNow(c)) made.push(h);
       });
-      return { id: inputs.groupName, outs: await applyGroup(inputs, [], [inputs.owner], false) };
+      return { id: inputs.groupName, outs: await applyGroup(inputs, [], [inputs.owner], () => false) };
     } catch (err) {
       // Clean only the hosts where this call made the group (never another owner's).
       for (const h of made)
@@ -317,12 +324,39 @@ const securityGroup = defineResource<SecurityGroupInputs, SecurityGroupOutputs>(
     return Object.values(realized).some((v) => v !== null) ? { ...props, realized } : undefined;
   },
   async update(_id, olds, news) {
-    return applyGroup(
+    const oldNames = new Set(olds.hosts.map((h) => h.name));
+    const newNames = new Set(news.hosts.map((h) => h.name));
+    // A host the update adds is claimed as at create: an object already there with no marker
+    // (or another owner's) is refused, never adopted. Only hosts the group was already on may
+    // adopt a missing marker (state from before owners were recorded).
+    const added = news.hosts.filter((h) => !oldNames.has(h.name));
+    const made: HostConnection[] = [];
+    try {
+      for (const h of added) {
+        const [c] = await withHostLock(h, () =>
+          runChecked(h, [claimStep(securityGroupOwned(news.groupName), news.owner)]),
+        );
+        if (claimedNow(c)) made.push(h);
+      }
+    } catch (err) {
+      for (const h of made)
+        await withHostLock(h, () => runChecked(h, removeGroupSteps(news.groupName, news.owner))).catch(
+          () => undefined,
+        );
+      throw err;
+    }
+    const outs = await applyGroup(
       news,
       olds.members.filter((m) => !news.members.includes(m)),
       [news.owner, ownerIn(olds)],
-      true,
+      (h) => oldNames.has(h.name),
     );
+    // Hosts the update drops lose the group (its set and folder), guarded by its owner.
+    const dropped = olds.hosts.filter((h) => !newNames.has(h.name));
+    await onEveryHost(dropped, `security group ${olds.groupName}`, (h) =>
+      withHostLock(h, () => runChecked(h, removeGroupSteps(olds.groupName, ownerIn(olds)))),
+    );
+    return outs;
   },
   async delete(_id, olds) {
     await onEveryHost(olds.hosts, `security group ${olds.groupName}`, (h) =>
@@ -348,7 +382,7 @@ export class SecurityGroup extends KvmlabResource<SecurityGroupInputs, SecurityG
 
 // ---------------------------------------------------------------- SecurityGroupPort
 
-export interface SecurityGroupPortArgs {
+export interface SecurityGroupPortArgs extends InProjectArgs {
   /** A unique port name, e.g. `<server>-<index>`. */
   readonly portName: pulumi.Input<string>;
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
@@ -357,6 +391,11 @@ export interface SecurityGroupPortArgs {
   readonly tap: pulumi.Input<string>;
   readonly mac: pulumi.Input<string>;
   readonly ip: pulumi.Input<string>;
+  /**
+   * Further addresses the port may send from with its MAC (Neutron's allowed_address_pairs,
+   * e.g. the VIP on a load balancer amphora). @default []
+   */
+  readonly allowedAddresses?: pulumi.Input<pulumi.Input<string>[]>;
   readonly driver: pulumi.Input<NetworkDriver>;
   /** The network's bridge (Network.bridge). */
   readonly networkBridge: pulumi.Input<string>;
@@ -373,6 +412,7 @@ export interface SecurityGroupPortInputs {
   tap: string;
   mac: string;
   ip: string;
+  allowedAddresses: string[];
   driver: NetworkDriver;
   networkBridge: string;
   groups: { groupName: string; rules: SecurityGroupRule[] }[];
@@ -398,8 +438,8 @@ export interface SecurityGroupPortOutputs extends SecurityGroupPortInputs {
 }
 
 /** The bridge a port's tap joins, and the bridge whose traffic carries its conntrack zone. */
-export function portBridgeOf(portName: string, driver: NetworkDriver, networkBridge: string): string {
-  return driver === "openvswitch" ? hybridDevices(portName).qbr : networkBridge;
+export function portBridgeOf(tap: string, driver: NetworkDriver, networkBridge: string): string {
+  return driver === "openvswitch" ? hybridDevices(tap).qbr : networkBridge;
 }
 
 export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Checked {
@@ -422,6 +462,20 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
     add("mac", `mac: expected a lower-case MAC like fa:16:3e:00:00:01, got ${showValue(news.mac)}`);
   if (isKnown(news.ip) && !isIPv4(news.ip))
     add("ip", `ip: expected the port's IPv4 address, got ${showValue(news.ip)}`);
+  const pairs = news.allowedAddresses ?? [];
+  out.allowedAddresses = pairs;
+  if (isKnown(pairs)) {
+    if (!Array.isArray(pairs))
+      add("allowedAddresses", `allowedAddresses: expected a list of IPv4 addresses, got ${showValue(pairs)}`);
+    else
+      pairs.forEach((a, i) => {
+        if (isKnown(a) && !isIPv4(a))
+          add(
+            `allowedAddresses[${i}]`,
+            `allowedAddresses[${i}]: expected an IPv4 address the port may also send from, got ${showValue(a)}`,
+          );
+      });
+  }
   if (isKnown(news.driver) && news.driver !== "linuxbridge" && news.driver !== "openvswitch")
     add("driver", `driver: expected "linuxbridge" or "openvswitch", got ${showValue(news.driver)}`);
   const groups = news.groups ?? [];
@@ -443,10 +497,12 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
   }
   const ready =
     ["portName", "tap", "mac", "ip", "driver", "networkBridge"].every((k) => isKnown(news[k])) &&
-    isKnown(groups);
+    isKnown(groups) &&
+    Array.isArray(pairs) &&
+    pairs.every((a) => isKnown(a));
   if (found.failures.length === 0 && ready) {
     const zoneBridge = portBridgeOf(
-      news.portName as string,
+      news.tap as string,
       news.driver as NetworkDriver,
       news.networkBridge as string,
     );
@@ -455,8 +511,9 @@ export function checkSecurityGroupPortInputs(news: Record<string, unknown>): Che
       tap: news.tap as string,
       mac: news.mac as string,
       ip: news.ip as string,
+      allowedAddresses: pairs as string[],
       zoneBridge,
-      zone: conntrackZone(zoneBridge),
+      zone: ZONE_ON_HOST,
       rules: (groups as { rules: SecurityGroupRule[] }[]).flatMap((g) => g.rules),
       emptyGroups: [],
     });
@@ -477,7 +534,17 @@ export function diffSecurityGroupPort(
   news: SecurityGroupPortInputs,
 ): DiffResult {
   const replaces = changedKeys(olds, news, SECURITY_GROUP_PORT_REPLACE_KEYS);
-  const updates = changedKeys(olds, news, ["hosts", "mac", "ip", "groups", "ruleset", "owner"]);
+  // States from before allowedAddresses existed have none: the same as [].
+  const was = { ...olds, allowedAddresses: olds.allowedAddresses ?? [] };
+  const updates = changedKeys(was, news, [
+    "hosts",
+    "mac",
+    "ip",
+    "allowedAddresses",
+    "groups",
+    "ruleset",
+    "owner",
+  ]);
   const r = olds.realized;
   const drift =
     !r ||
@@ -487,17 +554,46 @@ export function diffSecurityGroupPort(
   return { changes: replaces.length > 0 || updates.length > 0 || drift, replaces, deleteBeforeReplace: true };
 }
 
-function portDir(portName: string): string {
-  return `${KVMLAB_STATE_DIR}/ports/${portName}`;
+/** The port's folder on its host, keyed by its tap (its identity there). */
+function portDir(tap: string): string {
+  return `${KVMLAB_STATE_DIR}/ports/${tap}`;
 }
 
-function portDump(portName: string): string {
-  const c = portFirewallChains(portName);
+/** Conntrack zone records: `<N>.zone` holds the bridge the zone is for, `<N>.users/` its ports' taps. */
+export const ZONE_DIR = `${KVMLAB_STATE_DIR}/ctzones`;
+
+/**
+ * Shell lines that set `$zone` to the zone allocated to `bridge` (allocating the lowest free one
+ * and recording this port as a user). Runs under the host lock (withHostLock), so two ports never
+ * get the same new number.
+ */
+export function zoneAllocateLines(bridge: string, tap: string): string[] {
+  return [
+    ...zoneFindLines(bridge),
+    'if [ -z "$zone" ]; then',
+    `  z=${CONNTRACK_ZONES.min}; while [ -e "$zd/$z.zone" ]; do z=$((z+1)); done`,
+    `  [ "$z" -le ${CONNTRACK_ZONES.max} ] || { echo "no free conntrack zone on this host (${CONNTRACK_ZONES.min}-${CONNTRACK_ZONES.max} are allocated in ${ZONE_DIR}); delete unused ports" >&2; exit 54; }`,
+    `  printf '%s\\n' ${shQuote(bridge)} > "$zd/$z.zone"; zone=$z`,
+    "fi",
+    `mkdir -p "$zd/$zone.users"; : > "$zd/$zone.users/"${shQuote(tap)}`,
+  ];
+}
+
+/** Shell lines that set `$zone` to the zone recorded for `bridge`, or "" (and `$zd`). */
+function zoneFindLines(bridge: string): string[] {
+  return [
+    `zd=${shQuote(ZONE_DIR)}; mkdir -p "$zd"; zone=""`,
+    `for zf in "$zd"/*.zone; do [ -e "$zf" ] || continue; if [ "$(head -n1 "$zf")" = ${shQuote(bridge)} ]; then zone=$(basename "$zf" .zone); break; fi; done`,
+  ];
+}
+
+function portDump(tap: string): string {
+  const c = portFirewallChains(tap);
   return `dump() { { iptables-save -t filter; iptables-save -t raw; } 2>/dev/null | grep -E '^-A (${c.ingress}|${c.egress}|${c.spoof}|${c.zone}) ' | sed 's/\\[[0-9:]*\\]//'; }`;
 }
 
 /** conntrack -D arguments that end the flows a rule allowed for a port (Neutron's cleanup). */
-export function conntrackDeleteArgs(r: SecurityGroupRule, ip: string, zone: number): string {
+export function conntrackDeleteArgs(r: SecurityGroupRule, ip: string, zone: number | string): string {
   const a = [`-w ${zone}`];
   a.push(r.direction === "ingress" ? `-d ${ip}` : `-s ${ip}`);
   if (r.protocol !== "any") a.push(`-p ${r.protocol}`);
@@ -513,14 +609,13 @@ export function portApplyStep(
   inputs: SecurityGroupPortInputs,
   removedRules: readonly SecurityGroupRule[],
 ): Step {
-  const dir = portDir(inputs.portName);
-  const zoneBridge = portBridgeOf(inputs.portName, inputs.driver, inputs.networkBridge);
-  const zone = conntrackZone(zoneBridge);
-  const hy = hybridDevices(inputs.portName);
+  const dir = portDir(inputs.tap);
+  const zoneBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
+  const hy = hybridDevices(inputs.tap);
   const lines = [
     "set -e",
     `f=${shQuote(`${dir}/rules.v4`)}; saved=${shQuote(`${dir}/rules.saved`)}`,
-    portDump(inputs.portName),
+    portDump(inputs.tap),
     'for t in conntrack ipset; do command -v $t >/dev/null || { echo "$t is missing on this host; install the Debian package $t" >&2; exit 52; }; done',
     `[ -e /sys/class/net/${inputs.networkBridge} ] || { echo "bridge ${inputs.networkBridge} is missing on this host; create the Network on it first" >&2; exit 53; }`,
     // br_netfilter: bridged IPv4 goes through iptables (per network namespace since Linux 5.3).
@@ -529,7 +624,12 @@ export function portApplyStep(
   ];
   if (inputs.driver === "openvswitch")
     lines.push(
-      `ip link show ${hy.qbr} >/dev/null 2>&1 || ip link add ${hy.qbr} type bridge`,
+      // A tap plugged straight into OVS would bypass iptables: refuse, naming the fix.
+      `if b=$(ovs-vsctl port-to-br ${inputs.tap} 2>/dev/null); then echo "port ${inputs.tap} is plugged straight into OVS bridge $b, where iptables cannot filter it; security groups on OVS need Neutron's hybrid layout: give the port securityGroups in the Server component (it plugs the tap into ${hy.qbr}), or plug the device into ${hy.qbr}" >&2; exit 55; fi`,
+      // The Server (components/server.ts sets ports[].hybrid) normally made the plumbing before
+      // the guest started; for a device nobody plumbed (a namespace, a VIP veth) the port makes
+      // it and records that, so its delete removes only what it made.
+      `if ! ip link show ${hy.qbr} >/dev/null 2>&1; then : > ${shQuote(`${dir}/hybrid.made`)}; ip link add ${hy.qbr} type bridge; fi`,
       `ip link set ${hy.qbr} type bridge forward_delay 0 2>/dev/null || true`,
       `if ! ip link show ${hy.qvb} >/dev/null 2>&1; then ip link del ${hy.qvo} 2>/dev/null || true; ip link add ${hy.qvb} mtu 9000 type veth peer name ${hy.qvo}; fi`,
       `mtu=$(cat /sys/class/net/${inputs.networkBridge}/mtu); ip link set ${hy.qvb} mtu $mtu; ip link set ${hy.qvo} mtu $mtu`,
@@ -541,6 +641,9 @@ export function portApplyStep(
   lines.push(
     `iptables -w -N ${SG_SHARED_CHAINS.chain} 2>/dev/null && iptables -w -A ${SG_SHARED_CHAINS.chain} -m comment --comment "kvmlab: ports without a matching rule above" -j ACCEPT || true`,
     `iptables -w -N ${SG_SHARED_CHAINS.fallback} 2>/dev/null && iptables -w -A ${SG_SHARED_CHAINS.fallback} -m comment --comment "kvmlab: default drop rule for unmatched traffic" -j DROP || true`,
+    // The zone (allocated here, under the host lock) goes into the rendered ruleset.
+    ...zoneAllocateLines(zoneBridge, inputs.tap),
+    `sed -i "s/${ZONE_ON_HOST}/$zone/g" "$f.new"`,
     'if ! { [ -f "$f" ] && cmp -s "$f.new" "$f" && [ -f "$saved" ] && dump | cmp -s - "$saved"; }; then',
     '  iptables-restore -n -w < "$f.new"; mv -f "$f.new" "$f"; dump > "$saved"',
     'else rm -f "$f.new"; fi',
@@ -549,8 +652,9 @@ export function portApplyStep(
         `iptables -w -t ${t} -C ${chain} ${rule} 2>/dev/null || iptables -w -t ${t} ${how === "insert" ? `-I ${chain} 1` : `-A ${chain}`} ${rule}`,
     ),
     ...removedRules.map(
-      (r) => `conntrack -D ${conntrackDeleteArgs(r, inputs.ip, zone)} >/dev/null 2>&1 || true`,
+      (r) => `conntrack -D ${conntrackDeleteArgs(r, inputs.ip, "$zone")} >/dev/null 2>&1 || true`,
     ),
+    "echo zone=$zone",
   );
   return { label: `apply security groups of port ${inputs.portName}`, script: lines.join("\n") };
 }
@@ -558,13 +662,13 @@ export function portApplyStep(
 export function portReadStep(
   inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge">,
 ): Step {
-  const dir = portDir(inputs.portName);
-  const hy = hybridDevices(inputs.portName);
+  const dir = portDir(inputs.tap);
+  const hy = hybridDevices(inputs.tap);
   return {
     label: `read security groups of port ${inputs.portName}`,
     script: [
       `saved=${shQuote(`${dir}/rules.saved`)}`,
-      portDump(inputs.portName),
+      portDump(inputs.tap),
       'if [ ! -f "$saved" ]; then echo rules=none; elif dump | cmp -s - "$saved"; then echo rules=sync; else echo rules=drift; fi',
       "n=0",
       ...portFirewallJumps(inputs.portName, inputs.tap).map(
@@ -572,14 +676,15 @@ export function portReadStep(
       ),
       "echo jumps=$n",
       inputs.driver === "openvswitch"
-        ? `m=$(readlink /sys/class/net/${hy.qvb}/master 2>/dev/null || true); b=$(ovs-vsctl port-to-br ${hy.qvo} 2>/dev/null || true); echo "hybrid=$([ "\${m##*/}" = ${hy.qbr} ] && [ "$b" = ${inputs.networkBridge} ] && echo yes || echo no)"`
+        ? // The plumbing, and the tap (when it exists) in qbr rather than anywhere else.
+          `m=$(readlink /sys/class/net/${hy.qvb}/master 2>/dev/null || true); b=$(ovs-vsctl port-to-br ${hy.qvo} 2>/dev/null || true); t=yes; if [ -e /sys/class/net/${inputs.tap} ]; then tm=$(readlink /sys/class/net/${inputs.tap}/master 2>/dev/null || true); [ "\${tm##*/}" = ${hy.qbr} ] || t=no; fi; echo "hybrid=$([ "\${m##*/}" = ${hy.qbr} ] && [ "$b" = ${inputs.networkBridge} ] && [ $t = yes ] && echo yes || echo no)"`
         : "echo hybrid=",
     ].join("\n"),
   };
 }
 
 function parsePortState(stdout: string): SecurityGroupPortState {
-  const kv = parseKeyValues(stdout);
+  const kv = parseKeyValues(stdout.replace(/^zone=.*$/m, ""));
   return {
     rules: kv.get("rules") ?? "none",
     jumps: Number(kv.get("jumps") ?? "0"),
@@ -590,9 +695,10 @@ function parsePortState(stdout: string): SecurityGroupPortState {
 export function portDeleteStep(
   inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge" | "ip">,
 ): Step {
-  const c = portFirewallChains(inputs.portName);
-  const hy = hybridDevices(inputs.portName);
-  const zone = conntrackZone(portBridgeOf(inputs.portName, inputs.driver, inputs.networkBridge));
+  const c = portFirewallChains(inputs.tap);
+  const hy = hybridDevices(inputs.tap);
+  const zoneBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
+  const made = shQuote(`${portDir(inputs.tap)}/hybrid.made`);
   return {
     label: `delete security groups of port ${inputs.portName}`,
     script: [
@@ -603,30 +709,67 @@ export function portDeleteStep(
       `for ch in ${c.ingress} ${c.egress} ${c.spoof}; do iptables -w -F $ch 2>/dev/null || true; done`,
       `for ch in ${c.ingress} ${c.egress} ${c.spoof}; do iptables -w -X $ch 2>/dev/null || true; done`,
       `iptables -w -t raw -F ${c.zone} 2>/dev/null || true; iptables -w -t raw -X ${c.zone} 2>/dev/null || true`,
-      // The zone's entries for this port go (the whole zone for an OVS port: it is the port's own).
+      // The zone's entries for this port go (the whole zone for an OVS port: it is the port's own),
+      // then this port's use of the zone; the zone's record goes with its last user.
+      ...zoneFindLines(zoneBridge),
+      'if [ -n "$zone" ]; then',
       inputs.driver === "openvswitch"
-        ? `conntrack -D -w ${zone} >/dev/null 2>&1 || true`
-        : `conntrack -D -w ${zone} -s ${inputs.ip} >/dev/null 2>&1 || true; conntrack -D -w ${zone} -d ${inputs.ip} >/dev/null 2>&1 || true`,
+        ? '  conntrack -D -w "$zone" >/dev/null 2>&1 || true'
+        : `  conntrack -D -w "$zone" -s ${inputs.ip} >/dev/null 2>&1 || true; conntrack -D -w "$zone" -d ${inputs.ip} >/dev/null 2>&1 || true`,
+      `  rm -f "$zd/$zone.users/"${shQuote(inputs.tap)}`,
+      '  if rmdir "$zd/$zone.users" 2>/dev/null; then rm -f "$zd/$zone.zone"; fi',
+      "fi",
+      'rmdir "$zd" 2>/dev/null || true',
       // Shared chains go with the last port (sg-chain then holds only its final ACCEPT).
       `if [ "$(iptables -w -S ${SG_SHARED_CHAINS.chain} 2>/dev/null | grep -c '^-A')" = 1 ] && ! iptables -w -S FORWARD | grep -q ${SG_SHARED_CHAINS.chain}; then iptables -w -F ${SG_SHARED_CHAINS.chain}; iptables -w -X ${SG_SHARED_CHAINS.chain}; iptables -w -F ${SG_SHARED_CHAINS.fallback} 2>/dev/null; iptables -w -X ${SG_SHARED_CHAINS.fallback} 2>/dev/null || true; fi`,
+      // Hybrid plumbing only when this port made it (else it is the Server's, removed with it).
       inputs.driver === "openvswitch"
-        ? `ovs-vsctl --if-exists del-port ${hy.qvo}; ip link del ${hy.qvb} 2>/dev/null || true; ip link del ${hy.qbr} 2>/dev/null || true`
+        ? `if [ -e ${made} ]; then ovs-vsctl --if-exists del-port ${hy.qvo}; ip link del ${hy.qvb} 2>/dev/null || true; ip link del ${hy.qbr} 2>/dev/null || true; fi`
         : "true",
-      `rm -rf ${shQuote(portDir(inputs.portName))}`,
+      `rm -rf ${shQuote(portDir(inputs.tap))}`,
       `rmdir ${shQuote(`${KVMLAB_STATE_DIR}/ports`)} 2>/dev/null || true`,
     ].join("\n"),
   };
 }
 
-/** A port's firewall objects on its host (chains, hybrid devices, folder), for the owner guards. */
-export function securityGroupPortOwned(portName: string): OwnedObject {
-  const c = portFirewallChains(portName);
+/**
+ * A port's firewall objects on its host (chains, hybrid devices it made, folder), for the owner
+ * guards. Keyed by the TAP: the firewall filters that device, so whoever holds the marker of a
+ * tap is the only one who may change or remove its filtering, whatever portName they use.
+ */
+export function securityGroupPortOwned(tap: string): OwnedObject {
+  const c = portFirewallChains(tap);
   return {
     kind: "sgport",
-    key: [portName],
-    what: `security groups of port ${portName} (chain ${c.ingress})`,
-    field: "portName",
-    exists: `{ [ -d ${shQuote(portDir(portName))} ] || iptables -w -S ${c.ingress} >/dev/null 2>&1; }`,
+    key: [tap],
+    what: `the security groups of device ${tap} (chain ${c.ingress})`,
+    field: "tap",
+    exists: `{ [ -d ${shQuote(portDir(tap))} ] || iptables -w -S ${c.ingress} >/dev/null 2>&1; }`,
+  };
+}
+
+/**
+ * Refuses (exit 73) when the tap is a port of a kvmlab server of another project/stack than the
+ * SecurityGroupPort's owner: a stack filters only its own servers' ports. A device no server
+ * names (a namespace stand-in, a load balancer's VIP veth) is governed by the tap's marker alone.
+ */
+export function tapServerOwnerStep(tap: string, owner: string): Step {
+  const stack = owner.split("/").slice(0, 2).join("/");
+  return {
+    label: `check that device ${tap} is a port of this stack's servers`,
+    script: [
+      `for x in ${KVMLAB_STATE_DIR}/instances/*/domain.xml; do`,
+      '  [ -e "$x" ] || continue',
+      `  grep -qF -- ${shQuote(`<target dev='${tap}'/>`)} "$x" || continue`,
+      '  s=$(basename "$(dirname "$x")")',
+      `  o=$(head -n1 ${KVMLAB_STATE_DIR}/owners/server/"$s".owner 2>/dev/null || true)`,
+      '  [ -n "$o" ] || continue',
+      `  if [ "$(printf '%s' "$o" | cut -d/ -f1-2)" != ${shQuote(stack)} ]; then`,
+      `    echo "device ${tap} is a port of server $s, which belongs to $o; a SecurityGroupPort of ${stack} may filter only the ports of its own stack's servers. Fix: set the security groups in the stack that owns the server" >&2; exit 73`,
+      "  fi",
+      "done",
+      "true",
+    ].join("\n"),
   };
 }
 
@@ -641,17 +784,19 @@ async function applyPort(
   const outs = await withHostLock(host, () =>
     runChecked(host, [
       // First: another owner's port stops the batch before anything is written.
-      guardStep(securityGroupPortOwned(inputs.portName), owners, adoptUnmarked),
-      uploadStep(`${portDir(inputs.portName)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
+      guardStep(securityGroupPortOwned(inputs.tap), owners, adoptUnmarked),
+      tapServerOwnerStep(inputs.tap, inputs.owner),
+      uploadStep(`${portDir(inputs.tap)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
       portApplyStep(inputs, removed),
       portReadStep(inputs),
     ]),
   );
-  const portBridge = portBridgeOf(inputs.portName, inputs.driver, inputs.networkBridge);
+  const portBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
+  const zone = Number(/^zone=(\d+)$/m.exec(outs[outs.length - 2])?.[1] ?? "0");
   return {
     ...inputs,
     portBridge,
-    zone: conntrackZone(portBridge),
+    zone,
     hostKeys: {},
     realized: parsePortState(outs[outs.length - 1]),
   };
@@ -672,7 +817,7 @@ function removePortSteps(
   inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge" | "ip">,
   owner: string,
 ): Step[] {
-  const owned = securityGroupPortOwned(inputs.portName);
+  const owned = securityGroupPortOwned(inputs.tap);
   return [
     ...(owner ? [guardStep(owned, [owner])] : []),
     portDeleteStep(inputs),
@@ -689,6 +834,7 @@ const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupP
     "tap",
     "mac",
     "ip",
+    "allowedAddresses",
     "driver",
     "networkBridge",
     "groups",
@@ -702,7 +848,7 @@ const securityGroupPort = defineResource<SecurityGroupPortInputs, SecurityGroupP
   async create(inputs) {
     const host = hostNamed(inputs.hosts, inputs.host, "port");
     const [claim] = await withHostLock(host, () =>
-      runChecked(host, [claimStep(securityGroupPortOwned(inputs.portName), inputs.owner)]),
+      runChecked(host, [claimStep(securityGroupPortOwned(inputs.tap), inputs.owner)]),
     );
     try {
       return { id: inputs.portName, outs: await applyPort(inputs, [], [inputs.owner], false) };

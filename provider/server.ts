@@ -9,12 +9,14 @@
  *   create  placement (unless pinned): every candidate host's capacity and kvmlab's server
  *           records, the host with the most free RAM that fits the flavor, claimed by writing
  *           the server's record; IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the
- *           port MACs); on the host, one batch under the host lock: instance folder, the
+ *           port MACs); on the host, one short batch under the host lock: preflight and the
  *           image's user marker (images/<image>/.users/<server>, which makes the image's
- *           delete refuse), NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain
- *           XML for the host's domain type (kvm when usable, else qemu), virsh define; start;
- *           readiness wait (bounded, serial log tail in the error). On failure everything is
- *           removed again.
+ *           delete refuse); then, holding no lock, in a worker shell of the host: instance
+ *           folder, NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the
+ *           host's domain type (kvm when usable, else qemu), virsh define; start; readiness
+ *           wait (bounded, serial log tail in the error). Locks cover decisions only (quota,
+ *           placement, IPAM, the image claim), so parallel creates overlap their waits. On
+ *           failure everything is removed again.
  *   read    dominfo + vncdisplay on the server's host (gone = deleted)
  *   update  migrate (virsh migrate --live, see server/migrate.ts; the destination is marked
  *           as a user of the image, the source's marker goes with the source's files), then
@@ -37,6 +39,7 @@ import {
   runChecked,
   runLocked,
   runSteps,
+  sessionKey,
   withNamedHostLock,
   recordPath,
   shQuote,
@@ -45,7 +48,6 @@ import {
   type Step,
 } from "./host";
 import { allocateAddress, releaseAddress } from "./ipam";
-import { reserveQuota, releaseQuota } from "./quota";
 import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
@@ -59,13 +61,17 @@ import {
   releaseOwnerStep,
   type HostConnectionArgs,
   type OwnedObject,
+  type ProjectRef,
 } from "./kit";
+import { fillManagementListen, MANAGEMENT_ADDRESS_PLACEHOLDER } from "../core/vncListen";
+import { charges } from "./quota";
 import {
   checkServerInputs,
   chooseHost,
   diffServer,
   parseHostLoad,
   planUpdate,
+  withPlaced,
   portOwner,
   serverPaths,
   SERVER_INPUT_KEYS,
@@ -95,6 +101,7 @@ import {
 import {
   deleteStep,
   destroyStep,
+  imageUseSteps,
   infoStep,
   materializeSteps,
   nameFreeStep,
@@ -122,10 +129,22 @@ interface OpMetrics {
   waitMs: number;
   /** Readiness probes run (each one remote step). */
   probes: number;
+  /** Milliseconds per phase of kvmlab's own work (create: quota, placement, probe, ipam, claim, info). */
+  phases: Record<string, number>;
 }
 
 function startMetrics(op: string, server: string): OpMetrics {
-  return { op, server, startedAt: Date.now(), waitMs: 0, probes: 0 };
+  return { op, server, startedAt: Date.now(), waitMs: 0, probes: 0, phases: {} };
+}
+
+/** Runs `fn` and records its duration as phase `name` of the metrics. */
+async function phase<T>(m: OpMetrics, name: string, fn: () => Promise<T>): Promise<T> {
+  const t = Date.now();
+  try {
+    return await fn();
+  } finally {
+    m.phases[name] = (m.phases[name] ?? 0) + Date.now() - t;
+  }
 }
 
 /** Appends one JSON line to $KVMLAB_METRICS_FILE (benchmarks only; never secrets). */
@@ -141,6 +160,7 @@ function finishMetrics(m: OpMetrics, extra: Record<string, unknown> = {}): void 
     totalMs: Date.now() - m.startedAt,
     waitMs: m.waitMs,
     probes: m.probes,
+    phases: m.phases,
     connectionsOpened: stats.connectionsOpened,
     channelsOpened: stats.channelsOpened,
     batches: stats.batches,
@@ -187,6 +207,19 @@ async function placementTurn<T>(fn: () => Promise<T>): Promise<T> {
   return mine;
 }
 
+/** A create waiting for its placement turn. */
+interface PlacementRequest {
+  inputs: ServerInputs;
+  resolve: (host: HostConnection) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Creates waiting for placement in this process, per set of hosts. */
+function placementQueue(): Map<string, PlacementRequest[]> {
+  const g = globalThis as unknown as Record<symbol, Map<string, PlacementRequest[]> | undefined>;
+  return (g[Symbol.for("kvmlab.serverPlacementQueue.v1")] ??= new Map());
+}
+
 /** Reads every candidate host's load (one batch per host, in parallel). */
 async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> {
   return Promise.all(
@@ -214,31 +247,89 @@ export function serverOwned(serverName: string): OwnedObject {
 /**
  * Picks the host (or takes the pin), claims the server there for its owner (refused when
  * another owner holds the name) and writes the placement record.
+ *
+ * One turn serves every create of this process that waits for placement over the same hosts:
+ * one placement lock, one reading of the hosts, then each server in turn (each counting the
+ * ones placed before it), claims in parallel across hosts. N parallel creates take a few turns
+ * instead of N (issue 13); the accounting is the same as N turns in a row.
  */
 async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
-  const hosts = inputs.hosts;
+  // Same hosts: same names, addresses, keys and pins (a turn uses the first request's).
+  const group = inputs.hosts
+    .map((h) => `${h.name}=${sessionKey(h)}`)
+    .sort()
+    .join(",");
+  return new Promise<HostConnection>((resolve, reject) => {
+    const queue = placementQueue();
+    queue.set(group, [...(queue.get(group) ?? []), { inputs, resolve, reject }]);
+    void placementTurn(async () => {
+      const batch = queue.get(group) ?? [];
+      queue.delete(group);
+      // An earlier turn took this request along.
+      if (batch.length > 0) await placeBatch(batch);
+    });
+  });
+}
+
+/** One placement turn for `batch` (same hosts): settles every request, never throws. */
+async function placeBatch(batch: PlacementRequest[]): Promise<void> {
+  const hosts = batch[0].inputs.hosts;
   // Across processes: every placement over these hosts holds the placement lock of the same
   // controller (the host with the lowest address), so two `up`s never count the same free RAM.
   const controller = [...hosts].sort((a, b) =>
     `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
   )[0];
-  return placementTurn(() =>
-    withNamedHostLock(controller, "placement", async () => {
-      const candidates = inputs.host !== "" ? hosts.filter((h) => h.name === inputs.host) : hosts;
-      const loads = await hostLoads(candidates);
-      // A create run again (after a failure or lost state) converges on the host it claimed.
-      const mine = loads.find((l) => l.serverUuids.includes(inputs.uuid));
-      const choice = mine ? { host: mine.host } : chooseHost(loads, inputs.flavor);
-      if ("error" in choice) throw new Error(`placement of server ${inputs.serverName}: ${choice.error}`);
-      const host = hostNamed(hosts, choice.host);
-      await runLocked(host, [
-        claimStep(serverOwned(inputs.serverName), inputs.owner),
-        nameFreeStep(inputs),
-        recordStep(inputs, []),
-      ]);
-      return host;
-    }),
-  );
+  const pending = new Set(batch);
+  const settle = (r: PlacementRequest, outcome: { host: HostConnection } | { error: unknown }) => {
+    if (!pending.delete(r)) return;
+    if ("host" in outcome) r.resolve(outcome.host);
+    else r.reject(outcome.error);
+  };
+  try {
+    await withNamedHostLock(controller, "placement", async () => {
+      const candidatesOf = (i: ServerInputs) =>
+        i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts;
+      const wanted = hosts.filter((h) => batch.some((r) => candidatesOf(r.inputs).includes(h)));
+      const loads = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+      const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
+      for (const r of batch) {
+        const i = r.inputs;
+        const candidates = candidatesOf(i).map((h) => loads.get(h.name) as HostLoad);
+        // A create run again (after a failure or lost state) converges on the host it claimed.
+        const mine = candidates.find((l) => l.serverUuids.includes(i.uuid));
+        const choice = mine ? { host: mine.host } : chooseHost(candidates, i.flavor);
+        if ("error" in choice) {
+          settle(r, { error: new Error(`placement of server ${i.serverName}: ${choice.error}`) });
+          continue;
+        }
+        if (!mine) loads.set(choice.host, withPlaced(loads.get(choice.host) as HostLoad, i));
+        const host = hostNamed(hosts, choice.host);
+        const entry = claims.get(choice.host) ?? { host, requests: [] };
+        entry.requests.push(r);
+        claims.set(choice.host, entry);
+      }
+      await Promise.all(
+        [...claims.values()].map(async ({ host, requests }) => {
+          for (const r of requests) {
+            try {
+              await runLocked(host, [
+                claimStep(serverOwned(r.inputs.serverName), r.inputs.owner),
+                nameFreeStep(r.inputs),
+                recordStep(r.inputs, []),
+              ]);
+              settle(r, { host });
+            } catch (err) {
+              settle(r, { error: err });
+            }
+          }
+        }),
+      );
+    });
+  } catch (err) {
+    for (const r of [...pending]) settle(r, { error: err });
+  }
+  // Unreachable unless a bug left one open: never leave a create waiting forever.
+  for (const r of [...pending]) settle(r, { error: new Error("placement turn ended without an answer") });
 }
 
 function serialTail(text: string): string {
@@ -254,8 +345,15 @@ function serialTail(text: string): string {
     .trimEnd();
 }
 
+/**
+ * Slow steps (virsh define/start/dominfo, readiness probes, serial log) run in the host's worker
+ * shells: they need no lock, and in the main shell they would hold up the quick locked steps
+ * (quota, placement, IPAM) of every other operation on that host (issue 13).
+ */
+const WORKER = { lane: "worker" } as const;
+
 async function readInfo(host: HostConnection, name: string): Promise<DomainInfo> {
-  const [out] = await runChecked(host, [infoStep(name)]);
+  const [out] = await runChecked(host, [infoStep(name)], WORKER);
   return parseDomainInfo(out);
 }
 
@@ -281,7 +379,7 @@ async function waitReady(
     let last: string;
     for (let i = 0; ; i++) {
       m.probes += 1;
-      const [res] = await runSteps(probeHost, [Date.now() - started < gateMs ? gated : step]);
+      const [res] = await runSteps(probeHost, [Date.now() - started < gateMs ? gated : step], WORKER);
       if (res.code === 0) return;
       last = res.stderr.trim().split("\n").slice(-1)[0] ?? "";
       if (Date.now() >= deadline) break;
@@ -294,7 +392,7 @@ async function waitReady(
       }
       await sleep(500);
     }
-    const [tail] = await runSteps(host, [serialTailStep(inputs.serverName)]);
+    const [tail] = await runSteps(host, [serialTailStep(inputs.serverName)], WORKER);
     throw new Error(
       `server ${inputs.serverName} on host ${host.name} did not become ready (${step.label}) within ${r.timeoutSec} s` +
         `${last ? ` (last: ${last})` : ""}. Last lines of its serial console ${serverPaths(inputs.serverName).serialLog}:\n${serialTail(tail.stdout) || "(empty)"}`,
@@ -305,14 +403,14 @@ async function waitReady(
 /** ACPI shutdown, bounded wait, then power off. */
 async function stopDomain(host: HostConnection, name: string, m: OpMetrics, timeoutSec = 30): Promise<void> {
   await waited(m, async () => {
-    await runChecked(host, [shutdownStep(name)]);
+    await runChecked(host, [shutdownStep(name)], WORKER);
     const deadline = Date.now() + timeoutSec * 1000;
     while (Date.now() < deadline) {
       const info = await readInfo(host, name);
       if (!info.defined || info.state === "shut off") return;
       await sleep(300);
     }
-    await runChecked(host, [destroyStep(name)]);
+    await runChecked(host, [destroyStep(name)], WORKER);
   });
 }
 
@@ -322,7 +420,7 @@ async function startDomain(
   addresses: readonly ServerAddress[],
   m: OpMetrics,
 ): Promise<void> {
-  await waited(m, () => runChecked(host, [startStep(inputs.serverName)]));
+  await waited(m, () => runChecked(host, [startStep(inputs.serverName)], WORKER));
   await waitReady(inputs, host, addresses, m);
 }
 
@@ -439,7 +537,7 @@ async function migrateServer(
     [
       ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
       preflightStep(olds),
-      ...materializeSteps(olds, xml, { define: false }),
+      ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
     ],
     {
       timeoutMs: 120000,
@@ -482,7 +580,7 @@ async function migrateServer(
           uploadStep(`${migrationDir(olds.serverName)}/known_hosts`, knownHostsText(dst, keys), {
             mode: "0600",
           }),
-          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240),
+          migrateStep(olds.serverName, dst, olds.image.disk !== "", 240, vncMove(xml, src, dst)),
         ],
         { timeoutMs: 260000 },
       ),
@@ -526,27 +624,34 @@ async function migrateServer(
   return migratedMs;
 }
 
+/**
+ * The domain XML for `host`: a console listening on "management" (templates/domain.ts) gets the
+ * management address of the host placement chose (or the migration's destination), validated.
+ */
+function listenOn(xml: string, host: HostConnection): string {
+  return fillManagementListen(xml, host.address, `host ${host.name}`);
+}
+
+/** The VNC listen address a migration moves from and to (only for a "management" console). */
+function vncMove(
+  xml: string,
+  src: HostConnection,
+  dst: HostConnection,
+): { from: string; to: string } | undefined {
+  return xml.includes(MANAGEMENT_ADDRESS_PLACEHOLDER)
+    ? { from: listenOn(xml, src) && src.address, to: listenOn(xml, dst) && dst.address }
+    : undefined;
+}
+
 /** The delete batch: refuses another owner's server first (no guard for state from before owners). */
-function guardedDelete(o: Pick<ServerInputs, "serverName" | "uuid" | "image">, owner: string): Step[] {
+function guardedDelete(
+  o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports">,
+  owner: string,
+): Step[] {
   const owned = serverOwned(o.serverName);
   return owner
     ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]
     : [deleteStep(o)];
-}
-
-/**
- * Reserves the server's quota in its project on the controller (hosts[0]), held by its UUID (two
- * stacks may both have a `web1` in one project); false when it has no project.
- */
-async function reserveServerQuota(i: ServerInputs): Promise<boolean> {
-  if (!i.project) return false;
-  const usage = serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length);
-  await reserveQuota(i.hosts[0], i.project, `server:${i.uuid}`, usage);
-  return true;
-}
-
-async function releaseServerQuota(i: ServerInputs): Promise<void> {
-  if (i.project) await releaseQuota(i.hosts[0], i.project, `server:${i.uuid}`);
 }
 
 /**
@@ -587,36 +692,42 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   secretOutputs: ["hosts"],
   check: (news, olds) => checkServerInputs(news, olds),
   diff: diffServer,
+  // Charged by the kit before create (a refused server leaves nothing), resized first at update.
+  quota: charges(
+    (i) => serverUsage(i.flavor.vcpus, i.flavor.ramMiB, i.ports.length),
+    (o) => [`server:${o.uuid}`],
+  ),
 
   async create(inputs) {
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
     let addresses: ServerAddress[] = [];
     const allocated: number[] = [];
-    let reserved = false;
     try {
-      // Quota first, under the controller's lock: a refused server leaves nothing behind.
-      reserved = await reserveServerQuota(inputs);
-      host = await placeAndClaim(inputs);
-      const domainType = await domainTypeOf(host);
-      addresses = await allocatePorts(inputs, allocated);
+      // Locks are held only for decisions (quota, placement, IPAM, the image claim), never
+      // across define, boot or readiness, so parallel creates overlap their waits (issue 13).
+      // (The kit reserved the quota before this call, under the controller's lock: see `quota`.)
+      host = await phase(m, "placement", () => placeAndClaim(inputs));
+      const placed: HostConnection = host;
+      const domainType = await phase(m, "probe", () => domainTypeOf(placed));
+      addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated));
+      // Under the host lock, one round trip: the host has what the server needs, and the image
+      // is marked as used (an Image delete refuses from here on).
+      await phase(m, "claim", () => runLocked(placed, [preflightStep(inputs), ...imageUseSteps(inputs)]));
       await waited(m, () =>
-        runLocked(
-          host as HostConnection,
+        runChecked(
+          placed,
           [
-            preflightStep(inputs),
-            ...materializeSteps(inputs, inputs.domainXml[domainType]),
+            ...materializeSteps(inputs, listenOn(inputs.domainXml[domainType], placed)),
             recordStep(inputs, addresses),
           ],
-          {
-            timeoutMs: 180000,
-          },
+          { timeoutMs: 180000, ...WORKER },
         ),
       );
-      if (inputs.powerState === "running") await startDomain(inputs, host, addresses, m);
-      const info = await readInfo(host, inputs.serverName);
-      const outs = outputsFor(inputs, host, domainType, addresses, info, 0);
-      finishMetrics(m, { host: host.name });
+      if (inputs.powerState === "running") await startDomain(inputs, placed, addresses, m);
+      const info = await phase(m, "info", () => readInfo(placed, inputs.serverName));
+      const outs = outputsFor(inputs, placed, domainType, addresses, info, 0);
+      finishMetrics(m, { host: placed.name });
       return { id: inputs.uuid, outs };
     } catch (err) {
       // Leave nothing of THIS server behind: domain, files, record (only once the host claim
@@ -624,7 +735,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // refused for a name another owner holds touches nothing.
       if (host) await runLocked(host, guardedDelete(inputs, inputs.owner)).catch(() => undefined);
       await releasePorts(inputs, allocated).catch(() => undefined);
-      if (reserved) await releaseServerQuota(inputs).catch(() => undefined);
       throw err;
     }
   },
@@ -645,12 +755,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async update(_id, olds, news) {
     const m = startMetrics("update", news.serverName);
     const plan = planUpdate(olds, news);
-    // Resize or a new project: reserve the new size first (refused → nothing changes).
-    const oldProject = olds.project ?? "";
-    if (news.project !== oldProject || canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
-      await reserveServerQuota(news);
-      if (oldProject !== "" && oldProject !== news.project) await releaseServerQuota(olds);
-    }
     if (news.image.kind === "disk" && news.flavor.diskGiB < olds.flavor.diskGiB) {
       throw new Error(
         `flavor: ${news.flavor.name} has a ${news.flavor.diskGiB} GiB disk, smaller than the ${olds.flavor.diskGiB} GiB the server has; disks do not shrink: pick a flavor with diskGiB >= ${olds.flavor.diskGiB} or replace the server`,
@@ -680,7 +784,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           host,
           [
             preflightStep(news),
-            ...materializeSteps(news, news.domainXml[type]),
+            ...materializeSteps(news, listenOn(news.domainXml[type], host)),
             recordStep(news, olds.addresses),
           ],
           { timeoutMs: 180000 },
@@ -705,7 +809,6 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const host = hostNamed(olds.hosts, olds.host);
     await waited(m, () => runLocked(host, guardedDelete(olds, ownerIn(olds))));
     await releasePorts(olds);
-    await releaseServerQuota(olds);
     finishMetrics(m, { host: host.name });
   },
 });
@@ -732,8 +835,8 @@ export interface ServerResourceArgs {
   readonly readiness?: pulumi.Input<Partial<Readiness>>;
   /** Owner of the host objects. @default set by the kit: "<project>/<stack>/Server/<name>" */
   readonly owner?: pulumi.Input<string>;
-  /** Project (`<domain>/<name>`, a Project's recordId) whose quotas it counts against. @default "" (none) */
-  readonly project?: pulumi.Input<string>;
+  /** Project whose quotas it counts against (see InProjectArgs). @default the stack's `kvmlab:project`, else none */
+  readonly project?: ProjectRef;
 }
 
 /** A server (`pulumi-nodejs:dynamic/kvmlab:Server`). */

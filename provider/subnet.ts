@@ -67,7 +67,9 @@ import {
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
+  type InProjectArgs,
 } from "./kit";
+import { charges } from "./quota";
 import {
   dhcpPaths,
   ipamCommitSteps,
@@ -83,7 +85,7 @@ import type { NetworkDriver } from "./network";
 
 export { dhcpPaths, type DhcpPaths } from "./ipam";
 
-export interface SubnetArgs {
+export interface SubnetArgs extends InProjectArgs {
   /** Name on the hosts (records, dnsmasq tag). @default the resource name */
   readonly subnetName?: pulumi.Input<string>;
   /** The network's name (Network.networkName). */
@@ -569,6 +571,7 @@ const subnet = defineResource<SubnetInputs, SubnetOutputs>({
   secretOutputs: ["hosts"],
   check: (news) => checkSubnetInputs(news),
   diff: diffSubnet,
+  quota: charges(() => ({ subnets: 1 })), // issue 14: charged to the project by the kit
 
   async create(inputs) {
     let realized: SubnetHostState;

@@ -9,6 +9,7 @@
  */
 import { FLAVOR_LIMITS, type FlavorDomainSettings, type IoTuneKey } from "../core/flavor";
 import { ipToInt } from "../core/net";
+import { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN } from "../core/vncListen";
 import { renderTemplate } from "./render";
 import { assertSealed, seal } from "./sealed";
 import {
@@ -68,7 +69,12 @@ export interface DomainSpec {
   readonly nics: readonly DomainNicSpec[];
   /** File the serial console is logged to (the console stays reachable as a pty). */
   readonly serialLog: string;
-  /** VNC: listen address and a fixed port, or "auto". `null` turns graphics off. @default 127.0.0.1, auto */
+  /**
+   * VNC: listen address and a fixed port, or "auto". `null` turns graphics off. The listen
+   * address {@link MANAGEMENT_LISTEN} ("management") renders a placeholder the provider fills
+   * with the management address of the host placement chose ({@link fillManagementListen}).
+   * @default 127.0.0.1, auto
+   */
   readonly vnc?: { readonly listen: string; readonly port: number | "auto" } | null;
   /** Attribution written to `<metadata>`. */
   readonly metadata: {
@@ -235,11 +241,12 @@ export function toDomainView(spec: DomainSpec): DomainView {
   const vncSpec = spec.vnc === undefined ? { listen: "127.0.0.1", port: "auto" as const } : spec.vnc;
   let vnc: DomainView["vnc"] = null;
   if (vncSpec !== null) {
-    ipToInt(vncSpec.listen, "vnc.listen");
+    const listen = vncSpec.listen === MANAGEMENT_LISTEN ? MANAGEMENT_ADDRESS_PLACEHOLDER : vncSpec.listen;
+    if (listen !== MANAGEMENT_ADDRESS_PLACEHOLDER) ipToInt(listen, "vnc.listen");
     vnc =
       vncSpec.port === "auto"
-        ? { listen: vncSpec.listen, autoport: true, port: -1 }
-        : { listen: vncSpec.listen, autoport: false, port: checkInt("vnc.port", vncSpec.port, 5900, 65535) };
+        ? { listen, autoport: true, port: -1 }
+        : { listen, autoport: false, port: checkInt("vnc.port", vncSpec.port, 5900, 65535) };
   }
   const tbCacheMiB =
     spec.tbCacheMiB === undefined || spec.tbCacheMiB === null
@@ -368,3 +375,5 @@ export function renderDomainXml(view: DomainView): string {
   assertSealed(view, "toDomainView");
   return renderTemplate("libvirt/domain.xml", view);
 }
+
+export { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN, fillManagementListen } from "../core/vncListen";

@@ -16,8 +16,33 @@ export function checkLoadBalancers(c: CheckContext): void {
     (Array.isArray(lb.securityGroups) ? lb.securityGroups : []).forEach((g, k) =>
       ref([...path, "securityGroups", k], g, groups, "security group"),
     );
+    const standby = lb.topology === "ACTIVE_STANDBY";
+    if (lb.standbyHost !== undefined) {
+      ref([...path, "standbyHost"], lb.standbyHost, hosts, "host");
+      if (!standby)
+        add(
+          [...path, "standbyHost"],
+          "standbyHost applies only to topology ACTIVE_STANDBY",
+          "set topology: ACTIVE_STANDBY, or remove standbyHost",
+        );
+      else if (lb.host !== undefined && lb.host === lb.standbyHost)
+        add(
+          [...path, "standbyHost"],
+          `both amphorae would run on ${String(lb.host)}; ACTIVE_STANDBY needs two hosts`,
+          "name another host as standbyHost",
+        );
+    }
+    // A lab without `hosts` takes them from stack config at apply time (checked there).
+    if (standby && hosts.size === 1)
+      add(
+        [...path, "topology"],
+        "ACTIVE_STANDBY runs two amphorae on two hosts; the lab has one",
+        "add a host, or use topology SINGLE",
+      );
     if (lb.vipAddress !== undefined) fixed([...path, "vipAddress"], lb.vipSubnet, lb.vipAddress);
     else need(lb.vipSubnet, 1);
+    // ACTIVE_STANDBY: each amphora's own VRRP address comes from the pool too.
+    if (standby) need(lb.vipSubnet, 2);
     if (bool(lb.floatingIp, false) && !canFloat(str(lb.vipSubnet))) {
       add(
         [...path, "floatingIp"],

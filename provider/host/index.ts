@@ -13,8 +13,10 @@
  *     normalizeHostConnection(raw)   → HostConnection with defaults (port 22, user root, "" for none)
  *
  *   Running steps (session.ts) — one SSH connection and one `bash -s` shell per host
- *     runSteps(host, steps, {stopOnError?, timeoutMs?}) → StepResult[] {code|null, stdout, stderr}
- *         one round trip for the whole batch; never throws for exit status
+ *     runSteps(host, steps, {stopOnError?, timeoutMs?, lane?}) → StepResult[] {code|null, stdout, stderr}
+ *         one round trip for the whole batch; never throws for exit status. lane "worker": in a
+ *         worker shell (another channel on the same connection; no lock) so a slow step does
+ *         not hold up the main shell
  *     runChecked(host, steps, opts)  → stdout[]; throws remoteStepError (host, step label, status,
  *         stderr tail) at the first failing step, later steps skipped on the host
  *     runLocked(host, steps, opts)   like runChecked, under the host lock, in ONE round trip

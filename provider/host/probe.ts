@@ -47,7 +47,8 @@ const PROBE_SCRIPT = [
   "  echo \"libvirt=$(printf '%s\\n' \"$vv\" | awk '/Using library/ {print $NF}')\"",
   "  echo \"qemu=$(printf '%s\\n' \"$vv\" | awk '/Running hypervisor/ {print $NF}')\"",
   "  if [ -c /dev/kvm ] && grep -qE '^flags[[:space:]]*:.*\\b(vmx|svm)\\b' /proc/cpuinfo && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then echo kvm=yes; else echo kvm=no; fi",
-  "else echo libvirt=; echo qemu=; echo kvm=no; fi",
+  // virsh is there but libvirtd does not answer (stopped, crashed, restarting): not a missing package.
+  "else if v virsh; then echo libvirtd=down; fi; echo libvirt=; echo qemu=; echo kvm=no; fi",
 ].join("\n");
 
 /** The probe's step script (exposed for tests). */
@@ -102,6 +103,12 @@ export function probeHost(host: HostConnection, withLibvirt = false): Promise<Ho
       [{ label: "probe host capabilities", script: probeScript(withLibvirt) }],
       { timeoutMs: 60000 },
     );
+    // Thrown, so not cached: the next operation probes again once libvirtd is back.
+    if (withLibvirt && parseKeyValues(out).get("libvirtd") === "down")
+      throw new Error(
+        `host ${host.name} (${host.address}): libvirtd does not answer (virsh is installed, but "virsh -c qemu:///system version" failed): ` +
+          "start it (systemctl start libvirtd; its log is /var/log/libvirt/libvirtd.log) and run again",
+      );
     return parseProbe(out);
   });
 }

@@ -13,14 +13,15 @@
  *
  * The mode "naive" (benchmark only) opens a new connection for every step, as
  * `@pulumi/command`'s remote.Command does, and keeps no shell; it is what kvmlab is measured
- * against. Host locks are then in-process only.
+ * against. Host locks are then in-process only, so it is set only by the benchmark's own call to
+ * setHostPoolMode: no environment variable selects it (a user's KVMLAB_SSH_MODE=naive once
+ * silently dropped every cross-process lock). Scripts go over the channel's stdin, never argv.
  */
 import type { NodeSSH } from "node-ssh";
 import type { HostConnection } from "./connection";
 import type { Step, StepResult } from "./framing";
 import { createFrameParser, frameBatch } from "./framing";
 import { fingerprintOfKeyBlob, pinFingerprint } from "./hostKey";
-import { shQuote } from "./quote";
 
 /** Counters of what the pool did in this process. */
 export interface HostPoolStats {
@@ -36,7 +37,19 @@ export interface RunOptions {
   readonly stopOnError?: boolean;
   /** Time limit for the whole batch. @default 120000 */
   readonly timeoutMs?: number;
+  /**
+   * "worker": run in one of the host's worker shells (more exec channels on the same
+   * connection, opened on demand, at most {@link MAX_WORKER_SHELLS}) instead of the main shell,
+   * so a slow step (virsh define/start, a readiness probe) does not hold up the quick steps of
+   * other operations queued behind it in the main shell. Worker shells never hold a lock: use
+   * it only for steps that need none (not inside withHostLock's fn, not with runLocked).
+   * @default "main"
+   */
+  readonly lane?: "main" | "worker";
 }
+
+/** Worker shells per host connection (sshd's MaxSessions is 10 by default; SFTP uses one). */
+export const MAX_WORKER_SHELLS = 6;
 
 /** The parts of an ssh2 exec channel the shell uses (ssh2 ships no types here). */
 interface ShellChannel {
@@ -54,6 +67,7 @@ interface SshClient {
   on(event: "close" | "end", fn: () => void): unknown;
   on(event: "error", fn: (err: Error) => void): unknown;
   exec(command: string, cb: (err: Error | undefined, channel: ShellChannel) => void): unknown;
+  setNoDelay?(noDelay: boolean): unknown;
   _sock?: { ref(): void; unref(): void };
 }
 
@@ -76,6 +90,12 @@ interface HostSession {
   } | null;
   dead: boolean;
   fingerprint: string;
+  /** Worker shells on the same connection (same shape; their `workers` stay empty). */
+  workers?: HostSession[];
+  /** Batches queued or running on this shell (for picking the least busy worker). */
+  queued?: number;
+  /** Fewer worker shells than MAX_WORKER_SHELLS, after the host refused a channel. */
+  workerLimit?: number;
 }
 
 interface HostPool {
@@ -88,6 +108,8 @@ interface HostPool {
   loose: NodeSSH[];
   /** Per session key: the session whose shell holds the host lock (withHostLock). */
   held: Map<string, HostSession>;
+  /** Per session key and lock name: the session whose shell holds a named lock (withNamedHostLock). */
+  heldNamed?: Map<string, Map<string, HostSession>>;
   stats: HostPoolStats;
   connectTimeoutMs: number;
 }
@@ -102,7 +124,8 @@ export function hostPool(): HostPool {
   let pool = g[key];
   if (!pool) {
     pool = {
-      mode: process.env.KVMLAB_SSH_MODE === "naive" ? "naive" : "pooled",
+      // Never from the environment: naive mode holds no cross-process lock (benchmark only).
+      mode: "pooled",
       sessions: new Map(),
       locks: new Map(),
       cache: new Map(),
@@ -219,6 +242,11 @@ async function connectHost(host: HostConnection): Promise<{ ssh: NodeSSH; finger
   }
   // The first key seen at this address pins every later connection of the run.
   if (!pool.observedKeys.has(observedKeyOf(host))) pool.observedKeys.set(observedKeyOf(host), seen);
+  // No Nagle on our side: ssh2 writes one SSH packet in more than one socket write, so with
+  // Nagle each batch's second write waited for the host's delayed ACK (~40 ms on Linux) and
+  // every sequential round trip through the shell cost ~45 ms instead of ~1 ms (measured
+  // against a local sshd; host-session.test.ts prints it).
+  (ssh.connection as unknown as SshClient | null)?.setNoDelay?.(true);
   return { ssh, fingerprint: seen };
 }
 
@@ -268,9 +296,11 @@ async function getSession(host: HostConnection): Promise<HostSession> {
     };
     const conn = ssh.connection as unknown as SshClient;
     const onGone = (why: string): void => {
-      session.dead = true;
-      session.channel = null;
-      failCurrent(session, new Error(`${session.label}: SSH connection lost (${why})`));
+      for (const s of [session, ...(session.workers ?? [])]) {
+        s.dead = true;
+        s.channel = null;
+        failCurrent(s, new Error(`${session.label}: SSH connection lost (${why})`));
+      }
     };
     conn.on("close", () => onGone("closed"));
     conn.on("end", () => onGone("ended"));
@@ -383,6 +413,94 @@ async function runInShell(
   });
 }
 
+/**
+ * A worker shell of `session` for one batch: an idle one, else a new one while there are fewer
+ * than the limit, else the least busy; undefined when the host allows none (then the batch runs
+ * in the main shell). Its channel opens on first use (runInShell).
+ */
+function pickWorker(session: HostSession): HostSession | undefined {
+  const workers = (session.workers ??= []);
+  const live = workers.filter((w) => !w.dead);
+  const idle = live.find((w) => (w.queued ?? 0) === 0);
+  if (idle) return idle;
+  if (live.length < Math.min(MAX_WORKER_SHELLS, session.workerLimit ?? MAX_WORKER_SHELLS)) {
+    const w: HostSession = {
+      key: `${session.key}#worker${workers.length}`,
+      label: session.label,
+      ssh: session.ssh,
+      channel: null,
+      parser: null,
+      marker: "",
+      nextSeq: 0,
+      tail: Promise.resolve(),
+      busy: 0,
+      current: null,
+      dead: session.dead,
+      fingerprint: session.fingerprint,
+      queued: 0,
+    };
+    workers.push(w);
+    return w;
+  }
+  if (live.length === 0) return undefined;
+  return live.reduce((a, b) => ((b.queued ?? 0) < (a.queued ?? 0) ? b : a));
+}
+
+/** Runs one batch in a worker shell of the host's session (see RunOptions.lane). */
+/**
+ * Queues a batch on one shell of `session`'s connection (the main shell or a worker channel):
+ * it runs after the shell's earlier batches, keeps the socket referenced while it runs, and
+ * becomes the shell's new tail.
+ */
+function enqueue(
+  session: HostSession,
+  shell: HostSession,
+  steps: readonly Step[],
+  opts: RunOptions,
+): Promise<StepResult[]> {
+  const run = shell.tail.then(async () => {
+    if (shell.dead) throw new Error(`${session.label}: SSH connection lost`);
+    session.busy += 1;
+    holdSocket(session, true);
+    try {
+      return await runInShell(shell, steps, opts);
+    } finally {
+      session.busy -= 1;
+      if (session.busy === 0 && !session.dead) holdSocket(session, false);
+    }
+  });
+  shell.tail = run.catch(() => undefined);
+  return run;
+}
+
+async function runInWorker(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: RunOptions,
+): Promise<StepResult[]> {
+  const session = await getSession(host);
+  // The main shell opens first, so a host with few sessions per connection never gives its
+  // last one to a worker; until then worker batches run in the main shell.
+  const worker = session.channel ? pickWorker(session) : undefined;
+  if (!worker) return runSteps(host, steps, { ...opts, lane: "main" });
+  worker.queued = (worker.queued ?? 0) + 1;
+  const run = enqueue(session, worker, steps, opts);
+  try {
+    return await run;
+  } catch (err) {
+    // A host whose sshd allows fewer sessions per connection (MaxSessions) refuses the extra
+    // channel: this worker is unusable, the batch (which never started) runs in the main shell.
+    if (worker.nextSeq === 0 && err instanceof Error && /cannot open a remote shell/.test(err.message)) {
+      worker.dead = true;
+      session.workerLimit = (session.workers ?? []).filter((w) => !w.dead).length;
+      return runSteps(host, steps, { ...opts, lane: "main" });
+    }
+    throw err;
+  } finally {
+    worker.queued = (worker.queued ?? 1) - 1;
+  }
+}
+
 /** Naive transport (benchmark baseline): a new connection and exec per step. */
 async function runNaive(
   host: HostConnection,
@@ -403,7 +521,11 @@ async function runNaive(
     const { ssh } = await connectHost(host);
     try {
       hostPool().stats.channelsOpened += 1;
-      const r = await ssh.execCommand(`bash --noprofile --norc -c ${shQuote(step.script)} </dev/null`, {
+      // The script goes over stdin (it may carry secrets: process arguments are world-readable
+      // on the host); one compound command, read whole by bash before it runs, stdin /dev/null.
+      const body = step.script.endsWith("\n") ? step.script : `${step.script}\n`;
+      const r = await ssh.execCommand("bash --noprofile --norc -s", {
+        stdin: `( ${body}) </dev/null\n`,
         noTrim: true,
       });
       const result = { code: typeof r.code === "number" ? r.code : 255, stdout: r.stdout, stderr: r.stderr };
@@ -431,28 +553,23 @@ export async function runSteps(
   pool.stats.batches += 1;
   pool.stats.steps += steps.length;
   if (pool.mode === "naive") return runNaive(host, steps, opts);
+  if (opts.lane === "worker") return runInWorker(host, steps, opts);
   for (let attempt = 0; ; attempt++) {
     const session = await getSession(host);
     // The flock of withHostLock lives in one shell: a batch on any other session (after a
     // reconnect) would run unlocked. Refuse it (issue 15: a reconnect dropped the lock silently).
+    const holders: [string, HostSession][] = [];
     const held = (pool.held ??= new Map()).get(session.key);
-    if (held && (held !== session || held.dead || (!session.channel && session.nextSeq > 0))) {
-      throw new Error(
-        `${session.label}: the SSH session holding the host lock /var/lib/kvmlab/lock was lost; the steps after it were not run (they would have run unlocked). Run the operation again`,
-      );
+    if (held) holders.push(["/var/lib/kvmlab/lock", held]);
+    for (const [name, s] of pool.heldNamed?.get(session.key) ?? [])
+      holders.push([`/var/lib/kvmlab/${name}.lock`, s]);
+    for (const [file, h] of holders) {
+      if (h !== session || h.dead || (!session.channel && session.nextSeq > 0))
+        throw new Error(
+          `${session.label}: the SSH session holding the ${file === "/var/lib/kvmlab/lock" ? "host lock" : "lock"} ${file} was lost; the steps after it were not run (they would have run unlocked). Run the operation again`,
+        );
     }
-    const run = session.tail.then(async () => {
-      if (session.dead) throw new Error(`${session.label}: SSH connection lost`);
-      session.busy += 1;
-      holdSocket(session, true);
-      try {
-        return await runInShell(session, steps, opts);
-      } finally {
-        session.busy -= 1;
-        if (session.busy === 0 && !session.dead) holdSocket(session, false);
-      }
-    });
-    session.tail = run.catch(() => undefined);
+    const run = enqueue(session, session, steps, opts);
     try {
       return await run;
     } catch (err) {
@@ -520,6 +637,11 @@ export async function withHostLock<T>(host: HostConnection, fn: () => Promise<T>
  * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
  * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
  * controller host (issue 15), so they never count the same free RAM.
+ *
+ * Like the host lock, the flock lives in one shell: the session it ran on is registered as a
+ * holder, a batch on that host in any other session (after a reconnect) is refused, and when
+ * the session was lost by the time `fn` returns, the result is refused too (what `fn` did on
+ * other hosts may have raced another run).
  */
 export async function withNamedHostLock<T>(
   host: HostConnection,
@@ -531,8 +653,12 @@ export async function withNamedHostLock<T>(
     throw new Error(`withNamedHostLock: invalid lock name ${JSON.stringify(name)}`);
   const release = await takeProcessLock(host, name);
   const file = `/var/lib/kvmlab/${name}.lock`;
+  const pool = hostPool();
   let remote = false;
+  let key = "";
+  let locked: HostSession | undefined;
   try {
+    const before = pool.mode === "pooled" ? await getSession(host) : undefined;
     await runChecked(
       host,
       [
@@ -545,14 +671,46 @@ export async function withNamedHostLock<T>(
       { timeoutMs: (waitSec + 30) * 1000 },
     );
     remote = true;
-    return await fn();
+    if (before) {
+      const session = await getSession(host);
+      if (session !== before || session.dead) {
+        remote = false;
+        throw new Error(
+          `${session.label}: the SSH session that took the ${name} lock ${file} was lost before its work began; nothing was run under it. Run the operation again`,
+        );
+      }
+      key = session.key;
+      locked = session;
+      namedHolders(pool, key).set(name, session);
+    }
+    const result = await fn();
+    if (locked && locked.dead) {
+      remote = false;
+      throw new Error(
+        `${locked.label}: the SSH session holding the ${name} lock ${file} was lost while the work under it ran; another kvmlab run may have taken the lock meanwhile. Run the operation again`,
+      );
+    }
+    return result;
   } finally {
-    if (remote)
+    if (key) namedHolders(pool, key).delete(name);
+    const lost = locked?.dead === true;
+    if (remote && !lost)
       void runSteps(host, [
         { label: `release the ${name} lock`, inShell: true, always: true, script: "exec 8>&-" },
       ]).catch(() => undefined);
     release();
   }
+}
+
+/** Per session key: the sessions whose shells hold a named lock (withNamedHostLock), by name. */
+function namedHolders(pool: HostPool, key: string): Map<string, HostSession> {
+  const all = (pool.heldNamed ??= new Map());
+  let m = all.get(key);
+  if (!m) {
+    m = new Map();
+    all.set(key, m);
+  }
+  return m;
 }
 
 /** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */
@@ -640,11 +798,14 @@ export async function closeHostSessions(): Promise<void> {
     const s = await p.catch(() => null);
     if (!s) continue;
     await s.tail.catch(() => undefined);
-    s.dead = true;
-    try {
-      s.channel?.end();
-    } catch {
-      // already closed
+    await Promise.all((s.workers ?? []).map((w) => w.tail.catch(() => undefined)));
+    for (const shell of [s, ...(s.workers ?? [])]) {
+      shell.dead = true;
+      try {
+        shell.channel?.end();
+      } catch {
+        // already closed
+      }
     }
     s.ssh.dispose();
   }

@@ -10,6 +10,7 @@
  *                canonicalJson
  *   resource.ts  KvmlabResource (base class; sets the `owner` input)
  *   owner.ts     ownerOf, checkedOwner, claimStep / guardStep / releaseOwnerStep (issue 15)
+ *   quota.ts     the `quota` declaration: project refs, charges (issue 14; ledger in ../quota.ts)
  */
 export * from "./check";
 export * from "./kv";
@@ -18,3 +19,4 @@ export * from "./provider";
 export * from "./resource";
 export * from "./owner";
 export * from "./safety";
+export * from "./quota";

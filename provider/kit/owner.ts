@@ -16,17 +16,22 @@
  *     /var/lib/kvmlab/owners/<kind>/<key>        (mode 0600, the owner string and a newline)
  *
  * and, for people and tools, also in the object's native store where it has one (records carry
- * `owner`, libvirt domains `<metadata><kvmlab:owner>`, OVS `external_ids:kvmlab-owner`).
+ * `owner`, OVS `external_ids:kvmlab-owner`; a libvirt domain's owner is its marker and its
+ * server record, not its XML).
  *
  * Guards (steps: pure builders, exit status {@link OWNER_REFUSED} with a message naming the
  * owner and the fix):
- *   claimStep    create: makes the marker atomically (noclobber); same owner → "adopted" (a crash
+ *   claimStep    create: makes the marker atomically (written to a temporary file, then hard-linked
+ *                into place, which fails when the marker exists: no-clobber, and never an empty
+ *                marker after a crash); same owner → "adopted" (a crash
  *                between create and the state write still converges); another owner → refused;
  *                no marker but the object exists (made outside kvmlab or by another owner
  *                before markers) → refused. Prints `claimed` or `adopted`.
  *   guardStep    update/delete/read-modify-write: refuses when the marker names another owner;
  *                with `adoptUnmarked` (update of a resource whose state predates owners) writes
- *                the marker when there is none.
+ *                the marker when there is none (the same no-clobber write as claimStep).
+ * An EMPTY marker (left by a crash of a kvmlab from before the atomic write) names no owner:
+ * every guard refuses it with the fix (check the object is yours, write your owner into it).
  *   releaseOwnerStep  delete: removes the marker only while it is this owner's.
  * Put the guard FIRST in the batch run with stopOnError (runChecked/runLocked): a refusal skips
  * every later (destructive) step.
@@ -162,6 +167,16 @@ function refusalWord(o: OwnedObject, me: string): string {
     .join('"$cur"');
 }
 
+/** Shell lines writing `ownerWord` into marker "$f" without clobbering; success when this call made it. */
+function markerWrite(ownerWord: string): string {
+  return `t="$f.new.$$"; rm -f "$t"; if ( umask 077; printf '%s\\n' ${ownerWord} > "$t" ) && ln "$t" "$f" 2>/dev/null; then rm -f "$t"; true; else rm -f "$t"; false; fi`;
+}
+
+/** Shell lines refusing an empty marker "$f" ($cur empty) with the fix. */
+function emptyMarkerRefusal(o: OwnedObject, me: string): string {
+  return `if [ -z "$cur" ]; then echo ${shQuote(`${o.what}: its owner marker is empty (a kvmlab run crashed while writing it); kvmlab cannot tell whose the object is and changes nothing. Fix: check that the object is ${me}'s, then write that owner into the marker (printf '%s\\n' '${me}' > `)}"$f"${shQuote(") and run again; or remove the object and the marker by hand")} >&2; exit ${OWNER_REFUSED}; fi`;
+}
+
 function checkOwnerArg(owner: string): void {
   const e = checkOwnerString("owner", owner);
   if (e) throw new Error(`owner guard: ${e}`);
@@ -184,10 +199,11 @@ export function claimStep(o: OwnedObject, owner: string): Step {
       o.exists
         ? `  if ${o.exists}; then echo ${shQuote(`${o.what} already exists on this host with no kvmlab owner (made by hand, or by another stack before owners were recorded); kvmlab does not adopt it. Fix: give this resource another ${o.field}, or remove the object by hand`)} >&2; exit ${OWNER_REFUSED}; fi`
         : "  :",
-      `  if ( umask 077; set -C; printf '%s\\n' "$me" > "$f" ) 2>/dev/null; then echo claimed; exit 0; fi`,
+      `  if ${markerWrite('"$me"')}; then echo claimed; exit 0; fi`,
       "fi",
       'cur=$(head -n1 "$f" 2>/dev/null || true)',
       'if [ "$cur" = "$me" ]; then echo adopted; exit 0; fi',
+      emptyMarkerRefusal(o, owner),
       `echo ${refusalWord(o, owner)} >&2`,
       `exit ${OWNER_REFUSED}`,
     ].join("\n"),
@@ -196,28 +212,76 @@ export function claimStep(o: OwnedObject, owner: string): Step {
 
 /**
  * Step for update and delete: refuses when the marker names an owner other than `owners`
- * (the old and the new owner of an update). With `adoptUnmarked`, writes the first owner into a
- * missing marker (state from before owners were recorded). Prints `mine` or `unmarked`.
+ * (the new and the old owner of an update, the new one first). A marker naming an accepted older
+ * owner is moved to the first (prints `moved`), so the state's owner and the host's agree again.
+ * With `adoptUnmarked`, writes the first owner into a missing marker (state from before owners
+ * were recorded). Prints `mine`, `moved` or `unmarked`.
  */
 export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmarked = false): Step {
   const mine = owners.filter((x) => x !== "");
   mine.forEach(checkOwnerArg);
   if (mine.length === 0) throw new Error(`owner guard of ${o.what}: no owner given`);
   const f = ownerMarkerPath(o.kind, ...o.key);
-  const cases = mine.map((x) => shQuote(x)).join("|");
+  const others = mine
+    .slice(1)
+    .filter((x) => x !== mine[0])
+    .map((x) => shQuote(x))
+    .join("|");
   return {
     label: `check the owner of ${o.what}`,
     script: [
       `f=${shQuote(f)}`,
       'if [ ! -e "$f" ]; then',
       adoptUnmarked
-        ? `  mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners && ( umask 077; printf '%s\\n' ${shQuote(mine[0])} > "$f" )`
-        : "  :",
-      "  echo unmarked; exit 0",
+        ? `  mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners && if ${markerWrite(shQuote(mine[0]))}; then echo unmarked; exit 0; fi`
+        : "  echo unmarked; exit 0",
       "fi",
       'cur=$(head -n1 "$f" 2>/dev/null || true)',
-      `case "$cur" in ${cases}) echo mine; exit 0 ;; esac`,
+      `case "$cur" in ${shQuote(mine[0])}) echo mine; exit 0 ;; esac`,
+      // An accepted older owner (an update after a renamed stack or a new project): the marker
+      // moves to the new owner, atomically, so the next delete (guarded by the new owner) passes.
+      ...(others.length > 0
+        ? [
+            `case "$cur" in ${others}) t="$f.new.$$"; rm -f "$t"; ( umask 077; printf '%s\\n' ${shQuote(mine[0])} > "$t" ) && mv -f "$t" "$f" && { echo moved; exit 0; }; rm -f "$t"; echo ${shQuote(`${o.what}: could not move its owner marker to ${mine[0]}`)} >&2; exit 1 ;; esac`,
+          ]
+        : []),
+      emptyMarkerRefusal(o, mine[mine.length - 1]),
       `echo ${refusalWord(o, mine[mine.length - 1])} >&2`,
+      `exit ${OWNER_REFUSED}`,
+    ].join("\n"),
+  };
+}
+
+/** The `<pulumi project>/<stack>` part of an owner string (its first two segments). */
+export function ownerStack(owner: string): string {
+  return owner.split("/").slice(0, 2).join("/");
+}
+
+/**
+ * Step for a resource that builds on ANOTHER resource's host object (a FloatingIp on a Router):
+ * refuses when that object's marker names an owner of another stack, naming it and the fix.
+ * An unmarked object passes (state from before owners; the object may not exist yet, and the
+ * steps after this one fail on that). `user` names the caller, e.g. "floating IP fip1".
+ */
+export function sameStackStep(o: OwnedObject, owner: string, user: string): Step {
+  checkOwnerArg(owner);
+  const f = ownerMarkerPath(o.kind, ...o.key);
+  const stack = ownerStack(owner);
+  const at = "\u0000CUR\u0000";
+  const refused =
+    `${user} uses ${o.what}, which belongs to ${at}, another stack than ${stack}; kvmlab never builds on another stack's object. Fix: point ${o.field} at a ${o.kind} of this stack, or define ${user} in the stack that owns it (${at})`
+      .split(at)
+      .map((part) => shQuote(part))
+      .join('"$cur"');
+  return {
+    label: `check that ${o.what} is this stack's`,
+    script: [
+      `f=${shQuote(f)}`,
+      'if [ ! -e "$f" ]; then echo unmarked; exit 0; fi',
+      'cur=$(head -n1 "$f" 2>/dev/null || true)',
+      `case "$cur" in ${shQuote(stack)}/*) echo mine; exit 0 ;; esac`,
+      emptyMarkerRefusal(o, stack),
+      `echo ${refused} >&2`,
       `exit ${OWNER_REFUSED}`,
     ].join("\n"),
   };

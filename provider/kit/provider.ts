@@ -20,6 +20,15 @@ import type { HostConnection } from "../host/connection";
 import { isUnknown, type Checked } from "./check";
 import { pinnedHosts, recordHostKeys } from "./host";
 import { ownerIn } from "./owner";
+import {
+  chargeMoves,
+  chargeOf,
+  checkProjectRef,
+  controllerHost,
+  sameCharge,
+  type Charge,
+  type QuotaSpec,
+} from "./quota";
 
 /** What a pure diff returns (Pulumi's DiffResult without the optional fields kvmlab never sets). */
 export interface DiffResult {
@@ -61,6 +70,12 @@ export interface ResourceSpec<I extends object, O extends I> {
   update(id: string, olds: O, news: I): Promise<O>;
   /** Host work; idempotent. */
   delete(id: string, olds: O): Promise<void>;
+  /**
+   * What the resource charges its project's quotas (issue 14; see kit/quota.ts). Declaring it
+   * adds the input `project` and the output `quotaController`; the kit reserves before create,
+   * moves or resizes the charge at update and releases it at delete, under the controller's lock.
+   */
+  readonly quota?: QuotaSpec<I>;
 }
 
 /** A defined resource: its spec and the provider object Pulumi serializes. */
@@ -147,12 +162,39 @@ function recorded<O extends object>(
 export function defineResource<I extends object, O extends I>(spec: ResourceSpec<I, O>): ResourceKind<I, O> {
   const keysOf = (o: object): Record<string, string> | undefined =>
     (o as { hostKeys?: Record<string, string> }).hostKeys;
+  const quota = spec.quota;
+  // A quota'd resource takes `project` whether or not it lists it.
+  const inputKeys: readonly (keyof I & string)[] =
+    quota && !(spec.inputKeys as readonly string[]).includes("project")
+      ? [...spec.inputKeys, "project" as keyof I & string]
+      : spec.inputKeys;
+  /** The controller name recorded in a state ("" for a state from before it was recorded). */
+  const controllerIn = (o: object): string => {
+    const c = (o as { quotaController?: unknown }).quotaController;
+    return typeof c === "string" ? c : "";
+  };
+  const hostsIn = (o: object): HostConnection[] => (o as { hosts?: HostConnection[] }).hosts ?? [];
+  // The ledger code comes with the declaration (provider/quota.ts `charges`), so the kit itself
+  // never captures the SSH layer: a provider without hosts (Keypair) stays free of it.
+  const reserve = async (hosts: HostConnection[], c: Charge): Promise<void> =>
+    quota?.ledger.reserve(controllerHost(hosts, c.controller), c.project, c.holder, c.usage);
+  const release = async (hosts: HostConnection[], c: Charge, extra: string[] = []): Promise<void> =>
+    quota?.ledger.release(controllerHost(hosts, c.controller), c.project, [c.holder, ...extra]);
+  const withController = <T extends object>(outs: T, c: Charge | undefined, fallback: string): T =>
+    quota ? { ...outs, quotaController: c ? c.controller : fallback } : outs;
   const provider: pulumi.dynamic.ResourceProvider<I, O> = {
     async check(olds, news) {
       const { inputs, failures } = spec.check(
         news as unknown as Record<string, unknown>,
         olds as unknown as Record<string, unknown> | undefined,
       );
+      if (quota) {
+        const project = (news as unknown as { project?: unknown }).project ?? "";
+        const reason = checkProjectRef(project);
+        if (reason && !failures.some((f) => f.property === "project"))
+          failures.push({ property: "project", reason });
+        inputs.project = project;
+      }
       return { inputs: inputs as unknown as I, failures };
     },
     async diff(_id, olds, news) {
@@ -161,32 +203,70 @@ export function defineResource<I extends object, O extends I>(spec: ResourceSpec
       // the old and the new owner and the markers move to the new one.
       if ((spec.inputKeys as readonly string[]).includes("owner") && !sameValue(ownerIn(olds), ownerIn(news)))
         return { ...d, changes: true };
+      // A new project moves the charge: an update.
+      const proj = (o: object): unknown => (o as { project?: unknown }).project ?? "";
+      if (quota && !sameValue(proj(olds), proj(news))) return { ...d, changes: true };
       return d;
     },
     async create(raw) {
-      const inputs = inputsOf(raw, spec.inputKeys);
+      const inputs = inputsOf(raw, inputKeys);
       refuseSentinel(spec.type, inputs);
-      const { id, outs } = await spec.create(inputs);
-      return { id, outs: recorded(outs, inputs, inputs) };
+      // Quota first, on the controller (hosts[0]), under its lock: a refusal leaves nothing.
+      const charge = quota ? chargeOf(quota, inputs, hostsIn(inputs)[0]?.name ?? "") : undefined;
+      if (charge) await reserve(hostsIn(inputs), charge);
+      try {
+        const { id, outs } = await spec.create(inputs);
+        return { id, outs: withController(recorded(outs, inputs, inputs), charge, "") };
+      } catch (e) {
+        if (charge) await release(hostsIn(inputs), charge).catch(() => undefined);
+        throw e;
+      }
     },
     async read(id, props) {
       if (!props) return { id, props };
       const old = keysOf(props);
       const now = await spec.read(id, pinned(props, old));
       if (now === undefined) return { id: "", props: {} as O };
-      return { id, props: recorded(now, props, pinned(props, old), old) };
+      const kept = quota ? { ...now, quotaController: controllerIn(props) } : now;
+      return { id, props: recorded(kept, props, pinned(props, old), old) };
     },
     async update(id, olds, raw) {
-      const news = inputsOf(raw, spec.inputKeys);
+      const news = inputsOf(raw, inputKeys);
       refuseSentinel(spec.type, news);
       const old = keysOf(olds);
       const pinnedNews = pinned(news, old);
-      const outs = await spec.update(id, pinned(olds, old), pinnedNews);
-      return { outs: recorded(outs, news, pinnedNews, old) };
+      const pinnedOlds = pinned(olds, old);
+      // The charge stays on the controller the state records (the first host when it has none).
+      const ctl = quota ? controllerIn(olds) || (hostsIn(pinnedOlds)[0]?.name ?? "") : "";
+      const before = quota ? chargeOf(quota, pinnedOlds, ctl) : undefined;
+      const after = quota
+        ? chargeOf(quota, pinnedNews, before ? ctl : (hostsIn(pinnedNews)[0]?.name ?? ""))
+        : undefined;
+      const both = [...hostsIn(pinnedNews), ...hostsIn(pinnedOlds)];
+      const changed = !sameCharge(before, after);
+      // Reserve the new charge first (a growth past a limit is refused before anything changes).
+      if (changed && after) await reserve(both, after);
+      let outs: O;
+      try {
+        outs = await spec.update(id, pinnedOlds, pinnedNews);
+      } catch (e) {
+        if (changed && after) {
+          // Put the ledger back as it was: drop a moved charge, restore a resized one.
+          if (chargeMoves(before, after)) await release(both, after).catch(() => undefined);
+          else if (before) await reserve(both, before).catch(() => undefined);
+        }
+        throw e;
+      }
+      if (changed && before && chargeMoves(before, after))
+        await release(both, before, quota?.legacyHolders?.(pinnedOlds) ?? []);
+      return { outs: withController(recorded(outs, news, pinnedNews, old), after, "") };
     },
     async delete(id, olds) {
-      await spec.delete(id, pinned(olds, keysOf(olds)));
+      const p = pinned(olds, keysOf(olds));
+      await spec.delete(id, p);
+      const charge = quota ? chargeOf(quota, p, controllerIn(olds)) : undefined;
+      if (quota && charge) await release(hostsIn(p), charge, quota.legacyHolders?.(p) ?? []);
     },
   };
-  return { spec, provider };
+  return { spec: { ...spec, inputKeys }, provider };
 }

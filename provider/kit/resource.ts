@@ -7,6 +7,36 @@ import * as pulumi from "@pulumi/pulumi";
 import { packagedProvider } from "../packaged";
 import { ownerOf } from "./owner";
 import type { ResourceKind } from "./provider";
+import { projectRefOf } from "./quota";
+
+/**
+ * The identity project a resource belongs to: a Project resource (its `recordId`), a
+ * `<domain>/<name>` id or a bare name (domain "Default"). "" = none.
+ */
+export type ProjectRef = pulumi.Input<string> | { readonly recordId: pulumi.Input<string> };
+
+/** The argument every kvmlab resource takes (issue 14). */
+export interface InProjectArgs {
+  /**
+   * The identity project: fills the owner's `project=` segment and is charged the resource's
+   * quotas. @default the stack's `kvmlab:project` config value, else none (nothing charged)
+   */
+  readonly project?: ProjectRef;
+}
+
+/** The stack config key naming the default project of every kvmlab resource in the program. */
+export const DEFAULT_PROJECT_CONFIG = "kvmlab:project";
+
+/** `project`, or the stack's default project, as an input of its `<domain>/<name>` id ("" = none). */
+export function resolveProject(project: unknown): pulumi.Input<string> {
+  const given =
+    project === undefined || project === null ? (new pulumi.Config("kvmlab").get("project") ?? "") : project;
+  const ref =
+    typeof given === "object" && given !== null && "recordId" in given && !pulumi.Output.isInstance(given)
+      ? (given as { recordId: pulumi.Input<string> }).recordId
+      : (given as pulumi.Input<string>);
+  return typeof ref === "string" ? projectRefOf(ref) : pulumi.output(ref).apply((r) => projectRefOf(r ?? ""));
+}
 
 export abstract class KvmlabResource<I extends object, O extends I> extends pulumi.dynamic.Resource {
   constructor(
@@ -18,16 +48,31 @@ export abstract class KvmlabResource<I extends object, O extends I> extends pulu
     const props: Record<string, unknown> = {};
     for (const k of kind.spec.inputKeys) props[k] = inputs[k];
     for (const k of kind.spec.outputKeys) props[k] = undefined;
+    const owned = (kind.spec.inputKeys as readonly string[]).includes("owner");
+    // The identity project (issue 14): the argument or the stack's default. A quota'd resource
+    // carries it as its `project` input; every owned resource carries it in its owner.
+    const project = owned || kind.spec.quota ? resolveProject(inputs.project) : "";
+    if (kind.spec.quota) {
+      props.project = project;
+      props.quotaController = undefined;
+    }
     // The owner of every host object this resource makes: derived here, in the program, because
     // a dynamic provider never sees the URN (see kit/owner.ts).
-    if ((kind.spec.inputKeys as readonly string[]).includes("owner") && inputs.owner === undefined)
-      props.owner = ownerOf({
-        pulumiProject: pulumi.getProject(),
-        stack: pulumi.getStack(),
-        type: kind.spec.type,
-        name,
-        ...(typeof inputs.ownerProject === "string" ? { project: inputs.ownerProject } : {}),
-      });
+    if (owned && inputs.owner === undefined) {
+      const ownerFor = (p: string): string =>
+        ownerOf({
+          pulumiProject: pulumi.getProject(),
+          stack: pulumi.getStack(),
+          type: kind.spec.type,
+          name,
+          ...(p !== "" ? { project: p } : {}),
+        });
+      props.owner = typeof project === "string" ? ownerFor(project) : pulumi.output(project).apply(ownerFor);
+    }
+    // The hosts carry private keys: stored as a secret in the state's INPUTS too, also when a
+    // program passes plain hosts to a raw resource (components already pass secrets).
+    if ((kind.spec.inputKeys as readonly string[]).includes("hosts") && props.hosts !== undefined)
+      props.hosts = pulumi.secret(props.hosts as pulumi.Input<unknown>);
     const secrets = [...kind.spec.secretOutputs];
     super(
       // Installed from node_modules, state holds a require of the provider's module, not its code.

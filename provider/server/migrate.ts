@@ -124,6 +124,8 @@ export function migrateStep(
   dest: HostConnection,
   copyStorage: boolean,
   timeoutSec: number,
+  /** A console on the management address moves from the source's to the destination's. */
+  vnc?: { from: string; to: string },
 ): Step {
   const d = migrationDir(serverName);
   const uri = `qemu+libssh://${dest.user}@${dest.address}:${dest.port}/system?keyfile=${d}/id&known_hosts=${d}/known_hosts&sshauth=privkey`;
@@ -137,12 +139,25 @@ export function migrateStep(
     `--timeout ${Math.max(5, Math.floor(timeoutSec / 2))}`,
     `--migrateuri ${shQuote(`tcp://${stream}`)}`,
     `--listen-address ${shQuote(stream)}`,
+    // The destination's QEMU cannot listen on the source's address: the domain moves with its
+    // own XML (libvirt's migratable XML, only the VNC listen address changed).
+    vnc ? `--xml ${shQuote(`${d}/live.xml`)} --persistent-xml ${shQuote(`${d}/inactive.xml`)}` : "",
     shQuote(serverName),
     shQuote(uri),
   ].filter((a) => a !== "");
+  const swap = vnc
+    ? `s/listen='${vnc.from.replace(/\./g, "\\.")}'/listen='${vnc.to}'/g; s/address='${vnc.from.replace(/\./g, "\\.")}'/address='${vnc.to}'/g`
+    : "";
+  const prep = vnc
+    ? [
+        "set -eo pipefail",
+        `${VIRSH} dumpxml --migratable ${shQuote(serverName)} | sed ${shQuote(swap)} > ${shQuote(`${d}/live.xml`)}`,
+        `${VIRSH} dumpxml --migratable --inactive ${shQuote(serverName)} | sed ${shQuote(swap)} > ${shQuote(`${d}/inactive.xml`)}`,
+      ].join("\n") + "\n"
+    : "";
   return {
     label: `live-migrate ${serverName} to ${dest.name}`,
-    script: `timeout ${timeoutSec} ${args.join(" ")} </dev/null`,
+    script: `${prep}timeout ${timeoutSec} ${args.join(" ")} </dev/null`,
   };
 }
 

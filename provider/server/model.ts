@@ -12,6 +12,7 @@ import {
   withinFlavorLimits,
 } from "../../core/flavor";
 import { serverPaths } from "../../core/paths";
+import { domainBridgeOf } from "./hybrid";
 import {
   canonicalJson,
   failureList,
@@ -53,6 +54,12 @@ export interface ServerPort {
   tap: string;
   /** Requested address; "" lets IPAM choose from the pool. */
   fixedIp: string;
+  /**
+   * OVS ports only: Neutron's hybrid layout (the tap in a per-port Linux bridge qbr<id>, linked
+   * to OVS by qvb<id>/qvo<id>: server/hybrid.ts), so security groups can filter it. The domain
+   * XML must name qbr<id> as the port's bridge. @default false (absent)
+   */
+  hybrid?: boolean;
 }
 
 /** When create/start count as done. */
@@ -336,7 +343,16 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
         const dhcp = p.dhcp ?? true;
         if (typeof dhcp !== "boolean")
           fail("ports", `${f}.dhcp: expected true or false, got ${showValue(dhcp)}`);
-        return { ...p, fixedIp, dhcp };
+        if (p.hybrid !== undefined && typeof p.hybrid !== "boolean")
+          fail("ports", `${f}.hybrid: expected true or false, got ${showValue(p.hybrid)}`);
+        if (p.hybrid === true && p.driver !== "openvswitch")
+          fail(
+            "ports",
+            `${f}.hybrid: the hybrid layout is for openvswitch ports; drop hybrid on a ${String(p.driver)} port`,
+          );
+        // Absent unless true, so states from before the field do not diff.
+        const { hybrid, ...rest } = p;
+        return { ...rest, fixedIp, dhcp, ...(hybrid === true ? { hybrid } : {}) };
       });
     }
   }
@@ -513,7 +529,11 @@ export function checkDomainXml(
       imageFiles: [image.disk, image.kernel, image.ramdisk].filter(
         (f): f is string => typeof f === "string" && f !== "",
       ),
-      bridges: ports.map((p) => p.bridge).filter((b): b is string => typeof b === "string"),
+      bridges: ports
+        .map((p) =>
+          p.hybrid === true && typeof p.tap === "string" ? domainBridgeOf(p as ServerPort) : p.bridge,
+        )
+        .filter((b): b is string => typeof b === "string"),
     });
   }
   return undefined;
@@ -660,6 +680,23 @@ export function chooseHost(
       error: `no host fits the flavor (${flavor.vcpus} vCPU, ${flavor.ramMiB} MiB): ${why.join("; ")}; add a host, free capacity or pick a smaller flavor`,
     };
   return { host: best.load.host };
+}
+
+/**
+ * Counts a server just placed on a load (pure; a new object): one placement turn places several
+ * servers from one reading of the hosts, each seeing the ones placed before it.
+ */
+export function withPlaced(
+  load: HostLoad,
+  server: { uuid: string; flavor: Pick<ServerFlavor, "vcpus" | "ramMiB"> },
+): HostLoad {
+  return {
+    ...load,
+    allocatedRamMiB: load.allocatedRamMiB + server.flavor.ramMiB,
+    allocatedVcpus: load.allocatedVcpus + server.flavor.vcpus,
+    servers: load.servers + 1,
+    serverUuids: [...load.serverUuids, server.uuid],
+  };
 }
 
 /** Parses the stats step's output into a HostLoad (pure). */

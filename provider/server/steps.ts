@@ -7,6 +7,7 @@ import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
 import { serverPaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
+import { hybridPlugStep, hybridUnplugLines } from "./hybrid";
 
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
@@ -143,6 +144,9 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
     });
   }
   steps.push(uploadStep(p.domainXml, xml, { mode: "0600" }));
+  // Hybrid OVS ports: qbr/qvb/qvo before the domain can start (also on a migration's destination).
+  const plug = hybridPlugStep(inputs.serverName, inputs.ports, inputs.owner ?? "");
+  if (plug) steps.push(plug);
   if (opts.define !== false) {
     steps.push({
       label: `define domain ${inputs.serverName}`,
@@ -150,6 +154,16 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
     });
   }
   return steps;
+}
+
+/**
+ * The image's user marker for the server, when it uses an image of the store (empty otherwise).
+ * Create writes it under the host lock before anything refers to the image, so an Image delete
+ * (which checks the markers under the same lock) refuses from then on; the slow rest of the
+ * create (seed, overlay, define, start) then runs without the lock.
+ */
+export function imageUseSteps(inputs: Pick<ServerInputs, "image" | "serverName">): Step[] {
+  return usesStoreImage(inputs.image) ? [imageUserStep(inputs.image.name, inputs.serverName, true)] : [];
 }
 
 /** Writes the server's record (placement counts it). */
@@ -236,7 +250,9 @@ export function parseDomainInfo(stdout: string): DomainInfo {
  * Removes the server from a host (idempotent): the domain only when its UUID is this server's,
  * the instance folder, its user marker on the image and the record. Leaves everything else alone.
  */
-export function deleteStep(server: Pick<ServerInputs, "serverName" | "uuid" | "image">): Step {
+export function deleteStep(
+  server: Pick<ServerInputs, "serverName" | "uuid" | "image"> & { ports?: readonly ServerPort[] },
+): Step {
   const { serverName: name, uuid } = server;
   const p = serverPaths(name);
   const n = shQuote(name);
@@ -244,6 +260,10 @@ export function deleteStep(server: Pick<ServerInputs, "serverName" | "uuid" | "i
   return {
     label: `delete server ${name}`,
     script: [
+      // libvirtd not answering is not "no such domain": when libvirt keeps a definition of this
+      // name, stop here, so the owner marker and record stay with it (the next up returns to this
+      // host and adopts it; a delete retries). With no definition there is nothing of libvirt's.
+      `if ! ${VIRSH} list --all >/dev/null 2>&1 && [ -e ${shQuote(`/etc/libvirt/qemu/${name}.xml`)} ]; then echo ${shQuote(`libvirtd on this host does not answer and keeps a definition of server ${name}, so it was not removed; start libvirtd (systemctl start libvirtd) and run again`)} >&2; exit 69; fi`,
       `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
       // A domain or record of the same name with another UUID belongs to another server (a name
       // clash refused at create): leave all of it alone.
@@ -255,6 +275,7 @@ export function deleteStep(server: Pick<ServerInputs, "serverName" | "uuid" | "i
       `  ${VIRSH} undefine ${n} >/dev/null`,
       "fi",
       `rm -rf ${shQuote(p.dir)}`,
+      ...hybridUnplugLines(server.ports),
       imageUserStep(server.image.name, name, false).script,
       `rm -f ${rec}`,
       "true",

@@ -27,6 +27,8 @@ interface Metric {
   totalMs: number;
   waitMs: number;
   probes?: number;
+  /** kvmlab's own phases of a create (quota, placement, ipam, claim, info), in ms. */
+  phases?: Record<string, number>;
   connectionsOpened: number;
   steps: number;
   batches: number;
@@ -122,6 +124,8 @@ interface Row {
   createAvgMs: number;
   waitAvgMs: number;
   kvmlabAvgMs: number;
+  /** Average ms per create of each of kvmlab's own phases (locks and queues included). */
+  phaseAvgMs: Record<string, number>;
   placement: string;
 }
 
@@ -171,6 +175,12 @@ async function benchOne(n: number): Promise<Row> {
     createAvgMs: avg(creates.map((m) => m.totalMs)),
     waitAvgMs: avg(creates.map((m) => m.waitMs)),
     kvmlabAvgMs: avg(creates.map((m) => m.totalMs - m.waitMs)),
+    phaseAvgMs: Object.fromEntries(
+      [...new Set(creates.flatMap((m) => Object.keys(m.phases ?? {})))].map((k) => [
+        k,
+        avg(creates.map((m) => m.phases?.[k] ?? 0)),
+      ]),
+    ),
     placement: [...perHost.entries()]
       .sort()
       .map(([h, c]) => `${h}:${c}`)
@@ -180,12 +190,24 @@ async function benchOne(n: number): Promise<Row> {
 
 function table(rows: Row[]): string {
   const s = (ms: number): string => (ms / 1000).toFixed(1);
+  const ms = (v: number): string => (v < 1000 ? `${v} ms` : `${s(v)} s`);
   const lines = [
     "| servers | placement | up (s) | no-change up (s) | destroy (s) | SSH connections / server | remote commands / server (readiness probes) | server ops in no-change up | create per server (s) | waiting on QEMU/libvirt (s) | kvmlab itself (s) |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
     ...rows.map(
       (r) =>
-        `| ${r.n} | ${r.placement} | ${s(r.upMs)} | ${s(r.sameMs)} | ${s(r.destroyMs)} | ${r.connPerServer.toFixed(2)} | ${r.stepsPerServer} (${r.probesPerServer}) | ${r.sameOps} | ${s(r.createAvgMs)} | ${s(r.waitAvgMs)} | ${s(r.kvmlabAvgMs)} |`,
+        `| ${r.n} | ${r.placement} | ${s(r.upMs)} | ${s(r.sameMs)} | ${s(r.destroyMs)} | ${r.connPerServer.toFixed(2)} | ${r.stepsPerServer} (${r.probesPerServer}) | ${r.sameOps} | ${s(r.createAvgMs)} | ${s(r.waitAvgMs)} | ${ms(r.kvmlabAvgMs)} |`,
+    ),
+    "",
+    "kvmlab itself per create, by phase (average; each includes its waits for locks and the host's shell):",
+    "",
+    ...rows.map(
+      (r) =>
+        `- N=${r.n}: ${
+          Object.entries(r.phaseAvgMs)
+            .map(([k, v]) => `${k} ${v} ms`)
+            .join(", ") || "(no phases reported)"
+        }`,
     ),
   ];
   return lines.join("\n");
@@ -217,7 +239,7 @@ async function main(argv: string[]): Promise<number> {
   console.log(table(rows));
   console.log(
     "\nSSH connections / remote commands are the provider process's totals (servers, network, subnet, image, flavor) divided by N;" +
-      " waiting = define/start batch, readiness polling; kvmlab itself = the rest of each create (placement, IPAM, uploads).",
+      " waiting = define/start batch, readiness polling; kvmlab itself = the rest of each create (quota, placement, the host capability probe, IPAM, the image claim, the final dominfo).",
   );
   return 0;
 }

@@ -216,6 +216,71 @@ test("concurrent batches on one host are serialized through the one shell", asyn
   outs.forEach((o, i) => assert.deepEqual(o, [`${i}\n`, `${i}b\n`]));
 });
 
+test("worker shells: a slow step there holds up neither the main shell nor the other workers", async () => {
+  await closeHostSessions();
+  resetHostPoolStats();
+  // Worker shells open only once the main shell is open.
+  await runChecked(host, [{ script: "true" }]);
+  const flag = path.join(dir, `worker-flag-${process.pid}`);
+  fs.rmSync(flag, { force: true });
+  const order: string[] = [];
+  // Worker A waits (bounded: 15 s) for a file that only worker B creates: if the two batches
+  // shared one shell, B would run after A and A would fail.
+  const a = runChecked(
+    host,
+    [
+      {
+        label: "wait for the flag",
+        script: `i=0; while [ ! -e ${shQuote(flag)} ]; do i=$((i + 1)); [ $i -lt 300 ] || exit 9; sleep 0.05; done; echo a`,
+      },
+    ],
+    { lane: "worker" },
+  ).then((o) => (order.push("worker a"), o));
+  // The main shell answers while worker A is still waiting.
+  const [main] = await runChecked(host, [{ script: "echo main" }]);
+  order.push("main");
+  assert.equal(main, "main\n");
+  const [b] = await runChecked(host, [{ script: `touch ${shQuote(flag)}; echo b` }], { lane: "worker" });
+  order.push("worker b");
+  assert.equal(b, "b\n");
+  assert.deepEqual(await a, ["a\n"]);
+  // Worker A finished only after worker B made the flag (its own answer may arrive first).
+  assert.equal(order[0], "main", `the main shell answered while worker A waited: ${order.join(", ")}`);
+  const stats = hostPoolStats();
+  assert.equal(stats.connectionsOpened, 1, "workers are channels of the one connection");
+  assert.equal(stats.channelsOpened, 3, "the main shell and two worker shells");
+  // An idle worker is reused rather than a new channel opened.
+  await runChecked(host, [{ script: "true" }], { lane: "worker" });
+  assert.equal(hostPoolStats().channelsOpened, 3);
+  fs.rmSync(flag, { force: true });
+});
+
+test("a host that refuses worker channels (sshd MaxSessions) runs worker batches in the main shell", async () => {
+  await closeHostSessions();
+  const conf = path.join(dir, "sshd_config");
+  const original = fs.readFileSync(conf, "utf8");
+  fs.writeFileSync(conf, `${original}MaxSessions 1\n`);
+  await stopSshd(host.port);
+  await startSshd(host.port);
+  try {
+    resetHostPoolStats();
+    await runChecked(host, [{ script: "true" }]);
+    const outs = await Promise.all(
+      [1, 2, 3].map((i) => runChecked(host, [{ script: `echo w${i}` }], { lane: "worker" })),
+    );
+    assert.deepEqual(outs, [["w1\n"], ["w2\n"], ["w3\n"]]);
+    assert.equal(hostPoolStats().channelsOpened, 1, "only the main shell: the host allows one session");
+    // Once refused, the session stops asking for worker channels.
+    await runChecked(host, [{ script: "true" }], { lane: "worker" });
+    assert.equal(hostPoolStats().channelsOpened, 1);
+  } finally {
+    await closeHostSessions();
+    fs.writeFileSync(conf, original);
+    await stopSshd(host.port);
+    await startSshd(host.port);
+  }
+});
+
 test("a dropped connection is replaced on the next call", async () => {
   await runChecked(host, [{ script: "true" }]);
   const before = hostPoolStats();

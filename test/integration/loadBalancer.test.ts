@@ -18,6 +18,12 @@
  * requests from the sandbox's internet namespace to the floating IP reach both members, and
  * deleting the floating IP and router leaves the hosts as they were.
  *
+ * One puts security groups on the VIP port (a SecurityGroupPort on the VIP veth's host side, as
+ * the LoadBalancer component's `securityGroups` wires it): with a group admitting tcp/80 only, a
+ * second listener on 8080 is refused while 80 serves and the members stay ONLINE (health checks
+ * leave through the port); adding tcp/8080 to the group opens it without touching haproxy;
+ * deleting the port leaves no chain or jump behind.
+ *
  * Another puts a load balancer on an Open vSwitch (netdev) network: its VIP port is an OVS
  * port, a namespace member answers through it, and delete leaves no namespace or port.
  *
@@ -44,6 +50,7 @@ import {
   networkProvider,
   routerProvider,
   runChecked,
+  securityGroupPortProvider,
   shQuote,
   subnetProvider,
   type FloatingIpOutputs,
@@ -53,6 +60,8 @@ import {
   type NetworkInputs,
   type NetworkOutputs,
   type RouterOutputs,
+  type SecurityGroupPortInputs,
+  type SecurityGroupPortOutputs,
   type SubnetInputs,
   type SubnetOutputs,
 } from "../../provider";
@@ -671,4 +680,81 @@ test("floating IP: the VIP answers through a floating IP from the internet names
     await networkProvider.delete!("itlbx", ext);
   }
   assert.deepEqual([await state(hv1), await state(hv2)], before);
+});
+
+test("security groups on the VIP port: only the admitted listener port answers, opening a port is an update, delete leaves no rule", async () => {
+  const [hv1, hv2] = hosts;
+  const p = loadBalancerPaths(LB);
+  const rules = (h: HostConnection) =>
+    sh(h, "{ iptables-save -t filter; iptables-save -t raw; } | grep -c 'port itlb-web-vip' || true");
+  const before = [await rules(hv1), await rules(hv2)];
+  const web = [member("web1", 11), member("web2", 12)];
+  const alt: ListenerSpec = {
+    name: "alt",
+    protocol: "HTTP",
+    protocolPort: 8080,
+    defaultPool: { name: "alt", protocol: "HTTP", lbAlgorithm: "ROUND_ROBIN", members: web },
+  };
+  const tcp = (port: number) => ({
+    direction: "ingress" as const,
+    protocol: "tcp" as const,
+    portMin: port,
+    portMax: port,
+    remoteCidr: "0.0.0.0/0",
+    remoteGroup: "",
+    ethertype: "IPv4" as const,
+  });
+  const sgRaw = (ports: number[]) => ({
+    portName: `${LB}-vip`,
+    hosts,
+    host: "hv1",
+    tap: p.hostDevice,
+    mac: p.vipMac,
+    ip: VIP,
+    driver: "linuxbridge",
+    networkBridge: netOuts!.bridge,
+    // Neutron's default egress rule first (a SecurityGroup adds it): haproxy's health checks and
+    // its connections to the members leave through this same port.
+    groups: [
+      {
+        groupName: "itlb-vipsg",
+        rules: [
+          { ...tcp(0), direction: "egress" as const, protocol: "any" as const, remoteCidr: "" },
+          ...ports.map(tcp),
+        ],
+      },
+    ],
+  });
+  const get = async (port: number): Promise<string> =>
+    (await sh(hv2, `ip netns exec ${CLIENT} curl -s -m 3 http://${VIP}:${port}/ || echo FAILED`)).trim();
+  let lbOuts: LoadBalancerOutputs | undefined;
+  let sgOuts: SecurityGroupPortOutputs | undefined;
+  try {
+    const lbIn = await checked<LoadBalancerInputs>(loadBalancerProvider, lbRaw(listeners(web, {}, [alt])));
+    lbOuts = (await loadBalancerProvider.create!(lbIn)).outs as LoadBalancerOutputs;
+    assert.match(await get(8080), /^hello from web[12]$/, "8080 answers before the group");
+    const sgIn = await checked<SecurityGroupPortInputs>(securityGroupPortProvider, sgRaw([80]));
+    sgOuts = (await securityGroupPortProvider.create!(sgIn)).outs as SecurityGroupPortOutputs;
+    const got = [await get(80), await get(80), await get(8080)];
+    console.log(`# VIP behind a group admitting tcp/80: 80 -> ${got[0]}, ${got[1]}; 8080 -> ${got[2]}`);
+    assert.match(got[0], /^hello from web[12]$/);
+    assert.equal(got[2], "FAILED", "8080 is not admitted by the group");
+    // Health checks leave through the filtered port (egress open, replies ESTABLISHED).
+    lbOuts = await waitMember(lbOuts, "web/web1", "ONLINE");
+    lbOuts = await waitMember(lbOuts, "web/web2", "ONLINE");
+    // Opening 8080 is an update of the port only; haproxy is not reloaded.
+    const sgNew = await checked<SecurityGroupPortInputs>(securityGroupPortProvider, sgRaw([80, 8080]));
+    const d = await securityGroupPortProvider.diff!(`${LB}-vip`, sgOuts, sgNew);
+    assert.deepEqual(d.replaces ?? [], [], "an update, not a replacement");
+    sgOuts = (await securityGroupPortProvider.update!(`${LB}-vip`, sgOuts, sgNew))
+      .outs as SecurityGroupPortOutputs;
+    assert.match(await get(8080), /^hello from web[12]$/, "8080 admitted after the update");
+    assert.equal((await readLb(lbOuts)).reloadMs, lbOuts.reloadMs, "haproxy untouched");
+    await securityGroupPortProvider.delete!(`${LB}-vip`, sgOuts);
+    sgOuts = undefined;
+    assert.deepEqual([await rules(hv1), await rules(hv2)], before, "no chain or jump of the port left");
+  } finally {
+    if (sgOuts) await securityGroupPortProvider.delete!(`${LB}-vip`, sgOuts);
+    if (lbOuts) await loadBalancerProvider.delete!(LB, lbOuts);
+  }
 });

@@ -12,13 +12,19 @@
  * back as BACKUP: nopreempt); a config change reloads haproxy on both amphorae; delete leaves
  * nothing on either host (namespaces, links, files, owner markers, IPAM entries compared).
  *
+ * A second test puts security groups on both amphorae's VIP ports as the LoadBalancer component
+ * wires them (own VRRP address, the VIP as an allowed address pair, the peer's VRRP address
+ * admitted, tcp/80 from anywhere): VRRP still passes (hv1 MASTER, hv2 BACKUP, no split brain), a
+ * port no listener admits times out instead of being refused, and after the MASTER's keepalived
+ * stops the VIP answers from hv2's amphora through its filtered port.
+ *
  * All traffic stays inside the sandbox hosts' namespaces.
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
 import { planSubnet } from "../../components/network";
 import { loadBalancerConfig } from "../../components/loadBalancer";
-import { ipamRecordName, loadBalancerPaths } from "../../core/paths";
+import { amphoraMac, ipamRecordName, loadBalancerPaths } from "../../core/paths";
 import { keepalivedPair } from "../../templates/keepalived";
 import type { ListenerSpec } from "../../templates/haproxy";
 import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
@@ -27,12 +33,15 @@ import {
   loadBalancerProvider,
   networkProvider,
   runChecked,
+  securityGroupPortProvider,
   subnetProvider,
   type HostConnection,
   type LoadBalancerInputs,
   type LoadBalancerOutputs,
   type NetworkInputs,
   type NetworkOutputs,
+  type SecurityGroupPortInputs,
+  type SecurityGroupPortOutputs,
   type SubnetInputs,
   type SubnetOutputs,
 } from "../../provider";
@@ -318,4 +327,89 @@ test("ACTIVE_STANDBY: the VIP moves to the standby amphora when the active one s
   }
   assert.equal(await leftovers(hv1), before1, "nothing of the load balancer left on hv1");
   assert.equal(await leftovers(hv2), before2, "nothing of the load balancer left on hv2");
+});
+
+test("ACTIVE_STANDBY behind security groups: VRRP passes, unadmitted ports are dropped, the VIP fails over through the filtered ports", async () => {
+  const [hv1, hv2] = hosts;
+  const before = [await leftovers(hv1), await leftovers(hv2)];
+  const raw = lbRaw([1, 2]);
+  const vrrp = raw.vrrpAddresses as string[];
+  const rule = (protocol: "tcp" | "any", port: number, remoteCidr: string, direction = "ingress") => ({
+    direction,
+    protocol,
+    portMin: port,
+    portMax: port,
+    remoteCidr,
+    remoteGroup: "",
+    ethertype: "IPv4",
+  });
+  // What components/loadBalancer.ts gives each amphora's port.
+  const portRaw = (i: number) => ({
+    portName: `${LB}-vip${i}`,
+    hosts,
+    host: `hv${i + 1}`,
+    tap: loadBalancerPaths(LB).hostDevice,
+    mac: amphoraMac(LB, i),
+    ip: vrrp[i],
+    allowedAddresses: [VIP],
+    driver: "linuxbridge",
+    networkBridge: raw.networkBridge,
+    groups: [
+      { groupName: "itha-web", rules: [rule("any", 0, "", "egress"), rule("tcp", 80, "0.0.0.0/0")] },
+      { groupName: `${LB}-vrrp`, rules: [rule("any", 0, `${vrrp[1 - i]}/32`)] },
+    ],
+  });
+  let outs = (
+    await loadBalancerProvider.create!(await checked<LoadBalancerInputs>(loadBalancerProvider, raw))
+  ).outs as LoadBalancerOutputs;
+  const ports: SecurityGroupPortOutputs[] = [];
+  try {
+    for (const i of [0, 1]) {
+      const pin = await checked<SecurityGroupPortInputs>(securityGroupPortProvider, portRaw(i));
+      ports.push((await securityGroupPortProvider.create!(pin)).outs as SecurityGroupPortOutputs);
+    }
+    // VRRP adverts pass the filter: the roles hold (no split brain) for several advert intervals.
+    outs = await waitFor(
+      outs,
+      (o) =>
+        o.amphorae[0].holdsVip &&
+        o.amphorae[0].vrrpState === "MASTER" &&
+        o.amphorae[1].vrrpState === "BACKUP",
+      "hv1 MASTER, hv2 BACKUP behind the groups",
+    );
+    await new Promise((r) => setTimeout(r, 5000));
+    outs = await readLb(outs);
+    assert.deepEqual(
+      outs.amphorae.map((a) => [a.vrrpState, a.holdsVip]),
+      [
+        ["MASTER", true],
+        ["BACKUP", false],
+      ],
+      "still one MASTER after 5 s of adverts through the filter",
+    );
+    // Admitted: tcp/80. Not admitted: 8080 (no listener: unfiltered it would be refused at once, exit 7).
+    const probe = (port: number) =>
+      sh(hv2, `ip netns exec ${CLIENT} curl -s -m 2 -o /dev/null http://${VIP}:${port}/; echo "exit=$?"`);
+    assert.match(await probe(80), /exit=0/);
+    assert.match(await probe(8080), /exit=28/, "dropped by the group (timeout), not refused");
+    // Failover: the VIP now leaves through hv2's port from the VIP address (the allowed pair).
+    await sh(hv1, `kill "$(cat ${loadBalancerPaths(LB).keepalivedPid})"`);
+    outs = await waitFor(outs, (o) => o.amphorae[1].holdsVip, "the VIP on hv2's amphora");
+    let ok = "";
+    for (let i = 0; i < 20 && ok === ""; i++) {
+      const b = (await sh(hv2, `ip netns exec ${CLIENT} curl -s -m 1 http://${VIP}/ || true`)).trim();
+      if (b.startsWith("hello from")) ok = b;
+      else await new Promise((r) => setTimeout(r, 500));
+    }
+    console.log(`# ACTIVE_STANDBY behind security groups: after failover the VIP answers "${ok}" from hv2`);
+    assert.match(ok, /^hello from m[12]$/);
+    assert.match(await probe(8080), /exit=28/, "hv2's port filters too");
+  } finally {
+    for (const [i, p] of ports.entries()) await securityGroupPortProvider.delete!(`${LB}-vip${i}`, p);
+    await loadBalancerProvider.delete!(LB, outs);
+  }
+  const rulesLeft = (h: HostConnection) =>
+    sh(h, `{ iptables-save -t filter; iptables-save -t raw; } | grep -c 'port ${LB}-vip' || true`);
+  assert.deepEqual([(await rulesLeft(hv1)).trim(), (await rulesLeft(hv2)).trim()], ["0", "0"]);
+  assert.deepEqual([await leftovers(hv1), await leftovers(hv2)], before);
 });

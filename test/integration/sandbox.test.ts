@@ -13,6 +13,7 @@
 import { after, test } from "node:test";
 import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { main } from "../../cli/sandbox";
 import { MAX_HOSTS, MAX_INDEX, planSandbox } from "../../cli/sandbox/plan";
@@ -404,15 +405,33 @@ test(
     const pool = st.external.allocationPool.start.split(".").map(Number);
     const addr = (k: number) => [...pool.slice(0, 3), pool[3] + k].join(".");
     const [dbIp, wasIp, webIp, bastionIp] = [addr(1), addr(2), addr(3), addr(4)];
-    // A key for the guests and another they must refuse, made on hv1 (its /tmp is private).
+    // Disk images on hv1 (its /tmp is private).
     await sshCheck(
       st,
       "hv1",
       "rm -rf /tmp/itest-guest && mkdir -m 700 /tmp/itest-guest && cd /tmp/itest-guest && " +
-        "ssh-keygen -q -t ed25519 -N '' -C itest -f key && ssh-keygen -q -t ed25519 -N '' -f other && " +
         "qemu-img create -q -f qcow2 vda.qcow2 64M && qemu-img create -q -f qcow2 vdb.qcow2 32M",
     );
-    const pub = (await sshCheck(st, "hv1", "cat /tmp/itest-guest/key.pub")).trim();
+    // A key for the guests and another they must refuse, on this machine; SSH and raw TCP run
+    // inside the sandbox's "internet" namespace (on the external network, like the guests).
+    const keys = fs.mkdtempSync(path.join(os.tmpdir(), "itest-guest-"));
+    for (const k of ["key", "other"]) {
+      const r = await runCommand("ssh-keygen", [
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "itest",
+        "-f",
+        path.join(keys, k),
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const pub = fs.readFileSync(path.join(keys, "key.pub"), "utf8").trim();
+    const inet = (cmd: string, timeoutMs = 90_000) =>
+      runCommand("ip", ["netns", "exec", st.external.internetNetns, "sh", "-c", cmd], { timeoutMs });
     const guests = [
       {
         name: "itest-gdb",
@@ -451,6 +470,17 @@ test(
       );
     }
     timings.roleGuestsToHttp = Date.now() - t0;
+    // httpd answers before dropbear is up: LAB-READY comes after the SSH server (and LAB-SSH).
+    for (const g of guests) {
+      await waitFor(
+        `LAB-READY on ${g.name}'s console`,
+        async () => {
+          const log = await sshCheck(st, "hv1", `cat /var/log/kvmlab-${g.name}.console`);
+          return log.includes(`LAB-READY name=${g.name} `) ? true : undefined;
+        },
+        { timeoutMs: 120_000, intervalMs: 500 },
+      );
+    }
 
     // The chain: the web fetches the WAS, the WAS reads the database's line.
     const chain = await httpGet(st, webIp, "/", 15_000);
@@ -461,8 +491,8 @@ test(
     // The other port of a role guest stays the plain test guest.
     assert.equal((await httpGet(st, webIp, "/", 2_000, 8080))?.body.trim(), "hello from itest-gweb");
     assert.equal((await httpGet(st, wasIp, "/"))?.body.trim(), "hello from itest-gwas");
-    const dbLine = await sshCheck(st, "hv1", `timeout 10 socat -T5 - TCP:${dbIp}:3306 </dev/null`);
-    assert.equal(dbLine.trim(), "db=itest-gdb");
+    const dbLine = await inet(`timeout 10 socat -T5 - TCP:${dbIp}:3306 </dev/null`);
+    assert.equal(dbLine.stdout.trim(), "db=itest-gdb", dbLine.stderr);
 
     // Malformed values: ignored with a log line, the guest still comes up.
     const bastionLog = await sshCheck(st, "hv1", "cat /var/log/kvmlab-itest-gbastion.console");
@@ -490,7 +520,7 @@ test(
     assert.ok(after < burning / 2, `?stop stops it: burning ${burning}, after ${after}`);
     assert.equal((await httpGet(st, webIp, "/cgi-bin/burn?seconds=601", 5_000))?.status, 400);
 
-    // SSH (from hv1, inside the sandbox): host keys pinned from the guests' LAB-SSH lines.
+    // SSH: host keys pinned from the guests' LAB-SSH lines.
     const hostKeys: string[] = [];
     for (const g of [guests[2], guests[3]]) {
       const log = await sshCheck(st, "hv1", `cat /var/log/kvmlab-${g.name}.console`);
@@ -498,23 +528,27 @@ test(
       assert.ok(key, `${g.name} logged its SSH host key`);
       hostKeys.push(`${g.ip} ${key}`);
     }
-    await sshCheck(st, "hv1", "cat > /tmp/itest-guest/known_hosts", { input: hostKeys.join("\n") + "\n" });
+    fs.writeFileSync(path.join(keys, "known_hosts"), hostKeys.join("\n") + "\n");
     const opts = (key: string) =>
-      `-F /dev/null -i /tmp/itest-guest/${key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes ` +
-      "-o UserKnownHostsFile=/tmp/itest-guest/known_hosts -o ConnectTimeout=20";
-    const direct = await sshCheck(st, "hv1", `timeout 60 ssh ${opts("key")} root@${webIp} 'hostname; id -u'`);
-    assert.equal(direct.trim(), "itest-gweb\n0");
-    const jumped = await sshCheck(
-      st,
-      "hv1",
+      `-F /dev/null -i ${keys}/${key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes ` +
+      `-o UserKnownHostsFile=${keys}/known_hosts -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=20`;
+    const direct = await inet(`timeout 60 ssh ${opts("key")} root@${webIp} 'hostname; id -u'`);
+    assert.equal(direct.stdout.trim(), "itest-gweb\n0", direct.stderr);
+    const jumped = await inet(
       `timeout 90 ssh ${opts("key")} -o ProxyCommand='ssh ${opts("key")} -W %h:%p root@${bastionIp}' root@${webIp} hostname`,
     );
-    assert.equal(jumped.trim(), "itest-gweb", "the bastion forwards TCP to the web's SSH");
-    const refused = await sshExec(st, "hv1", `timeout 60 ssh ${opts("other")} root@${webIp} true`);
+    assert.equal(
+      jumped.stdout.trim(),
+      "itest-gweb",
+      `the bastion forwards TCP to the web's SSH: ${jumped.stderr}`,
+    );
+    const refused = await inet(`timeout 60 ssh ${opts("other")} root@${webIp} true`);
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /Permission denied \(publickey\)/);
-    const noKey = await sshExec(st, "hv1", `timeout 20 socat -T5 - TCP:${dbIp}:22 </dev/null`);
+    const noKey = await inet(`timeout 20 socat -T5 - TCP:${dbIp}:22 </dev/null`);
     assert.notEqual(noKey.code, 0, "a guest without lab.sshkey runs no SSH server");
+    assert.match(noKey.stderr, /refused/i);
+    fs.rmSync(keys, { recursive: true, force: true });
 
     // Disks: both attached disks listed; a token written to vdb reads back.
     const disks = await httpGet(st, dbIp, "/cgi-bin/disks", 5_000);

@@ -4,6 +4,11 @@
  * address; without it, none and "". The mock gives the LoadBalancer resource the vipPort its
  * provider returns (address, subnet, network from its inputs). Proves the wiring; the sandbox
  * test (test/integration/loadBalancer.test.ts, "floating IP") proves the traffic.
+ *
+ * With `securityGroups` it registers one SecurityGroupPort per amphora on the VIP veth's host
+ * side: SINGLE on the VIP with its MAC; ACTIVE_STANDBY on each amphora's VRRP address, with the VIP
+ * as an allowed address pair and the peer's VRRP address admitted (the sandbox test
+ * "security groups on the VIP port" proves the filtering).
  */
 import { before, test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -47,12 +52,16 @@ before(async () => {
         const state: Record<string, unknown> = { ...args.inputs };
         if (args.type.endsWith("kvmlab:Network")) state.bridge = `kvlb-${args.name}`;
         if (args.type.endsWith("kvmlab:Router")) state.host = args.inputs.host ?? "hv1";
-        if (args.type.endsWith("kvmlab:LoadBalancer"))
+        if (args.type.endsWith("kvmlab:LoadBalancer")) {
           state.vipPort = {
             address: args.inputs.vipAddress,
             subnet: args.inputs.subnetName,
             network: args.inputs.networkName,
           };
+          state.host = args.inputs.lbHost || "hv1";
+          state.amphorae =
+            args.inputs.topology === "ACTIVE_STANDBY" ? [{ host: "hv1" }, { host: "hv2" }] : [];
+        }
         if (args.type.endsWith("kvmlab:FloatingIp")) state.floatingIp = "172.24.4.101";
         return { id: `${args.name}-id`, state };
       },
@@ -155,4 +164,88 @@ test("LoadBalancer with floatingIp: a FloatingIp on the router targets the VIP p
       }),
     /floatingIp.subnet: the external network has no subnet "nope"; use one of ext-v4/,
   );
+});
+
+test("LoadBalancer with securityGroups: a SecurityGroupPort on each amphora's VIP port", async () => {
+  const { Network } = await import("../../components/network");
+  const { LoadBalancer } = await import("../../components/loadBalancer");
+  const { SecurityGroup } = await import("../../provider/securityGroup");
+  const { amphoraMac, loadBalancerPaths } = await import("../../core/paths");
+  const lan = new Network("sglan", {
+    kind: "selfservice",
+    subnets: [{ name: "sglan-v4", cidr: "10.61.0.0/24" }],
+  });
+  const web = new SecurityGroup("vipsg", {
+    hosts: [],
+    rules: [{ direction: "ingress", protocol: "tcp", port: 80 }],
+  });
+  const single = new LoadBalancer("sg-lb", {
+    network: lan,
+    subnet: "sglan-v4",
+    vipAddress: "10.61.0.50",
+    listeners,
+    securityGroups: [web],
+  });
+  const ha = new LoadBalancer("sg-ha", {
+    network: lan,
+    subnet: "sglan-v4",
+    vipAddress: "10.61.0.60",
+    listeners,
+    topology: "ACTIVE_STANDBY",
+    vrrpAddresses: ["10.61.0.61", "10.61.0.62"],
+    securityGroups: [web],
+  });
+  const plain = new LoadBalancer("nosg-lb", {
+    network: lan,
+    subnet: "sglan-v4",
+    vipAddress: "10.61.0.70",
+    listeners,
+  });
+  assert.equal(plain.securityGroupPorts.length, 0, "no groups, no SecurityGroupPort");
+  assert.equal(single.securityGroupPorts.length, 1);
+  assert.equal(ha.securityGroupPorts.length, 2);
+  for (const p of [...single.securityGroupPorts, ...ha.securityGroupPorts]) await unwrap(p.portName);
+  await unwrap(ha.vipAddress);
+  const ports = registered.filter((r) => r.type.endsWith("kvmlab:SecurityGroupPort"));
+  const byName = (n: string) => {
+    const r = ports.find((x) => x.name === n);
+    assert.ok(r, `SecurityGroupPort ${n} registered (have ${ports.map((x) => x.name).join(", ")})`);
+    return r.inputs;
+  };
+  const s = byName("sg-lb-vip");
+  assert.equal(s.portName, "sg-lb-vip");
+  assert.equal(s.host, "hv1", "the host the load balancer reports");
+  assert.equal(s.tap, loadBalancerPaths("sg-lb").hostDevice, "the host side of the VIP veth");
+  assert.equal(s.mac, loadBalancerPaths("sg-lb").vipMac);
+  assert.equal(s.ip, "10.61.0.50");
+  assert.deepEqual(s.allowedAddresses, []);
+  assert.equal(s.driver, "linuxbridge");
+  assert.deepEqual(s.groups, [
+    { groupName: "vipsg", rules: [{ direction: "ingress", protocol: "tcp", port: 80 }] },
+  ]);
+  for (const i of [0, 1]) {
+    const a = byName(`sg-ha-vip${i}`);
+    assert.equal(a.portName, `sg-ha-vip${i}`);
+    assert.equal(a.host, `hv${i + 1}`, "each amphora's own host");
+    assert.equal(a.tap, loadBalancerPaths("sg-ha").hostDevice);
+    assert.equal(a.mac, amphoraMac("sg-ha", i));
+    assert.equal(a.ip, `10.61.0.6${i + 1}`, "the amphora's VRRP address");
+    assert.deepEqual(a.allowedAddresses, ["10.61.0.60"], "the VIP as an allowed address pair");
+    const groups = a.groups as { groupName: string; rules: Record<string, unknown>[] }[];
+    assert.equal(groups[0].groupName, "vipsg");
+    assert.deepEqual(groups[1], {
+      groupName: "sg-ha-vrrp",
+      rules: [
+        {
+          direction: "ingress",
+          protocol: "any",
+          portMin: 0,
+          portMax: 0,
+          remoteCidr: `10.61.0.6${2 - i}/32`,
+          remoteGroup: "",
+          ethertype: "IPv4",
+        },
+      ],
+    });
+  }
 });

@@ -212,3 +212,31 @@ test("hosts: explicit beats config, config beats sandbox, sandbox is announced, 
     /hosts\[0\]\.privateKeyPath: cannot read/,
   );
 });
+
+test("a raw resource given plain hosts (private key in clear) stores them as a secret input", async () => {
+  const { Flavor } = await import("../../provider/flavor");
+  const plainHosts = [
+    {
+      name: "hv1",
+      address: "10.255.0.11",
+      port: 22,
+      user: "root",
+      privateKey: KEY,
+      hostKey: HOST_KEY,
+      uplink: "eth1",
+      tunnelAddress: "10.254.0.11",
+    },
+  ];
+  const f = new Flavor("raw-plain-hosts", { flavorName: "m1.raw", vcpus: 1, ramMiB: 128, hosts: plainHosts });
+  await unwrap(f.urn);
+  const r = registered.find((x) => x.name === "raw-plain-hosts");
+  assert.ok(r, "the Flavor registered");
+  const wrapped = r.inputs.hosts as Record<string, unknown>;
+  const SECRET_SIG = "4dabf18193072939515e22adb298388d";
+  assert.equal(
+    wrapped[SECRET_SIG],
+    "1b47061264138c4ac30d75fd1eb44270",
+    "hosts (with the private key) is a secret input",
+  );
+  assert.equal((wrapped.value as { privateKey: string }[])[0].privateKey, KEY);
+});

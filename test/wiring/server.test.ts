@@ -282,3 +282,62 @@ test("securityGroups on a port: one SecurityGroupPort wired to the Server's host
   const strip = (i: Record<string, unknown>) => ({ ...i, owner: undefined });
   assert.deepEqual(strip(server.inputs), strip(reg("Server", "web9-plain").inputs));
 });
+
+test("securityGroups on an OVS port: the Server plugs the tap into its own qbr bridge (Neutron's hybrid layout), the SecurityGroupPort filters that tap; without the key the port stays on OVS", async () => {
+  const { Network } = await import("../../components/network");
+  const { Server, imageStorePaths } = await import("../../components/server");
+  const { SecurityGroup } = await import("../../provider/securityGroup");
+  const net = new Network("sgovs", {
+    kind: "selfservice",
+    driver: "openvswitch",
+    hosts,
+    subnets: [{ name: "v4", cidr: "10.77.0.0/24" }],
+  });
+  const web = new SecurityGroup("websg-ovs", {
+    hosts,
+    rules: [{ direction: "ingress", protocol: "tcp", port: 80 }],
+  });
+  const common = {
+    hosts,
+    host: "hv1",
+    image: { name: "labimg", kind: "kernel" as const, ...imageStorePaths("labimg", "kernel") },
+    flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+  };
+  const guarded = new Server("ovs-sg", {
+    ...common,
+    ports: [{ network: net, subnet: "v4", securityGroups: [web] }],
+  });
+  const reserved = new Server("ovs-empty", {
+    ...common,
+    ports: [{ network: net, subnet: "v4", securityGroups: [] }],
+  });
+  const plain = new Server("ovs-plain", { ...common, ports: [{ network: net, subnet: "v4" }] });
+  assert.ok(guarded.securityGroupPorts[0]);
+  assert.equal(reserved.securityGroupPorts[0], undefined, "[] plumbs the port but filters nothing yet");
+  await unwrap(guarded.securityGroupPorts[0]!.portName);
+  await Promise.all([unwrap(guarded.ip), unwrap(reserved.ip), unwrap(plain.ip)]);
+  const reg = (type: string, name: string) => {
+    const r = registered.find((x) => x.type === `pulumi-nodejs:dynamic/kvmlab:${type}` && x.name === name);
+    assert.ok(r, `${type} ${name} registered`);
+    return r;
+  };
+  for (const name of ["ovs-sg", "ovs-empty"]) {
+    const s = reg("Server", name);
+    const p = (s.inputs.ports as { tap: string; bridge: string; driver: string; hybrid?: boolean }[])[0];
+    assert.equal(p.hybrid, true, `${name}: hybrid port`);
+    assert.equal(p.driver, "openvswitch");
+    const qbr = `qbr${p.tap.slice(3)}`;
+    for (const x of Object.values(s.inputs.domainXml as Record<string, string>)) {
+      assert.ok(x.includes(`<source bridge='${qbr}'/>`), `${name}: the XML names ${qbr}`);
+      assert.ok(!x.includes("virtualport"), `${name}: the tap is not an OVS port`);
+    }
+  }
+  const port = reg("SecurityGroupPort", "ovs-sg-port0");
+  const sp = (reg("Server", "ovs-sg").inputs.ports as { tap: string }[])[0];
+  assert.equal(port.inputs.driver, "openvswitch");
+  assert.equal(port.inputs.tap, sp.tap);
+  const p0 = (reg("Server", "ovs-plain").inputs.ports as { hybrid?: boolean }[])[0];
+  assert.equal(p0.hybrid, undefined, "no securityGroups key: the tap stays an OVS port");
+  const px = (reg("Server", "ovs-plain").inputs.domainXml as Record<string, string>).qemu;
+  assert.match(px, /<virtualport type='openvswitch'/);
+});

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import * as path from "node:path";
 import { parse } from "yaml";
+import { loadBalancerPaths } from "../../../core/paths";
 import { renderLab } from "../../../lab/artifacts";
 import { loadLab, parseLab } from "../../../lab/parse";
 import {
@@ -9,6 +10,7 @@ import {
   dnsmasqTest,
   expectGolden,
   haproxyCheck,
+  keepalivedCheck,
   repoRoot,
   virtXmlValidate,
 } from "../templates/support";
@@ -133,4 +135,66 @@ test("a kernel+ramdisk image renders direct kernel boot on a Linux bridge, valid
   assert.equal(plan.servers.find((s) => s.name === "vm-a")!.host, null, "placement decided at apply time");
   assertValid(dnsmasqTest(files.get("subnets/lan-subnet/dnsmasq.conf")!), "dnsmasq.conf");
   assert.deepEqual(lab!.hosts[0].privateKeyPath, "~/.ssh/kvmlab");
+});
+
+const HA_LAB = (lb: string, hosts = 2) => `
+name: ha
+hosts:
+${[1, 2]
+  .slice(0, hosts)
+  .map(
+    (n) => `  - name: hv${n}
+    address: 10.255.0.1${n}
+    privateKeyPath: ~/.ssh/kvmlab
+    hostKey: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJJC9ivjyiIwVQaIynSL3v4u50/EB1w8amEowk2dv/zt`,
+  )
+  .join("\n")}
+networks:
+  - name: lan
+    kind: selfservice
+    subnets:
+      - { name: lan-subnet, cidr: 10.70.0.0/24, pool: { start: 10.70.0.100, end: 10.70.0.120 } }
+loadBalancers:
+  - name: web-lb
+    vipSubnet: lan-subnet
+    ${lb}
+    listeners:
+      - name: http
+        protocol: HTTP
+        protocolPort: 80
+        pool: { name: web, protocol: HTTP, lbAlgorithm: ROUND_ROBIN, members: [{ name: m1, address: 10.70.0.5, protocolPort: 80 }] }
+`;
+
+test("an ACTIVE_STANDBY load balancer plans two VRRP addresses from the pool and renders both keepalived confs", () => {
+  const { lab, issues } = parseLab(HA_LAB("topology: ACTIVE_STANDBY\n    standbyHost: hv2"));
+  assert.deepEqual(issues, []);
+  const { files, plan } = renderLab(lab!);
+  const vip = plan.vips["web-lb"];
+  assert.equal(vip.ip, "10.70.0.101", "after the DHCP port .100");
+  assert.deepEqual(vip.vrrpAddresses, ["10.70.0.102", "10.70.0.103"]);
+  const confs = [0, 1].map((a) => files.get(`loadbalancers/web-lb/keepalived-${a}.conf`)!);
+  assert.ok(confs[0] && confs[1], [...files.keys()].join(", "));
+  assert.match(confs[0], /load balancer web-lb \(MASTER\)[\s\S]*priority 100/);
+  assert.match(confs[1], /load balancer web-lb \(BACKUP\)[\s\S]*priority 90/);
+  assert.match(confs[0], /unicast_src_ip 10\.70\.0\.102[\s\S]*10\.70\.0\.103/);
+  assert.match(confs[0], /10\.70\.0\.101/);
+  const lp = loadBalancerPaths("web-lb");
+  for (const c of confs)
+    assertValid(keepalivedCheck(c, lp.nsDevice, lp.checkScript, lp.notifyScript), "keepalived.conf");
+  const single = renderLab(parseLab(HA_LAB("host: hv1")).lab!);
+  assert.deepEqual(single.plan.vips["web-lb"].vrrpAddresses, []);
+  assert.ok(![...single.files.keys()].some((k) => k.includes("keepalived")));
+  for (const [lb, hosts, field] of [
+    ["topology: ACTIVE_STANDBY\n    host: hv1\n    standbyHost: hv1", 2, "standbyHost"],
+    ["standbyHost: hv2", 2, "standbyHost"],
+    ["topology: ACTIVE_STANDBY\n    standbyHost: hv9", 2, "standbyHost"],
+    ["topology: ACTIVE_STANDBY", 1, "topology"],
+    ["topology: ACTIVE_PASSIVE", 2, "topology"],
+  ] as const) {
+    const r = parseLab(HA_LAB(lb, hosts));
+    assert.ok(
+      r.issues.some((i) => i.path === `loadBalancers[0].${field}`),
+      `${lb}: ${JSON.stringify(r.issues)}`,
+    );
+  }
 });

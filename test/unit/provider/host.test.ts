@@ -244,3 +244,51 @@ test("the probe parser and the missing-package list", () => {
   ]);
   assert.deepEqual(missingPackages(caps, ["linuxbridge", "haproxy"]), []);
 });
+
+test("libvirtd stopped (virsh installed): the probe says so instead of asking to install packages, and is not cached", async () => {
+  const fs = require("node:fs") as typeof import("node:fs");
+  const os = require("node:os") as typeof import("node:os");
+  const path = require("node:path") as typeof import("node:path");
+  const { probeScript } = require("../../../provider/host/probe") as { probeScript: (l: boolean) => string };
+  // The script itself, with a virsh that cannot reach its daemon first on PATH.
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-probe-"));
+  try {
+    fs.writeFileSync(
+      path.join(bin, "virsh"),
+      "#!/bin/sh\necho 'error: failed to connect to the hypervisor' >&2\nexit 1\n",
+      {
+        mode: 0o755,
+      },
+    );
+    const r = spawnSync("bash", ["--noprofile", "--norc", "-c", probeScript(true)], {
+      encoding: "utf8",
+      env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
+    });
+    assert.match(r.stdout, /^libvirtd=down$/m);
+    assert.match(r.stdout, /^libvirt=$/m);
+  } finally {
+    fs.rmSync(bin, { recursive: true, force: true });
+  }
+  // requireFeatures on a host answering so: the error names libvirtd; a second call probes again.
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const probe = require("../../../provider/host/probe") as {
+    requireFeatures: (h: unknown, f: string[]) => Promise<unknown>;
+  };
+  const saved = session.runChecked;
+  let probes = 0;
+  session.runChecked = async () => {
+    probes += 1;
+    return ["iproute2=yes\nflock=yes\nlibvirtd=down\nlibvirt=\nqemu=\nkvm=no"];
+  };
+  try {
+    const h = { name: "hv9", address: "10.255.0.99", port: 22 };
+    for (let i = 0; i < 2; i++)
+      await assert.rejects(
+        probe.requireFeatures(h, ["libvirt"]),
+        /host hv9 \(10\.255\.0\.99\): libvirtd does not answer .*start it \(systemctl start libvirtd/,
+      );
+    assert.equal(probes, 2, "a daemon that was down is probed again, not remembered");
+  } finally {
+    session.runChecked = saved;
+  }
+});

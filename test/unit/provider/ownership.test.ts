@@ -20,6 +20,12 @@ import {
   checkSecurityGroupInputs,
   checkSecurityGroupPortInputs,
   checkServerInputs,
+  checkFloatingIpInputs,
+  floatingIpProvider,
+  checkRouterInputs,
+  routerProvider,
+  checkImageInputs,
+  imageProvider,
   checkSubnetInputs,
   claimStep,
   dhcpPaths,
@@ -43,6 +49,7 @@ import {
   type StepResult,
 } from "../../../provider";
 import { serverRaw, testHost } from "./fixtures";
+import { routerGatewayOwner } from "../../../core/router";
 
 const ME = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Network", name: "lan" });
 const OTHER = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Network", name: "lan" });
@@ -63,7 +70,7 @@ interface FakeHost {
   restore(): void;
 }
 
-const OWNER_STEP = /^(claim |check the owner of |release the owner marker of )/;
+const OWNER_STEP = /^(claim |check the owner of |check that .* is this stack's|release the owner marker of )/;
 
 function fakeHost(answers: [RegExp, string][]): FakeHost {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
@@ -183,7 +190,7 @@ test("claim, guard and release steps: claimed, adopted by the same owner, refuse
     );
     assert.match(refused.stderr, /Fix: give this resource another networkName/);
     assert.equal(runLocal(root, guardStep(o, [OTHER]).script).code, OWNER_REFUSED);
-    assert.equal(runLocal(root, guardStep(o, [OTHER, ME]).script).stdout.trim(), "mine");
+    assert.equal(runLocal(root, guardStep(o, [ME, OTHER]).script).stdout.trim(), "mine");
     runLocal(root, releaseOwnerStep(o, [OTHER]).script);
     assert.ok(
       fs.existsSync(path.join(root, "owners/network/lan.owner")),
@@ -459,9 +466,10 @@ test("security groups and ports: another owner's group or port is refused naming
     // Ports: the same for SecurityGroupPort.
     const pA = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroupPort", name: "web1-0" });
     const pB = ownerOf({ pulumiProject: "lab", stack: "b", type: "SecurityGroupPort", name: "web1-0" });
-    const port = (owner: string) =>
+    // Keyed by the tap: stack b cannot take over stack a's filtering under another portName.
+    const port = (owner: string, portName = "web1-0") =>
       checkSecurityGroupPortInputs({
-        portName: "web1-0",
+        portName,
         hosts: [hv1],
         host: "hv1",
         tap: "tap1a2b3c4d",
@@ -478,7 +486,15 @@ test("security groups and ports: another owner's group or port is refused naming
     fake.log.length = 0;
     await assert.rejects(
       pp.create(port(pB).inputs as never),
-      /security groups of port web1-0 .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another portName/s,
+      /security groups of device tap1a2b3c4d .*belongs to lab\/a\/SecurityGroupPort\/web1-0, not to lab\/b\/SecurityGroupPort\/web1-0.*Fix: give this resource another tap/s,
+    );
+    await assert.rejects(
+      pp.create(port(pB, "elsewhere-0").inputs as never),
+      /device tap1a2b3c4d .*belongs to lab\/a/s,
+    );
+    await assert.rejects(
+      pp.delete("elsewhere-0", port(pB, "elsewhere-0").inputs as never),
+      /belongs to lab\/a/,
     );
     await assert.rejects(
       pp.update("web1-0", port(pB).inputs as never, port(pB).inputs as never),
@@ -487,13 +503,13 @@ test("security groups and ports: another owner's group or port is refused naming
     await assert.rejects(pp.delete("web1-0", port(pB).inputs as never), /belongs to lab\/a/);
     assert.deepEqual(destructive(fake), [], "no destructive step ran");
     assert.ok(!fake.log.some((l) => /^apply security groups of port/.test(l.label)), "no rule was applied");
-    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/tap1a2b3c4d.owner")));
     // A create after a crash (same owner, marker left) adopts; the owner's delete releases.
     await pp.create(port(pA).inputs as never);
     fake.log.length = 0;
     await pp.delete("web1-0", port(pA).inputs as never);
     assert.ok(fake.log.some((l) => l.label === "delete security groups of port web1-0"));
-    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/web1-0.owner")));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/sgport/tap1a2b3c4d.owner")));
   } finally {
     fake.restore();
   }
@@ -526,6 +542,188 @@ test("a live migration refuses a source guest another owner holds: no migration 
       "the source's owner is checked first, nothing else runs",
     );
     assert.deepEqual(destructive(fake), [], "nothing removed or rewritten on either host");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a floating IP on another stack's router is refused naming the router's owner; nothing is claimed or allocated", async () => {
+  const hv1 = testHost("hv1", 1);
+  const fake = fakeHost([]);
+  try {
+    const theirRouter = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Router", name: "r1" });
+    markOwned(fake, hv1, "router/r1.owner", theirRouter);
+    const raw = {
+      fipName: "web-fip",
+      hosts: [hv1],
+      host: "hv1",
+      routerName: "r1",
+      external: { networkName: "ext", subnetName: "ext-v4", cidr: "172.24.4.0/24", ipamHost: "hv1" },
+      address: "172.24.4.150",
+      target: { address: "10.10.1.5", subnetName: "lan1-v4", networkName: "lan1" },
+      owner: ownerOf({ pulumiProject: "lab", stack: "dev", type: "FloatingIp", name: "web-fip" }),
+    };
+    const { inputs, failures } = checkFloatingIpInputs(raw);
+    assert.deepEqual(failures, []);
+    const fip = floatingIpProvider as unknown as Required<typeof floatingIpProvider>;
+    await assert.rejects(
+      fip.create(inputs as never),
+      /floating IP web-fip uses router r1, which belongs to lab\/prod\/Router\/r1, another stack than lab\/dev;.*Fix: point routerName at a router of this stack/s,
+    );
+    assert.deepEqual(destructive(fake), []);
+    assert.ok(
+      !fake.log.some((l) => /^claim |allocate|write record/.test(l.label)),
+      fake.log.map((l) => l.label).join("\n"),
+    );
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/floatingip/web-fip.owner")));
+    // The same router owned by this stack is accepted (the claim runs).
+    markOwned(
+      fake,
+      hv1,
+      "router/r1.owner",
+      ownerOf({ pulumiProject: "lab", stack: "dev", type: "Router", name: "r1" }),
+    );
+    await fip.create(inputs as never).catch(() => undefined);
+    assert.ok(
+      fake.log.some((l) => /^claim floating IP web-fip/.test(l.label)),
+      "the claim ran",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+const ROUTER_OWNER = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Router", name: "r1" });
+
+test("a Router update to another external subnet takes the new gateway address before giving up the old one", async () => {
+  const hv1 = testHost("hv1", 1);
+  const ext = (subnet: string, cidr: string, address: string) => ({
+    subnetName: subnet,
+    networkName: subnet === "ext-v4" ? "ext" : "ext2",
+    bridge: subnet === "ext-v4" ? "kvlb-0e0e0e0e" : "kvlb-0f0f0f0f",
+    driver: "linuxbridge",
+    cidr,
+    address,
+    gateway: cidr.replace(/0\/24$/, "1"),
+    mtu: 1500,
+    ipamHost: "hv1",
+  });
+  const oldRec = ipamRecordName("ext", "ext-v4");
+  const newRec = ipamRecordName("ext2", "ext2-v4");
+  const taken: IpamRecord = {
+    subnet: "ext2-v4",
+    cidr: "172.24.9.0/24",
+    gateway: "172.24.9.1",
+    pool: { start: "172.24.9.2", end: "172.24.9.254" },
+    allocations: { "172.24.9.100": { owner: "fip:someone", mac: "", holder: OTHER } },
+  };
+  const fake = fakeHost([
+    [new RegExp(`^read record ipam/${newRec}`), JSON.stringify(taken)],
+    [
+      new RegExp(`^read record ipam/${oldRec}`),
+      JSON.stringify({
+        subnet: "ext-v4",
+        cidr: "172.24.4.0/24",
+        gateway: "172.24.4.1",
+        pool: { start: "172.24.4.2", end: "172.24.4.254" },
+        allocations: { "172.24.4.100": { owner: routerGatewayOwner("r1"), mac: "", holder: ROUTER_OWNER } },
+      }),
+    ],
+  ]);
+  try {
+    const owner = ROUTER_OWNER;
+    const olds = checkRouterInputs({
+      routerName: "r1",
+      hosts: [hv1],
+      external: ext("ext-v4", "172.24.4.0/24", "172.24.4.100"),
+      owner,
+    });
+    const news = checkRouterInputs({
+      routerName: "r1",
+      hosts: [hv1],
+      external: ext("ext2-v4", "172.24.9.0/24", "172.24.9.100"),
+      owner,
+    });
+    assert.deepEqual([...olds.failures, ...news.failures], []);
+    const router = routerProvider as unknown as Required<typeof routerProvider>;
+    await assert.rejects(
+      router.update("r1", olds.inputs as never, news.inputs as never),
+      /fixedIp: 172\.24\.9\.100 in subnet ext2-v4 is already allocated/,
+    );
+    const writes = fake.log.filter((l) => l.label.startsWith("write record ipam/")).map((l) => l.label);
+    assert.deepEqual(writes, [], "the old gateway address was not released when the new one was refused");
+    assert.deepEqual(destructive(fake), []);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an Image update that adds a host claims the image there: an unmarked image on that host is refused, not adopted", async () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const fake = fakeHost([[/^check image/, "kernel ok 10 1 -\nramdisk ok 5 1 -"]]);
+  try {
+    const owner = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Image", name: "tiny" });
+    const raw = (hosts: HostConnection[]) => ({
+      imageName: "tiny",
+      hosts,
+      kernel: { hostPath: "/boot/vmlinuz", sha256: "a".repeat(64) },
+      ramdisk: { hostPath: "/boot/initrd.img", sha256: "a".repeat(64) },
+      owner,
+    });
+    const olds = checkImageInputs(raw([hv1]));
+    const news = checkImageInputs(raw([hv1, hv2]));
+    assert.deepEqual([...olds.failures, ...news.failures], []);
+    markOwned(fake, hv1, "image/tiny.owner", owner);
+    // hv2 holds an image folder of the same name that no kvmlab owner marked (made by hand).
+    const hv2Root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-own-hv2-"));
+    fake.roots.set("hv2", hv2Root);
+    fs.mkdirSync(path.join(hv2Root, "images", "tiny"), { recursive: true });
+    const img = imageProvider as unknown as Required<typeof imageProvider>;
+    await assert.rejects(
+      img.update("tiny", olds.inputs as never, news.inputs as never),
+      /host hv2.*image tiny already exists on this host with no kvmlab owner/s,
+    );
+    assert.ok(
+      !fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/image/tiny.owner")),
+      "not adopted",
+    );
+    assert.deepEqual(destructive(fake, "hv2"), []);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("security group update: a host it adds is claimed (an unmarked group there is refused, not adopted); a host it drops loses the group", async () => {
+  const [hv1, hv2] = [testHost("hv1", 1), testHost("hv2", 2)];
+  const fake = fakeHost([[/^read security group /, "set=yes\nmembers=10.10.1.5"]]);
+  try {
+    const owner = ownerOf({ pulumiProject: "lab", stack: "a", type: "SecurityGroup", name: "web" });
+    const group = (hosts: HostConnection[]) =>
+      checkSecurityGroupInputs({ groupName: "web", hosts, members: ["10.10.1.5"], owner }).inputs;
+    const pg = securityGroupProvider as unknown as P;
+    const one = (await pg.create(group([hv1]) as never)) as unknown as { outs: Record<string, unknown> };
+    // hv2 holds a folder of group "web" that nobody marked (made by hand, or before owners).
+    markOwned(fake, hv2, "../secgroups/web/ipset.restore", "by hand");
+    fake.log.length = 0;
+    await assert.rejects(
+      pg.update("web", one.outs as never, group([hv1, hv2]) as never),
+      /security group web .* already exists on this host with no kvmlab owner/s,
+    );
+    assert.ok(
+      !fake.log.some((l) => l.host === "hv2" && /^replace the member set/.test(l.label)),
+      "nothing written on hv2",
+    );
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/secgroup/web.owner")));
+    // With hv2 clean the update claims it; dropping hv1 later removes the group there.
+    fs.rmSync(path.join(fake.roots.get("hv2") as string, "secgroups"), { recursive: true, force: true });
+    const two = await pg.update("web", one.outs as never, group([hv1, hv2]) as never);
+    assert.ok(fs.existsSync(path.join(fake.roots.get("hv2") as string, "owners/secgroup/web.owner")));
+    fake.log.length = 0;
+    await pg.update("web", { ...(two as object), ...group([hv1, hv2]) } as never, group([hv2]) as never);
+    assert.ok(fake.log.some((l) => l.host === "hv1" && l.label === "delete security group web"));
+    assert.ok(!fs.existsSync(path.join(fake.roots.get("hv1") as string, "owners/secgroup/web.owner")));
+    assert.ok(!fake.log.some((l) => l.host === "hv2" && l.label === "delete security group web"));
   } finally {
     fake.restore();
   }

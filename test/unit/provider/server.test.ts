@@ -15,6 +15,7 @@ import {
   parseHostLoad,
   planText,
   serverProvider,
+  withPlaced,
   type HostLoad,
   type ServerInputs,
   type ServerOutputs,
@@ -110,7 +111,7 @@ test("fails when fields are invalid or could inject, naming the field and the fi
   for (const [over, property, reason] of cases) {
     const { failures } = checkServerInputs(raw(over));
     assert.ok(
-      failures.some((f) => f.property === property && reason.test(f.reason)),
+      failures.some((f) => f.property === property && reason.test(f.reason ?? "")),
       `${JSON.stringify(over)}: ${JSON.stringify(failures)}`,
     );
   }
@@ -123,9 +124,9 @@ test("fails when fields are invalid or could inject, naming the field and the fi
       { ...ports[0], bridge: "br x" },
     ],
   });
-  assert.ok(bad.failures.some((f) => /ports\[0\]\.tap: expected a tap device name/.test(f.reason)));
-  assert.ok(bad.failures.some((f) => /ports\[1\]\.bridge/.test(f.reason)));
-  assert.ok(bad.failures.some((f) => /ports\[1\]\.mac: .* is used by another port/.test(f.reason)));
+  assert.ok(bad.failures.some((f) => /ports\[0\]\.tap: expected a tap device name/.test(f.reason ?? "")));
+  assert.ok(bad.failures.some((f) => /ports\[1\]\.bridge/.test(f.reason ?? "")));
+  assert.ok(bad.failures.some((f) => /ports\[1\]\.mac: .* is used by another port/.test(f.reason ?? "")));
 });
 
 test("fails when the domain XML was not rendered for this server", () => {
@@ -226,6 +227,39 @@ test("placement: most free RAM among the hosts that fit; an error names every ho
   assert.ok("error" in busy && /hv1: 0 vCPUs free, needs 1/.test(busy.error));
 });
 
+test("one placement turn for several servers counts each placed server before choosing the next", () => {
+  const load = (host: string, memTotalMiB: number): HostLoad => ({
+    host,
+    memTotalMiB,
+    memAvailableMiB: 4096,
+    cpus: 2,
+    allocatedRamMiB: 0,
+    allocatedVcpus: 0,
+    servers: 0,
+    serverUuids: [],
+  });
+  // Room for three 128 MiB servers on hv1 (896 - 512 reserved = 384), one on hv2 (640 - 512).
+  let loads = [load("hv1", 896), load("hv2", 640)];
+  const placed: string[] = [];
+  for (const uuid of ["a", "b", "c", "d", "e"]) {
+    const flavor = { vcpus: 1, ramMiB: 128 };
+    const choice = chooseHost(loads, flavor);
+    if ("error" in choice) {
+      placed.push("none");
+      continue;
+    }
+    placed.push(choice.host);
+    loads = loads.map((l) => (l.host === choice.host ? withPlaced(l, { uuid, flavor }) : l));
+  }
+  // Without counting, all five would land on hv1 (most free RAM at the one reading).
+  // (c: equal free RAM, hv2 has more free vCPUs.)
+  assert.deepEqual(placed, ["hv1", "hv1", "hv2", "hv1", "none"]);
+  assert.deepEqual(loads[0].serverUuids, ["a", "b", "d"]);
+  assert.equal(loads[0].allocatedRamMiB, 384);
+  assert.equal(loads[0].allocatedVcpus, 3);
+  assert.equal(loads[1].servers, 1);
+});
+
 test("parsers read what the host steps print", () => {
   const l = parseHostLoad(
     "hv1",
@@ -267,6 +301,17 @@ test("steps quote what they pass and guard the domain by UUID", () => {
   const i = checked();
   const del = deleteStep(i).script;
   assert.match(del, new RegExp(`grep -qF -- '"uuid": "${i.uuid}"'`));
+  // libvirtd not answering stops the delete before anything goes (a failed create's cleanup
+  // would otherwise drop the owner marker of a domain libvirt still has defined).
+  const alive = del.indexOf(
+    "if ! virsh -q -c qemu:///system list --all >/dev/null 2>&1 && [ -e /etc/libvirt/qemu/web1.xml ]; then",
+  );
+  assert.ok(alive >= 0 && alive < del.indexOf("domuuid"), "libvirtd is checked first");
+  assert.ok(alive < del.indexOf("rm -rf"), "before any file goes");
+  assert.match(
+    del,
+    /libvirtd on this host does not answer and keeps a definition of server web1.*exit 69; fi/,
+  );
   assert.match(del, /rm -rf \/var\/lib\/kvmlab\/instances\/web1\n/);
   assert.ok(
     del.indexOf("rm -f /var/lib/kvmlab/images/cirros/.users/web1\n") > del.indexOf("then exit 0; fi"),
@@ -340,4 +385,67 @@ test("the provider serializes without capturing modules or keys", async () => {
     methods: ["check", "diff", "create", "read", "update", "delete"],
   });
   assert.ok(s.sizeBytes < 512 * 1024);
+});
+
+test("hybrid OVS ports: the XML may name the port's qbr bridge; plumbing is made before define and removed on delete", async () => {
+  const { renderServer } = await import("../../../components/server");
+  const { domainBridgeOf } = await import("../../../provider/server/hybrid");
+  const base = raw();
+  const port0 = (base.ports as Record<string, unknown>[])[0];
+  const tap = port0.tap as string;
+  const qbr = domainBridgeOf({ bridge: "kvlo-1a2b3c4d", tap, hybrid: true });
+  assert.equal(qbr, `qbr${tap.slice(3)}`, "named after the tap, as Neutron names qbr after the port id");
+  // The XML as the component renders it for a hybrid port: a plain bridge port on qbr<id>.
+  const r = renderServer({
+    serverName: "web1",
+    uuidSeed: "lab/dev/web1",
+    lab: "lab",
+    project: "dev",
+    image: base.image as never,
+    flavor: base.flavor as never,
+    ports: [{ networkName: "lan", subnetName: "lan-v4", bridge: qbr, driver: "linuxbridge", mtu: 1450 }],
+    kernelCmdline: "console=ttyS0 lab.name=web1",
+    cloudInit: true,
+    publicKeys: [],
+    userName: "kvmlab",
+    userData: {},
+    consoleListen: "0.0.0.0",
+  });
+  const ovsPort = { ...port0, bridge: "kvlo-1a2b3c4d", driver: "openvswitch", hybrid: true };
+  const ok = checkServerInputs(raw({ ports: [ovsPort], domainXml: r.domainXml }));
+  assert.deepEqual(ok.failures, [], "qbr<id> of a hybrid port is one of the server's bridges");
+  const notHybrid = checkServerInputs(
+    raw({ ports: [{ ...ovsPort, hybrid: undefined }], domainXml: r.domainXml }),
+  );
+  assert.ok(
+    notHybrid.failures.some((f) => /qbr/.test(f.reason ?? "")),
+    "without hybrid, an XML naming qbr<id> is refused",
+  );
+  const lb = checkServerInputs(raw({ ports: [{ ...port0, hybrid: true }] }));
+  assert.ok(
+    lb.failures.some((f) => /hybrid: the hybrid layout is for openvswitch ports/.test(f.reason ?? "")),
+  );
+  const plainIn = checked();
+  assert.equal("hybrid" in plainIn.ports[0], false, "absent unless true: old states do not diff");
+  const inputs = ok.inputs as unknown as ServerInputs;
+  const steps = materializeSteps(inputs, r.domainXml.qemu);
+  const plug = steps.findIndex((s) => /plug the hybrid ports/.test(s.label ?? ""));
+  const define = steps.findIndex((s) => /define domain/.test(s.label ?? ""));
+  assert.ok(plug >= 0 && plug < define, "plumbing before define");
+  const d = tap.slice(3);
+  assert.match(steps[plug].script, new RegExp(`ip link add qvb${d} type veth peer name qvo${d}`));
+  assert.match(steps[plug].script, new RegExp(`ip link set qvb${d} master qbr${d}`));
+  assert.match(steps[plug].script, new RegExp(`add-port kvlo-1a2b3c4d qvo${d} .*kvmlab-owner=`));
+  // On a migration's destination too (define: false still plugs).
+  assert.ok(
+    materializeSteps(inputs, r.domainXml.qemu, { define: false }).some((s) =>
+      /plug the hybrid/.test(s.label ?? ""),
+    ),
+  );
+  const del = deleteStep(inputs).script;
+  assert.ok(
+    del.indexOf(`del-port qvo${d}`) > del.indexOf("undefine"),
+    "unplugged after the domain is gone, and only past the UUID guard",
+  );
+  assert.doesNotMatch(deleteStep(plainIn).script, /qbr/);
 });

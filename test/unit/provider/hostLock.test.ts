@@ -1,0 +1,233 @@
+/**
+ * Lost-lock detection of the host layer against a fake SSH host (an ssh2 server on loopback
+ * that answers every framed step with exit status 0 and runs nothing). The host lock
+ * (withHostLock, fd 9) and the named placement lock (withNamedHostLock, fd 8) are flocks held
+ * by ONE remote shell: when that connection drops, the work after it must not run in a fresh,
+ * unlocked shell (issue 15 and the second-reader review: the placement lock used to be lost
+ * silently), and naive mode (the benchmark's baseline) must keep scripts off argv and must not
+ * be selected by an environment variable.
+ */
+import { after, before, test } from "node:test";
+import * as assert from "node:assert/strict";
+import type { AddressInfo } from "node:net";
+import {
+  closeHostSessions,
+  hostPool,
+  runChecked,
+  setHostPoolMode,
+  withHostLock,
+  withNamedHostLock,
+  type HostConnection,
+} from "../../../provider/host";
+import { testHost } from "./fixtures";
+
+interface FakeServer {
+  listen(port: number, host: string, cb: () => void): void;
+  address(): AddressInfo;
+  close(): void;
+}
+interface Ssh2 {
+  Server: new (cfg: { hostKeys: string[] }, onClient: (client: FakeClient) => void) => FakeServer;
+  utils: { generateKeyPairSync(type: "ed25519"): { private: string; public: string } };
+}
+interface FakeChannel {
+  write(s: string): void;
+  stderr: { write(s: string): void };
+  on(ev: "data", cb: (d: Buffer) => void): void;
+  on(ev: "end" | "close", cb: () => void): void;
+  exit(code: number): void;
+  end(): void;
+}
+interface FakeClient {
+  on(ev: string, cb: (...args: never[]) => void): void;
+  end(): void;
+}
+
+const ssh2 = require("ssh2") as Ssh2;
+const hostKey = ssh2.utils.generateKeyPairSync("ed25519");
+const clientKey = ssh2.utils.generateKeyPairSync("ed25519");
+
+/** What the fake host saw: exec commands (argv) and the step scripts run in its shells. */
+const seen = { commands: [] as string[], scripts: [] as string[], stdin: [] as string[], sftpOpens: 0 };
+const clients = new Set<FakeClient>();
+let server: FakeServer;
+let host: HostConnection;
+
+/** Answers each framed step of a long-lived shell with exit status 0 (framing.ts). */
+function fakeShell(ch: FakeChannel): void {
+  let buf = "";
+  ch.on("data", (d: Buffer) => {
+    buf += d.toString("utf8");
+    const re = /printf '\\n%s %s\\n' '([A-Za-z0-9_]+-\d+)' "\$__kvl_s"\n/;
+    for (let m = re.exec(buf); m; m = re.exec(buf)) {
+      seen.scripts.push(buf.slice(0, m.index));
+      buf = buf.slice(m.index + m[0].length);
+      ch.write(`\n${m[1]} 0\n`);
+      ch.stderr.write(`\n${m[1]}\n`);
+    }
+  });
+}
+
+before(async () => {
+  server = new ssh2.Server({ hostKeys: [hostKey.private] }, (client) => {
+    clients.add(client);
+    client.on("close", () => clients.delete(client));
+    client.on("error", () => undefined);
+    client.on("authentication", (ctx: { accept(): void }) => ctx.accept());
+    client.on("ready", () => {
+      client.on("session", (accept: () => { on(ev: string, cb: (...a: never[]) => void): void }) => {
+        const session = accept();
+        // SFTP that never answers (a host gone silent mid-transfer): the upload must still end.
+        session.on("sftp", (acceptSftp: () => { on(ev: string, cb: () => void): void }) => {
+          acceptSftp().on("OPEN", () => {
+            seen.sftpOpens += 1;
+          });
+        });
+        session.on("exec", (acceptExec: () => FakeChannel, _reject: unknown, info: { command: string }) => {
+          seen.commands.push(info.command);
+          const ch = acceptExec();
+          if (info.command.startsWith("exec bash")) return fakeShell(ch);
+          // Naive mode: one command per exec, the script on stdin.
+          let input = "";
+          ch.on("data", (d: Buffer) => (input += d.toString("utf8")));
+          ch.on("end", () => {
+            seen.stdin.push(input);
+            ch.exit(0);
+            ch.end();
+          });
+        });
+      });
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  host = testHost("fake", 1, {
+    address: "127.0.0.1",
+    port: server.address().port,
+    privateKey: clientKey.private,
+    hostKey: "",
+    trustOnFirstUse: true,
+  });
+});
+
+after(async () => {
+  await closeHostSessions();
+  server.close();
+});
+
+/** Drops every connection from the host's side and waits (bounded) until the client saw it. */
+async function dropConnections(): Promise<void> {
+  const n = clients.size;
+  for (const c of clients) c.end();
+  for (let i = 0; i < 100 && clients.size > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(n > 0 && clients.size === 0, "the fake host dropped its connections");
+  await new Promise((r) => setTimeout(r, 50));
+}
+
+test("withNamedHostLock: a batch after the lock's connection dropped is refused, not run on a fresh shell", async () => {
+  seen.scripts.length = 0;
+  await assert.rejects(
+    withNamedHostLock(host, "placement", async () => {
+      await runChecked(host, [{ label: "read loads", script: "echo loads-read" }]);
+      await dropConnections();
+      await runChecked(host, [{ label: "claim", script: "echo claim-written" }]);
+    }),
+    /lock \/var\/lib\/kvmlab\/placement\.lock was lost/,
+  );
+  const all = seen.scripts.join("\n");
+  assert.match(all, /flock -w \d+ 8/, "the lock was taken");
+  assert.match(all, /loads-read/);
+  assert.doesNotMatch(all, /claim-written/, "the step after the drop never reached the host");
+});
+
+test("withNamedHostLock: a drop while the work ran elsewhere fails the result", async () => {
+  await assert.rejects(
+    withNamedHostLock(host, "placement", async () => {
+      await runChecked(host, [{ label: "read loads", script: "true" }]);
+      await dropConnections();
+      return "placed";
+    }),
+    /placement lock \/var\/lib\/kvmlab\/placement\.lock was lost while the work under it ran/,
+  );
+  // The pool is usable afterwards: a new lock is taken on a new connection.
+  assert.equal(await withNamedHostLock(host, "placement", async () => "ok"), "ok");
+});
+
+test("withHostLock: a batch after the lock's connection dropped is refused", async () => {
+  seen.scripts.length = 0;
+  await assert.rejects(
+    withHostLock(host, async () => {
+      await runChecked(host, [{ label: "write", script: "echo first-write" }]);
+      await dropConnections();
+      await runChecked(host, [{ label: "write", script: "echo second-write" }]);
+    }),
+    /host lock \/var\/lib\/kvmlab\/lock was lost/,
+  );
+  const all = seen.scripts.join("\n");
+  assert.match(all, /first-write/);
+  assert.doesNotMatch(all, /second-write/);
+  assert.equal(await withHostLock(host, async () => "ok"), "ok");
+});
+
+test("naive mode: not chosen by KVMLAB_SSH_MODE, and its scripts go over stdin, never argv", async () => {
+  const g = globalThis as unknown as Record<symbol, unknown>;
+  const key = Symbol.for("kvmlab.hostPool.v1");
+  const saved = g[key];
+  const env = process.env.KVMLAB_SSH_MODE;
+  try {
+    delete g[key];
+    process.env.KVMLAB_SSH_MODE = "naive";
+    assert.equal(hostPool().mode, "pooled", "the environment does not select naive mode");
+  } finally {
+    g[key] = saved;
+    if (env === undefined) delete process.env.KVMLAB_SSH_MODE;
+    else process.env.KVMLAB_SSH_MODE = env;
+  }
+  setHostPoolMode("naive");
+  try {
+    seen.commands.length = 0;
+    seen.stdin.length = 0;
+    await runChecked(host, [
+      { label: "write a user record", script: "echo c2VjcmV0LWhhc2g= | base64 -d >/dev/null" },
+    ]);
+    assert.deepEqual(seen.commands, ["bash --noprofile --norc -s"], "argv carries no script");
+    assert.match(seen.stdin.join(""), /c2VjcmV0LWhhc2g=/, "the script went over stdin");
+  } finally {
+    setHostPoolMode("pooled");
+  }
+});
+
+test("an image upload whose SSH connection fails mid-transfer (keepalive timeout, socket not closed) ends instead of waiting", async () => {
+  const { sendFile } = await import("../../../provider/image");
+  const fs = await import("node:fs");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-send-"));
+  try {
+    const local = path.join(dir, "disk.img");
+    fs.writeFileSync(local, Buffer.alloc(64 * 1024));
+    const opens = seen.sftpOpens;
+    const upload = sendFile(host, local, "/var/lib/kvmlab/images/.staging/disk.img");
+    upload.catch(() => undefined);
+    for (let i = 0; i < 100 && seen.sftpOpens === opens; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(seen.sftpOpens > opens, "the transfer reached the host");
+    // What ssh2's keepalive does after a blackout: an error, then a half-close whose "close"
+    // only comes when TCP gives up (modelled here by never closing).
+    const { pooledSsh } = await import("../../../provider/host");
+    const conn = (await pooledSsh(host)).connection as unknown as { emit(ev: string, e: Error): void };
+    conn.emit("error", Object.assign(new Error("Keepalive timeout"), { level: "client-timeout" }));
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<"hung">((r) => (timer = setTimeout(() => r("hung"), 10_000)));
+    const outcome = await Promise.race([
+      upload.then(
+        () => "sent",
+        (e: Error) => e.message,
+      ),
+      hung,
+    ]);
+    clearTimeout(timer);
+    assert.match(outcome, /host fake: SSH connection lost while sending .*disk\.img \(Keepalive timeout\)/);
+  } finally {
+    await dropConnections();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
