@@ -6,8 +6,8 @@
 import { parseArgs, UsageError } from "./args";
 import { commandHosts } from "./hosts";
 
-const USAGE = `usage: kvmlab asg status <group> [--log N] [--sandbox <instance> | --hosts <hosts.json>] [--json]
-       kvmlab asg signal <group> <policy> [--sandbox <instance> | --hosts <hosts.json>]
+const USAGE = `usage: kvmlab asg status <group> [--controller <host>] [--log N] [--sandbox <instance> | --hosts <hosts.json>] [--json]
+       kvmlab asg signal <group> <policy> [--controller <host>] [--sandbox <instance> | --hosts <hosts.json>]
 
 status  the agent (running, pid), the current size, every member slot and its state, the
         cooldown, the last average CPU and the last N decisions (default 20)
@@ -15,14 +15,17 @@ signal  ask the agent to apply a scaling policy now, as Heat's signal URL does; 
         (scaled, in cooldown, no change) is the next line of the group's decisions log
   --sandbox <instance>  use a running kvmlab sandbox (default: $KVMLAB_SANDBOX_INSTANCE or "default")
   --hosts <file>        a JSON list of hosts {name, address, port, user, privateKeyPath, hostKey}
+  --controller <host>   the group's controller host (needed when more than one host holds
+                        an agent of that group name, e.g. two stacks on the same hosts)
   --json                print the status as JSON
 
-The agent runs on one of the hosts (the group's load balancer host); every host is asked.`;
+The agent runs on one of the hosts (the group's load balancer host); every host is asked, and
+the command refuses to guess when two hosts hold a group of that name.`;
 
 export async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = parseArgs(argv, { valued: ["sandbox", "hosts", "log"], flags: ["json"] });
+    parsed = parseArgs(argv, { valued: ["sandbox", "hosts", "log", "controller"], flags: ["json"] });
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     console.error(`kvmlab asg: ${err.message}\n\n${USAGE}`);
@@ -50,21 +53,36 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`kvmlab asg: --log expects a number of lines 0..10000`);
     return 2;
   }
-  const hosts = commandHosts(parsed.options);
+  const controllerOpt = parsed.options.get("controller");
+  const controller = typeof controllerOpt === "string" ? controllerOpt : undefined;
+  const allHosts = commandHosts(parsed.options);
+  const hosts = controller === undefined ? allHosts : allHosts.filter((h) => h.name === controller);
+  if (hosts.length === 0) {
+    console.error(
+      `kvmlab asg: --controller ${controller}: no such host (hosts: ${allHosts.map((h) => h.name).join(", ")})`,
+    );
+    return 2;
+  }
   const a = require("../provider/autoscale") as typeof import("../provider/autoscale");
   const { runSteps, closeHostSessions } = require("../provider/host") as typeof import("../provider/host");
   try {
-    // Find the controller: the host whose group folder holds agent.conf.
-    let found: { host: (typeof hosts)[number]; state: ReturnType<typeof a.parseAgentState> } | undefined;
+    // Find the controller: the host whose group folder holds agent.conf. Every host is asked;
+    // two hosts with a group of that name (another stack's) are refused, never guessed.
+    const candidates: { host: (typeof hosts)[number]; state: ReturnType<typeof a.parseAgentState> }[] = [];
     for (const h of hosts) {
       const [r] = await runSteps(h, [a.agentReadStep(group, logLines)]);
       if (r.code !== 0) continue;
       const s = a.parseAgentState(r.stdout);
-      if (s.present) {
-        found = { host: h, state: s };
-        break;
-      }
+      if (s.present) candidates.push({ host: h, state: s });
     }
+    if (candidates.length > 1) {
+      console.error(
+        `kvmlab asg: more than one host holds an autoscale group ${group}: ${candidates.map((c) => c.host.name).join(", ")}; ` +
+          `name the group's controller with --controller <host> (pulumi stack output of the group's agentHost)`,
+      );
+      return 2;
+    }
+    const found = candidates[0];
     if (found === undefined) {
       console.error(
         `kvmlab asg: no autoscale group ${group} on ${hosts.map((h) => h.name).join(", ")}; check the name (pulumi stack output) and the hosts`,

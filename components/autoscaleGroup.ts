@@ -37,13 +37,7 @@ import type { Flavor } from "../provider/flavor";
 import type { Image } from "../provider/image";
 import type { SecurityGroup } from "../provider/securityGroup";
 import type { Readiness } from "../provider/server";
-import {
-  agentScript,
-  memberNames,
-  memberScript,
-  membersByHost,
-  renderAgentConfig,
-} from "../templates/autoscale";
+import { memberNames, membersByHost, renderAgentConfig } from "../templates/autoscale";
 import type { ServerUserData } from "../templates/server";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Image as ImageComponent } from "./image";
@@ -275,8 +269,6 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
         hosts,
         controllerHost: controller,
         agentConfig: this.agentConfig,
-        agentScript: agentScript(),
-        memberScript: memberScript(),
         membersByHost: membersByHost(slots.map((n, i) => ({ name: n, host: slotHost[i] }))),
         desired,
         min: args.min,

@@ -307,13 +307,16 @@ export function agentKeyTag(group: string): string {
 
 /**
  * The authorized_keys line of the agent's key: it can only run the member command (forced
- * command), with `restrict` (no pty, no port/agent/X11 forwarding, no ~/.ssh/rc).
+ * command), with `restrict` (no pty, no port/agent/X11 forwarding, no ~/.ssh/rc), and only
+ * from the controller host's address (`from=`).
  */
-export function forcedCommandLine(group: string, publicKeyLine: string): string {
+export function forcedCommandLine(group: string, publicKeyLine: string, from: string): string {
   const words = publicKeyLine.trim().split(/\s+/);
   if (words.length < 2 || words[0] !== "ssh-ed25519" || !/^[A-Za-z0-9+/]+=*$/.test(words[1]))
     throw new Error(
       `the controller produced an unexpected agent key line: ${JSON.stringify(publicKeyLine.slice(0, 80))}`,
     );
-  return `restrict,command="/bin/sh ${asgDir(group)}/member.sh" ${words[0]} ${words[1]} ${agentKeyTag(group)}`;
+  if (!/^[A-Za-z0-9.:-]{1,253}$/.test(from))
+    throw new Error(`invalid controller address for from=: ${JSON.stringify(from)}`);
+  return `from="${from}",restrict,command="/bin/sh ${asgDir(group)}/member.sh" ${words[0]} ${words[1]} ${agentKeyTag(group)}`;
 }

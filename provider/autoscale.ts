@@ -4,20 +4,29 @@
  * its alarms. Everything it acts on is rendered in the program (the member servers, the pool,
  * agent.conf); the hosts render nothing.
  *
- *   check   group name, controller host, the rendered files, desired size, member lists
+ *   check   group name, controller host, agent.conf (re-parsed line by line against an
+ *           allow-list, agreeing with groupName/min/max), desired size, member lists (only
+ *           `<group>-<i>` with i < max, each once)
+ *   scripts the agent and the member command are the provider's OWN copies (the templates shipped
+ *           with this package, loaded when the module loads): no input can change what runs as
+ *           root; their sha256 is an output, and a new package version's scripts are an update
  *   diff    pure: groupName/controllerHost replace; files, member lists, hosts update; desired
  *           updates only when the PROGRAM's value changed (a no-change up runs nothing, and the
  *           agent's current size is left alone); an agent found dead by refresh updates
  *   create  claim on every involved host; controller: folder + key (generated there); member
- *           hosts: forced command, member list, authorized_keys line; controller: known_hosts
+ *           hosts: every member server must be this stack's (its owner marker), then forced
+ *           command, member list, authorized_keys line (from= the controller's address);
+ *           controller: known_hosts
  *           (member hosts' sshd keys read over the pinned connections), agent files, the
  *           desired request, start the agent
  *   read    agent alive?, its status (current size, members in service, cooldown)
- *   update  rewrite what changed; a new desired size becomes a request the agent applies;
+ *   update  claim hosts new to the group; strip the key, files and owner marker from hosts it
+ *           left; rewrite what changed; a new desired size becomes a request the agent applies;
  *           restart the agent when its files changed or it was found dead
  *   delete  stop the agent, revoke the key everywhere, remove the files and the owner markers
  */
 import type * as pulumi from "@pulumi/pulumi";
+import { createHash } from "node:crypto";
 import {
   checkHostList,
   runChecked,
@@ -44,6 +53,7 @@ import {
   ownerIn,
   releaseOwnerStep,
   rules,
+  sameStackStep,
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
@@ -65,6 +75,8 @@ import {
   type AgentState,
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
+import { serverOwned } from "./server";
+import { agentConfigProblems, agentScript, memberScript } from "../templates/autoscale";
 
 export * from "./autoscale/steps";
 
@@ -76,8 +88,6 @@ export interface AutoscaleAgentArgs {
   readonly controllerHost: pulumi.Input<string>;
   /** agent.conf, rendered in the program (templates/autoscale.ts renderAgentConfig). */
   readonly agentConfig: pulumi.Input<string>;
-  readonly agentScript: pulumi.Input<string>;
-  readonly memberScript: pulumi.Input<string>;
   /** Host name → the member slots defined there. */
   readonly membersByHost: pulumi.Input<Record<string, pulumi.Input<string>[]>>;
   /** The program's desired size; applied when it changes. */
@@ -92,8 +102,6 @@ export interface AutoscaleAgentInputs {
   hosts: HostConnection[];
   controllerHost: string;
   agentConfig: string;
-  agentScript: string;
-  memberScript: string;
   membersByHost: Record<string, string[]>;
   desired: number;
   min: number;
@@ -119,8 +127,20 @@ export interface AutoscaleAgentOutputs extends AutoscaleAgentInputs {
   currentSize: number;
   members: string[];
   hostKeys: Record<string, string>;
+  /** sha256 of the agent and member scripts installed (the provider's own copies). */
+  scriptsSha256: string;
   realized: AutoscaleAgentRealized;
 }
+
+/**
+ * The scripts that run as root on the hosts: the package's own templates, read once when this
+ * module loads (Pulumi's closure serializer captures the strings with the provider), never an input.
+ */
+const AGENT_SCRIPT = agentScript();
+const MEMBER_SCRIPT = memberScript();
+export const AUTOSCALE_SCRIPTS_SHA256 = createHash("sha256")
+  .update(`${AGENT_SCRIPT}\u0000${MEMBER_SCRIPT}`)
+  .digest("hex");
 
 const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
 
@@ -143,12 +163,6 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
           "the rendered agent.conf",
         ),
       },
-      agentScript: {
-        rule: rules.expect((x) => typeof x === "string" && x.startsWith("#!/bin/sh"), "the agent script"),
-      },
-      memberScript: {
-        rule: rules.expect((x) => typeof x === "string" && x.startsWith("#!/bin/sh"), "the member script"),
-      },
       min: { rule: rules.int(0, 32, "the group's minimum size") },
       max: { rule: rules.int(1, 32, "the group's maximum size") },
       desired: { rule: rules.int(0, 32, "the desired size") },
@@ -161,18 +175,41 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
     else if (desired < min || desired > max)
       out.add("desired", `desired: ${desired} is outside min..max (${min}..${max}); set it within`);
   }
+  if (isKnown(v.agentConfig) && isKnown(v.groupName) && isKnown(v.min) && isKnown(v.max))
+    for (const p of agentConfigProblems(v.agentConfig as string, {
+      group: v.groupName as string,
+      min: v.min as number,
+      max: v.max as number,
+    }))
+      out.add("agentConfig", `agentConfig: ${p}; render it with templates/autoscale.ts renderAgentConfig`);
   const mbh = news.membersByHost ?? {};
   if (isKnown(mbh)) {
     if (typeof mbh !== "object" || mbh === null || Array.isArray(mbh))
       out.add("membersByHost", "membersByHost: expected host name → member names");
-    else
+    else {
+      const group = isKnown(v.groupName) ? (v.groupName as string) : undefined;
+      const max = isKnown(v.max) ? (v.max as number) : undefined;
+      const seen = new Set<string>();
       for (const [h, names] of Object.entries(mbh as Record<string, unknown>)) {
-        if (
-          !Array.isArray(names) ||
-          names.some((n) => typeof n !== "string" || !/^[a-z][a-z0-9-]{0,40}$/.test(n))
-        )
-          out.add("membersByHost", `membersByHost.${h}: expected member names like <group>-0`);
+        if (!isKnown(names)) continue;
+        if (!Array.isArray(names)) {
+          out.add("membersByHost", `membersByHost.${h}: expected a list of member names like <group>-0`);
+          continue;
+        }
+        for (const n of names) {
+          if (!isKnown(n) || group === undefined || max === undefined) continue;
+          const m = typeof n === "string" ? /^(.*)-(0|[1-9]\d{0,1})$/.exec(n) : null;
+          if (m === null || m[1] !== group || Number(m[2]) >= max)
+            out.add(
+              "membersByHost",
+              `membersByHost.${h}: ${JSON.stringify(n)} is not a slot of group ${group}; only ${group}-0 … ${group}-${max - 1} (<group>-<i>, i < max) may be listed`,
+            );
+          else if (seen.has(n))
+            out.add("membersByHost", `membersByHost.${h}: ${n} is listed twice; list each slot on one host`);
+          seen.add(n as string);
+        }
       }
+    }
   }
   out.add("hosts", checkHostList("hosts", news.hosts));
   const hosts = normalizeHosts(news.hosts);
@@ -203,24 +240,17 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
 }
 
 export const AUTOSCALE_AGENT_REPLACE_KEYS = ["groupName", "controllerHost"] as const;
-const UPDATE_KEYS = [
-  "agentConfig",
-  "agentScript",
-  "memberScript",
-  "membersByHost",
-  "desired",
-  "min",
-  "max",
-  "hosts",
-] as const;
+const UPDATE_KEYS = ["agentConfig", "membersByHost", "desired", "min", "max", "hosts"] as const;
 
 /** Pure diff: replace on identity, update on files/lists/desired, and when refresh found the agent dead. */
 export function diffAutoscaleAgent(olds: AutoscaleAgentOutputs, news: AutoscaleAgentInputs): DiffResult {
   const replaces = changedKeys(olds, news, AUTOSCALE_AGENT_REPLACE_KEYS);
   const updates = changedKeys(olds, news, UPDATE_KEYS);
   const dead = olds.realized !== undefined && !olds.realized.agentRunning;
+  // Another package version ships other scripts: reinstall them (an update, never a replace).
+  const scripts = olds.scriptsSha256 !== AUTOSCALE_SCRIPTS_SHA256;
   return {
-    changes: replaces.length > 0 || updates.length > 0 || dead,
+    changes: replaces.length > 0 || updates.length > 0 || dead || scripts,
     replaces,
     stables: replaces.length === 0 ? ["groupName", "controllerHost", "agentPublicKey"] : [],
     deleteBeforeReplace: true,
@@ -248,22 +278,26 @@ async function setUpMemberHost(
   i: AutoscaleAgentInputs,
   host: HostConnection,
   publicKey: string,
+  controllerAddress: string,
   owners: readonly string[],
 ): Promise<string[]> {
   const d = asgDir(i.groupName);
-  const [, facts] = await runChecked(host, [
+  const user = `autoscale group ${i.groupName}`;
+  const outs = await runChecked(host, [
     guardStep(asgOwned(i.groupName), owners, true),
+    // The forced command may start and stop these domains: each must be a server of this stack.
+    ...(i.membersByHost[host.name] ?? []).map((n) => sameStackStep(serverOwned(n), i.owner, user)),
     destinationFactsStep(),
   ]);
-  const { hostKeys, authorizedKeysFile } = parseDestinationFacts(facts);
+  const { hostKeys, authorizedKeysFile } = parseDestinationFacts(outs[outs.length - 1] ?? "");
   if (authorizedKeysFile === "")
     throw new Error(`host ${host.name}: could not find the authorized keys file sshd uses for ${host.user}`);
   await runLocked(host, [
     guardStep(asgOwned(i.groupName), owners, true),
     { label: "group folder", script: `mkdir -p ${shQuote(d)}` },
-    uploadStep(`${d}/member.sh`, i.memberScript, { mode: "0755" }),
+    uploadStep(`${d}/member.sh`, MEMBER_SCRIPT, { mode: "0755" }),
     uploadStep(`${d}/members`, memberListContent(i.membersByHost[host.name] ?? []), { mode: "0644" }),
-    authorizeAgentStep(authorizedKeysFile, i.groupName, publicKey),
+    authorizeAgentStep(authorizedKeysFile, i.groupName, publicKey, controllerAddress),
   ]);
   return hostKeys;
 }
@@ -278,7 +312,7 @@ async function controllerFiles(
   const d = asgDir(i.groupName);
   return runLocked(controller, [
     guardStep(asgOwned(i.groupName), owners, true),
-    uploadStep(`${d}/agent.sh`, i.agentScript, { mode: "0755" }),
+    uploadStep(`${d}/agent.sh`, AGENT_SCRIPT, { mode: "0755" }),
     uploadStep(`${d}/agent.conf`, i.agentConfig, { mode: "0600" }),
     uploadStep(`${d}/known_hosts`, known, { mode: "0600" }),
     ...extra,
@@ -297,7 +331,7 @@ async function wire(
   const publicKey = pub.trim().split("\n").pop() ?? "";
   const entries: { address: string; port: number; keys: string[] }[] = [];
   for (const h of i.hosts.filter((x) => x.name in i.membersByHost)) {
-    const keys = await setUpMemberHost(i, h, publicKey, owners);
+    const keys = await setUpMemberHost(i, h, publicKey, controller.address, owners);
     entries.push({ address: h.address, port: h.port, keys });
   }
   const outs = await controllerFiles(i, controller, knownHostsContent(entries), owners, []);
@@ -329,6 +363,7 @@ function outputsFor(
     currentSize: s.size,
     members: s.members,
     hostKeys: {},
+    scriptsSha256: AUTOSCALE_SCRIPTS_SHA256,
     realized: {
       agentRunning: s.running,
       currentSize: s.size,
@@ -363,8 +398,6 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     "hosts",
     "controllerHost",
     "agentConfig",
-    "agentScript",
-    "memberScript",
     "membersByHost",
     "desired",
     "min",
@@ -378,6 +411,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     "currentSize",
     "members",
     "hostKeys",
+    "scriptsSha256",
     "realized",
   ],
   secretOutputs: ["hosts"],
@@ -426,15 +460,24 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
 
   async update(_id, olds, news) {
     const owners = [news.owner, ownerIn(olds)];
-    // Hosts that no longer hold members lose the key and the member command.
+    const before = new Set(involvedHosts(olds).map((h) => h.name));
+    const now = new Set(involvedHosts(news).map((h) => h.name));
+    // Hosts new to the group are CLAIMED (refused when another owner holds the group there),
+    // never adopted: an unmarked folder there is not this stack's.
+    for (const h of involvedHosts(news).filter((x) => !before.has(x.name)))
+      await runLocked(h, [claimStep(asgOwned(news.groupName), news.owner)]);
+    // Hosts that no longer hold members lose the key and the member command; hosts the group
+    // left altogether also lose its folder and owner marker.
     for (const h of olds.hosts.filter(
       (x) => x.name in olds.membersByHost && !(x.name in news.membersByHost),
     )) {
       const [facts] = await runChecked(h, [destinationFactsStep()]);
-      const akf = parseDestinationFacts(facts).authorizedKeysFile;
+      const akf = parseDestinationFacts(facts).authorizedKeysFile || "/root/.ssh/authorized_keys";
+      const gone = !now.has(h.name);
       await runLocked(h, [
         guardStep(asgOwned(olds.groupName), owners, true),
         unauthorizeAgentStep(akf, olds.groupName, h.name === news.controllerHost),
+        ...(gone ? [releaseOwnerStep(asgOwned(olds.groupName), owners)] : []),
       ]);
     }
     const { publicKey, changed } = await wire(news, owners);

@@ -6,7 +6,7 @@
  *                leaves the host), known_hosts (the member hosts' sshd keys), requests/desired,
  *                agent.pid, status, decisions.log, state/, samples/
  *   member host  member.sh (the forced command), members (the names it may start and stop),
- *                one authorized_keys line: restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
+ *                one authorized_keys line: from="<controller>",restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
  */
 import { shQuote, type Step } from "../host";
 import { agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
@@ -44,9 +44,17 @@ export function memberListContent(names: readonly string[]): string {
   return names.length > 0 ? `${names.join("\n")}\n` : "";
 }
 
-/** Member host: authorize the agent's key for the forced command only (replaces an older line). */
-export function authorizeAgentStep(authorizedKeysFile: string, group: string, publicKeyLine: string): Step {
-  const line = forcedCommandLine(group, publicKeyLine);
+/**
+ * Member host: authorize the agent's key for the forced command only, from the controller's
+ * address only (replaces an older line of the group).
+ */
+export function authorizeAgentStep(
+  authorizedKeysFile: string,
+  group: string,
+  publicKeyLine: string,
+  controllerAddress: string,
+): Step {
+  const line = forcedCommandLine(group, publicKeyLine, controllerAddress);
   const tag = agentKeyTag(group);
   return {
     label: `authorize group ${group}'s agent key (forced command) on this host`,

@@ -97,9 +97,10 @@ lb_sessions() { # NAME -> current sessions on that server
   lb "show stat" | awk -F, -v b="$LB_BACKEND" -v s="$1" '$1==b && $2==s {print $5; f=1} END {if (!f) print 0}'
 }
 healthy() { # INDEX -> the member answers its health check (from the load balancer's namespace)
+  # Bounded by timeout(1) only: Debian 12's busybox 1.35 wget segfaults when given -T.
   eval "_ip=\$MEMBER_${1}_IP"
   if [ -n "$LB_NS" ]; then
-    ip netns exec "$LB_NS" timeout 4 busybox wget -q -T 3 -O /dev/null "http://$_ip:$HEALTH_PORT$HEALTH_PATH" 2>/dev/null
+    ip netns exec "$LB_NS" timeout 4 busybox wget -q -O /dev/null "http://$_ip:$HEALTH_PORT$HEALTH_PATH" 2>/dev/null
   else
     on_host "$1" state "$(member_name "$1")" | grep -qx running
   fi

@@ -5,7 +5,8 @@
 #   start <member> | stop <member> | state <member> | stats
 # for the members listed in the `members` file beside it, and refuses anything else (exit 64).
 set -u
-export LIBVIRT_DEFAULT_URI=qemu:///system
+# Every virsh call names the system libvirt (never a session daemon or $LIBVIRT_DEFAULT_URI).
+V="virsh -c qemu:///system"
 here=$(dirname "$0")
 req=${SSH_ORIGINAL_COMMAND-"$*"}
 refuse() { echo "kvmlab-asg-member: refused: $1 (allowed: start|stop|state <member>, stats)" >&2; exit 64; }
@@ -27,24 +28,24 @@ case ${1-} in
 esac
 case $1 in
   start)
-    st=$(virsh domstate "$2" 2>/dev/null)
+    st=$($V domstate "$2" 2>/dev/null)
     [ "$st" = running ] && exit 0
-    exec virsh -q start "$2"
+    exec $V -q start "$2"
     ;;
   stop)
-    st=$(virsh domstate "$2" 2>/dev/null)
+    st=$($V domstate "$2" 2>/dev/null)
     [ "$st" = running ] || [ "$st" = paused ] || exit 0
     # The agent has drained it in the pool: power off (Heat deletes the member outright).
-    exec virsh -q destroy "$2"
+    exec $V -q destroy "$2"
     ;;
   state)
-    st=$(virsh domstate "$2" 2>/dev/null) || st=undefined
+    st=$($V domstate "$2" 2>/dev/null) || st=undefined
     echo "$st" | head -n1 | tr ' ' '-'
     ;;
   stats)
     # Every domain's state and CPU time, filtered to this group's members (a name that is not
     # defined here is simply absent: the agent reads absence as not running).
-    virsh domstats --state --cpu-total 2>/dev/null | awk -v list="$(tr '\n' ' ' < "$here/members")" '
+    $V domstats --state --cpu-total 2>/dev/null | awk -v list="$(tr '\n' ' ' < "$here/members")" '
       BEGIN { k = split(list, a, " "); for (i = 1; i <= k; i++) want[a[i]] = 1 }
       function out() { if (n != "" && (n in want)) print n, s, c }
       /^Domain: / { out(); n=$2; gsub(/\047/, "", n); s="undefined"; c=0 }

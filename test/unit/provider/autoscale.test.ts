@@ -8,6 +8,7 @@
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import {
+  AUTOSCALE_SCRIPTS_SHA256,
   autoscaleAgentProvider,
   authorizeAgentStep,
   checkAutoscaleAgentInputs,
@@ -22,13 +23,7 @@ import {
   type HostConnection,
 } from "../../../provider";
 import { forcedCommandLine } from "../../../core/autoscale";
-import {
-  agentScript,
-  memberNames,
-  memberScript,
-  membersByHost,
-  renderAgentConfig,
-} from "../../../templates/autoscale";
+import { memberNames, membersByHost, renderAgentConfig } from "../../../templates/autoscale";
 import { assertSerializable } from "../../harness/serialization";
 import { assertFieldError } from "../templates/support";
 import { testHost } from "./fixtures";
@@ -83,8 +78,6 @@ function raw(over: Record<string, unknown> = {}): Record<string, unknown> {
     hosts: HOSTS,
     controllerHost: "hv1",
     agentConfig: conf(),
-    agentScript: agentScript(),
-    memberScript: memberScript(),
     membersByHost: { hv1: ["web-0", "web-2"], hv2: ["web-1"] },
     desired: 1,
     min: 1,
@@ -102,6 +95,7 @@ function outputs(inputs: Record<string, unknown>, running = true): AutoscaleAgen
     currentSize: 3,
     members: ["web-0", "web-1", "web-2"],
     hostKeys: {},
+    scriptsSha256: AUTOSCALE_SCRIPTS_SHA256,
     realized: { agentRunning: running, currentSize: 3, members: [], slots: {}, cooldownEnd: 0 },
   };
 }
@@ -166,7 +160,19 @@ test("check: defaults pass; every refusal names its field", async () => {
     [{ min: 4 }, "min"],
     [{ membersByHost: { hv9: ["web-0"] } }, "membersByHost"],
     [{ membersByHost: { hv1: ["web 0"] } }, "membersByHost"],
-    [{ agentScript: "echo hi" }, "agentScript"],
+    // Only this group's slots, below max, each once (a raw resource must not reach other domains).
+    [{ membersByHost: { hv1: ["other-vm"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web-3"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web-0"], hv2: ["web-0"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web-01"] } }, "membersByHost"],
+    // agent.conf is sourced as root: re-parsed against the allow-list and the inputs.
+    [{ agentConfig: `${conf()}id\n` }, "agentConfig"],
+    [{ agentConfig: `${conf()}PATH='/tmp'\n` }, "agentConfig"],
+    [{ agentConfig: conf().replace("LB_NS='qlbaas-1234'", "LB_NS='$(id)'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("MEMBER_1_NAME='web-1'", "MEMBER_1_NAME='db-0'") }, "agentConfig"],
+    [{ agentConfig: `${conf()}MIN=1\n` }, "agentConfig"],
+    [{ max: 2, membersByHost: { hv1: ["web-0"], hv2: ["web-1"] } }, "agentConfig"],
+    [{ agentConfig: conf().replace(/LB_SOCKET='[^']*'/, "LB_SOCKET='/run/other.sock'") }, "agentConfig"],
   ];
   for (const [over, field] of bad) {
     const f = checkAutoscaleAgentInputs(raw(over)).failures;
@@ -195,17 +201,25 @@ test("diff: no change is no change; desired compares the program's values only; 
   assert.deepEqual(diffAutoscaleAgent(olds, moved as never).replaces, ["controllerHost"]);
   const conf2 = checkAutoscaleAgentInputs(raw({ agentConfig: conf({ cooldown: 99 }) })).inputs;
   assert.equal(diffAutoscaleAgent(olds, conf2 as never).changes, true);
+  // The scripts are the provider's own; a state written with other scripts is an update.
+  assert.equal(olds.scriptsSha256, AUTOSCALE_SCRIPTS_SHA256);
+  assert.equal(diffAutoscaleAgent({ ...olds, scriptsSha256: "0".repeat(64) }, i as never).changes, true);
+  assert.equal(Object.keys(i).includes("agentScript"), false, "no script is an input");
 });
 
 test("steps: the forced-command line, desired requests, signals and the agent start are quoted and bounded", () => {
-  const line = forcedCommandLine("web", KEY);
+  const line = forcedCommandLine("web", KEY, "10.255.0.11");
   assert.equal(
     line,
-    `restrict,command="/bin/sh /var/lib/kvmlab/asg/web/member.sh" ssh-ed25519 ${KEY.split(" ")[1]} kvmlab-asg:web`,
+    `from="10.255.0.11",restrict,command="/bin/sh /var/lib/kvmlab/asg/web/member.sh" ssh-ed25519 ${KEY.split(" ")[1]} kvmlab-asg:web`,
   );
-  assert.throws(() => forcedCommandLine("web", "ssh-rsa AAAA"), /unexpected agent key line/);
-  assert.throws(() => forcedCommandLine("web", 'ssh-ed25519 AAAA" x'), /unexpected agent key line/);
-  const auth = authorizeAgentStep("/root/.ssh/authorized_keys", "web", KEY).script;
+  assert.throws(() => forcedCommandLine("web", "ssh-rsa AAAA", "10.0.0.1"), /unexpected agent key line/);
+  assert.throws(
+    () => forcedCommandLine("web", 'ssh-ed25519 AAAA" x', "10.0.0.1"),
+    /unexpected agent key line/,
+  );
+  assert.throws(() => forcedCommandLine("web", KEY, '10.0.0.1",command="id'), /invalid controller address/);
+  const auth = authorizeAgentStep("/root/.ssh/authorized_keys", "web", KEY, "10.255.0.11").script;
   assert.match(auth, /\$NF != tag/, "an older line of the group is replaced");
   assert.match(desiredRequestStep("web", 2, 3).script, /echo 2 3 > /);
   assert.throws(() => desiredRequestStep("web", 0, 3));

@@ -27,6 +27,9 @@ SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/host/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
 # fake virsh: domains are files $SIM/dom/<name> holding "state cpu_ns last_ms"
+# the member command must pin the system libvirt on every call
+[ "$1 $2" = "-c qemu:///system" ] || { echo "virsh called without -c qemu:///system: $*" >&2; exit 99; }
+shift 2
 now=$(date +%s%3N)
 load=$(cat "$SIM/load" 2>/dev/null || echo 0)
 tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; echo "$st $cpu $now" > "$SIM/dom/$1"; }
@@ -50,6 +53,8 @@ shift 3; exec "$@"
 `;
 const FAKE_BUSYBOX = `#!/bin/sh
 # fake "busybox wget ... http://IP:PORT/path": healthy when the domain of that IP runs
+# (Debian 12's busybox 1.35 wget segfaults with -T: the real one exits 139 on it, so does this)
+for a in "$@"; do [ "$a" = -T ] && exit 139; done
 for a in "$@"; do case $a in http://*) url=$a ;; esac; done
 ip=\${url#http://}; ip=\${ip%%:*}
 n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
