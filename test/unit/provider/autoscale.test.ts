@@ -23,7 +23,13 @@ import {
   type HostConnection,
 } from "../../../provider";
 import { forcedCommandLine } from "../../../core/autoscale";
-import { memberNames, membersByHost, renderAgentConfig } from "../../../templates/autoscale";
+import {
+  agentScript,
+  memberNames,
+  memberScript,
+  membersByHost,
+  renderAgentConfig,
+} from "../../../templates/autoscale";
 import { assertSerializable } from "../../harness/serialization";
 import { assertFieldError } from "../templates/support";
 import { testHost } from "./fixtures";
@@ -298,4 +304,77 @@ test('Server powerState "external": accepted, never started or stopped by an upd
     .inputs as never as import("../../../provider").ServerInputs;
   const drifted = { ...plain, actualPowerState: "running", domainType: "qemu" } as never;
   assert.equal(diffServer(drifted, plain).changes, true, "a stopped server found running still drifts");
+});
+
+/** Replaces the host session with a recorder: every batch of steps, per host, answered by label. */
+function recordHosts(): {
+  batches: { host: string; steps: { label: string; script: string }[] }[];
+  restore: () => void;
+} {
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const saved = { ...session };
+  const batches: { host: string; steps: { label: string; script: string }[] }[] = [];
+  const answers: [RegExp, string][] = [
+    [/^prepare the agent folder/, KEY],
+    [/^read the destination/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\nakf=/root/.ssh/authorized_keys"],
+    [/^read group web/, "present=yes\nrunning=yes\nagentpid=42\nstatus.size=1"],
+    [/^claim /, "claimed"],
+  ];
+  const run = (h: HostConnection, steps: readonly { label?: string; script: string }[]) => {
+    batches.push({ host: h.name, steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })) });
+    return steps.map((s) => answers.find(([re]) => re.test(s.label ?? ""))?.[1] ?? "");
+  };
+  session.runSteps = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
+    run(h, steps).map((stdout) => ({ code: 0, stdout, stderr: "" }));
+  session.runChecked = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
+    run(h, steps);
+  session.runLocked = session.runChecked;
+  return { batches, restore: () => Object.assign(session, saved) };
+}
+
+test("create: each member server is checked to be this stack's before the forced command lands; the key line has from=; the scripts installed are the package's", async () => {
+  const rec = recordHosts();
+  try {
+    const i = checkAutoscaleAgentInputs(raw()).inputs as unknown as AutoscaleAgentInputs;
+    await autoscaleAgentProvider.create!(i as never);
+    const labels = (h: string) => rec.batches.filter((b) => b.host === h).flatMap((b) => b.steps);
+    for (const [h, names] of Object.entries(i.membersByHost)) {
+      const steps = labels(h);
+      const auth = steps.findIndex((s) => s.label.startsWith("authorize group web"));
+      assert.ok(auth > 0, `${h}: the key is authorized`);
+      assert.match(steps[auth].script, /from="10\.255\.0\.1[0-9]*",restrict,command=/);
+      assert.ok(steps[auth].script.includes(`from="${HOSTS[0].address}"`), "from= the controller (hv1)");
+      for (const n of names) {
+        const check = steps.findIndex((s) => s.label === `check that server ${n} is this stack's`);
+        assert.ok(check >= 0 && check < auth, `${h}: ${n}'s owner is checked before the key lands`);
+      }
+      const up = steps.find((s) => s.label.endsWith("/member.sh"));
+      const b64 = Buffer.from(memberScript(), "utf8").toString("base64").slice(0, 60);
+      assert.ok(up?.script.includes(b64), `${h}: the package's member.sh is installed`);
+    }
+    const agentUp = labels("hv1").find((s) => s.label.endsWith("/agent.sh"));
+    assert.ok(agentUp?.script.includes(Buffer.from(agentScript(), "utf8").toString("base64").slice(0, 60)));
+  } finally {
+    rec.restore();
+  }
+});
+
+test("update: a host new to the group is claimed (not adopted); a host it left loses the key and its owner marker", async () => {
+  const rec = recordHosts();
+  try {
+    const hosts = [...HOSTS, testHost("hv3", 3)];
+    const olds = outputs(checkAutoscaleAgentInputs(raw({ hosts })).inputs);
+    const news = checkAutoscaleAgentInputs(
+      raw({ hosts, membersByHost: { hv1: ["web-0", "web-2"], hv3: ["web-1"] } }),
+    ).inputs;
+    await autoscaleAgentProvider.update!("web", olds as never, news as never);
+    const on = (h: string) =>
+      rec.batches.filter((b) => b.host === h).flatMap((b) => b.steps.map((s) => s.label));
+    assert.ok(on("hv3").includes(`claim autoscale group web for ${(news as { owner: string }).owner}`));
+    assert.ok(on("hv2").some((l) => l.startsWith("remove group web's agent key")));
+    assert.ok(on("hv2").includes("release the owner marker of autoscale group web"));
+    assert.ok(!on("hv1").some((l) => l.startsWith("release the owner marker")), "the controller keeps it");
+  } finally {
+    rec.restore();
+  }
 });
