@@ -320,3 +320,66 @@ export function forcedCommandLine(group: string, publicKeyLine: string, from: st
     throw new Error(`invalid controller address for from=: ${JSON.stringify(from)}`);
   return `from="${from}",restrict,command="/bin/sh ${asgDir(group)}/member.sh" ${words[0]} ${words[1]} ${agentKeyTag(group)}`;
 }
+
+/** agent.conf keys the agent reads, with the shape of each value (the allow-list). */
+const CONF_KEYS: [RegExp, "int" | "word" | "indexes"][] = [
+  [/^(MIN|MAX|COOLDOWN|INTERVAL|BOOT_TIMEOUT|DRAIN_TIMEOUT|KEEP|NPOLICIES|HEALTH_PORT)$/, "int"],
+  [/^(GROUP|LB_SOCKET|LB_BACKEND|LB_NS|HEALTH_PATH)$/, "word"],
+  [/^MEMBER_HOST_INDEXES$/, "indexes"],
+  [/^MEMBER_\d{1,2}_(NAME|IP|HOST|ADDR|USER)$/, "word"],
+  [/^MEMBER_\d{1,2}_PORT$/, "int"],
+  [/^POLICY_\d{1,2}_(NAME|TYPE|CMP)$/, "word"],
+  [/^POLICY_\d{1,2}_(ADJ|COOLDOWN|STEP|THRESHOLD|PERIOD)$/, "int"],
+];
+const CONF_VALUE = {
+  int: /^-?\d{1,9}$/,
+  word: /^'[A-Za-z0-9._/:@~-]*'$/,
+  indexes: /^'[0-9 ]*'$/,
+};
+
+/**
+ * Re-parses a rendered agent.conf line by line against the allow-list above (the AutoscaleAgent
+ * checks it before the file reaches a host, where the agent sources it as root): only comments
+ * and `KEY=value` lines of known keys, each value an integer or a single-quoted plain word, no
+ * key twice; GROUP, MIN, MAX and every MEMBER_<i>_NAME agree with the resource's inputs.
+ * Returns what is wrong (empty = fine).
+ */
+export function agentConfigProblems(
+  text: string,
+  want: { group: string; min: number; max: number },
+): string[] {
+  const problems: string[] = [];
+  const seen = new Map<string, string>();
+  text.split("\n").forEach((line, n) => {
+    if (line === "" || line.startsWith("# ")) return;
+    const m = /^([A-Z][A-Z0-9_]{0,40})=(.*)$/.exec(line);
+    const kind = m ? CONF_KEYS.find(([re]) => re.test(m[1]))?.[1] : undefined;
+    if (!m || kind === undefined) {
+      problems.push(`line ${n + 1} is not a known agent.conf setting: ${JSON.stringify(line.slice(0, 60))}`);
+      return;
+    }
+    if (!CONF_VALUE[kind].test(m[2])) {
+      problems.push(`line ${n + 1}: ${m[1]} has an unsafe value ${JSON.stringify(m[2].slice(0, 60))}`);
+      return;
+    }
+    if (seen.has(m[1])) problems.push(`line ${n + 1}: ${m[1]} is set twice`);
+    seen.set(m[1], m[2].replace(/^'|'$/g, ""));
+  });
+  const expect = (k: string, v: string) => {
+    if (seen.get(k) !== v)
+      problems.push(`${k} is ${JSON.stringify(seen.get(k) ?? "(missing)")}, expected ${JSON.stringify(v)}`);
+  };
+  expect("GROUP", want.group);
+  expect("MIN", String(want.min));
+  expect("MAX", String(want.max));
+  for (let i = 0; i < want.max; i++) expect(`MEMBER_${i}_NAME`, `${want.group}-${i}`);
+  for (const k of seen.keys()) {
+    const i = /^MEMBER_(\d+)_/.exec(k);
+    if (i && Number(i[1]) >= want.max)
+      problems.push(`${k}: member index ${i[1]} is not below MAX ${want.max}`);
+  }
+  const sock = seen.get("LB_SOCKET") ?? "";
+  if (sock !== "" && (!sock.startsWith("/var/lib/kvmlab/") || sock.includes("..")))
+    problems.push(`LB_SOCKET ${JSON.stringify(sock)} is not a kvmlab load balancer socket`);
+  return problems;
+}

@@ -76,7 +76,8 @@ import {
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
 import { serverOwned } from "./server";
-import { agentConfigProblems, agentScript, memberScript } from "../templates/autoscale";
+import { agentConfigProblems } from "../core/autoscale";
+import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
 
@@ -136,8 +137,8 @@ export interface AutoscaleAgentOutputs extends AutoscaleAgentInputs {
  * The scripts that run as root on the hosts: the package's own templates, read once when this
  * module loads (Pulumi's closure serializer captures the strings with the provider), never an input.
  */
-const AGENT_SCRIPT = agentScript();
-const MEMBER_SCRIPT = memberScript();
+const AGENT_SCRIPT = shippedScript("agent.sh");
+const MEMBER_SCRIPT = shippedScript("member.sh");
 export const AUTOSCALE_SCRIPTS_SHA256 = createHash("sha256")
   .update(`${AGENT_SCRIPT}\u0000${MEMBER_SCRIPT}`)
   .digest("hex");
