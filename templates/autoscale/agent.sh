@@ -160,6 +160,7 @@ start_members() { # names...
       done
       break
     fi
+    write_status # `kvmlab asg status` shows the members starting while they boot
     sleep 1
   done
 }

@@ -186,7 +186,7 @@ async function diagnose(): Promise<void> {
         "echo '--- authorized_keys'; grep -h kvmlab-asg /etc/ssh/lab_authorized_keys ~/.ssh/authorized_keys 2>/dev/null | cut -c1-120",
         "echo '--- domains'; virsh -c qemu:///system list --all",
         'for d in web-0 web-1 web-2; do f=/var/lib/kvmlab/instances/$d/console.log; [ -f $f ] && { echo "--- $d serial"; tail -n 15 $f; }; done',
-        `echo '--- agent process'; grep -l asg/web/agent.sh /proc/[0-9]*/cmdline 2>/dev/null`,
+        `echo '--- agent process'; grep -l "asg/web/agent[.]sh" /proc/[0-9]*/cmdline 2>/dev/null`,
       ].join("; "),
       { timeoutMs: 60_000 },
     ).catch((e: unknown) => ({ code: -1, stdout: "", stderr: String(e) }));
@@ -395,7 +395,7 @@ async function scenario(): Promise<void> {
           "virsh list --all --name | grep -c '^web-' || true",
           "ls /var/lib/kvmlab/asg 2>/dev/null | wc -l",
           "cat /etc/ssh/lab_authorized_keys ~/.ssh/authorized_keys 2>/dev/null | grep -c kvmlab-asg || true",
-          "grep -l asg/web/agent.sh /proc/[0-9]*/cmdline 2>/dev/null | wc -l",
+          "grep -l 'asg/web/agent[.]sh' /proc/[0-9]*/cmdline 2>/dev/null | wc -l",
           "ls /var/lib/kvmlab/owners/asg 2>/dev/null | wc -l",
           "ip netns list | grep -c qlbaas || true",
         ].join("; "),
