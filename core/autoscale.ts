@@ -8,7 +8,7 @@
  * Sources: /work/shared/research/openstack-semantics.md §4.
  */
 import { FieldError } from "./errors";
-import { KVMLAB_STATE_DIR } from "./paths";
+import { KVMLAB_STATE_DIR, loadBalancerPaths } from "./paths";
 
 export const ADJUSTMENT_TYPES = [
   "change_in_capacity",
@@ -321,49 +321,104 @@ export function forcedCommandLine(group: string, publicKeyLine: string, from: st
   return `from="${from}",restrict,command="/bin/sh ${asgDir(group)}/member.sh" ${words[0]} ${words[1]} ${agentKeyTag(group)}`;
 }
 
-/** agent.conf keys the agent reads, with the shape of each value (the allow-list). */
-const CONF_KEYS: [RegExp, "int" | "word" | "indexes"][] = [
-  [/^(MIN|MAX|COOLDOWN|INTERVAL|BOOT_TIMEOUT|DRAIN_TIMEOUT|KEEP|NPOLICIES|HEALTH_PORT)$/, "int"],
-  [/^(GROUP|LB_SOCKET|LB_BACKEND|LB_NS|HEALTH_PATH)$/, "word"],
-  [/^MEMBER_HOST_INDEXES$/, "indexes"],
-  [/^MEMBER_\d{1,2}_(NAME|IP|HOST|ADDR|USER)$/, "word"],
-  [/^MEMBER_\d{1,2}_PORT$/, "int"],
-  [/^POLICY_\d{1,2}_(NAME|TYPE|CMP)$/, "word"],
-  [/^POLICY_\d{1,2}_(ADJ|COOLDOWN|STEP|THRESHOLD|PERIOD)$/, "int"],
+/** One host as the agent reaches it (agent.conf's MEMBER_<i>_ADDR/PORT/USER must be one of these). */
+export interface AgentConfHost {
+  readonly name: string;
+  readonly address: string;
+  readonly port: number;
+  readonly user: string;
+}
+
+const CONF_IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+type ConfRule = (v: string, all: ReadonlyMap<string, string>) => string | undefined;
+const confInt =
+  (lo: number, hi: number): ConfRule =>
+  (v) =>
+    /^-?\d{1,9}$/.test(v) && Number(v) >= lo && Number(v) <= hi ? undefined : `an integer ${lo}..${hi}`;
+const confWord =
+  (re: RegExp, what: string): ConfRule =>
+  (v) =>
+    re.test(v) ? undefined : what;
+const confOneOf =
+  (xs: readonly string[]): ConfRule =>
+  (v) =>
+    xs.includes(v) ? undefined : `one of ${xs.join(", ")}`;
+
+/**
+ * agent.conf keys the agent reads, each with the same rule the renderer applies (the allow-list):
+ * integers in their ranges, IPv4 addresses, plain user and host names, enums, absolute paths.
+ */
+const CONF_RULES: [RegExp, ConfRule][] = [
+  [/^(MIN|MAX)$/, confInt(0, MAX_GROUP_SIZE)],
+  [/^COOLDOWN$/, confInt(0, 86400)],
+  [/^INTERVAL$/, confInt(1, 3600)],
+  [/^BOOT_TIMEOUT$/, confInt(5, 3600)],
+  [/^DRAIN_TIMEOUT$/, confInt(0, 3600)],
+  [/^KEEP$/, confInt(1, 100000)],
+  [/^NPOLICIES$/, confInt(0, 16)],
+  [/^HEALTH_PORT$/, confInt(1, 65535)],
+  [/^GROUP$/, confWord(NAME, "a group name")],
+  [
+    /^LB_SOCKET$/,
+    confWord(
+      /^(|\/var\/lib\/kvmlab\/lb\/[A-Za-z0-9_-]{1,63}\/haproxy\.sock)$/,
+      "a kvmlab load balancer's haproxy.sock",
+    ),
+  ],
+  [/^LB_BACKEND$/, confWord(/^(|[A-Za-z0-9._-]{1,64}:[A-Za-z0-9._-]{1,64})$/, "<pool>:<listener>")],
+  [/^LB_NS$/, confWord(/^(|qlbaas-[0-9a-f]{1,16})$/, "a load balancer namespace qlbaas-<id>")],
+  [/^HEALTH_PATH$/, confWord(/^\/[A-Za-z0-9._/~-]{0,200}$/, "a path starting with /")],
+  [/^MEMBER_HOST_INDEXES$/, confWord(/^\d{1,2}( \d{1,2}){0,31}$/, "member indexes separated by spaces")],
+  [/^MEMBER_\d{1,2}_NAME$/, confWord(/^[a-z][a-z0-9-]{0,40}$/, "a member name")],
+  [/^MEMBER_\d{1,2}_IP$/, confWord(CONF_IPV4, "an IPv4 address")],
+  [/^MEMBER_\d{1,2}_HOST$/, confWord(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "a host name")],
+  [/^MEMBER_\d{1,2}_ADDR$/, confWord(/^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$/, "a host address")],
+  [/^MEMBER_\d{1,2}_PORT$/, confInt(1, 65535)],
+  [/^MEMBER_\d{1,2}_USER$/, confWord(/^[a-z_][a-z0-9_-]{0,31}$/, "a plain user name")],
+  [/^POLICY_\d{1,2}_NAME$/, confWord(/^[a-z][a-z0-9_-]{0,30}$/, "a policy name")],
+  [/^POLICY_\d{1,2}_TYPE$/, confOneOf(ADJUSTMENT_TYPES)],
+  [/^POLICY_\d{1,2}_CMP$/, confOneOf(ALARM_COMPARISONS)],
+  [/^POLICY_\d{1,2}_ADJ$/, confInt(-1000, 1000)],
+  [/^POLICY_\d{1,2}_COOLDOWN$/, confInt(0, 86400)],
+  [/^POLICY_\d{1,2}_STEP$/, confInt(0, MAX_GROUP_SIZE)],
+  [/^POLICY_\d{1,2}_THRESHOLD$/, confInt(0, 100 * 64)],
+  [/^POLICY_\d{1,2}_PERIOD$/, confInt(0, 86400)],
 ];
-const CONF_VALUE = {
-  int: /^-?\d{1,9}$/,
-  word: /^'[A-Za-z0-9._/:@~-]*'$/,
-  indexes: /^'[0-9 ]*'$/,
-};
+const QUOTED = /^'([^']*)'$/;
 
 /**
  * Re-parses a rendered agent.conf line by line against the allow-list above (the AutoscaleAgent
  * checks it before the file reaches a host, where the agent sources it as root): only comments
- * and `KEY=value` lines of known keys, each value an integer or a single-quoted plain word, no
- * key twice; GROUP, MIN, MAX and every MEMBER_<i>_NAME agree with the resource's inputs.
- * Returns what is wrong (empty = fine).
+ * and `KEY=value` lines of known keys, each value an integer or a single-quoted value passing its
+ * key's rule, no key twice; GROUP, MIN, MAX, every MEMBER_<i>_NAME agree with the resource's
+ * inputs, every member's host address, port and user are those of one of its hosts, policy
+ * indexes stay below NPOLICIES, and the load balancer namespace is the one of LB_SOCKET's load
+ * balancer. Returns what is wrong (empty = fine).
  */
 export function agentConfigProblems(
   text: string,
-  want: { group: string; min: number; max: number },
+  want: { group: string; min: number; max: number; hosts?: readonly AgentConfHost[] },
 ): string[] {
   const problems: string[] = [];
   const seen = new Map<string, string>();
   text.split("\n").forEach((line, n) => {
-    if (line === "" || line.startsWith("# ")) return;
+    if (line === "" || (line.startsWith("# ") && !line.includes("\r"))) return;
     const m = /^([A-Z][A-Z0-9_]{0,40})=(.*)$/.exec(line);
-    const kind = m ? CONF_KEYS.find(([re]) => re.test(m[1]))?.[1] : undefined;
-    if (!m || kind === undefined) {
+    const rule = m ? CONF_RULES.find(([re]) => re.test(m[1]))?.[1] : undefined;
+    if (!m || rule === undefined) {
       problems.push(`line ${n + 1} is not a known agent.conf setting: ${JSON.stringify(line.slice(0, 60))}`);
       return;
     }
-    if (!CONF_VALUE[kind].test(m[2])) {
-      problems.push(`line ${n + 1}: ${m[1]} has an unsafe value ${JSON.stringify(m[2].slice(0, 60))}`);
+    const q = QUOTED.exec(m[2]);
+    const value = q ? q[1] : m[2];
+    const bad =
+      q === null && !/^-?\d{1,9}$/.test(m[2]) ? "an integer or a single-quoted value" : rule(value, seen);
+    if (bad !== undefined) {
+      problems.push(`line ${n + 1}: ${m[1]} must be ${bad}, got ${JSON.stringify(m[2].slice(0, 60))}`);
       return;
     }
     if (seen.has(m[1])) problems.push(`line ${n + 1}: ${m[1]} is set twice`);
-    seen.set(m[1], m[2].replace(/^'|'$/g, ""));
+    seen.set(m[1], value);
   });
   const expect = (k: string, v: string) => {
     if (seen.get(k) !== v)
@@ -373,13 +428,41 @@ export function agentConfigProblems(
   expect("MIN", String(want.min));
   expect("MAX", String(want.max));
   for (let i = 0; i < want.max; i++) expect(`MEMBER_${i}_NAME`, `${want.group}-${i}`);
+  const npol = Number(seen.get("NPOLICIES") ?? "0");
   for (const k of seen.keys()) {
     const i = /^MEMBER_(\d+)_/.exec(k);
     if (i && Number(i[1]) >= want.max)
       problems.push(`${k}: member index ${i[1]} is not below MAX ${want.max}`);
+    const p = /^POLICY_(\d+)_/.exec(k);
+    if (p && Number(p[1]) >= npol) problems.push(`${k}: policy index ${p[1]} is not below NPOLICIES ${npol}`);
   }
+  for (const x of (seen.get("MEMBER_HOST_INDEXES") ?? "").split(" "))
+    if (x !== "" && Number(x) >= want.max)
+      problems.push(`MEMBER_HOST_INDEXES: ${x} is not below MAX ${want.max}`);
+  if (want.hosts !== undefined)
+    for (let i = 0; i < want.max; i++) {
+      const h = want.hosts.find((x) => x.name === seen.get(`MEMBER_${i}_HOST`));
+      if (h === undefined)
+        problems.push(
+          `MEMBER_${i}_HOST ${JSON.stringify(seen.get(`MEMBER_${i}_HOST`))} is not one of the hosts`,
+        );
+      else if (
+        seen.get(`MEMBER_${i}_ADDR`) !== h.address ||
+        seen.get(`MEMBER_${i}_PORT`) !== String(h.port) ||
+        seen.get(`MEMBER_${i}_USER`) !== h.user
+      )
+        problems.push(
+          `MEMBER_${i}_ADDR/PORT/USER are not host ${h.name}'s (${h.user}@${h.address}:${h.port})`,
+        );
+    }
   const sock = seen.get("LB_SOCKET") ?? "";
-  if (sock !== "" && (!sock.startsWith("/var/lib/kvmlab/") || sock.includes("..")))
-    problems.push(`LB_SOCKET ${JSON.stringify(sock)} is not a kvmlab load balancer socket`);
+  if (sock !== "") {
+    const lb = sock.split("/")[5];
+    const want = loadBalancerPaths(lb);
+    if (want.statsSocket !== sock || seen.get("LB_NS") !== want.namespace)
+      problems.push(
+        `LB_NS ${JSON.stringify(seen.get("LB_NS"))} is not load balancer ${lb}'s namespace ${want.namespace}`,
+      );
+  }
   return problems;
 }

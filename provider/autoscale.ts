@@ -53,7 +53,6 @@ import {
   ownerIn,
   releaseOwnerStep,
   rules,
-  sameStackStep,
   type Checked,
   type DiffResult,
   type HostConnectionArgs,
@@ -67,6 +66,8 @@ import {
   desiredRequestStep,
   knownHostsContent,
   memberListContent,
+  memberOwnedStep,
+  memberStackContent,
   parseAgentState,
   removeAgentDirStep,
   startAgentStep,
@@ -75,7 +76,6 @@ import {
   type AgentState,
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
-import { serverOwned } from "./server";
 import { agentConfigProblems } from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
@@ -176,11 +176,21 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
     else if (desired < min || desired > max)
       out.add("desired", `desired: ${desired} is outside min..max (${min}..${max}); set it within`);
   }
+  const confHosts = normalizeHosts(news.hosts);
   if (isKnown(v.agentConfig) && isKnown(v.groupName) && isKnown(v.min) && isKnown(v.max))
     for (const p of agentConfigProblems(v.agentConfig as string, {
       group: v.groupName as string,
       min: v.min as number,
       max: v.max as number,
+      hosts:
+        isKnown(confHosts) && Array.isArray(confHosts)
+          ? (confHosts as HostConnection[]).map((h) => ({
+              name: h.name,
+              address: h.address,
+              port: h.port,
+              user: h.user,
+            }))
+          : undefined,
     }))
       out.add("agentConfig", `agentConfig: ${p}; render it with templates/autoscale.ts renderAgentConfig`);
   const mbh = news.membersByHost ?? {};
@@ -283,11 +293,10 @@ async function setUpMemberHost(
   owners: readonly string[],
 ): Promise<string[]> {
   const d = asgDir(i.groupName);
-  const user = `autoscale group ${i.groupName}`;
   const outs = await runChecked(host, [
     guardStep(asgOwned(i.groupName), owners, true),
     // The forced command may start and stop these domains: each must be a server of this stack.
-    ...(i.membersByHost[host.name] ?? []).map((n) => sameStackStep(serverOwned(n), i.owner, user)),
+    ...(i.membersByHost[host.name] ?? []).map((n) => memberOwnedStep(i.groupName, n, i.owner)),
     destinationFactsStep(),
   ]);
   const { hostKeys, authorizedKeysFile } = parseDestinationFacts(outs[outs.length - 1] ?? "");
@@ -297,6 +306,8 @@ async function setUpMemberHost(
     guardStep(asgOwned(i.groupName), owners, true),
     { label: "group folder", script: `mkdir -p ${shQuote(d)}` },
     uploadStep(`${d}/member.sh`, MEMBER_SCRIPT, { mode: "0755" }),
+    // member.sh re-checks each server's owner marker against this before every start/stop.
+    uploadStep(`${d}/stack`, memberStackContent(i.owner), { mode: "0644" }),
     uploadStep(`${d}/members`, memberListContent(i.membersByHost[host.name] ?? []), { mode: "0644" }),
     authorizeAgentStep(authorizedKeysFile, i.groupName, publicKey, controllerAddress),
   ]);

@@ -11,6 +11,7 @@
 import { shQuote, type Step } from "../host";
 import { agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
 import { parseKeyValues } from "../kit/kv";
+import { OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
 
 export { asgDir } from "../../core/autoscale";
 
@@ -65,9 +66,13 @@ export function authorizeAgentStep(
       '[ -f "$f" ] || { : > "$f"; chmod 0600 "$f"; }',
       'grep -qxF -- "$line" "$f" && exit 0',
       't=$(mktemp "$f.kvmlab-tmp.XXXXXX")',
-      // Tagged lines end with " <tag>": drop the old one, add the new one.
-      'awk -v tag="$tag" \'$NF != tag\' "$f" > "$t" || true',
+      `trap 'rm -f "$t"' EXIT`,
+      // Tagged lines end with " <tag>": drop the old one, add the new one. Any failure stops
+      // here (set -e) before the file is replaced; the count proves nothing else was lost.
+      'keep=$(awk -v tag="$tag" \'$NF != tag\' "$f" | wc -l)',
+      'awk -v tag="$tag" \'$NF != tag\' "$f" > "$t"',
       'printf "%s\\n" "$line" >> "$t"',
+      '[ "$(wc -l < "$t")" -eq $((keep + 1)) ] || { echo "authorized_keys rewrite came out short; $f left as it was" >&2; exit 1; }',
       'chmod --reference="$f" "$t"; chown --reference="$f" "$t"',
       'mv -f "$t" "$f"',
     ].join("\n"),
@@ -80,13 +85,17 @@ export function unauthorizeAgentStep(authorizedKeysFile: string, group: string, 
   return {
     label: `remove group ${group}'s agent key and member command from this host`,
     script: [
+      "set -e",
       `f=${shQuote(authorizedKeysFile)}; tag=${shQuote(agentKeyTag(group))}`,
       'if [ -f "$f" ] && awk -v tag="$tag" \'$NF == tag {found=1} END {exit !found}\' "$f"; then',
       '  t=$(mktemp "$f.kvmlab-tmp.XXXXXX")',
-      '  awk -v tag="$tag" \'$NF != tag\' "$f" > "$t" || true',
+      `  trap 'rm -f "$t"' EXIT`,
+      '  keep=$(awk -v tag="$tag" \'$NF != tag\' "$f" | wc -l)',
+      '  awk -v tag="$tag" \'$NF != tag\' "$f" > "$t"',
+      '  [ "$(wc -l < "$t")" -eq "$keep" ] || { echo "authorized_keys rewrite came out short; $f left as it was" >&2; exit 1; }',
       '  chmod --reference="$f" "$t"; chown --reference="$f" "$t"; mv -f "$t" "$f"',
       "fi",
-      `rm -f ${d}/member.sh ${d}/members`,
+      `rm -f ${d}/member.sh ${d}/members ${d}/stack`,
       keepDir ? ":" : `rmdir ${d} 2>/dev/null || true`,
     ].join("\n"),
   };
@@ -261,4 +270,34 @@ export function knownHostsContent(
     }
   }
   return lines.length > 0 ? `${lines.join("\n")}\n` : "";
+}
+
+/** The `<pulumi project>/<stack>` the member command lets the agent act for (a `stack` file beside it). */
+export function memberStackContent(owner: string): string {
+  const stack = ownerStack(owner);
+  if (stack.startsWith("kvmlab-direct/") || !/^[A-Za-z0-9._%@:-]+\/[A-Za-z0-9._%@:-]+$/.test(stack))
+    throw new Error(
+      `AutoscaleAgent owner ${JSON.stringify(owner)}: an autoscale agent drives servers only for a Pulumi program's stack (owner <project>/<stack>/…), never for a raw provider call; create it with the AutoscaleGroup component`,
+    );
+  return `${stack}\n`;
+}
+
+/**
+ * Member host: the server `name` must carry an owner marker of this stack (it must EXIST: an
+ * unmarked domain is nobody's to start or stop). Refuses with OWNER_REFUSED, naming the fix.
+ */
+export function memberOwnedStep(group: string, name: string, owner: string): Step {
+  const stack = memberStackContent(owner).trim();
+  const f = ownerMarkerPath("server", name);
+  return {
+    label: `check that server ${name} is this stack's`,
+    script: [
+      `f=${shQuote(f)}`,
+      `if [ ! -f "$f" ]; then echo ${shQuote(`autoscale group ${group}: server ${name} has no owner marker on this host, so it is nobody's to start or stop. Fix: create the group's servers first (the AutoscaleGroup component does), or remove ${name} from membersByHost`)} >&2; exit ${OWNER_REFUSED}; fi`,
+      'cur=$(head -n1 "$f")',
+      `case "$cur" in ${shQuote(stack)}/*) echo mine; exit 0 ;; esac`,
+      `echo ${shQuote(`autoscale group ${group}: server ${name} belongs to `)}"$cur"${shQuote(`, not to stack ${stack}. Fix: list only this stack's servers in membersByHost (or rename the group)`)} >&2`,
+      `exit ${OWNER_REFUSED}`,
+    ].join("\n"),
+  };
 }

@@ -80,9 +80,18 @@ log() { echo "ts=$(now_ms) $*" >> "$LOG"; }
 on_host() { # INDEX VERB [NAME]
   eval "_addr=\$MEMBER_${1}_ADDR _port=\$MEMBER_${1}_PORT _user=\$MEMBER_${1}_USER"
   shift
-  timeout 60 ssh -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
+  # -F /dev/null: no ssh_config at all (nothing in agent.conf can name one); -- ends options.
+  timeout 60 ssh -F /dev/null -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
     -o UserKnownHostsFile="$DIR/known_hosts" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
-    -p "$_port" "$_user@$_addr" "$@"
+    -p "$_port" -- "$_user@$_addr" "$@"
+}
+# The members' stats as the member hosts report them, kept only when well-formed: a name that is
+# one of this group's slots, a known state, digits for the CPU time (a host's answer is data,
+# never a path or a command).
+member_stats() {
+  for _h in $MEMBER_HOST_INDEXES; do on_host "$_h" stats 2>/dev/null; done |
+    awk -v names="$ALL_NAMES" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1 }
+      NF == 3 && ($1 in ok) && ($2 == "running" || $2 == "paused" || $2 == "shut-off") && $3 ~ /^[0-9]+$/ { print }'
 }
 lb() { # haproxy runtime API command
   [ -n "$LB_SOCKET" ] || return 0
@@ -204,9 +213,7 @@ resize() { # SIZE
 sample_cpu() {
   _t=$(now_ms)
   _i=0
-  for _h in $MEMBER_HOST_INDEXES; do
-    on_host "$_h" stats 2>/dev/null
-  done > stats.tmp
+  member_stats > stats.tmp
   while read -r _n _st _cpu; do
     [ "$(mstate "$_n")" = running ] || continue
     if [ "$_st" != running ]; then
@@ -308,7 +315,7 @@ write_status() {
 
 # Start-up: what runs now is the truth (the agent may have been restarted); put the pool in step.
 reconcile_start() {
-  for _h in $MEMBER_HOST_INDEXES; do on_host "$_h" stats 2>/dev/null; done > stats.tmp
+  member_stats > stats.tmp
   _i=0
   while [ "$_i" -lt "$MAX" ]; do
     _n=$(member_name $_i)
@@ -354,6 +361,7 @@ keep_bounds() {
   fi
 }
 
+ALL_NAMES=$(_i=0; while [ "$_i" -lt "$MAX" ]; do member_name $_i; _i=$((_i + 1)); done | tr '\n' ' ')
 reconcile_start
 program_desired
 keep_bounds

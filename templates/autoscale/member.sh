@@ -18,10 +18,21 @@ set -f
 set -- $req
 set +f
 allowed() { grep -qx -- "$1" "$here/members"; }
+# The domain's owner marker must name the stack written beside this file (checked again here,
+# at every start and stop: a domain of another stack that took a listed name is never touched).
+owned() {
+  st=$(head -n1 "$here/stack" 2>/dev/null) || return 1
+  case $st in "" | *[!A-Za-z0-9._%@:/-]*) return 1 ;; esac
+  m=$here/../../owners/server/$1.owner # /var/lib/kvmlab/asg/<group>/../../owners
+  [ -f "$m" ] || return 1
+  case $(head -n1 "$m") in "$st"/*) return 0 ;; esac
+  return 1
+}
 case ${1-} in
   start | stop | state)
     [ $# -eq 2 ] || refuse "expected: $1 <member>"
     allowed "$2" || refuse "$2 is not a member of this group on this host"
+    [ "$1" = state ] || owned "$2" || refuse "$2 is not a server of this group's stack (owner marker)"
     ;;
   stats) [ $# -eq 1 ] || refuse "stats takes no argument" ;;
   *) refuse "unknown verb ${1-}" ;;

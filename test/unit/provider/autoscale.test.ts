@@ -23,6 +23,7 @@ import {
   type HostConnection,
 } from "../../../provider";
 import { forcedCommandLine } from "../../../core/autoscale";
+import { loadBalancerPaths } from "../../../core/paths";
 import {
   agentScript,
   memberNames,
@@ -70,7 +71,7 @@ function conf(over: Record<string, unknown> = {}): string {
     pool: {
       socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock",
       backend: "web:http",
-      namespace: "qlbaas-1234",
+      namespace: loadBalancerPaths("web-lb").namespace,
       healthPort: 80,
       healthPath: "/health",
     },
@@ -174,7 +175,19 @@ test("check: defaults pass; every refusal names its field", async () => {
     // agent.conf is sourced as root: re-parsed against the allow-list and the inputs.
     [{ agentConfig: `${conf()}id\n` }, "agentConfig"],
     [{ agentConfig: `${conf()}PATH='/tmp'\n` }, "agentConfig"],
-    [{ agentConfig: conf().replace("LB_NS='qlbaas-1234'", "LB_NS='$(id)'") }, "agentConfig"],
+    [{ agentConfig: conf().replace(/LB_NS='[^']*'/, "LB_NS='$(id)'") }, "agentConfig"],
+    // Values that pass the quoting but not their key's rule (the renderer's rules).
+    [{ agentConfig: conf().replace("MEMBER_0_USER='root'", "MEMBER_0_USER='-F/tmp/x'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("MEMBER_0_IP='10.61.0.10'", "MEMBER_0_IP='10.61.0'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("INTERVAL=5", "INTERVAL=0") }, "agentConfig"],
+    [{ agentConfig: conf().replace("HEALTH_PATH='/health'", "HEALTH_PATH='health'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("POLICY_0_CMP='gt'", "POLICY_0_CMP='xx'") }, "agentConfig"],
+    [
+      { agentConfig: conf().replace("MEMBER_1_ADDR='10.255.0.12'", "MEMBER_1_ADDR='10.9.9.9'") },
+      "agentConfig",
+    ],
+    [{ agentConfig: conf().replace("NPOLICIES=2", "NPOLICIES=1") }, "agentConfig"],
+    [{ agentConfig: conf().replace(/LB_NS='[^']*'/, "LB_NS='qlbaas-1234'") }, "agentConfig"],
     [{ agentConfig: conf().replace("MEMBER_1_NAME='web-1'", "MEMBER_1_NAME='db-0'") }, "agentConfig"],
     [{ agentConfig: `${conf()}MIN=1\n` }, "agentConfig"],
     [{ max: 2, membersByHost: { hv1: ["web-0"], hv2: ["web-1"] } }, "agentConfig"],
@@ -306,6 +319,8 @@ test('Server powerState "external": accepted, never started or stopped by an upd
   assert.equal(diffServer(drifted, plain).changes, true, "a stopped server found running still drifts");
 });
 
+const STACK_OWNER = "proj/dev/AutoscaleAgent/web-agent";
+
 /** Replaces the host session with a recorder: every batch of steps, per host, answered by label. */
 function recordHosts(): {
   batches: { host: string; steps: { label: string; script: string }[] }[];
@@ -335,7 +350,10 @@ function recordHosts(): {
 test("create: each member server is checked to be this stack's before the forced command lands; the key line has from=; the scripts installed are the package's", async () => {
   const rec = recordHosts();
   try {
-    const i = checkAutoscaleAgentInputs(raw()).inputs as unknown as AutoscaleAgentInputs;
+    const direct = checkAutoscaleAgentInputs(raw()).inputs;
+    await assert.rejects(autoscaleAgentProvider.create!(direct as never), /never for a raw provider call/);
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER }))
+      .inputs as unknown as AutoscaleAgentInputs;
     await autoscaleAgentProvider.create!(i as never);
     const labels = (h: string) => rec.batches.filter((b) => b.host === h).flatMap((b) => b.steps);
     for (const [h, names] of Object.entries(i.membersByHost)) {
@@ -363,9 +381,9 @@ test("update: a host new to the group is claimed (not adopted); a host it left l
   const rec = recordHosts();
   try {
     const hosts = [...HOSTS, testHost("hv3", 3)];
-    const olds = outputs(checkAutoscaleAgentInputs(raw({ hosts })).inputs);
+    const olds = outputs(checkAutoscaleAgentInputs(raw({ hosts, owner: STACK_OWNER })).inputs);
     const news = checkAutoscaleAgentInputs(
-      raw({ hosts, membersByHost: { hv1: ["web-0", "web-2"], hv3: ["web-1"] } }),
+      raw({ hosts, owner: STACK_OWNER, membersByHost: { hv1: ["web-0", "web-2"], hv3: ["web-1"] } }),
     ).inputs;
     await autoscaleAgentProvider.update!("web", olds as never, news as never);
     const on = (h: string) =>

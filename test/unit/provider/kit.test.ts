@@ -91,7 +91,12 @@ function autoscaleRaw(hosts: HostConnection[]): Record<string, unknown> {
     groupName: "web",
     hosts,
     controllerHost: "hv1",
-    agentConfig: `GROUP='web'\nMIN=1\nMAX=${hosts.length}\n${hosts.map((_, i) => `MEMBER_${i}_NAME='web-${i}'\n`).join("")}`,
+    agentConfig: `GROUP='web'\nMIN=1\nMAX=${hosts.length}\n${hosts
+      .map(
+        (h, i) =>
+          `MEMBER_${i}_NAME='web-${i}'\nMEMBER_${i}_HOST='${h.name}'\nMEMBER_${i}_ADDR='${h.address}'\nMEMBER_${i}_PORT=${h.port}\nMEMBER_${i}_USER='${h.user}'\n`,
+      )
+      .join("")}`,
     membersByHost: Object.fromEntries(hosts.map((h, i) => [h.name, [`web-${i}`]])),
     desired: 1,
     min: 1,
@@ -478,7 +483,11 @@ const HOSTED: {
     type: "AutoscaleAgent",
     provider: autoscaleAgentProvider as never,
     check: checkAutoscaleAgentInputs,
-    raw: autoscaleRaw,
+    // An agent drives servers only for a program's stack (a raw call's kvmlab-direct owner is refused).
+    raw: (hosts: HostConnection[]) => ({
+      ...autoscaleRaw(hosts),
+      owner: "proj/dev/AutoscaleAgent/web-agent",
+    }),
     answers: [
       [/^prepare the agent folder/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv6k0Zq kvmlab-asg:web"],
       [/^read the destination/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\nakf=/root/.ssh/authorized_keys"],

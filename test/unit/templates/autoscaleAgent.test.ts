@@ -22,8 +22,10 @@ import { agentScript, memberNames, memberScript, renderAgentConfig } from "../..
 
 const FAKE_SSH = `#!/bin/sh
 # fake ssh: skip options, then user@host, then run the forced command as sshd would
+# (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
+case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
 while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) shift; break ;; *) shift ;; esac; done
-SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/host/member.sh"
+SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
 # fake virsh: domains are files $SIM/dom/<name> holding "state cpu_ns last_ms"
@@ -98,7 +100,8 @@ test(
       sim,
       bin,
       path.join(sim, "dom"),
-      path.join(sim, "host"),
+      path.join(sim, "kvmlab", "asg", "web"),
+      path.join(sim, "kvmlab", "owners", "server"),
       path.join(dir, "requests"),
     ])
       fs.mkdirSync(d, { recursive: true });
@@ -106,8 +109,13 @@ test(
     const ips = names.map((_, i) => `10.61.0.${10 + i}`);
     for (const n of names) write(path.join(sim, "dom", n), "shut-off 0 0\n", 0o644);
     write(path.join(sim, "ips"), names.map((n, i) => `${ips[i]} ${n}`).join("\n") + "\n", 0o644);
-    write(path.join(sim, "host", "member.sh"), memberScript());
-    write(path.join(sim, "host", "members"), names.join("\n") + "\n", 0o644);
+    const hostDir = path.join(sim, "kvmlab", "asg", "web");
+    write(path.join(hostDir, "member.sh"), memberScript());
+    write(path.join(hostDir, "members"), names.join("\n") + "\n", 0o644);
+    write(path.join(hostDir, "stack"), "proj/dev\n", 0o644);
+    // The servers' owner markers (the member command re-checks them at every start and stop).
+    for (const n of names)
+      write(path.join(sim, "kvmlab", "owners", "server", `${n}.owner`), `proj/dev/Server/${n}\n`, 0o644);
     write(path.join(bin, "ssh"), FAKE_SSH);
     write(path.join(bin, "virsh"), FAKE_VIRSH);
     write(path.join(bin, "socat"), FAKE_SOCAT);
@@ -279,3 +287,38 @@ test(
     fs.rmSync(root, { recursive: true, force: true });
   },
 );
+
+test("the member command re-checks each server's owner marker at start and stop (another stack's domain with a listed name is refused)", () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-member-"));
+  try {
+    const here = path.join(root, "kvmlab", "asg", "web");
+    const owners = path.join(root, "kvmlab", "owners", "server");
+    const bin = path.join(root, "bin");
+    for (const d of [here, owners, bin]) fs.mkdirSync(d, { recursive: true });
+    write(path.join(here, "member.sh"), memberScript());
+    write(path.join(here, "members"), "web-0\nweb-1\nweb-2\n", 0o644);
+    write(path.join(here, "stack"), "proj/dev\n", 0o644);
+    write(path.join(owners, "web-0.owner"), "proj/dev/Server/web-0\n", 0o644);
+    write(path.join(owners, "web-1.owner"), "proj/other/Server/web-1\n", 0o644);
+    // web-2: no marker at all. virsh here records what it was asked and says "shut off".
+    write(path.join(bin, "virsh"), `#!/bin/sh\necho "$*" >> ${root}/virsh.log\necho "shut off"\n`);
+    const run = (cmd: string) =>
+      spawnSync("/bin/sh", [path.join(here, "member.sh")], {
+        env: { PATH: `${bin}:/usr/bin:/bin`, SSH_ORIGINAL_COMMAND: cmd },
+        encoding: "utf8",
+      });
+    assert.equal(run("start web-0").status, 0, "this stack's server starts");
+    for (const cmd of ["start web-1", "stop web-1", "start web-2", "stop web-2"]) {
+      const r = run(cmd);
+      assert.equal(r.status, 64, `${cmd} refused: ${r.stderr}`);
+      assert.match(r.stderr, /owner marker/);
+    }
+    const log = fs.readFileSync(path.join(root, "virsh.log"), "utf8");
+    assert.doesNotMatch(log, /web-1|web-2/, "virsh never touched another stack's or an unmarked domain");
+    fs.writeFileSync(path.join(here, "stack"), "proj/*\n");
+    assert.equal(run("start web-0").status, 64, "a stack file with a pattern character is refused");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
