@@ -248,16 +248,26 @@ async function scenario(): Promise<void> {
       { timeoutMs: 30_000 },
     );
     assert.notEqual(fwd.code, 0, `remote port forwarding is refused: ${fwd.stderr}`);
-    // from=: the key works only from the controller's address. The controller is a member host
-    // too: through its own address the key works, through 127.0.0.1 (another source) it does not.
+    // from=: the key works only from the controller's address (the stats call above came from
+    // it). From a second address of the controller, added to its management interface for this
+    // one call, the same key to the same host is refused.
     const self = status.hosts.find((h) => h.name === agentHost) ?? status.hosts[0];
-    const selfKey = (addr: string) =>
-      key.replace(`${other.user}@${other.address}`, `-o HostKeyAlias=${self.address} ${self.user}@${addr}`);
-    const fromSelf = await sshExec(status, agentHost, `${selfKey(self.address)} stats`);
-    assert.equal(fromSelf.code, 0, `the key works from the controller's address: ${fromSelf.stderr}`);
-    const fromLo = await sshExec(status, agentHost, `${selfKey("127.0.0.1")} stats`);
-    assert.notEqual(fromLo.code, 0, "the key is refused from another source address");
-    assert.match(fromLo.stderr, /Permission denied/, `refused by from=, not unreachable: ${fromLo.stderr}`);
+    const alt = self.address.replace(/\.\d+$/, ".211");
+    const fromAlt = await sshExec(
+      status,
+      agentHost,
+      [
+        `dev=$(ip -4 -o addr show | awk -v a=${self.address} '{split($4, x, "/")} x[1] == a {print $2; exit}')`,
+        `ip addr add ${alt}/32 dev "$dev" || exit 90`,
+        `${key.replace("ssh -n", `ssh -n -b ${alt}`)} stats; r=$?`,
+        `ip addr del ${alt}/32 dev "$dev"`,
+        "exit $r",
+      ].join("\n"),
+      { timeoutMs: 30_000 },
+    );
+    assert.notEqual(fromAlt.code, 0, `the key is refused from another source address (${alt})`);
+    assert.notEqual(fromAlt.code, 90, `could not add ${alt}: ${fromAlt.stderr}`);
+    assert.match(fromAlt.stderr, /Permission denied/, `refused by from=, not unreachable: ${fromAlt.stderr}`);
 
     // The agent killed by hand: refresh reports it gone, the next up starts it again.
     const prior = await agentStatus(agentHost);
