@@ -69,18 +69,33 @@ export async function main(argv: string[]): Promise<number> {
     // Find the controller: the host whose group folder holds agent.conf. Every host is asked;
     // two hosts with a group of that name (another stack's) are refused, never guessed.
     const candidates: { host: (typeof hosts)[number]; state: ReturnType<typeof a.parseAgentState> }[] = [];
+    const unasked: string[] = [];
     for (const h of hosts) {
-      const [r] = await runSteps(h, [a.agentReadStep(group, logLines)]);
-      if (r.code !== 0) continue;
+      const [r] = await runSteps(h, [a.agentReadStep(group, logLines)]).catch((e: unknown) => [
+        { code: -1, stdout: "", stderr: String(e) },
+      ]);
+      if (r.code !== 0) {
+        unasked.push(`${h.name} (${r.stderr.trim().split("\n").pop() ?? ""})`);
+        continue;
+      }
       const s = a.parseAgentState(r.stdout);
       if (s.present) candidates.push({ host: h, state: s });
     }
     if (candidates.length > 1) {
       console.error(
-        `kvmlab asg: more than one host holds an autoscale group ${group}: ${candidates.map((c) => c.host.name).join(", ")}; ` +
+        `kvmlab asg: more than one host holds an autoscale group ${group}: ${candidates.map((c) => `${c.host.name} (owner ${c.state.owner || "none"})`).join(", ")}; ` +
           `name the group's controller with --controller <host> (pulumi stack output of the group's agentHost)`,
       );
       return 2;
+    }
+    // A host that could not be asked may hold the group too: the one found might be another
+    // stack's. Refuse rather than guess, unless --controller named the host.
+    if (unasked.length > 0 && controller === undefined) {
+      console.error(
+        `kvmlab asg: could not ask ${unasked.join(", ")}; the group may be there too. ` +
+          `Name the group's controller with --controller <host>, or fix the connection`,
+      );
+      return 1;
     }
     const found = candidates[0];
     if (found === undefined) {
@@ -96,7 +111,7 @@ export async function main(argv: string[]): Promise<number> {
         return 1;
       }
       console.log(
-        `signal for policy ${policy} of group ${group} sent to the agent on ${found.host.name} (${r.stdout.trim()}); ` +
+        `signal for policy ${policy} of group ${group} (owner ${found.state.owner || "none"}) sent to the agent on ${found.host.name} (${r.stdout.trim()}); ` +
           `the agent ${found.state.running ? "applies it within one interval" : "is NOT running: run pulumi up"}`,
       );
       return found.state.running ? 0 : 1;
@@ -108,7 +123,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const now = Math.floor(Date.now() / 1000);
     console.log(
-      `group ${group} (agent on ${found.host.name}: ${s.running ? `running, pid ${s.pid}` : "NOT RUNNING"})`,
+      `group ${group} (agent on ${found.host.name}: ${s.running ? `running, pid ${s.pid}` : "NOT RUNNING"}; owner ${s.owner || "none"})`,
     );
     console.log(`size ${s.size}, in service: ${s.members.join(", ") || "none"}`);
     console.log(

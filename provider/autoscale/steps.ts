@@ -197,6 +197,7 @@ export function agentReadStep(group: string, logLines = 0): Step {
       'echo "present=$([ -f "$d/agent.conf" ] && echo yes || echo no)"',
       'echo "running=$([ -n "$pid" ] && echo yes || echo no)"',
       'echo "agentpid=$pid"',
+      `echo "owner=$(head -n1 ${shQuote(ownerMarkerPath("asg", group))} 2>/dev/null)"`,
       'cat "$d/status" 2>/dev/null | sed "s/^/status./"',
       ...(logLines > 0
         ? [`tail -n ${Math.trunc(logLines)} "$d/decisions.log" 2>/dev/null | sed "s/^/log=/"`]
@@ -217,6 +218,8 @@ export interface AgentState {
   slots: Record<string, string>;
   cooldownEnd: number;
   avgCpu: string;
+  /** The group's owner marker on that host (`<project>/<stack>/AutoscaleAgent/<name>`), "" if none. */
+  owner: string;
   log: string[];
 }
 
@@ -245,6 +248,7 @@ export function parseAgentState(stdout: string): AgentState {
     slots,
     cooldownEnd: num("status.cooldown_end"),
     avgCpu: kv.get("status.avg_cpu") ?? "",
+    owner: kv.get("owner") ?? "",
     log,
   };
 }
