@@ -342,7 +342,7 @@ async function wire(
   ]);
   const publicKey = pub.trim().split("\n").pop() ?? "";
   const entries: { address: string; port: number; keys: string[] }[] = [];
-  for (const h of i.hosts.filter((x) => x.name in i.membersByHost)) {
+  for (const h of i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name))) {
     const keys = await setUpMemberHost(i, h, publicKey, controller.address, owners);
     entries.push({ address: h.address, port: h.port, keys });
   }
@@ -386,21 +386,38 @@ function outputsFor(
   };
 }
 
-async function teardown(i: AutoscaleAgentInputs, owner: string): Promise<void> {
+/**
+ * Stops the agent and removes the group from every involved host (or only from `only`: the
+ * hosts a failed create claimed). Each host is cleaned on its own: a refusal or an unreachable
+ * host does not stop the others; the failures are thrown together at the end.
+ */
+async function teardown(i: AutoscaleAgentInputs, owner: string, only?: ReadonlySet<string>): Promise<void> {
   const owned = asgOwned(i.groupName);
   const guard = owner ? [guardStep(owned, [owner])] : [];
-  const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
-  await runLocked(controller, [...guard, stopAgentStep(i.groupName)]);
-  for (const h of involvedHosts(i)) {
-    const [facts] = await runChecked(h, [destinationFactsStep()]).catch(() => [""]);
-    const akf = parseDestinationFacts(facts).authorizedKeysFile || `/root/.ssh/authorized_keys`;
-    await runLocked(h, [
-      ...guard,
-      unauthorizeAgentStep(akf, i.groupName, h.name === i.controllerHost),
-      ...(h.name === i.controllerHost ? [removeAgentDirStep(i.groupName)] : []),
-      ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
-    ]);
+  const failures: string[] = [];
+  const hosts = involvedHosts(i).filter((h) => only === undefined || only.has(h.name));
+  if (hosts.some((h) => h.name === i.controllerHost)) {
+    const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+    await runLocked(controller, [...guard, stopAgentStep(i.groupName)]).catch((e: unknown) =>
+      failures.push(`${controller.name}: ${(e as Error).message}`),
+    );
   }
+  for (const h of hosts) {
+    try {
+      const [facts] = await runChecked(h, [destinationFactsStep()]).catch(() => [""]);
+      const akf = parseDestinationFacts(facts).authorizedKeysFile || `/root/.ssh/authorized_keys`;
+      await runLocked(h, [
+        ...guard,
+        unauthorizeAgentStep(akf, i.groupName, h.name === i.controllerHost),
+        ...(h.name === i.controllerHost ? [removeAgentDirStep(i.groupName)] : []),
+        ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+      ]);
+    } catch (e) {
+      failures.push(`${h.name}: ${(e as Error).message}`);
+    }
+  }
+  if (failures.length > 0)
+    throw new Error(`autoscale group ${i.groupName}: cleanup failed on ${failures.join("; ")}`);
 }
 
 const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
@@ -447,7 +464,9 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       const s = await readAgent(inputs);
       return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s) };
     } catch (err) {
-      if (claimed.length > 0) await teardown(inputs, inputs.owner).catch(() => undefined);
+      // Clean only the hosts this call claimed: an adopted host's group is not this call's to remove.
+      if (claimed.length > 0)
+        await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
       throw err;
     }
   },
@@ -481,7 +500,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     // Hosts that no longer hold members lose the key and the member command; hosts the group
     // left altogether also lose its folder and owner marker.
     for (const h of olds.hosts.filter(
-      (x) => x.name in olds.membersByHost && !(x.name in news.membersByHost),
+      (x) => Object.hasOwn(olds.membersByHost, x.name) && !Object.hasOwn(news.membersByHost, x.name),
     )) {
       const [facts] = await runChecked(h, [destinationFactsStep()]);
       const akf = parseDestinationFacts(facts).authorizedKeysFile || "/root/.ssh/authorized_keys";

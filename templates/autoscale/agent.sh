@@ -298,7 +298,16 @@ scale_to() { # NEW COOLDOWN_S
   fi
 }
 
+# The logs stay bounded: past 1 MiB, the last 5000 lines are kept (both are opened per write).
+trim_logs() {
+  for _f in decisions.log agent.err; do
+    [ -f "$_f" ] && [ "$(wc -c < "$_f")" -gt 1048576 ] && tail -n 5000 "$_f" > "$_f.tmp" && mv -f "$_f.tmp" "$_f"
+  done
+  return 0
+}
+
 write_status() {
+  trim_logs
   {
     echo "group=$GROUP"
     echo "pid=$$"
