@@ -118,7 +118,7 @@ async function main(): Promise<void> {
     for (const slot of stopped) {
       const member = `web-${slot}`;
       const t0 = Date.now();
-      await sshCheck(st, hostsOf[slot], `virsh -q start ${member}`);
+      await sshCheck(st, hostsOf[slot], `virsh -c qemu:///system -q start ${member}`);
       await sshCheck(
         st,
         up.outputs.lbHost as string,
@@ -126,7 +126,7 @@ async function main(): Promise<void> {
         { timeoutMs: 620_000 },
       );
       bare.push((Date.now() - t0) / 1000);
-      await sshExec(st, hostsOf[slot], `virsh -q destroy ${member}`);
+      await sshExec(st, hostsOf[slot], `virsh -c qemu:///system -q destroy ${member}`);
     }
     const fmt = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(", ");
     console.log("autoscale scale-out (TCG guests; seconds)");
