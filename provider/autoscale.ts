@@ -68,6 +68,7 @@ import {
   memberListContent,
   memberOwnedStep,
   memberStackContent,
+  poolOwnedStep,
   parseAgentState,
   removeAgentDirStep,
   startAgentStep,
@@ -322,13 +323,24 @@ async function controllerFiles(
   extra: Step[],
 ): Promise<string[]> {
   const d = asgDir(i.groupName);
-  return runLocked(controller, [
+  // The load balancer the agent drives (LB_SOCKET, checked at check to be a kvmlab LB's) is this stack's.
+  const lb = /^LB_SOCKET='\/var\/lib\/kvmlab\/lb\/([A-Za-z0-9_-]+)\/haproxy\.sock'$/m.exec(
+    i.agentConfig,
+  )?.[1];
+  const checks: Step[] = [
     guardStep(asgOwned(i.groupName), owners, true),
-    uploadStep(`${d}/agent.sh`, AGENT_SCRIPT, { mode: "0755" }),
-    uploadStep(`${d}/agent.conf`, i.agentConfig, { mode: "0600" }),
-    uploadStep(`${d}/known_hosts`, known, { mode: "0600" }),
-    ...extra,
-  ]);
+    ...(lb !== undefined ? [poolOwnedStep(i.groupName, lb, i.owner)] : []),
+  ];
+  // Only the outputs of the uploads (and `extra`) are returned: agent.sh first, then agent.conf.
+  return (
+    await runLocked(controller, [
+      ...checks,
+      uploadStep(`${d}/agent.sh`, AGENT_SCRIPT, { mode: "0755" }),
+      uploadStep(`${d}/agent.conf`, i.agentConfig, { mode: "0600" }),
+      uploadStep(`${d}/known_hosts`, known, { mode: "0600" }),
+      ...extra,
+    ])
+  ).slice(checks.length);
 }
 
 async function wire(
@@ -347,7 +359,7 @@ async function wire(
     entries.push({ address: h.address, port: h.port, keys });
   }
   const outs = await controllerFiles(i, controller, knownHostsContent(entries), owners, []);
-  const changed = outs.slice(1, 3).some((o) => o.trim().split("\n").pop() === "changed");
+  const changed = outs.slice(0, 2).some((o) => o.trim().split("\n").pop() === "changed");
   return { publicKey, changed };
 }
 

@@ -291,16 +291,29 @@ export function memberStackContent(owner: string): string {
  * unmarked domain is nobody's to start or stop). Refuses with OWNER_REFUSED, naming the fix.
  */
 export function memberOwnedStep(group: string, name: string, owner: string): Step {
+  return stackOwnedStep(group, owner, "server", name, `remove ${name} from membersByHost`);
+}
+
+/**
+ * Controller: the load balancer whose haproxy socket the agent drives must carry an owner
+ * marker of this stack (the agent sets its servers ready, drain and maint).
+ */
+export function poolOwnedStep(group: string, lbName: string, owner: string): Step {
+  return stackOwnedStep(group, owner, "lb", lbName, "point the group at a load balancer of this stack");
+}
+
+function stackOwnedStep(group: string, owner: string, kind: string, name: string, fix: string): Step {
   const stack = memberStackContent(owner).trim();
-  const f = ownerMarkerPath("server", name);
+  const f = ownerMarkerPath(kind, name);
+  const what = kind === "lb" ? `load balancer ${name}` : `server ${name}`;
   return {
-    label: `check that server ${name} is this stack's`,
+    label: `check that ${what} is this stack's`,
     script: [
       `f=${shQuote(f)}`,
-      `if [ ! -f "$f" ]; then echo ${shQuote(`autoscale group ${group}: server ${name} has no owner marker on this host, so it is nobody's to start or stop. Fix: create the group's servers first (the AutoscaleGroup component does), or remove ${name} from membersByHost`)} >&2; exit ${OWNER_REFUSED}; fi`,
+      `if [ ! -f "$f" ]; then echo ${shQuote(`autoscale group ${group}: ${what} has no owner marker on this host, so it is nobody's to drive. Fix: create it first (the AutoscaleGroup component does), or ${fix}`)} >&2; exit ${OWNER_REFUSED}; fi`,
       'cur=$(head -n1 "$f")',
       `case "$cur" in ${shQuote(stack)}/*) echo mine; exit 0 ;; esac`,
-      `echo ${shQuote(`autoscale group ${group}: server ${name} belongs to `)}"$cur"${shQuote(`, not to stack ${stack}. Fix: list only this stack's servers in membersByHost (or rename the group)`)} >&2`,
+      `echo ${shQuote(`autoscale group ${group}: ${what} belongs to `)}"$cur"${shQuote(`, not to stack ${stack}. Fix: ${fix}`)} >&2`,
       `exit ${OWNER_REFUSED}`,
     ].join("\n"),
   };

@@ -370,6 +370,14 @@ test("create: each member server is checked to be this stack's before the forced
       const b64 = Buffer.from(memberScript(), "utf8").toString("base64").slice(0, 60);
       assert.ok(up?.script.includes(b64), `${h}: the package's member.sh is installed`);
     }
+    const lbCheck = labels("hv1").findIndex(
+      (s) => s.label === "check that load balancer web-lb is this stack's",
+    );
+    assert.ok(lbCheck >= 0, "the load balancer the agent drives is checked to be this stack's");
+    assert.ok(
+      lbCheck < labels("hv1").findIndex((s) => s.label.endsWith("/agent.sh")),
+      "before the agent lands",
+    );
     const agentUp = labels("hv1").find((s) => s.label.endsWith("/agent.sh"));
     assert.ok(agentUp?.script.includes(Buffer.from(agentScript(), "utf8").toString("base64").slice(0, 60)));
   } finally {
