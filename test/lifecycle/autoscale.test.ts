@@ -387,6 +387,12 @@ async function scenario(): Promise<void> {
         if (e.policy === "scale_out") outs++;
         if (e.policy === "scale_in") ins++;
       }
+      // No start, stop, drain or in-service either while a cooldown runs (Heat: nothing acts).
+      if (e.event === "action")
+        assert.ok(
+          Math.floor(Number(e.ts) / 1000) >= cooldownEnd,
+          `action ${e.action} ${e.member} at ${e.ts} is inside the cooldown ending ${cooldownEnd}`,
+        );
       if (e.event === "scaled") cooldownEnd = Number(e.cooldown_end);
     }
     assert.ok(outs >= 2 && ins >= 2, `two scale-out and two scale-in decisions (got ${outs} and ${ins})`);
