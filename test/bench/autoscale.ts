@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     const ips = up.outputs.memberIps as string[];
     const hostsOf = up.outputs.memberHosts as string[];
     const size = async (): Promise<number> => {
-      const t = await sshCheck(st, agentHost, `sed -n 's/^size=//p' ${DIR}/status`);
+      const t = await sshCheck(st, agentHost, `sed -n 's/^size=//p' ${DIR}/status 2>/dev/null || true`);
       return Number(t.trim() || "-1");
     };
     const waitSize = (n: number) =>
