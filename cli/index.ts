@@ -33,6 +33,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "print a noVNC console URL with an expiring token for a server (needs reader on its project)",
     load: () => require("./console"),
   },
+  asg: {
+    summary: "an autoscale group's agent: status (size, members, cooldown, decisions) and signal <policy>",
+    load: () => require("./asg"),
+  },
   graph: {
     summary: "draw a lab's topology (from its YAML or a stack's outputs) as SVG or HTML",
     load: () => require("./graph"),

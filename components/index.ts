@@ -9,3 +9,4 @@ export * from "./loadBalancer";
 export * from "./identity";
 export * from "./volume";
 export * from "./threeTierApp";
+export * from "./autoscaleGroup";

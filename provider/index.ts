@@ -20,3 +20,4 @@ export * from "./identity";
 export * from "./quota";
 export * from "./console";
 export * from "./volume";
+export * from "./autoscale";

@@ -803,6 +803,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         `server ${news.serverName} is gone from host ${host.name}; run "pulumi refresh" to drop it from the state, then "pulumi up" recreates it`,
       );
     let running = current.state === "running";
+    const wasRunning = running;
     if (plan.redefine || plan.resizeDisk) {
       if (running) await stopDomain(host, news.serverName, m);
       running = false;
@@ -822,6 +823,9 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     }
     if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m);
     if (news.powerState === "stopped" && running) await stopDomain(host, news.serverName, m);
+    // "external": powered by its agent; a redefine that stopped it starts it again.
+    if (news.powerState === "external" && wasRunning && !running)
+      await startDomain(news, host, olds.addresses, m);
     const info = await readInfo(host, news.serverName);
     const outs = outputsFor(news, host, type, olds.addresses, info, lastMigrationMs);
     finishMetrics(m, { host: host.name, migratedMs: plan.migrateTo !== "" ? lastMigrationMs : 0 });

@@ -28,7 +28,11 @@ import {
 
 export { canonicalJson } from "../kit";
 
-export type PowerState = "running" | "stopped";
+/**
+ * "external": defined at create, never started or stopped by Pulumi (an autoscale group's agent
+ * powers it; docs/autoscale.md); its power state is not drift.
+ */
+export type PowerState = "running" | "stopped" | "external";
 export type { ImageKind } from "../../core/shapes";
 export type ReadinessKind = "none" | "dhcp" | "http" | "serial";
 
@@ -409,8 +413,16 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
   }
 
   out.powerState = news.powerState ?? "running";
-  if (known(out.powerState) && out.powerState !== "running" && out.powerState !== "stopped") {
-    fail("powerState", `powerState: expected "running" or "stopped", got ${showValue(out.powerState)}`);
+  if (
+    known(out.powerState) &&
+    out.powerState !== "running" &&
+    out.powerState !== "stopped" &&
+    out.powerState !== "external"
+  ) {
+    fail(
+      "powerState",
+      `powerState: expected "running", "stopped" or "external", got ${showValue(out.powerState)}`,
+    );
   }
 
   const r = { ...READINESS_DEFAULT, ...((news.readiness as object | undefined) ?? {}) } as Record<
@@ -547,7 +559,11 @@ export function planText(olds: Record<string, unknown> | undefined, news: Record
   } else if (!same("domainXml")) parts.push("redefine the domain (stop, define, start)");
   if (!same("powerState"))
     parts.push(
-      news.powerState === "stopped" ? "stop (ACPI shutdown, then power off after the timeout)" : "start",
+      news.powerState === "stopped"
+        ? "stop (ACPI shutdown, then power off after the timeout)"
+        : news.powerState === "external"
+          ? "leave powering to its agent"
+          : "start",
     );
   return parts.length > 0 ? parts.join("; ") : "none";
 }
@@ -570,7 +586,10 @@ export function planUpdate(olds: ServerOutputs, news: ServerInputs): ServerUpdat
     redefine: olds.domainXml[type] !== news.domainXml[type],
     resizeDisk: news.image.kind === "disk" && news.flavor.diskGiB > olds.flavor.diskGiB,
     power:
-      olds.actualPowerState === news.powerState && olds.powerState === news.powerState ? "" : news.powerState,
+      news.powerState === "external" ||
+      (olds.actualPowerState === news.powerState && olds.powerState === news.powerState)
+        ? ""
+        : news.powerState,
   };
 }
 
@@ -585,7 +604,10 @@ export function diffServer(
   const updates = (["flavor", "domainXml", "powerState", "hosts", "readiness", "project"] as const).filter(
     (k) => !same(k === "project" ? (olds.project ?? "") : olds[k], news[k]),
   );
-  const drift = olds.actualPowerState !== undefined && olds.actualPowerState !== olds.powerState;
+  const drift =
+    olds.powerState !== "external" &&
+    olds.actualPowerState !== undefined &&
+    olds.actualPowerState !== olds.powerState;
   const changes = replaces.length > 0 || hostMove || updates.length > 0 || drift;
   return {
     changes,

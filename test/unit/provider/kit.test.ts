@@ -50,6 +50,10 @@ import {
   checkLoadBalancerInputs,
   diffLoadBalancer,
   loadBalancerProvider,
+  AUTOSCALE_SCRIPTS_SHA256,
+  autoscaleAgentProvider,
+  checkAutoscaleAgentInputs,
+  diffAutoscaleAgent,
   serverProvider,
   subnetProvider,
   type HostConnection,
@@ -83,6 +87,24 @@ function subnetRaw(hosts: HostConnection[]): Record<string, unknown> {
   };
 }
 
+function autoscaleRaw(hosts: HostConnection[]): Record<string, unknown> {
+  return {
+    groupName: "web",
+    hosts,
+    controllerHost: "hv1",
+    agentConfig: `GROUP='web'\nMIN=1\nMAX=${hosts.length}\n${hosts
+      .map(
+        (h, i) =>
+          `MEMBER_${i}_NAME='web-${i}'\nMEMBER_${i}_HOST='${h.name}'\nMEMBER_${i}_ADDR='${h.address}'\nMEMBER_${i}_PORT=${h.port}\nMEMBER_${i}_USER='${h.user}'\n`,
+      )
+      .join("")}`,
+    membersByHost: Object.fromEntries(hosts.map((h, i) => [h.name, [`web-${i}`]])),
+    desired: 1,
+    min: 1,
+    max: hosts.length,
+  };
+}
+
 /** One row per resource type: its pure check and diff, a valid raw input, its name field. */
 interface Kind {
   type: string;
@@ -95,6 +117,20 @@ interface Kind {
 }
 
 const KINDS: Kind[] = [
+  {
+    type: "AutoscaleAgent",
+    name: "groupName",
+    check: checkAutoscaleAgentInputs,
+    diff: diffAutoscaleAgent as Kind["diff"],
+    raw: (hosts) => autoscaleRaw(hosts),
+    outputs: () => ({
+      agentPublicKey: "ssh-ed25519 AAAA",
+      desiredGeneration: 1,
+      hostKeys: {},
+      scriptsSha256: AUTOSCALE_SCRIPTS_SHA256,
+      realized: { agentRunning: true, currentSize: 1, members: [], slots: {}, cooldownEnd: 0 },
+    }),
+  },
   {
     type: "Project",
     name: "projectName",
@@ -464,6 +500,22 @@ const HOSTED: {
           allocations: {},
         }),
       ],
+    ],
+  },
+  {
+    type: "AutoscaleAgent",
+    provider: autoscaleAgentProvider as never,
+    check: checkAutoscaleAgentInputs,
+    // An agent drives servers only for a program's stack (a raw call's kvmlab-direct owner is refused).
+    raw: (hosts: HostConnection[]) => ({
+      ...autoscaleRaw(hosts),
+      owner: "proj/dev/AutoscaleAgent/web-agent",
+    }),
+    answers: [
+      [/^prepare the agent folder/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv6k0Zq kvmlab-asg:web"],
+      [/^read the destination/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\nakf=/root/.ssh/authorized_keys"],
+      [/^read group web/, "present=yes\nrunning=yes\nagentpid=42\nstatus.size=1"],
+      [/^claim /, "claimed"],
     ],
   },
   {

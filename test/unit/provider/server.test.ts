@@ -104,7 +104,7 @@ test("fails when fields are invalid or could inject, naming the field and the fi
       "image",
       /image\.kernel: expected an absolute path/,
     ],
-    [{ powerState: "paused" }, "powerState", /"running" or "stopped"/],
+    [{ powerState: "paused" }, "powerState", /"running", "stopped" or "external"/],
     [{ readiness: { kind: "http", path: "/x y" } }, "readiness", /readiness\.path/],
     [{ readiness: { kind: "serial", pattern: "a'b" } }, "readiness", /readiness\.pattern/],
   ];

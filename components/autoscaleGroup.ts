@@ -1,0 +1,294 @@
+/**
+ * AutoscaleGroup component: Heat's OS::Heat::AutoScalingGroup + ScalingPolicy + the alarms that
+ * signal them, on kvmlab (docs/autoscale.md).
+ *
+ * Render in the program, act on the hosts: every possible member `<group>-0 … <group>-(max-1)`
+ * is a Server component (domain XML, seed, MAC, address reserved in the subnet's IPAM, host
+ * pinned round-robin), so `pulumi preview` shows all of them; they are created DEFINED BUT NOT
+ * STARTED (Server powerState "external"). With `loadBalancer`, the group builds a LoadBalancer
+ * component whose pool holds every slot (haproxy keeps the ones not in service in `maint`). An
+ * AutoscaleAgent resource runs the scaling agent on the controller host (the load balancer's
+ * host), which starts and stops the pre-rendered members between `pulumi up`s.
+ *
+ * ```ts
+ * const web = new AutoscaleGroup("web", {
+ *   launch: { image, flavor, keypair: key, ports: [{ network: lan, subnet: "lan-v4" }],
+ *     kernelCmdline: (member) => pulumi.interpolate`${image.kernelCmdline} lab.name=${member}` },
+ *   min: 1, max: 3, desired: 1, cooldown: 60,
+ *   policies: [
+ *     { name: "scale_out", adjustmentType: "change_in_capacity", scalingAdjustment: 1,
+ *       alarm: { comparison: "gt", threshold: 50, periodSec: 20 } },
+ *     { name: "scale_in", adjustmentType: "change_in_capacity", scalingAdjustment: -1,
+ *       alarm: { comparison: "lt", threshold: 15, periodSec: 20 } },
+ *   ],
+ *   loadBalancer: { network: lan, subnet: "lan-v4", vipAddress: "10.60.0.50", memberPort: 80,
+ *     listener: { name: "http", protocol: "HTTP", protocolPort: 80 },
+ *     pool: { name: "web", protocol: "HTTP", lbAlgorithm: "ROUND_ROBIN",
+ *       healthMonitor: { type: "HTTP", delay: 2, timeout: 1, maxRetries: 1, urlPath: "/health" } } },
+ * });
+ * export const vip = web.loadBalancer!.vipAddress;
+ * ```
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { checkGroupSpec, type ScalingPolicySpec } from "../core/autoscale";
+import { loadBalancerPaths } from "../core/paths";
+import { AutoscaleAgent } from "../provider/autoscale";
+import type { Flavor } from "../provider/flavor";
+import type { Image } from "../provider/image";
+import type { SecurityGroup } from "../provider/securityGroup";
+import type { Readiness } from "../provider/server";
+import { memberNames, membersByHost, renderAgentConfig } from "../templates/autoscale";
+import type { ServerUserData } from "../templates/server";
+import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
+import type { Image as ImageComponent } from "./image";
+import { LoadBalancer, type ListenerArgs, type LoadBalancerArgs, type PoolArgs } from "./loadBalancer";
+import type { Network } from "./network";
+import { Server, type ServerFlavorArgs, type ServerImageArgs } from "./server";
+
+export type { ScalingPolicySpec, AlarmSpec, AdjustmentType } from "../core/autoscale";
+
+/** One NIC of every member. */
+export interface AutoscalePortArgs {
+  readonly network: Network;
+  readonly subnet: string;
+  /** Fixed addresses, one per slot (index = slot). @default the pool's next free address per slot */
+  readonly fixedIps?: readonly string[];
+  /** Security groups of the port (every slot gets a SecurityGroupPort; see docs/autoscale.md). */
+  readonly securityGroups?: readonly SecurityGroup[];
+}
+
+/** Heat's `resource` of the group: what every member is built from. */
+export interface AutoscaleLaunchArgs {
+  readonly image: ImageComponent | Image | pulumi.Input<ServerImageArgs>;
+  readonly flavor: Flavor | pulumi.Input<ServerFlavorArgs>;
+  /** NICs; the first one's address is the member's pool address. */
+  readonly ports: readonly AutoscalePortArgs[];
+  readonly keypair?: { readonly publicKeyLine: pulumi.Input<string> };
+  readonly userData?: ServerUserData;
+  readonly cloudInit?: boolean;
+  /** The kernel command line, or a function of the member name and slot. @default "console=ttyS0" */
+  readonly kernelCmdline?: pulumi.Input<string> | ((member: string, index: number) => pulumi.Input<string>);
+  readonly readiness?: Partial<Readiness>;
+}
+
+/** The load balancer the members join (the group creates it; every slot is a pool member). */
+export type AutoscaleLoadBalancerArgs = Omit<LoadBalancerArgs, "listeners"> & {
+  readonly listener: Omit<ListenerArgs, "defaultPool">;
+  readonly pool: Omit<PoolArgs, "members">;
+  /** The members' port. */
+  readonly memberPort: number;
+};
+
+export interface AutoscaleGroupArgs {
+  /** Member domains are `<groupName>-<n>`. @default the component name */
+  readonly groupName?: string;
+  readonly launch: AutoscaleLaunchArgs;
+  readonly min: number;
+  readonly max: number;
+  /**
+   * The size the program asks for. Applied when it CHANGES (a no-change `up` leaves the agent's
+   * current size alone). @default min
+   */
+  readonly desired?: number;
+  /** Heat's group cooldown (seconds), for policies without their own. @default 60 */
+  readonly cooldown?: number;
+  readonly policies?: readonly ScalingPolicySpec[];
+  readonly loadBalancer?: AutoscaleLoadBalancerArgs;
+  /** Host of member slot i. @default round-robin over the hosts */
+  readonly memberHost?: (index: number, hostNames: readonly string[]) => string;
+  /** Host the agent runs on. @default the load balancer's host, else the first host */
+  readonly controllerHost?: string;
+  /** Seconds between agent evaluations. @default 5 */
+  readonly interval?: number;
+  /** Seconds a started member has to pass its health check before it counts as FAILED. @default 300 */
+  readonly bootTimeout?: number;
+  /** Seconds a leaving member may keep its sessions. @default 10 */
+  readonly drainTimeout?: number;
+  readonly hosts?: readonly HostSpec[];
+  readonly hostDiscovery?: ResolveHostsOptions;
+}
+
+export class AutoscaleGroup extends pulumi.ComponentResource {
+  /** Every possible member, slot order (index i = `<group>-i`). */
+  public readonly members: readonly Server[];
+  public readonly agent: AutoscaleAgent;
+  public readonly loadBalancer?: LoadBalancer;
+  public readonly groupName: string;
+  /** Current size as the agent last reported it (refresh updates it). */
+  public readonly currentSize: pulumi.Output<number>;
+  /** Members in service as the agent last reported them. */
+  public readonly inService: pulumi.Output<string[]>;
+  /** Every slot's address (slot order). */
+  public readonly memberIps: pulumi.Output<string[]>;
+  /** The rendered agent.conf (the preview shows it). */
+  public readonly agentConfig: pulumi.Output<string>;
+
+  constructor(name: string, args: AutoscaleGroupArgs, opts: pulumi.ComponentResourceOptions = {}) {
+    super("kvmlab:autoscale:AutoscaleGroup", name, {}, opts);
+    const group = args.groupName ?? name;
+    const cooldown = args.cooldown ?? 60;
+    const desired = args.desired ?? args.min;
+    const policies = args.policies ?? [];
+    try {
+      checkGroupSpec({ name: group, min: args.min, max: args.max, desired, cooldown, policies });
+    } catch (err) {
+      throw new pulumi.ResourceError((err as Error).message, this);
+    }
+    if (args.launch.ports.length === 0)
+      throw new pulumi.ResourceError(
+        "launch.ports: a member needs at least one port (its pool address)",
+        this,
+      );
+    const { hosts } = resolveHosts(args.hosts, args.hostDiscovery);
+    const hostNames = hosts.map((h) => h.name as string);
+    const slots = memberNames(group, args.max);
+    const place = args.memberHost ?? ((i: number, names: readonly string[]) => names[i % names.length]);
+    const slotHost = slots.map((_, i) => {
+      const h = place(i, hostNames);
+      if (!hostNames.includes(h))
+        throw new pulumi.ResourceError(
+          `memberHost: slot ${i} -> ${JSON.stringify(h)} is not one of ${hostNames.join(", ")}`,
+          this,
+        );
+      return h;
+    });
+    this.groupName = group;
+
+    this.members = slots.map((member, i) => {
+      const cmd = args.launch.kernelCmdline;
+      return new Server(
+        `${name}-${i}`,
+        {
+          serverName: member,
+          image: args.launch.image,
+          flavor: args.launch.flavor,
+          ports: args.launch.ports.map((p) => ({
+            network: p.network,
+            subnet: p.subnet,
+            fixedIp: p.fixedIps?.[i],
+            securityGroups: p.securityGroups,
+          })),
+          keypair: args.launch.keypair,
+          userData: args.launch.userData,
+          cloudInit: args.launch.cloudInit,
+          kernelCmdline: typeof cmd === "function" ? cmd(member, i) : cmd,
+          host: slotHost[i],
+          powerState: "external",
+          readiness: args.launch.readiness,
+          hosts: args.hosts,
+          hostDiscovery: args.hostDiscovery,
+        },
+        { parent: this },
+      );
+    });
+    this.memberIps = pulumi.all(this.members.map((m) => m.ip));
+
+    let pool: pulumi.Output<{
+      socket: string;
+      backend: string;
+      namespace: string;
+      healthPort: number;
+      healthPath: string;
+    } | null> = pulumi.output(null);
+    let controller: pulumi.Input<string> = args.controllerHost ?? hostNames[0];
+    const lbArgs = args.loadBalancer;
+    if (lbArgs !== undefined) {
+      const { listener, pool: poolArgs, memberPort, ...rest } = lbArgs;
+      const lbName = rest.lbName ?? `${name}-lb`;
+      this.loadBalancer = new LoadBalancer(
+        `${name}-lb`,
+        {
+          ...rest,
+          lbName,
+          listeners: [
+            {
+              ...listener,
+              defaultPool: {
+                ...poolArgs,
+                members: this.members.map((m, i) => ({
+                  name: slots[i],
+                  address: m.ip,
+                  protocolPort: memberPort,
+                })),
+              },
+            },
+          ],
+        },
+        { parent: this, dependsOn: this.members.map((m) => m.server) },
+      );
+      const paths = loadBalancerPaths(lbName);
+      const hm = poolArgs.healthMonitor ?? null;
+      pool = pulumi.output({
+        socket: paths.statsSocket,
+        backend: `${poolArgs.name}:${listener.name}`,
+        namespace: paths.namespace,
+        healthPort: memberPort,
+        healthPath: hm !== null && (hm.type === "HTTP" || hm.type === "HTTPS") ? (hm.urlPath ?? "/") : "/",
+      });
+      if (args.controllerHost === undefined) controller = this.loadBalancer.host;
+    }
+
+    const hostInfo = pulumi
+      .output(hosts)
+      .apply((hs) =>
+        Object.fromEntries(
+          hs.map((h) => [h.name, { address: h.address, port: h.port ?? 22, user: h.user ?? "root" }]),
+        ),
+      );
+    this.agentConfig = pulumi.all([this.memberIps, pool, hostInfo]).apply(([ips, p, info]) => {
+      try {
+        return renderAgentConfig({
+          name: group,
+          min: args.min,
+          max: args.max,
+          desired,
+          cooldown,
+          policies,
+          members: slots.map((n, i) => ({
+            name: n,
+            ip: ips[i],
+            host: slotHost[i],
+            hostAddress: info[slotHost[i]].address,
+            hostPort: info[slotHost[i]].port,
+            hostUser: info[slotHost[i]].user,
+          })),
+          pool: p,
+          interval: args.interval,
+          bootTimeout: args.bootTimeout,
+          drainTimeout: args.drainTimeout,
+        });
+      } catch (err) {
+        throw new pulumi.ResourceError(`autoscale group ${group}: ${(err as Error).message}`, this);
+      }
+    });
+
+    this.agent = new AutoscaleAgent(
+      `${name}-agent`,
+      {
+        groupName: group,
+        hosts,
+        controllerHost: controller,
+        agentConfig: this.agentConfig,
+        membersByHost: membersByHost(slots.map((n, i) => ({ name: n, host: slotHost[i] }))),
+        desired,
+        min: args.min,
+        max: args.max,
+      },
+      {
+        parent: this,
+        dependsOn: [
+          ...this.members.map((m) => m.server),
+          ...this.members.flatMap((m) => m.securityGroupPorts.filter((p) => p !== undefined)),
+          ...(this.loadBalancer ? [this.loadBalancer.loadBalancer] : []),
+        ],
+      },
+    );
+    this.currentSize = this.agent.currentSize;
+    this.inService = this.agent.members;
+    this.registerOutputs({
+      currentSize: this.currentSize,
+      inService: this.inService,
+      memberIps: this.memberIps,
+    });
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * autoscale: a Heat-style autoscale group behind an Octavia-style load balancer, scaled on CPU
+ * by its agent between `pulumi up`s (docs/autoscale.md).
+ *
+ * A self-service network `lan` (10.61.0.0/24) spans the hosts. The group `web` has min 1, max 3:
+ * every slot web-0, web-1, web-2 is rendered here (domain XML, seed, MAC, address), defined on
+ * its host but started only when the agent scales out. The load balancer `web-lb` (VIP
+ * 10.61.0.50, floating IP on the sandbox's external network through router `r1`) has every slot
+ * in its pool; the agent keeps the ones not in service in `maint`.
+ *
+ * Policies (Heat's OS::Heat::ScalingPolicy with an Aodh-style CPU alarm):
+ *   scale_out  +1 member when the members' average CPU is above `outThreshold` % over `periodSec`
+ *   scale_in   -1 member when it is below `inThreshold` % over `periodSec` (oldest member first)
+ *
+ * With a `kvmlab sandbox` running and no `kvmlab:hosts` set it targets the sandbox, with no edits:
+ *
+ *   pulumi up
+ *   ip netns exec kvmlab-default-inet busybox wget -qO- http://$(pulumi stack output floatingIp)/
+ *   kvmlab asg status web
+ *   kvmlab asg signal web scale_out          # Heat's signal URL, by hand
+ *
+ * Stack config (all optional): desired (1), min (1), max (3), cooldown (60 s), periodSec (60 s),
+ * outThreshold (50 %), inThreshold (15 %), interval (5 s: the agent's evaluation period).
+ */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as pulumi from "@pulumi/pulumi";
+import * as kvmlab from "kvmlab";
+
+const config = new pulumi.Config();
+const kvmlabConfig = new pulumi.Config("kvmlab");
+const sandboxInstance =
+  kvmlabConfig.get("sandboxInstance") ?? process.env.KVMLAB_SANDBOX_INSTANCE ?? "default";
+const discovery = { sandboxInstance };
+const { hosts, source } = kvmlab.resolveHosts(undefined, discovery);
+const sandbox = source === "sandbox" ? kvmlab.readSandboxStatus(sandboxInstance) : undefined;
+if (sandbox === undefined)
+  throw new Error("this example boots the sandbox's guest test image: start one with `kvmlab sandbox up`");
+
+function fileSource(path: string): { localPath: string; sha256: string } {
+  return { localPath: path, sha256: crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex") };
+}
+
+const image = new kvmlab.resources.Image("labimage", {
+  hosts,
+  kernel: fileSource(sandbox.image.kernel),
+  ramdisk: fileSource(sandbox.image.ramdisk),
+  kernelCmdline: sandbox.image.cmdline,
+});
+const flavor = new kvmlab.Flavor("m1-tiny", { flavorName: "m1.tiny", vcpus: 1, ramMiB: 128, hosts });
+const key = new kvmlab.Keypair("operator", {});
+
+const lan = new kvmlab.Network("lan", {
+  kind: "selfservice",
+  hostDiscovery: discovery,
+  subnets: [{ name: "lan-v4", cidr: "10.61.0.0/24" }],
+});
+const ext = new kvmlab.Network("ext", {
+  kind: "provider",
+  hostDiscovery: discovery,
+  subnets: [
+    {
+      name: "ext-v4",
+      cidr: sandbox.external.cidr,
+      gateway: sandbox.external.gateway,
+      allocationPool: sandbox.external.allocationPool,
+      enableDhcp: false,
+    },
+  ],
+});
+const extSub = ext.subnets["ext-v4"];
+const lanSub = lan.subnets["lan-v4"];
+const router = new kvmlab.Router("r1", {
+  hosts,
+  host: hosts[0].name as string,
+  external: {
+    subnetName: extSub.subnetName,
+    networkName: ext.networkName,
+    bridge: ext.bridge,
+    driver: ext.network.driver,
+    cidr: extSub.cidr,
+    address: sandbox.external.allocationPool.start,
+    gateway: sandbox.external.gateway,
+    mtu: ext.network.mtu,
+    ipamHost: extSub.dhcpHost,
+  },
+  interfaces: [
+    {
+      subnetName: lanSub.subnetName,
+      networkName: lan.networkName,
+      bridge: lan.bridge,
+      driver: lan.network.driver,
+      cidr: lanSub.cidr,
+      address: lanSub.gateway,
+      mtu: lan.network.mtu,
+    },
+  ],
+});
+
+const num = (k: string, d: number): number => config.getNumber(k) ?? d;
+const periodSec = num("periodSec", 60);
+const group = new kvmlab.AutoscaleGroup("web", {
+  launch: {
+    image,
+    flavor,
+    keypair: key,
+    ports: [{ network: lan, subnet: "lan-v4" }],
+    kernelCmdline: (member) => pulumi.interpolate`${image.kernelCmdline} lab.name=${member}`,
+  },
+  min: num("min", 1),
+  max: num("max", 3),
+  desired: num("desired", num("min", 1)),
+  cooldown: num("cooldown", 60),
+  interval: num("interval", 5),
+  policies: [
+    {
+      name: "scale_out",
+      adjustmentType: "change_in_capacity",
+      scalingAdjustment: 1,
+      alarm: { comparison: "gt", threshold: num("outThreshold", 50), periodSec },
+    },
+    {
+      name: "scale_in",
+      adjustmentType: "change_in_capacity",
+      scalingAdjustment: -1,
+      alarm: { comparison: "lt", threshold: num("inThreshold", 15), periodSec },
+    },
+  ],
+  loadBalancer: {
+    network: lan,
+    subnet: "lan-v4",
+    vipAddress: "10.61.0.50",
+    memberPort: 80,
+    hostDiscovery: discovery,
+    floatingIp: { router, external: ext, subnet: "ext-v4" },
+    listener: { name: "http", protocol: "HTTP", protocolPort: 80 },
+    pool: {
+      name: "web",
+      protocol: "HTTP",
+      lbAlgorithm: "ROUND_ROBIN",
+      healthMonitor: { type: "HTTP", delay: 2, timeout: 1, maxRetries: 1, urlPath: "/health" },
+    },
+  },
+  hostDiscovery: discovery,
+});
+
+const lb = group.loadBalancer as kvmlab.LoadBalancer;
+export const vip = lb.vipAddress;
+export const floatingIp = lb.floatingIp;
+export const lbHost = lb.host;
+export const memberIps = group.memberIps;
+export const memberHosts = group.members.map((m) => m.host);
+export const currentSize = group.currentSize;
+export const inService = group.inService;
+export const agentHost = group.agent.controllerHost;

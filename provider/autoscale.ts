@@ -1,0 +1,564 @@
+/**
+ * AutoscaleAgent: the scaling agent of an autoscale group (docs/autoscale.md), a POSIX sh
+ * process on the controller host that scales the group between `pulumi up`s, as Heat does with
+ * its alarms. Everything it acts on is rendered in the program (the member servers, the pool,
+ * agent.conf); the hosts render nothing.
+ *
+ *   check   group name, controller host, agent.conf (re-parsed line by line against an
+ *           allow-list, agreeing with groupName/min/max), desired size, member lists (only
+ *           `<group>-<i>` with i < max, each once)
+ *   scripts the agent and the member command are the provider's OWN copies (the templates shipped
+ *           with this package, loaded when the module loads): no input can change what runs as
+ *           root; their sha256 is an output, and a new package version's scripts are an update
+ *   diff    pure: groupName/controllerHost replace; files, member lists, hosts update; desired
+ *           updates only when the PROGRAM's value changed (a no-change up runs nothing, and the
+ *           agent's current size is left alone); an agent found dead by refresh updates
+ *   create  claim on every involved host; controller: folder + key (generated there); member
+ *           hosts: every member server must be this stack's (its owner marker), then forced
+ *           command, member list, authorized_keys line (from= the controller's address);
+ *           controller: known_hosts
+ *           (member hosts' sshd keys read over the pinned connections), agent files, the
+ *           desired request, start the agent
+ *   read    agent alive?, its status (current size, members in service, cooldown)
+ *   update  claim hosts new to the group; strip the key, files and owner marker from hosts it
+ *           left; rewrite what changed; a new desired size becomes a request the agent applies;
+ *           restart the agent when its files changed or it was found dead
+ *   delete  stop the agent, revoke the key everywhere, remove the files and the owner markers
+ */
+import type * as pulumi from "@pulumi/pulumi";
+import { createHash } from "node:crypto";
+import {
+  checkHostList,
+  runChecked,
+  runLocked,
+  runSteps,
+  shQuote,
+  uploadStep,
+  type HostConnection,
+  type Step,
+} from "./host";
+import {
+  applyRules,
+  changedKeys,
+  checkedOwner,
+  claimStep,
+  claimedNow,
+  defineResource,
+  failureList,
+  guardStep,
+  hostNamed,
+  isKnown,
+  KvmlabResource,
+  normalizeHosts,
+  ownerIn,
+  releaseOwnerStep,
+  rules,
+  type Checked,
+  type DiffResult,
+  type HostConnectionArgs,
+  type OwnedObject,
+} from "./kit";
+import {
+  agentKeyStep,
+  agentReadStep,
+  asgDir,
+  authorizeAgentStep,
+  desiredRequestStep,
+  knownHostsContent,
+  memberListContent,
+  memberOwnedStep,
+  memberStackContent,
+  poolOwnedStep,
+  parseAgentState,
+  removeAgentDirStep,
+  startAgentStep,
+  stopAgentStep,
+  unauthorizeAgentStep,
+  type AgentState,
+} from "./autoscale/steps";
+import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
+import { agentConfigProblems } from "../core/autoscale";
+import { shippedScript } from "./autoscale/scripts";
+
+export * from "./autoscale/steps";
+
+export interface AutoscaleAgentArgs {
+  /** The group (member domains are `<group>-<n>`). */
+  readonly groupName: pulumi.Input<string>;
+  readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
+  /** Host the agent runs on (the load balancer's host when the group has a pool). */
+  readonly controllerHost: pulumi.Input<string>;
+  /** agent.conf, rendered in the program (templates/autoscale.ts renderAgentConfig). */
+  readonly agentConfig: pulumi.Input<string>;
+  /** Host name → the member slots defined there. */
+  readonly membersByHost: pulumi.Input<Record<string, pulumi.Input<string>[]>>;
+  /** The program's desired size; applied when it changes. */
+  readonly desired: pulumi.Input<number>;
+  readonly min: pulumi.Input<number>;
+  readonly max: pulumi.Input<number>;
+  readonly owner?: pulumi.Input<string>;
+}
+
+export interface AutoscaleAgentInputs {
+  groupName: string;
+  hosts: HostConnection[];
+  controllerHost: string;
+  agentConfig: string;
+  membersByHost: Record<string, string[]>;
+  desired: number;
+  min: number;
+  max: number;
+  owner: string;
+}
+
+export interface AutoscaleAgentRealized {
+  agentRunning: boolean;
+  /** Current size (members in service) as the agent reports it. */
+  currentSize: number;
+  members: string[];
+  slots: Record<string, string>;
+  cooldownEnd: number;
+}
+
+export interface AutoscaleAgentOutputs extends AutoscaleAgentInputs {
+  /** The agent key's public line (the private key stays on the controller). */
+  agentPublicKey: string;
+  /** Generation of the last desired request written (the agent applies each once). */
+  desiredGeneration: number;
+  agentPid: number;
+  currentSize: number;
+  members: string[];
+  hostKeys: Record<string, string>;
+  /** sha256 of the agent and member scripts installed (the provider's own copies). */
+  scriptsSha256: string;
+  realized: AutoscaleAgentRealized;
+}
+
+/**
+ * The scripts that run as root on the hosts: the package's own templates, read once when this
+ * module loads (Pulumi's closure serializer captures the strings with the provider), never an input.
+ */
+const AGENT_SCRIPT = shippedScript("agent.sh");
+const MEMBER_SCRIPT = shippedScript("member.sh");
+export const AUTOSCALE_SCRIPTS_SHA256 = createHash("sha256")
+  .update(`${AGENT_SCRIPT}\u0000${MEMBER_SCRIPT}`)
+  .digest("hex");
+
+const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
+
+/** Validates and normalizes raw inputs (pure). */
+export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checked {
+  const out = failureList();
+  const v = applyRules(
+    news,
+    {
+      groupName: {
+        rule: rules.expect(
+          (x) => typeof x === "string" && GROUP.test(x),
+          "1-31 lowercase letters, digits or '-', starting with a letter",
+        ),
+      },
+      controllerHost: { rule: rules.name },
+      agentConfig: {
+        rule: rules.expect(
+          (x) => typeof x === "string" && x.length > 0 && x.length < 65536,
+          "the rendered agent.conf",
+        ),
+      },
+      min: { rule: rules.int(0, 32, "the group's minimum size") },
+      max: { rule: rules.int(1, 32, "the group's maximum size") },
+      desired: { rule: rules.int(0, 32, "the desired size") },
+    },
+    out,
+  );
+  if (isKnown(v.min) && isKnown(v.max) && isKnown(v.desired)) {
+    const [min, max, desired] = [v.min as number, v.max as number, v.desired as number];
+    if (min > max) out.add("min", `min: ${min} is above max ${max}; lower min or raise max`);
+    else if (desired < min || desired > max)
+      out.add("desired", `desired: ${desired} is outside min..max (${min}..${max}); set it within`);
+  }
+  const confHosts = normalizeHosts(news.hosts);
+  if (isKnown(v.agentConfig) && isKnown(v.groupName) && isKnown(v.min) && isKnown(v.max))
+    for (const p of agentConfigProblems(v.agentConfig as string, {
+      group: v.groupName as string,
+      min: v.min as number,
+      max: v.max as number,
+      hosts:
+        isKnown(confHosts) && Array.isArray(confHosts)
+          ? (confHosts as HostConnection[]).map((h) => ({
+              name: h.name,
+              address: h.address,
+              port: h.port,
+              user: h.user,
+            }))
+          : undefined,
+    }))
+      out.add("agentConfig", `agentConfig: ${p}; render it with templates/autoscale.ts renderAgentConfig`);
+  const mbh = news.membersByHost ?? {};
+  if (isKnown(mbh)) {
+    if (typeof mbh !== "object" || mbh === null || Array.isArray(mbh))
+      out.add("membersByHost", "membersByHost: expected host name → member names");
+    else {
+      const group = isKnown(v.groupName) ? (v.groupName as string) : undefined;
+      const max = isKnown(v.max) ? (v.max as number) : undefined;
+      const seen = new Set<string>();
+      for (const [h, names] of Object.entries(mbh as Record<string, unknown>)) {
+        if (!isKnown(names)) continue;
+        if (!Array.isArray(names)) {
+          out.add("membersByHost", `membersByHost.${h}: expected a list of member names like <group>-0`);
+          continue;
+        }
+        for (const n of names) {
+          if (!isKnown(n) || group === undefined || max === undefined) continue;
+          const m = typeof n === "string" ? /^(.*)-(0|[1-9]\d{0,1})$/.exec(n) : null;
+          if (m === null || m[1] !== group || Number(m[2]) >= max)
+            out.add(
+              "membersByHost",
+              `membersByHost.${h}: ${JSON.stringify(n)} is not a slot of group ${group}; only ${group}-0 … ${group}-${max - 1} (<group>-<i>, i < max) may be listed`,
+            );
+          else if (seen.has(n))
+            out.add("membersByHost", `membersByHost.${h}: ${n} is listed twice; list each slot on one host`);
+          seen.add(n as string);
+        }
+      }
+    }
+  }
+  out.add("hosts", checkHostList("hosts", news.hosts));
+  const hosts = normalizeHosts(news.hosts);
+  if (isKnown(hosts) && isKnown(v.controllerHost) && Array.isArray(hosts)) {
+    const names = (hosts as { name?: string }[]).map((h) => h.name);
+    if (!names.includes(v.controllerHost as string))
+      out.add(
+        "controllerHost",
+        `controllerHost: ${JSON.stringify(v.controllerHost)} is not one of the hosts (${names.join(", ")})`,
+      );
+    if (isKnown(mbh) && typeof mbh === "object" && mbh !== null)
+      for (const h of Object.keys(mbh))
+        if (!names.includes(h))
+          out.add(
+            "membersByHost",
+            `membersByHost: ${JSON.stringify(h)} is not one of the hosts (${names.join(", ")})`,
+          );
+  }
+  return {
+    inputs: {
+      ...v,
+      membersByHost: mbh,
+      hosts,
+      owner: checkedOwner(news, "AutoscaleAgent", "groupName", out.add),
+    },
+    failures: out.failures,
+  };
+}
+
+export const AUTOSCALE_AGENT_REPLACE_KEYS = ["groupName", "controllerHost"] as const;
+const UPDATE_KEYS = ["agentConfig", "membersByHost", "desired", "min", "max", "hosts"] as const;
+
+/** Pure diff: replace on identity, update on files/lists/desired, and when refresh found the agent dead. */
+export function diffAutoscaleAgent(olds: AutoscaleAgentOutputs, news: AutoscaleAgentInputs): DiffResult {
+  const replaces = changedKeys(olds, news, AUTOSCALE_AGENT_REPLACE_KEYS);
+  const updates = changedKeys(olds, news, UPDATE_KEYS);
+  const dead = olds.realized !== undefined && !olds.realized.agentRunning;
+  // Another package version ships other scripts: reinstall them (an update, never a replace).
+  const scripts = olds.scriptsSha256 !== AUTOSCALE_SCRIPTS_SHA256;
+  return {
+    changes: replaces.length > 0 || updates.length > 0 || dead || scripts,
+    replaces,
+    stables: replaces.length === 0 ? ["groupName", "controllerHost", "agentPublicKey"] : [],
+    deleteBeforeReplace: true,
+  };
+}
+
+/** The group's folder on one host, for the owner guards. */
+export function asgOwned(group: string): OwnedObject {
+  return {
+    kind: "asg",
+    key: [group],
+    what: `autoscale group ${group}`,
+    field: "groupName",
+    exists: `[ -d ${shQuote(asgDir(group))} ]`,
+  };
+}
+
+function involvedHosts(i: AutoscaleAgentInputs): HostConnection[] {
+  const names = new Set([i.controllerHost, ...Object.keys(i.membersByHost)]);
+  return i.hosts.filter((h) => names.has(h.name));
+}
+
+/** Member host: files + key line; returns its sshd host keys (for the controller's known_hosts). */
+async function setUpMemberHost(
+  i: AutoscaleAgentInputs,
+  host: HostConnection,
+  publicKey: string,
+  controllerAddress: string,
+  owners: readonly string[],
+): Promise<string[]> {
+  const d = asgDir(i.groupName);
+  const outs = await runChecked(host, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    // The forced command may start and stop these domains: each must be a server of this stack.
+    ...(i.membersByHost[host.name] ?? []).map((n) => memberOwnedStep(i.groupName, n, i.owner)),
+    destinationFactsStep(),
+  ]);
+  const { hostKeys, authorizedKeysFile } = parseDestinationFacts(outs[outs.length - 1] ?? "");
+  if (authorizedKeysFile === "")
+    throw new Error(`host ${host.name}: could not find the authorized keys file sshd uses for ${host.user}`);
+  await runLocked(host, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    { label: "group folder", script: `mkdir -p ${shQuote(d)}` },
+    uploadStep(`${d}/member.sh`, MEMBER_SCRIPT, { mode: "0755" }),
+    // member.sh re-checks each server's owner marker against this before every start/stop.
+    uploadStep(`${d}/stack`, memberStackContent(i.owner), { mode: "0644" }),
+    uploadStep(`${d}/members`, memberListContent(i.membersByHost[host.name] ?? []), { mode: "0644" }),
+    authorizeAgentStep(authorizedKeysFile, i.groupName, publicKey, controllerAddress),
+  ]);
+  return hostKeys;
+}
+
+async function controllerFiles(
+  i: AutoscaleAgentInputs,
+  controller: HostConnection,
+  known: string,
+  owners: readonly string[],
+  extra: Step[],
+): Promise<string[]> {
+  const d = asgDir(i.groupName);
+  // The load balancer the agent drives (LB_SOCKET, checked at check to be a kvmlab LB's) is this stack's.
+  const lb = /^LB_SOCKET='\/var\/lib\/kvmlab\/lb\/([A-Za-z0-9_-]+)\/haproxy\.sock'$/m.exec(
+    i.agentConfig,
+  )?.[1];
+  const checks: Step[] = [
+    guardStep(asgOwned(i.groupName), owners, true),
+    ...(lb !== undefined ? [poolOwnedStep(i.groupName, lb, i.owner)] : []),
+  ];
+  // Only the outputs of the uploads (and `extra`) are returned: agent.sh first, then agent.conf.
+  return (
+    await runLocked(controller, [
+      ...checks,
+      uploadStep(`${d}/agent.sh`, AGENT_SCRIPT, { mode: "0755" }),
+      uploadStep(`${d}/agent.conf`, i.agentConfig, { mode: "0600" }),
+      uploadStep(`${d}/known_hosts`, known, { mode: "0600" }),
+      ...extra,
+    ])
+  ).slice(checks.length);
+}
+
+async function wire(
+  i: AutoscaleAgentInputs,
+  owners: readonly string[],
+): Promise<{ publicKey: string; changed: boolean }> {
+  const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+  const [, pub] = await runLocked(controller, [
+    guardStep(asgOwned(i.groupName), owners, true),
+    agentKeyStep(i.groupName),
+  ]);
+  const publicKey = pub.trim().split("\n").pop() ?? "";
+  const entries: { address: string; port: number; keys: string[] }[] = [];
+  for (const h of i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name))) {
+    const keys = await setUpMemberHost(i, h, publicKey, controller.address, owners);
+    entries.push({ address: h.address, port: h.port, keys });
+  }
+  const outs = await controllerFiles(i, controller, knownHostsContent(entries), owners, []);
+  const changed = outs.slice(0, 2).some((o) => o.trim().split("\n").pop() === "changed");
+  return { publicKey, changed };
+}
+
+async function readAgent(i: AutoscaleAgentInputs): Promise<AgentState> {
+  const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+  const [r] = await runSteps(controller, [agentReadStep(i.groupName)]);
+  if (r.code !== 0)
+    throw new Error(
+      `host ${controller.name}: reading group ${i.groupName}'s agent failed: ${r.stderr.trim()}`,
+    );
+  return parseAgentState(r.stdout);
+}
+
+function outputsFor(
+  i: AutoscaleAgentInputs,
+  publicKey: string,
+  generation: number,
+  s: AgentState,
+): AutoscaleAgentOutputs {
+  return {
+    ...i,
+    agentPublicKey: publicKey,
+    desiredGeneration: generation,
+    agentPid: s.pid,
+    currentSize: s.size,
+    members: s.members,
+    hostKeys: {},
+    scriptsSha256: AUTOSCALE_SCRIPTS_SHA256,
+    realized: {
+      agentRunning: s.running,
+      currentSize: s.size,
+      members: s.members,
+      slots: s.slots,
+      cooldownEnd: s.cooldownEnd,
+    },
+  };
+}
+
+/**
+ * Stops the agent and removes the group from every involved host (or only from `only`: the
+ * hosts a failed create claimed). Each host is cleaned on its own: a refusal or an unreachable
+ * host does not stop the others; the failures are thrown together at the end.
+ */
+async function teardown(i: AutoscaleAgentInputs, owner: string, only?: ReadonlySet<string>): Promise<void> {
+  const owned = asgOwned(i.groupName);
+  const guard = owner ? [guardStep(owned, [owner])] : [];
+  const failures: string[] = [];
+  const hosts = involvedHosts(i).filter((h) => only === undefined || only.has(h.name));
+  if (hosts.some((h) => h.name === i.controllerHost)) {
+    const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
+    await runLocked(controller, [...guard, stopAgentStep(i.groupName)]).catch((e: unknown) =>
+      failures.push(`${controller.name}: ${(e as Error).message}`),
+    );
+  }
+  for (const h of hosts) {
+    try {
+      const [facts] = await runChecked(h, [destinationFactsStep()]).catch(() => [""]);
+      const akf = parseDestinationFacts(facts).authorizedKeysFile || `/root/.ssh/authorized_keys`;
+      await runLocked(h, [
+        ...guard,
+        unauthorizeAgentStep(akf, i.groupName, h.name === i.controllerHost),
+        ...(h.name === i.controllerHost ? [removeAgentDirStep(i.groupName)] : []),
+        ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
+      ]);
+    } catch (e) {
+      failures.push(`${h.name}: ${(e as Error).message}`);
+    }
+  }
+  if (failures.length > 0)
+    throw new Error(`autoscale group ${i.groupName}: cleanup failed on ${failures.join("; ")}`);
+}
+
+const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
+  type: "AutoscaleAgent",
+  inputKeys: [
+    "groupName",
+    "hosts",
+    "controllerHost",
+    "agentConfig",
+    "membersByHost",
+    "desired",
+    "min",
+    "max",
+    "owner",
+  ],
+  outputKeys: [
+    "agentPublicKey",
+    "desiredGeneration",
+    "agentPid",
+    "currentSize",
+    "members",
+    "hostKeys",
+    "scriptsSha256",
+    "realized",
+  ],
+  secretOutputs: ["hosts"],
+  check: (news) => checkAutoscaleAgentInputs(news),
+  diff: diffAutoscaleAgent,
+
+  async create(inputs) {
+    const claimed: HostConnection[] = [];
+    try {
+      for (const h of involvedHosts(inputs)) {
+        const [c] = await runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)]);
+        if (claimedNow(c)) claimed.push(h);
+      }
+      const { publicKey } = await wire(inputs, [inputs.owner]);
+      const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
+      await runLocked(controller, [
+        guardStep(asgOwned(inputs.groupName), [inputs.owner]),
+        desiredRequestStep(inputs.groupName, 1, inputs.desired),
+        startAgentStep(inputs.groupName, false),
+      ]);
+      const s = await readAgent(inputs);
+      return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s) };
+    } catch (err) {
+      // Clean only the hosts this call claimed: an adopted host's group is not this call's to remove.
+      if (claimed.length > 0)
+        await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
+      throw err;
+    }
+  },
+
+  async read(_id, props) {
+    const s = await readAgent(props);
+    if (!s.present) return undefined;
+    return {
+      ...props,
+      agentPid: s.pid,
+      currentSize: s.size,
+      members: s.members,
+      realized: {
+        agentRunning: s.running,
+        currentSize: s.size,
+        members: s.members,
+        slots: s.slots,
+        cooldownEnd: s.cooldownEnd,
+      },
+    };
+  },
+
+  async update(_id, olds, news) {
+    const owners = [news.owner, ownerIn(olds)];
+    const before = new Set(involvedHosts(olds).map((h) => h.name));
+    const now = new Set(involvedHosts(news).map((h) => h.name));
+    // Hosts new to the group are CLAIMED (refused when another owner holds the group there),
+    // never adopted: an unmarked folder there is not this stack's.
+    for (const h of involvedHosts(news).filter((x) => !before.has(x.name)))
+      await runLocked(h, [claimStep(asgOwned(news.groupName), news.owner)]);
+    // Hosts that no longer hold members lose the key and the member command; hosts the group
+    // left altogether also lose its folder and owner marker.
+    for (const h of olds.hosts.filter(
+      (x) => Object.hasOwn(olds.membersByHost, x.name) && !Object.hasOwn(news.membersByHost, x.name),
+    )) {
+      const [facts] = await runChecked(h, [destinationFactsStep()]);
+      const akf = parseDestinationFacts(facts).authorizedKeysFile || "/root/.ssh/authorized_keys";
+      const gone = !now.has(h.name);
+      await runLocked(h, [
+        guardStep(asgOwned(olds.groupName), owners, true),
+        unauthorizeAgentStep(akf, olds.groupName, h.name === news.controllerHost),
+        ...(gone ? [releaseOwnerStep(asgOwned(olds.groupName), owners)] : []),
+      ]);
+    }
+    const { publicKey, changed } = await wire(news, owners);
+    const controller = hostNamed(news.hosts, news.controllerHost, "controllerHost");
+    let generation = olds.desiredGeneration ?? 1;
+    const steps: Step[] = [guardStep(asgOwned(news.groupName), owners, true)];
+    if (news.desired !== olds.desired) {
+      generation += 1;
+      steps.push(desiredRequestStep(news.groupName, generation, news.desired));
+    }
+    const restart = changed || news.min !== olds.min || news.max !== olds.max;
+    steps.push(startAgentStep(news.groupName, restart));
+    await runLocked(controller, steps);
+    const s = await readAgent(news);
+    return outputsFor(news, publicKey, generation, s);
+  },
+
+  async delete(_id, olds) {
+    await teardown(olds, ownerIn(olds));
+  },
+});
+
+export const autoscaleAgentProvider = agent.provider;
+
+/** The scaling agent of an autoscale group (`pulumi-nodejs:dynamic/kvmlab:AutoscaleAgent`); the AutoscaleGroup component wires it. */
+export class AutoscaleAgent extends KvmlabResource<AutoscaleAgentInputs, AutoscaleAgentOutputs> {
+  declare readonly groupName: pulumi.Output<string>;
+  declare readonly controllerHost: pulumi.Output<string>;
+  declare readonly agentPublicKey: pulumi.Output<string>;
+  declare readonly desired: pulumi.Output<number>;
+  declare readonly desiredGeneration: pulumi.Output<number>;
+  declare readonly agentPid: pulumi.Output<number>;
+  declare readonly currentSize: pulumi.Output<number>;
+  declare readonly members: pulumi.Output<string[]>;
+  declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly realized: pulumi.Output<AutoscaleAgentRealized>;
+
+  constructor(name: string, args: AutoscaleAgentArgs, opts: pulumi.CustomResourceOptions = {}) {
+    super(agent, name, { ...args }, opts);
+  }
+}

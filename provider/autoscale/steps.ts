@@ -1,0 +1,320 @@
+/**
+ * AutoscaleAgent host steps (pure builders) and the parser of the agent's status file.
+ * Layout (both on the controller and on every member host): /var/lib/kvmlab/asg/<group>/.
+ *
+ *   controller   agent.sh, agent.conf, agent_key(.pub) (generated there: the private key never
+ *                leaves the host), known_hosts (the member hosts' sshd keys), requests/desired,
+ *                agent.pid, status, decisions.log, state/, samples/
+ *   member host  member.sh (the forced command), members (the names it may start and stop),
+ *                one authorized_keys line: from="<controller>",restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
+ */
+import { shQuote, type Step } from "../host";
+import { agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
+import { parseKeyValues } from "../kit/kv";
+import { OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
+
+export { asgDir } from "../../core/autoscale";
+
+const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
+function dirOf(group: string): string {
+  if (!GROUP.test(group)) throw new Error(`autoscale steps: invalid group name ${JSON.stringify(group)}`);
+  return asgDir(group);
+}
+
+/** Controller: the folder and the agent's key (kept when present); prints the public key line. */
+export function agentKeyStep(group: string): Step {
+  const d = shQuote(dirOf(group));
+  return {
+    label: `prepare the agent folder and key of group ${group}`,
+    script: [
+      "set -e",
+      'command -v ssh-keygen >/dev/null 2>&1 || { echo "ssh-keygen is missing on the controller: apt-get install openssh-client" >&2; exit 27; }',
+      'command -v ssh >/dev/null 2>&1 || { echo "ssh is missing on the controller: apt-get install openssh-client" >&2; exit 27; }',
+      `mkdir -p ${d}/state ${d}/samples ${d}/requests`,
+      `chmod 0700 ${d}`,
+      `[ -s ${d}/agent_key ] || ssh-keygen -q -t ed25519 -N '' -C ${shQuote(agentKeyTag(group))} -f ${d}/agent_key`,
+      `cat ${d}/agent_key.pub`,
+    ].join("\n"),
+  };
+}
+
+/** Member host: the forced command may start/stop exactly these names. */
+export function memberListContent(names: readonly string[]): string {
+  for (const n of names)
+    if (!/^[a-z][a-z0-9-]{0,40}$/.test(n)) throw new Error(`invalid member name ${JSON.stringify(n)}`);
+  return names.length > 0 ? `${names.join("\n")}\n` : "";
+}
+
+/**
+ * Member host: authorize the agent's key for the forced command only, from the controller's
+ * address only (replaces an older line of the group).
+ */
+export function authorizeAgentStep(
+  authorizedKeysFile: string,
+  group: string,
+  publicKeyLine: string,
+  controllerAddress: string,
+): Step {
+  const line = forcedCommandLine(group, publicKeyLine, controllerAddress);
+  const tag = agentKeyTag(group);
+  return {
+    label: `authorize group ${group}'s agent key (forced command) on this host`,
+    script: [
+      "set -e",
+      `f=${shQuote(authorizedKeysFile)}; tag=${shQuote(tag)}; line=${shQuote(line)}`,
+      'mkdir -p "$(dirname "$f")"',
+      '[ -f "$f" ] || { : > "$f"; chmod 0600 "$f"; }',
+      'grep -qxF -- "$line" "$f" && exit 0',
+      't=$(mktemp "$f.kvmlab-tmp.XXXXXX")',
+      `trap 'rm -f "$t"' EXIT`,
+      // Tagged lines end with " <tag>": drop the old one, add the new one. Any failure stops
+      // here (set -e) before the file is replaced; the count proves nothing else was lost.
+      'keep=$(awk -v tag="$tag" \'$NF != tag\' "$f" | wc -l)',
+      'awk -v tag="$tag" \'$NF != tag\' "$f" > "$t"',
+      'printf "%s\\n" "$line" >> "$t"',
+      '[ "$(wc -l < "$t")" -eq $((keep + 1)) ] || { echo "authorized_keys rewrite came out short; $f left as it was" >&2; exit 1; }',
+      'chmod --reference="$f" "$t"; chown --reference="$f" "$t"',
+      'mv -f "$t" "$f"',
+    ].join("\n"),
+  };
+}
+
+/** Member host: remove the key line, the member command and list (idempotent). */
+export function unauthorizeAgentStep(authorizedKeysFile: string, group: string, keepDir: boolean): Step {
+  const d = shQuote(dirOf(group));
+  return {
+    label: `remove group ${group}'s agent key and member command from this host`,
+    script: [
+      "set -e",
+      `f=${shQuote(authorizedKeysFile)}; tag=${shQuote(agentKeyTag(group))}`,
+      'if [ -f "$f" ] && awk -v tag="$tag" \'$NF == tag {found=1} END {exit !found}\' "$f"; then',
+      '  t=$(mktemp "$f.kvmlab-tmp.XXXXXX")',
+      `  trap 'rm -f "$t"' EXIT`,
+      '  keep=$(awk -v tag="$tag" \'$NF != tag\' "$f" | wc -l)',
+      '  awk -v tag="$tag" \'$NF != tag\' "$f" > "$t"',
+      '  [ "$(wc -l < "$t")" -eq "$keep" ] || { echo "authorized_keys rewrite came out short; $f left as it was" >&2; exit 1; }',
+      '  chmod --reference="$f" "$t"; chown --reference="$f" "$t"; mv -f "$t" "$f"',
+      "fi",
+      `rm -f ${d}/member.sh ${d}/members ${d}/stack`,
+      keepDir ? ":" : `rmdir ${d} 2>/dev/null || true`,
+    ].join("\n"),
+  };
+}
+
+/** Controller: the pid of a live agent of this group, else nothing (used by start/stop/read). */
+function livePidScript(group: string): string {
+  const d = dirOf(group);
+  return [
+    `d=${shQuote(d)}`,
+    'pid=$(cat "$d/agent.pid" 2>/dev/null || true)',
+    'case "$pid" in ""|*[!0-9]*) pid="" ;; esac',
+    // The pid must still be this group's agent (pids are reused).
+    `if [ -n "$pid" ] && ! tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- ${shQuote(`${d}/agent.sh`)}; then pid=""; fi`,
+  ].join("\n");
+}
+
+/** Controller: stop the agent (its whole process group), bounded; idempotent. */
+export function stopAgentStep(group: string): Step {
+  const unit = `kvmlab-asg-${group}`;
+  return {
+    label: `stop group ${group}'s agent`,
+    script: [
+      livePidScript(group),
+      `if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then systemctl stop ${shQuote(unit)} >/dev/null 2>&1 || true; fi`,
+      'if [ -n "$pid" ]; then',
+      '  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true',
+      "  i=0",
+      '  while [ $i -lt 50 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; i=$((i+1)); done',
+      '  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true',
+      "fi",
+    ].join("\n"),
+  };
+}
+
+/**
+ * Controller: start the agent unless it runs (restart=true: stop it first). Detached in its own
+ * session (setsid); with systemd on the host, as a transient unit that restarts it.
+ * Prints `pid=`.
+ */
+export function startAgentStep(group: string, restart: boolean): Step {
+  const unit = `kvmlab-asg-${group}`;
+  return {
+    label: `${restart ? "restart" : "start"} group ${group}'s agent`,
+    script: [
+      ...(restart ? [stopAgentStep(group).script, "pid="] : []),
+      livePidScript(group),
+      'if [ -z "$pid" ]; then',
+      '  rm -f "$d/agent.pid"',
+      "  if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then",
+      `    systemctl reset-failed ${shQuote(unit)} >/dev/null 2>&1 || true`,
+      `    systemd-run --quiet --unit=${shQuote(unit)} --property=Restart=always --property=KillMode=control-group /bin/sh "$d/agent.sh" "$d"`,
+      "  else",
+      '    setsid /bin/sh "$d/agent.sh" "$d" </dev/null >>"$d/agent.out" 2>&1 &',
+      "  fi",
+      "  i=0",
+      '  while [ $i -lt 50 ] && [ ! -s "$d/agent.pid" ]; do sleep 0.1; i=$((i+1)); done',
+      '  pid=$(cat "$d/agent.pid" 2>/dev/null || true)',
+      "fi",
+      '[ -n "$pid" ] || { echo "the agent of this group did not start; see $d/agent.out" >&2; exit 30; }',
+      'echo "pid=$pid"',
+    ].join("\n"),
+  };
+}
+
+/** Controller: ask the agent for this desired size (Heat: a group update with desired_capacity). */
+export function desiredRequestStep(group: string, generation: number, desired: number): Step {
+  if (!Number.isInteger(generation) || generation < 1 || !Number.isInteger(desired) || desired < 0)
+    throw new Error(`desiredRequestStep: invalid generation ${generation} or desired ${desired}`);
+  const d = shQuote(dirOf(group));
+  return {
+    label: `ask group ${group}'s agent for ${desired} members`,
+    script: `mkdir -p ${d}/requests && echo ${generation} ${desired} > ${d}/requests/desired.tmp && mv -f ${d}/requests/desired.tmp ${d}/requests/desired`,
+  };
+}
+
+/** Controller: a manual signal for a policy (`kvmlab asg signal`), stamped with its time. */
+export function signalStep(group: string, policy: string): Step {
+  if (!/^[a-z][a-z0-9_-]{0,30}$/.test(policy))
+    throw new Error(`invalid policy name ${JSON.stringify(policy)}`);
+  const d = shQuote(dirOf(group));
+  return {
+    label: `signal policy ${policy} of group ${group}`,
+    script: [
+      `[ -f ${d}/agent.conf ] || { echo "no autoscale group ${group} on this host" >&2; exit 44; }`,
+      `grep -qx "POLICY_[0-9]*_NAME='${policy}'" ${d}/agent.conf || { echo "group ${group} has no policy ${policy}; its policies: $(sed -n "s/^POLICY_[0-9]*_NAME='\\(.*\\)'$/\\1/p" ${d}/agent.conf | tr '\\n' ' ')" >&2; exit 45; }`,
+      `t=$(date +%s%3N); echo > ${d}/requests/signal.${policy}.$t; echo "received_ms=$t"`,
+    ].join("\n"),
+  };
+}
+
+/** Controller: whether the agent runs, its status file and the last log lines. */
+export function agentReadStep(group: string, logLines = 0): Step {
+  return {
+    label: `read group ${group}'s agent`,
+    script: [
+      livePidScript(group),
+      '[ -d "$d" ] || { echo "present=no"; exit 0; }',
+      'echo "present=$([ -f "$d/agent.conf" ] && echo yes || echo no)"',
+      'echo "running=$([ -n "$pid" ] && echo yes || echo no)"',
+      'echo "agentpid=$pid"',
+      `echo "owner=$(head -n1 ${shQuote(ownerMarkerPath("asg", group))} 2>/dev/null)"`,
+      'cat "$d/status" 2>/dev/null | sed "s/^/status./"',
+      ...(logLines > 0
+        ? [`tail -n ${Math.trunc(logLines)} "$d/decisions.log" 2>/dev/null | sed "s/^/log=/"`]
+        : []),
+    ].join("\n"),
+  };
+}
+
+/** What the controller reports about the agent. */
+export interface AgentState {
+  present: boolean;
+  running: boolean;
+  pid: number;
+  size: number;
+  /** Members in service. */
+  members: string[];
+  /** Every slot: name → running | stopped | starting | failed. */
+  slots: Record<string, string>;
+  cooldownEnd: number;
+  avgCpu: string;
+  /** The group's owner marker on that host (`<project>/<stack>/AutoscaleAgent/<name>`), "" if none. */
+  owner: string;
+  log: string[];
+}
+
+export function parseAgentState(stdout: string): AgentState {
+  const kv = parseKeyValues(stdout);
+  const slots: Record<string, string> = {};
+  const log: string[] = [];
+  for (const line of stdout.split("\n")) {
+    if (line.startsWith("status.member=")) {
+      const [name, state] = line.slice("status.member=".length).split(" ");
+      if (name) slots[name] = state ?? "";
+    } else if (line.startsWith("log=")) log.push(line.slice(4));
+  }
+  const num = (k: string): number => {
+    const v = Number(kv.get(k) ?? "0");
+    return Number.isFinite(v) ? v : 0;
+  };
+  return {
+    present: kv.get("present") === "yes",
+    running: kv.get("running") === "yes",
+    pid: num("agentpid"),
+    size: num("status.size"),
+    members: Object.entries(slots)
+      .filter(([, s]) => s === "running")
+      .map(([n]) => n),
+    slots,
+    cooldownEnd: num("status.cooldown_end"),
+    avgCpu: kv.get("status.avg_cpu") ?? "",
+    owner: kv.get("owner") ?? "",
+    log,
+  };
+}
+
+/** Controller: remove the folder (after the agent stopped). */
+export function removeAgentDirStep(group: string): Step {
+  const d = shQuote(dirOf(group));
+  return { label: `remove group ${group}'s agent files`, script: `rm -rf ${d}` };
+}
+
+/** Controller: known_hosts for the agent's SSH (the member hosts' keys, read over pinned connections). */
+export function knownHostsContent(
+  entries: readonly { address: string; port: number; keys: readonly string[] }[],
+): string {
+  const lines: string[] = [];
+  for (const e of entries) {
+    if (!/^[A-Za-z0-9.:-]+$/.test(e.address))
+      throw new Error(`invalid host address ${JSON.stringify(e.address)}`);
+    const h = e.port === 22 ? e.address : `[${e.address}]:${e.port}`;
+    for (const k of e.keys) {
+      if (!/^[a-z0-9@.-]+ [A-Za-z0-9+/]+=*$/.test(k)) continue;
+      lines.push(`${h} ${k}`);
+    }
+  }
+  return lines.length > 0 ? `${lines.join("\n")}\n` : "";
+}
+
+/** The `<pulumi project>/<stack>` the member command lets the agent act for (a `stack` file beside it). */
+export function memberStackContent(owner: string): string {
+  const stack = ownerStack(owner);
+  if (stack.startsWith("kvmlab-direct/") || !/^[A-Za-z0-9._%@:-]+\/[A-Za-z0-9._%@:-]+$/.test(stack))
+    throw new Error(
+      `AutoscaleAgent owner ${JSON.stringify(owner)}: an autoscale agent drives servers only for a Pulumi program's stack (owner <project>/<stack>/…), never for a raw provider call; create it with the AutoscaleGroup component`,
+    );
+  return `${stack}\n`;
+}
+
+/**
+ * Member host: the server `name` must carry an owner marker of this stack (it must EXIST: an
+ * unmarked domain is nobody's to start or stop). Refuses with OWNER_REFUSED, naming the fix.
+ */
+export function memberOwnedStep(group: string, name: string, owner: string): Step {
+  return stackOwnedStep(group, owner, "server", name, `remove ${name} from membersByHost`);
+}
+
+/**
+ * Controller: the load balancer whose haproxy socket the agent drives must carry an owner
+ * marker of this stack (the agent sets its servers ready, drain and maint).
+ */
+export function poolOwnedStep(group: string, lbName: string, owner: string): Step {
+  return stackOwnedStep(group, owner, "lb", lbName, "point the group at a load balancer of this stack");
+}
+
+function stackOwnedStep(group: string, owner: string, kind: string, name: string, fix: string): Step {
+  const stack = memberStackContent(owner).trim();
+  const f = ownerMarkerPath(kind, name);
+  const what = kind === "lb" ? `load balancer ${name}` : `server ${name}`;
+  return {
+    label: `check that ${what} is this stack's`,
+    script: [
+      `f=${shQuote(f)}`,
+      `if [ ! -f "$f" ]; then echo ${shQuote(`autoscale group ${group}: ${what} has no owner marker on this host, so it is nobody's to drive. Fix: create it first (the AutoscaleGroup component does), or ${fix}`)} >&2; exit ${OWNER_REFUSED}; fi`,
+      'cur=$(head -n1 "$f")',
+      `case "$cur" in ${shQuote(stack)}/*) echo mine; exit 0 ;; esac`,
+      `echo ${shQuote(`autoscale group ${group}: ${what} belongs to `)}"$cur"${shQuote(`, not to stack ${stack}. Fix: ${fix}`)} >&2`,
+      `exit ${OWNER_REFUSED}`,
+    ].join("\n"),
+  };
+}

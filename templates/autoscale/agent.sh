@@ -1,0 +1,415 @@
+#!/bin/sh
+# kvmlab autoscale agent (docs/autoscale.md). Installed by the AutoscaleAgent resource into
+# /var/lib/kvmlab/asg/<group>/ on the controller host with agent.conf beside it; `pulumi up`
+# rewrites both. It applies Heat's rules (core/autoscale.ts is the same logic in TypeScript;
+# the unit tests run both on the same cases):
+#   - every INTERVAL s: CPU of the members in service (virsh domstats on their hosts, through
+#     the forced-command key), each policy's alarm over its window, signals (alarm, `kvmlab asg
+#     signal`, the program's desired size), Heat's cooldown, then start/stop of pre-rendered
+#     members and their load balancer state (ready after the health check answers; drain,
+#     then maint, then stop on the way out).
+#   - every decision is one line in decisions.log with its inputs.
+# Usage: agent.sh DIR           run (the resource starts it detached)
+#        ASG_LIB=1 . agent.sh   define the functions only (tests)
+set -u
+
+# ---- Heat's rules (pure functions) ----------------------------------------------------------
+
+# asg_new_capacity CURRENT ADJUSTMENT TYPE MIN_STEP MIN MAX -> prints the new capacity
+asg_new_capacity() {
+  _c=$1 _a=$2 _t=$3 _s=$4 _lo=$5 _hi=$6
+  case $_t in
+    change_in_capacity) _n=$((_c + _a)) ;;
+    exact_capacity) _n=$_a ;;
+    percent_change_in_capacity)
+      _p=$((_c * _a))
+      if [ "$_p" -gt -100 ] && [ "$_p" -lt 100 ]; then
+        if [ "$_p" -gt 0 ]; then _r=1; elif [ "$_p" -lt 0 ]; then _r=-1; else _r=0; fi
+      else
+        _r=$((_p / 100))
+      fi
+      _ar=${_r#-}
+      if [ "$_s" -gt 0 ] && [ "$_s" -gt "$_ar" ]; then
+        if [ "$_r" -gt 0 ]; then _r=$_s; else _r=$((0 - _s)); fi
+      fi
+      _n=$((_c + _r))
+      ;;
+    *) _n=$_c ;;
+  esac
+  [ "$_n" -gt "$_hi" ] && _n=$_hi
+  [ "$_n" -lt "$_lo" ] && _n=$_lo
+  echo "$_n"
+}
+
+# asg_to_stop COUNT < lines "name state startedAt" -> names leaving first (failed, oldest, name)
+asg_to_stop() {
+  awk '$2=="failed"{print 0, $3, $1} $2=="running"{print 1, $3, $1}' | sort -k1,1n -k2,2n -k3,3 |
+    head -n "$1" | awk '{print $3}'
+}
+
+# asg_to_start COUNT < lines "name state startedAt index" -> the lowest stopped slots
+asg_to_start() {
+  awk '$2=="stopped"{print $4, $1}' | sort -k1,1n | head -n "$1" | awk '{print $2}'
+}
+
+# asg_alarm_holds CMP VALUE THRESHOLD
+asg_alarm_holds() {
+  case $1 in
+    gt) [ "$2" -gt "$3" ] ;;
+    ge) [ "$2" -ge "$3" ] ;;
+    lt) [ "$2" -lt "$3" ] ;;
+    le) [ "$2" -le "$3" ] ;;
+    *) return 1 ;;
+  esac
+}
+
+[ "${ASG_LIB:-}" = 1 ] && return 0
+
+# ---- the agent ------------------------------------------------------------------------------
+
+DIR=${1:?usage: agent.sh DIR}
+cd "$DIR" || exit 1
+. ./agent.conf
+mkdir -p state samples requests
+LOG=$DIR/decisions.log
+echo $$ > agent.pid
+
+now_ms() { date +%s%3N; }
+log() { echo "ts=$(now_ms) $*" >> "$LOG"; }
+# Bound every remote call: a hung host never stalls the loop for long.
+on_host() { # INDEX VERB [NAME]
+  eval "_addr=\$MEMBER_${1}_ADDR _port=\$MEMBER_${1}_PORT _user=\$MEMBER_${1}_USER"
+  shift
+  # -F /dev/null: no ssh_config at all (nothing in agent.conf can name one); -- ends options.
+  timeout 60 ssh -F /dev/null -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
+    -o UserKnownHostsFile="$DIR/known_hosts" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
+    -p "$_port" -- "$_user@$_addr" "$@"
+}
+# The members' stats as the member hosts report them, kept only when well-formed: a name that is
+# one of this group's slots, a known state, digits for the CPU time (a host's answer is data,
+# never a path or a command).
+member_stats() {
+  for _h in $MEMBER_HOST_INDEXES; do on_host "$_h" stats 2>/dev/null; done |
+    awk -v names="$ALL_NAMES" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1 }
+      NF == 3 && ($1 in ok) && ($2 == "running" || $2 == "paused" || $2 == "shut-off") && $3 ~ /^[0-9]+$/ { print }'
+}
+lb() { # haproxy runtime API command
+  [ -n "$LB_SOCKET" ] || return 0
+  echo "$1" | timeout 5 socat -t 2 stdio "unix-connect:$LB_SOCKET" 2>/dev/null
+}
+lb_state() { # NAME ready|drain|maint
+  [ -n "$LB_SOCKET" ] || return 0
+  lb "set server $LB_BACKEND/$1 state $2" >/dev/null
+}
+lb_sessions() { # NAME -> current sessions on that server
+  [ -n "$LB_SOCKET" ] || { echo 0; return; }
+  lb "show stat" | awk -F, -v b="$LB_BACKEND" -v s="$1" '$1==b && $2==s {print $5; f=1} END {if (!f) print 0}'
+}
+healthy() { # INDEX -> the member answers its health check (from the load balancer's namespace)
+  # Bounded by timeout(1) only: Debian 12's busybox 1.35 wget segfaults when given -T.
+  eval "_ip=\$MEMBER_${1}_IP"
+  if [ -n "$LB_NS" ]; then
+    ip netns exec "$LB_NS" timeout 4 busybox wget -q -O /dev/null "http://$_ip:$HEALTH_PORT$HEALTH_PATH" 2>/dev/null
+  else
+    on_host "$1" state "$(member_name "$1")" | grep -qx running
+  fi
+}
+member_name() { eval "echo \$MEMBER_${1}_NAME"; }
+index_of() { _i=0; while [ "$_i" -lt "$MAX" ]; do [ "$(member_name $_i)" = "$1" ] && { echo $_i; return; }; _i=$((_i + 1)); done; echo -1; }
+mstate() { [ -f "state/$1" ] && awk '{print $1}' "state/$1" || echo stopped; }
+mstarted() { [ -f "state/$1" ] && awk '{print $2}' "state/$1" || echo 0; }
+set_mstate() { echo "$2 $3" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
+member_table() { # "name state startedAt index" for every slot
+  _i=0
+  while [ "$_i" -lt "$MAX" ]; do
+    _n=$(member_name $_i)
+    echo "$_n $(mstate "$_n") $(mstarted "$_n") $_i"
+    _i=$((_i + 1))
+  done
+}
+in_service() { member_table | awk '$2=="running"{print $1}'; }
+count_running() { member_table | awk '$2=="running"{n++} END{print n+0}'; }
+getv() { [ -f "state/$1" ] && cat "state/$1" || echo "$2"; }
+setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
+
+# Start members (in parallel), wait for each to answer its health check, then put it in the pool.
+start_members() { # names...
+  for _n in "$@"; do
+    _k=$(index_of "$_n")
+    set_mstate "$_n" starting 0
+    lb_state "$_n" maint
+    if on_host "$_k" start "$_n" >/dev/null 2>>"$DIR/agent.err"; then
+      log "event=action action=start member=$_n host=$(eval "echo \$MEMBER_${_k}_HOST")"
+    else
+      log "event=action action=start member=$_n result=failed reason=start-command-failed"
+      set_mstate "$_n" failed "$(date +%s)"
+    fi
+  done
+  _deadline=$(($(date +%s) + BOOT_TIMEOUT))
+  _left=$*
+  while [ -n "$_left" ]; do
+    _next=""
+    for _n in $_left; do
+      [ "$(mstate "$_n")" = starting ] || continue
+      if healthy "$(index_of "$_n")"; then
+        lb_state "$_n" ready
+        set_mstate "$_n" running "$(date +%s)"
+        rm -f "samples/$_n"
+        log "event=action action=in-service member=$_n health=ok pool=${LB_BACKEND:-none}"
+      else
+        _next="$_next $_n"
+      fi
+    done
+    _left=${_next# }
+    [ -z "$_left" ] && break
+    if [ "$(date +%s)" -ge "$_deadline" ]; then
+      for _n in $_left; do
+        set_mstate "$_n" failed "$(date +%s)"
+        log "event=action action=failed member=$_n reason=no-health-within-${BOOT_TIMEOUT}s"
+      done
+      break
+    fi
+    write_status # `kvmlab asg status` shows the members starting while they boot
+    sleep 1
+  done
+}
+
+# Take members out: drain in the pool, wait for their sessions (bounded), maint, then stop.
+stop_members() { # names...
+  for _n in "$@"; do lb_state "$_n" drain; done
+  for _n in "$@"; do
+    log "event=action action=drain member=$_n pool=${LB_BACKEND:-none}"
+  done
+  _deadline=$(($(date +%s) + DRAIN_TIMEOUT))
+  sleep 1
+  for _n in "$@"; do
+    while [ "$(lb_sessions "$_n")" -gt 0 ] && [ "$(date +%s)" -lt "$_deadline" ]; do sleep 1; done
+    lb_state "$_n" maint
+    _k=$(index_of "$_n")
+    if on_host "$_k" stop "$_n" >/dev/null 2>>"$DIR/agent.err"; then
+      log "event=action action=stop member=$_n sessions=$(lb_sessions "$_n")"
+    else
+      log "event=action action=stop member=$_n result=failed"
+    fi
+    set_mstate "$_n" stopped 0
+    rm -f "samples/$_n"
+  done
+}
+
+# Bring the group to SIZE members in service (Heat's member order).
+resize() { # SIZE
+  _cur=$(count_running)
+  _failed=$(member_table | awk '$2=="failed"{print $1}')
+  # FAILED members leave first (Heat removes them before any other).
+  [ -n "$_failed" ] && stop_members $_failed
+  if [ "$1" -gt "$_cur" ]; then
+    start_members $(member_table | asg_to_start $(($1 - _cur)))
+  elif [ "$1" -lt "$_cur" ]; then
+    stop_members $(member_table | asg_to_stop $((_cur - $1)))
+  fi
+}
+
+# CPU: one sample per member in service per tick, "t_ms cpu_ns" lines, the last KEEP kept.
+sample_cpu() {
+  _t=$(now_ms)
+  _i=0
+  member_stats > stats.tmp
+  while read -r _n _st _cpu; do
+    [ "$(mstate "$_n")" = running ] || continue
+    if [ "$_st" != running ]; then
+      # Gone underneath the agent (crashed, destroyed by hand): Heat counts only live members.
+      lb_state "$_n" maint
+      set_mstate "$_n" stopped 0
+      rm -f "samples/$_n"
+      log "event=member-lost member=$_n domain=$_st"
+      continue
+    fi
+    echo "$_t $_cpu" >> "samples/$_n"
+    tail -n "$KEEP" "samples/$_n" > "samples/$_n.tmp" && mv -f "samples/$_n.tmp" "samples/$_n"
+  done < stats.tmp
+}
+
+# avg_cpu PERIOD_S -> "<avg percent> <members counted>" or "none 0" (insufficient data).
+# A member counts once its samples span the window (less one interval of slack).
+avg_cpu() {
+  _now=$(now_ms)
+  _need=$((($1 - INTERVAL) * 1000))
+  _sum=0 _cnt=0
+  for _n in $(in_service); do
+    [ -f "samples/$_n" ] || continue
+    _r=$(awk -v now="$_now" -v w="$(($1 * 1000))" -v need="$_need" '
+      { t[NR]=$1; c[NR]=$2 }
+      END { if (NR < 2) exit; last=NR; first=0
+            for (i=1;i<=NR;i++) if (t[i] >= now - w) { first=i; break }
+            if (first == 0 || first == last) exit
+            dt=t[last]-t[first]; if (dt < need || dt <= 0) exit
+            printf "%d\n", (c[last]-c[first]) / (dt * 10000) }' "samples/$_n")
+    [ -n "$_r" ] || continue
+    _sum=$((_sum + _r)) _cnt=$((_cnt + 1))
+  done
+  if [ "$_cnt" -eq 0 ]; then echo "none 0"; else echo "$((_sum / _cnt)) $_cnt"; fi
+}
+
+# Heat's adjust(): one signal for policy P (index) from SOURCE, received at RECEIVED_MS.
+signal() { # P SOURCE RECEIVED_MS INPUTS
+  eval "_pn=\$POLICY_${1}_NAME _pt=\$POLICY_${1}_TYPE _pa=\$POLICY_${1}_ADJ _pc=\$POLICY_${1}_COOLDOWN _ps=\$POLICY_${1}_STEP"
+  _cur=$(count_running)
+  _cd_end=$(getv cooldown_end 0)
+  _nows=$(date +%s)
+  _base="policy=$_pn source=$2 $4 current=$_cur type=$_pt adjustment=$_pa cooldown=$_pc cooldown_end=$_cd_end"
+  if [ "$3" -lt "$(getv scaling_finished_ms 0)" ] && [ "$3" -ge "$(getv scaling_started_ms 0)" ]; then
+    log "event=ignored reason=scaling-in-progress $_base"
+    return
+  fi
+  if [ "$_nows" -lt "$_cd_end" ]; then
+    [ "$2" = alarm ] && [ "$(getv last_ignored "")" = "$_pn" ] && return
+    setv last_ignored "$_pn"
+    log "event=ignored reason=in-cooldown remaining=$((_cd_end - _nows))s $_base"
+    return
+  fi
+  _new=$(asg_new_capacity "$_cur" "$_pa" "$_pt" "$_ps" "$MIN" "$MAX")
+  if [ "$_new" -eq "$_cur" ]; then
+    [ "$2" = alarm ] && [ "$(getv last_ignored "")" = "nochange-$_pn" ] && return
+    setv last_ignored "nochange-$_pn"
+    log "event=ignored reason=no-change new=$_new $_base"
+    return
+  fi
+  setv last_ignored ""
+  log "event=decision $_base new=$_new"
+  scale_to "$_new" "$_pc"
+}
+
+scale_to() { # NEW COOLDOWN_S
+  setv scaling_started_ms "$(now_ms)"
+  setv scaling_finished_ms 9999999999999
+  _before=$(count_running)
+  resize "$1"
+  _after=$(count_running)
+  setv scaling_finished_ms "$(now_ms)"
+  setv size "$_after"
+  if [ "$_after" -ne "$_before" ]; then
+    _end=$(($(date +%s) + $2))
+    _prev=$(getv cooldown_end 0)
+    [ "$_prev" -gt "$_end" ] && _end=$_prev
+    setv cooldown_end "$_end"
+    log "event=scaled from=$_before to=$_after cooldown_end=$_end"
+  else
+    log "event=scaled from=$_before to=$_after cooldown_end=$(getv cooldown_end 0) note=size-unchanged-no-cooldown"
+  fi
+}
+
+# The logs stay bounded: past 1 MiB, the last 5000 lines are kept (both are opened per write).
+trim_logs() {
+  for _f in decisions.log agent.err; do
+    [ -f "$_f" ] && [ "$(wc -c < "$_f")" -gt 1048576 ] && tail -n 5000 "$_f" > "$_f.tmp" && mv -f "$_f.tmp" "$_f"
+  done
+  return 0
+}
+
+write_status() {
+  trim_logs
+  {
+    echo "group=$GROUP"
+    echo "pid=$$"
+    echo "updated_ms=$(now_ms)"
+    echo "size=$(count_running)"
+    echo "min=$MIN"
+    echo "max=$MAX"
+    echo "cooldown_end=$(getv cooldown_end 0)"
+    echo "desired_generation=$(getv desired_gen 0)"
+    echo "avg_cpu=${AVG:-none}"
+    member_table | awk '{print "member=" $1 " " $2 " " $3}'
+  } > status.tmp && mv -f status.tmp status
+}
+
+# Start-up: what runs now is the truth (the agent may have been restarted); put the pool in step.
+reconcile_start() {
+  member_stats > stats.tmp
+  _i=0
+  while [ "$_i" -lt "$MAX" ]; do
+    _n=$(member_name $_i)
+    _st=$(awk -v n="$_n" '$1==n {print $2}' stats.tmp)
+    if [ "$_st" = running ]; then
+      if [ "$(mstate "$_n")" != running ]; then set_mstate "$_n" running "$(date +%s)"; fi
+      lb_state "$_n" ready
+    else
+      [ "$(mstate "$_n")" = stopped ] || log "event=member-lost member=$_n domain=${_st:-unknown}"
+      set_mstate "$_n" stopped 0
+      lb_state "$_n" maint
+    fi
+    _i=$((_i + 1))
+  done
+  log "event=agent-start pid=$$ size=$(count_running) members=$(in_service | tr '\n' ',')"
+}
+
+# The program's desired size (written by `pulumi up` when it changes): Heat's group update.
+program_desired() {
+  [ -f requests/desired ] || return
+  read -r _gen _want < requests/desired
+  [ "$_gen" = "$(getv desired_gen 0)" ] && return
+  setv desired_gen "$_gen"
+  _cur=$(count_running)
+  _want=$(asg_new_capacity "$_cur" "$_want" exact_capacity 0 "$MIN" "$MAX")
+  log "event=decision source=program desired=$_want generation=$_gen current=$_cur min=$MIN max=$MAX cooldown=$COOLDOWN"
+  scale_to "$_want" "$COOLDOWN"
+  # Heat: a create or update of the group starts a cooldown even without a size change.
+  _end=$(($(date +%s) + COOLDOWN))
+  [ "$(getv cooldown_end 0)" -gt "$_end" ] && _end=$(getv cooldown_end 0)
+  setv cooldown_end "$_end"
+}
+
+# Keep the group inside [MIN, MAX] (a lost member below MIN is replaced, as an update would).
+keep_bounds() {
+  _cur=$(count_running)
+  if [ "$_cur" -lt "$MIN" ]; then
+    log "event=decision source=min current=$_cur min=$MIN new=$MIN"
+    scale_to "$MIN" 0
+  elif [ "$_cur" -gt "$MAX" ]; then
+    log "event=decision source=max current=$_cur max=$MAX new=$MAX"
+    scale_to "$MAX" 0
+  fi
+}
+
+ALL_NAMES=$(_i=0; while [ "$_i" -lt "$MAX" ]; do member_name $_i; _i=$((_i + 1)); done | tr '\n' ' ')
+reconcile_start
+program_desired
+keep_bounds
+while :; do
+  _tick=$(date +%s)
+  program_desired
+  for _f in requests/signal.*; do
+    [ -f "$_f" ] || continue
+    _rest=${_f#requests/signal.}
+    _pname=${_rest%.*}
+    _rcv=${_rest##*.}
+    rm -f "$_f"
+    _p=0 _found=-1
+    while [ "$_p" -lt "$NPOLICIES" ]; do
+      [ "$(eval "echo \$POLICY_${_p}_NAME")" = "$_pname" ] && _found=$_p
+      _p=$((_p + 1))
+    done
+    if [ "$_found" -ge 0 ]; then
+      signal "$_found" manual "$_rcv" "by=kvmlab-asg-signal"
+    else
+      log "event=ignored reason=unknown-policy policy=$_pname source=manual"
+    fi
+  done
+  sample_cpu
+  AVG=none
+  _p=0
+  while [ "$_p" -lt "$NPOLICIES" ]; do
+    eval "_cmp=\$POLICY_${_p}_CMP _thr=\$POLICY_${_p}_THRESHOLD _per=\$POLICY_${_p}_PERIOD"
+    if [ "$_per" -gt 0 ]; then
+      set -- $(avg_cpu "$_per")
+      AVG=$1
+      if [ "$1" != none ] && asg_alarm_holds "$_cmp" "$1" "$_thr"; then
+        signal "$_p" alarm "$(now_ms)" "cpu_avg=$1 members_measured=$2 window=${_per}s alarm=$_cmp$_thr"
+      fi
+    fi
+    _p=$((_p + 1))
+  done
+  keep_bounds
+  write_status
+  _wait=$((_tick + INTERVAL - $(date +%s)))
+  [ "$_wait" -gt 0 ] && sleep "$_wait"
+done

@@ -1,0 +1,406 @@
+/**
+ * AutoscaleAgent provider (pure parts): check refusals name their field, the diff keeps Pulumi's
+ * semantics (a no-change up is no change, only the PROGRAM's desired size is compared, a dead
+ * agent found by refresh is a change), the step texts (quoting, the forced-command line), the
+ * agent.conf renderer refuses what could break out of its quotes, and the provider survives
+ * closure serialization.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import {
+  AUTOSCALE_SCRIPTS_SHA256,
+  autoscaleAgentProvider,
+  authorizeAgentStep,
+  checkAutoscaleAgentInputs,
+  desiredRequestStep,
+  diffAutoscaleAgent,
+  knownHostsContent,
+  parseAgentState,
+  signalStep,
+  startAgentStep,
+  type AutoscaleAgentInputs,
+  type AutoscaleAgentOutputs,
+  type HostConnection,
+} from "../../../provider";
+import { forcedCommandLine } from "../../../core/autoscale";
+import { loadBalancerPaths } from "../../../core/paths";
+import {
+  agentScript,
+  memberNames,
+  memberScript,
+  membersByHost,
+  renderAgentConfig,
+} from "../../../templates/autoscale";
+import { assertSerializable } from "../../harness/serialization";
+import { assertFieldError } from "../templates/support";
+import { testHost } from "./fixtures";
+
+const HOSTS: HostConnection[] = [testHost("hv1", 1), testHost("hv2", 2)];
+const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv6k0Zq2Yy0w5VQ0m2Zs0vZ0w5VQ0m2Zs0vZ0w5VQ0m kvmlab-asg:web";
+
+function conf(over: Record<string, unknown> = {}): string {
+  return renderAgentConfig({
+    name: "web",
+    min: 1,
+    max: 3,
+    desired: 1,
+    cooldown: 30,
+    policies: [
+      {
+        name: "scale_out",
+        adjustmentType: "change_in_capacity",
+        scalingAdjustment: 1,
+        alarm: { comparison: "gt", threshold: 50, periodSec: 20 },
+      },
+      {
+        name: "scale_in",
+        adjustmentType: "change_in_capacity",
+        scalingAdjustment: -1,
+        cooldown: 60,
+        alarm: { comparison: "lt", threshold: 15, periodSec: 20 },
+      },
+    ],
+    members: memberNames("web", 3).map((name, i) => ({
+      name,
+      ip: `10.61.0.${10 + i}`,
+      host: i % 2 === 0 ? "hv1" : "hv2",
+      hostAddress: `10.255.0.1${(i % 2) + 1}`,
+      hostPort: 22,
+      hostUser: "root",
+    })),
+    pool: {
+      socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock",
+      backend: "web:http",
+      namespace: loadBalancerPaths("web-lb").namespace,
+      healthPort: 80,
+      healthPath: "/health",
+    },
+    ...over,
+  } as never);
+}
+
+function raw(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    groupName: "web",
+    hosts: HOSTS,
+    controllerHost: "hv1",
+    agentConfig: conf(),
+    membersByHost: { hv1: ["web-0", "web-2"], hv2: ["web-1"] },
+    desired: 1,
+    min: 1,
+    max: 3,
+    ...over,
+  };
+}
+
+function outputs(inputs: Record<string, unknown>, running = true): AutoscaleAgentOutputs {
+  return {
+    ...(inputs as unknown as AutoscaleAgentInputs),
+    agentPublicKey: KEY,
+    desiredGeneration: 1,
+    agentPid: 42,
+    currentSize: 3,
+    members: ["web-0", "web-1", "web-2"],
+    hostKeys: {},
+    scriptsSha256: AUTOSCALE_SCRIPTS_SHA256,
+    realized: { agentRunning: running, currentSize: 3, members: [], slots: {}, cooldownEnd: 0 },
+  };
+}
+
+test("agent.conf: every value is plain; the policies, members and pool are all there", () => {
+  const c = conf();
+  assert.match(c, /^GROUP='web'$/m);
+  assert.match(c, /^POLICY_1_COOLDOWN=60$/m, "a policy's own cooldown");
+  assert.match(c, /^POLICY_0_COOLDOWN=30$/m, "the group's cooldown for a policy without one");
+  assert.match(c, /^MEMBER_2_HOST='hv1'$/m);
+  assert.match(c, /^MEMBER_HOST_INDEXES='0 1'$/m, "one member per host to ask for stats");
+  assert.match(c, /^LB_BACKEND='web:http'$/m);
+  assert.match(c, /^KEEP=7$/m);
+  // Sourcing it in sh gives back exactly these values.
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const r = spawnSync(
+    "sh",
+    ["-c", 'eval "$(cat)"; echo "$GROUP $MAX $MEMBER_1_IP $HEALTH_PATH $POLICY_0_CMP"'],
+    { input: c, encoding: "utf8" },
+  );
+  assert.equal(r.stdout.trim(), "web 3 10.61.0.11 /health gt");
+});
+
+test("agent.conf refuses values that could break out of their quotes, naming the field", () => {
+  const members = (over: Record<string, unknown>) =>
+    memberNames("web", 3).map((name, i) => ({
+      name,
+      ip: `10.61.0.${10 + i}`,
+      host: "hv1",
+      hostAddress: "10.0.0.1",
+      hostPort: 22,
+      hostUser: "root",
+      ...over,
+    }));
+  assertFieldError(() => conf({ members: members({ host: "hv1'; rm -rf /; '" }) }), "members[0].host");
+  assertFieldError(() => conf({ members: members({ ip: "10.0.0.1 x" }) }), "members[0].ip");
+  assertFieldError(() => conf({ members: members({ hostUser: "root;id" }) }), "members[0].hostUser");
+  assertFieldError(() => conf({ members: members({}).slice(0, 2) }), "members");
+  assertFieldError(
+    () =>
+      conf({
+        pool: { socket: "/x'y", backend: "web:http", namespace: "n", healthPort: 80, healthPath: "/" },
+      }),
+    "pool.socket",
+  );
+  assertFieldError(
+    () =>
+      conf({
+        pool: { socket: "/x", backend: "web:http", namespace: "n", healthPort: 80, healthPath: "/$(id)" },
+      }),
+    "pool.healthPath",
+  );
+  assertFieldError(() => conf({ interval: 0 }), "interval");
+});
+
+test("check: defaults pass; every refusal names its field", async () => {
+  assert.deepEqual(checkAutoscaleAgentInputs(raw()).failures, []);
+  const bad: [Record<string, unknown>, string][] = [
+    [{ groupName: "Web" }, "groupName"],
+    [{ controllerHost: "hv9" }, "controllerHost"],
+    [{ desired: 4 }, "desired"],
+    [{ min: 4 }, "min"],
+    [{ membersByHost: { hv9: ["web-0"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web 0"] } }, "membersByHost"],
+    // Only this group's slots, below max, each once (a raw resource must not reach other domains).
+    [{ membersByHost: { hv1: ["other-vm"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web-3"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web-0"], hv2: ["web-0"] } }, "membersByHost"],
+    [{ membersByHost: { hv1: ["web-01"] } }, "membersByHost"],
+    // agent.conf is sourced as root: re-parsed against the allow-list and the inputs.
+    [{ agentConfig: `${conf()}id\n` }, "agentConfig"],
+    [{ agentConfig: `${conf()}PATH='/tmp'\n` }, "agentConfig"],
+    [{ agentConfig: conf().replace(/LB_NS='[^']*'/, "LB_NS='$(id)'") }, "agentConfig"],
+    // Values that pass the quoting but not their key's rule (the renderer's rules).
+    [{ agentConfig: conf().replace("MEMBER_0_USER='root'", "MEMBER_0_USER='-F/tmp/x'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("MEMBER_0_IP='10.61.0.10'", "MEMBER_0_IP='10.61.0'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("INTERVAL=5", "INTERVAL=0") }, "agentConfig"],
+    [{ agentConfig: conf().replace("HEALTH_PATH='/health'", "HEALTH_PATH='health'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("POLICY_0_CMP='gt'", "POLICY_0_CMP='xx'") }, "agentConfig"],
+    [
+      { agentConfig: conf().replace("MEMBER_1_ADDR='10.255.0.12'", "MEMBER_1_ADDR='10.9.9.9'") },
+      "agentConfig",
+    ],
+    [{ agentConfig: conf().replace("NPOLICIES=2", "NPOLICIES=1") }, "agentConfig"],
+    [{ agentConfig: conf().replace(/LB_NS='[^']*'/, "LB_NS='qlbaas-1234'") }, "agentConfig"],
+    [{ agentConfig: conf().replace("MEMBER_1_NAME='web-1'", "MEMBER_1_NAME='db-0'") }, "agentConfig"],
+    [{ agentConfig: `${conf()}MIN=1\n` }, "agentConfig"],
+    [{ max: 2, membersByHost: { hv1: ["web-0"], hv2: ["web-1"] } }, "agentConfig"],
+    [{ agentConfig: conf().replace(/LB_SOCKET='[^']*'/, "LB_SOCKET='/run/other.sock'") }, "agentConfig"],
+  ];
+  for (const [over, field] of bad) {
+    const f = checkAutoscaleAgentInputs(raw(over)).failures;
+    assert.ok(
+      f.some((x) => x.property === field),
+      `${JSON.stringify(over)} refused on ${field}: ${JSON.stringify(f)}`,
+    );
+  }
+});
+
+test("diff: no change is no change; desired compares the program's values only; a dead agent is a change", () => {
+  const i = checkAutoscaleAgentInputs(raw()).inputs;
+  const olds = outputs(i);
+  // The agent scaled to 3 by itself: the program still says 1 and so did the last up.
+  assert.equal(diffAutoscaleAgent(olds, i as never).changes, false);
+  const more = checkAutoscaleAgentInputs(raw({ desired: 2 })).inputs;
+  const d = diffAutoscaleAgent(olds, more as never);
+  assert.equal(d.changes, true);
+  assert.deepEqual(d.replaces, []);
+  assert.equal(
+    diffAutoscaleAgent(outputs(i, false), i as never).changes,
+    true,
+    "refresh found the agent dead",
+  );
+  const moved = checkAutoscaleAgentInputs(raw({ controllerHost: "hv2" })).inputs;
+  assert.deepEqual(diffAutoscaleAgent(olds, moved as never).replaces, ["controllerHost"]);
+  const conf2 = checkAutoscaleAgentInputs(raw({ agentConfig: conf({ cooldown: 99 }) })).inputs;
+  assert.equal(diffAutoscaleAgent(olds, conf2 as never).changes, true);
+  // The scripts are the provider's own; a state written with other scripts is an update.
+  assert.equal(olds.scriptsSha256, AUTOSCALE_SCRIPTS_SHA256);
+  assert.equal(diffAutoscaleAgent({ ...olds, scriptsSha256: "0".repeat(64) }, i as never).changes, true);
+  assert.equal(Object.keys(i).includes("agentScript"), false, "no script is an input");
+});
+
+test("steps: the forced-command line, desired requests, signals and the agent start are quoted and bounded", () => {
+  const line = forcedCommandLine("web", KEY, "10.255.0.11");
+  assert.equal(
+    line,
+    `from="10.255.0.11",restrict,command="/bin/sh /var/lib/kvmlab/asg/web/member.sh" ssh-ed25519 ${KEY.split(" ")[1]} kvmlab-asg:web`,
+  );
+  assert.throws(() => forcedCommandLine("web", "ssh-rsa AAAA", "10.0.0.1"), /unexpected agent key line/);
+  assert.throws(
+    () => forcedCommandLine("web", 'ssh-ed25519 AAAA" x', "10.0.0.1"),
+    /unexpected agent key line/,
+  );
+  assert.throws(() => forcedCommandLine("web", KEY, '10.0.0.1",command="id'), /invalid controller address/);
+  const auth = authorizeAgentStep("/root/.ssh/authorized_keys", "web", KEY, "10.255.0.11").script;
+  assert.match(auth, /\$NF != tag/, "an older line of the group is replaced");
+  assert.match(desiredRequestStep("web", 2, 3).script, /echo 2 3 > /);
+  assert.throws(() => desiredRequestStep("web", 0, 3));
+  assert.throws(() => signalStep("web", "up; id"), /invalid policy name/);
+  const start = startAgentStep("web", true).script;
+  assert.match(start, /setsid \/bin\/sh "\$d\/agent.sh" "\$d" <\/dev\/null/);
+  assert.match(start, /systemd-run --quiet --unit=kvmlab-asg-web --property=Restart=always/);
+  assert.throws(() => startAgentStep("Web; id", false), /invalid group name/);
+  assert.equal(
+    knownHostsContent([
+      { address: "10.0.0.1", port: 22, keys: ["ssh-ed25519 AAAA", "bad key line!"] },
+      { address: "10.0.0.2", port: 2222, keys: ["ssh-ed25519 BBBB"] },
+    ]),
+    "10.0.0.1 ssh-ed25519 AAAA\n[10.0.0.2]:2222 ssh-ed25519 BBBB\n",
+  );
+  assert.deepEqual(
+    membersByHost([
+      { name: "web-0", host: "hv1" },
+      { name: "web-1", host: "hv2" },
+      { name: "web-2", host: "hv1" },
+    ]),
+    {
+      hv1: ["web-0", "web-2"],
+      hv2: ["web-1"],
+    },
+  );
+});
+
+test("the agent's status file parses into size, members and slots", () => {
+  const s = parseAgentState(
+    [
+      "present=yes",
+      "running=no",
+      "agentpid=",
+      "status.size=2",
+      "status.cooldown_end=1700000000",
+      "status.avg_cpu=37",
+      "status.member=web-0 running 100",
+      "status.member=web-1 stopped 0",
+      "status.member=web-2 running 200",
+      "log=ts=1 event=decision",
+    ].join("\n"),
+  );
+  assert.equal(s.present, true);
+  assert.equal(s.running, false);
+  assert.equal(s.size, 2);
+  assert.deepEqual(s.members, ["web-0", "web-2"]);
+  assert.deepEqual(s.slots, { "web-0": "running", "web-1": "stopped", "web-2": "running" });
+  assert.equal(s.cooldownEnd, 1700000000);
+  assert.deepEqual(s.log, ["ts=1 event=decision"]);
+});
+
+test("the provider survives closure serialization", async () => {
+  const { provider } = await assertSerializable(autoscaleAgentProvider, {
+    methods: ["check", "diff", "create", "read", "update", "delete"],
+    forbid: [/handlebars/],
+  });
+  const check = provider.check as (o: object, n: object) => Promise<{ failures: { property: string }[] }>;
+  const r = await check({}, raw({ desired: 9 }));
+  assert.ok(r.failures.some((f) => f.property === "desired"));
+});
+
+test('Server powerState "external": accepted, never started or stopped by an update, its power state is not drift', () => {
+  const { checkServerInputs, diffServer, planUpdate } =
+    require("../../../provider") as typeof import("../../../provider");
+  const { serverRaw } = require("./fixtures") as typeof import("./fixtures");
+  const r = checkServerInputs({ ...serverRaw(HOSTS), powerState: "external" });
+  assert.deepEqual(r.failures, []);
+  const inputs = r.inputs as never as import("../../../provider").ServerInputs;
+  for (const actual of ["running", "stopped"]) {
+    const olds = { ...inputs, actualPowerState: actual, domainType: "qemu" } as never;
+    assert.equal(diffServer(olds, inputs).changes, false, `an agent-${actual} member is no drift`);
+    assert.equal(planUpdate(olds, inputs).power, "", "an update never powers it");
+  }
+  const plain = checkServerInputs({ ...serverRaw(HOSTS), powerState: "stopped" })
+    .inputs as never as import("../../../provider").ServerInputs;
+  const drifted = { ...plain, actualPowerState: "running", domainType: "qemu" } as never;
+  assert.equal(diffServer(drifted, plain).changes, true, "a stopped server found running still drifts");
+});
+
+const STACK_OWNER = "proj/dev/AutoscaleAgent/web-agent";
+
+/** Replaces the host session with a recorder: every batch of steps, per host, answered by label. */
+function recordHosts(): {
+  batches: { host: string; steps: { label: string; script: string }[] }[];
+  restore: () => void;
+} {
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const saved = { ...session };
+  const batches: { host: string; steps: { label: string; script: string }[] }[] = [];
+  const answers: [RegExp, string][] = [
+    [/^prepare the agent folder/, KEY],
+    [/^read the destination/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\nakf=/root/.ssh/authorized_keys"],
+    [/^read group web/, "present=yes\nrunning=yes\nagentpid=42\nstatus.size=1"],
+    [/^claim /, "claimed"],
+  ];
+  const run = (h: HostConnection, steps: readonly { label?: string; script: string }[]) => {
+    batches.push({ host: h.name, steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })) });
+    return steps.map((s) => answers.find(([re]) => re.test(s.label ?? ""))?.[1] ?? "");
+  };
+  session.runSteps = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
+    run(h, steps).map((stdout) => ({ code: 0, stdout, stderr: "" }));
+  session.runChecked = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
+    run(h, steps);
+  session.runLocked = session.runChecked;
+  return { batches, restore: () => Object.assign(session, saved) };
+}
+
+test("create: each member server is checked to be this stack's before the forced command lands; the key line has from=; the scripts installed are the package's", async () => {
+  const rec = recordHosts();
+  try {
+    const direct = checkAutoscaleAgentInputs(raw()).inputs;
+    await assert.rejects(autoscaleAgentProvider.create!(direct as never), /never for a raw provider call/);
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER }))
+      .inputs as unknown as AutoscaleAgentInputs;
+    await autoscaleAgentProvider.create!(i as never);
+    const labels = (h: string) => rec.batches.filter((b) => b.host === h).flatMap((b) => b.steps);
+    for (const [h, names] of Object.entries(i.membersByHost)) {
+      const steps = labels(h);
+      const auth = steps.findIndex((s) => s.label.startsWith("authorize group web"));
+      assert.ok(auth > 0, `${h}: the key is authorized`);
+      assert.match(steps[auth].script, /from="10\.255\.0\.1[0-9]*",restrict,command=/);
+      assert.ok(steps[auth].script.includes(`from="${HOSTS[0].address}"`), "from= the controller (hv1)");
+      for (const n of names) {
+        const check = steps.findIndex((s) => s.label === `check that server ${n} is this stack's`);
+        assert.ok(check >= 0 && check < auth, `${h}: ${n}'s owner is checked before the key lands`);
+      }
+      const up = steps.find((s) => s.label.endsWith("/member.sh"));
+      const b64 = Buffer.from(memberScript(), "utf8").toString("base64").slice(0, 60);
+      assert.ok(up?.script.includes(b64), `${h}: the package's member.sh is installed`);
+    }
+    const lbCheck = labels("hv1").findIndex(
+      (s) => s.label === "check that load balancer web-lb is this stack's",
+    );
+    assert.ok(lbCheck >= 0, "the load balancer the agent drives is checked to be this stack's");
+    assert.ok(
+      lbCheck < labels("hv1").findIndex((s) => s.label.endsWith("/agent.sh")),
+      "before the agent lands",
+    );
+    const agentUp = labels("hv1").find((s) => s.label.endsWith("/agent.sh"));
+    assert.ok(agentUp?.script.includes(Buffer.from(agentScript(), "utf8").toString("base64").slice(0, 60)));
+  } finally {
+    rec.restore();
+  }
+});
+
+test("update: a host new to the group is claimed (not adopted); a host it left loses the key and its owner marker", async () => {
+  const rec = recordHosts();
+  try {
+    const hosts = [...HOSTS, testHost("hv3", 3)];
+    const olds = outputs(checkAutoscaleAgentInputs(raw({ hosts, owner: STACK_OWNER })).inputs);
+    const news = checkAutoscaleAgentInputs(
+      raw({ hosts, owner: STACK_OWNER, membersByHost: { hv1: ["web-0", "web-2"], hv3: ["web-1"] } }),
+    ).inputs;
+    await autoscaleAgentProvider.update!("web", olds as never, news as never);
+    const on = (h: string) =>
+      rec.batches.filter((b) => b.host === h).flatMap((b) => b.steps.map((s) => s.label));
+    assert.ok(on("hv3").includes(`claim autoscale group web for ${(news as { owner: string }).owner}`));
+    assert.ok(on("hv2").some((l) => l.startsWith("remove group web's agent key")));
+    assert.ok(on("hv2").includes("release the owner marker of autoscale group web"));
+    assert.ok(!on("hv1").some((l) => l.startsWith("release the owner marker")), "the controller keeps it");
+  } finally {
+    rec.restore();
+  }
+});

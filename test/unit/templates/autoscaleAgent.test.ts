@@ -1,0 +1,324 @@
+/**
+ * The scaling agent (templates/autoscale/agent.sh) run for real against simulated hosts: its
+ * own member command (member.sh, reached through a fake `ssh` that sets SSH_ORIGINAL_COMMAND as
+ * sshd does), a fake `virsh` whose domains burn CPU when told, a fake haproxy runtime socket
+ * (`socat`) that records every command, and a fake health check (`ip netns exec … busybox wget`)
+ * that answers once a domain runs. Nothing leaves a temporary folder. Short windows (5 s),
+ * cooldowns (3 s), interval 1 s.
+ *
+ * Proves, end to end in the agent: CPU above the threshold scales out one member at a time up
+ * to max, never inside a cooldown; idle CPU scales in, oldest first, down to min; each new
+ * member joins the pool only after its health check, each leaving one is drained, then put in
+ * maint, then stopped; every decision is logged with its inputs; a manual signal inside the
+ * cooldown is ignored and logged; the program's desired size is applied once per generation.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { agentScript, memberNames, memberScript, renderAgentConfig } from "../../../templates/autoscale";
+
+const FAKE_SSH = `#!/bin/sh
+# fake ssh: skip options, then user@host, then run the forced command as sshd would
+# (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
+case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
+while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) shift; break ;; *) shift ;; esac; done
+SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
+`;
+const FAKE_VIRSH = `#!/bin/sh
+# fake virsh: domains are files $SIM/dom/<name> holding "state cpu_ns last_ms"
+# the member command must pin the system libvirt on every call
+[ "$1 $2" = "-c qemu:///system" ] || { echo "virsh called without -c qemu:///system: $*" >&2; exit 99; }
+shift 2
+now=$(date +%s%3N)
+load=$(cat "$SIM/load" 2>/dev/null || echo 0)
+tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; echo "$st $cpu $now" > "$SIM/dom/$1"; }
+[ "$1" = -q ] && shift
+case $1 in
+  start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "running $cpu $now" > "$SIM/dom/$2"; echo "$now $2" >> "$SIM/started" ;;
+  destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "shut-off $cpu $now" > "$SIM/dom/$2" ;;
+  domstate) read -r st cpu last < "$SIM/dom/$2"; [ "$st" = running ] && echo running || echo "shut off" ;;
+  domstats)
+    for f in "$SIM"/dom/*; do n=\${f##*/}; tick "$n"; read -r st cpu last < "$f"
+      echo "Domain: '$n'"; [ "$st" = running ] && echo "  state.state=1" || echo "  state.state=5"; echo "  cpu.time=$cpu"; echo; done ;;
+esac
+`;
+const FAKE_SOCAT = `#!/bin/sh
+# fake haproxy runtime socket: record the command; "show stat" has no sessions
+read -r cmd; echo "$(date +%s%3N) $cmd" >> "$SIM/haproxy.log"
+`;
+const FAKE_IP = `#!/bin/sh
+# fake "ip netns exec NS cmd...": run cmd here
+shift 3; exec "$@"
+`;
+const FAKE_BUSYBOX = `#!/bin/sh
+# fake "busybox wget ... http://IP:PORT/path": healthy when the domain of that IP runs
+# (Debian 12's busybox 1.35 wget segfaults with -T: the real one exits 139 on it, so does this)
+for a in "$@"; do [ "$a" = -T ] && exit 139; done
+for a in "$@"; do case $a in http://*) url=$a ;; esac; done
+ip=\${url#http://}; ip=\${ip%%:*}
+n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
+read -r st cpu last < "$SIM/dom/$n"; [ "$st" = running ]
+`;
+
+function write(file: string, text: string, mode = 0o755): void {
+  fs.writeFileSync(file, text, { mode });
+}
+
+interface Entry {
+  [k: string]: string;
+}
+function parseLog(text: string): Entry[] {
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("ts="))
+    .map((l) =>
+      Object.fromEntries(l.split(" ").map((w) => [w.slice(0, w.indexOf("=")), w.slice(w.indexOf("=") + 1)])),
+    );
+}
+
+async function until(what: string, f: () => boolean, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+test(
+  "the agent scales out on CPU and in when idle, with Heat's cooldowns and member order and pool drain",
+  { timeout: 180_000 },
+  async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-agent-"));
+    const dir = path.join(root, "asg");
+    const sim = path.join(root, "sim");
+    const bin = path.join(root, "bin");
+    for (const d of [
+      dir,
+      sim,
+      bin,
+      path.join(sim, "dom"),
+      path.join(sim, "kvmlab", "asg", "web"),
+      path.join(sim, "kvmlab", "owners", "server"),
+      path.join(dir, "requests"),
+    ])
+      fs.mkdirSync(d, { recursive: true });
+    const names = memberNames("web", 3);
+    const ips = names.map((_, i) => `10.61.0.${10 + i}`);
+    for (const n of names) write(path.join(sim, "dom", n), "shut-off 0 0\n", 0o644);
+    write(path.join(sim, "ips"), names.map((n, i) => `${ips[i]} ${n}`).join("\n") + "\n", 0o644);
+    const hostDir = path.join(sim, "kvmlab", "asg", "web");
+    write(path.join(hostDir, "member.sh"), memberScript());
+    write(path.join(hostDir, "members"), names.join("\n") + "\n", 0o644);
+    write(path.join(hostDir, "stack"), "proj/dev\n", 0o644);
+    // The servers' owner markers (the member command re-checks them at every start and stop).
+    for (const n of names)
+      write(path.join(sim, "kvmlab", "owners", "server", `${n}.owner`), `proj/dev/Server/${n}\n`, 0o644);
+    write(path.join(bin, "ssh"), FAKE_SSH);
+    write(path.join(bin, "virsh"), FAKE_VIRSH);
+    write(path.join(bin, "socat"), FAKE_SOCAT);
+    write(path.join(bin, "ip"), FAKE_IP);
+    write(path.join(bin, "busybox"), FAKE_BUSYBOX);
+    write(path.join(dir, "agent.sh"), agentScript());
+    write(
+      path.join(dir, "agent.conf"),
+      renderAgentConfig({
+        name: "web",
+        min: 1,
+        max: 3,
+        desired: 1,
+        cooldown: 3,
+        interval: 1,
+        bootTimeout: 20,
+        drainTimeout: 1,
+        policies: [
+          {
+            name: "scale_out",
+            adjustmentType: "change_in_capacity",
+            scalingAdjustment: 1,
+            alarm: { comparison: "gt", threshold: 50, periodSec: 5 },
+          },
+          {
+            name: "scale_in",
+            adjustmentType: "change_in_capacity",
+            scalingAdjustment: -1,
+            alarm: { comparison: "lt", threshold: 15, periodSec: 5 },
+          },
+        ],
+        members: names.map((name, i) => ({
+          name,
+          ip: ips[i],
+          host: "hv1",
+          hostAddress: "192.0.2.1",
+          hostPort: 22,
+          hostUser: "root",
+        })),
+        pool: {
+          socket: "/run/fake.sock",
+          backend: "web:http",
+          namespace: "qlbaas-test",
+          healthPort: 80,
+          healthPath: "/health",
+        },
+      }),
+      0o644,
+    );
+    write(path.join(dir, "requests", "desired"), "1 1\n", 0o644);
+    const agent = spawn("sh", [path.join(dir, "agent.sh"), dir], {
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, SIM: sim },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    agent.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
+    const status = (): { size: number; running: string[] } => {
+      const t = fs.existsSync(path.join(dir, "status"))
+        ? fs.readFileSync(path.join(dir, "status"), "utf8")
+        : "";
+      return {
+        size: Number(/^size=(\d+)$/m.exec(t)?.[1] ?? -1),
+        running: [...t.matchAll(/^member=(\S+) running /gm)].map((m) => m[1]),
+      };
+    };
+    const log = (): Entry[] =>
+      parseLog(
+        fs.existsSync(path.join(dir, "decisions.log"))
+          ? fs.readFileSync(path.join(dir, "decisions.log"), "utf8")
+          : "",
+      );
+    try {
+      await until("size 1", () => status().size === 1, 20_000);
+      assert.deepEqual(status().running, ["web-0"]);
+      // A manual signal for an unknown policy, then load.
+      write(path.join(dir, "requests", `signal.nosuch.${Date.now()}`), "", 0o644);
+      write(path.join(sim, "load"), "100\n", 0o644);
+      await until("size 3", () => status().size === 3, 60_000);
+      // A manual scale_out inside the cooldown that followed is ignored.
+      write(path.join(dir, "requests", `signal.scale_in.${Date.now()}`), "", 0o644);
+      await until(
+        "the manual signal handled",
+        () => log().some((e) => e.source === "manual" && e.policy === "scale_in"),
+        10_000,
+      );
+      write(path.join(sim, "load"), "0\n", 0o644);
+      await until("size 1 again", () => status().size === 1, 60_000);
+      // The program asks for 2 (generation 2): applied once, whatever the alarms say.
+      write(path.join(dir, "requests", "desired"), "2 2\n", 0o644);
+      await until(
+        "size 2 from the program",
+        () => log().some((e) => e.source === "program" && e.generation === "2"),
+        20_000,
+      );
+    } finally {
+      agent.kill("SIGTERM");
+    }
+    assert.equal(stderr.trim(), "", "the agent wrote nothing to stderr");
+    const entries = log();
+    console.log(
+      entries
+        .map((e) =>
+          Object.entries(e)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(" "),
+        )
+        .join("\n"),
+    );
+    // No decision inside a cooldown.
+    let cooldownEnd = 0;
+    let lastScaledMs = 0;
+    for (const e of entries) {
+      if (e.event === "decision" && e.policy !== undefined) {
+        assert.ok(
+          Math.floor(Number(e.ts) / 1000) >= cooldownEnd,
+          `decision ${e.ts} inside the cooldown ending ${cooldownEnd}`,
+        );
+        assert.ok(Number(e.ts) > lastScaledMs);
+        assert.match(e.cpu_avg ?? e.by ?? "", /\S/, "a decision names its input");
+      }
+      if (e.event === "scaled") {
+        cooldownEnd = Number(e.cooldown_end);
+        lastScaledMs = Number(e.ts);
+      }
+    }
+    const decisions = entries.filter((e) => e.event === "decision" && e.policy !== undefined);
+    assert.deepEqual(
+      decisions.map((e) => `${e.policy} ${e.current}->${e.new}`),
+      ["scale_out 1->2", "scale_out 2->3", "scale_in 3->2", "scale_in 2->1"],
+    );
+    assert.ok(entries.some((e) => e.event === "ignored" && e.reason === "unknown-policy"));
+    assert.ok(
+      entries.some((e) => e.event === "ignored" && e.reason === "in-cooldown" && e.source === "manual"),
+      "the manual signal inside the cooldown is ignored",
+    );
+    assert.ok(
+      entries.some((e) => e.event === "ignored" && e.reason === "in-cooldown" && e.source === "alarm"),
+      "alarms repeat and are ignored inside the cooldown",
+    );
+    // Oldest first: web-0 went in first, then web-1.
+    const stops = entries.filter((e) => e.action === "stop").map((e) => e.member);
+    assert.deepEqual(stops.slice(0, 2), ["web-0", "web-1"]);
+    // Pool: ready only after the health check; drain, then maint, then stop.
+    const hap = fs
+      .readFileSync(path.join(sim, "haproxy.log"), "utf8")
+      .split("\n")
+      .filter((l) => l.includes("set server"));
+    const started = fs
+      .readFileSync(path.join(sim, "started"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "");
+    for (const m of ["web-1", "web-2"]) {
+      const startedAt = Number(started.find((l) => l.endsWith(` ${m}`))?.split(" ")[0]);
+      const ready = hap.find(
+        (l) => l.endsWith(`web:http/${m} state ready`) && Number(l.split(" ")[0]) >= startedAt,
+      );
+      assert.ok(ready, `${m} put in the pool after it started`);
+    }
+    for (const m of ["web-0", "web-1"]) {
+      const seq = hap.filter((l) => l.includes(`web:http/${m} `)).map((l) => l.split(" ").pop());
+      const drainAt = seq.lastIndexOf("drain");
+      assert.ok(drainAt >= 0 && seq[drainAt + 1] === "maint", `${m}: drain then maint (${seq.join(",")})`);
+      const drainTs = entries.find((e) => e.action === "drain" && e.member === m)?.ts;
+      const stopTs = entries.find((e) => e.action === "stop" && e.member === m)?.ts;
+      assert.ok(Number(drainTs) < Number(stopTs), `${m} drained before it stopped`);
+    }
+    // The program's desired size: one decision for generation 2, applied.
+    assert.equal(entries.filter((e) => e.source === "program" && e.generation === "2").length, 1);
+    fs.rmSync(root, { recursive: true, force: true });
+  },
+);
+
+test("the member command re-checks each server's owner marker at start and stop (another stack's domain with a listed name is refused)", () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-member-"));
+  try {
+    const here = path.join(root, "kvmlab", "asg", "web");
+    const owners = path.join(root, "kvmlab", "owners", "server");
+    const bin = path.join(root, "bin");
+    for (const d of [here, owners, bin]) fs.mkdirSync(d, { recursive: true });
+    write(path.join(here, "member.sh"), memberScript());
+    write(path.join(here, "members"), "web-0\nweb-1\nweb-2\n", 0o644);
+    write(path.join(here, "stack"), "proj/dev\n", 0o644);
+    write(path.join(owners, "web-0.owner"), "proj/dev/Server/web-0\n", 0o644);
+    write(path.join(owners, "web-1.owner"), "proj/other/Server/web-1\n", 0o644);
+    // web-2: no marker at all. virsh here records what it was asked and says "shut off".
+    write(path.join(bin, "virsh"), `#!/bin/sh\necho "$*" >> ${root}/virsh.log\necho "shut off"\n`);
+    const run = (cmd: string) =>
+      spawnSync("/bin/sh", [path.join(here, "member.sh")], {
+        env: { PATH: `${bin}:/usr/bin:/bin`, SSH_ORIGINAL_COMMAND: cmd },
+        encoding: "utf8",
+      });
+    assert.equal(run("start web-0").status, 0, "this stack's server starts");
+    for (const cmd of ["start web-1", "stop web-1", "start web-2", "stop web-2"]) {
+      const r = run(cmd);
+      assert.equal(r.status, 64, `${cmd} refused: ${r.stderr}`);
+      assert.match(r.stderr, /owner marker/);
+    }
+    const log = fs.readFileSync(path.join(root, "virsh.log"), "utf8");
+    assert.doesNotMatch(log, /web-1|web-2/, "virsh never touched another stack's or an unmarked domain");
+    fs.writeFileSync(path.join(here, "stack"), "proj/*\n");
+    assert.equal(run("start web-0").status, 64, "a stack file with a pattern character is refused");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
