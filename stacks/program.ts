@@ -28,6 +28,7 @@ import { Network } from "../components/network";
 import type { SandboxStatus } from "../components/sandbox";
 import { Server } from "../components/server";
 import { ThreeTierApp } from "../components/threeTierApp";
+import { Volume } from "../components/volume";
 
 export interface ApplyLabOptions {
   /** The hosts (kvmlab:hosts, the lab's own, or the sandbox's). */
@@ -316,6 +317,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     );
   };
   const servers: Record<string, Server> = {};
+  const volumes: Record<string, Volume> = {};
   const floatingIps: Record<string, pulumi.Output<string>> = {};
   for (const s of plan.servers) {
     if (members.has(s.name)) continue;
@@ -470,6 +472,39 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     loadBalancers[app.was.loadBalancer!] = a.wasLoadBalancer;
     floatingIps[`${app.name}-web`] = a.webFloatingIp;
     floatingIps[`${app.name}-bastion`] = a.bastionAddress;
+  }
+
+  // ---- volumes: each on its own host or its server's, attached in the order of the server's
+  // `volumes` list (each attach waits for the one before), so the guest's devices are vdb, vdc, …
+  // as `kvmlab render` writes them; detached volumes live on their `host`.
+  const attachedFirst = [
+    ...lab.servers.flatMap((s) => s.volumes.map((n) => lab.volumes.find((v) => v.name === n)!)),
+    ...lab.volumes.filter((v) => !lab.servers.some((s) => s.volumes.includes(v.name))),
+  ];
+  for (const v of attachedFirst) {
+    const holder = lab.servers.find((s) => s.volumes.includes(v.name));
+    const server = holder ? servers[holder.name] : undefined;
+    if (holder && !server)
+      throw new Error(
+        `volumes.${v.name}: server ${holder.name} is not built by the lab program; attach the volume to a server of servers[], or leave it detached (host:)`,
+      );
+    const before = holder ? holder.volumes.slice(0, holder.volumes.indexOf(v.name)) : [];
+    volumes[v.name] = new Volume(
+      v.name,
+      {
+        volumeName: v.name,
+        sizeGiB: v.sizeGiB,
+        provisioning: v.provisioning,
+        ...(v.image !== null ? { image: images[v.image].imageName } : {}),
+        ...(server ? { server } : {}),
+        ...(v.host !== null ? { host: v.host } : holder?.host ? { host: holder.host } : {}),
+        project: projectOf(v.project),
+        ...discovery,
+      },
+      {
+        dependsOn: [...(v.image !== null ? [images[v.image]] : []), ...before.map((b) => volumes[b])],
+      },
+    );
   }
 
   // ---- load balancers not in apps

@@ -20,6 +20,7 @@ import { imageStorePaths, networkDevices } from "../../../core/paths";
 import { routerInterfaceNames, routerNames } from "../../../core/router";
 import { checkRouterInputs } from "../../../provider/router";
 import { renderLab } from "../../../lab/artifacts";
+import { volumeDiskXml, volumeFormat, volumePath } from "../../../core/volume";
 import type { loadLab } from "../../../lab/parse";
 import type { SandboxStatus } from "../../../components/sandbox";
 import { repoRoot } from "../templates/support";
@@ -115,8 +116,8 @@ function fakeSandbox(): SandboxStatus {
  * A shipped lab. three-tier.yaml's OVS networks are read as Linux bridge ones until the Server
  * component applies security groups on OVS ports (issue 10); every other byte is the file's.
  */
-function loadFile(file: string): ReturnType<typeof loadLab> {
-  const text = fs.readFileSync(path.join(repoRoot(), "stacks", file), "utf8");
+function loadFile(file: string, edit: (text: string) => string = (t) => t): ReturnType<typeof loadLab> {
+  const text = edit(fs.readFileSync(path.join(repoRoot(), "stacks", file), "utf8"));
   const { parseLab } = require("../../../lab/parse") as typeof import("../../../lab/parse");
   const { lab, issues } = parseLab(text.replace(/driver: openvswitch/g, "driver: linuxbridge"));
   assert.deepEqual(issues, []);
@@ -125,9 +126,10 @@ function loadFile(file: string): ReturnType<typeof loadLab> {
 
 async function applyAndCompare(
   file: string,
+  edit: (text: string) => string = (t) => t,
 ): Promise<{ files: Map<string, string>; regs: Registered[]; out: Awaited<ReturnType<typeof apply>> }> {
   registered = [];
-  const lab = loadFile(file);
+  const lab = loadFile(file, edit);
   const { files } = renderLab(lab, { domainType: "kvm" });
   const qemu = renderLab(lab, { domainType: "qemu" }).files;
   const out = await apply(lab);
@@ -210,7 +212,7 @@ async function applyAndCompare(
     const want = [
       ...plan.servers
         .filter((s: { name: string }) => {
-          const lab2 = loadFile(file);
+          const lab2 = loadFile(file, edit);
           const launch =
             lab2.servers.find((x) => x.name === s.name) ??
             lab2.autoscaleGroups.find((x) => s.name.startsWith(`${x.name}-`))?.launch;
@@ -224,6 +226,31 @@ async function applyAndCompare(
         .map((lb: { ip: string }) => lb.ip),
     ];
     assert.deepEqual([...(g.inputs.members as string[])].sort(), want.sort(), `group ${name} members`);
+  }
+  // Volumes: one Volume per planned volume, on the planned host, attached to the planned server;
+  // the <disk> the provider attaches (the same core/volume.ts function, from these inputs and the
+  // planned device) is the rendered file, byte for byte.
+  const volumes = of("Volume");
+  assert.equal(volumes.length, (plan.volumes ?? []).length, "one Volume per planned volume");
+  for (const planned of plan.volumes ?? []) {
+    const v = volumes.find((r) => r.inputs.volumeName === planned.name);
+    assert.ok(v, `volume ${planned.name} applied`);
+    assert.equal(v.inputs.host, planned.host, `volume ${planned.name} host`);
+    assert.equal(v.inputs.sizeGiB, planned.sizeGiB);
+    assert.equal(v.inputs.provisioning, planned.provisioning);
+    assert.equal(v.inputs.server ?? "", planned.server ?? "", `volume ${planned.name} server`);
+    assert.equal(v.inputs.image ?? "", planned.image ?? "");
+    assert.equal(volumePath(planned.name, v.inputs.provisioning as "thin" | "thick"), planned.path);
+    if (planned.device !== null)
+      assert.equal(
+        volumeDiskXml({
+          volumeName: v.inputs.volumeName as string,
+          path: planned.path,
+          format: volumeFormat(v.inputs.provisioning as "thin" | "thick"),
+          device: planned.device,
+        }),
+        files.get(`volumes/${planned.name}.xml`),
+      );
   }
   return { files, regs, out };
 }
@@ -300,7 +327,27 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
 });
 
 test("three-tier.yaml (disk images, OVS networks, secrets): the lab program applies exactly what kvmlab render writes", async () => {
-  const { regs } = await applyAndCompare("three-tier.yaml");
+  // With a data volume on the DB (a 3-tier app's server): thick, on db-0's host, the guest's vdb
+  // (db-0 boots from vda).
+  const withVolume = (t: string): string =>
+    t
+      .replace("    host: hv2\n    userData:", "    host: hv2\n    volumes: [db-data]\n    userData:")
+      .replace(
+        "\nloadBalancers:",
+        "\nvolumes:\n  - { name: db-data, sizeGiB: 20, provisioning: thick }\n\nloadBalancers:",
+      );
+  const { regs, files } = await applyAndCompare("three-tier.yaml", withVolume);
+  const plan = JSON.parse(files.get("plan.json")!);
+  assert.deepEqual(
+    (plan.volumes as { name: string; host: string; server: string; device: string }[]).map(
+      (v) => `${v.name} ${v.host} ${v.server} ${v.device}`,
+    ),
+    ["db-data hv2 db-0 vdb"],
+  );
+  assert.match(
+    files.get("volumes/db-data.xml")!,
+    /<source file='\/var\/lib\/kvmlab\/volumes\/db-data\.raw'\/>/,
+  );
   const user = regs.find((r) => r.type.endsWith("kvmlab:User") && r.inputs.userName === "alice")!;
   // The secret reference reads the stack secret, and stays a secret.
   assert.match(JSON.stringify(user.inputs.password), /secret-of-kvmlab:alicePassword/);
