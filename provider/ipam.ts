@@ -196,10 +196,8 @@ export async function allocateAddress(
  */
 export async function releaseAddress(ref: SubnetRef, owner: string, holder = ""): Promise<void> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
-  const name = ipamRecordName(ref.networkName, ref.subnetName);
   await withHostLock(ref.host, async () => {
-    const [recText] = await runChecked(ref.host, [readRecordStep("ipam", name)]);
-    const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+    const record = await readIpamRecord(ref);
     if (!record) return;
     const next = planRelease(record, owner, holder);
     if (JSON.stringify(next) !== JSON.stringify(record))
@@ -208,8 +206,8 @@ export async function releaseAddress(ref: SubnetRef, owner: string, holder = "")
 }
 
 /**
- * Reads a subnet's IPAM record (no lock: a read for a check). `undefined` when the host keeps no
- * record of that subnet.
+ * Reads a subnet's IPAM record (takes no lock itself: callers that change it hold the host lock).
+ * `undefined` when the host keeps no record of that subnet.
  */
 export async function readIpamRecord(ref: SubnetRef): Promise<IpamRecord | undefined> {
   const name = ipamRecordName(ref.networkName, ref.subnetName);

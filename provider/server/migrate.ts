@@ -13,6 +13,7 @@
  *                whatever happened
  */
 import { shQuote, type HostConnection, type Step } from "../host";
+import { isIPv4 } from "../../core/net";
 import { migrationDir } from "../../core/paths";
 import { VIRSH } from "./steps";
 
@@ -177,7 +178,7 @@ export function migrateStep(
  */
 export function vncListenSwap(from: string, to: string): string {
   for (const a of [from, to])
-    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(a))
+    if (!isIPv4(a))
       throw new Error(
         `live migration: the console's listen address ${JSON.stringify(a)} is not an IPv4 address`,
       );
