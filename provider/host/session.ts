@@ -29,6 +29,8 @@ export interface HostPoolStats {
   channelsOpened: number;
   batches: number;
   steps: number;
+  /** Batches written to a remote shell (pooled) or commands executed (naive): one per round trip. */
+  roundTrips: number;
   reconnects: number;
 }
 
@@ -134,7 +136,14 @@ export function hostPool(): HostPool {
       observedKeys: new Map(),
       loose: [],
       held: new Map(),
-      stats: { connectionsOpened: 0, channelsOpened: 0, batches: 0, steps: 0, reconnects: 0 },
+      stats: {
+        connectionsOpened: 0,
+        channelsOpened: 0,
+        batches: 0,
+        steps: 0,
+        roundTrips: 0,
+        reconnects: 0,
+      },
       connectTimeoutMs: 15000,
     };
     g[key] = pool;
@@ -158,6 +167,7 @@ export function resetHostPoolStats(): void {
   s.connectionsOpened = 0;
   s.channelsOpened = 0;
   s.batches = 0;
+  s.roundTrips = 0;
   s.steps = 0;
   s.reconnects = 0;
 }
@@ -411,6 +421,7 @@ async function runInShell(
         reject(e);
       },
     };
+    hostPool().stats.roundTrips += 1;
     channel.write(text);
   });
 }
@@ -523,6 +534,7 @@ async function runNaive(
     const { ssh } = await connectHost(host);
     try {
       hostPool().stats.channelsOpened += 1;
+      hostPool().stats.roundTrips += 1;
       // The script goes over stdin (it may carry secrets: process arguments are world-readable
       // on the host); one compound command, read whole by bash before it runs, stdin /dev/null.
       const body = step.script.endsWith("\n") ? step.script : `${step.script}\n`;

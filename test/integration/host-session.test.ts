@@ -199,12 +199,9 @@ test("every step reuses one connection and one shell; per-step overhead is measu
   assert.equal(stats.connectionsOpened, 1);
   assert.equal(stats.channelsOpened, 1);
   assert.equal(stats.steps, 2 * n + 1);
-  // No wall-clock bound (timings are printed, not asserted): batching must beat one round trip
-  // per step, measured in the same run.
-  assert.ok(
-    batchedMs < perStepMs,
-    `batched ${batchedMs} ms/step is not below sequential ${perStepMs} ms/step`,
-  );
+  // Batching is one round trip for the whole batch (counted, not timed: a timed comparison
+  // failed on a loaded 2-core machine). The per-step figures above are printed, not asserted.
+  assert.equal(stats.roundTrips, n + 2, "one round trip per batch: n + 1 single steps, then one batch of n");
 });
 
 test("concurrent batches on one host are serialized through the one shell", async () => {
