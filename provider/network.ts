@@ -427,6 +427,8 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     ovsTx.push(
       '--may-exist add-br "$br"',
       `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-type=${type}${own}`,
+      // The bridge's own (internal) port row too, so every port row of the bridge names its owner.
+      `set port "$br" external_ids:kvmlab-network="$name"${own}`,
       'set interface "$br" mtu_request=$mtu',
     );
   } else {

@@ -350,6 +350,7 @@ test("openvswitch: every bridge and port a network makes carries its owner; a br
           .filter((p) => p !== "");
         // VLAN: the patch pair (bridge side, trunk side); VXLAN: the tunnel port.
         assert.ok(ports.length >= 1, `${h.name}: ports of ${n.networkName}: ${ports.join(" ")}`);
+        assert.ok(ports.includes(n.bridge), `${h.name}: the bridge's own port row of ${n.networkName}`);
         for (const p of [...ports.map((x) => `port ${x}`), `bridge ${n.bridge}`]) {
           const owner = (await sh(h, `ovs-vsctl get ${p} external_ids:kvmlab-owner`)).trim();
           assert.equal(owner, `"${n.owner}"`, `${h.name}: ${p}`);

@@ -71,7 +71,11 @@ test("every OVS bridge and port a Network makes carries its owner and project (v
       .split(" -- ")
       .filter((s) => /^(set port|set bridge "\$br")/.test(s.trim()))
       .map((s) => s.trim());
-    assert.ok(owned.length >= 1, JSON.stringify(c));
+    assert.ok(owned.length >= 2, JSON.stringify(c));
+    assert.ok(
+      owned.some((x) => x.startsWith('set port "$br"')),
+      "the bridge's own port row carries the owner too",
+    );
     for (const s of owned) {
       assert.ok(s.includes(`external_ids:kvmlab-owner='"${ME}"'`), `${JSON.stringify(c)}: ${s}`);
       assert.ok(s.includes(`external_ids:kvmlab-project='"Default/demo"'`), `${JSON.stringify(c)}: ${s}`);
