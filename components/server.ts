@@ -32,7 +32,7 @@ import { Image } from "../provider/image";
 import { Image as ImageComponent } from "./image";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import type { Network } from "./network";
-import type { ProjectRef } from "../provider/kit";
+import { resolveProject, type ProjectRef } from "../provider/kit";
 import { MANAGEMENT_LISTEN } from "../core/vncListen";
 
 // The pure pieces a program may want beside the component (defined in core/ and templates/).
@@ -260,6 +260,9 @@ export class Server extends pulumi.ComponentResource {
       driver === "openvswitch" && ports[i].securityGroups !== undefined;
     const qbrAt = (i: number, bridge: string): string =>
       domainBridgeOf({ bridge, tap: deterministicIfName("tap", `${uuidSeed}/port${i}`), hybrid: true });
+    // The identity project (the argument or the stack's kvmlab:project), resolved once: the XML's
+    // metadata and the Server resource's `project` input are the same value.
+    const projectRef = resolveProject(args.project);
     const rendered = pulumi
       .all([
         image,
@@ -267,8 +270,9 @@ export class Server extends pulumi.ComponentResource {
         portInfo,
         args.kernelCmdline ?? "console=ttyS0",
         args.keypair?.publicKeyLine ?? "",
+        projectRef,
       ])
-      .apply(([image, flavor, pinfo, cmdline, publicKey]) => {
+      .apply(([image, flavor, pinfo, cmdline, publicKey, identityProject]) => {
         const img: ServerImage = {
           name: image.name,
           kind: image.kind,
@@ -292,7 +296,10 @@ export class Server extends pulumi.ComponentResource {
             serverName,
             uuidSeed,
             lab: safeName(project),
-            project: safeName(stack),
+            stack: safeName(stack),
+            // The identity project as the Server resource gets it (issue 14); the provider
+            // adds the owner to the metadata.
+            project: identityProject,
             image: img,
             flavor: fl,
             // A hybrid port's tap joins its qbr bridge (a plain Linux bridge in the XML).
@@ -352,7 +359,7 @@ export class Server extends pulumi.ComponentResource {
         cloudInit: rendered.cloudInit,
         powerState: args.powerState ?? "running",
         readiness: { kind: ports.length > 0 ? "dhcp" : "none", ...(args.readiness ?? {}) },
-        project: args.project,
+        project: projectRef,
       },
       { parent: this },
     );

@@ -100,6 +100,16 @@ function serverPath(lab: Lab, s: PlannedServer): string {
   return `autoscaleGroups[${lab.autoscaleGroups.findIndex((g) => g.name === s.group)}]`;
 }
 
+/**
+ * The identity project (`<domain>/<name>`) the lab program gives a server of lab project `name`:
+ * the identity section's project of that name, or "" (none) when the section has none (the stack's
+ * `kvmlab:project` config, which the program would fall back to, is not known here).
+ */
+export function identityProjectOf(lab: Lab, name: string): string {
+  const p = lab.identity.projects.find((x) => x.name === name);
+  return p ? `${p.domain}/${p.name}` : "";
+}
+
 /** Renders every artifact of `lab`. Keys are sorted; values end with a newline. */
 export function renderLab(
   lab: Lab,
@@ -135,7 +145,10 @@ export function renderLab(
         serverName: s.name,
         uuidSeed,
         lab: project,
-        project: stack,
+        stack,
+        // The lab program's Server gets the identity project's recordId when the lab's
+        // identity section has the server's project, else none (issue 14).
+        project: identityProjectOf(lab, s.project),
         image: {
           name: image.name,
           kind,

@@ -66,6 +66,8 @@ import {
   claimedNow,
   defineResource,
   guardStep,
+  ovsOwnerGuardLines,
+  ovsOwnerIds,
   ownerIn,
   releaseOwnerStep,
   type OwnedObject,
@@ -125,6 +127,8 @@ export interface NetworkInputs {
   mtu: number;
   /** Owner of the bridge, VXLAN device and record on every host (kit/owner.ts). */
   owner: string;
+  /** Identity project `<domain>/<name>` ("" = none; the kit fills it): in the record and external_ids. */
+  project?: string;
 }
 
 /** What one host actually has (read back after every change, and by refresh). */
@@ -404,6 +408,9 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
   const ovs = inputs.driver === "openvswitch";
   const want = expectedHostState(inputs, host);
   const type = networkTypeOf(inputs);
+  // Every OVS bridge and port the network makes carries its owner and project (issue 14).
+  const ids = ovsOwnerIds(inputs.owner ?? "", inputs.project ?? "");
+  const own = ids === "" ? "" : ` ${ids}`;
   const lines = [
     "set -e",
     `name=${shQuote(inputs.networkName)}; br=${bridge}; vx=${vxlan}; id=${id}; mtu=${inputs.mtu}`,
@@ -419,7 +426,9 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     lines.push("dp=netdev; [ -d /sys/module/openvswitch ] && dp=system");
     ovsTx.push(
       '--may-exist add-br "$br"',
-      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-type=${type} external_ids:kvmlab-owner=${shQuote(JSON.stringify(inputs.owner))}`,
+      `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-type=${type}${own}`,
+      // The bridge's own (internal) port row too, so every port row of the bridge names its owner.
+      `set port "$br" external_ids:kvmlab-network="$name"${own}`,
       'set interface "$br" mtu_request=$mtu',
     );
   } else {
@@ -449,7 +458,10 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
         'ip link set dev "$vx" up',
         `ethtool -K "$vx" ${VXLAN_OVS_OFFLOADS} >/dev/null 2>&1 || { echo "cannot set offloads on $vx (ethtool missing?); install ethtool" >&2; exit 20; }`,
       );
-      ovsTx.push('--may-exist add-port "$br" "$vx"', 'set port "$vx" external_ids:kvmlab-network="$name"');
+      ovsTx.push(
+        '--may-exist add-port "$br" "$vx"',
+        `set port "$vx" external_ids:kvmlab-network="$name"${own}`,
+      );
     } else {
       lines.push('ip link set dev "$vx" master "$br" up');
     }
@@ -462,8 +474,8 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       'for r in $want; do case "$have" in *" $r "*) ;; *) bridge fdb append 00:00:00:00:00:00 dev "$vx" dst "$r" ;; esac; done',
     );
   }
-  if (type === "vlan") lines.push(...vlanLines(inputs, host, ovsTx));
-  if (type === "gre") lines.push(...greLines(inputs, host, ovsTx));
+  if (type === "vlan") lines.push(...vlanLines(inputs, host, ovsTx, own));
+  if (type === "gre") lines.push(...greLines(inputs, host, ovsTx, own));
   if (type === "flat") {
     lines.push(
       `up=${shQuote(host.uplink)}`,
@@ -475,7 +487,10 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
         'b=$(ovs-vsctl port-to-br "$up" 2>/dev/null || true)',
         'if { [ -n "$m" ] && [ "$m" != ovs-system ]; } || { [ -n "$b" ] && [ "$b" != "$br" ]; }; then echo "uplink $up is already in bridge ${b:-$m}; a flat network needs the uplink for itself" >&2; exit 19; fi',
       );
-      ovsTx.push('--may-exist add-port "$br" "$up"', 'set port "$up" external_ids:kvmlab-network="$name"');
+      ovsTx.push(
+        '--may-exist add-port "$br" "$up"',
+        `set port "$up" external_ids:kvmlab-network="$name"${own}`,
+      );
     } else {
       lines.push(
         'if [ -n "$m" ] && [ "$m" != "$br" ]; then echo "uplink $up is already in bridge $m; a flat network needs the uplink for itself" >&2; exit 19; fi',
@@ -501,7 +516,7 @@ export const VXLAN_OVS_OFFLOADS = "gro off";
  * module). Linux bridge: an 802.1Q device kvlx-* on the uplink (needs the 8021q module; the host
  * probe names it) is a port of the network's bridge.
  */
-function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[]): string[] {
+function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[], own: string): string[] {
   const { trunk, trunkPort } = segmentDevices(inputs.networkName, host.uplink ?? "");
   const vid = segmentationIdOf(inputs);
   const lines = [
@@ -520,10 +535,10 @@ function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[])
       '--may-exist add-port "$tr" "$up"',
       '--may-exist add-port "$br" "$vx"',
       'set interface "$vx" type=patch options:peer="$tp"',
-      'set port "$vx" external_ids:kvmlab-network="$name"',
+      `set port "$vx" external_ids:kvmlab-network="$name"${own}`,
       '--may-exist add-port "$tr" "$tp"',
       'set interface "$tp" type=patch options:peer="$vx"',
-      'set port "$tp" tag=$vid external_ids:kvmlab-network="$name"',
+      `set port "$tp" tag=$vid external_ids:kvmlab-network="$name"${own}`,
     );
     lines.push(
       'ip link set dev "$up" mtu $(( mtu > $(cat /sys/class/net/$up/mtu) ? mtu : $(cat /sys/class/net/$up/mtu) ))',
@@ -549,7 +564,7 @@ function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[])
  * segmentation id). The userspace datapath sends them out only when the host's tunnel address
  * lies on an OVS bridge (the host probe checks it) and every sender fills in full checksums.
  */
-function greLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[]): string[] {
+function greLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[], own: string): string[] {
   const key = segmentationIdOf(inputs);
   for (const r of expectedHostState(inputs, host).remotes) {
     const { grePort } = segmentDevices(inputs.networkName, "", r);
@@ -557,7 +572,7 @@ function greLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[]):
       `--may-exist add-port "$br" ${grePort}`,
       `set interface ${grePort} type=gre options:remote_ip=${shQuote(r)} options:key=${key}` +
         (host.tunnelAddress ? ` options:local_ip=${shQuote(host.tunnelAddress)}` : ""),
-      `set port ${grePort} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}`,
+      `set port ${grePort} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}${own}`,
     );
   }
   return [];
@@ -640,7 +655,12 @@ export function parseNetworkState(stdout: string): NetworkHostState {
 }
 
 /** Step that removes everything the network made on a host (idempotent). */
-export function networkDeleteStep(networkName: string, driver: NetworkDriver, host: HostConnection): Step {
+export function networkDeleteStep(
+  networkName: string,
+  driver: NetworkDriver,
+  host: HostConnection,
+  owner = "",
+): Step {
   const { shortId: id, bridge, vxlan } = networkDevices(networkName);
   const lines = [
     `br=${bridge}; vx=${vxlan}; up=${shQuote(host.uplink || "-")}; id=${id}`,
@@ -651,9 +671,25 @@ export function networkDeleteStep(networkName: string, driver: NetworkDriver, ho
   ];
   if (driver === "openvswitch") {
     const { trunk, trunkPort } = segmentDevices(networkName, host.uplink ?? "");
+    const fix = `check which stack or project holds network ${networkName} on host ${host.name} (ovs-vsctl list bridge ${bridge}); rename this network, or delete it from the stack that owns it`;
     lines.push(
       // Deleting the bridge removes its ports (the uplink of a flat network, GRE ports included).
       "  if command -v ovs-vsctl >/dev/null 2>&1; then",
+      // Never across owners (issue 14): the bridge and the trunk end carry their owner.
+      ...ovsOwnerGuardLines(
+        "bridge",
+        '"$br"',
+        [owner],
+        `OVS bridge ${bridge} of network ${networkName}`,
+        fix,
+      ).map((l) => `    ${l}`),
+      ...ovsOwnerGuardLines(
+        "port",
+        trunkPort,
+        [owner],
+        `OVS port ${trunkPort} of network ${networkName}`,
+        fix,
+      ).map((l) => `    ${l}`),
       '    ovs-vsctl --if-exists del-br "$br"',
       // A VLAN network's trunk end; the trunk bridge goes with the last VLAN network on it.
       `    tr=${trunk}; ovs-vsctl --if-exists del-port ${trunkPort}`,
@@ -717,6 +753,7 @@ async function applyOnHost(
     uplink: inputs.kind === "provider" ? host.uplink : "",
     remotes: expectedHostState(inputs, host).remotes,
     owner: inputs.owner,
+    project: inputs.project ?? "",
   };
   const outs = await runLocked(host, [
     guardStep(networkOwned(inputs.networkName), owners, true),
@@ -740,7 +777,7 @@ async function removeFromHost(
   const owned = networkOwned(networkName);
   await runLocked(host, [
     ...(owner ? [guardStep(owned, [owner])] : []),
-    networkDeleteStep(networkName, driver, host),
+    networkDeleteStep(networkName, driver, host, owner),
     deleteRecordStep("network", networkName),
     ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
   ]);

@@ -50,6 +50,8 @@ import {
   claimStep,
   claimedNow,
   guardStep,
+  ovsOwnerGuardLines,
+  ovsOwnerIds,
   ownerIn,
   releaseOwnerStep,
   type OwnedObject,
@@ -121,6 +123,8 @@ export interface RouterInputs {
   ruleset: string;
   /** Owner of the namespace, files, record and the gateway's IPAM allocation (kit/owner.ts). */
   owner: string;
+  /** Identity project `<domain>/<name>` ("" = none; the kit fills it): in the record and the legs' external_ids. */
+  project?: string;
 }
 
 export interface RouterHostState {
@@ -328,7 +332,7 @@ export function routerDir(routerName: string): string {
 const DUMP_RULES =
   "dump() { { ip netns exec \"$ns\" iptables-save -t nat; ip netns exec \"$ns\" iptables-save -t mangle; } 2>/dev/null | grep -E '^-A (kvmlab-(PREROUTING|OUTPUT|POSTROUTING|snat|mark) |PREROUTING |OUTPUT |POSTROUTING )' | sed 's/\\[[0-9:]*\\]//'; }";
 
-function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg): string[] {
+function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg, ovsIds: string): string[] {
   const addr = `${leg.address}/${leg.cidr.split("/")[1]}`;
   return [
     `dev=${dev}; hd=${hostDev}; br=${shQuote(leg.bridge)}; addr=${shQuote(addr)}; mtu=${leg.mtu}`,
@@ -341,6 +345,7 @@ function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg): str
       openvswitch: leg.driver === "openvswitch",
       clearNsSide: true,
       ovsTxOff: true,
+      ovsIds,
     }),
     'ip netns exec "$ns" ip link set dev "$dev" mtu $mtu up',
     'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$dev" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || [ "${a%/32}" != "$a" ] || ip netns exec "$ns" ip addr del "$a" dev "$dev"; done',
@@ -353,6 +358,8 @@ export function routerPlumbStep(inputs: RouterInputs): Step {
   const n = routerNames(inputs.routerName);
   const ns = n.namespace;
   const keep = inputs.interfaces.map((l) => routerInterfaceNames(inputs.routerName, l.subnetName).device);
+  // Every OVS leg carries the router's owner and project (issue 14).
+  const ids = ovsOwnerIds(inputs.owner ?? "", inputs.project ?? "");
   const lines = [
     "set -e",
     `ns=${shQuote(ns)}`,
@@ -362,10 +369,10 @@ export function routerPlumbStep(inputs: RouterInputs): Step {
     ...ROUTER_SYSCTLS.filter(([k]) => !k.startsWith("net.netfilter")).map(
       ([k, v]) => `ip netns exec "$ns" sysctl -q -w ${k}=${v}`,
     ),
-    ...legLines(ns, n.gatewayDevice, n.gatewayHostDevice, inputs.external),
+    ...legLines(ns, n.gatewayDevice, n.gatewayHostDevice, inputs.external, ids),
     ...inputs.interfaces.flatMap((l) => {
       const d = routerInterfaceNames(inputs.routerName, l.subnetName);
-      return legLines(ns, d.device, d.hostDevice, l);
+      return legLines(ns, d.device, d.hostDevice, l, ids);
     }),
     // Detach: qr- legs no longer listed go, with their peers.
     `keep=" ${keep.join(" ")} "`,
@@ -450,12 +457,27 @@ export function parseRouterState(stdout: string): RouterHostState {
 }
 
 /** Step: everything of the router gone from its host (idempotent): legs, peers, namespace, files, record. */
-export function routerDeleteStep(routerName: string): Step {
+export function routerDeleteStep(routerName: string, owners: readonly string[] = []): Step {
   const n = routerNames(routerName);
+  const guard = ovsOwnerGuardLines(
+    "port",
+    '"$hd"',
+    owners,
+    `an OVS port of router ${routerName}`,
+    `check which stack holds router ${routerName} (ovs-vsctl find port external_ids:kvmlab-router=${n.namespace}); delete it from that stack`,
+  );
   return {
     label: `delete router ${routerName}`,
     script: [
       `ns=${shQuote(n.namespace)}`,
+      // Never across owners (issue 14): every OVS leg of this router is checked before any goes.
+      ...(guard.length > 0
+        ? [
+            'for hd in $(ovs-vsctl --bare --columns=name find port external_ids:kvmlab-router="$ns" 2>/dev/null || true); do',
+            ...guard.map((l) => `  ${l}`),
+            "done",
+          ]
+        : []),
       'if [ -e "/run/netns/$ns" ]; then',
       "  for d in $(ip netns exec \"$ns\" ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E \"^q[rg]-\" || true); do",
       '    p=$(ip netns exec "$ns" ethtool -S "$d" 2>/dev/null | awk \'/peer_ifindex/ {print $2}\')',
@@ -523,7 +545,7 @@ async function applyRouter(
       [
         guard,
         // Another external network (bridge or driver): the gateway leg is made anew on it.
-        ...(olds && olds.external.bridge !== inputs.external.bridge ? [gatewayUnplugStep(olds)] : []),
+        ...(olds && olds.external.bridge !== inputs.external.bridge ? [gatewayUnplugStep(olds, owners)] : []),
         routerPlumbStep(inputs),
         uploadStep(`${routerDir(inputs.routerName)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
         routerRulesStep(inputs),
@@ -533,6 +555,7 @@ async function applyRouter(
           subnets: inputs.interfaces.map((l) => l.subnetName),
           gateway: inputs.external.address,
           owner: inputs.owner,
+          project: inputs.project ?? "",
         }),
         routerReadStep(inputs),
       ],
@@ -554,12 +577,21 @@ function externalMoved(olds: RouterInputs, news: RouterInputs): boolean {
 }
 
 /** Step: removes the router's gateway leg from the OLD external bridge (update to another network). */
-function gatewayUnplugStep(olds: RouterInputs): Step {
+function gatewayUnplugStep(olds: RouterInputs, owners: readonly string[]): Step {
   const n = routerNames(olds.routerName);
   return {
     label: `unplug router ${olds.routerName}'s gateway from bridge ${olds.external.bridge}`,
     script: [
       `hd=${shQuote(n.gatewayHostDevice)}; br=${shQuote(olds.external.bridge)}`,
+      ...(olds.external.driver === "openvswitch"
+        ? ovsOwnerGuardLines(
+            "port",
+            '"$hd"',
+            owners,
+            `the gateway port ${n.gatewayHostDevice} of router ${olds.routerName}`,
+            `check which stack holds router ${olds.routerName}; delete it from that stack`,
+          )
+        : []),
       olds.external.driver === "openvswitch"
         ? 'command -v ovs-vsctl >/dev/null 2>&1 && ovs-vsctl --if-exists del-port "$br" "$hd"'
         : "true",
@@ -575,7 +607,7 @@ async function removeRouter(o: RouterInputs): Promise<void> {
   await withHostLock(host, () =>
     runChecked(host, [
       ...(owner ? [guardStep(owned, [owner])] : []),
-      routerDeleteStep(o.routerName),
+      routerDeleteStep(o.routerName, [owner]),
       ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
     ]),
   );

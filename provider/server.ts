@@ -64,6 +64,7 @@ import {
   type ProjectRef,
 } from "./kit";
 import { fillManagementListen, MANAGEMENT_ADDRESS_PLACEHOLDER } from "../core/vncListen";
+import { metadataDrift, withDomainOwner } from "../core/domainMetadata";
 import { charges } from "./quota";
 import {
   checkServerInputs,
@@ -111,6 +112,7 @@ import {
   imageUseSteps,
   infoStep,
   materializeSteps,
+  metadataStep,
   nameFreeStep,
   parseDomainInfo,
   preflightStep,
@@ -460,6 +462,7 @@ function outputsFor(
     serialLog: p.serialLog,
     instanceDir: p.dir,
     actualPowerState: powerOf(info),
+    metadataDrift: "",
     hostKeys: {},
     lastMigrationMs,
   };
@@ -537,7 +540,7 @@ async function migrateServer(
   }
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
-  const xml = olds.domainXml[olds.domainType];
+  const xml = withDomainOwner(olds.domainXml[olds.domainType], ownerIn(olds));
   // The destination gets the same files (overlay on its own copy of the image, seed ISO).
   await runLocked(
     dst,
@@ -660,6 +663,18 @@ function listenOn(xml: string, host: HostConnection): string {
   return fillManagementListen(xml, host.address, `host ${host.name}`);
 }
 
+/**
+ * The XML a host gets: the rendered one with the owner in kvmlab's metadata (issue 14) and the
+ * console's management address filled in.
+ */
+function hostXml(
+  o: Pick<ServerInputs, "domainXml"> & { owner?: string },
+  type: "kvm" | "qemu",
+  host: HostConnection,
+): string {
+  return listenOn(withDomainOwner(o.domainXml[type], ownerIn(o)), host);
+}
+
 /** The VNC listen address a migration moves from and to (only for a "management" console). */
 function vncMove(
   xml: string,
@@ -714,6 +729,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     "serialLog",
     "instanceDir",
     "actualPowerState",
+    "metadataDrift",
     "lastMigrationMs",
     "hostKeys",
   ],
@@ -745,10 +761,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       await waited(m, () =>
         runChecked(
           placed,
-          [
-            ...materializeSteps(inputs, listenOn(inputs.domainXml[domainType], placed)),
-            recordStep(inputs, addresses),
-          ],
+          [...materializeSteps(inputs, hostXml(inputs, domainType, placed)), recordStep(inputs, addresses)],
           { timeoutMs: 180000, ...WORKER },
         ),
       );
@@ -772,8 +785,14 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const info = await readInfo(host, props.serverName);
     if (!info.defined) return undefined;
     const vncPort = info.vncPort;
+    const type = props.domainType ?? "kvm";
     return {
       ...props,
+      // kvmlab's metadata as the host has it, against the state's XML (issue 14).
+      metadataDrift:
+        props.domainXml && typeof props.domainXml[type] === "string"
+          ? metadataDrift(withDomainOwner(props.domainXml[type], ownerIn(props)), info.metadata)
+          : "",
       actualPowerState: powerOf(info),
       vncPort,
       consoleUrl: vncPort > 0 ? `vnc://${host.address}:${vncPort}` : "",
@@ -812,12 +831,22 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           host,
           [
             preflightStep(news),
-            ...materializeSteps(news, listenOn(news.domainXml[type], host)),
+            ...materializeSteps(news, hostXml(news, type, host)),
             recordStep(news, olds.addresses),
           ],
           { timeoutMs: 180000 },
         ),
       );
+    } else if (plan.metadata) {
+      // Only kvmlab's metadata (project, owner, stack…) changed, or refresh found it drifted: set
+      // it in place in the live guest and its persistent definition, keep the instance folder's
+      // copy and the record in step. No stop, no define.
+      const xml = hostXml(news, type, host);
+      await runLocked(host, [
+        metadataStep(news.serverName, xml),
+        uploadStep(serverPaths(news.serverName).domainXml, xml, { mode: "0600" }),
+        recordStep(news, olds.addresses),
+      ]);
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
       await runLocked(host, [recordStep(news, olds.addresses)]);
     }
@@ -884,6 +913,7 @@ export class Server extends KvmlabResource<ServerInputs, ServerOutputs> {
   declare readonly instanceDir: pulumi.Output<string>;
   declare readonly powerState: pulumi.Output<PowerState>;
   declare readonly actualPowerState: pulumi.Output<string>;
+  declare readonly metadataDrift: pulumi.Output<string>;
   declare readonly changePlan: pulumi.Output<string>;
   declare readonly lastMigrationMs: pulumi.Output<number>;
   declare readonly hostKeys: pulumi.Output<Record<string, string>>;

@@ -56,6 +56,8 @@ import {
   claimedNow,
   defineResource,
   guardStep,
+  ovsOwnerGuardLines,
+  ovsOwnerIds,
   ownerIn,
   releaseOwnerStep,
   type OwnedObject,
@@ -135,6 +137,8 @@ export interface SubnetInputs {
   mtu: number;
   /** Owner of the DHCP port, dnsmasq, folder and IPAM record (kit/owner.ts). */
   owner: string;
+  /** Identity project `<domain>/<name>` ("" = none; the kit fills it): in the DHCP port's external_ids. */
+  project?: string;
 }
 
 export interface SubnetHostState {
@@ -346,6 +350,8 @@ export function dhcpPortStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
     ...vethLegLines({
       externalId: { key: "kvmlab-subnet", value: inputs.subnetName },
       openvswitch: inputs.driver === "openvswitch",
+      // Owner and project on the DHCP port (issue 14).
+      ovsIds: ovsOwnerIds(inputs.owner ?? "", inputs.project ?? ""),
     }),
   ];
   lines.push(
@@ -419,13 +425,23 @@ export function subnetDeleteStep(
   subnetName: string,
   networkName: string,
   driver: NetworkDriver,
-  opts: { keepRecord?: boolean } = {},
+  opts: { keepRecord?: boolean; owners?: readonly string[] } = {},
 ): Step {
   const paths = dhcpPaths(networkName, subnetName);
+  // The DHCP port goes only while it carries no other owner (issue 14).
+  const portGuard = ovsOwnerGuardLines(
+    "port",
+    '"$hd"',
+    opts.owners ?? [],
+    `the DHCP port ${paths.hostDevice} of subnet ${subnetName}`,
+    `check which stack holds subnet ${subnetName} of network ${networkName} (ovs-vsctl list port ${paths.hostDevice}); delete it from that stack`,
+  );
   return {
     label: opts.keepRecord ? `stop DHCP of subnet ${subnetName}` : `delete subnet ${subnetName}`,
     script: [
       `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; dir=${shQuote(paths.dir)}; pidf=${shQuote(paths.pidFile)}`,
+      // Before anything is stopped or removed.
+      ...(driver === "openvswitch" ? portGuard : []),
       'alive() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] && [ "$(awk \'{print $3}\' "/proc/$1/stat")" != Z ] && grep -q dnsmasq "/proc/$1/comm"; }',
       'pid=$(cat "$pidf" 2>/dev/null || true)',
       'if alive "$pid"; then kill "$pid"; i=0; while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; alive "$pid" && kill -9 "$pid"; fi',
@@ -503,7 +519,10 @@ async function applySubnet(
     // DHCP turned off (or never on): no dnsmasq, port or namespace may stay behind.
     if (!inputs.enableDhcp) {
       steps.push(
-        subnetDeleteStep(inputs.subnetName, inputs.networkName, inputs.driver, { keepRecord: true }),
+        subnetDeleteStep(inputs.subnetName, inputs.networkName, inputs.driver, {
+          keepRecord: true,
+          owners: guard.claim ? [inputs.owner] : guard.owners,
+        }),
       );
     }
     steps.push(...ipamCommitSteps(record, paths, inputs.networkName));
@@ -531,7 +550,7 @@ async function removeSubnet(
   const owned = subnetOwned(o.networkName, o.subnetName);
   await runLocked(dhcpHostOf(o), [
     ...(owner ? [guardStep(owned, [owner])] : []),
-    subnetDeleteStep(o.subnetName, o.networkName, o.driver),
+    subnetDeleteStep(o.subnetName, o.networkName, o.driver, { owners: [owner] }),
     ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
   ]);
 }

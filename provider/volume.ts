@@ -280,6 +280,8 @@ export function volumeRecordStep(i: VolumeInputs, device: string): Step {
     server: i.server,
     device,
     owner: i.owner,
+    // The identity project the kit charges (issue 14); "" = none.
+    project: (i as { project?: string }).project ?? "",
   });
 }
 

@@ -8,6 +8,7 @@
  * kvmlab:* notes in the metadata.
  */
 import { FLAVOR_LIMITS, type FlavorDomainSettings, type IoTuneKey } from "../core/flavor";
+import { DOMAIN_OWNER_RE, KVMLAB_DOMAIN_XMLNS, PROJECT_REF_RE } from "../core/domainMetadata";
 import { ipToInt } from "../core/net";
 import { MANAGEMENT_ADDRESS_PLACEHOLDER, MANAGEMENT_LISTEN } from "../core/vncListen";
 import { renderTemplate } from "./render";
@@ -25,8 +26,7 @@ import {
   FieldError,
 } from "./validate";
 
-/** XML namespace of kvmlab's domain metadata (prefix `kvmlab`). */
-export const KVMLAB_DOMAIN_XMLNS = "https://kvmlab.dev/xmlns/domain/1.0";
+export { KVMLAB_DOMAIN_XMLNS };
 
 export type DomainBoot =
   | { readonly kind: "disk"; readonly disk: string; readonly format?: "qcow2" | "raw" }
@@ -76,10 +76,16 @@ export interface DomainSpec {
    * @default 127.0.0.1, auto
    */
   readonly vnc?: { readonly listen: string; readonly port: number | "auto" } | null;
-  /** Attribution written to `<metadata>`. */
+  /**
+   * Attribution written to `<metadata>` (core/domainMetadata.ts): `lab` the Pulumi project,
+   * `stack` the stack, `project` the identity project (`<domain>/<name>`, "" for none), `owner`
+   * the owner string (the Server provider fills it; "" leaves the element out).
+   */
   readonly metadata: {
     readonly lab: string;
+    readonly stack: string;
     readonly project: string;
+    readonly owner?: string;
     readonly server: string;
     readonly image: string;
     readonly flavor: string;
@@ -127,7 +133,9 @@ export interface DomainView {
   readonly metadata: {
     readonly xmlns: string;
     readonly lab: string;
+    readonly stack: string;
     readonly project: string;
+    readonly owner: string;
     readonly server: string;
     readonly image: string;
     readonly flavor: string;
@@ -161,7 +169,9 @@ export function toDomainView(spec: DomainSpec): DomainView {
   const metadata = {
     xmlns: KVMLAB_DOMAIN_XMLNS,
     lab: checkName("metadata.lab", spec.metadata?.lab),
-    project: checkName("metadata.project", spec.metadata?.project),
+    stack: checkName("metadata.stack", spec.metadata?.stack),
+    project: checkProjectRef("metadata.project", spec.metadata?.project),
+    owner: checkOwner("metadata.owner", spec.metadata?.owner ?? ""),
     server: checkName("metadata.server", spec.metadata?.server),
     image: checkName("metadata.image", spec.metadata?.image),
     flavor: checkName("metadata.flavor", spec.metadata?.flavor),
@@ -172,7 +182,7 @@ export function toDomainView(spec: DomainSpec): DomainView {
       : deterministicUuid(
           spec.uuidSeed !== undefined
             ? checkText("uuidSeed", spec.uuidSeed)
-            : `${metadata.lab}/${metadata.project}/${metadata.server}`,
+            : `${metadata.lab}/${metadata.stack}/${metadata.server}`,
         );
   const boot = spec.boot;
   const format = (field: string, f: unknown) => checkOneOf(field, f ?? "qcow2", ["qcow2", "raw"] as const);
@@ -276,6 +286,26 @@ export function toDomainView(spec: DomainSpec): DomainView {
     tbCacheMiB,
     ...flavorView(spec.flavorSettings ?? null, vcpus(spec.vcpus), disk !== null),
   });
+}
+
+/** An identity project reference (`<domain>/<name>`) or "" (none). */
+function checkProjectRef(field: string, v: unknown): string {
+  if (v === "" || (typeof v === "string" && PROJECT_REF_RE.test(v))) return v;
+  throw new FieldError(
+    field,
+    `expected "<domain>/<project>" (a Project's recordId) or "" for none, got ${JSON.stringify(v)}`,
+    "pass the project as resolveProject gives it (provider/kit/resource.ts)",
+  );
+}
+
+/** An owner string (provider/kit/owner.ts ownerOf) or "" (none). */
+function checkOwner(field: string, v: unknown): string {
+  if (v === "" || (typeof v === "string" && v.length <= 400 && DOMAIN_OWNER_RE.test(v))) return v;
+  throw new FieldError(
+    field,
+    `expected an owner string "<pulumi project>/<stack>/<Type>/<name>[/project=<p>]", got ${JSON.stringify(v)}`,
+    "leave it out: the Server provider fills it from its owner input",
+  );
 }
 
 const vcpus = (v: number): number => checkInt("vcpus", v, FLAVOR_LIMITS.vcpus.min, FLAVOR_LIMITS.vcpus.max);

@@ -28,8 +28,14 @@ export interface ServerUserData {
 export interface ServerRenderInput {
   serverName: string;
   uuidSeed: string;
+  /** The Pulumi project (metadata `lab`). */
   lab: string;
+  /** The stack (metadata `stack`). */
+  stack: string;
+  /** The identity project, `<domain>/<name>` ("" for none): metadata `project`. */
   project: string;
+  /** The owner string; the Server provider fills it when "" or absent (what the program does). */
+  owner?: string;
   image: ServerImage;
   flavor: ServerFlavor;
   ports: {
@@ -95,7 +101,9 @@ export function renderServer(r: ServerRenderInput): {
     vnc: { listen: r.consoleListen, port: "auto" },
     metadata: {
       lab: r.lab,
+      stack: r.stack,
       project: r.project,
+      ...(r.owner !== undefined && r.owner !== "" ? { owner: r.owner } : {}),
       server: r.serverName,
       image: r.image.name,
       flavor: r.flavor.name,

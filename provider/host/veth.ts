@@ -19,6 +19,11 @@ export interface VethLegOptions {
   readonly clearNsSide?: boolean;
   /** Turn TX checksum offload off on an OVS port (userspace datapath). @default false */
   readonly ovsTxOff?: boolean;
+  /**
+   * More `external_ids` for the OVS port, as ovs-vsctl `set` arguments already quoted (the
+   * owner and project from kit/owner.ts ovsOwnerIds). @default none
+   */
+  readonly ovsIds?: string;
 }
 
 export function vethLegLines(o: VethLegOptions): string[] {
@@ -34,7 +39,7 @@ export function vethLegLines(o: VethLegOptions): string[] {
     "fi",
     'ip link set dev "$hd" mtu $mtu',
     o.openvswitch
-      ? `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:${o.externalId.key}=${shQuote(o.externalId.value)}; ip link set dev "$hd" up` +
+      ? `ovs-vsctl --may-exist add-port "$br" "$hd" -- set port "$hd" external_ids:${o.externalId.key}=${shQuote(o.externalId.value)}${o.ovsIds ? ` ${o.ovsIds}` : ""}; ip link set dev "$hd" up` +
         (o.ovsTxOff
           ? '; command -v ethtool >/dev/null && ethtool -K "$hd" tx off >/dev/null 2>&1 || true'
           : "")

@@ -16,8 +16,9 @@
  *     /var/lib/kvmlab/owners/<kind>/<key>        (mode 0600, the owner string and a newline)
  *
  * and, for people and tools, also in the object's native store where it has one (records carry
- * `owner`, OVS `external_ids:kvmlab-owner`; a libvirt domain's owner is its marker and its
- * server record, not its XML).
+ * `owner` and `project`, OVS objects `external_ids:kvmlab-owner` and `kvmlab-project`
+ * ({@link ovsOwnerIds}), a libvirt domain its `<kvmlab:owner>` and `<kvmlab:project>` metadata,
+ * core/domainMetadata.ts). The marker stays what every guard reads.
  *
  * Guards (steps: pure builders, exit status {@link OWNER_REFUSED} with a message naming the
  * owner and the fix):
@@ -302,4 +303,49 @@ export function releaseOwnerStep(o: OwnedObject, owners: readonly string[]): Ste
 /** True when a claim step's stdout says this call made the marker. */
 export function claimedNow(stdout: string): boolean {
   return stdout.trim().split("\n").pop() === "claimed";
+}
+
+/** An identity project reference as external_ids and records carry it: `<domain>/<name>` or "". */
+const OVS_PROJECT_RE =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$/;
+
+/**
+ * The `external_ids` an OVS object kvmlab makes carries (issue 14): its owner
+ * (`kvmlab-owner`) and, when it has one, its identity project (`kvmlab-project`), as arguments of
+ * an ovs-vsctl `set` (values JSON-quoted for ovs-vsctl, then shell-quoted). "" when there is no
+ * owner (a state from before owners). Throws on a value that is not an owner or a project.
+ */
+export function ovsOwnerIds(owner: string, project = ""): string {
+  if (owner === "") return "";
+  if (owner.length > 400 || !OWNER_RE.test(owner))
+    throw new Error(`external_ids: ${showValue(owner)} is not an owner string`);
+  if (!OVS_PROJECT_RE.test(project))
+    throw new Error(`external_ids: ${showValue(project)} is not a project "<domain>/<name>"`);
+  const ids = [`external_ids:kvmlab-owner=${shQuote(JSON.stringify(owner))}`];
+  if (project !== "") ids.push(`external_ids:kvmlab-project=${shQuote(JSON.stringify(project))}`);
+  return ids.join(" ");
+}
+
+/**
+ * Shell lines that refuse (exit {@link OWNER_REFUSED}) to go on when the OVS `table` record named
+ * by the shell word `name` (a quoted variable such as `"$hd"`, or a validated device name)
+ * carries a `kvmlab-owner` other than `owners` in its external_ids. A record without one (made
+ * before owners, or not there at all) passes: the object's owner marker guards it. Put them
+ * right before the `del-port`/`del-br` they protect.
+ */
+export function ovsOwnerGuardLines(
+  table: "port" | "bridge" | "interface",
+  name: string,
+  owners: readonly string[],
+  what: string,
+  fix: string,
+): string[] {
+  const mine = owners.filter((o) => o !== "");
+  if (mine.length === 0) return [];
+  for (const o of mine)
+    if (!OWNER_RE.test(o)) throw new Error(`ovsOwnerGuardLines: ${showValue(o)} is not an owner string`);
+  return [
+    `o=$(ovs-vsctl --if-exists get ${table} ${name} external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
+    `case "$o" in ""|${mine.map((o) => shQuote(o)).join("|")}) ;; *) echo ${shQuote(`${what} belongs to `)}"$o"${shQuote(`, not to ${mine[0]}; it was not removed. Fix: ${fix}`)} >&2; exit ${OWNER_REFUSED} ;; esac`,
+  ];
 }

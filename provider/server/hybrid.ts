@@ -8,7 +8,8 @@
  * the tap behind iptables, where SecurityGroupPort's physdev rules see it. Pure step builders.
  */
 import { hybridDevices } from "../../core/securityGroup";
-import { shQuote, type Step } from "../host";
+import type { Step } from "../host";
+import { ovsOwnerGuardLines, ovsOwnerIds } from "../kit/owner";
 import type { ServerPort } from "./model";
 
 /** The bridge the domain XML names for a port: qbr<id> for a hybrid port, else the network's. */
@@ -17,9 +18,17 @@ export function domainBridgeOf(port: Pick<ServerPort, "bridge" | "tap" | "hybrid
 }
 
 /** Makes (idempotently) the qbr/qvb/qvo plumbing of the server's hybrid ports, before define. */
-export function hybridPlugStep(serverName: string, ports: readonly ServerPort[], owner: string): Step | null {
+export function hybridPlugStep(
+  serverName: string,
+  ports: readonly ServerPort[],
+  owner: string,
+  project = "",
+): Step | null {
   const hybrid = ports.filter((p) => p.hybrid === true && p.driver === "openvswitch");
   if (hybrid.length === 0) return null;
+  // The qvo port and interface carry the server's owner and project (issue 14).
+  const ids = ovsOwnerIds(owner, project);
+  const own = ids === "" ? "" : ` ${ids}`;
   const lines = ["set -e"];
   for (const p of hybrid) {
     const d = hybridDevices(p.tap);
@@ -29,12 +38,35 @@ export function hybridPlugStep(serverName: string, ports: readonly ServerPort[],
       `if ! ip link show ${d.qvb} >/dev/null 2>&1; then ip link del ${d.qvo} 2>/dev/null || true; ip link add ${d.qvb} type veth peer name ${d.qvo}; fi`,
       `mtu=$(cat /sys/class/net/${p.bridge}/mtu); ip link set ${d.qvb} mtu $mtu; ip link set ${d.qvo} mtu $mtu`,
       `ip link set ${d.qvb} master ${d.qbr}`,
-      `ovs-vsctl --may-exist add-port ${p.bridge} ${d.qvo} -- set interface ${d.qvo} external_ids:kvmlab-owner=${shQuote(JSON.stringify(owner))} external_ids:kvmlab-tap=${p.tap}`,
+      `ovs-vsctl --may-exist add-port ${p.bridge} ${d.qvo} -- set interface ${d.qvo} external_ids:kvmlab-tap=${p.tap}${own} -- set port ${d.qvo} external_ids:kvmlab-tap=${p.tap}${own}`,
       `ethtool -K ${d.qvb} tx off >/dev/null 2>&1 || true; ethtool -K ${d.qvo} tx off >/dev/null 2>&1 || true`,
       `ip link set ${d.qvb} up; ip link set ${d.qvo} up; ip link set ${d.qbr} up`,
     );
   }
   return { label: `plug the hybrid ports of ${serverName} (qbr/qvb/qvo)`, script: lines.join("\n") };
+}
+
+/**
+ * Shell lines refusing (exit 73) when a hybrid port's qvo carries another owner than `owners`
+ * (issue 14): run before anything of the server is removed.
+ */
+export function hybridGuardLines(
+  serverName: string,
+  ports: readonly ServerPort[] | undefined,
+  owners: readonly string[],
+): string[] {
+  return (ports ?? [])
+    .filter((p) => p.hybrid === true && p.driver === "openvswitch")
+    .flatMap((p) => {
+      const d = hybridDevices(p.tap);
+      return ovsOwnerGuardLines(
+        "interface",
+        d.qvo,
+        owners,
+        `OVS port ${d.qvo} of server ${serverName}`,
+        `check which stack holds server ${serverName} (ovs-vsctl list interface ${d.qvo}); delete it from that stack`,
+      );
+    });
 }
 
 /** Shell lines removing the hybrid plumbing of the server's ports (idempotent). */

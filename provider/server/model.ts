@@ -12,6 +12,7 @@ import {
   withinFlavorLimits,
 } from "../../core/flavor";
 import { serverPaths } from "../../core/paths";
+import { metadataBlockOf, parseDomainMetadata, sameApartFromMetadata } from "../../core/domainMetadata";
 import { domainBridgeOf } from "./hybrid";
 import {
   canonicalJson,
@@ -123,6 +124,11 @@ export interface ServerOutputs extends ServerInputs {
   instanceDir: string;
   /** Power state found on the host (refresh shows drift here). */
   actualPowerState: string;
+  /**
+   * What differs between the kvmlab metadata of the domain on the host and the state's XML
+   * ("" = none; refresh fills it, the next up sets the metadata again without a restart).
+   */
+  metadataDrift?: string;
   /** SHA256 fingerprint per host name (pins, or keys recorded on first use). */
   hostKeys: Record<string, string>;
 }
@@ -371,7 +377,9 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
       );
     } else {
       for (const type of ["kvm", "qemu"] as const) {
-        const e = checkDomainXml(type, xml[type] as string, out);
+        const e =
+          checkDomainXml(type, xml[type] as string, out) ??
+          checkXmlMetadata(type, xml[type] as string, news.project ?? "");
         if (e) fail("domainXml", e);
       }
     }
@@ -488,6 +496,23 @@ export function checkXmlMatchesFlavor(
   return undefined;
 }
 
+/**
+ * The XML's kvmlab metadata against the server's identity project (issue 14): a `<kvmlab:project>`
+ * other than the `project` input is refused, and so is an owner in the XML (the provider fills
+ * it from the `owner` input). XML without kvmlab metadata passes.
+ */
+export function checkXmlMetadata(type: "kvm" | "qemu", xml: string, project: unknown): string | undefined {
+  const block = metadataBlockOf(xml);
+  if (block === "") return undefined;
+  const where = `domainXml.${type}`;
+  const m = parseDomainMetadata(block);
+  if (typeof project === "string" && known(project) && m.project !== undefined && m.project !== project)
+    return `${where}: <kvmlab:project> is ${JSON.stringify(m.project)} but the project input is ${JSON.stringify(project)}; render the XML with the server's project (components/server.ts does)`;
+  if (m.owner !== undefined)
+    return `${where}: <kvmlab:owner> must not be rendered; the provider fills it from the owner input`;
+  return undefined;
+}
+
 /** Checks that a rendered domain XML belongs to this server (pure). */
 export function checkDomainXml(
   type: "kvm" | "qemu",
@@ -556,7 +581,22 @@ export function planText(olds: Record<string, unknown> | undefined, news: Record
     parts.push(
       `cold resize ${of.name} (${of.vcpus} vCPU, ${of.ramMiB} MiB) -> ${nf.name} (${nf.vcpus} vCPU, ${nf.ramMiB} MiB): stop, redefine, start; UUID, MACs and IPs kept`,
     );
-  } else if (!same("domainXml")) parts.push("redefine the domain (stop, define, start)");
+  } else if (!same("domainXml")) {
+    const ox = olds.domainXml as Record<string, string> | undefined;
+    const nx = news.domainXml as Record<string, string>;
+    const metaOnly =
+      ox !== undefined &&
+      nx !== null &&
+      typeof nx === "object" &&
+      (["kvm", "qemu"] as const).every(
+        (t) => typeof ox[t] === "string" && typeof nx[t] === "string" && sameApartFromMetadata(ox[t], nx[t]),
+      );
+    parts.push(
+      metaOnly
+        ? "set the domain's kvmlab metadata (virsh metadata --live --config; the guest keeps running)"
+        : "redefine the domain (stop, define, start)",
+    );
+  }
   if (!same("powerState"))
     parts.push(
       news.powerState === "stopped"
@@ -575,15 +615,23 @@ export const SERVER_REPLACE_KEYS = ["serverName", "uuid", "image", "cloudInit", 
 export interface ServerUpdatePlan {
   migrateTo: string;
   redefine: boolean;
+  /** Only kvmlab's metadata changes (project, owner, stack…): set in place, no restart. */
+  metadata: boolean;
   resizeDisk: boolean;
   power: PowerState | "";
 }
 
 export function planUpdate(olds: ServerOutputs, news: ServerInputs): ServerUpdatePlan {
   const type = olds.domainType;
+  const redefine = !sameApartFromMetadata(olds.domainXml[type], news.domainXml[type]);
   return {
     migrateTo: news.host !== "" && news.host !== olds.host ? news.host : "",
-    redefine: olds.domainXml[type] !== news.domainXml[type],
+    redefine,
+    metadata:
+      !redefine &&
+      (olds.domainXml[type] !== news.domainXml[type] ||
+        (olds.owner ?? "") !== news.owner ||
+        (olds.metadataDrift ?? "") !== ""),
     resizeDisk: news.image.kind === "disk" && news.flavor.diskGiB > olds.flavor.diskGiB,
     power:
       news.powerState === "external" ||
@@ -608,7 +656,9 @@ export function diffServer(
     olds.powerState !== "external" &&
     olds.actualPowerState !== undefined &&
     olds.actualPowerState !== olds.powerState;
-  const changes = replaces.length > 0 || hostMove || updates.length > 0 || drift;
+  // refresh found the domain's kvmlab metadata changed on the host: an update sets it again.
+  const metaDrift = (olds.metadataDrift ?? "") !== "";
+  const changes = replaces.length > 0 || hostMove || updates.length > 0 || drift || metaDrift;
   return {
     changes,
     replaces,

@@ -7,7 +7,8 @@ import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
 import { serverPaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
-import { hybridPlugStep, hybridUnplugLines } from "./hybrid";
+import { KVMLAB_DOMAIN_KEY, KVMLAB_DOMAIN_XMLNS, metadataSetText } from "../../core/domainMetadata";
+import { hybridGuardLines, hybridPlugStep, hybridUnplugLines } from "./hybrid";
 
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
@@ -145,7 +146,7 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
   }
   steps.push(uploadStep(p.domainXml, xml, { mode: "0600" }));
   // Hybrid OVS ports: qbr/qvb/qvo before the domain can start (also on a migration's destination).
-  const plug = hybridPlugStep(inputs.serverName, inputs.ports, inputs.owner ?? "");
+  const plug = hybridPlugStep(inputs.serverName, inputs.ports, inputs.owner ?? "", inputs.project ?? "");
   if (plug) steps.push(plug);
   if (opts.define !== false) {
     steps.push({
@@ -177,6 +178,27 @@ export function nameFreeStep(inputs: Pick<ServerInputs, "serverName" | "uuid">):
   return {
     label: `check that the name ${inputs.serverName} is free on the host`,
     script: `if [ -f ${rec} ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} ${rec}; then echo ${shQuote(`another server is recorded under the name ${inputs.serverName} on this host (${recordPath("server", inputs.serverName)}); rename this server`)} >&2; exit 34; fi`,
+  };
+}
+
+/**
+ * Sets kvmlab's metadata element of a defined domain in place (virDomainSetMetadata): in the
+ * persistent definition, and in the running guest too when it runs. No redefine, no restart.
+ * `xml` is the host XML the state will hold (its element is what gets set).
+ */
+export function metadataStep(name: string, xml: string): Step {
+  const text = metadataSetText(xml);
+  if (text === "") throw new Error(`server ${name}: the domain XML has no kvmlab metadata to set`);
+  const n = shQuote(name);
+  const set = `${VIRSH} metadata ${n} --uri ${shQuote(KVMLAB_DOMAIN_XMLNS)} --key ${KVMLAB_DOMAIN_KEY} --set ${shQuote(text)}`;
+  return {
+    label: `set kvmlab metadata of domain ${name}`,
+    script: [
+      "set -e",
+      `st=$(${VIRSH} domstate ${n})`,
+      'case "$st" in running|paused) live=--live ;; *) live= ;; esac',
+      `${set} --config $live`,
+    ].join("\n"),
   };
 }
 
@@ -216,6 +238,8 @@ export function infoStep(name: string): Step {
       'printf \'%s\\n\' "$di" | awk -F\': *\' \'/^UUID/ {print "uuid=" $2} /^State/ {print "state=" $2} /^Max memory/ {print "maxmem=" $2} /^CPU\\(s\\)/ {print "vcpus=" $2}\'',
       `echo "vnc=$(${VIRSH} vncdisplay ${n} 2>/dev/null | head -n1)"`,
       `echo "type=$(${VIRSH} dumpxml ${n} 2>/dev/null | sed -n "s/^<domain type='\\([a-z]*\\)'.*/\\1/p" | head -n1)"`,
+      // kvmlab's metadata element on one line (empty when the domain has none).
+      `echo "meta=$(${VIRSH} metadata ${n} ${shQuote(KVMLAB_DOMAIN_XMLNS)} 2>/dev/null | tr -d '\\n')"`,
     ].join("\n"),
   };
 }
@@ -230,6 +254,8 @@ export interface DomainInfo {
   /** 5900 + display, or 0 without VNC or when not running. */
   vncPort: number;
   type: string;
+  /** kvmlab's `<kvmlab:instance>` element as libvirt keeps it ("" when absent). */
+  metadata: string;
 }
 
 export function parseDomainInfo(stdout: string): DomainInfo {
@@ -243,6 +269,7 @@ export function parseDomainInfo(stdout: string): DomainInfo {
     vcpus: Number(kv.get("vcpus") ?? 0) || 0,
     vncPort: vnc ? 5900 + Number(vnc[1]) : 0,
     type: kv.get("type") ?? "",
+    metadata: kv.get("meta") ?? "",
   };
 }
 
@@ -251,7 +278,10 @@ export function parseDomainInfo(stdout: string): DomainInfo {
  * the instance folder, its user marker on the image and the record. Leaves everything else alone.
  */
 export function deleteStep(
-  server: Pick<ServerInputs, "serverName" | "uuid" | "image"> & { ports?: readonly ServerPort[] },
+  server: Pick<ServerInputs, "serverName" | "uuid" | "image"> & {
+    ports?: readonly ServerPort[];
+    owner?: string;
+  },
 ): Step {
   const { serverName: name, uuid } = server;
   const p = serverPaths(name);
@@ -269,6 +299,8 @@ export function deleteStep(
       // clash refused at create): leave all of it alone.
       `if [ -n "$u" ] && [ "$u" != ${shQuote(uuid)} ]; then exit 0; fi`,
       `if [ -f ${rec} ] && ! grep -qF -- ${shQuote(`"uuid": "${uuid}"`)} ${rec}; then exit 0; fi`,
+      // Its hybrid ports' qvo must carry no other owner (issue 14), checked before anything goes.
+      ...hybridGuardLines(name, server.ports, [server.owner ?? ""]),
       'if [ -n "$u" ]; then',
       `  st=$(${VIRSH} domstate ${n} 2>/dev/null || true)`,
       `  if [ "$st" != "shut off" ]; then ${VIRSH} destroy ${n} >/dev/null 2>&1 || true; fi`,

@@ -313,3 +313,69 @@ test("openvswitch gre: refused on hosts without OVS's kernel datapath (the sandb
   for (const h of hosts)
     assert.equal((await leftovers(h, "it-gre")).trim(), "", `refused create left on ${h.name}`);
 });
+
+test("openvswitch: every bridge and port a network makes carries its owner; a bridge another owner holds is not deleted", async () => {
+  const [hv1] = hosts;
+  const vlan = await checked({
+    networkName: "it-own-v",
+    type: "vlan",
+    segmentationId: 103,
+    driver: "openvswitch",
+    hosts,
+    owner: "itest/types/Network/it-own-v",
+  });
+  const vx = await checked({
+    networkName: "it-own-x",
+    kind: "selfservice",
+    driver: "openvswitch",
+    hosts,
+    owner: "itest/types/Network/it-own-x",
+  });
+  const nv = (await networkProvider.create!(vlan)).outs as NetworkOutputs;
+  let nx: NetworkOutputs | undefined = (await networkProvider.create!(vx)).outs as NetworkOutputs;
+  try {
+    for (const h of hosts) {
+      console.log(
+        `# ${h.name}: ovs-vsctl --columns=name,external_ids list port\n` +
+          (await sh(h, "ovs-vsctl --columns=name,external_ids list port")),
+      );
+      for (const n of [nv, nx]) {
+        const ports = (
+          await sh(
+            h,
+            `ovs-vsctl --bare --columns=name find port external_ids:kvmlab-network=${n.networkName}`,
+          )
+        )
+          .split(/\s+/)
+          .filter((p) => p !== "");
+        // VLAN: the patch pair (bridge side, trunk side); VXLAN: the tunnel port.
+        assert.ok(ports.length >= 1, `${h.name}: ports of ${n.networkName}: ${ports.join(" ")}`);
+        assert.ok(ports.includes(n.bridge), `${h.name}: the bridge's own port row of ${n.networkName}`);
+        for (const p of [...ports.map((x) => `port ${x}`), `bridge ${n.bridge}`]) {
+          const owner = (await sh(h, `ovs-vsctl get ${p} external_ids:kvmlab-owner`)).trim();
+          assert.equal(owner, `"${n.owner}"`, `${h.name}: ${p}`);
+        }
+      }
+    }
+    // Another owner's bridge (here: relabelled by hand on hv1) is refused by name, and kept.
+    await sh(
+      hv1,
+      `ovs-vsctl set bridge ${nx.bridge} external_ids:kvmlab-owner='"itest/other/Network/it-own-x"'`,
+    );
+    await assert.rejects(
+      networkProvider.delete!("it-own-x", nx),
+      /OVS bridge kvlb-[0-9a-f]+ of network it-own-x belongs to itest\/other\/Network\/it-own-x, not to itest\/types\/Network\/it-own-x; it was not removed\. Fix: /,
+    );
+    assert.equal((await sh(hv1, `ovs-vsctl br-exists ${nx.bridge} && echo kept`)).trim(), "kept");
+    await sh(hv1, `ovs-vsctl set bridge ${nx.bridge} external_ids:kvmlab-owner='"${nx.owner}"'`);
+    await networkProvider.delete!("it-own-x", nx);
+    nx = undefined;
+  } finally {
+    if (nx) await networkProvider.delete!("it-own-x", nx).catch(() => undefined);
+    await networkProvider.delete!("it-own-v", nv);
+  }
+  for (const h of hosts) {
+    assert.equal((await leftovers(h, "it-own-v")).trim(), "", `left on ${h.name}`);
+    assert.equal((await leftovers(h, "it-own-x")).trim(), "", `left on ${h.name}`);
+  }
+});

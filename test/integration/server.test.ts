@@ -9,7 +9,8 @@
  * image's `.users` marker follows the server (set on create and on the migration's destination,
  * gone from the source and after delete); delete leaves no domain, file, record or reservation
  * and is idempotent; a guest that never gets ready fails create with its serial log in the
- * error and leaves nothing behind.
+ * error and leaves nothing behind; a change of kvmlab's metadata alone (older state, new owner,
+ * a hand edit refresh found) is set in place with the same QEMU process.
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -142,7 +143,8 @@ async function serverInputs(
     serverName: name,
     uuidSeed: over.uuidSeed ?? `itest/${name}`,
     lab: "itest",
-    project: "srv",
+    stack: "srv",
+    project: "",
     image,
     flavor,
     ports: [
@@ -407,4 +409,99 @@ test("a name another server uses on the host is refused, and that server's files
     (await onHost("hv1", "virsh -c qemu:///system list --all --name | grep -cx itsrv3 || true")).trim(),
     "0",
   );
+});
+
+test("kvmlab metadata alone (older state, new owner, a hand edit found by refresh) is set in place: same QEMU process, no reboot", async () => {
+  const NS = "https://kvmlab.dev/xmlns/domain/1.0";
+  const news = await serverInputs("itsrv4", { host: "hv1" });
+  // A state from before issue 14: <kvmlab:project> held the stack, no stack or owner element.
+  const older = (x: string): string =>
+    x
+      .replace(/\n\s*<kvmlab:stack>[^<]*<\/kvmlab:stack>/, "")
+      .replace("<kvmlab:project></kvmlab:project>", "<kvmlab:project>srv</kvmlab:project>");
+  const oldInputs = {
+    ...news,
+    domainXml: { kvm: older(news.domainXml.kvm), qemu: older(news.domainXml.qemu) },
+  };
+  let outs = (await serverProvider.create!(oldInputs)).outs as ServerOutputs;
+  const pid = async (): Promise<string> =>
+    (
+      await onHost(
+        "hv1",
+        "cat /run/libvirt/qemu/itsrv4.pid 2>/dev/null || cat /var/run/libvirt/qemu/itsrv4.pid",
+      )
+    ).trim();
+  const meta = async (flags = ""): Promise<string> =>
+    onHost("hv1", `virsh -q -c qemu:///system metadata itsrv4 ${NS} ${flags}`);
+  try {
+    const pid0 = await pid();
+    assert.match(pid0, /^\d+$/);
+    assert.match(await meta(), /<(kvmlab:)?project>srv<\/(kvmlab:)?project>/);
+    const bootLines = async (): Promise<number> =>
+      Number(
+        (
+          await onHost("hv1", "grep -c 'Linux version' /var/lib/kvmlab/instances/itsrv4/console.log || true")
+        ).trim(),
+      );
+    const boots0 = await bootLines();
+
+    // 1. The first up with this kvmlab: metadata only, set live and in the config.
+    const plan = (news as unknown as { changePlan: string }).changePlan;
+    assert.equal(plan, "create");
+    const d1 = await serverProvider.diff!(outs.uuid, outs, news);
+    assert.equal(d1.changes, true);
+    const t1 = Date.now();
+    outs = (await serverProvider.update!(outs.uuid, outs, news)).outs as ServerOutputs;
+    const setMs = Date.now() - t1;
+    assert.equal(await pid(), pid0, "the guest's QEMU process is the same one (no stop, no define)");
+    for (const flags of ["--live", "--config"]) {
+      const m = await meta(flags);
+      assert.match(m, /<(kvmlab:)?stack>srv<\/(kvmlab:)?stack>/, `${flags}: ${m}`);
+      assert.match(m, /<(kvmlab:)?project\/>|<(kvmlab:)?project><\/(kvmlab:)?project>/, `${flags}: ${m}`);
+      assert.match(
+        m,
+        /<(kvmlab:)?owner>kvmlab-direct\/-\/Server\/itsrv4<\/(kvmlab:)?owner>/,
+        `${flags}: ${m}`,
+      );
+    }
+    assert.match(
+      await onHost("hv1", "cat /var/lib/kvmlab/instances/itsrv4/domain.xml"),
+      /<kvmlab:owner>kvmlab-direct\/-\/Server\/itsrv4<\/kvmlab:owner>/,
+    );
+    console.log(`# metadata-only update (older state): ${setMs} ms, QEMU pid ${pid0} kept`);
+
+    // 2. No change: nothing to do.
+    assert.equal((await serverProvider.diff!(outs.uuid, outs, news)).changes, false);
+
+    // 3. A new owner (a renamed stack): the owner element follows, still in place.
+    const owner2 = "itest/srv2/Server/itsrv4";
+    const news2 = { ...news, owner: owner2 };
+    assert.equal((await serverProvider.diff!(outs.uuid, outs, news2)).changes, true);
+    outs = (await serverProvider.update!(outs.uuid, outs, news2)).outs as ServerOutputs;
+    assert.equal(await pid(), pid0);
+    assert.match(await meta("--live"), /<(kvmlab:)?owner>itest\/srv2\/Server\/itsrv4<\/(kvmlab:)?owner>/);
+    assert.match(
+      await onHost("hv1", "cat /var/lib/kvmlab/records/server/itsrv4.json"),
+      /"owner": "itest\/srv2\/Server\/itsrv4"/,
+    );
+
+    // 4. Edited by hand on the host: refresh reports it, the next up sets it back in place.
+    await onHost(
+      "hv1",
+      `virsh -q -c qemu:///system metadata itsrv4 --uri ${NS} --key kvmlab --set '<instance><lab>itest</lab><project>Default/evil</project></instance>' --live --config`,
+    );
+    const read = await serverProvider.read!(outs.uuid, outs);
+    const drift = (read.props as ServerOutputs).metadataDrift ?? "";
+    assert.match(drift, /project: host "Default\/evil", expected ""/);
+    assert.match(drift, /owner: host \(none\), expected "itest\/srv2\/Server\/itsrv4"/);
+    const refreshed = read.props as ServerOutputs;
+    assert.equal((await serverProvider.diff!(outs.uuid, refreshed, news2)).changes, true);
+    outs = (await serverProvider.update!(outs.uuid, refreshed, news2)).outs as ServerOutputs;
+    assert.equal(outs.metadataDrift, "");
+    assert.equal(((await serverProvider.read!(outs.uuid, outs)).props as ServerOutputs).metadataDrift, "");
+    assert.equal(await pid(), pid0, "still the same QEMU process");
+    assert.equal(await bootLines(), boots0, "the guest did not boot again");
+  } finally {
+    await serverProvider.delete!(outs.uuid, outs);
+  }
 });

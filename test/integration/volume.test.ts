@@ -153,7 +153,8 @@ async function serverInputs(
     serverName: name,
     uuidSeed: over.uuidSeed ?? `itest/${name}`,
     lab: "itest",
-    project: "vol",
+    stack: "vol",
+    project: "",
     image,
     flavor,
     ports: [

@@ -182,12 +182,12 @@ test(
       ),
       errors.join("\n"),
     );
-    // The limit was reached. A granted create may still fail for another reason (under this
-    // load, six creates on one TCG host, a host-lock wait can time out after 120 s); its
-    // reservation is then released, so what is left is consistent: one ledger entry per server.
+    // The limit was reached and every granted create succeeded: exactly LIMIT servers exist (the
+    // placement lock is held only in a shell of its own since issue 13, so a granted create no
+    // longer times out behind another create's slow batch), one ledger entry per server.
     assert.equal(maxLedger, LIMIT, "the ledger reached the limit");
     const end = await sample();
-    assert.ok(end.domains >= 1 && end.domains <= LIMIT, `${end.domains} servers exist`);
+    assert.equal(end.domains, LIMIT, `${end.domains} servers exist, ${LIMIT} were granted`);
     assert.equal(end.ledger, end.domains, "one instance charged per server that exists");
     assert.equal(end.holders.length, end.domains);
     for (const h of end.holders)

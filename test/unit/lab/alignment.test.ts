@@ -18,7 +18,7 @@ import { dhcpPaths } from "../../../provider/ipam";
 import { checkDnsmasqConf } from "../../../provider/kit";
 import { networkDevices } from "../../../provider/network";
 import { portOwner, serverPaths } from "../../../provider/server/model";
-import { RenderError, renderLab } from "../../../lab/artifacts";
+import { RenderError, identityProjectOf, renderLab } from "../../../lab/artifacts";
 import { loadLab, parseLab } from "../../../lab/parse";
 import { repoRoot } from "../templates/support";
 
@@ -100,6 +100,8 @@ test("three-tier web-0: the render equals what the Network and Server components
     keypair: { publicKeyLine: keypair.publicKey },
     userName: image.defaultUser,
     userData: { writeFiles: group.launch.userData.writeFiles, runcmd: group.launch.userData.runcmd },
+    // As the lab program passes it: the identity section's project (issue 14: in the metadata).
+    project: identityProjectOf(lab, group.project),
   });
   await unwrap(web0.ip);
 

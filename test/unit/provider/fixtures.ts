@@ -43,7 +43,8 @@ export function serverRaw(
     serverName: "web1",
     uuidSeed: "lab/dev/web1",
     lab: "lab",
-    project: "dev",
+    stack: "dev",
+    project: "",
     image,
     flavor,
     ports: [

@@ -50,6 +50,8 @@ import {
 } from "../../../provider";
 import { serverRaw, testHost } from "./fixtures";
 import { routerGatewayOwner } from "../../../core/router";
+import { planText } from "../../../provider/server/model";
+import { parseDomainMetadata } from "../../../core/domainMetadata";
 
 const ME = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Network", name: "lan" });
 const OTHER = ownerOf({ pulumiProject: "lab", stack: "prod", type: "Network", name: "lan" });
@@ -802,5 +804,70 @@ test("security group update: a host it adds is claimed (an unmarked group there 
     assert.ok(!fake.log.some((l) => l.host === "hv2" && l.label === "delete security group web"));
   } finally {
     fake.restore();
+  }
+});
+
+test("a Server whose kvmlab metadata alone changes (older state, new owner, drift) gets it set in place: no stop, no define", async () => {
+  const hv1 = testHost("hv1", 1);
+  const A = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Server", name: "web1" });
+  const A2 = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Server", name: "web1", project: "x" });
+  const news = serverSetup(A, [hv1], "hv1") as unknown as Record<string, unknown> & {
+    domainXml: { kvm: string; qemu: string };
+  };
+  // The XML a state from before issue 14 holds: the stack in <kvmlab:project>, no stack element.
+  const older = (x: string): string =>
+    x
+      .replace(/\n\s*<kvmlab:stack>[^<]*<\/kvmlab:stack>/, "")
+      .replace("<kvmlab:project></kvmlab:project>", "<kvmlab:project>dev</kvmlab:project>");
+  const olds = {
+    ...news,
+    domainXml: { kvm: older(news.domainXml.kvm), qemu: older(news.domainXml.qemu) },
+    host: "hv1",
+    domainType: "qemu",
+    addresses: [],
+    actualPowerState: "running",
+    hostKeys: {},
+  };
+  const p = serverProvider as unknown as P;
+  assert.equal((await p.diff("web1", olds as never, news as never)).changes, true);
+  assert.match(
+    planText(olds, news),
+    /^set the domain's kvmlab metadata \(virsh metadata --live --config; the guest keeps running\)$/,
+  );
+  for (const [what, o, n] of [
+    ["older state", olds, news],
+    ["new owner", { ...olds, domainXml: news.domainXml }, { ...news, owner: A2 }],
+    [
+      "drift found by refresh",
+      { ...olds, domainXml: news.domainXml, metadataDrift: 'project: host "Default/x", expected ""' },
+      news,
+    ],
+  ] as const) {
+    const fake = fakeHost([[/^read domain web1/, "defined=yes\nstate=running\ntype=qemu"]]);
+    try {
+      markOwned(fake, hv1, "server/web1.owner", A);
+      const { outs } = (await p.update("web1", o as never, n as never)) as {
+        outs: { metadataDrift?: string };
+      };
+      const labels = fake.log.map((l) => l.label);
+      assert.ok(labels.includes("set kvmlab metadata of domain web1"), `${what}: ${labels.join(" | ")}`);
+      assert.ok(
+        !labels.some((l) => /^(define domain|shut down domain|power off domain|start domain)/.test(l)),
+        `${what}: no stop, define or start: ${labels.join(" | ")}`,
+      );
+      const set = fake.log.find((l) => l.label === "set kvmlab metadata of domain web1")!.script;
+      const owner = (n as { owner: string }).owner;
+      assert.ok(set.includes(`<owner>${owner}</owner>`), `${what}: the owner is set`);
+      assert.ok(set.includes("<stack>dev</stack><project></project>"), `${what}: stack and project are set`);
+      assert.match(set, /--config \$live/);
+      const file = fake.log.find((l) => /instances\/web1\/domain\.xml/.test(l.label))!;
+      assert.ok(file, `${what}: the instance folder's copy of the XML is rewritten`);
+      const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(file.script)![2];
+      const written = Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
+      assert.equal(parseDomainMetadata(written).owner, owner, `${what}: the file has the owner`);
+      assert.equal(outs.metadataDrift, "", `${what}: no drift left`);
+    } finally {
+      fake.restore();
+    }
   }
 });

@@ -276,7 +276,8 @@ test("parsers read what the host steps print", () => {
     serverUuids: ["u1", "u2"],
   });
   const info = parseDomainInfo(
-    "defined=yes\nuuid=abc\nstate=running\nmaxmem=196608 KiB\nvcpus=1\nvnc=0.0.0.0:3\ntype=qemu\n",
+    "defined=yes\nuuid=abc\nstate=running\nmaxmem=196608 KiB\nvcpus=1\nvnc=0.0.0.0:3\ntype=qemu\n" +
+      'meta=<kvmlab:instance xmlns:kvmlab="https://kvmlab.dev/xmlns/domain/1.0">  <kvmlab:project>Default/a=b</kvmlab:project></kvmlab:instance>\n',
   );
   assert.deepEqual(info, {
     defined: true,
@@ -286,6 +287,9 @@ test("parsers read what the host steps print", () => {
     vcpus: 1,
     vncPort: 5903,
     type: "qemu",
+    // kvmlab's metadata element, whole (values may hold "=").
+    metadata:
+      '<kvmlab:instance xmlns:kvmlab="https://kvmlab.dev/xmlns/domain/1.0">  <kvmlab:project>Default/a=b</kvmlab:project></kvmlab:instance>',
   });
   assert.equal(parseDomainInfo("defined=no\n").defined, false);
   const facts = parseDestinationFacts(
@@ -400,7 +404,8 @@ test("hybrid OVS ports: the XML may name the port's qbr bridge; plumbing is made
     serverName: "web1",
     uuidSeed: "lab/dev/web1",
     lab: "lab",
-    project: "dev",
+    stack: "dev",
+    project: "",
     image: base.image as never,
     flavor: base.flavor as never,
     ports: [{ networkName: "lan", subnetName: "lan-v4", bridge: qbr, driver: "linuxbridge", mtu: 1450 }],

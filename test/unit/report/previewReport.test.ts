@@ -91,7 +91,7 @@ const spec = (flavor: string, memoryMiB: number, image = "cirros"): DomainSpec =
   ],
   serialLog: "/var/lib/kvmlab/instances/shop-web1/console.log",
   vnc: { listen: "127.0.0.1", port: 5901 },
-  metadata: { lab: "shop", project: "shop", server: "web1", image, flavor },
+  metadata: { lab: "shop", stack: "shop", project: "", server: "web1", image, flavor },
 });
 const xml = (flavor: string, mem: number, image?: string): { kvm: string; qemu: string } => ({
   kvm: renderDomainXml(toDomainView(spec(flavor, mem, image))),

@@ -31,7 +31,8 @@ const diskServer: DomainSpec = {
   vnc: { listen: "127.0.0.1", port: 5901 },
   metadata: {
     lab: "three-tier",
-    project: "demo",
+    stack: "demo",
+    project: "Default/demo",
     server: "web-0",
     image: "ubuntu-22.04",
     flavor: "m1.small",
@@ -61,7 +62,14 @@ const kernelServer: DomainSpec = {
     { bridge: "br-ext", driver: "openvswitch", target: "tap0a1b2c3d4e6", mac: "fa:16:3e:00:00:02" },
   ],
   serialLog: "/var/lib/kvmlab/instances/tiny-0/console.log",
-  metadata: { lab: "sandbox", project: "admin", server: "tiny-0", image: "tiny", flavor: "m1.nano" },
+  metadata: {
+    lab: "sandbox",
+    stack: "admin",
+    project: "",
+    server: "tiny-0",
+    image: "tiny",
+    flavor: "m1.nano",
+  },
   tbCacheMiB: 32,
 };
 
@@ -125,10 +133,21 @@ test("domain XML: deterministic for the same input", () => {
 test("domain XML: fails on injection attempts and bad devices, naming the field", () => {
   for (const bad of [...INJECTIONS, "a]]>b", "x' onload='y"]) {
     assertFieldError(() => toDomainView({ ...diskServer, name: bad }), "name");
+    // "" is the identity project "none"; every other injection is refused.
+    if (bad !== "")
+      assertFieldError(
+        () => toDomainView({ ...diskServer, metadata: { ...diskServer.metadata, project: bad } }),
+        "metadata.project",
+      );
     assertFieldError(
-      () => toDomainView({ ...diskServer, metadata: { ...diskServer.metadata, project: bad } }),
-      "metadata.project",
+      () => toDomainView({ ...diskServer, metadata: { ...diskServer.metadata, stack: bad } }),
+      "metadata.stack",
     );
+    if (bad !== "")
+      assertFieldError(
+        () => toDomainView({ ...diskServer, metadata: { ...diskServer.metadata, owner: bad } }),
+        "metadata.owner",
+      );
     assertFieldError(
       () => toDomainView({ ...diskServer, nics: [{ ...diskServer.nics[0], bridge: bad }] }),
       "nics[0].bridge",

@@ -53,7 +53,7 @@ const base: DomainSpec = {
   ],
   serialLog: "/var/lib/kvmlab/instances/web-0/console.log",
   vnc: { listen: "0.0.0.0", port: "auto" },
-  metadata: { lab: "demo", project: "dev", server: "web-0", image: "cirros", flavor: "m1.tuned" },
+  metadata: { lab: "demo", stack: "dev", project: "", server: "web-0", image: "cirros", flavor: "m1.tuned" },
 };
 
 test("every extra spec kvmlab expresses renders into valid domain XML (kvm and qemu)", () => {
@@ -172,7 +172,8 @@ function serverInput(flavor: ServerRenderInput["flavor"]): ServerRenderInput {
     serverName: "web-0",
     uuidSeed: "demo/dev/web-0",
     lab: "demo",
-    project: "dev",
+    stack: "dev",
+    project: "",
     image: {
       name: "cirros",
       kind: "disk",

@@ -23,7 +23,8 @@ function xmlWith(consoleListen: string): string {
     serverName: "web1",
     uuidSeed: "lab/dev/web1",
     lab: "lab",
-    project: "dev",
+    stack: "dev",
+    project: "",
     image: {
       name: "cirros",
       kind: "kernel",

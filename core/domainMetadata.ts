@@ -1,0 +1,146 @@
+/**
+ * kvmlab's part of a libvirt domain's `<metadata>` (issue 14): the `<kvmlab:instance>` element in
+ * the {@link KVMLAB_DOMAIN_XMLNS} namespace says whose a domain is: the Pulumi project (`lab`),
+ * the stack, the identity project (`<domain>/<name>`, empty for none), the owner (issue 15's
+ * owner string) and the server, image and flavor names.
+ *
+ * The program renders the element (templates/domain.ts) with everything but the owner; the Server
+ * provider fills the owner ({@link withDomainOwner}) before the XML reaches a host, the same way
+ * it fills the console's management address. Because libvirt can change a domain's metadata in
+ * place (`virsh metadata --live --config`, virDomainSetMetadata), a change of this element alone
+ * never needs a redefine: {@link sameApartFromMetadata} tells the provider so.
+ *
+ * Pure.
+ */
+
+/** XML namespace of kvmlab's domain metadata (prefix `kvmlab`). */
+export const KVMLAB_DOMAIN_XMLNS = "https://kvmlab.dev/xmlns/domain/1.0";
+
+/** The key (namespace prefix) of kvmlab's metadata element. */
+export const KVMLAB_DOMAIN_KEY = "kvmlab";
+
+/** An identity project reference: `<domain>/<project>`, both object names. */
+export const PROJECT_REF_RE =
+  /^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/;
+
+/** The owner string (provider/kit/owner.ts ownerOf): encoded segments joined by "/". */
+export const DOMAIN_OWNER_RE = /^[A-Za-z0-9_%-][A-Za-z0-9_.%-]*(\/[A-Za-z0-9_%-][A-Za-z0-9_.%=-]*){3,5}$/;
+
+/** The fields of `<kvmlab:instance>`, in the order the template writes them. */
+export const DOMAIN_METADATA_FIELDS = [
+  "lab",
+  "stack",
+  "project",
+  "owner",
+  "server",
+  "image",
+  "flavor",
+] as const;
+export type DomainMetadataField = (typeof DOMAIN_METADATA_FIELDS)[number];
+
+const BLOCK_RE = /<kvmlab:instance\b[^>]*>[\s\S]*?<\/kvmlab:instance>/;
+
+/** The `<kvmlab:instance>…</kvmlab:instance>` text of a rendered domain XML, or "" without one. */
+export function metadataBlockOf(xml: string): string {
+  return BLOCK_RE.exec(xml)?.[0] ?? "";
+}
+
+/**
+ * True when two domain XMLs differ at most inside `<kvmlab:instance>`: then applying the new one
+ * is a metadata change (no redefine, no restart).
+ */
+export function sameApartFromMetadata(a: string, b: string): boolean {
+  return a.replace(BLOCK_RE, "") === b.replace(BLOCK_RE, "");
+}
+
+/**
+ * The fields of kvmlab's metadata element as text values (XML entities decoded), from a rendered
+ * XML or from what `virsh metadata <dom> <uri>` prints (libvirt may write the element with or
+ * without the prefix on its children, and an empty element as `<x/>`). Fields not present are
+ * absent from the result.
+ */
+export function parseDomainMetadata(text: string): Partial<Record<DomainMetadataField, string>> {
+  const out: Partial<Record<DomainMetadataField, string>> = {};
+  for (const f of DOMAIN_METADATA_FIELDS) {
+    const full = new RegExp(`<(?:[A-Za-z0-9_-]+:)?${f}>([^<]*)</(?:[A-Za-z0-9_-]+:)?${f}>`).exec(text);
+    if (full) out[f] = xmlUnescape(full[1]);
+    else if (new RegExp(`<(?:[A-Za-z0-9_-]+:)?${f}\\s*/>`).test(text)) out[f] = "";
+  }
+  return out;
+}
+
+/**
+ * The rendered XML with `<kvmlab:owner>` set to `owner` (inserted after `<kvmlab:project>` as the
+ * template writes it, or replaced). Unchanged when the XML has no kvmlab metadata or the owner
+ * is "" (a state from before owners). Throws on an owner that is not an owner string.
+ */
+export function withDomainOwner(xml: string, owner: string): string {
+  if (owner === "") return xml;
+  if (owner.length > 400 || !DOMAIN_OWNER_RE.test(owner))
+    throw new Error(
+      `owner: ${JSON.stringify(owner)} is not an owner string (ownerOf); it cannot go into the domain's metadata`,
+    );
+  const block = metadataBlockOf(xml);
+  if (block === "") return xml;
+  // Escaped as the template escapes it (Handlebars writes "=" as "&#x3D;"), so the filled XML is
+  // byte for byte what rendering with the owner gives.
+  const text = owner.replace(/=/g, "&#x3D;");
+  let next: string;
+  if (/<kvmlab:owner>[^<]*<\/kvmlab:owner>/.test(block)) {
+    next = block.replace(/<kvmlab:owner>[^<]*<\/kvmlab:owner>/, () => `<kvmlab:owner>${text}</kvmlab:owner>`);
+  } else {
+    const m = /\n([ \t]*)<kvmlab:project>[^<]*<\/kvmlab:project>/.exec(block);
+    if (!m) return xml;
+    const at = m.index + m[0].length;
+    next = `${block.slice(0, at)}\n${m[1]}<kvmlab:owner>${text}</kvmlab:owner>${block.slice(at)}`;
+  }
+  return xml.replace(block, () => next);
+}
+
+/**
+ * The metadata element as `virsh metadata --key kvmlab --set` takes it: without the prefix and
+ * the namespace declaration (libvirt puts the element and its children in the namespace given
+ * by --uri and --key), on one line. "" when the XML has no kvmlab metadata.
+ */
+export function metadataSetText(xml: string): string {
+  const block = metadataBlockOf(xml);
+  if (block === "") return "";
+  return block
+    .replace(/ xmlns:kvmlab='[^']*'/, "")
+    .replace(/<(\/?)kvmlab:/g, "<$1")
+    .replace(/>\s+</g, "><")
+    .replace(/&#x3D;/g, "=")
+    .trim();
+}
+
+/**
+ * What differs between the metadata a domain on the host carries and the metadata it should
+ * carry (from the XML the state holds): `field: host "a", expected "b"`, joined by "; " ("" when
+ * they agree). Only the fields the expected XML has are compared.
+ */
+export function metadataDrift(expectedXml: string, hostText: string): string {
+  const want = parseDomainMetadata(metadataBlockOf(expectedXml));
+  const have = parseDomainMetadata(hostText);
+  const diffs: string[] = [];
+  for (const f of DOMAIN_METADATA_FIELDS) {
+    const w = want[f];
+    if (w === undefined) continue;
+    const h = have[f];
+    if (h !== w)
+      diffs.push(
+        `${f}: host ${h === undefined ? "(none)" : JSON.stringify(h)}, expected ${JSON.stringify(w)}`,
+      );
+  }
+  return diffs.join("; ");
+}
+
+function xmlUnescape(s: string): string {
+  return s
+    .replace(/&#x([0-9A-Fa-f]{1,6});/g, (_, h: string) => String.fromCodePoint(Number.parseInt(h, 16)))
+    .replace(/&#([0-9]{1,7});/g, (_, d: string) => String.fromCodePoint(Number.parseInt(d, 10)))
+    .replace(/&lt;/g, "<")
+    .replace(/&gt;/g, ">")
+    .replace(/&quot;/g, '"')
+    .replace(/&apos;/g, "'")
+    .replace(/&amp;/g, "&");
+}

@@ -1,0 +1,161 @@
+/**
+ * OVS objects carry their owner and project (issue 14): every `set bridge`/`set port` a Network
+ * makes (bridge, VXLAN, flat uplink, VLAN patch pair, GRE) has `kvmlab-owner` and, with a
+ * project, `kvmlab-project`; the DHCP port, router legs and hybrid qvo ports too. Deletes run the
+ * owner check before any del-br/del-port: the guard lines are run here in a real bash against a
+ * stand-in `ovs-vsctl` that answers with another owner, so the refusal (exit 73, naming the
+ * owner and the fix) is the script's own behaviour.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import {
+  OWNER_REFUSED,
+  checkNetworkInputs,
+  networkApplyStep,
+  networkDeleteStep,
+  ovsOwnerGuardLines,
+  ovsOwnerIds,
+  routerDeleteStep,
+  subnetDeleteStep,
+  type NetworkInputs,
+} from "../../../provider";
+import { hybridPlugStep } from "../../../provider/server/hybrid";
+import { deleteStep } from "../../../provider/server/steps";
+import { testHost } from "./fixtures";
+
+const ME = "lab/dev/Network/lan/project=Default%2Fdemo";
+const OTHER = "lab/prod/Network/lan";
+
+/** Runs `lines` in bash with `ovs-vsctl` answering every `get` with `answer`. */
+function runWithOvs(lines: readonly string[], answer: string): { code: number | null; stderr: string } {
+  const fake = `ovs-vsctl() { case "$*" in *" get "*) echo ${JSON.stringify(answer)} ;; esac; }`;
+  const r = spawnSync("bash", ["--noprofile", "--norc", "-c", [fake, ...lines].join("\n")], {
+    encoding: "utf8",
+  });
+  return { code: r.status, stderr: r.stderr };
+}
+
+test("ovsOwnerIds: owner always, project when there is one, both quoted for ovs-vsctl and the shell; junk refused", () => {
+  assert.equal(
+    ovsOwnerIds(ME, "Default/demo"),
+    `external_ids:kvmlab-owner='"${ME}"' external_ids:kvmlab-project='"Default/demo"'`,
+  );
+  assert.equal(ovsOwnerIds(ME), `external_ids:kvmlab-owner='"${ME}"'`);
+  assert.equal(ovsOwnerIds(""), "", "a state from before owners");
+  assert.throws(() => ovsOwnerIds("a'b/c/d/e"), /not an owner string/);
+  assert.throws(() => ovsOwnerIds(ME, "x' ; reboot"), /not a project/);
+});
+
+test("every OVS bridge and port a Network makes carries its owner and project (vxlan, flat, vlan, gre)", () => {
+  const hv1 = testHost("hv1", 1);
+  const hv2 = testHost("hv2", 2);
+  const cases: Record<string, unknown>[] = [
+    { kind: "selfservice" },
+    { kind: "provider" },
+    { type: "vlan", segmentationId: 100 },
+    { type: "gre" },
+  ];
+  for (const c of cases) {
+    const { inputs, failures } = checkNetworkInputs({
+      networkName: "lan",
+      driver: "openvswitch",
+      hosts: [hv1, hv2],
+      owner: ME,
+      ...c,
+    });
+    assert.deepEqual(failures, []);
+    const i = { ...(inputs as unknown as NetworkInputs), project: "Default/demo" };
+    const script = networkApplyStep(i, hv1).script;
+    const owned = script
+      .split(" -- ")
+      .filter((s) => /^(set port|set bridge "\$br")/.test(s.trim()))
+      .map((s) => s.trim());
+    assert.ok(owned.length >= 2, JSON.stringify(c));
+    assert.ok(
+      owned.some((x) => x.startsWith('set port "$br"')),
+      "the bridge's own port row carries the owner too",
+    );
+    for (const s of owned) {
+      assert.ok(s.includes(`external_ids:kvmlab-owner='"${ME}"'`), `${JSON.stringify(c)}: ${s}`);
+      assert.ok(s.includes(`external_ids:kvmlab-project='"Default/demo"'`), `${JSON.stringify(c)}: ${s}`);
+    }
+  }
+});
+
+test("deletes check the OVS owner before removing: another owner's bridge or port is refused naming it and the fix", () => {
+  const hv1 = testHost("hv1", 1);
+  const net = networkDeleteStep("lan", "openvswitch", hv1, ME).script.split("\n");
+  const firstDel = net.findIndex((l) => /del-(br|port)/.test(l));
+  const guard = net.findIndex((l) => l.includes("external_ids:kvmlab-owner"));
+  assert.ok(guard >= 0 && guard < firstDel, "the owner check comes before any del-br/del-port");
+  // Run the check lines (the deletes after them need a host).
+  const upTo = runWithOvs(
+    net.slice(guard, firstDel).map((l) => l.trim()),
+    `"${OTHER}"`,
+  );
+  assert.equal(upTo.code, OWNER_REFUSED, upTo.stderr);
+  assert.match(
+    upTo.stderr,
+    new RegExp(
+      `OVS bridge kvlb-[0-9a-f]+ of network lan belongs to ${OTHER}, not to ${ME.replace(/[/.%=]/g, "\\$&")}; it was not removed\\. Fix: `,
+    ),
+  );
+  // Its own owner, or none (made before owners), passes.
+  assert.equal(
+    runWithOvs(
+      net.slice(guard, firstDel).map((l) => l.trim()),
+      `"${ME}"`,
+    ).code,
+    0,
+  );
+  assert.equal(
+    runWithOvs(
+      net.slice(guard, firstDel).map((l) => l.trim()),
+      "",
+    ).code,
+    0,
+  );
+
+  // The subnet's DHCP port: checked before dnsmasq is stopped.
+  const sub = subnetDeleteStep("v4", "lan", "openvswitch", { owners: [ME] }).script.split("\n");
+  const g = sub.findIndex((l) => l.includes("external_ids:kvmlab-owner"));
+  const kill = sub.findIndex((l) => l.includes("kill"));
+  assert.ok(g >= 0 && g < kill, "checked before anything is stopped");
+  assert.equal(runWithOvs(sub.slice(0, g + 2), `"${OTHER}"`).code, OWNER_REFUSED);
+
+  // The router's legs: all checked before the first goes.
+  const r = routerDeleteStep("r1", [ME]).script;
+  assert.ok(r.indexOf("external_ids:kvmlab-owner") < r.indexOf("del-port"));
+
+  // A server's hybrid qvo: checked before the domain is destroyed.
+  const port = {
+    networkName: "lan",
+    subnetName: "v4",
+    dhcpHost: "hv1",
+    dhcp: true,
+    bridge: "kvlb-1a2b3c4d",
+    driver: "openvswitch" as const,
+    mac: "fa:16:3e:00:00:01",
+    tap: "tap0123456789a",
+    fixedIp: "",
+    hybrid: true,
+  };
+  const s = deleteStep({
+    serverName: "web1",
+    uuid: "6f1e1d9a-3b1c-4a57-9a39-8d3a3f0e6b11",
+    image: { name: "cirros", kind: "kernel", disk: "", format: "qcow2", kernel: "/k", ramdisk: "" },
+    ports: [port],
+    owner: ME,
+  }).script;
+  assert.ok(s.indexOf("external_ids:kvmlab-owner") < s.indexOf("destroy"));
+  const plug = hybridPlugStep("web1", [port], ME, "Default/demo")!.script;
+  assert.match(plug, /set interface qvo[0-9a-f]+ external_ids:kvmlab-tap=\S+ external_ids:kvmlab-owner=/);
+  assert.match(
+    plug,
+    /set port qvo[0-9a-f]+ external_ids:kvmlab-tap=\S+ external_ids:kvmlab-owner=\S+ external_ids:kvmlab-project=/,
+  );
+
+  // No owner (a state from before owners): no OVS check at all.
+  assert.deepEqual(ovsOwnerGuardLines("port", '"$hd"', [""], "x", "y"), []);
+});
