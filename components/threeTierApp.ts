@@ -188,7 +188,12 @@ export interface ThreeTierAppArgs {
   readonly sshUser?: string;
   /** Guest user cloud-init gives the key to. @default "kvmlab" */
   readonly userName?: string;
-  /** Owning project of every server (a Project's `recordId`). @default none */
+  /**
+   * Owning project of every server, the app's own security groups and the bastion's floating IP
+   * (a Project's `recordId`). @default the stack's `kvmlab:project`, else none. Autoscale slots
+   * and the load balancers (with the web floating IP) are not charged yet: AutoscaleGroup and
+   * LoadBalancer take no project.
+   */
   readonly project?: pulumi.Input<string>;
   /** Readiness of the servers. @default HTTP /health (web, WAS) or DHCP (DB, bastion) with guestRoles, else DHCP */
   readonly readinessTimeoutSec?: number;
@@ -297,6 +302,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
         `${name}-${key === "wasLb" ? "was-lb" : key}`,
         {
           groupName: g[key],
+          project: args.project,
           hosts,
           rules: rules[key].map((r) => ({ ...r })),
           members: memberAddresses[key],
@@ -411,6 +417,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
       `${bastionName}-fip`,
       {
         fipName: `${bastionName}-fip`,
+        project: args.bastion.project ?? args.project,
         hosts,
         host: args.router.host,
         routerName: args.router.routerName,

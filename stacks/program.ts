@@ -204,6 +204,11 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     const p = id.projects.find((x) => x.name === name);
     return p && identity ? identity.projectId(p.name, p.domain) : undefined;
   };
+  // Objects the lab gives no project of their own (routers, security groups) belong to its
+  // defaultProject, charged to it like servers and volumes. Images are the hosts' shared store
+  // (the Image resource keeps no project); the Network and LoadBalancer components take no
+  // project yet (their networks, subnets and load balancers are not charged).
+  const labProject = projectOf(lab.defaultProject);
 
   // ---- images, flavors, keypairs
   const images: Record<string, resources.Image> = {};
@@ -301,6 +306,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     const ext = networks[extNet.name];
     routers[r.name] = new Router(r.name, {
       routerName: r.name,
+      project: labProject,
       hosts: conns,
       host: firstHost,
       external: {
@@ -340,6 +346,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       g.name,
       {
         groupName: g.name,
+        project: labProject,
         hosts: conns,
         rules: g.rules.map((r) => ({
           direction: r.direction,
@@ -412,6 +419,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         `${s.name}-fip`,
         {
           fipName: `${s.name}-fip`,
+          project: projectOf(s.project),
           hosts: conns,
           host: router.host,
           routerName: router.routerName,
@@ -516,6 +524,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       bastion: single(app.bastion),
       guestRoles: imageOf(launch).sandbox,
       userName: imageOf(launch).defaultUser,
+      // The app's own objects (its bastion's floating IP); each tier passes its servers' project.
+      project: labProject,
       ...discovery,
     });
     const a = apps[app.name];

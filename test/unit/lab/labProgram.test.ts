@@ -343,6 +343,13 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
   // component's launch spec has no project).
   for (const s of regs.filter((r) => r.type.endsWith("kvmlab:Server")))
     if (!/^(web|was)-\d$/.test(s.inputs.serverName as string)) assert.equal(s.inputs.project, "default/shop");
+  // Routers and security groups belong to the lab's defaultProject; the bastion's floating IP
+  // to its server's project.
+  for (const t of ["Router", "SecurityGroup"])
+    for (const r of regs.filter((x) => x.type.endsWith(`kvmlab:${t}`)))
+      assert.equal(r.inputs.project, "default/shop", `${t} ${r.name}: charged to the lab's defaultProject`);
+  const bastionFip = regs.find((r) => r.type.endsWith("kvmlab:FloatingIp") && r.name === "bastion-fip")!;
+  assert.equal(bastionFip.inputs.project, "default/shop");
   // An assignment names its user and project by id in the lab's domain: a bare "bob" would be
   // kvmlab's Default/bob, which the lab never creates (the sandbox run's failure).
   const users = regs
