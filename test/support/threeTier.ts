@@ -245,7 +245,9 @@ export async function checkThreeTier(
 export async function dumpDiagnostics(status: SandboxStatus, why: string): Promise<void> {
   const script = [
     "echo '## domains'; virsh -c qemu:///system list --all 2>&1 | head -20",
-    "echo '## serial logs'; for f in $(find /var/lib/kvmlab -name 'serial*.log' 2>/dev/null | head -12); do echo \"-- $f\"; tail -n 6 \"$f\" | cut -c1-200; done",
+    "echo '## serial logs'; for f in $(find /var/lib/kvmlab -name 'serial*.log' -o -name console.log 2>/dev/null | head -12); do echo \"-- $f\"; tail -n 6 \"$f\" | cut -c1-200; done",
+    // Autoscale groups: each agent's status and last decisions.
+    'echo \'## autoscale\'; for d in /var/lib/kvmlab/asg/*/; do [ -f "$d/status" ] || continue; echo "-- $d"; head -c 800 "$d/status"; tail -n 8 "$d/decisions.log" 2>/dev/null | cut -c1-220; done',
     'echo \'## lock holders\'; for f in /var/lib/kvmlab/lock /var/lib/kvmlab/*.lock; do [ -e "$f" ] || continue; echo "-- $f"; fuser -v "$f" 2>&1 | grep -v \'Cannot stat\' | tail -n +2 | head -8; done',
     "echo '## namespaces'; ip netns list 2>&1 | head -20",
     "echo '## daemons'; ps -eo pid,comm,args 2>/dev/null | awk '$2 ~ /^(haproxy|dnsmasq|keepalived)$/' | cut -c1-200 | head -20",
