@@ -7,8 +7,9 @@
  * ```ts
  * const app = new ThreeTierApp("shop", {
  *   image, flavor, keypair: key, router, external: { network: ext, subnet: "ext-v4" },
- *   web: { network: web, subnet: "web-v4", vipAddress: "10.30.1.5", members: ["10.30.1.11", "10.30.1.12"] },
- *   was: { network: was, subnet: "was-v4", vipAddress: "10.30.2.5", members: ["10.30.2.11", "10.30.2.12"] },
+ *   // Every slot's address: max 3, min and desired 2 (the defaults), CPU policies DEFAULT_TIER_POLICIES.
+ *   web: { network: web, subnet: "web-v4", vipAddress: "10.30.1.5", members: ["10.30.1.11", "10.30.1.12", "10.30.1.13"] },
+ *   was: { network: was, subnet: "was-v4", vipAddress: "10.30.2.5", members: ["10.30.2.11", "10.30.2.12", "10.30.2.13"] },
  *   db: { network: db, subnet: "db-v4", address: "10.30.3.11" },
  *   bastion: { network: mgmt, subnet: "mgmt-v4", address: "10.30.9.11" },
  *   guestRoles: true, // the sandbox guest image: each member behaves like its tier
@@ -16,8 +17,10 @@
  * export const url = app.webUrl;
  * ```
  *
- * A tier is a fixed set of servers (`members`, with fixed addresses: the security groups'
- * remote-group sets are known before any server exists). The router must have a leg on every
+ * The web and WAS tiers are Heat-style autoscale groups (components/autoscaleGroup.ts, through its
+ * public API): `members` gives every slot's fixed address (the security groups' remote-group sets
+ * hold every slot, known before any server exists), the group's load balancer is the tier's, and
+ * its scaling agent starts `desired` slots after `up` and scales on CPU. The router must have a leg on every
  * tier's subnet and its gateway on `external`. `securityGroups` on a tier replaces the app's
  * own groups for that tier (the lab program passes the lab's groups that way). See docs/three-tier.md.
  */

@@ -23,7 +23,7 @@
  *   kvmlab sandbox up && pulumi stack init dev && pulumi up
  *   ip netns exec kvmlab-default-inet busybox wget -qO- $(pulumi stack output webUrl)
  *   pulumi stack output sshPrivateKey --show-secrets > key && chmod 600 key
- *   ip netns exec kvmlab-default-inet $(pulumi stack output sshCommands | jq -r '."shop-db"') -i key
+ *   ip netns exec kvmlab-default-inet $(pulumi stack output sshCommands | jq -r '."db"') -i key
  *
  * Stack config (all optional): webMax / wasMax (slots, 1..4, default 3), webDesired / wasDesired
  * (default 2, at most max; also the groups' min), sshFrom (CIDR allowed to SSH to the bastion,
