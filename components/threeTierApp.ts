@@ -7,8 +7,9 @@
  * ```ts
  * const app = new ThreeTierApp("shop", {
  *   image, flavor, keypair: key, router, external: { network: ext, subnet: "ext-v4" },
- *   web: { network: web, subnet: "web-v4", vipAddress: "10.30.1.5", members: ["10.30.1.11", "10.30.1.12"] },
- *   was: { network: was, subnet: "was-v4", vipAddress: "10.30.2.5", members: ["10.30.2.11", "10.30.2.12"] },
+ *   // Every slot's address: max 3, min and desired 2 (the defaults), CPU policies DEFAULT_TIER_POLICIES.
+ *   web: { network: web, subnet: "web-v4", vipAddress: "10.30.1.5", members: ["10.30.1.11", "10.30.1.12", "10.30.1.13"] },
+ *   was: { network: was, subnet: "was-v4", vipAddress: "10.30.2.5", members: ["10.30.2.11", "10.30.2.12", "10.30.2.13"] },
  *   db: { network: db, subnet: "db-v4", address: "10.30.3.11" },
  *   bastion: { network: mgmt, subnet: "mgmt-v4", address: "10.30.9.11" },
  *   guestRoles: true, // the sandbox guest image: each member behaves like its tier
@@ -16,8 +17,10 @@
  * export const url = app.webUrl;
  * ```
  *
- * A tier is a fixed set of servers (`members`, with fixed addresses: the security groups'
- * remote-group sets are known before any server exists). The router must have a leg on every
+ * The web and WAS tiers are Heat-style autoscale groups (components/autoscaleGroup.ts, through its
+ * public API): `members` gives every slot's fixed address (the security groups' remote-group sets
+ * hold every slot, known before any server exists), the group's load balancer is the tier's, and
+ * its scaling agent starts `desired` slots after `up` and scales on CPU. The router must have a leg on every
  * tier's subnet and its gateway on `external`. `securityGroups` on a tier replaces the app's
  * own groups for that tier (the lab program passes the lab's groups that way). See docs/three-tier.md.
  */
@@ -35,9 +38,10 @@ import {
   TIER_PORTS,
   type TierRole,
 } from "../templates/threeTier";
+import { AutoscaleGroup, type ScalingPolicySpec } from "./autoscaleGroup";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 import { Image as ImageComponent } from "./image";
-import { LoadBalancer, type ListenerArgs } from "./loadBalancer";
+import type { ListenerArgs, LoadBalancer, PoolArgs } from "./loadBalancer";
 import type { Network } from "./network";
 import { Server, type ServerArgs, type ServerFlavorArgs, type ServerImageArgs } from "./server";
 
@@ -49,14 +53,12 @@ export {
   TIER_PORTS,
 } from "../templates/threeTier";
 
-/** One server of a tier. */
+/** One slot of a tier's autoscale group. */
 export interface TierMemberArgs {
-  /** @default `<app>-<tier>-<index>` */
-  readonly name?: string;
-  /** Fixed address in the tier's subnet. */
+  /** Fixed address of the slot in the tier's subnet. */
   readonly address: string;
-  /** Pin to a host. @default the hosts round-robin */
-  readonly host?: pulumi.Input<string>;
+  /** Pin the slot to a host. @default the hosts round-robin (each tier starting one host further) */
+  readonly host?: string;
 }
 
 interface TierCommonArgs {
@@ -73,38 +75,83 @@ interface TierCommonArgs {
   readonly securityGroups?: readonly SecurityGroup[];
   /** cloud-init user data of the tier's servers. @default none */
   readonly userData?: ServerArgs["userData"];
-  /** Owning project of the tier's servers (a Project's `recordId`). @default the app's */
+  /**
+   * Owning project of the tier's servers (a Project's `recordId`). @default the app's.
+   * Not applied to autoscale members: AutoscaleGroup's launch spec has no project yet.
+   */
   readonly project?: pulumi.Input<string>;
   /** The tier's key. @default the app's */
   readonly keypair?: { readonly publicKeyLine: pulumi.Input<string> };
-  /** Guest user cloud-init gives the key to. @default the app's */
+  /**
+   * Guest user cloud-init gives the key to. @default the app's. Not applied to autoscale members:
+   * AutoscaleGroup's launch spec has no user name yet (its members use "kvmlab").
+   */
   readonly userName?: string;
 }
 
-/** A load-balanced tier: a fixed set of servers behind a load balancer. */
+/**
+ * A load-balanced tier: a Heat-style autoscale group (components/autoscaleGroup.ts) whose
+ * load balancer is the tier's. Every slot is pre-rendered and keeps its address; the group's
+ * scaling agent starts and stops slots between `up`s (CPU policies, `desired`).
+ */
 export interface ScaledTierArgs extends TierCommonArgs {
-  /** The servers: their addresses, or {name, address, host}. */
+  /** Every slot of the group, slot order: its address, or {address, host}. Their count is `max`. */
   readonly members: readonly (string | TierMemberArgs)[];
+  /** Member domains are `<groupName>-<i>`. @default `<app>-<tier>` */
+  readonly groupName?: string;
+  /** @default 2 (or the number of slots when fewer) */
+  readonly min?: number;
+  /** @default the number of slots (`members`); another value is refused */
+  readonly max?: number;
+  /** The size the program asks for (applied when it changes). @default min */
+  readonly desired?: number;
+  /** Heat's group cooldown in seconds. @default 60 */
+  readonly cooldown?: number;
+  /** Scaling policies on average CPU. @default DEFAULT_TIER_POLICIES (+1 above 70 %, -1 below 15 %) */
+  readonly policies?: readonly ScalingPolicySpec[];
+  /** Seconds between the scaling agent's evaluations. @default 10 (two agents share the controller) */
+  readonly agentInterval?: number;
+  /** Seconds a started member has to pass its health check. @default 300 */
+  readonly bootTimeout?: number;
   /** The load balancer's VIP on the tier's subnet. */
   readonly vipAddress: string;
   /** @default `<app>-<tier>-lb` */
   readonly loadBalancerName?: string;
-  /** Host of the load balancer. @default the least loaded */
+  /** Host of the load balancer (and of the group's scaling agent). @default the least loaded */
   readonly loadBalancerHost?: string;
-  /**
-   * Listeners instead of the app's default one (HTTP on the tier's port, ROUND_ROBIN, a health
-   * monitor); the members are appended to the default pool of `memberListener`.
-   */
-  readonly listeners?: readonly ListenerArgs[];
-  /** @default the first listener */
-  readonly memberListener?: string;
+  /** The listener instead of the app's default (HTTP on the tier's port). */
+  readonly listener?: Omit<ListenerArgs, "defaultPool">;
+  /** The members' pool instead of the app's default (ROUND_ROBIN, an HTTP /health monitor). */
+  readonly pool?: Omit<PoolArgs, "members">;
   /** Port the members serve. @default 80 (web), 8080 (WAS) */
   readonly memberPort?: number;
-  /** @default 1 */
-  readonly memberWeight?: number;
+  /** Security groups on the VIP port (Linux-bridge VIP networks only). @default none (unfiltered) */
+  readonly loadBalancerSecurityGroups?: readonly SecurityGroup[];
   /** web: a fixed floating IP on the VIP. @default the lowest free one */
   readonly floatingIpAddress?: pulumi.Input<string>;
 }
+
+/**
+ * The default scaling policies of a tier: Heat's usual pair of CPU alarms. Scale out by one when
+ * the members average above 70 % of a vCPU over 60 s (then 120 s cooldown); scale in by one below
+ * 15 % over 180 s (then 300 s). The group never goes below `min` nor above `max`.
+ */
+export const DEFAULT_TIER_POLICIES: readonly ScalingPolicySpec[] = [
+  {
+    name: "scale_out",
+    adjustmentType: "change_in_capacity",
+    scalingAdjustment: 1,
+    cooldown: 120,
+    alarm: { comparison: "gt", threshold: 70, periodSec: 60 },
+  },
+  {
+    name: "scale_in",
+    adjustmentType: "change_in_capacity",
+    scalingAdjustment: -1,
+    cooldown: 300,
+    alarm: { comparison: "lt", threshold: 15, periodSec: 180 },
+  },
+];
 
 /** A single-server tier (the database, the bastion). */
 export interface SingleTierArgs extends TierCommonArgs {
@@ -144,7 +191,12 @@ export interface ThreeTierAppArgs {
   readonly sshUser?: string;
   /** Guest user cloud-init gives the key to. @default "kvmlab" */
   readonly userName?: string;
-  /** Owning project of every server (a Project's `recordId`). @default none */
+  /**
+   * Owning project of every server, the app's own security groups and the bastion's floating IP
+   * (a Project's `recordId`). @default the stack's `kvmlab:project`, else none. Autoscale slots
+   * and the load balancers (with the web floating IP) are not charged yet: AutoscaleGroup and
+   * LoadBalancer take no project.
+   */
   readonly project?: pulumi.Input<string>;
   /** Readiness of the servers. @default HTTP /health (web, WAS) or DHCP (DB, bastion) with guestRoles, else DHCP */
   readonly readinessTimeoutSec?: number;
@@ -155,10 +207,15 @@ export interface ThreeTierAppArgs {
 type Tier = "web" | "was";
 
 export class ThreeTierApp extends pulumi.ComponentResource {
+  /** Every slot of the web tier's group (slot order; only the group's current size runs). */
   public readonly web: Server[];
+  /** Every slot of the WAS tier's group. */
   public readonly was: Server[];
   public readonly db: Server;
   public readonly bastion: Server;
+  /** The tiers' autoscale groups (scaling agent, current size, members in service). */
+  public readonly webGroup: AutoscaleGroup;
+  public readonly wasGroup: AutoscaleGroup;
   public readonly webLoadBalancer: LoadBalancer;
   public readonly wasLoadBalancer: LoadBalancer;
   /** The app's own groups (those no tier replaced), by role. */
@@ -168,7 +225,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
   public readonly webUrl: pulumi.Output<string>;
   public readonly webFloatingIp: pulumi.Output<string>;
   public readonly bastionAddress: pulumi.Output<string>;
-  /** Server name → `ssh -o ProxyJump=<user>@<bastion> <user>@<address>` (the bastion: a direct ssh). */
+  /** Server name → `ssh -o ProxyJump=<user>@<bastion> <user>@<address>` (the bastion: a direct ssh); every slot. */
   public readonly sshCommands: pulumi.Output<Record<string, string>>;
   /** Server name → `kvmlab console <server> …` (a noVNC URL with an expiring token). */
   public readonly consoleCommands: pulumi.Output<Record<string, string>>;
@@ -191,26 +248,37 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           `the network has no subnet ${JSON.stringify(tier.subnet)}; use one of ${Object.keys(tier.network.subnets).join(", ")}`,
         );
     }
-    for (const t of ["web", "was"] as const)
-      if (args[t].members.length === 0) fail(`${t}.members`, "give at least one member (an address)");
+    for (const t of ["web", "was"] as const) {
+      const n = args[t].members.length;
+      if (n === 0) fail(`${t}.members`, "give one address per slot of the tier's group (at least one)");
+      if (args[t].max !== undefined && args[t].max !== n)
+        fail(
+          `${t}.max`,
+          `the group has one slot per member address (${n} given) and max is ${args[t].max}; give ${args[t].max} addresses in ${t}.members or drop max`,
+        );
+    }
 
-    const members = (t: Tier): Required<Pick<TierMemberArgs, "name" | "address">>[] =>
-      args[t].members.map((m, i) => {
+    const slots = (t: Tier): { name: string; address: string; host: string }[] => {
+      const group = args[t].groupName ?? `${name}-${t}`;
+      return args[t].members.map((m, i) => {
         const spec = typeof m === "string" ? { address: m } : m;
-        return { name: spec.name ?? `${name}-${t}-${i}`, address: spec.address };
+        return { name: `${group}-${i}`, address: spec.address, host: spec.host ?? "" };
       });
-    const webMembers = members("web");
-    const wasMembers = members("was");
+    };
+    const webSlots = slots("web");
+    const wasSlots = slots("was");
     const dbName = args.db.name ?? `${name}-db`;
     const bastionName = args.bastion.name ?? `${name}-bastion`;
 
-    // Security groups: the app's own for every tier that did not bring its own.
+    // Security groups: the app's own for every tier that did not bring its own. A group's set
+    // holds EVERY slot's address, running or not (the addresses are the slots' own in IPAM;
+    // a stopped slot has no tap and answers nothing; docs/autoscale.md "Security groups").
     const g = threeTierGroupNames(name);
     const rules = threeTierRules(g, args.sshFrom);
     const memberAddresses = {
       bastion: [args.bastion.address],
-      web: webMembers.map((m) => m.address),
-      was: wasMembers.map((m) => m.address),
+      web: webSlots.map((m) => m.address),
+      was: wasSlots.map((m) => m.address),
       wasLb: [args.was.vipAddress],
       db: [args.db.address],
     };
@@ -237,6 +305,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
         `${name}-${key === "wasLb" ? "was-lb" : key}`,
         {
           groupName: g[key],
+          project: args.project,
           hosts,
           rules: rules[key].map((r) => ({ ...r })),
           members: memberAddresses[key],
@@ -285,12 +354,10 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           ? { kind: "http", path: "/health", port: TIER_PORTS.was, timeoutSec }
           : { kind: "dhcp", timeoutSec };
     const server = (
-      role: TierRole,
+      role: "db" | "bastion",
       serverName: string,
-      tier: TierCommonArgs,
-      address: string,
+      tier: SingleTierArgs,
       host: pulumi.Input<string> | undefined,
-      deps: pulumi.Resource[],
     ): Server =>
       new Server(
         serverName,
@@ -301,7 +368,12 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           userName: tier.userName ?? args.userName,
           userData: tier.userData,
           ports: [
-            { network: tier.network, subnet: tier.subnet, fixedIp: address, securityGroups: groupsOf(role) },
+            {
+              network: tier.network,
+              subnet: tier.subnet,
+              fixedIp: tier.address,
+              securityGroups: groupsOf(role),
+            },
           ],
           kernelCmdline: cmdline(role, serverName, tier),
           host,
@@ -309,45 +381,33 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           project: tier.project ?? args.project,
           ...discovery,
         },
-        { parent: this, dependsOn: deps },
+        { parent: this },
       );
-    // Unpinned members are spread over the hosts round-robin (each tier starting one host further),
+    // Unpinned slots are spread over the hosts round-robin (each tier starting one host further),
     // so a tier survives the loss of a host (placement alone may put a whole tier on one host).
     const hostNames = hosts.map((h) => h.name as string);
     const spread = (offset: number, i: number): string => hostNames[(offset + i) % hostNames.length];
-    const hostOf = (t: Tier, i: number): pulumi.Input<string> | undefined => {
-      const m = args[t].members[i];
-      return (typeof m === "string" ? undefined : m.host) ?? spread(t === "web" ? 0 : 1, i);
-    };
 
-    this.db = server("db", dbName, args.db, args.db.address, args.db.host ?? spread(1, 0), []);
-    this.bastion = server(
-      "bastion",
-      bastionName,
-      args.bastion,
-      args.bastion.address,
-      args.bastion.host ?? spread(0, 0),
-      [],
-    );
-    this.was = wasMembers.map((m, i) => server("was", m.name, args.was, m.address, hostOf("was", i), []));
-    this.wasLoadBalancer = this.loadBalancer(
-      "was",
-      name,
-      args.was,
-      wasMembers,
-      wasPort,
+    this.db = server("db", dbName, args.db, args.db.host ?? spread(1, 0));
+    this.bastion = server("bastion", bastionName, args.bastion, args.bastion.host ?? spread(0, 0));
+    // Nothing waits for anything else: a member answers /health on its own, and a load balancer
+    // marks members up when its health monitor first reaches them.
+    this.wasGroup = this.tierGroup("was", name, args, wasSlots, wasPort, spread, {
+      groupsOf,
+      cmdline,
+      readiness,
       discovery,
-      undefined,
-    );
-    // Nothing waits for anything else: a web member answers /health on its own, and a load
-    // balancer marks members up when its health monitor first reaches them.
-    this.web = webMembers.map((m, i) => server("web", m.name, args.web, m.address, hostOf("web", i), []));
-    this.webLoadBalancer = this.loadBalancer("web", name, args.web, webMembers, webPort, discovery, {
-      router: args.router,
-      external: args.external.network,
-      subnet: args.external.subnet,
-      address: args.web.floatingIpAddress,
     });
+    this.webGroup = this.tierGroup("web", name, args, webSlots, webPort, spread, {
+      groupsOf,
+      cmdline,
+      readiness,
+      discovery,
+    });
+    this.web = [...this.webGroup.members];
+    this.was = [...this.wasGroup.members];
+    this.webLoadBalancer = this.webGroup.loadBalancer!;
+    this.wasLoadBalancer = this.wasGroup.loadBalancer!;
 
     const extSub = args.external.network.subnets[args.external.subnet];
     if (extSub === undefined)
@@ -360,6 +420,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
       `${bastionName}-fip`,
       {
         fipName: `${bastionName}-fip`,
+        project: args.bastion.project ?? args.project,
         hosts,
         host: args.router.host,
         routerName: args.router.routerName,
@@ -386,7 +447,7 @@ export class ThreeTierApp extends pulumi.ComponentResource {
     this.bastionAddress = this.bastionFloatingIp.floatingIp;
     const user = args.sshUser ?? (args.guestRoles === true ? "root" : (args.userName ?? "kvmlab"));
     const all = [this.bastion, ...this.web, ...this.was, this.db];
-    const names = [bastionName, ...webMembers.map((m) => m.name), ...wasMembers.map((m) => m.name), dbName];
+    const names = [bastionName, ...webSlots.map((m) => m.name), ...wasSlots.map((m) => m.name), dbName];
     this.sshCommands = pulumi
       .all([this.bastionAddress, ...all.map((s) => s.ip)])
       .apply(([bastion, ...ips]) =>
@@ -411,63 +472,95 @@ export class ThreeTierApp extends pulumi.ComponentResource {
     });
   }
 
-  private loadBalancer(
+  /** The tier's AutoscaleGroup: every slot pre-rendered, its load balancer the tier's. */
+  private tierGroup(
     t: Tier,
     app: string,
-    tier: ScaledTierArgs,
-    members: { name: string; address: string }[],
+    args: ThreeTierAppArgs,
+    slots: { name: string; address: string; host: string }[],
     port: number,
-    discovery: { hosts?: readonly HostSpec[]; hostDiscovery?: ResolveHostsOptions },
-    floatingIp: ConstructorParameters<typeof LoadBalancer>[1]["floatingIp"],
-  ): LoadBalancer {
-    const memberArgs = members.map((m) => ({
-      name: m.name,
-      address: m.address,
-      protocolPort: port,
-      weight: tier.memberWeight ?? 1,
-    }));
-    const listeners: ListenerArgs[] =
-      tier.listeners === undefined
-        ? [
-            {
-              name: t === "web" ? "http" : "app",
-              protocol: "HTTP",
-              protocolPort: t === "web" ? TIER_PORTS.web : TIER_PORTS.was,
-              defaultPool: {
-                name: `${t}-pool`,
-                protocol: "HTTP",
-                lbAlgorithm: "ROUND_ROBIN",
-                healthMonitor:
-                  t === "web"
-                    ? { type: "HTTP", delay: 2, timeout: 1, maxRetries: 1, urlPath: "/health" }
-                    : { type: "TCP", delay: 2, timeout: 1, maxRetries: 1 },
-                members: memberArgs,
-              },
-            },
-          ]
-        : tier.listeners.map((l) => {
-            const target = tier.memberListener ?? tier.listeners![0].name;
-            if (l.name !== target) return l;
-            if (!l.defaultPool)
-              throw new pulumi.ResourceError(
-                `${t}.listeners: listener ${l.name} has no default pool for the tier's members; give it one or set memberListener`,
-                this,
-              );
-            return {
-              ...l,
-              defaultPool: { ...l.defaultPool, members: [...(l.defaultPool.members ?? []), ...memberArgs] },
-            };
-          });
-    return new LoadBalancer(
-      tier.loadBalancerName ?? `${app}-${t}-lb`,
+    spread: (offset: number, i: number) => string,
+    k: {
+      groupsOf: (t: Tier) => SecurityGroup[];
+      cmdline: (role: TierRole, serverName: string, tier: TierCommonArgs) => pulumi.Input<string>;
+      readiness: (role: TierRole) => ServerArgs["readiness"];
+      discovery: { hosts?: readonly HostSpec[]; hostDiscovery?: ResolveHostsOptions };
+    },
+  ): AutoscaleGroup {
+    const tier = args[t];
+    const max = slots.length;
+    const min = tier.min ?? Math.min(2, max);
+    const groupName = tier.groupName ?? `${app}-${t}`;
+    const extSub = args.external.network.subnets[args.external.subnet];
+    if (t === "web" && extSub === undefined)
+      throw new pulumi.ResourceError(
+        `external.subnet: the external network has no subnet ${JSON.stringify(args.external.subnet)}; use one of ${Object.keys(args.external.network.subnets).join(", ")}`,
+        this,
+      );
+    return new AutoscaleGroup(
+      `${app}-${t}`,
       {
-        network: tier.network,
-        subnet: tier.subnet,
-        vipAddress: tier.vipAddress,
-        host: tier.loadBalancerHost,
-        listeners,
-        floatingIp,
-        ...discovery,
+        groupName,
+        launch: {
+          image: tier.image ?? args.image,
+          flavor: tier.flavor ?? args.flavor,
+          keypair: tier.keypair ?? args.keypair,
+          userData: tier.userData,
+          ports: [
+            {
+              network: tier.network,
+              subnet: tier.subnet,
+              fixedIps: slots.map((s) => s.address),
+              securityGroups: k.groupsOf(t),
+            },
+          ],
+          kernelCmdline: (member) => k.cmdline(t, member, tier),
+          readiness: k.readiness(t),
+        },
+        min,
+        max,
+        desired: tier.desired ?? min,
+        cooldown: tier.cooldown ?? 60,
+        policies: tier.policies ?? DEFAULT_TIER_POLICIES,
+        interval: tier.agentInterval ?? 10,
+        bootTimeout: tier.bootTimeout,
+        memberHost: (i) => slots[i].host || spread(t === "web" ? 0 : 1, i),
+        loadBalancer: {
+          lbName: tier.loadBalancerName ?? `${app}-${t}-lb`,
+          network: tier.network,
+          subnet: tier.subnet,
+          vipAddress: tier.vipAddress,
+          host: tier.loadBalancerHost,
+          memberPort: port,
+          listener: tier.listener ?? {
+            name: t === "web" ? "http" : "app",
+            protocol: "HTTP",
+            protocolPort: t === "web" ? TIER_PORTS.web : TIER_PORTS.was,
+          },
+          pool: tier.pool ?? {
+            name: `${t}-pool`,
+            protocol: "HTTP",
+            lbAlgorithm: "ROUND_ROBIN",
+            // HTTP /health on both tiers: the scaling agent puts a member in service when it
+            // answers this path (a TCP monitor would make the agent fetch "/").
+            healthMonitor: { type: "HTTP", delay: 2, timeout: 1, maxRetries: 1, urlPath: "/health" },
+          },
+          ...(tier.loadBalancerSecurityGroups !== undefined
+            ? { securityGroups: [...tier.loadBalancerSecurityGroups] }
+            : {}),
+          ...(t === "web"
+            ? {
+                floatingIp: {
+                  router: args.router,
+                  external: args.external.network,
+                  subnet: args.external.subnet,
+                  address: tier.floatingIpAddress,
+                },
+              }
+            : {}),
+          ...k.discovery,
+        },
+        ...k.discovery,
       },
       { parent: this },
     );

@@ -198,6 +198,12 @@ export function renderPortFirewall(v: PortFirewallView): string {
   }
   const generic = (chain: string, list: string[]): string[] => [
     `-A ${chain} -m state --state RELATED,ESTABLISHED ${cm("stateful")} -j RETURN`,
+    // Neutron's "allow DHCP client traffic": the server's offer and ack answer a discover sent
+    // to the broadcast address, which conntrack does not see as a reply. A guest that boots
+    // behind its groups (an autoscale slot started by its agent) gets its address only so.
+    ...(chain === c.ingress
+      ? [`-A ${chain} -p udp -m udp --sport 67 --dport 68 ${cm("DHCP answers")} -j RETURN`]
+      : []),
     ...list,
     `-A ${chain} -m state --state INVALID ${cm("drop invalid")} -j DROP`,
     `-A ${chain} ${cm("default deny")} -j ${SG_SHARED_CHAINS.fallback}`,

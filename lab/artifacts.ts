@@ -70,7 +70,8 @@ export const RENDER_NOTES: readonly string[] = [
   "Host placement of unpinned servers is decided at apply time (least-loaded host that fits); rendered files do not depend on it.",
   "The domain type is detected per host at apply time (kvm where usable, else qemu); the files show --domain-type (default kvm).",
   "VNC ports are automatic (autoport) and chosen by libvirt when the domain starts.",
-  "Autoscale groups are rendered at their desired size; scaling adds or removes <group>-<i> members.",
+  "Autoscale groups are rendered with every slot <group>-0 … <group>-(max-1), as the AutoscaleGroup component pre-renders them: the slots up to the group's current size run, the others stay defined and stopped; the group's scaling agent starts and stops them (every slot is in its load balancer's pool and its security groups' sets).",
+  "Autoscale members get the guest user kvmlab (the AutoscaleGroup component's launch spec has no user name yet), whatever the image's defaultUser.",
   "Servers of apps booting a sandbox image (images[].sandbox) get their tier role on the kernel command line (lab.name, lab.role, lab.upstream, lab.db, lab.sshkey), as the ThreeTierApp component gives it.",
 ];
 
@@ -176,7 +177,9 @@ export function renderLab(
         kernelCmdline: labKernelCmdline(image, s.name, members.get(s.name), keypair?.publicKey),
         cloudInit: true,
         publicKeys: keypair ? [keypair.publicKey] : [],
-        userName: image.defaultUser,
+        // An autoscale slot: the AutoscaleGroup component's Server default (its launch spec has
+        // no user name yet); a server: the image's user.
+        userName: s.group === null ? image.defaultUser : "kvmlab",
         userData: { writeFiles: s.launch.userData.writeFiles, runcmd: s.launch.userData.runcmd },
         consoleListen: "127.0.0.1",
       }),
@@ -251,11 +254,11 @@ export function renderLab(
           const groupMembers: MemberSpec[] = groups.flatMap((g) =>
             plan.servers
               .filter((s) => s.group === g.name)
+              // What the AutoscaleGroup component hands its load balancer: every slot.
               .map((s) => ({
                 name: s.name,
                 address: s.ports[0].ip,
                 protocolPort: g.pool!.protocolPort,
-                weight: g.pool!.weight,
               })),
           );
           return {

@@ -9,7 +9,8 @@
  *      would refuse it);
  *   3. router gateway legs on their external network;
  *   4. load balancer VIPs, in order;
- *   5. server ports, in order (servers, then autoscale group members `<group>-0…desired-1`);
+ *   5. server ports, in order (servers, then every slot of each autoscale group `<group>-0…max-1`:
+ *      the AutoscaleGroup component pre-renders every slot, running or not);
  *   6. floating IPs: load balancers, then servers, in order.
  */
 import { cidrContains, intToIp, ipToInt, parseCidr } from "../core/net";
@@ -241,7 +242,7 @@ export function planLab(lab: Lab): LabPlan {
     });
   }
   for (const g of lab.autoscaleGroups) {
-    for (let i = 0; i < g.desired; i++) {
+    for (let i = 0; i < g.max; i++) {
       const name = `${g.name}-${i}`;
       servers.push({
         name,

@@ -98,6 +98,20 @@ export const floatingIps = pulumi.all(out.floatingIps);
 export const serverAddresses = pulumi.all(
   Object.fromEntries(Object.entries(out.servers).map(([n, s]) => [n, s.ip])),
 );
+/**
+ * Autoscale group → its size and members in service as its agent last reported them (`refresh`
+ * updates them; `kvmlab asg status <group>` asks the hosts now).
+ */
+export const autoscaleGroups = pulumi.all(
+  Object.fromEntries(
+    Object.entries(out.groups).map(([n, g]) => [
+      n,
+      pulumi
+        .all([g.currentSize, g.inService])
+        .apply(([currentSize, inService]) => ({ currentSize, inService })),
+    ]),
+  ),
+);
 export const labFile = file;
 /** The topology `kvmlab graph` draws from `pulumi stack output --json` (docs/graph.md). */
 export const topology = labTopology(lab, hosts, out);

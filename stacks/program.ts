@@ -8,13 +8,22 @@
  * Sections: identity (Identity component), images, flavors, keypairs, networks and subnets
  * (Network), routers (Router), securityGroups (SecurityGroup; members are the planned addresses
  * of the ports and VIPs that list the group), servers (Server, FloatingIp), loadBalancers
- * (LoadBalancer with floatingIp), autoscaleGroups (their members at the desired size, as plain
- * servers in the load balancer's pool: no scaling agent yet), apps (ThreeTierApp).
+ * (LoadBalancer with floatingIp), autoscaleGroups (AutoscaleGroup: every slot pre-rendered, its
+ * load balancer the one its pool names, a scaling agent on the hosts), apps (ThreeTierApp, whose
+ * web and WAS tiers are the lab's autoscale groups).
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as pulumi from "@pulumi/pulumi";
-import type { Lab, LabImage, LabLaunch, LabListener, LabLoadBalancer, LabPool } from "../lab/model";
+import type {
+  Lab,
+  LabAutoscaleGroup,
+  LabImage,
+  LabLaunch,
+  LabListener,
+  LabLoadBalancer,
+  LabPool,
+} from "../lab/model";
 import { planLab, type LabPlan, type PlannedServer } from "../lab/plan";
 import { appMembers, labKernelCmdline, tierMemberPort, tierServers } from "../lab/apps";
 // The package's public face, as a user's program imports it (kvmlab.Router, kvmlab.resources.Image…).
@@ -22,6 +31,7 @@ import { Flavor, FloatingIp, Keypair, Router, SecurityGroup, resources } from ".
 import { TIER_PORTS } from "../components/threeTierApp";
 import { topologyFromLab, type Topology } from "../report/graph/model";
 import type { HostSpec } from "../components/hosts";
+import { AutoscaleGroup, type ScalingPolicySpec } from "../components/autoscaleGroup";
 import { Identity } from "../components/identity";
 import { LoadBalancer, type ListenerArgs, type MemberArgs, type PoolArgs } from "../components/loadBalancer";
 import { Network } from "../components/network";
@@ -44,6 +54,8 @@ export interface LabOutputs {
   readonly servers: Record<string, Server>;
   readonly loadBalancers: Record<string, LoadBalancer>;
   readonly apps: Record<string, ThreeTierApp>;
+  /** Every autoscale group (an app's tiers included). */
+  readonly groups: Record<string, AutoscaleGroup>;
   readonly routers: Record<string, Router>;
   readonly securityGroups: Record<string, SecurityGroup>;
   readonly floatingIps: Record<string, pulumi.Output<string>>;
@@ -106,6 +118,46 @@ function listenerArgs(
   })) as unknown as ListenerArgs[];
 }
 
+/** Seconds over which a lab policy's CPU alarm averages (the lab definition has no field for it). */
+export const LAB_POLICY_PERIOD_SEC = 60;
+/** Seconds between a lab group's scaling-agent evaluations (two agents share a controller on 2 cores). */
+export const LAB_AGENT_INTERVAL_SEC = 10;
+
+/** A lab group's policies as the AutoscaleGroup component takes them (Heat's change_in_capacity on CPU). */
+export function labPolicies(g: LabAutoscaleGroup): ScalingPolicySpec[] {
+  return g.policies.map((p) => ({
+    name: p.name,
+    adjustmentType: "change_in_capacity",
+    scalingAdjustment: p.adjustment,
+    cooldown: p.cooldownSec,
+    alarm: {
+      comparison: p.above !== null ? "gt" : "lt",
+      threshold: p.above ?? p.below ?? 0,
+      periodSec: LAB_POLICY_PERIOD_SEC,
+    },
+  }));
+}
+
+/** The group's load balancer's one listener and pool (lab/checks/apps.ts keeps them so). */
+function groupListener(
+  lb: LabLoadBalancer,
+  g: LabAutoscaleGroup,
+): { listener: Omit<ListenerArgs, "defaultPool">; pool: Omit<PoolArgs, "members"> } {
+  const l = lb.listeners.find((x) => x.name === g.pool!.listener) ?? lb.listeners[0];
+  if (l === undefined || l.pool === null)
+    throw new Error(
+      `loadBalancers.${lb.name}.listeners: autoscale group ${g.name}'s listener ${g.pool!.listener} needs a pool for the group's slots; give it one`,
+    );
+  const [full] = listenerArgs(
+    { ...lb, listeners: [l] },
+    () => [],
+    () => "",
+  );
+  const { defaultPool, ...listener } = full;
+  const { members: _members, ...pool } = defaultPool!;
+  return { listener, pool };
+}
+
 export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   const plan = planLab(lab);
   const members = appMembers(lab, plan);
@@ -152,6 +204,11 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     const p = id.projects.find((x) => x.name === name);
     return p && identity ? identity.projectId(p.name, p.domain) : undefined;
   };
+  // Objects the lab gives no project of their own (routers, security groups) belong to its
+  // defaultProject, charged to it like servers and volumes. Images are the hosts' shared store
+  // (the Image resource keeps no project); the Network and LoadBalancer components take no
+  // project yet (their networks, subnets and load balancers are not charged).
+  const labProject = projectOf(lab.defaultProject);
 
   // ---- images, flavors, keypairs
   const images: Record<string, resources.Image> = {};
@@ -249,6 +306,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     const ext = networks[extNet.name];
     routers[r.name] = new Router(r.name, {
       routerName: r.name,
+      project: labProject,
       hosts: conns,
       host: firstHost,
       external: {
@@ -273,23 +331,22 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       .flatMap((s) => s.ports.map((p) => p.ip)),
     ...lab.loadBalancers.filter((lb) => lb.securityGroups.includes(group)).map((lb) => plan.vips[lb.name].ip),
   ];
-  const groups: Record<string, SecurityGroup> = {};
+  const sgs: Record<string, SecurityGroup> = {};
   const pending = [...lab.securityGroups];
   // A group whose rules name another group is created after it (its set exists first).
   while (pending.length > 0) {
     const i = pending.findIndex((g) =>
       g.rules.every(
-        (r) => r.remoteGroup === null || r.remoteGroup === g.name || groups[r.remoteGroup] !== undefined,
+        (r) => r.remoteGroup === null || r.remoteGroup === g.name || sgs[r.remoteGroup] !== undefined,
       ),
     );
     const g = pending.splice(i < 0 ? 0 : i, 1)[0];
-    const deps = g.rules.flatMap((r) =>
-      r.remoteGroup && groups[r.remoteGroup] ? [groups[r.remoteGroup]] : [],
-    );
-    groups[g.name] = new SecurityGroup(
+    const deps = g.rules.flatMap((r) => (r.remoteGroup && sgs[r.remoteGroup] ? [sgs[r.remoteGroup]] : []));
+    sgs[g.name] = new SecurityGroup(
       g.name,
       {
         groupName: g.name,
+        project: labProject,
         hosts: conns,
         rules: g.rules.map((r) => ({
           direction: r.direction,
@@ -303,6 +360,18 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       { dependsOn: deps },
     );
   }
+
+  // The load balancers' own groups on their VIP ports (Octavia's vip_sg_ids). The LoadBalancer
+  // component filters a VIP port on Linux-bridge networks only: on an OVS VIP network the groups
+  // only hold the VIP in their sets (for remote-group rules), and the VIP port stays unfiltered.
+  const vipGroups = <K extends string = "loadBalancerSecurityGroups">(
+    lb: LabLoadBalancer,
+    key: K = "loadBalancerSecurityGroups" as K,
+  ): Partial<Record<K, SecurityGroup[]>> => {
+    const net = lab.networks.find((n) => n.subnets.some((x) => x.name === lb.vipSubnet));
+    if (lb.securityGroups.length === 0 || net?.driver !== "linuxbridge") return {};
+    return { [key]: lb.securityGroups.map((g) => sgs[g]) } as Partial<Record<K, SecurityGroup[]>>;
+  };
 
   // ---- servers (those of apps come from their ThreeTierApp)
   const imageOf = (l: LabLaunch): LabImage => lab.images.find((i) => i.name === l.image)!;
@@ -320,7 +389,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   const volumes: Record<string, Volume> = {};
   const floatingIps: Record<string, pulumi.Output<string>> = {};
   for (const s of plan.servers) {
-    if (members.has(s.name)) continue;
+    // An app's servers come from its ThreeTierApp, a group's slots from its AutoscaleGroup.
+    if (members.has(s.name) || s.group !== null) continue;
     const l = s.launch;
     const img = imageOf(l);
     servers[s.name] = new Server(s.name, {
@@ -330,7 +400,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         network: networks[p.network],
         subnet: p.subnet,
         fixedIp: p.ip,
-        securityGroups: l.securityGroups.map((g) => groups[g]),
+        securityGroups: l.securityGroups.map((g) => sgs[g]),
       })),
       ...(l.keypair ? { keypair: { publicKeyLine: keys[l.keypair] } } : {}),
       userName: img.defaultUser,
@@ -349,6 +419,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         `${s.name}-fip`,
         {
           fipName: `${s.name}-fip`,
+          project: projectOf(s.project),
           hosts: conns,
           host: router.host,
           routerName: router.routerName,
@@ -373,26 +444,14 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   }
   const addressOf = (server: string): string =>
     plan.servers.find((s) => s.name === server)?.ports[0]?.ip ?? "";
-  const groupMembers =
-    (lb: LabLoadBalancer) =>
-    (l: LabListener): MemberArgs[] =>
-      lab.autoscaleGroups
-        .filter((g) => g.pool?.loadBalancer === lb.name && g.pool.listener === l.name)
-        .flatMap((g) =>
-          plan.servers
-            .filter((s) => s.group === g.name)
-            .map((s) => ({
-              name: s.name,
-              address: s.ports[0].ip,
-              protocolPort: g.pool!.protocolPort,
-              weight: g.pool!.weight,
-            })),
-        );
+  const slotsOf = (g: LabAutoscaleGroup) => plan.servers.filter((s) => s.group === g.name);
 
-  // ---- apps
+  // ---- apps: ThreeTierApp, its web and WAS tiers the lab's autoscale groups
   const apps: Record<string, ThreeTierApp> = {};
+  const groups: Record<string, AutoscaleGroup> = {};
   const loadBalancers: Record<string, LoadBalancer> = {};
   const appLbs = new Set<string>();
+  const appGroups = new Set<string>();
   for (const app of lab.apps) {
     const tierLaunch = (t: typeof app.web) => tierServers(plan, t)[0].launch;
     const common = (t: typeof app.web) => {
@@ -405,7 +464,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         flavor: flavors[l.flavor],
         kernelCmdline: imageOf(l).cmdline ?? "console=ttyS0",
         userName: imageOf(l).defaultUser,
-        securityGroups: l.securityGroups.map((g) => groups[g]),
+        securityGroups: l.securityGroups.map((g) => sgs[g]),
         userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
         project: projectOf(first.project),
         ...(l.keypair ? { keypair: { publicKeyLine: keys[l.keypair] } } : {}),
@@ -414,22 +473,26 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     const scaled = (t: typeof app.web, fallbackPort: number) => {
       const lb = lab.loadBalancers.find((x) => x.name === t.loadBalancer)!;
       appLbs.add(lb.name);
-      const g = lab.autoscaleGroups.find((x) => x.name === t.autoscaleGroup);
+      const g = lab.autoscaleGroups.find((x) => x.name === t.autoscaleGroup)!;
+      appGroups.add(g.name);
+      const { listener, pool } = groupListener(lb, g);
       return {
         ...common(t),
-        members: tierServers(plan, t).map((s) => ({
-          name: s.name,
-          address: s.ports[0].ip,
-          host: s.host ?? undefined,
-        })),
+        // Every slot, with the plan's address (the group's security-group sets hold them all).
+        members: slotsOf(g).map((s) => ({ address: s.ports[0].ip, ...(s.host ? { host: s.host } : {}) })),
+        groupName: g.name,
+        min: g.min,
+        max: g.max,
+        desired: g.desired,
+        policies: labPolicies(g),
+        agentInterval: LAB_AGENT_INTERVAL_SEC,
         vipAddress: plan.vips[lb.name].ip,
         loadBalancerName: lb.name,
         loadBalancerHost: lb.host ?? undefined,
-        // The lab's listeners with their own members; the tier's members join the group's listener.
-        listeners: listenerArgs(lb, () => [], addressOf),
-        memberListener: g?.pool?.listener,
+        listener,
+        pool,
         memberPort: tierMemberPort(lab, t, fallbackPort),
-        memberWeight: g?.pool?.weight,
+        ...vipGroups(lb),
         floatingIpAddress: plan.vips[lb.name].floatingIp ?? undefined,
       };
     };
@@ -461,6 +524,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       bastion: single(app.bastion),
       guestRoles: imageOf(launch).sandbox,
       userName: imageOf(launch).defaultUser,
+      // The app's own objects (its bastion's floating IP); each tier passes its servers' project.
+      project: labProject,
       ...discovery,
     });
     const a = apps[app.name];
@@ -468,10 +533,75 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     tierServers(plan, app.was).forEach((s, i) => (servers[s.name] = a.was[i]));
     servers[tierServers(plan, app.db)[0].name] = a.db;
     servers[tierServers(plan, app.bastion)[0].name] = a.bastion;
+    groups[app.web.autoscaleGroup!] = a.webGroup;
+    groups[app.was.autoscaleGroup!] = a.wasGroup;
     loadBalancers[app.web.loadBalancer!] = a.webLoadBalancer;
     loadBalancers[app.was.loadBalancer!] = a.wasLoadBalancer;
     floatingIps[`${app.name}-web`] = a.webFloatingIp;
     floatingIps[`${app.name}-bastion`] = a.bastionAddress;
+  }
+
+  // ---- autoscale groups not in apps: an AutoscaleGroup each, its load balancer the one its
+  // pool names (built by the group)
+  for (const g of lab.autoscaleGroups) {
+    if (appGroups.has(g.name)) continue;
+    const slots = slotsOf(g);
+    const l = g.launch;
+    const img = imageOf(l);
+    const lb = g.pool ? lab.loadBalancers.find((x) => x.name === g.pool!.loadBalancer) : undefined;
+    if (lb) appLbs.add(lb.name);
+    const router = lb ? routerOf(lb.vipSubnet) : undefined;
+    const ext = lb ? externalOf[lb.vipSubnet] : undefined;
+    groups[g.name] = new AutoscaleGroup(g.name, {
+      groupName: g.name,
+      launch: {
+        image: images[l.image],
+        flavor: flavors[l.flavor],
+        ports: l.networks.map((_, k) => ({
+          network: networks[slots[0].ports[k].network],
+          subnet: slots[0].ports[k].subnet,
+          fixedIps: slots.map((s) => s.ports[k].ip),
+          securityGroups: l.securityGroups.map((x) => sgs[x]),
+        })),
+        ...(l.keypair ? { keypair: { publicKeyLine: keys[l.keypair] } } : {}),
+        userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
+        kernelCmdline: (member) =>
+          labKernelCmdline(img, member, members.get(member), l.keypair ? keys[l.keypair] : undefined),
+      },
+      min: g.min,
+      max: g.max,
+      desired: g.desired,
+      policies: labPolicies(g),
+      interval: LAB_AGENT_INTERVAL_SEC,
+      ...(lb
+        ? {
+            loadBalancer: {
+              ...groupListener(lb, g),
+              lbName: lb.name,
+              network: networkOfSubnet(lb.vipSubnet),
+              subnet: lb.vipSubnet,
+              vipAddress: plan.vips[lb.name].ip,
+              host: lb.host ?? undefined,
+              memberPort: g.pool!.protocolPort,
+              ...(lb.floatingIp && router && ext
+                ? {
+                    floatingIp: {
+                      router,
+                      external: ext.network,
+                      subnet: ext.subnet,
+                      address: plan.vips[lb.name].floatingIp ?? undefined,
+                    },
+                  }
+                : {}),
+              ...vipGroups(lb, "securityGroups"),
+              ...discovery,
+            },
+          }
+        : {}),
+      ...discovery,
+    });
+    slots.forEach((s, i) => (servers[s.name] = groups[g.name].members[i]));
+    if (lb) loadBalancers[lb.name] = groups[g.name].loadBalancer!;
   }
 
   // ---- volumes: each on its own host or its server's, attached in the order of the server's
@@ -517,7 +647,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       subnet: lb.vipSubnet,
       vipAddress: plan.vips[lb.name].ip,
       host: lb.host ?? undefined,
-      listeners: listenerArgs(lb, groupMembers(lb), addressOf),
+      listeners: listenerArgs(lb, () => [], addressOf),
+      ...vipGroups(lb, "securityGroups"),
       ...(lb.floatingIp && router && ext
         ? {
             floatingIp: {
@@ -531,7 +662,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
       ...discovery,
     });
   }
-  return { plan, servers, loadBalancers, apps, routers, securityGroups: groups, floatingIps };
+  return { plan, servers, loadBalancers, apps, groups, routers, securityGroups: sgs, floatingIps };
 }
 
 /**

@@ -4,6 +4,11 @@
  *   internet ─▶ floating IP ─▶ web LB :80 ─▶ web-0, web-1 ─▶ WAS LB :8080 ─▶ was-0, was-1 ─▶ db :3306
  *   operators ─SSH─▶ bastion (floating IP) ─SSH─▶ every tier
  *
+ * The web and WAS tiers are Heat-style autoscale groups (min 2, desired 2, max 3; CPU policies:
+ * +1 above 70 % over 60 s, -1 below 15 % over 180 s): every slot web-0…web-2 is pre-rendered, the
+ * group's scaling agent on the load balancer's host starts the first two and scales between
+ * `up`s (`kvmlab asg status web`).
+ *
  * Four self-service Linux-bridge networks (web, was, db, mgmt; VXLAN across the hosts) behind a
  * router on the first host whose gateway is on the sandbox's external network. Security groups
  * allow only web←any:80/443, WAS←web:8080, DB←WAS:3306 and SSH←bastion. The servers boot the
@@ -18,10 +23,11 @@
  *   kvmlab sandbox up && pulumi stack init dev && pulumi up
  *   ip netns exec kvmlab-default-inet busybox wget -qO- $(pulumi stack output webUrl)
  *   pulumi stack output sshPrivateKey --show-secrets > key && chmod 600 key
- *   ip netns exec kvmlab-default-inet $(pulumi stack output sshCommands | jq -r '."shop-db"') -i key
+ *   ip netns exec kvmlab-default-inet $(pulumi stack output sshCommands | jq -r '."db"') -i key
  *
- * Stack config (all optional): webMembers / wasMembers (1..4, default 2), sshFrom (CIDR allowed
- * to SSH to the bastion, default anywhere). See docs/three-tier.md.
+ * Stack config (all optional): webMax / wasMax (slots, 1..4, default 3), webDesired / wasDesired
+ * (default 2, at most max; also the groups' min), sshFrom (CIDR allowed to SSH to the bastion,
+ * default anywhere). See docs/three-tier.md.
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -108,17 +114,22 @@ const router = new kvmlab.Router("edge", {
   }),
 });
 
-const count = (key: string): number => {
-  const n = config.getNumber(key) ?? 2;
-  if (!Number.isInteger(n) || n < 1 || n > 4) throw new Error(`${key}: expected 1..4, got ${n}`);
+const count = (key: string, fallback: number, max = 4): number => {
+  const n = config.getNumber(key) ?? fallback;
+  if (!Number.isInteger(n) || n < 1 || n > max) throw new Error(`${key}: expected 1..${max}, got ${n}`);
   return n;
 };
-const spread = (third: number, n: number) =>
+// Every slot of a tier's group: its fixed address, and its host (round-robin).
+const slots = (third: number, n: number) =>
   Array.from({ length: n }, (_, i) => ({
-    name: `${third === 1 ? "web" : "was"}-${i}`,
     address: `10.30.${third}.${11 + i}`,
     host: hosts[i % hosts.length].name as string,
   }));
+const scaling = (tier: "web" | "was") => {
+  const max = count(`${tier}Max`, 3);
+  const desired = count(`${tier}Desired`, Math.min(2, max), max);
+  return { members: slots(tier === "web" ? 1 : 2, max), groupName: tier, min: desired, desired };
+};
 
 const app = new kvmlab.ThreeTierApp("shop", {
   image,
@@ -130,13 +141,13 @@ const app = new kvmlab.ThreeTierApp("shop", {
     network: nets.web,
     subnet: "web-v4",
     vipAddress: "10.30.1.5",
-    members: spread(1, count("webMembers")),
+    ...scaling("web"),
   },
   was: {
     network: nets.was,
     subnet: "was-v4",
     vipAddress: "10.30.2.5",
-    members: spread(2, count("wasMembers")),
+    ...scaling("was"),
   },
   db: { network: nets.db, subnet: "db-v4", name: "db", address: "10.30.3.11" },
   bastion: { network: nets.mgmt, subnet: "mgmt-v4", name: "bastion", address: "10.30.9.11" },
@@ -152,6 +163,11 @@ export const sshCommands = app.sshCommands;
 export const consoleUrls = app.consoleUrls;
 export const consoleCommands = app.consoleCommands;
 export const sshPrivateKey = key.privateKey;
+/** The groups' sizes and members in service, as their agents last reported them (refresh). */
+export const groups = {
+  web: { currentSize: app.webGroup.currentSize, inService: app.webGroup.inService },
+  was: { currentSize: app.wasGroup.currentSize, inService: app.wasGroup.inService },
+};
 export const addresses = {
   web: app.web.map((s) => s.ip),
   was: app.was.map((s) => s.ip),

@@ -133,7 +133,8 @@ export function topologyFromLab(lab: Lab): Topology {
     }
     for (const g of lab.autoscaleGroups) {
       if (g.pool?.loadBalancer !== lb.name) continue;
-      for (let i = 0; i < g.desired; i++)
+      // Every slot is a pool member (the ones not running are in maint), as the plan renders them.
+      for (let i = 0; i < g.max; i++)
         edge(
           "member",
           id("loadbalancer", lb.name),

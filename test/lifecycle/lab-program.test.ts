@@ -3,7 +3,8 @@
  * sandbox instance of its own ("lc-lab", or $KVMLAB_LC_LAB_INSTANCE). The test applies a copy of
  * the shipped file with two values of its own: the instance's external network (the file is
  * written for instance index 0) and a public key whose private half it holds. Then, as for
- * examples/three-tier (test/support/threeTier.ts): the path through web and WAS, the DB only
+ * examples/three-tier (test/support/threeTier.ts): the web and WAS tiers are autoscale groups
+ * (min/desired 2, max 3) whose agents start two members each; the path through web and WAS, the DB only
  * from the WAS tier, SSH only through the bastion; a no-change up changes nothing and opens at
  * most one SSH connection per host; destroy leaves every host as before.
  */
@@ -91,14 +92,27 @@ test(
         webFip: fips["shop-web"],
         bastionFip: fips["shop-bastion"],
         key,
+        // The groups' running members (desired 2); slot 2 of each is defined and stopped.
         web: [addr["web-0"], addr["web-1"]],
         was: [addr["was-0"], addr["was-1"]],
+        stopped: [addr["web-2"], addr["was-2"]],
         db: addr["db-0"],
         dbName: "db-0",
         webNames: ["web-0", "web-1"],
         wasNames: ["was-0", "was-1"],
       });
       assert.equal(plain(o.webUrl), `http://${fips["shop-web"]}/`);
+      // An SSH command line for every server, every slot of the groups included.
+      assert.deepEqual(Object.keys(plain(o.sshCommands) as object).sort(), [
+        "bastion",
+        "db-0",
+        "was-0",
+        "was-1",
+        "was-2",
+        "web-0",
+        "web-1",
+        "web-2",
+      ]);
 
       const steady = await hostEvidence(status);
       const l2 = await logins(status);

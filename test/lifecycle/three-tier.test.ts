@@ -1,6 +1,7 @@
 /**
  * examples/three-tier through the engine harness on a sandbox instance of its own ("lc-three",
- * or $KVMLAB_LC_THREE_INSTANCE), six real guests (2 web, 2 WAS, DB, bastion) with their tier roles:
+ * or $KVMLAB_LC_THREE_INSTANCE), six real guests (2 web, 2 WAS, DB, bastion) with their tier roles;
+ * web and WAS are autoscale groups (min/desired 2, max 3: slot 2 of each is defined, stopped):
  *
  *   preview            of a fresh stack: no SSH login on any host
  *   up                 from the internet namespace, requests to the web floating IP show both web
@@ -79,17 +80,26 @@ test(
         `# three-tier example: up took ${((Date.now() - t0) / 1000).toFixed(1)} s (${up.counts.create} creates)`,
       );
       const o = up.outputs as Record<string, unknown>;
+      // Every slot of each group (max 3); the first two run (desired 2).
       const addresses = plain(o.addresses) as { web: string[]; was: string[]; db: string; bastion: string };
+      assert.equal(addresses.web.length, 3);
+      assert.equal(addresses.was.length, 3);
       const key = keyFile(plain(o.sshPrivateKey) as string);
       const ssh = plain(o.sshCommands) as Record<string, string>;
       assert.equal(ssh.db, `ssh -o ProxyJump=root@${plain(o.bastionAddress)} root@${addresses.db}`);
+      assert.equal(
+        ssh["web-2"],
+        `ssh -o ProxyJump=root@${plain(o.bastionAddress)} root@${addresses.web[2]}`,
+        "an SSH command line for every slot",
+      );
       try {
         await checkThreeTier(status, {
           webFip: plain(o.webFloatingIp) as string,
           bastionFip: plain(o.bastionAddress) as string,
           key,
-          web: addresses.web,
-          was: addresses.was,
+          web: addresses.web.slice(0, 2),
+          was: addresses.was.slice(0, 2),
+          stopped: [addresses.web[2], addresses.was[2]],
           db: addresses.db,
           dbName: "db",
           webNames: ["web-0", "web-1"],

@@ -88,12 +88,16 @@ export function sshFromInternet(
 
 /**
  * Requests through the web floating IP until both web and both WAS members have answered (at
- * most `max` requests): every answer is "web=<w> was=<a> db=<d>". Returns the members seen.
+ * most `max` requests, and for at most `windowMs` after the first answer: the tiers are autoscale
+ * groups whose agents put each member in service once it answers its health check, so the second
+ * member of a tier may join a few seconds after the first): every answer is
+ * "web=<w> was=<a> db=<d>". Returns the members seen.
  */
 export async function pathsThroughWeb(
   status: SandboxStatus,
   fip: string,
-  max = 40,
+  max = 300,
+  windowMs = 180_000,
 ): Promise<{ web: Set<string>; was: Set<string>; db: Set<string>; answers: string[] }> {
   const first = await waitFor(
     `the 3-tier chain answers on ${fip}`,
@@ -112,11 +116,13 @@ export async function pathsThroughWeb(
     seen.db.add(m[3]);
   };
   add(first);
-  for (let i = 0; i < max && (seen.web.size < 2 || seen.was.size < 2); i++) {
+  const deadline = Date.now() + windowMs;
+  for (let i = 0; i < max && Date.now() < deadline && (seen.web.size < 2 || seen.was.size < 2); i++) {
     const b = getFromInternet(status, fip);
     if (b === undefined) continue;
     seen.answers.push(b);
     add(b);
+    if (seen.web.size < 2 || seen.was.size < 2) await new Promise((r) => setTimeout(r, 500));
   }
   return seen;
 }
@@ -131,7 +137,9 @@ export async function hostEvidence(status: SandboxStatus): Promise<Record<string
       [
         // Lock files stay by design (flock targets: the host lock /var/lib/kvmlab/lock, the
         // placement lock, the DHCP hosts' locks); everything else kvmlab made must go.
-        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -path /var/lib/kvmlab/lock 2>/dev/null | sort",
+        // An autoscale agent's transient files (`<file>.tmp` while it rewrites one) come and go
+        // every interval; its lasting files (status, state/<member>, samples/<member>) count.
+        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -name '*.tmp' ! -path /var/lib/kvmlab/lock 2>/dev/null | sort",
         "virsh -c qemu:///system list --all --name | sort",
         "ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort",
         "ip netns list | awk '{print $1}' | sort",
@@ -143,15 +151,24 @@ export async function hostEvidence(status: SandboxStatus): Promise<Record<string
   return out;
 }
 
-/** SSH logins each host's sshd accepted so far (from its log). */
+/**
+ * SSH logins each host's sshd accepted so far (from its log) from anywhere but the hosts
+ * themselves: kvmlab's own sessions come from the machine running Pulumi; an autoscale group's
+ * agent logs in from its controller host with its forced-command key every interval (its
+ * `stats` call), which is the agent's work between `up`s, not the program's.
+ */
 export async function logins(status: SandboxStatus): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
+  const fromHosts = status.hosts.map((h) => `-e ' from ${h.address} '`).join(" ");
   for (const h of status.hosts)
     counts[h.name] = Number(
       (
-        await sshCheck(status, h.name, "grep -c 'Accepted publickey' /var/log/kvmlab-sshd.log || true", {
-          timeoutMs: 30_000,
-        })
+        await sshCheck(
+          status,
+          h.name,
+          `grep 'Accepted publickey' /var/log/kvmlab-sshd.log | grep -v -F ${fromHosts} | wc -l`,
+          { timeoutMs: 30_000 },
+        )
       ).trim(),
     );
   return counts;
@@ -170,6 +187,8 @@ export async function checkThreeTier(
     dbName: string;
     webNames: string[];
     wasNames: string[];
+    /** Addresses of autoscale slots that are defined but not running: nothing answers there. */
+    stopped?: string[];
   },
 ): Promise<void> {
   const seen = await pathsThroughWeb(status, lab.webFip);
@@ -205,6 +224,10 @@ export async function checkThreeTier(
     const r = sshFromInternet(status, lab.key, ip, "cat /proc/sys/kernel/hostname", lab.bastionFip);
     assert.ok(r.ok && r.stdout !== "", `ssh -J bastion root@${ip}: ${r.stderr}`);
   }
+  for (const ip of lab.stopped ?? []) {
+    const r = sshFromInternet(status, lab.key, ip, "echo in", lab.bastionFip);
+    assert.ok(!r.ok && r.stdout === "", `a stopped slot (${ip}) answers nothing`);
+  }
   const bastion = sshFromInternet(status, lab.key, lab.bastionFip, "echo in");
   assert.equal(bastion.stdout, "in", `ssh to the bastion's floating IP: ${bastion.stderr}`);
   for (const ip of [lab.webFip, ...lab.web, ...lab.was, lab.db]) {
@@ -222,7 +245,9 @@ export async function checkThreeTier(
 export async function dumpDiagnostics(status: SandboxStatus, why: string): Promise<void> {
   const script = [
     "echo '## domains'; virsh -c qemu:///system list --all 2>&1 | head -20",
-    "echo '## serial logs'; for f in $(find /var/lib/kvmlab -name 'serial*.log' 2>/dev/null | head -12); do echo \"-- $f\"; tail -n 6 \"$f\" | cut -c1-200; done",
+    "echo '## serial logs'; for f in $(find /var/lib/kvmlab -name 'serial*.log' -o -name console.log 2>/dev/null | head -12); do echo \"-- $f\"; tail -n 6 \"$f\" | cut -c1-200; done",
+    // Autoscale groups: each agent's status and last decisions.
+    'echo \'## autoscale\'; for d in /var/lib/kvmlab/asg/*/; do [ -f "$d/status" ] || continue; echo "-- $d"; head -c 800 "$d/status"; tail -n 8 "$d/decisions.log" 2>/dev/null | cut -c1-220; done',
     'echo \'## lock holders\'; for f in /var/lib/kvmlab/lock /var/lib/kvmlab/*.lock; do [ -e "$f" ] || continue; echo "-- $f"; fuser -v "$f" 2>&1 | grep -v \'Cannot stat\' | tail -n +2 | head -8; done',
     "echo '## namespaces'; ip netns list 2>&1 | head -20",
     "echo '## daemons'; ps -eo pid,comm,args 2>/dev/null | awk '$2 ~ /^(haproxy|dnsmasq|keepalived)$/' | cut -c1-200 | head -20",

@@ -1,10 +1,14 @@
 /**
  * The ThreeTierApp component under pulumi.runtime.setMocks, as examples/three-tier uses it (its
- * own security groups, guest roles): six servers on their tiers' subnets with fixed addresses,
- * pinned round-robin; the canonical groups with their rules and member sets, each created after
- * the groups its rules name; every port in its tier's group; each server's kernel command line
- * carries its role, the WAS VIP (web), the DB (WAS) and the key; the two load balancers with
- * their members; floating IPs on the web VIP and the bastion; the SSH and console outputs.
+ * own security groups, guest roles): the web and WAS tiers are autoscale groups (min/desired 2,
+ * max = the 3 slots given, the default CPU policies, a scaling agent each on its load balancer's
+ * host), every slot a Server defined but not started (powerState "external") on its tier's subnet
+ * with its fixed address, pinned round-robin; the canonical groups with their rules and member
+ * sets (every slot's address), each created after the groups its rules name; every port in its
+ * tier's group; each server's kernel command line carries its role, the WAS VIP (web), the DB
+ * (WAS) and the key; the two groups' load balancers with every slot in their pools; floating IPs
+ * on the web VIP and the bastion; the SSH and console outputs for every slot. A max that is not
+ * the number of slots is refused.
  * The sandbox lifecycle test (test/lifecycle/three-tier.test.ts) proves the traffic.
  */
 import { before, test } from "node:test";
@@ -109,6 +113,13 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
       ipamHost: "hv1",
     },
   });
+  const { SecurityGroup } = await import("../../provider/securityGroup");
+  const wasVipGroup = new SecurityGroup("was-vip", {
+    groupName: "was-vip",
+    hosts: [],
+    rules: [{ direction: "ingress", protocol: "tcp", portMin: 8080, portMax: 8080, remoteGroup: "shop-web" }],
+    members: ["10.30.2.5"],
+  });
   const app = new ThreeTierApp("shop", {
     image: { name: "labguest", kind: "kernel", kernel: "/k", ramdisk: "/r" },
     flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
@@ -116,8 +127,20 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
     router,
     external: { network: ext, subnet: "ext-v4" },
     kernelCmdline: "console=ttyS0",
-    web: { network: web, subnet: "web-v4", vipAddress: "10.30.1.5", members: ["10.30.1.11", "10.30.1.12"] },
-    was: { network: was, subnet: "was-v4", vipAddress: "10.30.2.5", members: ["10.30.2.11", "10.30.2.12"] },
+    web: {
+      network: web,
+      subnet: "web-v4",
+      vipAddress: "10.30.1.5",
+      members: ["10.30.1.11", "10.30.1.12", "10.30.1.13"],
+    },
+    was: {
+      network: was,
+      subnet: "was-v4",
+      vipAddress: "10.30.2.5",
+      members: ["10.30.2.11", "10.30.2.12", "10.30.2.13"],
+      // A tier's VIP port in a group of its own (Octavia's vip_sg_ids).
+      loadBalancerSecurityGroups: [wasVipGroup],
+    },
     db: { network: db, subnet: "db-v4", name: "db", address: "10.30.3.11" },
     bastion: { network: mgmt, subnet: "mgmt-v4", name: "bastion", address: "10.30.9.11" },
     guestRoles: true,
@@ -133,9 +156,31 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
     "db",
     "shop-was-0",
     "shop-was-1",
+    "shop-was-2",
     "shop-web-0",
     "shop-web-1",
+    "shop-web-2",
   ]);
+  // Every slot is defined, never started by Pulumi (the group's agent starts them); DB and bastion run.
+  for (const n of ["shop-web-0", "shop-web-2", "shop-was-1"])
+    assert.equal(servers[n].powerState, "external", `${n}: a slot of its tier's group`);
+  assert.equal(servers.db.powerState ?? "running", "running");
+  // The groups: min/desired 2, max 3, the default CPU policies, one agent each.
+  const agents = Object.fromEntries(
+    of("AutoscaleAgent").map((a) => [a.inputs.groupName as string, a.inputs]),
+  );
+  assert.deepEqual(Object.keys(agents).sort(), ["shop-was", "shop-web"]);
+  for (const a of Object.values(agents)) {
+    assert.deepEqual([a.min, a.max, a.desired], [2, 3, 2]);
+    // The mock hands a secret input over as its wrapper.
+    const raw = a.agentConfig as string | { value: string };
+    const conf = typeof raw === "string" ? raw : raw.value;
+    assert.match(conf, /^INTERVAL=10$/m, "two agents share the controller: 10 s");
+    assert.match(conf, /^NPOLICIES=2$/m);
+    assert.match(conf, /^POLICY_0_THRESHOLD=70$/m);
+    assert.match(conf, /^POLICY_1_THRESHOLD=15$/m);
+    assert.match(conf, /^HEALTH_PATH='\/health'$/m, "the agent checks /health before a member serves");
+  }
   const cmdline = (n: string) =>
     (servers[n].domainXml as { kvm: string }).kvm.match(/<cmdline>([^<]*)<\/cmdline>/)![1];
   const key = "lab.sshkey=ssh-ed25519:AAAAC3NzaC1lZDI1NTE5AAAAIPeN3vJSRn4BwgqNenNPcCH4hvCnyw2Vn312CotyhwiK";
@@ -152,8 +197,10 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   // Fixed addresses, spread over the hosts.
   assert.equal((servers["shop-web-0"].ports as { fixedIp: string }[])[0].fixedIp, "10.30.1.11");
   assert.deepEqual(
-    ["shop-web-0", "shop-web-1", "shop-was-0", "shop-was-1", "db", "bastion"].map((n) => servers[n].host),
-    ["hv1", "hv2", "hv2", "hv1", "hv2", "hv1"],
+    ["shop-web-0", "shop-web-1", "shop-web-2", "shop-was-0", "shop-was-1", "db", "bastion"].map(
+      (n) => servers[n].host,
+    ),
+    ["hv1", "hv2", "hv1", "hv2", "hv1", "hv2", "hv1"],
   );
 
   // Groups: canonical rules, member sets, and the order their rules need.
@@ -164,6 +211,7 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
     "shop-was",
     "shop-was-lb",
     "shop-web",
+    "was-vip",
   ]);
   const rules = (g: string) =>
     (groups[g].inputs.rules as { portMin: number; remoteCidr: string; remoteGroup: string }[]).map(
@@ -173,7 +221,9 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   assert.deepEqual(rules("shop-web"), ["80<0.0.0.0/0", "443<0.0.0.0/0", "22<shop-bastion"]);
   assert.deepEqual(rules("shop-was"), ["8080<shop-web", "8080<shop-was-lb", "22<shop-bastion"]);
   assert.deepEqual(rules("shop-db"), ["3306<shop-was", "22<shop-bastion"]);
-  assert.deepEqual(groups["shop-web"].inputs.members, ["10.30.1.11", "10.30.1.12"]);
+  // Every slot's address, running or not (docs/autoscale.md "Security groups").
+  assert.deepEqual(groups["shop-web"].inputs.members, ["10.30.1.11", "10.30.1.12", "10.30.1.13"]);
+  assert.deepEqual(groups["shop-was"].inputs.members, ["10.30.2.11", "10.30.2.12", "10.30.2.13"]);
   assert.deepEqual(
     groups["shop-was-lb"].inputs.members,
     ["10.30.2.5"],
@@ -181,7 +231,9 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   );
   assert.deepEqual(groups["shop-db"].inputs.members, ["10.30.3.11"]);
   // Each group is declared after the groups its rules name (and depends on them).
-  const order = of("SecurityGroup").map((g) => g.inputs.groupName);
+  const order = of("SecurityGroup")
+    .map((g) => g.inputs.groupName)
+    .filter((n) => n !== "was-vip");
   assert.deepEqual(order, ["shop-bastion", "shop-web", "shop-was-lb", "shop-was", "shop-db"]);
   // Ports: each server in its tier's group.
   const ports = Object.fromEntries(
@@ -189,7 +241,13 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   );
   const groupsOf = (port: string) => (ports[port].groups as { groupName: string }[]).map((g) => g.groupName);
   assert.deepEqual(groupsOf("shop-web-0-0"), ["shop-web"]);
+  assert.deepEqual(groupsOf("shop-web-2-0"), ["shop-web"]);
   assert.deepEqual(groupsOf("shop-was-1-0"), ["shop-was"]);
+  // The WAS VIP port in its group; the web VIP unfiltered (no groups given).
+  const vipPorts = of("SecurityGroupPort").filter((p) =>
+    (p.inputs.groups as { groupName: string }[]).some((g) => g.groupName === "was-vip"),
+  );
+  assert.equal(vipPorts.length, 1, "one SecurityGroupPort on the WAS VIP port");
   assert.deepEqual(groupsOf("db-0"), ["shop-db"]);
   assert.deepEqual(groupsOf("bastion-0"), ["shop-bastion"]);
 
@@ -200,6 +258,8 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   assert.match(webCfg, /bind 10\.30\.1\.5:80/);
   assert.match(webCfg, /server shop-web-0 10\.30\.1\.11:80/);
   assert.match(webCfg, /server shop-web-1 10\.30\.1\.12:80/);
+  assert.match(webCfg, /server shop-web-2 10\.30\.1\.13:80/, "every slot is in the pool");
+  assert.match(wasCfg, /http-check send meth GET uri \/health/);
   assert.match(wasCfg, /bind 10\.30\.2\.5:8080/);
   assert.match(wasCfg, /server shop-was-1 10\.30\.2\.12:8080/);
   const fips = of("FloatingIp")
@@ -217,5 +277,28 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   assert.equal(await unwrap(app.webUrl), "http://172.24.4.101/");
   assert.equal(ssh.bastion, "ssh root@172.24.4.102");
   assert.equal(ssh.db, "ssh -o ProxyJump=root@172.24.4.102 root@10.30.3.11");
+  assert.equal(ssh["shop-web-2"], "ssh -o ProxyJump=root@172.24.4.102 root@10.30.1.13", "every slot");
   assert.deepEqual(Object.keys(await unwrap(app.consoleCommands)).sort(), Object.keys(ssh).sort());
+});
+
+test("ThreeTierApp: a max that is not the number of slots is refused, naming the fix", async () => {
+  const { Network } = await import("../../components/network");
+  const { ThreeTierApp } = await import("../../components/threeTierApp");
+  const { Router } = await import("../../provider/router");
+  const n = (name: string) => new Network(`x-${name}`, { subnets: [{ name: "v4", cidr: "10.40.0.0/24" }] });
+  const lan = n("lan");
+  assert.throws(
+    () =>
+      new ThreeTierApp("bad", {
+        image: { name: "labguest", kind: "kernel", kernel: "/k", ramdisk: "/r" },
+        flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+        router: new Router("x-edge", { hosts: [], external: {} as never }),
+        external: { network: lan, subnet: "v4" },
+        web: { network: lan, subnet: "v4", vipAddress: "10.40.0.5", members: ["10.40.0.11"], max: 3 },
+        was: { network: lan, subnet: "v4", vipAddress: "10.40.0.6", members: ["10.40.0.21"] },
+        db: { network: lan, subnet: "v4", address: "10.40.0.31" },
+        bastion: { network: lan, subnet: "v4", address: "10.40.0.41" },
+      }),
+    /web\.max: the group has one slot per member address \(1 given\) and max is 3; give 3 addresses in web\.members or drop max/,
+  );
 });

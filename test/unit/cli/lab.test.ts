@@ -83,7 +83,7 @@ test("kvmlab render: writes one file per object into DIR only, byte-identical on
   const out = path.join(dir, "out");
   const first = await capture(() => render([threeTier(), "--out", out, "--domain-type", "qemu"]));
   assert.equal(first.code, 0, first.err);
-  assert.match(first.out, /wrote 37 files/);
+  assert.match(first.out, /wrote 53 files/);
   assert.match(first.out, /allocated deterministically/);
   const files = listFiles(out);
   assert.ok(files.includes("servers/web-0.xml") && files.includes("servers/web-0/user-data"));

@@ -289,21 +289,67 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
   const checked = topologyFromOutputs({ topology: topo });
   assert.equal(
     checked.edges.filter((e) => e.kind === "placement").length,
-    6,
-    "every server is drawn on its host",
+    8,
+    "every server is drawn on its host (every slot of the groups too)",
   );
   // The app's outputs a person wants.
   const app = out.apps.shop;
   assert.equal(await unwrap(app.webUrl), `http://${plan.loadBalancers[0].floatingIp}/`);
   const ssh = await unwrap(app.sshCommands);
   assert.equal(ssh["db-0"], `ssh -o ProxyJump=root@${plan.servers[0].floatingIp} root@10.10.3.5`);
-  assert.deepEqual(Object.keys(ssh).sort(), ["bastion", "db-0", "was-0", "was-1", "web-0", "web-1"]);
+  assert.deepEqual(Object.keys(ssh).sort(), [
+    "bastion",
+    "db-0",
+    "was-0",
+    "was-1",
+    "was-2",
+    "web-0",
+    "web-1",
+    "web-2",
+  ]);
+  // The web and WAS tiers are the lab's autoscale groups: every slot defined, not started by
+  // Pulumi; an agent each with the lab's sizes and CPU policies.
+  for (const s of regs.filter((r) => r.type.endsWith("kvmlab:Server")))
+    assert.equal(
+      s.inputs.powerState ?? "running",
+      /^(web|was)-\d$/.test(s.inputs.serverName as string) ? "external" : "running",
+      `${String(s.inputs.serverName)} power state`,
+    );
+  const agents = regs.filter((r) => r.type.endsWith("kvmlab:AutoscaleAgent"));
+  assert.deepEqual(agents.map((a) => a.inputs.groupName).sort(), ["was", "web"]);
+  for (const a of agents) {
+    assert.deepEqual([a.inputs.min, a.inputs.max, a.inputs.desired], [2, 3, 2]);
+    const raw = a.inputs.agentConfig as string | { value: string };
+    const conf = typeof raw === "string" ? raw : raw.value;
+    assert.match(conf, /^INTERVAL=10$/m);
+    assert.match(conf, /^POLICY_0_NAME='cpu-high'$/m);
+    assert.match(conf, /^POLICY_0_CMP='gt'$/m);
+    assert.match(conf, /^POLICY_0_PERIOD=60$/m);
+    assert.match(conf, /^POLICY_1_CMP='lt'$/m);
+    assert.match(conf, /^POLICY_1_THRESHOLD=15$/m);
+    assert.match(conf, /^HEALTH_PATH='\/health'$/m);
+  }
+  // The load balancers' groups on their VIP ports (Linux-bridge VIP networks).
+  const vipGroups = regs
+    .filter((r) => r.type.endsWith("kvmlab:SecurityGroupPort"))
+    .flatMap((p) => (p.inputs.groups as { groupName: string }[]).map((g) => g.groupName))
+    .filter((g) => g.endsWith("-lb"))
+    .sort();
+  assert.deepEqual(vipGroups, ["was-lb", "web-lb"]);
   // Identity: the quota is `cores`, as kvmlab's Project takes it.
   const project = regs.find((r) => r.type.endsWith("kvmlab:Project"))!;
   assert.deepEqual(project.inputs.quotas, { instances: 8, cores: 8, ramMiB: 2048 });
-  // Every server counts against the project.
+  // Every server counts against the project; autoscale slots not yet (the AutoscaleGroup
+  // component's launch spec has no project).
   for (const s of regs.filter((r) => r.type.endsWith("kvmlab:Server")))
-    assert.equal(s.inputs.project, "default/shop");
+    if (!/^(web|was)-\d$/.test(s.inputs.serverName as string)) assert.equal(s.inputs.project, "default/shop");
+  // Routers and security groups belong to the lab's defaultProject; the bastion's floating IP
+  // to its server's project.
+  for (const t of ["Router", "SecurityGroup"])
+    for (const r of regs.filter((x) => x.type.endsWith(`kvmlab:${t}`)))
+      assert.equal(r.inputs.project, "default/shop", `${t} ${r.name}: charged to the lab's defaultProject`);
+  const bastionFip = regs.find((r) => r.type.endsWith("kvmlab:FloatingIp") && r.name === "bastion-fip")!;
+  assert.equal(bastionFip.inputs.project, "default/shop");
   // An assignment names its user and project by id in the lab's domain: a bare "bob" would be
   // kvmlab's Default/bob, which the lab never creates (the sandbox run's failure).
   const users = regs

@@ -24,7 +24,10 @@ function edited(edit: (d: Data) => void): string {
 test("lab: L7 policies, monitor address, SNI and client auth validate and reach haproxy.cfg", () => {
   const r = parseLab(
     edited((d) => {
-      const l = d.loadBalancers[0].listeners[0];
+      // A load balancer of its own: an autoscale group's (web-lb) has only the group's slots
+      // and no L7 policies (lab/checks/apps.ts).
+      d.loadBalancers.push({ ...structuredClone(d.loadBalancers[0]), name: "l7-lb", floatingIp: false });
+      const l = d.loadBalancers[2].listeners[0];
       l.pool.members = [
         { name: "static", address: "10.10.1.200", protocolPort: 80, monitorAddress: "10.10.1.201" },
       ];
@@ -49,13 +52,43 @@ test("lab: L7 policies, monitor address, SNI and client auth validate and reach 
   );
   assert.deepEqual(r.issues, []);
   const lab = r.lab!;
-  const l = lab.loadBalancers[0].listeners[0];
+  const l = lab.loadBalancers[2].listeners[0];
   assert.equal(l.l7Policies.length, 2);
   assert.equal(l.pool!.members[0].monitorAddress, "10.10.1.201");
-  const cfg = renderLab(lab).files.get(`loadbalancers/${lab.loadBalancers[0].name}/haproxy.cfg`)!;
+  const cfg = renderLab(lab).files.get(`loadbalancers/${lab.loadBalancers[2].name}/haproxy.cfg`)!;
   assert.match(cfg, /http-request deny if no-admin-0/);
   assert.match(cfg, /use_backend api-pool:http if api-0/);
   assert.match(cfg, /server static 10\.10\.1\.200:80 .* addr 10\.10\.1\.201/);
+});
+
+test("lab: an autoscale group's load balancer has only the group's listener, pool members and no L7 policies", () => {
+  const r = parseLab(
+    edited((d) => {
+      const l = d.loadBalancers[0].listeners[0];
+      l.pool.members = [{ name: "static", address: "10.10.1.200", protocolPort: 80 }];
+      l.l7Policies = [
+        {
+          name: "no-admin",
+          action: "REJECT",
+          rules: [{ type: "PATH", compareType: "STARTS_WITH", value: "/a" }],
+        },
+      ];
+      d.loadBalancers[1].listeners.push({ ...structuredClone(d.loadBalancers[1].listeners[0]), name: "b" });
+      d.autoscaleGroups[1].pool.weight = 2;
+    }),
+  );
+  const paths = r.issues.map((i) => i.path);
+  for (const p of [
+    "loadBalancers[0].listeners[0].pool.members",
+    "loadBalancers[0].listeners[0].l7Policies",
+    "loadBalancers[1].listeners",
+    "autoscaleGroups[1].pool.weight",
+  ])
+    assert.ok(paths.includes(p), `${p} refused: ${JSON.stringify(r.issues)}`);
+  assert.match(
+    r.issues.find((i) => i.path === "loadBalancers[1].listeners")!.fix,
+    /load balancer of their own/,
+  );
 });
 
 test("lab: a PING monitor is refused with the reason; TLS options on a plain listener name their field", () => {

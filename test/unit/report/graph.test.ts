@@ -49,7 +49,7 @@ test("topology of three-tier: every object, ports with addresses and security gr
   assert.ok(edges("port").some((e) => e.source === "server:db-0" && e.label === "10.10.3.5 [db]"));
   assert.equal(
     edges("port").filter((e) => e.source.startsWith("server:web-") && /\[web\]$/.test(e.label ?? "")).length,
-    2,
+    4,
   );
   // Floating IPs on the bastion and the public LB; VIPs with the LB's security group.
   assert.ok(
@@ -68,8 +68,12 @@ test("topology of three-tier: every object, ports with addresses and security gr
   assert.deepEqual(members, [
     "loadbalancer:was-lb>server:was-0",
     "loadbalancer:was-lb>server:was-1",
+    "loadbalancer:was-lb>server:was-2",
+    "loadbalancer:was-lb>server:was-3",
     "loadbalancer:web-lb>server:web-0",
     "loadbalancer:web-lb>server:web-1",
+    "loadbalancer:web-lb>server:web-2",
+    "loadbalancer:web-lb>server:web-3",
   ]);
   // Hosts: uplinks of the provider network, and pinned servers.
   assert.deepEqual(
@@ -162,7 +166,7 @@ test("kvmlab graph: writes SVG and HTML, names bad input, exit codes", () => {
     const svg = path.join(dir, "three-tier.svg");
     const r = spawnSync(process.execPath, [bin, "graph", LAB, "--out", svg], { encoding: "utf8" });
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stderr, /wrote .*three-tier\.svg: 16 objects/);
+    assert.match(r.stderr, /wrote .*three-tier\.svg: 20 objects/);
     assert.match(fs.readFileSync(svg, "utf8"), /^<\?xml version="1\.0" encoding="UTF-8"\?>\n<svg xmlns=/);
     const outputs = path.join(dir, "outputs.json");
     fs.writeFileSync(outputs, JSON.stringify({ topology: topologyFromLab(loadLab(LAB)) }));

@@ -14,7 +14,8 @@ export function expectedObjects(file = LAB): Record<string, string[]> {
     router: lab.routers.map((r) => r.name),
     server: [
       ...lab.servers.map((s) => s.name),
-      ...lab.autoscaleGroups.flatMap((g) => Array.from({ length: g.desired }, (_, i) => `${g.name}-${i}`)),
+      // Every slot of a group (the AutoscaleGroup component defines them all).
+      ...lab.autoscaleGroups.flatMap((g) => Array.from({ length: g.max }, (_, i) => `${g.name}-${i}`)),
     ],
     loadbalancer: lab.loadBalancers.map((l) => l.name),
   };
