@@ -76,11 +76,17 @@ export function imageStorePaths(
 }
 
 /** Device names of a network on every host. */
-export function networkDevices(networkName: string): { shortId: string; bridge: string; vxlan: string } {
+export function networkDevices(networkName: string): {
+  shortId: string;
+  bridge: string;
+  vxlan: string;
+  vxlanPort: string;
+} {
   return {
     shortId: shortId(networkName),
     bridge: deviceName("b", networkName),
     vxlan: deviceName("x", networkName),
+    vxlanPort: deviceName("i", networkName),
   };
 }
 

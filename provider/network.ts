@@ -9,8 +9,10 @@
  *   driver "linuxbridge"  Linux bridge; the VXLAN device is a bridge port
  *   driver "openvswitch"  OVS bridge (datapath_type=system when the openvswitch kernel module is
  *                         loaded, else netdev, recorded per host); the kernel VXLAN device is an
- *                         OVS port (not an OVS-native tunnel: those need full checksums from
- *                         every sender, see research/labhost.md)
+ *                         OVS port on the kernel datapath, and on netdev tc-redirected to and
+ *                         from an OVS internal port kvli-<id> (a packet-socket port stalled 1 MiB
+ *                         transfers). Not an OVS-native tunnel: those need full checksums from
+ *                         every sender, see research/labhost.md
  *
  * Names on hosts: bridge `kvlb-<id>`, VXLAN device `kvlx-<id>` with <id> = first 8 hex digits
  * of sha256(networkName); OVS objects carry external_ids kvmlab-network=<name>; the record
@@ -404,7 +406,7 @@ function uplinkCheckLines(host: HostConnection): string[] {
 
 /** Step that makes a host match the inputs (idempotent). */
 export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): Step {
-  const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
+  const { shortId: id, bridge, vxlan, vxlanPort } = networkDevices(inputs.networkName);
   const ovs = inputs.driver === "openvswitch";
   const want = expectedHostState(inputs, host);
   const type = networkTypeOf(inputs);
@@ -450,17 +452,32 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
       'ip link set dev "$vx" mtu $mtu',
     );
     if (ovs) {
-      // The userspace datapath reads this port through a packet socket; a burst overflows the
-      // socket's receive buffer (ss -0 -m: drops) and TCP stalls in retransmission backoff.
-      // GRO off keeps each loss to one segment instead of a 64 KiB merged packet
-      // (docs/providers.md, Known limits: the 1 MiB stall).
+      // The kernel datapath takes the VXLAN device as a port. The userspace (netdev) datapath
+      // would read such a port through an AF_PACKET socket, whose receive buffer (the host-wide
+      // rmem_default, 208 KiB) a burst overflows: TCP loses segments and a 1 MiB transfer stalls
+      // in retransmission backoff (docs/providers.md, "the 1 MiB stall"). There the bridge gets
+      // an internal port $vi instead, a tap that ovs-vswitchd reads through its file descriptor
+      // (a queue of packets, not of 208 KiB), and tc redirects every frame between the VXLAN
+      // device and $vi both ways (no Linux bridge: no br_netfilter, no conntrack on the way).
+      // GRO stays off on the device (a loss costs one segment, not a 64 KiB merged packet).
       lines.push(
+        `vi=${vxlanPort}`,
         'ip link set dev "$vx" up',
         `ethtool -K "$vx" ${VXLAN_OVS_OFFLOADS} >/dev/null 2>&1 || { echo "cannot set offloads on $vx (ethtool missing?); install ethtool" >&2; exit 20; }`,
+        'if [ "$dp" = netdev ]; then',
+        // A VXLAN device an older kvmlab made a port of this bridge leaves it for the redirect.
+        '  if [ "$(ovs-vsctl port-to-br "$vx" 2>/dev/null)" = "$br" ]; then ovs-vsctl del-port "$br" "$vx"; fi',
+        "  vport=$vi; vtype=internal",
+        "else",
+        // Kernel datapath (e.g. the module loaded since): the device is the port; no redirect.
+        '  ovs-vsctl --if-exists del-port "$vi"; tc qdisc del dev "$vx" ingress 2>/dev/null || true',
+        "  vport=$vx; vtype=system",
+        "fi",
       );
       ovsTx.push(
-        '--may-exist add-port "$br" "$vx"',
-        `set port "$vx" external_ids:kvmlab-network="$name"${own}`,
+        '--may-exist add-port "$br" "$vport"',
+        'set interface "$vport" type=$vtype mtu_request=$mtu',
+        `set port "$vport" external_ids:kvmlab-network="$name"${own}`,
       );
     } else {
       lines.push('ip link set dev "$vx" master "$br" up');
@@ -500,10 +517,31 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
   }
   if (ovs) {
     lines.push(`ovs-vsctl ${ovsTx.join(" -- ")}`, 'ip link set dev "$br" up');
+    // The internal port's tap exists once ovs-vswitchd has taken the transaction.
+    if (type === "vxlan")
+      lines.push('if [ "$dp" = netdev ]; then', '  ip link set dev "$vi" up', ...vxlanRedirectLines(), "fi");
     if (type === "flat" || type === "vlan") lines.push('ip link set dev "$up" up');
     if (type === "gre") lines.push(...greCleanupLines(inputs, host));
   }
   return { label: `create network ${inputs.networkName} on ${host.name}`, script: lines.join("\n") };
+}
+
+/**
+ * Shell lines (with $vx, $vi set) that redirect every frame arriving on the VXLAN device to the
+ * internal port's transmit queue and back (tc ingress + u32 match-all + mirred). Idempotent:
+ * a device whose ingress already redirects to its peer is left alone.
+ */
+export function vxlanRedirectLines(): string[] {
+  return [
+    'for pair in "$vx $vi" "$vi $vx"; do',
+    "  set -- $pair",
+    '  if ! tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; then',
+    '    tc qdisc del dev "$1" ingress 2>/dev/null || true',
+    '    tc qdisc add dev "$1" ingress',
+    '    tc filter add dev "$1" ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev "$2"',
+    "  fi",
+    "done",
+  ];
 }
 
 /** Offloads turned off on a kernel VXLAN device that is an OVS (userspace datapath) port. */
@@ -591,7 +629,7 @@ function greCleanupLines(inputs: NetworkInputs, host: HostConnection): string[] 
 
 /** Step that prints what a host has, as key=value lines (see parseNetworkState). */
 export function networkReadStep(networkName: string, driver: NetworkDriver, host: HostConnection): Step {
-  const { bridge, vxlan } = networkDevices(networkName);
+  const { bridge, vxlan, vxlanPort } = networkDevices(networkName);
   const lines = [
     `name=${shQuote(networkName)}; br=${bridge}; vx=${vxlan}; up=${shQuote(host.uplink || "-")}`,
     `rec=${shQuote(recordPath("network", networkName))}`,
@@ -600,7 +638,11 @@ export function networkReadStep(networkName: string, driver: NetworkDriver, host
   if (driver === "openvswitch") {
     lines.push(
       'if ovs-vsctl br-exists "$br" 2>/dev/null; then echo bridge=yes; echo "datapath=$(ovs-vsctl get bridge "$br" datapath_type | tr -d \'"\')"; else echo bridge=no; fi',
-      'echo "vxattached=$( [ "$(ovs-vsctl port-to-br "$vx" 2>/dev/null)" = "$br" ] && echo yes || echo no)"',
+      // Attached: the device is the bridge's port (kernel datapath), or the bridge's internal
+      // port $vi and the device redirect to each other (userspace datapath).
+      `vi=${vxlanPort}`,
+      'redir() { tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; }',
+      'echo "vxattached=$( { [ "$(ovs-vsctl port-to-br "$vx" 2>/dev/null)" = "$br" ] || { [ "$(ovs-vsctl port-to-br "$vi" 2>/dev/null)" = "$br" ] && redir "$vx" "$vi" && redir "$vi" "$vx"; }; } && echo yes || echo no)"',
       'echo "upattached=$( [ "$(ovs-vsctl port-to-br "$up" 2>/dev/null)" = "$br" ] && echo yes || echo no)"',
     );
   } else {
