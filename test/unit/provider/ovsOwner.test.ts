@@ -159,3 +159,39 @@ test("deletes check the OVS owner before removing: another owner's bridge or por
   // No owner (a state from before owners): no OVS check at all.
   assert.deepEqual(ovsOwnerGuardLines("port", '"$hd"', [""], "x", "y"), []);
 });
+
+test("a network delete refuses while another owner's port is on its bridge (del-br would take it), naming the port and its owner", () => {
+  const hv1 = testHost("hv1", 1);
+  const net = networkDeleteStep("lan", "openvswitch", hv1, ME).script.split("\n");
+  const firstDel = net.findIndex((l) => /del-br/.test(l));
+  const guard = net.findIndex((l) => l.includes("external_ids:kvmlab-owner"));
+  // A stand-in ovs-vsctl: the bridge and the network's own ports are ours; kvld-00000001 (a
+  // DHCP port another stack plugged into this network) is not.
+  const run = (foreign: string) => {
+    const fake = [
+      "ovs-vsctl() {",
+      '  case "$*" in',
+      '    "br-exists "*) return 0 ;;',
+      '    "list-ports "*) printf "%s\\n" kvli-00000000 kvld-00000001 tap0 ;;',
+      `    *" get port kvld-00000001 "*) echo ${JSON.stringify(`"${foreign}"`)} ;;`,
+      '    *" get port tap0 "*) return 1 ;;',
+      `    *" get "*) echo ${JSON.stringify(`"${ME}"`)} ;;`,
+      "  esac",
+      "}",
+    ].join("\n");
+    return spawnSync(
+      "bash",
+      ["--noprofile", "--norc", "-c", [fake, ...net.slice(guard, firstDel).map((l) => l.trim())].join("\n")],
+      { encoding: "utf8" },
+    );
+  };
+  const refused = run(OTHER);
+  assert.equal(refused.status, OWNER_REFUSED, refused.stderr);
+  assert.match(
+    refused.stderr,
+    /network lan on host hv1 still has port kvld-00000001 of lab\/prod\/Network\/lan;/,
+  );
+  assert.match(refused.stderr, /Fix: delete that subnet, router leg or server port first/);
+  // Our own ports and ports with no kvmlab owner (guests' taps) do not block the delete.
+  assert.equal(run(ME).status, 0, run(ME).stderr);
+});
