@@ -36,6 +36,7 @@ import { AutoscaleAgent } from "../provider/autoscale";
 import type { Flavor } from "../provider/flavor";
 import type { Image } from "../provider/image";
 import type { SecurityGroup } from "../provider/securityGroup";
+import type { ProjectRef } from "../provider/kit";
 import type { Readiness } from "../provider/server";
 import { memberNames, membersByHost, renderAgentConfig } from "../templates/autoscale";
 import type { ServerUserData } from "../templates/server";
@@ -69,6 +70,14 @@ export interface AutoscaleLaunchArgs {
   /** The kernel command line, or a function of the member name and slot. @default "console=ttyS0" */
   readonly kernelCmdline?: pulumi.Input<string> | ((member: string, index: number) => pulumi.Input<string>);
   readonly readiness?: Partial<Readiness>;
+  /** Guest user cloud-init gives the key to. @default the Server component's ("kvmlab") */
+  readonly userName?: string;
+  /**
+   * Owning project of every slot (a Project, its `recordId` or a name): carried in the slot's
+   * libvirt metadata and charged to that project's quotas, like any Server.
+   * @default the stack's `kvmlab:project`, else none
+   */
+  readonly project?: ProjectRef;
 }
 
 /** The load balancer the members join (the group creates it; every slot is a pool member). */
@@ -175,6 +184,8 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
           host: slotHost[i],
           powerState: "external",
           readiness: args.launch.readiness,
+          ...(args.launch.userName !== undefined ? { userName: args.launch.userName } : {}),
+          ...(args.launch.project !== undefined ? { project: args.launch.project } : {}),
           hosts: args.hosts,
           hostDiscovery: args.hostDiscovery,
         },

@@ -76,16 +76,13 @@ interface TierCommonArgs {
   /** cloud-init user data of the tier's servers. @default none */
   readonly userData?: ServerArgs["userData"];
   /**
-   * Owning project of the tier's servers (a Project's `recordId`). @default the app's.
-   * Not applied to autoscale members: AutoscaleGroup's launch spec has no project yet.
+   * Owning project of the tier's servers, autoscale slots included (a Project's `recordId`).
+   * @default the app's.
    */
   readonly project?: pulumi.Input<string>;
   /** The tier's key. @default the app's */
   readonly keypair?: { readonly publicKeyLine: pulumi.Input<string> };
-  /**
-   * Guest user cloud-init gives the key to. @default the app's. Not applied to autoscale members:
-   * AutoscaleGroup's launch spec has no user name yet (its members use "kvmlab").
-   */
+  /** Guest user cloud-init gives the key to, autoscale slots included. @default the app's */
   readonly userName?: string;
 }
 
@@ -193,9 +190,9 @@ export interface ThreeTierAppArgs {
   readonly userName?: string;
   /**
    * Owning project of every server, the app's own security groups and the bastion's floating IP
-   * (a Project's `recordId`). @default the stack's `kvmlab:project`, else none. Autoscale slots
-   * and the load balancers (with the web floating IP) are not charged yet: AutoscaleGroup and
-   * LoadBalancer take no project.
+   * (a Project's `recordId`), the autoscale slots included. @default the stack's
+   * `kvmlab:project`, else none. The load balancers (with the web floating IP) are not charged
+   * yet: LoadBalancer takes no project.
    */
   readonly project?: pulumi.Input<string>;
   /** Readiness of the servers. @default HTTP /health (web, WAS) or DHCP (DB, bastion) with guestRoles, else DHCP */
@@ -516,6 +513,8 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           ],
           kernelCmdline: (member) => k.cmdline(t, member, tier),
           readiness: k.readiness(t),
+          ...((tier.userName ?? args.userName) ? { userName: tier.userName ?? args.userName } : {}),
+          ...((tier.project ?? args.project) ? { project: tier.project ?? args.project } : {}),
         },
         min,
         max,

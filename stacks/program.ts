@@ -567,6 +567,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         userData: { writeFiles: l.userData.writeFiles, runcmd: l.userData.runcmd },
         kernelCmdline: (member) =>
           labKernelCmdline(img, member, members.get(member), l.keypair ? keys[l.keypair] : undefined),
+        userName: img.defaultUser,
+        project: projectOf(slots[0].project),
       },
       min: g.min,
       max: g.max,

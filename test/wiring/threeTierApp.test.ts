@@ -144,6 +144,7 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
     db: { network: db, subnet: "db-v4", name: "db", address: "10.30.3.11" },
     bastion: { network: mgmt, subnet: "mgmt-v4", name: "bastion", address: "10.30.9.11" },
     guestRoles: true,
+    project: "default/shop",
   });
   const ssh = await unwrap(app.sshCommands);
   await unwrap(app.consoleUrls);
@@ -165,6 +166,9 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   for (const n of ["shop-web-0", "shop-web-2", "shop-was-1"])
     assert.equal(servers[n].powerState, "external", `${n}: a slot of its tier's group`);
   assert.equal(servers.db.powerState ?? "running", "running");
+  // Every server is in the app's project, the groups' slots too (their launch spec carries it).
+  assert.ok(servers.db.project, "the DB has the app's project");
+  for (const [n, inputs] of Object.entries(servers)) assert.equal(inputs.project, servers.db.project, n);
   // The groups: min/desired 2, max 3, the default CPU policies, one agent each.
   const agents = Object.fromEntries(
     of("AutoscaleAgent").map((a) => [a.inputs.groupName as string, a.inputs]),
