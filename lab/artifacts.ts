@@ -71,7 +71,6 @@ export const RENDER_NOTES: readonly string[] = [
   "The domain type is detected per host at apply time (kvm where usable, else qemu); the files show --domain-type (default kvm).",
   "VNC ports are automatic (autoport) and chosen by libvirt when the domain starts.",
   "Autoscale groups are rendered with every slot <group>-0 … <group>-(max-1), as the AutoscaleGroup component pre-renders them: the slots up to the group's current size run, the others stay defined and stopped; the group's scaling agent starts and stops them (every slot is in its load balancer's pool and its security groups' sets).",
-  "Autoscale members get the guest user kvmlab (the AutoscaleGroup component's launch spec has no user name yet), whatever the image's defaultUser.",
   "Servers of apps booting a sandbox image (images[].sandbox) get their tier role on the kernel command line (lab.name, lab.role, lab.upstream, lab.db, lab.sshkey), as the ThreeTierApp component gives it.",
 ];
 
@@ -179,7 +178,7 @@ export function renderLab(
         publicKeys: keypair ? [keypair.publicKey] : [],
         // An autoscale slot: the AutoscaleGroup component's Server default (its launch spec has
         // no user name yet); a server: the image's user.
-        userName: s.group === null ? image.defaultUser : "kvmlab",
+        userName: image.defaultUser,
         userData: { writeFiles: s.launch.userData.writeFiles, runcmd: s.launch.userData.runcmd },
         consoleListen: "127.0.0.1",
       }),

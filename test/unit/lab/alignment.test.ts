@@ -98,8 +98,9 @@ test("three-tier web-0: the render equals what the Network and Server components
     flavor: { name: flavor.name, vcpus: flavor.vcpus, ramMiB: flavor.ramMiB, diskGiB: flavor.diskGiB },
     ports: [{ network, subnet: sub.name }],
     keypair: { publicKeyLine: keypair.publicKey },
-    // As the AutoscaleGroup component builds a slot: its launch spec has no user name (yet), so
-    // the Server's default user, whatever the image's defaultUser (a render note says so).
+    // As the AutoscaleGroup component builds a slot: the launch spec's user name, which the lab
+    // program sets to the image's defaultUser.
+    userName: image.defaultUser,
     userData: { writeFiles: group.launch.userData.writeFiles, runcmd: group.launch.userData.runcmd },
     // As the lab program passes it: the identity section's project (issue 14: in the metadata).
     project: identityProjectOf(lab, group.project),
