@@ -81,6 +81,7 @@ import { agentConfigProblems } from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
+export * from "./autoscale/roll";
 
 export interface AutoscaleAgentArgs {
   /** The group (member domains are `<group>-<n>`). */
