@@ -79,7 +79,8 @@ function run(operation: "up" | "refresh" | "destroy"): Promise<RunResult> {
       cfg("inThreshold", "15"),
       ...(launchTag ? [cfg("launchTag", launchTag)] : []),
     ],
-    env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" },
+    // The Server provider's per-operation timings (how long each slot's create took).
+    env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true", KVMLAB_METRICS_FILE: path.join(stateDir, "metrics.jsonl") },
   });
 }
 
@@ -205,6 +206,20 @@ async function diagnose(): Promise<void> {
 async function scenario(): Promise<void> {
   {
     const up = ok(await run("up"));
+    // What the roll chain costs at create: the slots' Server creates run one after another
+    // (each waits for the roll steps of the slot before it). Parallel, they would take at least
+    // the longest one; chained, their sum.
+    const creates = fs
+      .readFileSync(path.join(stateDir, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as { op: string; server: string; totalMs: number })
+      .filter((m) => m.op === "create");
+    const sum = creates.reduce((a, m) => a + m.totalMs, 0);
+    const longest = Math.max(...creates.map((m) => m.totalMs));
+    console.log(
+      `# first up ${(up.durationMs / 1000).toFixed(1)} s; slot creates ${creates.map((m) => `${m.server} ${(m.totalMs / 1000).toFixed(1)} s`).join(", ")}: chained ${(sum / 1000).toFixed(1)} s vs the longest ${(longest / 1000).toFixed(1)} s (the chain costs at most ${((sum - longest) / 1000).toFixed(1)} s)`,
+    );
     const fip = up.outputs.floatingIp as string;
     const agentHost = up.outputs.agentHost as string;
     const lbHost = up.outputs.lbHost as string;
@@ -226,6 +241,7 @@ async function scenario(): Promise<void> {
     const again = ok(await run("up"));
     const changed = again.steps.filter((s) => s.op !== "same").map((s) => `${s.op} ${s.urn}`);
     assert.deepEqual(changed, [], "a no-change up changes nothing");
+    console.log(`# no-change up ${(again.durationMs / 1000).toFixed(1)} s`);
 
     // The forced-command key runs the member command and nothing else.
     const other = status.hosts.find((h) => h.name !== agentHost) ?? status.hosts[0];
@@ -379,7 +395,9 @@ async function scenario(): Promise<void> {
     const rollSteps = rolled.steps
       .filter((x) => x.op !== "same")
       .map((x) => `${x.op} ${x.urn.split("::").pop()}`);
-    console.log(`# launch change: up took ${rollSeconds.toFixed(1)} s; steps: ${rollSteps.join(", ")}`);
+    console.log(
+      `# launch change: up took ${rollSeconds.toFixed(1)} s (engine ${(rolled.durationMs / 1000).toFixed(1)} s); steps: ${rollSteps.join(", ")}`,
+    );
     for (const i of [0, 1, 2])
       for (const want of [`update web-${i}-roll-out`, `update web-${i}`, `update web-${i}-roll-in`])
         assert.ok(rollSteps.includes(want), `${want} (got ${rollSteps.join(", ")})`);
@@ -404,6 +422,7 @@ async function scenario(): Promise<void> {
       [],
       "a no-change up after the launch change changes nothing",
     );
+    console.log(`# no-change up after the launch change ${(noop.durationMs / 1000).toFixed(1)} s`);
     await new Promise((r) => setTimeout(r, 5000));
     fs.writeFileSync(stopFile, "");
     await Promise.race([loadDone, new Promise((r) => setTimeout(r, 30_000))]);
