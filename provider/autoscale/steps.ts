@@ -215,7 +215,7 @@ export interface AgentState {
   size: number;
   /** Members in service. */
   members: string[];
-  /** Every slot: name → running | stopped | starting | failed. */
+  /** Every slot: name → running | stopped | starting | failed | rolling (a launch change replaces it). */
   slots: Record<string, string>;
   cooldownEnd: number;
   avgCpu: string;

@@ -510,8 +510,18 @@ async function scenario(): Promise<void> {
     console.log(`# roll-out -> roll-in per slot (s): ${JSON.stringify(perSlot)}`);
 
     // Destroy leaves nothing of the group on any host.
-    ok(await run("destroy"));
+    const gone = ok(await run("destroy"));
     destroyed = true;
+    // The roll chain orders deletes too: the slots' Servers are deleted one after another.
+    const deletes = fs
+      .readFileSync(path.join(stateDir, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as { op: string; server: string; totalMs: number })
+      .filter((m) => m.op === "delete");
+    console.log(
+      `# destroy ${(gone.durationMs / 1000).toFixed(1)} s; slot deletes ${deletes.map((m) => `${m.server} ${(m.totalMs / 1000).toFixed(1)} s`).join(", ")}`,
+    );
     for (const h of status.hosts) {
       const left = await sshCheck(
         status,
