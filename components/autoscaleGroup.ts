@@ -232,10 +232,15 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
       });
       const member = this.member(name, slots[i], i, slotHost[i], args, out);
       members[i] = member;
-      const back = new AutoscaleRoll(`${name}-${i}-roll-in`, rollArgs(i, "in", hash), {
-        parent: this,
-        dependsOn: [member.server],
-      });
+      // afterRoll: roll-in runs after every roll-out that ran, even if the hash went back (review R1).
+      const back = new AutoscaleRoll(
+        `${name}-${i}-roll-in`,
+        { ...rollArgs(i, "in", hash), afterRoll: out.rollId },
+        {
+          parent: this,
+          dependsOn: [member.server],
+        },
+      );
       this.rolls.push(out, back);
       previous = back;
     }

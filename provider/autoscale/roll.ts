@@ -7,10 +7,13 @@
  * Both carry `launchHash`, a hash of what the slot's Server is built from (core/autoscale.ts
  * launchHash), so they UPDATE exactly when the slot's launch configuration changes, in Pulumi's
  * dependency order: roll-out before the Server is replaced or redefined, roll-in after it.
+ * roll-out outputs a fresh `rollId` every time its roll runs, and roll-in takes it as
+ * `afterRoll`: roll-in runs whenever a roll-out ran, even when the launch change was reverted
+ * before roll-in's first run (a failed Server update), so no slot stays out of service.
  *
  *   check   group, member (`<group>-<i>`), phase, hash, hosts, bounds
- *   diff    pure: group/member/phase replace; a new launchHash is an update that rolls; any other
- *           change (hosts, timeout) an update that runs nothing
+ *   diff    pure: group/member/phase replace; a new launchHash (or, for roll-in, a new afterRoll)
+ *           is an update that rolls; any other change (hosts, timeout) an update that runs nothing
  *   create  nothing on any host (the slot's Server is new too: nothing is in service)
  *   read    nothing on any host (the state is the truth; `kvmlab asg status` shows the hosts')
  *   update  (launchHash changed) find the group's controller (the host holding the group's
@@ -59,6 +62,8 @@ export interface AutoscaleRollArgs {
   readonly hosts: pulumi.Input<pulumi.Input<HostConnectionArgs>[]>;
   /** Bound of one roll step on the host (seconds). */
   readonly timeoutSec: pulumi.Input<number>;
+  /** roll-in: the slot's roll-out `rollId`; a new value runs roll-in even when the hash is back to the old one. */
+  readonly afterRoll?: pulumi.Input<string>;
   readonly owner?: pulumi.Input<string>;
 }
 
@@ -69,6 +74,8 @@ export interface AutoscaleRollInputs {
   launchHash: string;
   hosts: HostConnection[];
   timeoutSec: number;
+  /** "" when not given (roll-out, or a roll-out that has never rolled). */
+  afterRoll: string;
   owner: string;
 }
 
@@ -77,10 +84,15 @@ export interface AutoscaleRollOutputs extends AutoscaleRollInputs {
   rolledOn: string;
   /** What the last roll printed (its decisions.log lines are on the controller). */
   rolled: string;
+  /** roll-out: a fresh random id each time its roll ran ("" before the first); roll-in: "". */
+  rollId: string;
 }
 
 const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
 const HASH = /^[0-9a-f]{64}$/;
+const ROLL_ID = /^([0-9a-f]{32})?$/;
+/** Seconds roll.sh gets on the host: it ends (timeout(1)) before the client's bound of the step. */
+export const ROLL_HOST_MARGIN_SEC = 30;
 
 /** Validates raw inputs (pure). */
 export function checkAutoscaleRollInputs(news: Record<string, unknown>): Checked {
@@ -104,7 +116,14 @@ export function checkAutoscaleRollInputs(news: Record<string, unknown>): Checked
       launchHash: {
         rule: rules.expect((x) => typeof x === "string" && HASH.test(x), "a sha256 hex digest (launchHash)"),
       },
-      timeoutSec: { rule: rules.int(30, 7200, "seconds") },
+      timeoutSec: { rule: rules.int(60, 7200, "seconds") },
+      afterRoll: {
+        rule: rules.expect(
+          (x) => typeof x === "string" && ROLL_ID.test(x),
+          'a roll-out\'s rollId (32 hex digits) or ""',
+        ),
+        default: "",
+      },
     },
     out,
   );
@@ -125,10 +144,12 @@ export function checkAutoscaleRollInputs(news: Record<string, unknown>): Checked
 
 export const AUTOSCALE_ROLL_REPLACE_KEYS = ["groupName", "member", "phase"] as const;
 
-/** Pure diff: identity replaces; a new hash rolls; hosts/timeout update without a command. */
+/** Pure diff: identity replaces; a new hash (or afterRoll) rolls; hosts/timeout update without a command. */
 export function diffAutoscaleRoll(olds: AutoscaleRollOutputs, news: AutoscaleRollInputs): DiffResult {
-  const replaces = changedKeys(olds, news, AUTOSCALE_ROLL_REPLACE_KEYS);
-  const updates = changedKeys(olds, news, ["launchHash", "hosts", "timeoutSec"] as const);
+  // A state from before afterRoll existed has none: the same as "".
+  const o = { ...olds, afterRoll: olds.afterRoll ?? "" };
+  const replaces = changedKeys(o, news, AUTOSCALE_ROLL_REPLACE_KEYS);
+  const updates = changedKeys(o, news, ["launchHash", "hosts", "timeoutSec", "afterRoll"] as const);
   return {
     changes: replaces.length > 0 || updates.length > 0,
     replaces,
@@ -166,16 +187,28 @@ export function groupOwnedStep(group: string, owner: string): Step {
   };
 }
 
-/** Controller: run one roll step with the package's agent script (installed as roll.sh). */
-export function rollCommandStep(group: string, member: string, phase: RollPhase): Step {
+/**
+ * Controller: run one roll step with the package's agent script (installed as roll.sh), under
+ * timeout(1) ROLL_HOST_MARGIN_SEC shorter than the client's bound `timeoutSec`: the script (and
+ * its ssh/sleep children, timeout's process group) never outlives a failed `up`.
+ */
+export function rollCommandStep(group: string, member: string, phase: RollPhase, timeoutSec: number): Step {
   if (!GROUP.test(group) || !/^[a-z][a-z0-9-]{0,40}$/.test(member))
     throw new Error(
       `rollCommandStep: invalid group ${JSON.stringify(group)} or member ${JSON.stringify(member)}`,
     );
+  const hostSec = Math.floor(timeoutSec) - ROLL_HOST_MARGIN_SEC;
+  if (!Number.isInteger(hostSec) || hostSec < 20)
+    throw new Error(`rollCommandStep: timeoutSec ${timeoutSec} leaves no time on the host (at least 50)`);
   const d = shQuote(asgDir(group));
   return {
     label: `roll-${phase} ${member} of group ${group}`,
-    script: `/bin/sh ${d}/roll.sh ${d} roll-${phase} ${shQuote(member)}`,
+    script: [
+      `timeout -k 10 ${hostSec} /bin/sh ${d}/roll.sh ${d} roll-${phase} ${shQuote(member)}`,
+      "rc=$?",
+      `case $rc in 124 | 137) echo ${shQuote(`autoscale group ${group}: roll-${phase} of ${member} did not finish within ${hostSec} s and was stopped; the slot may be left out of service (state rolling). Fix: see kvmlab asg status ${group} and its decisions.log, then run up again (roll-in runs after any roll-out)`)} >&2 ;; esac`,
+      "exit $rc",
+    ].join("\n"),
   };
 }
 
@@ -217,6 +250,12 @@ export function pickController(
 
 const AGENT_SCRIPT = shippedScript("agent.sh");
 
+/** Does an update run the roll command? A new hash; for roll-in also a new afterRoll (pure). */
+export function rollRuns(olds: AutoscaleRollOutputs, news: AutoscaleRollInputs): boolean {
+  if (olds.launchHash !== news.launchHash) return true;
+  return news.phase === "in" && (olds.afterRoll ?? "") !== news.afterRoll;
+}
+
 async function findController(i: AutoscaleRollInputs): Promise<{ host?: HostConnection; note: string }> {
   const answers: { host: string; answer: string }[] = [];
   for (const h of i.hosts) {
@@ -229,15 +268,18 @@ async function findController(i: AutoscaleRollInputs): Promise<{ host?: HostConn
 
 const roll = defineResource<AutoscaleRollInputs, AutoscaleRollOutputs>({
   type: "AutoscaleRoll",
-  inputKeys: ["groupName", "member", "phase", "launchHash", "hosts", "timeoutSec", "owner"],
-  outputKeys: ["rolledOn", "rolled"],
+  inputKeys: ["groupName", "member", "phase", "launchHash", "hosts", "timeoutSec", "afterRoll", "owner"],
+  outputKeys: ["rolledOn", "rolled", "rollId"],
   secretOutputs: ["hosts"],
   check: (news) => checkAutoscaleRollInputs(news),
   diff: diffAutoscaleRoll,
 
   async create(inputs) {
     // The slot's Server is created in the same run: nothing is in service yet, nothing to roll.
-    return { id: `${inputs.member}/${inputs.phase}`, outs: { ...inputs, rolledOn: "", rolled: "" } };
+    return {
+      id: `${inputs.member}/${inputs.phase}`,
+      outs: { ...inputs, rolledOn: "", rolled: "", rollId: "" },
+    };
   },
 
   async read(_id, props) {
@@ -245,20 +287,24 @@ const roll = defineResource<AutoscaleRollInputs, AutoscaleRollOutputs>({
   },
 
   async update(_id, olds, news) {
-    if (olds.launchHash === news.launchHash) return { ...news, rolledOn: olds.rolledOn, rolled: olds.rolled };
+    if (!rollRuns(olds, news))
+      return { ...news, rolledOn: olds.rolledOn, rolled: olds.rolled, rollId: olds.rollId ?? "" };
+    // roll-out: a fresh id, so the slot's roll-in runs after it whatever the hash does next.
+    const crypto: typeof import("node:crypto") = require("node:crypto");
+    const rollId = news.phase === "out" ? crypto.randomBytes(16).toString("hex") : "";
     const { host, note } = await findController(news);
-    if (host === undefined) return { ...news, rolledOn: "", rolled: `nothing to roll: ${note}` };
+    if (host === undefined) return { ...news, rolledOn: "", rolled: `nothing to roll: ${note}`, rollId };
     const d = asgDir(news.groupName);
     const outs = await runChecked(
       host,
       [
         groupOwnedStep(news.groupName, news.owner),
         uploadStep(`${d}/roll.sh`, AGENT_SCRIPT, { mode: "0755" }),
-        rollCommandStep(news.groupName, news.member, news.phase),
+        rollCommandStep(news.groupName, news.member, news.phase, news.timeoutSec),
       ],
       { timeoutMs: news.timeoutSec * 1000 },
     );
-    return { ...news, rolledOn: host.name, rolled: (outs[2] ?? "").trim() };
+    return { ...news, rolledOn: host.name, rolled: (outs[2] ?? "").trim(), rollId };
   },
 
   async delete(_id, olds) {
@@ -281,6 +327,7 @@ export class AutoscaleRoll extends KvmlabResource<AutoscaleRollInputs, Autoscale
   declare readonly launchHash: pulumi.Output<string>;
   declare readonly rolledOn: pulumi.Output<string>;
   declare readonly rolled: pulumi.Output<string>;
+  declare readonly rollId: pulumi.Output<string>;
 
   constructor(name: string, args: AutoscaleRollArgs, opts: pulumi.CustomResourceOptions = {}) {
     super(roll, name, { ...args }, opts);

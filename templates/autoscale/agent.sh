@@ -425,9 +425,16 @@ roll_refuse() { # CODE MESSAGE
 # Before MEMBER's server changes: take it out of service, never leaving fewer than MIN in service.
 roll_out() { # MEMBER
   _rk=$(index_of "$1")
-  _waited=0
+  _end=""
   while :; do
-    group_lock 600 || roll_refuse 75 "the group lock ($DIR/group.lock) stayed held for 600 s; nothing was changed. Fix: see kvmlab asg status $GROUP, then run up again"
+    if [ -z "$_end" ]; then
+      group_lock 600 || roll_refuse 75 "the group lock ($DIR/group.lock) stayed held for 600 s; nothing was changed. Fix: see kvmlab asg status $GROUP, then run up again"
+    else
+      # Waiting below MIN: the lock wait counts against the same wall-clock deadline.
+      _left=$((_end - $(date +%s)))
+      [ "$_left" -lt 1 ] && _left=1
+      group_lock "$_left" || roll_refuse 65 "below min: the group did not come back to its min $MIN within ${ROLL_WAIT}s (the group lock stayed held), so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+    fi
     _rst=$(mstate "$1")
     if [ "$_rst" = rolling ]; then
       # Taken out by an earlier up that failed after this step: it is still out, nothing to do.
@@ -448,12 +455,15 @@ roll_out() { # MEMBER
     fi
     _rcur=$(count_running)
     [ "$_rcur" -ge "$MIN" ] && break
-    # Below MIN (Heat updates nothing then): let the agent bring it back, bounded.
-    [ "$_waited" -ge "$ROLL_WAIT" ] &&
+    # Below MIN (Heat updates nothing then): let the agent bring it back, bounded in wall-clock time.
+    [ -z "$_end" ] && _end=$(($(date +%s) + ROLL_WAIT))
+    [ "$(date +%s)" -ge "$_end" ] &&
       roll_refuse 65 "below min: $_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
     group_unlock
-    sleep 5
-    _waited=$((_waited + 5))
+    _left=$((_end - $(date +%s)))
+    [ "$_left" -gt 5 ] && _left=5
+    [ "$_left" -lt 1 ] && _left=1
+    sleep "$_left"
   done
   _surge=""
   if [ $((_rcur - 1)) -lt "$MIN" ]; then
@@ -514,14 +524,21 @@ case $MODE in
   *) echo "agent.sh: unknown mode $MODE (run, roll-out, roll-in)" >&2; exit 64 ;;
 esac
 _other=$(claim_instance)
+if [ "$_other" = lock-timeout ]; then
+  # Not proof of another agent (review R6): say so, with its own exit code.
+  log "event=agent-exit reason=instance-lock-timeout pid=$$"
+  echo "the agent of group $GROUP could not take its single-instance lock ($DIR/agent.lock) within 10 s; this one ($$) exits (exit 4: not another agent; start it again)" >&2
+  exit 4
+fi
 if [ -n "$_other" ]; then
   log "event=agent-exit reason=another-agent-runs pid=$$ other=$_other"
   echo "the agent of group $GROUP already runs (pid $_other); this one ($$) exits" >&2
   exit 3
 fi
-# A roll-out or roll-in may hold the group lock while a member boots: wait that long at most.
-LOCK_WAIT=$((BOOT_TIMEOUT + DRAIN_TIMEOUT + 60))
-group_lock "$LOCK_WAIT" || log "event=lock-wait-exceeded seconds=$LOCK_WAIT"
+# A roll-out or roll-in may hold the group lock while a member boots: each wait is bounded by
+# that (logged when exceeded), and the agent never evaluates without the lock, at start-up either.
+LOCK_WAIT=${LOCK_WAIT:-$((BOOT_TIMEOUT + DRAIN_TIMEOUT + 60))}
+until group_lock "$LOCK_WAIT"; do log "event=lock-wait-exceeded seconds=$LOCK_WAIT phase=start"; done
 reconcile_start
 program_desired
 keep_bounds

@@ -17,6 +17,8 @@ import {
   groupOwnedStep,
   pickController,
   rollCommandStep,
+  rollRuns,
+  UNKNOWN,
   type AutoscaleRollInputs,
   type AutoscaleRollOutputs,
   type HostConnection,
@@ -45,7 +47,7 @@ function raw(over: Record<string, unknown> = {}): Record<string, unknown> {
 function outs(over: Record<string, unknown> = {}): AutoscaleRollOutputs {
   const { inputs, failures } = checkAutoscaleRollInputs(raw(over));
   assert.deepEqual(failures, []);
-  return { ...(inputs as unknown as AutoscaleRollInputs), rolledOn: "", rolled: "" };
+  return { ...(inputs as unknown as AutoscaleRollInputs), rolledOn: "", rolled: "", rollId: "" };
 }
 
 test("launchHash is the same for the same launch configuration in any key order and changes with any of it", () => {
@@ -130,13 +132,89 @@ test("roll step texts: the owner check compares the marker with this stack, the 
   assert.match(g.script, /case "\$cur" in '?proj\/dev'?\/\*\) exit 0/);
   assert.match(g.script, /exit 73/);
   assert.throws(() => groupOwnedStep("web", "kvmlab-direct/-/AutoscaleRoll/x"), /raw provider call/);
-  assert.equal(
-    rollCommandStep("web", "web-2", "out").script,
-    "/bin/sh /var/lib/kvmlab/asg/web/roll.sh /var/lib/kvmlab/asg/web roll-out web-2",
+  const cmd = rollCommandStep("web", "web-2", "out", 1210).script;
+  assert.match(
+    cmd,
+    /^timeout -k 10 1180 \/bin\/sh \/var\/lib\/kvmlab\/asg\/web\/roll\.sh \/var\/lib\/kvmlab\/asg\/web roll-out web-2$/m,
   );
-  assert.throws(() => rollCommandStep("web", "web-2;id", "in"), /invalid/);
+  assert.throws(() => rollCommandStep("web", "web-2;id", "in", 1210), /invalid/);
   assert.match(findControllerStep("web", OWNER).script, /agent\.conf/);
   assert.match(clearRollStep("web", "web-1").script, /flock -w 60 7/);
+});
+
+test("roll.sh runs under timeout(1) that ends (KILL included) before the client's bound of the step, and says so", () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  for (const sec of [60, 1210, 7200]) {
+    const m = /^timeout -k (\d+) (\d+) /m.exec(rollCommandStep("web", "web-0", "in", sec).script);
+    assert.ok(m, "the roll command runs under timeout(1)");
+    assert.ok(Number(m[1]) + Number(m[2]) < sec, `${sec}: TERM + KILL grace end before the client gives up`);
+  }
+  assert.throws(() => rollCommandStep("web", "web-0", "in", 40), /no time on the host/);
+  // The wrapper's own shell: timeout's 124 is passed on with the message naming the fix.
+  const script = rollCommandStep("web", "web-0", "out", 1210).script.replace(/^timeout [^\n]*/, "(exit 124)");
+  const r = spawnSync("/bin/sh", ["-c", script], { encoding: "utf8" });
+  assert.equal(r.status, 124);
+  assert.match(r.stderr, /roll-out of web-0 did not finish within 1180 s/);
+  assert.match(r.stderr, /Fix: /);
+});
+
+test("review R1: roll-in runs after every roll-out that ran, even when the launch hash went back (a reverted change after a failed Server update)", async () => {
+  const H0 = H1;
+  const HX = launchHash({ cmdline: "console=ttyS0 lab.name=web-0 lab.rev=bad", img: { name: "missing" } });
+  const fake = fakeRun((host, s) =>
+    /look for/.test(s.label ?? "") ? (host === "hv1" ? "mine" : "none") : "ok",
+  );
+  try {
+    const outIn = checkAutoscaleRollInputs(raw()).inputs as unknown as AutoscaleRollInputs;
+    const out0 = (await autoscaleRollProvider.create!(outIn)).outs as AutoscaleRollOutputs;
+    assert.equal(out0.rollId, "");
+    const inIn = checkAutoscaleRollInputs(raw({ phase: "in", afterRoll: out0.rollId })).inputs as never;
+    const in0 = (await autoscaleRollProvider.create!(inIn)).outs as AutoscaleRollOutputs;
+    // up 1: the launch changes to HX; roll-out runs (fresh id), then the Server update fails:
+    // roll-in never runs, its state keeps H0 and the old afterRoll.
+    const out1 = (await autoscaleRollProvider.update!("web-0/out", out0, { ...outIn, launchHash: HX }))
+      .outs as AutoscaleRollOutputs;
+    assert.match(out1.rollId, /^[0-9a-f]{32}$/);
+    // up 2: the launch is reverted to H0. roll-out runs again (already out) with another fresh id.
+    fake.calls.length = 0;
+    const out2 = (await autoscaleRollProvider.update!("web-0/out", out1, { ...outIn, launchHash: H0 }))
+      .outs as AutoscaleRollOutputs;
+    assert.match(out2.rollId, /^[0-9a-f]{32}$/);
+    assert.notEqual(out2.rollId, out1.rollId, "every roll-out run has its own id");
+    // roll-in's hash is the same as its state's, its afterRoll is new: it updates and rolls in.
+    const inNews = checkAutoscaleRollInputs(raw({ phase: "in", launchHash: H0, afterRoll: out2.rollId }))
+      .inputs as unknown as AutoscaleRollInputs;
+    assert.equal(diffAutoscaleRoll(in0, inNews).changes, true, "roll-in shows as an update");
+    assert.equal(rollRuns(in0, inNews), true);
+    fake.calls.length = 0;
+    await autoscaleRollProvider.update!("web-0/in", in0, inNews);
+    assert.deepEqual(fake.calls.slice(-1), ["hv1: roll-in web-0 of group web"], "the slot comes back");
+    // Preview: roll-out's new id is unknown, so roll-in shows an update; check accepts it.
+    const prev = checkAutoscaleRollInputs(raw({ phase: "in", afterRoll: UNKNOWN }));
+    assert.deepEqual(prev.failures, []);
+    assert.equal(diffAutoscaleRoll(in0, prev.inputs as never).changes, true);
+    // A no-change up: roll-out has no diff (its rollId stays), so roll-in has none either.
+    const inDone = { ...in0, afterRoll: out2.rollId };
+    assert.equal(diffAutoscaleRoll(out2, outIn).changes, false);
+    assert.equal(diffAutoscaleRoll(inDone, inNews).changes, false);
+    // A hosts-only update of roll-out keeps its id and runs nothing.
+    fake.calls.length = 0;
+    const out3 = (await autoscaleRollProvider.update!("web-0/out", out2, { ...outIn, timeoutSec: 900 }))
+      .outs as AutoscaleRollOutputs;
+    assert.equal(out3.rollId, out2.rollId);
+    assert.deepEqual(fake.calls, []);
+    // A state from before afterRoll existed (no field) is the same as "": no spurious update.
+    const legacy = { ...in0 } as Partial<AutoscaleRollOutputs>;
+    delete legacy.afterRoll;
+    assert.equal(diffAutoscaleRoll(legacy as AutoscaleRollOutputs, inIn).changes, false);
+    assert.equal(rollRuns(legacy as AutoscaleRollOutputs, inIn), false);
+    // afterRoll is validated (it is never run, but the state stays honest).
+    assert.ok(
+      checkAutoscaleRollInputs(raw({ afterRoll: "x;id" })).failures.some((f) => f.property === "afterRoll"),
+    );
+  } finally {
+    fake.restore();
+  }
 });
 
 /** Replaces the host layer's runChecked for one test; records every call. */

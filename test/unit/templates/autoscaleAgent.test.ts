@@ -567,3 +567,132 @@ test("one agent per group: a second agent exits (logged) while the first runs; a
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
+
+/**
+ * Holds `file`'s flock in a detached `flock FILE sh -c SCRIPT` (its own process group). It waits
+ * for the lock (bounded) rather than -n: isLocked's probe may hold it for an instant.
+ */
+function holdLock(file: string, script: string): ReturnType<typeof spawn> {
+  return spawn("flock", ["-w", "10", file, "sh", "-c", script], { stdio: "ignore", detached: true });
+}
+function isLocked(file: string): boolean {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  return spawnSync("flock", ["-n", file, "true"]).status !== 0;
+}
+function killGroup(p: ReturnType<typeof spawn> | undefined): void {
+  if (p?.pid === undefined) return;
+  try {
+    process.kill(-p.pid, "SIGKILL");
+  } catch {
+    /* gone */
+  }
+}
+
+test("review R2: at start-up the agent waits for the group lock (bounded waits, each logged) and never evaluates without it", async () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const lock = path.join(g.dir, "group.lock");
+  const released = path.join(g.root, "released");
+  let agent: ReturnType<typeof spawn> | undefined;
+  let holder: ReturnType<typeof spawn> | undefined;
+  try {
+    // A roll holds the group lock (here 4 s; LOCK_WAIT 1 s per wait).
+    holder = holdLock(lock, `sleep 4; date +%s%3N > ${released}`);
+    await until("the holder's lock", () => isLocked(lock), 5_000);
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: { ...g.env, LOCK_WAIT: "1" },
+      stdio: "ignore",
+      detached: true,
+    });
+    await until(
+      "two logged lock waits",
+      () => g.log().filter((e) => e.event === "lock-wait-exceeded" && e.phase === "start").length >= 2,
+      10_000,
+    );
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    const start = g.log().find((e) => e.event === "agent-start") as Entry;
+    const freed = Number(fs.readFileSync(released, "utf8").trim());
+    assert.ok(
+      Number(start.ts) >= freed,
+      `the agent started (${start.ts}) only after the lock was free (${freed})`,
+    );
+    const first = g.log().findIndex((e) => e.event !== "lock-wait-exceeded");
+    assert.equal(g.log()[first].event, "agent-start", "nothing was evaluated before the lock");
+  } finally {
+    killGroup(agent);
+    killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R3: a roll-out below min refuses after ROLL_WAIT seconds of wall-clock time, even while the agent holds the group lock", async () => {
+  const g = simGroup({ min: 2, max: 3, running: ["web-0"] });
+  const lock = path.join(g.dir, "group.lock");
+  let roll: ReturnType<typeof spawn> | undefined;
+  let holder: ReturnType<typeof spawn> | undefined;
+  try {
+    const t0 = Date.now();
+    let stderr = "";
+    let status: number | null = null;
+    roll = spawn("sh", [path.join(g.dir, "roll.sh"), g.dir, "roll-out", "web-0"], {
+      env: { ...g.env, ROLL_WAIT: "4" },
+      stdio: ["ignore", "ignore", "pipe"],
+      detached: true,
+    });
+    roll.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<void>((r) => roll?.on("exit", (c) => ((status = c), r())));
+    // Once it sleeps (it checked, found 1 of min 2 and let the lock go), the agent takes the
+    // lock for long (starting members below min holds it through BOOT_TIMEOUT): 20 s here.
+    const sleeping = (): boolean => {
+      const kids = fs.readFileSync(`/proc/${roll?.pid}/task/${roll?.pid}/children`, "utf8").trim();
+      return kids
+        .split(/\s+/)
+        .filter(Boolean)
+        .some((k) => {
+          try {
+            return fs.readFileSync(`/proc/${k}/comm`, "utf8").trim() === "sleep";
+          } catch {
+            return false;
+          }
+        });
+    };
+    await until("the roll-out's wait below min", sleeping, 10_000);
+    holder = holdLock(lock, "sleep 20");
+    await until("the agent's lock", () => isLocked(lock), 5_000);
+    await Promise.race([exited, until("the roll-out's end", () => status !== null, 30_000)]);
+    const took = (Date.now() - t0) / 1000;
+    assert.equal(status, 65, stderr);
+    assert.match(stderr, /below min/);
+    assert.match(stderr, /Fix: /);
+    assert.ok(took < 4 + 5, `refused after ${took} s: ROLL_WAIT (4 s) is wall-clock, not loop turns`);
+    assert.equal(g.state("web-0"), "running", "nothing taken out");
+    assert.deepEqual(g.haproxy(), []);
+  } finally {
+    killGroup(roll);
+    killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R6: a timeout on the single-instance lock is not reported as another agent (exit 4, logged)", () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  let holder: ReturnType<typeof spawn> | undefined;
+  try {
+    holder = holdLock(path.join(g.dir, "agent.lock"), "sleep 30");
+    const held = Date.now() + 5_000;
+    while (!isLocked(path.join(g.dir, "agent.lock")) && Date.now() < held);
+    const r = spawnSync("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 4, r.stderr);
+    assert.match(r.stderr, /could not take its single-instance lock/);
+    assert.doesNotMatch(r.stderr, /already runs/);
+    assert.ok(g.log().some((e) => e.event === "agent-exit" && e.reason === "instance-lock-timeout"));
+    assert.ok(!g.log().some((e) => e.event === "agent-start"), "it evaluated nothing");
+  } finally {
+    killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
