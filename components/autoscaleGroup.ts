@@ -30,18 +30,19 @@
  * ```
  */
 import * as pulumi from "@pulumi/pulumi";
-import { checkGroupSpec, type ScalingPolicySpec } from "../core/autoscale";
+import { checkGroupSpec, launchHash, rollOrder, type ScalingPolicySpec } from "../core/autoscale";
 import { loadBalancerPaths } from "../core/paths";
 import { AutoscaleAgent } from "../provider/autoscale";
-import type { Flavor } from "../provider/flavor";
-import type { Image } from "../provider/image";
+import { AutoscaleRoll } from "../provider/autoscale/roll";
+import { Flavor } from "../provider/flavor";
+import { Image } from "../provider/image";
 import type { SecurityGroup } from "../provider/securityGroup";
 import type { ProjectRef } from "../provider/kit";
 import type { Readiness } from "../provider/server";
 import { memberNames, membersByHost, renderAgentConfig } from "../templates/autoscale";
 import type { ServerUserData } from "../templates/server";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
-import type { Image as ImageComponent } from "./image";
+import { Image as ImageComponent } from "./image";
 import { LoadBalancer, type ListenerArgs, type LoadBalancerArgs, type PoolArgs } from "./loadBalancer";
 import type { Network } from "./network";
 import { Server, type ServerFlavorArgs, type ServerImageArgs } from "./server";
@@ -121,6 +122,8 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
   /** Every possible member, slot order (index i = `<group>-i`). */
   public readonly members: readonly Server[];
   public readonly agent: AutoscaleAgent;
+  /** The rolling replacement's steps, in chain order: roll-out and roll-in of each slot. */
+  public readonly rolls: AutoscaleRoll[];
   public readonly loadBalancer?: LoadBalancer;
   public readonly groupName: string;
   /** Current size as the agent last reported it (refresh updates it). */
@@ -163,35 +166,106 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
     });
     this.groupName = group;
 
-    this.members = slots.map((member, i) => {
+    // Rolling replacement (docs/autoscale.md "Launch changes"): around every slot's Server, an
+    // AutoscaleRoll "out" before it and "in" after it, both carrying the hash of the slot's launch
+    // configuration, chained slot after slot (highest first: the likeliest spares), so a launch
+    // change takes one member out of service at a time and never leaves fewer than `min` in it.
+    const launchFor = (i: number): pulumi.Output<string> => {
+      const imageArg =
+        args.launch.image instanceof ImageComponent ? args.launch.image.image : args.launch.image;
+      const image =
+        imageArg instanceof Image
+          ? pulumi.output({
+              name: imageArg.imageName,
+              kind: imageArg.format,
+              disk: imageArg.diskPath,
+              format: imageArg.diskFormat,
+              kernel: imageArg.kernelPath,
+              ramdisk: imageArg.ramdiskPath,
+            })
+          : pulumi.output(imageArg);
+      const fl = args.launch.flavor;
+      const flavor =
+        fl instanceof Flavor
+          ? pulumi.output({
+              name: fl.flavorName,
+              vcpus: fl.vcpus,
+              ramMiB: fl.ramMiB,
+              diskGiB: fl.diskGiB,
+              ephemeralGiB: fl.ephemeralGiB,
+              swapMiB: fl.swapMiB,
+              extraSpecs: fl.extraSpecs,
+            })
+          : pulumi.output(fl);
       const cmd = args.launch.kernelCmdline;
-      return new Server(
-        `${name}-${i}`,
-        {
-          serverName: member,
-          image: args.launch.image,
-          flavor: args.launch.flavor,
-          ports: args.launch.ports.map((p) => ({
-            network: p.network,
-            subnet: p.subnet,
-            fixedIp: p.fixedIps?.[i],
-            securityGroups: p.securityGroups,
-          })),
-          keypair: args.launch.keypair,
-          userData: args.launch.userData,
-          cloudInit: args.launch.cloudInit,
-          kernelCmdline: typeof cmd === "function" ? cmd(member, i) : cmd,
-          host: slotHost[i],
-          powerState: "external",
-          readiness: args.launch.readiness,
-          ...(args.launch.userName !== undefined ? { userName: args.launch.userName } : {}),
-          ...(args.launch.project !== undefined ? { project: args.launch.project } : {}),
-          hosts: args.hosts,
-          hostDiscovery: args.hostDiscovery,
-        },
-        { parent: this },
-      );
+      return pulumi
+        .all([
+          image,
+          flavor,
+          pulumi.all(
+            args.launch.ports.map((p) =>
+              pulumi.output({
+                network: p.network.networkName,
+                subnet: p.subnet,
+                fixedIp: p.fixedIps?.[i] ?? "",
+              }),
+            ),
+          ),
+          args.launch.keypair?.publicKeyLine ?? "",
+          pulumi.output(args.launch.userData ?? {}),
+          args.launch.cloudInit ?? true,
+          (typeof cmd === "function" ? cmd(slots[i], i) : cmd) ?? "console=ttyS0",
+          pulumi.output(args.launch.readiness ?? {}),
+        ])
+        .apply(([img, flv, ports, key, userData, cloudInit, cmdline, readiness]) =>
+          // The guest user is part of the seed (a change replaces the slot); the project is
+          // not: a project change sets the domain's metadata in place, nothing to roll.
+          launchHash({
+            img,
+            flv,
+            ports,
+            key,
+            userData,
+            cloudInit,
+            cmdline,
+            readiness,
+            ...(args.launch.userName !== undefined ? { user: args.launch.userName } : {}),
+          }),
+        );
+    };
+    const rollTimeout = (args.bootTimeout ?? 300) + (args.drainTimeout ?? 10) + 900;
+    const rollArgs = (i: number, phase: "out" | "in", hash: pulumi.Output<string>) => ({
+      groupName: group,
+      member: slots[i],
+      phase,
+      launchHash: hash,
+      hosts,
+      timeoutSec: rollTimeout,
     });
+    const members: Server[] = [];
+    this.rolls = [];
+    let previous: AutoscaleRoll | undefined;
+    for (const i of rollOrder(args.max)) {
+      const hash = launchFor(i);
+      const out = new AutoscaleRoll(`${name}-${i}-roll-out`, rollArgs(i, "out", hash), {
+        parent: this,
+        dependsOn: previous ? [previous] : [],
+      });
+      const member = this.member(name, slots[i], i, slotHost[i], args, out);
+      members[i] = member;
+      // afterRoll: roll-in runs after every roll-out that ran, even if the hash went back (review R1).
+      const back = new AutoscaleRoll(
+        `${name}-${i}-roll-in`,
+        { ...rollArgs(i, "in", hash), afterRoll: out.rollId },
+        {
+          parent: this,
+          dependsOn: [member.server],
+        },
+      );
+      this.rolls.push(out, back);
+      previous = back;
+    }
+    this.members = members;
     this.memberIps = pulumi.all(this.members.map((m) => m.ip));
 
     let pool: pulumi.Output<{
@@ -289,6 +363,8 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
         parent: this,
         dependsOn: [
           ...this.members.map((m) => m.server),
+          // Destroy removes the agent (and the group folder) before the roll steps' marks.
+          ...this.rolls,
           ...this.members.flatMap((m) => m.securityGroupPorts.filter((p) => p !== undefined)),
           ...(this.loadBalancer ? [this.loadBalancer.loadBalancer] : []),
         ],
@@ -301,5 +377,49 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
       inService: this.inService,
       memberIps: this.memberIps,
     });
+  }
+
+  /**
+   * Slot i's Server. Its kernel command line passes through the slot's roll-out step's output,
+   * so the Server's registration (and its replace or redefine) waits for that step.
+   */
+  private member(
+    name: string,
+    member: string,
+    i: number,
+    host: string,
+    args: AutoscaleGroupArgs,
+    rollOut: AutoscaleRoll,
+  ): Server {
+    const cmd = args.launch.kernelCmdline;
+    const cmdline = pulumi
+      .all([rollOut.urn, (typeof cmd === "function" ? cmd(member, i) : cmd) ?? "console=ttyS0"])
+      .apply(([, c]) => c);
+    return new Server(
+      `${name}-${i}`,
+      {
+        serverName: member,
+        image: args.launch.image,
+        flavor: args.launch.flavor,
+        ports: args.launch.ports.map((p) => ({
+          network: p.network,
+          subnet: p.subnet,
+          fixedIp: p.fixedIps?.[i],
+          securityGroups: p.securityGroups,
+        })),
+        keypair: args.launch.keypair,
+        userData: args.launch.userData,
+        cloudInit: args.launch.cloudInit,
+        kernelCmdline: cmdline,
+        host,
+        powerState: "external",
+        readiness: args.launch.readiness,
+        ...(args.launch.userName !== undefined ? { userName: args.launch.userName } : {}),
+        ...(args.launch.project !== undefined ? { project: args.launch.project } : {}),
+        hosts: args.hosts,
+        hostDiscovery: args.hostDiscovery,
+      },
+      { parent: this },
+    );
   }
 }

@@ -7,6 +7,7 @@
  *
  * Sources: /work/shared/research/openstack-semantics.md §4.
  */
+import { createHash } from "node:crypto";
 import { FieldError } from "./errors";
 import { KVMLAB_STATE_DIR, loadBalancerPaths } from "./paths";
 
@@ -465,4 +466,36 @@ export function agentConfigProblems(
       );
   }
   return problems;
+}
+
+// ---- rolling replacement (Heat's rolling_update; docs/autoscale.md "Launch changes") ----------
+
+/** JSON with object keys sorted at every level (a stable text for hashing). */
+export function canonicalText(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalText).join(",")}]`;
+  if (v !== null && typeof v === "object")
+    return `{${Object.keys(v as object)
+      .sort()
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalText((v as Record<string, unknown>)[k])}`)
+      .join(",")}}`;
+  return JSON.stringify(v) ?? "null";
+}
+
+/**
+ * The hash of one slot's launch configuration: everything its Server is rendered from (image,
+ * flavor, ports, keypair, user data, cloud-init, kernel command line, readiness). The slot's
+ * AutoscaleRoll resources carry it, so they update exactly when the slot's Server changes.
+ */
+export function launchHash(launch: unknown): string {
+  return createHash("sha256").update(canonicalText(launch)).digest("hex");
+}
+
+/**
+ * The order slots are rolled in: the highest first. Scale-out starts the lowest stopped slots and
+ * scale-in keeps the newest, so the highest slots are the likeliest spares: replacing them first
+ * means a running member, when its turn comes, can be stood in for by an already-replaced spare.
+ */
+export function rollOrder(max: number): number[] {
+  return Array.from({ length: max }, (_, i) => max - 1 - i);
 }

@@ -71,6 +71,7 @@ import {
   poolOwnedStep,
   parseAgentState,
   removeAgentDirStep,
+  revocationFiles,
   startAgentStep,
   stopAgentStep,
   unauthorizeAgentStep,
@@ -81,6 +82,7 @@ import { agentConfigProblems } from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
+export * from "./autoscale/roll";
 
 export interface AutoscaleAgentArgs {
   /** The group (member domains are `<group>-<n>`). */
@@ -131,6 +133,8 @@ export interface AutoscaleAgentOutputs extends AutoscaleAgentInputs {
   hostKeys: Record<string, string>;
   /** sha256 of the agent and member scripts installed (the provider's own copies). */
   scriptsSha256: string;
+  /** Host name → the authorized keys file the agent's key line was written to (for its removal). */
+  authorizedKeysFiles?: Record<string, string>;
   realized: AutoscaleAgentRealized;
 }
 
@@ -292,7 +296,7 @@ async function setUpMemberHost(
   publicKey: string,
   controllerAddress: string,
   owners: readonly string[],
-): Promise<string[]> {
+): Promise<{ hostKeys: string[]; authorizedKeysFile: string }> {
   const d = asgDir(i.groupName);
   const outs = await runChecked(host, [
     guardStep(asgOwned(i.groupName), owners, true),
@@ -312,7 +316,7 @@ async function setUpMemberHost(
     uploadStep(`${d}/members`, memberListContent(i.membersByHost[host.name] ?? []), { mode: "0644" }),
     authorizeAgentStep(authorizedKeysFile, i.groupName, publicKey, controllerAddress),
   ]);
-  return hostKeys;
+  return { hostKeys, authorizedKeysFile };
 }
 
 async function controllerFiles(
@@ -346,7 +350,7 @@ async function controllerFiles(
 async function wire(
   i: AutoscaleAgentInputs,
   owners: readonly string[],
-): Promise<{ publicKey: string; changed: boolean }> {
+): Promise<{ publicKey: string; changed: boolean; authorizedKeysFiles: Record<string, string> }> {
   const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
   const [, pub] = await runLocked(controller, [
     guardStep(asgOwned(i.groupName), owners, true),
@@ -354,13 +358,21 @@ async function wire(
   ]);
   const publicKey = pub.trim().split("\n").pop() ?? "";
   const entries: { address: string; port: number; keys: string[] }[] = [];
+  const authorizedKeysFiles: Record<string, string> = {};
   for (const h of i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name))) {
-    const keys = await setUpMemberHost(i, h, publicKey, controller.address, owners);
+    const { hostKeys: keys, authorizedKeysFile } = await setUpMemberHost(
+      i,
+      h,
+      publicKey,
+      controller.address,
+      owners,
+    );
     entries.push({ address: h.address, port: h.port, keys });
+    authorizedKeysFiles[h.name] = authorizedKeysFile;
   }
   const outs = await controllerFiles(i, controller, knownHostsContent(entries), owners, []);
   const changed = outs.slice(0, 2).some((o) => o.trim().split("\n").pop() === "changed");
-  return { publicKey, changed };
+  return { publicKey, changed, authorizedKeysFiles };
 }
 
 async function readAgent(i: AutoscaleAgentInputs): Promise<AgentState> {
@@ -378,9 +390,11 @@ function outputsFor(
   publicKey: string,
   generation: number,
   s: AgentState,
+  authorizedKeysFiles: Record<string, string>,
 ): AutoscaleAgentOutputs {
   return {
     ...i,
+    authorizedKeysFiles,
     agentPublicKey: publicKey,
     desiredGeneration: generation,
     agentPid: s.pid,
@@ -398,12 +412,35 @@ function outputsFor(
   };
 }
 
+/** The authorized keys files to strip the group's key line from on `h` (see revocationFiles). */
+async function revocationFilesOn(
+  h: HostConnection,
+  group: string,
+  recorded: Record<string, string> | undefined,
+  holdsMembers: boolean,
+): Promise<string[]> {
+  // A host without members (the controller alone) never got the key line.
+  if (!holdsMembers) return [""];
+  const [facts] = await runChecked(h, [destinationFactsStep()]).catch(() => [""]);
+  return revocationFiles(
+    h.name,
+    h.user,
+    group,
+    parseDestinationFacts(facts).authorizedKeysFile,
+    recorded !== undefined && Object.hasOwn(recorded, h.name) ? recorded[h.name] : undefined,
+  );
+}
+
 /**
  * Stops the agent and removes the group from every involved host (or only from `only`: the
  * hosts a failed create claimed). Each host is cleaned on its own: a refusal or an unreachable
  * host does not stop the others; the failures are thrown together at the end.
  */
-async function teardown(i: AutoscaleAgentInputs, owner: string, only?: ReadonlySet<string>): Promise<void> {
+async function teardown(
+  i: AutoscaleAgentInputs & Pick<AutoscaleAgentOutputs, "authorizedKeysFiles">,
+  owner: string,
+  only?: ReadonlySet<string>,
+): Promise<void> {
   const owned = asgOwned(i.groupName);
   const guard = owner ? [guardStep(owned, [owner])] : [];
   const failures: string[] = [];
@@ -416,11 +453,15 @@ async function teardown(i: AutoscaleAgentInputs, owner: string, only?: ReadonlyS
   }
   for (const h of hosts) {
     try {
-      const [facts] = await runChecked(h, [destinationFactsStep()]).catch(() => [""]);
-      const akf = parseDestinationFacts(facts).authorizedKeysFile || `/root/.ssh/authorized_keys`;
+      const files = await revocationFilesOn(
+        h,
+        i.groupName,
+        i.authorizedKeysFiles,
+        Object.hasOwn(i.membersByHost, h.name),
+      );
       await runLocked(h, [
         ...guard,
-        unauthorizeAgentStep(akf, i.groupName, h.name === i.controllerHost),
+        ...files.map((f) => unauthorizeAgentStep(f, i.groupName, h.name === i.controllerHost)),
         ...(h.name === i.controllerHost ? [removeAgentDirStep(i.groupName)] : []),
         ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
       ]);
@@ -453,6 +494,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     "members",
     "hostKeys",
     "scriptsSha256",
+    "authorizedKeysFiles",
     "realized",
   ],
   secretOutputs: ["hosts"],
@@ -466,7 +508,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
         const [c] = await runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)]);
         if (claimedNow(c)) claimed.push(h);
       }
-      const { publicKey } = await wire(inputs, [inputs.owner]);
+      const { publicKey, authorizedKeysFiles } = await wire(inputs, [inputs.owner]);
       const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
       await runLocked(controller, [
         guardStep(asgOwned(inputs.groupName), [inputs.owner]),
@@ -474,7 +516,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
         startAgentStep(inputs.groupName, false),
       ]);
       const s = await readAgent(inputs);
-      return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s) };
+      return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s, authorizedKeysFiles) };
     } catch (err) {
       // Clean only the hosts this call claimed: an adopted host's group is not this call's to remove.
       if (claimed.length > 0)
@@ -514,16 +556,15 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     for (const h of olds.hosts.filter(
       (x) => Object.hasOwn(olds.membersByHost, x.name) && !Object.hasOwn(news.membersByHost, x.name),
     )) {
-      const [facts] = await runChecked(h, [destinationFactsStep()]);
-      const akf = parseDestinationFacts(facts).authorizedKeysFile || "/root/.ssh/authorized_keys";
+      const files = await revocationFilesOn(h, olds.groupName, olds.authorizedKeysFiles, true);
       const gone = !now.has(h.name);
       await runLocked(h, [
         guardStep(asgOwned(olds.groupName), owners, true),
-        unauthorizeAgentStep(akf, olds.groupName, h.name === news.controllerHost),
+        ...files.map((f) => unauthorizeAgentStep(f, olds.groupName, h.name === news.controllerHost)),
         ...(gone ? [releaseOwnerStep(asgOwned(olds.groupName), owners)] : []),
       ]);
     }
-    const { publicKey, changed } = await wire(news, owners);
+    const { publicKey, changed, authorizedKeysFiles } = await wire(news, owners);
     const controller = hostNamed(news.hosts, news.controllerHost, "controllerHost");
     let generation = olds.desiredGeneration ?? 1;
     const steps: Step[] = [guardStep(asgOwned(news.groupName), owners, true)];
@@ -535,7 +576,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     steps.push(startAgentStep(news.groupName, restart));
     await runLocked(controller, steps);
     const s = await readAgent(news);
-    return outputsFor(news, publicKey, generation, s);
+    return outputsFor(news, publicKey, generation, s, authorizedKeysFiles);
   },
 
   async delete(_id, olds) {
@@ -556,6 +597,7 @@ export class AutoscaleAgent extends KvmlabResource<AutoscaleAgentInputs, Autosca
   declare readonly currentSize: pulumi.Output<number>;
   declare readonly members: pulumi.Output<string[]>;
   declare readonly hostKeys: pulumi.Output<Record<string, string>>;
+  declare readonly authorizedKeysFiles: pulumi.Output<Record<string, string>>;
   declare readonly realized: pulumi.Output<AutoscaleAgentRealized>;
 
   constructor(name: string, args: AutoscaleAgentArgs, opts: pulumi.CustomResourceOptions = {}) {

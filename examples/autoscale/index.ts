@@ -20,7 +20,8 @@
  *   kvmlab asg signal web scale_out          # Heat's signal URL, by hand
  *
  * Stack config (all optional): desired (1), min (1), max (3), cooldown (60 s), periodSec (60 s),
- * outThreshold (50 %), inThreshold (15 %), interval (5 s: the agent's evaluation period).
+ * outThreshold (50 %), inThreshold (15 %), interval (5 s: the agent's evaluation period), launchTag
+ * ("": set it to roll a new kernel command line through the group, one member at a time).
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -99,13 +100,21 @@ const router = new kvmlab.Router("r1", {
 
 const num = (k: string, d: number): number => config.getNumber(k) ?? d;
 const periodSec = num("periodSec", 60);
+const launchTag = config.get("launchTag") ?? "";
+if (!/^[A-Za-z0-9._-]{0,32}$/.test(launchTag))
+  throw new Error(
+    `autoscale:launchTag: expected up to 32 letters, digits, '.', '_' or '-', got ${JSON.stringify(launchTag)}`,
+  );
 const group = new kvmlab.AutoscaleGroup("web", {
   launch: {
     image,
     flavor,
     keypair: key,
     ports: [{ network: lan, subnet: "lan-v4" }],
-    kernelCmdline: (member) => pulumi.interpolate`${image.kernelCmdline} lab.name=${member}`,
+    // launchTag: a launch change (a new kernel command line for every slot) that the group
+    // rolls out one member at a time (docs/autoscale.md "Launch changes").
+    kernelCmdline: (member) =>
+      pulumi.interpolate`${image.kernelCmdline} lab.name=${member}${launchTag ? ` lab.rev=${launchTag}` : ""}`,
   },
   min: num("min", 1),
   max: num("max", 3),

@@ -86,7 +86,8 @@ export function unauthorizeAgentStep(authorizedKeysFile: string, group: string, 
     label: `remove group ${group}'s agent key and member command from this host`,
     script: [
       "set -e",
-      `f=${shQuote(authorizedKeysFile)}; tag=${shQuote(agentKeyTag(group))}`,
+      // "" = no key line to remove here (a controller that holds no member).
+      `f=${shQuote(authorizedKeysFile === "" ? "/nonexistent/kvmlab-no-key-file" : authorizedKeysFile)}; tag=${shQuote(agentKeyTag(group))}`,
       'if [ -f "$f" ] && awk -v tag="$tag" \'$NF == tag {found=1} END {exit !found}\' "$f"; then',
       '  t=$(mktemp "$f.kvmlab-tmp.XXXXXX")',
       `  trap 'rm -f "$t"' EXIT`,
@@ -214,7 +215,7 @@ export interface AgentState {
   size: number;
   /** Members in service. */
   members: string[];
-  /** Every slot: name → running | stopped | starting | failed. */
+  /** Every slot: name → running | stopped | starting | failed | rolling (a launch change replaces it). */
   slots: Record<string, string>;
   cooldownEnd: number;
   avgCpu: string;
@@ -317,4 +318,25 @@ function stackOwnedStep(group: string, owner: string, kind: string, name: string
       `exit ${OWNER_REFUSED}`,
     ].join("\n"),
   };
+}
+
+/**
+ * The authorized keys files to remove a group's key line from on one host (pure): the file sshd
+ * reads now (`sshd -T`, "" when it could not be read) and the file the line was written to (the
+ * state records it; absent in a state from before it was recorded). Neither known: a clear
+ * refusal, never a guess (a guessed /root/.ssh/authorized_keys could leave the real line).
+ */
+export function revocationFiles(
+  host: string,
+  user: string,
+  group: string,
+  sshdFile: string,
+  recordedFile: string | undefined,
+): string[] {
+  const files = [...new Set([sshdFile, recordedFile ?? ""].filter((f) => f.startsWith("/")))];
+  if (files.length === 0)
+    throw new Error(
+      `host ${host}: cannot tell which authorized_keys file holds autoscale group ${group}'s agent key: \`sshd -T\` could not be read there as ${user} and the state records no file (written before kvmlab recorded it), so nothing was removed. Fix: make \`sshd -T -C user=${user}\` work on ${host}, or delete the line ending in ${agentKeyTag(group)} from ${host}'s authorized keys file by hand, then run the operation again`,
+    );
+  return files;
 }

@@ -9,8 +9,16 @@
 #     members and their load balancer state (ready after the health check answers; drain,
 #     then maint, then stop on the way out).
 #   - every decision is one line in decisions.log with its inputs.
-# Usage: agent.sh DIR           run (the resource starts it detached)
-#        ASG_LIB=1 . agent.sh   define the functions only (tests)
+#   - one agent per group: a second one (an `up` racing a hand start, say) finds the first
+#     alive (pid + start time + command line, checked and written under a short flock whose
+#     descriptor no child inherits) and exits, logged.
+#   - the group lock (group.lock, flock): the agent holds it for each evaluation, never while it
+#     sleeps; a rolling replacement (`pulumi up` on a launch change) holds it for each step.
+# Usage: agent.sh DIR                   run (the resource starts it detached)
+#        agent.sh DIR roll-out MEMBER   before a launch change replaces MEMBER's server (the
+#                                       AutoscaleRoll resource runs it on the controller)
+#        agent.sh DIR roll-in MEMBER    after it: back in service if it was
+#        ASG_LIB=1 . agent.sh           define the functions only (tests)
 set -u
 
 # ---- Heat's rules (pure functions) ----------------------------------------------------------
@@ -67,15 +75,46 @@ asg_alarm_holds() {
 
 # ---- the agent ------------------------------------------------------------------------------
 
-DIR=${1:?usage: agent.sh DIR}
+DIR=${1:?usage: agent.sh DIR [roll-out|roll-in MEMBER]}
+MODE=${2:-run}
 cd "$DIR" || exit 1
 . ./agent.conf
 mkdir -p state samples requests
 LOG=$DIR/decisions.log
-echo $$ > agent.pid
+# Seconds a roll-out waits for the group to come back to MIN before it refuses.
+ROLL_WAIT=${ROLL_WAIT:-60}
+# Appended to the action lines a rolling replacement logs (cause=roll).
+CAUSE=""
 
 now_ms() { date +%s%3N; }
 log() { echo "ts=$(now_ms) $*" >> "$LOG"; }
+
+# The start time of a process (field 22 of /proc/PID/stat, after the command name).
+start_time() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+# One agent per group: prints the pid of another live agent of this folder (same pid, same start
+# time as recorded, working directory this folder, running agent.sh), or records this one.
+# The flock is taken in a subshell whose descriptor closes when it ends: no child of the agent
+# (a `sleep`, an `ssh`) ever holds it, so a killed agent's leftovers never block the next one.
+claim_instance() {
+  (
+    flock -w 10 9 || { echo lock-timeout; exit 0; }
+    _p=$(cat agent.pid 2>/dev/null)
+    case $_p in "" | *[!0-9]*) _p="" ;; esac
+    if [ -n "$_p" ] && [ "$_p" != "$$" ] && [ -n "$(start_time "$_p")" ] &&
+      [ "$(start_time "$_p")" = "$(cat agent.start 2>/dev/null)" ] &&
+      [ "$(readlink "/proc/$_p/cwd" 2>/dev/null)" = "$(pwd -P)" ] &&
+      tr '\0' ' ' < "/proc/$_p/cmdline" 2>/dev/null | grep -q 'agent[.]sh '; then
+      echo "$_p"
+      exit 0
+    fi
+    start_time $$ > agent.start.tmp && mv -f agent.start.tmp agent.start
+    echo $$ > agent.pid.tmp && mv -f agent.pid.tmp agent.pid
+  ) 9>> agent.lock
+}
+# The group lock on fd 7 (bounded wait); released with `flock -u 7` (which frees it even where
+# a child still has the descriptor).
+group_lock() { exec 7>> "$DIR/group.lock" && flock -w "$1" 7; }
+group_unlock() { flock -u 7 2>/dev/null; }
 # Bound every remote call: a hung host never stalls the loop for long.
 on_host() { # INDEX VERB [NAME]
   eval "_addr=\$MEMBER_${1}_ADDR _port=\$MEMBER_${1}_PORT _user=\$MEMBER_${1}_USER"
@@ -139,7 +178,7 @@ start_members() { # names...
     set_mstate "$_n" starting 0
     lb_state "$_n" maint
     if on_host "$_k" start "$_n" >/dev/null 2>>"$DIR/agent.err"; then
-      log "event=action action=start member=$_n host=$(eval "echo \$MEMBER_${_k}_HOST")"
+      log "event=action action=start member=$_n host=$(eval "echo \$MEMBER_${_k}_HOST")$CAUSE"
     else
       log "event=action action=start member=$_n result=failed reason=start-command-failed"
       set_mstate "$_n" failed "$(date +%s)"
@@ -155,7 +194,7 @@ start_members() { # names...
         lb_state "$_n" ready
         set_mstate "$_n" running "$(date +%s)"
         rm -f "samples/$_n"
-        log "event=action action=in-service member=$_n health=ok pool=${LB_BACKEND:-none}"
+        log "event=action action=in-service member=$_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
       else
         _next="$_next $_n"
       fi
@@ -165,7 +204,7 @@ start_members() { # names...
     if [ "$(date +%s)" -ge "$_deadline" ]; then
       for _n in $_left; do
         set_mstate "$_n" failed "$(date +%s)"
-        log "event=action action=failed member=$_n reason=no-health-within-${BOOT_TIMEOUT}s"
+        log "event=action action=failed member=$_n reason=no-health-within-${BOOT_TIMEOUT}s$CAUSE"
       done
       break
     fi
@@ -178,7 +217,7 @@ start_members() { # names...
 stop_members() { # names...
   for _n in "$@"; do lb_state "$_n" drain; done
   for _n in "$@"; do
-    log "event=action action=drain member=$_n pool=${LB_BACKEND:-none}"
+    log "event=action action=drain member=$_n pool=${LB_BACKEND:-none}$CAUSE"
   done
   _deadline=$(($(date +%s) + DRAIN_TIMEOUT))
   sleep 1
@@ -187,7 +226,7 @@ stop_members() { # names...
     lb_state "$_n" maint
     _k=$(index_of "$_n")
     if on_host "$_k" stop "$_n" >/dev/null 2>>"$DIR/agent.err"; then
-      log "event=action action=stop member=$_n sessions=$(lb_sessions "$_n")"
+      log "event=action action=stop member=$_n sessions=$(lb_sessions "$_n")$CAUSE"
     else
       log "event=action action=stop member=$_n result=failed"
     fi
@@ -310,7 +349,7 @@ write_status() {
   trim_logs
   {
     echo "group=$GROUP"
-    echo "pid=$$"
+    echo "pid=$(cat agent.pid 2>/dev/null)"
     echo "updated_ms=$(now_ms)"
     echo "size=$(count_running)"
     echo "min=$MIN"
@@ -329,7 +368,9 @@ reconcile_start() {
   while [ "$_i" -lt "$MAX" ]; do
     _n=$(member_name $_i)
     _st=$(awk -v n="$_n" '$1==n {print $2}' stats.tmp)
-    if [ "$_st" = running ]; then
+    if [ "$(mstate "$_n")" = rolling ]; then
+      : # a rolling replacement holds it out of service (roll-in brings it back)
+    elif [ "$_st" = running ]; then
       if [ "$(mstate "$_n")" != running ]; then set_mstate "$_n" running "$(date +%s)"; fi
       lb_state "$_n" ready
     else
@@ -370,12 +411,144 @@ keep_bounds() {
   fi
 }
 
+# ---- rolling replacement (Heat's rolling_update; `pulumi up` runs these on a launch change) ----
+# The slot being replaced is "rolling": not in service, never started by a scale-out, never
+# stopped by a scale-in, not "lost" when its domain is redefined or gone. state/<m>.roll holds
+# "<was in service 0|1> <surge member or empty>" until roll-in.
+
+roll_refuse() { # CODE MESSAGE
+  log "event=roll-refused reason=$(echo "$2" | cut -d: -f1 | tr ' ' '-') member=$ROLL_MEMBER in_service=$(count_running) min=$MIN$CAUSE"
+  echo "autoscale group $GROUP: $2" >&2
+  exit "$1"
+}
+
+# Before MEMBER's server changes: take it out of service, never leaving fewer than MIN in service.
+roll_out() { # MEMBER
+  _rk=$(index_of "$1")
+  _end=""
+  while :; do
+    if [ -z "$_end" ]; then
+      group_lock 600 || roll_refuse 75 "the group lock ($DIR/group.lock) stayed held for 600 s; nothing was changed. Fix: see kvmlab asg status $GROUP, then run up again"
+    else
+      # Waiting below MIN: the lock wait counts against the same wall-clock deadline.
+      _left=$((_end - $(date +%s)))
+      [ "$_left" -lt 1 ] && _left=1
+      group_lock "$_left" || roll_refuse 65 "below min: the group did not come back to its min $MIN within ${ROLL_WAIT}s (the group lock stayed held), so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+    fi
+    _rst=$(mstate "$1")
+    if [ "$_rst" = rolling ]; then
+      # Taken out by an earlier up that failed after this step: it is still out, nothing to do.
+      log "event=roll-out member=$1 was=rolling note=already-out$CAUSE"
+      return 0
+    fi
+    if [ "$_rst" != running ]; then
+      # Not in service (stopped, or a FAILED or still-starting member, which may run): keep it
+      # from the pool and off, so no scale-out starts it while its server changes.
+      lb_state "$1" maint
+      [ "$_rst" = stopped ] || on_host "$_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err" || true
+      echo "0 " > "state/$1.roll"
+      set_mstate "$1" rolling 0
+      rm -f "samples/$1"
+      log "event=roll-out member=$1 was=$_rst in_service=$(count_running) min=$MIN$CAUSE"
+      write_status
+      return 0
+    fi
+    _rcur=$(count_running)
+    [ "$_rcur" -ge "$MIN" ] && break
+    # Below MIN (Heat updates nothing then): let the agent bring it back, bounded in wall-clock time.
+    [ -z "$_end" ] && _end=$(($(date +%s) + ROLL_WAIT))
+    [ "$(date +%s)" -ge "$_end" ] &&
+      roll_refuse 65 "below min: $_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+    group_unlock
+    _left=$((_end - $(date +%s)))
+    [ "$_left" -gt 5 ] && _left=5
+    [ "$_left" -lt 1 ] && _left=1
+    sleep "$_left"
+  done
+  _surge=""
+  if [ $((_rcur - 1)) -lt "$MIN" ]; then
+    # Taking it out would leave fewer than MIN in service: a stopped slot goes in first (Heat's
+    # min_in_service: a new member before an old one leaves).
+    _surge=$(member_table | asg_to_start 1)
+    [ -n "$_surge" ] ||
+      roll_refuse 66 "no spare slot: taking $1 out would leave $((_rcur - 1)) members in service, below min $MIN, and every other slot is in service or being replaced ($1 stays in service; nothing was changed). Fix: raise max by one (a spare slot), then run up again"
+    log "event=roll-surge member=$_surge for=$1 in_service=$_rcur min=$MIN$CAUSE"
+    start_members "$_surge"
+    [ "$(mstate "$_surge")" = running ] ||
+      roll_refuse 67 "spare failed: $_surge did not pass its health check within ${BOOT_TIMEOUT}s, so $1 stays in service (nothing else was changed). Fix: see $_surge's serial log, then run up again"
+  fi
+  stop_members "$1"
+  echo "1 $_surge" > "state/$1.roll"
+  set_mstate "$1" rolling 0
+  log "event=roll-out member=$1 was=running in_service=$(count_running) min=$MIN surge=${_surge:-none}$CAUSE"
+  write_status
+}
+
+# After MEMBER's server changed: back in service (health check, then the pool) if it was.
+roll_in() { # MEMBER
+  group_lock 600 || roll_refuse 75 "the group lock ($DIR/group.lock) stayed held for 600 s; $1 is still out of service. Fix: see kvmlab asg status $GROUP, then run up again"
+  if [ ! -f "state/$1.roll" ]; then
+    [ "$(mstate "$1")" = rolling ] && set_mstate "$1" stopped 0
+    log "event=roll-in member=$1 note=not-rolling$CAUSE"
+    return 0
+  fi
+  read -r _rwas _surge < "state/$1.roll"
+  if [ "$_rwas" = 1 ]; then
+    set_mstate "$1" stopped 0
+    start_members "$1"
+    if [ "$(mstate "$1")" != running ]; then
+      rm -f "state/$1.roll"
+      roll_refuse 68 "unhealthy after the change: $1 did not pass its health check within ${BOOT_TIMEOUT}s with its new launch configuration; it is FAILED (the agent replaces it from the spare slots) and ${_surge:-no spare} stays in service. Fix: see $1's serial log, correct the launch change, run up again"
+    fi
+    # The spare that stood in for it leaves again (Heat: the group returns to its capacity).
+    [ -n "$_surge" ] && [ "$(mstate "$_surge")" = running ] && stop_members "$_surge"
+  else
+    set_mstate "$1" stopped 0
+  fi
+  rm -f "state/$1.roll"
+  log "event=roll-in member=$1 was_in_service=$_rwas in_service=$(count_running) min=$MIN$CAUSE"
+  write_status
+}
+
 ALL_NAMES=$(_i=0; while [ "$_i" -lt "$MAX" ]; do member_name $_i; _i=$((_i + 1)); done | tr '\n' ' ')
+case $MODE in
+  roll-out | roll-in)
+    ROLL_MEMBER=${3:-}
+    [ "$(index_of "$ROLL_MEMBER")" -ge 0 ] || { echo "agent.sh $MODE: ${ROLL_MEMBER:-(none)} is not a slot of group $GROUP ($ALL_NAMES)" >&2; exit 64; }
+    CAUSE=" cause=roll"
+    if [ "$MODE" = roll-out ]; then roll_out "$ROLL_MEMBER"; else roll_in "$ROLL_MEMBER"; fi
+    group_unlock
+    exit 0
+    ;;
+  run) ;;
+  *) echo "agent.sh: unknown mode $MODE (run, roll-out, roll-in)" >&2; exit 64 ;;
+esac
+_other=$(claim_instance)
+if [ "$_other" = lock-timeout ]; then
+  # Not proof of another agent (review R6): say so, with its own exit code.
+  log "event=agent-exit reason=instance-lock-timeout pid=$$"
+  echo "the agent of group $GROUP could not take its single-instance lock ($DIR/agent.lock) within 10 s; this one ($$) exits (exit 4: not another agent; start it again)" >&2
+  exit 4
+fi
+if [ -n "$_other" ]; then
+  log "event=agent-exit reason=another-agent-runs pid=$$ other=$_other"
+  echo "the agent of group $GROUP already runs (pid $_other); this one ($$) exits" >&2
+  exit 3
+fi
+# A roll-out or roll-in may hold the group lock while a member boots: each wait is bounded by
+# that (logged when exceeded), and the agent never evaluates without the lock, at start-up either.
+LOCK_WAIT=${LOCK_WAIT:-$((BOOT_TIMEOUT + DRAIN_TIMEOUT + 60))}
+until group_lock "$LOCK_WAIT"; do log "event=lock-wait-exceeded seconds=$LOCK_WAIT phase=start"; done
 reconcile_start
 program_desired
 keep_bounds
+group_unlock
 while :; do
   _tick=$(date +%s)
+  if ! group_lock "$LOCK_WAIT"; then
+    log "event=lock-wait-exceeded seconds=$LOCK_WAIT"
+    continue
+  fi
   program_desired
   for _f in requests/signal.*; do
     [ -f "$_f" ] || continue
@@ -410,6 +583,7 @@ while :; do
   done
   keep_bounds
   write_status
+  group_unlock
   _wait=$((_tick + INTERVAL - $(date +%s)))
   [ "$_wait" -gt 0 ] && sleep "$_wait"
 done

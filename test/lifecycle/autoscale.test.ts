@@ -15,7 +15,12 @@
  *                   happened inside a cooldown
  *   forced command  the agent's key runs the member command and nothing else (no other
  *                   command, no other member, no pty, no port forwarding)
- *   kill the agent  refresh reports it gone; the next up starts it again
+ *   kill the agent  refresh reports it gone; the next up starts it again; a second agent
+ *                   started by hand exits at once (logged)
+ *   launch change   (after the scale-in, load generator still running) a new kernel command line
+ *                   for every slot: each slot rolled out and back in, one at a time, highest
+ *                   first, a spare standing in for the running member; never below min in
+ *                   service; every domain has the new XML; a no-change up afterwards is all "same"
  *   destroy         no member domain, agent process, key line, folder, owner marker or
  *                   load balancer namespace is left on any host
  */
@@ -57,6 +62,7 @@ after(async () => {
   if (stateDir) fs.rmSync(stateDir, { recursive: true, force: true });
 });
 
+let launchTag = "";
 function run(operation: "up" | "refresh" | "destroy"): Promise<RunResult> {
   const cfg = (k: string, v: string) => ({ key: `autoscale:${k}`, value: v, secret: false });
   return runEngine({
@@ -71,8 +77,10 @@ function run(operation: "up" | "refresh" | "destroy"): Promise<RunResult> {
       cfg("interval", "5"),
       cfg("outThreshold", "30"),
       cfg("inThreshold", "15"),
+      ...(launchTag ? [cfg("launchTag", launchTag)] : []),
     ],
-    env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true" },
+    // The Server provider's per-operation timings (how long each slot's create took).
+    env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true", KVMLAB_METRICS_FILE: path.join(stateDir, "metrics.jsonl") },
   });
 }
 
@@ -198,6 +206,20 @@ async function diagnose(): Promise<void> {
 async function scenario(): Promise<void> {
   {
     const up = ok(await run("up"));
+    // What the roll chain costs at create: the slots' Server creates run one after another
+    // (each waits for the roll steps of the slot before it). Parallel, they would take at least
+    // the longest one; chained, their sum.
+    const creates = fs
+      .readFileSync(path.join(stateDir, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as { op: string; server: string; totalMs: number })
+      .filter((m) => m.op === "create");
+    const sum = creates.reduce((a, m) => a + m.totalMs, 0);
+    const longest = Math.max(...creates.map((m) => m.totalMs));
+    console.log(
+      `# first up ${(up.durationMs / 1000).toFixed(1)} s; slot creates ${creates.map((m) => `${m.server} ${(m.totalMs / 1000).toFixed(1)} s`).join(", ")}: chained ${(sum / 1000).toFixed(1)} s vs the longest ${(longest / 1000).toFixed(1)} s (the chain costs at most ${((sum - longest) / 1000).toFixed(1)} s)`,
+    );
     const fip = up.outputs.floatingIp as string;
     const agentHost = up.outputs.agentHost as string;
     const lbHost = up.outputs.lbHost as string;
@@ -219,6 +241,7 @@ async function scenario(): Promise<void> {
     const again = ok(await run("up"));
     const changed = again.steps.filter((s) => s.op !== "same").map((s) => `${s.op} ${s.urn}`);
     assert.deepEqual(changed, [], "a no-change up changes nothing");
+    console.log(`# no-change up ${(again.durationMs / 1000).toFixed(1)} s`);
 
     // The forced-command key runs the member command and nothing else.
     const other = status.hosts.find((h) => h.name !== agentHost) ?? status.hosts[0];
@@ -288,6 +311,19 @@ async function scenario(): Promise<void> {
     );
     assert.equal(restarted.size, 1, "the restarted agent keeps the running member");
     assert.equal(agentState().realized.agentRunning, true);
+    // A second agent started by hand while this one runs exits at once, logged.
+    const second = await sshExec(status, agentHost, `timeout 20 /bin/sh ${DIR}/agent.sh ${DIR}`, {
+      timeoutMs: 30_000,
+    });
+    assert.equal(second.code, 3, `a second agent exits (exit ${second.code}: ${second.stderr})`);
+    assert.match(second.stderr, new RegExp(`already runs \\(pid ${restarted.pid}\\)`));
+    const exitLine = await sshCheck(
+      status,
+      agentHost,
+      `grep 'event=agent-exit' ${DIR}/decisions.log | tail -n1`,
+    );
+    assert.match(exitLine, new RegExp(`reason=another-agent-runs .*other=${restarted.pid}`));
+    assert.equal((await agentStatus(agentHost)).pid, restarted.pid, "the running agent is untouched");
 
     // Bounded load generator through the floating IP: at most 6000 requests / 1200 s, one at a time.
     const script = [
@@ -349,6 +385,44 @@ async function scenario(): Promise<void> {
     );
     // Oldest first: web-0 entered service first, then web-1, so web-2 stays.
     assert.deepEqual(inService(one), ["web-2"], "scale-in removed the oldest members first");
+
+    // A launch change (a new kernel command line for every slot) while the load generator runs:
+    // rolled one slot at a time (web-2, web-1, web-0), web-2 stood in for by a spare.
+    const rollFrom = Date.now();
+    launchTag = "r2";
+    const rolled = ok(await run("up"));
+    const rollSeconds = (Date.now() - rollFrom) / 1000;
+    const rollSteps = rolled.steps
+      .filter((x) => x.op !== "same")
+      .map((x) => `${x.op} ${x.urn.split("::").pop()}`);
+    console.log(
+      `# launch change: up took ${rollSeconds.toFixed(1)} s (engine ${(rolled.durationMs / 1000).toFixed(1)} s); steps: ${rollSteps.join(", ")}`,
+    );
+    for (const i of [0, 1, 2])
+      for (const want of [`update web-${i}-roll-out`, `update web-${i}`, `update web-${i}-roll-in`])
+        assert.ok(rollSteps.includes(want), `${want} (got ${rollSteps.join(", ")})`);
+    assert.equal(rollSteps.length, 9, "only the slots' servers and their roll steps changed");
+    for (const h of status.hosts) {
+      const xml = await sshCheck(
+        status,
+        h.name,
+        "for d in $(virsh list --all --name | grep '^web-'); do echo \"$d $(virsh dumpxml $d | grep -c 'lab.rev=r2')\"; done",
+      );
+      for (const line of xml
+        .trim()
+        .split("\n")
+        .filter((l) => l !== ""))
+        assert.match(line, / 1$/, `${h.name}: ${line}: the domain has the new command line`);
+    }
+    const afterRoll = await agentStatus(agentHost);
+    assert.deepEqual(inService(afterRoll), ["web-2"], "the group is back to its size and members");
+    const noop = ok(await run("up"));
+    assert.deepEqual(
+      noop.steps.filter((x) => x.op !== "same").map((x) => `${x.op} ${x.urn}`),
+      [],
+      "a no-change up after the launch change changes nothing",
+    );
+    console.log(`# no-change up after the launch change ${(noop.durationMs / 1000).toFixed(1)} s`);
     await new Promise((r) => setTimeout(r, 5000));
     fs.writeFileSync(stopFile, "");
     await Promise.race([loadDone, new Promise((r) => setTimeout(r, 30_000))]);
@@ -360,7 +434,7 @@ async function scenario(): Promise<void> {
     console.log(
       `# load generator: ${loadOut.length} requests, ${failed.length} failed; answers: ${JSON.stringify(Object.fromEntries(served))}`,
     );
-    assert.deepEqual(failed, [], "no request failed during scale-out and scale-in");
+    assert.deepEqual(failed, [], "no request failed during scale-out, scale-in and the launch change");
     for (const m of ["web-0", "web-1", "web-2"])
       assert.ok((served.get(`hello from ${m}`) ?? 0) > 0, `${m} received traffic`);
 
@@ -387,8 +461,9 @@ async function scenario(): Promise<void> {
         if (e.policy === "scale_out") outs++;
         if (e.policy === "scale_in") ins++;
       }
-      // No start, stop, drain or in-service either while a cooldown runs (Heat: nothing acts).
-      if (e.event === "action")
+      // No start, stop, drain or in-service either while a cooldown runs (Heat: nothing acts);
+      // a rolling replacement (cause=roll) is `pulumi up`'s, not a scaling.
+      if (e.event === "action" && e.cause !== "roll")
         assert.ok(
           Math.floor(Number(e.ts) / 1000) >= cooldownEnd,
           `action ${e.action} ${e.member} at ${e.ts} is inside the cooldown ending ${cooldownEnd}`,
@@ -401,9 +476,52 @@ async function scenario(): Promise<void> {
     const drains = log.filter((e) => e.event === "action" && e.action === "drain").map((e) => e.member);
     assert.deepEqual(drains.slice(0, 2), ["web-0", "web-1"], "each member drained before it stopped");
 
+    // The rolling replacement's timeline: one slot out at a time, never below min (1) in service.
+    const rollStart = log.findIndex((e) => e.event.startsWith("roll-"));
+    assert.ok(rollStart >= 0, "the launch change rolled");
+    let serving = 1; // web-2 alone, as the scale-in left it
+    let out = 0;
+    const perSlot: Record<string, number> = {};
+    for (const e of log.slice(rollStart)) {
+      if (e.event === "action" && e.action === "in-service") serving++;
+      if (e.event === "action" && e.action === "drain") serving--;
+      if (e.event === "roll-out" && e.note === undefined) {
+        out++;
+        perSlot[e.member] = Number(e.ts);
+      }
+      if (e.event === "roll-in") {
+        out--;
+        perSlot[e.member] = (Number(e.ts) - perSlot[e.member]) / 1000;
+      }
+      assert.ok(out <= 1, `two slots out at once at ${e.ts}`);
+      assert.ok(serving >= 1, `fewer than min in service at ${e.ts}`);
+      assert.notEqual(
+        e.event,
+        "member-lost",
+        `the agent lost a member during the roll: ${JSON.stringify(e)}`,
+      );
+    }
+    assert.equal(out, 0, "every slot rolled back in");
+    assert.deepEqual(
+      log.filter((e) => e.event === "roll-out").map((e) => e.member),
+      ["web-2", "web-1", "web-0"],
+      "highest slot first",
+    );
+    console.log(`# roll-out -> roll-in per slot (s): ${JSON.stringify(perSlot)}`);
+
     // Destroy leaves nothing of the group on any host.
-    ok(await run("destroy"));
+    const gone = ok(await run("destroy"));
     destroyed = true;
+    // The roll chain orders deletes too: the slots' Servers are deleted one after another.
+    const deletes = fs
+      .readFileSync(path.join(stateDir, "metrics.jsonl"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as { op: string; server: string; totalMs: number })
+      .filter((m) => m.op === "delete");
+    console.log(
+      `# destroy ${(gone.durationMs / 1000).toFixed(1)} s; slot deletes ${deletes.map((m) => `${m.server} ${(m.totalMs / 1000).toFixed(1)} s`).join(", ")}`,
+    );
     for (const h of status.hosts) {
       const left = await sshCheck(
         status,

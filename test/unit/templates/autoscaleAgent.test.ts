@@ -322,3 +322,377 @@ test("the member command re-checks each server's owner marker at start and stop 
     fs.rmSync(root, { recursive: true, force: true });
   }
 });
+
+/**
+ * A simulated controller + member host for the rolling replacement and the single-instance
+ * lock: the fakes above, `running` domains already up (and recorded as in service), no agent
+ * started (each test starts what it needs).
+ */
+function simGroup(opts: { min: number; max: number; running: string[] }): {
+  root: string;
+  dir: string;
+  sim: string;
+  env: NodeJS.ProcessEnv;
+  log: () => Entry[];
+  haproxy: () => string[];
+  state: (m: string) => string;
+  roll: (mode: "roll-out" | "roll-in", member: string) => { status: number | null; stderr: string };
+} {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-roll-"));
+  const dir = path.join(root, "asg");
+  const sim = path.join(root, "sim");
+  const bin = path.join(root, "bin");
+  const hostDir = path.join(sim, "kvmlab", "asg", "web");
+  for (const d of [
+    dir,
+    sim,
+    bin,
+    path.join(sim, "dom"),
+    hostDir,
+    path.join(sim, "kvmlab", "owners", "server"),
+  ])
+    fs.mkdirSync(d, { recursive: true });
+  for (const d of ["state", "samples", "requests"]) fs.mkdirSync(path.join(dir, d));
+  const names = memberNames("web", opts.max);
+  const ips = names.map((_, i) => `10.61.0.${10 + i}`);
+  for (const n of names)
+    write(path.join(sim, "dom", n), `${opts.running.includes(n) ? "running" : "shut-off"} 0 0\n`, 0o644);
+  for (const n of opts.running) write(path.join(dir, "state", n), "running 1000\n", 0o644);
+  write(path.join(sim, "ips"), names.map((n, i) => `${ips[i]} ${n}`).join("\n") + "\n", 0o644);
+  write(path.join(hostDir, "member.sh"), memberScript());
+  write(path.join(hostDir, "members"), names.join("\n") + "\n", 0o644);
+  write(path.join(hostDir, "stack"), "proj/dev\n", 0o644);
+  for (const n of names)
+    write(path.join(sim, "kvmlab", "owners", "server", `${n}.owner`), `proj/dev/Server/${n}\n`, 0o644);
+  write(path.join(bin, "ssh"), FAKE_SSH);
+  write(path.join(bin, "virsh"), FAKE_VIRSH);
+  write(path.join(bin, "socat"), FAKE_SOCAT);
+  write(path.join(bin, "ip"), FAKE_IP);
+  write(path.join(bin, "busybox"), FAKE_BUSYBOX);
+  write(path.join(dir, "agent.sh"), agentScript());
+  write(path.join(dir, "roll.sh"), agentScript());
+  write(
+    path.join(dir, "agent.conf"),
+    renderAgentConfig({
+      name: "web",
+      min: opts.min,
+      max: opts.max,
+      desired: opts.min,
+      cooldown: 3,
+      interval: 1,
+      bootTimeout: 10,
+      drainTimeout: 1,
+      policies: [],
+      members: names.map((name, i) => ({
+        name,
+        ip: ips[i],
+        host: "hv1",
+        hostAddress: "192.0.2.1",
+        hostPort: 22,
+        hostUser: "root",
+      })),
+      pool: {
+        socket: "/run/fake.sock",
+        backend: "web:http",
+        namespace: "qlbaas-test",
+        healthPort: 80,
+        healthPath: "/health",
+      },
+    }),
+    0o644,
+  );
+  const env = { ...process.env, PATH: `${bin}:${process.env.PATH}`, SIM: sim, ROLL_WAIT: "0" };
+  const read = (f: string): string => (fs.existsSync(f) ? fs.readFileSync(f, "utf8") : "");
+  return {
+    root,
+    dir,
+    sim,
+    env,
+    log: () => parseLog(read(path.join(dir, "decisions.log"))),
+    haproxy: () =>
+      read(path.join(sim, "haproxy.log"))
+        .split("\n")
+        .filter((l) => l.includes("set server"))
+        .map((l) => l.split(" ").slice(1).join(" ").replace("set server web:http/", "")),
+    state: (m) => read(path.join(dir, "state", m)).split(" ")[0] || "stopped",
+    roll: (mode, member) => {
+      const r = spawnSync("/bin/sh", [path.join(dir, "roll.sh"), dir, mode, member], {
+        env,
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+      return { status: r.status, stderr: r.stderr };
+    },
+  };
+}
+
+test("rolling replacement: a spare slot is marked and released; a running member at min is stood in for by a spare, drained, and comes back before the spare leaves", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  try {
+    // Highest slot first: web-2 is a spare (stopped) -> rolling, no command to its host.
+    assert.equal(g.roll("roll-out", "web-2").status, 0);
+    assert.equal(g.state("web-2"), "rolling", "a spare being replaced is marked rolling");
+    assert.deepEqual(g.haproxy(), ["web-2 state maint"], "a spare is only kept in maint");
+    assert.equal(g.roll("roll-in", "web-2").status, 0);
+    assert.equal(g.state("web-2"), "stopped", "a spare goes back to stopped, not into service");
+    // web-0 is the only member in service and min is 1: web-1 goes in first, then web-0 leaves.
+    fs.writeFileSync(path.join(g.sim, "haproxy.log"), "");
+    const out = g.roll("roll-out", "web-0");
+    assert.equal(out.status, 0, out.stderr);
+    assert.equal(g.state("web-0"), "rolling");
+    assert.equal(g.state("web-1"), "running", "the spare stands in");
+    assert.equal(fs.readFileSync(path.join(g.sim, "dom", "web-0"), "utf8").split(" ")[0], "shut-off");
+    assert.deepEqual(g.haproxy(), [
+      "web-1 state maint",
+      "web-1 state ready",
+      "web-0 state drain",
+      "web-0 state maint",
+    ]);
+    // A second roll-out of the same slot (an up that failed after it) changes nothing.
+    assert.equal(g.roll("roll-out", "web-0").status, 0);
+    assert.equal(g.state("web-1"), "running");
+    fs.writeFileSync(path.join(g.sim, "haproxy.log"), "");
+    const back = g.roll("roll-in", "web-0");
+    assert.equal(back.status, 0, back.stderr);
+    assert.equal(g.state("web-0"), "running", "back in service");
+    assert.equal(g.state("web-1"), "stopped", "the spare left again: the group is back to its size");
+    assert.deepEqual(g.haproxy(), [
+      "web-0 state maint",
+      "web-0 state ready",
+      "web-1 state drain",
+      "web-1 state maint",
+    ]);
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "the roll mark is gone");
+    // In service over the whole log: never below min (1), at most one member rolling at a time.
+    let inService = 1;
+    let rolling = 0;
+    for (const e of g.log()) {
+      if (e.action === "in-service") inService++;
+      if (e.action === "drain") inService--;
+      if (e.event === "roll-out" && e.note === undefined) rolling++;
+      if (e.event === "roll-in") rolling--;
+      assert.ok(inService >= 1, `below min at ${e.ts}`);
+      assert.ok(rolling <= 1, `two members rolling at ${e.ts}`);
+      if (e.event === "action") assert.equal(e.cause, "roll", "roll actions are tagged cause=roll");
+    }
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("rolling replacement refuses, naming min and the members in service, below min and without a spare; nothing is changed", () => {
+  const below = simGroup({ min: 2, max: 3, running: ["web-0"] });
+  try {
+    const r = below.roll("roll-out", "web-0");
+    assert.equal(r.status, 65, r.stderr);
+    assert.match(r.stderr, /1 members in service, below its min 2/);
+    assert.match(r.stderr, /Fix: /);
+    assert.equal(below.state("web-0"), "running", "nothing taken out");
+    assert.deepEqual(below.haproxy(), []);
+    assert.ok(below.log().some((e) => e.event === "roll-refused" && e.min === "2" && e.in_service === "1"));
+  } finally {
+    fs.rmSync(below.root, { recursive: true, force: true });
+  }
+  const full = simGroup({ min: 3, max: 3, running: ["web-0", "web-1", "web-2"] });
+  try {
+    const r = full.roll("roll-out", "web-0");
+    assert.equal(r.status, 66, r.stderr);
+    assert.match(r.stderr, /leave 2 members in service, below min 3/);
+    assert.match(r.stderr, /raise max/);
+    assert.equal(full.state("web-0"), "running");
+    assert.deepEqual(full.haproxy(), []);
+  } finally {
+    fs.rmSync(full.root, { recursive: true, force: true });
+  }
+  const other = simGroup({ min: 1, max: 2, running: [] });
+  try {
+    const r = other.roll("roll-out", "web-7");
+    assert.equal(r.status, 64, "a name that is not a slot is refused");
+  } finally {
+    fs.rmSync(other.root, { recursive: true, force: true });
+  }
+});
+
+test("one agent per group: a second agent exits (logged) while the first runs; a killed agent's leftover child does not block the next", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const agents: ReturnType<typeof spawn>[] = [];
+  const start = () => {
+    const a = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    agents.push(a);
+    return a;
+  };
+  const pidFile = (): string =>
+    fs.existsSync(path.join(g.dir, "agent.pid"))
+      ? fs.readFileSync(path.join(g.dir, "agent.pid"), "utf8").trim()
+      : "";
+  try {
+    const first = start();
+    await until("the first agent's pid", () => pidFile() === String(first.pid), 10_000);
+    // A second one, by hand (relative folder): it exits with 3 and says why.
+    const second = spawnSync("sh", ["./agent.sh", "."], {
+      cwd: g.dir,
+      env: g.env,
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    assert.equal(second.status, 3, second.stderr);
+    assert.match(second.stderr, new RegExp(`already runs \\(pid ${first.pid}\\)`));
+    assert.equal(pidFile(), String(first.pid), "the first agent's pid file is kept");
+    assert.ok(g.log().some((e) => e.event === "agent-exit" && e.other === String(first.pid)));
+    // Kill the first one alone (SIGKILL to its pid, not its group): its `sleep` child lives on
+    // with its descriptors. The next agent starts anyway and takes over.
+    await until("the first agent sleeping", () => g.log().some((e) => e.event === "agent-start"), 10_000);
+    process.kill(first.pid as number, "SIGKILL");
+    const third = start();
+    await until("the third agent's pid", () => pidFile() === String(third.pid), 10_000);
+    await until(
+      "the third agent's start",
+      () => g.log().filter((e) => e.event === "agent-start").length === 2,
+      15_000,
+    );
+  } finally {
+    for (const a of agents)
+      if (a.pid !== undefined)
+        try {
+          process.kill(-a.pid, "SIGKILL");
+        } catch {
+          /* gone */
+        }
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+/**
+ * Holds `file`'s flock in a detached `flock FILE sh -c SCRIPT` (its own process group). It waits
+ * for the lock (bounded) rather than -n: isLocked's probe may hold it for an instant.
+ */
+function holdLock(file: string, script: string): ReturnType<typeof spawn> {
+  return spawn("flock", ["-w", "10", file, "sh", "-c", script], { stdio: "ignore", detached: true });
+}
+function isLocked(file: string): boolean {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  return spawnSync("flock", ["-n", file, "true"]).status !== 0;
+}
+function killGroup(p: ReturnType<typeof spawn> | undefined): void {
+  if (p?.pid === undefined) return;
+  try {
+    process.kill(-p.pid, "SIGKILL");
+  } catch {
+    /* gone */
+  }
+}
+
+test("review R2: at start-up the agent waits for the group lock (bounded waits, each logged) and never evaluates without it", async () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const lock = path.join(g.dir, "group.lock");
+  const released = path.join(g.root, "released");
+  let agent: ReturnType<typeof spawn> | undefined;
+  let holder: ReturnType<typeof spawn> | undefined;
+  try {
+    // A roll holds the group lock (here 4 s; LOCK_WAIT 1 s per wait).
+    holder = holdLock(lock, `sleep 4; date +%s%3N > ${released}`);
+    await until("the holder's lock", () => isLocked(lock), 5_000);
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: { ...g.env, LOCK_WAIT: "1" },
+      stdio: "ignore",
+      detached: true,
+    });
+    await until(
+      "two logged lock waits",
+      () => g.log().filter((e) => e.event === "lock-wait-exceeded" && e.phase === "start").length >= 2,
+      10_000,
+    );
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    const start = g.log().find((e) => e.event === "agent-start") as Entry;
+    const freed = Number(fs.readFileSync(released, "utf8").trim());
+    assert.ok(
+      Number(start.ts) >= freed,
+      `the agent started (${start.ts}) only after the lock was free (${freed})`,
+    );
+    const first = g.log().findIndex((e) => e.event !== "lock-wait-exceeded");
+    assert.equal(g.log()[first].event, "agent-start", "nothing was evaluated before the lock");
+  } finally {
+    killGroup(agent);
+    killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R3: a roll-out below min refuses after ROLL_WAIT seconds of wall-clock time, even while the agent holds the group lock", async () => {
+  const g = simGroup({ min: 2, max: 3, running: ["web-0"] });
+  const lock = path.join(g.dir, "group.lock");
+  let roll: ReturnType<typeof spawn> | undefined;
+  let holder: ReturnType<typeof spawn> | undefined;
+  try {
+    const t0 = Date.now();
+    let stderr = "";
+    let status: number | null = null;
+    roll = spawn("sh", [path.join(g.dir, "roll.sh"), g.dir, "roll-out", "web-0"], {
+      env: { ...g.env, ROLL_WAIT: "4" },
+      stdio: ["ignore", "ignore", "pipe"],
+      detached: true,
+    });
+    roll.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<void>((r) => roll?.on("exit", (c) => ((status = c), r())));
+    // Once it sleeps (it checked, found 1 of min 2 and let the lock go), the agent takes the
+    // lock for long (starting members below min holds it through BOOT_TIMEOUT): 20 s here.
+    const sleeping = (): boolean => {
+      const kids = fs.readFileSync(`/proc/${roll?.pid}/task/${roll?.pid}/children`, "utf8").trim();
+      return kids
+        .split(/\s+/)
+        .filter(Boolean)
+        .some((k) => {
+          try {
+            return fs.readFileSync(`/proc/${k}/comm`, "utf8").trim() === "sleep";
+          } catch {
+            return false;
+          }
+        });
+    };
+    await until("the roll-out's wait below min", sleeping, 10_000);
+    holder = holdLock(lock, "sleep 20");
+    await until("the agent's lock", () => isLocked(lock), 5_000);
+    await Promise.race([exited, until("the roll-out's end", () => status !== null, 30_000)]);
+    const took = (Date.now() - t0) / 1000;
+    assert.equal(status, 65, stderr);
+    assert.match(stderr, /below min/);
+    assert.match(stderr, /Fix: /);
+    assert.ok(took < 4 + 5, `refused after ${took} s: ROLL_WAIT (4 s) is wall-clock, not loop turns`);
+    assert.equal(g.state("web-0"), "running", "nothing taken out");
+    assert.deepEqual(g.haproxy(), []);
+  } finally {
+    killGroup(roll);
+    killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R6: a timeout on the single-instance lock is not reported as another agent (exit 4, logged)", () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  let holder: ReturnType<typeof spawn> | undefined;
+  try {
+    holder = holdLock(path.join(g.dir, "agent.lock"), "sleep 30");
+    const held = Date.now() + 5_000;
+    while (!isLocked(path.join(g.dir, "agent.lock")) && Date.now() < held);
+    const r = spawnSync("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 4, r.stderr);
+    assert.match(r.stderr, /could not take its single-instance lock/);
+    assert.doesNotMatch(r.stderr, /already runs/);
+    assert.ok(g.log().some((e) => e.event === "agent-exit" && e.reason === "instance-lock-timeout"));
+    assert.ok(!g.log().some((e) => e.event === "agent-start"), "it evaluated nothing");
+  } finally {
+    killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
