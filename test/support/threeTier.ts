@@ -127,8 +127,21 @@ export async function pathsThroughWeb(
   return seen;
 }
 
-/** What kvmlab, libvirt and the kernel hold on each host (for "destroy leaves every host as before"). */
-export async function hostEvidence(status: SandboxStatus): Promise<Record<string, string>> {
+/**
+ * What kvmlab, libvirt and the kernel hold on each host (for "destroy leaves every host as
+ * before"). With `betweenUps`, the files an autoscale agent writes as it works between `up`s
+ * (`state/*`, `samples/*`, `status` under /var/lib/kvmlab/asg/<group>/: a decision it ignored,
+ * a CPU sample) are left out, for "a no-change up changes nothing": the agent keeps working
+ * while the test runs `up`, and its runtime files are its own, not the program's. Its
+ * configuration, scripts, keys and owner files stay in the listing.
+ */
+export async function hostEvidence(
+  status: SandboxStatus,
+  opts: { betweenUps?: boolean } = {},
+): Promise<Record<string, string>> {
+  const agentRuntime = opts.betweenUps
+    ? " ! -path '/var/lib/kvmlab/asg/*/state/*' ! -path '/var/lib/kvmlab/asg/*/samples/*' ! -path '/var/lib/kvmlab/asg/*/status'"
+    : "";
   const out: Record<string, string> = {};
   for (const h of status.hosts)
     out[h.name] = await sshCheck(
@@ -139,7 +152,7 @@ export async function hostEvidence(status: SandboxStatus): Promise<Record<string
         // placement lock, the DHCP hosts' locks); everything else kvmlab made must go.
         // An autoscale agent's transient files (`<file>.tmp` while it rewrites one) come and go
         // every interval; its lasting files (status, state/<member>, samples/<member>) count.
-        "find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -name '*.tmp' ! -path /var/lib/kvmlab/lock 2>/dev/null | sort",
+        `find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -name '*.tmp' ! -path /var/lib/kvmlab/lock${agentRuntime} 2>/dev/null | sort`,
         "virsh -c qemu:///system list --all --name | sort",
         "ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort",
         "ip netns list | awk '{print $1}' | sort",
