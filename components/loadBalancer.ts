@@ -34,6 +34,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { amphoraMac, loadBalancerPaths } from "../core/paths";
 import type { SecurityGroupRule } from "../core/securityGroup";
+import type { ProjectRef } from "../provider/kit";
 import { FloatingIp } from "../provider/floatingIp";
 import { SecurityGroupPort, type SecurityGroup } from "../provider/securityGroup";
 import { LoadBalancer as LoadBalancerResource } from "../provider/loadBalancer";
@@ -52,6 +53,11 @@ export type PoolArgs = Omit<PoolSpec, "members"> & { readonly members?: readonly
 export type ListenerArgs = Omit<ListenerSpec, "defaultPool"> & { readonly defaultPool?: PoolArgs | null };
 
 export interface LoadBalancerArgs {
+  /**
+   * The identity project of the load balancer, its floating IP and VIP security-group ports: in
+   * their owners and on the OVS VIP port (issue 14). @default the stack's `kvmlab:project`, else none
+   */
+  readonly project?: ProjectRef;
   /** Name on the hosts. @default the component name */
   readonly lbName?: string;
   /** The VIP network and the name of its subnet holding the VIP. */
@@ -178,6 +184,7 @@ export class LoadBalancer extends pulumi.ComponentResource {
         standbyHost: args.standbyHost,
         vrrpAddresses: ha?.apply((h) => h.vrrpAddresses),
         keepalivedConfs: ha?.apply((h) => h.keepalivedConfs),
+        project: args.project,
       },
       { parent: this, dependsOn: [subnet] },
     );
@@ -201,6 +208,7 @@ export class LoadBalancer extends pulumi.ComponentResource {
         `${name}-fip`,
         {
           fipName: `${lbName}-fip`,
+          project: args.project,
           hosts,
           host: fip.router.host,
           routerName: fip.router.routerName,
@@ -281,6 +289,7 @@ export class LoadBalancer extends pulumi.ComponentResource {
           driver,
           networkBridge: args.network.bridge,
           groups: [...base, ...extra],
+          project: args.project,
         },
         { parent: this, dependsOn: [this.loadBalancer, ...groups] },
       );

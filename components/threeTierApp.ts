@@ -191,8 +191,8 @@ export interface ThreeTierAppArgs {
   /**
    * Owning project of every server, the app's own security groups and the bastion's floating IP
    * (a Project's `recordId`), the autoscale slots included. @default the stack's
-   * `kvmlab:project`, else none. The load balancers (with the web floating IP) are not charged
-   * yet: LoadBalancer takes no project.
+   * `kvmlab:project`, else none. A tier's load balancer (with the web floating IP) takes the
+   * tier's project, else this one.
    */
   readonly project?: pulumi.Input<string>;
   /** Readiness of the servers. @default HTTP /health (web, WAS) or DHCP (DB, bastion) with guestRoles, else DHCP */
@@ -547,6 +547,8 @@ export class ThreeTierApp extends pulumi.ComponentResource {
           ...(tier.loadBalancerSecurityGroups !== undefined
             ? { securityGroups: [...tier.loadBalancerSecurityGroups] }
             : {}),
+          // The tier's load balancer (its VIP port, floating IP, VIP SG ports) is the tier's project's.
+          ...((tier.project ?? args.project) ? { project: tier.project ?? args.project } : {}),
           ...(t === "web"
             ? {
                 floatingIp: {

@@ -46,6 +46,7 @@ import {
   defineResource,
   guardStep,
   ownerIn,
+  ownerProject,
   releaseOwnerStep,
   type OwnedObject,
   isUnknown,
@@ -122,6 +123,8 @@ export interface FlavorRecord {
   swapMiB: number;
   extraSpecs: Record<string, string>;
   description: string;
+  /** The identity project `<domain>/<name>` of its owner (issue 14); absent when it has none. */
+  project?: string;
 }
 
 /** Extra spec keys kvmlab accepts (one definition: core/flavor.ts). */
@@ -203,7 +206,14 @@ export function flavorRecord(i: FlavorInputs): FlavorRecord {
     swapMiB: i.swapMiB,
     extraSpecs: sortedSpecs(i.extraSpecs),
     description: i.description,
+    ...projectField(i.owner),
   };
+}
+
+/** `{ project }` from an owner's `project=` segment, `{}` without one (records stay as before). */
+function projectField(owner: string | undefined): { project?: string } {
+  const project = ownerProject(owner ?? "");
+  return project === "" ? {} : { project };
 }
 
 function sortedSpecs(specs: Record<string, string>): Record<string, string> {

@@ -57,6 +57,7 @@ import {
   failureList,
   guardStep,
   ownerIn,
+  ownerProject,
   releaseOwnerStep,
   type OwnedObject,
   isKnown,
@@ -200,6 +201,8 @@ export interface ImageRecord {
   minRamMiB: number;
   /** Where each file came from ("local:<file name>", a host path or a URL). */
   origins: Partial<Record<ImageRole, string>>;
+  /** The identity project `<domain>/<name>` of its owner (issue 14); absent when it has none. */
+  project?: string;
 }
 
 const SOURCE_ROLES: readonly { role: ImageRole; key: "source" | "kernel" | "ramdisk" }[] = [
@@ -422,6 +425,7 @@ export function imageRecord(
     minDiskGiB: inputs.minDiskGiB,
     minRamMiB: inputs.minRamMiB,
     origins,
+    ...(ownerProject(inputs.owner ?? "") !== "" ? { project: ownerProject(inputs.owner ?? "") } : {}),
   };
 }
 

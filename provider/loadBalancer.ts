@@ -55,6 +55,8 @@ import {
   claimedNow,
   guardStep,
   ownerIn,
+  ownerProject,
+  ovsOwnerIds,
   releaseOwnerStep,
   type OwnedObject,
   defineResource,
@@ -84,6 +86,7 @@ import {
   type LoadBalancerHostState,
   type MemberOperatingStatus,
   type OperatingStatus,
+  type VipPortSpec,
 } from "./loadBalancer/steps";
 
 export * from "./loadBalancer/steps";
@@ -577,6 +580,41 @@ function outputsOf(
   };
 }
 
+/**
+ * The VIP port of amphora `amphora` (0 for SINGLE): its address, MAC and, on OVS, the owner and
+ * project external_ids (issue 14: the project is the owner's `project=` segment).
+ */
+export function vipPortSpecOf(
+  inputs: Pick<
+    LoadBalancerInputs,
+    | "lbName"
+    | "owner"
+    | "networkBridge"
+    | "driver"
+    | "cidr"
+    | "vipAddress"
+    | "vrrpAddresses"
+    | "gateway"
+    | "mtu"
+    | "topology"
+  >,
+  amphora = 0,
+): VipPortSpec {
+  const paths = loadBalancerPaths(inputs.lbName);
+  const standby = isStandby(inputs);
+  return {
+    lbName: inputs.lbName,
+    networkBridge: inputs.networkBridge,
+    driver: inputs.driver,
+    addressCidr: `${standby ? inputs.vrrpAddresses[amphora] : inputs.vipAddress}/${prefixOf(inputs.cidr)}`,
+    mac: standby ? amphoraMac(inputs.lbName, amphora) : paths.vipMac,
+    gateway: inputs.gateway,
+    mtu: inputs.mtu,
+    ...(standby ? { vipCidr: `${inputs.vipAddress}/${prefixOf(inputs.cidr)}` } : {}),
+    ovsIds: ovsOwnerIds(inputs.owner ?? "", ownerProject(inputs.owner ?? "")),
+  };
+}
+
 /** Converging apply on the load balancer's host; returns the reload time (ms). */
 async function applyLoadBalancer(
   inputs: LoadBalancerInputs,
@@ -592,19 +630,7 @@ async function applyLoadBalancer(
   const steps: Step[] = [
     // Never touch a load balancer of the same name that another program owns.
     guardStep(loadBalancerOwned(inputs.lbName), owners, true),
-    vipPortStep(
-      {
-        lbName: inputs.lbName,
-        networkBridge: inputs.networkBridge,
-        driver: inputs.driver,
-        addressCidr: `${standby ? inputs.vrrpAddresses[amphora] : inputs.vipAddress}/${prefixOf(inputs.cidr)}`,
-        mac: standby ? amphoraMac(inputs.lbName, amphora) : paths.vipMac,
-        gateway: inputs.gateway,
-        mtu: inputs.mtu,
-        ...(standby ? { vipCidr: `${inputs.vipAddress}/${prefixOf(inputs.cidr)}` } : {}),
-      },
-      paths,
-    ),
+    vipPortStep(vipPortSpecOf(inputs, amphora), paths),
   ];
   const removed = oldCfg === null ? [] : removedServers(oldCfg, inputs.haproxyCfg);
   if (removed.length > 0) steps.push(drainStep(inputs.lbName, paths, removed, inputs.drainTimeout));
@@ -656,7 +682,7 @@ async function removeLoadBalancer(
   await withHostLock(host, () =>
     runChecked(host, [
       ...(owner ? [guardStep(owned, [owner])] : []),
-      loadBalancerDeleteStep(o.lbName, o.driver, loadBalancerPaths(o.lbName)),
+      loadBalancerDeleteStep(o.lbName, o.driver, loadBalancerPaths(o.lbName), owner ? [owner] : []),
       ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
     ]),
   );

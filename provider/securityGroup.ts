@@ -55,6 +55,9 @@ import {
   defineResource,
   guardStep,
   ownerIn,
+  ownerProject,
+  ovsOwnerGuardLines,
+  ovsOwnerIds,
   releaseOwnerStep,
   type OwnedObject,
   failureList,
@@ -612,6 +615,7 @@ export function portApplyStep(
   const dir = portDir(inputs.tap);
   const zoneBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
   const hy = hybridDevices(inputs.tap);
+  const ids = ovsOwnerIds(inputs.owner ?? "", ownerProject(inputs.owner ?? ""));
   const lines = [
     "set -e",
     `f=${shQuote(`${dir}/rules.v4`)}; saved=${shQuote(`${dir}/rules.saved`)}`,
@@ -635,6 +639,10 @@ export function portApplyStep(
       `mtu=$(cat /sys/class/net/${inputs.networkBridge}/mtu); ip link set ${hy.qvb} mtu $mtu; ip link set ${hy.qvo} mtu $mtu`,
       `ip link set ${hy.qvb} master ${hy.qbr}`,
       `ovs-vsctl --may-exist add-port ${inputs.networkBridge} ${hy.qvo} -- set port ${hy.qvo} external_ids:kvmlab-port=${shQuote(inputs.portName)}`,
+      // The qvo this port made carries its owner and project (issue 14); a Server's keeps the Server's.
+      ...(ids
+        ? [`if [ -e ${shQuote(`${dir}/hybrid.made`)} ]; then ovs-vsctl set port ${hy.qvo} ${ids}; fi`]
+        : []),
       `ethtool -K ${hy.qvb} tx off >/dev/null 2>&1 || true; ethtool -K ${hy.qvo} tx off >/dev/null 2>&1 || true`,
       `ip link set ${hy.qvb} up; ip link set ${hy.qvo} up; ip link set ${hy.qbr} up`,
     );
@@ -694,14 +702,28 @@ function parsePortState(stdout: string): SecurityGroupPortState {
 
 export function portDeleteStep(
   inputs: Pick<SecurityGroupPortInputs, "portName" | "tap" | "driver" | "networkBridge" | "ip">,
+  owners: readonly string[] = [],
 ): Step {
   const c = portFirewallChains(inputs.tap);
   const hy = hybridDevices(inputs.tap);
   const zoneBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
   const made = shQuote(`${portDir(inputs.tap)}/hybrid.made`);
+  // The qvo this port made goes only while it carries no other owner (issue 14): checked before
+  // any rule is removed. A qvo the port did not make is the Server's, never removed here.
+  const qvoGuard =
+    inputs.driver === "openvswitch"
+      ? ovsOwnerGuardLines(
+          "port",
+          hy.qvo,
+          owners,
+          `the hybrid port ${hy.qvo} of security group port ${inputs.portName}`,
+          `check which stack holds the security groups of ${inputs.tap} (ovs-vsctl list port ${hy.qvo}); delete them from that stack`,
+        )
+      : [];
   return {
     label: `delete security groups of port ${inputs.portName}`,
     script: [
+      ...(qvoGuard.length > 0 ? [`if [ -e ${made} ]; then`, ...qvoGuard, "fi"] : []),
       ...portFirewallJumps(inputs.portName, inputs.tap).map(
         ([t, ch, r]) =>
           `while iptables -w -t ${t} -C ${ch} ${r} 2>/dev/null; do iptables -w -t ${t} -D ${ch} ${r}; done`,
@@ -820,7 +842,7 @@ function removePortSteps(
   const owned = securityGroupPortOwned(inputs.tap);
   return [
     ...(owner ? [guardStep(owned, [owner])] : []),
-    portDeleteStep(inputs),
+    portDeleteStep(inputs, owner ? [owner] : []),
     ...(owner ? [releaseOwnerStep(owned, [owner])] : []),
   ];
 }

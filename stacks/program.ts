@@ -206,8 +206,8 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   };
   // Objects the lab gives no project of their own (routers, security groups) belong to its
   // defaultProject, charged to it like servers and volumes. Images are the hosts' shared store
-  // (the Image resource keeps no project); the Network and LoadBalancer components take no
-  // project yet (their networks, subnets and load balancers are not charged).
+  // (the Image resource keeps no project); the Network component takes no project yet (its
+  // networks and subnets are not charged). Load balancers (with their floating IPs) are the lab's.
   const labProject = projectOf(lab.defaultProject);
 
   // ---- images, flavors, keypairs
@@ -580,6 +580,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
             loadBalancer: {
               ...groupListener(lb, g),
               lbName: lb.name,
+              project: labProject,
               network: networkOfSubnet(lb.vipSubnet),
               subnet: lb.vipSubnet,
               vipAddress: plan.vips[lb.name].ip,
@@ -645,6 +646,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
     const router = routerOf(lb.vipSubnet);
     const ext = externalOf[lb.vipSubnet];
     loadBalancers[lb.name] = new LoadBalancer(lb.name, {
+      project: labProject,
       network: networkOfSubnet(lb.vipSubnet),
       subnet: lb.vipSubnet,
       vipAddress: plan.vips[lb.name].ip,

@@ -117,6 +117,20 @@ export function checkedOwner(
   return v;
 }
 
+/**
+ * The identity project an owner string carries in its `project=` segment (decoded), "" for none:
+ * what a resource without a `project` input puts in its OVS objects' `kvmlab-project`.
+ */
+export function ownerProject(owner: string): string {
+  const seg = owner.split("/").find((s) => s.startsWith("project="));
+  if (seg === undefined) return "";
+  try {
+    return decodeURIComponent(seg.slice("project=".length));
+  } catch {
+    return "";
+  }
+}
+
 /** The owner recorded in inputs or outputs ("" when the state predates owners). */
 export function ownerIn(o: object): string {
   const v = (o as { owner?: unknown }).owner;

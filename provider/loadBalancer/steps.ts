@@ -5,6 +5,7 @@
  */
 import type { LoadBalancerPaths } from "../../core/paths";
 import { parseKeyValues } from "../kit/kv";
+import { ovsOwnerGuardLines } from "../kit/owner";
 import { shQuote, vethLegLines, type Step } from "../host";
 
 /** Octavia's member operating statuses (what its health manager derives from haproxy). */
@@ -28,6 +29,8 @@ export interface VipPortSpec {
    * stray address), and haproxy may bind it while this amphora is BACKUP (ip_nonlocal_bind).
    */
   readonly vipCidr?: string;
+  /** The OVS port's owner/project external_ids (kit/owner.ts ovsOwnerIds; issue 14). @default none */
+  readonly ovsIds?: string;
 }
 
 /** What the read step finds on the host. */
@@ -82,6 +85,7 @@ export function vipPortStep(spec: VipPortSpec, paths: LoadBalancerPaths): Step {
     ...vethLegLines({
       externalId: { key: "kvmlab-lb", value: spec.lbName },
       openvswitch: spec.driver === "openvswitch",
+      ...(spec.ovsIds ? { ovsIds: spec.ovsIds } : {}),
     }),
   ];
   lines.push(
@@ -337,11 +341,28 @@ export function removedServers(oldCfg: string, newCfg: string): string[] {
 }
 
 /** Step removing everything of the load balancer from its host (idempotent). */
-export function loadBalancerDeleteStep(lbName: string, driver: string, paths: LoadBalancerPaths): Step {
+export function loadBalancerDeleteStep(
+  lbName: string,
+  driver: string,
+  paths: LoadBalancerPaths,
+  owners: readonly string[] = [],
+): Step {
+  // The VIP port goes only while it carries no other owner (issue 14), checked before anything stops.
+  const portGuard =
+    driver === "openvswitch"
+      ? ovsOwnerGuardLines(
+          "port",
+          '"$hd"',
+          owners,
+          `the VIP port ${paths.hostDevice} of load balancer ${lbName}`,
+          `check which stack holds load balancer ${lbName} (ovs-vsctl list port ${paths.hostDevice}); delete it from that stack`,
+        )
+      : [];
   return {
     label: `delete load balancer ${lbName}`,
     script: [
       vars(paths),
+      ...portGuard,
       ALIVE,
       // keepalived first (ACTIVE_STANDBY): SIGTERM, so it sends a priority-0 advert and removes the
       // VIP (SIGKILL would leave the VIP on the device); its PID files go when it has stopped.

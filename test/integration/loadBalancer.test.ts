@@ -518,6 +518,8 @@ test("openvswitch: the VIP port is an OVS port; the load balancer answers and le
   const raw: Record<string, unknown> = {
     ...lbRaw([]),
     lbName: lb,
+    // With a project (issue 14): the OVS VIP port carries the owner and the project.
+    owner: `kvmlab-it/sandbox/LoadBalancer/${lb}/project=Default%2Fdemo`,
     hosts: [hv1],
     networkName: net,
     networkBridge: nOuts.bridge,
@@ -542,6 +544,22 @@ test("openvswitch: the VIP port is an OVS port; the load balancer answers and le
     assert.deepEqual(outs.memberStatus, { "web/m1": "NO_MONITOR" });
     const body = await sh(hv1, "ip netns exec kvlt-obc curl -s -m 5 http://10.79.2.50/");
     assert.equal(body.trim(), "hello from ovs-member");
+    const hd = loadBalancerPaths(lb).hostDevice;
+    const ids = await sh(hv1, `ovs-vsctl get port ${hd} external_ids`);
+    assert.match(
+      ids,
+      new RegExp(`kvmlab-owner="kvmlab-it/sandbox/LoadBalancer/${lb}/project=Default%2Fdemo"`),
+    );
+    assert.match(ids, /kvmlab-project="Default\/demo"/);
+    // Another owner's port (as if another stack had re-plugged it) is not removed: exit 73.
+    await sh(hv1, `ovs-vsctl set port ${hd} external_ids:kvmlab-owner='"other/prod/LoadBalancer/${lb}"'`);
+    await assert.rejects(loadBalancerProvider.delete!(lb, outs), /belongs to other\/prod\/LoadBalancer/);
+    assert.equal(
+      (await sh(hv1, `ovs-vsctl port-to-br ${hd}`)).trim(),
+      nOuts.bridge,
+      "the port is still there",
+    );
+    await sh(hv1, `ovs-vsctl set port ${hd} external_ids:kvmlab-owner='"${raw.owner as string}"'`);
   } finally {
     await loadBalancerProvider.delete!(lb, outs);
     await sh(

@@ -169,6 +169,24 @@ test("ThreeTierApp: servers, roles, security groups, load balancers, floating IP
   // Every server is in the app's project, the groups' slots too (their launch spec carries it).
   assert.ok(servers.db.project, "the DB has the app's project");
   for (const [n, inputs] of Object.entries(servers)) assert.equal(inputs.project, servers.db.project, n);
+  // The tiers' load balancers (built by the groups from the args the app passes), the web floating
+  // IP and the WAS VIP security-group port are in the app's project too (issue 14).
+  const tierLbs = of("LoadBalancer");
+  assert.deepEqual(tierLbs.map((l) => l.inputs.lbName).sort(), ["shop-was-lb", "shop-web-lb"]);
+  const tierVipPorts = of("SecurityGroupPort").filter((p) => /-vip\d?$/.test(p.inputs.portName as string));
+  assert.equal(tierVipPorts.length, 1);
+  for (const r of [...tierLbs, ...tierVipPorts])
+    assert.match(
+      r.inputs.owner as string,
+      /\/project=default%2Fshop$/,
+      `${r.type} ${r.name}: the app's project`,
+    );
+  const webFip = of("FloatingIp").find((f) => f.inputs.fipName === "shop-web-lb-fip");
+  assert.equal(
+    webFip?.inputs.project,
+    servers.db.project,
+    "the web floating IP is charged to the app's project",
+  );
   // The groups: min/desired 2, max 3, the default CPU policies, one agent each.
   const agents = Object.fromEntries(
     of("AutoscaleAgent").map((a) => [a.inputs.groupName as string, a.inputs]),

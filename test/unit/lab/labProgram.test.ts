@@ -350,6 +350,21 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
       assert.equal(r.inputs.project, "default/shop", `${t} ${r.name}: charged to the lab's defaultProject`);
   const bastionFip = regs.find((r) => r.type.endsWith("kvmlab:FloatingIp") && r.name === "bastion-fip")!;
   assert.equal(bastionFip.inputs.project, "default/shop");
+  // Load balancers (the groups' and standalone ones) and their VIP security-group ports are the
+  // lab's defaultProject's too: in their owners, so on the OVS VIP port (issue 14).
+  const lbOwned = regs.filter(
+    (r) =>
+      r.type.endsWith("kvmlab:LoadBalancer") ||
+      (r.type.endsWith("kvmlab:SecurityGroupPort") && /-vip\d?$/.test(r.inputs.portName as string)),
+  );
+  assert.ok(lbOwned.filter((r) => r.type.endsWith("kvmlab:LoadBalancer")).length >= 2);
+  assert.ok(lbOwned.some((r) => r.type.endsWith("kvmlab:SecurityGroupPort")));
+  for (const r of lbOwned)
+    assert.match(
+      r.inputs.owner as string,
+      /\/project=default%2Fshop$/,
+      `${r.type} ${r.name}: the lab's project`,
+    );
   // An assignment names its user and project by id in the lab's domain: a bare "bob" would be
   // kvmlab's Default/bob, which the lab never creates (the sandbox run's failure).
   const users = regs

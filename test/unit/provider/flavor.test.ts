@@ -223,3 +223,12 @@ test("the flavor provider is serialization-safe and its pure methods work after 
     ["vcpus"],
   );
 });
+
+test("the record carries the identity project of its owner (issue 14), and none without one", () => {
+  const withProject = flavorRecord(inputs({ owner: "lab/dev/Flavor/m1.small/project=Default%2Fdemo" }));
+  assert.equal(withProject.project, "Default/demo");
+  assert.ok(
+    !("project" in flavorRecord(inputs({ owner: "lab/dev/Flavor/m1.small" }))),
+    "records stay as before",
+  );
+});

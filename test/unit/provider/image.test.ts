@@ -433,3 +433,10 @@ test("create fails on a local checksum mismatch before touching any host, naming
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("the record carries the identity project of its owner (issue 14), and none without one", () => {
+  const stored = { kernel: { sizeBytes: 10, mtime: 1 }, ramdisk: { sizeBytes: 5, mtime: 2 } };
+  const r = imageRecord(kernel({ owner: "lab/dev/Image/tiny/project=Default%2Fdemo" }), stored, 0);
+  assert.equal(r.project, "Default/demo");
+  assert.ok(!("project" in imageRecord(kernel({ owner: "lab/dev/Image/tiny" }), stored, 0)));
+});

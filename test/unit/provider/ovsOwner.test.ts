@@ -16,13 +16,25 @@ import {
   networkDeleteStep,
   ovsOwnerGuardLines,
   ovsOwnerIds,
+  checkSecurityGroupPortInputs,
+  loadBalancerDeleteStep,
+  ownerProject,
+  portApplyStep,
+  portDeleteStep,
   routerDeleteStep,
+  vipPortSpecOf,
+  vipPortStep,
+  type SecurityGroupPortInputs,
   subnetDeleteStep,
   type NetworkInputs,
 } from "../../../provider";
 import { hybridPlugStep } from "../../../provider/server/hybrid";
 import { deleteStep } from "../../../provider/server/steps";
 import { testHost } from "./fixtures";
+import { loadBalancerPaths } from "../../../core/paths";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 const ME = "lab/dev/Network/lan/project=Default%2Fdemo";
 const OTHER = "lab/prod/Network/lan";
@@ -194,4 +206,106 @@ test("a network delete refuses while another owner's port is on its bridge (del-
   assert.match(refused.stderr, /Fix: delete that subnet, router leg or server port first/);
   // Our own ports and ports with no kvmlab owner (guests' taps) do not block the delete.
   assert.equal(run(ME).status, 0, run(ME).stderr);
+});
+
+test('ownerProject: the decoded project= segment of an owner, "" without one', () => {
+  assert.equal(ownerProject(ME), "Default/demo");
+  assert.equal(ownerProject(OTHER), "");
+  assert.equal(ownerProject(""), "");
+});
+
+test("a load balancer's OVS VIP port carries its owner and project; its delete checks the OVS owner before anything stops", () => {
+  const LB = "lab/dev/LoadBalancer/web-lb/project=Default%2Fdemo";
+  const paths = loadBalancerPaths("web-lb");
+  const base = {
+    lbName: "web-lb",
+    owner: LB,
+    networkBridge: "kvlb-1a2b3c4d",
+    driver: "openvswitch" as const,
+    cidr: "10.10.0.0/24",
+    vipAddress: "10.10.0.50",
+    vrrpAddresses: [],
+    gateway: "10.10.0.1",
+    mtu: 1450,
+    topology: "SINGLE" as const,
+  };
+  for (const spec of [
+    vipPortSpecOf(base),
+    vipPortSpecOf({ ...base, topology: "ACTIVE_STANDBY", vrrpAddresses: ["10.10.0.51", "10.10.0.52"] }, 1),
+  ]) {
+    const plug = vipPortStep(spec, paths).script;
+    assert.match(
+      plug,
+      /-- set port "\$hd" external_ids:kvmlab-lb=web-lb external_ids:kvmlab-owner='"lab\/dev\/LoadBalancer\/web-lb\/project=Default%2Fdemo"' external_ids:kvmlab-project='"Default\/demo"'/,
+    );
+  }
+  // Without a project in the owner: the owner only.
+  const noProject = vipPortStep(
+    vipPortSpecOf({ ...base, owner: "lab/dev/LoadBalancer/web-lb" }),
+    paths,
+  ).script;
+  assert.match(noProject, /kvmlab-owner='"lab\/dev\/LoadBalancer\/web-lb"'/);
+  assert.doesNotMatch(noProject, /kvmlab-project/);
+
+  const del = loadBalancerDeleteStep("web-lb", "openvswitch", paths, [LB]).script.split("\n");
+  const g = del.findIndex((l) => l.includes("external_ids:kvmlab-owner"));
+  const kill = del.findIndex((l) => l.includes("kill"));
+  const delPort = del.findIndex((l) => l.includes("del-port"));
+  assert.ok(g >= 0 && g < kill && g < delPort, "checked before haproxy/keepalived stop and the port goes");
+  const refused = runWithOvs(del.slice(0, g + 2), `"${OTHER}"`);
+  assert.equal(refused.code, OWNER_REFUSED, refused.stderr);
+  assert.match(
+    refused.stderr,
+    /the VIP port kvlv-[0-9a-f]+ of load balancer web-lb belongs to lab\/prod\/Network\/lan, not to lab\/dev\/LoadBalancer\/web-lb\/project=Default%2Fdemo; it was not removed\. Fix: check which stack holds load balancer web-lb/,
+  );
+  assert.equal(runWithOvs(del.slice(0, g + 2), `"${LB}"`).code, 0, "its own port passes");
+  assert.equal(runWithOvs(del.slice(0, g + 2), "").code, 0, "a port from before owners passes");
+  // linuxbridge: no OVS check.
+  assert.ok(!loadBalancerDeleteStep("web-lb", "linuxbridge", paths, [LB]).script.includes("kvmlab-owner"));
+});
+
+test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its delete checks the OVS owner of a qvo it made first", () => {
+  const SGP = "lab/dev/SecurityGroupPort/lb-vip/project=Default%2Fdemo";
+  const { inputs, failures } = checkSecurityGroupPortInputs({
+    portName: "lb-vip",
+    hosts: [testHost("hv1", 1)],
+    host: "hv1",
+    tap: "kvlh-1a2b3c4d",
+    mac: "fa:16:3e:00:00:01",
+    ip: "10.10.1.5",
+    driver: "openvswitch",
+    networkBridge: "kvlb-00000001",
+    groups: [{ groupName: "default", rules: [] }],
+    owner: SGP,
+  });
+  assert.deepEqual(failures, []);
+  const i = inputs as unknown as SecurityGroupPortInputs;
+  const apply = portApplyStep(i, []).script;
+  // Only on the qvo this port made (hybrid.made): a Server's qvo keeps the Server's owner.
+  assert.match(
+    apply,
+    /if \[ -e \S*\/hybrid\.made \]; then ovs-vsctl set port qvo[0-9a-f-]+ external_ids:kvmlab-owner='"lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo"' external_ids:kvmlab-project='"Default\/demo"'; fi/,
+  );
+
+  const del = portDeleteStep(i, [SGP]).script.split("\n");
+  const first = del.findIndex((l) => l.includes("iptables"));
+  const g = del.findIndex((l) => l.includes("external_ids:kvmlab-owner"));
+  assert.ok(g >= 0 && g < first, "checked before any rule is removed");
+  const dir = mkdtempSync(join(tmpdir(), "sgp-"));
+  try {
+    const made = join(dir, "hybrid.made");
+    const guard = del.slice(0, first).map((l) => l.replace(/\S*\/hybrid\.made/, `'${made}'`));
+    // The port made no plumbing (a Server's qvo): never refused, never removed here.
+    assert.equal(runWithOvs(guard, `"${OTHER}"`).code, 0);
+    writeFileSync(made, "");
+    const refused = runWithOvs(guard, `"${OTHER}"`);
+    assert.equal(refused.code, OWNER_REFUSED, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /the hybrid port qvo\S+ of security group port lb-vip belongs to lab\/prod\/Network\/lan, not to lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo; it was not removed\. Fix: /,
+    );
+    assert.equal(runWithOvs(guard, `"${SGP}"`).code, 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
