@@ -19,6 +19,7 @@ import {
   type NetworkDriver,
   type NetworkKind,
 } from "../provider/network";
+import type { InProjectArgs } from "../provider/kit";
 import { Subnet } from "../provider/subnet";
 import { defaultMtu, planSubnet, type SubnetSpec } from "../templates/subnet";
 import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
@@ -26,7 +27,7 @@ import { resolveHosts, type HostSpec, type ResolveHostsOptions } from "./hosts";
 // The pure pieces a program may want beside the component (defined in templates/).
 export { defaultMtu, planSubnet, type SubnetSpec } from "../templates/subnet";
 
-export interface NetworkArgs {
+export interface NetworkArgs extends InProjectArgs {
   /** Name on the hosts. @default the component name */
   readonly networkName?: string;
   /** @default "selfservice" (or the kind of `type`) */
@@ -79,7 +80,17 @@ export class Network extends pulumi.ComponentResource {
 
     this.network = new NetworkResource(
       name,
-      { networkName, kind, type, segmentationId: args.segmentationId, driver, hosts, vni: args.vni, mtu },
+      {
+        networkName,
+        kind,
+        type,
+        segmentationId: args.segmentationId,
+        driver,
+        hosts,
+        vni: args.vni,
+        mtu,
+        ...(args.project !== undefined ? { project: args.project } : {}),
+      },
       { parent: this },
     );
     this.subnets = {};
@@ -109,6 +120,7 @@ export class Network extends pulumi.ComponentResource {
           dhcpAddress: plan.dhcpAddress,
           dnsmasqConf: plan.dnsmasqConf,
           mtu,
+          ...(args.project !== undefined ? { project: args.project } : {}),
         },
         { parent: this, dependsOn: [this.network] },
       );

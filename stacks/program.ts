@@ -264,7 +264,10 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   for (const n of lab.networks)
     networks[n.name] = new Network(n.name, {
       kind: n.kind,
+      type: n.type,
+      ...(n.segmentationId !== null ? { segmentationId: n.segmentationId } : {}),
       driver: n.driver,
+      project: labProject,
       mtu: n.mtu ?? undefined,
       vni: n.vni ?? undefined,
       ...discovery,

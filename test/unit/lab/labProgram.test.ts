@@ -343,9 +343,9 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
   const servers = regs.filter((r) => r.type.endsWith("kvmlab:Server"));
   assert.ok(servers.some((s) => /^(web|was)-\d$/.test(s.inputs.serverName as string)));
   for (const s of servers) assert.equal(s.inputs.project, "default/shop", s.inputs.serverName as string);
-  // Routers and security groups belong to the lab's defaultProject; the bastion's floating IP
+  // Networks, subnets, routers and security groups belong to the lab's defaultProject; the bastion's floating IP
   // to its server's project.
-  for (const t of ["Router", "SecurityGroup"])
+  for (const t of ["Network", "Subnet", "Router", "SecurityGroup"])
     for (const r of regs.filter((x) => x.type.endsWith(`kvmlab:${t}`)))
       assert.equal(r.inputs.project, "default/shop", `${t} ${r.name}: charged to the lab's defaultProject`);
   const bastionFip = regs.find((r) => r.type.endsWith("kvmlab:FloatingIp") && r.name === "bastion-fip")!;
@@ -413,4 +413,21 @@ test("three-tier.yaml (disk images, OVS networks, secrets): the lab program appl
   // The secret reference reads the stack secret, and stays a secret.
   assert.match(JSON.stringify(user.inputs.password), /secret-of-kvmlab:alicePassword/);
   assert.match(JSON.stringify(user.inputs.password), /4dabf18193072939515e22adb298388d/);
+});
+
+test("a lab network's ML2 type and segmentation id reach its Network (a vlan provider network stays vlan)", async () => {
+  const vlan = (t: string): string =>
+    t.replace(
+      "    kind: provider\n    driver: linuxbridge\n",
+      "    kind: provider\n    type: vlan\n    segmentationId: 101\n    driver: linuxbridge\n",
+    );
+  const { regs } = await applyAndCompare("three-tier-sandbox.yaml", vlan);
+  const nets = Object.fromEntries(
+    regs
+      .filter((r) => r.type.endsWith("kvmlab:Network"))
+      .map((r) => [r.inputs.networkName as string, r.inputs]),
+  );
+  assert.equal(nets.public.type, "vlan");
+  assert.equal(nets.public.segmentationId, 101);
+  assert.equal(nets["web-net"].type, "vxlan");
 });
