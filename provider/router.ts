@@ -377,6 +377,11 @@ export function routerPlumbStep(inputs: RouterInputs): Step {
     // Detach: qr- legs no longer listed go, with their peers.
     `keep=" ${keep.join(" ")} "`,
     'for d in $(ip netns exec "$ns" ip -o link show | awk -F\': \' \'{print $2}\' | cut -d@ -f1 | grep "^qr-" || true); do case "$keep" in *" $d "*) ;; *) ip netns exec "$ns" ip link del dev "$d";; esac; done',
+    // Deleting a qr- leg takes its kvlt- peer with it, but not the peer's OVS port row: remove
+    // the rows of this router's legs that are no longer listed (a stale row would stay on the
+    // network's bridge, labelled with the router's owner, and block the network's delete).
+    `keepHost=" ${[n.gatewayHostDevice, ...inputs.interfaces.map((l) => routerInterfaceNames(inputs.routerName, l.subnetName).hostDevice)].join(" ")} "`,
+    'if command -v ovs-vsctl >/dev/null 2>&1; then for hd in $(ovs-vsctl --bare --columns=name find port external_ids:kvmlab-router="$ns" 2>/dev/null || true); do case "$keepHost" in *" $hd "*) ;; *) ovs-vsctl --if-exists del-port "$hd";; esac; done; fi',
     `ip netns exec "$ns" ip route replace default via ${inputs.external.gateway} dev ${n.gatewayDevice}`,
     // Gratuitous ARP for the gateway address (Neutron: -U then -A, exit 1 = no reply, expected).
     // In the background, as Neutron sends it from a thread: no reply is expected, so each waits out -w.
@@ -487,6 +492,8 @@ export function routerDeleteStep(routerName: string, owners: readonly string[] =
       "  done",
       '  ip netns del "$ns"',
       "fi",
+      // OVS port rows of this router whose device is already gone (owners checked above).
+      'if command -v ovs-vsctl >/dev/null 2>&1; then for hd in $(ovs-vsctl --bare --columns=name find port external_ids:kvmlab-router="$ns" 2>/dev/null || true); do ovs-vsctl --if-exists del-port "$hd"; done; fi',
       // Peers left behind by a failed create (their namespace end already gone).
       `for hd in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^kvlt-' || true); do e=$(ovs-vsctl get port "$hd" external_ids:kvmlab-router 2>/dev/null | tr -d '"'); [ "$e" = "$ns" ] && { ovs-vsctl --if-exists del-port "$hd"; ip link del dev "$hd" 2>/dev/null || true; }; done; true`,
       `rm -rf ${shQuote(routerDir(routerName))}`,

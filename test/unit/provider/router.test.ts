@@ -5,6 +5,7 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { assertSerializable } from "../../harness/serialization";
 import { expectGolden } from "../templates/support";
 import { testHost } from "./fixtures";
@@ -282,4 +283,37 @@ test("router and floating IP providers serialize without captured modules or sec
       methods: ["check", "diff", "create", "read", "update", "delete"],
       maxBytes: 256 * 1024,
     });
+});
+
+test("detaching a leg removes its OVS port row too (the veth goes with its qr- end, the row would stay and block the network's delete); delete sweeps rows whose device is gone", () => {
+  const inputs = checked(routerRaw({ interfaces: [leg(1)] }));
+  const plumb = routerPlumbStep(inputs).script.split("\n");
+  const sweep = plumb.filter(
+    (l) => l.startsWith("keepHost=") || l.includes('find port external_ids:kvmlab-router="$ns"'),
+  );
+  assert.equal(sweep.length, 2, "the keep list and the sweep");
+  const kept = routerInterfaceNames("r1", "lan1-v4").hostDevice;
+  const gone = routerInterfaceNames("r1", "lan2-v4").hostDevice;
+  // A stand-in ovs-vsctl: `find` lists the router's rows (the kept leg's, the detached leg's,
+  // the gateway's); del-port calls are written to stdout.
+  const fake = (rows: string[]) =>
+    `ovs-vsctl() { case "$*" in *" find port "*) printf '%s\\n' ${rows.join(" ")} ;; *del-port*) echo "DEL \${@: -1}" ;; esac; }`;
+  const run = (lines: string[], rows: string[]) =>
+    spawnSync("bash", ["--noprofile", "--norc", "-c", [fake(rows), 'ns="qrouter-r1"', ...lines].join("\n")], {
+      encoding: "utf8",
+    });
+  const gw = routerNames("r1").gatewayHostDevice;
+  const detach = run(sweep, [kept, gone, gw]);
+  assert.equal(detach.status, 0, detach.stderr);
+  assert.equal(detach.stdout.trim(), `DEL ${gone}`);
+  // Delete: every row still labelled with the router goes, device or not.
+  const del = routerDeleteStep("r1")
+    .script.split("\n")
+    .filter((l) => l.includes("find port") && l.includes("del-port"));
+  assert.equal(del.length, 1);
+  const swept = run(del, [kept, gone]);
+  assert.equal(
+    swept.stdout.trim().split("\n").sort().join(","),
+    [`DEL ${gone}`, `DEL ${kept}`].sort().join(","),
+  );
 });
