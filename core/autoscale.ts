@@ -212,7 +212,8 @@ export function averageCpuPercent(
   return n === 0 ? null : Math.trunc(total / n);
 }
 
-const NAME = /^[a-z][a-z0-9-]{0,30}$/;
+/** A group name: 1-31 lowercase letters, digits or '-', starting with a letter (members are <group>-<n>). */
+export const GROUP_NAME_RE = /^[a-z][a-z0-9-]{0,30}$/;
 
 /** The group's sizes and policies as the component takes them. */
 export interface GroupSpec {
@@ -240,7 +241,7 @@ function intIn(field: string, v: unknown, lo: number, hi: number): number {
 
 /** Checks a group spec; throws {@link FieldError} naming the first bad field and the fix. */
 export function checkGroupSpec(spec: GroupSpec): GroupSpec {
-  if (typeof spec.name !== "string" || !NAME.test(spec.name))
+  if (typeof spec.name !== "string" || !GROUP_NAME_RE.test(spec.name))
     throw new FieldError(
       "groupName",
       `invalid group name ${JSON.stringify(spec.name)}`,
@@ -358,7 +359,7 @@ const CONF_RULES: [RegExp, ConfRule][] = [
   [/^KEEP$/, confInt(1, 100000)],
   [/^NPOLICIES$/, confInt(0, 16)],
   [/^HEALTH_PORT$/, confInt(1, 65535)],
-  [/^GROUP$/, confWord(NAME, "a group name")],
+  [/^GROUP$/, confWord(GROUP_NAME_RE, "a group name")],
   [
     /^LB_SOCKET$/,
     confWord(

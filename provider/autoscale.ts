@@ -78,7 +78,7 @@ import {
   type AgentState,
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
-import { agentConfigProblems } from "../core/autoscale";
+import { GROUP_NAME_RE, agentConfigProblems } from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
@@ -148,8 +148,6 @@ export const AUTOSCALE_SCRIPTS_SHA256 = createHash("sha256")
   .update(`${AGENT_SCRIPT}\u0000${MEMBER_SCRIPT}`)
   .digest("hex");
 
-const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
-
 /** Validates and normalizes raw inputs (pure). */
 export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checked {
   const out = failureList();
@@ -158,7 +156,7 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
     {
       groupName: {
         rule: rules.expect(
-          (x) => typeof x === "string" && GROUP.test(x),
+          (x) => typeof x === "string" && GROUP_NAME_RE.test(x),
           "1-31 lowercase letters, digits or '-', starting with a letter",
         ),
       },

@@ -46,6 +46,7 @@ import {
   type HostConnectionArgs,
 } from "../kit";
 import { OWNER_REFUSED, ownerMarkerPath } from "../kit/owner";
+import { GROUP_NAME_RE } from "../../core/autoscale";
 import { asgDir, memberStackContent } from "./steps";
 import { shippedScript } from "./scripts";
 
@@ -88,7 +89,6 @@ export interface AutoscaleRollOutputs extends AutoscaleRollInputs {
   rollId: string;
 }
 
-const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
 const HASH = /^[0-9a-f]{64}$/;
 const ROLL_ID = /^([0-9a-f]{32})?$/;
 /** Seconds roll.sh gets on the host: it ends (timeout(1)) before the client's bound of the step. */
@@ -102,7 +102,7 @@ export function checkAutoscaleRollInputs(news: Record<string, unknown>): Checked
     {
       groupName: {
         rule: rules.expect(
-          (x) => typeof x === "string" && GROUP.test(x),
+          (x) => typeof x === "string" && GROUP_NAME_RE.test(x),
           "1-31 lowercase letters, digits or '-', starting with a letter",
         ),
       },
@@ -193,7 +193,7 @@ export function groupOwnedStep(group: string, owner: string): Step {
  * its ssh/sleep children, timeout's process group) never outlives a failed `up`.
  */
 export function rollCommandStep(group: string, member: string, phase: RollPhase, timeoutSec: number): Step {
-  if (!GROUP.test(group) || !/^[a-z][a-z0-9-]{0,40}$/.test(member))
+  if (!GROUP_NAME_RE.test(group) || !/^[a-z][a-z0-9-]{0,40}$/.test(member))
     throw new Error(
       `rollCommandStep: invalid group ${JSON.stringify(group)} or member ${JSON.stringify(member)}`,
     );

@@ -9,15 +9,15 @@
  *                one authorized_keys line: from="<controller>",restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
  */
 import { shQuote, type Step } from "../host";
-import { agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
+import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
 import { parseKeyValues } from "../kit/kv";
 import { OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
 
 export { asgDir } from "../../core/autoscale";
 
-const GROUP = /^[a-z][a-z0-9-]{0,30}$/;
 function dirOf(group: string): string {
-  if (!GROUP.test(group)) throw new Error(`autoscale steps: invalid group name ${JSON.stringify(group)}`);
+  if (!GROUP_NAME_RE.test(group))
+    throw new Error(`autoscale steps: invalid group name ${JSON.stringify(group)}`);
   return asgDir(group);
 }
 
