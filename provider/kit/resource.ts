@@ -38,6 +38,33 @@ export function resolveProject(project: unknown): pulumi.Input<string> {
   return typeof ref === "string" ? projectRefOf(ref) : pulumi.output(ref).apply((r) => projectRefOf(r ?? ""));
 }
 
+/**
+ * The owner names taken in the running program, per Pulumi run (keyed by its resource monitor:
+ * one per `pulumi up`/`preview`, a new one per `setMocks`).
+ */
+const ownerNamesByRun = new WeakMap<object, Set<string>>();
+
+/**
+ * Refuses a second kvmlab resource of the same type and name in one program. The owner on the
+ * hosts is `<project>/<stack>/<Type>/<name>` (kit/owner.ts): Pulumi tells the two apart by their
+ * parents' types in the URN, but on the hosts they would be ONE owner, so each could adopt,
+ * change or delete what the other made. Without a monitor (plain unit code) there is no run to
+ * check against.
+ */
+export function takeOwnerName(type: string, name: string): void {
+  const monitor = pulumi.runtime.getMonitor() as object | undefined;
+  if (monitor === undefined || monitor === null) return;
+  let names = ownerNamesByRun.get(monitor);
+  if (!names) ownerNamesByRun.set(monitor, (names = new Set()));
+  if (names.has(`${type}/${name}`))
+    throw new Error(
+      `kvmlab:${type} "${name}": this program already has a ${type} named "${name}" (under another parent). ` +
+        `Both would have the owner ".../${type}/${name}" on the hosts, so each could adopt, change or delete ` +
+        `what the other made. Give one of them another name (components prefix their children with their own name).`,
+    );
+  names.add(`${type}/${name}`);
+}
+
 export abstract class KvmlabResource<I extends object, O extends I> extends pulumi.dynamic.Resource {
   constructor(
     kind: ResourceKind<I, O>,
@@ -59,6 +86,7 @@ export abstract class KvmlabResource<I extends object, O extends I> extends pulu
     // The owner of every host object this resource makes: derived here, in the program, because
     // a dynamic provider never sees the URN (see kit/owner.ts).
     if (owned && inputs.owner === undefined) {
+      takeOwnerName(kind.spec.type, name);
       const ownerFor = (p: string): string =>
         ownerOf({
           pulumiProject: pulumi.getProject(),

@@ -73,3 +73,25 @@ test('a resource\'s own project wins: a Project resource, an id, a name; "" opts
   assert.equal(byName("ip1").inputs.project, "");
   assert.equal(byName("ip1").inputs.owner, "proj/dev/FloatingIp/ip1");
 });
+
+test("two resources of one type and name under different parents are refused: they would share one owner on the hosts", async () => {
+  const { Network } = require("../../provider") as typeof import("../../provider");
+  class Holder extends pulumi.ComponentResource {
+    constructor(type: string, name: string) {
+      super(type, name);
+    }
+  }
+  const a = new Holder("test:index:A", "a");
+  const b = new Holder("test:index:B", "b");
+  // Pulumi accepts both: their URNs differ by the parent's type.
+  new Network("shared-net", { kind: "internal", hosts: [host] } as never, { parent: a });
+  assert.throws(
+    () => new Network("shared-net", { kind: "internal", hosts: [host] } as never, { parent: b }),
+    /kvmlab:Network "shared-net": this program already has a Network named "shared-net".*Give one of them another name/s,
+  );
+  // Another type may use the name: its owner differs (.../Router/shared-net).
+  const { Router } = require("../../provider") as typeof import("../../provider");
+  new Router("shared-net", { hosts: [host] } as never, { parent: b });
+  await settled();
+  assert.equal(registered.filter((r) => r.name === "shared-net").length, 2);
+});

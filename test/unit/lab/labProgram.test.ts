@@ -38,7 +38,11 @@ const hosts = [
   { name: "hv2", address: "10.255.0.12", privateKey: KEY, hostKey: HOST_KEY, uplink: "eth1" },
 ];
 
-before(async () => {
+/**
+ * One mocked Pulumi run: each apply is a program of its own (a new monitor), as each `pulumi up`
+ * is, so the program's per-run checks (one owner per type and name) see one lab at a time.
+ */
+async function mockRun(): Promise<void> {
   await pulumi.runtime.setMocks(
     {
       newResource(args) {
@@ -90,7 +94,9 @@ before(async () => {
     "dev",
     false,
   );
-});
+}
+
+before(mockRun);
 
 function unwrap<T>(o: pulumi.Output<T>): Promise<T> {
   return new Promise((resolve) => o.apply(resolve));
@@ -257,6 +263,7 @@ async function applyAndCompare(
 
 async function apply(lab: ReturnType<typeof loadLab>) {
   const { applyLab } = await import("../../../stacks/program");
+  await mockRun();
   return applyLab(lab, {
     hosts,
     sandbox: fakeSandbox(),
