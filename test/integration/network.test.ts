@@ -195,25 +195,53 @@ for (const driver of ["linuxbridge", "openvswitch"] as const) {
       // TCP from hv2 to hv1: 20 transfers of 1 MiB in a row on both drivers. Between two OVS
       // userspace (netdev) bridges joined by kernel VXLAN ports some stall: ovs-vswitchd's packet
       // sockets drop bursts (docs/providers.md, Known limits); GRO off on the VXLAN port helps.
-      // The listener's stdin stays open so busybox nc does not quit early.
+      // The listener's stdin stays open so busybox nc does not quit early. The receiver counts
+      // the bytes with wc instead of writing them to a file on the host's disk: a disk that
+      // stalls under the rest of a CI run closes the TCP window, and a zero-window probe that
+      // has backed off can keep an otherwise healthy transfer idle for many seconds.
       const size = 1048576;
       const sink = `/tmp/kvlt-${driver}.bytes`;
-      const round = async (size: number): Promise<number[]> => {
+      /** `bound`: seconds a transfer may take; the sender is stopped after it, the listener 5 s later. */
+      const round = async (size: number, bound: number): Promise<number[]> => {
         const delivered: number[] = [];
         for (let i = 0; i < 20; i++) {
+          // nc's stdin is a FIFO that a bounded sleep holds open (not a pipe from it: the
+          // pipeline would end only when the sleep does), so the count appears when nc ends;
+          // the sleep is stopped by its PID once the count is read.
           await sh(
             hv1,
-            `rm -f ${sink}; (sleep 20 | ip netns exec ${nsA} timeout 20 busybox nc -l -p 5001 > ${sink} 2>/dev/null &) ; sleep 0.3`,
+            [
+              `rm -f ${sink} ${sink}.part ${sink}.in ${sink}.pid; mkfifo ${sink}.in`,
+              `( (sleep ${bound + 5} > ${sink}.in & echo $! > ${sink}.pid) ; (ip netns exec ${nsA} timeout ${bound + 5} busybox nc -l -p 5001 < ${sink}.in 2>/dev/null | wc -c > ${sink}.part; mv ${sink}.part ${sink}) >/dev/null 2>&1 &)`,
+              "sleep 0.3",
+            ].join("\n"),
           );
-          await sh(
+          const t0 = Date.now();
+          // A sender that did not finish (timeout's 124) prints its socket (ss: retransmits,
+          // RTO, backoff, window), both namespaces' neighbours and the TCP counters, for the log.
+          const sent = await sh(
             hv2,
-            `head -c ${size} /dev/zero | ip netns exec ${nsB} timeout 15 busybox nc -w 5 ${prefix}.200 5001 || true`,
+            [
+              `head -c ${size} /dev/zero | ip netns exec ${nsB} timeout ${bound} busybox nc -w 5 ${prefix}.200 5001; rc=$?`,
+              `if [ $rc -ne 0 ]; then echo "sender exit $rc"; ip netns exec ${nsB} ss -tino dst ${prefix}.200; ip netns exec ${nsB} ip neigh; ip netns exec ${nsB} nstat -az 2>/dev/null | grep -E 'TcpRetransSegs|TCPTimeouts|TCPLossProbes|TCPSackRecovery|TCPLostRetransmit|TCPSpuriousRTOs|TCPWinProbe'; fi; true`,
+            ].join("\n"),
           );
+          const sentMs = Date.now() - t0;
+          // The count appears when the listener ends: at the sender's FIN, or at its own timeout.
           const bytes = await sh(
             hv1,
-            `for i in $(seq 50); do [ "$(stat -c %s ${sink} 2>/dev/null)" = ${size} ] && break; sleep 0.1; done; stat -c %s ${sink} 2>/dev/null || echo 0; rm -f ${sink}`,
+            `for i in $(seq ${(bound + 10) * 10}); do [ -f ${sink} ] && break; sleep 0.1; done; cat ${sink} 2>/dev/null || echo 0; kill $(cat ${sink}.pid 2>/dev/null) 2>/dev/null; rm -f ${sink} ${sink}.in ${sink}.pid`,
           );
           delivered.push(Number(bytes.trim()));
+          if (Number(bytes.trim()) !== size || sentMs > 5000) {
+            const recv = await sh(
+              hv1,
+              `ip netns exec ${nsA} ss -tino src ${prefix}.200; ip netns exec ${nsA} ip neigh`,
+            );
+            console.log(
+              `  transfer ${i + 1}: ${bytes.trim()} bytes, sender done after ${sentMs} ms\n${sent.trim()}\n  receiver:\n${recv.trim()}`,
+            );
+          }
         }
         return delivered;
       };
@@ -254,7 +282,7 @@ for (const driver of ["linuxbridge", "openvswitch"] as const) {
         const before1 = await drops(hv1, nsA);
         const before2 = await drops(hv2, nsB);
         const t = Date.now();
-        delivered = await round(size);
+        delivered = await round(size, driver === "openvswitch" ? 15 : 40);
         console.log(
           `${driver} vxlan [${v.name}]: 20 x 1 MiB delivered ${delivered.join(",")} (${delivered.filter((b) => b === size).length}/20 whole, ${Date.now() - t} ms)`,
         );
@@ -286,7 +314,7 @@ for (const driver of ["linuxbridge", "openvswitch"] as const) {
           );
         }
         const small = 65536;
-        const smallRound = await round(small);
+        const smallRound = await round(small, 40);
         console.log(`${driver} vxlan: 20 x 64 KiB delivered ${smallRound.join(",")}`);
         assert.deepEqual(
           smallRound,
