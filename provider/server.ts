@@ -102,9 +102,13 @@ import {
 import {
   attachedVolumesStep,
   dropVolumesStep,
+  keptVolumesStep,
   migrateDisks,
   parseAttachedVolumes,
+  parseKeptVolumes,
   prepareVolumesStep,
+  withVolumeDisks,
+  type KeptVolume,
 } from "./server/volumes";
 import {
   deleteStep,
@@ -360,6 +364,15 @@ function serialTail(text: string): string {
  * (quota, placement, IPAM) of every other operation on that host (issue 13).
  */
 const WORKER = { lane: "worker" } as const;
+
+/** The volumes in the server's persistent definition (its UUID's), which a redefine keeps (issue 16). */
+async function keptVolumes(
+  host: HostConnection,
+  i: Pick<ServerInputs, "serverName" | "uuid">,
+): Promise<KeptVolume[]> {
+  const [out] = await runChecked(host, [keptVolumesStep(i.serverName, i.uuid)], WORKER);
+  return parseKeptVolumes(i.serverName, out);
+}
 
 async function readInfo(host: HostConnection, name: string): Promise<DomainInfo> {
   const [out] = await runChecked(host, [infoStep(name)], WORKER);
@@ -756,14 +769,22 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated));
       // Under the host lock, one round trip: the host has what the server needs, and the image
-      // is marked as used (an Image delete refuses from here on).
-      await phase(m, "claim", () => runLocked(placed, [preflightStep(inputs), ...imageUseSteps(inputs)]));
+      // is marked as used (an Image delete refuses from here on). A create run again over a
+      // domain it defined before keeps the volumes attached to it since (issue 16).
+      const claimed = await phase(m, "claim", () =>
+        runLocked(placed, [
+          preflightStep(inputs),
+          ...imageUseSteps(inputs),
+          keptVolumesStep(inputs.serverName, inputs.uuid),
+        ]),
+      );
+      const kept = parseKeptVolumes(inputs.serverName, claimed[claimed.length - 1]);
+      const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
       await waited(m, () =>
-        runChecked(
-          placed,
-          [...materializeSteps(inputs, hostXml(inputs, domainType, placed)), recordStep(inputs, addresses)],
-          { timeoutMs: 180000, ...WORKER },
-        ),
+        runChecked(placed, [...materializeSteps(inputs, xml), recordStep(inputs, addresses)], {
+          timeoutMs: 180000,
+          ...WORKER,
+        }),
       );
       if (inputs.powerState === "running") await startDomain(inputs, placed, addresses, m);
       const info = await phase(m, "info", () => readInfo(placed, inputs.serverName));
@@ -824,19 +845,29 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     let running = current.state === "running";
     const wasRunning = running;
     if (plan.redefine || plan.resizeDisk) {
+      // The new XML lists no volume; the ones attached stay attached (issue 16). Read before the
+      // stop, so a refusal leaves the guest running.
+      withVolumeDisks(news.serverName, hostXml(news, type, host), await keptVolumes(host, news));
       if (running) await stopDomain(host, news.serverName, m);
       running = false;
-      await waited(m, () =>
-        runLocked(
-          host,
-          [
-            preflightStep(news),
-            ...materializeSteps(news, hostXml(news, type, host)),
-            recordStep(news, olds.addresses),
-          ],
-          { timeoutMs: 180000 },
-        ),
-      );
+      // Read again and define under the host's "volumes" lock (the one a Volume's attach and
+      // detach hold): an attachment made meanwhile is not lost.
+      await withNamedHostLock(host, "volumes", async () => {
+        const xml = withVolumeDisks(
+          news.serverName,
+          hostXml(news, type, host),
+          await keptVolumes(host, news),
+        );
+        await waited(m, () =>
+          runLocked(
+            host,
+            [preflightStep(news), ...materializeSteps(news, xml), recordStep(news, olds.addresses)],
+            {
+              timeoutMs: 180000,
+            },
+          ),
+        );
+      });
     } else if (plan.metadata) {
       // Only kvmlab's metadata (project, owner, stack…) changed, or refresh found it drifted: set
       // it in place in the live guest and its persistent definition, keep the instance folder's
