@@ -24,8 +24,9 @@
  *   delete  the domain (only when its UUID is this server's), the instance folder (disk, seed,
  *           serial log), the image's user marker, the record and the IP reservations; idempotent
  *
- * Files on the host: /var/lib/kvmlab/instances/<serverName>/{disk.qcow2, seed/, seed.iso,
- * console.log, domain.xml}; record /var/lib/kvmlab/records/server/<serverName>.json.
+ * Files on the host: /var/lib/kvmlab/instances/<uuid>/{disk.qcow2, seed/, seed.iso, console.log,
+ * domain.xml} (a server created before issue 15 keeps instances/<serverName>/, which its XML
+ * names: instancePaths); record /var/lib/kvmlab/records/server/<serverName>.json.
  *
  * Serialization: the provider object below references only pure helpers and the host layer's
  * functions; everything else is `require`d inside method bodies. When KVMLAB_METRICS_FILE is
@@ -74,7 +75,7 @@ import {
   planUpdate,
   withPlaced,
   portOwner,
-  serverPaths,
+  instancePaths,
   SERVER_INPUT_KEYS,
   type HostLoad,
   type PowerState,
@@ -414,10 +415,10 @@ async function waitReady(
       }
       await sleep(500);
     }
-    const [tail] = await runSteps(host, [serialTailStep(inputs.serverName)], WORKER);
+    const [tail] = await runSteps(host, [serialTailStep(inputs)], WORKER);
     throw new Error(
       `server ${inputs.serverName} on host ${host.name} did not become ready (${step.label}) within ${r.timeoutSec} s` +
-        `${last ? ` (last: ${last})` : ""}. Last lines of its serial console ${serverPaths(inputs.serverName).serialLog}:\n${serialTail(tail.stdout) || "(empty)"}`,
+        `${last ? ` (last: ${last})` : ""}. Last lines of its serial console ${instancePaths(inputs).serialLog}:\n${serialTail(tail.stdout) || "(empty)"}`,
     );
   });
 }
@@ -461,7 +462,7 @@ function outputsFor(
   info: DomainInfo,
   lastMigrationMs: number,
 ): ServerOutputs & { lastMigrationMs: number } {
-  const p = serverPaths(inputs.serverName);
+  const p = instancePaths(inputs);
   return {
     ...inputs,
     host: host.name,
@@ -701,7 +702,7 @@ function vncMove(
 
 /** The delete batch: refuses another owner's server first (no guard for state from before owners). */
 function guardedDelete(
-  o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports">,
+  o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports" | "domainXml">,
   owner: string,
 ): Step[] {
   const owned = serverOwned(o.serverName);
@@ -875,7 +876,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       const xml = hostXml(news, type, host);
       await runLocked(host, [
         metadataStep(news.serverName, xml),
-        uploadStep(serverPaths(news.serverName).domainXml, xml, { mode: "0600" }),
+        uploadStep(instancePaths(news).domainXml, xml, { mode: "0600" }),
         recordStep(news, olds.addresses),
       ]);
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {

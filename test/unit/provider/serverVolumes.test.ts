@@ -10,17 +10,11 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import {
-  remoteStepError,
-  serverProvider,
-  checkServerInputs,
-  type HostConnection,
-  type Step,
-  type StepResult,
-} from "../../../provider";
+import { serverProvider, checkServerInputs, type HostConnection } from "../../../provider";
 import type { ServerInputs, ServerOutputs } from "../../../provider/server";
 import { keptVolumesStep, parseKeptVolumes, withVolumeDisks } from "../../../provider/server/volumes";
 import { serverRaw, testHost } from "./fixtures";
+import { fakeHost, uploadedXml } from "./fakeHost";
 import { virtXmlValidate } from "../templates/support";
 
 const STORE = "/var/lib/kvmlab/volumes";
@@ -36,58 +30,6 @@ function inputs(
   );
   assert.deepEqual(failures, []);
   return i as unknown as ServerInputs;
-}
-
-interface Fake {
-  log: { host: string; label: string; script: string }[];
-  restore(): void;
-}
-
-/** Replaces the host layer's runners: `answer(label)` gives a step's stdout (exit 0). */
-function fakeHost(answer: (label: string) => string): Fake {
-  const session = require("../../../provider/host/session") as Record<string, unknown>;
-  const probe = require("../../../provider/host/probe") as Record<string, unknown>;
-  const saved = { ...session };
-  const savedProbe = { ...probe };
-  const log: Fake["log"] = [];
-  const run = (h: HostConnection, steps: readonly Step[]): StepResult[] =>
-    steps.map((s) => {
-      log.push({ host: h.name, label: s.label ?? "", script: s.script });
-      return { code: 0, stdout: answer(s.label ?? ""), stderr: "" };
-    });
-  const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> =>
-    run(h, steps).map((r, i) => {
-      if (r.code !== 0) throw remoteStepError(h, steps[i], r);
-      return r.stdout;
-    });
-  session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps);
-  session.runChecked = checked;
-  session.runLocked = checked;
-  session.withHostLock = async (_h: HostConnection, fn: () => Promise<unknown>) => fn();
-  session.withNamedHostLock = async (h: HostConnection, name: string, fn: () => Promise<unknown>) => {
-    log.push({ host: h.name, label: `${name} lock taken`, script: "" });
-    try {
-      return await fn();
-    } finally {
-      log.push({ host: h.name, label: `${name} lock released`, script: "" });
-    }
-  };
-  probe.requireFeatures = async () => ({ kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true });
-  return {
-    log,
-    restore() {
-      Object.assign(session, saved);
-      Object.assign(probe, savedProbe);
-    },
-  };
-}
-
-/** The content of the domain.xml an upload step in the log wrote. */
-function uploadedXml(fake: Fake): string {
-  const up = fake.log.filter((l) => /^upload .*\/domain\.xml$/.test(l.label));
-  assert.equal(up.length, 1, `one domain.xml written: ${fake.log.map((l) => l.label).join(" | ")}`);
-  const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(up[0].script)![2];
-  return Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
 }
 
 test("the listing step reads the persistent definition, and only of this server's UUID", () => {
