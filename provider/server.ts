@@ -776,7 +776,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         runLocked(placed, [
           preflightStep(inputs),
           ...imageUseSteps(inputs),
-          keptVolumesStep(inputs.serverName, inputs.uuid),
+          keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
         ]),
       );
       const kept = parseKeptVolumes(inputs.serverName, claimed[claimed.length - 1]);

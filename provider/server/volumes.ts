@@ -140,13 +140,15 @@ export interface KeptVolume {
  * Host: `target path` of every disk of the domain's PERSISTENT definition whose file is in the
  * volume store, printed only when the domain is this server's (its UUID); nothing when there is
  * no such domain. Read before a redefine, which would otherwise drop them (the rendered XML does
- * not list the volumes the Volume resources attached).
+ * not list the volumes the Volume resources attached). `quick` (a create, where there is usually
+ * no domain yet): no virsh call at all while libvirt keeps no definition file of that name.
  */
-export function keptVolumesStep(serverName: string, uuid: string): Step {
+export function keptVolumesStep(serverName: string, uuid: string, opts: { quick?: boolean } = {}): Step {
   const n = shQuote(serverName);
   return {
     label: `list the volumes in the definition of ${serverName}`,
     script: [
+      ...(opts.quick ? [`[ -e ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] || exit 0`] : []),
       `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
       `[ "$u" = ${shQuote(uuid)} ] || exit 0`,
       `${VIRSH} domblklist --inactive --details ${n} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }'`,

@@ -34,6 +34,13 @@ function inputs(
 
 test("the listing step reads the persistent definition, and only of this server's UUID", () => {
   const s = keptVolumesStep("web1", "0e8f0000-0000-4000-8000-000000000001").script;
+  assert.ok(!s.includes("/etc/libvirt"), "a redefine always asks libvirt");
+  assert.ok(
+    keptVolumesStep("web1", "0e8f0000-0000-4000-8000-000000000001", { quick: true }).script.startsWith(
+      "[ -e /etc/libvirt/qemu/web1.xml ] || exit 0\n",
+    ),
+    "a create with no definition file makes no virsh call",
+  );
   assert.match(s, /domuuid web1/);
   assert.match(s, /\[ "\$u" = 0e8f0000-0000-4000-8000-000000000001 \] \|\| exit 0/);
   assert.match(s, /domblklist --inactive --details web1/, "the persistent definition, not the live one");
