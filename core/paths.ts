@@ -7,7 +7,8 @@
  *   /var/lib/kvmlab/records/<kind>/<name>.json            a record (objects with no native store)
  *   /var/lib/kvmlab/images/<name>/disk.qcow2 | disk.raw  a disk image
  *   /var/lib/kvmlab/images/<name>/kernel, ramdisk         a kernel+ramdisk image (AKI/ARI)
- *   /var/lib/kvmlab/instances/<server>/…                  a server's overlay, seed, console log
+ *   /var/lib/kvmlab/instances/<server uuid>/…             a server's overlay, seed, console log
+ *                                                         (a server made before issue 15: <server name>)
  *   /var/lib/kvmlab/dhcp/<network>/<subnet>/…             a subnet's dnsmasq files
  *   /var/lib/kvmlab/records/ipam/<ipamRecordName>.json    a subnet's IPAM (keyed by network + subnet)
  *   /var/lib/kvmlab/owners/<kind>/<key…>.owner            an object's owner (provider/kit/owner.ts)
@@ -133,8 +134,15 @@ export function ipamRecordName(networkName: string, subnetName: string): string 
   return crypto.createHash("sha256").update(`${networkName}/${subnetName}`).digest("hex").slice(0, 40);
 }
 
-/** Files of a server on its host. */
-export function serverPaths(serverName: string): {
+/** Root of the servers' instance folders on a host. */
+export const INSTANCE_STORE = `${KVMLAB_STATE_DIR}/instances`;
+
+/**
+ * Files of a server on its host, in the instance folder named by `instanceKey`: the server's
+ * UUID (issue 15: keyed by its full identity, never a bare name). A server created before keeps
+ * the folder of its name, which its domain XML names (see instanceKeyInXml).
+ */
+export function serverPaths(instanceKey: string): {
   dir: string;
   disk: string;
   seedDir: string;
@@ -142,7 +150,7 @@ export function serverPaths(serverName: string): {
   serialLog: string;
   domainXml: string;
 } {
-  const dir = `${KVMLAB_STATE_DIR}/instances/${serverName}`;
+  const dir = `${INSTANCE_STORE}/${instanceKey}`;
   return {
     dir,
     disk: `${dir}/disk.qcow2`,
@@ -151,6 +159,14 @@ export function serverPaths(serverName: string): {
     serialLog: `${dir}/console.log`,
     domainXml: `${dir}/domain.xml`,
   };
+}
+
+/**
+ * The instance folder key a rendered domain XML names: the folder of its serial log
+ * (`<log file='/var/lib/kvmlab/instances/<key>/console.log'`), undefined when it names none.
+ */
+export function instanceKeyInXml(xml: string): string | undefined {
+  return /<log file='\/var\/lib\/kvmlab\/instances\/([^/']+)\/console\.log'/.exec(xml)?.[1];
 }
 
 /**

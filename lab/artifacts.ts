@@ -368,7 +368,7 @@ export function renderLab(
         host: s.host ?? "decided at apply time",
         uuid: r.uuid,
         uuidSeed: r.uuidSeed,
-        instanceDir: serverPaths(s.name).dir,
+        instanceDir: serverPaths(r.uuid).dir,
         floatingIp: s.floatingIp,
         ports: s.ports.map((p, i) => ({
           subnet: p.subnet,

@@ -783,7 +783,9 @@ export function tapServerOwnerStep(tap: string, owner: string): Step {
       `for x in ${KVMLAB_STATE_DIR}/instances/*/domain.xml; do`,
       '  [ -e "$x" ] || continue',
       `  grep -qF -- ${shQuote(`<target dev='${tap}'/>`)} "$x" || continue`,
-      '  s=$(basename "$(dirname "$x")")',
+      // The server is the domain the XML names: instance folders are keyed by UUID (issue 15).
+      `  s=$(sed -n 's:^ *<name>\\([A-Za-z0-9._-]*\\)</name> *$:\\1:p' "$x" | head -n1)`,
+      '  [ -n "$s" ] || s=$(basename "$(dirname "$x")")',
       `  o=$(head -n1 ${KVMLAB_STATE_DIR}/owners/server/"$s".owner 2>/dev/null || true)`,
       '  [ -n "$o" ] || continue',
       `  if [ "$(printf '%s' "$o" | cut -d/ -f1-2)" != ${shQuote(stack)} ]; then`,

@@ -24,8 +24,9 @@
  *   delete  the domain (only when its UUID is this server's), the instance folder (disk, seed,
  *           serial log), the image's user marker, the record and the IP reservations; idempotent
  *
- * Files on the host: /var/lib/kvmlab/instances/<serverName>/{disk.qcow2, seed/, seed.iso,
- * console.log, domain.xml}; record /var/lib/kvmlab/records/server/<serverName>.json.
+ * Files on the host: /var/lib/kvmlab/instances/<uuid>/{disk.qcow2, seed/, seed.iso, console.log,
+ * domain.xml} (a server created before issue 15 keeps instances/<serverName>/, which its XML
+ * names: instancePaths); record /var/lib/kvmlab/records/server/<serverName>.json.
  *
  * Serialization: the provider object below references only pure helpers and the host layer's
  * functions; everything else is `require`d inside method bodies. When KVMLAB_METRICS_FILE is
@@ -74,7 +75,7 @@ import {
   planUpdate,
   withPlaced,
   portOwner,
-  serverPaths,
+  instancePaths,
   SERVER_INPUT_KEYS,
   type HostLoad,
   type PowerState,
@@ -102,9 +103,13 @@ import {
 import {
   attachedVolumesStep,
   dropVolumesStep,
+  keptVolumesStep,
   migrateDisks,
   parseAttachedVolumes,
+  parseKeptVolumes,
   prepareVolumesStep,
+  withVolumeDisks,
+  type KeptVolume,
 } from "./server/volumes";
 import {
   deleteStep,
@@ -361,6 +366,15 @@ function serialTail(text: string): string {
  */
 const WORKER = { lane: "worker" } as const;
 
+/** The volumes in the server's persistent definition (its UUID's), which a redefine keeps (issue 16). */
+async function keptVolumes(
+  host: HostConnection,
+  i: Pick<ServerInputs, "serverName" | "uuid">,
+): Promise<KeptVolume[]> {
+  const [out] = await runChecked(host, [keptVolumesStep(i.serverName, i.uuid)], WORKER);
+  return parseKeptVolumes(i.serverName, out);
+}
+
 async function readInfo(host: HostConnection, name: string): Promise<DomainInfo> {
   const [out] = await runChecked(host, [infoStep(name)], WORKER);
   return parseDomainInfo(out);
@@ -401,10 +415,10 @@ async function waitReady(
       }
       await sleep(500);
     }
-    const [tail] = await runSteps(host, [serialTailStep(inputs.serverName)], WORKER);
+    const [tail] = await runSteps(host, [serialTailStep(inputs)], WORKER);
     throw new Error(
       `server ${inputs.serverName} on host ${host.name} did not become ready (${step.label}) within ${r.timeoutSec} s` +
-        `${last ? ` (last: ${last})` : ""}. Last lines of its serial console ${serverPaths(inputs.serverName).serialLog}:\n${serialTail(tail.stdout) || "(empty)"}`,
+        `${last ? ` (last: ${last})` : ""}. Last lines of its serial console ${instancePaths(inputs).serialLog}:\n${serialTail(tail.stdout) || "(empty)"}`,
     );
   });
 }
@@ -448,7 +462,7 @@ function outputsFor(
   info: DomainInfo,
   lastMigrationMs: number,
 ): ServerOutputs & { lastMigrationMs: number } {
-  const p = serverPaths(inputs.serverName);
+  const p = instancePaths(inputs);
   return {
     ...inputs,
     host: host.name,
@@ -688,7 +702,7 @@ function vncMove(
 
 /** The delete batch: refuses another owner's server first (no guard for state from before owners). */
 function guardedDelete(
-  o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports">,
+  o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports" | "domainXml">,
   owner: string,
 ): Step[] {
   const owned = serverOwned(o.serverName);
@@ -756,14 +770,22 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated));
       // Under the host lock, one round trip: the host has what the server needs, and the image
-      // is marked as used (an Image delete refuses from here on).
-      await phase(m, "claim", () => runLocked(placed, [preflightStep(inputs), ...imageUseSteps(inputs)]));
+      // is marked as used (an Image delete refuses from here on). A create run again over a
+      // domain it defined before keeps the volumes attached to it since (issue 16).
+      const claimed = await phase(m, "claim", () =>
+        runLocked(placed, [
+          preflightStep(inputs),
+          ...imageUseSteps(inputs),
+          keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
+        ]),
+      );
+      const kept = parseKeptVolumes(inputs.serverName, claimed[claimed.length - 1]);
+      const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
       await waited(m, () =>
-        runChecked(
-          placed,
-          [...materializeSteps(inputs, hostXml(inputs, domainType, placed)), recordStep(inputs, addresses)],
-          { timeoutMs: 180000, ...WORKER },
-        ),
+        runChecked(placed, [...materializeSteps(inputs, xml), recordStep(inputs, addresses)], {
+          timeoutMs: 180000,
+          ...WORKER,
+        }),
       );
       if (inputs.powerState === "running") await startDomain(inputs, placed, addresses, m);
       const info = await phase(m, "info", () => readInfo(placed, inputs.serverName));
@@ -824,19 +846,29 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     let running = current.state === "running";
     const wasRunning = running;
     if (plan.redefine || plan.resizeDisk) {
+      // The new XML lists no volume; the ones attached stay attached (issue 16). Read before the
+      // stop, so a refusal leaves the guest running.
+      withVolumeDisks(news.serverName, hostXml(news, type, host), await keptVolumes(host, news));
       if (running) await stopDomain(host, news.serverName, m);
       running = false;
-      await waited(m, () =>
-        runLocked(
-          host,
-          [
-            preflightStep(news),
-            ...materializeSteps(news, hostXml(news, type, host)),
-            recordStep(news, olds.addresses),
-          ],
-          { timeoutMs: 180000 },
-        ),
-      );
+      // Read again and define under the host's "volumes" lock (the one a Volume's attach and
+      // detach hold): an attachment made meanwhile is not lost.
+      await withNamedHostLock(host, "volumes", async () => {
+        const xml = withVolumeDisks(
+          news.serverName,
+          hostXml(news, type, host),
+          await keptVolumes(host, news),
+        );
+        await waited(m, () =>
+          runLocked(
+            host,
+            [preflightStep(news), ...materializeSteps(news, xml), recordStep(news, olds.addresses)],
+            {
+              timeoutMs: 180000,
+            },
+          ),
+        );
+      });
     } else if (plan.metadata) {
       // Only kvmlab's metadata (project, owner, stack…) changed, or refresh found it drifted: set
       // it in place in the live guest and its persistent definition, keep the instance folder's
@@ -844,7 +876,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       const xml = hostXml(news, type, host);
       await runLocked(host, [
         metadataStep(news.serverName, xml),
-        uploadStep(serverPaths(news.serverName).domainXml, xml, { mode: "0600" }),
+        uploadStep(instancePaths(news).domainXml, xml, { mode: "0600" }),
         recordStep(news, olds.addresses),
       ]);
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {

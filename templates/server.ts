@@ -64,7 +64,8 @@ export function renderServer(r: ServerRenderInput): {
   const uuid = deterministicUuid(r.uuidSeed);
   const macs = r.ports.map((_, i) => deterministicMac(`${r.uuidSeed}/port${i}`));
   const taps = r.ports.map((_, i) => deterministicIfName("tap", `${r.uuidSeed}/port${i}`));
-  const paths = serverPaths(r.serverName);
+  // The instance folder of the UUID (issue 15), never of the bare name.
+  const paths = serverPaths(uuid);
   const hasDisk = r.image.disk !== "";
   // The whole flavor reaches the domain: extra specs become XML or an error naming the key.
   const noDisks = checkNoEphemeralOrSwap(r.flavor);

@@ -11,7 +11,7 @@ import {
   flavorDomainSettings,
   withinFlavorLimits,
 } from "../../core/flavor";
-import { serverPaths } from "../../core/paths";
+import { instanceKeyInXml, serverPaths } from "../../core/paths";
 import { metadataBlockOf, parseDomainMetadata, sameApartFromMetadata } from "../../core/domainMetadata";
 import { domainBridgeOf } from "./hybrid";
 import {
@@ -134,7 +134,48 @@ export interface ServerOutputs extends ServerInputs {
 }
 
 /** Files of a server on its host and its ports' IPAM owner ids (one definition: core/paths.ts). */
-export { serverPaths, portOwner } from "../../core/paths";
+export { serverPaths, portOwner, instanceKeyInXml } from "../../core/paths";
+
+/**
+ * The server's files on its host (issue 15): the folder of its UUID; a server created before
+ * keeps the folder of its name, which its domain XML names (check keeps that XML for it, see
+ * instanceKeyFor). Never any other folder.
+ */
+export function instancePaths(
+  i: Pick<ServerInputs, "serverName" | "uuid"> & { domainXml?: Partial<ServerInputs["domainXml"]> },
+): ReturnType<typeof serverPaths> {
+  const xml = i.domainXml?.qemu ?? i.domainXml?.kvm;
+  const legacy = typeof xml === "string" && instanceKeyInXml(xml) === i.serverName;
+  return serverPaths(legacy ? i.serverName : i.uuid);
+}
+
+/**
+ * The instance folder key check expects in the XML (pure): the server's UUID, or, for a server
+ * whose state's XML names the folder of its NAME (created before issue 15) and that this change
+ * updates in place (same name, UUID, image, cloud-init and ports), that name, so an existing
+ * server is neither moved nor redefined. A replace builds the new server in its UUID's folder.
+ * Undefined while the UUID is unknown (preview).
+ */
+export function instanceKeyFor(
+  olds: Record<string, unknown> | undefined,
+  news: Record<string, unknown>,
+): string | undefined {
+  if (typeof news.uuid !== "string" || !known(news.uuid)) return undefined;
+  const name = news.serverName;
+  const ox = (olds?.domainXml ?? {}) as Record<string, unknown>;
+  const oldXml = typeof ox.qemu === "string" ? ox.qemu : ox.kvm;
+  const inPlace =
+    olds !== undefined &&
+    typeof name === "string" &&
+    olds.serverName === name &&
+    olds.uuid === news.uuid &&
+    typeof oldXml === "string" &&
+    instanceKeyInXml(oldXml) === name &&
+    (["image", "cloudInit", "ports"] as const).every(
+      (k) => !known(news[k]) || canonicalJson(olds[k]) === canonicalJson(news[k]),
+    );
+  return inPlace ? (name as string) : news.uuid;
+}
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MAC_RE = /^fa:16:3e(:[0-9a-f]{2}){3}$/;
@@ -376,10 +417,23 @@ export function checkServerInputs(news: Record<string, unknown>, olds?: Record<s
         `domainXml: expected {kvm, qemu}: the domain XML rendered for each domain type (components/server.ts renders both)`,
       );
     } else {
+      // Issue 15: the folder of the UUID; a server created before keeps its name's (the rendered
+      // XML names the UUID's folder, mapped here onto the one the server has).
+      const key = instanceKeyFor(olds, out);
+      if (key !== undefined && key !== out.uuid) {
+        const from = `${serverPaths(out.uuid as string).dir}/`;
+        const to = `${serverPaths(key).dir}/`;
+        out.domainXml = {
+          ...xml,
+          kvm: (xml.kvm as string).split(from).join(to),
+          qemu: (xml.qemu as string).split(from).join(to),
+        };
+      }
+      const mapped = out.domainXml as Record<string, string>;
       for (const type of ["kvm", "qemu"] as const) {
         const e =
-          checkDomainXml(type, xml[type] as string, out) ??
-          checkXmlMetadata(type, xml[type] as string, news.project ?? "");
+          checkDomainXml(type, mapped[type], out, key) ??
+          checkXmlMetadata(type, mapped[type], news.project ?? "");
         if (e) fail("domainXml", e);
       }
     }
@@ -513,11 +567,16 @@ export function checkXmlMetadata(type: "kvm" | "qemu", xml: string, project: unk
   return undefined;
 }
 
-/** Checks that a rendered domain XML belongs to this server (pure). */
+/**
+ * Checks that a rendered domain XML belongs to this server (pure). `instanceKey` is the folder
+ * its files must be in (instanceKeyFor: the UUID, or an existing server's name); undefined while
+ * unknown (preview).
+ */
 export function checkDomainXml(
   type: "kvm" | "qemu",
   xml: string,
   inputs: Record<string, unknown>,
+  instanceKey: string | undefined,
 ): string | undefined {
   const where = `domainXml.${type}`;
   if (!xml.startsWith(`<domain type='${type}'>`))
@@ -526,8 +585,13 @@ export function checkDomainXml(
   const need: [string, string][] = [];
   if (typeof inputs.serverName === "string" && known(inputs.serverName)) {
     need.push([`<name>${inputs.serverName}</name>`, "the domain name must be serverName"]);
-    const paths = serverPaths(inputs.serverName);
-    need.push([`<log file='${paths.serialLog}'`, `the serial log must be ${paths.serialLog} (serverPaths)`]);
+  }
+  if (instanceKey !== undefined) {
+    const paths = serverPaths(instanceKey);
+    need.push([
+      `<log file='${paths.serialLog}'`,
+      `the serial log must be ${paths.serialLog} (serverPaths of the server's UUID)`,
+    ]);
   }
   if (typeof inputs.uuid === "string" && known(inputs.uuid))
     need.push([`<uuid>${inputs.uuid}</uuid>`, "the domain UUID must be the uuid input"]);
@@ -541,16 +605,11 @@ export function checkDomainXml(
     if (!xml.includes(text))
       return `${where}: ${why}; render the XML from the same inputs (components/server.ts)`;
   }
-  if (
-    typeof inputs.serverName === "string" &&
-    known(inputs.serverName) &&
-    known(inputs.image) &&
-    known(inputs.ports)
-  ) {
+  if (instanceKey !== undefined && known(inputs.image) && known(inputs.ports)) {
     const image = (inputs.image ?? {}) as Partial<ServerImage>;
     const ports = Array.isArray(inputs.ports) ? (inputs.ports as Partial<ServerPort>[]) : [];
     return checkDomainXmlSafety(where, xml, {
-      instanceDir: serverPaths(inputs.serverName).dir,
+      instanceDir: serverPaths(instanceKey).dir,
       imageFiles: [image.disk, image.kernel, image.ramdisk].filter(
         (f): f is string => typeof f === "string" && f !== "",
       ),

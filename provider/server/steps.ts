@@ -5,7 +5,7 @@
 import { recordPath, shQuote, uploadStep, writeRecordStep, type Step } from "../host";
 import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
-import { serverPaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
+import { instancePaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
 import { KVMLAB_DOMAIN_KEY, KVMLAB_DOMAIN_XMLNS, metadataSetText } from "../../core/domainMetadata";
 import { hybridGuardLines, hybridPlugStep, hybridUnplugLines } from "./hybrid";
@@ -89,7 +89,7 @@ export function usesStoreImage(image: ServerImage): boolean {
  * A domain of the same name with another UUID is refused (it is not this server's).
  */
 export function materializeSteps(inputs: ServerInputs, xml: string, opts: { define?: boolean } = {}): Step[] {
-  const p = serverPaths(inputs.serverName);
+  const p = instancePaths(inputs);
   const steps: Step[] = [
     {
       label: `prepare instance folder of ${inputs.serverName}`,
@@ -278,13 +278,14 @@ export function parseDomainInfo(stdout: string): DomainInfo {
  * the instance folder, its user marker on the image and the record. Leaves everything else alone.
  */
 export function deleteStep(
-  server: Pick<ServerInputs, "serverName" | "uuid" | "image"> & {
+  server: Pick<ServerInputs, "serverName" | "uuid" | "image" | "domainXml"> & {
     ports?: readonly ServerPort[];
     owner?: string;
   },
 ): Step {
   const { serverName: name, uuid } = server;
-  const p = serverPaths(name);
+  // The folder its XML names (its UUID's; its name's for a server created before issue 15).
+  const p = instancePaths(server);
   const n = shQuote(name);
   const rec = shQuote(recordPath("server", name));
   return {
@@ -316,10 +317,13 @@ export function deleteStep(
 }
 
 /** Last lines of the serial log (for error messages). */
-export function serialTailStep(name: string, lines = 25): Step {
-  const p = serverPaths(name);
+export function serialTailStep(
+  server: Pick<ServerInputs, "serverName" | "uuid" | "domainXml">,
+  lines = 25,
+): Step {
+  const p = instancePaths(server);
   return {
-    label: `read serial log of ${name}`,
+    label: `read serial log of ${server.serverName}`,
     script: `tail -n ${lines} ${shQuote(p.serialLog)} 2>/dev/null; true`,
   };
 }
@@ -338,7 +342,7 @@ export function readinessProbeStep(
   if (r.kind === "serial") {
     return {
       label: `wait for "${r.pattern}" on the serial console`,
-      script: `grep -qF -- ${shQuote(r.pattern)} ${shQuote(serverPaths(inputs.serverName).serialLog)}`,
+      script: `grep -qF -- ${shQuote(r.pattern)} ${shQuote(instancePaths(inputs).serialLog)}`,
     };
   }
   const dhcp = dhcpPaths(port.networkName, port.subnetName);

@@ -13,7 +13,7 @@
  */
 import { recordPath, shQuote, type Step } from "../host";
 import { ownerMarkerPath } from "../kit/owner";
-import { VOLUME_STORE } from "../../core/volume";
+import { VOLUME_DEVICES, VOLUME_STORE, volumeDiskXml } from "../../core/volume";
 import { checkName } from "../../core/names";
 import { VIRSH } from "./steps";
 
@@ -122,4 +122,108 @@ export function dropVolumesStep(vols: readonly MigratingVolume[], where: string)
 /** The `--migrate-disks` list: the server's own disk (when it has one) and every volume's target. */
 export function migrateDisks(hasRootDisk: boolean, vols: readonly MigratingVolume[]): string[] {
   return vols.length === 0 ? [] : [...(hasRootDisk ? ["vda"] : []), ...vols.map((v) => v.target)];
+}
+
+/**
+ * A volume in a server's persistent definition (issue 16: a redefine keeps it). Only what
+ * `virsh attach-device --config` of the Volume provider put there: a file in the volume store
+ * named after the volume, at one of vdb..vdz.
+ */
+export interface KeptVolume {
+  volumeName: string;
+  target: string;
+  path: string;
+  format: "qcow2" | "raw";
+}
+
+/**
+ * Host: `target path` of every disk of the domain's PERSISTENT definition whose file is in the
+ * volume store, printed only when the domain is this server's (its UUID); nothing when there is
+ * no such domain. Read before a redefine, which would otherwise drop them (the rendered XML does
+ * not list the volumes the Volume resources attached). `quick` (a create, where there is usually
+ * no domain yet): no virsh call at all while libvirt keeps no definition file of that name.
+ */
+export function keptVolumesStep(serverName: string, uuid: string, opts: { quick?: boolean } = {}): Step {
+  const n = shQuote(serverName);
+  return {
+    label: `list the volumes in the definition of ${serverName}`,
+    script: [
+      ...(opts.quick ? [`[ -e ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] || exit 0`] : []),
+      `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
+      `[ "$u" = ${shQuote(uuid)} ] || exit 0`,
+      `${VIRSH} domblklist --inactive --details ${n} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }'`,
+    ].join("\n"),
+  };
+}
+
+/**
+ * Parses keptVolumesStep (pure). A volume-store file that is not a kvmlab volume (not
+ * `<name>.qcow2|raw` with a valid name, or at a target outside vdb..vdz) is refused naming the
+ * disk and the fix: a redefine must neither drop it nor carry something kvmlab did not attach.
+ */
+export function parseKeptVolumes(serverName: string, stdout: string): KeptVolume[] {
+  return stdout
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "")
+    .map((l) => {
+      const [target = "", path = "", ...rest] = l.split(/\s+/);
+      const m = /^([^/]+)\.(qcow2|raw)$/.exec(path.slice(VOLUME_STORE.length + 1));
+      const volumeName = m?.[1] ?? "";
+      if (
+        rest.length > 0 ||
+        !path.startsWith(`${VOLUME_STORE}/`) ||
+        !m ||
+        checkName("volumeName", volumeName) !== undefined ||
+        !VOLUME_DEVICES.includes(target)
+      )
+        throw new Error(
+          `server ${serverName}: its definition has the disk ${JSON.stringify(l)} in the volume store that kvmlab did not attach (a Volume attaches <name>.qcow2|raw at vdb..vdz); a redefine would drop it. Fix: detach it by hand (virsh detach-disk ${serverName} <target> --config) and run pulumi up again`,
+        );
+      return { volumeName, target, path, format: m[2] as "qcow2" | "raw" };
+    });
+}
+
+/**
+ * The XML to define with the attached volumes kept (pure): each volume's `<disk>` (the same
+ * element the Volume provider attaches, core/volume.ts) after the XML's last disk, in target
+ * order, so a guest that enumerates virtio disks in bus order names them as before. A volume
+ * whose file the XML already lists is not added twice; a target the XML uses for another file
+ * is refused naming both.
+ */
+export function withVolumeDisks(serverName: string, xml: string, vols: readonly KeptVolume[]): string {
+  const used = new Map<string, string>();
+  for (const d of xml.matchAll(/<disk\b[\s\S]*?<\/disk>/g)) {
+    const file = /<source file='([^']*)'/.exec(d[0])?.[1] ?? "";
+    const dev = /<target dev='([^']*)'/.exec(d[0])?.[1];
+    if (dev !== undefined) used.set(dev, file);
+  }
+  const files = new Set(used.values());
+  const add = [...vols]
+    .filter((v) => !files.has(v.path))
+    .sort((a, b) => VOLUME_DEVICES.indexOf(a.target) - VOLUME_DEVICES.indexOf(b.target));
+  for (const v of add) {
+    const other = used.get(v.target);
+    if (other !== undefined)
+      throw new Error(
+        `server ${serverName}: volume ${v.volumeName} is attached as ${v.target}, but the new domain XML uses ${v.target} for ${other || "another device"}; a redefine would drop the volume. Fix: detach volume ${v.volumeName} (set its server to "") before this change, then attach it again`,
+      );
+    used.set(v.target, v.path);
+  }
+  if (add.length === 0) return xml;
+  const disks = add
+    .map((v) =>
+      volumeDiskXml({ volumeName: v.volumeName, path: v.path, format: v.format, device: v.target })
+        .trimEnd()
+        .split("\n")
+        .map((line) => `    ${line}`)
+        .join("\n"),
+    )
+    .join("\n");
+  const last = xml.lastIndexOf("</disk>");
+  const devices = xml.indexOf("<devices>");
+  if (last < 0 && devices < 0)
+    throw new Error(`server ${serverName}: the domain XML has no <devices> to keep its volumes in`);
+  const at = last >= 0 ? last + "</disk>".length : devices + "<devices>".length;
+  return `${xml.slice(0, at)}\n${disks}${xml.slice(at)}`;
 }

@@ -287,7 +287,7 @@ test("the 11th server of a project with the default quota fails naming instances
     const left = await sshCheck(
       status,
       h.name,
-      "virsh -c qemu:///system list --all --name | grep -x q11; ls -d /var/lib/kvmlab/instances/q11 /var/lib/kvmlab/records/server/q11.json 2>/dev/null; true",
+      "virsh -c qemu:///system list --all --name | grep -x q11; grep -l '<name>q11</name>' /var/lib/kvmlab/instances/*/domain.xml 2>/dev/null; ls -d /var/lib/kvmlab/instances/q11 /var/lib/kvmlab/records/server/q11.json 2>/dev/null; true",
     );
     assert.equal(left.trim(), "", `a refused server left something behind on ${h.name}`);
   }

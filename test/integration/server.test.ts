@@ -10,7 +10,9 @@
  * gone from the source and after delete); delete leaves no domain, file, record or reservation
  * and is idempotent; a guest that never gets ready fails create with its serial log in the
  * error and leaves nothing behind; a change of kvmlab's metadata alone (older state, new owner,
- * a hand edit refresh found) is set in place with the same QEMU process.
+ * a hand edit refresh found) is set in place with the same QEMU process; files live in the folder
+ * of the server's UUID, and a server created before that (in the folder of its name) keeps its
+ * folder: today's rendering is no change for it, a cold resize stays there, delete removes it.
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -31,6 +33,7 @@ import {
 } from "../../provider";
 import {
   checkServerInputs,
+  serverPaths,
   serverProvider,
   type ServerInputs,
   type ServerOutputs,
@@ -236,10 +239,11 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
   assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
   const first = outs.host;
   const other = first === "hv1" ? "hv2" : "hv1";
+  assert.equal(outs.instanceDir, `/var/lib/kvmlab/instances/${inputs.uuid}`, "the folder of its UUID");
   assert.match(
     await onHost(
       first,
-      `test -f /var/lib/kvmlab/instances/itsrv1/seed.iso && cat /var/lib/kvmlab/records/server/itsrv1.json`,
+      `test -f ${outs.instanceDir}/seed.iso && cat /var/lib/kvmlab/records/server/itsrv1.json`,
     ),
     /"ramMiB": 128/,
   );
@@ -296,7 +300,7 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
     (
       await onHost(
         first,
-        "ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c itsrv1 || true",
+        `ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c -e itsrv1 -e ${inputs.uuid} || true`,
       )
     ).trim(),
     "0",
@@ -332,7 +336,7 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
       (
         await onHost(
           h,
-          "ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c itsrv1 || true",
+          `ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c -e itsrv1 -e ${inputs.uuid} || true`,
         )
       ).trim(),
       "0",
@@ -367,7 +371,7 @@ test("a guest that never answers fails create with its serial log, and leaves no
     (
       await onHost(
         "hv2",
-        "ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c itsrv2 || true",
+        `ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c -e itsrv2 -e ${inputs.uuid} || true`,
       )
     ).trim(),
     "0",
@@ -395,10 +399,7 @@ test("a name another server uses on the host is refused, and that server's files
   );
   assert.match(await onHost("hv1", "cat /var/lib/kvmlab/records/server/itsrv3.json"), new RegExp(mine.uuid));
   assert.match(await onHost("hv1", "virsh -c qemu:///system domuuid itsrv3"), new RegExp(mine.uuid));
-  assert.equal(
-    (await onHost("hv1", "test -f /var/lib/kvmlab/instances/itsrv3/domain.xml && echo kept")).trim(),
-    "kept",
-  );
+  assert.equal((await onHost("hv1", `test -f ${outs.instanceDir}/domain.xml && echo kept`)).trim(), "kept");
   // Deleting with the other UUID (e.g. an old state) touches nothing either.
   await serverProvider.delete!(other.uuid, { ...outs, uuid: other.uuid });
   assert.match(await onHost("hv1", "virsh -c qemu:///system domuuid itsrv3"), new RegExp(mine.uuid));
@@ -439,9 +440,7 @@ test("kvmlab metadata alone (older state, new owner, a hand edit found by refres
     assert.match(await meta(), /<(kvmlab:)?project>srv<\/(kvmlab:)?project>/);
     const bootLines = async (): Promise<number> =>
       Number(
-        (
-          await onHost("hv1", "grep -c 'Linux version' /var/lib/kvmlab/instances/itsrv4/console.log || true")
-        ).trim(),
+        (await onHost("hv1", `grep -c 'Linux version' ${serverPaths(news.uuid).serialLog} || true`)).trim(),
       );
     const boots0 = await bootLines();
 
@@ -465,7 +464,7 @@ test("kvmlab metadata alone (older state, new owner, a hand edit found by refres
       );
     }
     assert.match(
-      await onHost("hv1", "cat /var/lib/kvmlab/instances/itsrv4/domain.xml"),
+      await onHost("hv1", `cat ${serverPaths(news.uuid).domainXml}`),
       /<kvmlab:owner>kvmlab-direct\/-\/Server\/itsrv4<\/kvmlab:owner>/,
     );
     console.log(`# metadata-only update (older state): ${setMs} ms, QEMU pid ${pid0} kept`);
@@ -504,4 +503,55 @@ test("kvmlab metadata alone (older state, new owner, a hand edit found by refres
   } finally {
     await serverProvider.delete!(outs.uuid, outs);
   }
+});
+
+test("a server created before instance folders were keyed by UUID keeps the folder of its name", async () => {
+  const rendered = await serverInputs("itsrv5", { host: "hv1" });
+  const uuidDir = serverPaths(rendered.uuid).dir;
+  const nameDir = "/var/lib/kvmlab/instances/itsrv5";
+  // What the code before issue 15 created: the same XML with the folder of the name (create
+  // takes checked inputs as they are; today's check would refuse that folder for a new server).
+  const toName = (x: string): string => x.split(`${uuidDir}/`).join(`${nameDir}/`);
+  const oldInputs: ServerInputs = {
+    ...rendered,
+    domainXml: { kvm: toName(rendered.domainXml.kvm), qemu: toName(rendered.domainXml.qemu) },
+  };
+  let outs = (await serverProvider.create!(oldInputs)).outs as ServerOutputs;
+  try {
+    assert.equal(outs.instanceDir, nameDir);
+    assert.match(await onHost("hv1", `ls ${nameDir}`), /console\.log[\s\S]*domain\.xml[\s\S]*seed\.iso/);
+    assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv5");
+
+    // Today's program renders the UUID's folder; check maps it onto the server's: no change, and
+    // refresh finds nothing to change either.
+    const today = await serverInputs("itsrv5", { host: "hv1", olds: oldInputs });
+    assert.deepEqual(today.domainXml, oldInputs.domainXml);
+    assert.equal((await serverProvider.diff!(outs.uuid, outs, today)).changes, false);
+    const read = (await serverProvider.read!(outs.uuid, outs)).props as ServerOutputs;
+    assert.equal((await serverProvider.diff!(outs.uuid, read, today)).changes, false);
+
+    // A cold resize redefines it from its own folder (its disk, seed and serial log stay).
+    const bigger = await serverInputs("itsrv5", { host: "hv1", ramMiB: 192, olds: oldInputs });
+    assert.match(bigger.changePlan, /^cold resize/);
+    outs = (await serverProvider.update!(outs.uuid, read, bigger)).outs as ServerOutputs;
+    assert.equal(outs.instanceDir, nameDir);
+    assert.match(
+      await onHost("hv1", "virsh -c qemu:///system dumpxml --inactive itsrv5"),
+      /<log file='\/var\/lib\/kvmlab\/instances\/itsrv5\/console\.log'/,
+    );
+    assert.equal((await onHost("hv1", `test -e ${uuidDir} && echo made || echo none`)).trim(), "none");
+    assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv5");
+  } finally {
+    await serverProvider.delete!(outs.uuid, outs);
+  }
+  assert.equal(
+    (
+      await onHost(
+        "hv1",
+        `ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ 2>/dev/null | grep -c -e itsrv5 -e ${rendered.uuid} || true`,
+      )
+    ).trim(),
+    "0",
+    "delete removes the folder of its name",
+  );
 });

@@ -7,7 +7,9 @@
  * Proves: a thin volume takes almost no space on the host until written, a thick one its full
  * size (both printed); attaching to a running guest is an update and the disk appears in the
  * guest at the device the output names; a token written survives growing in place (the guest
- * sees the new size), detach, re-attach to another server, and a live migration of that server
+ * sees the new size), detach, re-attach to another server, a cold resize of that server (issue
+ * 16: its volumes stay in the persistent definition and in the guest, at the same devices), and
+ * a live migration of that server
  * to the other host (the volume's file moves along; the Volume finds it there and its new host
  * is no replace); delete refuses while attached
  * (naming the server and the fix); hostile inputs are refused by check with the field named and
@@ -354,6 +356,51 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
     "the data survives detach and re-attach to another server",
   );
 
+  // A cold resize of itvol2 (issue 16): the domain is defined again from the new XML, which
+  // lists no volume. Both volumes stay attached: in the persistent definition, and in the guest
+  // after it boots again, at the same devices, with the token; the Volumes see no drift.
+  const resizeIn = await serverInputs("itvol2", { host: "hv1", ramMiB: 192, olds: servers[1].inputs });
+  assert.match(resizeIn.changePlan, /^cold resize m1\.tiny .* -> m1\.small /);
+  const idBefore = (await onHost("hv1", "virsh -c qemu:///system domid itvol2")).trim();
+  const resizedAt = Date.now();
+  servers[1].outs = (await serverProvider.update!(servers[1].uuid, servers[1].outs, resizeIn))
+    .outs as ServerOutputs;
+  servers[1].inputs = resizeIn;
+  console.log(`cold resize of itvol2 with two volumes attached: ${Date.now() - resizedAt} ms`);
+  assert.notEqual(
+    (await onHost("hv1", "virsh -c qemu:///system domid itvol2")).trim(),
+    idBefore,
+    "the guest was restarted (a cold resize)",
+  );
+  const inactive = await onHost("hv1", "virsh -c qemu:///system dumpxml --inactive itvol2");
+  assert.match(inactive, /<memory unit='KiB'>196608<\/memory>/, "the new flavor is defined");
+  const definedDisks = inactive.match(/<disk\b[\s\S]*?<\/disk>/g) ?? [];
+  for (const [dev, file] of [
+    ["vdb", "itv-thick.raw"],
+    ["vdc", "itv-thin.qcow2"],
+  ]) {
+    const d = definedDisks.find((x) => x.includes(`<source file='/var/lib/kvmlab/volumes/${file}'/>`));
+    assert.ok(d, `dumpxml --inactive lists ${file}:\n${inactive}`);
+    assert.match(d, new RegExp(`<target dev='${dev}' bus='virtio'/>`), `${file} stays at ${dev}`);
+  }
+  const afterResize = await disksOf(s2.ips[0], /^vdc /m);
+  assert.match(afterResize, new RegExp(`^vdb ${GIB_SECTORS}$`, "m"), "the thick volume at vdb");
+  assert.match(afterResize, new RegExp(`^vdc ${2 * GIB_SECTORS}$`, "m"), "the thin volume at vdc");
+  assert.equal(
+    (await httpGet(status, s2.ips[0], "/cgi-bin/disk?dev=vdc&op=read", 10_000))?.body.trim(),
+    "voltoken7",
+    "the data survives the cold resize",
+  );
+  for (const [v, news] of [
+    [thin, thinOn2],
+    [thick, await volumeIn({ ...thickIn, server: "itvol2" }, thick)],
+  ] as const) {
+    const seen = (await volumeProvider.read!(v.volumeName, v)).props as VolumeOutputs;
+    assert.equal(seen.realized.attachedTo, "itvol2");
+    assert.equal(seen.realized.device, v.device);
+    assert.equal((await volumeProvider.diff!(v.volumeName, seen, news)).changes, false, "no drift");
+  }
+
   // From an image: a full copy of labimg's disk, at the size asked.
   const fromImageIn = await volumeIn({ volumeName: "itv-img", host: "hv1", sizeGiB: 1, image: "labimg" });
   const fromImage = (await volumeProvider.create!(fromImageIn)).outs as VolumeOutputs;
@@ -399,7 +446,7 @@ test("thin and thick volumes: space, attach to a running guest, grow, detach, re
   // file moved (gone from hv1), the Volume finds it there, and its new host is no replace.
   thick = await update(thick, { ...(thick as VolumeInputs), server: "" });
   volumes.set("thick", thick);
-  const moveIn = await serverInputs("itvol2", { host: "hv2", olds: servers[1].inputs });
+  const moveIn = await serverInputs("itvol2", { host: "hv2", ramMiB: 192, olds: servers[1].inputs });
   assert.match(moveIn.changePlan, /live-migrate to host hv2/);
   const migratedAt = Date.now();
   servers[1].outs = (await serverProvider.update!(servers[1].uuid, servers[1].outs, moveIn))

@@ -194,7 +194,7 @@ async function diagnose(): Promise<void> {
         `for f in status decisions.log agent.out agent.err stats.tmp agent.conf known_hosts members; do [ -f ${DIR}/$f ] && { echo "--- $f"; tail -n 60 ${DIR}/$f; }; done`,
         "echo '--- authorized_keys'; grep -h kvmlab-asg /etc/ssh/lab_authorized_keys ~/.ssh/authorized_keys 2>/dev/null | cut -c1-120",
         "echo '--- domains'; virsh -c qemu:///system list --all",
-        'for d in web-0 web-1 web-2; do f=/var/lib/kvmlab/instances/$d/console.log; [ -f $f ] && { echo "--- $d serial"; tail -n 15 $f; }; done',
+        `for d in web-0 web-1 web-2; do f=$(virsh -c qemu:///system dumpxml $d 2>/dev/null | sed -n "s:.*<log file='\\([^']*\\)'.*:\\1:p" | head -n1); [ -f "$f" ] && { echo "--- $d serial"; tail -n 15 "$f"; }; done`,
         `echo '--- agent process'; grep -l "asg/web/agent[.]sh" /proc/[0-9]*/cmdline 2>/dev/null`,
       ].join("; "),
       { timeoutMs: 60_000 },

@@ -118,7 +118,8 @@ function probeOk(host: string, server: string): Promise<string> {
     async () => {
       const out = await sh(
         host,
-        `grep -a PROBE-OK /var/lib/kvmlab/instances/${server}/console.log | tail -n 1 || true`,
+        // The serial log the domain names (instance folders are keyed by UUID, issue 15).
+        `f=$(virsh -c qemu:///system dumpxml ${server} | sed -n "s:.*<log file='\\([^']*\\)'.*:\\1:p" | head -n1); grep -a PROBE-OK "$f" | tail -n 1 || true`,
       );
       const m = /PROBE-OK (\S+)/.exec(out);
       return m ? m[1] : undefined;

@@ -95,7 +95,7 @@ test("a Server registers one Server resource with rendered XML, seed and ports",
     assert.ok(x.includes(`<mac address='${ports[0].mac}'/>`));
     assert.ok(x.includes("<kernel>/var/lib/kvmlab/images/labimg/kernel</kernel>"));
     assert.ok(x.includes("<cmdline>console=ttyS0 lab.name=web1</cmdline>"));
-    assert.ok(x.includes("<source file='/var/lib/kvmlab/instances/web1/seed.iso'/>"));
+    assert.ok(x.includes(`<source file='/var/lib/kvmlab/instances/${i.uuid as string}/seed.iso'/>`));
     assert.ok(x.includes("<memory unit='MiB'>128</memory>"));
   }
   const seed = i.cloudInit as { metaData: string; userData: string; networkConfig: string };
@@ -187,7 +187,9 @@ test("an Image component as image: the resource's resolved paths and kind reach 
     ramdisk: "",
   });
   const xml = r.inputs.domainXml as { kvm: string; qemu: string };
-  assert.ok(xml.qemu.includes("<source file='/var/lib/kvmlab/instances/app1/disk.qcow2'/>"));
+  assert.ok(
+    xml.qemu.includes(`<source file='/var/lib/kvmlab/instances/${r.inputs.uuid as string}/disk.qcow2'/>`),
+  );
   assert.ok(xml.qemu.includes("<kvmlab:image>rawimg</kvmlab:image>"));
 });
 

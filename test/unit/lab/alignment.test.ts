@@ -136,7 +136,8 @@ test("three-tier web-0: the render equals what the Network and Server components
   assert.ok(
     files.get("servers/web-0.xml")!.includes(`<source bridge='${networkDevices("web-net").bridge}'/>`),
   );
-  assert.equal(planned.instanceDir, serverPaths("web-0").dir);
+  assert.equal(planned.instanceDir, serverPaths(inputs.uuid).dir, "keyed by the UUID (issue 15)");
+  assert.ok(files.get("servers/web-0.xml")!.includes(`<log file='${serverPaths(inputs.uuid).serialLog}'`));
   assert.equal(
     plan.networks.find((n: { name: string }) => n.name === "web-net").bridge,
     networkDevices("web-net").bridge,
@@ -209,8 +210,8 @@ test("lab a-b + server c and lab a + server b-c get different domains, paths and
   assert.notEqual(name(xml1), name(xml2));
   assert.notEqual(one.servers.get("c")!.uuid, two.servers.get("b-c")!.uuid);
   assert.notEqual(one.servers.get("c")!.macs[0], two.servers.get("b-c")!.macs[0]);
-  assert.ok(xml1.includes(`${serverPaths("c").dir}/disk.qcow2`));
-  assert.ok(xml2.includes(`${serverPaths("b-c").dir}/disk.qcow2`));
+  assert.ok(xml1.includes(`${serverPaths(one.servers.get("c")!.uuid).dir}/disk.qcow2`));
+  assert.ok(xml2.includes(`${serverPaths(two.servers.get("b-c")!.uuid).dir}/disk.qcow2`));
   assert.equal(one.servers.get("c")!.uuidSeed, "kvmlab-lab/dev/c");
   assert.equal(two.servers.get("b-c")!.uuidSeed, "kvmlab-lab/dev/b-c");
 });

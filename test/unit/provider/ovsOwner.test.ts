@@ -157,6 +157,7 @@ test("deletes check the OVS owner before removing: another owner's bridge or por
     serverName: "web1",
     uuid: "6f1e1d9a-3b1c-4a57-9a39-8d3a3f0e6b11",
     image: { name: "cirros", kind: "kernel", disk: "", format: "qcow2", kernel: "/k", ramdisk: "" },
+    domainXml: { kvm: "", qemu: "" },
     ports: [port],
     owner: ME,
   }).script;

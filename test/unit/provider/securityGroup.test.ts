@@ -318,6 +318,25 @@ test("a port's firewall is owned by its tap: chains, folder and marker follow th
       other.stderr,
       /device tap1a2b3c4d is a port of server web1, which belongs to lab\/prod\/Server\/web1/,
     );
+    // Instance folders are keyed by the server's UUID (issue 15): the server is the domain the
+    // XML names, not the folder.
+    const uuidDir = `${root}/instances/6f1e1d9a-3b1c-4a57-9a39-8d3a3f0e6b11`;
+    fs.mkdirSync(uuidDir, { recursive: true });
+    fs.writeFileSync(
+      `${uuidDir}/domain.xml`,
+      "<domain type='qemu'>\n  <name>db1</name>\n  <devices>\n    <interface type='bridge'><target dev='tap5e6f7a8b'/>\n",
+    );
+    fs.writeFileSync(`${root}/owners/server/db1.owner`, "lab/prod/Server/db1\n");
+    const byUuid = runLocally(root, tapServerOwnerStep("tap5e6f7a8b", "lab/dev/SecurityGroupPort/x").script);
+    assert.equal(byUuid.code, 73, byUuid.stderr);
+    assert.match(
+      byUuid.stderr,
+      /device tap5e6f7a8b is a port of server db1, which belongs to lab\/prod\/Server\/db1/,
+    );
+    assert.equal(
+      runLocally(root, tapServerOwnerStep("tap5e6f7a8b", "lab/prod/SecurityGroupPort/db1-port0").script).code,
+      0,
+    );
     const free = runLocally(root, tapServerOwnerStep("tap0000", "lab/dev/SecurityGroupPort/x").script);
     assert.equal(
       free.code,

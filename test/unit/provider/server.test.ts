@@ -316,7 +316,10 @@ test("steps quote what they pass and guard the domain by UUID", () => {
     del,
     /libvirtd on this host does not answer and keeps a definition of server web1.*exit 69; fi/,
   );
-  assert.match(del, /rm -rf \/var\/lib\/kvmlab\/instances\/web1\n/);
+  assert.ok(
+    del.includes(`rm -rf /var/lib/kvmlab/instances/${i.uuid}\n`),
+    "the folder of its UUID (issue 15)",
+  );
   assert.ok(
     del.indexOf("rm -f /var/lib/kvmlab/images/cirros/.users/web1\n") > del.indexOf("then exit 0; fi"),
     "the image's user marker goes only after the UUID guards",

@@ -1,0 +1,59 @@
+/**
+ * A fake host for provider unit tests: the host layer's step runners are replaced, every step
+ * is answered by `answer(label)` (its stdout, exit 0) and logged with its host, label and
+ * script; named host locks are logged as "<name> lock taken" / "<name> lock released".
+ */
+import * as assert from "node:assert/strict";
+import { remoteStepError, type HostConnection, type Step, type StepResult } from "../../../provider";
+
+export interface Fake {
+  log: { host: string; label: string; script: string }[];
+  restore(): void;
+}
+
+/** Replaces the host layer's runners: `answer(label)` gives a step's stdout (exit 0). */
+export function fakeHost(answer: (label: string) => string): Fake {
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const probe = require("../../../provider/host/probe") as Record<string, unknown>;
+  const saved = { ...session };
+  const savedProbe = { ...probe };
+  const log: Fake["log"] = [];
+  const run = (h: HostConnection, steps: readonly Step[]): StepResult[] =>
+    steps.map((s) => {
+      log.push({ host: h.name, label: s.label ?? "", script: s.script });
+      return { code: 0, stdout: answer(s.label ?? ""), stderr: "" };
+    });
+  const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> =>
+    run(h, steps).map((r, i) => {
+      if (r.code !== 0) throw remoteStepError(h, steps[i], r);
+      return r.stdout;
+    });
+  session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps);
+  session.runChecked = checked;
+  session.runLocked = checked;
+  session.withHostLock = async (_h: HostConnection, fn: () => Promise<unknown>) => fn();
+  session.withNamedHostLock = async (h: HostConnection, name: string, fn: () => Promise<unknown>) => {
+    log.push({ host: h.name, label: `${name} lock taken`, script: "" });
+    try {
+      return await fn();
+    } finally {
+      log.push({ host: h.name, label: `${name} lock released`, script: "" });
+    }
+  };
+  probe.requireFeatures = async () => ({ kvm: false, libvirtVersion: "10", qemuVersion: "8", dnsmasq: true });
+  return {
+    log,
+    restore() {
+      Object.assign(session, saved);
+      Object.assign(probe, savedProbe);
+    },
+  };
+}
+
+/** The content of the domain.xml an upload step in the log wrote. */
+export function uploadedXml(fake: Fake, re = /^upload .*\/domain\.xml$/): string {
+  const up = fake.log.filter((l) => re.test(l.label));
+  assert.equal(up.length, 1, `one domain.xml written: ${fake.log.map((l) => l.label).join(" | ")}`);
+  const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(up[0].script)![2];
+  return Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
+}
