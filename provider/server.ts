@@ -96,9 +96,13 @@ import {
   migrationDir,
   migrationKeyStep,
   migrationOutcome,
+  migrationTlsAddresses,
+  migrationTlsStep,
   abortMigrationStep,
+  parseCaCertificate,
   parseDestinationFacts,
   revokeStep,
+  trustPeerStep,
 } from "./server/migrate";
 import {
   attachedVolumesStep,
@@ -552,6 +556,9 @@ async function migrateServer(
       `server ${olds.serverName} is ${powerOf(before)} on ${src.name}; live migration needs it running (set powerState "running" first, or replace it)`,
     );
   }
+  // The stream runs over TLS (virsh migrate --tls): both hosts' certificates first, before
+  // anything of the guest is prepared on the destination.
+  await prepareMigrationTls(src, dst);
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
   const xml = withDomainOwner(olds.domainXml[olds.domainType], ownerIn(olds));
@@ -667,6 +674,26 @@ async function migrateServer(
   await runLocked(dst, [recordStep(olds, olds.addresses)]);
   await runLocked(src, [...guardedDelete(olds, ownerIn(olds)), dropVolumesStep(volumes, "source")]);
   return migratedMs;
+}
+
+/**
+ * Both hosts of a migration get kvmlab's migration TLS material (made once per host, kept) and
+ * trust each other's CA (server/migrate.ts); only certificates cross between the hosts.
+ */
+async function prepareMigrationTls(src: HostConnection, dst: HostConnection): Promise<void> {
+  const cas = await Promise.all(
+    [src, dst].map(async (h) => {
+      const [out] = await runLocked(h, [migrationTlsStep(h.name, migrationTlsAddresses(h))]);
+      const ca = parseCaCertificate(out);
+      if (!ca)
+        throw new Error(`host ${h.name}: making its migration TLS certificates printed no CA certificate`);
+      return ca;
+    }),
+  );
+  await Promise.all([
+    runLocked(src, [trustPeerStep(dst.name, cas[1])]),
+    runLocked(dst, [trustPeerStep(src.name, cas[0])]),
+  ]);
 }
 
 /**

@@ -7,14 +7,19 @@
  *                file its running sshd uses, tagged with a one-off comment
  *   source       gets a known_hosts holding the destination's host keys that match the pinned
  *                fingerprint (host-key checking stays on: libssh refuses any other key)
- *   source       `virsh migrate --live --persistent --undefinesource [--copy-storage-inc]`
- *                to qemu+libssh://user@destination/system
+ *   both         have kvmlab's migration TLS material (once per host, migrationTlsStep): a CA of
+ *                the host's own, a server and a client certificate it signed, and a trust list
+ *                (QEMU's ca-cert.pem) of its own CA plus the CAs of hosts it migrates with
+ *                (trustPeerStep); no private key ever leaves the host that made it
+ *   source       `virsh migrate --live --persistent --undefinesource --tls [--copy-storage-inc]`
+ *                to qemu+libssh://user@destination/system: QEMU's migration stream AND the NBD
+ *                disk copy run over TLS with both ends' certificates checked
  *   both         the key, its authorization and the known_hosts are removed afterwards,
  *                whatever happened
  */
 import { shQuote, type HostConnection, type Step } from "../host";
 import { isIPv4 } from "../../core/net";
-import { migrationDir } from "../../core/paths";
+import { KVMLAB_STATE_DIR, migrationDir } from "../../core/paths";
 import { VIRSH } from "./steps";
 
 /** Folder on the source holding the one-off key and known_hosts (one definition: core/paths.ts). */
@@ -144,7 +149,11 @@ export function migrateStep(
   const stream = migrationAddress(dest);
   const args = [
     VIRSH,
-    "migrate --live --persistent --undefinesource",
+    // --tls: libvirt gives both QEMUs TLS credentials from the host's migration certificate
+    // folder (migrationTlsStep): the memory stream and the NBD disk copy are encrypted, the
+    // source checks the destination's certificate against the tunnel address, and the
+    // destination refuses a client without a certificate of a CA it trusts.
+    "migrate --live --persistent --undefinesource --tls",
     copyStorage || disks.length > 0 ? "--copy-storage-inc" : "",
     disks.length > 0 ? `--migrate-disks ${shQuote(disks.join(","))}` : "",
     `--timeout ${Math.max(5, Math.floor(timeoutSec / 2))}`,
@@ -240,4 +249,163 @@ export function knownHostsText(dest: HostConnection, keys: readonly string[]): s
   const names =
     dest.port === 22 ? [dest.address, `[${dest.address}]:22`] : [`[${dest.address}]:${dest.port}`];
   return names.flatMap((n) => keys.map((k) => `${n} ${k}\n`)).join("");
+}
+
+/**
+ * kvmlab's own migration TLS folder on every host (root only, 0700): the host's CA key and
+ * certificate, `certdir` (the QEMU certificate folder kvmlab manages, read from qemu.conf) and
+ * `peers/<host>.pem` (the CA certificates of the hosts it migrates with).
+ */
+export const MIGRATION_TLS_DIR = `${KVMLAB_STATE_DIR}/migrate-tls`;
+
+/** Days a host's migration CA and its certificates are valid (renewed 90 / 30 days before). */
+export const MIGRATION_TLS_DAYS = { ca: 3650, leaf: 825 };
+
+/** For tests only: every host path of the TLS steps under this folder (production: ""). */
+export interface MigrationTlsOptions {
+  root?: string;
+}
+
+const TLS_NAME_RE = /^[A-Za-z0-9._-]+$/;
+
+/** The addresses a host's migration certificates name: its migration (tunnel) address and its address. */
+export function migrationTlsAddresses(h: HostConnection): string[] {
+  return [...new Set([migrationAddress(h), h.address].filter((a) => a !== ""))];
+}
+
+/** The subjectAltName extension value, and how `openssl x509 -ext subjectAltName` prints it (spaces removed). */
+function sanOf(addresses: readonly string[]): { ext: string; printed: string } {
+  if (addresses.length === 0) throw new Error("migration TLS: a host certificate needs at least one address");
+  const parts = addresses.map((a) => {
+    if (isIPv4(a)) return { ext: `IP:${a}`, printed: `IPAddress:${a}` };
+    if (/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(a)) return { ext: `DNS:${a}`, printed: `DNS:${a}` };
+    throw new Error(
+      `migration TLS: the host address ${JSON.stringify(a)} is neither an IPv4 address nor a DNS name`,
+    );
+  });
+  return { ext: parts.map((p) => p.ext).join(","), printed: parts.map((p) => p.printed).join(",") };
+}
+
+/** Shell lines that (re)write QEMU's trust list, ca-cert.pem: the host's own CA, then its peers'. */
+function bundleLines(): string[] {
+  return [
+    't=$(mktemp "$d/.ca-cert.XXXXXX")',
+    '{ cat "$k/ca-cert.pem"; for p in "$k"/peers/*.pem; do [ -e "$p" ] && cat "$p"; done; } > "$t"',
+    'chmod 0644 "$t"',
+    'if cmp -s "$t" "$d/ca-cert.pem"; then rm -f "$t"; else mv -f "$t" "$d/ca-cert.pem"; fi',
+  ];
+}
+
+/**
+ * A host's migration TLS material, made once and kept (idempotent; run under the host lock).
+ * libvirt gives QEMU the folder qemu.conf names (`migrate_tls_x509_cert_dir`, else
+ * `default_tls_x509_cert_dir`, else /etc/pki/qemu); kvmlab fills it only when it is empty or
+ * kvmlab already manages it (a folder of someone else's certificates is refused, exit 42):
+ *
+ *   ca-cert.pem                  the host's own CA + its peers' CAs (trustPeerStep)
+ *   server-cert.pem, -key.pem    the destination side: names the host's addresses
+ *   client-cert.pem, -key.pem    the source side
+ *
+ * The CA key stays in MIGRATION_TLS_DIR (0600, root); the certificate keys are readable only by
+ * root and the group QEMU runs as (qemu.conf `group`; 0600 when that is root). Keys are made by
+ * openssl into files: never on a command line, never printed. A certificate is remade when it is
+ * missing, not signed by the host's CA, expires within 30 days, or names other addresses.
+ * Prints the host's CA certificate (public) for its peers.
+ */
+export function migrationTlsStep(
+  hostName: string,
+  addresses: readonly string[],
+  opts: MigrationTlsOptions = {},
+): Step {
+  if (!TLS_NAME_RE.test(hostName))
+    throw new Error(`migration TLS: invalid host name ${JSON.stringify(hostName)}`);
+  const san = sanOf(addresses);
+  const leaf = (n: "server" | "client", eku: string): string[] => [
+    `if [ -n "$new" ] || ! [ -s "$d/${n}-key.pem" ] || ! [ -s "$d/${n}-cert.pem" ] \\`,
+    `  || ! openssl verify -CAfile "$k/ca-cert.pem" "$d/${n}-cert.pem" >/dev/null 2>&1 \\`,
+    `  || ! openssl x509 -in "$d/${n}-cert.pem" -noout -checkend 2592000 >/dev/null 2>&1 \\`,
+    `  || [ "$(openssl x509 -in "$d/${n}-cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ')" != "$san" ]; then`,
+    `  printf '%s\\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${eku}' "subjectAltName=$sanext" > "$k/${n}.ext"`,
+    `  o=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/.${n}-key.new" -subj "/O=kvmlab/CN=$host migration ${n}" -out "$k/${n}.csr" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+    `  o=$(openssl x509 -req -in "$k/${n}.csr" -CA "$k/ca-cert.pem" -CAkey "$k/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" -days ${MIGRATION_TLS_DAYS.leaf} -extfile "$k/${n}.ext" -out "$d/.${n}-cert.new" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+    `  chgrp "$g" "$d/.${n}-key.new"; chmod "$km" "$d/.${n}-key.new"; chmod 0644 "$d/.${n}-cert.new"`,
+    `  mv -f "$d/.${n}-key.new" "$d/${n}-key.pem"; mv -f "$d/.${n}-cert.new" "$d/${n}-cert.pem"`,
+    `  rm -f "$k/${n}.csr" "$k/${n}.ext"`,
+    "fi",
+  ];
+  return {
+    label: `migration TLS certificates on ${hostName}`,
+    script: [
+      "set -e",
+      "umask 077",
+      `r=${shQuote(opts.root ?? "")}; host=${shQuote(hostName)}; san=${shQuote(san.printed)}; sanext=${shQuote(san.ext)}`,
+      'c="$r/etc/libvirt/qemu.conf"',
+      `get() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\"\\([^\\"]*\\)\\".*/\\1/p" "$c" | tail -n 1; }`,
+      'd=$(get migrate_tls_x509_cert_dir); [ -n "$d" ] || d=$(get default_tls_x509_cert_dir); [ -n "$d" ] || d=/etc/pki/qemu',
+      'case "$d" in /*) ;; *) echo "qemu.conf names the migration TLS folder \\"$d\\", not an absolute path; fix qemu.conf" >&2; exit 41 ;; esac',
+      'if [ -n "$(get migrate_tls_x509_secret_uuid)" ]; then echo "qemu.conf sets migrate_tls_x509_secret_uuid (encrypted keys), which kvmlab does not make; remove it from qemu.conf and restart libvirtd" >&2; exit 41; fi',
+      'd="$r$d"',
+      'g=$(get group); g=${g#+}; [ -n "$g" ] || g=libvirt-qemu',
+      'getent group "$g" >/dev/null 2>&1 || case "$g" in *[!0-9]*) g=root ;; esac',
+      'if [ "$g" = root ] || [ "$g" = 0 ]; then g=root; km=0600; else km=0640; fi',
+      `k="$r"${shQuote(MIGRATION_TLS_DIR)}`,
+      'mkdir -p "$k/peers" "$d"; chmod 0700 "$k"',
+      // Never take over a folder of certificates kvmlab did not make.
+      'if [ "$(cat "$k/certdir" 2>/dev/null)" != "$d" ]; then',
+      "  for f in ca-cert.pem server-cert.pem server-key.pem client-cert.pem client-key.pem; do",
+      '    if [ -e "$d/$f" ]; then echo "$d/$f exists and kvmlab did not make it: kvmlab does not replace migration certificates it did not make; move them aside, or set migrate_tls_x509_cert_dir in qemu.conf to an empty folder for kvmlab and restart libvirtd" >&2; exit 42; fi',
+      "  done",
+      '  printf \'%s\\n\' "$d" > "$k/certdir"',
+      "fi",
+      "new=",
+      'if ! [ -s "$k/ca-key.pem" ] || ! [ -s "$k/ca-cert.pem" ] || ! openssl x509 -in "$k/ca-cert.pem" -noout -checkend 7776000 >/dev/null 2>&1; then',
+      `  o=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$k/ca-key.new" -out "$k/ca-cert.new" -days ${MIGRATION_TLS_DAYS.ca} -subj "/O=kvmlab/CN=kvmlab migration CA $host" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+      '  chmod 0600 "$k/ca-key.new"; chmod 0644 "$k/ca-cert.new"',
+      '  mv -f "$k/ca-key.new" "$k/ca-key.pem"; mv -f "$k/ca-cert.new" "$k/ca-cert.pem"; new=1',
+      "fi",
+      ...leaf("server", "serverAuth"),
+      ...leaf("client", "clientAuth"),
+      ...bundleLines(),
+      'cat "$k/ca-cert.pem"',
+    ].join("\n"),
+  };
+}
+
+/** The one PEM certificate in `text` (a step's output), or "" when there is none. */
+export function parseCaCertificate(text: string): string {
+  const m = /-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n?/.exec(text);
+  return m ? m[0].replace(/\n?$/, "\n") : "";
+}
+
+/**
+ * Makes a host trust `peer`'s migration CA (its certificate from migrationTlsStep on the peer):
+ * kept as peers/<peer>.pem, so a peer's new CA replaces its old one, and added to QEMU's trust
+ * list. Only a CA certificate is accepted. Run under the host lock, after migrationTlsStep.
+ */
+export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOptions = {}): Step {
+  if (!TLS_NAME_RE.test(peer))
+    throw new Error(`migration TLS: invalid peer host name ${JSON.stringify(peer)}`);
+  const pem = parseCaCertificate(caPem);
+  if (pem === "" || pem.trim() !== caPem.trim())
+    throw new Error(`migration TLS: host ${peer} did not give one PEM CA certificate`);
+  const eof = "KVL_PEER_CA_EOF";
+  return {
+    label: `trust the migration CA of ${peer}`,
+    script: [
+      "set -e",
+      "umask 077",
+      `r=${shQuote(opts.root ?? "")}; k="$r"${shQuote(MIGRATION_TLS_DIR)}`,
+      '[ -s "$k/ca-cert.pem" ] && [ -s "$k/certdir" ] || { echo "this host has no kvmlab migration CA yet" >&2; exit 44; }',
+      'd=$(cat "$k/certdir")',
+      'mkdir -p "$k/peers"',
+      't=$(mktemp "$k/peers/.new.XXXXXX")',
+      `cat > "$t" <<'${eof}'`,
+      pem.trimEnd(),
+      eof,
+      'if ! openssl x509 -in "$t" -noout -ext basicConstraints 2>/dev/null | grep -q "CA:TRUE"; then rm -f "$t"; echo "the migration CA of the peer is not a CA certificate" >&2; exit 44; fi',
+      'chmod 0644 "$t"',
+      `if cmp -s "$t" "$k/peers/"${shQuote(`${peer}.pem`)}; then rm -f "$t"; else mv -f "$t" "$k/peers/"${shQuote(`${peer}.pem`)}; fi`,
+      ...bundleLines(),
+    ].join("\n"),
+  };
 }

@@ -16,6 +16,10 @@
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { planSubnet } from "../../components/network";
 import { renderServer } from "../../components/server";
 import {
@@ -27,6 +31,7 @@ import {
   runChecked,
   sftpPut,
   subnetProvider,
+  runLocked,
   type HostConnection,
   type NetworkOutputs,
   type SubnetOutputs,
@@ -39,9 +44,18 @@ import {
   type ServerOutputs,
 } from "../../provider/server";
 import {
+  migrationTlsAddresses,
+  migrationTlsStep,
+  parseCaCertificate,
+  trustPeerStep,
+} from "../../provider/server/migrate";
+import {
   httpGet,
+  runCommand,
   sandboxHostConnections,
   sshCheck,
+  sshExec,
+  testGuestXml,
   startSandbox,
   stopSandbox,
   waitFor,
@@ -49,6 +63,12 @@ import {
 } from "../support/sandbox";
 
 const INSTANCE = process.env.KVMLAB_ITEST_SERVER_INSTANCE ?? "itest-srv";
+/**
+ * A marker only this run knows, in every test guest's kernel command line and so in its RAM
+ * (eight times over, so a capture that misses a frame still sees it in a plaintext stream).
+ */
+const MARK = `kvlmark${crypto.randomBytes(8).toString("hex")}`;
+const MARKS = `lab.mark=${Array.from({ length: 8 }, () => MARK).join(",")}`;
 const KEEP = process.env.KVMLAB_ITEST_KEEP === "1";
 let status: SandboxStatus;
 let hosts: HostConnection[] = [];
@@ -159,7 +179,7 @@ async function serverInputs(
         mtu: 1500,
       },
     ],
-    kernelCmdline: over.cmdline ?? `${status.image.cmdline} lab.name=${name}`,
+    kernelCmdline: over.cmdline ?? `${status.image.cmdline} lab.name=${name} ${MARKS}`,
     cloudInit: true,
     publicKeys: [],
     userName: "kvmlab",
@@ -222,6 +242,8 @@ async function answers(ip: string): Promise<string> {
   });
 }
 
+let captured: Capture = { frames: 0, bytes: 0, hits: 0, tls: 0 };
+
 test("create places and boots a guest; stop/start, cold resize, live migration; delete leaves nothing", async () => {
   const inputs = await serverInputs("itsrv1");
   const created = await serverProvider.create!(inputs);
@@ -282,10 +304,20 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
   assert.match(await onHost(first, "virsh -c qemu:///system dominfo itsrv1"), /Max memory:\s+196608 KiB/);
   assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
 
-  // Live migration to the other host.
+  // Live migration to the other host, its tunnel NIC captured meanwhile: the guest's RAM
+  // (with the run's marker) crosses it only encrypted.
   const moved = await serverInputs("itsrv1", { ramMiB: 192, host: other, olds: bigger });
   assert.match(moved.changePlan, new RegExp(`live-migrate to host ${other}`));
-  outs = (await serverProvider.update!(inputs.uuid, outs, moved)).outs as typeof outs;
+  const wire = await startCapture(other);
+  try {
+    outs = (await serverProvider.update!(inputs.uuid, outs, moved)).outs as typeof outs;
+  } finally {
+    captured = await wire.stop();
+  }
+  process.stdout.write(`# kvmlab's migration on ${other}'s tunnel NIC: ${JSON.stringify(captured)}\n`);
+  assert.ok(captured.bytes > 1_000_000, `the capture saw the migration stream: ${JSON.stringify(captured)}`);
+  assert.equal(captured.hits, 0, "the run's marker (in guest RAM) never crosses the tunnel in plaintext");
+  assert.ok(captured.tls > 0, `the stream is TLS (handshake records seen): ${JSON.stringify(captured)}`);
   assert.equal(outs.host, other);
   assert.ok(
     outs.lastMigrationMs > 0 && outs.lastMigrationMs < 120_000,
@@ -554,4 +586,181 @@ test("a server created before instance folders were keyed by UUID keeps the fold
     "0",
     "delete removes the folder of its name",
   );
+/** What a capture on a host's tunnel NIC saw of QEMU's migration ports (49152–49215). */
+interface Capture {
+  /** TCP segments with payload, and their payload bytes. */
+  frames: number;
+  bytes: number;
+  /** Times the run's marker appeared in a payload (or across two consecutive ones). */
+  hits: number;
+  /** Payloads that start with a TLS handshake record (0x16 0x03). */
+  tls: number;
+  /** Payloads holding QEMU's plain migration stream magic "QEVM". */
+  qevm?: number;
+}
+
+/**
+ * A bounded packet capture (perl, AF_PACKET: Debian's perl-base, no tcpdump needed) on the NIC
+ * holding `host`'s tunnel address, inside that sandbox host's own network namespace. It stops
+ * when told, after 150 s, or after 2 GiB.
+ */
+const SNIFF = String.raw`
+use strict; use Socket;
+my ($if, $mark, $secs, $stop, $ready) = @ARGV;
+open(my $fh, "<", "/sys/class/net/$if/ifindex") or die "no interface $if\n"; my $idx = <$fh>; chomp $idx;
+socket(my $s, 17, 3, 0x0300) or die "packet socket: $!\n";
+bind($s, pack("S n i S C C a8", 17, 0x0003, $idx, 0, 0, 0, "")) or die "bind: $!\n";
+setsockopt($s, SOL_SOCKET, 33, pack("i", 64 << 20));
+open(my $r, ">", $ready); close($r);
+my ($frames, $bytes, $hits, $tls, $qevm) = (0, 0, 0, 0, 0); my %tail;
+my $end = time + $secs; my $m = length($mark);
+my $rin = ""; vec($rin, fileno($s), 1) = 1;
+while (time < $end && !-e $stop && $bytes < (2 << 30)) {
+  next unless select(my $rout = $rin, undef, undef, 0.2) > 0;
+  my $buf; defined(recv($s, $buf, 262144, 0)) or next;
+  next unless length($buf) > 54 && substr($buf, 12, 2) eq "\x08\x00" && ord(substr($buf, 23, 1)) == 6;
+  my $ihl = (ord(substr($buf, 14, 1)) & 15) * 4;
+  my ($sp, $dp) = unpack("n n", substr($buf, 14 + $ihl, 4));
+  next unless ($sp >= 49152 && $sp <= 49215) || ($dp >= 49152 && $dp <= 49215);
+  my $pl = substr($buf, 14 + $ihl + (ord(substr($buf, 14 + $ihl + 12, 1)) >> 4) * 4);
+  next if length($pl) == 0;
+  $frames++; $bytes += length($pl);
+  $tls++ if substr($pl, 0, 2) eq "\x16\x03";
+  $qevm++ if index($pl, "QEVM") >= 0;
+  my $w = ($tail{"$sp:$dp"} // "") . $pl; my $p = 0;
+  while (($p = index($w, $mark, $p)) >= 0) { $hits++; $p += $m; }
+  $tail{"$sp:$dp"} = substr($w, -($m - 1));
+}
+print "{\"frames\":$frames,\"bytes\":$bytes,\"hits\":$hits,\"tls\":$tls,\"qevm\":$qevm}\n";
+`;
+
+async function startCapture(host: string): Promise<{ stop: () => Promise<Capture> }> {
+  const h = hosts.find((x) => x.name === host)!;
+  const tun = h.tunnelAddress || h.address;
+  const id = crypto.randomBytes(4).toString("hex");
+  const stop = `/tmp/kvl-sniff-${id}.stop`;
+  const ready = `/tmp/kvl-sniff-${id}.ready`;
+  const cmd = `i=$(ip -o -4 addr show to ${tun} | awk '{print $2; exit}'); [ -n "$i" ] || { echo "no NIC holds ${tun}" >&2; exit 2; }; exec timeout 170 perl - "$i" ${MARK} 150 ${stop} ${ready}`;
+  const run = sshExec(status, host, cmd, { input: SNIFF, timeoutMs: 180_000 });
+  await waitFor(
+    `the capture on ${host} to start`,
+    async () => (await sshExec(status, host, `test -e ${ready}`)).code === 0 || undefined,
+    { timeoutMs: 20_000, intervalMs: 200 },
+  );
+  return {
+    stop: async () => {
+      await onHost(host, `touch ${stop}`);
+      const r = await run;
+      await onHost(host, `rm -f ${stop} ${ready}`);
+      assert.equal(r.code, 0, `capture on ${host}: ${r.stderr}`);
+      return JSON.parse(r.stdout.trim()) as Capture;
+    },
+  };
+}
+
+test("QEMU's plain stream carries guest RAM and disk in plaintext; with kvmlab's --tls neither (and the time of each)", async () => {
+  // A guest of the test's own (libvirt directly, not the provider): 192 MiB and a 16 MiB disk
+  // whose first 4 MiB repeat the run's marker, migrated hv1 -> hv2 on QEMU's plain stream (what
+  // kvmlab did before) and back hv2 -> hv1 with --tls and the certificates kvmlab makes, both
+  // copying the disk over NBD. The tunnel NIC of each destination is captured meanwhile.
+  const [src, dst] = ["hv1", "hv2"];
+  const cas: string[] = [];
+  for (const h of hosts) {
+    const [out] = await runLocked(h, [migrationTlsStep(h.name, migrationTlsAddresses(h))]);
+    cas.push(parseCaCertificate(out));
+  }
+  await runLocked(hosts[0], [trustPeerStep(hosts[1].name, cas[1])]);
+  await runLocked(hosts[1], [trustPeerStep(hosts[0].name, cas[0])]);
+
+  const name = "itmig1";
+  const dir = "/var/lib/kvmlab-itest";
+  const disk = `${dir}/${name}.qcow2`;
+  await onHost(
+    src,
+    `set -e; mkdir -p ${dir}; yes ${MARK} | head -c 4194304 > ${dir}/raw; truncate -s 16M ${dir}/raw; qemu-img convert -f raw -O qcow2 ${dir}/raw ${disk}; rm -f ${dir}/raw`,
+  );
+  await onHost(dst, `set -e; mkdir -p ${dir}; qemu-img create -q -f qcow2 ${disk} 16M`);
+  const xml = testGuestXml(status, {
+    name,
+    uuid: "6b1f0c2e-3d4a-4e5f-8a9b-0c1d2e3f4a5b",
+    bridge: network!.bridge,
+    memoryMiB: 192,
+    extraCmdline: MARKS,
+    disks: [disk],
+  });
+  const def = await sshExec(
+    status,
+    src,
+    `cat > ${dir}/${name}.xml && virsh -q -c qemu:///system define ${dir}/${name}.xml && virsh -q -c qemu:///system start ${name}`,
+    { input: xml },
+  );
+  assert.equal(def.code, 0, def.stderr);
+  // libvirt URIs from the runner (client-driven migration): the sandbox's key and known_hosts.
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-mig-"));
+  const uri = (host: string): string => {
+    const sh = status.hosts.find((x) => x.name === host)!;
+    const kh = path.join(tmp, `${host}.known_hosts`);
+    const lines = fs
+      .readFileSync(sh.knownHostsPath, "utf8")
+      .split("\n")
+      .filter((l) => l.trim() !== "")
+      .flatMap((l) => {
+        const [, ...rest] = l.split(" ");
+        return [`${sh.address} ${rest.join(" ")}`, `[${sh.address}]:${sh.port} ${rest.join(" ")}`];
+      });
+    fs.writeFileSync(kh, lines.join("\n") + "\n");
+    return `qemu+libssh://${sh.user}@${sh.address}:${sh.port}/system?keyfile=${sh.privateKeyPath}&known_hosts=${kh}&sshauth=privkey`;
+  };
+  const migrate = async (from: string, to: string, tls: boolean): Promise<{ ms: number; wire: Capture }> => {
+    const t = hosts.find((x) => x.name === to)!;
+    const args = [
+      "-q",
+      "-c",
+      uri(from),
+      "migrate",
+      "--live",
+      "--persistent",
+      "--undefinesource",
+      "--copy-storage-all",
+      ...(tls ? ["--tls"] : []),
+      "--migrateuri",
+      `tcp://${t.tunnelAddress}`,
+      "--listen-address",
+      t.tunnelAddress,
+      name,
+      uri(to),
+    ];
+    const wire = await startCapture(to);
+    const r = await runCommand("virsh", args, { timeoutMs: 240_000 }).catch((e: Error) => e);
+    const got = await wire.stop();
+    if (r instanceof Error) throw r;
+    assert.equal(r.code, 0, `virsh migrate ${from} -> ${to}: ${r.stderr}`);
+    return { ms: r.ms, wire: got };
+  };
+  try {
+    const plain = await migrate(src, dst, false);
+    assert.match(await onHost(dst, `virsh -c qemu:///system domstate ${name}`), /running/);
+    const tls = await migrate(dst, src, true);
+    assert.match(await onHost(src, `virsh -c qemu:///system domstate ${name}`), /running/);
+    process.stdout.write(
+      `# migration of a 192 MiB guest + 16 MiB disk (NBD), same run: plain TCP ${plain.ms} ms ${JSON.stringify(plain.wire)}; TLS ${tls.ms} ms ${JSON.stringify(tls.wire)}\n` +
+        `# kvmlab's own migration (192 MiB, no disk) on its destination's tunnel NIC: ${JSON.stringify(captured)}\n`,
+    );
+    // The capture sees plaintext when there is some: the marker (RAM and disk) and QEMU's magic.
+    assert.ok(plain.wire.hits > 0, `the plain stream shows the marker: ${JSON.stringify(plain.wire)}`);
+    assert.ok((plain.wire.qevm ?? 0) > 0, "the plain stream is QEMU's own");
+    // With --tls: as many bytes cross, none of them the marker or QEMU's magic.
+    assert.ok(tls.wire.bytes > plain.wire.bytes / 2, `TLS carried the guest: ${JSON.stringify(tls.wire)}`);
+    assert.equal(tls.wire.hits, 0, "no marker in the TLS stream (RAM or NBD disk copy)");
+    assert.equal(tls.wire.qevm, 0, "no plain QEMU stream");
+    assert.ok(tls.wire.tls >= 2, "TLS handshake records (client and server hello) on the wire");
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    for (const h of [src, dst])
+      await sshExec(
+        status,
+        h,
+        `virsh -q -c qemu:///system destroy ${name} >/dev/null 2>&1; virsh -q -c qemu:///system undefine ${name} >/dev/null 2>&1; rm -rf ${dir} /var/log/kvmlab-${name}.console`,
+      ).catch(() => undefined);
+  }
 });

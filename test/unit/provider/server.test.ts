@@ -369,7 +369,7 @@ test("steps quote what they pass and guard the domain by UUID", () => {
   const dest = hosts[1];
   assert.match(
     migrateStep("web1", dest, false, 120).script,
-    /^timeout 120 virsh -q -c qemu:\/\/\/system migrate --live --persistent --undefinesource --timeout 60 --migrateuri tcp:\/\/10\.0\.0\.12 --listen-address 10\.0\.0\.12 web1 'qemu\+libssh:\/\/root@10\.0\.0\.12:22\/system\?keyfile=\/var\/lib\/kvmlab\/migrate\/web1\/id&known_hosts=\/var\/lib\/kvmlab\/migrate\/web1\/known_hosts&sshauth=privkey'/,
+    /^timeout 120 virsh -q -c qemu:\/\/\/system migrate --live --persistent --undefinesource --tls --timeout 60 --migrateuri tcp:\/\/10\.0\.0\.12 --listen-address 10\.0\.0\.12 web1 'qemu\+libssh:\/\/root@10\.0\.0\.12:22\/system\?keyfile=\/var\/lib\/kvmlab\/migrate\/web1\/id&known_hosts=\/var\/lib\/kvmlab\/migrate\/web1\/known_hosts&sshauth=privkey'/,
   );
   assert.match(migrateStep("web1", dest, true, 120).script, /--copy-storage-inc/);
   assert.equal(

@@ -1,0 +1,217 @@
+/**
+ * Live migration over TLS (issue 15): the migrate command line asks libvirt for TLS, and the
+ * host steps that make each host's migration certificates, run here against a temporary root
+ * with the real openssl: what they make, with which modes, what they print (never a key), that
+ * a second run changes nothing, that a new address remakes the server certificate, that a
+ * folder of someone else's certificates is refused untouched, and that a peer's CA joins QEMU's
+ * trust list (a leaf certificate does not).
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
+import {
+  MIGRATION_TLS_DIR,
+  migrateStep,
+  migrationTlsAddresses,
+  migrationTlsStep,
+  parseCaCertificate,
+  trustPeerStep,
+} from "../../../provider/server/migrate";
+import { testHost } from "./fixtures";
+
+function run(script: string): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync("bash", ["-c", script], { encoding: "utf8" });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function openssl(args: string[]): string {
+  const r = spawnSync("openssl", args, { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+/** A temporary host root: its own /etc/libvirt/qemu.conf (optional lines) and nothing else. */
+function hostRoot(qemuConf: string[] = []): string {
+  const r = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-mtls-"));
+  if (qemuConf.length > 0) {
+    fs.mkdirSync(path.join(r, "etc/libvirt"), { recursive: true });
+    fs.writeFileSync(path.join(r, "etc/libvirt/qemu.conf"), qemuConf.join("\n") + "\n");
+  }
+  return r;
+}
+
+const mode = (f: string): string => (fs.statSync(f).mode & 0o777).toString(8);
+
+test("the migrate command asks libvirt for TLS on the tunnel address (memory and disks)", () => {
+  const dst = testHost("hv2", 2);
+  for (const s of [
+    migrateStep("web1", dst, false, 120).script,
+    migrateStep("web1", dst, true, 240, undefined, ["vda", "vdb"]).script,
+  ]) {
+    assert.match(s, /virsh -q -c qemu:\/\/\/system migrate --live --persistent --undefinesource --tls /);
+    assert.match(s, new RegExp(`--migrateuri tcp://${dst.tunnelAddress.replace(/\./g, "\\.")} `));
+    assert.match(s, new RegExp(`--listen-address ${dst.tunnelAddress.replace(/\./g, "\\.")} `));
+  }
+  assert.deepEqual(migrationTlsAddresses(dst), [dst.tunnelAddress, dst.address]);
+  assert.deepEqual(migrationTlsAddresses({ ...dst, tunnelAddress: "" }), [dst.address]);
+});
+
+test("a host's migration certificates: made once, root-only keys, never printed, renewed for a new address", () => {
+  const root = hostRoot(['user = "root"', 'group = "root"']);
+  try {
+    const step = migrationTlsStep("hv1", ["10.254.0.11", "10.255.0.11"], { root });
+    assert.doesNotMatch(step.script, /PRIVATE KEY/);
+    const r1 = run(step.script);
+    assert.equal(r1.status, 0, r1.stderr);
+    // It prints the CA certificate and nothing else (no key, no openssl chatter).
+    const ca = parseCaCertificate(r1.stdout);
+    assert.ok(ca !== "", r1.stdout);
+    assert.equal(r1.stdout.trim(), ca.trim());
+    assert.doesNotMatch(r1.stdout + r1.stderr, /PRIVATE KEY/);
+
+    const d = path.join(root, "etc/pki/qemu");
+    const k = path.join(root, MIGRATION_TLS_DIR);
+    assert.equal(mode(k), "700");
+    assert.equal(mode(path.join(k, "ca-key.pem")), "600");
+    for (const n of ["server", "client"]) {
+      assert.equal(mode(path.join(d, `${n}-key.pem`)), "600", `${n} key: root only (QEMU runs as root)`);
+      assert.equal(mode(path.join(d, `${n}-cert.pem`)), "644");
+      assert.match(fs.readFileSync(path.join(d, `${n}-key.pem`), "utf8"), /BEGIN PRIVATE KEY/);
+      assert.match(
+        openssl(["verify", "-CAfile", path.join(k, "ca-cert.pem"), path.join(d, `${n}-cert.pem`)]),
+        /OK/,
+      );
+    }
+    assert.ok(!fs.existsSync(path.join(d, "ca-key.pem")), "the CA key is not in QEMU's folder");
+    const server = openssl(["x509", "-in", path.join(d, "server-cert.pem"), "-noout", "-text"]);
+    assert.match(server, /IP Address:10\.254\.0\.11, IP Address:10\.255\.0\.11/);
+    assert.match(server, /TLS Web Server Authentication/);
+    assert.match(server, /CA:FALSE/);
+    assert.match(
+      openssl(["x509", "-in", path.join(d, "client-cert.pem"), "-noout", "-text"]),
+      /TLS Web Client Authentication/,
+    );
+    assert.equal(fs.readFileSync(path.join(d, "ca-cert.pem"), "utf8"), ca, "QEMU trusts the host's own CA");
+
+    // A second run changes nothing.
+    const before = fs.readdirSync(d).map((f) => [f, fs.readFileSync(path.join(d, f), "utf8")]);
+    const r2 = run(step.script);
+    assert.equal(r2.status, 0, r2.stderr);
+    assert.equal(r2.stdout, r1.stdout);
+    assert.deepEqual(
+      fs.readdirSync(d).map((f) => [f, fs.readFileSync(path.join(d, f), "utf8")]),
+      before,
+    );
+
+    // Another tunnel address: a new server certificate (and key) naming it, the same CA.
+    const key1 = fs.readFileSync(path.join(d, "server-key.pem"), "utf8");
+    const r3 = run(migrationTlsStep("hv1", ["10.254.9.11", "10.255.0.11"], { root }).script);
+    assert.equal(r3.status, 0, r3.stderr);
+    assert.equal(parseCaCertificate(r3.stdout), ca);
+    assert.match(
+      openssl(["x509", "-in", path.join(d, "server-cert.pem"), "-noout", "-ext", "subjectAltName"]),
+      /IP Address:10\.254\.9\.11, IP Address:10\.255\.0\.11/,
+    );
+    assert.notEqual(fs.readFileSync(path.join(d, "server-key.pem"), "utf8"), key1);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("the certificate folder qemu.conf names is used; a key group QEMU runs as may read the keys", () => {
+  const group = spawnSync("getent", ["group", "daemon"], { encoding: "utf8" }).status === 0 ? "daemon" : "";
+  const root = hostRoot([
+    'migrate_tls_x509_cert_dir = "/etc/pki/kvmlab-migrate"',
+    ...(group ? [`group = "${group}"`] : []),
+  ]);
+  try {
+    const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
+    assert.equal(r.status, 0, r.stderr);
+    const d = path.join(root, "etc/pki/kvmlab-migrate");
+    assert.ok(fs.existsSync(path.join(d, "server-cert.pem")));
+    assert.ok(!fs.existsSync(path.join(root, "etc/pki/qemu")));
+    if (group) {
+      const st = fs.statSync(path.join(d, "server-key.pem"));
+      assert.equal(mode(path.join(d, "server-key.pem")), "640");
+      assert.equal(st.uid, 0);
+      const gid = Number(spawnSync("getent", ["group", group], { encoding: "utf8" }).stdout.split(":")[2]);
+      assert.equal(st.gid, gid);
+    }
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("someone else's certificates are refused untouched; encrypted-key settings are refused", () => {
+  const root = hostRoot();
+  try {
+    const d = path.join(root, "etc/pki/qemu");
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, "server-cert.pem"), "the admin's own\n");
+    const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
+    assert.equal(r.status, 42, r.stderr);
+    assert.match(r.stderr, /server-cert\.pem exists and kvmlab did not make it/);
+    assert.deepEqual(fs.readdirSync(d), ["server-cert.pem"]);
+    assert.equal(fs.readFileSync(path.join(d, "server-cert.pem"), "utf8"), "the admin's own\n");
+    assert.ok(!fs.existsSync(path.join(root, MIGRATION_TLS_DIR, "ca-key.pem")), "no CA made");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  const root2 = hostRoot(['migrate_tls_x509_secret_uuid = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f"']);
+  try {
+    const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root: root2 }).script);
+    assert.equal(r.status, 41, r.stderr);
+    assert.match(r.stderr, /migrate_tls_x509_secret_uuid/);
+  } finally {
+    fs.rmSync(root2, { recursive: true, force: true });
+  }
+  assert.throws(() => migrationTlsStep("hv1;reboot", ["10.254.0.11"]), /invalid host name/);
+  assert.throws(() => migrationTlsStep("hv1", ["10.0.0.1 -x"]), /neither an IPv4 address nor a DNS name/);
+  assert.throws(() => migrationTlsStep("hv1", []), /at least one address/);
+});
+
+test("a peer's CA joins QEMU's trust list (replacing the peer's older one); a leaf certificate does not", () => {
+  const a = hostRoot();
+  const b = hostRoot();
+  try {
+    const caA = parseCaCertificate(run(migrationTlsStep("hv1", ["10.254.0.11"], { root: a }).script).stdout);
+    const caB = parseCaCertificate(run(migrationTlsStep("hv2", ["10.254.0.12"], { root: b }).script).stdout);
+    assert.ok(caA && caB && caA !== caB);
+    for (let i = 0; i < 2; i++) {
+      const r = run(trustPeerStep("hv2", caB, { root: a }).script);
+      assert.equal(r.status, 0, r.stderr);
+    }
+    const bundle = path.join(a, "etc/pki/qemu/ca-cert.pem");
+    assert.equal(fs.readFileSync(bundle, "utf8"), caA + caB, "own CA, then the peer's, once");
+    // hv1's client certificate now verifies against hv2's trust list once hv2 trusts hv1, and
+    // hv2's server certificate against hv1's.
+    assert.equal(run(trustPeerStep("hv1", caA, { root: b }).script).status, 0);
+    openssl(["verify", "-CAfile", bundle, path.join(b, "etc/pki/qemu/server-cert.pem")]);
+    openssl([
+      "verify",
+      "-CAfile",
+      path.join(b, "etc/pki/qemu/ca-cert.pem"),
+      path.join(a, "etc/pki/qemu/client-cert.pem"),
+    ]);
+    // hv2 makes a new CA: hv1 trusts that one instead of the old.
+    fs.rmSync(path.join(b, MIGRATION_TLS_DIR, "ca-key.pem"));
+    const caB2 = parseCaCertificate(run(migrationTlsStep("hv2", ["10.254.0.12"], { root: b }).script).stdout);
+    assert.notEqual(caB2, caB);
+    assert.equal(run(trustPeerStep("hv2", caB2, { root: a }).script).status, 0);
+    assert.equal(fs.readFileSync(bundle, "utf8"), caA + caB2);
+    // A leaf (not a CA) is refused on the host; text that is not one certificate before.
+    const leaf = fs.readFileSync(path.join(b, "etc/pki/qemu/server-cert.pem"), "utf8");
+    const r = run(trustPeerStep("hv3", leaf, { root: a }).script);
+    assert.equal(r.status, 44, r.stderr);
+    assert.equal(fs.readFileSync(bundle, "utf8"), caA + caB2);
+    assert.throws(() => trustPeerStep("hv3", "not a certificate"), /did not give one PEM CA certificate/);
+    assert.throws(() => trustPeerStep("hv3", caA + caB), /did not give one PEM CA certificate/);
+    assert.throws(() => trustPeerStep("../hv3", caA), /invalid peer host name/);
+  } finally {
+    fs.rmSync(a, { recursive: true, force: true });
+    fs.rmSync(b, { recursive: true, force: true });
+  }
+});
