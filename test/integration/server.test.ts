@@ -586,6 +586,8 @@ test("a server created before instance folders were keyed by UUID keeps the fold
     "0",
     "delete removes the folder of its name",
   );
+});
+
 /** What a capture on a host's tunnel NIC saw of QEMU's migration ports (49152–49215). */
 interface Capture {
   /** TCP segments with payload, and their payload bytes. */
