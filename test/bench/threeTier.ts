@@ -61,6 +61,52 @@ async function cleanDirect(status: SandboxStatus, h: number): Promise<void> {
   );
 }
 
+/**
+ * What each group's members waited for, in order (ms after the up started): the program's start
+ * (its first custom resource done: load, then the closure serialization of every provider type),
+ * the group's slots defined, their security-group ports, its load balancer, its agent created,
+ * then from the agent's own log its start, each member's start and its entry in service.
+ */
+function criticalPath(
+  done: readonly { type: string; name: string; ms: number }[],
+  agentLog: string,
+  upStart: number,
+  upMs: number,
+  servingMs: number,
+): string {
+  const s = (ms: number | undefined) => (ms === undefined ? "—" : `${(ms / 1000).toFixed(1)} s`);
+  const dyn = done.filter((d) => d.type.startsWith("pulumi-nodejs:dynamic/"));
+  const last = (pred: (d: { type: string; name: string }) => boolean) => {
+    const ms = dyn.filter(pred).map((d) => d.ms);
+    return ms.length === 0 ? undefined : Math.max(...ms);
+  };
+  const kind = (d: { type: string }) => d.type.replace(/^pulumi-nodejs:dynamic\//, "");
+  const events = agentLog
+    .split("\n")
+    .map((l) => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2) as [string, string])))
+    .filter((e) => e.group && e.ts);
+  const rows = [
+    "\nWhat the members waited for (ms after the up started; the agents' times from their decisions.log)\n",
+    "| group | slots defined | their SG ports | load balancer | agent created | agent started | members started | members in service |",
+    "|---|---|---|---|---|---|---|---|",
+  ];
+  for (const agent of dyn.filter((d) => kind(d) === "AutoscaleAgent")) {
+    const app = agent.name.replace(/-agent$/, "");
+    const mine = (d: { name: string }) => new RegExp(`^${app}-\\d+`).test(d.name);
+    const g = events.filter((e) => app.endsWith(`-${e.group}`) || app === e.group);
+    const at = (pred: (e: Record<string, string>) => boolean) =>
+      g.filter(pred).map((e) => `${((Number(e.ts) - upStart) / 1000).toFixed(1)} s`);
+    rows.push(
+      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${at((e) => e.event === "agent-start").join(", ") || "—"} | ${at((e) => e.action === "start").join(", ") || "—"} | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
+    );
+  }
+  rows.push(
+    "",
+    `program start (first custom resource done): ${s(Math.min(...dyn.map((d) => d.ms)))}; up returned: ${s(upMs)}; every member served through the floating IP: ${s(servingMs)}`,
+  );
+  return rows.join("\n");
+}
+
 async function main(): Promise<void> {
   const status = await startSandbox(INSTANCE, 2);
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-bench-three-"));
@@ -71,12 +117,15 @@ async function main(): Promise<void> {
     await Promise.all(status.hosts.map((_, h) => cleanDirect(status, h)));
 
     // When each step of the up finished (ms after the up started), for the breakdown below.
-    const done: { type: string; ms: number }[] = [];
+    const done: { type: string; name: string; ms: number }[] = [];
     let upStart = 0;
     const run = (operation: "up" | "destroy") =>
       runEngine({
         ...(operation === "up"
-          ? { onStep: (e: StepEvent) => done.push({ type: e.type, ms: Date.now() - upStart }) }
+          ? {
+              onStep: (e: StepEvent) =>
+                done.push({ type: e.type, name: e.urn.split("::").pop() ?? "", ms: Date.now() - upStart }),
+            }
           : {}),
         operation,
         programDir: PROGRAM,
@@ -94,6 +143,19 @@ async function main(): Promise<void> {
     const servingMs = Date.now() - t1;
     if (seen.web.size < 2 || seen.was.size < 2)
       throw new Error(`not every member served: ${seen.answers.join(" | ")}`);
+    // The agents' own log (same clock: the sandbox's hosts are namespaces of this machine).
+    const agentLog = (
+      await Promise.all(
+        status.hosts.map((h) =>
+          sshCheck(
+            status,
+            h.name,
+            'for f in /var/lib/kvmlab/asg/*/decisions.log; do [ -f "$f" ] || continue; g=${f%/decisions.log}; g=${g##*/}; sed "s|^|group=$g |" "$f"; done',
+            { timeoutMs: 30_000 },
+          ),
+        ),
+      )
+    ).join("\n");
     const t2 = Date.now();
     const down = await run("destroy");
     const destroyMs = Date.now() - t2;
@@ -128,6 +190,7 @@ async function main(): Promise<void> {
     }
     for (const [t, ms] of [...types].sort((a, b) => Math.max(...a[1]) - Math.max(...b[1])))
       console.log(`| ${t} | ${ms.length} | ${s(Math.min(...ms))} | ${s(Math.max(...ms))} |`);
+    console.log(criticalPath(done, agentLog, t1, upMs, servingMs));
   } finally {
     fs.rmSync(stateDir, { recursive: true, force: true });
     await stopSandbox(INSTANCE);
