@@ -68,7 +68,7 @@ async function cleanDirect(status: SandboxStatus, h: number): Promise<void> {
  * the group's slots defined, their security-group ports, its load balancer, its agent created,
  * then from the agent's own log its start, each member's start and its entry in service.
  */
-function criticalPath(
+export function criticalPath(
   done: readonly { type: string; name: string; ms: number }[],
   agentLog: string,
   upStart: number,
@@ -81,7 +81,7 @@ function criticalPath(
     const ms = dyn.filter(pred).map((d) => d.ms);
     return ms.length === 0 ? undefined : Math.max(...ms);
   };
-  const kind = (d: { type: string }) => d.type.replace(/^pulumi-nodejs:dynamic\//, "");
+  const kind = (d: { type: string }) => d.type.split(":").pop() ?? "";
   const events = agentLog
     .split("\n")
     .map((l) => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2) as [string, string])))
