@@ -280,6 +280,12 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
     if (lbArgs !== undefined) {
       const { listener, pool: poolArgs, memberPort, ...rest } = lbArgs;
       const lbName = rest.lbName ?? `${name}-lb`;
+      // The pool's addresses: every slot's fixed address when the program gives them all, so the
+      // load balancer needs nothing of the slots and is built beside them instead of after the
+      // last one (issue 13: the agent, which needs both, starts sooner). Else each slot's Server
+      // (its address comes from IPAM at its create).
+      const fixed = slots.map((_, i) => args.launch.ports[0].fixedIps?.[i] ?? "");
+      const allFixed = fixed.every((a) => a !== "");
       this.loadBalancer = new LoadBalancer(
         `${name}-lb`,
         {
@@ -292,14 +298,14 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
                 ...poolArgs,
                 members: this.members.map((m, i) => ({
                   name: slots[i],
-                  address: m.ip,
+                  address: allFixed ? fixed[i] : m.ip,
                   protocolPort: memberPort,
                 })),
               },
             },
           ],
         },
-        { parent: this, dependsOn: this.members.map((m) => m.server) },
+        { parent: this, dependsOn: allFixed ? [] : this.members.map((m) => m.server) },
       );
       const paths = loadBalancerPaths(lbName);
       const hm = poolArgs.healthMonitor ?? null;

@@ -326,15 +326,30 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
         entry.requests.push(r);
         claims.set(choice.host, entry);
       }
+      const claimSteps = (i: ServerInputs): Step[] => [
+        claimStep(serverOwned(i.serverName), i.owner),
+        nameFreeStep(i),
+        recordStep(i, []),
+      ];
       await Promise.all(
         [...claims.values()].map(async ({ host, requests }) => {
+          // Every claim on a host in one locked round trip; when one is refused, each again on
+          // its own (the steps are idempotent for their owner), so each gets its own answer.
+          if (requests.length > 1) {
+            try {
+              await runLocked(
+                host,
+                requests.flatMap((r) => claimSteps(r.inputs)),
+              );
+              for (const r of requests) settle(r, { host });
+              return;
+            } catch {
+              // below
+            }
+          }
           for (const r of requests) {
             try {
-              await runLocked(host, [
-                claimStep(serverOwned(r.inputs.serverName), r.inputs.owner),
-                nameFreeStep(r.inputs),
-                recordStep(r.inputs, []),
-              ]);
+              await runLocked(host, claimSteps(r.inputs));
               settle(r, { host });
             } catch (err) {
               settle(r, { error: err });
@@ -792,6 +807,9 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // Locks are held only for decisions (quota, placement, IPAM, the image claim), never
       // across define, boot or readiness, so parallel creates overlap their waits (issue 13).
       // (The kit reserved the quota before this call, under the controller's lock: see `quota`.)
+      // The capability probe (cached per host) runs beside placement instead of after it.
+      for (const h of inputs.host !== "" ? [hostNamed(inputs.hosts, inputs.host)] : inputs.hosts)
+        void domainTypeOf(h).catch(() => undefined);
       host = await phase(m, "placement", () => placeAndClaim(inputs));
       const placed: HostConnection = host;
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));
@@ -808,14 +826,28 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       );
       const kept = parseKeptVolumes(inputs.serverName, claimed[claimed.length - 1]);
       const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
-      await waited(m, () =>
-        runChecked(placed, [...materializeSteps(inputs, xml), recordStep(inputs, addresses)], {
-          timeoutMs: 180000,
-          ...WORKER,
-        }),
+      const running = inputs.powerState === "running";
+      // The domain's info (state, VNC port) is read in the batch that defines it, or that starts
+      // it: no round trip of its own after the wait.
+      const defined = await waited(m, () =>
+        runChecked(
+          placed,
+          [
+            ...materializeSteps(inputs, xml),
+            recordStep(inputs, addresses),
+            ...(running ? [] : [infoStep(inputs.serverName)]),
+          ],
+          { timeoutMs: 180000, ...WORKER },
+        ),
       );
-      if (inputs.powerState === "running") await startDomain(inputs, placed, addresses, m);
-      const info = await phase(m, "info", () => readInfo(placed, inputs.serverName));
+      let info: DomainInfo;
+      if (running) {
+        const [, out] = await waited(m, () =>
+          runChecked(placed, [startStep(inputs.serverName), infoStep(inputs.serverName)], WORKER),
+        );
+        info = parseDomainInfo(out);
+        await waitReady(inputs, placed, addresses, m);
+      } else info = parseDomainInfo(defined[defined.length - 1]);
       const outs = outputsFor(inputs, placed, domainType, addresses, info, 0);
       finishMetrics(m, { host: placed.name });
       return { id: inputs.uuid, outs };

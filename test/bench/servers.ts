@@ -27,7 +27,7 @@ interface Metric {
   totalMs: number;
   waitMs: number;
   probes?: number;
-  /** kvmlab's own phases of a create (quota, placement, ipam, claim, info), in ms. */
+  /** kvmlab's own phases of a create (placement, probe, ipam, claim), in ms. */
   phases?: Record<string, number>;
   connectionsOpened: number;
   steps: number;
@@ -239,7 +239,7 @@ async function main(argv: string[]): Promise<number> {
   console.log(table(rows));
   console.log(
     "\nSSH connections / remote commands are the provider process's totals (servers, network, subnet, image, flavor) divided by N;" +
-      " waiting = define/start batch, readiness polling; kvmlab itself = the rest of each create (quota, placement, the host capability probe, IPAM, the image claim, the final dominfo).",
+      " waiting = define/start batch (the domain's info is read in it), readiness polling; kvmlab itself = the rest of each create (placement, the host capability probe, IPAM, the image claim).",
   );
   return 0;
 }

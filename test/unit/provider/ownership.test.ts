@@ -400,6 +400,61 @@ test("same-named servers of two stacks on two hosts do not share an address: the
   }
 });
 
+test("servers placed in one turn on one host: one refused for another owner's name, the other still created (each answered for itself)", async () => {
+  const hv1 = testHost("hv1", 1);
+  const A = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const B = (n: string) => ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: n });
+  const web1 = serverSetup(B("web1"), [hv1], "hv1");
+  const raw = serverRaw([hv1]);
+  const uuid2 = "0b6d3c1e-2f4a-4b5c-8d9e-0f1a2b3c4d5e";
+  const rename = (xml: string) =>
+    xml
+      .split("web1")
+      .join("web2")
+      .split(raw.uuid as string)
+      .join(uuid2);
+  const xml = raw.domainXml as { kvm: string; qemu: string };
+  const { inputs: web2, failures } = checkServerInputs({
+    ...raw,
+    domainXml: { kvm: rename(xml.kvm), qemu: rename(xml.qemu) },
+    serverName: "web2",
+    uuid: uuid2,
+    host: "hv1",
+    owner: B("web2"),
+  });
+  assert.deepEqual(failures, []);
+  const fake = fakeHost([
+    [/^read host capacity/, "memtotal=4194304\nmemavailable=4000000\ncpus=2"],
+    [/^read record ipam\//, JSON.stringify(IPAM_RECORD({}))],
+    [/^read domain/, "defined=yes\nstate=shut off\ntype=qemu"],
+  ]);
+  try {
+    markOwned(fake, hv1, "server/web1.owner", A);
+    const p = serverProvider as unknown as P;
+    const [r1, r2] = await Promise.allSettled([
+      p.create({ ...web1, powerState: "external" } as never),
+      p.create({ ...(web2 as object), powerState: "external" } as never),
+    ]);
+    assert.equal(r1.status, "rejected");
+    assert.match(
+      String((r1 as PromiseRejectedResult).reason),
+      /server web1 on this host belongs to lab\/a\/Server\/web1, not to lab\/b\/Server\/web1/,
+    );
+    assert.equal(r2.status, "fulfilled", `web2 is created: ${String((r2 as PromiseRejectedResult).reason)}`);
+    assert.ok(
+      fake.log.some((l) => /^write record server\/web2/.test(l.label)),
+      "web2's placement record is written",
+    );
+    assert.deepEqual(
+      destructive(fake).filter((l) => /web1/.test(l)),
+      [],
+      "nothing is written over or removed of A's web1 (no record, no delete)",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
 test("placement holds the controller's placement lock (across processes) from reading loads to the claim", async () => {
   const hv1 = testHost("hv1", 1);
   const hv2 = testHost("hv2", 2);
