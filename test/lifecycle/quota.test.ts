@@ -192,13 +192,15 @@ test(
     assert.equal(end.holders.length, end.domains);
     for (const h of end.holders)
       assert.match(h, /^quota\/[ab]\/Server\/[ab]-s[1-3]\/project=Default%2Frace$/);
-    // A refused server left nothing: one instance folder and one record per defined domain.
+    // A refused server left nothing: one instance folder (keyed by the server's UUID, so every
+    // folder on this lab's host counts) and one record per defined domain.
     const left = await sshCheck(
       status,
       hosts[0].name,
-      "ls /var/lib/kvmlab/instances 2>/dev/null | grep -cE '^[ab]-s' ; ls /var/lib/kvmlab/records/server 2>/dev/null | grep -cE '^[ab]-s'",
+      "ls /var/lib/kvmlab/instances 2>/dev/null | grep -c . ; ls /var/lib/kvmlab/records/server 2>/dev/null | grep -cE '^[ab]-s'; grep -ho '<name>[^<]*</name>' /var/lib/kvmlab/instances/*/domain.xml 2>/dev/null | tr '\\n' ' '",
     );
-    assert.deepEqual(left.trim().split("\n"), [String(end.domains), String(end.domains)]);
+    const [folders, records, names] = left.trim().split("\n");
+    assert.deepEqual([folders, records], [String(end.domains), String(end.domains)], `folders of: ${names}`);
   },
 );
 
