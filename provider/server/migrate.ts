@@ -254,7 +254,7 @@ export function knownHostsText(dest: HostConnection, keys: readonly string[]): s
 /**
  * kvmlab's own migration TLS folder on every host (root only, 0700): the host's CA key and
  * certificate, `certdir` (the QEMU certificate folder kvmlab manages, read from qemu.conf) and
- * `peers/<host>.pem` (the CA certificates of the hosts it migrates with).
+ * `peers/<sha256 fingerprint>.pem` (the CA certificates of the hosts it migrates with).
  */
 export const MIGRATION_TLS_DIR = `${KVMLAB_STATE_DIR}/migrate-tls`;
 
@@ -273,24 +273,41 @@ export function migrationTlsAddresses(h: HostConnection): string[] {
   return [...new Set([migrationAddress(h), h.address].filter((a) => a !== ""))];
 }
 
-/** The subjectAltName extension value, and how `openssl x509 -ext subjectAltName` prints it (spaces removed). */
-function sanOf(addresses: readonly string[]): { ext: string; printed: string } {
+/** The subjectAltName entries for `addresses`, as openssl's config takes them (`IP:a`, `DNS:name`). */
+function sanOf(addresses: readonly string[]): string[] {
   if (addresses.length === 0) throw new Error("migration TLS: a host certificate needs at least one address");
-  const parts = addresses.map((a) => {
-    if (isIPv4(a)) return { ext: `IP:${a}`, printed: `IPAddress:${a}` };
-    if (/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(a)) return { ext: `DNS:${a}`, printed: `DNS:${a}` };
+  return addresses.map((a) => {
+    if (isIPv4(a)) return `IP:${a}`;
+    if (/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(a)) return `DNS:${a}`;
     throw new Error(
       `migration TLS: the host address ${JSON.stringify(a)} is neither an IPv4 address nor a DNS name`,
     );
   });
-  return { ext: parts.map((p) => p.ext).join(","), printed: parts.map((p) => p.printed).join(",") };
 }
 
-/** Shell lines that (re)write QEMU's trust list, ca-cert.pem: the host's own CA, then its peers'. */
+/** Shell function `fp FILE`: the sha256 fingerprint of a PEM certificate, 64 lowercase hex digits. */
+const FP_FN =
+  "fp() { openssl x509 -in \"$1\" -noout -fingerprint -sha256 2>/dev/null | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f'; }";
+
+/**
+ * Shell lines that (re)write QEMU's trust list, ca-cert.pem: the host's own CA, then its peers'
+ * (peers/<fingerprint>.pem, and peers/<host name>.pem left by the first TLS version, still
+ * trusted), each CA once.
+ */
 function bundleLines(): string[] {
   return [
+    FP_FN,
     't=$(mktemp "$d/.ca-cert.XXXXXX")',
-    '{ cat "$k/ca-cert.pem"; for p in "$k"/peers/*.pem; do [ -e "$p" ] && cat "$p"; done; } > "$t"',
+    'seen=" $(fp "$k/ca-cert.pem") "',
+    "{",
+    '  cat "$k/ca-cert.pem"',
+    '  for p in "$k"/peers/*.pem; do',
+    '    [ -e "$p" ] || continue',
+    '    f=$(fp "$p"); [ -n "$f" ] || continue',
+    '    case "$seen" in *" $f "*) continue ;; esac',
+    '    seen="$seen$f "; cat "$p"',
+    "  done",
+    '} > "$t"',
     'chmod 0644 "$t"',
     'if cmp -s "$t" "$d/ca-cert.pem"; then rm -f "$t"; else mv -f "$t" "$d/ca-cert.pem"; fi',
   ];
@@ -324,8 +341,9 @@ export function migrationTlsStep(
     `if [ -n "$new" ] || ! [ -s "$d/${n}-key.pem" ] || ! [ -s "$d/${n}-cert.pem" ] \\`,
     `  || ! openssl verify -CAfile "$k/ca-cert.pem" "$d/${n}-cert.pem" >/dev/null 2>&1 \\`,
     `  || ! openssl x509 -in "$d/${n}-cert.pem" -noout -checkend 2592000 >/dev/null 2>&1 \\`,
-    `  || [ "$(openssl x509 -in "$d/${n}-cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ')" != "$san" ]; then`,
-    `  printf '%s\\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${eku}' "subjectAltName=$sanext" > "$k/${n}.ext"`,
+    // A requested address the certificate does not name yet: remade naming them all ($all).
+    `  || ! covers "$d/${n}-cert.pem"; then`,
+    `  printf '%s\\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${eku}' "subjectAltName=$(printf '%s\\n' "$all" | paste -sd, -)" > "$k/${n}.ext"`,
     `  o=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/.${n}-key.new" -subj "/O=kvmlab/CN=$host migration ${n}" -out "$k/${n}.csr" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
     `  o=$(openssl x509 -req -in "$k/${n}.csr" -CA "$k/ca-cert.pem" -CAkey "$k/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" -days ${MIGRATION_TLS_DAYS.leaf} -extfile "$k/${n}.ext" -out "$d/.${n}-cert.new" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
     `  chgrp "$g" "$d/.${n}-key.new"; chmod "$km" "$d/.${n}-key.new"; chmod 0644 "$d/.${n}-cert.new"`,
@@ -338,9 +356,13 @@ export function migrationTlsStep(
     script: [
       "set -e",
       "umask 077",
-      `r=${shQuote(opts.root ?? "")}; host=${shQuote(hostName)}; san=${shQuote(san.printed)}; sanext=${shQuote(san.ext)}`,
+      `r=${shQuote(opts.root ?? "")}; host=${shQuote(hostName)}; want=${shQuote(san.join("\n"))}`,
       'c="$r/etc/libvirt/qemu.conf"',
       `get() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\"\\([^\\"]*\\)\\".*/\\1/p" "$c" | tail -n 1; }`,
+      // A certificate's subjectAltName entries, one a line, in the form openssl's config takes.
+      `sans() { openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ' | tr ',' '\\n' | sed 's/^IPAddress:/IP:/' | grep -E '^(IP:[0-9.]+|DNS:[A-Za-z0-9.-]+)$' || true; }`,
+      // Whether a certificate names every requested address.
+      'covers() { h=" $(sans "$1" | tr \'\\n\' \' \') "; for a in $want; do case "$h" in *" $a "*) ;; *) return 1 ;; esac; done; }',
       'd=$(get migrate_tls_x509_cert_dir); [ -n "$d" ] || d=$(get default_tls_x509_cert_dir); [ -n "$d" ] || d=/etc/pki/qemu',
       'case "$d" in /*) ;; *) echo "qemu.conf names the migration TLS folder \\"$d\\", not an absolute path; fix qemu.conf" >&2; exit 41 ;; esac',
       'if [ -n "$(get migrate_tls_x509_secret_uuid)" ]; then echo "qemu.conf sets migrate_tls_x509_secret_uuid (encrypted keys), which kvmlab does not make; remove it from qemu.conf and restart libvirtd" >&2; exit 41; fi',
@@ -357,6 +379,9 @@ export function migrationTlsStep(
       "  done",
       '  printf \'%s\\n\' "$d" > "$k/certdir"',
       "fi",
+      // The addresses the certificates name: those the server certificate names already
+      // (another stack may reach this host by them), then the requested ones.
+      'all=$( { [ -s "$d/server-cert.pem" ] && sans "$d/server-cert.pem"; printf \'%s\\n\' "$want"; } | awk \'NF && !s[$0]++\')',
       "new=",
       'if ! [ -s "$k/ca-key.pem" ] || ! [ -s "$k/ca-cert.pem" ] || ! openssl x509 -in "$k/ca-cert.pem" -noout -checkend 7776000 >/dev/null 2>&1; then',
       `  o=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$k/ca-key.new" -out "$k/ca-cert.new" -days ${MIGRATION_TLS_DAYS.ca} -subj "/O=kvmlab/CN=kvmlab migration CA $host" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
@@ -379,8 +404,10 @@ export function parseCaCertificate(text: string): string {
 
 /**
  * Makes a host trust `peer`'s migration CA (its certificate from migrationTlsStep on the peer):
- * kept as peers/<peer>.pem, so a peer's new CA replaces its old one, and added to QEMU's trust
- * list. Only a CA certificate is accepted. Run under the host lock, after migrationTlsStep.
+ * kept as peers/<sha256 fingerprint>.pem, added and never overwritten (two stacks that give
+ * different machines the same name, or one machine different names, no longer replace each
+ * other's trust), and added to QEMU's trust list. `peer` (the program's host name) is only for
+ * the label. Only a CA certificate is accepted. Run under the host lock, after migrationTlsStep.
  */
 export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOptions = {}): Step {
   if (!TLS_NAME_RE.test(peer))
@@ -404,7 +431,10 @@ export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOpt
       eof,
       'if ! openssl x509 -in "$t" -noout -ext basicConstraints 2>/dev/null | grep -q "CA:TRUE"; then rm -f "$t"; echo "the migration CA of the peer is not a CA certificate" >&2; exit 44; fi',
       'chmod 0644 "$t"',
-      `if cmp -s "$t" "$k/peers/"${shQuote(`${peer}.pem`)}; then rm -f "$t"; else mv -f "$t" "$k/peers/"${shQuote(`${peer}.pem`)}; fi`,
+      FP_FN,
+      'f=$(fp "$t")',
+      'case "$f" in "" | *[!0-9a-f]*) rm -f "$t"; echo "the migration CA of the peer has no sha256 fingerprint" >&2; exit 44 ;; esac',
+      'if [ -e "$k/peers/$f.pem" ]; then rm -f "$t"; else mv "$t" "$k/peers/$f.pem"; fi',
       ...bundleLines(),
     ].join("\n"),
   };

@@ -43,6 +43,24 @@ function hostRoot(qemuConf: string[] = []): string {
   return r;
 }
 
+/** A PEM certificate's sha256 fingerprint as trustPeerStep names its file (64 lowercase hex). */
+function fingerprint(pem: string): string {
+  const r = spawnSync("openssl", ["x509", "-noout", "-fingerprint", "-sha256"], {
+    input: pem,
+    encoding: "utf8",
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout.replace(/.*=/, "").replace(/[:\s]/g, "").toLowerCase();
+}
+
+/** CA certificates in the order the trust list holds peers (their files' names, sorted). */
+const byFingerprint = (pems: string[]): string =>
+  pems
+    .map((p) => [fingerprint(p), p] as const)
+    .sort((x, y) => (x[0] < y[0] ? -1 : 1))
+    .map((x) => x[1])
+    .join("");
+
 const mode = (f: string): string => (fs.statSync(f).mode & 0o777).toString(8);
 
 test("the migrate command asks libvirt for TLS on the tunnel address (memory and disks)", () => {
@@ -106,14 +124,15 @@ test("a host's migration certificates: made once, root-only keys, never printed,
       before,
     );
 
-    // Another tunnel address: a new server certificate (and key) naming it, the same CA.
+    // Another tunnel address: a new server certificate (and key) naming it AND the addresses
+    // it named (another stack may reach the host by them), the same CA.
     const key1 = fs.readFileSync(path.join(d, "server-key.pem"), "utf8");
     const r3 = run(migrationTlsStep("hv1", ["10.254.9.11", "10.255.0.11"], { root }).script);
     assert.equal(r3.status, 0, r3.stderr);
     assert.equal(parseCaCertificate(r3.stdout), ca);
     assert.match(
       openssl(["x509", "-in", path.join(d, "server-cert.pem"), "-noout", "-ext", "subjectAltName"]),
-      /IP Address:10\.254\.9\.11, IP Address:10\.255\.0\.11/,
+      /IP Address:10\.254\.0\.11, IP Address:10\.255\.0\.11, IP Address:10\.254\.9\.11\n/,
     );
     assert.notEqual(fs.readFileSync(path.join(d, "server-key.pem"), "utf8"), key1);
   } finally {
@@ -173,7 +192,7 @@ test("someone else's certificates are refused untouched; encrypted-key settings 
   assert.throws(() => migrationTlsStep("hv1", []), /at least one address/);
 });
 
-test("a peer's CA joins QEMU's trust list (replacing the peer's older one); a leaf certificate does not", () => {
+test("a peer's CA joins QEMU's trust list (beside the peer's older one); a leaf certificate does not", () => {
   const a = hostRoot();
   const b = hostRoot();
   try {
@@ -196,22 +215,78 @@ test("a peer's CA joins QEMU's trust list (replacing the peer's older one); a le
       path.join(b, "etc/pki/qemu/ca-cert.pem"),
       path.join(a, "etc/pki/qemu/client-cert.pem"),
     ]);
-    // hv2 makes a new CA: hv1 trusts that one instead of the old.
+    // hv2 makes a new CA: hv1 trusts it too (peer CAs are added, keyed by fingerprint).
     fs.rmSync(path.join(b, MIGRATION_TLS_DIR, "ca-key.pem"));
     const caB2 = parseCaCertificate(run(migrationTlsStep("hv2", ["10.254.0.12"], { root: b }).script).stdout);
     assert.notEqual(caB2, caB);
     assert.equal(run(trustPeerStep("hv2", caB2, { root: a }).script).status, 0);
-    assert.equal(fs.readFileSync(bundle, "utf8"), caA + caB2);
+    assert.equal(fs.readFileSync(bundle, "utf8"), caA + byFingerprint([caB, caB2]));
     // A leaf (not a CA) is refused on the host; text that is not one certificate before.
     const leaf = fs.readFileSync(path.join(b, "etc/pki/qemu/server-cert.pem"), "utf8");
     const r = run(trustPeerStep("hv3", leaf, { root: a }).script);
     assert.equal(r.status, 44, r.stderr);
-    assert.equal(fs.readFileSync(bundle, "utf8"), caA + caB2);
+    assert.equal(fs.readFileSync(bundle, "utf8"), caA + byFingerprint([caB, caB2]));
     assert.throws(() => trustPeerStep("hv3", "not a certificate"), /did not give one PEM CA certificate/);
     assert.throws(() => trustPeerStep("hv3", caA + caB), /did not give one PEM CA certificate/);
     assert.throws(() => trustPeerStep("../hv3", caA), /invalid peer host name/);
   } finally {
     fs.rmSync(a, { recursive: true, force: true });
     fs.rmSync(b, { recursive: true, force: true });
+  }
+});
+
+test("stacks that name or address hosts differently keep each other's trust and addresses (M2)", () => {
+  const h1 = hostRoot(['group = "root"']);
+  const x2 = hostRoot(['group = "root"']); // stack X's "kvm2"
+  const y2 = hostRoot(['group = "root"']); // stack Y's "kvm2", another machine
+  try {
+    const ca1 = parseCaCertificate(
+      run(migrationTlsStep("kvm1", ["10.254.0.11"], { root: h1 }).script).stdout,
+    );
+    const caX = parseCaCertificate(
+      run(migrationTlsStep("kvm2", ["10.254.0.12"], { root: x2 }).script).stdout,
+    );
+    const caY = parseCaCertificate(
+      run(migrationTlsStep("kvm2", ["10.254.7.12"], { root: y2 }).script).stdout,
+    );
+    // An older kvmlab kept one peer CA as peers/<name>.pem: still trusted, never duplicated.
+    const legacy = path.join(h1, MIGRATION_TLS_DIR, "peers", "kvm2.pem");
+    fs.writeFileSync(legacy, caX);
+    // X prepares, then Y prepares under the same peer name: kvm1 trusts both machines.
+    assert.equal(run(trustPeerStep("kvm2", caX, { root: h1 }).script).status, 0);
+    const r = run(trustPeerStep("kvm2", caY, { root: h1 }).script);
+    assert.equal(r.status, 0, r.stderr);
+    const peers = fs.readdirSync(path.join(h1, MIGRATION_TLS_DIR, "peers")).sort();
+    assert.deepEqual(peers, [`${fingerprint(caX)}.pem`, `${fingerprint(caY)}.pem`, "kvm2.pem"].sort());
+    assert.equal(fs.readFileSync(legacy, "utf8"), caX, "the older file is left as it was");
+    const bundle = path.join(h1, "etc/pki/qemu/ca-cert.pem");
+    assert.equal(fs.readFileSync(bundle, "utf8"), ca1 + byFingerprint([caX, caY]), "each CA once");
+    for (const peer of [x2, y2])
+      openssl(["verify", "-CAfile", bundle, path.join(peer, "etc/pki/qemu/server-cert.pem")]);
+
+    // X reaches kvm1 by 10.254.0.11, Y by kvm1.lab and another tunnel address: the server
+    // certificate names all of them, and X's next prepare changes nothing.
+    const d = path.join(h1, "etc/pki/qemu");
+    const ry = run(migrationTlsStep("kvm1", ["10.254.9.11", "kvm1.lab"], { root: h1 }).script);
+    assert.equal(ry.status, 0, ry.stderr);
+    const sanText = openssl([
+      "x509",
+      "-in",
+      path.join(d, "server-cert.pem"),
+      "-noout",
+      "-ext",
+      "subjectAltName",
+    ]);
+    assert.match(sanText, /IP Address:10\.254\.0\.11, IP Address:10\.254\.9\.11, DNS:kvm1\.lab\n/);
+    const files = (): string[][] =>
+      fs.readdirSync(d).map((f) => [f, fs.readFileSync(path.join(d, f), "utf8")]);
+    const before = files();
+    for (const addrs of [["10.254.0.11"], ["kvm1.lab", "10.254.9.11"]]) {
+      const again = run(migrationTlsStep("kvm1", addrs, { root: h1 }).script);
+      assert.equal(again.status, 0, again.stderr);
+      assert.deepEqual(files(), before, `${addrs.join(",")}: nothing remade`);
+    }
+  } finally {
+    for (const r of [h1, x2, y2]) fs.rmSync(r, { recursive: true, force: true });
   }
 });
