@@ -366,6 +366,11 @@ export function migrationTlsStep(
       'd=$(get migrate_tls_x509_cert_dir); [ -n "$d" ] || d=$(get default_tls_x509_cert_dir); [ -n "$d" ] || d=/etc/pki/qemu',
       'case "$d" in /*) ;; *) echo "qemu.conf names the migration TLS folder \\"$d\\", not an absolute path; fix qemu.conf" >&2; exit 41 ;; esac',
       'if [ -n "$(get migrate_tls_x509_secret_uuid)" ]; then echo "qemu.conf sets migrate_tls_x509_secret_uuid (encrypted keys), which kvmlab does not make; remove it from qemu.conf and restart libvirtd" >&2; exit 41; fi',
+      // The listening QEMU checks the client's certificate only with migrate_tls_x509_verify
+      // (else default_tls_x509_verify) at 1, libvirt's default; these are unquoted integers.
+      `geti() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\([0-9][0-9]*\\).*/\\1/p" "$c" | tail -n 1; }`,
+      'v=migrate_tls_x509_verify; n=$(geti $v); if [ -z "$n" ]; then v=default_tls_x509_verify; n=$(geti $v); fi',
+      'if [ -n "$n" ] && [ "$n" -eq 0 ]; then echo "qemu.conf sets $v = 0: a destination would accept a migration stream from anyone on the tunnel network; set migrate_tls_x509_verify = 1 in qemu.conf (or remove the 0) and restart libvirtd" >&2; exit 41; fi',
       'd="$r$d"',
       'g=$(get group); g=${g#+}; [ -n "$g" ] || g=libvirt-qemu',
       'getent group "$g" >/dev/null 2>&1 || case "$g" in *[!0-9]*) g=root ;; esac',

@@ -290,3 +290,36 @@ test("stacks that name or address hosts differently keep each other's trust and 
     for (const r of [h1, x2, y2]) fs.rmSync(r, { recursive: true, force: true });
   }
 });
+
+test("a qemu.conf that turns off the destination's client check is refused, naming the setting (L1)", () => {
+  for (const [conf, setting] of [
+    [["migrate_tls_x509_verify = 0"], "migrate_tls_x509_verify"],
+    [["default_tls_x509_verify = 0"], "default_tls_x509_verify"],
+    [["  default_tls_x509_verify=0 # off", "#migrate_tls_x509_verify = 1"], "default_tls_x509_verify"],
+    [["migrate_tls_x509_verify = 1", "migrate_tls_x509_verify = 0"], "migrate_tls_x509_verify"],
+  ] as const) {
+    const root = hostRoot(['group = "root"', ...conf]);
+    try {
+      const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
+      assert.equal(r.status, 41, `${conf.join("; ")}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`qemu\\.conf sets ${setting} = 0`));
+      assert.match(r.stderr, /set migrate_tls_x509_verify = 1 in qemu\.conf/);
+      assert.ok(!fs.existsSync(path.join(root, MIGRATION_TLS_DIR)), "nothing made");
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  }
+  // The migration setting wins over the default; 1 (or nothing) is libvirt's checking default.
+  for (const conf of [
+    ["default_tls_x509_verify = 0", "migrate_tls_x509_verify = 1"],
+    ["default_tls_x509_verify = 1"],
+  ]) {
+    const root = hostRoot(['group = "root"', ...conf]);
+    try {
+      const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
+      assert.equal(r.status, 0, `${conf.join("; ")}: ${r.stderr}`);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  }
+});
