@@ -294,7 +294,7 @@ const FP_FN =
  * (peers/<fingerprint>.pem, and peers/<host name>.pem left by the first TLS version, still
  * trusted), each CA once.
  */
-function bundleLines(): string[] {
+function bundleLines(dest: string): string[] {
   return [
     FP_FN,
     't=$(mktemp "$d/.ca-cert.XXXXXX")',
@@ -309,7 +309,7 @@ function bundleLines(): string[] {
     "  done",
     '} > "$t"',
     'chmod 0644 "$t"',
-    'if cmp -s "$t" "$d/ca-cert.pem"; then rm -f "$t"; else mv -f "$t" "$d/ca-cert.pem"; fi',
+    `if cmp -s "$t" "$d/ca-cert.pem"; then rm -f "$t"; else mv -f "$t" "${dest}/ca-cert.pem"; fi`,
   ];
 }
 
@@ -344,10 +344,9 @@ export function migrationTlsStep(
     // A requested address the certificate does not name yet: remade naming them all ($all).
     `  || ! covers "$d/${n}-cert.pem"; then`,
     `  printf '%s\\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${eku}' "subjectAltName=$(printf '%s\\n' "$all" | paste -sd, -)" > "$k/${n}.ext"`,
-    `  o=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/.${n}-key.new" -subj "/O=kvmlab/CN=$host migration ${n}" -out "$k/${n}.csr" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
-    `  o=$(openssl x509 -req -in "$k/${n}.csr" -CA "$k/ca-cert.pem" -CAkey "$k/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" -days ${MIGRATION_TLS_DAYS.leaf} -extfile "$k/${n}.ext" -out "$d/.${n}-cert.new" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
-    `  chgrp "$g" "$d/.${n}-key.new"; chmod "$km" "$d/.${n}-key.new"; chmod 0644 "$d/.${n}-cert.new"`,
-    `  mv -f "$d/.${n}-key.new" "$d/${n}-key.pem"; mv -f "$d/.${n}-cert.new" "$d/${n}-cert.pem"`,
+    `  o=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$s/${n}-key.pem" -subj "/O=kvmlab/CN=$host migration ${n}" -out "$k/${n}.csr" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+    `  o=$(openssl x509 -req -in "$k/${n}.csr" -CA "$k/ca-cert.pem" -CAkey "$k/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" -days ${MIGRATION_TLS_DAYS.leaf} -extfile "$k/${n}.ext" -out "$s/${n}-cert.pem" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+    `  chgrp "$g" "$s/${n}-key.pem"; chmod "$km" "$s/${n}-key.pem"; chmod 0644 "$s/${n}-cert.pem"`,
     `  rm -f "$k/${n}.csr" "$k/${n}.ext"`,
     "fi",
   ];
@@ -393,9 +392,16 @@ export function migrationTlsStep(
       '  chmod 0600 "$k/ca-key.new"; chmod 0644 "$k/ca-cert.new"',
       '  mv -f "$k/ca-key.new" "$k/ca-key.pem"; mv -f "$k/ca-cert.new" "$k/ca-cert.pem"; new=1',
       "fi",
+      // New files are made in a staging folder inside the certificate folder (same file system)
+      // under their final names, then put in place by ONE mv: QEMU reads its files by fixed
+      // names (no folder switch without a libvirtd restart), so the gap in which a QEMU that
+      // loads its credentials could see a key and a certificate that do not match is the time
+      // between two rename() calls, not between two commands.
+      'rm -rf "$d"/.kvmlab-new.*; s=$(mktemp -d "$d/.kvmlab-new.XXXXXX")',
       ...leaf("server", "serverAuth"),
       ...leaf("client", "clientAuth"),
-      ...bundleLines(),
+      ...bundleLines('"$s"'),
+      'set -- "$s"/*.pem; if [ -e "$1" ]; then mv -f "$@" "$d/"; fi; rmdir "$s"',
       'cat "$k/ca-cert.pem"',
     ].join("\n"),
   };
@@ -440,7 +446,7 @@ export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOpt
       'f=$(fp "$t")',
       'case "$f" in "" | *[!0-9a-f]*) rm -f "$t"; echo "the migration CA of the peer has no sha256 fingerprint" >&2; exit 44 ;; esac',
       'if [ -e "$k/peers/$f.pem" ]; then rm -f "$t"; else mv "$t" "$k/peers/$f.pem"; fi',
-      ...bundleLines(),
+      ...bundleLines('"$d"'),
     ].join("\n"),
   };
 }

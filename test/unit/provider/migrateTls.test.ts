@@ -323,3 +323,49 @@ test("a qemu.conf that turns off the destination's client check is refused, nami
     }
   }
 });
+
+test("a remade key and certificate are put in place together: no command leaves a pair that does not match (L3)", () => {
+  const root = hostRoot(['group = "root"']);
+  const shim = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-mtls-shim-"));
+  try {
+    const d = path.join(root, "etc/pki/qemu");
+    assert.equal(run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script).status, 0);
+    // Every mv the step runs is followed by a look at QEMU's folder, as a QEMU loading its
+    // credentials right then would see it: each key must match its certificate.
+    const log = path.join(shim, "log");
+    const realMv = spawnSync("bash", ["-c", "command -v mv"], { encoding: "utf8" }).stdout.trim();
+    fs.writeFileSync(
+      path.join(shim, "mv"),
+      [
+        "#!/bin/bash",
+        `${realMv} "$@" || exit $?`,
+        `d=${JSON.stringify(d)}`,
+        "for n in server client; do",
+        '  a=$(openssl pkey -in "$d/$n-key.pem" -pubout 2>/dev/null); b=$(openssl x509 -in "$d/$n-cert.pem" -noout -pubkey 2>/dev/null)',
+        `  [ "$a" = "$b" ] || echo "$n: mismatch after mv $*" >> ${JSON.stringify(log)}`,
+        "done",
+        `echo "mv $*" >> ${JSON.stringify(log)}`,
+      ].join("\n") + "\n",
+      { mode: 0o755 },
+    );
+    const key1 = fs.readFileSync(path.join(d, "server-key.pem"), "utf8");
+    // A new address remakes both certificates.
+    const r = spawnSync("bash", ["-c", migrationTlsStep("hv1", ["10.254.9.11"], { root }).script], {
+      encoding: "utf8",
+      env: { ...process.env, PATH: `${shim}:${process.env.PATH ?? ""}` },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.notEqual(fs.readFileSync(path.join(d, "server-key.pem"), "utf8"), key1, "remade");
+    const lines = fs.readFileSync(log, "utf8");
+    assert.doesNotMatch(lines, /mismatch/, lines);
+    assert.match(lines, /mv .*server-key\.pem.*\n/, "the shim saw the swap");
+    assert.deepEqual(
+      fs.readdirSync(d).filter((f) => f.startsWith(".")),
+      [],
+      "no staging folder or temporary file left",
+    );
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+    fs.rmSync(shim, { recursive: true, force: true });
+  }
+});
