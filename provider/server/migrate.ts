@@ -371,11 +371,17 @@ export function migrationTlsStep(
       'v=migrate_tls_x509_verify; n=$(geti $v); if [ -z "$n" ]; then v=default_tls_x509_verify; n=$(geti $v); fi',
       'if [ -n "$n" ] && [ "$n" -eq 0 ]; then echo "qemu.conf sets $v = 0: a destination would accept a migration stream from anyone on the tunnel network; set migrate_tls_x509_verify = 1 in qemu.conf (or remove the 0) and restart libvirtd" >&2; exit 41; fi',
       'd="$r$d"',
-      'g=$(get group); g=${g#+}; [ -n "$g" ] || g=libvirt-qemu',
-      'getent group "$g" >/dev/null 2>&1 || case "$g" in *[!0-9]*) g=root ;; esac',
+      // QEMU's group must read the keys: qemu.conf's `group`, never a guess (libvirt's
+      // built-in default differs by distribution: kvm, qemu, libvirt-qemu).
+      "g=$(get group); g=${g#+}",
+      'if [ -z "$g" ]; then echo "qemu.conf does not set group (the group QEMU runs as, which must read the migration keys); set group = \\"<QEMU\'s group>\\" in qemu.conf (e.g. \\"kvm\\" on Debian/Ubuntu, \\"qemu\\" on Fedora, \\"root\\" when QEMU runs as root) and restart libvirtd" >&2; exit 41; fi',
+      'if ! getent group "$g" >/dev/null 2>&1; then case "$g" in *[!0-9]*) echo "qemu.conf sets group = \\"$g\\", which is not a group on this host; set group in qemu.conf to the group QEMU runs as and restart libvirtd" >&2; exit 41 ;; esac; fi',
       'if [ "$g" = root ] || [ "$g" = 0 ]; then g=root; km=0600; else km=0640; fi',
       `k="$r"${shQuote(MIGRATION_TLS_DIR)}`,
-      'mkdir -p "$k/peers" "$d"; chmod 0700 "$k"',
+      // QEMU's folder (and any parent made here) 0755, libvirt's documented layout: a QEMU that
+      // is not root must enter it; the keys in it are 0640 root:<group>.
+      'mkdir -p "$k/peers"; chmod 0700 "$k"',
+      'if ! [ -d "$d" ]; then (umask 022; mkdir -p "$d"); fi',
       // Never take over a folder of certificates kvmlab did not make.
       'if [ "$(cat "$k/certdir" 2>/dev/null)" != "$d" ]; then',
       "  for f in ca-cert.pem server-cert.pem server-key.pem client-cert.pem client-key.pem; do",
@@ -383,6 +389,8 @@ export function migrationTlsStep(
       "  done",
       '  printf \'%s\\n\' "$d" > "$k/certdir"',
       "fi",
+      // The first TLS version made it 0700 under umask 077.
+      'if [ "$(stat -c %a "$d")" = 700 ]; then chmod 0755 "$d"; fi',
       // The addresses the certificates name: those the server certificate names already
       // (another stack may reach this host by them), then the requested ones.
       'all=$( { [ -s "$d/server-cert.pem" ] && sans "$d/server-cert.pem"; printf \'%s\\n\' "$want"; } | awk \'NF && !s[$0]++\')',

@@ -144,7 +144,7 @@ test("the certificate folder qemu.conf names is used; a key group QEMU runs as m
   const group = spawnSync("getent", ["group", "daemon"], { encoding: "utf8" }).status === 0 ? "daemon" : "";
   const root = hostRoot([
     'migrate_tls_x509_cert_dir = "/etc/pki/kvmlab-migrate"',
-    ...(group ? [`group = "${group}"`] : []),
+    group ? `group = "${group}"` : 'group = "root"',
   ]);
   try {
     const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
@@ -152,6 +152,9 @@ test("the certificate folder qemu.conf names is used; a key group QEMU runs as m
     const d = path.join(root, "etc/pki/kvmlab-migrate");
     assert.ok(fs.existsSync(path.join(d, "server-cert.pem")));
     assert.ok(!fs.existsSync(path.join(root, "etc/pki/qemu")));
+    // A QEMU that is not root enters the folder (libvirt's documented layout), under umask 077.
+    assert.equal(mode(d), "755");
+    assert.equal(mode(path.join(root, "etc/pki")), "755");
     if (group) {
       const st = fs.statSync(path.join(d, "server-key.pem"));
       assert.equal(mode(path.join(d, "server-key.pem")), "640");
@@ -165,7 +168,7 @@ test("the certificate folder qemu.conf names is used; a key group QEMU runs as m
 });
 
 test("someone else's certificates are refused untouched; encrypted-key settings are refused", () => {
-  const root = hostRoot();
+  const root = hostRoot(['group = "root"']);
   try {
     const d = path.join(root, "etc/pki/qemu");
     fs.mkdirSync(d, { recursive: true });
@@ -193,8 +196,8 @@ test("someone else's certificates are refused untouched; encrypted-key settings 
 });
 
 test("a peer's CA joins QEMU's trust list (beside the peer's older one); a leaf certificate does not", () => {
-  const a = hostRoot();
-  const b = hostRoot();
+  const a = hostRoot(['group = "root"']);
+  const b = hostRoot(['group = "root"']);
   try {
     const caA = parseCaCertificate(run(migrationTlsStep("hv1", ["10.254.0.11"], { root: a }).script).stdout);
     const caB = parseCaCertificate(run(migrationTlsStep("hv2", ["10.254.0.12"], { root: b }).script).stdout);
@@ -367,5 +370,40 @@ test("a remade key and certificate are put in place together: no command leaves 
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
     fs.rmSync(shim, { recursive: true, force: true });
+  }
+});
+
+test("QEMU's group comes from qemu.conf, never a guess; its folder is 0755 (L2)", () => {
+  for (const [conf, why] of [
+    [[], /qemu\.conf does not set group .*set group = "<QEMU's group>" in qemu\.conf/],
+    [['#group = "root"', 'user = "root"'], /qemu\.conf does not set group/],
+    [
+      ['group = "kvl-no-such-group"'],
+      /qemu\.conf sets group = "kvl-no-such-group", which is not a group on this host/,
+    ],
+  ] as const) {
+    const root = hostRoot([...conf]);
+    try {
+      const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
+      assert.equal(r.status, 41, `${conf.join("; ")}: ${r.stderr}`);
+      assert.match(r.stderr, why);
+      assert.ok(!fs.existsSync(path.join(root, MIGRATION_TLS_DIR)), "nothing made");
+      assert.ok(!fs.existsSync(path.join(root, "etc/pki")), "nothing made");
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  }
+  // A numeric group is taken as it is; a folder the first TLS version made 0700 is opened up.
+  const root = hostRoot(['group = "+0"']);
+  try {
+    const d = path.join(root, "etc/pki/qemu");
+    assert.equal(run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script).status, 0);
+    assert.equal(mode(path.join(d, "server-key.pem")), "600", "group 0 is root");
+    fs.chmodSync(d, 0o700);
+    const r = run(migrationTlsStep("hv1", ["10.254.0.11"], { root }).script);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(mode(d), "755");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
   }
 });
