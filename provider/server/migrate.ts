@@ -290,19 +290,32 @@ const FP_FN =
   "fp() { openssl x509 -in \"$1\" -noout -fingerprint -sha256 2>/dev/null | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f'; }";
 
 /**
+ * Shell functions `ncs FILE`: the names a CA certificate's nameConstraints permit, one a line
+ * in subjectAltName form (`IP:a`, `DNS:name`); `constrained FILE`: whether it has critical
+ * nameConstraints (a CA made before them may sign for any address).
+ */
+const NC_FNS = [
+  "ncs() { openssl x509 -in \"$1\" -noout -ext nameConstraints 2>/dev/null | tail -n +2 | tr -d ' ' | sed -n 's#^IP:\\([0-9.]*\\)/255\\.255\\.255\\.255$#IP:\\1#p; s#^DNS:\\([A-Za-z0-9.-]*\\)$#DNS:\\1#p'; }",
+  "constrained() { openssl x509 -in \"$1\" -noout -ext nameConstraints 2>/dev/null | head -n 1 | grep -q 'Name Constraints: critical'; }",
+].join("\n");
+
+/**
  * Shell lines that (re)write QEMU's trust list, ca-cert.pem: the host's own CA, then its peers'
- * (peers/<fingerprint>.pem, and peers/<host name>.pem left by the first TLS version, still
- * trusted), each CA once.
+ * (peers/<fingerprint>.pem, and peers/<host name>.pem left by the first TLS version), each CA
+ * once, and only CAs with critical nameConstraints.
  */
 function bundleLines(dest: string): string[] {
   return [
     FP_FN,
+    NC_FNS,
     't=$(mktemp "$d/.ca-cert.XXXXXX")',
     'seen=" $(fp "$k/ca-cert.pem") "',
     "{",
     '  cat "$k/ca-cert.pem"',
     '  for p in "$k"/peers/*.pem; do',
-    '    [ -e "$p" ] || continue',
+    // A peer CA without name constraints (a first-version file) may sign for any address:
+    // kept on disk, not trusted; its host's next migration TLS step remakes it constrained.
+    '    [ -e "$p" ] && constrained "$p" || continue',
     '    f=$(fp "$p"); [ -n "$f" ] || continue',
     '    case "$seen" in *" $f "*) continue ;; esac',
     '    seen="$seen$f "; cat "$p"',
@@ -324,10 +337,15 @@ function bundleLines(dest: string): string[] {
  *   client-cert.pem, -key.pem    the source side
  *
  * The CA key stays in MIGRATION_TLS_DIR (0600, root); the certificate keys are readable only by
- * root and the group QEMU runs as (qemu.conf `group`; 0600 when that is root). Keys are made by
- * openssl into files: never on a command line, never printed. A certificate is remade when it is
- * missing, not signed by the host's CA, expires within 30 days, or names other addresses.
- * Prints the host's CA certificate (public) for its peers.
+ * root and the group QEMU runs as (qemu.conf `group`, required; 0600 when that is root). Keys
+ * are made by openssl into files: never on a command line, never printed. The host's addresses
+ * are the UNION of those its CA is constrained to / its server certificate names and
+ * `addresses` (stacks that reach the host differently do not take each other's away). The CA
+ * carries critical nameConstraints for exactly those addresses and is remade when they lack
+ * one; a certificate is remade when it is missing, not signed by the host's CA, expires within
+ * 30 days, or lacks a requested address. New files are put in place by one mv.
+ * Refuses (exit 41) encrypted-key settings, a turned-off client check and a missing or unknown
+ * qemu.conf `group`. Prints the host's CA certificate (public) for its peers.
  */
 export function migrationTlsStep(
   hostName: string,
@@ -360,6 +378,7 @@ export function migrationTlsStep(
       `get() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\"\\([^\\"]*\\)\\".*/\\1/p" "$c" | tail -n 1; }`,
       // A certificate's subjectAltName entries, one a line, in the form openssl's config takes.
       `sans() { openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ' | tr ',' '\\n' | sed 's/^IPAddress:/IP:/' | grep -E '^(IP:[0-9.]+|DNS:[A-Za-z0-9.-]+)$' || true; }`,
+      NC_FNS,
       // Whether a certificate names every requested address.
       'covers() { h=" $(sans "$1" | tr \'\\n\' \' \') "; for a in $want; do case "$h" in *" $a "*) ;; *) return 1 ;; esac; done; }',
       'd=$(get migrate_tls_x509_cert_dir); [ -n "$d" ] || d=$(get default_tls_x509_cert_dir); [ -n "$d" ] || d=/etc/pki/qemu',
@@ -391,12 +410,17 @@ export function migrationTlsStep(
       "fi",
       // The first TLS version made it 0700 under umask 077.
       'if [ "$(stat -c %a "$d")" = 700 ]; then chmod 0755 "$d"; fi',
-      // The addresses the certificates name: those the server certificate names already
-      // (another stack may reach this host by them), then the requested ones.
-      'all=$( { [ -s "$d/server-cert.pem" ] && sans "$d/server-cert.pem"; printf \'%s\\n\' "$want"; } | awk \'NF && !s[$0]++\')',
+      // The host's addresses: those its CA is constrained to and its server certificate names
+      // already (another stack may reach this host by them), then the requested ones.
+      'all=$( { [ -s "$k/ca-cert.pem" ] && ncs "$k/ca-cert.pem"; [ -s "$d/server-cert.pem" ] && sans "$d/server-cert.pem"; printf \'%s\\n\' "$want"; } | awk \'NF && !s[$0]++\')',
       "new=",
-      'if ! [ -s "$k/ca-key.pem" ] || ! [ -s "$k/ca-cert.pem" ] || ! openssl x509 -in "$k/ca-cert.pem" -noout -checkend 7776000 >/dev/null 2>&1; then',
-      `  o=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$k/ca-key.new" -out "$k/ca-cert.new" -days ${MIGRATION_TLS_DAYS.ca} -subj "/O=kvmlab/CN=kvmlab migration CA $host" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+      // The CA may sign only for the host's own addresses (critical nameConstraints), so a
+      // peer that trusts it cannot be made to accept it for another host; one without them,
+      // or constrained to fewer addresses, is remade (and re-issues the certificates).
+      'if ! [ -s "$k/ca-key.pem" ] || ! [ -s "$k/ca-cert.pem" ] || ! openssl x509 -in "$k/ca-cert.pem" -noout -checkend 7776000 >/dev/null 2>&1 \\',
+      '  || ! constrained "$k/ca-cert.pem" || [ "$(ncs "$k/ca-cert.pem" | sort)" != "$(printf \'%s\\n\' "$all" | sort)" ]; then',
+      "  nc=$(printf '%s\\n' \"$all\" | sed 's#^IP:.*#&/255.255.255.255#; s#^#permitted;#' | paste -sd, -)",
+      `  o=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$k/ca-key.new" -out "$k/ca-cert.new" -days ${MIGRATION_TLS_DAYS.ca} -subj "/O=kvmlab/CN=kvmlab migration CA $host" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -addext "nameConstraints=critical,$nc" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
       '  chmod 0600 "$k/ca-key.new"; chmod 0644 "$k/ca-cert.new"',
       '  mv -f "$k/ca-key.new" "$k/ca-key.pem"; mv -f "$k/ca-cert.new" "$k/ca-cert.pem"; new=1',
       "fi",
@@ -449,6 +473,8 @@ export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOpt
       pem.trimEnd(),
       eof,
       'if ! openssl x509 -in "$t" -noout -ext basicConstraints 2>/dev/null | grep -q "CA:TRUE"; then rm -f "$t"; echo "the migration CA of the peer is not a CA certificate" >&2; exit 44; fi',
+      NC_FNS,
+      'if ! constrained "$t"; then rm -f "$t"; echo "the migration CA of the peer has no name constraints (an older kvmlab made it); run its migration TLS step, which remakes it" >&2; exit 44; fi',
       'chmod 0644 "$t"',
       FP_FN,
       'f=$(fp "$t")',

@@ -125,11 +125,18 @@ test("a host's migration certificates: made once, root-only keys, never printed,
     );
 
     // Another tunnel address: a new server certificate (and key) naming it AND the addresses
-    // it named (another stack may reach the host by them), the same CA.
+    // it named (another stack may reach the host by them), from a new CA constrained to them all.
     const key1 = fs.readFileSync(path.join(d, "server-key.pem"), "utf8");
     const r3 = run(migrationTlsStep("hv1", ["10.254.9.11", "10.255.0.11"], { root }).script);
     assert.equal(r3.status, 0, r3.stderr);
-    assert.equal(parseCaCertificate(r3.stdout), ca);
+    const ca3 = parseCaCertificate(r3.stdout);
+    assert.notEqual(ca3, ca);
+    assert.match(
+      openssl(["x509", "-in", path.join(k, "ca-cert.pem"), "-noout", "-ext", "nameConstraints"]),
+      /critical\n\s+Permitted:\n\s+IP:10\.254\.0\.11\/255\.255\.255\.255\n\s+IP:10\.255\.0\.11\/255\.255\.255\.255\n\s+IP:10\.254\.9\.11\/255\.255\.255\.255\n/,
+    );
+    for (const n of ["server", "client"])
+      openssl(["verify", "-CAfile", path.join(d, "ca-cert.pem"), path.join(d, `${n}-cert.pem`)]);
     assert.match(
       openssl(["x509", "-in", path.join(d, "server-cert.pem"), "-noout", "-ext", "subjectAltName"]),
       /IP Address:10\.254\.0\.11, IP Address:10\.255\.0\.11, IP Address:10\.254\.9\.11\n/,
@@ -405,5 +412,136 @@ test("QEMU's group comes from qemu.conf, never a guess; its folder is 0755 (L2)"
     assert.equal(mode(d), "755");
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("each host CA may sign only for its host's addresses; an unconstrained CA is remade and not trusted (M1)", () => {
+  const a = hostRoot(['group = "root"']);
+  const b = hostRoot(['group = "root"']);
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-mtls-m1-"));
+  try {
+    const caA = parseCaCertificate(run(migrationTlsStep("hv1", ["10.254.0.11"], { root: a }).script).stdout);
+    const rb = run(migrationTlsStep("hv2", ["10.254.0.12", "hv2.lab"], { root: b }).script);
+    assert.equal(rb.status, 0, rb.stderr);
+    const caB = parseCaCertificate(rb.stdout);
+    const kb = path.join(b, MIGRATION_TLS_DIR);
+    assert.match(
+      openssl(["x509", "-in", path.join(kb, "ca-cert.pem"), "-noout", "-ext", "nameConstraints"]),
+      /Name Constraints: critical\n\s+Permitted:\n\s+IP:10\.254\.0\.12\/255\.255\.255\.255\n\s+DNS:hv2\.lab\n/,
+    );
+    assert.equal(run(trustPeerStep("hv2", caB, { root: a }).script).status, 0);
+    const bundleA = path.join(a, "etc/pki/qemu/ca-cert.pem");
+    openssl(["verify", "-CAfile", bundleA, path.join(b, "etc/pki/qemu/server-cert.pem")]);
+
+    // hv2's root signs a server certificate for hv1's address with hv2's CA: hv1 (trusting
+    // hv2's CA) refuses it, as QEMU on hv1 would when hv2 pretends to be another destination.
+    const leaf = (ca: string, caKey: string, ip: string, name: string): string => {
+      const ext = path.join(tmp, `${name}.ext`);
+      fs.writeFileSync(
+        ext,
+        `basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:${ip}\n`,
+      );
+      openssl([
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        path.join(tmp, `${name}.key`),
+        "-subj",
+        "/CN=x",
+        "-out",
+        path.join(tmp, `${name}.csr`),
+      ]);
+      openssl([
+        "x509",
+        "-req",
+        "-in",
+        path.join(tmp, `${name}.csr`),
+        "-CA",
+        ca,
+        "-CAkey",
+        caKey,
+        "-set_serial",
+        "7",
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+        "-out",
+        path.join(tmp, `${name}.pem`),
+      ]);
+      return path.join(tmp, `${name}.pem`);
+    };
+    const forged = leaf(path.join(kb, "ca-cert.pem"), path.join(kb, "ca-key.pem"), "10.254.0.11", "forged");
+    const v = spawnSync("openssl", ["verify", "-CAfile", bundleA, forged], { encoding: "utf8" });
+    assert.notEqual(v.status, 0, v.stdout);
+    assert.match(v.stdout + v.stderr, /permitted subtree violation/);
+    // The same CA's certificate for its own address verifies (the refusal is the constraint).
+    openssl([
+      "verify",
+      "-CAfile",
+      bundleA,
+      leaf(path.join(kb, "ca-cert.pem"), path.join(kb, "ca-key.pem"), "10.254.0.12", "own"),
+    ]);
+
+    // A CA without constraints (as the first TLS version made them): a peer refuses it, a
+    // peers/<name>.pem of one stays on disk but out of the trust list, and its own host remakes it.
+    const oldKey = path.join(tmp, "old-ca.key");
+    const oldCa = path.join(tmp, "old-ca.pem");
+    openssl([
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      oldKey,
+      "-out",
+      oldCa,
+      "-days",
+      "3650",
+      "-subj",
+      "/O=kvmlab/CN=kvmlab migration CA hv2",
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    const oldPem = fs.readFileSync(oldCa, "utf8");
+    const refused = run(trustPeerStep("hv2", oldPem, { root: a }).script);
+    assert.equal(refused.status, 44, refused.stderr);
+    assert.match(refused.stderr, /has no name constraints/);
+    const legacy = path.join(a, MIGRATION_TLS_DIR, "peers", "hv3.pem");
+    fs.writeFileSync(legacy, oldPem);
+    assert.equal(run(trustPeerStep("hv2", caB, { root: a }).script).status, 0);
+    assert.equal(fs.readFileSync(bundleA, "utf8"), caA + caB, "the unconstrained CA is not trusted");
+    assert.equal(fs.readFileSync(legacy, "utf8"), oldPem, "and not deleted");
+
+    fs.copyFileSync(oldKey, path.join(kb, "ca-key.pem"));
+    fs.copyFileSync(oldCa, path.join(kb, "ca-cert.pem"));
+    const r2 = run(migrationTlsStep("hv2", ["10.254.0.12"], { root: b }).script);
+    assert.equal(r2.status, 0, r2.stderr);
+    const caB2 = parseCaCertificate(r2.stdout);
+    assert.notEqual(caB2, oldPem);
+    assert.match(
+      openssl(["x509", "-in", path.join(kb, "ca-cert.pem"), "-noout", "-ext", "nameConstraints"]),
+      /IP:10\.254\.0\.12\/255\.255\.255\.255\n\s+DNS:hv2\.lab\n/,
+      "remade for every address the host had",
+    );
+    for (const n of ["server", "client"])
+      openssl([
+        "verify",
+        "-CAfile",
+        path.join(kb, "ca-cert.pem"),
+        path.join(b, "etc/pki/qemu", `${n}-cert.pem`),
+      ]);
+  } finally {
+    for (const r of [a, b, tmp]) fs.rmSync(r, { recursive: true, force: true });
   }
 });
