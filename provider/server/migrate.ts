@@ -254,7 +254,7 @@ export function knownHostsText(dest: HostConnection, keys: readonly string[]): s
 /**
  * kvmlab's own migration TLS folder on every host (root only, 0700): the host's CA key and
  * certificate, `certdir` (the QEMU certificate folder kvmlab manages, read from qemu.conf) and
- * `peers/<host>.pem` (the CA certificates of the hosts it migrates with).
+ * `peers/<sha256 fingerprint>.pem` (the CA certificates of the hosts it migrates with).
  */
 export const MIGRATION_TLS_DIR = `${KVMLAB_STATE_DIR}/migrate-tls`;
 
@@ -273,26 +273,56 @@ export function migrationTlsAddresses(h: HostConnection): string[] {
   return [...new Set([migrationAddress(h), h.address].filter((a) => a !== ""))];
 }
 
-/** The subjectAltName extension value, and how `openssl x509 -ext subjectAltName` prints it (spaces removed). */
-function sanOf(addresses: readonly string[]): { ext: string; printed: string } {
+/** The subjectAltName entries for `addresses`, as openssl's config takes them (`IP:a`, `DNS:name`). */
+function sanOf(addresses: readonly string[]): string[] {
   if (addresses.length === 0) throw new Error("migration TLS: a host certificate needs at least one address");
-  const parts = addresses.map((a) => {
-    if (isIPv4(a)) return { ext: `IP:${a}`, printed: `IPAddress:${a}` };
-    if (/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(a)) return { ext: `DNS:${a}`, printed: `DNS:${a}` };
+  return addresses.map((a) => {
+    if (isIPv4(a)) return `IP:${a}`;
+    if (/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(a)) return `DNS:${a}`;
     throw new Error(
       `migration TLS: the host address ${JSON.stringify(a)} is neither an IPv4 address nor a DNS name`,
     );
   });
-  return { ext: parts.map((p) => p.ext).join(","), printed: parts.map((p) => p.printed).join(",") };
 }
 
-/** Shell lines that (re)write QEMU's trust list, ca-cert.pem: the host's own CA, then its peers'. */
-function bundleLines(): string[] {
+/** Shell function `fp FILE`: the sha256 fingerprint of a PEM certificate, 64 lowercase hex digits. */
+const FP_FN =
+  "fp() { openssl x509 -in \"$1\" -noout -fingerprint -sha256 2>/dev/null | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f'; }";
+
+/**
+ * Shell functions `ncs FILE`: the names a CA certificate's nameConstraints permit, one a line
+ * in subjectAltName form (`IP:a`, `DNS:name`); `constrained FILE`: whether it has critical
+ * nameConstraints (a CA made before them may sign for any address).
+ */
+const NC_FNS = [
+  "ncs() { openssl x509 -in \"$1\" -noout -ext nameConstraints 2>/dev/null | tail -n +2 | tr -d ' ' | sed -n 's#^IP:\\([0-9.]*\\)/255\\.255\\.255\\.255$#IP:\\1#p; s#^DNS:\\([A-Za-z0-9.-]*\\)$#DNS:\\1#p'; }",
+  "constrained() { openssl x509 -in \"$1\" -noout -ext nameConstraints 2>/dev/null | head -n 1 | grep -q 'Name Constraints: critical'; }",
+].join("\n");
+
+/**
+ * Shell lines that (re)write QEMU's trust list, ca-cert.pem: the host's own CA, then its peers'
+ * (peers/<fingerprint>.pem, and peers/<host name>.pem left by the first TLS version), each CA
+ * once, and only CAs with critical nameConstraints.
+ */
+function bundleLines(dest: string): string[] {
   return [
+    FP_FN,
+    NC_FNS,
     't=$(mktemp "$d/.ca-cert.XXXXXX")',
-    '{ cat "$k/ca-cert.pem"; for p in "$k"/peers/*.pem; do [ -e "$p" ] && cat "$p"; done; } > "$t"',
+    'seen=" $(fp "$k/ca-cert.pem") "',
+    "{",
+    '  cat "$k/ca-cert.pem"',
+    '  for p in "$k"/peers/*.pem; do',
+    // A peer CA without name constraints (a first-version file) may sign for any address:
+    // kept on disk, not trusted; its host's next migration TLS step remakes it constrained.
+    '    [ -e "$p" ] && constrained "$p" || continue',
+    '    f=$(fp "$p"); [ -n "$f" ] || continue',
+    '    case "$seen" in *" $f "*) continue ;; esac',
+    '    seen="$seen$f "; cat "$p"',
+    "  done",
+    '} > "$t"',
     'chmod 0644 "$t"',
-    'if cmp -s "$t" "$d/ca-cert.pem"; then rm -f "$t"; else mv -f "$t" "$d/ca-cert.pem"; fi',
+    `if cmp -s "$t" "$d/ca-cert.pem"; then rm -f "$t"; else mv -f "$t" "${dest}/ca-cert.pem"; fi`,
   ];
 }
 
@@ -307,10 +337,15 @@ function bundleLines(): string[] {
  *   client-cert.pem, -key.pem    the source side
  *
  * The CA key stays in MIGRATION_TLS_DIR (0600, root); the certificate keys are readable only by
- * root and the group QEMU runs as (qemu.conf `group`; 0600 when that is root). Keys are made by
- * openssl into files: never on a command line, never printed. A certificate is remade when it is
- * missing, not signed by the host's CA, expires within 30 days, or names other addresses.
- * Prints the host's CA certificate (public) for its peers.
+ * root and the group QEMU runs as (qemu.conf `group`, required; 0600 when that is root). Keys
+ * are made by openssl into files: never on a command line, never printed. The host's addresses
+ * are the UNION of those its CA is constrained to / its server certificate names and
+ * `addresses` (stacks that reach the host differently do not take each other's away). The CA
+ * carries critical nameConstraints for exactly those addresses and is remade when they lack
+ * one; a certificate is remade when it is missing, not signed by the host's CA, expires within
+ * 30 days, or lacks a requested address. New files are put in place by one mv.
+ * Refuses (exit 41) encrypted-key settings, a turned-off client check and a missing or unknown
+ * qemu.conf `group`. Prints the host's CA certificate (public) for its peers.
  */
 export function migrationTlsStep(
   hostName: string,
@@ -324,12 +359,12 @@ export function migrationTlsStep(
     `if [ -n "$new" ] || ! [ -s "$d/${n}-key.pem" ] || ! [ -s "$d/${n}-cert.pem" ] \\`,
     `  || ! openssl verify -CAfile "$k/ca-cert.pem" "$d/${n}-cert.pem" >/dev/null 2>&1 \\`,
     `  || ! openssl x509 -in "$d/${n}-cert.pem" -noout -checkend 2592000 >/dev/null 2>&1 \\`,
-    `  || [ "$(openssl x509 -in "$d/${n}-cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ')" != "$san" ]; then`,
-    `  printf '%s\\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${eku}' "subjectAltName=$sanext" > "$k/${n}.ext"`,
-    `  o=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/.${n}-key.new" -subj "/O=kvmlab/CN=$host migration ${n}" -out "$k/${n}.csr" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
-    `  o=$(openssl x509 -req -in "$k/${n}.csr" -CA "$k/ca-cert.pem" -CAkey "$k/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" -days ${MIGRATION_TLS_DAYS.leaf} -extfile "$k/${n}.ext" -out "$d/.${n}-cert.new" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
-    `  chgrp "$g" "$d/.${n}-key.new"; chmod "$km" "$d/.${n}-key.new"; chmod 0644 "$d/.${n}-cert.new"`,
-    `  mv -f "$d/.${n}-key.new" "$d/${n}-key.pem"; mv -f "$d/.${n}-cert.new" "$d/${n}-cert.pem"`,
+    // A requested address the certificate does not name yet: remade naming them all ($all).
+    `  || ! covers "$d/${n}-cert.pem"; then`,
+    `  printf '%s\\n' 'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=${eku}' "subjectAltName=$(printf '%s\\n' "$all" | paste -sd, -)" > "$k/${n}.ext"`,
+    `  o=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$s/${n}-key.pem" -subj "/O=kvmlab/CN=$host migration ${n}" -out "$k/${n}.csr" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+    `  o=$(openssl x509 -req -in "$k/${n}.csr" -CA "$k/ca-cert.pem" -CAkey "$k/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" -days ${MIGRATION_TLS_DAYS.leaf} -extfile "$k/${n}.ext" -out "$s/${n}-cert.pem" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+    `  chgrp "$g" "$s/${n}-key.pem"; chmod "$km" "$s/${n}-key.pem"; chmod 0644 "$s/${n}-cert.pem"`,
     `  rm -f "$k/${n}.csr" "$k/${n}.ext"`,
     "fi",
   ];
@@ -338,18 +373,34 @@ export function migrationTlsStep(
     script: [
       "set -e",
       "umask 077",
-      `r=${shQuote(opts.root ?? "")}; host=${shQuote(hostName)}; san=${shQuote(san.printed)}; sanext=${shQuote(san.ext)}`,
+      `r=${shQuote(opts.root ?? "")}; host=${shQuote(hostName)}; want=${shQuote(san.join("\n"))}`,
       'c="$r/etc/libvirt/qemu.conf"',
       `get() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\"\\([^\\"]*\\)\\".*/\\1/p" "$c" | tail -n 1; }`,
+      // A certificate's subjectAltName entries, one a line, in the form openssl's config takes.
+      `sans() { openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ' | tr ',' '\\n' | sed 's/^IPAddress:/IP:/' | grep -E '^(IP:[0-9.]+|DNS:[A-Za-z0-9.-]+)$' || true; }`,
+      NC_FNS,
+      // Whether a certificate names every requested address.
+      'covers() { h=" $(sans "$1" | tr \'\\n\' \' \') "; for a in $want; do case "$h" in *" $a "*) ;; *) return 1 ;; esac; done; }',
       'd=$(get migrate_tls_x509_cert_dir); [ -n "$d" ] || d=$(get default_tls_x509_cert_dir); [ -n "$d" ] || d=/etc/pki/qemu',
       'case "$d" in /*) ;; *) echo "qemu.conf names the migration TLS folder \\"$d\\", not an absolute path; fix qemu.conf" >&2; exit 41 ;; esac',
       'if [ -n "$(get migrate_tls_x509_secret_uuid)" ]; then echo "qemu.conf sets migrate_tls_x509_secret_uuid (encrypted keys), which kvmlab does not make; remove it from qemu.conf and restart libvirtd" >&2; exit 41; fi',
+      // The listening QEMU checks the client's certificate only with migrate_tls_x509_verify
+      // (else default_tls_x509_verify) at 1, libvirt's default; these are unquoted integers.
+      `geti() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\([0-9][0-9]*\\).*/\\1/p" "$c" | tail -n 1; }`,
+      'v=migrate_tls_x509_verify; n=$(geti $v); if [ -z "$n" ]; then v=default_tls_x509_verify; n=$(geti $v); fi',
+      'if [ -n "$n" ] && [ "$n" -eq 0 ]; then echo "qemu.conf sets $v = 0: a destination would accept a migration stream from anyone on the tunnel network; set migrate_tls_x509_verify = 1 in qemu.conf (or remove the 0) and restart libvirtd" >&2; exit 41; fi',
       'd="$r$d"',
-      'g=$(get group); g=${g#+}; [ -n "$g" ] || g=libvirt-qemu',
-      'getent group "$g" >/dev/null 2>&1 || case "$g" in *[!0-9]*) g=root ;; esac',
+      // QEMU's group must read the keys: qemu.conf's `group`, never a guess (libvirt's
+      // built-in default differs by distribution: kvm, qemu, libvirt-qemu).
+      "g=$(get group); g=${g#+}",
+      'if [ -z "$g" ]; then echo "qemu.conf does not set group (the group QEMU runs as, which must read the migration keys); set group = \\"<QEMU\'s group>\\" in qemu.conf (e.g. \\"kvm\\" on Debian/Ubuntu, \\"qemu\\" on Fedora, \\"root\\" when QEMU runs as root) and restart libvirtd" >&2; exit 41; fi',
+      'if ! getent group "$g" >/dev/null 2>&1; then case "$g" in *[!0-9]*) echo "qemu.conf sets group = \\"$g\\", which is not a group on this host; set group in qemu.conf to the group QEMU runs as and restart libvirtd" >&2; exit 41 ;; esac; fi',
       'if [ "$g" = root ] || [ "$g" = 0 ]; then g=root; km=0600; else km=0640; fi',
       `k="$r"${shQuote(MIGRATION_TLS_DIR)}`,
-      'mkdir -p "$k/peers" "$d"; chmod 0700 "$k"',
+      // QEMU's folder (and any parent made here) 0755, libvirt's documented layout: a QEMU that
+      // is not root must enter it; the keys in it are 0640 root:<group>.
+      'mkdir -p "$k/peers"; chmod 0700 "$k"',
+      'if ! [ -d "$d" ]; then (umask 022; mkdir -p "$d"); fi',
       // Never take over a folder of certificates kvmlab did not make.
       'if [ "$(cat "$k/certdir" 2>/dev/null)" != "$d" ]; then',
       "  for f in ca-cert.pem server-cert.pem server-key.pem client-cert.pem client-key.pem; do",
@@ -357,15 +408,32 @@ export function migrationTlsStep(
       "  done",
       '  printf \'%s\\n\' "$d" > "$k/certdir"',
       "fi",
+      // The first TLS version made it 0700 under umask 077.
+      'if [ "$(stat -c %a "$d")" = 700 ]; then chmod 0755 "$d"; fi',
+      // The host's addresses: those its CA is constrained to and its server certificate names
+      // already (another stack may reach this host by them), then the requested ones.
+      'all=$( { [ -s "$k/ca-cert.pem" ] && ncs "$k/ca-cert.pem"; [ -s "$d/server-cert.pem" ] && sans "$d/server-cert.pem"; printf \'%s\\n\' "$want"; } | awk \'NF && !s[$0]++\')',
       "new=",
-      'if ! [ -s "$k/ca-key.pem" ] || ! [ -s "$k/ca-cert.pem" ] || ! openssl x509 -in "$k/ca-cert.pem" -noout -checkend 7776000 >/dev/null 2>&1; then',
-      `  o=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$k/ca-key.new" -out "$k/ca-cert.new" -days ${MIGRATION_TLS_DAYS.ca} -subj "/O=kvmlab/CN=kvmlab migration CA $host" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
+      // The CA may sign only for the host's own addresses (critical nameConstraints), so a
+      // peer that trusts it cannot be made to accept it for another host; one without them,
+      // or constrained to fewer addresses, is remade (and re-issues the certificates).
+      'if ! [ -s "$k/ca-key.pem" ] || ! [ -s "$k/ca-cert.pem" ] || ! openssl x509 -in "$k/ca-cert.pem" -noout -checkend 7776000 >/dev/null 2>&1 \\',
+      '  || ! constrained "$k/ca-cert.pem" || [ "$(ncs "$k/ca-cert.pem" | sort)" != "$(printf \'%s\\n\' "$all" | sort)" ]; then',
+      "  nc=$(printf '%s\\n' \"$all\" | sed 's#^IP:.*#&/255.255.255.255#; s#^#permitted;#' | paste -sd, -)",
+      `  o=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$k/ca-key.new" -out "$k/ca-cert.new" -days ${MIGRATION_TLS_DAYS.ca} -subj "/O=kvmlab/CN=kvmlab migration CA $host" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -addext "nameConstraints=critical,$nc" 2>&1) || { echo "openssl: $o" >&2; exit 43; }`,
       '  chmod 0600 "$k/ca-key.new"; chmod 0644 "$k/ca-cert.new"',
       '  mv -f "$k/ca-key.new" "$k/ca-key.pem"; mv -f "$k/ca-cert.new" "$k/ca-cert.pem"; new=1',
       "fi",
+      // New files are made in a staging folder inside the certificate folder (same file system)
+      // under their final names, then put in place by ONE mv: QEMU reads its files by fixed
+      // names (no folder switch without a libvirtd restart), so the gap in which a QEMU that
+      // loads its credentials could see a key and a certificate that do not match is the time
+      // between two rename() calls, not between two commands.
+      'rm -rf "$d"/.kvmlab-new.*; s=$(mktemp -d "$d/.kvmlab-new.XXXXXX")',
       ...leaf("server", "serverAuth"),
       ...leaf("client", "clientAuth"),
-      ...bundleLines(),
+      ...bundleLines('"$s"'),
+      'set -- "$s"/*.pem; if [ -e "$1" ]; then mv -f "$@" "$d/"; fi; rmdir "$s"',
       'cat "$k/ca-cert.pem"',
     ].join("\n"),
   };
@@ -379,8 +447,10 @@ export function parseCaCertificate(text: string): string {
 
 /**
  * Makes a host trust `peer`'s migration CA (its certificate from migrationTlsStep on the peer):
- * kept as peers/<peer>.pem, so a peer's new CA replaces its old one, and added to QEMU's trust
- * list. Only a CA certificate is accepted. Run under the host lock, after migrationTlsStep.
+ * kept as peers/<sha256 fingerprint>.pem, added and never overwritten (two stacks that give
+ * different machines the same name, or one machine different names, no longer replace each
+ * other's trust), and added to QEMU's trust list. `peer` (the program's host name) is only for
+ * the label. Only a CA certificate is accepted. Run under the host lock, after migrationTlsStep.
  */
 export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOptions = {}): Step {
   if (!TLS_NAME_RE.test(peer))
@@ -403,9 +473,14 @@ export function trustPeerStep(peer: string, caPem: string, opts: MigrationTlsOpt
       pem.trimEnd(),
       eof,
       'if ! openssl x509 -in "$t" -noout -ext basicConstraints 2>/dev/null | grep -q "CA:TRUE"; then rm -f "$t"; echo "the migration CA of the peer is not a CA certificate" >&2; exit 44; fi',
+      NC_FNS,
+      'if ! constrained "$t"; then rm -f "$t"; echo "the migration CA of the peer has no name constraints (an older kvmlab made it); run its migration TLS step, which remakes it" >&2; exit 44; fi',
       'chmod 0644 "$t"',
-      `if cmp -s "$t" "$k/peers/"${shQuote(`${peer}.pem`)}; then rm -f "$t"; else mv -f "$t" "$k/peers/"${shQuote(`${peer}.pem`)}; fi`,
-      ...bundleLines(),
+      FP_FN,
+      'f=$(fp "$t")',
+      'case "$f" in "" | *[!0-9a-f]*) rm -f "$t"; echo "the migration CA of the peer has no sha256 fingerprint" >&2; exit 44 ;; esac',
+      'if [ -e "$k/peers/$f.pem" ]; then rm -f "$t"; else mv "$t" "$k/peers/$f.pem"; fi',
+      ...bundleLines('"$d"'),
     ].join("\n"),
   };
 }
