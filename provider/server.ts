@@ -76,6 +76,7 @@ import {
   withPlaced,
   portOwner,
   instancePaths,
+  serverPaths,
   SERVER_INPUT_KEYS,
   type HostLoad,
   type PowerState,
@@ -119,6 +120,7 @@ import {
   materializeSteps,
   metadataStep,
   nameFreeStep,
+  otherUserOfUuidLines,
   parseDomainInfo,
   preflightStep,
   readinessProbeStep,
@@ -259,6 +261,36 @@ export function serverOwned(serverName: string): OwnedObject {
 }
 
 /**
+ * The server's UUID on a host, for the owner guards (review S1). The instance folder is keyed by
+ * the UUID (instances/<uuid>/), and libvirt, IPAM and the quota know a server by it too, so the
+ * UUID needs an owner of its own: without one, a server of another stack given the same UUID
+ * (an explicit `uuid`, or the components' one, derived from project, stack and name) would be
+ * placed on this host, write into this server's folder and remove it in its failed create's
+ * cleanup. Claimed with the name, in the placement's claim batch; with no marker, a domain,
+ * folder or record of another server with this UUID refuses the claim.
+ */
+export function serverUuidOwned(i: Pick<ServerInputs, "serverName" | "uuid">): OwnedObject {
+  const dir = serverPaths(i.uuid).dir;
+  return {
+    kind: "server-uuid",
+    key: [i.uuid],
+    what: `server UUID ${i.uuid}`,
+    field: "uuid",
+    exists: `{ ${otherUserOfUuidLines(i.serverName, i.uuid, dir, "files").join("\n")}\n[ -n "$other" ]; }`,
+  };
+}
+
+/** The claim steps of a server on its host: its name, its UUID, then the name's record check. */
+function claimSteps(i: ServerInputs): Step[] {
+  return [
+    claimStep(serverOwned(i.serverName), i.owner),
+    claimStep(serverUuidOwned(i), i.owner),
+    nameFreeStep(i),
+    recordStep(i, []),
+  ];
+}
+
+/**
  * Picks the host (or takes the pin), claims the server there for its owner (refused when
  * another owner holds the name) and writes the placement record.
  *
@@ -326,11 +358,7 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
         [...claims.values()].map(async ({ host, requests }) => {
           for (const r of requests) {
             try {
-              await runLocked(host, [
-                claimStep(serverOwned(r.inputs.serverName), r.inputs.owner),
-                nameFreeStep(r.inputs),
-                recordStep(r.inputs, []),
-              ]);
+              await runLocked(host, claimSteps(r.inputs));
               settle(r, { host });
             } catch (err) {
               settle(r, { error: err });
@@ -545,7 +573,11 @@ async function migrateServer(
   // The guest on the source must be this owner's before anything of it moves (issue 15): checked
   // before the destination is prepared, so a refusal leaves both hosts as they were.
   const srcOwner = ownerIn(olds);
-  if (srcOwner) await runChecked(src, [guardStep(serverOwned(olds.serverName), [srcOwner])]);
+  if (srcOwner)
+    await runChecked(src, [
+      guardStep(serverOwned(olds.serverName), [srcOwner]),
+      guardStep(serverUuidOwned(olds), [srcOwner]),
+    ]);
   const before = await readInfo(src, olds.serverName);
   if (before.state !== "running") {
     throw new Error(
@@ -559,7 +591,12 @@ async function migrateServer(
   await runLocked(
     dst,
     [
-      ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
+      ...(ownerIn(olds)
+        ? [
+            claimStep(serverOwned(olds.serverName), ownerIn(olds)),
+            claimStep(serverUuidOwned(olds), ownerIn(olds)),
+          ]
+        : []),
       preflightStep(olds),
       ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
     ],
@@ -700,14 +737,25 @@ function vncMove(
     : undefined;
 }
 
-/** The delete batch: refuses another owner's server first (no guard for state from before owners). */
+/**
+ * The delete batch: refuses another owner's server (its name or its UUID) first, then releases
+ * both markers (no guard for state from before owners; a UUID unmarked since a state from before
+ * its marker passes).
+ */
 function guardedDelete(
   o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports" | "domainXml">,
   owner: string,
 ): Step[] {
   const owned = serverOwned(o.serverName);
+  const uuid = serverUuidOwned(o);
   return owner
-    ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]
+    ? [
+        guardStep(owned, [owner]),
+        guardStep(uuid, [owner]),
+        deleteStep(o),
+        releaseOwnerStep(uuid, [owner]),
+        releaseOwnerStep(owned, [owner]),
+      ]
     : [deleteStep(o)];
 }
 
@@ -837,7 +885,12 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       host = dst;
     }
     const type = olds.domainType;
-    await runLocked(host, [guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)], true)]);
+    // A server whose state predates the UUID's marker (review S1) gets it here, like the name's
+    // marker of a state from before owners: only in an update (a no-change up makes no call).
+    await runLocked(host, [
+      guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)], true),
+      guardStep(serverUuidOwned(news), [news.owner, ownerIn(olds)], true),
+    ]);
     const current = await readInfo(host, news.serverName);
     if (!current.defined)
       throw new Error(
