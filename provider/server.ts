@@ -104,6 +104,7 @@ import {
 import {
   attachedVolumesStep,
   dropVolumesStep,
+  keptListingHasDomain,
   keptVolumesStep,
   migrateDisks,
   parseAttachedVolumes,
@@ -397,10 +398,10 @@ const WORKER = { lane: "worker" } as const;
 /** The volumes in the server's persistent definition (its UUID's), which a redefine keeps (issue 16). */
 async function keptVolumes(
   host: HostConnection,
-  i: Pick<ServerInputs, "serverName" | "uuid">,
+  i: Pick<ServerInputs, "serverName" | "uuid"> & { owner?: string },
 ): Promise<KeptVolume[]> {
   const [out] = await runChecked(host, [keptVolumesStep(i.serverName, i.uuid)], WORKER);
-  return parseKeptVolumes(i.serverName, out);
+  return parseKeptVolumes(i.serverName, out, ownerIn(i));
 }
 
 async function readInfo(host: HostConnection, name: string): Promise<DomainInfo> {
@@ -827,14 +828,25 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
         ]),
       );
-      const kept = parseKeptVolumes(inputs.serverName, claimed[claimed.length - 1]);
-      const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
-      await waited(m, () =>
-        runChecked(placed, [...materializeSteps(inputs, xml), recordStep(inputs, addresses)], {
-          timeoutMs: 180000,
-          ...WORKER,
-        }),
-      );
+      const listing = claimed[claimed.length - 1];
+      const define = (kept: readonly KeptVolume[]) => {
+        const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
+        return waited(m, () =>
+          runChecked(placed, [...materializeSteps(inputs, xml), recordStep(inputs, addresses)], {
+            timeoutMs: 180000,
+            ...WORKER,
+          }),
+        );
+      };
+      if (keptListingHasDomain(listing)) {
+        // A create run again over its own domain: a Volume may attach to it meanwhile, so read
+        // again and define under the host's "volumes" lock, as update does (review L4).
+        parseKeptVolumes(inputs.serverName, listing, inputs.owner);
+        await withNamedHostLock(placed, "volumes", async () => define(await keptVolumes(placed, inputs)));
+      } else {
+        // No domain of this server: no Volume can be attached to it (attach needs the domain).
+        await define(parseKeptVolumes(inputs.serverName, listing, inputs.owner));
+      }
       if (inputs.powerState === "running") await startDomain(inputs, placed, addresses, m);
       const info = await phase(m, "info", () => readInfo(placed, inputs.serverName));
       const outs = outputsFor(inputs, placed, domainType, addresses, info, 0);
