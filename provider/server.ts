@@ -281,16 +281,6 @@ export function serverUuidOwned(i: Pick<ServerInputs, "serverName" | "uuid">): O
   };
 }
 
-/** The claim steps of a server on its host: its name, its UUID, then the name's record check. */
-function claimSteps(i: ServerInputs): Step[] {
-  return [
-    claimStep(serverOwned(i.serverName), i.owner),
-    claimStep(serverUuidOwned(i), i.owner),
-    nameFreeStep(i),
-    recordStep(i, []),
-  ];
-}
-
 /**
  * Picks the host (or takes the pin), claims the server there for its owner (refused when
  * another owner holds the name) and writes the placement record.
@@ -359,7 +349,13 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
         [...claims.values()].map(async ({ host, requests }) => {
           for (const r of requests) {
             try {
-              await runLocked(host, claimSteps(r.inputs));
+              await runLocked(host, [
+                claimStep(serverOwned(r.inputs.serverName), r.inputs.owner),
+                // The UUID too: it keys the instance folder (review S1).
+                claimStep(serverUuidOwned(r.inputs), r.inputs.owner),
+                nameFreeStep(r.inputs),
+                recordStep(r.inputs, []),
+              ]);
               settle(r, { host });
             } catch (err) {
               settle(r, { error: err });
