@@ -76,6 +76,7 @@ import {
   withPlaced,
   portOwner,
   instancePaths,
+  serverPaths,
   SERVER_INPUT_KEYS,
   type HostLoad,
   type PowerState,
@@ -107,6 +108,7 @@ import {
 import {
   attachedVolumesStep,
   dropVolumesStep,
+  keptListingHasDomain,
   keptVolumesStep,
   migrateDisks,
   parseAttachedVolumes,
@@ -123,6 +125,7 @@ import {
   materializeSteps,
   metadataStep,
   nameFreeStep,
+  otherUserOfUuidLines,
   parseDomainInfo,
   preflightStep,
   readinessProbeStep,
@@ -263,6 +266,26 @@ export function serverOwned(serverName: string): OwnedObject {
 }
 
 /**
+ * The server's UUID on a host, for the owner guards (review S1). The instance folder is keyed by
+ * the UUID (instances/<uuid>/), and libvirt, IPAM and the quota know a server by it too, so the
+ * UUID needs an owner of its own: without one, a server of another stack given the same UUID
+ * (an explicit `uuid`, or the components' one, derived from project, stack and name) would be
+ * placed on this host, write into this server's folder and remove it in its failed create's
+ * cleanup. Claimed with the name, in the placement's claim batch; with no marker, a domain,
+ * folder or record of another server with this UUID refuses the claim.
+ */
+export function serverUuidOwned(i: Pick<ServerInputs, "serverName" | "uuid">): OwnedObject {
+  const dir = serverPaths(i.uuid).dir;
+  return {
+    kind: "server-uuid",
+    key: [i.uuid],
+    what: `server UUID ${i.uuid}`,
+    field: "uuid",
+    exists: `{ ${otherUserOfUuidLines(i.serverName, i.uuid, dir, "files").join("\n")}\n[ -n "$other" ]; }`,
+  };
+}
+
+/**
  * Picks the host (or takes the pin), claims the server there for its owner (refused when
  * another owner holds the name) and writes the placement record.
  *
@@ -328,6 +351,8 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
       }
       const claimSteps = (i: ServerInputs): Step[] => [
         claimStep(serverOwned(i.serverName), i.owner),
+        // The UUID too: it keys the instance folder (review S1).
+        claimStep(serverUuidOwned(i), i.owner),
         nameFreeStep(i),
         recordStep(i, []),
       ];
@@ -388,10 +413,10 @@ const WORKER = { lane: "worker" } as const;
 /** The volumes in the server's persistent definition (its UUID's), which a redefine keeps (issue 16). */
 async function keptVolumes(
   host: HostConnection,
-  i: Pick<ServerInputs, "serverName" | "uuid">,
+  i: Pick<ServerInputs, "serverName" | "uuid"> & { owner?: string },
 ): Promise<KeptVolume[]> {
   const [out] = await runChecked(host, [keptVolumesStep(i.serverName, i.uuid)], WORKER);
-  return parseKeptVolumes(i.serverName, out);
+  return parseKeptVolumes(i.serverName, out, ownerIn(i));
 }
 
 async function readInfo(host: HostConnection, name: string): Promise<DomainInfo> {
@@ -564,7 +589,11 @@ async function migrateServer(
   // The guest on the source must be this owner's before anything of it moves (issue 15): checked
   // before the destination is prepared, so a refusal leaves both hosts as they were.
   const srcOwner = ownerIn(olds);
-  if (srcOwner) await runChecked(src, [guardStep(serverOwned(olds.serverName), [srcOwner])]);
+  if (srcOwner)
+    await runChecked(src, [
+      guardStep(serverOwned(olds.serverName), [srcOwner]),
+      guardStep(serverUuidOwned(olds), [srcOwner]),
+    ]);
   const before = await readInfo(src, olds.serverName);
   if (before.state !== "running") {
     throw new Error(
@@ -581,7 +610,12 @@ async function migrateServer(
   await runLocked(
     dst,
     [
-      ...(ownerIn(olds) ? [claimStep(serverOwned(olds.serverName), ownerIn(olds))] : []),
+      ...(ownerIn(olds)
+        ? [
+            claimStep(serverOwned(olds.serverName), ownerIn(olds)),
+            claimStep(serverUuidOwned(olds), ownerIn(olds)),
+          ]
+        : []),
       preflightStep(olds),
       ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
     ],
@@ -742,14 +776,25 @@ function vncMove(
     : undefined;
 }
 
-/** The delete batch: refuses another owner's server first (no guard for state from before owners). */
+/**
+ * The delete batch: refuses another owner's server (its name or its UUID) first, then releases
+ * both markers (no guard for state from before owners; a UUID unmarked since a state from before
+ * its marker passes).
+ */
 function guardedDelete(
   o: Pick<ServerInputs, "serverName" | "uuid" | "image" | "ports" | "domainXml">,
   owner: string,
 ): Step[] {
   const owned = serverOwned(o.serverName);
+  const uuid = serverUuidOwned(o);
   return owner
-    ? [guardStep(owned, [owner]), deleteStep(o), releaseOwnerStep(owned, [owner])]
+    ? [
+        guardStep(owned, [owner]),
+        guardStep(uuid, [owner]),
+        deleteStep(o),
+        releaseOwnerStep(uuid, [owner]),
+        releaseOwnerStep(owned, [owner]),
+      ]
     : [deleteStep(o)];
 }
 
@@ -824,22 +869,36 @@ const server = defineResource<ServerInputs, ServerOutputs>({
           keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
         ]),
       );
-      const kept = parseKeptVolumes(inputs.serverName, claimed[claimed.length - 1]);
-      const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
+      const listing = claimed[claimed.length - 1];
       const running = inputs.powerState === "running";
       // The domain's info (state, VNC port) is read in the batch that defines it, or that starts
       // it: no round trip of its own after the wait.
-      const defined = await waited(m, () =>
-        runChecked(
-          placed,
-          [
-            ...materializeSteps(inputs, xml),
-            recordStep(inputs, addresses),
-            ...(running ? [] : [infoStep(inputs.serverName)]),
-          ],
-          { timeoutMs: 180000, ...WORKER },
-        ),
-      );
+      const define = (kept: readonly KeptVolume[]) => {
+        const xml = withVolumeDisks(inputs.serverName, hostXml(inputs, domainType, placed), kept);
+        return waited(m, () =>
+          runChecked(
+            placed,
+            [
+              ...materializeSteps(inputs, xml),
+              recordStep(inputs, addresses),
+              ...(running ? [] : [infoStep(inputs.serverName)]),
+            ],
+            { timeoutMs: 180000, ...WORKER },
+          ),
+        );
+      };
+      let defined: string[];
+      if (keptListingHasDomain(listing)) {
+        // A create run again over its own domain: a Volume may attach to it meanwhile, so read
+        // again and define under the host's "volumes" lock, as update does (review L4).
+        parseKeptVolumes(inputs.serverName, listing, inputs.owner);
+        defined = await withNamedHostLock(placed, "volumes", async () =>
+          define(await keptVolumes(placed, inputs)),
+        );
+      } else {
+        // No domain of this server: no Volume can be attached to it (attach needs the domain).
+        defined = await define(parseKeptVolumes(inputs.serverName, listing, inputs.owner));
+      }
       let info: DomainInfo;
       if (running) {
         const [, out] = await waited(m, () =>
@@ -896,7 +955,12 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       host = dst;
     }
     const type = olds.domainType;
-    await runLocked(host, [guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)], true)]);
+    // A server whose state predates the UUID's marker (review S1) gets it here, like the name's
+    // marker of a state from before owners: only in an update (a no-change up makes no call).
+    await runLocked(host, [
+      guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)], true),
+      guardStep(serverUuidOwned(news), [news.owner, ownerIn(olds)], true),
+    ]);
     const current = await readInfo(host, news.serverName);
     if (!current.defined)
       throw new Error(

@@ -5,6 +5,7 @@
 import { recordPath, shQuote, uploadStep, writeRecordStep, type Step } from "../host";
 import { imageDir, imageUserStep } from "../image/steps";
 import { dhcpPaths } from "../ipam";
+import { recordDir } from "../../core/paths";
 import { instancePaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
 import { KVMLAB_DOMAIN_KEY, KVMLAB_DOMAIN_XMLNS, metadataSetText } from "../../core/domainMetadata";
@@ -83,10 +84,40 @@ export function usesStoreImage(image: ServerImage): boolean {
 }
 
 /**
+ * Shell lines that set `$other` to what else on the host uses the UUID `uuid` (issue 15, review
+ * S1), "" when nothing does: the domain another instance folder `dir`'s domain.xml names, the
+ * libvirt domain of that UUID when it has another name, or another server's record carrying the
+ * UUID. `libvirt: "files"` reads libvirt's definition files instead of asking virsh (the claim,
+ * which runs under the host lock on every first create). Values from the host only ever reach
+ * `$other` inside double quotes.
+ */
+export function otherUserOfUuidLines(
+  serverName: string,
+  uuid: string,
+  dir: string,
+  libvirt: "virsh" | "files" = "virsh",
+): string[] {
+  const xml = shQuote(`${dir}/domain.xml`);
+  const n = shQuote(serverName);
+  const own = shQuote(recordPath("server", serverName));
+  const hasUuid = shQuote(`"uuid": "${uuid}"`);
+  return [
+    "other=",
+    `if [ -f ${xml} ]; then dn=$(grep -o '<name>[^<]*</name>' ${xml} 2>/dev/null | head -n1 | sed 's:</*name>::g'); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the domain $dn (its ${dir}/domain.xml)"; fi; fi`,
+    libvirt === "virsh"
+      ? `if [ -z "$other" ]; then dn=$(${VIRSH} domname ${shQuote(uuid)} 2>/dev/null || true); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the libvirt domain $dn"; fi; fi`
+      : `if [ -z "$other" ]; then for df in /etc/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && grep -qF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$df"; then other="the libvirt domain defined in $df"; break; fi; done; fi`,
+    `if [ -z "$other" ]; then for rf in ${recordDir("server")}/*.json; do if [ -f "$rf" ] && [ "$rf" != ${own} ] && grep -qF -- ${hasUuid} "$rf"; then other="the server recorded in $rf"; break; fi; done; fi`,
+  ];
+}
+
+/**
  * Steps that put the server's files on a host and define the domain (idempotent): instance
  * folder, the image's user marker (so the image's delete refuses while the server is here),
  * seed files and ISO, qcow2 overlay (grown to the flavor's disk), domain XML, define.
- * A domain of the same name with another UUID is refused (it is not this server's).
+ * A domain of the same name with another UUID is refused (it is not this server's), and so is
+ * an instance folder another server uses (its domain.xml names another domain, or libvirt or a
+ * record gives the UUID to another server): nothing is written into it (review S1).
  */
 export function materializeSteps(inputs: ServerInputs, xml: string, opts: { define?: boolean } = {}): Step[] {
   const p = instancePaths(inputs);
@@ -97,6 +128,8 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
         "set -e",
         `u=$(${VIRSH} domuuid ${shQuote(inputs.serverName)} 2>/dev/null || true)`,
         `if [ -n "$u" ] && [ "$u" != ${shQuote(inputs.uuid)} ]; then echo ${shQuote(`a domain named ${inputs.serverName} already exists on this host with another UUID`)}" ($u); it is not this server's: rename the server or remove that domain" >&2; exit 33; fi`,
+        ...otherUserOfUuidLines(inputs.serverName, inputs.uuid, p.dir),
+        `if [ -n "$other" ]; then echo ${shQuote(`server ${inputs.serverName}: its UUID ${inputs.uuid} and instance folder ${p.dir} are used by `)}"$other"${shQuote(`, not by this server; nothing was written. Fix: give this server another uuid (the components derive it from the server's name and stack), or remove the other server from the stack that owns it`)} >&2; exit 35; fi`,
         `mkdir -p ${shQuote(p.seedDir)}`,
         `chmod 0755 ${shQuote(p.dir)}`,
         // The seed holds user data (keys, files): root only; libvirt relabels the ISO for QEMU.
@@ -302,12 +335,15 @@ export function deleteStep(
       `if [ -f ${rec} ] && ! grep -qF -- ${shQuote(`"uuid": "${uuid}"`)} ${rec}; then exit 0; fi`,
       // Its hybrid ports' qvo must carry no other owner (issue 14), checked before anything goes.
       ...hybridGuardLines(name, server.ports, [server.owner ?? ""]),
+      // The instance folder stays when another server uses it (review S1: a server of another
+      // stack given the same UUID): read before this domain goes (libvirt then still names it).
+      ...otherUserOfUuidLines(name, uuid, p.dir),
       'if [ -n "$u" ]; then',
       `  st=$(${VIRSH} domstate ${n} 2>/dev/null || true)`,
       `  if [ "$st" != "shut off" ]; then ${VIRSH} destroy ${n} >/dev/null 2>&1 || true; fi`,
       `  ${VIRSH} undefine ${n} >/dev/null`,
       "fi",
-      `rm -rf ${shQuote(p.dir)}`,
+      `if [ -n "$other" ]; then echo ${shQuote(`server ${name}: its instance folder ${p.dir} is used by `)}"$other"${shQuote("; it was left in place")} >&2; else rm -rf ${shQuote(p.dir)}; fi`,
       ...hybridUnplugLines(server.ports),
       imageUserStep(server.image.name, name, false).script,
       `rm -f ${rec}`,

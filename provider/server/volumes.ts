@@ -12,7 +12,7 @@
  *   destination  after a failure that left the guest on the source: what was prepared goes
  */
 import { recordPath, shQuote, type Step } from "../host";
-import { ownerMarkerPath } from "../kit/owner";
+import { ownerMarkerPath, ownerStack } from "../kit/owner";
 import { VOLUME_DEVICES, VOLUME_STORE, volumeDiskXml } from "../../core/volume";
 import { checkName } from "../../core/names";
 import { VIRSH } from "./steps";
@@ -137,37 +137,56 @@ export interface KeptVolume {
 }
 
 /**
- * Host: `target path` of every disk of the domain's PERSISTENT definition whose file is in the
- * volume store, printed only when the domain is this server's (its UUID); nothing when there is
- * no such domain. Read before a redefine, which would otherwise drop them (the rendered XML does
- * not list the volumes the Volume resources attached). `quick` (a create, where there is usually
- * no domain yet): no virsh call at all while libvirt keeps no definition file of that name.
+ * Host: a line `defined` when the domain is this server's (its UUID; nothing at all when there is
+ * no such domain), then `target path owner server` for every disk of its PERSISTENT definition
+ * whose file is in the volume store: the volume's owner marker and the server its record names
+ * ("-" when missing; review L4: the file name alone does not make a disk this server's volume).
+ * Read before a redefine, which would otherwise drop them (the rendered XML does not list the
+ * volumes the Volume resources attached). `quick` (a create, where there is usually no domain
+ * yet): no virsh call at all while libvirt keeps no definition file of that name.
  */
 export function keptVolumesStep(serverName: string, uuid: string, opts: { quick?: boolean } = {}): Step {
   const n = shQuote(serverName);
+  const markers = ownerMarkerPath("volume", "X").replace(/X\.owner$/, "");
+  const records = recordPath("volume", "X").replace(/X\.json$/, "");
   return {
     label: `list the volumes in the definition of ${serverName}`,
     script: [
       ...(opts.quick ? [`[ -e ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] || exit 0`] : []),
       `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
       `[ "$u" = ${shQuote(uuid)} ] || exit 0`,
-      `${VIRSH} domblklist --inactive --details ${n} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }'`,
+      "echo defined",
+      `${VIRSH} domblklist --inactive --details ${n} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }' |`,
+      "while read -r t f; do",
+      "  v=${f##*/}; v=${v%.*}",
+      `  o=$(head -n1 ${shQuote(markers)}"$v.owner" 2>/dev/null || true)`,
+      `  s=$(sed -n 's/^ *"server": *"\\([^"]*\\)".*/\\1/p' ${shQuote(records)}"$v.json" 2>/dev/null | head -n1)`,
+      '  printf \'%s %s %s %s\\n\' "$t" "$f" "${o:--}" "${s:--}"',
+      "done",
     ].join("\n"),
   };
+}
+
+/** Whether a keptVolumesStep listing found the server's domain defined (a create run again). */
+export function keptListingHasDomain(stdout: string): boolean {
+  return stdout.split("\n").some((l) => l.trim() === "defined");
 }
 
 /**
  * Parses keptVolumesStep (pure). A volume-store file that is not a kvmlab volume (not
  * `<name>.qcow2|raw` with a valid name, or at a target outside vdb..vdz) is refused naming the
  * disk and the fix: a redefine must neither drop it nor carry something kvmlab did not attach.
+ * So is a volume whose record does not name this server (a stale `<disk>` left in the
+ * definition, the name now another volume's), or whose owner marker is of another stack than
+ * `owner`'s (review L4; no marker: a volume from before owners, its record decides).
  */
-export function parseKeptVolumes(serverName: string, stdout: string): KeptVolume[] {
+export function parseKeptVolumes(serverName: string, stdout: string, owner = ""): KeptVolume[] {
   return stdout
     .split("\n")
     .map((l) => l.trim())
-    .filter((l) => l !== "")
+    .filter((l) => l !== "" && l !== "defined")
     .map((l) => {
-      const [target = "", path = "", ...rest] = l.split(/\s+/);
+      const [target = "", path = "", volOwner = "", recServer = "", ...rest] = l.split(/\s+/);
       const m = /^([^/]+)\.(qcow2|raw)$/.exec(path.slice(VOLUME_STORE.length + 1));
       const volumeName = m?.[1] ?? "";
       if (
@@ -179,6 +198,15 @@ export function parseKeptVolumes(serverName: string, stdout: string): KeptVolume
       )
         throw new Error(
           `server ${serverName}: its definition has the disk ${JSON.stringify(l)} in the volume store that kvmlab did not attach (a Volume attaches <name>.qcow2|raw at vdb..vdz); a redefine would drop it. Fix: detach it by hand (virsh detach-disk ${serverName} <target> --config) and run pulumi up again`,
+        );
+      const detach = `Fix: detach it by hand (virsh detach-disk ${serverName} ${target} --config), then attach the volume through its Volume resource (server: "${serverName}") and run pulumi up again`;
+      if (recServer !== serverName)
+        throw new Error(
+          `server ${serverName}: its definition has volume ${volumeName} at ${target}, but ${recServer === "-" || recServer === "" ? `no record of volume ${volumeName} names a server` : `the record of volume ${volumeName} names server ${recServer}`}; kvmlab keeps only the volumes attached to this server. ${detach}`,
+        );
+      if (owner !== "" && volOwner !== "-" && ownerStack(volOwner) !== ownerStack(owner))
+        throw new Error(
+          `server ${serverName}: its definition has volume ${volumeName} at ${target}, which belongs to ${volOwner}, another stack than ${ownerStack(owner)}; kvmlab never carries another stack's volume. ${detach}`,
         );
       return { volumeName, target, path, format: m[2] as "qcow2" | "raw" };
     });

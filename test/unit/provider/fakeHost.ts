@@ -1,7 +1,7 @@
 /**
  * A fake host for provider unit tests: the host layer's step runners are replaced, every step
- * is answered by `answer(label)` (its stdout, exit 0) and logged with its host, label and
- * script; named host locks are logged as "<name> lock taken" / "<name> lock released".
+ * is answered by `answer(label, script, host)` (its stdout with exit 0, or a whole result) and
+ * logged with its host, label and script; named host locks are logged as "<name> lock taken" / "<name> lock released".
  */
 import * as assert from "node:assert/strict";
 import { remoteStepError, type HostConnection, type Step, type StepResult } from "../../../provider";
@@ -11,20 +11,30 @@ export interface Fake {
   restore(): void;
 }
 
-/** Replaces the host layer's runners: `answer(label)` gives a step's stdout (exit 0). */
-export function fakeHost(answer: (label: string) => string): Fake {
+/** Replaces the host layer's runners: `answer(label)` gives a step's stdout (exit 0) or its result. */
+export function fakeHost(answer: (label: string, script: string, host: string) => string | StepResult): Fake {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   const probe = require("../../../provider/host/probe") as Record<string, unknown>;
   const saved = { ...session };
   const savedProbe = { ...probe };
   const log: Fake["log"] = [];
-  const run = (h: HostConnection, steps: readonly Step[]): StepResult[] =>
-    steps.map((s) => {
+  // runChecked/runLocked stop at the first failure, as the real ones (stopOnError): later steps
+  // are neither run nor logged.
+  const run = (h: HostConnection, steps: readonly Step[], stopOnError = false): StepResult[] => {
+    const out: StepResult[] = [];
+    for (const s of steps) {
+      if (stopOnError && out.some((r) => r.code !== 0)) {
+        out.push({ code: null, stdout: "", stderr: "" });
+        continue;
+      }
       log.push({ host: h.name, label: s.label ?? "", script: s.script });
-      return { code: 0, stdout: answer(s.label ?? ""), stderr: "" };
-    });
+      const r = answer(s.label ?? "", s.script, h.name);
+      out.push(typeof r === "string" ? { code: 0, stdout: r, stderr: "" } : r);
+    }
+    return out;
+  };
   const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> =>
-    run(h, steps).map((r, i) => {
+    run(h, steps, true).map((r, i) => {
       if (r.code !== 0) throw remoteStepError(h, steps[i], r);
       return r.stdout;
     });

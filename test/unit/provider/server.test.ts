@@ -317,7 +317,7 @@ test("steps quote what they pass and guard the domain by UUID", () => {
     /libvirtd on this host does not answer and keeps a definition of server web1.*exit 69; fi/,
   );
   assert.ok(
-    del.includes(`rm -rf /var/lib/kvmlab/instances/${i.uuid}\n`),
+    del.includes(`else rm -rf /var/lib/kvmlab/instances/${i.uuid}; fi\n`),
     "the folder of its UUID (issue 15)",
   );
   assert.ok(

@@ -115,7 +115,7 @@ test("two stacks' servers of the same name get the folders of their UUIDs, and e
     assert.ok(serialTailStep(i).script.includes(`${dir}/console.log`));
   }
   const delB = deleteStep(b).script;
-  assert.ok(delB.includes(`rm -rf /var/lib/kvmlab/instances/${b.uuid}\n`));
+  assert.ok(delB.includes(`else rm -rf /var/lib/kvmlab/instances/${b.uuid}; fi\n`));
   assert.ok(
     !delB.includes(a.uuid) && !delB.includes("/instances/web1"),
     "never A's folder, never the name's",
@@ -157,7 +157,10 @@ test("a server created before keeps the folder of its name: no diff, the same XM
   assert.equal(diffServer(olds, news).changes, false, "a no-change up changes nothing");
   assert.equal(instancePaths(news).dir, "/var/lib/kvmlab/instances/web1");
   const del = deleteStep(olds).script;
-  assert.ok(del.includes("rm -rf /var/lib/kvmlab/instances/web1\n") && !del.includes(old.uuid + "\n"));
+  assert.ok(
+    del.includes("else rm -rf /var/lib/kvmlab/instances/web1; fi\n") &&
+      !del.includes(`rm -rf /var/lib/kvmlab/instances/${old.uuid}`),
+  );
   assert.ok(
     materializeSteps(news, news.domainXml.qemu)[0].script.includes(
       "mkdir -p /var/lib/kvmlab/instances/web1/seed",

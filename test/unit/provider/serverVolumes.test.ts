@@ -10,7 +10,7 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { serverProvider, checkServerInputs, type HostConnection } from "../../../provider";
+import { serverProvider, checkServerInputs, ownerOf, type HostConnection } from "../../../provider";
 import type { ServerInputs, ServerOutputs } from "../../../provider/server";
 import { keptVolumesStep, parseKeptVolumes, withVolumeDisks } from "../../../provider/server/volumes";
 import { serverRaw, testHost } from "./fixtures";
@@ -18,6 +18,9 @@ import { fakeHost, uploadedXml } from "./fakeHost";
 import { virtXmlValidate } from "../templates/support";
 
 const STORE = "/var/lib/kvmlab/volumes";
+// The owners raw provider calls get (the fixtures' servers have no owner input): one stack.
+const VOL_OWNER = ownerOf({ pulumiProject: "kvmlab-direct", stack: "-", type: "Volume", name: "pgdata" });
+const WEB1_OWNER = ownerOf({ pulumiProject: "kvmlab-direct", stack: "-", type: "Server", name: "web1" });
 
 function inputs(
   hosts: HostConnection[],
@@ -45,14 +48,27 @@ test("the listing step reads the persistent definition, and only of this server'
   assert.match(s, /\[ "\$u" = 0e8f0000-0000-4000-8000-000000000001 \] \|\| exit 0/);
   assert.match(s, /domblklist --inactive --details web1/, "the persistent definition, not the live one");
   assert.match(s, /\/\^\\\/var\\\/lib\\\/kvmlab\\\/volumes\\\/\//, "only files in the volume store");
+  assert.ok(
+    s.includes(`o=$(head -n1 /var/lib/kvmlab/owners/volume/"$v.owner"`) &&
+      s.includes(`/var/lib/kvmlab/records/volume/"$v.json"`),
+    "each volume's owner marker and the server its record names (review L4)",
+  );
 });
 
 test("parseKeptVolumes: kvmlab volumes only; anything else in the store is refused naming the fix", () => {
   assert.deepEqual(parseKeptVolumes("web1", ""), []);
-  assert.deepEqual(parseKeptVolumes("web1", `vdc ${STORE}/logs.raw\nvdb ${STORE}/pgdata.qcow2\n`), [
-    { volumeName: "logs", target: "vdc", path: `${STORE}/logs.raw`, format: "raw" },
-    { volumeName: "pgdata", target: "vdb", path: `${STORE}/pgdata.qcow2`, format: "qcow2" },
-  ]);
+  assert.deepEqual(parseKeptVolumes("web1", "defined\n"), []);
+  assert.deepEqual(
+    parseKeptVolumes(
+      "web1",
+      `defined\nvdc ${STORE}/logs.raw ${VOL_OWNER} web1\nvdb ${STORE}/pgdata.qcow2 - web1\n`,
+      WEB1_OWNER,
+    ),
+    [
+      { volumeName: "logs", target: "vdc", path: `${STORE}/logs.raw`, format: "raw" },
+      { volumeName: "pgdata", target: "vdb", path: `${STORE}/pgdata.qcow2`, format: "qcow2" },
+    ],
+  );
   for (const bad of [
     `vdb ${STORE}/x.img`, // not a volume's format
     `vdb ${STORE}/sub/x.qcow2`, // not a file of the store itself
@@ -63,16 +79,40 @@ test("parseKeptVolumes: kvmlab volumes only; anything else in the store is refus
     `vdb ${STORE}/a b.qcow2`,
   ])
     assert.throws(
-      () => parseKeptVolumes("web1", `${bad}\n`),
+      () => parseKeptVolumes("web1", `${bad} - web1\n`),
       /server web1: its definition has the disk .* that kvmlab did not attach.*Fix: detach it by hand \(virsh detach-disk web1/,
       bad,
     );
 });
 
+test("parseKeptVolumes: a volume whose record names another server (or none), or of another stack, is refused naming the fix (review L4)", () => {
+  for (const [line, re] of [
+    [
+      `vdb ${STORE}/pgdata.qcow2 ${VOL_OWNER} db1`,
+      /volume pgdata at vdb, but the record of volume pgdata names server db1/,
+    ],
+    [`vdb ${STORE}/pgdata.qcow2 - -`, /volume pgdata at vdb, but no record of volume pgdata names a server/],
+    [`vdb ${STORE}/pgdata.qcow2`, /no record of volume pgdata names a server/],
+    [
+      `vdb ${STORE}/pgdata.qcow2 ${ownerOf({ pulumiProject: "lab", stack: "prod", type: "Volume", name: "pgdata" })} web1`,
+      /volume pgdata at vdb, which belongs to lab\/prod\/Volume\/pgdata, another stack than kvmlab-direct\/-; kvmlab never carries another stack's volume/,
+    ],
+  ] as const)
+    assert.throws(
+      () => parseKeptVolumes("web1", `defined\n${line}\n`, WEB1_OWNER),
+      (e: Error) =>
+        re.test(e.message) &&
+        /Fix: detach it by hand \(virsh detach-disk web1 vdb --config\)/.test(e.message),
+      line,
+    );
+  // A server from before owners (no owner) still checks the record.
+  assert.throws(() => parseKeptVolumes("web1", `vdb ${STORE}/pgdata.qcow2 - db1\n`), /names server db1/);
+});
+
 test("withVolumeDisks: the volumes' <disk>s after the last disk, in target order, once; a clash is refused", () => {
   const hv1 = testHost("hv1", 1);
   const xml = inputs([hv1]).domainXml.qemu; // kernel image: the seed ISO is its one disk
-  const vols = parseKeptVolumes("web1", `vdc ${STORE}/logs.raw\nvdb ${STORE}/pgdata.qcow2\n`);
+  const vols = parseKeptVolumes("web1", `vdc ${STORE}/logs.raw - web1\nvdb ${STORE}/pgdata.qcow2 - web1\n`);
   const out = withVolumeDisks("web1", xml, vols);
   const disks = [...out.matchAll(/<disk\b[\s\S]*?<\/disk>/g)].map((d) => d[0]);
   assert.deepEqual(
@@ -128,7 +168,7 @@ test("a cold resize keeps the attached volumes in the definition it writes (list
     if (/^start domain web1/.test(label)) state = "running";
     if (/^read domain web1/.test(label)) return `defined=yes\nstate=${state}\ntype=qemu\n`;
     if (/^list the volumes in the definition of web1/.test(label))
-      return `vdb ${STORE}/pgdata.qcow2\nvdc ${STORE}/logs.raw\n`;
+      return `defined\nvdb ${STORE}/pgdata.qcow2 ${VOL_OWNER} web1\nvdc ${STORE}/logs.raw - web1\n`;
     return "";
   });
   try {
@@ -179,14 +219,21 @@ test("a create run again over the domain it defined before keeps the volumes att
     if (/^read host capacity/.test(label)) return "memtotal=4194304\nmemavailable=4000000\ncpus=2\n";
     if (/^read record ipam\//.test(label)) return JSON.stringify(ipam);
     if (/^read domain web1/.test(label)) return "defined=yes\nstate=running\ntype=qemu\n";
-    if (/^list the volumes in the definition of web1/.test(label)) return `vdb ${STORE}/pgdata.qcow2\n`;
+    if (/^list the volumes in the definition of web1/.test(label))
+      return `defined\nvdb ${STORE}/pgdata.qcow2 ${VOL_OWNER} web1\n`;
     return "";
   });
   try {
     await (serverProvider as unknown as Required<typeof serverProvider>).create(i);
     const labels = fake.log.map((l) => l.label);
+    const lists = labels.flatMap((l, i) => (l === "list the volumes in the definition of web1" ? [i] : []));
+    const define = labels.indexOf("define domain web1");
+    assert.equal(lists.length, 2, labels.join(" | "));
+    // Read again and defined under the volumes lock, as a cold resize (review L4).
     assert.ok(
-      labels.indexOf("list the volumes in the definition of web1") < labels.indexOf("define domain web1"),
+      labels.indexOf("volumes lock taken") < lists[1] &&
+        lists[1] < define &&
+        define < labels.indexOf("volumes lock released"),
       labels.join(" | "),
     );
     assert.match(
