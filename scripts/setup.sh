@@ -21,7 +21,7 @@ apt-get install -y -q --no-install-recommends \
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
   openvswitch-switch haproxy dnsmasq-base openssh-server openssh-client busybox-static dropbear-bin \
   genisoimage libxml2-utils iproute2 iptables procps util-linux cpio ethtool curl xz-utils zstd kmod psmisc \
-  socat apache2-utils ipset conntrack arping \
+  socat apache2-utils ipset conntrack arping openssl \
   chromium novnc websockify keepalived
 # Node.js 20 or newer (package.json engines). Debian 12's own nodejs is 18, and `apt-get install
 # nodejs npm` is all this script needs to run: then it puts a pinned Node.js 20 into

@@ -21,6 +21,8 @@ export const REQUIRED_PACKAGES = [
   "dropbear-bin",
   "xz-utils",
   "zstd",
+  // live migration over TLS makes its certificates with openssl on the hosts
+  "openssl",
 ] as const;
 
 export function installLine(packages: readonly string[]): string {

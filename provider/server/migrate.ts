@@ -374,6 +374,8 @@ export function migrationTlsStep(
       "set -e",
       "umask 077",
       `r=${shQuote(opts.root ?? "")}; host=${shQuote(hostName)}; want=${shQuote(san.join("\n"))}`,
+      // openssl makes the CA and the certificates here; a minimal Debian has no openssl binary.
+      'command -v openssl >/dev/null 2>&1 || { echo "host $host has no openssl, which live migration over TLS needs to make its certificates: apt-get install openssl" >&2; exit 45; }',
       'c="$r/etc/libvirt/qemu.conf"',
       `get() { [ -r "$c" ] || return 0; sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*\\"\\([^\\"]*\\)\\".*/\\1/p" "$c" | tail -n 1; }`,
       // A certificate's subjectAltName entries, one a line, in the form openssl's config takes.
