@@ -5,6 +5,7 @@
  */
 import * as assert from "node:assert/strict";
 import { remoteStepError, type HostConnection, type Step, type StepResult } from "../../../provider";
+import { instancePaths, type ServerInputs, type ServerOutputs } from "../../../provider/server";
 
 export interface Fake {
   log: { host: string; label: string; script: string }[];
@@ -66,4 +67,24 @@ export function uploadedXml(fake: Fake, re = /^upload .*\/domain\.xml$/): string
   assert.equal(up.length, 1, `one domain.xml written: ${fake.log.map((l) => l.label).join(" | ")}`);
   const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(up[0].script)![2];
   return Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
+}
+
+/** What a server's state holds after its create on `host`: running, no addresses, its own folder. */
+export function serverOutputsOn(i: ServerInputs, host: HostConnection): ServerOutputs {
+  const p = instancePaths(i);
+  return {
+    ...i,
+    host: host.name,
+    hostAddress: host.address,
+    domainType: "qemu",
+    addresses: [],
+    ips: [],
+    macs: [],
+    vncPort: 0,
+    consoleUrl: "",
+    serialLog: p.serialLog,
+    instanceDir: p.dir,
+    actualPowerState: "running",
+    hostKeys: {},
+  };
 }

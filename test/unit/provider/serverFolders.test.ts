@@ -20,7 +20,7 @@ import {
 } from "../../../provider/server";
 import { deleteStep, materializeSteps, serialTailStep } from "../../../provider/server/steps";
 import { testHost } from "./fixtures";
-import { fakeHost, uploadedXml } from "./fakeHost";
+import { fakeHost, serverOutputsOn, uploadedXml } from "./fakeHost";
 
 const hv1 = testHost("hv1", 1);
 const IMAGE = {
@@ -78,22 +78,7 @@ function legacy(i: ServerInputs): ServerInputs {
 }
 
 function outputs(i: ServerInputs): ServerOutputs {
-  const p = instancePaths(i);
-  return {
-    ...i,
-    host: "hv1",
-    hostAddress: hv1.address,
-    domainType: "qemu",
-    addresses: [],
-    ips: [],
-    macs: [],
-    vncPort: 0,
-    consoleUrl: "",
-    serialLog: p.serialLog,
-    instanceDir: p.dir,
-    actualPowerState: "running",
-    hostKeys: {},
-  };
+  return serverOutputsOn(i, hv1);
 }
 
 test("two stacks' servers of the same name get the folders of their UUIDs, and each step uses only its own", () => {

@@ -21,10 +21,10 @@ import * as path from "node:path";
 import { spawnSync } from "node:child_process";
 import { renderServer } from "../../../components/server";
 import { checkServerInputs, ownerOf, serverProvider, type StepResult } from "../../../provider";
-import { instancePaths, type ServerInputs, type ServerOutputs } from "../../../provider/server";
+import { type ServerInputs, type ServerOutputs } from "../../../provider/server";
 import { deleteStep, materializeSteps } from "../../../provider/server/steps";
 import { testHost } from "./fixtures";
-import { fakeHost, type Fake } from "./fakeHost";
+import { fakeHost, serverOutputsOn, type Fake } from "./fakeHost";
 
 const hv1 = testHost("hv1", 1);
 const IMAGE = {
@@ -172,22 +172,7 @@ function localHost(): Host {
 }
 
 function outputsOf(i: ServerInputs): ServerOutputs {
-  const p = instancePaths(i);
-  return {
-    ...i,
-    host: "hv1",
-    hostAddress: hv1.address,
-    domainType: "qemu",
-    addresses: [],
-    ips: [],
-    macs: [],
-    vncPort: 0,
-    consoleUrl: "",
-    serialLog: p.serialLog,
-    instanceDir: p.dir,
-    actualPowerState: "running",
-    hostKeys: {},
-  };
+  return serverOutputsOn(i, hv1);
 }
 
 test("another stack's server with the same UUID is refused naming the owner, and never writes into or removes the first's folder", async () => {

@@ -14,7 +14,7 @@ import { serverProvider, checkServerInputs, ownerOf, type HostConnection } from 
 import type { ServerInputs, ServerOutputs } from "../../../provider/server";
 import { keptVolumesStep, parseKeptVolumes, withVolumeDisks } from "../../../provider/server/volumes";
 import { serverRaw, testHost } from "./fixtures";
-import { fakeHost, uploadedXml } from "./fakeHost";
+import { fakeHost, serverOutputsOn, uploadedXml } from "./fakeHost";
 import { virtXmlValidate } from "../templates/support";
 
 const STORE = "/var/lib/kvmlab/volumes";
@@ -145,21 +145,7 @@ test("withVolumeDisks: the volumes' <disk>s after the last disk, in target order
 
 test("a cold resize keeps the attached volumes in the definition it writes (listed before the stop and again under the volumes lock)", async () => {
   const hv1 = testHost("hv1", 1);
-  const olds: ServerOutputs = {
-    ...inputs([hv1]),
-    host: "hv1",
-    hostAddress: hv1.address,
-    domainType: "qemu",
-    addresses: [],
-    ips: [],
-    macs: [],
-    vncPort: 0,
-    consoleUrl: "",
-    serialLog: "",
-    instanceDir: "",
-    actualPowerState: "running",
-    hostKeys: {},
-  };
+  const olds: ServerOutputs = serverOutputsOn(inputs([hv1]), hv1);
   const news = inputs([hv1], { ramMiB: 192 }, olds);
   assert.match(news.changePlan ?? "", /cold resize/);
   let state = "running";
