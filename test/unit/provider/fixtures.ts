@@ -115,3 +115,53 @@ export function loadBalancerRaw(
     ...over,
   };
 }
+
+/** A disk image in the image store, as the disk-image Server tests use it. */
+export const DISK_IMAGE = {
+  name: "cirros",
+  kind: "disk" as const,
+  disk: "/var/lib/kvmlab/images/cirros/disk.qcow2",
+  format: "qcow2" as const,
+  kernel: "",
+  ramdisk: "",
+};
+
+/**
+ * Raw Server inputs of a disk-image server with no ports, pinned to `host`, rendered like the
+ * component does for `stack` (its UUID derived from `uuidSeed`, by default `lab/<stack>/<name>`).
+ */
+export function diskServerRaw(
+  host: HostConnection,
+  o: { stack: string; serverName?: string; uuidSeed?: string; ramMiB?: number; image?: typeof DISK_IMAGE },
+): Record<string, unknown> {
+  const serverName = o.serverName ?? "web1";
+  const image = o.image ?? DISK_IMAGE;
+  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: o.ramMiB ?? 128, diskGiB: 1 };
+  const r = renderServer({
+    serverName,
+    uuidSeed: o.uuidSeed ?? `lab/${o.stack}/${serverName}`,
+    lab: "lab",
+    stack: o.stack,
+    project: "",
+    image,
+    flavor,
+    ports: [],
+    kernelCmdline: "",
+    cloudInit: true,
+    publicKeys: [],
+    userName: "kvmlab",
+    userData: {},
+    consoleListen: "0.0.0.0",
+  });
+  return {
+    serverName,
+    uuid: r.uuid,
+    hosts: [host],
+    host: host.name,
+    flavor,
+    image,
+    ports: [],
+    domainXml: r.domainXml,
+    cloudInit: r.cloudInit,
+  };
+}

@@ -8,7 +8,6 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { renderServer } from "../../../components/server";
 import { checkServerInputs, serverProvider } from "../../../provider";
 import {
   diffServer,
@@ -19,50 +18,15 @@ import {
   type ServerOutputs,
 } from "../../../provider/server";
 import { deleteStep, materializeSteps, serialTailStep } from "../../../provider/server/steps";
-import { testHost } from "./fixtures";
+import { DISK_IMAGE, diskServerRaw, testHost } from "./fixtures";
 import { fakeHost, serverOutputsOn, uploadedXml } from "./fakeHost";
 
 const hv1 = testHost("hv1", 1);
-const IMAGE = {
-  name: "cirros",
-  kind: "disk" as const,
-  disk: "/var/lib/kvmlab/images/cirros/disk.qcow2",
-  format: "qcow2" as const,
-  kernel: "",
-  ramdisk: "",
-};
+const IMAGE = DISK_IMAGE;
 
 /** Raw Server inputs for `web1` of `stack`, rendered as the component does (today's template). */
 function raw(stack: string, over: { ramMiB?: number; image?: typeof IMAGE } = {}): Record<string, unknown> {
-  const image = over.image ?? IMAGE;
-  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: over.ramMiB ?? 128, diskGiB: 1 };
-  const r = renderServer({
-    serverName: "web1",
-    uuidSeed: `lab/${stack}/web1`,
-    lab: "lab",
-    stack,
-    project: "",
-    image,
-    flavor,
-    ports: [],
-    kernelCmdline: "",
-    cloudInit: true,
-    publicKeys: [],
-    userName: "kvmlab",
-    userData: {},
-    consoleListen: "0.0.0.0",
-  });
-  return {
-    serverName: "web1",
-    uuid: r.uuid,
-    hosts: [hv1],
-    host: "hv1",
-    flavor,
-    image,
-    ports: [],
-    domainXml: r.domainXml,
-    cloudInit: r.cloudInit,
-  };
+  return diskServerRaw(hv1, { stack, ...over });
 }
 
 function check(news: Record<string, unknown>, olds?: Record<string, unknown>): ServerInputs {

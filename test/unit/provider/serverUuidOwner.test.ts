@@ -19,53 +19,19 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
-import { renderServer } from "../../../components/server";
 import { checkServerInputs, ownerOf, serverProvider, type StepResult } from "../../../provider";
 import { type ServerInputs, type ServerOutputs } from "../../../provider/server";
 import { deleteStep, materializeSteps } from "../../../provider/server/steps";
-import { testHost } from "./fixtures";
+import { diskServerRaw, testHost } from "./fixtures";
 import { fakeHost, serverOutputsOn, type Fake } from "./fakeHost";
 
 const hv1 = testHost("hv1", 1);
-const IMAGE = {
-  name: "cirros",
-  kind: "disk" as const,
-  disk: "/var/lib/kvmlab/images/cirros/disk.qcow2",
-  format: "qcow2" as const,
-  kernel: "",
-  ramdisk: "",
-};
 const provider = serverProvider as unknown as Required<typeof serverProvider>;
 
 /** Checked inputs of server `serverName` of `stack`, its UUID derived from `uuidSeed`. */
 function server(stack: string, serverName: string, uuidSeed: string): ServerInputs {
-  const flavor = { name: "m1.tiny", vcpus: 1, ramMiB: 128, diskGiB: 1 };
-  const r = renderServer({
-    serverName,
-    uuidSeed,
-    lab: "lab",
-    stack,
-    project: "",
-    image: IMAGE,
-    flavor,
-    ports: [],
-    kernelCmdline: "",
-    cloudInit: true,
-    publicKeys: [],
-    userName: "kvmlab",
-    userData: {},
-    consoleListen: "0.0.0.0",
-  });
   const { inputs, failures } = checkServerInputs({
-    serverName,
-    uuid: r.uuid,
-    hosts: [hv1],
-    host: "hv1",
-    flavor,
-    image: IMAGE,
-    ports: [],
-    domainXml: r.domainXml,
-    cloudInit: r.cloudInit,
+    ...diskServerRaw(hv1, { stack, serverName, uuidSeed }),
     owner: ownerOf({ pulumiProject: "lab", stack, type: "Server", name: serverName }),
   });
   assert.deepEqual(failures, []);
