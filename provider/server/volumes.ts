@@ -29,18 +29,32 @@ export interface MigratingVolume {
   owner: string;
 }
 
+/** The folders of the volumes' owner markers and records (`<dir>/<volume>.owner|.json`). */
+const VOLUME_MARKERS = ownerMarkerPath("volume", "X").replace(/X\.owner$/, "");
+const VOLUME_RECORDS = recordPath("volume", "X").replace(/X\.json$/, "");
+
+/**
+ * Shell: the head of a loop over the domain's disks in the volume store, `$t` the target and
+ * `$f` the file; `inactive` reads the persistent definition instead of the running one.
+ */
+function storeDisksLoop(serverName: string, inactive: boolean): string[] {
+  return [
+    `${VIRSH} domblklist${inactive ? " --inactive" : ""} --details ${shQuote(serverName)} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }' |`,
+    "while read -r t f; do",
+  ];
+}
+
 /** Source: one line per attached volume: `target<TAB>path<TAB>format<TAB>bytes<TAB>owner<TAB>record(base64)`. */
 export function attachedVolumesStep(serverName: string): Step {
   return {
     label: `list the volumes attached to ${serverName}`,
     script: [
-      `${VIRSH} domblklist --details ${shQuote(serverName)} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }' |`,
-      "while read -r t f; do",
+      ...storeDisksLoop(serverName, false),
       "  n=${f##*/}; n=${n%.*}",
       `  fmt=$(qemu-img info -U "$f" | sed -n 's/^file format: //p' | head -n1)`,
       `  vs=$(qemu-img info -U "$f" | sed -n 's/^virtual size: .*(\\([0-9]*\\) bytes).*/\\1/p' | head -n1)`,
-      `  o=$(head -n1 "${ownerMarkerPath("volume", "X").replace(/X\.owner$/, "")}$n.owner" 2>/dev/null || true)`,
-      `  r=$(base64 -w0 "${recordPath("volume", "X").replace(/X\.json$/, "")}$n.json" 2>/dev/null || true)`,
+      `  o=$(head -n1 ${shQuote(VOLUME_MARKERS)}"$n.owner" 2>/dev/null || true)`,
+      `  r=$(base64 -w0 ${shQuote(VOLUME_RECORDS)}"$n.json" 2>/dev/null || true)`,
       '  printf \'%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n\' "$t" "$f" "$fmt" "$vs" "$o" "$r"',
       "done",
     ].join("\n"),
@@ -147,8 +161,6 @@ export interface KeptVolume {
  */
 export function keptVolumesStep(serverName: string, uuid: string, opts: { quick?: boolean } = {}): Step {
   const n = shQuote(serverName);
-  const markers = ownerMarkerPath("volume", "X").replace(/X\.owner$/, "");
-  const records = recordPath("volume", "X").replace(/X\.json$/, "");
   return {
     label: `list the volumes in the definition of ${serverName}`,
     script: [
@@ -156,11 +168,10 @@ export function keptVolumesStep(serverName: string, uuid: string, opts: { quick?
       `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
       `[ "$u" = ${shQuote(uuid)} ] || exit 0`,
       "echo defined",
-      `${VIRSH} domblklist --inactive --details ${n} | awk '$4 ~ /^${VOLUME_STORE.replace(/\//g, "\\/")}\\// { print $3, $4 }' |`,
-      "while read -r t f; do",
+      ...storeDisksLoop(serverName, true),
       "  v=${f##*/}; v=${v%.*}",
-      `  o=$(head -n1 ${shQuote(markers)}"$v.owner" 2>/dev/null || true)`,
-      `  s=$(sed -n 's/^ *"server": *"\\([^"]*\\)".*/\\1/p' ${shQuote(records)}"$v.json" 2>/dev/null | head -n1)`,
+      `  o=$(head -n1 ${shQuote(VOLUME_MARKERS)}"$v.owner" 2>/dev/null || true)`,
+      `  s=$(sed -n 's/^ *"server": *"\\([^"]*\\)".*/\\1/p' ${shQuote(VOLUME_RECORDS)}"$v.json" 2>/dev/null | head -n1)`,
       '  printf \'%s %s %s %s\\n\' "$t" "$f" "${o:--}" "${s:--}"',
       "done",
     ].join("\n"),
