@@ -166,10 +166,40 @@ export async function allocateAddress(
   ref: SubnetRef,
   owner: string,
   opts: { fixedIp?: string; mac?: string; holder?: string } = {},
+  timings?: AllocationTimings,
 ): Promise<string> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
   const name = ipamRecordName(ref.networkName, ref.subnetName);
+  const startedAt = Date.now();
   return withHostLock(ref.host, async () => {
+    const locked = Date.now();
+    if (timings) Object.assign(timings, { waitMs: locked - startedAt, batch: 1 });
+    try {
+      return await allocateLocked(ref, owner, opts, paths, name);
+    } finally {
+      if (timings) timings.workMs = Date.now() - locked;
+    }
+  });
+}
+
+/** Timings of one allocation (benchmarks): waiting for the lock, then the work under it. */
+export interface AllocationTimings {
+  /** From the call until it held the DHCP host's lock (in-process mutex, flock). */
+  waitMs?: number;
+  /** The round trips under the lock (read the record and leases, commit). */
+  workMs?: number;
+  /** How many allocations shared the lock turn (this one included). */
+  batch?: number;
+}
+
+async function allocateLocked(
+  ref: SubnetRef,
+  owner: string,
+  opts: { fixedIp?: string; mac?: string; holder?: string },
+  paths: DhcpPaths,
+  name: string,
+): Promise<string> {
+  {
     const [recText, leasedText] = await runChecked(ref.host, [
       readRecordStep("ipam", name),
       leasedStep(paths),
@@ -187,7 +217,7 @@ export async function allocateAddress(
     if (JSON.stringify(plan.record) !== JSON.stringify(record))
       await runChecked(ref.host, ipamCommitSteps(plan.record, paths, ref.networkName));
     return plan.ip;
-  });
+  }
 }
 
 /**

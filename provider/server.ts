@@ -48,7 +48,7 @@ import {
   type HostConnection,
   type Step,
 } from "./host";
-import { allocateAddress, releaseAddress } from "./ipam";
+import { allocateAddress, releaseAddress, type AllocationTimings } from "./ipam";
 import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
@@ -152,6 +152,8 @@ interface OpMetrics {
   probes: number;
   /** Milliseconds per phase of kvmlab's own work (create: quota, placement, probe, ipam, claim, info). */
   phases: Record<string, number>;
+  /** How many creates shared this one's placement turn and IPAM turn. */
+  batches?: { placement: number; ipam: number };
 }
 
 function startMetrics(op: string, server: string): OpMetrics {
@@ -182,6 +184,7 @@ function finishMetrics(m: OpMetrics, extra: Record<string, unknown> = {}): void 
     waitMs: m.waitMs,
     probes: m.probes,
     phases: m.phases,
+    ...(m.batches ? { shared: m.batches } : {}),
     connectionsOpened: stats.connectionsOpened,
     channelsOpened: stats.channelsOpened,
     batches: stats.batches,
@@ -231,6 +234,9 @@ async function placementTurn<T>(fn: () => Promise<T>): Promise<T> {
 /** A create waiting for its placement turn. */
 interface PlacementRequest {
   inputs: ServerInputs;
+  /** Filled by the turn (benchmarks): when the request was made, and its sub-phases in ms. */
+  startedAt: number;
+  timings: Record<string, number>;
   resolve: (host: HostConnection) => void;
   reject: (err: unknown) => void;
 }
@@ -294,7 +300,10 @@ export function serverUuidOwned(i: Pick<ServerInputs, "serverName" | "uuid">): O
  * ones placed before it), claims in parallel across hosts. N parallel creates take a few turns
  * instead of N (issue 13); the accounting is the same as N turns in a row.
  */
-async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
+async function placeAndClaim(
+  inputs: ServerInputs,
+  timings: Record<string, number> = {},
+): Promise<HostConnection> {
   // Same hosts: same names, addresses, keys and pins (a turn uses the first request's).
   const group = inputs.hosts
     .map((h) => `${h.name}=${sessionKey(h)}`)
@@ -302,7 +311,10 @@ async function placeAndClaim(inputs: ServerInputs): Promise<HostConnection> {
     .join(",");
   return new Promise<HostConnection>((resolve, reject) => {
     const queue = placementQueue();
-    queue.set(group, [...(queue.get(group) ?? []), { inputs, resolve, reject }]);
+    queue.set(group, [
+      ...(queue.get(group) ?? []),
+      { inputs, startedAt: Date.now(), timings, resolve, reject },
+    ]);
     void placementTurn(async () => {
       const batch = queue.get(group) ?? [];
       queue.delete(group);
@@ -320,6 +332,7 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
   const controller = [...hosts].sort((a, b) =>
     `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
   )[0];
+  const turnStart = Date.now();
   const pending = new Set(batch);
   const settle = (r: PlacementRequest, outcome: { host: HostConnection } | { error: unknown }) => {
     if (!pending.delete(r)) return;
@@ -328,10 +341,19 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
   };
   try {
     await withNamedHostLock(controller, "placement", async () => {
+      const locked = Date.now();
+      for (const r of batch)
+        Object.assign(r.timings, {
+          "placement.queue": turnStart - r.startedAt,
+          "placement.lock": locked - turnStart,
+          placementBatch: batch.length,
+        });
       const candidatesOf = (i: ServerInputs) =>
         i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts;
       const wanted = hosts.filter((h) => batch.some((r) => candidatesOf(r.inputs).includes(h)));
       const loads = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+      const loaded = Date.now();
+      for (const r of batch) r.timings["placement.loads"] = loaded - locked;
       const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
       for (const r of batch) {
         const i = r.inputs;
@@ -356,6 +378,7 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
         nameFreeStep(i),
         recordStep(i, []),
       ];
+      const claimed = (r: PlacementRequest) => (r.timings["placement.claim"] = Date.now() - loaded);
       await Promise.all(
         [...claims.values()].map(async ({ host, requests }) => {
           // Every claim on a host in one locked round trip; when one is refused, each again on
@@ -366,7 +389,10 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
                 host,
                 requests.flatMap((r) => claimSteps(r.inputs)),
               );
-              for (const r of requests) settle(r, { host });
+              for (const r of requests) {
+                claimed(r);
+                settle(r, { host });
+              }
               return;
             } catch {
               // below
@@ -375,6 +401,7 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
           for (const r of requests) {
             try {
               await runLocked(host, claimSteps(r.inputs));
+              claimed(r);
               settle(r, { host });
             } catch (err) {
               settle(r, { error: err });
@@ -531,14 +558,21 @@ function outputsFor(
  * UUID and port index, its holder the server's owner. `made` collects the ports allocated, so
  * a failed create releases only those.
  */
-async function allocatePorts(inputs: ServerInputs, made: number[] = []): Promise<ServerAddress[]> {
+async function allocatePorts(
+  inputs: ServerInputs,
+  made: number[] = [],
+  timings: AllocationTimings[] = [],
+): Promise<ServerAddress[]> {
   const out: ServerAddress[] = [];
   for (const [i, port] of inputs.ports.entries()) {
     const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost);
+    const t: AllocationTimings = {};
+    timings.push(t);
     const ip = await allocateAddress(
       { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
       portOwner(inputs.uuid, i),
       { fixedIp: port.fixedIp === "" ? undefined : port.fixedIp, mac: port.mac, holder: inputs.owner },
+      t,
     );
     made.push(i);
     out.push({
@@ -855,10 +889,21 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // The capability probe (cached per host) runs beside placement instead of after it.
       for (const h of inputs.host !== "" ? [hostNamed(inputs.hosts, inputs.host)] : inputs.hosts)
         void domainTypeOf(h).catch(() => undefined);
-      host = await phase(m, "placement", () => placeAndClaim(inputs));
+      const placing: Record<string, number> = {};
+      host = await phase(m, "placement", () => placeAndClaim(inputs, placing));
       const placed: HostConnection = host;
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));
-      addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated));
+      const ipam: AllocationTimings[] = [];
+      addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam));
+      for (const [k, v] of Object.entries(placing)) if (k !== "placementBatch") m.phases[k] = v;
+      for (const t of ipam) {
+        m.phases["ipam.wait"] = (m.phases["ipam.wait"] ?? 0) + (t.waitMs ?? 0);
+        m.phases["ipam.work"] = (m.phases["ipam.work"] ?? 0) + (t.workMs ?? 0);
+      }
+      m.batches = {
+        placement: placing.placementBatch ?? 0,
+        ipam: Math.max(0, ...ipam.map((t) => t.batch ?? 0)),
+      };
       // Under the host lock, one round trip: the host has what the server needs, and the image
       // is marked as used (an Image delete refuses from here on). A create run again over a
       // domain it defined before keeps the volumes attached to it since (issue 16).

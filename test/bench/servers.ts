@@ -29,6 +29,8 @@ interface Metric {
   probes?: number;
   /** kvmlab's own phases of a create (placement, probe, ipam, claim), in ms. */
   phases?: Record<string, number>;
+  /** How many creates shared this create's placement turn and IPAM turn. */
+  shared?: { placement: number; ipam: number };
   connectionsOpened: number;
   steps: number;
   batches: number;
@@ -126,6 +128,8 @@ interface Row {
   kvmlabAvgMs: number;
   /** Average ms per create of each of kvmlab's own phases (locks and queues included). */
   phaseAvgMs: Record<string, number>;
+  /** Average number of creates per placement turn and per IPAM turn. */
+  sharedAvg: { placement: number; ipam: number };
   placement: string;
 }
 
@@ -162,6 +166,8 @@ async function benchOne(n: number): Promise<Row> {
   const totals = processTotals(afterUp);
   const avg = (xs: number[]): number =>
     xs.length === 0 ? 0 : Math.round(xs.reduce((a, b) => a + b, 0) / xs.length);
+  const avg1 = (xs: number[]): number =>
+    xs.length === 0 ? 0 : Math.round((xs.reduce((a, b) => a + b, 0) / xs.length) * 10) / 10;
   void destroy;
   return {
     n,
@@ -181,6 +187,10 @@ async function benchOne(n: number): Promise<Row> {
         avg(creates.map((m) => m.phases?.[k] ?? 0)),
       ]),
     ),
+    sharedAvg: {
+      placement: avg1(creates.map((m) => m.shared?.placement ?? 0)),
+      ipam: avg1(creates.map((m) => m.shared?.ipam ?? 0)),
+    },
     placement: [...perHost.entries()]
       .sort()
       .map(([h, c]) => `${h}:${c}`)
@@ -199,7 +209,9 @@ function table(rows: Row[]): string {
         `| ${r.n} | ${r.placement} | ${s(r.upMs)} | ${s(r.sameMs)} | ${s(r.destroyMs)} | ${r.connPerServer.toFixed(2)} | ${r.stepsPerServer} (${r.probesPerServer}) | ${r.sameOps} | ${s(r.createAvgMs)} | ${s(r.waitAvgMs)} | ${ms(r.kvmlabAvgMs)} |`,
     ),
     "",
-    "kvmlab itself per create, by phase (average; each includes its waits for locks and the host's shell):",
+    "kvmlab itself per create, by phase (average; each includes its waits for locks and the host's shell;",
+    "placement = .queue (until its turn began) + .lock (taking the placement lock) + .loads + .claim;",
+    "ipam = .wait (queue, host lock) + .work (its turn's round trips under the lock)):",
     "",
     ...rows.map(
       (r) =>
@@ -207,7 +219,7 @@ function table(rows: Row[]): string {
           Object.entries(r.phaseAvgMs)
             .map(([k, v]) => `${k} ${v} ms`)
             .join(", ") || "(no phases reported)"
-        }`,
+        }; creates per placement turn ${r.sharedAvg.placement}, per IPAM turn ${r.sharedAvg.ipam}`,
     ),
   ];
   return lines.join("\n");
