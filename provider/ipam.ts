@@ -20,6 +20,7 @@ import {
   readRecordStep,
   parseRecord,
   runChecked,
+  sessionKey,
   shQuote,
   showValue,
   uploadStep,
@@ -158,9 +159,49 @@ export interface SubnetRef {
   readonly subnetName: string;
 }
 
+/** Timings of one allocation (benchmarks): waiting for its turn and the lock, then the turn's work. */
+export interface AllocationTimings {
+  /** From the call until its turn held the DHCP host's lock (queue, in-process mutex, flock). */
+  waitMs?: number;
+  /** The turn's round trips under the lock (read the record and leases, commit). */
+  workMs?: number;
+  /** How many allocations the turn served (this one included). */
+  batch?: number;
+}
+
+/** One allocation waiting for its subnet's turn. */
+interface AllocationRequest {
+  owner: string;
+  opts: { fixedIp?: string; mac?: string; holder?: string };
+  startedAt: number;
+  timings?: AllocationTimings;
+  resolve: (ip: string) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Per subnet (DHCP host session, network, subnet): the allocations waiting and the turn chain. */
+interface SubnetQueue {
+  waiting: AllocationRequest[];
+  /** Turns scheduled and not yet ended (the queue is dropped at 0). */
+  turns: number;
+  tail: Promise<void>;
+}
+
+/** The allocations waiting in this process, per subnet (shared by every provider: globalThis). */
+function allocationQueues(): Map<string, SubnetQueue> {
+  const g = globalThis as unknown as Record<symbol, Map<string, SubnetQueue> | undefined>;
+  return (g[Symbol.for("kvmlab.ipamAllocationQueue.v1")] ??= new Map());
+}
+
 /**
  * Allocates an address in a subnet for `owner` (idempotent per owner). With `mac`, dnsmasq
- * hands that address to that MAC. Three round trips under the host lock.
+ * hands that address to that MAC.
+ *
+ * Allocations that wait for the same subnet in this process share one turn of the DHCP host's
+ * lock (issue 13): one reading of the record and the leases, each allocation planned in turn
+ * on the record as the ones before it left it (each gets its own answer: a refused one changes
+ * nothing and holds up none of the others), one commit. A turn serves what waited when it
+ * began; what arrives during it waits for the next. Three round trips per turn, under the lock.
  */
 export async function allocateAddress(
   ref: SubnetRef,
@@ -168,55 +209,84 @@ export async function allocateAddress(
   opts: { fixedIp?: string; mac?: string; holder?: string } = {},
   timings?: AllocationTimings,
 ): Promise<string> {
-  const paths = dhcpPaths(ref.networkName, ref.subnetName);
-  const name = ipamRecordName(ref.networkName, ref.subnetName);
-  const startedAt = Date.now();
-  return withHostLock(ref.host, async () => {
-    const locked = Date.now();
-    if (timings) Object.assign(timings, { waitMs: locked - startedAt, batch: 1 });
-    try {
-      return await allocateLocked(ref, owner, opts, paths, name);
-    } finally {
-      if (timings) timings.workMs = Date.now() - locked;
-    }
+  const key = `${sessionKey(ref.host)}|${ref.networkName}|${ref.subnetName}`;
+  const queues = allocationQueues();
+  let q = queues.get(key);
+  if (!q) {
+    q = { waiting: [], turns: 0, tail: Promise.resolve() };
+    queues.set(key, q);
+  }
+  const queue = q;
+  return new Promise<string>((resolve, reject) => {
+    queue.waiting.push({ owner, opts, startedAt: Date.now(), timings, resolve, reject });
+    queue.turns += 1;
+    const turn = async (): Promise<void> => {
+      // Allocations asked for in the same tick (the creates a placement turn released) join.
+      await new Promise<void>((r) => setImmediate(r));
+      try {
+        const batch = queue.waiting.splice(0);
+        if (batch.length > 0) await allocationTurn(ref, batch);
+      } finally {
+        queue.turns -= 1;
+        if (queue.turns === 0 && queues.get(key) === queue) queues.delete(key);
+      }
+    };
+    queue.tail = queue.tail.then(turn, turn);
   });
 }
 
-/** Timings of one allocation (benchmarks): waiting for the lock, then the work under it. */
-export interface AllocationTimings {
-  /** From the call until it held the DHCP host's lock (in-process mutex, flock). */
-  waitMs?: number;
-  /** The round trips under the lock (read the record and leases, commit). */
-  workMs?: number;
-  /** How many allocations shared the lock turn (this one included). */
-  batch?: number;
-}
-
-async function allocateLocked(
-  ref: SubnetRef,
-  owner: string,
-  opts: { fixedIp?: string; mac?: string; holder?: string },
-  paths: DhcpPaths,
-  name: string,
-): Promise<string> {
-  {
-    const [recText, leasedText] = await runChecked(ref.host, [
-      readRecordStep("ipam", name),
-      leasedStep(paths),
-    ]);
-    const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
-    if (!record)
-      throw new Error(
-        `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
-      );
-    const plan = planAllocation(record, owner, {
-      ...opts,
-      leased: leasedText.split("\n").filter((l) => l !== ""),
+/** One turn of a subnet's lock for `batch`: settles every request, never throws. */
+async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[]): Promise<void> {
+  const paths = dhcpPaths(ref.networkName, ref.subnetName);
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
+  const answers = new Map<AllocationRequest, { ip: string } | { error: unknown }>();
+  try {
+    await withHostLock(ref.host, async () => {
+      const locked = Date.now();
+      for (const r of batch) {
+        if (r.timings) Object.assign(r.timings, { waitMs: locked - r.startedAt, batch: batch.length });
+      }
+      try {
+        const [recText, leasedText] = await runChecked(ref.host, [
+          readRecordStep("ipam", name),
+          leasedStep(paths),
+        ]);
+        const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+        if (!record)
+          throw new Error(
+            `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
+          );
+        const leased = leasedText.split("\n").filter((l) => l !== "");
+        let next = record;
+        for (const r of batch) {
+          const plan = planAllocation(next, r.owner, { ...r.opts, leased });
+          if ("error" in plan) {
+            answers.set(r, { error: new Error(plan.error) });
+            continue;
+          }
+          next = plan.record;
+          answers.set(r, { ip: plan.ip });
+        }
+        if (JSON.stringify(next) !== JSON.stringify(record))
+          await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
+      } finally {
+        const work = Date.now() - locked;
+        for (const r of batch) if (r.timings) r.timings.workMs = work;
+      }
     });
-    if ("error" in plan) throw new Error(plan.error);
-    if (JSON.stringify(plan.record) !== JSON.stringify(record))
-      await runChecked(ref.host, ipamCommitSteps(plan.record, paths, ref.networkName));
-    return plan.ip;
+  } catch (err) {
+    // Nothing committed (or not known to be): no allocation of this turn has an address. A
+    // refused one keeps its own reason.
+    for (const r of batch) {
+      const a = answers.get(r);
+      r.reject(a && "error" in a ? a.error : err);
+    }
+    return;
+  }
+  for (const r of batch) {
+    const a = answers.get(r);
+    if (a && "ip" in a) r.resolve(a.ip);
+    else r.reject(a ? a.error : new Error("IPAM turn ended without an answer"));
   }
 }
 

@@ -1,0 +1,200 @@
+/**
+ * IPAM allocations that wait for one subnet share one turn of the DHCP host's lock (issue 13):
+ * one reading of the record and leases, one commit. Each allocation still gets its own answer,
+ * as if it had run alone: a refused one changes nothing and holds up none of the others, and a
+ * failed commit gives none of them an address.
+ *
+ * The fake host keeps the subnet's IPAM record: "read record ipam/…" prints it, "write record
+ * ipam/…" stores what the step uploads; the host lock is logged like a step.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import { allocateAddress, ipamRecordName, type IpamRecord, type StepResult } from "../../../provider";
+import { fakeHost, type Fake } from "./fakeHost";
+import { testHost } from "./fixtures";
+
+const hv1 = testHost("hv1", 1);
+const REF = { host: hv1, networkName: "lan", subnetName: "lan-v4" };
+const NAME = ipamRecordName("lan", "lan-v4");
+
+const record = (allocations: IpamRecord["allocations"]): IpamRecord => ({
+  subnet: "lan-v4",
+  cidr: "10.10.0.0/24",
+  gateway: "10.10.0.1",
+  pool: { start: "10.10.0.2", end: "10.10.0.254" },
+  allocations,
+});
+
+/** The content a write-record step uploads. */
+function uploaded(script: string): string {
+  const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(script)![2];
+  return Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
+}
+
+/** A fake DHCP host holding one IPAM record; `failWrite` makes the commit fail. */
+function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake & { current(): IpamRecord } {
+  let current = start;
+  const fake = fakeHost((label, script): string | StepResult => {
+    if (/^read record ipam\//.test(label)) return JSON.stringify(current);
+    if (/^write record ipam\//.test(label)) {
+      if (opts.failWrite) return { code: 1, stdout: "", stderr: "No space left on device" };
+      current = JSON.parse(uploaded(script)) as IpamRecord;
+    }
+    return "";
+  });
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  session.withHostLock = async (h: { name: string }, fn: () => Promise<unknown>) => {
+    fake.log.push({ host: h.name, label: "host lock taken", script: "" });
+    try {
+      return await fn();
+    } finally {
+      fake.log.push({ host: h.name, label: "host lock released", script: "" });
+    }
+  };
+  return Object.assign(fake, { current: () => current });
+}
+
+const labels = (fake: Fake): string[] => fake.log.map((l) => l.label);
+const count = (fake: Fake, re: RegExp): number => labels(fake).filter((l) => re.test(l)).length;
+
+test("allocations waiting for one subnet share one lock turn: one read, one commit, each its own address", async () => {
+  const fake = subnetHost(record({}));
+  try {
+    const ips = await Promise.all(
+      [0, 1, 2, 3].map((i) =>
+        allocateAddress(REF, `server:u${i}:0`, { mac: `52:54:00:00:00:0${i}`, holder: `lab/a/Server/s${i}` }),
+      ),
+    );
+    assert.deepEqual(
+      ips,
+      ["10.10.0.2", "10.10.0.3", "10.10.0.4", "10.10.0.5"],
+      "in the order asked, none twice",
+    );
+    assert.deepEqual(
+      labels(fake).filter((l) => !/^(upload|reload)/.test(l)),
+      [
+        "host lock taken",
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        `write record ipam/${NAME}`,
+        "host lock released",
+      ],
+      "one turn of the host lock: one read, one commit",
+    );
+    const allocs = fake.current().allocations;
+    assert.deepEqual(
+      Object.entries(allocs).map(([ip, a]) => `${ip} ${a.owner} ${a.mac} ${a.holder}`),
+      [0, 1, 2, 3].map((i) => `10.10.0.${i + 2} server:u${i}:0 52:54:00:00:00:0${i} lab/a/Server/s${i}`),
+      "every allocation is committed with its MAC and holder",
+    );
+    // Asked again (a create run again): the same address, nothing written.
+    assert.equal(
+      await allocateAddress(REF, "server:u2:0", { mac: "52:54:00:00:00:02", holder: "lab/a/Server/s2" }),
+      "10.10.0.4",
+    );
+    assert.equal(count(fake, /^write record ipam\//), 1, "an unchanged record is not written again");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a refused allocation in a shared turn gets its own error; the others get their addresses and are committed", async () => {
+  const A = "lab/a/Server/web1";
+  const B = "lab/b/Server/web1";
+  const fake = subnetHost(record({ "10.10.0.2": { owner: "server:u1:0", mac: "", holder: A } }));
+  try {
+    const [other, fixed, taken, dynamic] = await Promise.allSettled([
+      // Another stack's allocation id: refused, naming the owner.
+      allocateAddress(REF, "server:u1:0", { holder: B }),
+      allocateAddress(REF, "server:u2:0", { fixedIp: "10.10.0.9", holder: "lab/b/Server/s2" }),
+      // The fixed address the one before it just took: refused.
+      allocateAddress(REF, "server:u3:0", { fixedIp: "10.10.0.9", holder: "lab/b/Server/s3" }),
+      allocateAddress(REF, "server:u4:0", { holder: "lab/b/Server/s4" }),
+    ]);
+    assert.equal(other.status, "rejected");
+    assert.match(
+      String((other as PromiseRejectedResult).reason),
+      /belongs to lab\/a\/Server\/web1, not to lab\/b\/Server\/web1/,
+    );
+    assert.deepEqual(fixed, { status: "fulfilled", value: "10.10.0.9" });
+    assert.equal(taken.status, "rejected");
+    assert.match(
+      String((taken as PromiseRejectedResult).reason),
+      /10\.10\.0\.9 .* is already allocated to server:u2:0/,
+    );
+    assert.deepEqual(dynamic, { status: "fulfilled", value: "10.10.0.3" }, "the next free address after A's");
+    assert.equal(count(fake, /^read record ipam\//), 1, "one turn");
+    assert.deepEqual(
+      Object.fromEntries(
+        Object.entries(fake.current().allocations).map(([ip, a]) => [ip, `${a.owner} ${a.holder}`]),
+      ),
+      {
+        "10.10.0.2": `server:u1:0 ${A}`,
+        "10.10.0.9": "server:u2:0 lab/b/Server/s2",
+        "10.10.0.3": "server:u4:0 lab/b/Server/s4",
+      },
+      "A's allocation is kept as it was, the refused ones left no trace",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a failed commit gives no allocation of the turn an address; a refused one keeps its own reason", async () => {
+  const A = "lab/a/Server/web1";
+  const start = record({ "10.10.0.2": { owner: "server:u1:0", mac: "", holder: A } });
+  const disk = { failWrite: true };
+  const fake = subnetHost(start, disk);
+  try {
+    const results = await Promise.allSettled([
+      allocateAddress(REF, "server:u5:0", { holder: "lab/b/Server/s5" }),
+      allocateAddress(REF, "server:u1:0", { holder: "lab/b/Server/web1" }),
+      allocateAddress(REF, "server:u6:0", { holder: "lab/b/Server/s6" }),
+    ]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ["rejected", "rejected", "rejected"],
+    );
+    assert.match(
+      String((results[0] as PromiseRejectedResult).reason),
+      /write record ipam\/[0-9a-f]+.*No space left/s,
+    );
+    assert.match(String((results[1] as PromiseRejectedResult).reason), /belongs to lab\/a\/Server\/web1/);
+    assert.match(String((results[2] as PromiseRejectedResult).reason), /No space left/);
+    assert.deepEqual(fake.current(), start, "the record is as it was");
+    assert.equal(count(fake, /^host lock taken/), 1, "one turn");
+    // The subnet's queue is not stuck: the next allocation gets its own turn and its address.
+    disk.failWrite = false;
+    assert.equal(await allocateAddress(REF, "server:u5:0", { holder: "lab/b/Server/s5" }), "10.10.0.3");
+    assert.equal(count(fake, /^host lock taken/), 2);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("allocations of two subnets do not share a turn, and a missing record refuses only its own subnet's", async () => {
+  const fake = subnetHost(record({}));
+  try {
+    const other = { host: hv1, networkName: "lan2", subnetName: "v4" };
+    const session = require("../../../provider/host/session") as Record<string, unknown>;
+    const checked = session.runChecked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+    // lan2/v4 has no record on the host.
+    session.runChecked = async (h: unknown, steps: { label?: string }[]) => {
+      if (steps.some((s) => s.label === `read record ipam/${ipamRecordName("lan2", "v4")}`)) return ["", ""];
+      return checked(h, steps);
+    };
+    const [a, b] = await Promise.allSettled([
+      allocateAddress(REF, "server:u7:0", { holder: "lab/a/Server/s7" }),
+      allocateAddress(other, "server:u7:1", { holder: "lab/a/Server/s7" }),
+    ]);
+    assert.deepEqual(a, { status: "fulfilled", value: "10.10.0.2" });
+    assert.equal(b.status, "rejected");
+    assert.match(
+      String((b as PromiseRejectedResult).reason),
+      /subnet v4 has no IPAM record on host hv1; create the Subnet first/,
+    );
+    assert.equal(count(fake, /^host lock taken/), 2, "one turn per subnet");
+  } finally {
+    fake.restore();
+  }
+});
