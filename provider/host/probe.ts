@@ -102,7 +102,9 @@ export function probeHost(host: HostConnection, withLibvirt = false): Promise<Ho
     const [out] = await runChecked(
       host,
       [{ label: "probe host capabilities", script: probeScript(withLibvirt) }],
-      { timeoutMs: 60000 },
+      // A worker shell: the probe needs no lock, and its first libvirt probe is slow; in the main
+      // shell it held up the placement and IPAM round trips queued behind it (issue 13).
+      { timeoutMs: 60000, lane: "worker" },
     );
     // Thrown, so not cached: the next operation probes again once libvirtd is back.
     if (withLibvirt && parseKeyValues(out).get("libvirtd") === "down")
