@@ -100,6 +100,11 @@ interface HostSession {
   workerLimit?: number;
   /** Shells holding a named lock (withNamedHostLock), each carrying nothing else. */
   lockShells?: HostSession[];
+  /**
+   * Per lock name: a lock shell whose last release ran (fd 8 closed), kept open for the next
+   * turn of that lock, so a turn costs one round trip instead of a new channel and bash.
+   */
+  idleLocks?: Map<string, HostSession>;
 }
 
 interface HostPool {
@@ -738,18 +743,35 @@ export async function withNamedHostLock<T>(
       script: "exec 8>&-",
     };
     // Awaited and bounded: the next taker (this process or another) finds the lock free.
+    let released = false;
     if (remote && !lost()) {
-      if (main && holder) await enqueue(main, holder, [unlock], { timeoutMs: 15000 }).catch(() => undefined);
-      else if (!main) await runSteps(host, [unlock], { timeoutMs: 15000 }).catch(() => undefined);
+      if (main && holder) {
+        const r = await enqueue(main, holder, [unlock], { timeoutMs: 15000 }).catch(() => undefined);
+        released = r?.[0]?.code === 0 && !lost();
+      } else if (!main) await runSteps(host, [unlock], { timeoutMs: 15000 }).catch(() => undefined);
     }
-    // Closing the lock shell ends its bash, which closes fd 8 whatever happened above.
-    if (main && holder && holder !== main) closeLockShell(main, holder);
+    if (main && holder && holder !== main) {
+      // A lock shell whose release ran holds nothing: kept for this lock's next turn (issue 13:
+      // opening one cost about 200 ms per placement turn on a busy host). Otherwise closing it
+      // ends its bash, which closes fd 8 whatever happened above.
+      if (released) (main.idleLocks ??= new Map()).set(name, holder);
+      else closeLockShell(main, holder);
+    }
     release();
   }
 }
 
-/** A shell of its own on `session`'s connection for a named lock (opened on first use). */
+/**
+ * A shell of its own on `session`'s connection for a named lock: the one kept from the lock's
+ * last turn when it is still open, else a new one (opened on first use).
+ */
 function lockShell(session: HostSession, name: string): HostSession {
+  const idle = session.idleLocks?.get(name);
+  if (idle) {
+    session.idleLocks?.delete(name);
+    if (!idle.dead && idle.channel && !session.dead) return idle;
+    closeLockShell(session, idle);
+  }
   const shell: HostSession = {
     key: `${session.key}#lock-${name}`,
     label: session.label,
@@ -878,7 +900,7 @@ export async function closeHostSessions(): Promise<void> {
     if (!s) continue;
     await s.tail.catch(() => undefined);
     await Promise.all((s.workers ?? []).map((w) => w.tail.catch(() => undefined)));
-    for (const shell of [s, ...(s.workers ?? [])]) {
+    for (const shell of [s, ...(s.workers ?? []), ...(s.lockShells ?? [])]) {
       shell.dead = true;
       try {
         shell.channel?.end();

@@ -13,6 +13,7 @@ import type { AddressInfo } from "node:net";
 import {
   closeHostSessions,
   hostPool,
+  hostPoolStats,
   runChecked,
   setHostPoolMode,
   withHostLock,
@@ -184,8 +185,32 @@ test("withNamedHostLock: the lock is taken and released in a shell of its own, n
     gate = null;
     await slow;
   }
-  // The lock shell is gone; the main shell and the lock keep working.
+  // The main shell and the lock keep working.
   assert.equal(await withNamedHostLock(host, "placement", async () => "again"), "again");
+});
+
+test("withNamedHostLock: the lock shell is kept for the lock's next turn once its release ran (one round trip a turn, no new channel); a drop replaces it", async () => {
+  assert.equal(await withNamedHostLock(host, "placement", async () => "first"), "first");
+  seen.scripts.length = 0;
+  const before = hostPoolStats().channelsOpened;
+  const commands = seen.commands.length;
+  for (const turn of ["second", "third"])
+    assert.equal(await withNamedHostLock(host, "placement", async () => turn), turn);
+  assert.equal(hostPoolStats().channelsOpened, before, "no channel opened for the next turns");
+  assert.equal(seen.commands.length, commands, "no exec on the host");
+  const steps = seen.scripts.filter((x) => /flock -w \d+ 8|exec 8>&-/.test(x));
+  assert.equal(steps.length, 4, "each turn took the lock and released it");
+  assert.ok(
+    steps.every((x, i) => (i % 2 === 0 ? /flock -w \d+ 8/ : /exec 8>&-/).test(x)),
+    "take, release, take, release: the kept shell holds nothing between turns",
+  );
+  // Another lock name gets a shell of its own.
+  assert.equal(await withNamedHostLock(host, "volumes", async () => "v"), "v");
+  assert.equal(hostPoolStats().channelsOpened, before + 1, "the volumes lock opened its own shell");
+  // After a drop the kept shell is dead: the next turn opens a new one on a new connection.
+  await dropConnections();
+  assert.equal(await withNamedHostLock(host, "placement", async () => "after"), "after");
+  assert.ok(hostPoolStats().channelsOpened >= before + 3, "a new main shell and a new lock shell");
 });
 
 test("withHostLock: a batch after the lock's connection dropped is refused", async () => {
