@@ -161,9 +161,9 @@ export interface SubnetRef {
 
 /** Timings of one allocation (benchmarks): waiting for its turn and the lock, then the turn's work. */
 export interface AllocationTimings {
-  /** From the call until its turn held the DHCP host's lock (queue, in-process mutex, flock). */
+  /** From the call until its subnet's turn began (earlier turns of the subnet). */
   waitMs?: number;
-  /** The turn's round trips under the lock (read the record and leases, commit). */
+  /** The turn: the DHCP host's lock (other users of it first) taken with the reads, the commit. */
   workMs?: number;
   /** How many allocations the turn served (this one included). */
   batch?: number;
@@ -201,7 +201,8 @@ function allocationQueues(): Map<string, SubnetQueue> {
  * lock (issue 13): one reading of the record and the leases, each allocation planned in turn
  * on the record as the ones before it left it (each gets its own answer: a refused one changes
  * nothing and holds up none of the others), one commit. A turn serves what waited when it
- * began; what arrives during it waits for the next. Three round trips per turn, under the lock.
+ * began; what arrives during it waits for the next. Two round trips per turn: the lock taken
+ * with the reads, then the commit (the release is queued behind it).
  */
 export async function allocateAddress(
   ref: SubnetRef,
@@ -241,39 +242,42 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
   const name = ipamRecordName(ref.networkName, ref.subnetName);
   const answers = new Map<AllocationRequest, { ip: string } | { error: unknown }>();
   try {
-    await withHostLock(ref.host, async () => {
-      const locked = Date.now();
-      for (const r of batch) {
-        if (r.timings) Object.assign(r.timings, { waitMs: locked - r.startedAt, batch: batch.length });
-      }
-      try {
-        const [recText, leasedText] = await runChecked(ref.host, [
-          readRecordStep("ipam", name),
-          leasedStep(paths),
-        ]);
-        const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
-        if (!record)
-          throw new Error(
-            `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
-          );
-        const leased = leasedText.split("\n").filter((l) => l !== "");
-        let next = record;
+    const turnStart = Date.now();
+    // The record and the leases are read in the round trip that takes the lock.
+    const read = [readRecordStep("ipam", name), leasedStep(paths)];
+    await withHostLock(
+      ref.host,
+      async ([recText, leasedText]) => {
         for (const r of batch) {
-          const plan = planAllocation(next, r.owner, { ...r.opts, leased });
-          if ("error" in plan) {
-            answers.set(r, { error: new Error(plan.error) });
-            continue;
-          }
-          next = plan.record;
-          answers.set(r, { ip: plan.ip });
+          if (r.timings) Object.assign(r.timings, { waitMs: turnStart - r.startedAt, batch: batch.length });
         }
-        if (JSON.stringify(next) !== JSON.stringify(record))
-          await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
-      } finally {
-        const work = Date.now() - locked;
-        for (const r of batch) if (r.timings) r.timings.workMs = work;
-      }
-    });
+        try {
+          const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+          if (!record)
+            throw new Error(
+              `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
+            );
+          const leased = leasedText.split("\n").filter((l) => l !== "");
+          let next = record;
+          for (const r of batch) {
+            const plan = planAllocation(next, r.owner, { ...r.opts, leased });
+            if ("error" in plan) {
+              answers.set(r, { error: new Error(plan.error) });
+              continue;
+            }
+            next = plan.record;
+            answers.set(r, { ip: plan.ip });
+          }
+          if (JSON.stringify(next) !== JSON.stringify(record))
+            await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
+        } finally {
+          const work = Date.now() - turnStart;
+          for (const r of batch) if (r.timings) r.timings.workMs = work;
+        }
+      },
+      undefined,
+      read,
+    );
   } catch (err) {
     // Nothing committed (or not known to be): no allocation of this turn has an address. A
     // refused one keeps its own reason.

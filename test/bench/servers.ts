@@ -211,7 +211,7 @@ function table(rows: Row[]): string {
     "",
     "kvmlab itself per create, by phase (average; each includes its waits for locks and the host's shell;",
     "placement = .queue (until its turn began) + .lock (taking the placement lock) + .loads + .claim;",
-    "ipam = .wait (queue, host lock) + .work (its turn's round trips under the lock)):",
+    "ipam = .wait (until its subnet's turn began) + .work (the turn: the host lock taken with the reads, the commit)):",
     "",
     ...rows.map(
       (r) =>

@@ -42,7 +42,13 @@ export function fakeHost(answer: (label: string, script: string, host: string) =
   session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps);
   session.runChecked = checked;
   session.runLocked = checked;
-  session.withHostLock = async (_h: HostConnection, fn: () => Promise<unknown>) => fn();
+  // The steps withHostLock runs with the lock's take: their stdouts go to fn.
+  session.withHostLock = async (
+    h: HostConnection,
+    fn: (first: string[]) => Promise<unknown>,
+    _waitSec?: number,
+    first: readonly Step[] = [],
+  ) => fn(await checked(h, first));
   session.withNamedHostLock = async (h: HostConnection, name: string, fn: () => Promise<unknown>) => {
     log.push({ host: h.name, label: `${name} lock taken`, script: "" });
     try {

@@ -9,7 +9,14 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { allocateAddress, ipamRecordName, type IpamRecord, type StepResult } from "../../../provider";
+import {
+  allocateAddress,
+  ipamRecordName,
+  type HostConnection,
+  type IpamRecord,
+  type Step,
+  type StepResult,
+} from "../../../provider";
 import { fakeHost, type Fake } from "./fakeHost";
 import { testHost } from "./fixtures";
 
@@ -35,7 +42,8 @@ function uploaded(script: string): string {
 function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake & { current(): IpamRecord } {
   let current = start;
   const fake = fakeHost((label, script): string | StepResult => {
-    if (/^read record ipam\//.test(label)) return JSON.stringify(current);
+    // The host keeps this one subnet's record (lan/lan-v4) and no other.
+    if (/^read record ipam\//.test(label)) return label.endsWith(NAME) ? JSON.stringify(current) : "";
     if (/^write record ipam\//.test(label)) {
       if (opts.failWrite) return { code: 1, stdout: "", stderr: "No space left on device" };
       current = JSON.parse(uploaded(script)) as IpamRecord;
@@ -43,10 +51,16 @@ function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake
     return "";
   });
   const session = require("../../../provider/host/session") as Record<string, unknown>;
-  session.withHostLock = async (h: { name: string }, fn: () => Promise<unknown>) => {
+  const checked = session.runChecked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  session.withHostLock = async (
+    h: HostConnection,
+    fn: (first: string[]) => Promise<unknown>,
+    _waitSec?: number,
+    first: readonly Step[] = [],
+  ) => {
     fake.log.push({ host: h.name, label: "host lock taken", script: "" });
     try {
-      return await fn();
+      return await fn(await checked(h, first));
     } finally {
       fake.log.push({ host: h.name, label: "host lock released", script: "" });
     }
@@ -176,13 +190,6 @@ test("allocations of two subnets do not share a turn, and a missing record refus
   const fake = subnetHost(record({}));
   try {
     const other = { host: hv1, networkName: "lan2", subnetName: "v4" };
-    const session = require("../../../provider/host/session") as Record<string, unknown>;
-    const checked = session.runChecked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
-    // lan2/v4 has no record on the host.
-    session.runChecked = async (h: unknown, steps: { label?: string }[]) => {
-      if (steps.some((s) => s.label === `read record ipam/${ipamRecordName("lan2", "v4")}`)) return ["", ""];
-      return checked(h, steps);
-    };
     const [a, b] = await Promise.allSettled([
       allocateAddress(REF, "server:u7:0", { holder: "lab/a/Server/s7" }),
       allocateAddress(other, "server:u7:1", { holder: "lab/a/Server/s7" }),

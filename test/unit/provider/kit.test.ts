@@ -439,7 +439,12 @@ function fakeHosts(answers: [RegExp, string][]): {
     results(steps).map((r) => r.stdout)
   );
   session.runLocked = session.runChecked;
-  session.withHostLock = async (h: HostConnection, fn: () => Promise<unknown>) => (touch(h), fn());
+  session.withHostLock = async (
+    h: HostConnection,
+    fn: (first: string[]) => Promise<unknown>,
+    _waitSec?: number,
+    first: readonly Step[] = [],
+  ) => (touch(h), fn(results(first).map((r) => r.stdout)));
   session.withNamedHostLock = async (h: HostConnection, _n: string, fn: () => Promise<unknown>) => (
     touch(h),
     fn()

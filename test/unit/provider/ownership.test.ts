@@ -116,7 +116,12 @@ function fakeHost(answers: [RegExp, string][]): FakeHost {
   session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps, false);
   session.runChecked = checked;
   session.runLocked = checked;
-  session.withHostLock = async (_h: HostConnection, fn: () => Promise<unknown>) => fn();
+  session.withHostLock = async (
+    h: HostConnection,
+    fn: (first: string[]) => Promise<unknown>,
+    _waitSec?: number,
+    first: readonly Step[] = [],
+  ) => fn(await checked(h, first));
   // The placement lock: logged like a step, so tests see where and when it is held.
   session.withNamedHostLock = async (h: HostConnection, name: string, fn: () => Promise<unknown>) => {
     log.push({ host: h.name, label: `${name} lock taken`, script: "" });
