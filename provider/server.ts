@@ -260,6 +260,12 @@ async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> 
 /**
  * The server's objects on a host, for the owner guards. libvirt domain names are one namespace
  * per host, so the name is the identity ON the host; the UUID tells servers apart in IPAM.
+ *
+ * The claim's test for an unmarked domain of that name reads libvirt's files instead of asking
+ * virsh, as the UUID's does (it runs under the placement and host locks on every first create;
+ * a virsh call there cost each create of a placement turn one more libvirtd connection, issue
+ * 13): the persistent definition /etc/libvirt/qemu/<name>.xml, or the status file
+ * /run/libvirt/qemu/<name>.xml that libvirt keeps for every running domain, transient ones too.
  */
 export function serverOwned(serverName: string): OwnedObject {
   return {
@@ -267,7 +273,7 @@ export function serverOwned(serverName: string): OwnedObject {
     key: [serverName],
     what: `server ${serverName}`,
     field: "serverName",
-    exists: `{ ${VIRSH} domuuid ${shQuote(serverName)} >/dev/null 2>&1 || [ -e ${shQuote(recordPath("server", serverName))} ]; }`,
+    exists: `{ [ -e ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] || [ -e ${shQuote(`/run/libvirt/qemu/${serverName}.xml`)} ] || [ -e ${shQuote(recordPath("server", serverName))} ]; }`,
   };
 }
 

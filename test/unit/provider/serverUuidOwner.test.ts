@@ -8,7 +8,8 @@
  *
  * The provider runs against a fake host whose owner markers, records and instance folders are
  * real files: the steps that only touch kvmlab's state (markers, records, uploads, the instance
- * folder, define/delete) run in a local bash with /var/lib/kvmlab and /etc/libvirt/qemu mapped to
+ * folder, define/delete) run in a local bash with /var/lib/kvmlab and /etc/libvirt/qemu (and
+ * /run/libvirt/qemu, libvirt's status files of running domains) mapped to
  * a temporary folder, virsh, qemu-img, genisoimage and chown shadowed by shell functions (virsh
  * keeps domain name → UUID in files and refuses a second name for a UUID, as libvirt does).
  * Every other step is answered by its label.
@@ -84,7 +85,7 @@ interface Host {
 
 function localHost(): Host {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-uuid-"));
-  for (const d of ["virsh", "etc/libvirt/qemu", "images/cirros"])
+  for (const d of ["virsh", "etc/libvirt/qemu", "run/libvirt/qemu", "images/cirros"])
     fs.mkdirSync(path.join(root, d), { recursive: true });
   fs.writeFileSync(path.join(root, "images/cirros/disk.qcow2"), "base");
   const run = (script: string): StepResult => {
@@ -92,7 +93,9 @@ function localHost(): Host {
       .split("/var/lib/kvmlab")
       .join(root)
       .split("/etc/libvirt/qemu")
-      .join(`${root}/etc/libvirt/qemu`);
+      .join(`${root}/etc/libvirt/qemu`)
+      .split("/run/libvirt/qemu")
+      .join(`${root}/run/libvirt/qemu`);
     const r = spawnSync("bash", ["--noprofile", "--norc", "-c", `${TOOLS}\n${mapped}`], {
       encoding: "utf8",
       env: {
@@ -284,5 +287,28 @@ test("materialize refuses, and delete keeps, an instance folder another server u
     assert.equal(h.files(`instances/${x.uuid}`).size, 0);
   } finally {
     h.done();
+  }
+});
+
+test("an unmarked libvirt domain of the server's name refuses the claim: a persistent one, or a running transient one (libvirt's files, no virsh call)", async () => {
+  for (const where of ["etc/libvirt/qemu", "run/libvirt/qemu"]) {
+    const x = server("a", "web1", "lab/a/web1");
+    const h = localHost();
+    try {
+      fs.writeFileSync(path.join(h.root, where, "web1.xml"), "<domain><name>web1</name></domain>");
+      await assert.rejects(
+        provider.create(x),
+        /server web1 already exists on this host with no kvmlab owner.*Fix: give this resource another serverName/,
+        where,
+      );
+      assert.equal(h.marker("server", "web1"), undefined, `${where}: not claimed`);
+      assert.equal(h.files("records").size, 0, `${where}: no record written`);
+      assert.ok(
+        !h.fake.log.some((l) => /^claim server web1 /.test(l.label) && /virsh/.test(l.script)),
+        "the name's claim asks no virsh",
+      );
+    } finally {
+      h.done();
+    }
   }
 });
