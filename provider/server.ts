@@ -135,7 +135,6 @@ import {
   startStep,
   statsStep,
   type DomainInfo,
-  VIRSH,
 } from "./server/steps";
 
 export * from "./server/model";
