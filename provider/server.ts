@@ -321,24 +321,32 @@ async function placeAndClaim(
       { inputs, startedAt: Date.now(), timings, resolve, reject },
     ]);
     void placementTurn(async () => {
-      const batch = queue.get(group) ?? [];
-      queue.delete(group);
       // An earlier turn took this request along.
-      if (batch.length > 0) await placeBatch(batch);
+      if ((queue.get(group) ?? []).length > 0) await placeBatch(group, inputs.hosts);
     });
   });
 }
 
-/** One placement turn for `batch` (same hosts): settles every request, never throws. */
-async function placeBatch(batch: PlacementRequest[]): Promise<void> {
-  const hosts = batch[0].inputs.hosts;
+/**
+ * One placement turn for the creates waiting over `hosts` (key `group`): settles every request
+ * it takes, never throws. The requests are taken once the placement lock is held, so the creates
+ * that arrive while it is being taken join this turn instead of waiting for the next.
+ */
+async function placeBatch(group: string, hosts: readonly HostConnection[]): Promise<void> {
+  const queue = placementQueue();
+  const pending = new Set<PlacementRequest>();
+  let batch: PlacementRequest[] = [];
+  const takeBatch = (): void => {
+    batch = queue.get(group) ?? [];
+    queue.delete(group);
+    for (const r of batch) pending.add(r);
+  };
   // Across processes: every placement over these hosts holds the placement lock of the same
   // controller (the host with the lowest address), so two `up`s never count the same free RAM.
   const controller = [...hosts].sort((a, b) =>
     `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
   )[0];
   const turnStart = Date.now();
-  const pending = new Set(batch);
   const settle = (r: PlacementRequest, outcome: { host: HostConnection } | { error: unknown }) => {
     if (!pending.delete(r)) return;
     if ("host" in outcome) r.resolve(outcome.host);
@@ -347,10 +355,11 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
   try {
     await withNamedHostLock(controller, "placement", async () => {
       const locked = Date.now();
+      takeBatch();
       for (const r of batch)
         Object.assign(r.timings, {
-          "placement.queue": turnStart - r.startedAt,
-          "placement.lock": locked - turnStart,
+          "placement.queue": Math.max(0, turnStart - r.startedAt),
+          "placement.lock": locked - Math.max(turnStart, r.startedAt),
           placementBatch: batch.length,
         });
       const candidatesOf = (i: ServerInputs) =>
@@ -416,6 +425,8 @@ async function placeBatch(batch: PlacementRequest[]): Promise<void> {
       );
     });
   } catch (err) {
+    // The lock was not taken: the requests this turn was for get its error.
+    if (batch.length === 0) takeBatch();
     for (const r of [...pending]) settle(r, { error: err });
   }
   // Unreachable unless a bug left one open: never leave a create waiting forever.
