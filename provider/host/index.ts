@@ -20,9 +20,12 @@
  *     runChecked(host, steps, opts)  → stdout[]; throws remoteStepError (host, step label, status,
  *         stderr tail) at the first failing step, later steps skipped on the host
  *     runLocked(host, steps, opts)   like runChecked, under the host lock, in ONE round trip
- *     withHostLock(host, fn)         in-process mutex + flock /var/lib/kvmlab/lock held by the shell
- *         across several batches. The lock is not re-entrant: never call runLocked,
- *         withHostLock or allocateAddress/releaseAddress for the same host inside fn.
+ *     withHostLock(host, fn, waitSec?, first?)  in-process mutex + flock /var/lib/kvmlab/lock held
+ *         by the shell across several batches; the steps `first` run in the round trip that
+ *         takes the lock, and fn gets their stdouts. The lock is not re-entrant: never call
+ *         runLocked, withHostLock or allocateAddress/releaseAddress for the same host inside fn.
+ *     withNamedHostLock(host, name, fn)  flock /var/lib/kvmlab/<name>.lock (fd 8) in a lock shell
+ *         of its own, kept for that lock's next turn once its release ran (placement, volumes)
  *     observedHostKey(host)          SHA256 fingerprint seen first in this process; it pins every
  *         later trust-on-first-use connection to that address (a changed key is refused)
  *     pooledSsh(host)                the pooled NodeSSH (SFTP)
