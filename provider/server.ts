@@ -910,7 +910,22 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       const placed: HostConnection = host;
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       const ipam: AllocationTimings[] = [];
-      addresses = await phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam));
+      // The addresses (the DHCP host's lock) and, under the placed host's lock in one round trip,
+      // the host check and the image claim: two independent decisions, taken side by side. The
+      // host has what the server needs, and the image is marked as used (an Image delete refuses
+      // from here on); a create run again over a domain it defined before keeps the volumes
+      // attached to it since (issue 16). Both are settled before any error is thrown, so the
+      // cleanup below releases every address allocated and removes the image claim.
+      const [allocatedR, claimedR] = await Promise.allSettled([
+        phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam)),
+        phase(m, "claim", () =>
+          runLocked(placed, [
+            preflightStep(inputs),
+            ...imageUseSteps(inputs),
+            keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
+          ]),
+        ),
+      ]);
       for (const [k, v] of Object.entries(placing)) if (k !== "placementBatch") m.phases[k] = v;
       for (const t of ipam) {
         m.phases["ipam.wait"] = (m.phases["ipam.wait"] ?? 0) + (t.waitMs ?? 0);
@@ -920,16 +935,10 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         placement: placing.placementBatch ?? 0,
         ipam: Math.max(0, ...ipam.map((t) => t.batch ?? 0)),
       };
-      // Under the host lock, one round trip: the host has what the server needs, and the image
-      // is marked as used (an Image delete refuses from here on). A create run again over a
-      // domain it defined before keeps the volumes attached to it since (issue 16).
-      const claimed = await phase(m, "claim", () =>
-        runLocked(placed, [
-          preflightStep(inputs),
-          ...imageUseSteps(inputs),
-          keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
-        ]),
-      );
+      if (allocatedR.status === "rejected") throw allocatedR.reason;
+      if (claimedR.status === "rejected") throw claimedR.reason;
+      addresses = allocatedR.value;
+      const claimed = claimedR.value;
       const listing = claimed[claimed.length - 1];
       const running = inputs.powerState === "running";
       // The domain's info (state, VNC port) is read in the batch that defines it, or that starts
