@@ -159,7 +159,7 @@ export interface SubnetRef {
   readonly subnetName: string;
 }
 
-/** Timings of one allocation (benchmarks): waiting for its turn and the lock, then the turn's work. */
+/** Timings of one allocation (benchmarks): waiting for its subnet's turn, then the turn. */
 export interface AllocationTimings {
   /** From the call until its subnet's turn began (earlier turns of the subnet). */
   waitMs?: number;
