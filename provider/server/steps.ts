@@ -106,7 +106,7 @@ export function otherUserOfUuidLines(
     `if [ -f ${xml} ]; then dn=$(grep -o '<name>[^<]*</name>' ${xml} 2>/dev/null | head -n1 | sed 's:</*name>::g'); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the domain $dn (its ${dir}/domain.xml)"; fi; fi`,
     libvirt === "virsh"
       ? `if [ -z "$other" ]; then dn=$(${VIRSH} domname ${shQuote(uuid)} 2>/dev/null || true); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the libvirt domain $dn"; fi; fi`
-      : `if [ -z "$other" ]; then for df in /etc/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && grep -qF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$df"; then other="the libvirt domain defined in $df"; break; fi; done; fi`,
+      : `if [ -z "$other" ]; then for df in /etc/libvirt/qemu/*.xml /run/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && [ "$df" != ${shQuote(`/run/libvirt/qemu/${serverName}.xml`)} ] && grep -qF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$df"; then other="the libvirt domain in $df"; break; fi; done; fi`,
     `if [ -z "$other" ]; then for rf in ${recordDir("server")}/*.json; do if [ -f "$rf" ] && [ "$rf" != ${own} ] && grep -qF -- ${hasUuid} "$rf"; then other="the server recorded in $rf"; break; fi; done; fi`,
   ];
 }

@@ -312,3 +312,21 @@ test("an unmarked libvirt domain of the server's name refuses the claim: a persi
     }
   }
 });
+
+test("a running transient libvirt domain (only a status file under /run/libvirt/qemu) that has the server's UUID refuses the UUID's claim (review 7, P1)", async () => {
+  const x = server("a", "web1", "lab/a/web1");
+  const h = localHost();
+  try {
+    fs.writeFileSync(
+      path.join(h.root, "run/libvirt/qemu", "other.xml"),
+      `<domstatus><domain><name>other</name><uuid>${x.uuid}</uuid></domain></domstatus>`,
+    );
+    await assert.rejects(
+      provider.create(x),
+      new RegExp(`server UUID ${x.uuid} already exists on this host with no kvmlab owner`),
+    );
+    assert.equal(h.marker("server-uuid", x.uuid), undefined, "not claimed");
+  } finally {
+    h.done();
+  }
+});
