@@ -493,7 +493,6 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     );
   }
   if (type === "vlan") lines.push(...vlanLines(inputs, host, ovsTx, own));
-  if (type === "gre") lines.push(...greLines(inputs, host, ovsTx, own));
   if (type === "flat") {
     lines.push(
       `up=${shQuote(host.uplink)}`,
@@ -522,7 +521,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     if (type === "vxlan")
       lines.push('if [ "$dp" = netdev ]; then', '  ip link set dev "$vi" up', ...vxlanRedirectLines(), "fi");
     if (type === "flat" || type === "vlan") lines.push('ip link set dev "$up" up');
-    if (type === "gre") lines.push(...greCleanupLines(inputs, host));
+    if (type === "gre") lines.push(...greLines(inputs, host, own));
   }
   return { label: `create network ${inputs.networkName} on ${host.name}`, script: lines.join("\n") };
 }
@@ -600,33 +599,55 @@ function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[],
 
 /**
  * A GRE network's tunnels: one OVS native GRE port per other host (remote_ip, key = the
- * segmentation id). The userspace datapath sends them out only when the host's tunnel address
- * lies on an OVS bridge (the host probe checks it) and every sender fills in full checksums.
+ * segmentation id), run after the bridge exists. On the kernel datapath the ports are on the
+ * network's bridge. On the userspace (netdev) datapath they are on the network's GRE bridge
+ * (`greBridge`), joined to the network's bridge by a veth pair ($vi in the network's bridge, $vx
+ * in the GRE bridge) whose ends have checksum offload off: OVS 3.1's native tunnels drop every
+ * packet that still carries offload flags (partial checksum or TSO, as guests and namespaces
+ * send by default; coverage netdev_push_header_drops), so the frames cross the kernel once,
+ * which completes their checksums and segments them, before the GRE push. It also needs the
+ * host's tunnel address on an OVS bridge (the host probe checks it). Shell: $dp, $br, $vx, $mtu.
  */
-function greLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[], own: string): string[] {
+function greLines(inputs: NetworkInputs, host: HostConnection, own: string): string[] {
   const key = segmentationIdOf(inputs);
-  for (const r of expectedHostState(inputs, host).remotes) {
-    const { grePort } = segmentDevices(inputs.networkName, "", r);
-    ovsTx.push(
-      `--may-exist add-port "$br" ${grePort}`,
-      `set interface ${grePort} type=gre options:remote_ip=${shQuote(r)} options:key=${key}` +
-        (host.tunnelAddress ? ` options:local_ip=${shQuote(host.tunnelAddress)}` : ""),
-      `set port ${grePort} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}${own}`,
-    );
-  }
-  return [];
+  const remotes = expectedHostState(inputs, host).remotes;
+  const { vxlanPort } = networkDevices(inputs.networkName);
+  const ports = remotes.map((r) => segmentDevices(inputs.networkName, "", r).grePort);
+  const lines = [
+    `gb="$br"; tb=${greBridge(inputs.networkName)}; vi=${vxlanPort}`,
+    remotes.length > 0 ? 'if [ "$dp" = netdev ]; then' : "if false; then",
+    '  if ! ip link show dev "$vi" >/dev/null 2>&1 || ! ip link show dev "$vx" >/dev/null 2>&1; then',
+    '    ip link del dev "$vx" 2>/dev/null || true; ip link del dev "$vi" 2>/dev/null || true',
+    '    ip link add "$vi" mtu $mtu type veth peer name "$vx" mtu $mtu',
+    "  fi",
+    `  for d in "$vi" "$vx"; do ip link set dev "$d" mtu $mtu; ethtool -K "$d" ${GRE_LINK_OFFLOADS} >/dev/null 2>&1 || { echo "cannot turn checksum offload off on $d (ethtool missing?); install ethtool" >&2; exit 20; }; ip link set dev "$d" up; done`,
+    `  ovs-vsctl --may-exist add-br "$tb" -- set bridge "$tb" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=gre-tunnel${own} -- set port "$tb" external_ids:kvmlab-network="$name"${own} -- --may-exist add-port "$br" "$vi" -- set port "$vi" external_ids:kvmlab-network="$name"${own} -- --may-exist add-port "$tb" "$vx" -- set port "$vx" external_ids:kvmlab-network="$name"${own}`,
+    '  ip link set dev "$tb" up',
+    '  gb="$tb"',
+    "else",
+    '  ovs-vsctl --if-exists del-port "$br" "$vi" -- --if-exists del-br "$tb"; ip link del dev "$vx" 2>/dev/null || true',
+    "fi",
+    // GRE ports on the other bridge (the datapath changed) or towards hosts no longer listed go first.
+    `keep=" ${ports.join(" ")} "`,
+    'for b in "$br" "$tb"; do ovs-vsctl br-exists "$b" 2>/dev/null || continue; for p in $(ovs-vsctl list-ports "$b"); do case "$p" in kvlg-*) if [ "$b" != "$gb" ]; then ovs-vsctl del-port "$b" "$p"; else case "$keep" in *" $p "*) ;; *) ovs-vsctl del-port "$b" "$p" ;; esac; fi ;; esac; done; done',
+  ];
+  const tx = remotes.flatMap((r, i) => [
+    `--may-exist add-port "$gb" ${ports[i]}`,
+    `set interface ${ports[i]} type=gre options:remote_ip=${shQuote(r)} options:key=${key}` +
+      (host.tunnelAddress ? ` options:local_ip=${shQuote(host.tunnelAddress)}` : ""),
+    `set port ${ports[i]} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}${own}`,
+  ]);
+  if (tx.length > 0) lines.push(`ovs-vsctl ${tx.join(" -- ")}`);
+  return lines;
 }
 
-/** Removes GRE ports of this network towards hosts no longer listed. */
-function greCleanupLines(inputs: NetworkInputs, host: HostConnection): string[] {
-  const keep = expectedHostState(inputs, host).remotes.map(
-    (r) => segmentDevices(inputs.networkName, "", r).grePort,
-  );
-  return [
-    `keep=" ${keep.join(" ")} "`,
-    'for p in $(ovs-vsctl list-ports "$br"); do case "$p" in kvlg-*) case "$keep" in *" $p "*) ;; *) ovs-vsctl --if-exists del-port "$br" "$p" ;; esac ;; esac; done',
-  ];
+/** A GRE network's tunnel bridge on the userspace datapath (see greLines). */
+export function greBridge(networkName: string): string {
+  return deviceName("g", networkName);
 }
+
+/** Offloads turned off on both ends of a GRE network's veth link (userspace datapath). */
+export const GRE_LINK_OFFLOADS = "tx off";
 
 /** Step that prints what a host has, as key=value lines (see parseNetworkState). */
 export function networkReadStep(networkName: string, driver: NetworkDriver, host: HostConnection): Step {
@@ -658,7 +679,11 @@ export function networkReadStep(networkName: string, driver: NetworkDriver, host
     lines.push(
       'p=$(ovs-vsctl --bare --columns=name find port external_ids:kvmlab-network="$name" tag!=[] 2>/dev/null | head -n1)',
       'if [ -n "$p" ] && [ "$(ovs-vsctl get interface "$p" options:peer 2>/dev/null | tr -d \'"\')" = "$vx" ]; then echo "segid=$(ovs-vsctl get port "$p" tag)"; echo upattached=yes; fi',
-      'g=""; for q in $(ovs-vsctl list-ports "$br" 2>/dev/null); do case "$q" in kvlg-*) g="$g $(ovs-vsctl get interface "$q" options:remote_ip | tr -d \'"\')"; echo "segid=$(ovs-vsctl get interface "$q" options:key | tr -d \'"\')" ;; esac; done',
+      // On the userspace datapath the GRE ports sit on the GRE bridge $tb, which counts only
+      // while the veth link joins it to the network's bridge.
+      `tb=${greBridge(networkName)}; gbs="$br"`,
+      'if [ "$(ovs-vsctl port-to-br "$vi" 2>/dev/null)" = "$br" ] && [ "$(ovs-vsctl port-to-br "$vx" 2>/dev/null)" = "$tb" ]; then gbs="$br $tb"; fi',
+      'g=""; for b in $gbs; do for q in $(ovs-vsctl list-ports "$b" 2>/dev/null); do case "$q" in kvlg-*) g="$g $(ovs-vsctl get interface "$q" options:remote_ip | tr -d \'"\')"; echo "segid=$(ovs-vsctl get interface "$q" options:key | tr -d \'"\')" ;; esac; done; done',
       'if [ -n "$g" ]; then echo "remotes=$g"; fi',
     );
   } else {
@@ -745,6 +770,8 @@ export function networkDeleteStep(
             "    done; fi",
           ]),
       '    ovs-vsctl --if-exists del-br "$br"',
+      // A GRE network's tunnel bridge (userspace datapath); its veth link goes with "$vx" below.
+      `    ovs-vsctl --if-exists del-br ${greBridge(networkName)}`,
       // A VLAN network's trunk end; the trunk bridge goes with the last VLAN network on it.
       `    tr=${trunk}; ovs-vsctl --if-exists del-port ${trunkPort}`,
       '    if ovs-vsctl br-exists "$tr" && [ -z "$(ovs-vsctl list-ports "$tr" | grep -vxF "$up")" ]; then ovs-vsctl --if-exists del-br "$tr"; fi',

@@ -10,6 +10,7 @@
 import type { HostConnection } from "./connection";
 import { hostCache, runChecked } from "./session";
 import { parseKeyValues } from "../kit/kv";
+import { shQuote } from "./quote";
 import { NETWORK_TYPES, type NetworkType } from "../../core/network";
 
 /** What the probe found. Versions are "" when the tool is missing. */
@@ -146,18 +147,29 @@ export interface NetworkTypeCapabilities {
    * bridges use it (datapath_type system) instead of the userspace (netdev) datapath.
    */
   readonly ovsKernelDatapath: boolean;
+  /**
+   * The host's tunnel address lies on an OVS bridge: what the userspace datapath's native
+   * tunnels (GRE) need to route and send their packets.
+   */
+  readonly tunnelOnOvsBridge: boolean;
+  /** The device holding the tunnel address ("" when none has it or none was asked). */
+  readonly tunnelDevice: string;
   readonly ethtool: boolean;
 }
 
-/** Probe script for network types. */
-export function networkTypesProbeScript(): string {
+/** Probe script for network types; `tunnelAddress` is a checked IPv4 address or "". */
+export function networkTypesProbeScript(tunnelAddress = ""): string {
   return [
     'v() { command -v "$1" >/dev/null 2>&1; }',
+    `ta=${shQuote(tunnelAddress)}`,
     "if [ -d /proc/net/vlan ] || { v modinfo && modinfo 8021q >/dev/null 2>&1; }; then echo vlan=yes; else echo vlan=no; fi",
     "if [ -d /sys/module/vxlan ] || { v modinfo && modinfo vxlan >/dev/null 2>&1; }; then echo vxlan=yes; else echo vxlan=no; fi",
     "if v ovs-vsctl && ovs-vsctl --timeout=5 show >/dev/null 2>&1; then echo ovs=yes; else echo ovs=no; fi",
     'echo "ethtool=$(v ethtool && echo yes || echo no)"',
     "if [ -d /sys/module/openvswitch ]; then echo ovskernel=yes; else echo ovskernel=no; fi",
+    'd=""; if [ -n "$ta" ]; then d=$(ip -o -4 addr show | awk -v a="$ta" \'{split($4, p, "/"); if (p[1] == a) print $2}\' | head -n1); fi',
+    'echo "tundev=$d"',
+    'if [ -n "$d" ] && v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then echo tunovs=yes; else echo tunovs=no; fi',
   ].join("\n");
 }
 
@@ -169,6 +181,8 @@ export function parseNetworkTypesProbe(stdout: string): NetworkTypeCapabilities 
     vxlanKernel: yes("vxlan"),
     ovs: yes("ovs"),
     ovsKernelDatapath: yes("ovskernel"),
+    tunnelOnOvsBridge: yes("tunovs"),
+    tunnelDevice: kv.get("tundev") ?? "",
     ethtool: yes("ethtool"),
   };
 }
@@ -183,6 +197,8 @@ export function networkTypeRefusal(
   type: NetworkType,
   /** The network spans hosts (a one-host gre network makes no tunnel port). */
   tunnels = true,
+  /** The host's tunnel address (named in the userspace datapath's GRE refusal). */
+  tunnelAddress = "",
 ): string | undefined {
   const ovs = driver === "openvswitch";
   if (ovs && !caps.ovs)
@@ -195,12 +211,22 @@ export function networkTypeRefusal(
     return "a vxlan network on Open vSwitch turns offloads off on its VXLAN port with ethtool, which this host lacks: apt-get install -y ethtool";
   if (type === "gre" && !ovs)
     return "a gre network needs driver openvswitch (OVS GRE tunnel ports); the Linux bridge driver has no GRE here";
-  if (type === "gre" && tunnels && !caps.ovsKernelDatapath)
+  // The userspace (netdev) datapath: kvmlab joins the network's bridge to a tunnel bridge with
+  // a veth pair whose ends have checksum offload off (ethtool), and OVS's native GRE sends from
+  // the tunnel address only when that address lies on an OVS bridge holding the underlay NIC.
+  if (type === "gre" && tunnels && !caps.ovsKernelDatapath && !caps.ethtool)
+    return "a gre network on Open vSwitch's userspace datapath turns checksum offload off on its tunnel link with ethtool, which this host lacks: apt-get install -y ethtool (or load the openvswitch kernel module: modprobe openvswitch)";
+  if (type === "gre" && tunnels && !caps.ovsKernelDatapath && !caps.tunnelOnOvsBridge) {
+    const dev = caps.tunnelDevice || "eth2";
+    const at = tunnelAddress || "<tunnel address>";
     return (
-      "a gre network needs Open vSwitch's kernel datapath (the openvswitch kernel module: modprobe openvswitch); " +
-      "this host has only the userspace (netdev) datapath, where OVS GRE ports carried ping but not TCP in kvmlab's tests " +
-      "(issue 16, open): use type vxlan on this host"
+      `a gre network uses OVS native GRE tunnels, which Open vSwitch's userspace (netdev) datapath (no openvswitch kernel module here) sends only from an address on an OVS bridge; ` +
+      `the tunnel address ${at} is ${caps.tunnelDevice ? `on ${caps.tunnelDevice}, not an OVS bridge` : "on no device"}: ` +
+      `move it onto a bridge holding the underlay NIC (ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev -- add-port br-phy ${dev}; ` +
+      `ip addr del ${at}/24 dev ${dev}; ip addr add ${at}/24 dev br-phy; ip link set br-phy up; underlay MTU at least the network's MTU + 42), ` +
+      `load the openvswitch kernel module (modprobe openvswitch), or use type vxlan`
     );
+  }
   return undefined;
 }
 
@@ -209,7 +235,7 @@ export function probeNetworkTypes(host: HostConnection): Promise<NetworkTypeCapa
   return hostCache(host, "net-types", async () => {
     const [out] = await runChecked(
       host,
-      [{ label: "probe network types", script: networkTypesProbeScript() }],
+      [{ label: "probe network types", script: networkTypesProbeScript(host.tunnelAddress ?? "") }],
       { timeoutMs: 60000 },
     );
     return parseNetworkTypesProbe(out);
@@ -222,7 +248,9 @@ export async function hostNetworkTypes(
   driver: "linuxbridge" | "openvswitch",
 ): Promise<NetworkType[]> {
   const caps = await probeNetworkTypes(host);
-  return NETWORK_TYPES.filter((t) => networkTypeRefusal(caps, driver, t) === undefined);
+  return NETWORK_TYPES.filter(
+    (t) => networkTypeRefusal(caps, driver, t, true, host.tunnelAddress ?? "") === undefined,
+  );
 }
 
 /**
@@ -236,6 +264,6 @@ export async function requireNetworkType(
   tunnels = true,
 ): Promise<void> {
   const caps = await probeNetworkTypes(host);
-  const why = networkTypeRefusal(caps, driver, type, tunnels);
+  const why = networkTypeRefusal(caps, driver, type, tunnels, host.tunnelAddress ?? "");
   if (why) throw new Error(`host ${host.name} (${host.address}) cannot carry this ${type} network: ${why}`);
 }

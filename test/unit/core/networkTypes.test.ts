@@ -5,14 +5,20 @@
  * the host probe's refusals naming the fix.
  */
 import { test } from "node:test";
+import { spawnSync } from "node:child_process";
 import * as assert from "node:assert/strict";
 import { checkSegmentationId, defaultTypeMtu, kindOfType, typeOfKind } from "../../../core/network";
 import {
   checkNetworkInputs as checkRaw,
   diffNetwork,
+  GRE_LINK_OFFLOADS,
+  greBridge,
   networkApplyStep,
   networkDeleteStep,
+  networkDevices,
+  networkReadStep,
   networkTypeRefusal,
+  networkTypesProbeScript,
   parseNetworkTypesProbe,
   segmentDevices,
   type NetworkInputs,
@@ -134,24 +140,75 @@ test("host scripts: VLAN on OVS tags the trunk end of a patch pair; GRE makes on
   const g = networkApplyStep(gre, HOSTS[0]).script;
   assert.match(g, /type=gre options:remote_ip='?10\.254\.0\.12'? options:key=77/);
   assert.doesNotMatch(g, /remote_ip='?10\.254\.0\.11/);
+  // Userspace datapath: the GRE ports go on the network's GRE bridge, joined to its bridge by a
+  // veth pair with checksum offload off on both ends (OVS 3.1's native tunnels drop packets
+  // that still carry offload flags); the kernel datapath keeps them on the network's bridge.
+  const { bridge, vxlan, vxlanPort } = networkDevices("g");
+  assert.match(g, new RegExp(`gb="\\$br"; tb=${greBridge("g")}; vi=${vxlanPort}`));
+  assert.match(g, /if \[ "\$dp" = netdev \]; then\n {2}if ! ip link show dev "\$vi"/);
+  assert.match(g, /ip link add "\$vi" mtu \$mtu type veth peer name "\$vx" mtu \$mtu/);
+  assert.match(g, /ethtool -K "\$d" tx off/);
+  assert.match(g, /--may-exist add-port "\$br" "\$vi" .* --may-exist add-port "\$tb" "\$vx"/);
+  assert.match(
+    g,
+    /gb="\$tb"\nelse\n {2}ovs-vsctl --if-exists del-port "\$br" "\$vi" -- --if-exists del-br "\$tb"/,
+  );
+  assert.match(g, /--may-exist add-port "\$gb" kvlg-/);
+  assert.ok(g.includes(`br=${bridge}; vx=${vxlan}`));
+  assert.equal(GRE_LINK_OFFLOADS, "tx off");
+  // The GRE ports come after the transaction that makes the network's bridge.
+  assert.ok(g.indexOf('--may-exist add-br "$br"') < g.indexOf('add-port "$gb"'));
+  // A one-host gre network makes no tunnel bridge and no GRE port (and removes leftovers).
+  const one = networkApplyStep({ ...gre, hosts: [HOSTS[0]] }, HOSTS[0]).script;
+  assert.match(one, /if false; then/);
+  assert.doesNotMatch(one, /add-port "\$gb"/);
+  // Every rendered script parses as shell.
+  for (const script of [g, one, networkReadStep("g", "openvswitch", HOSTS[0]).script])
+    assert.equal(spawnSync("sh", ["-n"], { input: script }).status, 0, script);
+  // Read: GRE ports on the GRE bridge count only while the veth link joins the two bridges.
+  const read = networkReadStep("g", "openvswitch", HOSTS[0]).script;
+  assert.match(
+    read,
+    /port-to-br "\$vi" 2>\/dev\/null\)" = "\$br" \] && \[ "\$\(ovs-vsctl port-to-br "\$vx" 2>\/dev\/null\)" = "\$tb" \]; then gbs="\$br \$tb"/,
+  );
+  assert.match(
+    networkDeleteStep("g", "openvswitch", HOSTS[0]).script,
+    new RegExp(`del-br ${greBridge("g")}`),
+  );
   const vx = checkNetworkInputs({ networkName: "x", type: "vxlan", driver: "openvswitch", hosts: HOSTS })
     .inputs as unknown as NetworkInputs;
   assert.match(networkApplyStep(vx, HOSTS[0]).script, /ethtool -K "\$vx" gro off/);
 });
 
 test("host probe: each refusal names what the host lacks and the fix", () => {
-  const none = parseNetworkTypesProbe("vlan=no\nvxlan=yes\novs=yes\nethtool=yes\novskernel=no\n");
+  const none = parseNetworkTypesProbe(
+    "vlan=no\nvxlan=yes\novs=yes\nethtool=yes\novskernel=no\ntundev=eth2\ntunovs=no\n",
+  );
+  assert.equal(none.tunnelDevice, "eth2");
   assert.match(networkTypeRefusal(none, "linuxbridge", "vlan")!, /8021q.*modprobe 8021q/);
   assert.equal(networkTypeRefusal(none, "openvswitch", "vlan"), undefined);
   assert.match(networkTypeRefusal(none, "linuxbridge", "gre")!, /driver openvswitch/);
-  // GRE between hosts needs OVS's kernel datapath (on netdev it carried ping but not TCP).
+  // GRE between hosts on the userspace datapath: the tunnel address must be on an OVS bridge.
   assert.match(
-    networkTypeRefusal(none, "openvswitch", "gre")!,
-    /kernel datapath \(the openvswitch kernel module: modprobe openvswitch\).*use type vxlan on this host/,
+    networkTypeRefusal(none, "openvswitch", "gre", true, "10.254.0.11")!,
+    /userspace \(netdev\) datapath .*the tunnel address 10\.254\.0\.11 is on eth2, not an OVS bridge: .*add-port br-phy eth2; ip addr del 10\.254\.0\.11\/24 dev eth2; ip addr add 10\.254\.0\.11\/24 dev br-phy.*modprobe openvswitch.*type vxlan/,
+  );
+  const onBrPhy = parseNetworkTypesProbe(
+    "vlan=no\nvxlan=yes\novs=yes\nethtool=yes\novskernel=no\ntundev=br-phy\ntunovs=yes\n",
+  );
+  assert.equal(networkTypeRefusal(onBrPhy, "openvswitch", "gre", true, "10.254.0.11"), undefined);
+  assert.match(
+    networkTypeRefusal({ ...onBrPhy, ethtool: false }, "openvswitch", "gre")!,
+    /gre network .*ethtool.*apt-get install -y ethtool/,
   );
   assert.equal(networkTypeRefusal(none, "openvswitch", "gre", false), undefined, "one host: no tunnel port");
   const kernel = parseNetworkTypesProbe("vlan=no\nvxlan=yes\novs=yes\nethtool=yes\novskernel=yes\n");
   assert.equal(networkTypeRefusal(kernel, "openvswitch", "gre"), undefined);
+  // The probe script asks which device holds the tunnel address (quoted) and if it is a bridge.
+  const probe = networkTypesProbeScript("10.254.0.11");
+  assert.match(probe, /ta='?10\.254\.0\.11'?/);
+  assert.match(probe, /ovs-vsctl br-exists "\$d"/);
+  assert.equal(spawnSync("sh", ["-n"], { input: probe }).status, 0);
   assert.match(
     networkTypeRefusal({ ...kernel, ethtool: false }, "openvswitch", "vxlan")!,
     /apt-get install -y ethtool/,
