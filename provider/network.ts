@@ -10,9 +10,11 @@
  *   driver "openvswitch"  OVS bridge (datapath_type=system when the openvswitch kernel module is
  *                         loaded, else netdev, recorded per host); the kernel VXLAN device is an
  *                         OVS port on the kernel datapath, and on netdev tc-redirected to and
- *                         from an OVS internal port kvli-<id> (a packet-socket port stalled 1 MiB
- *                         transfers). Not an OVS-native tunnel: those need full checksums from
+ *                         from an OVS internal port kvli-<id> (a packet-socket port dropped
+ *                         bursts). Not an OVS-native tunnel: those need full checksums from
  *                         every sender, see research/labhost.md
+ *   type "gre"            OVS native GRE ports; on netdev on a GRE bridge kvlg-<id> behind a
+ *                         checksum-completing veth pair (see greLines)
  *
  * Names on hosts: bridge `kvlb-<id>`, VXLAN device `kvlx-<id>` with <id> = first 8 hex digits
  * of sha256(networkName); OVS objects carry external_ids kvmlab-network=<name>; the record
@@ -455,8 +457,8 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     if (ovs) {
       // The kernel datapath takes the VXLAN device as a port. The userspace (netdev) datapath
       // would read such a port through an AF_PACKET socket, whose receive buffer (the host-wide
-      // rmem_default, 208 KiB) a burst overflows: TCP loses segments and a 1 MiB transfer stalls
-      // in retransmission backoff (docs/providers.md, "the 1 MiB stall"). There the bridge gets
+      // rmem_default, 208 KiB) a burst overflows, and TCP has to retransmit (docs/providers.md,
+      // Known limits, the OVS 1 MiB "stall"). There the bridge gets
       // an internal port $vi instead, a tap that ovs-vswitchd reads through its file descriptor
       // (a queue of packets, not of 208 KiB), and tc redirects every frame between the VXLAN
       // device and $vi both ways (no Linux bridge: no br_netfilter, no conntrack on the way).
