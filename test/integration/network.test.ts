@@ -199,7 +199,7 @@ for (const driver of ["linuxbridge", "openvswitch"] as const) {
       // TCP from hv2 to hv1: 20 transfers of 1 MiB in a row on both drivers, none stalled. On
       // OVS's userspace datapath the sending host's packet socket still drops some segments of
       // a burst; TCP recovers from that as long as every port has the network's MTU on both
-      // ends (plug above; docs/providers.md, "The 1 MiB stall").
+      // ends (plug above; docs/providers.md, Known limits, the OVS 1 MiB "stall").
       // The listener's stdin stays open so busybox nc does not quit early. The receiver counts
       // the bytes with wc instead of writing them to a file on the host's disk: a disk that
       // stalls under the rest of a CI run closes the TCP window, and a zero-window probe that
