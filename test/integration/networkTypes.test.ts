@@ -14,7 +14,13 @@
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
-import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
+import {
+  sandboxHostConnections,
+  startSandbox,
+  stopSandbox,
+  testGuestXml,
+  type SandboxStatus,
+} from "../support/sandbox";
 import {
   closeHostSessions,
   greBridge,
@@ -31,9 +37,11 @@ import {
 
 const INSTANCE = process.env.KVMLAB_ITEST_TYPES_INSTANCE ?? "itest-types";
 let hosts: HostConnection[] = [];
+let status: SandboxStatus;
 
 before(async () => {
-  hosts = sandboxHostConnections(await startSandbox(INSTANCE, 2));
+  status = await startSandbox(INSTANCE, 2);
+  hosts = sandboxHostConnections(status);
   assert.equal(hosts.length, 2);
 });
 
@@ -293,6 +301,8 @@ test("hostile types, ids and names are refused by check, naming the field, befor
   assert.equal(hostPoolStats().connectionsOpened, before);
 });
 
+const GRE_GUEST = "it-gre-g1";
+
 // On the userspace datapath (the sandbox's) this moves each host's tunnel address onto an OVS
 // bridge, what OVS native tunnels need there, and back at the end.
 test("openvswitch gre: refused while the tunnel address is not on an OVS bridge, naming the fix; then 20 one-MiB transfers between the hosts, and delete leaves nothing", async () => {
@@ -381,7 +391,48 @@ test("openvswitch gre: refused while the tunnel address is not on an OVS bridge,
         got.map(() => 1048576),
       );
       assert.deepEqual(after, before, "OVS refused to encapsulate packets that carried offload flags");
+
+      // A guest (virtio NIC with its default offloads, the network's MTU) on hv1 sends its
+      // 1 MiB /big to the namespace on hv2, 20 times, over the same tunnel.
+      const xml = testGuestXml(status, {
+        name: GRE_GUEST,
+        uuid: "6b1d0f0e-0000-4000-8000-000000000016",
+        bridge: outs.bridge,
+        ovs: true,
+        mtu: outs.mtu,
+        ipCidr: "10.89.0.5/24",
+      });
+      await sh(
+        hv1,
+        `cat > /tmp/${GRE_GUEST}.xml <<'KVLT_EOF'\n${xml}KVLT_EOF\nvirsh -q define /tmp/${GRE_GUEST}.xml && virsh -q start ${GRE_GUEST}`,
+      );
+      await sh(
+        hv2,
+        `i=0; until ip netns exec ga2 timeout 3 busybox wget -q -O /dev/null http://10.89.0.5/health; do i=$((i+1)); [ $i -ge 90 ] && { echo "guest 10.89.0.5 never answered" >&2; exit 1; }; sleep 1; done`,
+      );
+      const g0 = Date.now();
+      const fromGuest: number[] = [];
+      for (let i = 0; i < 20; i++)
+        fromGuest.push(
+          Number(
+            (
+              await sh(hv2, "ip netns exec ga2 timeout 15 busybox wget -q -O - http://10.89.0.5/big | wc -c")
+            ).trim(),
+          ),
+        );
+      console.log(
+        `gre guest on hv1 -> namespace on hv2: 20 x /big delivered ${fromGuest.join(",")} (${fromGuest.filter((b) => b === 1048576).length}/20 whole, ${Date.now() - g0} ms); netdev_push_header_drops after ${(await Promise.all(hosts.map(pushDrops))).join(",")}`,
+      );
+      assert.deepEqual(
+        fromGuest,
+        fromGuest.map(() => 1048576),
+      );
+      assert.deepEqual(await Promise.all(hosts.map(pushDrops)), before);
     } finally {
+      await sh(
+        hv1,
+        `virsh -q destroy ${GRE_GUEST} >/dev/null 2>&1; virsh -q undefine ${GRE_GUEST} >/dev/null 2>&1; rm -f /tmp/${GRE_GUEST}.xml; true`,
+      );
       await unplug(hv1, "ga1");
       await unplug(hv2, "ga2");
     }
