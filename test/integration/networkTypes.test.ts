@@ -68,7 +68,6 @@ async function plug(
   ns: string,
   ip: string,
   mtu: number,
-  fullChecksums = false,
 ): Promise<void> {
   const dev = `${ns}h`;
   await sh(
@@ -83,10 +82,6 @@ async function plug(
       `ip netns exec ${ns} ip link set lo up`,
       `ip netns exec ${ns} ip link set eth0 up`,
       `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
-      // OVS native tunnels need full checksums from every sender (research/labhost.md).
-      fullChecksums
-        ? `ethtool -K ${dev} tx off >/dev/null; ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null`
-        : "true",
     ].join("\n"),
   );
 }
