@@ -13,7 +13,7 @@
  *                         from an OVS internal port kvli-<id> (a packet-socket port dropped
  *                         bursts). Not an OVS-native tunnel: those need full checksums from
  *                         every sender, see research/labhost.md
- *   type "gre"            OVS native GRE ports; on netdev on a GRE bridge kvlg-<id> behind a
+ *   type "gre"            OVS native GRE ports (kvlg-*); on netdev on a GRE bridge kvle-<id> behind a
  *                         checksum-completing veth pair (see greLines)
  *
  * Names on hosts: bridge `kvlb-<id>`, VXLAN device `kvlx-<id>` with <id> = first 8 hex digits
@@ -408,7 +408,11 @@ function uplinkCheckLines(host: HostConnection): string[] {
 }
 
 /** Step that makes a host match the inputs (idempotent). */
-export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): Step {
+export function networkApplyStep(
+  inputs: NetworkInputs,
+  host: HostConnection,
+  owners: readonly string[] = [inputs.owner ?? ""],
+): Step {
   const { shortId: id, bridge, vxlan, vxlanPort } = networkDevices(inputs.networkName);
   const ovs = inputs.driver === "openvswitch";
   const want = expectedHostState(inputs, host);
@@ -523,7 +527,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     if (type === "vxlan")
       lines.push('if [ "$dp" = netdev ]; then', '  ip link set dev "$vi" up', ...vxlanRedirectLines(), "fi");
     if (type === "flat" || type === "vlan") lines.push('ip link set dev "$up" up');
-    if (type === "gre") lines.push(...greLines(inputs, host, own));
+    if (type === "gre") lines.push(...greLines(inputs, host, own, owners));
   }
   return { label: `create network ${inputs.networkName} on ${host.name}`, script: lines.join("\n") };
 }
@@ -609,14 +613,36 @@ function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[],
  * send by default; coverage netdev_push_header_drops), so the frames cross the kernel once,
  * which completes their checksums and segments them, before the GRE push. It also needs the
  * host's tunnel address on an OVS bridge (the host probe checks it). Shell: $dp, $br, $vx, $mtu.
+ * Before any of it, each row it labels or removes is read: another owner's is refused (exit 73,
+ * review V1/X1), and a GRE port name that is a port of a bridge not this network's (a name
+ * collision) too (exit 17).
  */
-function greLines(inputs: NetworkInputs, host: HostConnection, own: string): string[] {
+function greLines(
+  inputs: NetworkInputs,
+  host: HostConnection,
+  own: string,
+  owners: readonly string[],
+): string[] {
   const key = segmentationIdOf(inputs);
   const remotes = expectedHostState(inputs, host).remotes;
-  const { vxlanPort } = networkDevices(inputs.networkName);
+  const { vxlanPort, vxlan } = networkDevices(inputs.networkName);
   const ports = remotes.map((r) => segmentDevices(inputs.networkName, "", r).grePort);
+  const tb = greBridge(inputs.networkName);
+  const fix = `check which stack or project holds network ${inputs.networkName} on host ${host.name} (ovs-vsctl list bridge ${tb}); rename this network, or delete it from the stack that owns it`;
+  const rows: ["bridge" | "port", string][] = [
+    ["bridge", tb],
+    ...[tb, vxlanPort, vxlan, ...ports].map((p) => ["port", p] as ["port", string]),
+  ];
   const lines = [
-    `gb="$br"; tb=${greBridge(inputs.networkName)}; vi=${vxlanPort}`,
+    ...rows.flatMap(([t, n]) =>
+      ovsOwnerGuardLines(t, n, owners, `network ${inputs.networkName}: OVS ${t} ${n}`, fix),
+    ),
+    ...(ports.length > 0
+      ? [
+          `for p in ${ports.join(" ")}; do b=$(ovs-vsctl port-to-br "$p" 2>/dev/null || true); case "$b" in ""|"$br"|${tb}) ;; *) echo "GRE port $p of network $name is already a port of bridge $b (its name collides with another network's device); rename this network" >&2; exit 17 ;; esac; done`,
+        ]
+      : []),
+    `gb="$br"; tb=${tb}; vi=${vxlanPort}`,
     remotes.length > 0 ? 'if [ "$dp" = netdev ]; then' : "if false; then",
     '  if ! ip link show dev "$vi" >/dev/null 2>&1 || ! ip link show dev "$vx" >/dev/null 2>&1; then',
     '    ip link del dev "$vx" 2>/dev/null || true; ip link del dev "$vi" 2>/dev/null || true',
@@ -645,7 +671,7 @@ function greLines(inputs: NetworkInputs, host: HostConnection, own: string): str
 
 /** A GRE network's tunnel bridge on the userspace datapath (see greLines). */
 export function greBridge(networkName: string): string {
-  return deviceName("g", networkName);
+  return deviceName("e", networkName);
 }
 
 /** Offloads turned off on both ends of a GRE network's veth link (userspace datapath). */
@@ -760,16 +786,24 @@ export function networkDeleteStep(
         `OVS port ${trunkPort} of network ${networkName}`,
         fix,
       ).map((l) => `    ${l}`),
+      // A GRE network's tunnel bridge (review V1).
+      ...ovsOwnerGuardLines(
+        "bridge",
+        greBridge(networkName),
+        [owner],
+        `OVS bridge ${greBridge(networkName)} (GRE tunnel bridge) of network ${networkName}`,
+        fix,
+      ).map((l) => `    ${l}`),
       // del-br takes every port with it: refuse while a port of another owner is on the bridge
       // (another stack's DHCP port, router leg or server port), as Neutron refuses to delete a
       // network with ports in use. Ports with no kvmlab owner (guests' taps) are not asked.
       ...(owner === ""
         ? []
         : [
-            '    if ovs-vsctl br-exists "$br"; then for p in $(ovs-vsctl list-ports "$br"); do',
+            `    for b in "$br" ${greBridge(networkName)}; do ovs-vsctl br-exists "$b" || continue; for p in $(ovs-vsctl list-ports "$b"); do`,
             `      o=$(ovs-vsctl --if-exists get port "$p" external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
             `      case "$o" in ""|${shQuote(owner)}) ;; *) echo ${shQuote(`network ${networkName} on host ${host.name} still has port `)}"$p"${shQuote(" of ")}"$o"${shQuote("; the network was not removed (its bridge would take that port with it). Fix: delete that subnet, router leg or server port first, from the stack that owns it")} >&2; exit ${OWNER_REFUSED} ;; esac`,
-            "    done; fi",
+            "    done; done",
           ]),
       '    ovs-vsctl --if-exists del-br "$br"',
       // A GRE network's tunnel bridge (userspace datapath); its veth link goes with "$vx" below.
@@ -820,7 +854,7 @@ async function applyOnHost(
   owners: readonly string[],
 ): Promise<NetworkHostState> {
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
-  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1);
+  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1, inputs.mtu);
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
   const record = {
     name: inputs.networkName,
@@ -840,7 +874,7 @@ async function applyOnHost(
   };
   const outs = await runLocked(host, [
     guardStep(networkOwned(inputs.networkName), owners, true),
-    networkApplyStep(inputs, host),
+    networkApplyStep(inputs, host, owners),
     writeRecordStep("network", inputs.networkName, record),
     networkReadStep(inputs.networkName, inputs.driver, host),
   ]);

@@ -154,6 +154,10 @@ export interface NetworkTypeCapabilities {
   readonly tunnelOnOvsBridge: boolean;
   /** The device holding the tunnel address ("" when none has it or none was asked). */
   readonly tunnelDevice: string;
+  /** The underlay MTU: that device's, or on an OVS bridge the smallest of its and its ports' (0 when unknown). */
+  readonly tunnelMtu: number;
+  /** The tunnel address's prefix length on that device, as `ip -o -4 addr` shows it (0 when unknown). */
+  readonly tunnelPrefix: number;
   readonly ethtool: boolean;
 }
 
@@ -167,9 +171,13 @@ export function networkTypesProbeScript(tunnelAddress = ""): string {
     "if v ovs-vsctl && ovs-vsctl --timeout=5 show >/dev/null 2>&1; then echo ovs=yes; else echo ovs=no; fi",
     'echo "ethtool=$(v ethtool && echo yes || echo no)"',
     "if [ -d /sys/module/openvswitch ]; then echo ovskernel=yes; else echo ovskernel=no; fi",
-    'd=""; if [ -n "$ta" ]; then d=$(ip -o -4 addr show | awk -v a="$ta" \'{split($4, p, "/"); if (p[1] == a) print $2}\' | head -n1); fi',
-    'echo "tundev=$d"',
+    'd=""; l=""; if [ -n "$ta" ]; then l=$(ip -o -4 addr show | awk -v a="$ta" \'{split($4, p, "/"); if (p[1] == a) print $2 " " p[2]}\' | head -n1); fi',
+    'd=${l%% *}; echo "tundev=$d"',
     'if [ -n "$d" ] && v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then echo tunovs=yes; else echo tunovs=no; fi',
+    // The underlay MTU: the device's, or on an OVS bridge the smallest of it and its ports' (the NIC).
+    'if [ -n "$d" ]; then echo "tunprefix=${l#* }"; m=$(cat "/sys/class/net/$d/mtu" 2>/dev/null || echo 0)',
+    '  if v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then for p in $(ovs-vsctl list-ports "$d"); do q=$(cat "/sys/class/net/$p/mtu" 2>/dev/null || echo 0); [ "$q" -gt 0 ] && [ "$q" -lt "$m" ] && m=$q; done; fi',
+    '  echo "tunmtu=$m"; fi',
   ].join("\n");
 }
 
@@ -183,6 +191,8 @@ export function parseNetworkTypesProbe(stdout: string): NetworkTypeCapabilities 
     ovsKernelDatapath: yes("ovskernel"),
     tunnelOnOvsBridge: yes("tunovs"),
     tunnelDevice: kv.get("tundev") ?? "",
+    tunnelMtu: Number(kv.get("tunmtu") ?? 0) || 0,
+    tunnelPrefix: Number(kv.get("tunprefix") ?? 0) || 0,
     ethtool: yes("ethtool"),
   };
 }
@@ -219,15 +229,41 @@ export function networkTypeRefusal(
   if (type === "gre" && tunnels && !caps.ovsKernelDatapath && !caps.tunnelOnOvsBridge) {
     const dev = caps.tunnelDevice || "eth2";
     const at = tunnelAddress || "<tunnel address>";
+    const cidr = `${at}/${caps.tunnelPrefix || "<prefix>"}`;
     return (
       `a gre network uses OVS native GRE tunnels, which Open vSwitch's userspace (netdev) datapath (no openvswitch kernel module here) sends only from an address on an OVS bridge; ` +
       `the tunnel address ${at} is ${caps.tunnelDevice ? `on ${caps.tunnelDevice}, not an OVS bridge` : "on no device"}: ` +
       `move it onto a bridge holding the underlay NIC (ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev -- add-port br-phy ${dev}; ` +
-      `ip addr del ${at}/24 dev ${dev}; ip addr add ${at}/24 dev br-phy; ip link set br-phy up; underlay MTU at least the network's MTU + 42), ` +
+      `ip addr del ${cidr} dev ${dev}; ip addr add ${cidr} dev br-phy; ip link set br-phy up; underlay MTU at least the network's MTU + 42), ` +
       `load the openvswitch kernel module (modprobe openvswitch), or use type vxlan`
     );
   }
   return undefined;
+}
+
+/** Bytes a tunnel type adds to each frame on the underlay (outer IPv4 + UDP/GRE + inner Ethernet). */
+export const TUNNEL_OVERHEAD: Partial<Record<NetworkType, number>> = { vxlan: 50, gre: 42 };
+
+/**
+ * Why a network's MTU does not fit its hosts' underlay (review V3): the tunnel device's MTU must
+ * hold the network's MTU plus the type's overhead, else full-size frames are fragmented or, on
+ * OVS's userspace datapath, dropped without notice. Undefined when it fits, when the type has no
+ * tunnel, the network spans one host, or the probe found no tunnel device. Pure.
+ */
+export function underlayMtuRefusal(
+  caps: NetworkTypeCapabilities,
+  type: NetworkType,
+  mtu: number,
+  tunnels = true,
+): string | undefined {
+  const overhead = TUNNEL_OVERHEAD[type];
+  if (overhead === undefined || !tunnels || caps.tunnelMtu <= 0 || mtu + overhead <= caps.tunnelMtu)
+    return undefined;
+  const dev = caps.tunnelDevice;
+  return (
+    `mtu: a ${type} network's mtu ${mtu} plus its ${overhead}-byte tunnel overhead is ${mtu + overhead}, more than the underlay MTU ${caps.tunnelMtu} of ${dev} (the device holding the tunnel address); ` +
+    `full-size frames would not cross. Fix: set mtu to at most ${caps.tunnelMtu - overhead} (or leave it out), or raise the MTU of ${dev} and the NICs under it to at least ${mtu + overhead} (ip link set dev ${dev} mtu ${mtu + overhead})`
+  );
 }
 
 /** Probes a host's network-type support once per process. */
@@ -262,8 +298,12 @@ export async function requireNetworkType(
   driver: "linuxbridge" | "openvswitch",
   type: NetworkType,
   tunnels = true,
+  /** The network's MTU: refused when it plus the tunnel overhead exceeds the underlay's. */
+  mtu = 0,
 ): Promise<void> {
   const caps = await probeNetworkTypes(host);
-  const why = networkTypeRefusal(caps, driver, type, tunnels, host.tunnelAddress ?? "");
+  const why =
+    networkTypeRefusal(caps, driver, type, tunnels, host.tunnelAddress ?? "") ??
+    underlayMtuRefusal(caps, type, mtu, tunnels);
   if (why) throw new Error(`host ${host.name} (${host.address}) cannot carry this ${type} network: ${why}`);
 }

@@ -128,13 +128,14 @@ export async function transfers(
 
 /** Every object the network could leave on a host. */
 async function leftovers(host: HostConnection, networkName: string): Promise<string> {
-  const { bridge, vxlan } = networkDevices(networkName);
+  const { bridge, vxlan, vxlanPort } = networkDevices(networkName);
   const { trunk, trunkPort } = segmentDevices(networkName, host.uplink ?? "");
+  const tb = greBridge(networkName);
   return sh(
     host,
     [
-      `ip -o link show | awk -F': ' '{print $2}' | grep -E '^(${bridge}|${vxlan}|${trunkPort}|kvlg-.*)(@|$)' || true`,
-      `ovs-vsctl list-br | grep -xE '${bridge}|${trunk}' || true`,
+      `ip -o link show | awk -F': ' '{print $2}' | grep -E '^(${bridge}|${vxlan}|${vxlanPort}|${trunkPort}|${tb}|kvlg-.*)(@|$)' || true`,
+      `ovs-vsctl list-br | grep -xE '${bridge}|${trunk}|${tb}' || true`,
       `ovs-vsctl --bare --columns=name find port external_ids:kvmlab-network=${networkName} || true`,
       `ls /var/lib/kvmlab/records/network/${networkName}.json /var/lib/kvmlab/owners/network/${networkName}.owner 2>/dev/null || true`,
     ].join("\n"),
@@ -324,7 +325,7 @@ test("openvswitch gre: refused while the tunnel address is not on an OVS bridge,
       for (const h of hosts) assert.ok(!(await hostNetworkTypes(h, "openvswitch")).includes("gre"));
       await assert.rejects(
         networkProvider.create!(inputs),
-        /cannot carry this gre network: .*userspace \(netdev\) datapath.*the tunnel address 10\.254\.0\.1\d is on eth2, not an OVS bridge: .*add-br br-phy/,
+        /cannot carry this gre network: .*userspace \(netdev\) datapath.*the tunnel address 10\.254\.0\.1\d is on eth2, not an OVS bridge: .*add-br br-phy.*ip addr del 10\.254\.0\.1\d\/24 dev eth2/,
       );
       for (const h of hosts)
         assert.equal((await leftovers(h, "it-gre")).trim(), "", `refused create left on ${h.name}`);
@@ -346,6 +347,14 @@ test("openvswitch gre: refused while the tunnel address is not on an OVS bridge,
       await closeHostSessions();
       for (const h of hosts) assert.ok((await hostNetworkTypes(h, "openvswitch")).includes("gre"));
     }
+    // An mtu the underlay cannot carry (1500 + 42 > eth2's 1500, under br-phy's 9000) is refused
+    // before anything is made, naming the field, both numbers and the fix (review V3).
+    await assert.rejects(
+      networkProvider.create!({ ...inputs, mtu: 1500 }),
+      /cannot carry this gre network: mtu: .*mtu 1500 plus its 42-byte tunnel overhead is 1542, more than the underlay MTU 1500 .*set mtu to at most 1458/,
+    );
+    for (const h of hosts)
+      assert.equal((await leftovers(h, "it-gre")).trim(), "", `refused mtu left on ${h.name}`);
     const outs = (await networkProvider.create!(inputs)).outs as NetworkOutputs;
     for (const h of hosts) {
       const other = hosts.find((o) => o !== h)!;
