@@ -347,11 +347,12 @@ test("openvswitch gre: refused while the tunnel address is not on an OVS bridge,
       await closeHostSessions();
       for (const h of hosts) assert.ok((await hostNetworkTypes(h, "openvswitch")).includes("gre"));
     }
-    // An mtu the underlay cannot carry (1500 + 42 > eth2's 1500, under br-phy's 9000) is refused
-    // before anything is made, naming the field, both numbers and the fix (review V3).
+    // An mtu the underlay cannot carry (9000 + 42 > 9000: the sandbox's eth2, under br-phy on
+    // netdev, has 9000) is refused before anything is made, naming the field, both numbers and
+    // the fix (review V3).
     await assert.rejects(
-      networkProvider.create!({ ...inputs, mtu: 1500 }),
-      /cannot carry this gre network: mtu: .*mtu 1500 plus its 42-byte tunnel overhead is 1542, more than the underlay MTU 1500 .*set mtu to at most 1458/,
+      networkProvider.create!({ ...inputs, mtu: 9000 }),
+      /cannot carry this gre network: mtu: .*mtu 9000 plus its 42-byte tunnel overhead is 9042, more than the underlay MTU 9000 .*set mtu to at most 8958/,
     );
     for (const h of hosts)
       assert.equal((await leftovers(h, "it-gre")).trim(), "", `refused mtu left on ${h.name}`);
