@@ -11,7 +11,7 @@ import type { HostConnection } from "./connection";
 import { hostCache, runChecked } from "./session";
 import { parseKeyValues } from "../kit/kv";
 import { shQuote } from "./quote";
-import { NETWORK_TYPES, type NetworkType } from "../../core/network";
+import { NETWORK_TYPES, defaultTypeMtu, type NetworkType } from "../../core/network";
 
 /** What the probe found. Versions are "" when the tool is missing. */
 export interface HostCapabilities {
@@ -260,9 +260,11 @@ export function underlayMtuRefusal(
   if (overhead === undefined || !tunnels || caps.tunnelMtu <= 0 || mtu + overhead <= caps.tunnelMtu)
     return undefined;
   const dev = caps.tunnelDevice;
+  const dflt = defaultTypeMtu(type);
+  const leave = dflt + overhead <= caps.tunnelMtu ? ` (or leave it out: the default is ${dflt})` : "";
   return (
     `mtu: a ${type} network's mtu ${mtu} plus its ${overhead}-byte tunnel overhead is ${mtu + overhead}, more than the underlay MTU ${caps.tunnelMtu} of ${dev} (the device holding the tunnel address); ` +
-    `full-size frames would not cross. Fix: set mtu to at most ${caps.tunnelMtu - overhead} (or leave it out), or raise the MTU of ${dev} and the NICs under it to at least ${mtu + overhead} (ip link set dev ${dev} mtu ${mtu + overhead})`
+    `full-size frames would not cross. Fix: set mtu to at most ${caps.tunnelMtu - overhead}${leave}, or raise the MTU of ${dev} and the NICs under it to at least ${mtu + overhead} (ip link set dev ${dev} mtu ${mtu + overhead})`
   );
 }
 

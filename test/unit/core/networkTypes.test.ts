@@ -361,7 +361,9 @@ test("underlay MTU: the probe reports the tunnel device's MTU (an OVS bridge's s
     gre,
     /^mtu: a gre network's mtu 1500 plus its 42-byte tunnel overhead is 1542, more than the underlay MTU 1500 of br-phy/,
   );
-  assert.match(gre, /Fix: set mtu to at most 1458 .*at least 1542/);
+  assert.match(gre, /Fix: set mtu to at most 1458 \(or leave it out: the default is 1458\), .*at least 1542/);
+  // Below a 1500 underlay the default does not fit either: the fix does not offer it.
+  assert.match(underlayMtuRefusal({ ...caps, tunnelMtu: 1400 }, "gre", 1458)!, /at most 1358, or raise/);
   assert.match(
     underlayMtuRefusal(caps, "vxlan", 1451)!,
     /^mtu: .*mtu 1451 plus its 50-byte .* 1501, more than the underlay MTU 1500.*at most 1450/,
