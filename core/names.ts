@@ -48,10 +48,11 @@ export function shortId(name: string): string {
  * Roles of a device name: b bridge, x vxlan, d DHCP veth (host side), n DHCP veth (namespace
  * side), v load-balancer VIP veth (host side), w VIP veth (namespace side), t router legs,
  * u a VLAN network's patch port on the uplink's trunk bridge, p that trunk bridge, g a GRE
- * tunnel port, i the OVS internal port that carries a VXLAN device's traffic into an OVS
- * userspace-datapath bridge.
+ * tunnel port, e a GRE network's tunnel bridge (userspace datapath; a letter of its own: OVS
+ * bridge and port names share one name space), i the OVS internal port that carries a VXLAN
+ * device's traffic into an OVS userspace-datapath bridge.
  */
-export type DeviceRole = "b" | "x" | "d" | "n" | "v" | "w" | "t" | "u" | "p" | "g" | "i";
+export type DeviceRole = "b" | "x" | "d" | "n" | "v" | "w" | "t" | "u" | "p" | "g" | "e" | "i";
 
 /** A device name: `kvl` + a one-letter role + `-` + shortId, e.g. `kvlb-1a2b3c4d` (13 chars). */
 export function deviceName(role: DeviceRole, name: string): string {

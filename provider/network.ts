@@ -10,9 +10,11 @@
  *   driver "openvswitch"  OVS bridge (datapath_type=system when the openvswitch kernel module is
  *                         loaded, else netdev, recorded per host); the kernel VXLAN device is an
  *                         OVS port on the kernel datapath, and on netdev tc-redirected to and
- *                         from an OVS internal port kvli-<id> (a packet-socket port stalled 1 MiB
- *                         transfers). Not an OVS-native tunnel: those need full checksums from
+ *                         from an OVS internal port kvli-<id> (a packet-socket port dropped
+ *                         bursts). Not an OVS-native tunnel: those need full checksums from
  *                         every sender, see research/labhost.md
+ *   type "gre"            OVS native GRE ports (kvlg-*); on netdev on a GRE bridge kvle-<id> behind a
+ *                         checksum-completing veth pair (see greLines)
  *
  * Names on hosts: bridge `kvlb-<id>`, VXLAN device `kvlx-<id>` with <id> = first 8 hex digits
  * of sha256(networkName); OVS objects carry external_ids kvmlab-network=<name>; the record
@@ -406,7 +408,11 @@ function uplinkCheckLines(host: HostConnection): string[] {
 }
 
 /** Step that makes a host match the inputs (idempotent). */
-export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): Step {
+export function networkApplyStep(
+  inputs: NetworkInputs,
+  host: HostConnection,
+  owners: readonly string[] = [inputs.owner ?? ""],
+): Step {
   const { shortId: id, bridge, vxlan, vxlanPort } = networkDevices(inputs.networkName);
   const ovs = inputs.driver === "openvswitch";
   const want = expectedHostState(inputs, host);
@@ -455,8 +461,8 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     if (ovs) {
       // The kernel datapath takes the VXLAN device as a port. The userspace (netdev) datapath
       // would read such a port through an AF_PACKET socket, whose receive buffer (the host-wide
-      // rmem_default, 208 KiB) a burst overflows: TCP loses segments and a 1 MiB transfer stalls
-      // in retransmission backoff (docs/providers.md, "the 1 MiB stall"). There the bridge gets
+      // rmem_default, 208 KiB) a burst overflows, and TCP has to retransmit (docs/providers.md,
+      // Known limits, the OVS 1 MiB "stall"). There the bridge gets
       // an internal port $vi instead, a tap that ovs-vswitchd reads through its file descriptor
       // (a queue of packets, not of 208 KiB), and tc redirects every frame between the VXLAN
       // device and $vi both ways (no Linux bridge: no br_netfilter, no conntrack on the way).
@@ -493,7 +499,6 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     );
   }
   if (type === "vlan") lines.push(...vlanLines(inputs, host, ovsTx, own));
-  if (type === "gre") lines.push(...greLines(inputs, host, ovsTx, own));
   if (type === "flat") {
     lines.push(
       `up=${shQuote(host.uplink)}`,
@@ -522,7 +527,7 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     if (type === "vxlan")
       lines.push('if [ "$dp" = netdev ]; then', '  ip link set dev "$vi" up', ...vxlanRedirectLines(), "fi");
     if (type === "flat" || type === "vlan") lines.push('ip link set dev "$up" up');
-    if (type === "gre") lines.push(...greCleanupLines(inputs, host));
+    if (type === "gre") lines.push(...greLines(inputs, host, own, owners));
   }
   return { label: `create network ${inputs.networkName} on ${host.name}`, script: lines.join("\n") };
 }
@@ -600,33 +605,77 @@ function vlanLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[],
 
 /**
  * A GRE network's tunnels: one OVS native GRE port per other host (remote_ip, key = the
- * segmentation id). The userspace datapath sends them out only when the host's tunnel address
- * lies on an OVS bridge (the host probe checks it) and every sender fills in full checksums.
+ * segmentation id), run after the bridge exists. On the kernel datapath the ports are on the
+ * network's bridge. On the userspace (netdev) datapath they are on the network's GRE bridge
+ * (`greBridge`), joined to the network's bridge by a veth pair ($vi in the network's bridge, $vx
+ * in the GRE bridge) whose ends have checksum offload off: OVS 3.1's native tunnels drop every
+ * packet that still carries offload flags (partial checksum or TSO, as guests and namespaces
+ * send by default; coverage netdev_push_header_drops), so the frames cross the kernel once,
+ * which completes their checksums and segments them, before the GRE push. It also needs the
+ * host's tunnel address on an OVS bridge (the host probe checks it). Shell: $dp, $br, $vx, $mtu.
+ * Before any of it, each row it labels or removes is read: another owner's is refused (exit 73,
+ * review V1/X1), and a GRE port name that is a port of a bridge not this network's (a name
+ * collision) too (exit 17).
  */
-function greLines(inputs: NetworkInputs, host: HostConnection, ovsTx: string[], own: string): string[] {
+function greLines(
+  inputs: NetworkInputs,
+  host: HostConnection,
+  own: string,
+  owners: readonly string[],
+): string[] {
   const key = segmentationIdOf(inputs);
-  for (const r of expectedHostState(inputs, host).remotes) {
-    const { grePort } = segmentDevices(inputs.networkName, "", r);
-    ovsTx.push(
-      `--may-exist add-port "$br" ${grePort}`,
-      `set interface ${grePort} type=gre options:remote_ip=${shQuote(r)} options:key=${key}` +
-        (host.tunnelAddress ? ` options:local_ip=${shQuote(host.tunnelAddress)}` : ""),
-      `set port ${grePort} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}${own}`,
-    );
-  }
-  return [];
+  const remotes = expectedHostState(inputs, host).remotes;
+  const { vxlanPort, vxlan } = networkDevices(inputs.networkName);
+  const ports = remotes.map((r) => segmentDevices(inputs.networkName, "", r).grePort);
+  const tb = greBridge(inputs.networkName);
+  const fix = `check which stack or project holds network ${inputs.networkName} on host ${host.name} (ovs-vsctl list bridge ${tb}); rename this network, or delete it from the stack that owns it`;
+  const rows: ["bridge" | "port", string][] = [
+    ["bridge", tb],
+    ...[tb, vxlanPort, vxlan, ...ports].map((p) => ["port", p] as ["port", string]),
+  ];
+  const lines = [
+    ...rows.flatMap(([t, n]) =>
+      ovsOwnerGuardLines(t, n, owners, `network ${inputs.networkName}: OVS ${t} ${n}`, fix),
+    ),
+    ...(ports.length > 0
+      ? [
+          `for p in ${ports.join(" ")}; do b=$(ovs-vsctl port-to-br "$p" 2>/dev/null || true); case "$b" in ""|"$br"|${tb}) ;; *) echo "GRE port $p of network $name is already a port of bridge $b (its name collides with another network's device); rename this network" >&2; exit 17 ;; esac; done`,
+        ]
+      : []),
+    `gb="$br"; tb=${tb}; vi=${vxlanPort}`,
+    remotes.length > 0 ? 'if [ "$dp" = netdev ]; then' : "if false; then",
+    '  if ! ip link show dev "$vi" >/dev/null 2>&1 || ! ip link show dev "$vx" >/dev/null 2>&1; then',
+    '    ip link del dev "$vx" 2>/dev/null || true; ip link del dev "$vi" 2>/dev/null || true',
+    '    ip link add "$vi" mtu $mtu type veth peer name "$vx" mtu $mtu',
+    "  fi",
+    `  for d in "$vi" "$vx"; do ip link set dev "$d" mtu $mtu; ethtool -K "$d" ${GRE_LINK_OFFLOADS} >/dev/null 2>&1 || { echo "cannot turn checksum offload off on $d (ethtool missing?); install ethtool" >&2; exit 20; }; ip link set dev "$d" up; done`,
+    `  ovs-vsctl --may-exist add-br "$tb" -- set bridge "$tb" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=gre-tunnel${own} -- set port "$tb" external_ids:kvmlab-network="$name"${own} -- --may-exist add-port "$br" "$vi" -- set port "$vi" external_ids:kvmlab-network="$name"${own} -- --may-exist add-port "$tb" "$vx" -- set port "$vx" external_ids:kvmlab-network="$name"${own}`,
+    '  ip link set dev "$tb" up',
+    '  gb="$tb"',
+    "else",
+    '  ovs-vsctl --if-exists del-port "$br" "$vi" -- --if-exists del-br "$tb"; ip link del dev "$vx" 2>/dev/null || true',
+    "fi",
+    // GRE ports on the other bridge (the datapath changed) or towards hosts no longer listed go first.
+    `keep=" ${ports.join(" ")} "`,
+    'for b in "$br" "$tb"; do ovs-vsctl br-exists "$b" 2>/dev/null || continue; for p in $(ovs-vsctl list-ports "$b"); do case "$p" in kvlg-*) if [ "$b" != "$gb" ]; then ovs-vsctl del-port "$b" "$p"; else case "$keep" in *" $p "*) ;; *) ovs-vsctl del-port "$b" "$p" ;; esac; fi ;; esac; done; done',
+  ];
+  const tx = remotes.flatMap((r, i) => [
+    `--may-exist add-port "$gb" ${ports[i]}`,
+    `set interface ${ports[i]} type=gre options:remote_ip=${shQuote(r)} options:key=${key}` +
+      (host.tunnelAddress ? ` options:local_ip=${shQuote(host.tunnelAddress)}` : ""),
+    `set port ${ports[i]} external_ids:kvmlab-network="$name" external_ids:kvmlab-gre-remote=${shQuote(r)}${own}`,
+  ]);
+  if (tx.length > 0) lines.push(`ovs-vsctl ${tx.join(" -- ")}`);
+  return lines;
 }
 
-/** Removes GRE ports of this network towards hosts no longer listed. */
-function greCleanupLines(inputs: NetworkInputs, host: HostConnection): string[] {
-  const keep = expectedHostState(inputs, host).remotes.map(
-    (r) => segmentDevices(inputs.networkName, "", r).grePort,
-  );
-  return [
-    `keep=" ${keep.join(" ")} "`,
-    'for p in $(ovs-vsctl list-ports "$br"); do case "$p" in kvlg-*) case "$keep" in *" $p "*) ;; *) ovs-vsctl --if-exists del-port "$br" "$p" ;; esac ;; esac; done',
-  ];
+/** A GRE network's tunnel bridge on the userspace datapath (see greLines). */
+export function greBridge(networkName: string): string {
+  return deviceName("e", networkName);
 }
+
+/** Offloads turned off on both ends of a GRE network's veth link (userspace datapath). */
+export const GRE_LINK_OFFLOADS = "tx off";
 
 /** Step that prints what a host has, as key=value lines (see parseNetworkState). */
 export function networkReadStep(networkName: string, driver: NetworkDriver, host: HostConnection): Step {
@@ -658,7 +707,11 @@ export function networkReadStep(networkName: string, driver: NetworkDriver, host
     lines.push(
       'p=$(ovs-vsctl --bare --columns=name find port external_ids:kvmlab-network="$name" tag!=[] 2>/dev/null | head -n1)',
       'if [ -n "$p" ] && [ "$(ovs-vsctl get interface "$p" options:peer 2>/dev/null | tr -d \'"\')" = "$vx" ]; then echo "segid=$(ovs-vsctl get port "$p" tag)"; echo upattached=yes; fi',
-      'g=""; for q in $(ovs-vsctl list-ports "$br" 2>/dev/null); do case "$q" in kvlg-*) g="$g $(ovs-vsctl get interface "$q" options:remote_ip | tr -d \'"\')"; echo "segid=$(ovs-vsctl get interface "$q" options:key | tr -d \'"\')" ;; esac; done',
+      // On the userspace datapath the GRE ports sit on the GRE bridge $tb, which counts only
+      // while the veth link joins it to the network's bridge.
+      `tb=${greBridge(networkName)}; gbs="$br"`,
+      'if [ "$(ovs-vsctl port-to-br "$vi" 2>/dev/null)" = "$br" ] && [ "$(ovs-vsctl port-to-br "$vx" 2>/dev/null)" = "$tb" ]; then gbs="$br $tb"; fi',
+      'g=""; for b in $gbs; do for q in $(ovs-vsctl list-ports "$b" 2>/dev/null); do case "$q" in kvlg-*) g="$g $(ovs-vsctl get interface "$q" options:remote_ip | tr -d \'"\')"; echo "segid=$(ovs-vsctl get interface "$q" options:key | tr -d \'"\')" ;; esac; done; done',
       'if [ -n "$g" ]; then echo "remotes=$g"; fi',
     );
   } else {
@@ -733,18 +786,28 @@ export function networkDeleteStep(
         `OVS port ${trunkPort} of network ${networkName}`,
         fix,
       ).map((l) => `    ${l}`),
+      // A GRE network's tunnel bridge (review V1).
+      ...ovsOwnerGuardLines(
+        "bridge",
+        greBridge(networkName),
+        [owner],
+        `OVS bridge ${greBridge(networkName)} (GRE tunnel bridge) of network ${networkName}`,
+        fix,
+      ).map((l) => `    ${l}`),
       // del-br takes every port with it: refuse while a port of another owner is on the bridge
       // (another stack's DHCP port, router leg or server port), as Neutron refuses to delete a
       // network with ports in use. Ports with no kvmlab owner (guests' taps) are not asked.
       ...(owner === ""
         ? []
         : [
-            '    if ovs-vsctl br-exists "$br"; then for p in $(ovs-vsctl list-ports "$br"); do',
+            `    for b in "$br" ${greBridge(networkName)}; do ovs-vsctl br-exists "$b" || continue; for p in $(ovs-vsctl list-ports "$b"); do`,
             `      o=$(ovs-vsctl --if-exists get port "$p" external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
             `      case "$o" in ""|${shQuote(owner)}) ;; *) echo ${shQuote(`network ${networkName} on host ${host.name} still has port `)}"$p"${shQuote(" of ")}"$o"${shQuote("; the network was not removed (its bridge would take that port with it). Fix: delete that subnet, router leg or server port first, from the stack that owns it")} >&2; exit ${OWNER_REFUSED} ;; esac`,
-            "    done; fi",
+            "    done; done",
           ]),
       '    ovs-vsctl --if-exists del-br "$br"',
+      // A GRE network's tunnel bridge (userspace datapath); its veth link goes with "$vx" below.
+      `    ovs-vsctl --if-exists del-br ${greBridge(networkName)}`,
       // A VLAN network's trunk end; the trunk bridge goes with the last VLAN network on it.
       `    tr=${trunk}; ovs-vsctl --if-exists del-port ${trunkPort}`,
       '    if ovs-vsctl br-exists "$tr" && [ -z "$(ovs-vsctl list-ports "$tr" | grep -vxF "$up")" ]; then ovs-vsctl --if-exists del-br "$tr"; fi',
@@ -791,7 +854,7 @@ async function applyOnHost(
   owners: readonly string[],
 ): Promise<NetworkHostState> {
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
-  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1);
+  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1, inputs.mtu);
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
   const record = {
     name: inputs.networkName,
@@ -811,7 +874,7 @@ async function applyOnHost(
   };
   const outs = await runLocked(host, [
     guardStep(networkOwned(inputs.networkName), owners, true),
-    networkApplyStep(inputs, host),
+    networkApplyStep(inputs, host, owners),
     writeRecordStep("network", inputs.networkName, record),
     networkReadStep(inputs.networkName, inputs.driver, host),
   ]);

@@ -10,7 +10,8 @@
 import type { HostConnection } from "./connection";
 import { hostCache, runChecked } from "./session";
 import { parseKeyValues } from "../kit/kv";
-import { NETWORK_TYPES, type NetworkType } from "../../core/network";
+import { shQuote } from "./quote";
+import { NETWORK_TYPES, defaultTypeMtu, type NetworkType } from "../../core/network";
 
 /** What the probe found. Versions are "" when the tool is missing. */
 export interface HostCapabilities {
@@ -148,18 +149,37 @@ export interface NetworkTypeCapabilities {
    * bridges use it (datapath_type system) instead of the userspace (netdev) datapath.
    */
   readonly ovsKernelDatapath: boolean;
+  /**
+   * The host's tunnel address lies on an OVS bridge: what the userspace datapath's native
+   * tunnels (GRE) need to route and send their packets.
+   */
+  readonly tunnelOnOvsBridge: boolean;
+  /** The device holding the tunnel address ("" when none has it or none was asked). */
+  readonly tunnelDevice: string;
+  /** The underlay MTU: that device's, or on an OVS bridge the smallest of its and its ports' (0 when unknown). */
+  readonly tunnelMtu: number;
+  /** The tunnel address's prefix length on that device, as `ip -o -4 addr` shows it (0 when unknown). */
+  readonly tunnelPrefix: number;
   readonly ethtool: boolean;
 }
 
-/** Probe script for network types. */
-export function networkTypesProbeScript(): string {
+/** Probe script for network types; `tunnelAddress` is a checked IPv4 address or "". */
+export function networkTypesProbeScript(tunnelAddress = ""): string {
   return [
     'v() { command -v "$1" >/dev/null 2>&1; }',
+    `ta=${shQuote(tunnelAddress)}`,
     "if [ -d /proc/net/vlan ] || { v modinfo && modinfo 8021q >/dev/null 2>&1; }; then echo vlan=yes; else echo vlan=no; fi",
     "if [ -d /sys/module/vxlan ] || { v modinfo && modinfo vxlan >/dev/null 2>&1; }; then echo vxlan=yes; else echo vxlan=no; fi",
     "if v ovs-vsctl && ovs-vsctl --timeout=5 show >/dev/null 2>&1; then echo ovs=yes; else echo ovs=no; fi",
     'echo "ethtool=$(v ethtool && echo yes || echo no)"',
     "if [ -d /sys/module/openvswitch ]; then echo ovskernel=yes; else echo ovskernel=no; fi",
+    'd=""; l=""; if [ -n "$ta" ]; then l=$(ip -o -4 addr show | awk -v a="$ta" \'{split($4, p, "/"); if (p[1] == a) print $2 " " p[2]}\' | head -n1); fi',
+    'd=${l%% *}; echo "tundev=$d"',
+    'if [ -n "$d" ] && v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then echo tunovs=yes; else echo tunovs=no; fi',
+    // The underlay MTU: the device's, or on an OVS bridge the smallest of it and its ports' (the NIC).
+    'if [ -n "$d" ]; then echo "tunprefix=${l#* }"; m=$(cat "/sys/class/net/$d/mtu" 2>/dev/null || echo 0)',
+    '  if v ovs-vsctl && ovs-vsctl br-exists "$d" 2>/dev/null; then for p in $(ovs-vsctl list-ports "$d"); do q=$(cat "/sys/class/net/$p/mtu" 2>/dev/null || echo 0); [ "$q" -gt 0 ] && [ "$q" -lt "$m" ] && m=$q; done; fi',
+    '  echo "tunmtu=$m"; fi',
   ].join("\n");
 }
 
@@ -171,6 +191,10 @@ export function parseNetworkTypesProbe(stdout: string): NetworkTypeCapabilities 
     vxlanKernel: yes("vxlan"),
     ovs: yes("ovs"),
     ovsKernelDatapath: yes("ovskernel"),
+    tunnelOnOvsBridge: yes("tunovs"),
+    tunnelDevice: kv.get("tundev") ?? "",
+    tunnelMtu: Number(kv.get("tunmtu") ?? 0) || 0,
+    tunnelPrefix: Number(kv.get("tunprefix") ?? 0) || 0,
     ethtool: yes("ethtool"),
   };
 }
@@ -185,6 +209,8 @@ export function networkTypeRefusal(
   type: NetworkType,
   /** The network spans hosts (a one-host gre network makes no tunnel port). */
   tunnels = true,
+  /** The host's tunnel address (named in the userspace datapath's GRE refusal). */
+  tunnelAddress = "",
 ): string | undefined {
   const ovs = driver === "openvswitch";
   if (ovs && !caps.ovs)
@@ -197,13 +223,51 @@ export function networkTypeRefusal(
     return "a vxlan network on Open vSwitch turns offloads off on its VXLAN port with ethtool, which this host lacks: apt-get install -y ethtool";
   if (type === "gre" && !ovs)
     return "a gre network needs driver openvswitch (OVS GRE tunnel ports); the Linux bridge driver has no GRE here";
-  if (type === "gre" && tunnels && !caps.ovsKernelDatapath)
+  // The userspace (netdev) datapath: kvmlab joins the network's bridge to a tunnel bridge with
+  // a veth pair whose ends have checksum offload off (ethtool), and OVS's native GRE sends from
+  // the tunnel address only when that address lies on an OVS bridge holding the underlay NIC.
+  if (type === "gre" && tunnels && !caps.ovsKernelDatapath && !caps.ethtool)
+    return "a gre network on Open vSwitch's userspace datapath turns checksum offload off on its tunnel link with ethtool, which this host lacks: apt-get install -y ethtool (or load the openvswitch kernel module: modprobe openvswitch)";
+  if (type === "gre" && tunnels && !caps.ovsKernelDatapath && !caps.tunnelOnOvsBridge) {
+    const dev = caps.tunnelDevice || "eth2";
+    const at = tunnelAddress || "<tunnel address>";
+    const cidr = `${at}/${caps.tunnelPrefix || "<prefix>"}`;
     return (
-      "a gre network needs Open vSwitch's kernel datapath (the openvswitch kernel module: modprobe openvswitch); " +
-      "this host has only the userspace (netdev) datapath, where OVS GRE ports carried ping but not TCP in kvmlab's tests " +
-      "(issue 16, open): use type vxlan on this host"
+      `a gre network uses OVS native GRE tunnels, which Open vSwitch's userspace (netdev) datapath (no openvswitch kernel module here) sends only from an address on an OVS bridge; ` +
+      `the tunnel address ${at} is ${caps.tunnelDevice ? `on ${caps.tunnelDevice}, not an OVS bridge` : "on no device"}: ` +
+      `move it onto a bridge holding the underlay NIC (ovs-vsctl add-br br-phy -- set bridge br-phy datapath_type=netdev -- add-port br-phy ${dev}; ` +
+      `ip addr del ${cidr} dev ${dev}; ip addr add ${cidr} dev br-phy; ip link set br-phy up; underlay MTU at least the network's MTU + 42), ` +
+      `load the openvswitch kernel module (modprobe openvswitch), or use type vxlan`
     );
+  }
   return undefined;
+}
+
+/** Bytes a tunnel type adds to each frame on the underlay (outer IPv4 + UDP/GRE + inner Ethernet). */
+export const TUNNEL_OVERHEAD: Partial<Record<NetworkType, number>> = { vxlan: 50, gre: 42 };
+
+/**
+ * Why a network's MTU does not fit its hosts' underlay (review V3): the tunnel device's MTU must
+ * hold the network's MTU plus the type's overhead, else full-size frames are fragmented or, on
+ * OVS's userspace datapath, dropped without notice. Undefined when it fits, when the type has no
+ * tunnel, the network spans one host, or the probe found no tunnel device. Pure.
+ */
+export function underlayMtuRefusal(
+  caps: NetworkTypeCapabilities,
+  type: NetworkType,
+  mtu: number,
+  tunnels = true,
+): string | undefined {
+  const overhead = TUNNEL_OVERHEAD[type];
+  if (overhead === undefined || !tunnels || caps.tunnelMtu <= 0 || mtu + overhead <= caps.tunnelMtu)
+    return undefined;
+  const dev = caps.tunnelDevice;
+  const dflt = defaultTypeMtu(type);
+  const leave = dflt + overhead <= caps.tunnelMtu ? ` (or leave it out: the default is ${dflt})` : "";
+  return (
+    `mtu: a ${type} network's mtu ${mtu} plus its ${overhead}-byte tunnel overhead is ${mtu + overhead}, more than the underlay MTU ${caps.tunnelMtu} of ${dev} (the device holding the tunnel address); ` +
+    `full-size frames would not cross. Fix: set mtu to at most ${caps.tunnelMtu - overhead}${leave}, or raise the MTU of ${dev} and the NICs under it to at least ${mtu + overhead} (ip link set dev ${dev} mtu ${mtu + overhead})`
+  );
 }
 
 /** Probes a host's network-type support once per process. */
@@ -211,7 +275,7 @@ export function probeNetworkTypes(host: HostConnection): Promise<NetworkTypeCapa
   return hostCache(host, "net-types", async () => {
     const [out] = await runChecked(
       host,
-      [{ label: "probe network types", script: networkTypesProbeScript() }],
+      [{ label: "probe network types", script: networkTypesProbeScript(host.tunnelAddress ?? "") }],
       { timeoutMs: 60000 },
     );
     return parseNetworkTypesProbe(out);
@@ -224,7 +288,9 @@ export async function hostNetworkTypes(
   driver: "linuxbridge" | "openvswitch",
 ): Promise<NetworkType[]> {
   const caps = await probeNetworkTypes(host);
-  return NETWORK_TYPES.filter((t) => networkTypeRefusal(caps, driver, t) === undefined);
+  return NETWORK_TYPES.filter(
+    (t) => networkTypeRefusal(caps, driver, t, true, host.tunnelAddress ?? "") === undefined,
+  );
 }
 
 /**
@@ -236,8 +302,12 @@ export async function requireNetworkType(
   driver: "linuxbridge" | "openvswitch",
   type: NetworkType,
   tunnels = true,
+  /** The network's MTU: refused when it plus the tunnel overhead exceeds the underlay's. */
+  mtu = 0,
 ): Promise<void> {
   const caps = await probeNetworkTypes(host);
-  const why = networkTypeRefusal(caps, driver, type, tunnels);
+  const why =
+    networkTypeRefusal(caps, driver, type, tunnels, host.tunnelAddress ?? "") ??
+    underlayMtuRefusal(caps, type, mtu, tunnels);
   if (why) throw new Error(`host ${host.name} (${host.address}) cannot carry this ${type} network: ${why}`);
 }

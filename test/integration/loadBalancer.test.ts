@@ -143,7 +143,8 @@ before(async () => {
     [
       "set -e",
       `ip netns add ${ns}`,
-      `ip link add ${ns.slice(-6)}h mtu ${netOuts!.mtu} type veth peer name eth0 netns ${ns}`,
+      // Both ends at the network's MTU: a namespace end at 1500 sends frames the 1450 end drops.
+      `ip link add ${ns.slice(-6)}h mtu ${netOuts!.mtu} type veth peer name eth0 mtu ${netOuts!.mtu} netns ${ns}`,
       `ip link set ${ns.slice(-6)}h master ${netOuts!.bridge} up`,
       `ip netns exec ${ns} ip link set lo up`,
       `ip netns exec ${ns} ip link set eth0 up`,
@@ -494,7 +495,7 @@ test("openvswitch: the VIP port is an OVS port; the load balancer answers and le
   const plug = (ns: string, ip: string) =>
     [
       `ip netns add ${ns}`,
-      `ip link add ${ns.slice(-6)}h type veth peer name eth0 netns ${ns}`,
+      `ip link add ${ns.slice(-6)}h mtu ${nOuts.mtu} type veth peer name eth0 mtu ${nOuts.mtu} netns ${ns}`,
       `ovs-vsctl --may-exist add-port ${nOuts.bridge} ${ns.slice(-6)}h`,
       `ip link set ${ns.slice(-6)}h up`,
       // OVS netdev bridges need full checksums from veths (docs/providers.md).

@@ -66,7 +66,9 @@ async function plug(
     [
       "set -e",
       `ip netns add ${ns}`,
-      `ip link add ${dev} mtu 1450 type veth peer name eth0 netns ${ns}`,
+      // Both ends at the selfservice networks' MTU (1450): a namespace end at 1500 would send
+      // full-size frames the host end drops.
+      `ip link add ${dev} mtu 1450 type veth peer name eth0 mtu 1450 netns ${ns}`,
       ovs ? `ovs-vsctl add-port ${bridge} ${dev}` : `ip link set ${dev} master ${bridge}`,
       `ethtool -K ${dev} tx off >/dev/null; ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null`,
       `ip link set ${dev} up`,

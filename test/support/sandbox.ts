@@ -276,6 +276,10 @@ export interface TestGuest {
   extraCmdline?: string;
   /** Disk image files on the host (qcow2), attached as vda, vdb, … in this order. */
   disks?: string[];
+  /** The bridge is an Open vSwitch bridge (libvirt adds the tap as an OVS port). */
+  ovs?: boolean;
+  /** NIC MTU (virtio passes it to the guest), e.g. the network's. */
+  mtu?: number;
 }
 
 /**
@@ -322,6 +326,8 @@ export function testGuestXml(status: SandboxStatus, g: TestGuest): string {
   const disks = g.disks ?? [];
   for (const d of disks) check("disk path", d, /^\/[A-Za-z0-9_./-]+$/);
   if (disks.length > 26) throw new Error("testGuestXml: at most 26 disks");
+  if (g.mtu !== undefined && !(Number.isInteger(g.mtu) && g.mtu >= 576 && g.mtu <= 9000))
+    throw new Error(`testGuestXml: invalid mtu ${g.mtu}: give a whole number from 576 to 9000`);
   const net =
     (g.ipCidr !== undefined ? ` lab.ip=${g.ipCidr}` : "") +
     (g.gateway !== undefined ? ` lab.gw=${g.gateway}` : "") +
@@ -358,7 +364,7 @@ export function testGuestXml(status: SandboxStatus, g: TestGuest): string {
   <on_crash>destroy</on_crash>
   <devices>${diskXml}
     <interface type='bridge'>
-      <source bridge='${g.bridge}'/>
+      <source bridge='${g.bridge}'/>${g.ovs === true ? "\n      <virtualport type='openvswitch'/>" : ""}${g.mtu !== undefined ? `\n      <mtu size='${g.mtu}'/>` : ""}
       <model type='virtio'/>
       <rom bar='off'/>
     </interface>
