@@ -996,9 +996,15 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // Only kvmlab's metadata (project, owner, stack…) changed, or refresh found it drifted: set
       // it in place in the live guest and its persistent definition, keep the instance folder's
       // copy and the record in step. No stop, no define.
+      // The domain must still be this server's (its UUID, checked again in the step).
+      if (current.uuid !== "" && current.uuid !== news.uuid)
+        throw new Error(
+          `server ${news.serverName}: the domain of that name on host ${host.name} has UUID ${current.uuid}, not this server's ${news.uuid}; its metadata was left alone. Fix: run "pulumi refresh", then remove or rename that domain by hand if it is not kvmlab's`,
+        );
       const xml = hostXml(news, type, host);
+      const set = metadataStep(news, xml);
       await runLocked(host, [
-        metadataStep(news.serverName, xml),
+        ...(set ? [set] : []),
         uploadStep(instancePaths(news).domainXml, xml, { mode: "0600" }),
         recordStep(news, olds.addresses),
       ]);
