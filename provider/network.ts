@@ -71,6 +71,7 @@ import {
   guardStep,
   ovsOwnerGuardLines,
   ovsOwnerIds,
+  ovsRelabelGuardLines,
   ownerIn,
   releaseOwnerStep,
   type OwnedObject,
@@ -406,7 +407,11 @@ function uplinkCheckLines(host: HostConnection): string[] {
 }
 
 /** Step that makes a host match the inputs (idempotent). */
-export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): Step {
+export function networkApplyStep(
+  inputs: NetworkInputs,
+  host: HostConnection,
+  owners: readonly string[] = [inputs.owner ?? ""],
+): Step {
   const { shortId: id, bridge, vxlan, vxlanPort } = networkDevices(inputs.networkName);
   const ovs = inputs.driver === "openvswitch";
   const want = expectedHostState(inputs, host);
@@ -425,8 +430,15 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
   ];
   // OVS changes go into ONE ovs-vsctl transaction (each call waits for ovs-vswitchd).
   const ovsTx: string[] = [];
+  // Review O2: every bridge and port row this step labels is read first; another owner's is
+  // refused (exit 73) before anything changes, never relabelled, even when the owner marker
+  // was adopted (lost, or a state from before owners).
+  const relabelFix = `check which stack or project holds network ${inputs.networkName} on host ${host.name} (ovs-vsctl list bridge ${bridge}); rename this network, or delete it from the stack that owns it`;
+  const relabelGuard = (table: "bridge" | "port", name: string): string[] =>
+    ovsRelabelGuardLines(table, name, owners, `network ${inputs.networkName}`, relabelFix);
   if (ovs) {
     lines.push("dp=netdev; [ -d /sys/module/openvswitch ] && dp=system");
+    if (ids !== "") lines.push(...relabelGuard("bridge", '"$br"'), ...relabelGuard("port", '"$br"'));
     ovsTx.push(
       '--may-exist add-br "$br"',
       `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-type=${type}${own}`,
@@ -517,6 +529,12 @@ export function networkApplyStep(inputs: NetworkInputs, host: HostConnection): S
     }
   }
   if (ovs) {
+    // The port rows the transaction labels (their names are shell variables set above).
+    if (ids !== "")
+      for (const t of ovsTx) {
+        const m = /^set port ("\$[a-z]+"|[A-Za-z0-9_.-]{1,15}) .*kvmlab-owner=/.exec(t);
+        if (m && m[1] !== '"$br"') lines.push(...relabelGuard("port", m[1]));
+      }
     lines.push(`ovs-vsctl ${ovsTx.join(" -- ")}`, 'ip link set dev "$br" up');
     // The internal port's tap exists once ovs-vswitchd has taken the transaction.
     if (type === "vxlan")
@@ -811,7 +829,7 @@ async function applyOnHost(
   };
   const outs = await runLocked(host, [
     guardStep(networkOwned(inputs.networkName), owners, true),
-    networkApplyStep(inputs, host),
+    networkApplyStep(inputs, host, owners),
     writeRecordStep("network", inputs.networkName, record),
     networkReadStep(inputs.networkName, inputs.driver, host),
   ]);

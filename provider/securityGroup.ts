@@ -58,6 +58,7 @@ import {
   ownerProject,
   ovsOwnerGuardLines,
   ovsOwnerIds,
+  ovsRelabelGuardLines,
   releaseOwnerStep,
   type OwnedObject,
   failureList,
@@ -611,6 +612,7 @@ export function conntrackDeleteArgs(r: SecurityGroupRule, ip: string, zone: numb
 export function portApplyStep(
   inputs: SecurityGroupPortInputs,
   removedRules: readonly SecurityGroupRule[],
+  owners: readonly string[] = [inputs.owner ?? ""],
 ): Step {
   const dir = portDir(inputs.tap);
   const zoneBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
@@ -640,8 +642,20 @@ export function portApplyStep(
       `ip link set ${hy.qvb} master ${hy.qbr}`,
       `ovs-vsctl --may-exist add-port ${inputs.networkBridge} ${hy.qvo} -- set port ${hy.qvo} external_ids:kvmlab-port=${shQuote(inputs.portName)}`,
       // The qvo this port made carries its owner and project (issue 14); a Server's keeps the Server's.
+      // Never another owner's qvo (review O2): read its owner before relabelling.
       ...(ids
-        ? [`if [ -e ${shQuote(`${dir}/hybrid.made`)} ]; then ovs-vsctl set port ${hy.qvo} ${ids}; fi`]
+        ? [
+            `if [ -e ${shQuote(`${dir}/hybrid.made`)} ]; then`,
+            ...ovsRelabelGuardLines(
+              "port",
+              hy.qvo,
+              owners,
+              `the hybrid port of security group port ${inputs.portName}`,
+              `check which stack holds the security groups of ${inputs.tap} (ovs-vsctl list port ${hy.qvo}); delete them from that stack`,
+            ).map((l) => `  ${l}`),
+            `  ovs-vsctl set port ${hy.qvo} ${ids}`,
+            "fi",
+          ]
         : []),
       `ethtool -K ${hy.qvb} tx off >/dev/null 2>&1 || true; ethtool -K ${hy.qvo} tx off >/dev/null 2>&1 || true`,
       `ip link set ${hy.qvb} up; ip link set ${hy.qvo} up; ip link set ${hy.qbr} up`,
@@ -811,7 +825,7 @@ async function applyPort(
       guardStep(securityGroupPortOwned(inputs.tap), owners, adoptUnmarked),
       tapServerOwnerStep(inputs.tap, inputs.owner),
       uploadStep(`${portDir(inputs.tap)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
-      portApplyStep(inputs, removed),
+      portApplyStep(inputs, removed, owners),
       portReadStep(inputs),
     ]),
   );

@@ -985,7 +985,11 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         await waited(m, () =>
           runLocked(
             host,
-            [preflightStep(news), ...materializeSteps(news, xml), recordStep(news, olds.addresses)],
+            [
+              preflightStep(news),
+              ...materializeSteps(news, xml, { alsoOwners: [ownerIn(olds)] }),
+              recordStep(news, olds.addresses),
+            ],
             {
               timeoutMs: 180000,
             },

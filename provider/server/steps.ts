@@ -124,7 +124,11 @@ export function otherUserOfUuidLines(
  * an instance folder another server uses (its domain.xml names another domain, or libvirt or a
  * record gives the UUID to another server): nothing is written into it (review S1).
  */
-export function materializeSteps(inputs: ServerInputs, xml: string, opts: { define?: boolean } = {}): Step[] {
+export function materializeSteps(
+  inputs: ServerInputs,
+  xml: string,
+  opts: { define?: boolean; alsoOwners?: readonly string[] } = {},
+): Step[] {
   const p = instancePaths(inputs);
   const steps: Step[] = [
     {
@@ -184,7 +188,13 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
   }
   steps.push(uploadStep(p.domainXml, xml, { mode: "0600" }));
   // Hybrid OVS ports: qbr/qvb/qvo before the domain can start (also on a migration's destination).
-  const plug = hybridPlugStep(inputs.serverName, inputs.ports, inputs.owner ?? "", inputs.project ?? "");
+  const plug = hybridPlugStep(
+    inputs.serverName,
+    inputs.ports,
+    inputs.owner ?? "",
+    inputs.project ?? "",
+    opts.alsoOwners,
+  );
   if (plug) steps.push(plug);
   if (opts.define !== false) {
     steps.push({

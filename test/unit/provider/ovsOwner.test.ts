@@ -27,6 +27,13 @@ import {
   type SecurityGroupPortInputs,
   subnetDeleteStep,
   type NetworkInputs,
+  checkSubnetInputs,
+  checkRouterInputs,
+  dhcpPaths,
+  dhcpPortStep,
+  routerPlumbStep,
+  type RouterInputs,
+  type SubnetInputs,
 } from "../../../provider";
 import { hybridPlugStep } from "../../../provider/server/hybrid";
 import { deleteStep } from "../../../provider/server/steps";
@@ -169,8 +176,16 @@ test("deletes check the OVS owner before removing: another owner's bridge or por
     /set port qvo[0-9a-f]+ external_ids:kvmlab-tap=\S+ external_ids:kvmlab-owner=\S+ external_ids:kvmlab-project=/,
   );
 
-  // No owner (a state from before owners): no OVS check at all.
-  assert.deepEqual(ovsOwnerGuardLines("port", '"$hd"', [""], "x", "y"), []);
+  // No owner (a state from before owners, review O2): only a record without a kvmlab-owner
+  // passes; such a state never labelled one, so a labelled one is another owner's.
+  const before = ovsOwnerGuardLines("port", '"$hd"', [""], "x", "y");
+  assert.equal(runWithOvs(before, "").code, 0);
+  const taken = runWithOvs(before, `"${OTHER}"`);
+  assert.equal(taken.code, OWNER_REFUSED);
+  assert.match(
+    taken.stderr,
+    /x belongs to lab\/prod\/Network\/lan, not to this state, which records no owner .*Fix: y/,
+  );
 });
 
 test("a network delete refuses while another owner's port is on its bridge (del-br would take it), naming the port and its owner", () => {
@@ -282,10 +297,11 @@ test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its de
   assert.deepEqual(failures, []);
   const i = inputs as unknown as SecurityGroupPortInputs;
   const apply = portApplyStep(i, []).script;
-  // Only on the qvo this port made (hybrid.made): a Server's qvo keeps the Server's owner.
+  // Only on the qvo this port made (hybrid.made): a Server's qvo keeps the Server's owner. Its
+  // owner is read first (review O2).
   assert.match(
     apply,
-    /if \[ -e \S*\/hybrid\.made \]; then ovs-vsctl set port qvo[0-9a-f-]+ external_ids:kvmlab-owner='"lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo"' external_ids:kvmlab-project='"Default\/demo"'; fi/,
+    /if \[ -e \S*\/hybrid\.made \]; then\n {2}o=\$\(ovs-vsctl --if-exists get port qvo[0-9a-f]+ external_ids:kvmlab-owner[^\n]*\n {2}case "\$o" in ""\|'?lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo'?\) ;; \*\)[^\n]*exit 73 ;; esac\n {2}ovs-vsctl set port qvo[0-9a-f-]+ external_ids:kvmlab-owner='"lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo"' external_ids:kvmlab-project='"Default\/demo"'\nfi/,
   );
 
   const del = portDeleteStep(i, [SGP]).script.split("\n");
@@ -310,3 +326,201 @@ test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its de
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+/**
+ * Review O2: an apply path reads a record's kvmlab-owner before it labels it. For each path:
+ * every `get … kvmlab-owner` guard comes before the first line that labels or recreates the
+ * record, and run in bash against a stand-in ovs-vsctl it refuses another owner's record (exit
+ * 73, naming the owner and the fix) and passes ours, the previous owner's and an unlabelled one.
+ */
+function assertRelabelGuarded(
+  what: string,
+  script: string,
+  firstChange: RegExp,
+  owners: { mine: string; previous?: string },
+  message: RegExp,
+): void {
+  const lines = script.split("\n").map((l) => l.trim());
+  const change = lines.findIndex((l) => firstChange.test(l));
+  assert.ok(change > 0, `${what}: the change line is there`);
+  const guards = lines.flatMap((l, i) =>
+    /get (port|bridge|interface) \S+ external_ids:kvmlab-owner/.test(l) ? [i] : [],
+  );
+  assert.ok(guards.length > 0 && guards[0] < change, `${what}: a guard before line ${change}`);
+  // Every port added and labelled has its own guard since the previous one.
+  let prev = -1;
+  lines.forEach((l, i) => {
+    if (!/ovs-vsctl --may-exist add-port/.test(l)) return;
+    assert.ok(
+      guards.some((g) => g > prev && g < i),
+      `${what}: line ${i} (${l.slice(0, 60)}) has a guard before it`,
+    );
+    prev = i;
+  });
+  // Shell variables the guards name are set to a device name; only the guard pairs run.
+  const run = (answer: string) =>
+    runWithOvs(
+      [
+        "hd=kvlx-1; br=kvlb-1; vport=kvlv-1; vx=kvlx-2; tp=kvlt-1; up=eth9",
+        ...guards.flatMap((g) => [lines[g], lines[g + 1]]),
+      ],
+      answer,
+    );
+  const refused = run(`"${OTHER}"`);
+  assert.equal(refused.code, OWNER_REFUSED, `${what}: ${refused.stderr}`);
+  assert.match(refused.stderr, message, what);
+  assert.match(
+    refused.stderr,
+    /belongs to lab\/prod\/Network\/lan, not to .*; it was not changed\. Fix: /,
+    what,
+  );
+  for (const ok of ["", `"${owners.mine}"`, ...(owners.previous ? [`"${owners.previous}"`] : [])])
+    assert.equal(run(ok).code, 0, `${what}: ${ok || "unlabelled"} passes: ${run(ok).stderr}`);
+}
+
+test("apply paths read a port's or bridge's kvmlab-owner before relabelling it and refuse another owner's (review O2)", () => {
+  const hv1 = testHost("hv1", 1);
+  const PREV = "lab/old/Network/lan";
+  // Network: the bridge, its own port row and every port the transaction labels (vxlan, flat, vlan, gre).
+  for (const c of [
+    { kind: "selfservice" },
+    { kind: "provider" },
+    { type: "vlan", segmentationId: 100 },
+    { type: "gre" },
+  ]) {
+    const { inputs } = checkNetworkInputs({
+      networkName: "lan",
+      driver: "openvswitch",
+      hosts: [hv1, testHost("hv2", 2)],
+      owner: ME,
+      ...c,
+    });
+    const script = networkApplyStep(inputs as unknown as NetworkInputs, hv1, [ME, PREV]).script;
+    assertRelabelGuarded(
+      `network ${JSON.stringify(c)}`,
+      script,
+      /^ovs-vsctl --may-exist add-br/,
+      { mine: ME, previous: PREV },
+      /^network lan: OVS (bridge|port) \S+ belongs to/,
+    );
+    // Every labelled port row has its own guard.
+    const labelled = [...script.matchAll(/set port ("\$[a-z]+"|[A-Za-z0-9_.-]+) [^-]*kvmlab-owner=/g)].map(
+      (m) => m[1],
+    );
+    for (const p of labelled)
+      assert.ok(
+        script.includes(`get port ${p} external_ids:kvmlab-owner`),
+        `${JSON.stringify(c)}: port ${p} is read first`,
+      );
+  }
+  // Subnet's DHCP port (a veth leg: the guard comes before the pair is recreated).
+  const { inputs: sn } = checkSubnetInputs({
+    subnetName: "lan-v4",
+    networkName: "lan",
+    cidr: "10.10.0.0/24",
+    networkBridge: "kvlb-00000001",
+    driver: "openvswitch",
+    hosts: [hv1],
+    owner: ME,
+  });
+  const sub = sn as unknown as SubnetInputs;
+  assertRelabelGuarded(
+    "subnet",
+    dhcpPortStep(sub, dhcpPaths("lan", "lan-v4"), [ME, PREV]).script,
+    /^(ip link del dev "\$hd"|ovs-vsctl --may-exist add-port)/,
+    { mine: ME, previous: PREV },
+    /^the DHCP port of subnet lan-v4: OVS port kvlx-1 belongs to/,
+  );
+  // Load balancer's VIP port.
+  const LB = "lab/dev/LoadBalancer/web-lb";
+  const spec = vipPortSpecOf(
+    {
+      lbName: "web-lb",
+      owner: LB,
+      networkBridge: "kvlb-1a2b3c4d",
+      driver: "openvswitch",
+      cidr: "10.10.0.0/24",
+      vipAddress: "10.10.0.50",
+      vrrpAddresses: [],
+      gateway: "10.10.0.1",
+      mtu: 1450,
+      topology: "SINGLE",
+    },
+    0,
+    [LB],
+  );
+  assertRelabelGuarded(
+    "load balancer",
+    vipPortStep(spec, loadBalancerPaths("web-lb")).script,
+    /^(ip link del dev "\$hd"|ovs-vsctl --may-exist add-port)/,
+    { mine: LB },
+    /^the VIP port of load balancer web-lb: OVS port kvlx-1 belongs to/,
+  );
+  // Server's hybrid qvo (interface row) before the veth is recreated or labelled.
+  const port = {
+    networkName: "lan",
+    subnetName: "lan-v4",
+    dhcpHost: "hv1",
+    dhcp: true,
+    bridge: "kvlb-1a2b3c4d",
+    driver: "openvswitch" as const,
+    mac: "fa:16:3e:00:00:01",
+    tap: "tap0123456789a",
+    fixedIp: "",
+    hybrid: true,
+  };
+  const SRV = "lab/dev/Server/web1";
+  assertRelabelGuarded(
+    "server",
+    hybridPlugStep("web1", [port], SRV, "", [PREV])!.script,
+    /^ip link show qbr/,
+    { mine: SRV, previous: PREV },
+    /^the hybrid port of server web1: OVS interface qvo[0-9a-f]+ belongs to/,
+  );
+  // A state from before owners labels nothing, so it reads nothing either.
+  assert.doesNotMatch(hybridPlugStep("web1", [port], "", "")!.script, /kvmlab-owner/);
+});
+
+test("a router's OVS legs are read before they are relabelled (review O2)", () => {
+  const R = "lab/dev/Router/r1";
+  const plumb = routerPlumbStep(routerInputsForO2(R), [R, "lab/old/Router/r1"]).script;
+  assertRelabelGuarded(
+    "router",
+    plumb,
+    /^(ip link del dev "\$hd"|ovs-vsctl --may-exist add-port)/,
+    { mine: R, previous: "lab/old/Router/r1" },
+    /^the leg \S+ of router r1 on network \S+: OVS port kvlx-1 belongs to/,
+  );
+});
+
+function routerInputsForO2(owner: string): RouterInputs {
+  const { inputs, failures } = checkRouterInputs({
+    routerName: "r1",
+    hosts: [testHost("hv1", 1), testHost("hv2", 2)],
+    external: {
+      subnetName: "ext-v4",
+      networkName: "ext",
+      bridge: "kvlb-0e0e0e0e",
+      driver: "openvswitch",
+      cidr: "172.24.4.0/24",
+      address: "172.24.4.100",
+      gateway: "172.24.4.1",
+      mtu: 1500,
+      ipamHost: "hv1",
+    },
+    interfaces: [
+      {
+        subnetName: "lan2-v4",
+        networkName: "lan2",
+        bridge: "kvlb-00000002",
+        driver: "openvswitch",
+        cidr: "10.10.2.0/24",
+        address: "10.10.2.1",
+        mtu: 1450,
+      },
+    ],
+    owner,
+  });
+  assert.deepEqual(failures, []);
+  return inputs as unknown as RouterInputs;
+}
