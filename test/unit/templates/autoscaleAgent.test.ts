@@ -19,6 +19,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { agentScript, memberNames, memberScript, renderAgentConfig } from "../../../templates/autoscale";
+import { agentReadStep, stopAgentStep } from "../../../provider/autoscale/steps";
 
 const FAKE_SSH = `#!/bin/sh
 # fake ssh: skip options, then user@host, then run the forced command as sshd would
@@ -60,6 +61,8 @@ for a in "$@"; do [ "$a" = -T ] && exit 139; done
 for a in "$@"; do case $a in http://*) url=$a ;; esac; done
 ip=\${url#http://}; ip=\${ip%%:*}
 n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
+# a guest named in $SIM/unhealthy never answers (it runs, but its service does not)
+grep -qx "$n" "$SIM/unhealthy" 2>/dev/null && exit 1
 read -r st cpu last < "$SIM/dom/$n"; [ "$st" = running ]
 `;
 
@@ -693,6 +696,126 @@ test("review R6: a timeout on the single-instance lock is not reported as anothe
     assert.ok(!g.log().some((e) => e.event === "agent-start"), "it evaluated nothing");
   } finally {
     killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R4: a spare that fails its health check during a roll-out, or a member unhealthy after its change, is stopped and marked FAILED, and the decision is logged", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  try {
+    // web-0 is the only member in service at min 1: the spare web-1 is started first, and never answers.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-1\n");
+    const out = g.roll("roll-out", "web-0");
+    assert.equal(out.status, 67, out.stderr);
+    assert.match(
+      out.stderr,
+      /spare failed: web-1 did not pass its health check .*it was stopped and is marked FAILED, and web-0 stays in service/,
+    );
+    assert.equal(dom("web-1"), "shut-off", "the unhealthy spare does not keep running out of the pool");
+    assert.equal(g.state("web-1"), "failed", "and it is marked FAILED");
+    assert.equal(g.state("web-0"), "running", "the member stays in service");
+    assert.equal(dom("web-0"), "running");
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "the spare never joined the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) =>
+            e.action === "stop" &&
+            e.member === "web-1" &&
+            e.reason === "spare-unhealthy" &&
+            e.state === "failed",
+        ),
+      "the stop is logged with its reason",
+    );
+    // A FAILED slot is not the next spare: the following roll-out starts web-2.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "");
+    const again = g.roll("roll-out", "web-0");
+    assert.equal(again.status, 0, again.stderr);
+    assert.ok(
+      g.log().some((e) => e.event === "roll-surge" && e.member === "web-2"),
+      "web-2 stands in",
+    );
+    assert.equal(dom("web-1"), "shut-off", "web-1 was not started again");
+    // web-0's new launch configuration is broken: it never answers after the change.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-0\n");
+    const back = g.roll("roll-in", "web-0");
+    assert.equal(back.status, 68, back.stderr);
+    assert.match(
+      back.stderr,
+      /unhealthy after the change: web-0 .*it was stopped and is marked FAILED .* web-2 stays in service/,
+    );
+    assert.equal(dom("web-0"), "shut-off", "the unhealthy member does not keep running out of the pool");
+    assert.equal(g.state("web-0"), "failed");
+    assert.equal(g.state("web-2"), "running", "the spare stays in service");
+    assert.ok(
+      g
+        .log()
+        .some((e) => e.action === "stop" && e.member === "web-0" && e.reason === "unhealthy-after-change"),
+    );
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R5: stopping the agent uses the pid and start time it recorded, never a command-line match; only a group it leads is signalled", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  // The step scripts name /var/lib/kvmlab/asg/web: run them with that folder mapped to the sim's.
+  const step = (script: string) =>
+    spawnSync("bash", ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab/asg/web").join(g.dir)], {
+      encoding: "utf8",
+      env: g.env,
+      timeout: 30_000,
+    });
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return !fs.readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+    } catch {
+      return false;
+    }
+  };
+  const procs: ReturnType<typeof spawn>[] = [];
+  try {
+    // Not the agent: a process in its own group whose argv names the group's agent.sh (an admin
+    // reading it), recorded in a stale agent.pid. The old check (argv) took it for the agent and
+    // killed its whole process group.
+    const bystander = spawn("sh", ["-c", "sleep 60 & wait", path.join(g.dir, "agent.sh")], {
+      cwd: g.dir,
+      stdio: "ignore",
+      detached: true,
+    });
+    procs.push(bystander);
+    await until("the bystander", () => bystander.pid !== undefined && alive(bystander.pid), 5_000);
+    fs.writeFileSync(path.join(g.dir, "agent.pid"), `${bystander.pid}\n`);
+    fs.writeFileSync(path.join(g.dir, "agent.start"), "1\n");
+    const read = step(agentReadStep("web").script);
+    assert.match(read.stdout, /^running=no$/m, read.stderr);
+    step(stopAgentStep("web").script);
+    assert.ok(alive(bystander.pid as number), "a process that is not the recorded agent is left alone");
+    // The real agent, detached (it leads its process group): found by pid + start time and stopped.
+    const agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    procs.push(agent);
+    const pidFile = (): string => fs.readFileSync(path.join(g.dir, "agent.pid"), "utf8").trim();
+    await until("the agent's pid", () => pidFile() === String(agent.pid), 10_000);
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 10_000);
+    assert.match(step(agentReadStep("web").script).stdout, new RegExp(`^agentpid=${agent.pid}$`, "m"));
+    const stop = step(stopAgentStep("web").script);
+    assert.equal(stop.status, 0, stop.stderr);
+    await until("the agent gone", () => !alive(agent.pid as number), 10_000);
+    assert.ok(alive(bystander.pid as number), "the bystander still runs");
+    // The recorded start time no longer matches a reused pid: the bystander's pid with the
+    // agent's old start time is not the agent.
+    fs.writeFileSync(path.join(g.dir, "agent.pid"), `${bystander.pid}\n`);
+    assert.match(step(agentReadStep("web").script).stdout, /^running=no$/m);
+  } finally {
+    for (const p of procs) killGroup(p);
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
