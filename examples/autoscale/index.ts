@@ -21,7 +21,9 @@
  *
  * Stack config (all optional): desired (1), min (1), max (3), cooldown (60 s), periodSec (60 s),
  * outThreshold (50 %), inThreshold (15 %), interval (5 s: the agent's evaluation period), launchTag
- * ("": set it to roll a new kernel command line through the group, one member at a time).
+ * ("": set it to roll a new kernel command line through the group, one member at a time: each
+ * slot's Server is updated in place), launchUserData ("": set it to roll new user data through
+ * the group: a new seed, so each slot's Server is replaced, still one member at a time).
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -105,6 +107,11 @@ if (!/^[A-Za-z0-9._-]{0,32}$/.test(launchTag))
   throw new Error(
     `autoscale:launchTag: expected up to 32 letters, digits, '.', '_' or '-', got ${JSON.stringify(launchTag)}`,
   );
+const launchUserData = config.get("launchUserData") ?? "";
+if (!/^[A-Za-z0-9._-]{0,32}$/.test(launchUserData))
+  throw new Error(
+    `autoscale:launchUserData: expected up to 32 letters, digits, '.', '_' or '-', got ${JSON.stringify(launchUserData)}`,
+  );
 const group = new kvmlab.AutoscaleGroup("web", {
   launch: {
     image,
@@ -113,6 +120,9 @@ const group = new kvmlab.AutoscaleGroup("web", {
     ports: [{ network: lan, subnet: "lan-v4" }],
     // launchTag: a launch change (a new kernel command line for every slot) that the group
     // rolls out one member at a time (docs/autoscale.md "Launch changes").
+    // launchUserData: a launch change that replaces every slot's Server (new user data, a new
+    // seed; the guest test image ignores it), rolled the same way.
+    ...(launchUserData ? { userData: { runcmd: [["echo", `launch=${launchUserData}`]] } } : {}),
     kernelCmdline: (member) =>
       pulumi.interpolate`${image.kernelCmdline} lab.name=${member}${launchTag ? ` lab.rev=${launchTag}` : ""}`,
   },
