@@ -112,12 +112,24 @@ if (!/^[A-Za-z0-9._-]{0,32}$/.test(launchUserData))
   throw new Error(
     `autoscale:launchUserData: expected up to 32 letters, digits, '.', '_' or '-', got ${JSON.stringify(launchUserData)}`,
   );
+const max = num("max", 3);
+if (!Number.isInteger(max) || max < 1 || max > 100)
+  throw new Error(`autoscale:max: expected a whole number from 1 to 100, got ${max}`);
 const group = new kvmlab.AutoscaleGroup("web", {
   launch: {
     image,
     flavor,
     keypair: key,
-    ports: [{ network: lan, subnet: "lan-v4" }],
+    // A fixed address per slot (10.61.0.10, .11, …): a slot whose Server is replaced (a launch
+    // change of user data, image or ports) comes back on the address the agent's health check
+    // and the load balancer's pool know (docs/autoscale.md "Launch changes").
+    ports: [
+      {
+        network: lan,
+        subnet: "lan-v4",
+        fixedIps: Array.from({ length: max }, (_, i) => `10.61.0.${10 + i}`),
+      },
+    ],
     // launchTag: a launch change (a new kernel command line for every slot) that the group
     // rolls out one member at a time (docs/autoscale.md "Launch changes").
     // launchUserData: a launch change that replaces every slot's Server (new user data, a new
@@ -127,7 +139,7 @@ const group = new kvmlab.AutoscaleGroup("web", {
       pulumi.interpolate`${image.kernelCmdline} lab.name=${member}${launchTag ? ` lab.rev=${launchTag}` : ""}`,
   },
   min: num("min", 1),
-  max: num("max", 3),
+  max,
   desired: num("desired", num("min", 1)),
   cooldown: num("cooldown", 60),
   interval: num("interval", 5),

@@ -468,6 +468,8 @@ async function scenario(): Promise<void> {
       const r = replaced.steps.find((x) => x.op === "replace" && x.urn.endsWith(`::web-${i}`));
       assert.ok(r?.replaceKeys?.includes("cloudInit"), `web-${i} is replaced for its user data`);
     }
+    // Each slot comes back on its fixed address (the agent's health check and the pool use it).
+    assert.deepEqual(replaced.outputs.memberIps, ips, "every replaced slot has its address back");
     // Each slot is the same domain identity again (name, UUID derived from them), defined anew.
     assert.deepEqual(await domainUuids(), uuidsBefore, "every slot is back, same UUIDs");
     const afterReplace = await agentStatus(agentHost);
