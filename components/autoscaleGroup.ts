@@ -286,6 +286,13 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
       // (its address comes from IPAM at its create).
       const fixed = slots.map((_, i) => args.launch.ports[0].fixedIps?.[i] ?? "");
       const allFixed = fixed.every((a) => a !== "");
+      // The pool and the agent's health check know each slot by the address of the last up: a
+      // slot whose Server is replaced must come back on it (sandbox run of the replace path).
+      if (!allFixed)
+        void pulumi.log.warn(
+          `autoscale group ${name}: launch.ports[0].fixedIps does not give every slot an address; a launch change that replaces the slots' Servers (user data, image, ports) can bring a slot back on another address, which the pool and the agent's health check do not know, so its roll-in fails (the slot is stopped and marked FAILED). Fix: give fixedIps, one per slot (max)`,
+          this,
+        );
       this.loadBalancer = new LoadBalancer(
         `${name}-lb`,
         {
