@@ -754,14 +754,11 @@ export function networkDeleteStep(
       // del-br takes every port with it: refuse while a port of another owner is on the bridge
       // (another stack's DHCP port, router leg or server port), as Neutron refuses to delete a
       // network with ports in use. Ports with no kvmlab owner (guests' taps) are not asked.
-      ...(owner === ""
-        ? []
-        : [
-            '    if ovs-vsctl br-exists "$br"; then for p in $(ovs-vsctl list-ports "$br"); do',
-            `      o=$(ovs-vsctl --if-exists get port "$p" external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
-            `      case "$o" in ""|${shQuote(owner)}) ;; *) echo ${shQuote(`network ${networkName} on host ${host.name} still has port `)}"$p"${shQuote(" of ")}"$o"${shQuote("; the network was not removed (its bridge would take that port with it). Fix: delete that subnet, router leg or server port first, from the stack that owns it")} >&2; exit ${OWNER_REFUSED} ;; esac`,
-            "    done; fi",
-          ]),
+      // A delete from a state from before owners (owner "") passes only unlabelled ports (review L2).
+      '    if ovs-vsctl br-exists "$br"; then for p in $(ovs-vsctl list-ports "$br"); do',
+      `      o=$(ovs-vsctl --if-exists get port "$p" external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
+      `      case "$o" in ""|${shQuote(owner)}) ;; *) echo ${shQuote(`network ${networkName} on host ${host.name} still has port `)}"$p"${shQuote(" of ")}"$o"${shQuote("; the network was not removed (its bridge would take that port with it). Fix: delete that subnet, router leg or server port first, from the stack that owns it")} >&2; exit ${OWNER_REFUSED} ;; esac`,
+      "    done; fi",
       '    ovs-vsctl --if-exists del-br "$br"',
       // A VLAN network's trunk end; the trunk bridge goes with the last VLAN network on it.
       `    tr=${trunk}; ovs-vsctl --if-exists del-port ${trunkPort}`,

@@ -372,8 +372,18 @@ export function ovsRelabelGuardLines(
   owners: readonly string[],
   what: string,
   fix: string,
+  alsoVars: readonly string[] = [],
 ): string[] {
-  return ovsOwnerCheckLines(table, name, owners, `${what}: OVS ${table} `, "it was not changed", fix, name);
+  return ovsOwnerCheckLines(
+    table,
+    name,
+    owners,
+    `${what}: OVS ${table} `,
+    "it was not changed",
+    fix,
+    name,
+    alsoVars,
+  );
 }
 
 function ovsOwnerCheckLines(
@@ -384,15 +394,20 @@ function ovsOwnerCheckLines(
   outcome: string,
   fix: string,
   shownName?: string,
+  alsoVars: readonly string[] = [],
 ): string[] {
   const mine = owners.filter((o) => o !== "");
+  // Owners known only on the host (a quoted shell variable, "" when none): also allowed.
+  for (const v of alsoVars)
+    if (!/^"\$[a-z_][a-z0-9_]*"$/.test(v))
+      throw new Error(`ovsOwnerGuardLines: ${showValue(v)} is not a quoted shell variable`);
   for (const o of mine)
     if (!OWNER_RE.test(o)) throw new Error(`ovsOwnerGuardLines: ${showValue(o)} is not an owner string`);
   if (!/^(?:"\$[a-z_][a-z0-9_]*"|[A-Za-z0-9_.-]{1,15})$/.test(name))
     throw new Error(
       `ovsOwnerGuardLines: ${showValue(name)} is neither a quoted shell variable nor a device name`,
     );
-  const allowed = ['""', ...mine.map((o) => shQuote(o))].join("|");
+  const allowed = ['""', ...mine.map((o) => shQuote(o)), ...alsoVars].join("|");
   const me = mine.length > 0 ? mine[0] : "this state, which records no owner (made before owners)";
   const shown = shownName === undefined ? "" : `${name}${shQuote(" belongs to ")}`;
   return [

@@ -35,14 +35,17 @@ export function hybridPlugStep(
     const d = hybridDevices(p.tap);
     lines.push(
       // Another owner's qvo is neither recreated nor relabelled (review O2).
+      // Both rows (review L5): a SecurityGroupPort that made the qvo labels its port row too.
       ...(ids === ""
         ? []
-        : ovsRelabelGuardLines(
-            "interface",
-            d.qvo,
-            [owner, ...alsoOwners],
-            `the hybrid port of server ${serverName}`,
-            `check which stack holds server ${serverName} (ovs-vsctl list interface ${d.qvo}); rename this server or delete it from that stack`,
+        : (["interface", "port"] as const).flatMap((t) =>
+            ovsRelabelGuardLines(
+              t,
+              d.qvo,
+              [owner, ...alsoOwners],
+              `the hybrid port of server ${serverName}`,
+              `check which stack holds server ${serverName} (ovs-vsctl list ${t} ${d.qvo}); rename this server or delete it from that stack`,
+            ),
           )),
       `ip link show ${d.qbr} >/dev/null 2>&1 || ip link add ${d.qbr} type bridge`,
       `ip link set ${d.qbr} type bridge forward_delay 0 stp_state 0 2>/dev/null || true`,

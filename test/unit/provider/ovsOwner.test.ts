@@ -39,7 +39,7 @@ import { hybridPlugStep } from "../../../provider/server/hybrid";
 import { deleteStep } from "../../../provider/server/steps";
 import { testHost } from "./fixtures";
 import { loadBalancerPaths } from "../../../core/paths";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -224,6 +224,116 @@ test("a network delete refuses while another owner's port is on its bridge (del-
   assert.equal(run(ME).status, 0, run(ME).stderr);
 });
 
+test("a network delete from a state from before owners still refuses while another owner's port is on its bridge (review L2)", () => {
+  const hv1 = testHost("hv1", 1);
+  const net = networkDeleteStep("lan", "openvswitch", hv1, "").script.split("\n");
+  const firstDel = net.findIndex((l) => /del-br/.test(l));
+  const run = (foreign: string) => {
+    const fake = [
+      "ovs-vsctl() {",
+      '  case "$*" in',
+      '    "br-exists "*) return 0 ;;',
+      '    "list-ports "*) printf "%s\\n" kvli-00000000 kvld-00000001 ;;',
+      `    *" get port kvld-00000001 "*) echo ${JSON.stringify(foreign)} ;;`,
+      '    *" get "*) return 1 ;;',
+      "  esac",
+      "}",
+    ].join("\n");
+    const from = net.findIndex((l) => l.includes("if command -v ovs-vsctl"));
+    return spawnSync(
+      "bash",
+      [
+        "--noprofile",
+        "--norc",
+        "-c",
+        [fake, "br=kvlb-00000000", ...net.slice(from + 1, firstDel).map((l) => l.trim())].join("\n"),
+      ],
+      { encoding: "utf8" },
+    );
+  };
+  const refused = run(`"${OTHER}"`);
+  assert.equal(refused.status, OWNER_REFUSED, refused.stderr);
+  assert.match(refused.stderr, /still has port kvld-00000001 of lab\/prod\/Network\/lan;/);
+  // Unlabelled ports (all such a state ever made) pass.
+  assert.equal(run("").status, 0, run("").stderr);
+});
+
+test("a SecurityGroupPort reads both rows of its qvo before any ip link change, allowing its owners and the tap's server (reviews L1, L5)", () => {
+  const SGP = "lab/dev/SecurityGroupPort/web1-p0";
+  const SRV = "lab/dev/Server/web1";
+  const { inputs, failures } = checkSecurityGroupPortInputs({
+    portName: "web1-p0",
+    hosts: [testHost("hv1", 1)],
+    host: "hv1",
+    tap: "kvlh-1a2b3c4d",
+    mac: "fa:16:3e:00:00:01",
+    ip: "10.10.1.5",
+    driver: "openvswitch",
+    networkBridge: "kvlb-00000001",
+    groups: [{ groupName: "default", rules: [] }],
+    owner: SGP,
+  });
+  assert.deepEqual(failures, []);
+  const i = inputs as unknown as SecurityGroupPortInputs;
+  const lines = portApplyStep(i, [], [SGP]).script.split("\n");
+  const firstLink = lines.findIndex((l) => /^(if ! )?ip link|ovs-vsctl --may-exist/.test(l));
+  const start = lines.findIndex((l) => l === 'so=""');
+  assert.ok(start > 0 && start < firstLink, "the guard comes before the first ip link change");
+  const guard = lines.slice(start, firstLink);
+  assert.ok(
+    guard.some((l) => / get port qvo\S+ external_ids:kvmlab-owner/.test(l)),
+    "port row read",
+  );
+  assert.ok(
+    guard.some((l) => / get interface qvo\S+ external_ids:kvmlab-owner/.test(l)),
+    "interface row read",
+  );
+  const dir = mkdtempSync(join(tmpdir(), "sgp-l1-"));
+  try {
+    // A server web1 (owner SRV) whose domain XML names the tap.
+    const inst = join(dir, "instances", "u1");
+    const owners = join(dir, "owners", "server");
+    mkdirSync(inst, { recursive: true });
+    mkdirSync(owners, { recursive: true });
+    writeFileSync(
+      join(inst, "domain.xml"),
+      "<domain>\n  <name>web1</name>\n  <target dev='kvlh-1a2b3c4d'/>\n</domain>\n",
+    );
+    writeFileSync(join(owners, "web1.owner"), `${SRV}\n`);
+    const local = guard.map((l) => l.split("/var/lib/kvmlab").join(dir));
+    // The stand-in answers the port row and the interface row separately.
+    const run = (port: string, iface: string) => {
+      const fake = `ovs-vsctl() { case "$*" in *" get port "*) echo ${JSON.stringify(port)} ;; *" get interface "*) echo ${JSON.stringify(iface)} ;; esac; }`;
+      return spawnSync("bash", ["--noprofile", "--norc", "-c", [fake, ...local].join("\n")], {
+        encoding: "utf8",
+      });
+    };
+    for (const [p, f] of [
+      [`"${OTHER}"`, ""],
+      ["", `"${OTHER}"`],
+    ]) {
+      const r = run(p, f);
+      assert.equal(r.status, OWNER_REFUSED, `${p}/${f}: ${r.stderr}`);
+      assert.match(
+        r.stderr,
+        /belongs to lab\/prod\/Network\/lan, not to lab\/dev\/SecurityGroupPort\/web1-p0; it was not changed/,
+      );
+    }
+    // Unlabelled, this port's own, and the tap's server's (a Server's qvo) pass.
+    for (const [p, f] of [
+      ["", ""],
+      [`"${SGP}"`, `"${SGP}"`],
+      [`"${SRV}"`, `"${SRV}"`],
+    ])
+      assert.equal(run(p, f).status, 0, `${p}/${f}: ${run(p, f).stderr}`);
+    // Without that server's marker, its owner is nobody's to allow.
+    rmSync(join(owners, "web1.owner"));
+    assert.equal(run(`"${SRV}"`, "").status, OWNER_REFUSED);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('ownerProject: the decoded project= segment of an owner, "" without one', () => {
   assert.equal(ownerProject(ME), "Default/demo");
   assert.equal(ownerProject(OTHER), "");
@@ -297,11 +407,14 @@ test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its de
   assert.deepEqual(failures, []);
   const i = inputs as unknown as SecurityGroupPortInputs;
   const apply = portApplyStep(i, []).script;
-  // Only on the qvo this port made (hybrid.made): a Server's qvo keeps the Server's owner. Its
-  // owner is read first (review O2).
+  // Only on the qvo this port made (hybrid.made): a Server's qvo keeps the Server's owner. Both
+  // rows are labelled (review L5), after the guard (review L1, tested below).
+  const ids = `external_ids:kvmlab-owner='"lab/dev/SecurityGroupPort/lb-vip/project=Default%2Fdemo"' external_ids:kvmlab-project='"Default/demo"'`;
   assert.match(
     apply,
-    /if \[ -e \S*\/hybrid\.made \]; then\n {2}o=\$\(ovs-vsctl --if-exists get port qvo[0-9a-f]+ external_ids:kvmlab-owner[^\n]*\n {2}case "\$o" in ""\|'?lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo'?\) ;; \*\)[^\n]*exit 73 ;; esac\n {2}ovs-vsctl set port qvo[0-9a-f-]+ external_ids:kvmlab-owner='"lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo"' external_ids:kvmlab-project='"Default\/demo"'\nfi/,
+    new RegExp(
+      `if \\[ -e \\S*/hybrid\\.made \\]; then\n {2}ovs-vsctl set port (qvo[0-9a-f-]+) ${ids.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} -- set interface \\1 ${ids.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\nfi`,
+    ),
   );
 
   const del = portDeleteStep(i, [SGP]).script.split("\n");
@@ -477,6 +590,27 @@ test("apply paths read a port's or bridge's kvmlab-owner before relabelling it a
     { mine: SRV, previous: PREV },
     /^the hybrid port of server web1: OVS interface qvo[0-9a-f]+ belongs to/,
   );
+  // Both rows (review L5): a qvo whose port row only (as a SecurityGroupPort labelled it
+  // before) carries another owner is refused too.
+  const plug = hybridPlugStep("web1", [port], SRV, "", [PREV])!.script.split("\n");
+  const firstChange = plug.findIndex((l) => /^ip link show qbr/.test(l));
+  const rows = (port: string, iface: string) =>
+    spawnSync(
+      "bash",
+      [
+        "--noprofile",
+        "--norc",
+        "-c",
+        [
+          `ovs-vsctl() { case "$*" in *" get port "*) echo ${JSON.stringify(port)} ;; *" get interface "*) echo ${JSON.stringify(iface)} ;; esac; }`,
+          ...plug.slice(0, firstChange),
+        ].join("\n"),
+      ],
+      { encoding: "utf8" },
+    );
+  assert.equal(rows(`"${OTHER}"`, "").status, OWNER_REFUSED, "port row read");
+  assert.equal(rows("", `"${OTHER}"`).status, OWNER_REFUSED, "interface row read");
+  assert.equal(rows(`"${SRV}"`, `"${SRV}"`).status, 0);
   // A state from before owners labels nothing, so it reads nothing either.
   assert.doesNotMatch(hybridPlugStep("web1", [port], "", "")!.script, /kvmlab-owner/);
 });
