@@ -124,8 +124,9 @@ function livePidScript(group: string): string {
 
 /**
  * Controller: stop the agent, bounded; idempotent. The agent found by {@link livePidScript}
- * (pid + start time) gets TERM, then KILL; its process group too (its `sleep`/`ssh` children)
- * only when it leads that group (setsid made it so), never a group it merely belongs to.
+ * (pid + start time) gets TERM, then KILL while it is still that process (pid + start time
+ * checked again); its process group too (its `sleep`/`ssh` children) only when it leads that
+ * group (setsid made it so), never a group it merely belongs to or a reused pid's group.
  */
 export function stopAgentStep(group: string): Step {
   const unit = `kvmlab-asg-${group}`;
@@ -140,7 +141,15 @@ export function stopAgentStep(group: string): Step {
       '  kill -TERM -- "$tgt" 2>/dev/null || true',
       "  i=0",
       '  while [ $i -lt 50 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; i=$((i+1)); done',
-      '  kill -KILL -- "$tgt" 2>/dev/null || true',
+      // KILL only what is still the agent (review L4): its pid may have been reused once it
+      // exited. Its group (leftover sleep/ssh children) only when it led it and is gone: a group
+      // whose leader's pid is free again is still the agent's (pids are not reused while a group
+      // of that id has members); a live non-agent process at that pid leads a group of its own.
+      '  if kill -0 "$pid" 2>/dev/null && [ "$(sed \'s/^.*) //\' "/proc/$pid/stat" 2>/dev/null | awk \'{print $20}\')" = "$started" ]; then',
+      '    kill -KILL -- "$tgt" 2>/dev/null || true',
+      '  elif [ "$tgt" = "-$pid" ] && ! kill -0 "$pid" 2>/dev/null && [ -n "$(pgrep -g "$pid" 2>/dev/null)" ]; then',
+      '    kill -KILL -- "$tgt" 2>/dev/null || true',
+      "  fi",
       "fi",
     ].join("\n"),
   };

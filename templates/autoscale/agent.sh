@@ -237,8 +237,9 @@ stop_members() { # names...
 
 # A member that failed its health check during a roll (review R4): never left running out of the
 # pool. It never joined the pool (start_members keeps it in maint until it answers), so it is
-# powered off at once and stays marked FAILED (no scale-out starts a FAILED slot; the next
-# resize marks it stopped). The decision is logged with its reason.
+# powered off at once and stays marked FAILED (no scale-out starts a FAILED slot, an agent
+# restart keeps the mark and powers it off again if it still runs; the next resize marks it
+# stopped). The decision is logged with its reason.
 stop_failed() { # MEMBER REASON
   lb_state "$1" maint
   _k=$(index_of "$1")
@@ -386,12 +387,19 @@ reconcile_start() {
     _st=$(awk -v n="$_n" '$1==n {print $2}' stats.tmp)
     if [ "$(mstate "$_n")" = rolling ]; then
       : # a rolling replacement holds it out of service (roll-in brings it back)
+    elif [ "$(mstate "$_n")" = failed ]; then
+      # FAILED stays FAILED across a restart (review L3): no scale-out starts it, and it never
+      # goes back into the pool. Still running (its power-off failed): powered off again.
+      if [ "$_st" = running ]; then
+        stop_failed "$_n" still-running-at-agent-start
+      else
+        lb_state "$_n" maint
+      fi
     elif [ "$_st" = running ]; then
       if [ "$(mstate "$_n")" != running ]; then set_mstate "$_n" running "$(date +%s)"; fi
       lb_state "$_n" ready
     else
-      # A FAILED member the agent stopped (stop_failed) is not lost.
-      case $(mstate "$_n") in stopped | failed) ;; *) log "event=member-lost member=$_n domain=${_st:-unknown}" ;; esac
+      [ "$(mstate "$_n")" = stopped ] || log "event=member-lost member=$_n domain=${_st:-unknown}"
       set_mstate "$_n" stopped 0
       lb_state "$_n" maint
     fi

@@ -819,3 +819,90 @@ test("review R5: stopping the agent uses the pid and start time it recorded, nev
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
+
+test("review L4: the stop's KILL goes only to the process that is still the agent (pid and start time checked again), and to its group only while that group is the agent's", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  // A stand-in for the agent: a real process in the group's folder, leading its process group,
+  // with its start time recorded as the agent records its own.
+  const agent = spawn("sleep", ["60"], { cwd: g.dir, stdio: "ignore", detached: true });
+  try {
+    await until(
+      "the stand-in",
+      () => agent.pid !== undefined && fs.existsSync(`/proc/${agent.pid}/stat`),
+      5_000,
+    );
+    const stat = fs.readFileSync(`/proc/${agent.pid}/stat`, "utf8");
+    const start = stat.slice(stat.lastIndexOf(") ") + 2).split(" ")[19];
+    fs.writeFileSync(path.join(g.dir, "agent.pid"), `${agent.pid}\n`);
+    fs.writeFileSync(path.join(g.dir, "agent.start"), `${start}\n`);
+    // `kill` and `pgrep` stand-ins (shell functions win over the builtin): every signal is
+    // logged, none is sent. `after` is what the TERM leads to.
+    const stop = (after: string, pgrep: string) => {
+      const fake = [
+        'kill() { echo "kill $*" >>"$KLOG"; case "$1" in -0) command kill -0 "$2" 2>/dev/null && [ "${gone:-}" != 1 ] ;; -TERM) ' +
+          after +
+          " ;; esac; }",
+        `pgrep() { ${pgrep}; }`,
+      ].join("\n");
+      const klog = path.join(g.root, "kill.log");
+      fs.writeFileSync(klog, "");
+      const script = stopAgentStep("web").script.split("/var/lib/kvmlab/asg/web").join(g.dir);
+      const r = spawnSync("bash", ["--noprofile", "--norc", "-c", `${fake}\n${script}`], {
+        encoding: "utf8",
+        env: { ...g.env, KLOG: klog },
+        timeout: 30_000,
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const sent = fs.readFileSync(klog, "utf8");
+      assert.match(sent, new RegExp(`^kill -TERM -- -${agent.pid}$`, "m"), "TERM to the group it leads");
+      return sent.split("\n").filter((l) => l.startsWith("kill -KILL"));
+    };
+    // The agent exited on TERM and its pid was reused at once by another process (here: the
+    // start time no longer matches): no KILL, neither to the pid nor to its (new) group.
+    assert.deepEqual(stop("started=1", "echo 1"), []);
+    // The agent exited and its group is empty: nothing left to KILL (the group id may be reused).
+    assert.deepEqual(stop("gone=1", "true"), []);
+    // The agent exited and left children in its group: the group is still the agent's.
+    assert.deepEqual(stop("gone=1", "echo 4242"), [`kill -KILL -- -${agent.pid}`]);
+    // The agent ignores TERM: after the bounded wait it is still the agent, and gets KILL.
+    assert.deepEqual(stop(":", "echo 1"), [`kill -KILL -- -${agent.pid}`]);
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is not made startable; still running (its power-off failed), it is powered off again, never put back in the pool", async () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0", "web-1"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // web-1 was marked FAILED but its power-off failed (it still runs); web-2 was marked FAILED and is off.
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    fs.writeFileSync(path.join(g.dir, "state", "web-2"), "failed 1000\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    assert.equal(g.state("web-2"), "failed", "an off FAILED slot keeps its mark (no scale-out starts it)");
+    assert.equal(g.state("web-1"), "failed");
+    assert.equal(dom("web-1"), "shut-off", "a FAILED slot found running is powered off again");
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "and never put back in the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) => e.action === "stop" && e.member === "web-1" && e.reason === "still-running-at-agent-start",
+        ),
+      "the stop is logged with its reason",
+    );
+    assert.ok(!g.log().some((e) => e.event === "member-lost"), "no FAILED slot is reported lost");
+    assert.equal(g.state("web-0"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
