@@ -157,10 +157,22 @@ export function ownerOnlySetText(owner: string, project: string): string {
 /**
  * What differs between the metadata a domain on the host carries and the metadata it should
  * carry (from the XML the state holds): `field: host "a", expected "b"`, joined by "; " ("" when
- * they agree). Only the fields the expected XML has are compared.
+ * they agree). Only the fields the expected XML has are compared. An XML without kvmlab's
+ * element (a raw provider call's) is compared against the owner-only element its owner gives
+ * (review L6: project and owner), so a lost one shows as drift; none for owner "".
  */
-export function metadataDrift(expectedXml: string, hostText: string): string {
-  const want = parseDomainMetadata(metadataBlockOf(expectedXml));
+export function metadataDrift(
+  expectedXml: string,
+  hostText: string,
+  ownerOnly: { owner: string; project: string } = { owner: "", project: "" },
+): string {
+  const block = metadataBlockOf(expectedXml);
+  const want: Partial<Record<DomainMetadataField, string>> =
+    block !== ""
+      ? parseDomainMetadata(block)
+      : ownerOnly.owner !== ""
+        ? { project: ownerOnly.project, owner: ownerOnly.owner }
+        : {};
   const have = parseDomainMetadata(hostText);
   const diffs: string[] = [];
   for (const f of DOMAIN_METADATA_FIELDS) {

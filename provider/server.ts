@@ -931,7 +931,10 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // kvmlab's metadata as the host has it, against the state's XML (issue 14).
       metadataDrift:
         props.domainXml && typeof props.domainXml[type] === "string"
-          ? metadataDrift(withDomainOwner(props.domainXml[type], ownerIn(props)), info.metadata)
+          ? metadataDrift(withDomainOwner(props.domainXml[type], ownerIn(props)), info.metadata, {
+              owner: ownerIn(props),
+              project: props.project ?? "",
+            })
           : "",
       actualPowerState: powerOf(info),
       vncPort,

@@ -11,6 +11,7 @@ import { parseKeyValues } from "../kit/kv";
 import {
   KVMLAB_DOMAIN_KEY,
   KVMLAB_DOMAIN_XMLNS,
+  metadataBlockOf,
   metadataSetText,
   ownerOnlySetText,
 } from "../../core/domainMetadata";
@@ -201,6 +202,12 @@ export function materializeSteps(
       label: `define domain ${inputs.serverName}`,
       script: `${VIRSH} define ${shQuote(p.domainXml)} >/dev/null`,
     });
+    // A raw XML (no kvmlab element) defines a domain without the owner-only element (review
+    // L6): set it again after every define, so a redefine never drops it for good.
+    if (metadataBlockOf(xml) === "") {
+      const set = metadataStep(inputs, xml);
+      if (set) steps.push(set);
+    }
   }
   return steps;
 }

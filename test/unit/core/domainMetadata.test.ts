@@ -155,3 +155,15 @@ test("an XML without kvmlab's element still gets the owner and project set (revi
   assert.throws(() => ownerOnlySetText("x'$(id)", ""), /not an owner string/);
   assert.throws(() => ownerOnlySetText(OWNER, "a</project>"), /project: .* is not "<domain>\/<project>"/);
 });
+
+test("review L6: drift of a raw XML is read against its owner-only element, so a lost one shows", () => {
+  const raw = "<domain type='kvm'><name>web-0</name></domain>";
+  const mine = { owner: OWNER, project: "Default/demo" };
+  assert.equal(metadataDrift(raw, ownerOnlySetText(OWNER, "Default/demo"), mine), "");
+  assert.equal(
+    metadataDrift(raw, "", mine),
+    `project: host (none), expected "Default/demo"; owner: host (none), expected ${JSON.stringify(OWNER)}`,
+  );
+  // A state from before owners expects nothing.
+  assert.equal(metadataDrift(raw, "", { owner: "", project: "" }), "");
+});
