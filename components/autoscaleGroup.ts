@@ -154,6 +154,18 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
     const { hosts } = resolveHosts(args.hosts, args.hostDiscovery);
     const hostNames = hosts.map((h) => h.name as string);
     const slots = memberNames(group, args.max);
+    // A slot's fixed address that is the VIP would be refused at that slot's create (review L7):
+    // say so at preview, naming the slot and the fix.
+    const lbVip = args.loadBalancer;
+    const port0 = args.launch.ports[0];
+    if (lbVip !== undefined && lbVip.network === port0.network && lbVip.subnet === port0.subnet) {
+      const clash = slots.findIndex((_, i) => port0.fixedIps?.[i] === lbVip.vipAddress);
+      if (clash >= 0)
+        throw new pulumi.ResourceError(
+          `launch.ports[0].fixedIps: slot ${slots[clash]}'s address ${lbVip.vipAddress} is the load balancer's vipAddress in subnet ${port0.subnet}; its create would be refused and the group could not reach max. Fix: give the slots addresses apart from the VIP (and outside the subnet's allocationPool), or lower max`,
+          this,
+        );
+    }
     const place = args.memberHost ?? ((i: number, names: readonly string[]) => names[i % names.length]);
     const slotHost = slots.map((_, i) => {
       const h = place(i, hostNames);
@@ -286,6 +298,13 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
       // (its address comes from IPAM at its create).
       const fixed = slots.map((_, i) => args.launch.ports[0].fixedIps?.[i] ?? "");
       const allFixed = fixed.every((a) => a !== "");
+      // The pool and the agent's health check know each slot by the address of the last up: a
+      // slot whose Server is replaced must come back on it (sandbox run of the replace path).
+      if (!allFixed)
+        void pulumi.log.warn(
+          `autoscale group ${name}: launch.ports[0].fixedIps does not give every slot an address; a launch change that replaces the slots' Servers (user data, image, ports) can bring a slot back on another address, which the pool and the agent's health check do not know, so its roll-in fails (the slot is stopped and marked FAILED). Fix: give fixedIps, one per slot (max)`,
+          this,
+        );
       this.loadBalancer = new LoadBalancer(
         `${name}-lb`,
         {

@@ -38,19 +38,41 @@ export const DOMAIN_METADATA_FIELDS = [
 ] as const;
 export type DomainMetadataField = (typeof DOMAIN_METADATA_FIELDS)[number];
 
-const BLOCK_RE = /<kvmlab:instance\b[^>]*>[\s\S]*?<\/kvmlab:instance>/;
+/** One child of `<kvmlab:instance>` as the template writes it: a known field or a flavor note. */
+const CHILD = `<kvmlab:(?:(?<f>${DOMAIN_METADATA_FIELDS.join("|")})>[^<]*</kvmlab:\\k<f>|spec key='[^'<>]*'>[^<]*</kvmlab:spec)>`;
 
-/** The `<kvmlab:instance>…</kvmlab:instance>` text of a rendered domain XML, or "" without one. */
+/**
+ * kvmlab's element, tied to the domain's own `<metadata>` (review O4): the document must open as
+ * the template writes it, `<domain type=…>`, `<name>`, `<uuid>` (text-only elements, so nothing
+ * can nest there), then `<metadata>` holding only `<kvmlab:instance>` in kvmlab's namespace,
+ * whose children are only the known fields and flavor notes. Groups: `head` before the element,
+ * `block` the element, `tail` the rest. Anything else (the element elsewhere, unknown children)
+ * does not count as kvmlab's metadata, so a change there is a redefine.
+ */
+const DOC_RE = new RegExp(
+  `^(?<head><domain type='[a-z]+'>\\s*<name>[^<]*</name>\\s*<uuid>[^<]*</uuid>\\s*<metadata>\\s*)` +
+    `(?<block><kvmlab:instance xmlns:kvmlab='${KVMLAB_DOMAIN_XMLNS.replace(/[.]/g, "\\.")}'>(?:\\s*${CHILD})*\\s*</kvmlab:instance>)` +
+    `(?<tail>\\s*</metadata>[\\s\\S]*)$`,
+);
+
+/**
+ * The `<kvmlab:instance>…</kvmlab:instance>` text of a rendered domain XML, or "" without one
+ * (or with one that is not the domain's own `<metadata>` element as the template writes it).
+ */
 export function metadataBlockOf(xml: string): string {
-  return BLOCK_RE.exec(xml)?.[0] ?? "";
+  return DOC_RE.exec(xml)?.groups?.block ?? "";
 }
 
 /**
- * True when two domain XMLs differ at most inside `<kvmlab:instance>`: then applying the new one
- * is a metadata change (no redefine, no restart).
+ * True when two domain XMLs are equal except inside kvmlab's element of the domain's
+ * `<metadata>` (review O4): then applying the new one is a metadata change (no redefine, no
+ * restart). Two XMLs without that element must be equal; one with and one without are not.
  */
 export function sameApartFromMetadata(a: string, b: string): boolean {
-  return a.replace(BLOCK_RE, "") === b.replace(BLOCK_RE, "");
+  const ma = DOC_RE.exec(a)?.groups;
+  const mb = DOC_RE.exec(b)?.groups;
+  if (!ma || !mb) return !ma && !mb && a === b;
+  return ma.head === mb.head && ma.tail === mb.tail;
 }
 
 /**
@@ -114,12 +136,43 @@ export function metadataSetText(xml: string): string {
 }
 
 /**
+ * The text for `virsh metadata --set` of a domain whose XML has no kvmlab element (review O3: a
+ * raw provider call's XML): an element holding only the identity project and the owner, so the
+ * host still says whose the domain is. "" for owner "" (a state from before owners). Throws on
+ * values that are not an owner string or a project reference (nothing else reaches the shell).
+ */
+export function ownerOnlySetText(owner: string, project: string): string {
+  if (owner === "") return "";
+  if (owner.length > 400 || !DOMAIN_OWNER_RE.test(owner))
+    throw new Error(
+      `owner: ${JSON.stringify(owner)} is not an owner string (ownerOf); it cannot go into the domain's metadata`,
+    );
+  if (project !== "" && !PROJECT_REF_RE.test(project))
+    throw new Error(
+      `project: ${JSON.stringify(project)} is not "<domain>/<project>"; it cannot go into the domain's metadata`,
+    );
+  return `<instance><project>${project}</project><owner>${owner}</owner></instance>`;
+}
+
+/**
  * What differs between the metadata a domain on the host carries and the metadata it should
  * carry (from the XML the state holds): `field: host "a", expected "b"`, joined by "; " ("" when
- * they agree). Only the fields the expected XML has are compared.
+ * they agree). Only the fields the expected XML has are compared. An XML without kvmlab's
+ * element (a raw provider call's) is compared against the owner-only element its owner gives
+ * (review L6: project and owner), so a lost one shows as drift; none for owner "".
  */
-export function metadataDrift(expectedXml: string, hostText: string): string {
-  const want = parseDomainMetadata(metadataBlockOf(expectedXml));
+export function metadataDrift(
+  expectedXml: string,
+  hostText: string,
+  ownerOnly: { owner: string; project: string } = { owner: "", project: "" },
+): string {
+  const block = metadataBlockOf(expectedXml);
+  const want: Partial<Record<DomainMetadataField, string>> =
+    block !== ""
+      ? parseDomainMetadata(block)
+      : ownerOnly.owner !== ""
+        ? { project: ownerOnly.project, owner: ownerOnly.owner }
+        : {};
   const have = parseDomainMetadata(hostText);
   const diffs: string[] = [];
   for (const f of DOMAIN_METADATA_FIELDS) {

@@ -20,8 +20,8 @@
  *           (member hosts' sshd keys read over the pinned connections), agent files, the
  *           desired request, start the agent
  *   read    agent alive?, its status (current size, members in service, cooldown)
- *   update  claim hosts new to the group; strip the key, files and owner marker from hosts it
- *           left; rewrite what changed; a new desired size becomes a request the agent applies;
+ *   update  claim hosts new to the group (a failed update releases what it claimed); strip
+ *           the key, files and owner marker from hosts it left; rewrite what changed; a new desired size becomes a request the agent applies;
  *           restart the agent when its files changed or it was found dead
  *   delete  stop the agent, revoke the key everywhere, remove the files and the owner markers
  */
@@ -545,36 +545,48 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
     const owners = [news.owner, ownerIn(olds)];
     const before = new Set(involvedHosts(olds).map((h) => h.name));
     const now = new Set(involvedHosts(news).map((h) => h.name));
-    // Hosts new to the group are CLAIMED (refused when another owner holds the group there),
-    // never adopted: an unmarked folder there is not this stack's.
-    for (const h of involvedHosts(news).filter((x) => !before.has(x.name)))
-      await runLocked(h, [claimStep(asgOwned(news.groupName), news.owner)]);
-    // Hosts that no longer hold members lose the key and the member command; hosts the group
-    // left altogether also lose its folder and owner marker.
-    for (const h of olds.hosts.filter(
-      (x) => Object.hasOwn(olds.membersByHost, x.name) && !Object.hasOwn(news.membersByHost, x.name),
-    )) {
-      const files = await revocationFilesOn(h, olds.groupName, olds.authorizedKeysFiles, true);
-      const gone = !now.has(h.name);
-      await runLocked(h, [
-        guardStep(asgOwned(olds.groupName), owners, true),
-        ...files.map((f) => unauthorizeAgentStep(f, olds.groupName, h.name === news.controllerHost)),
-        ...(gone ? [releaseOwnerStep(asgOwned(olds.groupName), owners)] : []),
-      ]);
+    // The hosts THIS update claimed: a failure later releases them again (and only them).
+    const claimed: string[] = [];
+    try {
+      // Hosts new to the group are CLAIMED (refused when another owner holds the group there),
+      // never adopted: an unmarked folder there is not this stack's.
+      for (const h of involvedHosts(news).filter((x) => !before.has(x.name))) {
+        const [c] = await runLocked(h, [claimStep(asgOwned(news.groupName), news.owner)]);
+        if (claimedNow(c)) claimed.push(h.name);
+      }
+      // Hosts that no longer hold members lose the key and the member command; hosts the group
+      // left altogether also lose its folder and owner marker.
+      for (const h of olds.hosts.filter(
+        (x) => Object.hasOwn(olds.membersByHost, x.name) && !Object.hasOwn(news.membersByHost, x.name),
+      )) {
+        const files = await revocationFilesOn(h, olds.groupName, olds.authorizedKeysFiles, true);
+        const gone = !now.has(h.name);
+        await runLocked(h, [
+          guardStep(asgOwned(olds.groupName), owners, true),
+          ...files.map((f) => unauthorizeAgentStep(f, olds.groupName, h.name === news.controllerHost)),
+          ...(gone ? [releaseOwnerStep(asgOwned(olds.groupName), owners)] : []),
+        ]);
+      }
+      const { publicKey, changed, authorizedKeysFiles } = await wire(news, owners);
+      const controller = hostNamed(news.hosts, news.controllerHost, "controllerHost");
+      let generation = olds.desiredGeneration ?? 1;
+      const steps: Step[] = [guardStep(asgOwned(news.groupName), owners, true)];
+      if (news.desired !== olds.desired) {
+        generation += 1;
+        steps.push(desiredRequestStep(news.groupName, generation, news.desired));
+      }
+      const restart = changed || news.min !== olds.min || news.max !== olds.max;
+      steps.push(startAgentStep(news.groupName, restart));
+      await runLocked(controller, steps);
+      const s = await readAgent(news);
+      return outputsFor(news, publicKey, generation, s, authorizedKeysFiles);
+    } catch (err) {
+      // A failed update gives back the hosts it claimed (key lines, member command, on a new
+      // controller the agent and its folder, and the owner marker), as a failed create does.
+      // Hosts the group already held, or adopted, are left as they are.
+      if (claimed.length > 0) await teardown(news, news.owner, new Set(claimed)).catch(() => undefined);
+      throw err;
     }
-    const { publicKey, changed, authorizedKeysFiles } = await wire(news, owners);
-    const controller = hostNamed(news.hosts, news.controllerHost, "controllerHost");
-    let generation = olds.desiredGeneration ?? 1;
-    const steps: Step[] = [guardStep(asgOwned(news.groupName), owners, true)];
-    if (news.desired !== olds.desired) {
-      generation += 1;
-      steps.push(desiredRequestStep(news.groupName, generation, news.desired));
-    }
-    const restart = changed || news.min !== olds.min || news.max !== olds.max;
-    steps.push(startAgentStep(news.groupName, restart));
-    await runLocked(controller, steps);
-    const s = await readAgent(news);
-    return outputsFor(news, publicKey, generation, s, authorizedKeysFiles);
   },
 
   async delete(_id, olds) {

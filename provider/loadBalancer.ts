@@ -599,6 +599,7 @@ export function vipPortSpecOf(
     | "topology"
   >,
   amphora = 0,
+  owners: readonly string[] = [inputs.owner ?? ""],
 ): VipPortSpec {
   const paths = loadBalancerPaths(inputs.lbName);
   const standby = isStandby(inputs);
@@ -612,6 +613,7 @@ export function vipPortSpecOf(
     mtu: inputs.mtu,
     ...(standby ? { vipCidr: `${inputs.vipAddress}/${prefixOf(inputs.cidr)}` } : {}),
     ovsIds: ovsOwnerIds(inputs.owner ?? "", ownerProject(inputs.owner ?? "")),
+    ovsGuard: owners,
   };
 }
 
@@ -630,7 +632,7 @@ async function applyLoadBalancer(
   const steps: Step[] = [
     // Never touch a load balancer of the same name that another program owns.
     guardStep(loadBalancerOwned(inputs.lbName), owners, true),
-    vipPortStep(vipPortSpecOf(inputs, amphora), paths),
+    vipPortStep(vipPortSpecOf(inputs, amphora, owners), paths),
   ];
   const removed = oldCfg === null ? [] : removedServers(oldCfg, inputs.haproxyCfg);
   if (removed.length > 0) steps.push(drainStep(inputs.lbName, paths, removed, inputs.drainTimeout));

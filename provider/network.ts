@@ -73,6 +73,7 @@ import {
   guardStep,
   ovsOwnerGuardLines,
   ovsOwnerIds,
+  ovsRelabelGuardLines,
   ownerIn,
   releaseOwnerStep,
   type OwnedObject,
@@ -431,8 +432,15 @@ export function networkApplyStep(
   ];
   // OVS changes go into ONE ovs-vsctl transaction (each call waits for ovs-vswitchd).
   const ovsTx: string[] = [];
+  // Review O2: every bridge and port row this step labels is read first; another owner's is
+  // refused (exit 73) before anything changes, never relabelled, even when the owner marker
+  // was adopted (lost, or a state from before owners).
+  const relabelFix = `check which stack or project holds network ${inputs.networkName} on host ${host.name} (ovs-vsctl list bridge ${bridge}); rename this network, or delete it from the stack that owns it`;
+  const relabelGuard = (table: "bridge" | "port", name: string): string[] =>
+    ovsRelabelGuardLines(table, name, owners, `network ${inputs.networkName}`, relabelFix);
   if (ovs) {
     lines.push("dp=netdev; [ -d /sys/module/openvswitch ] && dp=system");
+    if (ids !== "") lines.push(...relabelGuard("bridge", '"$br"'), ...relabelGuard("port", '"$br"'));
     ovsTx.push(
       '--may-exist add-br "$br"',
       `set bridge "$br" datapath_type=$dp external_ids:kvmlab-network="$name" external_ids:kvmlab-kind=${inputs.kind} external_ids:kvmlab-type=${type}${own}`,
@@ -522,6 +530,12 @@ export function networkApplyStep(
     }
   }
   if (ovs) {
+    // The port rows the transaction labels (their names are shell variables set above).
+    if (ids !== "")
+      for (const t of ovsTx) {
+        const m = /^set port ("\$[a-z]+"|[A-Za-z0-9_.-]{1,15}) .*kvmlab-owner=/.exec(t);
+        if (m && m[1] !== '"$br"') lines.push(...relabelGuard("port", m[1]));
+      }
     lines.push(`ovs-vsctl ${ovsTx.join(" -- ")}`, 'ip link set dev "$br" up');
     // The internal port's tap exists once ovs-vswitchd has taken the transaction.
     if (type === "vxlan")
@@ -797,14 +811,11 @@ export function networkDeleteStep(
       // del-br takes every port with it: refuse while a port of another owner is on the bridge
       // (another stack's DHCP port, router leg or server port), as Neutron refuses to delete a
       // network with ports in use. Ports with no kvmlab owner (guests' taps) are not asked.
-      ...(owner === ""
-        ? []
-        : [
-            `    for b in "$br" ${greBridge(networkName)}; do ovs-vsctl br-exists "$b" || continue; for p in $(ovs-vsctl list-ports "$b"); do`,
-            `      o=$(ovs-vsctl --if-exists get port "$p" external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
-            `      case "$o" in ""|${shQuote(owner)}) ;; *) echo ${shQuote(`network ${networkName} on host ${host.name} still has port `)}"$p"${shQuote(" of ")}"$o"${shQuote("; the network was not removed (its bridge would take that port with it). Fix: delete that subnet, router leg or server port first, from the stack that owns it")} >&2; exit ${OWNER_REFUSED} ;; esac`,
-            "    done; done",
-          ]),
+      // A delete from a state from before owners (owner "") passes only unlabelled ports (review L2).
+      `    for b in "$br" ${greBridge(networkName)}; do ovs-vsctl br-exists "$b" || continue; for p in $(ovs-vsctl list-ports "$b"); do`,
+      `      o=$(ovs-vsctl --if-exists get port "$p" external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
+      `      case "$o" in ""|${shQuote(owner)}) ;; *) echo ${shQuote(`network ${networkName} on host ${host.name} still has port `)}"$p"${shQuote(" of ")}"$o"${shQuote("; the network was not removed (its bridge would take that port with it). Fix: delete that subnet, router leg or server port first, from the stack that owns it")} >&2; exit ${OWNER_REFUSED} ;; esac`,
+      "    done; done",
       '    ovs-vsctl --if-exists del-br "$br"',
       // A GRE network's tunnel bridge (userspace datapath); its veth link goes with "$vx" below.
       `    ovs-vsctl --if-exists del-br ${greBridge(networkName)}`,

@@ -332,7 +332,15 @@ export function routerDir(routerName: string): string {
 const DUMP_RULES =
   "dump() { { ip netns exec \"$ns\" iptables-save -t nat; ip netns exec \"$ns\" iptables-save -t mangle; } 2>/dev/null | grep -E '^-A (kvmlab-(PREROUTING|OUTPUT|POSTROUTING|snat|mark) |PREROUTING |OUTPUT |POSTROUTING )' | sed 's/\\[[0-9:]*\\]//'; }";
 
-function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg, ovsIds: string): string[] {
+function legLines(
+  ns: string,
+  dev: string,
+  hostDev: string,
+  leg: RouterLeg,
+  ovsIds: string,
+  owners: readonly string[],
+  routerName: string,
+): string[] {
   const addr = `${leg.address}/${leg.cidr.split("/")[1]}`;
   return [
     `dev=${dev}; hd=${hostDev}; br=${shQuote(leg.bridge)}; addr=${shQuote(addr)}; mtu=${leg.mtu}`,
@@ -346,6 +354,11 @@ function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg, ovsI
       clearNsSide: true,
       ovsTxOff: true,
       ovsIds,
+      ovsGuard: owners,
+      ovsGuardText: {
+        what: `the leg ${hostDev} of router ${routerName} on network ${leg.networkName}`,
+        fix: `check which stack holds router ${routerName} (ovs-vsctl list port ${hostDev}); rename this router or delete it from that stack`,
+      },
     }),
     'ip netns exec "$ns" ip link set dev "$dev" mtu $mtu up',
     'for a in $(ip netns exec "$ns" ip -4 -o addr show dev "$dev" | awk \'{print $4}\'); do [ "$a" = "$addr" ] || [ "${a%/32}" != "$a" ] || ip netns exec "$ns" ip addr del "$a" dev "$dev"; done',
@@ -354,7 +367,10 @@ function legLines(ns: string, dev: string, hostDev: string, leg: RouterLeg, ovsI
 }
 
 /** Step: namespace, sysctls, legs (extra qr- legs removed), default route. Idempotent. */
-export function routerPlumbStep(inputs: RouterInputs): Step {
+export function routerPlumbStep(
+  inputs: RouterInputs,
+  owners: readonly string[] = [inputs.owner ?? ""],
+): Step {
   const n = routerNames(inputs.routerName);
   const ns = n.namespace;
   const keep = inputs.interfaces.map((l) => routerInterfaceNames(inputs.routerName, l.subnetName).device);
@@ -369,10 +385,10 @@ export function routerPlumbStep(inputs: RouterInputs): Step {
     ...ROUTER_SYSCTLS.filter(([k]) => !k.startsWith("net.netfilter")).map(
       ([k, v]) => `ip netns exec "$ns" sysctl -q -w ${k}=${v}`,
     ),
-    ...legLines(ns, n.gatewayDevice, n.gatewayHostDevice, inputs.external, ids),
+    ...legLines(ns, n.gatewayDevice, n.gatewayHostDevice, inputs.external, ids, owners, inputs.routerName),
     ...inputs.interfaces.flatMap((l) => {
       const d = routerInterfaceNames(inputs.routerName, l.subnetName);
-      return legLines(ns, d.device, d.hostDevice, l, ids);
+      return legLines(ns, d.device, d.hostDevice, l, ids, owners, inputs.routerName);
     }),
     // Detach: qr- legs no longer listed go, with their peers.
     `keep=" ${keep.join(" ")} "`,
@@ -553,7 +569,7 @@ async function applyRouter(
         guard,
         // Another external network (bridge or driver): the gateway leg is made anew on it.
         ...(olds && olds.external.bridge !== inputs.external.bridge ? [gatewayUnplugStep(olds, owners)] : []),
-        routerPlumbStep(inputs),
+        routerPlumbStep(inputs, owners),
         uploadStep(`${routerDir(inputs.routerName)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
         routerRulesStep(inputs),
         writeRecordStep("router", inputs.routerName, {

@@ -58,6 +58,7 @@ import {
   ownerProject,
   ovsOwnerGuardLines,
   ovsOwnerIds,
+  ovsRelabelGuardLines,
   releaseOwnerStep,
   type OwnedObject,
   failureList,
@@ -611,6 +612,7 @@ export function conntrackDeleteArgs(r: SecurityGroupRule, ip: string, zone: numb
 export function portApplyStep(
   inputs: SecurityGroupPortInputs,
   removedRules: readonly SecurityGroupRule[],
+  owners: readonly string[] = [inputs.owner ?? ""],
 ): Step {
   const dir = portDir(inputs.tap);
   const zoneBridge = portBridgeOf(inputs.tap, inputs.driver, inputs.networkBridge);
@@ -633,15 +635,39 @@ export function portApplyStep(
       // The Server (components/server.ts sets ports[].hybrid) normally made the plumbing before
       // the guest started; for a device nobody plumbed (a namespace, a VIP veth) the port makes
       // it and records that, so its delete removes only what it made.
+      // Never another owner's qvo (reviews O2, L1, L5): both its rows are read before anything
+      // of the plumbing changes. Allowed: this port's owners and the owner of the server whose
+      // tap it is (a Server's qvo carries the Server's owner).
+      ...(ids
+        ? [
+            'so=""',
+            ...tapServersLines(inputs.tap, ['  so="$o"; break']),
+            ...(["port", "interface"] as const).flatMap((t) =>
+              ovsRelabelGuardLines(
+                t,
+                hy.qvo,
+                owners,
+                `the hybrid port of security group port ${inputs.portName}`,
+                `check which stack holds the security groups of ${inputs.tap} (ovs-vsctl list port ${hy.qvo}); delete them from that stack`,
+                ['"$so"'],
+              ),
+            ),
+          ]
+        : []),
       `if ! ip link show ${hy.qbr} >/dev/null 2>&1; then : > ${shQuote(`${dir}/hybrid.made`)}; ip link add ${hy.qbr} type bridge; fi`,
       `ip link set ${hy.qbr} type bridge forward_delay 0 2>/dev/null || true`,
       `if ! ip link show ${hy.qvb} >/dev/null 2>&1; then ip link del ${hy.qvo} 2>/dev/null || true; ip link add ${hy.qvb} mtu 9000 type veth peer name ${hy.qvo}; fi`,
       `mtu=$(cat /sys/class/net/${inputs.networkBridge}/mtu); ip link set ${hy.qvb} mtu $mtu; ip link set ${hy.qvo} mtu $mtu`,
       `ip link set ${hy.qvb} master ${hy.qbr}`,
       `ovs-vsctl --may-exist add-port ${inputs.networkBridge} ${hy.qvo} -- set port ${hy.qvo} external_ids:kvmlab-port=${shQuote(inputs.portName)}`,
-      // The qvo this port made carries its owner and project (issue 14); a Server's keeps the Server's.
+      // The qvo this port made carries its owner and project on both rows (issue 14, review L5);
+      // a Server's keeps the Server's.
       ...(ids
-        ? [`if [ -e ${shQuote(`${dir}/hybrid.made`)} ]; then ovs-vsctl set port ${hy.qvo} ${ids}; fi`]
+        ? [
+            `if [ -e ${shQuote(`${dir}/hybrid.made`)} ]; then`,
+            `  ovs-vsctl set port ${hy.qvo} ${ids} -- set interface ${hy.qvo} ${ids}`,
+            "fi",
+          ]
         : []),
       `ethtool -K ${hy.qvb} tx off >/dev/null 2>&1 || true; ethtool -K ${hy.qvo} tx off >/dev/null 2>&1 || true`,
       `ip link set ${hy.qvb} up; ip link set ${hy.qvo} up; ip link set ${hy.qbr} up`,
@@ -775,23 +801,35 @@ export function securityGroupPortOwned(tap: string): OwnedObject {
  * SecurityGroupPort's owner: a stack filters only its own servers' ports. A device no server
  * names (a namespace stand-in, a load balancer's VIP veth) is governed by the tap's marker alone.
  */
+/**
+ * Shell lines looping over the kvmlab servers whose domain XML names `tap`: in the loop body
+ * (`body`, run per server with an owner marker) `$s` is the server and `$o` its owner.
+ */
+function tapServersLines(tap: string, body: readonly string[]): string[] {
+  return [
+    `for x in ${KVMLAB_STATE_DIR}/instances/*/domain.xml; do`,
+    '  [ -e "$x" ] || continue',
+    `  grep -qF -- ${shQuote(`<target dev='${tap}'/>`)} "$x" || continue`,
+    // The server is the domain the XML names: instance folders are keyed by UUID (issue 15).
+    `  s=$(sed -n 's:^ *<name>\\([A-Za-z0-9._-]*\\)</name> *$:\\1:p' "$x" | head -n1)`,
+    '  [ -n "$s" ] || s=$(basename "$(dirname "$x")")',
+    `  o=$(head -n1 ${KVMLAB_STATE_DIR}/owners/server/"$s".owner 2>/dev/null || true)`,
+    '  [ -n "$o" ] || continue',
+    ...body,
+    "done",
+  ];
+}
+
 export function tapServerOwnerStep(tap: string, owner: string): Step {
   const stack = owner.split("/").slice(0, 2).join("/");
   return {
     label: `check that device ${tap} is a port of this stack's servers`,
     script: [
-      `for x in ${KVMLAB_STATE_DIR}/instances/*/domain.xml; do`,
-      '  [ -e "$x" ] || continue',
-      `  grep -qF -- ${shQuote(`<target dev='${tap}'/>`)} "$x" || continue`,
-      // The server is the domain the XML names: instance folders are keyed by UUID (issue 15).
-      `  s=$(sed -n 's:^ *<name>\\([A-Za-z0-9._-]*\\)</name> *$:\\1:p' "$x" | head -n1)`,
-      '  [ -n "$s" ] || s=$(basename "$(dirname "$x")")',
-      `  o=$(head -n1 ${KVMLAB_STATE_DIR}/owners/server/"$s".owner 2>/dev/null || true)`,
-      '  [ -n "$o" ] || continue',
-      `  if [ "$(printf '%s' "$o" | cut -d/ -f1-2)" != ${shQuote(stack)} ]; then`,
-      `    echo "device ${tap} is a port of server $s, which belongs to $o; a SecurityGroupPort of ${stack} may filter only the ports of its own stack's servers. Fix: set the security groups in the stack that owns the server" >&2; exit 73`,
-      "  fi",
-      "done",
+      ...tapServersLines(tap, [
+        `  if [ "$(printf '%s' "$o" | cut -d/ -f1-2)" != ${shQuote(stack)} ]; then`,
+        `    echo "device ${tap} is a port of server $s, which belongs to $o; a SecurityGroupPort of ${stack} may filter only the ports of its own stack's servers. Fix: set the security groups in the stack that owns the server" >&2; exit 73`,
+        "  fi",
+      ]),
       "true",
     ].join("\n"),
   };
@@ -811,7 +849,7 @@ async function applyPort(
       guardStep(securityGroupPortOwned(inputs.tap), owners, adoptUnmarked),
       tapServerOwnerStep(inputs.tap, inputs.owner),
       uploadStep(`${portDir(inputs.tap)}/rules.v4.new`, inputs.ruleset, { mode: "0644" }),
-      portApplyStep(inputs, removed),
+      portApplyStep(inputs, removed, owners),
       portReadStep(inputs),
     ]),
   );

@@ -1001,7 +1001,10 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // kvmlab's metadata as the host has it, against the state's XML (issue 14).
       metadataDrift:
         props.domainXml && typeof props.domainXml[type] === "string"
-          ? metadataDrift(withDomainOwner(props.domainXml[type], ownerIn(props)), info.metadata)
+          ? metadataDrift(withDomainOwner(props.domainXml[type], ownerIn(props)), info.metadata, {
+              owner: ownerIn(props),
+              project: props.project ?? "",
+            })
           : "",
       actualPowerState: powerOf(info),
       vncPort,
@@ -1055,7 +1058,11 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         await waited(m, () =>
           runLocked(
             host,
-            [preflightStep(news), ...materializeSteps(news, xml), recordStep(news, olds.addresses)],
+            [
+              preflightStep(news),
+              ...materializeSteps(news, xml, { alsoOwners: [ownerIn(olds)] }),
+              recordStep(news, olds.addresses),
+            ],
             {
               timeoutMs: 180000,
             },
@@ -1066,9 +1073,15 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // Only kvmlab's metadata (project, owner, stack…) changed, or refresh found it drifted: set
       // it in place in the live guest and its persistent definition, keep the instance folder's
       // copy and the record in step. No stop, no define.
+      // The domain must still be this server's (its UUID, checked again in the step).
+      if (current.uuid !== "" && current.uuid !== news.uuid)
+        throw new Error(
+          `server ${news.serverName}: the domain of that name on host ${host.name} has UUID ${current.uuid}, not this server's ${news.uuid}; its metadata was left alone. Fix: run "pulumi refresh", then remove or rename that domain by hand if it is not kvmlab's`,
+        );
       const xml = hostXml(news, type, host);
+      const set = metadataStep(news, xml);
       await runLocked(host, [
-        metadataStep(news.serverName, xml),
+        ...(set ? [set] : []),
         uploadStep(instancePaths(news).domainXml, xml, { mode: "0600" }),
         recordStep(news, olds.addresses),
       ]);

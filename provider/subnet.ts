@@ -339,7 +339,11 @@ function prefixOf(cidr: string): number {
 }
 
 /** Step: namespace, veth into the bridge, address (idempotent). */
-export function dhcpPortStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
+export function dhcpPortStep(
+  inputs: SubnetInputs,
+  paths: DhcpPaths,
+  owners: readonly string[] = [inputs.owner ?? ""],
+): Step {
   const lines = [
     "set -e",
     `ns=${shQuote(paths.namespace)}; hd=${paths.hostDevice}; nd=${paths.nsDevice}; br=${shQuote(inputs.networkBridge)}; mtu=${inputs.mtu}`,
@@ -352,6 +356,11 @@ export function dhcpPortStep(inputs: SubnetInputs, paths: DhcpPaths): Step {
       openvswitch: inputs.driver === "openvswitch",
       // Owner and project on the DHCP port (issue 14).
       ovsIds: ovsOwnerIds(inputs.owner ?? "", inputs.project ?? ""),
+      ovsGuard: owners,
+      ovsGuardText: {
+        what: `the DHCP port of subnet ${inputs.subnetName}`,
+        fix: `check which stack holds subnet ${inputs.subnetName} of network ${inputs.networkName} (ovs-vsctl list port ${paths.hostDevice}); rename this subnet or delete it from that stack`,
+      },
     }),
   ];
   lines.push(
@@ -528,7 +537,7 @@ async function applySubnet(
     steps.push(...ipamCommitSteps(record, paths, inputs.networkName));
     if (inputs.enableDhcp) {
       steps.push(
-        dhcpPortStep(inputs, paths),
+        dhcpPortStep(inputs, paths, guard.claim ? [inputs.owner] : guard.owners),
         uploadStep(`${paths.confFile}.new`, inputs.dnsmasqConf, { mode: "0644" }),
         dnsmasqStep(inputs, paths),
       );

@@ -19,9 +19,12 @@
  *   kvmlab asg status web
  *   kvmlab asg signal web scale_out          # Heat's signal URL, by hand
  *
- * Stack config (all optional): desired (1), min (1), max (3), cooldown (60 s), periodSec (60 s),
+ * Stack config (all optional): desired (1), min (1), max (3, at most 40: one fixed address per
+ * slot from 10.61.0.10, below the VIP; lan-v4's dynamic pool is .100-.250), cooldown (60 s), periodSec (60 s),
  * outThreshold (50 %), inThreshold (15 %), interval (5 s: the agent's evaluation period), launchTag
- * ("": set it to roll a new kernel command line through the group, one member at a time).
+ * ("": set it to roll a new kernel command line through the group, one member at a time: each
+ * slot's Server is updated in place), launchUserData ("": set it to roll new user data through
+ * the group: a new seed, so each slot's Server is replaced, still one member at a time).
  */
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -51,10 +54,27 @@ const image = new kvmlab.resources.Image("labimage", {
 const flavor = new kvmlab.Flavor("m1-tiny", { flavorName: "m1.tiny", vcpus: 1, ramMiB: 128, hosts });
 const key = new kvmlab.Keypair("operator", {});
 
+// lan-v4's address plan: slots at .10 (SLOT_FIRST) up, below the VIP (.50); the dynamic pool above.
+const SLOT_FIRST = 10;
+const VIP_HOST = 50;
+const LAN_POOL = { start: 100, end: 250 };
+const MAX_SLOTS = VIP_HOST - SLOT_FIRST;
+function lanAddress(host: number): string {
+  return `10.61.0.${host}`;
+}
+
 const lan = new kvmlab.Network("lan", {
   kind: "selfservice",
   hostDiscovery: discovery,
-  subnets: [{ name: "lan-v4", cidr: "10.61.0.0/24" }],
+  // Dynamic addresses (the DHCP port, an extra server) come from .100-.250 only: the slots'
+  // fixed addresses (.10 up) and the VIP (.50) sit outside the pool, so nothing takes them first.
+  subnets: [
+    {
+      name: "lan-v4",
+      cidr: "10.61.0.0/24",
+      allocationPool: { start: lanAddress(LAN_POOL.start), end: lanAddress(LAN_POOL.end) },
+    },
+  ],
 });
 const ext = new kvmlab.Network("ext", {
   kind: "provider",
@@ -105,19 +125,42 @@ if (!/^[A-Za-z0-9._-]{0,32}$/.test(launchTag))
   throw new Error(
     `autoscale:launchTag: expected up to 32 letters, digits, '.', '_' or '-', got ${JSON.stringify(launchTag)}`,
   );
+const launchUserData = config.get("launchUserData") ?? "";
+if (!/^[A-Za-z0-9._-]{0,32}$/.test(launchUserData))
+  throw new Error(
+    `autoscale:launchUserData: expected up to 32 letters, digits, '.', '_' or '-', got ${JSON.stringify(launchUserData)}`,
+  );
+const max = num("max", 3);
+// Each slot has a fixed address from .10 up, which must stay below the VIP (.50).
+if (!Number.isInteger(max) || max < 1 || max > MAX_SLOTS)
+  throw new Error(
+    `autoscale:max: expected a whole number from 1 to ${MAX_SLOTS} (one fixed address per slot, ${lanAddress(SLOT_FIRST)}-${lanAddress(VIP_HOST - 1)}, below the VIP ${lanAddress(VIP_HOST)}), got ${max}`,
+  );
 const group = new kvmlab.AutoscaleGroup("web", {
   launch: {
     image,
     flavor,
     keypair: key,
-    ports: [{ network: lan, subnet: "lan-v4" }],
+    // A fixed address per slot (10.61.0.10, .11, …, outside lan-v4's pool): a slot whose Server is replaced (a launch
+    // change of user data, image or ports) comes back on the address the agent's health check
+    // and the load balancer's pool know (docs/autoscale.md "Launch changes").
+    ports: [
+      {
+        network: lan,
+        subnet: "lan-v4",
+        fixedIps: Array.from({ length: max }, (_, i) => lanAddress(SLOT_FIRST + i)),
+      },
+    ],
     // launchTag: a launch change (a new kernel command line for every slot) that the group
     // rolls out one member at a time (docs/autoscale.md "Launch changes").
+    // launchUserData: a launch change that replaces every slot's Server (new user data, a new
+    // seed; the guest test image ignores it), rolled the same way.
+    ...(launchUserData ? { userData: { runcmd: [["echo", `launch=${launchUserData}`]] } } : {}),
     kernelCmdline: (member) =>
       pulumi.interpolate`${image.kernelCmdline} lab.name=${member}${launchTag ? ` lab.rev=${launchTag}` : ""}`,
   },
   min: num("min", 1),
-  max: num("max", 3),
+  max,
   desired: num("desired", num("min", 1)),
   cooldown: num("cooldown", 60),
   interval: num("interval", 5),
@@ -138,7 +181,7 @@ const group = new kvmlab.AutoscaleGroup("web", {
   loadBalancer: {
     network: lan,
     subnet: "lan-v4",
-    vipAddress: "10.61.0.50",
+    vipAddress: lanAddress(VIP_HOST),
     memberPort: 80,
     hostDiscovery: discovery,
     floatingIp: { router, external: ext, subnet: "ext-v4" },

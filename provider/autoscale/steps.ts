@@ -102,19 +102,32 @@ export function unauthorizeAgentStep(authorizedKeysFile: string, group: string, 
   };
 }
 
-/** Controller: the pid of a live agent of this group, else nothing (used by start/stop/read). */
+/**
+ * Controller: the pid of a live agent of this group, else nothing (used by start/stop/read).
+ * Only what the agent recorded under its single-instance lock counts (review R5): the pid in
+ * `agent.pid` must still be the process that started at the time in `agent.start` (field 22 of
+ * /proc/PID/stat, as the agent's `start_time` writes it) and run in the group's folder. Never a
+ * command-line match: another process whose argv names agent.sh (an admin's `less`, `sh -x`) is
+ * not the agent. An agent without `agent.start` (from before it was recorded) is not found.
+ */
 function livePidScript(group: string): string {
   const d = dirOf(group);
   return [
     `d=${shQuote(d)}`,
     'pid=$(cat "$d/agent.pid" 2>/dev/null || true)',
     'case "$pid" in ""|*[!0-9]*) pid="" ;; esac',
-    // The pid must still be this group's agent (pids are reused).
-    `if [ -n "$pid" ] && ! tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- ${shQuote(`${d}/agent.sh`)}; then pid=""; fi`,
+    'started=$(cat "$d/agent.start" 2>/dev/null || true)',
+    // The pid must still be this group's agent (pids are reused): same start time, same folder.
+    'if [ -n "$pid" ] && ! { [ -n "$started" ] && [ "$(sed \'s/^.*) //\' "/proc/$pid/stat" 2>/dev/null | awk \'{print $20}\')" = "$started" ] && [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(readlink -f "$d")" ]; }; then pid=""; fi',
   ].join("\n");
 }
 
-/** Controller: stop the agent (its whole process group), bounded; idempotent. */
+/**
+ * Controller: stop the agent, bounded; idempotent. The agent found by {@link livePidScript}
+ * (pid + start time) gets TERM, then KILL while it is still that process (pid + start time
+ * checked again); its process group too (its `sleep`/`ssh` children) only when it leads that
+ * group (setsid made it so), never a group it merely belongs to or a reused pid's group.
+ */
 export function stopAgentStep(group: string): Step {
   const unit = `kvmlab-asg-${group}`;
   return {
@@ -123,10 +136,20 @@ export function stopAgentStep(group: string): Step {
       livePidScript(group),
       `if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then systemctl stop ${shQuote(unit)} >/dev/null 2>&1 || true; fi`,
       'if [ -n "$pid" ]; then',
-      '  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true',
+      "  pg=$(sed 's/^.*) //' \"/proc/$pid/stat\" 2>/dev/null | awk '{print $3}')",
+      '  if [ "$pg" = "$pid" ]; then tgt="-$pid"; else tgt=$pid; fi',
+      '  kill -TERM -- "$tgt" 2>/dev/null || true',
       "  i=0",
       '  while [ $i -lt 50 ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; i=$((i+1)); done',
-      '  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true',
+      // KILL only what is still the agent (review L4): its pid may have been reused once it
+      // exited. Its group (leftover sleep/ssh children) only when it led it and is gone: a group
+      // whose leader's pid is free again is still the agent's (pids are not reused while a group
+      // of that id has members); a live non-agent process at that pid leads a group of its own.
+      '  if kill -0 "$pid" 2>/dev/null && [ "$(sed \'s/^.*) //\' "/proc/$pid/stat" 2>/dev/null | awk \'{print $20}\')" = "$started" ]; then',
+      '    kill -KILL -- "$tgt" 2>/dev/null || true',
+      '  elif [ "$tgt" = "-$pid" ] && ! kill -0 "$pid" 2>/dev/null && [ -n "$(pgrep -g "$pid" 2>/dev/null)" ]; then',
+      '    kill -KILL -- "$tgt" 2>/dev/null || true',
+      "  fi",
       "fi",
     ].join("\n"),
   };

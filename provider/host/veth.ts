@@ -7,6 +7,7 @@
  * Idempotent: an existing, complete pair is kept.
  */
 import { shQuote } from "./quote";
+import { ovsRelabelGuardLines } from "../kit/owner";
 
 export interface VethLegOptions {
   /** Shell variable holding the namespace-side device name. @default "nd" */
@@ -24,13 +25,27 @@ export interface VethLegOptions {
    * owner and project from kit/owner.ts ovsOwnerIds). @default none
    */
   readonly ovsIds?: string;
+  /**
+   * With `ovsIds`: the owners whose `kvmlab-owner` the port may already carry (the new one and,
+   * in an update, the state's). Another owner's port is refused before anything changes (exit
+   * 73, review O2), never relabelled. Required with `ovsIds`.
+   */
+  readonly ovsGuard?: readonly string[];
+  /** What the port is, for the refusal (e.g. "the DHCP port of subnet s"), and the fix. */
+  readonly ovsGuardText?: { readonly what: string; readonly fix: string };
 }
 
 export function vethLegLines(o: VethLegOptions): string[] {
   const nd = `"$${o.nsDevVar ?? "nd"}"`;
   if (!/^kvmlab-[a-z][a-z0-9-]*$/.test(o.externalId.key))
     throw new Error(`vethLegLines: invalid external_ids key ${JSON.stringify(o.externalId.key)}`);
+  if (o.openvswitch && o.ovsIds && (!o.ovsGuard || !o.ovsGuardText))
+    throw new Error("vethLegLines: an OVS port labelled with an owner needs ovsGuard and ovsGuardText");
   return [
+    // Before the pair is recreated or the port relabelled: not another owner's (review O2).
+    ...(o.openvswitch && o.ovsIds && o.ovsGuard && o.ovsGuardText
+      ? ovsRelabelGuardLines("port", '"$hd"', o.ovsGuard, o.ovsGuardText.what, o.ovsGuardText.fix)
+      : []),
     `if ! { ip link show dev "$hd" >/dev/null 2>&1 && ip netns exec "$ns" ip link show dev ${nd} >/dev/null 2>&1; }; then`,
     o.clearNsSide
       ? `  ip link del dev "$hd" 2>/dev/null || true; ip netns exec "$ns" ip link del dev ${nd} 2>/dev/null || true`

@@ -345,7 +345,8 @@ export function ovsOwnerIds(owner: string, project = ""): string {
  * by the shell word `name` (a quoted variable such as `"$hd"`, or a validated device name)
  * carries a `kvmlab-owner` other than `owners` in its external_ids. A record without one (made
  * before owners, or not there at all) passes: the object's owner marker guards it. Put them
- * right before the `del-port`/`del-br` they protect.
+ * right before the `del-port`/`del-br` they protect. With no owner (a state from before owners,
+ * review O2) only a record without a `kvmlab-owner` passes: such a state never labelled one.
  */
 export function ovsOwnerGuardLines(
   table: "port" | "bridge" | "interface",
@@ -354,12 +355,63 @@ export function ovsOwnerGuardLines(
   what: string,
   fix: string,
 ): string[] {
+  return ovsOwnerCheckLines(table, name, owners, `${what} belongs to `, "it was not removed", fix);
+}
+
+/**
+ * The same check for an apply path (review O2), before a `set … external_ids:kvmlab-owner=…`
+ * relabels the record: another owner's port or bridge is refused (exit {@link OWNER_REFUSED},
+ * naming the record, its owner and the fix), never taken over, even when the object's owner
+ * marker was adopted (lost, or a state from before owners). A record without a `kvmlab-owner`
+ * (being made now, or made before owners) passes. `owners`: the new owner and, in an update, the
+ * state's.
+ */
+export function ovsRelabelGuardLines(
+  table: "port" | "bridge" | "interface",
+  name: string,
+  owners: readonly string[],
+  what: string,
+  fix: string,
+  alsoVars: readonly string[] = [],
+): string[] {
+  return ovsOwnerCheckLines(
+    table,
+    name,
+    owners,
+    `${what}: OVS ${table} `,
+    "it was not changed",
+    fix,
+    name,
+    alsoVars,
+  );
+}
+
+function ovsOwnerCheckLines(
+  table: "port" | "bridge" | "interface",
+  name: string,
+  owners: readonly string[],
+  lead: string,
+  outcome: string,
+  fix: string,
+  shownName?: string,
+  alsoVars: readonly string[] = [],
+): string[] {
   const mine = owners.filter((o) => o !== "");
-  if (mine.length === 0) return [];
+  // Owners known only on the host (a quoted shell variable, "" when none): also allowed.
+  for (const v of alsoVars)
+    if (!/^"\$[a-z_][a-z0-9_]*"$/.test(v))
+      throw new Error(`ovsOwnerGuardLines: ${showValue(v)} is not a quoted shell variable`);
   for (const o of mine)
     if (!OWNER_RE.test(o)) throw new Error(`ovsOwnerGuardLines: ${showValue(o)} is not an owner string`);
+  if (!/^(?:"\$[a-z_][a-z0-9_]*"|[A-Za-z0-9_.-]{1,15})$/.test(name))
+    throw new Error(
+      `ovsOwnerGuardLines: ${showValue(name)} is neither a quoted shell variable nor a device name`,
+    );
+  const allowed = ['""', ...mine.map((o) => shQuote(o)), ...alsoVars].join("|");
+  const me = mine.length > 0 ? mine[0] : "this state, which records no owner (made before owners)";
+  const shown = shownName === undefined ? "" : `${name}${shQuote(" belongs to ")}`;
   return [
     `o=$(ovs-vsctl --if-exists get ${table} ${name} external_ids:kvmlab-owner 2>/dev/null | tr -d '"' || true)`,
-    `case "$o" in ""|${mine.map((o) => shQuote(o)).join("|")}) ;; *) echo ${shQuote(`${what} belongs to `)}"$o"${shQuote(`, not to ${mine[0]}; it was not removed. Fix: ${fix}`)} >&2; exit ${OWNER_REFUSED} ;; esac`,
+    `case "$o" in ${allowed}) ;; *) echo ${shQuote(lead)}${shown}"$o"${shQuote(`, not to ${me}; ${outcome}. Fix: ${fix}`)} >&2; exit ${OWNER_REFUSED} ;; esac`,
   ];
 }

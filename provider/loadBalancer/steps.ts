@@ -31,6 +31,8 @@ export interface VipPortSpec {
   readonly vipCidr?: string;
   /** The OVS port's owner/project external_ids (kit/owner.ts ovsOwnerIds; issue 14). @default none */
   readonly ovsIds?: string;
+  /** With ovsIds: the owners the port may already carry (host/veth.ts ovsGuard; review O2). */
+  readonly ovsGuard?: readonly string[];
 }
 
 /** What the read step finds on the host. */
@@ -85,7 +87,16 @@ export function vipPortStep(spec: VipPortSpec, paths: LoadBalancerPaths): Step {
     ...vethLegLines({
       externalId: { key: "kvmlab-lb", value: spec.lbName },
       openvswitch: spec.driver === "openvswitch",
-      ...(spec.ovsIds ? { ovsIds: spec.ovsIds } : {}),
+      ...(spec.ovsIds
+        ? {
+            ovsIds: spec.ovsIds,
+            ovsGuard: spec.ovsGuard ?? [],
+            ovsGuardText: {
+              what: `the VIP port of load balancer ${spec.lbName}`,
+              fix: `check which stack holds load balancer ${spec.lbName} (ovs-vsctl list port ${paths.hostDevice}); rename this load balancer or delete it from that stack`,
+            },
+          }
+        : {}),
     }),
   ];
   lines.push(

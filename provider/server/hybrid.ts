@@ -9,7 +9,7 @@
  */
 import { hybridDevices } from "../../core/securityGroup";
 import type { Step } from "../host";
-import { ovsOwnerGuardLines, ovsOwnerIds } from "../kit/owner";
+import { ovsOwnerGuardLines, ovsOwnerIds, ovsRelabelGuardLines } from "../kit/owner";
 import type { ServerPort } from "./model";
 
 /** The bridge the domain XML names for a port: qbr<id> for a hybrid port, else the network's. */
@@ -23,6 +23,7 @@ export function hybridPlugStep(
   ports: readonly ServerPort[],
   owner: string,
   project = "",
+  alsoOwners: readonly string[] = [],
 ): Step | null {
   const hybrid = ports.filter((p) => p.hybrid === true && p.driver === "openvswitch");
   if (hybrid.length === 0) return null;
@@ -33,6 +34,19 @@ export function hybridPlugStep(
   for (const p of hybrid) {
     const d = hybridDevices(p.tap);
     lines.push(
+      // Another owner's qvo is neither recreated nor relabelled (review O2).
+      // Both rows (review L5): a SecurityGroupPort that made the qvo labels its port row too.
+      ...(ids === ""
+        ? []
+        : (["interface", "port"] as const).flatMap((t) =>
+            ovsRelabelGuardLines(
+              t,
+              d.qvo,
+              [owner, ...alsoOwners],
+              `the hybrid port of server ${serverName}`,
+              `check which stack holds server ${serverName} (ovs-vsctl list ${t} ${d.qvo}); rename this server or delete it from that stack`,
+            ),
+          )),
       `ip link show ${d.qbr} >/dev/null 2>&1 || ip link add ${d.qbr} type bridge`,
       `ip link set ${d.qbr} type bridge forward_delay 0 stp_state 0 2>/dev/null || true`,
       `if ! ip link show ${d.qvb} >/dev/null 2>&1; then ip link del ${d.qvo} 2>/dev/null || true; ip link add ${d.qvb} type veth peer name ${d.qvo}; fi`,

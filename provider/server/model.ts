@@ -690,6 +690,7 @@ export function planUpdate(olds: ServerOutputs, news: ServerInputs): ServerUpdat
       !redefine &&
       (olds.domainXml[type] !== news.domainXml[type] ||
         (olds.owner ?? "") !== news.owner ||
+        (olds.project ?? "") !== news.project ||
         (olds.metadataDrift ?? "") !== ""),
     resizeDisk: news.image.kind === "disk" && news.flavor.diskGiB > olds.flavor.diskGiB,
     power:

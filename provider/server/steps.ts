@@ -8,7 +8,13 @@ import { dhcpPaths } from "../ipam";
 import { recordDir } from "../../core/paths";
 import { instancePaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
-import { KVMLAB_DOMAIN_KEY, KVMLAB_DOMAIN_XMLNS, metadataSetText } from "../../core/domainMetadata";
+import {
+  KVMLAB_DOMAIN_KEY,
+  KVMLAB_DOMAIN_XMLNS,
+  metadataBlockOf,
+  metadataSetText,
+  ownerOnlySetText,
+} from "../../core/domainMetadata";
 import { hybridGuardLines, hybridPlugStep, hybridUnplugLines } from "./hybrid";
 
 /** virsh on the host's system instance, quiet. */
@@ -119,7 +125,11 @@ export function otherUserOfUuidLines(
  * an instance folder another server uses (its domain.xml names another domain, or libvirt or a
  * record gives the UUID to another server): nothing is written into it (review S1).
  */
-export function materializeSteps(inputs: ServerInputs, xml: string, opts: { define?: boolean } = {}): Step[] {
+export function materializeSteps(
+  inputs: ServerInputs,
+  xml: string,
+  opts: { define?: boolean; alsoOwners?: readonly string[] } = {},
+): Step[] {
   const p = instancePaths(inputs);
   const steps: Step[] = [
     {
@@ -179,13 +189,25 @@ export function materializeSteps(inputs: ServerInputs, xml: string, opts: { defi
   }
   steps.push(uploadStep(p.domainXml, xml, { mode: "0600" }));
   // Hybrid OVS ports: qbr/qvb/qvo before the domain can start (also on a migration's destination).
-  const plug = hybridPlugStep(inputs.serverName, inputs.ports, inputs.owner ?? "", inputs.project ?? "");
+  const plug = hybridPlugStep(
+    inputs.serverName,
+    inputs.ports,
+    inputs.owner ?? "",
+    inputs.project ?? "",
+    opts.alsoOwners,
+  );
   if (plug) steps.push(plug);
   if (opts.define !== false) {
     steps.push({
       label: `define domain ${inputs.serverName}`,
       script: `${VIRSH} define ${shQuote(p.domainXml)} >/dev/null`,
     });
+    // A raw XML (no kvmlab element) defines a domain without the owner-only element (review
+    // L6): set it again after every define, so a redefine never drops it for good.
+    if (metadataBlockOf(xml) === "") {
+      const set = metadataStep(inputs, xml);
+      if (set) steps.push(set);
+    }
   }
   return steps;
 }
@@ -217,17 +239,25 @@ export function nameFreeStep(inputs: Pick<ServerInputs, "serverName" | "uuid">):
 /**
  * Sets kvmlab's metadata element of a defined domain in place (virDomainSetMetadata): in the
  * persistent definition, and in the running guest too when it runs. No redefine, no restart.
- * `xml` is the host XML the state will hold (its element is what gets set).
+ * `xml` is the host XML the state will hold (its element is what gets set); an XML without
+ * kvmlab's element (a raw provider call's) gets one with only the project and the owner (review
+ * O3). The domain of that name must be this server's (its UUID), else it is left alone and the
+ * step exits 33 (review O5). Undefined when there is nothing to set (no element, no owner).
  */
-export function metadataStep(name: string, xml: string): Step {
-  const text = metadataSetText(xml);
-  if (text === "") throw new Error(`server ${name}: the domain XML has no kvmlab metadata to set`);
-  const n = shQuote(name);
+export function metadataStep(
+  s: Pick<ServerInputs, "serverName" | "uuid" | "project"> & { owner?: string },
+  xml: string,
+): Step | undefined {
+  const text = metadataSetText(xml) || ownerOnlySetText(s.owner ?? "", s.project ?? "");
+  if (text === "") return undefined;
+  const n = shQuote(s.serverName);
   const set = `${VIRSH} metadata ${n} --uri ${shQuote(KVMLAB_DOMAIN_XMLNS)} --key ${KVMLAB_DOMAIN_KEY} --set ${shQuote(text)}`;
   return {
-    label: `set kvmlab metadata of domain ${name}`,
+    label: `set kvmlab metadata of domain ${s.serverName}`,
     script: [
       "set -e",
+      `u=$(${VIRSH} domuuid ${n} 2>/dev/null || true)`,
+      `if [ "$u" != ${shQuote(s.uuid)} ]; then echo ${shQuote(`the domain named ${s.serverName} on this host is not this server (UUID ${s.uuid}): it has UUID `)}"\${u:-(none)}"${shQuote(`; its metadata was left alone. Fix: run "pulumi refresh", then remove or rename that domain by hand if it is not kvmlab's`)} >&2; exit 33; fi`,
       `st=$(${VIRSH} domstate ${n})`,
       'case "$st" in running|paused) live=--live ;; *) live= ;; esac',
       `${set} --config $live`,

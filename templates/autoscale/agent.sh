@@ -235,6 +235,23 @@ stop_members() { # names...
   done
 }
 
+# A member that failed its health check during a roll (review R4): never left running out of the
+# pool. It never joined the pool (start_members keeps it in maint until it answers), so it is
+# powered off at once and stays marked FAILED (no scale-out starts a FAILED slot, an agent
+# restart keeps the mark and powers it off again if it still runs; the next resize marks it
+# stopped). The decision is logged with its reason.
+stop_failed() { # MEMBER REASON
+  lb_state "$1" maint
+  _k=$(index_of "$1")
+  if on_host "$_k" stop "$1" >/dev/null 2>>"$DIR/agent.err"; then
+    log "event=action action=stop member=$1 reason=$2 state=failed$CAUSE"
+  else
+    log "event=action action=stop member=$1 reason=$2 state=failed result=failed$CAUSE"
+  fi
+  set_mstate "$1" failed "$(date +%s)"
+  rm -f "samples/$1"
+}
+
 # Bring the group to SIZE members in service (Heat's member order).
 resize() { # SIZE
   _cur=$(count_running)
@@ -370,6 +387,14 @@ reconcile_start() {
     _st=$(awk -v n="$_n" '$1==n {print $2}' stats.tmp)
     if [ "$(mstate "$_n")" = rolling ]; then
       : # a rolling replacement holds it out of service (roll-in brings it back)
+    elif [ "$(mstate "$_n")" = failed ]; then
+      # FAILED stays FAILED across a restart (review L3): no scale-out starts it, and it never
+      # goes back into the pool. Still running (its power-off failed): powered off again.
+      if [ "$_st" = running ]; then
+        stop_failed "$_n" still-running-at-agent-start
+      else
+        lb_state "$_n" maint
+      fi
     elif [ "$_st" = running ]; then
       if [ "$(mstate "$_n")" != running ]; then set_mstate "$_n" running "$(date +%s)"; fi
       lb_state "$_n" ready
@@ -474,8 +499,10 @@ roll_out() { # MEMBER
       roll_refuse 66 "no spare slot: taking $1 out would leave $((_rcur - 1)) members in service, below min $MIN, and every other slot is in service or being replaced ($1 stays in service; nothing was changed). Fix: raise max by one (a spare slot), then run up again"
     log "event=roll-surge member=$_surge for=$1 in_service=$_rcur min=$MIN$CAUSE"
     start_members "$_surge"
-    [ "$(mstate "$_surge")" = running ] ||
-      roll_refuse 67 "spare failed: $_surge did not pass its health check within ${BOOT_TIMEOUT}s, so $1 stays in service (nothing else was changed). Fix: see $_surge's serial log, then run up again"
+    if [ "$(mstate "$_surge")" != running ]; then
+      stop_failed "$_surge" spare-unhealthy
+      roll_refuse 67 "spare failed: $_surge did not pass its health check within ${BOOT_TIMEOUT}s; it was stopped and is marked FAILED, and $1 stays in service (nothing else was changed). Fix: see $_surge's serial log, then run up again"
+    fi
   fi
   stop_members "$1"
   echo "1 $_surge" > "state/$1.roll"
@@ -498,7 +525,8 @@ roll_in() { # MEMBER
     start_members "$1"
     if [ "$(mstate "$1")" != running ]; then
       rm -f "state/$1.roll"
-      roll_refuse 68 "unhealthy after the change: $1 did not pass its health check within ${BOOT_TIMEOUT}s with its new launch configuration; it is FAILED (the agent replaces it from the spare slots) and ${_surge:-no spare} stays in service. Fix: see $1's serial log, correct the launch change, run up again"
+      stop_failed "$1" unhealthy-after-change
+      roll_refuse 68 "unhealthy after the change: $1 did not pass its health check within ${BOOT_TIMEOUT}s with its new launch configuration; it was stopped and is marked FAILED (the agent replaces it from the spare slots) and ${_surge:-no spare} stays in service. Fix: see $1's serial log, correct the launch change, run up again"
     fi
     # The spare that stood in for it leaves again (Heat: the group returns to its capacity).
     [ -n "$_surge" ] && [ "$(mstate "$_surge")" = running ] && stop_members "$_surge"

@@ -21,6 +21,9 @@
  *                   for every slot: each slot rolled out and back in, one at a time, highest
  *                   first, a spare standing in for the running member; never below min in
  *                   service; every domain has the new XML; a no-change up afterwards is all "same"
+ *   replace change  (load generator still running) new user data for every slot: each slot's
+ *                   Server is REPLACED (deleted, created anew), rolled the same way: one slot
+ *                   out at a time, never below min in service, no member lost, 0 failed requests
  *   destroy         no member domain, agent process, key line, folder, owner marker or
  *                   load balancer namespace is left on any host
  */
@@ -63,6 +66,7 @@ after(async () => {
 });
 
 let launchTag = "";
+let launchUserData = "";
 function run(operation: "up" | "refresh" | "destroy"): Promise<RunResult> {
   const cfg = (k: string, v: string) => ({ key: `autoscale:${k}`, value: v, secret: false });
   return runEngine({
@@ -78,6 +82,7 @@ function run(operation: "up" | "refresh" | "destroy"): Promise<RunResult> {
       cfg("outThreshold", "30"),
       cfg("inThreshold", "15"),
       ...(launchTag ? [cfg("launchTag", launchTag)] : []),
+      ...(launchUserData ? [cfg("launchUserData", launchUserData)] : []),
     ],
     // The Server provider's per-operation timings (how long each slot's create took).
     env: { PULUMI_NODEJS_TRANSPILE_ONLY: "true", KVMLAB_METRICS_FILE: path.join(stateDir, "metrics.jsonl") },
@@ -100,6 +105,26 @@ function agentState(): {
   const r = s.resources.find((x) => x.urn.endsWith("kvmlab:AutoscaleAgent::web-agent"));
   assert.ok(r, "the state holds the AutoscaleAgent");
   return r.outputs as never;
+}
+
+/** Every slot domain on every host, "name uuid", sorted. */
+async function domainUuids(): Promise<string[]> {
+  const all: string[] = [];
+  for (const h of status.hosts) {
+    const out = await sshCheck(
+      status,
+      h.name,
+      "for d in $(virsh list --all --name | grep '^web-'); do echo \"$d $(virsh domuuid $d)\"; done",
+      { timeoutMs: 30_000 },
+    );
+    all.push(
+      ...out
+        .split("\n")
+        .filter((l) => /^web-\d+ /.test(l.trim()))
+        .map((l) => l.trim()),
+    );
+  }
+  return all.sort();
 }
 
 interface Status {
@@ -423,6 +448,38 @@ async function scenario(): Promise<void> {
       "a no-change up after the launch change changes nothing",
     );
     console.log(`# no-change up after the launch change ${(noop.durationMs / 1000).toFixed(1)} s`);
+
+    // A launch change that REPLACES the slots' Servers (new user data: a new seed), still with
+    // the load generator running: the same roll steps around each Server's replacement.
+    const uuidsBefore = await domainUuids();
+    const replaceFrom = Date.now();
+    launchUserData = "u2";
+    const replaced = ok(await run("up"));
+    const replaceSteps = replaced.steps
+      .filter((x) => x.op !== "same")
+      .map((x) => `${x.op} ${x.urn.split("::").pop()}`);
+    console.log(
+      `# replace launch change: up took ${((Date.now() - replaceFrom) / 1000).toFixed(1)} s (engine ${(replaced.durationMs / 1000).toFixed(1)} s); steps: ${replaceSteps.join(", ")}`,
+    );
+    for (const i of [0, 1, 2])
+      for (const want of [`update web-${i}-roll-out`, `replace web-${i}`, `update web-${i}-roll-in`])
+        assert.ok(replaceSteps.includes(want), `${want} (got ${replaceSteps.join(", ")})`);
+    for (const i of [0, 1, 2]) {
+      const r = replaced.steps.find((x) => x.op === "replace" && x.urn.endsWith(`::web-${i}`));
+      assert.ok(r?.replaceKeys?.includes("cloudInit"), `web-${i} is replaced for its user data`);
+    }
+    // Each slot comes back on its fixed address (the agent's health check and the pool use it).
+    assert.deepEqual(replaced.outputs.memberIps, ips, "every replaced slot has its address back");
+    // Each slot is the same domain identity again (name, UUID derived from them), defined anew.
+    assert.deepEqual(await domainUuids(), uuidsBefore, "every slot is back, same UUIDs");
+    const afterReplace = await agentStatus(agentHost);
+    assert.deepEqual(inService(afterReplace), ["web-2"], "the group is back to its size and members");
+    const noop2 = ok(await run("up"));
+    assert.deepEqual(
+      noop2.steps.filter((x) => x.op !== "same").map((x) => `${x.op} ${x.urn}`),
+      [],
+      "a no-change up after the replace launch change changes nothing",
+    );
     await new Promise((r) => setTimeout(r, 5000));
     fs.writeFileSync(stopFile, "");
     await Promise.race([loadDone, new Promise((r) => setTimeout(r, 30_000))]);
@@ -434,7 +491,11 @@ async function scenario(): Promise<void> {
     console.log(
       `# load generator: ${loadOut.length} requests, ${failed.length} failed; answers: ${JSON.stringify(Object.fromEntries(served))}`,
     );
-    assert.deepEqual(failed, [], "no request failed during scale-out, scale-in and the launch change");
+    assert.deepEqual(
+      failed,
+      [],
+      "no request failed during scale-out, scale-in and the two launch changes (update and replace)",
+    );
     for (const m of ["web-0", "web-1", "web-2"])
       assert.ok((served.get(`hello from ${m}`) ?? 0) > 0, `${m} received traffic`);
 
@@ -481,17 +542,20 @@ async function scenario(): Promise<void> {
     assert.ok(rollStart >= 0, "the launch change rolled");
     let serving = 1; // web-2 alone, as the scale-in left it
     let out = 0;
-    const perSlot: Record<string, number> = {};
+    // Per roll (the in-place one, then the replacing one): roll-out -> roll-in seconds per slot.
+    const perSlot: Record<string, number>[] = [];
+    const outAt: Record<string, number> = {};
     for (const e of log.slice(rollStart)) {
       if (e.event === "action" && e.action === "in-service") serving++;
       if (e.event === "action" && e.action === "drain") serving--;
       if (e.event === "roll-out" && e.note === undefined) {
         out++;
-        perSlot[e.member] = Number(e.ts);
+        outAt[e.member] = Number(e.ts);
       }
       if (e.event === "roll-in") {
         out--;
-        perSlot[e.member] = (Number(e.ts) - perSlot[e.member]) / 1000;
+        if (e.member === "web-2") perSlot.push({});
+        perSlot[perSlot.length - 1][e.member] = (Number(e.ts) - outAt[e.member]) / 1000;
       }
       assert.ok(out <= 1, `two slots out at once at ${e.ts}`);
       assert.ok(serving >= 1, `fewer than min in service at ${e.ts}`);
@@ -504,10 +568,12 @@ async function scenario(): Promise<void> {
     assert.equal(out, 0, "every slot rolled back in");
     assert.deepEqual(
       log.filter((e) => e.event === "roll-out").map((e) => e.member),
-      ["web-2", "web-1", "web-0"],
-      "highest slot first",
+      ["web-2", "web-1", "web-0", "web-2", "web-1", "web-0"],
+      "highest slot first, in both launch changes",
     );
-    console.log(`# roll-out -> roll-in per slot (s): ${JSON.stringify(perSlot)}`);
+    console.log(
+      `# roll-out -> roll-in per slot (s), in-place change then replace change: ${JSON.stringify(perSlot)}`,
+    );
 
     // Destroy leaves nothing of the group on any host.
     const gone = ok(await run("destroy"));
@@ -518,7 +584,9 @@ async function scenario(): Promise<void> {
       .split("\n")
       .filter((l) => l !== "")
       .map((l) => JSON.parse(l) as { op: string; server: string; totalMs: number })
-      .filter((m) => m.op === "delete");
+      .filter((m) => m.op === "delete")
+      // The destroy's own (the replace launch change deleted each slot's old Server before).
+      .slice(-3);
     console.log(
       `# destroy ${(gone.durationMs / 1000).toFixed(1)} s; slot deletes ${deletes.map((m) => `${m.server} ${(m.totalMs / 1000).toFixed(1)} s`).join(", ")}`,
     );

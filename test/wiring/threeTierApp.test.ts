@@ -324,3 +324,24 @@ test("ThreeTierApp: a max that is not the number of slots is refused, naming the
     /web\.max: the group has one slot per member address \(1 given\) and max is 3; give 3 addresses in web\.members or drop max/,
   );
 });
+
+test("review L7: a slot whose fixed address is the load balancer's VIP is refused at preview, naming the slot and the fix", async () => {
+  const { Network } = await import("../../components/network");
+  const { ThreeTierApp } = await import("../../components/threeTierApp");
+  const { Router } = await import("../../provider/router");
+  const lan = new Network("y-lan", { subnets: [{ name: "v4", cidr: "10.41.0.0/24" }] });
+  assert.throws(
+    () =>
+      new ThreeTierApp("vipclash", {
+        image: { name: "labguest", kind: "kernel", kernel: "/k", ramdisk: "/r" },
+        flavor: { name: "m1.tiny", vcpus: 1, ramMiB: 128 },
+        router: new Router("y-edge", { hosts: [], external: {} as never }),
+        external: { network: lan, subnet: "v4" },
+        web: { network: lan, subnet: "v4", vipAddress: "10.41.0.5", members: ["10.41.0.11", "10.41.0.5"] },
+        was: { network: lan, subnet: "v4", vipAddress: "10.41.0.6", members: ["10.41.0.21"] },
+        db: { network: lan, subnet: "v4", address: "10.41.0.31" },
+        bastion: { network: lan, subnet: "v4", address: "10.41.0.41" },
+      }),
+    /launch\.ports\[0\]\.fixedIps: slot \S+-1's address 10\.41\.0\.5 is the load balancer's vipAddress in subnet v4; .*Fix: give the slots addresses apart from the VIP/,
+  );
+});

@@ -10,6 +10,7 @@ import {
   metadataBlockOf,
   metadataDrift,
   metadataSetText,
+  ownerOnlySetText,
   parseDomainMetadata,
   sameApartFromMetadata,
   withDomainOwner,
@@ -102,4 +103,67 @@ test("virsh metadata --set text: every field, no prefix, one line; drift read fr
     ),
     "",
   );
+});
+
+test("only the domain's own <metadata> element counts as kvmlab's metadata (review O4)", () => {
+  const xml = withDomainOwner(renderDomainXml(toDomainView(spec())), OWNER);
+  const block = metadataBlockOf(xml);
+  assert.notEqual(block, "");
+  // The same element moved out of <metadata> (libvirt ignores unknown elements): not kvmlab's
+  // metadata, so a change inside it is a redefine, and nothing would be handed to --set.
+  const moved = xml.replace(block, "").replace("</devices>", `${block}\n  </devices>`);
+  assert.equal(metadataBlockOf(moved), "");
+  assert.equal(metadataSetText(moved), "");
+  const movedChanged = moved.replace(
+    "<kvmlab:flavor>m1.tiny</kvmlab:flavor>",
+    "<kvmlab:flavor>big</kvmlab:flavor>",
+  );
+  assert.ok(!sameApartFromMetadata(moved, movedChanged), "a change outside <metadata> is a redefine");
+  // A copy of the element after the real one: a change in the copy is a redefine.
+  const twice = xml.replace("</devices>", `${block}\n  </devices>`);
+  assert.equal(metadataBlockOf(twice), block);
+  const at = twice.lastIndexOf("<kvmlab:flavor>m1.tiny");
+  const twiceChanged = `${twice.slice(0, at)}<kvmlab:flavor>big${twice.slice(at + "<kvmlab:flavor>m1.tiny".length)}`;
+  assert.equal(metadataBlockOf(twiceChanged), block, "the real element is unchanged");
+  assert.ok(!sameApartFromMetadata(twice, twiceChanged));
+  // Something other than the known fields inside the element: not kvmlab's metadata either.
+  const smuggled = xml.replace("</kvmlab:instance>", "<kvmlab:x><disk/></kvmlab:x></kvmlab:instance>");
+  assert.equal(metadataBlockOf(smuggled), "");
+  assert.ok(!sameApartFromMetadata(xml, smuggled));
+  // The element in another namespace, or <metadata> not right after <uuid>: not kvmlab's.
+  assert.equal(metadataBlockOf(xml.replace("https://kvmlab.dev/xmlns/domain/1.0", "urn:x")), "");
+  assert.equal(metadataBlockOf(xml.replace("<metadata>", "<title>t</title>\n  <metadata>")), "");
+  // Two XMLs without kvmlab's element are the same only when equal; one with and one without differ.
+  assert.ok(sameApartFromMetadata(moved, moved));
+  assert.ok(!sameApartFromMetadata(xml, moved));
+  // Flavor notes are part of the element.
+  const noted = xml.replace(
+    "</kvmlab:instance>",
+    "  <kvmlab:spec key='hw:x'>1</kvmlab:spec>\n    </kvmlab:instance>",
+  );
+  assert.match(metadataBlockOf(noted), /kvmlab:spec/);
+  assert.ok(sameApartFromMetadata(xml, noted));
+});
+
+test("an XML without kvmlab's element still gets the owner and project set (review O3)", () => {
+  assert.equal(
+    ownerOnlySetText(OWNER, "Default/demo"),
+    `<instance><project>Default/demo</project><owner>${OWNER}</owner></instance>`,
+  );
+  assert.deepEqual(parseDomainMetadata(ownerOnlySetText(OWNER, "")), { project: "", owner: OWNER });
+  assert.equal(ownerOnlySetText("", "Default/demo"), "", "a state from before owners sets nothing");
+  assert.throws(() => ownerOnlySetText("x'$(id)", ""), /not an owner string/);
+  assert.throws(() => ownerOnlySetText(OWNER, "a</project>"), /project: .* is not "<domain>\/<project>"/);
+});
+
+test("review L6: drift of a raw XML is read against its owner-only element, so a lost one shows", () => {
+  const raw = "<domain type='kvm'><name>web-0</name></domain>";
+  const mine = { owner: OWNER, project: "Default/demo" };
+  assert.equal(metadataDrift(raw, ownerOnlySetText(OWNER, "Default/demo"), mine), "");
+  assert.equal(
+    metadataDrift(raw, "", mine),
+    `project: host (none), expected "Default/demo"; owner: host (none), expected ${JSON.stringify(OWNER)}`,
+  );
+  // A state from before owners expects nothing.
+  assert.equal(metadataDrift(raw, "", { owner: "", project: "" }), "");
 });

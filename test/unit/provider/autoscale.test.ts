@@ -322,7 +322,7 @@ test('Server powerState "external": accepted, never started or stopped by an upd
 const STACK_OWNER = "proj/dev/AutoscaleAgent/web-agent";
 
 /** Replaces the host session with a recorder: every batch of steps, per host, answered by label. */
-function recordHosts(): {
+function recordHosts(fail?: RegExp): {
   batches: { host: string; steps: { label: string; script: string }[] }[];
   restore: () => void;
 } {
@@ -337,6 +337,8 @@ function recordHosts(): {
   ];
   const run = (h: HostConnection, steps: readonly { label?: string; script: string }[]) => {
     batches.push({ host: h.name, steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })) });
+    const bad = fail && steps.find((s) => fail.test(s.label ?? ""));
+    if (bad) throw new Error(`${h.name}: step "${bad.label}" failed`);
     return steps.map((s) => answers.find(([re]) => re.test(s.label ?? ""))?.[1] ?? "");
   };
   session.runSteps = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
@@ -400,6 +402,51 @@ test("update: a host new to the group is claimed (not adopted); a host it left l
     assert.ok(on("hv2").some((l) => l.startsWith("remove group web's agent key")));
     assert.ok(on("hv2").includes("release the owner marker of autoscale group web"));
     assert.ok(!on("hv1").some((l) => l.startsWith("release the owner marker")), "the controller keeps it");
+  } finally {
+    rec.restore();
+  }
+});
+
+test("update: a failed update releases the hosts it claimed, and only those", async () => {
+  // The agent's (re)start on the controller fails after hv3 was claimed and wired.
+  const rec = recordHosts(/^(re)?start group web's agent/);
+  try {
+    const hosts = [...HOSTS, testHost("hv3", 3)];
+    const olds = outputs(checkAutoscaleAgentInputs(raw({ hosts, owner: STACK_OWNER })).inputs);
+    const news = checkAutoscaleAgentInputs(
+      raw({
+        hosts,
+        owner: STACK_OWNER,
+        membersByHost: { hv1: ["web-0"], hv2: ["web-2"], hv3: ["web-1"] },
+      }),
+    ).inputs;
+    await assert.rejects(
+      autoscaleAgentProvider.update!("web", olds as never, news as never),
+      /hv1: step "restart group web's agent" failed|hv1: step "start group web's agent" failed/,
+    );
+    const on = (h: string) =>
+      rec.batches.filter((b) => b.host === h).flatMap((b) => b.steps.map((s) => s.label));
+    const claim = on("hv3").indexOf(`claim autoscale group web for ${STACK_OWNER}`);
+    assert.ok(claim >= 0, "hv3 was claimed");
+    const release = on("hv3").lastIndexOf("release the owner marker of autoscale group web");
+    assert.ok(release > claim, `hv3 is released after the failure: ${on("hv3").join(" | ")}`);
+    assert.ok(
+      on("hv3")
+        .slice(claim)
+        .some((l) => l.startsWith("remove group web's agent key")),
+      "and loses the key line this update put there",
+    );
+    for (const h of ["hv1", "hv2"]) {
+      assert.ok(
+        !on(h).some((l) => l.startsWith("release the owner marker")),
+        `${h} (held before) keeps its marker`,
+      );
+      assert.ok(!on(h).some((l) => l.startsWith("remove group web's agent key")), `${h} keeps its key`);
+    }
+    assert.ok(
+      !on("hv1").some((l) => l.startsWith("stop group web's agent")),
+      "the agent on hv1 is not stopped by the cleanup",
+    );
   } finally {
     rec.restore();
   }

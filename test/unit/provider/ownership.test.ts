@@ -931,3 +931,87 @@ test("a Server whose kvmlab metadata alone changes (older state, new owner, drif
     }
   }
 });
+
+test("a Server whose XML has no kvmlab metadata gets an owner change set in place (review O3); the step checks the domain's UUID (review O5)", async () => {
+  const hv1 = testHost("hv1", 1);
+  const A = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Server", name: "web1" });
+  const A2 = ownerOf({ pulumiProject: "lab", stack: "dev", type: "Server", name: "web1", project: "x" });
+  const base = serverSetup(A, [hv1], "hv1") as unknown as Record<string, unknown> & {
+    uuid: string;
+    domainXml: { kvm: string; qemu: string };
+  };
+  // A raw provider call's XML: no <metadata> at all.
+  const bare = (x: string): string => x.replace(/\n\s*<metadata>[\s\S]*?<\/metadata>/, "");
+  const news = { ...base, domainXml: { kvm: bare(base.domainXml.kvm), qemu: bare(base.domainXml.qemu) } };
+  assert.doesNotMatch(news.domainXml.qemu, /kvmlab:instance/);
+  const olds = {
+    ...news,
+    host: "hv1",
+    domainType: "qemu",
+    addresses: [],
+    actualPowerState: "running",
+    hostKeys: {},
+  };
+  const p = serverProvider as unknown as P;
+  const uuidLine = `uuid=${base.uuid}`;
+  const fake = fakeHost([[/^read domain web1/, `defined=yes\n${uuidLine}\nstate=running\ntype=qemu`]]);
+  let set: string;
+  try {
+    markOwned(fake, hv1, "server/web1.owner", A);
+    await p.update("web1", olds as never, { ...news, owner: A2 } as never);
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      !labels.some((l) => /^(define domain|shut down domain|power off domain|start domain)/.test(l)),
+      labels.join(" | "),
+    );
+    set = fake.log.find((l) => l.label === "set kvmlab metadata of domain web1")!.script;
+    assert.ok(set.includes(`--set '<instance><project></project><owner>${A2}</owner></instance>'`), set);
+  } finally {
+    fake.restore();
+  }
+  // The step's script against a fake virsh: another domain under the name (another UUID) is left
+  // alone (exit 33, no --set); this server's domain gets the metadata, live and in its config.
+  const runWith = (uuid: string): StepResult & { calls: string } => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-meta-"));
+    try {
+      const calls = path.join(dir, "calls");
+      const fakeVirsh = `virsh() { echo "$*" >> ${calls}; case "$*" in *domuuid*) echo ${uuid} ;; *domstate*) echo running ;; esac; }`;
+      const r = spawnSync("bash", ["--noprofile", "--norc", "-c", `${fakeVirsh}\n${set}`], {
+        encoding: "utf8",
+      });
+      return {
+        code: r.status,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        calls: fs.existsSync(calls) ? fs.readFileSync(calls, "utf8") : "",
+      };
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const other = runWith("11111111-2222-4333-8444-555555555555");
+  assert.equal(other.code, 33, other.stderr);
+  assert.match(
+    other.stderr,
+    /the domain named web1 on this host is not this server .* it has UUID 11111111-.*Fix: run "pulumi refresh"/,
+  );
+  assert.doesNotMatch(other.calls, /--set/);
+  const mine = runWith(base.uuid);
+  assert.equal(mine.code, 0, mine.stderr);
+  assert.match(mine.calls, /metadata web1 .*--set .* --config --live/);
+  // The provider refuses before any step when it reads another UUID under the name.
+  const fake2 = fakeHost([
+    [/^read domain web1/, "defined=yes\nuuid=11111111-2222-4333-8444-555555555555\nstate=running\ntype=qemu"],
+  ]);
+  try {
+    markOwned(fake2, hv1, "server/web1.owner", A);
+    await assert.rejects(
+      p.update("web1", olds as never, { ...news, owner: A2 } as never),
+      /has UUID 11111111-.*not this server's/,
+    );
+    assert.deepEqual(destructive(fake2), []);
+    assert.ok(!fake2.log.some((l) => l.label === "set kvmlab metadata of domain web1"));
+  } finally {
+    fake2.restore();
+  }
+});

@@ -457,3 +457,20 @@ test("hybrid OVS ports: the XML may name the port's qbr bridge; plumbing is made
   );
   assert.doesNotMatch(deleteStep(plainIn).script, /qbr/);
 });
+
+test("review L6: every define of a raw XML (no kvmlab element) sets the owner-only metadata again right after it", () => {
+  const i = { ...checked(), owner: "lab/dev/Server/web1", project: "Default/demo" };
+  const raw = `<domain type='qemu'><name>web1</name><uuid>${i.uuid}</uuid><memory unit='MiB'>64</memory></domain>`;
+  const steps = materializeSteps(i, raw);
+  const define = steps.findIndex((s) => (s.label ?? "").startsWith("define domain"));
+  assert.ok(define > 0);
+  const set = steps[define + 1];
+  assert.ok(set !== undefined, "a step follows the define");
+  assert.match(
+    set.script,
+    /metadata '?web1'? --uri \S+ --key kvmlab --set '<instance><project>Default\/demo<\/project><owner>lab\/dev\/Server\/web1<\/owner><\/instance>' --config \$live/,
+  );
+  // A rendered XML carries the element itself; a migration's destination (no define) sets nothing.
+  assert.ok(!materializeSteps(i, i.domainXml.qemu).some((s) => /metadata .* --set/.test(s.script)));
+  assert.ok(!materializeSteps(i, raw, { define: false }).some((s) => /metadata .* --set/.test(s.script)));
+});

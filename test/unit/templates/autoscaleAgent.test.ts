@@ -19,6 +19,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { agentScript, memberNames, memberScript, renderAgentConfig } from "../../../templates/autoscale";
+import { agentReadStep, stopAgentStep } from "../../../provider/autoscale/steps";
 
 const FAKE_SSH = `#!/bin/sh
 # fake ssh: skip options, then user@host, then run the forced command as sshd would
@@ -60,6 +61,8 @@ for a in "$@"; do [ "$a" = -T ] && exit 139; done
 for a in "$@"; do case $a in http://*) url=$a ;; esac; done
 ip=\${url#http://}; ip=\${ip%%:*}
 n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
+# a guest named in $SIM/unhealthy never answers (it runs, but its service does not)
+grep -qx "$n" "$SIM/unhealthy" 2>/dev/null && exit 1
 read -r st cpu last < "$SIM/dom/$n"; [ "$st" = running ]
 `;
 
@@ -693,6 +696,213 @@ test("review R6: a timeout on the single-instance lock is not reported as anothe
     assert.ok(!g.log().some((e) => e.event === "agent-start"), "it evaluated nothing");
   } finally {
     killGroup(holder);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R4: a spare that fails its health check during a roll-out, or a member unhealthy after its change, is stopped and marked FAILED, and the decision is logged", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  try {
+    // web-0 is the only member in service at min 1: the spare web-1 is started first, and never answers.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-1\n");
+    const out = g.roll("roll-out", "web-0");
+    assert.equal(out.status, 67, out.stderr);
+    assert.match(
+      out.stderr,
+      /spare failed: web-1 did not pass its health check .*it was stopped and is marked FAILED, and web-0 stays in service/,
+    );
+    assert.equal(dom("web-1"), "shut-off", "the unhealthy spare does not keep running out of the pool");
+    assert.equal(g.state("web-1"), "failed", "and it is marked FAILED");
+    assert.equal(g.state("web-0"), "running", "the member stays in service");
+    assert.equal(dom("web-0"), "running");
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "the spare never joined the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) =>
+            e.action === "stop" &&
+            e.member === "web-1" &&
+            e.reason === "spare-unhealthy" &&
+            e.state === "failed",
+        ),
+      "the stop is logged with its reason",
+    );
+    // A FAILED slot is not the next spare: the following roll-out starts web-2.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "");
+    const again = g.roll("roll-out", "web-0");
+    assert.equal(again.status, 0, again.stderr);
+    assert.ok(
+      g.log().some((e) => e.event === "roll-surge" && e.member === "web-2"),
+      "web-2 stands in",
+    );
+    assert.equal(dom("web-1"), "shut-off", "web-1 was not started again");
+    // web-0's new launch configuration is broken: it never answers after the change.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-0\n");
+    const back = g.roll("roll-in", "web-0");
+    assert.equal(back.status, 68, back.stderr);
+    assert.match(
+      back.stderr,
+      /unhealthy after the change: web-0 .*it was stopped and is marked FAILED .* web-2 stays in service/,
+    );
+    assert.equal(dom("web-0"), "shut-off", "the unhealthy member does not keep running out of the pool");
+    assert.equal(g.state("web-0"), "failed");
+    assert.equal(g.state("web-2"), "running", "the spare stays in service");
+    assert.ok(
+      g
+        .log()
+        .some((e) => e.action === "stop" && e.member === "web-0" && e.reason === "unhealthy-after-change"),
+    );
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review R5: stopping the agent uses the pid and start time it recorded, never a command-line match; only a group it leads is signalled", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  // The step scripts name /var/lib/kvmlab/asg/web: run them with that folder mapped to the sim's.
+  const step = (script: string) =>
+    spawnSync("bash", ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab/asg/web").join(g.dir)], {
+      encoding: "utf8",
+      env: g.env,
+      timeout: 30_000,
+    });
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return !fs.readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
+    } catch {
+      return false;
+    }
+  };
+  const procs: ReturnType<typeof spawn>[] = [];
+  try {
+    // Not the agent: a process in its own group whose argv names the group's agent.sh (an admin
+    // reading it), recorded in a stale agent.pid. The old check (argv) took it for the agent and
+    // killed its whole process group.
+    const bystander = spawn("sh", ["-c", "sleep 60 & wait", path.join(g.dir, "agent.sh")], {
+      cwd: g.dir,
+      stdio: "ignore",
+      detached: true,
+    });
+    procs.push(bystander);
+    await until("the bystander", () => bystander.pid !== undefined && alive(bystander.pid), 5_000);
+    fs.writeFileSync(path.join(g.dir, "agent.pid"), `${bystander.pid}\n`);
+    fs.writeFileSync(path.join(g.dir, "agent.start"), "1\n");
+    const read = step(agentReadStep("web").script);
+    assert.match(read.stdout, /^running=no$/m, read.stderr);
+    step(stopAgentStep("web").script);
+    assert.ok(alive(bystander.pid as number), "a process that is not the recorded agent is left alone");
+    // The real agent, detached (it leads its process group): found by pid + start time and stopped.
+    const agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    procs.push(agent);
+    const pidFile = (): string => fs.readFileSync(path.join(g.dir, "agent.pid"), "utf8").trim();
+    await until("the agent's pid", () => pidFile() === String(agent.pid), 10_000);
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 10_000);
+    assert.match(step(agentReadStep("web").script).stdout, new RegExp(`^agentpid=${agent.pid}$`, "m"));
+    const stop = step(stopAgentStep("web").script);
+    assert.equal(stop.status, 0, stop.stderr);
+    await until("the agent gone", () => !alive(agent.pid as number), 10_000);
+    assert.ok(alive(bystander.pid as number), "the bystander still runs");
+    // The recorded start time no longer matches a reused pid: the bystander's pid with the
+    // agent's old start time is not the agent.
+    fs.writeFileSync(path.join(g.dir, "agent.pid"), `${bystander.pid}\n`);
+    assert.match(step(agentReadStep("web").script).stdout, /^running=no$/m);
+  } finally {
+    for (const p of procs) killGroup(p);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review L4: the stop's KILL goes only to the process that is still the agent (pid and start time checked again), and to its group only while that group is the agent's", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  // A stand-in for the agent: a real process in the group's folder, leading its process group,
+  // with its start time recorded as the agent records its own.
+  const agent = spawn("sleep", ["60"], { cwd: g.dir, stdio: "ignore", detached: true });
+  try {
+    await until(
+      "the stand-in",
+      () => agent.pid !== undefined && fs.existsSync(`/proc/${agent.pid}/stat`),
+      5_000,
+    );
+    const stat = fs.readFileSync(`/proc/${agent.pid}/stat`, "utf8");
+    const start = stat.slice(stat.lastIndexOf(") ") + 2).split(" ")[19];
+    fs.writeFileSync(path.join(g.dir, "agent.pid"), `${agent.pid}\n`);
+    fs.writeFileSync(path.join(g.dir, "agent.start"), `${start}\n`);
+    // `kill` and `pgrep` stand-ins (shell functions win over the builtin): every signal is
+    // logged, none is sent. `after` is what the TERM leads to.
+    const stop = (after: string, pgrep: string) => {
+      const fake = [
+        'kill() { echo "kill $*" >>"$KLOG"; case "$1" in -0) command kill -0 "$2" 2>/dev/null && [ "${gone:-}" != 1 ] ;; -TERM) ' +
+          after +
+          " ;; esac; }",
+        `pgrep() { ${pgrep}; }`,
+      ].join("\n");
+      const klog = path.join(g.root, "kill.log");
+      fs.writeFileSync(klog, "");
+      const script = stopAgentStep("web").script.split("/var/lib/kvmlab/asg/web").join(g.dir);
+      const r = spawnSync("bash", ["--noprofile", "--norc", "-c", `${fake}\n${script}`], {
+        encoding: "utf8",
+        env: { ...g.env, KLOG: klog },
+        timeout: 30_000,
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const sent = fs.readFileSync(klog, "utf8");
+      assert.match(sent, new RegExp(`^kill -TERM -- -${agent.pid}$`, "m"), "TERM to the group it leads");
+      return sent.split("\n").filter((l) => l.startsWith("kill -KILL"));
+    };
+    // The agent exited on TERM and its pid was reused at once by another process (here: the
+    // start time no longer matches): no KILL, neither to the pid nor to its (new) group.
+    assert.deepEqual(stop("started=1", "echo 1"), []);
+    // The agent exited and its group is empty: nothing left to KILL (the group id may be reused).
+    assert.deepEqual(stop("gone=1", "true"), []);
+    // The agent exited and left children in its group: the group is still the agent's.
+    assert.deepEqual(stop("gone=1", "echo 4242"), [`kill -KILL -- -${agent.pid}`]);
+    // The agent ignores TERM: after the bounded wait it is still the agent, and gets KILL.
+    assert.deepEqual(stop(":", "echo 1"), [`kill -KILL -- -${agent.pid}`]);
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is not made startable; still running (its power-off failed), it is powered off again, never put back in the pool", async () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0", "web-1"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // web-1 was marked FAILED but its power-off failed (it still runs); web-2 was marked FAILED and is off.
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    fs.writeFileSync(path.join(g.dir, "state", "web-2"), "failed 1000\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    assert.equal(g.state("web-2"), "failed", "an off FAILED slot keeps its mark (no scale-out starts it)");
+    assert.equal(g.state("web-1"), "failed");
+    assert.equal(dom("web-1"), "shut-off", "a FAILED slot found running is powered off again");
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "and never put back in the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) => e.action === "stop" && e.member === "web-1" && e.reason === "still-running-at-agent-start",
+        ),
+      "the stop is logged with its reason",
+    );
+    assert.ok(!g.log().some((e) => e.event === "member-lost"), "no FAILED slot is reported lost");
+    assert.equal(g.state("web-0"), "running");
+  } finally {
+    killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
