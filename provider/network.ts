@@ -648,9 +648,7 @@ function greLines(
     ...[tb, vxlanPort, vxlan, ...ports].map((p) => ["port", p] as ["port", string]),
   ];
   const lines = [
-    ...rows.flatMap(([t, n]) =>
-      ovsOwnerGuardLines(t, n, owners, `network ${inputs.networkName}: OVS ${t} ${n}`, fix),
-    ),
+    ...rows.flatMap(([t, n]) => ovsRelabelGuardLines(t, n, owners, `network ${inputs.networkName}`, fix)),
     ...(ports.length > 0
       ? [
           `for p in ${ports.join(" ")}; do b=$(ovs-vsctl port-to-br "$p" 2>/dev/null || true); case "$b" in ""|"$br"|${tb}) ;; *) echo "GRE port $p of network $name is already a port of bridge $b (its name collides with another network's device); rename this network" >&2; exit 17 ;; esac; done`,
