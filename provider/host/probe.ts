@@ -248,18 +248,29 @@ export const TUNNEL_OVERHEAD: Partial<Record<NetworkType, number>> = { vxlan: 50
 
 /**
  * Why a network's MTU does not fit its hosts' underlay (review V3): the tunnel device's MTU must
- * hold the network's MTU plus the type's overhead, else full-size frames are fragmented or, on
- * OVS's userspace datapath, dropped without notice. Undefined when it fits, when the type has no
- * tunnel, the network spans one host, or the probe found no tunnel device. Pure.
+ * hold the network's MTU plus the type's overhead. Refused only where oversized frames are lost
+ * without notice: OVS's native GRE on the userspace datapath (no openvswitch kernel module). The
+ * kernel's tunnels (VXLAN on both drivers, GRE on OVS's kernel datapath) fragment the outer
+ * packet instead, so a network that works today, for example the default 1450 on a cloud VM's
+ * 1450 underlay, is not refused (review 7b, N2). Undefined when it fits, when the type has no
+ * tunnel there, the network spans one host, or the probe found no tunnel device. Pure.
  */
 export function underlayMtuRefusal(
   caps: NetworkTypeCapabilities,
   type: NetworkType,
   mtu: number,
   tunnels = true,
+  driver: "linuxbridge" | "openvswitch" = "openvswitch",
 ): string | undefined {
   const overhead = TUNNEL_OVERHEAD[type];
-  if (overhead === undefined || !tunnels || caps.tunnelMtu <= 0 || mtu + overhead <= caps.tunnelMtu)
+  const silentDrops = type === "gre" && driver === "openvswitch" && !caps.ovsKernelDatapath;
+  if (
+    overhead === undefined ||
+    !silentDrops ||
+    !tunnels ||
+    caps.tunnelMtu <= 0 ||
+    mtu + overhead <= caps.tunnelMtu
+  )
     return undefined;
   const dev = caps.tunnelDevice;
   const dflt = defaultTypeMtu(type);
@@ -308,6 +319,6 @@ export async function requireNetworkType(
   const caps = await probeNetworkTypes(host);
   const why =
     networkTypeRefusal(caps, driver, type, tunnels, host.tunnelAddress ?? "") ??
-    underlayMtuRefusal(caps, type, mtu, tunnels);
+    underlayMtuRefusal(caps, type, mtu, tunnels, driver);
   if (why) throw new Error(`host ${host.name} (${host.address}) cannot carry this ${type} network: ${why}`);
 }

@@ -334,7 +334,7 @@ test("GRE delete: the tunnel bridge is owner-checked before any del-br, and anot
   assert.equal(run("", "").code, 0);
 });
 
-test("underlay MTU: the probe reports the tunnel device's MTU (an OVS bridge's smallest port) and prefix; a network whose mtu plus the tunnel overhead exceeds it is refused naming mtu, both numbers and the fix", () => {
+test("underlay MTU: the probe reports the tunnel device's MTU (an OVS bridge's smallest port) and prefix; a GRE network on OVS's userspace datapath whose mtu plus the tunnel overhead exceeds it is refused naming mtu, both numbers and the fix", () => {
   // The probe script in bash against stand-ins: 10.254.0.11/16 on br-phy (9000), whose port eth2 has 1500.
   const stand = [
     "ip() { echo '5: br-phy    inet 10.254.0.11/16 brd 10.254.255.255 scope global br-phy\\       valid_lft forever preferred_lft forever'; }",
@@ -349,7 +349,8 @@ test("underlay MTU: the probe reports the tunnel device's MTU (an OVS bridge's s
     },
   );
   assert.equal(r.status, 0, r.stderr);
-  const caps = parseNetworkTypesProbe(r.stdout);
+  // The userspace datapath (as in the sandbox): the machine running the test may have the module.
+  const caps = { ...parseNetworkTypesProbe(r.stdout), ovsKernelDatapath: false };
   assert.deepEqual(
     [caps.tunnelDevice, caps.tunnelPrefix, caps.tunnelMtu, caps.tunnelOnOvsBridge],
     ["br-phy", 16, 1500, true],
@@ -364,10 +365,20 @@ test("underlay MTU: the probe reports the tunnel device's MTU (an OVS bridge's s
   assert.match(gre, /Fix: set mtu to at most 1458 \(or leave it out: the default is 1458\), .*at least 1542/);
   // Below a 1500 underlay the default does not fit either: the fix does not offer it.
   assert.match(underlayMtuRefusal({ ...caps, tunnelMtu: 1400 }, "gre", 1458)!, /at most 1358, or raise/);
-  assert.match(
-    underlayMtuRefusal(caps, "vxlan", 1451)!,
-    /^mtu: .*mtu 1451 plus its 50-byte .* 1501, more than the underlay MTU 1500.*at most 1450/,
+  // Only OVS's native GRE on the userspace datapath drops oversized frames silently; the
+  // kernel's tunnels fragment them, so those networks are not refused (review 7b, N2).
+  assert.equal(underlayMtuRefusal(caps, "vxlan", 1451), undefined, "kernel VXLAN fragments");
+  assert.equal(
+    underlayMtuRefusal({ ...caps, tunnelMtu: 1450 }, "vxlan", 1450),
+    undefined,
+    "cloud VM underlay",
   );
+  assert.equal(
+    underlayMtuRefusal({ ...caps, ovsKernelDatapath: true }, "gre", 1500),
+    undefined,
+    "kernel GRE",
+  );
+  assert.equal(underlayMtuRefusal(caps, "gre", 1500, true, "linuxbridge"), undefined, "not OVS");
   assert.equal(underlayMtuRefusal(caps, "vxlan", 1500, false), undefined, "one host: no tunnel");
   assert.equal(underlayMtuRefusal(caps, "vlan", 9000), undefined, "no tunnel overhead");
   assert.equal(underlayMtuRefusal({ ...caps, tunnelMtu: 0 }, "gre", 1500), undefined, "unknown underlay");
