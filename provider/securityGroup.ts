@@ -654,7 +654,10 @@ export function portApplyStep(
             ),
           ]
         : []),
-      `if ! ip link show ${hy.qbr} >/dev/null 2>&1; then : > ${shQuote(`${dir}/hybrid.made`)}; ip link add ${hy.qbr} type bridge; fi`,
+      // A server's tap (after a host reboot the port may rebuild its plumbing before the Server
+      // plugs again) stays the Server's: not marked made, so never relabelled here or removed by
+      // this port's delete, and the Server's next plug finds its own qvo (review 7b, N1).
+      `${ids ? "" : 'so=""; '}if ! ip link show ${hy.qbr} >/dev/null 2>&1; then if [ -z "$so" ]; then : > ${shQuote(`${dir}/hybrid.made`)}; fi; ip link add ${hy.qbr} type bridge; fi`,
       `ip link set ${hy.qbr} type bridge forward_delay 0 2>/dev/null || true`,
       `if ! ip link show ${hy.qvb} >/dev/null 2>&1; then ip link del ${hy.qvo} 2>/dev/null || true; ip link add ${hy.qvb} mtu 9000 type veth peer name ${hy.qvo}; fi`,
       `mtu=$(cat /sys/class/net/${inputs.networkBridge}/mtu); ip link set ${hy.qvb} mtu $mtu; ip link set ${hy.qvo} mtu $mtu`,

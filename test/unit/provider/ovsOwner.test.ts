@@ -39,7 +39,7 @@ import { hybridPlugStep } from "../../../provider/server/hybrid";
 import { deleteStep } from "../../../provider/server/steps";
 import { testHost } from "./fixtures";
 import { loadBalancerPaths } from "../../../core/paths";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -435,6 +435,49 @@ test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its de
       /the hybrid port qvo\S+ of security group port lb-vip belongs to lab\/prod\/Network\/lan, not to lab\/dev\/SecurityGroupPort\/lb-vip\/project=Default%2Fdemo; it was not removed\. Fix: /,
     );
     assert.equal(runWithOvs(guard, `"${SGP}"`).code, 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a security group port that rebuilds a server's hybrid plumbing (after a host reboot) does not mark it as made, so it never relabels the Server's qvo (review 7b, N1)", () => {
+  const SGP = "lab/dev/SecurityGroupPort/web1-p0";
+  const { inputs } = checkSecurityGroupPortInputs({
+    portName: "web1-p0",
+    hosts: [testHost("hv1", 1)],
+    host: "hv1",
+    tap: "kvlh-1a2b3c4d",
+    mac: "fa:16:3e:00:00:01",
+    ip: "10.10.1.5",
+    driver: "openvswitch",
+    networkBridge: "kvlb-00000001",
+    groups: [{ groupName: "default", rules: [] }],
+    owner: SGP,
+  });
+  const apply = portApplyStep(inputs as unknown as SecurityGroupPortInputs, []).script.split("\n");
+  const line = apply.find((l) => l.includes("hybrid.made") && l.includes("type bridge"));
+  assert.ok(line, "the qbr line is there");
+  const dir = mkdtempSync(join(tmpdir(), "sgp-n1-"));
+  try {
+    const made = join(dir, "hybrid.made");
+    const run = (so: string) => {
+      rmSync(made, { force: true });
+      // qbr is missing (a reboot took the plumbing); ip link add succeeds.
+      const script = [
+        'ip() { [ "$2" = show ] && return 1; return 0; }',
+        `so=${so}`,
+        line.replace(/\S*\/hybrid\.made/, `'${made}'`),
+      ].join("\n");
+      const r = spawnSync("bash", ["--noprofile", "--norc", "-c", script], { encoding: "utf8" });
+      assert.equal(r.status, 0, r.stderr);
+      return existsSync(made);
+    };
+    assert.equal(
+      run(`'"lab/dev/Server/web1"'`),
+      false,
+      "a server's tap: the Server's plumbing, not made here",
+    );
+    assert.equal(run('""'), true, "a device nobody plumbed (a namespace, a VIP veth): made here");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
