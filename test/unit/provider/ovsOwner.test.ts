@@ -55,6 +55,22 @@ function runWithOvs(lines: readonly string[], answer: string): { code: number | 
   return { code: r.status, stderr: r.stderr };
 }
 
+/** A SecurityGroupPort on an OVS network's hybrid plumbing (tap kvlh-1a2b3c4d on hv1), checked. */
+function sgPortOnOvs(portName: string, owner: string) {
+  return checkSecurityGroupPortInputs({
+    portName,
+    hosts: [testHost("hv1", 1)],
+    host: "hv1",
+    tap: "kvlh-1a2b3c4d",
+    mac: "fa:16:3e:00:00:01",
+    ip: "10.10.1.5",
+    driver: "openvswitch",
+    networkBridge: "kvlb-00000001",
+    groups: [{ groupName: "default", rules: [] }],
+    owner,
+  });
+}
+
 test("ovsOwnerIds: owner always, project when there is one, both quoted for ovs-vsctl and the shell; junk refused", () => {
   assert.equal(
     ovsOwnerIds(ME, "Default/demo"),
@@ -261,18 +277,7 @@ test("a network delete from a state from before owners still refuses while anoth
 test("a SecurityGroupPort reads both rows of its qvo before any ip link change, allowing its owners and the tap's server (reviews L1, L5)", () => {
   const SGP = "lab/dev/SecurityGroupPort/web1-p0";
   const SRV = "lab/dev/Server/web1";
-  const { inputs, failures } = checkSecurityGroupPortInputs({
-    portName: "web1-p0",
-    hosts: [testHost("hv1", 1)],
-    host: "hv1",
-    tap: "kvlh-1a2b3c4d",
-    mac: "fa:16:3e:00:00:01",
-    ip: "10.10.1.5",
-    driver: "openvswitch",
-    networkBridge: "kvlb-00000001",
-    groups: [{ groupName: "default", rules: [] }],
-    owner: SGP,
-  });
+  const { inputs, failures } = sgPortOnOvs("web1-p0", SGP);
   assert.deepEqual(failures, []);
   const i = inputs as unknown as SecurityGroupPortInputs;
   const lines = portApplyStep(i, [], [SGP]).script.split("\n");
@@ -392,18 +397,7 @@ test("a load balancer's OVS VIP port carries its owner and project; its delete c
 
 test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its delete checks the OVS owner of a qvo it made first", () => {
   const SGP = "lab/dev/SecurityGroupPort/lb-vip/project=Default%2Fdemo";
-  const { inputs, failures } = checkSecurityGroupPortInputs({
-    portName: "lb-vip",
-    hosts: [testHost("hv1", 1)],
-    host: "hv1",
-    tap: "kvlh-1a2b3c4d",
-    mac: "fa:16:3e:00:00:01",
-    ip: "10.10.1.5",
-    driver: "openvswitch",
-    networkBridge: "kvlb-00000001",
-    groups: [{ groupName: "default", rules: [] }],
-    owner: SGP,
-  });
+  const { inputs, failures } = sgPortOnOvs("lb-vip", SGP);
   assert.deepEqual(failures, []);
   const i = inputs as unknown as SecurityGroupPortInputs;
   const apply = portApplyStep(i, []).script;
@@ -442,18 +436,7 @@ test("a SecurityGroupPort's own hybrid qvo carries its owner and project; its de
 
 test("a security group port that rebuilds a server's hybrid plumbing (after a host reboot) does not mark it as made, so it never relabels the Server's qvo (review 7b, N1)", () => {
   const SGP = "lab/dev/SecurityGroupPort/web1-p0";
-  const { inputs } = checkSecurityGroupPortInputs({
-    portName: "web1-p0",
-    hosts: [testHost("hv1", 1)],
-    host: "hv1",
-    tap: "kvlh-1a2b3c4d",
-    mac: "fa:16:3e:00:00:01",
-    ip: "10.10.1.5",
-    driver: "openvswitch",
-    networkBridge: "kvlb-00000001",
-    groups: [{ groupName: "default", rules: [] }],
-    owner: SGP,
-  });
+  const { inputs } = sgPortOnOvs("web1-p0", SGP);
   const apply = portApplyStep(inputs as unknown as SecurityGroupPortInputs, []).script.split("\n");
   const line = apply.find((l) => l.includes("hybrid.made") && l.includes("type bridge"));
   assert.ok(line, "the qbr line is there");
