@@ -57,6 +57,7 @@ import {
   hostKeyRecord,
   hostNamed as namedHost,
   claimStep,
+  claimableStep,
   guardStep,
   ownerIn,
   releaseOwnerStep,
@@ -385,11 +386,15 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
         entry.requests.push(r);
         claims.set(choice.host, entry);
       }
+      // Every refusal comes before the first marker this create writes, so a refused create
+      // leaves no marker behind: the UUID's claim is checked first (it would be refused after
+      // the name's was written), and the name's record check runs before the UUID's claim.
       const claimSteps = (i: ServerInputs): Step[] => [
+        claimableStep(serverUuidOwned(i), i.owner),
         claimStep(serverOwned(i.serverName), i.owner),
+        nameFreeStep(i),
         // The UUID too: it keys the instance folder (review S1).
         claimStep(serverUuidOwned(i), i.owner),
-        nameFreeStep(i),
         recordStep(i, []),
       ];
       const claimed = (r: PlacementRequest) => (r.timings["placement.claim"] = Date.now() - loaded);

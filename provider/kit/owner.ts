@@ -226,6 +226,25 @@ export function claimStep(o: OwnedObject, owner: string): Step {
 }
 
 /**
+ * The refusals of {@link claimStep} without its write: passes (prints `free` or `mine`) when a
+ * claim for `owner` would succeed, refuses the same way when it would not. Put it before the
+ * claims of a batch whose later claim could be refused, so that a refusal comes before any
+ * marker was written and a failed create leaves none behind (same lock, so no race).
+ */
+export function claimableStep(o: OwnedObject, owner: string): Step {
+  const claim = claimStep(o, owner);
+  const write = `  if ${markerWrite('"$me"')}; then echo claimed; exit 0; fi`;
+  if (!claim.script.includes(write)) throw new Error("claimableStep: claimStep's write line moved");
+  return {
+    label: `check that ${o.what} can be claimed for ${owner}`,
+    script: claim.script
+      .replace('mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners', ":")
+      .replace(write, "  echo free; exit 0")
+      .replace("then echo adopted; exit 0; fi", "then echo mine; exit 0; fi"),
+  };
+}
+
+/**
  * Step for update and delete: refuses when the marker names an owner other than `owners`
  * (the new and the old owner of an update, the new one first). A marker naming an accepted older
  * owner is moved to the first (prints `moved`), so the state's owner and the host's agree again.

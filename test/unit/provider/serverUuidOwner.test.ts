@@ -71,7 +71,7 @@ virsh() {
 
 /** Steps run in the local bash (they touch only kvmlab's state, mapped to the temporary root). */
 const LOCAL =
-  /^(claim |check the owner of |release the owner marker of |check that the name |upload \/var\/lib\/kvmlab\/(records|instances)\/|prepare instance folder |build NoCloud seed ISO |create the disk of |define domain |delete server |mark image |unmark image )/;
+  /^(claim |check the owner of |release the owner marker of |check that the name |check that server UUID |upload \/var\/lib\/kvmlab\/(records|instances)\/|prepare instance folder |build NoCloud seed ISO |create the disk of |define domain |delete server |mark image |unmark image )/;
 
 interface Host {
   root: string;
@@ -326,6 +326,8 @@ test("a running transient libvirt domain (only a status file under /run/libvirt/
       new RegExp(`server UUID ${x.uuid} already exists on this host with no kvmlab owner`),
     );
     assert.equal(h.marker("server-uuid", x.uuid), undefined, "not claimed");
+    // The UUID's refusal comes before the name's claim: a refused create leaves no marker.
+    assert.equal(h.marker("server", "web1"), undefined, "the name is not left claimed");
   } finally {
     h.done();
   }
