@@ -667,6 +667,8 @@ async function migrateServer(
     [
       ...(ownerIn(olds)
         ? [
+            // The UUID's refusal before the name's marker is written (as at create).
+            claimableStep(serverUuidOwned(olds), ownerIn(olds)),
             claimStep(serverOwned(olds.serverName), ownerIn(olds)),
             claimStep(serverUuidOwned(olds), ownerIn(olds)),
           ]
