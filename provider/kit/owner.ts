@@ -203,26 +203,7 @@ function checkOwnerArg(owner: string): void {
  * marker was already this owner's.
  */
 export function claimStep(o: OwnedObject, owner: string): Step {
-  checkOwnerArg(owner);
-  const f = ownerMarkerPath(o.kind, ...o.key);
-  return {
-    label: `claim ${o.what} for ${owner}`,
-    script: [
-      `f=${shQuote(f)}; me=${shQuote(owner)}`,
-      'mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners',
-      'if [ ! -e "$f" ]; then',
-      o.exists
-        ? `  if ${o.exists}; then echo ${shQuote(`${o.what} already exists on this host with no kvmlab owner (made by hand, or by another stack before owners were recorded); kvmlab does not adopt it. Fix: give this resource another ${o.field}, or remove the object by hand`)} >&2; exit ${OWNER_REFUSED}; fi`
-        : "  :",
-      `  if ${markerWrite('"$me"')}; then echo claimed; exit 0; fi`,
-      "fi",
-      'cur=$(head -n1 "$f" 2>/dev/null || true)',
-      'if [ "$cur" = "$me" ]; then echo adopted; exit 0; fi',
-      emptyMarkerRefusal(o, owner),
-      `echo ${refusalWord(o, owner)} >&2`,
-      `exit ${OWNER_REFUSED}`,
-    ].join("\n"),
-  };
+  return { label: `claim ${o.what} for ${owner}`, script: claimScript(o, owner, true) };
 }
 
 /**
@@ -232,16 +213,28 @@ export function claimStep(o: OwnedObject, owner: string): Step {
  * marker was written and a failed create leaves none behind (same lock, so no race).
  */
 export function claimableStep(o: OwnedObject, owner: string): Step {
-  const claim = claimStep(o, owner);
-  const write = `  if ${markerWrite('"$me"')}; then echo claimed; exit 0; fi`;
-  if (!claim.script.includes(write)) throw new Error("claimableStep: claimStep's write line moved");
-  return {
-    label: `check that ${o.what} can be claimed for ${owner}`,
-    script: claim.script
-      .replace('mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners', ":")
-      .replace(write, "  echo free; exit 0")
-      .replace("then echo adopted; exit 0; fi", "then echo mine; exit 0; fi"),
-  };
+  return { label: `check that ${o.what} can be claimed for ${owner}`, script: claimScript(o, owner, false) };
+}
+
+/** claimStep's script; without `write`, the same refusals and no marker written. */
+function claimScript(o: OwnedObject, owner: string, write: boolean): string {
+  checkOwnerArg(owner);
+  const f = ownerMarkerPath(o.kind, ...o.key);
+  return [
+    `f=${shQuote(f)}; me=${shQuote(owner)}`,
+    write ? 'mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners' : ":",
+    'if [ ! -e "$f" ]; then',
+    o.exists
+      ? `  if ${o.exists}; then echo ${shQuote(`${o.what} already exists on this host with no kvmlab owner (made by hand, or by another stack before owners were recorded); kvmlab does not adopt it. Fix: give this resource another ${o.field}, or remove the object by hand`)} >&2; exit ${OWNER_REFUSED}; fi`
+      : "  :",
+    write ? `  if ${markerWrite('"$me"')}; then echo claimed; exit 0; fi` : "  echo free; exit 0",
+    "fi",
+    'cur=$(head -n1 "$f" 2>/dev/null || true)',
+    `if [ "$cur" = "$me" ]; then echo ${write ? "adopted" : "mine"}; exit 0; fi`,
+    emptyMarkerRefusal(o, owner),
+    `echo ${refusalWord(o, owner)} >&2`,
+    `exit ${OWNER_REFUSED}`,
+  ].join("\n");
 }
 
 /**
