@@ -43,6 +43,7 @@ import {
   testGuestXml,
   type SandboxStatus,
 } from "../support/sandbox";
+import { plugOnNetwork } from "../support/plug";
 import {
   closeHostSessions,
   floatingIpProvider,
@@ -139,17 +140,7 @@ before(async () => {
     );
   }
   // The client namespace on hv2, and a third member (busybox httpd in a namespace) on hv1.
-  const plug = (ns: string, ip: string) =>
-    [
-      "set -e",
-      `ip netns add ${ns}`,
-      // Both ends at the network's MTU: a namespace end at 1500 sends frames the 1450 end drops.
-      `ip link add ${ns.slice(-6)}h mtu ${netOuts!.mtu} type veth peer name eth0 mtu ${netOuts!.mtu} netns ${ns}`,
-      `ip link set ${ns.slice(-6)}h master ${netOuts!.bridge} up`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 up`,
-      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
-    ].join("\n");
+  const plug = (ns: string, ip: string) => ["set -e", ...plugOnNetwork(ns, ip, netOuts!)].join("\n");
   await sh(hv2, plug(CLIENT, "10.79.1.30"));
   await sh(
     hv1,
@@ -493,18 +484,8 @@ test("openvswitch: the VIP port is an OVS port; the load balancer answers and le
   ).outs as SubnetOutputs;
   // A member (busybox httpd) and a client, both namespaces on the OVS bridge.
   const plug = (ns: string, ip: string) =>
-    [
-      `ip netns add ${ns}`,
-      `ip link add ${ns.slice(-6)}h mtu ${nOuts.mtu} type veth peer name eth0 mtu ${nOuts.mtu} netns ${ns}`,
-      `ovs-vsctl --may-exist add-port ${nOuts.bridge} ${ns.slice(-6)}h`,
-      `ip link set ${ns.slice(-6)}h up`,
-      // OVS netdev bridges need full checksums from veths (docs/providers.md).
-      `ethtool -K ${ns.slice(-6)}h tx off >/dev/null 2>&1 || true`,
-      `ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null 2>&1 || true`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 mtu ${nOuts.mtu} up`,
-      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
-    ].join("\n");
+    // OVS netdev bridges need full checksums from veths (docs/providers.md): txOff.
+    plugOnNetwork(ns, ip, nOuts, { ovs: true, txOff: true }).join("\n");
   const before = await sh(hv1, "ip netns list | sort; ovs-vsctl list-ports " + nOuts.bridge);
   await sh(
     hv1,

@@ -28,6 +28,7 @@ import { amphoraMac, ipamRecordName, loadBalancerPaths } from "../../core/paths"
 import { keepalivedPair } from "../../templates/keepalived";
 import type { ListenerSpec } from "../../templates/haproxy";
 import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
+import { plugOnNetwork } from "../support/plug";
 import {
   closeHostSessions,
   loadBalancerProvider,
@@ -73,15 +74,7 @@ async function checked<T>(
   return r.inputs as T;
 }
 
-const plug = (ns: string, ip: string) =>
-  [
-    `ip netns add ${ns}`,
-    `ip link add ${ns.slice(-6)}h mtu ${netOuts!.mtu} type veth peer name eth0 netns ${ns}`,
-    `ip link set ${ns.slice(-6)}h master ${netOuts!.bridge} up`,
-    `ip netns exec ${ns} ip link set lo up`,
-    `ip netns exec ${ns} ip link set eth0 mtu ${netOuts!.mtu} up`,
-    `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
-  ].join("\n");
+const plug = (ns: string, ip: string) => plugOnNetwork(ns, ip, netOuts!).join("\n");
 
 before(async () => {
   const status = await startSandbox(INSTANCE, 2);

@@ -13,6 +13,7 @@
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
 import { planSubnet } from "../../components/network";
+import { plugLines } from "../support/plug";
 import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
 import {
   allocateAddress,
@@ -71,27 +72,16 @@ async function plug(
   mtu: number,
 ): Promise<void> {
   const dev = `${ns.slice(-8)}h`;
-  const attach =
-    driver === "openvswitch"
-      ? `ovs-vsctl --may-exist add-port ${bridge} ${dev}`
-      : `ip link set ${dev} master ${bridge}`;
-  await sh(
-    host,
-    [
-      "set -e",
-      `ip netns add ${ns}`,
-      // Both ends at the network's MTU (the peer does not inherit it): a namespace end left at
-      // 1500 sends full-size frames the host end drops (veth drops what exceeds the receiving
-      // end's MTU unless it is GSO), so after any loss TCP's single-segment retransmits of
-      // 1,448 bytes, and a last segment of more than 1,398, never arrive: the old OVS "stall".
-      `ip link add ${dev} mtu ${mtu} type veth peer name eth0 mtu ${mtu} netns ${ns}`,
-      attach,
-      `ip link set ${dev} up`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 up`,
-      ip ? `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0` : "true",
-    ].join("\n"),
-  );
+  // Both ends at the network's MTU (test/support/plug.ts says why).
+  const lines = plugLines({
+    ns,
+    dev,
+    bridge,
+    ovs: driver === "openvswitch",
+    mtu,
+    cidr: ip ? `${ip}/24` : null,
+  });
+  await sh(host, ["set -e", ...lines].join("\n"));
 }
 
 async function unplug(host: HostConnection, driver: string, ns: string): Promise<void> {

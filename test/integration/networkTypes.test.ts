@@ -21,6 +21,7 @@ import {
   testGuestXml,
   type SandboxStatus,
 } from "../support/sandbox";
+import { plugLines } from "../support/plug";
 import {
   closeHostSessions,
   greBridge,
@@ -69,21 +70,8 @@ async function plug(
   ip: string,
   mtu: number,
 ): Promise<void> {
-  const dev = `${ns}h`;
-  await sh(
-    host,
-    [
-      "set -e",
-      `ip netns add ${ns}`,
-      // Both ends at the network's MTU: a larger inner end sends frames the host end drops.
-      `ip link add ${dev} mtu ${mtu} type veth peer name eth0 mtu ${mtu} netns ${ns}`,
-      `ovs-vsctl --may-exist add-port ${bridge} ${dev}`,
-      `ip link set ${dev} up`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 up`,
-      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
-    ].join("\n"),
-  );
+  const lines = plugLines({ ns, dev: `${ns}h`, bridge, ovs: true, mtu, cidr: `${ip}/24` });
+  await sh(host, ["set -e", ...lines].join("\n"));
 }
 
 async function unplug(host: HostConnection, ns: string): Promise<void> {

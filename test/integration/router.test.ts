@@ -24,6 +24,7 @@ import {
   stopSandbox,
   type SandboxStatus,
 } from "../support/sandbox";
+import { plugLines } from "../support/plug";
 import {
   closeHostSessions,
   diffRouter,
@@ -109,17 +110,17 @@ async function server(
     host,
     [
       "set -e",
-      `ip netns add ${ns}`,
-      `ip link add ${dev} mtu 1450 type veth peer name eth0 netns ${ns}`,
-      driver === "openvswitch"
-        ? `ovs-vsctl add-port ${bridge} ${dev}; ethtool -K ${dev} tx off >/dev/null`
-        : `ip link set ${dev} master ${bridge}`,
-      `ip link set ${dev} up`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 up`,
-      driver === "openvswitch" ? `ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null` : "true",
-      `ip netns exec ${ns} ip addr add ${cidr} dev eth0`,
-      `ip netns exec ${ns} ip route add default via ${gw}`,
+      // Both ends at the selfservice networks' MTU (1450; test/support/plug.ts says why).
+      ...plugLines({
+        ns,
+        dev,
+        bridge,
+        ovs: driver === "openvswitch",
+        mtu: 1450,
+        cidr,
+        txOff: driver === "openvswitch",
+        gateway: gw,
+      }),
       `mkdir -p /tmp/${ns}/cgi-bin`,
       `printf '#!/bin/sh\\necho "Content-Type: text/plain"\\necho\\necho "$REMOTE_ADDR" | sed -e "s/^\\\\[::ffff://" -e "s/\\\\]$//"\\n' > /tmp/${ns}/cgi-bin/ip`,
       `chmod +x /tmp/${ns}/cgi-bin/ip`,

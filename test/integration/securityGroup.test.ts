@@ -12,6 +12,7 @@
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
 import { sandboxHostConnections, startSandbox, stopSandbox } from "../support/sandbox";
+import { plugLines } from "../support/plug";
 import {
   closeHostSessions,
   diffSecurityGroupPort,
@@ -63,20 +64,10 @@ async function plug(
 ): Promise<void> {
   await sh(
     h,
-    [
-      "set -e",
-      `ip netns add ${ns}`,
-      // Both ends at the selfservice networks' MTU (1450): a namespace end at 1500 would send
-      // full-size frames the host end drops.
-      `ip link add ${dev} mtu 1450 type veth peer name eth0 mtu 1450 netns ${ns}`,
-      ovs ? `ovs-vsctl add-port ${bridge} ${dev}` : `ip link set ${dev} master ${bridge}`,
-      `ethtool -K ${dev} tx off >/dev/null; ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null`,
-      `ip link set ${dev} up`,
-      `ip netns exec ${ns} ip link set eth0 address ${mac}`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 up`,
-      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
-    ].join("\n"),
+    // At the selfservice networks' MTU (1450).
+    ["set -e", ...plugLines({ ns, dev, bridge, ovs, mtu: 1450, cidr: `${ip}/24`, mac, txOff: true })].join(
+      "\n",
+    ),
   );
 }
 

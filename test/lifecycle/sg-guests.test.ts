@@ -31,6 +31,7 @@ import {
   waitFor,
   type SandboxStatus,
 } from "../support/sandbox";
+import { plugLines } from "../support/plug";
 import { closeHostSessions, securityGroupPortProvider, type SecurityGroupPortOutputs } from "../../provider";
 import { DEFAULT_EGRESS } from "../../core/securityGroup";
 
@@ -140,17 +141,10 @@ async function plug(
 ): Promise<void> {
   await sh(
     host,
+    // Both ends at the selfservice networks' MTU (1450; test/support/plug.ts says why).
     [
       "set -e",
-      `ip netns add ${ns}`,
-      `ip link add ${dev} mtu 1450 type veth peer name eth0 netns ${ns}`,
-      mode === "ovs" ? `ovs-vsctl add-port ${bridge} ${dev}` : `ip link set ${dev} master ${bridge}`,
-      `ethtool -K ${dev} tx off >/dev/null; ip netns exec ${ns} ethtool -K eth0 tx off >/dev/null`,
-      `ip link set ${dev} up`,
-      `ip netns exec ${ns} ip link set eth0 address ${mac}`,
-      `ip netns exec ${ns} ip link set lo up`,
-      `ip netns exec ${ns} ip link set eth0 up`,
-      `ip netns exec ${ns} ip addr add ${ip}/24 dev eth0`,
+      ...plugLines({ ns, dev, bridge, ovs: mode === "ovs", mtu: 1450, cidr: `${ip}/24`, mac, txOff: true }),
     ].join("\n"),
   );
 }
