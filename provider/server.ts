@@ -7,14 +7,17 @@
  *           domain XML are a cold resize/redefine; a new `host` pin is a live migration;
  *           powerState is start/stop
  *   create  placement (unless pinned): every candidate host's capacity and kvmlab's server
- *           records, the host with the most free RAM that fits the flavor, claimed by writing
- *           the server's record; IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the
- *           port MACs); on the host, one short batch under the host lock: preflight and the
- *           image's user marker (images/<image>/.users/<server>, which makes the image's
- *           delete refuse); then, holding no lock, in a worker shell of the host: instance
- *           folder, NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the
- *           host's domain type (kvm when usable, else qemu), virsh define; start; readiness
- *           wait (bounded, serial log tail in the error). Locks cover decisions only (quota,
+ *           records, the host with the most free RAM that fits the flavor; then, in one short
+ *           batch under that host's lock: a guard that the records are still as read (no
+ *           cross-process placement lock: a changed host is read again and placed again),
+ *           preflight, the claim (owner markers and the server's record, which every later
+ *           placement counts), the image's user marker (images/<image>/.users/<server>, which
+ *           makes the image's delete refuse) and the volumes a create run again keeps; beside
+ *           placement, IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the port
+ *           MACs); then, holding no lock, in a worker shell of the host: instance folder,
+ *           NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the host's
+ *           domain type (kvm when usable, else qemu), virsh define; start; readiness wait
+ *           (bounded, serial log tail in the error). Locks cover decisions only (quota,
  *           placement, IPAM, the image claim), so parallel creates overlap their waits. On
  *           failure everything is removed again.
  *   read    dominfo + vncdisplay on the server's host (gone = deleted)
@@ -74,6 +77,7 @@ import {
   diffServer,
   parseHostLoad,
   planUpdate,
+  serverCapacityText,
   withPlaced,
   portOwner,
   instancePaths,
@@ -131,6 +135,8 @@ import {
   preflightStep,
   readinessProbeStep,
   recordStep,
+  recordsUnchangedStep,
+  RECORDS_CHANGED_EXIT,
   serialTailStep,
   shutdownStep,
   startStep,
@@ -153,7 +159,7 @@ interface OpMetrics {
   /** Milliseconds per phase of kvmlab's own work (create: quota, placement, probe, ipam, claim, info). */
   phases: Record<string, number>;
   /** How many creates shared this one's placement turn and IPAM turn. */
-  batches?: { placement: number; ipam: number };
+  batches?: { placement: number; ipam: number; attempts?: number };
 }
 
 function startMetrics(op: string, server: string): OpMetrics {
@@ -231,13 +237,24 @@ async function placementTurn<T>(fn: () => Promise<T>): Promise<T> {
   return mine;
 }
 
+/**
+ * What placement gives a create: the host it claimed, and the listing of the kept-volumes step
+ * that ran in the same locked batch. `error` is set when a step after the claim failed (the image
+ * claim): the host holds this create's claim then, which the create's cleanup removes.
+ */
+interface Placed {
+  host: HostConnection;
+  listing: string;
+  error?: unknown;
+}
+
 /** A create waiting for its placement turn. */
 interface PlacementRequest {
   inputs: ServerInputs;
   /** Filled by the turn (benchmarks): when the request was made, and its sub-phases in ms. */
   startedAt: number;
   timings: Record<string, number>;
-  resolve: (host: HostConnection) => void;
+  resolve: (placed: Placed) => void;
   reject: (err: unknown) => void;
 }
 
@@ -246,6 +263,13 @@ function placementQueue(): Map<string, PlacementRequest[]> {
   const g = globalThis as unknown as Record<symbol, Map<string, PlacementRequest[]> | undefined>;
   return (g[Symbol.for("kvmlab.serverPlacementQueue.v1")] ??= new Map());
 }
+
+/**
+ * How many times one placement turn reads the hosts and claims before it gives up on a request
+ * whose host's records keep changing between the reading and the claim (another process placing
+ * or removing servers there at the same moment).
+ */
+export const PLACEMENT_ATTEMPTS = 5;
 
 /** Reads every candidate host's load (one batch per host, in parallel). */
 async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> {
@@ -262,7 +286,7 @@ async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> 
  * per host, so the name is the identity ON the host; the UUID tells servers apart in IPAM.
  *
  * The claim's test for an unmarked domain of that name reads libvirt's files instead of asking
- * virsh, as the UUID's does (it runs under the placement and host locks on every first create;
+ * virsh, as the UUID's does (it runs under the host lock in every first create's claim batch;
  * a virsh call there cost each create of a placement turn one more libvirtd connection, issue
  * 13): the persistent definition /etc/libvirt/qemu/<name>.xml, or the status file
  * /run/libvirt/qemu/<name>.xml that libvirt keeps for every running domain, transient ones too.
@@ -298,24 +322,29 @@ export function serverUuidOwned(i: Pick<ServerInputs, "serverName" | "uuid">): O
 }
 
 /**
- * Picks the host (or takes the pin), claims the server there for its owner (refused when
- * another owner holds the name) and writes the placement record.
+ * Picks the host (or takes the pin), checks it has what the server needs, claims the server
+ * there for its owner (refused when another owner holds the name), writes the placement record
+ * and the image's user marker, and lists the volumes a create run again keeps: one locked round
+ * trip on the chosen host.
  *
  * One turn serves every create of this process that waits for placement over the same hosts:
- * one placement lock, one reading of the hosts, then each server in turn (each counting the
- * ones placed before it), claims in parallel across hosts. N parallel creates take a few turns
- * instead of N (issue 13); the accounting is the same as N turns in a row.
+ * one reading of the hosts, then each server in turn (each counting the ones placed before it),
+ * claims in parallel across hosts. N parallel creates take a few turns instead of N (issue 13);
+ * the accounting is the same as N turns in a row.
+ *
+ * Across processes there is no placement lock: each host's claim batch begins with a guard
+ * (recordsUnchangedStep, under that host's lock) that refuses when the host's server records
+ * count other than what the turn read; the turn then reads again and places those creates again
+ * (at most PLACEMENT_ATTEMPTS times). A claim is written only when nothing counted changed since
+ * the reading, under the same lock as the check, so two `up`s never count the same free RAM.
  */
-async function placeAndClaim(
-  inputs: ServerInputs,
-  timings: Record<string, number> = {},
-): Promise<HostConnection> {
+async function placeAndClaim(inputs: ServerInputs, timings: Record<string, number> = {}): Promise<Placed> {
   // Same hosts: same names, addresses, keys and pins (a turn uses the first request's).
   const group = inputs.hosts
     .map((h) => `${h.name}=${sessionKey(h)}`)
     .sort()
     .join(",");
-  return new Promise<HostConnection>((resolve, reject) => {
+  return new Promise<Placed>((resolve, reject) => {
     const queue = placementQueue();
     queue.set(group, [
       ...(queue.get(group) ?? []),
@@ -328,49 +357,82 @@ async function placeAndClaim(
   });
 }
 
+/** The index of the step a runLocked/runChecked error names as failed (the first such), or -1. */
+function failedStepIndex(err: unknown, steps: readonly Step[]): number {
+  const text = err instanceof Error ? err.message : String(err);
+  return steps.findIndex((s) =>
+    text.includes(`step "${s.label ?? "remote command"}" failed with exit status`),
+  );
+}
+
 /**
  * One placement turn for the creates waiting over `hosts` (key `group`): settles every request
- * it takes, never throws. The requests are taken once the placement lock is held, so the creates
- * that arrive while it is being taken join this turn instead of waiting for the next.
+ * it takes, never throws. The requests are taken when the turn begins; the creates that arrive
+ * meanwhile all go into the next turn.
  */
 async function placeBatch(group: string, hosts: readonly HostConnection[]): Promise<void> {
   const queue = placementQueue();
-  const pending = new Set<PlacementRequest>();
-  let batch: PlacementRequest[] = [];
-  const takeBatch = (): void => {
-    batch = queue.get(group) ?? [];
-    queue.delete(group);
-    for (const r of batch) pending.add(r);
-  };
-  // Across processes: every placement over these hosts holds the placement lock of the same
-  // controller (the host with the lowest address), so two `up`s never count the same free RAM.
-  const controller = [...hosts].sort((a, b) =>
-    `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
-  )[0];
+  const batch = queue.get(group) ?? [];
+  queue.delete(group);
+  const pending = new Set<PlacementRequest>(batch);
   const turnStart = Date.now();
-  const settle = (r: PlacementRequest, outcome: { host: HostConnection } | { error: unknown }) => {
+  const settle = (r: PlacementRequest, outcome: { placed: Placed } | { error: unknown }) => {
     if (!pending.delete(r)) return;
-    if ("host" in outcome) r.resolve(outcome.host);
+    if ("placed" in outcome) r.resolve(outcome.placed);
     else r.reject(outcome.error);
   };
+  for (const r of batch)
+    Object.assign(r.timings, {
+      "placement.queue": Math.max(0, turnStart - r.startedAt),
+      placementBatch: batch.length,
+    });
+  const candidatesOf = (i: ServerInputs) => (i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts);
+  // Every refusal comes before the first marker this create writes, so a refused create leaves
+  // no marker behind: the host check first, then the UUID's claim is checked (it would be
+  // refused after the name's was written), and the name's record check runs before the UUID's
+  // claim.
+  const claimSteps = (i: ServerInputs): Step[] => [
+    preflightStep(i),
+    claimableStep(serverUuidOwned(i), i.owner),
+    claimStep(serverOwned(i.serverName), i.owner),
+    nameFreeStep(i),
+    // The UUID too: it keys the instance folder (review S1).
+    claimStep(serverUuidOwned(i), i.owner),
+    recordStep(i, []),
+  ];
+  // After the claim, same lock: the image is marked as used (an Image delete refuses from here
+  // on), and a create run again over a domain it defined before keeps the volumes attached to
+  // it since (issue 16); the listing is the last step's output.
+  const afterSteps = (i: ServerInputs): Step[] => [
+    ...imageUseSteps(i),
+    keptVolumesStep(i.serverName, i.uuid, { quick: true }),
+  ];
+  const lastRefused = new Map<PlacementRequest, string>();
+  let firstLoaded = turnStart;
   try {
-    await withNamedHostLock(controller, "placement", async () => {
-      const locked = Date.now();
-      takeBatch();
-      for (const r of batch)
-        Object.assign(r.timings, {
-          "placement.queue": Math.max(0, turnStart - r.startedAt),
-          "placement.lock": locked - Math.max(turnStart, r.startedAt),
-          placementBatch: batch.length,
-        });
-      const candidatesOf = (i: ServerInputs) =>
-        i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts;
-      const wanted = hosts.filter((h) => batch.some((r) => candidatesOf(r.inputs).includes(h)));
-      const loads = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+    let todo = batch;
+    for (let attempt = 1; todo.length > 0; attempt++) {
+      if (attempt > PLACEMENT_ATTEMPTS) {
+        for (const r of todo)
+          settle(r, {
+            error: new Error(
+              `placement of server ${r.inputs.serverName}: the server records on host ${lastRefused.get(r) ?? "?"} changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row (another kvmlab run is placing or removing servers on the same hosts at the same moment); run the operation again, or run the other one first`,
+            ),
+          });
+        break;
+      }
+      const began = Date.now();
+      const wanted = hosts.filter((h) => todo.some((r) => candidatesOf(r.inputs).includes(h)));
+      const read = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+      const loads = new Map(read);
       const loaded = Date.now();
-      for (const r of batch) r.timings["placement.loads"] = loaded - locked;
+      if (attempt === 1) firstLoaded = loaded;
+      for (const r of todo) {
+        if (attempt === 1) r.timings["placement.loads"] = loaded - began;
+        r.timings.placementAttempts = attempt;
+      }
       const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
-      for (const r of batch) {
+      for (const r of todo) {
         const i = r.inputs;
         const candidates = candidatesOf(i).map((h) => loads.get(h.name) as HostLoad);
         // A create run again (after a failure or lost state) converges on the host it claimed.
@@ -386,52 +448,69 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
         entry.requests.push(r);
         claims.set(choice.host, entry);
       }
-      // Every refusal comes before the first marker this create writes, so a refused create
-      // leaves no marker behind: the UUID's claim is checked first (it would be refused after
-      // the name's was written), and the name's record check runs before the UUID's claim.
-      const claimSteps = (i: ServerInputs): Step[] => [
-        claimableStep(serverUuidOwned(i), i.owner),
-        claimStep(serverOwned(i.serverName), i.owner),
-        nameFreeStep(i),
-        // The UUID too: it keys the instance folder (review S1).
-        claimStep(serverUuidOwned(i), i.owner),
-        recordStep(i, []),
-      ];
-      const claimed = (r: PlacementRequest) => (r.timings["placement.claim"] = Date.now() - loaded);
+      const again: PlacementRequest[] = [];
+      const claimed = (r: PlacementRequest) => {
+        r.timings["placement.claim"] = Date.now() - loaded;
+        if (attempt > 1) r.timings["placement.retry"] = began - firstLoaded;
+      };
       await Promise.all(
         [...claims.values()].map(async ({ host, requests }) => {
+          // The guard: the host's records, but for the servers this turn claims there, are as read.
+          const skip = requests.map((r) => r.inputs.uuid);
+          const guard = recordsUnchangedStep(
+            serverCapacityText(read.get(host.name)?.capacity ?? [], skip),
+            skip,
+          );
+          const refusedByGuard = (err: unknown, steps: readonly Step[]) =>
+            failedStepIndex(err, steps) === 0 &&
+            String(err instanceof Error ? err.message : err).includes(`exit status ${RECORDS_CHANGED_EXIT}`);
+          const retry = (r: PlacementRequest) => {
+            lastRefused.set(r, host.name);
+            again.push(r);
+          };
           // Every claim on a host in one locked round trip; when one is refused, each again on
           // its own (the steps are idempotent for their owner), so each gets its own answer.
           if (requests.length > 1) {
+            const parts = requests.map((r) => [...claimSteps(r.inputs), ...afterSteps(r.inputs)]);
+            const steps = [guard, ...parts.flat()];
             try {
-              await runLocked(
-                host,
-                requests.flatMap((r) => claimSteps(r.inputs)),
-              );
-              for (const r of requests) {
+              const out = await runLocked(host, steps);
+              let at = 1;
+              requests.forEach((r, k) => {
+                at += parts[k].length;
                 claimed(r);
-                settle(r, { host });
-              }
+                settle(r, { placed: { host, listing: out[at - 1] } });
+              });
               return;
-            } catch {
+            } catch (err) {
+              if (refusedByGuard(err, steps)) {
+                requests.forEach(retry);
+                return;
+              }
               // below
             }
           }
           for (const r of requests) {
+            const claim = claimSteps(r.inputs);
+            const steps = [guard, ...claim, ...afterSteps(r.inputs)];
             try {
-              await runLocked(host, claimSteps(r.inputs));
+              const out = await runLocked(host, steps);
               claimed(r);
-              settle(r, { host });
+              settle(r, { placed: { host, listing: out[out.length - 1] } });
             } catch (err) {
-              settle(r, { error: err });
+              if (refusedByGuard(err, steps)) retry(r);
+              // A step after the claim failed: the claim is this create's (its cleanup removes it).
+              else if (failedStepIndex(err, steps) > claim.length)
+                settle(r, { placed: { host, listing: "", error: err } });
+              else settle(r, { error: err });
             }
           }
         }),
       );
-    });
+      todo = again.filter((r) => pending.has(r));
+    }
   } catch (err) {
-    // The lock was not taken: the requests this turn was for get its error.
-    if (batch.length === 0) takeBatch();
+    // Reading the hosts failed: the requests still open get its error.
     for (const r of [...pending]) settle(r, { error: err });
   }
   // Unreachable unless a bug left one open: never leave a create waiting forever.
@@ -913,27 +992,19 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       for (const h of inputs.host !== "" ? [hostNamed(inputs.hosts, inputs.host)] : inputs.hosts)
         void domainTypeOf(h).catch(() => undefined);
       const placing: Record<string, number> = {};
-      host = await phase(m, "placement", () => placeAndClaim(inputs, placing));
-      const placed: HostConnection = host;
-      const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       const ipam: AllocationTimings[] = [];
-      // The addresses (the DHCP host's lock) and, under the placed host's lock in one round trip,
-      // the host check and the image claim: two independent decisions, taken side by side. The
-      // host has what the server needs, and the image is marked as used (an Image delete refuses
-      // from here on); a create run again over a domain it defined before keeps the volumes
-      // attached to it since (issue 16). Both are settled before any error is thrown, so the
-      // cleanup below releases every address allocated and removes the image claim.
-      const [allocatedR, claimedR] = await Promise.allSettled([
+      // The addresses (the DHCP hosts' locks) do not depend on the host: they are allocated
+      // beside placement, which in one locked round trip on the chosen host checks it, claims
+      // the server there, marks the image as used and lists the volumes a create run again
+      // keeps (issue 16). Both are settled before any error is thrown, so the cleanup below
+      // releases every address allocated and removes the claim; placement's error comes first.
+      const [allocatedR, placedR] = await Promise.allSettled([
         phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam)),
-        phase(m, "claim", () =>
-          runLocked(placed, [
-            preflightStep(inputs),
-            ...imageUseSteps(inputs),
-            keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
-          ]),
-        ),
+        phase(m, "placement", () => placeAndClaim(inputs, placing)),
       ]);
-      for (const [k, v] of Object.entries(placing)) if (k !== "placementBatch") m.phases[k] = v;
+      if (placedR.status === "fulfilled") host = placedR.value.host;
+      for (const [k, v] of Object.entries(placing))
+        if (k !== "placementBatch" && k !== "placementAttempts") m.phases[k] = v;
       for (const t of ipam) {
         m.phases["ipam.wait"] = (m.phases["ipam.wait"] ?? 0) + (t.waitMs ?? 0);
         m.phases["ipam.work"] = (m.phases["ipam.work"] ?? 0) + (t.workMs ?? 0);
@@ -941,12 +1012,15 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       m.batches = {
         placement: placing.placementBatch ?? 0,
         ipam: Math.max(0, ...ipam.map((t) => t.batch ?? 0)),
+        attempts: placing.placementAttempts ?? 0,
       };
+      if (placedR.status === "rejected") throw placedR.reason;
+      if (placedR.value.error !== undefined) throw placedR.value.error;
       if (allocatedR.status === "rejected") throw allocatedR.reason;
-      if (claimedR.status === "rejected") throw claimedR.reason;
       addresses = allocatedR.value;
-      const claimed = claimedR.value;
-      const listing = claimed[claimed.length - 1];
+      const placed: HostConnection = placedR.value.host;
+      const listing = placedR.value.listing;
+      const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       const running = inputs.powerState === "running";
       // The domain's info (state, VNC port) is read in the batch that defines it, or that starts
       // it: no round trip of its own after the wait.

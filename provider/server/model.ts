@@ -739,6 +739,57 @@ export interface HostLoad {
   servers: number;
   /** UUIDs of the servers recorded on the host. */
   serverUuids: string[];
+  /**
+   * What each record read counts (uuid, ramMiB, vcpus; the placement guard compares them under
+   * the host's lock before a claim, see serverCapacityText). Absent: no record was read.
+   */
+  capacity?: ServerCapacity[];
+}
+
+/**
+ * What a server record counts for placement, as the placement guard reads it: its UUID, RAM
+ * (MiB) and vCPUs, each the text of its top-level line ("-" when there is none).
+ */
+export interface ServerCapacity {
+  uuid: string;
+  ramMiB: string;
+  vcpus: string;
+}
+
+/**
+ * The capacity lines of one server record's text (pure), read line by line exactly as the
+ * guard's awk does (recordsUnchangedStep): the top-level lines kvmlab writes (two-space
+ * indent, JSON.stringify(…, null, 2)) `  "uuid": "<letters, digits, dashes>",`, `  "ramMiB":
+ * <digits>,` and `  "vcpus": <digits>,`; the last of each wins, a missing one is "-". Read from
+ * the text, not a JSON parse, so a record TypeScript could not parse reads the same on both sides.
+ */
+export function capacityOfRecord(text: string): ServerCapacity {
+  const c: ServerCapacity = { uuid: "-", ramMiB: "-", vcpus: "-" };
+  for (const line of text.split("\n")) {
+    let m = /^ {2}"uuid": "([A-Za-z0-9-]*)",?$/.exec(line);
+    if (m) c.uuid = m[1];
+    m = /^ {2}"ramMiB": ([0-9]+),?$/.exec(line);
+    if (m) c.ramMiB = m[1];
+    m = /^ {2}"vcpus": ([0-9]+),?$/.exec(line);
+    if (m) c.vcpus = m[1];
+  }
+  return c;
+}
+
+/**
+ * The placement guard's view of a host's server records (pure): one line "<uuid> <ramMiB>
+ * <vcpus>" per record, the records of the UUIDs in `skip` (the ones this placement turn claims
+ * on the host) left out, sorted bytewise, joined by newlines, no trailing newline.
+ * recordsUnchangedStep computes the same text on the host from the record files, so the two
+ * compare as strings; only these three fields count, so a record rewritten with its addresses
+ * (the define batch) changes nothing.
+ */
+export function serverCapacityText(records: readonly ServerCapacity[], skip: readonly string[] = []): string {
+  return records
+    .filter((r) => !skip.includes(r.uuid))
+    .map((r) => `${r.uuid} ${r.ramMiB} ${r.vcpus}`)
+    .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+    .join("\n");
 }
 
 /** Placement policy: like Nova's RAM and CPU allocation ratios and reserved host memory. */
@@ -806,6 +857,10 @@ export function withPlaced(
     allocatedVcpus: load.allocatedVcpus + server.flavor.vcpus,
     servers: load.servers + 1,
     serverUuids: [...load.serverUuids, server.uuid],
+    capacity: [
+      ...(load.capacity ?? []),
+      { uuid: server.uuid, ramMiB: String(server.flavor.ramMiB), vcpus: String(server.flavor.vcpus) },
+    ],
   };
 }
 
@@ -833,14 +888,16 @@ export function parseHostLoad(host: string, stdout: string): HostLoad {
   let ram = 0;
   let vcpus = 0;
   const serverUuids: string[] = [];
+  const capacity: ServerCapacity[] = [];
   for (const text of records) {
+    capacity.push(capacityOfRecord(text));
     try {
       const r = JSON.parse(text) as { ramMiB?: number; vcpus?: number; uuid?: string };
       if (typeof r.uuid === "string") serverUuids.push(r.uuid);
       ram += typeof r.ramMiB === "number" ? r.ramMiB : 0;
       vcpus += typeof r.vcpus === "number" ? r.vcpus : 0;
     } catch {
-      // A record being rewritten at this instant; the host lock re-check catches real overcommit.
+      // A record that is not valid JSON (not written by kvmlab) counts nothing here.
     }
   }
   return {
@@ -852,6 +909,7 @@ export function parseHostLoad(host: string, stdout: string): HostLoad {
     allocatedVcpus: vcpus,
     servers: records.length,
     serverUuids,
+    capacity,
   };
 }
 

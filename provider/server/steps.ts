@@ -34,6 +34,43 @@ export function statsStep(): Step {
   };
 }
 
+/** The exit status of recordsUnchangedStep's refusal: placement reads the host again and retries. */
+export const RECORDS_CHANGED_EXIT = 36;
+
+/**
+ * The placement guard (issue 13: placement holds no cross-process lock). Run under the host's
+ * lock as the first step of a claim batch: refuses with exit 36 unless the host's server records
+ * count what the placement turn read, `expected` (serverCapacityText of that reading, without
+ * the UUIDs in `skip`, the servers the turn claims on this host). The same text is computed here
+ * from the record files: per file with a non-blank line, "<uuid> <ramMiB> <vcpus>" from its
+ * top-level lines as capacityOfRecord reads them ("-" when missing), the skipped UUIDs left out,
+ * sorted bytewise (LC_ALL=C). A record added, removed or with another RAM or vCPU count since the
+ * reading refuses; a record rewritten with only other fields changed (addresses) does not. The
+ * check and the claim's record write are under the same host lock, so two processes never count
+ * the same free RAM.
+ */
+export function recordsUnchangedStep(expected: string, skip: readonly string[]): Step {
+  const awk = [
+    'function flush() { if (seen && index(skip, " " u " ") == 0) print u " " r " " v }',
+    'FNR == 1 { flush(); seen = 0; u = "-"; r = "-"; v = "-" }',
+    "NF > 0 { seen = 1 }",
+    '/^  "uuid": "[A-Za-z0-9-]*",?$/ { s = $0; sub(/^  "uuid": "/, "", s); sub(/",?$/, "", s); u = s }',
+    '/^  "ramMiB": [0-9]+,?$/ { s = $0; sub(/^  "ramMiB": /, "", s); sub(/,$/, "", s); r = s }',
+    '/^  "vcpus": [0-9]+,?$/ { s = $0; sub(/^  "vcpus": /, "", s); sub(/,$/, "", s); v = s }',
+    "END { flush() }",
+  ].join("\n");
+  return {
+    label: "check that the server records on this host are as placement read them",
+    script: [
+      "set -- /var/lib/kvmlab/records/server/*.json",
+      '[ -e "$1" ] || set --',
+      'actual=""',
+      `if [ $# -gt 0 ]; then actual=$(awk -v skip=${shQuote(` ${skip.join(" ")} `)} ${shQuote(awk)} "$@" | LC_ALL=C sort) || exit 1; fi`,
+      `if [ "$actual" != ${shQuote(expected)} ]; then echo 'the server records on this host changed since placement read them (another kvmlab run placed or removed a server here meanwhile)' >&2; exit ${RECORDS_CHANGED_EXIT}; fi`,
+    ].join("\n"),
+  };
+}
+
 /** The record kept on the server's host: what placement counts and what identifies it. */
 export function serverRecord(
   inputs: ServerInputs,

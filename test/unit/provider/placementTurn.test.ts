@@ -1,14 +1,20 @@
 /**
- * A placement turn takes the creates waiting for it once the placement lock is held (issue 13):
- * the creates that arrive while the lock is being taken (a new lock shell and a flock, about
- * 200 ms on a busy host) join that turn instead of waiting for the next one. Each is still
- * counted before the next is chosen, and each gets its own answer.
+ * Placement (issue 13) holds no cross-process lock. A placement turn reads the hosts once and
+ * places every create waiting for it, each counted before the next is chosen, each with its own
+ * answer; the creates that arrive while a turn runs go into the next turn together. Each host's
+ * claim batch begins with the placement guard, run here with bash over the fake host's record
+ * folder: when another run's record appears between the reading and the claim, the turn reads
+ * again and places again (bounded), so two runs never count the same free RAM.
  *
- * After placement, a create's address (the DHCP host's lock) and its host check and image claim
- * (the placed host's lock) run side by side; a failure of either still cleans up both.
+ * Beside placement, a create's address (the DHCP host's lock) is allocated; a failure of either
+ * still cleans up both.
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
 import {
   checkServerInputs,
   ipamRecordName,
@@ -18,7 +24,7 @@ import {
   type IpamRecord,
   type StepResult,
 } from "../../../provider";
-import { type ServerInputs } from "../../../provider/server";
+import { PLACEMENT_ATTEMPTS, type ServerInputs } from "../../../provider/server";
 import { diskServerRaw, serverRaw, testHost } from "./fixtures";
 import { fakeHost } from "./fakeHost";
 
@@ -35,40 +41,109 @@ function server(serverName: string): ServerInputs {
   return inputs as unknown as ServerInputs;
 }
 
-test("creates that arrive while the placement lock is being taken join that turn: one lock, one reading of the hosts", async () => {
-  // Room for two 128 MiB servers (768 - 512 reserved = 256): the third must be refused, which
-  // only happens when each placed server is counted before the next is chosen.
-  const fake = fakeHost((label) => {
-    if (/^read host capacity/.test(label)) return "memtotal=786432\nmemavailable=700000\ncpus=2\n";
+/** The placement guard's step label (recordsUnchangedStep). */
+const GUARD = "check that the server records on this host are as placement read them";
+
+/**
+ * A fake host whose server records are files in a temporary folder: the claim's record writes
+ * land there, the stats step lists them, and the placement guard runs with bash over them.
+ * `memKiB` is the host's memory (512 MiB of it reserved by placement).
+ */
+function recordsHost(memKiB: number) {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
+  const dir = path.join(root, "records", "server");
+  fs.mkdirSync(dir, { recursive: true });
+  const guards: number[] = [];
+  const fake = fakeHost((label, script): string | StepResult => {
+    if (/^read host capacity/.test(label)) {
+      let out = `memtotal=${memKiB}\nmemavailable=${memKiB}\ncpus=2\n`;
+      for (const f of fs.readdirSync(dir).sort())
+        out += `--record--\n${fs.readFileSync(path.join(dir, f), "utf8")}\n`;
+      return out;
+    }
+    const write = /^write record server\/(.+)$/.exec(label);
+    if (write) {
+      const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(script)![2];
+      fs.writeFileSync(path.join(dir, `${write[1]}.json`), Buffer.from(b64.replace(/\n/g, ""), "base64"));
+      return "";
+    }
+    if (label === GUARD) {
+      const r = spawnSync(
+        "bash",
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        {
+          encoding: "utf8",
+          env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+        },
+      );
+      guards.push(r.status ?? -1);
+      return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+    }
     if (/^read domain /.test(label)) return "defined=yes\nstate=shut off\ntype=qemu\n";
     return "";
   });
   const session = require("../../../provider/host/session") as Record<string, unknown>;
-  let requested: () => void = () => undefined;
-  const lockRequested = new Promise<void>((r) => (requested = r));
+  return {
+    ...fake,
+    guards,
+    /** Another run's server record (pretty JSON, as kvmlab writes it). */
+    theirs(name: string, uuid: string, ramMiB: number) {
+      const rec = {
+        name,
+        uuid,
+        flavor: "m1.tiny",
+        vcpus: 1,
+        ramMiB,
+        image: "cirros",
+        ports: [],
+        owner: "x",
+        project: "",
+      };
+      fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
+    },
+    /** Runs `hook(n)` after the n-th reading of the hosts returned (1-based). */
+    afterRead(hook: (n: number) => void | Promise<void>) {
+      const inner = session.runChecked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+      let n = 0;
+      session.runChecked = async (h: unknown, steps: { label?: string }[]) => {
+        const out = await inner(h, steps);
+        if (/^read host capacity/.test(steps[0]?.label ?? "")) await hook(++n);
+        return out;
+      };
+    },
+    restore() {
+      fake.restore();
+      fs.rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+const reads = (labels: string[]) => labels.filter((l) => /^read host capacity/.test(l)).length;
+
+test("creates that arrive while a placement turn runs go into the next turn together: one reading for both, each counted before the next", async () => {
+  // Room for two 128 MiB servers (768 - 512 reserved = 256): the third must be refused, which
+  // only happens when each placed server is counted before the next is chosen.
+  const fake = recordsHost(786432);
   let open: () => void = () => undefined;
   const gate = new Promise<void>((r) => (open = r));
-  session.withNamedHostLock = async (h: { name: string }, name: string, fn: () => Promise<unknown>) => {
-    requested();
+  let firstRead: () => void = () => undefined;
+  const read = new Promise<void>((r) => (firstRead = r));
+  fake.afterRead(async (n) => {
+    if (n !== 1) return;
+    firstRead();
     await gate;
-    fake.log.push({ host: h.name, label: `${name} lock taken`, script: "" });
-    try {
-      return await fn();
-    } finally {
-      fake.log.push({ host: h.name, label: `${name} lock released`, script: "" });
-    }
-  };
+  });
   try {
     const first = provider.create(server("web1"));
-    await lockRequested;
-    // While web1's turn takes the lock, two more creates arrive.
+    await read;
+    // While web1's turn runs, two more creates arrive.
     const later = [provider.create(server("web2")), provider.create(server("web3"))];
     await new Promise((r) => setTimeout(r, 50));
     open();
     const results = await Promise.allSettled([first, ...later]);
     const labels = fake.log.map((l) => l.label);
-    assert.equal(labels.filter((l) => l === "placement lock taken").length, 1, labels.join(" | "));
-    assert.equal(labels.filter((l) => /^read host capacity/.test(l)).length, 1, "the hosts are read once");
+    assert.ok(!labels.some((l) => / lock taken$/.test(l)), `no placement lock: ${labels.join(" | ")}`);
+    assert.equal(reads(labels), 2, "the hosts are read once per turn: web2 and web3 share the second");
     assert.deepEqual(
       results.map((r) => r.status),
       ["fulfilled", "fulfilled", "rejected"],
@@ -77,6 +152,7 @@ test("creates that arrive while the placement lock is being taken join that turn
       String((results[2] as PromiseRejectedResult).reason),
       /placement of server web3: .*hv1: 0 MiB RAM free, needs 128/,
     );
+    assert.deepEqual(fake.guards, [0, 0], "each claim batch was guarded, and passed");
     for (const n of ["web1", "web2"])
       assert.ok(
         labels.some((l) => l === `write record server/${n}`),
@@ -86,6 +162,43 @@ test("creates that arrive while the placement lock is being taken join that turn
       !labels.some((l) => /web3/.test(l) && /^(write record|claim )/.test(l)),
       "nothing of web3 is claimed",
     );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("another run's server placed between the reading and the claim: the guard refuses, the turn reads again and counts it (no over-commit)", async () => {
+  // Room for one 128 MiB server (640 - 512 reserved).
+  const fake = recordsHost(655360);
+  fake.afterRead((n) => {
+    if (n === 1) fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
+  });
+  try {
+    await assert.rejects(
+      provider.create(server("web1")),
+      /placement of server web1: no host fits .*hv1: 0 MiB RAM free, needs 128/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.equal(reads(labels), 2, `read again after the refusal: ${labels.join(" | ")}`);
+    assert.deepEqual(fake.guards, [36], "the first claim was refused by the guard");
+    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "web1 claimed nothing");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("records that keep changing under the claim: the turn gives up after PLACEMENT_ATTEMPTS readings, naming the host and what to do", async () => {
+  const fake = recordsHost(4194304);
+  fake.afterRead((n) => fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 100 + n));
+  try {
+    await assert.rejects(
+      provider.create(server("web1")),
+      new RegExp(
+        `placement of server web1: the server records on host hv1 changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row \\(another kvmlab run`,
+      ),
+    );
+    assert.equal(reads(fake.log.map((l) => l.label)), PLACEMENT_ATTEMPTS);
+    assert.deepEqual(fake.guards, Array(PLACEMENT_ATTEMPTS).fill(36));
   } finally {
     fake.restore();
   }
@@ -124,7 +237,7 @@ function lanServer(owner: string): ServerInputs {
   return inputs as unknown as ServerInputs;
 }
 
-test("the address and the host check run side by side: a failed host check still releases the address allocated beside it", async () => {
+test("the address and placement run side by side: a failed host check (before any claim) still releases the address allocated beside it", async () => {
   const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
   const i = lanServer(me);
   const fake = withIpam(lanRecord({}), true);
@@ -136,7 +249,11 @@ test("the address and the host check run side by side: a failed host check still
       "the address was allocated",
     );
     assert.deepEqual(fake.record().allocations, {}, `the address is released again: ${labels.join(" | ")}`);
-    assert.ok(labels.includes("delete server web1"), "the claim on the host is removed");
+    // The host check is the claim batch's first refusal: nothing was claimed on the host.
+    assert.ok(
+      !labels.some((l) => /^(claim |write record server\/)/.test(l)),
+      "nothing is claimed on the host",
+    );
     assert.ok(!labels.some((l) => /^define domain/.test(l)), "nothing is defined");
   } finally {
     fake.restore();
@@ -158,6 +275,38 @@ test("a refused address with the host check beside it: the server's claim on the
       `the claim on the host is removed: ${labels.join(" | ")}`,
     );
     assert.ok(!labels.some((l) => /^define domain/.test(l)), "nothing is defined");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("placement refused and the address refused beside it: the user sees placement's error, and nothing is left", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const theirs = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const { inputs, failures } = checkServerInputs({
+    ...serverRaw([hv1], { ramMiB: 65536 }),
+    powerState: "external",
+    owner: me,
+  });
+  assert.deepEqual(failures, []);
+  const i = inputs as unknown as ServerInputs;
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "", holder: theirs } });
+  const fake = withIpam(start, false);
+  try {
+    await assert.rejects(
+      provider.create(i),
+      /placement of server web1: no host fits the flavor \(1 vCPU, 65536 MiB\)/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.some((l) => /^read record ipam\//.test(l)),
+      `the address was tried beside placement: ${labels.join(" | ")}`,
+    );
+    assert.deepEqual(fake.record(), start, "the other owner's address is kept");
+    assert.ok(
+      !labels.some((l) => /^(claim |write record server\/)/.test(l)),
+      "nothing is claimed on the host",
+    );
   } finally {
     fake.restore();
   }

@@ -274,6 +274,12 @@ test("parsers read what the host steps print", () => {
     allocatedVcpus: 3,
     servers: 2,
     serverUuids: ["u1", "u2"],
+    // The placement guard's view reads kvmlab's own record layout (two-space indent) line by
+    // line: these one-line records have none of its lines.
+    capacity: [
+      { uuid: "-", ramMiB: "-", vcpus: "-" },
+      { uuid: "-", ramMiB: "-", vcpus: "-" },
+    ],
   });
   const info = parseDomainInfo(
     "defined=yes\nuuid=abc\nstate=running\nmaxmem=196608 KiB\nvcpus=1\nvnc=0.0.0.0:3\ntype=qemu\n" +

@@ -1,0 +1,165 @@
+/**
+ * The placement guard (issue 13): placement holds no cross-process lock; each host's claim batch
+ * begins with recordsUnchangedStep, which refuses (exit 36) unless the host's server records
+ * count what the placement turn read. These tests RUN the host's scripts with bash over sample
+ * record folders: the stats step's output goes through parseHostLoad and serverCapacityText
+ * (what TypeScript expects) into the guard's script (what the shell computes), so the two sides
+ * are checked to agree byte for byte, and to disagree on every change that counts.
+ */
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
+import {
+  capacityOfRecord,
+  parseHostLoad,
+  serverCapacityText,
+  withPlaced,
+  type ServerCapacity,
+} from "../../../provider/server";
+import { RECORDS_CHANGED_EXIT, recordsUnchangedStep, statsStep } from "../../../provider/server/steps";
+
+function bash(root: string, script: string): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync("bash", ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)], {
+    encoding: "utf8",
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A server record as kvmlab writes it (writeRecordStep: JSON.stringify(…, null, 2) + "\n"). */
+function record(name: string, uuid: string, ramMiB: number, vcpus: number, ips: string[] = []): string {
+  const value = {
+    name,
+    uuid,
+    flavor: "m1.tiny",
+    vcpus,
+    ramMiB,
+    image: "cirros",
+    ports: ips.map((ip) => ({ ip, mac: "52:54:00:00:00:01" })),
+    owner: `lab/a/Server/${name}`,
+    project: "",
+  };
+  return `${JSON.stringify(value, null, 2)}\n`;
+}
+
+const U1 = "11111111-1111-5111-8111-111111111111";
+const U2 = "22222222-2222-5222-8222-222222222222";
+const U3 = "33333333-3333-5333-8333-333333333333";
+const MINE = "99999999-9999-5999-8999-999999999999";
+
+function withRecords(fn: (root: string, put: (name: string, text: string) => void) => void): void {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-guard-"));
+  const dir = path.join(root, "records", "server");
+  fs.mkdirSync(dir, { recursive: true });
+  try {
+    fn(root, (name, text) => fs.writeFileSync(path.join(dir, `${name}.json`), text));
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+}
+
+/** What the placement turn reads: the real stats step over the folder, parsed. */
+function reading(root: string): ServerCapacity[] {
+  const r = bash(root, statsStep().script);
+  assert.equal(r.code, 0, r.stderr);
+  return parseHostLoad("hv1", r.stdout).capacity ?? [];
+}
+
+function guard(root: string, expected: string, skip: string[] = []) {
+  return bash(root, recordsUnchangedStep(expected, skip).script);
+}
+
+test("serverCapacityText: one sorted line per record, the skipped UUIDs left out; withPlaced adds its line", () => {
+  const recs: ServerCapacity[] = [
+    { uuid: U2, ramMiB: "256", vcpus: "2" },
+    { uuid: U1, ramMiB: "128", vcpus: "1" },
+    { uuid: "-", ramMiB: "-", vcpus: "-" },
+  ];
+  assert.equal(serverCapacityText(recs), `- - -\n${U1} 128 1\n${U2} 256 2`);
+  assert.equal(serverCapacityText(recs, [U1]), `- - -\n${U2} 256 2`);
+  assert.equal(serverCapacityText([]), "");
+  assert.deepEqual(capacityOfRecord(record("a", U1, 128, 1, ["10.0.0.5"])), {
+    uuid: U1,
+    ramMiB: "128",
+    vcpus: "1",
+  });
+  // Nested lines (ports) and other layouts do not count; a missing field is "-".
+  assert.deepEqual(capacityOfRecord('{"uuid":"x","ramMiB":1}'), { uuid: "-", ramMiB: "-", vcpus: "-" });
+  const load = parseHostLoad("hv1", "memtotal=1\nmemavailable=1\ncpus=1\n");
+  const placed = withPlaced(load, { uuid: U3, flavor: { ramMiB: 64, vcpus: 1 } });
+  assert.equal(serverCapacityText(placed.capacity ?? []), `${U3} 64 1`);
+});
+
+test("the guard passes when nothing changed (no records, kvmlab's records, and odd files the same on both sides)", () => {
+  withRecords((root, put) => {
+    assert.equal(guard(root, serverCapacityText(reading(root))).code, 0, "no record at all");
+    put("web1", record("web1", U1, 128, 1));
+    put("web2", record("web2", U2, 256, 2, ["10.0.0.7"]));
+    // Files kvmlab did not write read the same on both sides: not valid JSON, one-line JSON, empty.
+    put("broken", '{\n  "uuid": "' + U3 + '",\n  "ramMiB": 64,\n');
+    put("oneline", `{"uuid":"${U3}","ramMiB":64,"vcpus":1}\n`);
+    put("empty", "");
+    const expected = serverCapacityText(reading(root));
+    assert.equal(expected, `- - -\n${U1} 128 1\n${U2} 256 2\n${U3} 64 -`);
+    const r = guard(root, expected);
+    assert.equal(r.code, 0, r.stderr);
+  });
+});
+
+test("the guard refuses (exit 36) when another run added a server record since the reading", () => {
+  withRecords((root, put) => {
+    put("web1", record("web1", U1, 128, 1));
+    const expected = serverCapacityText(reading(root));
+    put("theirs", record("theirs", U2, 128, 1));
+    const r = guard(root, expected);
+    assert.equal(r.code, RECORDS_CHANGED_EXIT);
+    assert.match(r.stderr, /the server records on this host changed since placement read them/);
+  });
+});
+
+test("the guard refuses when a record's RAM or vCPUs changed, or a record was removed", () => {
+  withRecords((root, put) => {
+    put("web1", record("web1", U1, 128, 1));
+    put("web2", record("web2", U2, 128, 1));
+    const expected = serverCapacityText(reading(root));
+    put("web2", record("web2", U2, 512, 1));
+    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "RAM");
+    put("web2", record("web2", U2, 128, 4));
+    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "vCPUs");
+    put("web2", record("web2", U2, 128, 1));
+    assert.equal(guard(root, expected).code, 0, "back as read");
+    fs.rmSync(path.join(root, "records", "server", "web2.json"));
+    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "removed (a destroy meanwhile)");
+  });
+});
+
+test("the guard passes when a record was rewritten with its addresses only (the define batch)", () => {
+  withRecords((root, put) => {
+    put("web1", record("web1", U1, 128, 1));
+    const expected = serverCapacityText(reading(root));
+    put("web1", record("web1", U1, 128, 1, ["10.0.0.5", "10.0.1.5"]));
+    const r = guard(root, expected);
+    assert.equal(r.code, 0, r.stderr);
+  });
+});
+
+test("the guard skips the UUIDs the turn claims on the host: a create run again, or its own record written meanwhile", () => {
+  withRecords((root, put) => {
+    put("web1", record("web1", U1, 128, 1));
+    // A create run again: its record is on the host when read, and on the host when checked.
+    put("mine", record("mine", MINE, 256, 2));
+    const expected = serverCapacityText(reading(root), [MINE]);
+    assert.equal(expected, `${U1} 128 1`);
+    assert.equal(guard(root, expected, [MINE]).code, 0);
+    // Not read, written since (a request of the same turn claimed before it in the fallback).
+    fs.rmSync(path.join(root, "records", "server", "mine.json"));
+    const before = serverCapacityText(reading(root), [MINE]);
+    put("mine", record("mine", MINE, 256, 2));
+    assert.equal(guard(root, before, [MINE]).code, 0);
+    // Without the skip the same record counts as a change.
+    assert.equal(guard(root, before, []).code, RECORDS_CHANGED_EXIT);
+  });
+});
