@@ -131,8 +131,11 @@ export function usesStoreImage(image: ServerImage): boolean {
  * S1), "" when nothing does: the domain another instance folder `dir`'s domain.xml names, the
  * libvirt domain of that UUID when it has another name, or another server's record carrying the
  * UUID. `libvirt: "files"` reads libvirt's definition files instead of asking virsh (the claim,
- * which runs under the host lock on every first create). Values from the host only ever reach
- * `$other` inside double quotes.
+ * which runs under the host lock on every first create). One grep over all the files of a kind
+ * (the first that names the UUID, in glob order, as a loop with a grep per file found; a file
+ * grep cannot read does not hide a match in another), not a grep per file: this runs twice per
+ * create in the claim batch, under the host lock (issue 13). Values from the host only ever
+ * reach `$other` inside double quotes.
  */
 export function otherUserOfUuidLines(
   serverName: string,
@@ -149,8 +152,8 @@ export function otherUserOfUuidLines(
     `if [ -f ${xml} ]; then dn=$(grep -o '<name>[^<]*</name>' ${xml} 2>/dev/null | head -n1 | sed 's:</*name>::g'); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the domain $dn (its ${dir}/domain.xml)"; fi; fi`,
     libvirt === "virsh"
       ? `if [ -z "$other" ]; then dn=$(${VIRSH} domname ${shQuote(uuid)} 2>/dev/null || true); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the libvirt domain $dn"; fi; fi`
-      : `if [ -z "$other" ]; then for df in /etc/libvirt/qemu/*.xml /run/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && [ "$df" != ${shQuote(`/run/libvirt/qemu/${serverName}.xml`)} ] && grep -qF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$df"; then other="the libvirt domain in $df"; break; fi; done; fi`,
-    `if [ -z "$other" ]; then for rf in ${recordDir("server")}/*.json; do if [ -f "$rf" ] && [ "$rf" != ${own} ] && grep -qF -- ${hasUuid} "$rf"; then other="the server recorded in $rf"; break; fi; done; fi`,
+      : `if [ -z "$other" ]; then set --; for df in /etc/libvirt/qemu/*.xml /run/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && [ "$df" != ${shQuote(`/run/libvirt/qemu/${serverName}.xml`)} ]; then set -- "$@" "$df"; fi; done; if [ $# -gt 0 ]; then df=$(grep -lF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$@" 2>/dev/null; :); df=\${df%%$'\\n'*}; if [ -n "$df" ]; then other="the libvirt domain in $df"; fi; fi; fi`,
+    `if [ -z "$other" ]; then set --; for rf in ${recordDir("server")}/*.json; do if [ -f "$rf" ] && [ "$rf" != ${own} ]; then set -- "$@" "$rf"; fi; done; if [ $# -gt 0 ]; then rf=$(grep -lF -- ${hasUuid} "$@" 2>/dev/null; :); rf=\${rf%%$'\\n'*}; if [ -n "$rf" ]; then other="the server recorded in $rf"; fi; fi; fi`,
   ];
 }
 
