@@ -367,8 +367,9 @@ function failedStepIndex(err: unknown, steps: readonly Step[]): number {
 
 /**
  * One placement turn for the creates waiting over `hosts` (key `group`): settles every request
- * it takes, never throws. The requests are taken when the turn begins; the creates that arrive
- * meanwhile all go into the next turn.
+ * it takes, never throws. The requests are taken when the turn begins, and those that arrive
+ * while it reads the hosts join it (when the reading covers their hosts); the creates that
+ * arrive later all go into the next turn.
  */
 async function placeBatch(group: string, hosts: readonly HostConnection[]): Promise<void> {
   const queue = placementQueue();
@@ -381,11 +382,6 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
     if ("placed" in outcome) r.resolve(outcome.placed);
     else r.reject(outcome.error);
   };
-  for (const r of batch)
-    Object.assign(r.timings, {
-      "placement.queue": Math.max(0, turnStart - r.startedAt),
-      placementBatch: batch.length,
-    });
   const candidatesOf = (i: ServerInputs) => (i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts);
   // Every refusal comes before the first marker this create writes, so a refused create leaves
   // no marker behind: the host check first, then the UUID's claim is checked (it would be
@@ -426,11 +422,27 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
       const read = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
       const loads = new Map(read);
       const loaded = Date.now();
-      if (attempt === 1) firstLoaded = loaded;
-      for (const r of todo) {
-        if (attempt === 1) r.timings["placement.loads"] = loaded - began;
-        r.timings.placementAttempts = attempt;
+      if (attempt === 1) {
+        firstLoaded = loaded;
+        // The creates that arrived while the hosts were read join this turn when the reading
+        // covers their candidate hosts (the others wait for the next turn), as they joined
+        // while the placement lock was taken before: N parallel creates take fewer turns.
+        const late = queue.get(group) ?? [];
+        const joining = late.filter((r) => candidatesOf(r.inputs).every((h) => read.has(h.name)));
+        const staying = late.filter((r) => !joining.includes(r));
+        if (staying.length > 0) queue.set(group, staying);
+        else queue.delete(group);
+        for (const r of joining) pending.add(r);
+        batch.push(...joining);
+        todo = batch;
+        for (const r of batch)
+          Object.assign(r.timings, {
+            "placement.queue": Math.max(0, turnStart - r.startedAt),
+            "placement.loads": loaded - Math.max(began, r.startedAt),
+            placementBatch: batch.length,
+          });
       }
+      for (const r of todo) r.timings.placementAttempts = attempt;
       const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
       for (const r of todo) {
         const i = r.inputs;

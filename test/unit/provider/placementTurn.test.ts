@@ -120,48 +120,77 @@ function recordsHost(memKiB: number) {
 
 const reads = (labels: string[]) => labels.filter((l) => /^read host capacity/.test(l)).length;
 
-test("creates that arrive while a placement turn runs go into the next turn together: one reading for both, each counted before the next", async () => {
-  // Room for two 128 MiB servers (768 - 512 reserved = 256): the third must be refused, which
-  // only happens when each placed server is counted before the next is chosen.
-  const fake = recordsHost(786432);
+/** Starts web1, holds its turn at `hold` until web2 and web3 have arrived, then lets it go on. */
+async function threeCreates(hold: (hook: () => Promise<void>) => void) {
   let open: () => void = () => undefined;
   const gate = new Promise<void>((r) => (open = r));
-  let firstRead: () => void = () => undefined;
-  const read = new Promise<void>((r) => (firstRead = r));
-  fake.afterRead(async (n) => {
-    if (n !== 1) return;
-    firstRead();
+  let held: () => void = () => undefined;
+  const reached = new Promise<void>((r) => (held = r));
+  let once = false;
+  hold(async () => {
+    if (once) return;
+    once = true;
+    held();
     await gate;
   });
-  try {
-    const first = provider.create(server("web1"));
-    await read;
-    // While web1's turn runs, two more creates arrive.
-    const later = [provider.create(server("web2")), provider.create(server("web3"))];
-    await new Promise((r) => setTimeout(r, 50));
-    open();
-    const results = await Promise.allSettled([first, ...later]);
-    const labels = fake.log.map((l) => l.label);
-    assert.ok(!labels.some((l) => / lock taken$/.test(l)), `no placement lock: ${labels.join(" | ")}`);
-    assert.equal(reads(labels), 2, "the hosts are read once per turn: web2 and web3 share the second");
-    assert.deepEqual(
-      results.map((r) => r.status),
-      ["fulfilled", "fulfilled", "rejected"],
-    );
-    assert.match(
-      String((results[2] as PromiseRejectedResult).reason),
-      /placement of server web3: .*hv1: 0 MiB RAM free, needs 128/,
-    );
-    assert.deepEqual(fake.guards, [0, 0], "each claim batch was guarded, and passed");
-    for (const n of ["web1", "web2"])
-      assert.ok(
-        labels.some((l) => l === `write record server/${n}`),
-        `${n}'s placement record is written`,
-      );
+  const first = provider.create(server("web1"));
+  await reached;
+  const later = [provider.create(server("web2")), provider.create(server("web3"))];
+  await new Promise((r) => setTimeout(r, 50));
+  open();
+  return Promise.allSettled([first, ...later]);
+}
+
+function assertTwoOfThree(fake: { log: { label: string }[] }, results: PromiseSettledResult<unknown>[]) {
+  const labels = fake.log.map((l) => l.label);
+  assert.ok(!labels.some((l) => / lock taken$/.test(l)), `no placement lock: ${labels.join(" | ")}`);
+  // Room for two: the third is refused, which only happens when each placed server is counted
+  // before the next is chosen.
+  assert.deepEqual(
+    results.map((r) => r.status),
+    ["fulfilled", "fulfilled", "rejected"],
+  );
+  assert.match(
+    String((results[2] as PromiseRejectedResult).reason),
+    /placement of server web3: .*hv1: 0 MiB RAM free, needs 128/,
+  );
+  for (const n of ["web1", "web2"])
     assert.ok(
-      !labels.some((l) => /web3/.test(l) && /^(write record|claim )/.test(l)),
-      "nothing of web3 is claimed",
+      labels.some((l) => l === `write record server/${n}`),
+      `${n}'s placement record is written`,
     );
+  assert.ok(
+    !labels.some((l) => /web3/.test(l) && /^(write record|claim )/.test(l)),
+    "nothing of web3 is claimed",
+  );
+}
+
+test("creates that arrive while a placement turn reads the hosts join that turn: one reading, each counted before the next", async () => {
+  const fake = recordsHost(786432); // 768 MiB - 512 reserved: room for two 128 MiB servers
+  try {
+    const results = await threeCreates((hook) => fake.afterRead(async (n) => (n === 1 ? hook() : undefined)));
+    assertTwoOfThree(fake, results);
+    assert.equal(reads(fake.log.map((l) => l.label)), 1, "the hosts are read once, for all three");
+    assert.deepEqual(fake.guards, [0], "one claim batch on hv1, guarded, passed");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("creates that arrive while a placement turn claims go into the next turn together: one more reading for both", async () => {
+  const fake = recordsHost(786432);
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  try {
+    const results = await threeCreates((hook) => {
+      const inner = session.runLocked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+      session.runLocked = async (h: unknown, steps: { label?: string }[]) => {
+        if (steps[0]?.label === GUARD) await hook();
+        return inner(h, steps);
+      };
+    });
+    assertTwoOfThree(fake, results);
+    assert.equal(reads(fake.log.map((l) => l.label)), 2, "web2 and web3 share the second turn's reading");
+    assert.deepEqual(fake.guards, [0, 0], "each turn's claim batch was guarded, and passed");
   } finally {
     fake.restore();
   }
