@@ -123,6 +123,7 @@ import {
   type KeptVolume,
 } from "./server/volumes";
 import {
+  claimRecordStep,
   deleteStep,
   destroyStep,
   imageUseSteps,
@@ -394,7 +395,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
     nameFreeStep(i),
     // The UUID too: it keys the instance folder (review S1).
     claimStep(serverUuidOwned(i), i.owner),
-    recordStep(i, []),
+    claimRecordStep(i),
   ];
   // After the claim, same lock: the image is marked as used (an Image delete refuses from here
   // on), and a create run again over a domain it defined before keeps the volumes attached to

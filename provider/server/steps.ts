@@ -267,6 +267,27 @@ export function recordStep(inputs: ServerInputs, addresses: { ip: string; mac: s
   return writeRecordStep("server", inputs.serverName, serverRecord(inputs, addresses));
 }
 
+/**
+ * The placement claim's record write (same path, text and mode 0600 as recordStep), for the claim
+ * batch that runs under the host lock: the text is written with the shell's printf and renamed
+ * into place (one process, mv) instead of recordStep's upload (base64, checksums, chmod, chown:
+ * about eight processes), issue 13. The define batch, which holds no lock, keeps recordStep.
+ */
+export function claimRecordStep(inputs: ServerInputs): Step {
+  const p = recordPath("server", inputs.serverName);
+  return {
+    label: `write record server/${inputs.serverName}`,
+    script: [
+      `d=${shQuote(recordDir("server"))}`,
+      '[ -d "$d" ] || mkdir -p "$d"',
+      "umask 077",
+      `p=${shQuote(p)}; t="$p.kvmlab-tmp.$$"`,
+      `if printf '%s' ${shQuote(`${JSON.stringify(serverRecord(inputs, []), null, 2)}\n`)} > "$t" && mv -f "$t" "$p"; then exit 0; fi`,
+      'rm -f "$t"; exit 1',
+    ].join("\n"),
+  };
+}
+
 /** Refuses (exit 34) when the host records another server (another UUID) under this name. */
 export function nameFreeStep(inputs: Pick<ServerInputs, "serverName" | "uuid">): Step {
   const rec = shQuote(recordPath("server", inputs.serverName));

@@ -19,7 +19,16 @@ import {
   withPlaced,
   type ServerCapacity,
 } from "../../../provider/server";
-import { RECORDS_CHANGED_EXIT, recordsUnchangedStep, statsStep } from "../../../provider/server/steps";
+import {
+  claimRecordStep,
+  RECORDS_CHANGED_EXIT,
+  recordsUnchangedStep,
+  serverRecord,
+  statsStep,
+} from "../../../provider/server/steps";
+import { checkServerInputs, ownerOf } from "../../../provider";
+import { diskServerRaw, testHost } from "./fixtures";
+import type { ServerInputs } from "../../../provider/server";
 
 function bash(root: string, script: string): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync("bash", ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)], {
@@ -161,5 +170,28 @@ test("the guard skips the UUIDs the turn claims on the host: a create run again,
     assert.equal(guard(root, before, [MINE]).code, 0);
     // Without the skip the same record counts as a change.
     assert.equal(guard(root, before, []).code, RECORDS_CHANGED_EXIT);
+  });
+});
+
+test("the claim's record write (claimRecordStep): kvmlab's record text, mode 0600, read by the stats step and the guard alike", () => {
+  withRecords((root) => {
+    const { inputs, failures } = checkServerInputs({
+      ...diskServerRaw(testHost("hv1", 1), { stack: "a", serverName: "web1" }),
+      owner: ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" }),
+    });
+    assert.deepEqual(failures, []);
+    const i = inputs as unknown as ServerInputs;
+    fs.rmSync(path.join(root, "records"), { recursive: true });
+    const before = serverCapacityText(reading(root));
+    const w = bash(root, claimRecordStep(i).script);
+    assert.equal(w.code, 0, w.stderr);
+    const file = path.join(root, "records", "server", "web1.json");
+    assert.equal(fs.readFileSync(file, "utf8"), `${JSON.stringify(serverRecord(i, []), null, 2)}\n`);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.deepEqual(fs.readdirSync(path.dirname(file)), ["web1.json"], "no temporary file left");
+    assert.equal(serverCapacityText(reading(root)), `${i.uuid} ${i.flavor.ramMiB} ${i.flavor.vcpus}`);
+    // Written since the reading: a change to another turn, none to the turn claiming it.
+    assert.equal(guard(root, before).code, RECORDS_CHANGED_EXIT);
+    assert.equal(guard(root, before, [i.uuid]).code, 0);
   });
 });
