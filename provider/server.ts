@@ -267,10 +267,13 @@ function placementQueue(): Map<string, PlacementRequest[]> {
 
 /**
  * How many times one placement turn reads the hosts and claims before it gives up on a request
- * whose host's records keep changing between the reading and the claim (another process placing
- * or removing servers there at the same moment).
+ * whose host's records keep gaining servers (or RAM/vCPUs) between the reading and the claim
+ * (another process placing or resizing servers there at the same moment).
  */
 export const PLACEMENT_ATTEMPTS = 5;
+
+/** The pause before each reading again (ms, uniformly random in [min, max]). */
+export const PLACEMENT_BACKOFF_MS = { min: 50, max: 300 };
 
 /** Reads every candidate host's load (one batch per host, in parallel). */
 async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> {
@@ -413,11 +416,17 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
         for (const r of todo)
           settle(r, {
             error: new Error(
-              `placement of server ${r.inputs.serverName}: the server records on host ${lastRefused.get(r) ?? "?"} changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row (another kvmlab run is placing or removing servers on the same hosts at the same moment); run the operation again, or run the other one first`,
+              `placement of server ${r.inputs.serverName}: the server records on host ${lastRefused.get(r) ?? "?"} changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row (another kvmlab run is placing or resizing servers on the same hosts at the same moment); run the operation again, or run the other one first`,
             ),
           });
         break;
       }
+      // A short jittered pause before reading again, so two runs refused by each other's claims
+      // do not read and claim in step again.
+      if (attempt > 1)
+        await sleep(
+          PLACEMENT_BACKOFF_MS.min + Math.random() * (PLACEMENT_BACKOFF_MS.max - PLACEMENT_BACKOFF_MS.min),
+        );
       const began = Date.now();
       const wanted = hosts.filter((h) => todo.some((r) => candidatesOf(r.inputs).includes(h)));
       const read = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));

@@ -39,15 +39,17 @@ export const RECORDS_CHANGED_EXIT = 36;
 
 /**
  * The placement guard (issue 13: placement holds no cross-process lock). Run under the host's
- * lock as the first step of a claim batch: refuses with exit 36 unless the host's server records
- * count what the placement turn read, `expected` (serverCapacityText of that reading, without
- * the UUIDs in `skip`, the servers the turn claims on this host). The same text is computed here
- * from the record files: per file with a non-blank line, "<uuid> <ramMiB> <vcpus>" from its
- * top-level lines as capacityOfRecord reads them ("-" when missing), the skipped UUIDs left out,
- * sorted bytewise (LC_ALL=C). A record added, removed or with another RAM or vCPU count since the
- * reading refuses; a record rewritten with only other fields changed (addresses) does not. The
- * check and the claim's record write are under the same host lock, so two processes never count
- * the same free RAM.
+ * lock as the first step of a claim batch: refuses with exit 36 when the host's server records
+ * count something the placement turn did not read, `expected` (serverCapacityText of that
+ * reading, without the UUIDs in `skip`, the servers the turn claims on this host). The same
+ * lines are computed here from the record files: per file with a non-blank line, "<uuid>
+ * <ramMiB> <vcpus>" from its top-level lines as capacityOfRecord reads them ("-" when missing),
+ * the skipped UUIDs left out, sorted bytewise (LC_ALL=C). A line the host has and the reading
+ * lacks refuses (compared as multisets with comm): a record added, or one whose RAM or vCPU
+ * count changed (a new line). A record only removed since the reading (a destroy meanwhile)
+ * passes: it only makes the reading conservative. A record rewritten with only other fields
+ * changed (addresses) passes too. The check and the claim's record write are under the same
+ * host lock, so two processes never count the same free RAM. The remote shell is bash (`<()`).
  */
 export function recordsUnchangedStep(expected: string, skip: readonly string[]): Step {
   const awk = [
@@ -66,7 +68,12 @@ export function recordsUnchangedStep(expected: string, skip: readonly string[]):
       '[ -e "$1" ] || set --',
       'actual=""',
       `if [ $# -gt 0 ]; then actual=$(awk -v skip=${shQuote(` ${skip.join(" ")} `)} ${shQuote(awk)} "$@" | LC_ALL=C sort) || exit 1; fi`,
-      `if [ "$actual" != ${shQuote(expected)} ]; then echo 'the server records on this host changed since placement read them (another kvmlab run placed or removed a server here meanwhile)' >&2; exit ${RECORDS_CHANGED_EXIT}; fi`,
+      // Only the lines the reading lacks: comm -13 prints the lines of the second (sorted) input
+      // that the first does not have, each duplicate counted.
+      `expected=${shQuote(expected)}`,
+      'new=""',
+      `if [ -n "$actual" ]; then new=$(LC_ALL=C comm -13 <(printf '%s\\n' "$expected") <(printf '%s\\n' "$actual")) || { echo 'placement guard: comparing the server records failed' >&2; exit 1; }; fi`,
+      `if [ -n "$new" ]; then echo "the server records on this host changed since placement read them (another kvmlab run placed or resized a server here meanwhile: \${new%%$'\\n'*})" >&2; exit ${RECORDS_CHANGED_EXIT}; fi`,
     ].join("\n"),
   };
 }

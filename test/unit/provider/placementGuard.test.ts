@@ -129,19 +129,42 @@ test("the guard refuses (exit 36) when another run added a server record since t
   });
 });
 
-test("the guard refuses when a record's RAM or vCPUs changed, or a record was removed", () => {
+test("the guard refuses when a record's RAM or vCPUs changed; a record only removed passes (a destroy meanwhile)", () => {
   withRecords((root, put) => {
     put("web1", record("web1", U1, 128, 1));
     put("web2", record("web2", U2, 128, 1));
     const expected = serverCapacityText(reading(root));
     put("web2", record("web2", U2, 512, 1));
     assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "RAM");
+    assert.match(guard(root, expected).stderr, new RegExp(`meanwhile: ${U2} 512 1\\)`), "names the new line");
     put("web2", record("web2", U2, 128, 4));
     assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "vCPUs");
     put("web2", record("web2", U2, 128, 1));
     assert.equal(guard(root, expected).code, 0, "back as read");
     fs.rmSync(path.join(root, "records", "server", "web2.json"));
-    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "removed (a destroy meanwhile)");
+    const r = guard(root, expected);
+    assert.equal(r.code, 0, `removed (a destroy meanwhile): ${r.stderr}`);
+    // Removed and another added: the added one refuses.
+    put("theirs", record("theirs", U3, 128, 1));
+    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "removed and added");
+    // Every record removed (nothing on the host now): passes.
+    fs.rmSync(path.join(root, "records", "server"), { recursive: true });
+    assert.equal(guard(root, expected).code, 0, "all removed");
+  });
+});
+
+test("the guard with nothing read: any record on the host refuses; a second record of the same line counts (multiset)", () => {
+  withRecords((root, put) => {
+    const expected = serverCapacityText(reading(root));
+    assert.equal(expected, "");
+    assert.equal(guard(root, expected).code, 0, "still nothing");
+    put("theirs", record("theirs", U1, 128, 1));
+    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT, "added to an empty host");
+    const one = serverCapacityText(reading(root));
+    assert.equal(guard(root, one).code, 0);
+    // Two files with the same counted line (hand-copied): the second is new.
+    put("copy", record("copy", U1, 128, 1));
+    assert.equal(guard(root, one).code, RECORDS_CHANGED_EXIT, "a duplicate line is counted");
   });
 });
 

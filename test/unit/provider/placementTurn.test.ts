@@ -24,7 +24,7 @@ import {
   type IpamRecord,
   type StepResult,
 } from "../../../provider";
-import { PLACEMENT_ATTEMPTS, type ServerInputs } from "../../../provider/server";
+import { PLACEMENT_ATTEMPTS, PLACEMENT_BACKOFF_MS, type ServerInputs } from "../../../provider/server";
 import { diskServerRaw, serverRaw, testHost } from "./fixtures";
 import { fakeHost } from "./fakeHost";
 
@@ -96,6 +96,10 @@ function recordsHost(memKiB: number) {
         project: "",
       };
       fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
+    },
+    /** Another run's record removed (its destroy). */
+    remove(name: string) {
+      fs.rmSync(path.join(dir, `${name}.json`));
     },
     /** Runs `hook(n)` after the n-th reading of the hosts returned (1-based). */
     afterRead(hook: (n: number) => void | Promise<void>) {
@@ -212,9 +216,26 @@ test("another run's server placed between the reading and the claim: the guard r
   }
 });
 
+test("another run's server removed between the reading and the claim (a destroy meanwhile): the guard passes, one reading", async () => {
+  const fake = recordsHost(4194304);
+  fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
+  fake.afterRead(() => fake.remove("theirs"));
+  try {
+    await provider.create(server("web1"));
+    assert.equal(reads(fake.log.map((l) => l.label)), 1, "no reading again");
+    assert.deepEqual(fake.guards, [0], "the claim passed the guard");
+  } finally {
+    fake.restore();
+  }
+});
+
 test("records that keep changing under the claim: the turn gives up after PLACEMENT_ATTEMPTS readings, naming the host and what to do", async () => {
   const fake = recordsHost(4194304);
-  fake.afterRead((n) => fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 100 + n));
+  const readAt: number[] = [];
+  fake.afterRead((n) => {
+    readAt.push(Date.now());
+    fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 100 + n);
+  });
   try {
     await assert.rejects(
       provider.create(server("web1")),
@@ -224,6 +245,12 @@ test("records that keep changing under the claim: the turn gives up after PLACEM
     );
     assert.equal(reads(fake.log.map((l) => l.label)), PLACEMENT_ATTEMPTS);
     assert.deepEqual(fake.guards, Array(PLACEMENT_ATTEMPTS).fill(36));
+    // A jittered pause (PLACEMENT_BACKOFF_MS) before each reading again.
+    for (let k = 1; k < readAt.length; k++)
+      assert.ok(
+        readAt[k] - readAt[k - 1] >= PLACEMENT_BACKOFF_MS.min - 5,
+        `readings ${k} and ${k + 1}: ${readAt[k] - readAt[k - 1]} ms apart`,
+      );
   } finally {
     fake.restore();
   }
