@@ -747,8 +747,9 @@ export interface HostLoad {
 }
 
 /**
- * What a server record counts for placement, as the placement guard reads it: its UUID, RAM
- * (MiB) and vCPUs, each the text of its top-level line ("-" when there is none).
+ * What a server record counts for placement, as the host's awk reads it (the stats step and the
+ * placement guard run the same program, CAPACITY_AWK in steps.ts): its UUID, RAM (MiB) and
+ * vCPUs, each the text of its top-level line ("-" when there is none, counted as 0).
  */
 export interface ServerCapacity {
   uuid: string;
@@ -757,32 +758,12 @@ export interface ServerCapacity {
 }
 
 /**
- * The capacity lines of one server record's text (pure), read line by line exactly as the
- * guard's awk does (recordsUnchangedStep): the top-level lines kvmlab writes (two-space
- * indent, JSON.stringify(…, null, 2)) `  "uuid": "<letters, digits, dashes>",`, `  "ramMiB":
- * <digits>,` and `  "vcpus": <digits>,`; the last of each wins, a missing one is "-". Read from
- * the text, not a JSON parse, so a record TypeScript could not parse reads the same on both sides.
- */
-export function capacityOfRecord(text: string): ServerCapacity {
-  const c: ServerCapacity = { uuid: "-", ramMiB: "-", vcpus: "-" };
-  for (const line of text.split("\n")) {
-    let m = /^ {2}"uuid": "([A-Za-z0-9-]*)",?$/.exec(line);
-    if (m) c.uuid = m[1];
-    m = /^ {2}"ramMiB": ([0-9]+),?$/.exec(line);
-    if (m) c.ramMiB = m[1];
-    m = /^ {2}"vcpus": ([0-9]+),?$/.exec(line);
-    if (m) c.vcpus = m[1];
-  }
-  return c;
-}
-
-/**
  * The placement guard's view of a host's server records (pure): one line "<uuid> <ramMiB>
  * <vcpus>" per record, the records of the UUIDs in `skip` (the ones this placement turn claims
  * on the host) left out, sorted bytewise, joined by newlines, no trailing newline.
- * recordsUnchangedStep computes the same text on the host from the record files, so the two
- * compare as strings; only these three fields count, so a record rewritten with its addresses
- * (the define batch) changes nothing.
+ * recordsUnchangedStep computes the same lines on the host with the same awk program as the
+ * stats step, and refuses on a line this text lacks; only these three fields count, so a
+ * record rewritten with its addresses (the define batch) changes nothing.
  */
 export function serverCapacityText(records: readonly ServerCapacity[], skip: readonly string[] = []): string {
   return records
@@ -866,49 +847,33 @@ export function withPlaced(
 
 /** Parses the stats step's output into a HostLoad (pure). */
 export function parseHostLoad(host: string, stdout: string): HostLoad {
-  const lines = stdout.split("\n");
   const kv = new Map<string, string>();
-  const records: string[] = [];
-  let inRecords = false;
-  let current = "";
-  for (const line of lines) {
-    if (line === "--record--") {
-      if (inRecords && current.trim() !== "") records.push(current);
-      inRecords = true;
-      current = "";
+  const capacity: ServerCapacity[] = [];
+  let inCapacity = false;
+  for (const line of stdout.split("\n")) {
+    if (line === "--capacity--") {
+      inCapacity = true;
       continue;
     }
-    if (inRecords) current += `${line}\n`;
-    else {
+    if (inCapacity) {
+      // "<uuid> <ramMiB> <vcpus>" as the host's awk printed it (the uuid may be empty).
+      const f = line.split(" ");
+      if (f.length === 3) capacity.push({ uuid: f[0], ramMiB: f[1], vcpus: f[2] });
+    } else {
       const at = line.indexOf("=");
       if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
     }
   }
-  if (inRecords && current.trim() !== "") records.push(current);
-  let ram = 0;
-  let vcpus = 0;
-  const serverUuids: string[] = [];
-  const capacity: ServerCapacity[] = [];
-  for (const text of records) {
-    capacity.push(capacityOfRecord(text));
-    try {
-      const r = JSON.parse(text) as { ramMiB?: number; vcpus?: number; uuid?: string };
-      if (typeof r.uuid === "string") serverUuids.push(r.uuid);
-      ram += typeof r.ramMiB === "number" ? r.ramMiB : 0;
-      vcpus += typeof r.vcpus === "number" ? r.vcpus : 0;
-    } catch {
-      // A record that is not valid JSON (not written by kvmlab) counts nothing here.
-    }
-  }
+  const count = (v: string) => (/^[0-9]+$/.test(v) ? Number(v) : 0);
   return {
     host,
     memTotalMiB: Math.floor(Number(kv.get("memtotal") ?? 0) / 1024),
     memAvailableMiB: Math.floor(Number(kv.get("memavailable") ?? 0) / 1024),
     cpus: Number(kv.get("cpus") ?? 0),
-    allocatedRamMiB: ram,
-    allocatedVcpus: vcpus,
-    servers: records.length,
-    serverUuids,
+    allocatedRamMiB: capacity.reduce((n, c) => n + count(c.ramMiB), 0),
+    allocatedVcpus: capacity.reduce((n, c) => n + count(c.vcpus), 0),
+    servers: capacity.length,
+    serverUuids: capacity.map((c) => c.uuid).filter((u) => u !== "-" && u !== ""),
     capacity,
   };
 }

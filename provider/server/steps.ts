@@ -20,7 +20,46 @@ import { hybridGuardLines, hybridPlugStep, hybridUnplugLines } from "./hybrid";
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
 
-/** Capacity and kvmlab's server records on a host (see parseHostLoad). */
+/**
+ * What placement counts of each server record, and what the placement guard compares: one line
+ * "<uuid> <ramMiB> <vcpus>" per regular file records/server/*.json with a non-blank line, read
+ * from its top-level lines as kvmlab writes them (two-space indent, JSON.stringify(…, null, 2)):
+ * `  "uuid": "<letters, digits, dashes>",`, `  "ramMiB": <digits>,` and `  "vcpus": <digits>,`;
+ * the last of each wins, a missing one is "-". The records of the UUIDs in the awk variable
+ * `skip` (" u1 u2 ") are left out. Each file is read with getline (a file removed meanwhile, or
+ * unreadable, reads as empty, not as an awk error), so the stats step and the guard run this one
+ * program and agree by construction (review 8, P3): TypeScript never re-reads the records.
+ */
+const CAPACITY_AWK = [
+  'function flush() { if (seen && index(skip, " " u " ") == 0) print u " " r " " v }',
+  "function take() {",
+  "  if (NF > 0) seen = 1",
+  '  if ($0 ~ /^  "uuid": "[A-Za-z0-9-]*",?$/) { s = $0; sub(/^  "uuid": "/, "", s); sub(/",?$/, "", s); u = s }',
+  '  if ($0 ~ /^  "ramMiB": [0-9]+,?$/) { s = $0; sub(/^  "ramMiB": /, "", s); sub(/,$/, "", s); r = s }',
+  '  if ($0 ~ /^  "vcpus": [0-9]+,?$/) { s = $0; sub(/^  "vcpus": /, "", s); sub(/,$/, "", s); v = s }',
+  "}",
+  "BEGIN {",
+  "  for (i = 1; i < ARGC; i++) {",
+  '    seen = 0; u = "-"; r = "-"; v = "-"',
+  "    while ((getline < ARGV[i]) > 0) take()",
+  "    close(ARGV[i]); flush()",
+  "  }",
+  "  exit",
+  "}",
+].join("\n");
+
+/** Bash that prints the capacity lines (CAPACITY_AWK, unsorted) of the host's server records; fails when awk does. */
+function capacityLinesScript(skip: readonly string[]): string {
+  return [
+    `set --; for f in ${recordDir("server")}/*.json; do if [ -f "$f" ]; then set -- "$@" "$f"; fi; done`,
+    `if [ $# -gt 0 ]; then awk -v skip=${shQuote(` ${skip.join(" ")} `)} ${shQuote(CAPACITY_AWK)} "$@"; fi`,
+  ].join("\n");
+}
+
+/**
+ * Capacity and what kvmlab's server records count on a host (see parseHostLoad): the capacity
+ * lines after a `--capacity--` line, computed by the same awk program as the placement guard.
+ */
 export function statsStep(): Step {
   return {
     label: "read host capacity and server records",
@@ -28,8 +67,9 @@ export function statsStep(): Step {
       "echo memtotal=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)",
       "echo memavailable=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)",
       "echo cpus=$(nproc)",
-      'for f in /var/lib/kvmlab/records/server/*.json; do [ -e "$f" ] || continue; echo --record--; cat "$f"; echo; done',
-      "true",
+      "echo --capacity--",
+      `lines=$(${capacityLinesScript([])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
+      `if [ -n "$lines" ]; then printf '%s\\n' "$lines"; fi`,
     ].join("\n"),
   };
 }
@@ -42,9 +82,8 @@ export const RECORDS_CHANGED_EXIT = 36;
  * lock as the first step of a claim batch: refuses with exit 36 when the host's server records
  * count something the placement turn did not read, `expected` (serverCapacityText of that
  * reading, without the UUIDs in `skip`, the servers the turn claims on this host). The same
- * lines are computed here from the record files: per file with a non-blank line, "<uuid>
- * <ramMiB> <vcpus>" from its top-level lines as capacityOfRecord reads them ("-" when missing),
- * the skipped UUIDs left out, sorted bytewise (LC_ALL=C). A line the host has and the reading
+ * lines are computed here by the stats step's own awk program (CAPACITY_AWK), the skipped UUIDs
+ * left out, sorted bytewise (LC_ALL=C). A line the host has and the reading
  * lacks refuses (compared as multisets with comm): a record added, or one whose RAM or vCPU
  * count changed (a new line). A record only removed since the reading (a destroy meanwhile)
  * passes: it only makes the reading conservative. A record rewritten with only other fields
@@ -52,22 +91,13 @@ export const RECORDS_CHANGED_EXIT = 36;
  * host lock, so two processes never count the same free RAM. The remote shell is bash (`<()`).
  */
 export function recordsUnchangedStep(expected: string, skip: readonly string[]): Step {
-  const awk = [
-    'function flush() { if (seen && index(skip, " " u " ") == 0) print u " " r " " v }',
-    'FNR == 1 { flush(); seen = 0; u = "-"; r = "-"; v = "-" }',
-    "NF > 0 { seen = 1 }",
-    '/^  "uuid": "[A-Za-z0-9-]*",?$/ { s = $0; sub(/^  "uuid": "/, "", s); sub(/",?$/, "", s); u = s }',
-    '/^  "ramMiB": [0-9]+,?$/ { s = $0; sub(/^  "ramMiB": /, "", s); sub(/,$/, "", s); r = s }',
-    '/^  "vcpus": [0-9]+,?$/ { s = $0; sub(/^  "vcpus": /, "", s); sub(/,$/, "", s); v = s }',
-    "END { flush() }",
-  ].join("\n");
   return {
     label: "check that the server records on this host are as placement read them",
     script: [
-      "set -- /var/lib/kvmlab/records/server/*.json",
-      '[ -e "$1" ] || set --',
+      // awk to a variable first: its failure is its own (exit 1), never the refusal's 36.
+      `lines=$(${capacityLinesScript(skip)}) || { echo 'placement guard: reading the server records (awk) failed' >&2; exit 1; }`,
       'actual=""',
-      `if [ $# -gt 0 ]; then actual=$(awk -v skip=${shQuote(` ${skip.join(" ")} `)} ${shQuote(awk)} "$@" | LC_ALL=C sort) || exit 1; fi`,
+      `if [ -n "$lines" ]; then actual=$(printf '%s\\n' "$lines" | LC_ALL=C sort) || exit 1; fi`,
       // Only the lines the reading lacks: comm -13 prints the lines of the second (sorted) input
       // that the first does not have, each duplicate counted.
       `expected=${shQuote(expected)}`,

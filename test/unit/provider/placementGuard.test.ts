@@ -1,10 +1,10 @@
 /**
  * The placement guard (issue 13): placement holds no cross-process lock; each host's claim batch
- * begins with recordsUnchangedStep, which refuses (exit 36) unless the host's server records
- * count what the placement turn read. These tests RUN the host's scripts with bash over sample
- * record folders: the stats step's output goes through parseHostLoad and serverCapacityText
- * (what TypeScript expects) into the guard's script (what the shell computes), so the two sides
- * are checked to agree byte for byte, and to disagree on every change that counts.
+ * begins with recordsUnchangedStep, which refuses (exit 36) when the host has a server record
+ * line the placement turn did not read. These tests RUN the host's scripts with bash over sample
+ * record folders: the stats step's lines (the same awk program as the guard's) go through
+ * parseHostLoad and serverCapacityText into the guard's script, so the two sides are checked
+ * to agree, and to disagree on every change that counts (an added record, another RAM/vCPU).
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -12,13 +12,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
-import {
-  capacityOfRecord,
-  parseHostLoad,
-  serverCapacityText,
-  withPlaced,
-  type ServerCapacity,
-} from "../../../provider/server";
+import { parseHostLoad, serverCapacityText, withPlaced, type ServerCapacity } from "../../../provider/server";
 import {
   claimRecordStep,
   RECORDS_CHANGED_EXIT,
@@ -90,13 +84,6 @@ test("serverCapacityText: one sorted line per record, the skipped UUIDs left out
   assert.equal(serverCapacityText(recs), `- - -\n${U1} 128 1\n${U2} 256 2`);
   assert.equal(serverCapacityText(recs, [U1]), `- - -\n${U2} 256 2`);
   assert.equal(serverCapacityText([]), "");
-  assert.deepEqual(capacityOfRecord(record("a", U1, 128, 1, ["10.0.0.5"])), {
-    uuid: U1,
-    ramMiB: "128",
-    vcpus: "1",
-  });
-  // Nested lines (ports) and other layouts do not count; a missing field is "-".
-  assert.deepEqual(capacityOfRecord('{"uuid":"x","ramMiB":1}'), { uuid: "-", ramMiB: "-", vcpus: "-" });
   const load = parseHostLoad("hv1", "memtotal=1\nmemavailable=1\ncpus=1\n");
   const placed = withPlaced(load, { uuid: U3, flavor: { ramMiB: 64, vcpus: 1 } });
   assert.equal(serverCapacityText(placed.capacity ?? []), `${U3} 64 1`);
@@ -115,6 +102,50 @@ test("the guard passes when nothing changed (no records, kvmlab's records, and o
     assert.equal(expected, `- - -\n${U1} 128 1\n${U2} 256 2\n${U3} 64 -`);
     const r = guard(root, expected);
     assert.equal(r.code, 0, r.stderr);
+  });
+});
+
+test("odd files in the records folder read the same in the stats step and the guard: the host stays placeable", () => {
+  withRecords((root, put) => {
+    put("web1", record("web1", U1, 128, 1));
+    // Review 8, P3: once TypeScript and awk disagreed on these, and the guard refused every time.
+    put("cr", "\r\n");
+    put("ff", "\f\v\n");
+    put("nbsp", "\u00a0\n");
+    put("marker", `--record--\n--capacity--\n${record("m", U2, 256, 2)}`);
+    fs.mkdirSync(path.join(root, "records", "server", "x.json"));
+    const r0 = bash(root, statsStep().script);
+    assert.equal(r0.code, 0, r0.stderr);
+    const load = parseHostLoad("hv1", r0.stdout);
+    assert.equal(load.allocatedRamMiB, 384, "kvmlab's records counted, the odd files count 0");
+    assert.deepEqual([...load.serverUuids].sort(), [U1, U2]);
+    const expected = serverCapacityText(load.capacity ?? []);
+    for (let k = 0; k < 3; k++) {
+      const r = guard(root, expected);
+      assert.equal(r.code, 0, `unchanged host, the guard passes: ${r.stderr}`);
+    }
+    // And a real change still refuses.
+    put("theirs", record("theirs", U3, 64, 1));
+    assert.equal(guard(root, expected).code, RECORDS_CHANGED_EXIT);
+  });
+});
+
+test("an awk failure in the guard is its own error (exit 1), not the refusal's 36", () => {
+  withRecords((root, put) => {
+    put("web1", record("web1", U1, 128, 1));
+    const bin = path.join(root, "bin");
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, "awk"), "#!/bin/sh\necho 'awk: read error' >&2\nexit 2\n", {
+      mode: 0o755,
+    });
+    const script = recordsUnchangedStep("", []).script.split("/var/lib/kvmlab").join(root);
+    const r = spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
+      encoding: "utf8",
+      env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
+    });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /placement guard: reading the server records \(awk\) failed/);
+    assert.doesNotMatch(r.stderr, /changed since placement read them/);
   });
 });
 

@@ -56,10 +56,17 @@ function recordsHost(memKiB: number) {
   const guards: number[] = [];
   const fake = fakeHost((label, script): string | StepResult => {
     if (/^read host capacity/.test(label)) {
-      let out = `memtotal=${memKiB}\nmemavailable=${memKiB}\ncpus=2\n`;
-      for (const f of fs.readdirSync(dir).sort())
-        out += `--record--\n${fs.readFileSync(path.join(dir, f), "utf8")}\n`;
-      return out;
+      // The real stats step over the folder, with this host's memory and CPUs.
+      const r = spawnSync(
+        "bash",
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        { encoding: "utf8", env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout
+        .replace(/^memtotal=.*$/m, `memtotal=${memKiB}`)
+        .replace(/^memavailable=.*$/m, `memavailable=${memKiB}`)
+        .replace(/^cpus=.*$/m, "cpus=2");
     }
     // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
     // define batch's rewrite (an upload with chown) is answered without running.
