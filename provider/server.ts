@@ -123,6 +123,7 @@ import {
   type KeptVolume,
 } from "./server/volumes";
 import {
+  claimedByStep,
   claimRecordStep,
   deleteStep,
   destroyStep,
@@ -247,6 +248,12 @@ interface Placed {
   host: HostConnection;
   listing: string;
   error?: unknown;
+  /**
+   * With `error`: a batch with this create's claim was sent to the host past the guard, but
+   * whether the claim was written is not known (a timeout, a lost shell, a later refusal or give
+   * up): the cleanup runs only when the name's marker is this owner's (claimedByStep).
+   */
+  ifClaimed?: boolean;
 }
 
 /** A create waiting for its placement turn. */
@@ -408,17 +415,27 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
     keptVolumesStep(i.serverName, i.uuid, { quick: true }),
   ];
   const lastRefused = new Map<PlacementRequest, string>();
+  // The host where a batch with the request's claim steps was sent past the guard (the claim
+  // may be written there): a later failure of the request settles with that host, so create's
+  // owner-guarded cleanup runs there (review 8, P4).
+  const sent = new Map<PlacementRequest, HostConnection>();
+  const fail = (r: PlacementRequest, error: unknown) => {
+    const host = sent.get(r);
+    if (host) settle(r, { placed: { host, listing: "", error, ifClaimed: true } });
+    else settle(r, { error });
+  };
   let firstLoaded = turnStart;
   try {
     let todo = batch;
     for (let attempt = 1; todo.length > 0; attempt++) {
       if (attempt > PLACEMENT_ATTEMPTS) {
         for (const r of todo)
-          settle(r, {
-            error: new Error(
+          fail(
+            r,
+            new Error(
               `placement of server ${r.inputs.serverName}: the server records on host ${lastRefused.get(r) ?? "?"} changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row (another kvmlab run is placing or resizing servers on the same hosts at the same moment); run the operation again, or run the other one first`,
             ),
-          });
+          );
         break;
       }
       // A short jittered pause before reading again, so two runs refused by each other's claims
@@ -509,6 +526,8 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
                 requests.forEach(retry);
                 return;
               }
+              // Past the guard: any of these claims may be written (each is re-run below).
+              if (failedStepIndex(err, steps) !== 0) for (const r of requests) sent.set(r, host);
               // below
             }
           }
@@ -520,11 +539,15 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
               claimed(r);
               settle(r, { placed: { host, listing: out[out.length - 1] } });
             } catch (err) {
+              const at = failedStepIndex(err, steps);
               if (refusedByGuard(err, steps)) retry(r);
               // A step after the claim failed: the claim is this create's (its cleanup removes it).
-              else if (failedStepIndex(err, steps) > claim.length)
-                settle(r, { placed: { host, listing: "", error: err } });
-              else settle(r, { error: err });
+              else if (at > claim.length) settle(r, { placed: { host, listing: "", error: err } });
+              else {
+                // No step's exit status (a timeout, a lost shell): the claim may be written.
+                if (at === -1) sent.set(r, host);
+                fail(r, err);
+              }
             }
           }
         }),
@@ -533,10 +556,10 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
     }
   } catch (err) {
     // Reading the hosts failed: the requests still open get its error.
-    for (const r of [...pending]) settle(r, { error: err });
+    for (const r of [...pending]) fail(r, err);
   }
   // Unreachable unless a bug left one open: never leave a create waiting forever.
-  for (const r of [...pending]) settle(r, { error: new Error("placement turn ended without an answer") });
+  for (const r of [...pending]) fail(r, new Error("placement turn ended without an answer"));
 }
 
 function serialTail(text: string): string {
@@ -1004,6 +1027,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async create(inputs) {
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
+    let ifClaimed = false;
     let addresses: ServerAddress[] = [];
     const allocated: number[] = [];
     try {
@@ -1024,7 +1048,10 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam)),
         phase(m, "placement", () => placeAndClaim(inputs, placing)),
       ]);
-      if (placedR.status === "fulfilled") host = placedR.value.host;
+      if (placedR.status === "fulfilled") {
+        host = placedR.value.host;
+        ifClaimed = placedR.value.ifClaimed === true;
+      }
       for (const [k, v] of Object.entries(placing))
         if (k !== "placementBatch" && k !== "placementAttempts") m.phases[k] = v;
       for (const t of ipam) {
@@ -1087,7 +1114,13 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // Leave nothing of THIS server behind: domain, files, record (only once the host claim
       // was this owner's: `host` is set), and the addresses this call allocated. A create
       // refused for a name another owner holds touches nothing.
-      if (host) await runLocked(host, guardedDelete(inputs, inputs.owner)).catch(() => undefined);
+      // When the claim's outcome is unknown (placement's ifClaimed), only once the name's marker
+      // shows it was written.
+      if (host)
+        await runLocked(host, [
+          ...(ifClaimed ? [claimedByStep(serverOwned(inputs.serverName), inputs.owner)] : []),
+          ...guardedDelete(inputs, inputs.owner),
+        ]).catch(() => undefined);
       await releasePorts(inputs, allocated).catch(() => undefined);
       throw err;
     }

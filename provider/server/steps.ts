@@ -8,6 +8,7 @@ import { dhcpPaths } from "../ipam";
 import { recordDir } from "../../core/paths";
 import { instancePaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
+import { ownerMarkerPath, type OwnedObject } from "../kit/owner";
 import {
   KVMLAB_DOMAIN_KEY,
   KVMLAB_DOMAIN_XMLNS,
@@ -70,6 +71,25 @@ export function statsStep(): Step {
       "echo --capacity--",
       `lines=$(${capacityLinesScript([])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
       `if [ -n "$lines" ]; then printf '%s\\n' "$lines"; fi`,
+    ].join("\n"),
+  };
+}
+
+/**
+ * Passes only when `o`'s owner marker names `owner` (exit 1 otherwise, a missing marker too).
+ * Placed before the cleanup of a create whose claim batch's outcome is unknown (a timeout or a
+ * lost shell after the batch was sent, review 8 P4): the name's marker is the claim's first
+ * write, so when it is not this owner's the create wrote nothing there, and the cleanup, which
+ * passes unmarked objects, must not touch them (an object of the same name from before owners).
+ */
+export function claimedByStep(o: OwnedObject, owner: string): Step {
+  return {
+    label: `check that ${o.what} was claimed by this create`,
+    script: [
+      `f=${shQuote(ownerMarkerPath(o.kind, ...o.key))}`,
+      `if [ -f "$f" ] && [ "$(head -n1 "$f" 2>/dev/null)" = ${shQuote(owner)} ]; then exit 0; fi`,
+      `echo ${shQuote(`${o.what} was not claimed by ${owner}: nothing of this create to remove`)} >&2`,
+      "exit 1",
     ].join("\n"),
   };
 }

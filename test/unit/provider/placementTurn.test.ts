@@ -49,7 +49,7 @@ const GUARD = "check that the server records on this host are as placement read 
  * land there, the stats step lists them, and the placement guard runs with bash over them.
  * `memKiB` is the host's memory (512 MiB of it reserved by placement).
  */
-function recordsHost(memKiB: number) {
+function recordsHost(memKiB: number, runAlso?: RegExp) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
   const dir = path.join(root, "records", "server");
   fs.mkdirSync(dir, { recursive: true });
@@ -70,7 +70,11 @@ function recordsHost(memKiB: number) {
     }
     // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
     // define batch's rewrite (an upload with chown) is answered without running.
-    if ((/^write record server\//.test(label) && !script.includes("base64 -d")) || label === GUARD) {
+    if (
+      (/^write record server\//.test(label) && !script.includes("base64 -d")) ||
+      label === GUARD ||
+      runAlso?.test(label)
+    ) {
       const r = spawnSync(
         "bash",
         ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
@@ -88,6 +92,7 @@ function recordsHost(memKiB: number) {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   return {
     ...fake,
+    root,
     guards,
     /** Another run's server record (pretty JSON, as kvmlab writes it). */
     theirs(name: string, uuid: string, ramMiB: number) {
@@ -261,6 +266,60 @@ test("records that keep changing under the claim: the turn gives up after PLACEM
   } finally {
     fake.restore();
   }
+});
+
+/**
+ * The claim batch is sent past the guard, its claim steps run, and then the shell is lost (a
+ * timeout: no step's exit status). Review 8, P4: the create's cleanup runs on that host, after
+ * checking that the name's marker is this owner's. The owner markers are real files (the claim,
+ * the check and the guarded delete's owner steps run with bash over the fake host's folder).
+ */
+async function claimThenTimeout(markerOwner?: string) {
+  const fake = recordsHost(
+    4194304,
+    /^(claim |check that server web1 was claimed|check the owner of |release the owner marker)/,
+  );
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+  const i = server("web1");
+  const marker = path.join(fake.root, "owners", "server", "web1.owner");
+  if (markerOwner !== undefined) {
+    fs.mkdirSync(path.dirname(marker), { recursive: true });
+    fs.writeFileSync(marker, `${markerOwner}\n`);
+  }
+  session.runLocked = async (h: unknown, steps: { label?: string }[]) => {
+    if (steps[0]?.label !== GUARD) return inner(h, steps);
+    // The claim part runs (up to the record; a refusal stops it), then the channel times out.
+    const upTo = steps.findIndex((s) => s.label === "write record server/web1");
+    await inner(h, steps.slice(0, upTo + 1)).catch(() => undefined);
+    throw new Error("host hv1: the remote command timed out after 120000 ms");
+  };
+  try {
+    await assert.rejects(provider.create(i), /timed out after 120000 ms/);
+    const left = fs.existsSync(marker) ? fs.readFileSync(marker, "utf8") : undefined;
+    return { labels: fake.log.map((l) => l.label), marker: left };
+  } finally {
+    fake.restore();
+  }
+}
+
+test("a claim batch lost after its claim steps ran (timeout): create's owner-guarded cleanup runs on that host", async () => {
+  const { labels, marker } = await claimThenTimeout();
+  const at = labels.indexOf("check that server web1 was claimed by this create");
+  assert.ok(at >= 0, `the cleanup checks the name's marker first: ${labels.join(" | ")}`);
+  assert.ok(
+    labels.slice(at).includes("delete server web1"),
+    "and then removes the server's claim and record",
+  );
+  assert.equal(marker, undefined, "the name's owner marker is released");
+});
+
+test("a claim batch lost where another owner holds the name: the cleanup touches nothing of theirs", async () => {
+  const theirs = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const { labels, marker } = await claimThenTimeout(theirs);
+  assert.ok(labels.includes("check that server web1 was claimed by this create"), labels.join(" | "));
+  assert.ok(!labels.includes("delete server web1"), `nothing deleted: ${labels.join(" | ")}`);
+  assert.equal(marker, `${theirs}\n`, "their marker stays");
 });
 
 /** A fake host with the subnet lan/lan-v4's IPAM record kept (read and written by the steps). */
