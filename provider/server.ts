@@ -51,7 +51,7 @@ import {
   type HostConnection,
   type Step,
 } from "./host";
-import { allocateAddress, releaseAddress, type AllocationTimings } from "./ipam";
+import { allocateAddressOrigin, releaseAddress, type AllocationTimings } from "./ipam";
 import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
@@ -700,26 +700,37 @@ function outputsFor(
 
 /**
  * Allocates every port's address (idempotent per owner): the allocation id is the server's
- * UUID and port index, its holder the server's owner. `made` collects the ports allocated, so
- * a failed create releases only those.
+ * UUID and port index, its holder the server's owner. `made` collects the ports whose entry this
+ * call made, or found already this holder's, so a failed create releases only those: never an
+ * entry from before holders that it took over (review 8, P5). With `adopt: false` (beside
+ * placement, before the UUID's claim is known to be this create's) such an entry is not taken
+ * over at all: `deferred` says to allocate again once the claim is.
  */
 async function allocatePorts(
   inputs: ServerInputs,
   made: number[] = [],
   timings: AllocationTimings[] = [],
-): Promise<ServerAddress[]> {
+  adopt = true,
+): Promise<{ addresses: ServerAddress[]; deferred: boolean }> {
   const out: ServerAddress[] = [];
+  let deferred = false;
   for (const [i, port] of inputs.ports.entries()) {
     const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost);
     const t: AllocationTimings = {};
     timings.push(t);
-    const ip = await allocateAddress(
+    const { ip, origin } = await allocateAddressOrigin(
       { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
       portOwner(inputs.uuid, i),
-      { fixedIp: port.fixedIp === "" ? undefined : port.fixedIp, mac: port.mac, holder: inputs.owner },
+      {
+        fixedIp: port.fixedIp === "" ? undefined : port.fixedIp,
+        mac: port.mac,
+        holder: inputs.owner,
+        adopt,
+      },
       t,
     );
-    made.push(i);
+    if (origin === "made" || origin === "mine") made.push(i);
+    if (origin === "deferred") deferred = true;
     out.push({
       networkName: port.networkName,
       subnetName: port.subnetName,
@@ -728,7 +739,7 @@ async function allocatePorts(
       tap: port.tap,
     });
   }
-  return out;
+  return { addresses: out, deferred };
 }
 
 /**
@@ -1045,7 +1056,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // keeps (issue 16). Both are settled before any error is thrown, so the cleanup below
       // releases every address allocated and removes the claim; placement's error comes first.
       const [allocatedR, placedR] = await Promise.allSettled([
-        phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam)),
+        phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam, false)),
         phase(m, "placement", () => placeAndClaim(inputs, placing)),
       ]);
       if (placedR.status === "fulfilled") {
@@ -1066,7 +1077,11 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       if (placedR.status === "rejected") throw placedR.reason;
       if (placedR.value.error !== undefined) throw placedR.value.error;
       if (allocatedR.status === "rejected") throw allocatedR.reason;
-      addresses = allocatedR.value;
+      addresses = allocatedR.value.addresses;
+      // An address entry of this UUID from before holders is taken over only now that the
+      // UUID's claim on the host is this create's (review 8, P5).
+      if (allocatedR.value.deferred)
+        addresses = (await phase(m, "ipam.adopt", () => allocatePorts(inputs, allocated, ipam))).addresses;
       const placed: HostConnection = placedR.value.host;
       const listing = placedR.value.listing;
       const domainType = await phase(m, "probe", () => domainTypeOf(placed));

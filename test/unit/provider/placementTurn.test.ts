@@ -323,7 +323,7 @@ test("a claim batch lost where another owner holds the name: the cleanup touches
 });
 
 /** A fake host with the subnet lan/lan-v4's IPAM record kept (read and written by the steps). */
-function withIpam(start: IpamRecord, failHostCheck: boolean) {
+function withIpam(start: IpamRecord, failHostCheck: boolean, refuseUuid = false) {
   let current = start;
   const name = ipamRecordName("lan", "lan-v4");
   const fake = fakeHost((label, script): string | StepResult => {
@@ -333,6 +333,8 @@ function withIpam(start: IpamRecord, failHostCheck: boolean) {
       const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(script)![2];
       current = JSON.parse(Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8")) as IpamRecord;
     }
+    if (refuseUuid && /^check that server UUID .* can be claimed/.test(label))
+      return { code: 73, stdout: "", stderr: "server UUID is lab/a/Server/web's (another stack)" };
     if (failHostCheck && /^check host for server /.test(label))
       return { code: 31, stdout: "", stderr: "image cirros: its kernel is not on this host" };
     if (/^read domain /.test(label)) return "defined=yes\nstate=shut off\ntype=qemu\n";
@@ -425,6 +427,48 @@ test("placement refused and the address refused beside it: the user sees placeme
       !labels.some((l) => /^(claim |write record server\/)/.test(l)),
       "nothing is claimed on the host",
     );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("placement refused on a UUID another stack holds: its address entry from before holders is neither taken over nor released", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  // Stack a's entry for this UUID, made before IPAM entries had holders.
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "52:54:00:aa:bb:cc" } });
+  const fake = withIpam(start, false, true);
+  try {
+    await assert.rejects(provider.create(i), /another stack/);
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.some((l) => /^read record ipam\//.test(l)),
+      `the address was tried beside placement: ${labels.join(" | ")}`,
+    );
+    assert.deepEqual(
+      fake.record(),
+      start,
+      "their entry is kept as it was: no holder or MAC written, not released",
+    );
+    assert.ok(!labels.some((l) => /^write record ipam\//.test(l)), "the IPAM record was never written");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a create over an address entry from before holders takes it over once placement claimed the UUID (one more IPAM turn)", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "52:54:00:aa:bb:cc" } });
+  const fake = withIpam(start, false);
+  try {
+    const r = await provider.create(i);
+    assert.deepEqual(r.outs?.ips, ["10.10.0.2"]);
+    assert.deepEqual(fake.record().allocations["10.10.0.2"], {
+      owner: portOwner(i.uuid, 0),
+      mac: i.ports[0].mac,
+      holder: me,
+    });
   } finally {
     fake.restore();
   }
