@@ -78,6 +78,7 @@ import {
   parseHostLoad,
   planUpdate,
   serverCapacityText,
+  PLACEMENT,
   withPlaced,
   portOwner,
   instancePaths,
@@ -139,6 +140,7 @@ import {
   recordStep,
   recordsUnchangedStep,
   RECORDS_CHANGED_EXIT,
+  resizeFitsStep,
   serialTailStep,
   shutdownStep,
   startStep,
@@ -1192,10 +1194,16 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       );
     let running = current.state === "running";
     const wasRunning = running;
+    // A resize that needs more RAM or vCPUs is checked against the host (review 8, P2).
+    const grows = news.flavor.ramMiB > olds.flavor.ramMiB || news.flavor.vcpus > olds.flavor.vcpus;
+    const resizeFits = () => resizeFitsStep(news, host.name, PLACEMENT);
     if (plan.redefine || plan.resizeDisk) {
       // The new XML lists no volume; the ones attached stay attached (issue 16). Read before the
       // stop, so a refusal leaves the guest running.
       withVolumeDisks(news.serverName, hostXml(news, type, host), await keptVolumes(host, news));
+      // A bigger flavor must fit the host (refused while the guest still runs); the record
+      // then counts the new size for every placement from here on.
+      if (grows) await runLocked(host, [resizeFits(), recordStep(news, olds.addresses)]);
       if (running) await stopDomain(host, news.serverName, m);
       running = false;
       // Read again and define under the host's "volumes" lock (the one a Volume's attach and
@@ -1237,7 +1245,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         recordStep(news, olds.addresses),
       ]);
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
-      await runLocked(host, [recordStep(news, olds.addresses)]);
+      await runLocked(host, [...(grows ? [resizeFits()] : []), recordStep(news, olds.addresses)]);
     }
     if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m);
     if (news.powerState === "stopped" && running) await stopDomain(host, news.serverName, m);

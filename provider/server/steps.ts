@@ -75,6 +75,40 @@ export function statsStep(): Step {
   };
 }
 
+/** The exit status of resizeFitsStep's refusal. */
+export const RESIZE_REFUSED_EXIT = 37;
+
+/**
+ * The fit check of a resize (an update that grows the flavor on the same host, review 8 P2):
+ * refuses (exit 37) unless the new flavor fits the host beside the other servers' records, by
+ * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs), counted with
+ * the same awk program as placement (the server's own record left out). Run under the host's
+ * lock in the batch that writes the server's record with the new flavor, before the guest is
+ * stopped: the record then counts the new size for every later placement.
+ */
+export function resizeFitsStep(
+  i: Pick<ServerInputs, "uuid" | "flavor"> & { serverName: string },
+  hostName: string,
+  policy: { reservedHostMemoryMiB: number; ramAllocationRatio: number; cpuAllocationRatio: number },
+): Step {
+  const f = i.flavor;
+  const head = `flavor: ${f.name} (${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName} beside its other servers: `;
+  const tail = ` free for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
+  return {
+    label: `check that flavor ${f.name} fits host ${hostName} for server ${i.serverName}`,
+    script: [
+      `lines=$(${capacityLinesScript([i.uuid])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
+      `used=$(printf '%s\\n' "$lines" | awk '{ if ($2 ~ /^[0-9]+$/) r += $2; if ($3 ~ /^[0-9]+$/) v += $3 } END { print r + 0, v + 0 }') || exit 1`,
+      "mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)",
+      "cpus=$(nproc)",
+      "set -- $used",
+      `free=$(awk -v mem="$mem" -v r="$1" -v v="$2" -v cpus="$cpus" 'BEGIN { print int((mem - ${policy.reservedHostMemoryMiB}) * ${policy.ramAllocationRatio}) - r, int(cpus * ${policy.cpuAllocationRatio}) - v }') || exit 1`,
+      "set -- $free",
+      `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(head)}"$1 MiB RAM and $2 vCPUs"${shQuote(tail)} >&2; exit ${RESIZE_REFUSED_EXIT}; fi`,
+    ].join("\n"),
+  };
+}
+
 /**
  * Passes only when `o`'s owner marker names `owner` (exit 1 otherwise, a missing marker too).
  * Placed before the cleanup of a create whose claim batch's outcome is unknown (a timeout or a

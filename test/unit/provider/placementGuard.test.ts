@@ -12,11 +12,19 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
-import { parseHostLoad, serverCapacityText, withPlaced, type ServerCapacity } from "../../../provider/server";
+import {
+  parseHostLoad,
+  PLACEMENT,
+  serverCapacityText,
+  withPlaced,
+  type ServerCapacity,
+} from "../../../provider/server";
 import {
   claimRecordStep,
   RECORDS_CHANGED_EXIT,
   recordsUnchangedStep,
+  resizeFitsStep,
+  RESIZE_REFUSED_EXIT,
   serverRecord,
   statsStep,
 } from "../../../provider/server/steps";
@@ -247,5 +255,47 @@ test("the claim's record write (claimRecordStep): kvmlab's record text, mode 060
     // Written since the reading: a change to another turn, none to the turn claiming it.
     assert.equal(guard(root, before).code, RECORDS_CHANGED_EXIT);
     assert.equal(guard(root, before, [i.uuid]).code, 0);
+  });
+});
+
+test("resize fit check (resizeFitsStep): the new flavor against the host beside the other records, refused naming flavor, the free capacity and the fix", () => {
+  withRecords((root, put) => {
+    // A host of 2048 MiB and 1 CPU: 1536 MiB and 4 vCPUs for servers.
+    const bin = path.join(root, "bin");
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, "nproc"), "#!/bin/sh\necho 1\n", { mode: 0o755 });
+    fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        2097152 kB\nMemFree: 1 kB\n");
+    const run = (i: { uuid: string; flavor: { name: string; ramMiB: number; vcpus: number } }) => {
+      const step = resizeFitsStep({ ...i, serverName: "web1" } as never, "hv1", PLACEMENT);
+      const script = step.script
+        .split("/var/lib/kvmlab")
+        .join(root)
+        .split("/proc/meminfo")
+        .join(path.join(root, "meminfo"));
+      return spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
+        encoding: "utf8",
+        env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
+      });
+    };
+    put("web1", record("web1", U1, 512, 1)); // its own record: left out
+    put("web2", record("web2", U2, 1024, 2));
+    // 1536 - 1024 = 512 MiB and 4 - 2 = 2 vCPUs free for web1.
+    assert.equal(run({ uuid: U1, flavor: { name: "m1.small", ramMiB: 512, vcpus: 2 } }).status, 0);
+    const ram = run({ uuid: U1, flavor: { name: "m1.large", ramMiB: 1024, vcpus: 2 } });
+    assert.equal(ram.status, RESIZE_REFUSED_EXIT);
+    assert.match(
+      ram.stderr,
+      /^flavor: m1\.large \(2 vCPU, 1024 MiB\) does not fit host hv1 beside its other servers: 512 MiB RAM and 2 vCPUs free for server web1; pick a smaller flavor, free capacity on hv1, or move the server to another host first/,
+    );
+    assert.equal(
+      run({ uuid: U1, flavor: { name: "m1.cpu", ramMiB: 256, vcpus: 3 } }).status,
+      RESIZE_REFUSED_EXIT,
+    );
+    fs.rmSync(path.join(root, "records", "server", "web2.json"));
+    assert.equal(
+      run({ uuid: U1, flavor: { name: "m1.large", ramMiB: 1024, vcpus: 3 } }).status,
+      0,
+      "room once web2 is gone",
+    );
   });
 });

@@ -26,7 +26,7 @@ import {
 } from "../../../provider";
 import { PLACEMENT_ATTEMPTS, PLACEMENT_BACKOFF_MS, type ServerInputs } from "../../../provider/server";
 import { diskServerRaw, serverRaw, testHost } from "./fixtures";
-import { fakeHost } from "./fakeHost";
+import { fakeHost, serverOutputsOn } from "./fakeHost";
 
 const hv1 = testHost("hv1", 1);
 const provider = serverProvider as unknown as Required<typeof serverProvider>;
@@ -469,6 +469,51 @@ test("a create over an address entry from before holders takes it over once plac
       mac: i.ports[0].mac,
       holder: me,
     });
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a resize to a flavor that does not fit the host is refused before the guest is stopped; a smaller one is not checked", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const olds = serverOutputsOn(lanServer(me), hv1);
+  const grown = (ramMiB: number) => {
+    const { inputs, failures } = checkServerInputs(
+      { ...serverRaw([hv1], { ramMiB }), powerState: "external", owner: me } as Record<string, unknown>,
+      olds as unknown as Record<string, unknown>,
+    );
+    assert.deepEqual(failures, []);
+    return inputs as unknown as ServerInputs;
+  };
+  const fake = fakeHost((label): string | StepResult => {
+    if (/^check that flavor m1\.tiny fits host hv1 for server web1$/.test(label))
+      return {
+        code: 37,
+        stdout: "",
+        stderr: "flavor: m1.tiny (1 vCPU, 4096 MiB) does not fit host hv1 beside its other servers",
+      };
+    if (/^read domain /.test(label)) return "defined=yes\nstate=running\ntype=qemu\n";
+    return "";
+  });
+  try {
+    await assert.rejects(
+      provider.update(olds.uuid, olds, grown(4096)),
+      /flavor: m1\.tiny .*does not fit host hv1/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.some((l) => /^check that flavor .* fits host hv1/.test(l)),
+      labels.join(" | "),
+    );
+    assert.ok(
+      !labels.some((l) => /^(shut down|destroy|define|write record server)/.test(l)),
+      `guest untouched: ${labels.join(" | ")}`,
+    );
+    fake.log.length = 0;
+    await provider
+      .update(olds.uuid, { ...olds, flavor: { ...olds.flavor, ramMiB: 4096 } }, grown(128))
+      .catch(() => undefined);
+    assert.ok(!fake.log.some((l) => /^check that flavor/.test(l.label)), "a smaller flavor needs no check");
   } finally {
     fake.restore();
   }
