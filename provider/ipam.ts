@@ -59,7 +59,7 @@ export function planAllocation(
   record: IpamRecord,
   owner: string,
   opts: { fixedIp?: string; mac?: string; leased?: readonly string[]; holder?: string } = {},
-): { ip: string; record: IpamRecord } | { error: string } {
+): { ip: string; record: IpamRecord; origin: AllocationOrigin } | { error: string } {
   const ownerError = checkOwner(owner) ?? checkMacAddress(opts.mac ?? "");
   if (ownerError) return { error: ownerError };
   const cidr = parseCidr4(record.cidr);
@@ -76,9 +76,13 @@ export function planAllocation(
       error: `subnet ${record.subnet}: the address ${mine[0]} of ${owner} belongs to ${mine[1].holder}, not to ${holder}; kvmlab never hands out or releases another owner's address. Fix: rename this resource, or remove it from the stack that owns it`,
     };
   const entry = holder ? { owner, mac, holder } : { owner, mac };
-  const withAlloc = (ip: string): { ip: string; record: IpamRecord } => ({
+  // A new entry; this holder's own (or one without holders on either side); or an entry from
+  // before holders that this holder takes over.
+  const origin: AllocationOrigin = !mine ? "made" : holder && !mine[1].holder ? "adopted" : "mine";
+  const withAlloc = (ip: string): { ip: string; record: IpamRecord; origin: AllocationOrigin } => ({
     ip,
     record: { ...record, allocations: { ...record.allocations, [ip]: entry } },
+    origin,
   });
   if (opts.fixedIp !== undefined && opts.fixedIp !== "") {
     const n = ipv4ToInt(opts.fixedIp);
@@ -103,6 +107,7 @@ export function planAllocation(
     return {
       ip: opts.fixedIp,
       record: { ...record, allocations: { ...rest, [opts.fixedIp]: entry } },
+      origin,
     };
   }
   if (mine) return withAlloc(mine[0]);
@@ -169,13 +174,34 @@ export interface AllocationTimings {
   batch?: number;
 }
 
+/**
+ * What an allocation did to its owner's entry (review 8, P5): `made` a new one; found it
+ * already `mine` (this holder's, or no holder on either side); `adopted` an entry from before
+ * holders, writing this holder into it; or `deferred` that adoption (with `adopt: false`:
+ * nothing written, the address it would take given).
+ */
+export type AllocationOrigin = "made" | "mine" | "adopted" | "deferred";
+
+/** The options of an allocation. */
+export interface AllocationOptions {
+  fixedIp?: string;
+  mac?: string;
+  /** The resource owner making the allocation (kept in the entry; another holder's is refused). */
+  holder?: string;
+  /**
+   * false: do not take over an entry from before holders (answer `deferred` instead). A server
+   * create allocates beside placement, before the UUID's claim is known to be its own.
+   */
+  adopt?: boolean;
+}
+
 /** One allocation waiting for its subnet's turn. */
 interface AllocationRequest {
   owner: string;
-  opts: { fixedIp?: string; mac?: string; holder?: string };
+  opts: AllocationOptions;
   startedAt: number;
   timings?: AllocationTimings;
-  resolve: (ip: string) => void;
+  resolve: (a: { ip: string; origin: AllocationOrigin }) => void;
   reject: (err: unknown) => void;
 }
 
@@ -207,9 +233,19 @@ function allocationQueues(): Map<string, SubnetQueue> {
 export async function allocateAddress(
   ref: SubnetRef,
   owner: string,
-  opts: { fixedIp?: string; mac?: string; holder?: string } = {},
+  opts: AllocationOptions = {},
   timings?: AllocationTimings,
 ): Promise<string> {
+  return (await allocateAddressOrigin(ref, owner, opts, timings)).ip;
+}
+
+/** allocateAddress, also telling what it did to the owner's entry (AllocationOrigin). */
+export async function allocateAddressOrigin(
+  ref: SubnetRef,
+  owner: string,
+  opts: AllocationOptions = {},
+  timings?: AllocationTimings,
+): Promise<{ ip: string; origin: AllocationOrigin }> {
   const key = `${sessionKey(ref.host)}|${ref.networkName}|${ref.subnetName}`;
   const queues = allocationQueues();
   let q = queues.get(key);
@@ -218,7 +254,7 @@ export async function allocateAddress(
     queues.set(key, q);
   }
   const queue = q;
-  return new Promise<string>((resolve, reject) => {
+  return new Promise<{ ip: string; origin: AllocationOrigin }>((resolve, reject) => {
     queue.waiting.push({ owner, opts, startedAt: Date.now(), timings, resolve, reject });
     queue.turns += 1;
     const turn = async (): Promise<void> => {
@@ -240,7 +276,7 @@ export async function allocateAddress(
 async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[]): Promise<void> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
   const name = ipamRecordName(ref.networkName, ref.subnetName);
-  const answers = new Map<AllocationRequest, { ip: string } | { error: unknown }>();
+  const answers = new Map<AllocationRequest, { ip: string; origin: AllocationOrigin } | { error: unknown }>();
   try {
     const turnStart = Date.now();
     // The record and the leases are read in the round trip that takes the lock.
@@ -260,13 +296,19 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
           const leased = leasedText.split("\n").filter((l) => l !== "");
           let next = record;
           for (const r of batch) {
-            const plan = planAllocation(next, r.owner, { ...r.opts, leased });
+            const { adopt, ...opts } = r.opts;
+            const plan = planAllocation(next, r.owner, { ...opts, leased });
             if ("error" in plan) {
               answers.set(r, { error: new Error(plan.error) });
               continue;
             }
+            // An entry from before holders is not taken over yet: nothing written for it.
+            if (plan.origin === "adopted" && adopt === false) {
+              answers.set(r, { ip: plan.ip, origin: "deferred" });
+              continue;
+            }
             next = plan.record;
-            answers.set(r, { ip: plan.ip });
+            answers.set(r, { ip: plan.ip, origin: plan.origin });
           }
           if (JSON.stringify(next) !== JSON.stringify(record))
             await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
@@ -289,7 +331,7 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
   }
   for (const r of batch) {
     const a = answers.get(r);
-    if (a && "ip" in a) r.resolve(a.ip);
+    if (a && "ip" in a) r.resolve(a);
     else r.reject(a ? a.error : new Error("IPAM turn ended without an answer"));
   }
 }

@@ -7,14 +7,17 @@
  *           domain XML are a cold resize/redefine; a new `host` pin is a live migration;
  *           powerState is start/stop
  *   create  placement (unless pinned): every candidate host's capacity and kvmlab's server
- *           records, the host with the most free RAM that fits the flavor, claimed by writing
- *           the server's record; IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the
- *           port MACs); on the host, one short batch under the host lock: preflight and the
- *           image's user marker (images/<image>/.users/<server>, which makes the image's
- *           delete refuse); then, holding no lock, in a worker shell of the host: instance
- *           folder, NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the
- *           host's domain type (kvm when usable, else qemu), virsh define; start; readiness
- *           wait (bounded, serial log tail in the error). Locks cover decisions only (quota,
+ *           records, the host with the most free RAM that fits the flavor; then, in one short
+ *           batch under that host's lock: a guard that the records are still as read (no
+ *           cross-process placement lock: a changed host is read again and placed again),
+ *           preflight, the claim (owner markers and the server's record, which every later
+ *           placement counts), the image's user marker (images/<image>/.users/<server>, which
+ *           makes the image's delete refuse) and the volumes a create run again keeps; beside
+ *           placement, IPs from the subnets' IPAM (dnsmasq dhcp-host entries for the port
+ *           MACs); then, holding no lock, in a worker shell of the host: instance folder,
+ *           NoCloud seed ISO (genisoimage -V cidata), qcow2 overlay, domain XML for the host's
+ *           domain type (kvm when usable, else qemu), virsh define; start; readiness wait
+ *           (bounded, serial log tail in the error). Locks cover decisions only (quota,
  *           placement, IPAM, the image claim), so parallel creates overlap their waits. On
  *           failure everything is removed again.
  *   read    dominfo + vncdisplay on the server's host (gone = deleted)
@@ -48,7 +51,7 @@ import {
   type HostConnection,
   type Step,
 } from "./host";
-import { allocateAddress, releaseAddress, type AllocationTimings } from "./ipam";
+import { allocateAddressOrigin, releaseAddress, type AllocationTimings } from "./ipam";
 import { serverUsage } from "../core/identity";
 import {
   KvmlabResource,
@@ -74,6 +77,8 @@ import {
   diffServer,
   parseHostLoad,
   planUpdate,
+  serverCapacityText,
+  PLACEMENT,
   withPlaced,
   portOwner,
   instancePaths,
@@ -119,6 +124,8 @@ import {
   type KeptVolume,
 } from "./server/volumes";
 import {
+  claimedByStep,
+  claimRecordStep,
   deleteStep,
   destroyStep,
   imageUseSteps,
@@ -131,6 +138,9 @@ import {
   preflightStep,
   readinessProbeStep,
   recordStep,
+  recordsUnchangedStep,
+  RECORDS_CHANGED_EXIT,
+  resizeFitsStep,
   serialTailStep,
   shutdownStep,
   startStep,
@@ -153,7 +163,7 @@ interface OpMetrics {
   /** Milliseconds per phase of kvmlab's own work (create: quota, placement, probe, ipam, claim, info). */
   phases: Record<string, number>;
   /** How many creates shared this one's placement turn and IPAM turn. */
-  batches?: { placement: number; ipam: number };
+  batches?: { placement: number; ipam: number; attempts?: number };
 }
 
 function startMetrics(op: string, server: string): OpMetrics {
@@ -231,13 +241,30 @@ async function placementTurn<T>(fn: () => Promise<T>): Promise<T> {
   return mine;
 }
 
+/**
+ * What placement gives a create: the host it claimed, and the listing of the kept-volumes step
+ * that ran in the same locked batch. `error` is set when a step after the claim failed (the image
+ * claim): the host holds this create's claim then, which the create's cleanup removes.
+ */
+interface Placed {
+  host: HostConnection;
+  listing: string;
+  error?: unknown;
+  /**
+   * With `error`: a batch with this create's claim was sent to the host past the guard, but
+   * whether the claim was written is not known (a timeout, a lost shell, a later refusal or give
+   * up): the cleanup runs only when the name's marker is this owner's (claimedByStep).
+   */
+  ifClaimed?: boolean;
+}
+
 /** A create waiting for its placement turn. */
 interface PlacementRequest {
   inputs: ServerInputs;
   /** Filled by the turn (benchmarks): when the request was made, and its sub-phases in ms. */
   startedAt: number;
   timings: Record<string, number>;
-  resolve: (host: HostConnection) => void;
+  resolve: (placed: Placed) => void;
   reject: (err: unknown) => void;
 }
 
@@ -246,6 +273,16 @@ function placementQueue(): Map<string, PlacementRequest[]> {
   const g = globalThis as unknown as Record<symbol, Map<string, PlacementRequest[]> | undefined>;
   return (g[Symbol.for("kvmlab.serverPlacementQueue.v1")] ??= new Map());
 }
+
+/**
+ * How many times one placement turn reads the hosts and claims before it gives up on a request
+ * whose host's records keep gaining servers (or RAM/vCPUs) between the reading and the claim
+ * (another process placing or resizing servers there at the same moment).
+ */
+export const PLACEMENT_ATTEMPTS = 5;
+
+/** The pause before each reading again (ms, uniformly random in [min, max]). */
+export const PLACEMENT_BACKOFF_MS = { min: 50, max: 300 };
 
 /** Reads every candidate host's load (one batch per host, in parallel). */
 async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> {
@@ -262,7 +299,7 @@ async function hostLoads(hosts: readonly HostConnection[]): Promise<HostLoad[]> 
  * per host, so the name is the identity ON the host; the UUID tells servers apart in IPAM.
  *
  * The claim's test for an unmarked domain of that name reads libvirt's files instead of asking
- * virsh, as the UUID's does (it runs under the placement and host locks on every first create;
+ * virsh, as the UUID's does (it runs under the host lock in every first create's claim batch;
  * a virsh call there cost each create of a placement turn one more libvirtd connection, issue
  * 13): the persistent definition /etc/libvirt/qemu/<name>.xml, or the status file
  * /run/libvirt/qemu/<name>.xml that libvirt keeps for every running domain, transient ones too.
@@ -298,24 +335,29 @@ export function serverUuidOwned(i: Pick<ServerInputs, "serverName" | "uuid">): O
 }
 
 /**
- * Picks the host (or takes the pin), claims the server there for its owner (refused when
- * another owner holds the name) and writes the placement record.
+ * Picks the host (or takes the pin), checks it has what the server needs, claims the server
+ * there for its owner (refused when another owner holds the name), writes the placement record
+ * and the image's user marker, and lists the volumes a create run again keeps: one locked round
+ * trip on the chosen host.
  *
  * One turn serves every create of this process that waits for placement over the same hosts:
- * one placement lock, one reading of the hosts, then each server in turn (each counting the
- * ones placed before it), claims in parallel across hosts. N parallel creates take a few turns
- * instead of N (issue 13); the accounting is the same as N turns in a row.
+ * one reading of the hosts, then each server in turn (each counting the ones placed before it),
+ * claims in parallel across hosts. N parallel creates take a few turns instead of N (issue 13);
+ * the accounting is the same as N turns in a row.
+ *
+ * Across processes there is no placement lock: each host's claim batch begins with a guard
+ * (recordsUnchangedStep, under that host's lock) that refuses when the host's server records
+ * count other than what the turn read; the turn then reads again and places those creates again
+ * (at most PLACEMENT_ATTEMPTS times). A claim is written only when nothing counted changed since
+ * the reading, under the same lock as the check, so two `up`s never count the same free RAM.
  */
-async function placeAndClaim(
-  inputs: ServerInputs,
-  timings: Record<string, number> = {},
-): Promise<HostConnection> {
+async function placeAndClaim(inputs: ServerInputs, timings: Record<string, number> = {}): Promise<Placed> {
   // Same hosts: same names, addresses, keys and pins (a turn uses the first request's).
   const group = inputs.hosts
     .map((h) => `${h.name}=${sessionKey(h)}`)
     .sort()
     .join(",");
-  return new Promise<HostConnection>((resolve, reject) => {
+  return new Promise<Placed>((resolve, reject) => {
     const queue = placementQueue();
     queue.set(group, [
       ...(queue.get(group) ?? []),
@@ -328,49 +370,110 @@ async function placeAndClaim(
   });
 }
 
+/** The index of the step a runLocked/runChecked error names as failed (the first such), or -1. */
+function failedStepIndex(err: unknown, steps: readonly Step[]): number {
+  const text = err instanceof Error ? err.message : String(err);
+  return steps.findIndex((s) =>
+    text.includes(`step "${s.label ?? "remote command"}" failed with exit status`),
+  );
+}
+
 /**
  * One placement turn for the creates waiting over `hosts` (key `group`): settles every request
- * it takes, never throws. The requests are taken once the placement lock is held, so the creates
- * that arrive while it is being taken join this turn instead of waiting for the next.
+ * it takes, never throws. The requests are taken when the turn begins, and those that arrive
+ * while it reads the hosts join it (when the reading covers their hosts); the creates that
+ * arrive later all go into the next turn.
  */
 async function placeBatch(group: string, hosts: readonly HostConnection[]): Promise<void> {
   const queue = placementQueue();
-  const pending = new Set<PlacementRequest>();
-  let batch: PlacementRequest[] = [];
-  const takeBatch = (): void => {
-    batch = queue.get(group) ?? [];
-    queue.delete(group);
-    for (const r of batch) pending.add(r);
-  };
-  // Across processes: every placement over these hosts holds the placement lock of the same
-  // controller (the host with the lowest address), so two `up`s never count the same free RAM.
-  const controller = [...hosts].sort((a, b) =>
-    `${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1,
-  )[0];
+  const batch = queue.get(group) ?? [];
+  queue.delete(group);
+  const pending = new Set<PlacementRequest>(batch);
   const turnStart = Date.now();
-  const settle = (r: PlacementRequest, outcome: { host: HostConnection } | { error: unknown }) => {
+  const settle = (r: PlacementRequest, outcome: { placed: Placed } | { error: unknown }) => {
     if (!pending.delete(r)) return;
-    if ("host" in outcome) r.resolve(outcome.host);
+    if ("placed" in outcome) r.resolve(outcome.placed);
     else r.reject(outcome.error);
   };
+  const candidatesOf = (i: ServerInputs) => (i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts);
+  // Every refusal comes before the first marker this create writes, so a refused create leaves
+  // no marker behind: the host check first, then the UUID's claim is checked (it would be
+  // refused after the name's was written), and the name's record check runs before the UUID's
+  // claim.
+  const claimSteps = (i: ServerInputs): Step[] => [
+    preflightStep(i),
+    claimableStep(serverUuidOwned(i), i.owner),
+    claimStep(serverOwned(i.serverName), i.owner),
+    nameFreeStep(i),
+    // The UUID too: it keys the instance folder (review S1).
+    claimStep(serverUuidOwned(i), i.owner),
+    claimRecordStep(i),
+  ];
+  // After the claim, same lock: the image is marked as used (an Image delete refuses from here
+  // on), and a create run again over a domain it defined before keeps the volumes attached to
+  // it since (issue 16); the listing is the last step's output.
+  const afterSteps = (i: ServerInputs): Step[] => [
+    ...imageUseSteps(i),
+    keptVolumesStep(i.serverName, i.uuid, { quick: true }),
+  ];
+  const lastRefused = new Map<PlacementRequest, string>();
+  // The host where a batch with the request's claim steps was sent past the guard (the claim
+  // may be written there): a later failure of the request settles with that host, so create's
+  // owner-guarded cleanup runs there (review 8, P4).
+  const sent = new Map<PlacementRequest, HostConnection>();
+  const fail = (r: PlacementRequest, error: unknown) => {
+    const host = sent.get(r);
+    if (host) settle(r, { placed: { host, listing: "", error, ifClaimed: true } });
+    else settle(r, { error });
+  };
+  let firstLoaded = turnStart;
   try {
-    await withNamedHostLock(controller, "placement", async () => {
-      const locked = Date.now();
-      takeBatch();
-      for (const r of batch)
-        Object.assign(r.timings, {
-          "placement.queue": Math.max(0, turnStart - r.startedAt),
-          "placement.lock": locked - Math.max(turnStart, r.startedAt),
-          placementBatch: batch.length,
-        });
-      const candidatesOf = (i: ServerInputs) =>
-        i.host !== "" ? hosts.filter((h) => h.name === i.host) : hosts;
-      const wanted = hosts.filter((h) => batch.some((r) => candidatesOf(r.inputs).includes(h)));
-      const loads = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+    let todo = batch;
+    for (let attempt = 1; todo.length > 0; attempt++) {
+      if (attempt > PLACEMENT_ATTEMPTS) {
+        for (const r of todo)
+          fail(
+            r,
+            new Error(
+              `placement of server ${r.inputs.serverName}: the server records on host ${lastRefused.get(r) ?? "?"} changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row (another kvmlab run is placing or resizing servers on the same hosts at the same moment); run the operation again, or run the other one first`,
+            ),
+          );
+        break;
+      }
+      // A short jittered pause before reading again, so two runs refused by each other's claims
+      // do not read and claim in step again.
+      if (attempt > 1)
+        await sleep(
+          PLACEMENT_BACKOFF_MS.min + Math.random() * (PLACEMENT_BACKOFF_MS.max - PLACEMENT_BACKOFF_MS.min),
+        );
+      const began = Date.now();
+      const wanted = hosts.filter((h) => todo.some((r) => candidatesOf(r.inputs).includes(h)));
+      const read = new Map((await hostLoads(wanted)).map((l) => [l.host, l]));
+      const loads = new Map(read);
       const loaded = Date.now();
-      for (const r of batch) r.timings["placement.loads"] = loaded - locked;
+      if (attempt === 1) {
+        firstLoaded = loaded;
+        // The creates that arrived while the hosts were read join this turn when the reading
+        // covers their candidate hosts (the others wait for the next turn), as they joined
+        // while the placement lock was taken before: N parallel creates take fewer turns.
+        const late = queue.get(group) ?? [];
+        const joining = late.filter((r) => candidatesOf(r.inputs).every((h) => read.has(h.name)));
+        const staying = late.filter((r) => !joining.includes(r));
+        if (staying.length > 0) queue.set(group, staying);
+        else queue.delete(group);
+        for (const r of joining) pending.add(r);
+        batch.push(...joining);
+        todo = batch;
+        for (const r of batch)
+          Object.assign(r.timings, {
+            "placement.queue": Math.max(0, turnStart - r.startedAt),
+            "placement.loads": loaded - Math.max(began, r.startedAt),
+            placementBatch: batch.length,
+          });
+      }
+      for (const r of todo) r.timings.placementAttempts = attempt;
       const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
-      for (const r of batch) {
+      for (const r of todo) {
         const i = r.inputs;
         const candidates = candidatesOf(i).map((h) => loads.get(h.name) as HostLoad);
         // A create run again (after a failure or lost state) converges on the host it claimed.
@@ -386,56 +489,79 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
         entry.requests.push(r);
         claims.set(choice.host, entry);
       }
-      // Every refusal comes before the first marker this create writes, so a refused create
-      // leaves no marker behind: the UUID's claim is checked first (it would be refused after
-      // the name's was written), and the name's record check runs before the UUID's claim.
-      const claimSteps = (i: ServerInputs): Step[] => [
-        claimableStep(serverUuidOwned(i), i.owner),
-        claimStep(serverOwned(i.serverName), i.owner),
-        nameFreeStep(i),
-        // The UUID too: it keys the instance folder (review S1).
-        claimStep(serverUuidOwned(i), i.owner),
-        recordStep(i, []),
-      ];
-      const claimed = (r: PlacementRequest) => (r.timings["placement.claim"] = Date.now() - loaded);
+      const again: PlacementRequest[] = [];
+      const claimed = (r: PlacementRequest) => {
+        r.timings["placement.claim"] = Date.now() - loaded;
+        if (attempt > 1) r.timings["placement.retry"] = began - firstLoaded;
+      };
       await Promise.all(
         [...claims.values()].map(async ({ host, requests }) => {
+          // The guard: the host's records, but for the servers this turn claims there, are as read.
+          const skip = requests.map((r) => r.inputs.uuid);
+          const guard = recordsUnchangedStep(
+            serverCapacityText(read.get(host.name)?.capacity ?? [], skip),
+            skip,
+          );
+          const refusedByGuard = (err: unknown, steps: readonly Step[]) =>
+            failedStepIndex(err, steps) === 0 &&
+            String(err instanceof Error ? err.message : err).includes(`exit status ${RECORDS_CHANGED_EXIT}`);
+          const retry = (r: PlacementRequest) => {
+            lastRefused.set(r, host.name);
+            again.push(r);
+          };
           // Every claim on a host in one locked round trip; when one is refused, each again on
           // its own (the steps are idempotent for their owner), so each gets its own answer.
           if (requests.length > 1) {
+            const parts = requests.map((r) => [...claimSteps(r.inputs), ...afterSteps(r.inputs)]);
+            const steps = [guard, ...parts.flat()];
             try {
-              await runLocked(
-                host,
-                requests.flatMap((r) => claimSteps(r.inputs)),
-              );
-              for (const r of requests) {
+              const out = await runLocked(host, steps);
+              let at = 1;
+              requests.forEach((r, k) => {
+                at += parts[k].length;
                 claimed(r);
-                settle(r, { host });
-              }
+                settle(r, { placed: { host, listing: out[at - 1] } });
+              });
               return;
-            } catch {
+            } catch (err) {
+              if (refusedByGuard(err, steps)) {
+                requests.forEach(retry);
+                return;
+              }
+              // Past the guard: any of these claims may be written (each is re-run below).
+              if (failedStepIndex(err, steps) !== 0) for (const r of requests) sent.set(r, host);
               // below
             }
           }
           for (const r of requests) {
+            const claim = claimSteps(r.inputs);
+            const steps = [guard, ...claim, ...afterSteps(r.inputs)];
             try {
-              await runLocked(host, claimSteps(r.inputs));
+              const out = await runLocked(host, steps);
               claimed(r);
-              settle(r, { host });
+              settle(r, { placed: { host, listing: out[out.length - 1] } });
             } catch (err) {
-              settle(r, { error: err });
+              const at = failedStepIndex(err, steps);
+              if (refusedByGuard(err, steps)) retry(r);
+              // A step after the claim failed: the claim is this create's (its cleanup removes it).
+              else if (at > claim.length) settle(r, { placed: { host, listing: "", error: err } });
+              else {
+                // No step's exit status (a timeout, a lost shell): the claim may be written.
+                if (at === -1) sent.set(r, host);
+                fail(r, err);
+              }
             }
           }
         }),
       );
-    });
+      todo = again.filter((r) => pending.has(r));
+    }
   } catch (err) {
-    // The lock was not taken: the requests this turn was for get its error.
-    if (batch.length === 0) takeBatch();
-    for (const r of [...pending]) settle(r, { error: err });
+    // Reading the hosts failed: the requests still open get its error.
+    for (const r of [...pending]) fail(r, err);
   }
   // Unreachable unless a bug left one open: never leave a create waiting forever.
-  for (const r of [...pending]) settle(r, { error: new Error("placement turn ended without an answer") });
+  for (const r of [...pending]) fail(r, new Error("placement turn ended without an answer"));
 }
 
 function serialTail(text: string): string {
@@ -576,26 +702,37 @@ function outputsFor(
 
 /**
  * Allocates every port's address (idempotent per owner): the allocation id is the server's
- * UUID and port index, its holder the server's owner. `made` collects the ports allocated, so
- * a failed create releases only those.
+ * UUID and port index, its holder the server's owner. `made` collects the ports whose entry this
+ * call made, or found already this holder's, so a failed create releases only those: never an
+ * entry from before holders that it took over (review 8, P5). With `adopt: false` (beside
+ * placement, before the UUID's claim is known to be this create's) such an entry is not taken
+ * over at all: `deferred` says to allocate again once the claim is.
  */
 async function allocatePorts(
   inputs: ServerInputs,
   made: number[] = [],
   timings: AllocationTimings[] = [],
-): Promise<ServerAddress[]> {
+  adopt = true,
+): Promise<{ addresses: ServerAddress[]; deferred: boolean }> {
   const out: ServerAddress[] = [];
+  let deferred = false;
   for (const [i, port] of inputs.ports.entries()) {
     const dhcpHost = hostNamed(inputs.hosts, port.dhcpHost);
     const t: AllocationTimings = {};
     timings.push(t);
-    const ip = await allocateAddress(
+    const { ip, origin } = await allocateAddressOrigin(
       { host: dhcpHost, networkName: port.networkName, subnetName: port.subnetName },
       portOwner(inputs.uuid, i),
-      { fixedIp: port.fixedIp === "" ? undefined : port.fixedIp, mac: port.mac, holder: inputs.owner },
+      {
+        fixedIp: port.fixedIp === "" ? undefined : port.fixedIp,
+        mac: port.mac,
+        holder: inputs.owner,
+        adopt,
+      },
       t,
     );
-    made.push(i);
+    if (origin === "made" || origin === "mine") made.push(i);
+    if (origin === "deferred") deferred = true;
     out.push({
       networkName: port.networkName,
       subnetName: port.subnetName,
@@ -604,7 +741,7 @@ async function allocatePorts(
       tap: port.tap,
     });
   }
-  return out;
+  return { addresses: out, deferred };
 }
 
 /**
@@ -903,6 +1040,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async create(inputs) {
     const m = startMetrics("create", inputs.serverName);
     let host: HostConnection | undefined;
+    let ifClaimed = false;
     let addresses: ServerAddress[] = [];
     const allocated: number[] = [];
     try {
@@ -913,27 +1051,22 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       for (const h of inputs.host !== "" ? [hostNamed(inputs.hosts, inputs.host)] : inputs.hosts)
         void domainTypeOf(h).catch(() => undefined);
       const placing: Record<string, number> = {};
-      host = await phase(m, "placement", () => placeAndClaim(inputs, placing));
-      const placed: HostConnection = host;
-      const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       const ipam: AllocationTimings[] = [];
-      // The addresses (the DHCP host's lock) and, under the placed host's lock in one round trip,
-      // the host check and the image claim: two independent decisions, taken side by side. The
-      // host has what the server needs, and the image is marked as used (an Image delete refuses
-      // from here on); a create run again over a domain it defined before keeps the volumes
-      // attached to it since (issue 16). Both are settled before any error is thrown, so the
-      // cleanup below releases every address allocated and removes the image claim.
-      const [allocatedR, claimedR] = await Promise.allSettled([
-        phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam)),
-        phase(m, "claim", () =>
-          runLocked(placed, [
-            preflightStep(inputs),
-            ...imageUseSteps(inputs),
-            keptVolumesStep(inputs.serverName, inputs.uuid, { quick: true }),
-          ]),
-        ),
+      // The addresses (the DHCP hosts' locks) do not depend on the host: they are allocated
+      // beside placement, which in one locked round trip on the chosen host checks it, claims
+      // the server there, marks the image as used and lists the volumes a create run again
+      // keeps (issue 16). Both are settled before any error is thrown, so the cleanup below
+      // releases every address allocated and removes the claim; placement's error comes first.
+      const [allocatedR, placedR] = await Promise.allSettled([
+        phase(m, "ipam", () => allocatePorts(inputs, allocated, ipam, false)),
+        phase(m, "placement", () => placeAndClaim(inputs, placing)),
       ]);
-      for (const [k, v] of Object.entries(placing)) if (k !== "placementBatch") m.phases[k] = v;
+      if (placedR.status === "fulfilled") {
+        host = placedR.value.host;
+        ifClaimed = placedR.value.ifClaimed === true;
+      }
+      for (const [k, v] of Object.entries(placing))
+        if (k !== "placementBatch" && k !== "placementAttempts") m.phases[k] = v;
       for (const t of ipam) {
         m.phases["ipam.wait"] = (m.phases["ipam.wait"] ?? 0) + (t.waitMs ?? 0);
         m.phases["ipam.work"] = (m.phases["ipam.work"] ?? 0) + (t.workMs ?? 0);
@@ -941,12 +1074,19 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       m.batches = {
         placement: placing.placementBatch ?? 0,
         ipam: Math.max(0, ...ipam.map((t) => t.batch ?? 0)),
+        attempts: placing.placementAttempts ?? 0,
       };
+      if (placedR.status === "rejected") throw placedR.reason;
+      if (placedR.value.error !== undefined) throw placedR.value.error;
       if (allocatedR.status === "rejected") throw allocatedR.reason;
-      if (claimedR.status === "rejected") throw claimedR.reason;
-      addresses = allocatedR.value;
-      const claimed = claimedR.value;
-      const listing = claimed[claimed.length - 1];
+      addresses = allocatedR.value.addresses;
+      // An address entry of this UUID from before holders is taken over only now that the
+      // UUID's claim on the host is this create's (review 8, P5).
+      if (allocatedR.value.deferred)
+        addresses = (await phase(m, "ipam.adopt", () => allocatePorts(inputs, allocated, ipam))).addresses;
+      const placed: HostConnection = placedR.value.host;
+      const listing = placedR.value.listing;
+      const domainType = await phase(m, "probe", () => domainTypeOf(placed));
       const running = inputs.powerState === "running";
       // The domain's info (state, VNC port) is read in the batch that defines it, or that starts
       // it: no round trip of its own after the wait.
@@ -991,7 +1131,13 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // Leave nothing of THIS server behind: domain, files, record (only once the host claim
       // was this owner's: `host` is set), and the addresses this call allocated. A create
       // refused for a name another owner holds touches nothing.
-      if (host) await runLocked(host, guardedDelete(inputs, inputs.owner)).catch(() => undefined);
+      // When the claim's outcome is unknown (placement's ifClaimed), only once the name's marker
+      // shows it was written.
+      if (host)
+        await runLocked(host, [
+          ...(ifClaimed ? [claimedByStep(serverOwned(inputs.serverName), inputs.owner)] : []),
+          ...guardedDelete(inputs, inputs.owner),
+        ]).catch(() => undefined);
       await releasePorts(inputs, allocated).catch(() => undefined);
       throw err;
     }
@@ -1048,10 +1194,16 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       );
     let running = current.state === "running";
     const wasRunning = running;
+    // A resize that needs more RAM or vCPUs is checked against the host (review 8, P2).
+    const grows = news.flavor.ramMiB > olds.flavor.ramMiB || news.flavor.vcpus > olds.flavor.vcpus;
+    const resizeFits = () => resizeFitsStep(news, host.name, PLACEMENT);
     if (plan.redefine || plan.resizeDisk) {
       // The new XML lists no volume; the ones attached stay attached (issue 16). Read before the
       // stop, so a refusal leaves the guest running.
       withVolumeDisks(news.serverName, hostXml(news, type, host), await keptVolumes(host, news));
+      // A bigger flavor must fit the host (refused while the guest still runs); the record
+      // then counts the new size for every placement from here on.
+      if (grows) await runLocked(host, [resizeFits(), recordStep(news, olds.addresses)]);
       if (running) await stopDomain(host, news.serverName, m);
       running = false;
       // Read again and define under the host's "volumes" lock (the one a Volume's attach and
@@ -1093,7 +1245,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         recordStep(news, olds.addresses),
       ]);
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
-      await runLocked(host, [recordStep(news, olds.addresses)]);
+      await runLocked(host, [...(grows ? [resizeFits()] : []), recordStep(news, olds.addresses)]);
     }
     if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m);
     if (news.powerState === "stopped" && running) await stopDomain(host, news.serverName, m);

@@ -222,7 +222,7 @@ function claimScript(o: OwnedObject, owner: string, write: boolean): string {
   const f = ownerMarkerPath(o.kind, ...o.key);
   return [
     `f=${shQuote(f)}; me=${shQuote(owner)}`,
-    write ? 'mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners' : ":",
+    write ? 'mkdir -p "${f%/*}" && chmod 0700 /var/lib/kvmlab/owners' : ":",
     'if [ ! -e "$f" ]; then',
     o.exists
       ? `  if ${o.exists}; then echo ${shQuote(`${o.what} already exists on this host with no kvmlab owner (made by hand, or by another stack before owners were recorded); kvmlab does not adopt it. Fix: give this resource another ${o.field}, or remove the object by hand`)} >&2; exit ${OWNER_REFUSED}; fi`
@@ -260,7 +260,7 @@ export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmark
       `f=${shQuote(f)}`,
       'if [ ! -e "$f" ]; then',
       adoptUnmarked
-        ? `  mkdir -p "$(dirname "$f")" && chmod 0700 /var/lib/kvmlab/owners && if ${markerWrite(shQuote(mine[0]))}; then echo unmarked; exit 0; fi`
+        ? `  mkdir -p "\${f%/*}" && chmod 0700 /var/lib/kvmlab/owners && if ${markerWrite(shQuote(mine[0]))}; then echo unmarked; exit 0; fi`
         : "  echo unmarked; exit 0",
       "fi",
       'cur=$(head -n1 "$f" 2>/dev/null || true)',

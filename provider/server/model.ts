@@ -739,6 +739,38 @@ export interface HostLoad {
   servers: number;
   /** UUIDs of the servers recorded on the host. */
   serverUuids: string[];
+  /**
+   * What each record read counts (uuid, ramMiB, vcpus; the placement guard compares them under
+   * the host's lock before a claim, see serverCapacityText). Absent: no record was read.
+   */
+  capacity?: ServerCapacity[];
+}
+
+/**
+ * What a server record counts for placement, as the host's awk reads it (the stats step and the
+ * placement guard run the same program, CAPACITY_AWK in steps.ts): its UUID, RAM (MiB) and
+ * vCPUs, each the text of its top-level line ("-" when there is none, counted as 0).
+ */
+export interface ServerCapacity {
+  uuid: string;
+  ramMiB: string;
+  vcpus: string;
+}
+
+/**
+ * The placement guard's view of a host's server records (pure): one line "<uuid> <ramMiB>
+ * <vcpus>" per record, the records of the UUIDs in `skip` (the ones this placement turn claims
+ * on the host) left out, sorted bytewise, joined by newlines, no trailing newline.
+ * recordsUnchangedStep computes the same lines on the host with the same awk program as the
+ * stats step, and refuses on a line this text lacks; only these three fields count, so a
+ * record rewritten with its addresses (the define batch) changes nothing.
+ */
+export function serverCapacityText(records: readonly ServerCapacity[], skip: readonly string[] = []): string {
+  return records
+    .filter((r) => !skip.includes(r.uuid))
+    .map((r) => `${r.uuid} ${r.ramMiB} ${r.vcpus}`)
+    .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
+    .join("\n");
 }
 
 /** Placement policy: like Nova's RAM and CPU allocation ratios and reserved host memory. */
@@ -806,52 +838,43 @@ export function withPlaced(
     allocatedVcpus: load.allocatedVcpus + server.flavor.vcpus,
     servers: load.servers + 1,
     serverUuids: [...load.serverUuids, server.uuid],
+    capacity: [
+      ...(load.capacity ?? []),
+      { uuid: server.uuid, ramMiB: String(server.flavor.ramMiB), vcpus: String(server.flavor.vcpus) },
+    ],
   };
 }
 
 /** Parses the stats step's output into a HostLoad (pure). */
 export function parseHostLoad(host: string, stdout: string): HostLoad {
-  const lines = stdout.split("\n");
   const kv = new Map<string, string>();
-  const records: string[] = [];
-  let inRecords = false;
-  let current = "";
-  for (const line of lines) {
-    if (line === "--record--") {
-      if (inRecords && current.trim() !== "") records.push(current);
-      inRecords = true;
-      current = "";
+  const capacity: ServerCapacity[] = [];
+  let inCapacity = false;
+  for (const line of stdout.split("\n")) {
+    if (line === "--capacity--") {
+      inCapacity = true;
       continue;
     }
-    if (inRecords) current += `${line}\n`;
-    else {
+    if (inCapacity) {
+      // "<uuid> <ramMiB> <vcpus>" as the host's awk printed it (the uuid may be empty).
+      const f = line.split(" ");
+      if (f.length === 3) capacity.push({ uuid: f[0], ramMiB: f[1], vcpus: f[2] });
+    } else {
       const at = line.indexOf("=");
       if (at > 0) kv.set(line.slice(0, at), line.slice(at + 1).trim());
     }
   }
-  if (inRecords && current.trim() !== "") records.push(current);
-  let ram = 0;
-  let vcpus = 0;
-  const serverUuids: string[] = [];
-  for (const text of records) {
-    try {
-      const r = JSON.parse(text) as { ramMiB?: number; vcpus?: number; uuid?: string };
-      if (typeof r.uuid === "string") serverUuids.push(r.uuid);
-      ram += typeof r.ramMiB === "number" ? r.ramMiB : 0;
-      vcpus += typeof r.vcpus === "number" ? r.vcpus : 0;
-    } catch {
-      // A record being rewritten at this instant; the host lock re-check catches real overcommit.
-    }
-  }
+  const count = (v: string) => (/^[0-9]+$/.test(v) ? Number(v) : 0);
   return {
     host,
     memTotalMiB: Math.floor(Number(kv.get("memtotal") ?? 0) / 1024),
     memAvailableMiB: Math.floor(Number(kv.get("memavailable") ?? 0) / 1024),
     cpus: Number(kv.get("cpus") ?? 0),
-    allocatedRamMiB: ram,
-    allocatedVcpus: vcpus,
-    servers: records.length,
-    serverUuids,
+    allocatedRamMiB: capacity.reduce((n, c) => n + count(c.ramMiB), 0),
+    allocatedVcpus: capacity.reduce((n, c) => n + count(c.vcpus), 0),
+    servers: capacity.length,
+    serverUuids: capacity.map((c) => c.uuid).filter((u) => u !== "-" && u !== ""),
+    capacity,
   };
 }
 

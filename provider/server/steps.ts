@@ -8,6 +8,7 @@ import { dhcpPaths } from "../ipam";
 import { recordDir } from "../../core/paths";
 import { instancePaths, type ServerImage, type ServerInputs, type ServerPort } from "./model";
 import { parseKeyValues } from "../kit/kv";
+import { ownerMarkerPath, type OwnedObject } from "../kit/owner";
 import {
   KVMLAB_DOMAIN_KEY,
   KVMLAB_DOMAIN_XMLNS,
@@ -20,7 +21,46 @@ import { hybridGuardLines, hybridPlugStep, hybridUnplugLines } from "./hybrid";
 /** virsh on the host's system instance, quiet. */
 export const VIRSH = "virsh -q -c qemu:///system";
 
-/** Capacity and kvmlab's server records on a host (see parseHostLoad). */
+/**
+ * What placement counts of each server record, and what the placement guard compares: one line
+ * "<uuid> <ramMiB> <vcpus>" per regular file records/server/*.json with a non-blank line, read
+ * from its top-level lines as kvmlab writes them (two-space indent, JSON.stringify(…, null, 2)):
+ * `  "uuid": "<letters, digits, dashes>",`, `  "ramMiB": <digits>,` and `  "vcpus": <digits>,`;
+ * the last of each wins, a missing one is "-". The records of the UUIDs in the awk variable
+ * `skip` (" u1 u2 ") are left out. Each file is read with getline (a file removed meanwhile, or
+ * unreadable, reads as empty, not as an awk error), so the stats step and the guard run this one
+ * program and agree by construction (review 8, P3): TypeScript never re-reads the records.
+ */
+const CAPACITY_AWK = [
+  'function flush() { if (seen && index(skip, " " u " ") == 0) print u " " r " " v }',
+  "function take() {",
+  "  if (NF > 0) seen = 1",
+  '  if ($0 ~ /^  "uuid": "[A-Za-z0-9-]*",?$/) { s = $0; sub(/^  "uuid": "/, "", s); sub(/",?$/, "", s); u = s }',
+  '  if ($0 ~ /^  "ramMiB": [0-9]+,?$/) { s = $0; sub(/^  "ramMiB": /, "", s); sub(/,$/, "", s); r = s }',
+  '  if ($0 ~ /^  "vcpus": [0-9]+,?$/) { s = $0; sub(/^  "vcpus": /, "", s); sub(/,$/, "", s); v = s }',
+  "}",
+  "BEGIN {",
+  "  for (i = 1; i < ARGC; i++) {",
+  '    seen = 0; u = "-"; r = "-"; v = "-"',
+  "    while ((getline < ARGV[i]) > 0) take()",
+  "    close(ARGV[i]); flush()",
+  "  }",
+  "  exit",
+  "}",
+].join("\n");
+
+/** Bash that prints the capacity lines (CAPACITY_AWK, unsorted) of the host's server records; fails when awk does. */
+function capacityLinesScript(skip: readonly string[]): string {
+  return [
+    `set --; for f in ${recordDir("server")}/*.json; do if [ -f "$f" ]; then set -- "$@" "$f"; fi; done`,
+    `if [ $# -gt 0 ]; then awk -v skip=${shQuote(` ${skip.join(" ")} `)} ${shQuote(CAPACITY_AWK)} "$@"; fi`,
+  ].join("\n");
+}
+
+/**
+ * Capacity and what kvmlab's server records count on a host (see parseHostLoad): the capacity
+ * lines after a `--capacity--` line, computed by the same awk program as the placement guard.
+ */
 export function statsStep(): Step {
   return {
     label: "read host capacity and server records",
@@ -28,8 +68,96 @@ export function statsStep(): Step {
       "echo memtotal=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)",
       "echo memavailable=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)",
       "echo cpus=$(nproc)",
-      'for f in /var/lib/kvmlab/records/server/*.json; do [ -e "$f" ] || continue; echo --record--; cat "$f"; echo; done',
-      "true",
+      "echo --capacity--",
+      `lines=$(${capacityLinesScript([])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
+      `if [ -n "$lines" ]; then printf '%s\\n' "$lines"; fi`,
+    ].join("\n"),
+  };
+}
+
+/** The exit status of resizeFitsStep's refusal. */
+export const RESIZE_REFUSED_EXIT = 37;
+
+/**
+ * The fit check of a resize (an update that grows the flavor on the same host, review 8 P2):
+ * refuses (exit 37) unless the new flavor fits the host beside the other servers' records, by
+ * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs), counted with
+ * the same awk program as placement (the server's own record left out). Run under the host's
+ * lock in the batch that writes the server's record with the new flavor, before the guest is
+ * stopped: the record then counts the new size for every later placement.
+ */
+export function resizeFitsStep(
+  i: Pick<ServerInputs, "uuid" | "flavor"> & { serverName: string },
+  hostName: string,
+  policy: { reservedHostMemoryMiB: number; ramAllocationRatio: number; cpuAllocationRatio: number },
+): Step {
+  const f = i.flavor;
+  const head = `flavor: ${f.name} (${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName} beside its other servers: `;
+  const tail = ` free for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
+  return {
+    label: `check that flavor ${f.name} fits host ${hostName} for server ${i.serverName}`,
+    script: [
+      `lines=$(${capacityLinesScript([i.uuid])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
+      `used=$(printf '%s\\n' "$lines" | awk '{ if ($2 ~ /^[0-9]+$/) r += $2; if ($3 ~ /^[0-9]+$/) v += $3 } END { print r + 0, v + 0 }') || exit 1`,
+      "mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)",
+      "cpus=$(nproc)",
+      "set -- $used",
+      `free=$(awk -v mem="$mem" -v r="$1" -v v="$2" -v cpus="$cpus" 'BEGIN { print int((mem - ${policy.reservedHostMemoryMiB}) * ${policy.ramAllocationRatio}) - r, int(cpus * ${policy.cpuAllocationRatio}) - v }') || exit 1`,
+      "set -- $free",
+      `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(head)}"$1 MiB RAM and $2 vCPUs"${shQuote(tail)} >&2; exit ${RESIZE_REFUSED_EXIT}; fi`,
+    ].join("\n"),
+  };
+}
+
+/**
+ * Passes only when `o`'s owner marker names `owner` (exit 1 otherwise, a missing marker too).
+ * Placed before the cleanup of a create whose claim batch's outcome is unknown (a timeout or a
+ * lost shell after the batch was sent, review 8 P4): the name's marker is the claim's first
+ * write, so when it is not this owner's the create wrote nothing there, and the cleanup, which
+ * passes unmarked objects, must not touch them (an object of the same name from before owners).
+ */
+export function claimedByStep(o: OwnedObject, owner: string): Step {
+  return {
+    label: `check that ${o.what} was claimed by this create`,
+    script: [
+      `f=${shQuote(ownerMarkerPath(o.kind, ...o.key))}`,
+      `if [ -f "$f" ] && [ "$(head -n1 "$f" 2>/dev/null)" = ${shQuote(owner)} ]; then exit 0; fi`,
+      `echo ${shQuote(`${o.what} was not claimed by ${owner}: nothing of this create to remove`)} >&2`,
+      "exit 1",
+    ].join("\n"),
+  };
+}
+
+/** The exit status of recordsUnchangedStep's refusal: placement reads the host again and retries. */
+export const RECORDS_CHANGED_EXIT = 36;
+
+/**
+ * The placement guard (issue 13: placement holds no cross-process lock). Run under the host's
+ * lock as the first step of a claim batch: refuses with exit 36 when the host's server records
+ * count something the placement turn did not read, `expected` (serverCapacityText of that
+ * reading, without the UUIDs in `skip`, the servers the turn claims on this host). The same
+ * lines are computed here by the stats step's own awk program (CAPACITY_AWK), the skipped UUIDs
+ * left out, sorted bytewise (LC_ALL=C). A line the host has and the reading
+ * lacks refuses (compared as multisets with comm): a record added, or one whose RAM or vCPU
+ * count changed (a new line). A record only removed since the reading (a destroy meanwhile)
+ * passes: it only makes the reading conservative. A record rewritten with only other fields
+ * changed (addresses) passes too. The check and the claim's record write are under the same
+ * host lock, so two processes never count the same free RAM. The remote shell is bash (`<()`).
+ */
+export function recordsUnchangedStep(expected: string, skip: readonly string[]): Step {
+  return {
+    label: "check that the server records on this host are as placement read them",
+    script: [
+      // awk to a variable first: its failure is its own (exit 1), never the refusal's 36.
+      `lines=$(${capacityLinesScript(skip)}) || { echo 'placement guard: reading the server records (awk) failed' >&2; exit 1; }`,
+      'actual=""',
+      `if [ -n "$lines" ]; then actual=$(printf '%s\\n' "$lines" | LC_ALL=C sort) || exit 1; fi`,
+      // Only the lines the reading lacks: comm -13 prints the lines of the second (sorted) input
+      // that the first does not have, each duplicate counted.
+      `expected=${shQuote(expected)}`,
+      'new=""',
+      `if [ -n "$actual" ]; then new=$(LC_ALL=C comm -13 <(printf '%s\\n' "$expected") <(printf '%s\\n' "$actual")) || { echo 'placement guard: comparing the server records failed' >&2; exit 1; }; fi`,
+      `if [ -n "$new" ]; then echo "the server records on this host changed since placement read them (another kvmlab run placed or resized a server here meanwhile: \${new%%$'\\n'*})" >&2; exit ${RECORDS_CHANGED_EXIT}; fi`,
     ].join("\n"),
   };
 }
@@ -94,8 +222,11 @@ export function usesStoreImage(image: ServerImage): boolean {
  * S1), "" when nothing does: the domain another instance folder `dir`'s domain.xml names, the
  * libvirt domain of that UUID when it has another name, or another server's record carrying the
  * UUID. `libvirt: "files"` reads libvirt's definition files instead of asking virsh (the claim,
- * which runs under the host lock on every first create). Values from the host only ever reach
- * `$other` inside double quotes.
+ * which runs under the host lock on every first create). One grep over all the files of a kind
+ * (the first that names the UUID, in glob order, as a loop with a grep per file found; a file
+ * grep cannot read does not hide a match in another), not a grep per file: this runs twice per
+ * create in the claim batch, under the host lock (issue 13). Values from the host only ever
+ * reach `$other` inside double quotes.
  */
 export function otherUserOfUuidLines(
   serverName: string,
@@ -112,8 +243,8 @@ export function otherUserOfUuidLines(
     `if [ -f ${xml} ]; then dn=$(grep -o '<name>[^<]*</name>' ${xml} 2>/dev/null | head -n1 | sed 's:</*name>::g'); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the domain $dn (its ${dir}/domain.xml)"; fi; fi`,
     libvirt === "virsh"
       ? `if [ -z "$other" ]; then dn=$(${VIRSH} domname ${shQuote(uuid)} 2>/dev/null || true); if [ -n "$dn" ] && [ "$dn" != ${n} ]; then other="the libvirt domain $dn"; fi; fi`
-      : `if [ -z "$other" ]; then for df in /etc/libvirt/qemu/*.xml /run/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && [ "$df" != ${shQuote(`/run/libvirt/qemu/${serverName}.xml`)} ] && grep -qF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$df"; then other="the libvirt domain in $df"; break; fi; done; fi`,
-    `if [ -z "$other" ]; then for rf in ${recordDir("server")}/*.json; do if [ -f "$rf" ] && [ "$rf" != ${own} ] && grep -qF -- ${hasUuid} "$rf"; then other="the server recorded in $rf"; break; fi; done; fi`,
+      : `if [ -z "$other" ]; then set --; for df in /etc/libvirt/qemu/*.xml /run/libvirt/qemu/*.xml; do if [ -f "$df" ] && [ "$df" != ${shQuote(`/etc/libvirt/qemu/${serverName}.xml`)} ] && [ "$df" != ${shQuote(`/run/libvirt/qemu/${serverName}.xml`)} ]; then set -- "$@" "$df"; fi; done; if [ $# -gt 0 ]; then df=$(grep -lF -- ${shQuote(`<uuid>${uuid}</uuid>`)} "$@" 2>/dev/null; :); df=\${df%%$'\\n'*}; if [ -n "$df" ]; then other="the libvirt domain in $df"; fi; fi; fi`,
+    `if [ -z "$other" ]; then set --; for rf in ${recordDir("server")}/*.json; do if [ -f "$rf" ] && [ "$rf" != ${own} ]; then set -- "$@" "$rf"; fi; done; if [ $# -gt 0 ]; then rf=$(grep -lF -- ${hasUuid} "$@" 2>/dev/null; :); rf=\${rf%%$'\\n'*}; if [ -n "$rf" ]; then other="the server recorded in $rf"; fi; fi; fi`,
   ];
 }
 
@@ -225,6 +356,27 @@ export function imageUseSteps(inputs: Pick<ServerInputs, "image" | "serverName">
 /** Writes the server's record (placement counts it). */
 export function recordStep(inputs: ServerInputs, addresses: { ip: string; mac: string }[]): Step {
   return writeRecordStep("server", inputs.serverName, serverRecord(inputs, addresses));
+}
+
+/**
+ * The placement claim's record write (same path, text and mode 0600 as recordStep), for the claim
+ * batch that runs under the host lock: the text is written with the shell's printf and renamed
+ * into place (one process, mv) instead of recordStep's upload (base64, checksums, chmod, chown:
+ * about eight processes), issue 13. The define batch, which holds no lock, keeps recordStep.
+ */
+export function claimRecordStep(inputs: ServerInputs): Step {
+  const p = recordPath("server", inputs.serverName);
+  return {
+    label: `write record server/${inputs.serverName}`,
+    script: [
+      `d=${shQuote(recordDir("server"))}`,
+      '[ -d "$d" ] || mkdir -p "$d"',
+      "umask 077",
+      `p=${shQuote(p)}; t="$p.kvmlab-tmp.$$"`,
+      `if printf '%s' ${shQuote(`${JSON.stringify(serverRecord(inputs, []), null, 2)}\n`)} > "$t" && mv -f "$t" "$p"; then exit 0; fi`,
+      'rm -f "$t"; exit 1',
+    ].join("\n"),
+  };
 }
 
 /** Refuses (exit 34) when the host records another server (another UUID) under this name. */

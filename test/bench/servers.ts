@@ -30,7 +30,7 @@ interface Metric {
   /** kvmlab's own phases of a create (placement, probe, ipam, claim), in ms. */
   phases?: Record<string, number>;
   /** How many creates shared this create's placement turn and IPAM turn. */
-  shared?: { placement: number; ipam: number };
+  shared?: { placement: number; ipam: number; attempts?: number };
   connectionsOpened: number;
   steps: number;
   batches: number;
@@ -129,7 +129,7 @@ interface Row {
   /** Average ms per create of each of kvmlab's own phases (locks and queues included). */
   phaseAvgMs: Record<string, number>;
   /** Average number of creates per placement turn and per IPAM turn. */
-  sharedAvg: { placement: number; ipam: number };
+  sharedAvg: { placement: number; ipam: number; attempts: number };
   placement: string;
 }
 
@@ -190,6 +190,7 @@ async function benchOne(n: number): Promise<Row> {
     sharedAvg: {
       placement: avg1(creates.map((m) => m.shared?.placement ?? 0)),
       ipam: avg1(creates.map((m) => m.shared?.ipam ?? 0)),
+      attempts: avg1(creates.map((m) => m.shared?.attempts ?? 0)),
     },
     placement: [...perHost.entries()]
       .sort()
@@ -210,7 +211,10 @@ function table(rows: Row[]): string {
     ),
     "",
     "kvmlab itself per create, by phase (average; each includes its waits for locks and the host's shell;",
-    "placement = .queue (until its turn began) + .lock (taking the placement lock) + .loads + .claim;",
+    "ipam runs beside placement, so kvmlab itself is about the longer of the two plus probe;",
+    "placement = .queue (until its turn began) + .loads (reading the hosts) + .retry (earlier readings and claims",
+    "the records guard refused, when another run changed the host meanwhile) + .claim (one locked batch on the chosen host:",
+    "the records guard, host check, claims, record, image claim, kept-volumes listing);",
     "ipam = .wait (until its subnet's turn began) + .work (the turn: the host lock taken with the reads, the commit)):",
     "",
     ...rows.map(
@@ -219,7 +223,7 @@ function table(rows: Row[]): string {
           Object.entries(r.phaseAvgMs)
             .map(([k, v]) => `${k} ${v} ms`)
             .join(", ") || "(no phases reported)"
-        }; creates per placement turn ${r.sharedAvg.placement}, per IPAM turn ${r.sharedAvg.ipam}`,
+        }; creates per placement turn ${r.sharedAvg.placement} (readings per turn ${r.sharedAvg.attempts}), per IPAM turn ${r.sharedAvg.ipam}`,
     ),
   ];
   return lines.join("\n");
@@ -251,7 +255,7 @@ async function main(argv: string[]): Promise<number> {
   console.log(table(rows));
   console.log(
     "\nSSH connections / remote commands are the provider process's totals (servers, network, subnet, image, flavor) divided by N;" +
-      " waiting = define/start batch (the domain's info is read in it), readiness polling; kvmlab itself = the rest of each create (placement, the host capability probe, IPAM, the image claim).",
+      " waiting = define/start batch (the domain's info is read in it), readiness polling; kvmlab itself = the rest of each create (placement with the image claim, IPAM beside it, the host capability probe).",
   );
   return 0;
 }

@@ -182,9 +182,9 @@ test(
       ),
       errors.join("\n"),
     );
-    // The limit was reached and every granted create succeeded: exactly LIMIT servers exist (the
-    // placement lock is held only in a shell of its own since issue 13, so a granted create no
-    // longer times out behind another create's slow batch), one ledger entry per server.
+    // The limit was reached and every granted create succeeded: exactly LIMIT servers exist (no
+    // create waits behind another's slow batch: placement takes no cross-process lock since
+    // issue 13, session 8), one ledger entry per server.
     assert.equal(maxLedger, LIMIT, "the ledger reached the limit");
     const end = await sample();
     assert.equal(end.domains, LIMIT, `${end.domains} servers exist, ${LIMIT} were granted`);

@@ -1,7 +1,8 @@
 /**
  * Lost-lock detection of the host layer against a fake SSH host (an ssh2 server on loopback
  * that answers every framed step with exit status 0 and runs nothing). The host lock
- * (withHostLock, fd 9) and the named placement lock (withNamedHostLock, fd 8) are flocks held
+ * (withHostLock, fd 9) and a named lock (withNamedHostLock, fd 8: the volumes lock; placement
+ * used one until issue 13, session 8, and the tests still name theirs "placement") are flocks held
  * by ONE remote shell: when that connection drops, the work after it must not run in a fresh,
  * unlocked shell (issue 15 and the second-reader review: the placement lock used to be lost
  * silently), and naive mode (the benchmark's baseline) must keep scripts off argv and must not

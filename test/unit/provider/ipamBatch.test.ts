@@ -11,6 +11,7 @@ import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import {
   allocateAddress,
+  allocateAddressOrigin,
   ipamRecordName,
   type HostConnection,
   type IpamRecord,
@@ -201,6 +202,36 @@ test("allocations of two subnets do not share a turn, and a missing record refus
       /subnet v4 has no IPAM record on host hv1; create the Subnet first/,
     );
     assert.equal(count(fake, /^host lock taken/), 2, "one turn per subnet");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an allocation tells what it did to its entry: made, mine, adopted from before holders, or that adoption deferred (nothing written)", async () => {
+  const B = "lab/b/Server/web1";
+  const before = record({ "10.10.0.7": { owner: "server:u9:0", mac: "52:54:00:00:00:09" } });
+  const fake = subnetHost(before);
+  try {
+    // Beside placement (adopt: false): the entry from before holders is left as it was.
+    assert.deepEqual(await allocateAddressOrigin(REF, "server:u9:0", { holder: B, adopt: false }), {
+      ip: "10.10.0.7",
+      origin: "deferred",
+    });
+    assert.deepEqual(fake.current(), before, "nothing written over the entry");
+    assert.equal(count(fake, /^write record ipam\//), 0);
+    assert.deepEqual(await allocateAddressOrigin(REF, "server:u1:0", { holder: B, adopt: false }), {
+      ip: "10.10.0.2",
+      origin: "made",
+    });
+    assert.deepEqual(await allocateAddressOrigin(REF, "server:u1:0", { holder: B }), {
+      ip: "10.10.0.2",
+      origin: "mine",
+    });
+    assert.deepEqual(await allocateAddressOrigin(REF, "server:u9:0", { holder: B }), {
+      ip: "10.10.0.7",
+      origin: "adopted",
+    });
+    assert.equal(fake.current().allocations["10.10.0.7"].holder, B, "adopted: the holder is written");
   } finally {
     fake.restore();
   }

@@ -460,7 +460,7 @@ test("servers placed in one turn on one host: one refused for another owner's na
   }
 });
 
-test("placement holds the controller's placement lock (across processes) from reading loads to the claim", async () => {
+test("placement takes no cross-process lock: the chosen host's claim batch begins with the records guard, then the host check, then the claims", async () => {
   const hv1 = testHost("hv1", 1);
   const hv2 = testHost("hv2", 2);
   const owner = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
@@ -473,13 +473,16 @@ test("placement holds the controller's placement lock (across processes) from re
   try {
     await (serverProvider as unknown as P).create(inputs as never);
     const labels = fake.log.map((l) => `${l.host}: ${l.label}`);
-    const take = labels.indexOf("hv1: placement lock taken");
-    const release = labels.indexOf("hv1: placement lock released");
-    assert.ok(take >= 0, `the lock is taken on the controller (lowest address: hv1): ${labels.join(" | ")}`);
+    assert.ok(!labels.some((l) => / lock taken$/.test(l)), `no named lock is taken: ${labels.join(" | ")}`);
     const reads = labels.flatMap((l, i) => (/read host capacity/.test(l) ? [i] : []));
+    const guard = labels.findIndex((l) =>
+      /check that the server records on this host are as placement read them/.test(l),
+    );
+    const check = labels.findIndex((l) => /check host for server web1/.test(l));
     const claim = labels.findIndex((l) => /claim server web1/.test(l));
-    assert.ok(reads.length === 2 && reads.every((i) => i > take && i < release), "loads are read under it");
-    assert.ok(claim > take && claim < release, "the claim is written under it");
+    assert.ok(reads.length === 2 && reads.every((i) => i < guard), "both hosts are read before the guard");
+    assert.ok(guard >= 0 && guard < check && check < claim, "guard, then the host check, then the claim");
+    assert.equal(labels[guard].split(":")[0], labels[claim].split(":")[0], "on the host claimed");
   } finally {
     fake.restore();
   }

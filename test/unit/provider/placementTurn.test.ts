@@ -1,14 +1,20 @@
 /**
- * A placement turn takes the creates waiting for it once the placement lock is held (issue 13):
- * the creates that arrive while the lock is being taken (a new lock shell and a flock, about
- * 200 ms on a busy host) join that turn instead of waiting for the next one. Each is still
- * counted before the next is chosen, and each gets its own answer.
+ * Placement (issue 13) holds no cross-process lock. A placement turn reads the hosts once and
+ * places every create waiting for it, each counted before the next is chosen, each with its own
+ * answer; the creates that arrive while a turn runs go into the next turn together. Each host's
+ * claim batch begins with the placement guard, run here with bash over the fake host's record
+ * folder: when another run's record appears between the reading and the claim, the turn reads
+ * again and places again (bounded), so two runs never count the same free RAM.
  *
- * After placement, a create's address (the DHCP host's lock) and its host check and image claim
- * (the placed host's lock) run side by side; a failure of either still cleans up both.
+ * Beside placement, a create's address (the DHCP host's lock) is allocated; a failure of either
+ * still cleans up both.
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
 import {
   checkServerInputs,
   ipamRecordName,
@@ -18,9 +24,9 @@ import {
   type IpamRecord,
   type StepResult,
 } from "../../../provider";
-import { type ServerInputs } from "../../../provider/server";
+import { PLACEMENT_ATTEMPTS, PLACEMENT_BACKOFF_MS, type ServerInputs } from "../../../provider/server";
 import { diskServerRaw, serverRaw, testHost } from "./fixtures";
-import { fakeHost } from "./fakeHost";
+import { fakeHost, serverOutputsOn } from "./fakeHost";
 
 const hv1 = testHost("hv1", 1);
 const provider = serverProvider as unknown as Required<typeof serverProvider>;
@@ -35,64 +41,289 @@ function server(serverName: string): ServerInputs {
   return inputs as unknown as ServerInputs;
 }
 
-test("creates that arrive while the placement lock is being taken join that turn: one lock, one reading of the hosts", async () => {
-  // Room for two 128 MiB servers (768 - 512 reserved = 256): the third must be refused, which
-  // only happens when each placed server is counted before the next is chosen.
-  const fake = fakeHost((label) => {
-    if (/^read host capacity/.test(label)) return "memtotal=786432\nmemavailable=700000\ncpus=2\n";
+/** The placement guard's step label (recordsUnchangedStep). */
+const GUARD = "check that the server records on this host are as placement read them";
+
+/**
+ * A fake host whose server records are files in a temporary folder: the claim's record writes
+ * land there, the stats step lists them, and the placement guard runs with bash over them.
+ * `memKiB` is the host's memory (512 MiB of it reserved by placement).
+ */
+function recordsHost(memKiB: number, runAlso?: RegExp) {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
+  const dir = path.join(root, "records", "server");
+  fs.mkdirSync(dir, { recursive: true });
+  const guards: number[] = [];
+  const fake = fakeHost((label, script): string | StepResult => {
+    if (/^read host capacity/.test(label)) {
+      // The real stats step over the folder, with this host's memory and CPUs.
+      const r = spawnSync(
+        "bash",
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        { encoding: "utf8", env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout
+        .replace(/^memtotal=.*$/m, `memtotal=${memKiB}`)
+        .replace(/^memavailable=.*$/m, `memavailable=${memKiB}`)
+        .replace(/^cpus=.*$/m, "cpus=2");
+    }
+    // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
+    // define batch's rewrite (an upload with chown) is answered without running.
+    if (
+      (/^write record server\//.test(label) && !script.includes("base64 -d")) ||
+      label === GUARD ||
+      runAlso?.test(label)
+    ) {
+      const r = spawnSync(
+        "bash",
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        {
+          encoding: "utf8",
+          env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
+        },
+      );
+      if (label === GUARD) guards.push(r.status ?? -1);
+      return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+    }
     if (/^read domain /.test(label)) return "defined=yes\nstate=shut off\ntype=qemu\n";
     return "";
   });
   const session = require("../../../provider/host/session") as Record<string, unknown>;
-  let requested: () => void = () => undefined;
-  const lockRequested = new Promise<void>((r) => (requested = r));
+  return {
+    ...fake,
+    root,
+    guards,
+    /** Another run's server record (pretty JSON, as kvmlab writes it). */
+    theirs(name: string, uuid: string, ramMiB: number) {
+      const rec = {
+        name,
+        uuid,
+        flavor: "m1.tiny",
+        vcpus: 1,
+        ramMiB,
+        image: "cirros",
+        ports: [],
+        owner: "x",
+        project: "",
+      };
+      fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
+    },
+    /** Another run's record removed (its destroy). */
+    remove(name: string) {
+      fs.rmSync(path.join(dir, `${name}.json`));
+    },
+    /** Runs `hook(n)` after the n-th reading of the hosts returned (1-based). */
+    afterRead(hook: (n: number) => void | Promise<void>) {
+      const inner = session.runChecked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+      let n = 0;
+      session.runChecked = async (h: unknown, steps: { label?: string }[]) => {
+        const out = await inner(h, steps);
+        if (/^read host capacity/.test(steps[0]?.label ?? "")) await hook(++n);
+        return out;
+      };
+    },
+    restore() {
+      fake.restore();
+      fs.rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+const reads = (labels: string[]) => labels.filter((l) => /^read host capacity/.test(l)).length;
+
+/** Starts web1, holds its turn at `hold` until web2 and web3 have arrived, then lets it go on. */
+async function threeCreates(hold: (hook: () => Promise<void>) => void) {
   let open: () => void = () => undefined;
   const gate = new Promise<void>((r) => (open = r));
-  session.withNamedHostLock = async (h: { name: string }, name: string, fn: () => Promise<unknown>) => {
-    requested();
+  let held: () => void = () => undefined;
+  const reached = new Promise<void>((r) => (held = r));
+  let once = false;
+  hold(async () => {
+    if (once) return;
+    once = true;
+    held();
     await gate;
-    fake.log.push({ host: h.name, label: `${name} lock taken`, script: "" });
-    try {
-      return await fn();
-    } finally {
-      fake.log.push({ host: h.name, label: `${name} lock released`, script: "" });
-    }
-  };
-  try {
-    const first = provider.create(server("web1"));
-    await lockRequested;
-    // While web1's turn takes the lock, two more creates arrive.
-    const later = [provider.create(server("web2")), provider.create(server("web3"))];
-    await new Promise((r) => setTimeout(r, 50));
-    open();
-    const results = await Promise.allSettled([first, ...later]);
-    const labels = fake.log.map((l) => l.label);
-    assert.equal(labels.filter((l) => l === "placement lock taken").length, 1, labels.join(" | "));
-    assert.equal(labels.filter((l) => /^read host capacity/.test(l)).length, 1, "the hosts are read once");
-    assert.deepEqual(
-      results.map((r) => r.status),
-      ["fulfilled", "fulfilled", "rejected"],
-    );
-    assert.match(
-      String((results[2] as PromiseRejectedResult).reason),
-      /placement of server web3: .*hv1: 0 MiB RAM free, needs 128/,
-    );
-    for (const n of ["web1", "web2"])
-      assert.ok(
-        labels.some((l) => l === `write record server/${n}`),
-        `${n}'s placement record is written`,
-      );
+  });
+  const first = provider.create(server("web1"));
+  await reached;
+  const later = [provider.create(server("web2")), provider.create(server("web3"))];
+  await new Promise((r) => setTimeout(r, 50));
+  open();
+  return Promise.allSettled([first, ...later]);
+}
+
+function assertTwoOfThree(fake: { log: { label: string }[] }, results: PromiseSettledResult<unknown>[]) {
+  const labels = fake.log.map((l) => l.label);
+  assert.ok(!labels.some((l) => / lock taken$/.test(l)), `no placement lock: ${labels.join(" | ")}`);
+  // Room for two: the third is refused, which only happens when each placed server is counted
+  // before the next is chosen.
+  assert.deepEqual(
+    results.map((r) => r.status),
+    ["fulfilled", "fulfilled", "rejected"],
+  );
+  assert.match(
+    String((results[2] as PromiseRejectedResult).reason),
+    /placement of server web3: .*hv1: 0 MiB RAM free, needs 128/,
+  );
+  for (const n of ["web1", "web2"])
     assert.ok(
-      !labels.some((l) => /web3/.test(l) && /^(write record|claim )/.test(l)),
-      "nothing of web3 is claimed",
+      labels.some((l) => l === `write record server/${n}`),
+      `${n}'s placement record is written`,
     );
+  assert.ok(
+    !labels.some((l) => /web3/.test(l) && /^(write record|claim )/.test(l)),
+    "nothing of web3 is claimed",
+  );
+}
+
+test("creates that arrive while a placement turn reads the hosts join that turn: one reading, each counted before the next", async () => {
+  const fake = recordsHost(786432); // 768 MiB - 512 reserved: room for two 128 MiB servers
+  try {
+    const results = await threeCreates((hook) => fake.afterRead(async (n) => (n === 1 ? hook() : undefined)));
+    assertTwoOfThree(fake, results);
+    assert.equal(reads(fake.log.map((l) => l.label)), 1, "the hosts are read once, for all three");
+    assert.deepEqual(fake.guards, [0], "one claim batch on hv1, guarded, passed");
   } finally {
     fake.restore();
   }
 });
 
+test("creates that arrive while a placement turn claims go into the next turn together: one more reading for both", async () => {
+  const fake = recordsHost(786432);
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  try {
+    const results = await threeCreates((hook) => {
+      const inner = session.runLocked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+      session.runLocked = async (h: unknown, steps: { label?: string }[]) => {
+        if (steps[0]?.label === GUARD) await hook();
+        return inner(h, steps);
+      };
+    });
+    assertTwoOfThree(fake, results);
+    assert.equal(reads(fake.log.map((l) => l.label)), 2, "web2 and web3 share the second turn's reading");
+    assert.deepEqual(fake.guards, [0, 0], "each turn's claim batch was guarded, and passed");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("another run's server placed between the reading and the claim: the guard refuses, the turn reads again and counts it (no over-commit)", async () => {
+  // Room for one 128 MiB server (640 - 512 reserved).
+  const fake = recordsHost(655360);
+  fake.afterRead((n) => {
+    if (n === 1) fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
+  });
+  try {
+    await assert.rejects(
+      provider.create(server("web1")),
+      /placement of server web1: no host fits .*hv1: 0 MiB RAM free, needs 128/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.equal(reads(labels), 2, `read again after the refusal: ${labels.join(" | ")}`);
+    assert.deepEqual(fake.guards, [36], "the first claim was refused by the guard");
+    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "web1 claimed nothing");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("another run's server removed between the reading and the claim (a destroy meanwhile): the guard passes, one reading", async () => {
+  const fake = recordsHost(4194304);
+  fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
+  fake.afterRead(() => fake.remove("theirs"));
+  try {
+    await provider.create(server("web1"));
+    assert.equal(reads(fake.log.map((l) => l.label)), 1, "no reading again");
+    assert.deepEqual(fake.guards, [0], "the claim passed the guard");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("records that keep changing under the claim: the turn gives up after PLACEMENT_ATTEMPTS readings, naming the host and what to do", async () => {
+  const fake = recordsHost(4194304);
+  const readAt: number[] = [];
+  fake.afterRead((n) => {
+    readAt.push(Date.now());
+    fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 100 + n);
+  });
+  try {
+    await assert.rejects(
+      provider.create(server("web1")),
+      new RegExp(
+        `placement of server web1: the server records on host hv1 changed between reading them and claiming, ${PLACEMENT_ATTEMPTS} times in a row \\(another kvmlab run`,
+      ),
+    );
+    assert.equal(reads(fake.log.map((l) => l.label)), PLACEMENT_ATTEMPTS);
+    assert.deepEqual(fake.guards, Array(PLACEMENT_ATTEMPTS).fill(36));
+    // A jittered pause (PLACEMENT_BACKOFF_MS) before each reading again.
+    for (let k = 1; k < readAt.length; k++)
+      assert.ok(
+        readAt[k] - readAt[k - 1] >= PLACEMENT_BACKOFF_MS.min - 5,
+        `readings ${k} and ${k + 1}: ${readAt[k] - readAt[k - 1]} ms apart`,
+      );
+  } finally {
+    fake.restore();
+  }
+});
+
+/**
+ * The claim batch is sent past the guard, its claim steps run, and then the shell is lost (a
+ * timeout: no step's exit status). Review 8, P4: the create's cleanup runs on that host, after
+ * checking that the name's marker is this owner's. The owner markers are real files (the claim,
+ * the check and the guarded delete's owner steps run with bash over the fake host's folder).
+ */
+async function claimThenTimeout(markerOwner?: string) {
+  const fake = recordsHost(
+    4194304,
+    /^(claim |check that server web1 was claimed|check the owner of |release the owner marker)/,
+  );
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+  const i = server("web1");
+  const marker = path.join(fake.root, "owners", "server", "web1.owner");
+  if (markerOwner !== undefined) {
+    fs.mkdirSync(path.dirname(marker), { recursive: true });
+    fs.writeFileSync(marker, `${markerOwner}\n`);
+  }
+  session.runLocked = async (h: unknown, steps: { label?: string }[]) => {
+    if (steps[0]?.label !== GUARD) return inner(h, steps);
+    // The claim part runs (up to the record; a refusal stops it), then the channel times out.
+    const upTo = steps.findIndex((s) => s.label === "write record server/web1");
+    await inner(h, steps.slice(0, upTo + 1)).catch(() => undefined);
+    throw new Error("host hv1: the remote command timed out after 120000 ms");
+  };
+  try {
+    await assert.rejects(provider.create(i), /timed out after 120000 ms/);
+    const left = fs.existsSync(marker) ? fs.readFileSync(marker, "utf8") : undefined;
+    return { labels: fake.log.map((l) => l.label), marker: left };
+  } finally {
+    fake.restore();
+  }
+}
+
+test("a claim batch lost after its claim steps ran (timeout): create's owner-guarded cleanup runs on that host", async () => {
+  const { labels, marker } = await claimThenTimeout();
+  const at = labels.indexOf("check that server web1 was claimed by this create");
+  assert.ok(at >= 0, `the cleanup checks the name's marker first: ${labels.join(" | ")}`);
+  assert.ok(
+    labels.slice(at).includes("delete server web1"),
+    "and then removes the server's claim and record",
+  );
+  assert.equal(marker, undefined, "the name's owner marker is released");
+});
+
+test("a claim batch lost where another owner holds the name: the cleanup touches nothing of theirs", async () => {
+  const theirs = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const { labels, marker } = await claimThenTimeout(theirs);
+  assert.ok(labels.includes("check that server web1 was claimed by this create"), labels.join(" | "));
+  assert.ok(!labels.includes("delete server web1"), `nothing deleted: ${labels.join(" | ")}`);
+  assert.equal(marker, `${theirs}\n`, "their marker stays");
+});
+
 /** A fake host with the subnet lan/lan-v4's IPAM record kept (read and written by the steps). */
-function withIpam(start: IpamRecord, failHostCheck: boolean) {
+function withIpam(start: IpamRecord, failHostCheck: boolean, refuseUuid = false) {
   let current = start;
   const name = ipamRecordName("lan", "lan-v4");
   const fake = fakeHost((label, script): string | StepResult => {
@@ -102,6 +333,8 @@ function withIpam(start: IpamRecord, failHostCheck: boolean) {
       const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(script)![2];
       current = JSON.parse(Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8")) as IpamRecord;
     }
+    if (refuseUuid && /^check that server UUID .* can be claimed/.test(label))
+      return { code: 73, stdout: "", stderr: "server UUID is lab/a/Server/web's (another stack)" };
     if (failHostCheck && /^check host for server /.test(label))
       return { code: 31, stdout: "", stderr: "image cirros: its kernel is not on this host" };
     if (/^read domain /.test(label)) return "defined=yes\nstate=shut off\ntype=qemu\n";
@@ -124,7 +357,7 @@ function lanServer(owner: string): ServerInputs {
   return inputs as unknown as ServerInputs;
 }
 
-test("the address and the host check run side by side: a failed host check still releases the address allocated beside it", async () => {
+test("the address and placement run side by side: a failed host check (before any claim) still releases the address allocated beside it", async () => {
   const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
   const i = lanServer(me);
   const fake = withIpam(lanRecord({}), true);
@@ -136,7 +369,11 @@ test("the address and the host check run side by side: a failed host check still
       "the address was allocated",
     );
     assert.deepEqual(fake.record().allocations, {}, `the address is released again: ${labels.join(" | ")}`);
-    assert.ok(labels.includes("delete server web1"), "the claim on the host is removed");
+    // The host check is the claim batch's first refusal: nothing was claimed on the host.
+    assert.ok(
+      !labels.some((l) => /^(claim |write record server\/)/.test(l)),
+      "nothing is claimed on the host",
+    );
     assert.ok(!labels.some((l) => /^define domain/.test(l)), "nothing is defined");
   } finally {
     fake.restore();
@@ -158,6 +395,125 @@ test("a refused address with the host check beside it: the server's claim on the
       `the claim on the host is removed: ${labels.join(" | ")}`,
     );
     assert.ok(!labels.some((l) => /^define domain/.test(l)), "nothing is defined");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("placement refused and the address refused beside it: the user sees placement's error, and nothing is left", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const theirs = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const { inputs, failures } = checkServerInputs({
+    ...serverRaw([hv1], { ramMiB: 65536 }),
+    powerState: "external",
+    owner: me,
+  });
+  assert.deepEqual(failures, []);
+  const i = inputs as unknown as ServerInputs;
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "", holder: theirs } });
+  const fake = withIpam(start, false);
+  try {
+    await assert.rejects(
+      provider.create(i),
+      /placement of server web1: no host fits the flavor \(1 vCPU, 65536 MiB\)/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.some((l) => /^read record ipam\//.test(l)),
+      `the address was tried beside placement: ${labels.join(" | ")}`,
+    );
+    assert.deepEqual(fake.record(), start, "the other owner's address is kept");
+    assert.ok(
+      !labels.some((l) => /^(claim |write record server\/)/.test(l)),
+      "nothing is claimed on the host",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("placement refused on a UUID another stack holds: its address entry from before holders is neither taken over nor released", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  // Stack a's entry for this UUID, made before IPAM entries had holders.
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "52:54:00:aa:bb:cc" } });
+  const fake = withIpam(start, false, true);
+  try {
+    await assert.rejects(provider.create(i), /another stack/);
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.some((l) => /^read record ipam\//.test(l)),
+      `the address was tried beside placement: ${labels.join(" | ")}`,
+    );
+    assert.deepEqual(
+      fake.record(),
+      start,
+      "their entry is kept as it was: no holder or MAC written, not released",
+    );
+    assert.ok(!labels.some((l) => /^write record ipam\//.test(l)), "the IPAM record was never written");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a create over an address entry from before holders takes it over once placement claimed the UUID (one more IPAM turn)", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "52:54:00:aa:bb:cc" } });
+  const fake = withIpam(start, false);
+  try {
+    const r = await provider.create(i);
+    assert.deepEqual(r.outs?.ips, ["10.10.0.2"]);
+    assert.deepEqual(fake.record().allocations["10.10.0.2"], {
+      owner: portOwner(i.uuid, 0),
+      mac: i.ports[0].mac,
+      holder: me,
+    });
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a resize to a flavor that does not fit the host is refused before the guest is stopped; a smaller one is not checked", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const olds = serverOutputsOn(lanServer(me), hv1);
+  const grown = (ramMiB: number) => {
+    const { inputs, failures } = checkServerInputs(
+      { ...serverRaw([hv1], { ramMiB }), powerState: "external", owner: me } as Record<string, unknown>,
+      olds as unknown as Record<string, unknown>,
+    );
+    assert.deepEqual(failures, []);
+    return inputs as unknown as ServerInputs;
+  };
+  const fake = fakeHost((label): string | StepResult => {
+    if (/^check that flavor m1\.tiny fits host hv1 for server web1$/.test(label))
+      return {
+        code: 37,
+        stdout: "",
+        stderr: "flavor: m1.tiny (1 vCPU, 4096 MiB) does not fit host hv1 beside its other servers",
+      };
+    if (/^read domain /.test(label)) return "defined=yes\nstate=running\ntype=qemu\n";
+    return "";
+  });
+  try {
+    await assert.rejects(
+      provider.update(olds.uuid, olds, grown(4096)),
+      /flavor: m1\.tiny .*does not fit host hv1/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.some((l) => /^check that flavor .* fits host hv1/.test(l)),
+      labels.join(" | "),
+    );
+    assert.ok(
+      !labels.some((l) => /^(shut down|destroy|define|write record server)/.test(l)),
+      `guest untouched: ${labels.join(" | ")}`,
+    );
+    fake.log.length = 0;
+    await provider
+      .update(olds.uuid, { ...olds, flavor: { ...olds.flavor, ramMiB: 4096 } }, grown(128))
+      .catch(() => undefined);
+    assert.ok(!fake.log.some((l) => /^check that flavor/.test(l.label)), "a smaller flavor needs no check");
   } finally {
     fake.restore();
   }

@@ -263,17 +263,24 @@ test("one placement turn for several servers counts each placed server before ch
 test("parsers read what the host steps print", () => {
   const l = parseHostLoad(
     "hv1",
-    'memtotal=8388608\nmemavailable=4194304\ncpus=2\n--record--\n{"uuid":"u1","ramMiB":128,"vcpus":1}\n\n--record--\n{"uuid":"u2","ramMiB":192,"vcpus":2}\n',
+    "memtotal=8388608\nmemavailable=4194304\ncpus=2\n--capacity--\nu1 128 1\nu2 192 2\n- - -\n 64 -\n",
   );
   assert.deepEqual(l, {
     host: "hv1",
     memTotalMiB: 8192,
     memAvailableMiB: 4096,
     cpus: 2,
-    allocatedRamMiB: 320,
+    allocatedRamMiB: 384,
     allocatedVcpus: 3,
-    servers: 2,
+    servers: 4,
+    // "-" counts 0 and names no server; an empty UUID names none either.
     serverUuids: ["u1", "u2"],
+    capacity: [
+      { uuid: "u1", ramMiB: "128", vcpus: "1" },
+      { uuid: "u2", ramMiB: "192", vcpus: "2" },
+      { uuid: "-", ramMiB: "-", vcpus: "-" },
+      { uuid: "", ramMiB: "64", vcpus: "-" },
+    ],
   });
   const info = parseDomainInfo(
     "defined=yes\nuuid=abc\nstate=running\nmaxmem=196608 KiB\nvcpus=1\nvnc=0.0.0.0:3\ntype=qemu\n" +
