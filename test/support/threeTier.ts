@@ -148,8 +148,9 @@ export async function hostEvidence(
       status,
       h.name,
       [
-        // Lock files stay by design (flock targets: the host lock /var/lib/kvmlab/lock, the
-        // placement lock, the DHCP hosts' locks); everything else kvmlab made must go.
+        // Lock files stay by design (flock targets: the host lock /var/lib/kvmlab/lock, the named
+        // locks such as volumes.lock, and placement.lock from before session 8); everything else
+        // kvmlab made must go.
         // An autoscale agent's transient files (`<file>.tmp` while it rewrites one) come and go
         // every interval; its lasting files (status, state/<member>, samples/<member>) count.
         `find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -name '*.tmp' ! -path /var/lib/kvmlab/lock${agentRuntime} 2>/dev/null | sort`,
