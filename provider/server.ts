@@ -475,12 +475,20 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
       const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
       for (const r of todo) {
         const i = r.inputs;
-        const candidates = candidatesOf(i).map((h) => loads.get(h.name) as HostLoad);
+        // A request whose claim batch was sent to a host and lost there (its claim may be partly
+        // written: markers without a record, so the reading does not list it) is retried on that
+        // host only, and any error settles with it (fail), so create's owner-guarded cleanup
+        // runs where the markers may be (review 8b, Q3).
+        const pinned = sent.get(r);
+        const candidates = (pinned ? [pinned] : candidatesOf(i)).map((h) => loads.get(h.name) as HostLoad);
         // A create run again (after a failure or lost state) converges on the host it claimed.
         const mine = candidates.find((l) => l.serverUuids.includes(i.uuid));
         const choice = mine ? { host: mine.host } : chooseHost(candidates, i.flavor);
         if ("error" in choice) {
-          settle(r, { error: new Error(`placement of server ${i.serverName}: ${choice.error}`) });
+          const where = pinned
+            ? ` (its claim on host ${pinned.name} may be partly written after a lost claim batch, so it was retried there only and its claim is removed; run the operation again to place it anew)`
+            : "";
+          fail(r, new Error(`placement of server ${i.serverName}: ${choice.error}${where}`));
           continue;
         }
         if (!mine) loads.set(choice.host, withPlaced(loads.get(choice.host) as HostLoad, i));

@@ -49,23 +49,29 @@ const GUARD = "check that the server records on this host are as placement read 
  * land there, the stats step lists them, and the placement guard runs with bash over them.
  * `memKiB` is the host's memory (512 MiB of it reserved by placement).
  */
-function recordsHost(memKiB: number, runAlso?: RegExp) {
+function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegExp) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
-  const dir = path.join(root, "records", "server");
+  // hv1's folder is `root`; any other host's is its own folder under it.
+  const rootOf = (host: string) => (host === "hv1" ? root : path.join(root, "hosts", host));
+  const dirOf = (host: string) => path.join(rootOf(host), "records", "server");
+  const dir = dirOf("hv1");
   fs.mkdirSync(dir, { recursive: true });
   const guards: number[] = [];
-  const fake = fakeHost((label, script): string | StepResult => {
+  const fake = fakeHost((label, script, host): string | StepResult => {
+    const hostRoot = rootOf(host);
+    fs.mkdirSync(dirOf(host), { recursive: true });
     if (/^read host capacity/.test(label)) {
       // The real stats step over the folder, with this host's memory and CPUs.
       const r = spawnSync(
         "bash",
-        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(hostRoot)],
         { encoding: "utf8", env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } },
       );
       assert.equal(r.status, 0, r.stderr);
+      const mem = typeof memKiB === "number" ? memKiB : memKiB(host);
       return r.stdout
-        .replace(/^memtotal=.*$/m, `memtotal=${memKiB}`)
-        .replace(/^memavailable=.*$/m, `memavailable=${memKiB}`)
+        .replace(/^memtotal=.*$/m, `memtotal=${mem}`)
+        .replace(/^memavailable=.*$/m, `memavailable=${mem}`)
         .replace(/^cpus=.*$/m, "cpus=2");
     }
     // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
@@ -77,7 +83,7 @@ function recordsHost(memKiB: number, runAlso?: RegExp) {
     ) {
       const r = spawnSync(
         "bash",
-        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(hostRoot)],
         {
           encoding: "utf8",
           env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
@@ -95,7 +101,8 @@ function recordsHost(memKiB: number, runAlso?: RegExp) {
     root,
     guards,
     /** Another run's server record (pretty JSON, as kvmlab writes it). */
-    theirs(name: string, uuid: string, ramMiB: number) {
+    rootOf,
+    theirs(name: string, uuid: string, ramMiB: number, host = "hv1") {
       const rec = {
         name,
         uuid,
@@ -107,7 +114,8 @@ function recordsHost(memKiB: number, runAlso?: RegExp) {
         owner: "x",
         project: "",
       };
-      fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
+      fs.mkdirSync(dirOf(host), { recursive: true });
+      fs.writeFileSync(path.join(dirOf(host), `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
     },
     /** Another run's record removed (its destroy). */
     remove(name: string) {
@@ -320,6 +328,71 @@ test("a claim batch lost where another owner holds the name: the cleanup touches
   assert.ok(labels.includes("check that server web1 was claimed by this create"), labels.join(" | "));
   assert.ok(!labels.includes("delete server web1"), `nothing deleted: ${labels.join(" | ")}`);
   assert.equal(marker, `${theirs}\n`, "their marker stays");
+});
+
+/**
+ * Review 8b, Q3: two creates claimed on hv1 in one batch that is lost after web1's markers were
+ * written (no record yet, so no reading lists web1 there); then another run's record makes the
+ * guard refuse both, and hv1 is full while hv2 has room. Each is retried on hv1 only and fails
+ * there with create's owner-guarded cleanup, which removes web1's markers; nothing goes to hv2.
+ */
+test("a create whose lost claim batch may have written its claim on a host is retried on that host only, and its failure cleans up there", async () => {
+  let hv2MiB = 640; // at first hv2 has less room than hv1: both creates go to hv1
+  const fake = recordsHost(
+    (host) => (host === "hv1" ? 4194304 : hv2MiB * 1024),
+    /^(claim |check that server web[12] (was claimed|can be claimed)|check the owner of |release the owner marker)/,
+  );
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+  let lost = false;
+  session.runLocked = async (h: unknown, steps: { label?: string }[]) => {
+    const labels = steps.map((s) => s.label ?? "");
+    if (lost || labels[0] !== GUARD || !labels.some((l) => /web2/.test(l))) return inner(h, steps);
+    if (!labels.some((l) => /web1/.test(l))) return inner(h, steps);
+    // The batch of both: web1's claim runs up to its UUID's marker, then the channel is lost.
+    lost = true;
+    const upTo = labels.indexOf("write record server/web1");
+    await inner(h, steps.slice(0, upTo));
+    fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 3500); // hv1 full, guard refuses
+    hv2MiB = 4096; // and hv2 has room now
+    throw new Error("host hv1: the remote command timed out after 120000 ms");
+  };
+  const hv2 = testHost("hv2", 2);
+  const make = (serverName: string): ServerInputs => {
+    const { inputs, failures } = checkServerInputs({
+      ...diskServerRaw(hv1, { stack: "a", serverName }),
+      hosts: [hv1, hv2],
+      host: "", // not pinned: placement chooses between hv1 and hv2
+      powerState: "external",
+      owner: ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: serverName }),
+    });
+    assert.deepEqual(failures, []);
+    return inputs as unknown as ServerInputs;
+  };
+  const marker = path.join(fake.root, "owners", "server", "web1.owner");
+  try {
+    const results = await Promise.allSettled([provider.create(make("web1")), provider.create(make("web2"))]);
+    const labels = fake.log.map((l) => `${l.host}: ${l.label}`);
+    assert.ok(lost, `the batch of both was sent: ${labels.join(" | ")}`);
+    assert.ok(
+      !labels.some((l) => /^hv2: .*web[12]/.test(l)),
+      `nothing claimed on hv2: ${labels.join(" | ")}`,
+    );
+    for (const r of results) {
+      assert.equal(r.status, "rejected");
+      assert.match(
+        String((r as PromiseRejectedResult).reason),
+        /no host fits .*hv1: .* \(its claim on host hv1 may be partly written after a lost claim batch, so it was retried there only/,
+      );
+    }
+    const at = labels.indexOf("hv1: check that server web1 was claimed by this create");
+    assert.ok(at >= 0, `web1's cleanup runs on hv1: ${labels.join(" | ")}`);
+    assert.ok(labels.slice(at).includes("hv1: delete server web1"), labels.join(" | "));
+    assert.equal(fs.existsSync(marker), false, "web1's name marker on hv1 is released");
+    assert.ok(!labels.includes("hv1: delete server web2"), "web2 claimed nothing: nothing of it deleted");
+  } finally {
+    fake.restore();
+  }
 });
 
 /** A fake host with the subnet lan/lan-v4's IPAM record kept (read and written by the steps). */
