@@ -591,3 +591,66 @@ test("a resize to a flavor that does not fit the host is refused before the gues
     fake.restore();
   }
 });
+
+/** The server records a fake host's log wrote (each write's JSON, decoded from its upload), in order. */
+function recordsWritten(fake: { log: { label: string; script: string }[] }, name: string) {
+  return fake.log
+    .filter((l) => l.label === `write record server/${name}`)
+    .map((l) => {
+      const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(l.script)![2];
+      return JSON.parse(Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8")) as {
+        ramMiB: number;
+        owner: string;
+      };
+    });
+}
+
+test("a resize whose define fails rewrites the old record (review 8b, Q1): the host is not over-counted by the bigger flavor", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const olds = serverOutputsOn(lanServer(me), hv1);
+  const { inputs, failures } = checkServerInputs(
+    { ...serverRaw([hv1], { ramMiB: 1024 }), powerState: "external", owner: me } as Record<string, unknown>,
+    olds as unknown as Record<string, unknown>,
+  );
+  assert.deepEqual(failures, []);
+  const news = inputs as unknown as ServerInputs;
+  let failAt: RegExp | undefined = /^define domain web1$/;
+  const fake = fakeHost((label): string | StepResult => {
+    if (failAt?.test(label)) return { code: 1, stdout: "", stderr: "error: failed to define domain" };
+    if (/^read domain /.test(label)) return "defined=yes\nstate=shut off\ntype=qemu\n";
+    return "";
+  });
+  try {
+    await assert.rejects(provider.update(olds.uuid, olds, news), /failed to define domain/);
+    const labels = fake.log.map((l) => l.label);
+    assert.deepEqual(
+      recordsWritten(fake, "web1").map((r) => r.ramMiB),
+      [1024, 128],
+      `the bigger record before the stop, the old one again after the failed define: ${labels.join(" | ")}`,
+    );
+    const restore = labels.lastIndexOf("write record server/web1");
+    assert.match(
+      labels[restore - 1],
+      /^check the owner of server web1/,
+      "owner-guarded, as the rest of update",
+    );
+    // A failure before the define batch (preflight) undoes the record too.
+    fake.log.length = 0;
+    failAt = /^check host for server web1$/;
+    await assert.rejects(provider.update(olds.uuid, olds, news));
+    assert.deepEqual(
+      recordsWritten(fake, "web1").map((r) => r.ramMiB),
+      [1024, 128],
+    );
+    // A define that succeeds keeps the new record.
+    fake.log.length = 0;
+    failAt = undefined;
+    await provider.update(olds.uuid, olds, news);
+    assert.deepEqual(
+      recordsWritten(fake, "web1").map((r) => r.ramMiB),
+      [1024, 1024],
+    );
+  } finally {
+    fake.restore();
+  }
+});
