@@ -736,6 +736,7 @@ async function allocatePorts(
         mac: port.mac,
         holder: inputs.owner,
         adopt,
+        adoptSameMacOnly: true,
       },
       t,
     );

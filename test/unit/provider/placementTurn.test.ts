@@ -532,7 +532,8 @@ test("placement refused on a UUID another stack holds: its address entry from be
 test("a create over an address entry from before holders takes it over once placement claimed the UUID (one more IPAM turn)", async () => {
   const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
   const i = lanServer(me);
-  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "52:54:00:aa:bb:cc" } });
+  // Its own entry: the port's MAC (review 8b, Q4: the evidence that it is this server's).
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: i.ports[0].mac } });
   const fake = withIpam(start, false);
   try {
     const r = await provider.create(i);
@@ -542,6 +543,27 @@ test("a create over an address entry from before holders takes it over once plac
       mac: i.ports[0].mac,
       holder: me,
     });
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a create over an address entry from before holders with another MAC (another stack's server of that UUID, on another host) is refused and leaves it as it was (review 8b, Q4)", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "fa:16:3e:0b:0b:0b" } });
+  const fake = withIpam(start, false);
+  try {
+    await assert.rejects(
+      provider.create(i),
+      /subnet lan-v4: the address 10\.10\.0\.2 of .* has no holder .* its MAC fa:16:3e:0b:0b:0b is not this port's .* Fix: give this server another uuid, or first destroy the server that uses this address/,
+    );
+    assert.deepEqual(fake.record(), start, "their entry is neither taken over nor released");
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.includes("delete server web1"),
+      `the claim on the host is removed: ${labels.join(" | ")}`,
+    );
   } finally {
     fake.restore();
   }
