@@ -58,7 +58,13 @@ export function checkMacAddress(mac: string): string | undefined {
 export function planAllocation(
   record: IpamRecord,
   owner: string,
-  opts: { fixedIp?: string; mac?: string; leased?: readonly string[]; holder?: string } = {},
+  opts: {
+    fixedIp?: string;
+    mac?: string;
+    leased?: readonly string[];
+    holder?: string;
+    adoptSameMacOnly?: boolean;
+  } = {},
 ): { ip: string; record: IpamRecord; origin: AllocationOrigin } | { error: string } {
   const ownerError = checkOwner(owner) ?? checkMacAddress(opts.mac ?? "");
   if (ownerError) return { error: ownerError };
@@ -79,6 +85,13 @@ export function planAllocation(
   // A new entry; this holder's own (or one without holders on either side); or an entry from
   // before holders that this holder takes over.
   const origin: AllocationOrigin = !mine ? "made" : holder && !mine[1].holder ? "adopted" : "mine";
+  // An entry from before holders is taken over only with evidence that it is this owner's: its
+  // MAC is this port's (review 8b, Q4: an owner id such as a server's UUID can be another
+  // stack's, whose server is on another host, while IPAM spans the hosts).
+  if (origin === "adopted" && opts.adoptSameMacOnly && mine && mine[1].mac !== mac)
+    return {
+      error: `subnet ${record.subnet}: the address ${mine[0]} of ${owner} has no holder (an entry from before holders) and its MAC ${mine[1].mac || "(none)"} is not this port's ${mac || "(none)"}: it may be another stack's server of the same UUID, so it is not taken over. Fix: give this server another uuid, or first destroy the server that uses this address (its delete releases the entry)`,
+    };
   const withAlloc = (ip: string): { ip: string; record: IpamRecord; origin: AllocationOrigin } => ({
     ip,
     record: { ...record, allocations: { ...record.allocations, [ip]: entry } },
@@ -193,6 +206,12 @@ export interface AllocationOptions {
    * create allocates beside placement, before the UUID's claim is known to be its own.
    */
   adopt?: boolean;
+  /**
+   * true: an entry from before holders is taken over only when its MAC is `mac` (else refused,
+   * naming the address, the subnet and the fix). A server's port: its owner id is the server's
+   * UUID, which another stack's server on another host may carry (review 8b, Q4).
+   */
+  adoptSameMacOnly?: boolean;
 }
 
 /** One allocation waiting for its subnet's turn. */

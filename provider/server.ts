@@ -475,12 +475,20 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
       const claims = new Map<string, { host: HostConnection; requests: PlacementRequest[] }>();
       for (const r of todo) {
         const i = r.inputs;
-        const candidates = candidatesOf(i).map((h) => loads.get(h.name) as HostLoad);
+        // A request whose claim batch was sent to a host and lost there (its claim may be partly
+        // written: markers without a record, so the reading does not list it) is retried on that
+        // host only, and any error settles with it (fail), so create's owner-guarded cleanup
+        // runs where the markers may be (review 8b, Q3).
+        const pinned = sent.get(r);
+        const candidates = (pinned ? [pinned] : candidatesOf(i)).map((h) => loads.get(h.name) as HostLoad);
         // A create run again (after a failure or lost state) converges on the host it claimed.
         const mine = candidates.find((l) => l.serverUuids.includes(i.uuid));
         const choice = mine ? { host: mine.host } : chooseHost(candidates, i.flavor);
         if ("error" in choice) {
-          settle(r, { error: new Error(`placement of server ${i.serverName}: ${choice.error}`) });
+          const where = pinned
+            ? ` (its claim on host ${pinned.name} may be partly written after a lost claim batch, so it was retried there only and its claim is removed; run the operation again to place it anew)`
+            : "";
+          fail(r, new Error(`placement of server ${i.serverName}: ${choice.error}${where}`));
           continue;
         }
         if (!mine) loads.set(choice.host, withPlaced(loads.get(choice.host) as HostLoad, i));
@@ -728,6 +736,7 @@ async function allocatePorts(
         mac: port.mac,
         holder: inputs.owner,
         adopt,
+        adoptSameMacOnly: true,
       },
       t,
     );
@@ -1204,30 +1213,46 @@ const server = defineResource<ServerInputs, ServerOutputs>({
       // A bigger flavor must fit the host (refused while the guest still runs); the record
       // then counts the new size for every placement from here on.
       if (grows) await runLocked(host, [resizeFits(), recordStep(news, olds.addresses)]);
-      if (running) await stopDomain(host, news.serverName, m);
-      running = false;
-      // Read again and define under the host's "volumes" lock (the one a Volume's attach and
-      // detach hold): an attachment made meanwhile is not lost.
-      await withNamedHostLock(host, "volumes", async () => {
-        const xml = withVolumeDisks(
-          news.serverName,
-          hostXml(news, type, host),
-          await keptVolumes(host, news),
-        );
-        await waited(m, () =>
-          runLocked(
-            host,
-            [
-              preflightStep(news),
-              ...materializeSteps(news, xml, { alsoOwners: [ownerIn(olds)] }),
-              recordStep(news, olds.addresses),
-            ],
-            {
-              timeoutMs: 180000,
-            },
-          ),
-        );
-      });
+      // Whether the define may have run: from then on the domain may have the new flavor, and
+      // the bigger record stays (a step after it failed, or an unknown outcome, a timeout:
+      // conservative). The define step's own failure (virsh define's exit status) defined nothing.
+      let defineMayHaveRun = false;
+      try {
+        if (running) await stopDomain(host, news.serverName, m);
+        running = false;
+        // Read again and define under the host's "volumes" lock (the one a Volume's attach and
+        // detach hold): an attachment made meanwhile is not lost.
+        await withNamedHostLock(host, "volumes", async () => {
+          const xml = withVolumeDisks(
+            news.serverName,
+            hostXml(news, type, host),
+            await keptVolumes(host, news),
+          );
+          const steps = [
+            preflightStep(news),
+            ...materializeSteps(news, xml, { alsoOwners: [ownerIn(olds)] }),
+            recordStep(news, olds.addresses),
+          ];
+          const define = steps.findIndex((s) => s.label === `define domain ${news.serverName}`);
+          try {
+            await waited(m, () => runLocked(host, steps, { timeoutMs: 180000 }));
+          } catch (err) {
+            const at = failedStepIndex(err, steps);
+            defineMayHaveRun = at === -1 || define === -1 || at > define; // its own exit status: not defined
+            throw err;
+          }
+        });
+      } catch (err) {
+        // A grown resize that failed before its define: the record written above with the new
+        // flavor is rewritten with the old one (best effort, under the host's lock, owner-guarded
+        // as the rest of update), so the host is not over-counted by the delta (review 8b, Q1).
+        if (grows && !defineMayHaveRun)
+          await runLocked(host, [
+            guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)]),
+            recordStep(olds, olds.addresses),
+          ]).catch(() => undefined);
+        throw err;
+      }
     } else if (plan.metadata) {
       // Only kvmlab's metadata (project, owner, stack…) changed, or refresh found it drifted: set
       // it in place in the live guest and its persistent definition, keep the instance folder's

@@ -760,14 +760,14 @@ export interface ServerCapacity {
 /**
  * The placement guard's view of a host's server records (pure): one line "<uuid> <ramMiB>
  * <vcpus>" per record, the records of the UUIDs in `skip` (the ones this placement turn claims
- * on the host) left out, sorted bytewise, joined by newlines, no trailing newline.
+ * on the host) left out ("-", a record without a UUID, never is: as in CAPACITY_AWK), sorted bytewise, joined by newlines, no trailing newline.
  * recordsUnchangedStep computes the same lines on the host with the same awk program as the
  * stats step, and refuses on a line this text lacks; only these three fields count, so a
  * record rewritten with its addresses (the define batch) changes nothing.
  */
 export function serverCapacityText(records: readonly ServerCapacity[], skip: readonly string[] = []): string {
   return records
-    .filter((r) => !skip.includes(r.uuid))
+    .filter((r) => r.uuid === "-" || !skip.includes(r.uuid))
     .map((r) => `${r.uuid} ${r.ramMiB} ${r.vcpus}`)
     .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))
     .join("\n");
@@ -856,7 +856,7 @@ export function parseHostLoad(host: string, stdout: string): HostLoad {
       continue;
     }
     if (inCapacity) {
-      // "<uuid> <ramMiB> <vcpus>" as the host's awk printed it (the uuid may be empty).
+      // "<uuid> <ramMiB> <vcpus>" as the host's awk printed it (no UUID: "-").
       const f = line.split(" ");
       if (f.length === 3) capacity.push({ uuid: f[0], ramMiB: f[1], vcpus: f[2] });
     } else {

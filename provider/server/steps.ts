@@ -26,13 +26,14 @@ export const VIRSH = "virsh -q -c qemu:///system";
  * "<uuid> <ramMiB> <vcpus>" per regular file records/server/*.json with a non-blank line, read
  * from its top-level lines as kvmlab writes them (two-space indent, JSON.stringify(…, null, 2)):
  * `  "uuid": "<letters, digits, dashes>",`, `  "ramMiB": <digits>,` and `  "vcpus": <digits>,`;
- * the last of each wins, a missing one is "-". The records of the UUIDs in the awk variable
- * `skip` (" u1 u2 ") are left out. Each file is read with getline (a file removed meanwhile, or
+ * the last of each wins, a missing (or empty) one is "-". The records of the UUIDs in the awk
+ * variable `skip` (" u1 u2 ") are left out; a "-" UUID never is (it is no UUID a turn claims). Each file is read with getline (a file removed meanwhile, or
  * unreadable, reads as empty, not as an awk error), so the stats step and the guard run this one
  * program and agree by construction (review 8, P3): TypeScript never re-reads the records.
  */
 const CAPACITY_AWK = [
-  'function flush() { if (seen && index(skip, " " u " ") == 0) print u " " r " " v }',
+  // An empty UUID reads "-" (review 8b, Q2), and "-" is never skipped: every view counts it.
+  'function flush() { if (u == "") u = "-"; if (seen && (u == "-" || index(skip, " " u " ") == 0)) print u " " r " " v }',
   "function take() {",
   "  if (NF > 0) seen = 1",
   '  if ($0 ~ /^  "uuid": "[A-Za-z0-9-]*",?$/) { s = $0; sub(/^  "uuid": "/, "", s); sub(/",?$/, "", s); u = s }',

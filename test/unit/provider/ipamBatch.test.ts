@@ -236,3 +236,41 @@ test("an allocation tells what it did to its entry: made, mine, adopted from bef
     fake.restore();
   }
 });
+
+test("adoptSameMacOnly (a server's port, review 8b Q4): an entry from before holders is taken over only when its MAC is the port's; else refused, naming address, subnet and fix", async () => {
+  const B = "lab/b/Server/web1";
+  const before = record({
+    "10.10.0.7": { owner: "server:u9:0", mac: "52:54:00:00:00:09" },
+    "10.10.0.8": { owner: "server:u8:0", mac: "fa:16:3e:00:00:08" },
+  });
+  const fake = subnetHost(before);
+  try {
+    // Another MAC (another stack's server of that UUID, maybe on another host): refused.
+    await assert.rejects(
+      allocateAddressOrigin(REF, "server:u9:0", {
+        holder: B,
+        mac: "fa:16:3e:00:00:01",
+        adoptSameMacOnly: true,
+      }),
+      /subnet lan-v4: the address 10\.10\.0\.7 of server:u9:0 has no holder \(an entry from before holders\) and its MAC 52:54:00:00:00:09 is not this port's fa:16:3e:00:00:01: .* Fix: give this server another uuid, or first destroy the server that uses this address/,
+    );
+    assert.deepEqual(fake.current(), before, "nothing written over the entry");
+    // Its own MAC: taken over.
+    assert.deepEqual(
+      await allocateAddressOrigin(REF, "server:u8:0", {
+        holder: B,
+        mac: "fa:16:3e:00:00:08",
+        adoptSameMacOnly: true,
+      }),
+      { ip: "10.10.0.8", origin: "adopted" },
+    );
+    assert.equal(fake.current().allocations["10.10.0.8"].holder, B);
+    // Without the option (other resources): adopted as before.
+    assert.deepEqual(
+      await allocateAddressOrigin(REF, "server:u9:0", { holder: B, mac: "fa:16:3e:00:00:01" }),
+      { ip: "10.10.0.7", origin: "adopted" },
+    );
+  } finally {
+    fake.restore();
+  }
+});

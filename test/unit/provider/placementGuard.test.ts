@@ -299,3 +299,51 @@ test("resize fit check (resizeFitsStep): the new flavor against the host beside 
     );
   });
 });
+
+test('a record with "uuid": "" reads one way (review 8b, Q2): the stats step counts it as the guard does, the guard passes, the resize sum counts it', () => {
+  withRecords((root, put) => {
+    put("a", record("a", U1, 1024, 1));
+    put("blank", record("blank", "", 2048, 2));
+    put("c", record("c", U3, 512, 1));
+    const r0 = bash(root, statsStep().script);
+    assert.equal(r0.code, 0, r0.stderr);
+    const load = parseHostLoad("hv1", r0.stdout);
+    assert.equal(load.allocatedRamMiB, 1024 + 2048 + 512, "the blank-UUID record counts");
+    assert.equal(load.allocatedVcpus, 4);
+    assert.deepEqual([...load.serverUuids].sort(), [U1, U3], "no empty or '-' UUID listed");
+    // The guard of a turn claiming MINE here, and of one claiming nothing: the same view.
+    for (const skip of [[MINE], [], [MINE, ""], ["-"]]) {
+      const expected = serverCapacityText(load.capacity ?? [], skip);
+      for (let k = 0; k < 3; k++) {
+        const r = guard(root, expected, skip);
+        assert.equal(r.code, 0, `skip ${JSON.stringify(skip)}, attempt ${k + 1}: ${r.stderr}`);
+      }
+    }
+    // The resize sum: 4096 MiB and 2 CPUs (3584 MiB, 8 vCPUs for servers); others = 2048 + 512.
+    const bin = path.join(root, "bin");
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, "nproc"), "#!/bin/sh\necho 2\n", { mode: 0o755 });
+    fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        4194304 kB\n");
+    const run = (ramMiB: number, vcpus: number) => {
+      const step = resizeFitsStep(
+        { uuid: U1, flavor: { name: "m1.x", ramMiB, vcpus }, serverName: "a" } as never,
+        "hv1",
+        PLACEMENT,
+      );
+      const script = step.script
+        .split("/var/lib/kvmlab")
+        .join(root)
+        .split("/proc/meminfo")
+        .join(path.join(root, "meminfo"));
+      return spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
+        encoding: "utf8",
+        env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
+      });
+    };
+    const fits = run(3584 - 2560, 8 - 3);
+    assert.equal(fits.status, 0, fits.stderr);
+    const over = run(3584 - 2560 + 1, 1);
+    assert.equal(over.status, RESIZE_REFUSED_EXIT, "the blank-UUID record's 2048 MiB count");
+    assert.match(over.stderr, / 1024 MiB RAM and 5 vCPUs free /);
+  });
+});

@@ -49,23 +49,29 @@ const GUARD = "check that the server records on this host are as placement read 
  * land there, the stats step lists them, and the placement guard runs with bash over them.
  * `memKiB` is the host's memory (512 MiB of it reserved by placement).
  */
-function recordsHost(memKiB: number, runAlso?: RegExp) {
+function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegExp) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
-  const dir = path.join(root, "records", "server");
+  // hv1's folder is `root`; any other host's is its own folder under it.
+  const rootOf = (host: string) => (host === "hv1" ? root : path.join(root, "hosts", host));
+  const dirOf = (host: string) => path.join(rootOf(host), "records", "server");
+  const dir = dirOf("hv1");
   fs.mkdirSync(dir, { recursive: true });
   const guards: number[] = [];
-  const fake = fakeHost((label, script): string | StepResult => {
+  const fake = fakeHost((label, script, host): string | StepResult => {
+    const hostRoot = rootOf(host);
+    fs.mkdirSync(dirOf(host), { recursive: true });
     if (/^read host capacity/.test(label)) {
       // The real stats step over the folder, with this host's memory and CPUs.
       const r = spawnSync(
         "bash",
-        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(hostRoot)],
         { encoding: "utf8", env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } },
       );
       assert.equal(r.status, 0, r.stderr);
+      const mem = typeof memKiB === "number" ? memKiB : memKiB(host);
       return r.stdout
-        .replace(/^memtotal=.*$/m, `memtotal=${memKiB}`)
-        .replace(/^memavailable=.*$/m, `memavailable=${memKiB}`)
+        .replace(/^memtotal=.*$/m, `memtotal=${mem}`)
+        .replace(/^memavailable=.*$/m, `memavailable=${mem}`)
         .replace(/^cpus=.*$/m, "cpus=2");
     }
     // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
@@ -77,7 +83,7 @@ function recordsHost(memKiB: number, runAlso?: RegExp) {
     ) {
       const r = spawnSync(
         "bash",
-        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+        ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(hostRoot)],
         {
           encoding: "utf8",
           env: { PATH: process.env.PATH ?? "/usr/bin:/bin" },
@@ -95,7 +101,8 @@ function recordsHost(memKiB: number, runAlso?: RegExp) {
     root,
     guards,
     /** Another run's server record (pretty JSON, as kvmlab writes it). */
-    theirs(name: string, uuid: string, ramMiB: number) {
+    rootOf,
+    theirs(name: string, uuid: string, ramMiB: number, host = "hv1") {
       const rec = {
         name,
         uuid,
@@ -107,7 +114,8 @@ function recordsHost(memKiB: number, runAlso?: RegExp) {
         owner: "x",
         project: "",
       };
-      fs.writeFileSync(path.join(dir, `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
+      fs.mkdirSync(dirOf(host), { recursive: true });
+      fs.writeFileSync(path.join(dirOf(host), `${name}.json`), `${JSON.stringify(rec, null, 2)}\n`);
     },
     /** Another run's record removed (its destroy). */
     remove(name: string) {
@@ -322,6 +330,71 @@ test("a claim batch lost where another owner holds the name: the cleanup touches
   assert.equal(marker, `${theirs}\n`, "their marker stays");
 });
 
+/**
+ * Review 8b, Q3: two creates claimed on hv1 in one batch that is lost after web1's markers were
+ * written (no record yet, so no reading lists web1 there); then another run's record makes the
+ * guard refuse both, and hv1 is full while hv2 has room. Each is retried on hv1 only and fails
+ * there with create's owner-guarded cleanup, which removes web1's markers; nothing goes to hv2.
+ */
+test("a create whose lost claim batch may have written its claim on a host is retried on that host only, and its failure cleans up there", async () => {
+  let hv2MiB = 640; // at first hv2 has less room than hv1: both creates go to hv1
+  const fake = recordsHost(
+    (host) => (host === "hv1" ? 4194304 : hv2MiB * 1024),
+    /^(claim |check that server web[12] (was claimed|can be claimed)|check the owner of |release the owner marker)/,
+  );
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: unknown, steps: { label?: string }[]) => Promise<string[]>;
+  let lost = false;
+  session.runLocked = async (h: unknown, steps: { label?: string }[]) => {
+    const labels = steps.map((s) => s.label ?? "");
+    if (lost || labels[0] !== GUARD || !labels.some((l) => /web2/.test(l))) return inner(h, steps);
+    if (!labels.some((l) => /web1/.test(l))) return inner(h, steps);
+    // The batch of both: web1's claim runs up to its UUID's marker, then the channel is lost.
+    lost = true;
+    const upTo = labels.indexOf("write record server/web1");
+    await inner(h, steps.slice(0, upTo));
+    fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 3500); // hv1 full, guard refuses
+    hv2MiB = 4096; // and hv2 has room now
+    throw new Error("host hv1: the remote command timed out after 120000 ms");
+  };
+  const hv2 = testHost("hv2", 2);
+  const make = (serverName: string): ServerInputs => {
+    const { inputs, failures } = checkServerInputs({
+      ...diskServerRaw(hv1, { stack: "a", serverName }),
+      hosts: [hv1, hv2],
+      host: "", // not pinned: placement chooses between hv1 and hv2
+      powerState: "external",
+      owner: ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: serverName }),
+    });
+    assert.deepEqual(failures, []);
+    return inputs as unknown as ServerInputs;
+  };
+  const marker = path.join(fake.root, "owners", "server", "web1.owner");
+  try {
+    const results = await Promise.allSettled([provider.create(make("web1")), provider.create(make("web2"))]);
+    const labels = fake.log.map((l) => `${l.host}: ${l.label}`);
+    assert.ok(lost, `the batch of both was sent: ${labels.join(" | ")}`);
+    assert.ok(
+      !labels.some((l) => /^hv2: .*web[12]/.test(l)),
+      `nothing claimed on hv2: ${labels.join(" | ")}`,
+    );
+    for (const r of results) {
+      assert.equal(r.status, "rejected");
+      assert.match(
+        String((r as PromiseRejectedResult).reason),
+        /no host fits .*hv1: .* \(its claim on host hv1 may be partly written after a lost claim batch, so it was retried there only/,
+      );
+    }
+    const at = labels.indexOf("hv1: check that server web1 was claimed by this create");
+    assert.ok(at >= 0, `web1's cleanup runs on hv1: ${labels.join(" | ")}`);
+    assert.ok(labels.slice(at).includes("hv1: delete server web1"), labels.join(" | "));
+    assert.equal(fs.existsSync(marker), false, "web1's name marker on hv1 is released");
+    assert.ok(!labels.includes("hv1: delete server web2"), "web2 claimed nothing: nothing of it deleted");
+  } finally {
+    fake.restore();
+  }
+});
+
 /** A fake host with the subnet lan/lan-v4's IPAM record kept (read and written by the steps). */
 function withIpam(start: IpamRecord, failHostCheck: boolean, refuseUuid = false) {
   let current = start;
@@ -459,7 +532,8 @@ test("placement refused on a UUID another stack holds: its address entry from be
 test("a create over an address entry from before holders takes it over once placement claimed the UUID (one more IPAM turn)", async () => {
   const me = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
   const i = lanServer(me);
-  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "52:54:00:aa:bb:cc" } });
+  // Its own entry: the port's MAC (review 8b, Q4: the evidence that it is this server's).
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: i.ports[0].mac } });
   const fake = withIpam(start, false);
   try {
     const r = await provider.create(i);
@@ -469,6 +543,27 @@ test("a create over an address entry from before holders takes it over once plac
       mac: i.ports[0].mac,
       holder: me,
     });
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a create over an address entry from before holders with another MAC (another stack's server of that UUID, on another host) is refused and leaves it as it was (review 8b, Q4)", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  const start = lanRecord({ "10.10.0.2": { owner: portOwner(i.uuid, 0), mac: "fa:16:3e:0b:0b:0b" } });
+  const fake = withIpam(start, false);
+  try {
+    await assert.rejects(
+      provider.create(i),
+      /subnet lan-v4: the address 10\.10\.0\.2 of .* has no holder .* its MAC fa:16:3e:0b:0b:0b is not this port's .* Fix: give this server another uuid, or first destroy the server that uses this address/,
+    );
+    assert.deepEqual(fake.record(), start, "their entry is neither taken over nor released");
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(
+      labels.includes("delete server web1"),
+      `the claim on the host is removed: ${labels.join(" | ")}`,
+    );
   } finally {
     fake.restore();
   }
@@ -514,6 +609,69 @@ test("a resize to a flavor that does not fit the host is refused before the gues
       .update(olds.uuid, { ...olds, flavor: { ...olds.flavor, ramMiB: 4096 } }, grown(128))
       .catch(() => undefined);
     assert.ok(!fake.log.some((l) => /^check that flavor/.test(l.label)), "a smaller flavor needs no check");
+  } finally {
+    fake.restore();
+  }
+});
+
+/** The server records a fake host's log wrote (each write's JSON, decoded from its upload), in order. */
+function recordsWritten(fake: { log: { label: string; script: string }[] }, name: string) {
+  return fake.log
+    .filter((l) => l.label === `write record server/${name}`)
+    .map((l) => {
+      const b64 = /<<'(KVL_EOF_[0-9a-f]+)'\n([\s\S]*?)\1/.exec(l.script)![2];
+      return JSON.parse(Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8")) as {
+        ramMiB: number;
+        owner: string;
+      };
+    });
+}
+
+test("a resize whose define fails rewrites the old record (review 8b, Q1): the host is not over-counted by the bigger flavor", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const olds = serverOutputsOn(lanServer(me), hv1);
+  const { inputs, failures } = checkServerInputs(
+    { ...serverRaw([hv1], { ramMiB: 1024 }), powerState: "external", owner: me } as Record<string, unknown>,
+    olds as unknown as Record<string, unknown>,
+  );
+  assert.deepEqual(failures, []);
+  const news = inputs as unknown as ServerInputs;
+  let failAt: RegExp | undefined = /^define domain web1$/;
+  const fake = fakeHost((label): string | StepResult => {
+    if (failAt?.test(label)) return { code: 1, stdout: "", stderr: "error: failed to define domain" };
+    if (/^read domain /.test(label)) return "defined=yes\nstate=shut off\ntype=qemu\n";
+    return "";
+  });
+  try {
+    await assert.rejects(provider.update(olds.uuid, olds, news), /failed to define domain/);
+    const labels = fake.log.map((l) => l.label);
+    assert.deepEqual(
+      recordsWritten(fake, "web1").map((r) => r.ramMiB),
+      [1024, 128],
+      `the bigger record before the stop, the old one again after the failed define: ${labels.join(" | ")}`,
+    );
+    const restore = labels.lastIndexOf("write record server/web1");
+    assert.match(
+      labels[restore - 1],
+      /^check the owner of server web1/,
+      "owner-guarded, as the rest of update",
+    );
+    // A failure before the define batch (preflight) undoes the record too.
+    fake.log.length = 0;
+    failAt = /^check host for server web1$/;
+    await assert.rejects(provider.update(olds.uuid, olds, news));
+    assert.deepEqual(
+      recordsWritten(fake, "web1").map((r) => r.ramMiB),
+      [1024, 128],
+    );
+    // A define that succeeds keeps the new record.
+    fake.log.length = 0;
+    failAt = undefined;
+    await provider.update(olds.uuid, olds, news);
+    assert.deepEqual(
+      recordsWritten(fake, "web1").map((r) => r.ramMiB),
+      [1024, 1024],
+    );
   } finally {
     fake.restore();
   }
