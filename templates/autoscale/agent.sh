@@ -171,7 +171,7 @@ count_running() { member_table | awk '$2=="running"{n++} END{print n+0}'; }
 getv() { [ -f "state/$1" ] && cat "state/$1" || echo "$2"; }
 setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 
-# Start members (in parallel), wait for each to answer its health check, then put it in the pool.
+# Start members, wait for each to answer its health check, then put it in the pool.
 start_members() { # names...
   for _n in "$@"; do
     _k=$(index_of "$_n")
@@ -184,6 +184,12 @@ start_members() { # names...
       set_mstate "$_n" failed "$(date +%s)"
     fi
   done
+  await_health "$@"
+}
+
+# Wait (at most BOOT_TIMEOUT) for members in state `starting` to answer their health check: each
+# joins the pool when it answers; one that does not in time is marked FAILED (still in maint).
+await_health() { # names...
   _deadline=$(($(date +%s) + BOOT_TIMEOUT))
   _left=$*
   while [ -n "$_left" ]; do
@@ -235,11 +241,13 @@ stop_members() { # names...
   done
 }
 
-# A member that failed its health check during a roll (review R4): never left running out of the
-# pool. It never joined the pool (start_members keeps it in maint until it answers), so it is
-# powered off at once and stays marked FAILED (no scale-out starts a FAILED slot, an agent
-# restart keeps the mark and powers it off again if it still runs; the next resize marks it
-# stopped). The decision is logged with its reason.
+# A member that failed its start or its health check (a scaling, a roll's spare or roll-in, review
+# R4), or a FAILED slot found running: never left running out of the pool. It never joined the
+# pool (start_members keeps it in maint until it answers), so it is powered off at once and stays
+# marked FAILED. FAILED is kept until the slot is reset (review N3; Heat replaces a FAILED member
+# with a new one, it never restarts it in place): no scale-out, no restoration of MIN and no
+# roll's spare starts it; an agent restart keeps the mark; the slot's next roll (a launch change:
+# its new server is the replacement) clears it. The decision is logged with its reason.
 stop_failed() { # MEMBER REASON
   lb_state "$1" maint
   _k=$(index_of "$1")
@@ -252,17 +260,32 @@ stop_failed() { # MEMBER REASON
   rm -f "samples/$1"
 }
 
-# Bring the group to SIZE members in service (Heat's member order).
+# Bring the group to SIZE members in service (Heat's member order). FAILED slots are neither
+# counted nor started (review N3): a scale-out takes the lowest stopped slots instead, as Heat
+# replaces a FAILED member with a new one; a scale-in takes members in service (a FAILED slot is
+# already out of the pool and off). A member that fails to start here is powered off at once.
 resize() { # SIZE
   _cur=$(count_running)
-  _failed=$(member_table | awk '$2=="failed"{print $1}')
-  # FAILED members leave first (Heat removes them before any other).
-  [ -n "$_failed" ] && stop_members $_failed
   if [ "$1" -gt "$_cur" ]; then
-    start_members $(member_table | asg_to_start $(($1 - _cur)))
+    _up=$(member_table | asg_to_start $(($1 - _cur)))
+    if [ "$(echo $_up | wc -w)" -lt $(($1 - _cur)) ]; then no_slot_note "$1" "$_cur"; else setv last_no_slot ""; fi
+    start_members $_up
+    for _n in $_up; do
+      [ "$(mstate "$_n")" = failed ] && stop_failed "$_n" unhealthy-at-start
+    done
   elif [ "$1" -lt "$_cur" ]; then
-    stop_members $(member_table | asg_to_stop $((_cur - $1)))
+    stop_members $(member_table | awk '$2=="running"' | asg_to_stop $((_cur - $1)))
   fi
+  return 0
+}
+
+# Too few stopped slots for a scale-out (the others in service, FAILED or rolling): logged once
+# until the reason changes (keep_bounds would otherwise log it every interval).
+no_slot_note() { # WANT CURRENT
+  _why="want=$1 current=$2 stopped=$(member_table | awk '$2=="stopped"{n++} END{print n+0}') failed=$(member_table | awk '$2=="failed"{printf "%s%s", s, $1; s=","}')"
+  [ "$(getv last_no_slot "")" = "$_why" ] && return 0
+  setv last_no_slot "$_why"
+  log "event=short reason=no-startable-slot $_why"
 }
 
 # CPU: one sample per member in service per tick, "t_ms cpu_ns" lines, the last KEEP kept.
@@ -271,6 +294,11 @@ sample_cpu() {
   _i=0
   member_stats > stats.tmp
   while read -r _n _st _cpu; do
+    if [ "$(mstate "$_n")" = failed ] && [ "$_st" = running ]; then
+      # FAILED is off (its power-off failed, or it came up after its start command failed).
+      stop_failed "$_n" failed-still-running
+      continue
+    fi
     [ "$(mstate "$_n")" = running ] || continue
     if [ "$_st" != running ]; then
       # Gone underneath the agent (crashed, destroyed by hand): Heat counts only live members.
@@ -381,6 +409,7 @@ write_status() {
 # Start-up: what runs now is the truth (the agent may have been restarted); put the pool in step.
 reconcile_start() {
   member_stats > stats.tmp
+  _boot=""
   _i=0
   while [ "$_i" -lt "$MAX" ]; do
     _n=$(member_name $_i)
@@ -395,6 +424,11 @@ reconcile_start() {
       else
         lb_state "$_n" maint
       fi
+    elif [ "$_st" = running ] && [ "$(mstate "$_n")" = starting ]; then
+      # The agent stopped while this member booted (review N3): it has not passed its health
+      # check yet, so it is treated as a fresh start (maint until it answers, else FAILED and off).
+      lb_state "$_n" maint
+      _boot="$_boot $_n"
     elif [ "$_st" = running ]; then
       if [ "$(mstate "$_n")" != running ]; then set_mstate "$_n" running "$(date +%s)"; fi
       lb_state "$_n" ready
@@ -405,6 +439,13 @@ reconcile_start() {
     fi
     _i=$((_i + 1))
   done
+  if [ -n "$_boot" ]; then
+    log "event=health-wait members=$(echo $_boot | tr ' ' ',') reason=starting-at-agent-start"
+    await_health $_boot
+    for _n in $_boot; do
+      [ "$(mstate "$_n")" = failed ] && stop_failed "$_n" unhealthy-at-agent-start
+    done
+  fi
   log "event=agent-start pid=$$ size=$(count_running) members=$(in_service | tr '\n' ',')"
 }
 
@@ -428,6 +469,8 @@ program_desired() {
 keep_bounds() {
   _cur=$(count_running)
   if [ "$_cur" -lt "$MIN" ]; then
+    # Nothing to start (every other slot FAILED or rolling): said once, no decision every interval.
+    [ -z "$(member_table | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_cur"; return 0; }
     log "event=decision source=min current=$_cur min=$MIN new=$MIN"
     scale_to "$MIN" 0
   elif [ "$_cur" -gt "$MAX" ]; then

@@ -906,3 +906,115 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
+
+/** The slots the fake virsh started, in order (`$SIM/started`: "<ms> <name>" lines). */
+function starts(sim: string): string[] {
+  const f = path.join(sim, "started");
+  return fs.existsSync(f)
+    ? fs
+        .readFileSync(f, "utf8")
+        .split("\n")
+        .filter((l) => l !== "")
+        .map((l) => l.split(" ")[1])
+    : [];
+}
+
+test("review N3: a FAILED slot is never started again by the agent (min restored from a stopped slot; none left: said once, nothing started), and one that fails its start is powered off at once", async () => {
+  const dom = (g: ReturnType<typeof simGroup>, m: string): string =>
+    fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  const run = (g: ReturnType<typeof simGroup>): ReturnType<typeof spawn> =>
+    spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], { env: g.env, stdio: "ignore", detached: true });
+  // An agent restart below min with web-0 FAILED (off): web-0 is the lowest slot, but web-1 starts.
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  // Every slot FAILED: nothing to start; the shortfall is logged once, not every interval.
+  const h = simGroup({ min: 1, max: 2, running: [] });
+  let a: ReturnType<typeof spawn> | undefined;
+  let b: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-0"), "failed 1000\n");
+    // web-1 never answers: it fails at its start, is powered off, and web-2 replaces it.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-1\n");
+    for (const m of ["web-0", "web-1"]) fs.writeFileSync(path.join(h.dir, "state", m), "failed 1000\n");
+    a = run(g);
+    b = run(h);
+    await until("web-2 in service", () => g.state("web-2") === "running", 40_000);
+    assert.deepEqual(starts(g.sim), ["web-1", "web-2"], "the FAILED web-0 was never started");
+    assert.equal(g.state("web-0"), "failed", "web-0 keeps its mark");
+    assert.equal(g.state("web-1"), "failed", "web-1 failed its start and is marked FAILED");
+    assert.equal(dom(g, "web-1"), "shut-off", "and powered off at once, not left running out of the pool");
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "web-1 never joined the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) =>
+            e.action === "stop" &&
+            e.member === "web-1" &&
+            e.reason === "unhealthy-at-start" &&
+            e.state === "failed",
+        ),
+      "web-1's power-off is logged with its reason",
+    );
+    // A few more intervals: nothing changes (no retry of a FAILED slot).
+    await new Promise((r) => setTimeout(r, 3_000));
+    assert.deepEqual(starts(g.sim), ["web-1", "web-2"]);
+    assert.deepEqual(starts(h.sim), [], "no FAILED slot of the all-FAILED group was started");
+    assert.equal(h.state("web-0"), "failed");
+    assert.equal(h.state("web-1"), "failed");
+    const short = h.log().filter((e) => e.event === "short");
+    assert.equal(short.length, 1, `the shortfall is logged once: ${JSON.stringify(h.log())}`);
+    assert.equal(short[0].reason, "no-startable-slot");
+    assert.equal(short[0].failed, "web-0,web-1");
+    assert.ok(!h.log().some((e) => e.event === "decision"), "no decision every interval");
+  } finally {
+    killGroup(a);
+    killGroup(b);
+    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(h.root, { recursive: true, force: true });
+  }
+});
+
+test("review N3: a member still `starting` when the agent stopped must pass its health check at the restart before it joins the pool; one that does not is powered off and FAILED", async () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // The agent was killed while web-1 and web-2 booted: both domains run, both are `starting`.
+    for (const m of ["web-1", "web-2"]) {
+      fs.writeFileSync(path.join(g.dir, "state", m), "starting 0\n");
+      fs.writeFileSync(path.join(g.sim, "dom", m), "running 0 0\n");
+    }
+    // web-2's service never answers.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-2\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 40_000);
+    const lb = g.haproxy();
+    assert.ok(
+      g.log().some((e) => e.action === "in-service" && e.member === "web-1" && e.health === "ok"),
+      "web-1 is put in service only after its health check answered",
+    );
+    assert.ok(
+      lb.indexOf("web-1 state maint") >= 0 &&
+        lb.indexOf("web-1 state maint") < lb.indexOf("web-1 state ready"),
+      `web-1 is kept in maint until it answers: ${lb.join("; ")}`,
+    );
+    assert.equal(g.state("web-1"), "running");
+    assert.ok(!lb.includes("web-2 state ready"), `web-2 never joined the pool: ${lb.join("; ")}`);
+    assert.equal(g.state("web-2"), "failed");
+    assert.equal(dom("web-2"), "shut-off", "web-2 is powered off, not left running out of the pool");
+    assert.ok(
+      g
+        .log()
+        .some((e) => e.action === "stop" && e.member === "web-2" && e.reason === "unhealthy-at-agent-start"),
+      "the power-off is logged with its reason",
+    );
+    assert.equal(g.state("web-0"), "running", "a member in service is kept as it is");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
