@@ -115,12 +115,13 @@ claim_instance() {
 # a child still has the descriptor).
 group_lock() { exec 7>> "$DIR/group.lock" && flock -w "$1" 7; }
 group_unlock() { flock -u 7 2>/dev/null; }
-# Bound every remote call: a hung host never stalls the loop for long.
+# Bound every remote call: a hung host never stalls the loop for long (TERM after 60 s, KILL 5 s
+# later if ssh is still there).
 on_host() { # INDEX VERB [NAME]
   eval "_addr=\$MEMBER_${1}_ADDR _port=\$MEMBER_${1}_PORT _user=\$MEMBER_${1}_USER"
   shift
   # -F /dev/null: no ssh_config at all (nothing in agent.conf can name one); -- ends options.
-  timeout 60 ssh -F /dev/null -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
+  timeout -k 5 60 ssh -F /dev/null -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
     -o UserKnownHostsFile="$DIR/known_hosts" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
     -p "$_port" -- "$_user@$_addr" "$@"
 }
@@ -171,18 +172,35 @@ count_running() { member_table | awk '$2=="running"{n++} END{print n+0}'; }
 getv() { [ -f "state/$1" ] && cat "state/$1" || echo "$2"; }
 setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 
-# Start members, wait for each to answer its health check, then put it in the pool.
+# Start members, wait for each to answer its health check, then put it in the pool. The start
+# commands run all at once (one ssh each, so two guests of a scaling boot side by side, issue
+# 13), each bounded by on_host's timeout; only this call's own children are waited for, each by
+# its pid; their results are logged in member order, and a failed start marks that slot FAILED.
 start_members() { # names...
+  _pids=""
   for _n in "$@"; do
     _k=$(index_of "$_n")
     set_mstate "$_n" starting 0
     lb_state "$_n" maint
-    if on_host "$_k" start "$_n" >/dev/null 2>>"$DIR/agent.err"; then
+    rm -f "state/$_n.start"
+    (
+      if on_host "$_k" start "$_n" >/dev/null 2>>"$DIR/agent.err"; then _r=ok; else _r="failed rc=$?"; fi
+      echo "$_r" > "state/$_n.start"
+    ) &
+    _pids="$_pids $!"
+  done
+  for _p in $_pids; do wait "$_p"; done
+  for _n in "$@"; do
+    _k=$(index_of "$_n")
+    _r=$(cat "state/$_n.start" 2>/dev/null)
+    [ -n "$_r" ] || _r="failed rc=none"
+    if [ "$_r" = ok ]; then
       log "event=action action=start member=$_n host=$(eval "echo \$MEMBER_${_k}_HOST")$CAUSE"
     else
-      log "event=action action=start member=$_n result=failed reason=start-command-failed"
+      log "event=action action=start member=$_n result=failed reason=start-command-failed ${_r#failed }$CAUSE"
       set_mstate "$_n" failed "$(date +%s)"
     fi
+    rm -f "state/$_n.start"
   done
   await_health "$@"
 }

@@ -26,6 +26,11 @@ const FAKE_SSH = `#!/bin/sh
 # (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
 case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
 while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) shift; break ;; *) shift ;; esac; done
+# a start may be made slow ($SIM/start_delay seconds) or fail like an unreachable host ($SIM/start_fail names)
+if [ "$1" = start ]; then
+  [ -f "$SIM/start_delay" ] && sleep "$(cat "$SIM/start_delay")"
+  grep -qx "$2" "$SIM/start_fail" 2>/dev/null && exit 255
+fi
 SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
@@ -1013,6 +1018,61 @@ test("review N3: a member still `starting` when the agent stopped must pass its 
       "the power-off is logged with its reason",
     );
     assert.equal(g.state("web-0"), "running", "a member in service is kept as it is");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("issue 13: a scaling's start commands run all at once (one ssh each), their results are logged in member order, and a failed start marks that slot FAILED", async () => {
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // Each start takes 2 s (ssh + virsh on a busy host); web-1's host refuses it (ssh exit 255).
+    fs.writeFileSync(path.join(g.sim, "start_delay"), "2\n");
+    fs.writeFileSync(path.join(g.sim, "start_fail"), "web-1\n");
+    // The program asks for 3 members (generation 1): one scaling starts all three.
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 3\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    await until("the scaling", () => g.log().some((e) => e.event === "scaled"), 30_000);
+    const started = fs
+      .readFileSync(path.join(g.sim, "started"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => l.split(" "));
+    assert.deepEqual(started.map((l) => l[1]).sort(), ["web-0", "web-2"]);
+    const span = Math.abs(Number(started[0][0]) - Number(started[1][0]));
+    assert.ok(
+      span < 1500,
+      `both domains started together (${span} ms apart; one after the other is >= 2000)`,
+    );
+    const startLines = g.log().filter((e) => e.action === "start");
+    assert.deepEqual(
+      startLines.map((e) => e.member),
+      ["web-0", "web-1", "web-2"],
+      "the start results are logged in member order",
+    );
+    assert.equal(startLines[1].result, "failed");
+    assert.equal(startLines[1].reason, "start-command-failed");
+    assert.equal(startLines[1].rc, "255", "with the start command's exit status");
+    assert.equal(g.state("web-0"), "running");
+    assert.equal(g.state("web-2"), "running");
+    assert.equal(g.state("web-1"), "failed", "a failed start marks that slot FAILED");
+    assert.equal(dom("web-1"), "shut-off");
+    assert.ok(!g.haproxy().includes("web-1 state ready"));
+    const scaled = g.log().find((e) => e.event === "scaled") as Entry;
+    assert.equal(scaled.to, "2");
+    assert.deepEqual(
+      fs.readdirSync(path.join(g.dir, "state")).filter((f) => f.endsWith(".start")),
+      [],
+      "no result file is left behind",
+    );
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
