@@ -177,7 +177,7 @@ setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 # 13), each bounded by on_host's timeout; only this call's own children are waited for, each by
 # its pid; their results are logged in member order, and a failed start marks that slot FAILED.
 start_members() { # names...
-  _pids=""
+  _spids=""
   for _n in "$@"; do
     _k=$(index_of "$_n")
     set_mstate "$_n" starting 0
@@ -187,9 +187,9 @@ start_members() { # names...
       if on_host "$_k" start "$_n" >/dev/null 2>>"$DIR/agent.err"; then _r=ok; else _r="failed rc=$?"; fi
       echo "$_r" > "state/$_n.start"
     ) &
-    _pids="$_pids $!"
+    _spids="$_spids $!"
   done
-  for _p in $_pids; do wait "$_p"; done
+  for _sp in $_spids; do wait "$_sp"; done
   for _n in "$@"; do
     _k=$(index_of "$_n")
     _r=$(cat "state/$_n.start" 2>/dev/null)
@@ -645,10 +645,10 @@ while :; do
     _pname=${_rest%.*}
     _rcv=${_rest##*.}
     rm -f "$_f"
-    _p=0 _found=-1
-    while [ "$_p" -lt "$NPOLICIES" ]; do
-      [ "$(eval "echo \$POLICY_${_p}_NAME")" = "$_pname" ] && _found=$_p
-      _p=$((_p + 1))
+    _pol=0 _found=-1
+    while [ "$_pol" -lt "$NPOLICIES" ]; do
+      [ "$(eval "echo \$POLICY_${_pol}_NAME")" = "$_pname" ] && _found=$_pol
+      _pol=$((_pol + 1))
     done
     if [ "$_found" -ge 0 ]; then
       signal "$_found" manual "$_rcv" "by=kvmlab-asg-signal"
@@ -658,17 +658,19 @@ while :; do
   done
   sample_cpu
   AVG=none
-  _p=0
-  while [ "$_p" -lt "$NPOLICIES" ]; do
-    eval "_cmp=\$POLICY_${_p}_CMP _thr=\$POLICY_${_p}_THRESHOLD _per=\$POLICY_${_p}_PERIOD"
+  # _pol: no function the loop calls uses it (sh variables are global: a scaling run by signal
+  # must not move this index).
+  _pol=0
+  while [ "$_pol" -lt "$NPOLICIES" ]; do
+    eval "_cmp=\$POLICY_${_pol}_CMP _thr=\$POLICY_${_pol}_THRESHOLD _per=\$POLICY_${_pol}_PERIOD"
     if [ "$_per" -gt 0 ]; then
       set -- $(avg_cpu "$_per")
       AVG=$1
       if [ "$1" != none ] && asg_alarm_holds "$_cmp" "$1" "$_thr"; then
-        signal "$_p" alarm "$(now_ms)" "cpu_avg=$1 members_measured=$2 window=${_per}s alarm=$_cmp$_thr"
+        signal "$_pol" alarm "$(now_ms)" "cpu_avg=$1 members_measured=$2 window=${_per}s alarm=$_cmp$_thr"
       fi
     fi
-    _p=$((_p + 1))
+    _pol=$((_pol + 1))
   done
   keep_bounds
   write_status
