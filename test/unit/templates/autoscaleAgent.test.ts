@@ -336,7 +336,12 @@ test("the member command re-checks each server's owner marker at start and stop 
  * lock: the fakes above, `running` domains already up (and recorded as in service), no agent
  * started (each test starts what it needs).
  */
-function simGroup(opts: { min: number; max: number; running: string[] }): {
+function simGroup(opts: {
+  min: number;
+  max: number;
+  running: string[];
+  policies?: Parameters<typeof renderAgentConfig>[0]["policies"];
+}): {
   root: string;
   dir: string;
   sim: string;
@@ -391,7 +396,7 @@ function simGroup(opts: { min: number; max: number; running: string[] }): {
       interval: 1,
       bootTimeout: 10,
       drainTimeout: 1,
-      policies: [],
+      policies: opts.policies ?? [],
       members: names.map((name, i) => ({
         name,
         ip: ips[i],
@@ -1077,4 +1082,83 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
   }
+});
+
+test("review A1: a scale-out started from the policy loop does not end that loop: a second policy alarming in the same tick is still evaluated and logged", async () => {
+  // Both policies alarm on the same CPU; the first scales out (its members really start), the
+  // second must then be evaluated in that same tick (inside the cooldown the first began: logged
+  // as ignored). The old agent's parallel start reused the loop's index for its pids, so the
+  // loop ended after the first policy and the next line logged was the first policy's again.
+  const g = simGroup({
+    min: 1,
+    max: 3,
+    running: ["web-0"],
+    policies: ["out_a", "out_b"].map((name) => ({
+      name,
+      adjustmentType: "change_in_capacity" as const,
+      scalingAdjustment: 1,
+      cooldown: 30,
+      alarm: { comparison: "gt" as const, threshold: 50, periodSec: 5 },
+    })),
+  });
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.sim, "load"), "90\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the scale-out", () => g.log().some((e) => e.event === "scaled"), 30_000);
+    await until(
+      "a line logged after the scale-out",
+      () => g.log().findIndex((e) => e.event === "scaled") < g.log().length - 1,
+      10_000,
+    );
+    const log = g.log();
+    const at = log.findIndex((e) => e.event === "scaled");
+    assert.equal(log.filter((e) => e.event === "decision").length, 1, JSON.stringify(log));
+    assert.equal(log.find((e) => e.event === "decision")?.policy, "out_a");
+    assert.equal(log[at].to, "2");
+    assert.deepEqual(starts(g.sim), ["web-1"], "the scale-out really started a member");
+    assert.equal(g.state("web-1"), "running");
+    const next = log[at + 1];
+    assert.equal(
+      `${next.event} ${next.reason} ${next.policy}`,
+      "ignored in-cooldown out_b",
+      `the second policy is evaluated in the tick that scaled out, before any other line: ${JSON.stringify(log.slice(at))}`,
+    );
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A1: every agent function's variables carry that function's own prefix (sh has no locals: no call can move a caller's loop index)", () => {
+  const lines = agentScript().split("\n");
+  const tags = new Map<string, string>();
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^([a-z_]+)\(\) \{(.*)$/.exec(lines[i]);
+    if (!m) continue;
+    let j = i;
+    if (!/\}\s*$/.test(m[2]) || m[2].trim().startsWith("#")) while (lines[j] !== "}") j++;
+    const body = lines.slice(i, j + 1).join("\n");
+    const assigned = new Set([
+      ...[...body.matchAll(/(?<![\w$])(_[a-z][a-z0-9_]*)=/g)].map((x) => x[1]),
+      ...[...body.matchAll(/for (_[a-z][a-z0-9_]*) in/g)].map((x) => x[1]),
+      ...[...body.matchAll(/read -r ((?:_[a-z0-9_]+ ?)+)/g)].flatMap((x) => x[1].trim().split(" ")),
+    ]);
+    const prefixes = new Set([...assigned].map((v) => /^_([a-z]+)_/.exec(v)?.[1] ?? v));
+    assert.ok(
+      prefixes.size <= 1,
+      `${m[1]} assigns variables under more than one prefix: ${[...assigned].join(" ")}`,
+    );
+    for (const p of prefixes) {
+      assert.ok(/^[a-z]+$/.test(p), `${m[1]} assigns ${p} without a function prefix (_<tag>_name)`);
+      assert.ok(!tags.has(p), `${m[1]} and ${tags.get(p)} share the prefix _${p}_`);
+      tags.set(p, m[1]);
+    }
+    i = j;
+  }
+  assert.ok(tags.size >= 20, `the functions were found (${tags.size})`);
 });
