@@ -430,13 +430,14 @@ write_status() {
 # Start-up: what runs now is the truth (the agent may have been restarted); put the pool in step.
 reconcile_start() {
   member_stats > stats.tmp
-  _rc_boot=""
   _rc_i=0
   while [ "$_rc_i" -lt "$MAX" ]; do
     _rc_n=$(member_name $_rc_i)
     _rc_st=$(awk -v n="$_rc_n" '$1==n {print $2}' stats.tmp)
     if [ "$(mstate "$_rc_n")" = rolling ]; then
       : # a rolling replacement holds it out of service (roll-in brings it back)
+    elif [ "$(mstate "$_rc_n")" = starting ]; then
+      : # the agent stopped while it booted (review N3): dead_starts below
     elif [ "$(mstate "$_rc_n")" = failed ]; then
       # FAILED stays FAILED across a restart (review L3): no scale-out starts it, and it never
       # goes back into the pool. Still running (its power-off failed): powered off again.
@@ -445,11 +446,6 @@ reconcile_start() {
       else
         lb_state "$_rc_n" maint
       fi
-    elif [ "$_rc_st" = running ] && [ "$(mstate "$_rc_n")" = starting ]; then
-      # The agent stopped while this member booted (review N3): it has not passed its health
-      # check yet, so it is treated as a fresh start (maint until it answers, else FAILED and off).
-      lb_state "$_rc_n" maint
-      _rc_boot="$_rc_boot $_rc_n"
     elif [ "$_rc_st" = running ]; then
       if [ "$(mstate "$_rc_n")" != running ]; then set_mstate "$_rc_n" running "$(date +%s)"; fi
       lb_state "$_rc_n" ready
@@ -460,14 +456,35 @@ reconcile_start() {
     fi
     _rc_i=$((_rc_i + 1))
   done
-  if [ -n "$_rc_boot" ]; then
-    log "event=health-wait members=$(echo $_rc_boot | tr ' ' ',') reason=starting-at-agent-start"
-    await_health $_rc_boot
-    for _rc_n in $_rc_boot; do
-      [ "$(mstate "$_rc_n")" = failed ] && stop_failed "$_rc_n" unhealthy-at-agent-start
-    done
-  fi
+  dead_starts at-agent-start
   log "event=agent-start pid=$$ size=$(count_running) members=$(in_service | tr '\n' ',')"
+}
+
+# Slots left `starting` by a start that died (an agent or a roll.sh killed while a member booted;
+# review N3 at start-up, A2 at every evaluation). Every start_members runs under the group lock and
+# ends each member running or FAILED before it unlocks, so a `starting` slot seen by a holder of
+# the group lock belongs to a dead start. Its domain runs: treated as a fresh start (maint until
+# it answers its health check, else FAILED and powered off). It does not: stopped (logged).
+# Reads stats.tmp (member_stats of this evaluation). WHEN names the occasion in the log.
+dead_starts() { # WHEN
+  _ds_boot=""
+  for _ds_n in $(member_table | awk '$2=="starting"{print $1}'); do
+    _ds_st=$(awk -v n="$_ds_n" '$1==n {print $2}' stats.tmp)
+    lb_state "$_ds_n" maint
+    if [ "$_ds_st" = running ]; then
+      _ds_boot="$_ds_boot $_ds_n"
+    else
+      log "event=member-lost member=$_ds_n domain=${_ds_st:-unknown} was=starting reason=starting-$1"
+      set_mstate "$_ds_n" stopped 0
+    fi
+  done
+  [ -n "$_ds_boot" ] || return 0
+  log "event=health-wait members=$(echo $_ds_boot | tr ' ' ',') reason=starting-$1"
+  await_health $_ds_boot
+  for _ds_n in $_ds_boot; do
+    [ "$(mstate "$_ds_n")" = failed ] && stop_failed "$_ds_n" "unhealthy-$1"
+  done
+  return 0
 }
 
 # The program's desired size (written by `pulumi up` when it changes): Heat's group update.
@@ -640,6 +657,11 @@ while :; do
   if ! group_lock "$LOCK_WAIT"; then
     log "event=lock-wait-exceeded seconds=$LOCK_WAIT"
     continue
+  fi
+  # A slot still `starting` now belongs to a dead start (review A2: a killed roll.sh).
+  if member_table | awk '$2=="starting"{f=1} END{exit !f}'; then
+    member_stats > stats.tmp
+    dead_starts after-dead-start
   fi
   program_desired
   for _f in requests/signal.*; do

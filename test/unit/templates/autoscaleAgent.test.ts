@@ -1162,3 +1162,61 @@ test("review A1: every agent function's variables carry that function's own pref
   }
   assert.ok(tags.size >= 20, `the functions were found (${tags.size})`);
 });
+
+test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is rechecked at the next evaluation of the running agent: running and healthy joins the pool, running and unhealthy is powered off and FAILED, off is stopped", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 4, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-3\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    // A roll.sh killed while its members booted, as it leaves them (under the group lock, as it
+    // held it): web-1 and web-3 run, web-2's start never happened; all three `starting`.
+    const r = spawnSync(
+      "flock",
+      [
+        path.join(g.dir, "group.lock"),
+        "sh",
+        "-c",
+        'for m in web-1 web-2 web-3; do echo "starting 0" > "state/$m"; done; ' +
+          'echo "running 0 0" > "$SIM/dom/web-1"; echo "running 0 0" > "$SIM/dom/web-3"',
+      ],
+      { cwd: g.dir, env: g.env, encoding: "utf8", timeout: 30_000 },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    await until(
+      "the dead starts settled",
+      () => g.state("web-1") === "running" && g.state("web-2") === "stopped" && g.state("web-3") === "failed",
+      30_000,
+    );
+    const lb = g.haproxy();
+    assert.ok(
+      g.log().some((e) => e.action === "in-service" && e.member === "web-1" && e.health === "ok"),
+      "web-1 joins the pool after its health check",
+    );
+    assert.ok(!lb.includes("web-3 state ready"), `web-3 never joined the pool: ${lb.join("; ")}`);
+    assert.equal(dom("web-3"), "shut-off", "web-3 is powered off, not left running out of the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) => e.action === "stop" && e.member === "web-3" && e.reason === "unhealthy-after-dead-start",
+        ),
+      "web-3's power-off is logged with its reason",
+    );
+    assert.ok(
+      g.log().some((e) => e.event === "member-lost" && e.member === "web-2" && e.was === "starting"),
+      "web-2 (never started) is stopped, logged",
+    );
+    assert.equal(g.state("web-0"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
