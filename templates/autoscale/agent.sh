@@ -120,7 +120,11 @@ claim_instance() {
 group_lock() { exec 7>> "$DIR/group.lock" && flock -w "$1" 7; }
 group_unlock() { flock -u 7 2>/dev/null; }
 # Bound every remote call: a hung host never stalls the loop for long (TERM after 60 s, KILL 5 s
-# later if ssh is still there).
+# later if ssh is still there). GNU timeout puts itself in a process group of its own (review
+# A3), so a TERM/KILL to the agent's group (its stop) or to roll.sh's (the roll's outer timeout)
+# does not reach an in-flight `timeout ssh`: it ends by itself within 65 s, and keeps fd 7 (the
+# group lock) meanwhile, so the next agent or roll waits for it and never sees a half-done start.
+# (`timeout --foreground` would keep ssh in the caller's group, but busybox's timeout lacks it.)
 on_host() { # INDEX VERB [NAME]
   eval "_oh_addr=\$MEMBER_${1}_ADDR _oh_port=\$MEMBER_${1}_PORT _oh_user=\$MEMBER_${1}_USER"
   shift
@@ -178,8 +182,9 @@ setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 
 # Start members, wait for each to answer its health check, then put it in the pool. The start
 # commands run all at once (one ssh each, so two guests of a scaling boot side by side, issue
-# 13), each bounded by on_host's timeout; only this call's own children are waited for, each by
-# its pid; their results are logged in member order, and a failed start marks that slot FAILED.
+# 13), each bounded by on_host's timeout (65 s at most, even when the agent or a roll is killed
+# meanwhile: see on_host); only this call's own children are waited for, each by its pid; their
+# results are logged in member order, and a failed start marks that slot FAILED.
 start_members() { # names...
   _sm_spids=""
   for _sm_n in "$@"; do
