@@ -274,14 +274,18 @@ stop_members() { # names...
 # marked FAILED. FAILED is kept until the slot is reset (review N3; Heat replaces a FAILED member
 # with a new one, it never restarts it in place): no scale-out, no restoration of MIN and no
 # roll's spare starts it; an agent restart keeps the mark; the slot's next roll (a launch change:
-# its new server is the replacement) clears it. The decision is logged with its reason.
+# its new server is the replacement) clears it. The decision is logged with its reason; a
+# power-off that keeps failing (retried at every evaluation while the domain runs) is logged once
+# per reason (review A5: state/<m>.offfail holds the last one logged; a success clears it).
 stop_failed() { # MEMBER REASON
   lb_state "$1" maint
   _sf_k=$(index_of "$1")
   if on_host "$_sf_k" stop "$1" >/dev/null 2>>"$DIR/agent.err"; then
+    rm -f "state/$1.offfail"
     log "event=action action=stop member=$1 reason=$2 state=failed$CAUSE"
-  else
-    log "event=action action=stop member=$1 reason=$2 state=failed result=failed$CAUSE"
+  elif [ "$(getv "$1.offfail" "")" != "$2" ]; then
+    setv "$1.offfail" "$2"
+    log "event=action action=stop member=$1 reason=$2 state=failed result=failed note=retried-each-interval-logged-once$CAUSE"
   fi
   set_mstate "$1" failed "$(date +%s)"
   rm -f "samples/$1"

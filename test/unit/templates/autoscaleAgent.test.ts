@@ -31,6 +31,11 @@ if [ "$1" = start ]; then
   [ -f "$SIM/start_delay" ] && sleep "$(cat "$SIM/start_delay")"
   grep -qx "$2" "$SIM/start_fail" 2>/dev/null && exit 255
 fi
+# a power-off may fail like an unreachable host ($SIM/stop_fail names); each attempt is counted
+if [ "$1" = stop ]; then
+  echo "$2" >> "$SIM/stop_attempts"
+  grep -qx "$2" "$SIM/stop_fail" 2>/dev/null && exit 255
+fi
 SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
@@ -1215,6 +1220,50 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
       "web-2 (never started) is stopped, logged",
     );
     assert.equal(g.state("web-0"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A5: a FAILED slot whose power-off keeps failing is retried at every evaluation but logged once per reason; the power-off that finally works is logged", async () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  const attempts = (): number =>
+    fs.existsSync(path.join(g.sim, "stop_attempts"))
+      ? fs
+          .readFileSync(path.join(g.sim, "stop_attempts"), "utf8")
+          .split("\n")
+          .filter((l) => l === "web-1").length
+      : 0;
+  const stops = (): Entry[] => g.log().filter((e) => e.action === "stop" && e.member === "web-1");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // web-1 is FAILED and still runs; its host refuses every power-off.
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
+    fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-1\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("five power-off attempts", () => attempts() >= 5, 30_000);
+    assert.deepEqual(
+      stops().map((e) => `${e.reason} ${e.result}`),
+      ["still-running-at-agent-start failed", "failed-still-running failed"],
+      `each failing reason is logged once, not every interval: ${JSON.stringify(stops())}`,
+    );
+    assert.equal(g.state("web-1"), "failed");
+    // The host answers again: the next retry powers it off, logged.
+    fs.rmSync(path.join(g.sim, "stop_fail"));
+    await until("web-1 off", () => dom("web-1") === "shut-off", 20_000);
+    await until("its stop logged", () => stops().length === 3, 10_000);
+    const last = stops()[2];
+    assert.equal(last.reason, "failed-still-running");
+    assert.equal(last.result, undefined, "the successful power-off has no result=failed");
+    assert.equal(g.state("web-1"), "failed", "it stays FAILED");
+    assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
