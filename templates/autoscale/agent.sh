@@ -166,7 +166,10 @@ member_name() { eval "echo \$MEMBER_${1}_NAME"; }
 index_of() { _io_i=0; while [ "$_io_i" -lt "$MAX" ]; do [ "$(member_name $_io_i)" = "$1" ] && { echo $_io_i; return; }; _io_i=$((_io_i + 1)); done; echo -1; }
 mstate() { [ -f "state/$1" ] && awk '{print $1}' "state/$1" || echo stopped; }
 mstarted() { [ -f "state/$1" ] && awk '{print $2}' "state/$1" || echo 0; }
-set_mstate() { echo "$2 $3" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
+set_mstate() {
+  [ "$2" = failed ] || rm -f "state/$1.offfail" # stop_failed's note ends with the FAILED mark
+  echo "$2 $3" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"
+}
 member_table() { # "name state startedAt index" for every slot
   _mt_i=0
   while [ "$_mt_i" -lt "$MAX" ]; do
