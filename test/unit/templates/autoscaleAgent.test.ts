@@ -346,6 +346,7 @@ function simGroup(opts: {
   max: number;
   running: string[];
   policies?: Parameters<typeof renderAgentConfig>[0]["policies"];
+  interval?: number;
 }): {
   root: string;
   dir: string;
@@ -398,7 +399,7 @@ function simGroup(opts: {
       max: opts.max,
       desired: opts.min,
       cooldown: 3,
-      interval: 1,
+      interval: opts.interval ?? 1,
       bootTimeout: 10,
       drainTimeout: 1,
       policies: opts.policies ?? [],
@@ -1094,16 +1095,20 @@ test("review A1: a scale-out started from the policy loop does not end that loop
   // second must then be evaluated in that same tick (inside the cooldown the first began: logged
   // as ignored). The old agent's parallel start reused the loop's index for its pids, so the
   // loop ended after the first policy and the next line logged was the first policy's again.
+  // Interval 5 s, window 14 s (9 s of samples needed): the second policy still has its data
+  // after a scale-out of up to ~4 s (with interval 1 s, a scale-out slower than 1 s on a busy
+  // runner left it without enough samples in its window, so it could not alarm in that tick).
   const g = simGroup({
     min: 1,
     max: 3,
+    interval: 5,
     running: ["web-0"],
     policies: ["out_a", "out_b"].map((name) => ({
       name,
       adjustmentType: "change_in_capacity" as const,
       scalingAdjustment: 1,
       cooldown: 30,
-      alarm: { comparison: "gt" as const, threshold: 50, periodSec: 5 },
+      alarm: { comparison: "gt" as const, threshold: 50, periodSec: 14 },
     })),
   });
   let agent: ReturnType<typeof spawn> | undefined;
@@ -1114,7 +1119,7 @@ test("review A1: a scale-out started from the policy loop does not end that loop
       stdio: "ignore",
       detached: true,
     });
-    await until("the scale-out", () => g.log().some((e) => e.event === "scaled"), 30_000);
+    await until("the scale-out", () => g.log().some((e) => e.event === "scaled"), 45_000);
     await until(
       "a line logged after the scale-out",
       () => g.log().findIndex((e) => e.event === "scaled") < g.log().length - 1,
