@@ -189,8 +189,11 @@ export function groupOwnedStep(group: string, owner: string): Step {
 
 /**
  * Controller: run one roll step with the package's agent script (installed as roll.sh), under
- * timeout(1) ROLL_HOST_MARGIN_SEC shorter than the client's bound `timeoutSec`: the script (and
- * its ssh/sleep children, timeout's process group) never outlives a failed `up`.
+ * timeout(1) ROLL_HOST_MARGIN_SEC shorter than the client's bound `timeoutSec`: the script and
+ * the children in timeout's process group (its `sleep`s) never outlive a failed `up`. A member
+ * start in flight is the exception (review A3): the agent's inner `timeout -k 5 60 ssh` puts
+ * itself in its own process group, so it ends by itself within 65 s of its start (possibly after
+ * the step failed), holding the group lock until then, so nothing reads a half-done start.
  */
 export function rollCommandStep(group: string, member: string, phase: RollPhase, timeoutSec: number): Step {
   if (!GROUP_NAME_RE.test(group) || !/^[a-z][a-z0-9-]{0,40}$/.test(member))

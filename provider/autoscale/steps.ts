@@ -125,8 +125,11 @@ function livePidScript(group: string): string {
 /**
  * Controller: stop the agent, bounded; idempotent. The agent found by {@link livePidScript}
  * (pid + start time) gets TERM, then KILL while it is still that process (pid + start time
- * checked again); its process group too (its `sleep`/`ssh` children) only when it leads that
- * group (setsid made it so), never a group it merely belongs to or a reused pid's group.
+ * checked again); its process group too (its `sleep` children) only when it leads that group
+ * (setsid made it so), never a group it merely belongs to or a reused pid's group. Its in-flight
+ * `timeout ssh` calls are not in that group (GNU timeout makes its own, review A3): each ends by
+ * itself within 65 s, holding the group lock until then (under systemd-run the unit's
+ * control-group kill ends them too).
  */
 export function stopAgentStep(group: string): Step {
   const unit = `kvmlab-asg-${group}`;

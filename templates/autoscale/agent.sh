@@ -19,34 +19,38 @@
 #                                       AutoscaleRoll resource runs it on the controller)
 #        agent.sh DIR roll-in MEMBER    after it: back in service if it was
 #        ASG_LIB=1 . agent.sh           define the functions only (tests)
+# Variables: sh has no locals (every variable is global), so each function prefixes its own
+# with a tag of its name (_sm_ in start_members, _rc_ in reconcile_start, ...) and the main loop
+# uses unprefixed ones: no call can move a caller's loop index or overwrite its values (review A1:
+# a parallel start's pid loop once ended the policy loop).
 set -u
 
 # ---- Heat's rules (pure functions) ----------------------------------------------------------
 
 # asg_new_capacity CURRENT ADJUSTMENT TYPE MIN_STEP MIN MAX -> prints the new capacity
 asg_new_capacity() {
-  _c=$1 _a=$2 _t=$3 _s=$4 _lo=$5 _hi=$6
-  case $_t in
-    change_in_capacity) _n=$((_c + _a)) ;;
-    exact_capacity) _n=$_a ;;
+  _nc_c=$1 _nc_a=$2 _nc_t=$3 _nc_s=$4 _nc_lo=$5 _nc_hi=$6
+  case $_nc_t in
+    change_in_capacity) _nc_n=$((_nc_c + _nc_a)) ;;
+    exact_capacity) _nc_n=$_nc_a ;;
     percent_change_in_capacity)
-      _p=$((_c * _a))
-      if [ "$_p" -gt -100 ] && [ "$_p" -lt 100 ]; then
-        if [ "$_p" -gt 0 ]; then _r=1; elif [ "$_p" -lt 0 ]; then _r=-1; else _r=0; fi
+      _nc_p=$((_nc_c * _nc_a))
+      if [ "$_nc_p" -gt -100 ] && [ "$_nc_p" -lt 100 ]; then
+        if [ "$_nc_p" -gt 0 ]; then _nc_r=1; elif [ "$_nc_p" -lt 0 ]; then _nc_r=-1; else _nc_r=0; fi
       else
-        _r=$((_p / 100))
+        _nc_r=$((_nc_p / 100))
       fi
-      _ar=${_r#-}
-      if [ "$_s" -gt 0 ] && [ "$_s" -gt "$_ar" ]; then
-        if [ "$_r" -gt 0 ]; then _r=$_s; else _r=$((0 - _s)); fi
+      _nc_ar=${_nc_r#-}
+      if [ "$_nc_s" -gt 0 ] && [ "$_nc_s" -gt "$_nc_ar" ]; then
+        if [ "$_nc_r" -gt 0 ]; then _nc_r=$_nc_s; else _nc_r=$((0 - _nc_s)); fi
       fi
-      _n=$((_c + _r))
+      _nc_n=$((_nc_c + _nc_r))
       ;;
-    *) _n=$_c ;;
+    *) _nc_n=$_nc_c ;;
   esac
-  [ "$_n" -gt "$_hi" ] && _n=$_hi
-  [ "$_n" -lt "$_lo" ] && _n=$_lo
-  echo "$_n"
+  [ "$_nc_n" -gt "$_nc_hi" ] && _nc_n=$_nc_hi
+  [ "$_nc_n" -lt "$_nc_lo" ] && _nc_n=$_nc_lo
+  echo "$_nc_n"
 }
 
 # asg_to_stop COUNT < lines "name state startedAt" -> names leaving first (failed, oldest, name)
@@ -98,13 +102,13 @@ start_time() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; 
 claim_instance() {
   (
     flock -w 10 9 || { echo lock-timeout; exit 0; }
-    _p=$(cat agent.pid 2>/dev/null)
-    case $_p in "" | *[!0-9]*) _p="" ;; esac
-    if [ -n "$_p" ] && [ "$_p" != "$$" ] && [ -n "$(start_time "$_p")" ] &&
-      [ "$(start_time "$_p")" = "$(cat agent.start 2>/dev/null)" ] &&
-      [ "$(readlink "/proc/$_p/cwd" 2>/dev/null)" = "$(pwd -P)" ] &&
-      tr '\0' ' ' < "/proc/$_p/cmdline" 2>/dev/null | grep -q 'agent[.]sh '; then
-      echo "$_p"
+    _ci_p=$(cat agent.pid 2>/dev/null)
+    case $_ci_p in "" | *[!0-9]*) _ci_p="" ;; esac
+    if [ -n "$_ci_p" ] && [ "$_ci_p" != "$$" ] && [ -n "$(start_time "$_ci_p")" ] &&
+      [ "$(start_time "$_ci_p")" = "$(cat agent.start 2>/dev/null)" ] &&
+      [ "$(readlink "/proc/$_ci_p/cwd" 2>/dev/null)" = "$(pwd -P)" ] &&
+      tr '\0' ' ' < "/proc/$_ci_p/cmdline" 2>/dev/null | grep -q 'agent[.]sh '; then
+      echo "$_ci_p"
       exit 0
     fi
     start_time $$ > agent.start.tmp && mv -f agent.start.tmp agent.start
@@ -115,20 +119,25 @@ claim_instance() {
 # a child still has the descriptor).
 group_lock() { exec 7>> "$DIR/group.lock" && flock -w "$1" 7; }
 group_unlock() { flock -u 7 2>/dev/null; }
-# Bound every remote call: a hung host never stalls the loop for long.
+# Bound every remote call: a hung host never stalls the loop for long (TERM after 60 s, KILL 5 s
+# later if ssh is still there). GNU timeout puts itself in a process group of its own (review
+# A3), so a TERM/KILL to the agent's group (its stop) or to roll.sh's (the roll's outer timeout)
+# does not reach an in-flight `timeout ssh`: it ends by itself within 65 s, and keeps fd 7 (the
+# group lock) meanwhile, so the next agent or roll waits for it and never sees a half-done start.
+# (`timeout --foreground` would keep ssh in the caller's group, but busybox's timeout lacks it.)
 on_host() { # INDEX VERB [NAME]
-  eval "_addr=\$MEMBER_${1}_ADDR _port=\$MEMBER_${1}_PORT _user=\$MEMBER_${1}_USER"
+  eval "_oh_addr=\$MEMBER_${1}_ADDR _oh_port=\$MEMBER_${1}_PORT _oh_user=\$MEMBER_${1}_USER"
   shift
   # -F /dev/null: no ssh_config at all (nothing in agent.conf can name one); -- ends options.
-  timeout 60 ssh -F /dev/null -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
+  timeout -k 5 60 ssh -F /dev/null -n -i "$DIR/agent_key" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=5 \
     -o UserKnownHostsFile="$DIR/known_hosts" -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
-    -p "$_port" -- "$_user@$_addr" "$@"
+    -p "$_oh_port" -- "$_oh_user@$_oh_addr" "$@"
 }
 # The members' stats as the member hosts report them, kept only when well-formed: a name that is
 # one of this group's slots, a known state, digits for the CPU time (a host's answer is data,
 # never a path or a command).
 member_stats() {
-  for _h in $MEMBER_HOST_INDEXES; do on_host "$_h" stats 2>/dev/null; done |
+  for _ms_h in $MEMBER_HOST_INDEXES; do on_host "$_ms_h" stats 2>/dev/null; done |
     awk -v names="$ALL_NAMES" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1 }
       NF == 3 && ($1 in ok) && ($2 == "running" || $2 == "paused" || $2 == "shut-off") && $3 ~ /^[0-9]+$/ { print }'
 }
@@ -146,24 +155,27 @@ lb_sessions() { # NAME -> current sessions on that server
 }
 healthy() { # INDEX -> the member answers its health check (from the load balancer's namespace)
   # Bounded by timeout(1) only: Debian 12's busybox 1.35 wget segfaults when given -T.
-  eval "_ip=\$MEMBER_${1}_IP"
+  eval "_he_ip=\$MEMBER_${1}_IP"
   if [ -n "$LB_NS" ]; then
-    ip netns exec "$LB_NS" timeout 4 busybox wget -q -O /dev/null "http://$_ip:$HEALTH_PORT$HEALTH_PATH" 2>/dev/null
+    ip netns exec "$LB_NS" timeout 4 busybox wget -q -O /dev/null "http://$_he_ip:$HEALTH_PORT$HEALTH_PATH" 2>/dev/null
   else
     on_host "$1" state "$(member_name "$1")" | grep -qx running
   fi
 }
 member_name() { eval "echo \$MEMBER_${1}_NAME"; }
-index_of() { _i=0; while [ "$_i" -lt "$MAX" ]; do [ "$(member_name $_i)" = "$1" ] && { echo $_i; return; }; _i=$((_i + 1)); done; echo -1; }
+index_of() { _io_i=0; while [ "$_io_i" -lt "$MAX" ]; do [ "$(member_name $_io_i)" = "$1" ] && { echo $_io_i; return; }; _io_i=$((_io_i + 1)); done; echo -1; }
 mstate() { [ -f "state/$1" ] && awk '{print $1}' "state/$1" || echo stopped; }
 mstarted() { [ -f "state/$1" ] && awk '{print $2}' "state/$1" || echo 0; }
-set_mstate() { echo "$2 $3" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
+set_mstate() {
+  [ "$2" = failed ] || rm -f "state/$1.offfail" # stop_failed's note ends with the FAILED mark
+  echo "$2 $3" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"
+}
 member_table() { # "name state startedAt index" for every slot
-  _i=0
-  while [ "$_i" -lt "$MAX" ]; do
-    _n=$(member_name $_i)
-    echo "$_n $(mstate "$_n") $(mstarted "$_n") $_i"
-    _i=$((_i + 1))
+  _mt_i=0
+  while [ "$_mt_i" -lt "$MAX" ]; do
+    _mt_n=$(member_name $_mt_i)
+    echo "$_mt_n $(mstate "$_mt_n") $(mstarted "$_mt_n") $_mt_i"
+    _mt_i=$((_mt_i + 1))
   done
 }
 in_service() { member_table | awk '$2=="running"{print $1}'; }
@@ -171,40 +183,64 @@ count_running() { member_table | awk '$2=="running"{n++} END{print n+0}'; }
 getv() { [ -f "state/$1" ] && cat "state/$1" || echo "$2"; }
 setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 
-# Start members (in parallel), wait for each to answer its health check, then put it in the pool.
+# Start members, wait for each to answer its health check, then put it in the pool. The start
+# commands run all at once (one ssh each, so two guests of a scaling boot side by side, issue
+# 13), each bounded by on_host's timeout (65 s at most, even when the agent or a roll is killed
+# meanwhile: see on_host); only this call's own children are waited for, each by its pid; their
+# results are logged in member order, and a failed start marks that slot FAILED.
 start_members() { # names...
-  for _n in "$@"; do
-    _k=$(index_of "$_n")
-    set_mstate "$_n" starting 0
-    lb_state "$_n" maint
-    if on_host "$_k" start "$_n" >/dev/null 2>>"$DIR/agent.err"; then
-      log "event=action action=start member=$_n host=$(eval "echo \$MEMBER_${_k}_HOST")$CAUSE"
-    else
-      log "event=action action=start member=$_n result=failed reason=start-command-failed"
-      set_mstate "$_n" failed "$(date +%s)"
-    fi
+  _sm_spids=""
+  for _sm_n in "$@"; do
+    _sm_k=$(index_of "$_sm_n")
+    set_mstate "$_sm_n" starting 0
+    lb_state "$_sm_n" maint
+    rm -f "state/$_sm_n.start"
+    (
+      if on_host "$_sm_k" start "$_sm_n" >/dev/null 2>>"$DIR/agent.err"; then _sm_r=ok; else _sm_r="failed rc=$?"; fi
+      echo "$_sm_r" > "state/$_sm_n.start"
+    ) &
+    _sm_spids="$_sm_spids $!"
   done
-  _deadline=$(($(date +%s) + BOOT_TIMEOUT))
-  _left=$*
-  while [ -n "$_left" ]; do
-    _next=""
-    for _n in $_left; do
-      [ "$(mstate "$_n")" = starting ] || continue
-      if healthy "$(index_of "$_n")"; then
-        lb_state "$_n" ready
-        set_mstate "$_n" running "$(date +%s)"
-        rm -f "samples/$_n"
-        log "event=action action=in-service member=$_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
+  for _sm_sp in $_sm_spids; do wait "$_sm_sp"; done
+  for _sm_n in "$@"; do
+    _sm_k=$(index_of "$_sm_n")
+    _sm_r=$(cat "state/$_sm_n.start" 2>/dev/null)
+    [ -n "$_sm_r" ] || _sm_r="failed rc=none"
+    if [ "$_sm_r" = ok ]; then
+      log "event=action action=start member=$_sm_n host=$(eval "echo \$MEMBER_${_sm_k}_HOST")$CAUSE"
+    else
+      log "event=action action=start member=$_sm_n result=failed reason=start-command-failed ${_sm_r#failed }$CAUSE"
+      set_mstate "$_sm_n" failed "$(date +%s)"
+    fi
+    rm -f "state/$_sm_n.start"
+  done
+  await_health "$@"
+}
+
+# Wait (at most BOOT_TIMEOUT) for members in state `starting` to answer their health check: each
+# joins the pool when it answers; one that does not in time is marked FAILED (still in maint).
+await_health() { # names...
+  _ah_deadline=$(($(date +%s) + BOOT_TIMEOUT))
+  _ah_left=$*
+  while [ -n "$_ah_left" ]; do
+    _ah_next=""
+    for _ah_n in $_ah_left; do
+      [ "$(mstate "$_ah_n")" = starting ] || continue
+      if healthy "$(index_of "$_ah_n")"; then
+        lb_state "$_ah_n" ready
+        set_mstate "$_ah_n" running "$(date +%s)"
+        rm -f "samples/$_ah_n"
+        log "event=action action=in-service member=$_ah_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
       else
-        _next="$_next $_n"
+        _ah_next="$_ah_next $_ah_n"
       fi
     done
-    _left=${_next# }
-    [ -z "$_left" ] && break
-    if [ "$(date +%s)" -ge "$_deadline" ]; then
-      for _n in $_left; do
-        set_mstate "$_n" failed "$(date +%s)"
-        log "event=action action=failed member=$_n reason=no-health-within-${BOOT_TIMEOUT}s$CAUSE"
+    _ah_left=${_ah_next# }
+    [ -z "$_ah_left" ] && break
+    if [ "$(date +%s)" -ge "$_ah_deadline" ]; then
+      for _ah_n in $_ah_left; do
+        set_mstate "$_ah_n" failed "$(date +%s)"
+        log "event=action action=failed member=$_ah_n reason=no-health-within-${BOOT_TIMEOUT}s$CAUSE"
       done
       break
     fi
@@ -215,149 +251,174 @@ start_members() { # names...
 
 # Take members out: drain in the pool, wait for their sessions (bounded), maint, then stop.
 stop_members() { # names...
-  for _n in "$@"; do lb_state "$_n" drain; done
-  for _n in "$@"; do
-    log "event=action action=drain member=$_n pool=${LB_BACKEND:-none}$CAUSE"
+  for _sp_n in "$@"; do lb_state "$_sp_n" drain; done
+  for _sp_n in "$@"; do
+    log "event=action action=drain member=$_sp_n pool=${LB_BACKEND:-none}$CAUSE"
   done
-  _deadline=$(($(date +%s) + DRAIN_TIMEOUT))
+  _sp_deadline=$(($(date +%s) + DRAIN_TIMEOUT))
   sleep 1
-  for _n in "$@"; do
-    while [ "$(lb_sessions "$_n")" -gt 0 ] && [ "$(date +%s)" -lt "$_deadline" ]; do sleep 1; done
-    lb_state "$_n" maint
-    _k=$(index_of "$_n")
-    if on_host "$_k" stop "$_n" >/dev/null 2>>"$DIR/agent.err"; then
-      log "event=action action=stop member=$_n sessions=$(lb_sessions "$_n")$CAUSE"
+  for _sp_n in "$@"; do
+    while [ "$(lb_sessions "$_sp_n")" -gt 0 ] && [ "$(date +%s)" -lt "$_sp_deadline" ]; do sleep 1; done
+    lb_state "$_sp_n" maint
+    _sp_k=$(index_of "$_sp_n")
+    if on_host "$_sp_k" stop "$_sp_n" >/dev/null 2>>"$DIR/agent.err"; then
+      log "event=action action=stop member=$_sp_n sessions=$(lb_sessions "$_sp_n")$CAUSE"
     else
-      log "event=action action=stop member=$_n result=failed"
+      log "event=action action=stop member=$_sp_n result=failed"
     fi
-    set_mstate "$_n" stopped 0
-    rm -f "samples/$_n"
+    set_mstate "$_sp_n" stopped 0
+    rm -f "samples/$_sp_n"
   done
 }
 
-# A member that failed its health check during a roll (review R4): never left running out of the
-# pool. It never joined the pool (start_members keeps it in maint until it answers), so it is
-# powered off at once and stays marked FAILED (no scale-out starts a FAILED slot, an agent
-# restart keeps the mark and powers it off again if it still runs; the next resize marks it
-# stopped). The decision is logged with its reason.
+# A member that failed its start or its health check (a scaling, a roll's spare or roll-in, review
+# R4), or a FAILED slot found running: never left running out of the pool. It never joined the
+# pool (start_members keeps it in maint until it answers), so it is powered off at once and stays
+# marked FAILED. FAILED is kept until the slot is reset (review N3; Heat replaces a FAILED member
+# with a new one, it never restarts it in place): no scale-out, no restoration of MIN and no
+# roll's spare starts it; an agent restart keeps the mark; the slot's next roll (a launch change:
+# its new server is the replacement) clears it. The decision is logged with its reason; a
+# power-off that keeps failing (retried at every evaluation while the domain runs) is logged once
+# per reason (review A5: state/<m>.offfail holds the last one logged; a success clears it).
 stop_failed() { # MEMBER REASON
   lb_state "$1" maint
-  _k=$(index_of "$1")
-  if on_host "$_k" stop "$1" >/dev/null 2>>"$DIR/agent.err"; then
+  _sf_k=$(index_of "$1")
+  if on_host "$_sf_k" stop "$1" >/dev/null 2>>"$DIR/agent.err"; then
+    rm -f "state/$1.offfail"
     log "event=action action=stop member=$1 reason=$2 state=failed$CAUSE"
-  else
-    log "event=action action=stop member=$1 reason=$2 state=failed result=failed$CAUSE"
+  elif [ "$(getv "$1.offfail" "")" != "$2" ]; then
+    setv "$1.offfail" "$2"
+    log "event=action action=stop member=$1 reason=$2 state=failed result=failed note=retried-each-interval-logged-once$CAUSE"
   fi
   set_mstate "$1" failed "$(date +%s)"
   rm -f "samples/$1"
 }
 
-# Bring the group to SIZE members in service (Heat's member order).
+# Bring the group to SIZE members in service (Heat's member order). FAILED slots are neither
+# counted nor started (review N3): a scale-out takes the lowest stopped slots instead, as Heat
+# replaces a FAILED member with a new one; a scale-in takes members in service (a FAILED slot is
+# already out of the pool and off). A member that fails to start here is powered off at once.
 resize() { # SIZE
-  _cur=$(count_running)
-  _failed=$(member_table | awk '$2=="failed"{print $1}')
-  # FAILED members leave first (Heat removes them before any other).
-  [ -n "$_failed" ] && stop_members $_failed
-  if [ "$1" -gt "$_cur" ]; then
-    start_members $(member_table | asg_to_start $(($1 - _cur)))
-  elif [ "$1" -lt "$_cur" ]; then
-    stop_members $(member_table | asg_to_stop $((_cur - $1)))
+  _rs_cur=$(count_running)
+  if [ "$1" -gt "$_rs_cur" ]; then
+    _rs_up=$(member_table | asg_to_start $(($1 - _rs_cur)))
+    if [ "$(echo $_rs_up | wc -w)" -lt $(($1 - _rs_cur)) ]; then no_slot_note "$1" "$_rs_cur"; else setv last_no_slot ""; fi
+    start_members $_rs_up
+    for _rs_n in $_rs_up; do
+      [ "$(mstate "$_rs_n")" = failed ] && stop_failed "$_rs_n" unhealthy-at-start
+    done
+  elif [ "$1" -lt "$_rs_cur" ]; then
+    stop_members $(member_table | awk '$2=="running"' | asg_to_stop $((_rs_cur - $1)))
   fi
+  return 0
+}
+
+# Too few stopped slots for a scale-out (the others in service, FAILED or rolling): logged once
+# until the reason changes (keep_bounds would otherwise log it every interval).
+no_slot_note() { # WANT CURRENT
+  _ns_why="want=$1 current=$2 stopped=$(member_table | awk '$2=="stopped"{n++} END{print n+0}') failed=$(member_table | awk '$2=="failed"{printf "%s%s", s, $1; s=","}')"
+  [ "$(getv last_no_slot "")" = "$_ns_why" ] && return 0
+  setv last_no_slot "$_ns_why"
+  log "event=short reason=no-startable-slot $_ns_why"
 }
 
 # CPU: one sample per member in service per tick, "t_ms cpu_ns" lines, the last KEEP kept.
 sample_cpu() {
-  _t=$(now_ms)
-  _i=0
+  _sc_t=$(now_ms)
   member_stats > stats.tmp
-  while read -r _n _st _cpu; do
-    [ "$(mstate "$_n")" = running ] || continue
-    if [ "$_st" != running ]; then
-      # Gone underneath the agent (crashed, destroyed by hand): Heat counts only live members.
-      lb_state "$_n" maint
-      set_mstate "$_n" stopped 0
-      rm -f "samples/$_n"
-      log "event=member-lost member=$_n domain=$_st"
+  while read -r _sc_n _sc_st _sc_cpu; do
+    if [ "$(mstate "$_sc_n")" = failed ] && [ "$_sc_st" = running ]; then
+      # FAILED is off (its power-off failed, or it came up after its start command failed).
+      stop_failed "$_sc_n" failed-still-running
       continue
     fi
-    echo "$_t $_cpu" >> "samples/$_n"
-    tail -n "$KEEP" "samples/$_n" > "samples/$_n.tmp" && mv -f "samples/$_n.tmp" "samples/$_n"
+    [ "$(mstate "$_sc_n")" = running ] || continue
+    if [ "$_sc_st" != running ]; then
+      # Gone underneath the agent (crashed, destroyed by hand): Heat counts only live members.
+      lb_state "$_sc_n" maint
+      set_mstate "$_sc_n" stopped 0
+      rm -f "samples/$_sc_n"
+      log "event=member-lost member=$_sc_n domain=$_sc_st"
+      continue
+    fi
+    echo "$_sc_t $_sc_cpu" >> "samples/$_sc_n"
+    tail -n "$KEEP" "samples/$_sc_n" > "samples/$_sc_n.tmp" && mv -f "samples/$_sc_n.tmp" "samples/$_sc_n"
   done < stats.tmp
 }
 
 # avg_cpu PERIOD_S -> "<avg percent> <members counted>" or "none 0" (insufficient data).
 # A member counts once its samples span the window (less one interval of slack).
 avg_cpu() {
-  _now=$(now_ms)
-  _need=$((($1 - INTERVAL) * 1000))
-  _sum=0 _cnt=0
-  for _n in $(in_service); do
-    [ -f "samples/$_n" ] || continue
-    _r=$(awk -v now="$_now" -v w="$(($1 * 1000))" -v need="$_need" '
+  _av_now=$(now_ms)
+  _av_need=$((($1 - INTERVAL) * 1000))
+  _av_sum=0 _av_cnt=0
+  for _av_n in $(in_service); do
+    [ -f "samples/$_av_n" ] || continue
+    _av_r=$(awk -v now="$_av_now" -v w="$(($1 * 1000))" -v need="$_av_need" '
       { t[NR]=$1; c[NR]=$2 }
       END { if (NR < 2) exit; last=NR; first=0
             for (i=1;i<=NR;i++) if (t[i] >= now - w) { first=i; break }
             if (first == 0 || first == last) exit
             dt=t[last]-t[first]; if (dt < need || dt <= 0) exit
-            printf "%d\n", (c[last]-c[first]) / (dt * 10000) }' "samples/$_n")
-    [ -n "$_r" ] || continue
-    _sum=$((_sum + _r)) _cnt=$((_cnt + 1))
+            printf "%d\n", (c[last]-c[first]) / (dt * 10000) }' "samples/$_av_n")
+    [ -n "$_av_r" ] || continue
+    _av_sum=$((_av_sum + _av_r)) _av_cnt=$((_av_cnt + 1))
   done
-  if [ "$_cnt" -eq 0 ]; then echo "none 0"; else echo "$((_sum / _cnt)) $_cnt"; fi
+  if [ "$_av_cnt" -eq 0 ]; then echo "none 0"; else echo "$((_av_sum / _av_cnt)) $_av_cnt"; fi
 }
 
 # Heat's adjust(): one signal for policy P (index) from SOURCE, received at RECEIVED_MS.
 signal() { # P SOURCE RECEIVED_MS INPUTS
-  eval "_pn=\$POLICY_${1}_NAME _pt=\$POLICY_${1}_TYPE _pa=\$POLICY_${1}_ADJ _pc=\$POLICY_${1}_COOLDOWN _ps=\$POLICY_${1}_STEP"
-  _cur=$(count_running)
-  _cd_end=$(getv cooldown_end 0)
-  _nows=$(date +%s)
-  _base="policy=$_pn source=$2 $4 current=$_cur type=$_pt adjustment=$_pa cooldown=$_pc cooldown_end=$_cd_end"
+  eval "_sg_pn=\$POLICY_${1}_NAME _sg_pt=\$POLICY_${1}_TYPE _sg_pa=\$POLICY_${1}_ADJ _sg_pc=\$POLICY_${1}_COOLDOWN _sg_ps=\$POLICY_${1}_STEP"
+  _sg_cur=$(count_running)
+  _sg_cd_end=$(getv cooldown_end 0)
+  _sg_nows=$(date +%s)
+  _sg_base="policy=$_sg_pn source=$2 $4 current=$_sg_cur type=$_sg_pt adjustment=$_sg_pa cooldown=$_sg_pc cooldown_end=$_sg_cd_end"
   if [ "$3" -lt "$(getv scaling_finished_ms 0)" ] && [ "$3" -ge "$(getv scaling_started_ms 0)" ]; then
-    log "event=ignored reason=scaling-in-progress $_base"
+    log "event=ignored reason=scaling-in-progress $_sg_base"
     return
   fi
-  if [ "$_nows" -lt "$_cd_end" ]; then
-    [ "$2" = alarm ] && [ "$(getv last_ignored "")" = "$_pn" ] && return
-    setv last_ignored "$_pn"
-    log "event=ignored reason=in-cooldown remaining=$((_cd_end - _nows))s $_base"
+  if [ "$_sg_nows" -lt "$_sg_cd_end" ]; then
+    [ "$2" = alarm ] && [ "$(getv last_ignored "")" = "$_sg_pn" ] && return
+    setv last_ignored "$_sg_pn"
+    log "event=ignored reason=in-cooldown remaining=$((_sg_cd_end - _sg_nows))s $_sg_base"
     return
   fi
-  _new=$(asg_new_capacity "$_cur" "$_pa" "$_pt" "$_ps" "$MIN" "$MAX")
-  if [ "$_new" -eq "$_cur" ]; then
-    [ "$2" = alarm ] && [ "$(getv last_ignored "")" = "nochange-$_pn" ] && return
-    setv last_ignored "nochange-$_pn"
-    log "event=ignored reason=no-change new=$_new $_base"
+  _sg_new=$(asg_new_capacity "$_sg_cur" "$_sg_pa" "$_sg_pt" "$_sg_ps" "$MIN" "$MAX")
+  if [ "$_sg_new" -eq "$_sg_cur" ]; then
+    [ "$2" = alarm ] && [ "$(getv last_ignored "")" = "nochange-$_sg_pn" ] && return
+    setv last_ignored "nochange-$_sg_pn"
+    log "event=ignored reason=no-change new=$_sg_new $_sg_base"
     return
   fi
   setv last_ignored ""
-  log "event=decision $_base new=$_new"
-  scale_to "$_new" "$_pc"
+  log "event=decision $_sg_base new=$_sg_new"
+  scale_to "$_sg_new" "$_sg_pc"
 }
 
 scale_to() { # NEW COOLDOWN_S
   setv scaling_started_ms "$(now_ms)"
   setv scaling_finished_ms 9999999999999
-  _before=$(count_running)
+  _st_before=$(count_running)
   resize "$1"
-  _after=$(count_running)
+  _st_after=$(count_running)
   setv scaling_finished_ms "$(now_ms)"
-  setv size "$_after"
-  if [ "$_after" -ne "$_before" ]; then
-    _end=$(($(date +%s) + $2))
-    _prev=$(getv cooldown_end 0)
-    [ "$_prev" -gt "$_end" ] && _end=$_prev
-    setv cooldown_end "$_end"
-    log "event=scaled from=$_before to=$_after cooldown_end=$_end"
+  setv size "$_st_after"
+  if [ "$_st_after" -ne "$_st_before" ]; then
+    _st_end=$(($(date +%s) + $2))
+    _st_prev=$(getv cooldown_end 0)
+    [ "$_st_prev" -gt "$_st_end" ] && _st_end=$_st_prev
+    setv cooldown_end "$_st_end"
+    log "event=scaled from=$_st_before to=$_st_after cooldown_end=$_st_end"
   else
-    log "event=scaled from=$_before to=$_after cooldown_end=$(getv cooldown_end 0) note=size-unchanged-no-cooldown"
+    log "event=scaled from=$_st_before to=$_st_after cooldown_end=$(getv cooldown_end 0) note=size-unchanged-no-cooldown"
   fi
 }
 
 # The logs stay bounded: past 1 MiB, the last 5000 lines are kept (both are opened per write).
 trim_logs() {
-  for _f in decisions.log agent.err; do
-    [ -f "$_f" ] && [ "$(wc -c < "$_f")" -gt 1048576 ] && tail -n 5000 "$_f" > "$_f.tmp" && mv -f "$_f.tmp" "$_f"
+  for _tl_f in decisions.log agent.err; do
+    [ -f "$_tl_f" ] && [ "$(wc -c < "$_tl_f")" -gt 1048576 ] && tail -n 5000 "$_tl_f" > "$_tl_f.tmp" && mv -f "$_tl_f.tmp" "$_tl_f"
   done
   return 0
 }
@@ -381,57 +442,89 @@ write_status() {
 # Start-up: what runs now is the truth (the agent may have been restarted); put the pool in step.
 reconcile_start() {
   member_stats > stats.tmp
-  _i=0
-  while [ "$_i" -lt "$MAX" ]; do
-    _n=$(member_name $_i)
-    _st=$(awk -v n="$_n" '$1==n {print $2}' stats.tmp)
-    if [ "$(mstate "$_n")" = rolling ]; then
+  _rc_i=0
+  while [ "$_rc_i" -lt "$MAX" ]; do
+    _rc_n=$(member_name $_rc_i)
+    _rc_st=$(awk -v n="$_rc_n" '$1==n {print $2}' stats.tmp)
+    if [ "$(mstate "$_rc_n")" = rolling ]; then
       : # a rolling replacement holds it out of service (roll-in brings it back)
-    elif [ "$(mstate "$_n")" = failed ]; then
+    elif [ "$(mstate "$_rc_n")" = starting ]; then
+      : # the agent stopped while it booted (review N3): dead_starts below
+    elif [ "$(mstate "$_rc_n")" = failed ]; then
       # FAILED stays FAILED across a restart (review L3): no scale-out starts it, and it never
       # goes back into the pool. Still running (its power-off failed): powered off again.
-      if [ "$_st" = running ]; then
-        stop_failed "$_n" still-running-at-agent-start
+      if [ "$_rc_st" = running ]; then
+        stop_failed "$_rc_n" still-running-at-agent-start
       else
-        lb_state "$_n" maint
+        lb_state "$_rc_n" maint
       fi
-    elif [ "$_st" = running ]; then
-      if [ "$(mstate "$_n")" != running ]; then set_mstate "$_n" running "$(date +%s)"; fi
-      lb_state "$_n" ready
+    elif [ "$_rc_st" = running ]; then
+      if [ "$(mstate "$_rc_n")" != running ]; then set_mstate "$_rc_n" running "$(date +%s)"; fi
+      lb_state "$_rc_n" ready
     else
-      [ "$(mstate "$_n")" = stopped ] || log "event=member-lost member=$_n domain=${_st:-unknown}"
-      set_mstate "$_n" stopped 0
-      lb_state "$_n" maint
+      [ "$(mstate "$_rc_n")" = stopped ] || log "event=member-lost member=$_rc_n domain=${_rc_st:-unknown}"
+      set_mstate "$_rc_n" stopped 0
+      lb_state "$_rc_n" maint
     fi
-    _i=$((_i + 1))
+    _rc_i=$((_rc_i + 1))
   done
+  dead_starts at-agent-start
   log "event=agent-start pid=$$ size=$(count_running) members=$(in_service | tr '\n' ',')"
+}
+
+# Slots left `starting` by a start that died (an agent or a roll.sh killed while a member booted;
+# review N3 at start-up, A2 at every evaluation). Every start_members runs under the group lock and
+# ends each member running or FAILED before it unlocks, so a `starting` slot seen by a holder of
+# the group lock belongs to a dead start. Its domain runs: treated as a fresh start (maint until
+# it answers its health check, else FAILED and powered off). It does not: stopped (logged).
+# Reads stats.tmp (member_stats of this evaluation). WHEN names the occasion in the log.
+dead_starts() { # WHEN
+  _ds_boot=""
+  for _ds_n in $(member_table | awk '$2=="starting"{print $1}'); do
+    _ds_st=$(awk -v n="$_ds_n" '$1==n {print $2}' stats.tmp)
+    lb_state "$_ds_n" maint
+    if [ "$_ds_st" = running ]; then
+      _ds_boot="$_ds_boot $_ds_n"
+    else
+      log "event=member-lost member=$_ds_n domain=${_ds_st:-unknown} was=starting reason=starting-$1"
+      set_mstate "$_ds_n" stopped 0
+    fi
+  done
+  [ -n "$_ds_boot" ] || return 0
+  log "event=health-wait members=$(echo $_ds_boot | tr ' ' ',') reason=starting-$1"
+  await_health $_ds_boot
+  for _ds_n in $_ds_boot; do
+    [ "$(mstate "$_ds_n")" = failed ] && stop_failed "$_ds_n" "unhealthy-$1"
+  done
+  return 0
 }
 
 # The program's desired size (written by `pulumi up` when it changes): Heat's group update.
 program_desired() {
   [ -f requests/desired ] || return
-  read -r _gen _want < requests/desired
-  [ "$_gen" = "$(getv desired_gen 0)" ] && return
-  setv desired_gen "$_gen"
-  _cur=$(count_running)
-  _want=$(asg_new_capacity "$_cur" "$_want" exact_capacity 0 "$MIN" "$MAX")
-  log "event=decision source=program desired=$_want generation=$_gen current=$_cur min=$MIN max=$MAX cooldown=$COOLDOWN"
-  scale_to "$_want" "$COOLDOWN"
+  read -r _pd_gen _pd_want < requests/desired
+  [ "$_pd_gen" = "$(getv desired_gen 0)" ] && return
+  setv desired_gen "$_pd_gen"
+  _pd_cur=$(count_running)
+  _pd_want=$(asg_new_capacity "$_pd_cur" "$_pd_want" exact_capacity 0 "$MIN" "$MAX")
+  log "event=decision source=program desired=$_pd_want generation=$_pd_gen current=$_pd_cur min=$MIN max=$MAX cooldown=$COOLDOWN"
+  scale_to "$_pd_want" "$COOLDOWN"
   # Heat: a create or update of the group starts a cooldown even without a size change.
-  _end=$(($(date +%s) + COOLDOWN))
-  [ "$(getv cooldown_end 0)" -gt "$_end" ] && _end=$(getv cooldown_end 0)
-  setv cooldown_end "$_end"
+  _pd_end=$(($(date +%s) + COOLDOWN))
+  [ "$(getv cooldown_end 0)" -gt "$_pd_end" ] && _pd_end=$(getv cooldown_end 0)
+  setv cooldown_end "$_pd_end"
 }
 
 # Keep the group inside [MIN, MAX] (a lost member below MIN is replaced, as an update would).
 keep_bounds() {
-  _cur=$(count_running)
-  if [ "$_cur" -lt "$MIN" ]; then
-    log "event=decision source=min current=$_cur min=$MIN new=$MIN"
+  _kb_cur=$(count_running)
+  if [ "$_kb_cur" -lt "$MIN" ]; then
+    # Nothing to start (every other slot FAILED or rolling): said once, no decision every interval.
+    [ -z "$(member_table | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_kb_cur"; return 0; }
+    log "event=decision source=min current=$_kb_cur min=$MIN new=$MIN"
     scale_to "$MIN" 0
-  elif [ "$_cur" -gt "$MAX" ]; then
-    log "event=decision source=max current=$_cur max=$MAX new=$MAX"
+  elif [ "$_kb_cur" -gt "$MAX" ]; then
+    log "event=decision source=max current=$_kb_cur max=$MAX new=$MAX"
     scale_to "$MAX" 0
   fi
 }
@@ -449,65 +542,65 @@ roll_refuse() { # CODE MESSAGE
 
 # Before MEMBER's server changes: take it out of service, never leaving fewer than MIN in service.
 roll_out() { # MEMBER
-  _rk=$(index_of "$1")
-  _end=""
+  _ro_rk=$(index_of "$1")
+  _ro_end=""
   while :; do
-    if [ -z "$_end" ]; then
+    if [ -z "$_ro_end" ]; then
       group_lock 600 || roll_refuse 75 "the group lock ($DIR/group.lock) stayed held for 600 s; nothing was changed. Fix: see kvmlab asg status $GROUP, then run up again"
     else
       # Waiting below MIN: the lock wait counts against the same wall-clock deadline.
-      _left=$((_end - $(date +%s)))
-      [ "$_left" -lt 1 ] && _left=1
-      group_lock "$_left" || roll_refuse 65 "below min: the group did not come back to its min $MIN within ${ROLL_WAIT}s (the group lock stayed held), so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+      _ro_left=$((_ro_end - $(date +%s)))
+      [ "$_ro_left" -lt 1 ] && _ro_left=1
+      group_lock "$_ro_left" || roll_refuse 65 "below min: the group did not come back to its min $MIN within ${ROLL_WAIT}s (the group lock stayed held), so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
     fi
-    _rst=$(mstate "$1")
-    if [ "$_rst" = rolling ]; then
+    _ro_rst=$(mstate "$1")
+    if [ "$_ro_rst" = rolling ]; then
       # Taken out by an earlier up that failed after this step: it is still out, nothing to do.
       log "event=roll-out member=$1 was=rolling note=already-out$CAUSE"
       return 0
     fi
-    if [ "$_rst" != running ]; then
+    if [ "$_ro_rst" != running ]; then
       # Not in service (stopped, or a FAILED or still-starting member, which may run): keep it
       # from the pool and off, so no scale-out starts it while its server changes.
       lb_state "$1" maint
-      [ "$_rst" = stopped ] || on_host "$_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err" || true
+      [ "$_ro_rst" = stopped ] || on_host "$_ro_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err" || true
       echo "0 " > "state/$1.roll"
       set_mstate "$1" rolling 0
       rm -f "samples/$1"
-      log "event=roll-out member=$1 was=$_rst in_service=$(count_running) min=$MIN$CAUSE"
+      log "event=roll-out member=$1 was=$_ro_rst in_service=$(count_running) min=$MIN$CAUSE"
       write_status
       return 0
     fi
-    _rcur=$(count_running)
-    [ "$_rcur" -ge "$MIN" ] && break
+    _ro_rcur=$(count_running)
+    [ "$_ro_rcur" -ge "$MIN" ] && break
     # Below MIN (Heat updates nothing then): let the agent bring it back, bounded in wall-clock time.
-    [ -z "$_end" ] && _end=$(($(date +%s) + ROLL_WAIT))
-    [ "$(date +%s)" -ge "$_end" ] &&
-      roll_refuse 65 "below min: $_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+    [ -z "$_ro_end" ] && _ro_end=$(($(date +%s) + ROLL_WAIT))
+    [ "$(date +%s)" -ge "$_ro_end" ] &&
+      roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
     group_unlock
-    _left=$((_end - $(date +%s)))
-    [ "$_left" -gt 5 ] && _left=5
-    [ "$_left" -lt 1 ] && _left=1
-    sleep "$_left"
+    _ro_left=$((_ro_end - $(date +%s)))
+    [ "$_ro_left" -gt 5 ] && _ro_left=5
+    [ "$_ro_left" -lt 1 ] && _ro_left=1
+    sleep "$_ro_left"
   done
-  _surge=""
-  if [ $((_rcur - 1)) -lt "$MIN" ]; then
+  _ro_surge=""
+  if [ $((_ro_rcur - 1)) -lt "$MIN" ]; then
     # Taking it out would leave fewer than MIN in service: a stopped slot goes in first (Heat's
     # min_in_service: a new member before an old one leaves).
-    _surge=$(member_table | asg_to_start 1)
-    [ -n "$_surge" ] ||
-      roll_refuse 66 "no spare slot: taking $1 out would leave $((_rcur - 1)) members in service, below min $MIN, and every other slot is in service or being replaced ($1 stays in service; nothing was changed). Fix: raise max by one (a spare slot), then run up again"
-    log "event=roll-surge member=$_surge for=$1 in_service=$_rcur min=$MIN$CAUSE"
-    start_members "$_surge"
-    if [ "$(mstate "$_surge")" != running ]; then
-      stop_failed "$_surge" spare-unhealthy
-      roll_refuse 67 "spare failed: $_surge did not pass its health check within ${BOOT_TIMEOUT}s; it was stopped and is marked FAILED, and $1 stays in service (nothing else was changed). Fix: see $_surge's serial log, then run up again"
+    _ro_surge=$(member_table | asg_to_start 1)
+    [ -n "$_ro_surge" ] ||
+      roll_refuse 66 "no spare slot: taking $1 out would leave $((_ro_rcur - 1)) members in service, below min $MIN, and every other slot is in service or being replaced ($1 stays in service; nothing was changed). Fix: raise max by one (a spare slot), then run up again"
+    log "event=roll-surge member=$_ro_surge for=$1 in_service=$_ro_rcur min=$MIN$CAUSE"
+    start_members "$_ro_surge"
+    if [ "$(mstate "$_ro_surge")" != running ]; then
+      stop_failed "$_ro_surge" spare-unhealthy
+      roll_refuse 67 "spare failed: $_ro_surge did not pass its health check within ${BOOT_TIMEOUT}s; it was stopped and is marked FAILED, and $1 stays in service (nothing else was changed). Fix: see $_ro_surge's serial log, then run up again"
     fi
   fi
   stop_members "$1"
-  echo "1 $_surge" > "state/$1.roll"
+  echo "1 $_ro_surge" > "state/$1.roll"
   set_mstate "$1" rolling 0
-  log "event=roll-out member=$1 was=running in_service=$(count_running) min=$MIN surge=${_surge:-none}$CAUSE"
+  log "event=roll-out member=$1 was=running in_service=$(count_running) min=$MIN surge=${_ro_surge:-none}$CAUSE"
   write_status
 }
 
@@ -519,22 +612,22 @@ roll_in() { # MEMBER
     log "event=roll-in member=$1 note=not-rolling$CAUSE"
     return 0
   fi
-  read -r _rwas _surge < "state/$1.roll"
-  if [ "$_rwas" = 1 ]; then
+  read -r _ri_rwas _ri_surge < "state/$1.roll"
+  if [ "$_ri_rwas" = 1 ]; then
     set_mstate "$1" stopped 0
     start_members "$1"
     if [ "$(mstate "$1")" != running ]; then
       rm -f "state/$1.roll"
       stop_failed "$1" unhealthy-after-change
-      roll_refuse 68 "unhealthy after the change: $1 did not pass its health check within ${BOOT_TIMEOUT}s with its new launch configuration; it was stopped and is marked FAILED (the agent replaces it from the spare slots) and ${_surge:-no spare} stays in service. Fix: see $1's serial log, correct the launch change, run up again"
+      roll_refuse 68 "unhealthy after the change: $1 did not pass its health check within ${BOOT_TIMEOUT}s with its new launch configuration; it was stopped and is marked FAILED (the agent replaces it from the spare slots) and ${_ri_surge:-no spare} stays in service. Fix: see $1's serial log, correct the launch change, run up again"
     fi
     # The spare that stood in for it leaves again (Heat: the group returns to its capacity).
-    [ -n "$_surge" ] && [ "$(mstate "$_surge")" = running ] && stop_members "$_surge"
+    [ -n "$_ri_surge" ] && [ "$(mstate "$_ri_surge")" = running ] && stop_members "$_ri_surge"
   else
     set_mstate "$1" stopped 0
   fi
   rm -f "state/$1.roll"
-  log "event=roll-in member=$1 was_in_service=$_rwas in_service=$(count_running) min=$MIN$CAUSE"
+  log "event=roll-in member=$1 was_in_service=$_ri_rwas in_service=$(count_running) min=$MIN$CAUSE"
   write_status
 }
 
@@ -577,6 +670,11 @@ while :; do
     log "event=lock-wait-exceeded seconds=$LOCK_WAIT"
     continue
   fi
+  # A slot still `starting` now belongs to a dead start (review A2: a killed roll.sh).
+  if member_table | awk '$2=="starting"{f=1} END{exit !f}'; then
+    member_stats > stats.tmp
+    dead_starts after-dead-start
+  fi
   program_desired
   for _f in requests/signal.*; do
     [ -f "$_f" ] || continue
@@ -584,10 +682,10 @@ while :; do
     _pname=${_rest%.*}
     _rcv=${_rest##*.}
     rm -f "$_f"
-    _p=0 _found=-1
-    while [ "$_p" -lt "$NPOLICIES" ]; do
-      [ "$(eval "echo \$POLICY_${_p}_NAME")" = "$_pname" ] && _found=$_p
-      _p=$((_p + 1))
+    _pol=0 _found=-1
+    while [ "$_pol" -lt "$NPOLICIES" ]; do
+      [ "$(eval "echo \$POLICY_${_pol}_NAME")" = "$_pname" ] && _found=$_pol
+      _pol=$((_pol + 1))
     done
     if [ "$_found" -ge 0 ]; then
       signal "$_found" manual "$_rcv" "by=kvmlab-asg-signal"
@@ -597,17 +695,18 @@ while :; do
   done
   sample_cpu
   AVG=none
-  _p=0
-  while [ "$_p" -lt "$NPOLICIES" ]; do
-    eval "_cmp=\$POLICY_${_p}_CMP _thr=\$POLICY_${_p}_THRESHOLD _per=\$POLICY_${_p}_PERIOD"
+  # _pol: no function uses it (every function's variables carry its own prefix, see the top).
+  _pol=0
+  while [ "$_pol" -lt "$NPOLICIES" ]; do
+    eval "_cmp=\$POLICY_${_pol}_CMP _thr=\$POLICY_${_pol}_THRESHOLD _per=\$POLICY_${_pol}_PERIOD"
     if [ "$_per" -gt 0 ]; then
       set -- $(avg_cpu "$_per")
       AVG=$1
       if [ "$1" != none ] && asg_alarm_holds "$_cmp" "$1" "$_thr"; then
-        signal "$_p" alarm "$(now_ms)" "cpu_avg=$1 members_measured=$2 window=${_per}s alarm=$_cmp$_thr"
+        signal "$_pol" alarm "$(now_ms)" "cpu_avg=$1 members_measured=$2 window=${_per}s alarm=$_cmp$_thr"
       fi
     fi
-    _p=$((_p + 1))
+    _pol=$((_pol + 1))
   done
   keep_bounds
   write_status

@@ -26,6 +26,16 @@ const FAKE_SSH = `#!/bin/sh
 # (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
 case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
 while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) shift; break ;; *) shift ;; esac; done
+# a start may be made slow ($SIM/start_delay seconds) or fail like an unreachable host ($SIM/start_fail names)
+if [ "$1" = start ]; then
+  [ -f "$SIM/start_delay" ] && sleep "$(cat "$SIM/start_delay")"
+  grep -qx "$2" "$SIM/start_fail" 2>/dev/null && exit 255
+fi
+# a power-off may fail like an unreachable host ($SIM/stop_fail names); each attempt is counted
+if [ "$1" = stop ]; then
+  echo "$2" >> "$SIM/stop_attempts"
+  grep -qx "$2" "$SIM/stop_fail" 2>/dev/null && exit 255
+fi
 SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
@@ -331,7 +341,13 @@ test("the member command re-checks each server's owner marker at start and stop 
  * lock: the fakes above, `running` domains already up (and recorded as in service), no agent
  * started (each test starts what it needs).
  */
-function simGroup(opts: { min: number; max: number; running: string[] }): {
+function simGroup(opts: {
+  min: number;
+  max: number;
+  running: string[];
+  policies?: Parameters<typeof renderAgentConfig>[0]["policies"];
+  interval?: number;
+}): {
   root: string;
   dir: string;
   sim: string;
@@ -383,10 +399,10 @@ function simGroup(opts: { min: number; max: number; running: string[] }): {
       max: opts.max,
       desired: opts.min,
       cooldown: 3,
-      interval: 1,
+      interval: opts.interval ?? 1,
       bootTimeout: 10,
       drainTimeout: 1,
-      policies: [],
+      policies: opts.policies ?? [],
       members: names.map((name, i) => ({
         name,
         ip: ips[i],
@@ -901,6 +917,358 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     );
     assert.ok(!g.log().some((e) => e.event === "member-lost"), "no FAILED slot is reported lost");
     assert.equal(g.state("web-0"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+/** The slots the fake virsh started, in order (`$SIM/started`: "<ms> <name>" lines). */
+function starts(sim: string): string[] {
+  const f = path.join(sim, "started");
+  return fs.existsSync(f)
+    ? fs
+        .readFileSync(f, "utf8")
+        .split("\n")
+        .filter((l) => l !== "")
+        .map((l) => l.split(" ")[1])
+    : [];
+}
+
+test("review N3: a FAILED slot is never started again by the agent (min restored from a stopped slot; none left: said once, nothing started), and one that fails its start is powered off at once", async () => {
+  const dom = (g: ReturnType<typeof simGroup>, m: string): string =>
+    fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  const run = (g: ReturnType<typeof simGroup>): ReturnType<typeof spawn> =>
+    spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], { env: g.env, stdio: "ignore", detached: true });
+  // An agent restart below min with web-0 FAILED (off): web-0 is the lowest slot, but web-1 starts.
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  // Every slot FAILED: nothing to start; the shortfall is logged once, not every interval.
+  const h = simGroup({ min: 1, max: 2, running: [] });
+  let a: ReturnType<typeof spawn> | undefined;
+  let b: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-0"), "failed 1000\n");
+    // web-1 never answers: it fails at its start, is powered off, and web-2 replaces it.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-1\n");
+    for (const m of ["web-0", "web-1"]) fs.writeFileSync(path.join(h.dir, "state", m), "failed 1000\n");
+    a = run(g);
+    b = run(h);
+    await until("web-2 in service", () => g.state("web-2") === "running", 40_000);
+    assert.deepEqual(starts(g.sim), ["web-1", "web-2"], "the FAILED web-0 was never started");
+    assert.equal(g.state("web-0"), "failed", "web-0 keeps its mark");
+    assert.equal(g.state("web-1"), "failed", "web-1 failed its start and is marked FAILED");
+    assert.equal(dom(g, "web-1"), "shut-off", "and powered off at once, not left running out of the pool");
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "web-1 never joined the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) =>
+            e.action === "stop" &&
+            e.member === "web-1" &&
+            e.reason === "unhealthy-at-start" &&
+            e.state === "failed",
+        ),
+      "web-1's power-off is logged with its reason",
+    );
+    // A few more intervals: nothing changes (no retry of a FAILED slot).
+    await new Promise((r) => setTimeout(r, 3_000));
+    assert.deepEqual(starts(g.sim), ["web-1", "web-2"]);
+    assert.deepEqual(starts(h.sim), [], "no FAILED slot of the all-FAILED group was started");
+    assert.equal(h.state("web-0"), "failed");
+    assert.equal(h.state("web-1"), "failed");
+    const short = h.log().filter((e) => e.event === "short");
+    assert.equal(short.length, 1, `the shortfall is logged once: ${JSON.stringify(h.log())}`);
+    assert.equal(short[0].reason, "no-startable-slot");
+    assert.equal(short[0].failed, "web-0,web-1");
+    assert.ok(!h.log().some((e) => e.event === "decision"), "no decision every interval");
+  } finally {
+    killGroup(a);
+    killGroup(b);
+    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(h.root, { recursive: true, force: true });
+  }
+});
+
+test("review N3: a member still `starting` when the agent stopped must pass its health check at the restart before it joins the pool; one that does not is powered off and FAILED", async () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // The agent was killed while web-1 and web-2 booted: both domains run, both are `starting`.
+    for (const m of ["web-1", "web-2"]) {
+      fs.writeFileSync(path.join(g.dir, "state", m), "starting 0\n");
+      fs.writeFileSync(path.join(g.sim, "dom", m), "running 0 0\n");
+    }
+    // web-2's service never answers.
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-2\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 40_000);
+    const lb = g.haproxy();
+    assert.ok(
+      g.log().some((e) => e.action === "in-service" && e.member === "web-1" && e.health === "ok"),
+      "web-1 is put in service only after its health check answered",
+    );
+    assert.ok(
+      lb.indexOf("web-1 state maint") >= 0 &&
+        lb.indexOf("web-1 state maint") < lb.indexOf("web-1 state ready"),
+      `web-1 is kept in maint until it answers: ${lb.join("; ")}`,
+    );
+    assert.equal(g.state("web-1"), "running");
+    assert.ok(!lb.includes("web-2 state ready"), `web-2 never joined the pool: ${lb.join("; ")}`);
+    assert.equal(g.state("web-2"), "failed");
+    assert.equal(dom("web-2"), "shut-off", "web-2 is powered off, not left running out of the pool");
+    assert.ok(
+      g
+        .log()
+        .some((e) => e.action === "stop" && e.member === "web-2" && e.reason === "unhealthy-at-agent-start"),
+      "the power-off is logged with its reason",
+    );
+    assert.equal(g.state("web-0"), "running", "a member in service is kept as it is");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("issue 13: a scaling's start commands run all at once (one ssh each), their results are logged in member order, and a failed start marks that slot FAILED", async () => {
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // Each start takes 2 s (ssh + virsh on a busy host); web-1's host refuses it (ssh exit 255).
+    fs.writeFileSync(path.join(g.sim, "start_delay"), "2\n");
+    fs.writeFileSync(path.join(g.sim, "start_fail"), "web-1\n");
+    // The program asks for 3 members (generation 1): one scaling starts all three.
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 3\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    await until("the scaling", () => g.log().some((e) => e.event === "scaled"), 30_000);
+    const started = fs
+      .readFileSync(path.join(g.sim, "started"), "utf8")
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => l.split(" "));
+    assert.deepEqual(started.map((l) => l[1]).sort(), ["web-0", "web-2"]);
+    const span = Math.abs(Number(started[0][0]) - Number(started[1][0]));
+    assert.ok(
+      span < 1500,
+      `both domains started together (${span} ms apart; one after the other is >= 2000)`,
+    );
+    const startLines = g.log().filter((e) => e.action === "start");
+    assert.deepEqual(
+      startLines.map((e) => e.member),
+      ["web-0", "web-1", "web-2"],
+      "the start results are logged in member order",
+    );
+    assert.equal(startLines[1].result, "failed");
+    assert.equal(startLines[1].reason, "start-command-failed");
+    assert.equal(startLines[1].rc, "255", "with the start command's exit status");
+    assert.equal(g.state("web-0"), "running");
+    assert.equal(g.state("web-2"), "running");
+    assert.equal(g.state("web-1"), "failed", "a failed start marks that slot FAILED");
+    assert.equal(dom("web-1"), "shut-off");
+    assert.ok(!g.haproxy().includes("web-1 state ready"));
+    const scaled = g.log().find((e) => e.event === "scaled") as Entry;
+    assert.equal(scaled.to, "2");
+    assert.deepEqual(
+      fs.readdirSync(path.join(g.dir, "state")).filter((f) => f.endsWith(".start")),
+      [],
+      "no result file is left behind",
+    );
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A1: a scale-out started from the policy loop does not end that loop: a second policy alarming in the same tick is still evaluated and logged", async () => {
+  // Both policies alarm on the same CPU; the first scales out (its members really start), the
+  // second must then be evaluated in that same tick (inside the cooldown the first began: logged
+  // as ignored). The old agent's parallel start reused the loop's index for its pids, so the
+  // loop ended after the first policy and the next line logged was the first policy's again.
+  // Interval 5 s, window 14 s (9 s of samples needed): the second policy still has its data
+  // after a scale-out of up to ~4 s (with interval 1 s, a scale-out slower than 1 s on a busy
+  // runner left it without enough samples in its window, so it could not alarm in that tick).
+  const g = simGroup({
+    min: 1,
+    max: 3,
+    interval: 5,
+    running: ["web-0"],
+    policies: ["out_a", "out_b"].map((name) => ({
+      name,
+      adjustmentType: "change_in_capacity" as const,
+      scalingAdjustment: 1,
+      cooldown: 30,
+      alarm: { comparison: "gt" as const, threshold: 50, periodSec: 14 },
+    })),
+  });
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.sim, "load"), "90\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the scale-out", () => g.log().some((e) => e.event === "scaled"), 45_000);
+    await until(
+      "a line logged after the scale-out",
+      () => g.log().findIndex((e) => e.event === "scaled") < g.log().length - 1,
+      10_000,
+    );
+    const log = g.log();
+    const at = log.findIndex((e) => e.event === "scaled");
+    assert.equal(log.filter((e) => e.event === "decision").length, 1, JSON.stringify(log));
+    assert.equal(log.find((e) => e.event === "decision")?.policy, "out_a");
+    assert.equal(log[at].to, "2");
+    assert.deepEqual(starts(g.sim), ["web-1"], "the scale-out really started a member");
+    assert.equal(g.state("web-1"), "running");
+    const next = log[at + 1];
+    assert.equal(
+      `${next.event} ${next.reason} ${next.policy}`,
+      "ignored in-cooldown out_b",
+      `the second policy is evaluated in the tick that scaled out, before any other line: ${JSON.stringify(log.slice(at))}`,
+    );
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A1: every agent function's variables carry that function's own prefix (sh has no locals: no call can move a caller's loop index)", () => {
+  const lines = agentScript().split("\n");
+  const tags = new Map<string, string>();
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^([a-z_]+)\(\) \{(.*)$/.exec(lines[i]);
+    if (!m) continue;
+    let j = i;
+    if (!/\}\s*$/.test(m[2]) || m[2].trim().startsWith("#")) while (lines[j] !== "}") j++;
+    const body = lines.slice(i, j + 1).join("\n");
+    const assigned = new Set([
+      ...[...body.matchAll(/(?<![\w$])(_[a-z][a-z0-9_]*)=/g)].map((x) => x[1]),
+      ...[...body.matchAll(/for (_[a-z][a-z0-9_]*) in/g)].map((x) => x[1]),
+      ...[...body.matchAll(/read -r ((?:_[a-z0-9_]+ ?)+)/g)].flatMap((x) => x[1].trim().split(" ")),
+    ]);
+    const prefixes = new Set([...assigned].map((v) => /^_([a-z]+)_/.exec(v)?.[1] ?? v));
+    assert.ok(
+      prefixes.size <= 1,
+      `${m[1]} assigns variables under more than one prefix: ${[...assigned].join(" ")}`,
+    );
+    for (const p of prefixes) {
+      assert.ok(/^[a-z]+$/.test(p), `${m[1]} assigns ${p} without a function prefix (_<tag>_name)`);
+      assert.ok(!tags.has(p), `${m[1]} and ${tags.get(p)} share the prefix _${p}_`);
+      tags.set(p, m[1]);
+    }
+    i = j;
+  }
+  assert.ok(tags.size >= 20, `the functions were found (${tags.size})`);
+});
+
+test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is rechecked at the next evaluation of the running agent: running and healthy joins the pool, running and unhealthy is powered off and FAILED, off is stopped", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 4, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-3\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    // A roll.sh killed while its members booted, as it leaves them (under the group lock, as it
+    // held it): web-1 and web-3 run, web-2's start never happened; all three `starting`.
+    const r = spawnSync(
+      "flock",
+      [
+        path.join(g.dir, "group.lock"),
+        "sh",
+        "-c",
+        'for m in web-1 web-2 web-3; do echo "starting 0" > "state/$m"; done; ' +
+          'echo "running 0 0" > "$SIM/dom/web-1"; echo "running 0 0" > "$SIM/dom/web-3"',
+      ],
+      { cwd: g.dir, env: g.env, encoding: "utf8", timeout: 30_000 },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    await until(
+      "the dead starts settled",
+      () => g.state("web-1") === "running" && g.state("web-2") === "stopped" && g.state("web-3") === "failed",
+      30_000,
+    );
+    const lb = g.haproxy();
+    assert.ok(
+      g.log().some((e) => e.action === "in-service" && e.member === "web-1" && e.health === "ok"),
+      "web-1 joins the pool after its health check",
+    );
+    assert.ok(!lb.includes("web-3 state ready"), `web-3 never joined the pool: ${lb.join("; ")}`);
+    assert.equal(dom("web-3"), "shut-off", "web-3 is powered off, not left running out of the pool");
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) => e.action === "stop" && e.member === "web-3" && e.reason === "unhealthy-after-dead-start",
+        ),
+      "web-3's power-off is logged with its reason",
+    );
+    assert.ok(
+      g.log().some((e) => e.event === "member-lost" && e.member === "web-2" && e.was === "starting"),
+      "web-2 (never started) is stopped, logged",
+    );
+    assert.equal(g.state("web-0"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A5: a FAILED slot whose power-off keeps failing is retried at every evaluation but logged once per reason; the power-off that finally works is logged", async () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  const attempts = (): number =>
+    fs.existsSync(path.join(g.sim, "stop_attempts"))
+      ? fs
+          .readFileSync(path.join(g.sim, "stop_attempts"), "utf8")
+          .split("\n")
+          .filter((l) => l === "web-1").length
+      : 0;
+  const stops = (): Entry[] => g.log().filter((e) => e.action === "stop" && e.member === "web-1");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // web-1 is FAILED and still runs; its host refuses every power-off.
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
+    fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-1\n");
+    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
+      env: g.env,
+      stdio: "ignore",
+      detached: true,
+    });
+    await until("five power-off attempts", () => attempts() >= 5, 30_000);
+    assert.deepEqual(
+      stops().map((e) => `${e.reason} ${e.result}`),
+      ["still-running-at-agent-start failed", "failed-still-running failed"],
+      `each failing reason is logged once, not every interval: ${JSON.stringify(stops())}`,
+    );
+    assert.equal(g.state("web-1"), "failed");
+    // The host answers again: the next retry powers it off, logged.
+    fs.rmSync(path.join(g.sim, "stop_fail"));
+    await until("web-1 off", () => dom("web-1") === "shut-off", 20_000);
+    await until("its stop logged", () => stops().length === 3, 10_000);
+    const last = stops()[2];
+    assert.equal(last.reason, "failed-still-running");
+    assert.equal(last.result, undefined, "the successful power-off has no result=failed");
+    assert.equal(g.state("web-1"), "failed", "it stays FAILED");
+    assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
