@@ -83,6 +83,26 @@ function guard(root: string, expected: string, skip: string[] = []) {
   return bash(root, recordsUnchangedStep(expected, skip).script);
 }
 
+/**
+ * Runs resizeFitsStep for host hv1 with bash over the sample tree `root` (its records, and
+ * `root/meminfo` for /proc/meminfo), with `bin` (a fake nproc) first on PATH.
+ */
+function runResizeFits(
+  root: string,
+  bin: string,
+  i: { uuid: string; serverName: string; flavor: { name: string; ramMiB: number; vcpus: number } },
+) {
+  const script = resizeFitsStep(i as never, "hv1", PLACEMENT)
+    .script.split("/var/lib/kvmlab")
+    .join(root)
+    .split("/proc/meminfo")
+    .join(path.join(root, "meminfo"));
+  return spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
+    encoding: "utf8",
+    env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
+  });
+}
+
 test("serverCapacityText: one sorted line per record, the skipped UUIDs left out; withPlaced adds its line", () => {
   const recs: ServerCapacity[] = [
     { uuid: U2, ramMiB: "256", vcpus: "2" },
@@ -265,18 +285,8 @@ test("resize fit check (resizeFitsStep): the new flavor against the host beside 
     fs.mkdirSync(bin);
     fs.writeFileSync(path.join(bin, "nproc"), "#!/bin/sh\necho 1\n", { mode: 0o755 });
     fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        2097152 kB\nMemFree: 1 kB\n");
-    const run = (i: { uuid: string; flavor: { name: string; ramMiB: number; vcpus: number } }) => {
-      const step = resizeFitsStep({ ...i, serverName: "web1" } as never, "hv1", PLACEMENT);
-      const script = step.script
-        .split("/var/lib/kvmlab")
-        .join(root)
-        .split("/proc/meminfo")
-        .join(path.join(root, "meminfo"));
-      return spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
-        encoding: "utf8",
-        env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
-      });
-    };
+    const run = (i: { uuid: string; flavor: { name: string; ramMiB: number; vcpus: number } }) =>
+      runResizeFits(root, bin, { ...i, serverName: "web1" });
     put("web1", record("web1", U1, 512, 1)); // its own record: left out
     put("web2", record("web2", U2, 1024, 2));
     // 1536 - 1024 = 512 MiB and 4 - 2 = 2 vCPUs free for web1.
@@ -324,22 +334,8 @@ test('a record with "uuid": "" reads one way (review 8b, Q2): the stats step cou
     fs.mkdirSync(bin);
     fs.writeFileSync(path.join(bin, "nproc"), "#!/bin/sh\necho 2\n", { mode: 0o755 });
     fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        4194304 kB\n");
-    const run = (ramMiB: number, vcpus: number) => {
-      const step = resizeFitsStep(
-        { uuid: U1, flavor: { name: "m1.x", ramMiB, vcpus }, serverName: "a" } as never,
-        "hv1",
-        PLACEMENT,
-      );
-      const script = step.script
-        .split("/var/lib/kvmlab")
-        .join(root)
-        .split("/proc/meminfo")
-        .join(path.join(root, "meminfo"));
-      return spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
-        encoding: "utf8",
-        env: { PATH: `${bin}:${process.env.PATH ?? "/usr/bin:/bin"}` },
-      });
-    };
+    const run = (ramMiB: number, vcpus: number) =>
+      runResizeFits(root, bin, { uuid: U1, flavor: { name: "m1.x", ramMiB, vcpus }, serverName: "a" });
     const fits = run(3584 - 2560, 8 - 3);
     assert.equal(fits.status, 0, fits.stderr);
     const over = run(3584 - 2560 + 1, 1);
