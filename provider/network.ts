@@ -550,16 +550,26 @@ export function networkApplyStep(
  * Shell lines (with $vx, $vi set) that redirect every frame arriving on the VXLAN device to the
  * internal port's transmit queue and back (tc ingress + u32 match-all + mirred). Idempotent:
  * a device whose ingress already redirects to its peer is left alone.
+ *
+ * Bounded retry (5 tries, 0.2 s apart), each checked by reading the filter back: right after
+ * ovs-vswitchd made the internal port's tap, the ingress qdisc just added to it was once gone by
+ * the time the filter was added ("Parent Qdisc doesn't exists", exit 2; a full CI run of
+ * session 8, lifecycle/sg-guests, network lanovs on hv2). A redirect still missing after the
+ * last try fails with exit 23 and the two devices named.
  */
 export function vxlanRedirectLines(): string[] {
   return [
     'for pair in "$vx $vi" "$vi $vx"; do',
     "  set -- $pair",
-    '  if ! tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; then',
+    "  n=0",
+    '  until tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; do',
+    "    n=$((n + 1))",
+    '    if [ "$n" -gt 5 ]; then echo "cannot redirect the ingress of $1 to $2 (tc, 5 tries): tc qdisc show dev $1; tc filter show dev $1 ingress" >&2; exit 23; fi',
+    '    [ "$n" -eq 1 ] || sleep 0.2',
     '    tc qdisc del dev "$1" ingress 2>/dev/null || true',
-    '    tc qdisc add dev "$1" ingress',
-    '    tc filter add dev "$1" ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev "$2"',
-    "  fi",
+    '    tc qdisc add dev "$1" ingress || continue',
+    '    tc filter add dev "$1" ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev "$2" || continue',
+    "  done",
     "done",
   ];
 }
