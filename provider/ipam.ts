@@ -17,15 +17,15 @@ import { hostsFileText, type IpamRecord } from "../core/ipam";
 import { dhcpPaths, ipamRecordName, type DhcpPaths } from "../core/paths";
 import { intToIp as intToIpv4, ipv4ToInt, tryParseCidr as parseCidr4 } from "../core/net";
 import {
+  checkRemotePath,
   readRecordStep,
+  recordPath,
   parseRecord,
   runChecked,
   sessionKey,
   shQuote,
   showValue,
-  uploadStep,
   withHostLock,
-  writeRecordStep,
   type HostConnection,
   type Step,
 } from "./host";
@@ -150,14 +150,60 @@ export function planRelease(record: IpamRecord, owner: string, holder = ""): Ipa
   return { ...record, allocations };
 }
 
-/** Steps that store a record and make dnsmasq see it (hostsfile + SIGHUP when running). */
+/**
+ * A step writing `text` to `path` (created with mode 0600 or 0644, owned by the shell's user,
+ * root on a kvmlab host): decoded into a temporary file next to it and renamed over it, so a
+ * reader never sees half a file. For the IPAM commit, which runs under the DHCP host's lock on
+ * every create's turn (issue 13): two processes (base64, mv) where uploadStep runs about twelve
+ * (mkdir, sha256sum and cut twice, stat, mktemp, chmod, chown, …); 23-25 ms each measured on the
+ * sandbox (session 9), 2-4 ms this way. The commit writes only when the record changed, so
+ * uploadStep's "unchanged" test is not needed. The text travels as base64 in a quoted
+ * here-document, like uploadStep's.
+ */
+export function quickWriteStep(label: string, path: string, text: string, mode: "0600" | "0644"): Step {
+  const crypto: typeof import("node:crypto") = require("node:crypto");
+  const pathError = checkRemotePath("path", path);
+  if (pathError) throw new Error(`quickWriteStep: ${pathError}`);
+  const b64 = Buffer.from(text, "utf8")
+    .toString("base64")
+    .replace(/.{1,76}/g, "$&\n");
+  const eof = `KVL_EOF_${crypto.randomBytes(8).toString("hex")}`;
+  const dir = path.slice(0, path.lastIndexOf("/")) || "/";
+  return {
+    label,
+    script: [
+      `d=${shQuote(dir)}`,
+      '[ -d "$d" ] || mkdir -p "$d" || exit 1',
+      `umask ${mode === "0600" ? "077" : "022"}`,
+      `p=${shQuote(path)}; t="$p.kvmlab-tmp.$$"`,
+      // A leftover of a crashed write with the same pid would keep its mode: removed first.
+      'rm -f "$t" 2>/dev/null',
+      `if base64 -d > "$t" <<'${eof}'`,
+      `${b64}${eof}`,
+      'then mv -f "$t" "$p" && exit 0; fi',
+      'rm -f "$t"; exit 1',
+    ].join("\n"),
+  };
+}
+
+/**
+ * Steps that store a record and make dnsmasq see it (hostsfile + SIGHUP when running): the
+ * record (0600) and the hostsfile (0644) written by quickWriteStep, the pid read by the shell
+ * (no cat): four processes for the commit instead of about twenty-five.
+ */
 export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths, networkName: string): Step[] {
+  const name = ipamRecordName(networkName, record.subnet);
   return [
-    writeRecordStep("ipam", ipamRecordName(networkName, record.subnet), { ...record, network: networkName }),
-    uploadStep(paths.hostsFile, hostsFileText(record), { mode: "0644" }),
+    quickWriteStep(
+      `write record ipam/${name}`,
+      recordPath("ipam", name),
+      `${JSON.stringify({ ...record, network: networkName }, null, 2)}\n`,
+      "0600",
+    ),
+    quickWriteStep(`upload ${paths.hostsFile}`, paths.hostsFile, hostsFileText(record), "0644"),
     {
       label: `reload dhcp hosts of subnet ${record.subnet}`,
-      script: `pid=$(cat ${shQuote(paths.pidFile)} 2>/dev/null || true); if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then kill -HUP "$pid"; fi; true`,
+      script: `pid=; { read -r pid < ${shQuote(paths.pidFile)}; } 2>/dev/null; case "$pid" in ''|*[!0-9]*) ;; *) if [ -d "/proc/$pid" ]; then kill -HUP "$pid"; fi ;; esac; true`,
     },
   ];
 }

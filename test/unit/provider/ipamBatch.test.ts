@@ -274,3 +274,52 @@ test("adoptSameMacOnly (a server's port, review 8b Q4): an entry from before hol
     fake.restore();
   }
 });
+
+test("the IPAM commit (under the DHCP host's lock, issue 13) runs with only base64, mv and mkdir besides bash: record 0600, hostsfile 0644, dnsmasq sent SIGHUP", async () => {
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawn, spawnSync }: typeof import("node:child_process") = require("node:child_process");
+  const { ipamCommitSteps, dhcpPaths, hostsFileText } =
+    require("../../../provider") as typeof import("../../../provider");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-commit-"));
+  // A PATH of its own: the commands the commit may start. The upload it replaces (sha256sum,
+  // cut, stat, mktemp, chmod, chown: about twelve processes per file) fails here.
+  const bin = path.join(root, "bin");
+  fs.mkdirSync(bin);
+  for (const tool of ["base64", "mv", "mkdir", "rm"]) {
+    const found = spawnSync("bash", ["-c", `command -v ${tool}`], { encoding: "utf8" }).stdout.trim();
+    fs.symlinkSync(found, path.join(bin, tool));
+  }
+  const bash = spawnSync("bash", ["-c", "command -v bash"], { encoding: "utf8" }).stdout.trim();
+  const dnsmasq = spawn("sleep", ["30"], { stdio: "ignore" });
+  try {
+    const paths = dhcpPaths("lan", "lan-v4");
+    const local = (p: string) => p.split("/var/lib/kvmlab").join(root);
+    fs.mkdirSync(path.dirname(local(paths.pidFile)), { recursive: true });
+    fs.writeFileSync(local(paths.pidFile), `${dnsmasq.pid}\n`);
+    const exited = new Promise<NodeJS.Signals | null>((r) => dnsmasq.on("exit", (_c, sig) => r(sig)));
+    const rec = record({ "10.10.0.5": { owner: "server:u:0", mac: "52:54:00:00:00:05", holder: "h" } });
+    for (const s of ipamCommitSteps(rec, paths, "lan")) {
+      const r = spawnSync(bash, ["--noprofile", "--norc", "-c", `umask 000; ${local(s.script)}`], {
+        encoding: "utf8",
+        env: { PATH: bin },
+      });
+      assert.equal(r.status, 0, `${s.label}: ${r.stderr}`);
+    }
+    const recFile = path.join(root, "records", "ipam", `${NAME}.json`);
+    assert.deepEqual(JSON.parse(fs.readFileSync(recFile, "utf8")), { ...rec, network: "lan" });
+    assert.equal(fs.statSync(recFile).mode & 0o777, 0o600, "the record is root's alone");
+    assert.equal(fs.readFileSync(local(paths.hostsFile), "utf8"), hostsFileText(rec));
+    assert.equal(fs.statSync(local(paths.hostsFile)).mode & 0o777, 0o644, "dnsmasq reads the hostsfile");
+    assert.deepEqual(
+      fs.readdirSync(path.dirname(recFile)).filter((f) => f.includes("kvmlab-tmp")),
+      [],
+      "no temporary file left",
+    );
+    assert.equal(await exited, "SIGHUP", "dnsmasq (the pid file's process) got SIGHUP");
+  } finally {
+    dnsmasq.kill();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
