@@ -249,6 +249,41 @@ test("another run's server removed between the reading and the claim (a destroy 
   }
 });
 
+test("the claim batch scans for another user of the UUID once per create (claimableStep), and the UUID's claim, run with bash, writes its marker; another server's record with the UUID refuses before any marker", async () => {
+  const claims = /^(check that server UUID .* can be claimed|claim server UUID |claim server web)/;
+  const fake = recordsHost(4194304, claims);
+  try {
+    const i = server("web1");
+    await provider.create(i);
+    // The scan's text (otherUserOfUuidLines): the records grep for this UUID, in the claim batch
+    // (the define batch's instance folder check has its own, outside the lock).
+    const scans = fake.log.filter(
+      (l) => claims.test(l.label) && l.script.includes(`"uuid": "${i.uuid}"`) && /grep -lF/.test(l.script),
+    );
+    assert.deepEqual(
+      scans.map((l) => l.label),
+      [`check that server UUID ${i.uuid} can be claimed for ${i.owner}`],
+      "one scan, before any marker is written",
+    );
+    const marker = path.join(fake.root, "owners", "server-uuid", `${i.uuid}.owner`);
+    assert.equal(fs.readFileSync(marker, "utf8"), `${i.owner}\n`, "the UUID's marker is this owner's");
+    // Another server (another name) recorded with web2's UUID: refused at the scan, no marker.
+    const j = { ...server("web2"), uuid: "33333333-3333-5333-8333-333333333333" };
+    fake.theirs("other", j.uuid, 128);
+    await assert.rejects(
+      provider.create(j),
+      /step "check that server UUID .* can be claimed .*" failed with exit status 73:\n.*already exists on this host with no kvmlab owner/,
+    );
+    assert.ok(!fs.existsSync(path.join(fake.root, "owners", "server", "web2.owner")), "no name marker");
+    assert.ok(
+      !fs.existsSync(path.join(fake.root, "owners", "server-uuid", `${j.uuid}.owner`)),
+      "no UUID marker",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
 test("records that keep changing under the claim: the turn gives up after PLACEMENT_ATTEMPTS readings, naming the host and what to do", async () => {
   const fake = recordsHost(4194304);
   const readAt: number[] = [];
