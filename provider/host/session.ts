@@ -851,7 +851,9 @@ export function takeLockStep(label: string, waitSec: number): Step {
     inShell: true,
     // The lock file is root's alone (0600): a world-openable lock lets any local user block
     // every run (issue 15). Made in a subshell so the shell's umask stays as it is.
-    script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> /var/lib/kvmlab/lock ) && chmod 0600 /var/lib/kvmlab/lock && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+    // The folder and the file are made only when missing (a lock taken on every create's
+    // placement and IPAM turn, issue 13: two processes, chmod and flock, instead of four).
+    script: `{ [ -d /var/lib/kvmlab ] || mkdir -p /var/lib/kvmlab; } && { [ -e /var/lib/kvmlab/lock ] || ( umask 077; : >> /var/lib/kvmlab/lock ); } && chmod 0600 /var/lib/kvmlab/lock && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
   };
 }
 
