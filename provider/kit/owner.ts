@@ -184,13 +184,13 @@ function refusalWord(o: OwnedObject, me: string): string {
 
 /**
  * Shell lines writing `ownerWord` into marker "$f" without clobbering; success when this call
- * made it. Two processes (ln, rm): the umask is set in the step's own subshell (it stays 077 for
- * the rest of the step: only kvmlab's root-only files are made after it), and a leftover
- * temporary file is removed only when there is one. Claims run under the host lock on every
- * create (issue 13): this was five processes.
+ * made it. The write runs in a subshell of its own (a write killed half-way leaves its
+ * temporary file to this step's rm), a leftover temporary file is removed first only when there
+ * is one: three processes (the subshell, ln, rm). Claims run under the host lock on every
+ * create (issue 13): this was four.
  */
 function markerWrite(ownerWord: string): string {
-  return `t="$f.new.$$"; if [ -e "$t" ] || [ -L "$t" ]; then rm -f "$t"; fi; if { umask 077; printf '%s\\n' ${ownerWord} > "$t"; } && ln "$t" "$f" 2>/dev/null; then rm -f "$t"; true; else rm -f "$t"; false; fi`;
+  return `t="$f.new.$$"; if [ -e "$t" ] || [ -L "$t" ]; then rm -f "$t"; fi; if ( umask 077; printf '%s\\n' ${ownerWord} > "$t" ) && ln "$t" "$f" 2>/dev/null; then rm -f "$t"; true; else rm -f "$t"; false; fi`;
 }
 
 /** Shell text making the marker's folder (only when missing) and keeping the markers' root 0700. */
