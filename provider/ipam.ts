@@ -1,7 +1,7 @@
 /**
  * IP address management for subnets: one record per subnet on its DHCP host,
  * /var/lib/kvmlab/records/ipam/<ipamRecordName(network, subnet)>.json (keyed by the subnet's
- * full identity), changed only under the host lock, so two resources (in this process or
+ * full identity), changed only under the host lock (a commit only over the record it was planned on), so two resources (in this process or
  * another) never get the same address. Every allocation names its id (`owner`, e.g.
  * server:<uuid>:0) and the resource owner that made it (`holder`, kit/owner.ts): an id held by
  * another resource owner is refused, never handed out or released.
@@ -22,6 +22,7 @@ import {
   recordPath,
   parseRecord,
   runChecked,
+  runLocked,
   sessionKey,
   shQuote,
   showValue,
@@ -227,7 +228,7 @@ export interface SubnetRef {
 export interface AllocationTimings {
   /** From the call until its subnet's turn began (earlier turns of the subnet). */
   waitMs?: number;
-  /** The turn: the DHCP host's lock (other users of it first) taken with the reads, the commit. */
+  /** The turn: the reads, then the commit under the DHCP host's lock (other users of it first). */
   workMs?: number;
   /** How many allocations the turn served (this one included). */
   batch?: number;
@@ -292,8 +293,9 @@ function allocationQueues(): Map<string, SubnetQueue> {
  * lock (issue 13): one reading of the record and the leases, each allocation planned in turn
  * on the record as the ones before it left it (each gets its own answer: a refused one changes
  * nothing and holds up none of the others), one commit. A turn serves what waited when it
- * began; what arrives during it waits for the next. Two round trips per turn: the lock taken
- * with the reads, then the commit (the release is queued behind it).
+ * began; what arrives during it waits for the next. Two round trips per turn: the reads (no
+ * lock), then the commit under the lock behind a check that the record is as read (else the
+ * turn reads again: see allocationTurn).
  */
 export async function allocateAddress(
   ref: SubnetRef,
@@ -337,54 +339,110 @@ export async function allocateAddressOrigin(
   });
 }
 
-/** One turn of a subnet's lock for `batch`: settles every request, never throws. */
+/** The exit status of ipamUnchangedStep's refusal: the turn reads the record again and plans again. */
+export const IPAM_CHANGED_EXIT = 38;
+
+/** How many times one IPAM turn reads and commits before it gives up on a record that keeps changing. */
+export const IPAM_ATTEMPTS = 5;
+
+/** The pause before each reading again (ms, uniformly random in [min, max]). */
+export const IPAM_BACKOFF_MS = { min: 20, max: 150 };
+
+/**
+ * The IPAM turn's guard (issue 13): run under the DHCP host's lock as the first step of the
+ * commit, refuses with exit 38 unless the subnet's record file is byte for byte `expected`, the
+ * text the turn read and planned on (read by the shell itself: no process). Every writer of the
+ * record (allocations, releases, the Subnet) holds that lock, so a commit is written only over
+ * the record it was planned on: two runs never hand out the same address.
+ */
+export function ipamUnchangedStep(networkName: string, subnetName: string, expected: string): Step {
+  const name = ipamRecordName(networkName, subnetName);
+  return {
+    label: `check that the IPAM record of subnet ${subnetName} is as read`,
+    script: [
+      `f=${shQuote(recordPath("ipam", name))}; cur=`,
+      // -d '': the whole file, newlines kept; read's status at the end of the file is not a failure.
+      `if [ -f "$f" ]; then { IFS= read -r -d '' cur < "$f"; } 2>/dev/null || :; fi`,
+      `if [ "$cur" != ${shQuote(expected)} ]; then echo ${shQuote(`the IPAM record of subnet ${subnetName} changed since it was read (another kvmlab run allocated or released an address in it meanwhile)`)} >&2; exit ${IPAM_CHANGED_EXIT}; fi`,
+    ].join("\n"),
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * One turn of a subnet's allocations for `batch`: settles every request, never throws.
+ *
+ * Optimistic (issue 13): the record and the leases are read without the lock, every allocation
+ * is planned on that reading, and the commit runs under the DHCP host's lock in one round trip
+ * behind ipamUnchangedStep, which refuses when the record changed since the reading; the turn
+ * then reads and plans again (at most IPAM_ATTEMPTS times). The lock is held only for the
+ * check and the writes (about 10 ms), not across two round trips and the planning, so a
+ * placement claim on the same host (the DHCP host is often the placed one) no longer waits for
+ * them. A turn with nothing to write takes no lock.
+ */
 async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[]): Promise<void> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
   const name = ipamRecordName(ref.networkName, ref.subnetName);
   const answers = new Map<AllocationRequest, { ip: string; origin: AllocationOrigin } | { error: unknown }>();
+  const turnStart = Date.now();
+  for (const r of batch) {
+    if (r.timings) Object.assign(r.timings, { waitMs: turnStart - r.startedAt, batch: batch.length });
+  }
   try {
-    const turnStart = Date.now();
-    // The record and the leases are read in the round trip that takes the lock.
-    const read = [readRecordStep("ipam", name), leasedStep(paths)];
-    await withHostLock(
-      ref.host,
-      async ([recText, leasedText]) => {
+    try {
+      for (let attempt = 1; ; attempt++) {
+        answers.clear();
+        if (attempt > IPAM_ATTEMPTS)
+          throw new Error(
+            `subnet ${ref.subnetName}: its IPAM record on host ${ref.host.name} changed between reading it and committing, ${IPAM_ATTEMPTS} times in a row (other kvmlab runs allocating or releasing addresses in it at the same moment); run the operation again`,
+          );
+        if (attempt > 1)
+          await sleep(IPAM_BACKOFF_MS.min + Math.random() * (IPAM_BACKOFF_MS.max - IPAM_BACKOFF_MS.min));
+        const [recText, leasedText] = await runChecked(ref.host, [
+          readRecordStep("ipam", name),
+          leasedStep(paths),
+        ]);
+        const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+        if (!record)
+          throw new Error(
+            `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
+          );
+        const leased = leasedText.split("\n").filter((l) => l !== "");
+        let next = record;
         for (const r of batch) {
-          if (r.timings) Object.assign(r.timings, { waitMs: turnStart - r.startedAt, batch: batch.length });
-        }
-        try {
-          const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
-          if (!record)
-            throw new Error(
-              `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
-            );
-          const leased = leasedText.split("\n").filter((l) => l !== "");
-          let next = record;
-          for (const r of batch) {
-            const { adopt, ...opts } = r.opts;
-            const plan = planAllocation(next, r.owner, { ...opts, leased });
-            if ("error" in plan) {
-              answers.set(r, { error: new Error(plan.error) });
-              continue;
-            }
-            // An entry from before holders is not taken over yet: nothing written for it.
-            if (plan.origin === "adopted" && adopt === false) {
-              answers.set(r, { ip: plan.ip, origin: "deferred" });
-              continue;
-            }
-            next = plan.record;
-            answers.set(r, { ip: plan.ip, origin: plan.origin });
+          const { adopt, ...opts } = r.opts;
+          const plan = planAllocation(next, r.owner, { ...opts, leased });
+          if ("error" in plan) {
+            answers.set(r, { error: new Error(plan.error) });
+            continue;
           }
-          if (JSON.stringify(next) !== JSON.stringify(record))
-            await runChecked(ref.host, ipamCommitSteps(next, paths, ref.networkName));
-        } finally {
-          const work = Date.now() - turnStart;
-          for (const r of batch) if (r.timings) r.timings.workMs = work;
+          // An entry from before holders is not taken over yet: nothing written for it.
+          if (plan.origin === "adopted" && adopt === false) {
+            answers.set(r, { ip: plan.ip, origin: "deferred" });
+            continue;
+          }
+          next = plan.record;
+          answers.set(r, { ip: plan.ip, origin: plan.origin });
         }
-      },
-      undefined,
-      read,
-    );
+        if (JSON.stringify(next) === JSON.stringify(record)) break;
+        const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
+        try {
+          await runLocked(ref.host, [guard, ...ipamCommitSteps(next, paths, ref.networkName)]);
+          break;
+        } catch (err) {
+          // Refused by the guard (nothing written): read and plan again.
+          const text = err instanceof Error ? err.message : String(err);
+          if (text.includes(`step "${guard.label}" failed with exit status ${IPAM_CHANGED_EXIT}`)) continue;
+          throw err;
+        }
+      }
+    } finally {
+      const work = Date.now() - turnStart;
+      for (const r of batch) if (r.timings) r.timings.workMs = work;
+    }
   } catch (err) {
     // Nothing committed (or not known to be): no allocation of this turn has an address. A
     // refused one keeps its own reason.

@@ -39,12 +39,46 @@ function uploaded(script: string): string {
   return Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
 }
 
-/** A fake DHCP host holding one IPAM record; `failWrite` makes the commit fail. */
-function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake & { current(): IpamRecord } {
+/**
+ * A fake DHCP host holding one IPAM record; `failWrite` makes the commit fail; `afterRead(n)`
+ * runs after the n-th reading of the record (another run committing meanwhile: `set`). The
+ * commit's guard (ipamUnchangedStep) runs with bash over a file holding the record's text.
+ */
+function subnetHost(
+  start: IpamRecord,
+  opts: { failWrite?: boolean; afterRead?: (n: number, set: (r: IpamRecord) => void) => void } = {},
+): Fake & { current(): IpamRecord } {
   let current = start;
+  let reads = 0;
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawnSync }: typeof import("node:child_process") = require("node:child_process");
   const fake = fakeHost((label, script): string | StepResult => {
     // The host keeps this one subnet's record (lan/lan-v4) and no other.
-    if (/^read record ipam\//.test(label)) return label.endsWith(NAME) ? JSON.stringify(current) : "";
+    if (/^read record ipam\//.test(label)) {
+      if (!label.endsWith(NAME)) return "";
+      const text = JSON.stringify(current);
+      opts.afterRead?.(++reads, (r) => (current = r));
+      return text;
+    }
+    if (/^check that the IPAM record of subnet /.test(label)) {
+      const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-guard-"));
+      try {
+        fs.mkdirSync(path.join(root, "records", "ipam"), { recursive: true });
+        fs.writeFileSync(path.join(root, "records", "ipam", `${NAME}.json`), JSON.stringify(current));
+        const r = spawnSync(
+          "bash",
+          ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+          {
+            encoding: "utf8",
+          },
+        );
+        return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+      } finally {
+        fs.rmSync(root, { recursive: true, force: true });
+      }
+    }
     if (/^write record ipam\//.test(label)) {
       if (opts.failWrite) return { code: 1, stdout: "", stderr: "No space left on device" };
       current = JSON.parse(uploaded(script)) as IpamRecord;
@@ -53,6 +87,15 @@ function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake
   });
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   const checked = session.runChecked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  // The commit's lock (runLocked: one round trip), logged like a step.
+  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
+    fake.log.push({ host: h.name, label: "host lock taken", script: "" });
+    try {
+      return await checked(h, steps);
+    } finally {
+      fake.log.push({ host: h.name, label: "host lock released", script: "" });
+    }
+  };
   session.withHostLock = async (
     h: HostConnection,
     fn: (first: string[]) => Promise<unknown>,
@@ -88,13 +131,14 @@ test("allocations waiting for one subnet share one lock turn: one read, one comm
     assert.deepEqual(
       labels(fake).filter((l) => !/^(upload|reload)/.test(l)),
       [
-        "host lock taken",
         `read record ipam/${NAME}`,
         "read dhcp leases",
+        "host lock taken",
+        "check that the IPAM record of subnet lan-v4 is as read",
         `write record ipam/${NAME}`,
         "host lock released",
       ],
-      "one turn of the host lock: one read, one commit",
+      "one turn: one read, one commit under the host lock behind the guard",
     );
     const allocs = fake.current().allocations;
     assert.deepEqual(
@@ -201,7 +245,8 @@ test("allocations of two subnets do not share a turn, and a missing record refus
       String((b as PromiseRejectedResult).reason),
       /subnet v4 has no IPAM record on host hv1; create the Subnet first/,
     );
-    assert.equal(count(fake, /^host lock taken/), 2, "one turn per subnet");
+    assert.equal(count(fake, /^read record ipam\//), 2, "one turn per subnet");
+    assert.equal(count(fake, /^host lock taken/), 1, "the subnet without a record commits nothing");
   } finally {
     fake.restore();
   }
@@ -321,5 +366,49 @@ test("the IPAM commit (under the DHCP host's lock, issue 13) runs with only base
   } finally {
     dnsmasq.kill();
     fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("another run commits between an IPAM turn's reading and its commit (no lock held across them, issue 13): the guard refuses, the turn reads again, and no address is handed out twice", async () => {
+  const theirs = record({
+    "10.10.0.2": { owner: "server:x:0", mac: "52:54:00:00:00:aa", holder: "lab/b/Server/x" },
+  });
+  const fake = subnetHost(record({}), { afterRead: (n, set) => (n === 1 ? set(theirs) : undefined) });
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", {
+      mac: "52:54:00:00:00:01",
+      holder: "lab/a/Server/s1",
+    });
+    assert.equal(ip, "10.10.0.3", "the other run's address is not handed out again");
+    assert.equal(count(fake, /^read record ipam\//), 2, "read again after the refusal");
+    assert.equal(count(fake, /^write record ipam\//), 1, "written once, over the other run's record");
+    assert.deepEqual(Object.keys(fake.current().allocations).sort(), ["10.10.0.2", "10.10.0.3"]);
+    assert.equal(fake.current().allocations["10.10.0.2"].owner, "server:x:0", "theirs is kept");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM record that keeps changing under the commit: the turn gives up after IPAM_ATTEMPTS readings, naming the subnet, the host and what to do; nothing written", async () => {
+  const { IPAM_ATTEMPTS, IPAM_BACKOFF_MS } =
+    require("../../../provider/ipam") as typeof import("../../../provider/ipam");
+  const backoff = { ...IPAM_BACKOFF_MS };
+  Object.assign(IPAM_BACKOFF_MS, { min: 0, max: 1 });
+  const fake = subnetHost(record({}), {
+    afterRead: (n, set) =>
+      set(record({ [`10.10.0.${100 + n}`]: { owner: `server:x${n}:0`, mac: "", holder: "lab/b/Server/x" } })),
+  });
+  try {
+    await assert.rejects(
+      allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
+      new RegExp(
+        `subnet lan-v4: its IPAM record on host hv1 changed between reading it and committing, ${IPAM_ATTEMPTS} times in a row .*run the operation again`,
+      ),
+    );
+    assert.equal(count(fake, /^read record ipam\//), IPAM_ATTEMPTS);
+    assert.equal(count(fake, /^write record ipam\//), 0, "nothing written");
+  } finally {
+    Object.assign(IPAM_BACKOFF_MS, backoff);
+    fake.restore();
   }
 });
