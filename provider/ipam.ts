@@ -18,6 +18,7 @@ import { dhcpPaths, ipamRecordName, type DhcpPaths } from "../core/paths";
 import { intToIp as intToIpv4, ipv4ToInt, tryParseCidr as parseCidr4 } from "../core/net";
 import {
   checkRemotePath,
+  failedStep,
   readRecordStep,
   recordPath,
   parseRecord,
@@ -433,9 +434,9 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
           await runLocked(ref.host, [guard, ...ipamCommitSteps(next, paths, ref.networkName)]);
           break;
         } catch (err) {
-          // Refused by the guard (nothing written): read and plan again.
-          const text = err instanceof Error ? err.message : String(err);
-          if (text.includes(`step "${guard.label}" failed with exit status ${IPAM_CHANGED_EXIT}`)) continue;
+          // Refused by the guard (step 0, nothing written): read and plan again.
+          const f = failedStep(err);
+          if (f.index === 0 && f.exitStatus === IPAM_CHANGED_EXIT) continue;
           throw err;
         }
       }

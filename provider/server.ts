@@ -40,6 +40,7 @@ import {
   fingerprintOfKeyBlob,
   hostPoolStats,
   requireFeatures,
+  failedStep,
   runChecked,
   runLocked,
   runSteps,
@@ -370,12 +371,14 @@ async function placeAndClaim(inputs: ServerInputs, timings: Record<string, numbe
   });
 }
 
-/** The index of the step a runLocked/runChecked error names as failed (the first such), or -1. */
+/**
+ * The index in `steps` of the step a runLocked/runChecked error names as failed, from the
+ * error's fields (RemoteStepError), never its text; -1 when it is no step's failure (a timeout,
+ * a lost shell, the lock's take).
+ */
 function failedStepIndex(err: unknown, steps: readonly Step[]): number {
-  const text = err instanceof Error ? err.message : String(err);
-  return steps.findIndex((s) =>
-    text.includes(`step "${s.label ?? "remote command"}" failed with exit status`),
-  );
+  const { index } = failedStep(err);
+  return index < steps.length ? index : -1;
 }
 
 /**
@@ -513,9 +516,11 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
             serverCapacityText(read.get(host.name)?.capacity ?? [], skip),
             skip,
           );
-          const refusedByGuard = (err: unknown, steps: readonly Step[]) =>
-            failedStepIndex(err, steps) === 0 &&
-            String(err instanceof Error ? err.message : err).includes(`exit status ${RECORDS_CHANGED_EXIT}`);
+          // The guard (step 0) refused with its own exit status: nothing was written.
+          const refusedByGuard = (err: unknown) => {
+            const f = failedStep(err);
+            return f.index === 0 && f.exitStatus === RECORDS_CHANGED_EXIT;
+          };
           const retry = (r: PlacementRequest) => {
             lastRefused.set(r, host.name);
             again.push(r);
@@ -535,7 +540,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
               });
               return;
             } catch (err) {
-              if (refusedByGuard(err, steps)) {
+              if (refusedByGuard(err)) {
                 requests.forEach(retry);
                 return;
               }
@@ -553,7 +558,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
               settle(r, { placed: { host, listing: out[out.length - 1] } });
             } catch (err) {
               const at = failedStepIndex(err, steps);
-              if (refusedByGuard(err, steps)) retry(r);
+              if (refusedByGuard(err)) retry(r);
               // A step after the claim failed: the claim is this create's (its cleanup removes it).
               else if (at > claim.length) settle(r, { placed: { host, listing: "", error: err } });
               else {

@@ -412,3 +412,35 @@ test("an IPAM record that keeps changing under the commit: the turn gives up aft
     fake.restore();
   }
 });
+
+test("a remote step's failure carries its index in the caller's batch, label and exit status (RemoteStepError); the message users read is unchanged", () => {
+  const { remoteStepError, failedStep, RemoteStepError } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  const e = remoteStepError(
+    hv1,
+    { label: "check x", script: "" },
+    { code: 36, stdout: "", stderr: "a\nwhy\n" },
+    2,
+  );
+  assert.ok(e instanceof RemoteStepError);
+  assert.deepEqual(
+    { host: e.host, label: e.label, exitStatus: e.exitStatus, stepIndex: e.stepIndex },
+    { host: "hv1", label: "check x", exitStatus: 36, stepIndex: 2 },
+  );
+  assert.equal(
+    e.message,
+    `host hv1 (${hv1.user}@${hv1.address}:${hv1.port}): step "check x" failed with exit status 36:\na\nwhy`,
+  );
+  assert.deepEqual(failedStep(e), { index: 2, exitStatus: 36 });
+  assert.deepEqual(
+    failedStep(new Error('step "check x" failed with exit status 36')),
+    { index: -1, exitStatus: null },
+    "text is never parsed",
+  );
+  const skipped = remoteStepError(hv1, { script: "" }, { code: null, stdout: "", stderr: "" });
+  assert.equal(
+    skipped.message,
+    `host hv1 (${hv1.user}@${hv1.address}:${hv1.port}): step "remote command" was skipped`,
+  );
+  assert.equal(skipped.stepIndex, -1);
+});

@@ -21,7 +21,9 @@ import {
   ownerOf,
   portOwner,
   serverProvider,
+  type HostConnection,
   type IpamRecord,
+  type Step,
   type StepResult,
 } from "../../../provider";
 import { PLACEMENT_ATTEMPTS, PLACEMENT_BACKOFF_MS, type ServerInputs } from "../../../provider/server";
@@ -233,6 +235,48 @@ test("another run's server placed between the reading and the claim: the guard r
     assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "web1 claimed nothing");
   } finally {
     fake.restore();
+  }
+});
+
+test("placement knows the guard's refusal by the error's fields (step 0 of the batch, exit status 36), not by its text; another step's exit 36 is no refusal", async () => {
+  const { RemoteStepError } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  // Room for one 128 MiB server (640 - 512 reserved).
+  const fake = recordsHost(655360);
+  const locked = session.runLocked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  // The runner's errors with a message that names no step and no status: only the fields tell.
+  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
+    try {
+      return await locked(h, steps);
+    } catch (err) {
+      const e = err as InstanceType<typeof RemoteStepError>;
+      throw new RemoteStepError(`${h.name}: refused`, e.host, e.label, e.exitStatus, e.stepIndex);
+    }
+  };
+  fake.afterRead((n) => {
+    if (n === 1) fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
+  });
+  try {
+    await assert.rejects(provider.create(server("web1")), /placement of server web1: no host fits/);
+    assert.equal(reads(fake.log.map((l) => l.label)), 2, "the guard's refusal made the turn read again");
+    assert.deepEqual(fake.guards, [36]);
+  } finally {
+    fake.restore();
+  }
+  // A later step (the host check) failing with exit 36 is that step's failure: no reading again.
+  const other = recordsHost(4194304);
+  const inner = session.runLocked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
+    const at = steps.findIndex((s) => /^check host for server/.test(s.label ?? ""));
+    if (at > 0) throw new RemoteStepError(`${h.name}: host check`, h.name, steps[at].label ?? "", 36, at);
+    return inner(h, steps);
+  };
+  try {
+    await assert.rejects(provider.create(server("web2")), /host check/);
+    assert.equal(reads(other.log.map((l) => l.label)), 1, "read once");
+  } finally {
+    other.restore();
   }
 });
 
