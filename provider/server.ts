@@ -403,6 +403,9 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
   // no marker behind: the host check first, then the UUID's claim is checked (it would be
   // refused after the name's was written), and the name's record check runs before the UUID's
   // claim.
+  // The claim's last two steps (the UUID's claim and the record) write after the name's marker:
+  // a failure there (an I/O error) may leave this create's markers behind (review 8b, Q7).
+  const WRITES_AT_END = 2;
   const claimSteps = (i: ServerInputs): Step[] => [
     preflightStep(i),
     claimableStep(serverUuidOwned(i), i.owner),
@@ -562,8 +565,13 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
               // A step after the claim failed: the claim is this create's (its cleanup removes it).
               else if (at > claim.length) settle(r, { placed: { host, listing: "", error: err } });
               else {
-                // No step's exit status (a timeout, a lost shell): the claim may be written.
-                if (at === -1) sent.set(r, host);
+                // No step's exit status (a timeout, a lost shell), or a failure of the UUID's
+                // claim or the record, after the name's marker (review 8b, Q7: an I/O error): the
+                // claim may be partly written, so create's cleanup runs there once the name's
+                // marker shows it is this owner's (as after a lost batch, P4). The steps before
+                // (the host check, the UUID's check, the name's claim and record check) refuse
+                // before this create writes anything. (`steps` begins with the guard.)
+                if (at === -1 || at > claim.length - WRITES_AT_END) sent.set(r, host);
                 fail(r, err);
               }
             }

@@ -401,6 +401,46 @@ test("a claim batch lost after its claim steps ran (timeout): create's owner-gua
   assert.equal(marker, undefined, "the name's owner marker is released");
 });
 
+test("a claim whose record write fails with an I/O error after its markers were written (review 8b, Q7): create's owner-guarded cleanup removes them", async () => {
+  const fake = recordsHost(
+    4194304,
+    /^(claim |check that server UUID|check that server web1 was claimed|check the owner of |release the owner marker)/,
+  );
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: unknown, steps: Step[]) => Promise<string[]>;
+  // The record's write fails on the host (a full disk), after both claims wrote their markers.
+  session.runLocked = async (h: unknown, steps: Step[]) =>
+    inner(
+      h,
+      steps.map((s) =>
+        s.label === "write record server/web1" && !s.script.includes("base64 -d")
+          ? { ...s, script: "echo 'No space left on device' >&2; exit 1" }
+          : s,
+      ),
+    );
+  const i = server("web1");
+  try {
+    await assert.rejects(
+      provider.create(i),
+      /write record server\/web1" failed with exit status 1:\nNo space left/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    const at = labels.indexOf("check that server web1 was claimed by this create");
+    assert.ok(at >= 0, `the cleanup checks the name's marker first: ${labels.join(" | ")}`);
+    assert.ok(labels.slice(at).includes("delete server web1"), "and then removes the server's claim");
+    assert.ok(
+      !fs.existsSync(path.join(fake.root, "owners", "server", "web1.owner")),
+      "the name's marker is removed",
+    );
+    assert.ok(
+      !fs.existsSync(path.join(fake.root, "owners", "server-uuid", `${i.uuid}.owner`)),
+      "the UUID's marker is removed",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
 test("a claim batch lost where another owner holds the name: the cleanup touches nothing of theirs", async () => {
   const theirs = ownerOf({ pulumiProject: "lab", stack: "b", type: "Server", name: "web1" });
   const { labels, marker } = await claimThenTimeout(theirs);
