@@ -75,6 +75,7 @@ import { charges } from "./quota";
 import {
   checkServerInputs,
   chooseHost,
+  freeCapacity,
   diffServer,
   parseHostLoad,
   planUpdate,
@@ -381,6 +382,47 @@ function failedStepIndex(err: unknown, steps: readonly Step[]): number {
   return index < steps.length ? index : -1;
 }
 
+/** What a host's reading counts for the server `uuid` (its record; 0 when it has none). */
+function ownCount(load: HostLoad, uuid: string): { ramMiB: number; vcpus: number } {
+  const own = (load.capacity ?? []).filter((c) => c.uuid === uuid);
+  const n = (t: string) => (/^[0-9]+$/.test(t) ? Number(t) : 0);
+  return {
+    ramMiB: own.reduce((a, c) => a + n(c.ramMiB), 0),
+    vcpus: own.reduce((a, c) => a + n(c.vcpus), 0),
+  };
+}
+
+/**
+ * A create run again over its own record on `load`'s host: fits unless its flavor grew beyond
+ * what the host has free beside its other servers (by placement's rules: the record's own count
+ * is freed first). The error names the host, the flavor, what is free and the fixes.
+ */
+function grownFits(load: HostLoad, i: ServerInputs): { host: string } | { error: string } {
+  const own = ownCount(load, i.uuid);
+  if (i.flavor.ramMiB <= own.ramMiB && i.flavor.vcpus <= own.vcpus) return { host: load.host };
+  const free = freeCapacity(load);
+  const ram = free.ramMiB + own.ramMiB;
+  const vcpus = free.vcpus + own.vcpus;
+  if (ram >= i.flavor.ramMiB && vcpus >= i.flavor.vcpus) return { host: load.host };
+  return {
+    error: `flavor: ${i.flavor.name} (${i.flavor.vcpus} vCPU, ${i.flavor.ramMiB} MiB) does not fit host ${load.host}, where server ${i.serverName} is recorded (a create run again stays on its host), beside its other servers: ${ram} MiB RAM and ${vcpus} vCPUs free for it; pick a smaller flavor, free capacity on ${load.host}, or destroy the server first`,
+  };
+}
+
+/** `load` with the server's record counting its (new) flavor instead of what it counted. */
+function withGrowth(load: HostLoad, i: ServerInputs): HostLoad {
+  const own = ownCount(load, i.uuid);
+  return {
+    ...load,
+    allocatedRamMiB: load.allocatedRamMiB - own.ramMiB + i.flavor.ramMiB,
+    allocatedVcpus: load.allocatedVcpus - own.vcpus + i.flavor.vcpus,
+    capacity: [
+      ...(load.capacity ?? []).filter((c) => c.uuid !== i.uuid),
+      { uuid: i.uuid, ramMiB: String(i.flavor.ramMiB), vcpus: String(i.flavor.vcpus) },
+    ],
+  };
+}
+
 /**
  * One placement turn for the creates waiting over `hosts` (key `group`): settles every request
  * it takes, never throws. The requests are taken when the turn begins, and those that arrive
@@ -490,9 +532,11 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
         // runs where the markers may be (review 8b, Q3).
         const pinned = sent.get(r);
         const candidates = (pinned ? [pinned] : candidatesOf(i)).map((h) => loads.get(h.name) as HostLoad);
-        // A create run again (after a failure or lost state) converges on the host it claimed.
+        // A create run again (after a failure or lost state) converges on the host it claimed;
+        // with a bigger flavor than its record counts, only when the growth fits there beside
+        // the other servers (review 8b, P6: its record is rewritten with the new flavor).
         const mine = candidates.find((l) => l.serverUuids.includes(i.uuid));
-        const choice = mine ? { host: mine.host } : chooseHost(candidates, i.flavor);
+        const choice = mine ? grownFits(mine, i) : chooseHost(candidates, i.flavor);
         if ("error" in choice) {
           const where = pinned
             ? ` (its claim on host ${pinned.name} may be partly written after a lost claim batch, so it was retried there only and its claim is removed; run the operation again to place it anew)`
@@ -501,6 +545,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
           continue;
         }
         if (!mine) loads.set(choice.host, withPlaced(loads.get(choice.host) as HostLoad, i));
+        else loads.set(choice.host, withGrowth(mine, i));
         const host = hostNamed(hosts, choice.host);
         const entry = claims.get(choice.host) ?? { host, requests: [] };
         entry.requests.push(r);

@@ -280,6 +280,27 @@ test("placement knows the guard's refusal by the error's fields (step 0 of the b
   }
 });
 
+test("a create run again with a bigger flavor (review 8b, P6) stays on its host only when the growth fits there; refused naming flavor, host and what is free, nothing claimed", async () => {
+  // 640 MiB - 512 reserved: room for 128 MiB, which the server's own record (from its first create) takes.
+  const fake = recordsHost(655360);
+  const i = server("web1");
+  fake.theirs("web1", i.uuid, 128);
+  try {
+    const bigger = { ...i, flavor: { ...i.flavor, ramMiB: 256 } };
+    await assert.rejects(
+      provider.create(bigger),
+      /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: 128 MiB RAM and \d+ vCPUs free for it; pick a smaller flavor/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "nothing claimed");
+    // The same size converges on its host as before.
+    await provider.create(i);
+    assert.ok(fake.log.some((l) => l.label === "write record server/web1"));
+  } finally {
+    fake.restore();
+  }
+});
+
 test("another run's server removed between the reading and the claim (a destroy meanwhile): the guard passes, one reading", async () => {
   const fake = recordsHost(4194304);
   fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
