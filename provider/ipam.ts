@@ -1,8 +1,8 @@
 /**
  * IP address management for subnets: one record per subnet on its DHCP host,
  * /var/lib/kvmlab/records/ipam/<ipamRecordName(network, subnet)>.json (keyed by the subnet's
- * full identity), changed only under the host lock (a commit only over the record it was planned on), so two resources (in this process or
- * another) never get the same address. Every allocation names its id (`owner`, e.g.
+ * full identity), changed only under the host lock (a commit only over the record it was
+ * planned on), so two resources (in this process or another) never get the same address. Every allocation names its id (`owner`, e.g.
  * server:<uuid>:0) and the resource owner that made it (`holder`, kit/owner.ts): an id held by
  * another resource owner is refused, never handed out or released.
  *
@@ -179,7 +179,7 @@ export function quickWriteStep(label: string, path: string, text: string, mode: 
       `umask ${mode === "0600" ? "077" : "022"}`,
       `p=${shQuote(path)}; t="$p.kvmlab-tmp.$$"`,
       // A leftover of a crashed write with the same pid would keep its mode: removed first.
-      'rm -f "$t" 2>/dev/null',
+      'if [ -e "$t" ] || [ -L "$t" ]; then rm -f "$t"; fi',
       `if base64 -d > "$t" <<'${eof}'`,
       `${b64}${eof}`,
       'then mv -f "$t" "$p" && exit 0; fi',
