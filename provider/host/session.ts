@@ -190,26 +190,34 @@ function hostLabel(host: HostConnection): string {
 
 /**
  * A remote step that failed, as fields a caller compares (which step of its batch, its label,
- * its exit status) instead of parsing the message, which stays the text users read.
+ * its exit status) instead of parsing the message, which stays the text users read. A plain
+ * Error with these fields (remoteStepError makes it), not a subclass: provider code is
+ * serialized by value into the state (from the source tree), where a class extending Error
+ * loses its message (lifecycle/faults showed "dynamic provider create failed: undefined").
  */
-export class RemoteStepError extends Error {
-  constructor(
-    message: string,
-    /** The host's name. */
-    readonly host: string,
-    /** The failed step's label ("remote command" when it has none). */
-    readonly label: string,
-    /** Its exit status; null when it was skipped. */
-    readonly exitStatus: number | null,
-    /**
-     * Its index in the steps the caller passed (runChecked's, runLocked's without the lock's own
-     * steps, withHostLock's `first`); -1 for a step the caller did not pass (the lock's take).
-     */
-    readonly stepIndex: number,
-  ) {
-    super(message);
-    this.name = "RemoteStepError";
-  }
+export type RemoteStepError = Error & {
+  /** The host's name. */
+  readonly host: string;
+  /** The failed step's label ("remote command" when it has none). */
+  readonly label: string;
+  /** Its exit status; null when it was skipped. */
+  readonly exitStatus: number | null;
+  /**
+   * Its index in the steps the caller passed (runChecked's, runLocked's without the lock's own
+   * steps, withHostLock's `first`); -1 for a step the caller did not pass (the lock's take).
+   */
+  readonly stepIndex: number;
+};
+
+/** Whether `err` is a remote step's failure with its fields (remoteStepError). */
+export function isRemoteStepError(err: unknown): err is RemoteStepError {
+  const e = err as Partial<RemoteStepError> | null;
+  return (
+    err instanceof Error &&
+    typeof e?.stepIndex === "number" &&
+    typeof e.label === "string" &&
+    (typeof e.exitStatus === "number" || e.exitStatus === null)
+  );
 }
 
 /**
@@ -225,12 +233,14 @@ export function remoteStepError(
   const tail = result.stderr.trim().split("\n").slice(-15).join("\n");
   const status = result.code === null ? "was skipped" : `failed with exit status ${result.code}`;
   const label = step.label ?? "remote command";
-  return new RemoteStepError(
-    `${hostLabel(host)}: step "${label}" ${status}${tail ? `:\n${tail}` : ""}`,
-    host.name,
-    label,
-    result.code,
-    stepIndex,
+  return Object.assign(
+    new Error(`${hostLabel(host)}: step "${label}" ${status}${tail ? `:\n${tail}` : ""}`),
+    {
+      host: host.name,
+      label,
+      exitStatus: result.code,
+      stepIndex,
+    },
   );
 }
 
@@ -240,7 +250,7 @@ export function remoteStepError(
  * take) and status (null then).
  */
 export function failedStep(err: unknown): { index: number; exitStatus: number | null } {
-  return err instanceof RemoteStepError
+  return isRemoteStepError(err)
     ? { index: err.stepIndex, exitStatus: err.exitStatus }
     : { index: -1, exitStatus: null };
 }

@@ -414,7 +414,7 @@ test("an IPAM record that keeps changing under the commit: the turn gives up aft
 });
 
 test("a remote step's failure carries its index in the caller's batch, label and exit status (RemoteStepError); the message users read is unchanged", () => {
-  const { remoteStepError, failedStep, RemoteStepError } =
+  const { remoteStepError, failedStep, isRemoteStepError } =
     require("../../../provider/host/session") as typeof import("../../../provider/host/session");
   const e = remoteStepError(
     hv1,
@@ -422,7 +422,12 @@ test("a remote step's failure carries its index in the caller's batch, label and
     { code: 36, stdout: "", stderr: "a\nwhy\n" },
     2,
   );
-  assert.ok(e instanceof RemoteStepError);
+  assert.ok(e instanceof Error && isRemoteStepError(e));
+  assert.equal(
+    Object.getPrototypeOf(e),
+    Error.prototype,
+    "a plain Error (provider code is serialized by value)",
+  );
   assert.deepEqual(
     { host: e.host, label: e.label, exitStatus: e.exitStatus, stepIndex: e.stepIndex },
     { host: "hv1", label: "check x", exitStatus: 36, stepIndex: 2 },

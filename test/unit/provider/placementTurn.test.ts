@@ -239,8 +239,25 @@ test("another run's server placed between the reading and the claim: the guard r
 });
 
 test("placement knows the guard's refusal by the error's fields (step 0 of the batch, exit status 36), not by its text; another step's exit 36 is no refusal", async () => {
-  const { RemoteStepError } =
+  const { remoteStepError } =
     require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  // A remote step's failure with this message and these fields (what the runners throw).
+  const stepError = (
+    message: string,
+    host: string,
+    label: string,
+    exitStatus: number | null,
+    stepIndex: number,
+  ) =>
+    Object.assign(
+      remoteStepError(
+        { ...hv1, name: host },
+        { label, script: "" },
+        { code: exitStatus, stdout: "", stderr: "" },
+        stepIndex,
+      ),
+      { message },
+    );
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   // Room for one 128 MiB server (640 - 512 reserved).
   const fake = recordsHost(655360);
@@ -250,8 +267,8 @@ test("placement knows the guard's refusal by the error's fields (step 0 of the b
     try {
       return await locked(h, steps);
     } catch (err) {
-      const e = err as InstanceType<typeof RemoteStepError>;
-      throw new RemoteStepError(`${h.name}: refused`, e.host, e.label, e.exitStatus, e.stepIndex);
+      const e = err as import("../../../provider/host/session").RemoteStepError;
+      throw stepError(`${h.name}: refused`, e.host, e.label, e.exitStatus, e.stepIndex);
     }
   };
   fake.afterRead((n) => {
@@ -269,7 +286,7 @@ test("placement knows the guard's refusal by the error's fields (step 0 of the b
   const inner = session.runLocked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
   session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
     const at = steps.findIndex((s) => /^check host for server/.test(s.label ?? ""));
-    if (at > 0) throw new RemoteStepError(`${h.name}: host check`, h.name, steps[at].label ?? "", 36, at);
+    if (at > 0) throw stepError(`${h.name}: host check`, h.name, steps[at].label ?? "", 36, at);
     return inner(h, steps);
   };
   try {
