@@ -296,7 +296,7 @@ function allocationQueues(): Map<string, SubnetQueue> {
  * nothing and holds up none of the others), one commit. A turn serves what waited when it
  * began; what arrives during it waits for the next. Two round trips per turn: the reads (no
  * lock), then the commit under the lock behind a check that the record is as read (else the
- * turn reads again: see allocationTurn).
+ * turn reads, plans and commits again under the lock: see allocationTurn).
  */
 export async function allocateAddress(
   ref: SubnetRef,
@@ -340,14 +340,8 @@ export async function allocateAddressOrigin(
   });
 }
 
-/** The exit status of ipamUnchangedStep's refusal: the turn reads the record again and plans again. */
+/** The exit status of ipamUnchangedStep's refusal: the turn then runs locked (reads, plans and commits under the lock). */
 export const IPAM_CHANGED_EXIT = 38;
-
-/** How many times one IPAM turn reads and commits before it gives up on a record that keeps changing. */
-export const IPAM_ATTEMPTS = 5;
-
-/** The pause before each reading again (ms, uniformly random in [min, max]). */
-export const IPAM_BACKOFF_MS = { min: 20, max: 150 };
 
 /**
  * The IPAM turn's guard (issue 13): run under the DHCP host's lock as the first step of the
@@ -364,25 +358,64 @@ export function ipamUnchangedStep(networkName: string, subnetName: string, expec
       `f=${shQuote(recordPath("ipam", name))}; cur=`,
       // -d '': the whole file, newlines kept; read's status at the end of the file is not a failure.
       `if [ -f "$f" ]; then { IFS= read -r -d '' cur < "$f"; } 2>/dev/null || :; fi`,
-      `if [ "$cur" != ${shQuote(expected)} ]; then echo ${shQuote(`the IPAM record of subnet ${subnetName} changed since it was read (another kvmlab run allocated or released an address in it meanwhile)`)} >&2; exit ${IPAM_CHANGED_EXIT}; fi`,
+      `if [ "$cur" != ${shQuote(expected)} ]; then echo ${shQuote(`the IPAM record of subnet ${subnetName} changed since it was read (another writer, another kvmlab run or this one, allocated or released an address in it meanwhile)`)} >&2; exit ${IPAM_CHANGED_EXIT}; fi`,
     ].join("\n"),
   };
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/**
+ * Plans every allocation of `batch` in turn on `recText` (the record as read): the answers
+ * (a refused one keeps its own reason) and the record to write (`undefined`: nothing to write).
+ */
+function planTurn(
+  ref: SubnetRef,
+  batch: readonly AllocationRequest[],
+  recText: string,
+  leasedText: string,
+  answers: Map<AllocationRequest, { ip: string; origin: AllocationOrigin } | { error: unknown }>,
+): IpamRecord | undefined {
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
+  answers.clear();
+  const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+  if (!record)
+    throw new Error(
+      `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
+    );
+  const leased = leasedText.split("\n").filter((l) => l !== "");
+  let next = record;
+  for (const r of batch) {
+    const { adopt, ...opts } = r.opts;
+    const plan = planAllocation(next, r.owner, { ...opts, leased });
+    if ("error" in plan) {
+      answers.set(r, { error: new Error(plan.error) });
+      continue;
+    }
+    // An entry from before holders is not taken over yet: nothing written for it.
+    if (plan.origin === "adopted" && adopt === false) {
+      answers.set(r, { ip: plan.ip, origin: "deferred" });
+      continue;
+    }
+    next = plan.record;
+    answers.set(r, { ip: plan.ip, origin: plan.origin });
+  }
+  return JSON.stringify(next) === JSON.stringify(record) ? undefined : next;
 }
 
 /**
  * One turn of a subnet's allocations for `batch`: settles every request, never throws.
  *
- * Optimistic (issue 13): the record and the leases are read without the lock, every allocation
- * is planned on that reading, and the commit runs under the DHCP host's lock in one round trip
- * behind ipamUnchangedStep, which refuses when the record changed since the reading; the turn
- * then reads and plans again (at most IPAM_ATTEMPTS times). The lock is held only for the
- * check and the writes (about 10 ms), not across two round trips and the planning, so a
- * placement claim on the same host (the DHCP host is often the placed one) no longer waits for
- * them. A turn with nothing to write takes no lock.
+ * Optimistic first (issue 13): the record and the leases are read without the lock, every
+ * allocation is planned on that reading, and the commit runs under the DHCP host's lock in one
+ * round trip behind ipamUnchangedStep, which refuses when the record changed since the reading
+ * (another writer: another kvmlab run, or this one's releases and Subnet updates). The lock is
+ * held only for the check and the writes (about 10 ms), not across two round trips and the
+ * planning, so a placement claim on the same host (the DHCP host is often the placed one) no
+ * longer waits for them. A turn with nothing to write takes no lock.
+ *
+ * Refused once, the turn runs locked (review 9a R1): the record and the leases read in the
+ * round trip that takes the lock, planned and committed before it is released, as before issue
+ * 13. That turn cannot be refused, so a record that keeps changing (a burst of releases by
+ * another stack's destroy) makes the allocation wait for the lock, never fail.
  */
 async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[]): Promise<void> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
@@ -392,53 +425,33 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
   for (const r of batch) {
     if (r.timings) Object.assign(r.timings, { waitMs: turnStart - r.startedAt, batch: batch.length });
   }
+  const read = (): Step[] => [readRecordStep("ipam", name), leasedStep(paths)];
   try {
     try {
-      for (let attempt = 1; ; attempt++) {
-        answers.clear();
-        if (attempt > IPAM_ATTEMPTS)
-          throw new Error(
-            `subnet ${ref.subnetName}: its IPAM record on host ${ref.host.name} changed between reading it and committing, ${IPAM_ATTEMPTS} times in a row (other kvmlab runs allocating or releasing addresses in it at the same moment); run the operation again`,
-          );
-        if (attempt > 1)
-          await sleep(IPAM_BACKOFF_MS.min + Math.random() * (IPAM_BACKOFF_MS.max - IPAM_BACKOFF_MS.min));
-        const [recText, leasedText] = await runChecked(ref.host, [
-          readRecordStep("ipam", name),
-          leasedStep(paths),
-        ]);
-        const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
-        if (!record)
-          throw new Error(
-            `subnet ${ref.subnetName} has no IPAM record on host ${ref.host.name}; create the Subnet first (add it to dependsOn)`,
-          );
-        const leased = leasedText.split("\n").filter((l) => l !== "");
-        let next = record;
-        for (const r of batch) {
-          const { adopt, ...opts } = r.opts;
-          const plan = planAllocation(next, r.owner, { ...opts, leased });
-          if ("error" in plan) {
-            answers.set(r, { error: new Error(plan.error) });
-            continue;
-          }
-          // An entry from before holders is not taken over yet: nothing written for it.
-          if (plan.origin === "adopted" && adopt === false) {
-            answers.set(r, { ip: plan.ip, origin: "deferred" });
-            continue;
-          }
-          next = plan.record;
-          answers.set(r, { ip: plan.ip, origin: plan.origin });
-        }
-        if (JSON.stringify(next) === JSON.stringify(record)) break;
+      const [recText, leasedText] = await runChecked(ref.host, read());
+      const next = planTurn(ref, batch, recText, leasedText, answers);
+      let refused = false;
+      if (next) {
         const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
         try {
           await runLocked(ref.host, [guard, ...ipamCommitSteps(next, paths, ref.networkName)]);
-          break;
         } catch (err) {
-          // Refused by the guard (step 0, nothing written): read and plan again.
+          // Refused by the guard (step 0, nothing written): the locked turn below.
           const f = failedStep(err);
-          if (f.index === 0 && f.exitStatus === IPAM_CHANGED_EXIT) continue;
-          throw err;
+          if (f.index !== 0 || f.exitStatus !== IPAM_CHANGED_EXIT) throw err;
+          refused = true;
         }
+      }
+      if (refused) {
+        await withHostLock(
+          ref.host,
+          async ([lockedRec, lockedLeased]) => {
+            const again = planTurn(ref, batch, lockedRec, lockedLeased, answers);
+            if (again) await runChecked(ref.host, ipamCommitSteps(again, paths, ref.networkName));
+          },
+          undefined,
+          read(),
+        );
       }
     } finally {
       const work = Date.now() - turnStart;

@@ -46,10 +46,15 @@ function uploaded(script: string): string {
  */
 function subnetHost(
   start: IpamRecord,
-  opts: { failWrite?: boolean; afterRead?: (n: number, set: (r: IpamRecord) => void) => void } = {},
+  opts: {
+    failWrite?: boolean;
+    afterRead?: (n: number, set: (r: IpamRecord) => void, locked: boolean) => void;
+  } = {},
 ): Fake & { current(): IpamRecord } {
   let current = start;
   let reads = 0;
+  // Under the lock taken by withHostLock (the locked turn): no other writer can change the record.
+  let locked = false;
   const fs: typeof import("node:fs") = require("node:fs");
   const os: typeof import("node:os") = require("node:os");
   const path: typeof import("node:path") = require("node:path");
@@ -59,7 +64,7 @@ function subnetHost(
     if (/^read record ipam\//.test(label)) {
       if (!label.endsWith(NAME)) return "";
       const text = JSON.stringify(current);
-      opts.afterRead?.(++reads, (r) => (current = r));
+      opts.afterRead?.(++reads, (r) => (current = r), locked);
       return text;
     }
     if (/^check that the IPAM record of subnet /.test(label)) {
@@ -103,9 +108,11 @@ function subnetHost(
     first: readonly Step[] = [],
   ) => {
     fake.log.push({ host: h.name, label: "host lock taken", script: "" });
+    locked = true;
     try {
       return await fn(await checked(h, first));
     } finally {
+      locked = false;
       fake.log.push({ host: h.name, label: "host lock released", script: "" });
     }
   };
@@ -389,27 +396,124 @@ test("another run commits between an IPAM turn's reading and its commit (no lock
   }
 });
 
-test("an IPAM record that keeps changing under the commit: the turn gives up after IPAM_ATTEMPTS readings, naming the subnet, the host and what to do; nothing written", async () => {
-  const { IPAM_ATTEMPTS, IPAM_BACKOFF_MS } =
-    require("../../../provider/ipam") as typeof import("../../../provider/ipam");
-  const backoff = { ...IPAM_BACKOFF_MS };
-  Object.assign(IPAM_BACKOFF_MS, { min: 0, max: 1 });
-  const fake = subnetHost(record({}), {
-    afterRead: (n, set) =>
-      set(record({ [`10.10.0.${100 + n}`]: { owner: `server:x${n}:0`, mac: "", holder: "lab/b/Server/x" } })),
-  });
+test("an IPAM record that changes between reading and commit on every unlocked reading (releases by another stack's destroy, review 9a R1): the turn, refused once, reads, plans and commits under the lock and allocates; no give-up", async () => {
+  let n = 0;
+  // A release on every reading without the lock: the entry of the reading before is gone.
+  const fake = subnetHost(
+    record({ "10.10.0.2": { owner: "server:x0:0", mac: "", holder: "lab/b/Server/x" } }),
+    {
+      afterRead: (_reads, set, locked) => {
+        if (locked) return;
+        n += 1;
+        set(record({ [`10.10.0.${2 + n}`]: { owner: `server:x${n}:0`, mac: "", holder: "lab/b/Server/x" } }));
+      },
+    },
+  );
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    assert.equal(
+      ip,
+      "10.10.0.2",
+      "planned on the locked reading (10.10.0.3 is taken there, 10.10.0.2 released)",
+    );
+    assert.deepEqual(
+      labels(fake).filter((l) => !/^(upload|reload)/.test(l)),
+      [
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        "host lock taken",
+        "check that the IPAM record of subnet lan-v4 is as read",
+        "host lock released",
+        // The locked turn: read, plan and commit in one hold of the lock, no guard.
+        "host lock taken",
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        `write record ipam/${NAME}`,
+        "host lock released",
+      ],
+    );
+    assert.deepEqual(
+      Object.fromEntries(Object.entries(fake.current().allocations).map(([ip, a]) => [ip, a.owner])),
+      { "10.10.0.2": "server:u1:0", "10.10.0.3": "server:x1:0" },
+      "the other writer's entry is kept, no address twice",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM commit failing at another step than the guard (a write, the lock's take) is not retried: the allocations are refused with that error", async () => {
+  const fake = subnetHost(record({}), { failWrite: true });
   try {
     await assert.rejects(
       allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
-      new RegExp(
-        `subnet lan-v4: its IPAM record on host hv1 changed between reading it and committing, ${IPAM_ATTEMPTS} times in a row .*run the operation again`,
-      ),
+      /write record ipam\/[0-9a-f]+.*No space left/s,
     );
-    assert.equal(count(fake, /^read record ipam\//), IPAM_ATTEMPTS);
-    assert.equal(count(fake, /^write record ipam\//), 0, "nothing written");
+    assert.equal(count(fake, /^read record ipam\//), 1, "not read again");
+    assert.equal(
+      count(fake, /^host lock taken/),
+      1,
+      "no locked turn after a failure that is not the guard's",
+    );
   } finally {
-    Object.assign(IPAM_BACKOFF_MS, backoff);
     fake.restore();
+  }
+});
+
+test("the IPAM guard on the real record format (review 9a R5): the record the real commit writes (2-space JSON and a newline), read back through the session's framing, passes the guard; one byte changed, a newline dropped or added, or another commit: refused with exit 38", () => {
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawnSync }: typeof import("node:child_process") = require("node:child_process");
+  const { ipamCommitSteps, dhcpPaths, ipamUnchangedStep, IPAM_CHANGED_EXIT } =
+    require("../../../provider/ipam") as typeof import("../../../provider/ipam");
+  const { frameBatch, createFrameParser, readRecordStep } =
+    require("../../../provider/host") as typeof import("../../../provider/host");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-format-"));
+  const local = (p: string) => p.split("/var/lib/kvmlab").join(root);
+  /** Runs steps in one bash as the session's shell does (framed), parsed by the session's parser. */
+  const run = (steps: Step[]): StepResult[] => {
+    const marker = "KVLtest";
+    const steps2 = steps.map((s) => ({ ...s, script: local(s.script) }));
+    const r = spawnSync("bash", ["--noprofile", "--norc", "-s"], {
+      input: frameBatch(marker, 0, steps2, false),
+      encoding: "utf8",
+    });
+    const parser = createFrameParser(marker, 0);
+    parser.push("stdout", r.stdout);
+    parser.push("stderr", r.stderr);
+    return parser.take().map((t) => t.result);
+  };
+  try {
+    const paths = dhcpPaths("lan", "lan-v4");
+    const rec = record({ "10.10.0.5": { owner: "server:u:0", mac: "52:54:00:00:00:05", holder: "h" } });
+    assert.ok(
+      run(ipamCommitSteps(rec, paths, "lan")).every((r) => r.code === 0),
+      "the real commit",
+    );
+    const [read] = run([readRecordStep("ipam", NAME)]);
+    assert.equal(read.code, 0);
+    assert.ok(read.stdout.endsWith("}\n"), "the record as read ends with its newline");
+    assert.equal(read.stdout, fs.readFileSync(path.join(root, "records", "ipam", `${NAME}.json`), "utf8"));
+    const guard = (expected: string) => run([ipamUnchangedStep("lan", "lan-v4", expected)])[0];
+    assert.equal(guard(read.stdout).code, 0, "unchanged: passes");
+    assert.equal(
+      guard(read.stdout.replace("10.10.0.5", "10.10.0.6")).code,
+      IPAM_CHANGED_EXIT,
+      "a byte changed",
+    );
+    assert.equal(guard(read.stdout.slice(0, -1)).code, IPAM_CHANGED_EXIT, "its newline dropped");
+    assert.equal(guard(`${read.stdout}\n`).code, IPAM_CHANGED_EXIT, "a newline added");
+    // Another writer's commit (a release) after the reading: refused.
+    assert.ok(run(ipamCommitSteps(record({}), paths, "lan")).every((r) => r.code === 0));
+    const refused = guard(read.stdout);
+    assert.equal(refused.code, IPAM_CHANGED_EXIT);
+    assert.match(
+      refused.stderr,
+      /changed since it was read \(another writer, another kvmlab run or this one/,
+    );
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
   }
 });
 
