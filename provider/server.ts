@@ -382,6 +382,16 @@ function failedStepIndex(err: unknown, steps: readonly Step[]): number {
   return index < steps.length ? index : -1;
 }
 
+/**
+ * The host lock's take failed with an exit status (flock's wait ran out, the lock file could
+ * not be opened): the batch stopped there, none of its steps ran (review 9a R3). Not an unknown
+ * outcome like a timeout or a lost shell (no exit status), after which the steps may have run.
+ */
+function lockNotTaken(err: unknown): boolean {
+  const f = failedStep(err);
+  return f.index === -1 && f.exitStatus !== null;
+}
+
 /** What a host's reading counts for the server `uuid` (its record; 0 when it has none). */
 function ownCount(load: HostLoad, uuid: string): { ramMiB: number; vcpus: number } {
   const own = (load.capacity ?? []).filter((c) => c.uuid === uuid);
@@ -394,8 +404,9 @@ function ownCount(load: HostLoad, uuid: string): { ramMiB: number; vcpus: number
 
 /**
  * A create run again over its own record on `load`'s host: fits unless its flavor grew beyond
- * what the host has free beside its other servers (by placement's rules: the record's own count
- * is freed first). The error names the host, the flavor, what is free and the fixes.
+ * what the host has free beside its other servers (by placement's rules, chooseHost's: the
+ * allocation ratio with the record's own count freed first, and the memory available right now
+ * holding the whole flavor). The error names the host, the flavor, what is free and the fixes.
  */
 function grownFits(load: HostLoad, i: ServerInputs): { host: string } | { error: string } {
   const own = ownCount(load, i.uuid);
@@ -403,10 +414,17 @@ function grownFits(load: HostLoad, i: ServerInputs): { host: string } | { error:
   const free = freeCapacity(load);
   const ram = free.ramMiB + own.ramMiB;
   const vcpus = free.vcpus + own.vcpus;
-  if (ram >= i.flavor.ramMiB && vcpus >= i.flavor.vcpus) return { host: load.host };
-  return {
-    error: `flavor: ${i.flavor.name} (${i.flavor.vcpus} vCPU, ${i.flavor.ramMiB} MiB) does not fit host ${load.host}, where server ${i.serverName} is recorded (a create run again stays on its host), beside its other servers: ${ram} MiB RAM and ${vcpus} vCPUs free for it; pick a smaller flavor, free capacity on ${load.host}, or destroy the server first`,
-  };
+  const where = `flavor: ${i.flavor.name} (${i.flavor.vcpus} vCPU, ${i.flavor.ramMiB} MiB) does not fit host ${load.host}, where server ${i.serverName} is recorded (a create run again stays on its host)`;
+  const fixes = `pick a smaller flavor, free capacity on ${load.host}, or destroy the server first`;
+  if (ram < i.flavor.ramMiB || vcpus < i.flavor.vcpus)
+    return {
+      error: `${where}, beside its other servers: ${ram} MiB RAM and ${vcpus} vCPUs free for it; ${fixes}`,
+    };
+  // chooseHost's test too (review 9a R7): the host's memory available right now holds the whole
+  // new size, as for a new server (a guest of this server running now is not counted as free).
+  if (load.memAvailableMiB < i.flavor.ramMiB)
+    return { error: `${where}: only ${load.memAvailableMiB} MiB of memory available right now; ${fixes}` };
+  return { host: load.host };
 }
 
 /** `load` with the server's record counting its (new) flavor instead of what it counted. */
@@ -445,9 +463,14 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
   // no marker behind: the host check first, then the UUID's claim is checked (it would be
   // refused after the name's was written), and the name's record check runs before the UUID's
   // claim.
-  // The claim's last two steps (the UUID's claim and the record) write after the name's marker:
-  // a failure there (an I/O error) may leave this create's markers behind (review 8b, Q7).
-  const WRITES_AT_END = 2;
+  // The claim's steps that write after the name's marker (the UUID's claim and the record): a
+  // failure there (an I/O error) may leave this create's markers behind (review 8b, Q7). Known
+  // by identity, not position (review 9a R4), so a step added or moved keeps the rule.
+  const writesAfterName = new WeakSet<Step>();
+  const afterName = (step: Step): Step => {
+    writesAfterName.add(step);
+    return step;
+  };
   const claimSteps = (i: ServerInputs): Step[] => [
     preflightStep(i),
     claimableStep(serverUuidOwned(i), i.owner),
@@ -457,8 +480,8 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
     // UUID (domains, folders, records) is claimableStep's above, in this batch under the same
     // lock, with nothing written since but this server's name marker: not repeated (issue 13,
     // 6-8 ms per create in the claim batch).
-    claimStep({ ...serverUuidOwned(i), exists: undefined }, i.owner),
-    claimRecordStep(i),
+    afterName(claimStep({ ...serverUuidOwned(i), exists: undefined }, i.owner)),
+    afterName(claimRecordStep(i)),
   ];
   // After the claim, same lock: the image is marked as used (an Image delete refuses from here
   // on), and a create run again over a domain it defined before keeps the volumes attached to
@@ -592,6 +615,12 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
                 requests.forEach(retry);
                 return;
               }
+              // The lock was not taken: nothing ran, each fails with that error (no cleanup
+              // there, no retry that would wait for the same lock again).
+              if (lockNotTaken(err)) {
+                requests.forEach((r) => fail(r, err));
+                return;
+              }
               // Past the guard: any of these claims may be written (each is re-run below).
               if (failedStepIndex(err, steps) !== 0) for (const r of requests) sent.set(r, host);
               // below
@@ -615,8 +644,9 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
                 // claim may be partly written, so create's cleanup runs there once the name's
                 // marker shows it is this owner's (as after a lost batch, P4). The steps before
                 // (the host check, the UUID's check, the name's claim and record check) refuse
-                // before this create writes anything. (`steps` begins with the guard.)
-                if (at === -1 || at > claim.length - WRITES_AT_END) sent.set(r, host);
+                // before this create writes anything; so does a lock not taken (nothing ran).
+                const unknown = at === -1 ? !lockNotTaken(err) : writesAfterName.has(steps[at]);
+                if (unknown) sent.set(r, host);
                 fail(r, err);
               }
             }

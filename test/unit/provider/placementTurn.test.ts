@@ -49,9 +49,10 @@ const GUARD = "check that the server records on this host are as placement read 
 /**
  * A fake host whose server records are files in a temporary folder: the claim's record writes
  * land there, the stats step lists them, and the placement guard runs with bash over them.
- * `memKiB` is the host's memory (512 MiB of it reserved by placement).
+ * `memKiB` is the host's memory (512 MiB of it reserved by placement); `availableKiB` its
+ * MemAvailable (default: all of it).
  */
-function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegExp) {
+function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegExp, availableKiB?: number) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
   // hv1's folder is `root`; any other host's is its own folder under it.
   const rootOf = (host: string) => (host === "hv1" ? root : path.join(root, "hosts", host));
@@ -73,7 +74,7 @@ function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegE
       const mem = typeof memKiB === "number" ? memKiB : memKiB(host);
       return r.stdout
         .replace(/^memtotal=.*$/m, `memtotal=${mem}`)
-        .replace(/^memavailable=.*$/m, `memavailable=${mem}`)
+        .replace(/^memavailable=.*$/m, `memavailable=${availableKiB ?? mem}`)
         .replace(/^cpus=.*$/m, "cpus=2");
     }
     // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
@@ -318,6 +319,27 @@ test("a create run again with a bigger flavor (review 8b, P6) stays on its host 
   }
 });
 
+test("a create run again with a bigger flavor that fits the host's allocation but not its memory available right now (review 9a R7): refused by placement's rule, nothing claimed", async () => {
+  // 4 GiB, of which only 200 MiB available now: the allocation ratio has room for 256 MiB.
+  const fake = recordsHost(4194304, undefined, 200 * 1024);
+  const i = server("web1");
+  fake.theirs("web1", i.uuid, 128);
+  try {
+    const bigger = { ...i, flavor: { ...i.flavor, ramMiB: 256 } };
+    await assert.rejects(
+      provider.create(bigger),
+      /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: only 200 MiB of memory available right now; pick a smaller flavor/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "nothing claimed");
+    // 128 MiB (its recorded size, no growth): converges without the check, as before.
+    await provider.create(i);
+    assert.ok(fake.log.some((l) => l.label === "write record server/web1"));
+  } finally {
+    fake.restore();
+  }
+});
+
 test("another run's server removed between the reading and the claim (a destroy meanwhile): the guard passes, one reading", async () => {
   const fake = recordsHost(4194304);
   fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
@@ -439,41 +461,77 @@ test("a claim batch lost after its claim steps ran (timeout): create's owner-gua
   assert.equal(marker, undefined, "the name's owner marker is released");
 });
 
-test("a claim whose record write fails with an I/O error after its markers were written (review 8b, Q7): create's owner-guarded cleanup removes them", async () => {
-  const fake = recordsHost(
-    4194304,
-    /^(claim |check that server UUID|check that server web1 was claimed|check the owner of |release the owner marker)/,
-  );
-  const session = require("../../../provider/host/session") as Record<string, unknown>;
-  const inner = session.runLocked as (h: unknown, steps: Step[]) => Promise<string[]>;
-  // The record's write fails on the host (a full disk), after both claims wrote their markers.
-  session.runLocked = async (h: unknown, steps: Step[]) =>
-    inner(
-      h,
-      steps.map((s) =>
-        s.label === "write record server/web1" && !s.script.includes("base64 -d")
-          ? { ...s, script: "echo 'No space left on device' >&2; exit 1" }
-          : s,
-      ),
+for (const failing of ["write record server/web1", "claim server UUID"]) {
+  test(`a claim whose step "${failing}" fails with an I/O error after the name's marker was written (review 8b, Q7; the steps known by identity, review 9a R4): create's owner-guarded cleanup removes the markers`, async () => {
+    const fake = recordsHost(
+      4194304,
+      /^(claim |check that server UUID|check that server web1 was claimed|check the owner of |release the owner marker)/,
     );
-  const i = server("web1");
+    const session = require("../../../provider/host/session") as Record<string, unknown>;
+    const inner = session.runLocked as (h: unknown, steps: Step[]) => Promise<string[]>;
+    // The record's write fails on the host (a full disk), after both claims wrote their markers.
+    session.runLocked = async (h: unknown, steps: Step[]) =>
+      inner(
+        h,
+        steps.map((s) =>
+          (s.label ?? "").startsWith(failing) && !s.script.includes("base64 -d")
+            ? { ...s, script: "echo 'No space left on device' >&2; exit 1" }
+            : s,
+        ),
+      );
+    const i = server("web1");
+    try {
+      await assert.rejects(
+        provider.create(i),
+        new RegExp(`${failing}[^"]*" failed with exit status 1:\nNo space left`),
+      );
+      const labels = fake.log.map((l) => l.label);
+      const at = labels.indexOf("check that server web1 was claimed by this create");
+      assert.ok(at >= 0, `the cleanup checks the name's marker first: ${labels.join(" | ")}`);
+      assert.ok(labels.slice(at).includes("delete server web1"), "and then removes the server's claim");
+      assert.ok(
+        !fs.existsSync(path.join(fake.root, "owners", "server", "web1.owner")),
+        "the name's marker is removed",
+      );
+      assert.ok(
+        !fs.existsSync(path.join(fake.root, "owners", "server-uuid", `${i.uuid}.owner`)),
+        "the UUID's marker is removed",
+      );
+    } finally {
+      fake.restore();
+    }
+  });
+}
+
+test("a claim batch whose host lock could not be taken (flock's wait ran out: exit status, step -1, nothing ran; review 9a R3): the create fails with that error, no cleanup waits for the lock, nothing pinned", async () => {
+  const fake = recordsHost(4194304, /^(claim |check that server UUID|check that server web1 was claimed)/);
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: HostConnection, steps: Step[]) => Promise<string[]>;
+  const { remoteStepError, takeLockStep } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  let refusedTakes = 0;
+  session.runLocked = async (h: HostConnection, steps: Step[]) => {
+    if (steps[0]?.label !== GUARD) return inner(h, steps);
+    refusedTakes += 1;
+    throw remoteStepError(
+      h,
+      takeLockStep("take the host lock /var/lib/kvmlab/lock", 120),
+      { code: 1, stdout: "", stderr: "" },
+      -1,
+    );
+  };
   try {
     await assert.rejects(
-      provider.create(i),
-      /write record server\/web1" failed with exit status 1:\nNo space left/,
+      provider.create(server("web1")),
+      /step "take the host lock \/var\/lib\/kvmlab\/lock" failed with exit status 1/,
     );
     const labels = fake.log.map((l) => l.label);
-    const at = labels.indexOf("check that server web1 was claimed by this create");
-    assert.ok(at >= 0, `the cleanup checks the name's marker first: ${labels.join(" | ")}`);
-    assert.ok(labels.slice(at).includes("delete server web1"), "and then removes the server's claim");
+    assert.equal(refusedTakes, 1, "not retried");
     assert.ok(
-      !fs.existsSync(path.join(fake.root, "owners", "server", "web1.owner")),
-      "the name's marker is removed",
+      !labels.includes("check that server web1 was claimed by this create"),
+      `no owner-guarded cleanup (it would wait for the same lock): ${labels.join(" | ")}`,
     );
-    assert.ok(
-      !fs.existsSync(path.join(fake.root, "owners", "server-uuid", `${i.uuid}.owner`)),
-      "the UUID's marker is removed",
-    );
+    assert.ok(!labels.includes("delete server web1"), "nothing deleted");
   } finally {
     fake.restore();
   }
