@@ -40,6 +40,7 @@ import {
   fingerprintOfKeyBlob,
   hostPoolStats,
   requireFeatures,
+  failedStep,
   runChecked,
   runLocked,
   runSteps,
@@ -74,6 +75,7 @@ import { charges } from "./quota";
 import {
   checkServerInputs,
   chooseHost,
+  freeCapacity,
   diffServer,
   parseHostLoad,
   planUpdate,
@@ -370,12 +372,73 @@ async function placeAndClaim(inputs: ServerInputs, timings: Record<string, numbe
   });
 }
 
-/** The index of the step a runLocked/runChecked error names as failed (the first such), or -1. */
+/**
+ * The index in `steps` of the step a runLocked/runChecked error names as failed, from the
+ * error's fields (RemoteStepError), never its text; -1 when it is no step's failure (a timeout,
+ * a lost shell, the lock's take).
+ */
 function failedStepIndex(err: unknown, steps: readonly Step[]): number {
-  const text = err instanceof Error ? err.message : String(err);
-  return steps.findIndex((s) =>
-    text.includes(`step "${s.label ?? "remote command"}" failed with exit status`),
-  );
+  const { index } = failedStep(err);
+  return index < steps.length ? index : -1;
+}
+
+/**
+ * The host lock's take failed with an exit status (flock's wait ran out, the lock file could
+ * not be opened): the batch stopped there, none of its steps ran (review 9a R3). Not an unknown
+ * outcome like a timeout or a lost shell (no exit status), after which the steps may have run.
+ */
+function lockNotTaken(err: unknown): boolean {
+  const f = failedStep(err);
+  return f.index === -1 && f.exitStatus !== null;
+}
+
+/** What a host's reading counts for the server `uuid` (its record; 0 when it has none). */
+function ownCount(load: HostLoad, uuid: string): { ramMiB: number; vcpus: number } {
+  const own = (load.capacity ?? []).filter((c) => c.uuid === uuid);
+  const n = (t: string) => (/^[0-9]+$/.test(t) ? Number(t) : 0);
+  return {
+    ramMiB: own.reduce((a, c) => a + n(c.ramMiB), 0),
+    vcpus: own.reduce((a, c) => a + n(c.vcpus), 0),
+  };
+}
+
+/**
+ * A create run again over its own record on `load`'s host: fits unless its flavor grew beyond
+ * what the host has free beside its other servers (by placement's rules, chooseHost's: the
+ * allocation ratio with the record's own count freed first, and the memory available right now
+ * holding the whole flavor). The error names the host, the flavor, what is free and the fixes.
+ */
+function grownFits(load: HostLoad, i: ServerInputs): { host: string } | { error: string } {
+  const own = ownCount(load, i.uuid);
+  if (i.flavor.ramMiB <= own.ramMiB && i.flavor.vcpus <= own.vcpus) return { host: load.host };
+  const free = freeCapacity(load);
+  const ram = free.ramMiB + own.ramMiB;
+  const vcpus = free.vcpus + own.vcpus;
+  const where = `flavor: ${i.flavor.name} (${i.flavor.vcpus} vCPU, ${i.flavor.ramMiB} MiB) does not fit host ${load.host}, where server ${i.serverName} is recorded (a create run again stays on its host)`;
+  const fixes = `pick a smaller flavor, free capacity on ${load.host}, or destroy the server first`;
+  if (ram < i.flavor.ramMiB || vcpus < i.flavor.vcpus)
+    return {
+      error: `${where}, beside its other servers: ${ram} MiB RAM and ${vcpus} vCPUs free for it; ${fixes}`,
+    };
+  // chooseHost's test too (review 9a R7): the host's memory available right now holds the whole
+  // new size, as for a new server (a guest of this server running now is not counted as free).
+  if (load.memAvailableMiB < i.flavor.ramMiB)
+    return { error: `${where}: only ${load.memAvailableMiB} MiB of memory available right now; ${fixes}` };
+  return { host: load.host };
+}
+
+/** `load` with the server's record counting its (new) flavor instead of what it counted. */
+function withGrowth(load: HostLoad, i: ServerInputs): HostLoad {
+  const own = ownCount(load, i.uuid);
+  return {
+    ...load,
+    allocatedRamMiB: load.allocatedRamMiB - own.ramMiB + i.flavor.ramMiB,
+    allocatedVcpus: load.allocatedVcpus - own.vcpus + i.flavor.vcpus,
+    capacity: [
+      ...(load.capacity ?? []).filter((c) => c.uuid !== i.uuid),
+      { uuid: i.uuid, ramMiB: String(i.flavor.ramMiB), vcpus: String(i.flavor.vcpus) },
+    ],
+  };
 }
 
 /**
@@ -400,14 +463,25 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
   // no marker behind: the host check first, then the UUID's claim is checked (it would be
   // refused after the name's was written), and the name's record check runs before the UUID's
   // claim.
+  // The claim's steps that write after the name's marker (the UUID's claim and the record): a
+  // failure there (an I/O error) may leave this create's markers behind (review 8b, Q7). Known
+  // by identity, not position (review 9a R4), so a step added or moved keeps the rule.
+  const writesAfterName = new WeakSet<Step>();
+  const afterName = (step: Step): Step => {
+    writesAfterName.add(step);
+    return step;
+  };
   const claimSteps = (i: ServerInputs): Step[] => [
     preflightStep(i),
     claimableStep(serverUuidOwned(i), i.owner),
     claimStep(serverOwned(i.serverName), i.owner),
     nameFreeStep(i),
-    // The UUID too: it keys the instance folder (review S1).
-    claimStep(serverUuidOwned(i), i.owner),
-    claimRecordStep(i),
+    // The UUID too: it keys the instance folder (review S1). Its scan for another user of the
+    // UUID (domains, folders, records) is claimableStep's above, in this batch under the same
+    // lock, with nothing written since but this server's name marker: not repeated (issue 13,
+    // 6-8 ms per create in the claim batch).
+    afterName(claimStep({ ...serverUuidOwned(i), exists: undefined }, i.owner)),
+    afterName(claimRecordStep(i)),
   ];
   // After the claim, same lock: the image is marked as used (an Image delete refuses from here
   // on), and a create run again over a domain it defined before keeps the volumes attached to
@@ -481,9 +555,11 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
         // runs where the markers may be (review 8b, Q3).
         const pinned = sent.get(r);
         const candidates = (pinned ? [pinned] : candidatesOf(i)).map((h) => loads.get(h.name) as HostLoad);
-        // A create run again (after a failure or lost state) converges on the host it claimed.
+        // A create run again (after a failure or lost state) converges on the host it claimed;
+        // with a bigger flavor than its record counts, only when the growth fits there beside
+        // the other servers (review 8b, P6: its record is rewritten with the new flavor).
         const mine = candidates.find((l) => l.serverUuids.includes(i.uuid));
-        const choice = mine ? { host: mine.host } : chooseHost(candidates, i.flavor);
+        const choice = mine ? grownFits(mine, i) : chooseHost(candidates, i.flavor);
         if ("error" in choice) {
           const where = pinned
             ? ` (its claim on host ${pinned.name} may be partly written after a lost claim batch, so it was retried there only and its claim is removed; run the operation again to place it anew)`
@@ -492,6 +568,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
           continue;
         }
         if (!mine) loads.set(choice.host, withPlaced(loads.get(choice.host) as HostLoad, i));
+        else loads.set(choice.host, withGrowth(mine, i));
         const host = hostNamed(hosts, choice.host);
         const entry = claims.get(choice.host) ?? { host, requests: [] };
         entry.requests.push(r);
@@ -510,9 +587,11 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
             serverCapacityText(read.get(host.name)?.capacity ?? [], skip),
             skip,
           );
-          const refusedByGuard = (err: unknown, steps: readonly Step[]) =>
-            failedStepIndex(err, steps) === 0 &&
-            String(err instanceof Error ? err.message : err).includes(`exit status ${RECORDS_CHANGED_EXIT}`);
+          // The guard (step 0) refused with its own exit status: nothing was written.
+          const refusedByGuard = (err: unknown) => {
+            const f = failedStep(err);
+            return f.index === 0 && f.exitStatus === RECORDS_CHANGED_EXIT;
+          };
           const retry = (r: PlacementRequest) => {
             lastRefused.set(r, host.name);
             again.push(r);
@@ -532,8 +611,14 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
               });
               return;
             } catch (err) {
-              if (refusedByGuard(err, steps)) {
+              if (refusedByGuard(err)) {
                 requests.forEach(retry);
+                return;
+              }
+              // The lock was not taken: nothing ran, each fails with that error (no cleanup
+              // there, no retry that would wait for the same lock again).
+              if (lockNotTaken(err)) {
+                requests.forEach((r) => fail(r, err));
                 return;
               }
               // Past the guard: any of these claims may be written (each is re-run below).
@@ -550,12 +635,18 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
               settle(r, { placed: { host, listing: out[out.length - 1] } });
             } catch (err) {
               const at = failedStepIndex(err, steps);
-              if (refusedByGuard(err, steps)) retry(r);
+              if (refusedByGuard(err)) retry(r);
               // A step after the claim failed: the claim is this create's (its cleanup removes it).
               else if (at > claim.length) settle(r, { placed: { host, listing: "", error: err } });
               else {
-                // No step's exit status (a timeout, a lost shell): the claim may be written.
-                if (at === -1) sent.set(r, host);
+                // No step's exit status (a timeout, a lost shell), or a failure of the UUID's
+                // claim or the record, after the name's marker (review 8b, Q7: an I/O error): the
+                // claim may be partly written, so create's cleanup runs there once the name's
+                // marker shows it is this owner's (as after a lost batch, P4). The steps before
+                // (the host check, the UUID's check, the name's claim and record check) refuse
+                // before this create writes anything; so does a lock not taken (nothing ran).
+                const unknown = at === -1 ? !lockNotTaken(err) : writesAfterName.has(steps[at]);
+                if (unknown) sent.set(r, host);
                 fail(r, err);
               }
             }

@@ -188,13 +188,71 @@ function hostLabel(host: HostConnection): string {
   return `host ${host.name} (${host.user}@${host.address}:${host.port})`;
 }
 
-/** An error from a remote step: which host, which step, exit status and the end of stderr. */
-export function remoteStepError(host: HostConnection, step: Step, result: StepResult): Error {
+/**
+ * A remote step that failed, as fields a caller compares (which step of its batch, its label,
+ * its exit status) instead of parsing the message, which stays the text users read. A plain
+ * Error with these fields (remoteStepError makes it), not a subclass: provider code is
+ * serialized by value into the state (from the source tree), where a class extending Error
+ * loses its message (lifecycle/faults showed "dynamic provider create failed: undefined").
+ */
+export type RemoteStepError = Error & {
+  /** The host's name. */
+  readonly host: string;
+  /** The failed step's label ("remote command" when it has none). */
+  readonly label: string;
+  /** Its exit status; null when it was skipped. */
+  readonly exitStatus: number | null;
+  /**
+   * Its index in the steps the caller passed (runChecked's, runLocked's without the lock's own
+   * steps, withHostLock's `first`); -1 for a step the caller did not pass (the lock's take).
+   */
+  readonly stepIndex: number;
+};
+
+/** Whether `err` is a remote step's failure with its fields (remoteStepError). */
+export function isRemoteStepError(err: unknown): err is RemoteStepError {
+  const e = err as Partial<RemoteStepError> | null;
+  return (
+    err instanceof Error &&
+    typeof e?.stepIndex === "number" &&
+    typeof e.label === "string" &&
+    (typeof e.exitStatus === "number" || e.exitStatus === null)
+  );
+}
+
+/**
+ * An error from a remote step: which host, which step, exit status and the end of stderr.
+ * `stepIndex`: the step's index in the caller's batch (-1: a step the caller did not pass).
+ */
+export function remoteStepError(
+  host: HostConnection,
+  step: Step,
+  result: StepResult,
+  stepIndex = -1,
+): RemoteStepError {
   const tail = result.stderr.trim().split("\n").slice(-15).join("\n");
   const status = result.code === null ? "was skipped" : `failed with exit status ${result.code}`;
-  return new Error(
-    `${hostLabel(host)}: step "${step.label ?? "remote command"}" ${status}${tail ? `:\n${tail}` : ""}`,
+  const label = step.label ?? "remote command";
+  return Object.assign(
+    new Error(`${hostLabel(host)}: step "${label}" ${status}${tail ? `:\n${tail}` : ""}`),
+    {
+      host: host.name,
+      label,
+      exitStatus: result.code,
+      stepIndex,
+    },
   );
+}
+
+/**
+ * The step of `steps` a runChecked/runLocked/withHostLock error names as failed, with its exit
+ * status: its index (-1 when the error is no step's failure: a timeout, a lost shell, the lock's
+ * take) and status (null then).
+ */
+export function failedStep(err: unknown): { index: number; exitStatus: number | null } {
+  return isRemoteStepError(err)
+    ? { index: err.stepIndex, exitStatus: err.exitStatus }
+    : { index: -1, exitStatus: null };
 }
 
 /** Where a host is, as the pool remembers the key it saw there first. */
@@ -608,7 +666,7 @@ export async function runChecked(
 ): Promise<string[]> {
   const results = await runSteps(host, steps, { ...opts, stopOnError: true });
   results.forEach((r, i) => {
-    if (r.code !== 0) throw remoteStepError(host, steps[i], r);
+    if (r.code !== 0) throw remoteStepError(host, steps[i], r, i);
   });
   return results.map((r) => r.stdout);
 }
@@ -652,7 +710,7 @@ export async function withHostLock<T>(
       (pool.held ??= new Map()).set(key, session);
     }
     rest.forEach((r, i) => {
-      if (r.code !== 0) throw remoteStepError(host, first[i], r);
+      if (r.code !== 0) throw remoteStepError(host, first[i], r, i);
     });
     return await fn(rest.map((r) => r.stdout));
   } finally {
@@ -851,7 +909,9 @@ export function takeLockStep(label: string, waitSec: number): Step {
     inShell: true,
     // The lock file is root's alone (0600): a world-openable lock lets any local user block
     // every run (issue 15). Made in a subshell so the shell's umask stays as it is.
-    script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> /var/lib/kvmlab/lock ) && chmod 0600 /var/lib/kvmlab/lock && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
+    // The folder and the file are made only when missing (a lock taken on every create's
+    // placement and IPAM turn, issue 13: two processes, chmod and flock, instead of four).
+    script: `{ [ -d /var/lib/kvmlab ] || mkdir -p /var/lib/kvmlab; } && { [ -e /var/lib/kvmlab/lock ] || ( umask 077; : >> /var/lib/kvmlab/lock ); } && chmod 0600 /var/lib/kvmlab/lock && exec 9>>/var/lib/kvmlab/lock && flock -w ${Math.max(1, Math.floor(waitSec))} 9`,
   };
 }
 
@@ -896,7 +956,8 @@ export async function runLocked(
     ];
     const results = await runSteps(host, all, { ...opts, stopOnError: true });
     for (let i = 0; i < all.length - 1; i++) {
-      if (results[i].code !== 0) throw remoteStepError(host, all[i], results[i]);
+      // The caller's index: `all` begins with the lock's take (-1 there).
+      if (results[i].code !== 0) throw remoteStepError(host, all[i], results[i], i - 1);
     }
     return results.slice(1, -1).map((r) => r.stdout);
   } finally {

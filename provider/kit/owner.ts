@@ -182,10 +182,19 @@ function refusalWord(o: OwnedObject, me: string): string {
     .join('"$cur"');
 }
 
-/** Shell lines writing `ownerWord` into marker "$f" without clobbering; success when this call made it. */
+/**
+ * Shell lines writing `ownerWord` into marker "$f" without clobbering; success when this call
+ * made it. The write runs in a subshell of its own (a write killed half-way leaves its
+ * temporary file to this step's rm), a leftover temporary file is removed first only when there
+ * is one: three processes (the subshell, ln, rm). Claims run under the host lock on every
+ * create (issue 13): this was four.
+ */
 function markerWrite(ownerWord: string): string {
-  return `t="$f.new.$$"; rm -f "$t"; if ( umask 077; printf '%s\\n' ${ownerWord} > "$t" ) && ln "$t" "$f" 2>/dev/null; then rm -f "$t"; true; else rm -f "$t"; false; fi`;
+  return `t="$f.new.$$"; if [ -e "$t" ] || [ -L "$t" ]; then rm -f "$t"; fi; if ( umask 077; printf '%s\\n' ${ownerWord} > "$t" ) && ln "$t" "$f" 2>/dev/null; then rm -f "$t"; true; else rm -f "$t"; false; fi`;
 }
+
+/** Shell text making the marker's folder (only when missing) and keeping the markers' root 0700. */
+const MARKER_DIR = '{ [ -d "${f%/*}" ] || mkdir -p "${f%/*}"; } && chmod 0700 /var/lib/kvmlab/owners';
 
 /** Shell lines refusing an empty marker "$f" ($cur empty) with the fix. */
 function emptyMarkerRefusal(o: OwnedObject, me: string): string {
@@ -222,14 +231,14 @@ function claimScript(o: OwnedObject, owner: string, write: boolean): string {
   const f = ownerMarkerPath(o.kind, ...o.key);
   return [
     `f=${shQuote(f)}; me=${shQuote(owner)}`,
-    write ? 'mkdir -p "${f%/*}" && chmod 0700 /var/lib/kvmlab/owners' : ":",
+    write ? MARKER_DIR : ":",
     'if [ ! -e "$f" ]; then',
     o.exists
       ? `  if ${o.exists}; then echo ${shQuote(`${o.what} already exists on this host with no kvmlab owner (made by hand, or by another stack before owners were recorded); kvmlab does not adopt it. Fix: give this resource another ${o.field}, or remove the object by hand`)} >&2; exit ${OWNER_REFUSED}; fi`
       : "  :",
     write ? `  if ${markerWrite('"$me"')}; then echo claimed; exit 0; fi` : "  echo free; exit 0",
     "fi",
-    'cur=$(head -n1 "$f" 2>/dev/null || true)',
+    'cur=; { IFS= read -r cur < "$f"; } 2>/dev/null || :',
     `if [ "$cur" = "$me" ]; then echo ${write ? "adopted" : "mine"}; exit 0; fi`,
     emptyMarkerRefusal(o, owner),
     `echo ${refusalWord(o, owner)} >&2`,
@@ -260,10 +269,10 @@ export function guardStep(o: OwnedObject, owners: readonly string[], adoptUnmark
       `f=${shQuote(f)}`,
       'if [ ! -e "$f" ]; then',
       adoptUnmarked
-        ? `  mkdir -p "\${f%/*}" && chmod 0700 /var/lib/kvmlab/owners && if ${markerWrite(shQuote(mine[0]))}; then echo unmarked; exit 0; fi`
+        ? `  ${MARKER_DIR} && if ${markerWrite(shQuote(mine[0]))}; then echo unmarked; exit 0; fi`
         : "  echo unmarked; exit 0",
       "fi",
-      'cur=$(head -n1 "$f" 2>/dev/null || true)',
+      'cur=; { IFS= read -r cur < "$f"; } 2>/dev/null || :',
       `case "$cur" in ${shQuote(mine[0])}) echo mine; exit 0 ;; esac`,
       // An accepted older owner (an update after a renamed stack or a new project): the marker
       // moves to the new owner, atomically, so the next delete (guarded by the new owner) passes.
@@ -305,7 +314,7 @@ export function sameStackStep(o: OwnedObject, owner: string, user: string): Step
     script: [
       `f=${shQuote(f)}`,
       'if [ ! -e "$f" ]; then echo unmarked; exit 0; fi',
-      'cur=$(head -n1 "$f" 2>/dev/null || true)',
+      'cur=; { IFS= read -r cur < "$f"; } 2>/dev/null || :',
       `case "$cur" in ${shQuote(stack)}/*) echo mine; exit 0 ;; esac`,
       emptyMarkerRefusal(o, stack),
       `echo ${refused} >&2`,

@@ -12,6 +12,22 @@ export interface Fake {
   restore(): void;
 }
 
+/**
+ * What runChecked/runLocked make of a batch's results, for fake hosts: the stdouts, or the first
+ * failure thrown as the real runners throw it (RemoteStepError: the step's index in `steps`, its
+ * label, its exit status; the same message).
+ */
+export function checkedResults(
+  h: HostConnection,
+  steps: readonly Step[],
+  results: readonly StepResult[],
+): string[] {
+  return results.map((r, i) => {
+    if (r.code !== 0) throw remoteStepError(h, steps[i], r, i);
+    return r.stdout;
+  });
+}
+
 /** Replaces the host layer's runners: `answer(label)` gives a step's stdout (exit 0) or its result. */
 export function fakeHost(answer: (label: string, script: string, host: string) => string | StepResult): Fake {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
@@ -35,10 +51,7 @@ export function fakeHost(answer: (label: string, script: string, host: string) =
     return out;
   };
   const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> =>
-    run(h, steps, true).map((r, i) => {
-      if (r.code !== 0) throw remoteStepError(h, steps[i], r);
-      return r.stdout;
-    });
+    checkedResults(h, steps, run(h, steps, true));
   session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps);
   session.runChecked = checked;
   session.runLocked = checked;

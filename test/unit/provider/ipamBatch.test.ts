@@ -39,12 +39,51 @@ function uploaded(script: string): string {
   return Buffer.from(b64.replace(/\n/g, ""), "base64").toString("utf8");
 }
 
-/** A fake DHCP host holding one IPAM record; `failWrite` makes the commit fail. */
-function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake & { current(): IpamRecord } {
+/**
+ * A fake DHCP host holding one IPAM record; `failWrite` makes the commit fail; `afterRead(n)`
+ * runs after the n-th reading of the record (another run committing meanwhile: `set`). The
+ * commit's guard (ipamUnchangedStep) runs with bash over a file holding the record's text.
+ */
+function subnetHost(
+  start: IpamRecord,
+  opts: {
+    failWrite?: boolean;
+    afterRead?: (n: number, set: (r: IpamRecord) => void, locked: boolean) => void;
+  } = {},
+): Fake & { current(): IpamRecord } {
   let current = start;
+  let reads = 0;
+  // Under the lock taken by withHostLock (the locked turn): no other writer can change the record.
+  let locked = false;
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawnSync }: typeof import("node:child_process") = require("node:child_process");
   const fake = fakeHost((label, script): string | StepResult => {
     // The host keeps this one subnet's record (lan/lan-v4) and no other.
-    if (/^read record ipam\//.test(label)) return label.endsWith(NAME) ? JSON.stringify(current) : "";
+    if (/^read record ipam\//.test(label)) {
+      if (!label.endsWith(NAME)) return "";
+      const text = JSON.stringify(current);
+      opts.afterRead?.(++reads, (r) => (current = r), locked);
+      return text;
+    }
+    if (/^check that the IPAM record of subnet /.test(label)) {
+      const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-guard-"));
+      try {
+        fs.mkdirSync(path.join(root, "records", "ipam"), { recursive: true });
+        fs.writeFileSync(path.join(root, "records", "ipam", `${NAME}.json`), JSON.stringify(current));
+        const r = spawnSync(
+          "bash",
+          ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(root)],
+          {
+            encoding: "utf8",
+          },
+        );
+        return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+      } finally {
+        fs.rmSync(root, { recursive: true, force: true });
+      }
+    }
     if (/^write record ipam\//.test(label)) {
       if (opts.failWrite) return { code: 1, stdout: "", stderr: "No space left on device" };
       current = JSON.parse(uploaded(script)) as IpamRecord;
@@ -53,6 +92,15 @@ function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake
   });
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   const checked = session.runChecked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  // The commit's lock (runLocked: one round trip), logged like a step.
+  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
+    fake.log.push({ host: h.name, label: "host lock taken", script: "" });
+    try {
+      return await checked(h, steps);
+    } finally {
+      fake.log.push({ host: h.name, label: "host lock released", script: "" });
+    }
+  };
   session.withHostLock = async (
     h: HostConnection,
     fn: (first: string[]) => Promise<unknown>,
@@ -60,9 +108,11 @@ function subnetHost(start: IpamRecord, opts: { failWrite?: boolean } = {}): Fake
     first: readonly Step[] = [],
   ) => {
     fake.log.push({ host: h.name, label: "host lock taken", script: "" });
+    locked = true;
     try {
       return await fn(await checked(h, first));
     } finally {
+      locked = false;
       fake.log.push({ host: h.name, label: "host lock released", script: "" });
     }
   };
@@ -88,13 +138,14 @@ test("allocations waiting for one subnet share one lock turn: one read, one comm
     assert.deepEqual(
       labels(fake).filter((l) => !/^(upload|reload)/.test(l)),
       [
-        "host lock taken",
         `read record ipam/${NAME}`,
         "read dhcp leases",
+        "host lock taken",
+        "check that the IPAM record of subnet lan-v4 is as read",
         `write record ipam/${NAME}`,
         "host lock released",
       ],
-      "one turn of the host lock: one read, one commit",
+      "one turn: one read, one commit under the host lock behind the guard",
     );
     const allocs = fake.current().allocations;
     assert.deepEqual(
@@ -201,7 +252,8 @@ test("allocations of two subnets do not share a turn, and a missing record refus
       String((b as PromiseRejectedResult).reason),
       /subnet v4 has no IPAM record on host hv1; create the Subnet first/,
     );
-    assert.equal(count(fake, /^host lock taken/), 2, "one turn per subnet");
+    assert.equal(count(fake, /^read record ipam\//), 2, "one turn per subnet");
+    assert.equal(count(fake, /^host lock taken/), 1, "the subnet without a record commits nothing");
   } finally {
     fake.restore();
   }
@@ -273,4 +325,231 @@ test("adoptSameMacOnly (a server's port, review 8b Q4): an entry from before hol
   } finally {
     fake.restore();
   }
+});
+
+test("the IPAM commit (under the DHCP host's lock, issue 13) runs with only base64, mv and mkdir besides bash: record 0600, hostsfile 0644, dnsmasq sent SIGHUP", async () => {
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawn, spawnSync }: typeof import("node:child_process") = require("node:child_process");
+  const { ipamCommitSteps, dhcpPaths, hostsFileText } =
+    require("../../../provider") as typeof import("../../../provider");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-commit-"));
+  // A PATH of its own: the commands the commit may start. The upload it replaces (sha256sum,
+  // cut, stat, mktemp, chmod, chown: about twelve processes per file) fails here.
+  const bin = path.join(root, "bin");
+  fs.mkdirSync(bin);
+  for (const tool of ["base64", "mv", "mkdir", "rm"]) {
+    const found = spawnSync("bash", ["-c", `command -v ${tool}`], { encoding: "utf8" }).stdout.trim();
+    fs.symlinkSync(found, path.join(bin, tool));
+  }
+  const bash = spawnSync("bash", ["-c", "command -v bash"], { encoding: "utf8" }).stdout.trim();
+  const dnsmasq = spawn("sleep", ["30"], { stdio: "ignore" });
+  try {
+    const paths = dhcpPaths("lan", "lan-v4");
+    const local = (p: string) => p.split("/var/lib/kvmlab").join(root);
+    fs.mkdirSync(path.dirname(local(paths.pidFile)), { recursive: true });
+    fs.writeFileSync(local(paths.pidFile), `${dnsmasq.pid}\n`);
+    const exited = new Promise<NodeJS.Signals | null>((r) => dnsmasq.on("exit", (_c, sig) => r(sig)));
+    const rec = record({ "10.10.0.5": { owner: "server:u:0", mac: "52:54:00:00:00:05", holder: "h" } });
+    for (const s of ipamCommitSteps(rec, paths, "lan")) {
+      const r = spawnSync(bash, ["--noprofile", "--norc", "-c", `umask 000; ${local(s.script)}`], {
+        encoding: "utf8",
+        env: { PATH: bin },
+      });
+      assert.equal(r.status, 0, `${s.label}: ${r.stderr}`);
+    }
+    const recFile = path.join(root, "records", "ipam", `${NAME}.json`);
+    assert.deepEqual(JSON.parse(fs.readFileSync(recFile, "utf8")), { ...rec, network: "lan" });
+    assert.equal(fs.statSync(recFile).mode & 0o777, 0o600, "the record is root's alone");
+    assert.equal(fs.readFileSync(local(paths.hostsFile), "utf8"), hostsFileText(rec));
+    assert.equal(fs.statSync(local(paths.hostsFile)).mode & 0o777, 0o644, "dnsmasq reads the hostsfile");
+    assert.deepEqual(
+      fs.readdirSync(path.dirname(recFile)).filter((f) => f.includes("kvmlab-tmp")),
+      [],
+      "no temporary file left",
+    );
+    assert.equal(await exited, "SIGHUP", "dnsmasq (the pid file's process) got SIGHUP");
+  } finally {
+    dnsmasq.kill();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("another run commits between an IPAM turn's reading and its commit (no lock held across them, issue 13): the guard refuses, the turn reads again, and no address is handed out twice", async () => {
+  const theirs = record({
+    "10.10.0.2": { owner: "server:x:0", mac: "52:54:00:00:00:aa", holder: "lab/b/Server/x" },
+  });
+  const fake = subnetHost(record({}), { afterRead: (n, set) => (n === 1 ? set(theirs) : undefined) });
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", {
+      mac: "52:54:00:00:00:01",
+      holder: "lab/a/Server/s1",
+    });
+    assert.equal(ip, "10.10.0.3", "the other run's address is not handed out again");
+    assert.equal(count(fake, /^read record ipam\//), 2, "read again after the refusal");
+    assert.equal(count(fake, /^write record ipam\//), 1, "written once, over the other run's record");
+    assert.deepEqual(Object.keys(fake.current().allocations).sort(), ["10.10.0.2", "10.10.0.3"]);
+    assert.equal(fake.current().allocations["10.10.0.2"].owner, "server:x:0", "theirs is kept");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM record that changes between reading and commit on every unlocked reading (releases by another stack's destroy, review 9a R1): the turn, refused once, reads, plans and commits under the lock and allocates; no give-up", async () => {
+  let n = 0;
+  // A release on every reading without the lock: the entry of the reading before is gone.
+  const fake = subnetHost(
+    record({ "10.10.0.2": { owner: "server:x0:0", mac: "", holder: "lab/b/Server/x" } }),
+    {
+      afterRead: (_reads, set, locked) => {
+        if (locked) return;
+        n += 1;
+        set(record({ [`10.10.0.${2 + n}`]: { owner: `server:x${n}:0`, mac: "", holder: "lab/b/Server/x" } }));
+      },
+    },
+  );
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    assert.equal(
+      ip,
+      "10.10.0.2",
+      "planned on the locked reading (10.10.0.3 is taken there, 10.10.0.2 released)",
+    );
+    assert.deepEqual(
+      labels(fake).filter((l) => !/^(upload|reload)/.test(l)),
+      [
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        "host lock taken",
+        "check that the IPAM record of subnet lan-v4 is as read",
+        "host lock released",
+        // The locked turn: read, plan and commit in one hold of the lock, no guard.
+        "host lock taken",
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        `write record ipam/${NAME}`,
+        "host lock released",
+      ],
+    );
+    assert.deepEqual(
+      Object.fromEntries(Object.entries(fake.current().allocations).map(([ip, a]) => [ip, a.owner])),
+      { "10.10.0.2": "server:u1:0", "10.10.0.3": "server:x1:0" },
+      "the other writer's entry is kept, no address twice",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM commit failing at another step than the guard (a write, the lock's take) is not retried: the allocations are refused with that error", async () => {
+  const fake = subnetHost(record({}), { failWrite: true });
+  try {
+    await assert.rejects(
+      allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
+      /write record ipam\/[0-9a-f]+.*No space left/s,
+    );
+    assert.equal(count(fake, /^read record ipam\//), 1, "not read again");
+    assert.equal(
+      count(fake, /^host lock taken/),
+      1,
+      "no locked turn after a failure that is not the guard's",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("the IPAM guard on the real record format (review 9a R5): the record the real commit writes (2-space JSON and a newline), read back through the session's framing, passes the guard; one byte changed, a newline dropped or added, or another commit: refused with exit 38", () => {
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawnSync }: typeof import("node:child_process") = require("node:child_process");
+  const { ipamCommitSteps, dhcpPaths, ipamUnchangedStep, IPAM_CHANGED_EXIT } =
+    require("../../../provider/ipam") as typeof import("../../../provider/ipam");
+  const { frameBatch, createFrameParser, readRecordStep } =
+    require("../../../provider/host") as typeof import("../../../provider/host");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-format-"));
+  const local = (p: string) => p.split("/var/lib/kvmlab").join(root);
+  /** Runs steps in one bash as the session's shell does (framed), parsed by the session's parser. */
+  const run = (steps: Step[]): StepResult[] => {
+    const marker = "KVLtest";
+    const steps2 = steps.map((s) => ({ ...s, script: local(s.script) }));
+    const r = spawnSync("bash", ["--noprofile", "--norc", "-s"], {
+      input: frameBatch(marker, 0, steps2, false),
+      encoding: "utf8",
+    });
+    const parser = createFrameParser(marker, 0);
+    parser.push("stdout", r.stdout);
+    parser.push("stderr", r.stderr);
+    return parser.take().map((t) => t.result);
+  };
+  try {
+    const paths = dhcpPaths("lan", "lan-v4");
+    const rec = record({ "10.10.0.5": { owner: "server:u:0", mac: "52:54:00:00:00:05", holder: "h" } });
+    assert.ok(
+      run(ipamCommitSteps(rec, paths, "lan")).every((r) => r.code === 0),
+      "the real commit",
+    );
+    const [read] = run([readRecordStep("ipam", NAME)]);
+    assert.equal(read.code, 0);
+    assert.ok(read.stdout.endsWith("}\n"), "the record as read ends with its newline");
+    assert.equal(read.stdout, fs.readFileSync(path.join(root, "records", "ipam", `${NAME}.json`), "utf8"));
+    const guard = (expected: string) => run([ipamUnchangedStep("lan", "lan-v4", expected)])[0];
+    assert.equal(guard(read.stdout).code, 0, "unchanged: passes");
+    assert.equal(
+      guard(read.stdout.replace("10.10.0.5", "10.10.0.6")).code,
+      IPAM_CHANGED_EXIT,
+      "a byte changed",
+    );
+    assert.equal(guard(read.stdout.slice(0, -1)).code, IPAM_CHANGED_EXIT, "its newline dropped");
+    assert.equal(guard(`${read.stdout}\n`).code, IPAM_CHANGED_EXIT, "a newline added");
+    // Another writer's commit (a release) after the reading: refused.
+    assert.ok(run(ipamCommitSteps(record({}), paths, "lan")).every((r) => r.code === 0));
+    const refused = guard(read.stdout);
+    assert.equal(refused.code, IPAM_CHANGED_EXIT);
+    assert.match(
+      refused.stderr,
+      /changed since it was read \(another writer, another kvmlab run or this one/,
+    );
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("a remote step's failure carries its index in the caller's batch, label and exit status (RemoteStepError); the message users read is unchanged", () => {
+  const { remoteStepError, failedStep, isRemoteStepError } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  const e = remoteStepError(
+    hv1,
+    { label: "check x", script: "" },
+    { code: 36, stdout: "", stderr: "a\nwhy\n" },
+    2,
+  );
+  assert.ok(e instanceof Error && isRemoteStepError(e));
+  assert.equal(
+    Object.getPrototypeOf(e),
+    Error.prototype,
+    "a plain Error (provider code is serialized by value)",
+  );
+  assert.deepEqual(
+    { host: e.host, label: e.label, exitStatus: e.exitStatus, stepIndex: e.stepIndex },
+    { host: "hv1", label: "check x", exitStatus: 36, stepIndex: 2 },
+  );
+  assert.equal(
+    e.message,
+    `host hv1 (${hv1.user}@${hv1.address}:${hv1.port}): step "check x" failed with exit status 36:\na\nwhy`,
+  );
+  assert.deepEqual(failedStep(e), { index: 2, exitStatus: 36 });
+  assert.deepEqual(
+    failedStep(new Error('step "check x" failed with exit status 36')),
+    { index: -1, exitStatus: null },
+    "text is never parsed",
+  );
+  const skipped = remoteStepError(hv1, { script: "" }, { code: null, stdout: "", stderr: "" });
+  assert.equal(
+    skipped.message,
+    `host hv1 (${hv1.user}@${hv1.address}:${hv1.port}): step "remote command" was skipped`,
+  );
+  assert.equal(skipped.stepIndex, -1);
 });

@@ -38,7 +38,6 @@ import {
   planRelease,
   portOwner,
   releaseOwnerStep,
-  remoteStepError,
   securityGroupPortProvider,
   securityGroupProvider,
   serverProvider,
@@ -49,6 +48,7 @@ import {
   type StepResult,
 } from "../../../provider";
 import { serverRaw, testHost } from "./fixtures";
+import { checkedResults } from "./fakeHost";
 import { routerGatewayOwner } from "../../../core/router";
 import { planText } from "../../../provider/server/model";
 import { parseDomainMetadata } from "../../../core/domainMetadata";
@@ -106,13 +106,8 @@ function fakeHost(answers: [RegExp, string][]): FakeHost {
     }
     return out;
   };
-  const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> => {
-    const rs = run(h, steps, true);
-    rs.forEach((r, i) => {
-      if (r.code !== 0) throw remoteStepError(h, steps[i], r);
-    });
-    return rs.map((r) => r.stdout);
-  };
+  const checked = async (h: HostConnection, steps: readonly Step[]): Promise<string[]> =>
+    checkedResults(h, steps, run(h, steps, true));
   session.runSteps = async (h: HostConnection, steps: readonly Step[]) => run(h, steps, false);
   session.runChecked = checked;
   session.runLocked = checked;

@@ -343,3 +343,50 @@ test('a record with "uuid": "" reads one way (review 8b, Q2): the stats step cou
     assert.match(over.stderr, / 1024 MiB RAM and 5 vCPUs free /);
   });
 });
+
+test("under the host lock, few processes (issue 13): a name's claim starts only chmod, ln and rm, and the host lock's take only chmod and flock, once their folders exist", () => {
+  const { claimStep, takeLockStep } = require("../../../provider") as typeof import("../../../provider");
+  const { serverOwned } = require("../../../provider/server") as typeof import("../../../provider/server");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-procs-"));
+  const which = (tool: string) =>
+    spawnSync("bash", ["-c", `command -v ${tool}`], { encoding: "utf8" }).stdout.trim();
+  const bash = which("bash");
+  try {
+    // A PATH with only those commands: a step that starts another one fails here.
+    const bin = path.join(root, "bin");
+    fs.mkdirSync(bin);
+    for (const tool of ["chmod", "ln", "rm", "flock"]) fs.symlinkSync(which(tool), path.join(bin, tool));
+    const state = path.join(root, "state");
+    fs.mkdirSync(path.join(state, "owners", "server"), { recursive: true });
+    const run = (script: string) =>
+      spawnSync(bash, ["--noprofile", "--norc", "-c", script.split("/var/lib/kvmlab").join(state)], {
+        encoding: "utf8",
+        env: { PATH: bin },
+      });
+    const owner = "lab/a/Server/web1";
+    const claim = run(claimStep(serverOwned("web1"), owner).script);
+    assert.equal(claim.status, 0, claim.stderr);
+    assert.equal(claim.stdout, "claimed\n");
+    const marker = path.join(state, "owners", "server", "web1.owner");
+    assert.equal(fs.readFileSync(marker, "utf8"), `${owner}\n`);
+    assert.equal(fs.statSync(marker).mode & 0o777, 0o600, "the marker is root's alone");
+    assert.equal(fs.statSync(path.join(state, "owners")).mode & 0o777, 0o700, "the markers' root is 0700");
+    assert.deepEqual(fs.readdirSync(path.dirname(marker)), ["web1.owner"], "no temporary file left");
+    // Claimed again by the same owner: adopted; by another: refused, the marker unchanged.
+    assert.equal(run(claimStep(serverOwned("web1"), owner).script).stdout, "adopted\n");
+    const theirs = run(claimStep(serverOwned("web1"), "lab/b/Server/web1").script);
+    assert.notEqual(theirs.status, 0);
+    assert.equal(fs.readFileSync(marker, "utf8"), `${owner}\n`);
+    // The lock file made by the first take (mode 0600), then taken with chmod and flock only.
+    fs.writeFileSync(path.join(state, "lock"), "", { mode: 0o644 });
+    const take = run(takeLockStep("lock", 1).script);
+    assert.equal(take.status, 0, take.stderr);
+    assert.equal(
+      fs.statSync(path.join(state, "lock")).mode & 0o777,
+      0o600,
+      "a world-readable lock is made 0600",
+    );
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -21,7 +21,9 @@ import {
   ownerOf,
   portOwner,
   serverProvider,
+  type HostConnection,
   type IpamRecord,
+  type Step,
   type StepResult,
 } from "../../../provider";
 import { PLACEMENT_ATTEMPTS, PLACEMENT_BACKOFF_MS, type ServerInputs } from "../../../provider/server";
@@ -47,9 +49,10 @@ const GUARD = "check that the server records on this host are as placement read 
 /**
  * A fake host whose server records are files in a temporary folder: the claim's record writes
  * land there, the stats step lists them, and the placement guard runs with bash over them.
- * `memKiB` is the host's memory (512 MiB of it reserved by placement).
+ * `memKiB` is the host's memory (512 MiB of it reserved by placement); `availableKiB` its
+ * MemAvailable (default: all of it).
  */
-function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegExp) {
+function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegExp, availableKiB?: number) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-place-"));
   // hv1's folder is `root`; any other host's is its own folder under it.
   const rootOf = (host: string) => (host === "hv1" ? root : path.join(root, "hosts", host));
@@ -71,7 +74,7 @@ function recordsHost(memKiB: number | ((host: string) => number), runAlso?: RegE
       const mem = typeof memKiB === "number" ? memKiB : memKiB(host);
       return r.stdout
         .replace(/^memtotal=.*$/m, `memtotal=${mem}`)
-        .replace(/^memavailable=.*$/m, `memavailable=${mem}`)
+        .replace(/^memavailable=.*$/m, `memavailable=${availableKiB ?? mem}`)
         .replace(/^cpus=.*$/m, "cpus=2");
     }
     // The claim's record write (claimRecordStep) and the guard run with bash over the folder; the
@@ -236,6 +239,107 @@ test("another run's server placed between the reading and the claim: the guard r
   }
 });
 
+test("placement knows the guard's refusal by the error's fields (step 0 of the batch, exit status 36), not by its text; another step's exit 36 is no refusal", async () => {
+  const { remoteStepError } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  // A remote step's failure with this message and these fields (what the runners throw).
+  const stepError = (
+    message: string,
+    host: string,
+    label: string,
+    exitStatus: number | null,
+    stepIndex: number,
+  ) =>
+    Object.assign(
+      remoteStepError(
+        { ...hv1, name: host },
+        { label, script: "" },
+        { code: exitStatus, stdout: "", stderr: "" },
+        stepIndex,
+      ),
+      { message },
+    );
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  // Room for one 128 MiB server (640 - 512 reserved).
+  const fake = recordsHost(655360);
+  const locked = session.runLocked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  // The runner's errors with a message that names no step and no status: only the fields tell.
+  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
+    try {
+      return await locked(h, steps);
+    } catch (err) {
+      const e = err as import("../../../provider/host/session").RemoteStepError;
+      throw stepError(`${h.name}: refused`, e.host, e.label, e.exitStatus, e.stepIndex);
+    }
+  };
+  fake.afterRead((n) => {
+    if (n === 1) fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
+  });
+  try {
+    await assert.rejects(provider.create(server("web1")), /placement of server web1: no host fits/);
+    assert.equal(reads(fake.log.map((l) => l.label)), 2, "the guard's refusal made the turn read again");
+    assert.deepEqual(fake.guards, [36]);
+  } finally {
+    fake.restore();
+  }
+  // A later step (the host check) failing with exit 36 is that step's failure: no reading again.
+  const other = recordsHost(4194304);
+  const inner = session.runLocked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
+    const at = steps.findIndex((s) => /^check host for server/.test(s.label ?? ""));
+    if (at > 0) throw stepError(`${h.name}: host check`, h.name, steps[at].label ?? "", 36, at);
+    return inner(h, steps);
+  };
+  try {
+    await assert.rejects(provider.create(server("web2")), /host check/);
+    assert.equal(reads(other.log.map((l) => l.label)), 1, "read once");
+  } finally {
+    other.restore();
+  }
+});
+
+test("a create run again with a bigger flavor (review 8b, P6) stays on its host only when the growth fits there; refused naming flavor, host and what is free, nothing claimed", async () => {
+  // 640 MiB - 512 reserved: room for 128 MiB, which the server's own record (from its first create) takes.
+  const fake = recordsHost(655360);
+  const i = server("web1");
+  fake.theirs("web1", i.uuid, 128);
+  try {
+    const bigger = { ...i, flavor: { ...i.flavor, ramMiB: 256 } };
+    await assert.rejects(
+      provider.create(bigger),
+      /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: 128 MiB RAM and \d+ vCPUs free for it; pick a smaller flavor/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "nothing claimed");
+    // The same size converges on its host as before.
+    await provider.create(i);
+    assert.ok(fake.log.some((l) => l.label === "write record server/web1"));
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a create run again with a bigger flavor that fits the host's allocation but not its memory available right now (review 9a R7): refused by placement's rule, nothing claimed", async () => {
+  // 4 GiB, of which only 200 MiB available now: the allocation ratio has room for 256 MiB.
+  const fake = recordsHost(4194304, undefined, 200 * 1024);
+  const i = server("web1");
+  fake.theirs("web1", i.uuid, 128);
+  try {
+    const bigger = { ...i, flavor: { ...i.flavor, ramMiB: 256 } };
+    await assert.rejects(
+      provider.create(bigger),
+      /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: only 200 MiB of memory available right now; pick a smaller flavor/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "nothing claimed");
+    // 128 MiB (its recorded size, no growth): converges without the check, as before.
+    await provider.create(i);
+    assert.ok(fake.log.some((l) => l.label === "write record server/web1"));
+  } finally {
+    fake.restore();
+  }
+});
+
 test("another run's server removed between the reading and the claim (a destroy meanwhile): the guard passes, one reading", async () => {
   const fake = recordsHost(4194304);
   fake.theirs("theirs", "22222222-2222-5222-8222-222222222222", 128);
@@ -244,6 +348,41 @@ test("another run's server removed between the reading and the claim (a destroy 
     await provider.create(server("web1"));
     assert.equal(reads(fake.log.map((l) => l.label)), 1, "no reading again");
     assert.deepEqual(fake.guards, [0], "the claim passed the guard");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("the claim batch scans for another user of the UUID once per create (claimableStep), and the UUID's claim, run with bash, writes its marker; another server's record with the UUID refuses before any marker", async () => {
+  const claims = /^(check that server UUID .* can be claimed|claim server UUID |claim server web)/;
+  const fake = recordsHost(4194304, claims);
+  try {
+    const i = server("web1");
+    await provider.create(i);
+    // The scan's text (otherUserOfUuidLines): the records grep for this UUID, in the claim batch
+    // (the define batch's instance folder check has its own, outside the lock).
+    const scans = fake.log.filter(
+      (l) => claims.test(l.label) && l.script.includes(`"uuid": "${i.uuid}"`) && /grep -lF/.test(l.script),
+    );
+    assert.deepEqual(
+      scans.map((l) => l.label),
+      [`check that server UUID ${i.uuid} can be claimed for ${i.owner}`],
+      "one scan, before any marker is written",
+    );
+    const marker = path.join(fake.root, "owners", "server-uuid", `${i.uuid}.owner`);
+    assert.equal(fs.readFileSync(marker, "utf8"), `${i.owner}\n`, "the UUID's marker is this owner's");
+    // Another server (another name) recorded with web2's UUID: refused at the scan, no marker.
+    const j = { ...server("web2"), uuid: "33333333-3333-5333-8333-333333333333" };
+    fake.theirs("other", j.uuid, 128);
+    await assert.rejects(
+      provider.create(j),
+      /step "check that server UUID .* can be claimed .*" failed with exit status 73:\n.*already exists on this host with no kvmlab owner/,
+    );
+    assert.ok(!fs.existsSync(path.join(fake.root, "owners", "server", "web2.owner")), "no name marker");
+    assert.ok(
+      !fs.existsSync(path.join(fake.root, "owners", "server-uuid", `${j.uuid}.owner`)),
+      "no UUID marker",
+    );
   } finally {
     fake.restore();
   }
@@ -320,6 +459,82 @@ test("a claim batch lost after its claim steps ran (timeout): create's owner-gua
     "and then removes the server's claim and record",
   );
   assert.equal(marker, undefined, "the name's owner marker is released");
+});
+
+for (const failing of ["write record server/web1", "claim server UUID"]) {
+  test(`a claim whose step "${failing}" fails with an I/O error after the name's marker was written (review 8b, Q7; the steps known by identity, review 9a R4): create's owner-guarded cleanup removes the markers`, async () => {
+    const fake = recordsHost(
+      4194304,
+      /^(claim |check that server UUID|check that server web1 was claimed|check the owner of |release the owner marker)/,
+    );
+    const session = require("../../../provider/host/session") as Record<string, unknown>;
+    const inner = session.runLocked as (h: unknown, steps: Step[]) => Promise<string[]>;
+    // The record's write fails on the host (a full disk), after both claims wrote their markers.
+    session.runLocked = async (h: unknown, steps: Step[]) =>
+      inner(
+        h,
+        steps.map((s) =>
+          (s.label ?? "").startsWith(failing) && !s.script.includes("base64 -d")
+            ? { ...s, script: "echo 'No space left on device' >&2; exit 1" }
+            : s,
+        ),
+      );
+    const i = server("web1");
+    try {
+      await assert.rejects(
+        provider.create(i),
+        new RegExp(`${failing}[^"]*" failed with exit status 1:\nNo space left`),
+      );
+      const labels = fake.log.map((l) => l.label);
+      const at = labels.indexOf("check that server web1 was claimed by this create");
+      assert.ok(at >= 0, `the cleanup checks the name's marker first: ${labels.join(" | ")}`);
+      assert.ok(labels.slice(at).includes("delete server web1"), "and then removes the server's claim");
+      assert.ok(
+        !fs.existsSync(path.join(fake.root, "owners", "server", "web1.owner")),
+        "the name's marker is removed",
+      );
+      assert.ok(
+        !fs.existsSync(path.join(fake.root, "owners", "server-uuid", `${i.uuid}.owner`)),
+        "the UUID's marker is removed",
+      );
+    } finally {
+      fake.restore();
+    }
+  });
+}
+
+test("a claim batch whose host lock could not be taken (flock's wait ran out: exit status, step -1, nothing ran; review 9a R3): the create fails with that error, no cleanup waits for the lock, nothing pinned", async () => {
+  const fake = recordsHost(4194304, /^(claim |check that server UUID|check that server web1 was claimed)/);
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  const inner = session.runLocked as (h: HostConnection, steps: Step[]) => Promise<string[]>;
+  const { remoteStepError, takeLockStep } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  let refusedTakes = 0;
+  session.runLocked = async (h: HostConnection, steps: Step[]) => {
+    if (steps[0]?.label !== GUARD) return inner(h, steps);
+    refusedTakes += 1;
+    throw remoteStepError(
+      h,
+      takeLockStep("take the host lock /var/lib/kvmlab/lock", 120),
+      { code: 1, stdout: "", stderr: "" },
+      -1,
+    );
+  };
+  try {
+    await assert.rejects(
+      provider.create(server("web1")),
+      /step "take the host lock \/var\/lib\/kvmlab\/lock" failed with exit status 1/,
+    );
+    const labels = fake.log.map((l) => l.label);
+    assert.equal(refusedTakes, 1, "not retried");
+    assert.ok(
+      !labels.includes("check that server web1 was claimed by this create"),
+      `no owner-guarded cleanup (it would wait for the same lock): ${labels.join(" | ")}`,
+    );
+    assert.ok(!labels.includes("delete server web1"), "nothing deleted");
+  } finally {
+    fake.restore();
+  }
 });
 
 test("a claim batch lost where another owner holds the name: the cleanup touches nothing of theirs", async () => {
