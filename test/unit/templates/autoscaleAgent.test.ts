@@ -361,6 +361,8 @@ function simGroup(opts: {
   haproxy: () => string[];
   state: (m: string) => string;
   roll: (mode: "roll-out" | "roll-in", member: string) => { status: number | null; stderr: string };
+  /** Starts the agent on this group, detached (it leads its process group: killGroup ends it). */
+  spawnAgent: (env?: NodeJS.ProcessEnv) => ReturnType<typeof spawn>;
 } {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-roll-"));
@@ -448,7 +450,31 @@ function simGroup(opts: {
       });
       return { status: r.status, stderr: r.stderr };
     },
+    spawnAgent: (extra = {}) =>
+      spawn("sh", [path.join(dir, "agent.sh"), dir], {
+        env: { ...env, ...extra },
+        stdio: "ignore",
+        detached: true,
+      }),
   };
+}
+
+/**
+ * Starts the agent on a simulated group and waits for its `agent-start` line (its start-up
+ * evaluation is over); an agent that does not get there is killed before the error is thrown.
+ */
+async function startAgent(
+  g: ReturnType<typeof simGroup>,
+  timeoutMs = 20_000,
+): Promise<ReturnType<typeof spawn>> {
+  const agent = g.spawnAgent();
+  try {
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), timeoutMs);
+  } catch (err) {
+    killGroup(agent);
+    throw err;
+  }
+  return agent;
 }
 
 test("rolling replacement: a spare slot is marked and released; a running member at min is stood in for by a spare, drained, and comes back before the spare leaves", () => {
@@ -543,11 +569,7 @@ test("one agent per group: a second agent exits (logged) while the first runs; a
   const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
   const agents: ReturnType<typeof spawn>[] = [];
   const start = () => {
-    const a = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    const a = g.spawnAgent();
     agents.push(a);
     return a;
   };
@@ -622,11 +644,7 @@ test("review R2: at start-up the agent waits for the group lock (bounded waits, 
     // A roll holds the group lock (here 4 s; LOCK_WAIT 1 s per wait).
     holder = holdLock(lock, `sleep 4; date +%s%3N > ${released}`);
     await until("the holder's lock", () => isLocked(lock), 5_000);
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: { ...g.env, LOCK_WAIT: "1" },
-      stdio: "ignore",
-      detached: true,
-    });
+    agent = g.spawnAgent({ LOCK_WAIT: "1" });
     await until(
       "two logged lock waits",
       () => g.log().filter((e) => e.event === "lock-wait-exceeded" && e.phase === "start").length >= 2,
@@ -809,11 +827,7 @@ test("review R5: stopping the agent uses the pid and start time it recorded, nev
     step(stopAgentStep("web").script);
     assert.ok(alive(bystander.pid as number), "a process that is not the recorded agent is left alone");
     // The real agent, detached (it leads its process group): found by pid + start time and stopped.
-    const agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    const agent = g.spawnAgent();
     procs.push(agent);
     const pidFile = (): string => fs.readFileSync(path.join(g.dir, "agent.pid"), "utf8").trim();
     await until("the agent's pid", () => pidFile() === String(agent.pid), 10_000);
@@ -894,12 +908,7 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     // web-1 was marked FAILED but its power-off failed (it still runs); web-2 was marked FAILED and is off.
     fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
     fs.writeFileSync(path.join(g.dir, "state", "web-2"), "failed 1000\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    agent = await startAgent(g);
     assert.equal(g.state("web-2"), "failed", "an off FAILED slot keeps its mark (no scale-out starts it)");
     assert.equal(g.state("web-1"), "failed");
     assert.equal(dom("web-1"), "shut-off", "a FAILED slot found running is powered off again");
@@ -935,8 +944,6 @@ function starts(sim: string): string[] {
 test("review N3: a FAILED slot is never started again by the agent (min restored from a stopped slot; none left: said once, nothing started), and one that fails its start is powered off at once", async () => {
   const dom = (g: ReturnType<typeof simGroup>, m: string): string =>
     fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
-  const run = (g: ReturnType<typeof simGroup>): ReturnType<typeof spawn> =>
-    spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], { env: g.env, stdio: "ignore", detached: true });
   // An agent restart below min with web-0 FAILED (off): web-0 is the lowest slot, but web-1 starts.
   const g = simGroup({ min: 1, max: 3, running: [] });
   // Every slot FAILED: nothing to start; the shortfall is logged once, not every interval.
@@ -948,8 +955,8 @@ test("review N3: a FAILED slot is never started again by the agent (min restored
     // web-1 never answers: it fails at its start, is powered off, and web-2 replaces it.
     fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-1\n");
     for (const m of ["web-0", "web-1"]) fs.writeFileSync(path.join(h.dir, "state", m), "failed 1000\n");
-    a = run(g);
-    b = run(h);
+    a = g.spawnAgent();
+    b = h.spawnAgent();
     await until("web-2 in service", () => g.state("web-2") === "running", 40_000);
     assert.deepEqual(starts(g.sim), ["web-1", "web-2"], "the FAILED web-0 was never started");
     assert.equal(g.state("web-0"), "failed", "web-0 keeps its mark");
@@ -991,12 +998,7 @@ test("review N3: a member still `starting` when the agent stopped must pass its 
     }
     // web-2's service never answers.
     fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-2\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 40_000);
+    agent = await startAgent(g, 40_000);
     const lb = g.haproxy();
     assert.ok(
       g.log().some((e) => e.action === "in-service" && e.member === "web-1" && e.health === "ok"),
@@ -1034,12 +1036,7 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
     fs.writeFileSync(path.join(g.sim, "start_fail"), "web-1\n");
     // The program asks for 3 members (generation 1): one scaling starts all three.
     fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 3\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    agent = await startAgent(g);
     await until("the scaling", () => g.log().some((e) => e.event === "scaled"), 30_000);
     const started = fs
       .readFileSync(path.join(g.sim, "started"), "utf8")
@@ -1103,11 +1100,7 @@ test("review A1: a scale-out started from the policy loop does not end that loop
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     fs.writeFileSync(path.join(g.sim, "load"), "90\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    agent = g.spawnAgent();
     await until("the scale-out", () => g.log().some((e) => e.event === "scaled"), 45_000);
     await until(
       "a line logged after the scale-out",
@@ -1169,12 +1162,7 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-3\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    agent = await startAgent(g);
     // A roll.sh killed while its members booted, as it leaves them (under the group lock, as it
     // held it): web-1 and web-3 run, web-2's start never happened; all three `starting`.
     const r = spawnSync(
@@ -1237,11 +1225,7 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
     fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
     fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-1\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    agent = g.spawnAgent();
     await until("five power-off attempts", () => attempts() >= 5, 30_000);
     assert.deepEqual(
       stops().map((e) => `${e.reason} ${e.result}`),
