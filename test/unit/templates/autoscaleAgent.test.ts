@@ -363,6 +363,11 @@ function simGroup(opts: {
   roll: (mode: "roll-out" | "roll-in", member: string) => { status: number | null; stderr: string };
   /** Starts the agent on this group, detached (it leads its process group: killGroup ends it). */
   spawnAgent: (env?: NodeJS.ProcessEnv) => ReturnType<typeof spawn>;
+  /** `agent.sh DIR reset ARGS…` (what `kvmlab asg reset` runs on the controller). */
+  reset: (
+    args: string[],
+    env?: NodeJS.ProcessEnv,
+  ) => { status: number | null; stdout: string; stderr: string };
 } {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-roll-"));
@@ -449,6 +454,14 @@ function simGroup(opts: {
         timeout: 60_000,
       });
       return { status: r.status, stderr: r.stderr };
+    },
+    reset: (args, extra = {}) => {
+      const r = spawnSync("/bin/sh", [path.join(dir, "agent.sh"), dir, "reset", ...args], {
+        env: { ...env, ...extra },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
     },
     spawnAgent: (extra = {}) =>
       spawn("sh", [path.join(dir, "agent.sh"), dir], {
@@ -977,6 +990,11 @@ test("review N3: a FAILED slot is never started again by the agent (min restored
     assert.equal(short.length, 1, `the shortfall is logged once: ${JSON.stringify(h.log())}`);
     assert.equal(short[0].reason, "no-startable-slot");
     assert.equal(short[0].failed, "web-0,web-1");
+    assert.match(
+      fs.readFileSync(path.join(h.dir, "decisions.log"), "utf8"),
+      / event=short reason=no-startable-slot .* fix='kvmlab asg reset web --all-failed'$/m,
+      "the line names the command that gives the FAILED slots back (review A4)",
+    );
     assert.ok(!h.log().some((e) => e.event === "decision"), "no decision every interval");
   } finally {
     killGroup(a);
@@ -1244,6 +1262,106 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) and the agent restores min from it; refused, nothing changed, for a slot that is not FAILED, not of this group, or whose domain still runs", async () => {
+  // min = max = 2 with one FAILED slot: before the reset the group stays below min for good.
+  const g = simGroup({ min: 2, max: 2, running: ["web-0"] });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    // web-1's power-off had failed: its domain still runs. The reset refuses (the agent retries the power-off).
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
+    let r = g.reset(["web-1"]);
+    assert.equal(r.status, 71, r.stderr);
+    assert.match(r.stderr, /web-1: its domain is still running on hv1 .* stays FAILED/);
+    assert.equal(g.state("web-1"), "failed", "nothing was changed");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "shut-off 0 0\n");
+    r = g.reset(["web-0"]);
+    assert.equal(r.status, 70, r.stderr);
+    assert.match(r.stderr, /web-0 is not FAILED: it is in service; only a FAILED slot is reset/);
+    assert.equal(g.state("web-0"), "running");
+    for (const other of ["web-2", "api-0"]) {
+      r = g.reset([other]);
+      assert.equal(r.status, 69, r.stderr);
+      assert.match(r.stderr, new RegExp(`${other} is not a slot of group web \\(its slots: web-0 web-1\\)`));
+    }
+    assert.ok(!g.log().some((e) => e.event === "reset"), "no refusal is logged as a reset");
+    // The agent runs: below min, nothing to start; said once, naming the reset command.
+    agent = await startAgent(g);
+    await until("the shortfall", () => g.log().some((e) => e.event === "short"), 10_000);
+    assert.match(
+      fs.readFileSync(path.join(g.dir, "decisions.log"), "utf8"),
+      / event=short reason=no-startable-slot want=2 current=1 stopped=0 failed=web-1 fix='kvmlab asg reset web web-1'$/m,
+    );
+    assert.deepEqual(starts(g.sim), [], "the FAILED slot is not started");
+    // The reset (the agent's evaluation holds the group lock: the reset waits for it).
+    r = g.reset(["web-1"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^reset web-1 \(host hv1, domain shut-off\): FAILED -> stopped$/m);
+    assert.match(
+      r.stdout,
+      /^next: 1 in service, below min 2: the agent's next evaluation starts web-1 \(the lowest stopped slots\)/m,
+    );
+    assert.ok(
+      logged(g.log(), { event: "reset", member: "web-1", was: "failed", by: "kvmlab-asg-reset" }),
+      "the reset is logged",
+    );
+    await until("web-1 in service", () => g.state("web-1") === "running", 30_000);
+    assert.deepEqual(starts(g.sim), ["web-1"]);
+    assert.equal(dom("web-1"), "running");
+    assert.ok(g.haproxy().includes("web-1 state ready"), "it joined the pool after its health check");
+    assert.ok(
+      logged(g.log(), { event: "decision", source: "min", current: "1", new: "2" }),
+      "restored by the agent's min rule",
+    );
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A4: `reset --all-failed` gives back every FAILED slot (above min the agent starts nothing: they are spare slots again); with none it changes nothing; a held group lock is waited for, bounded", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  try {
+    for (const m of ["web-1", "web-2"]) fs.writeFileSync(path.join(g.dir, "state", m), "failed 1000\n");
+    // A held group lock (an evaluation booting a member): the reset gives up after RESET_WAIT.
+    const holder = holdLock(path.join(g.dir, "group.lock"), "sleep 5");
+    try {
+      const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+      while (!isLocked(path.join(g.dir, "group.lock"))) spawnSync("sleep", ["0.1"]);
+      const r = g.reset(["--all-failed"], { RESET_WAIT: "1" });
+      assert.equal(r.status, 75, r.stderr);
+      assert.match(r.stderr, /stayed held for 1 s .*nothing was changed/);
+      assert.equal(g.state("web-1"), "failed");
+    } finally {
+      killGroup(holder);
+    }
+    let r = g.reset(["--all-failed"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(
+      r.stdout.split("\n").filter((l) => l.startsWith("reset ")),
+      [
+        "reset web-1 (host hv1, domain shut-off): FAILED -> stopped",
+        "reset web-2 (host hv1, domain shut-off): FAILED -> stopped",
+      ],
+    );
+    assert.match(r.stdout, /^next: 1 in service \(min 1, max 3\): the agent starts nothing now/m);
+    assert.equal(g.state("web-1"), "stopped");
+    assert.equal(g.state("web-2"), "stopped");
+    assert.match(
+      fs.readFileSync(path.join(g.dir, "status"), "utf8"),
+      /^member=web-1 stopped 0$/m,
+      "the status file shows it at once",
+    );
+    r = g.reset(["--all-failed"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), "group web has no FAILED slot: nothing to reset");
+    assert.equal(g.log().filter((e) => e.event === "reset").length, 2);
+  } finally {
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
