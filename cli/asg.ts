@@ -1,18 +1,30 @@
 /**
- * `kvmlab asg status <group>` and `kvmlab asg signal <group> <policy>`: an autoscale group's
- * agent as it runs on its controller host (docs/autoscale.md). `signal` is Heat's signal URL by
- * hand: the policy is applied with Heat's rules (it does nothing inside the cooldown).
+ * `kvmlab asg status <group>`, `kvmlab asg signal <group> <policy>` and `kvmlab asg reset <group>
+ * <member>|--all-failed`: an autoscale group's agent as it runs on its controller host
+ * (docs/autoscale.md). `signal` is Heat's signal URL by hand: the policy is applied with Heat's
+ * rules (it does nothing inside the cooldown). `reset` gives a FAILED slot back once its cause is
+ * fixed (review A4): Heat's "mark unhealthy, then update" replaces the member; the agent makes no
+ * server, so the slot becomes stopped and the agent's next evaluation starts it if the group is
+ * below min.
  */
 import { parseArgs, UsageError } from "./args";
 import { commandHosts } from "./hosts";
+import { GROUP_NAME_RE } from "../core/autoscale";
+import { shQuote } from "../provider/host/quote";
 
 const USAGE = `usage: kvmlab asg status <group> [--controller <host>] [--log N] [--sandbox <instance> | --hosts <hosts.json>] [--json]
        kvmlab asg signal <group> <policy> [--controller <host>] [--sandbox <instance> | --hosts <hosts.json>]
+       kvmlab asg reset <group> <member> | --all-failed [--controller <host>] [--sandbox <instance> | --hosts <hosts.json>]
 
 status  the agent (running, pid), the current size, every member slot and its state, the
-        cooldown, the last average CPU and the last N decisions (default 20)
+        cooldown, the last average CPU, the last N decisions (default 20), and the command
+        that gives each FAILED slot back
 signal  ask the agent to apply a scaling policy now, as Heat's signal URL does; the outcome
         (scaled, in cooldown, no change) is the next line of the group's decisions log
+reset   give a FAILED slot back once its cause is fixed (its serial log says why it did not
+        answer): under the group's lock it becomes stopped, and the agent's next evaluation
+        starts it if the group is below min (else a scale-out may); refused when the slot is
+        not FAILED, not of this group, or its domain still runs. --all-failed: every FAILED slot
   --sandbox <instance>  use a running kvmlab sandbox (default: $KVMLAB_SANDBOX_INSTANCE or "default")
   --hosts <file>        a JSON list of hosts {name, address, port, user, privateKeyPath, hostKey}
   --controller <host>   the group's controller host (needed when more than one host holds
@@ -22,40 +34,138 @@ signal  ask the agent to apply a scaling policy now, as Heat's signal URL does; 
 The agent runs on one of the hosts (the group's load balancer host); every host is asked, and
 the command refuses to guess when two hosts hold a group of that name.`;
 
-export async function main(argv: string[]): Promise<number> {
+/** A command line of `kvmlab asg`, checked (pure). */
+export type AsgCommand = {
+  group: string;
+  logLines: number;
+  controller?: string;
+  json: boolean;
+  /** The host options given (`--sandbox`, `--hosts`, `--controller`), to repeat in a printed command. */
+  hostArgs: string[];
+  options: Map<string, string | true>;
+} & (
+  | { verb: "status" }
+  | { verb: "signal"; policy: string }
+  | { verb: "reset"; members: string[] | "all-failed" }
+);
+
+/** Parses and checks the arguments (pure): a command, help, or a usage error (exit 2). */
+export function parseAsgArgs(argv: readonly string[]): AsgCommand | { help: true } | { usage: string } {
   let parsed;
   try {
-    parsed = parseArgs(argv, { valued: ["sandbox", "hosts", "log", "controller"], flags: ["json"] });
+    parsed = parseArgs(argv, {
+      valued: ["sandbox", "hosts", "log", "controller"],
+      flags: ["json", "all-failed"],
+    });
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    console.error(`kvmlab asg: ${err.message}\n\n${USAGE}`);
-    return 2;
+    return { usage: err.message };
   }
-  if (parsed.help) {
+  if (parsed.help) return { help: true };
+  const [verb, group, third] = parsed.positional;
+  const n = parsed.positional.length;
+  const allFailed = parsed.options.has("all-failed");
+  const okShape =
+    (verb === "status" && n === 2) ||
+    (verb === "signal" && n === 3) ||
+    (verb === "reset" && ((n === 3 && !allFailed) || (n === 2 && allFailed)));
+  if (!okShape) {
+    if (verb === "reset")
+      return {
+        usage:
+          n === 3
+            ? `reset takes one member or --all-failed, not both`
+            : `expected "reset <group> <member>" or "reset <group> --all-failed"`,
+      };
+    return { usage: `expected "status <group>", "signal <group> <policy>" or "reset <group> <member>"` };
+  }
+  if (allFailed && verb !== "reset") return { usage: `--all-failed goes with reset only` };
+  if (!GROUP_NAME_RE.test(group))
+    return {
+      usage: `invalid group name ${JSON.stringify(group)} (lowercase letters, digits, '-', starting with a letter, at most 31)`,
+    };
+  const logOpt = parsed.options.get("log");
+  const logLines = typeof logOpt === "string" ? Number(logOpt) : 20;
+  if (!Number.isInteger(logLines) || logLines < 0 || logLines > 10000)
+    return { usage: `--log expects a number of lines 0..10000` };
+  const controllerOpt = parsed.options.get("controller");
+  const controller = typeof controllerOpt === "string" ? controllerOpt : undefined;
+  const hostArgs: string[] = [];
+  for (const k of ["controller", "sandbox", "hosts"]) {
+    const v = parsed.options.get(k);
+    if (typeof v === "string") hostArgs.push(`--${k}`, v);
+  }
+  const base = {
+    group,
+    logLines,
+    controller,
+    json: parsed.options.has("json"),
+    hostArgs,
+    options: parsed.options,
+  };
+  if (verb === "status") return { ...base, verb };
+  if (verb === "signal") {
+    if (!/^[a-z][a-z0-9_-]{0,30}$/.test(third))
+      return { usage: `invalid policy name ${JSON.stringify(third)} (lowercase letters, digits, '_', '-')` };
+    return { ...base, verb, policy: third };
+  }
+  if (allFailed) return { ...base, verb: "reset", members: "all-failed" };
+  const slot = /^([a-z][a-z0-9-]{0,30})-(0|[1-9]\d?)$/.exec(third);
+  if (slot === null)
+    return {
+      usage: `invalid member name ${JSON.stringify(third)}: a member of group ${group} is ${group}-<i> (see kvmlab asg status ${group})`,
+    };
+  if (slot[1] !== group)
+    return {
+      usage: `${third} is not a member of group ${group} (its members are ${group}-0, ${group}-1, …); reset it with its own group: kvmlab asg reset ${slot[1]} ${third}`,
+    };
+  return { ...base, verb: "reset", members: [third] };
+}
+
+/** The exact `kvmlab asg reset` command for a member (or `--all-failed`), shell-quoted (pure). */
+export function resetCommand(group: string, member: string, hostArgs: readonly string[]): string {
+  return ["kvmlab", "asg", "reset", group, member, ...hostArgs].map(quoteWord).join(" ");
+}
+
+function quoteWord(w: string): string {
+  return /^[A-Za-z0-9_.,:/=@%+-]+$/.test(w) ? w : shQuote(w);
+}
+
+/** What `status` prints about FAILED slots: each with its reset command (pure; [] when none). */
+export function failedLines(
+  group: string,
+  slots: Record<string, string>,
+  hostArgs: readonly string[],
+  size: number,
+  min: number,
+): string[] {
+  const failed = Object.entries(slots)
+    .filter(([, st]) => st === "failed")
+    .map(([n]) => n);
+  if (failed.length === 0) return [];
+  const stopped = Object.values(slots).filter((st) => st === "stopped").length;
+  const lines = [
+    `FAILED: ${failed.join(", ")} (powered off; the agent never starts a FAILED slot again)` +
+      (size < min && stopped === 0 ? `: the group is below its min ${min} until one comes back` : ""),
+    `  once the cause is fixed (its serial log says why it did not answer), give it back:`,
+    ...failed.map((n) => `    ${resetCommand(group, n, hostArgs)}`),
+  ];
+  if (failed.length > 1) lines.push(`    ${resetCommand(group, "--all-failed", hostArgs)}`);
+  return lines;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const cmd = parseAsgArgs(argv);
+  if ("help" in cmd) {
     console.log(USAGE);
     return 0;
   }
-  const [verb, group, policy] = parsed.positional;
-  const okShape =
-    (verb === "status" && parsed.positional.length === 2) ||
-    (verb === "signal" && parsed.positional.length === 3);
-  if (!okShape) {
-    console.error(`kvmlab asg: expected "status <group>" or "signal <group> <policy>"\n\n${USAGE}`);
+  if ("usage" in cmd) {
+    console.error(`kvmlab asg: ${cmd.usage}\n\n${USAGE}`);
     return 2;
   }
-  if (!/^[a-z][a-z0-9-]{0,30}$/.test(group)) {
-    console.error(`kvmlab asg: invalid group name ${JSON.stringify(group)} (lowercase letters, digits, '-')`);
-    return 2;
-  }
-  const logOpt = parsed.options.get("log");
-  const logLines = typeof logOpt === "string" ? Number(logOpt) : 20;
-  if (!Number.isInteger(logLines) || logLines < 0 || logLines > 10000) {
-    console.error(`kvmlab asg: --log expects a number of lines 0..10000`);
-    return 2;
-  }
-  const controllerOpt = parsed.options.get("controller");
-  const controller = typeof controllerOpt === "string" ? controllerOpt : undefined;
-  const allHosts = commandHosts(parsed.options);
+  const { group, controller } = cmd;
+  const allHosts = commandHosts(cmd.options);
   const hosts = controller === undefined ? allHosts : allHosts.filter((h) => h.name === controller);
   if (hosts.length === 0) {
     console.error(
@@ -71,7 +181,7 @@ export async function main(argv: string[]): Promise<number> {
     const candidates: { host: (typeof hosts)[number]; state: ReturnType<typeof a.parseAgentState> }[] = [];
     const unasked: string[] = [];
     for (const h of hosts) {
-      const [r] = await runSteps(h, [a.agentReadStep(group, logLines)]).catch((e: unknown) => [
+      const [r] = await runSteps(h, [a.agentReadStep(group, cmd.logLines)]).catch((e: unknown) => [
         { code: -1, stdout: "", stderr: String(e) },
       ]);
       if (r.code !== 0) {
@@ -104,32 +214,49 @@ export async function main(argv: string[]): Promise<number> {
       );
       return 1;
     }
-    if (verb === "signal") {
-      const [r] = await runSteps(found.host, [a.signalStep(group, policy)]);
+    if (cmd.verb === "signal") {
+      const [r] = await runSteps(found.host, [a.signalStep(group, cmd.policy)]);
       if (r.code !== 0) {
         console.error(`kvmlab asg: ${r.stderr.trim()}`);
         return 1;
       }
       console.log(
-        `signal for policy ${policy} of group ${group} (owner ${found.state.owner || "none"}) sent to the agent on ${found.host.name} (${r.stdout.trim()}); ` +
+        `signal for policy ${cmd.policy} of group ${group} (owner ${found.state.owner || "none"}) sent to the agent on ${found.host.name} (${r.stdout.trim()}); ` +
           `the agent ${found.state.running ? "applies it within one interval" : "is NOT running: run pulumi up"}`,
       );
       return found.state.running ? 0 : 1;
     }
+    if (cmd.verb === "reset") return await reset(cmd, found, runSteps, a);
     const s = found.state;
-    if (parsed.options.has("json")) {
-      console.log(JSON.stringify({ group, controller: found.host.name, ...s }, null, 2));
+    if (cmd.json) {
+      const failed = Object.keys(s.slots).filter((n) => s.slots[n] === "failed");
+      console.log(
+        JSON.stringify(
+          {
+            group,
+            controller: found.host.name,
+            ...s,
+            failed,
+            resetCommands: failed.map((n) => resetCommand(group, n, cmd.hostArgs)),
+          },
+          null,
+          2,
+        ),
+      );
       return 0;
     }
     const now = Math.floor(Date.now() / 1000);
     console.log(
       `group ${group} (agent on ${found.host.name}: ${s.running ? `running, pid ${s.pid}` : "NOT RUNNING"}; owner ${s.owner || "none"})`,
     );
-    console.log(`size ${s.size}, in service: ${s.members.join(", ") || "none"}`);
+    console.log(
+      `size ${s.size}${s.max > 0 ? ` (min ${s.min}, max ${s.max})` : ""}, in service: ${s.members.join(", ") || "none"}`,
+    );
     console.log(
       `cooldown: ${s.cooldownEnd > now ? `${s.cooldownEnd - now} s left` : "none"}; average CPU: ${s.avgCpu || "none"}`,
     );
     for (const [n, st] of Object.entries(s.slots)) console.log(`  ${n.padEnd(24)} ${st}`);
+    for (const l of failedLines(group, s.slots, cmd.hostArgs, s.size, s.min)) console.log(l);
     if (s.log.length > 0) {
       console.log("decisions:");
       for (const l of s.log) console.log(`  ${l}`);
@@ -138,4 +265,44 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     await closeHostSessions();
   }
+}
+
+/** `reset`: the agent's reset mode on the controller, its lines printed, its refusals explained. */
+async function reset(
+  cmd: Extract<AsgCommand, { verb: "reset" }>,
+  found: {
+    host: import("../provider/host").HostConnection;
+    state: import("../provider/autoscale").AgentState;
+  },
+  runSteps: typeof import("../provider/host").runSteps,
+  a: typeof import("../provider/autoscale"),
+): Promise<number> {
+  const { group } = cmd;
+  // Bounded on the host: the lock wait (60 s) and one state query per slot (65 s at most each).
+  const slots = cmd.members === "all-failed" ? Math.max(1, Object.keys(found.state.slots).length) : 1;
+  const [r] = await runSteps(found.host, [a.resetStep(group, cmd.members)], {
+    timeoutMs: (90 + 65 * slots) * 1000,
+  });
+  const where = `group ${group} (owner ${found.state.owner || "none"}, controller ${found.host.name})`;
+  const out = r.stdout.trim();
+  if (out !== "") {
+    console.log(`${where}:`);
+    for (const l of out.split("\n")) console.log(`  ${l}`);
+  }
+  if (r.code !== 0) {
+    const what = cmd.members === "all-failed" ? "--all-failed" : cmd.members.join(" ");
+    const msg =
+      r.code === a.RESET_OLD_AGENT && /unknown mode/.test(r.stderr)
+        ? `the agent installed on ${found.host.name} predates kvmlab asg reset (nothing was changed). Fix: run pulumi up once (it installs this kvmlab's agent), or on ${found.host.name}: flock ${a.asgDir(group)}/group.lock rm ${a.asgDir(group)}/state/<member>`
+        : r.stderr.trim() || `the reset exited ${r.code}`;
+    console.error(`kvmlab asg reset ${group} ${what}: ${msg}`);
+    return 1;
+  }
+  if (!found.state.running) {
+    console.error(
+      `kvmlab asg: the agent of group ${group} is NOT running: nothing starts the slot until it runs again (pulumi up restarts it)`,
+    );
+    return 1;
+  }
+  return 0;
 }

@@ -276,6 +276,8 @@ test("the agent's status file parses into size, members and slots", () => {
       "status.size=2",
       "status.cooldown_end=1700000000",
       "status.avg_cpu=37",
+      "status.min=1",
+      "status.max=3",
       "status.member=web-0 running 100",
       "status.member=web-1 stopped 0",
       "status.member=web-2 running 200",
@@ -288,6 +290,7 @@ test("the agent's status file parses into size, members and slots", () => {
   assert.deepEqual(s.members, ["web-0", "web-2"]);
   assert.deepEqual(s.slots, { "web-0": "running", "web-1": "stopped", "web-2": "running" });
   assert.equal(s.cooldownEnd, 1700000000);
+  assert.deepEqual([s.min, s.max], [1, 3], "the bounds (asg status prints them)");
   assert.deepEqual(s.log, ["ts=1 event=decision"]);
 });
 
