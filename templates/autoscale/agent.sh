@@ -279,9 +279,10 @@ stop_members() { # names...
 # marked FAILED. FAILED is kept until the slot is reset (review N3; Heat replaces a FAILED member
 # with a new one, it never restarts it in place): no scale-out, no restoration of MIN and no
 # roll's spare starts it; an agent restart keeps the mark; the slot's next roll (a launch change:
-# its new server is the replacement) or `kvmlab asg reset` (reset_failed) clears it. The decision is logged with its reason; a
-# power-off that keeps failing (retried at every evaluation while the domain runs) is logged once
-# per reason (review A5: state/<m>.offfail holds the last one logged; a success clears it).
+# its new server is the replacement) or `kvmlab asg reset` (reset_failed) clears it. The
+# decision is logged with its reason; a power-off that keeps failing (retried at every evaluation
+# while the domain runs) is logged once per reason (review A5: state/<m>.offfail holds the last
+# one logged; a success clears it).
 stop_failed() { # MEMBER REASON
   lb_state "$1" maint
   _sf_k=$(index_of "$1")

@@ -13,20 +13,7 @@ import * as path from "node:path";
 import { failedLines, main, parseAsgArgs, resetCommand } from "../../../cli/asg";
 import { asgDir, resetStep } from "../../../provider/autoscale/steps";
 import { ownerMarkerPath } from "../../../provider/kit/owner";
-
-async function capture(fn: () => Promise<number>): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  try {
-    return { code: await fn(), out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+import { capture } from "../../support/console";
 
 function usage(argv: string[]): string {
   const r = parseAsgArgs(argv);
