@@ -9,7 +9,7 @@
  */
 import { parseArgs, UsageError } from "./args";
 import { commandHosts } from "./hosts";
-import { GROUP_NAME_RE } from "../core/autoscale";
+import { GROUP_NAME_RE, slotGroup } from "../core/autoscale";
 import { shQuote } from "../provider/host/quote";
 
 const USAGE = `usage: kvmlab asg status <group> [--controller <host>] [--log N] [--sandbox <instance> | --hosts <hosts.json>] [--json]
@@ -110,14 +110,14 @@ export function parseAsgArgs(argv: readonly string[]): AsgCommand | { help: true
     return { ...base, verb, policy: third };
   }
   if (allFailed) return { ...base, verb: "reset", members: "all-failed" };
-  const slot = /^([a-z][a-z0-9-]{0,30})-(0|[1-9]\d?)$/.exec(third);
-  if (slot === null)
+  const slot = slotGroup(third);
+  if (slot === undefined)
     return {
       usage: `invalid member name ${JSON.stringify(third)}: a member of group ${group} is ${group}-<i> (see kvmlab asg status ${group})`,
     };
-  if (slot[1] !== group)
+  if (slot !== group)
     return {
-      usage: `${third} is not a member of group ${group} (its members are ${group}-0, ${group}-1, …); reset it with its own group: kvmlab asg reset ${slot[1]} ${third}`,
+      usage: `${third} is not a member of group ${group} (its members are ${group}-0, ${group}-1, …); reset it with its own group: kvmlab asg reset ${slot} ${third}`,
     };
   return { ...base, verb: "reset", members: [third] };
 }

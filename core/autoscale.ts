@@ -215,6 +215,16 @@ export function averageCpuPercent(
 /** A group name: 1-31 lowercase letters, digits or '-', starting with a letter (members are <group>-<n>). */
 export const GROUP_NAME_RE = /^[a-z][a-z0-9-]{0,30}$/;
 
+/**
+ * The group a slot name belongs to: `<group>-<i>` with i below 100 and no leading zero (as
+ * memberNames makes them), else undefined. The last `-<digits>` is the index: `web-2-1` is slot
+ * 1 of group `web-2`.
+ */
+export function slotGroup(member: string): string | undefined {
+  const m = /^([a-z][a-z0-9-]{0,30})-(0|[1-9]\d?)$/.exec(member);
+  return m === null ? undefined : m[1];
+}
+
 /** The group's sizes and policies as the component takes them. */
 export interface GroupSpec {
   readonly name: string;

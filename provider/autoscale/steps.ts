@@ -9,7 +9,7 @@
  *                one authorized_keys line: from="<controller>",restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
  */
 import { shQuote, type Step } from "../host";
-import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
+import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine, slotGroup } from "../../core/autoscale";
 import { parseKeyValues } from "../kit/kv";
 import { OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
 
@@ -216,8 +216,7 @@ export function signalStep(group: string, policy: string): Step {
 
 /** Whether `member` is a slot of `group`: `<group>-<i>`, i below 100, as memberNames makes them. */
 export function isSlotOf(group: string, member: string): boolean {
-  const m = /^([a-z][a-z0-9-]{0,30})-(0|[1-9]\d?)$/.exec(member);
-  return m !== null && m[1] === group;
+  return slotGroup(member) === group;
 }
 
 /** Exit statuses of {@link resetStep} besides the agent's own refusals (69, 70, 71, 75). */

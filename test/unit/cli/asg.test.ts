@@ -14,6 +14,7 @@ import { failedLines, main, parseAsgArgs, resetCommand } from "../../../cli/asg"
 import { asgDir, resetStep } from "../../../provider/autoscale/steps";
 import { ownerMarkerPath } from "../../../provider/kit/owner";
 import { capture } from "../../support/console";
+import { slotGroup } from "../../../core/autoscale";
 
 function usage(argv: string[]): string {
   const r = parseAsgArgs(argv);
@@ -56,6 +57,9 @@ test("asg reset refuses, before any host is asked, a member of another group, a 
   assert.match(usage(["reset", "web", "web-0", "--all-failed"]), /one member or --all-failed, not both/);
   assert.match(usage(["reset", "web"]), /expected "reset <group> <member>" or "reset <group> --all-failed"/);
   assert.match(usage(["reset", "Web", "Web-0"]), /invalid group name "Web"/);
+  // The last -<i> is the index: web-2-1 is slot 1 of group web-2, not a slot of web.
+  assert.equal(slotGroup("web-2-1"), "web-2");
+  assert.match(usage(["reset", "web", "web-2-1"]), /web-2-1 is not a member of group web/);
   assert.match(usage(["status", "web", "--all-failed"]), /--all-failed goes with reset only/);
   assert.match(usage(["signal", "web", "scale out"]), /invalid policy name/);
   // Through main: exit 2 with the reason and the usage, and no host asked (there is none here).
