@@ -319,7 +319,8 @@ resize() { # SIZE
 # Too few stopped slots for a scale-out (the others in service, FAILED or rolling): logged once
 # until the reason changes (keep_bounds would otherwise log it every interval).
 # With FAILED slots among them, the line ends with the command that gives them back (review A4:
-# `fix='kvmlab asg reset <group> <member>'`, or `--all-failed` for several), quoted, last.
+# `fix='kvmlab asg reset <group> <member>'`, or `--all-failed` for several, with
+# `--controller <host>` when agent.conf names it: review 9b G5), quoted, last.
 no_slot_note() { # WANT CURRENT
   _ns_failed=$(member_table | awk '$2=="failed"{printf "%s%s", s, $1; s=","}')
   _ns_why="want=$1 current=$2 stopped=$(member_table | awk '$2=="stopped"{n++} END{print n+0}') failed=$_ns_failed"
@@ -327,8 +328,8 @@ no_slot_note() { # WANT CURRENT
   setv last_no_slot "$_ns_why"
   case $_ns_failed in
     "") _ns_fix="" ;;
-    *,*) _ns_fix=" fix='kvmlab asg reset $GROUP --all-failed'" ;;
-    *) _ns_fix=" fix='kvmlab asg reset $GROUP $_ns_failed'" ;;
+    *,*) _ns_fix=" fix='kvmlab asg reset $GROUP --all-failed${CONTROLLER:+ --controller $CONTROLLER}'" ;;
+    *) _ns_fix=" fix='kvmlab asg reset $GROUP $_ns_failed${CONTROLLER:+ --controller $CONTROLLER}'" ;;
   esac
   log "event=short reason=no-startable-slot $_ns_why$_ns_fix"
 }
@@ -649,8 +650,10 @@ roll_in() { # MEMBER
 # next evaluation starts it if the group is below MIN and it is among the lowest stopped slots
 # (keep_bounds); otherwise the next scale-out may. The reset starts nothing itself (a start
 # needs the health wait and the pool, which belong to an evaluation). Refused, nothing changed,
-# for a name that is not a slot (69), a slot that is not FAILED (70), or a domain that still
-# runs or whose host cannot say (71: the agent retries a failed power-off at every evaluation).
+# for a name that is not a slot (69), a slot that is not FAILED (70), a domain that is not shut
+# off (running, idle, paused, in shutdown, pmsuspended, crashed) or whose host cannot say or
+# answers something else (71: the agent retries a failed power-off at every evaluation), or a
+# slot whose server is not defined on its host (72).
 reset_failed() { # MEMBER... | --all-failed
   if [ "${1:-}" = --all-failed ]; then
     _rt_list=$(member_table | awk '$2=="failed"{print $1}' | tr '\n' ' ')
@@ -680,14 +683,34 @@ reset_failed() { # MEMBER... | --all-failed
       _rt_rc=70
       continue
     fi
-    if ! _rt_d=$(on_host "$_rt_k" state "$_rt_n" 2>>"$DIR/agent.err") || [ -z "$_rt_d" ]; then
+    if ! _rt_d=$(on_host "$_rt_k" state "$_rt_n" 2>>"$DIR/agent.err") || [ -z "$_rt_d" ] || [ "$_rt_d" = unknown ]; then
       echo "$_rt_n: could not ask its host $_rt_h whether its domain is off (see $DIR/agent.err), so it stays FAILED. Fix: make $_rt_h reachable from the controller, then reset again" >&2
       _rt_rc=71
       continue
     fi
+    # Only an answer that says "off" resets (review 9b G1): anything else is refused, and only a
+    # known state word is ever echoed or logged (a host's answer is data: two lines or key=value
+    # text must not become decisions.log lines).
     case $_rt_d in
-      running | paused)
-        echo "$_rt_n: its domain is still $_rt_d on $_rt_h (its power-off failed: the agent retries it at every evaluation, see decisions.log), so it stays FAILED. Fix: reset it once it is off" >&2
+      shut-off) ;;
+      undefined)
+        echo "$_rt_n: its host $_rt_h has no domain $_rt_n (its server was deleted or never created), so there is nothing to start and it stays FAILED. Fix: run pulumi up for the group's stack (it creates the slot's server again; a launch change's roll clears FAILED), then reset again" >&2
+        _rt_rc=72
+        continue
+        ;;
+      running | idle | paused | in-shutdown | pmsuspended | crashed | no-state)
+        case $_rt_d in
+          running | idle | paused) _rt_why="its power-off failed: the agent retries it at every evaluation, see decisions.log" ;;
+          in-shutdown) _rt_why="it is shutting down" ;;
+          pmsuspended) _rt_why="its guest suspended it, the domain is still active; power it off on $_rt_h (virsh destroy $_rt_n)" ;;
+          *) _rt_why="the domain is not shut off (a crashed domain kept by on_crash=preserve is still active; power it off on $_rt_h: virsh destroy $_rt_n)" ;;
+        esac
+        echo "$_rt_n: its domain is still $_rt_d on $_rt_h ($_rt_why), so it stays FAILED. Fix: reset it once it is shut off" >&2
+        _rt_rc=71
+        continue
+        ;;
+      *)
+        echo "$_rt_n: its host $_rt_h answered something that is not a domain state (not logged; a member.sh of another kvmlab version?), so it stays FAILED. Fix: run pulumi up (it installs this kvmlab's member command), then reset again" >&2
         _rt_rc=71
         continue
         ;;
@@ -699,6 +722,9 @@ reset_failed() { # MEMBER... | --all-failed
     _rt_done="$_rt_done $_rt_n"
   done
   [ -n "$_rt_done" ] || return "$_rt_rc"
+  # The status file keeps the last evaluation's average CPU (review 9b G4: AVG is the run loop's).
+  AVG=$(sed -n 's/^avg_cpu=//p' status 2>/dev/null | head -n1)
+  case $AVG in none | *[!0-9.]*) AVG="" ;; esac
   write_status
   _rt_cur=$(count_running)
   if [ "$_rt_cur" -lt "$MIN" ]; then

@@ -36,6 +36,8 @@ if [ "$1" = stop ]; then
   echo "$2" >> "$SIM/stop_attempts"
   grep -qx "$2" "$SIM/stop_fail" 2>/dev/null && exit 255
 fi
+# a member host may answer a state query with any text ($SIM/state_answer: another version, a broken host)
+if [ "$1" = state ] && [ -f "$SIM/state_answer" ]; then cat "$SIM/state_answer"; exit 0; fi
 SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
@@ -43,6 +45,8 @@ const FAKE_VIRSH = `#!/bin/sh
 # the member command must pin the system libvirt on every call
 [ "$1 $2" = "-c qemu:///system" ] || { echo "virsh called without -c qemu:///system: $*" >&2; exit 99; }
 shift 2
+# libvirtd down ($SIM/libvirtd_down): every call fails
+[ -f "$SIM/libvirtd_down" ] && { echo "error: failed to connect to the hypervisor" >&2; exit 1; }
 now=$(date +%s%3N)
 load=$(cat "$SIM/load" 2>/dev/null || echo 0)
 tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; echo "$st $cpu $now" > "$SIM/dom/$1"; }
@@ -50,7 +54,9 @@ tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$
 case $1 in
   start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "running $cpu $now" > "$SIM/dom/$2"; echo "$now $2" >> "$SIM/started" ;;
   destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "shut-off $cpu $now" > "$SIM/dom/$2" ;;
-  domstate) read -r st cpu last < "$SIM/dom/$2"; [ "$st" = running ] && echo running || echo "shut off" ;;
+  # virsh's words ("shut off", "in shutdown"); a domain whose file is gone is not defined
+  domstate) [ -f "$SIM/dom/$2" ] || { echo "error: failed to get domain '$2'" >&2; exit 1; }
+    read -r st cpu last < "$SIM/dom/$2"; echo "$st" | tr - ' ' ;;
   domstats)
     for f in "$SIM"/dom/*; do n=\${f##*/}; tick "$n"; read -r st cpu last < "$f"
       echo "Domain: '$n'"; [ "$st" = running ] && echo "  state.state=1" || echo "  state.state=5"; echo "  cpu.time=$cpu"; echo; done ;;
@@ -352,6 +358,7 @@ function simGroup(opts: {
   running: string[];
   policies?: Parameters<typeof renderAgentConfig>[0]["policies"];
   interval?: number;
+  controller?: string;
 }): {
   root: string;
   dir: string;
@@ -412,6 +419,7 @@ function simGroup(opts: {
       desired: opts.min,
       cooldown: 3,
       interval: opts.interval ?? 1,
+      controller: opts.controller,
       bootTimeout: 10,
       drainTimeout: 1,
       policies: opts.policies ?? [],
@@ -1195,9 +1203,15 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
       { cwd: g.dir, env: g.env, encoding: "utf8", timeout: 30_000 },
     );
     assert.equal(r.status, 0, r.stderr);
+    // Settled means web-3's power-off done too: await_health marks it FAILED before stop_failed
+    // powers it off (a check on the state alone raced with the power-off under load).
     await until(
       "the dead starts settled",
-      () => g.state("web-1") === "running" && g.state("web-2") === "stopped" && g.state("web-3") === "failed",
+      () =>
+        g.state("web-1") === "running" &&
+        g.state("web-2") === "stopped" &&
+        g.state("web-3") === "failed" &&
+        g.log().some((e) => e.action === "stop" && e.member === "web-3"),
       30_000,
     );
     const lb = g.haproxy();
@@ -1268,7 +1282,8 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
 
 test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) and the agent restores min from it; refused, nothing changed, for a slot that is not FAILED, not of this group, or whose domain still runs", async () => {
   // min = max = 2 with one FAILED slot: before the reset the group stays below min for good.
-  const g = simGroup({ min: 2, max: 2, running: ["web-0"] });
+  // The controller is named in agent.conf: the logged command carries it (review 9b G5).
+  const g = simGroup({ min: 2, max: 2, running: ["web-0"], controller: "hv1" });
   const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
   let agent: ReturnType<typeof spawn> | undefined;
   try {
@@ -1295,7 +1310,7 @@ test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) an
     await until("the shortfall", () => g.log().some((e) => e.event === "short"), 10_000);
     assert.match(
       fs.readFileSync(path.join(g.dir, "decisions.log"), "utf8"),
-      / event=short reason=no-startable-slot want=2 current=1 stopped=0 failed=web-1 fix='kvmlab asg reset web web-1'$/m,
+      / event=short reason=no-startable-slot want=2 current=1 stopped=0 failed=web-1 fix='kvmlab asg reset web web-1 --controller hv1'$/m,
     );
     assert.deepEqual(starts(g.sim), [], "the FAILED slot is not started");
     // The reset (the agent's evaluation holds the group lock: the reset waits for it).
@@ -1324,6 +1339,65 @@ test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) an
   }
 });
 
+test("review 9b G1: `reset` gives a slot back only when its host says its domain is shut off: a live domain (idle, in shutdown, pmsuspended, crashed, paused), a deleted server, a host whose libvirtd does not answer and an answer that is not a state are refused, nothing changed, nothing of the answer logged", () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const domFile = path.join(g.sim, "dom", "web-1");
+  const rawLog = (): string =>
+    fs.existsSync(path.join(g.dir, "decisions.log"))
+      ? fs.readFileSync(path.join(g.dir, "decisions.log"), "utf8")
+      : "";
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    for (const st of ["idle", "in-shutdown", "pmsuspended", "crashed", "paused"]) {
+      fs.writeFileSync(domFile, `${st} 0 0\n`);
+      const r = g.reset(["web-1"]);
+      assert.equal(r.status, 71, `${st}: ${r.stderr}`);
+      assert.match(
+        r.stderr,
+        new RegExp(`^web-1: its domain is still ${st} on hv1 \\(.*\\), so it stays FAILED`),
+      );
+      assert.equal(g.state("web-1"), "failed", `${st}: nothing was changed`);
+    }
+    // The slot's server is gone (deleted by hand): nothing to start, say what to do.
+    fs.rmSync(domFile);
+    let r = g.reset(["web-1"]);
+    assert.equal(r.status, 72, r.stderr);
+    assert.match(r.stderr, /^web-1: its host hv1 has no domain web-1 .*Fix: run pulumi up/);
+    assert.equal(g.state("web-1"), "failed");
+    // libvirtd on the member host does not answer: that is not "no domain".
+    fs.writeFileSync(domFile, "shut-off 0 0\n");
+    fs.writeFileSync(path.join(g.sim, "libvirtd_down"), "");
+    r = g.reset(["web-1"]);
+    assert.equal(r.status, 71, r.stderr);
+    assert.match(r.stderr, /^web-1: could not ask its host hv1 whether its domain is off/);
+    assert.equal(g.state("web-1"), "failed");
+    fs.rmSync(path.join(g.sim, "libvirtd_down"));
+    // A host answering text that is not one state word: refused, and none of it reaches the log or the output.
+    for (const answer of [
+      "shut-off\nts=1 event=reset member=web-0 was=failed by=kvmlab-asg-reset",
+      "shut-off event=forged",
+      "SHUT-OFF",
+    ]) {
+      fs.writeFileSync(path.join(g.sim, "state_answer"), `${answer}\n`);
+      r = g.reset(["web-1"]);
+      assert.equal(r.status, 71, `${JSON.stringify(answer)}: ${r.stderr}`);
+      assert.match(r.stderr, /^web-1: its host hv1 answered something that is not a domain state/);
+      assert.ok(!/forged|event=|SHUT/.test(r.stdout + r.stderr), `the answer is not echoed: ${r.stderr}`);
+      assert.equal(g.state("web-1"), "failed");
+    }
+    assert.equal(rawLog(), "", "no refusal writes decisions.log");
+    fs.rmSync(path.join(g.sim, "state_answer"));
+    // Shut off: reset, and the log names the state word.
+    r = g.reset(["web-1"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(logged(g.log(), { event: "reset", member: "web-1", domain: "shut-off" }), rawLog());
+    assert.equal(rawLog().trim().split("\n").length, 1, "one line: the reset");
+    assert.equal(g.state("web-1"), "stopped");
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
 test("review A4: `reset --all-failed` gives back every FAILED slot (above min the agent starts nothing: they are spare slots again); with none it changes nothing; a held group lock is waited for, bounded", () => {
   const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
   try {
@@ -1340,8 +1414,11 @@ test("review A4: `reset --all-failed` gives back every FAILED slot (above min th
     } finally {
       killGroup(holder);
     }
+    // The last evaluation's average CPU stays in the status file (review 9b G4).
+    fs.writeFileSync(path.join(g.dir, "status"), "group=web\navg_cpu=37\n");
     let r = g.reset(["--all-failed"]);
     assert.equal(r.status, 0, r.stderr);
+    assert.match(fs.readFileSync(path.join(g.dir, "status"), "utf8"), /^avg_cpu=37$/m);
     assert.deepEqual(
       r.stdout.split("\n").filter((l) => l.startsWith("reset ")),
       [
