@@ -11,10 +11,11 @@ import { parseArgs, UsageError } from "./args";
 import { commandHosts } from "./hosts";
 import { GROUP_NAME_RE, slotGroup } from "../core/autoscale";
 import { shQuote } from "../provider/host/quote";
+import { OWNER_RE, ownerStack } from "../provider/kit/owner";
 
 const USAGE = `usage: kvmlab asg status <group> [--controller <host>] [--log N] [--sandbox <instance> | --hosts <hosts.json>] [--json]
        kvmlab asg signal <group> <policy> [--controller <host>] [--sandbox <instance> | --hosts <hosts.json>]
-       kvmlab asg reset <group> <member> | --all-failed [--controller <host>] [--sandbox <instance> | --hosts <hosts.json>]
+       kvmlab asg reset <group> <member> | --all-failed [--owner <project>/<stack>] [--controller <host>] [--sandbox <instance> | --hosts <hosts.json>]
 
 status  the agent (running, pid), the current size, every member slot and its state, the
         cooldown, the last average CPU, the last N decisions (default 20), and the command
@@ -24,7 +25,9 @@ signal  ask the agent to apply a scaling policy now, as Heat's signal URL does; 
 reset   give a FAILED slot back once its cause is fixed (its serial log says why it did not
         answer): under the group's lock it becomes stopped, and the agent's next evaluation
         starts it if the group is below min (else a scale-out may); refused when the slot is
-        not FAILED, not of this group, or its domain still runs. --all-failed: every FAILED slot
+        not FAILED, not of this group, its domain is not shut off or not defined, or the group
+        belongs to another owner than the one read just before (--owner <project>/<stack>: also
+        refused unless the group is that stack's). --all-failed: every FAILED slot
   --sandbox <instance>  use a running kvmlab sandbox (default: $KVMLAB_SANDBOX_INSTANCE or "default")
   --hosts <file>        a JSON list of hosts {name, address, port, user, privateKeyPath, hostKey}
   --controller <host>   the group's controller host (needed when more than one host holds
@@ -46,7 +49,12 @@ export type AsgCommand = {
 } & (
   | { verb: "status" }
   | { verb: "signal"; policy: string }
-  | { verb: "reset"; members: string[] | "all-failed" }
+  | {
+      verb: "reset";
+      members: string[] | "all-failed";
+      /** `--owner <project>/<stack>`: the stack whose group the operator means. */
+      ownerStack?: string;
+    }
 );
 
 /** Parses and checks the arguments (pure): a command, help, or a usage error (exit 2). */
@@ -54,7 +62,7 @@ export function parseAsgArgs(argv: readonly string[]): AsgCommand | { help: true
   let parsed;
   try {
     parsed = parseArgs(argv, {
-      valued: ["sandbox", "hosts", "log", "controller"],
+      valued: ["sandbox", "hosts", "log", "controller", "owner"],
       flags: ["json", "all-failed"],
     });
   } catch (err) {
@@ -80,6 +88,13 @@ export function parseAsgArgs(argv: readonly string[]): AsgCommand | { help: true
     return { usage: `expected "status <group>", "signal <group> <policy>" or "reset <group> <member>"` };
   }
   if (allFailed && verb !== "reset") return { usage: `--all-failed goes with reset only` };
+  const ownerOpt = parsed.options.get("owner");
+  if (ownerOpt !== undefined && verb !== "reset") return { usage: `--owner goes with reset only` };
+  if (ownerOpt !== undefined && (typeof ownerOpt !== "string" || !STACK_RE.test(ownerOpt)))
+    return {
+      usage: `--owner expects <project>/<stack> as pulumi names them (the group's owner marker begins with it; kvmlab asg status shows it), got ${JSON.stringify(ownerOpt)}`,
+    };
+  const ownerStackOpt = typeof ownerOpt === "string" ? { ownerStack: ownerOpt } : {};
   if (!GROUP_NAME_RE.test(group))
     return {
       usage: `invalid group name ${JSON.stringify(group)} (lowercase letters, digits, '-', starting with a letter, at most 31)`,
@@ -109,7 +124,7 @@ export function parseAsgArgs(argv: readonly string[]): AsgCommand | { help: true
       return { usage: `invalid policy name ${JSON.stringify(third)} (lowercase letters, digits, '_', '-')` };
     return { ...base, verb, policy: third };
   }
-  if (allFailed) return { ...base, verb: "reset", members: "all-failed" };
+  if (allFailed) return { ...base, verb: "reset", members: "all-failed", ...ownerStackOpt };
   const slot = slotGroup(third);
   if (slot === undefined)
     return {
@@ -119,7 +134,29 @@ export function parseAsgArgs(argv: readonly string[]): AsgCommand | { help: true
     return {
       usage: `${third} is not a member of group ${group} (its members are ${group}-0, ${group}-1, …); reset it with its own group: kvmlab asg reset ${slot} ${third}`,
     };
-  return { ...base, verb: "reset", members: [third] };
+  return { ...base, verb: "reset", members: [third], ...ownerStackOpt };
+}
+
+/** `<project>/<stack>` as an owner's first two segments are encoded (provider/kit/owner.ts). */
+const STACK_RE = /^[A-Za-z0-9_%-][A-Za-z0-9_.%-]*\/[A-Za-z0-9_%-][A-Za-z0-9_.%-]*$/;
+
+/**
+ * Why the reset must not act on a group whose owner marker reads `owner` (pure; undefined: it
+ * may): no owner (nobody's), not an owner string, or not the stack `--owner` named (review 9b G2).
+ */
+export function resetOwnerRefusal(
+  group: string,
+  host: string,
+  owner: string,
+  wanted?: string,
+): string | undefined {
+  if (owner === "")
+    return `autoscale group ${group} on ${host} has no owner marker, so it is nobody's to change; nothing was changed. Fix: run pulumi up for the stack that owns it (it writes the marker)`;
+  if (!OWNER_RE.test(owner))
+    return `autoscale group ${group} on ${host} has an owner marker that names no owner (${JSON.stringify(owner.slice(0, 80))}); nothing was changed. Fix: run pulumi up for the stack that owns it`;
+  if (wanted !== undefined && ownerStack(owner) !== wanted)
+    return `autoscale group ${group} on ${host} belongs to stack ${ownerStack(owner)} (owner ${owner}), not ${wanted}; nothing was changed. Fix: name its controller with --controller if your stack's group is on another host, or check that you mean this stack's group`;
+  return undefined;
 }
 
 /** The exact `kvmlab asg reset` command for a member (or `--all-failed`), shell-quoted (pure). */
@@ -278,22 +315,33 @@ async function reset(
   a: typeof import("../provider/autoscale"),
 ): Promise<number> {
   const { group } = cmd;
+  const owner = found.state.owner;
+  const refusal = resetOwnerRefusal(group, found.host.name, owner, cmd.ownerStack);
+  if (refusal !== undefined) {
+    console.error(`kvmlab asg reset: ${refusal}`);
+    return 1;
+  }
+  // The owner is said before anything is changed; the step acts only while the marker still names it.
+  console.log(`group ${group} (owner ${owner}, controller ${found.host.name}):`);
   // Bounded on the host: the lock wait (60 s) and one state query per slot (65 s at most each).
   const slots = cmd.members === "all-failed" ? Math.max(1, Object.keys(found.state.slots).length) : 1;
-  const [r] = await runSteps(found.host, [a.resetStep(group, cmd.members)], {
+  const [r] = await runSteps(found.host, [a.resetStep(group, cmd.members, owner)], {
     timeoutMs: (90 + 65 * slots) * 1000,
   });
-  const where = `group ${group} (owner ${found.state.owner || "none"}, controller ${found.host.name})`;
   const out = r.stdout.trim();
-  if (out !== "") {
-    console.log(`${where}:`);
-    for (const l of out.split("\n")) console.log(`  ${l}`);
-  }
+  if (out !== "") for (const l of out.split("\n")) console.log(`  ${l}`);
   if (r.code !== 0) {
     const what = cmd.members === "all-failed" ? "--all-failed" : cmd.members.join(" ");
     const msg =
       r.code === a.RESET_OLD_AGENT && /unknown mode/.test(r.stderr)
-        ? `the agent installed on ${found.host.name} predates kvmlab asg reset (nothing was changed). Fix: run pulumi up once (it installs this kvmlab's agent), or on ${found.host.name}: flock ${a.asgDir(group)}/group.lock rm ${a.asgDir(group)}/state/<member>`
+        ? oldAgentMessage(
+            group,
+            found.host.name,
+            a.asgDir(group),
+            cmd.members === "all-failed"
+              ? Object.keys(found.state.slots).filter((n) => found.state.slots[n] === "failed")
+              : cmd.members,
+          )
         : r.stderr.trim() || `the reset exited ${r.code}`;
     console.error(`kvmlab asg reset ${group} ${what}: ${msg}`);
     return 1;
@@ -305,4 +353,30 @@ async function reset(
     return 1;
   }
   return 0;
+}
+
+/**
+ * The reset by hand, for an agent installed before the reset mode (pure; review 9b G3): on the
+ * controller, under the group lock waited for at most 60 s (a roll may hold it for longer: the
+ * command then changes nothing and can be run again), each named slot whose state is FAILED
+ * becomes stopped (its state file removed); any other is left as it is.
+ */
+export function handResetCommand(dir: string, members: readonly string[]): string {
+  for (const m of [dir, ...members])
+    if (!/^[A-Za-z0-9/_.-]+$/.test(m))
+      throw new Error(`handResetCommand: ${JSON.stringify(m)} is not a plain name`);
+  const script =
+    `cd ${dir}/state && for m in ${members.join(" ")}; do ` +
+    `if [ "$(cut -d" " -f1 "$m" 2>/dev/null)" = failed ]; then rm "$m" && echo "reset $m: FAILED -> stopped"; ` +
+    `else echo "$m is not FAILED: left as it is"; fi; done`;
+  return `flock -w 60 ${dir}/group.lock sh -c '${script}'`;
+}
+
+function oldAgentMessage(group: string, host: string, dir: string, members: readonly string[]): string {
+  const fix = `the agent installed on ${host} predates kvmlab asg reset (nothing was changed). Fix: run pulumi up once (it installs this kvmlab's agent), then reset again`;
+  if (members.length === 0) return fix;
+  return (
+    `${fix}; or by hand: first check on each slot's member host that \`virsh domstate <slot>\` says "shut off" ` +
+    `(not running, paused, in shutdown, pmsuspended; the slot's server must exist), then on ${host} as root: ${handResetCommand(dir, members)}`
+  );
 }

@@ -11,7 +11,7 @@
 import { shQuote, type Step } from "../host";
 import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine, slotGroup } from "../../core/autoscale";
 import { parseKeyValues } from "../kit/kv";
-import { OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
+import { OWNER_RE, OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
 
 export { asgDir } from "../../core/autoscale";
 
@@ -229,13 +229,18 @@ export const RESET_OLD_AGENT = 64;
  * Controller: give FAILED slots back (`kvmlab asg reset`, review A4), through the group's
  * installed agent in its reset mode: under the group lock (at most 60 s), each named slot (or
  * every FAILED one) that is FAILED and whose domain its host reports off becomes stopped; the
- * agent's next evaluation starts it if the group is below min. Refused with nothing changed:
- * no group here (44), a group folder without an owner marker (46), an installed agent older
- * than the reset mode (64), and the agent's refusals (69 not a slot, 70 not FAILED, 71 domain
- * still running or its host cannot say, 75 the lock stayed held). Prints the agent's lines.
+ * agent's next evaluation starts it if the group is below min. `owner` is the group's owner
+ * marker as the caller read it (`kvmlab asg` reads it with the status, review 9b G2): the step
+ * acts only while the marker still names it. Refused with nothing changed: no group here (44),
+ * a group folder without an owner marker (46), a marker naming another owner ({@link
+ * OWNER_REFUSED}: the group was replaced since it was read), an installed agent older than the
+ * reset mode (64), and the agent's refusals (69 not a slot, 70 not FAILED, 71 domain not shut
+ * off or its host cannot say, 72 no domain, 75 the lock stayed held). Prints the agent's lines.
  */
-export function resetStep(group: string, members: readonly string[] | "all-failed"): Step {
+export function resetStep(group: string, members: readonly string[] | "all-failed", owner: string): Step {
   const d = dirOf(group);
+  if (!OWNER_RE.test(owner))
+    throw new Error(`resetStep: ${JSON.stringify(owner)} is not an owner (<project>/<stack>/<Type>/<name>)`);
   const args = members === "all-failed" ? ["--all-failed"] : [...members];
   if (members !== "all-failed") {
     if (members.length === 0) throw new Error("resetStep: no member named");
@@ -249,6 +254,8 @@ export function resetStep(group: string, members: readonly string[] | "all-faile
       `d=${shQuote(d)}; m=${shQuote(ownerMarkerPath("asg", group))}`,
       `[ -f "$d/agent.conf" ] && [ -f "$d/agent.sh" ] || { echo ${shQuote(`no autoscale group ${group} on this host`)} >&2; exit ${RESET_NO_GROUP}; }`,
       `[ -s "$m" ] || { echo ${shQuote(`autoscale group ${group} on this host has no owner marker (${ownerMarkerPath("asg", group)}), so it is nobody's to change; nothing was changed. Fix: run pulumi up for the stack that owns it (it writes the marker)`)} >&2; exit ${RESET_UNOWNED}; }`,
+      // Only the owner the caller saw (a marker's text is data: shown through a strict charset).
+      `o=$(head -n1 "$m"); if [ "$o" != ${shQuote(owner)} ]; then echo "autoscale group ${group} on this host belongs to $(printf %s "$o" | tr -cd 'A-Za-z0-9_.%=/-' | cut -c1-400) now, not ${owner} as read before the reset (replaced meanwhile); nothing was changed. Fix: check whose group it is (kvmlab asg status ${group}), then reset again" >&2; exit ${OWNER_REFUSED}; fi`,
       `exec /bin/sh "$d/agent.sh" "$d" reset ${args.map(shQuote).join(" ")}`,
     ].join("\n"),
   };

@@ -10,11 +10,20 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { failedLines, main, parseAsgArgs, resetCommand } from "../../../cli/asg";
+import {
+  failedLines,
+  handResetCommand,
+  main,
+  parseAsgArgs,
+  resetCommand,
+  resetOwnerRefusal,
+} from "../../../cli/asg";
 import { asgDir, resetStep } from "../../../provider/autoscale/steps";
 import { ownerMarkerPath } from "../../../provider/kit/owner";
 import { capture } from "../../support/console";
 import { slotGroup } from "../../../core/autoscale";
+
+const OWNER = "proj/dev/AutoscaleAgent/web";
 
 function usage(argv: string[]): string {
   const r = parseAsgArgs(argv);
@@ -90,9 +99,14 @@ test("asg status names every FAILED slot with the exact reset command, host opti
 });
 
 test("the reset step runs the group's agent in its reset mode with the names quoted, refusing a folder with no group or no owner marker", () => {
-  assert.throws(() => resetStep("web", ["web-0'; rm -rf /'"]), /not a slot of group web/);
-  assert.throws(() => resetStep("web", ["api-0"]), /not a slot of group web/);
-  assert.throws(() => resetStep("web", []), /no member/);
+  assert.throws(() => resetStep("web", ["web-0'; rm -rf /'"], OWNER), /not a slot of group web/);
+  assert.throws(() => resetStep("web", ["api-0"], OWNER), /not a slot of group web/);
+  assert.throws(() => resetStep("web", [], OWNER), /no member/);
+  assert.throws(() => resetStep("web", ["web-1"], ""), /is not an owner/);
+  assert.throws(
+    () => resetStep("web", ["web-1"], "proj/dev'; reboot; '/AutoscaleAgent/web"),
+    /is not an owner/,
+  );
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-reset-"));
   try {
     const dir = path.join(root, "asg");
@@ -108,7 +122,7 @@ test("the reset step runs the group's agent in its reset mode with the names quo
       assert.notEqual(script, step.script);
       return spawnSync("sh", ["-c", script], { encoding: "utf8" });
     };
-    let r = run(resetStep("web", ["web-1"]));
+    let r = run(resetStep("web", ["web-1"], OWNER));
     assert.equal(r.status, 44, r.stderr);
     assert.match(r.stderr, /no autoscale group web on this host/);
     fs.writeFileSync(path.join(dir, "agent.conf"), "GROUP='web'\n");
@@ -117,17 +131,95 @@ test("the reset step runs the group's agent in its reset mode with the names quo
       path.join(dir, "agent.sh"),
       'for a in "$@"; do echo "arg=$a"; done; exit "$(cat "$1/rc" 2>/dev/null || echo 0)"\n',
     );
-    r = run(resetStep("web", ["web-1"]));
+    r = run(resetStep("web", ["web-1"], OWNER));
     assert.equal(r.status, 46, r.stderr);
     assert.match(r.stderr, /has no owner marker .* nothing was changed/);
     fs.writeFileSync(marker, "proj/dev/AutoscaleAgent/web\n");
-    r = run(resetStep("web", ["web-1"]));
+    r = run(resetStep("web", ["web-1"], OWNER));
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split("\n"), [`arg=${dir}`, "arg=reset", "arg=web-1"]);
-    r = run(resetStep("web", "all-failed"));
+    r = run(resetStep("web", "all-failed", OWNER));
     assert.deepEqual(r.stdout.trim().split("\n"), [`arg=${dir}`, "arg=reset", "arg=--all-failed"]);
     fs.writeFileSync(path.join(dir, "rc"), "70\n");
-    assert.equal(run(resetStep("web", ["web-1"])).status, 70, "the agent's refusal is passed on");
+    assert.equal(run(resetStep("web", ["web-1"], OWNER)).status, 70, "the agent's refusal is passed on");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("review 9b G2: the reset acts only on the group whose owner was read before it (and, with --owner, only on that stack's)", () => {
+  // --owner <project>/<stack>, with reset only.
+  const r = parseAsgArgs(["reset", "web", "web-1", "--owner", "proj/dev"]);
+  assert.ok("verb" in r && r.verb === "reset" && r.ownerStack === "proj/dev", JSON.stringify(r));
+  assert.match(usage(["reset", "web", "web-1", "--owner", "proj"]), /--owner expects <project>\/<stack>/);
+  assert.match(usage(["reset", "web", "web-1", "--owner", "proj/dev/x"]), /--owner expects/);
+  assert.match(usage(["status", "web", "--owner", "proj/dev"]), /--owner goes with reset only/);
+  // The CLI's check of the owner status read, before any change.
+  assert.match(
+    resetOwnerRefusal("web", "hv1", "", undefined) ?? "",
+    /has no owner marker, so it is nobody's/,
+  );
+  assert.match(resetOwnerRefusal("web", "hv1", "garbage", undefined) ?? "", /names no owner/);
+  assert.match(
+    resetOwnerRefusal("web", "hv1", "other/prod/AutoscaleAgent/web", "proj/dev") ?? "",
+    /belongs to stack other\/prod .*not proj\/dev; nothing was changed/,
+  );
+  assert.equal(resetOwnerRefusal("web", "hv1", OWNER, "proj/dev"), undefined);
+  assert.equal(resetOwnerRefusal("web", "hv1", OWNER, undefined), undefined);
+  // The step on the controller: a marker that changed since it was read refuses, the agent is not run.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-owner-"));
+  try {
+    const dir = path.join(root, "asg");
+    const marker = path.join(root, "web.owner");
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, "agent.conf"), "GROUP='web'\n");
+    fs.writeFileSync(path.join(dir, "agent.sh"), 'echo "agent ran"\n');
+    const run = (step: { script: string }) =>
+      spawnSync(
+        "sh",
+        ["-c", step.script.split(asgDir("web")).join(dir).split(ownerMarkerPath("asg", "web")).join(marker)],
+        { encoding: "utf8" },
+      );
+    fs.writeFileSync(marker, "other/prod/AutoscaleAgent/web\n");
+    let r = run(resetStep("web", ["web-1"], OWNER));
+    assert.equal(r.status, 73, r.stderr);
+    assert.match(
+      r.stderr,
+      /belongs to other\/prod\/AutoscaleAgent\/web now, not proj\/dev\/AutoscaleAgent\/web/,
+    );
+    assert.equal(r.stdout, "", "the agent was not run");
+    // A marker's text is shown through a strict charset only.
+    fs.writeFileSync(marker, "x$(id)`id` ts=1 event=forged\n");
+    r = run(resetStep("web", ["web-1"], OWNER));
+    assert.equal(r.status, 73, r.stderr);
+    const shown = /belongs to (.*) now, not /.exec(r.stderr)?.[1] ?? "";
+    assert.match(shown, /^[A-Za-z0-9_.%=/-]+$/, r.stderr);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    fs.writeFileSync(marker, `${OWNER}\n`);
+    r = run(resetStep("web", ["web-1"], OWNER));
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "agent ran\n");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("review 9b G3: the by-hand reset for an old agent waits for the group lock at most 60 s and gives back only a FAILED slot", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-hand-"));
+  try {
+    fs.mkdirSync(path.join(root, "state"));
+    fs.writeFileSync(path.join(root, "state", "web-0"), "running 1000\n");
+    fs.writeFileSync(path.join(root, "state", "web-1"), "failed 1000\n");
+    const cmd = handResetCommand(root, ["web-0", "web-1", "web-2"]);
+    assert.match(cmd, /^flock -w 60 /);
+    assert.ok(!cmd.includes("<member>"), "the slots are named");
+    const r = spawnSync("sh", ["-c", cmd], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^reset web-1: FAILED -> stopped$/m);
+    assert.match(r.stdout, /^web-0 is not FAILED: left as it is$/m);
+    assert.ok(!fs.existsSync(path.join(root, "state", "web-1")), "web-1 is stopped (no state file)");
+    assert.equal(fs.readFileSync(path.join(root, "state", "web-0"), "utf8"), "running 1000\n");
+    assert.throws(() => handResetCommand(root, ["web-1; reboot"]), /not a plain name/);
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
   }
