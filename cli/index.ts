@@ -34,7 +34,8 @@ const COMMANDS: Record<string, Command> = {
     load: () => require("./console"),
   },
   asg: {
-    summary: "an autoscale group's agent: status (size, members, cooldown, decisions) and signal <policy>",
+    summary:
+      "an autoscale group's agent: status (size, members, cooldown, decisions), signal <policy>, reset <member> (a FAILED slot)",
     load: () => require("./asg"),
   },
   graph: {

@@ -345,32 +345,35 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
           hs.map((h) => [h.name, { address: h.address, port: h.port ?? 22, user: h.user ?? "root" }]),
         ),
       );
-    this.agentConfig = pulumi.all([this.memberIps, pool, hostInfo]).apply(([ips, p, info]) => {
-      try {
-        return renderAgentConfig({
-          name: group,
-          min: args.min,
-          max: args.max,
-          desired,
-          cooldown,
-          policies,
-          members: slots.map((n, i) => ({
-            name: n,
-            ip: ips[i],
-            host: slotHost[i],
-            hostAddress: info[slotHost[i]].address,
-            hostPort: info[slotHost[i]].port,
-            hostUser: info[slotHost[i]].user,
-          })),
-          pool: p,
-          interval: args.interval,
-          bootTimeout: args.bootTimeout,
-          drainTimeout: args.drainTimeout,
-        });
-      } catch (err) {
-        throw new pulumi.ResourceError(`autoscale group ${group}: ${(err as Error).message}`, this);
-      }
-    });
+    this.agentConfig = pulumi
+      .all([this.memberIps, pool, hostInfo, controller])
+      .apply(([ips, p, info, ctl]) => {
+        try {
+          return renderAgentConfig({
+            name: group,
+            min: args.min,
+            max: args.max,
+            desired,
+            cooldown,
+            policies,
+            members: slots.map((n, i) => ({
+              name: n,
+              ip: ips[i],
+              host: slotHost[i],
+              hostAddress: info[slotHost[i]].address,
+              hostPort: info[slotHost[i]].port,
+              hostUser: info[slotHost[i]].user,
+            })),
+            pool: p,
+            interval: args.interval,
+            bootTimeout: args.bootTimeout,
+            drainTimeout: args.drainTimeout,
+            controller: ctl,
+          });
+        } catch (err) {
+          throw new pulumi.ResourceError(`autoscale group ${group}: ${(err as Error).message}`, this);
+        }
+      });
 
     this.agent = new AutoscaleAgent(
       `${name}-agent`,

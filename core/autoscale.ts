@@ -215,6 +215,16 @@ export function averageCpuPercent(
 /** A group name: 1-31 lowercase letters, digits or '-', starting with a letter (members are <group>-<n>). */
 export const GROUP_NAME_RE = /^[a-z][a-z0-9-]{0,30}$/;
 
+/**
+ * The group a slot name belongs to: `<group>-<i>` with i below 100 and no leading zero (as
+ * memberNames makes them), else undefined. The last `-<digits>` is the index: `web-2-1` is slot
+ * 1 of group `web-2`.
+ */
+export function slotGroup(member: string): string | undefined {
+  const m = /^([a-z][a-z0-9-]{0,30})-(0|[1-9]\d?)$/.exec(member);
+  return m === null ? undefined : m[1];
+}
+
 /** The group's sizes and policies as the component takes them. */
 export interface GroupSpec {
   readonly name: string;
@@ -370,6 +380,8 @@ const CONF_RULES: [RegExp, ConfRule][] = [
   [/^LB_BACKEND$/, confWord(/^(|[A-Za-z0-9._-]{1,64}:[A-Za-z0-9._-]{1,64})$/, "<pool>:<listener>")],
   [/^LB_NS$/, confWord(/^(|qlbaas-[0-9a-f]{1,16})$/, "a load balancer namespace qlbaas-<id>")],
   [/^HEALTH_PATH$/, confWord(/^\/[A-Za-z0-9._/~-]{0,200}$/, "a path starting with /")],
+  // The controller's host name (review 9b G5: the commands the agent logs carry --controller).
+  [/^CONTROLLER$/, confWord(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "a host name")],
   [/^MEMBER_HOST_INDEXES$/, confWord(/^\d{1,2}( \d{1,2}){0,31}$/, "member indexes separated by spaces")],
   [/^MEMBER_\d{1,2}_NAME$/, confWord(/^[a-z][a-z0-9-]{0,40}$/, "a member name")],
   [/^MEMBER_\d{1,2}_IP$/, confWord(CONF_IPV4, "an IPv4 address")],
@@ -399,7 +411,14 @@ const QUOTED = /^'([^']*)'$/;
  */
 export function agentConfigProblems(
   text: string,
-  want: { group: string; min: number; max: number; hosts?: readonly AgentConfHost[] },
+  want: {
+    group: string;
+    min: number;
+    max: number;
+    hosts?: readonly AgentConfHost[];
+    /** The resource's controllerHost: CONTROLLER, when set, must name it. */
+    controller?: string;
+  },
 ): string[] {
   const problems: string[] = [];
   const seen = new Map<string, string>();
@@ -438,6 +457,11 @@ export function agentConfigProblems(
     const p = /^POLICY_(\d+)_/.exec(k);
     if (p && Number(p[1]) >= npol) problems.push(`${k}: policy index ${p[1]} is not below NPOLICIES ${npol}`);
   }
+  const ctl = seen.get("CONTROLLER");
+  if (ctl !== undefined && want.controller !== undefined && ctl !== want.controller)
+    problems.push(
+      `CONTROLLER is ${JSON.stringify(ctl)}, expected the controller host ${JSON.stringify(want.controller)}`,
+    );
   for (const x of (seen.get("MEMBER_HOST_INDEXES") ?? "").split(" "))
     if (x !== "" && Number(x) >= want.max)
       problems.push(`MEMBER_HOST_INDEXES: ${x} is not below MAX ${want.max}`);

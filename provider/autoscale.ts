@@ -185,6 +185,7 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
       group: v.groupName as string,
       min: v.min as number,
       max: v.max as number,
+      controller: isKnown(v.controllerHost) ? (v.controllerHost as string) : undefined,
       hosts:
         isKnown(confHosts) && Array.isArray(confHosts)
           ? (confHosts as HostConnection[]).map((h) => ({

@@ -51,6 +51,12 @@ export interface AgentConfigInput extends GroupSpec {
   readonly bootTimeout?: number;
   /** Seconds a leaving member may keep its sessions. @default 10 */
   readonly drainTimeout?: number;
+  /**
+   * The controller host's name (the host the agent runs on), so the commands the agent logs
+   * (`fix='kvmlab asg reset … --controller <host>'`) work as printed when two hosts hold a group
+   * of that name (review 9b G5). Without it they name no controller.
+   */
+  readonly controller?: string;
 }
 
 const SAFE = /^[A-Za-z0-9._/:@-]*$/;
@@ -104,6 +110,7 @@ export function renderAgentConfig(c: AgentConfigInput): string {
     `BOOT_TIMEOUT=${boot}`,
     `DRAIN_TIMEOUT=${drain}`,
   ];
+  if (c.controller !== undefined) lines.push(`CONTROLLER='${safe("controller", c.controller)}'`);
   const periods = c.policies.map((p) => p.alarm?.periodSec ?? 0);
   // Samples kept per member: the longest window plus slack.
   lines.push(`KEEP=${Math.ceil(Math.max(0, ...periods) / interval) + 3}`);

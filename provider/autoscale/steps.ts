@@ -9,9 +9,9 @@
  *                one authorized_keys line: from="<controller>",restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
  */
 import { shQuote, type Step } from "../host";
-import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine } from "../../core/autoscale";
+import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine, slotGroup } from "../../core/autoscale";
 import { parseKeyValues } from "../kit/kv";
-import { OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
+import { OWNER_RE, OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
 
 export { asgDir } from "../../core/autoscale";
 
@@ -214,6 +214,53 @@ export function signalStep(group: string, policy: string): Step {
   };
 }
 
+/** Whether `member` is a slot of `group`: `<group>-<i>`, i below 100, as memberNames makes them. */
+export function isSlotOf(group: string, member: string): boolean {
+  return slotGroup(member) === group;
+}
+
+/** Exit statuses of {@link resetStep} besides the agent's own refusals (69, 70, 71, 75). */
+export const RESET_NO_GROUP = 44;
+export const RESET_UNOWNED = 46;
+/** The installed agent.sh has no reset mode (installed by a kvmlab before `asg reset`). */
+export const RESET_OLD_AGENT = 64;
+
+/**
+ * Controller: give FAILED slots back (`kvmlab asg reset`, review A4), through the group's
+ * installed agent in its reset mode: under the group lock (at most 60 s), each named slot (or
+ * every FAILED one) that is FAILED and whose domain its host reports off becomes stopped; the
+ * agent's next evaluation starts it if the group is below min. `owner` is the group's owner
+ * marker as the caller read it (`kvmlab asg` reads it with the status, review 9b G2): the step
+ * acts only while the marker still names it. Refused with nothing changed: no group here (44),
+ * a group folder without an owner marker (46), a marker naming another owner ({@link
+ * OWNER_REFUSED}: the group was replaced since it was read), an installed agent older than the
+ * reset mode (64), and the agent's refusals (69 not a slot, 70 not FAILED, 71 domain not shut
+ * off or its host cannot say, 72 no domain, 75 the lock stayed held). Prints the agent's lines.
+ */
+export function resetStep(group: string, members: readonly string[] | "all-failed", owner: string): Step {
+  const d = dirOf(group);
+  if (!OWNER_RE.test(owner))
+    throw new Error(`resetStep: ${JSON.stringify(owner)} is not an owner (<project>/<stack>/<Type>/<name>)`);
+  const args = members === "all-failed" ? ["--all-failed"] : [...members];
+  if (members !== "all-failed") {
+    if (members.length === 0) throw new Error("resetStep: no member named");
+    for (const m of members)
+      if (!isSlotOf(group, m))
+        throw new Error(`resetStep: ${JSON.stringify(m)} is not a slot of group ${group} (${group}-<i>)`);
+  }
+  return {
+    label: `reset ${members === "all-failed" ? "every FAILED slot" : members.join(", ")} of group ${group}`,
+    script: [
+      `d=${shQuote(d)}; m=${shQuote(ownerMarkerPath("asg", group))}`,
+      `[ -f "$d/agent.conf" ] && [ -f "$d/agent.sh" ] || { echo ${shQuote(`no autoscale group ${group} on this host`)} >&2; exit ${RESET_NO_GROUP}; }`,
+      `[ -s "$m" ] || { echo ${shQuote(`autoscale group ${group} on this host has no owner marker (${ownerMarkerPath("asg", group)}), so it is nobody's to change; nothing was changed. Fix: run pulumi up for the stack that owns it (it writes the marker)`)} >&2; exit ${RESET_UNOWNED}; }`,
+      // Only the owner the caller saw (a marker's text is data: shown through a strict charset).
+      `o=$(head -n1 "$m"); if [ "$o" != ${shQuote(owner)} ]; then echo "autoscale group ${group} on this host belongs to $(printf %s "$o" | tr -cd 'A-Za-z0-9_.%=/-' | cut -c1-400) now, not ${owner} as read before the reset (replaced meanwhile); nothing was changed. Fix: check whose group it is (kvmlab asg status ${group}), then reset again" >&2; exit ${OWNER_REFUSED}; fi`,
+      `exec /bin/sh "$d/agent.sh" "$d" reset ${args.map(shQuote).join(" ")}`,
+    ].join("\n"),
+  };
+}
+
 /** Controller: whether the agent runs, its status file and the last log lines. */
 export function agentReadStep(group: string, logLines = 0): Step {
   return {
@@ -243,6 +290,9 @@ export interface AgentState {
   members: string[];
   /** Every slot: name → running | stopped | starting | failed | rolling (a launch change replaces it). */
   slots: Record<string, string>;
+  /** The group's bounds as the agent last wrote them (0 when unknown). */
+  min: number;
+  max: number;
   cooldownEnd: number;
   avgCpu: string;
   /** The group's owner marker on that host (`<project>/<stack>/AutoscaleAgent/<name>`), "" if none. */
@@ -273,6 +323,8 @@ export function parseAgentState(stdout: string): AgentState {
       .filter(([, s]) => s === "running")
       .map(([n]) => n),
     slots,
+    min: num("status.min"),
+    max: num("status.max"),
     cooldownEnd: num("status.cooldown_end"),
     avgCpu: kv.get("status.avg_cpu") ?? "",
     owner: kv.get("owner") ?? "",

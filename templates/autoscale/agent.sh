@@ -18,6 +18,8 @@
 #        agent.sh DIR roll-out MEMBER   before a launch change replaces MEMBER's server (the
 #                                       AutoscaleRoll resource runs it on the controller)
 #        agent.sh DIR roll-in MEMBER    after it: back in service if it was
+#        agent.sh DIR reset MEMBER...|--all-failed
+#                                       FAILED slots back to stopped (`kvmlab asg reset`)
 #        ASG_LIB=1 . agent.sh           define the functions only (tests)
 # Variables: sh has no locals (every variable is global), so each function prefixes its own
 # with a tag of its name (_sm_ in start_members, _rc_ in reconcile_start, ...) and the main loop
@@ -277,9 +279,10 @@ stop_members() { # names...
 # marked FAILED. FAILED is kept until the slot is reset (review N3; Heat replaces a FAILED member
 # with a new one, it never restarts it in place): no scale-out, no restoration of MIN and no
 # roll's spare starts it; an agent restart keeps the mark; the slot's next roll (a launch change:
-# its new server is the replacement) clears it. The decision is logged with its reason; a
-# power-off that keeps failing (retried at every evaluation while the domain runs) is logged once
-# per reason (review A5: state/<m>.offfail holds the last one logged; a success clears it).
+# its new server is the replacement) or `kvmlab asg reset` (reset_failed) clears it. The
+# decision is logged with its reason; a power-off that keeps failing (retried at every evaluation
+# while the domain runs) is logged once per reason (review A5: state/<m>.offfail holds the last
+# one logged; a success clears it).
 stop_failed() { # MEMBER REASON
   lb_state "$1" maint
   _sf_k=$(index_of "$1")
@@ -315,11 +318,20 @@ resize() { # SIZE
 
 # Too few stopped slots for a scale-out (the others in service, FAILED or rolling): logged once
 # until the reason changes (keep_bounds would otherwise log it every interval).
+# With FAILED slots among them, the line ends with the command that gives them back (review A4:
+# `fix='kvmlab asg reset <group> <member>'`, or `--all-failed` for several, with
+# `--controller <host>` when agent.conf names it: review 9b G5), quoted, last.
 no_slot_note() { # WANT CURRENT
-  _ns_why="want=$1 current=$2 stopped=$(member_table | awk '$2=="stopped"{n++} END{print n+0}') failed=$(member_table | awk '$2=="failed"{printf "%s%s", s, $1; s=","}')"
+  _ns_failed=$(member_table | awk '$2=="failed"{printf "%s%s", s, $1; s=","}')
+  _ns_why="want=$1 current=$2 stopped=$(member_table | awk '$2=="stopped"{n++} END{print n+0}') failed=$_ns_failed"
   [ "$(getv last_no_slot "")" = "$_ns_why" ] && return 0
   setv last_no_slot "$_ns_why"
-  log "event=short reason=no-startable-slot $_ns_why"
+  case $_ns_failed in
+    "") _ns_fix="" ;;
+    *,*) _ns_fix=" fix='kvmlab asg reset $GROUP --all-failed${CONTROLLER:+ --controller $CONTROLLER}'" ;;
+    *) _ns_fix=" fix='kvmlab asg reset $GROUP $_ns_failed${CONTROLLER:+ --controller $CONTROLLER}'" ;;
+  esac
+  log "event=short reason=no-startable-slot $_ns_why$_ns_fix"
 }
 
 # CPU: one sample per member in service per tick, "t_ms cpu_ns" lines, the last KEEP kept.
@@ -631,6 +643,99 @@ roll_in() { # MEMBER
   write_status
 }
 
+# ---- reset of FAILED slots (`kvmlab asg reset`, review A4) -----------------------------------
+# Heat heals a FAILED member by "mark unhealthy, then stack update": the update replaces it with
+# a new server, which the group then counts. The agent makes no server, so the reset gives the
+# slot itself back once its cause is fixed: FAILED -> stopped, under the group lock. The agent's
+# next evaluation starts it if the group is below MIN and it is among the lowest stopped slots
+# (keep_bounds); otherwise the next scale-out may. The reset starts nothing itself (a start
+# needs the health wait and the pool, which belong to an evaluation). Refused, nothing changed,
+# for a name that is not a slot (69), a slot that is not FAILED (70), a domain that is not shut
+# off (running, idle, paused, in shutdown, pmsuspended, crashed) or whose host cannot say or
+# answers something else (71: the agent retries a failed power-off at every evaluation), or a
+# slot whose server is not defined on its host (72).
+reset_failed() { # MEMBER... | --all-failed
+  if [ "${1:-}" = --all-failed ]; then
+    _rt_list=$(member_table | awk '$2=="failed"{print $1}' | tr '\n' ' ')
+    [ -n "$_rt_list" ] || { echo "group $GROUP has no FAILED slot: nothing to reset"; return 0; }
+  else
+    _rt_list=$*
+  fi
+  _rt_rc=0 _rt_done=""
+  for _rt_n in $_rt_list; do
+    _rt_k=$(index_of "$_rt_n")
+    if [ "$_rt_k" -lt 0 ]; then
+      echo "$_rt_n is not a slot of group $GROUP (its slots: ${ALL_NAMES% }); nothing was changed" >&2
+      _rt_rc=69
+      continue
+    fi
+    _rt_h=$(eval "echo \$MEMBER_${_rt_k}_HOST")
+    _rt_s=$(mstate "$_rt_n")
+    if [ "$_rt_s" != failed ]; then
+      case $_rt_s in
+        running) _rt_why="it is in service" ;;
+        stopped) _rt_why="it is stopped, already startable (the agent starts it when the group needs it)" ;;
+        starting) _rt_why="it is being started (it ends in service or FAILED)" ;;
+        rolling) _rt_why="a launch change has it out of service (its roll-in brings it back)" ;;
+        *) _rt_why="its state is $_rt_s" ;;
+      esac
+      echo "$_rt_n is not FAILED: $_rt_why; only a FAILED slot is reset, nothing was changed" >&2
+      _rt_rc=70
+      continue
+    fi
+    if ! _rt_d=$(on_host "$_rt_k" state "$_rt_n" 2>>"$DIR/agent.err") || [ -z "$_rt_d" ] || [ "$_rt_d" = unknown ]; then
+      echo "$_rt_n: could not ask its host $_rt_h whether its domain is off (see $DIR/agent.err), so it stays FAILED. Fix: make $_rt_h reachable from the controller, then reset again" >&2
+      _rt_rc=71
+      continue
+    fi
+    # Only an answer that says "off" resets (review 9b G1): anything else is refused, and only a
+    # known state word is ever echoed or logged (a host's answer is data: two lines or key=value
+    # text must not become decisions.log lines).
+    case $_rt_d in
+      shut-off) ;;
+      undefined)
+        echo "$_rt_n: its host $_rt_h has no domain $_rt_n (its server was deleted or never created), so there is nothing to start and it stays FAILED. Fix: run pulumi up for the group's stack (it creates the slot's server again; a launch change's roll clears FAILED), then reset again" >&2
+        _rt_rc=72
+        continue
+        ;;
+      running | idle | paused | in-shutdown | pmsuspended | crashed | no-state)
+        case $_rt_d in
+          running | idle | paused) _rt_why="its power-off failed: the agent retries it at every evaluation, see decisions.log" ;;
+          in-shutdown) _rt_why="it is shutting down" ;;
+          pmsuspended) _rt_why="its guest suspended it, the domain is still active; power it off on $_rt_h (virsh destroy $_rt_n)" ;;
+          *) _rt_why="the domain is not shut off (a crashed domain kept by on_crash=preserve is still active; power it off on $_rt_h: virsh destroy $_rt_n)" ;;
+        esac
+        echo "$_rt_n: its domain is still $_rt_d on $_rt_h ($_rt_why), so it stays FAILED. Fix: reset it once it is shut off" >&2
+        _rt_rc=71
+        continue
+        ;;
+      *)
+        echo "$_rt_n: its host $_rt_h answered something that is not a domain state (not logged; a member.sh of another kvmlab version?), so it stays FAILED. Fix: run pulumi up (it installs this kvmlab's member command), then reset again" >&2
+        _rt_rc=71
+        continue
+        ;;
+    esac
+    set_mstate "$_rt_n" stopped 0
+    rm -f "samples/$_rt_n"
+    log "event=reset member=$_rt_n was=failed domain=$_rt_d host=$_rt_h by=kvmlab-asg-reset"
+    echo "reset $_rt_n (host $_rt_h, domain $_rt_d): FAILED -> stopped"
+    _rt_done="$_rt_done $_rt_n"
+  done
+  [ -n "$_rt_done" ] || return "$_rt_rc"
+  # The status file keeps the last evaluation's average CPU (review 9b G4: AVG is the run loop's).
+  AVG=$(sed -n 's/^avg_cpu=//p' status 2>/dev/null | head -n1)
+  case $AVG in none | *[!0-9.]*) AVG="" ;; esac
+  write_status
+  _rt_cur=$(count_running)
+  if [ "$_rt_cur" -lt "$MIN" ]; then
+    _rt_next=$(member_table | asg_to_start $((MIN - _rt_cur)) | tr '\n' ' ')
+    echo "next: $_rt_cur in service, below min $MIN: the agent's next evaluation starts ${_rt_next% } (the lowest stopped slots), each joining the pool after its health check"
+  else
+    echo "next: $_rt_cur in service (min $MIN, max $MAX): the agent starts nothing now; a reset slot is a stopped slot again, which a scale-out may start (lowest slot first)"
+  fi
+  return "$_rt_rc"
+}
+
 ALL_NAMES=$(_i=0; while [ "$_i" -lt "$MAX" ]; do member_name $_i; _i=$((_i + 1)); done | tr '\n' ' ')
 case $MODE in
   roll-out | roll-in)
@@ -641,8 +746,17 @@ case $MODE in
     group_unlock
     exit 0
     ;;
+  reset)
+    shift 2
+    [ $# -gt 0 ] || { echo "agent.sh reset: name the FAILED slots, or --all-failed" >&2; exit 69; }
+    group_lock "${RESET_WAIT:-60}" || { echo "autoscale group $GROUP: the group lock ($DIR/group.lock) stayed held for ${RESET_WAIT:-60} s (the agent or a roll is starting or stopping members); nothing was changed. Fix: run the reset again" >&2; exit 75; }
+    reset_failed "$@"
+    _reset_rc=$?
+    group_unlock
+    exit "$_reset_rc"
+    ;;
   run) ;;
-  *) echo "agent.sh: unknown mode $MODE (run, roll-out, roll-in)" >&2; exit 64 ;;
+  *) echo "agent.sh: unknown mode $MODE (run, roll-out, roll-in, reset)" >&2; exit 64 ;;
 esac
 _other=$(claim_instance)
 if [ "$_other" = lock-timeout ]; then

@@ -50,7 +50,8 @@ case $1 in
     exec $V -q destroy "$2"
     ;;
   state)
-    st=$($V domstate "$2" 2>/dev/null) || st=undefined
+    # undefined: libvirtd answers and has no such domain; unknown: libvirtd did not answer.
+    st=$($V domstate "$2" 2>/dev/null) || { $V list --all --name >/dev/null 2>&1 && st=undefined || st=unknown; }
     echo "$st" | head -n1 | tr ' ' '-'
     ;;
   stats)

@@ -24,12 +24,16 @@
  *   replace change  (load generator still running) new user data for every slot: each slot's
  *                   Server is REPLACED (deleted, created anew), rolled the same way: one slot
  *                   out at a time, never below min in service, no member lost, 0 failed requests
+ *   asg reset       (review A4) a stopped slot marked FAILED by hand, as the agent marks one:
+ *                   `kvmlab asg status` names it with its reset command; `kvmlab asg reset` refuses
+ *                   the member in service (not FAILED) and gives the FAILED one back (stopped,
+ *                   logged), through the agent's reset mode on the controller
  *   destroy         no member domain, agent process, key line, folder, owner marker or
  *                   load balancer namespace is left on any host
  */
 import { after, before, test } from "node:test";
 import * as assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -573,6 +577,61 @@ async function scenario(): Promise<void> {
     );
     console.log(
       `# roll-out -> roll-in per slot (s), in-place change then replace change: ${JSON.stringify(perSlot)}`,
+    );
+
+    // kvmlab asg reset (review A4), through the CLI as a user runs it: a stopped slot marked
+    // FAILED (under the group lock, as the agent marks one whose boot failed; its domain is off).
+    const beforeReset = await agentStatus(agentHost);
+    const inServiceNow = inService(beforeReset);
+    const spare = Object.keys(beforeReset.slots).find((n) => beforeReset.slots[n] === "stopped");
+    assert.ok(
+      inServiceNow.length > 0 && spare !== undefined,
+      `a member in service and a stopped slot: ${JSON.stringify(beforeReset)}`,
+    );
+    await sshCheck(
+      status,
+      agentHost,
+      `flock ${DIR}/group.lock sh -c 'echo "failed 1" > ${DIR}/state/${spare}'`,
+    );
+    // The agent's next evaluation writes it into the status file `kvmlab asg status` reads.
+    await waitFor(
+      `${spare} FAILED in the agent's status`,
+      async () => ((await agentStatus(agentHost)).slots[spare] === "failed" ? true : undefined),
+      { timeoutMs: 60_000, intervalMs: 1000 },
+    );
+    const asg = (...args: string[]): { code: number | null; out: string; err: string } => {
+      const cli = path.resolve(__dirname, "..", "..", "cli", "index.js");
+      const r = spawnSync(process.execPath, [cli, "asg", ...args, "--sandbox", INSTANCE], {
+        encoding: "utf8",
+        timeout: 240_000,
+      });
+      return { code: r.status, out: r.stdout, err: r.stderr };
+    };
+    const shown = asg("status", "web");
+    assert.equal(shown.code, 0, shown.err);
+    assert.ok(
+      shown.out.includes(`kvmlab asg reset web ${spare} --sandbox ${INSTANCE}`),
+      `status names the reset command: ${shown.out}`,
+    );
+    const refused = asg("reset", "web", inServiceNow[0]);
+    assert.equal(refused.code, 1, refused.out);
+    assert.match(refused.err, new RegExp(`${inServiceNow[0]} is not FAILED: it is in service`));
+    const reset = asg("reset", "web", spare);
+    assert.equal(reset.code, 0, `${reset.out}\n${reset.err}`);
+    assert.match(
+      reset.out,
+      new RegExp(`reset ${spare} \\(host hv\\d, domain shut-off\\): FAILED -> stopped`),
+    );
+    assert.match(reset.out, /next: \d+ in service \(min 1, max 3\)/);
+    console.log(`# asg reset: ${reset.out.trim().split("\n").join(" | ")}`);
+    assert.equal((await agentStatus(agentHost)).slots[spare], "stopped");
+    const resets = parseLog(await sshCheck(status, agentHost, `cat ${DIR}/decisions.log`)).filter(
+      (e) => e.event === "reset",
+    );
+    assert.deepEqual(
+      resets.map((e) => `${e.member} ${e.was}`),
+      [`${spare} failed`],
+      "the reset is logged once; the refusal is not",
     );
 
     // Destroy leaves nothing of the group on any host.

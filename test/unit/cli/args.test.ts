@@ -8,20 +8,7 @@ import { parseArgs, UsageError } from "../../../cli/args";
 import { main as render } from "../../../cli/render";
 import { main as sandbox } from "../../../cli/sandbox";
 import { main as validate } from "../../../cli/validate";
-
-async function capture(fn: () => Promise<number>): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  try {
-    return { code: await fn(), out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+import { capture } from "../../support/console";
 
 test("parseArgs: --name value, --name=value, switches, positionals, --", () => {
   const r = parseArgs(["lab.yaml", "--out", "/tmp/x", "--stack=prod", "--json", "--", "--odd"], {

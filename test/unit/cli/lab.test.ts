@@ -5,20 +5,7 @@ import * as path from "node:path";
 import { main as render } from "../../../cli/render";
 import { main as validate } from "../../../cli/validate";
 import { repoRoot, tempDir } from "../templates/support";
-
-async function capture(fn: () => Promise<number>): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  try {
-    return { code: await fn(), out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+import { capture } from "../../support/console";
 
 const threeTier = () => path.join(repoRoot(), "stacks", "three-tier.yaml");
 

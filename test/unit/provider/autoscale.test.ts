@@ -160,6 +160,7 @@ test("agent.conf refuses values that could break out of their quotes, naming the
 
 test("check: defaults pass; every refusal names its field", async () => {
   assert.deepEqual(checkAutoscaleAgentInputs(raw()).failures, []);
+  assert.deepEqual(checkAutoscaleAgentInputs(raw({ agentConfig: conf({ controller: "hv1" }) })).failures, []);
   const bad: [Record<string, unknown>, string][] = [
     [{ groupName: "Web" }, "groupName"],
     [{ controllerHost: "hv9" }, "controllerHost"],
@@ -175,6 +176,9 @@ test("check: defaults pass; every refusal names its field", async () => {
     // agent.conf is sourced as root: re-parsed against the allow-list and the inputs.
     [{ agentConfig: `${conf()}id\n` }, "agentConfig"],
     [{ agentConfig: `${conf()}PATH='/tmp'\n` }, "agentConfig"],
+    // CONTROLLER (review 9b G5): a host name, and the resource's controllerHost.
+    [{ agentConfig: conf({ controller: "hv2" }) }, "agentConfig"],
+    [{ agentConfig: `${conf()}CONTROLLER='hv1;id'\n` }, "agentConfig"],
     [{ agentConfig: conf().replace(/LB_NS='[^']*'/, "LB_NS='$(id)'") }, "agentConfig"],
     // Values that pass the quoting but not their key's rule (the renderer's rules).
     [{ agentConfig: conf().replace("MEMBER_0_USER='root'", "MEMBER_0_USER='-F/tmp/x'") }, "agentConfig"],
@@ -276,6 +280,8 @@ test("the agent's status file parses into size, members and slots", () => {
       "status.size=2",
       "status.cooldown_end=1700000000",
       "status.avg_cpu=37",
+      "status.min=1",
+      "status.max=3",
       "status.member=web-0 running 100",
       "status.member=web-1 stopped 0",
       "status.member=web-2 running 200",
@@ -288,6 +294,7 @@ test("the agent's status file parses into size, members and slots", () => {
   assert.deepEqual(s.members, ["web-0", "web-2"]);
   assert.deepEqual(s.slots, { "web-0": "running", "web-1": "stopped", "web-2": "running" });
   assert.equal(s.cooldownEnd, 1700000000);
+  assert.deepEqual([s.min, s.max], [1, 3], "the bounds (asg status prints them)");
   assert.deepEqual(s.log, ["ts=1 event=decision"]);
 });
 

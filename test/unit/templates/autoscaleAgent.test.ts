@@ -36,6 +36,8 @@ if [ "$1" = stop ]; then
   echo "$2" >> "$SIM/stop_attempts"
   grep -qx "$2" "$SIM/stop_fail" 2>/dev/null && exit 255
 fi
+# a member host may answer a state query with any text ($SIM/state_answer: another version, a broken host)
+if [ "$1" = state ] && [ -f "$SIM/state_answer" ]; then cat "$SIM/state_answer"; exit 0; fi
 SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
@@ -43,6 +45,8 @@ const FAKE_VIRSH = `#!/bin/sh
 # the member command must pin the system libvirt on every call
 [ "$1 $2" = "-c qemu:///system" ] || { echo "virsh called without -c qemu:///system: $*" >&2; exit 99; }
 shift 2
+# libvirtd down ($SIM/libvirtd_down): every call fails
+[ -f "$SIM/libvirtd_down" ] && { echo "error: failed to connect to the hypervisor" >&2; exit 1; }
 now=$(date +%s%3N)
 load=$(cat "$SIM/load" 2>/dev/null || echo 0)
 tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; echo "$st $cpu $now" > "$SIM/dom/$1"; }
@@ -50,7 +54,9 @@ tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$
 case $1 in
   start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "running $cpu $now" > "$SIM/dom/$2"; echo "$now $2" >> "$SIM/started" ;;
   destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "shut-off $cpu $now" > "$SIM/dom/$2" ;;
-  domstate) read -r st cpu last < "$SIM/dom/$2"; [ "$st" = running ] && echo running || echo "shut off" ;;
+  # virsh's words ("shut off", "in shutdown"); a domain whose file is gone is not defined
+  domstate) [ -f "$SIM/dom/$2" ] || { echo "error: failed to get domain '$2'" >&2; exit 1; }
+    read -r st cpu last < "$SIM/dom/$2"; echo "$st" | tr - ' ' ;;
   domstats)
     for f in "$SIM"/dom/*; do n=\${f##*/}; tick "$n"; read -r st cpu last < "$f"
       echo "Domain: '$n'"; [ "$st" = running ] && echo "  state.state=1" || echo "  state.state=5"; echo "  cpu.time=$cpu"; echo; done ;;
@@ -352,6 +358,7 @@ function simGroup(opts: {
   running: string[];
   policies?: Parameters<typeof renderAgentConfig>[0]["policies"];
   interval?: number;
+  controller?: string;
 }): {
   root: string;
   dir: string;
@@ -361,6 +368,13 @@ function simGroup(opts: {
   haproxy: () => string[];
   state: (m: string) => string;
   roll: (mode: "roll-out" | "roll-in", member: string) => { status: number | null; stderr: string };
+  /** Starts the agent on this group, detached (it leads its process group: killGroup ends it). */
+  spawnAgent: (env?: NodeJS.ProcessEnv) => ReturnType<typeof spawn>;
+  /** `agent.sh DIR reset ARGS…` (what `kvmlab asg reset` runs on the controller). */
+  reset: (
+    args: string[],
+    env?: NodeJS.ProcessEnv,
+  ) => { status: number | null; stdout: string; stderr: string };
 } {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-roll-"));
@@ -405,6 +419,7 @@ function simGroup(opts: {
       desired: opts.min,
       cooldown: 3,
       interval: opts.interval ?? 1,
+      controller: opts.controller,
       bootTimeout: 10,
       drainTimeout: 1,
       policies: opts.policies ?? [],
@@ -448,7 +463,39 @@ function simGroup(opts: {
       });
       return { status: r.status, stderr: r.stderr };
     },
+    reset: (args, extra = {}) => {
+      const r = spawnSync("/bin/sh", [path.join(dir, "agent.sh"), dir, "reset", ...args], {
+        env: { ...env, ...extra },
+        encoding: "utf8",
+        timeout: 60_000,
+      });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    },
+    spawnAgent: (extra = {}) =>
+      spawn("sh", [path.join(dir, "agent.sh"), dir], {
+        env: { ...env, ...extra },
+        stdio: "ignore",
+        detached: true,
+      }),
   };
+}
+
+/**
+ * Starts the agent on a simulated group and waits for its `agent-start` line (its start-up
+ * evaluation is over); an agent that does not get there is killed before the error is thrown.
+ */
+async function startAgent(
+  g: ReturnType<typeof simGroup>,
+  timeoutMs = 20_000,
+): Promise<ReturnType<typeof spawn>> {
+  const agent = g.spawnAgent();
+  try {
+    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), timeoutMs);
+  } catch (err) {
+    killGroup(agent);
+    throw err;
+  }
+  return agent;
 }
 
 test("rolling replacement: a spare slot is marked and released; a running member at min is stood in for by a spare, drained, and comes back before the spare leaves", () => {
@@ -543,11 +590,7 @@ test("one agent per group: a second agent exits (logged) while the first runs; a
   const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
   const agents: ReturnType<typeof spawn>[] = [];
   const start = () => {
-    const a = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    const a = g.spawnAgent();
     agents.push(a);
     return a;
   };
@@ -622,11 +665,7 @@ test("review R2: at start-up the agent waits for the group lock (bounded waits, 
     // A roll holds the group lock (here 4 s; LOCK_WAIT 1 s per wait).
     holder = holdLock(lock, `sleep 4; date +%s%3N > ${released}`);
     await until("the holder's lock", () => isLocked(lock), 5_000);
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: { ...g.env, LOCK_WAIT: "1" },
-      stdio: "ignore",
-      detached: true,
-    });
+    agent = g.spawnAgent({ LOCK_WAIT: "1" });
     await until(
       "two logged lock waits",
       () => g.log().filter((e) => e.event === "lock-wait-exceeded" && e.phase === "start").length >= 2,
@@ -809,11 +848,7 @@ test("review R5: stopping the agent uses the pid and start time it recorded, nev
     step(stopAgentStep("web").script);
     assert.ok(alive(bystander.pid as number), "a process that is not the recorded agent is left alone");
     // The real agent, detached (it leads its process group): found by pid + start time and stopped.
-    const agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    const agent = g.spawnAgent();
     procs.push(agent);
     const pidFile = (): string => fs.readFileSync(path.join(g.dir, "agent.pid"), "utf8").trim();
     await until("the agent's pid", () => pidFile() === String(agent.pid), 10_000);
@@ -894,12 +929,7 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     // web-1 was marked FAILED but its power-off failed (it still runs); web-2 was marked FAILED and is off.
     fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
     fs.writeFileSync(path.join(g.dir, "state", "web-2"), "failed 1000\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    agent = await startAgent(g);
     assert.equal(g.state("web-2"), "failed", "an off FAILED slot keeps its mark (no scale-out starts it)");
     assert.equal(g.state("web-1"), "failed");
     assert.equal(dom("web-1"), "shut-off", "a FAILED slot found running is powered off again");
@@ -935,8 +965,6 @@ function starts(sim: string): string[] {
 test("review N3: a FAILED slot is never started again by the agent (min restored from a stopped slot; none left: said once, nothing started), and one that fails its start is powered off at once", async () => {
   const dom = (g: ReturnType<typeof simGroup>, m: string): string =>
     fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
-  const run = (g: ReturnType<typeof simGroup>): ReturnType<typeof spawn> =>
-    spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], { env: g.env, stdio: "ignore", detached: true });
   // An agent restart below min with web-0 FAILED (off): web-0 is the lowest slot, but web-1 starts.
   const g = simGroup({ min: 1, max: 3, running: [] });
   // Every slot FAILED: nothing to start; the shortfall is logged once, not every interval.
@@ -948,8 +976,8 @@ test("review N3: a FAILED slot is never started again by the agent (min restored
     // web-1 never answers: it fails at its start, is powered off, and web-2 replaces it.
     fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-1\n");
     for (const m of ["web-0", "web-1"]) fs.writeFileSync(path.join(h.dir, "state", m), "failed 1000\n");
-    a = run(g);
-    b = run(h);
+    a = g.spawnAgent();
+    b = h.spawnAgent();
     await until("web-2 in service", () => g.state("web-2") === "running", 40_000);
     assert.deepEqual(starts(g.sim), ["web-1", "web-2"], "the FAILED web-0 was never started");
     assert.equal(g.state("web-0"), "failed", "web-0 keeps its mark");
@@ -970,6 +998,11 @@ test("review N3: a FAILED slot is never started again by the agent (min restored
     assert.equal(short.length, 1, `the shortfall is logged once: ${JSON.stringify(h.log())}`);
     assert.equal(short[0].reason, "no-startable-slot");
     assert.equal(short[0].failed, "web-0,web-1");
+    assert.match(
+      fs.readFileSync(path.join(h.dir, "decisions.log"), "utf8"),
+      / event=short reason=no-startable-slot .* fix='kvmlab asg reset web --all-failed'$/m,
+      "the line names the command that gives the FAILED slots back (review A4)",
+    );
     assert.ok(!h.log().some((e) => e.event === "decision"), "no decision every interval");
   } finally {
     killGroup(a);
@@ -991,12 +1024,7 @@ test("review N3: a member still `starting` when the agent stopped must pass its 
     }
     // web-2's service never answers.
     fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-2\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 40_000);
+    agent = await startAgent(g, 40_000);
     const lb = g.haproxy();
     assert.ok(
       g.log().some((e) => e.action === "in-service" && e.member === "web-1" && e.health === "ok"),
@@ -1034,12 +1062,7 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
     fs.writeFileSync(path.join(g.sim, "start_fail"), "web-1\n");
     // The program asks for 3 members (generation 1): one scaling starts all three.
     fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 3\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    agent = await startAgent(g);
     await until("the scaling", () => g.log().some((e) => e.event === "scaled"), 30_000);
     const started = fs
       .readFileSync(path.join(g.sim, "started"), "utf8")
@@ -1103,11 +1126,7 @@ test("review A1: a scale-out started from the policy loop does not end that loop
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     fs.writeFileSync(path.join(g.sim, "load"), "90\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    agent = g.spawnAgent();
     await until("the scale-out", () => g.log().some((e) => e.event === "scaled"), 45_000);
     await until(
       "a line logged after the scale-out",
@@ -1169,12 +1188,7 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     fs.writeFileSync(path.join(g.sim, "unhealthy"), "web-3\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
-    await until("the agent's start", () => g.log().some((e) => e.event === "agent-start"), 20_000);
+    agent = await startAgent(g);
     // A roll.sh killed while its members booted, as it leaves them (under the group lock, as it
     // held it): web-1 and web-3 run, web-2's start never happened; all three `starting`.
     const r = spawnSync(
@@ -1189,9 +1203,15 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
       { cwd: g.dir, env: g.env, encoding: "utf8", timeout: 30_000 },
     );
     assert.equal(r.status, 0, r.stderr);
+    // Settled means web-3's power-off done too: await_health marks it FAILED before stop_failed
+    // powers it off (a check on the state alone raced with the power-off under load).
     await until(
       "the dead starts settled",
-      () => g.state("web-1") === "running" && g.state("web-2") === "stopped" && g.state("web-3") === "failed",
+      () =>
+        g.state("web-1") === "running" &&
+        g.state("web-2") === "stopped" &&
+        g.state("web-3") === "failed" &&
+        g.log().some((e) => e.action === "stop" && e.member === "web-3"),
       30_000,
     );
     const lb = g.haproxy();
@@ -1237,11 +1257,7 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
     fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
     fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-1\n");
-    agent = spawn("sh", [path.join(g.dir, "agent.sh"), g.dir], {
-      env: g.env,
-      stdio: "ignore",
-      detached: true,
-    });
+    agent = g.spawnAgent();
     await until("five power-off attempts", () => attempts() >= 5, 30_000);
     assert.deepEqual(
       stops().map((e) => `${e.reason} ${e.result}`),
@@ -1260,6 +1276,169 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) and the agent restores min from it; refused, nothing changed, for a slot that is not FAILED, not of this group, or whose domain still runs", async () => {
+  // min = max = 2 with one FAILED slot: before the reset the group stays below min for good.
+  // The controller is named in agent.conf: the logged command carries it (review 9b G5).
+  const g = simGroup({ min: 2, max: 2, running: ["web-0"], controller: "hv1" });
+  const dom = (m: string): string => fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    // web-1's power-off had failed: its domain still runs. The reset refuses (the agent retries the power-off).
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
+    let r = g.reset(["web-1"]);
+    assert.equal(r.status, 71, r.stderr);
+    assert.match(r.stderr, /web-1: its domain is still running on hv1 .* stays FAILED/);
+    assert.equal(g.state("web-1"), "failed", "nothing was changed");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "shut-off 0 0\n");
+    r = g.reset(["web-0"]);
+    assert.equal(r.status, 70, r.stderr);
+    assert.match(r.stderr, /web-0 is not FAILED: it is in service; only a FAILED slot is reset/);
+    assert.equal(g.state("web-0"), "running");
+    for (const other of ["web-2", "api-0"]) {
+      r = g.reset([other]);
+      assert.equal(r.status, 69, r.stderr);
+      assert.match(r.stderr, new RegExp(`${other} is not a slot of group web \\(its slots: web-0 web-1\\)`));
+    }
+    assert.ok(!g.log().some((e) => e.event === "reset"), "no refusal is logged as a reset");
+    // The agent runs: below min, nothing to start; said once, naming the reset command.
+    agent = await startAgent(g);
+    await until("the shortfall", () => g.log().some((e) => e.event === "short"), 10_000);
+    assert.match(
+      fs.readFileSync(path.join(g.dir, "decisions.log"), "utf8"),
+      / event=short reason=no-startable-slot want=2 current=1 stopped=0 failed=web-1 fix='kvmlab asg reset web web-1 --controller hv1'$/m,
+    );
+    assert.deepEqual(starts(g.sim), [], "the FAILED slot is not started");
+    // The reset (the agent's evaluation holds the group lock: the reset waits for it).
+    r = g.reset(["web-1"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^reset web-1 \(host hv1, domain shut-off\): FAILED -> stopped$/m);
+    assert.match(
+      r.stdout,
+      /^next: 1 in service, below min 2: the agent's next evaluation starts web-1 \(the lowest stopped slots\)/m,
+    );
+    assert.ok(
+      logged(g.log(), { event: "reset", member: "web-1", was: "failed", by: "kvmlab-asg-reset" }),
+      "the reset is logged",
+    );
+    await until("web-1 in service", () => g.state("web-1") === "running", 30_000);
+    assert.deepEqual(starts(g.sim), ["web-1"]);
+    assert.equal(dom("web-1"), "running");
+    assert.ok(g.haproxy().includes("web-1 state ready"), "it joined the pool after its health check");
+    assert.ok(
+      logged(g.log(), { event: "decision", source: "min", current: "1", new: "2" }),
+      "restored by the agent's min rule",
+    );
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 9b G1: `reset` gives a slot back only when its host says its domain is shut off: a live domain (idle, in shutdown, pmsuspended, crashed, paused), a deleted server, a host whose libvirtd does not answer and an answer that is not a state are refused, nothing changed, nothing of the answer logged", () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  const domFile = path.join(g.sim, "dom", "web-1");
+  const rawLog = (): string =>
+    fs.existsSync(path.join(g.dir, "decisions.log"))
+      ? fs.readFileSync(path.join(g.dir, "decisions.log"), "utf8")
+      : "";
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-1"), "failed 1000\n");
+    for (const st of ["idle", "in-shutdown", "pmsuspended", "crashed", "paused"]) {
+      fs.writeFileSync(domFile, `${st} 0 0\n`);
+      const r = g.reset(["web-1"]);
+      assert.equal(r.status, 71, `${st}: ${r.stderr}`);
+      assert.match(
+        r.stderr,
+        new RegExp(`^web-1: its domain is still ${st} on hv1 \\(.*\\), so it stays FAILED`),
+      );
+      assert.equal(g.state("web-1"), "failed", `${st}: nothing was changed`);
+    }
+    // The slot's server is gone (deleted by hand): nothing to start, say what to do.
+    fs.rmSync(domFile);
+    let r = g.reset(["web-1"]);
+    assert.equal(r.status, 72, r.stderr);
+    assert.match(r.stderr, /^web-1: its host hv1 has no domain web-1 .*Fix: run pulumi up/);
+    assert.equal(g.state("web-1"), "failed");
+    // libvirtd on the member host does not answer: that is not "no domain".
+    fs.writeFileSync(domFile, "shut-off 0 0\n");
+    fs.writeFileSync(path.join(g.sim, "libvirtd_down"), "");
+    r = g.reset(["web-1"]);
+    assert.equal(r.status, 71, r.stderr);
+    assert.match(r.stderr, /^web-1: could not ask its host hv1 whether its domain is off/);
+    assert.equal(g.state("web-1"), "failed");
+    fs.rmSync(path.join(g.sim, "libvirtd_down"));
+    // A host answering text that is not one state word: refused, and none of it reaches the log or the output.
+    for (const answer of [
+      "shut-off\nts=1 event=reset member=web-0 was=failed by=kvmlab-asg-reset",
+      "shut-off event=forged",
+      "SHUT-OFF",
+    ]) {
+      fs.writeFileSync(path.join(g.sim, "state_answer"), `${answer}\n`);
+      r = g.reset(["web-1"]);
+      assert.equal(r.status, 71, `${JSON.stringify(answer)}: ${r.stderr}`);
+      assert.match(r.stderr, /^web-1: its host hv1 answered something that is not a domain state/);
+      assert.ok(!/forged|event=|SHUT/.test(r.stdout + r.stderr), `the answer is not echoed: ${r.stderr}`);
+      assert.equal(g.state("web-1"), "failed");
+    }
+    assert.equal(rawLog(), "", "no refusal writes decisions.log");
+    fs.rmSync(path.join(g.sim, "state_answer"));
+    // Shut off: reset, and the log names the state word.
+    r = g.reset(["web-1"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(logged(g.log(), { event: "reset", member: "web-1", domain: "shut-off" }), rawLog());
+    assert.equal(rawLog().trim().split("\n").length, 1, "one line: the reset");
+    assert.equal(g.state("web-1"), "stopped");
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review A4: `reset --all-failed` gives back every FAILED slot (above min the agent starts nothing: they are spare slots again); with none it changes nothing; a held group lock is waited for, bounded", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-0"] });
+  try {
+    for (const m of ["web-1", "web-2"]) fs.writeFileSync(path.join(g.dir, "state", m), "failed 1000\n");
+    // A held group lock (an evaluation booting a member): the reset gives up after RESET_WAIT.
+    const holder = holdLock(path.join(g.dir, "group.lock"), "sleep 5");
+    try {
+      const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+      while (!isLocked(path.join(g.dir, "group.lock"))) spawnSync("sleep", ["0.1"]);
+      const r = g.reset(["--all-failed"], { RESET_WAIT: "1" });
+      assert.equal(r.status, 75, r.stderr);
+      assert.match(r.stderr, /stayed held for 1 s .*nothing was changed/);
+      assert.equal(g.state("web-1"), "failed");
+    } finally {
+      killGroup(holder);
+    }
+    // The last evaluation's average CPU stays in the status file (review 9b G4).
+    fs.writeFileSync(path.join(g.dir, "status"), "group=web\navg_cpu=37\n");
+    let r = g.reset(["--all-failed"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(fs.readFileSync(path.join(g.dir, "status"), "utf8"), /^avg_cpu=37$/m);
+    assert.deepEqual(
+      r.stdout.split("\n").filter((l) => l.startsWith("reset ")),
+      [
+        "reset web-1 (host hv1, domain shut-off): FAILED -> stopped",
+        "reset web-2 (host hv1, domain shut-off): FAILED -> stopped",
+      ],
+    );
+    assert.match(r.stdout, /^next: 1 in service \(min 1, max 3\): the agent starts nothing now/m);
+    assert.equal(g.state("web-1"), "stopped");
+    assert.equal(g.state("web-2"), "stopped");
+    assert.match(
+      fs.readFileSync(path.join(g.dir, "status"), "utf8"),
+      /^member=web-1 stopped 0$/m,
+      "the status file shows it at once",
+    );
+    r = g.reset(["--all-failed"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), "group web has no FAILED slot: nothing to reset");
+    assert.equal(g.log().filter((e) => e.event === "reset").length, 2);
+  } finally {
     fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
