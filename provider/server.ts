@@ -147,6 +147,7 @@ import {
   statsStep,
   type DomainInfo,
 } from "./server/steps";
+import { dropReservationStep, migrationFitsStep, reservationStep } from "./server/steps";
 
 export * from "./server/model";
 export { parseDomainInfo, type DomainInfo } from "./server/steps";
@@ -807,41 +808,60 @@ async function migrateServer(
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
   const xml = withDomainOwner(olds.domainXml[olds.domainType], ownerIn(olds));
+  const owner = ownerIn(olds);
+  // The destination's capacity (review 8 P2): under its lock, the flavor is checked by
+  // placement's rules before anything is written there (a refusal leaves both hosts as they
+  // were), and the server's reservation record is written in the same batch, so every placement
+  // from then on counts the guest's RAM there (its guard sees the new line). The normal record
+  // replaces it once the guest runs there; a failure with the guest on the source removes it.
+  const reserve = reservationStep(olds, olds.addresses, src.name);
   // The destination gets the same files (overlay on its own copy of the image, seed ISO).
-  await runLocked(
-    dst,
-    [
-      ...(ownerIn(olds)
-        ? [
-            // The UUID's refusal before the name's marker is written (as at create).
-            claimableStep(serverUuidOwned(olds), ownerIn(olds)),
-            claimStep(serverOwned(olds.serverName), ownerIn(olds)),
-            claimStep(serverUuidOwned(olds), ownerIn(olds)),
-          ]
-        : []),
-      preflightStep(olds),
-      ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
-    ],
-    {
-      timeoutMs: 120000,
-    },
-  );
+  const prepare: Step[] = [
+    ...(owner
+      ? [
+          // The UUID's and the name's refusals before any marker is written (as at create).
+          claimableStep(serverUuidOwned(olds), owner),
+          claimableStep(serverOwned(olds.serverName), owner),
+        ]
+      : []),
+    migrationFitsStep(olds, dst.name, src.name, PLACEMENT),
+    ...(owner
+      ? [claimStep(serverOwned(olds.serverName), owner), claimStep(serverUuidOwned(olds), owner)]
+      : []),
+    reserve,
+    preflightStep(olds),
+    ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
+  ];
+  try {
+    await runLocked(dst, prepare, { timeoutMs: 120000 });
+  } catch (err) {
+    // A refusal before the reservation wrote nothing; from it on (or an unknown outcome, a
+    // timeout) this server's reservation is removed again.
+    const at = failedStepIndex(err, prepare);
+    if (at !== -1 && at < prepare.indexOf(reserve)) throw err;
+    throw withNote(err, await dropReservation(olds, dst));
+  }
   // Attached volumes travel with the guest (issue 16): empty files of their size on the
   // destination, copied by the migration itself.
-  const [volOut] = await runChecked(src, [attachedVolumesStep(olds.serverName)]);
-  const volumes = parseAttachedVolumes(volOut);
-  if (volumes.length > 0) {
-    try {
-      await runLocked(dst, [prepareVolumesStep(volumes)], { timeoutMs: 600000 });
-    } catch (err) {
-      await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
-      throw err;
+  let volumes: ReturnType<typeof parseAttachedVolumes> = [];
+  try {
+    const [volOut] = await runChecked(src, [attachedVolumesStep(olds.serverName)]);
+    volumes = parseAttachedVolumes(volOut);
+    if (volumes.length > 0) {
+      try {
+        await runLocked(dst, [prepareVolumesStep(volumes)], { timeoutMs: 600000 });
+      } catch (err) {
+        await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
+        throw err;
+      }
     }
+    // Its key as pinned (configured, recorded, or seen first in this run by the step above).
+    if (!hostKeyRecord(dst))
+      throw new Error(`host ${dst.name}: no pinned host key to check the migration target against`);
+  } catch (err) {
+    throw withNote(err, await dropReservation(olds, dst));
   }
-  // Its key as pinned (configured, recorded, or seen first in this run by the step above).
   const pin = { fingerprint: hostKeyRecord(dst) };
-  if (!pin.fingerprint)
-    throw new Error(`host ${dst.name}: no pinned host key to check the migration target against`);
   let authorizedKeysFile = "";
   let migratedMs: number;
   try {
@@ -905,11 +925,12 @@ async function migrateServer(
       await runLocked(dst, [deleteStep(olds), dropVolumesStep(volumes, "destination")]).catch(
         () => undefined,
       );
-      throw new Error(`${msg}${revoked}`, { cause: err });
+      const unreserved = await dropReservation(olds, dst);
+      throw new Error(`${msg}${revoked}${unreserved}`, { cause: err });
     }
     if (outcome === "unknown")
       throw new Error(
-        `${msg}\nserver ${olds.serverName}: after the failed migration ${src.name} reports ${s ? powerOf(s) : "nothing (unreachable)"} and ${dst.name} reports ${d ? powerOf(d) : "nothing (unreachable)"}; nothing was deleted on either host. Check both with "virsh list --all", keep the running copy, then run "pulumi refresh" and "pulumi up"${revoked}`,
+        `${msg}\nserver ${olds.serverName}: after the failed migration ${src.name} reports ${s ? powerOf(s) : "nothing (unreachable)"} and ${dst.name} reports ${d ? powerOf(d) : "nothing (unreachable)"}; nothing was deleted on either host (its capacity reservation on ${dst.name} stays, counting ${olds.flavor.ramMiB} MiB there). Check both with "virsh list --all", keep the running copy, then run "pulumi refresh" and "pulumi up"${revoked}`,
         { cause: err },
       );
     // "destination": the migration completed after all; finish the move below.
@@ -999,6 +1020,34 @@ function guardedDelete(
         releaseOwnerStep(owned, [owner]),
       ]
     : [deleteStep(o)];
+}
+
+/** `err` with `note` appended to its message ("" keeps it as it is). */
+function withNote(err: unknown, note: string): unknown {
+  if (note === "") return err;
+  return new Error(`${err instanceof Error ? err.message : String(err)}${note}`, { cause: err });
+}
+
+/**
+ * Removes a failed live migration's capacity reservation on the destination (best effort: under
+ * its lock, owner-guarded, only this server's reservation; dropReservationStep). Returns "" when
+ * it is gone, else the text to append to the error (a reservation left counts on that host).
+ */
+async function dropReservation(
+  o: Pick<ServerOutputs, "serverName" | "uuid" | "flavor"> & { owner?: string },
+  dst: HostConnection,
+): Promise<string> {
+  const owner = ownerIn(o);
+  try {
+    await runLocked(dst, [
+      ...(owner ? [guardStep(serverOwned(o.serverName), [owner])] : []),
+      dropReservationStep(o),
+    ]);
+    return "";
+  } catch (e) {
+    const why = (e instanceof Error ? e.message : String(e)).split("\n")[0];
+    return `\nserver ${o.serverName}: its capacity reservation on ${dst.name} could not be removed (${why}); it counts ${o.flavor.ramMiB} MiB there until it is: run the update again (a new migration attempt replaces it), or, when no domain ${o.serverName} is defined on ${dst.name}, remove ${recordPath("server", o.serverName)} there by hand`;
+  }
 }
 
 /**
@@ -1264,7 +1313,11 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         );
       const xml = hostXml(news, type, host);
       const set = metadataStep(news, xml);
+      // A flavor grown with the same XML (a raw provider call: the guest itself does not grow)
+      // is written to the record here too, so it is checked first as a resize is (review 8b
+      // Q5): a refusal changes nothing, neither the metadata nor the record.
       await runLocked(host, [
+        ...(grows ? [resizeFits()] : []),
         ...(set ? [set] : []),
         uploadStep(instancePaths(news).domainXml, xml, { mode: "0600" }),
         recordStep(news, olds.addresses),

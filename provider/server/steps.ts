@@ -82,10 +82,11 @@ export const RESIZE_REFUSED_EXIT = 37;
 /**
  * The fit check of a resize (an update that grows the flavor on the same host, review 8 P2):
  * refuses (exit 37) unless the new flavor fits the host beside the other servers' records, by
- * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs), counted with
- * the same awk program as placement (the server's own record left out). Run under the host's
- * lock in the batch that writes the server's record with the new flavor, before the guest is
- * stopped: the record then counts the new size for every later placement.
+ * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs, and
+ * MemAvailable at least the flavor's RAM, as chooseHost: review 8b Q8), counted with the same
+ * awk program as placement (the server's own record left out; see fitCheckLines). Run under the
+ * host's lock in the batch that writes the server's record with the new flavor, before the
+ * guest is stopped: the record then counts the new size for every later placement.
  */
 export function resizeFitsStep(
   i: Pick<ServerInputs, "uuid" | "flavor"> & { serverName: string },
@@ -93,20 +94,11 @@ export function resizeFitsStep(
   policy: { reservedHostMemoryMiB: number; ramAllocationRatio: number; cpuAllocationRatio: number },
 ): Step {
   const f = i.flavor;
-  const head = `flavor: ${f.name} (${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName} beside its other servers: `;
-  const tail = ` free for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
+  const what = `flavor: ${f.name} (${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName}`;
+  const tail = ` for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
   return {
     label: `check that flavor ${f.name} fits host ${hostName} for server ${i.serverName}`,
-    script: [
-      `lines=$(${capacityLinesScript([i.uuid])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
-      `used=$(printf '%s\\n' "$lines" | awk '{ if ($2 ~ /^[0-9]+$/) r += $2; if ($3 ~ /^[0-9]+$/) v += $3 } END { print r + 0, v + 0 }') || exit 1`,
-      "mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)",
-      "cpus=$(nproc)",
-      "set -- $used",
-      `free=$(awk -v mem="$mem" -v r="$1" -v v="$2" -v cpus="$cpus" 'BEGIN { print int((mem - ${policy.reservedHostMemoryMiB}) * ${policy.ramAllocationRatio}) - r, int(cpus * ${policy.cpuAllocationRatio}) - v }') || exit 1`,
-      "set -- $free",
-      `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(head)}"$1 MiB RAM and $2 vCPUs"${shQuote(tail)} >&2; exit ${RESIZE_REFUSED_EXIT}; fi`,
-    ].join("\n"),
+    script: fitCheckLines(i.uuid, f, policy, what, tail, RESIZE_REFUSED_EXIT).join("\n"),
   };
 }
 
@@ -596,5 +588,139 @@ export function httpFromSubnetStep(port: Pick<ServerPort, "networkName" | "subne
   return {
     label: `GET ${url}`,
     script: `ip netns exec ${shQuote(dhcp.namespace)} curl -fsS -m 3 ${shQuote(url)}`,
+  };
+}
+
+/** Placement's capacity rules (PLACEMENT in model.ts), as the fit checks take them. */
+export interface FitPolicy {
+  reservedHostMemoryMiB: number;
+  ramAllocationRatio: number;
+  cpuAllocationRatio: number;
+}
+
+/**
+ * Bash lines of a fit check by placement's rules (freeCapacity and chooseHost in model.ts): the
+ * other servers' records counted by CAPACITY_AWK (the lines the stats step and the guard print;
+ * the records of `skipUuid`, the server's own, left out), then refused with exit `exit` unless
+ * int((MemTotal MiB - reserved) x ramRatio) - their RAM >= the flavor's RAM, int(nproc x
+ * cpuRatio) - their vCPUs >= its vCPUs, and MemAvailable >= its RAM (a host without
+ * MemAvailable reads 0 and is refused, as placement refuses it). The message is `what`, then
+ * " beside its other servers: <n> MiB RAM and <n> vCPUs free" or ": only <n> MiB of memory
+ * available right now", then `tail`. Writes nothing.
+ */
+function fitCheckLines(
+  skipUuid: string,
+  f: { ramMiB: number; vcpus: number },
+  policy: FitPolicy,
+  what: string,
+  tail: string,
+  exit: number,
+): string[] {
+  for (const n of [f.ramMiB, f.vcpus, policy.reservedHostMemoryMiB])
+    if (!Number.isInteger(n) || n < 0) throw new Error(`fit check: ${n} is not a whole number`);
+  for (const n of [policy.ramAllocationRatio, policy.cpuAllocationRatio])
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`fit check: ratio ${n} is not a positive number`);
+  return [
+    `lines=$(${capacityLinesScript([skipUuid])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
+    `used=$(printf '%s\\n' "$lines" | awk '{ if ($2 ~ /^[0-9]+$/) r += $2; if ($3 ~ /^[0-9]+$/) v += $3 } END { print r + 0, v + 0 }') || exit 1`,
+    "mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)",
+    "avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)",
+    "cpus=$(nproc)",
+    "set -- $used",
+    `free=$(awk -v mem="$mem" -v r="$1" -v v="$2" -v cpus="$cpus" 'BEGIN { print int((mem - ${policy.reservedHostMemoryMiB}) * ${policy.ramAllocationRatio}) - r, int(cpus * ${policy.cpuAllocationRatio}) - v }') || exit 1`,
+    "set -- $free",
+    `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(`${what} beside its other servers: `)}"$1 MiB RAM and $2 vCPUs free"${shQuote(tail)} >&2; exit ${exit}; fi`,
+    // As chooseHost: the RAM free right now (a missing MemAvailable reads 0, as parseHostLoad).
+    'case "$avail" in "" | *[!0-9]*) avail=0 ;; esac',
+    `if [ "$avail" -lt ${f.ramMiB} ]; then echo ${shQuote(`${what}: only `)}"$avail MiB of memory available right now"${shQuote(tail)} >&2; exit ${exit}; fi`,
+  ];
+}
+
+/** The exit status of migrationFitsStep's refusal: the destination is too small, nothing moved. */
+export const MIGRATION_REFUSED_EXIT = 38;
+
+/**
+ * The fit check of a live migration's destination (review 8 P2): refuses (exit 38) unless the
+ * server's flavor fits host `hostName` beside the servers recorded there, by placement's rules
+ * (fitCheckLines, the server's own record, a reservation of an earlier attempt, left out). Run
+ * under the destination's lock in the batch that writes the reservation (reservationStep),
+ * before anything of the guest is prepared there: a refusal writes nothing, and the guest keeps
+ * running on `sourceName`. The message names the field (`host`), the free capacity and the fix.
+ */
+export function migrationFitsStep(
+  i: Pick<ServerInputs, "uuid" | "flavor"> & { serverName: string },
+  hostName: string,
+  sourceName: string,
+  policy: FitPolicy,
+): Step {
+  const f = i.flavor;
+  const what = `host: server ${i.serverName} (flavor ${f.name}: ${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName}`;
+  const tail = `; it was not migrated and keeps running on ${sourceName}. Fix: pin another host (host), free capacity on ${hostName}, or give the server a smaller flavor first`;
+  return {
+    label: `check that server ${i.serverName} fits host ${hostName}`,
+    script: fitCheckLines(i.uuid, f, policy, what, tail, MIGRATION_REFUSED_EXIT).join("\n"),
+  };
+}
+
+/** The record field that marks a migration's reservation (absent from a server's normal record). */
+export const RESERVATION_FIELD = "reservation";
+
+/**
+ * A live migration's reservation on its destination (review 8 P2): the server's record (what
+ * placement counts: serverRecord, so the stats step's capacity lines and the placement guard see
+ * it) with RESERVATION_FIELD naming the migration, written under the destination's lock in the
+ * batch of migrationFitsStep and the owner claims, before the guest moves: every placement from
+ * then on counts the guest's RAM there. The normal record (recordStep) replaces it once the guest
+ * runs there; dropReservationStep removes it when the migration failed with the guest on the
+ * source. Only this server's: a record of another UUID under this name refuses (exit 34, as
+ * nameFreeStep), and this server's normal record (the guest already runs here) is kept. Written
+ * with printf and a rename (mode 0600, as claimRecordStep). Prints `reserved` or `kept`.
+ */
+export function reservationStep(
+  inputs: ServerInputs,
+  addresses: { ip: string; mac: string }[],
+  sourceName: string,
+): Step {
+  const p = recordPath("server", inputs.serverName);
+  const value = {
+    ...serverRecord(inputs, addresses),
+    [RESERVATION_FIELD]: `live migration from ${sourceName}`,
+  };
+  return {
+    label: `reserve capacity for server ${inputs.serverName}`,
+    script: [
+      `d=${shQuote(recordDir("server"))}`,
+      `p=${shQuote(p)}`,
+      `if [ -f "$p" ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} "$p"; then echo ${shQuote(`another server is recorded under the name ${inputs.serverName} on this host (${p}); rename this server`)} >&2; exit 34; fi`,
+      `if [ -f "$p" ] && ! grep -qF -- ${shQuote(`"${RESERVATION_FIELD}": `)} "$p"; then echo kept; exit 0; fi`,
+      '[ -d "$d" ] || mkdir -p "$d"',
+      "umask 077",
+      't="$p.kvmlab-tmp.$$"',
+      `if printf '%s' ${shQuote(`${JSON.stringify(value, null, 2)}\n`)} > "$t" && mv -f "$t" "$p"; then echo reserved; exit 0; fi`,
+      'rm -f "$t"; exit 1',
+    ].join("\n"),
+  };
+}
+
+/**
+ * Removes a live migration's reservation (reservationStep) again: only a record under the
+ * server's name that carries its UUID AND RESERVATION_FIELD, and only while no domain of that
+ * UUID is defined on the host (then the guest may run here: kept). Idempotent (prints `removed`
+ * or nothing); run owner-guarded under the destination's lock after a failed migration whose
+ * guest runs on the source.
+ */
+export function dropReservationStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  const p = shQuote(recordPath("server", i.serverName));
+  return {
+    label: `remove the capacity reservation of server ${i.serverName}`,
+    script: [
+      `[ -f ${p} ] || exit 0`,
+      `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} ${p} || exit 0`,
+      `grep -qF -- ${shQuote(`"${RESERVATION_FIELD}": `)} ${p} || exit 0`,
+      `u=$(${VIRSH} domuuid ${shQuote(i.serverName)} 2>/dev/null || true)`,
+      `if [ "$u" = ${shQuote(i.uuid)} ]; then echo ${shQuote(`server ${i.serverName} is defined on this host: its reservation is kept`)} >&2; exit 0; fi`,
+      `rm -f ${p}`,
+      "echo removed",
+    ].join("\n"),
   };
 }
