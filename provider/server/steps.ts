@@ -83,8 +83,9 @@ export const RESIZE_REFUSED_EXIT = 37;
  * The fit check of a resize (an update that grows the flavor on the same host, review 8 P2):
  * refuses (exit 37) unless the new flavor fits the host beside the other servers' records, by
  * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs, and
- * MemAvailable at least the flavor's RAM, as chooseHost: review 8b Q8), counted with the same
- * awk program as placement (the server's own record left out; see fitCheckLines). Run under the
+ * MemAvailable at least the flavor's RAM, as chooseHost: review 8b Q8; the memory the running
+ * guest holds, which its stop frees, counts as available), counted with the same awk program as
+ * placement (the server's own record left out; see fitCheckLines). Run under the
  * host's lock in the batch that writes the server's record with the new flavor, before the
  * guest is stopped: the record then counts the new size for every later placement.
  */
@@ -98,7 +99,7 @@ export function resizeFitsStep(
   const tail = ` for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
   return {
     label: `check that flavor ${f.name} fits host ${hostName} for server ${i.serverName}`,
-    script: fitCheckLines(i.uuid, f, policy, what, tail, RESIZE_REFUSED_EXIT).join("\n"),
+    script: fitCheckLines(i.uuid, f, policy, what, tail, RESIZE_REFUSED_EXIT, i.serverName).join("\n"),
   };
 }
 
@@ -604,7 +605,8 @@ export interface FitPolicy {
  * the records of `skipUuid`, the server's own, left out), then refused with exit `exit` unless
  * int((MemTotal MiB - reserved) x ramRatio) - their RAM >= the flavor's RAM, int(nproc x
  * cpuRatio) - their vCPUs >= its vCPUs, and MemAvailable >= its RAM (a host without
- * MemAvailable reads 0 and is refused, as placement refuses it). The message is `what`, then
+ * MemAvailable reads 0 and is refused, as placement refuses it), the resident memory of domain
+ * `credit` added when given (a resize's own guest, freed by its stop). The message is `what`, then
  * " beside its other servers: <n> MiB RAM and <n> vCPUs free" or ": only <n> MiB of memory
  * available right now", then `tail`. Writes nothing.
  */
@@ -615,6 +617,8 @@ function fitCheckLines(
   what: string,
   tail: string,
   exit: number,
+  /** A domain whose resident memory counts as available (a resize's guest, freed by its stop). */
+  credit?: string,
 ): string[] {
   for (const n of [f.ramMiB, f.vcpus, policy.reservedHostMemoryMiB])
     if (!Number.isInteger(n) || n < 0) throw new Error(`fit check: ${n} is not a whole number`);
@@ -632,7 +636,16 @@ function fitCheckLines(
     `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(`${what} beside its other servers: `)}"$1 MiB RAM and $2 vCPUs free"${shQuote(tail)} >&2; exit ${exit}; fi`,
     // As chooseHost: the RAM free right now (a missing MemAvailable reads 0, as parseHostLoad).
     'case "$avail" in "" | *[!0-9]*) avail=0 ;; esac',
-    `if [ "$avail" -lt ${f.ramMiB} ]; then echo ${shQuote(`${what}: only `)}"$avail MiB of memory available right now"${shQuote(tail)} >&2; exit ${exit}; fi`,
+    ...(credit === undefined
+      ? ['held=""']
+      : [
+          // The guest's own resident memory (QEMU's RSS, virsh dommemstat) is freed by its stop
+          // before it starts with the new flavor; 0 when it does not run or cannot be read.
+          `rss=$(${VIRSH} dommemstat ${shQuote(credit)} 2>/dev/null | awk '$1 == "rss" { print int($2 / 1024) }') || rss=0`,
+          'case "$rss" in "" | *[!0-9]*) rss=0 ;; esac',
+          'held=""; if [ "$rss" -gt 0 ]; then avail=$((avail + rss)); held=" (with the $rss MiB the guest holds now)"; fi',
+        ]),
+    `if [ "$avail" -lt ${f.ramMiB} ]; then echo ${shQuote(`${what}: only `)}"$avail MiB of memory available right now$held"${shQuote(tail)} >&2; exit ${exit}; fi`,
   ];
 }
 

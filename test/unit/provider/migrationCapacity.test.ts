@@ -45,8 +45,8 @@ interface Sample {
   put(name: string, uuid: string, ramMiB: number, vcpus: number, extra?: Record<string, unknown>): void;
   /** The host: MemTotal and MemAvailable in MiB (MemAvailable absent when undefined), CPUs. */
   host(memTotalMiB: number, memAvailableMiB: number | undefined, cpus: number): void;
-  /** A fake virsh whose `domuuid` prints `uuid` (or fails when "" ). */
-  virshDomuuid(uuid: string): void;
+  /** A fake virsh: `domuuid` prints `uuid` (fails when ""), `dommemstat` an rss (fails without). */
+  virshDomuuid(uuid: string, rssKiB?: number): void;
   run(script: string): { code: number | null; stdout: string; stderr: string };
   file(name: string): string;
 }
@@ -81,12 +81,16 @@ function sample(fn: (s: Sample) => void): void {
       );
       fs.writeFileSync(path.join(bin, "nproc"), `#!/bin/sh\necho ${cpus}\n`, { mode: 0o755 });
     },
-    virshDomuuid(uuid) {
-      fs.writeFileSync(
-        path.join(bin, "virsh"),
-        `#!/bin/sh\nfor a in "$@"; do if [ "$a" = domuuid ]; then ${uuid ? `echo ${uuid}; exit 0` : "exit 1"}; fi; done\nexit 1\n`,
-        { mode: 0o755 },
-      );
+    virshDomuuid(uuid, rssKiB) {
+      const lines = [
+        "#!/bin/sh",
+        `for a in "$@"; do case "$a" in`,
+        `  domuuid) ${uuid ? `echo ${uuid}; exit 0` : "exit 1"} ;;`,
+        `  dommemstat) ${rssKiB === undefined ? "exit 1" : `printf 'actual 1\\nrss ${rssKiB}\\n'; exit 0`} ;;`,
+        "esac; done",
+        "exit 1",
+      ];
+      fs.writeFileSync(path.join(bin, "virsh"), `${lines.join("\n")}\n`, { mode: 0o755 });
     },
     run(script) {
       const text = script
@@ -187,6 +191,21 @@ test("the fit checks refuse when MemAvailable is below the flavor's RAM, as plac
       /^flavor: m1\.x \(1 vCPU, 512 MiB\) does not fit host hv1: only 300 MiB of memory available right now for server web1; pick a smaller flavor/,
     );
     assert.equal(resize(300).code, 0, "300 MiB fit");
+    // The memory the running guest holds (QEMU's rss) is freed by its stop: it counts as available.
+    s.virshDomuuid("", 256 * 1024);
+    assert.equal(resize(556).code, 0, "300 + 256 MiB");
+    const held = resize(557);
+    assert.equal(held.code, RESIZE_REFUSED_EXIT);
+    assert.match(
+      held.stderr,
+      /only 556 MiB of memory available right now \(with the 256 MiB the guest holds now\) for server web1/,
+    );
+    assert.equal(
+      s.run(fits(U1, 512, 1).script).code,
+      MIGRATION_REFUSED_EXIT,
+      "a migration's destination gets no such credit",
+    );
+    s.virshDomuuid("");
     s.host(2048, undefined, 1);
     assert.equal(resize(1).code, RESIZE_REFUSED_EXIT, "no MemAvailable line: 0, as parseHostLoad reads it");
     assert.equal(s.run(fits(U1, 1, 1).script).code, MIGRATION_REFUSED_EXIT);
