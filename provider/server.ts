@@ -851,7 +851,10 @@ async function migrateServer(
   const claims = owner
     ? [claimStep(serverOwned(olds.serverName), owner), claimStep(serverUuidOwned(olds), owner)]
     : [];
-  const reserveBatch: Step[] = [
+  // First batch: the refusals, then the claims (they refuse a record there without a marker, so
+  // they come before the reservation), last, so that the batch's outputs say which markers this
+  // call made (review 9b M2): only those are released again after a failure.
+  const claimBatch: Step[] = [
     ...(owner
       ? [
           // The UUID's and the name's refusals before anything is written (as at create).
@@ -860,41 +863,42 @@ async function migrateServer(
         ]
       : []),
     migrationFitsStep(olds, dst.name, src.name, PLACEMENT),
-    reserve,
-    // Last, so that the batch's outputs say which markers this call made (review 9b M2): only
-    // those are released again after a failure.
     ...claims,
   ];
-  // What this call made on the destination: undefined while unknown (the batch failed after the
-  // reservation, or an unknown outcome, a timeout).
+  // What this call made on the destination: undefined while unknown (the batch failed at a claim,
+  // or an unknown outcome, a timeout).
   let claimed: Claimed | undefined;
   try {
-    const out = await runLocked(dst, reserveBatch, { timeoutMs: 120000 });
+    const out = await runLocked(dst, claimBatch, { timeoutMs: 120000 });
     claimed = {
-      name: owner !== "" && claimedNow(out[reserveBatch.indexOf(claims[0])]),
-      uuid: owner !== "" && claimedNow(out[reserveBatch.indexOf(claims[1])]),
+      name: owner !== "" && claimedNow(out[claimBatch.indexOf(claims[0])]),
+      uuid: owner !== "" && claimedNow(out[claimBatch.indexOf(claims[1])]),
     };
   } catch (err) {
-    // A refusal before the reservation wrote nothing; from it on (or an unknown outcome, a
+    // A refusal before the claims wrote nothing; from them on (or an unknown outcome, a
     // timeout) what this call may have written is removed again (its markers kept: unknown).
-    const at = failedStepIndex(err, reserveBatch);
-    if (at !== -1 && at < reserveBatch.indexOf(reserve)) {
+    const at = failedStepIndex(err, claimBatch);
+    if (at !== -1 && (claims.length === 0 || at < claimBatch.indexOf(claims[0]))) {
       await unmark();
       throw err;
     }
     throw withNote(err, await undo(undefined, []));
   }
-  // The destination gets the same files (overlay on its own copy of the image, seed ISO).
-  // Attached volumes travel with the guest (issue 16): empty files of their size on the
-  // destination, copied by the migration itself.
+  // Second batch: the fit check again with the reservation (under the same lock hold, so no
+  // placement comes between them), then the same files (overlay on its own copy of the image,
+  // seed ISO). Attached volumes travel with the guest (issue 16): empty files of their size on
+  // the destination, copied by the migration itself.
   let volumes: ReturnType<typeof parseAttachedVolumes> = [];
   try {
     await runLocked(
       dst,
-      [preflightStep(olds), ...materializeSteps(olds, listenOn(xml, dst), { define: false })],
-      {
-        timeoutMs: 120000,
-      },
+      [
+        migrationFitsStep(olds, dst.name, src.name, PLACEMENT),
+        reserve,
+        preflightStep(olds),
+        ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
+      ],
+      { timeoutMs: 120000 },
     );
     const [volOut] = await runChecked(src, [attachedVolumesStep(olds.serverName)]);
     const attached = parseAttachedVolumes(volOut);

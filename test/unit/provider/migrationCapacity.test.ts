@@ -12,11 +12,19 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
-import { checkServerInputs, ownerOf, serverProvider, type StepResult } from "../../../provider";
+import {
+  checkServerInputs,
+  claimStep,
+  OWNER_REFUSED,
+  ownerOf,
+  serverProvider,
+  type StepResult,
+} from "../../../provider";
 import {
   parseHostLoad,
   PLACEMENT,
   serverCapacityText,
+  serverOwned,
   type ServerInputs,
   type ServerOutputs,
 } from "../../../provider/server";
@@ -405,7 +413,7 @@ test("a migration onto a destination that does not fit is refused before anythin
   }
 });
 
-test("the reservation is written in the fit check's batch, before the claims, and replaced by the normal record once the guest runs on the destination", async () => {
+test("the claims close the first batch (its outputs say which markers this call made); the reservation is written right after a fit check in the next, and replaced by the normal record once the guest runs on the destination", async () => {
   const { olds, news } = migration();
   const fake = migrationHosts(() => undefined);
   try {
@@ -414,8 +422,12 @@ test("the reservation is written in the fit check's batch, before the claims, an
     const fit = dst.indexOf("check that server web1 fits host hv2");
     const reserve = dst.indexOf("reserve capacity for server web1");
     assert.ok(fit >= 0 && reserve > fit, dst.join(" | "));
-    assert.match(dst[reserve + 1], /^claim server web1 for /, "the claims last in the batch");
-    assert.match(dst[reserve + 2], /^claim server UUID .* for /);
+    assert.match(dst[fit + 1], /^claim server web1 for /, "the claims after the fit check");
+    assert.match(dst[fit + 2], /^claim server UUID .* for /);
+    // A claim refuses a record there without a marker: the reservation comes after the claims,
+    // with the fit check again in its own batch (the same lock hold).
+    assert.equal(dst[reserve - 1], "check that server web1 fits host hv2");
+    assert.ok(reserve - 1 > fit + 2, dst.join(" | "));
     const all = fake.log.map((l) => `${l.host}: ${l.label}`);
     const migrate = all.indexOf("hv1: live-migrate web1 to hv2");
     assert.ok(
@@ -779,4 +791,21 @@ test("a check for a record that grows while the guest does not (update's metadat
   } finally {
     fake.restore();
   }
+});
+
+test("why the claims come before the reservation: a claim refuses the server's record there without a marker (the sandbox run caught the other order)", () => {
+  sample((s) => {
+    const i = web1(512);
+    const claim = claimStep(serverOwned("web1"), me);
+    // Claimed first, the reservation after it: both pass.
+    const first = s.run(claim.script);
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(s.run(reservationStep(i, [], "hv1").script).code, 0);
+    assert.equal(s.run(claim.script).code, 0, "adopted: the marker is this owner's");
+    // The other order: a reservation with no marker is refused by the claim.
+    fs.rmSync(path.join(s.root, "owners"), { recursive: true, force: true });
+    const late = s.run(claim.script);
+    assert.equal(late.code, OWNER_REFUSED, late.stderr);
+    assert.match(late.stderr, /already exists on this host with no kvmlab owner/);
+  });
 });
