@@ -62,7 +62,9 @@ import {
   hostNamed as namedHost,
   claimStep,
   claimableStep,
+  claimedNow,
   guardStep,
+  ownerMarkerPath,
   ownerIn,
   releaseOwnerStep,
   type HostConnectionArgs,
@@ -148,6 +150,16 @@ import {
   startStep,
   statsStep,
   type DomainInfo,
+} from "./server/steps";
+import {
+  clearMigratingStep,
+  markMigratingStep,
+  migrationFitsStep,
+  noDomainHereStep,
+  pendingMigrationStep,
+  recordKindStep,
+  RESERVATION_FIELD,
+  reservationStep,
 } from "./server/steps";
 
 export * from "./server/model";
@@ -881,12 +893,34 @@ async function migrateServer(
   // The guest on the source must be this owner's before anything of it moves (issue 15): checked
   // before the destination is prepared, so a refusal leaves both hosts as they were.
   const srcOwner = ownerIn(olds);
-  if (srcOwner)
-    await runChecked(src, [
-      guardStep(serverOwned(olds.serverName), [srcOwner]),
-      guardStep(serverUuidOwned(olds), [srcOwner]),
-    ]);
+  const srcGuards = srcOwner
+    ? [guardStep(serverOwned(olds.serverName), [srcOwner]), guardStep(serverUuidOwned(olds), [srcOwner])]
+    : [];
+  // The destination an earlier, unfinished attempt noted in the source's record (review 9b M1).
+  const pendingOut = await runChecked(src, [...srcGuards, pendingMigrationStep(olds)]);
+  const pending = pendingOut[pendingOut.length - 1].trim();
   const before = await readInfo(src, olds.serverName);
+  // A migration that completed while the provider died before the state was saved (review 9b
+  // M3): the guest runs on the destination with this UUID, none is defined on the source. The
+  // move is finished (the normal record there, owner-guarded; then the source cleaned up).
+  if (!before.defined) {
+    const d = await readInfo(dst, olds.serverName);
+    if (d.defined && d.state === "running" && d.uuid === olds.uuid) {
+      const [volOut] = await runLocked(dst, [
+        ...(srcOwner
+          ? [
+              guardStep(serverOwned(olds.serverName), [srcOwner]),
+              guardStep(serverUuidOwned(olds), [srcOwner]),
+            ]
+          : []),
+        recordStep(olds, olds.addresses),
+        attachedVolumesStep(olds.serverName),
+      ]).then((out) => out.slice(-1));
+      const volumes = parseAttachedVolumes(volOut);
+      await runLocked(src, [...guardedDelete(olds, srcOwner), dropVolumesStep(volumes, "source")]);
+      return 0;
+    }
+  }
   if (before.state !== "running") {
     throw new Error(
       `server ${olds.serverName} is ${powerOf(before)} on ${src.name}; live migration needs it running (set powerState "running" first, or replace it)`,
@@ -898,41 +932,97 @@ async function migrateServer(
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
   const xml = withDomainOwner(olds.domainXml[olds.domainType], ownerIn(olds));
-  // The destination gets the same files (overlay on its own copy of the image, seed ISO).
-  await runLocked(
-    dst,
-    [
-      ...(ownerIn(olds)
-        ? [
-            // The UUID's refusal before the name's marker is written (as at create).
-            claimableStep(serverUuidOwned(olds), ownerIn(olds)),
-            claimStep(serverOwned(olds.serverName), ownerIn(olds)),
-            claimStep(serverUuidOwned(olds), ownerIn(olds)),
-          ]
-        : []),
-      preflightStep(olds),
-      ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
-    ],
-    {
-      timeoutMs: 120000,
-    },
-  );
-  // Attached volumes travel with the guest (issue 16): empty files of their size on the
-  // destination, copied by the migration itself.
-  const [volOut] = await runChecked(src, [attachedVolumesStep(olds.serverName)]);
-  const volumes = parseAttachedVolumes(volOut);
-  if (volumes.length > 0) {
-    try {
-      await runLocked(dst, [prepareVolumesStep(volumes)], { timeoutMs: 600000 });
-    } catch (err) {
-      await runLocked(dst, [deleteStep(olds)]).catch(() => undefined);
+  const owner = ownerIn(olds);
+  // An earlier attempt's reservation on another host goes first: the source's record names one
+  // destination at a time (review 9b M1).
+  if (pending !== "" && pending !== dst.name) {
+    const left = await dropAbandoned(olds, pending, olds.hosts);
+    if (left !== "") throw new Error(`server ${olds.serverName}: not migrated to ${dst.name}: ${left}`);
+  }
+  // The source's record names the destination before anything is written there, so a killed
+  // `up` or an unknown outcome leaves a trace the next update or delete cleans up (review 9b M1).
+  const ownName = srcOwner ? [guardStep(serverOwned(olds.serverName), [srcOwner])] : [];
+  await runLocked(src, [...ownName, markMigratingStep(olds, olds.addresses, dst.name)]);
+  const unmark = () =>
+    runLocked(src, [...ownName, clearMigratingStep(olds, olds.addresses, dst.name)]).then(
+      () => undefined,
+      () => undefined,
+    );
+  // Removes what this call made on the destination; clears the note on the source when nothing stays.
+  const undo = async (c: Claimed | undefined, vols: ReturnType<typeof parseAttachedVolumes>) => {
+    const left = await undoDestination(olds, dst, c, vols);
+    if (left === "") await unmark();
+    return left;
+  };
+  // The destination's capacity (review 8 P2): under its lock, the flavor is checked by
+  // placement's rules before anything is written there (a refusal leaves both hosts as they
+  // were), and the server's reservation record is written in the same batch, so every placement
+  // from then on counts the guest's RAM there (its guard sees the new line). The normal record
+  // replaces it once the guest runs there; a failure with the guest on the source removes it.
+  const reserve = reservationStep(olds, olds.addresses, src.name);
+  const claims = owner
+    ? [claimStep(serverOwned(olds.serverName), owner), claimStep(serverUuidOwned(olds), owner)]
+    : [];
+  // First batch: the refusals, then the claims (they refuse a record there without a marker, so
+  // they come before the reservation), last, so that the batch's outputs say which markers this
+  // call made (review 9b M2): only those are released again after a failure.
+  const claimBatch: Step[] = [
+    ...(owner
+      ? [
+          // The UUID's and the name's refusals before anything is written (as at create).
+          claimableStep(serverUuidOwned(olds), owner),
+          claimableStep(serverOwned(olds.serverName), owner),
+        ]
+      : []),
+    migrationFitsStep(olds, dst.name, src.name, PLACEMENT),
+    ...claims,
+  ];
+  // What this call made on the destination: undefined while unknown (the batch failed at a claim,
+  // or an unknown outcome, a timeout).
+  let claimed: Claimed | undefined;
+  try {
+    const out = await runLocked(dst, claimBatch, { timeoutMs: 120000 });
+    claimed = {
+      name: owner !== "" && claimedNow(out[claimBatch.indexOf(claims[0])]),
+      uuid: owner !== "" && claimedNow(out[claimBatch.indexOf(claims[1])]),
+    };
+  } catch (err) {
+    // A refusal before the claims wrote nothing; from them on (or an unknown outcome, a
+    // timeout) what this call may have written is removed again (its markers kept: unknown).
+    const at = failedStepIndex(err, claimBatch);
+    if (at !== -1 && (claims.length === 0 || at < claimBatch.indexOf(claims[0]))) {
+      await unmark();
       throw err;
     }
+    throw withNote(err, await undo(undefined, []));
   }
-  // Its key as pinned (configured, recorded, or seen first in this run by the step above).
+  // Second batch: the fit check again with the reservation (under the same lock hold, so no
+  // placement comes between them), then the same files (overlay on its own copy of the image,
+  // seed ISO). Attached volumes travel with the guest (issue 16): empty files of their size on
+  // the destination, copied by the migration itself.
+  let volumes: ReturnType<typeof parseAttachedVolumes> = [];
+  try {
+    await runLocked(
+      dst,
+      [
+        migrationFitsStep(olds, dst.name, src.name, PLACEMENT),
+        reserve,
+        preflightStep(olds),
+        ...materializeSteps(olds, listenOn(xml, dst), { define: false }),
+      ],
+      { timeoutMs: 120000 },
+    );
+    const [volOut] = await runChecked(src, [attachedVolumesStep(olds.serverName)]);
+    const attached = parseAttachedVolumes(volOut);
+    if (attached.length > 0) await runLocked(dst, [prepareVolumesStep(attached)], { timeoutMs: 600000 });
+    volumes = attached;
+    // Its key as pinned (configured, recorded, or seen first in this run by the step above).
+    if (!hostKeyRecord(dst))
+      throw new Error(`host ${dst.name}: no pinned host key to check the migration target against`);
+  } catch (err) {
+    throw withNote(err, await undo(claimed, volumes));
+  }
   const pin = { fingerprint: hostKeyRecord(dst) };
-  if (!pin.fingerprint)
-    throw new Error(`host ${dst.name}: no pinned host key to check the migration target against`);
   let authorizedKeysFile = "";
   let migratedMs: number;
   try {
@@ -993,14 +1083,12 @@ async function migrateServer(
     const msg = err instanceof Error ? err.message : String(err);
     if (outcome === "source") {
       // The guest runs on the source and the destination has no domain: drop what was prepared.
-      await runLocked(dst, [deleteStep(olds), dropVolumesStep(volumes, "destination")]).catch(
-        () => undefined,
-      );
-      throw new Error(`${msg}${revoked}`, { cause: err });
+      const undone = await undo(claimed, volumes);
+      throw new Error(`${msg}${revoked}${undone}`, { cause: err });
     }
     if (outcome === "unknown")
       throw new Error(
-        `${msg}\nserver ${olds.serverName}: after the failed migration ${src.name} reports ${s ? powerOf(s) : "nothing (unreachable)"} and ${dst.name} reports ${d ? powerOf(d) : "nothing (unreachable)"}; nothing was deleted on either host. Check both with "virsh list --all", keep the running copy, then run "pulumi refresh" and "pulumi up"${revoked}`,
+        `${msg}\nserver ${olds.serverName}: after the failed migration ${src.name} reports ${s ? powerOf(s) : "nothing (unreachable)"} and ${dst.name} reports ${d ? powerOf(d) : "nothing (unreachable)"}; nothing was deleted on either host (its capacity reservation on ${dst.name} stays, counting ${olds.flavor.ramMiB} MiB there). Check both with "virsh list --all", keep the running copy, then run "pulumi refresh" and "pulumi up"${revoked}`,
         { cause: err },
       );
     // "destination": the migration completed after all; finish the move below.
@@ -1090,6 +1178,97 @@ function guardedDelete(
         releaseOwnerStep(owned, [owner]),
       ]
     : [deleteStep(o)];
+}
+
+/** `err` with `note` appended to its message ("" keeps it as it is). */
+function withNote(err: unknown, note: string): unknown {
+  if (note === "") return err;
+  return new Error(`${err instanceof Error ? err.message : String(err)}${note}`, { cause: err });
+}
+
+/** The owner markers one migration call made on its destination (claimedNow of its claims). */
+interface Claimed {
+  name: boolean;
+  uuid: boolean;
+}
+
+/**
+ * Removes what a failed live migration prepared on its destination while the guest runs on the
+ * source (review 9b M2; best effort): under the destination's lock, owner-guarded, and only while
+ * no domain of the server's UUID is defined there (noDomainHereStep): the instance folder (overlay,
+ * seed ISO), the reservation record (deleteStep removes only a record of this UUID), the
+ * volumes prepared for it, and the owner markers this call made (`claimed`; undefined when that
+ * is unknown: then they are kept, and the text says so). Returns "" when nothing stays, else the
+ * text to append to the error, naming what stays and how to remove it.
+ */
+async function undoDestination(
+  o: ServerOutputs,
+  dst: HostConnection,
+  claimed: Claimed | undefined,
+  volumes: ReturnType<typeof parseAttachedVolumes>,
+): Promise<string> {
+  const owner = ownerIn(o);
+  const name = serverOwned(o.serverName);
+  const uuid = serverUuidOwned(o);
+  const markers = (c: Claimed) =>
+    [
+      c.uuid ? ownerMarkerPath(uuid.kind, ...uuid.key) : "",
+      c.name ? ownerMarkerPath(name.kind, ...name.key) : "",
+    ].filter((x) => x !== "");
+  try {
+    await runLocked(dst, [
+      ...(owner ? [guardStep(name, [owner]), guardStep(uuid, [owner])] : []),
+      noDomainHereStep(o),
+      deleteStep(o),
+      ...(volumes.length > 0 ? [dropVolumesStep(volumes, "destination")] : []),
+      ...(owner && claimed?.uuid ? [releaseOwnerStep(uuid, [owner])] : []),
+      ...(owner && claimed?.name ? [releaseOwnerStep(name, [owner])] : []),
+    ]);
+  } catch (e) {
+    const why = (e instanceof Error ? e.message : String(e)).trim().replace(/\s*\n\s*/g, " ");
+    const left = owner ? markers(claimed ?? { name: true, uuid: true }) : [];
+    return `\nserver ${o.serverName}: what this migration prepared on ${dst.name} could not be removed (${why}); its capacity reservation ${recordPath("server", o.serverName)} (counting ${o.flavor.ramMiB} MiB there), its instance folder ${instancePaths(o).dir}${left.length > 0 ? ` and the owner markers ${left.join(", ")}` : ""} may stay until it is: run the update again (a new attempt replaces them; the next update or delete of the server removes them), or remove them by hand on ${dst.name}, only while no domain ${o.serverName} is defined there and the record carries "uuid": "${o.uuid}" and a "${RESERVATION_FIELD}" field`;
+  }
+  if (!owner || claimed !== undefined) return "";
+  return `\nserver ${o.serverName}: the owner markers ${markers({ name: true, uuid: true }).join(", ")} on ${dst.name} were kept (this attempt cannot tell whether it made them); they refuse only a server ${o.serverName} of another owner there: remove them by hand when no server ${o.serverName} of yours is on ${dst.name}`;
+}
+
+/**
+ * Removes what an unfinished live migration of this server (a killed `up`, an unknown outcome
+ * left alone, a failed cleanup; review 9b M1) left on host `name`, the destination its source's
+ * record named (MIGRATING_FIELD): under that host's lock, owner-guarded, only while no domain of
+ * the server's UUID is defined there (noDomainHereStep; libvirtd not answering refuses), and only
+ * when the server's record there is its reservation or absent (recordKindStep; its normal record
+ * or another server's is left alone): its instance folder, that record and its owner markers.
+ * A host no longer among the server's hosts is skipped. Returns "" when nothing stays, else the
+ * text of the error (what stays, how to remove it).
+ */
+async function dropAbandoned(
+  o: ServerOutputs,
+  name: string,
+  hosts: readonly HostConnection[],
+): Promise<string> {
+  const at = hosts.find((h) => h.name === name);
+  if (!at) return "";
+  const owner = ownerIn(o);
+  const owned = serverOwned(o.serverName);
+  const uuid = serverUuidOwned(o);
+  const guards = owner ? [guardStep(owned, [owner]), guardStep(uuid, [owner])] : [];
+  try {
+    const out = await runLocked(at, [...guards, noDomainHereStep(o), recordKindStep(o)]);
+    const kind = out[out.length - 1].trim();
+    if (kind === "reservation" || kind === "none")
+      await runLocked(at, [
+        ...guards,
+        noDomainHereStep(o),
+        deleteStep(o),
+        ...(owner ? [releaseOwnerStep(uuid, [owner]), releaseOwnerStep(owned, [owner])] : []),
+      ]);
+    return "";
+  } catch (e) {
+    const why = (e instanceof Error ? e.message : String(e)).trim().replace(/\s*\n\s*/g, " ");
+    return `an earlier live migration of it to ${name} did not finish, and what it left there could not be removed (${why}): its capacity reservation ${recordPath("server", o.serverName)} (counting ${o.flavor.ramMiB} MiB there), its instance folder ${instancePaths(o).dir} and its owner markers. Fix: make ${name} answer (libvirtd too) and run again, or, only while no domain ${o.serverName} is defined on ${name} and the record carries "uuid": "${o.uuid}" and a "${RESERVATION_FIELD}" field, remove them there by hand and run again`;
+  }
 }
 
 /**
@@ -1283,10 +1462,22 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     const type = olds.domainType;
     // A server whose state predates the UUID's marker (review S1) gets it here, like the name's
     // marker of a state from before owners: only in an update (a no-change up makes no call).
-    await runLocked(host, [
+    const guarded = await runLocked(host, [
       guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)], true),
       guardStep(serverUuidOwned(news), [news.owner, ownerIn(olds)], true),
+      pendingMigrationStep(news),
     ]);
+    // A migration that did not finish (its source's record names the destination, review 9b
+    // M1): what it left there is removed before this update changes anything, then the note.
+    const pending = guarded[2].trim();
+    if (pending !== "" && pending !== host.name) {
+      const left = await dropAbandoned(olds, pending, [...news.hosts, ...olds.hosts]);
+      if (left !== "") throw new Error(`server ${news.serverName}: nothing was changed: ${left}`);
+      await runLocked(host, [
+        guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)]),
+        clearMigratingStep(olds, olds.addresses, pending),
+      ]);
+    }
     const current = await readInfo(host, news.serverName);
     if (!current.defined)
       throw new Error(
@@ -1297,6 +1488,8 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     // A resize that needs more RAM or vCPUs is checked against the host (review 8, P2).
     const grows = news.flavor.ramMiB > olds.flavor.ramMiB || news.flavor.vcpus > olds.flavor.vcpus;
     const resizeFits = () => resizeFitsStep(news, host.name, PLACEMENT);
+    // Only the record grows, not the guest: no MemAvailable test (review 9b M7).
+    const recordFits = () => resizeFitsStep(news, host.name, PLACEMENT, { memAvailable: false });
     if (plan.redefine || plan.resizeDisk) {
       // The new XML lists no volume; the ones attached stay attached (issue 16). Read before the
       // stop, so a refusal leaves the guest running.
@@ -1355,13 +1548,17 @@ const server = defineResource<ServerInputs, ServerOutputs>({
         );
       const xml = hostXml(news, type, host);
       const set = metadataStep(news, xml);
+      // A flavor grown with the same XML (a raw provider call: the guest itself does not grow)
+      // is written to the record here too, so it is checked first as a resize is (review 8b
+      // Q5): a refusal changes nothing, neither the metadata nor the record.
       await runLocked(host, [
+        ...(grows ? [recordFits()] : []),
         ...(set ? [set] : []),
         uploadStep(instancePaths(news).domainXml, xml, { mode: "0600" }),
         recordStep(news, olds.addresses),
       ]);
     } else if (canonicalJson(olds.flavor) !== canonicalJson(news.flavor)) {
-      await runLocked(host, [...(grows ? [resizeFits()] : []), recordStep(news, olds.addresses)]);
+      await runLocked(host, [...(grows ? [recordFits()] : []), recordStep(news, olds.addresses)]);
     }
     if (news.powerState === "running" && !running) await startDomain(news, host, olds.addresses, m);
     if (news.powerState === "stopped" && running) await stopDomain(host, news.serverName, m);
@@ -1377,7 +1574,18 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async delete(_id, olds) {
     const m = startMetrics("delete", olds.serverName);
     const host = hostNamed(olds.hosts, olds.host);
-    await waited(m, () => runLocked(host, guardedDelete(olds, ownerIn(olds))));
+    // The destination of a migration that did not finish (its source's record names it, read
+    // before that record goes; review 9b M1) is cleaned up after the server itself.
+    const steps = guardedDelete(olds, ownerIn(olds));
+    const at = steps.findIndex((s) => s.label === `delete server ${olds.serverName}`);
+    steps.splice(at, 0, pendingMigrationStep(olds));
+    const out = await waited(m, () => runLocked(host, steps));
+    const pending = out[at].trim();
+    if (pending !== "" && pending !== host.name) {
+      const left = await dropAbandoned(olds, pending, olds.hosts);
+      if (left !== "")
+        throw new Error(`server ${olds.serverName} was deleted from ${host.name}, but ${left}`);
+    }
     await releasePorts(olds);
     finishMetrics(m, { host: host.name });
   },

@@ -82,31 +82,38 @@ export const RESIZE_REFUSED_EXIT = 37;
 /**
  * The fit check of a resize (an update that grows the flavor on the same host, review 8 P2):
  * refuses (exit 37) unless the new flavor fits the host beside the other servers' records, by
- * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs), counted with
- * the same awk program as placement (the server's own record left out). Run under the host's
- * lock in the batch that writes the server's record with the new flavor, before the guest is
- * stopped: the record then counts the new size for every later placement.
+ * placement's rules (PLACEMENT: (MemTotal - 512 MiB) x 1.0 RAM, nproc x 4 vCPUs, and
+ * MemAvailable at least the flavor's RAM, as chooseHost: review 8b Q8; the memory the running
+ * guest holds, which its stop frees, counts as available), counted with the same awk program as
+ * placement (the server's own record left out; see fitCheckLines). Run under the
+ * host's lock in the batch that writes the server's record with the new flavor, before the
+ * guest is stopped: the record then counts the new size for every later placement.
  */
 export function resizeFitsStep(
   i: Pick<ServerInputs, "uuid" | "flavor"> & { serverName: string },
   hostName: string,
   policy: { reservedHostMemoryMiB: number; ramAllocationRatio: number; cpuAllocationRatio: number },
+  /**
+   * `false` for an update that grows only the record, not the guest (update's metadata-only and
+   * record-only branches, review 9b M7): the records test alone, no MemAvailable test.
+   */
+  opts: { memAvailable?: boolean } = {},
 ): Step {
   const f = i.flavor;
-  const head = `flavor: ${f.name} (${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName} beside its other servers: `;
-  const tail = ` free for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
+  const what = `flavor: ${f.name} (${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName}`;
+  const tail = ` for server ${i.serverName}; pick a smaller flavor, free capacity on ${hostName}, or move the server to another host first (its host pin)`;
   return {
     label: `check that flavor ${f.name} fits host ${hostName} for server ${i.serverName}`,
-    script: [
-      `lines=$(${capacityLinesScript([i.uuid])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
-      `used=$(printf '%s\\n' "$lines" | awk '{ if ($2 ~ /^[0-9]+$/) r += $2; if ($3 ~ /^[0-9]+$/) v += $3 } END { print r + 0, v + 0 }') || exit 1`,
-      "mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)",
-      "cpus=$(nproc)",
-      "set -- $used",
-      `free=$(awk -v mem="$mem" -v r="$1" -v v="$2" -v cpus="$cpus" 'BEGIN { print int((mem - ${policy.reservedHostMemoryMiB}) * ${policy.ramAllocationRatio}) - r, int(cpus * ${policy.cpuAllocationRatio}) - v }') || exit 1`,
-      "set -- $free",
-      `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(head)}"$1 MiB RAM and $2 vCPUs"${shQuote(tail)} >&2; exit ${RESIZE_REFUSED_EXIT}; fi`,
-    ].join("\n"),
+    script: fitCheckLines(
+      i.uuid,
+      f,
+      policy,
+      what,
+      tail,
+      RESIZE_REFUSED_EXIT,
+      i.serverName,
+      opts.memAvailable !== false,
+    ).join("\n"),
   };
 }
 
@@ -596,5 +603,292 @@ export function httpFromSubnetStep(port: Pick<ServerPort, "networkName" | "subne
   return {
     label: `GET ${url}`,
     script: `ip netns exec ${shQuote(dhcp.namespace)} curl -fsS -m 3 ${shQuote(url)}`,
+  };
+}
+
+/** Placement's capacity rules (PLACEMENT in model.ts), as the fit checks take them. */
+export interface FitPolicy {
+  reservedHostMemoryMiB: number;
+  ramAllocationRatio: number;
+  cpuAllocationRatio: number;
+}
+
+/**
+ * Bash lines of a fit check by placement's rules (freeCapacity and chooseHost in model.ts): the
+ * other servers' records counted by CAPACITY_AWK (the lines the stats step and the guard print;
+ * the records of `skipUuid`, the server's own, left out), then refused with exit `exit` unless
+ * int((MemTotal MiB - reserved) x ramRatio) - their RAM >= the flavor's RAM, int(nproc x
+ * cpuRatio) - their vCPUs >= its vCPUs, and MemAvailable >= its RAM (a host without
+ * MemAvailable reads 0 and is refused, as placement refuses it), the resident memory of domain
+ * `credit` added when given (a resize's own guest, freed by its stop). The message is `what`, then
+ * " beside its other servers: <n> MiB RAM and <n> vCPUs free" or ": only <n> MiB of memory
+ * available right now", then `tail`. Writes nothing.
+ */
+function fitCheckLines(
+  skipUuid: string,
+  f: { ramMiB: number; vcpus: number },
+  policy: FitPolicy,
+  what: string,
+  tail: string,
+  exit: number,
+  /** A domain whose resident memory counts as available (a resize's guest, freed by its stop). */
+  credit?: string,
+  /** false: the records test only (the guest does not grow, only its record). */
+  memAvailable = true,
+): string[] {
+  for (const n of [f.ramMiB, f.vcpus, policy.reservedHostMemoryMiB])
+    if (!Number.isInteger(n) || n < 0) throw new Error(`fit check: ${n} is not a whole number`);
+  for (const n of [policy.ramAllocationRatio, policy.cpuAllocationRatio])
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`fit check: ratio ${n} is not a positive number`);
+  const records = [
+    `lines=$(${capacityLinesScript([skipUuid])}) || { echo 'reading the server records (awk) failed' >&2; exit 1; }`,
+    `used=$(printf '%s\\n' "$lines" | awk '{ if ($2 ~ /^[0-9]+$/) r += $2; if ($3 ~ /^[0-9]+$/) v += $3 } END { print r + 0, v + 0 }') || exit 1`,
+    "mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)",
+    "cpus=$(nproc)",
+    "set -- $used",
+    `free=$(awk -v mem="$mem" -v r="$1" -v v="$2" -v cpus="$cpus" 'BEGIN { print int((mem - ${policy.reservedHostMemoryMiB}) * ${policy.ramAllocationRatio}) - r, int(cpus * ${policy.cpuAllocationRatio}) - v }') || exit 1`,
+    "set -- $free",
+    `if [ "$1" -lt ${f.ramMiB} ] || [ "$2" -lt ${f.vcpus} ]; then echo ${shQuote(`${what} beside its other servers: `)}"$1 MiB RAM and $2 vCPUs free"${shQuote(tail)} >&2; exit ${exit}; fi`,
+  ];
+  if (!memAvailable) return records;
+  return [
+    ...records,
+    "avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)",
+    // As chooseHost: the RAM free right now (a missing MemAvailable reads 0, as parseHostLoad).
+    'case "$avail" in "" | *[!0-9]*) avail=0 ;; esac',
+    ...(credit === undefined
+      ? ['held=""']
+      : [
+          // The guest's own resident memory (QEMU's RSS, virsh dommemstat) is freed by its stop
+          // before it starts with the new flavor; 0 when it does not run or cannot be read.
+          `rss=$(${VIRSH} dommemstat ${shQuote(credit)} 2>/dev/null | awk '$1 == "rss" { print int($2 / 1024) }') || rss=0`,
+          'case "$rss" in "" | *[!0-9]*) rss=0 ;; esac',
+          'held=""; if [ "$rss" -gt 0 ]; then avail=$((avail + rss)); held=" (with the $rss MiB the guest holds now)"; fi',
+        ]),
+    `if [ "$avail" -lt ${f.ramMiB} ]; then echo ${shQuote(`${what}: only `)}"$avail MiB of memory available right now$held"${shQuote(tail)} >&2; exit ${exit}; fi`,
+  ];
+}
+
+/** The exit status of migrationFitsStep's refusal: the destination is too small, nothing moved. */
+export const MIGRATION_REFUSED_EXIT = 38;
+
+/**
+ * The fit check of a live migration's destination (review 8 P2): refuses (exit 38) unless the
+ * server's flavor fits host `hostName` beside the servers recorded there, by placement's rules
+ * (fitCheckLines, the server's own record, a reservation of an earlier attempt, left out). Run
+ * under the destination's lock in the batch that writes the reservation (reservationStep),
+ * before anything of the guest is prepared there: a refusal writes nothing, and the guest keeps
+ * running on `sourceName`. The message names the field (`host`), the free capacity and the fix.
+ */
+export function migrationFitsStep(
+  i: Pick<ServerInputs, "uuid" | "flavor"> & { serverName: string },
+  hostName: string,
+  sourceName: string,
+  policy: FitPolicy,
+): Step {
+  const f = i.flavor;
+  const what = `host: server ${i.serverName} (flavor ${f.name}: ${f.vcpus} vCPU, ${f.ramMiB} MiB) does not fit host ${hostName}`;
+  const tail = `; it was not migrated and keeps running on ${sourceName}. Fix: pin another host (host), free capacity on ${hostName}, or give the server a smaller flavor first`;
+  return {
+    label: `check that server ${i.serverName} fits host ${hostName}`,
+    script: fitCheckLines(i.uuid, f, policy, what, tail, MIGRATION_REFUSED_EXIT).join("\n"),
+  };
+}
+
+/** The record field that marks a migration's reservation (absent from a server's normal record). */
+export const RESERVATION_FIELD = "reservation";
+/** The reservation field's line in a record (JSON.stringify's two-space indent), for grep. */
+const RESERVATION_LINE = `^  "${RESERVATION_FIELD}": `;
+
+/**
+ * A live migration's reservation on its destination (review 8 P2): the server's record (what
+ * placement counts: serverRecord, so the stats step's capacity lines and the placement guard see
+ * it) with RESERVATION_FIELD naming the migration, written under the destination's lock in the
+ * batch of migrationFitsStep and the owner claims, before the guest moves: every placement from
+ * then on counts the guest's RAM there. The normal record (recordStep) replaces it once the guest
+ * runs there; dropReservationStep removes it when the migration failed with the guest on the
+ * source. Only this server's: a record of another UUID under this name refuses (exit 34, as
+ * nameFreeStep), and this server's normal record (the guest already runs here) is kept. Written
+ * with printf and a rename (mode 0600, as claimRecordStep). Prints `reserved` or `kept`.
+ */
+export function reservationStep(
+  inputs: ServerInputs,
+  addresses: { ip: string; mac: string }[],
+  sourceName: string,
+): Step {
+  const p = recordPath("server", inputs.serverName);
+  const value = {
+    ...serverRecord(inputs, addresses),
+    [RESERVATION_FIELD]: `live migration from ${sourceName}`,
+  };
+  return {
+    label: `reserve capacity for server ${inputs.serverName}`,
+    script: [
+      `d=${shQuote(recordDir("server"))}`,
+      `p=${shQuote(p)}`,
+      `if [ -f "$p" ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} "$p"; then echo ${shQuote(`serverName: another server (another UUID) is recorded under the name ${inputs.serverName} on this host (${p}); it was not migrated. Fix: rename this server (serverName), or, if no domain of that name is defined on this host, remove that stale record`)} >&2; exit 34; fi`,
+      `if [ -f "$p" ] && ! grep -q -- ${shQuote(RESERVATION_LINE)} "$p"; then echo kept; exit 0; fi`,
+      '[ -d "$d" ] || mkdir -p "$d"',
+      "umask 077",
+      't="$p.kvmlab-tmp.$$"',
+      `if printf '%s' ${shQuote(`${JSON.stringify(value, null, 2)}\n`)} > "$t" && mv -f "$t" "$p"; then echo reserved; exit 0; fi`,
+      'rm -f "$t"; exit 1',
+    ].join("\n"),
+  };
+}
+
+/**
+ * Removes a live migration's reservation (reservationStep) again: only a record under the
+ * server's name that carries its UUID AND RESERVATION_FIELD, and only while no domain of that
+ * UUID is defined on the host (then the guest may run here: kept). Idempotent (prints `removed`
+ * or nothing); run owner-guarded under the destination's lock after a failed migration whose
+ * guest runs on the source.
+ */
+export function dropReservationStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  const p = shQuote(recordPath("server", i.serverName));
+  return {
+    label: `remove the capacity reservation of server ${i.serverName}`,
+    script: [
+      `[ -f ${p} ] || exit 0`,
+      `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} ${p} || exit 0`,
+      `grep -q -- ${shQuote(RESERVATION_LINE)} ${p} || exit 0`,
+      // libvirtd not answering is not "no domain" (review 9b M5): then it is kept.
+      `if ! ${VIRSH} list --all >/dev/null 2>&1; then echo ${shQuote(`libvirtd on this host does not answer, so whether server ${i.serverName} is defined here is unknown: its reservation is kept; start libvirtd and run again`)} >&2; exit 69; fi`,
+      `u=$(${VIRSH} domuuid ${shQuote(i.serverName)} 2>/dev/null || true)`,
+      `if [ "$u" = ${shQuote(i.uuid)} ]; then echo ${shQuote(`server ${i.serverName} is defined on this host: its reservation is kept`)} >&2; exit 0; fi`,
+      `rm -f ${p}`,
+      "echo removed",
+    ].join("\n"),
+  };
+}
+
+/** The exit status of noDomainHereStep: a domain of this server is defined on the host. */
+export const DOMAIN_HERE_EXIT = 39;
+
+/**
+ * The first step of the cleanup of a migration's destination (review 9b M2): refuses (exit
+ * DOMAIN_HERE_EXIT) while a domain of this server's UUID is defined on the host (the guest may
+ * run there: nothing of it is removed) and (exit 69) when libvirtd does not answer (then that is
+ * unknown). Writes nothing.
+ */
+export function noDomainHereStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  return {
+    label: `check that no domain of server ${i.serverName} is defined here`,
+    script: [
+      `if ! ${VIRSH} list --all >/dev/null 2>&1; then echo ${shQuote(`libvirtd on this host does not answer, so whether server ${i.serverName} is defined here is unknown: nothing of it was removed; start libvirtd and run again`)} >&2; exit 69; fi`,
+      `u=$(${VIRSH} domuuid ${shQuote(i.serverName)} 2>/dev/null || true)`,
+      `if [ "$u" = ${shQuote(i.uuid)} ]; then echo ${shQuote(`server ${i.serverName} (UUID ${i.uuid}) is defined on this host: nothing of it was removed`)} >&2; exit ${DOMAIN_HERE_EXIT}; fi`,
+      "true",
+    ].join("\n"),
+  };
+}
+
+/**
+ * The source's record field that names a live migration's destination while it may hold this
+ * server's reservation (review 9b M1): set before the destination is prepared
+ * (markMigratingStep), gone with the source's record once the guest moved, cleared after a
+ * failure that removed everything on the destination, and kept otherwise (a killed `up`, an
+ * unknown outcome, a failed cleanup), so the server's next update or delete removes that
+ * reservation there (pendingMigrationStep reads it).
+ */
+export const MIGRATING_FIELD = "migrating";
+
+/** The record with `migrating` (a destination host's name) written in place, as reservationStep. */
+function rewriteRecordLines(
+  inputs: ServerInputs,
+  addresses: { ip: string; mac: string }[],
+  migrating: string,
+): string[] {
+  const p = recordPath("server", inputs.serverName);
+  const value = {
+    ...serverRecord(inputs, addresses),
+    ...(migrating ? { [MIGRATING_FIELD]: migrating } : {}),
+  };
+  return [
+    `d=${shQuote(recordDir("server"))}`,
+    `p=${shQuote(p)}`,
+    '[ -d "$d" ] || mkdir -p "$d"',
+    "umask 077",
+    't="$p.kvmlab-tmp.$$"',
+    `if printf '%s' ${shQuote(`${JSON.stringify(value, null, 2)}\n`)} > "$t" && mv -f "$t" "$p"; then exit 0; fi`,
+    'rm -f "$t"; exit 1',
+  ];
+}
+
+/** Prints the MIGRATING_FIELD of the record at "$p" (sed over its own line), or nothing. */
+const MIGRATING_READ = `sed -n ${shQuote(`s/^  "${MIGRATING_FIELD}": "\\([A-Za-z0-9._-]*\\)",\\{0,1\\}$/\\1/p`)} "$p" | head -n1`;
+
+/**
+ * On the source, before a live migration prepares its destination (review 9b M1): rewrites the
+ * server's record with MIGRATING_FIELD naming `dstName` (the record of this UUID only: exit 34
+ * for another server's, as reservationStep). Prints the destination an earlier attempt named
+ * there ("" for none), so that one is cleaned up first.
+ */
+export function markMigratingStep(
+  inputs: ServerInputs,
+  addresses: { ip: string; mac: string }[],
+  dstName: string,
+): Step {
+  const p = recordPath("server", inputs.serverName);
+  return {
+    label: `note the migration of server ${inputs.serverName} to ${dstName}`,
+    script: [
+      `p=${shQuote(p)}`,
+      `if [ -f "$p" ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} "$p"; then echo ${shQuote(`another server (another UUID) is recorded under the name ${inputs.serverName} on this host (${p}); not migrating`)} >&2; exit 34; fi`,
+      `if [ -f "$p" ]; then ${MIGRATING_READ}; fi`,
+      ...rewriteRecordLines(inputs, addresses, dstName),
+    ].join("\n"),
+  };
+}
+
+/** Prints the destination the server's record on this host names in MIGRATING_FIELD (its UUID's record only), or nothing. */
+export function pendingMigrationStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  return {
+    label: `read the pending migration of server ${i.serverName}`,
+    script: [
+      `p=${shQuote(recordPath("server", i.serverName))}`,
+      '[ -f "$p" ] || exit 0',
+      `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} "$p" || exit 0`,
+      MIGRATING_READ,
+      "true",
+    ].join("\n"),
+  };
+}
+
+/**
+ * Clears MIGRATING_FIELD from the server's record on this host (rewritten as recordStep's text,
+ * from `inputs`), only when the record carries this UUID and still names `dstName`. Idempotent.
+ */
+export function clearMigratingStep(
+  inputs: ServerInputs,
+  addresses: { ip: string; mac: string }[],
+  dstName: string,
+): Step {
+  return {
+    label: `clear the pending migration of server ${inputs.serverName}`,
+    script: [
+      `p=${shQuote(recordPath("server", inputs.serverName))}`,
+      '[ -f "$p" ] || exit 0',
+      `grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} "$p" || exit 0`,
+      `[ "$(${MIGRATING_READ})" = ${shQuote(dstName)} ] || exit 0`,
+      ...rewriteRecordLines(inputs, addresses, ""),
+    ].join("\n"),
+  };
+}
+
+/**
+ * What a host holds of a server under its name (review 9b M1, an abandoned migration's
+ * destination): prints `reservation` (a record of its UUID with RESERVATION_FIELD), `record` (its
+ * normal record), `other` (another UUID's record) or `none`.
+ */
+export function recordKindStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  const p = shQuote(recordPath("server", i.serverName));
+  return {
+    label: `read the record of server ${i.serverName}`,
+    script: [
+      `[ -f ${p} ] || { echo none; exit 0; }`,
+      `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} ${p} || { echo other; exit 0; }`,
+      `if grep -q -- ${shQuote(RESERVATION_LINE)} ${p}; then echo reservation; else echo record; fi`,
+    ].join("\n"),
   };
 }

@@ -308,6 +308,39 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
   // (with the run's marker) crosses it only encrypted.
   const moved = await serverInputs("itsrv1", { ramMiB: 192, host: other, olds: bigger });
   assert.match(moved.changePlan, new RegExp(`live-migrate to host ${other}`));
+
+  // First onto a full destination (review 8 P2): a record of another server there takes every
+  // vCPU (nproc x 4), so the migration is refused before anything of itsrv1 is written there,
+  // and the guest keeps running on its host.
+  const fill = "/var/lib/kvmlab/records/server/itsfill.json";
+  const cpus = Number((await onHost(other, "nproc")).trim());
+  const filler = { name: "itsfill", uuid: crypto.randomUUID(), flavor: "fill", vcpus: cpus * 4, ramMiB: 1 };
+  await onHost(
+    other,
+    `mkdir -p /var/lib/kvmlab/records/server && echo ${Buffer.from(`${JSON.stringify(filler, null, 2)}\n`).toString("base64")} | base64 -d > ${fill}`,
+  );
+  try {
+    await assert.rejects(
+      serverProvider.update!(inputs.uuid, outs, moved),
+      new RegExp(
+        `host: server itsrv1 \\(flavor m1\\.small: 1 vCPU, 192 MiB\\) does not fit host ${other} beside its other servers: \\d+ MiB RAM and 0 vCPUs free; it was not migrated and keeps running on ${first}\\. Fix: pin another host`,
+      ),
+    );
+  } finally {
+    await onHost(other, `rm -f ${fill}`);
+  }
+  assert.match(await onHost(first, "virsh -c qemu:///system domstate itsrv1"), /running/);
+  assert.equal(
+    (
+      await onHost(
+        other,
+        `ls /var/lib/kvmlab/instances/ /var/lib/kvmlab/records/server/ /var/lib/kvmlab/owners/server/ 2>/dev/null | grep -c -e itsrv1 -e ${inputs.uuid} || true`,
+      )
+    ).trim(),
+    "0",
+    "nothing of itsrv1 on the full destination: no folder, no reservation, no owner marker",
+  );
+  assert.equal((await answers(outs.ips[0])).trim(), "hello from itsrv1");
   const wire = await startCapture(other);
   try {
     outs = (await serverProvider.update!(inputs.uuid, outs, moved)).outs as typeof outs;
@@ -324,6 +357,14 @@ test("create places and boots a guest; stop/start, cold resize, live migration; 
     `migration took ${outs.lastMigrationMs} ms`,
   );
   assert.match(await onHost(other, "virsh -c qemu:///system domstate itsrv1"), /running/);
+  // The reservation written before the move became the normal record (no reservation field).
+  const rec = JSON.parse(await onHost(other, "cat /var/lib/kvmlab/records/server/itsrv1.json")) as Record<
+    string,
+    unknown
+  >;
+  assert.equal(rec.uuid, inputs.uuid);
+  assert.equal(rec.ramMiB, 192);
+  assert.equal(rec.reservation, undefined, "the normal record replaced the reservation");
   assert.equal(
     (await onHost(first, "virsh -c qemu:///system list --all --name | grep -c itsrv1 || true")).trim(),
     "0",

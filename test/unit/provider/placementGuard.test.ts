@@ -284,7 +284,10 @@ test("resize fit check (resizeFitsStep): the new flavor against the host beside 
     const bin = path.join(root, "bin");
     fs.mkdirSync(bin);
     fs.writeFileSync(path.join(bin, "nproc"), "#!/bin/sh\necho 1\n", { mode: 0o755 });
-    fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        2097152 kB\nMemFree: 1 kB\n");
+    fs.writeFileSync(
+      path.join(root, "meminfo"),
+      "MemTotal:        2097152 kB\nMemFree: 1 kB\nMemAvailable: 2097152 kB\n",
+    );
     const run = (i: { uuid: string; flavor: { name: string; ramMiB: number; vcpus: number } }) =>
       runResizeFits(root, bin, { ...i, serverName: "web1" });
     put("web1", record("web1", U1, 512, 1)); // its own record: left out
@@ -333,7 +336,7 @@ test('a record with "uuid": "" reads one way (review 8b, Q2): the stats step cou
     const bin = path.join(root, "bin");
     fs.mkdirSync(bin);
     fs.writeFileSync(path.join(bin, "nproc"), "#!/bin/sh\necho 2\n", { mode: 0o755 });
-    fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        4194304 kB\n");
+    fs.writeFileSync(path.join(root, "meminfo"), "MemTotal:        4194304 kB\nMemAvailable: 4194304 kB\n");
     const run = (ramMiB: number, vcpus: number) =>
       runResizeFits(root, bin, { uuid: U1, flavor: { name: "m1.x", ramMiB, vcpus }, serverName: "a" });
     const fits = run(3584 - 2560, 8 - 3);
