@@ -298,46 +298,39 @@ test("placement knows the guard's refusal by the error's fields (step 0 of the b
   }
 });
 
-test("a create run again with a bigger flavor (review 8b, P6) stays on its host only when the growth fits there; refused naming flavor, host and what is free, nothing claimed", async () => {
-  // 640 MiB - 512 reserved: room for 128 MiB, which the server's own record (from its first create) takes.
-  const fake = recordsHost(655360);
+/**
+ * A create of server web1 run again with 256 MiB where its record (its first create) counts 128:
+ * refused with `refusal`, nothing claimed; the same size then converges on its host as before.
+ */
+async function grownCreateRefused(fake: ReturnType<typeof recordsHost>, refusal: RegExp): Promise<void> {
   const i = server("web1");
   fake.theirs("web1", i.uuid, 128);
   try {
     const bigger = { ...i, flavor: { ...i.flavor, ramMiB: 256 } };
-    await assert.rejects(
-      provider.create(bigger),
-      /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: 128 MiB RAM and \d+ vCPUs free for it; pick a smaller flavor/,
-    );
+    await assert.rejects(provider.create(bigger), refusal);
     const labels = fake.log.map((l) => l.label);
     assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "nothing claimed");
-    // The same size converges on its host as before.
     await provider.create(i);
     assert.ok(fake.log.some((l) => l.label === "write record server/web1"));
   } finally {
     fake.restore();
   }
+}
+
+test("a create run again with a bigger flavor (review 8b, P6) stays on its host only when the growth fits there; refused naming flavor, host and what is free, nothing claimed", async () => {
+  // 640 MiB - 512 reserved: room for 128 MiB, which the server's own record (from its first create) takes.
+  await grownCreateRefused(
+    recordsHost(655360),
+    /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: 128 MiB RAM and \d+ vCPUs free for it; pick a smaller flavor/,
+  );
 });
 
 test("a create run again with a bigger flavor that fits the host's allocation but not its memory available right now (review 9a R7): refused by placement's rule, nothing claimed", async () => {
   // 4 GiB, of which only 200 MiB available now: the allocation ratio has room for 256 MiB.
-  const fake = recordsHost(4194304, undefined, 200 * 1024);
-  const i = server("web1");
-  fake.theirs("web1", i.uuid, 128);
-  try {
-    const bigger = { ...i, flavor: { ...i.flavor, ramMiB: 256 } };
-    await assert.rejects(
-      provider.create(bigger),
-      /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: only 200 MiB of memory available right now; pick a smaller flavor/,
-    );
-    const labels = fake.log.map((l) => l.label);
-    assert.ok(!labels.some((l) => /^(claim |write record server\/web1)/.test(l)), "nothing claimed");
-    // 128 MiB (its recorded size, no growth): converges without the check, as before.
-    await provider.create(i);
-    assert.ok(fake.log.some((l) => l.label === "write record server/web1"));
-  } finally {
-    fake.restore();
-  }
+  await grownCreateRefused(
+    recordsHost(4194304, undefined, 200 * 1024),
+    /placement of server web1: flavor: m1\.\w+ \(1 vCPU, 256 MiB\) does not fit host hv1, where server web1 is recorded .*: only 200 MiB of memory available right now; pick a smaller flavor/,
+  );
 });
 
 test("another run's server removed between the reading and the claim (a destroy meanwhile): the guard passes, one reading", async () => {
