@@ -809,27 +809,6 @@ async function migrateServer(
   const pendingOut = await runChecked(src, [...srcGuards, pendingMigrationStep(olds)]);
   const pending = pendingOut[pendingOut.length - 1].trim();
   const before = await readInfo(src, olds.serverName);
-  // A migration that completed while the provider died before the state was saved (review 9b
-  // M3): the guest runs on the destination with this UUID, none is defined on the source. The
-  // move is finished (the normal record there, owner-guarded; then the source cleaned up).
-  if (!before.defined) {
-    const d = await readInfo(dst, olds.serverName);
-    if (d.defined && d.state === "running" && d.uuid === olds.uuid) {
-      const [volOut] = await runLocked(dst, [
-        ...(srcOwner
-          ? [
-              guardStep(serverOwned(olds.serverName), [srcOwner]),
-              guardStep(serverUuidOwned(olds), [srcOwner]),
-            ]
-          : []),
-        recordStep(olds, olds.addresses),
-        attachedVolumesStep(olds.serverName),
-      ]).then((out) => out.slice(-1));
-      const volumes = parseAttachedVolumes(volOut);
-      await runLocked(src, [...guardedDelete(olds, srcOwner), dropVolumesStep(volumes, "source")]);
-      return 0;
-    }
-  }
   if (before.state !== "running") {
     throw new Error(
       `server ${olds.serverName} is ${powerOf(before)} on ${src.name}; live migration needs it running (set powerState "running" first, or replace it)`,
