@@ -157,7 +157,10 @@ import {
   migrationFitsStep,
   noDomainHereStep,
   pendingMigrationStep,
-  recordKindStep,
+  abandonedRecordGateStep,
+  DOMAIN_HERE_EXIT,
+  MIGRATING_FIELD,
+  NOT_ABANDONED_EXIT,
   RESERVATION_FIELD,
   reservationStep,
 } from "./server/steps";
@@ -900,27 +903,6 @@ async function migrateServer(
   const pendingOut = await runChecked(src, [...srcGuards, pendingMigrationStep(olds)]);
   const pending = pendingOut[pendingOut.length - 1].trim();
   const before = await readInfo(src, olds.serverName);
-  // A migration that completed while the provider died before the state was saved (review 9b
-  // M3): the guest runs on the destination with this UUID, none is defined on the source. The
-  // move is finished (the normal record there, owner-guarded; then the source cleaned up).
-  if (!before.defined) {
-    const d = await readInfo(dst, olds.serverName);
-    if (d.defined && d.state === "running" && d.uuid === olds.uuid) {
-      const [volOut] = await runLocked(dst, [
-        ...(srcOwner
-          ? [
-              guardStep(serverOwned(olds.serverName), [srcOwner]),
-              guardStep(serverUuidOwned(olds), [srcOwner]),
-            ]
-          : []),
-        recordStep(olds, olds.addresses),
-        attachedVolumesStep(olds.serverName),
-      ]).then((out) => out.slice(-1));
-      const volumes = parseAttachedVolumes(volOut);
-      await runLocked(src, [...guardedDelete(olds, srcOwner), dropVolumesStep(volumes, "source")]);
-      return 0;
-    }
-  }
   if (before.state !== "running") {
     throw new Error(
       `server ${olds.serverName} is ${powerOf(before)} on ${src.name}; live migration needs it running (set powerState "running" first, or replace it)`,
@@ -933,10 +915,11 @@ async function migrateServer(
   const tag = `kvmlab-migrate-${olds.serverName}-${crypto.randomBytes(6).toString("hex")}`;
   const xml = withDomainOwner(olds.domainXml[olds.domainType], ownerIn(olds));
   const owner = ownerIn(olds);
-  // An earlier attempt's reservation on another host goes first: the source's record names one
-  // destination at a time (review 9b M1).
-  if (pending !== "" && pending !== dst.name) {
-    const left = await dropAbandoned(olds, pending, olds.hosts);
+  // An earlier attempt's leftovers go first, also on this same destination (review 9c C2): the
+  // note is cleared again after a refusal below, so every attempt starts clean, and the source's
+  // record names one destination at a time (review 9b M1).
+  if (pending !== "") {
+    const left = await dropAbandoned(olds, pending, olds.hosts, src.name);
     if (left !== "") throw new Error(`server ${olds.serverName}: not migrated to ${dst.name}: ${left}`);
   }
   // The source's record names the destination before anything is written there, so a killed
@@ -1195,7 +1178,7 @@ interface Claimed {
 /**
  * Removes what a failed live migration prepared on its destination while the guest runs on the
  * source (review 9b M2; best effort): under the destination's lock, owner-guarded, and only while
- * no domain of the server's UUID is defined there (noDomainHereStep): the instance folder (overlay,
+ * no domain named like the server with its UUID is defined there (noDomainHereStep): the instance folder (overlay,
  * seed ISO), the reservation record (deleteStep removes only a record of this UUID), the
  * volumes prepared for it, and the owner markers this call made (`claimed`; undefined when that
  * is unknown: then they are kept, and the text says so). Returns "" when nothing stays, else the
@@ -1235,39 +1218,46 @@ async function undoDestination(
 
 /**
  * Removes what an unfinished live migration of this server (a killed `up`, an unknown outcome
- * left alone, a failed cleanup; review 9b M1) left on host `name`, the destination its source's
- * record named (MIGRATING_FIELD): under that host's lock, owner-guarded, only while no domain of
- * the server's UUID is defined there (noDomainHereStep; libvirtd not answering refuses), and only
- * when the server's record there is its reservation or absent (recordKindStep; its normal record
- * or another server's is left alone): its instance folder, that record and its owner markers.
- * A host no longer among the server's hosts is skipped. Returns "" when nothing stays, else the
- * text of the error (what stays, how to remove it).
+ * left alone, a failed cleanup; review 9b M1) left on host `name`, the destination the record on
+ * its source `src` named (MIGRATING_FIELD), in ONE batch under that host's lock (review 9c C5):
+ * owner-guarded, only while no domain named like the server with its UUID is defined there (noDomainHereStep;
+ * libvirtd not answering refuses), and only when the server's record there is its reservation
+ * or absent (abandonedRecordGateStep; its normal record or another server's is left alone): its
+ * instance folder, that record and its owner markers. A host no longer among the server's hosts
+ * is skipped. Returns "" when nothing stays (or it was left alone), else the text of the error
+ * (what stays, and the ways out: make the host answer, or drop the note on `src`; review 9c C3).
  */
 async function dropAbandoned(
   o: ServerOutputs,
   name: string,
   hosts: readonly HostConnection[],
+  src: string,
 ): Promise<string> {
   const at = hosts.find((h) => h.name === name);
   if (!at) return "";
   const owner = ownerIn(o);
   const owned = serverOwned(o.serverName);
   const uuid = serverUuidOwned(o);
-  const guards = owner ? [guardStep(owned, [owner]), guardStep(uuid, [owner])] : [];
+  const gate = abandonedRecordGateStep(o);
+  const here = noDomainHereStep(o);
+  const batch: Step[] = [
+    ...(owner ? [guardStep(owned, [owner]), guardStep(uuid, [owner])] : []),
+    here,
+    gate,
+    deleteStep(o),
+    ...(owner ? [releaseOwnerStep(uuid, [owner]), releaseOwnerStep(owned, [owner])] : []),
+  ];
   try {
-    const out = await runLocked(at, [...guards, noDomainHereStep(o), recordKindStep(o)]);
-    const kind = out[out.length - 1].trim();
-    if (kind === "reservation" || kind === "none")
-      await runLocked(at, [
-        ...guards,
-        noDomainHereStep(o),
-        deleteStep(o),
-        ...(owner ? [releaseOwnerStep(uuid, [owner]), releaseOwnerStep(owned, [owner])] : []),
-      ]);
+    await runLocked(at, batch);
     return "";
   } catch (e) {
     const why = (e instanceof Error ? e.message : String(e)).trim().replace(/\s*\n\s*/g, " ");
-    return `an earlier live migration of it to ${name} did not finish, and what it left there could not be removed (${why}): its capacity reservation ${recordPath("server", o.serverName)} (counting ${o.flavor.ramMiB} MiB there), its instance folder ${instancePaths(o).dir} and its owner markers. Fix: make ${name} answer (libvirtd too) and run again, or, only while no domain ${o.serverName} is defined on ${name} and the record carries "uuid": "${o.uuid}" and a "${RESERVATION_FIELD}" field, remove them there by hand and run again`;
+    if (why.includes(`step "${gate.label}" failed with exit status ${NOT_ABANDONED_EXIT}`)) return "";
+    const rec = recordPath("server", o.serverName);
+    const dropNote = `if ${name} is gone for good, drop the note on ${src}: remove the "${MIGRATING_FIELD}": "${name}" line from ${rec} there (sed -z -i 's/,\\n  "${MIGRATING_FIELD}": "[A-Za-z0-9._-]*"//' ${rec}) and run again`;
+    if (why.includes(`step "${here.label}" failed with exit status ${DOMAIN_HERE_EXIT}`))
+      return `an earlier live migration of it to ${name} did not finish, and a domain ${o.serverName} of its UUID ${o.uuid} is defined on ${name} (the guest may have moved there): nothing there was removed, and kvmlab does not take that domain over. Fix: find which host runs the guest; if it runs on ${name}, remove the server from the state ("pulumi state delete") and manage that domain by hand, or replace the server; if it is a stale copy, remove that domain on ${name} by hand (virsh undefine ${o.serverName}) and run again; ${dropNote}`;
+    return `an earlier live migration of it to ${name} did not finish, and what it left there could not be removed (${why}): its capacity reservation ${rec} (counting ${o.flavor.ramMiB} MiB there), its instance folder ${instancePaths(o).dir} and its owner markers. Fix: make ${name} answer (libvirtd too) and run again, or, only while no domain ${o.serverName} is defined on ${name} and the record carries "uuid": "${o.uuid}" and a "${RESERVATION_FIELD}" field, remove them there by hand and run again; ${dropNote}`;
   }
 }
 
@@ -1471,7 +1461,7 @@ const server = defineResource<ServerInputs, ServerOutputs>({
     // M1): what it left there is removed before this update changes anything, then the note.
     const pending = guarded[2].trim();
     if (pending !== "" && pending !== host.name) {
-      const left = await dropAbandoned(olds, pending, [...news.hosts, ...olds.hosts]);
+      const left = await dropAbandoned(olds, pending, [...news.hosts, ...olds.hosts], host.name);
       if (left !== "") throw new Error(`server ${news.serverName}: nothing was changed: ${left}`);
       await runLocked(host, [
         guardStep(serverOwned(news.serverName), [news.owner, ownerIn(olds)]),
@@ -1574,18 +1564,23 @@ const server = defineResource<ServerInputs, ServerOutputs>({
   async delete(_id, olds) {
     const m = startMetrics("delete", olds.serverName);
     const host = hostNamed(olds.hosts, olds.host);
-    // The destination of a migration that did not finish (its source's record names it, read
-    // before that record goes; review 9b M1) is cleaned up after the server itself.
-    const steps = guardedDelete(olds, ownerIn(olds));
-    const at = steps.findIndex((s) => s.label === `delete server ${olds.serverName}`);
-    steps.splice(at, 0, pendingMigrationStep(olds));
-    const out = await waited(m, () => runLocked(host, steps));
-    const pending = out[at].trim();
+    // The destination of a migration that did not finish (its source's record names it) is
+    // cleaned up first, and the server's record (the only note of it) is removed only after that
+    // succeeded, so a retry finds the note again (review 9c C1). Idempotent: no record, no note.
+    const owner = ownerIn(olds);
+    const guards = owner
+      ? [guardStep(serverOwned(olds.serverName), [owner]), guardStep(serverUuidOwned(olds), [owner])]
+      : [];
+    const out = await waited(m, () => runLocked(host, [...guards, pendingMigrationStep(olds)]));
+    const pending = out[out.length - 1].trim();
     if (pending !== "" && pending !== host.name) {
-      const left = await dropAbandoned(olds, pending, olds.hosts);
+      const left = await dropAbandoned(olds, pending, olds.hosts, host.name);
       if (left !== "")
-        throw new Error(`server ${olds.serverName} was deleted from ${host.name}, but ${left}`);
+        throw new Error(
+          `server ${olds.serverName} was not deleted (its record on ${host.name} keeps the note, so running the delete again retries this first): ${left}`,
+        );
     }
+    await waited(m, () => runLocked(host, guardedDelete(olds, owner)));
     await releasePorts(olds);
     finishMetrics(m, { host: host.name });
   },

@@ -767,9 +767,12 @@ export const DOMAIN_HERE_EXIT = 39;
 
 /**
  * The first step of the cleanup of a migration's destination (review 9b M2): refuses (exit
- * DOMAIN_HERE_EXIT) while a domain of this server's UUID is defined on the host (the guest may
- * run there: nothing of it is removed) and (exit 69) when libvirtd does not answer (then that is
- * unknown). Writes nothing.
+ * DOMAIN_HERE_EXIT) while the domain named like the server is defined on the host with this
+ * server's UUID (the guest may run there: nothing of it is removed) and (exit 69) when libvirtd
+ * does not answer (then that is unknown). Only the domain of that name is checked (review 9c
+ * C6): a domain of this UUID under another name is not seen here; deleteStep still keeps a
+ * folder another domain uses, and the UUID's owner guard refuses another owner's marker.
+ * Writes nothing.
  */
 export function noDomainHereStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
   return {
@@ -889,6 +892,28 @@ export function recordKindStep(i: Pick<ServerInputs, "serverName" | "uuid">): St
       `[ -f ${p} ] || { echo none; exit 0; }`,
       `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} ${p} || { echo other; exit 0; }`,
       `if grep -q -- ${shQuote(RESERVATION_LINE)} ${p}; then echo reservation; else echo record; fi`,
+    ].join("\n"),
+  };
+}
+
+/** Exit status of abandonedRecordGateStep: the server's record there is not a reservation (left alone). */
+export const NOT_ABANDONED_EXIT = 43;
+
+/**
+ * The test recordKindStep answers, as a gate in the same batch (and lock hold) as the removal of
+ * an unfinished migration's leftovers (review 9c C5): exits 0 when the server's record on this
+ * host is its reservation or absent, else NOT_ABANDONED_EXIT (its normal record or another
+ * server's: the steps after it do not run, and nothing is removed). Writes nothing.
+ */
+export function abandonedRecordGateStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
+  const p = shQuote(recordPath("server", i.serverName));
+  return {
+    label: `check that the record of server ${i.serverName} here is a reservation or none`,
+    script: [
+      `[ -f ${p} ] || exit 0`,
+      `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} ${p} || { echo ${shQuote(`another server's record is under the name ${i.serverName} here: left alone`)} >&2; exit ${NOT_ABANDONED_EXIT}; }`,
+      `grep -q -- ${shQuote(RESERVATION_LINE)} ${p} && exit 0`,
+      `echo ${shQuote(`the record of server ${i.serverName} here is its normal record, not a reservation: left alone`)} >&2; exit ${NOT_ABANDONED_EXIT}`,
     ].join("\n"),
   };
 }

@@ -29,7 +29,10 @@ import {
   type ServerOutputs,
 } from "../../../provider/server";
 import {
+  abandonedRecordGateStep,
   clearMigratingStep,
+  DOMAIN_HERE_EXIT,
+  NOT_ABANDONED_EXIT,
   dropReservationStep,
   markMigratingStep,
   MIGRATING_FIELD,
@@ -637,29 +640,35 @@ function leftoverHosts(
     if (f) return f;
     if (host === "hv1" && /^read the pending migration of server web1$/.test(label))
       return { code: 0, stdout: `${pending}\n`, stderr: "" };
-    if (host === "hv2" && /^read the record of server web1$/.test(label))
-      return { code: 0, stdout: `${kind}\n`, stderr: "" };
+    if (host === "hv2" && /^check that the record of server web1 here is a reservation or none$/.test(label))
+      return kind === "reservation" || kind === "none"
+        ? { code: 0, stdout: "", stderr: "" }
+        : { code: NOT_ABANDONED_EXIT, stdout: "", stderr: "left alone" };
     return undefined;
   });
 }
 
+/** The one batch (review 9c C5) that removes an unfinished migration's leftovers. */
 const LEFTOVER_CLEANUP = (uuid: string) => [
   "check the owner of server web1",
   `check the owner of server UUID ${uuid}`,
   "check that no domain of server web1 is defined here",
+  "check that the record of server web1 here is a reservation or none",
   "delete server web1",
   `release the owner marker of server UUID ${uuid}`,
   "release the owner marker of server web1",
 ];
 
-test("delete() removes what an unfinished migration left on the destination its source's record names, owner-guarded, only a reservation or nothing there (review 9b M1)", async () => {
+test("delete() removes what an unfinished migration left on the destination its source's record names, owner-guarded, only a reservation or nothing there, in one batch (review 9b M1, 9c C5); the source is deleted only after that succeeded (9c C1)", async () => {
   const { olds } = migration();
   const prov = serverProvider as unknown as { delete(id: string, olds: ServerOutputs): Promise<void> };
   let kind = "reservation";
   let libvirtDown = false;
   const fake = leftoverHosts("hv2", "reservation", (label, host) => {
-    if (host === "hv2" && /^read the record of server web1$/.test(label))
-      return { code: 0, stdout: `${kind}\n`, stderr: "" };
+    if (host === "hv2" && /^check that the record of server web1 here is a reservation or none$/.test(label))
+      return kind === "reservation"
+        ? { code: 0, stdout: "", stderr: "" }
+        : { code: NOT_ABANDONED_EXIT, stdout: "", stderr: "left alone" };
     if (host === "hv2" && libvirtDown && /^check that no domain of server web1/.test(label))
       return { code: 69, stdout: "", stderr: "libvirtd on this host does not answer" };
     return undefined;
@@ -671,28 +680,35 @@ test("delete() removes what an unfinished migration left on the destination its 
       hv1.indexOf("read the pending migration of server web1") < hv1.indexOf("delete server web1"),
       "read before the source's record goes",
     );
-    const hv2 = on(fake, "hv2");
-    assert.deepEqual(hv2.slice(0, 4), [
-      "check the owner of server web1",
-      `check the owner of server UUID ${olds.uuid}`,
-      "check that no domain of server web1 is defined here",
-      "read the record of server web1",
-    ]);
-    assert.deepEqual(hv2.slice(4), LEFTOVER_CLEANUP(olds.uuid));
-    // The server's normal record there (not a reservation) is left alone.
+    const all = fake.log.map((l) => `${l.host}: ${l.label}`);
+    assert.ok(
+      all.indexOf("hv2: release the owner marker of server web1") < all.indexOf("hv1: delete server web1"),
+      `the destination cleaned up before the source's record goes: ${all.join(" | ")}`,
+    );
+    assert.deepEqual(on(fake, "hv2"), LEFTOVER_CLEANUP(olds.uuid));
+    // The server's normal record there (not a reservation) is left alone: the gate stops the batch.
     fake.log.length = 0;
     kind = "record";
     await prov.delete(olds.uuid, olds);
     assert.ok(!on(fake, "hv2").some((l) => /^(delete|release)/.test(l)), on(fake, "hv2").join(" | "));
-    // libvirtd there does not answer: nothing removed, the error says what stays and how.
+    assert.ok(on(fake, "hv1").includes("delete server web1"));
+    // libvirtd there does not answer: nothing removed on either host (the source keeps its record,
+    // the only note of hv2, so running the delete again retries), the error says what stays and how.
     fake.log.length = 0;
     kind = "reservation";
     libvirtDown = true;
     await assert.rejects(
       prov.delete(olds.uuid, olds),
-      /server web1 was deleted from hv1, but an earlier live migration of it to hv2 did not finish.*libvirtd on this host does not answer.*records\/server\/web1\.json \(counting 512 MiB there\)/s,
+      /server web1 was not deleted \(its record on hv1 keeps the note.*an earlier live migration of it to hv2 did not finish.*libvirtd on this host does not answer.*records\/server\/web1\.json \(counting 512 MiB there\).*drop the note on hv1/s,
     );
     assert.ok(!on(fake, "hv2").some((l) => /^(delete|release)/.test(l)));
+    assert.ok(!on(fake, "hv1").some((l) => /^(delete|release)/.test(l)), on(fake, "hv1").join(" | "));
+    // The retry, libvirtd back: the note is read again and the cleanup done, then the source.
+    fake.log.length = 0;
+    libvirtDown = false;
+    await prov.delete(olds.uuid, olds);
+    assert.deepEqual(on(fake, "hv2"), LEFTOVER_CLEANUP(olds.uuid));
+    assert.ok(on(fake, "hv1").includes("delete server web1"));
   } finally {
     fake.restore();
   }
@@ -715,13 +731,13 @@ test("an update (the pin set back to the source) removes an unfinished migration
     const clear = all.indexOf("hv1: clear the pending migration of server web1");
     const stop = all.findIndex((l) => /^hv1: stop /.test(l) || /^hv1: shut down/.test(l));
     assert.ok(read >= 0 && cleaned > read && clear > cleaned, all.join(" | "));
-    assert.deepEqual(on(fake, "hv2").slice(4), LEFTOVER_CLEANUP(olds.uuid));
+    assert.deepEqual(on(fake, "hv2"), LEFTOVER_CLEANUP(olds.uuid));
     assert.ok(stop === -1 || stop > clear, "the update's own work after");
     fake.log.length = 0;
     hv2Down = true;
     await assert.rejects(
       provider.update(olds.uuid, olds, back),
-      /server web1: nothing was changed: an earlier live migration of it to hv2 did not finish.*Fix: make hv2 answer/s,
+      /server web1: nothing was changed: an earlier live migration of it to hv2 did not finish.*Fix: make hv2 answer.*if hv2 is gone for good, drop the note on hv1: remove the "migrating": "hv2" line from \/var\/lib\/kvmlab\/records\/server\/web1\.json/s,
     );
     const hv1 = on(fake, "hv1");
     assert.equal(hv1[hv1.length - 1], "read the pending migration of server web1", hv1.join(" | "));
@@ -810,31 +826,76 @@ test("why the claims come before the reservation: a claim refuses the server's r
   });
 });
 
-test("a re-run after a migration that completed while the provider died finishes the move: the normal record on the destination, the source cleaned up, no second migration (review 9b M3)", async () => {
+test("a re-run whose source defines no domain while the destination runs one of this UUID adopts nothing there: no owner evidence is strong enough yet, so it keeps 'needs it running' (review 9c C4: M3 removed)", async () => {
   const { olds, news } = migration();
-  let dstUuid = olds.uuid;
   const fake = migrationHosts((label, host) => {
     if (/^read domain web1$/.test(label))
       return host === "hv1"
         ? { code: 0, stdout: "defined=no\n", stderr: "" }
-        : { code: 0, stdout: `defined=yes\nstate=running\ntype=qemu\nuuid=${dstUuid}\n`, stderr: "" };
+        : { code: 0, stdout: `defined=yes\nstate=running\ntype=qemu\nuuid=${olds.uuid}\n`, stderr: "" };
     return undefined;
   });
   try {
-    const r = (await provider.update(olds.uuid, olds, news)) as { outs: ServerOutputs };
-    assert.equal(r.outs.host, "hv2");
-    const all = fake.log.map((l) => `${l.host}: ${l.label}`);
-    assert.ok(!all.some((l) => /live-migrate|reserve capacity|claim server/.test(l)), all.join(" | "));
-    const record = all.indexOf("hv2: write record server/web1");
-    assert.ok(record > 0, all.join(" | "));
-    assert.match(all[record - 1], /^hv2: check the owner of server UUID /, "owner-guarded");
-    assert.ok(all.indexOf("hv1: delete server web1") > record, "the source cleaned up after");
-    assert.ok(all.includes("hv1: release the owner marker of server web1"));
-    // Another UUID's domain there: not this server's, the old error stands.
-    fake.log.length = 0;
-    dstUuid = U3;
     await assert.rejects(provider.update(olds.uuid, olds, news), /live migration needs it running/);
-    assert.ok(!fake.log.some((l) => /^(write record|delete server)/.test(l.label)));
+    assert.ok(
+      !fake.log.some((l) => /^(write record|delete server|release the owner marker)/.test(l.label)),
+      fake.log.map((l) => `${l.host}: ${l.label}`).join(" | "),
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("abandonedRecordGateStep lets the removal go on only for this server's reservation or no record; its normal record and another server's stop the batch (review 9c C5)", () => {
+  sample((s) => {
+    const i = web1(512);
+    const gate = abandonedRecordGateStep(i);
+    assert.equal(s.run(gate.script).code, 0, "no record");
+    s.put("web1", i.uuid, 512, 1, { [RESERVATION_FIELD]: "hv1" });
+    assert.equal(s.run(gate.script).code, 0, "a reservation");
+    s.put("web1", i.uuid, 512, 1);
+    assert.equal(s.run(gate.script).code, NOT_ABANDONED_EXIT, "its normal record");
+    s.put("web1", U3, 512, 1, { [RESERVATION_FIELD]: "hv1" });
+    assert.equal(s.run(gate.script).code, NOT_ABANDONED_EXIT, "another server's");
+  });
+});
+
+test("a retry to the same destination first removes what the earlier, unfinished attempt left there, so a refusal that clears the note forgets nothing (review 9c C2)", async () => {
+  const { olds, news } = migration();
+  const fake = leftoverHosts("hv2", "reservation", (label) =>
+    /^check that server web1 fits host hv2$/.test(label)
+      ? { code: MIGRATION_REFUSED_EXIT, stdout: "", stderr: "host: server web1 does not fit host hv2" }
+      : undefined,
+  );
+  try {
+    await assert.rejects(provider.update(olds.uuid, olds, news), /does not fit host hv2/);
+    const all = fake.log.map((l) => `${l.host}: ${l.label}`);
+    const cleaned = all.indexOf("hv2: release the owner marker of server web1");
+    assert.ok(cleaned >= 0, all.join(" | "));
+    assert.ok(cleaned < all.indexOf("hv1: note the migration of server web1 to hv2"), all.join(" | "));
+    assert.ok(all.includes("hv1: clear the pending migration of server web1"));
+  } finally {
+    fake.restore();
+  }
+});
+
+test("the leftovers' error names the way out: a domain of the UUID on the noted destination is not taken over and the text says what to do; a gone destination names the note to drop on the source (review 9c C3)", async () => {
+  const { olds } = migration();
+  const back: ServerInputs = { ...web1(512), host: "hv1" };
+  const fake = leftoverHosts("hv2", "reservation", (label, host) =>
+    host === "hv2" && /^check that no domain of server web1 is defined here$/.test(label)
+      ? { code: DOMAIN_HERE_EXIT, stdout: "", stderr: "server web1 is defined on this host" }
+      : undefined,
+  );
+  try {
+    await assert.rejects(
+      provider.update(olds.uuid, olds, back),
+      new RegExp(
+        `nothing was changed: an earlier live migration of it to hv2 did not finish, and a domain web1 of its UUID ${olds.uuid} is defined on hv2.*kvmlab does not take that domain over.*find which host runs the guest.*drop the note on hv1`,
+        "s",
+      ),
+    );
+    assert.ok(!on(fake, "hv2").some((l) => /^(delete|release|write)/.test(l)));
   } finally {
     fake.restore();
   }
