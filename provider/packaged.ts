@@ -12,13 +12,22 @@
  * When the provider object is exported by a module loaded from a node_modules folder (kvmlab
  * installed as a package), {@link packagedProvider} returns a delegate whose methods only look the
  * provider up on that module's exports, so the serialized text is
- * `require("kvmlab/dist/provider/network.js")` and a few lines. Anywhere else (this repository, a
- * `file:` link, which node resolves to its real path) it returns the provider itself, serialized
- * by value as before, so programs run from the source tree keep working unchanged.
+ * `require("kvmlab/dist/provider/network.js")` and a few lines.
+ *
+ * A link (this repository's own `node_modules/kvmlab -> ..`, a `file:` dependency without
+ * install-links, `npm link`) makes node load kvmlab from its real path, outside node_modules, so
+ * Pulumi would serialize the provider by value: 55-400 KB of text per resource and 1-3 s of the
+ * program's start per provider type (the closure serializer walks every function the provider
+ * reaches). When the program's directory resolves the name `kvmlab` to this very package, the
+ * delegate names the module by that name instead (`require("kvmlab/dist/provider/<file>.js")`,
+ * resolved by the provider plugin, which runs in the program's directory, exactly as for an
+ * installed kvmlab). Anywhere else (kvmlab reached by a relative path, a program whose
+ * `kvmlab` is another copy) it returns the provider itself, serialized by value.
  *
  * The state then names the module path and the export: a later kvmlab must keep both, or the
  * resources it recorded cannot be refreshed, updated or deleted (docs/package.md).
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 
 const METHODS = ["check", "diff", "create", "read", "update", "delete"] as const;
@@ -29,7 +38,12 @@ export function packagedProvider<T extends object>(provider: T): T {
   let result = chosen.get(provider);
   if (result === undefined) {
     const home = definingModule(provider);
-    result = home ? delegate(home.exports, home.key, provider) : provider;
+    const linked = home ? undefined : linkedModule(provider, process.cwd());
+    result = home
+      ? delegate(home.exports, home.key, provider)
+      : linked
+        ? requireDelegate(linked.spec, linked.key, provider)
+        : provider;
     chosen.set(provider, result);
   }
   return result as T;
@@ -61,6 +75,55 @@ function delegate(mod: Record<string, unknown>, key: string, provider: object): 
   for (const method of METHODS) {
     if (typeof (provider as Record<string, unknown>)[method] !== "function") continue;
     d[method] = function (...args: unknown[]): unknown {
+      const target = mod[key] as Record<string, (...a: unknown[]) => unknown>;
+      return target[method](...args);
+    };
+  }
+  return d;
+}
+
+/**
+ * The provider's defining module as a name the program resolves, `kvmlab/dist/…/<file>.js`, when
+ * `require.resolve("kvmlab")` from `cwd` is this package (same real path of package.json) and the
+ * module is one of its compiled files; else undefined (serialize by value).
+ */
+export function linkedModule(provider: object, cwd: string): { spec: string; key: string } | undefined {
+  // This file is dist/provider/packaged.js: the package root is two folders up.
+  const root = path.resolve(__dirname, "..", "..");
+  let resolved: string;
+  try {
+    resolved = fs.realpathSync(require.resolve("kvmlab/package.json", { paths: [cwd] }));
+  } catch {
+    return undefined;
+  }
+  if (resolved !== fs.realpathSync(path.join(root, "package.json"))) return undefined;
+  const dist = `${fs.realpathSync(path.join(root, "dist"))}${path.sep}`;
+  for (const [file, mod] of Object.entries(require.cache)) {
+    if (!mod || !file.startsWith(dist) || !file.endsWith(".js")) continue;
+    const exports: unknown = mod.exports;
+    if ((typeof exports !== "object" && typeof exports !== "function") || exports === null) continue;
+    for (const key of Object.getOwnPropertyNames(exports)) {
+      const d = Object.getOwnPropertyDescriptor(exports, key);
+      if (d && "value" in d && d.value === provider) {
+        const rel = path.relative(path.dirname(dist), file).split(path.sep).join("/");
+        return { spec: `kvmlab/${rel}`, key };
+      }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * An object with `provider`'s methods, each calling `require(spec)[key][method]`. Its closure
+ * captures three strings; `require` is the serialized code's own (Pulumi never captures it), so
+ * the provider plugin resolves `spec` from the program's directory.
+ */
+function requireDelegate(spec: string, key: string, provider: object): object {
+  const d: Record<string, unknown> = {};
+  for (const method of METHODS) {
+    if (typeof (provider as Record<string, unknown>)[method] !== "function") continue;
+    d[method] = function (...args: unknown[]): unknown {
+      const mod = require(spec) as Record<string, unknown>;
       const target = mod[key] as Record<string, (...a: unknown[]) => unknown>;
       return target[method](...args);
     };

@@ -2,12 +2,17 @@
  * Closure size: the text Pulumi stores as `__provider` in each dynamic resource's state (once in
  * the inputs, once in the outputs), for every kvmlab provider, serialized exactly as
  * `pulumi.dynamic.Resource` does (`serializeFunction(() => provider, { allowSecrets: true })`
- * on what the resource class hands over), two ways:
+ * on what the resource class hands over), and the time that took, three ways:
  *
- *   source tree   this repository's dist/, as the examples load it (node follows the
- *                 node_modules/kvmlab link to the real path): serialized by value
+ *   by value      this repository's dist/ from a folder where `kvmlab` does not resolve (a
+ *                 program that reaches kvmlab by a relative path): the provider's code
+ *   linked        this repository's dist/ from the repository itself, as the examples and tests
+ *                 load it (node follows the node_modules/kvmlab link to the real path): a
+ *                 require of kvmlab/dist/provider/<name>.js (provider/packaged.ts, linkedModule)
  *   package       `npm pack` installed into a program in a temporary folder: a require of
  *                 kvmlab/dist/provider/<name>.js (provider/packaged.ts)
+ *
+ * The time of the first provider includes the serializer's own start (it loads TypeScript).
  *
  *   npm run build && npm run bench:closure
  *
@@ -41,9 +46,11 @@ const { packagedProvider } = require(path.join(kvmlabDir, "dist/provider/package
 (async () => {
   const out = {};
   for (const [file, name] of list) {
-    const handed = packagedProvider(require(path.join(kvmlabDir, "dist/provider", file + ".js"))[name]);
+    const provider = require(path.join(kvmlabDir, "dist/provider", file + ".js"))[name];
+    const t = Date.now();
+    const handed = packagedProvider(provider);
     const sf = await pulumi.runtime.serializeFunction(() => handed, { allowSecrets: true });
-    out[name] = Buffer.byteLength(sf.text);
+    out[name] = [Buffer.byteLength(sf.text), Date.now() - t];
   }
   console.log(JSON.stringify(out));
 })().catch((e) => { console.error(e); process.exit(1); });
@@ -56,9 +63,9 @@ function run(cmd: string, args: string[], cwd: string): string {
   return r.stdout;
 }
 
-function measure(kvmlabDir: string, cwd: string): Record<string, number> {
+function measure(kvmlabDir: string, cwd: string): Record<string, [number, number]> {
   const out = run(process.execPath, ["-e", MEASURE, kvmlabDir, JSON.stringify(PROVIDERS)], cwd);
-  return JSON.parse(out.trim().split("\n").pop() ?? "{}") as Record<string, number>;
+  return JSON.parse(out.trim().split("\n").pop() ?? "{}") as Record<string, [number, number]>;
 }
 
 function main(): void {
@@ -84,12 +91,18 @@ function main(): void {
     );
     run("npm", ["install", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], program);
 
-    const source = measure(REPO, REPO);
+    const byValue = measure(REPO, work);
+    const linked = measure(REPO, REPO);
     const pkg = measure(path.join(program, "node_modules", "kvmlab"), program);
-    console.log(`serialized provider per resource (bytes; stored twice in state), @pulumi/pulumi ${sdk}`);
-    console.log(`${"provider".padEnd(17)}${"source tree".padStart(12)}${"package".padStart(10)}`);
+    console.log(
+      `serialized provider per resource (bytes, stored twice in state / ms to serialize), @pulumi/pulumi ${sdk}`,
+    );
+    const cell = (v: [number, number]) => `${v[0]} / ${v[1]}`.padStart(16);
+    console.log(
+      `${"provider".padEnd(17)}${"by value".padStart(16)}${"linked".padStart(16)}${"package".padStart(16)}`,
+    );
     for (const [, name] of PROVIDERS)
-      console.log(`${name.padEnd(17)}${String(source[name]).padStart(12)}${String(pkg[name]).padStart(10)}`);
+      console.log(`${name.padEnd(17)}${cell(byValue[name])}${cell(linked[name])}${cell(pkg[name])}`);
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }

@@ -1,8 +1,11 @@
 /**
  * packagedProvider: a provider exported by a module under node_modules/ (kvmlab installed as a
- * package) is handed to Pulumi as a delegate that serializes as a require of that module; from
- * anywhere else the provider itself, serialized by value as before. The end-to-end check (a packed
- * kvmlab in a program, its state) is test/lifecycle/package.test.ts.
+ * package) is handed to Pulumi as a delegate that serializes as a require of that module; so is one
+ * of this repository's providers when the program's directory resolves `kvmlab` to this package
+ * (the repository's own node_modules/kvmlab link); from anywhere else the provider itself,
+ * serialized by value as before. The end-to-end check (a packed kvmlab in a program, its state)
+ * is test/lifecycle/package.test.ts; every lifecycle test run from this repository goes through
+ * the linked delegate.
  */
 import { after, test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -10,7 +13,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
-import { packagedProvider } from "../../../provider/packaged";
+import { linkedModule, packagedProvider } from "../../../provider/packaged";
 import { networkProvider } from "../../../provider/network";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-packaged-"));
@@ -39,8 +42,47 @@ async function serialize(provider: object): Promise<string> {
   return (await pulumi.runtime.serializeFunction(() => provider, { allowSecrets: true })).text;
 }
 
-test("from the source tree a provider is handed over as it is", () => {
-  assert.equal(packagedProvider(networkProvider), networkProvider);
+/** This repository: dist/test/unit/provider -> four folders up. */
+const REPO = path.resolve(__dirname, "..", "..", "..", "..");
+
+test("linked: where `kvmlab` resolves to this package, a provider serializes as a require of its name", async () => {
+  const linked = linkedModule(networkProvider, path.join(REPO, "examples", "three-tier"));
+  assert.deepEqual(linked, { spec: "kvmlab/dist/provider/network.js", key: "networkProvider" });
+  // The repository's node_modules/kvmlab link is what the tests and examples run with.
+  assert.ok(fs.lstatSync(path.join(REPO, "node_modules", "kvmlab")).isSymbolicLink());
+
+  const d = packagedProvider(networkProvider) as typeof networkProvider;
+  assert.notEqual(d, networkProvider, "the test runs in the repository: the linked delegate");
+  const text = await serialize(d);
+  assert.match(text, /spec: "kvmlab\/dist\/provider\/network\.js", key: "networkProvider"/);
+  assert.match(text, /require\(spec\)/);
+  assert.doesNotMatch(text, /ipam|iptables|runSteps/i, "none of the provider's own code");
+  assert.ok(text.length < 5000, `${text.length} bytes`);
+  const control = await serialize(networkProvider);
+  assert.ok(control.length > 50_000, `control: by value it is the provider's code (${control.length} bytes)`);
+
+  // Loaded back as the dynamic-provider plugin does (its require resolves from the program's
+  // folder), it is the provider: the same check answer for the same bad inputs.
+  const requireFromString = require("require-from-string") as (
+    code: string,
+    file: string,
+  ) => { handler: () => typeof networkProvider };
+  const rebuilt = requireFromString(text, path.join(REPO, "examples", "three-tier", "provider.js")).handler();
+  const bad = { networkName: "Bad Name!" } as never;
+  assert.deepEqual(await rebuilt.check!({} as never, bad), await networkProvider.check!({} as never, bad));
+});
+
+test("not linked: kvmlab not found, or another package named kvmlab: by value", () => {
+  const none = fs.mkdtempSync(path.join(root, "none-"));
+  assert.equal(linkedModule(networkProvider, none), undefined);
+  const other = fs.mkdtempSync(path.join(root, "other-"));
+  fs.mkdirSync(path.join(other, "node_modules", "kvmlab"), { recursive: true });
+  fs.writeFileSync(
+    path.join(other, "node_modules", "kvmlab", "package.json"),
+    JSON.stringify({ name: "kvmlab", version: "0.0.1" }),
+  );
+  assert.equal(linkedModule(networkProvider, other), undefined);
+  assert.equal(linkedModule({ check: async () => ({}) }, REPO), undefined, "not one of kvmlab's exports");
 });
 
 test("from node_modules a provider serializes as a require of its module, and still works", async () => {
