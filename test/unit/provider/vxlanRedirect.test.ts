@@ -3,6 +3,11 @@
  * device's ingress qdisc and filter as files: the redirect is retried when the qdisc is gone by
  * the time the filter is added (as a CI run of session 8 saw right after ovs-vswitchd made the
  * internal port), and fails with exit 23, naming both devices, when it never holds.
+ *
+ * A fake `ovs-vsctl` plays ovs-vswitchd's policing pass: while a link change of the internal port
+ * is pending (the file `pending`), a reconfigure removes that port's ingress qdisc. A pass still
+ * pending when the lines end runs after them, as ovs-vswitchd catching up on a loaded host
+ * (session 9's second CI: the redirect read back, then gone, the guest got no DHCP lease).
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -31,7 +36,27 @@ esac
 exit 1
 `;
 
-function run(lose: number): { code: number; stderr: string; state: string; adds: number } {
+/**
+ * A fake ovs-vsctl: each `set` is a reconfigure. It runs the policing pass when a link change of
+ * $vi is pending (removes $vi's ingress qdisc and filter), and counts down `wipes`: a link change
+ * that comes again after the pass (each `set` while wipes > 0 leaves the pass pending again).
+ */
+const FAKE_OVS_VSCTL = `#!/bin/bash
+S="$KVT_STATE"
+echo "$*" >> "$S/ovs-vsctl.log"
+[ "$1" = --timeout=10 ] || exit 1
+if [ "$2" = set ]; then
+  if [ -e "$S/pending" ]; then rm -f "$S/pending" "$S/$4.qdisc" "$S/$4.filter"; fi
+  w=$(cat "$S/wipes" 2>/dev/null || echo 0)
+  if [ "$w" -gt 0 ]; then echo $((w - 1)) > "$S/wipes"; touch "$S/pending"; fi
+fi
+exit 0
+`;
+
+function run(
+  lose: number,
+  vswitchd: { pending?: boolean; wipes?: number } = {},
+): { code: number; stderr: string; state: string; adds: number; settles: number } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-redir-"));
   try {
     const bin = path.join(dir, "bin");
@@ -39,6 +64,9 @@ function run(lose: number): { code: number; stderr: string; state: string; adds:
     fs.mkdirSync(bin);
     fs.mkdirSync(state);
     fs.writeFileSync(path.join(bin, "tc"), FAKE_TC, { mode: 0o755 });
+    fs.writeFileSync(path.join(bin, "ovs-vsctl"), FAKE_OVS_VSCTL, { mode: 0o755 });
+    if (vswitchd.pending) fs.writeFileSync(path.join(state, "pending"), "");
+    fs.writeFileSync(path.join(state, "wipes"), String(vswitchd.wipes ?? 0));
     const script = ["set -e", "vx=kvlv-1", "vi=kvlq-1", ...vxlanRedirectLines()].join("\n");
     const r = spawnSync("bash", ["--noprofile", "--norc", "-c", script], {
       encoding: "utf8",
@@ -48,13 +76,20 @@ function run(lose: number): { code: number; stderr: string; state: string; adds:
         KVT_LOSE: String(lose),
       },
     });
+    // ovs-vswitchd catches up after the lines: a pass still pending removes $vi's ingress.
+    if (fs.existsSync(path.join(state, "pending")))
+      for (const f of ["kvlq-1.qdisc", "kvlq-1.filter"]) fs.rmSync(path.join(state, f), { force: true });
     const read = (f: string) =>
       fs.existsSync(path.join(state, f)) ? fs.readFileSync(path.join(state, f), "utf8") : "";
+    const log = read("ovs-vsctl.log");
     return {
       code: r.status ?? -1,
       stderr: r.stderr,
       state: `${read("kvlv-1.filter")}${read("kvlq-1.filter")}`,
       adds: Number(read("lost") || 0),
+      settles: log
+        .split("\n")
+        .filter((l) => l.startsWith("--timeout=10 set interface kvlq-1 external_ids:kvmlab-settle=1")).length,
     };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -81,4 +116,37 @@ test("VXLAN redirect: a redirect that never holds fails with exit 23 naming both
   assert.equal(r.code, 23, r.stderr);
   assert.match(r.stderr, /cannot redirect the ingress of kvlv-1 to kvlq-1 \(tc, 5 tries\)/);
   assert.equal(r.adds, 5, "five tries, no more");
+});
+
+test("VXLAN redirect: a policing pass ovs-vswitchd still owes the internal port runs before the redirect is added, so the redirect outlives it", () => {
+  const r = run(0, { pending: true });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.state, /Egress Redirect to device kvlq-1\)/);
+  assert.match(
+    r.state,
+    /Egress Redirect to device kvlv-1\)/,
+    "the internal port still redirects to the VXLAN device",
+  );
+  assert.equal(r.settles, 2, "settled before the redirect and once after it");
+});
+
+test("VXLAN redirect: a redirect ovs-vswitchd removed after it was added is added again, and the lines end only when it held through a reconfigure", () => {
+  const r = run(0, { pending: true, wipes: 1 });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.state, /Egress Redirect to device kvlv-1\)/);
+  assert.equal(
+    r.settles,
+    3,
+    "one settle before, one after each of two rounds (the first one's redirect removed)",
+  );
+});
+
+test("VXLAN redirect: one ovs-vswitchd removes after every round fails with exit 23 after 3 rounds", () => {
+  const r = run(0, { pending: true, wipes: 100 });
+  assert.equal(r.code, 23, r.stderr);
+  assert.match(
+    r.stderr,
+    /cannot redirect the ingress of kvlq-1 to kvlv-1: ovs-vswitchd removed it again after each of 3 tries/,
+  );
+  assert.equal(r.settles, 4);
 });
