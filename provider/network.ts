@@ -563,7 +563,8 @@ export function networkApplyStep(
  * ovs-vswitchd continued, $vi's redirect gone a second later.
  *
  * So the lines first make ovs-vswitchd reconfigure twice and wait for it (`settle`: a key set
- * on $vi's interface row and removed again; ovs-vsctl waits for each reconfigure): the first
+ * on $vi's interface row, to a value no earlier settle wrote, and removed again; ovs-vsctl waits
+ * for each reconfigure, but only for a transaction that changes something): the first
  * handles the link messages already queued, the second runs the policing pass they call for.
  * Only then is the redirect added (tc retried 5 times, 0.2 s apart, each read back), settled
  * again and read back: a redirect ovs-vswitchd removed is added again, at most 3 rounds, then
@@ -572,7 +573,11 @@ export function networkApplyStep(
  */
 export function vxlanRedirectLines(): string[] {
   return [
-    'settle() { ovs-vsctl --timeout=10 set interface "$vi" external_ids:kvmlab-settle=1 && ovs-vsctl --timeout=10 remove interface "$vi" external_ids kvmlab-settle; }',
+    // The value changes on every settle (this shell's PID, the epoch second, a count): a key a
+    // timed-out settle left behind must not make the next `set` a no-change transaction, which
+    // ovs-vsctl commits without waiting for a reconfigure (only digits and dashes, quoted).
+    "settles=0",
+    'settle() { settles=$((settles + 1)); ovs-vsctl --timeout=10 set interface "$vi" "external_ids:kvmlab-settle=$$-$(date +%s)-$settles" && ovs-vsctl --timeout=10 remove interface "$vi" external_ids kvmlab-settle; }',
     'redir() { tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; }',
     'settle || { echo "ovs-vswitchd did not reconfigure within 10 s (ovs-vsctl set interface $vi); is it running?" >&2; exit 23; }',
     "r=0",
