@@ -5,6 +5,7 @@
  * and stop what it held afterwards.
  */
 import * as fs from "node:fs";
+import type { ChildProcess } from "node:child_process";
 
 /** A process found below another: its PID and its start time (guards against a reused PID). */
 export interface TreeProcess {
@@ -94,4 +95,43 @@ export async function stopProcesses(procs: readonly TreeProcess[], graceMs = 5_0
   signal("SIGKILL");
   await wait(2_000);
   return procs.filter(running);
+}
+
+/**
+ * Runs `fn` with a child process the test spawned, and stops the processes that child orphans
+ * whether `fn` succeeds or throws: `killChild` (for `fn` to call where the test kills the child)
+ * reads the child's tree, SIGKILLs the child and resolves with what the kill orphaned; when `fn`
+ * did not call it (it threw first, or did not need to), it runs after `fn`. Then each orphan is
+ * stopped by PID (stopProcesses: start time checked). `fn`'s own error is the one thrown (an orphan
+ * left running is added to its message); after a success, an orphan left running is an error.
+ */
+export async function withOrphansStopped<T>(
+  child: ChildProcess,
+  fn: (killChild: () => Promise<TreeProcess[]>) => Promise<T>,
+): Promise<T> {
+  let orphans: TreeProcess[] | undefined;
+  const killChild = async (): Promise<TreeProcess[]> => {
+    if (orphans === undefined) orphans = child.pid === undefined ? [] : descendants(child.pid);
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGKILL");
+      await exited;
+    }
+    return orphans;
+  };
+  const stop = async (): Promise<string> => {
+    const left = await stopProcesses(await killChild());
+    return left.length === 0 ? "" : `the child's orphans still run (by PID): ${JSON.stringify(left)}`;
+  };
+  let result: T;
+  try {
+    result = await fn(killChild);
+  } catch (e) {
+    const left = await stop();
+    if (left && e instanceof Error) e.message = `${e.message}\n(also: ${left})`;
+    throw e;
+  }
+  const left = await stop();
+  if (left) throw new Error(left);
+  return result;
 }
