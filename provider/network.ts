@@ -551,25 +551,52 @@ export function networkApplyStep(
  * internal port's transmit queue and back (tc ingress + u32 match-all + mirred). Idempotent:
  * a device whose ingress already redirects to its peer is left alone.
  *
- * Bounded retry (5 tries, 0.2 s apart), each checked by reading the filter back: right after
- * ovs-vswitchd made the internal port's tap, the ingress qdisc just added to it was once gone by
- * the time the filter was added ("Parent Qdisc doesn't exists", exit 2; a full CI run of
- * session 8, lifecycle/sg-guests, network lanovs on hv2). A redirect still missing after the
- * last try fails with exit 23 and the two devices named.
+ * ovs-vswitchd owns $vi, and removes the ingress qdisc of a port it owns (ingress policing,
+ * netdev-linux `set_policing`: "remove any existing ingress qdisc") in its first reconfigure
+ * after any link change of that port (a link message drops its policing cache; a link change
+ * anywhere also makes it reconfigure). Its reconfigure after `ip link set $vi up`, or after the
+ * MTU it set, can therefore come after the redirect was added and read back: on a loaded host
+ * the redirect of $vi was silently gone after create (no frame from the bridge reached the VXLAN
+ * device: a guest's DHCP discovers went unanswered, session 9's second CI, lifecycle/sg-guests),
+ * or gone between the qdisc and its filter ("Parent Qdisc doesn't exists", session 8's CI).
+ * Shown on a sandbox host: ovs-vswitchd stopped, `ip link set $vi up` and the redirect read back,
+ * ovs-vswitchd continued, $vi's redirect gone a second later.
+ *
+ * So the lines first make ovs-vswitchd reconfigure twice and wait for it (`settle`: a key set
+ * on $vi's interface row, to a value no earlier settle wrote, and removed again; ovs-vsctl waits
+ * for each reconfigure, but only for a transaction that changes something): the first
+ * handles the link messages already queued, the second runs the policing pass they call for.
+ * Only then is the redirect added (tc retried 5 times, 0.2 s apart, each read back), settled
+ * again and read back: a redirect ovs-vswitchd removed is added again, at most 3 rounds, then
+ * exit 23 names the devices. A later link change of $vi (its MTU) runs these lines again
+ * (network update); the read step reports a missing redirect as drift.
  */
 export function vxlanRedirectLines(): string[] {
   return [
-    'for pair in "$vx $vi" "$vi $vx"; do',
-    "  set -- $pair",
-    "  n=0",
-    '  until tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; do',
-    "    n=$((n + 1))",
-    '    if [ "$n" -gt 5 ]; then echo "cannot redirect the ingress of $1 to $2 (tc, 5 tries): tc qdisc show dev $1; tc filter show dev $1 ingress" >&2; exit 23; fi',
-    '    [ "$n" -eq 1 ] || sleep 0.2',
-    '    tc qdisc del dev "$1" ingress 2>/dev/null || true',
-    '    tc qdisc add dev "$1" ingress || continue',
-    '    tc filter add dev "$1" ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev "$2" || continue',
+    // The value changes on every settle (this shell's PID, the epoch second, a count): a key a
+    // timed-out settle left behind must not make the next `set` a no-change transaction, which
+    // ovs-vsctl commits without waiting for a reconfigure (only digits and dashes, quoted).
+    "settles=0",
+    'settle() { settles=$((settles + 1)); ovs-vsctl --timeout=10 set interface "$vi" "external_ids:kvmlab-settle=$$-$(date +%s)-$settles" && ovs-vsctl --timeout=10 remove interface "$vi" external_ids kvmlab-settle; }',
+    'redir() { tc filter show dev "$1" ingress 2>/dev/null | grep -qF "Egress Redirect to device $2)"; }',
+    'settle || { echo "ovs-vswitchd did not reconfigure within 10 s (ovs-vsctl set interface $vi); is it running?" >&2; exit 23; }',
+    "r=0",
+    'until redir "$vx" "$vi" && redir "$vi" "$vx"; do',
+    "  r=$((r + 1))",
+    '  if [ "$r" -gt 3 ]; then echo "cannot redirect the ingress of $vi to $vx: ovs-vswitchd removed it again after each of 3 tries (tc qdisc show dev $vi; ovs-vswitchd.log)" >&2; exit 23; fi',
+    '  for pair in "$vx $vi" "$vi $vx"; do',
+    "    set -- $pair",
+    "    n=0",
+    '    until redir "$1" "$2"; do',
+    "      n=$((n + 1))",
+    '      if [ "$n" -gt 5 ]; then echo "cannot redirect the ingress of $1 to $2 (tc, 5 tries): tc qdisc show dev $1; tc filter show dev $1 ingress" >&2; exit 23; fi',
+    '      [ "$n" -eq 1 ] || sleep 0.2',
+    '      tc qdisc del dev "$1" ingress 2>/dev/null || true',
+    '      tc qdisc add dev "$1" ingress || continue',
+    '      tc filter add dev "$1" ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev "$2" || continue',
+    "    done",
     "  done",
+    '  settle || { echo "ovs-vswitchd did not reconfigure within 10 s (ovs-vsctl set interface $vi); is it running?" >&2; exit 23; }',
     "done",
   ];
 }

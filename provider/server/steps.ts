@@ -387,12 +387,25 @@ export function claimRecordStep(inputs: ServerInputs): Step {
   };
 }
 
+/**
+ * The bash line that refuses (exit 34) when the record at `p` (a shell word: a quoted path or
+ * "$p") exists and is another server's (does not carry `uuid`), printing `message`. One check for
+ * nameFreeStep, reservationStep and markMigratingStep.
+ */
+function otherServerRecordLine(p: string, uuid: string, message: string): string {
+  return `if [ -f ${p} ] && ! grep -qF -- ${shQuote(`"uuid": "${uuid}"`)} ${p}; then echo ${shQuote(message)} >&2; exit 34; fi`;
+}
+
 /** Refuses (exit 34) when the host records another server (another UUID) under this name. */
 export function nameFreeStep(inputs: Pick<ServerInputs, "serverName" | "uuid">): Step {
-  const rec = shQuote(recordPath("server", inputs.serverName));
+  const rec = recordPath("server", inputs.serverName);
   return {
     label: `check that the name ${inputs.serverName} is free on the host`,
-    script: `if [ -f ${rec} ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} ${rec}; then echo ${shQuote(`another server is recorded under the name ${inputs.serverName} on this host (${recordPath("server", inputs.serverName)}); rename this server`)} >&2; exit 34; fi`,
+    script: otherServerRecordLine(
+      shQuote(rec),
+      inputs.uuid,
+      `another server is recorded under the name ${inputs.serverName} on this host (${rec}); rename this server`,
+    ),
   };
 }
 
@@ -706,9 +719,11 @@ const RESERVATION_LINE = `^  "${RESERVATION_FIELD}": `;
  * it) with RESERVATION_FIELD naming the migration, written under the destination's lock in the
  * batch of migrationFitsStep and the owner claims, before the guest moves: every placement from
  * then on counts the guest's RAM there. The normal record (recordStep) replaces it once the guest
- * runs there; dropReservationStep removes it when the migration failed with the guest on the
- * source. Only this server's: a record of another UUID under this name refuses (exit 34, as
- * nameFreeStep), and this server's normal record (the guest already runs here) is kept. Written
+ * runs there. When the migration failed with the guest on the source, undoDestination removes it
+ * (deleteStep, behind noDomainHereStep); an unfinished migration's is removed by the next update,
+ * attempt or delete (behind abandonedRecordGateStep and noDomainHereStep). Only this server's: a
+ * record of another UUID under this name refuses (exit 34, as nameFreeStep), and this server's
+ * normal record (the guest already runs here) is kept. Written
  * with printf and a rename (mode 0600, as claimRecordStep). Prints `reserved` or `kept`.
  */
 export function reservationStep(
@@ -726,38 +741,17 @@ export function reservationStep(
     script: [
       `d=${shQuote(recordDir("server"))}`,
       `p=${shQuote(p)}`,
-      `if [ -f "$p" ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} "$p"; then echo ${shQuote(`serverName: another server (another UUID) is recorded under the name ${inputs.serverName} on this host (${p}); it was not migrated. Fix: rename this server (serverName), or, if no domain of that name is defined on this host, remove that stale record`)} >&2; exit 34; fi`,
+      otherServerRecordLine(
+        '"$p"',
+        inputs.uuid,
+        `serverName: another server (another UUID) is recorded under the name ${inputs.serverName} on this host (${p}); it was not migrated. Fix: rename this server (serverName), or, if no domain of that name is defined on this host, remove that stale record`,
+      ),
       `if [ -f "$p" ] && ! grep -q -- ${shQuote(RESERVATION_LINE)} "$p"; then echo kept; exit 0; fi`,
       '[ -d "$d" ] || mkdir -p "$d"',
       "umask 077",
       't="$p.kvmlab-tmp.$$"',
       `if printf '%s' ${shQuote(`${JSON.stringify(value, null, 2)}\n`)} > "$t" && mv -f "$t" "$p"; then echo reserved; exit 0; fi`,
       'rm -f "$t"; exit 1',
-    ].join("\n"),
-  };
-}
-
-/**
- * Removes a live migration's reservation (reservationStep) again: only a record under the
- * server's name that carries its UUID AND RESERVATION_FIELD, and only while no domain of that
- * UUID is defined on the host (then the guest may run here: kept). Idempotent (prints `removed`
- * or nothing); run owner-guarded under the destination's lock after a failed migration whose
- * guest runs on the source.
- */
-export function dropReservationStep(i: Pick<ServerInputs, "serverName" | "uuid">): Step {
-  const p = shQuote(recordPath("server", i.serverName));
-  return {
-    label: `remove the capacity reservation of server ${i.serverName}`,
-    script: [
-      `[ -f ${p} ] || exit 0`,
-      `grep -qF -- ${shQuote(`"uuid": "${i.uuid}"`)} ${p} || exit 0`,
-      `grep -q -- ${shQuote(RESERVATION_LINE)} ${p} || exit 0`,
-      // libvirtd not answering is not "no domain" (review 9b M5): then it is kept.
-      `if ! ${VIRSH} list --all >/dev/null 2>&1; then echo ${shQuote(`libvirtd on this host does not answer, so whether server ${i.serverName} is defined here is unknown: its reservation is kept; start libvirtd and run again`)} >&2; exit 69; fi`,
-      `u=$(${VIRSH} domuuid ${shQuote(i.serverName)} 2>/dev/null || true)`,
-      `if [ "$u" = ${shQuote(i.uuid)} ]; then echo ${shQuote(`server ${i.serverName} is defined on this host: its reservation is kept`)} >&2; exit 0; fi`,
-      `rm -f ${p}`,
-      "echo removed",
     ].join("\n"),
   };
 }
@@ -837,7 +831,11 @@ export function markMigratingStep(
     label: `note the migration of server ${inputs.serverName} to ${dstName}`,
     script: [
       `p=${shQuote(p)}`,
-      `if [ -f "$p" ] && ! grep -qF -- ${shQuote(`"uuid": "${inputs.uuid}"`)} "$p"; then echo ${shQuote(`another server (another UUID) is recorded under the name ${inputs.serverName} on this host (${p}); not migrating`)} >&2; exit 34; fi`,
+      otherServerRecordLine(
+        '"$p"',
+        inputs.uuid,
+        `another server (another UUID) is recorded under the name ${inputs.serverName} on this host (${p}); not migrating`,
+      ),
       `if [ -f "$p" ]; then ${MIGRATING_READ}; fi`,
       ...rewriteRecordLines(inputs, addresses, dstName),
     ].join("\n"),

@@ -32,6 +32,7 @@ import {
   type SandboxStatus,
 } from "../support/sandbox";
 import { plugLines } from "../support/plug";
+import { withNetworkDiagnostics } from "../support/diagnostics";
 import { closeHostSessions, securityGroupPortProvider, type SecurityGroupPortOutputs } from "../../provider";
 import { DEFAULT_EGRESS } from "../../core/securityGroup";
 
@@ -176,27 +177,37 @@ test(
   "real guests: floating IP only, SNAT seen as the gateway, hairpin; security groups on OVS and Linux bridge: allowed, refused, remote group, anti-spoofing, revoke cuts a live flow",
   { timeout: 1_500_000 },
   async () => {
-    const up = ok(await run("up"));
-    const o = up.outputs as Record<string, string>;
+    // A guest without a lease (session 9's second CI: sga on the OVS VXLAN network, no answer to
+    // ten discovers) fails here: the message then carries the hosts' plumbing, read at once.
+    const o = await withNetworkDiagnostics(status, async () => {
+      const up = ok(await run("up"));
+      return up.outputs as Record<string, string>;
+    });
     const hv2 = o.hostA;
     assert.equal(o.hostC, hv2);
 
     // --- Router, with real guests.
-    assert.equal(
-      await waitFor("sga through its floating IP", async () => fromInternet(o.floatingIp, 80), {
-        timeoutMs: 60_000,
-        intervalMs: 1_000,
-      }),
-      "hello from sga",
-    );
-    assert.equal(fromInternet(o.ipA, 80), undefined, "the fixed address is not reachable from the internet");
-    assert.equal(
-      await probeOk(hv2, "sgc"),
-      o.gateway,
-      "the internet peer sees the router's gateway address (SNAT)",
-    );
-    const hairpin = await probeOk(status.hosts[0].name, "sgb");
-    assert.match(hairpin, /^\d+\.\d+\.\d+\.\d+$/, "sgb reached sga through sga's floating IP (hairpin)");
+    await withNetworkDiagnostics(status, async () => {
+      assert.equal(
+        await waitFor("sga through its floating IP", async () => fromInternet(o.floatingIp, 80), {
+          timeoutMs: 60_000,
+          intervalMs: 1_000,
+        }),
+        "hello from sga",
+      );
+      assert.equal(
+        fromInternet(o.ipA, 80),
+        undefined,
+        "the fixed address is not reachable from the internet",
+      );
+      assert.equal(
+        await probeOk(hv2, "sgc"),
+        o.gateway,
+        "the internet peer sees the router's gateway address (SNAT)",
+      );
+      const hairpin = await probeOk(status.hosts[0].name, "sgb");
+      assert.match(hairpin, /^\d+\.\d+\.\d+\.\d+$/, "sgb reached sga through sga's floating IP (hairpin)");
+    });
 
     // --- Security groups on both drivers (targets on hv2).
     const hosts = sandboxHostConnections(status);

@@ -1,7 +1,7 @@
 /**
  * A live migration's destination capacity (review 8 P2) and the fit checks' MemAvailable rule
- * (review 8b Q8): the host's scripts (migrationFitsStep, reservationStep, dropReservationStep,
- * resizeFitsStep) RUN with bash over sample record folders, a fake /proc/meminfo, nproc and
+ * (review 8b Q8): the host's scripts (migrationFitsStep, reservationStep, the cleanup's gates
+ * noDomainHereStep and abandonedRecordGateStep, resizeFitsStep) RUN with bash over sample record folders, a fake /proc/meminfo, nproc and
  * virsh; the provider's update runs over a fake host for the order of the migration's steps
  * (the fit check before anything is written, the reservation removed after a failure) and for
  * the metadata-only branch's fit check (review 8b Q5).
@@ -33,11 +33,12 @@ import {
   clearMigratingStep,
   DOMAIN_HERE_EXIT,
   NOT_ABANDONED_EXIT,
-  dropReservationStep,
   markMigratingStep,
   MIGRATING_FIELD,
   MIGRATION_REFUSED_EXIT,
   migrationFitsStep,
+  nameFreeStep,
+  noDomainHereStep,
   pendingMigrationStep,
   RECORDS_CHANGED_EXIT,
   recordKindStep,
@@ -308,41 +309,72 @@ test("the reservation never overwrites another server's record nor this server's
     assert.match(nested, /\n {6}"reservation": "x"/);
     assert.equal(s.run(reservationStep(i, [], "hv1").script).stdout.trim(), "kept");
     assert.equal(s.file("web1"), nested);
-    assert.equal(s.run(dropReservationStep(i).script).code, 0);
-    assert.equal(s.file("web1"), nested, "not removed as a reservation");
+    assert.equal(
+      s.run(abandonedRecordGateStep(i).script).code,
+      NOT_ABANDONED_EXIT,
+      "the cleanup's gate does not take it for a reservation",
+    );
+    assert.equal(s.file("web1"), nested);
   });
 });
 
-test("dropReservationStep removes only this server's reservation, and keeps it while a domain of its UUID is defined", () => {
+test("the destination's cleanup keeps a reservation while a domain of its UUID is defined there or libvirtd does not answer (noDomainHereStep, the first step of that batch)", () => {
   sample((s) => {
     const i = web1(512);
     assert.equal(s.run(reservationStep(i, [], "hv1").script).code, 0);
-    // Another server's reservation under the name: not ours.
-    const other = { serverName: "web1", uuid: U2 };
-    assert.equal(s.run(dropReservationStep(other).script).code, 0);
-    assert.notEqual(s.file("web1"), "");
-    // A domain of this UUID is defined here: the guest may run here, kept.
+    const reserved = s.file("web1");
+    const here = noDomainHereStep(i);
+    // A domain of this UUID is defined here: the guest may run here, nothing removed.
     s.virshDomuuid(i.uuid);
-    const kept = s.run(dropReservationStep(i).script);
-    assert.equal(kept.code, 0);
-    assert.match(kept.stderr, /its reservation is kept/);
-    assert.notEqual(s.file("web1"), "");
-    // libvirtd does not answer (review 9b M5): unknown whether a domain is defined, kept.
+    const kept = s.run(here.script);
+    assert.equal(kept.code, DOMAIN_HERE_EXIT);
+    assert.match(kept.stderr, /is defined on this host: nothing of it was removed/);
+    // libvirtd does not answer (review 9b M5): unknown whether a domain is defined, nothing removed.
     s.virshDomuuid("", undefined, true);
-    const down = s.run(dropReservationStep(i).script);
+    const down = s.run(here.script);
     assert.equal(down.code, 69);
-    assert.match(down.stderr, /libvirtd on this host does not answer.*its reservation is kept/);
-    assert.notEqual(s.file("web1"), "");
+    assert.match(down.stderr, /libvirtd on this host does not answer.*nothing of it was removed/);
+    // Another server's domain under the name, or none: the batch goes on (deleteStep then
+    // removes only a record of this UUID; the gate only a reservation).
+    s.virshDomuuid(U2);
+    assert.equal(s.run(here.script).code, 0);
     s.virshDomuuid("");
-    const gone = s.run(dropReservationStep(i).script);
-    assert.equal(gone.code, 0, gone.stderr);
-    assert.equal(gone.stdout.trim(), "removed");
-    assert.equal(s.file("web1"), "");
-    assert.equal(s.run(dropReservationStep(i).script).code, 0, "idempotent");
-    // This server's normal record (the guest runs here) is never removed.
+    assert.equal(s.run(here.script).code, 0);
+    assert.equal(s.file("web1"), reserved, "the gates write nothing");
+  });
+});
+
+test("one check refuses another server's record under the name (exit 34) in nameFreeStep, reservationStep and markMigratingStep, each with its own message", () => {
+  sample((s) => {
+    const i = web1(512);
+    s.put("web1", U2, 256, 1);
+    const theirs = s.file("web1");
+    const cases: [string, string, RegExp][] = [
+      [
+        "nameFreeStep",
+        nameFreeStep(i).script,
+        /^another server is recorded under the name web1 on this host .*; rename this server$/,
+      ],
+      [
+        "reservationStep",
+        reservationStep(i, [], "hv1").script,
+        /^serverName: another server \(another UUID\) is recorded under the name web1 .*it was not migrated/,
+      ],
+      [
+        "markMigratingStep",
+        markMigratingStep(i, [], "hv2").script,
+        /^another server \(another UUID\) is recorded under the name web1 on this host .*; not migrating$/,
+      ],
+    ];
+    for (const [name, script, message] of cases) {
+      const r = s.run(script);
+      assert.equal(r.code, 34, `${name}: ${r.stderr}`);
+      assert.match(r.stderr.trim(), message, name);
+      assert.equal(s.file("web1"), theirs, `${name} left their record alone`);
+    }
+    // This server's record passes all three.
     s.put("web1", i.uuid, 512, 1);
-    assert.equal(s.run(dropReservationStep(i).script).code, 0);
-    assert.notEqual(s.file("web1"), "");
+    for (const [name, script] of cases) assert.equal(s.run(script).code, 0, name);
   });
 });
 
