@@ -106,6 +106,23 @@ export function criticalPath(
       `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${rel(g, "began_ms")} | ${rel(g, "locked_ms")} | ${at((e) => e.event === "agent-start").join(", ") || "—"} (${g.find((e) => e.event === "agent-start")?.stats_ms ?? "—"}) | ${at((e) => e.action === "start").join(", ") || "—"} (${g.find((e) => e.action === "start")?.start_ms ?? "—"}) | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
     );
   }
+  // The slot chain step by step (docs/autoscale.md, "Launch changes"): when each roll step and
+  // slot Server finished, and how long after the step before it (its own time, plus the engine's
+  // registration of it once the step before was done).
+  rows.push("\nThe slot chain (when each step finished; + the time since the step before it)\n");
+  for (const agent of dyn.filter((d) => kind(d) === "AutoscaleAgent")) {
+    const app = agent.name.replace(/-agent$/, "");
+    const chain = dyn
+      .filter(
+        (d) =>
+          ["AutoscaleRoll", "Server"].includes(kind(d)) &&
+          new RegExp(`^${app}-\\d+(-roll-(out|in))?$`).test(d.name),
+      )
+      .sort((a, b) => a.ms - b.ms);
+    rows.push(
+      `- ${app}: ${chain.map((d, k) => `${d.name.slice(app.length + 1)} ${s(d.ms)}${k > 0 ? ` (+${((d.ms - chain[k - 1].ms) / 1000).toFixed(1)})` : ""}`).join(" → ")}`,
+    );
+  }
   rows.push(
     "",
     `program start (first custom resource done): ${s(Math.min(...dyn.map((d) => d.ms)))}; up returned: ${s(upMs)}; every member served through the floating IP: ${s(servingMs)}`,
