@@ -283,6 +283,23 @@ export function asgOwned(group: string): OwnedObject {
   };
 }
 
+/**
+ * Runs `fn` on every host at once (issue 13: the agent's create is on the path to the members'
+ * first start) and waits for ALL of them before it throws the first error as it was (a failed
+ * create's cleanup must never run beside a host call still writing). Results in host order.
+ */
+async function onHostsAtOnce<T>(
+  hosts: readonly HostConnection[],
+  fn: (h: HostConnection) => Promise<T>,
+): Promise<PromiseSettledResult<T>[]> {
+  return Promise.allSettled(hosts.map((h) => fn(h)));
+}
+function firstError<T>(settled: readonly PromiseSettledResult<T>[]): T[] {
+  const bad = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (bad) throw bad.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
 function involvedHosts(i: AutoscaleAgentInputs): HostConnection[] {
   const names = new Set([i.controllerHost, ...Object.keys(i.membersByHost)]);
   return i.hosts.filter((h) => names.has(h.name));
@@ -358,17 +375,15 @@ async function wire(
   const publicKey = pub.trim().split("\n").pop() ?? "";
   const entries: { address: string; port: number; keys: string[] }[] = [];
   const authorizedKeysFiles: Record<string, string> = {};
-  for (const h of i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name))) {
-    const { hostKeys: keys, authorizedKeysFile } = await setUpMemberHost(
-      i,
-      h,
-      publicKey,
-      controller.address,
-      owners,
-    );
-    entries.push({ address: h.address, port: h.port, keys });
-    authorizedKeysFiles[h.name] = authorizedKeysFile;
-  }
+  // Every member host at once (each its own files and key line); known_hosts in host order.
+  const memberHosts = i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name));
+  const set = firstError(
+    await onHostsAtOnce(memberHosts, (h) => setUpMemberHost(i, h, publicKey, controller.address, owners)),
+  );
+  memberHosts.forEach((h, k) => {
+    entries.push({ address: h.address, port: h.port, keys: set[k].hostKeys });
+    authorizedKeysFiles[h.name] = set[k].authorizedKeysFile;
+  });
   const outs = await controllerFiles(i, controller, knownHostsContent(entries), owners, []);
   const changed = outs.slice(0, 2).some((o) => o.trim().split("\n").pop() === "changed");
   return { publicKey, changed, authorizedKeysFiles };
@@ -503,10 +518,16 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
   async create(inputs) {
     const claimed: HostConnection[] = [];
     try {
-      for (const h of involvedHosts(inputs)) {
-        const [c] = await runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)]);
-        if (claimedNow(c)) claimed.push(h);
-      }
+      // Every host's claim at once; all have answered before a refusal is thrown, so the
+      // cleanup below sees every host this call claimed.
+      const hosts = involvedHosts(inputs);
+      const claims = await onHostsAtOnce(hosts, (h) =>
+        runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)]),
+      );
+      claims.forEach((r, k) => {
+        if (r.status === "fulfilled" && claimedNow(r.value[0])) claimed.push(hosts[k]);
+      });
+      firstError(claims);
       const { publicKey, authorizedKeysFiles } = await wire(inputs, [inputs.owner]);
       const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
       await runLocked(controller, [

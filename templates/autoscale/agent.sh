@@ -137,9 +137,18 @@ on_host() { # INDEX VERB [NAME]
 }
 # The members' stats as the member hosts report them, kept only when well-formed: a name that is
 # one of this group's slots, a known state, digits for the CPU time (a host's answer is data,
-# never a path or a command).
+# never a path or a command). The hosts are asked all at once (one bounded ssh each, issue 13:
+# at start-up this is on the path to the first start); each answer goes to a file of its own
+# (two answers on one pipe could interleave mid-line), read in host order once every ssh ended.
+# The subshell's `wait` waits for its own children only, never for the agent's other children.
 member_stats() {
-  for _ms_h in $MEMBER_HOST_INDEXES; do on_host "$_ms_h" stats 2>/dev/null; done |
+  (
+    for _ms_h in $MEMBER_HOST_INDEXES; do
+      on_host "$_ms_h" stats > "$DIR/stats.$_ms_h.part" 2>/dev/null &
+    done
+    wait
+  )
+  for _ms_h in $MEMBER_HOST_INDEXES; do cat "$DIR/stats.$_ms_h.part" 2>/dev/null; rm -f "$DIR/stats.$_ms_h.part"; done |
     awk -v names="$ALL_NAMES" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1 }
       NF == 3 && ($1 in ok) && ($2 == "running" || $2 == "paused" || $2 == "shut-off") && $3 ~ /^[0-9]+$/ { print }'
 }
@@ -192,6 +201,7 @@ setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 # results are logged in member order, and a failed start marks that slot FAILED.
 start_members() { # names...
   _sm_spids=""
+  _sm_t=$(now_ms)
   for _sm_n in "$@"; do
     _sm_k=$(index_of "$_sm_n")
     set_mstate "$_sm_n" starting 0
@@ -204,12 +214,13 @@ start_members() { # names...
     _sm_spids="$_sm_spids $!"
   done
   for _sm_sp in $_sm_spids; do wait "$_sm_sp"; done
+  _sm_t=$(($(now_ms) - _sm_t)) # how long the start commands took (ssh + virsh start), logged
   for _sm_n in "$@"; do
     _sm_k=$(index_of "$_sm_n")
     _sm_r=$(cat "state/$_sm_n.start" 2>/dev/null)
     [ -n "$_sm_r" ] || _sm_r="failed rc=none"
     if [ "$_sm_r" = ok ]; then
-      log "event=action action=start member=$_sm_n host=$(eval "echo \$MEMBER_${_sm_k}_HOST")$CAUSE"
+      log "event=action action=start member=$_sm_n host=$(eval "echo \$MEMBER_${_sm_k}_HOST") start_ms=$_sm_t$CAUSE"
     else
       log "event=action action=start member=$_sm_n result=failed reason=start-command-failed ${_sm_r#failed }$CAUSE"
       set_mstate "$_sm_n" failed "$(date +%s)"
@@ -221,14 +232,27 @@ start_members() { # names...
 
 # Wait (at most BOOT_TIMEOUT) for members in state `starting` to answer their health check: each
 # joins the pool when it answers; one that does not in time is marked FAILED (still in maint).
+# Each round checks every member left at once (issue 13: a guest still booting does not answer
+# ARP, so its check takes its full 4 s; one after the other, that delayed the next member's entry
+# by as much), each check's result in a file of its own; results are then taken in member order.
 await_health() { # names...
   _ah_deadline=$(($(date +%s) + BOOT_TIMEOUT))
   _ah_left=$*
   while [ -n "$_ah_left" ]; do
     _ah_next=""
+    (
+      for _ah_n in $_ah_left; do
+        [ "$(mstate "$_ah_n")" = starting ] || continue
+        rm -f "state/$_ah_n.health"
+        { healthy "$(index_of "$_ah_n")" && echo ok > "state/$_ah_n.health"; } &
+      done
+      wait
+    )
     for _ah_n in $_ah_left; do
       [ "$(mstate "$_ah_n")" = starting ] || continue
-      if healthy "$(index_of "$_ah_n")"; then
+      _ah_ok=$(cat "state/$_ah_n.health" 2>/dev/null)
+      rm -f "state/$_ah_n.health"
+      if [ "$_ah_ok" = ok ]; then
         lb_state "$_ah_n" ready
         set_mstate "$_ah_n" running "$(date +%s)"
         rm -f "samples/$_ah_n"
@@ -453,7 +477,9 @@ write_status() {
 
 # Start-up: what runs now is the truth (the agent may have been restarted); put the pool in step.
 reconcile_start() {
+  _rc_t=$(now_ms)
   member_stats > stats.tmp
+  _rc_stats=$(($(now_ms) - _rc_t))
   _rc_i=0
   while [ "$_rc_i" -lt "$MAX" ]; do
     _rc_n=$(member_name $_rc_i)
@@ -481,7 +507,9 @@ reconcile_start() {
     _rc_i=$((_rc_i + 1))
   done
   dead_starts at-agent-start
-  log "event=agent-start pid=$$ size=$(count_running) members=$(in_service | tr '\n' ',')"
+  # began_ms: the process's start; locked_ms: when it held the group lock; stats_ms: how long the
+  # member hosts took to answer (issue 13: where the time before the first start goes).
+  log "event=agent-start pid=$$ size=$(count_running) members=$(in_service | tr '\n' ',') began_ms=$AGENT_BEGAN locked_ms=$AGENT_LOCKED stats_ms=$_rc_stats"
 }
 
 # Slots left `starting` by a start that died (an agent or a roll.sh killed while a member booted;
@@ -758,6 +786,7 @@ case $MODE in
   run) ;;
   *) echo "agent.sh: unknown mode $MODE (run, roll-out, roll-in, reset)" >&2; exit 64 ;;
 esac
+AGENT_BEGAN=$(now_ms)
 _other=$(claim_instance)
 if [ "$_other" = lock-timeout ]; then
   # Not proof of another agent (review R6): say so, with its own exit code.
@@ -774,6 +803,7 @@ fi
 # that (logged when exceeded), and the agent never evaluates without the lock, at start-up either.
 LOCK_WAIT=${LOCK_WAIT:-$((BOOT_TIMEOUT + DRAIN_TIMEOUT + 60))}
 until group_lock "$LOCK_WAIT"; do log "event=lock-wait-exceeded seconds=$LOCK_WAIT phase=start"; done
+AGENT_LOCKED=$(now_ms)
 reconcile_start
 program_desired
 keep_bounds

@@ -88,17 +88,39 @@ export function criticalPath(
     .filter((e) => e.group && e.ts);
   const rows = [
     "\nWhat the members waited for (ms after the up started; the agents' times from their decisions.log)\n",
-    "| group | slots defined | their SG ports | load balancer | agent created | agent started | members started | members in service |",
-    "|---|---|---|---|---|---|---|---|",
+    "| group | slots defined | their SG ports | load balancer | agent created | agent process began | group lock held | agent started (hosts asked, ms) | members started (start commands, ms) | members in service |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ];
   for (const agent of dyn.filter((d) => kind(d) === "AutoscaleAgent")) {
     const app = agent.name.replace(/-agent$/, "");
     const mine = (d: { name: string }) => new RegExp(`^${app}-\\d+`).test(d.name);
     const g = events.filter((e) => app.endsWith(`-${e.group}`) || app === e.group);
+    // The agent's own marks on its agent-start line (agent.sh from session 10 on; "—" before).
+    const rel = (es: Record<string, string>[], k: string): string => {
+      const v = es.find((e) => e.event === "agent-start")?.[k];
+      return v === undefined ? "—" : `${((Number(v) - upStart) / 1000).toFixed(1)} s`;
+    };
     const at = (pred: (e: Record<string, string>) => boolean) =>
       g.filter(pred).map((e) => `${((Number(e.ts) - upStart) / 1000).toFixed(1)} s`);
     rows.push(
-      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${at((e) => e.event === "agent-start").join(", ") || "—"} | ${at((e) => e.action === "start").join(", ") || "—"} | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
+      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${rel(g, "began_ms")} | ${rel(g, "locked_ms")} | ${at((e) => e.event === "agent-start").join(", ") || "—"} (${g.find((e) => e.event === "agent-start")?.stats_ms ?? "—"}) | ${at((e) => e.action === "start").join(", ") || "—"} (${g.find((e) => e.action === "start")?.start_ms ?? "—"}) | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
+    );
+  }
+  // The slot chain step by step (docs/autoscale.md, "Launch changes"): when each roll step and
+  // slot Server finished, and how long after the step before it (its own time, plus the engine's
+  // registration of it once the step before was done).
+  rows.push("\nThe slot chain (when each step finished; + the time since the step before it)\n");
+  for (const agent of dyn.filter((d) => kind(d) === "AutoscaleAgent")) {
+    const app = agent.name.replace(/-agent$/, "");
+    const chain = dyn
+      .filter(
+        (d) =>
+          ["AutoscaleRoll", "Server"].includes(kind(d)) &&
+          new RegExp(`^${app}-\\d+(-roll-(out|in))?$`).test(d.name),
+      )
+      .sort((a, b) => a.ms - b.ms);
+    rows.push(
+      `- ${app}: ${chain.map((d, k) => `${d.name.slice(app.length + 1)} ${s(d.ms)}${k > 0 ? ` (+${((d.ms - chain[k - 1].ms) / 1000).toFixed(1)})` : ""}`).join(" → ")}`,
     );
   }
   rows.push(

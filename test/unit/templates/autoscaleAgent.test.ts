@@ -25,7 +25,14 @@ const FAKE_SSH = `#!/bin/sh
 # fake ssh: skip options, then user@host, then run the forced command as sshd would
 # (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
 case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
-while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) shift; break ;; *) shift ;; esac; done
+while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) dest=$1; shift; break ;; *) shift ;; esac; done
+# stats asked of every member host at once ($SIM/stats_meet holds the number of hosts): each host's
+# answer waits (at most 3 s) until every host has been asked; a host asked alone gives up (255)
+if [ "$1" = stats ] && [ -f "$SIM/stats_meet" ]; then
+  echo "$dest" >> "$SIM/stats_asked"
+  i=0; while [ "$(sort -u "$SIM/stats_asked" | wc -l)" -lt "$(cat "$SIM/stats_meet")" ]; do
+    i=$((i + 1)); [ $i -gt 30 ] && { echo "$dest" >> "$SIM/stats_alone"; exit 255; }; sleep 0.1; done
+fi
 # a start may be made slow ($SIM/start_delay seconds) or fail like an unreachable host ($SIM/start_fail names)
 if [ "$1" = start ]; then
   [ -f "$SIM/start_delay" ] && sleep "$(cat "$SIM/start_delay")"
@@ -38,6 +45,11 @@ if [ "$1" = stop ]; then
 fi
 # a member host may answer a state query with any text ($SIM/state_answer: another version, a broken host)
 if [ "$1" = state ] && [ -f "$SIM/state_answer" ]; then cat "$SIM/state_answer"; exit 0; fi
+# a host's own domains ($SIM/members.<user@address>): its stats name only those
+if [ "$1" = stats ] && [ -f "$SIM/members.$dest" ]; then
+  SSH_ORIGINAL_COMMAND="$*" /bin/sh "$SIM/kvmlab/asg/web/member.sh" | grep -F -w -f "$SIM/members.$dest"
+  exit 0
+fi
 SSH_ORIGINAL_COMMAND="$*" exec /bin/sh "$SIM/kvmlab/asg/web/member.sh"
 `;
 const FAKE_VIRSH = `#!/bin/sh
@@ -79,6 +91,13 @@ ip=\${url#http://}; ip=\${ip%%:*}
 n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
 # a guest named in $SIM/unhealthy never answers (it runs, but its service does not)
 grep -qx "$n" "$SIM/unhealthy" 2>/dev/null && exit 1
+# checks made together ($SIM/health_meet members): each waits (at most 3 s) until every one has
+# been asked; a member checked alone fails that check and says so in $SIM/health_alone
+if [ -f "$SIM/health_meet" ]; then
+  echo "$n" >> "$SIM/health_asked"
+  i=0; while [ "$(sort -u "$SIM/health_asked" | wc -l)" -lt "$(cat "$SIM/health_meet")" ]; do
+    i=$((i + 1)); [ $i -gt 30 ] && { echo "$n" >> "$SIM/health_alone"; exit 1; }; sleep 0.1; done
+fi
 read -r st cpu last < "$SIM/dom/$n"; [ "$st" = running ]
 `;
 
@@ -366,6 +385,8 @@ function simGroup(opts: {
   policies?: Parameters<typeof renderAgentConfig>[0]["policies"];
   interval?: number;
   controller?: string;
+  /** Member i's host number n: host `hv<n>` at 192.0.2.<n> (default: every member on hv1). */
+  hostOf?: (i: number) => number;
 }): {
   root: string;
   dir: string;
@@ -433,8 +454,8 @@ function simGroup(opts: {
       members: names.map((name, i) => ({
         name,
         ip: ips[i],
-        host: "hv1",
-        hostAddress: "192.0.2.1",
+        host: `hv${opts.hostOf?.(i) ?? 1}`,
+        hostAddress: `192.0.2.${opts.hostOf?.(i) ?? 1}`,
         hostPort: 22,
         hostUser: "root",
       })),
@@ -1102,6 +1123,67 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
       fs.readdirSync(path.join(g.dir, "state")).filter((f) => f.endsWith(".start")),
       [],
       "no result file is left behind",
+    );
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("issue 13: at start-up the agent asks every member host for its domains at once (not one ssh after another), and logs how long that took", async () => {
+  // web-0 and web-2 on hv1, web-1 on hv2; web-0 and web-1 run.
+  const g = simGroup({ min: 2, max: 3, running: ["web-0", "web-1"], hostOf: (i) => (i === 1 ? 2 : 1) });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-0\nweb-2\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-1\n");
+  // Each host answers only once both have been asked (a host asked alone gives up: exit 255).
+  fs.writeFileSync(path.join(g.sim, "stats_meet"), "2\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    const start = g.log().find((e) => e.event === "agent-start") as Entry;
+    assert.ok(!fs.existsSync(path.join(g.sim, "stats_alone")), "no host was asked alone");
+    assert.equal(start.size, "2", "both running members were seen, one on each host");
+    assert.equal(start.members, "web-0,web-1,");
+    assert.ok(!g.log().some((e) => e.event === "member-lost"), "no member was taken for lost");
+    for (const f of ["began_ms", "locked_ms", "stats_ms"])
+      assert.match(start[f] ?? "", /^\d+$/, `agent-start carries ${f}`);
+    assert.ok(Number(start.locked_ms) >= Number(start.began_ms));
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("issue 13: members started together are health-checked together (a guest still booting never delays another's entry into the pool)", async () => {
+  const g = simGroup({ min: 2, max: 3, running: [], hostOf: (i) => (i === 1 ? 2 : 1) });
+  // Each check answers only once both members have been checked (one checked alone fails).
+  fs.writeFileSync(path.join(g.sim, "health_meet"), "2\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    await until(
+      "both members in service",
+      () => g.log().filter((e) => e.action === "in-service").length === 2,
+      20_000,
+    );
+    assert.ok(!fs.existsSync(path.join(g.sim, "health_alone")), "no member was checked alone");
+    assert.deepEqual(
+      g
+        .log()
+        .filter((e) => e.action === "in-service")
+        .map((e) => e.member),
+      ["web-0", "web-1"],
+      "results are taken in member order",
+    );
+    assert.ok(g.haproxy().includes("web-0 state ready") && g.haproxy().includes("web-1 state ready"));
+    const starts = g.log().filter((e) => e.action === "start");
+    assert.equal(starts.length, 2);
+    for (const e of starts)
+      assert.match(e.start_ms ?? "", /^\d+$/, "each start line says how long the starts took");
+    assert.deepEqual(
+      fs.readdirSync(path.join(g.dir, "state")).filter((f) => f.endsWith(".health")),
+      [],
+      "no check's result file is left behind",
     );
   } finally {
     killGroup(agent);
