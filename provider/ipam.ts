@@ -19,6 +19,7 @@ import { intToIp as intToIpv4, ipv4ToInt, tryParseCidr as parseCidr4 } from "../
 import {
   checkRemotePath,
   failedStep,
+  hostLockFree,
   readRecordStep,
   recordPath,
   parseRecord,
@@ -191,7 +192,8 @@ export function quickWriteStep(label: string, path: string, text: string, mode: 
 /**
  * Steps that store a record and make dnsmasq see it (hostsfile + SIGHUP when running): the
  * record (0600) and the hostsfile (0644) written by quickWriteStep, the pid read by the shell
- * (no cat): four processes for the commit instead of about twenty-five.
+ * (no cat): four processes for the commit instead of about twenty-five. The SIGHUP goes only to
+ * a process whose name (/proc/<pid>/comm) is dnsmasq.
  */
 export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths, networkName: string): Step[] {
   const name = ipamRecordName(networkName, record.subnet);
@@ -205,7 +207,9 @@ export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths, networkNam
     quickWriteStep(`upload ${paths.hostsFile}`, paths.hostsFile, hostsFileText(record), "0644"),
     {
       label: `reload dhcp hosts of subnet ${record.subnet}`,
-      script: `pid=; { read -r pid < ${shQuote(paths.pidFile)}; } 2>/dev/null; case "$pid" in ''|*[!0-9]*) ;; *) if [ -d "/proc/$pid" ]; then kill -HUP "$pid"; fi ;; esac; true`,
+      // Only a dnsmasq (review 9a R6): a stale pid file can name any process now, which SIGHUP
+      // would stop or confuse. The name is read by the shell (no process), as subnet.ts's alive().
+      script: `pid=; c=; { read -r pid < ${shQuote(paths.pidFile)}; } 2>/dev/null; case "$pid" in ''|*[!0-9]*) ;; *) { read -r c < "/proc/$pid/comm"; } 2>/dev/null; if [ "$c" = dnsmasq ]; then kill -HUP "$pid"; fi ;; esac; true`,
     },
   ];
 }
@@ -294,7 +298,8 @@ function allocationQueues(): Map<string, SubnetQueue> {
  * lock (issue 13): one reading of the record and the leases, each allocation planned in turn
  * on the record as the ones before it left it (each gets its own answer: a refused one changes
  * nothing and holds up none of the others), one commit. A turn serves what waited when it
- * began; what arrives during it waits for the next. Two round trips per turn: the reads (no
+ * began and what arrived while it read or waited for the DHCP host's lock in this process
+ * (session 10); what arrives later waits for the next. Two round trips per turn: the reads (no
  * lock), then the commit under the lock behind a check that the record is as read (else the
  * turn reads, plans and commits again under the lock: see allocationTurn).
  */
@@ -330,7 +335,7 @@ export async function allocateAddressOrigin(
       await new Promise<void>((r) => setImmediate(r));
       try {
         const batch = queue.waiting.splice(0);
-        if (batch.length > 0) await allocationTurn(ref, batch);
+        if (batch.length > 0) await allocationTurn(ref, batch, queue.waiting);
       } finally {
         queue.turns -= 1;
         if (queue.turns === 0 && queues.get(key) === queue) queues.delete(key);
@@ -373,7 +378,7 @@ function planTurn(
   recText: string,
   leasedText: string,
   answers: Map<AllocationRequest, { ip: string; origin: AllocationOrigin } | { error: unknown }>,
-): IpamRecord | undefined {
+): { base: IpamRecord; next: IpamRecord } | undefined {
   const name = ipamRecordName(ref.networkName, ref.subnetName);
   answers.clear();
   const record = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
@@ -398,11 +403,67 @@ function planTurn(
     next = plan.record;
     answers.set(r, { ip: plan.ip, origin: plan.origin });
   }
-  return JSON.stringify(next) === JSON.stringify(record) ? undefined : next;
+  return JSON.stringify(next) === JSON.stringify(record) ? undefined : { base: record, next };
 }
 
 /**
- * One turn of a subnet's allocations for `batch`: settles every request, never throws.
+ * A commit's failure after which the record may hold what it wrote: a step after the record's
+ * write (its index `at` in the batch) failed, or no step's (a timeout, a lost shell: the steps
+ * may have run). The record's own write replaces the file by a rename, so its failure, like
+ * the guard's or the lock's, leaves the record as it was.
+ */
+function recordMayBeWritten(err: unknown, at: number): boolean {
+  const f = failedStep(err);
+  return f.index > at || (f.index === -1 && f.exitStatus === null);
+}
+
+/**
+ * `current` with this turn's changes undone (review 9a R8): every address whose entry the turn
+ * changed (from `base`, the record it planned on, to `next`, what it wrote) and that `current`
+ * still holds as the turn wrote it gets its entry from `base` back (none, for an address the
+ * turn allocated). An address another writer changed since is left as it is. Pure.
+ */
+export function undoTurn(current: IpamRecord, base: IpamRecord, next: IpamRecord): IpamRecord {
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  const allocations = { ...current.allocations };
+  const ips = new Set([...Object.keys(base.allocations), ...Object.keys(next.allocations)]);
+  for (const ip of ips) {
+    const was = base.allocations[ip];
+    const wrote = next.allocations[ip];
+    if (same(was, wrote) || !same(current.allocations[ip], wrote)) continue;
+    if (was) allocations[ip] = was;
+    else delete allocations[ip];
+  }
+  return { ...current, allocations };
+}
+
+/**
+ * After a commit that failed past its guard (the hostsfile's write, dnsmasq's reload, a
+ * timeout or a lost shell: the record may hold this turn's entries although every allocation
+ * of the turn is refused), takes the lock again, reads the record and writes it back without
+ * this turn's changes (undoTurn), hostsfile and reload too, so no address stays allocated
+ * that nobody owns (review 9a R8). Throws when that fails too (the caller notes it).
+ */
+async function undoCommit(ref: SubnetRef, base: IpamRecord, next: IpamRecord): Promise<void> {
+  const paths = dhcpPaths(ref.networkName, ref.subnetName);
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
+  await withHostLock(
+    ref.host,
+    async ([recText]) => {
+      const current = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+      if (!current) return;
+      // Written even when the record shows nothing of the turn: the hostsfile may.
+      await runChecked(ref.host, ipamCommitSteps(undoTurn(current, base, next), paths, ref.networkName));
+    },
+    undefined,
+    [readRecordStep("ipam", name)],
+  );
+}
+
+/**
+ * One turn of a subnet's allocations: `first` (what waited when it began) and those that join
+ * from `late` (the subnet's waiting list) once the record is read and the DHCP host's lock in
+ * this process is free. Settles every request, never throws.
  *
  * Optimistic first (issue 13): the record and the leases are read without the lock, every
  * allocation is planned on that reading, and the commit runs under the DHCP host's lock in one
@@ -416,28 +477,44 @@ function planTurn(
  * round trip that takes the lock, planned and committed before it is released, as before issue
  * 13. That turn cannot be refused, so a record that keeps changing (a burst of releases by
  * another stack's destroy) makes the allocation wait for the lock, never fail.
+ *
+ * A commit that fails after the record's write (review 9a R8) is undone under the lock
+ * (undoCommit) before the allocations are refused.
  */
-async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[]): Promise<void> {
+async function allocationTurn(
+  ref: SubnetRef,
+  first: readonly AllocationRequest[],
+  late: AllocationRequest[],
+): Promise<void> {
   const paths = dhcpPaths(ref.networkName, ref.subnetName);
   const name = ipamRecordName(ref.networkName, ref.subnetName);
   const answers = new Map<AllocationRequest, { ip: string; origin: AllocationOrigin } | { error: unknown }>();
+  const batch = [...first];
   const turnStart = Date.now();
-  for (const r of batch) {
-    if (r.timings) Object.assign(r.timings, { waitMs: turnStart - r.startedAt, batch: batch.length });
-  }
   const read = (): Step[] => [readRecordStep("ipam", name), leasedStep(paths)];
+  // A commit that failed with the record maybe written: what it wrote over what.
+  let sent: { base: IpamRecord; next: IpamRecord } | undefined;
   try {
     try {
       const [recText, leasedText] = await runChecked(ref.host, read());
-      const next = planTurn(ref, batch, recText, leasedText, answers);
+      // The commit waits for the DHCP host's in-process lock (a placement claim batch on the
+      // same host holds it for 30-150 ms): the wait comes before the planning instead.
+      await hostLockFree(ref.host);
+      // The allocations that arrived while the record was read or the lock was busy join this
+      // turn (session 10): it plans them on the same reading, as placement's turn takes the
+      // creates that arrive while it reads the hosts; they waited for the next turn before.
+      batch.push(...late.splice(0));
+      const plan = planTurn(ref, batch, recText, leasedText, answers);
       let refused = false;
-      if (next) {
+      if (plan) {
         const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
         try {
-          await runLocked(ref.host, [guard, ...ipamCommitSteps(next, paths, ref.networkName)]);
+          await runLocked(ref.host, [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)]);
         } catch (err) {
-          // Refused by the guard (step 0, nothing written): the locked turn below.
+          // Past the record's write (step 1), or no step's failure (a timeout, a lost shell).
+          if (recordMayBeWritten(err, 1)) sent = plan;
           const f = failedStep(err);
+          // Refused by the guard (step 0, nothing written): the locked turn below.
           if (f.index !== 0 || f.exitStatus !== IPAM_CHANGED_EXIT) throw err;
           refused = true;
         }
@@ -447,22 +524,42 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
           ref.host,
           async ([lockedRec, lockedLeased]) => {
             const again = planTurn(ref, batch, lockedRec, lockedLeased, answers);
-            if (again) await runChecked(ref.host, ipamCommitSteps(again, paths, ref.networkName));
+            if (again) {
+              try {
+                await runChecked(ref.host, ipamCommitSteps(again.next, paths, ref.networkName));
+              } catch (err) {
+                if (recordMayBeWritten(err, 0)) sent = again;
+                throw err;
+              }
+            }
           },
           undefined,
           read(),
         );
       }
     } finally {
-      const work = Date.now() - turnStart;
-      for (const r of batch) if (r.timings) r.timings.workMs = work;
+      const end = Date.now();
+      for (const r of batch) {
+        const began = Math.max(turnStart, r.startedAt);
+        if (r.timings)
+          Object.assign(r.timings, { waitMs: began - r.startedAt, workMs: end - began, batch: batch.length });
+      }
     }
   } catch (err) {
-    // Nothing committed (or not known to be): no allocation of this turn has an address. A
-    // refused one keeps its own reason.
+    // No allocation of this turn has an address. A commit that failed after it was sent may
+    // have written the record (review 9a R8): this turn's entries are taken out again under the
+    // lock, so none stays allocated that nobody owns (a refused allocation keeps its own reason).
+    let failure = err;
+    if (sent) {
+      try {
+        await undoCommit(ref, sent.base, sent.next);
+      } catch (undoErr) {
+        failure = withUndoNote(err, undoErr, ref.subnetName);
+      }
+    }
     for (const r of batch) {
       const a = answers.get(r);
-      r.reject(a && "error" in a ? a.error : err);
+      r.reject(a && "error" in a ? a.error : failure);
     }
     return;
   }
@@ -471,6 +568,19 @@ async function allocationTurn(ref: SubnetRef, batch: readonly AllocationRequest[
     if (a && "ip" in a) r.resolve(a);
     else r.reject(a ? a.error : new Error("IPAM turn ended without an answer"));
   }
+}
+
+/**
+ * `err` (a failed commit) noting that taking this turn's entries out again failed too: they may
+ * stay in the record until the resources are created again or the entries removed by hand.
+ */
+function withUndoNote(err: unknown, undoErr: unknown, subnet: string): unknown {
+  const note = `; taking this turn's entries out of the IPAM record of subnet ${subnet} again failed too (${undoErr instanceof Error ? undoErr.message : String(undoErr)}): they may stay allocated until the resources are created again or the entries are removed by hand`;
+  if (err instanceof Error) {
+    err.message += note;
+    return err;
+  }
+  return new Error(`${String(err)}${note}`);
 }
 
 /**

@@ -24,6 +24,8 @@
  *         by the shell across several batches; the steps `first` run in the round trip that
  *         takes the lock, and fn gets their stdouts. The lock is not re-entrant: never call
  *         runLocked, withHostLock or allocateAddress/releaseAddress for the same host inside fn.
+ *     hostLockFree(host)             resolves when the host's in-process mutex, as queued now, is
+ *         free; takes nothing (the IPAM turn plans after it, so late allocations join its commit)
  *     withNamedHostLock(host, name, fn)  flock /var/lib/kvmlab/<name>.lock (fd 8) in a lock shell
  *         of its own, kept for that lock's next turn once its release ran (placement, volumes)
  *     observedHostKey(host)          SHA256 fingerprint seen first in this process; it pins every

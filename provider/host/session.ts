@@ -886,6 +886,17 @@ function namedHolders(pool: HostPool, key: string): Map<string, HostSession> {
   return m;
 }
 
+/**
+ * Resolves when the host's in-process mutex, as queued now, is free (every holder and waiter of
+ * this moment done; takes nothing, runs nothing on the host). The IPAM turn waits here before it
+ * plans (issue 13, session 10): the allocations that arrive while a placement claim batch holds
+ * the DHCP host's lock join its commit instead of waiting for the next turn. Another caller may
+ * take the mutex first after it resolves; the caller's runLocked then waits as it would have.
+ */
+export async function hostLockFree(host: HostConnection): Promise<void> {
+  await (hostPool().locks.get(`${host.address}:${host.port}`) ?? Promise.resolve());
+}
+
 /** Waits for the host's in-process mutex (one holder per host in this process); returns its release. */
 async function takeProcessLock(host: HostConnection, name = ""): Promise<() => void> {
   const pool = hostPool();

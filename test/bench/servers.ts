@@ -215,7 +215,8 @@ function table(rows: Row[]): string {
     "placement = .queue (until its turn began) + .loads (reading the hosts) + .retry (earlier readings and claims",
     "the records guard refused, when another run changed the host meanwhile) + .claim (one locked batch on the chosen host:",
     "the records guard, host check, claims, record, image claim, kept-volumes listing);",
-    "ipam = .wait (until its subnet's turn began) + .work (the turn: the host lock taken with the reads, the commit)):",
+    "ipam = .wait (until its subnet's turn began, or it joined one that was reading or waiting for the host's lock) + .work",
+    "(the turn from then: the reads without the lock, the wait for the DHCP host's lock, the guarded commit)):",
     "",
     ...rows.map(
       (r) =>

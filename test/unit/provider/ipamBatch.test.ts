@@ -48,6 +48,8 @@ function subnetHost(
   start: IpamRecord,
   opts: {
     failWrite?: boolean;
+    /** The hostsfile's write fails (after the record's), `times` times (each commit's). */
+    failHosts?: { times: number };
     afterRead?: (n: number, set: (r: IpamRecord) => void, locked: boolean) => void;
   } = {},
 ): Fake & { current(): IpamRecord } {
@@ -87,6 +89,10 @@ function subnetHost(
     if (/^write record ipam\//.test(label)) {
       if (opts.failWrite) return { code: 1, stdout: "", stderr: "No space left on device" };
       current = JSON.parse(uploaded(script)) as IpamRecord;
+    }
+    if (/^upload .*hosts/.test(label) && opts.failHosts && opts.failHosts.times > 0) {
+      opts.failHosts.times -= 1;
+      return { code: 1, stdout: "", stderr: "Read-only file system" };
     }
     return "";
   });
@@ -346,7 +352,12 @@ test("the IPAM commit (under the DHCP host's lock, issue 13) runs with only base
     fs.symlinkSync(found, path.join(bin, tool));
   }
   const bash = spawnSync("bash", ["-c", "command -v bash"], { encoding: "utf8" }).stdout.trim();
-  const dnsmasq = spawn("sleep", ["30"], { stdio: "ignore" });
+  // A process named dnsmasq (/proc/<pid>/comm: the name it was started by): a link to sleep.
+  fs.symlinkSync(
+    spawnSync("bash", ["-c", "command -v sleep"], { encoding: "utf8" }).stdout.trim(),
+    path.join(root, "dnsmasq"),
+  );
+  const dnsmasq = spawn(path.join(root, "dnsmasq"), ["30"], { stdio: "ignore" });
   try {
     const paths = dhcpPaths("lan", "lan-v4");
     const local = (p: string) => p.split("/var/lib/kvmlab").join(root);
@@ -548,4 +559,181 @@ test("a remote step's failure carries its index in the caller's batch, label and
     `host hv1 (${hv1.user}@${hv1.address}:${hv1.port}): step "remote command" was skipped`,
   );
   assert.equal(skipped.stepIndex, -1);
+});
+
+test("dnsmasq's reload (review 9a R6): a pid file naming another process (a stale pid, reused) sends it no SIGHUP; the commit still succeeds", async () => {
+  const fs: typeof import("node:fs") = require("node:fs");
+  const os: typeof import("node:os") = require("node:os");
+  const path: typeof import("node:path") = require("node:path");
+  const { spawn, spawnSync }: typeof import("node:child_process") = require("node:child_process");
+  const { ipamCommitSteps, dhcpPaths } = require("../../../provider") as typeof import("../../../provider");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-ipam-hup-"));
+  const other = spawn("sleep", ["30"], { stdio: "ignore" });
+  try {
+    const paths = dhcpPaths("lan", "lan-v4");
+    const local = (p: string) => p.split("/var/lib/kvmlab").join(root);
+    fs.mkdirSync(path.dirname(local(paths.pidFile)), { recursive: true });
+    fs.writeFileSync(local(paths.pidFile), `${other.pid}\n`);
+    let signal: NodeJS.Signals | null = null;
+    other.on("exit", (_c, sig) => (signal = sig));
+    const reload = ipamCommitSteps(record({}), paths, "lan").find((s) =>
+      /^reload dhcp hosts/.test(s.label ?? ""),
+    );
+    assert.ok(reload);
+    const r = spawnSync("bash", ["--noprofile", "--norc", "-c", local(reload.script)], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal(signal, null, "the process that is not dnsmasq got no signal");
+    assert.equal(other.exitCode, null, "and still runs");
+  } finally {
+    other.kill();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("allocations asked for while a turn reads the record join that turn (session 10): one reading, one commit, no address twice", async () => {
+  const joined: Promise<string>[] = [];
+  const fake = subnetHost(record({}), {
+    afterRead: (n) => {
+      // Two creates arrive during the first (unlocked) reading.
+      if (n === 1)
+        for (const i of [2, 3])
+          joined.push(allocateAddress(REF, `server:u${i}:0`, { holder: `lab/a/Server/s${i}` }));
+    },
+  });
+  try {
+    const first = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    assert.deepEqual([first, ...(await Promise.all(joined))], ["10.10.0.2", "10.10.0.3", "10.10.0.4"]);
+    assert.equal(count(fake, /^read record ipam\//), 1, "one reading: the late ones joined it");
+    assert.equal(count(fake, /^write record ipam\//), 1, "one commit for all three");
+    assert.deepEqual(
+      Object.fromEntries(Object.entries(fake.current().allocations).map(([ip, a]) => [ip, a.owner])),
+      { "10.10.0.2": "server:u1:0", "10.10.0.3": "server:u2:0", "10.10.0.4": "server:u3:0" },
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM commit that fails after the record's write (the hostsfile, review 9a R8): every allocation of the turn is refused and the record gets back exactly what it held; another writer's entry and an entry already held stay", async () => {
+  const start = record({
+    "10.10.0.2": { owner: "server:u1:0", mac: "", holder: "lab/a/Server/s1" },
+    "10.10.0.3": { owner: "server:u2:0", mac: "", holder: "lab/a/Server/s2" },
+  });
+  const failHosts = { times: 1 };
+  const fake = subnetHost(start, { failHosts });
+  try {
+    const results = await Promise.allSettled([
+      // Already this holder's: kept, not released by the undo.
+      allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
+      // New: taken out again.
+      allocateAddress(REF, "server:u5:0", { holder: "lab/a/Server/s5" }),
+      // A move to a fixed address: the old address comes back, the new one goes.
+      allocateAddress(REF, "server:u2:0", { fixedIp: "10.10.0.9", holder: "lab/a/Server/s2" }),
+    ]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ["rejected", "rejected", "rejected"],
+    );
+    assert.match(String((results[1] as PromiseRejectedResult).reason), /Read-only file system/);
+    assert.deepEqual(fake.current().allocations, start.allocations, "the record holds what it held");
+    assert.equal(count(fake, /^write record ipam\//), 2, "the commit, then the undo");
+    assert.equal(count(fake, /^host lock taken/), 2, "the undo under the lock");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("undoTurn (review 9a R8): takes out only what the turn wrote and the record still shows; an address another writer changed since is left as it is", () => {
+  const { undoTurn } = require("../../../provider/ipam") as typeof import("../../../provider/ipam");
+  const a = (owner: string) => ({ owner, mac: "", holder: "h" });
+  const base = record({ "10.10.0.2": a("old"), "10.10.0.4": a("mover") });
+  const next = record({
+    "10.10.0.2": a("old"),
+    "10.10.0.3": a("new"),
+    "10.10.0.9": a("mover"),
+    "10.10.0.5": a("new2"),
+  });
+  // Since the commit: another writer released 10.10.0.5 and gave it to someone else, and allocated 10.10.0.6.
+  const current = record({ ...next.allocations, "10.10.0.5": a("theirs"), "10.10.0.6": a("other") });
+  assert.deepEqual(undoTurn(current, base, next).allocations, {
+    "10.10.0.2": a("old"),
+    "10.10.0.4": a("mover"),
+    "10.10.0.5": a("theirs"),
+    "10.10.0.6": a("other"),
+  });
+  // The commit never reached the record: nothing to take out.
+  assert.deepEqual(undoTurn(base, base, next), base);
+});
+
+test("an IPAM commit whose undo fails too (review 9a R8): the allocations are refused with both errors, saying the entries may stay", async () => {
+  const failHosts = { times: 2 };
+  const fake = subnetHost(record({}), { failHosts });
+  try {
+    await assert.rejects(
+      allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
+      /Read-only file system.*taking this turn's entries out of the IPAM record of subnet lan-v4 again failed too .*Read-only file system.*removed by hand/s,
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test("allocations asked for while the DHCP host's lock is busy in this process (a placement claim batch, session 10) join the turn waiting for it: one commit after the lock is free", async () => {
+  const { hostPool } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  const id = `${hv1.address}:${hv1.port}`;
+  let free: () => void = () => undefined;
+  // The claim batch holding the host's in-process lock.
+  const held = new Promise<void>((r) => (free = r));
+  hostPool().locks.set(id, held);
+  const fake = subnetHost(record({}));
+  try {
+    const first = allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    // The turn has read the record and waits for the lock; two more arrive meanwhile.
+    while (count(fake, /^read dhcp leases/) === 0) await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setTimeout(r, 20));
+    const later = [2, 3].map((i) => allocateAddress(REF, `server:u${i}:0`, { holder: `lab/a/Server/s${i}` }));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(count(fake, /^write record ipam\//), 0, "no commit while the lock is held");
+    free();
+    hostPool().locks.delete(id);
+    assert.deepEqual(await Promise.all([first, ...later]), ["10.10.0.2", "10.10.0.3", "10.10.0.4"]);
+    assert.equal(count(fake, /^read record ipam\//), 1, "one reading");
+    assert.equal(count(fake, /^write record ipam\//), 1, "one commit: the later ones joined");
+  } finally {
+    free();
+    hostPool().locks.delete(id);
+    fake.restore();
+  }
+});
+
+test("the locked turn's commit failing after the record's write (review 9a R8) is undone too: the other writer's entry stays, this turn's goes", async () => {
+  const theirs = record({
+    "10.10.0.2": { owner: "server:x:0", mac: "", holder: "lab/b/Server/x" },
+  });
+  const failHosts = { times: 0 };
+  const fake = subnetHost(record({}), {
+    // Another run commits after the unlocked reading (the guard refuses); the locked turn's
+    // hostsfile write then fails.
+    afterRead: (n, set, locked) => {
+      if (n === 1) set(theirs);
+      if (n === 2 && locked) failHosts.times = 1;
+    },
+    failHosts,
+  });
+  try {
+    await assert.rejects(
+      allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
+      /Read-only file system/,
+    );
+    assert.equal(count(fake, /^write record ipam\//), 2, "the locked commit, then the undo");
+    assert.deepEqual(
+      fake.current().allocations,
+      theirs.allocations,
+      "the other run's entry, without this turn's",
+    );
+  } finally {
+    fake.restore();
+  }
 });
