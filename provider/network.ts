@@ -548,8 +548,12 @@ export function networkApplyStep(
 
 /**
  * Shell lines (with $vx, $vi set) that redirect every frame arriving on the VXLAN device to the
- * internal port's transmit queue and back (tc ingress + u32 match-all + mirred). Idempotent:
- * a device whose ingress already redirects to its peer is left alone.
+ * internal port's transmit queue and back (tc ingress + u32 match-all + mirred). The tc part is
+ * idempotent (a device whose ingress already redirects to its peer is left alone), but every run
+ * writes $vi's interface row twice per settle and makes the host's ovs-vswitchd reconfigure (at
+ * least two settles: four writes, four reconfigures), even when both redirects already exist.
+ * That is acceptable because the lines run only on create and update (diff or drift), never in a
+ * no-change `up`.
  *
  * ovs-vswitchd owns $vi, and removes the ingress qdisc of a port it owns (ingress policing,
  * netdev-linux `set_policing`: "remove any existing ingress qdisc") in its first reconfigure
@@ -569,7 +573,10 @@ export function networkApplyStep(
  * Only then is the redirect added (tc retried 5 times, 0.2 s apart, each read back), settled
  * again and read back: a redirect ovs-vswitchd removed is added again, at most 3 rounds, then
  * exit 23 names the devices. A later link change of $vi (its MTU) runs these lines again
- * (network update); the read step reports a missing redirect as drift.
+ * (network update); the read step reports a missing redirect as drift. Not covered: a link change
+ * of $vi after these lines (one nobody ran them for), or an ovs-vswitchd restart (it reopens its
+ * netdevs and removes every kvli-* ingress qdisc): the next reconfigure on the host removes the
+ * redirect, and only a refresh shows it (docs/providers.md, Known limits).
  */
 export function vxlanRedirectLines(): string[] {
   return [

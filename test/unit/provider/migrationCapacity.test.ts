@@ -31,6 +31,7 @@ import {
 import {
   abandonedRecordGateStep,
   clearMigratingStep,
+  deleteStep,
   DOMAIN_HERE_EXIT,
   NOT_ABANDONED_EXIT,
   markMigratingStep,
@@ -341,6 +342,28 @@ test("the destination's cleanup keeps a reservation while a domain of its UUID i
     s.virshDomuuid("");
     assert.equal(s.run(here.script).code, 0);
     assert.equal(s.file("web1"), reserved, "the gates write nothing");
+  });
+});
+
+test("the destination's cleanup batch (noDomainHereStep, then deleteStep, no record gate) removes this server's reservation and leaves another server's record under the name alone (review 10b T9)", () => {
+  sample((s) => {
+    const i = web1(512);
+    const batch = (): number | null => {
+      const here = s.run(noDomainHereStep(i).script);
+      return here.code === 0 ? s.run(deleteStep(i).script).code : here.code;
+    };
+    // Another server's record under the name (and no domain of this UUID): the batch goes on,
+    // and deleteStep's own other-UUID guard keeps the record.
+    s.put("web1", U2, 256, 1);
+    const other = s.file("web1");
+    assert.equal(batch(), 0);
+    assert.equal(s.file("web1"), other, "another server's record is not removed");
+    // This server's reservation: removed by the same batch (the guard is what kept the other).
+    fs.rmSync(path.join(s.root, "records", "server", "web1.json"));
+    assert.equal(s.run(reservationStep(i, [], "hv1").script).code, 0);
+    assert.match(s.file("web1"), new RegExp(RESERVATION_FIELD));
+    assert.equal(batch(), 0);
+    assert.equal(s.file("web1"), "", "this server's reservation is removed");
   });
 });
 
