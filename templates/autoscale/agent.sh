@@ -141,17 +141,46 @@ on_host() { # INDEX VERB [NAME]
 # at start-up this is on the path to the first start); each answer goes to a file of its own
 # (two answers on one pipe could interleave mid-line), read in host order once every ssh ended.
 # The subshell's `wait` waits for its own children only, never for the agent's other children.
+# A host that did not answer (its ssh failed or timed out: exit status beside its answer, review
+# 10b P2) says nothing about its members: each of its slots is reported `<name> unreachable 0`,
+# which every reader leaves as it was (not lost, not started), and listed in hosts.unreachable
+# (startable() skips them). Logged once per outage (state/hostdown.<index>), and when it answers again.
 member_stats() {
   (
     for _ms_h in $MEMBER_HOST_INDEXES; do
-      on_host "$_ms_h" stats > "$DIR/stats.$_ms_h.part" 2>/dev/null &
+      { on_host "$_ms_h" stats > "$DIR/stats.$_ms_h.part" 2>/dev/null; echo $? > "$DIR/stats.$_ms_h.rc"; } &
     done
     wait
   )
+  _ms_down=""
+  for _ms_h in $MEMBER_HOST_INDEXES; do
+    _ms_rc=$(cat "$DIR/stats.$_ms_h.rc" 2>/dev/null)
+    rm -f "$DIR/stats.$_ms_h.rc"
+    _ms_host=$(eval "echo \$MEMBER_${_ms_h}_HOST")
+    if [ "$_ms_rc" = 0 ]; then
+      [ -f "state/hostdown.$_ms_h" ] && { rm -f "state/hostdown.$_ms_h"; log "event=host-back host=$_ms_host"; }
+      continue
+    fi
+    _ms_of=""
+    _ms_i=0
+    while [ "$_ms_i" -lt "$MAX" ]; do
+      [ "$(eval "echo \$MEMBER_${_ms_i}_HOST")" = "$_ms_host" ] && _ms_of="$_ms_of $(member_name $_ms_i)"
+      _ms_i=$((_ms_i + 1))
+    done
+    _ms_down="$_ms_down$_ms_of"
+    [ -f "state/hostdown.$_ms_h" ] ||
+      { : > "state/hostdown.$_ms_h"; log "event=host-unreachable host=$_ms_host rc=${_ms_rc:-none} members=$(echo $_ms_of | tr ' ' ',') note=members-left-as-they-were-logged-once"; }
+  done
+  echo $_ms_down | tr ' ' '\n' | sed '/^$/d' > hosts.unreachable.tmp && mv -f hosts.unreachable.tmp hosts.unreachable
   for _ms_h in $MEMBER_HOST_INDEXES; do cat "$DIR/stats.$_ms_h.part" 2>/dev/null; rm -f "$DIR/stats.$_ms_h.part"; done |
-    awk -v names="$ALL_NAMES" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1 }
+    awk -v names="$ALL_NAMES" -v down="$_ms_down" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1
+        k = split(down, d, " "); for (i = 1; i <= k; i++) delete ok[d[i]] }
       NF == 3 && ($1 in ok) && ($2 == "running" || $2 == "paused" || $2 == "shut-off") && $3 ~ /^[0-9]+$/ { print }'
+  for _ms_n in $_ms_down; do echo "$_ms_n unreachable 0"; done
 }
+# member_table without the slots of a host that did not answer at the last member_stats: no
+# start is tried there (its domain may run for all the agent knows).
+startable() { member_table | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") == 0'; }
 lb() { # haproxy runtime API command
   [ -n "$LB_SOCKET" ] || return 0
   echo "$1" | timeout 5 socat -t 2 stdio "unix-connect:$LB_SOCKET" 2>/dev/null
@@ -328,7 +357,7 @@ stop_failed() { # MEMBER REASON
 resize() { # SIZE
   _rs_cur=$(count_running)
   if [ "$1" -gt "$_rs_cur" ]; then
-    _rs_up=$(member_table | asg_to_start $(($1 - _rs_cur)))
+    _rs_up=$(startable | asg_to_start $(($1 - _rs_cur)))
     if [ "$(echo $_rs_up | wc -w)" -lt $(($1 - _rs_cur)) ]; then no_slot_note "$1" "$_rs_cur"; else setv last_no_slot ""; fi
     start_members $_rs_up
     for _rs_n in $_rs_up; do
@@ -368,6 +397,7 @@ sample_cpu() {
       stop_failed "$_sc_n" failed-still-running
       continue
     fi
+    [ "$_sc_st" = unreachable ] && continue # its host did not answer: left as it was
     [ "$(mstate "$_sc_n")" = running ] || continue
     if [ "$_sc_st" != running ]; then
       # Gone underneath the agent (crashed, destroyed by hand): Heat counts only live members.
@@ -496,6 +526,8 @@ reconcile_start() {
       else
         lb_state "$_rc_n" maint
       fi
+    elif [ "$_rc_st" = unreachable ]; then
+      : # its host did not answer (logged by member_stats): left as it was, not lost, not started
     elif [ "$_rc_st" = running ]; then
       if [ "$(mstate "$_rc_n")" != running ]; then set_mstate "$_rc_n" running "$(date +%s)"; fi
       lb_state "$_rc_n" ready
@@ -522,6 +554,7 @@ dead_starts() { # WHEN
   _ds_boot=""
   for _ds_n in $(member_table | awk '$2=="starting"{print $1}'); do
     _ds_st=$(awk -v n="$_ds_n" '$1==n {print $2}' stats.tmp)
+    [ "$_ds_st" = unreachable ] && continue # its host did not answer: still `starting`, checked next time
     lb_state "$_ds_n" maint
     if [ "$_ds_st" = running ]; then
       _ds_boot="$_ds_boot $_ds_n"
@@ -560,7 +593,7 @@ keep_bounds() {
   _kb_cur=$(count_running)
   if [ "$_kb_cur" -lt "$MIN" ]; then
     # Nothing to start (every other slot FAILED or rolling): said once, no decision every interval.
-    [ -z "$(member_table | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_kb_cur"; return 0; }
+    [ -z "$(startable | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_kb_cur"; return 0; }
     log "event=decision source=min current=$_kb_cur min=$MIN new=$MIN"
     scale_to "$MIN" 0
   elif [ "$_kb_cur" -gt "$MAX" ]; then
@@ -627,7 +660,7 @@ roll_out() { # MEMBER
   if [ $((_ro_rcur - 1)) -lt "$MIN" ]; then
     # Taking it out would leave fewer than MIN in service: a stopped slot goes in first (Heat's
     # min_in_service: a new member before an old one leaves).
-    _ro_surge=$(member_table | asg_to_start 1)
+    _ro_surge=$(startable | asg_to_start 1)
     [ -n "$_ro_surge" ] ||
       roll_refuse 66 "no spare slot: taking $1 out would leave $((_ro_rcur - 1)) members in service, below min $MIN, and every other slot is in service or being replaced ($1 stays in service; nothing was changed). Fix: raise max by one (a spare slot), then run up again"
     log "event=roll-surge member=$_ro_surge for=$1 in_service=$_ro_rcur min=$MIN$CAUSE"

@@ -26,6 +26,8 @@ const FAKE_SSH = `#!/bin/sh
 # (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
 case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
 while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) dest=$1; shift; break ;; *) shift ;; esac; done
+# a host that does not answer ($SIM/down.<user@address>): ssh fails as on a refused connection
+[ -f "$SIM/down.$dest" ] && { echo "ssh: connect to host $dest: Connection refused" >&2; exit 255; }
 # stats asked of every member host at once ($SIM/stats_meet holds the number of hosts): each host's
 # answer waits (at most 3 s) until every host has been asked; a host asked alone gives up (255)
 if [ "$1" = stats ] && [ -f "$SIM/stats_meet" ]; then
@@ -1148,6 +1150,48 @@ test("issue 13: at start-up the agent asks every member host for its domains at 
     for (const f of ["began_ms", "locked_ms", "stats_ms"])
       assert.match(start[f] ?? "", /^\d+$/, `agent-start carries ${f}`);
     assert.ok(Number(start.locked_ms) >= Number(start.began_ms));
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 10b P2: a member host that does not answer leaves its members as they were (a running one is not lost, a stopped one is not started; logged once), and its answer again is logged", async () => {
+  // web-0 and web-3 on hv1, web-1 and web-2 on hv2; web-0 and web-1 run; min 3 wants one more.
+  const g = simGroup({
+    min: 3,
+    max: 4,
+    running: ["web-0", "web-1"],
+    hostOf: (i) => (i === 1 || i === 2 ? 2 : 1),
+  });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-0\nweb-3\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-1\nweb-2\n");
+  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    // Several evaluations (interval 1 s) with hv2 still silent.
+    await until(
+      "web-3 in service",
+      () => g.log().some((e) => e.action === "in-service" && e.member === "web-3"),
+      20_000,
+    );
+    await new Promise((r) => setTimeout(r, 3000));
+    const log = g.log();
+    assert.ok(!logged(log, { event: "member-lost", member: "web-1" }), "web-1 is not taken for lost");
+    assert.equal(g.state("web-1"), "running", "web-1 stays running: it still counts toward max");
+    assert.equal(g.state("web-2"), "stopped", "web-2 (on the silent host) is left as it was");
+    assert.deepEqual(starts(g.sim), ["web-3"], "min is restored from a slot of a host that answers, only");
+    assert.equal(
+      log.filter((e) => e.event === "host-unreachable").length,
+      1,
+      "the silent host is logged once, not at every evaluation",
+    );
+    assert.ok(logged(log, { event: "host-unreachable", host: "hv2", rc: "255", members: "web-1,web-2" }));
+    fs.rmSync(path.join(g.sim, "down.root@192.0.2.2"));
+    await until("hv2 back", () => logged(g.log(), { event: "host-back", host: "hv2" }), 10_000);
+    assert.equal(g.state("web-1"), "running");
+    assert.ok(!logged(g.log(), { event: "member-lost", member: "web-1" }));
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
