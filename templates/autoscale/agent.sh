@@ -263,33 +263,56 @@ start_members() { # names...
 # joins the pool when it answers; one that does not in time is marked FAILED (still in maint).
 # Each round checks every member left at once (issue 13: a guest still booting does not answer
 # ARP, so its check takes its full 4 s; one after the other, that delayed the next member's entry
-# by as much), each check's result in a file of its own; results are then taken in member order.
+# by as much), each check's result in a file of its own (written whole: tmp, then mv). The round
+# polls those files every 0.2 s and puts each member in service as soon as its own result says
+# ok (review 10b P1: without a load balancer namespace a check is an ssh of up to 65 s, which
+# must not hold back a member that already answered); members whose results came in the same
+# poll are taken in member order. The poll is bounded (70 s: every check is bounded by 65 s);
+# a check with no result by then counts as not healthy. Only this round's checks are waited for,
+# each by its pid.
 await_health() { # names...
   _ah_deadline=$(($(date +%s) + BOOT_TIMEOUT))
   _ah_left=$*
   while [ -n "$_ah_left" ]; do
     _ah_next=""
-    (
-      for _ah_n in $_ah_left; do
-        [ "$(mstate "$_ah_n")" = starting ] || continue
-        rm -f "state/$_ah_n.health"
-        { healthy "$(index_of "$_ah_n")" && echo ok > "state/$_ah_n.health"; } &
-      done
-      wait
-    )
+    _ah_pids=""
+    _ah_wait=""
     for _ah_n in $_ah_left; do
       [ "$(mstate "$_ah_n")" = starting ] || continue
-      _ah_ok=$(cat "state/$_ah_n.health" 2>/dev/null)
-      rm -f "state/$_ah_n.health"
-      if [ "$_ah_ok" = ok ]; then
-        lb_state "$_ah_n" ready
-        set_mstate "$_ah_n" running "$(date +%s)"
-        rm -f "samples/$_ah_n"
-        log "event=action action=in-service member=$_ah_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
-      else
-        _ah_next="$_ah_next $_ah_n"
-      fi
+      rm -f "state/$_ah_n.health" "state/$_ah_n.health.tmp"
+      (
+        if healthy "$(index_of "$_ah_n")"; then _ah_r=ok; else _ah_r=no; fi
+        echo "$_ah_r" > "state/$_ah_n.health.tmp" && mv -f "state/$_ah_n.health.tmp" "state/$_ah_n.health"
+      ) &
+      _ah_pids="$_ah_pids $!"
+      _ah_wait="$_ah_wait $_ah_n"
     done
+    _ah_polls=0
+    while [ -n "$_ah_wait" ]; do
+      _ah_still=""
+      for _ah_n in $_ah_wait; do
+        if [ ! -f "state/$_ah_n.health" ] && [ "$_ah_polls" -lt 350 ]; then
+          _ah_still="$_ah_still $_ah_n"
+          continue
+        fi
+        _ah_ok=$(cat "state/$_ah_n.health" 2>/dev/null)
+        rm -f "state/$_ah_n.health"
+        if [ "$_ah_ok" = ok ]; then
+          lb_state "$_ah_n" ready
+          set_mstate "$_ah_n" running "$(date +%s)"
+          rm -f "samples/$_ah_n"
+          log "event=action action=in-service member=$_ah_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
+        else
+          _ah_next="$_ah_next $_ah_n"
+        fi
+      done
+      _ah_wait=${_ah_still# }
+      [ -n "$_ah_wait" ] || break
+      sleep 0.2
+      _ah_polls=$((_ah_polls + 1))
+    done
+    for _ah_p in $_ah_pids; do wait "$_ah_p"; done
+    for _ah_n in $_ah_left; do rm -f "state/$_ah_n.health" "state/$_ah_n.health.tmp"; done
     _ah_left=${_ah_next# }
     [ -z "$_ah_left" ] && break
     if [ "$(date +%s)" -ge "$_ah_deadline" ]; then

@@ -93,6 +93,9 @@ ip=\${url#http://}; ip=\${ip%%:*}
 n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
 # a guest named in $SIM/unhealthy never answers (it runs, but its service does not)
 grep -qx "$n" "$SIM/unhealthy" 2>/dev/null && exit 1
+# a guest named in $SIM/health_slow answers nothing for 3 s, then fails (the end of each such
+# check is appended to $SIM/slow_done as "<ms> <name>")
+grep -qx "$n" "$SIM/health_slow" 2>/dev/null && { sleep 3; echo "$(date +%s%3N) $n" >> "$SIM/slow_done"; exit 1; }
 # checks made together ($SIM/health_meet members): each waits (at most 3 s) until every one has
 # been asked; a member checked alone fails that check and says so in $SIM/health_alone
 if [ -f "$SIM/health_meet" ]; then
@@ -1194,7 +1197,7 @@ test("review 10b P2: a member host that does not answer leaves its members as th
     assert.ok(!logged(g.log(), { event: "member-lost", member: "web-1" }));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1215,9 +1218,10 @@ test("issue 13: members started together are health-checked together (a guest st
       g
         .log()
         .filter((e) => e.action === "in-service")
-        .map((e) => e.member),
+        .map((e) => e.member)
+        .sort(),
       ["web-0", "web-1"],
-      "results are taken in member order",
+      "both joined the pool (each as soon as its own check answered)",
     );
     assert.ok(g.haproxy().includes("web-0 state ready") && g.haproxy().includes("web-1 state ready"));
     const starts = g.log().filter((e) => e.action === "start");
@@ -1232,6 +1236,40 @@ test("issue 13: members started together are health-checked together (a guest st
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 10b P1: a member whose check answers joins the pool at once, without waiting for a slower check of its round", async () => {
+  const g = simGroup({ min: 2, max: 2, running: [], hostOf: (i) => (i === 1 ? 2 : 1) });
+  // web-1's checks hang for 3 s each and fail; web-0's answer at once.
+  fs.writeFileSync(path.join(g.sim, "health_slow"), "web-1\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    const slowDone = (): string[] =>
+      fs.existsSync(path.join(g.sim, "slow_done"))
+        ? fs
+            .readFileSync(path.join(g.sim, "slow_done"), "utf8")
+            .split("\n")
+            .filter((l) => l !== "")
+        : [];
+    await until(
+      "web-0 in service and web-1's first check over",
+      () => logged(g.log(), { action: "in-service", member: "web-0" }) && slowDone().length > 0,
+      20_000,
+    );
+    const inService = g.log().find((e) => e.action === "in-service" && e.member === "web-0") as Entry;
+    const firstSlowEnd = Number(slowDone()[0].split(" ")[0]);
+    assert.ok(
+      Number(inService.ts) < firstSlowEnd,
+      `web-0 joined the pool (ts ${inService.ts}) before web-1's first check ended (${firstSlowEnd})`,
+    );
+    assert.equal(g.state("web-0"), "running");
+    assert.ok(g.haproxy().includes("web-0 state ready"));
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "the slow member never joined the pool");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
