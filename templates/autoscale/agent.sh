@@ -860,6 +860,8 @@ fi
 LOCK_WAIT=${LOCK_WAIT:-$((BOOT_TIMEOUT + DRAIN_TIMEOUT + 60))}
 until group_lock "$LOCK_WAIT"; do log "event=lock-wait-exceeded seconds=$LOCK_WAIT phase=start"; done
 AGENT_LOCKED=$(now_ms)
+# A killed agent's leftover answers (review 10b P3; harmless in this 0700 folder, but untidy).
+rm -f stats.*.part stats.*.rc
 reconcile_start
 program_desired
 keep_bounds

@@ -29,11 +29,12 @@ while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) dest=$1
 # a host that does not answer ($SIM/down.<user@address>): ssh fails as on a refused connection
 [ -f "$SIM/down.$dest" ] && { echo "ssh: connect to host $dest: Connection refused" >&2; exit 255; }
 # stats asked of every member host at once ($SIM/stats_meet holds the number of hosts): each host's
-# answer waits (at most 3 s) until every host has been asked; a host asked alone gives up (255)
+# answer waits (at most 10 s: on a loaded 2-core machine forking the other fake ssh can take
+# seconds) until every host has been asked; a host asked alone gives up (255)
 if [ "$1" = stats ] && [ -f "$SIM/stats_meet" ]; then
   echo "$dest" >> "$SIM/stats_asked"
   i=0; while [ "$(sort -u "$SIM/stats_asked" | wc -l)" -lt "$(cat "$SIM/stats_meet")" ]; do
-    i=$((i + 1)); [ $i -gt 30 ] && { echo "$dest" >> "$SIM/stats_alone"; exit 255; }; sleep 0.1; done
+    i=$((i + 1)); [ $i -gt 100 ] && { echo "$dest" >> "$SIM/stats_alone"; exit 255; }; sleep 0.1; done
 fi
 # a start may be made slow ($SIM/start_delay seconds) or fail like an unreachable host ($SIM/start_fail names)
 if [ "$1" = start ]; then
@@ -96,12 +97,13 @@ grep -qx "$n" "$SIM/unhealthy" 2>/dev/null && exit 1
 # a guest named in $SIM/health_slow answers nothing for 3 s, then fails (the end of each such
 # check is appended to $SIM/slow_done as "<ms> <name>")
 grep -qx "$n" "$SIM/health_slow" 2>/dev/null && { sleep 3; echo "$(date +%s%3N) $n" >> "$SIM/slow_done"; exit 1; }
-# checks made together ($SIM/health_meet members): each waits (at most 3 s) until every one has
+# checks made together ($SIM/health_meet members): each waits (at most 10 s, cut to 4 s by the
+# agent's own timeout around wget) until every one has
 # been asked; a member checked alone fails that check and says so in $SIM/health_alone
 if [ -f "$SIM/health_meet" ]; then
   echo "$n" >> "$SIM/health_asked"
   i=0; while [ "$(sort -u "$SIM/health_asked" | wc -l)" -lt "$(cat "$SIM/health_meet")" ]; do
-    i=$((i + 1)); [ $i -gt 30 ] && { echo "$n" >> "$SIM/health_alone"; exit 1; }; sleep 0.1; done
+    i=$((i + 1)); [ $i -gt 100 ] && { echo "$n" >> "$SIM/health_alone"; exit 1; }; sleep 0.1; done
 fi
 read -r st cpu last < "$SIM/dom/$n"; [ "$st" = running ]
 `;
