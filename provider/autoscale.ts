@@ -294,9 +294,26 @@ async function onHostsAtOnce<T>(
 ): Promise<PromiseSettledResult<T>[]> {
   return Promise.allSettled(hosts.map((h) => fn(h)));
 }
-function firstError<T>(settled: readonly PromiseSettledResult<T>[]): T[] {
-  const bad = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
-  if (bad) throw bad.reason;
+/**
+ * The values in host order, or an error: one host's error as it was; several hosts' (review 10b
+ * P5): the first one's message, then every other host's, each named (the first as `cause`), so a
+ * refusal on one host does not hide another host being unreachable until the next try.
+ */
+export function firstError<T>(
+  settled: readonly PromiseSettledResult<T>[],
+  hosts: readonly HostConnection[],
+): T[] {
+  const bad = settled.flatMap((r, k) =>
+    r.status === "rejected" ? [{ host: hosts[k]?.name ?? `#${k}`, reason: r.reason as unknown }] : [],
+  );
+  if (bad.length === 1) throw bad[0].reason;
+  if (bad.length > 1) {
+    const msg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+    throw new Error(
+      `${msg(bad[0].reason)}\n(${bad.length} hosts failed; every one:\n${bad.map((b) => ` - ${b.host}: ${msg(b.reason)}`).join("\n")})`,
+      { cause: bad[0].reason },
+    );
+  }
   return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
@@ -379,6 +396,7 @@ async function wire(
   const memberHosts = i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name));
   const set = firstError(
     await onHostsAtOnce(memberHosts, (h) => setUpMemberHost(i, h, publicKey, controller.address, owners)),
+    memberHosts,
   );
   memberHosts.forEach((h, k) => {
     entries.push({ address: h.address, port: h.port, keys: set[k].hostKeys });
@@ -527,7 +545,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       claims.forEach((r, k) => {
         if (r.status === "fulfilled" && claimedNow(r.value[0])) claimed.push(hosts[k]);
       });
-      firstError(claims);
+      firstError(claims, hosts);
       const { publicKey, authorizedKeysFiles } = await wire(inputs, [inputs.owner]);
       const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
       await runLocked(controller, [

@@ -141,17 +141,46 @@ on_host() { # INDEX VERB [NAME]
 # at start-up this is on the path to the first start); each answer goes to a file of its own
 # (two answers on one pipe could interleave mid-line), read in host order once every ssh ended.
 # The subshell's `wait` waits for its own children only, never for the agent's other children.
+# A host that did not answer (its ssh failed or timed out: exit status beside its answer, review
+# 10b P2) says nothing about its members: each of its slots is reported `<name> unreachable 0`,
+# which every reader leaves as it was (not lost, not started), and listed in hosts.unreachable
+# (startable() skips them). Logged once per outage (state/hostdown.<index>), and when it answers again.
 member_stats() {
   (
     for _ms_h in $MEMBER_HOST_INDEXES; do
-      on_host "$_ms_h" stats > "$DIR/stats.$_ms_h.part" 2>/dev/null &
+      { on_host "$_ms_h" stats > "$DIR/stats.$_ms_h.part" 2>/dev/null; echo $? > "$DIR/stats.$_ms_h.rc"; } &
     done
     wait
   )
+  _ms_down=""
+  for _ms_h in $MEMBER_HOST_INDEXES; do
+    _ms_rc=$(cat "$DIR/stats.$_ms_h.rc" 2>/dev/null)
+    rm -f "$DIR/stats.$_ms_h.rc"
+    _ms_host=$(eval "echo \$MEMBER_${_ms_h}_HOST")
+    if [ "$_ms_rc" = 0 ]; then
+      [ -f "state/hostdown.$_ms_h" ] && { rm -f "state/hostdown.$_ms_h"; log "event=host-back host=$_ms_host"; }
+      continue
+    fi
+    _ms_of=""
+    _ms_i=0
+    while [ "$_ms_i" -lt "$MAX" ]; do
+      [ "$(eval "echo \$MEMBER_${_ms_i}_HOST")" = "$_ms_host" ] && _ms_of="$_ms_of $(member_name $_ms_i)"
+      _ms_i=$((_ms_i + 1))
+    done
+    _ms_down="$_ms_down$_ms_of"
+    [ -f "state/hostdown.$_ms_h" ] ||
+      { : > "state/hostdown.$_ms_h"; log "event=host-unreachable host=$_ms_host rc=${_ms_rc:-none} members=$(echo $_ms_of | tr ' ' ',') note=members-left-as-they-were-logged-once"; }
+  done
+  echo $_ms_down | tr ' ' '\n' | sed '/^$/d' > hosts.unreachable.tmp && mv -f hosts.unreachable.tmp hosts.unreachable
   for _ms_h in $MEMBER_HOST_INDEXES; do cat "$DIR/stats.$_ms_h.part" 2>/dev/null; rm -f "$DIR/stats.$_ms_h.part"; done |
-    awk -v names="$ALL_NAMES" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1 }
+    awk -v names="$ALL_NAMES" -v down="$_ms_down" 'BEGIN { k = split(names, a, " "); for (i = 1; i <= k; i++) ok[a[i]] = 1
+        k = split(down, d, " "); for (i = 1; i <= k; i++) delete ok[d[i]] }
       NF == 3 && ($1 in ok) && ($2 == "running" || $2 == "paused" || $2 == "shut-off") && $3 ~ /^[0-9]+$/ { print }'
+  for _ms_n in $_ms_down; do echo "$_ms_n unreachable 0"; done
 }
+# member_table without the slots of a host that did not answer at the last member_stats: no
+# start is tried there (its domain may run for all the agent knows).
+startable() { member_table | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") == 0'; }
 lb() { # haproxy runtime API command
   [ -n "$LB_SOCKET" ] || return 0
   echo "$1" | timeout 5 socat -t 2 stdio "unix-connect:$LB_SOCKET" 2>/dev/null
@@ -234,33 +263,56 @@ start_members() { # names...
 # joins the pool when it answers; one that does not in time is marked FAILED (still in maint).
 # Each round checks every member left at once (issue 13: a guest still booting does not answer
 # ARP, so its check takes its full 4 s; one after the other, that delayed the next member's entry
-# by as much), each check's result in a file of its own; results are then taken in member order.
+# by as much), each check's result in a file of its own (written whole: tmp, then mv). The round
+# polls those files every 0.2 s and puts each member in service as soon as its own result says
+# ok (review 10b P1: without a load balancer namespace a check is an ssh of up to 65 s, which
+# must not hold back a member that already answered); members whose results came in the same
+# poll are taken in member order. The poll is bounded (70 s: every check is bounded by 65 s);
+# a check with no result by then counts as not healthy. Only this round's checks are waited for,
+# each by its pid.
 await_health() { # names...
   _ah_deadline=$(($(date +%s) + BOOT_TIMEOUT))
   _ah_left=$*
   while [ -n "$_ah_left" ]; do
     _ah_next=""
-    (
-      for _ah_n in $_ah_left; do
-        [ "$(mstate "$_ah_n")" = starting ] || continue
-        rm -f "state/$_ah_n.health"
-        { healthy "$(index_of "$_ah_n")" && echo ok > "state/$_ah_n.health"; } &
-      done
-      wait
-    )
+    _ah_pids=""
+    _ah_wait=""
     for _ah_n in $_ah_left; do
       [ "$(mstate "$_ah_n")" = starting ] || continue
-      _ah_ok=$(cat "state/$_ah_n.health" 2>/dev/null)
-      rm -f "state/$_ah_n.health"
-      if [ "$_ah_ok" = ok ]; then
-        lb_state "$_ah_n" ready
-        set_mstate "$_ah_n" running "$(date +%s)"
-        rm -f "samples/$_ah_n"
-        log "event=action action=in-service member=$_ah_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
-      else
-        _ah_next="$_ah_next $_ah_n"
-      fi
+      rm -f "state/$_ah_n.health" "state/$_ah_n.health.tmp"
+      (
+        if healthy "$(index_of "$_ah_n")"; then _ah_r=ok; else _ah_r=no; fi
+        echo "$_ah_r" > "state/$_ah_n.health.tmp" && mv -f "state/$_ah_n.health.tmp" "state/$_ah_n.health"
+      ) &
+      _ah_pids="$_ah_pids $!"
+      _ah_wait="$_ah_wait $_ah_n"
     done
+    _ah_polls=0
+    while [ -n "$_ah_wait" ]; do
+      _ah_still=""
+      for _ah_n in $_ah_wait; do
+        if [ ! -f "state/$_ah_n.health" ] && [ "$_ah_polls" -lt 350 ]; then
+          _ah_still="$_ah_still $_ah_n"
+          continue
+        fi
+        _ah_ok=$(cat "state/$_ah_n.health" 2>/dev/null)
+        rm -f "state/$_ah_n.health"
+        if [ "$_ah_ok" = ok ]; then
+          lb_state "$_ah_n" ready
+          set_mstate "$_ah_n" running "$(date +%s)"
+          rm -f "samples/$_ah_n"
+          log "event=action action=in-service member=$_ah_n health=ok pool=${LB_BACKEND:-none}$CAUSE"
+        else
+          _ah_next="$_ah_next $_ah_n"
+        fi
+      done
+      _ah_wait=${_ah_still# }
+      [ -n "$_ah_wait" ] || break
+      sleep 0.2
+      _ah_polls=$((_ah_polls + 1))
+    done
+    for _ah_p in $_ah_pids; do wait "$_ah_p"; done
+    for _ah_n in $_ah_left; do rm -f "state/$_ah_n.health" "state/$_ah_n.health.tmp"; done
     _ah_left=${_ah_next# }
     [ -z "$_ah_left" ] && break
     if [ "$(date +%s)" -ge "$_ah_deadline" ]; then
@@ -328,7 +380,7 @@ stop_failed() { # MEMBER REASON
 resize() { # SIZE
   _rs_cur=$(count_running)
   if [ "$1" -gt "$_rs_cur" ]; then
-    _rs_up=$(member_table | asg_to_start $(($1 - _rs_cur)))
+    _rs_up=$(startable | asg_to_start $(($1 - _rs_cur)))
     if [ "$(echo $_rs_up | wc -w)" -lt $(($1 - _rs_cur)) ]; then no_slot_note "$1" "$_rs_cur"; else setv last_no_slot ""; fi
     start_members $_rs_up
     for _rs_n in $_rs_up; do
@@ -368,6 +420,7 @@ sample_cpu() {
       stop_failed "$_sc_n" failed-still-running
       continue
     fi
+    [ "$_sc_st" = unreachable ] && continue # its host did not answer: left as it was
     [ "$(mstate "$_sc_n")" = running ] || continue
     if [ "$_sc_st" != running ]; then
       # Gone underneath the agent (crashed, destroyed by hand): Heat counts only live members.
@@ -496,6 +549,8 @@ reconcile_start() {
       else
         lb_state "$_rc_n" maint
       fi
+    elif [ "$_rc_st" = unreachable ]; then
+      : # its host did not answer (logged by member_stats): left as it was, not lost, not started
     elif [ "$_rc_st" = running ]; then
       if [ "$(mstate "$_rc_n")" != running ]; then set_mstate "$_rc_n" running "$(date +%s)"; fi
       lb_state "$_rc_n" ready
@@ -522,6 +577,7 @@ dead_starts() { # WHEN
   _ds_boot=""
   for _ds_n in $(member_table | awk '$2=="starting"{print $1}'); do
     _ds_st=$(awk -v n="$_ds_n" '$1==n {print $2}' stats.tmp)
+    [ "$_ds_st" = unreachable ] && continue # its host did not answer: still `starting`, checked next time
     lb_state "$_ds_n" maint
     if [ "$_ds_st" = running ]; then
       _ds_boot="$_ds_boot $_ds_n"
@@ -560,7 +616,7 @@ keep_bounds() {
   _kb_cur=$(count_running)
   if [ "$_kb_cur" -lt "$MIN" ]; then
     # Nothing to start (every other slot FAILED or rolling): said once, no decision every interval.
-    [ -z "$(member_table | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_kb_cur"; return 0; }
+    [ -z "$(startable | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_kb_cur"; return 0; }
     log "event=decision source=min current=$_kb_cur min=$MIN new=$MIN"
     scale_to "$MIN" 0
   elif [ "$_kb_cur" -gt "$MAX" ]; then
@@ -627,7 +683,7 @@ roll_out() { # MEMBER
   if [ $((_ro_rcur - 1)) -lt "$MIN" ]; then
     # Taking it out would leave fewer than MIN in service: a stopped slot goes in first (Heat's
     # min_in_service: a new member before an old one leaves).
-    _ro_surge=$(member_table | asg_to_start 1)
+    _ro_surge=$(startable | asg_to_start 1)
     [ -n "$_ro_surge" ] ||
       roll_refuse 66 "no spare slot: taking $1 out would leave $((_ro_rcur - 1)) members in service, below min $MIN, and every other slot is in service or being replaced ($1 stays in service; nothing was changed). Fix: raise max by one (a spare slot), then run up again"
     log "event=roll-surge member=$_ro_surge for=$1 in_service=$_ro_rcur min=$MIN$CAUSE"
@@ -804,6 +860,8 @@ fi
 LOCK_WAIT=${LOCK_WAIT:-$((BOOT_TIMEOUT + DRAIN_TIMEOUT + 60))}
 until group_lock "$LOCK_WAIT"; do log "event=lock-wait-exceeded seconds=$LOCK_WAIT phase=start"; done
 AGENT_LOCKED=$(now_ms)
+# A killed agent's leftover answers (review 10b P3; harmless in this 0700 folder, but untidy).
+rm -f stats.*.part stats.*.rc
 reconcile_start
 program_desired
 keep_bounds

@@ -458,3 +458,37 @@ test("update: a failed update releases the hosts it claimed, and only those", as
     rec.restore();
   }
 });
+
+test("review 10b P5: an error on several hosts at once names every host's error; one host's error is thrown as it was", async () => {
+  const { firstError } = await import("../../../provider/autoscale");
+  const hosts = [testHost("hv1", 1), testHost("hv2", 2), testHost("hv3", 3)];
+  const refused = new Error("hv1 is owned by another stack (exit 73)");
+  const settled: PromiseSettledResult<number>[] = [
+    { status: "rejected", reason: refused },
+    { status: "fulfilled", value: 2 },
+    { status: "rejected", reason: new Error("ssh: connect to host 10.255.0.13: Connection refused") },
+  ];
+  assert.throws(
+    () => firstError(settled, hosts),
+    (e: Error) =>
+      e.message.startsWith(refused.message) &&
+      e.message.includes(" - hv1: hv1 is owned by another stack (exit 73)") &&
+      e.message.includes(" - hv3: ssh: connect to host 10.255.0.13: Connection refused") &&
+      !e.message.includes("hv2:") &&
+      e.cause === refused,
+  );
+  assert.throws(
+    () => firstError([settled[0], settled[1]], hosts),
+    (e) => e === refused,
+  );
+  assert.deepEqual(
+    firstError(
+      [
+        { status: "fulfilled", value: 1 },
+        { status: "fulfilled", value: 2 },
+      ],
+      hosts,
+    ),
+    [1, 2],
+  );
+});

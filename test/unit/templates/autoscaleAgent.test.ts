@@ -26,12 +26,15 @@ const FAKE_SSH = `#!/bin/sh
 # (the agent must never read an ssh_config: -F /dev/null, and -- before the destination)
 case " $* " in *" -F /dev/null "*" -- "*@*) ;; *) echo "fake ssh: expected -F /dev/null ... -- user@host: $*" >&2; exit 99 ;; esac
 while [ $# -gt 0 ]; do case $1 in -n) shift ;; -i|-o|-p) shift 2 ;; *@*) dest=$1; shift; break ;; *) shift ;; esac; done
+# a host that does not answer ($SIM/down.<user@address>): ssh fails as on a refused connection
+[ -f "$SIM/down.$dest" ] && { echo "ssh: connect to host $dest: Connection refused" >&2; exit 255; }
 # stats asked of every member host at once ($SIM/stats_meet holds the number of hosts): each host's
-# answer waits (at most 3 s) until every host has been asked; a host asked alone gives up (255)
+# answer waits (at most 10 s: on a loaded 2-core machine forking the other fake ssh can take
+# seconds) until every host has been asked; a host asked alone gives up (255)
 if [ "$1" = stats ] && [ -f "$SIM/stats_meet" ]; then
   echo "$dest" >> "$SIM/stats_asked"
   i=0; while [ "$(sort -u "$SIM/stats_asked" | wc -l)" -lt "$(cat "$SIM/stats_meet")" ]; do
-    i=$((i + 1)); [ $i -gt 30 ] && { echo "$dest" >> "$SIM/stats_alone"; exit 255; }; sleep 0.1; done
+    i=$((i + 1)); [ $i -gt 100 ] && { echo "$dest" >> "$SIM/stats_alone"; exit 255; }; sleep 0.1; done
 fi
 # a start may be made slow ($SIM/start_delay seconds) or fail like an unreachable host ($SIM/start_fail names)
 if [ "$1" = start ]; then
@@ -91,12 +94,16 @@ ip=\${url#http://}; ip=\${ip%%:*}
 n=$(awk -v ip="$ip" '$1==ip {print $2}' "$SIM/ips")
 # a guest named in $SIM/unhealthy never answers (it runs, but its service does not)
 grep -qx "$n" "$SIM/unhealthy" 2>/dev/null && exit 1
-# checks made together ($SIM/health_meet members): each waits (at most 3 s) until every one has
+# a guest named in $SIM/health_slow answers nothing for 3 s, then fails (the end of each such
+# check is appended to $SIM/slow_done as "<ms> <name>")
+grep -qx "$n" "$SIM/health_slow" 2>/dev/null && { sleep 3; echo "$(date +%s%3N) $n" >> "$SIM/slow_done"; exit 1; }
+# checks made together ($SIM/health_meet members): each waits (at most 10 s, cut to 4 s by the
+# agent's own timeout around wget) until every one has
 # been asked; a member checked alone fails that check and says so in $SIM/health_alone
 if [ -f "$SIM/health_meet" ]; then
   echo "$n" >> "$SIM/health_asked"
   i=0; while [ "$(sort -u "$SIM/health_asked" | wc -l)" -lt "$(cat "$SIM/health_meet")" ]; do
-    i=$((i + 1)); [ $i -gt 30 ] && { echo "$n" >> "$SIM/health_alone"; exit 1; }; sleep 0.1; done
+    i=$((i + 1)); [ $i -gt 100 ] && { echo "$n" >> "$SIM/health_alone"; exit 1; }; sleep 0.1; done
 fi
 read -r st cpu last < "$SIM/dom/$n"; [ "$st" = running ]
 `;
@@ -1154,6 +1161,48 @@ test("issue 13: at start-up the agent asks every member host for its domains at 
   }
 });
 
+test("review 10b P2: a member host that does not answer leaves its members as they were (a running one is not lost, a stopped one is not started; logged once), and its answer again is logged", async () => {
+  // web-0 and web-3 on hv1, web-1 and web-2 on hv2; web-0 and web-1 run; min 3 wants one more.
+  const g = simGroup({
+    min: 3,
+    max: 4,
+    running: ["web-0", "web-1"],
+    hostOf: (i) => (i === 1 || i === 2 ? 2 : 1),
+  });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-0\nweb-3\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-1\nweb-2\n");
+  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    // Several evaluations (interval 1 s) with hv2 still silent.
+    await until(
+      "web-3 in service",
+      () => g.log().some((e) => e.action === "in-service" && e.member === "web-3"),
+      20_000,
+    );
+    await new Promise((r) => setTimeout(r, 3000));
+    const log = g.log();
+    assert.ok(!logged(log, { event: "member-lost", member: "web-1" }), "web-1 is not taken for lost");
+    assert.equal(g.state("web-1"), "running", "web-1 stays running: it still counts toward max");
+    assert.equal(g.state("web-2"), "stopped", "web-2 (on the silent host) is left as it was");
+    assert.deepEqual(starts(g.sim), ["web-3"], "min is restored from a slot of a host that answers, only");
+    assert.equal(
+      log.filter((e) => e.event === "host-unreachable").length,
+      1,
+      "the silent host is logged once, not at every evaluation",
+    );
+    assert.ok(logged(log, { event: "host-unreachable", host: "hv2", rc: "255", members: "web-1,web-2" }));
+    fs.rmSync(path.join(g.sim, "down.root@192.0.2.2"));
+    await until("hv2 back", () => logged(g.log(), { event: "host-back", host: "hv2" }), 10_000);
+    assert.equal(g.state("web-1"), "running");
+    assert.ok(!logged(g.log(), { event: "member-lost", member: "web-1" }));
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
 test("issue 13: members started together are health-checked together (a guest still booting never delays another's entry into the pool)", async () => {
   const g = simGroup({ min: 2, max: 3, running: [], hostOf: (i) => (i === 1 ? 2 : 1) });
   // Each check answers only once both members have been checked (one checked alone fails).
@@ -1171,9 +1220,10 @@ test("issue 13: members started together are health-checked together (a guest st
       g
         .log()
         .filter((e) => e.action === "in-service")
-        .map((e) => e.member),
+        .map((e) => e.member)
+        .sort(),
       ["web-0", "web-1"],
-      "results are taken in member order",
+      "both joined the pool (each as soon as its own check answered)",
     );
     assert.ok(g.haproxy().includes("web-0 state ready") && g.haproxy().includes("web-1 state ready"));
     const starts = g.log().filter((e) => e.action === "start");
@@ -1188,6 +1238,40 @@ test("issue 13: members started together are health-checked together (a guest st
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 10b P1: a member whose check answers joins the pool at once, without waiting for a slower check of its round", async () => {
+  const g = simGroup({ min: 2, max: 2, running: [], hostOf: (i) => (i === 1 ? 2 : 1) });
+  // web-1's checks hang for 3 s each and fail; web-0's answer at once.
+  fs.writeFileSync(path.join(g.sim, "health_slow"), "web-1\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    const slowDone = (): string[] =>
+      fs.existsSync(path.join(g.sim, "slow_done"))
+        ? fs
+            .readFileSync(path.join(g.sim, "slow_done"), "utf8")
+            .split("\n")
+            .filter((l) => l !== "")
+        : [];
+    await until(
+      "web-0 in service and web-1's first check over",
+      () => logged(g.log(), { action: "in-service", member: "web-0" }) && slowDone().length > 0,
+      20_000,
+    );
+    const inService = g.log().find((e) => e.action === "in-service" && e.member === "web-0") as Entry;
+    const firstSlowEnd = Number(slowDone()[0].split(" ")[0]);
+    assert.ok(
+      Number(inService.ts) < firstSlowEnd,
+      `web-0 joined the pool (ts ${inService.ts}) before web-1's first check ended (${firstSlowEnd})`,
+    );
+    assert.equal(g.state("web-0"), "running");
+    assert.ok(g.haproxy().includes("web-0 state ready"));
+    assert.ok(!g.haproxy().includes("web-1 state ready"), "the slow member never joined the pool");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
