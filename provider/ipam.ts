@@ -208,7 +208,7 @@ export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths, networkNam
     {
       label: `reload dhcp hosts of subnet ${record.subnet}`,
       // Only a dnsmasq (review 9a R6): a stale pid file can name any process now, which SIGHUP
-      // would stop or confuse. The name is read by the shell (no process), as subnet.ts's alive().
+      // would stop or confuse. The name is read by the shell (no process) and must be exactly dnsmasq (subnet.ts's alive() greps for the substring).
       script: `pid=; c=; { read -r pid < ${shQuote(paths.pidFile)}; } 2>/dev/null; case "$pid" in ''|*[!0-9]*) ;; *) { read -r c < "/proc/$pid/comm"; } 2>/dev/null; if [ "$c" = dnsmasq ]; then kill -HUP "$pid"; fi ;; esac; true`,
     },
   ];
