@@ -208,7 +208,7 @@ export function ipamCommitSteps(record: IpamRecord, paths: DhcpPaths, networkNam
     {
       label: `reload dhcp hosts of subnet ${record.subnet}`,
       // Only a dnsmasq (review 9a R6): a stale pid file can name any process now, which SIGHUP
-      // would stop or confuse. The name is read by the shell (no process), as subnet.ts's alive().
+      // would stop or confuse. The name is read by the shell (no process) and must be exactly dnsmasq (subnet.ts's alive() greps for the substring).
       script: `pid=; c=; { read -r pid < ${shQuote(paths.pidFile)}; } 2>/dev/null; case "$pid" in ''|*[!0-9]*) ;; *) { read -r c < "/proc/$pid/comm"; } 2>/dev/null; if [ "$c" = dnsmasq ]; then kill -HUP "$pid"; fi ;; esac; true`,
     },
   ];
@@ -437,33 +437,45 @@ export function undoTurn(current: IpamRecord, base: IpamRecord, next: IpamRecord
   return { ...current, allocations };
 }
 
+/** Under the DHCP host's lock: writes `recText` (the record as read now) without the turn's changes. */
+async function writeUndo(ref: SubnetRef, recText: string, base: IpamRecord, next: IpamRecord): Promise<void> {
+  const name = ipamRecordName(ref.networkName, ref.subnetName);
+  const current = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
+  if (!current) return;
+  // Written even when the record shows nothing of the turn: the hostsfile may.
+  await runChecked(
+    ref.host,
+    ipamCommitSteps(
+      undoTurn(current, base, next),
+      dhcpPaths(ref.networkName, ref.subnetName),
+      ref.networkName,
+    ),
+  );
+}
+
 /**
  * After a commit that failed past its guard (the hostsfile's write, dnsmasq's reload, a
  * timeout or a lost shell: the record may hold this turn's entries although every allocation
  * of the turn is refused), takes the lock again, reads the record and writes it back without
  * this turn's changes (undoTurn), hostsfile and reload too, so no address stays allocated
- * that nobody owns (review 9a R8). Throws when that fails too (the caller notes it).
+ * that nobody owns (review 9a R8). Throws when that fails too (the caller notes it). Between
+ * the failed commit and the undo the lock is free: another writer may take an address the
+ * undo would give back, which then stays theirs. The locked turn's step failures are undone
+ * in the same hold instead (review 10a, finding 2); this serves the optimistic commit and
+ * any commit whose shell was lost or timed out.
  */
 async function undoCommit(ref: SubnetRef, base: IpamRecord, next: IpamRecord): Promise<void> {
-  const paths = dhcpPaths(ref.networkName, ref.subnetName);
   const name = ipamRecordName(ref.networkName, ref.subnetName);
-  await withHostLock(
-    ref.host,
-    async ([recText]) => {
-      const current = parseRecord<IpamRecord>(recText, `ipam/${name} (subnet ${ref.subnetName})`);
-      if (!current) return;
-      // Written even when the record shows nothing of the turn: the hostsfile may.
-      await runChecked(ref.host, ipamCommitSteps(undoTurn(current, base, next), paths, ref.networkName));
-    },
-    undefined,
-    [readRecordStep("ipam", name)],
-  );
+  await withHostLock(ref.host, async ([recText]) => writeUndo(ref, recText, base, next), undefined, [
+    readRecordStep("ipam", name),
+  ]);
 }
 
 /**
  * One turn of a subnet's allocations: `first` (what waited when it began) and those that join
  * from `late` (the subnet's waiting list) once the record is read and the DHCP host's lock in
- * this process is free. Settles every request, never throws.
+ * this process is first free (only when the turn has something to write or someone waits).
+ * Settles every request, never throws.
  *
  * Optimistic first (issue 13): the record and the leases are read without the lock, every
  * allocation is planned on that reading, and the commit runs under the DHCP host's lock in one
@@ -471,15 +483,19 @@ async function undoCommit(ref: SubnetRef, base: IpamRecord, next: IpamRecord): P
  * (another writer: another kvmlab run, or this one's releases and Subnet updates). The lock is
  * held only for the check and the writes (about 10 ms), not across two round trips and the
  * planning, so a placement claim on the same host (the DHCP host is often the placed one) no
- * longer waits for them. A turn with nothing to write takes no lock.
+ * longer waits for them. A turn with nothing to write and nobody joined takes no lock and
+ * waits for none. Requests that joined were planned on a reading older than they are: the
+ * guard confirms their answers (addresses and refusals) under the lock even when nothing is
+ * written.
  *
  * Refused once, the turn runs locked (review 9a R1): the record and the leases read in the
  * round trip that takes the lock, planned and committed before it is released, as before issue
  * 13. That turn cannot be refused, so a record that keeps changing (a burst of releases by
  * another stack's destroy) makes the allocation wait for the lock, never fail.
  *
- * A commit that fails after the record's write (review 9a R8) is undone under the lock
- * (undoCommit) before the allocations are refused.
+ * A commit that fails after the record's write (review 9a R8) is undone under the lock before
+ * the allocations are refused: in the locked turn's own hold when a step failed, else by
+ * undoCommit, which takes the lock again.
  */
 async function allocationTurn(
   ref: SubnetRef,
@@ -497,22 +513,38 @@ async function allocationTurn(
   try {
     try {
       const [recText, leasedText] = await runChecked(ref.host, read());
-      // The commit waits for the DHCP host's in-process lock (a placement claim batch on the
-      // same host holds it for 30-150 ms): the wait comes before the planning instead.
-      await hostLockFree(ref.host);
-      // The allocations that arrived while the record was read or the lock was busy join this
-      // turn (session 10): it plans them on the same reading, as placement's turn takes the
-      // creates that arrive while it reads the hosts; they waited for the next turn before.
-      batch.push(...late.splice(0));
-      const plan = planTurn(ref, batch, recText, leasedText, answers);
+      let plan = planTurn(ref, batch, recText, leasedText, answers);
+      // A turn with nothing to write and nobody waiting answers from this reading at once, as
+      // before session 10: it takes no lock and waits for none (review 10a, finding 3).
+      let joined = false;
+      if (plan || late.length > 0) {
+        // The commit waits for the DHCP host's in-process lock (a placement claim batch on the
+        // same host holds it for 30-150 ms): the wait comes before the planning instead.
+        await hostLockFree(ref.host);
+        // The allocations that arrived while the record was read or until the lock was first
+        // free join this turn (session 10): it plans them on the same reading, as placement's
+        // turn takes the creates that arrive while it reads the hosts.
+        if (late.length > 0) {
+          batch.push(...late.splice(0));
+          joined = true;
+          plan = planTurn(ref, batch, recText, leasedText, answers);
+        }
+      }
       let refused = false;
-      if (plan) {
+      // A joined allocation is planned on a reading older than its request: a release finished
+      // before it asked may be missing from it, so its answer (an address, or a refusal such as
+      // "already allocated") is confirmed under the lock by the guard even when the turn has
+      // nothing to write; refused, the locked turn below replans it (review 10a, finding 1).
+      if (plan || joined) {
         const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
         try {
-          await runLocked(ref.host, [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)]);
+          await runLocked(
+            ref.host,
+            plan ? [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)] : [guard],
+          );
         } catch (err) {
           // Past the record's write (step 1), or no step's failure (a timeout, a lost shell).
-          if (recordMayBeWritten(err, 1)) sent = plan;
+          if (plan && recordMayBeWritten(err, 1)) sent = plan;
           const f = failedStep(err);
           // Refused by the guard (step 0, nothing written): the locked turn below.
           if (f.index !== 0 || f.exitStatus !== IPAM_CHANGED_EXIT) throw err;
@@ -528,7 +560,21 @@ async function allocationTurn(
               try {
                 await runChecked(ref.host, ipamCommitSteps(again.next, paths, ref.networkName));
               } catch (err) {
-                if (recordMayBeWritten(err, 0)) sent = again;
+                if (!recordMayBeWritten(err, 0)) throw err;
+                // A step after the record's write failed and the shell, still alive, still
+                // holds the lock: undone in this hold, so no other writer takes an address the
+                // undo gives back in between (review 10a, finding 2). A timeout or a lost shell
+                // (the lock is gone with it): undoCommit below takes the lock again.
+                if (failedStep(err).index <= 0) {
+                  sent = again;
+                  throw err;
+                }
+                try {
+                  const [nowText] = await runChecked(ref.host, [readRecordStep("ipam", name)]);
+                  await writeUndo(ref, nowText, again.base, again.next);
+                } catch (undoErr) {
+                  throw withUndoNote(err, undoErr, ref.subnetName);
+                }
                 throw err;
               }
             }

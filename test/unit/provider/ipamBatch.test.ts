@@ -691,7 +691,9 @@ test("allocations asked for while the DHCP host's lock is busy in this process (
   try {
     const first = allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
     // The turn has read the record and waits for the lock; two more arrive meanwhile.
-    while (count(fake, /^read dhcp leases/) === 0) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 1000 && count(fake, /^read dhcp leases/) === 0; i++)
+      await new Promise((r) => setImmediate(r));
+    assert.equal(count(fake, /^read dhcp leases/), 1, "the turn read the record");
     await new Promise((r) => setTimeout(r, 20));
     const later = [2, 3].map((i) => allocateAddress(REF, `server:u${i}:0`, { holder: `lab/a/Server/s${i}` }));
     await new Promise((r) => setTimeout(r, 20));
@@ -732,6 +734,149 @@ test("the locked turn's commit failing after the record's write (review 9a R8) i
       fake.current().allocations,
       theirs.allocations,
       "the other run's entry, without this turn's",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+/** Server b's entry (10.10.0.2) and a router's gateway (10.10.0.9): the record a stale reading shows. */
+const B_MAC = "fa:16:3e:00:00:0b";
+const withB = record({
+  "10.10.0.2": { owner: "server:b:0", mac: B_MAC, holder: "lab/a/Server/b" },
+  "10.10.0.9": { owner: "router-gw:r1", mac: "", holder: "lab/a/Router/r1" },
+});
+const withoutB = record({ "10.10.0.9": withB.allocations["10.10.0.9"]! });
+
+test("an allocation that joins a turn with nothing to write (review 10a, finding 1) is confirmed under the lock: planned on a reading from before a release it followed, it is replanned locked, written, and no address goes out twice", async () => {
+  let b: Promise<{ ip: string; origin: string }> | undefined;
+  const fake = subnetHost(withB, {
+    afterRead: (n, set) => {
+      if (n !== 1) return;
+      // Right after the turn's unlocked reading: b's delete releases its entry, then b's
+      // replacement create (same uuid and MAC, deleteBeforeReplace) asks and joins the turn.
+      set(withoutB);
+      b = allocateAddressOrigin(REF, "server:b:0", {
+        mac: B_MAC,
+        holder: "lab/a/Server/b",
+        adopt: false,
+        adoptSameMacOnly: true,
+      });
+    },
+  });
+  try {
+    // A router update re-allocating its gateway: nothing to write.
+    const router = await allocateAddress(REF, "router-gw:r1", {
+      fixedIp: "10.10.0.9",
+      holder: "lab/a/Router/r1",
+    });
+    assert.equal(router, "10.10.0.9");
+    assert.ok(b, "b asked during the reading");
+    assert.deepEqual(
+      await b,
+      { ip: "10.10.0.2", origin: "made" },
+      "replanned on the locked reading and written",
+    );
+    assert.equal(
+      count(fake, /^check that the IPAM record/),
+      1,
+      "the guard ran although the first plan wrote nothing",
+    );
+    assert.equal(
+      fake.current().allocations["10.10.0.2"]?.owner,
+      "server:b:0",
+      "b's address is in the record",
+    );
+    assert.equal(
+      await allocateAddress(REF, "server:c:0", { mac: "fa:16:3e:00:00:0c", holder: "lab/a/Server/c" }),
+      "10.10.0.3",
+      "the next create does not get b's address",
+    );
+  } finally {
+    fake.restore();
+  }
+});
+
+test('a joined allocation refused on a stale reading ("already allocated" for an address released before it asked, review 10a) is replanned under the lock and gets the address', async () => {
+  let c: Promise<string> | undefined;
+  const fake = subnetHost(withB, {
+    afterRead: (n, set) => {
+      if (n !== 1) return;
+      set(withoutB);
+      c = allocateAddress(REF, "server:c:0", { fixedIp: "10.10.0.2", holder: "lab/a/Server/c" });
+    },
+  });
+  try {
+    assert.equal(
+      await allocateAddress(REF, "router-gw:r1", { fixedIp: "10.10.0.9", holder: "lab/a/Router/r1" }),
+      "10.10.0.9",
+    );
+    assert.ok(c);
+    assert.equal(await c, "10.10.0.2");
+    assert.equal(fake.current().allocations["10.10.0.2"]?.owner, "server:c:0");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("a turn with nothing to write and nobody joined (review 10a, finding 3) answers from its unlocked reading at once: it neither takes nor waits for the DHCP host's lock", async () => {
+  const { hostPool } =
+    require("../../../provider/host/session") as typeof import("../../../provider/host/session");
+  const id = `${hv1.address}:${hv1.port}`;
+  let free: () => void = () => undefined;
+  // A long holder of the host's in-process lock (a migration's prepare on the DHCP host).
+  hostPool().locks.set(id, new Promise<void>((r) => (free = r)));
+  const fake = subnetHost(withB);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const answer = await Promise.race([
+      allocateAddress(REF, "router-gw:r1", { fixedIp: "10.10.0.9", holder: "lab/a/Router/r1" }),
+      new Promise<string>((r) => (timer = setTimeout(() => r("still waiting after 2 s"), 2000))),
+    ]);
+    assert.equal(answer, "10.10.0.9");
+    assert.equal(count(fake, /^host lock taken/), 0, "no lock");
+    assert.equal(count(fake, /^read record ipam\//), 1, "one reading");
+  } finally {
+    clearTimeout(timer);
+    free();
+    hostPool().locks.delete(id);
+    fake.restore();
+  }
+});
+
+test("the locked turn's commit failing at a step after the record's write (review 10a, finding 2) is undone in the same hold of the lock: no other writer can come between", async () => {
+  const theirs = record({
+    "10.10.0.2": { owner: "server:x:0", mac: "", holder: "lab/b/Server/x" },
+  });
+  const failHosts = { times: 0 };
+  const fake = subnetHost(record({}), {
+    afterRead: (n, set, locked) => {
+      if (n === 1) set(theirs);
+      if (n === 2 && locked) failHosts.times = 1;
+    },
+    failHosts,
+  });
+  try {
+    await assert.rejects(
+      allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }),
+      /Read-only file system/,
+    );
+    assert.deepEqual(fake.current().allocations, theirs.allocations);
+    // The guard's hold, then one hold for the locked turn's commit and its undo.
+    assert.equal(count(fake, /^host lock taken/), 2, "no second hold for the undo");
+    const steps = turnSteps(fake);
+    const locked = steps.lastIndexOf("host lock taken");
+    assert.deepEqual(
+      steps.slice(locked).filter((l) => /^(write record|host lock|read record)/.test(l)),
+      [
+        "host lock taken",
+        `read record ipam/${NAME}`,
+        `write record ipam/${NAME}`,
+        `read record ipam/${NAME}`,
+        `write record ipam/${NAME}`,
+        "host lock released",
+      ],
+      "commit, then the undo's reading and write, in one hold",
     );
   } finally {
     fake.restore();
