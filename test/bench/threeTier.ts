@@ -135,7 +135,8 @@ export function criticalPath(
  * (what `npm pack` ships: package.json, dist without tests and maps, the templates and stacks
  * files), everything else linked to this repository's node_modules (one copy of @pulumi/pulumi,
  * no registry needed). Each resource's provider is then serialized as a require of the installed
- * module, not by value as from the source tree (provider/packaged.ts).
+ * module; from the source tree the repository's node_modules/kvmlab link gives the same
+ * require (provider/packaged.ts, linkedModule).
  */
 export function installedProgram(dir: string): string {
   const program = path.join(dir, "three-tier");
