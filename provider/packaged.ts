@@ -39,14 +39,29 @@ export function packagedProvider<T extends object>(provider: T): T {
   if (result === undefined) {
     const home = definingModule(provider);
     const linked = home ? undefined : linkedModule(provider, process.cwd());
-    result = home
-      ? delegate(home.exports, home.key, provider)
-      : linked
-        ? requireDelegate(linked.spec, linked.key, provider)
-        : provider;
+    if (home) {
+      // The closure captures the module object, which Pulumi writes as a require of its path.
+      const mod = home.exports;
+      result = delegate(() => mod, home.key, provider);
+    } else if (linked) {
+      // `require` is the serialized code's own (Pulumi never captures it): the provider plugin
+      // resolves `spec` from the program's directory.
+      const spec = linked.spec;
+      result = delegate(() => require(spec) as Record<string, unknown>, linked.key, provider);
+    } else result = provider;
     chosen.set(provider, result);
   }
   return result as T;
+}
+
+/** The name under which `exports` holds `provider` as its own value (not a barrel's getter). */
+function exportKey(exports: unknown, provider: object): string | undefined {
+  if ((typeof exports !== "object" && typeof exports !== "function") || exports === null) return undefined;
+  for (const key of Object.getOwnPropertyNames(exports)) {
+    const d = Object.getOwnPropertyDescriptor(exports, key);
+    if (d && "value" in d && d.value === provider) return key;
+  }
+  return undefined;
 }
 
 /** The module under node_modules/ whose own (non-getter) export `key` is `provider`. */
@@ -54,28 +69,22 @@ function definingModule(provider: object): { exports: Record<string, unknown>; k
   const inNodeModules = `${path.sep}node_modules${path.sep}`;
   for (const [file, mod] of Object.entries(require.cache)) {
     if (!mod || !file.includes(inNodeModules)) continue;
-    const exports: unknown = mod.exports;
-    if ((typeof exports !== "object" && typeof exports !== "function") || exports === null) continue;
-    for (const key of Object.getOwnPropertyNames(exports)) {
-      // Barrels re-export through getters; the defining module holds the value itself.
-      const d = Object.getOwnPropertyDescriptor(exports, key);
-      if (d && "value" in d && d.value === provider)
-        return { exports: exports as Record<string, unknown>, key };
-    }
+    const key = exportKey(mod.exports, provider);
+    if (key !== undefined) return { exports: mod.exports as Record<string, unknown>, key };
   }
   return undefined;
 }
 
 /**
- * An object with `provider`'s methods, each calling `mod[key][method]`. Its closure captures only
- * the module object (serialized as a require of its path) and two strings.
+ * An object with `provider`'s methods, each calling `lookup()[key][method]`. Its closure captures
+ * `lookup` (and what it captures: the module object, or the module's name) and two strings.
  */
-function delegate(mod: Record<string, unknown>, key: string, provider: object): object {
+function delegate(lookup: () => Record<string, unknown>, key: string, provider: object): object {
   const d: Record<string, unknown> = {};
   for (const method of METHODS) {
     if (typeof (provider as Record<string, unknown>)[method] !== "function") continue;
     d[method] = function (...args: unknown[]): unknown {
-      const target = mod[key] as Record<string, (...a: unknown[]) => unknown>;
+      const target = lookup()[key] as Record<string, (...a: unknown[]) => unknown>;
       return target[method](...args);
     };
   }
@@ -100,33 +109,11 @@ export function linkedModule(provider: object, cwd: string): { spec: string; key
   const dist = `${fs.realpathSync(path.join(root, "dist"))}${path.sep}`;
   for (const [file, mod] of Object.entries(require.cache)) {
     if (!mod || !file.startsWith(dist) || !file.endsWith(".js")) continue;
-    const exports: unknown = mod.exports;
-    if ((typeof exports !== "object" && typeof exports !== "function") || exports === null) continue;
-    for (const key of Object.getOwnPropertyNames(exports)) {
-      const d = Object.getOwnPropertyDescriptor(exports, key);
-      if (d && "value" in d && d.value === provider) {
-        const rel = path.relative(path.dirname(dist), file).split(path.sep).join("/");
-        return { spec: `kvmlab/${rel}`, key };
-      }
+    const key = exportKey(mod.exports, provider);
+    if (key !== undefined) {
+      const rel = path.relative(path.dirname(dist), file).split(path.sep).join("/");
+      return { spec: `kvmlab/${rel}`, key };
     }
   }
   return undefined;
-}
-
-/**
- * An object with `provider`'s methods, each calling `require(spec)[key][method]`. Its closure
- * captures three strings; `require` is the serialized code's own (Pulumi never captures it), so
- * the provider plugin resolves `spec` from the program's directory.
- */
-function requireDelegate(spec: string, key: string, provider: object): object {
-  const d: Record<string, unknown> = {};
-  for (const method of METHODS) {
-    if (typeof (provider as Record<string, unknown>)[method] !== "function") continue;
-    d[method] = function (...args: unknown[]): unknown {
-      const mod = require(spec) as Record<string, unknown>;
-      const target = mod[key] as Record<string, (...a: unknown[]) => unknown>;
-      return target[method](...args);
-    };
-  }
-  return d;
 }
