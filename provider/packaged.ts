@@ -97,22 +97,27 @@ function delegate(lookup: () => Record<string, unknown>, key: string, provider: 
  * module is one of its compiled files; else undefined (serialize by value).
  */
 export function linkedModule(provider: object, cwd: string): { spec: string; key: string } | undefined {
-  // This file is dist/provider/packaged.js: the package root is two folders up.
+  // This file is dist/provider/packaged.js: the package root is two folders up. Run any other
+  // way (from the TypeScript sources, no dist/), nothing matches and the provider goes by value.
   const root = path.resolve(__dirname, "..", "..");
-  let resolved: string;
+  let providers: string;
   try {
-    resolved = fs.realpathSync(require.resolve("kvmlab/package.json", { paths: [cwd] }));
+    const resolved = fs.realpathSync(require.resolve("kvmlab/package.json", { paths: [cwd] }));
+    if (resolved !== fs.realpathSync(path.join(root, "package.json"))) return undefined;
+    providers = fs.realpathSync(path.join(root, "dist", "provider"));
   } catch {
     return undefined;
   }
-  if (resolved !== fs.realpathSync(path.join(root, "package.json"))) return undefined;
-  const dist = `${fs.realpathSync(path.join(root, "dist"))}${path.sep}`;
+  // Only the provider modules (dist/provider/ and its folders): a re-export elsewhere in dist/
+  // (an index, a test) must not name the module the state will require; a dist/ that is itself
+  // a link elsewhere would give a wrong name.
+  if (providers !== __dirname) return undefined;
   for (const [file, mod] of Object.entries(require.cache)) {
-    if (!mod || !file.startsWith(dist) || !file.endsWith(".js")) continue;
+    if (!mod || !file.startsWith(`${providers}${path.sep}`) || !file.endsWith(".js")) continue;
     const key = exportKey(mod.exports, provider);
     if (key !== undefined) {
-      const rel = path.relative(path.dirname(dist), file).split(path.sep).join("/");
-      return { spec: `kvmlab/${rel}`, key };
+      const rel = path.relative(providers, file).split(path.sep).join("/");
+      return { spec: `kvmlab/dist/provider/${rel}`, key };
     }
   }
   return undefined;

@@ -15,6 +15,7 @@ import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
 import { linkedModule, packagedProvider } from "../../../provider/packaged";
 import { networkProvider } from "../../../provider/network";
+import { autoscaleRollProvider } from "../../../provider/autoscale/roll";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-packaged-"));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -48,6 +49,10 @@ const REPO = path.resolve(__dirname, "..", "..", "..", "..");
 test("linked: where `kvmlab` resolves to this package, a provider serializes as a require of its name", async () => {
   const linked = linkedModule(networkProvider, path.join(REPO, "examples", "three-tier"));
   assert.deepEqual(linked, { spec: "kvmlab/dist/provider/network.js", key: "networkProvider" });
+  assert.deepEqual(linkedModule(autoscaleRollProvider, REPO), {
+    spec: "kvmlab/dist/provider/autoscale/roll.js",
+    key: "autoscaleRollProvider",
+  });
   // The repository's node_modules/kvmlab link is what the tests and examples run with.
   assert.ok(fs.lstatSync(path.join(REPO, "node_modules", "kvmlab")).isSymbolicLink());
 
