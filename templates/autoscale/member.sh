@@ -56,8 +56,11 @@ case $1 in
     ;;
   stats)
     # Every domain's state and CPU time, filtered to this group's members (a name that is not
-    # defined here is simply absent: the agent reads absence as not running).
-    $V domstats --state --cpu-total 2>/dev/null | awk -v list="$(tr '\n' ' ' < "$here/members")" '
+    # defined here is simply absent: the agent reads absence as not running). libvirtd not
+    # answering is no answer, not "nothing runs": exit 69, and the agent leaves this host's
+    # members as they were, as for an ssh that failed (review 10c).
+    st=$($V domstats --state --cpu-total 2>/dev/null) || exit 69
+    printf '%s\n' "$st" | awk -v list="$(tr '\n' ' ' < "$here/members")" '
       BEGIN { k = split(list, a, " "); for (i = 1; i <= k; i++) want[a[i]] = 1 }
       function out() { if (n != "" && (n in want)) print n, s, c }
       /^Domain: / { out(); n=$2; gsub(/\047/, "", n); s="undefined"; c=0 }

@@ -380,6 +380,38 @@ test("the member command re-checks each server's owner marker at start and stop 
   }
 });
 
+test("the member command's stats: libvirtd not answering is no answer (exit 69), not a host where nothing runs (review 10c)", () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-asg-member-"));
+  try {
+    const here = path.join(root, "kvmlab", "asg", "web");
+    const bin = path.join(root, "bin");
+    for (const d of [here, bin]) fs.mkdirSync(d, { recursive: true });
+    write(path.join(here, "member.sh"), memberScript());
+    write(path.join(here, "members"), "web-0\nweb-1\n", 0o644);
+    const stats = (virsh: string) => {
+      write(path.join(bin, "virsh"), `#!/bin/sh\n${virsh}\n`);
+      return spawnSync("/bin/sh", [path.join(here, "member.sh")], {
+        env: { PATH: `${bin}:/usr/bin:/bin`, SSH_ORIGINAL_COMMAND: "stats" },
+        encoding: "utf8",
+      });
+    };
+    const up = stats(
+      `printf "Domain: 'web-0'\\n  state.state=1\\n  cpu.time=42\\n\\nDomain: 'other'\\n  state.state=1\\n  cpu.time=7\\n"`,
+    );
+    assert.equal(up.status, 0, up.stderr);
+    assert.equal(up.stdout, "web-0 running 42\n", "this group's members only");
+    const empty = stats("exit 0");
+    assert.equal(empty.status, 0, "libvirtd answers: no domain defined here");
+    assert.equal(empty.stdout.trim(), "");
+    const down = stats("echo 'error: failed to connect to the hypervisor' >&2; exit 1");
+    assert.equal(down.status, 69, "libvirtd did not answer");
+    assert.equal(down.stdout, "", "and nothing is reported as its members' state");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
 /**
  * A simulated controller + member host for the rolling replacement and the single-instance
  * lock: the fakes above, `running` domains already up (and recorded as in service), no agent
