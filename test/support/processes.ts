@@ -111,11 +111,14 @@ export async function withOrphansStopped<T>(
 ): Promise<T> {
   let orphans: TreeProcess[] | undefined;
   const killChild = async (): Promise<TreeProcess[]> => {
-    if (orphans === undefined) orphans = child.pid === undefined ? [] : descendants(child.pid);
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once("exit", r));
+    // A child that already exited (and was reaped) may have its PID reused by a process the test
+    // never started: nothing is walked then (its own children, if any, are no longer below it).
+    const exited = child.exitCode !== null || child.signalCode !== null;
+    if (orphans === undefined) orphans = child.pid === undefined || exited ? [] : descendants(child.pid);
+    if (!exited) {
+      const gone = new Promise((r) => child.once("exit", r));
       child.kill("SIGKILL");
-      await exited;
+      await gone;
     }
     return orphans;
   };
