@@ -284,20 +284,13 @@ export function asgOwned(group: string): OwnedObject {
 }
 
 /**
- * Runs `fn` on every host at once (issue 13: the agent's create is on the path to the members'
- * first start) and waits for ALL of them before it throws the first error as it was (a failed
- * create's cleanup must never run beside a host call still writing). Results in host order.
- */
-async function onHostsAtOnce<T>(
-  hosts: readonly HostConnection[],
-  fn: (h: HostConnection) => Promise<T>,
-): Promise<PromiseSettledResult<T>[]> {
-  return Promise.allSettled(hosts.map((h) => fn(h)));
-}
-/**
- * The values in host order, or an error: one host's error as it was; several hosts' (review 10b
- * P5): the first one's message, then every other host's, each named (the first as `cause`), so a
- * refusal on one host does not hide another host being unreachable until the next try.
+ * Hosts called at once (issue 13: the agent's create is on the path to the members' first
+ * start), settled with `Promise.allSettled` so that every host has answered before anything is
+ * thrown (a failed create's cleanup must never run beside a host call still writing).
+ * The values in host order, or an error: one host's error as it was (unlike `onEveryHost`, which
+ * wraps even one); several hosts' (review 10b P5): the first one's message, then every other
+ * host's, each named (the first as `cause`), so a refusal on one host does not hide another host
+ * being unreachable until the next try.
  */
 export function firstError<T>(
   settled: readonly PromiseSettledResult<T>[],
@@ -395,7 +388,9 @@ async function wire(
   // Every member host at once (each its own files and key line); known_hosts in host order.
   const memberHosts = i.hosts.filter((x) => Object.hasOwn(i.membersByHost, x.name));
   const set = firstError(
-    await onHostsAtOnce(memberHosts, (h) => setUpMemberHost(i, h, publicKey, controller.address, owners)),
+    await Promise.allSettled(
+      memberHosts.map((h) => setUpMemberHost(i, h, publicKey, controller.address, owners)),
+    ),
     memberHosts,
   );
   memberHosts.forEach((h, k) => {
@@ -539,8 +534,8 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       // Every host's claim at once; all have answered before a refusal is thrown, so the
       // cleanup below sees every host this call claimed.
       const hosts = involvedHosts(inputs);
-      const claims = await onHostsAtOnce(hosts, (h) =>
-        runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)]),
+      const claims = await Promise.allSettled(
+        hosts.map((h) => runLocked(h, [claimStep(asgOwned(inputs.groupName), inputs.owner)])),
       );
       claims.forEach((r, k) => {
         if (r.status === "fulfilled" && claimedNow(r.value[0])) claimed.push(hosts[k]);
