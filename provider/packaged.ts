@@ -42,12 +42,12 @@ export function packagedProvider<T extends object>(provider: T): T {
     if (home) {
       // The closure captures the module object, which Pulumi writes as a require of its path.
       const mod = home.exports;
-      result = delegate(() => mod, home.key, provider);
+      result = delegate(() => mod, home.key, home.name, provider);
     } else if (linked) {
       // `require` is the serialized code's own (Pulumi never captures it): the provider plugin
       // resolves `spec` from the program's directory.
       const spec = linked.spec;
-      result = delegate(() => require(spec) as Record<string, unknown>, linked.key, provider);
+      result = delegate(() => require(spec) as Record<string, unknown>, linked.key, spec, provider);
     } else result = provider;
     chosen.set(provider, result);
   }
@@ -64,28 +64,65 @@ function exportKey(exports: unknown, provider: object): string | undefined {
   return undefined;
 }
 
-/** The module under node_modules/ whose own (non-getter) export `key` is `provider`. */
-function definingModule(provider: object): { exports: Record<string, unknown>; key: string } | undefined {
+/**
+ * The module under node_modules/ whose own (non-getter) export `key` is `provider`, with its name
+ * as a require from the program would give it (the path after the last node_modules/).
+ */
+function definingModule(
+  provider: object,
+): { exports: Record<string, unknown>; key: string; name: string } | undefined {
   const inNodeModules = `${path.sep}node_modules${path.sep}`;
   for (const [file, mod] of Object.entries(require.cache)) {
     if (!mod || !file.includes(inNodeModules)) continue;
     const key = exportKey(mod.exports, provider);
-    if (key !== undefined) return { exports: mod.exports as Record<string, unknown>, key };
+    if (key !== undefined) {
+      const name = file
+        .slice(file.lastIndexOf(inNodeModules) + inNodeModules.length)
+        .split(path.sep)
+        .join("/");
+      return { exports: mod.exports as Record<string, unknown>, key, name };
+    }
   }
   return undefined;
 }
 
 /**
  * An object with `provider`'s methods, each calling `lookup()[key][method]`. Its closure captures
- * `lookup` (and what it captures: the module object, or the module's name) and two strings.
+ * `lookup` (and what it captures: the module object, or the module's name) and three strings.
+ * The serialized text runs later, in the provider plugin, with whatever kvmlab the program has
+ * then: a module it cannot load, or an export it no longer has (renamed by an upgrade), is said
+ * with the module, the export and the fix, not as a bare TypeError.
  */
-function delegate(lookup: () => Record<string, unknown>, key: string, provider: object): object {
+function delegate(
+  lookup: () => Record<string, unknown>,
+  key: string,
+  where: string,
+  provider: object,
+): object {
+  // One function the methods share (the serializer writes a captured function once).
+  const call = (method: string, args: unknown[]): unknown => {
+    let mod: Record<string, unknown>;
+    try {
+      mod = lookup();
+    } catch (err) {
+      throw new Error(
+        `kvmlab: this resource's provider is export ${key} of ${where}, which cannot be loaded from the program's directory (${(err as Error).message}). Fix: install kvmlab in the program (npm install kvmlab); in kvmlab's own repository, npm run prepare restores the node_modules/kvmlab link (docs/package.md)`,
+        { cause: err },
+      );
+    }
+    const target = mod[key] as Record<string, unknown> | undefined;
+    const fn = target?.[method];
+    if (typeof fn !== "function")
+      throw new Error(
+        `kvmlab: this resource's state names export ${key} of ${where}, but the kvmlab the program has now has no ${key}.${method} there (renamed or removed since the state was written). Fix: install the kvmlab version that wrote this state to ${method} it (docs/package.md, Compatibility)`,
+      );
+    return (fn as (...a: unknown[]) => unknown).apply(target, args);
+  };
   const d: Record<string, unknown> = {};
   for (const method of METHODS) {
     if (typeof (provider as Record<string, unknown>)[method] !== "function") continue;
     d[method] = function (...args: unknown[]): unknown {
-      const target = lookup()[key] as Record<string, (...a: unknown[]) => unknown>;
-      return target[method](...args);
+      return call(method, args);
     };
   }
   return d;

@@ -76,6 +76,19 @@ test("linked: where `kvmlab` resolves to this package, a provider serializes as 
   const rebuilt = requireFromString(text, path.join(REPO, "examples", "three-tier", "provider.js")).handler();
   const bad = { networkName: "Bad Name!" } as never;
   assert.deepEqual(await rebuilt.check!({} as never, bad), await networkProvider.check!({} as never, bad));
+
+  // Run from a folder where `kvmlab` does not resolve (an install that pruned the link): the
+  // error names the module, the export and the fix.
+  const elsewhere = requireFromString(text, path.join(root, "provider.js")).handler();
+  await assert.rejects(
+    async () => elsewhere.check!({} as never, bad),
+    (err: Error) =>
+      /export networkProvider of kvmlab\/dist\/provider\/network\.js, which cannot be loaded/.test(
+        err.message,
+      ) &&
+      /Fix: install kvmlab in the program/.test(err.message) &&
+      /npm run prepare/.test(err.message),
+  );
 });
 
 test("not linked: kvmlab not found, or another package named kvmlab: by value", () => {
@@ -116,4 +129,20 @@ test("from node_modules a provider serializes as a require of its module, and st
   const rebuilt = requireFromString(text, path.join(root, "provider.js")).handler();
   assert.deepEqual(await rebuilt.create({ v: 7 }), { id: "id-1", outs: { v: "helper:7:20000" } });
   assert.deepEqual(await rebuilt.check({}, { v: 1 }), { inputs: { v: 1 } });
+
+  // A later version without that export (renamed): the error names it, not a bare TypeError.
+  const mod = require(path.join(root, "node_modules", "fakeprov", "index.js")) as Record<string, unknown>;
+  const kept = mod.fakeProvider;
+  delete mod.fakeProvider;
+  try {
+    await assert.rejects(
+      async () => rebuilt.create({ v: 7 }),
+      (err: Error) =>
+        /names export fakeProvider of fakeprov\/index\.js/.test(err.message) &&
+        /no fakeProvider\.create there/.test(err.message) &&
+        /install the kvmlab version that wrote this state/.test(err.message),
+    );
+  } finally {
+    mod.fakeProvider = kept;
+  }
 });
