@@ -65,7 +65,10 @@ function sha256File(path: string): string {
   return crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex");
 }
 
-function source(s: string, checksum: string): { url?: string; localPath?: string; sha256: string } {
+function source(
+  s: string,
+  checksum: string,
+): { url?: string; localPath?: string; hostPath?: string; sha256: string } {
   const sha256 = checksum.replace(/^sha256:/, "");
   if (/^https?:\/\//.test(s)) return { url: s, sha256 };
   return { localPath: s.replace(/^file:\/\//, ""), sha256 };
@@ -220,9 +223,11 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
         throw new Error(
           `images.${img.name}.sandbox: no kvmlab sandbox is running; start one with \`kvmlab sandbox up\` or give the image's kernel and ramdisk`,
         );
+      // The sandbox's hosts see this machine's /var (where the guest image is cached) through
+      // their overlay: each copies the files on the host instead of receiving them through SSH.
       files = {
-        kernel: { localPath: sb.image.kernel, sha256: sha256File(sb.image.kernel) },
-        ramdisk: { localPath: sb.image.ramdisk, sha256: sha256File(sb.image.ramdisk) },
+        kernel: { hostPath: sb.image.kernel, sha256: sha256File(sb.image.kernel) },
+        ramdisk: { hostPath: sb.image.ramdisk, sha256: sha256File(sb.image.ramdisk) },
       };
     } else if (img.format === "kernel") {
       files = {

@@ -44,14 +44,17 @@ const sandbox = source === "sandbox" ? kvmlab.readSandboxStatus(sandboxInstance)
 if (sandbox === undefined)
   throw new Error("this example boots the sandbox's guest test image: start one with `kvmlab sandbox up`");
 
-function fileSource(path: string): { localPath: string; sha256: string } {
-  return { localPath: path, sha256: crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex") };
+// The sandbox's hosts see this machine's /var through their overlay, so the guest image's files
+// are already on every host: each host copies them into its image store (`hostPath`) instead of
+// receiving the 66 MB kernel through SSH (issue 13: the image gates every slot of the up).
+function hostFile(path: string): { hostPath: string; sha256: string } {
+  return { hostPath: path, sha256: crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex") };
 }
 
 const image = new kvmlab.resources.Image("labimage", {
   hosts,
-  kernel: fileSource(sandbox.image.kernel),
-  ramdisk: fileSource(sandbox.image.ramdisk),
+  kernel: hostFile(sandbox.image.kernel),
+  ramdisk: hostFile(sandbox.image.ramdisk),
   kernelCmdline: sandbox.image.cmdline,
 });
 const flavor = new kvmlab.Flavor("m1-tiny", { flavorName: "m1.tiny", vcpus: 1, ramMiB: 128, hosts });

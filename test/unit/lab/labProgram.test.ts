@@ -279,6 +279,22 @@ test("three-tier-sandbox.yaml: the lab program applies exactly what kvmlab rende
   assert.match(xml("was-1"), /lab\.role=was lab\.db=10\.10\.3\.5:3306/);
   assert.match(xml("db-0"), /lab\.name=db-0 lab\.role=db/);
   assert.match(xml("bastion"), /lab\.name=bastion lab\.role=bastion/);
+  // The sandbox's guest image: the hosts see its files (their /var overlay), so they copy them
+  // on the host instead of receiving the kernel through SSH.
+  const images = regs.filter((r) => r.type.endsWith("kvmlab:Image"));
+  assert.equal(images.length, 1);
+  const sb = fakeSandbox();
+  assert.deepEqual(
+    [images[0].inputs.kernel, images[0].inputs.ramdisk].map((f) => Object.keys(f as object).sort()),
+    [
+      ["hostPath", "sha256"],
+      ["hostPath", "sha256"],
+    ],
+  );
+  assert.equal(
+    path.basename((images[0].inputs.kernel as { hostPath: string }).hostPath),
+    path.basename(sb.image.kernel),
+  );
   // Floating IPs: the plan's, on the web VIP and the bastion.
   const fips = regs.filter((r) => r.type.endsWith("kvmlab:FloatingIp"));
   assert.deepEqual(
