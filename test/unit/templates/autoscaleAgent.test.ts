@@ -64,11 +64,14 @@ shift 2
 [ -f "$SIM/libvirtd_down" ] && { echo "error: failed to connect to the hypervisor" >&2; exit 1; }
 now=$(date +%s%3N)
 load=$(cat "$SIM/load" 2>/dev/null || echo 0)
-tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; echo "$st $cpu $now" > "$SIM/dom/$1"; }
+# every write is whole (tmp outside dom/, then mv): two hosts' stats run at once and tick every
+# domain, and a read of a half-written file would show a running domain as shut off
+put() { mkdir -p "$SIM/domtmp"; echo "$2" > "$SIM/domtmp/$1.$$" && mv -f "$SIM/domtmp/$1.$$" "$SIM/dom/$1"; }
+tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; put "$1" "$st $cpu $now"; }
 [ "$1" = -q ] && shift
 case $1 in
-  start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "running $cpu $now" > "$SIM/dom/$2"; echo "$now $2" >> "$SIM/started" ;;
-  destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "shut-off $cpu $now" > "$SIM/dom/$2" ;;
+  start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; put "$2" "running $cpu $now"; echo "$now $2" >> "$SIM/started" ;;
+  destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; put "$2" "shut-off $cpu $now" ;;
   # virsh's words ("shut off", "in shutdown"); a domain whose file is gone is not defined
   domstate) [ -f "$SIM/dom/$2" ] || { echo "error: failed to get domain '$2'" >&2; exit 1; }
     read -r st cpu last < "$SIM/dom/$2"; echo "$st" | tr - ' ' ;;
@@ -1354,8 +1357,11 @@ test("review 10c: a slot still `starting` on a host that does not answer counts 
     assert.equal(g.state("web-0"), "starting");
     assert.ok(!logged(g.log(), { event: "decision", source: "min" }), "min holds: web-0 is counted");
     fs.rmSync(path.join(g.sim, "down.root@192.0.2.2"));
-    await until("web-0 in service", () => g.state("web-0") === "running", 20_000);
-    assert.ok(logged(g.log(), { action: "in-service", member: "web-0" }));
+    await until(
+      "web-0 in service",
+      () => logged(g.log(), { action: "in-service", member: "web-0" }) && g.state("web-0") === "running",
+      20_000,
+    );
     await new Promise((r) => setTimeout(r, 2000));
     assert.deepEqual(starts(g.sim), [], "still nothing started: the group is at min");
   } finally {
