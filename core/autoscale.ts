@@ -137,10 +137,16 @@ export interface MemberState {
   readonly name: string;
   /** Slot number (`<group>-<index>`). */
   readonly index: number;
-  /** running = in service; failed = started but never healthy (Heat: FAILED, not counted). */
-  readonly state: "running" | "stopped" | "failed";
+  /**
+   * running = in service; failed = started but never healthy (Heat: FAILED, not counted);
+   * starting = a start under way, or (seen by a holder of the group lock) a dead start whose
+   * host has not answered since: its guest may run.
+   */
+  readonly state: "running" | "stopped" | "failed" | "starting";
   /** When it entered service (epoch seconds; 0 for stopped). */
   readonly startedAt: number;
+  /** false: its host did not answer the agent's last `stats` (default true). */
+  readonly hostAnswered?: boolean;
 }
 
 /**
@@ -148,7 +154,7 @@ export interface MemberState {
  * then the oldest by the time they entered service, then by name.
  */
 export function membersToStop(members: readonly MemberState[], count: number): string[] {
-  const candidates = members.filter((m) => m.state !== "stopped");
+  const candidates = members.filter((m) => m.state === "running" || m.state === "failed");
   const rank = (m: MemberState): number => (m.state === "failed" ? 0 : 1);
   return [...candidates]
     .sort(
@@ -171,6 +177,34 @@ export function membersToStart(members: readonly MemberState[], count: number): 
 /** Heat's current_size: members in service (FAILED ones are not counted). */
 export function currentSize(members: readonly MemberState[]): number {
   return members.filter((m) => m.state === "running").length;
+}
+
+/**
+ * The size the agent's decisions use (agent.sh count_members: scalings, MIN, MAX): members in
+ * service plus `starting` slots, whose guests may run (review 10c: a dead start on a silent host
+ * left uncounted let the group start one more, one over desired until the host answered).
+ */
+export function decisionSize(members: readonly MemberState[]): number {
+  return members.filter((m) => m.state === "running" || m.state === "starting").length;
+}
+
+/**
+ * A scale-in by `count` (agent.sh resize): only members in service whose host answered are
+ * chosen, in Heat's order (a stop on a silent host fails while its guest probably runs, review
+ * 10c); `waiting` names the members in service left for their host when fewer could be chosen.
+ */
+export function scaleInChoice(
+  members: readonly MemberState[],
+  count: number,
+): { stop: string[]; waiting: string[] } {
+  const inService = members.filter((m) => m.state === "running");
+  const stop = membersToStop(
+    inService.filter((m) => m.hostAnswered !== false),
+    count,
+  );
+  const waiting =
+    stop.length < count ? inService.filter((m) => m.hostAnswered === false).map((m) => m.name) : [];
+  return { stop, waiting };
 }
 
 /** Whether an alarm's comparison holds for the measured average. */

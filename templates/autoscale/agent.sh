@@ -220,6 +220,12 @@ member_table() { # "name state startedAt index" for every slot
 }
 in_service() { member_table | awk '$2=="running"{print $1}'; }
 count_running() { member_table | awk '$2=="running"{n++} END{print n+0}'; }
+# The group's size for its decisions (scalings, MIN and MAX): the members in service and the
+# slots still `starting`. Under the group lock a `starting` slot is one whose start died and
+# whose host did not answer since (dead_starts leaves it so): its guest may run, so it is counted
+# (review 10c: not counted, keep_bounds started one more meanwhile, one over desired until the
+# host answered). In-service figures (status size, a roll's min) stay count_running.
+count_members() { member_table | awk '$2=="running" || $2=="starting" {n++} END{print n+0}'; }
 getv() { [ -f "state/$1" ] && cat "state/$1" || echo "$2"; }
 setv() { echo "$2" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"; }
 
@@ -341,11 +347,17 @@ stop_members() { # names...
     _sp_k=$(index_of "$_sp_n")
     if on_host "$_sp_k" stop "$_sp_n" >/dev/null 2>>"$DIR/agent.err"; then
       log "event=action action=stop member=$_sp_n sessions=$(lb_sessions "$_sp_n")$CAUSE"
+      set_mstate "$_sp_n" stopped 0
+      rm -f "samples/$_sp_n"
     else
-      log "event=action action=stop member=$_sp_n result=failed"
+      # Its guest probably still runs (review 10c: marked stopped, the group then believed it
+      # was one smaller than it was and could start another). It stays `running`, counted and
+      # back in the pool (haproxy's own check takes it out if it does not answer); the next
+      # decision that wants it gone tries again.
+      _sp_rc=$?
+      lb_state "$_sp_n" ready
+      log "event=action action=stop member=$_sp_n result=failed reason=stop-command-failed rc=$_sp_rc state=running pool=ready$CAUSE"
     fi
-    set_mstate "$_sp_n" stopped 0
-    rm -f "samples/$_sp_n"
   done
 }
 
@@ -378,7 +390,7 @@ stop_failed() { # MEMBER REASON
 # replaces a FAILED member with a new one; a scale-in takes members in service (a FAILED slot is
 # already out of the pool and off). A member that fails to start here is powered off at once.
 resize() { # SIZE
-  _rs_cur=$(count_running)
+  _rs_cur=$(count_members)
   if [ "$1" -gt "$_rs_cur" ]; then
     _rs_up=$(startable | asg_to_start $(($1 - _rs_cur)))
     if [ "$(echo $_rs_up | wc -w)" -lt $(($1 - _rs_cur)) ]; then no_slot_note "$1" "$_rs_cur"; else setv last_no_slot ""; fi
@@ -387,9 +399,23 @@ resize() { # SIZE
       [ "$(mstate "$_rs_n")" = failed ] && stop_failed "$_rs_n" unhealthy-at-start
     done
   elif [ "$1" -lt "$_rs_cur" ]; then
-    stop_members $(member_table | awk '$2=="running"' | asg_to_stop $((_rs_cur - $1)))
+    # Only members whose host answered at the last member_stats are chosen (review 10c: a stop
+    # on a silent host fails while its guest probably runs); the others wait for their host.
+    _rs_down=$(startable | awk '$2=="running"' | asg_to_stop $((_rs_cur - $1)))
+    if [ "$(echo $_rs_down | wc -w)" -lt $((_rs_cur - $1)) ]; then scale_in_wait_note "$1" "$_rs_cur"; else setv last_scale_in_wait ""; fi
+    [ -z "$_rs_down" ] || stop_members $_rs_down
   fi
   return 0
+}
+
+# A scale-in that cannot take as many members as it wants because the others are on hosts that
+# did not answer: logged once until the reason changes (the alarm repeats it every interval).
+scale_in_wait_note() { # WANT CURRENT
+  _sw_held=$(member_table | awk '$2=="running"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {printf "%s%s", s, $1; s=","}')
+  _sw_why="want=$1 current=$2 waiting=$_sw_held"
+  [ "$(getv last_scale_in_wait "")" = "$_sw_why" ] && return 0
+  setv last_scale_in_wait "$_sw_why"
+  log "event=short reason=scale-in-waits-for-host $_sw_why note=members-of-silent-hosts-not-chosen-logged-once"
 }
 
 # Too few stopped slots for a scale-out (the others in service, FAILED or rolling): logged once
@@ -459,7 +485,7 @@ avg_cpu() {
 # Heat's adjust(): one signal for policy P (index) from SOURCE, received at RECEIVED_MS.
 signal() { # P SOURCE RECEIVED_MS INPUTS
   eval "_sg_pn=\$POLICY_${1}_NAME _sg_pt=\$POLICY_${1}_TYPE _sg_pa=\$POLICY_${1}_ADJ _sg_pc=\$POLICY_${1}_COOLDOWN _sg_ps=\$POLICY_${1}_STEP"
-  _sg_cur=$(count_running)
+  _sg_cur=$(count_members)
   _sg_cd_end=$(getv cooldown_end 0)
   _sg_nows=$(date +%s)
   _sg_base="policy=$_sg_pn source=$2 $4 current=$_sg_cur type=$_sg_pt adjustment=$_sg_pa cooldown=$_sg_pc cooldown_end=$_sg_cd_end"
@@ -488,9 +514,9 @@ signal() { # P SOURCE RECEIVED_MS INPUTS
 scale_to() { # NEW COOLDOWN_S
   setv scaling_started_ms "$(now_ms)"
   setv scaling_finished_ms 9999999999999
-  _st_before=$(count_running)
+  _st_before=$(count_members)
   resize "$1"
-  _st_after=$(count_running)
+  _st_after=$(count_members)
   setv scaling_finished_ms "$(now_ms)"
   setv size "$_st_after"
   if [ "$_st_after" -ne "$_st_before" ]; then
@@ -601,7 +627,7 @@ program_desired() {
   read -r _pd_gen _pd_want < requests/desired
   [ "$_pd_gen" = "$(getv desired_gen 0)" ] && return
   setv desired_gen "$_pd_gen"
-  _pd_cur=$(count_running)
+  _pd_cur=$(count_members)
   _pd_want=$(asg_new_capacity "$_pd_cur" "$_pd_want" exact_capacity 0 "$MIN" "$MAX")
   log "event=decision source=program desired=$_pd_want generation=$_pd_gen current=$_pd_cur min=$MIN max=$MAX cooldown=$COOLDOWN"
   scale_to "$_pd_want" "$COOLDOWN"
@@ -613,7 +639,7 @@ program_desired() {
 
 # Keep the group inside [MIN, MAX] (a lost member below MIN is replaced, as an update would).
 keep_bounds() {
-  _kb_cur=$(count_running)
+  _kb_cur=$(count_members)
   if [ "$_kb_cur" -lt "$MIN" ]; then
     # Nothing to start (every other slot FAILED or rolling): said once, no decision every interval.
     [ -z "$(startable | asg_to_start 1)" ] && { no_slot_note "$MIN" "$_kb_cur"; return 0; }
@@ -694,6 +720,12 @@ roll_out() { # MEMBER
     fi
   fi
   stop_members "$1"
+  if [ "$(mstate "$1")" = running ]; then
+    # Its stop failed (logged by stop_members; its host did not carry it out): it stays in
+    # service, so the spare that stood in for it leaves again and nothing is replaced.
+    [ -n "$_ro_surge" ] && stop_members "$_ro_surge"
+    roll_refuse 73 "stop failed: the power-off of $1 failed on its host (see $DIR/agent.err and decisions.log); $1 stays in service and ${_ro_surge:-no spare} was stopped again, nothing else was changed. Fix: make $1's host answer the controller, then run up again"
+  fi
   echo "1 $_ro_surge" > "state/$1.roll"
   set_mstate "$1" rolling 0
   log "event=roll-out member=$1 was=running in_service=$(count_running) min=$MIN surge=${_ro_surge:-none}$CAUSE"

@@ -13,6 +13,8 @@ import {
   checkGroupSpec,
   cooldownAfter,
   currentSize,
+  decisionSize,
+  scaleInChoice,
   decideSignal,
   membersToStart,
   membersToStop,
@@ -172,18 +174,40 @@ test("scale-in order: failed first, then oldest, then name; scale-out takes the 
   assert.equal(currentSize(ms), 3);
 });
 
+test("review 10c: a scale-in chooses only members whose host answered (the rest wait for it); `starting` slots count toward the decision size, not toward the in-service size", () => {
+  const ms: MemberState[] = [
+    { name: "web-0", index: 0, state: "running", startedAt: 100, hostAnswered: false },
+    { name: "web-1", index: 1, state: "running", startedAt: 100, hostAnswered: false },
+    { name: "web-2", index: 2, state: "running", startedAt: 300 },
+    { name: "web-3", index: 3, state: "starting", startedAt: 0, hostAnswered: false },
+    { name: "web-4", index: 4, state: "stopped", startedAt: 0 },
+  ];
+  assert.deepEqual(membersToStop(ms, 2), ["web-0", "web-1"], "Heat's order alone would take the silent ones");
+  assert.deepEqual(scaleInChoice(ms, 2), { stop: ["web-2"], waiting: ["web-0", "web-1"] });
+  assert.deepEqual(scaleInChoice(ms, 1), { stop: ["web-2"], waiting: [] });
+  assert.deepEqual(scaleInChoice(ms.slice(0, 2), 1), { stop: [], waiting: ["web-0", "web-1"] });
+  assert.equal(currentSize(ms), 3);
+  assert.equal(decisionSize(ms), 4, "the slot still starting on a silent host is counted");
+  assert.deepEqual(membersToStart(ms, 2), ["web-4"], "a starting slot is never started again");
+});
+
 test("the agent's sh member order equals the TypeScript one on random groups", () => {
   let seed = 7;
   const rnd = (n: number): number => {
     seed = (seed * 1103515245 + 12345) % 2147483648;
     return seed % n;
   };
-  const states = ["running", "stopped", "failed"] as const;
+  const states = ["running", "stopped", "failed", "starting"] as const;
   for (let round = 0; round < 60; round++) {
     const size = 1 + rnd(8);
     const ms: MemberState[] = Array.from({ length: size }, (_, i) => {
-      const state = states[rnd(3)];
-      return { name: `g-${i}`, index: i, state, startedAt: state === "stopped" ? 0 : 1000 + rnd(5) };
+      const state = states[rnd(4)];
+      return {
+        name: `g-${i}`,
+        index: i,
+        state,
+        startedAt: state === "stopped" || state === "starting" ? 0 : 1000 + rnd(5),
+      };
     });
     // Slot 10+ would sort by name "g-10" < "g-2"; indexes keep scale-out numeric.
     const k = rnd(size + 1);

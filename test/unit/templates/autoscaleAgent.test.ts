@@ -64,11 +64,14 @@ shift 2
 [ -f "$SIM/libvirtd_down" ] && { echo "error: failed to connect to the hypervisor" >&2; exit 1; }
 now=$(date +%s%3N)
 load=$(cat "$SIM/load" 2>/dev/null || echo 0)
-tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; echo "$st $cpu $now" > "$SIM/dom/$1"; }
+# every write is whole (tmp outside dom/, then mv): two hosts' stats run at once and tick every
+# domain, and a read of a half-written file would show a running domain as shut off
+put() { mkdir -p "$SIM/domtmp"; echo "$2" > "$SIM/domtmp/$1.$$" && mv -f "$SIM/domtmp/$1.$$" "$SIM/dom/$1"; }
+tick() { read -r st cpu last < "$SIM/dom/$1"; if [ "$st" = running ]; then cpu=$((cpu + (now - last) * 10000 * load)); fi; put "$1" "$st $cpu $now"; }
 [ "$1" = -q ] && shift
 case $1 in
-  start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "running $cpu $now" > "$SIM/dom/$2"; echo "$now $2" >> "$SIM/started" ;;
-  destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; echo "shut-off $cpu $now" > "$SIM/dom/$2" ;;
+  start) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; put "$2" "running $cpu $now"; echo "$now $2" >> "$SIM/started" ;;
+  destroy) tick "$2"; read -r st cpu last < "$SIM/dom/$2"; put "$2" "shut-off $cpu $now" ;;
   # virsh's words ("shut off", "in shutdown"); a domain whose file is gone is not defined
   domstate) [ -f "$SIM/dom/$2" ] || { echo "error: failed to get domain '$2'" >&2; exit 1; }
     read -r st cpu last < "$SIM/dom/$2"; echo "$st" | tr - ' ' ;;
@@ -1232,6 +1235,158 @@ test("review 10b P2: a member host that does not answer leaves its members as th
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
+/** Writes the program's desired size (generation GEN) and waits for the agent's decision on it. */
+async function desire(g: ReturnType<typeof simGroup>, gen: number, size: number): Promise<void> {
+  fs.writeFileSync(path.join(g.dir, "requests", "desired.tmp"), `${gen} ${size}\n`);
+  fs.renameSync(path.join(g.dir, "requests", "desired.tmp"), path.join(g.dir, "requests", "desired"));
+  await until(
+    `the decision on desired generation ${gen}`,
+    () => logged(g.log(), { event: "decision", source: "program", generation: String(gen) }),
+    30_000,
+  );
+}
+function stopAttempts(sim: string): string[] {
+  const f = path.join(sim, "stop_attempts");
+  return fs.existsSync(f)
+    ? fs
+        .readFileSync(f, "utf8")
+        .split("\n")
+        .filter((l) => l !== "")
+    : [];
+}
+
+test("review 10c: a scale-in never chooses a member on a host that did not answer (the others are chosen; none left: it waits, logged once per reason) and takes it once its host answers", async () => {
+  // web-0 and web-1 on hv2 (silent), web-2 on hv1; all three in service since the same second,
+  // so Heat's order (oldest, then name) would pick web-0 and web-1 first.
+  const g = simGroup({
+    min: 1,
+    max: 3,
+    running: ["web-0", "web-1", "web-2"],
+    hostOf: (i) => (i < 2 ? 2 : 1),
+  });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-2\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\nweb-1\n");
+  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    await desire(g, 1, 1);
+    await until("web-2 stopped", () => g.state("web-2") === "stopped", 20_000);
+    assert.deepEqual(stopAttempts(g.sim), ["web-2"], "no stop is tried on the silent host");
+    assert.equal(g.state("web-0"), "running", "web-0 (silent host) still counts");
+    assert.equal(g.state("web-1"), "running", "web-1 (silent host) still counts");
+    assert.ok(
+      logged(g.log(), {
+        event: "short",
+        reason: "scale-in-waits-for-host",
+        current: "3",
+        waiting: "web-0,web-1",
+      }),
+      "the part of the scale-in that waits is logged with the members it waits for",
+    );
+    // Two more decisions while hv2 is silent: nothing to choose; the same reason is logged once.
+    await desire(g, 2, 1);
+    await desire(g, 3, 1);
+    const waits = g.log().filter((e) => e.reason === "scale-in-waits-for-host");
+    assert.equal(waits.length, 2, `once per reason: ${waits.map((e) => e.current).join(",")}`);
+    assert.ok(logged(g.log(), { event: "short", reason: "scale-in-waits-for-host", current: "2" }));
+    assert.deepEqual(stopAttempts(g.sim), ["web-2"]);
+    assert.equal(g.state("web-0"), "running");
+    assert.equal(g.state("web-1"), "running");
+    // hv2 answers again: the next scale-in takes the oldest of its members.
+    fs.rmSync(path.join(g.sim, "down.root@192.0.2.2"));
+    await until("hv2 back", () => logged(g.log(), { event: "host-back", host: "hv2" }), 30_000);
+    await desire(g, 4, 1);
+    await until("web-0 stopped", () => g.state("web-0") === "stopped", 20_000);
+    assert.equal(g.state("web-1"), "running");
+    assert.deepEqual(stopAttempts(g.sim), ["web-2", "web-0"]);
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
+test("review 10c: a member whose stop fails stays `running` (counted, back in the pool), logged with the reason; the group does not start another in its place", async () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0", "web-1"] });
+  fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    await desire(g, 1, 1);
+    await until("web-0's stop attempted", () => logged(g.log(), { action: "stop", member: "web-0" }), 20_000);
+    assert.ok(
+      logged(g.log(), {
+        action: "stop",
+        member: "web-0",
+        result: "failed",
+        reason: "stop-command-failed",
+        rc: "255",
+        state: "running",
+      }),
+      "the failed stop is logged with its reason",
+    );
+    assert.equal(g.state("web-0"), "running", "its guest still runs: it still counts");
+    assert.equal(g.state("web-1"), "running");
+    const lb = g.haproxy().filter((l) => l.startsWith("web-0 "));
+    assert.equal(lb[lb.length - 1], "web-0 state ready", `back in the pool: ${lb.join("; ")}`);
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.deepEqual(starts(g.sim), [], "nothing was started in its place");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
+test("review 10c: a slot still `starting` on a host that does not answer counts toward the group's size (min is not restored over it); its host back, it is health-checked and joins the pool", async () => {
+  // web-0 on hv2 (silent), left `starting` by a dead start, its guest running; web-1 in service on hv1.
+  const g = simGroup({ min: 2, max: 3, running: ["web-1"], hostOf: (i) => (i === 0 ? 2 : 1) });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-1\nweb-2\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\n");
+  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+  fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    // Several evaluations (interval 1 s) with hv2 silent.
+    await new Promise((r) => setTimeout(r, 4000));
+    assert.deepEqual(starts(g.sim), [], "no slot is started over the one still starting");
+    assert.equal(g.state("web-0"), "starting");
+    assert.ok(!logged(g.log(), { event: "decision", source: "min" }), "min holds: web-0 is counted");
+    fs.rmSync(path.join(g.sim, "down.root@192.0.2.2"));
+    await until(
+      "web-0 in service",
+      () => logged(g.log(), { action: "in-service", member: "web-0" }) && g.state("web-0") === "running",
+      20_000,
+    );
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.deepEqual(starts(g.sim), [], "still nothing started: the group is at min");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
+test("review 10c: a roll-out whose power-off fails refuses (exit 73): the member stays in service, the spare that stood in for it leaves again, no slot is marked rolling", () => {
+  // min 2: taking web-0 out needs a spare (web-2) first.
+  const g = simGroup({ min: 2, max: 3, running: ["web-0", "web-1"] });
+  try {
+    fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
+    const r = g.roll("roll-out", "web-0");
+    assert.equal(r.status, 73, r.stderr);
+    assert.match(
+      r.stderr,
+      /stop failed: the power-off of web-0 failed.*web-0 stays in service and web-2 was stopped again/,
+    );
+    assert.equal(g.state("web-0"), "running");
+    assert.equal(g.state("web-2"), "stopped", "the spare left again");
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "web-0 is not rolling");
+    assert.ok(logged(g.log(), { event: "roll-refused", reason: "stop-failed", member: "web-0" }));
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
   }
 });
 
