@@ -151,9 +151,10 @@ export async function hostEvidence(
         // Lock files stay by design (flock targets: the host lock /var/lib/kvmlab/lock, the named
         // locks such as volumes.lock, and placement.lock from before session 8); everything else
         // kvmlab made must go.
-        // An autoscale agent's transient files (`<file>.tmp` while it rewrites one) come and go
-        // every interval; its lasting files (status, state/<member>, samples/<member>) count.
-        `find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -name '*.tmp' ! -path /var/lib/kvmlab/lock${agentRuntime} 2>/dev/null | sort`,
+        // An autoscale agent's transient files (`<file>.tmp` while it rewrites one, and the
+        // member hosts' answers `stats.<host>.part`/`.rc` while it asks them: session 10) come and
+        // go every interval; its lasting files (status, state/<member>, samples/<member>) count.
+        `find /var/lib/kvmlab /etc/libvirt/qemu /run/kvmlab -type f ! -name '*.log' ! -name '*.lock' ! -name '*.tmp' ! -path '/var/lib/kvmlab/asg/*/stats.*.part' ! -path '/var/lib/kvmlab/asg/*/stats.*.rc' ! -path /var/lib/kvmlab/lock${agentRuntime} 2>/dev/null | sort`,
         "virsh -c qemu:///system list --all --name | sort",
         "ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort",
         "ip netns list | awk '{print $1}' | sort",
