@@ -445,6 +445,13 @@ export function imageHostState(probes: FileProbe[], recordText: string, users: I
  * take minutes, not the host layer's default two.
  */
 const LONG = { timeoutMs: 3_600_000 };
+/**
+ * The same, in a worker shell of the host's connection (RunOptions.lane): the steps that need no
+ * lock (claim and probe, staging, hashing the staged files) no longer queue in the main shell
+ * behind the other resources' batches, nor hold it up while they hash (issue 13: the image was
+ * on the 3-tier up's critical path).
+ */
+const LONG_WORKER = { ...LONG, lane: "worker" } as const;
 
 /** sha256 of a local file, streamed. */
 async function sha256OfLocalFile(localPath: string): Promise<string> {
@@ -482,11 +489,29 @@ async function verifyLocalSource(role: ImageRole, source: ImageSource, sha256: s
   }
 }
 
-/** Checks every local source before any host is touched (create). */
-async function verifyLocalSources(inputs: ImageInputs): Promise<void> {
-  for (const { plan, source } of imageFiles(inputs)) {
-    if (source.localPath) await verifyLocalSource(plan.role, source, plan.sha256);
+/**
+ * Local files this call has verified (localPath → its check), so a file sent to several hosts
+ * is read and hashed once per call, not once per host (the hosts re-hash what they received).
+ */
+type Verified = Map<string, Promise<void>>;
+
+function verifyOnce(verified: Verified, role: ImageRole, source: ImageSource, sha256: string): Promise<void> {
+  const key = `${source.localPath}\u0000${sha256}`;
+  let check = verified.get(key);
+  if (check === undefined) {
+    check = verifyLocalSource(role, source, sha256);
+    verified.set(key, check);
   }
+  return check;
+}
+
+/** Checks every local source before any host is touched (create). */
+async function verifyLocalSources(inputs: ImageInputs, verified: Verified): Promise<void> {
+  await Promise.all(
+    imageFiles(inputs)
+      .filter(({ source }) => source.localPath)
+      .map(({ plan, source }) => verifyOnce(verified, plan.role, source, plan.sha256)),
+  );
 }
 
 /** Sends a local file over SFTP on the pooled connection (a fresh one in naive mode). */
@@ -527,6 +552,7 @@ async function ensureOnHost(
   host: HostConnection,
   ownerStep: Step,
   onOwner: (stdout: string) => void,
+  verified: Verified,
 ): Promise<ImageHostState & { virtualSizeBytes: number; sizes: Partial<Record<ImageRole, number>> }> {
   const crypto: typeof import("node:crypto") = require("node:crypto");
   const files = imageFiles(inputs);
@@ -536,7 +562,7 @@ async function ensureOnHost(
   const [ownerOut, recText, probeOut] = await runChecked(
     host,
     [ownerStep, readRecordStep("image", inputs.imageName), probeStep(inputs.imageName, plans, host.name)],
-    LONG,
+    LONG_WORKER,
   );
   onOwner(ownerOut);
   const existing = parseRecord<ImageRecord>(recText, `image/${inputs.imageName}`);
@@ -567,13 +593,17 @@ async function ensureOnHost(
             host.name,
           ),
         ],
-        LONG,
+        LONG_WORKER,
       );
-      for (const f of missing.filter((m) => m.source.localPath)) {
-        // Checked again right before sending: an update may need a file create did not.
-        await verifyLocalSource(f.plan.role, f.source, f.plan.sha256);
-        await sendFile(host, f.source.localPath, `${staging}/${f.plan.role}`);
-      }
+      // Checked before sending (once per call: an update may need a file create did not), then
+      // sent side by side on the host's connection (each file its own SFTP channel).
+      const local = missing.filter((m) => m.source.localPath);
+      await Promise.all(local.map((f) => verifyOnce(verified, f.plan.role, f.source, f.plan.sha256)));
+      // Every send settles before an error is thrown, so the cleanup below never runs beside one.
+      const sent = await Promise.allSettled(
+        local.map((f) => sendFile(host, f.source.localPath, `${staging}/${f.plan.role}`)),
+      );
+      for (const r of sent) if (r.status === "rejected") throw r.reason;
     }
     const steps = [];
     if (missing.length > 0)
@@ -588,7 +618,7 @@ async function ensureOnHost(
     if (needInfo && disk) {
       steps.push(diskInfoStep(diskStaged ? `${staging}/disk` : `${dir}/${disk.plan.fileName}`, host.name));
     }
-    const outs = steps.length > 0 ? await runChecked(host, steps, LONG) : [];
+    const outs = steps.length > 0 ? await runChecked(host, steps, LONG_WORKER) : [];
     if (missing.length > 0) {
       const hashes = parseStagedHashes(outs[0]);
       for (const f of missing) {
@@ -729,6 +759,7 @@ async function converge(
   inputs: ImageInputs,
   what: string,
   guard: { made: HostConnection[] } | { owners: readonly string[]; newHosts: ReadonlySet<string> },
+  verified: Verified = new Map(),
 ): Promise<ImageOutputs> {
   const realized: Record<string, ImageHostState> = {};
   let sizes: Partial<Record<ImageRole, number>> = {};
@@ -746,6 +777,7 @@ async function converge(
       (out) => {
         if ("made" in guard && claimedNow(out)) guard.made.push(h);
       },
+      verified,
     );
     realized[h.name] = { record: r.record, files: r.files, users: r.users };
     sizes = r.sizes;
@@ -787,10 +819,11 @@ const image = defineResource<ImageInputs, ImageOutputs>({
   diff: diffImage,
 
   async create(inputs) {
-    await verifyLocalSources(inputs);
+    const verified: Verified = new Map();
+    await verifyLocalSources(inputs, verified);
     const made: HostConnection[] = [];
     try {
-      const outs = await converge(inputs, `create image ${inputs.imageName}`, { made });
+      const outs = await converge(inputs, `create image ${inputs.imageName}`, { made }, verified);
       return { id: inputs.imageName, outs };
     } catch (err) {
       // Remove what this call made (hosts where it made the claim), never another owner's image.

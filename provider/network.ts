@@ -901,13 +901,18 @@ async function claimOnHost(inputs: NetworkInputs, host: HostConnection): Promise
  * Applies the inputs on one host and reads back the result (one batch under the lock). The
  * first step refuses a network another owner holds (`owners`: the old and the new owner).
  */
+/** Refuses a host that lacks the driver or the network type (probed once per host and process). */
+async function requireForApply(inputs: NetworkInputs, host: HostConnection): Promise<void> {
+  await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
+  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1, inputs.mtu);
+}
+
 async function applyOnHost(
   inputs: NetworkInputs,
   host: HostConnection,
   owners: readonly string[],
 ): Promise<NetworkHostState> {
-  await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
-  await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1, inputs.mtu);
+  await requireForApply(inputs, host);
   const { shortId: id, bridge, vxlan } = networkDevices(inputs.networkName);
   const record = {
     name: inputs.networkName,
@@ -980,7 +985,17 @@ const network = defineResource<NetworkInputs, NetworkOutputs>({
     const made: HostConnection[] = [];
     try {
       await onEveryHost(inputs.hosts, `create network ${inputs.networkName}`, async (h) => {
-        if (await claimOnHost(inputs, h)) made.push(h);
+        // The host's capability probes (read-only, once per host and process: the first
+        // networks of an up pay them) run beside the claim's turn of the host lock instead of
+        // after it (issue 13: networks and subnets gate the 3-tier app's first slot). Both
+        // settle before anything is thrown, so `made` always knows this call's claim.
+        const [claim, probed] = await Promise.allSettled([
+          claimOnHost(inputs, h),
+          requireForApply(inputs, h),
+        ]);
+        if (claim.status === "fulfilled" && claim.value) made.push(h);
+        if (claim.status === "rejected") throw claim.reason;
+        if (probed.status === "rejected") throw probed.reason;
         realized[h.name] = await applyOnHost(inputs, h, [inputs.owner]);
       });
     } catch (err) {

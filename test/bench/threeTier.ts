@@ -130,6 +130,114 @@ export function criticalPath(
   return rows.join("\n");
 }
 
+/** One resource of the up: when its registration reached the engine, when its step finished. */
+export interface Timed {
+  urn: string;
+  type: string;
+  name: string;
+  /** ms after the up started: registered (its inputs resolved), done (its step finished). */
+  registered: number;
+  done: number | undefined;
+  dependencies: readonly string[];
+}
+
+/**
+ * The chain of resources that gated `end`: its dependency that finished last, then that one's,
+ * and so on back to one that waited for nothing (only the program's start). Each link says when
+ * it became possible (registered) and when it finished.
+ */
+export function gatingChain(all: ReadonlyMap<string, Timed>, end: string): Timed[] {
+  const chain: Timed[] = [];
+  const seen = new Set<string>();
+  for (let cur = all.get(end); cur !== undefined && !seen.has(cur.urn);) {
+    seen.add(cur.urn);
+    chain.unshift(cur);
+    let last: Timed | undefined;
+    for (const d of cur.dependencies) {
+      const dep = all.get(d);
+      if (dep?.done !== undefined && (last?.done === undefined || dep.done > last.done)) last = dep;
+    }
+    cur = last;
+  }
+  return chain;
+}
+
+/**
+ * The critical path of the up, computed from the run: for each stage the time it became possible
+ * (its first resource registered: the program had resolved that resource's inputs) and finished
+ * (its last resource done), then, for each group's agent, the chain of dependencies that gated it,
+ * and one line of what stands between the up's start and every member serving: before the first
+ * member's boot, the boot (first member started until the last in service), after it.
+ */
+export function criticalPathStages(
+  timed: readonly Timed[],
+  agentLog: string,
+  upStart: number,
+  servingMs: number,
+): string {
+  const s = (ms: number | undefined) => (ms === undefined ? "—" : `${(ms / 1000).toFixed(1)} s`);
+  const kind = (t: Timed) =>
+    t.type.startsWith("pulumi-nodejs:dynamic/") ? (t.type.split(":").pop() ?? "") : "";
+  const custom = timed.filter((t) => kind(t) !== "");
+  const slot = (t: Timed) => /-\d+$/.test(t.name) && kind(t) === "Server";
+  const stage = (label: string, pred: (t: Timed) => boolean): string | undefined => {
+    const ts = custom.filter(pred);
+    if (ts.length === 0) return undefined;
+    const done = ts.map((t) => t.done).filter((d): d is number => d !== undefined);
+    return `| ${label} | ${ts.length} | ${s(Math.min(...ts.map((t) => t.registered)))} | ${s(done.length === ts.length ? Math.max(...done) : undefined)} |`;
+  };
+  const events = agentLog
+    .split("\n")
+    .map((l): Record<string, string> => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2))))
+    .filter((e) => e.group && e.ts)
+    .map((e) => ({ action: e.action, at: Number(e.ts) - upStart }));
+  const started = events.filter((e) => e.action === "start").map((e) => e.at);
+  const inService = events.filter((e) => e.action === "in-service").map((e) => e.at);
+  const stack = timed.find((t) => t.type === "pulumi:pulumi:Stack");
+  const rows = [
+    "\nThe critical path (possible: the stage's first resource registered, its inputs resolved; finished: its last resource done)\n",
+    "| stage | resources | possible | finished |",
+    "|---|---|---|---|",
+    `| program start (Stack registered, then the first kvmlab resource) | — | ${s(stack?.registered)} | ${s(custom.length > 0 ? Math.min(...custom.map((t) => t.registered)) : undefined)} |`,
+    stage("keypair, flavor", (t) => ["Keypair", "Flavor"].includes(kind(t))),
+    stage("image", (t) => kind(t) === "Image"),
+    stage("networks", (t) => kind(t) === "Network"),
+    stage("subnets", (t) => kind(t) === "Subnet"),
+    stage("security groups", (t) => kind(t) === "SecurityGroup"),
+    stage("router", (t) => kind(t) === "Router"),
+    stage("load balancers", (t) => kind(t) === "LoadBalancer"),
+    stage("slot chain: roll steps", (t) => kind(t) === "AutoscaleRoll"),
+    stage("slot chain: slot Servers", slot),
+    stage("other Servers (database, bastion)", (t) => kind(t) === "Server" && !slot(t)),
+    stage("security-group ports", (t) => kind(t) === "SecurityGroupPort"),
+    stage("floating IPs", (t) => kind(t) === "FloatingIp"),
+    stage("agents", (t) => kind(t) === "AutoscaleAgent"),
+    `| members: started → in service (agents' log) | ${started.length} | ${s(started.length ? Math.min(...started) : undefined)} | ${s(inService.length ? Math.max(...inService) : undefined)} |`,
+    `| every member served through the floating IP | — | — | ${s(servingMs)} |`,
+  ].filter((r): r is string => r !== undefined);
+  const byUrn = new Map(timed.map((t) => [t.urn, t]));
+  rows.push("\nWhat gated each agent (each step: the dependency that finished last; possible → finished)\n");
+  for (const agent of custom.filter((t) => kind(t) === "AutoscaleAgent")) {
+    rows.push(
+      `- ${gatingChain(byUrn, agent.urn)
+        .reverse()
+        .map((t) => `${kind(t) || t.type} ${t.name} ${s(t.registered)} → ${s(t.done)}`)
+        .join(" ← ")}`,
+    );
+  }
+  const firstSlot = custom.filter(slot).sort((a, b) => a.registered - b.registered)[0];
+  const firstBoot = started.length ? Math.min(...started) : undefined;
+  const lastIn = inService.length ? Math.max(...inService) : undefined;
+  if (firstSlot !== undefined)
+    rows.push(
+      `\nbefore the first slot: ${s(firstSlot.registered)} (its Server registered; done ${s(firstSlot.done)})`,
+    );
+  rows.push(
+    `what stands between: before the first boot: ${s(firstBoot)}; boot (first member started → last in service): ${s(firstBoot !== undefined && lastIn !== undefined ? lastIn - firstBoot : undefined)}; after (last in service → every member served): ${s(lastIn !== undefined ? servingMs - lastIn : undefined)}`,
+  );
+  return rows.join("\n");
+}
+
 /**
  * examples/three-tier as a user's program has it: kvmlab installed in the program's node_modules
  * (what `npm pack` ships: package.json, dist without tests and maps, the templates and stacks
@@ -172,19 +280,35 @@ interface UpFigures {
   done: { type: string; name: string; ms: number }[];
   agentLog: string;
   upStart: number;
+  timed: Timed[];
 }
 
 /** up, until every member serves through the web floating IP, the agents' log, destroy. */
 async function measureUp(status: SandboxStatus, programDir: string, stateDir: string): Promise<UpFigures> {
   // When each step of the up finished (ms after the up started), for the breakdown below.
   const done: { type: string; name: string; ms: number }[] = [];
+  // When each resource's registration reached the engine, and what it depends on.
+  const timed = new Map<string, Timed>();
   let upStart = 0;
   const run = (operation: "up" | "destroy") =>
     runEngine({
       ...(operation === "up"
         ? {
-            onStep: (e: StepEvent) =>
-              done.push({ type: e.type, name: e.urn.split("::").pop() ?? "", ms: Date.now() - upStart }),
+            onRegister: (e: { urn: string; type: string; dependencies: readonly string[] }) =>
+              timed.set(e.urn, {
+                urn: e.urn,
+                type: e.type,
+                name: e.urn.split("::").pop() ?? "",
+                registered: Date.now() - upStart,
+                done: undefined,
+                dependencies: e.dependencies,
+              }),
+            onStep: (e: StepEvent) => {
+              const ms = Date.now() - upStart;
+              done.push({ type: e.type, name: e.urn.split("::").pop() ?? "", ms });
+              const t = timed.get(e.urn);
+              if (t !== undefined) t.done = ms;
+            },
           }
         : {}),
       operation,
@@ -219,7 +343,16 @@ async function measureUp(status: SandboxStatus, programDir: string, stateDir: st
   const down = await run("destroy");
   const destroyMs = Date.now() - t2;
   if (!down.ok) throw new Error(`destroy failed:\n${down.errors.join("\n")}`);
-  return { creates: up.counts.create, upMs, servingMs, destroyMs, done, agentLog, upStart };
+  return {
+    creates: up.counts.create,
+    upMs,
+    servingMs,
+    destroyMs,
+    done,
+    agentLog,
+    upStart,
+    timed: [...timed.values()],
+  };
 }
 
 function breakdown(f: UpFigures): string {
@@ -239,6 +372,7 @@ function breakdown(f: UpFigures): string {
   for (const [t, ms] of [...types].sort((a, b) => Math.max(...a[1]) - Math.max(...b[1])))
     lines.push(`| ${t} | ${ms.length} | ${s(Math.min(...ms))} | ${s(Math.max(...ms))} |`);
   lines.push(criticalPath(f.done, f.agentLog, f.upStart, f.upMs, f.servingMs));
+  lines.push(criticalPathStages(f.timed, f.agentLog, f.upStart, f.servingMs));
   return lines.join("\n");
 }
 

@@ -81,6 +81,11 @@ export interface RunOptions {
   /** Extra environment for the program and provider processes. */
   env?: Record<string, string>;
   onStep?: (e: StepEvent) => void;
+  /**
+   * A resource's registration reached the engine (the program resolved its inputs), with the
+   * URNs it depends on; for measurements (bench:three-tier's critical path), before any step.
+   */
+  onRegister?: (e: { urn: string; type: string; dependencies: readonly string[] }) => void;
   /** Program and provider output, engine log messages. */
   onLog?: (line: string) => void;
 }
@@ -409,6 +414,7 @@ export class Deployment {
     // pkg/resource/deploy/step_generator.go generateURN: a URN may be registered once per run.
     if (this.seen.has(urn)) throw new Error(`duplicate resource URN ${urn}; choose a unique name`);
     this.seen.add(urn);
+    this.opts.onRegister?.({ urn, type: reg.type, dependencies: reg.dependencies });
     assertSupportedValue(reg.inputs, label);
     if (reg.type === STACK_TYPE && reg.parent === "") this.rootUrn = urn;
 
