@@ -106,7 +106,7 @@ function delegate(
       mod = lookup();
     } catch (err) {
       throw new Error(
-        `kvmlab: this resource's provider is export ${key} of ${where}, which cannot be loaded from the program's directory (${(err as Error).message}). Fix: install kvmlab in the program (npm install kvmlab); in kvmlab's own repository, npm run prepare restores the node_modules/kvmlab link (docs/package.md)`,
+        `kvmlab: this resource's provider is export ${key} of ${where}, which the provider plugin cannot load (${(err as Error).message}). Fix: if kvmlab is missing in the program's directory, install it there (npm install kvmlab); in kvmlab's own repository, npm run prepare restores the node_modules/kvmlab link (docs/package.md); else the cause above says what failed`,
         { cause: err },
       );
     }

@@ -83,10 +83,10 @@ test("linked: where `kvmlab` resolves to this package, a provider serializes as 
   await assert.rejects(
     async () => elsewhere.check!({} as never, bad),
     (err: Error) =>
-      /export networkProvider of kvmlab\/dist\/provider\/network\.js, which cannot be loaded/.test(
+      /export networkProvider of kvmlab\/dist\/provider\/network\.js, which the provider plugin cannot load/.test(
         err.message,
       ) &&
-      /Fix: install kvmlab in the program/.test(err.message) &&
+      /Fix: if kvmlab is missing in the program's directory, install it there/.test(err.message) &&
       /npm run prepare/.test(err.message),
   );
 });
