@@ -717,7 +717,11 @@ roll_out() { # MEMBER
       # Not in service (stopped, or a FAILED or still-starting member, which may run): keep it
       # from the pool and off, so no scale-out starts it while its server changes.
       lb_state "$1" maint
-      [ "$_ro_rst" = stopped ] || on_host "$_ro_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err" || true
+      # A power-off that fails (its host silent, say) leaves a guest that may run: marked rolling
+      # it would no longer be counted (review 11b), so the roll-out refuses, nothing changed.
+      if [ "$_ro_rst" != stopped ] && ! on_host "$_ro_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err"; then
+        roll_refuse 76 "stop failed: the power-off of $1 (it is $_ro_rst, so its guest may run) failed on its host $(eval "echo \$MEMBER_${_ro_rk}_HOST") (see $DIR/agent.err); $1 stays $_ro_rst, nothing was changed. Fix: make that host answer the controller, then run up again"
+      fi
       echo "0 " > "state/$1.roll"
       set_mstate "$1" rolling 0
       rm -f "samples/$1"
@@ -729,8 +733,16 @@ roll_out() { # MEMBER
     [ "$_ro_rcur" -ge "$MIN" ] && break
     # Below MIN (Heat updates nothing then): let the agent bring it back, bounded in wall-clock time.
     [ -z "$_ro_end" ] && _ro_end=$(($(date +%s) + ROLL_WAIT))
-    [ "$(date +%s)" -ge "$_ro_end" ] &&
+    if [ "$(date +%s)" -ge "$_ro_end" ]; then
+      # A slot still `starting` on a host that does not answer counts toward min (count_members),
+      # so the agent starts no other slot in its place: say which, and what brings it back.
+      _ro_held=$(member_table | awk '$2=="starting"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {print $1 ":" $4}' |
+        while IFS=: read -r _ro_hn _ro_hk; do printf '%s still starting on %s, ' "$_ro_hn" "$(eval "echo \$MEMBER_${_ro_hk}_HOST")"; done)
+      if [ -n "$_ro_held" ]; then
+        roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed); ${_ro_held%, } which does not answer: the agent counts it toward min, so it starts no other slot and in service stays below min while that host is silent. Fix: make that host answer the controller (the agent then health-checks the slot), then run up again"
+      fi
       roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+    fi
     group_unlock
     _ro_left=$((_ro_end - $(date +%s)))
     [ "$_ro_left" -gt 5 ] && _ro_left=5
@@ -755,8 +767,16 @@ roll_out() { # MEMBER
   if [ "$(mstate "$1")" = running ]; then
     # Its stop failed (logged by stop_members; its host did not carry it out): it stays in
     # service, so the spare that stood in for it leaves again and nothing is replaced.
-    [ -n "$_ro_surge" ] && stop_members "$_ro_surge"
-    roll_refuse 73 "stop failed: the power-off of $1 failed on its host (see $DIR/agent.err and decisions.log); $1 stays in service and ${_ro_surge:-no spare} was stopped again, nothing else was changed. Fix: make $1's host answer the controller, then run up again"
+    _ro_spare="no spare was started"
+    if [ -n "$_ro_surge" ]; then
+      stop_members "$_ro_surge"
+      if [ "$(mstate "$_ro_surge")" = stopped ]; then
+        _ro_spare="the spare $_ro_surge was stopped again"
+      else
+        _ro_spare="the spare $_ro_surge stays in service (its power-off failed too)"
+      fi
+    fi
+    roll_refuse 76 "stop failed: the power-off of $1 failed on its host (see $DIR/agent.err and decisions.log); $1 stays in service and $_ro_spare, nothing else was changed. Fix: make $1's host answer the controller, then run up again"
   fi
   echo "1 $_ro_surge" > "state/$1.roll"
   set_mstate "$1" rolling 0

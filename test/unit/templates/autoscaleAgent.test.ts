@@ -1405,21 +1405,69 @@ test("review 10c: a slot still `starting` on a host that does not answer counts 
   }
 });
 
-test("review 10c: a roll-out whose power-off fails refuses (exit 73): the member stays in service, the spare that stood in for it leaves again, no slot is marked rolling", () => {
+test("review 10c: a roll-out whose power-off fails refuses (exit 76, not 73: that is OWNER_REFUSED): the member stays in service, the spare that stood in for it leaves again, no slot is marked rolling", () => {
   // min 2: taking web-0 out needs a spare (web-2) first.
   const g = simGroup({ min: 2, max: 3, running: ["web-0", "web-1"] });
   try {
     fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
     const r = g.roll("roll-out", "web-0");
-    assert.equal(r.status, 73, r.stderr);
+    assert.equal(r.status, 76, r.stderr);
     assert.match(
       r.stderr,
-      /stop failed: the power-off of web-0 failed.*web-0 stays in service and web-2 was stopped again/,
+      /stop failed: the power-off of web-0 failed.*web-0 stays in service and the spare web-2 was stopped again/,
     );
     assert.equal(g.state("web-0"), "running");
     assert.equal(g.state("web-2"), "stopped", "the spare left again");
     assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "web-0 is not rolling");
     assert.ok(logged(g.log(), { event: "roll-refused", reason: "stop-failed", member: "web-0" }));
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 11b: the roll-out of a slot still starting (or FAILED) whose power-off fails refuses (exit 76); it stays as it was, counted, never marked rolling", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-1"] });
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+    fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
+    const r = g.roll("roll-out", "web-0");
+    assert.equal(r.status, 76, r.stderr);
+    assert.match(
+      r.stderr,
+      /stop failed: the power-off of web-0 \(it is starting, so its guest may run\) failed/,
+    );
+    assert.equal(g.state("web-0"), "starting", "still counted by the agent");
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "web-0 is not rolling");
+    assert.ok(logged(g.log(), { event: "roll-refused", reason: "stop-failed", member: "web-0" }));
+    // Its power-off works: the roll-out goes on as before.
+    fs.rmSync(path.join(g.sim, "stop_fail"));
+    assert.equal(g.roll("roll-out", "web-0").status, 0);
+    assert.equal(g.state("web-0"), "rolling");
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 11b: a roll-out below min because a slot still starting on a silent host is counted says so (the slot, its host) in its refusal", () => {
+  // min 2: web-1 in service, web-0 `starting` on hv2, which did not answer the last member_stats.
+  const g = simGroup({ min: 2, max: 3, running: ["web-1"], hostOf: (i) => (i === 0 ? 2 : 1) });
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+    fs.writeFileSync(path.join(g.dir, "hosts.unreachable"), "web-0\n");
+    const r = g.roll("roll-out", "web-1");
+    assert.equal(r.status, 65, r.stderr);
+    assert.match(
+      r.stderr,
+      /below min: 1 members in service.*web-0 still starting on hv2 which does not answer: the agent counts it toward min/,
+    );
+    assert.match(r.stderr, /Fix: make that host answer the controller/);
+    assert.equal(g.state("web-1"), "running");
+    // The same group with hv2 answering: the plain below-min refusal.
+    fs.writeFileSync(path.join(g.dir, "hosts.unreachable"), "");
+    const plain = g.roll("roll-out", "web-1");
+    assert.equal(plain.status, 65, plain.stderr);
+    assert.doesNotMatch(plain.stderr, /still starting/);
   } finally {
     fs.rmSync(g.root, { recursive: true, force: true });
   }
