@@ -411,7 +411,7 @@ resize() { # SIZE
 # A scale-in that cannot take as many members as it wants because the others are on hosts that
 # did not answer: logged once until the reason changes (the alarm repeats it every interval).
 scale_in_wait_note() { # WANT CURRENT
-  _sw_held=$(member_table | awk '$2=="running"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {printf "%s%s", s, $1; s=","}')
+  _sw_held=$(member_table | awk '$2=="running" || $2=="starting"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {printf "%s%s", s, $1; s=","}')
   _sw_why="want=$1 current=$2 waiting=$_sw_held"
   [ "$(getv last_scale_in_wait "")" = "$_sw_why" ] && return 0
   setv last_scale_in_wait "$_sw_why"
