@@ -1425,6 +1425,37 @@ test("review 10c: a roll-out whose power-off fails refuses (exit 76, not 73: tha
   }
 });
 
+test("review 11b: a scale-in that waits names the slots still starting on a silent host among those it waits for (they are in its current count)", async () => {
+  // web-0 (`starting`, a dead start) and web-1 (in service) on hv2, silent; web-2 on hv1.
+  const g = simGroup({ min: 1, max: 3, running: ["web-1", "web-2"], hostOf: (i) => (i < 2 ? 2 : 1) });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-2\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\nweb-1\n");
+  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+  fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    await desire(g, 1, 1);
+    await until("web-2 stopped", () => g.state("web-2") === "stopped", 20_000);
+    assert.ok(
+      logged(g.log(), {
+        event: "short",
+        reason: "scale-in-waits-for-host",
+        want: "1",
+        current: "3",
+        waiting: "web-0,web-1",
+      }),
+      `the starting slot is named: ${JSON.stringify(g.log().filter((e) => e.event === "short"))}`,
+    );
+    assert.equal(g.state("web-0"), "starting");
+    assert.equal(g.state("web-1"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
 test("review 11b: the roll-out of a slot still starting (or FAILED) whose power-off fails refuses (exit 76); it stays as it was, counted, never marked rolling", () => {
   const g = simGroup({ min: 1, max: 3, running: ["web-1"] });
   try {
