@@ -987,7 +987,7 @@ test("review L4: the stop's KILL goes only to the process that is still the agen
     assert.deepEqual(stop(":", "echo 1"), [`kill -KILL -- -${agent.pid}`]);
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1016,7 +1016,7 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     assert.equal(g.state("web-0"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1118,7 +1118,7 @@ test("review N3: a member still `starting` when the agent stopped must pass its 
     assert.equal(g.state("web-0"), "running", "a member in service is kept as it is");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1168,7 +1168,7 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1192,7 +1192,7 @@ test("issue 13: at start-up the agent asks every member host for its domains at 
     assert.ok(Number(start.locked_ms) >= Number(start.began_ms));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1538,7 +1538,7 @@ test("issue 13: members started together are health-checked together (a guest st
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1622,7 +1622,7 @@ test("review A1: a scale-out started from the policy loop does not end that loop
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1710,7 +1710,7 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
     assert.equal(g.state("web-0"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1750,7 +1750,7 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1809,7 +1809,7 @@ test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) an
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
