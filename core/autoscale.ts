@@ -179,6 +179,14 @@ export function currentSize(members: readonly MemberState[]): number {
   return members.filter((m) => m.state === "running").length;
 }
 
+/*
+ * decisionSize and scaleInChoice are the TypeScript model of inline awk in agent.sh
+ * (count_members; resize's scale-in filter and scale_in_wait_note), kept as documentation with
+ * unit tests of their own: no provider code calls them, and unlike asg_to_stop/asg_to_start they
+ * are not compared with the sh on random cases (review 11b), so a change to either side must be
+ * made in both by hand; the agent tests (test/unit/templates/autoscaleAgent.test.ts) check the sh.
+ */
+
 /**
  * The size the agent's decisions use (agent.sh count_members: scalings, MIN, MAX): members in
  * service plus `starting` slots, whose guests may run (review 10c: a dead start on a silent host
@@ -191,7 +199,9 @@ export function decisionSize(members: readonly MemberState[]): number {
 /**
  * A scale-in by `count` (agent.sh resize): only members in service whose host answered are
  * chosen, in Heat's order (a stop on a silent host fails while its guest probably runs, review
- * 10c); `waiting` names the members in service left for their host when fewer could be chosen.
+ * 10c); `waiting` names, when fewer could be chosen, the slots counted toward the size whose
+ * host did not answer: members in service and slots still `starting` (agent.sh
+ * scale_in_wait_note, review 11b).
  */
 export function scaleInChoice(
   members: readonly MemberState[],
@@ -203,7 +213,11 @@ export function scaleInChoice(
     count,
   );
   const waiting =
-    stop.length < count ? inService.filter((m) => m.hostAnswered === false).map((m) => m.name) : [];
+    stop.length < count
+      ? members
+          .filter((m) => (m.state === "running" || m.state === "starting") && m.hostAnswered === false)
+          .map((m) => m.name)
+      : [];
   return { stop, waiting };
 }
 

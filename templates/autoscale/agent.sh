@@ -411,7 +411,7 @@ resize() { # SIZE
 # A scale-in that cannot take as many members as it wants because the others are on hosts that
 # did not answer: logged once until the reason changes (the alarm repeats it every interval).
 scale_in_wait_note() { # WANT CURRENT
-  _sw_held=$(member_table | awk '$2=="running"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {printf "%s%s", s, $1; s=","}')
+  _sw_held=$(member_table | awk '$2=="running" || $2=="starting"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {printf "%s%s", s, $1; s=","}')
   _sw_why="want=$1 current=$2 waiting=$_sw_held"
   [ "$(getv last_scale_in_wait "")" = "$_sw_why" ] && return 0
   setv last_scale_in_wait "$_sw_why"
@@ -512,6 +512,8 @@ signal() { # P SOURCE RECEIVED_MS INPUTS
 }
 
 scale_to() { # NEW COOLDOWN_S
+  # The decided size: keep_bounds finishes a scale-in that could not take every member it wanted.
+  setv target "$1"
   setv scaling_started_ms "$(now_ms)"
   setv scaling_finished_ms 9999999999999
   _st_before=$(count_members)
@@ -648,7 +650,37 @@ keep_bounds() {
   elif [ "$_kb_cur" -gt "$MAX" ]; then
     log "event=decision source=max current=$_kb_cur max=$MAX new=$MAX"
     scale_to "$MAX" 0
+  else
+    scale_in_retry "$_kb_cur"
   fi
+}
+
+# A scale-in that took fewer members than it wanted (the others on a silent host, or their stop
+# failed: review 11b) is finished here, at every evaluation, under the group lock: while the group
+# is above the last decided size (state/target, written by scale_to) and a member in service
+# whose host answered at this evaluation's member_stats can be chosen, resize takes it (Heat's
+# order, drained as any scale-in). No new decision, no cooldown: it is the same decision carried
+# out. Logged once per reason (the decision line); each stop is logged as resize logs it.
+scale_in_retry() { # CURRENT
+  _sr_t=$(getv target "")
+  case $_sr_t in "" | *[!0-9]*) return 0 ;; esac
+  [ "$_sr_t" -lt "$MIN" ] && _sr_t=$MIN # min raised by an up since the decision
+  if [ "$1" -le "$_sr_t" ]; then
+    [ -z "$(getv last_scale_in_retry "")" ] || setv last_scale_in_retry ""
+    return 0
+  fi
+  # None choosable (all on silent hosts): scale_in_wait_note said so at the decision.
+  [ -n "$(startable | awk '$2=="running"' | asg_to_stop 1)" ] || return 0
+  _sr_why="current=$1 target=$_sr_t"
+  if [ "$(getv last_scale_in_retry "")" != "$_sr_why" ]; then
+    setv last_scale_in_retry "$_sr_why"
+    log "event=decision source=scale-in-retry $_sr_why note=members-left-by-the-last-scale-in-logged-once"
+  fi
+  resize "$_sr_t"
+  _sr_after=$(count_members)
+  setv size "$_sr_after"
+  [ "$_sr_after" -eq "$1" ] || log "event=scaled from=$1 to=$_sr_after cooldown_end=$(getv cooldown_end 0) note=scale-in-retried"
+  return 0
 }
 
 # ---- rolling replacement (Heat's rolling_update; `pulumi up` runs these on a launch change) ----
@@ -685,7 +717,11 @@ roll_out() { # MEMBER
       # Not in service (stopped, or a FAILED or still-starting member, which may run): keep it
       # from the pool and off, so no scale-out starts it while its server changes.
       lb_state "$1" maint
-      [ "$_ro_rst" = stopped ] || on_host "$_ro_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err" || true
+      # A power-off that fails (its host silent, say) leaves a guest that may run: marked rolling
+      # it would no longer be counted (review 11b), so the roll-out refuses, nothing changed.
+      if [ "$_ro_rst" != stopped ] && ! on_host "$_ro_rk" stop "$1" >/dev/null 2>>"$DIR/agent.err"; then
+        roll_refuse 76 "stop failed: the power-off of $1 (it is $_ro_rst, so its guest may run) failed on its host $(eval "echo \$MEMBER_${_ro_rk}_HOST") (see $DIR/agent.err); $1 stays $_ro_rst, nothing was changed. Fix: make that host answer the controller, then run up again"
+      fi
       echo "0 " > "state/$1.roll"
       set_mstate "$1" rolling 0
       rm -f "samples/$1"
@@ -697,8 +733,16 @@ roll_out() { # MEMBER
     [ "$_ro_rcur" -ge "$MIN" ] && break
     # Below MIN (Heat updates nothing then): let the agent bring it back, bounded in wall-clock time.
     [ -z "$_ro_end" ] && _ro_end=$(($(date +%s) + ROLL_WAIT))
-    [ "$(date +%s)" -ge "$_ro_end" ] &&
+    if [ "$(date +%s)" -ge "$_ro_end" ]; then
+      # A slot still `starting` on a host that does not answer counts toward min (count_members),
+      # so the agent starts no other slot in its place: say which, and what brings it back.
+      _ro_held=$(member_table | awk '$2=="starting"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {print $1 ":" $4}' |
+        while IFS=: read -r _ro_hn _ro_hk; do printf '%s still starting on %s, ' "$_ro_hn" "$(eval "echo \$MEMBER_${_ro_hk}_HOST")"; done)
+      if [ -n "$_ro_held" ]; then
+        roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed); ${_ro_held%, } which does not answer: the agent counts it toward min, so it starts no other slot and in service stays below min while that host is silent. Fix: make that host answer the controller (the agent then health-checks the slot), then run up again"
+      fi
       roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
+    fi
     group_unlock
     _ro_left=$((_ro_end - $(date +%s)))
     [ "$_ro_left" -gt 5 ] && _ro_left=5
@@ -723,8 +767,16 @@ roll_out() { # MEMBER
   if [ "$(mstate "$1")" = running ]; then
     # Its stop failed (logged by stop_members; its host did not carry it out): it stays in
     # service, so the spare that stood in for it leaves again and nothing is replaced.
-    [ -n "$_ro_surge" ] && stop_members "$_ro_surge"
-    roll_refuse 73 "stop failed: the power-off of $1 failed on its host (see $DIR/agent.err and decisions.log); $1 stays in service and ${_ro_surge:-no spare} was stopped again, nothing else was changed. Fix: make $1's host answer the controller, then run up again"
+    _ro_spare="no spare was started"
+    if [ -n "$_ro_surge" ]; then
+      stop_members "$_ro_surge"
+      if [ "$(mstate "$_ro_surge")" = stopped ]; then
+        _ro_spare="the spare $_ro_surge was stopped again"
+      else
+        _ro_spare="the spare $_ro_surge stays in service (its power-off failed too)"
+      fi
+    fi
+    roll_refuse 76 "stop failed: the power-off of $1 failed on its host (see $DIR/agent.err and decisions.log); $1 stays in service and $_ro_spare, nothing else was changed. Fix: make $1's host answer the controller, then run up again"
   fi
   echo "1 $_ro_surge" > "state/$1.roll"
   set_mstate "$1" rolling 0

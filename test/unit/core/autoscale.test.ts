@@ -183,7 +183,11 @@ test("review 10c: a scale-in chooses only members whose host answered (the rest 
     { name: "web-4", index: 4, state: "stopped", startedAt: 0 },
   ];
   assert.deepEqual(membersToStop(ms, 2), ["web-0", "web-1"], "Heat's order alone would take the silent ones");
-  assert.deepEqual(scaleInChoice(ms, 2), { stop: ["web-2"], waiting: ["web-0", "web-1"] });
+  assert.deepEqual(
+    scaleInChoice(ms, 2),
+    { stop: ["web-2"], waiting: ["web-0", "web-1", "web-3"] },
+    "the slot still starting on the silent host is counted, so it is named among those waiting",
+  );
   assert.deepEqual(scaleInChoice(ms, 1), { stop: ["web-2"], waiting: [] });
   assert.deepEqual(scaleInChoice(ms.slice(0, 2), 1), { stop: [], waiting: ["web-0", "web-1"] });
   assert.equal(currentSize(ms), 3);

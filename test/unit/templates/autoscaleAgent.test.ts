@@ -987,7 +987,7 @@ test("review L4: the stop's KILL goes only to the process that is still the agen
     assert.deepEqual(stop(":", "echo 1"), [`kill -KILL -- -${agent.pid}`]);
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1016,7 +1016,7 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     assert.equal(g.state("web-0"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1118,7 +1118,7 @@ test("review N3: a member still `starting` when the agent stopped must pass its 
     assert.equal(g.state("web-0"), "running", "a member in service is kept as it is");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1168,7 +1168,7 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1192,7 +1192,7 @@ test("issue 13: at start-up the agent asks every member host for its domains at 
     assert.ok(Number(start.locked_ms) >= Number(start.began_ms));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1258,7 +1258,7 @@ function stopAttempts(sim: string): string[] {
     : [];
 }
 
-test("review 10c: a scale-in never chooses a member on a host that did not answer (the others are chosen; none left: it waits, logged once per reason) and takes it once its host answers", async () => {
+test("review 10c: a scale-in never chooses a member on a host that did not answer (the others are chosen; none left: it waits, logged once per reason) and, review 11b, takes it once its host answers without a new decision", async () => {
   // web-0 and web-1 on hv2 (silent), web-2 on hv1; all three in service since the same second,
   // so Heat's order (oldest, then name) would pick web-0 and web-1 first.
   const g = simGroup({
@@ -1296,21 +1296,30 @@ test("review 10c: a scale-in never chooses a member on a host that did not answe
     assert.deepEqual(stopAttempts(g.sim), ["web-2"]);
     assert.equal(g.state("web-0"), "running");
     assert.equal(g.state("web-1"), "running");
-    // hv2 answers again: the next scale-in takes the oldest of its members.
+    // hv2 answers again: the scale-in left waiting is finished by the next evaluation (no new
+    // desired size, no alarm: review 11b), the oldest of its members first.
     fs.rmSync(path.join(g.sim, "down.root@192.0.2.2"));
     await until("hv2 back", () => logged(g.log(), { event: "host-back", host: "hv2" }), 30_000);
-    await desire(g, 4, 1);
     await until("web-0 stopped", () => g.state("web-0") === "stopped", 20_000);
-    assert.equal(g.state("web-1"), "running");
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(g.state("web-1"), "running", "the group is at its decided size: nothing more is stopped");
     assert.deepEqual(stopAttempts(g.sim), ["web-2", "web-0"]);
+    const retries = g.log().filter((e) => e.source === "scale-in-retry");
+    assert.deepEqual(
+      retries.map((e) => `${e.current}->${e.target}`),
+      ["2->1"],
+      "the retry is logged once, with the size it finishes",
+    );
+    assert.ok(!logged(g.log(), { source: "program", generation: "4" }));
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
-test("review 10c: a member whose stop fails stays `running` (counted, back in the pool), logged with the reason; the group does not start another in its place", async () => {
-  const g = simGroup({ min: 1, max: 2, running: ["web-0", "web-1"] });
+test("review 10c: a member whose stop fails stays `running` (counted, back in the pool), logged with the reason; the group does not start another in its place, and (review 11b) the scale-in is retried until the stop succeeds", async () => {
+  // max 3: a stopped slot (web-2) exists, so a group that lost count of web-0 could start one.
+  const g = simGroup({ min: 1, max: 3, running: ["web-0", "web-1"] });
   fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
   let agent: ReturnType<typeof spawn> | undefined;
   try {
@@ -1331,9 +1340,35 @@ test("review 10c: a member whose stop fails stays `running` (counted, back in th
     assert.equal(g.state("web-0"), "running", "its guest still runs: it still counts");
     assert.equal(g.state("web-1"), "running");
     const lb = g.haproxy().filter((l) => l.startsWith("web-0 "));
-    assert.equal(lb[lb.length - 1], "web-0 state ready", `back in the pool: ${lb.join("; ")}`);
+    const firstMaint = lb.indexOf("web-0 state maint");
+    assert.ok(
+      firstMaint >= 0 && lb[firstMaint + 1] === "web-0 state ready",
+      `back in the pool after the failed stop: ${lb.join("; ")}`,
+    );
+    // The program asks for 2, which web-0 and web-1 already are: nothing may start (before
+    // review 10c web-0 was marked stopped, so the group read 1 and started its lowest stopped
+    // slot here; web-0 itself, whose guest was still running).
+    await desire(g, 2, 2);
     await new Promise((r) => setTimeout(r, 3000));
+    assert.deepEqual(
+      g
+        .log()
+        .filter((e) => e.action === "start")
+        .map((e) => e.member),
+      [],
+      "no start was decided in its place",
+    );
     assert.deepEqual(starts(g.sim), [], "nothing was started in its place");
+    assert.equal(g.state("web-0"), "running");
+    // Asked for 1 again, its stop fails again; once its host carries out power-offs, the next
+    // evaluation finishes the scale-in without another decision (review 11b).
+    await desire(g, 3, 1);
+    fs.rmSync(path.join(g.sim, "stop_fail"));
+    await until("web-0 stopped", () => g.state("web-0") === "stopped", 20_000);
+    assert.ok(logged(g.log(), { event: "decision", source: "scale-in-retry", current: "2", target: "1" }));
+    assert.ok(!logged(g.log(), { source: "program", generation: "4" }));
+    assert.equal(g.state("web-1"), "running");
+    assert.deepEqual(starts(g.sim), []);
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
@@ -1370,21 +1405,100 @@ test("review 10c: a slot still `starting` on a host that does not answer counts 
   }
 });
 
-test("review 10c: a roll-out whose power-off fails refuses (exit 73): the member stays in service, the spare that stood in for it leaves again, no slot is marked rolling", () => {
+test("review 10c: a roll-out whose power-off fails refuses (exit 76, not 73: that is OWNER_REFUSED): the member stays in service, the spare that stood in for it leaves again, no slot is marked rolling", () => {
   // min 2: taking web-0 out needs a spare (web-2) first.
   const g = simGroup({ min: 2, max: 3, running: ["web-0", "web-1"] });
   try {
     fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
     const r = g.roll("roll-out", "web-0");
-    assert.equal(r.status, 73, r.stderr);
+    assert.equal(r.status, 76, r.stderr);
     assert.match(
       r.stderr,
-      /stop failed: the power-off of web-0 failed.*web-0 stays in service and web-2 was stopped again/,
+      /stop failed: the power-off of web-0 failed.*web-0 stays in service and the spare web-2 was stopped again/,
     );
     assert.equal(g.state("web-0"), "running");
     assert.equal(g.state("web-2"), "stopped", "the spare left again");
     assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "web-0 is not rolling");
     assert.ok(logged(g.log(), { event: "roll-refused", reason: "stop-failed", member: "web-0" }));
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 11b: a scale-in that waits names the slots still starting on a silent host among those it waits for (they are in its current count)", async () => {
+  // web-0 (`starting`, a dead start) and web-1 (in service) on hv2, silent; web-2 on hv1.
+  const g = simGroup({ min: 1, max: 3, running: ["web-1", "web-2"], hostOf: (i) => (i < 2 ? 2 : 1) });
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-2\n");
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\nweb-1\n");
+  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+  fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    agent = await startAgent(g);
+    await desire(g, 1, 1);
+    await until("web-2 stopped", () => g.state("web-2") === "stopped", 20_000);
+    assert.ok(
+      logged(g.log(), {
+        event: "short",
+        reason: "scale-in-waits-for-host",
+        want: "1",
+        current: "3",
+        waiting: "web-0,web-1",
+      }),
+      `the starting slot is named: ${JSON.stringify(g.log().filter((e) => e.event === "short"))}`,
+    );
+    assert.equal(g.state("web-0"), "starting");
+    assert.equal(g.state("web-1"), "running");
+  } finally {
+    killGroup(agent);
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  }
+});
+
+test("review 11b: the roll-out of a slot still starting (or FAILED) whose power-off fails refuses (exit 76); it stays as it was, counted, never marked rolling", () => {
+  const g = simGroup({ min: 1, max: 3, running: ["web-1"] });
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+    fs.writeFileSync(path.join(g.sim, "stop_fail"), "web-0\n");
+    const r = g.roll("roll-out", "web-0");
+    assert.equal(r.status, 76, r.stderr);
+    assert.match(
+      r.stderr,
+      /stop failed: the power-off of web-0 \(it is starting, so its guest may run\) failed/,
+    );
+    assert.equal(g.state("web-0"), "starting", "still counted by the agent");
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "web-0 is not rolling");
+    assert.ok(logged(g.log(), { event: "roll-refused", reason: "stop-failed", member: "web-0" }));
+    // Its power-off works: the roll-out goes on as before.
+    fs.rmSync(path.join(g.sim, "stop_fail"));
+    assert.equal(g.roll("roll-out", "web-0").status, 0);
+    assert.equal(g.state("web-0"), "rolling");
+  } finally {
+    fs.rmSync(g.root, { recursive: true, force: true });
+  }
+});
+
+test("review 11b: a roll-out below min because a slot still starting on a silent host is counted says so (the slot, its host) in its refusal", () => {
+  // min 2: web-1 in service, web-0 `starting` on hv2, which did not answer the last member_stats.
+  const g = simGroup({ min: 2, max: 3, running: ["web-1"], hostOf: (i) => (i === 0 ? 2 : 1) });
+  try {
+    fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
+    fs.writeFileSync(path.join(g.dir, "hosts.unreachable"), "web-0\n");
+    const r = g.roll("roll-out", "web-1");
+    assert.equal(r.status, 65, r.stderr);
+    assert.match(
+      r.stderr,
+      /below min: 1 members in service.*web-0 still starting on hv2 which does not answer: the agent counts it toward min/,
+    );
+    assert.match(r.stderr, /Fix: make that host answer the controller/);
+    assert.equal(g.state("web-1"), "running");
+    // The same group with hv2 answering: the plain below-min refusal.
+    fs.writeFileSync(path.join(g.dir, "hosts.unreachable"), "");
+    const plain = g.roll("roll-out", "web-1");
+    assert.equal(plain.status, 65, plain.stderr);
+    assert.doesNotMatch(plain.stderr, /still starting/);
   } finally {
     fs.rmSync(g.root, { recursive: true, force: true });
   }
@@ -1424,7 +1538,7 @@ test("issue 13: members started together are health-checked together (a guest st
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1508,7 +1622,7 @@ test("review A1: a scale-out started from the policy loop does not end that loop
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1596,7 +1710,7 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
     assert.equal(g.state("web-0"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1636,7 +1750,7 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
@@ -1695,7 +1809,7 @@ test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) an
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
