@@ -563,11 +563,6 @@ export async function sendFiles(
   }
 }
 
-/** Sends one local file (see {@link sendFiles}). */
-export async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
-  await sendFiles(host, [{ localPath, remotePath }]);
-}
-
 /**
  * Makes one host hold the image (converging): probe, then stage + verify + commit what is
  * missing. Leaves no staging folder behind, whatever fails.

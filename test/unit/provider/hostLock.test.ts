@@ -308,7 +308,7 @@ test("naive mode: not chosen by KVMLAB_SSH_MODE, and its scripts go over stdin, 
 });
 
 test("an image upload whose SSH connection fails mid-transfer (keepalive timeout, socket not closed) ends instead of waiting", async () => {
-  const { sendFile } = await import("../../../provider/image");
+  const { sendFiles } = await import("../../../provider/image");
   const fs = await import("node:fs");
   const os = await import("node:os");
   const path = await import("node:path");
@@ -317,7 +317,9 @@ test("an image upload whose SSH connection fails mid-transfer (keepalive timeout
     const local = path.join(dir, "disk.img");
     fs.writeFileSync(local, Buffer.alloc(64 * 1024));
     const opens = seen.sftpOpens;
-    const upload = sendFile(host, local, "/var/lib/kvmlab/images/.staging/disk.img");
+    const upload = sendFiles(host, [
+      { localPath: local, remotePath: "/var/lib/kvmlab/images/.staging/disk.img" },
+    ]);
     upload.catch(() => undefined);
     for (let i = 0; i < 100 && seen.sftpOpens === opens; i++) await new Promise((r) => setTimeout(r, 20));
     assert.ok(seen.sftpOpens > opens, "the transfer reached the host");
