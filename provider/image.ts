@@ -514,8 +514,20 @@ async function verifyLocalSources(inputs: ImageInputs, verified: Verified): Prom
   );
 }
 
-/** Sends a local file over SFTP on the pooled connection (a fresh one in naive mode). */
-export async function sendFile(host: HostConnection, localPath: string, remotePath: string): Promise<void> {
+/**
+ * Sends local files over SFTP on the pooled connection (a fresh one in naive mode): ONE SFTP
+ * channel for the whole call, the files side by side on it (ssh2 runs concurrent transfers on
+ * one channel). A channel per file would count against sshd's MaxSessions (10 by default) on top
+ * of the main shell, the worker shells and the lock shells, and a refused SFTP channel is not
+ * retried: the create would fail on a stock sshd. Every transfer settles before an error is
+ * thrown (the first one), so the caller's cleanup never runs beside a transfer, unless the
+ * connection is lost (then nothing more reaches the host anyway).
+ */
+export async function sendFiles(
+  host: HostConnection,
+  files: readonly { localPath: string; remotePath: string }[],
+): Promise<void> {
+  if (files.length === 0) return;
   const ssh = await pooledSsh(host);
   // A connection lost during the transfer must fail the upload. After an SSH blackout ssh2's
   // keepalive reports an error and half-closes, but the socket's "close" (which ends the SFTP
@@ -525,20 +537,28 @@ export async function sendFile(host: HostConnection, localPath: string, remotePa
     on(ev: string, cb: (e?: Error) => void): void;
     removeListener(ev: string, cb: (e?: Error) => void): void;
   } | null;
+  const what = files.map((f) => `${f.localPath} to ${f.remotePath}`).join(", ");
   let onGone: (e?: Error) => void = () => undefined;
   const lost = new Promise<never>((_, reject) => {
     onGone = (e?: Error) =>
       reject(
         new Error(
-          `host ${host.name}: SSH connection lost while sending ${localPath} to ${remotePath}${e?.message ? ` (${e.message})` : ""}`,
+          `host ${host.name}: SSH connection lost while sending ${what}${e?.message ? ` (${e.message})` : ""}`,
         ),
       );
   });
+  lost.catch(() => undefined);
   for (const ev of ["error", "end", "close"]) conn?.on(ev, onGone);
+  let sftp: Awaited<ReturnType<typeof ssh.requestSFTP>> | undefined;
   try {
-    await Promise.race([ssh.putFile(localPath, remotePath), lost]);
+    sftp = await Promise.race([ssh.requestSFTP(), lost]);
+    const channel = sftp;
+    const sent = Promise.allSettled(files.map((f) => ssh.putFile(f.localPath, f.remotePath, channel)));
+    const settled = await Promise.race([sent, lost]);
+    for (const r of settled) if (r.status === "rejected") throw r.reason;
   } finally {
     for (const ev of ["error", "end", "close"]) conn?.removeListener(ev, onGone);
+    sftp?.end();
     if (hostPool().mode === "naive") ssh.dispose();
   }
 }
@@ -596,14 +616,14 @@ async function ensureOnHost(
         LONG_WORKER,
       );
       // Checked before sending (once per call: an update may need a file create did not), then
-      // sent side by side on the host's connection (each file its own SFTP channel).
+      // sent side by side on ONE SFTP channel of the host's connection (sendFiles).
       const local = missing.filter((m) => m.source.localPath);
       await Promise.all(local.map((f) => verifyOnce(verified, f.plan.role, f.source, f.plan.sha256)));
       // Every send settles before an error is thrown, so the cleanup below never runs beside one.
-      const sent = await Promise.allSettled(
-        local.map((f) => sendFile(host, f.source.localPath, `${staging}/${f.plan.role}`)),
+      await sendFiles(
+        host,
+        local.map((f) => ({ localPath: f.source.localPath, remotePath: `${staging}/${f.plan.role}` })),
       );
-      for (const r of sent) if (r.status === "rejected") throw r.reason;
     }
     const steps = [];
     if (missing.length > 0)

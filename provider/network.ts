@@ -897,16 +897,16 @@ async function claimOnHost(inputs: NetworkInputs, host: HostConnection): Promise
   return claimedNow(out);
 }
 
-/**
- * Applies the inputs on one host and reads back the result (one batch under the lock). The
- * first step refuses a network another owner holds (`owners`: the old and the new owner).
- */
 /** Refuses a host that lacks the driver or the network type (probed once per host and process). */
 async function requireForApply(inputs: NetworkInputs, host: HostConnection): Promise<void> {
   await requireFeatures(host, inputs.driver === "openvswitch" ? ["openvswitch"] : ["linuxbridge"]);
   await requireNetworkType(host, inputs.driver, networkTypeOf(inputs), inputs.hosts.length > 1, inputs.mtu);
 }
 
+/**
+ * Applies the inputs on one host and reads back the result (one batch under the lock). The
+ * first step refuses a network another owner holds (`owners`: the old and the new owner).
+ */
 async function applyOnHost(
   inputs: NetworkInputs,
   host: HostConnection,

@@ -50,7 +50,7 @@ export interface RunOptions {
   readonly lane?: "main" | "worker";
 }
 
-/** Worker shells per host connection (sshd's MaxSessions is 10 by default; SFTP uses one). */
+/** Worker shells per host connection (sshd's MaxSessions is 10 by default; an image create or update's sends use one SFTP channel per host, image.ts sendFiles). */
 export const MAX_WORKER_SHELLS = 6;
 
 /** The parts of an ssh2 exec channel the shell uses (ssh2 ships no types here). */

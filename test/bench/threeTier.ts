@@ -190,8 +190,9 @@ export function criticalPathStages(
     .split("\n")
     .map((l): Record<string, string> => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2))))
     .filter((e) => e.group && e.ts)
-    .map((e) => ({ action: e.action, at: Number(e.ts) - upStart }));
-  const started = events.filter((e) => e.action === "start").map((e) => e.at);
+    .map((e) => ({ action: e.action, result: e.result, at: Number(e.ts) - upStart }));
+  // A start line has `result=` only when the start failed (agent.sh): not a boot.
+  const started = events.filter((e) => e.action === "start" && e.result === undefined).map((e) => e.at);
   const inService = events.filter((e) => e.action === "in-service").map((e) => e.at);
   const stack = timed.find((t) => t.type === "pulumi:pulumi:Stack");
   const rows = [

@@ -81,3 +81,16 @@ test("the stages say when each became possible and finished; the last line split
     /before the first boot: 18\.0 s; boot \(first member started → last in service\): 10\.0 s; after \(last in service → every member served\): 2\.0 s/,
   );
 });
+
+test("a failed start (`action=start ... result=failed`) is not counted as a member started", () => {
+  const failedFirst = [
+    "group=web ts=1015000 action=start member=web-1 result=failed reason=start-command-failed",
+    log,
+  ].join("\n");
+  const out = criticalPathStages(run, failedFirst, 1_000_000, 30_000);
+  assert.match(out, /\| members: started → in service \(agents' log\) \| 2 \| 18\.0 s \| 28\.0 s \|/);
+  assert.match(
+    out,
+    /before the first boot: 18\.0 s; boot \(first member started → last in service\): 10\.0 s/,
+  );
+});

@@ -50,7 +50,29 @@ const hostKey = ssh2.utils.generateKeyPairSync("ed25519");
 const clientKey = ssh2.utils.generateKeyPairSync("ed25519");
 
 /** What the fake host saw: exec commands (argv) and the step scripts run in its shells. */
-const seen = { commands: [] as string[], scripts: [] as string[], stdin: [] as string[], sftpOpens: 0 };
+const seen = {
+  commands: [] as string[],
+  scripts: [] as string[],
+  stdin: [] as string[],
+  sftpOpens: 0,
+  sftpChannels: 0,
+};
+/** The server side of an SFTP channel (ssh2 ships no types here). */
+interface FakeSftp {
+  on(ev: string, cb: (reqid: number, ...a: never[]) => void): void;
+  handle(reqid: number, h: Buffer): void;
+  status(reqid: number, code: number): void;
+}
+const SFTP_OK = 0;
+/** While set, the fake's SFTP answers and records the files it received (see the "sftp" handler). */
+let sftpFiles: {
+  expect: number;
+  opened: string[];
+  bytes: Map<string, number>;
+  held: (() => void)[];
+  open: number;
+  maxOpen: number;
+} | null = null;
 const clients = new Set<FakeClient>();
 let server: FakeServer;
 let host: HostConnection;
@@ -90,9 +112,36 @@ before(async () => {
       client.on("session", (accept: () => { on(ev: string, cb: (...a: never[]) => void): void }) => {
         const session = accept();
         // SFTP that never answers (a host gone silent mid-transfer): the upload must still end.
-        session.on("sftp", (acceptSftp: () => { on(ev: string, cb: () => void): void }) => {
-          acceptSftp().on("OPEN", () => {
+        // While `sftpFiles` is set, it answers instead and records what each channel received.
+        session.on("sftp", (acceptSftp: () => FakeSftp) => {
+          seen.sftpChannels += 1;
+          const sftp = acceptSftp();
+          const store = sftpFiles;
+          sftp.on("OPEN", (reqid: number, filename: string) => {
             seen.sftpOpens += 1;
+            if (!store) return;
+            const handle = Buffer.from(String(store.opened.length));
+            store.opened.push(filename);
+            store.open += 1;
+            store.maxOpen = Math.max(store.maxOpen, store.open);
+            store.bytes.set(filename, 0);
+            // Held until every file of the call is open (bounded): sends one after another
+            // would never get there, sends side by side all do.
+            const answer = (): void => void sftp.handle(reqid, handle);
+            store.held.push(answer);
+            if (store.opened.length >= store.expect) store.held.splice(0).forEach((a) => a());
+            else setTimeout(() => store.held.splice(0).forEach((a) => a()), 1000);
+          });
+          sftp.on("WRITE", (reqid: number, handle: Buffer, _offset: number, data: Buffer) => {
+            const name = store?.opened[Number(handle.toString())];
+            if (name !== undefined) store?.bytes.set(name, (store.bytes.get(name) ?? 0) + data.length);
+            sftp.status(reqid, SFTP_OK);
+          });
+          for (const ev of ["FSETSTAT", "SETSTAT"])
+            sftp.on(ev, (reqid: number) => sftp.status(reqid, SFTP_OK));
+          sftp.on("CLOSE", (reqid: number) => {
+            if (store) store.open -= 1;
+            sftp.status(reqid, SFTP_OK);
           });
         });
         session.on("exec", (acceptExec: () => FakeChannel, _reject: unknown, info: { command: string }) => {
@@ -259,7 +308,7 @@ test("naive mode: not chosen by KVMLAB_SSH_MODE, and its scripts go over stdin, 
 });
 
 test("an image upload whose SSH connection fails mid-transfer (keepalive timeout, socket not closed) ends instead of waiting", async () => {
-  const { sendFile } = await import("../../../provider/image");
+  const { sendFiles } = await import("../../../provider/image");
   const fs = await import("node:fs");
   const os = await import("node:os");
   const path = await import("node:path");
@@ -268,7 +317,9 @@ test("an image upload whose SSH connection fails mid-transfer (keepalive timeout
     const local = path.join(dir, "disk.img");
     fs.writeFileSync(local, Buffer.alloc(64 * 1024));
     const opens = seen.sftpOpens;
-    const upload = sendFile(host, local, "/var/lib/kvmlab/images/.staging/disk.img");
+    const upload = sendFiles(host, [
+      { localPath: local, remotePath: "/var/lib/kvmlab/images/.staging/disk.img" },
+    ]);
     upload.catch(() => undefined);
     for (let i = 0; i < 100 && seen.sftpOpens === opens; i++) await new Promise((r) => setTimeout(r, 20));
     assert.ok(seen.sftpOpens > opens, "the transfer reached the host");
@@ -290,6 +341,35 @@ test("an image upload whose SSH connection fails mid-transfer (keepalive timeout
     assert.match(outcome, /host fake: SSH connection lost while sending .*disk\.img \(Keepalive timeout\)/);
   } finally {
     await dropConnections();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("an image's files go to a host side by side on ONE SFTP channel (sshd's MaxSessions), each one whole", async () => {
+  const { sendFiles } = await import("../../../provider/image");
+  const fs = await import("node:fs");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvl-sendall-"));
+  const sizes: Record<string, number> = { kernel: 100 * 1024 + 7, ramdisk: 40 * 1024, disk: 1 };
+  const files = Object.entries(sizes).map(([role, n]) => {
+    const localPath = path.join(dir, role);
+    fs.writeFileSync(localPath, Buffer.alloc(n, 1));
+    return { localPath, remotePath: `/var/lib/kvmlab/images/.staging/${role}` };
+  });
+  const store = { expect: files.length, opened: [], bytes: new Map(), held: [], open: 0, maxOpen: 0 };
+  sftpFiles = store;
+  try {
+    const channels = seen.sftpChannels;
+    await sendFiles(host, files);
+    assert.equal(seen.sftpChannels - channels, 1, "one SFTP channel for the three files, not one each");
+    assert.deepEqual([...store.opened].sort(), files.map((f) => f.remotePath).sort());
+    assert.equal(store.maxOpen, files.length, "the files were open at the same time (sent side by side)");
+    for (const [role, n] of Object.entries(sizes)) {
+      assert.equal(store.bytes.get(`/var/lib/kvmlab/images/.staging/${role}`), n, `${role} arrived whole`);
+    }
+  } finally {
+    sftpFiles = null;
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
