@@ -512,8 +512,6 @@ signal() { # P SOURCE RECEIVED_MS INPUTS
 }
 
 scale_to() { # NEW COOLDOWN_S
-  # The decided size: keep_bounds finishes a scale-in that could not take every member it wanted.
-  setv target "$1"
   setv scaling_started_ms "$(now_ms)"
   setv scaling_finished_ms 9999999999999
   _st_before=$(count_members)
@@ -650,37 +648,7 @@ keep_bounds() {
   elif [ "$_kb_cur" -gt "$MAX" ]; then
     log "event=decision source=max current=$_kb_cur max=$MAX new=$MAX"
     scale_to "$MAX" 0
-  else
-    scale_in_retry "$_kb_cur"
   fi
-}
-
-# A scale-in that took fewer members than it wanted (the others on a silent host, or their stop
-# failed: review 11b) is finished here, at every evaluation, under the group lock: while the group
-# is above the last decided size (state/target, written by scale_to) and a member in service
-# whose host answered at this evaluation's member_stats can be chosen, resize takes it (Heat's
-# order, drained as any scale-in). No new decision, no cooldown: it is the same decision carried
-# out. Logged once per reason (the decision line); each stop is logged as resize logs it.
-scale_in_retry() { # CURRENT
-  _sr_t=$(getv target "")
-  case $_sr_t in "" | *[!0-9]*) return 0 ;; esac
-  [ "$_sr_t" -lt "$MIN" ] && _sr_t=$MIN # min raised by an up since the decision
-  if [ "$1" -le "$_sr_t" ]; then
-    [ -z "$(getv last_scale_in_retry "")" ] || setv last_scale_in_retry ""
-    return 0
-  fi
-  # None choosable (all on silent hosts): scale_in_wait_note said so at the decision.
-  [ -n "$(startable | awk '$2=="running"' | asg_to_stop 1)" ] || return 0
-  _sr_why="current=$1 target=$_sr_t"
-  if [ "$(getv last_scale_in_retry "")" != "$_sr_why" ]; then
-    setv last_scale_in_retry "$_sr_why"
-    log "event=decision source=scale-in-retry $_sr_why note=members-left-by-the-last-scale-in-logged-once"
-  fi
-  resize "$_sr_t"
-  _sr_after=$(count_members)
-  setv size "$_sr_after"
-  [ "$_sr_after" -eq "$1" ] || log "event=scaled from=$1 to=$_sr_after cooldown_end=$(getv cooldown_end 0) note=scale-in-retried"
-  return 0
 }
 
 # ---- rolling replacement (Heat's rolling_update; `pulumi up` runs these on a launch change) ----
