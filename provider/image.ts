@@ -551,11 +551,38 @@ export async function sendFiles(
   for (const ev of ["error", "end", "close"]) conn?.on(ev, onGone);
   let sftp: Awaited<ReturnType<typeof ssh.requestSFTP>> | undefined;
   try {
-    sftp = await Promise.race([ssh.requestSFTP(), lost]);
+    const request = ssh.requestSFTP();
+    try {
+      sftp = await Promise.race([request, lost]);
+    } catch (err) {
+      // A channel that arrives after the connection was reported lost is ended, not leaked.
+      request.then(
+        (late) => late.end(),
+        () => undefined,
+      );
+      if (err instanceof Error && err.message.startsWith(`host ${host.name}: SSH connection lost`)) throw err;
+      throw new Error(
+        `host ${host.name}: opening an SFTP channel to send ${what} failed: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
     const channel = sftp;
     const sent = Promise.allSettled(files.map((f) => ssh.putFile(f.localPath, f.remotePath, channel)));
     const settled = await Promise.race([sent, lost]);
-    for (const r of settled) if (r.status === "rejected") throw r.reason;
+    // Every file that failed, each with its host, source and destination (review 11c).
+    const failed = settled.flatMap((r, i) =>
+      r.status === "rejected" ? [{ file: files[i], reason: r.reason as Error }] : [],
+    );
+    if (failed.length > 0)
+      throw new Error(
+        failed
+          .map(
+            ({ file, reason }) =>
+              `host ${host.name}: sending ${file.localPath} to ${file.remotePath} failed: ${reason?.message ?? String(reason)}`,
+          )
+          .join("; "),
+        { cause: failed[0].reason },
+      );
   } finally {
     for (const ev of ["error", "end", "close"]) conn?.removeListener(ev, onGone);
     sftp?.end();

@@ -56,6 +56,7 @@ const seen = {
   stdin: [] as string[],
   sftpOpens: 0,
   sftpChannels: 0,
+  sftpClosed: 0,
 };
 /** The server side of an SFTP channel (ssh2 ships no types here). */
 interface FakeSftp {
@@ -117,9 +118,14 @@ before(async () => {
           seen.sftpChannels += 1;
           const sftp = acceptSftp();
           const store = sftpFiles;
+          (sftp as unknown as { on(ev: string, cb: () => void): void }).on("close", () => {
+            seen.sftpClosed += 1;
+          });
           sftp.on("OPEN", (reqid: number, filename: string) => {
             seen.sftpOpens += 1;
             if (!store) return;
+            // A file the host refuses (permission denied, say): SFTP's FAILURE status.
+            if (filename.includes("refused")) return void sftp.status(reqid, 4);
             const handle = Buffer.from(String(store.opened.length));
             store.opened.push(filename);
             store.open += 1;
@@ -368,6 +374,30 @@ test("an image's files go to a host side by side on ONE SFTP channel (sshd's Max
     for (const [role, n] of Object.entries(sizes)) {
       assert.equal(store.bytes.get(`/var/lib/kvmlab/images/.staging/${role}`), n, `${role} arrived whole`);
     }
+    // The channel is ended after the call (node-ssh never ends a channel it was given; left
+    // open, every image create would hold one more of sshd's MaxSessions).
+    for (let i = 0; i < 100 && seen.sftpClosed < seen.sftpChannels; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.equal(seen.sftpClosed, seen.sftpChannels, "every SFTP channel was closed");
+
+    // A file the host refuses: the error names the host and each failed file, and the
+    // channel is closed all the same.
+    const refused = {
+      localPath: files[0].localPath,
+      remotePath: "/var/lib/kvmlab/images/.staging/refused-kernel",
+    };
+    Object.assign(store, { expect: 2, opened: [], held: [], open: 0, maxOpen: 0 });
+    await assert.rejects(sendFiles(host, [refused, files[1]]), (err: Error) => {
+      assert.match(
+        err.message,
+        /^host fake: sending \S+kernel to \/var\/lib\/kvmlab\/images\/\.staging\/refused-kernel failed: /,
+      );
+      assert.doesNotMatch(err.message, /ramdisk failed/, "only the refused file is named");
+      return true;
+    });
+    for (let i = 0; i < 100 && seen.sftpClosed < seen.sftpChannels; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.equal(seen.sftpClosed, seen.sftpChannels, "closed after a failed file too");
   } finally {
     sftpFiles = null;
     fs.rmSync(dir, { recursive: true, force: true });
