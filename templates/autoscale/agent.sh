@@ -705,9 +705,9 @@ roll_out() { # MEMBER
       # A slot still `starting` on a host that does not answer counts toward min (count_members),
       # so the agent starts no other slot in its place: say which, and what brings it back.
       _ro_held=$(member_table | awk '$2=="starting"' | awk -v down=" $(tr '\n' ' ' < hosts.unreachable 2>/dev/null) " 'index(down, " " $1 " ") > 0 {print $1 ":" $4}' |
-        while IFS=: read -r _ro_hn _ro_hk; do printf '%s still starting on %s, ' "$_ro_hn" "$(eval "echo \$MEMBER_${_ro_hk}_HOST")"; done)
+        while IFS=: read -r _ro_hn _ro_hk; do printf '%s still starting on %s; ' "$_ro_hn" "$(eval "echo \$MEMBER_${_ro_hk}_HOST")"; done)
       if [ -n "$_ro_held" ]; then
-        roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed); ${_ro_held%, } which does not answer: the agent counts it toward min, so it starts no other slot and in service stays below min while that host is silent. Fix: make that host answer the controller (the agent then health-checks the slot), then run up again"
+        roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed); ${_ro_held%; } (a host that did not answer at the agent's last evaluation): the agent counts such a slot toward min, so it starts no other slot and in service stays below min while that host is silent. Fix: make that host answer the controller (the agent then health-checks the slot), then run up again"
       fi
       roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
     fi

@@ -1455,7 +1455,7 @@ test("review 11b: a roll-out below min because a slot still starting on a silent
     assert.equal(r.status, 65, r.stderr);
     assert.match(
       r.stderr,
-      /below min: 1 members in service.*web-0 still starting on hv2 which does not answer: the agent counts it toward min/,
+      /below min: 1 members in service.*web-0 still starting on hv2 \(a host that did not answer at the agent's last evaluation\): the agent counts such a slot toward min/,
     );
     assert.match(r.stderr, /Fix: make that host answer the controller/);
     assert.equal(g.state("web-1"), "running");
