@@ -1334,6 +1334,15 @@ test("review 10c: a member whose stop fails stays `running` (counted, back in th
     assert.equal(lb[lb.length - 1], "web-0 state ready", `back in the pool: ${lb.join("; ")}`);
     await new Promise((r) => setTimeout(r, 3000));
     assert.deepEqual(starts(g.sim), [], "nothing was started in its place");
+    // Desired back to 2: web-0 still counts (its guest runs), so the group is at 2 and no start
+    // is decided. Marked stopped (before review 10c), a start would be decided in its place:
+    // of web-0 itself, the lowest stopped slot, whose fake domain already runs, so the fake
+    // records no start and only decisions.log shows it (review 11b: the check above alone
+    // passed on the old agent).
+    await desire(g, 2, 2);
+    await new Promise((r) => setTimeout(r, 2000));
+    const decided = g.log().filter((e) => e.event === "action" && e.action === "start");
+    assert.deepEqual(decided, [], "no start decided while web-0 may still run");
   } finally {
     killGroup(agent);
     fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
