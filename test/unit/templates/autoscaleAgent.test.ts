@@ -344,7 +344,7 @@ test(
     }
     // The program's desired size: one decision for generation 2, applied.
     assert.equal(entries.filter((e) => e.source === "program" && e.generation === "2").length, 1);
-    fs.rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(root);
   },
 );
 
@@ -379,7 +379,7 @@ test("the member command re-checks each server's owner marker at start and stop 
     fs.writeFileSync(path.join(here, "stack"), "proj/*\n");
     assert.equal(run("start web-0").status, 64, "a stack file with a pattern character is refused");
   } finally {
-    fs.rmSync(root, { recursive: true, force: true });
+    cleanupRoot(root);
   }
 });
 
@@ -411,9 +411,28 @@ test("the member command's stats: libvirtd not answering is no answer (exit 69),
     assert.equal(down.status, 69, "libvirtd did not answer");
     assert.equal(down.stdout, "", "and nothing is reported as its members' state");
   } finally {
-    fs.rmSync(root, { recursive: true, force: true });
+    cleanupRoot(root);
   }
 });
+
+/**
+ * Which member slots each simulated host holds (`hostOf` in simGroup must agree), which host
+ * does not answer (its ssh fails), and which slots a dead start left `starting` with their
+ * guest running.
+ */
+function layout(
+  g: { sim: string; dir: string },
+  hosts: { hv1: string[]; hv2: string[] },
+  opts: { silent?: "hv2"; starting?: string[] } = {},
+): void {
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), hosts.hv1.map((m) => `${m}\n`).join(""));
+  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), hosts.hv2.map((m) => `${m}\n`).join(""));
+  if (opts.silent) fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  for (const m of opts.starting ?? []) {
+    fs.writeFileSync(path.join(g.dir, "state", m), "starting 0\n");
+    fs.writeFileSync(path.join(g.sim, "dom", m), "running 0 0\n");
+  }
+}
 
 /**
  * A simulated controller + member host for the rolling replacement and the single-instance
@@ -618,7 +637,7 @@ test("rolling replacement: a spare slot is marked and released; a running member
       if (e.event === "action") assert.equal(e.cause, "roll", "roll actions are tagged cause=roll");
     }
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -633,7 +652,7 @@ test("rolling replacement refuses, naming min and the members in service, below 
     assert.deepEqual(below.haproxy(), []);
     assert.ok(below.log().some((e) => e.event === "roll-refused" && e.min === "2" && e.in_service === "1"));
   } finally {
-    fs.rmSync(below.root, { recursive: true, force: true });
+    cleanupRoot(below.root);
   }
   const full = simGroup({ min: 3, max: 3, running: ["web-0", "web-1", "web-2"] });
   try {
@@ -644,14 +663,14 @@ test("rolling replacement refuses, naming min and the members in service, below 
     assert.equal(full.state("web-0"), "running");
     assert.deepEqual(full.haproxy(), []);
   } finally {
-    fs.rmSync(full.root, { recursive: true, force: true });
+    cleanupRoot(full.root);
   }
   const other = simGroup({ min: 1, max: 2, running: [] });
   try {
     const r = other.roll("roll-out", "web-7");
     assert.equal(r.status, 64, "a name that is not a slot is refused");
   } finally {
-    fs.rmSync(other.root, { recursive: true, force: true });
+    cleanupRoot(other.root);
   }
 });
 
@@ -701,7 +720,7 @@ test("one agent per group: a second agent exits (logged) while the first runs; a
         } catch {
           /* gone */
         }
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -716,6 +735,55 @@ function isLocked(file: string): boolean {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   return spawnSync("flock", ["-n", file, "true"]).status !== 0;
 }
+/** The start time (field 22 of /proc/<pid>/stat) of a process, or "" when it is gone. */
+function startTime(pid: number): string {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "latin1");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Removes a test's folder after stopping what its agents left running: GNU timeout puts itself
+ * in a process group of its own (review A3), so killGroup does not reach an in-flight `timeout
+ * ssh` (the fake ssh, member.sh, the fake virsh), which went on writing into sim/ while the
+ * folder was removed (ENOTEMPTY, seen at load 1-8). Those processes carry this test's SIM in
+ * their environment: each is stopped by PID (its start time checked again just before), waited
+ * for (bounded: 5 s), then the folder goes.
+ */
+function cleanupRoot(root: string): void {
+  const mark = `SIM=${root}/`;
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const left: { pid: number; started: string }[] = [];
+    for (const d of fs.readdirSync("/proc")) {
+      if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+      const started = startTime(Number(d));
+      let env: string;
+      try {
+        env = fs.readFileSync(`/proc/${d}/environ`, "latin1");
+      } catch {
+        continue;
+      }
+      if (started !== "" && env.split("\0").some((e) => e.startsWith(mark)))
+        left.push({ pid: Number(d), started });
+    }
+    if (left.length === 0 || Date.now() > deadline) break;
+    for (const { pid, started } of left) {
+      if (startTime(pid) !== started) continue; // gone, its PID maybe reused
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+  }
+  fs.rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+}
+
 function killGroup(p: ReturnType<typeof spawn> | undefined): void {
   if (p?.pid === undefined) return;
   try {
@@ -753,7 +821,7 @@ test("review R2: at start-up the agent waits for the group lock (bounded waits, 
   } finally {
     killGroup(agent);
     killGroup(holder);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -802,7 +870,7 @@ test("review R3: a roll-out below min refuses after ROLL_WAIT seconds of wall-cl
   } finally {
     killGroup(roll);
     killGroup(holder);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -826,7 +894,7 @@ test("review R6: a timeout on the single-instance lock is not reported as anothe
     assert.ok(!g.log().some((e) => e.event === "agent-start"), "it evaluated nothing");
   } finally {
     killGroup(holder);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -877,7 +945,7 @@ test("review R4: a spare that fails its health check during a roll-out, or a mem
         .some((e) => e.action === "stop" && e.member === "web-0" && e.reason === "unhealthy-after-change"),
     );
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -934,7 +1002,7 @@ test("review R5: stopping the agent uses the pid and start time it recorded, nev
     assert.match(step(agentReadStep("web").script).stdout, /^running=no$/m);
   } finally {
     for (const p of procs) killGroup(p);
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -987,7 +1055,7 @@ test("review L4: the stop's KILL goes only to the process that is still the agen
     assert.deepEqual(stop(":", "echo 1"), [`kill -KILL -- -${agent.pid}`]);
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1016,20 +1084,24 @@ test("review L3: a FAILED slot stays FAILED across an agent restart: off, it is 
     assert.equal(g.state("web-0"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
-/** The slots the fake virsh started, in order (`$SIM/started`: "<ms> <name>" lines). */
-function starts(sim: string): string[] {
-  const f = path.join(sim, "started");
+/** The lines of a file the fakes append to under $SIM (none when it does not exist). */
+function simLines(sim: string, file: string): string[] {
+  const f = path.join(sim, file);
   return fs.existsSync(f)
     ? fs
         .readFileSync(f, "utf8")
         .split("\n")
         .filter((l) => l !== "")
-        .map((l) => l.split(" ")[1])
     : [];
+}
+
+/** The slots the fake virsh started, in order (`$SIM/started`: "<ms> <name>" lines). */
+function starts(sim: string): string[] {
+  return simLines(sim, "started").map((l) => l.split(" ")[1]);
 }
 
 test("review N3: a FAILED slot is never started again by the agent (min restored from a stopped slot; none left: said once, nothing started), and one that fails its start is powered off at once", async () => {
@@ -1077,8 +1149,8 @@ test("review N3: a FAILED slot is never started again by the agent (min restored
   } finally {
     killGroup(a);
     killGroup(b);
-    fs.rmSync(g.root, { recursive: true, force: true });
-    fs.rmSync(h.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
+    cleanupRoot(h.root);
   }
 });
 
@@ -1118,7 +1190,7 @@ test("review N3: a member still `starting` when the agent stopped must pass its 
     assert.equal(g.state("web-0"), "running", "a member in service is kept as it is");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1168,15 +1240,14 @@ test("issue 13: a scaling's start commands run all at once (one ssh each), their
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
 test("issue 13: at start-up the agent asks every member host for its domains at once (not one ssh after another), and logs how long that took", async () => {
   // web-0 and web-2 on hv1, web-1 on hv2; web-0 and web-1 run.
   const g = simGroup({ min: 2, max: 3, running: ["web-0", "web-1"], hostOf: (i) => (i === 1 ? 2 : 1) });
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-0\nweb-2\n");
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-1\n");
+  layout(g, { hv1: ["web-0", "web-2"], hv2: ["web-1"] });
   // Each host answers only once both have been asked (a host asked alone gives up: exit 255).
   fs.writeFileSync(path.join(g.sim, "stats_meet"), "2\n");
   let agent: ReturnType<typeof spawn> | undefined;
@@ -1192,7 +1263,7 @@ test("issue 13: at start-up the agent asks every member host for its domains at 
     assert.ok(Number(start.locked_ms) >= Number(start.began_ms));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1204,9 +1275,7 @@ test("review 10b P2: a member host that does not answer leaves its members as th
     running: ["web-0", "web-1"],
     hostOf: (i) => (i === 1 || i === 2 ? 2 : 1),
   });
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-0\nweb-3\n");
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-1\nweb-2\n");
-  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  layout(g, { hv1: ["web-0", "web-3"], hv2: ["web-1", "web-2"] }, { silent: "hv2" });
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     agent = await startAgent(g);
@@ -1234,7 +1303,7 @@ test("review 10b P2: a member host that does not answer leaves its members as th
     assert.ok(!logged(g.log(), { event: "member-lost", member: "web-1" }));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1249,13 +1318,7 @@ async function desire(g: ReturnType<typeof simGroup>, gen: number, size: number)
   );
 }
 function stopAttempts(sim: string): string[] {
-  const f = path.join(sim, "stop_attempts");
-  return fs.existsSync(f)
-    ? fs
-        .readFileSync(f, "utf8")
-        .split("\n")
-        .filter((l) => l !== "")
-    : [];
+  return simLines(sim, "stop_attempts");
 }
 
 test("review 10c: a scale-in never chooses a member on a host that did not answer (the others are chosen; none left: it waits, logged once per reason) and takes it once its host answers", async () => {
@@ -1267,9 +1330,7 @@ test("review 10c: a scale-in never chooses a member on a host that did not answe
     running: ["web-0", "web-1", "web-2"],
     hostOf: (i) => (i < 2 ? 2 : 1),
   });
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-2\n");
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\nweb-1\n");
-  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
+  layout(g, { hv1: ["web-2"], hv2: ["web-0", "web-1"] }, { silent: "hv2" });
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     agent = await startAgent(g);
@@ -1305,7 +1366,7 @@ test("review 10c: a scale-in never chooses a member on a host that did not answe
     assert.deepEqual(stopAttempts(g.sim), ["web-2", "web-0"]);
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1345,18 +1406,14 @@ test("review 10c: a member whose stop fails stays `running` (counted, back in th
     assert.deepEqual(decided, [], "no start decided while web-0 may still run");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
 test("review 10c: a slot still `starting` on a host that does not answer counts toward the group's size (min is not restored over it); its host back, it is health-checked and joins the pool", async () => {
   // web-0 on hv2 (silent), left `starting` by a dead start, its guest running; web-1 in service on hv1.
   const g = simGroup({ min: 2, max: 3, running: ["web-1"], hostOf: (i) => (i === 0 ? 2 : 1) });
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-1\nweb-2\n");
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\n");
-  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
-  fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
-  fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+  layout(g, { hv1: ["web-1", "web-2"], hv2: ["web-0"] }, { silent: "hv2", starting: ["web-0"] });
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     agent = await startAgent(g);
@@ -1375,7 +1432,7 @@ test("review 10c: a slot still `starting` on a host that does not answer counts 
     assert.deepEqual(starts(g.sim), [], "still nothing started: the group is at min");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1395,18 +1452,14 @@ test("review 10c: a roll-out whose power-off fails refuses (exit 76, not 73: tha
     assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")), "web-0 is not rolling");
     assert.ok(logged(g.log(), { event: "roll-refused", reason: "stop-failed", member: "web-0" }));
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
 test("review 11b: a scale-in that waits names the slots still starting on a silent host among those it waits for (they are in its current count)", async () => {
   // web-0 (`starting`, a dead start) and web-1 (in service) on hv2, silent; web-2 on hv1.
   const g = simGroup({ min: 1, max: 3, running: ["web-1", "web-2"], hostOf: (i) => (i < 2 ? 2 : 1) });
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.1"), "web-2\n");
-  fs.writeFileSync(path.join(g.sim, "members.root@192.0.2.2"), "web-0\nweb-1\n");
-  fs.writeFileSync(path.join(g.sim, "down.root@192.0.2.2"), "");
-  fs.writeFileSync(path.join(g.dir, "state", "web-0"), "starting 0\n");
-  fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+  layout(g, { hv1: ["web-2"], hv2: ["web-0", "web-1"] }, { silent: "hv2", starting: ["web-0"] });
   let agent: ReturnType<typeof spawn> | undefined;
   try {
     agent = await startAgent(g);
@@ -1426,7 +1479,7 @@ test("review 11b: a scale-in that waits names the slots still starting on a sile
     assert.equal(g.state("web-1"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1450,7 +1503,7 @@ test("review 11b: the roll-out of a slot still starting (or FAILED) whose power-
     assert.equal(g.roll("roll-out", "web-0").status, 0);
     assert.equal(g.state("web-0"), "rolling");
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1474,7 +1527,7 @@ test("review 11b: a roll-out below min because a slot still starting on a silent
     assert.equal(plain.status, 65, plain.stderr);
     assert.doesNotMatch(plain.stderr, /still starting/);
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1512,7 +1565,7 @@ test("issue 13: members started together are health-checked together (a guest st
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1546,7 +1599,7 @@ test("review 10b P1: a member whose check answers joins the pool at once, withou
     assert.ok(!g.haproxy().includes("web-1 state ready"), "the slow member never joined the pool");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1596,7 +1649,7 @@ test("review A1: a scale-out started from the policy loop does not end that loop
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1684,7 +1737,7 @@ test("review A2: a slot left `starting` by a dead start (a killed roll.sh) is re
     assert.equal(g.state("web-0"), "running");
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1724,7 +1777,7 @@ test("review A5: a FAILED slot whose power-off keeps failing is retried at every
     assert.ok(!g.haproxy().includes("web-1 state ready"));
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1783,7 +1836,7 @@ test("review A4: `reset` gives a FAILED slot back (FAILED -> stopped, logged) an
     );
   } finally {
     killGroup(agent);
-    fs.rmSync(g.root, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1842,7 +1895,7 @@ test("review 9b G1: `reset` gives a slot back only when its host says its domain
     assert.equal(rawLog().trim().split("\n").length, 1, "one line: the reset");
     assert.equal(g.state("web-1"), "stopped");
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
 
@@ -1887,6 +1940,6 @@ test("review A4: `reset --all-failed` gives back every FAILED slot (above min th
     assert.equal(r.stdout.trim(), "group web has no FAILED slot: nothing to reset");
     assert.equal(g.log().filter((e) => e.event === "reset").length, 2);
   } finally {
-    fs.rmSync(g.root, { recursive: true, force: true });
+    cleanupRoot(g.root);
   }
 });
