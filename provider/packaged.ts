@@ -106,7 +106,7 @@ function delegate(
       mod = lookup();
     } catch (err) {
       throw new Error(
-        `kvmlab: this resource's provider is export ${key} of ${where}, which the provider plugin cannot load (${(err as Error).message}). Fix: if kvmlab is missing in the program's directory, install it there (npm install kvmlab); in kvmlab's own repository, npm run prepare restores the node_modules/kvmlab link (docs/package.md); else the cause above says what failed`,
+        `kvmlab: cannot load ${where}: ${(err as Error).message}. Fix: npm install kvmlab in the program's folder (in kvmlab's repository: npm run prepare)`,
         { cause: err },
       );
     }
@@ -114,7 +114,7 @@ function delegate(
     const fn = target?.[method];
     if (typeof fn !== "function")
       throw new Error(
-        `kvmlab: this resource's state names export ${key} of ${where}, but the kvmlab the program has now has no ${key}.${method} there (renamed or removed since the state was written). Fix: install the kvmlab version that wrote this state to ${method} it (docs/package.md, Compatibility)`,
+        `kvmlab: ${where} has no ${key}.${method} (renamed since this state was written). Fix: install the kvmlab that wrote it`,
       );
     return (fn as (...a: unknown[]) => unknown).apply(target, args);
   };
