@@ -62,6 +62,17 @@ async function cleanDirect(status: SandboxStatus, h: number): Promise<void> {
   );
 }
 
+/** Milliseconds as seconds with one decimal, "—" when unknown. */
+const secs = (ms: number | undefined): string => (ms === undefined ? "—" : `${(ms / 1000).toFixed(1)} s`);
+
+/** The agents' decisions.log lines as key=value records (only lines with a group and a time). */
+function agentEvents(agentLog: string): Record<string, string>[] {
+  return agentLog
+    .split("\n")
+    .map((l): Record<string, string> => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2))))
+    .filter((e) => e.group && e.ts);
+}
+
 /**
  * What each group's members waited for, in order (ms after the up started): the program's start
  * (its first custom resource done: load, then the closure serialization of every provider type),
@@ -75,17 +86,14 @@ export function criticalPath(
   upMs: number,
   servingMs: number,
 ): string {
-  const s = (ms: number | undefined) => (ms === undefined ? "—" : `${(ms / 1000).toFixed(1)} s`);
+  const s = secs;
   const dyn = done.filter((d) => d.type.startsWith("pulumi-nodejs:dynamic/"));
   const last = (pred: (d: { type: string; name: string }) => boolean) => {
     const ms = dyn.filter(pred).map((d) => d.ms);
     return ms.length === 0 ? undefined : Math.max(...ms);
   };
   const kind = (d: { type: string }) => d.type.split(":").pop() ?? "";
-  const events = agentLog
-    .split("\n")
-    .map((l) => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2) as [string, string])))
-    .filter((e) => e.group && e.ts);
+  const events = agentEvents(agentLog);
   const rows = [
     "\nWhat the members waited for (ms after the up started; the agents' times from their decisions.log)\n",
     "| group | slots defined | their SG ports | load balancer | agent created | agent process began | group lock held | agent started (hosts asked, ms) | members started (start commands, ms) | members in service |",
@@ -175,7 +183,7 @@ export function criticalPathStages(
   upStart: number,
   servingMs: number,
 ): string {
-  const s = (ms: number | undefined) => (ms === undefined ? "—" : `${(ms / 1000).toFixed(1)} s`);
+  const s = secs;
   const kind = (t: Timed) =>
     t.type.startsWith("pulumi-nodejs:dynamic/") ? (t.type.split(":").pop() ?? "") : "";
   const custom = timed.filter((t) => kind(t) !== "");
@@ -186,11 +194,11 @@ export function criticalPathStages(
     const done = ts.map((t) => t.done).filter((d): d is number => d !== undefined);
     return `| ${label} | ${ts.length} | ${s(Math.min(...ts.map((t) => t.registered)))} | ${s(done.length === ts.length ? Math.max(...done) : undefined)} |`;
   };
-  const events = agentLog
-    .split("\n")
-    .map((l): Record<string, string> => Object.fromEntries(l.split(" ").map((kv) => kv.split("=", 2))))
-    .filter((e) => e.group && e.ts)
-    .map((e) => ({ action: e.action, result: e.result, at: Number(e.ts) - upStart }));
+  const events = agentEvents(agentLog).map((e) => ({
+    action: e.action,
+    result: e.result,
+    at: Number(e.ts) - upStart,
+  }));
   // A start line has `result=` only when the start failed (agent.sh): not a boot.
   const started = events.filter((e) => e.action === "start" && e.result === undefined).map((e) => e.at);
   const inService = events.filter((e) => e.action === "in-service").map((e) => e.at);
@@ -357,7 +365,7 @@ async function measureUp(status: SandboxStatus, programDir: string, stateDir: st
 }
 
 function breakdown(f: UpFigures): string {
-  const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  const s = secs;
   // Where the up's time goes: when the first and the last resource of each type finished.
   // The first step of all is the program's start (transpile, load, first registration).
   const lines = [
@@ -389,7 +397,7 @@ async function main(): Promise<void> {
     const installed = await measureUp(status, installedProgram(stateDir), stateDir);
     const source = await measureUp(status, PROGRAM, stateDir);
 
-    const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+    const s = secs;
     console.log(
       `\n3-tier up vs guest-boot limit (${status.hosts.length} hosts, ${PER_HOST * status.hosts.length} guests, ${os.cpus().length} CPUs)\n`,
     );
