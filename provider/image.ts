@@ -520,8 +520,8 @@ async function verifyLocalSources(inputs: ImageInputs, verified: Verified): Prom
  * one channel). A channel per file would count against sshd's MaxSessions (10 by default) on top
  * of the main shell, the worker shells and the lock shells, and a refused SFTP channel is not
  * retried: the create would fail on a stock sshd. Every transfer settles before an error is
- * thrown (the first one), so the caller's cleanup never runs beside a transfer, unless the
- * connection is lost (then nothing more reaches the host anyway).
+ * thrown (one naming every file that failed), so the caller's cleanup never runs beside a
+ * transfer, unless the connection is lost (then nothing more reaches the host anyway).
  */
 export async function sendFiles(
   host: HostConnection,
@@ -539,13 +539,14 @@ export async function sendFiles(
   } | null;
   const what = files.map((f) => `${f.localPath} to ${f.remotePath}`).join(", ");
   let onGone: (e?: Error) => void = () => undefined;
+  let gone: Error | undefined;
   const lost = new Promise<never>((_, reject) => {
-    onGone = (e?: Error) =>
-      reject(
-        new Error(
-          `host ${host.name}: SSH connection lost while sending ${what}${e?.message ? ` (${e.message})` : ""}`,
-        ),
+    onGone = (e?: Error) => {
+      gone ??= new Error(
+        `host ${host.name}: SSH connection lost while sending ${what}${e?.message ? ` (${e.message})` : ""}`,
       );
+      reject(gone);
+    };
   });
   lost.catch(() => undefined);
   for (const ev of ["error", "end", "close"]) conn?.on(ev, onGone);
@@ -560,7 +561,7 @@ export async function sendFiles(
         (late) => late.end(),
         () => undefined,
       );
-      if (err instanceof Error && err.message.startsWith(`host ${host.name}: SSH connection lost`)) throw err;
+      if (err === gone) throw err;
       throw new Error(
         `host ${host.name}: opening an SFTP channel to send ${what} failed: ${(err as Error).message}`,
         { cause: err },
