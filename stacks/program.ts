@@ -65,7 +65,7 @@ function sha256File(path: string): string {
   return crypto.createHash("sha256").update(fs.readFileSync(path)).digest("hex");
 }
 
-function source(s: string, checksum: string): { url?: string; localPath?: string; sha256: string } {
+function source(s: string, checksum: string): resources.ImageSourceArgs {
   const sha256 = checksum.replace(/^sha256:/, "");
   if (/^https?:\/\//.test(s)) return { url: s, sha256 };
   return { localPath: s.replace(/^file:\/\//, ""), sha256 };
@@ -213,12 +213,7 @@ export function applyLab(lab: Lab, opts: ApplyLabOptions): LabOutputs {
   // ---- images, flavors, keypairs
   const images: Record<string, resources.Image> = {};
   for (const img of lab.images) {
-    let files: Partial<
-      Record<
-        "source" | "kernel" | "ramdisk",
-        ReturnType<typeof source> | { hostPath: string; sha256: string }
-      >
-    >;
+    let files: Partial<Record<"source" | "kernel" | "ramdisk", resources.ImageSourceArgs>>;
     if (img.sandbox) {
       const sb = opts.sandbox;
       if (sb === undefined)
