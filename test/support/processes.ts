@@ -15,7 +15,7 @@ export interface TreeProcess {
 }
 
 /** The start time of `pid` (field 22 of /proc/<pid>/stat), or undefined when it is gone. */
-function startTime(pid: number): string | undefined {
+export function startTime(pid: number): string | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
     // The command name (field 2) is in parentheses and may hold spaces: count after its end.

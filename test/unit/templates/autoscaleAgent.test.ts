@@ -20,6 +20,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { agentScript, memberNames, memberScript, renderAgentConfig } from "../../../templates/autoscale";
 import { agentReadStep, stopAgentStep } from "../../../provider/autoscale/steps";
+import { startTime } from "../../support/processes";
 
 const FAKE_SSH = `#!/bin/sh
 # fake ssh: skip options, then user@host, then run the forced command as sshd would
@@ -735,16 +736,6 @@ function isLocked(file: string): boolean {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   return spawnSync("flock", ["-n", file, "true"]).status !== 0;
 }
-/** The start time (field 22 of /proc/<pid>/stat) of a process, or "" when it is gone. */
-function startTime(pid: number): string {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "latin1");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
-  } catch {
-    return "";
-  }
-}
-
 /**
  * Removes a test's folder after stopping what its agents left running: GNU timeout puts itself
  * in a process group of its own (review A3), so killGroup does not reach an in-flight `timeout
@@ -767,7 +758,7 @@ function cleanupRoot(root: string): void {
       } catch {
         continue;
       }
-      if (started !== "" && env.split("\0").some((e) => e.startsWith(mark)))
+      if (started !== undefined && env.split("\0").some((e) => e.startsWith(mark)))
         left.push({ pid: Number(d), started });
     }
     if (left.length === 0 || Date.now() > deadline) break;
