@@ -1934,3 +1934,199 @@ test("review A4: `reset --all-failed` gives back every FAILED slot (above min th
     cleanupRoot(g.root);
   }
 });
+
+// ---- issue 13: the slots roll side by side; roll.sh keeps one member in service out at a time ----
+
+/** `roll.sh DIR MODE MEMBER` started in the background (its own process group), stderr read as it comes. */
+function rollAsync(
+  g: ReturnType<typeof simGroup>,
+  mode: "roll-out" | "roll-in",
+  member: string,
+  extra: NodeJS.ProcessEnv = {},
+  wrap = "",
+): {
+  child: ReturnType<typeof spawn>;
+  stderr: () => string;
+  done: Promise<{ status: number | null; signal: NodeJS.Signals | null }>;
+} {
+  const script = path.join(g.dir, "roll.sh");
+  const child = spawn("sh", ["-c", `${wrap}exec /bin/sh "$0" "$1" "$2" "$3"`, script, g.dir, mode, member], {
+    env: { ...g.env, ...extra },
+    stdio: ["ignore", "ignore", "pipe"],
+    detached: true,
+  });
+  let err = "";
+  child.stderr?.on("data", (b: Buffer) => (err += b.toString()));
+  const done = new Promise<{ status: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (status, signal) => resolve({ status, signal })),
+  );
+  return { child, stderr: () => err, done };
+}
+
+/** In service out at once (roll-outs of members in service minus their roll-ins) over the log, at most. */
+function mostOutAtOnce(entries: readonly Entry[]): number {
+  let out = 0;
+  let most = 0;
+  for (const e of entries) {
+    if (e.event === "roll-out" && e.was === "running") out++;
+    if (e.event === "roll-in" && e.was_in_service === "1") out--;
+    most = Math.max(most, out);
+  }
+  return most;
+}
+
+test("issue 13: two roll-outs of members in service side by side: one waits (its progress lines name the other slot, the default bound is core's rollSlotWaitSec) until the other's roll-in; never two out at once", async () => {
+  const { rollSlotWaitSec } = await import("../../../core/autoscale");
+  const g = simGroup({ min: 1, max: 3, running: ["web-0", "web-1"] });
+  const runs: ReturnType<typeof rollAsync>[] = [];
+  try {
+    runs.push(rollAsync(g, "roll-out", "web-1"), rollAsync(g, "roll-out", "web-0"));
+    // One of them goes out; the other waits, printing a line each round.
+    await until(
+      "one roll-out done and the other waiting",
+      () =>
+        runs.some((r) => r.child.exitCode === 0) &&
+        runs.some((r) => /waits for web-\d \(rolling since/.test(r.stderr())),
+      20_000,
+    );
+    const first = runs.findIndex((r) => r.child.exitCode === 0);
+    const [outM, waitM] = first === 0 ? ["web-1", "web-0"] : ["web-0", "web-1"];
+    const waiter = runs[1 - first];
+    assert.equal(g.state(outM), "rolling");
+    assert.equal(g.state(waitM), "running", "the waiter changed nothing");
+    assert.match(
+      waiter.stderr(),
+      new RegExp(`roll-out of ${waitM} waits for ${outM} \\(rolling since \\d\\d:\\d\\d:\\d\\dZ\\)`),
+    );
+    const bound = Number(/at most (\d+)s more/.exec(waiter.stderr())?.[1]);
+    const want = rollSlotWaitSec(3, 10, 1);
+    assert.ok(
+      bound <= want && bound >= want - 30,
+      `the default bound ${bound} s is rollSlotWaitSec's ${want} s`,
+    );
+    // Still waiting a round later.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(waiter.child.exitCode, null, "the waiter still waits while the other slot rolls");
+    // The other slot's roll-in: the waiter goes on and takes its member out.
+    const back = g.roll("roll-in", outM);
+    assert.equal(back.status, 0, back.stderr);
+    const w = await waiter.done;
+    assert.equal(w.status, 0, waiter.stderr());
+    assert.match(waiter.stderr(), /goes on/);
+    assert.equal(g.state(waitM), "rolling");
+    assert.equal(g.state(outM), "running");
+    assert.equal(g.roll("roll-in", waitM).status, 0);
+    assert.equal(mostOutAtOnce(g.log()), 1, "never two members in service out at once");
+    assert.equal(g.log().filter((e) => e.event === "roll-in" && e.was_in_service === "1").length, 2);
+  } finally {
+    for (const r of runs) killGroup(r.child);
+    cleanupRoot(g.root);
+  }
+});
+
+test("issue 13: a member's roll-out at min waits for a spare's roll (side by side now) and then uses that spare (no exit 66)", async () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  let waiter: ReturnType<typeof rollAsync> | undefined;
+  try {
+    assert.equal(g.roll("roll-out", "web-1").status, 0, "the spare's roll-out runs at once");
+    assert.equal(g.state("web-1"), "rolling");
+    waiter = rollAsync(g, "roll-out", "web-0");
+    await until(
+      "the member's roll-out waiting",
+      () => /waits for web-1/.test(waiter?.stderr() ?? ""),
+      10_000,
+    );
+    assert.equal(waiter.child.exitCode, null, "it waits, it does not refuse (the spare is rolling)");
+    assert.equal(g.state("web-0"), "running");
+    assert.equal(g.roll("roll-in", "web-1").status, 0);
+    const w = await waiter.done;
+    assert.equal(w.status, 0, waiter.stderr());
+    assert.equal(g.state("web-1"), "running", "the replaced spare stands in");
+    assert.equal(g.state("web-0"), "rolling");
+    assert.ok(g.log().some((e) => e.event === "roll-surge" && e.member === "web-1" && e.for === "web-0"));
+  } finally {
+    killGroup(waiter?.child);
+    cleanupRoot(g.root);
+  }
+});
+
+test("issue 13: a roll-out of a member in service that waits out its bound refuses (exit 77) naming the slot still rolling, since when, and the fix; nothing changed", () => {
+  const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+  try {
+    // web-1 left rolling by an earlier up whose Server step failed.
+    assert.equal(g.roll("roll-out", "web-1").status, 0);
+    fs.writeFileSync(path.join(g.sim, "haproxy.log"), "");
+    const before = fs.readFileSync(path.join(g.sim, "dom", "web-0"), "utf8");
+    const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+    const t0 = Date.now();
+    const r = spawnSync("/bin/sh", [path.join(g.dir, "roll.sh"), g.dir, "roll-out", "web-0"], {
+      env: { ...g.env, ROLL_SLOT_WAIT: "3" },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 77, r.stderr);
+    assert.ok(Date.now() - t0 >= 3000, "it waited its bound first");
+    assert.match(r.stderr, /other slots rolling: web-1 \(rolling since \d\d:\d\d:\d\dZ\)/);
+    assert.match(r.stderr, /web-0 stays in service, nothing was changed/);
+    assert.match(
+      r.stderr,
+      /Fix: if an earlier step of this up failed, fix it and run up again; a slot left rolling by an earlier failed up is brought back by its roll-in in the next up/,
+    );
+    assert.equal(g.state("web-0"), "running");
+    assert.equal(g.state("web-1"), "rolling", "the other slot's mark is left to its roll-in");
+    assert.deepEqual(g.haproxy(), [], "no pool change");
+    assert.equal(
+      fs.readFileSync(path.join(g.sim, "dom", "web-0"), "utf8"),
+      before,
+      "web-0's domain untouched",
+    );
+    assert.ok(
+      g
+        .log()
+        .some(
+          (e) => e.event === "roll-refused" && e.reason === "other-slots-rolling" && e.member === "web-0",
+        ),
+    );
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-0.roll")));
+  } finally {
+    cleanupRoot(g.root);
+  }
+});
+
+test("issue 13: a waiting roll-out whose output is closed (its up interrupted) ends before it changes anything: killed by SIGPIPE, or where SIGPIPE is ignored exit 78, logged", async () => {
+  for (const wrap of ["", "trap '' PIPE; "]) {
+    const g = simGroup({ min: 1, max: 2, running: ["web-0"] });
+    let waiter: ReturnType<typeof rollAsync> | undefined;
+    try {
+      assert.equal(g.roll("roll-out", "web-1").status, 0);
+      fs.writeFileSync(path.join(g.sim, "haproxy.log"), "");
+      waiter = rollAsync(g, "roll-out", "web-0", {}, wrap);
+      await until("the roll-out waiting", () => /waits for web-1/.test(waiter?.stderr() ?? ""), 10_000);
+      // Nobody reads its output any more (what a closed SSH channel does to the step's stderr).
+      waiter.child.stderr?.destroy();
+      const w = await Promise.race([
+        waiter.done,
+        new Promise<"still-running">((r) => setTimeout(() => r("still-running"), 15_000)),
+      ]);
+      // The other slot's roll ends: a waiter still alive would now take web-0 out.
+      assert.equal(g.roll("roll-in", "web-1").status, 0);
+      if (w === "still-running") assert.fail(`${wrap || "default SIGPIPE"}: the waiter did not end`);
+      if (wrap === "") assert.equal(w.signal, "SIGPIPE", JSON.stringify(w));
+      else {
+        assert.equal(w.status, 78, JSON.stringify(w));
+        assert.ok(g.log().some((e) => e.event === "roll-abandoned" && e.member === "web-0"));
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(g.state("web-0"), "running", "web-0 was not taken out");
+      assert.deepEqual(
+        g.haproxy().filter((l) => l.startsWith("web-0")),
+        [],
+        "no pool change for web-0",
+      );
+      assert.ok(!g.log().some((e) => e.event === "roll-out" && e.member === "web-0"));
+    } finally {
+      killGroup(waiter?.child);
+      cleanupRoot(g.root);
+    }
+  }
+});
