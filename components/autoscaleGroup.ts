@@ -30,14 +30,7 @@
  * ```
  */
 import * as pulumi from "@pulumi/pulumi";
-import {
-  checkGroupSpec,
-  launchHash,
-  rollInTimeoutSec,
-  rollOrder,
-  rollOutTimeoutSec,
-  type ScalingPolicySpec,
-} from "../core/autoscale";
+import { checkGroupSpec, launchHash, rollOrder, type ScalingPolicySpec } from "../core/autoscale";
 import { loadBalancerPaths } from "../core/paths";
 import { AutoscaleAgent } from "../provider/autoscale";
 import { AutoscaleRoll } from "../provider/autoscale/roll";
@@ -129,7 +122,7 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
   /** Every possible member, slot order (index i = `<group>-i`). */
   public readonly members: readonly Server[];
   public readonly agent: AutoscaleAgent;
-  /** The rolling replacement's steps, roll-out and roll-in of each slot, highest slot first (`rollOrder`; the slots roll side by side). */
+  /** The rolling replacement's steps, in chain order: roll-out and roll-in of each slot. */
   public readonly rolls: AutoscaleRoll[];
   public readonly loadBalancer?: LoadBalancer;
   public readonly groupName: string;
@@ -252,26 +245,24 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
           }),
         );
     };
-    // A roll-out of a member in service may wait for the other slots' whole rolls (roll.sh):
-    // its bound grows with max (core/autoscale.ts rollOutTimeoutSec).
-    const boot = args.bootTimeout ?? 300;
-    const drain = args.drainTimeout ?? 10;
+    const rollTimeout = (args.bootTimeout ?? 300) + (args.drainTimeout ?? 10) + 900;
     const rollArgs = (i: number, phase: "out" | "in", hash: pulumi.Output<string>) => ({
       groupName: group,
       member: slots[i],
       phase,
       launchHash: hash,
       hosts,
-      timeoutSec: phase === "out" ? rollOutTimeoutSec(args.max, boot, drain) : rollInTimeoutSec(boot, drain),
+      timeoutSec: rollTimeout,
     });
     const members: Server[] = [];
     this.rolls = [];
-    // No dependency between slots (issue 13: on a fresh group every step is a create, so all
-    // slot Servers are created at once): the one-member-out-at-a-time rule is roll.sh's, on the
-    // controller. Per slot: roll-out -> Server -> roll-in.
+    let previous: AutoscaleRoll | undefined;
     for (const i of rollOrder(args.max)) {
       const hash = launchFor(i);
-      const out = new AutoscaleRoll(`${name}-${i}-roll-out`, rollArgs(i, "out", hash), { parent: this });
+      const out = new AutoscaleRoll(`${name}-${i}-roll-out`, rollArgs(i, "out", hash), {
+        parent: this,
+        dependsOn: previous ? [previous] : [],
+      });
       const member = this.member(name, slots[i], i, slotHost[i], args, out);
       members[i] = member;
       // afterRoll: roll-in runs after every roll-out that ran, even if the hash went back (review R1).
@@ -284,6 +275,7 @@ export class AutoscaleGroup extends pulumi.ComponentResource {
         },
       );
       this.rolls.push(out, back);
+      previous = back;
     }
     this.members = members;
     this.memberIps = pulumi.all(this.members.map((m) => m.ip));

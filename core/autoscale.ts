@@ -565,41 +565,10 @@ export function launchHash(launch: unknown): string {
 }
 
 /**
- * The order the component declares the slots' roll steps in (the group's `rolls`): the highest
- * first. The slots roll side by side (no dependency between them); the order on the host comes
- * from roll.sh: a roll-out of a slot not in service runs at once, one of a member in service
- * waits until no other slot is rolling (docs/autoscale.md "Launch changes"). So the spares
- * (scale-out starts the lowest stopped slots, the highest are the likeliest spares) are replaced
- * before a member in service needs one to stand in for it.
+ * The order slots are rolled in: the highest first. Scale-out starts the lowest stopped slots and
+ * scale-in keeps the newest, so the highest slots are the likeliest spares: replacing them first
+ * means a running member, when its turn comes, can be stood in for by an already-replaced spare.
  */
 export function rollOrder(max: number): number[] {
   return Array.from({ length: max }, (_, i) => max - 1 - i);
-}
-
-/**
- * Seconds a roll-out of a member in service waits, from its start, for the other slots' rolls
- * before it refuses (exit 77): up to `max - 1` whole rolls of other slots, each at most a spare's
- * boot, a drain, the slot's Server step (60 s), the slot's boot again, plus 120 s. The same
- * formula is agent.sh's default ROLL_SLOT_WAIT (it reads max, bootTimeout and drainTimeout from
- * agent.conf); a unit test checks they agree.
- */
-export function rollSlotWaitSec(max: number, bootTimeout: number, drainTimeout: number): number {
-  return (max - 1) * (2 * bootTimeout + drainTimeout + 60) + 120;
-}
-
-/**
- * The client's bound of a roll-out step (AutoscaleRoll timeoutSec): `max × (2 × bootTimeout +
- * drainTimeout + 60) + 900`, that is the wait above plus one roll of its own (2 × bootTimeout +
- * drainTimeout + 60) and 780 s for the rest: the group-lock wait after the wait (at most 600 s),
- * the below-min wait (60 s), the step's host margin (30 s, roll.ts ROLL_HOST_MARGIN_SEC) and the
- * member stop's bounded ssh (65 s). A roll-in waits for no other slot: `bootTimeout +
- * drainTimeout + 900` ({@link rollInTimeoutSec}).
- */
-export function rollOutTimeoutSec(max: number, bootTimeout: number, drainTimeout: number): number {
-  return max * (2 * bootTimeout + drainTimeout + 60) + 900;
-}
-
-/** The client's bound of a roll-in step (AutoscaleRoll timeoutSec): one start and one drain, the lock wait. */
-export function rollInTimeoutSec(bootTimeout: number, drainTimeout: number): number {
-  return bootTimeout + drainTimeout + 900;
 }

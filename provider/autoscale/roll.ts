@@ -2,10 +2,7 @@
  * AutoscaleRoll: one step of an autoscale group's rolling replacement (Heat's rolling_update,
  * docs/autoscale.md "Launch changes"). The AutoscaleGroup puts two around every slot's Server:
  *
- *   roll-out(i) ──> Server(i) ──> roll-in(i)        (every slot side by side)
- *
- * The slots do not wait for each other in Pulumi: roll.sh does it on the controller (a roll-out of
- * a member in service waits, bounded, until no other slot is rolling; exit 77 at the bound).
+ *   roll-out(i) ──> Server(i) ──> roll-in(i) ──> roll-out(next slot) ──> …
  *
  * Both carry `launchHash`, a hash of what the slot's Server is built from (core/autoscale.ts
  * launchHash), so they UPDATE exactly when the slot's launch configuration changes, in Pulumi's
@@ -23,8 +20,7 @@
  *           agent.conf under this stack's owner marker), install the package's agent.sh there
  *           as roll.sh and run `roll.sh DIR roll-out|roll-in MEMBER` under the group lock the
  *           agent honours: out = drain and stop the member, never leaving fewer than `min` in
- *           service (a spare slot goes in first; below `min` it waits, bounded, then refuses),
- *           one member in service out at a time (it waits, bounded, for the other slots' rolls);
+ *           service (a spare slot goes in first; below `min` it waits, bounded, then refuses);
  *           in = start it, health check, back in the pool, the spare leaves again
  *   delete  roll-in phase: clear a leftover "rolling" mark of the slot (idempotent; nothing when
  *           the group is gone); roll-out phase: nothing
@@ -120,9 +116,7 @@ export function checkAutoscaleRollInputs(news: Record<string, unknown>): Checked
       launchHash: {
         rule: rules.expect((x) => typeof x === "string" && HASH.test(x), "a sha256 hex digest (launchHash)"),
       },
-      // A roll-out's bound grows with the group's max (core/autoscale.ts rollOutTimeoutSec);
-      // the upper limit keeps it within a Node timer (2^31 ms).
-      timeoutSec: { rule: rules.int(60, 2_000_000, "seconds") },
+      timeoutSec: { rule: rules.int(60, 7200, "seconds") },
       afterRoll: {
         rule: rules.expect(
           (x) => typeof x === "string" && ROLL_ID.test(x),

@@ -89,11 +89,6 @@ mkdir -p state samples requests
 LOG=$DIR/decisions.log
 # Seconds a roll-out waits for the group to come back to MIN before it refuses.
 ROLL_WAIT=${ROLL_WAIT:-60}
-# Seconds (from its start) a roll-out of a member in service waits for the other slots' rolls to
-# finish before it refuses (exit 77): up to MAX-1 whole rolls of other slots (each a spare start,
-# a drain, the slot's Server step, a start and a drain again). The component's roll-out step
-# timeout (core/autoscale.ts rollOutTimeoutSec) is this plus one roll of its own and the lock waits.
-ROLL_SLOT_WAIT=${ROLL_SLOT_WAIT:-$(((MAX - 1) * (2 * BOOT_TIMEOUT + DRAIN_TIMEOUT + 60) + 120))}
 # Appended to the action lines a rolling replacement logs (cause=roll).
 CAUSE=""
 
@@ -661,26 +656,6 @@ keep_bounds() {
 # stopped by a scale-in, not "lost" when its domain is redefined or gone. state/<m>.roll holds
 # "<was in service 0|1> <surge member or empty>" until roll-in.
 
-# The other slots marked rolling, with since when: "web-2 (rolling since 04:31:07Z); ..." (empty: none).
-other_rolls() { # MEMBER
-  for _or_f in state/*.roll; do
-    [ -f "$_or_f" ] || continue
-    _or_n=${_or_f#state/}
-    _or_n=${_or_n%.roll}
-    [ "$_or_n" = "$1" ] && continue
-    printf '%s (rolling since %s); ' "$_or_n" "$(date -u -r "$_or_f" +%H:%M:%SZ 2>/dev/null || echo '?')"
-  done
-}
-
-# A waiting roll-out's progress line (stderr, which the provider reads). Nobody reading any more
-# (the up was interrupted: its SSH channel is closed) ends the roll-out here, nothing changed:
-# killed by SIGPIPE, or, where SIGPIPE is ignored, the failed write logged and exit 78.
-roll_say() { # MEMBER MESSAGE
-  echo "autoscale group $GROUP: $2" >&2 && return 0
-  log "event=roll-abandoned member=$1 note=output-closed$CAUSE"
-  exit 78
-}
-
 roll_refuse() { # CODE MESSAGE
   log "event=roll-refused reason=$(echo "$2" | cut -d: -f1 | tr ' ' '-') member=$ROLL_MEMBER in_service=$(count_running) min=$MIN$CAUSE"
   echo "autoscale group $GROUP: $2" >&2
@@ -691,8 +666,6 @@ roll_refuse() { # CODE MESSAGE
 roll_out() { # MEMBER
   _ro_rk=$(index_of "$1")
   _ro_end=""
-  _ro_began=$(date +%s)
-  _ro_waited=""
   while :; do
     if [ -z "$_ro_end" ]; then
       group_lock 600 || roll_refuse 75 "the group lock ($DIR/group.lock) stayed held for 600 s; nothing was changed. Fix: see kvmlab asg status $GROUP, then run up again"
@@ -724,24 +697,6 @@ roll_out() { # MEMBER
       write_status
       return 0
     fi
-    # In service: one in-service member out at a time (Heat's max_batch_size 1), and the other
-    # slots' rolls (the spares roll side by side with it) finished before this one may need a
-    # spare. Their roll-ins never wait for this roll-out, so the wait ends unless a slot's Server
-    # step fails: bounded, from this roll-out's start, and the group lock released between checks.
-    _ro_others=$(other_rolls "$1")
-    if [ -n "$_ro_others" ]; then
-      _ro_waited=1
-      _ro_end=""
-      if [ "$(date +%s)" -ge $((_ro_began + ROLL_SLOT_WAIT)) ]; then
-        roll_refuse 77 "other slots rolling: ${_ro_others%; } still, ${ROLL_SLOT_WAIT}s after this roll-out began, so $1 is not taken out for the launch change (one member in service out at a time; $1 stays in service, nothing was changed). Fix: if an earlier step of this up failed, fix it and run up again; a slot left rolling by an earlier failed up is brought back by its roll-in in the next up (kvmlab asg status $GROUP shows the slots)"
-      fi
-      group_unlock
-      # A progress line each round: when nobody reads it any more (the up was interrupted and
-      # its SSH channel closed), the write kills this roll-out (SIGPIPE) before it changes anything.
-      roll_say "$1" "roll-out of $1 waits for ${_ro_others%; } (at most $((_ro_began + ROLL_SLOT_WAIT - $(date +%s)))s more)"
-      sleep 2
-      continue
-    fi
     _ro_rcur=$(count_running)
     [ "$_ro_rcur" -ge "$MIN" ] && break
     # Below MIN (Heat updates nothing then): let the agent bring it back, bounded in wall-clock time.
@@ -757,15 +712,11 @@ roll_out() { # MEMBER
       roll_refuse 65 "below min: $_ro_rcur members in service, below its min $MIN, so no member is taken out for the launch change ($1 waits; nothing was changed). Fix: let the agent bring the group back to $MIN (kvmlab asg status $GROUP shows why it is not), then run up again"
     fi
     group_unlock
-    _ro_waited=1
     _ro_left=$((_ro_end - $(date +%s)))
-    roll_say "$1" "roll-out of $1 waits for the group to come back to its min $MIN (at most ${_ro_left}s more)"
     [ "$_ro_left" -gt 5 ] && _ro_left=5
     [ "$_ro_left" -lt 1 ] && _ro_left=1
     sleep "$_ro_left"
   done
-  # After a wait, the last check that somebody still reads (under the lock, before any change).
-  [ -n "$_ro_waited" ] && roll_say "$1" "roll-out of $1 goes on (no other slot rolling, $_ro_rcur in service, min $MIN)"
   _ro_surge=""
   if [ $((_ro_rcur - 1)) -lt "$MIN" ]; then
     # Taking it out would leave fewer than MIN in service: a stopped slot goes in first (Heat's

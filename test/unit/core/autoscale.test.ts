@@ -19,9 +19,6 @@ import {
   membersToStart,
   membersToStop,
   newCapacity,
-  rollInTimeoutSec,
-  rollOutTimeoutSec,
-  rollSlotWaitSec,
   type AdjustmentType,
   type MemberState,
 } from "../../../core/autoscale";
@@ -291,23 +288,4 @@ test("group specs: every refusal names its field", () => {
       }),
     "policies[0].alarm.comparison",
   );
-});
-
-test("issue 13: a roll-out's step bound holds its wait for the other slots plus its own roll: the lock wait after it (600 s), the below-min wait (60 s), a spare's boot, the drain, the member stop (65 s) and roll.ts's host margin (30 s)", () => {
-  for (const max of [1, 2, 3, 10, 99])
-    for (const boot of [5, 10, 300, 3600])
-      for (const drain of [0, 10, 3600]) {
-        const step = rollOutTimeoutSec(max, boot, drain);
-        const wait = rollSlotWaitSec(max, boot, drain);
-        assert.ok(
-          step - 30 >= wait + 600 + 60 + boot + drain + 65,
-          `max ${max}, boot ${boot}, drain ${drain}: ${step} s for a wait of ${wait} s`,
-        );
-        // up to max - 1 other slots' whole rolls (2 boots, a drain, the Server step)
-        assert.ok(wait >= (max - 1) * (2 * boot + drain + 60));
-        // within roll.ts's check (a Node timer)
-        assert.ok(step <= 2_000_000, `${step}`);
-      }
-  assert.equal(rollOutTimeoutSec(3, 300, 10), 2910);
-  assert.equal(rollInTimeoutSec(300, 10), 1210, "a roll-in waits for no other slot: its bound is unchanged");
 });
