@@ -34,6 +34,7 @@ import {
   runSteps,
   shQuote,
   uploadStep,
+  withNamedHostLock,
   type HostConnection,
   type Step,
 } from "./host";
@@ -60,11 +61,16 @@ import {
 } from "./kit";
 import {
   agentKeyStep,
+  agentPool,
   agentReadStep,
   asgDir,
   authorizeAgentStep,
+  createStartsDoneStep,
+  CREATE_STARTS_NOT_FRESH,
   desiredRequestStep,
   knownHostsContent,
+  markCreateStartsStep,
+  memberCommandStep,
   memberListContent,
   memberOwnedStep,
   memberStackContent,
@@ -76,9 +82,10 @@ import {
   stopAgentStep,
   unauthorizeAgentStep,
   type AgentState,
+  type CreateStart,
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
-import { GROUP_NAME_RE, agentConfigProblems } from "../core/autoscale";
+import { GROUP_NAME_RE, agentConfigProblems, membersToStart } from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
@@ -500,6 +507,94 @@ async function teardown(
     throw new Error(`autoscale group ${i.groupName}: cleanup failed on ${failures.join("; ")}`);
 }
 
+/**
+ * The members a FRESH group's create starts (issue 13, session 12; Heat creates and boots an
+ * AutoScalingGroup's initial members at stack create): clamp(desired, min, max) of the slots
+ * listed in membersByHost, the lowest first (the agent's asg_to_start, core membersToStart).
+ * Pure.
+ */
+export function initialMembers(i: AutoscaleAgentInputs): { member: string; host: string }[] {
+  const hostOf = new Map<string, string>();
+  for (const [h, names] of Object.entries(i.membersByHost)) for (const n of names) hostOf.set(n, h);
+  const count = Math.min(Math.max(i.desired, i.min), i.max);
+  const slots = [...hostOf.keys()].map((name) => ({
+    name,
+    index: Number(name.slice(name.lastIndexOf("-") + 1)),
+    state: "stopped" as const,
+    startedAt: 0,
+  }));
+  return membersToStart(slots, count).map((member) => ({ member, host: hostOf.get(member) ?? "" }));
+}
+
+/**
+ * A fresh group's first start, before its agent runs. Under the group lock on the controller
+ * (`group.lock`, the agent's flock): the chosen members are marked `starting` (nothing is marked
+ * when `state/` already holds anything: not fresh, the agent decides), THEN each is started on
+ * its member host through the member command (all at once), then a failed start goes back to
+ * `stopped` and every start is logged (`cause=create`). A crash anywhere leaves `starting` slots,
+ * which the agent's start-up health-waits or finds stopped (dead_starts). Every member whose
+ * start was sent goes into `sent` before its host is called (a failed create's cleanup powers
+ * them off again, whatever the answer was).
+ */
+async function startInitialMembers(
+  i: AutoscaleAgentInputs,
+  controller: HostConnection,
+  sent: { member: string; host: string }[],
+): Promise<CreateStart[]> {
+  const chosen = initialMembers(i);
+  if (chosen.length === 0) return [];
+  const d = asgDir(i.groupName);
+  return withNamedHostLock(
+    controller,
+    "asg-group",
+    async () => {
+      const [mark] = await runChecked(controller, [
+        guardStep(asgOwned(i.groupName), [i.owner]),
+        markCreateStartsStep(
+          i.groupName,
+          chosen.map((c) => c.member),
+          agentPool(i.agentConfig),
+        ),
+      ]).then((o) => o.slice(1));
+      if (mark.trim().split("\n").pop() === CREATE_STARTS_NOT_FRESH) return [];
+      sent.push(...chosen);
+      const t0 = Date.now();
+      const settled = await Promise.allSettled(
+        chosen.map((c) =>
+          runSteps(hostNamed(i.hosts, c.host, "membersByHost"), [
+            memberCommandStep(i.groupName, "start", c.member),
+          ]),
+        ),
+      );
+      const startMs = Date.now() - t0;
+      const starts: CreateStart[] = chosen.map((c, k) => {
+        const r = settled[k];
+        if (r.status === "rejected") return { ...c, ok: false };
+        const code = r.value[0]?.code ?? 1;
+        return { ...c, ok: code === 0, rc: code };
+      });
+      await runChecked(controller, [createStartsDoneStep(i.groupName, starts, startMs)]);
+      return starts;
+    },
+    300,
+    `${d}/group.lock`,
+  );
+}
+
+/** A failed create's cleanup: power off again the members its first start started (best effort). */
+async function stopInitialMembers(
+  i: AutoscaleAgentInputs,
+  started: readonly { member: string; host: string }[],
+): Promise<void> {
+  await Promise.allSettled(
+    started.map((s) =>
+      runSteps(hostNamed(i.hosts, s.host, "membersByHost"), [
+        memberCommandStep(i.groupName, "stop", s.member),
+      ]),
+    ),
+  );
+}
+
 const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
   type: "AutoscaleAgent",
   inputKeys: [
@@ -530,6 +625,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
 
   async create(inputs) {
     const claimed: HostConnection[] = [];
+    const started: { member: string; host: string }[] = [];
     try {
       // Every host's claim at once; all have answered before a refusal is thrown, so the
       // cleanup below sees every host this call claimed.
@@ -543,6 +639,10 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       firstError(claims, hosts);
       const { publicKey, authorizedKeysFiles } = await wire(inputs, [inputs.owner]);
       const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
+      // A group folder this create claimed (fresh): its first members start now, before the
+      // agent (which finds them `starting` and health-waits them). Adopted: the agent decides.
+      if (claimed.some((h) => h.name === inputs.controllerHost))
+        await startInitialMembers(inputs, controller, started);
       await runLocked(controller, [
         guardStep(asgOwned(inputs.groupName), [inputs.owner]),
         desiredRequestStep(inputs.groupName, 1, inputs.desired),
@@ -552,6 +652,9 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s, authorizedKeysFiles) };
     } catch (err) {
       // Clean only the hosts this call claimed: an adopted host's group is not this call's to remove.
+      // The members this create started are powered off first (their agent never ran, and the
+      // teardown removes the member command); a start whose host call failed may have run too.
+      await stopInitialMembers(inputs, started);
       if (claimed.length > 0)
         await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
       throw err;

@@ -727,7 +727,10 @@ export async function withHostLock<T>(
  * processes: an in-process mutex per host and name, plus `flock` on fd 8 held by the session's
  * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
  * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
- * controller host (issue 15), so they never count the same free RAM.
+ * controller host (issue 15), so they never count the same free RAM. `lockFile` names another
+ * file under /var/lib/kvmlab (an autoscale group's `group.lock`, the flock its agent takes: the
+ * AutoscaleAgent create starts a fresh group's first members under it); `name` still keys the
+ * in-process mutex and the lock shell.
  *
  * Like the host lock, the flock lives in one shell: the session it ran on is registered as a
  * holder, a batch on that host in any other session (after a reconnect) is refused, and when
@@ -739,11 +742,19 @@ export async function withNamedHostLock<T>(
   name: string,
   fn: () => Promise<T>,
   waitSec = 300,
+  lockFile?: string,
 ): Promise<T> {
   if (!/^[a-z][a-z0-9-]{0,31}$/.test(name))
     throw new Error(`withNamedHostLock: invalid lock name ${JSON.stringify(name)}`);
+  // Another lock file than /var/lib/kvmlab/<name>.lock (an autoscale group's group.lock, the
+  // agent's own flock): under /var/lib/kvmlab, plain path characters only, no `..`.
+  if (
+    lockFile !== undefined &&
+    (!/^\/var\/lib\/kvmlab\/[A-Za-z0-9_/.-]+\.lock$/.test(lockFile) || lockFile.includes(".."))
+  )
+    throw new Error(`withNamedHostLock: invalid lock file ${JSON.stringify(lockFile)}`);
   const release = await takeProcessLock(host, name);
-  const file = `/var/lib/kvmlab/${name}.lock`;
+  const file = lockFile ?? `/var/lib/kvmlab/${name}.lock`;
   const pool = hostPool();
   const take: Step = {
     label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
