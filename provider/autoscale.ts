@@ -17,8 +17,10 @@
  *           hosts: every member server must be this stack's (its owner marker), then forced
  *           command, member list, authorized_keys line (from= the controller's address);
  *           controller: known_hosts
- *           (member hosts' sshd keys read over the pinned connections), agent files, the
- *           desired request, start the agent
+ *           (member hosts' sshd keys read over the pinned connections), agent files; on a
+ *           folder this create claimed, the first clamp(desired, min, max) members marked
+ *           `starting` and started under the group lock (startInitialMembers); the desired
+ *           request, start the agent
  *   read    agent alive?, its status (current size, members in service, cooldown)
  *   update  claim hosts new to the group (a failed update releases what it claimed); strip
  *           the key, files and owner marker from hosts it left; rewrite what changed; a new desired size becomes a request the agent applies;
@@ -561,9 +563,12 @@ async function startInitialMembers(
       const t0 = Date.now();
       const settled = await Promise.allSettled(
         chosen.map((c) =>
-          runSteps(hostNamed(i.hosts, c.host, "membersByHost"), [
-            memberCommandStep(i.groupName, "start", c.member),
-          ]),
+          // Bounded as the agent bounds its own start (timeout -k 5 60 ssh).
+          runSteps(
+            hostNamed(i.hosts, c.host, "membersByHost"),
+            [memberCommandStep(i.groupName, "start", c.member)],
+            { timeoutMs: 65_000 },
+          ),
         ),
       );
       const startMs = Date.now() - t0;
@@ -576,7 +581,8 @@ async function startInitialMembers(
       await runChecked(controller, [createStartsDoneStep(i.groupName, starts, startMs)]);
       return starts;
     },
-    300,
+    // A fresh group's lock is free (no agent runs yet); bounded all the same.
+    60,
     `${d}/group.lock`,
   );
 }
