@@ -75,6 +75,8 @@ import {
   memberCommandStep,
   memberListContent,
   memberOwnedStep,
+  memberStatsStep,
+  liveSlots,
   memberStackContent,
   poolOwnedStep,
   parseAgentState,
@@ -550,6 +552,12 @@ async function startInitialMembers(
     controller,
     "asg-group",
     async () => {
+      // "Fresh folder" is not "members off" (review 12a M1: a replaced agent, or a new
+      // controllerHost, claims every folder fresh while the member Servers keep running). Every
+      // member host is asked once, all at once; a slot that runs or is paused, or a host that does
+      // not answer: nothing is marked or started (the agent decides, as before). So a member the
+      // create starts was off before it, and only those are ever powered off by its cleanup.
+      if (!(await membersAllOff(i))) return [];
       const [mark] = await runChecked(controller, [
         guardStep(asgOwned(i.groupName), [i.owner]),
         markCreateStartsStep(
@@ -584,6 +592,21 @@ async function startInitialMembers(
     // A fresh group's lock is free (no agent runs yet); bounded all the same.
     60,
     `${d}/group.lock`,
+  );
+}
+
+/** True when every member host answered `stats` and no slot of the group runs or is paused. */
+async function membersAllOff(i: AutoscaleAgentInputs): Promise<boolean> {
+  const hosts = Object.entries(i.membersByHost)
+    .filter(([, names]) => names.length > 0)
+    .map(([h]) => h);
+  const answers = await Promise.allSettled(
+    hosts.map(async (h) =>
+      runSteps(hostNamed(i.hosts, h, "membersByHost"), [memberStatsStep(i.groupName)], { timeoutMs: 30_000 }),
+    ),
+  );
+  return answers.every(
+    (r) => r.status === "fulfilled" && r.value[0]?.code === 0 && liveSlots(r.value[0].stdout).length === 0,
   );
 }
 

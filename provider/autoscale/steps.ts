@@ -483,6 +483,28 @@ export function memberCommandStep(group: string, verb: "start" | "stop", member:
   };
 }
 
+/**
+ * Member host: the member command's `stats` (every slot of the group on this host: "name state
+ * cpu", a slot not defined here absent), read by a fresh group's create before it marks anything:
+ * a slot that runs or is paused means the members are not off (a replaced agent: the Servers kept
+ * running), and the create starts nothing.
+ */
+export function memberStatsStep(group: string): Step {
+  return {
+    label: `read the members of group ${group} on this host`,
+    script: `env -u SSH_ORIGINAL_COMMAND /bin/sh ${shQuote(`${dirOf(group)}/member.sh`)} stats`,
+  };
+}
+
+/** The slots a `stats` answer reports running or paused (anything else: off). */
+export function liveSlots(stats: string): string[] {
+  return stats
+    .split("\n")
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 2 && (f[1] === "running" || f[1] === "paused"))
+    .map((f) => f[0]);
+}
+
 /** One member start of a create: its host, and ok or why it failed (an exit status, or "host"). */
 export interface CreateStart {
   member: string;

@@ -663,3 +663,48 @@ test("session 12: a create that fails after starting members powers them off aga
     rec.restore();
   }
 });
+
+test("review 12a M1: a fresh folder whose members already run (a replaced agent) marks, starts and powers off nothing; a member host that does not answer neither", async () => {
+  for (const [what, record] of [
+    [
+      "web-0 running",
+      () =>
+        recordHosts(/^start group web's agent/, {
+          answers: [[/^read the members of group web/, "web-0 running 123\nweb-2 shut-off 0"]],
+        }),
+    ],
+    [
+      "web-1 paused",
+      () =>
+        recordHosts(/^start group web's agent/, {
+          answers: [[/^read the members of group web/, "web-1 paused 5"]],
+        }),
+    ],
+    ["host silent", () => recordHosts(/^(start group web's agent|read the members of group web)/)],
+  ] as const) {
+    const rec = record();
+    try {
+      const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+      await assert.rejects(autoscaleAgentProvider.create!(i as never), /start group web's agent/);
+      const t = timeline(rec);
+      assert.ok(
+        t.includes("hv1: read the members of group web on this host") &&
+          t.includes("hv2: read the members of group web on this host"),
+        `${what}: every member host asked: ${t.join(" | ")}`,
+      );
+      assert.ok(
+        t.indexOf("hv1: read the members of group web on this host") >
+          t.indexOf("hv1: lock asg-group /var/lib/kvmlab/asg/web/group.lock"),
+        `${what}: asked under the group lock`,
+      );
+      assert.ok(!t.some((l) => l.includes(": mark ")), `${what}: nothing marked: ${t.join(" | ")}`);
+      assert.ok(
+        !t.some((l) => /: (start|stop) member /.test(l)),
+        `${what}: nothing started or stopped: ${t.join(" | ")}`,
+      );
+      assert.ok(!t.some((l) => l.includes("record the first start")), `${what}: nothing recorded`);
+    } finally {
+      rec.restore();
+    }
+  }
+});
