@@ -683,6 +683,14 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       // Clean only the hosts this call claimed: an adopted host's group is not this call's to remove.
       // The members this create started are powered off first (their agent never ran, and the
       // teardown removes the member command); a start whose host call failed may have run too.
+      // An agent this create started (its pid wait gave up, readAgent failed) is stopped FIRST
+      // (review 12a S1): a live agent would see its members off and start others over its own
+      // ssh, which the teardown would then leave running. The teardown stops it again (idempotent).
+      if (started.length > 0 && claimed.some((h) => h.name === inputs.controllerHost))
+        await runLocked(hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost"), [
+          guardStep(asgOwned(inputs.groupName), [inputs.owner]),
+          stopAgentStep(inputs.groupName),
+        ]).catch(() => undefined);
       await stopInitialMembers(inputs, started);
       if (claimed.length > 0)
         await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);

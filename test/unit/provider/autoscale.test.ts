@@ -708,3 +708,24 @@ test("review 12a M1: a fresh folder whose members already run (a replaced agent)
     }
   }
 });
+
+test("review 12a S1: a create that fails after its agent started stops the agent BEFORE it powers off the members it started", async () => {
+  const rec = recordHosts(/^read group web/);
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    await assert.rejects(autoscaleAgentProvider.create!(i as never), /read group web/);
+    const t = timeline(rec);
+    const agentUp = t.indexOf("hv1: start group web's agent");
+    const agentDown = t.indexOf("hv1: stop group web's agent");
+    assert.ok(agentUp >= 0 && agentDown > agentUp, `the agent started, then stopped: ${t.join(" | ")}`);
+    for (const [h, m] of [
+      ["hv1", "web-0"],
+      ["hv2", "web-1"],
+    ]) {
+      const stop = t.indexOf(`${h}: stop member ${m} of group web`);
+      assert.ok(stop > agentDown, `${m} is powered off after the agent stopped: ${t.join(" | ")}`);
+    }
+  } finally {
+    rec.restore();
+  }
+});
