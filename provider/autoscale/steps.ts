@@ -515,7 +515,8 @@ export interface CreateStart {
 }
 
 /**
- * Controller, still under the group lock: a member whose start failed goes back to `stopped`
+ * Controller, still under the group lock: a member whose member command answered non-zero goes
+ * back to `stopped` (one whose host call failed stays `starting`, outcome unknown)
  * (the agent's keep_bounds/program_desired start another), and every start is logged in
  * decisions.log as the agent's start_members logs it, with `cause=create`.
  */
@@ -534,8 +535,16 @@ export function createStartsDoneStep(group: string, starts: readonly CreateStart
       return [
         `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} start_ms=${startMs} cause=create" >> decisions.log`,
       ];
-    const why =
-      s.rc === undefined ? "reason=host-call-failed" : `reason=start-command-failed rc=${Math.trunc(s.rc)}`;
+    // The host call itself failed (a step timeout, a dropped connection): its `virsh start` may
+    // still have run, so the slot stays `starting` with its `.create` mark (review 12a S2), the
+    // agent's dead_starts case: running -> health wait; off -> stopped; host silent -> still
+    // `starting`, counted. `stopped` is trusted without a check, so only a member command that
+    // answered non-zero goes back to it.
+    if (s.rc === undefined)
+      return [
+        `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} result=unknown reason=host-call-failed state=starting cause=create" >> decisions.log`,
+      ];
+    const why = `reason=start-command-failed rc=${Math.trunc(s.rc)}`;
     return [
       `printf 'stopped 0\\n' > state/${s.member}.tmp && mv -f state/${s.member}.tmp state/${s.member} && rm -f state/${s.member}.create`,
       `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} result=failed ${why} state=stopped cause=create" >> decisions.log`,

@@ -2029,7 +2029,9 @@ test("session 12: the create's own steps, run as shell: members marked starting 
     // A second mark on a state/ that holds something marks nothing (not fresh).
     assert.equal(run(markCreateStartsStep("web", ["web-2"], pool).script, g.dir).trim(), "fresh=no");
     assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-2")));
-    // web-0 starts through the member command; web-1's start "failed" (its host did not answer).
+    // web-0 starts through the member command; web-1's member command answered 69 (libvirtd
+    // did not answer). A host call that failed outright stays `starting` (review 12a S2: the
+    // provider test covers its script).
     run(memberCommandStep("web", "start", "web-0").script, hostDir);
     assert.deepEqual(starts(g.sim), ["web-0"]);
     run(
@@ -2037,7 +2039,7 @@ test("session 12: the create's own steps, run as shell: members marked starting 
         "web",
         [
           { member: "web-0", host: "hv1", ok: true, rc: 0 },
-          { member: "web-1", host: "hv1", ok: false },
+          { member: "web-1", host: "hv1", ok: false, rc: 69 },
         ],
         1234,
       ).script,
@@ -2062,7 +2064,8 @@ test("session 12: the create's own steps, run as shell: members marked starting 
         action: "start",
         member: "web-1",
         result: "failed",
-        reason: "host-call-failed",
+        reason: "start-command-failed",
+        rc: "69",
         state: "stopped",
         cause: "create",
       }),
