@@ -610,17 +610,30 @@ async function membersAllOff(i: AutoscaleAgentInputs): Promise<boolean> {
   );
 }
 
-/** A failed create's cleanup: power off again the members its first start started (best effort). */
+/**
+ * A failed create's cleanup: power off again the members its first start started. Returns the
+ * ones left running ("web-1 (hv2: why)"); never throws (review 12a S6, N4: the callbacks are
+ * async, so even a synchronous throw becomes a named failure).
+ */
 async function stopInitialMembers(
   i: AutoscaleAgentInputs,
   started: readonly { member: string; host: string }[],
-): Promise<void> {
-  await Promise.allSettled(
-    started.map((s) =>
-      runSteps(hostNamed(i.hosts, s.host, "membersByHost"), [
+): Promise<string[]> {
+  const settled = await Promise.allSettled(
+    started.map(async (s) => {
+      const [r] = await runSteps(hostNamed(i.hosts, s.host, "membersByHost"), [
         memberCommandStep(i.groupName, "stop", s.member),
-      ]),
-    ),
+      ]);
+      if (r?.code !== 0)
+        throw new Error(`exit ${String(r?.code)}${r?.stderr.trim() ? `: ${r.stderr.trim()}` : ""}`);
+    }),
+  );
+  return settled.flatMap((r, k) =>
+    r.status === "rejected"
+      ? [
+          `${started[k].member} (${started[k].host}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)})`,
+        ]
+      : [],
   );
 }
 
@@ -691,9 +704,16 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
           guardStep(asgOwned(inputs.groupName), [inputs.owner]),
           stopAgentStep(inputs.groupName),
         ]).catch(() => undefined);
-      await stopInitialMembers(inputs, started);
+      const leftRunning = await stopInitialMembers(inputs, started).catch((e: unknown) => [
+        `(the power-off itself failed: ${(e as Error).message})`,
+      ]);
       if (claimed.length > 0)
         await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
+      if (leftRunning.length > 0)
+        throw new Error(
+          `${(err as Error).message}; members this create started and could not power off again, left running: ${leftRunning.join("; ")}; power them off (virsh destroy) or run up again`,
+          { cause: err },
+        );
       throw err;
     }
   },

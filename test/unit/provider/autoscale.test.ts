@@ -732,3 +732,27 @@ test("review 12a S1: a create that fails after its agent started stops the agent
     rec.restore();
   }
 });
+
+test("review 12a S6: a failed create's power-offs that fail are named in the thrown error (the original error kept as cause), and the teardown still runs", async () => {
+  // The agent start fails; web-0's power-off answers 1, web-1's host call fails outright.
+  const rec = recordHosts(/^(start group web's agent|stop member web-1)/, {
+    codes: [[/^stop member web-0/, 1]],
+  });
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    const err = await autoscaleAgentProvider.create!(i as never).then(
+      () => assert.fail("the create must fail"),
+      (e: unknown) => e as Error,
+    );
+    assert.match(err.message, /start group web's agent/, "the original error first");
+    assert.match(err.message, /left running: web-0 \(hv1: exit 1\); web-1 \(hv2: [^)]*stop member web-1/);
+    assert.match((err.cause as Error).message, /start group web's agent/);
+    const t = timeline(rec);
+    assert.ok(
+      t.includes("hv2: remove group web's agent key and member command from this host"),
+      `the teardown ran: ${t.join(" | ")}`,
+    );
+  } finally {
+    rec.restore();
+  }
+});
