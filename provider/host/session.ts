@@ -839,7 +839,9 @@ export async function withNamedHostLock<T>(
       // A lock shell whose release ran holds nothing: kept for this lock's next turn (issue 13:
       // opening one cost about 200 ms per placement turn on a busy host). Otherwise closing it
       // ends its bash, which closes fd 8 whatever happened above.
-      if (released) (main.idleLocks ??= new Map()).set(file, holder);
+      // Not for a lockFile lock (an autoscale group's, taken once per create): its idle channel
+      // would never be reused and would count against sshd's MaxSessions.
+      if (released && lockFile === undefined) (main.idleLocks ??= new Map()).set(file, holder);
       else closeLockShell(main, holder);
     }
     release();

@@ -489,3 +489,10 @@ test("review 12a N1: a batch after the connection of a lockFile's lock dropped i
     /lock \/var\/lib\/kvmlab\/asg\/web\/group\.lock was lost/,
   );
 });
+
+test("review 12a NIT at 7bbbb5c: a lockFile lock's shell is not kept idle (one create per group would leave a channel never reused)", async () => {
+  assert.equal(await withNamedHostLock(host, "asg-group", async () => 1, 5, WAS_LOCK), 1);
+  const before = hostPoolStats().channelsOpened;
+  assert.equal(await withNamedHostLock(host, "asg-group", async () => 2, 5, WAS_LOCK), 2);
+  assert.equal(hostPoolStats().channelsOpened, before + 1, "a new lock shell: the last one was closed");
+});
