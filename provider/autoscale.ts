@@ -17,8 +17,10 @@
  *           hosts: every member server must be this stack's (its owner marker), then forced
  *           command, member list, authorized_keys line (from= the controller's address);
  *           controller: known_hosts
- *           (member hosts' sshd keys read over the pinned connections), agent files, the
- *           desired request, start the agent
+ *           (member hosts' sshd keys read over the pinned connections), agent files; on a
+ *           folder this create claimed, the first clamp(desired, min, max) members marked
+ *           `starting` and started under the group lock (startInitialMembers); the desired
+ *           request, start the agent
  *   read    agent alive?, its status (current size, members in service, cooldown)
  *   update  claim hosts new to the group (a failed update releases what it claimed); strip
  *           the key, files and owner marker from hosts it left; rewrite what changed; a new desired size becomes a request the agent applies;
@@ -34,6 +36,7 @@ import {
   runSteps,
   shQuote,
   uploadStep,
+  withNamedHostLock,
   type HostConnection,
   type Step,
 } from "./host";
@@ -60,13 +63,20 @@ import {
 } from "./kit";
 import {
   agentKeyStep,
+  agentPool,
   agentReadStep,
   asgDir,
   authorizeAgentStep,
+  createStartsDoneStep,
+  CREATE_STARTS_NOT_FRESH,
   desiredRequestStep,
   knownHostsContent,
+  markCreateStartsStep,
+  memberCommandStep,
   memberListContent,
   memberOwnedStep,
+  memberStatsStep,
+  liveSlots,
   memberStackContent,
   poolOwnedStep,
   parseAgentState,
@@ -76,9 +86,10 @@ import {
   stopAgentStep,
   unauthorizeAgentStep,
   type AgentState,
+  type CreateStart,
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
-import { GROUP_NAME_RE, agentConfigProblems } from "../core/autoscale";
+import { GROUP_NAME_RE, agentConfigProblems, membersToStart } from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
@@ -500,6 +511,132 @@ async function teardown(
     throw new Error(`autoscale group ${i.groupName}: cleanup failed on ${failures.join("; ")}`);
 }
 
+/**
+ * The members a FRESH group's create starts (issue 13, session 12; Heat creates and boots an
+ * AutoScalingGroup's initial members at stack create): clamp(desired, min, max) of the slots
+ * listed in membersByHost, the lowest first (the agent's asg_to_start, core membersToStart).
+ * Pure.
+ */
+export function initialMembers(i: AutoscaleAgentInputs): { member: string; host: string }[] {
+  const hostOf = new Map<string, string>();
+  for (const [h, names] of Object.entries(i.membersByHost)) for (const n of names) hostOf.set(n, h);
+  const count = Math.min(Math.max(i.desired, i.min), i.max);
+  const slots = [...hostOf.keys()].map((name) => ({
+    name,
+    index: Number(name.slice(name.lastIndexOf("-") + 1)),
+    state: "stopped" as const,
+    startedAt: 0,
+  }));
+  return membersToStart(slots, count).map((member) => ({ member, host: hostOf.get(member) ?? "" }));
+}
+
+/**
+ * A fresh group's first start, before its agent runs. Under the group lock on the controller
+ * (`group.lock`, the agent's flock): the chosen members are marked `starting` (nothing is marked
+ * when `state/` already holds anything: not fresh, the agent decides), THEN each is started on
+ * its member host through the member command (all at once), then a failed start goes back to
+ * `stopped` and every start is logged (`cause=create`). A crash anywhere leaves `starting` slots,
+ * which the agent's start-up health-waits or finds stopped (dead_starts). Every member whose
+ * start was sent goes into `sent` before its host is called (a failed create's cleanup powers
+ * them off again, whatever the answer was).
+ */
+async function startInitialMembers(
+  i: AutoscaleAgentInputs,
+  controller: HostConnection,
+  sent: { member: string; host: string }[],
+): Promise<CreateStart[]> {
+  const chosen = initialMembers(i);
+  if (chosen.length === 0) return [];
+  const d = asgDir(i.groupName);
+  return withNamedHostLock(
+    controller,
+    "asg-group",
+    async () => {
+      // "Fresh folder" is not "members off" (review 12a M1: a replaced agent, or a new
+      // controllerHost, claims every folder fresh while the member Servers keep running). Every
+      // member host is asked once, all at once; a slot that runs or is paused, or a host that does
+      // not answer: nothing is marked or started (the agent decides, as before). So a member the
+      // create starts was off before it, and only those are ever powered off by its cleanup.
+      if (!(await membersAllOff(i))) return [];
+      const [mark] = await runChecked(controller, [
+        guardStep(asgOwned(i.groupName), [i.owner]),
+        markCreateStartsStep(
+          i.groupName,
+          chosen.map((c) => c.member),
+          agentPool(i.agentConfig),
+        ),
+      ]).then((o) => o.slice(1));
+      if (mark.trim().split("\n").pop() === CREATE_STARTS_NOT_FRESH) return [];
+      sent.push(...chosen);
+      const t0 = Date.now();
+      const settled = await Promise.allSettled(
+        chosen.map((c) =>
+          // Bounded as the agent bounds its own start (timeout -k 5 60 ssh).
+          runSteps(
+            hostNamed(i.hosts, c.host, "membersByHost"),
+            [memberCommandStep(i.groupName, "start", c.member)],
+            { timeoutMs: 65_000 },
+          ),
+        ),
+      );
+      const startMs = Date.now() - t0;
+      const starts: CreateStart[] = chosen.map((c, k) => {
+        const r = settled[k];
+        if (r.status === "rejected") return { ...c, ok: false };
+        const code = r.value[0]?.code ?? 1;
+        return { ...c, ok: code === 0, rc: code };
+      });
+      await runChecked(controller, [createStartsDoneStep(i.groupName, starts, startMs)]);
+      return starts;
+    },
+    // A fresh group's lock is free (no agent runs yet); bounded all the same.
+    60,
+    `${d}/group.lock`,
+  );
+}
+
+/** True when every member host answered `stats` and no slot of the group runs or is paused. */
+async function membersAllOff(i: AutoscaleAgentInputs): Promise<boolean> {
+  const hosts = Object.entries(i.membersByHost)
+    .filter(([, names]) => names.length > 0)
+    .map(([h]) => h);
+  const answers = await Promise.allSettled(
+    hosts.map(async (h) =>
+      runSteps(hostNamed(i.hosts, h, "membersByHost"), [memberStatsStep(i.groupName)], { timeoutMs: 30_000 }),
+    ),
+  );
+  return answers.every(
+    (r) => r.status === "fulfilled" && r.value[0]?.code === 0 && liveSlots(r.value[0].stdout).length === 0,
+  );
+}
+
+/**
+ * A failed create's cleanup: power off again the members its first start started. Returns the
+ * ones left running ("web-1 (hv2: why)"); never throws (review 12a S6, N4: the callbacks are
+ * async, so even a synchronous throw becomes a named failure).
+ */
+async function stopInitialMembers(
+  i: AutoscaleAgentInputs,
+  started: readonly { member: string; host: string }[],
+): Promise<string[]> {
+  const settled = await Promise.allSettled(
+    started.map(async (s) => {
+      const [r] = await runSteps(hostNamed(i.hosts, s.host, "membersByHost"), [
+        memberCommandStep(i.groupName, "stop", s.member),
+      ]);
+      if (r?.code !== 0)
+        throw new Error(`exit ${String(r?.code)}${r?.stderr.trim() ? `: ${r.stderr.trim()}` : ""}`);
+    }),
+  );
+  return settled.flatMap((r, k) =>
+    r.status === "rejected"
+      ? [
+          `${started[k].member} (${started[k].host}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)})`,
+        ]
+      : [],
+  );
+}
+
 const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
   type: "AutoscaleAgent",
   inputKeys: [
@@ -530,6 +667,7 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
 
   async create(inputs) {
     const claimed: HostConnection[] = [];
+    const started: { member: string; host: string }[] = [];
     try {
       // Every host's claim at once; all have answered before a refusal is thrown, so the
       // cleanup below sees every host this call claimed.
@@ -543,6 +681,10 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       firstError(claims, hosts);
       const { publicKey, authorizedKeysFiles } = await wire(inputs, [inputs.owner]);
       const controller = hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost");
+      // A group folder this create claimed (fresh): its first members start now, before the
+      // agent (which finds them `starting` and health-waits them). Adopted: the agent decides.
+      if (claimed.some((h) => h.name === inputs.controllerHost))
+        await startInitialMembers(inputs, controller, started);
       await runLocked(controller, [
         guardStep(asgOwned(inputs.groupName), [inputs.owner]),
         desiredRequestStep(inputs.groupName, 1, inputs.desired),
@@ -552,8 +694,26 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       return { id: inputs.groupName, outs: outputsFor(inputs, publicKey, 1, s, authorizedKeysFiles) };
     } catch (err) {
       // Clean only the hosts this call claimed: an adopted host's group is not this call's to remove.
+      // The members this create started are powered off first (their agent never ran, and the
+      // teardown removes the member command); a start whose host call failed may have run too.
+      // An agent this create started (its pid wait gave up, readAgent failed) is stopped FIRST
+      // (review 12a S1): a live agent would see its members off and start others over its own
+      // ssh, which the teardown would then leave running. The teardown stops it again (idempotent).
+      if (started.length > 0 && claimed.some((h) => h.name === inputs.controllerHost))
+        await runLocked(hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost"), [
+          guardStep(asgOwned(inputs.groupName), [inputs.owner]),
+          stopAgentStep(inputs.groupName),
+        ]).catch(() => undefined);
+      const leftRunning = await stopInitialMembers(inputs, started).catch((e: unknown) => [
+        `(the power-off itself failed: ${(e as Error).message})`,
+      ]);
       if (claimed.length > 0)
         await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
+      if (leftRunning.length > 0)
+        throw new Error(
+          `${(err as Error).message}; members this create started and could not power off again, left running: ${leftRunning.join("; ")}; power them off (virsh destroy) or run up again`,
+          { cause: err },
+        );
       throw err;
     }
   },

@@ -418,3 +418,140 @@ export function revocationFiles(
     );
   return files;
 }
+
+/** The load balancer a group's agent drives, as agent.conf names it (LB_SOCKET, LB_BACKEND); undefined without a pool. */
+export function agentPool(agentConfig: string): { socket: string; backend: string } | undefined {
+  const socket = /^LB_SOCKET='(\/var\/lib\/kvmlab\/lb\/[A-Za-z0-9_-]+\/haproxy\.sock)'$/m.exec(
+    agentConfig,
+  )?.[1];
+  const backend = /^LB_BACKEND='([A-Za-z0-9._-]{1,64}:[A-Za-z0-9._-]{1,64})'$/m.exec(agentConfig)?.[1];
+  return socket !== undefined && backend !== undefined ? { socket, backend } : undefined;
+}
+
+function checkedSlots(group: string, members: readonly string[]): void {
+  for (const m of members)
+    if (!isSlotOf(group, m) || !/^[a-z][a-z0-9-]{0,40}$/.test(m))
+      throw new Error(`autoscale steps: ${JSON.stringify(m)} is not a slot of group ${group} (${group}-<i>)`);
+}
+
+/** What {@link markCreateStartsStep} prints when the group's state/ already holds something. */
+export const CREATE_STARTS_NOT_FRESH = "fresh=no";
+
+/**
+ * Controller, under the group lock (issue 13, session 12): the create of a FRESH group (its
+ * `state/` empty) marks the members it is about to start `starting`, exactly as the agent's
+ * set_mstate writes it ("starting 0"), with a `state/<m>.create` beside it (the agent's start-up
+ * logs them as started at create), and puts each in `maint` in the pool (as start_members does).
+ * A folder whose `state/` holds anything is not fresh: nothing is marked, prints `fresh=no`.
+ * Prints `fresh=yes` after marking.
+ */
+export function markCreateStartsStep(
+  group: string,
+  members: readonly string[],
+  pool: { socket: string; backend: string } | undefined,
+): Step {
+  checkedSlots(group, members);
+  const d = shQuote(dirOf(group));
+  return {
+    label: `mark ${members.join(", ") || "no member"} of group ${group} starting (the group's first start)`,
+    script: [
+      `cd ${d} && [ -d state ] || { echo "the folder of group ${group} has no state/" >&2; exit 1; }`,
+      `if [ -n "$(ls -A state)" ]; then echo ${CREATE_STARTS_NOT_FRESH}; exit 0; fi`,
+      ...members.flatMap((m) => [
+        `printf 'starting 0\\n' > state/${m}.tmp && mv -f state/${m}.tmp state/${m} && : > state/${m}.create`,
+        ...(pool
+          ? [
+              `echo ${shQuote(`set server ${pool.backend}/${m} state maint`)} | timeout 5 socat -t 2 stdio ${shQuote(`unix-connect:${pool.socket}`)} >/dev/null 2>&1 || true`,
+            ]
+          : []),
+      ]),
+      "echo fresh=yes",
+    ].join("\n"),
+  };
+}
+
+/**
+ * Member host: start one member through the group's member command itself (its allow-list and
+ * owner check, as the agent's forced command runs it). SSH_ORIGINAL_COMMAND is cleared so the
+ * command reads its arguments.
+ */
+export function memberCommandStep(group: string, verb: "start" | "stop", member: string): Step {
+  checkedSlots(group, [member]);
+  return {
+    label: `${verb} member ${member} of group ${group}`,
+    script: `env -u SSH_ORIGINAL_COMMAND /bin/sh ${shQuote(`${dirOf(group)}/member.sh`)} ${verb} ${shQuote(member)}`,
+  };
+}
+
+/**
+ * Member host: the member command's `stats` (every slot of the group on this host: "name state
+ * cpu", a slot not defined here absent), read by a fresh group's create before it marks anything:
+ * a slot that runs or is paused means the members are not off (a replaced agent: the Servers kept
+ * running), and the create starts nothing.
+ */
+export function memberStatsStep(group: string): Step {
+  return {
+    label: `read the members of group ${group} on this host`,
+    script: `env -u SSH_ORIGINAL_COMMAND /bin/sh ${shQuote(`${dirOf(group)}/member.sh`)} stats`,
+  };
+}
+
+/** The slots a `stats` answer reports running or paused (anything else: off). */
+export function liveSlots(stats: string): string[] {
+  return stats
+    .split("\n")
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 2 && (f[1] === "running" || f[1] === "paused"))
+    .map((f) => f[0]);
+}
+
+/** One member start of a create: its host, and ok or why it failed (an exit status, or "host"). */
+export interface CreateStart {
+  member: string;
+  host: string;
+  ok: boolean;
+  /** The member command's exit status; undefined when the host call itself failed. */
+  rc?: number;
+}
+
+/**
+ * Controller, still under the group lock: a member whose member command answered non-zero goes
+ * back to `stopped` (one whose host call failed stays `starting`, outcome unknown)
+ * (the agent's keep_bounds/program_desired start another), and every start is logged in
+ * decisions.log as the agent's start_members logs it, with `cause=create`.
+ */
+export function createStartsDoneStep(group: string, starts: readonly CreateStart[], startMs: number): Step {
+  checkedSlots(
+    group,
+    starts.map((s) => s.member),
+  );
+  if (!Number.isInteger(startMs) || startMs < 0)
+    throw new Error(`createStartsDoneStep: invalid start_ms ${startMs}`);
+  const d = shQuote(dirOf(group));
+  const lines = starts.flatMap((s) => {
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(s.host))
+      throw new Error(`invalid host name ${JSON.stringify(s.host)}`);
+    if (s.ok)
+      return [
+        `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} start_ms=${startMs} cause=create" >> decisions.log`,
+      ];
+    // The host call itself failed (a step timeout, a dropped connection): its `virsh start` may
+    // still have run, so the slot stays `starting` with its `.create` mark (review 12a S2), the
+    // agent's dead_starts case: running -> health wait; off -> stopped; host silent -> still
+    // `starting`, counted. `stopped` is trusted without a check, so only a member command that
+    // answered non-zero goes back to it.
+    if (s.rc === undefined)
+      return [
+        `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} result=unknown reason=host-call-failed state=starting cause=create" >> decisions.log`,
+      ];
+    const why = `reason=start-command-failed rc=${Math.trunc(s.rc)}`;
+    return [
+      `printf 'stopped 0\\n' > state/${s.member}.tmp && mv -f state/${s.member}.tmp state/${s.member} && rm -f state/${s.member}.create`,
+      `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} result=failed ${why} state=stopped cause=create" >> decisions.log`,
+    ];
+  });
+  return {
+    label: `record the first start of group ${group}`,
+    script: [`cd ${d}`, ...lines].join(" &&\n"),
+  };
+}

@@ -26,7 +26,7 @@
  *         runLocked, withHostLock or allocateAddress/releaseAddress for the same host inside fn.
  *     hostLockFree(host)             resolves when the host's in-process mutex, as queued now, is
  *         free; takes nothing (the IPAM turn plans after it, so late allocations join its commit)
- *     withNamedHostLock(host, name, fn)  flock /var/lib/kvmlab/<name>.lock (fd 8) in a lock shell
+ *     withNamedHostLock(host, name, fn)  flock /var/lib/kvmlab/<name>.lock (or a given lock file; fd 8; mutex per file) in a lock shell
  *         of its own, kept for that lock's next turn once its release ran (placement, volumes)
  *     observedHostKey(host)          SHA256 fingerprint seen first in this process; it pins every
  *         later trust-on-first-use connection to that address (a changed key is refused)

@@ -638,8 +638,7 @@ export async function runSteps(
     const holders: [string, HostSession][] = [];
     const held = (pool.held ??= new Map()).get(session.key);
     if (held) holders.push(["/var/lib/kvmlab/lock", held]);
-    for (const [name, s] of pool.heldNamed?.get(session.key) ?? [])
-      holders.push([`/var/lib/kvmlab/${name}.lock`, s]);
+    for (const [file, s] of pool.heldNamed?.get(session.key) ?? []) holders.push([file, s]);
     for (const [file, h] of holders) {
       if (h !== session || h.dead || (!session.channel && session.nextSeq > 0))
         throw new Error(
@@ -727,7 +726,11 @@ export async function withHostLock<T>(
  * processes: an in-process mutex per host and name, plus `flock` on fd 8 held by the session's
  * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
  * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
- * controller host (issue 15), so they never count the same free RAM.
+ * controller host (issue 15), so they never count the same free RAM. `lockFile` names another
+ * file under /var/lib/kvmlab (an autoscale group's `group.lock`, the flock its agent takes: the
+ * AutoscaleAgent create starts a fresh group's first members under it). The in-process mutex,
+ * the lock shell and the holder record are per lock file, so two groups' locks never wait on
+ * each other in this process.
  *
  * Like the host lock, the flock lives in one shell: the session it ran on is registered as a
  * holder, a batch on that host in any other session (after a reconnect) is refused, and when
@@ -739,11 +742,21 @@ export async function withNamedHostLock<T>(
   name: string,
   fn: () => Promise<T>,
   waitSec = 300,
+  lockFile?: string,
 ): Promise<T> {
   if (!/^[a-z][a-z0-9-]{0,31}$/.test(name))
     throw new Error(`withNamedHostLock: invalid lock name ${JSON.stringify(name)}`);
-  const release = await takeProcessLock(host, name);
-  const file = `/var/lib/kvmlab/${name}.lock`;
+  // Another lock file than /var/lib/kvmlab/<name>.lock (an autoscale group's group.lock, the
+  // agent's own flock): under /var/lib/kvmlab, plain path characters only, no `..`.
+  if (
+    lockFile !== undefined &&
+    (!/^\/var\/lib\/kvmlab\/[A-Za-z0-9_/.-]+\.lock$/.test(lockFile) || lockFile.includes(".."))
+  )
+    throw new Error(`withNamedHostLock: invalid lock file ${JSON.stringify(lockFile)}`);
+  const file = lockFile ?? `/var/lib/kvmlab/${name}.lock`;
+  // The in-process mutex, the lock shell and the holder record are per lock FILE (review 12a
+  // S3: two autoscale groups on one controller share the name "asg-group", not the file).
+  const release = await takeProcessLock(host, file);
   const pool = hostPool();
   const take: Step = {
     label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
@@ -769,7 +782,7 @@ export async function withNamedHostLock<T>(
       // another operation's slow batch, and no step's child (a daemon started on the host) can
       // inherit the lock's descriptor and keep it held after the release (the 3-tier sandbox run
       // of the last session: three creates on hv1 waited 300 s for a placement lock nobody used).
-      const own = lockShell(main, name);
+      const own = lockShell(main, file);
       try {
         const [r] = await enqueue(main, own, [take], takeOpts);
         if (r.code !== 0) throw remoteStepError(host, take, r);
@@ -796,7 +809,7 @@ export async function withNamedHostLock<T>(
         );
       }
       key = main.key;
-      namedHolders(pool, key).set(name, main);
+      namedHolders(pool, key).set(file, main);
     }
     const result = await fn();
     if (main && lost()) {
@@ -807,7 +820,7 @@ export async function withNamedHostLock<T>(
     }
     return result;
   } finally {
-    if (key) namedHolders(pool, key).delete(name);
+    if (key) namedHolders(pool, key).delete(file);
     const unlock: Step = {
       label: `release the ${name} lock`,
       inShell: true,
@@ -826,7 +839,9 @@ export async function withNamedHostLock<T>(
       // A lock shell whose release ran holds nothing: kept for this lock's next turn (issue 13:
       // opening one cost about 200 ms per placement turn on a busy host). Otherwise closing it
       // ends its bash, which closes fd 8 whatever happened above.
-      if (released) (main.idleLocks ??= new Map()).set(name, holder);
+      // Not for a lockFile lock (an autoscale group's, taken once per create): its idle channel
+      // would never be reused and would count against sshd's MaxSessions.
+      if (released && lockFile === undefined) (main.idleLocks ??= new Map()).set(file, holder);
       else closeLockShell(main, holder);
     }
     release();
@@ -837,15 +852,15 @@ export async function withNamedHostLock<T>(
  * A shell of its own on `session`'s connection for a named lock: the one kept from the lock's
  * last turn when it is still open, else a new one (opened on first use).
  */
-function lockShell(session: HostSession, name: string): HostSession {
-  const idle = session.idleLocks?.get(name);
+function lockShell(session: HostSession, file: string): HostSession {
+  const idle = session.idleLocks?.get(file);
   if (idle) {
-    session.idleLocks?.delete(name);
+    session.idleLocks?.delete(file);
     if (!idle.dead && idle.channel && !session.dead) return idle;
     closeLockShell(session, idle);
   }
   const shell: HostSession = {
-    key: `${session.key}#lock-${name}`,
+    key: `${session.key}#lock-${file}`,
     label: session.label,
     ssh: session.ssh,
     channel: null,
@@ -875,7 +890,7 @@ function closeLockShell(session: HostSession, shell: HostSession): void {
   }
 }
 
-/** Per session key: the sessions whose shells hold a named lock (withNamedHostLock), by name. */
+/** Per session key: the sessions whose shells hold a named lock (withNamedHostLock), by lock file. */
 function namedHolders(pool: HostPool, key: string): Map<string, HostSession> {
   const all = (pool.heldNamed ??= new Map());
   let m = all.get(key);

@@ -208,6 +208,7 @@ mstate() { [ -f "state/$1" ] && awk '{print $1}' "state/$1" || echo stopped; }
 mstarted() { [ -f "state/$1" ] && awk '{print $2}' "state/$1" || echo 0; }
 set_mstate() {
   [ "$2" = failed ] || rm -f "state/$1.offfail" # stop_failed's note ends with the FAILED mark
+  rm -f "state/$1.create" # the create's mark (dead_starts) ends with the slot's next state
   echo "$2 $3" > "state/$1.tmp" && mv -f "state/$1.tmp" "state/$1"
 }
 member_table() { # "name state startedAt index" for every slot
@@ -599,22 +600,33 @@ reconcile_start() {
 # the group lock belongs to a dead start. Its domain runs: treated as a fresh start (maint until
 # it answers its health check, else FAILED and powered off). It does not: stopped (logged).
 # Reads stats.tmp (member_stats of this evaluation). WHEN names the occasion in the log.
+# A slot the AutoscaleAgent create marked and started (a fresh group's first members, started
+# before the agent: `state/<m>.create` beside the mark) is the same case, logged as what it is:
+# reason=started-at-create (and unhealthy-at-create), whatever WHEN is.
 dead_starts() { # WHEN
-  _ds_boot=""
+  _ds_boot="" _ds_made=""
   for _ds_n in $(member_table | awk '$2=="starting"{print $1}'); do
     _ds_st=$(awk -v n="$_ds_n" '$1==n {print $2}' stats.tmp)
     [ "$_ds_st" = unreachable ] && continue # its host did not answer: still `starting`, checked next time
+    _ds_why=starting-$1
+    [ -f "state/$_ds_n.create" ] && _ds_why=started-at-create
     lb_state "$_ds_n" maint
-    if [ "$_ds_st" = running ]; then
-      _ds_boot="$_ds_boot $_ds_n"
-    else
-      log "event=member-lost member=$_ds_n domain=${_ds_st:-unknown} was=starting reason=starting-$1"
+    if [ "$_ds_st" != running ]; then
+      log "event=member-lost member=$_ds_n domain=${_ds_st:-unknown} was=starting reason=$_ds_why"
       set_mstate "$_ds_n" stopped 0
+    elif [ "$_ds_why" = started-at-create ]; then
+      _ds_made="$_ds_made $_ds_n"
+    else
+      _ds_boot="$_ds_boot $_ds_n"
     fi
   done
-  [ -n "$_ds_boot" ] || return 0
-  log "event=health-wait members=$(echo $_ds_boot | tr ' ' ',') reason=starting-$1"
-  await_health $_ds_boot
+  [ -n "$_ds_boot$_ds_made" ] || return 0
+  [ -z "$_ds_made" ] || log "event=health-wait members=$(echo $_ds_made | tr ' ' ',') reason=started-at-create"
+  [ -z "$_ds_boot" ] || log "event=health-wait members=$(echo $_ds_boot | tr ' ' ',') reason=starting-$1"
+  await_health $_ds_made $_ds_boot
+  for _ds_n in $_ds_made; do
+    [ "$(mstate "$_ds_n")" = failed ] && stop_failed "$_ds_n" unhealthy-at-create
+  done
   for _ds_n in $_ds_boot; do
     [ "$(mstate "$_ds_n")" = failed ] && stop_failed "$_ds_n" "unhealthy-$1"
   done

@@ -329,7 +329,10 @@ test('Server powerState "external": accepted, never started or stopped by an upd
 const STACK_OWNER = "proj/dev/AutoscaleAgent/web-agent";
 
 /** Replaces the host session with a recorder: every batch of steps, per host, answered by label. */
-function recordHosts(fail?: RegExp): {
+function recordHosts(
+  fail?: RegExp,
+  opts: { answers?: [RegExp, string][]; codes?: [RegExp, number][] } = {},
+): {
   batches: { host: string; steps: { label: string; script: string }[] }[];
   restore: () => void;
 } {
@@ -337,6 +340,8 @@ function recordHosts(fail?: RegExp): {
   const saved = { ...session };
   const batches: { host: string; steps: { label: string; script: string }[] }[] = [];
   const answers: [RegExp, string][] = [
+    ...(opts.answers ?? []),
+    [/^mark /, "fresh=yes"],
     [/^prepare the agent folder/, KEY],
     [/^read the destination/, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\nakf=/root/.ssh/authorized_keys"],
     [/^read group web/, "present=yes\nrunning=yes\nagentpid=42\nstatus.size=1"],
@@ -349,7 +354,26 @@ function recordHosts(fail?: RegExp): {
     return steps.map((s) => answers.find(([re]) => re.test(s.label ?? ""))?.[1] ?? "");
   };
   session.runSteps = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
-    run(h, steps).map((stdout) => ({ code: 0, stdout, stderr: "" }));
+    run(h, steps).map((stdout, k) => ({
+      code: opts.codes?.find(([re]) => re.test(steps[k].label ?? ""))?.[1] ?? 0,
+      stdout,
+      stderr: "",
+    }));
+  // The named lock: recorded as a pseudo-step when taken and when released.
+  session.withNamedHostLock = async (
+    h: HostConnection,
+    name: string,
+    fn: () => Promise<unknown>,
+    _wait?: number,
+    file?: string,
+  ) => {
+    batches.push({ host: h.name, steps: [{ label: `lock ${name} ${file ?? ""}`, script: "" }] });
+    try {
+      return await fn();
+    } finally {
+      batches.push({ host: h.name, steps: [{ label: `unlock ${name}`, script: "" }] });
+    }
+  };
   session.runChecked = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
     run(h, steps);
   session.runLocked = session.runChecked;
@@ -491,4 +515,244 @@ test("review 10b P5: an error on several hosts at once names every host's error;
     ),
     [1, 2],
   );
+});
+
+/** Every step label in the order recorded, each prefixed with its host ("hv1: …"). */
+function timeline(rec: ReturnType<typeof recordHosts>): string[] {
+  return rec.batches.flatMap((b) => b.steps.map((s) => `${b.host}: ${s.label}`));
+}
+
+function stepScript(rec: ReturnType<typeof recordHosts>, label: RegExp): string {
+  const s = rec.batches.flatMap((b) => b.steps).find((x) => label.test(x.label));
+  assert.ok(s, `a step ${label}`);
+  return s.script;
+}
+
+test("session 12: a fresh group's create marks its first members starting under the group lock, then starts them on their hosts through the member command, then starts the agent", async () => {
+  const rec = recordHosts();
+  try {
+    // desired 2 of min 1..max 3: web-0 (hv1) and web-1 (hv2), the lowest slots.
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    await autoscaleAgentProvider.create!(i as never);
+    const t = timeline(rec);
+    const lock = t.indexOf("hv1: lock asg-group /var/lib/kvmlab/asg/web/group.lock");
+    const mark = t.findIndex((l) => l.startsWith("hv1: mark web-0, web-1 of group web starting"));
+    const s0 = t.indexOf("hv1: start member web-0 of group web");
+    const s1 = t.indexOf("hv2: start member web-1 of group web");
+    const done = t.indexOf("hv1: record the first start of group web");
+    const unlock = t.indexOf("hv1: unlock asg-group");
+    const agentStart = t.indexOf("hv1: start group web's agent");
+    assert.ok(
+      lock >= 0 &&
+        lock < mark &&
+        mark < s0 &&
+        mark < s1 &&
+        s0 < done &&
+        s1 < done &&
+        done < unlock &&
+        unlock < agentStart,
+      `lock, mark, starts, record, unlock, then the agent: ${t.join(" | ")}`,
+    );
+    assert.ok(!t.some((l) => l.includes("member web-2")), "only clamp(desired, min, max) members start");
+    assert.ok(
+      t.indexOf("hv1: check that load balancer web-lb is this stack's") < mark &&
+        t.indexOf("hv2: check that server web-1 is this stack's") < s1,
+      "the pool and the member servers are checked to be this stack's before anything starts",
+    );
+    const markScript = stepScript(rec, /^mark /);
+    assert.match(markScript, /ls -A state/, "only a group whose state/ is empty is marked");
+    assert.ok(
+      markScript.includes("printf 'starting 0\\n' > state/web-0.tmp && mv -f state/web-0.tmp state/web-0"),
+    );
+    assert.ok(
+      markScript.includes("'set server web:http/web-1 state maint'"),
+      "maint in the pool, as start_members",
+    );
+    assert.equal(
+      stepScript(rec, /^start member web-1/),
+      "env -u SSH_ORIGINAL_COMMAND /bin/sh /var/lib/kvmlab/asg/web/member.sh start web-1",
+    );
+    const record = stepScript(rec, /^record the first start/);
+    assert.match(record, /event=action action=start member=web-0 host=hv1 start_ms=\d+ cause=create/);
+    assert.match(record, /event=action action=start member=web-1 host=hv2 start_ms=\d+ cause=create/);
+    assert.doesNotMatch(record, /stopped 0/, "nothing goes back to stopped when every start worked");
+  } finally {
+    rec.restore();
+  }
+});
+
+test("session 12: a create start whose member command fails sets that member back to stopped and logs which and why; one whose host call failed, and the others, stay starting", async () => {
+  // web-1's host call fails outright; web-0's member command refuses (exit 64).
+  const rec = recordHosts(/^start member web-1/, { codes: [[/^start member web-0/, 64]] });
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 3 })).inputs;
+    await autoscaleAgentProvider.create!(i as never);
+    const record = stepScript(rec, /^record the first start/);
+    assert.ok(
+      record.includes(
+        "printf 'stopped 0\\n' > state/web-0.tmp && mv -f state/web-0.tmp state/web-0 && rm -f state/web-0.create",
+      ),
+    );
+    assert.ok(
+      !record.includes("> state/web-1.tmp"),
+      "review 12a S2: web-1's host call failed, its start may have run: it stays starting (dead_starts checks it)",
+    );
+    assert.ok(!record.includes("> state/web-2.tmp"), "web-2 started: it stays starting");
+    assert.match(
+      record,
+      /action=start member=web-0 host=hv1 result=failed reason=start-command-failed rc=64 state=stopped cause=create/,
+    );
+    assert.match(
+      record,
+      /action=start member=web-1 host=hv2 result=unknown reason=host-call-failed state=starting cause=create/,
+    );
+    assert.match(record, /action=start member=web-2 host=hv1 start_ms=\d+ cause=create/);
+    assert.ok(
+      timeline(rec).includes("hv1: start group web's agent"),
+      "the agent starts (it starts another in their place)",
+    );
+  } finally {
+    rec.restore();
+  }
+});
+
+test("session 12: an adopted group folder, or one whose state/ holds anything, starts nothing at create (the agent decides)", async () => {
+  for (const [what, opts] of [
+    ["adopted", { answers: [[/^claim /, "adopted"]] as [RegExp, string][] }],
+    ["not fresh", { answers: [[/^mark /, "fresh=no"]] as [RegExp, string][] }],
+  ] as const) {
+    const rec = recordHosts(undefined, opts);
+    try {
+      const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+      await autoscaleAgentProvider.create!(i as never);
+      const t = timeline(rec);
+      assert.ok(
+        !t.some((l) => / member web-\d of group web$/.test(l)),
+        `${what}: no member started: ${t.join(" | ")}`,
+      );
+      assert.ok(!t.some((l) => l.includes("record the first start")), `${what}: nothing recorded`);
+      assert.equal(
+        t.some((l) => l.includes(": mark ")),
+        what === "not fresh",
+        `${what}: marked only when claimed`,
+      );
+      assert.ok(t.includes("hv1: start group web's agent"));
+    } finally {
+      rec.restore();
+    }
+  }
+});
+
+test("session 12: a create that fails after starting members powers them off again before its cleanup removes the member command", async () => {
+  const rec = recordHosts(/^start group web's agent/);
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    await assert.rejects(autoscaleAgentProvider.create!(i as never), /start group web's agent/);
+    const t = timeline(rec);
+    for (const [h, m] of [
+      ["hv1", "web-0"],
+      ["hv2", "web-1"],
+    ]) {
+      const stop = t.indexOf(`${h}: stop member ${m} of group web`);
+      const strip = t.findIndex((l) => l.startsWith(`${h}: remove group web's agent key`));
+      assert.ok(
+        stop > t.indexOf(`${h === "hv1" ? "hv1" : "hv2"}: start member ${m} of group web`),
+        `${m} is powered off`,
+      );
+      assert.ok(strip > stop, `${h}: before the member command is removed: ${t.join(" | ")}`);
+    }
+    assert.ok(!t.includes("hv1: stop member web-2 of group web"), "only what the create started");
+  } finally {
+    rec.restore();
+  }
+});
+
+test("review 12a M1: a fresh folder whose members already run (a replaced agent) marks, starts and powers off nothing; a member host that does not answer neither", async () => {
+  for (const [what, record] of [
+    [
+      "web-0 running",
+      () =>
+        recordHosts(/^start group web's agent/, {
+          answers: [[/^read the members of group web/, "web-0 running 123\nweb-2 shut-off 0"]],
+        }),
+    ],
+    [
+      "web-1 paused",
+      () =>
+        recordHosts(/^start group web's agent/, {
+          answers: [[/^read the members of group web/, "web-1 paused 5"]],
+        }),
+    ],
+    ["host silent", () => recordHosts(/^(start group web's agent|read the members of group web)/)],
+  ] as const) {
+    const rec = record();
+    try {
+      const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+      await assert.rejects(autoscaleAgentProvider.create!(i as never), /start group web's agent/);
+      const t = timeline(rec);
+      assert.ok(
+        t.includes("hv1: read the members of group web on this host") &&
+          t.includes("hv2: read the members of group web on this host"),
+        `${what}: every member host asked: ${t.join(" | ")}`,
+      );
+      assert.ok(
+        t.indexOf("hv1: read the members of group web on this host") >
+          t.indexOf("hv1: lock asg-group /var/lib/kvmlab/asg/web/group.lock"),
+        `${what}: asked under the group lock`,
+      );
+      assert.ok(!t.some((l) => l.includes(": mark ")), `${what}: nothing marked: ${t.join(" | ")}`);
+      assert.ok(
+        !t.some((l) => /: (start|stop) member /.test(l)),
+        `${what}: nothing started or stopped: ${t.join(" | ")}`,
+      );
+      assert.ok(!t.some((l) => l.includes("record the first start")), `${what}: nothing recorded`);
+    } finally {
+      rec.restore();
+    }
+  }
+});
+
+test("review 12a S1: a create that fails after its agent started stops the agent BEFORE it powers off the members it started", async () => {
+  const rec = recordHosts(/^read group web/);
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    await assert.rejects(autoscaleAgentProvider.create!(i as never), /read group web/);
+    const t = timeline(rec);
+    const agentUp = t.indexOf("hv1: start group web's agent");
+    const agentDown = t.indexOf("hv1: stop group web's agent");
+    assert.ok(agentUp >= 0 && agentDown > agentUp, `the agent started, then stopped: ${t.join(" | ")}`);
+    for (const [h, m] of [
+      ["hv1", "web-0"],
+      ["hv2", "web-1"],
+    ]) {
+      const stop = t.indexOf(`${h}: stop member ${m} of group web`);
+      assert.ok(stop > agentDown, `${m} is powered off after the agent stopped: ${t.join(" | ")}`);
+    }
+  } finally {
+    rec.restore();
+  }
+});
+
+test("review 12a S6: a failed create's power-offs that fail are named in the thrown error (the original error kept as cause), and the teardown still runs", async () => {
+  // The agent start fails; web-0's power-off answers 1, web-1's host call fails outright.
+  const rec = recordHosts(/^(start group web's agent|stop member web-1)/, {
+    codes: [[/^stop member web-0/, 1]],
+  });
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    const err = await autoscaleAgentProvider.create!(i as never).then(
+      () => assert.fail("the create must fail"),
+      (e: unknown) => e as Error,
+    );
+    assert.match(err.message, /start group web's agent/, "the original error first");
+    assert.match(err.message, /left running: web-0 \(hv1: exit 1\); web-1 \(hv2: [^)]*stop member web-1/);
+    assert.match((err.cause as Error).message, /start group web's agent/);
+    const t = timeline(rec);
+    assert.ok(
+      t.includes("hv2: remove group web's agent key and member command from this host"),
+      `the teardown ran: ${t.join(" | ")}`,
+    );
+  } finally {
+    rec.restore();
+  }
 });

@@ -403,3 +403,96 @@ test("an image's files go to a host side by side on ONE SFTP channel (sshd's Max
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+const WEB_LOCK = "/var/lib/kvmlab/asg/web/group.lock";
+const WAS_LOCK = "/var/lib/kvmlab/asg/was/group.lock";
+
+test("review 12a S4: withNamedHostLock with a lockFile flocks THAT file (a real flock: another opener's flock -n fails while it is held), and refuses a bad lockFile", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const fs = await import("node:fs");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  seen.scripts.length = 0;
+  assert.equal(await withNamedHostLock(host, "asg-group", async () => "held", 5, WEB_LOCK), "held");
+  const take = seen.scripts.find((x) => /flock -w \d+ 8/.test(x));
+  assert.ok(take, "the lock was taken");
+  assert.ok(take.includes(`exec 8>>${WEB_LOCK}`), `the group's own lock file: ${take}`);
+  assert.ok(!take.includes("asg-group.lock"), "not /var/lib/kvmlab/<name>.lock");
+  // The take script, run for real on a scratch root: while its shell holds fd 8, the agent's
+  // flock on the same file (another open file description) cannot be had.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "kvmlab-lockfile-"));
+  try {
+    fs.mkdirSync(path.join(root, "asg", "web"), { recursive: true });
+    const step = /mkdir -p \/var\/lib\/kvmlab[^\n]*?flock -w \d+ 8/.exec(take)?.[0];
+    assert.ok(step, `the take step: ${take}`);
+    const body = step.split("/var/lib/kvmlab").join(root);
+    const file = path.join(root, "asg", "web", "group.lock");
+    const r = spawnSync("/bin/bash", ["-c", `${body}\nflock -n ${file} true && echo free || echo held`], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+    assert.equal(r.stdout.trim().split("\n").pop(), "held", `${r.stdout}${r.stderr}`);
+    const free = spawnSync("/bin/bash", ["-c", `flock -n ${file} true && echo free`], { encoding: "utf8" });
+    assert.equal(free.stdout.trim(), "free", "released when the holding shell ended");
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  for (const bad of [
+    "/var/lib/kvmlab/asg/../../../etc/x.lock",
+    "/var/lib/kvmlab/asg/web/group lock.lock",
+    "/tmp/group.lock",
+    "/var/lib/kvmlabx/group.lock",
+  ])
+    await assert.rejects(
+      withNamedHostLock(host, "asg-group", async () => "ran", 5, bad),
+      /invalid lock file/,
+      `refused: ${bad}`,
+    );
+});
+
+test("review 12a S3: two groups' locks on one controller (one name, two lock files) do not wait for each other in this process", async () => {
+  let bStarted: () => void = () => undefined;
+  const bIn = new Promise<void>((r) => (bStarted = r));
+  const bounded = new Promise<string>((r) => setTimeout(() => r("serialized"), 5000).unref());
+  const a = withNamedHostLock(
+    host,
+    "asg-group",
+    async () => Promise.race([bIn.then(() => "both held"), bounded]),
+    5,
+    WEB_LOCK,
+  );
+  const b = withNamedHostLock(
+    host,
+    "asg-group",
+    async () => {
+      bStarted();
+      return "b";
+    },
+    5,
+    WAS_LOCK,
+  );
+  assert.deepEqual(await Promise.all([a, b]), ["both held", "b"]);
+});
+
+test("review 12a N1: a batch after the connection of a lockFile's lock dropped is refused, naming that file", async () => {
+  await assert.rejects(
+    withNamedHostLock(
+      host,
+      "asg-group",
+      async () => {
+        await dropConnections();
+        await runChecked(host, [{ label: "mark", script: "echo marked" }]);
+      },
+      5,
+      WEB_LOCK,
+    ),
+    /lock \/var\/lib\/kvmlab\/asg\/web\/group\.lock was lost/,
+  );
+});
+
+test("review 12a NIT at 7bbbb5c: a lockFile lock's shell is not kept idle (one create per group would leave a channel never reused)", async () => {
+  assert.equal(await withNamedHostLock(host, "asg-group", async () => 1, 5, WAS_LOCK), 1);
+  const before = hostPoolStats().channelsOpened;
+  assert.equal(await withNamedHostLock(host, "asg-group", async () => 2, 5, WAS_LOCK), 2);
+  assert.equal(hostPoolStats().channelsOpened, before + 1, "a new lock shell: the last one was closed");
+});

@@ -19,7 +19,13 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { agentScript, memberNames, memberScript, renderAgentConfig } from "../../../templates/autoscale";
-import { agentReadStep, stopAgentStep } from "../../../provider/autoscale/steps";
+import {
+  agentReadStep,
+  createStartsDoneStep,
+  markCreateStartsStep,
+  memberCommandStep,
+  stopAgentStep,
+} from "../../../provider/autoscale/steps";
 import { startTime } from "../../support/processes";
 
 const FAKE_SSH = `#!/bin/sh
@@ -1931,6 +1937,149 @@ test("review A4: `reset --all-failed` gives back every FAILED slot (above min th
     assert.equal(r.stdout.trim(), "group web has no FAILED slot: nothing to reset");
     assert.equal(g.log().filter((e) => e.event === "reset").length, 2);
   } finally {
+    cleanupRoot(g.root);
+  }
+});
+
+test("session 12: members the create marked and started before the agent are health-waited at its start-up (logged started-at-create) and put in the pool, counted toward desired: the agent starts no extra member, only one for a create start that did not come up", async () => {
+  const g = simGroup({ min: 1, max: 4, running: [] });
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // The create marked web-0, web-1, web-2 `starting` (with its .create mark) and started them;
+    // web-2's domain did not come up. The program asks for 3 (generation 1).
+    for (const m of ["web-0", "web-1", "web-2"]) {
+      fs.writeFileSync(path.join(g.dir, "state", m), "starting 0\n");
+      fs.writeFileSync(path.join(g.dir, "state", `${m}.create`), "");
+    }
+    for (const m of ["web-0", "web-1"]) fs.writeFileSync(path.join(g.sim, "dom", m), "running 0 0\n");
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 3\n");
+    agent = await startAgent(g, 40_000);
+    await until(
+      "the program's decision",
+      () => logged(g.log(), { event: "decision", source: "program", generation: "1" }),
+      30_000,
+    );
+    await until("web-2's restart in service", () => g.state("web-2") === "running", 30_000);
+    const log = g.log();
+    const wait = log.find((e) => e.event === "health-wait");
+    assert.equal(wait?.reason, "started-at-create", "the create's starts are logged as what they are");
+    assert.equal(wait?.members, "web-0,web-1");
+    assert.ok(
+      !log.some((e) => e.reason === "starting-at-agent-start"),
+      "not as starts the agent did not see finish",
+    );
+    const lost = log.find((e) => e.event === "member-lost" && e.member === "web-2");
+    assert.equal(lost?.reason, "started-at-create", "a create start whose domain is off is found stopped");
+    for (const m of ["web-0", "web-1"]) {
+      assert.ok(
+        logged(log, { action: "in-service", member: m, health: "ok" }),
+        `${m} joins the pool after its health check`,
+      );
+      const lb = g.haproxy();
+      assert.ok(
+        lb.indexOf(`${m} state maint`) >= 0 &&
+          lb.indexOf(`${m} state maint`) < lb.indexOf(`${m} state ready`),
+        `${m} is kept in maint until it answers: ${lb.join("; ")}`,
+      );
+    }
+    const decision = log.find((e) => e.event === "decision" && e.source === "program");
+    assert.equal(decision?.current, "2", "the create's members in service count toward desired");
+    assert.deepEqual(starts(g.sim), ["web-2"], "the agent starts only the one that did not come up");
+    assert.deepEqual(
+      fs.readdirSync(path.join(g.dir, "state")).filter((f) => f.endsWith(".create")),
+      [],
+      "the create's marks end with the slots' next state",
+    );
+  } finally {
+    killGroup(agent);
+    cleanupRoot(g.root);
+  }
+});
+
+test("session 12: the create's own steps, run as shell: members marked starting (maint in the pool), started through the member command, a failed one set back to stopped and every start logged; the agent then health-waits the started one and starts one in place of the failed one", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  // The steps name the real folder; here it is the simulated controller's (and member host's).
+  const run = (script: string, dir: string): string => {
+    const r = spawnSync("/bin/sh", ["-c", script.split("/var/lib/kvmlab/asg/web").join(dir)], {
+      env: g.env,
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 0, `${script}\n${r.stderr}`);
+    return r.stdout;
+  };
+  const hostDir = path.join(g.sim, "kvmlab", "asg", "web");
+  const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    assert.equal(
+      run(markCreateStartsStep("web", ["web-0", "web-1"], pool).script, g.dir).trim(),
+      "fresh=yes",
+    );
+    for (const m of ["web-0", "web-1"]) {
+      assert.equal(
+        fs.readFileSync(path.join(g.dir, "state", m), "utf8"),
+        "starting 0\n",
+        "as set_mstate writes it",
+      );
+      assert.ok(fs.existsSync(path.join(g.dir, "state", `${m}.create`)));
+    }
+    assert.deepEqual(g.haproxy(), ["web-0 state maint", "web-1 state maint"]);
+    // A second mark on a state/ that holds something marks nothing (not fresh).
+    assert.equal(run(markCreateStartsStep("web", ["web-2"], pool).script, g.dir).trim(), "fresh=no");
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-2")));
+    // web-0 starts through the member command; web-1's member command answered 69 (libvirtd
+    // did not answer). A host call that failed outright stays `starting` (review 12a S2: the
+    // provider test covers its script).
+    run(memberCommandStep("web", "start", "web-0").script, hostDir);
+    assert.deepEqual(starts(g.sim), ["web-0"]);
+    run(
+      createStartsDoneStep(
+        "web",
+        [
+          { member: "web-0", host: "hv1", ok: true, rc: 0 },
+          { member: "web-1", host: "hv1", ok: false, rc: 69 },
+        ],
+        1234,
+      ).script,
+      g.dir,
+    );
+    assert.equal(g.state("web-0"), "starting");
+    assert.equal(g.state("web-1"), "stopped", "a failed start goes back to stopped");
+    assert.ok(!fs.existsSync(path.join(g.dir, "state", "web-1.create")));
+    const logged0 = g.log();
+    assert.ok(
+      logged(logged0, {
+        event: "action",
+        action: "start",
+        member: "web-0",
+        host: "hv1",
+        start_ms: "1234",
+        cause: "create",
+      }),
+    );
+    assert.ok(
+      logged(logged0, {
+        action: "start",
+        member: "web-1",
+        result: "failed",
+        reason: "start-command-failed",
+        rc: "69",
+        state: "stopped",
+        cause: "create",
+      }),
+    );
+    // The create writes desired 1 2, then starts the agent.
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 2\n");
+    agent = await startAgent(g, 40_000);
+    await until("web-1's start by the agent in service", () => g.state("web-1") === "running", 30_000);
+    const log = g.log();
+    assert.ok(logged(log, { event: "health-wait", members: "web-0", reason: "started-at-create" }));
+    assert.ok(logged(log, { action: "in-service", member: "web-0", health: "ok" }));
+    assert.deepEqual(starts(g.sim), ["web-0", "web-1"], "the agent started only the one whose start failed");
+  } finally {
+    killGroup(agent);
     cleanupRoot(g.root);
   }
 });
