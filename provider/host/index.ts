@@ -27,7 +27,8 @@
  *     hostLockFree(host)             resolves when the host's in-process mutex, as queued now, is
  *         free; takes nothing (the IPAM turn plans after it, so late allocations join its commit)
  *     withNamedHostLock(host, name, fn)  flock /var/lib/kvmlab/<name>.lock (or a given lock file; fd 8; mutex per file) in a lock shell
- *         of its own, kept for that lock's next turn once its release ran (placement, volumes)
+ *         of its own, kept for that lock's next turn once its release ran (volumes; not kept for a
+ *         given lock file: an autoscale group's group.lock, taken once per create)
  *     observedHostKey(host)          SHA256 fingerprint seen first in this process; it pins every
  *         later trust-on-first-use connection to that address (a changed key is refused)
  *     pooledSsh(host)                the pooled NodeSSH (SFTP)

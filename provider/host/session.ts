@@ -101,8 +101,8 @@ interface HostSession {
   /** Shells holding a named lock (withNamedHostLock), each carrying nothing else. */
   lockShells?: HostSession[];
   /**
-   * Per lock name: a lock shell whose last release ran (fd 8 closed), kept open for the next
-   * turn of that lock, so a turn costs one round trip instead of a new channel and bash.
+   * Per lock file: a lock shell whose last release ran (fd 8 closed), kept open for the next
+   * turn of that lock (not for a given lockFile), so a turn costs one round trip instead of a new channel and bash.
    */
   idleLocks?: Map<string, HostSession>;
 }
@@ -117,7 +117,7 @@ interface HostPool {
   loose: NodeSSH[];
   /** Per session key: the session whose shell holds the host lock (withHostLock). */
   held: Map<string, HostSession>;
-  /** Per session key and lock name: the session whose shell holds a named lock (withNamedHostLock). */
+  /** Per session key and lock file: the session whose shell holds a named lock (withNamedHostLock). */
   heldNamed?: Map<string, Map<string, HostSession>>;
   stats: HostPoolStats;
   connectTimeoutMs: number;
@@ -723,10 +723,12 @@ export async function withHostLock<T>(
 
 /**
  * Runs `fn` holding a NAMED lock of a host, /var/lib/kvmlab/<name>.lock (0600), across
- * processes: an in-process mutex per host and name, plus `flock` on fd 8 held by the session's
- * shell. Independent of the host lock (fd 9), so `fn` may use runLocked/withHostLock on the same
- * host. Used for placement: two `pulumi up`s placing servers wait for each other on the
- * controller host (issue 15), so they never count the same free RAM. `lockFile` names another
+ * processes: an in-process mutex per host and lock file, plus `flock` on fd 8 held by a lock shell
+ * of its own (the session's main shell when sshd refuses one more channel: such locks then take
+ * turns in this process, since they share that shell's fd 8; `fn` must not take a second named
+ * lock on the same host). Independent of the host lock (fd 9), so `fn` may use
+ * runLocked/withHostLock on the same host. Used for volumes (two runs never claim one volume
+ * name at once). `lockFile` names another
  * file under /var/lib/kvmlab (an autoscale group's `group.lock`, the flock its agent takes: the
  * AutoscaleAgent create starts a fresh group's first members under it). The in-process mutex,
  * the lock shell and the holder record are per lock file, so two groups' locks never wait on
@@ -770,6 +772,10 @@ export async function withNamedHostLock<T>(
   // The shell whose fd 8 holds the flock: a lock shell of its own (below), else the main shell.
   let holder: HostSession | undefined;
   let holderChannel: ShellChannel | null = null;
+  // Held while this lock lives in the MAIN shell (the fallback below): every named lock uses fd 8,
+  // so a second lock taken there would close the first one's descriptor (and release its flock),
+  // and the first's release would close the second's (review 12c S1). Such locks take turns.
+  let releaseMainFd8: (() => void) | undefined;
   const lost = (): boolean =>
     holder !== undefined && (holder.dead || holder.channel !== holderChannel || main?.dead === true);
   try {
@@ -792,6 +798,7 @@ export async function withNamedHostLock<T>(
         // sshd's MaxSessions refused one more channel: take the lock in the main shell.
         if (!(own.nextSeq === 0 && err instanceof Error && /cannot open a remote shell/.test(err.message)))
           throw err;
+        releaseMainFd8 = await takeProcessLock(host, MAIN_SHELL_FD8);
         await runChecked(host, [take], takeOpts);
         holder = main;
       }
@@ -844,9 +851,17 @@ export async function withNamedHostLock<T>(
       if (released && lockFile === undefined) (main.idleLocks ??= new Map()).set(file, holder);
       else closeLockShell(main, holder);
     }
+    releaseMainFd8?.();
     release();
   }
 }
+
+/**
+ * The in-process turn of fd 8 in a host's main shell, for named locks that could not get a lock
+ * shell of their own (not a file path, so it never equals a lock file's key). A caller must not
+ * take another named lock on the same host inside `fn` while its lock lives in the main shell.
+ */
+const MAIN_SHELL_FD8 = "main-shell-fd8";
 
 /**
  * A shell of its own on `session`'s connection for a named lock: the one kept from the lock's

@@ -57,7 +57,11 @@ const seen = {
   sftpOpens: 0,
   sftpChannels: 0,
   sftpClosed: 0,
+  /** Shell channels refused while `refuseShells` was set (sshd's MaxSessions reached). */
+  refusedShells: 0,
 };
+/** While set, the fake host refuses every new shell channel (as sshd past MaxSessions does). */
+let refuseShells = false;
 /** The server side of an SFTP channel (ssh2 ships no types here). */
 interface FakeSftp {
   on(ev: string, cb: (reqid: number, ...a: never[]) => void): void;
@@ -150,7 +154,11 @@ before(async () => {
             sftp.status(reqid, SFTP_OK);
           });
         });
-        session.on("exec", (acceptExec: () => FakeChannel, _reject: unknown, info: { command: string }) => {
+        session.on("exec", (acceptExec: () => FakeChannel, reject: () => void, info: { command: string }) => {
+          if (refuseShells && info.command.startsWith("exec bash")) {
+            seen.refusedShells += 1;
+            return void reject();
+          }
           seen.commands.push(info.command);
           const ch = acceptExec();
           if (info.command.startsWith("exec bash")) return fakeShell(ch);
@@ -495,4 +503,48 @@ test("review 12a NIT at 7bbbb5c: a lockFile lock's shell is not kept idle (one c
   const before = hostPoolStats().channelsOpened;
   assert.equal(await withNamedHostLock(host, "asg-group", async () => 2, 5, WAS_LOCK), 2);
   assert.equal(hostPoolStats().channelsOpened, before + 1, "a new lock shell: the last one was closed");
+});
+
+test("review 12c S1: two named locks that both fall back to the main shell (sshd refused their lock shells) take turns on its fd 8", async () => {
+  await runChecked(host, [{ label: "open the main shell first", script: "true" }]);
+  refuseShells = true;
+  seen.scripts.length = 0;
+  seen.refusedShells = 0;
+  try {
+    let aEntered: () => void = () => undefined;
+    const aIn = new Promise<void>((r) => (aEntered = r));
+    let finishA: () => void = () => undefined;
+    const aGate = new Promise<void>((r) => (finishA = r));
+    const a = withNamedHostLock(
+      host,
+      "asg-group",
+      async () => {
+        aEntered();
+        await aGate;
+        return "a";
+      },
+      5,
+      WEB_LOCK,
+    );
+    await aIn;
+    const takes = (file: string): number => seen.scripts.filter((x) => x.includes(`exec 8>>${file}`)).length;
+    assert.equal(takes(WEB_LOCK), 1, "A's lock was taken in the main shell (its lock shell was refused)");
+    const refusedBefore = seen.refusedShells;
+    const b = withNamedHostLock(host, "asg-group", async () => "b", 5, WAS_LOCK);
+    // B's own lock shell is refused too (bounded wait), then it would fall back to the main shell.
+    for (let i = 0; i < 250 && seen.refusedShells === refusedBefore; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.ok(seen.refusedShells > refusedBefore, "B asked for a lock shell of its own and was refused");
+    await new Promise((r) => setTimeout(r, 300));
+    // Before: B's `exec 8>>` ran in the main shell now, closing A's descriptor (A's flock gone).
+    assert.equal(takes(WAS_LOCK), 0, "B waits while A's lock lives on the main shell's fd 8");
+    finishA();
+    assert.deepEqual(await Promise.all([a, b]), ["a", "b"]);
+    const at = (pred: (x: string) => boolean): number => seen.scripts.findIndex(pred);
+    const releaseA = at((x) => x.includes("exec 8>&-"));
+    assert.ok(releaseA > at((x) => x.includes(`exec 8>>${WEB_LOCK}`)), "A released");
+    assert.ok(at((x) => x.includes(`exec 8>>${WAS_LOCK}`)) > releaseA, "B took its lock after A's release");
+  } finally {
+    refuseShells = false;
+  }
 });
