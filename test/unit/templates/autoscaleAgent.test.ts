@@ -1996,6 +1996,40 @@ test("session 12: members the create marked and started before the agent are hea
   }
 });
 
+test("review 12c S2: a create start left `starting` on a host that is silent at the agent's start-up stays `starting` (its .create mark kept) and counts toward desired: the agent starts no member in its place", async () => {
+  const g = simGroup({ min: 1, max: 3, running: [], hostOf: (i) => (i === 1 ? 2 : 1) });
+  layout(g, { hv1: ["web-0", "web-2"], hv2: ["web-1"] }, { silent: "hv2" });
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    // The create marked web-0 and web-1 and started them; web-1's host call failed (outcome
+    // unknown: left `starting`), and its host is still silent. The program asks for 2.
+    for (const m of ["web-0", "web-1"]) {
+      fs.writeFileSync(path.join(g.dir, "state", m), "starting 0\n");
+      fs.writeFileSync(path.join(g.dir, "state", `${m}.create`), "");
+    }
+    fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 2\n");
+    agent = await startAgent(g, 40_000);
+    await until(
+      "the program's decision",
+      () => logged(g.log(), { event: "decision", source: "program", generation: "1" }),
+      30_000,
+    );
+    await until("web-0 in service", () => g.state("web-0") === "running", 30_000);
+    // A few more evaluations (interval 1 s) with hv2 still silent.
+    await new Promise((r) => setTimeout(r, 3000));
+    const decision = g.log().find((e) => e.event === "decision" && e.source === "program");
+    assert.equal(decision?.current, "2", "web-1 (starting, host silent) counts toward desired");
+    assert.deepEqual(starts(g.sim), [], "no member is started in web-1's place (web-2 stays stopped)");
+    assert.equal(g.state("web-1"), "starting", "web-1 is left as it was until its host answers");
+    assert.ok(fs.existsSync(path.join(g.dir, "state", "web-1.create")), "its create mark is kept");
+    assert.equal(g.state("web-2"), "stopped");
+  } finally {
+    killGroup(agent);
+    cleanupRoot(g.root);
+  }
+});
+
 test("session 12: the create's own steps, run as shell: members marked starting (maint in the pool), started through the member command, a failed one set back to stopped and every start logged; the agent then health-waits the started one and starts one in place of the failed one", async () => {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   const g = simGroup({ min: 1, max: 3, running: [] });
