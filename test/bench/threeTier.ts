@@ -108,10 +108,12 @@ export function criticalPath(
       const v = es.find((e) => e.event === "agent-start")?.[k];
       return v === undefined ? "—" : `${((Number(v) - upStart) / 1000).toFixed(1)} s`;
     };
+    // A start line with a result (failed, or unknown: the create's host call failed) started nothing known.
+    const started = (e: Record<string, string>): boolean => e.action === "start" && e.result === undefined;
     const at = (pred: (e: Record<string, string>) => boolean) =>
       g.filter(pred).map((e) => `${((Number(e.ts) - upStart) / 1000).toFixed(1)} s`);
     rows.push(
-      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${rel(g, "began_ms")} | ${rel(g, "locked_ms")} | ${at((e) => e.event === "agent-start").join(", ") || "—"} (${g.find((e) => e.event === "agent-start")?.stats_ms ?? "—"}) | ${at((e) => e.action === "start").join(", ") || "—"} (${g.find((e) => e.action === "start")?.start_ms ?? "—"}) | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
+      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${rel(g, "began_ms")} | ${rel(g, "locked_ms")} | ${at((e) => e.event === "agent-start").join(", ") || "—"} (${g.find((e) => e.event === "agent-start")?.stats_ms ?? "—"}) | ${at(started).join(", ") || "—"} (${g.find(started)?.start_ms ?? "—"}) | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
     );
   }
   // The slot chain step by step (docs/autoscale.md, "Launch changes"): when each roll step and
