@@ -537,11 +537,14 @@ export function createStartsDoneStep(group: string, starts: readonly CreateStart
       ];
     // The host call itself failed (a step timeout, a dropped connection): its `virsh start` may
     // still have run, so the slot stays `starting` with its `.create` mark (review 12a S2), the
-    // agent's dead_starts case: running -> health wait; off -> stopped; host silent -> still
-    // `starting`, counted. `stopped` is trusted without a check, so only a member command that
-    // answered non-zero goes back to it.
+    // agent's dead_starts case: running -> health wait; host silent -> still `starting`,
+    // counted; off -> FAILED, not stopped (review 12c N6: the start may still be on its way and
+    // boot the guest later; a FAILED slot found running is powered off at every evaluation, a
+    // stopped one would run untracked). `stopped` is trusted without a check, so only a member
+    // command that answered non-zero goes back to it.
     if (s.rc === undefined)
       return [
+        `printf 'unknown\n' > state/${s.member}.create`,
         `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} result=unknown reason=host-call-failed state=starting cause=create" >> decisions.log`,
       ];
     const why = `reason=start-command-failed rc=${Math.trunc(s.rc)}`;

@@ -2117,3 +2117,61 @@ test("session 12: the create's own steps, run as shell: members marked starting 
     cleanupRoot(g.root);
   }
 });
+
+test("review 12c N6: a create start whose host call failed (outcome unknown) and whose domain is off at the agent's start-up is FAILED, not stopped: when the late start boots the guest after all, the agent powers it off instead of leaving it running untracked", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  const run = (script: string, dir: string): void => {
+    const r = spawnSync("/bin/sh", ["-c", script.split("/var/lib/kvmlab/asg/web").join(dir)], {
+      env: g.env,
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(r.status, 0, `${script}\n${r.stderr}`);
+  };
+  const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    run(markCreateStartsStep("web", ["web-0", "web-1"], pool).script, g.dir);
+    run(memberCommandStep("web", "start", "web-0").script, path.join(g.sim, "kvmlab", "asg", "web"));
+    // web-1's host call failed outright: its virsh start may still be on its way.
+    run(
+      createStartsDoneStep(
+        "web",
+        [
+          { member: "web-0", host: "hv1", ok: true, rc: 0 },
+          { member: "web-1", host: "hv1", ok: false },
+        ],
+        1000,
+      ).script,
+      g.dir,
+    );
+    assert.equal(g.state("web-1"), "starting", "left starting for the agent to check");
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 2\n");
+    agent = await startAgent(g, 40_000);
+    await until("web-1 FAILED", () => g.state("web-1") === "failed", 30_000);
+    assert.ok(
+      logged(g.log(), {
+        event: "member-lost",
+        member: "web-1",
+        reason: "started-at-create",
+        create: "unknown",
+      }),
+    );
+    assert.ok(
+      !fs.existsSync(path.join(g.dir, "state", "web-1.create")),
+      "the create's mark ends with FAILED",
+    );
+    // The late start arrives: web-1's guest boots after all. The agent powers it off.
+    fs.writeFileSync(path.join(g.sim, "dom", "web-1"), "running 0 0\n");
+    await until(
+      "web-1 powered off again",
+      () => logged(g.log(), { action: "stop", member: "web-1", reason: "failed-still-running" }),
+      30_000,
+    );
+    assert.equal(g.state("web-1"), "failed");
+  } finally {
+    killGroup(agent);
+    cleanupRoot(g.root);
+  }
+});
