@@ -699,21 +699,34 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       // An agent this create started (its pid wait gave up, readAgent failed) is stopped FIRST
       // (review 12a S1): a live agent would see its members off and start others over its own
       // ssh, which the teardown would then leave running. The teardown stops it again (idempotent).
+      let agentStop = "";
       if (started.length > 0 && claimed.some((h) => h.name === inputs.controllerHost))
         await runLocked(hostNamed(inputs.hosts, inputs.controllerHost, "controllerHost"), [
           guardStep(asgOwned(inputs.groupName), [inputs.owner]),
           stopAgentStep(inputs.groupName),
-        ]).catch(() => undefined);
+        ]).catch((e: unknown) => {
+          agentStop = (e as Error).message;
+        });
       const leftRunning = await stopInitialMembers(inputs, started).catch((e: unknown) => [
         `(the power-off itself failed: ${(e as Error).message})`,
       ]);
       if (claimed.length > 0)
         await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
-      if (leftRunning.length > 0)
-        throw new Error(
-          `${(err as Error).message}; members this create started and could not power off again, left running: ${leftRunning.join("; ")}; power them off (virsh destroy) or run up again`,
-          { cause: err },
-        );
+      // What the cleanup could not undo is named (review 12a S6, 12c N1), the original error first.
+      const notUndone = [
+        ...(leftRunning.length > 0
+          ? [
+              `members this create started and could not power off again, left running: ${leftRunning.join("; ")}; power them off (virsh destroy) or run up again`,
+            ]
+          : []),
+        ...(agentStop !== ""
+          ? [
+              `the group's agent could not be stopped before the members' power-off (${agentStop}); if it ran, it may have started members in their place: see \`kvmlab asg status ${inputs.groupName} --controller ${inputs.controllerHost}\` and virsh list on the member hosts`,
+            ]
+          : []),
+      ];
+      if (notUndone.length > 0)
+        throw new Error(`${(err as Error).message}; ${notUndone.join("; ")}`, { cause: err });
       throw err;
     }
   },

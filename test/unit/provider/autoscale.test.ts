@@ -733,6 +733,25 @@ test("review 12a S1: a create that fails after its agent started stops the agent
   }
 });
 
+test("review 12c N1: a failed create whose agent stop fails says so (the agent may have started members in their place), the original error first", async () => {
+  const rec = recordHosts(/^(read group web|stop group web's agent)/);
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    const err = await autoscaleAgentProvider.create!(i as never).then(
+      () => assert.fail("the create must fail"),
+      (e: unknown) => e as Error,
+    );
+    assert.match(err.message, /^[^;]*read group web/, "the original error first");
+    assert.match(
+      err.message,
+      /the group's agent could not be stopped before the members' power-off \(.*stop group web's agent.*\); if it ran, it may have started members in their place: see `kvmlab asg status web --controller hv1`/,
+    );
+    assert.match((err.cause as Error).message, /read group web/);
+  } finally {
+    rec.restore();
+  }
+});
+
 test("review 12a S6: a failed create's power-offs that fail are named in the thrown error (the original error kept as cause), and the teardown still runs", async () => {
   // The agent start fails; web-0's power-off answers 1, web-1's host call fails outright.
   const rec = recordHosts(/^(start group web's agent|stop member web-1)/, {
