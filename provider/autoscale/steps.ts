@@ -458,7 +458,9 @@ export function markCreateStartsStep(
       `cd ${d} && [ -d state ] || { echo "the folder of group ${group} has no state/" >&2; exit 1; }`,
       `if [ -n "$(ls -A state)" ]; then echo ${CREATE_STARTS_NOT_FRESH}; exit 0; fi`,
       ...members.flatMap((m) => [
-        `printf 'starting 0\\n' > state/${m}.tmp && mv -f state/${m}.tmp state/${m} && : > state/${m}.create`,
+        // The create mark says `unknown` until the record step says the start answered (review 12d
+        // N2): a provider that dies in between leaves an outcome nobody knows.
+        `printf 'starting 0\\n' > state/${m}.tmp && mv -f state/${m}.tmp state/${m} && printf 'unknown\\n' > state/${m}.create`,
         ...(pool
           ? [
               `echo ${shQuote(`set server ${pool.backend}/${m} state maint`)} | timeout 5 socat -t 2 stdio ${shQuote(`unix-connect:${pool.socket}`)} >/dev/null 2>&1 || true`,
@@ -533,6 +535,7 @@ export function createStartsDoneStep(group: string, starts: readonly CreateStart
       throw new Error(`invalid host name ${JSON.stringify(s.host)}`);
     if (s.ok)
       return [
+        `printf 'started\\n' > state/${s.member}.create`,
         `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} start_ms=${startMs} cause=create" >> decisions.log`,
       ];
     // The host call itself failed (a step timeout, a dropped connection): its `virsh start` may
@@ -544,7 +547,7 @@ export function createStartsDoneStep(group: string, starts: readonly CreateStart
     // command that answered non-zero goes back to it.
     if (s.rc === undefined)
       return [
-        `printf 'unknown\n' > state/${s.member}.create`,
+        `printf 'unknown\\n' > state/${s.member}.create`,
         `echo "ts=$(date +%s%3N) event=action action=start member=${s.member} host=${s.host} result=unknown reason=host-call-failed state=starting cause=create" >> decisions.log`,
       ];
     const why = `reason=start-command-failed rc=${Math.trunc(s.rc)}`;

@@ -612,8 +612,9 @@ dead_starts() { # WHEN
     [ -f "state/$_ds_n.create" ] && _ds_why=started-at-create
     lb_state "$_ds_n" maint
     if [ "$_ds_st" != running ] && [ "$_ds_why" = started-at-create ] && [ "$(cat "state/$_ds_n.create" 2>/dev/null)" = unknown ]; then
-      # The create's call to its host failed (review 12c N6): its virsh start may still come and
-      # boot the guest later. FAILED, not stopped: a FAILED slot found running is powered off at
+      # The create's start has no known outcome (review 12c N6, 12d N2: its call to the host
+      # failed, or the create ended before it recorded the answer): its virsh start may still come
+      # and boot the guest later. FAILED, not stopped: a FAILED slot found running is powered off at
       # every evaluation (failed-still-running), a stopped one would run untracked.
       log "event=member-lost member=$_ds_n domain=${_ds_st:-unknown} was=starting reason=started-at-create create=unknown"
       stop_failed "$_ds_n" create-start-unknown

@@ -2005,7 +2005,7 @@ test("review 12c S2: a create start left `starting` on a host that is silent at 
     // unknown: left `starting`), and its host is still silent. The program asks for 2.
     for (const m of ["web-0", "web-1"]) {
       fs.writeFileSync(path.join(g.dir, "state", m), "starting 0\n");
-      fs.writeFileSync(path.join(g.dir, "state", `${m}.create`), "");
+      fs.writeFileSync(path.join(g.dir, "state", `${m}.create`), m === "web-0" ? "started\n" : "unknown\n");
     }
     fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "running 0 0\n");
     fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 2\n");
@@ -2170,6 +2170,29 @@ test("review 12c N6: a create start whose host call failed (outcome unknown) and
       30_000,
     );
     assert.equal(g.state("web-1"), "failed");
+  } finally {
+    killGroup(agent);
+    cleanupRoot(g.root);
+  }
+});
+
+test("review 12d N2: a create that ended between its starts and their record leaves the marks `unknown`: a slot found off at the agent's start-up is FAILED (its start may still arrive), not stopped", async () => {
+  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const g = simGroup({ min: 1, max: 3, running: [] });
+  const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    const script = markCreateStartsStep("web", ["web-0"], pool)
+      .script.split("/var/lib/kvmlab/asg/web")
+      .join(g.dir);
+    const r = spawnSync("/bin/sh", ["-c", script], { env: g.env, encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(fs.readFileSync(path.join(g.dir, "state", "web-0.create"), "utf8"), "unknown\n");
+    // No record step: the provider died after sending the start. web-0's domain is off (yet).
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 1\n");
+    agent = await startAgent(g, 40_000);
+    await until("web-0 FAILED", () => g.state("web-0") === "failed", 30_000);
+    assert.ok(logged(g.log(), { event: "member-lost", member: "web-0", create: "unknown" }));
   } finally {
     killGroup(agent);
     cleanupRoot(g.root);
