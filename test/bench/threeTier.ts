@@ -74,6 +74,13 @@ function agentEvents(agentLog: string): Record<string, string>[] {
 }
 
 /**
+ * A start line that started a member: one with a `result=` (failed, or unknown: the create's host
+ * call failed) started nothing known (agent.sh, provider/autoscale/steps.ts).
+ */
+const memberStarted = (e: { action?: string; result?: string }): boolean =>
+  e.action === "start" && e.result === undefined;
+
+/**
  * What each group's members waited for, in order (ms after the up started): the program's start
  * (its first custom resource done: load, then the closure serialization of every provider type),
  * the group's slots defined, their security-group ports, its load balancer, its agent created,
@@ -108,12 +115,10 @@ export function criticalPath(
       const v = es.find((e) => e.event === "agent-start")?.[k];
       return v === undefined ? "—" : `${((Number(v) - upStart) / 1000).toFixed(1)} s`;
     };
-    // A start line with a result (failed, or unknown: the create's host call failed) started nothing known.
-    const started = (e: Record<string, string>): boolean => e.action === "start" && e.result === undefined;
     const at = (pred: (e: Record<string, string>) => boolean) =>
       g.filter(pred).map((e) => `${((Number(e.ts) - upStart) / 1000).toFixed(1)} s`);
     rows.push(
-      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${rel(g, "began_ms")} | ${rel(g, "locked_ms")} | ${at((e) => e.event === "agent-start").join(", ") || "—"} (${g.find((e) => e.event === "agent-start")?.stats_ms ?? "—"}) | ${at(started).join(", ") || "—"} (${g.find(started)?.start_ms ?? "—"}) | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
+      `| ${app} | ${s(last((d) => kind(d) === "Server" && mine(d)))} | ${s(last((d) => kind(d) === "SecurityGroupPort" && mine(d)))} | ${s(last((d) => kind(d) === "LoadBalancer" && d.name.startsWith(app)))} | ${s(agent.ms)} | ${rel(g, "began_ms")} | ${rel(g, "locked_ms")} | ${at((e) => e.event === "agent-start").join(", ") || "—"} (${g.find((e) => e.event === "agent-start")?.stats_ms ?? "—"}) | ${at(memberStarted).join(", ") || "—"} (${g.find(memberStarted)?.start_ms ?? "—"}) | ${at((e) => e.action === "in-service").join(", ") || "—"} |`,
     );
   }
   // The slot chain step by step (docs/autoscale.md, "Launch changes"): when each roll step and
@@ -201,8 +206,7 @@ export function criticalPathStages(
     result: e.result,
     at: Number(e.ts) - upStart,
   }));
-  // A start line has `result=` only when the start failed (agent.sh): not a boot.
-  const started = events.filter((e) => e.action === "start" && e.result === undefined).map((e) => e.at);
+  const started = events.filter(memberStarted).map((e) => e.at);
   const inService = events.filter((e) => e.action === "in-service").map((e) => e.at);
   const stack = timed.find((t) => t.type === "pulumi:pulumi:Stack");
   const rows = [

@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import { criticalPathStages, gatingChain, type Timed } from "../../bench/threeTier";
+import { criticalPath, criticalPathStages, gatingChain, type Timed } from "../../bench/threeTier";
 
 const dyn = (t: string) => `pulumi-nodejs:dynamic/kvmlab:${t}`;
 const res = (
@@ -93,4 +93,20 @@ test("a failed start (`action=start ... result=failed`) is not counted as a memb
     out,
     /before the first boot: 18\.0 s; boot \(first member started → last in service\): 10\.0 s/,
   );
+});
+
+test("the members-started column of the wait table counts neither a failed start nor the create's start with no known outcome", () => {
+  const withNonStarts = [
+    "group=web ts=1015000 event=action action=start member=web-1 host=hv2 result=unknown reason=host-call-failed state=starting cause=create",
+    "group=web ts=1016000 event=action action=start member=web-1 result=failed reason=start-command-failed",
+    log,
+  ].join("\n");
+  const done = run.map((t) => ({ type: t.type, name: t.name, ms: (t.done ?? 0) - 1000 }));
+  const row = (agentLog: string): string | undefined =>
+    criticalPath(done, agentLog, 1_000_000, 30_000, 32_000)
+      .split("\n")
+      .find((r) => r.startsWith("| web |"));
+  assert.ok(row(log), "the web group's row");
+  assert.match(row(log) ?? "", /\| 18\.0 s, 18\.5 s \(/, "the two starts of the log");
+  assert.equal(row(withNonStarts), row(log), "the same row as without the two non-starts");
 });
