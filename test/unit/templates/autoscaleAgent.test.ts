@@ -2030,19 +2030,24 @@ test("review 12c S2: a create start left `starting` on a host that is silent at 
   }
 });
 
-test("session 12: the create's own steps, run as shell: members marked starting (maint in the pool), started through the member command, a failed one set back to stopped and every start logged; the agent then health-waits the started one and starts one in place of the failed one", async () => {
+/**
+ * Runs a provider step's script as the simulated controller or member host would: the steps name
+ * the real group folder, here the simulated one (`dir`). Returns its stdout; a non-zero exit fails.
+ */
+function runStepHere(g: { env: NodeJS.ProcessEnv }, script: string, dir: string): string {
   const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
+  const r = spawnSync("/bin/sh", ["-c", script.split("/var/lib/kvmlab/asg/web").join(dir)], {
+    env: g.env,
+    encoding: "utf8",
+    timeout: 30_000,
+  });
+  assert.equal(r.status, 0, `${script}\n${r.stderr}`);
+  return r.stdout;
+}
+
+test("session 12: the create's own steps, run as shell: members marked starting (maint in the pool), started through the member command, a failed one set back to stopped and every start logged; the agent then health-waits the started one and starts one in place of the failed one", async () => {
   const g = simGroup({ min: 1, max: 3, running: [] });
-  // The steps name the real folder; here it is the simulated controller's (and member host's).
-  const run = (script: string, dir: string): string => {
-    const r = spawnSync("/bin/sh", ["-c", script.split("/var/lib/kvmlab/asg/web").join(dir)], {
-      env: g.env,
-      encoding: "utf8",
-      timeout: 30_000,
-    });
-    assert.equal(r.status, 0, `${script}\n${r.stderr}`);
-    return r.stdout;
-  };
+  const run = (script: string, dir: string): string => runStepHere(g, script, dir);
   const hostDir = path.join(g.sim, "kvmlab", "asg", "web");
   const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
   let agent: ReturnType<typeof spawn> | undefined;
@@ -2119,16 +2124,8 @@ test("session 12: the create's own steps, run as shell: members marked starting 
 });
 
 test("review 12c N6: a create start whose host call failed (outcome unknown) and whose domain is off at the agent's start-up is FAILED, not stopped: when the late start boots the guest after all, the agent powers it off instead of leaving it running untracked", async () => {
-  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   const g = simGroup({ min: 1, max: 3, running: [] });
-  const run = (script: string, dir: string): void => {
-    const r = spawnSync("/bin/sh", ["-c", script.split("/var/lib/kvmlab/asg/web").join(dir)], {
-      env: g.env,
-      encoding: "utf8",
-      timeout: 30_000,
-    });
-    assert.equal(r.status, 0, `${script}\n${r.stderr}`);
-  };
+  const run = (script: string, dir: string): string => runStepHere(g, script, dir);
   const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
   let agent: ReturnType<typeof spawn> | undefined;
   try {
@@ -2177,16 +2174,11 @@ test("review 12c N6: a create start whose host call failed (outcome unknown) and
 });
 
 test("review 12d N2: a create that ended between its starts and their record leaves the marks `unknown`: a slot found off at the agent's start-up is FAILED (its start may still arrive), not stopped", async () => {
-  const { spawnSync } = require("node:child_process") as typeof import("node:child_process");
   const g = simGroup({ min: 1, max: 3, running: [] });
   const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
   let agent: ReturnType<typeof spawn> | undefined;
   try {
-    const script = markCreateStartsStep("web", ["web-0"], pool)
-      .script.split("/var/lib/kvmlab/asg/web")
-      .join(g.dir);
-    const r = spawnSync("/bin/sh", ["-c", script], { env: g.env, encoding: "utf8", timeout: 30_000 });
-    assert.equal(r.status, 0, r.stderr);
+    runStepHere(g, markCreateStartsStep("web", ["web-0"], pool).script, g.dir);
     assert.equal(fs.readFileSync(path.join(g.dir, "state", "web-0.create"), "utf8"), "unknown\n");
     // No record step: the provider died after sending the start. web-0's domain is off (yet).
     fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 1\n");
