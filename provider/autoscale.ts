@@ -533,10 +533,12 @@ export function initialMembers(i: AutoscaleAgentInputs): { member: string; host:
 /**
  * A fresh group's first start, before its agent runs. Under the group lock on the controller
  * (`group.lock`, the agent's flock): the chosen members are marked `starting` (nothing is marked
- * when `state/` already holds anything: not fresh, the agent decides), THEN each is started on
- * its member host through the member command (all at once), then a failed start goes back to
- * `stopped` and every start is logged (`cause=create`). A crash anywhere leaves `starting` slots,
- * which the agent's start-up health-waits or finds stopped (dead_starts). Every member whose
+ * when `state/` already holds anything, or when any slot runs or a member host is silent: the
+ * agent decides), THEN each is started on its member host through the member command (all at
+ * once), then each answer is recorded (a refused start back to `stopped`; a failed host call
+ * left `starting` with its mark `unknown`) and every start is logged (`cause=create`). A crash
+ * anywhere leaves `starting` slots marked `unknown`, which the agent's start-up health-waits, or
+ * marks FAILED when their domain is off (dead_starts). Every member whose
  * start was sent goes into `sent` before its host is called (a failed create's cleanup powers
  * them off again, whatever the answer was).
  */
