@@ -262,6 +262,8 @@ export function averageCpuPercent(
 
 /** A group name: 1-31 lowercase letters, digits or '-', starting with a letter (members are <group>-<n>). */
 export const GROUP_NAME_RE = /^[a-z][a-z0-9-]{0,30}$/;
+/** A member (slot) name as agent.conf, the member list and the roll and create steps accept it. */
+export const MEMBER_NAME_RE = /^[a-z][a-z0-9-]{0,40}$/;
 
 /**
  * The group a slot name belongs to: `<group>-<i>` with i below 100 and no leading zero (as
@@ -431,7 +433,7 @@ const CONF_RULES: [RegExp, ConfRule][] = [
   // The controller's host name (review 9b G5: the commands the agent logs carry --controller).
   [/^CONTROLLER$/, confWord(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "a host name")],
   [/^MEMBER_HOST_INDEXES$/, confWord(/^\d{1,2}( \d{1,2}){0,31}$/, "member indexes separated by spaces")],
-  [/^MEMBER_\d{1,2}_NAME$/, confWord(/^[a-z][a-z0-9-]{0,40}$/, "a member name")],
+  [/^MEMBER_\d{1,2}_NAME$/, confWord(MEMBER_NAME_RE, "a member name")],
   [/^MEMBER_\d{1,2}_IP$/, confWord(CONF_IPV4, "an IPv4 address")],
   [/^MEMBER_\d{1,2}_HOST$/, confWord(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "a host name")],
   [/^MEMBER_\d{1,2}_ADDR$/, confWord(/^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$/, "a host address")],

@@ -46,7 +46,7 @@ import {
   type HostConnectionArgs,
 } from "../kit";
 import { OWNER_REFUSED, ownerMarkerPath } from "../kit/owner";
-import { GROUP_NAME_RE } from "../../core/autoscale";
+import { GROUP_NAME_RE, MEMBER_NAME_RE } from "../../core/autoscale";
 import { asgDir, memberStackContent } from "./steps";
 import { shippedScript } from "./scripts";
 
@@ -196,7 +196,7 @@ export function groupOwnedStep(group: string, owner: string): Step {
  * the step failed), holding the group lock until then, so nothing reads a half-done start.
  */
 export function rollCommandStep(group: string, member: string, phase: RollPhase, timeoutSec: number): Step {
-  if (!GROUP_NAME_RE.test(group) || !/^[a-z][a-z0-9-]{0,40}$/.test(member))
+  if (!GROUP_NAME_RE.test(group) || !MEMBER_NAME_RE.test(member))
     throw new Error(
       `rollCommandStep: invalid group ${JSON.stringify(group)} or member ${JSON.stringify(member)}`,
     );

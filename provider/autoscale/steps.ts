@@ -9,7 +9,14 @@
  *                one authorized_keys line: from="<controller>",restrict,command="/bin/sh …/member.sh" <key> kvmlab-asg:<group>
  */
 import { shQuote, type Step } from "../host";
-import { GROUP_NAME_RE, agentKeyTag, asgDir, forcedCommandLine, slotGroup } from "../../core/autoscale";
+import {
+  GROUP_NAME_RE,
+  MEMBER_NAME_RE,
+  agentKeyTag,
+  asgDir,
+  forcedCommandLine,
+  slotGroup,
+} from "../../core/autoscale";
 import { parseKeyValues } from "../kit/kv";
 import { OWNER_RE, OWNER_REFUSED, ownerMarkerPath, ownerStack } from "../kit/owner";
 
@@ -41,7 +48,7 @@ export function agentKeyStep(group: string): Step {
 /** Member host: the forced command may start/stop exactly these names. */
 export function memberListContent(names: readonly string[]): string {
   for (const n of names)
-    if (!/^[a-z][a-z0-9-]{0,40}$/.test(n)) throw new Error(`invalid member name ${JSON.stringify(n)}`);
+    if (!MEMBER_NAME_RE.test(n)) throw new Error(`invalid member name ${JSON.stringify(n)}`);
   return names.length > 0 ? `${names.join("\n")}\n` : "";
 }
 
@@ -430,7 +437,7 @@ export function agentPool(agentConfig: string): { socket: string; backend: strin
 
 function checkedSlots(group: string, members: readonly string[]): void {
   for (const m of members)
-    if (!isSlotOf(group, m) || !/^[a-z][a-z0-9-]{0,40}$/.test(m))
+    if (!isSlotOf(group, m) || !MEMBER_NAME_RE.test(m))
       throw new Error(`autoscale steps: ${JSON.stringify(m)} is not a slot of group ${group} (${group}-<i>)`);
 }
 
