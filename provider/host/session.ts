@@ -725,8 +725,9 @@ export async function withHostLock<T>(
  * Runs `fn` holding a NAMED lock of a host, /var/lib/kvmlab/<name>.lock (0600), across
  * processes: an in-process mutex per host and lock file, plus `flock` on fd 8 held by a lock shell
  * of its own (the session's main shell when sshd refuses one more channel: such locks then take
- * turns in this process, since they share that shell's fd 8; `fn` must not take a second named
- * lock on the same host). Independent of the host lock (fd 9), so `fn` may use
+ * turns in this process, since they share that shell's fd 8, and that turn counts in `waitSec`:
+ * a second named lock taken inside `fn` on the same host, both in the main shell, would wait for
+ * itself, and is refused after `waitSec` with an error naming both lock files). Independent of the host lock (fd 9), so `fn` may use
  * runLocked/withHostLock on the same host. Used for volumes (two runs never claim one volume
  * name at once). `lockFile` names another
  * file under /var/lib/kvmlab (an autoscale group's `group.lock`, the flock its agent takes: the
@@ -760,11 +761,12 @@ export async function withNamedHostLock<T>(
   // S3: two autoscale groups on one controller share the name "asg-group", not the file).
   const release = await takeProcessLock(host, file);
   const pool = hostPool();
-  const take: Step = {
+  const takeFor = (sec: number): Step => ({
     label: `take the ${name} lock ${file} (another kvmlab run may hold it)`,
     inShell: true,
-    script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> ${file} ) && chmod 0600 ${file} && exec 8>>${file} && flock -w ${Math.max(1, Math.floor(waitSec))} 8`,
-  };
+    script: `mkdir -p /var/lib/kvmlab && ( umask 077; : >> ${file} ) && chmod 0600 ${file} && exec 8>>${file} && flock -w ${Math.max(1, Math.floor(sec))} 8`,
+  });
+  const take = takeFor(waitSec);
   const takeOpts: RunOptions = { stopOnError: true, timeoutMs: (waitSec + 30) * 1000 };
   let remote = false;
   let key = "";
@@ -798,8 +800,17 @@ export async function withNamedHostLock<T>(
         // sshd's MaxSessions refused one more channel: take the lock in the main shell.
         if (!(own.nextSeq === 0 && err instanceof Error && /cannot open a remote shell/.test(err.message)))
           throw err;
-        releaseMainFd8 = await takeProcessLock(host, MAIN_SHELL_FD8);
-        await runChecked(host, [take], takeOpts);
+        // The turn of the main shell's fd 8 counts in waitSec (review 12d N1a): a named lock
+        // taken inside another's fn on this host, both in the main shell, would wait for itself.
+        const t0 = Date.now();
+        releaseMainFd8 = await mainFd8Turn(host, waitSec * 1000);
+        if (releaseMainFd8 === undefined)
+          throw new Error(
+            `${main.label}: the ${name} lock ${file} could not be taken within ${waitSec} s: sshd refused it a shell of its own (MaxSessions), and the main shell's descriptor 8, which such locks then share, stayed held by ${mainFd8Holders(pool, main)} in this process (a named lock taken inside another named lock's work on the same host waits for itself there). Fix: raise MaxSessions in that host's sshd_config (each named lock then gets a shell of its own), or take the two locks one after the other`,
+            { cause: err },
+          );
+        const left = waitSec - (Date.now() - t0) / 1000;
+        await runChecked(host, [takeFor(left)], takeOpts);
         holder = main;
       }
       holderChannel = holder.channel;
@@ -859,9 +870,33 @@ export async function withNamedHostLock<T>(
 /**
  * The in-process turn of fd 8 in a host's main shell, for named locks that could not get a lock
  * shell of their own (not a file path, so it never equals a lock file's key). A caller must not
- * take another named lock on the same host inside `fn` while its lock lives in the main shell.
+ * take another named lock on the same host inside `fn` while its lock lives in the main shell:
+ * that one's wait for the turn ends after its waitSec with an error (mainFd8Turn).
  */
 const MAIN_SHELL_FD8 = "main-shell-fd8";
+
+/**
+ * The turn of fd 8 in the host's main shell, waited for at most `waitMs`: its release, or
+ * undefined when the wait ran out. A turn that comes after that is given back at once, so the
+ * queue behind it moves on.
+ */
+async function mainFd8Turn(host: HostConnection, waitMs: number): Promise<(() => void) | undefined> {
+  const turn = takeProcessLock(host, MAIN_SHELL_FD8);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<undefined>((r) => {
+    timer = setTimeout(() => r(undefined), Math.max(0, waitMs));
+  });
+  const got = await Promise.race([turn, late]);
+  clearTimeout(timer);
+  if (got === undefined) void turn.then((release) => release());
+  return got;
+}
+
+/** The named locks of this process held in `main`'s shell (on its fd 8), for an error message. */
+function mainFd8Holders(pool: HostPool, main: HostSession): string {
+  const files = [...namedHolders(pool, main.key)].filter(([, s]) => s === main).map(([f]) => f);
+  return files.length > 0 ? `the lock ${files.join(", ")}` : "another named lock being taken";
+}
 
 /**
  * A shell of its own on `session`'s connection for a named lock: the one kept from the lock's

@@ -548,3 +548,94 @@ test("review 12c S1: two named locks that both fall back to the main shell (sshd
     refuseShells = false;
   }
 });
+
+test("review 12d N1a: a named lock taken inside another's work on the same host, both in the main shell (lock shells refused), is refused after its waitSec, naming both lock files and the fix; a lock after them is taken at once", async () => {
+  await runChecked(host, [{ label: "open the main shell first", script: "true" }]);
+  refuseShells = true;
+  seen.scripts.length = 0;
+  try {
+    const takes = (file: string): number => seen.scripts.filter((x) => x.includes(`exec 8>>${file}`)).length;
+    const outer = await withNamedHostLock(
+      host,
+      "asg-group",
+      async () => {
+        // Before: the inner lock waited for the main shell's fd 8, held by this very lock, for ever.
+        const bounded = new Promise<string>((r) =>
+          setTimeout(() => r("still waiting after 20 s"), 20_000).unref(),
+        );
+        return Promise.race([
+          withNamedHostLock(host, "asg-group", async () => "inner ran", 1, WAS_LOCK).catch((e: unknown) => e),
+          bounded,
+        ]);
+      },
+      5,
+      WEB_LOCK,
+    );
+    assert.ok(outer instanceof Error, `the inner lock is refused, not left waiting: ${String(outer)}`);
+    assert.match(
+      outer.message,
+      /the asg-group lock \/var\/lib\/kvmlab\/asg\/was\/group\.lock could not be taken within 1 s: sshd refused it a shell of its own \(MaxSessions\)/,
+    );
+    assert.match(
+      outer.message,
+      /stayed held by the lock \/var\/lib\/kvmlab\/asg\/web\/group\.lock in this process/,
+    );
+    assert.match(outer.message, /Fix: raise MaxSessions in that host's sshd_config/);
+    assert.equal(takes(WEB_LOCK), 1, "the outer lock lived in the main shell");
+    assert.equal(takes(WAS_LOCK), 0, "the refused inner lock never touched fd 8");
+    // The inner lock's turn, given up, does not block the turns after it.
+    const bounded = new Promise<string>((r) => setTimeout(() => r("blocked"), 10_000).unref());
+    const third = await Promise.race([
+      withNamedHostLock(host, "asg-group", async () => "third", 2, WAS_LOCK),
+      bounded,
+    ]);
+    assert.equal(third, "third");
+    assert.equal(takes(WAS_LOCK), 1, "taken in the main shell");
+  } finally {
+    refuseShells = false;
+  }
+});
+
+test("review 12d N1: a take in the main shell that FAILED gives back the main shell's fd 8 turn: the next lock that falls back proceeds", async () => {
+  // A take held by the fake host (its lock file's path holds "hold-this-shell"), then the
+  // connection drops under it: the take fails after its turn was taken.
+  const HELD_LOCK = "/var/lib/kvmlab/asg/hold-this-shell/group.lock";
+  await runChecked(host, [{ label: "open the main shell first", script: "true" }]);
+  refuseShells = true;
+  seen.scripts.length = 0;
+  // Never opened: the held take's answer is never written (its channel is gone by then).
+  gate = new Promise<void>(() => undefined);
+  try {
+    const a = withNamedHostLock(host, "asg-group", async () => "a ran", 1, HELD_LOCK).catch(
+      (e: unknown) => e,
+    );
+    for (let i = 0; i < 500 && !seen.scripts.some((x) => x.includes(`exec 8>>${HELD_LOCK}`)); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.ok(
+      seen.scripts.some((x) => x.includes(`exec 8>>${HELD_LOCK}`)),
+      "A's take reached the main shell",
+    );
+    gate = null;
+    await dropConnections();
+    const failed = await a;
+    assert.ok(failed instanceof Error, `A's take failed: ${String(failed)}`);
+    refuseShells = false;
+    await runChecked(host, [{ label: "open the main shell first", script: "true" }]);
+    refuseShells = true;
+    // Before (the turn given back on success only): C waited for A's turn (and is now refused
+    // after its waitSec).
+    const bounded = new Promise<string>((r) => setTimeout(() => r("blocked"), 10_000).unref());
+    const c = await Promise.race([
+      withNamedHostLock(host, "asg-group", async () => "c", 2, WEB_LOCK).catch((e: unknown) => String(e)),
+      bounded,
+    ]);
+    assert.equal(c, "c");
+    assert.ok(
+      seen.scripts.some((x) => x.includes(`exec 8>>${WEB_LOCK}`)),
+      "C's lock lived in the main shell",
+    );
+  } finally {
+    gate = null;
+    refuseShells = false;
+  }
+});
