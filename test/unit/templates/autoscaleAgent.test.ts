@@ -84,7 +84,7 @@ case $1 in
     read -r st cpu last < "$SIM/dom/$2"; echo "$st" | tr - ' ' ;;
   domstats)
     for f in "$SIM"/dom/*; do n=\${f##*/}; tick "$n"; read -r st cpu last < "$f"
-      echo "Domain: '$n'"; [ "$st" = running ] && echo "  state.state=1" || echo "  state.state=5"; echo "  cpu.time=$cpu"; echo; done ;;
+      echo "Domain: '$n'"; case $st in running) echo "  state.state=1" ;; paused) echo "  state.state=3" ;; *) echo "  state.state=5" ;; esac; echo "  cpu.time=$cpu"; echo; done ;;
 esac
 `;
 const FAKE_SOCAT = `#!/bin/sh
@@ -2185,6 +2185,82 @@ test("review 12d N2: a create that ended between its starts and their record lea
     agent = await startAgent(g, 40_000);
     await until("web-0 FAILED", () => g.state("web-0") === "failed", 30_000);
     assert.ok(logged(g.log(), { event: "member-lost", member: "web-0", create: "unknown" }));
+  } finally {
+    killGroup(agent);
+    cleanupRoot(g.root);
+  }
+});
+
+test("review 12d N3b: a create start with no known outcome whose domain is paused (libvirt's start under way) stays starting and counted, checked each evaluation: running then, health-waited into the pool; paused for bootTimeout, FAILED and powered off", async () => {
+  const pool = { socket: "/var/lib/kvmlab/lb/web-lb/haproxy.sock", backend: "web:http" };
+  const dom = (g: ReturnType<typeof simGroup>, m: string): string =>
+    fs.readFileSync(path.join(g.sim, "dom", m), "utf8").split(" ")[0];
+  const stopsOf = (g: ReturnType<typeof simGroup>, m: string): number =>
+    simLines(g.sim, "stop_attempts").filter((l) => l === m).length;
+  // 1. The start goes on: paused at the agent's start-up, running a few evaluations later.
+  let g = simGroup({ min: 1, max: 3, running: [] });
+  let agent: ReturnType<typeof spawn> | undefined;
+  try {
+    runStepHere(g, markCreateStartsStep("web", ["web-0"], pool).script, g.dir);
+    // No record step (the create's call was abandoned); libvirt has the domain up, paused.
+    fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "paused 0 0\n");
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 1\n");
+    agent = await startAgent(g, 40_000);
+    await until(
+      "web-0's pending start logged",
+      () =>
+        logged(g.log(), {
+          event: "start-pending",
+          member: "web-0",
+          domain: "paused",
+          create: "unknown",
+          wait_s: "10",
+        }),
+      30_000,
+    );
+    // A few evaluations (interval 1 s) with the domain still paused.
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(
+      g.state("web-0"),
+      "starting",
+      "left starting (before: FAILED at once, its domain destroyed)",
+    );
+    assert.equal(stopsOf(g, "web-0"), 0, "never powered off");
+    assert.deepEqual(starts(g.sim), [], "counted: no member is started in its place");
+    assert.equal(g.log().filter((e) => e.event === "start-pending").length, 1, "logged once");
+    fs.writeFileSync(path.join(g.sim, "dom", "web-0"), `running 0 ${Date.now()}\n`);
+    await until("web-0 in service", () => g.state("web-0") === "running", 30_000);
+    assert.ok(logged(g.log(), { event: "health-wait", members: "web-0", reason: "started-at-create" }));
+    assert.ok(logged(g.log(), { action: "in-service", member: "web-0" }));
+    assert.equal(stopsOf(g, "web-0"), 0);
+    assert.ok(
+      !fs.existsSync(path.join(g.dir, "state", "web-0.paused")),
+      "the note ends with the slot's next state",
+    );
+  } finally {
+    killGroup(agent);
+    agent = undefined;
+    cleanupRoot(g.root);
+  }
+  // 2. Paused for good (by hand, an I/O error): after bootTimeout (10 s here), FAILED and off.
+  g = simGroup({ min: 1, max: 3, running: [] });
+  try {
+    runStepHere(g, markCreateStartsStep("web", ["web-0"], pool).script, g.dir);
+    fs.writeFileSync(path.join(g.sim, "dom", "web-0"), "paused 0 0\n");
+    fs.writeFileSync(path.join(g.dir, "requests", "desired"), "1 1\n");
+    agent = await startAgent(g, 40_000);
+    await until("web-0 FAILED", () => g.state("web-0") === "failed", 40_000);
+    const log = g.log();
+    const pending = log.findIndex((e) => e.event === "start-pending" && e.member === "web-0");
+    const lost = log.findIndex(
+      (e) =>
+        e.event === "member-lost" && e.member === "web-0" && e.domain === "paused" && e.create === "unknown",
+    );
+    assert.ok(pending >= 0 && lost > pending, "waited, then lost");
+    assert.ok(
+      logged(log, { action: "stop", member: "web-0", reason: "create-start-unknown", state: "failed" }),
+    );
+    assert.equal(dom(g, "web-0"), "shut-off", "powered off");
   } finally {
     killGroup(agent);
     cleanupRoot(g.root);
