@@ -543,6 +543,39 @@ export function agentConfigProblems(
   return problems;
 }
 
+/**
+ * Whether agent.conf's slots (`MEMBER_<i>_NAME` on `MEMBER_<i>_HOST`, i < MAX) and membersByHost
+ * (host → the slots defined there) are the same slots on the same hosts (review 12a N3): the
+ * agent starts from agent.conf's, a fresh group's create from membersByHost's, and each member
+ * host's member command allows only its membersByHost list. The component renders both from
+ * the same slots; anything else is refused here, with both lists. Undefined when they agree.
+ * Pure; read after agentConfigProblems found nothing wrong with the file itself.
+ */
+export function memberSlotsDisagreement(
+  agentConfig: string,
+  max: number,
+  membersByHost: Readonly<Record<string, readonly string[]>>,
+): string | undefined {
+  const conf = new Map<string, string>();
+  const values = new Map<string, string>();
+  for (const line of agentConfig.split("\n")) {
+    const m = /^(MEMBER_\d+_(?:NAME|HOST))='([^']*)'$/.exec(line);
+    if (m) values.set(m[1], m[2]);
+  }
+  for (let i = 0; i < max; i++)
+    conf.set(values.get(`MEMBER_${i}_NAME`) ?? `(MEMBER_${i}_NAME)`, values.get(`MEMBER_${i}_HOST`) ?? "?");
+  const listed = new Map<string, string>();
+  for (const [h, names] of Object.entries(membersByHost)) for (const n of names) listed.set(n, h);
+  const same = conf.size === listed.size && [...conf].every(([n, h]) => listed.get(n) === h);
+  if (same) return undefined;
+  const show = (m: Map<string, string>): string =>
+    [...m]
+      .sort(([a], [b]) => Number(a.slice(a.lastIndexOf("-") + 1)) - Number(b.slice(b.lastIndexOf("-") + 1)))
+      .map(([n, h]) => `${n}@${h}`)
+      .join(", ") || "(none)";
+  return `agent.conf's slots (MEMBER_<i>_NAME on MEMBER_<i>_HOST) are ${show(conf)}, membersByHost lists ${show(listed)}: the agent starts from the first, the create's first start and each host's member command from the second, so they must be the same slots on the same hosts`;
+}
+
 // ---- rolling replacement (Heat's rolling_update; docs/autoscale.md "Launch changes") ----------
 
 /** JSON with object keys sorted at every level (a stable text for hashing). */

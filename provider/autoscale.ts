@@ -6,7 +6,7 @@
  *
  *   check   group name, controller host, agent.conf (re-parsed line by line against an
  *           allow-list, agreeing with groupName/min/max), desired size, member lists (only
- *           `<group>-<i>` with i < max, each once)
+ *           `<group>-<i>` with i < max, each once, exactly agent.conf's slots on its hosts)
  *   scripts the agent and the member command are the provider's OWN copies (the templates shipped
  *           with this package, loaded when the module loads): no input can change what runs as
  *           root; their sha256 is an output, and a new package version's scripts are an update
@@ -68,6 +68,7 @@ import {
   asgDir,
   authorizeAgentStep,
   createStartsDoneStep,
+  createStartsSkippedStep,
   CREATE_STARTS_NOT_FRESH,
   desiredRequestStep,
   knownHostsContent,
@@ -89,7 +90,12 @@ import {
   type CreateStart,
 } from "./autoscale/steps";
 import { destinationFactsStep, parseDestinationFacts } from "./server/migrate";
-import { GROUP_NAME_RE, agentConfigProblems, membersToStart } from "../core/autoscale";
+import {
+  GROUP_NAME_RE,
+  agentConfigProblems,
+  memberSlotsDisagreement,
+  membersToStart,
+} from "../core/autoscale";
 import { shippedScript } from "./autoscale/scripts";
 
 export * from "./autoscale/steps";
@@ -191,8 +197,9 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
       out.add("desired", `desired: ${desired} is outside min..max (${min}..${max}); set it within`);
   }
   const confHosts = normalizeHosts(news.hosts);
-  if (isKnown(v.agentConfig) && isKnown(v.groupName) && isKnown(v.min) && isKnown(v.max))
-    for (const p of agentConfigProblems(v.agentConfig as string, {
+  let confOk = false;
+  if (isKnown(v.agentConfig) && isKnown(v.groupName) && isKnown(v.min) && isKnown(v.max)) {
+    const problems = agentConfigProblems(v.agentConfig as string, {
       group: v.groupName as string,
       min: v.min as number,
       max: v.max as number,
@@ -206,8 +213,11 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
               user: h.user,
             }))
           : undefined,
-    }))
+    });
+    for (const p of problems)
       out.add("agentConfig", `agentConfig: ${p}; render it with templates/autoscale.ts renderAgentConfig`);
+    confOk = problems.length === 0;
+  }
   const mbh = news.membersByHost ?? {};
   if (isKnown(mbh)) {
     if (typeof mbh !== "object" || mbh === null || Array.isArray(mbh))
@@ -234,6 +244,25 @@ export function checkAutoscaleAgentInputs(news: Record<string, unknown>): Checke
             out.add("membersByHost", `membersByHost.${h}: ${n} is listed twice; list each slot on one host`);
           seen.add(n as string);
         }
+      }
+      // The agent and the create must pick from the same slots (review 12a N3).
+      const lists = Object.values(mbh as Record<string, unknown>);
+      if (
+        confOk &&
+        lists.every(
+          (l) => isKnown(l) && Array.isArray(l) && l.every((n) => isKnown(n) && typeof n === "string"),
+        )
+      ) {
+        const why = memberSlotsDisagreement(
+          v.agentConfig as string,
+          v.max as number,
+          mbh as Record<string, string[]>,
+        );
+        if (why !== undefined)
+          out.add(
+            "membersByHost",
+            `membersByHost: ${why}; render both from the same slots (templates/autoscale.ts membersByHost and renderAgentConfig, as the AutoscaleGroup component does)`,
+          );
       }
     }
   }
@@ -469,10 +498,17 @@ async function revocationFilesOn(
   );
 }
 
+/** What {@link teardown} throws: every host's failure in the message, and which hosts failed. */
+export interface TeardownError extends Error {
+  /** The hosts whose cleanup failed (each one's agent stop, key removal, folder or marker). */
+  hosts: string[];
+}
+
 /**
  * Stops the agent and removes the group from every involved host (or only from `only`: the
  * hosts a failed create claimed). Each host is cleaned on its own: a refusal or an unreachable
- * host does not stop the others; the failures are thrown together at the end.
+ * host does not stop the others; the failures are thrown together at the end (a
+ * {@link TeardownError}, naming the hosts).
  */
 async function teardown(
   i: AutoscaleAgentInputs & Pick<AutoscaleAgentOutputs, "authorizedKeysFiles">,
@@ -482,12 +518,14 @@ async function teardown(
   const owned = asgOwned(i.groupName);
   const guard = owner ? [guardStep(owned, [owner])] : [];
   const failures: string[] = [];
+  const failed = new Set<string>();
   const hosts = involvedHosts(i).filter((h) => only === undefined || only.has(h.name));
   if (hosts.some((h) => h.name === i.controllerHost)) {
     const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
-    await runLocked(controller, [...guard, stopAgentStep(i.groupName)]).catch((e: unknown) =>
-      failures.push(`${controller.name}: ${(e as Error).message}`),
-    );
+    await runLocked(controller, [...guard, stopAgentStep(i.groupName)]).catch((e: unknown) => {
+      failures.push(`${controller.name}: ${(e as Error).message}`);
+      failed.add(controller.name);
+    });
   }
   for (const h of hosts) {
     try {
@@ -505,17 +543,25 @@ async function teardown(
       ]);
     } catch (e) {
       failures.push(`${h.name}: ${(e as Error).message}`);
+      failed.add(h.name);
     }
   }
   if (failures.length > 0)
-    throw new Error(`autoscale group ${i.groupName}: cleanup failed on ${failures.join("; ")}`);
+    throw Object.assign(
+      new Error(`autoscale group ${i.groupName}: cleanup failed on ${failures.join("; ")}`),
+      {
+        hosts: [...failed],
+      },
+    ) as TeardownError;
 }
 
 /**
  * The members a FRESH group's create starts (issue 13, session 12; Heat creates and boots an
  * AutoScalingGroup's initial members at stack create): clamp(desired, min, max) of the slots
  * listed in membersByHost, the lowest first (the agent's asg_to_start, core membersToStart).
- * Pure.
+ * The agent picks from agent.conf's MEMBER_<i>_NAME instead: check refuses membersByHost unless
+ * it lists exactly those slots on agent.conf's hosts (memberSlotsDisagreement, review 12a N3), so
+ * both pick the same members. Pure.
  */
 export function initialMembers(i: AutoscaleAgentInputs): { member: string; host: string }[] {
   const hostOf = new Map<string, string>();
@@ -536,7 +582,8 @@ export function initialMembers(i: AutoscaleAgentInputs): { member: string; host:
  * when `state/` already holds anything, or when any slot runs or a member host is silent: the
  * agent decides), THEN each is started on its member host through the member command (all at
  * once), then each answer is recorded (a refused start back to `stopped`; a failed host call
- * left `starting` with its mark `unknown`) and every start is logged (`cause=create`). A crash
+ * left `starting` with its mark `unknown`) and every start is logged (`cause=create`); when
+ * nothing is started because a slot runs or a host is silent, that is logged. A crash
  * anywhere leaves `starting` slots marked `unknown`, which the agent's start-up health-waits, or
  * marks FAILED when their domain is off (dead_starts). Every member whose
  * start was sent goes into `sent` before its host is called (a failed create's cleanup powers
@@ -559,7 +606,16 @@ async function startInitialMembers(
       // member host is asked once, all at once; a slot that runs or is paused, or a host that does
       // not answer: nothing is marked or started (the agent decides, as before). So a member the
       // create starts was off before it, and only those are ever powered off by its cleanup.
-      if (!(await membersAllOff(i))) return [];
+      const found = await memberHostsAnswer(i);
+      if (found.live.length > 0 || found.silent.length > 0) {
+        // Logged, so a replaced agent's create is told apart from one on an adopted folder
+        // (review 12c N2).
+        await runChecked(controller, [
+          guardStep(asgOwned(i.groupName), [i.owner]),
+          createStartsSkippedStep(i.groupName, found),
+        ]);
+        return [];
+      }
       const [mark] = await runChecked(controller, [
         guardStep(asgOwned(i.groupName), [i.owner]),
         markCreateStartsStep(
@@ -597,19 +653,50 @@ async function startInitialMembers(
   );
 }
 
-/** True when every member host answered `stats` and no slot of the group runs or is paused. */
-async function membersAllOff(i: AutoscaleAgentInputs): Promise<boolean> {
+/** The create's question to the member hosts takes at most this long, all hosts together. */
+export const MEMBER_STATS_BOUND_MS = 30_000;
+
+/**
+ * Every member host's `stats`, all at once: the group's slots found running or paused (`live`:
+ * only names listed in membersByHost, a host's text is data) and the hosts that did not answer
+ * (`silent`: an error, a non-zero exit, or no answer within {@link MEMBER_STATS_BOUND_MS}). Both
+ * empty: every member is off. The bound is wall-clock from the question, the connection and any
+ * queue included (review 12c N2: the batch's own timeout started only once it ran, behind the
+ * host's other batches, after a connect of up to 15 s, all with the group lock held); the batches
+ * run in a worker shell (no lock needed on a member host), so a Server's slow batch in the main
+ * shell does not hold them up. A batch still out at the bound is left to finish (a read).
+ */
+async function memberHostsAnswer(i: AutoscaleAgentInputs): Promise<{ live: string[]; silent: string[] }> {
   const hosts = Object.entries(i.membersByHost)
     .filter(([, names]) => names.length > 0)
     .map(([h]) => h);
-  const answers = await Promise.allSettled(
-    hosts.map(async (h) =>
-      runSteps(hostNamed(i.hosts, h, "membersByHost"), [memberStatsStep(i.groupName)], { timeoutMs: 30_000 }),
-    ),
-  );
-  return answers.every(
-    (r) => r.status === "fulfilled" && r.value[0]?.code === 0 && liveSlots(r.value[0].stdout).length === 0,
-  );
+  const slots = new Set(Object.values(i.membersByHost).flat());
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<"silent">((r) => {
+    timer = setTimeout(() => r("silent"), MEMBER_STATS_BOUND_MS);
+  });
+  try {
+    const answers = await Promise.all(
+      hosts.map(async (h) => {
+        const asked = (async () =>
+          runSteps(hostNamed(i.hosts, h, "membersByHost"), [memberStatsStep(i.groupName)], {
+            timeoutMs: MEMBER_STATS_BOUND_MS,
+            lane: "worker",
+          }))();
+        const r = await Promise.race([asked, bound]).catch(() => "silent" as const);
+        if (r === "silent" || r[0]?.code !== 0) return { host: h, live: [] as string[], silent: true };
+        return { host: h, live: liveSlots(r[0].stdout).filter((m) => slots.has(m)), silent: false };
+      }),
+    );
+    return {
+      live: [...new Set(answers.flatMap((a) => a.live))].sort(
+        (a, b) => Number(a.slice(a.lastIndexOf("-") + 1)) - Number(b.slice(b.lastIndexOf("-") + 1)),
+      ),
+      silent: answers.filter((a) => a.silent).map((a) => a.host),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /**
@@ -637,6 +724,31 @@ async function stopInitialMembers(
         ]
       : [],
   );
+}
+
+/**
+ * A failed create's advice when its agent could not be stopped before the members' power-off
+ * (review 12c N1, 12d N5): what holds depends on whether the teardown (which stops the agent
+ * again and removes the group folder, decisions.log with it) then worked on the controller.
+ * `teardownFailedOn`: the hosts the teardown failed on (undefined: it worked everywhere).
+ */
+export function agentStopNote(
+  i: Pick<AutoscaleAgentInputs, "groupName" | "controllerHost" | "membersByHost">,
+  why: string,
+  teardownFailedOn: readonly string[] | undefined,
+): string {
+  const head = `the group's agent could not be stopped before the members' power-off (${why})`;
+  const memberHosts = Object.entries(i.membersByHost)
+    .filter(([, names]) => names.length > 0)
+    .map(([h]) => h);
+  const slots = Object.values(i.membersByHost)
+    .flat()
+    .sort((a, b) => Number(a.slice(a.lastIndexOf("-") + 1)) - Number(b.slice(b.lastIndexOf("-") + 1)));
+  if (teardownFailedOn?.includes(i.controllerHost))
+    return `${head}, and the cleanup failed on ${i.controllerHost} too, so the agent may still run and its folder may be left: see \`kvmlab asg status ${i.groupName} --controller ${i.controllerHost}\`, and virsh list on ${memberHosts.join(", ")}`;
+  // The create started members only after every slot was found off (memberHostsAnswer), so a slot
+  // that runs now was started by this create or by its agent.
+  return `${head}; the cleanup stopped it afterwards and removed the group's folder on ${i.controllerHost} (its decisions.log with it), but if it ran meanwhile it may have started members in their place: every slot was off before this create, so any of ${slots.join(", ")} running now on ${memberHosts.join(", ")} (virsh list) was started by this create or its agent: power those off (virsh destroy)`;
 }
 
 const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
@@ -712,8 +824,13 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       const leftRunning = await stopInitialMembers(inputs, started).catch((e: unknown) => [
         `(the power-off itself failed: ${(e as Error).message})`,
       ]);
+      // The teardown's own failure is named too (review 12d N5), and which hosts it failed on
+      // decides what the advice below can point at.
+      let cleanup: { message: string; hosts: string[] } | undefined;
       if (claimed.length > 0)
-        await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch(() => undefined);
+        await teardown(inputs, inputs.owner, new Set(claimed.map((h) => h.name))).catch((e: unknown) => {
+          cleanup = { message: (e as Error).message, hosts: (e as Partial<TeardownError>).hosts ?? [] };
+        });
       // What the cleanup could not undo is named (review 12a S6, 12c N1), the original error first.
       const notUndone = [
         ...(leftRunning.length > 0
@@ -721,9 +838,10 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
               `members this create started and could not power off again, left running: ${leftRunning.join("; ")}; power them off (virsh destroy) or run up again`,
             ]
           : []),
-        ...(agentStop !== ""
+        ...(agentStop !== "" ? [agentStopNote(inputs, agentStop, cleanup?.hosts)] : []),
+        ...(cleanup !== undefined
           ? [
-              `the group's agent could not be stopped before the members' power-off (${agentStop}); if it ran, it may have started members in their place: see \`kvmlab asg status ${inputs.groupName} --controller ${inputs.controllerHost}\` and virsh list on the member hosts`,
+              `the cleanup could not remove everything this create made (${cleanup.message}); what is left stays marked as this stack's: run up again (the next create takes it over), or remove it by hand`,
             ]
           : []),
       ];
@@ -794,7 +912,17 @@ const agent = defineResource<AutoscaleAgentInputs, AutoscaleAgentOutputs>({
       // A failed update gives back the hosts it claimed (key lines, member command, on a new
       // controller the agent and its folder, and the owner marker), as a failed create does.
       // Hosts the group already held, or adopted, are left as they are.
-      if (claimed.length > 0) await teardown(news, news.owner, new Set(claimed)).catch(() => undefined);
+      // Its own failure is named (review 12d N5), after the original error (kept as the cause).
+      let cleanup = "";
+      if (claimed.length > 0)
+        await teardown(news, news.owner, new Set(claimed)).catch((e: unknown) => {
+          cleanup = (e as Error).message;
+        });
+      if (cleanup !== "")
+        throw new Error(
+          `${(err as Error).message}; the cleanup could not give back every host this update claimed (${cleanup}); what is left stays marked as this stack's: run up again, or remove it by hand`,
+          { cause: err },
+        );
       throw err;
     }
   },

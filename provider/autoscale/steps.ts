@@ -514,6 +514,32 @@ export function liveSlots(stats: string): string[] {
     .map((f) => f[0]);
 }
 
+/**
+ * Controller, under the group lock: a fresh group's create that starts no member because a slot
+ * already runs or is paused (`live`: a replaced agent, the Servers kept running) or a member host
+ * did not answer (`silent`) logs it in decisions.log, in the agent's format (review 12c N2):
+ * `event=create-starts result=skipped reason=members-live members=web-0,web-1 note=the-agent-decides
+ * cause=create`, or `reason=host-silent silent_hosts=hv2` (`silent_hosts=` added to the first
+ * when both). Names are checked: slots of the group,
+ * host names of kvmlab's rule.
+ */
+export function createStartsSkippedStep(
+  group: string,
+  found: { live: readonly string[]; silent: readonly string[] },
+): Step {
+  checkedSlots(group, found.live);
+  for (const h of found.silent)
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(h)) throw new Error(`invalid host name ${JSON.stringify(h)}`);
+  const why = [
+    found.live.length > 0 ? `reason=members-live members=${found.live.join(",")}` : "reason=host-silent",
+    ...(found.silent.length > 0 ? [`silent_hosts=${found.silent.join(",")}`] : []),
+  ].join(" ");
+  return {
+    label: `log that group ${group}'s create starts no member (${found.live.length > 0 ? "members already live" : "a member host silent"})`,
+    script: `cd ${shQuote(dirOf(group))} && echo "ts=$(date +%s%3N) event=create-starts result=skipped ${why} note=the-agent-decides cause=create" >> decisions.log`,
+  };
+}
+
 /** One member start of a create: its host, and ok or why it failed (an exit status, or "host"). */
 export interface CreateStart {
   member: string;

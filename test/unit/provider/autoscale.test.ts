@@ -23,6 +23,7 @@ import {
   type HostConnection,
 } from "../../../provider";
 import { forcedCommandLine } from "../../../core/autoscale";
+import { UNKNOWN } from "../../../provider/host/quote";
 import { loadBalancerPaths } from "../../../core/paths";
 import {
   agentScript,
@@ -331,14 +332,14 @@ const STACK_OWNER = "proj/dev/AutoscaleAgent/web-agent";
 /** Replaces the host session with a recorder: every batch of steps, per host, answered by label. */
 function recordHosts(
   fail?: RegExp,
-  opts: { answers?: [RegExp, string][]; codes?: [RegExp, number][] } = {},
+  opts: { answers?: [RegExp, string][]; codes?: [RegExp, number][]; failOnce?: RegExp; hang?: RegExp } = {},
 ): {
-  batches: { host: string; steps: { label: string; script: string }[] }[];
+  batches: { host: string; steps: { label: string; script: string }[]; lane?: string }[];
   restore: () => void;
 } {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   const saved = { ...session };
-  const batches: { host: string; steps: { label: string; script: string }[] }[] = [];
+  const batches: { host: string; steps: { label: string; script: string }[]; lane?: string }[] = [];
   const answers: [RegExp, string][] = [
     ...(opts.answers ?? []),
     [/^mark /, "fresh=yes"],
@@ -347,18 +348,42 @@ function recordHosts(
     [/^read group web/, "present=yes\nrunning=yes\nagentpid=42\nstatus.size=1"],
     [/^claim /, "claimed"],
   ];
+  let failOnce = opts.failOnce;
   const run = (h: HostConnection, steps: readonly { label?: string; script: string }[]) => {
     batches.push({ host: h.name, steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })) });
     const bad = fail && steps.find((s) => fail.test(s.label ?? ""));
     if (bad) throw new Error(`${h.name}: step "${bad.label}" failed`);
+    // The first batch with a step matching `failOnce` fails; later ones pass.
+    const once = failOnce && steps.find((s) => failOnce?.test(s.label ?? ""));
+    if (once) {
+      failOnce = undefined;
+      throw new Error(`${h.name}: step "${once.label}" failed`);
+    }
     return steps.map((s) => answers.find(([re]) => re.test(s.label ?? ""))?.[1] ?? "");
   };
-  session.runSteps = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
-    run(h, steps).map((stdout, k) => ({
+  session.runSteps = async (
+    h: HostConnection,
+    steps: readonly { label?: string; script: string }[],
+    runOpts?: { lane?: string },
+  ) => {
+    // A batch that never runs (queued behind the host's other batches, a connect that hangs).
+    if (opts.hang && steps.some((s) => opts.hang?.test(s.label ?? ""))) {
+      batches.push({
+        host: h.name,
+        steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })),
+        lane: runOpts?.lane,
+      });
+      return new Promise<never>(() => undefined);
+    }
+    const out = run(h, steps).map((stdout, k) => ({
       code: opts.codes?.find(([re]) => re.test(steps[k].label ?? ""))?.[1] ?? 0,
       stdout,
       stderr: "",
     }));
+    const last = batches[batches.length - 1];
+    if (last !== undefined) last.lane = runOpts?.lane;
+    return out;
+  };
   // The named lock: recorded as a pseudo-step when taken and when released.
   session.withNamedHostLock = async (
     h: HostConnection,
@@ -742,9 +767,15 @@ test("review 12c N1: a failed create whose agent stop fails says so (the agent m
       (e: unknown) => e as Error,
     );
     assert.match(err.message, /^[^;]*read group web/, "the original error first");
+    // The teardown's own agent stop failed too (the same step): the folder may be left, so the
+    // advice points at it (review 12d N5), and the teardown's failure is named.
     assert.match(
       err.message,
-      /the group's agent could not be stopped before the members' power-off \(.*stop group web's agent.*\); if it ran, it may have started members in their place: see `kvmlab asg status web --controller hv1`/,
+      /the group's agent could not be stopped before the members' power-off \(.*stop group web's agent.*\), and the cleanup failed on hv1 too, so the agent may still run and its folder may be left: see `kvmlab asg status web --controller hv1`, and virsh list on hv1, hv2/,
+    );
+    assert.match(
+      err.message,
+      /the cleanup could not remove everything this create made \(autoscale group web: cleanup failed on hv1: .*stop group web's agent/,
     );
     assert.match((err.cause as Error).message, /read group web/);
   } finally {
@@ -774,4 +805,206 @@ test("review 12a S6: a failed create's power-offs that fail are named in the thr
   } finally {
     rec.restore();
   }
+});
+
+test("review 12d N5: a failed create whose first agent stop fails but whose teardown works says the folder is gone (no `kvmlab asg status`), and which slots to look for where", async () => {
+  // readAgent fails after the agent started; the catch's agent stop fails once, the teardown's
+  // own stop (and the rest of it) works: the group folder, decisions.log with it, is removed.
+  const rec = recordHosts(/^read group web/, { failOnce: /^stop group web's agent/ });
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    const err = await autoscaleAgentProvider.create!(i as never).then(
+      () => assert.fail("the create must fail"),
+      (e: unknown) => e as Error,
+    );
+    const t = timeline(rec);
+    assert.ok(
+      t.includes("hv1: remove group web's agent files"),
+      `the teardown removed the folder: ${t.join(" | ")}`,
+    );
+    assert.match(err.message, /^[^;]*read group web/, "the original error first");
+    assert.match(
+      err.message,
+      /the group's agent could not be stopped before the members' power-off \(.*stop group web's agent.*\); the cleanup stopped it afterwards and removed the group's folder on hv1 \(its decisions\.log with it\)/,
+    );
+    assert.match(
+      err.message,
+      /any of web-0, web-1, web-2 running now on hv1, hv2 \(virsh list\) was started by this create or its agent/,
+    );
+    assert.doesNotMatch(err.message, /kvmlab asg status/, "the folder it would read is gone");
+    assert.doesNotMatch(err.message, /the cleanup could not remove/, "the teardown worked");
+  } finally {
+    rec.restore();
+  }
+});
+
+test("review 12d N5: a failed create's teardown that fails is named (it was swallowed), after the original error, kept as the cause", async () => {
+  // The agent start fails; the teardown cannot remove the group's folder on the controller.
+  const rec = recordHosts(/^(start group web's agent|remove group web's agent files)/);
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    const err = await autoscaleAgentProvider.create!(i as never).then(
+      () => assert.fail("the create must fail"),
+      (e: unknown) => e as Error,
+    );
+    assert.match(err.message, /^[^;]*start group web's agent/, "the original error first");
+    assert.match(
+      err.message,
+      /the cleanup could not remove everything this create made \(autoscale group web: cleanup failed on hv1: .*remove group web's agent files.*\); what is left stays marked as this stack's: run up again/,
+    );
+    assert.doesNotMatch(err.message, /agent could not be stopped/, "the agent stop worked");
+    assert.match((err.cause as Error).message, /start group web's agent/);
+  } finally {
+    rec.restore();
+  }
+});
+
+test("review 12d N5: a failed update's cleanup that fails is named, after the original error", async () => {
+  const rec = recordHosts(/^((re)?start group web's agent|release the owner marker)/);
+  try {
+    const hosts = [...HOSTS, testHost("hv3", 3)];
+    const olds = outputs(checkAutoscaleAgentInputs(raw({ hosts, owner: STACK_OWNER })).inputs);
+    const news = checkAutoscaleAgentInputs(
+      raw({ hosts, owner: STACK_OWNER, membersByHost: { hv1: ["web-0"], hv2: ["web-2"], hv3: ["web-1"] } }),
+    ).inputs;
+    const err = await autoscaleAgentProvider.update!("web", olds as never, news as never).then(
+      () => assert.fail("the update must fail"),
+      (e: unknown) => e as Error,
+    );
+    assert.match(err.message, /^[^;]*start group web's agent/, "the original error first");
+    assert.match(
+      err.message,
+      /the cleanup could not give back every host this update claimed \(autoscale group web: cleanup failed on hv3: .*release the owner marker/,
+    );
+    assert.match((err.cause as Error).message, /start group web's agent/);
+  } finally {
+    rec.restore();
+  }
+});
+
+test("review 12c N2: a fresh group's create that starts nothing because members run, or a member host is silent, logs why in decisions.log (under the group lock, in the agent's format)", async () => {
+  for (const [what, opts, line] of [
+    [
+      "web-0 running",
+      {
+        answers: [[/^read the members of group web/, "web-0 running 123\nweb-2 shut-off 0\nweb-9 running 1"]],
+      },
+      "event=create-starts result=skipped reason=members-live members=web-0 note=the-agent-decides cause=create",
+    ],
+    [
+      "web-1 paused",
+      { answers: [[/^read the members of group web/, "web-1 paused 5"]] },
+      "event=create-starts result=skipped reason=members-live members=web-1 note=the-agent-decides cause=create",
+    ],
+    [
+      "the member hosts answer 69 (libvirtd down)",
+      { codes: [[/^read the members of group web/, 69]] },
+      "event=create-starts result=skipped reason=host-silent silent_hosts=hv1,hv2 note=the-agent-decides cause=create",
+    ],
+  ] as [string, Parameters<typeof recordHosts>[1], string][]) {
+    const rec = recordHosts(undefined, opts);
+    try {
+      const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+      await autoscaleAgentProvider.create!(i as never);
+      const t = timeline(rec);
+      const logAt = t.findIndex((l) => l.startsWith("hv1: log that group web's create starts no member"));
+      assert.ok(
+        logAt > t.indexOf("hv1: lock asg-group /var/lib/kvmlab/asg/web/group.lock") &&
+          logAt < t.indexOf("hv1: unlock asg-group"),
+        `${what}: logged under the group lock: ${t.join(" | ")}`,
+      );
+      const script = stepScript(rec, /^log that group web's create starts no member/);
+      assert.ok(script.includes(`echo "ts=$(date +%s%3N) ${line}" >> decisions.log`), `${what}: ${script}`);
+      assert.ok(script.startsWith("cd /var/lib/kvmlab/asg/web && "), "in the group's folder");
+      assert.ok(!t.some((l) => /: (start|stop) member /.test(l)), `${what}: nothing started`);
+    } finally {
+      rec.restore();
+    }
+  }
+  // A fresh group whose members are all off logs no such line.
+  const rec = recordHosts();
+  try {
+    await autoscaleAgentProvider.create!(
+      checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs as never,
+    );
+    assert.ok(!timeline(rec).some((l) => l.includes("starts no member")));
+  } finally {
+    rec.restore();
+  }
+});
+
+test("review 12c N2: the create's stats question is bounded from the moment it is asked (a host whose batch never even runs counts as silent after 30 s), and runs in a worker shell", async () => {
+  const { mock } = await import("node:test");
+  const { MEMBER_STATS_BOUND_MS } = await import("../../../provider/autoscale");
+  assert.equal(MEMBER_STATS_BOUND_MS, 30_000);
+  // Both member hosts' batches are stuck before they run (queued, a connect that hangs): the old
+  // per-batch timeout never started, so the create waited, holding the group lock.
+  const rec = recordHosts(undefined, { hang: /^read the members of group web/ });
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    let settled = false;
+    const created = autoscaleAgentProvider.create!(i as never).finally(() => (settled = true));
+    const spin = async (n: number, until: () => boolean): Promise<void> => {
+      for (let k = 0; k < n && !until(); k++) await new Promise((r) => setImmediate(r));
+    };
+    const asked = (): number =>
+      timeline(rec).filter((l) => l.endsWith("read the members of group web on this host")).length;
+    await spin(2000, () => asked() === 2);
+    assert.equal(asked(), 2, "both member hosts asked");
+    for (const b of rec.batches.filter((x) => x.steps.some((s) => s.label.startsWith("read the members"))))
+      assert.equal(
+        b.lane,
+        "worker",
+        `${b.host}: asked in a worker shell, not behind the main shell's batches`,
+      );
+    mock.timers.tick(MEMBER_STATS_BOUND_MS - 1);
+    await spin(200, () => settled);
+    assert.equal(settled, false, "still waiting just before the bound");
+    mock.timers.tick(1);
+    await spin(2000, () => settled);
+    assert.equal(settled, true, "the create went on at the bound");
+    await created;
+    const t = timeline(rec);
+    assert.ok(
+      !t.some((l) => /: (start|stop) member |: mark /.test(l)),
+      `nothing marked or started: ${t.join(" | ")}`,
+    );
+    assert.ok(
+      stepScript(rec, /^log that group web's create starts no member/).includes(
+        "reason=host-silent silent_hosts=hv1,hv2",
+      ),
+    );
+    assert.ok(t.includes("hv1: start group web's agent"), "the agent decides");
+  } finally {
+    mock.timers.reset();
+    rec.restore();
+  }
+});
+
+test("review 12a N3: check refuses membersByHost that is not agent.conf's slots on agent.conf's hosts (the create picks from one, the agent from the other), naming both lists", () => {
+  // conf(): web-0 and web-2 on hv1, web-1 on hv2.
+  assert.deepEqual(checkAutoscaleAgentInputs(raw()).failures, [], "the same slots on the same hosts");
+  for (const [what, membersByHost, listed] of [
+    ["a slot left out", { hv1: ["web-0", "web-2"] }, "web-0@hv1, web-2@hv1"],
+    ["a slot on another host", { hv1: ["web-0", "web-1", "web-2"] }, "web-0@hv1, web-1@hv1, web-2@hv1"],
+    ["two slots swapped", { hv1: ["web-1", "web-2"], hv2: ["web-0"] }, "web-0@hv2, web-1@hv1, web-2@hv1"],
+  ] as const) {
+    const f = checkAutoscaleAgentInputs(raw({ membersByHost })).failures.filter(
+      (x) => x.property === "membersByHost",
+    );
+    assert.equal(f.length, 1, `${what}: ${JSON.stringify(f)}`);
+    assert.ok(
+      f[0].reason.includes(
+        `agent.conf's slots (MEMBER_<i>_NAME on MEMBER_<i>_HOST) are web-0@hv1, web-1@hv2, web-2@hv1, membersByHost lists ${listed}`,
+      ),
+      `${what}: both lists named: ${f[0].reason}`,
+    );
+    assert.match(f[0].reason, /render both from the same slots/);
+  }
+  // Unknown lists (preview) are not judged.
+  const unknown = checkAutoscaleAgentInputs(
+    raw({ membersByHost: { hv1: ["web-0", "web-2"], hv2: UNKNOWN } }),
+  );
+  assert.ok(!unknown.failures.some((x) => /agent\.conf's slots/.test(x.reason)));
 });
