@@ -355,6 +355,15 @@ function involvedHosts(i: AutoscaleAgentInputs): HostConnection[] {
   return i.hosts.filter((h) => names.has(h.name));
 }
 
+/**
+ * The lane of the agent's steps that take no host lock (the member hosts' read-only checks, the
+ * members' `stats`, start and stop through the member command, the agent's state): a worker shell
+ * of the host's connection, so they neither wait behind nor hold up the main shell's batches of
+ * the other resources an `up` creates on the same hosts beside the agent (issue 13: a member's
+ * `virsh start` takes seconds). The batches that take the host lock stay in the main shell.
+ */
+const WORKER = { lane: "worker" } as const;
+
 /** Member host: files + key line; returns its sshd host keys (for the controller's known_hosts). */
 async function setUpMemberHost(
   i: AutoscaleAgentInputs,
@@ -364,12 +373,16 @@ async function setUpMemberHost(
   owners: readonly string[],
 ): Promise<{ hostKeys: string[]; authorizedKeysFile: string }> {
   const d = asgDir(i.groupName);
-  const outs = await runChecked(host, [
-    guardStep(asgOwned(i.groupName), owners, true),
-    // The forced command may start and stop these domains: each must be a server of this stack.
-    ...(i.membersByHost[host.name] ?? []).map((n) => memberOwnedStep(i.groupName, n, i.owner)),
-    destinationFactsStep(),
-  ]);
+  const outs = await runChecked(
+    host,
+    [
+      guardStep(asgOwned(i.groupName), owners, true),
+      // The forced command may start and stop these domains: each must be a server of this stack.
+      ...(i.membersByHost[host.name] ?? []).map((n) => memberOwnedStep(i.groupName, n, i.owner)),
+      destinationFactsStep(),
+    ],
+    WORKER,
+  );
   const { hostKeys, authorizedKeysFile } = parseDestinationFacts(outs[outs.length - 1] ?? "");
   if (authorizedKeysFile === "")
     throw new Error(`host ${host.name}: could not find the authorized keys file sshd uses for ${host.user}`);
@@ -444,7 +457,7 @@ async function wire(
 
 async function readAgent(i: AutoscaleAgentInputs): Promise<AgentState> {
   const controller = hostNamed(i.hosts, i.controllerHost, "controllerHost");
-  const [r] = await runSteps(controller, [agentReadStep(i.groupName)]);
+  const [r] = await runSteps(controller, [agentReadStep(i.groupName)], WORKER);
   if (r.code !== 0)
     throw new Error(
       `host ${controller.name}: reading group ${i.groupName}'s agent failed: ${r.stderr.trim()}`,
@@ -633,7 +646,7 @@ async function startInitialMembers(
           runSteps(
             hostNamed(i.hosts, c.host, "membersByHost"),
             [memberCommandStep(i.groupName, "start", c.member)],
-            { timeoutMs: 65_000 },
+            { timeoutMs: 65_000, ...WORKER },
           ),
         ),
       );
@@ -681,7 +694,7 @@ async function memberHostsAnswer(i: AutoscaleAgentInputs): Promise<{ live: strin
         const asked = (async () =>
           runSteps(hostNamed(i.hosts, h, "membersByHost"), [memberStatsStep(i.groupName)], {
             timeoutMs: MEMBER_STATS_BOUND_MS,
-            lane: "worker",
+            ...WORKER,
           }))();
         const r = await Promise.race([asked, bound]).catch(() => "silent" as const);
         if (r === "silent" || r[0]?.code !== 0) return { host: h, live: [] as string[], silent: true };
@@ -710,9 +723,11 @@ async function stopInitialMembers(
 ): Promise<string[]> {
   const settled = await Promise.allSettled(
     started.map(async (s) => {
-      const [r] = await runSteps(hostNamed(i.hosts, s.host, "membersByHost"), [
-        memberCommandStep(i.groupName, "stop", s.member),
-      ]);
+      const [r] = await runSteps(
+        hostNamed(i.hosts, s.host, "membersByHost"),
+        [memberCommandStep(i.groupName, "stop", s.member)],
+        WORKER,
+      );
       if (r?.code !== 0)
         throw new Error(`exit ${String(r?.code)}${r?.stderr.trim() ? `: ${r.stderr.trim()}` : ""}`);
     }),

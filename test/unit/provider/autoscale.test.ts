@@ -339,6 +339,7 @@ function recordHosts(
 } {
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   const saved = { ...session };
+  // lane: the RunOptions lane of a runSteps/runChecked batch ("main" when none), "locked" for runLocked.
   const batches: { host: string; steps: { label: string; script: string }[]; lane?: string }[] = [];
   const answers: [RegExp, string][] = [
     ...(opts.answers ?? []),
@@ -349,8 +350,12 @@ function recordHosts(
     [/^claim /, "claimed"],
   ];
   let failOnce = opts.failOnce;
-  const run = (h: HostConnection, steps: readonly { label?: string; script: string }[]) => {
-    batches.push({ host: h.name, steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })) });
+  const run = (h: HostConnection, steps: readonly { label?: string; script: string }[], lane = "main") => {
+    batches.push({
+      host: h.name,
+      steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })),
+      lane,
+    });
     const bad = fail && steps.find((s) => fail.test(s.label ?? ""));
     if (bad) throw new Error(`${h.name}: step "${bad.label}" failed`);
     // The first batch with a step matching `failOnce` fails; later ones pass.
@@ -371,17 +376,15 @@ function recordHosts(
       batches.push({
         host: h.name,
         steps: steps.map((s) => ({ label: s.label ?? "", script: s.script })),
-        lane: runOpts?.lane,
+        lane: runOpts?.lane ?? "main",
       });
       return new Promise<never>(() => undefined);
     }
-    const out = run(h, steps).map((stdout, k) => ({
+    const out = run(h, steps, runOpts?.lane).map((stdout, k) => ({
       code: opts.codes?.find(([re]) => re.test(steps[k].label ?? ""))?.[1] ?? 0,
       stdout,
       stderr: "",
     }));
-    const last = batches[batches.length - 1];
-    if (last !== undefined) last.lane = runOpts?.lane;
     return out;
   };
   // The named lock: recorded as a pseudo-step when taken and when released.
@@ -399,9 +402,13 @@ function recordHosts(
       batches.push({ host: h.name, steps: [{ label: `unlock ${name}`, script: "" }] });
     }
   };
-  session.runChecked = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
-    run(h, steps);
-  session.runLocked = session.runChecked;
+  session.runChecked = async (
+    h: HostConnection,
+    steps: readonly { label?: string; script: string }[],
+    o?: { lane?: string },
+  ) => run(h, steps, o?.lane);
+  session.runLocked = async (h: HostConnection, steps: readonly { label?: string; script: string }[]) =>
+    run(h, steps, "locked");
   return { batches, restore: () => Object.assign(session, saved) };
 }
 
@@ -601,6 +608,34 @@ test("session 12: a fresh group's create marks its first members starting under 
     assert.match(record, /event=action action=start member=web-0 host=hv1 start_ms=\d+ cause=create/);
     assert.match(record, /event=action action=start member=web-1 host=hv2 start_ms=\d+ cause=create/);
     assert.doesNotMatch(record, /stopped 0/, "nothing goes back to stopped when every start worked");
+  } finally {
+    rec.restore();
+  }
+});
+
+test("session 13 (issue 13): the create's steps that take no host lock (the member hosts' checks, the members' stats and starts, the agent's read) run in a worker shell; those that take the host lock run locked in the main shell", async () => {
+  const rec = recordHosts();
+  try {
+    const i = checkAutoscaleAgentInputs(raw({ owner: STACK_OWNER, desired: 2 })).inputs;
+    await autoscaleAgentProvider.create!(i as never);
+    const laneOf = (re: RegExp): string[] =>
+      rec.batches
+        .filter((b) => b.steps.some((s) => re.test(s.label)))
+        .map((b) => `${b.host}:${b.lane ?? "?"}`);
+    assert.deepEqual(laneOf(/^start member /).sort(), ["hv1:worker", "hv2:worker"], "the members' starts");
+    assert.deepEqual(laneOf(/^read the members of group web/).sort(), ["hv1:worker", "hv2:worker"], "stats");
+    assert.deepEqual(laneOf(/^read the destination/).sort(), ["hv1:worker", "hv2:worker"], "member checks");
+    assert.deepEqual(laneOf(/^read group web's agent/), ["hv1:worker"], "the agent's state");
+    for (const re of [
+      /^claim /,
+      /^authorize group web/,
+      /^prepare the agent folder/,
+      /^start group web's agent/,
+    ])
+      assert.ok(
+        laneOf(re).length > 0 && laneOf(re).every((l) => l.endsWith(":locked")),
+        `${String(re)} runs under the host lock: ${laneOf(re).join(" ")}`,
+      );
   } finally {
     rec.restore();
   }
