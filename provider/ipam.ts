@@ -20,7 +20,9 @@ import {
   checkRemotePath,
   failedStep,
   hostLockFree,
+  lockedRider,
   readRecordStep,
+  remoteStepError,
   recordPath,
   parseRecord,
   runChecked,
@@ -510,6 +512,11 @@ async function allocationTurn(
   const read = (): Step[] => [readRecordStep("ipam", name), leasedStep(paths)];
   // A commit that failed with the record maybe written: what it wrote over what.
   let sent: { base: IpamRecord; next: IpamRecord } | undefined;
+  // Announced before the reading (session 11): a placement claim batch on the DHCP host that
+  // takes the host's lock meanwhile waits for this turn's plan and carries its commit (guard
+  // first) in its own lock hold and round trip, instead of the commit waiting for that batch and
+  // taking the lock again after it.
+  const ticket = lockedRider(ref.host);
   try {
     try {
       const [recText, leasedText] = await runChecked(ref.host, read());
@@ -517,10 +524,17 @@ async function allocationTurn(
       // A turn with nothing to write and nobody waiting answers from this reading at once, as
       // before session 10: it takes no lock and waits for none (review 10a, finding 3).
       let joined = false;
-      if (plan || late.length > 0) {
+      let riding = false;
+      if (!plan && late.length === 0) ticket.withdraw();
+      else if (ticket.wanted()) riding = true;
+      else {
+        // Withdrawn first: a claim batch that takes the lock from here on does not wait for it.
+        ticket.withdraw();
         // The commit waits for the DHCP host's in-process lock (a placement claim batch on the
         // same host holds it for 30-150 ms): the wait comes before the planning instead.
         await hostLockFree(ref.host);
+      }
+      if (plan || late.length > 0) {
         // The allocations that arrived while the record was read or until the lock was first
         // free join this turn (session 10): it plans them on the same reading, as placement's
         // turn takes the creates that arrive while it reads the hosts.
@@ -537,11 +551,15 @@ async function allocationTurn(
       // nothing to write; refused, the locked turn below replans it (review 10a, finding 1).
       if (plan || joined) {
         const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
+        const commit = plan ? [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)] : [guard];
         try {
-          await runLocked(
-            ref.host,
-            plan ? [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)] : [guard],
-          );
+          const carried = riding ? await ticket.ride(commit) : { skipped: true as const };
+          if ("error" in carried) throw carried.error;
+          if ("results" in carried) {
+            // Carried under the claim batch's lock: its own steps' failure, indexed as runLocked's.
+            const at = carried.results.findIndex((r) => r.code !== 0);
+            if (at !== -1) throw remoteStepError(ref.host, commit[at], carried.results[at], at);
+          } else await runLocked(ref.host, commit);
         } catch (err) {
           // Past the record's write (step 1), or no step's failure (a timeout, a lost shell).
           if (plan && recordMayBeWritten(err, 1)) sent = plan;
@@ -584,6 +602,7 @@ async function allocationTurn(
         );
       }
     } finally {
+      ticket.withdraw();
       const end = Date.now();
       for (const r of batch) {
         const began = Math.max(turnStart, r.startedAt);

@@ -985,25 +985,177 @@ export async function pooledSsh(host: HostConnection): Promise<NodeSSH> {
 export async function runLocked(
   host: HostConnection,
   steps: readonly Step[],
-  opts: RunOptions = {},
+  opts: RunOptions & {
+    /**
+     * Carry the steps of the tickets announced on this host (lockedRider) after `steps`, in the
+     * same lock hold and round trip; waits (bounded) for those tickets to decide first. Their
+     * outcomes go to their tickets, never to this caller.
+     */
+    readonly riders?: boolean;
+  } = {},
   waitSec = 120,
 ): Promise<string[]> {
   const release = await takeProcessLock(host);
+  let riders: RiderSlot[] = [];
+  const settleRiders = (o: (k: number) => RiderOutcome) => {
+    riders.forEach((r, k) => r.settle?.(o(k)));
+    riders = [];
+  };
   try {
+    const { riders: takes, ...runOpts } = opts;
+    if (takes) riders = await takeRiders(host);
+    const carried = riders.flatMap((r) => r.steps ?? []);
     const all: Step[] = [
       takeLockStep("take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)", waitSec),
       ...steps,
+      ...carried,
       RELEASE_LOCK_STEP,
     ];
-    const results = await runSteps(host, all, { ...opts, stopOnError: true });
-    for (let i = 0; i < all.length - 1; i++) {
+    let results: StepResult[];
+    try {
+      results = await runSteps(host, all, { ...runOpts, stopOnError: true });
+    } catch (err) {
+      settleRiders(() => ({ error: err }));
+      throw err;
+    }
+    // The riders' results, each its own slice; all skipped (code null) when a step before them
+    // failed: nothing of theirs ran.
+    let at = 1 + steps.length;
+    const slices = riders.map((r) => {
+      const slice = results.slice(at, at + (r.steps ?? []).length);
+      at += slice.length;
+      return slice;
+    });
+    const ownFailed = results.slice(0, 1 + steps.length).some((r) => r.code !== 0);
+    settleRiders((k) =>
+      ownFailed || slices[k].every((r) => r.code === null) ? { skipped: true } : { results: slices[k] },
+    );
+    for (let i = 0; i < 1 + steps.length; i++) {
       // The caller's index: `all` begins with the lock's take (-1 there).
       if (results[i].code !== 0) throw remoteStepError(host, all[i], results[i], i - 1);
     }
-    return results.slice(1, -1).map((r) => r.stdout);
+    return results.slice(1, 1 + steps.length).map((r) => r.stdout);
   } finally {
+    // Never left waiting (an error before the batch ran: nothing of theirs was sent).
+    settleRiders(() => ({ skipped: true }));
     release();
   }
+}
+
+/**
+ * What became of steps that rode in another operation's locked batch (lockedRider): `results`
+ * (one per step, as runSteps gives them: a step skipped after a failure has code null), `error`
+ * (the batch's own failure: a timeout, a lost shell, the lock not taken; the steps may have run
+ * unless the lock was not taken), or `skipped` (not sent: the batch did not take them, or a
+ * step of its owner failed before them; nothing of them ran).
+ */
+export type RiderOutcome =
+  { readonly results: readonly StepResult[] } | { readonly error: unknown } | { readonly skipped: true };
+
+/**
+ * A ticket for steps that may ride in the next locked batch on a host that takes riders
+ * (runLocked with `riders`), announced before the caller knows its steps (issue 13, session 11:
+ * the IPAM turn announces before it reads the record, so a placement claim batch on the DHCP
+ * host waits for its plan and carries its commit: one lock hold and round trip instead of two).
+ */
+export interface RiderTicket {
+  /** Whether a locked batch waits for this ticket's decision (then `ride` joins that batch). */
+  wanted(): boolean;
+  /** Rides in the batch waiting for it (call only when wanted()); resolves when it ran. */
+  ride(steps: readonly Step[]): Promise<RiderOutcome>;
+  /** No steps to carry (idempotent; a batch waiting for it goes on without it). */
+  withdraw(): void;
+}
+
+interface RiderSlot {
+  waitedOn: boolean;
+  decided: boolean;
+  steps?: readonly Step[];
+  onDecided: Array<() => void>;
+  settle?: (o: RiderOutcome) => void;
+}
+
+/** Per host (address:port): the rider tickets announced and not yet decided or carried. */
+function riderSlots(host: HostConnection): Set<RiderSlot> {
+  const pool = hostPool() as HostPool & { riders?: Map<string, Set<RiderSlot>> };
+  const all = (pool.riders ??= new Map());
+  const id = `${host.address}:${host.port}`;
+  let set = all.get(id);
+  if (!set) {
+    set = new Set();
+    all.set(id, set);
+  }
+  return set;
+}
+
+/**
+ * Announces steps that may ride in the host's next locked batch that takes riders. The holder
+ * must call `ride` or `withdraw` soon (a waiting batch goes on without an undecided ticket after
+ * RIDER_WAIT_MS). The ridden steps run under that batch's flock, after its owner's steps, and
+ * only when every one of those succeeded (stopOnError), so a rider never changes its owner's
+ * outcome and is never run without the lock; a rider must refuse on its own (a guard step first)
+ * when what it planned on changed.
+ */
+export function lockedRider(host: HostConnection): RiderTicket {
+  const slots = riderSlots(host);
+  const slot: RiderSlot = { waitedOn: false, decided: false, onDecided: [] };
+  slots.add(slot);
+  const decide = () => {
+    if (slot.decided) return;
+    slot.decided = true;
+    for (const f of slot.onDecided.splice(0)) f();
+  };
+  return {
+    wanted: () => slot.waitedOn && !slot.decided,
+    ride: (steps) =>
+      new Promise<RiderOutcome>((resolve) => {
+        if (!slot.waitedOn || slot.decided) {
+          slots.delete(slot);
+          resolve({ skipped: true });
+          return;
+        }
+        slot.steps = steps;
+        slot.settle = resolve;
+        decide();
+      }),
+    withdraw: () => {
+      slots.delete(slot);
+      decide();
+    },
+  };
+}
+
+/** How long a locked batch that takes riders waits for the tickets announced on its host. */
+export const RIDER_WAIT_MS = 5000;
+
+/**
+ * For runLocked with `riders` (exported for tests that play such a batch against a fake host):
+ * waits (bounded) until every ticket announced on the host has decided, and takes those that
+ * ride (removed from the host's set); the taker runs their `steps` and must `settle` each. A
+ * ticket still undecided after the wait is left: its ride() answers `skipped`.
+ */
+export async function takeLockedRiders(
+  host: HostConnection,
+): Promise<Array<{ readonly steps?: readonly Step[]; readonly settle?: (o: RiderOutcome) => void }>> {
+  return takeRiders(host);
+}
+
+async function takeRiders(host: HostConnection): Promise<RiderSlot[]> {
+  const slots = riderSlots(host);
+  const open = [...slots].filter((s) => !s.decided);
+  if (open.length > 0) {
+    for (const s of open) s.waitedOn = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(open.map((s) => new Promise<void>((r) => (s.decided ? r() : s.onDecided.push(r))))),
+      new Promise<void>((r) => (timer = setTimeout(r, RIDER_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
+    for (const s of open) if (!s.decided) s.waitedOn = false;
+  }
+  const taken = [...slots].filter((s) => s.decided && s.steps !== undefined && s.settle !== undefined);
+  for (const s of taken) slots.delete(s);
+  return taken;
 }
 
 /** Closes every pooled connection (tests, benchmark, end of a CLI run). */

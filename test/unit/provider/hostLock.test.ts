@@ -15,7 +15,9 @@ import {
   closeHostSessions,
   hostPool,
   hostPoolStats,
+  lockedRider,
   runChecked,
+  runLocked,
   setHostPoolMode,
   withHostLock,
   withNamedHostLock,
@@ -89,6 +91,9 @@ let gate: Promise<void> | null = null;
 function fakeShell(ch: FakeChannel): void {
   let buf = "";
   let answered = Promise.resolve();
+  // A step whose script holds "kvl-test-exit-<n>" exits n; the steps after it in a stopOnError
+  // batch (framing's guard) are answered "skip", as the real shell does.
+  let aborted = false;
   ch.on("data", (d: Buffer) => {
     buf += d.toString("utf8");
     const re = /printf '\\n%s %s\\n' '([A-Za-z0-9_]+-\d+)' "\$__kvl_s"\n/;
@@ -97,10 +102,14 @@ function fakeShell(ch: FakeChannel): void {
       const tag = m[1];
       seen.scripts.push(script);
       buf = buf.slice(m.index + m[0].length);
+      if (/^__kvl_abort=$/m.test(script)) aborted = false;
+      const guarded = script.includes('if [ -z "$__kvl_abort" ]');
+      const code = guarded && aborted ? "skip" : (/kvl-test-exit-(\d+)/.exec(script)?.[1] ?? "0");
+      if (guarded && code !== "0" && code !== "skip") aborted = true;
       const wait = script.includes("hold-this-shell") ? gate : null;
       answered = answered.then(async () => {
         if (wait) await wait;
-        ch.write(`\n${tag} 0\n`);
+        ch.write(`\n${tag} ${code}\n`);
         ch.stderr.write(`\n${tag}\n`);
       });
     }
@@ -410,6 +419,77 @@ test("an image's files go to a host side by side on ONE SFTP channel (sshd's Max
     sftpFiles = null;
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("runLocked with riders: a ticket announced before the batch rides in its lock hold and round trip, after the owner's steps; the batch waits for its decision", async () => {
+  await runChecked(host, [{ label: "open", script: "true" }]);
+  const ticket = lockedRider(host);
+  const trips = hostPoolStats().roundTrips;
+  seen.scripts.length = 0;
+  const claim = runLocked(host, [{ label: "claim", script: "echo kvl-test-claim" }], { riders: true });
+  for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(ticket.wanted(), "the batch waits for the ticket announced on its host");
+  assert.equal(hostPoolStats().roundTrips, trips, "nothing sent before the ticket decided");
+  const rode = ticket.ride([{ label: "commit", script: "echo kvl-test-commit" }]);
+  assert.deepEqual(await claim, [""], "the owner gets its own stdouts only (the fake prints nothing)");
+  const out = await rode;
+  assert.ok("results" in out && out.results.length === 1 && out.results[0].code === 0, JSON.stringify(out));
+  assert.equal(hostPoolStats().roundTrips, trips + 1, "one round trip for the claim and the rider");
+  const all = seen.scripts.join("\n");
+  const [take, own, carried, unlock] = [
+    /flock -w \d+ 9/,
+    /kvl-test-claim/,
+    /kvl-test-commit/,
+    /exec 9>&-/,
+  ].map((re) => all.search(re));
+  assert.ok(
+    take >= 0 && take < own && own < carried && carried < unlock,
+    "take, owner, rider, release in order",
+  );
+  // The next batch carries nothing of it again.
+  seen.scripts.length = 0;
+  await runLocked(host, [{ label: "again", script: "true" }], { riders: true });
+  assert.doesNotMatch(seen.scripts.join("\n"), /kvl-test-commit/);
+});
+
+test("runLocked with riders: when an owner's step fails, the rider is answered skipped (nothing of it ran) and the owner gets its own failure", async () => {
+  const ticket = lockedRider(host);
+  const claim = runLocked(host, [{ label: "claim", script: "echo kvl-test-exit-34" }], { riders: true });
+  for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+  const rode = ticket.ride([{ label: "commit", script: "true" }]);
+  await assert.rejects(claim, (err: Error & { stepIndex?: number; exitStatus?: number }) => {
+    assert.equal(err.stepIndex, 0);
+    assert.equal(err.exitStatus, 34);
+    return true;
+  });
+  assert.deepEqual(await rode, { skipped: true });
+});
+
+test("runLocked with riders: a rider's own failure is its own (the owner succeeds), and a withdrawn or unwanted ticket is not waited for", async () => {
+  const ticket = lockedRider(host);
+  const claim = runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
+  for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+  const rode = ticket.ride([
+    { label: "guard", script: "echo kvl-test-exit-38" },
+    { label: "write", script: "true" },
+  ]);
+  assert.deepEqual(await claim, [""]);
+  const out = await rode;
+  assert.ok("results" in out, JSON.stringify(out));
+  assert.deepEqual(
+    out.results.map((r) => r.code),
+    [38, null],
+  );
+  // Withdrawn: the batch goes on at once.
+  const gone = lockedRider(host);
+  gone.withdraw();
+  const t = Date.now();
+  await runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
+  assert.ok(Date.now() - t < 2000, "a withdrawn ticket is not waited for");
+  // No batch waits for it: ride answers skipped (the caller then takes the lock itself).
+  const alone = lockedRider(host);
+  assert.equal(alone.wanted(), false);
+  assert.deepEqual(await alone.ride([{ label: "commit", script: "true" }]), { skipped: true });
 });
 
 const WEB_LOCK = "/var/lib/kvmlab/asg/web/group.lock";

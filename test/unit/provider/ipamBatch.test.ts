@@ -857,3 +857,115 @@ test("the locked turn's commit failing at a step after the record's write (revie
     fake.restore();
   }
 });
+
+/**
+ * Plays a placement claim batch on the DHCP host that takes riders (runLocked with `riders`),
+ * started while the IPAM turn reads the record: it waits for the turn's plan and then runs the
+ * carried steps through the fake host as `answer` says (the real runner's results: a failed
+ * step's exit status, the ones after it skipped), or answers `skipped` with `skip`.
+ */
+function claimBatchDuringRead(
+  fakeOf: () => Fake,
+  how: "run" | "skip" = "run",
+): { carried: Promise<string[]>; start: () => void } {
+  const session = require("../../../provider/host/session") as {
+    takeLockedRiders: (
+      h: HostConnection,
+    ) => Promise<Array<{ steps?: readonly Step[]; settle?: (o: unknown) => void }>>;
+    runSteps: (h: HostConnection, steps: readonly Step[]) => Promise<StepResult[]>;
+  };
+  let resolve: (labels: string[]) => void = () => undefined;
+  const carried = new Promise<string[]>((r) => (resolve = r));
+  const start = () => {
+    fakeOf().log.push({ host: hv1.name, label: "claim batch waits for riders", script: "" });
+    void session.takeLockedRiders(hv1).then(async (riders) => {
+      const ran: string[] = [];
+      for (const r of riders) {
+        if (how === "skip") {
+          r.settle?.({ skipped: true });
+          continue;
+        }
+        const results: StepResult[] = [];
+        for (const s of r.steps ?? []) {
+          if (results.some((x) => x.code !== 0)) results.push({ code: null, stdout: "", stderr: "" });
+          else {
+            results.push((await session.runSteps(hv1, [s]))[0]);
+            ran.push(s.label ?? "");
+          }
+        }
+        r.settle?.({ results });
+      }
+      resolve(ran);
+    });
+  };
+  return { carried, start };
+}
+
+test("an IPAM turn whose DHCP host has a placement claim batch waiting (session 11) carries its guard and commit in that batch: no lock of its own, one commit", async () => {
+  const claim = claimBatchDuringRead(() => fake);
+  const fake = subnetHost(record({}), { afterRead: (n) => n === 1 && claim.start() });
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", {
+      mac: "52:54:00:00:00:01",
+      holder: "lab/a/Server/s1",
+    });
+    assert.equal(ip, "10.10.0.2");
+    assert.deepEqual(
+      turnSteps(fake),
+      [
+        `read record ipam/${NAME}`,
+        "claim batch waits for riders",
+        "read dhcp leases",
+        "check that the IPAM record of subnet lan-v4 is as read",
+        `write record ipam/${NAME}`,
+      ],
+      "the guard and the commit ran in the claim batch; the turn took no lock of its own",
+    );
+    assert.equal(count(fake, /^host lock taken$/), 0);
+    assert.deepEqual(
+      (await claim.carried).filter((l) => !/^(upload|reload)/.test(l)),
+      ["check that the IPAM record of subnet lan-v4 is as read", `write record ipam/${NAME}`],
+    );
+    assert.equal(fake.current().allocations["10.10.0.2"]?.owner, "server:u1:0");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM turn carried in a claim batch whose guard refuses (another writer since its reading) runs the locked turn; a claim batch that skips it (its own step failed) leaves it to take the lock itself; no address twice", async () => {
+  // Refused: another run allocated 10.10.0.2 between the reading and the carried commit.
+  const claim = claimBatchDuringRead(() => fake);
+  const fake = subnetHost(record({}), {
+    afterRead: (n, set) => {
+      if (n !== 1) return;
+      claim.start();
+      set(record({ "10.10.0.2": { owner: "server:other:0", mac: "", holder: "lab/other/Server/x" } }));
+    },
+  });
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    assert.equal(ip, "10.10.0.3", "not the address the other run took");
+    assert.deepEqual(await claim.carried, ["check that the IPAM record of subnet lan-v4 is as read"]);
+    assert.equal(count(fake, /^host lock taken$/), 1, "the locked turn");
+    assert.deepEqual(Object.keys(fake.current().allocations).sort(), ["10.10.0.2", "10.10.0.3"]);
+  } finally {
+    fake.restore();
+  }
+  // Skipped: nothing of it ran; the turn commits under its own lock, as before session 11.
+  const skipping = claimBatchDuringRead(() => fake2, "skip");
+  const fake2 = subnetHost(record({}), { afterRead: (n) => n === 1 && skipping.start() });
+  try {
+    assert.equal(await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }), "10.10.0.2");
+    assert.deepEqual(turnSteps(fake2), [
+      `read record ipam/${NAME}`,
+      "claim batch waits for riders",
+      "read dhcp leases",
+      "host lock taken",
+      "check that the IPAM record of subnet lan-v4 is as read",
+      `write record ipam/${NAME}`,
+      "host lock released",
+    ]);
+  } finally {
+    fake2.restore();
+  }
+});
