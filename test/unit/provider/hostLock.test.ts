@@ -56,6 +56,8 @@ const seen = {
   commands: [] as string[],
   scripts: [] as string[],
   stdin: [] as string[],
+  /** The step scripts whose answers were written back, in order. */
+  answered: [] as string[],
   sftpOpens: 0,
   sftpChannels: 0,
   sftpClosed: 0,
@@ -94,6 +96,11 @@ function fakeShell(ch: FakeChannel): void {
   // A step whose script holds "kvl-test-exit-<n>" exits n; the steps after it in a stopOnError
   // batch (framing's guard) are answered "skip", as the real shell does.
   let aborted = false;
+  // A held answer released after the connection dropped is not written (a test's lost batch).
+  let closed = false;
+  ch.on("close", () => (closed = true));
+  ch.on("end", () => (closed = true));
+  (ch as unknown as { on(ev: "error", cb: () => void): void }).on("error", () => undefined);
   ch.on("data", (d: Buffer) => {
     buf += d.toString("utf8");
     const re = /printf '\\n%s %s\\n' '([A-Za-z0-9_]+-\d+)' "\$__kvl_s"\n/;
@@ -109,8 +116,14 @@ function fakeShell(ch: FakeChannel): void {
       const wait = script.includes("hold-this-shell") ? gate : null;
       answered = answered.then(async () => {
         if (wait) await wait;
-        ch.write(`\n${tag} ${code}\n`);
-        ch.stderr.write(`\n${tag}\n`);
+        if (closed) return;
+        try {
+          ch.write(`\n${tag} ${code}\n`);
+          ch.stderr.write(`\n${tag}\n`);
+          seen.answered.push(script);
+        } catch {
+          // The connection was dropped while the step was held (a test's lost batch).
+        }
       });
     }
   });
@@ -480,16 +493,88 @@ test("runLocked with riders: a rider's own failure is its own (the owner succeed
     out.results.map((r) => r.code),
     [38, null],
   );
-  // Withdrawn: the batch goes on at once.
+  // Withdrawn: the batch goes on without waiting for it (review 11a N4: counted, not timed).
   const gone = lockedRider(host);
   gone.withdraw();
-  const t = Date.now();
+  const waits = hostPoolStats().riderWaits;
   await runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
-  assert.ok(Date.now() - t < 2000, "a withdrawn ticket is not waited for");
+  assert.equal(hostPoolStats().riderWaits, waits, "a withdrawn ticket is not waited for");
   // No batch waits for it: ride answers skipped (the caller then takes the lock itself).
   const alone = lockedRider(host);
   assert.equal(alone.wanted(), false);
   assert.deepEqual(await alone.ride([{ label: "commit", script: "true" }]), { skipped: true });
+});
+
+test("review 11a S3(b): a rider after a rider whose step failed is answered skipped (nothing of it ran), not with the null results of its skipped steps", async () => {
+  const first = lockedRider(host);
+  const second = lockedRider(host);
+  const claim = runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
+  for (let i = 0; i < 50 && !(first.wanted() && second.wanted()); i++)
+    await new Promise((r) => setTimeout(r, 10));
+  assert.ok(first.wanted() && second.wanted(), "the batch waits for both tickets");
+  const a = first.ride([{ label: "guard", script: "echo kvl-test-exit-38" }]);
+  const b = second.ride([
+    { label: "guard", script: "true" },
+    { label: "write", script: "true" },
+  ]);
+  assert.deepEqual(await claim, [""], "the owner succeeds");
+  const out = await a;
+  assert.ok("results" in out, JSON.stringify(out));
+  assert.deepEqual(
+    out.results.map((r) => r.code),
+    [38],
+    "the first rider's own refusal",
+  );
+  assert.deepEqual(await b, { skipped: true });
+});
+
+test("review 11a S1: a batch lost while a rider's step runs, after every step of its owner reported success: the owner gets its stdouts, only the rider gets the loss", async () => {
+  await runChecked(host, [{ label: "open", script: "true" }]);
+  const ticket = lockedRider(host);
+  let open: () => void = () => undefined;
+  gate = new Promise<void>((r) => (open = r));
+  try {
+    const claim = runLocked(host, [{ label: "claim", script: "echo kvl-test-claim" }], { riders: true });
+    for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+    seen.answered.length = 0;
+    // The rider's step is answered only when the gate opens: the connection drops before.
+    const rode = ticket.ride([{ label: "commit", script: "echo hold-this-shell" }]);
+    // The host answered the owner's take and claim (written before the drop, so they arrive first).
+    for (let i = 0; i < 250 && !seen.answered.some((x) => x.includes("kvl-test-claim")); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.ok(
+      seen.answered.some((x) => x.includes("kvl-test-claim")),
+      "the claim step was answered",
+    );
+    await dropConnections();
+    assert.deepEqual(await claim, [""], "the claim stands: its steps all reported success");
+    const out = await rode;
+    assert.ok("error" in out, JSON.stringify(out));
+    assert.match(String(out.error), /SSH connection lost|remote shell exited/);
+  } finally {
+    open();
+    gate = null;
+  }
+  // Lost before the owner's steps all reported: the owner gets the loss (unknown outcome), as
+  // before riders, and so does the rider.
+  const late = lockedRider(host);
+  gate = new Promise<void>((r) => (open = r));
+  try {
+    await runChecked(host, [{ label: "open", script: "true" }]);
+    seen.scripts.length = 0;
+    const claim = runLocked(host, [{ label: "claim", script: "echo hold-this-shell" }], { riders: true });
+    claim.catch(() => undefined); // rejected during the drop; asserted below
+    for (let i = 0; i < 50 && !late.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+    const rode = late.ride([{ label: "commit", script: "true" }]);
+    for (let i = 0; i < 100 && !seen.scripts.some((x) => x.includes("hold-this-shell")); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    await dropConnections();
+    await assert.rejects(claim, /SSH connection lost|remote shell exited/);
+    assert.ok("error" in (await rode));
+  } finally {
+    open();
+    gate = null;
+  }
 });
 
 const WEB_LOCK = "/var/lib/kvmlab/asg/web/group.lock";
