@@ -32,6 +32,7 @@ import {
   showValue,
   withHostLock,
   type HostConnection,
+  type RiderOutcome,
   type Step,
 } from "./host";
 
@@ -481,8 +482,11 @@ async function undoCommit(ref: SubnetRef, base: IpamRecord, next: IpamRecord): P
  *
  * Optimistic first (issue 13): the record and the leases are read without the lock, every
  * allocation is planned on that reading, and the commit runs under the DHCP host's lock in one
- * round trip behind ipamUnchangedStep, which refuses when the record changed since the reading
- * (another writer: another kvmlab run, or this one's releases and Subnet updates). The lock is
+ * round trip behind ipamUnchangedStep (or, when a placement claim batch on the DHCP host waits
+ * for this turn's ticket, rides at the end of that batch, in its lock hold and round trip, and
+ * skips hostLockFree and a lock take of its own: session 11), which refuses when the record
+ * changed since the reading (another writer: another kvmlab run, or this one's releases and
+ * Subnet updates). The lock is
  * held only for the check and the writes (about 10 ms), not across two round trips and the
  * planning, so a placement claim on the same host (the DHCP host is often the placed one) no
  * longer waits for them. A turn with nothing to write and nobody joined takes no lock and
@@ -553,8 +557,21 @@ async function allocationTurn(
         const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
         const commit = plan ? [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)] : [guard];
         try {
-          const carried = riding ? await ticket.ride(commit) : { skipped: true as const };
-          if ("error" in carried) throw carried.error;
+          let carried: RiderOutcome = riding ? await ticket.ride(commit) : { skipped: true };
+          // The claim batch was lost, but what rode in it was the guard alone (a turn with
+          // nothing to write, run to confirm the joined allocations' answers): nothing can have
+          // been written, so the guard runs again under a lock of its own instead of failing the
+          // joiners with the batch's error (review 11a N5).
+          if ("error" in carried && !plan) carried = { skipped: true };
+          if ("error" in carried) {
+            // A new error (the claim's own stays as placement reports it: the undo's note below
+            // must not amend it, review 11a S2); no step's failure, so the record may be written.
+            const why = carried.error instanceof Error ? carried.error.message : String(carried.error);
+            throw new Error(
+              `the IPAM commit of subnet ${ref.subnetName}, carried in a placement claim batch on host ${ref.host.name}, was lost with that batch (it may have run in part): ${why}`,
+              { cause: carried.error },
+            );
+          }
           if ("results" in carried) {
             // Carried under the claim batch's lock: its own steps' failure, indexed as runLocked's.
             const at = carried.results.findIndex((r) => r.code !== 0);
