@@ -216,6 +216,8 @@ function finishMetrics(m: OpMetrics, extra: Record<string, unknown> = {}): void 
     channelsOpened: stats.channelsOpened,
     batches: stats.batches,
     steps: stats.steps,
+    riderWaits: stats.riderWaits,
+    riderWaitsTimedOut: stats.riderWaitsTimedOut,
     ...extra,
   };
   fs.appendFileSync(file, `${JSON.stringify(line)}\n`);
