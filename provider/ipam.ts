@@ -20,7 +20,9 @@ import {
   checkRemotePath,
   failedStep,
   hostLockFree,
+  lockedRider,
   readRecordStep,
+  remoteStepError,
   recordPath,
   parseRecord,
   runChecked,
@@ -30,6 +32,7 @@ import {
   showValue,
   withHostLock,
   type HostConnection,
+  type RiderOutcome,
   type Step,
 } from "./host";
 
@@ -479,8 +482,11 @@ async function undoCommit(ref: SubnetRef, base: IpamRecord, next: IpamRecord): P
  *
  * Optimistic first (issue 13): the record and the leases are read without the lock, every
  * allocation is planned on that reading, and the commit runs under the DHCP host's lock in one
- * round trip behind ipamUnchangedStep, which refuses when the record changed since the reading
- * (another writer: another kvmlab run, or this one's releases and Subnet updates). The lock is
+ * round trip behind ipamUnchangedStep (or, when a placement claim batch on the DHCP host waits
+ * for this turn's ticket, rides at the end of that batch, in its lock hold and round trip, and
+ * skips hostLockFree and a lock take of its own: session 11), which refuses when the record
+ * changed since the reading (another writer: another kvmlab run, or this one's releases and
+ * Subnet updates). The lock is
  * held only for the check and the writes (about 10 ms), not across two round trips and the
  * planning, so a placement claim on the same host (the DHCP host is often the placed one) no
  * longer waits for them. A turn with nothing to write and nobody joined takes no lock and
@@ -510,6 +516,11 @@ async function allocationTurn(
   const read = (): Step[] => [readRecordStep("ipam", name), leasedStep(paths)];
   // A commit that failed with the record maybe written: what it wrote over what.
   let sent: { base: IpamRecord; next: IpamRecord } | undefined;
+  // Announced before the reading (session 11): a placement claim batch on the DHCP host that
+  // takes the host's lock meanwhile waits for this turn's plan and carries its commit (guard
+  // first) in its own lock hold and round trip, instead of the commit waiting for that batch and
+  // taking the lock again after it.
+  const ticket = lockedRider(ref.host);
   try {
     try {
       const [recText, leasedText] = await runChecked(ref.host, read());
@@ -517,10 +528,17 @@ async function allocationTurn(
       // A turn with nothing to write and nobody waiting answers from this reading at once, as
       // before session 10: it takes no lock and waits for none (review 10a, finding 3).
       let joined = false;
-      if (plan || late.length > 0) {
+      let riding = false;
+      if (!plan && late.length === 0) ticket.withdraw();
+      else if (ticket.wanted()) riding = true;
+      else {
+        // Withdrawn first: a claim batch that takes the lock from here on does not wait for it.
+        ticket.withdraw();
         // The commit waits for the DHCP host's in-process lock (a placement claim batch on the
         // same host holds it for 30-150 ms): the wait comes before the planning instead.
         await hostLockFree(ref.host);
+      }
+      if (plan || late.length > 0) {
         // The allocations that arrived while the record was read or until the lock was first
         // free join this turn (session 10): it plans them on the same reading, as placement's
         // turn takes the creates that arrive while it reads the hosts.
@@ -537,11 +555,28 @@ async function allocationTurn(
       // nothing to write; refused, the locked turn below replans it (review 10a, finding 1).
       if (plan || joined) {
         const guard = ipamUnchangedStep(ref.networkName, ref.subnetName, recText);
+        const commit = plan ? [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)] : [guard];
         try {
-          await runLocked(
-            ref.host,
-            plan ? [guard, ...ipamCommitSteps(plan.next, paths, ref.networkName)] : [guard],
-          );
+          let carried: RiderOutcome = riding ? await ticket.ride(commit) : { skipped: true };
+          // The claim batch was lost, but what rode in it was the guard alone (a turn with
+          // nothing to write, run to confirm the joined allocations' answers): nothing can have
+          // been written, so the guard runs again under a lock of its own instead of failing the
+          // joiners with the batch's error (review 11a N5).
+          if ("error" in carried && !plan) carried = { skipped: true };
+          if ("error" in carried) {
+            // A new error (the claim's own stays as placement reports it: the undo's note below
+            // must not amend it, review 11a S2); no step's failure, so the record may be written.
+            const why = carried.error instanceof Error ? carried.error.message : String(carried.error);
+            throw new Error(
+              `the IPAM commit of subnet ${ref.subnetName}, carried in a placement claim batch on host ${ref.host.name}, was lost with that batch (it may have run in part): ${why}`,
+              { cause: carried.error },
+            );
+          }
+          if ("results" in carried) {
+            // Carried under the claim batch's lock: its own steps' failure, indexed as runLocked's.
+            const at = carried.results.findIndex((r) => r.code !== 0);
+            if (at !== -1) throw remoteStepError(ref.host, commit[at], carried.results[at], at);
+          } else await runLocked(ref.host, commit);
         } catch (err) {
           // Past the record's write (step 1), or no step's failure (a timeout, a lost shell).
           if (plan && recordMayBeWritten(err, 1)) sent = plan;
@@ -584,6 +619,7 @@ async function allocationTurn(
         );
       }
     } finally {
+      ticket.withdraw();
       const end = Date.now();
       for (const r of batch) {
         const began = Math.max(turnStart, r.startedAt);

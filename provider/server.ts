@@ -216,6 +216,8 @@ function finishMetrics(m: OpMetrics, extra: Record<string, unknown> = {}): void 
     channelsOpened: stats.channelsOpened,
     batches: stats.batches,
     steps: stats.steps,
+    riderWaits: stats.riderWaits,
+    riderWaitsTimedOut: stats.riderWaitsTimedOut,
     ...extra,
   };
   fs.appendFileSync(file, `${JSON.stringify(line)}\n`);
@@ -617,7 +619,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
             const parts = requests.map((r) => [...claimSteps(r.inputs), ...afterSteps(r.inputs)]);
             const steps = [guard, ...parts.flat()];
             try {
-              const out = await runLocked(host, steps);
+              const out = await runLocked(host, steps, { riders: true });
               let at = 1;
               requests.forEach((r, k) => {
                 at += parts[k].length;
@@ -645,7 +647,7 @@ async function placeBatch(group: string, hosts: readonly HostConnection[]): Prom
             const claim = claimSteps(r.inputs);
             const steps = [guard, ...claim, ...afterSteps(r.inputs)];
             try {
-              const out = await runLocked(host, steps);
+              const out = await runLocked(host, steps, { riders: true });
               claimed(r);
               settle(r, { placed: { host, listing: out[out.length - 1] } });
             } catch (err) {

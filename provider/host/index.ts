@@ -19,13 +19,18 @@
  *         not hold up the main shell
  *     runChecked(host, steps, opts)  → stdout[]; throws remoteStepError (host, step label, status,
  *         stderr tail) at the first failing step, later steps skipped on the host
- *     runLocked(host, steps, opts)   like runChecked, under the host lock, in ONE round trip
+ *     runLocked(host, steps, opts)   like runChecked, under the host lock, in ONE round trip;
+ *         opts.riders: the steps of the tickets announced on the host (lockedRider(host): the
+ *         IPAM turn's commit) ride after `steps` in the same lock hold, each ticket getting its
+ *         own outcome (results, skipped, or the batch's loss); they never change the caller's.
+ *         lockedBatch is the same with the transport given (fake hosts in unit tests)
  *     withHostLock(host, fn, waitSec?, first?)  in-process mutex + flock /var/lib/kvmlab/lock held
  *         by the shell across several batches; the steps `first` run in the round trip that
  *         takes the lock, and fn gets their stdouts. The lock is not re-entrant: never call
  *         runLocked, withHostLock or allocateAddress/releaseAddress for the same host inside fn.
  *     hostLockFree(host)             resolves when the host's in-process mutex, as queued now, is
- *         free; takes nothing (the IPAM turn plans after it, so late allocations join its commit)
+ *         free; takes nothing (the IPAM turn plans after it, so late allocations join its commit;
+ *         a turn riding in a claim batch skips it)
  *     withNamedHostLock(host, name, fn)  flock /var/lib/kvmlab/<name>.lock (or a given lock file; fd 8; mutex per file) in a lock shell
  *         of its own, kept for that lock's next turn once its release ran (volumes; not kept for a
  *         given lock file: an autoscale group's group.lock, taken once per create)

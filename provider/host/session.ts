@@ -32,6 +32,10 @@ export interface HostPoolStats {
   /** Batches written to a remote shell (pooled) or commands executed (naive): one per round trip. */
   roundTrips: number;
   reconnects: number;
+  /** Rider tickets a locked batch waited for (runLocked with `riders`, lockedRider). */
+  riderWaits: number;
+  /** Of those, the ones still undecided after RIDER_WAIT_MS (the batch went on without them). */
+  riderWaitsTimedOut: number;
 }
 
 export interface RunOptions {
@@ -148,6 +152,8 @@ export function hostPool(): HostPool {
         steps: 0,
         roundTrips: 0,
         reconnects: 0,
+        riderWaits: 0,
+        riderWaitsTimedOut: 0,
       },
       connectTimeoutMs: 15000,
     };
@@ -158,7 +164,9 @@ export function hostPool(): HostPool {
 
 /** A copy of the pool's counters. */
 export function hostPoolStats(): HostPoolStats {
-  return { ...hostPool().stats };
+  const s = hostPool().stats;
+  // A pool made by code serialized by an older kvmlab version lacks the later counters.
+  return { ...s, riderWaits: s.riderWaits ?? 0, riderWaitsTimedOut: s.riderWaitsTimedOut ?? 0 };
 }
 
 /** Sets the transport mode (`naive` is for the benchmark) and resets nothing else. */
@@ -175,6 +183,8 @@ export function resetHostPoolStats(): void {
   s.roundTrips = 0;
   s.steps = 0;
   s.reconnects = 0;
+  s.riderWaits = 0;
+  s.riderWaitsTimedOut = 0;
 }
 
 /** Pool key: where and as whom, which key, which pin. Key material enters only as a hash. */
@@ -472,21 +482,48 @@ async function runInShell(
       }
       channel.close();
     }, timeoutMs);
+    const got: StepResult[] = [];
     session.current = {
       want: steps.length,
-      got: [],
+      got,
       resolve: (r) => {
         clearTimeout(timer);
         resolve(r);
       },
       reject: (e) => {
         clearTimeout(timer);
-        reject(e);
+        // The batch was written: the results that arrived before it was lost go with the error
+        // (arrivedResults), so runLocked can tell an owner whose steps all reported from one
+        // whose steps may not have run (review 11a S1).
+        reject(withArrived(e, got.slice()));
       },
     };
     hostPool().stats.roundTrips += 1;
     channel.write(text);
   });
+}
+
+/** A lost batch's error's property holding the results that arrived (hidden: stdouts may be secret). */
+const ARRIVED = "kvmlabArrivedResults";
+
+/**
+ * `err` (made for this batch alone by failCurrent's callers) with the results that arrived before
+ * the batch was lost, as a property that is not enumerable, so logging the error never prints the
+ * steps' output.
+ */
+function withArrived(err: Error, arrived: readonly StepResult[]): Error {
+  Object.defineProperty(err, ARRIVED, { value: arrived, enumerable: false, configurable: true });
+  return err;
+}
+
+/**
+ * The results that arrived before a batch of runSteps was lost (a timeout, a lost shell or
+ * connection): one per step that reported, in order. Undefined when the error carries none (it
+ * came before the batch was written, or from the naive transport).
+ */
+export function arrivedResults(err: unknown): readonly StepResult[] | undefined {
+  const v = err instanceof Error ? (err as unknown as Record<string, unknown>)[ARRIVED] : undefined;
+  return Array.isArray(v) ? (v as StepResult[]) : undefined;
 }
 
 /**
@@ -957,6 +994,8 @@ function namedHolders(pool: HostPool, key: string): Map<string, HostSession> {
  * plans (issue 13, session 10): the allocations that arrive while a placement claim batch holds
  * the DHCP host's lock join its commit instead of waiting for the next turn. Another caller may
  * take the mutex first after it resolves; the caller's runLocked then waits as it would have.
+ * A turn whose commit rides in a claim batch (lockedRider: the batch waits for it) skips this
+ * wait and the lock take of its own: it commits inside that batch's hold (session 11).
  */
 export async function hostLockFree(host: HostConnection): Promise<void> {
   await (hostPool().locks.get(`${host.address}:${host.port}`) ?? Promise.resolve());
@@ -1016,29 +1055,236 @@ export async function pooledSsh(host: HostConnection): Promise<NodeSSH> {
  * batch runs, and the batch itself takes flock first and releases it last (even after a
  * failure). Throws at the first failing step, like {@link runChecked}; returns the stdouts of
  * `steps` (without the lock steps).
+ *
+ * With `riders`, the steps of the tickets announced on this host (lockedRider) ride after
+ * `steps`, in the same lock hold and round trip; the batch first waits (bounded) for those
+ * tickets to decide. Their outcomes go to their tickets, never to this caller, and a rider never
+ * changes this caller's outcome: when the batch is lost (a lost shell, a timeout) after every
+ * step of the caller reported success, the caller gets its stdouts and only the riders whose
+ * steps had not all reported get the loss (review 11a S1).
  */
 export async function runLocked(
   host: HostConnection,
   steps: readonly Step[],
-  opts: RunOptions = {},
+  opts: LockedRunOptions = {},
   waitSec = 120,
 ): Promise<string[]> {
+  return lockedBatch(host, steps, opts, waitSec, async (all, runOpts) => {
+    try {
+      return { results: await runSteps(host, all, runOpts) };
+    } catch (err) {
+      // The results that arrived before the loss (none when it came before the batch was sent).
+      return { results: arrivedResults(err) ?? [], lost: err };
+    }
+  });
+}
+
+/** runLocked's options: runSteps' and `riders` (carry the tickets announced on the host). */
+export type LockedRunOptions = RunOptions & { readonly riders?: boolean };
+
+/**
+ * How lockedBatch sends its batch: every step's result; or, when the batch was lost, `lost` (the
+ * error) and the results that arrived before it, in order (possibly none).
+ */
+export type BatchSend = (
+  all: readonly Step[],
+  opts: RunOptions,
+) => Promise<{ readonly results: readonly StepResult[]; readonly lost?: unknown }>;
+
+/**
+ * runLocked's work over a given transport: runLocked passes runSteps; unit tests' fake hosts pass
+ * their own, so they run this same code (the in-process mutex, the wait for riders, the riders'
+ * slices and outcomes, the caller's result).
+ */
+export async function lockedBatch(
+  host: HostConnection,
+  steps: readonly Step[],
+  opts: LockedRunOptions,
+  waitSec: number,
+  send: BatchSend,
+): Promise<string[]> {
   const release = await takeProcessLock(host);
+  let riders: RiderSlot[] = [];
+  const settleRiders = (o: (k: number) => RiderOutcome) => {
+    riders.forEach((r, k) => r.settle?.(o(k)));
+    riders = [];
+  };
   try {
+    const { riders: takes, ...runOpts } = opts;
+    if (takes) riders = await takeRiders(host);
+    const carried = riders.flatMap((r) => r.steps ?? []);
     const all: Step[] = [
       takeLockStep("take the host lock /var/lib/kvmlab/lock (another kvmlab run may hold it)", waitSec),
       ...steps,
+      ...carried,
       RELEASE_LOCK_STEP,
     ];
-    const results = await runSteps(host, all, { ...opts, stopOnError: true });
-    for (let i = 0; i < all.length - 1; i++) {
+    // The caller's steps in `all`: the lock's take and `steps`.
+    const own = 1 + steps.length;
+    let sent: { readonly results: readonly StepResult[]; readonly lost?: unknown };
+    try {
+      sent = await send(all, { ...runOpts, stopOnError: true });
+    } catch (err) {
+      sent = { results: [], lost: err };
+    }
+    const { results } = sent;
+    const lost = "lost" in sent;
+    // Lost before every step of the caller reported success: its outcome is unknown (its steps
+    // may have run), and so is every rider's. As before riders, the caller gets the loss.
+    if (
+      lost &&
+      (riders.length === 0 || results.length < own || results.slice(0, own).some((r) => r.code !== 0))
+    ) {
+      settleRiders(() => ({ error: sent.lost }));
+      throw sent.lost;
+    }
+    const ownFailed = results.slice(0, own).some((r) => r.code !== 0);
+    // Each rider's own slice: skipped (nothing of it ran) when a step before it failed, the
+    // caller's or an earlier rider's (stopOnError answers every later step with code null); the
+    // loss when the batch was lost before all of its results arrived; else its results.
+    let at = own;
+    const outcomes = riders.map((r): RiderOutcome => {
+      const n = (r.steps ?? []).length;
+      const slice = results.slice(at, at + n);
+      at += n;
+      if (slice.length < n)
+        return {
+          error: lost
+            ? sent.lost
+            : new Error(`${hostLabel(host)}: a locked batch answered fewer steps than it sent`),
+        };
+      return ownFailed || slice.every((x) => x.code === null) ? { skipped: true } : { results: slice };
+    });
+    settleRiders((k) => outcomes[k]);
+    for (let i = 0; i < own; i++) {
       // The caller's index: `all` begins with the lock's take (-1 there).
       if (results[i].code !== 0) throw remoteStepError(host, all[i], results[i], i - 1);
     }
-    return results.slice(1, -1).map((r) => r.stdout);
+    return results.slice(1, own).map((r) => r.stdout);
   } finally {
+    // Never left waiting (an error before the batch was sent: nothing of theirs ran).
+    settleRiders(() => ({ skipped: true }));
     release();
   }
+}
+
+/**
+ * What became of steps that rode in another operation's locked batch (lockedRider):
+ * - `results`: one per step, as runSteps gives them (a step skipped after a failure has code
+ *   null); the rider's own steps decide its outcome (a guard's refusal is its own).
+ * - `skipped`: nothing of them ran: the batch did not take them, or a step before them failed
+ *   (the lock's take, a step of the batch's owner, an earlier rider's step).
+ * - `error`: the batch was lost (a timeout, a lost shell or connection) before all of their
+ *   results arrived: they may have run, in part. Also given when the loss came before the batch
+ *   was sent at all (a connection that could not be made: nothing ran); a rider cannot tell the
+ *   two apart and must treat both as unknown (the IPAM turn then undoes its commit under the
+ *   lock, which costs one lock hold and a rewrite when nothing was written; review 11a N2).
+ */
+export type RiderOutcome =
+  { readonly results: readonly StepResult[] } | { readonly error: unknown } | { readonly skipped: true };
+
+/**
+ * A ticket for steps that may ride in the next locked batch on a host that takes riders
+ * (runLocked with `riders`), announced before the caller knows its steps (issue 13, session 11:
+ * the IPAM turn announces before it reads the record, so a placement claim batch on the DHCP
+ * host waits for its plan and carries its commit: one lock hold and round trip instead of two).
+ */
+export interface RiderTicket {
+  /** Whether a locked batch waits for this ticket's decision (then `ride` joins that batch). */
+  wanted(): boolean;
+  /** Rides in the batch waiting for it (call only when wanted()); resolves when it ran. */
+  ride(steps: readonly Step[]): Promise<RiderOutcome>;
+  /** No steps to carry (idempotent; a batch waiting for it goes on without it). */
+  withdraw(): void;
+}
+
+interface RiderSlot {
+  waitedOn: boolean;
+  decided: boolean;
+  steps?: readonly Step[];
+  onDecided: Array<() => void>;
+  settle?: (o: RiderOutcome) => void;
+}
+
+/** Per host (address:port): the rider tickets announced and not yet decided or carried. */
+function riderSlots(host: HostConnection): Set<RiderSlot> {
+  const pool = hostPool() as HostPool & { riders?: Map<string, Set<RiderSlot>> };
+  const all = (pool.riders ??= new Map());
+  const id = `${host.address}:${host.port}`;
+  let set = all.get(id);
+  if (!set) {
+    set = new Set();
+    all.set(id, set);
+  }
+  return set;
+}
+
+/**
+ * Announces steps that may ride in the host's next locked batch that takes riders. The holder
+ * must call `ride` or `withdraw` soon (a waiting batch goes on without an undecided ticket after
+ * RIDER_WAIT_MS). The ridden steps run under that batch's flock, after its owner's steps, and
+ * only when every one of those succeeded (stopOnError), so a rider never changes its owner's
+ * outcome and is never run without the lock; a rider must refuse on its own (a guard step first)
+ * when what it planned on changed.
+ */
+export function lockedRider(host: HostConnection): RiderTicket {
+  const slots = riderSlots(host);
+  const slot: RiderSlot = { waitedOn: false, decided: false, onDecided: [] };
+  slots.add(slot);
+  const decide = () => {
+    if (slot.decided) return;
+    slot.decided = true;
+    for (const f of slot.onDecided.splice(0)) f();
+  };
+  return {
+    wanted: () => slot.waitedOn && !slot.decided,
+    ride: (steps) =>
+      new Promise<RiderOutcome>((resolve) => {
+        if (!slot.waitedOn || slot.decided) {
+          slots.delete(slot);
+          resolve({ skipped: true });
+          return;
+        }
+        slot.steps = steps;
+        slot.settle = resolve;
+        decide();
+      }),
+    withdraw: () => {
+      slots.delete(slot);
+      decide();
+    },
+  };
+}
+
+/** How long a locked batch that takes riders waits for the tickets announced on its host. */
+export const RIDER_WAIT_MS = 5000;
+
+/**
+ * For lockedBatch with `riders`: waits (bounded by RIDER_WAIT_MS) until every ticket announced on
+ * the host has decided, and takes those that ride (removed from the host's set); the caller runs
+ * their `steps` and must `settle` each. A ticket still undecided after the wait is left: its
+ * ride() answers `skipped`. Counted in hostPoolStats (riderWaits, riderWaitsTimedOut).
+ */
+async function takeRiders(host: HostConnection): Promise<RiderSlot[]> {
+  const slots = riderSlots(host);
+  const open = [...slots].filter((s) => !s.decided);
+  if (open.length > 0) {
+    for (const s of open) s.waitedOn = true;
+    const stats = hostPool().stats;
+    stats.riderWaits = (stats.riderWaits ?? 0) + open.length;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(open.map((s) => new Promise<void>((r) => (s.decided ? r() : s.onDecided.push(r))))),
+      new Promise<void>((r) => (timer = setTimeout(r, RIDER_WAIT_MS))),
+    ]);
+    clearTimeout(timer);
+    const late = open.filter((s) => !s.decided);
+    stats.riderWaitsTimedOut = (stats.riderWaitsTimedOut ?? 0) + late.length;
+    for (const s of late) s.waitedOn = false;
+  }
+  const taken = [...slots].filter((s) => s.decided && s.steps !== undefined && s.settle !== undefined);
+  for (const s of taken) slots.delete(s);
+  return taken;
 }
 
 /** Closes every pooled connection (tests, benchmark, end of a CLI run). */

@@ -34,6 +34,9 @@ interface Metric {
   connectionsOpened: number;
   steps: number;
   batches: number;
+  /** The process's rider tickets waited for by claim batches (IPAM commits carried), and of those timed out. */
+  riderWaits?: number;
+  riderWaitsTimedOut?: number;
 }
 
 function programText(): string {
@@ -95,16 +98,25 @@ function readMetrics(file: string): Metric[] {
 }
 
 /** Connections and steps of the provider process(es): the last counters each pid reported. */
-function processTotals(ms: Metric[]): { connections: number; steps: number } {
+function processTotals(ms: Metric[]): {
+  connections: number;
+  steps: number;
+  riderWaits: number;
+  riderWaitsTimedOut: number;
+} {
   const last = new Map<number, Metric>();
   for (const m of ms) last.set(m.pid, m);
   let connections = 0;
   let steps = 0;
+  let riderWaits = 0;
+  let riderWaitsTimedOut = 0;
   for (const m of last.values()) {
     connections += m.connectionsOpened;
     steps += m.steps;
+    riderWaits += m.riderWaits ?? 0;
+    riderWaitsTimedOut += m.riderWaitsTimedOut ?? 0;
   }
-  return { connections, steps };
+  return { connections, steps, riderWaits, riderWaitsTimedOut };
 }
 
 async function timed(what: string, f: () => Promise<RunResult>): Promise<{ ms: number; result: RunResult }> {
@@ -130,6 +142,8 @@ interface Row {
   phaseAvgMs: Record<string, number>;
   /** Average number of creates per placement turn and per IPAM turn. */
   sharedAvg: { placement: number; ipam: number; attempts: number };
+  /** Rider tickets (IPAM turns) the claim batches waited for in the up, and of those timed out. */
+  riders: { waited: number; timedOut: number };
   placement: string;
 }
 
@@ -192,6 +206,7 @@ async function benchOne(n: number): Promise<Row> {
       ipam: avg1(creates.map((m) => m.shared?.ipam ?? 0)),
       attempts: avg1(creates.map((m) => m.shared?.attempts ?? 0)),
     },
+    riders: { waited: totals.riderWaits, timedOut: totals.riderWaitsTimedOut },
     placement: [...perHost.entries()]
       .sort()
       .map(([h, c]) => `${h}:${c}`)
@@ -216,7 +231,8 @@ function table(rows: Row[]): string {
     "the records guard refused, when another run changed the host meanwhile) + .claim (one locked batch on the chosen host:",
     "the records guard, host check, claims, record, image claim, kept-volumes listing);",
     "ipam = .wait (until its subnet's turn began, or it joined one that was reading or waiting for the host's lock) + .work",
-    "(the turn from then: the reads without the lock, the wait for the DHCP host's lock, the guarded commit)):",
+    "(the turn from then: the reads without the lock, the wait for the DHCP host's lock, the guarded commit; or the",
+    "commit carried at the end of the placement claim batch on the DHCP host, which waited for the turn's rider ticket)):",
     "",
     ...rows.map(
       (r) =>
@@ -224,7 +240,7 @@ function table(rows: Row[]): string {
           Object.entries(r.phaseAvgMs)
             .map(([k, v]) => `${k} ${v} ms`)
             .join(", ") || "(no phases reported)"
-        }; creates per placement turn ${r.sharedAvg.placement} (readings per turn ${r.sharedAvg.attempts}), per IPAM turn ${r.sharedAvg.ipam}`,
+        }; creates per placement turn ${r.sharedAvg.placement} (readings per turn ${r.sharedAvg.attempts}), per IPAM turn ${r.sharedAvg.ipam}; IPAM rider tickets the claim batches waited for ${r.riders.waited} (${r.riders.timedOut} undecided after 5 s)`,
     ),
   ];
   return lines.join("\n");

@@ -15,7 +15,9 @@ import {
   closeHostSessions,
   hostPool,
   hostPoolStats,
+  lockedRider,
   runChecked,
+  runLocked,
   setHostPoolMode,
   withHostLock,
   withNamedHostLock,
@@ -54,6 +56,8 @@ const seen = {
   commands: [] as string[],
   scripts: [] as string[],
   stdin: [] as string[],
+  /** The step scripts whose answers were written back, in order. */
+  answered: [] as string[],
   sftpOpens: 0,
   sftpChannels: 0,
   sftpClosed: 0,
@@ -89,6 +93,14 @@ let gate: Promise<void> | null = null;
 function fakeShell(ch: FakeChannel): void {
   let buf = "";
   let answered = Promise.resolve();
+  // A step whose script holds "kvl-test-exit-<n>" exits n; the steps after it in a stopOnError
+  // batch (framing's guard) are answered "skip", as the real shell does.
+  let aborted = false;
+  // A held answer released after the connection dropped is not written (a test's lost batch).
+  let closed = false;
+  ch.on("close", () => (closed = true));
+  ch.on("end", () => (closed = true));
+  (ch as unknown as { on(ev: "error", cb: () => void): void }).on("error", () => undefined);
   ch.on("data", (d: Buffer) => {
     buf += d.toString("utf8");
     const re = /printf '\\n%s %s\\n' '([A-Za-z0-9_]+-\d+)' "\$__kvl_s"\n/;
@@ -97,11 +109,21 @@ function fakeShell(ch: FakeChannel): void {
       const tag = m[1];
       seen.scripts.push(script);
       buf = buf.slice(m.index + m[0].length);
+      if (/^__kvl_abort=$/m.test(script)) aborted = false;
+      const guarded = script.includes('if [ -z "$__kvl_abort" ]');
+      const code = guarded && aborted ? "skip" : (/kvl-test-exit-(\d+)/.exec(script)?.[1] ?? "0");
+      if (guarded && code !== "0" && code !== "skip") aborted = true;
       const wait = script.includes("hold-this-shell") ? gate : null;
       answered = answered.then(async () => {
         if (wait) await wait;
-        ch.write(`\n${tag} 0\n`);
-        ch.stderr.write(`\n${tag}\n`);
+        if (closed) return;
+        try {
+          ch.write(`\n${tag} ${code}\n`);
+          ch.stderr.write(`\n${tag}\n`);
+          seen.answered.push(script);
+        } catch {
+          // The connection was dropped while the step was held (a test's lost batch).
+        }
       });
     }
   });
@@ -409,6 +431,149 @@ test("an image's files go to a host side by side on ONE SFTP channel (sshd's Max
   } finally {
     sftpFiles = null;
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("runLocked with riders: a ticket announced before the batch rides in its lock hold and round trip, after the owner's steps; the batch waits for its decision", async () => {
+  await runChecked(host, [{ label: "open", script: "true" }]);
+  const ticket = lockedRider(host);
+  const trips = hostPoolStats().roundTrips;
+  seen.scripts.length = 0;
+  const claim = runLocked(host, [{ label: "claim", script: "echo kvl-test-claim" }], { riders: true });
+  for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(ticket.wanted(), "the batch waits for the ticket announced on its host");
+  assert.equal(hostPoolStats().roundTrips, trips, "nothing sent before the ticket decided");
+  const rode = ticket.ride([{ label: "commit", script: "echo kvl-test-commit" }]);
+  assert.deepEqual(await claim, [""], "the owner gets its own stdouts only (the fake prints nothing)");
+  const out = await rode;
+  assert.ok("results" in out && out.results.length === 1 && out.results[0].code === 0, JSON.stringify(out));
+  assert.equal(hostPoolStats().roundTrips, trips + 1, "one round trip for the claim and the rider");
+  const all = seen.scripts.join("\n");
+  const [take, own, carried, unlock] = [
+    /flock -w \d+ 9/,
+    /kvl-test-claim/,
+    /kvl-test-commit/,
+    /exec 9>&-/,
+  ].map((re) => all.search(re));
+  assert.ok(
+    take >= 0 && take < own && own < carried && carried < unlock,
+    "take, owner, rider, release in order",
+  );
+  // The next batch carries nothing of it again.
+  seen.scripts.length = 0;
+  await runLocked(host, [{ label: "again", script: "true" }], { riders: true });
+  assert.doesNotMatch(seen.scripts.join("\n"), /kvl-test-commit/);
+});
+
+test("runLocked with riders: when an owner's step fails, the rider is answered skipped (nothing of it ran) and the owner gets its own failure", async () => {
+  const ticket = lockedRider(host);
+  const claim = runLocked(host, [{ label: "claim", script: "echo kvl-test-exit-34" }], { riders: true });
+  for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+  const rode = ticket.ride([{ label: "commit", script: "true" }]);
+  await assert.rejects(claim, (err: Error & { stepIndex?: number; exitStatus?: number }) => {
+    assert.equal(err.stepIndex, 0);
+    assert.equal(err.exitStatus, 34);
+    return true;
+  });
+  assert.deepEqual(await rode, { skipped: true });
+});
+
+test("runLocked with riders: a rider's own failure is its own (the owner succeeds), and a withdrawn or unwanted ticket is not waited for", async () => {
+  const ticket = lockedRider(host);
+  const claim = runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
+  for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+  const rode = ticket.ride([
+    { label: "guard", script: "echo kvl-test-exit-38" },
+    { label: "write", script: "true" },
+  ]);
+  assert.deepEqual(await claim, [""]);
+  const out = await rode;
+  assert.ok("results" in out, JSON.stringify(out));
+  assert.deepEqual(
+    out.results.map((r) => r.code),
+    [38, null],
+  );
+  // Withdrawn: the batch goes on without waiting for it (review 11a N4: counted, not timed).
+  const gone = lockedRider(host);
+  gone.withdraw();
+  const waits = hostPoolStats().riderWaits;
+  await runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
+  assert.equal(hostPoolStats().riderWaits, waits, "a withdrawn ticket is not waited for");
+  // No batch waits for it: ride answers skipped (the caller then takes the lock itself).
+  const alone = lockedRider(host);
+  assert.equal(alone.wanted(), false);
+  assert.deepEqual(await alone.ride([{ label: "commit", script: "true" }]), { skipped: true });
+});
+
+test("review 11a S3(b): a rider after a rider whose step failed is answered skipped (nothing of it ran), not with the null results of its skipped steps", async () => {
+  const first = lockedRider(host);
+  const second = lockedRider(host);
+  const claim = runLocked(host, [{ label: "claim", script: "true" }], { riders: true });
+  for (let i = 0; i < 50 && !(first.wanted() && second.wanted()); i++)
+    await new Promise((r) => setTimeout(r, 10));
+  assert.ok(first.wanted() && second.wanted(), "the batch waits for both tickets");
+  const a = first.ride([{ label: "guard", script: "echo kvl-test-exit-38" }]);
+  const b = second.ride([
+    { label: "guard", script: "true" },
+    { label: "write", script: "true" },
+  ]);
+  assert.deepEqual(await claim, [""], "the owner succeeds");
+  const out = await a;
+  assert.ok("results" in out, JSON.stringify(out));
+  assert.deepEqual(
+    out.results.map((r) => r.code),
+    [38],
+    "the first rider's own refusal",
+  );
+  assert.deepEqual(await b, { skipped: true });
+});
+
+test("review 11a S1: a batch lost while a rider's step runs, after every step of its owner reported success: the owner gets its stdouts, only the rider gets the loss", async () => {
+  await runChecked(host, [{ label: "open", script: "true" }]);
+  const ticket = lockedRider(host);
+  let open: () => void = () => undefined;
+  gate = new Promise<void>((r) => (open = r));
+  try {
+    const claim = runLocked(host, [{ label: "claim", script: "echo kvl-test-claim" }], { riders: true });
+    for (let i = 0; i < 50 && !ticket.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+    seen.answered.length = 0;
+    // The rider's step is answered only when the gate opens: the connection drops before.
+    const rode = ticket.ride([{ label: "commit", script: "echo hold-this-shell" }]);
+    // The host answered the owner's take and claim (written before the drop, so they arrive first).
+    for (let i = 0; i < 250 && !seen.answered.some((x) => x.includes("kvl-test-claim")); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.ok(
+      seen.answered.some((x) => x.includes("kvl-test-claim")),
+      "the claim step was answered",
+    );
+    await dropConnections();
+    assert.deepEqual(await claim, [""], "the claim stands: its steps all reported success");
+    const out = await rode;
+    assert.ok("error" in out, JSON.stringify(out));
+    assert.match(String(out.error), /SSH connection lost|remote shell exited/);
+  } finally {
+    open();
+    gate = null;
+  }
+  // Lost before the owner's steps all reported: the owner gets the loss (unknown outcome), as
+  // before riders, and so does the rider.
+  const late = lockedRider(host);
+  gate = new Promise<void>((r) => (open = r));
+  try {
+    await runChecked(host, [{ label: "open", script: "true" }]);
+    seen.scripts.length = 0;
+    const claim = runLocked(host, [{ label: "claim", script: "echo hold-this-shell" }], { riders: true });
+    claim.catch(() => undefined); // rejected during the drop; asserted below
+    for (let i = 0; i < 50 && !late.wanted(); i++) await new Promise((r) => setTimeout(r, 10));
+    const rode = late.ride([{ label: "commit", script: "true" }]);
+    for (let i = 0; i < 100 && !seen.scripts.some((x) => x.includes("hold-this-shell")); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    await dropConnections();
+    await assert.rejects(claim, /SSH connection lost|remote shell exited/);
+    assert.ok("error" in (await rode));
+  } finally {
+    open();
+    gate = null;
   }
 });
 

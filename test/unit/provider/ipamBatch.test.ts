@@ -12,6 +12,7 @@ import * as assert from "node:assert/strict";
 import {
   allocateAddress,
   allocateAddressOrigin,
+  hostPoolStats,
   ipamRecordName,
   type HostConnection,
   type IpamRecord,
@@ -19,6 +20,7 @@ import {
   type StepResult,
 } from "../../../provider";
 import { fakeHost, type Fake } from "./fakeHost";
+import { lockedOverFake, type LockedFakeOptions } from "./ipamLockedFake";
 import { testHost } from "./fixtures";
 
 const hv1 = testHost("hv1", 1);
@@ -51,6 +53,16 @@ function subnetHost(
     /** The hostsfile's write fails (after the record's), `times` times (each commit's). */
     failHosts?: { times: number };
     afterRead?: (n: number, set: (r: IpamRecord) => void, locked: boolean) => void;
+    /** Steps whose label matches fail with exit status 1 (a claim batch's own step). */
+    failLabel?: RegExp;
+    /** How runLocked's batches are sent (lockedOverFake: lost at a step, held before). */
+    locked?: LockedFakeOptions;
+    /**
+     * After each unlocked reading (record and leases), the turn goes on only once every pending
+     * callback ran (setImmediate): a claim batch started by afterRead then already waits for the
+     * turn's ticket (ordering, not time).
+     */
+    pauseAfterRead?: boolean;
   } = {},
 ): Fake & { current(): IpamRecord } {
   let current = start;
@@ -90,6 +102,7 @@ function subnetHost(
       if (opts.failWrite) return { code: 1, stdout: "", stderr: "No space left on device" };
       current = JSON.parse(uploaded(script)) as IpamRecord;
     }
+    if (opts.failLabel?.test(label)) return { code: 1, stdout: "", stderr: "Input/output error" };
     if (/^upload .*hosts/.test(label) && opts.failHosts && opts.failHosts.times > 0) {
       opts.failHosts.times -= 1;
       return { code: 1, stdout: "", stderr: "Read-only file system" };
@@ -98,15 +111,16 @@ function subnetHost(
   });
   const session = require("../../../provider/host/session") as Record<string, unknown>;
   const checked = session.runChecked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
-  // The commit's lock (runLocked: one round trip), logged like a step.
-  session.runLocked = async (h: HostConnection, steps: readonly Step[]) => {
-    fake.log.push({ host: h.name, label: "host lock taken", script: "" });
-    try {
-      return await checked(h, steps);
-    } finally {
-      fake.log.push({ host: h.name, label: "host lock released", script: "" });
-    }
-  };
+  // The commit's lock (runLocked: one round trip, the real lockedBatch with its riders), logged
+  // like a step.
+  lockedOverFake(fake, opts.locked);
+  if (opts.pauseAfterRead)
+    session.runChecked = async (h: HostConnection, steps: readonly Step[]) => {
+      const out = await checked(h, steps);
+      if (steps[0]?.label === `read record ipam/${NAME}` && steps[1]?.label === "read dhcp leases")
+        await new Promise((r) => setImmediate(r));
+      return out;
+    };
   session.withHostLock = async (
     h: HostConnection,
     fn: (first: string[]) => Promise<unknown>,
@@ -853,6 +867,292 @@ test("the locked turn's commit failing at a step after the record's write (revie
       ],
       "commit, then the undo's reading and write, in one hold",
     );
+  } finally {
+    fake.restore();
+  }
+});
+
+/**
+ * A placement claim batch on the DHCP host that takes riders: the real runLocked's work
+ * (lockedBatch over the fake, see ipamLockedFake.ts) with `riders`, started by `start()` while the
+ * IPAM turn reads the record. With `pauseAfterRead` the turn goes on only after the batch waits
+ * for its ticket. `claim` is the batch's own outcome (placement's).
+ */
+function claimBatch(label = "claim server s1"): { claim: () => Promise<string[]>; start: () => void } {
+  let claim: Promise<string[]> | undefined;
+  return {
+    start: () => {
+      const session = require("../../../provider/host/session") as {
+        runLocked: (h: HostConnection, steps: readonly Step[], o: { riders?: boolean }) => Promise<string[]>;
+      };
+      claim = session.runLocked(hv1, [{ label, script: "true" }], { riders: true });
+      claim.catch(() => undefined);
+    },
+    claim: () => {
+      assert.ok(claim, "the claim batch was started");
+      return claim;
+    },
+  };
+}
+
+/** The commit's labels (guard, record, hostsfile, reload), as turnSteps leaves them. */
+const COMMIT = ["check that the IPAM record of subnet lan-v4 is as read", `write record ipam/${NAME}`];
+
+test("an IPAM turn whose DHCP host has a placement claim batch waiting (session 11) carries its guard and commit in that batch, after the claim's steps, in its one lock hold: one commit", async () => {
+  const batch = claimBatch();
+  const fake = subnetHost(record({}), { pauseAfterRead: true, afterRead: (n) => n === 1 && batch.start() });
+  try {
+    const waits = hostPoolStats().riderWaits;
+    const ip = await allocateAddress(REF, "server:u1:0", {
+      mac: "52:54:00:00:00:01",
+      holder: "lab/a/Server/s1",
+    });
+    assert.equal(ip, "10.10.0.2");
+    assert.deepEqual(await batch.claim(), [""], "the claim's own stdouts");
+    assert.deepEqual(
+      labels(fake),
+      [
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        "host lock taken",
+        "claim server s1",
+        ...COMMIT,
+        "upload /var/lib/kvmlab/dhcp/lan/lan-v4/hosts",
+        "reload dhcp hosts of subnet lan-v4",
+        "host lock released",
+      ],
+      "the guard and the commit ran in the claim batch's hold; the turn took no lock of its own",
+    );
+    assert.equal(hostPoolStats().riderWaits, waits + 1, "the claim batch waited for the turn's ticket");
+    assert.equal(fake.current().allocations["10.10.0.2"]?.owner, "server:u1:0");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("an IPAM turn carried in a claim batch whose guard refuses (another writer since its reading) runs the locked turn; a claim batch whose own step fails leaves it skipped, to take the lock itself; no address twice", async () => {
+  // Refused: another run allocated 10.10.0.2 between the reading and the carried commit.
+  const batch = claimBatch();
+  const fake = subnetHost(record({}), {
+    pauseAfterRead: true,
+    afterRead: (n, set) => {
+      if (n !== 1) return;
+      batch.start();
+      set(record({ "10.10.0.2": { owner: "server:other:0", mac: "", holder: "lab/other/Server/x" } }));
+    },
+  });
+  try {
+    const ip = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    assert.equal(ip, "10.10.0.3", "not the address the other run took");
+    assert.deepEqual(await batch.claim(), [""], "the guard's refusal is the rider's, not the claim's");
+    assert.deepEqual(
+      turnSteps(fake).slice(0, 7),
+      [
+        `read record ipam/${NAME}`,
+        "read dhcp leases",
+        "host lock taken",
+        "claim server s1",
+        COMMIT[0],
+        "host lock released",
+        "host lock taken",
+      ],
+      "refused in the claim batch (nothing written), then the locked turn",
+    );
+    assert.deepEqual(Object.keys(fake.current().allocations).sort(), ["10.10.0.2", "10.10.0.3"]);
+  } finally {
+    fake.restore();
+  }
+  // Skipped: the claim's own step failed first, nothing of the commit ran; the turn commits
+  // under its own lock, as before session 11, and the claim gets its own failure.
+  const failing = claimBatch();
+  const fake2 = subnetHost(record({}), {
+    pauseAfterRead: true,
+    failLabel: /^claim server s1$/,
+    afterRead: (n) => n === 1 && failing.start(),
+  });
+  try {
+    assert.equal(await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }), "10.10.0.2");
+    await assert.rejects(failing.claim(), (err: Error & { stepIndex?: number; exitStatus?: number }) => {
+      assert.equal(err.stepIndex, 0);
+      assert.equal(err.exitStatus, 1);
+      return true;
+    });
+    assert.deepEqual(turnSteps(fake2), [
+      `read record ipam/${NAME}`,
+      "read dhcp leases",
+      "host lock taken",
+      "claim server s1",
+      "host lock released",
+      "host lock taken",
+      ...COMMIT,
+      "host lock released",
+    ]);
+  } finally {
+    fake2.restore();
+  }
+});
+
+test("review 11a S3(a): a claim batch lost between the carried commit's record write and its hostsfile: the claim (all its steps reported) succeeds, the allocation is refused with its own error and the record is undone under a lock of its own", async () => {
+  const batch = claimBatch();
+  const fake = subnetHost(record({}), {
+    pauseAfterRead: true,
+    afterRead: (n) => n === 1 && batch.start(),
+    locked: { loseAt: (label) => /^upload .*\/hosts$/.test(label) },
+  });
+  try {
+    await assert.rejects(
+      allocateAddress(REF, "server:u1:0", { mac: "52:54:00:00:00:01", holder: "lab/a/Server/s1" }),
+      (err: Error) => {
+        assert.match(
+          err.message,
+          /^the IPAM commit of subnet lan-v4, carried in a placement claim batch on host hv1, was lost with that batch \(it may have run in part\): host hv1: SSH connection lost/,
+        );
+        return true;
+      },
+    );
+    // Review 11a S1: a rider never changes the claim's outcome.
+    assert.deepEqual(await batch.claim(), [""], "the claim's steps all reported: it stands");
+    // The undo: one hold of its own after the lost batch, the record read and written back.
+    const l = labels(fake);
+    const lost = l.indexOf(`write record ipam/${NAME}`);
+    assert.ok(lost > l.indexOf("claim server s1"), "the commit's record write ran in the claim batch");
+    assert.deepEqual(
+      l.slice(lost + 1).filter((x) => !/^reload/.test(x)),
+      [
+        "host lock taken",
+        `read record ipam/${NAME}`,
+        `write record ipam/${NAME}`,
+        "upload /var/lib/kvmlab/dhcp/lan/lan-v4/hosts",
+        "host lock released",
+      ],
+      "undone under a lock of its own (the lost batch's shell held the claim's)",
+    );
+    assert.deepEqual(fake.current().allocations, {}, "the record is back as it was");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("review 11a S3(c): a turn whose reading ends while another batch holds the DHCP host's process lock withdraws its ticket before it waits: a riders batch queued behind does not wait for it, and the turn commits under its own lock", async () => {
+  const session = require("../../../provider/host/session") as {
+    runLocked: (h: HostConnection, steps: readonly Step[], o?: { riders?: boolean }) => Promise<string[]>;
+  };
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((r) => (open = r));
+  const batch = claimBatch();
+  const fake = subnetHost(record({}), {
+    locked: { before: async (l) => void (l.includes("quota check") && (await gate)) },
+    afterRead: (n) => {
+      if (n !== 1) return;
+      // The claim batch queues behind the held one; the gate opens once the turn, its reading
+      // done (all of its microtasks run first), waits for the host's in-process lock.
+      batch.start();
+      setImmediate(open);
+    },
+  });
+  const before = hostPoolStats();
+  try {
+    // Another operation's locked batch (not a claim: it takes no riders) holds the process lock.
+    const held = session.runLocked(hv1, [{ label: "quota check", script: "true" }]);
+    const ip = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" });
+    assert.equal(ip, "10.10.0.2");
+    await held;
+    assert.deepEqual(await batch.claim(), [""]);
+    const after = hostPoolStats();
+    // Before the fix (the ticket left open while the turn waited): the claim batch waited
+    // RIDER_WAIT_MS for a turn that waited for it, then went on without it.
+    assert.equal(after.riderWaits - before.riderWaits, 0, "the claim batch waited for no ticket");
+    assert.equal(after.riderWaitsTimedOut - before.riderWaitsTimedOut, 0);
+    assert.deepEqual(turnSteps(fake), [
+      `read record ipam/${NAME}`,
+      "read dhcp leases",
+      "host lock taken",
+      "quota check",
+      "host lock released",
+      "host lock taken",
+      "claim server s1",
+      "host lock released",
+      "host lock taken",
+      ...COMMIT,
+      "host lock released",
+    ]);
+  } finally {
+    fake.restore();
+  }
+});
+
+test("review 11a N5: a turn with nothing to write whose joined allocation's guard-only commit rode in a lost claim batch confirms it under a lock of its own instead of failing with the batch's error", async () => {
+  // Both already hold their addresses (mine: nothing to write); u2 asks while u1's turn reads
+  // and joins it, so the turn's commit is the guard alone.
+  const both = record({
+    "10.10.0.2": { owner: "server:u1:0", mac: "", holder: "lab/a/Server/s1" },
+    "10.10.0.3": { owner: "server:u2:0", mac: "", holder: "lab/a/Server/s2" },
+  });
+  const batch = claimBatch();
+  let joined: Promise<string> | undefined;
+  let lost = false;
+  const fake = subnetHost(both, {
+    pauseAfterRead: true,
+    afterRead: (n) => {
+      if (n !== 1) return;
+      batch.start();
+      joined = allocateAddress(REF, "server:u2:0", { holder: "lab/a/Server/s2" });
+    },
+    // The claim batch is lost when it reaches the carried guard (once).
+    locked: { loseAt: (label) => !lost && /^check that the IPAM record/.test(label) && (lost = true) },
+  });
+  try {
+    assert.equal(await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }), "10.10.0.2");
+    assert.equal(await joined, "10.10.0.3");
+    assert.ok(lost, "the claim batch was lost at the carried guard");
+    assert.deepEqual(await batch.claim(), [""], "the claim's steps all reported: it stands");
+    assert.deepEqual(turnSteps(fake), [
+      `read record ipam/${NAME}`,
+      "read dhcp leases",
+      "host lock taken",
+      "claim server s1",
+      "host lock taken",
+      COMMIT[0],
+      "host lock released",
+    ]);
+    assert.deepEqual(fake.current(), both, "nothing written");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("review 11a S2: a claim batch lost before its own steps all reported fails the claim and the carried commit with two errors: the IPAM undo's failure note goes on the commit's, never on the claim's", async () => {
+  const batch = claimBatch();
+  const fake = subnetHost(record({}), {
+    pauseAfterRead: true,
+    afterRead: (n) => n === 1 && batch.start(),
+    // Lost at the claim's own step (nothing of the commit ran, but neither side can know); the
+    // undo's record write then fails too.
+    locked: { loseAt: (label) => label === "claim server s1" },
+    failWrite: true,
+  });
+  try {
+    const allocation = await allocateAddress(REF, "server:u1:0", { holder: "lab/a/Server/s1" }).catch(
+      (e: Error) => e,
+    );
+    // Read after the IPAM side finished with it (its undo's note came last).
+    const claimError = await batch.claim().then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    assert.ok(claimError instanceof Error && allocation instanceof Error);
+    assert.notEqual(allocation, claimError, "two error objects");
+    assert.equal(
+      claimError.message,
+      "host hv1: SSH connection lost (closed)",
+      "the claim's error as it was lost",
+    );
+    assert.match(allocation.message, /^the IPAM commit of subnet lan-v4, carried in a placement claim batch/);
+    assert.match(
+      allocation.message,
+      /taking this turn's entries out of the IPAM record of subnet lan-v4 again failed too/,
+    );
+    assert.equal((allocation as Error & { cause?: unknown }).cause, claimError, "the loss as its cause");
   } finally {
     fake.restore();
   }

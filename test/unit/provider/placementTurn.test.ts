@@ -29,6 +29,7 @@ import {
 import { PLACEMENT_ATTEMPTS, PLACEMENT_BACKOFF_MS, type ServerInputs } from "../../../provider/server";
 import { diskServerRaw, serverRaw, testHost } from "./fixtures";
 import { fakeHost, serverOutputsOn } from "./fakeHost";
+import { lockedOverFake } from "./ipamLockedFake";
 
 const hv1 = testHost("hv1", 1);
 const provider = serverProvider as unknown as Required<typeof serverProvider>;
@@ -656,6 +657,66 @@ test("the address and placement run side by side: a failed host check (before an
       "nothing is claimed on the host",
     );
     assert.ok(!labels.some((l) => /^define domain/.test(l)), "nothing is defined");
+  } finally {
+    fake.restore();
+  }
+});
+
+test("review 11a S3(d): the address allocated beside placement on the placed host (its DHCP host) is committed inside the claim batch's lock hold: the IPAM guard and record write between the claim's take and release, no lock of its own", async () => {
+  const me = ownerOf({ pulumiProject: "lab", stack: "a", type: "Server", name: "web1" });
+  const i = lanServer(me);
+  const fake = withIpam(lanRecord({}), false);
+  const session = require("../../../provider/host/session") as Record<string, unknown>;
+  // runLocked as the real one (lockedBatch, riders included) over the fake host.
+  lockedOverFake(fake);
+  const name = ipamRecordName("lan", "lan-v4");
+  // As on a real host, where reading the hosts takes a round trip: placement's reading ends
+  // after the IPAM turn announced its ticket and began its own reading, and that reading ends
+  // after the claim batch began (so the batch waits for the turn's ticket; session 11's trace).
+  let claimBegan: () => void = () => undefined;
+  const began = new Promise<void>((r) => (claimBegan = r));
+  let ipamReads: () => void = () => undefined;
+  const reading = new Promise<void>((r) => (ipamReads = r));
+  const locked = session.runLocked as (
+    h: HostConnection,
+    steps: readonly Step[],
+    o?: object,
+  ) => Promise<string[]>;
+  session.runLocked = (h: HostConnection, steps: readonly Step[], o?: object) => {
+    if (steps[0]?.label === GUARD) claimBegan();
+    return locked(h, steps, o);
+  };
+  const checked = session.runChecked as (h: HostConnection, steps: readonly Step[]) => Promise<string[]>;
+  session.runChecked = async (h: HostConnection, steps: readonly Step[]) => {
+    if (steps[0]?.label === `read record ipam/${name}`) ipamReads();
+    if (/^read host capacity/.test(steps[0]?.label ?? "")) await reading;
+    const out = await checked(h, steps);
+    if (steps[0]?.label === `read record ipam/${name}`) {
+      await began;
+      await new Promise((r) => setImmediate(r));
+    }
+    return out;
+  };
+  try {
+    const out = await provider.create(i);
+    assert.equal(out.outs?.host, "hv1");
+    const labels = fake.log.map((l) => l.label);
+    const all = labels.join(" | ");
+    // The claim batch's hold: its take, the placement guard first, then the claim.
+    const take = labels.findIndex((l, k) => l === "host lock taken" && labels[k + 1] === GUARD);
+    const release = labels.indexOf("host lock released", take);
+    assert.ok(take >= 0 && release > take, `the claim batch: ${all}`);
+    const ipamGuard = "check that the IPAM record of subnet lan-v4 is as read";
+    const claim = labels.indexOf("write record server/web1", take);
+    const guardAt = labels.indexOf(ipamGuard);
+    const writeAt = labels.indexOf(`write record ipam/${name}`);
+    assert.ok(take < claim && claim < release, `the claim in that hold: ${all}`);
+    assert.ok(
+      claim < guardAt && guardAt < writeAt && writeAt < release,
+      `the IPAM guard and commit after the claim, before the release: ${all}`,
+    );
+    assert.equal(labels.filter((l) => l === ipamGuard).length, 1, "one commit");
+    assert.equal(fake.record().allocations["10.10.0.2"]?.owner, portOwner(i.uuid, 0));
   } finally {
     fake.restore();
   }
