@@ -660,8 +660,10 @@ async function startInitialMembers(
       await runChecked(controller, [createStartsDoneStep(i.groupName, starts, startMs)]);
       return starts;
     },
-    // A fresh group's lock is free (no agent runs yet); bounded all the same.
-    60,
+    // A fresh group's lock is free (no agent runs yet); bounded all the same. The bound also
+    // covers the wait for the main shell's fd 8 when sshd refuses lock shells and another group's
+    // first start holds that turn (review 13b S1): its stats (30 s), starts (65 s) and batches.
+    180,
     `${d}/group.lock`,
   );
 }
