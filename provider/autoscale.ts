@@ -356,8 +356,11 @@ function involvedHosts(i: AutoscaleAgentInputs): HostConnection[] {
 }
 
 /**
- * The lane of the agent's steps that take no host lock (the member hosts' read-only checks, the
- * members' `stats`, start and stop through the member command, the agent's state): a worker shell
+ * The lane of the agent's steps that take no host lock (the member hosts' owner guard, server
+ * checks and facts, which took no host lock before either: the guard may write the group's owner
+ * marker; the members' `stats`, start and stop through the member command, the agent's state;
+ * inside the group's named lock, a worker batch skips runSteps' lost-lock check, and the record
+ * step after the starts runs in the main shell and has it): a worker shell
  * of the host's connection, so they neither wait behind nor hold up the main shell's batches of
  * the other resources an `up` creates on the same hosts beside the agent (issue 13: a member's
  * `virsh start` takes seconds). The batches that take the host lock stay in the main shell.
